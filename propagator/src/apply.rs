@@ -1,0 +1,185 @@
+//! Turning a transaction's changes into page-store writes.
+//!
+//! [`Applier`] is the one place that decides what a commit writes: the
+//! records themselves, one derived [`LogRecord`] per change of a master file,
+//! and the count and digest of every file touched. The live commit path and
+//! restart replay both run it, so replay reproduces the live bytes exactly.
+
+use crate::catalog::{CatalogOp, FileDef, Role};
+use crate::digest::FileMeta;
+use crate::error::DbError;
+use crate::ids::{Fnr, Isn, Lsn, Seq};
+use crate::log_record::{LogOp, LogRecord};
+use crate::plog::Change;
+use std::collections::{BTreeMap, HashMap};
+
+/// The state a commit applies on top of.
+pub trait StateView {
+    fn def(&self, fnr: Fnr) -> Option<FileDef>;
+    fn meta(&self, fnr: Fnr) -> Option<FileMeta>;
+    fn get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError>;
+}
+
+struct PendingLog {
+    master: Fnr,
+    isn: Isn,
+    op: LogOp,
+    before: Option<Vec<u8>>,
+    after: Option<Vec<u8>>,
+    master_count: u64,
+    master_digest: crate::digest::Digest,
+}
+
+/// What a commit writes.
+#[derive(Default)]
+pub struct Derived {
+    pub changes: Vec<Change>,
+    /// Every record written, derived log records included, in order.
+    pub records: Vec<(Fnr, Isn, Option<Vec<u8>>)>,
+    /// Metas after the commit of every file it touched.
+    pub metas: BTreeMap<Fnr, FileMeta>,
+    /// Definitions the commit created or changed.
+    pub catalog: BTreeMap<Fnr, FileDef>,
+    /// Per master touched: (first seq, last seq) written to its log.
+    pub seqs: BTreeMap<Fnr, (Seq, Seq)>,
+}
+
+pub struct Applier<'v, V: StateView> {
+    view: &'v V,
+    lsn: Lsn,
+    time_us: i64,
+    client_id: Option<String>,
+    local: HashMap<(Fnr, Isn), Option<Vec<u8>>>,
+    pending: Vec<PendingLog>,
+    out: Derived,
+}
+
+impl<'v, V: StateView> Applier<'v, V> {
+    pub fn new(view: &'v V, lsn: Lsn, time_us: i64, client_id: Option<String>) -> Self {
+        Applier {
+            view,
+            lsn,
+            time_us,
+            client_id,
+            local: HashMap::new(),
+            pending: Vec::new(),
+            out: Derived::default(),
+        }
+    }
+
+    pub fn def(&self, fnr: Fnr) -> Option<FileDef> {
+        self.out
+            .catalog
+            .get(&fnr)
+            .cloned()
+            .or_else(|| self.view.def(fnr))
+    }
+
+    fn meta_mut(&mut self, fnr: Fnr) -> &mut FileMeta {
+        let view = self.view;
+        self.out
+            .metas
+            .entry(fnr)
+            .or_insert_with(|| view.meta(fnr).unwrap_or_else(|| FileMeta::new(fnr)))
+    }
+
+    /// The record as this commit has left it so far.
+    pub fn current(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        match self.local.get(&(fnr, isn)) {
+            Some(v) => Ok(v.clone()),
+            None => self.view.get(fnr, isn),
+        }
+    }
+
+    pub fn catalog_op(&mut self, op: &CatalogOp) {
+        match op {
+            CatalogOp::Define(def) => {
+                self.meta_mut(def.fnr);
+                self.out.catalog.insert(def.fnr, def.clone());
+            }
+        }
+    }
+
+    /// Applies one change. With `verify`, the change's before-image must be
+    /// what the state holds (replay uses this to detect a damaged store).
+    pub fn change(&mut self, c: Change, verify: bool) -> Result<(), DbError> {
+        let def = self.def(c.fnr).ok_or(DbError::UnknownFile(c.fnr))?;
+        if verify {
+            let cur = self.current(c.fnr, c.isn)?;
+            if cur != c.before {
+                return Err(DbError::BeforeImageMismatch {
+                    fnr: c.fnr,
+                    isn: c.isn,
+                    lsn: self.lsn,
+                });
+            }
+        }
+        let meta = self.meta_mut(c.fnr);
+        meta.change(c.isn, c.before.as_deref(), c.after.as_deref());
+        let (count, digest) = (meta.count, meta.digest);
+        if let Role::Master { .. } = def.role {
+            let op = match (&c.before, &c.after) {
+                (None, _) => LogOp::Store,
+                (Some(_), Some(_)) => LogOp::Update,
+                (Some(_), None) => LogOp::Delete,
+            };
+            self.pending.push(PendingLog {
+                master: c.fnr,
+                isn: c.isn,
+                op,
+                before: c.before.clone(),
+                after: c.after.clone(),
+                master_count: count,
+                master_digest: digest,
+            });
+        }
+        self.local.insert((c.fnr, c.isn), c.after.clone());
+        self.out.records.push((c.fnr, c.isn, c.after.clone()));
+        self.out.changes.push(c);
+        Ok(())
+    }
+
+    /// Derives the log records and returns everything the commit writes.
+    pub fn finish(mut self) -> Result<Derived, DbError> {
+        let mut parts: BTreeMap<Fnr, u32> = BTreeMap::new();
+        for p in &self.pending {
+            *parts.entry(p.master).or_default() += 1;
+        }
+        let mut part_no: BTreeMap<Fnr, u32> = BTreeMap::new();
+        for p in std::mem::take(&mut self.pending) {
+            let Some(Role::Master { log, incarnation }) = self.def(p.master).map(|d| d.role) else {
+                unreachable!("pending log records are made only for master files");
+            };
+            let lmeta = self.meta_mut(log);
+            let seq = Seq(lmeta.next_isn);
+            let n = part_no.entry(p.master).or_default();
+            *n += 1;
+            let rec = LogRecord {
+                seq,
+                incarnation,
+                lsn: self.lsn,
+                time_us: self.time_us,
+                client_id: self.client_id.clone(),
+                master: p.master,
+                isn: p.isn,
+                op: p.op,
+                before: p.before,
+                after: p.after,
+                master_count: p.master_count,
+                master_digest: p.master_digest,
+                part: *n,
+                parts: parts[&p.master],
+            };
+            let bytes = rec.encode();
+            let lmeta = self.meta_mut(log);
+            lmeta.change(Isn(seq.0), None, Some(&bytes));
+            self.out.records.push((log, Isn(seq.0), Some(bytes)));
+            self.out
+                .seqs
+                .entry(p.master)
+                .and_modify(|r| r.1 = seq)
+                .or_insert((seq, seq));
+        }
+        Ok(self.out)
+    }
+}

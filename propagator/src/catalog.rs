@@ -1,0 +1,84 @@
+//! The database's own catalog: which files exist, their names and roles.
+//!
+//! Catalog changes are transactions like any other: they are written to the
+//! protection log and applied to the page store with the LSN that made them,
+//! so a crash can never leave a file half-defined.
+
+use crate::ids::Fnr;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The longest file name accepted.
+pub const MAX_FILE_NAME: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// An ordinary file: clients write it, nothing is logged for propagation.
+    Plain,
+    /// A master file: every committed change also writes one record to `log`.
+    Master { log: Fnr, incarnation: u32 },
+    /// The ETP log file of `master`: `seq → LogRecord`, written only by the engine.
+    Log { master: Fnr },
+    /// A read-only copy of a master, written only by its replication task.
+    Replicate,
+    /// Per (master, replicate) the last applied seq; written only by the engine.
+    Confirmation,
+    /// The definitions of the topology; written only through the maintenance utility.
+    Administration,
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Plain => "plain",
+            Role::Master { .. } => "master",
+            Role::Log { .. } => "log",
+            Role::Replicate => "replicate",
+            Role::Confirmation => "confirmation",
+            Role::Administration => "administration",
+        }
+    }
+
+    /// Whether a client transaction may change records of a file with this role.
+    pub fn client_writable(&self) -> bool {
+        matches!(self, Role::Plain | Role::Master { .. })
+    }
+
+    /// Parses a role that can be given to `file create` (not master/log, which
+    /// are made by `master define`).
+    pub fn parse_creatable(s: &str) -> Option<Role> {
+        Some(match s {
+            "plain" => Role::Plain,
+            "replicate" => Role::Replicate,
+            "confirmation" => Role::Confirmation,
+            "administration" => Role::Administration,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Master { log, incarnation } => {
+                write!(f, "master (log {log}, incarnation {incarnation})")
+            }
+            Role::Log { master } => write!(f, "log (of master {master})"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDef {
+    pub fnr: Fnr,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A change to the catalog, carried in a protection-log commit entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogOp {
+    /// Creates a file (or replaces the definition of an existing one).
+    Define(FileDef),
+}

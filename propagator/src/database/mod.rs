@@ -1,0 +1,867 @@
+//! A database: one data directory with its catalog, page store and
+//! protection log, and the commit pipeline that ties them together.
+//!
+//! Commit protocol (no-steal, no-force):
+//! 1. A [`Session`](crate::Session) buffers its commands; nothing reaches
+//!    disk before ET, so a session that dies leaves no trace (autobackout).
+//! 2. At ET the transaction is resolved against the latest state under the
+//!    state lock: before-images read, after-images built, derived log records
+//!    and file metas computed ([`crate::apply`]), an LSN assigned, and the
+//!    entry queued to the writer *while the lock is held* so queue order is
+//!    LSN order.
+//! 3. The writer thread appends every queued entry and makes the group
+//!    durable with one `fdatasync` (group commit), then applies the group to
+//!    the page store in one atomic batch that also records the applied LSN.
+//! 4. Only then does ET return.
+//!
+//! On open, [`recovery`] replays the log after the store's applied LSN
+//! (autorestart) and checks digests.
+
+mod recovery;
+mod writer;
+
+pub use recovery::{OpenReport, TornTail};
+
+use crate::apply::{Applier, StateView};
+use crate::catalog::{CatalogOp, FileDef, Role, MAX_FILE_NAME};
+use crate::digest::FileMeta;
+use crate::error::DbError;
+use crate::ids::{DbId, Fnr, Isn, Lsn, Seq};
+use crate::log_record::LogRecord;
+use crate::medium::{FsDir, MediumDir};
+use crate::plog::{open_segments, Checkpoint, Commit, LogScan, PlogEntry, PlogWriter};
+use crate::record::{apply_patch, decode_record, encode_record, Record};
+use crate::store::PageStore;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use tokio::sync::{oneshot, watch};
+use writer::{Job, WriterMsg};
+
+/// Default protection-log segment size.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// The most commands one transaction may hold.
+pub const MAX_TXN_COMMANDS: usize = 100_000;
+/// The most encoded bytes one transaction may write.
+pub const MAX_TXN_BYTES: usize = 64 << 20;
+const IDENTITY_FILE: &str = "DATABASE";
+const LOCK_FILE: &str = "LOCK";
+
+/// The identity file `DATABASE` in a data directory (TOML).
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    format: u32,
+    dbid: u32,
+    segment_size: u64,
+    created: String,
+}
+
+/// Tuning for an open database.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// sled's cache budget.
+    pub cache_bytes: u64,
+    /// The most bytes of log entries written by one group commit.
+    pub max_group_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cache_bytes: 64 << 20,
+            max_group_bytes: 8 << 20,
+        }
+    }
+}
+
+/// One command of a transaction, as buffered by a session.
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    Store { fnr: Fnr, isn: Isn, record: Record },
+    Update { fnr: Fnr, isn: Isn, patch: Record },
+    Delete { fnr: Fnr, isn: Isn },
+}
+
+/// What ET returns.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CommitInfo {
+    pub lsn: Lsn,
+    pub time_us: i64,
+    pub client_id: Option<String>,
+    /// Per master touched: the first and last seq written to its log.
+    pub seqs: BTreeMap<Fnr, (Seq, Seq)>,
+}
+
+/// A file as the catalog and its meta describe it.
+#[derive(Clone, Debug)]
+pub struct FileInfo {
+    pub def: FileDef,
+    pub meta: FileMeta,
+    pub damaged: Option<String>,
+}
+
+/// The latest state: everything committed or being committed.
+pub(crate) struct Latest {
+    pub catalog: BTreeMap<Fnr, FileDef>,
+    pub metas: BTreeMap<Fnr, FileMeta>,
+    /// Records written by commits queued but not yet in the page store.
+    pub overlay: HashMap<(Fnr, Isn), (Lsn, Option<Vec<u8>>)>,
+    pub pending_ids: HashMap<String, Lsn>,
+    pub last_lsn: Lsn,
+    pub last_time_us: i64,
+    pub next_isn: HashMap<Fnr, u64>,
+    pub damaged: BTreeMap<Fnr, String>,
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub dbid: DbId,
+    pub store: PageStore,
+    pub plog: Arc<dyn MediumDir>,
+    pub state: Mutex<Latest>,
+    pub poisoned: Mutex<Option<String>>,
+    pub applied: watch::Sender<Lsn>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock is a broken invariant elsewhere; the
+    // state itself is only ever changed all-or-nothing under it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<WriterMsg>,
+    join: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: File,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(WriterMsg::Close(done)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+        if let Some(j) = lock(&self.join).take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// An open database. Cloning shares it; it closes cleanly when the last
+/// clone (sessions included) is dropped, or at [`Database::close`].
+#[derive(Clone)]
+pub struct Database {
+    h: Arc<Handle>,
+}
+
+impl StateView for Latest {
+    fn def(&self, fnr: Fnr) -> Option<FileDef> {
+        self.catalog.get(&fnr).cloned()
+    }
+    fn meta(&self, fnr: Fnr) -> Option<FileMeta> {
+        self.metas.get(&fnr).copied()
+    }
+    fn get(&self, _fnr: Fnr, _isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        unreachable!("record reads go through LatestView")
+    }
+}
+
+/// The latest state plus the page store: what a new commit applies on.
+struct LatestView<'a> {
+    st: &'a Latest,
+    store: &'a PageStore,
+}
+
+impl StateView for LatestView<'_> {
+    fn def(&self, fnr: Fnr) -> Option<FileDef> {
+        self.st.catalog.get(&fnr).cloned()
+    }
+    fn meta(&self, fnr: Fnr) -> Option<FileMeta> {
+        self.st.metas.get(&fnr).copied()
+    }
+    fn get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        if let Some((_, v)) = self.st.overlay.get(&(fnr, isn)) {
+            return Ok(v.clone());
+        }
+        Ok(self.store.get(fnr, isn)?)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+impl Database {
+    /// Creates a new, empty database in `dir` (which must not exist or be empty).
+    pub fn init(dir: &Path, dbid: DbId, segment_size: Option<u64>) -> Result<(), DbError> {
+        let derr = |reason: String| DbError::Directory {
+            dir: dir.display().to_string(),
+            reason,
+        };
+        if dbid.0 == 0 {
+            return Err(derr("dbid must be at least 1".into()));
+        }
+        let segment_size = segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
+        if segment_size < 4096 {
+            return Err(derr(format!(
+                "segment size {segment_size} is below 4096 bytes"
+            )));
+        }
+        if dir.exists() {
+            let mut entries = std::fs::read_dir(dir).map_err(|e| derr(e.to_string()))?;
+            if entries.next().is_some() {
+                return Err(derr("already exists and is not empty".into()));
+            }
+        }
+        std::fs::create_dir_all(dir.join("plog")).map_err(|e| derr(e.to_string()))?;
+        let id = Identity {
+            format: 1,
+            dbid: dbid.0,
+            segment_size,
+            created: chrono::Utc::now().to_rfc3339(),
+        };
+        let text = toml::to_string(&id).expect("the identity always encodes");
+        std::fs::write(dir.join(IDENTITY_FILE), text).map_err(|e| derr(e.to_string()))?;
+        let plog: Arc<dyn MediumDir> = Arc::new(FsDir::new(dir.join("plog")));
+        let cp = Checkpoint {
+            as_of: Lsn(0),
+            time_us: chrono::Utc::now().timestamp_micros(),
+            clean: true,
+            catalog: vec![],
+            metas: vec![],
+        };
+        PlogWriter::create_segment(plog, dbid, 1, &cp, segment_size)?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| derr(e.to_string()))?;
+        Ok(())
+    }
+
+    fn identity(dir: &Path) -> Result<Identity, DbError> {
+        let path = dir.join(IDENTITY_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| DbError::Directory {
+            dir: dir.display().to_string(),
+            reason: format!("not a database ({}: {e})", path.display()),
+        })?;
+        let id: Identity = toml::from_str(&text).map_err(|e| DbError::Directory {
+            dir: dir.display().to_string(),
+            reason: format!("{} is damaged: {e}", path.display()),
+        })?;
+        if id.format != 1 {
+            return Err(DbError::Directory {
+                dir: dir.display().to_string(),
+                reason: format!("format {} is not one this engine reads (1)", id.format),
+            });
+        }
+        Ok(id)
+    }
+
+    /// Opens a database, running restart recovery.
+    pub fn open(dir: &Path) -> Result<(Database, OpenReport), DbError> {
+        let plog: Arc<dyn MediumDir> = Arc::new(FsDir::new(dir.join("plog")));
+        Self::open_with(dir, plog, Options::default())
+    }
+
+    /// Opens with the protection log on a given medium (tests use
+    /// [`crate::medium::MemDir`] to build crash images).
+    pub fn open_with(
+        dir: &Path,
+        plog: Arc<dyn MediumDir>,
+        opts: Options,
+    ) -> Result<(Database, OpenReport), DbError> {
+        let id = Self::identity(dir)?;
+        let lock_file = File::create(dir.join(LOCK_FILE)).map_err(|e| DbError::Directory {
+            dir: dir.display().to_string(),
+            reason: format!("cannot create lock file: {e}"),
+        })?;
+        if lock_file.try_lock().is_err() {
+            return Err(DbError::InUse {
+                dir: dir.display().to_string(),
+            });
+        }
+        let dbid = DbId(id.dbid);
+        let store = PageStore::open(&dir.join("store"), opts.cache_bytes)?;
+        let mut rec = recovery::recover(&store, plog.clone(), dbid, id.segment_size)?;
+        if rec.report.clean {
+            // From now on the database is open: a crash before the next clean
+            // close must not look like a clean stop (the next open rescans).
+            let dirty = PlogEntry::Checkpoint(rec.checkpoint.checkpoint(false)).encode();
+            rec.writer.append([dirty.as_slice()])?;
+            rec.writer.sync()?;
+        }
+        let (applied_tx, _) = watch::channel(rec.latest.last_lsn);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            dbid,
+            store,
+            plog,
+            state: Mutex::new(rec.latest),
+            poisoned: Mutex::new(None),
+            applied: applied_tx,
+        });
+        let (tx, rx) = mpsc::channel();
+        let wshared = shared.clone();
+        let join = std::thread::Builder::new()
+            .name(format!("plog-writer-{}", dbid))
+            .spawn(move || {
+                writer::run(
+                    wshared,
+                    rec.writer,
+                    rec.checkpoint,
+                    rx,
+                    opts.max_group_bytes,
+                )
+            })
+            .map_err(|e| DbError::Directory {
+                dir: dir.display().to_string(),
+                reason: format!("cannot start the log writer: {e}"),
+            })?;
+        let db = Database {
+            h: Arc::new(Handle {
+                shared,
+                tx,
+                join: Mutex::new(Some(join)),
+                _lock: lock_file,
+            }),
+        };
+        Ok((db, rec.report))
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.h.shared
+    }
+
+    pub fn dbid(&self) -> DbId {
+        self.shared().dbid
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared().dir
+    }
+
+    /// Starts a client session.
+    pub fn session(&self) -> crate::Session {
+        crate::Session::new(self.clone())
+    }
+
+    /// The LSN of the last commit handed to the writer.
+    pub fn last_lsn(&self) -> Lsn {
+        lock(&self.shared().state).last_lsn
+    }
+
+    /// Watches the LSN applied to the page store (every commit up to it is durable).
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.shared().applied.subscribe()
+    }
+
+    fn check_poisoned(&self) -> Result<(), DbError> {
+        match lock(&self.shared().poisoned).as_ref() {
+            Some(reason) => Err(DbError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every commit queued so far is in the page store.
+    pub fn wait_applied(&self) -> Result<(), DbError> {
+        let (tx, rx) = oneshot::channel();
+        self.h
+            .tx
+            .send(WriterMsg::Barrier(tx))
+            .map_err(|_| DbError::Closed)?;
+        rx.blocking_recv().map_err(|_| DbError::Closed)?;
+        self.check_poisoned()
+    }
+
+    /// Every file with its meta.
+    pub fn files(&self) -> Vec<FileInfo> {
+        let st = lock(&self.shared().state);
+        st.catalog
+            .values()
+            .map(|def| FileInfo {
+                def: def.clone(),
+                meta: st
+                    .metas
+                    .get(&def.fnr)
+                    .copied()
+                    .unwrap_or(FileMeta::new(def.fnr)),
+                damaged: st.damaged.get(&def.fnr).cloned(),
+            })
+            .collect()
+    }
+
+    /// A file's definition, refusing unknown and damaged files.
+    pub fn file(&self, fnr: Fnr) -> Result<FileDef, DbError> {
+        let st = lock(&self.shared().state);
+        Self::usable_def(&st, fnr)
+    }
+
+    fn usable_def(st: &Latest, fnr: Fnr) -> Result<FileDef, DbError> {
+        let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+        if let Some(reason) = st.damaged.get(&fnr) {
+            return Err(DbError::FileDamaged {
+                fnr,
+                reason: reason.clone(),
+            });
+        }
+        Ok(def.clone())
+    }
+
+    /// Reads a committed record.
+    pub fn read(&self, fnr: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
+        self.file(fnr)?;
+        match self.shared().store.get(fnr, isn)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                decode_record(&b).map_err(|source| DbError::BadRecord { fnr, source })?,
+            )),
+        }
+    }
+
+    /// Calls `f` with every committed record of `fnr` from isn `from` on, in
+    /// ascending isn, until it returns `false`.
+    pub fn for_each_raw(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+        mut f: impl FnMut(Isn, &[u8]) -> Result<bool, DbError>,
+    ) -> Result<(), DbError> {
+        self.file(fnr)?;
+        for kv in self.shared().store.scan(fnr, from) {
+            let (isn, v) = kv?;
+            if !f(isn, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every log record of master `master` from `from` on.
+    pub fn for_each_log_record(
+        &self,
+        master: Fnr,
+        from: Seq,
+        mut f: impl FnMut(LogRecord) -> Result<bool, DbError>,
+    ) -> Result<(), DbError> {
+        let def = self.file(master)?;
+        let Role::Master { log, .. } = def.role else {
+            return Err(DbError::BadDefinition(format!(
+                "file {master} is not a master file"
+            )));
+        };
+        self.for_each_raw(log, Isn(from.0), |_, bytes| {
+            let rec = LogRecord::decode(bytes)
+                .map_err(|source| DbError::BadRecord { fnr: log, source })?;
+            f(rec)
+        })
+    }
+
+    /// Hands out an isn for a store without one.
+    pub(crate) fn allocate_isn(&self, fnr: Fnr) -> Isn {
+        let mut st = lock(&self.shared().state);
+        let from_meta = st.metas.get(&fnr).map(|m| m.next_isn).unwrap_or(1);
+        let next = st.next_isn.entry(fnr).or_insert(1);
+        let isn = (*next).max(from_meta);
+        *next = isn + 1;
+        Isn(isn)
+    }
+
+    /// The latest (committed or committing) bytes of a record, for a
+    /// session's own checks; refuses files a client may not write.
+    pub(crate) fn writable_get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        let st = lock(&self.shared().state);
+        let def = Self::usable_def(&st, fnr)?;
+        if !def.role.client_writable() {
+            return Err(DbError::ReadOnlyFile {
+                fnr,
+                role: def.role,
+            });
+        }
+        LatestView {
+            st: &st,
+            store: &self.shared().store,
+        }
+        .get(fnr, isn)
+    }
+
+    /// Commits a transaction: resolve, log, sync, apply (see the module docs).
+    pub(crate) fn commit(
+        &self,
+        catalog: Vec<CatalogOp>,
+        ops: Vec<Op>,
+        client_id: Option<String>,
+    ) -> Result<CommitInfo, DbError> {
+        self.check_poisoned()?;
+        if let Some(id) = &client_id {
+            if id.is_empty() || id.len() > 128 {
+                return Err(DbError::BadClientId(id.len()));
+            }
+        }
+        let shared = self.shared();
+        let (rx, info) = {
+            let mut st = lock(&shared.state);
+            if let Some(id) = &client_id {
+                let prior = match st.pending_ids.get(id) {
+                    Some(l) => Some(*l),
+                    None => shared.store.client_id(id)?,
+                };
+                if let Some(lsn) = prior {
+                    return Err(DbError::AlreadyCommitted {
+                        id: id.clone(),
+                        lsn,
+                    });
+                }
+            }
+            if catalog.is_empty() && ops.is_empty() && client_id.is_none() {
+                return Ok(CommitInfo {
+                    lsn: st.last_lsn,
+                    time_us: st.last_time_us,
+                    client_id,
+                    seqs: BTreeMap::new(),
+                });
+            }
+            let lsn = st.last_lsn.next();
+            let time_us = chrono::Utc::now().timestamp_micros().max(st.last_time_us);
+            let view = LatestView {
+                st: &st,
+                store: &shared.store,
+            };
+            let mut ap = Applier::new(&view, lsn, time_us, client_id.clone());
+            for op in &catalog {
+                ap.catalog_op(op);
+            }
+            let mut bytes = 0usize;
+            for op in ops {
+                let change = resolve(&ap, &st, op)?;
+                bytes += change.after.as_ref().map_or(0, |a| a.len());
+                if bytes > MAX_TXN_BYTES {
+                    return Err(DbError::TooLarge(format!(
+                        "more than {MAX_TXN_BYTES} bytes of records"
+                    )));
+                }
+                ap.change(change, false)?;
+            }
+            let derived = ap.finish()?;
+            let entry = Commit {
+                lsn,
+                time_us,
+                client_id: client_id.clone(),
+                catalog,
+                changes: derived.changes,
+                metas: derived.metas.values().copied().collect(),
+            };
+            let payload = PlogEntry::Commit(entry).encode();
+            if payload.len() > crate::plog::format::MAX_PAYLOAD as usize {
+                return Err(DbError::TooLarge(format!(
+                    "the log entry would be {} bytes",
+                    payload.len()
+                )));
+            }
+            // From here the commit is accepted: publish it to the latest state
+            // and queue it while still holding the lock (queue order = LSN order).
+            for m in derived.metas.values() {
+                st.metas.insert(m.fnr, *m);
+            }
+            for d in derived.catalog.values() {
+                st.catalog.insert(d.fnr, d.clone());
+            }
+            let mut keys = Vec::with_capacity(derived.records.len());
+            for (fnr, isn, v) in &derived.records {
+                st.overlay.insert((*fnr, *isn), (lsn, v.clone()));
+                keys.push((*fnr, *isn));
+            }
+            if let Some(id) = &client_id {
+                st.pending_ids.insert(id.clone(), lsn);
+            }
+            st.last_lsn = lsn;
+            st.last_time_us = time_us;
+            let (done, rx) = oneshot::channel();
+            let job = Job {
+                lsn,
+                payload,
+                records: derived.records,
+                metas: derived.metas.into_values().collect(),
+                catalog: derived.catalog.into_values().collect(),
+                client_id: client_id.clone(),
+                done,
+            };
+            if self.h.tx.send(WriterMsg::Commit(job)).is_err() {
+                return Err(DbError::Closed);
+            }
+            (
+                rx,
+                CommitInfo {
+                    lsn,
+                    time_us,
+                    client_id,
+                    seqs: derived.seqs,
+                },
+            )
+        };
+        match rx.blocking_recv() {
+            Ok(Ok(())) => Ok(info),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DbError::Closed),
+        }
+    }
+
+    /// Creates a file.
+    pub fn create_file(&self, fnr: Fnr, name: &str, role: Role) -> Result<CommitInfo, DbError> {
+        if fnr.0 == 0 {
+            return Err(DbError::BadDefinition("file numbers start at 1".into()));
+        }
+        if !valid_name(name) {
+            return Err(DbError::BadDefinition(format!(
+                "file name {name:?} must be 1 to {MAX_FILE_NAME} letters, digits, '_', '-' or '.'"
+            )));
+        }
+        if matches!(role, Role::Master { .. } | Role::Log { .. }) {
+            return Err(DbError::BadDefinition(
+                "master and log files are made with `master define`".into(),
+            ));
+        }
+        {
+            let st = lock(&self.shared().state);
+            if let Some(d) = st.catalog.get(&fnr) {
+                return Err(DbError::FileExists {
+                    fnr,
+                    name: d.name.clone(),
+                });
+            }
+            if let Some(d) = st.catalog.values().find(|d| d.name == name) {
+                return Err(DbError::BadDefinition(format!(
+                    "the name {name:?} is already used by file {}",
+                    d.fnr
+                )));
+            }
+        }
+        let def = FileDef {
+            fnr,
+            name: name.to_string(),
+            role,
+        };
+        self.commit(vec![CatalogOp::Define(def)], vec![], None)
+    }
+
+    /// Makes plain file `fnr` a master with `log` as its ETP log file
+    /// (created if missing; an existing one must be an empty plain file).
+    pub fn define_master(&self, fnr: Fnr, log: Fnr) -> Result<CommitInfo, DbError> {
+        if log == fnr {
+            return Err(DbError::BadDefinition(
+                "a master cannot be its own log file".into(),
+            ));
+        }
+        if log.0 == 0 {
+            return Err(DbError::BadDefinition("file numbers start at 1".into()));
+        }
+        let ops = {
+            let st = lock(&self.shared().state);
+            let def = Self::usable_def(&st, fnr)?;
+            if def.role != Role::Plain {
+                return Err(DbError::BadDefinition(format!(
+                    "file {fnr} is a {} file; only a plain file can become a master",
+                    def.role.name()
+                )));
+            }
+            let log_def = match st.catalog.get(&log) {
+                Some(l) => {
+                    let count = st.metas.get(&log).map_or(0, |m| m.count);
+                    if l.role != Role::Plain || count != 0 {
+                        return Err(DbError::BadDefinition(format!(
+                            "file {log} exists ({} file with {count} records); a log file must be new or an empty plain file",
+                            l.role.name()
+                        )));
+                    }
+                    FileDef {
+                        role: Role::Log { master: fnr },
+                        ..l.clone()
+                    }
+                }
+                None => {
+                    let name = format!("{}.log", def.name);
+                    if st.catalog.values().any(|d| d.name == name) {
+                        return Err(DbError::BadDefinition(format!(
+                            "the name {name:?} for the new log file is already used"
+                        )));
+                    }
+                    FileDef {
+                        fnr: log,
+                        name,
+                        role: Role::Log { master: fnr },
+                    }
+                }
+            };
+            vec![
+                CatalogOp::Define(log_def),
+                CatalogOp::Define(FileDef {
+                    role: Role::Master {
+                        log,
+                        incarnation: 1,
+                    },
+                    ..def
+                }),
+            ]
+        };
+        self.commit(ops, vec![], None)
+    }
+
+    /// Verifies the whole protection log and every file's content digest.
+    pub fn check(&self) -> Result<CheckReport, DbError> {
+        let shared = self.shared();
+        self.wait_applied()?;
+        let mut report = CheckReport::default();
+        match open_segments(&*shared.plog, shared.dbid) {
+            Err(e) => report.log_problem = Some(e.to_string()),
+            Ok(opened) => {
+                report.segments = opened.segments.len() as u64;
+                let mut scan = LogScan::new(&opened.segments, 0);
+                loop {
+                    match scan.next_frame() {
+                        Ok(Some(_)) => report.frames += 1,
+                        Ok(None) => break,
+                        Err(f) => {
+                            report.log_problem = Some(format!(
+                                "segment {} ({}) offset {}: {} (intact only before LSN {})",
+                                f.segment, f.path, f.offset, f.reason, f.expected_lsn
+                            ));
+                            break;
+                        }
+                    }
+                }
+                report.log_end = scan.last_lsn();
+            }
+        }
+        let (catalog, metas, damaged) = {
+            let st = lock(&shared.state);
+            (st.catalog.clone(), st.metas.clone(), st.damaged.clone())
+        };
+        for def in catalog.values() {
+            let expected = metas
+                .get(&def.fnr)
+                .copied()
+                .unwrap_or(FileMeta::new(def.fnr));
+            let problem = if let Some(d) = damaged.get(&def.fnr) {
+                Some(d.clone())
+            } else {
+                recovery::content_problem(&shared.store, &expected)?
+            };
+            report.files.push(FileCheck {
+                fnr: def.fnr,
+                name: def.name.clone(),
+                role: def.role.name(),
+                count: expected.count,
+                digest: expected.digest.to_string(),
+                problem,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Stops the database the way a crash would: no clean checkpoint is
+    /// written, so the next open runs full recovery. For tests.
+    #[doc(hidden)]
+    pub fn simulate_crash(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.h.tx.send(WriterMsg::Abandon(tx)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+    }
+
+    /// Closes the database cleanly: waits for queued commits, writes a clean
+    /// checkpoint. Other clones of this handle then see `Closed`.
+    pub fn close(self) -> Result<(), DbError> {
+        let (done, rx) = oneshot::channel();
+        if self.h.tx.send(WriterMsg::Close(done)).is_err() {
+            return Ok(());
+        }
+        rx.blocking_recv().unwrap_or(Err(DbError::Closed))
+    }
+}
+
+/// Turns one buffered command into a change against the latest state.
+fn resolve<V: StateView>(
+    ap: &Applier<'_, V>,
+    st: &Latest,
+    op: Op,
+) -> Result<crate::plog::Change, DbError> {
+    let fnr = match &op {
+        Op::Store { fnr, .. } | Op::Update { fnr, .. } | Op::Delete { fnr, .. } => *fnr,
+    };
+    let def = Database::usable_def(st, fnr)?;
+    if !def.role.client_writable() {
+        return Err(DbError::ReadOnlyFile {
+            fnr,
+            role: def.role,
+        });
+    }
+    let bad = |source| DbError::BadRecord { fnr, source };
+    Ok(match op {
+        Op::Store { isn, record, .. } => {
+            if ap.current(fnr, isn)?.is_some() {
+                return Err(DbError::RecordExists { fnr, isn });
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before: None,
+                after: Some(encode_record(&record).map_err(bad)?),
+            }
+        }
+        Op::Update { isn, patch, .. } => {
+            let before = ap
+                .current(fnr, isn)?
+                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            let mut rec = decode_record(&before).map_err(bad)?;
+            apply_patch(&mut rec, &patch);
+            crate::plog::Change {
+                fnr,
+                isn,
+                before: Some(before),
+                after: Some(encode_record(&rec).map_err(bad)?),
+            }
+        }
+        Op::Delete { isn, .. } => {
+            let before = ap
+                .current(fnr, isn)?
+                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            crate::plog::Change {
+                fnr,
+                isn,
+                before: Some(before),
+                after: None,
+            }
+        }
+    })
+}
+
+/// What `Database::check` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    pub segments: u64,
+    pub frames: u64,
+    pub log_end: Lsn,
+    pub log_problem: Option<String>,
+    pub files: Vec<FileCheck>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FileCheck {
+    pub fnr: Fnr,
+    pub name: String,
+    pub role: &'static str,
+    pub count: u64,
+    pub digest: String,
+    pub problem: Option<String>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.log_problem.is_none() && self.files.iter().all(|f| f.problem.is_none())
+    }
+}

@@ -1,0 +1,489 @@
+//! Restart recovery (autorestart) and damage detection at open.
+//!
+//! 1. Open every segment (headers, ownership, no gaps).
+//! 2. Find the segment whose opening checkpoint is at or before the page
+//!    store's applied LSN `A`; scan from there, checking every frame.
+//! 3. Commits up to `A` only advance the *expected* catalog and metas (from
+//!    the log, the truth); at `A` they are compared with what the store says.
+//! 4. Commits after `A` are replayed through the same [`Applier`] as the live
+//!    path, each before-image checked against the store: a mismatch marks
+//!    that file (and its master/log partner) damaged, never silently used.
+//! 5. A bad frame in the last segment with nothing valid after it is a torn
+//!    tail: unacknowledged, truncated and reported — unless the store has
+//!    already applied past it, which means it held a committed transaction.
+//!    A bad frame anywhere else stops the open, naming segment and offset.
+//! 6. After an unclean stop every file is rescanned and its digest compared
+//!    with the log's; a clean stop (a clean checkpoint last, nothing to
+//!    replay) skips the rescan.
+
+use super::writer::CheckpointState;
+use super::Latest;
+use crate::apply::{Applier, StateView};
+use crate::catalog::{FileDef, Role};
+use crate::digest::FileMeta;
+use crate::error::DbError;
+use crate::ids::{DbId, Fnr, Isn, Lsn};
+use crate::medium::MediumDir;
+use crate::plog::format::HEADER_LEN;
+use crate::plog::reader::valid_frame_after;
+use crate::plog::{
+    open_segments, Checkpoint, Commit, LogError, LogScan, PlogEntry, PlogWriter, ScanFault, Segment,
+};
+use crate::store::{PageStore, StoreBatch};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// A torn tail that open truncated.
+#[derive(Clone, Debug, Serialize)]
+pub struct TornTail {
+    pub path: String,
+    pub segment: u64,
+    pub offset: u64,
+    pub bytes_dropped: u64,
+    pub reason: String,
+}
+
+/// What open found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpenReport {
+    /// The page store's applied LSN before recovery.
+    pub store_lsn: Lsn,
+    /// The last LSN in the protection log.
+    pub log_end: Lsn,
+    /// Commits redone into the page store.
+    pub replayed: u64,
+    /// Whether the last stop was clean (no rescan needed).
+    pub clean: bool,
+    pub rescanned: bool,
+    pub torn_tail: Option<TornTail>,
+    pub removed_segment: Option<String>,
+    /// Files found damaged: (fnr, reason).
+    pub damaged: Vec<(Fnr, String)>,
+}
+
+pub(crate) struct Recovered {
+    pub latest: Latest,
+    pub writer: PlogWriter,
+    pub checkpoint: CheckpointState,
+    pub report: OpenReport,
+}
+
+/// The catalog and metas the log says the files should have.
+#[derive(Default)]
+struct Expected {
+    catalog: BTreeMap<Fnr, FileDef>,
+    metas: BTreeMap<Fnr, FileMeta>,
+}
+
+impl Expected {
+    fn load(&mut self, c: &Checkpoint) {
+        self.catalog = c.catalog.iter().map(|d| (d.fnr, d.clone())).collect();
+        self.metas = c.metas.iter().map(|m| (m.fnr, *m)).collect();
+    }
+
+    fn matches(&self, c: &Checkpoint) -> bool {
+        c.catalog.len() == self.catalog.len()
+            && c.catalog
+                .iter()
+                .all(|d| self.catalog.get(&d.fnr) == Some(d))
+            && c.metas.iter().all(|m| self.metas.get(&m.fnr) == Some(m))
+    }
+
+    fn advance(&mut self, c: &Commit) {
+        for crate::catalog::CatalogOp::Define(d) in &c.catalog {
+            self.catalog.insert(d.fnr, d.clone());
+            self.metas.entry(d.fnr).or_insert(FileMeta::new(d.fnr));
+        }
+        for m in &c.metas {
+            self.metas.insert(m.fnr, *m);
+        }
+    }
+
+    fn partner(&self, fnr: Fnr) -> Option<Fnr> {
+        match self.catalog.get(&fnr)?.role {
+            Role::Master { log, .. } => Some(log),
+            Role::Log { master } => Some(master),
+            _ => None,
+        }
+    }
+}
+
+/// Replayed writes not yet applied to the store.
+struct ReplayView<'a> {
+    exp: &'a Expected,
+    store: &'a PageStore,
+    overlay: &'a HashMap<(Fnr, Isn), Option<Vec<u8>>>,
+}
+
+impl StateView for ReplayView<'_> {
+    fn def(&self, fnr: Fnr) -> Option<FileDef> {
+        self.exp.catalog.get(&fnr).cloned()
+    }
+    fn meta(&self, fnr: Fnr) -> Option<FileMeta> {
+        self.exp.metas.get(&fnr).copied()
+    }
+    fn get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        if let Some(v) = self.overlay.get(&(fnr, isn)) {
+            return Ok(v.clone());
+        }
+        Ok(self.store.get(fnr, isn)?)
+    }
+}
+
+struct Replay {
+    overlay: HashMap<(Fnr, Isn), Option<Vec<u8>>>,
+    batch: StoreBatch,
+    commits: usize,
+}
+
+impl Replay {
+    fn flush(&mut self, store: &PageStore, applied: Lsn) -> Result<(), DbError> {
+        if self.commits == 0 {
+            return Ok(());
+        }
+        self.batch.applied = applied;
+        store.apply(&self.batch)?;
+        self.batch = StoreBatch::default();
+        self.overlay.clear();
+        self.commits = 0;
+        Ok(())
+    }
+}
+
+fn mark_damaged(exp: &Expected, damaged: &mut BTreeMap<Fnr, String>, fnr: Fnr, reason: String) {
+    if let Some(p) = exp.partner(fnr) {
+        damaged
+            .entry(p)
+            .or_insert_with(|| format!("its partner file {fnr} is damaged: {reason}"));
+    }
+    tracing::error!(file = %fnr, reason = %reason, "file damaged");
+    damaged.entry(fnr).or_insert(reason);
+}
+
+fn replay_commit(
+    store: &PageStore,
+    exp: &Expected,
+    damaged: &mut BTreeMap<Fnr, String>,
+    rp: &mut Replay,
+    c: &Commit,
+) -> Result<(), DbError> {
+    loop {
+        let view = ReplayView {
+            exp,
+            store,
+            overlay: &rp.overlay,
+        };
+        let mut ap = Applier::new(&view, c.lsn, c.time_us, c.client_id.clone());
+        for op in &c.catalog {
+            ap.catalog_op(op);
+        }
+        let mut failed = None;
+        for ch in &c.changes {
+            if damaged.contains_key(&ch.fnr) {
+                continue;
+            }
+            match ap.change(ch.clone(), true) {
+                Ok(()) => {}
+                Err(e @ DbError::BeforeImageMismatch { .. }) => {
+                    failed = Some((ch.fnr, e.to_string()));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some((fnr, reason)) = failed {
+            mark_damaged(exp, damaged, fnr, reason);
+            continue;
+        }
+        let d = ap.finish()?;
+        for m in &c.metas {
+            if damaged.contains_key(&m.fnr) {
+                continue;
+            }
+            if d.metas.get(&m.fnr) != Some(m) {
+                mark_damaged(
+                    exp,
+                    damaged,
+                    m.fnr,
+                    format!(
+                        "replaying LSN {} gives a different digest than the log recorded",
+                        c.lsn
+                    ),
+                );
+            }
+        }
+        for (fnr, isn, v) in d.records {
+            if !damaged.contains_key(&fnr) {
+                rp.overlay.insert((fnr, isn), v.clone());
+                rp.batch.records.push((fnr, isn, v));
+            }
+        }
+        rp.batch.metas.extend(
+            c.metas
+                .iter()
+                .filter(|m| !damaged.contains_key(&m.fnr))
+                .copied(),
+        );
+        rp.batch.catalog.extend(d.catalog.into_values());
+        if let Some(id) = &c.client_id {
+            rp.batch.client_ids.push((id.clone(), c.lsn));
+        }
+        rp.commits += 1;
+        return Ok(());
+    }
+}
+
+/// Compares a file's content in the store with its expected meta.
+pub(crate) fn content_problem(
+    store: &PageStore,
+    expected: &FileMeta,
+) -> Result<Option<String>, DbError> {
+    let mut actual = FileMeta::new(expected.fnr);
+    for kv in store.scan(expected.fnr, Isn(0)) {
+        let (isn, v) = kv?;
+        actual.change(isn, None, Some(&v));
+    }
+    if actual.count == expected.count && actual.digest == expected.digest {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "content has {} records with digest {}, the protection log says {} records with digest {}",
+        actual.count, actual.digest, expected.count, expected.digest
+    )))
+}
+
+fn compare_store(
+    store: &PageStore,
+    exp: &Expected,
+    at: Lsn,
+    damaged: &mut BTreeMap<Fnr, String>,
+) -> Result<(), DbError> {
+    let metas: BTreeMap<Fnr, FileMeta> = store.metas()?.into_iter().map(|m| (m.fnr, m)).collect();
+    let catalog: BTreeMap<Fnr, FileDef> =
+        store.catalog()?.into_iter().map(|d| (d.fnr, d)).collect();
+    for (fnr, def) in &exp.catalog {
+        let want = exp.metas.get(fnr).copied().unwrap_or(FileMeta::new(*fnr));
+        if catalog.get(fnr) != Some(def) {
+            mark_damaged(
+                exp,
+                damaged,
+                *fnr,
+                format!(
+                    "the page store's catalog entry disagrees with the protection log at LSN {at}"
+                ),
+            );
+        } else if metas.get(fnr).map(|m| (m.count, m.digest)) != Some((want.count, want.digest)) {
+            mark_damaged(exp, damaged, *fnr, format!("the page store's count and digest disagree with the protection log at LSN {at}"));
+        }
+    }
+    Ok(())
+}
+
+fn torn_or_corrupt(
+    segs: &[Segment],
+    f: &ScanFault,
+    applied: Lsn,
+    last: Lsn,
+) -> Result<(), DbError> {
+    let seg = &segs[f.seg_idx];
+    let is_last = f.seg_idx + 1 == segs.len();
+    let later = if is_last && f.offset > 0 {
+        valid_frame_after(seg, f.offset).map_err(|e| LogError::io(seg.path.clone(), e))?
+    } else {
+        None
+    };
+    if !is_last || f.offset == 0 || later.is_some() {
+        let reason = match later {
+            Some(at) => format!("{} (a valid frame follows at offset {at})", f.reason),
+            None => f.reason.clone(),
+        };
+        return Err(LogError::Corrupt {
+            path: f.path.clone(),
+            segment: f.segment,
+            offset: f.offset,
+            expected_lsn: f.expected_lsn,
+            reason,
+        }
+        .into());
+    }
+    if applied > last {
+        return Err(LogError::TailCommitted {
+            path: f.path.clone(),
+            segment: f.segment,
+            offset: f.offset,
+            applied,
+            reason: f.reason.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+pub(crate) fn recover(
+    store: &PageStore,
+    plog: Arc<dyn MediumDir>,
+    dbid: DbId,
+    segment_size: u64,
+) -> Result<Recovered, DbError> {
+    let opened = open_segments(&*plog, dbid)?;
+    let mut segs = opened.segments;
+    let applied = store.applied_lsn()?;
+    let mut report = OpenReport {
+        store_lsn: applied,
+        removed_segment: opened.removed_torn,
+        ..OpenReport::default()
+    };
+    let start = segs
+        .iter()
+        .rposition(|s| s.header.first_lsn.0 <= applied.0 + 1)
+        .ok_or(DbError::StoreBehindLog {
+            applied,
+            oldest: Lsn(segs[0].header.first_lsn.0.saturating_sub(1)),
+        })?;
+    let mut exp = Expected::default();
+    let mut damaged = BTreeMap::new();
+    let mut rp = Replay {
+        overlay: HashMap::new(),
+        batch: StoreBatch::default(),
+        commits: 0,
+    };
+    let mut loaded = false;
+    let mut compared = false;
+    let mut last_end = (start, HEADER_LEN);
+    let mut last_clean = false;
+    let mut last_time = 0i64;
+    let mut fault = None;
+    let mut scan = LogScan::new(&segs, start);
+    loop {
+        let frame = match scan.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(f) => {
+                fault = Some(f);
+                break;
+            }
+        };
+        last_end = (frame.seg_idx, frame.end);
+        match &frame.entry {
+            PlogEntry::Checkpoint(c) => {
+                if !loaded {
+                    exp.load(c);
+                    loaded = true;
+                } else if !exp.matches(c) {
+                    return Err(LogError::Corrupt {
+                        path: segs[frame.seg_idx].path.clone(),
+                        segment: frame.segment,
+                        offset: frame.offset,
+                        expected_lsn: scan.last_lsn().next(),
+                        reason: "checkpoint disagrees with the commits before it".into(),
+                    }
+                    .into());
+                }
+                last_clean = c.clean;
+                last_time = last_time.max(c.time_us);
+            }
+            PlogEntry::Commit(c) => {
+                last_clean = false;
+                last_time = last_time.max(c.time_us);
+                if c.lsn > applied {
+                    replay_commit(store, &exp, &mut damaged, &mut rp, c)?;
+                    report.replayed += 1;
+                }
+                exp.advance(c);
+            }
+        }
+        if !compared && scan.last_lsn() == applied {
+            compare_store(store, &exp, applied, &mut damaged)?;
+            compared = true;
+        }
+        if rp.commits >= 4096 {
+            rp.flush(store, scan.last_lsn())?;
+        }
+    }
+    let log_end = scan.last_lsn();
+    drop(scan);
+    if let Some(f) = fault {
+        torn_or_corrupt(&segs, &f, applied, log_end)?;
+        let seg = &segs[f.seg_idx];
+        if f.offset <= HEADER_LEN && f.seg_idx > 0 {
+            // Torn while being created: nothing was committed into it.
+            let name = crate::plog::format::segment_name(seg.no);
+            plog.remove(&name)
+                .map_err(|e| LogError::io(seg.path.clone(), e))?;
+            plog.sync_dir()
+                .map_err(|e| LogError::io(seg.path.clone(), e))?;
+            report.removed_segment = Some(seg.path.clone());
+            segs.truncate(f.seg_idx);
+        } else {
+            seg.medium
+                .set_len(f.offset)
+                .and_then(|_| seg.medium.sync())
+                .map_err(|e| LogError::io(seg.path.clone(), e))?;
+            tracing::warn!(segment = seg.no, offset = f.offset, dropped = seg.len - f.offset, reason = %f.reason,
+                "torn tail truncated (an unacknowledged transaction backed out)");
+            report.torn_tail = Some(TornTail {
+                path: seg.path.clone(),
+                segment: seg.no,
+                offset: f.offset,
+                bytes_dropped: seg.len - f.offset,
+                reason: f.reason.clone(),
+            });
+        }
+    }
+    if applied > log_end {
+        return Err(DbError::StoreAheadOfLog { applied, log_end });
+    }
+    rp.flush(store, log_end)?;
+    report.log_end = log_end;
+    report.clean = last_clean && report.replayed == 0 && report.torn_tail.is_none();
+    if !report.clean {
+        report.rescanned = true;
+        for fnr in exp.catalog.keys() {
+            if damaged.contains_key(fnr) {
+                continue;
+            }
+            let want = exp.metas.get(fnr).copied().unwrap_or(FileMeta::new(*fnr));
+            if let Some(problem) = content_problem(store, &want)? {
+                mark_damaged(&exp, &mut damaged, *fnr, problem);
+            }
+        }
+    }
+    report.damaged = damaged.iter().map(|(f, r)| (*f, r.clone())).collect();
+    let (seg_idx, offset) = last_end;
+    let seg = &segs[seg_idx.min(segs.len() - 1)];
+    let offset = if seg_idx < segs.len() {
+        offset
+    } else {
+        seg.len
+    };
+    let writer = PlogWriter::resume(
+        plog.clone(),
+        dbid,
+        seg.no,
+        seg.medium.clone(),
+        offset,
+        segment_size,
+    );
+    let checkpoint = CheckpointState {
+        catalog: exp.catalog.clone(),
+        metas: exp.metas.clone(),
+        last_lsn: log_end,
+    };
+    let latest = Latest {
+        catalog: exp.catalog,
+        metas: exp.metas,
+        overlay: HashMap::new(),
+        pending_ids: HashMap::new(),
+        last_lsn: log_end,
+        last_time_us: last_time,
+        next_isn: HashMap::new(),
+        damaged,
+    };
+    Ok(Recovered {
+        latest,
+        writer,
+        checkpoint,
+        report,
+    })
+}

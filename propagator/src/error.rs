@@ -1,0 +1,84 @@
+//! Errors of the database layer. Each variant carries what an operator or a
+//! caller needs to act on it; `Display` texts read as sentences.
+
+use crate::catalog::Role;
+use crate::ids::{Fnr, Isn, Lsn};
+use crate::plog::LogError;
+use crate::record::RecordError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database directory {dir}: {reason}")]
+    Directory { dir: String, reason: String },
+    #[error("database {dir} is in use by another process")]
+    InUse { dir: String },
+    #[error("file {0} does not exist")]
+    UnknownFile(Fnr),
+    #[error("file {fnr} already exists (named {name:?})")]
+    FileExists { fnr: Fnr, name: String },
+    #[error("invalid file definition: {0}")]
+    BadDefinition(String),
+    #[error("file {fnr} is damaged: {reason}")]
+    FileDamaged { fnr: Fnr, reason: String },
+    #[error("file {fnr} is a {} file; only the engine writes it", role.name())]
+    ReadOnlyFile { fnr: Fnr, role: Role },
+    #[error("record {isn} already exists in file {fnr}")]
+    RecordExists { fnr: Fnr, isn: Isn },
+    #[error("record {isn} does not exist in file {fnr}")]
+    RecordMissing { fnr: Fnr, isn: Isn },
+    #[error("invalid isn 0 in file {0}: isns start at 1")]
+    ZeroIsn(Fnr),
+    #[error("record for file {fnr}: {source}")]
+    BadRecord {
+        fnr: Fnr,
+        #[source]
+        source: RecordError,
+    },
+    #[error("transaction id {id:?} was already committed at LSN {lsn}")]
+    AlreadyCommitted { id: String, lsn: Lsn },
+    #[error("transaction id must be 1 to 128 bytes, got {0} bytes")]
+    BadClientId(usize),
+    #[error(
+        "the transaction was aborted by an earlier error ({0}); back it out (BT) and start again"
+    )]
+    Aborted(String),
+    #[error("transaction too large: {0}")]
+    TooLarge(String),
+    #[error("page store disagrees with the protection log at LSN {lsn}: record {isn} of file {fnr} is not the logged before-image")]
+    BeforeImageMismatch { fnr: Fnr, isn: Isn, lsn: Lsn },
+    #[error("page store has applied LSN {applied} but the protection log ends at LSN {log_end}: the log lost committed transactions")]
+    StoreAheadOfLog { applied: Lsn, log_end: Lsn },
+    #[error("page store has applied LSN {applied} but the protection log starts after LSN {oldest}: the store is older than the log can bring forward")]
+    StoreBehindLog { applied: Lsn, oldest: Lsn },
+    #[error("the database stopped accepting commits after a failed write or sync ({0}); reopen it to recover")]
+    Poisoned(String),
+    #[error("the database is closed")]
+    Closed,
+}
+
+impl DbError {
+    /// True for errors that say nothing was committed and nothing is damaged:
+    /// the caller's own request was wrong.
+    pub fn is_request_error(&self) -> bool {
+        matches!(
+            self,
+            DbError::UnknownFile(_)
+                | DbError::FileExists { .. }
+                | DbError::BadDefinition(_)
+                | DbError::ReadOnlyFile { .. }
+                | DbError::RecordExists { .. }
+                | DbError::RecordMissing { .. }
+                | DbError::ZeroIsn(_)
+                | DbError::BadRecord { .. }
+                | DbError::AlreadyCommitted { .. }
+                | DbError::BadClientId(_)
+                | DbError::Aborted(_)
+                | DbError::TooLarge(_)
+        )
+    }
+}

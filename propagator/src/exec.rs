@@ -1,0 +1,296 @@
+//! The scriptable command interface: one JSON command per line.
+//!
+//! ```text
+//! {"op":"store","file":10,"isn":7,"fields":{"name":"a","qty":3}}   isn optional
+//! {"op":"update","file":10,"isn":7,"fields":{"qty":4}}            null removes a field
+//! {"op":"delete","file":10,"isn":7}
+//! {"op":"read","file":10,"isn":7}
+//! {"op":"et","id":"optional-client-id"}
+//! {"op":"bt"}
+//! ```
+//! Commands before an ET form one transaction. Each ET prints one JSON line
+//! (`lsn`, `seq` per master touched, `time`, `id`); a read prints the record.
+//! The first bad line prints a JSON error naming the line and stops; the
+//! open transaction is backed out, so nothing of it remains.
+//!
+//! [`run_exec`] drives any [`ExecTarget`], so the same runner serves a local
+//! database and a node connection.
+
+use crate::database::CommitInfo;
+use crate::error::DbError;
+use crate::ids::{Fnr, Isn};
+use crate::record::{record_from_json, record_to_json, Record};
+use crate::session::Session;
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::io::{BufRead, Write};
+
+/// The longest input line accepted.
+pub const MAX_LINE: usize = 4 << 20;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecCommand {
+    Store {
+        file: Fnr,
+        isn: Option<Isn>,
+        fields: Record,
+    },
+    Update {
+        file: Fnr,
+        isn: Isn,
+        fields: Record,
+    },
+    Delete {
+        file: Fnr,
+        isn: Isn,
+    },
+    Read {
+        file: Fnr,
+        isn: Isn,
+    },
+    Et {
+        id: Option<String>,
+    },
+    Bt,
+}
+
+fn field_u64(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Result<Option<u64>, String> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| format!("\"{key}\" must be a positive integer, got {v}")),
+    }
+}
+
+fn required_u64(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    op: &str,
+) -> Result<u64, String> {
+    field_u64(obj, key)?.ok_or_else(|| format!("op \"{op}\" needs \"{key}\""))
+}
+
+fn file_of(obj: &serde_json::Map<String, serde_json::Value>, op: &str) -> Result<Fnr, String> {
+    let n = required_u64(obj, "file", op)?;
+    u32::try_from(n)
+        .map(Fnr)
+        .map_err(|_| format!("\"file\" {n} is larger than the largest file number"))
+}
+
+impl ExecCommand {
+    /// Parses one line, saying exactly what is wrong with a bad one.
+    pub fn parse(line: &str) -> Result<ExecCommand, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+        let obj = v.as_object().ok_or("a command must be a JSON object")?;
+        let op = obj
+            .get("op")
+            .ok_or("missing \"op\"")?
+            .as_str()
+            .ok_or("\"op\" must be a string")?;
+        let allowed: &[&str] = match op {
+            "store" => &["op", "file", "isn", "fields"],
+            "update" => &["op", "file", "isn", "fields"],
+            "delete" | "read" => &["op", "file", "isn"],
+            "et" => &["op", "id"],
+            "bt" => &["op"],
+            other => {
+                return Err(format!(
+                    "unknown op \"{other}\" (expected store, update, delete, read, et or bt)"
+                ))
+            }
+        };
+        if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!("unknown key \"{k}\" for op \"{op}\""));
+        }
+        let fields = |obj: &serde_json::Map<String, serde_json::Value>| {
+            let f = obj
+                .get("fields")
+                .ok_or_else(|| format!("op \"{op}\" needs \"fields\""))?;
+            record_from_json(f).map_err(|e| e.to_string())
+        };
+        Ok(match op {
+            "store" => ExecCommand::Store {
+                file: file_of(obj, op)?,
+                isn: field_u64(obj, "isn")?.map(Isn),
+                fields: fields(obj)?,
+            },
+            "update" => ExecCommand::Update {
+                file: file_of(obj, op)?,
+                isn: Isn(required_u64(obj, "isn", op)?),
+                fields: fields(obj)?,
+            },
+            "delete" => ExecCommand::Delete {
+                file: file_of(obj, op)?,
+                isn: Isn(required_u64(obj, "isn", op)?),
+            },
+            "read" => ExecCommand::Read {
+                file: file_of(obj, op)?,
+                isn: Isn(required_u64(obj, "isn", op)?),
+            },
+            "et" => ExecCommand::Et {
+                id: match obj.get("id") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(other) => return Err(format!("\"id\" must be a string, got {other}")),
+                },
+            },
+            _ => ExecCommand::Bt,
+        })
+    }
+}
+
+/// Something that runs transactions: a local session or a node connection.
+pub trait ExecTarget {
+    type Error: std::fmt::Display;
+    fn store(&mut self, file: Fnr, isn: Option<Isn>, fields: Record) -> Result<Isn, Self::Error>;
+    fn update(&mut self, file: Fnr, isn: Isn, fields: Record) -> Result<(), Self::Error>;
+    fn delete(&mut self, file: Fnr, isn: Isn) -> Result<(), Self::Error>;
+    fn read(&mut self, file: Fnr, isn: Isn) -> Result<Option<Record>, Self::Error>;
+    fn et(&mut self, id: Option<String>) -> Result<CommitInfo, Self::Error>;
+    fn bt(&mut self) -> Result<(), Self::Error>;
+    fn in_transaction(&self) -> bool;
+}
+
+impl ExecTarget for Session {
+    type Error = DbError;
+    fn store(&mut self, file: Fnr, isn: Option<Isn>, fields: Record) -> Result<Isn, DbError> {
+        Session::store(self, file, isn, fields)
+    }
+    fn update(&mut self, file: Fnr, isn: Isn, fields: Record) -> Result<(), DbError> {
+        Session::update(self, file, isn, fields)
+    }
+    fn delete(&mut self, file: Fnr, isn: Isn) -> Result<(), DbError> {
+        Session::delete(self, file, isn)
+    }
+    fn read(&mut self, file: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
+        Session::read(self, file, isn)
+    }
+    fn et(&mut self, id: Option<String>) -> Result<CommitInfo, DbError> {
+        Session::et(self, id)
+    }
+    fn bt(&mut self) -> Result<(), DbError> {
+        Session::bt(self);
+        Ok(())
+    }
+    fn in_transaction(&self) -> bool {
+        Session::in_transaction(self)
+    }
+}
+
+/// The JSON line printed for an ET.
+pub fn commit_json(info: &CommitInfo) -> serde_json::Value {
+    let seq: serde_json::Map<String, serde_json::Value> = info
+        .seqs
+        .iter()
+        .map(|(m, (_, last))| (m.0.to_string(), serde_json::Value::from(last.0)))
+        .collect();
+    let time = DateTime::<Utc>::from_timestamp_micros(info.time_us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true);
+    serde_json::json!({ "lsn": info.lsn.0, "seq": seq, "time": time, "id": info.client_id })
+}
+
+/// How a run of `exec` ended.
+#[derive(Debug, Default)]
+pub struct ExecOutcome {
+    pub committed: u64,
+    /// The failing line (1-based) and why.
+    pub error: Option<(usize, String)>,
+    /// An open transaction was backed out at the end of input.
+    pub backed_out_at_end: bool,
+}
+
+/// Runs every command of `input` against `target`, printing results to `out`.
+pub fn run_exec<T: ExecTarget>(
+    target: &mut T,
+    input: impl BufRead,
+    out: &mut dyn Write,
+) -> std::io::Result<ExecOutcome> {
+    let mut outcome = ExecOutcome::default();
+    for (i, line) in input.split(b'\n').enumerate() {
+        let n = i + 1;
+        let line = line?;
+        let fail = |target: &mut T, out: &mut dyn Write, outcome: &mut ExecOutcome, msg: String| {
+            let _ = target.bt();
+            let _ = writeln!(out, "{}", serde_json::json!({ "error": msg, "line": n }));
+            let _ = out.flush();
+            outcome.error = Some((n, msg));
+        };
+        if line.len() > MAX_LINE {
+            fail(
+                target,
+                out,
+                &mut outcome,
+                format!("line is {} bytes; the limit is {MAX_LINE}", line.len()),
+            );
+            return Ok(outcome);
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            fail(target, out, &mut outcome, "line is not valid UTF-8".into());
+            return Ok(outcome);
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let cmd = match ExecCommand::parse(text) {
+            Ok(c) => c,
+            Err(e) => {
+                fail(target, out, &mut outcome, e);
+                return Ok(outcome);
+            }
+        };
+        let result: Result<(), String> = match cmd {
+            ExecCommand::Store { file, isn, fields } => target
+                .store(file, isn, fields)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            ExecCommand::Update { file, isn, fields } => {
+                target.update(file, isn, fields).map_err(|e| e.to_string())
+            }
+            ExecCommand::Delete { file, isn } => {
+                target.delete(file, isn).map_err(|e| e.to_string())
+            }
+            ExecCommand::Read { file, isn } => match target.read(file, isn) {
+                Ok(r) => {
+                    let fields = r
+                        .as_ref()
+                        .map(record_to_json)
+                        .unwrap_or(serde_json::Value::Null);
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "file": file.0, "isn": isn.0, "fields": fields })
+                    )?;
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            ExecCommand::Et { id } => match target.et(id) {
+                Ok(info) => {
+                    outcome.committed += 1;
+                    writeln!(out, "{}", commit_json(&info))?;
+                    out.flush()?;
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            ExecCommand::Bt => target.bt().map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            fail(target, out, &mut outcome, e);
+            return Ok(outcome);
+        }
+    }
+    if target.in_transaction() {
+        let _ = target.bt();
+        outcome.backed_out_at_end = true;
+    }
+    out.flush()?;
+    Ok(outcome)
+}

@@ -1,0 +1,206 @@
+//! An in-memory medium for crash and I/O-fault tests.
+//!
+//! Each file keeps the bytes written so far and, separately, the bytes as of
+//! its last successful sync. [`MemDir::crash_image`] builds what a power
+//! loss could leave: every synced byte, plus for each file a random prefix of
+//! what was written after its last sync, sometimes with its last sector
+//! replaced by garbage. Faults can be armed: fail the next sync, or fail every
+//! write from now on.
+
+use super::{Medium, MediumDir};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Default)]
+pub struct MemFile {
+    state: Mutex<FileState>,
+    faults: Arc<Faults>,
+}
+
+#[derive(Default, Clone)]
+struct FileState {
+    written: Vec<u8>,
+    synced: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Faults {
+    fail_next_sync: AtomicBool,
+    fail_writes: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Medium for MemFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(lock(&self.state).written.len() as u64)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let s = lock(&self.state);
+        let start = offset as usize;
+        let end = start + buf.len();
+        if end > s.written.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end",
+            ));
+        }
+        buf.copy_from_slice(&s.written[start..end]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.faults.fail_writes.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        let mut s = lock(&self.state);
+        let start = offset as usize;
+        if s.written.len() < start + buf.len() {
+            s.written.resize(start + buf.len(), 0);
+        }
+        s.written[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        if self.faults.fail_next_sync.swap(false, Ordering::SeqCst) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        let mut s = lock(&self.state);
+        s.synced = s.written.clone();
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        lock(&self.state).written.resize(len as usize, 0);
+        Ok(())
+    }
+}
+
+/// A directory of [`MemFile`]s. Cloning shares the same files.
+#[derive(Clone, Default)]
+pub struct MemDir {
+    files: Arc<Mutex<BTreeMap<String, Arc<MemFile>>>>,
+    faults: Arc<Faults>,
+}
+
+impl MemDir {
+    pub fn new() -> MemDir {
+        MemDir::default()
+    }
+
+    /// The image a power loss could leave now (see the module docs); `seed`
+    /// makes the choice of surviving unsynced bytes reproducible.
+    pub fn crash_image(&self, seed: u64) -> MemDir {
+        let mut rng = fastrand_lite(seed);
+        let files = lock(&self.files);
+        let out = MemDir::new();
+        for (name, f) in files.iter() {
+            let s = lock(&f.state);
+            let mut bytes = s.synced.clone();
+            if s.written.len() > s.synced.len() && s.written.starts_with(&s.synced) {
+                let pending = &s.written[s.synced.len()..];
+                let keep = (rng() % (pending.len() as u64 + 1)) as usize;
+                bytes.extend_from_slice(&pending[..keep]);
+                // Sometimes the last (partial) sector of what survived is garbage.
+                if keep > 0 && rng() % 3 == 0 {
+                    let sector_start = bytes.len() - (keep % 512).max(1).min(keep);
+                    for b in &mut bytes[sector_start..] {
+                        *b = (rng() & 0xff) as u8;
+                    }
+                }
+            }
+            out.insert(name, bytes);
+        }
+        out
+    }
+
+    /// Only the synced bytes of every file: the plainest power loss.
+    pub fn synced_image(&self) -> MemDir {
+        let files = lock(&self.files);
+        let out = MemDir::new();
+        for (name, f) in files.iter() {
+            out.insert(name, lock(&f.state).synced.clone());
+        }
+        out
+    }
+
+    /// Puts a file with these (synced) bytes into the directory.
+    pub fn insert(&self, name: &str, bytes: Vec<u8>) {
+        let f = MemFile {
+            state: Mutex::new(FileState {
+                written: bytes.clone(),
+                synced: bytes,
+            }),
+            faults: self.faults.clone(),
+        };
+        lock(&self.files).insert(name.to_string(), Arc::new(f));
+    }
+
+    /// The current (written) bytes of a file.
+    pub fn bytes(&self, name: &str) -> Option<Vec<u8>> {
+        lock(&self.files)
+            .get(name)
+            .map(|f| lock(&f.state).written.clone())
+    }
+
+    pub fn fail_next_sync(&self) {
+        self.faults.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
+    pub fn fail_writes(&self, on: bool) {
+        self.faults.fail_writes.store(on, Ordering::SeqCst);
+    }
+}
+
+/// A small xorshift generator: crash images must not depend on a global RNG.
+fn fastrand_lite(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+impl MediumDir for MemDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(lock(&self.files).keys().cloned().collect())
+    }
+    fn open(&self, name: &str) -> io::Result<Arc<dyn Medium>> {
+        lock(&self.files)
+            .get(name)
+            .cloned()
+            .map(|f| f as Arc<dyn Medium>)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
+    }
+    fn create(&self, name: &str) -> io::Result<Arc<dyn Medium>> {
+        let mut files = lock(&self.files);
+        if files.contains_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_string(),
+            ));
+        }
+        let f = Arc::new(MemFile {
+            state: Mutex::default(),
+            faults: self.faults.clone(),
+        });
+        files.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        lock(&self.files)
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn describe(&self, name: &str) -> String {
+        format!("mem:{name}")
+    }
+}

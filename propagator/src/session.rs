@@ -1,0 +1,155 @@
+//! Client sessions and their transactions.
+//!
+//! A session buffers the commands of its open transaction; nothing reaches
+//! the protection log or the page store before ET, so backing out (BT, a
+//! dropped session, a dead connection, a crash) leaves no trace. Commands are
+//! checked when given, against the latest state and the session's own
+//! writes, and checked again at ET; any error aborts the whole transaction.
+
+use crate::database::{CommitInfo, Database, Op, MAX_TXN_COMMANDS};
+use crate::error::DbError;
+use crate::ids::{Fnr, Isn};
+use crate::record::{apply_patch, check_field_name, decode_record, encode_record, Record};
+use std::collections::HashMap;
+
+pub struct Session {
+    db: Database,
+    ops: Vec<Op>,
+    /// The session's own view of records it has written: `None` = deleted.
+    local: HashMap<(Fnr, Isn), Option<Record>>,
+    aborted: Option<String>,
+}
+
+impl Session {
+    pub(crate) fn new(db: Database) -> Session {
+        Session {
+            db,
+            ops: Vec::new(),
+            local: HashMap::new(),
+            aborted: None,
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Whether a transaction is open (has commands).
+    pub fn in_transaction(&self) -> bool {
+        !self.ops.is_empty() || self.aborted.is_some()
+    }
+
+    fn guard<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, DbError>) -> Result<T, DbError> {
+        if let Some(reason) = &self.aborted {
+            return Err(DbError::Aborted(reason.clone()));
+        }
+        if self.ops.len() >= MAX_TXN_COMMANDS {
+            let e = DbError::TooLarge(format!("more than {MAX_TXN_COMMANDS} commands"));
+            self.abort(&e);
+            return Err(e);
+        }
+        let r = f(self);
+        if let Err(e) = &r {
+            self.abort(e);
+        }
+        r
+    }
+
+    fn abort(&mut self, e: &DbError) {
+        self.ops.clear();
+        self.local.clear();
+        self.aborted = Some(e.to_string());
+    }
+
+    fn view(&self, fnr: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
+        if let Some(r) = self.local.get(&(fnr, isn)) {
+            return Ok(r.clone());
+        }
+        match self.db.writable_get(fnr, isn)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                decode_record(&b).map_err(|source| DbError::BadRecord { fnr, source })?,
+            )),
+        }
+    }
+
+    fn check_record(fnr: Fnr, rec: &Record) -> Result<(), DbError> {
+        for k in rec.keys() {
+            check_field_name(k).map_err(|source| DbError::BadRecord { fnr, source })?;
+        }
+        encode_record(rec).map_err(|source| DbError::BadRecord { fnr, source })?;
+        Ok(())
+    }
+
+    /// Stores a new record; `isn` None lets the engine assign the next one.
+    pub fn store(&mut self, fnr: Fnr, isn: Option<Isn>, record: Record) -> Result<Isn, DbError> {
+        self.guard(|s| {
+            if isn == Some(Isn(0)) {
+                return Err(DbError::ZeroIsn(fnr));
+            }
+            Self::check_record(fnr, &record)?;
+            // Checks the file (exists, writable, undamaged) before taking an isn.
+            s.db.writable_get(fnr, Isn(0))?;
+            let isn = match isn {
+                Some(i) => i,
+                None => s.db.allocate_isn(fnr),
+            };
+            if s.view(fnr, isn)?.is_some() {
+                return Err(DbError::RecordExists { fnr, isn });
+            }
+            s.local.insert((fnr, isn), Some(record.clone()));
+            s.ops.push(Op::Store { fnr, isn, record });
+            Ok(isn)
+        })
+    }
+
+    /// Replaces the named fields; a `Null` value removes the field.
+    pub fn update(&mut self, fnr: Fnr, isn: Isn, patch: Record) -> Result<(), DbError> {
+        self.guard(|s| {
+            let mut rec = s
+                .view(fnr, isn)?
+                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            apply_patch(&mut rec, &patch);
+            Self::check_record(fnr, &rec)?;
+            s.local.insert((fnr, isn), Some(rec));
+            s.ops.push(Op::Update { fnr, isn, patch });
+            Ok(())
+        })
+    }
+
+    pub fn delete(&mut self, fnr: Fnr, isn: Isn) -> Result<(), DbError> {
+        self.guard(|s| {
+            s.view(fnr, isn)?
+                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            s.local.insert((fnr, isn), None);
+            s.ops.push(Op::Delete { fnr, isn });
+            Ok(())
+        })
+    }
+
+    /// Reads a record as this transaction sees it (its own writes included).
+    /// Reading a file clients may not write reads the committed state.
+    pub fn read(&mut self, fnr: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
+        if let Some(r) = self.local.get(&(fnr, isn)) {
+            return Ok(r.clone());
+        }
+        self.db.read(fnr, isn)
+    }
+
+    /// ET: commits the open transaction, durably, before returning.
+    pub fn et(&mut self, client_id: Option<String>) -> Result<CommitInfo, DbError> {
+        if let Some(reason) = self.aborted.take() {
+            return Err(DbError::Aborted(reason));
+        }
+        let ops = std::mem::take(&mut self.ops);
+        self.local.clear();
+        self.db.commit(vec![], ops, client_id)
+    }
+
+    /// BT: backs out the open transaction.
+    pub fn bt(&mut self) {
+        self.ops.clear();
+        self.local.clear();
+        self.aborted = None;
+    }
+}

@@ -1,0 +1,634 @@
+//! Guards the storage-core invariants in-process: atomicity of a master
+//! change and its log record, autobackout, autorestart (redo after the page
+//! store fell behind), power-loss images of the protection log, and damage
+//! that is detected and named, never used.
+
+use propagator::medium::{MediumDir, MemDir};
+use propagator::plog::format::segment_name;
+use propagator::{Database, DbError, DbId, Fnr, Isn, LogOp, Options, Record, Role, Seq, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const MASTER: Fnr = Fnr(10);
+const LOG: Fnr = Fnr(11);
+const PLAIN: Fnr = Fnr(20);
+const REPL: Fnr = Fnr(30);
+
+fn rec(pairs: &[(&str, i64)]) -> Record {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::Int(*v)))
+        .collect()
+}
+
+fn setup(db: &Database) {
+    db.create_file(MASTER, "orders", Role::Plain)
+        .expect("create master");
+    db.define_master(MASTER, LOG).expect("define master");
+    db.create_file(PLAIN, "notes", Role::Plain)
+        .expect("create plain");
+    db.create_file(REPL, "copy", Role::Replicate)
+        .expect("create replicate");
+}
+
+fn fresh(dir: &Path) -> Database {
+    Database::init(dir, DbId(1), None).expect("init");
+    let (db, _) = Database::open(dir).expect("open");
+    setup(&db);
+    db
+}
+
+fn dump(db: &Database, fnr: Fnr) -> BTreeMap<Isn, Record> {
+    let mut out = BTreeMap::new();
+    db.for_each_raw(fnr, Isn(0), |isn, b| {
+        out.insert(isn, propagator::record::decode_record(b).expect("decodes"));
+        Ok(true)
+    })
+    .expect("scan");
+    out
+}
+
+fn dump_raw(db: &Database, fnr: Fnr) -> BTreeMap<Isn, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    db.for_each_raw(fnr, Isn(0), |isn, b| {
+        out.insert(isn, b.to_vec());
+        Ok(true)
+    })
+    .expect("scan");
+    out
+}
+
+/// Replays the master's log from empty; checks seqs are 1..=n without gaps
+/// and each record's digest equals what the master had at that seq.
+fn replay_log(db: &Database) -> BTreeMap<Isn, Record> {
+    let mut state = BTreeMap::new();
+    let mut expect_seq = 1;
+    let mut meta = propagator::FileMeta::new(MASTER);
+    db.for_each_log_record(MASTER, Seq(1), |r| {
+        assert_eq!(r.seq, Seq(expect_seq), "log seq gap");
+        expect_seq += 1;
+        let cur = state
+            .get(&r.isn)
+            .map(|x| propagator::record::encode_record(x).expect("enc"));
+        assert_eq!(
+            cur, r.before,
+            "before-image of seq {} is not the replayed state",
+            r.seq
+        );
+        meta.change(r.isn, r.before.as_deref(), r.after.as_deref());
+        assert_eq!(
+            (meta.count, meta.digest),
+            (r.master_count, r.master_digest),
+            "digest at seq {}",
+            r.seq
+        );
+        match &r.after {
+            Some(a) => {
+                state.insert(r.isn, propagator::record::decode_record(a).expect("dec"));
+            }
+            None => {
+                state.remove(&r.isn);
+            }
+        }
+        Ok(true)
+    })
+    .expect("log scan");
+    state
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn et_is_durable_and_visible_after_reopen() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    let isn = s.store(MASTER, None, rec(&[("qty", 3)])).expect("store");
+    s.store(PLAIN, Some(Isn(5)), rec(&[("a", 1)]))
+        .expect("store plain");
+    let info = s.et(Some("t1".into())).expect("et");
+    assert_eq!(info.seqs.get(&MASTER), Some(&(Seq(1), Seq(1))));
+    drop(s);
+    db.close().expect("close");
+    let (db, report) = Database::open(t.path()).expect("reopen");
+    assert!(report.clean, "{report:?}");
+    assert_eq!(
+        db.read(MASTER, isn).expect("read"),
+        Some(rec(&[("qty", 3)]))
+    );
+    assert_eq!(
+        db.read(PLAIN, Isn(5)).expect("read"),
+        Some(rec(&[("a", 1)]))
+    );
+    assert!(db.check().expect("check").is_ok());
+}
+
+#[test]
+fn bt_and_dropped_session_leave_no_trace() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let before = db.last_lsn();
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(1)), rec(&[("q", 1)]))
+        .expect("store");
+    assert_eq!(
+        s.read(MASTER, Isn(1)).expect("own write"),
+        Some(rec(&[("q", 1)]))
+    );
+    assert_eq!(
+        db.read(MASTER, Isn(1)).expect("read"),
+        None,
+        "uncommitted write visible"
+    );
+    s.bt();
+    drop(s);
+    {
+        let mut s2 = db.session();
+        s2.store(MASTER, Some(Isn(2)), rec(&[("q", 2)]))
+            .expect("store");
+        // dropped without ET
+    }
+    assert_eq!(db.last_lsn(), before);
+    assert!(dump(&db, MASTER).is_empty());
+    assert!(dump(&db, LOG).is_empty());
+    db.close().expect("close");
+    let (db, _) = Database::open(t.path()).expect("reopen");
+    assert!(dump(&db, MASTER).is_empty());
+    assert!(dump(&db, LOG).is_empty());
+}
+
+#[test]
+fn duplicate_transaction_id_is_refused_with_original_lsn_even_after_reopen() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    s.store(MASTER, None, rec(&[("q", 1)])).expect("store");
+    let first = s.et(Some("order-42".into())).expect("et");
+    s.store(MASTER, None, rec(&[("q", 2)])).expect("store");
+    match s.et(Some("order-42".into())) {
+        Err(DbError::AlreadyCommitted { id, lsn }) => {
+            assert_eq!(id, "order-42");
+            assert_eq!(lsn, first.lsn);
+        }
+        other => panic!("expected AlreadyCommitted, got {other:?}"),
+    }
+    assert_eq!(
+        dump(&db, MASTER).len(),
+        1,
+        "the refused transaction left a trace"
+    );
+    drop(s);
+    db.simulate_crash();
+    let (db, _) = Database::open(t.path()).expect("reopen");
+    let mut s = db.session();
+    s.store(MASTER, None, rec(&[("q", 3)])).expect("store");
+    assert!(
+        matches!(s.et(Some("order-42".into())), Err(DbError::AlreadyCommitted { lsn, .. }) if lsn == first.lsn)
+    );
+    assert_eq!(dump(&db, MASTER).len(), 1);
+}
+
+#[test]
+fn command_errors_abort_the_transaction_and_leave_no_trace() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(1)), rec(&[("q", 1)]))
+        .expect("store");
+    s.et(None).expect("et");
+    let lsn = db.last_lsn();
+    type Case = fn(&mut propagator::Session) -> Result<(), DbError>;
+    let cases: Vec<(&str, Case)> = vec![
+        ("store on existing isn", |s| {
+            s.store(MASTER, Some(Isn(1)), rec(&[("q", 9)])).map(|_| ())
+        }),
+        ("update of missing isn", |s| {
+            s.update(MASTER, Isn(99), rec(&[("q", 9)]))
+        }),
+        ("delete of missing isn", |s| s.delete(MASTER, Isn(99))),
+        ("unknown file", |s| {
+            s.store(Fnr(77), None, rec(&[("q", 9)])).map(|_| ())
+        }),
+        ("write to a replicate file", |s| {
+            s.store(REPL, None, rec(&[("q", 9)])).map(|_| ())
+        }),
+        ("write to a log file", |s| {
+            s.store(LOG, None, rec(&[("q", 9)])).map(|_| ())
+        }),
+        ("isn zero", |s| {
+            s.store(MASTER, Some(Isn(0)), rec(&[("q", 9)])).map(|_| ())
+        }),
+    ];
+    for (what, case) in cases {
+        let mut s = db.session();
+        s.store(MASTER, Some(Isn(50)), rec(&[("pending", 1)]))
+            .expect("first command");
+        let err = case(&mut s).expect_err(what);
+        assert!(!err.to_string().is_empty());
+        assert!(
+            matches!(s.et(None), Err(DbError::Aborted(_))),
+            "{what}: ET after an error must fail"
+        );
+        assert_eq!(db.last_lsn(), lsn, "{what}: something was committed");
+        assert_eq!(
+            db.read(MASTER, Isn(50)).expect("read"),
+            None,
+            "{what}: left a trace"
+        );
+    }
+    let errs = [
+        db.session()
+            .store(REPL, None, rec(&[("q", 1)]))
+            .expect_err("replicate"),
+        db.session()
+            .update(MASTER, Isn(99), rec(&[("q", 1)]))
+            .expect_err("missing"),
+    ];
+    assert!(
+        errs[0].to_string().contains("replicate file"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].to_string().contains("does not exist"),
+        "{}",
+        errs[1]
+    );
+    assert_eq!(replay_log(&db), dump(&db, MASTER));
+}
+
+#[test]
+fn every_master_change_writes_a_gap_free_log_record_with_the_master_digest() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    for i in 1..=20 {
+        s.store(
+            MASTER,
+            Some(Isn(i)),
+            rec(&[("q", i as i64), ("grp", (i % 4) as i64)]),
+        )
+        .expect("store");
+        if i % 3 == 0 {
+            s.update(MASTER, Isn(i), rec(&[("q", 100)]))
+                .expect("update");
+        }
+        if i % 5 == 0 {
+            s.delete(MASTER, Isn(i - 1)).expect("delete");
+        }
+        s.et(None).expect("et");
+    }
+    let mut null_patch = Record::new();
+    null_patch.insert("grp".into(), Value::Null);
+    s.update(MASTER, Isn(2), null_patch).expect("remove field");
+    s.store(MASTER, None, rec(&[("q", 1)]))
+        .expect("assigned isn");
+    let info = s.et(None).expect("et");
+    let (first, last) = info.seqs[&MASTER];
+    assert_eq!(last.0 - first.0, 1, "two changes, two seqs");
+    assert_eq!(
+        db.read(MASTER, Isn(2)).expect("read"),
+        Some(rec(&[("q", 2)]))
+    );
+    let mut parts = Vec::new();
+    db.for_each_log_record(MASTER, first, |r| {
+        parts.push((r.part, r.parts, r.op));
+        Ok(true)
+    })
+    .expect("log");
+    assert_eq!(parts, vec![(1, 2, LogOp::Update), (2, 2, LogOp::Store)]);
+    assert_eq!(replay_log(&db), dump(&db, MASTER));
+    let metas: BTreeMap<Fnr, _> = db
+        .files()
+        .into_iter()
+        .map(|f| (f.def.fnr, f.meta))
+        .collect();
+    assert_eq!(metas[&LOG].count, last.0, "one log record per change");
+    assert!(db.check().expect("check").is_ok());
+}
+
+#[test]
+fn replay_redoes_commits_after_the_page_store_fell_behind() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    for i in 1..=10 {
+        s.store(MASTER, Some(Isn(i)), rec(&[("q", i as i64)]))
+            .expect("store");
+        s.et(Some(format!("a{i}"))).expect("et");
+    }
+    drop(s);
+    db.close().expect("close");
+    let old_store = t.path().join("old-store");
+    copy_dir(&t.path().join("store"), &old_store);
+    let (db, _) = Database::open(t.path()).expect("reopen");
+    let mut s = db.session();
+    for i in 1..=10 {
+        s.update(MASTER, Isn(i), rec(&[("q", 1000 + i as i64)]))
+            .expect("update");
+        if i % 2 == 0 {
+            s.delete(MASTER, Isn(i)).expect("delete");
+        }
+        s.et(Some(format!("b{i}"))).expect("et");
+    }
+    drop(s);
+    let want = dump(&db, MASTER);
+    let want_log = dump_raw(&db, LOG);
+    db.close().expect("close");
+    // sled loses everything since the copy: the protection log must redo it.
+    std::fs::remove_dir_all(t.path().join("store")).expect("rm");
+    std::fs::rename(&old_store, t.path().join("store")).expect("mv");
+    let (db, report) = Database::open(t.path()).expect("reopen after rollback");
+    assert_eq!(report.replayed, 10, "{report:?}");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump(&db, MASTER), want);
+    assert_eq!(dump_raw(&db, LOG), want_log);
+    assert!(matches!(
+        db.session().et(Some("b3".into())),
+        Err(DbError::AlreadyCommitted { .. })
+    ));
+    assert!(db.check().expect("check").is_ok());
+    // A store deleted outright is rebuilt from the whole log.
+    db.close().expect("close");
+    std::fs::remove_dir_all(t.path().join("store")).expect("rm");
+    let (db, report) = Database::open(t.path()).expect("rebuild");
+    assert!(report.replayed > 20);
+    assert_eq!(dump(&db, MASTER), want);
+}
+
+/// Opens a database whose protection log lives in a [`MemDir`] seeded from
+/// the on-disk segment `init` wrote.
+fn mem_db(dir: &Path, segment_size: u64) -> MemDir {
+    Database::init(dir, DbId(1), Some(segment_size)).expect("init");
+    let mem = MemDir::new();
+    let name = segment_name(1);
+    mem.insert(
+        &name,
+        std::fs::read(dir.join("plog").join(&name)).expect("segment"),
+    );
+    mem
+}
+
+fn open_mem(dir: &Path, mem: &MemDir) -> Result<(Database, propagator::OpenReport), DbError> {
+    Database::open_with(
+        dir,
+        Arc::new(mem.clone()) as Arc<dyn MediumDir>,
+        Options::default(),
+    )
+}
+
+#[test]
+fn power_loss_images_keep_every_synced_commit_and_truncate_the_torn_tail() {
+    for seed in 0..12u64 {
+        let t = tempfile::tempdir().expect("tempdir");
+        let mem = mem_db(t.path(), 8192);
+        let (db, _) = open_mem(t.path(), &mem).expect("open");
+        setup(&db);
+        let mut acked = BTreeMap::new();
+        let mut s = db.session();
+        for i in 1..=40u64 {
+            s.store(
+                MASTER,
+                Some(Isn(i)),
+                rec(&[("q", i as i64), ("pad", seed as i64)]),
+            )
+            .expect("store");
+            s.store(PLAIN, Some(Isn(i)), rec(&[("q", i as i64)]))
+                .expect("store");
+            s.et(Some(format!("t{i}"))).expect("et");
+            acked.insert(Isn(i), rec(&[("q", i as i64), ("pad", seed as i64)]));
+        }
+        // One more whose sync fails: written, never acknowledged.
+        mem.fail_next_sync();
+        s.store(MASTER, Some(Isn(41)), rec(&[("q", 41)]))
+            .expect("store");
+        s.store(PLAIN, Some(Isn(41)), rec(&[("q", 41)]))
+            .expect("store");
+        assert!(matches!(s.et(None), Err(DbError::Poisoned(_))));
+        assert!(
+            matches!(s.et(None), Err(DbError::Poisoned(_))),
+            "a poisoned database must refuse commits"
+        );
+        drop(s);
+        let image = mem.crash_image(seed);
+        db.simulate_crash();
+        let (db, report) = open_mem(t.path(), &image).expect("open crash image");
+        assert!(report.damaged.is_empty(), "seed {seed}: {report:?}");
+        let master = dump(&db, MASTER);
+        let plain = dump(&db, PLAIN);
+        for (isn, r) in &acked {
+            assert_eq!(
+                master.get(isn),
+                Some(r),
+                "seed {seed}: acknowledged commit {isn} lost"
+            );
+        }
+        // The unacknowledged one is all there or not there at all.
+        assert_eq!(
+            master.contains_key(&Isn(41)),
+            plain.contains_key(&Isn(41)),
+            "seed {seed}: half a transaction"
+        );
+        assert_eq!(master.len(), plain.len());
+        assert_eq!(replay_log(&db), master, "seed {seed}");
+        assert!(db.check().expect("check").is_ok(), "seed {seed}");
+        // And the database takes new commits after recovery.
+        let mut s = db.session();
+        s.store(MASTER, Some(Isn(100)), rec(&[("q", 1)]))
+            .expect("store");
+        s.et(None).expect("et after recovery");
+    }
+}
+
+fn flip(mem: &MemDir, name: &str, offset: usize) {
+    let mut b = mem.bytes(name).expect("segment");
+    b[offset] ^= 0x40;
+    mem.insert(name, b);
+}
+
+fn committed_mem_db(dir: &Path, n: u64, clean: bool) -> MemDir {
+    let mem = mem_db(dir, 1 << 20);
+    let (db, _) = open_mem(dir, &mem).expect("open");
+    setup(&db);
+    let mut s = db.session();
+    for i in 1..=n {
+        s.store(MASTER, Some(Isn(i)), rec(&[("q", i as i64)]))
+            .expect("store");
+        s.et(None).expect("et");
+    }
+    drop(s);
+    if clean {
+        db.close().expect("close");
+    } else {
+        db.simulate_crash();
+    }
+    mem
+}
+
+#[test]
+fn flipped_byte_in_the_middle_of_the_log_stops_open_naming_segment_and_offset() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mem = committed_mem_db(t.path(), 30, true);
+    let name = segment_name(1);
+    let len = mem.bytes(&name).expect("seg").len();
+    flip(&mem, &name, len / 2);
+    // Also damage at the very end is named (here: past the last commit a
+    // clean checkpoint follows, so it is mid-log damage, not a torn tail).
+    let err = open_mem(t.path(), &mem).err().expect("open must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("segment 1") && msg.contains("offset"), "{msg}");
+    assert!(
+        matches!(
+            err,
+            DbError::Log(propagator::plog::LogError::Corrupt { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn flipped_byte_in_the_last_committed_frame_is_named_not_truncated() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mem = committed_mem_db(t.path(), 30, false);
+    let name = segment_name(1);
+    let len = mem.bytes(&name).expect("seg").len();
+    flip(&mem, &name, len - 3);
+    let err = open_mem(t.path(), &mem).err().expect("open must fail");
+    assert!(
+        matches!(
+            err,
+            DbError::Log(propagator::plog::LogError::TailCommitted { segment: 1, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("offset"), "{err}");
+}
+
+#[test]
+fn damaged_page_store_directory_is_an_error_naming_it() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    db.close().expect("close");
+    let store = t.path().join("store");
+    for e in std::fs::read_dir(&store).expect("store dir") {
+        let p = e.expect("entry").path();
+        if p.is_file() {
+            std::fs::write(&p, b"garbage garbage garbage").expect("damage");
+        }
+    }
+    let err = Database::open(t.path()).err().expect("open must fail");
+    let msg = err.to_string();
+    assert!(msg.contains(&store.display().to_string()), "{msg}");
+}
+
+#[test]
+fn record_changed_behind_the_engine_is_reported_damaged_never_used() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    for i in 1..=5 {
+        s.store(MASTER, Some(Isn(i)), rec(&[("q", i as i64)]))
+            .expect("store");
+        s.store(PLAIN, Some(Isn(i)), rec(&[("q", i as i64)]))
+            .expect("store");
+        s.et(None).expect("et");
+    }
+    drop(s);
+    db.close().expect("close");
+    {
+        // Edit one record directly in the page store, as damage would.
+        let store =
+            propagator::store::PageStore::open(&t.path().join("store"), 1 << 20).expect("store");
+        let applied = store.applied_lsn().expect("lsn");
+        let bytes = propagator::record::encode_record(&rec(&[("q", 999)])).expect("enc");
+        store
+            .apply(&propagator::store::StoreBatch {
+                applied,
+                records: vec![(PLAIN, Isn(3), Some(bytes))],
+                ..Default::default()
+            })
+            .expect("tamper");
+        store.flush().expect("flush");
+    }
+    // A clean open does not rescan, but `check` does.
+    let (db, _) = Database::open(t.path()).expect("open");
+    let report = db.check().expect("check");
+    assert!(!report.is_ok());
+    let bad: Vec<_> = report
+        .files
+        .iter()
+        .filter(|f| f.problem.is_some())
+        .map(|f| f.fnr)
+        .collect();
+    assert_eq!(bad, vec![PLAIN]);
+    // After an unclean stop the open itself finds it and refuses the file.
+    db.simulate_crash();
+    let (db, report) = Database::open(t.path()).expect("open");
+    assert_eq!(
+        report.damaged.iter().map(|d| d.0).collect::<Vec<_>>(),
+        vec![PLAIN],
+        "{report:?}"
+    );
+    assert!(matches!(
+        db.read(PLAIN, Isn(1)),
+        Err(DbError::FileDamaged { .. })
+    ));
+    assert!(matches!(
+        db.session().store(PLAIN, None, rec(&[("q", 1)])),
+        Err(DbError::FileDamaged { .. })
+    ));
+    // Undamaged files keep working.
+    assert_eq!(
+        db.read(MASTER, Isn(3)).expect("read"),
+        Some(rec(&[("q", 3)]))
+    );
+}
+
+#[test]
+fn segments_rotate_and_recovery_reads_across_them() {
+    let t = tempfile::tempdir().expect("tempdir");
+    Database::init(t.path(), DbId(3), Some(4096)).expect("init");
+    let (db, _) = Database::open(t.path()).expect("open");
+    setup(&db);
+    let mut s = db.session();
+    for i in 1..=200u64 {
+        s.store(MASTER, Some(Isn(i)), rec(&[("q", i as i64)]))
+            .expect("store");
+        s.et(None).expect("et");
+    }
+    drop(s);
+    let want = dump(&db, MASTER);
+    db.simulate_crash();
+    let segs = std::fs::read_dir(t.path().join("plog"))
+        .expect("plog")
+        .count();
+    assert!(segs >= 3, "only {segs} segments");
+    let (db, report) = Database::open(t.path()).expect("reopen");
+    assert!(report.rescanned && report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump(&db, MASTER), want);
+    let check = db.check().expect("check");
+    assert!(check.is_ok(), "{check:?}");
+    assert_eq!(check.segments as usize, segs);
+}
+
+#[test]
+fn a_second_open_of_a_database_in_use_is_refused() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let _db = fresh(t.path());
+    assert!(matches!(
+        Database::open(t.path()),
+        Err(DbError::InUse { .. })
+    ));
+}
