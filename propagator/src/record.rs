@@ -169,7 +169,7 @@ pub fn encode_hex(b: &[u8]) -> String {
 }
 
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -258,11 +258,11 @@ mod tests {
     #[test]
     fn json_rejects_nested_and_oversized_values_naming_the_field() {
         let v: serde_json::Value = serde_json::json!({"a": [1, 2]});
-        let e = record_from_json(&v).unwrap_err();
+        let e = record_from_json(&v).expect_err("must fail");
         assert!(e.to_string().contains("\"a\""), "{e}");
         let v: serde_json::Value = serde_json::json!({"big": u64::MAX});
         assert!(record_from_json(&v)
-            .unwrap_err()
+            .expect_err("must fail")
             .to_string()
             .contains("big"));
         let v: serde_json::Value = serde_json::json!({"": 1});

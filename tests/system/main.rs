@@ -1,1 +1,5 @@
+//! System tests: the real `etp` binary, real processes and files.
+//! One test binary (one link step), suites by property.
 
+mod cli_input;
+mod crash;

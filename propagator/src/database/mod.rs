@@ -102,12 +102,15 @@ pub struct FileInfo {
     pub damaged: Option<String>,
 }
 
+/// A record written by a queued commit: the commit's LSN and the bytes (None = deleted).
+pub(crate) type Pending = (Lsn, Option<Vec<u8>>);
+
 /// The latest state: everything committed or being committed.
 pub(crate) struct Latest {
     pub catalog: BTreeMap<Fnr, FileDef>,
     pub metas: BTreeMap<Fnr, FileMeta>,
     /// Records written by commits queued but not yet in the page store.
-    pub overlay: HashMap<(Fnr, Isn), (Lsn, Option<Vec<u8>>)>,
+    pub overlay: HashMap<(Fnr, Isn), Pending>,
     pub pending_ids: HashMap<String, Lsn>,
     pub last_lsn: Lsn,
     pub last_time_us: i64,

@@ -104,7 +104,7 @@ impl MemDir {
                 let keep = (rng() % (pending.len() as u64 + 1)) as usize;
                 bytes.extend_from_slice(&pending[..keep]);
                 // Sometimes the last (partial) sector of what survived is garbage.
-                if keep > 0 && rng() % 3 == 0 {
+                if keep > 0 && rng().is_multiple_of(3) {
                     let sector_start = bytes.len() - (keep % 512).max(1).min(keep);
                     for b in &mut bytes[sector_start..] {
                         *b = (rng() & 0xff) as u8;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One file: positioned reads and writes, length, durable sync.
+#[allow(clippy::len_without_is_empty)]
 pub trait Medium: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Reads exactly `buf.len()` bytes at `offset`.

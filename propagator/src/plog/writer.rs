@@ -11,7 +11,7 @@ use super::format::{
     encode_frame, segment_name, SegmentHeader, FRAME_HEADER_LEN, HEADER_LEN, MAX_PAYLOAD,
 };
 use super::LogError;
-use crate::ids::{DbId, Lsn};
+use crate::ids::DbId;
 use crate::medium::{Medium, MediumDir};
 use std::sync::Arc;
 
@@ -139,14 +139,5 @@ impl PlogWriter {
     /// The segment number and offset the next frame will be written at.
     pub fn position(&self) -> (u64, u64) {
         (self.seg_no, self.offset)
-    }
-
-    /// The bytes a frame with this payload takes.
-    pub fn frame_len(payload_len: usize) -> u64 {
-        FRAME_HEADER_LEN + payload_len as u64
-    }
-
-    pub fn first_lsn_of_next(&self, last: Lsn) -> Lsn {
-        last.next()
     }
 }

@@ -1,0 +1,165 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "etp",
+    version,
+    about = "Master/replicate propagation engine with confirmation files"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create, check and inspect databases.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Create, list and dump files.
+    #[command(subcommand)]
+    File(FileCommand),
+    /// Define master files and their ETP log files.
+    #[command(subcommand)]
+    Master(MasterCommand),
+    /// Run transactions from JSON lines on standard input (one command per line).
+    Exec(ExecArgs),
+    /// Show a master's ETP log file.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Measure performance.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the main job: a database with a master file, a workload, its log and a check.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// The database's data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Create a new, empty database.
+    Init {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The database id (1 or more), unique in a topology.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        dbid: u32,
+        /// Protection-log segment size in bytes.
+        #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(4096..))]
+        segment_size: Option<u64>,
+    },
+    /// Verify every protection-log frame and every file's digest (exit 1 on damage).
+    Check {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the database's files and log position.
+    Status {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FileCommand {
+    /// Create a file.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        file: u32,
+        #[arg(long)]
+        name: String,
+        /// plain, replicate, confirmation or administration.
+        #[arg(long, default_value = "plain")]
+        role: String,
+    },
+    /// List the files with their roles, counts and digests.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a file as JSON lines {"isn":…,"fields":{…}} in ascending isn.
+    Dump {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        file: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MasterCommand {
+    /// Make a plain file a master with its ETP log file (created if missing).
+    Define {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        file: u32,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        log: u32,
+    },
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Print the log records of a master.
+    Show {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        master: u32,
+        /// First seq to show.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Show at most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Raw fdatasync rate vs durable commits with 1 and 16 clients.
+    Commit {
+        /// Where to put the benchmark's files (a fresh directory is made inside).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Keep the demo's database here instead of a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Transactions in the workload.
+    #[arg(long, default_value_t = 2000)]
+    pub transactions: u64,
+}

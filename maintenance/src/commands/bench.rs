@@ -1,0 +1,115 @@
+//! `etp bench commit`: the disk's raw small-append fdatasync rate next to
+//! durable single-record commits on a master with 1 and 16 clients, all in
+//! one run so the ratios are meaningful on a disk whose speed drifts.
+
+use crate::cli::BenchCommand;
+use crate::Outcome;
+use anyhow::Context;
+use propagator::{Database, DbId, Fnr, Record, Role, Value};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MASTER: Fnr = Fnr(10);
+const LOG: Fnr = Fnr(11);
+
+pub fn run(c: BenchCommand) -> anyhow::Result<Outcome> {
+    match c {
+        BenchCommand::Commit { data, seconds } => commit(&data, Duration::from_secs_f64(seconds)),
+    }
+}
+
+fn fdatasync_rate(dir: &Path, d: Duration) -> anyhow::Result<f64> {
+    let path = dir.join("fdatasync.probe");
+    let f = std::fs::File::create(&path).context("creating the fdatasync probe")?;
+    let buf = [0x5au8; 128];
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut off = 0u64;
+    while start.elapsed() < d {
+        f.write_all_at(&buf, off)?;
+        f.sync_data()?;
+        off += buf.len() as u64;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<f64> {
+    let path = dir.join(format!("commit-{clients}"));
+    Database::init(&path, DbId(1), None)?;
+    let (db, _) = Database::open(&path)?;
+    db.create_file(MASTER, "bench", Role::Plain)?;
+    db.define_master(MASTER, LOG)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (db, stop, count) = (db.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let mut s = db.session();
+                let mut i = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut r = Record::new();
+                    r.insert("client".into(), Value::Int(c as i64));
+                    r.insert("n".into(), Value::Int(i));
+                    r.insert("payload".into(), Value::Text("x".repeat(64)));
+                    s.store(MASTER, None, r)?;
+                    s.et(None)?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(d);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a bench client panicked"))??;
+    }
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    drop(db);
+    std::fs::remove_dir_all(&path)?;
+    Ok(rate)
+}
+
+fn commit(data: &Path, d: Duration) -> anyhow::Result<Outcome> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("etp-bench-commit-")
+        .tempdir_in(data)
+        .context("creating the bench directory")?;
+    let sync_before = fdatasync_rate(dir.path(), d)?;
+    let one = commit_rate(dir.path(), 1, d)?;
+    let sixteen = commit_rate(dir.path(), 16, d)?;
+    let sync_after = fdatasync_rate(dir.path(), d)?;
+    let sync = (sync_before + sync_after) / 2.0;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# disk under {}; raw rate before {sync_before:.0}/s, after {sync_after:.0}/s",
+        data.display()
+    )?;
+    writeln!(out, "fdatasync_per_s {sync:.0} /s")?;
+    writeln!(out, "commit_1_client_per_s {one:.0} /s")?;
+    writeln!(out, "commit_16_clients_per_s {sixteen:.0} /s")?;
+    writeln!(
+        out,
+        "# 1 client / fdatasync = {:.2} (goal >= 0.8)",
+        one / sync
+    )?;
+    writeln!(
+        out,
+        "# 16 clients / 1 client = {:.2} (goal >= 8)",
+        sixteen / one
+    )?;
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,143 @@
+//! `etp file …`, `etp master define`, `etp exec`.
+
+use super::open_or_context;
+use crate::cli::{ExecArgs, FileCommand, MasterCommand};
+use crate::output;
+use crate::Outcome;
+use anyhow::{bail, Context};
+use propagator::record::{decode_record, record_to_json};
+use propagator::{Database, Fnr, Isn, LogRecord, Role};
+use std::io::{BufWriter, Write};
+
+pub fn run(c: FileCommand) -> anyhow::Result<Outcome> {
+    match c {
+        FileCommand::Create {
+            data,
+            file,
+            name,
+            role,
+        } => {
+            let Some(r) = Role::parse_creatable(&role) else {
+                bail!("unknown role {role:?}: expected plain, replicate, confirmation or administration (masters and logs are made with `etp master define`)");
+            };
+            let db = open_or_context(&data.data)?;
+            let info = db
+                .create_file(Fnr(file), &name, r)
+                .with_context(|| format!("cannot create file {file}"))?;
+            println!("created file {file} ({name}, {role}) at LSN {}", info.lsn);
+            Ok(Outcome::Ok)
+        }
+        FileCommand::List { data, json } => {
+            let db = open_or_context(&data.data)?;
+            print_files(&db, json);
+            Ok(Outcome::Ok)
+        }
+        FileCommand::Dump { data, file } => {
+            let db = open_or_context(&data.data)?;
+            dump(&db, Fnr(file))?;
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+pub fn print_files(db: &Database, json: bool) {
+    let files = db.files();
+    if json {
+        for f in files {
+            output::json(&serde_json::json!({
+                "file": f.def.fnr.0, "name": f.def.name, "role": f.def.role.name(),
+                "detail": f.def.role.to_string(), "records": f.meta.count,
+                "digest": f.meta.digest.to_string(), "next_isn": f.meta.next_isn,
+                "damaged": f.damaged,
+            }));
+        }
+        return;
+    }
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            vec![
+                f.def.fnr.to_string(),
+                f.def.name.clone(),
+                f.def.role.to_string(),
+                f.meta.count.to_string(),
+                f.meta.digest.to_string(),
+                f.damaged
+                    .clone()
+                    .map_or("ok".into(), |d| format!("DAMAGED: {d}")),
+            ]
+        })
+        .collect();
+    output::table(
+        &["file", "name", "role", "records", "digest", "state"],
+        &rows,
+    );
+}
+
+/// Prints a file as JSON lines in ascending isn; a log file's records are
+/// shown as their fields (seq, op, images, digest …).
+fn dump(db: &Database, fnr: Fnr) -> anyhow::Result<()> {
+    let def = db.file(fnr)?;
+    let is_log = matches!(def.role, Role::Log { .. });
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut broken_pipe = false;
+    db.for_each_raw(fnr, Isn(0), |isn, bytes| {
+        let fields = if is_log {
+            LogRecord::decode(bytes)
+                .map_err(|source| propagator::DbError::BadRecord { fnr, source })?
+                .to_json()
+        } else {
+            record_to_json(
+                &decode_record(bytes)
+                    .map_err(|source| propagator::DbError::BadRecord { fnr, source })?,
+            )
+        };
+        if writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "isn": isn.0, "fields": fields })
+        )
+        .is_err()
+        {
+            broken_pipe = true;
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    if !broken_pipe {
+        let _ = out.flush();
+    }
+    Ok(())
+}
+
+pub fn run_master(c: MasterCommand) -> anyhow::Result<Outcome> {
+    match c {
+        MasterCommand::Define { data, file, log } => {
+            let db = open_or_context(&data.data)?;
+            let info = db
+                .define_master(Fnr(file), Fnr(log))
+                .with_context(|| format!("cannot make file {file} a master"))?;
+            println!(
+                "file {file} is a master with log file {log} (LSN {})",
+                info.lsn
+            );
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {
+    let db = open_or_context(&a.data.data)?;
+    let mut session = db.session();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    let outcome = propagator::exec::run_exec(&mut session, stdin.lock(), &mut stdout)
+        .context("reading commands or writing results")?;
+    if outcome.backed_out_at_end {
+        eprintln!("etp: note: input ended inside a transaction; it was backed out");
+    }
+    match outcome.error {
+        Some((line, msg)) => bail!("line {line}: {msg} (the open transaction was backed out; {} earlier transactions stay committed)", outcome.committed),
+        None => Ok(Outcome::Ok),
+    }
+}

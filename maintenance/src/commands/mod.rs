@@ -1,0 +1,56 @@
+//! One module per command family; each returns an [`Outcome`] or an error.
+
+mod bench;
+mod db;
+mod demo;
+mod file;
+mod log;
+
+use crate::cli::{Cli, Command};
+use crate::Outcome;
+use anyhow::Context;
+use propagator::{Database, DbError};
+use std::path::Path;
+
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Db(c) => db::run(c),
+        Command::File(c) => file::run(c),
+        Command::Master(c) => file::run_master(c),
+        Command::Exec(a) => file::exec(a),
+        Command::Log(c) => log::run(c),
+        Command::Bench(c) => bench::run(c),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+/// Opens a database for a command, telling the operator on stderr what
+/// restart recovery did.
+pub fn open_db(dir: &Path) -> Result<Database, DbError> {
+    let (db, report) = Database::open(dir)?;
+    if let Some(t) = &report.torn_tail {
+        eprintln!(
+            "etp: note: torn tail truncated in {} at offset {} ({} bytes of an unacknowledged transaction: {})",
+            t.path, t.offset, t.bytes_dropped, t.reason
+        );
+    }
+    if let Some(p) = &report.removed_segment {
+        eprintln!("etp: note: removed {p}, a log segment whose creation was cut short");
+    }
+    if report.replayed > 0 {
+        eprintln!(
+            "etp: note: restart recovery redid {} committed transactions (LSN {} to {})",
+            report.replayed,
+            report.store_lsn.0 + 1,
+            report.log_end
+        );
+    }
+    for (fnr, reason) in &report.damaged {
+        eprintln!("etp: warning: file {fnr} is damaged and will not be used: {reason}");
+    }
+    Ok(db)
+}
+
+pub fn open_or_context(dir: &Path) -> anyhow::Result<Database> {
+    open_db(dir).with_context(|| format!("cannot open database {}", dir.display()))
+}
