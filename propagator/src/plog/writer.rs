@@ -7,9 +7,7 @@
 //! next open truncates whatever unsynced tail the failure left.
 
 use super::entry::{Checkpoint, PlogEntry};
-use super::format::{
-    encode_frame, segment_name, SegmentHeader, FRAME_HEADER_LEN, HEADER_LEN, MAX_PAYLOAD,
-};
+use super::format::{encode_frame, segment_name, SegmentHeader, HEADER_LEN, MAX_PAYLOAD};
 use super::LogError;
 use crate::ids::DbId;
 use crate::medium::{Medium, MediumDir};
