@@ -10,9 +10,11 @@
 //!    entry queued to the writer *while the lock is held* so queue order is
 //!    LSN order.
 //! 3. The writer thread appends every queued entry and makes the group
-//!    durable with one `fdatasync` (group commit), then applies the group to
-//!    the page store in one atomic batch that also records the applied LSN.
-//! 4. Only then does ET return.
+//!    durable with one `fdatasync` (group commit); ET returns then.
+//! 4. The applier thread writes the group to the page store in one atomic
+//!    batch that also records the applied LSN, while the writer syncs the next
+//!    group. Until then the group's records are read from the overlay, so a
+//!    reader always sees every acknowledged commit.
 //!
 //! On open, [`recovery`] replays the log after the store's applied LSN
 //! (autorestart) and checks digests.
@@ -416,10 +418,17 @@ impl Database {
         Ok(def.clone())
     }
 
-    /// Reads a committed record.
+    /// Reads a committed record (every acknowledged commit included).
     pub fn read(&self, fnr: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
-        self.file(fnr)?;
-        match self.shared().store.get(fnr, isn)? {
+        let bytes = {
+            let st = lock(&self.shared().state);
+            Self::usable_def(&st, fnr)?;
+            match st.overlay.get(&(fnr, isn)) {
+                Some((_, v)) => v.clone(),
+                None => self.shared().store.get(fnr, isn)?,
+            }
+        };
+        match bytes {
             None => Ok(None),
             Some(b) => Ok(Some(
                 decode_record(&b).map_err(|source| DbError::BadRecord { fnr, source })?,
@@ -428,7 +437,8 @@ impl Database {
     }
 
     /// Calls `f` with every committed record of `fnr` from isn `from` on, in
-    /// ascending isn, until it returns `false`.
+    /// ascending isn, until it returns `false`. Every commit acknowledged
+    /// before the call is included.
     pub fn for_each_raw(
         &self,
         fnr: Fnr,
@@ -436,6 +446,7 @@ impl Database {
         mut f: impl FnMut(Isn, &[u8]) -> Result<bool, DbError>,
     ) -> Result<(), DbError> {
         self.file(fnr)?;
+        self.wait_applied()?;
         for kv in self.shared().store.scan(fnr, from) {
             let (isn, v) = kv?;
             if !f(isn, &v)? {
@@ -592,7 +603,7 @@ impl Database {
                 metas: derived.metas.into_values().collect(),
                 catalog: derived.catalog.into_values().collect(),
                 client_id: client_id.clone(),
-                done,
+                done: Some(done),
             };
             if self.h.tx.send(WriterMsg::Commit(job)).is_err() {
                 return Err(DbError::Closed);

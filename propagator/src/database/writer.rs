@@ -1,11 +1,15 @@
-//! The log writer thread: group commit.
+//! The log writer and page-store applier threads: group commit, pipelined.
 //!
-//! It takes every commit queued since its last sync, appends them with one
-//! write, makes them durable with one `fdatasync`, applies them to the page
-//! store in one atomic batch, and only then answers each committer. A failed
-//! write, sync or store apply is never retried (PostgreSQL's
-//! `data_sync_retry=off`): the database is poisoned, every waiting and later
-//! commit fails, and the next open recovers from what the log durably holds.
+//! The writer takes every commit queued since its last sync, appends them
+//! with one write, makes them durable with one `fdatasync`, and answers each
+//! committer: ET returns once its entry is durable. It then hands the group to
+//! the applier, which writes it to the page store in one atomic batch with the
+//! applied LSN, while the writer already syncs the next group. Until a group
+//! is applied its records are served from the in-memory overlay, so every
+//! reader sees every acknowledged commit. A failed write, sync or store apply
+//! is never retried (PostgreSQL's `data_sync_retry=off`): the database is
+//! poisoned, every waiting and later commit fails, and the next open recovers
+//! from what the log durably holds.
 
 use super::{lock, Shared};
 use crate::catalog::FileDef;
@@ -26,7 +30,8 @@ pub(crate) struct Job {
     pub metas: Vec<FileMeta>,
     pub catalog: Vec<FileDef>,
     pub client_id: Option<String>,
-    pub done: oneshot::Sender<Result<(), DbError>>,
+    /// Answered once the entry is durable; taken when answered.
+    pub done: Option<oneshot::Sender<Result<(), DbError>>>,
 }
 
 pub(crate) enum WriterMsg {
@@ -37,6 +42,15 @@ pub(crate) enum WriterMsg {
     /// Stop without a clean checkpoint, as a crash would (tests).
     Abandon(oneshot::Sender<()>),
 }
+
+/// What the writer hands the applier.
+enum ApplyMsg {
+    Group(Vec<Job>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Groups the applier may lag behind the writer before the writer waits.
+const APPLY_QUEUE: usize = 32;
 
 /// Catalog and metas as of the last written LSN: what a checkpoint records.
 #[derive(Default)]
@@ -65,8 +79,21 @@ pub(crate) fn run(
     rx: mpsc::Receiver<WriterMsg>,
     max_group_bytes: usize,
 ) {
+    let (atx, arx) = mpsc::sync_channel::<ApplyMsg>(APPLY_QUEUE);
+    let ashared = shared.clone();
+    let applier = std::thread::Builder::new()
+        .name("page-store-applier".into())
+        .spawn(move || apply_loop(&ashared, arx));
+    let applier = match applier {
+        Ok(h) => h,
+        Err(e) => {
+            poison(&shared, format!("cannot start the page-store applier: {e}"));
+            return;
+        }
+    };
     let mut closer: Option<oneshot::Sender<Result<(), DbError>>> = None;
-    while closer.is_none() {
+    let mut abandoned = false;
+    while closer.is_none() && !abandoned {
         let mut jobs = Vec::new();
         let mut barrier = None;
         match rx.recv() {
@@ -75,7 +102,7 @@ pub(crate) fn run(
             Ok(WriterMsg::Barrier(b)) => barrier = Some(b),
             Ok(WriterMsg::Abandon(a)) => {
                 let _ = a.send(());
-                return;
+                abandoned = true;
             }
             Ok(WriterMsg::Commit(j)) => {
                 let mut bytes = j.payload.len();
@@ -90,21 +117,14 @@ pub(crate) fn run(
                             closer = Some(c);
                             break;
                         }
-                        Ok(m @ (WriterMsg::Barrier(_) | WriterMsg::Abandon(_))) => {
-                            if let WriterMsg::Barrier(b) = m {
-                                barrier = Some(b);
-                            } else {
-                                write_group(
-                                    &shared,
-                                    &mut writer,
-                                    &mut cps,
-                                    std::mem::take(&mut jobs),
-                                );
-                                if let WriterMsg::Abandon(a) = m {
-                                    let _ = a.send(());
-                                }
-                                return;
-                            }
+                        Ok(WriterMsg::Barrier(b)) => {
+                            barrier = Some(b);
+                            break;
+                        }
+                        Ok(WriterMsg::Abandon(a)) => {
+                            // Whatever came before the crash is still written.
+                            let _ = a.send(());
+                            abandoned = true;
                             break;
                         }
                         Err(_) => break,
@@ -113,17 +133,25 @@ pub(crate) fn run(
             }
         }
         if !jobs.is_empty() {
-            write_group(&shared, &mut writer, &mut cps, jobs);
+            write_group(&shared, &mut writer, &mut cps, jobs, &atx);
         }
         if let Some(b) = barrier {
-            let _ = b.send(());
+            let _ = atx.send(ApplyMsg::Barrier(b));
         }
+    }
+    // Let the applier finish everything handed to it.
+    drop(atx);
+    let _ = applier.join();
+    if abandoned {
+        return;
     }
     // Refuse anything still queued, then close cleanly if nothing failed.
     while let Ok(m) = rx.try_recv() {
         match m {
             WriterMsg::Commit(j) => {
-                let _ = j.done.send(Err(DbError::Closed));
+                if let Some(done) = j.done {
+                    let _ = done.send(Err(DbError::Closed));
+                }
             }
             WriterMsg::Close(c) => {
                 let _ = c.send(Ok(()));
@@ -161,11 +189,14 @@ fn write_group(
     shared: &Shared,
     writer: &mut PlogWriter,
     cps: &mut CheckpointState,
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
+    applier: &mpsc::SyncSender<ApplyMsg>,
 ) {
     if let Some(reason) = poisoned(shared) {
         for j in jobs {
-            let _ = j.done.send(Err(DbError::Poisoned(reason.clone())));
+            if let Some(done) = j.done {
+                let _ = done.send(Err(DbError::Poisoned(reason.clone())));
+            }
         }
         return;
     }
@@ -176,23 +207,60 @@ fn write_group(
         let reason = e.to_string();
         poison(shared, reason.clone());
         for j in jobs {
-            let _ = j.done.send(Err(DbError::Poisoned(reason.clone())));
+            if let Some(done) = j.done {
+                let _ = done.send(Err(DbError::Poisoned(reason.clone())));
+            }
         }
         return;
     }
-    // Durable from here on. Apply to the page store in one atomic batch.
-    let last = jobs.last().map(|j| j.lsn).unwrap_or(cps.last_lsn);
-    let mut batch = StoreBatch {
-        applied: last,
-        ..StoreBatch::default()
-    };
-    for j in &jobs {
+    // Durable from here on: answer the committers, then apply behind them.
+    for j in &mut jobs {
         for d in &j.catalog {
             cps.catalog.insert(d.fnr, d.clone());
         }
         for m in &j.metas {
             cps.metas.insert(m.fnr, *m);
         }
+        cps.last_lsn = j.lsn;
+        if let Some(done) = j.done.take() {
+            let _ = done.send(Ok(()));
+        }
+    }
+    if applier.send(ApplyMsg::Group(jobs)).is_err() {
+        poison(shared, "the page-store applier stopped".into());
+    }
+    if writer.needs_rotation() {
+        if let Err(e) = writer.rotate(&cps.checkpoint(false)) {
+            poison(shared, format!("cannot start a new log segment: {e}"));
+        }
+    }
+}
+
+/// The applier thread: writes each durable group to the page store.
+fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
+    for msg in rx {
+        match msg {
+            ApplyMsg::Barrier(b) => {
+                let _ = b.send(());
+            }
+            ApplyMsg::Group(jobs) => {
+                if poisoned(shared).is_none() {
+                    apply_group(shared, &jobs);
+                }
+            }
+        }
+    }
+}
+
+fn apply_group(shared: &Shared, jobs: &[Job]) {
+    let Some(last) = jobs.last().map(|j| j.lsn) else {
+        return;
+    };
+    let mut batch = StoreBatch {
+        applied: last,
+        ..StoreBatch::default()
+    };
+    for j in jobs {
         batch.records.extend(j.records.iter().cloned());
         batch.metas.extend(j.metas.iter().copied());
         batch.catalog.extend(j.catalog.iter().cloned());
@@ -200,21 +268,17 @@ fn write_group(
             batch.client_ids.push((id.clone(), j.lsn));
         }
     }
-    cps.last_lsn = last;
     if let Err(e) = shared.store.apply(&batch) {
-        let reason = format!("page store write failed after the log sync: {e}");
-        poison(shared, reason.clone());
-        for j in jobs {
-            let _ = j.done.send(Err(DbError::Poisoned(format!(
-                "{reason}; LSN {} is durable in the protection log and will be redone at the next open",
-                j.lsn
-            ))));
-        }
+        // The group is durable in the log; the next open redoes it.
+        poison(
+            shared,
+            format!("page store write failed after the log sync (up to LSN {last}): {e}"),
+        );
         return;
     }
     {
         let mut st = lock(&shared.state);
-        for j in &jobs {
+        for j in jobs {
             for (fnr, isn, _) in &j.records {
                 if let Some((lsn, _)) = st.overlay.get(&(*fnr, *isn)) {
                     if *lsn == j.lsn {
@@ -228,14 +292,6 @@ fn write_group(
         }
     }
     shared.applied.send_replace(last);
-    for j in jobs {
-        let _ = j.done.send(Ok(()));
-    }
-    if writer.needs_rotation() {
-        if let Err(e) = writer.rotate(&cps.checkpoint(false)) {
-            poison(shared, format!("cannot start a new log segment: {e}"));
-        }
-    }
 }
 
 fn close_cleanly(
