@@ -89,7 +89,7 @@ impl Session {
             }
             Self::check_record(fnr, &record)?;
             // Checks the file (exists, writable, undamaged) before taking an isn.
-            s.db.writable_get(fnr, Isn(0))?;
+            s.db.writable_def(fnr)?;
             let isn = match isn {
                 Some(i) => i,
                 None => s.db.allocate_isn(fnr),

@@ -162,18 +162,6 @@ pub struct Database {
     h: Arc<Handle>,
 }
 
-impl StateView for Latest {
-    fn def(&self, fnr: Fnr) -> Option<FileDef> {
-        self.catalog.get(&fnr).cloned()
-    }
-    fn meta(&self, fnr: Fnr) -> Option<FileMeta> {
-        self.metas.get(&fnr).copied()
-    }
-    fn get(&self, _fnr: Fnr, _isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
-        unreachable!("record reads go through LatestView")
-    }
-}
-
 /// The latest state plus the page store: what a new commit applies on.
 struct LatestView<'a> {
     st: &'a Latest,
@@ -484,6 +472,19 @@ impl Database {
         let isn = (*next).max(from_meta);
         *next = isn + 1;
         Isn(isn)
+    }
+
+    /// The definition of a file a client may write (exists, undamaged, writable role).
+    pub(crate) fn writable_def(&self, fnr: Fnr) -> Result<FileDef, DbError> {
+        let st = lock(&self.shared().state);
+        let def = Self::usable_def(&st, fnr)?;
+        if !def.role.client_writable() {
+            return Err(DbError::ReadOnlyFile {
+                fnr,
+                role: def.role,
+            });
+        }
+        Ok(def)
     }
 
     /// The latest (committed or committing) bytes of a record, for a

@@ -245,14 +245,14 @@ fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
             }
             ApplyMsg::Group(jobs) => {
                 if poisoned(shared).is_none() {
-                    apply_group(shared, &jobs);
+                    apply_group(shared, jobs);
                 }
             }
         }
     }
 }
 
-fn apply_group(shared: &Shared, jobs: &[Job]) {
+fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
     let Some(last) = jobs.last().map(|j| j.lsn) else {
         return;
     };
@@ -260,8 +260,16 @@ fn apply_group(shared: &Shared, jobs: &[Job]) {
         applied: last,
         ..StoreBatch::default()
     };
-    for j in jobs {
-        batch.records.extend(j.records.iter().cloned());
+    let mut keys = Vec::with_capacity(jobs.len());
+    for j in &mut jobs {
+        keys.push((
+            j.lsn,
+            j.records
+                .iter()
+                .map(|(f, i, _)| (*f, *i))
+                .collect::<Vec<_>>(),
+        ));
+        batch.records.append(&mut j.records);
         batch.metas.extend(j.metas.iter().copied());
         batch.catalog.extend(j.catalog.iter().cloned());
         if let Some(id) = &j.client_id {
@@ -278,14 +286,15 @@ fn apply_group(shared: &Shared, jobs: &[Job]) {
     }
     {
         let mut st = lock(&shared.state);
-        for j in jobs {
-            for (fnr, isn, _) in &j.records {
-                if let Some((lsn, _)) = st.overlay.get(&(*fnr, *isn)) {
-                    if *lsn == j.lsn {
-                        st.overlay.remove(&(*fnr, *isn));
-                    }
+        for (lsn, ks) in &keys {
+            for k in ks {
+                // A later commit may have rewritten the key: keep its entry.
+                if st.overlay.get(k).is_some_and(|(l, _)| l == lsn) {
+                    st.overlay.remove(k);
                 }
             }
+        }
+        for j in &jobs {
             if let Some(id) = &j.client_id {
                 st.pending_ids.remove(id);
             }
