@@ -476,8 +476,11 @@ impl Database {
 
     /// The definition of a file a client may write (exists, undamaged, writable role).
     pub(crate) fn writable_def(&self, fnr: Fnr) -> Result<FileDef, DbError> {
-        let st = lock(&self.shared().state);
-        let def = Self::usable_def(&st, fnr)?;
+        Self::writable(&lock(&self.shared().state), fnr)
+    }
+
+    fn writable(st: &Latest, fnr: Fnr) -> Result<FileDef, DbError> {
+        let def = Self::usable_def(st, fnr)?;
         if !def.role.client_writable() {
             return Err(DbError::ReadOnlyFile {
                 fnr,
@@ -491,13 +494,7 @@ impl Database {
     /// session's own checks; refuses files a client may not write.
     pub(crate) fn writable_get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
         let st = lock(&self.shared().state);
-        let def = Self::usable_def(&st, fnr)?;
-        if !def.role.client_writable() {
-            return Err(DbError::ReadOnlyFile {
-                fnr,
-                role: def.role,
-            });
-        }
+        Self::writable(&st, fnr)?;
         LatestView {
             st: &st,
             store: &self.shared().store,
@@ -808,13 +805,7 @@ fn resolve<V: StateView>(
     let fnr = match &op {
         Op::Store { fnr, .. } | Op::Update { fnr, .. } | Op::Delete { fnr, .. } => *fnr,
     };
-    let def = Database::usable_def(st, fnr)?;
-    if !def.role.client_writable() {
-        return Err(DbError::ReadOnlyFile {
-            fnr,
-            role: def.role,
-        });
-    }
+    Database::writable(st, fnr)?;
     let bad = |source| DbError::BadRecord { fnr, source };
     Ok(match op {
         Op::Store { isn, record, .. } => {
