@@ -175,7 +175,9 @@ fn db_check_exits_1_naming_a_damaged_protection_log_segment() {
         .join("plog")
         .join("seg-0000000000000001.plog");
     let mut bytes = std::fs::read(&seg).expect("segment");
-    let mid = bytes.len() / 2;
+    // Segments are preallocated with zeros: damage the middle of the frames.
+    let end = bytes.iter().rposition(|b| *b != 0).expect("frames");
+    let mid = end / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&seg, bytes).expect("write");
     let out = etp(&["db", "check", "--data", &d]);

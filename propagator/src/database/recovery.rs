@@ -354,6 +354,7 @@ pub(crate) fn recover(
     let mut last_clean = false;
     let mut last_time = 0i64;
     let mut fault = None;
+    let mut torn = None;
     let mut scan = LogScan::new(&segs, start);
     loop {
         let frame = match scan.next_frame() {
@@ -416,19 +417,7 @@ pub(crate) fn recover(
             report.removed_segment = Some(seg.path.clone());
             segs.truncate(f.seg_idx);
         } else {
-            seg.medium
-                .set_len(f.offset)
-                .and_then(|_| seg.medium.sync())
-                .map_err(|e| LogError::io(seg.path.clone(), e))?;
-            tracing::warn!(segment = seg.no, offset = f.offset, dropped = seg.len - f.offset, reason = %f.reason,
-                "torn tail truncated (an unacknowledged transaction backed out)");
-            report.torn_tail = Some(TornTail {
-                path: seg.path.clone(),
-                segment: seg.no,
-                offset: f.offset,
-                bytes_dropped: seg.len - f.offset,
-                reason: f.reason.clone(),
-            });
+            torn = Some(f);
         }
     }
     if applied > log_end {
@@ -436,7 +425,7 @@ pub(crate) fn recover(
     }
     rp.flush(store, log_end)?;
     report.log_end = log_end;
-    report.clean = last_clean && report.replayed == 0 && report.torn_tail.is_none();
+    report.clean = last_clean && report.replayed == 0 && torn.is_none();
     if !report.clean {
         report.rescanned = true;
         for fnr in exp.catalog.keys() {
@@ -457,14 +446,26 @@ pub(crate) fn recover(
     } else {
         seg.len
     };
-    let writer = PlogWriter::resume(
+    let (writer, zeroed) = PlogWriter::resume(
         plog.clone(),
         dbid,
         seg.no,
         seg.medium.clone(),
         offset,
         segment_size,
-    );
+    )?;
+    if let Some(f) = torn {
+        // The writer zeroed the unsynced remains after the last good frame.
+        tracing::warn!(segment = seg.no, offset = f.offset, dropped = zeroed, reason = %f.reason,
+            "torn tail dropped (an unacknowledged transaction backed out)");
+        report.torn_tail = Some(TornTail {
+            path: seg.path.clone(),
+            segment: seg.no,
+            offset: f.offset,
+            bytes_dropped: zeroed,
+            reason: f.reason.clone(),
+        });
+    }
     let checkpoint = CheckpointState {
         catalog: exp.catalog.clone(),
         metas: exp.metas.clone(),

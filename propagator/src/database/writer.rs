@@ -21,6 +21,7 @@ use crate::store::StoreBatch;
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub(crate) struct Job {
@@ -50,7 +51,13 @@ enum ApplyMsg {
 }
 
 /// Groups the applier may lag behind the writer before the writer waits.
-const APPLY_QUEUE: usize = 32;
+const APPLY_QUEUE: usize = 1024;
+
+/// How long the applier gathers groups into one page-store batch.
+const APPLY_WINDOW: Duration = Duration::from_millis(5);
+
+/// The most commits one page-store batch takes.
+const MAX_APPLY_COMMITS: usize = 4096;
 
 /// Catalog and metas as of the last written LSN: what a checkpoint records.
 #[derive(Default)]
@@ -236,14 +243,41 @@ fn write_group(
     }
 }
 
-/// The applier thread: writes each durable group to the page store.
+/// The applier thread: writes durable groups to the page store.
+///
+/// It gathers the groups that arrive within [`APPLY_WINDOW`] of the first
+/// (up to [`MAX_APPLY_COMMITS`] commits) into one page-store batch. A sled
+/// batch has a large fixed cost, and on a two-core machine an applier that
+/// wakes for every single-commit group steals the CPU the committers need:
+/// measured, it halved the one-client commit rate. Nothing waits on this:
+/// ET has already returned, and readers see the commits through the overlay.
 fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
-    for msg in rx {
+    let mut next = None;
+    loop {
+        let msg = match next.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
         match msg {
             ApplyMsg::Barrier(b) => {
                 let _ = b.send(());
             }
-            ApplyMsg::Group(jobs) => {
+            ApplyMsg::Group(mut jobs) => {
+                let deadline = Instant::now() + APPLY_WINDOW;
+                while jobs.len() < MAX_APPLY_COMMITS {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(ApplyMsg::Group(more)) => jobs.extend(more),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 if poisoned(shared).is_none() {
                     apply_group(shared, jobs);
                 }

@@ -3,8 +3,8 @@
 //! Each file keeps the bytes written so far and, separately, the bytes as of
 //! its last successful sync. [`MemDir::crash_image`] builds what a power
 //! loss could leave: every synced byte, plus for each file a random prefix of
-//! what was written after its last sync, sometimes with its last sector
-//! replaced by garbage. Faults can be armed: fail the next sync, or fail every
+//! what was written (appended or overwritten in place) after its last sync,
+//! sometimes with its last sector replaced by garbage. Faults can be armed: fail the next sync, or fail every
 //! write from now on.
 
 use super::{Medium, MediumDir};
@@ -98,18 +98,42 @@ impl MemDir {
         let out = MemDir::new();
         for (name, f) in files.iter() {
             let s = lock(&f.state);
-            let mut bytes = s.synced.clone();
-            if s.written.len() > s.synced.len() && s.written.starts_with(&s.synced) {
-                let pending = &s.written[s.synced.len()..];
-                let keep = (rng() % (pending.len() as u64 + 1)) as usize;
-                bytes.extend_from_slice(&pending[..keep]);
+            let (w, sy) = (&s.written, &s.synced);
+            let mut bytes = sy.clone();
+            // Unsynced writes span [first, last]: bytes that differ from the
+            // synced image, or non-zero bytes past its end. They survive as a
+            // prefix in write order (the writers here write front to back).
+            let differs = |i: usize| match sy.get(i) {
+                Some(b) => w[i] != *b,
+                None => w[i] != 0,
+            };
+            let first = (0..w.len()).find(|i| differs(*i));
+            let last = (0..w.len()).rev().find(|i| differs(*i));
+            if let (Some(first), Some(last)) = (first, last) {
+                let pending = &w[first..=last];
+                // Often all of it reached the disk; otherwise a random prefix.
+                let keep = if rng().is_multiple_of(4) {
+                    pending.len()
+                } else {
+                    (rng() % (pending.len() as u64 + 1)) as usize
+                };
+                if bytes.len() < first + keep {
+                    bytes.resize(first + keep, 0);
+                }
+                bytes[first..first + keep].copy_from_slice(&pending[..keep]);
                 // Sometimes the last (partial) sector of what survived is garbage.
                 if keep > 0 && rng().is_multiple_of(3) {
-                    let sector_start = bytes.len() - (keep % 512).max(1).min(keep);
-                    for b in &mut bytes[sector_start..] {
+                    let end = first + keep;
+                    let sector_start = end - (keep % 512).max(1).min(keep);
+                    for b in &mut bytes[sector_start..end] {
                         *b = (rng() & 0xff) as u8;
                     }
                 }
+            }
+            // An unsynced extension of the file (preallocated zeros) may or
+            // may not have reached the disk.
+            if w.len() > bytes.len() && rng().is_multiple_of(2) {
+                bytes.resize(w.len(), 0);
             }
             out.insert(name, bytes);
         }

@@ -163,16 +163,43 @@ impl FrameReader {
         Ok(Some(&self.buf[s..s + n]))
     }
 
+    /// The offset of the first non-zero byte at or after `off`.
+    fn first_nonzero(&mut self, mut off: u64) -> std::io::Result<Option<u64>> {
+        while off < self.len {
+            let n = (self.len - off).min(READ_CHUNK as u64) as usize;
+            let chunk = self.bytes(off, n)?.unwrap_or_default();
+            if let Some(i) = chunk.iter().position(|b| *b != 0) {
+                return Ok(Some(off + i as u64));
+            }
+            off += n as u64;
+        }
+        Ok(None)
+    }
+
     /// Reads and checks the frame at `off`: `Ok(None)` at a clean end.
     fn frame(&mut self, segment: u64, off: u64) -> Result<Option<(PlogEntry, u64)>, String> {
         if off == self.len {
             return Ok(None);
         }
-        let head = match self.bytes(off, FRAME_HEADER_LEN as usize) {
+        let head_len = FRAME_HEADER_LEN.min(self.len - off) as usize;
+        let head = match self.bytes(off, head_len) {
             Ok(Some(h)) => h.to_vec(),
             Ok(None) => return Err("frame header cut short by the end of the file".into()),
             Err(e) => return Err(format!("read error: {e}")),
         };
+        if head.iter().all(|b| *b == 0) {
+            // Preallocated space: the end of the log, if only zeros follow.
+            return match self.first_nonzero(off) {
+                Ok(None) => Ok(None),
+                Ok(Some(at)) => Err(format!(
+                    "zeroed frame header, but non-zero bytes follow at offset {at}"
+                )),
+                Err(e) => Err(format!("read error: {e}")),
+            };
+        }
+        if head.len() < FRAME_HEADER_LEN as usize {
+            return Err("frame header cut short by the end of the file".into());
+        }
         if &head[0..4] != FRAME_MAGIC {
             return Err("bad frame magic".into());
         }

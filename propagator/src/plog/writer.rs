@@ -1,10 +1,19 @@
 //! Appending to the protection log.
 //!
-//! The writer never overwrites a synced byte. It appends a group of frames
+//! The writer never overwrites a synced frame. It appends a group of frames
 //! with one write and makes them durable with one sync (group commit is the
 //! caller batching many transactions into one `append` + `sync`). A failed
 //! write or sync is never retried: the caller must stop committing, and the
 //! next open truncates whatever unsynced tail the failure left.
+//!
+//! **Preallocation.** Space ahead of the last frame is written with zeros
+//! (and synced with the next group) a chunk at a time, as PostgreSQL does
+//! with its WAL segments. A commit's `fdatasync` is then an overwrite of
+//! blocks that already exist, which on ext4 and XFS needs no journal commit:
+//! an append that grows the file costs one, and that journal commit also
+//! drags out every other file's dirty metadata (sled's among them). The
+//! reader treats an all-zero frame header followed only by zeros as the end
+//! of the log. A closed segment is cut back to its last frame at rotation.
 
 use super::entry::{Checkpoint, PlogEntry};
 use super::format::{encode_frame, segment_name, SegmentHeader, HEADER_LEN, MAX_PAYLOAD};
@@ -20,8 +29,29 @@ pub struct PlogWriter {
     seg_no: u64,
     path: String,
     offset: u64,
+    /// Bytes of the file that exist (zeros past `offset`).
+    allocated: u64,
     segment_size: u64,
     buf: Vec<u8>,
+}
+
+/// How much zeroed space is added at a time: a few MiB for real segments,
+/// less for the tiny segments tests use.
+fn chunk_size(segment_size: u64) -> u64 {
+    segment_size.clamp(4096, 4 << 20).next_multiple_of(4096)
+}
+
+static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
+
+/// Writes zeros over `[from, to)`.
+fn write_zeros(seg: &dyn Medium, from: u64, to: u64) -> std::io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        seg.write_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 impl PlogWriter {
@@ -48,6 +78,9 @@ impl PlogWriter {
         let mut buf = header.encode().to_vec();
         let payload = PlogEntry::Checkpoint(checkpoint.clone()).encode();
         encode_frame(&mut buf, no, HEADER_LEN, &payload);
+        let offset = buf.len() as u64;
+        let allocated = offset.next_multiple_of(chunk_size(segment_size));
+        buf.resize(allocated as usize, 0);
         seg.write_at(&buf, 0)
             .map_err(|e| LogError::io(path.clone(), e))?;
         seg.sync().map_err(|e| LogError::io(path.clone(), e))?;
@@ -58,13 +91,18 @@ impl PlogWriter {
             seg,
             seg_no: no,
             path,
-            offset: buf.len() as u64,
+            offset,
+            allocated,
             segment_size,
             buf: Vec::new(),
         })
     }
 
-    /// Continues writing at `offset` of an existing (verified) segment.
+    /// Continues writing at `offset` of an existing segment whose frames up
+    /// to `offset` were verified. Anything but zeros after `offset` (the
+    /// remains of an unsynced write) is zeroed and synced first, so no stale
+    /// frame can ever line up behind a new one. Returns the writer and how
+    /// many bytes were zeroed.
     pub fn resume(
         dir: Arc<dyn MediumDir>,
         dbid: DbId,
@@ -72,18 +110,32 @@ impl PlogWriter {
         seg: Arc<dyn Medium>,
         offset: u64,
         segment_size: u64,
-    ) -> PlogWriter {
+    ) -> Result<(PlogWriter, u64), LogError> {
         let path = dir.describe(&segment_name(seg_no));
-        PlogWriter {
+        let io = |e| LogError::io(path.clone(), e);
+        let len = seg.len().map_err(io)?;
+        let mut zeroed = 0;
+        if len > offset {
+            let mut tail = vec![0u8; (len - offset) as usize];
+            seg.read_at(&mut tail, offset).map_err(io)?;
+            if let Some(last) = tail.iter().rposition(|b| *b != 0) {
+                zeroed = last as u64 + 1;
+                write_zeros(&*seg, offset, offset + zeroed).map_err(io)?;
+                seg.sync().map_err(io)?;
+            }
+        }
+        let w = PlogWriter {
             dir,
             dbid,
             seg,
             seg_no,
             path,
             offset,
+            allocated: len.max(offset),
             segment_size,
             buf: Vec::new(),
-        }
+        };
+        Ok((w, zeroed))
     }
 
     /// Writes frames for `payloads` after the last one, without syncing.
@@ -98,6 +150,16 @@ impl PlogWriter {
             }
             let at = self.offset + self.buf.len() as u64;
             encode_frame(&mut self.buf, self.seg_no, at, p);
+        }
+        let end = self.offset + self.buf.len() as u64;
+        if end > self.allocated {
+            // Grow by whole chunks of zeros; the next sync makes them durable
+            // together with the frames (one journal commit per chunk).
+            let chunk = chunk_size(self.segment_size);
+            let to = end.next_multiple_of(chunk);
+            write_zeros(&*self.seg, self.allocated, to)
+                .map_err(|e| LogError::io(self.path.clone(), e))?;
+            self.allocated = to;
         }
         self.seg
             .write_at(&self.buf, self.offset)
@@ -123,6 +185,11 @@ impl PlogWriter {
     /// Closes the current segment (already synced by the caller) and opens
     /// the next one with `checkpoint` as its first frame.
     pub fn rotate(&mut self, checkpoint: &Checkpoint) -> Result<(), LogError> {
+        // A closed segment ends at its last frame: no preallocated zeros.
+        self.seg
+            .set_len(self.offset)
+            .and_then(|_| self.seg.sync())
+            .map_err(|e| LogError::io(self.path.clone(), e))?;
         let next = PlogWriter::create_segment(
             self.dir.clone(),
             self.dbid,
