@@ -33,8 +33,92 @@ pub enum Command {
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Run the main job: a database with a master file, a workload, its log and a check.
+    /// Run the main job: three nodes, a master with a full and a partial replicate, a workload.
     Demo(DemoArgs),
+    /// Run a node: one database served over TCP, with its replication tasks.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Apply or export the topology (administration file).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Show and control replication tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+#[derive(Args, Clone)]
+pub struct NodeArgs {
+    /// The node's address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub node: std::net::SocketAddr,
+}
+
+/// Where a command works: a data directory (offline) or a running node.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// The database's data directory (the database must not be open in a node).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// A running node's address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub node: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Serve a database until SIGTERM or ctrl-c. Prints `listening ADDR` first.
+    Run {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Check a topology and install it on every node it names (all or nothing).
+    Apply {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The topology file (TOML).
+        topology: PathBuf,
+    },
+    /// Print the topology a node holds.
+    Export {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// Show the replication tasks of a node and the state of every replicate.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start stopped feeders of a task (all tasks without --master).
+    Start(TaskControlArgs),
+    /// Stop a task's feeders.
+    Stop(TaskControlArgs),
+    /// Stop and start a task's feeders (clears a link stop or an error).
+    Restart(TaskControlArgs),
+}
+
+#[derive(Args)]
+pub struct TaskControlArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The master file whose task to control.
+    #[arg(long)]
+    pub master: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -97,7 +181,7 @@ pub enum FileCommand {
     /// Print a file as JSON lines {"isn":…,"fields":{…}} in ascending isn.
     Dump {
         #[command(flatten)]
-        data: DataArgs,
+        target: TargetArgs,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         file: u32,
     },
@@ -119,7 +203,7 @@ pub enum MasterCommand {
 #[derive(Args)]
 pub struct ExecArgs {
     #[command(flatten)]
-    pub data: DataArgs,
+    pub target: TargetArgs,
 }
 
 #[derive(Subcommand)]

@@ -11,6 +11,15 @@ use std::fmt;
 /// The longest file name accepted.
 pub const MAX_FILE_NAME: usize = 64;
 
+/// Whether `name` may name a file: 1 to [`MAX_FILE_NAME`] letters, digits, '_', '-' or '.'.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     /// An ordinary file: clients write it, nothing is logged for propagation.

@@ -39,6 +39,13 @@ impl fmt::Display for Digest {
     }
 }
 
+impl std::str::FromStr for Digest {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Digest, Self::Err> {
+        u128::from_str_radix(s, 16).map(Digest)
+    }
+}
+
 // Encoded as two u64s: MessagePack has no 128-bit integer.
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

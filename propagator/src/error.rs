@@ -59,6 +59,8 @@ pub enum DbError {
     Poisoned(String),
     #[error("the database is closed")]
     Closed,
+    #[error("replicate file {fnr} has diverged from its master at record {isn}: {reason}")]
+    ReplicateDiverged { fnr: Fnr, isn: Isn, reason: String },
 }
 
 impl DbError {

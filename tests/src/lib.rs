@@ -2,6 +2,8 @@
 //! real files. Every process a test starts is killed when its guard drops;
 //! every wait has a deadline.
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

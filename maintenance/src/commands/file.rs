@@ -5,6 +5,7 @@ use crate::cli::{ExecArgs, FileCommand, MasterCommand};
 use crate::output;
 use crate::Outcome;
 use anyhow::{bail, Context};
+use propagator::node::client::Client;
 use propagator::record::{decode_record, record_to_json};
 use propagator::{Database, Fnr, Isn, LogRecord, Role};
 use std::io::{BufWriter, Write};
@@ -32,9 +33,12 @@ pub fn run(c: FileCommand) -> anyhow::Result<Outcome> {
             print_files(&db, json);
             Ok(Outcome::Ok)
         }
-        FileCommand::Dump { data, file } => {
-            let db = open_or_context(&data.data)?;
-            dump(&db, Fnr(file))?;
+        FileCommand::Dump { target, file } => {
+            match (target.data, target.node) {
+                (Some(dir), _) => dump(&open_or_context(&dir)?, Fnr(file))?,
+                (None, Some(addr)) => dump_node(addr, Fnr(file))?,
+                (None, None) => bail!("give --data DIR or --node ADDR"),
+            }
             Ok(Outcome::Ok)
         }
     }
@@ -74,6 +78,52 @@ pub fn print_files(db: &Database, json: bool) {
     );
 }
 
+/// One dumped record as its JSON line's `fields`.
+fn dump_fields(
+    fnr: Fnr,
+    bytes: &[u8],
+    is_log: bool,
+) -> Result<serde_json::Value, propagator::DbError> {
+    Ok(if is_log {
+        LogRecord::decode(bytes)
+            .map_err(|source| propagator::DbError::BadRecord { fnr, source })?
+            .to_json()
+    } else {
+        record_to_json(
+            &decode_record(bytes)
+                .map_err(|source| propagator::DbError::BadRecord { fnr, source })?,
+        )
+    })
+}
+
+/// `file dump --node`: the same lines, read from a running node.
+fn dump_node(addr: std::net::SocketAddr, fnr: Fnr) -> anyhow::Result<()> {
+    let mut client = Client::connect(addr)?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut failure = None;
+    client.dump_raw(fnr, |isn, bytes, is_log| {
+        if failure.is_some() {
+            return Ok(());
+        }
+        match dump_fields(fnr, bytes, is_log) {
+            Ok(fields) => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "isn": isn.0, "fields": fields })
+                );
+            }
+            Err(e) => failure = Some(e),
+        }
+        Ok(())
+    })?;
+    let _ = out.flush();
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
 /// Prints a file as JSON lines in ascending isn; a log file's records are
 /// shown as their fields (seq, op, images, digest …).
 fn dump(db: &Database, fnr: Fnr) -> anyhow::Result<()> {
@@ -82,16 +132,7 @@ fn dump(db: &Database, fnr: Fnr) -> anyhow::Result<()> {
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut broken_pipe = false;
     db.for_each_raw(fnr, Isn(0), |isn, bytes| {
-        let fields = if is_log {
-            LogRecord::decode(bytes)
-                .map_err(|source| propagator::DbError::BadRecord { fnr, source })?
-                .to_json()
-        } else {
-            record_to_json(
-                &decode_record(bytes)
-                    .map_err(|source| propagator::DbError::BadRecord { fnr, source })?,
-            )
-        };
+        let fields = dump_fields(fnr, bytes, is_log)?;
         if writeln!(
             out,
             "{}",
@@ -127,12 +168,21 @@ pub fn run_master(c: MasterCommand) -> anyhow::Result<Outcome> {
 }
 
 pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {
-    let db = open_or_context(&a.data.data)?;
-    let mut session = db.session();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
-    let outcome = propagator::exec::run_exec(&mut session, stdin.lock(), &mut stdout)
-        .context("reading commands or writing results")?;
+    let outcome = match (a.target.data, a.target.node) {
+        (Some(dir), _) => {
+            let db = open_or_context(&dir)?;
+            let mut session = db.session();
+            propagator::exec::run_exec(&mut session, stdin.lock(), &mut stdout)
+        }
+        (None, Some(addr)) => {
+            let mut client = Client::connect(addr)?;
+            propagator::exec::run_exec(&mut client, stdin.lock(), &mut stdout)
+        }
+        (None, None) => bail!("give --data DIR or --node ADDR"),
+    }
+    .context("reading commands or writing results")?;
     if outcome.backed_out_at_end {
         eprintln!("etp: note: input ended inside a transaction; it was backed out");
     }

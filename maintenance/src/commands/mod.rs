@@ -5,6 +5,7 @@ mod db;
 mod demo;
 mod file;
 mod log;
+mod node;
 
 use crate::cli::{Cli, Command};
 use crate::Outcome;
@@ -21,6 +22,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Log(c) => log::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Demo(a) => demo::run(a),
+        Command::Node(c) => node::run(c),
+        Command::Admin(c) => node::admin(c),
+        Command::Task(c) => node::task(c),
     }
 }
 

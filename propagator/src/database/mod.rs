@@ -81,9 +81,33 @@ impl Default for Options {
 /// One command of a transaction, as buffered by a session.
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
-    Store { fnr: Fnr, isn: Isn, record: Record },
-    Update { fnr: Fnr, isn: Isn, patch: Record },
-    Delete { fnr: Fnr, isn: Isn },
+    Store {
+        fnr: Fnr,
+        isn: Isn,
+        record: Record,
+    },
+    Update {
+        fnr: Fnr,
+        isn: Isn,
+        patch: Record,
+    },
+    Delete {
+        fnr: Fnr,
+        isn: Isn,
+    },
+    /// A change replicated from a master: `before` must be the current bytes.
+    Replicated {
+        fnr: Fnr,
+        isn: Isn,
+        before: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+    },
+    /// Store or replace an engine-written record (confirmations).
+    Put {
+        fnr: Fnr,
+        isn: Isn,
+        record: Record,
+    },
 }
 
 /// What ET returns.
@@ -94,6 +118,8 @@ pub struct CommitInfo {
     pub client_id: Option<String>,
     /// Per master touched: the first and last seq written to its log.
     pub seqs: BTreeMap<Fnr, (Seq, Seq)>,
+    /// Every file the commit changed, with its count and digest after it.
+    pub metas: Vec<FileMeta>,
 }
 
 /// A file as the catalog and its meta describe it.
@@ -128,6 +154,8 @@ pub(crate) struct Shared {
     pub state: Mutex<Latest>,
     pub poisoned: Mutex<Option<String>>,
     pub applied: watch::Sender<Lsn>,
+    /// The LSN of the last commit made durable (synced), possibly not yet applied.
+    pub durable: watch::Sender<Lsn>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,13 +211,7 @@ impl StateView for LatestView<'_> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_FILE_NAME
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
+use crate::catalog::valid_file_name as valid_name;
 
 impl Database {
     /// Creates a new, empty database in `dir` (which must not exist or be empty).
@@ -290,6 +312,7 @@ impl Database {
             rec.writer.sync()?;
         }
         let (applied_tx, _) = watch::channel(rec.latest.last_lsn);
+        let (durable_tx, _) = watch::channel(rec.latest.last_lsn);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             dbid,
@@ -298,6 +321,7 @@ impl Database {
             state: Mutex::new(rec.latest),
             poisoned: Mutex::new(None),
             applied: applied_tx,
+            durable: durable_tx,
         });
         let (tx, rx) = mpsc::channel();
         let wshared = shared.clone();
@@ -352,6 +376,100 @@ impl Database {
     /// Watches the LSN applied to the page store (every commit up to it is durable).
     pub fn subscribe(&self) -> watch::Receiver<Lsn> {
         self.shared().applied.subscribe()
+    }
+
+    /// Watches the LSN of the last durable commit: it moves as soon as a
+    /// group's `fdatasync` returns, before the page store has it.
+    pub fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
+        self.shared().durable.subscribe()
+    }
+
+    /// The bytes of a record as of the last durable commit: an overlay entry
+    /// from a commit not yet synced is not returned (the page store's value
+    /// is older still, so `None` then means "not yet"). Meant for records
+    /// that are written once, such as log records: replication must never
+    /// ship a change that a crash could still take back.
+    pub fn read_durable_raw(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        let durable = *self.shared().durable.borrow();
+        let st = lock(&self.shared().state);
+        Self::usable_def(&st, fnr)?;
+        match st.overlay.get(&(fnr, isn)) {
+            Some((lsn, _)) if *lsn > durable => Ok(None),
+            Some((_, v)) => Ok(v.clone()),
+            None => Ok(self.shared().store.get(fnr, isn)?),
+        }
+    }
+
+    /// A durable log record of a master, by seq (see [`Database::read_durable_raw`]).
+    pub fn read_log_record(&self, log: Fnr, seq: Seq) -> Result<Option<LogRecord>, DbError> {
+        match self.read_durable_raw(log, Isn(seq.0))? {
+            None => Ok(None),
+            Some(b) => LogRecord::decode(&b)
+                .map(Some)
+                .map_err(|source| DbError::BadRecord { fnr: log, source }),
+        }
+    }
+
+    /// A file's meta (count, digest, next isn) and damage, if any.
+    pub fn file_info(&self, fnr: Fnr) -> Result<FileInfo, DbError> {
+        let st = lock(&self.shared().state);
+        let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+        Ok(FileInfo {
+            def: def.clone(),
+            meta: st.metas.get(&fnr).copied().unwrap_or(FileMeta::new(fnr)),
+            damaged: st.damaged.get(&fnr).cloned(),
+        })
+    }
+
+    /// Commits changes replicated from a master, and the confirmation record,
+    /// as one transaction. Each change names the record's expected current
+    /// bytes (`before`): a replicate that does not hold exactly them has
+    /// diverged, and the transaction is refused with nothing applied.
+    pub fn apply_replicated(
+        &self,
+        replicate: Fnr,
+        changes: Vec<(Isn, Option<Vec<u8>>, Option<Vec<u8>>)>,
+        confirmation: (Fnr, Isn, Record),
+    ) -> Result<CommitInfo, DbError> {
+        let mut ops: Vec<Op> = changes
+            .into_iter()
+            .map(|(isn, before, after)| Op::Replicated {
+                fnr: replicate,
+                isn,
+                before,
+                after,
+            })
+            .collect();
+        let (cfnr, cisn, rec) = confirmation;
+        ops.push(Op::Put {
+            fnr: cfnr,
+            isn: cisn,
+            record: rec,
+        });
+        self.commit(Vec::new(), ops, None)
+    }
+
+    /// Stores or replaces an engine-written record (administration and
+    /// confirmation files), as one transaction.
+    pub fn put_engine_record(
+        &self,
+        fnr: Fnr,
+        isn: Isn,
+        record: Record,
+    ) -> Result<CommitInfo, DbError> {
+        self.commit(Vec::new(), vec![Op::Put { fnr, isn, record }], None)
+    }
+
+    /// The count and digest of a file's records as they stand in the page
+    /// store, computed from the records themselves (also for a damaged file).
+    pub fn content_digest(&self, fnr: Fnr) -> Result<(u64, crate::Digest), DbError> {
+        self.wait_applied()?;
+        let mut meta = FileMeta::new(fnr);
+        for kv in self.shared().store.scan(fnr, Isn(1)) {
+            let (isn, v) = kv?;
+            meta.change(isn, None, Some(&v));
+        }
+        Ok((meta.count, meta.digest))
     }
 
     fn check_poisoned(&self) -> Result<(), DbError> {
@@ -536,6 +654,7 @@ impl Database {
                     time_us: st.last_time_us,
                     client_id,
                     seqs: BTreeMap::new(),
+                    metas: Vec::new(),
                 });
             }
             let lsn = st.last_lsn.next();
@@ -568,6 +687,7 @@ impl Database {
                 changes: derived.changes,
                 metas: derived.metas.values().copied().collect(),
             };
+            let metas_after: Vec<FileMeta> = derived.metas.values().copied().collect();
             let payload = PlogEntry::Commit(entry).encode();
             if payload.len() > crate::plog::format::MAX_PAYLOAD as usize {
                 return Err(DbError::TooLarge(format!(
@@ -613,6 +733,7 @@ impl Database {
                     time_us,
                     client_id,
                     seqs: derived.seqs,
+                    metas: metas_after,
                 },
             )
         };
@@ -803,9 +924,30 @@ fn resolve<V: StateView>(
     op: Op,
 ) -> Result<crate::plog::Change, DbError> {
     let fnr = match &op {
-        Op::Store { fnr, .. } | Op::Update { fnr, .. } | Op::Delete { fnr, .. } => *fnr,
+        Op::Store { fnr, .. }
+        | Op::Update { fnr, .. }
+        | Op::Delete { fnr, .. }
+        | Op::Replicated { fnr, .. }
+        | Op::Put { fnr, .. } => *fnr,
     };
-    Database::writable(st, fnr)?;
+    match &op {
+        Op::Replicated { .. } | Op::Put { .. } => {
+            let def = Database::usable_def(st, fnr)?;
+            let ok = match op {
+                Op::Replicated { .. } => def.role == Role::Replicate,
+                _ => matches!(def.role, Role::Confirmation | Role::Administration),
+            };
+            if !ok {
+                return Err(DbError::BadDefinition(format!(
+                    "file {fnr} is a {} file; the engine writes only replicate, confirmation and administration files this way",
+                    def.role.name()
+                )));
+            }
+        }
+        _ => {
+            Database::writable(st, fnr)?;
+        }
+    }
     let bad = |source| DbError::BadRecord { fnr, source };
     Ok(match op {
         Op::Store { isn, record, .. } => {
@@ -843,6 +985,34 @@ fn resolve<V: StateView>(
                 after: None,
             }
         }
+        Op::Replicated {
+            isn, before, after, ..
+        } => {
+            let current = ap.current(fnr, isn)?;
+            if current != before {
+                return Err(DbError::ReplicateDiverged {
+                    fnr,
+                    isn,
+                    reason: match (&current, &before) {
+                        (None, Some(_)) => "the record is missing".into(),
+                        (Some(_), None) => "the record already exists".into(),
+                        _ => "the record differs from the master's before-image".into(),
+                    },
+                });
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before,
+                after,
+            }
+        }
+        Op::Put { isn, record, .. } => crate::plog::Change {
+            fnr,
+            isn,
+            before: ap.current(fnr, isn)?,
+            after: Some(encode_record(&record).map_err(bad)?),
+        },
     })
 }
 

@@ -426,9 +426,16 @@ pub(crate) fn recover(
     rp.flush(store, log_end)?;
     report.log_end = log_end;
     report.clean = last_clean && report.replayed == 0 && torn.is_none();
-    if !report.clean {
-        report.rescanned = true;
-        for fnr in exp.catalog.keys() {
+    // After an unclean stop every file is rescanned. Replicate files are
+    // rescanned at every open: their digest is what a replication task
+    // checks against the master's, so damage done while the node was down
+    // (an offline edit, a restored wrong copy) must show in it.
+    report.rescanned = !report.clean;
+    for (fnr, def) in &exp.catalog {
+        if report.clean && def.role != Role::Replicate {
+            continue;
+        }
+        {
             if damaged.contains_key(fnr) {
                 continue;
             }

@@ -220,7 +220,11 @@ fn write_group(
         }
         return;
     }
-    // Durable from here on: answer the committers, then apply behind them.
+    // Durable from here on: publish it, answer the committers, then apply
+    // behind them.
+    if let Some(last) = jobs.last() {
+        shared.durable.send_replace(last.lsn);
+    }
     for j in &mut jobs {
         for d in &j.catalog {
             cps.catalog.insert(d.fnr, d.clone());

@@ -1,0 +1,188 @@
+//! `etp node run`, `etp admin …`, `etp task …`.
+
+use super::open_or_context;
+use crate::cli::{AdminCommand, NodeCommand, TaskCommand, TaskControlArgs};
+use crate::output;
+use crate::Outcome;
+use anyhow::{bail, Context};
+use propagator::node::client::Client;
+use propagator::node::Node;
+use propagator::wire::{Request, Response, TaskAction, TaskReport};
+use propagator::Fnr;
+use std::io::Write;
+
+pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
+    let NodeCommand::Run { data, listen } = c;
+    let db = open_or_context(&data.data)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the node's runtime")?;
+    let served = db.clone();
+    rt.block_on(async move {
+        let db = served;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let node = Node::new(db.clone()).map_err(anyhow::Error::msg)?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening {addr}")?;
+            out.flush()?;
+        }
+        tracing::info!(%addr, dbid = %db.dbid(), "node serving");
+        node.clone().serve(listener, shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    // Tasks are stopped; let in-flight blocking calls finish, then close cleanly.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    db.close().context("closing the database")?;
+    eprintln!("etp: node stopped cleanly");
+    Ok(Outcome::Ok)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; ctrl-c only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
+    match c {
+        AdminCommand::Apply { node, topology } => {
+            let text = std::fs::read_to_string(&topology)
+                .with_context(|| format!("cannot read {}", topology.display()))?;
+            // Check locally first: a bad file is named without touching a node.
+            propagator::topology::Valid::parse(&text)
+                .with_context(|| format!("{}", topology.display()))?;
+            let mut client = Client::connect(node.node)?;
+            match client.call(&Request::AdminApply { topology: text })? {
+                Response::Text(t) => println!("{t}"),
+                other => bail!("unexpected answer {other:?}"),
+            }
+            Ok(Outcome::Ok)
+        }
+        AdminCommand::Export { node } => {
+            let mut client = Client::connect(node.node)?;
+            match client.call(&Request::AdminExport)? {
+                Response::Text(t) => print!("{t}"),
+                other => bail!("unexpected answer {other:?}"),
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
+    let (node, req, json) = match c {
+        TaskCommand::Status { node, json } => (node, Request::TaskStatus, json),
+        TaskCommand::Start(a) => control(a, TaskAction::Start),
+        TaskCommand::Stop(a) => control(a, TaskAction::Stop),
+        TaskCommand::Restart(a) => control(a, TaskAction::Restart),
+    };
+    let mut client = Client::connect(node.node)?;
+    let tasks = match client.call(&req)? {
+        Response::Tasks(t) => t,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    print_tasks(&tasks, json);
+    let problem = tasks
+        .iter()
+        .flat_map(|t| &t.replicates)
+        .any(|r| r.state.starts_with("error"));
+    Ok(if problem {
+        Outcome::Problem
+    } else {
+        Outcome::Ok
+    })
+}
+
+fn control(a: TaskControlArgs, action: TaskAction) -> (crate::cli::NodeArgs, Request, bool) {
+    (
+        a.node,
+        Request::TaskControl {
+            master: a.master.map(Fnr),
+            action,
+        },
+        a.json,
+    )
+}
+
+fn print_tasks(tasks: &[TaskReport], json: bool) {
+    if json {
+        for t in tasks {
+            output::json(&serde_json::json!({
+                "master": t.master.0,
+                "master_name": t.master_name,
+                "state": t.state,
+                "restart_interval_s": t.restart_interval_s,
+                "master_seq": t.master_seq.0,
+                "replicates": t.replicates.iter().map(|r| serde_json::json!({
+                    "name": r.name, "database": r.database.0, "address": r.address,
+                    "state": r.state, "sent_seq": r.sent_seq.0, "confirmed_seq": r.confirmed_seq.0,
+                    "lag_records": r.lag_records, "last_error": r.last_error, "connects": r.connects,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        return;
+    }
+    if tasks.is_empty() {
+        println!("no replication tasks on this node");
+    }
+    for t in tasks {
+        println!(
+            "task of master {} ({}): {}, master seq {}, restart interval {}",
+            t.master,
+            t.master_name,
+            t.state,
+            t.master_seq,
+            t.restart_interval_s
+                .map_or("none".into(), |s| format!("{s} s"))
+        );
+        let rows: Vec<Vec<String>> = t
+            .replicates
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    format!("{} ({})", r.database, r.address),
+                    r.state.clone(),
+                    r.confirmed_seq.to_string(),
+                    r.lag_records.to_string(),
+                    r.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "replicate",
+                "database",
+                "state",
+                "confirmed",
+                "lag",
+                "last error",
+            ],
+            &rows,
+        );
+    }
+}

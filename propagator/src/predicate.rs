@@ -1,0 +1,535 @@
+//! Selection predicates: which records of a master file a replication
+//! task sends, written in CEL (the Common Expression Language), e.g.
+//! `grp % 4 == 0 && qty > 10`.
+//!
+//! A predicate reads a record's fields as CEL variables named after the
+//! fields: `Int` is a CEL `int`, `Float` a `double`, `Text` a `string`,
+//! `Bytes` `bytes`, `Bool` `bool` and `Null` `null`. It is compiled once,
+//! against the master file's declared field names: a predicate that does not
+//! parse, that is empty, or that names a variable which is not a declared
+//! field is refused at [`Predicate::compile`], so a typo never silently
+//! selects nothing. Standard type names (`int`, `string`, ...) and the
+//! variables a macro binds (`x` in `[1, 2].exists(x, x == grp)`) are not
+//! fields.
+//!
+//! # The evaluation-error rule
+//!
+//! [`Predicate::eval`] returns `Ok(true)` or `Ok(false)` when the predicate
+//! evaluates to a bool, and `Err(reason)` when it cannot be evaluated:
+//! - the record lacks a field the predicate reads (checked before
+//!   evaluating, for every field the predicate reads, so the outcome never
+//!   depends on which side of `&&` / `||` would have been evaluated first);
+//! - an operator or function does not apply to the field's type, as in
+//!   `"a" % 4`, or fails, as in a division by zero or an overflow;
+//! - the result is not a bool, as in `qty + 1`.
+//!
+//! Replication uses [`Predicate::selects`]: **a record is selected if and only
+//! if `eval` returns `Ok(true)`; an evaluation error counts as "not
+//! selected"** — the same as `false`. A record that cannot be judged is never
+//! sent. Callers that want to report such records call `eval` and log the
+//! reason.
+//!
+//! [`project`] keeps only the named fields of a record, for a task that
+//! replicates a subset of the fields.
+
+use crate::record::{Record, Value};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::types::{CelBool, CelBytes, CelDouble, CelInt, CelNull, CelString};
+use cel::common::value::Val;
+use cel::{Context, Env, Program};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+
+/// Why a predicate was refused at compile time.
+#[derive(Debug, thiserror::Error)]
+pub enum PredicateError {
+    /// The source is not a CEL expression.
+    #[error("predicate {source_text:?} is not a valid CEL expression: {reason}")]
+    Syntax { source_text: String, reason: String },
+    /// The predicate names variables that are not fields of the master file.
+    /// `field` holds every offending name, separated by ", ".
+    #[error(
+        "predicate reads unknown field(s) {field}; the master file declares: {}",
+        list_or_none(.known)
+    )]
+    UnknownField { field: String, known: Vec<String> },
+    /// The source is empty or only white space.
+    #[error(
+        "predicate is empty: give a CEL expression over the record's fields, such as `qty > 10`"
+    )]
+    Empty,
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "(no fields)".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The standard CEL environment, built once: it holds no state that an
+/// evaluation changes.
+fn env() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+}
+
+/// A compiled CEL selection predicate over a record's fields.
+#[derive(Clone)]
+pub struct Predicate {
+    source: String,
+    program: Arc<Program>,
+    /// The fields the predicate reads, sorted, without duplicates.
+    variables: Vec<String>,
+}
+
+impl fmt::Debug for Predicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Predicate")
+            .field("source", &self.source)
+            .field("variables", &self.variables)
+            .finish()
+    }
+}
+
+impl Predicate {
+    /// Compiles `source`. Refuses a predicate that is empty, that does not
+    /// parse, or that names any variable not in `known_fields` (the master
+    /// file's declared field names); the error names the offending
+    /// variables and lists the known fields.
+    pub fn compile(source: &str, known_fields: &[String]) -> Result<Predicate, PredicateError> {
+        if source.trim().is_empty() {
+            return Err(PredicateError::Empty);
+        }
+        let syntax = |reason: String| PredicateError::Syntax {
+            source_text: source.to_string(),
+            reason,
+        };
+        let program = catch_unwind(|| env().compile(source))
+            .map_err(|panic| syntax(format!("the CEL parser failed: {}", panic_text(&panic))))?
+            .map_err(|e| syntax(e.to_string()))?;
+
+        let known: BTreeSet<&str> = known_fields.iter().map(String::as_str).collect();
+        let mut read = BTreeSet::new();
+        collect_variables(program.expression(), &known, &mut Vec::new(), &mut read);
+        let unknown: Vec<&str> = read
+            .iter()
+            .map(String::as_str)
+            .filter(|v| !known.contains(v))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(PredicateError::UnknownField {
+                field: unknown.join(", "),
+                known: known.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        Ok(Predicate {
+            source: source.to_string(),
+            program: Arc::new(program),
+            variables: read.into_iter().collect(),
+        })
+    }
+
+    /// The source the predicate was compiled from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The variables (fields) the predicate reads, sorted.
+    pub fn variables(&self) -> Vec<String> {
+        self.variables.clone()
+    }
+
+    /// Evaluates the predicate over `record`. `Err` gives the reason when it
+    /// cannot be evaluated: a field it reads is absent from the record, an
+    /// operator does not apply to a field's type, or the result is not a
+    /// bool. Never panics.
+    pub fn eval(&self, record: &Record) -> Result<bool, String> {
+        let missing: Vec<&str> = self
+            .variables
+            .iter()
+            .map(String::as_str)
+            .filter(|v| !record.contains_key(*v))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the record lacks field(s) {} read by the predicate",
+                missing.join(", ")
+            ));
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut ctx = Context::with_env(Arc::clone(env()));
+            for name in &self.variables {
+                if let Some(value) = record.get(name) {
+                    ctx.add_variable_as_val(name.as_str(), to_cel(value));
+                }
+            }
+            self.program.execute(&ctx)
+        }));
+        match outcome {
+            Ok(Ok(cel::Value::Bool(b))) => Ok(b),
+            Ok(Ok(other)) => Err(format!(
+                "the predicate's result is {} ({other:?}), not bool",
+                other.type_of()
+            )),
+            Ok(Err(e)) => Err(format!(
+                "evaluation failed: {e} (the predicate reads {})",
+                self.field_types(record)
+            )),
+            Err(panic) => Err(format!(
+                "evaluation failed: the CEL interpreter failed: {}",
+                panic_text(&panic)
+            )),
+        }
+    }
+
+    /// `name: type` of each field the predicate reads, for error messages.
+    fn field_types(&self, record: &Record) -> String {
+        self.variables
+            .iter()
+            .map(|v| {
+                let t = record.get(v).map_or("absent", Value::type_name);
+                format!("{v}: {t}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The rule replication uses: a record is selected if and only if
+    /// [`eval`](Self::eval) returns `Ok(true)`; an evaluation error counts
+    /// as "not selected".
+    pub fn selects(&self, record: &Record) -> bool {
+        matches!(self.eval(record), Ok(true))
+    }
+}
+
+/// Keeps only the named fields of a record (fields absent from the record
+/// stay absent).
+pub fn project(record: &Record, fields: &[String]) -> Record {
+    fields
+        .iter()
+        .filter_map(|f| record.get(f).map(|v| (f.clone(), v.clone())))
+        .collect()
+}
+
+/// A field value as a CEL value, borrowing text and bytes from the record.
+fn to_cel(value: &Value) -> Box<dyn Val + '_> {
+    match value {
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
+        Value::Int(i) => Box::new(CelInt::from(*i)),
+        Value::Float(f) => Box::new(CelDouble::from(*f)),
+        Value::Text(s) => Box::new(CelString::from(s.as_str())),
+        Value::Bytes(b) => Box::new(CelBytes::from(b.as_slice())),
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// The dotted name an expression spells (`a`, `a.b.c`), if it is one.
+fn qualified_name(e: &IdedExpr) -> Option<Vec<&str>> {
+    match &e.expr {
+        Expr::Ident(name) => Some(vec![name.as_str()]),
+        Expr::Select(sel) if !sel.test => {
+            let mut segments = qualified_name(&sel.operand)?;
+            segments.push(sel.field.as_str());
+            Some(segments)
+        }
+        _ => None,
+    }
+}
+
+/// Records in `out` the variables `e` reads that are not bound by an
+/// enclosing macro (`bound`). A dotted name resolves as CEL resolves it:
+/// the longest prefix that is a known field is the variable read; a name
+/// that is a standard type (`int`, `string`, ...) reads no variable.
+fn collect_variables(
+    e: &IdedExpr,
+    known: &BTreeSet<&str>,
+    bound: &mut Vec<String>,
+    out: &mut BTreeSet<String>,
+) {
+    if let Some(segments) = qualified_name(e) {
+        let Some(root) = segments.first() else {
+            return;
+        };
+        if root.starts_with('@') || bound.iter().any(|b| b == root) {
+            return;
+        }
+        for len in (1..=segments.len()).rev() {
+            let name = segments[..len].join(".");
+            if known.contains(name.as_str()) {
+                out.insert(name);
+                return;
+            }
+        }
+        if env().types().find_type(&segments.join(".")).is_none() {
+            out.insert((*root).to_string());
+        }
+        return;
+    }
+    match &e.expr {
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        Expr::Select(sel) => collect_variables(&sel.operand, known, bound, out),
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                collect_variables(target, known, bound, out);
+            }
+            for arg in &call.args {
+                collect_variables(arg, known, bound, out);
+            }
+        }
+        Expr::Comprehension(comp) => {
+            collect_variables(&comp.iter_range, known, bound, out);
+            collect_variables(&comp.accu_init, known, bound, out);
+            let depth = bound.len();
+            bound.push(comp.iter_var.clone());
+            if let Some(v2) = &comp.iter_var2 {
+                bound.push(v2.clone());
+            }
+            bound.push(comp.accu_var.clone());
+            collect_variables(&comp.loop_cond, known, bound, out);
+            collect_variables(&comp.loop_step, known, bound, out);
+            collect_variables(&comp.result, known, bound, out);
+            bound.truncate(depth);
+        }
+        Expr::List(list) => {
+            for elem in &list.elements {
+                collect_variables(elem, known, bound, out);
+            }
+        }
+        Expr::Map(map) => collect_entries(&map.entries, known, bound, out),
+        Expr::Struct(st) => collect_entries(&st.entries, known, bound, out),
+    }
+}
+
+fn collect_entries(
+    entries: &[cel::common::ast::IdedEntryExpr],
+    known: &BTreeSet<&str>,
+    bound: &mut Vec<String>,
+    out: &mut BTreeSet<String>,
+) {
+    for entry in entries {
+        match &entry.expr {
+            EntryExpr::StructField(field) => collect_variables(&field.value, known, bound, out),
+            EntryExpr::MapEntry(me) => {
+                collect_variables(&me.key, known, bound, out);
+                collect_variables(&me.value, known, bound, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn rec(pairs: &[(&str, Value)]) -> Record {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn known() -> Vec<String> {
+        fields(&["grp", "qty", "name", "price", "flag", "blob", "note"])
+    }
+
+    const _: () = {
+        const fn assert_traits<T: Send + Sync + Clone + fmt::Debug>() {}
+        assert_traits::<Predicate>();
+        const fn assert_error_traits<T: Send + Sync + std::error::Error>() {}
+        assert_error_traits::<PredicateError>();
+    };
+
+    #[test]
+    fn grp_and_qty_select_and_reject() {
+        let p = Predicate::compile("grp % 4 == 0 && qty > 10", &known()).unwrap();
+        assert_eq!(p.source(), "grp % 4 == 0 && qty > 10");
+        assert_eq!(p.variables(), fields(&["grp", "qty"]));
+        let yes = rec(&[("grp", Value::Int(8)), ("qty", Value::Int(11))]);
+        let bad_grp = rec(&[("grp", Value::Int(7)), ("qty", Value::Int(11))]);
+        let bad_qty = rec(&[("grp", Value::Int(8)), ("qty", Value::Int(10))]);
+        assert_eq!(p.eval(&yes), Ok(true));
+        assert!(p.selects(&yes));
+        assert_eq!(p.eval(&bad_grp), Ok(false));
+        assert!(!p.selects(&bad_grp));
+        assert_eq!(p.eval(&bad_qty), Ok(false));
+        assert!(!p.selects(&bad_qty));
+        // Fields the predicate does not read do not matter.
+        let extra = rec(&[
+            ("grp", Value::Int(0)),
+            ("qty", Value::Int(99)),
+            ("name", Value::Text("x".into())),
+        ]);
+        assert!(p.selects(&extra));
+    }
+
+    #[test]
+    fn syntax_error_is_refused() {
+        let err = Predicate::compile("grp % == 4 &&", &known()).unwrap_err();
+        assert!(matches!(err, PredicateError::Syntax { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("grp % == 4 &&"), "{msg}");
+        assert!(msg.contains("not a valid CEL expression"), "{msg}");
+    }
+
+    #[test]
+    fn empty_source_is_refused() {
+        assert!(matches!(
+            Predicate::compile("", &known()),
+            Err(PredicateError::Empty)
+        ));
+        assert!(matches!(
+            Predicate::compile("  \n\t", &known()),
+            Err(PredicateError::Empty)
+        ));
+    }
+
+    #[test]
+    fn unknown_variable_is_named_with_the_known_fields() {
+        let err =
+            Predicate::compile("grp == 1 && qtty > 3 && colour == 'red'", &known()).unwrap_err();
+        match &err {
+            PredicateError::UnknownField { field, known } => {
+                assert_eq!(field, "colour, qtty");
+                assert!(known.contains(&"qty".to_string()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains("qtty") && msg.contains("colour"), "{msg}");
+        assert!(msg.contains("grp, name, note, price, qty"), "{msg}");
+
+        let none = Predicate::compile("x", &[]).unwrap_err();
+        assert!(none.to_string().contains("(no fields)"), "{none}");
+    }
+
+    #[test]
+    fn macro_variables_and_type_names_are_not_fields() {
+        let p = Predicate::compile(
+            "[1, 2, 3].exists(x, x == grp) && type(qty) == int",
+            &known(),
+        )
+        .unwrap();
+        assert_eq!(p.variables(), fields(&["grp", "qty"]));
+        assert!(p.selects(&rec(&[("grp", Value::Int(2)), ("qty", Value::Int(1))])));
+        assert!(!p.selects(&rec(&[("grp", Value::Int(5)), ("qty", Value::Int(1))])));
+        // A macro variable does not hide a misspelt field outside the macro.
+        let err = Predicate::compile("[1].all(x, x > 0) && x > 0", &known()).unwrap_err();
+        assert!(matches!(err, PredicateError::UnknownField { ref field, .. } if field == "x"));
+    }
+
+    #[test]
+    fn missing_field_is_an_error_and_not_selected() {
+        let p = Predicate::compile("grp % 4 == 0 && qty > 10", &known()).unwrap();
+        let r = rec(&[("grp", Value::Int(8))]);
+        let err = p.eval(&r).unwrap_err();
+        assert!(err.contains("qty"), "{err}");
+        assert!(!p.selects(&r));
+        // Even where CEL's `||` would not need the missing field.
+        let p = Predicate::compile("grp == 8 || qty > 10", &known()).unwrap();
+        assert!(p.eval(&r).is_err());
+        assert!(!p.selects(&r));
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let p = Predicate::compile("name % 4 == 0", &known()).unwrap();
+        let r = rec(&[("name", Value::Text("a".into()))]);
+        let err = p.eval(&r).unwrap_err();
+        assert!(err.starts_with("evaluation failed"), "{err}");
+        assert!(err.contains("\"a\"") && err.contains("name: text"), "{err}");
+        assert!(!p.selects(&r));
+
+        let p = Predicate::compile("\"a\" % 4 == 0", &known()).unwrap();
+        assert!(p.eval(&Record::new()).is_err());
+
+        let p = Predicate::compile("qty > 1", &known()).unwrap();
+        assert!(p.eval(&rec(&[("qty", Value::Null)])).is_err());
+        let p = Predicate::compile("qty / 0 == 1", &known()).unwrap();
+        assert!(p.eval(&rec(&[("qty", Value::Int(3))])).is_err());
+    }
+
+    #[test]
+    fn non_bool_result_is_an_error() {
+        let p = Predicate::compile("qty + 1", &known()).unwrap();
+        let r = rec(&[("qty", Value::Int(3))]);
+        let err = p.eval(&r).unwrap_err();
+        assert!(err.contains("not bool") && err.contains("int"), "{err}");
+        assert!(!p.selects(&r));
+    }
+
+    #[test]
+    fn value_types_map_to_cel() {
+        let r = rec(&[
+            ("name", Value::Text("widget".into())),
+            ("price", Value::Float(2.5)),
+            ("flag", Value::Bool(true)),
+            ("blob", Value::Bytes(vec![1, 2, 3])),
+            ("note", Value::Null),
+        ]);
+        for src in [
+            "name == 'widget'",
+            "name > 'apple' && name < 'zebra'",
+            "name.startsWith('wid') && size(name) == 6",
+            "price > 2.0 && price < 3.0",
+            "flag",
+            "blob == b'\\x01\\x02\\x03' && size(blob) == 3",
+            "note == null",
+        ] {
+            let p = Predicate::compile(src, &known()).unwrap();
+            assert_eq!(p.eval(&r), Ok(true), "{src}");
+        }
+        let p = Predicate::compile("name == 'gadget'", &known()).unwrap();
+        assert_eq!(p.eval(&r), Ok(false));
+    }
+
+    #[test]
+    fn dotted_field_names_resolve() {
+        let known = fields(&["a.b", "c"]);
+        let p = Predicate::compile("a.b == 1", &known).unwrap();
+        assert_eq!(p.variables(), fields(&["a.b"]));
+        assert!(p.selects(&rec(&[("a.b", Value::Int(1))])));
+        assert!(Predicate::compile("a.c == 1", &known).is_err());
+    }
+
+    #[test]
+    fn clones_share_and_work_across_threads() {
+        let p = Predicate::compile("qty > 10", &known()).unwrap();
+        let q = p.clone();
+        let handle = std::thread::spawn(move || q.selects(&rec(&[("qty", Value::Int(11))])));
+        assert!(handle.join().unwrap());
+        assert!(format!("{p:?}").contains("qty > 10"));
+    }
+
+    #[test]
+    fn projection_keeps_named_fields() {
+        let r = rec(&[
+            ("grp", Value::Int(1)),
+            ("qty", Value::Int(2)),
+            ("name", Value::Text("n".into())),
+        ]);
+        let p = project(&r, &fields(&["qty", "name", "absent"]));
+        assert_eq!(
+            p,
+            rec(&[("name", Value::Text("n".into())), ("qty", Value::Int(2))])
+        );
+        assert!(project(&r, &[]).is_empty());
+    }
+}

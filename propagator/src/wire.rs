@@ -1,0 +1,338 @@
+//! The wire protocol between `etp` clients, nodes and replication links.
+//!
+//! Every message is one frame: a 4-byte big-endian length (tokio-util's
+//! `LengthDelimitedCodec`, at most [`MAX_FRAME`] bytes) followed by a
+//! MessagePack [`Envelope`] holding the protocol version and the message.
+//! A frame that is oversized, cut short or undecodable, or that carries
+//! another protocol version, ends that connection with a logged reason; a
+//! node applies nothing from it.
+//!
+//! One connection carries one conversation: a client session (exec and
+//! reads; closing the connection backs out an open transaction), an
+//! administration or task request, or a replication link from a master's
+//! task to a replicate. Every request gets exactly one response, in order.
+//!
+//! Records travel as their canonical encoded bytes ([`crate::record`]), so
+//! the receiver validates them with the same decoder the page store uses.
+
+use crate::digest::Digest;
+use crate::ids::{DbId, Fnr, Isn, Lsn, Seq};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame accepted or sent.
+pub const MAX_FRAME: usize = 32 << 20;
+
+/// The length-delimited codec with this protocol's frame limit.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .length_field_length(4)
+        .new_codec()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u16,
+    msg: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    #[error("peer speaks protocol version {found}, this node speaks {PROTOCOL_VERSION}")]
+    Version { found: u16 },
+    #[error("message of {0} bytes exceeds the frame limit of {MAX_FRAME} bytes")]
+    TooLarge(usize),
+}
+
+fn encode<T: Serialize>(msg: &T) -> Result<bytes::Bytes, WireError> {
+    let b = rmp_serde::to_vec_named(&Envelope {
+        v: PROTOCOL_VERSION,
+        msg,
+    })
+    .map_err(|e| WireError::Decode(e.to_string()))?;
+    if b.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(b.len()));
+    }
+    Ok(b.into())
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<T, WireError> {
+    // Read the version first, so a newer peer gets a version error rather
+    // than a confusing decode error about a message it shaped differently.
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u16,
+    }
+    let v: VersionOnly =
+        rmp_serde::from_slice(frame).map_err(|e| WireError::Decode(e.to_string()))?;
+    if v.v != PROTOCOL_VERSION {
+        return Err(WireError::Version { found: v.v });
+    }
+    let env: Envelope<T> =
+        rmp_serde::from_slice(frame).map_err(|e| WireError::Decode(e.to_string()))?;
+    Ok(env.msg)
+}
+
+/// One command of a client transaction (the wire form of `exec`'s lines).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Store {
+        file: Fnr,
+        isn: Option<Isn>,
+        record: ByteBuf,
+    },
+    Update {
+        file: Fnr,
+        isn: Isn,
+        patch: ByteBuf,
+    },
+    Delete {
+        file: Fnr,
+        isn: Isn,
+    },
+    Read {
+        file: Fnr,
+        isn: Isn,
+    },
+    Et {
+        id: Option<String>,
+    },
+    Bt,
+}
+
+/// What a replication task asks of a task control request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// A change to one replicate record, already projected and selected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplChange {
+    pub isn: Isn,
+    /// The replicate's expected current bytes (None: absent).
+    pub before: Option<ByteBuf>,
+    /// The new bytes (None: delete).
+    pub after: Option<ByteBuf>,
+}
+
+/// What a replicate records, in its confirmation file, with each batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub replicate: String,
+    pub master_db: DbId,
+    pub master: Fnr,
+    /// The last master seq applied.
+    pub seq: Seq,
+    pub incarnation: u32,
+    /// The master commit time of that seq (µs since the epoch).
+    pub master_time_us: i64,
+    /// The replicate file's digest after applying it.
+    pub digest: Digest,
+    pub count: u64,
+    /// When the replicate applied it (µs since the epoch).
+    pub applied_us: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// A node's identity and progress.
+    Info,
+    /// One command of this connection's session.
+    Exec(Command),
+    /// Up to `limit` records of a file from isn `from` on, ascending.
+    Dump {
+        file: Fnr,
+        from: Isn,
+        limit: u32,
+    },
+    /// Validates a topology and installs it on every node it names.
+    AdminApply {
+        topology: String,
+    },
+    /// The topology this node holds.
+    AdminExport,
+    /// Node to node: can this node take its part of the topology?
+    AdminPrepare {
+        topology: String,
+    },
+    /// Node to node: take its part of the topology.
+    AdminInstall {
+        topology: String,
+    },
+    TaskStatus,
+    TaskControl {
+        master: Option<Fnr>,
+        action: TaskAction,
+    },
+    /// Opens a replication link to a replicate on this node.
+    LinkOpen {
+        replicate: String,
+        file: Fnr,
+        confirmation: Fnr,
+        master_db: DbId,
+        master: Fnr,
+    },
+    /// Applies a batch on the link's replicate, with its confirmation.
+    LinkApply {
+        changes: Vec<ReplChange>,
+        confirmation: Confirmation,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub dbid: DbId,
+    pub last_lsn: Lsn,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommitReply {
+    pub lsn: Lsn,
+    pub time_us: i64,
+    pub client_id: Option<String>,
+    pub seqs: Vec<(Fnr, Seq, Seq)>,
+}
+
+/// A replicate's answer to `LinkOpen`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkState {
+    /// The confirmation record, if the replicate has applied anything.
+    pub confirmation: Option<Confirmation>,
+    /// The replicate file's digest and count as its content stands now
+    /// (recomputed from the records when the file is damaged).
+    pub digest: Digest,
+    pub count: u64,
+    /// Why the replicate file is unusable, if it is.
+    pub damaged: Option<String>,
+}
+
+/// One replication task's state, as `etp task status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub master: Fnr,
+    pub master_name: String,
+    pub state: String,
+    pub restart_interval_s: Option<u64>,
+    pub master_seq: Seq,
+    pub replicates: Vec<ReplicateReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicateReport {
+    pub name: String,
+    pub database: DbId,
+    pub address: String,
+    /// connecting, online, error, stopped
+    pub state: String,
+    pub sent_seq: Seq,
+    pub confirmed_seq: Seq,
+    pub lag_records: u64,
+    pub last_error: Option<String>,
+    pub connects: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Error {
+        message: String,
+    },
+    Info(NodeInfo),
+    Stored {
+        isn: Isn,
+    },
+    Committed(CommitReply),
+    Record(Option<ByteBuf>),
+    Records {
+        items: Vec<(Isn, ByteBuf)>,
+        done: bool,
+        /// The file is a log file: items are log records.
+        is_log: bool,
+    },
+    Text(String),
+    Tasks(Vec<TaskReport>),
+    Link(LinkState),
+    Applied {
+        seq: Seq,
+        digest: Digest,
+        count: u64,
+        lsn: Lsn,
+    },
+}
+
+impl Request {
+    pub fn encode(&self) -> Result<bytes::Bytes, WireError> {
+        encode(self)
+    }
+    pub fn decode(frame: &[u8]) -> Result<Request, WireError> {
+        decode(frame)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Result<bytes::Bytes, WireError> {
+        encode(self)
+    }
+    pub fn decode(frame: &[u8]) -> Result<Response, WireError> {
+        decode(frame)
+    }
+    pub fn error(message: impl Into<String>) -> Response {
+        Response::Error {
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let r = Request::Exec(Command::Store {
+            file: Fnr(10),
+            isn: Some(Isn(3)),
+            record: ByteBuf::from(vec![1, 2, 3]),
+        });
+        let b = r.encode().expect("encode");
+        match Request::decode(&b).expect("decode") {
+            Request::Exec(Command::Store { file, isn, record }) => {
+                assert_eq!(
+                    (file, isn, record.into_vec()),
+                    (Fnr(10), Some(Isn(3)), vec![1, 2, 3])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn another_version_is_named_and_garbage_is_refused() {
+        let b = rmp_serde::to_vec_named(&Envelope {
+            v: 99,
+            msg: Request::Info,
+        })
+        .expect("encode");
+        assert!(matches!(
+            Request::decode(&b),
+            Err(WireError::Version { found: 99 })
+        ));
+        assert!(matches!(
+            Request::decode(b"\xff\x00garbage"),
+            Err(WireError::Decode(_))
+        ));
+        let ok = Request::Info.encode().expect("encode");
+        assert!(Request::decode(&ok[..ok.len() - 1]).is_err());
+    }
+}
