@@ -240,7 +240,7 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Keep the demo's database here instead of a temporary directory.
+    /// Keep the demo's databases here instead of a temporary directory.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Transactions in the workload.

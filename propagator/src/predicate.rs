@@ -42,11 +42,20 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
+/// The longest predicate source accepted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 8192;
+/// The deepest nesting of a compiled predicate's expression tree accepted.
+/// Evaluation recurses once per level, on the caller's thread: this bound
+/// keeps it well within the smallest thread stack (2 MiB) the engine uses.
+pub const MAX_DEPTH: usize = 64;
+/// The stack of the thread that parses a predicate.
+const COMPILE_STACK_BYTES: usize = 64 << 20;
+
 /// Why a predicate was refused at compile time.
 #[derive(Debug, thiserror::Error)]
 pub enum PredicateError {
     /// The source is not a CEL expression.
-    #[error("predicate {source_text:?} is not a valid CEL expression: {reason}")]
+    #[error("predicate {} is not a valid CEL expression: {reason}", excerpt(.source_text))]
     Syntax { source_text: String, reason: String },
     /// The predicate names variables that are not fields of the master file.
     /// `field` holds every offending name, separated by ", ".
@@ -60,6 +69,15 @@ pub enum PredicateError {
         "predicate is empty: give a CEL expression over the record's fields, such as `qty > 10`"
     )]
     Empty,
+}
+
+/// The source, quoted, cut after 120 characters.
+fn excerpt(source: &str) -> String {
+    const SHOWN: usize = 120;
+    match source.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &source[..cut], source.len()),
+        None => format!("{source:?}"),
+    }
 }
 
 fn list_or_none(names: &[String]) -> String {
@@ -108,13 +126,41 @@ impl Predicate {
             source_text: source.to_string(),
             reason,
         };
-        let program = catch_unwind(|| env().compile(source))
-            .map_err(|panic| syntax(format!("the CEL parser failed: {}", panic_text(&panic))))?
-            .map_err(|e| syntax(e.to_string()))?;
-
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(syntax(format!(
+                "it is {} bytes long; a predicate may be at most {MAX_SOURCE_BYTES}",
+                source.len()
+            )));
+        }
         let known: BTreeSet<&str> = known_fields.iter().map(String::as_str).collect();
-        let mut read = BTreeSet::new();
-        collect_variables(program.expression(), &known, &mut Vec::new(), &mut read);
+        // The parser and the walks over its tree recurse once per level of
+        // nesting: they run on a thread whose stack is ample for any source
+        // within MAX_SOURCE_BYTES, and a panic there is an error, not a crash.
+        let parsed = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("cel-compile".into())
+                .stack_size(COMPILE_STACK_BYTES)
+                .spawn_scoped(scope, || {
+                    let program = env().compile(source).map_err(|e| e.to_string())?;
+                    let depth = depth(program.expression());
+                    if depth > MAX_DEPTH {
+                        return Err(format!(
+                            "it nests {depth} levels deep; a predicate may nest at most {MAX_DEPTH}"
+                        ));
+                    }
+                    let mut read = BTreeSet::new();
+                    collect_variables(program.expression(), &known, &mut Vec::new(), &mut read);
+                    Ok((program, read))
+                })
+                .map_err(|e| format!("could not start the CEL parser: {e}"))
+                .and_then(|handle| {
+                    handle
+                        .join()
+                        .map_err(|panic| format!("the CEL parser failed: {}", panic_text(&panic)))
+                })
+        });
+        let (program, read) = parsed.and_then(|r| r).map_err(syntax)?;
+
         let unknown: Vec<&str> = read
             .iter()
             .map(String::as_str)
@@ -175,6 +221,7 @@ impl Predicate {
                 "the predicate's result is {} ({other:?}), not bool",
                 other.type_of()
             )),
+            Ok(Err(e)) if self.variables.is_empty() => Err(format!("evaluation failed: {e}")),
             Ok(Err(e)) => Err(format!(
                 "evaluation failed: {e} (the predicate reads {})",
                 self.field_types(record)
@@ -235,6 +282,41 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     } else {
         "unknown panic".to_string()
     }
+}
+
+/// The depth of an expression tree: 1 for a leaf.
+fn depth(e: &IdedExpr) -> usize {
+    let children: Vec<&IdedExpr> = match &e.expr {
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+        Expr::Select(sel) => vec![&*sel.operand],
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(&call.args)
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => entry_children(&map.entries),
+        Expr::Struct(st) => entry_children(&st.entries),
+    };
+    1 + children.into_iter().map(depth).max().unwrap_or(0)
+}
+
+fn entry_children(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {
+    entries
+        .iter()
+        .flat_map(|entry| match &entry.expr {
+            EntryExpr::StructField(field) => vec![&field.value],
+            EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+        })
+        .collect()
 }
 
 /// The dotted name an expression spells (`a`, `a.b.c`), if it is one.
@@ -516,6 +598,33 @@ mod tests {
         let handle = std::thread::spawn(move || q.selects(&rec(&[("qty", Value::Int(11))])));
         assert!(handle.join().unwrap());
         assert!(format!("{p:?}").contains("qty > 10"));
+    }
+
+    #[test]
+    fn oversized_or_overdeep_predicates_are_refused() {
+        let long = format!("qty > 1 || {}", "qty == 2 || ".repeat(MAX_SOURCE_BYTES / 8));
+        let err = Predicate::compile(&long, &known()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("at most 8192") && msg.len() < 400, "{msg}");
+        let tiny = format!("{} > 0", vec!["1"; MAX_SOURCE_BYTES / 4].join("+"));
+        assert!(Predicate::compile(&tiny, &known()).is_err());
+
+        let deep = format!("{} > 0", vec!["qty"; 1000].join(" + "));
+        let err = Predicate::compile(&deep, &known()).unwrap_err();
+        assert!(matches!(err, PredicateError::Syntax { .. }), "{err}");
+        assert!(err.to_string().contains("nest"), "{err}");
+
+        let parens = format!("{}qty{} > 0", "(".repeat(500), ")".repeat(500));
+        assert!(Predicate::compile(&parens, &known()).is_err());
+
+        // A long but shallow predicate is fine.
+        let wide = (0..300)
+            .map(|i| format!("qty == {i}"))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        let p = Predicate::compile(&wide, &known()).unwrap();
+        assert!(p.selects(&rec(&[("qty", Value::Int(299))])));
+        assert!(!p.selects(&rec(&[("qty", Value::Int(300))])));
     }
 
     #[test]

@@ -1,185 +1,168 @@
-//! `etp demo`: the main job, run end to end through the real commands —
-//! a database with a master file and its log, a workload of transactions
-//! through `etp exec` (a child process), the tail of the log, and a check.
+//! `etp demo`: the main job, a real propagation on the default topology.
+//!
+//! Three node processes on loopback (master, full replicate, partial
+//! replicate), the example topology applied, a seeded workload of stores,
+//! updates that move records in and out of the partial's selection, deletes
+//! and some backed-out transactions; the partial replicate's node is killed
+//! (SIGKILL) and restarted half-way. Then it waits until both replicates
+//! confirm the master's last seq and checks full == master and
+//! partial == select(project(master)) from the dumps.
 
 use crate::cli::DemoArgs;
 use crate::Outcome;
 use anyhow::{bail, Context};
-use propagator::{Fnr, Seq};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use indicatif::{ProgressBar, ProgressStyle};
+use maintenance::cluster::{Cluster, MASTER};
+use propagator::exec::ExecTarget;
+use propagator::node::client::Client;
+use propagator::{Isn, Record, Value};
+use std::time::{Duration, Instant};
 
-const MASTER: u32 = 10;
-const LOG: u32 = 11;
-
-fn etp(args: &[&str]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating the etp binary")?;
-    let status = Command::new(exe)
-        .args(args)
-        .status()
-        .context("running etp")?;
-    if !status.success() {
-        bail!("`etp {}` failed ({status})", args.join(" "));
+/// One transaction of the demo workload against the master (through a node client).
+pub fn random_txn(
+    c: &mut Client,
+    rng: &mut fastrand::Rng,
+    live: &mut Vec<u64>,
+    next: &mut u64,
+) -> anyhow::Result<bool> {
+    let committed = live.clone();
+    for _ in 0..rng.u32(1..=4) {
+        let roll = rng.u32(0..10);
+        if roll < 5 || live.len() < 10 {
+            let mut r = Record::new();
+            r.insert("id".into(), Value::Int(*next as i64));
+            r.insert("grp".into(), Value::Int(rng.i64(0..16)));
+            r.insert("qty".into(), Value::Int(rng.i64(0..100)));
+            r.insert("note".into(), Value::Text(format!("item-{next}")));
+            c.store(MASTER, Some(Isn(*next)), r)?;
+            live.push(*next);
+            *next += 1;
+        } else if roll < 8 {
+            // Moves records in and out of the partial's selection.
+            let isn = live[rng.usize(..live.len())];
+            let mut p = Record::new();
+            p.insert("grp".into(), Value::Int(rng.i64(0..16)));
+            p.insert("qty".into(), Value::Int(rng.i64(0..100)));
+            c.update(MASTER, Isn(isn), p)?;
+        } else {
+            let isn = live.swap_remove(rng.usize(..live.len()));
+            c.delete(MASTER, Isn(isn))?;
+        }
     }
-    Ok(())
+    if rng.u32(0..20) == 0 {
+        c.bt()?;
+        *live = committed;
+        Ok(false)
+    } else {
+        c.et(None)?;
+        Ok(true)
+    }
 }
 
-/// A seeded workload: stores, updates, deletes and some backed-out transactions.
-fn workload(transactions: u64, seed: u64) -> (String, u64) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut live: Vec<u64> = Vec::new();
-    let mut next = 1u64;
-    let mut text = String::new();
-    let mut bts = 0;
-    for t in 0..transactions {
-        let committed = live.clone();
-        for _ in 0..rng.u32(1..=4) {
-            let roll = rng.u32(0..10);
-            if roll < 5 || live.len() < 10 {
-                text.push_str(&format!(
-                    "{{\"op\":\"store\",\"file\":{MASTER},\"isn\":{next},\"fields\":{{\"id\":{next},\"grp\":{},\"qty\":{},\"name\":\"item-{next}\"}}}}\n",
-                    rng.u32(0..16),
-                    rng.u32(0..100)
-                ));
-                live.push(next);
-                next += 1;
-            } else if roll < 8 {
-                let isn = live[rng.usize(..live.len())];
-                text.push_str(&format!(
-                    "{{\"op\":\"update\",\"file\":{MASTER},\"isn\":{isn},\"fields\":{{\"qty\":{},\"grp\":{}}}}}\n",
-                    rng.u32(0..100),
-                    rng.u32(0..16)
-                ));
-            } else {
-                let isn = live.swap_remove(rng.usize(..live.len()));
-                text.push_str(&format!(
-                    "{{\"op\":\"delete\",\"file\":{MASTER},\"isn\":{isn}}}\n"
-                ));
-            }
-        }
-        if rng.u32(0..20) == 0 {
-            text.push_str("{\"op\":\"bt\"}\n");
-            live = committed;
-            bts += 1;
-        } else {
-            text.push_str(&format!("{{\"op\":\"et\",\"id\":\"demo-{t}\"}}\n"));
-        }
+/// A line above the progress bar (or plainly, when there is no terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
     }
-    (text, bts)
 }
 
 pub fn run(a: DemoArgs) -> anyhow::Result<Outcome> {
     let tmp;
     let dir = match &a.data {
-        Some(d) => d.clone(),
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
         None => {
             tmp = tempfile::Builder::new().prefix("etp-demo-").tempdir()?;
-            tmp.path().join("db1")
+            tmp.path().to_path_buf()
         }
     };
-    let d = dir
-        .to_str()
-        .context("the data directory must be valid UTF-8")?;
-    println!("== creating database 1 in {d}: master file {MASTER} with its ETP log file {LOG}");
-    etp(&["db", "init", "--data", d, "--dbid", "1"])?;
-    etp(&[
-        "file",
-        "create",
-        "--data",
-        d,
-        "--file",
-        &MASTER.to_string(),
-        "--name",
-        "orders",
-    ])?;
-    etp(&[
-        "master",
-        "define",
-        "--data",
-        d,
-        "--file",
-        &MASTER.to_string(),
-        "--log",
-        &LOG.to_string(),
-    ])?;
-
+    let exe = std::env::current_exe().context("locating the etp binary")?;
+    println!("== starting 3 nodes under {}", dir.display());
+    let mut cluster = Cluster::start(&exe, &dir, Some(1))?;
+    for n in &cluster.nodes {
+        println!(
+            "   database {} at {} ({})",
+            n.dbid,
+            n.addr,
+            n.data.display()
+        );
+    }
     println!(
-        "== running {} transactions through `etp exec`",
-        a.transactions
+        "== applied {}: master items (file 10) on db 1, full replicate items_full on db 2, partial items_part on db 3",
+        dir.join("topology.toml").display()
     );
-    let (input, bts) = workload(a.transactions, 20261122);
-    let exe = std::env::current_exe()?;
+
+    let total = a.transactions;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("   {bar:40} {pos}/{len} transactions {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rng = fastrand::Rng::with_seed(20261122);
+    let (mut live, mut next) = (Vec::new(), 1u64);
+    let (mut committed, mut backed_out) = (0u64, 0u64);
+    let mut client = cluster.master().client()?;
     let start = Instant::now();
-    let mut child = Command::new(exe)
-        .args(["exec", "--data", d])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting etp exec")?;
-    let mut stdin = child.stdin.take().context("exec stdin")?;
-    let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let stdout = child.stdout.take().context("exec stdout")?;
-    let mut acks = 0u64;
-    let mut last = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if line.contains("\"error\"") {
-            bail!("exec reported an error: {line}");
+    let mut killed_at = None;
+    for t in 0..total {
+        if t == total / 2 {
+            say(&bar, format!(
+                "   killing the partial replicate's node (SIGKILL, pid {:?}) after {t} transactions",
+                cluster.nodes[2].pid()
+            ));
+            cluster.nodes[2].kill();
+            killed_at = Some(Instant::now());
         }
-        acks += 1;
-        last = line;
+        if t == total / 2 + total / 10 {
+            cluster.nodes[2].restart()?;
+            say(&bar, format!(
+                "   restarted it after {:.2} s; its feeder reconnects and resumes from its confirmation",
+                killed_at.map_or(0.0, |k| k.elapsed().as_secs_f64())
+            ));
+        }
+        if random_txn(&mut client, &mut rng, &mut live, &mut next)? {
+            committed += 1;
+        } else {
+            backed_out += 1;
+        }
+        bar.inc(1);
     }
-    feeder
-        .join()
-        .map_err(|_| anyhow::anyhow!("feeder panicked"))??;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("etp exec failed ({status})");
+    bar.finish_and_clear();
+    let workload = start.elapsed();
+    if !cluster.nodes[2].is_running() {
+        cluster.nodes[2].restart()?;
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!("   {acks} transactions committed, {bts} backed out, in {secs:.2} s ({:.0} commits/s); last: {last}", acks as f64 / secs);
-
-    let db = super::open_or_context(&dir)?;
-    let files = db.files();
-    let master = files
-        .iter()
-        .find(|f| f.def.fnr == Fnr(MASTER))
-        .context("master file")?;
-    let log = files
-        .iter()
-        .find(|f| f.def.fnr == Fnr(LOG))
-        .context("log file")?;
+    let (seq, lag) = cluster.wait_converged(Duration::from_secs(120))?;
+    let rows = cluster.check_equal()?;
+    let status = cluster.task_status()?;
     println!(
-        "   master: {} records, digest {}; log: {} records",
-        master.meta.count, master.meta.digest, log.meta.count
+        "== {committed} transactions committed, {backed_out} backed out in {:.2} s ({:.0} commits/s, {:.0} log records/s)",
+        workload.as_secs_f64(),
+        committed as f64 / workload.as_secs_f64(),
+        seq.0 as f64 / workload.as_secs_f64()
     );
-    if log.meta.count > 0 {
-        let m = master.meta.digest;
-        let mut last_digest = None;
-        db.for_each_log_record(Fnr(MASTER), Seq(log.meta.count), |r| {
-            last_digest = Some(r.master_digest);
-            Ok(true)
-        })?;
-        if last_digest != Some(m) {
-            bail!("the last log record's master digest {last_digest:?} is not the master's digest {m}");
-        }
-        println!("   the last log record carries the master's current digest: consistent");
+    println!(
+        "== both replicates confirmed master seq {seq} {:.0} ms after the last commit",
+        lag.as_secs_f64() * 1000.0
+    );
+    for r in &status.replicates {
+        println!(
+            "   {}: {}, confirmed seq {}, {} connects",
+            r.name, r.state, r.confirmed_seq, r.connects
+        );
     }
-    drop(db);
-    println!("== the last 5 records of the master's log (`etp log show`)");
-    let from = log.meta.count.saturating_sub(4).max(1).to_string();
-    etp(&[
-        "log",
-        "show",
-        "--data",
-        d,
-        "--master",
-        &MASTER.to_string(),
-        "--from",
-        &from,
-    ])?;
-    println!("== `etp db check`");
-    etp(&["db", "check", "--data", d])?;
+    let part = cluster.dump(2, maintenance::cluster::PART)?.len();
+    println!("== checked from the dumps: full replicate == master ({rows} rows); partial == select(project(master)) ({part} rows)");
+    for n in &mut cluster.nodes {
+        n.stop()?;
+    }
+    if status.replicates.iter().any(|r| r.state != "online") {
+        bail!("a replicate is not online");
+    }
+    println!("== nodes stopped cleanly");
     Ok(Outcome::Ok)
 }

@@ -569,19 +569,22 @@ impl Node {
                 changes,
                 (link.confirmation, Isn(u64::from(link.file.0)), rec),
             )?;
-            Ok(info)
+            // A batch that changed no replicate record leaves its meta as it
+            // was; only this link writes the file, so it is still current.
+            let meta = match meta_of(&info, link.file) {
+                Some(m) => m,
+                None => db.file_info(link.file)?.meta,
+            };
+            Ok((info, meta))
         })
         .await;
         match r {
-            Ok(info) => {
-                let meta = meta_of(&info, link.file);
-                Response::Applied {
-                    seq,
-                    digest: meta.map(|m| m.digest).unwrap_or_default(),
-                    count: meta.map(|m| m.count).unwrap_or_default(),
-                    lsn: info.lsn,
-                }
-            }
+            Ok((info, meta)) => Response::Applied {
+                seq,
+                digest: meta.digest,
+                count: meta.count,
+                lsn: info.lsn,
+            },
             Err(e) => Response::error(e),
         }
     }
