@@ -3,3 +3,4 @@
 
 mod cli_input;
 mod crash;
+mod propagation;

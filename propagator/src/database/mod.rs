@@ -110,6 +110,9 @@ pub(crate) enum Op {
     },
 }
 
+/// A replicated change: isn, expected current bytes, new bytes (None: absent).
+pub type ReplicatedChange = (Isn, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// What ET returns.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CommitInfo {
@@ -428,7 +431,7 @@ impl Database {
     pub fn apply_replicated(
         &self,
         replicate: Fnr,
-        changes: Vec<(Isn, Option<Vec<u8>>, Option<Vec<u8>>)>,
+        changes: Vec<ReplicatedChange>,
         confirmation: (Fnr, Isn, Record),
     ) -> Result<CommitInfo, DbError> {
         let mut ops: Vec<Op> = changes

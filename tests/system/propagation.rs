@@ -1,0 +1,566 @@
+//! Propagation between real node processes on 127.0.0.1: end to end, under
+//! `kill -9` of every node, through a faulty link, against bad frames and
+//! bad topologies, and with a replicate damaged behind the engine's back.
+
+use etp_system_tests::proxy::{Direction, FaultProxy};
+use etp_system_tests::{etp, etp_bin, seed, wait_for};
+use maintenance::cluster::{topology_text, Cluster, FULL, MASTER, PART};
+use propagator::exec::ExecTarget;
+use propagator::node::client::Client;
+use propagator::node::confirmation_from_record;
+use propagator::wire::{Request, Response};
+use propagator::{Fnr, Isn, Record, Value};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// The master's content as the test knows it: every acknowledged commit.
+type Model = BTreeMap<Isn, Record>;
+
+fn record(id: u64, grp: i64, qty: i64) -> Record {
+    let mut r = Record::new();
+    r.insert("id".into(), Value::Int(id as i64));
+    r.insert("grp".into(), Value::Int(grp));
+    r.insert("qty".into(), Value::Int(qty));
+    r.insert("note".into(), Value::Text(format!("n{id}")));
+    r
+}
+
+/// The ops of one random transaction against `model` (not yet applied).
+enum Op {
+    Store(Isn, Record),
+    Update(Isn, Record),
+    Delete(Isn),
+}
+
+fn plan(rng: &mut fastrand::Rng, model: &Model, next: &mut u64) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..rng.u32(1..=4) {
+        let live: Vec<Isn> = model
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .copied()
+            .collect();
+        let roll = rng.u32(0..10);
+        if roll < 5 || live.len() < 8 {
+            let isn = Isn(*next);
+            *next += 1;
+            seen.insert(isn);
+            ops.push(Op::Store(
+                isn,
+                record(isn.0, rng.i64(0..12), rng.i64(0..30)),
+            ));
+        } else if roll < 8 {
+            let isn = live[rng.usize(..live.len())];
+            seen.insert(isn);
+            let mut p = Record::new();
+            p.insert("grp".into(), Value::Int(rng.i64(0..12)));
+            if rng.bool() {
+                p.insert("qty".into(), Value::Int(rng.i64(0..30)));
+            } else {
+                // A record the predicate cannot evaluate on: documented as not selected.
+                p.insert("qty".into(), Value::Null);
+            }
+            ops.push(Op::Update(isn, p));
+        } else {
+            let isn = live[rng.usize(..live.len())];
+            seen.insert(isn);
+            ops.push(Op::Delete(isn));
+        }
+    }
+    ops
+}
+
+fn apply(model: &mut Model, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Store(i, r) => {
+                model.insert(*i, r.clone());
+            }
+            Op::Update(i, p) => {
+                if let Some(r) = model.get_mut(i) {
+                    propagator::record::apply_patch(r, p);
+                }
+            }
+            Op::Delete(i) => {
+                model.remove(i);
+            }
+        }
+    }
+}
+
+/// Runs one transaction; Ok(true) committed, Ok(false) backed out (BT).
+fn run_txn(c: &mut Client, ops: &[Op], id: &str, bt: bool) -> anyhow::Result<bool> {
+    for op in ops {
+        match op {
+            Op::Store(i, r) => {
+                c.store(MASTER, Some(*i), r.clone())?;
+            }
+            Op::Update(i, p) => c.update(MASTER, *i, p.clone())?,
+            Op::Delete(i) => c.delete(MASTER, *i)?,
+        }
+    }
+    if bt {
+        c.bt()?;
+        return Ok(false);
+    }
+    c.et(Some(id.to_string()))?;
+    Ok(true)
+}
+
+/// After a lost connection: did transaction `id` commit? An empty ET with
+/// the same id answers exactly (refused as already committed, or it takes
+/// the id for an empty transaction).
+fn committed(c: &mut Client, id: &str) -> anyhow::Result<bool> {
+    match c.et(Some(id.to_string())) {
+        Ok(_) => Ok(false),
+        Err(e) if e.to_string().contains("already committed") => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn check_confirmations(cl: &Cluster) {
+    let status = cl.task_status().expect("task status");
+    for (i, file, conf) in [(1usize, FULL, Fnr(21)), (2, PART, Fnr(31))] {
+        let recs = cl.dump(i, conf).expect("confirmation dump");
+        let c = confirmation_from_record(
+            recs.get(&Isn(u64::from(file.0)))
+                .expect("confirmation record"),
+        )
+        .expect("confirmation decodes");
+        assert_eq!(
+            c.seq, status.master_seq,
+            "{} confirms the master's last seq",
+            c.replicate
+        );
+        let files = cl.dump(i, file).expect("replicate dump");
+        let mut meta = propagator::FileMeta::new(file);
+        for (isn, r) in &files {
+            meta.change(
+                *isn,
+                None,
+                Some(&propagator::record::encode_record(r).expect("enc")),
+            );
+        }
+        assert_eq!(
+            (c.digest, c.count),
+            (meta.digest, meta.count),
+            "{}: confirmation digest",
+            c.replicate
+        );
+    }
+}
+
+#[test]
+fn end_to_end_full_and_partial_replicates_converge() {
+    let s = seed("end_to_end");
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let mut rng = fastrand::Rng::with_seed(s);
+    let mut c = cl.master().client().expect("client");
+    let (mut model, mut next) = (Model::new(), 1u64);
+    for n in 0..400 {
+        let ops = plan(&mut rng, &model, &mut next);
+        let bt = rng.u32(0..15) == 0;
+        if run_txn(&mut c, &ops, &format!("e{n}"), bt).expect("txn") {
+            apply(&mut model, &ops);
+        }
+    }
+    cl.wait_converged(CONVERGE).expect("converged");
+    assert_eq!(
+        cl.dump(0, MASTER).expect("master"),
+        model,
+        "master == acknowledged commits"
+    );
+    cl.check_equal().expect("replicates equal the master");
+    check_confirmations(&cl);
+    // The CLI reads the same over --node as offline (exec and dump are one interface).
+    let out = etp(&[
+        "file",
+        "dump",
+        "--node",
+        &cl.nodes[1].addr.to_string(),
+        "--file",
+        "20",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        model.len()
+    );
+}
+
+#[test]
+fn every_node_killed_at_random_points_loses_and_duplicates_nothing() {
+    let s = seed("kill9_nodes");
+    let t = tempfile::tempdir().expect("tempdir");
+    let mut cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let mut rng = fastrand::Rng::with_seed(s);
+    let (mut model, mut next) = (Model::new(), 1u64);
+    let mut n = 0u64;
+    let mut c = cl.master().client().expect("client");
+    const KILLS: usize = 21;
+    for k in 0..KILLS {
+        let victim = k % 3;
+        let before_kill = rng.u32(5..40);
+        for _ in 0..before_kill {
+            let ops = plan(&mut rng, &model, &mut next);
+            n += 1;
+            if run_txn(&mut c, &ops, &format!("k{n}"), false).expect("txn on a live master") {
+                apply(&mut model, &ops);
+            }
+        }
+        if victim == 0 {
+            // Kill the master in the middle of a transaction's ET.
+            let ops = plan(&mut rng, &model, &mut next);
+            n += 1;
+            let id = format!("k{n}");
+            let pid = cl.nodes[0].pid().expect("pid");
+            let killer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros(fastrand::u64(0..3000)));
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            });
+            let outcome = run_txn(&mut c, &ops, &id, false);
+            killer.join().expect("killer");
+            cl.nodes[0].restart().expect("master restart");
+            c = cl.master().client().expect("reconnect");
+            let done = match outcome {
+                Ok(_) => true,
+                Err(_) => committed(&mut c, &id).expect("resolve the ambiguous commit"),
+            };
+            if done {
+                apply(&mut model, &ops);
+            }
+        } else {
+            cl.nodes[victim].kill();
+            // Let the master commit while the replicate is down, then bring it back.
+            for _ in 0..rng.u32(0..10) {
+                let ops = plan(&mut rng, &model, &mut next);
+                n += 1;
+                if run_txn(&mut c, &ops, &format!("k{n}"), false).expect("txn") {
+                    apply(&mut model, &ops);
+                }
+            }
+            cl.nodes[victim].restart().expect("replicate restart");
+        }
+    }
+    cl.wait_converged(CONVERGE)
+        .expect("converged after 21 kills");
+    assert_eq!(
+        cl.dump(0, MASTER).expect("master"),
+        model,
+        "every acknowledged commit is there, nothing else (seed {s})"
+    );
+    cl.check_equal().expect("replicates equal the master");
+    check_confirmations(&cl);
+}
+
+/// A cluster whose replicate links go through fault proxies.
+fn proxied(dir: &std::path::Path, restart: Option<u64>) -> (Cluster, Vec<FaultProxy>) {
+    let mut proxies = Vec::new();
+    let cl = Cluster::start_with(etp_bin(), dir, |addrs| {
+        let mut routed = vec![addrs[0]];
+        for a in &addrs[1..] {
+            let p = FaultProxy::start(*a).expect("proxy");
+            routed.push(p.addr());
+            proxies.push(p);
+        }
+        topology_text(&routed, restart)
+    })
+    .expect("cluster");
+    (cl, proxies)
+}
+
+fn commit_some(
+    c: &mut Client,
+    rng: &mut fastrand::Rng,
+    model: &mut Model,
+    next: &mut u64,
+    n: u32,
+    tag: &str,
+) {
+    for i in 0..n {
+        let ops = plan(rng, model, next);
+        if run_txn(c, &ops, &format!("{tag}{i}"), false).expect("txn") {
+            apply(model, &ops);
+        }
+    }
+}
+
+#[test]
+fn link_faults_with_a_restart_interval_heal_without_intervention() {
+    let s = seed("link_faults_restart");
+    let t = tempfile::tempdir().expect("tempdir");
+    let (cl, proxies) = proxied(t.path(), Some(1));
+    let mut rng = fastrand::Rng::with_seed(s);
+    let (mut model, mut next) = (Model::new(), 1u64);
+    let mut c = cl.master().client().expect("client");
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 50, "a");
+    // Cut every link.
+    for p in &proxies {
+        p.cut();
+    }
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 50, "b");
+    // Stall them (held, not dropped), then let them go.
+    for p in &proxies {
+        p.stall();
+    }
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 50, "c");
+    for p in &proxies {
+        p.resume();
+    }
+    // Reset mid-frame, in both directions.
+    proxies[0].reset_after(Direction::ClientToServer, 700);
+    proxies[1].reset_after(Direction::ServerToClient, 30);
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 80, "d");
+    // Link down for a while: connections refused.
+    for p in &proxies {
+        p.refuse();
+        p.cut();
+    }
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 30, "e");
+    for p in &proxies {
+        p.accept_again();
+    }
+    cl.wait_converged(CONVERGE)
+        .expect("converged after link faults");
+    assert!(
+        proxies.iter().all(|p| p.accepted() >= 3),
+        "the links were re-established"
+    );
+    assert!(
+        proxies.iter().any(|p| p.resets() >= 1),
+        "a mid-frame reset happened"
+    );
+    assert_eq!(cl.dump(0, MASTER).expect("master"), model);
+    cl.check_equal().expect("replicates equal the master");
+    check_confirmations(&cl);
+}
+
+#[test]
+fn without_a_restart_interval_a_lost_link_stops_and_task_restart_heals_it() {
+    let s = seed("link_faults_no_restart");
+    let t = tempfile::tempdir().expect("tempdir");
+    let (cl, proxies) = proxied(t.path(), None);
+    let mut rng = fastrand::Rng::with_seed(s);
+    let (mut model, mut next) = (Model::new(), 1u64);
+    let mut c = cl.master().client().expect("client");
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 30, "a");
+    cl.wait_converged(CONVERGE).expect("converged first");
+    proxies[1].cut();
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 30, "b");
+    let status = wait_for("the partial's feeder to stop", CONVERGE, || {
+        let st = cl.task_status().ok()?;
+        let part = st.replicates.iter().find(|r| r.name == "items_part")?;
+        let full = st.replicates.iter().find(|r| r.name == "items_full")?;
+        (part.state.starts_with("stopped") && full.confirmed_seq == st.master_seq).then_some(st)
+    });
+    let part = status
+        .replicates
+        .iter()
+        .find(|r| r.name == "items_part")
+        .expect("part");
+    assert!(part.state.contains("link lost"), "{}", part.state);
+    assert!(
+        part.confirmed_seq < status.master_seq,
+        "the stopped replicate lags"
+    );
+    // It stays stopped: more commits reach only the full replicate.
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 20, "c");
+    let st = cl.task_status().expect("status");
+    let part = st
+        .replicates
+        .iter()
+        .find(|r| r.name == "items_part")
+        .expect("part");
+    assert!(part.state.starts_with("stopped"), "{}", part.state);
+    // `etp task status` shows it to an operator, exit 0 (stopped is not an error).
+    let out = etp(&[
+        "task",
+        "status",
+        "--node",
+        &cl.master().addr.to_string(),
+        "--json",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("link lost"));
+    let out = etp(&["task", "restart", "--node", &cl.master().addr.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cl.wait_converged(CONVERGE)
+        .expect("converged after task restart");
+    cl.check_equal().expect("equal");
+}
+
+fn node_info(addr: SocketAddr) -> propagator::wire::NodeInfo {
+    let mut c = Client::connect(addr).expect("connect");
+    match c.call(&Request::Info).expect("info") {
+        Response::Info(i) => i,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends raw bytes and returns whatever the node answers before it closes.
+fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn bad_frames_close_only_their_connection_and_lose_nothing() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let addr = cl.master().addr;
+    let mut c = cl.master().client().expect("client");
+    let mut model = Model::new();
+    let mut next = 1;
+    let mut rng = fastrand::Rng::with_seed(7);
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 20, "a");
+    let before = node_info(addr).last_lsn;
+    // Garbage in a valid length prefix: answered with an error, then closed.
+    let mut g = 9u32.to_be_bytes().to_vec();
+    g.extend_from_slice(b"\xc1garbage!");
+    let answer = raw(addr, &g);
+    assert!(!answer.is_empty(), "an undecodable request gets a reason");
+    // An oversized length prefix, a truncated frame, pure noise.
+    raw(addr, &(1u32 << 31).to_be_bytes());
+    let mut cut = 100u32.to_be_bytes().to_vec();
+    cut.extend_from_slice(&[0x80; 10]);
+    raw(addr, &cut);
+    raw(addr, &[0xff; 3]);
+    // A frame from another protocol version.
+    let mut other = Vec::new();
+    let body = {
+        #[derive(serde::Serialize)]
+        struct Env {
+            v: u16,
+            msg: Request,
+        }
+        rmp_serde::to_vec_named(&Env {
+            v: 999,
+            msg: Request::Info,
+        })
+        .expect("enc")
+    };
+    other.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    other.extend_from_slice(&body);
+    let answer = String::from_utf8_lossy(&raw(addr, &other)).into_owned();
+    assert!(answer.contains("version 999"), "{answer:?}");
+    // A connection dropped mid-transaction is backed out.
+    {
+        let mut d = Client::connect(addr).expect("connect");
+        d.store(MASTER, Some(Isn(999_999)), record(999_999, 4, 50))
+            .expect("store");
+    }
+    // The node keeps serving, nothing committed is lost, nothing new was applied.
+    let info = wait_for("node still serving", Duration::from_secs(10), || {
+        Some(node_info(addr))
+    });
+    assert_eq!(info.last_lsn, before, "bad frames applied nothing");
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 5, "b");
+    assert_eq!(cl.dump(0, MASTER).expect("master"), model);
+    cl.wait_converged(CONVERGE).expect("converged");
+    cl.check_equal().expect("equal");
+}
+
+#[test]
+fn a_malformed_topology_is_refused_and_changes_nothing() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let addr = cl.master().addr.to_string();
+    let good = std::fs::read_to_string(t.path().join("topology.toml")).expect("topology");
+    let cases = [
+        (good.replace("grp % 4 == 0", "grp % % 4"), "items_part"),
+        (good.replace("qty > 10", "weight > 10"), "weight"),
+        (good.replace("database = 3", "database = 7"), "database 7"),
+        (
+            good.replace(
+                "fields = [\"id\", \"grp\", \"qty\"]",
+                "fields = [\"id\", \"colour\"]",
+            ),
+            "colour",
+        ),
+        ("this is = not [toml".to_string(), "topology"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let f = t.path().join(format!("bad{i}.toml"));
+        std::fs::write(&f, text).expect("write");
+        let out = etp(&["admin", "apply", "--node", &addr, f.to_str().expect("utf8")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    // The node's topology is still the good one.
+    let out = etp(&["admin", "export", "--node", &addr]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), good);
+}
+
+#[test]
+fn a_replicate_record_changed_offline_is_caught_by_the_digest_check() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mut cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let mut c = cl.master().client().expect("client");
+    let mut rng = fastrand::Rng::with_seed(11);
+    let (mut model, mut next) = (Model::new(), 1u64);
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 30, "a");
+    cl.wait_converged(CONVERGE).expect("converged");
+    // Stop the full replicate's node cleanly and edit one record behind the engine.
+    cl.nodes[1].stop().expect("stop");
+    let (&isn, _) = model.iter().next().expect("a record");
+    {
+        let store = propagator::store::PageStore::open(&cl.nodes[1].data.join("store"), 1 << 20)
+            .expect("store");
+        let applied = store.applied_lsn().expect("lsn");
+        let bytes = propagator::record::encode_record(&record(isn.0, 1, 1)).expect("enc");
+        store
+            .apply(&propagator::store::StoreBatch {
+                applied,
+                records: vec![(FULL, isn, Some(bytes))],
+                ..Default::default()
+            })
+            .expect("tamper");
+        store.flush().expect("flush");
+    }
+    cl.nodes[1].restart().expect("restart");
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 5, "b");
+    let st = wait_for("the full replicate in error", CONVERGE, || {
+        let st = cl.task_status().ok()?;
+        let full = st.replicates.iter().find(|r| r.name == "items_full")?;
+        full.state.starts_with("error").then_some(st)
+    });
+    let full = st
+        .replicates
+        .iter()
+        .find(|r| r.name == "items_full")
+        .expect("full");
+    assert!(
+        full.state.contains("items_full")
+            && full.state.contains("digest")
+            && full.state.contains("seq"),
+        "{}",
+        full.state
+    );
+    // The partial replicate is not held back.
+    wait_for("the partial to converge", CONVERGE, || {
+        let st = cl.task_status().ok()?;
+        let part = st.replicates.iter().find(|r| r.name == "items_part")?;
+        (part.confirmed_seq == st.master_seq).then_some(())
+    });
+    // `etp task status` exits 1: a replicate is in error.
+    let out = etp(&["task", "status", "--node", &cl.master().addr.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+}
