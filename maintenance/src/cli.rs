@@ -236,6 +236,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// End-to-end propagation on three node processes, with pg_peer.sh's
+    /// phases and metric names (N, B, M, M_PACED, PACE_MS from the environment).
+    Propagate {
+        /// Where to put the nodes' databases (default: a temporary directory
+        /// under BENCH_TMPDIR, TMPDIR or /tmp).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]

@@ -382,10 +382,7 @@ mod tests {
     }
 
     fn refused(text: &str, needle: &str) {
-        let e = Valid::parse(text)
-            .err()
-            .expect("must be refused")
-            .to_string();
+        let e = Valid::parse(text).expect_err("must be refused").to_string();
         assert!(e.contains(needle), "{needle:?} not in {e:?}");
     }
 

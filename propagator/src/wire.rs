@@ -149,6 +149,16 @@ pub enum Request {
     Info,
     /// One command of this connection's session.
     Exec(Command),
+    /// Several commands of this connection's session in one round trip
+    /// (typically a whole transaction ending in ET); stops at the first
+    /// error, which backs the transaction out. Answered like the last one.
+    Batch(Vec<Command>),
+    /// Commit-to-apply samples a replicate on this node recorded for the
+    /// master transactions after `after` (bounded history).
+    LagSamples {
+        replicate: String,
+        after: Seq,
+    },
     /// Up to `limit` records of a file from isn `from` on, ascending.
     Dump {
         file: Fnr,
@@ -186,6 +196,9 @@ pub enum Request {
     LinkApply {
         changes: Vec<ReplChange>,
         confirmation: Confirmation,
+        /// The last seq and commit time (µs) of each master transaction in
+        /// the batch that changed this replicate (for lag samples).
+        txn_ends: Vec<(Seq, i64)>,
     },
 }
 
@@ -269,6 +282,8 @@ pub enum Response {
         count: u64,
         lsn: Lsn,
     },
+    /// (last seq of a master transaction, its master commit time, applied time), µs.
+    Lag(Vec<(Seq, i64, i64)>),
 }
 
 impl Request {

@@ -19,6 +19,7 @@ const LOG: Fnr = Fnr(11);
 pub fn run(c: BenchCommand) -> anyhow::Result<Outcome> {
     match c {
         BenchCommand::Commit { data, seconds } => commit(&data, Duration::from_secs_f64(seconds)),
+        BenchCommand::Propagate { data } => super::bench_propagate::run(data.as_deref()),
     }
 }
 

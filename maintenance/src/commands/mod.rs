@@ -1,6 +1,7 @@
 //! One module per command family; each returns an [`Outcome`] or an error.
 
 mod bench;
+mod bench_propagate;
 mod db;
 mod demo;
 mod file;

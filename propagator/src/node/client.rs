@@ -140,6 +140,11 @@ impl Client {
         rt.block_on(conn.call(req))
     }
 
+    /// Several commands of this session in one round trip (see [`Request::Batch`]).
+    pub fn batch(&mut self, cmds: Vec<Command>) -> Result<Response, ClientError> {
+        self.call(&Request::Batch(cmds))
+    }
+
     fn exec(&mut self, cmd: Command) -> Result<Response, ClientError> {
         self.call(&Request::Exec(cmd))
     }

@@ -34,8 +34,16 @@ use tokio_util::codec::Framed;
 /// The record of the administration file that holds the topology text.
 const TOPOLOGY_ISN: Isn = Isn(1);
 
+/// Commit-to-apply samples kept per node (oldest dropped first).
+const LAG_SAMPLES: usize = 100_000;
+
+/// (last seq of a master transaction, its commit time, applied time), µs.
+type LagHistory = std::collections::VecDeque<(Seq, i64, i64)>;
+
 pub struct Node {
     db: Database,
+    /// Per replicate: (last seq of a master transaction, its commit time, applied time).
+    lag: Mutex<BTreeMap<String, LagHistory>>,
     tasks: Mutex<BTreeMap<Fnr, task::Task>>,
     topology: Mutex<Option<Valid>>,
     /// Serialises topology changes on this node.
@@ -62,6 +70,7 @@ impl Node {
     pub fn new(db: Database) -> Result<Arc<Node>, String> {
         let node = Arc::new(Node {
             db,
+            lag: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(BTreeMap::new()),
             topology: Mutex::new(None),
             admin: tokio::sync::Mutex::new(()),
@@ -185,7 +194,15 @@ impl Node {
                 last_lsn: self.db.last_lsn(),
                 version: env!("CARGO_PKG_VERSION").into(),
             }),
-            Request::Exec(cmd) => self.exec(conv, cmd).await,
+            Request::Exec(cmd) => self.exec(conv, vec![cmd]).await,
+            Request::Batch(cmds) if cmds.is_empty() => Response::Ok,
+            Request::Batch(cmds) => self.exec(conv, cmds).await,
+            Request::LagSamples { replicate, after } => Response::Lag(
+                lock(&self.lag)
+                    .get(&replicate)
+                    .map(|q| q.iter().filter(|s| s.0 > after).copied().collect())
+                    .unwrap_or_default(),
+            ),
             Request::Dump { file, from, limit } => {
                 let db = self.db.clone();
                 let limit = limit.clamp(1, 100_000) as usize;
@@ -246,14 +263,22 @@ impl Node {
             Request::LinkApply {
                 changes,
                 confirmation,
-            } => self.link_apply(conv, changes, confirmation).await,
+                txn_ends,
+            } => self.link_apply(conv, changes, confirmation, txn_ends).await,
         }
     }
 
-    async fn exec(&self, conv: &mut Conversation, cmd: Command) -> Response {
+    async fn exec(&self, conv: &mut Conversation, cmds: Vec<Command>) -> Response {
         let mut s = conv.session.take().unwrap_or_else(|| self.db.session());
         let (s, r) = match tokio::task::spawn_blocking(move || {
-            let r = run_command(&mut s, cmd);
+            let mut r = Response::Ok;
+            for cmd in cmds {
+                r = run_command(&mut s, cmd);
+                if matches!(r, Response::Error { .. }) {
+                    s.bt();
+                    break;
+                }
+            }
             (s, r)
         })
         .await
@@ -542,6 +567,7 @@ impl Node {
         conv: &mut Conversation,
         changes: Vec<crate::wire::ReplChange>,
         mut conf: Confirmation,
+        txn_ends: Vec<(Seq, i64)>,
     ) -> Response {
         let Some(link) = conv.link.clone() else {
             return Response::error("LinkApply before LinkOpen");
@@ -552,6 +578,7 @@ impl Node {
         let db = self.db.clone();
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
+        let name = conf.replicate.clone();
         let r = blocking(move || {
             let changes = changes
                 .into_iter()
@@ -579,12 +606,23 @@ impl Node {
         })
         .await;
         match r {
-            Ok((info, meta)) => Response::Applied {
-                seq,
-                digest: meta.digest,
-                count: meta.count,
-                lsn: info.lsn,
-            },
+            Ok((info, meta)) => {
+                let now = chrono::Utc::now().timestamp_micros();
+                let mut lag = lock(&self.lag);
+                let q = lag.entry(name).or_default();
+                for (s, t) in txn_ends {
+                    if q.len() == LAG_SAMPLES {
+                        q.pop_front();
+                    }
+                    q.push_back((s, t, now));
+                }
+                Response::Applied {
+                    seq,
+                    digest: meta.digest,
+                    count: meta.count,
+                    lsn: info.lsn,
+                }
+            }
             Err(e) => Response::error(e),
         }
     }

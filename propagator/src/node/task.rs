@@ -313,9 +313,12 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                 let Some(last) = batch.last() else { continue };
                 let (last_seq, incarnation, time_us) = (last.seq, last.incarnation, last.time_us);
                 let mut changes = Vec::new();
+                let mut txn_ends = Vec::new();
+                let mut touched = false;
                 for rec in &batch {
                     match transform(rep, rec) {
                         Ok(Some(c)) => {
+                            touched = true;
                             expected.change(
                                 c.isn,
                                 c.before.as_deref().map(|b| b.as_slice()),
@@ -327,6 +330,12 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         Err(e) => return Stop::Fatal(format!(
                             "master {} seq {}: {e}", ctx.master.name, rec.seq
                         )),
+                    }
+                    if rec.part == rec.parts {
+                        if touched {
+                            txn_ends.push((rec.seq, rec.time_us));
+                        }
+                        touched = false;
                     }
                 }
                 if !rep.is_partial() {
@@ -351,6 +360,7 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         count: expected.count,
                         applied_us: 0,
                     },
+                    txn_ends,
                 };
                 if let Err(e) = conn.send(&req).await {
                     return link_err(e);

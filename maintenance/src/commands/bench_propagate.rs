@@ -1,0 +1,460 @@
+//! `etp bench propagate`: the phases of `shared/bench/pg_peer.sh`, with its
+//! metric names, on three real node processes on loopback: a master, a full
+//! replicate, and a partial replicate with `grp % 4 == 0` over `id, grp, qty`.
+//!
+//! - a:  N rows in transactions of B, first insert until both replicates
+//!   have durably confirmed the last seq;
+//! - a2: the task stopped while another N rows commit, then started: time to drain;
+//! - b:  M single-row commits at full speed, then M_PACED one every PACE_MS:
+//!   commit-to-apply lag per commit (master commit time to the replicate's
+//!   durable apply, both read from the same clock);
+//! - d:  N/10 updates, then N/10 deletes, B rows per transaction.
+//!
+//! Transactions go to the master as one `Batch` request each (the whole
+//! transaction in one round trip, as pg_peer.sh runs its loop server-side),
+//! one after another from one session, as pg_peer.sh does.
+
+use crate::Outcome;
+use anyhow::{bail, Context};
+use maintenance::cluster::{Cluster, NodeProc, FULL, MASTER, PART};
+use propagator::node::client::Client;
+use propagator::record::encode_record;
+use propagator::wire::{Command, Request, Response, TaskAction};
+use propagator::{Isn, Record, Seq, Value};
+use serde_bytes::ByteBuf;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
+const BULK2: u64 = 100_000_000;
+const LAG1: u64 = 1_000_000_000;
+const LAG2: u64 = 2_000_000_000;
+
+fn env_u64(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} must be a non-negative integer")),
+    }
+}
+
+fn emit(metric: &str, value: impl std::fmt::Display, unit: &str) {
+    println!("{metric} {value} {unit}");
+}
+
+fn topology(addrs: &[SocketAddr]) -> String {
+    format!(
+        r#"# etp bench propagate: pg_peer.sh's setup
+[[database]]
+dbid = 1
+address = "{}"
+[[database]]
+dbid = 2
+address = "{}"
+[[database]]
+dbid = 3
+address = "{}"
+
+[[master]]
+database = 1
+file = 10
+name = "items"
+log = 11
+fields = ["id", "grp", "name", "qty", "price", "note"]
+
+[[replicate]]
+name = "bench_full"
+master_database = 1
+master = 10
+database = 2
+file = 20
+confirmation = 21
+
+[[replicate]]
+name = "bench_part"
+master_database = 1
+master = 10
+database = 3
+file = 30
+confirmation = 31
+fields = ["id", "grp", "qty"]
+predicate = "grp % 4 == 0"
+
+[[task]]
+master_database = 1
+master = 10
+restart_interval_s = 1
+"#,
+        addrs[0], addrs[1], addrs[2]
+    )
+}
+
+/// pg_peer.sh's bulk row g.
+fn item(g: u64) -> anyhow::Result<ByteBuf> {
+    let mut r = Record::new();
+    r.insert("id".into(), Value::Int(g as i64));
+    r.insert("grp".into(), Value::Int((g % 16) as i64));
+    r.insert("name".into(), Value::Text(format!("item-{g}")));
+    r.insert("qty".into(), Value::Int((g % 1000) as i64));
+    r.insert("price".into(), Value::Float((g % 100_000) as f64 / 100.0));
+    let h = blake3::hash(g.to_string().as_bytes()).to_hex();
+    r.insert("note".into(), Value::Text(h[..32].to_string()));
+    Ok(ByteBuf::from(encode_record(&r)?))
+}
+
+fn store(g: u64) -> anyhow::Result<Command> {
+    Ok(Command::Store {
+        file: MASTER,
+        isn: Some(Isn(g)),
+        record: item(g)?,
+    })
+}
+
+/// Runs one transaction (commands + ET) in one round trip; returns its last seq.
+fn txn(c: &mut Client, mut cmds: Vec<Command>) -> anyhow::Result<(Seq, i64)> {
+    cmds.push(Command::Et { id: None });
+    match c.batch(cmds)? {
+        Response::Committed(r) => Ok((
+            r.seqs
+                .iter()
+                .map(|(_, _, last)| *last)
+                .max()
+                .unwrap_or_default(),
+            r.time_us,
+        )),
+        other => bail!("transaction failed: {other:?}"),
+    }
+}
+
+fn bulk(c: &mut Client, lo: u64, n: u64, b: u64) -> anyhow::Result<Seq> {
+    let mut last = Seq(0);
+    let mut g = lo;
+    while g < lo + n {
+        let hi = (g + b).min(lo + n);
+        last = txn(c, (g..hi).map(store).collect::<anyhow::Result<_>>()?)?.0;
+        g = hi;
+    }
+    Ok(last)
+}
+
+/// Polls the master's task status until both replicates confirm `target`;
+/// returns when each did, measured from `t0`.
+fn caught_up(master: &mut Client, target: Seq, t0: Instant) -> anyhow::Result<(f64, f64)> {
+    let (mut full, mut part) = (None, None);
+    while t0.elapsed() < PHASE_TIMEOUT {
+        let Response::Tasks(t) = master.call(&Request::TaskStatus)? else {
+            bail!("unexpected task status answer");
+        };
+        for r in t.iter().flat_map(|t| &t.replicates) {
+            if r.state.starts_with("error") {
+                bail!("replicate {} is in {}", r.name, r.state);
+            }
+            let slot = if r.name == "bench_full" {
+                &mut full
+            } else {
+                &mut part
+            };
+            if slot.is_none() && r.confirmed_seq >= target {
+                *slot = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        if let (Some(f), Some(p)) = (full, part) {
+            return Ok((f, p));
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    bail!("replicates did not reach seq {target} within {PHASE_TIMEOUT:?}")
+}
+
+fn peak_rss_mb(n: &NodeProc) -> f64 {
+    let Some(pid) = n.pid() else { return 0.0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Linear interpolation, as PostgreSQL's percentile_cont.
+    let pos = p * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+fn lag_stats(
+    node: &NodeProc,
+    replicate: &str,
+    seqs: &[Seq],
+) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let mut c = node.client()?;
+    let after = Seq(seqs.iter().map(|s| s.0).min().unwrap_or(1) - 1);
+    let Response::Lag(samples) = c.call(&Request::LagSamples {
+        replicate: replicate.into(),
+        after,
+    })?
+    else {
+        bail!("unexpected lag answer");
+    };
+    let by_seq: std::collections::HashMap<Seq, (i64, i64)> =
+        samples.into_iter().map(|(s, m, a)| (s, (m, a))).collect();
+    let mut ms: Vec<f64> = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        let Some((m, a)) = by_seq.get(s) else {
+            bail!("{replicate}: no lag sample for seq {s}");
+        };
+        ms.push((a - m) as f64 / 1000.0);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok((
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.9),
+        percentile(&ms, 0.99),
+        ms.last().copied().unwrap_or_default(),
+    ))
+}
+
+pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
+    let n = env_u64("N", 200_000)?;
+    let b = env_u64("B", 100)?;
+    let m = env_u64("M", 2000)?;
+    let m_paced = env_u64("M_PACED", 500)?;
+    let pace = Duration::from_millis(env_u64("PACE_MS", 5)?);
+    if n < 1000 || b < 1 || m < 1 {
+        bail!("need N >= 1000, B >= 1, M >= 1 (got N={n} B={b} M={m})");
+    }
+    let base = match data {
+        Some(d) => d.to_path_buf(),
+        None => std::env::var_os("BENCH_TMPDIR")
+            .or_else(|| std::env::var_os("TMPDIR"))
+            .map_or_else(|| "/tmp".into(), Into::into),
+    };
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("etp-bench-propagate-")
+        .tempdir_in(&base)?;
+    let exe = std::env::current_exe()?;
+    eprintln!("etp bench propagate: nodes under {}", dir.path().display());
+    let mut cl = Cluster::start_with(&exe, dir.path(), topology)?;
+    let mut c = cl.master().client()?;
+    let mut ctl = cl.master().client()?;
+    emit("config_n", n, "rows");
+    emit("config_b", b, "rows/txn");
+
+    // a. bulk
+    eprintln!("a. bulk insert: {n} rows, {b} rows per transaction");
+    let t0 = Instant::now();
+    let last = bulk(&mut c, 1, n, b)?;
+    let t1 = t0.elapsed().as_secs_f64();
+    let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+    let wall = tf.max(tp);
+    emit("a_master_insert_s", format!("{t1:.3}"), "s");
+    emit(
+        "a_master_rows_per_s",
+        format!("{:.0}", n as f64 / t1),
+        "rows/s",
+    );
+    emit(
+        "a_master_commits_per_s",
+        format!("{:.0}", n.div_ceil(b) as f64 / t1),
+        "commits/s",
+    );
+    emit("a_full_caught_up_s", format!("{tf:.3}"), "s");
+    emit("a_part_caught_up_s", format!("{tp:.3}"), "s");
+    emit("a_e2e_s", format!("{wall:.3}"), "s");
+    emit(
+        "a_e2e_rows_per_s",
+        format!("{:.0}", n as f64 / wall),
+        "rows/s",
+    );
+    emit("a_tail_after_master_s", format!("{:.3}", wall - t1), "s");
+
+    // a2. backlog drain
+    eprintln!("a2. backlog: task stopped while {n} rows commit, then started");
+    let stop = ctl.call(&Request::TaskControl {
+        master: Some(MASTER),
+        action: TaskAction::Stop,
+    })?;
+    if !matches!(stop, Response::Tasks(_)) {
+        bail!("cannot stop the task: {stop:?}");
+    }
+    let last = bulk(&mut c, BULK2 + 1, n, b)?;
+    let t0 = Instant::now();
+    ctl.call(&Request::TaskControl {
+        master: Some(MASTER),
+        action: TaskAction::Start,
+    })?;
+    let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+    let wall = tf.max(tp);
+    emit("a2_full_drained_s", format!("{tf:.3}"), "s");
+    emit("a2_part_drained_s", format!("{tp:.3}"), "s");
+    emit("a2_drain_s", format!("{wall:.3}"), "s");
+    emit(
+        "a2_drain_rows_per_s",
+        format!("{:.0}", n as f64 / wall),
+        "rows/s",
+    );
+    emit(
+        "a2_full_drain_rows_per_s",
+        format!("{:.0}", n as f64 / tf),
+        "rows/s",
+    );
+
+    // b. commit-to-apply lag
+    eprintln!("b. lag: {m} single-row commits at full speed, then {m_paced} paced");
+    let lag_row = |g: u64, i: u64| -> anyhow::Result<Command> {
+        let mut r = Record::new();
+        r.insert("id".into(), Value::Int(g as i64));
+        r.insert("grp".into(), Value::Int(0));
+        r.insert("name".into(), Value::Text("lag".into()));
+        r.insert("qty".into(), Value::Int(i as i64));
+        r.insert("price".into(), Value::Float(0.0));
+        r.insert("note".into(), Value::Text("lag".into()));
+        Ok(Command::Store {
+            file: MASTER,
+            isn: Some(Isn(g)),
+            record: ByteBuf::from(encode_record(&r)?),
+        })
+    };
+    let t0 = Instant::now();
+    let mut fast = Vec::new();
+    for i in 1..=m {
+        fast.push(txn(&mut c, vec![lag_row(LAG1 + i, i)?])?.0);
+    }
+    let t1 = t0.elapsed().as_secs_f64();
+    let last = *fast.last().context("no lag commits")?;
+    let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+    emit(
+        "b_master_commits_per_s",
+        format!("{:.0}", m as f64 / t1),
+        "commits/s",
+    );
+    emit("b_e2e_s", format!("{:.3}", tf.max(tp)), "s");
+    let mut paced = Vec::new();
+    for i in 1..=m_paced {
+        paced.push(txn(&mut c, vec![lag_row(LAG2 + i, i)?])?.0);
+        std::thread::sleep(pace);
+    }
+    if let Some(last) = paced.last() {
+        caught_up(&mut ctl, *last, Instant::now())?;
+    }
+    for (kind, node, name) in [("full", 1usize, "bench_full"), ("part", 2, "bench_part")] {
+        for (set, seqs) in [("full_speed", &fast), ("paced", &paced)] {
+            if seqs.is_empty() {
+                continue;
+            }
+            let (p50, p90, p99, max) = lag_stats(&cl.nodes[node], name, seqs)?;
+            emit(
+                &format!("b_{set}_{kind}_lag_p50_ms"),
+                format!("{p50:.3}"),
+                "ms",
+            );
+            emit(
+                &format!("b_{set}_{kind}_lag_p90_ms"),
+                format!("{p90:.3}"),
+                "ms",
+            );
+            emit(
+                &format!("b_{set}_{kind}_lag_p99_ms"),
+                format!("{p99:.3}"),
+                "ms",
+            );
+            emit(
+                &format!("b_{set}_{kind}_lag_max_ms"),
+                format!("{max:.3}"),
+                "ms",
+            );
+        }
+    }
+
+    // d. updates and deletes
+    let u = n / 10;
+    for (what, make) in [("update", true), ("delete", false)] {
+        eprintln!("d. {u} {what}s, {b} rows per transaction");
+        let t0 = Instant::now();
+        let mut last = Seq(0);
+        let mut g = 1;
+        while g <= u {
+            let hi = (g + b).min(u + 1);
+            let cmds = (g..hi)
+                .map(|i| -> anyhow::Result<Command> {
+                    Ok(if make {
+                        let mut p = Record::new();
+                        p.insert("qty".into(), Value::Int((i % 1000) as i64 + 1));
+                        p.insert("note".into(), Value::Text("updated".into()));
+                        Command::Update {
+                            file: MASTER,
+                            isn: Isn(i),
+                            patch: ByteBuf::from(encode_record(&p)?),
+                        }
+                    } else {
+                        Command::Delete {
+                            file: MASTER,
+                            isn: Isn(i),
+                        }
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            last = txn(&mut c, cmds)?.0;
+            g = hi;
+        }
+        let t1 = t0.elapsed().as_secs_f64();
+        let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+        let wall = tf.max(tp);
+        emit(&format!("d_{what}_rows"), u, "rows");
+        emit(&format!("d_{what}_master_s"), format!("{t1:.3}"), "s");
+        emit(
+            &format!("d_{what}_full_caught_up_s"),
+            format!("{tf:.3}"),
+            "s",
+        );
+        emit(
+            &format!("d_{what}_part_caught_up_s"),
+            format!("{tp:.3}"),
+            "s",
+        );
+        emit(&format!("d_{what}_e2e_s"), format!("{wall:.3}"), "s");
+        emit(
+            &format!("d_{what}_e2e_rows_per_s"),
+            format!("{:.0}", u as f64 / wall),
+            "rows/s",
+        );
+    }
+
+    for (name, node) in [("master", 0usize), ("full", 1), ("part", 2)] {
+        emit(
+            &format!("peak_rss_{name}_mb"),
+            format!("{:.1}", peak_rss_mb(&cl.nodes[node])),
+            "MB",
+        );
+    }
+    eprintln!("verifying: full == master, part == select(project(master))");
+    let master = cl.dump(0, MASTER)?;
+    let full_ok = cl.dump(1, FULL)? == master;
+    let part = cl.dump(2, PART)?;
+    let part_ok = part == cl.expected_partial(&master);
+    emit("a_part_rows", part.len(), "rows");
+    emit(
+        "verify_full_identical",
+        if full_ok { "t" } else { "f" },
+        "bool",
+    );
+    emit(
+        "verify_part_identical",
+        if part_ok { "t" } else { "f" },
+        "bool",
+    );
+    for node in &mut cl.nodes {
+        node.stop()?;
+    }
+    if !(full_ok && part_ok) {
+        bail!("a replicate differs from the master");
+    }
+    Ok(Outcome::Ok)
+}
