@@ -74,6 +74,11 @@ impl NodeProc {
         let mut child = Command::new(&self.bin)
             .args(["node", "run", "--listen", &listen.to_string(), "--data"])
             .arg(&self.data)
+            .args(
+                std::env::var("ETP_NODE_ARGS")
+                    .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
             .env(
                 "ETP_LOG",
                 std::env::var("ETP_LOG").unwrap_or_else(|_| "info".into()),

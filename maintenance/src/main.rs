@@ -9,6 +9,7 @@ mod commands;
 mod output;
 
 use clap::Parser;
+
 use std::process::ExitCode;
 
 /// How a command ended, beyond plain success.

@@ -50,6 +50,8 @@ pub struct Applier<'v, V: StateView> {
     time_us: i64,
     client_id: Option<String>,
     local: HashMap<(Fnr, Isn), Option<Vec<u8>>>,
+    /// Roles looked up so far (a definition is cloned once per file, not per change).
+    roles: HashMap<Fnr, Role>,
     pending: Vec<PendingLog>,
     out: Derived,
 }
@@ -62,6 +64,7 @@ impl<'v, V: StateView> Applier<'v, V> {
             time_us,
             client_id,
             local: HashMap::new(),
+            roles: HashMap::new(),
             pending: Vec::new(),
             out: Derived::default(),
         }
@@ -94,6 +97,7 @@ impl<'v, V: StateView> Applier<'v, V> {
     pub fn catalog_op(&mut self, op: &CatalogOp) {
         match op {
             CatalogOp::Define(def) => {
+                self.roles.remove(&def.fnr);
                 self.meta_mut(def.fnr);
                 self.out.catalog.insert(def.fnr, def.clone());
             }
@@ -102,8 +106,17 @@ impl<'v, V: StateView> Applier<'v, V> {
 
     /// Applies one change. With `verify`, the change's before-image must be
     /// what the state holds (replay uses this to detect a damaged store).
+    fn role(&mut self, fnr: Fnr) -> Option<Role> {
+        if let Some(r) = self.roles.get(&fnr) {
+            return Some(r.clone());
+        }
+        let role = self.def(fnr)?.role;
+        self.roles.insert(fnr, role.clone());
+        Some(role)
+    }
+
     pub fn change(&mut self, c: Change, verify: bool) -> Result<(), DbError> {
-        let def = self.def(c.fnr).ok_or(DbError::UnknownFile(c.fnr))?;
+        let role = self.role(c.fnr).ok_or(DbError::UnknownFile(c.fnr))?;
         if verify {
             let cur = self.current(c.fnr, c.isn)?;
             if cur != c.before {
@@ -117,7 +130,7 @@ impl<'v, V: StateView> Applier<'v, V> {
         let meta = self.meta_mut(c.fnr);
         meta.change(c.isn, c.before.as_deref(), c.after.as_deref());
         let (count, digest) = (meta.count, meta.digest);
-        if let Role::Master { .. } = def.role {
+        if let Role::Master { .. } = role {
             let op = match (&c.before, &c.after) {
                 (None, _) => LogOp::Store,
                 (Some(_), Some(_)) => LogOp::Update,
@@ -147,7 +160,7 @@ impl<'v, V: StateView> Applier<'v, V> {
         }
         let mut part_no: BTreeMap<Fnr, u32> = BTreeMap::new();
         for p in std::mem::take(&mut self.pending) {
-            let Some(Role::Master { log, incarnation }) = self.def(p.master).map(|d| d.role) else {
+            let Some(Role::Master { log, incarnation }) = self.role(p.master) else {
                 unreachable!("pending log records are made only for master files");
             };
             let lmeta = self.meta_mut(log);

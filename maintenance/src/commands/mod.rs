@@ -32,7 +32,14 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
 /// Opens a database for a command, telling the operator on stderr what
 /// restart recovery did.
 pub fn open_db(dir: &Path) -> Result<Database, DbError> {
-    let (db, report) = Database::open(dir)?;
+    open_db_with(dir, propagator::Options::default())
+}
+
+/// [`open_db`] with tuning options.
+pub fn open_db_with(dir: &Path, opts: propagator::Options) -> Result<Database, DbError> {
+    let plog: std::sync::Arc<dyn propagator::medium::MediumDir> =
+        std::sync::Arc::new(propagator::medium::FsDir::new(dir.join("plog")));
+    let (db, report) = Database::open_with(dir, plog, opts)?;
     if let Some(t) = &report.torn_tail {
         eprintln!(
             "etp: note: torn tail truncated in {} at offset {} ({} bytes of an unacknowledged transaction: {})",
@@ -54,6 +61,10 @@ pub fn open_db(dir: &Path) -> Result<Database, DbError> {
         eprintln!("etp: warning: file {fnr} is damaged and will not be used: {reason}");
     }
     Ok(db)
+}
+
+pub fn open_with_options(dir: &Path, opts: propagator::Options) -> anyhow::Result<Database> {
+    open_db_with(dir, opts).with_context(|| format!("cannot open database {}", dir.display()))
 }
 
 pub fn open_or_context(dir: &Path) -> anyhow::Result<Database> {

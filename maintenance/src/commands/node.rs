@@ -1,6 +1,5 @@
 //! `etp node run`, `etp admin …`, `etp task …`.
 
-use super::open_or_context;
 use crate::cli::{AdminCommand, NodeCommand, TaskCommand, TaskControlArgs};
 use crate::output;
 use crate::Outcome;
@@ -12,8 +11,16 @@ use propagator::Fnr;
 use std::io::Write;
 
 pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
-    let NodeCommand::Run { data, listen } = c;
-    let db = open_or_context(&data.data)?;
+    let NodeCommand::Run {
+        data,
+        listen,
+        cache_mb,
+    } = c;
+    let opts = propagator::Options {
+        cache_bytes: cache_mb << 20,
+        ..propagator::Options::default()
+    };
+    let db = super::open_with_options(&data.data, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

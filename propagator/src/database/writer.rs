@@ -51,7 +51,13 @@ enum ApplyMsg {
 }
 
 /// Groups the applier may lag behind the writer before the writer waits.
-const APPLY_QUEUE: usize = 1024;
+/// With single-commit groups this covers several apply windows; with large
+/// groups it bounds the memory held for the applier (at most this many
+/// groups of `max_group_bytes`, in practice far less).
+const APPLY_QUEUE: usize = 128;
+
+/// The most log bytes one page-store batch gathers.
+const MAX_APPLY_BYTES: usize = 16 << 20;
 
 /// How long the applier gathers groups into one page-store batch.
 const APPLY_WINDOW: Duration = Duration::from_millis(5);
@@ -271,10 +277,14 @@ fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
             }
             ApplyMsg::Group(mut jobs) => {
                 let deadline = Instant::now() + APPLY_WINDOW;
-                while jobs.len() < MAX_APPLY_COMMITS {
+                let mut bytes: usize = jobs.iter().map(|j| j.payload.len()).sum();
+                while jobs.len() < MAX_APPLY_COMMITS && bytes < MAX_APPLY_BYTES {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(wait) {
-                        Ok(ApplyMsg::Group(more)) => jobs.extend(more),
+                        Ok(ApplyMsg::Group(more)) => {
+                            bytes += more.iter().map(|j| j.payload.len()).sum::<usize>();
+                            jobs.extend(more);
+                        }
                         Ok(other) => {
                             next = Some(other);
                             break;
