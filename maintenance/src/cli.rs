@@ -75,7 +75,7 @@ pub enum NodeCommand {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
         /// The page store's cache budget in MiB (sled's own memory use runs above it).
-        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(4..=65536))]
+        #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(4..=65536))]
         cache_mb: u64,
     },
 }

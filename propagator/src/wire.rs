@@ -165,6 +165,10 @@ pub enum Request {
         from: Isn,
         limit: u32,
     },
+    /// A file's record count and digest.
+    FileStat {
+        file: Fnr,
+    },
     /// Validates a topology and installs it on every node it names.
     AdminApply {
         topology: String,
@@ -274,6 +278,11 @@ pub enum Response {
         is_log: bool,
     },
     Text(String),
+    Stat {
+        count: u64,
+        digest: Digest,
+        damaged: Option<String>,
+    },
     Tasks(Vec<TaskReport>),
     Link(LinkState),
     Applied {

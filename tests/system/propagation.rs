@@ -123,6 +123,21 @@ fn committed(c: &mut Client, id: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// At quiescence: the master holds exactly the acknowledged commits, the
+/// full replicate equals it, the partial equals select(project(master)), and
+/// every confirmation names the master's last seq with the right digest.
+fn verify_converged(cl: &Cluster, model: &Model, what: &str) {
+    cl.wait_converged(CONVERGE)
+        .unwrap_or_else(|e| panic!("{what}: not converged: {e}"));
+    assert_eq!(
+        &cl.dump(0, MASTER).expect("master"),
+        model,
+        "{what}: master == acknowledged commits"
+    );
+    cl.check_equal().unwrap_or_else(|e| panic!("{what}: {e}"));
+    check_confirmations(cl);
+}
+
 fn check_confirmations(cl: &Cluster) {
     let status = cl.task_status().expect("task status");
     for (i, file, conf) in [(1usize, FULL, Fnr(21)), (2, PART, Fnr(31))] {
@@ -170,14 +185,7 @@ fn end_to_end_full_and_partial_replicates_converge() {
             apply(&mut model, &ops);
         }
     }
-    cl.wait_converged(CONVERGE).expect("converged");
-    assert_eq!(
-        cl.dump(0, MASTER).expect("master"),
-        model,
-        "master == acknowledged commits"
-    );
-    cl.check_equal().expect("replicates equal the master");
-    check_confirmations(&cl);
+    verify_converged(&cl, &model, &format!("seed {s}"));
     // The CLI reads the same over --node as offline (exec and dump are one interface).
     let out = etp(&[
         "file",
@@ -250,15 +258,7 @@ fn every_node_killed_at_random_points_loses_and_duplicates_nothing() {
             cl.nodes[victim].restart().expect("replicate restart");
         }
     }
-    cl.wait_converged(CONVERGE)
-        .expect("converged after 21 kills");
-    assert_eq!(
-        cl.dump(0, MASTER).expect("master"),
-        model,
-        "every acknowledged commit is there, nothing else (seed {s})"
-    );
-    cl.check_equal().expect("replicates equal the master");
-    check_confirmations(&cl);
+    verify_converged(&cl, &model, &format!("after {KILLS} kills, seed {s}"));
 }
 
 /// A cluster whose replicate links go through fault proxies.
@@ -328,8 +328,7 @@ fn link_faults_with_a_restart_interval_heal_without_intervention() {
     for p in &proxies {
         p.accept_again();
     }
-    cl.wait_converged(CONVERGE)
-        .expect("converged after link faults");
+    verify_converged(&cl, &model, &format!("after link faults, seed {s}"));
     assert!(
         proxies.iter().all(|p| p.accepted() >= 3),
         "the links were re-established"
@@ -338,9 +337,6 @@ fn link_faults_with_a_restart_interval_heal_without_intervention() {
         proxies.iter().any(|p| p.resets() >= 1),
         "a mid-frame reset happened"
     );
-    assert_eq!(cl.dump(0, MASTER).expect("master"), model);
-    cl.check_equal().expect("replicates equal the master");
-    check_confirmations(&cl);
 }
 
 #[test]

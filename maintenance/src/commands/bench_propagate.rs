@@ -44,6 +44,14 @@ fn emit(metric: &str, value: impl std::fmt::Display, unit: &str) {
     println!("{metric} {value} {unit}");
 }
 
+fn emit_secs(metric: &str, secs: f64) {
+    emit(metric, format!("{secs:.3}"), "s");
+}
+
+fn emit_rate(metric: &str, count: u64, secs: f64, unit: &str) {
+    emit(metric, format!("{:.0}", count as f64 / secs), unit);
+}
+
 fn topology(addrs: &[SocketAddr]) -> String {
     format!(
         r#"# etp bench propagate: pg_peer.sh's setup
@@ -168,6 +176,13 @@ fn caught_up(master: &mut Client, target: Seq, t0: Instant) -> anyhow::Result<(f
     bail!("replicates did not reach seq {target} within {PHASE_TIMEOUT:?}")
 }
 
+fn file_count(node: &NodeProc, file: propagator::Fnr) -> anyhow::Result<u64> {
+    match node.client()?.call(&Request::FileStat { file })? {
+        Response::Stat { count, .. } => Ok(count),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
 fn peak_rss_mb(n: &NodeProc) -> f64 {
     let Some(pid) = n.pid() else { return 0.0 };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -254,26 +269,15 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let t1 = t0.elapsed().as_secs_f64();
     let (tf, tp) = caught_up(&mut ctl, last, t0)?;
     let wall = tf.max(tp);
-    emit("a_master_insert_s", format!("{t1:.3}"), "s");
-    emit(
-        "a_master_rows_per_s",
-        format!("{:.0}", n as f64 / t1),
-        "rows/s",
-    );
-    emit(
-        "a_master_commits_per_s",
-        format!("{:.0}", n.div_ceil(b) as f64 / t1),
-        "commits/s",
-    );
-    emit("a_full_caught_up_s", format!("{tf:.3}"), "s");
-    emit("a_part_caught_up_s", format!("{tp:.3}"), "s");
-    emit("a_e2e_s", format!("{wall:.3}"), "s");
-    emit(
-        "a_e2e_rows_per_s",
-        format!("{:.0}", n as f64 / wall),
-        "rows/s",
-    );
-    emit("a_tail_after_master_s", format!("{:.3}", wall - t1), "s");
+    emit_secs("a_master_insert_s", t1);
+    emit_rate("a_master_rows_per_s", n, t1, "rows/s");
+    emit_rate("a_master_commits_per_s", n.div_ceil(b), t1, "commits/s");
+    emit_secs("a_full_caught_up_s", tf);
+    emit_secs("a_part_caught_up_s", tp);
+    emit_secs("a_e2e_s", wall);
+    emit_rate("a_e2e_rows_per_s", n, wall, "rows/s");
+    emit_secs("a_tail_after_master_s", wall - t1);
+    emit("a_part_rows", file_count(&cl.nodes[2], PART)?, "rows");
 
     // a2. backlog drain
     eprintln!("a2. backlog: task stopped while {n} rows commit, then started");
@@ -292,19 +296,11 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     })?;
     let (tf, tp) = caught_up(&mut ctl, last, t0)?;
     let wall = tf.max(tp);
-    emit("a2_full_drained_s", format!("{tf:.3}"), "s");
-    emit("a2_part_drained_s", format!("{tp:.3}"), "s");
-    emit("a2_drain_s", format!("{wall:.3}"), "s");
-    emit(
-        "a2_drain_rows_per_s",
-        format!("{:.0}", n as f64 / wall),
-        "rows/s",
-    );
-    emit(
-        "a2_full_drain_rows_per_s",
-        format!("{:.0}", n as f64 / tf),
-        "rows/s",
-    );
+    emit_secs("a2_full_drained_s", tf);
+    emit_secs("a2_part_drained_s", tp);
+    emit_secs("a2_drain_s", wall);
+    emit_rate("a2_drain_rows_per_s", n, wall, "rows/s");
+    emit_rate("a2_full_drain_rows_per_s", n, tf, "rows/s");
 
     // b. commit-to-apply lag
     eprintln!("b. lag: {m} single-row commits at full speed, then {m_paced} paced");
@@ -330,11 +326,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let t1 = t0.elapsed().as_secs_f64();
     let last = *fast.last().context("no lag commits")?;
     let (tf, tp) = caught_up(&mut ctl, last, t0)?;
-    emit(
-        "b_master_commits_per_s",
-        format!("{:.0}", m as f64 / t1),
-        "commits/s",
-    );
+    emit_rate("b_master_commits_per_s", m, t1, "commits/s");
     emit("b_e2e_s", format!("{:.3}", tf.max(tp)), "s");
     let mut paced = Vec::new();
     for i in 1..=m_paced {
@@ -350,26 +342,13 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
                 continue;
             }
             let (p50, p90, p99, max) = lag_stats(&cl.nodes[node], name, seqs)?;
-            emit(
-                &format!("b_{set}_{kind}_lag_p50_ms"),
-                format!("{p50:.3}"),
-                "ms",
-            );
-            emit(
-                &format!("b_{set}_{kind}_lag_p90_ms"),
-                format!("{p90:.3}"),
-                "ms",
-            );
-            emit(
-                &format!("b_{set}_{kind}_lag_p99_ms"),
-                format!("{p99:.3}"),
-                "ms",
-            );
-            emit(
-                &format!("b_{set}_{kind}_lag_max_ms"),
-                format!("{max:.3}"),
-                "ms",
-            );
+            for (q, v) in [("p50", p50), ("p90", p90), ("p99", p99), ("max", max)] {
+                emit(
+                    &format!("b_{set}_{kind}_lag_{q}_ms"),
+                    format!("{v:.3}"),
+                    "ms",
+                );
+            }
         }
     }
 
@@ -408,23 +387,11 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         let (tf, tp) = caught_up(&mut ctl, last, t0)?;
         let wall = tf.max(tp);
         emit(&format!("d_{what}_rows"), u, "rows");
-        emit(&format!("d_{what}_master_s"), format!("{t1:.3}"), "s");
-        emit(
-            &format!("d_{what}_full_caught_up_s"),
-            format!("{tf:.3}"),
-            "s",
-        );
-        emit(
-            &format!("d_{what}_part_caught_up_s"),
-            format!("{tp:.3}"),
-            "s",
-        );
-        emit(&format!("d_{what}_e2e_s"), format!("{wall:.3}"), "s");
-        emit(
-            &format!("d_{what}_e2e_rows_per_s"),
-            format!("{:.0}", u as f64 / wall),
-            "rows/s",
-        );
+        emit_secs(&format!("d_{what}_master_s"), t1);
+        emit_secs(&format!("d_{what}_full_caught_up_s"), tf);
+        emit_secs(&format!("d_{what}_part_caught_up_s"), tp);
+        emit_secs(&format!("d_{what}_e2e_s"), wall);
+        emit_rate(&format!("d_{what}_e2e_rows_per_s"), u, wall, "rows/s");
     }
 
     for (name, node) in [("master", 0usize), ("full", 1), ("part", 2)] {
@@ -439,17 +406,8 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let full_ok = cl.dump(1, FULL)? == master;
     let part = cl.dump(2, PART)?;
     let part_ok = part == cl.expected_partial(&master);
-    emit("a_part_rows", part.len(), "rows");
-    emit(
-        "verify_full_identical",
-        if full_ok { "t" } else { "f" },
-        "bool",
-    );
-    emit(
-        "verify_part_identical",
-        if part_ok { "t" } else { "f" },
-        "bool",
-    );
+    emit("verify_full_identical", u8::from(full_ok), "bool");
+    emit("verify_part_identical", u8::from(part_ok), "bool");
     for node in &mut cl.nodes {
         node.stop()?;
     }

@@ -230,6 +230,14 @@ impl Node {
                     Err(e) => Response::error(e),
                 }
             }
+            Request::FileStat { file } => match self.db.file_info(file) {
+                Ok(i) => Response::Stat {
+                    count: i.meta.count,
+                    digest: i.meta.digest,
+                    damaged: i.damaged,
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::AdminApply { topology } => self.admin_apply(topology).await,
             Request::AdminExport => match &*lock(&self.topology) {
                 Some(v) => Response::Text(v.text.clone()),
