@@ -184,6 +184,13 @@ pub enum Request {
         topology: String,
     },
     TaskStatus,
+    /// Answers (Ok) once the named replicate has confirmed `seq`, or with an
+    /// error after `timeout_ms`: waiting without polling.
+    WaitConfirmed {
+        replicate: String,
+        seq: Seq,
+        timeout_ms: u64,
+    },
     TaskControl {
         master: Option<Fnr>,
         action: TaskAction,

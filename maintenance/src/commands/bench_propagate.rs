@@ -147,33 +147,27 @@ fn bulk(c: &mut Client, lo: u64, n: u64, b: u64) -> anyhow::Result<Seq> {
     Ok(last)
 }
 
-/// Polls the master's task status until both replicates confirm `target`;
-/// returns when each did, measured from `t0`.
-fn caught_up(master: &mut Client, target: Seq, t0: Instant) -> anyhow::Result<(f64, f64)> {
-    let (mut full, mut part) = (None, None);
-    while t0.elapsed() < PHASE_TIMEOUT {
-        let Response::Tasks(t) = master.call(&Request::TaskStatus)? else {
-            bail!("unexpected task status answer");
-        };
-        for r in t.iter().flat_map(|t| &t.replicates) {
-            if r.state.starts_with("error") {
-                bail!("replicate {} is in {}", r.name, r.state);
+/// Waits (the master node answers when it happens: no polling) until both
+/// replicates confirm `target`; returns when each did, measured from `t0`.
+fn caught_up(master: SocketAddr, target: Seq, t0: Instant) -> anyhow::Result<(f64, f64)> {
+    let wait = |name: &'static str| {
+        std::thread::spawn(move || -> anyhow::Result<f64> {
+            let mut c = Client::connect(master)?;
+            match c.call(&Request::WaitConfirmed {
+                replicate: name.into(),
+                seq: target,
+                timeout_ms: PHASE_TIMEOUT.as_millis() as u64,
+            })? {
+                Response::Ok => Ok(t0.elapsed().as_secs_f64()),
+                other => bail!("unexpected answer {other:?}"),
             }
-            let slot = if r.name == "bench_full" {
-                &mut full
-            } else {
-                &mut part
-            };
-            if slot.is_none() && r.confirmed_seq >= target {
-                *slot = Some(t0.elapsed().as_secs_f64());
-            }
-        }
-        if let (Some(f), Some(p)) = (full, part) {
-            return Ok((f, p));
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    bail!("replicates did not reach seq {target} within {PHASE_TIMEOUT:?}")
+        })
+    };
+    let (f, p) = (wait("bench_full"), wait("bench_part"));
+    let join = |h: std::thread::JoinHandle<anyhow::Result<f64>>| {
+        h.join().map_err(|_| anyhow::anyhow!("a waiter panicked"))?
+    };
+    Ok((join(f)?, join(p)?))
 }
 
 fn file_count(node: &NodeProc, file: propagator::Fnr) -> anyhow::Result<u64> {
@@ -259,6 +253,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let mut cl = Cluster::start_with(&exe, dir.path(), topology)?;
     let mut c = cl.master().client()?;
     let mut ctl = cl.master().client()?;
+    let maddr = cl.master().addr;
     emit("config_n", n, "rows");
     emit("config_b", b, "rows/txn");
 
@@ -267,7 +262,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
     let last = bulk(&mut c, 1, n, b)?;
     let t1 = t0.elapsed().as_secs_f64();
-    let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+    let (tf, tp) = caught_up(maddr, last, t0)?;
     let wall = tf.max(tp);
     emit_secs("a_master_insert_s", t1);
     emit_rate("a_master_rows_per_s", n, t1, "rows/s");
@@ -294,7 +289,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         master: Some(MASTER),
         action: TaskAction::Start,
     })?;
-    let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+    let (tf, tp) = caught_up(maddr, last, t0)?;
     let wall = tf.max(tp);
     emit_secs("a2_full_drained_s", tf);
     emit_secs("a2_part_drained_s", tp);
@@ -325,7 +320,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     }
     let t1 = t0.elapsed().as_secs_f64();
     let last = *fast.last().context("no lag commits")?;
-    let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+    let (tf, tp) = caught_up(maddr, last, t0)?;
     emit_rate("b_master_commits_per_s", m, t1, "commits/s");
     emit("b_e2e_s", format!("{:.3}", tf.max(tp)), "s");
     let mut paced = Vec::new();
@@ -334,7 +329,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         std::thread::sleep(pace);
     }
     if let Some(last) = paced.last() {
-        caught_up(&mut ctl, *last, Instant::now())?;
+        caught_up(maddr, *last, Instant::now())?;
     }
     for (kind, node, name) in [("full", 1usize, "bench_full"), ("part", 2, "bench_part")] {
         for (set, seqs) in [("full_speed", &fast), ("paced", &paced)] {
@@ -384,7 +379,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             g = hi;
         }
         let t1 = t0.elapsed().as_secs_f64();
-        let (tf, tp) = caught_up(&mut ctl, last, t0)?;
+        let (tf, tp) = caught_up(maddr, last, t0)?;
         let wall = tf.max(tp);
         emit(&format!("d_{what}_rows"), u, "rows");
         emit_secs(&format!("d_{what}_master_s"), t1);

@@ -258,6 +258,32 @@ impl Node {
                 Response::Tasks(lock(&self.tasks).values().map(|t| t.report()).collect())
             }
             Request::TaskControl { master, action } => self.task_control(master, action),
+            Request::WaitConfirmed {
+                replicate,
+                seq,
+                timeout_ms,
+            } => {
+                let rx = lock(&self.tasks)
+                    .values()
+                    .find_map(|t| t.watch_confirmed(&replicate));
+                let Some(mut rx) = rx else {
+                    return Response::error(format!(
+                        "no task on this node feeds replicate {replicate:?}"
+                    ));
+                };
+                let limit = std::time::Duration::from_millis(timeout_ms);
+                let reached = tokio::time::timeout(limit, async {
+                    rx.wait_for(|s| *s >= seq).await.map(|_| ())
+                })
+                .await;
+                match reached {
+                    Ok(Ok(())) => Response::Ok,
+                    Ok(Err(_)) => Response::error("the task stopped"),
+                    Err(_) => Response::error(format!(
+                        "replicate {replicate:?} did not confirm seq {seq} within {timeout_ms} ms"
+                    )),
+                }
+            }
             Request::LinkOpen {
                 replicate,
                 file,

@@ -68,6 +68,8 @@ struct FeedState {
 struct Feeder {
     rep: Replicate,
     st: Mutex<FeedState>,
+    /// The confirmed seq, for waiters ([`Task::wait_confirmed`]).
+    confirmed: tokio::sync::watch::Sender<Seq>,
     handle: Mutex<Option<JoinHandle<()>>>,
     /// The replicate's expected meta at a seq it confirmed (a shortcut for
     /// the next connect; the resume point always comes from the replicate).
@@ -116,6 +118,7 @@ impl Task {
                         state: "starting".into(),
                         ..FeedState::default()
                     }),
+                    confirmed: tokio::sync::watch::channel(Seq(0)).0,
                     handle: Mutex::new(None),
                     expected: Mutex::new(None),
                 })
@@ -152,6 +155,14 @@ impl Task {
 
     pub fn stop(&self) {
         self.stop_feeders("task stopped");
+    }
+
+    /// A receiver of the named replicate's confirmed seq, if this task feeds it.
+    pub fn watch_confirmed(&self, replicate: &str) -> Option<tokio::sync::watch::Receiver<Seq>> {
+        self.feeders
+            .iter()
+            .find(|f| f.rep.def.name == replicate)
+            .map(|f| f.confirmed.subscribe())
     }
 
     pub fn report(&self) -> TaskReport {
@@ -266,6 +277,7 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
         s.sent = conf_seq;
         s.confirmed = conf_seq;
     }
+    f.confirmed.send_replace(conf_seq);
     *lock(&f.expected) = Some((conf_seq, expected));
     let mut cursor = conf_seq;
     let mut inflight: VecDeque<(Seq, FileMeta)> = VecDeque::new();
@@ -296,6 +308,7 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                             ));
                         }
                         lock(&f.st).confirmed = seq;
+                        f.confirmed.send_replace(seq);
                         *lock(&f.expected) = Some((seq, want));
                     }
                     Response::Error { message } if message.contains("diverged") => {
