@@ -186,6 +186,23 @@ fn end_to_end_full_and_partial_replicates_converge() {
         }
     }
     verify_converged(&cl, &model, &format!("seed {s}"));
+    // Waiting for a confirmation is answered by the node, and times out naming the seq.
+    let last = cl.task_status().expect("status").master_seq;
+    let mut w = cl.master().client().expect("client");
+    for name in ["items_full", "items_part"] {
+        let ok = w.call(&Request::WaitConfirmed {
+            replicate: name.into(),
+            seq: last,
+            timeout_ms: 10_000,
+        });
+        assert!(matches!(ok, Ok(Response::Ok)), "{ok:?}");
+    }
+    let late = w.call(&Request::WaitConfirmed {
+        replicate: "items_full".into(),
+        seq: propagator::Seq(last.0 + 1000),
+        timeout_ms: 50,
+    });
+    assert!(late.is_err_and(|e| e.to_string().contains(&format!("seq {}", last.0 + 1000))));
     // The CLI reads the same over --node as offline (exec and dump are one interface).
     let out = etp(&[
         "file",
