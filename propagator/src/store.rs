@@ -78,6 +78,10 @@ fn id_key(id: &str) -> Vec<u8> {
     k
 }
 
+/// How long opening waits for sled's lock to be released by a handle of
+/// this process that is still shutting down.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl PageStore {
     /// Opens (or creates) the store in `dir`. A store sled cannot open — or
     /// one that makes sled panic — is an error naming the directory.
@@ -86,7 +90,24 @@ impl PageStore {
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(1000));
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
+        // sled releases its file lock from its own background threads, after
+        // its handle is dropped: a store this process has just closed can
+        // still be locked for a moment. (Another process cannot hold it: the
+        // database's LOCK file is taken first.) Wait for it, with a deadline.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let opened = loop {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
+            match &r {
+                Ok(Err(sled::Error::Io(e)))
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break r,
+            }
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
