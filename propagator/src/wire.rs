@@ -298,8 +298,9 @@ pub enum Response {
         count: u64,
         lsn: Lsn,
     },
-    /// (last seq of a master transaction, its master commit time, applied time), µs.
-    Lag(Vec<(Seq, i64, i64)>),
+    /// Per master transaction: (its last seq, its master commit time, when it
+    /// was visible on the replicate, when it was durable there), µs.
+    Lag(Vec<(Seq, i64, i64, i64)>),
 }
 
 impl Request {

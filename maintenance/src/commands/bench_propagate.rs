@@ -197,11 +197,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-fn lag_stats(
-    node: &NodeProc,
-    replicate: &str,
-    seqs: &[Seq],
-) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// Commit-to-apply lag quantiles (p50, p90, p99, max) in ms, to the moment
+/// each transaction was visible on the replicate (what pg_peer.sh measures:
+/// its trigger fires at the apply worker's insert, before that commits) and
+/// to the moment it was durable there.
+fn lag_stats(node: &NodeProc, replicate: &str, seqs: &[Seq]) -> anyhow::Result<[[f64; 4]; 2]> {
     let mut c = node.client()?;
     let after = Seq(seqs.iter().map(|s| s.0).min().unwrap_or(1) - 1);
     let Response::Lag(samples) = c.call(&Request::LagSamples {
@@ -211,22 +211,28 @@ fn lag_stats(
     else {
         bail!("unexpected lag answer");
     };
-    let by_seq: std::collections::HashMap<Seq, (i64, i64)> =
-        samples.into_iter().map(|(s, m, a)| (s, (m, a))).collect();
-    let mut ms: Vec<f64> = Vec::with_capacity(seqs.len());
+    let by_seq: std::collections::HashMap<Seq, (i64, i64, i64)> = samples
+        .into_iter()
+        .map(|(s, m, v, d)| (s, (m, v, d)))
+        .collect();
+    let (mut visible, mut durable) = (Vec::new(), Vec::new());
     for s in seqs {
-        let Some((m, a)) = by_seq.get(s) else {
+        let Some((m, v, d)) = by_seq.get(s) else {
             bail!("{replicate}: no lag sample for seq {s}");
         };
-        ms.push((a - m) as f64 / 1000.0);
+        visible.push((v - m) as f64 / 1000.0);
+        durable.push((d - m) as f64 / 1000.0);
     }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    Ok((
-        percentile(&ms, 0.5),
-        percentile(&ms, 0.9),
-        percentile(&ms, 0.99),
-        ms.last().copied().unwrap_or_default(),
-    ))
+    let q = |mut ms: Vec<f64>| {
+        ms.sort_by(|a, b| a.total_cmp(b));
+        [
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.9),
+            percentile(&ms, 0.99),
+            ms.last().copied().unwrap_or_default(),
+        ]
+    };
+    Ok([q(visible), q(durable)])
 }
 
 pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
@@ -336,10 +342,18 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             if seqs.is_empty() {
                 continue;
             }
-            let (p50, p90, p99, max) = lag_stats(&cl.nodes[node], name, seqs)?;
-            for (q, v) in [("p50", p50), ("p90", p90), ("p99", p99), ("max", max)] {
+            let [visible, durable] = lag_stats(&cl.nodes[node], name, seqs)?;
+            for (i, q) in ["p50", "p90", "p99", "max"].iter().enumerate() {
                 emit(
                     &format!("b_{set}_{kind}_lag_{q}_ms"),
+                    format!("{:.3}", visible[i]),
+                    "ms",
+                );
+            }
+            for (i, q) in ["p50", "p99"].iter().enumerate() {
+                let v = durable[if i == 0 { 0 } else { 2 }];
+                emit(
+                    &format!("b_{set}_{kind}_durable_lag_{q}_ms"),
                     format!("{v:.3}"),
                     "ms",
                 );

@@ -123,6 +123,9 @@ pub struct CommitInfo {
     pub seqs: BTreeMap<Fnr, (Seq, Seq)>,
     /// Every file the commit changed, with its count and digest after it.
     pub metas: Vec<FileMeta>,
+    /// When the commit became visible to readers (published under the state
+    /// lock, before its log sync), µs since the epoch.
+    pub visible_us: i64,
 }
 
 /// A file as the catalog and its meta describe it.
@@ -658,6 +661,7 @@ impl Database {
                     client_id,
                     seqs: BTreeMap::new(),
                     metas: Vec::new(),
+                    visible_us: st.last_time_us,
                 });
             }
             let lsn = st.last_lsn.next();
@@ -737,6 +741,7 @@ impl Database {
                     client_id,
                     seqs: derived.seqs,
                     metas: metas_after,
+                    visible_us: chrono::Utc::now().timestamp_micros(),
                 },
             )
         };

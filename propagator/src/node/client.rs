@@ -263,6 +263,7 @@ impl ExecTarget for Client {
                 client_id: c.client_id,
                 seqs: c.seqs.into_iter().map(|(f, a, b)| (f, (a, b))).collect(),
                 metas: Vec::new(),
+                visible_us: c.time_us,
             }),
             other => Err(self.conn.unexpected(&other, "Committed")),
         }

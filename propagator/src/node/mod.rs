@@ -37,12 +37,13 @@ const TOPOLOGY_ISN: Isn = Isn(1);
 /// Commit-to-apply samples kept per node (oldest dropped first).
 const LAG_SAMPLES: usize = 100_000;
 
-/// (last seq of a master transaction, its commit time, applied time), µs.
-type LagHistory = std::collections::VecDeque<(Seq, i64, i64)>;
+/// Per master transaction: (its last seq, its master commit time, when it was
+/// visible on the replicate, when it was durable there), µs.
+type LagHistory = std::collections::VecDeque<(Seq, i64, i64, i64)>;
 
 pub struct Node {
     db: Database,
-    /// Per replicate: (last seq of a master transaction, its commit time, applied time).
+    /// Per replicate: commit-to-apply samples.
     lag: Mutex<BTreeMap<String, LagHistory>>,
     tasks: Mutex<BTreeMap<Fnr, task::Task>>,
     topology: Mutex<Option<Valid>>,
@@ -644,7 +645,7 @@ impl Node {
                     if q.len() == LAG_SAMPLES {
                         q.pop_front();
                     }
-                    q.push_back((s, t, now));
+                    q.push_back((s, t, info.visible_us, now));
                 }
                 Response::Applied {
                     seq,
