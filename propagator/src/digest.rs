@@ -90,7 +90,7 @@ impl FileMeta {
             self.digest.add(isn, a);
             self.count += 1;
         }
-        self.next_isn = self.next_isn.max(isn.0 + 1);
+        self.next_isn = self.next_isn.max(isn.0.saturating_add(1));
     }
 }
 

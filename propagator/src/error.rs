@@ -2,7 +2,7 @@
 //! caller needs to act on it; `Display` texts read as sentences.
 
 use crate::catalog::Role;
-use crate::ids::{Fnr, Isn, Lsn};
+use crate::ids::{Fnr, Isn, Lsn, Seq};
 use crate::plog::LogError;
 use crate::record::RecordError;
 use crate::store::StoreError;
@@ -61,6 +61,12 @@ pub enum DbError {
     Closed,
     #[error("replicate file {fnr} has diverged from its master at record {isn}: {reason}")]
     ReplicateDiverged { fnr: Fnr, isn: Isn, reason: String },
+    #[error("replicated batch out of sequence for replicate file {fnr}: it follows seq {expected}, but the replicate has confirmed seq {confirmed}")]
+    OutOfSequence {
+        fnr: Fnr,
+        expected: Seq,
+        confirmed: Seq,
+    },
 }
 
 impl DbError {

@@ -25,7 +25,9 @@ use tokio_util::codec::LengthDelimitedCodec;
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The largest frame accepted or sent.
-pub const MAX_FRAME: usize = 32 << 20;
+/// Room for the largest transaction (64 MiB of records) with its before-
+/// and after-images in one replication batch.
+pub const MAX_FRAME: usize = 160 << 20;
 
 /// The length-delimited codec with this protocol's frame limit.
 pub fn codec() -> LengthDelimitedCodec {
@@ -205,6 +207,9 @@ pub enum Request {
     },
     /// Applies a batch on the link's replicate, with its confirmation.
     LinkApply {
+        /// The confirmed seq this batch follows: the replicate refuses the
+        /// batch (out of sequence) unless its confirmation is exactly there.
+        follows: Seq,
         changes: Vec<ReplChange>,
         confirmation: Confirmation,
         /// The last seq and commit time (µs) of each master transaction in

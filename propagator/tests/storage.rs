@@ -718,3 +718,77 @@ fn a_second_open_of_a_database_in_use_is_refused() {
         Err(DbError::InUse { .. })
     ));
 }
+
+#[test]
+fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let (rep, conf) = (Fnr(40), Fnr(41));
+    db.create_file(rep, "rep", Role::Replicate)
+        .expect("replicate");
+    db.create_file(conf, "conf", Role::Confirmation)
+        .expect("confirmation");
+    let confirm = |seq: i64| {
+        let mut r = Record::new();
+        r.insert("seq".into(), Value::Int(seq));
+        (conf, Isn(40), r)
+    };
+    let bytes = |q: i64| propagator::record::encode_record(&rec(&[("q", q)])).expect("enc");
+    db.apply_replicated(
+        rep,
+        Seq(0),
+        vec![(Isn(1), None, Some(bytes(1)))],
+        confirm(5),
+    )
+    .expect("first batch follows seq 0");
+    // A stale batch (from a replaced link) that also claims to follow seq 0.
+    let err = db
+        .apply_replicated(
+            rep,
+            Seq(0),
+            vec![(Isn(2), None, Some(bytes(2)))],
+            confirm(3),
+        )
+        .expect_err("out of sequence");
+    assert!(
+        matches!(
+            err,
+            DbError::OutOfSequence {
+                confirmed: Seq(5),
+                expected: Seq(0),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Undecodable bytes and isn 0 are refused; nothing of those batches lands.
+    let err = db
+        .apply_replicated(
+            rep,
+            Seq(5),
+            vec![(Isn(2), None, Some(vec![0xc1, 0xff]))],
+            confirm(6),
+        )
+        .expect_err("bad record");
+    assert!(matches!(err, DbError::BadRecord { .. }), "{err:?}");
+    let err = db
+        .apply_replicated(
+            rep,
+            Seq(5),
+            vec![(Isn(0), None, Some(bytes(0)))],
+            confirm(6),
+        )
+        .expect_err("isn 0");
+    assert!(matches!(err, DbError::ZeroIsn(_)), "{err:?}");
+    assert_eq!(dump(&db, rep).len(), 1);
+    let c = db.read(conf, Isn(40)).expect("read").expect("confirmation");
+    assert_eq!(c.get("seq"), Some(&Value::Int(5)));
+    db.apply_replicated(
+        rep,
+        Seq(5),
+        vec![(Isn(2), None, Some(bytes(2)))],
+        confirm(6),
+    )
+    .expect("the next batch in sequence");
+    assert_eq!(dump(&db, rep).len(), 2);
+}

@@ -577,3 +577,39 @@ fn a_replicate_record_changed_offline_is_caught_by_the_digest_check() {
     let out = etp(&["task", "status", "--node", &cl.master().addr.to_string()]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_master_holding_records_before_its_topology_is_refused_until_initial_load() {
+    let t = tempfile::tempdir().expect("tempdir");
+    // Database 1 exists with records in file 10 before it becomes a master.
+    let d1 = t.path().join("db1");
+    let d1s = d1.to_str().expect("utf8");
+    assert!(etp(&["db", "init", "--data", d1s, "--dbid", "1"])
+        .status
+        .success());
+    assert!(
+        etp(&["file", "create", "--data", d1s, "--file", "10", "--name", "items"])
+            .status
+            .success()
+    );
+    let input = "{\"op\":\"store\",\"file\":10,\"isn\":1,\"fields\":{\"id\":1,\"grp\":4,\"qty\":50}}\n{\"op\":\"et\"}\n";
+    assert!(etp_system_tests::etp_stdin(&["exec", "--data", d1s], input)
+        .status
+        .success());
+    let cl = Cluster::start(etp_bin(), t.path(), None).expect("cluster");
+    // Both replicates, full and partial, are refused with the reason.
+    let st = wait_for("both replicates in error", CONVERGE, || {
+        let st = cl.task_status().ok()?;
+        st.replicates
+            .iter()
+            .all(|r| r.state.starts_with("error"))
+            .then_some(st)
+    });
+    for r in &st.replicates {
+        assert!(r.state.contains("initial load"), "{}", r.state);
+    }
+    assert!(
+        cl.dump(2, PART).expect("partial").is_empty(),
+        "nothing half-fed"
+    );
+}

@@ -102,11 +102,14 @@ pub(crate) enum Op {
         before: Option<Vec<u8>>,
         after: Option<Vec<u8>>,
     },
-    /// Store or replace an engine-written record (confirmations).
+    /// Store or replace an engine-written record (confirmations, the
+    /// topology). With `follows`, the record's current `seq` field (0 when
+    /// absent) must equal it: a confirmation only ever moves forward.
     Put {
         fnr: Fnr,
         isn: Isn,
         record: Record,
+        follows: Option<Seq>,
     },
 }
 
@@ -428,31 +431,75 @@ impl Database {
     }
 
     /// Commits changes replicated from a master, and the confirmation record,
-    /// as one transaction. Each change names the record's expected current
-    /// bytes (`before`): a replicate that does not hold exactly them has
-    /// diverged, and the transaction is refused with nothing applied.
+    /// as one transaction. The batch must follow the confirmed seq `follows`
+    /// (checked first, in the same transaction: a stale batch from an old
+    /// link is refused as out of sequence and changes nothing). Each change
+    /// names the record's expected current bytes (`before`): a replicate
+    /// that does not hold exactly them has diverged, and the transaction is
+    /// refused with nothing applied.
     pub fn apply_replicated(
         &self,
         replicate: Fnr,
+        follows: Seq,
         changes: Vec<ReplicatedChange>,
         confirmation: (Fnr, Isn, Record),
     ) -> Result<CommitInfo, DbError> {
-        let mut ops: Vec<Op> = changes
-            .into_iter()
-            .map(|(isn, before, after)| Op::Replicated {
-                fnr: replicate,
-                isn,
-                before,
-                after,
-            })
-            .collect();
         let (cfnr, cisn, rec) = confirmation;
-        ops.push(Op::Put {
+        let mut ops = vec![Op::Put {
             fnr: cfnr,
             isn: cisn,
             record: rec,
-        });
+            follows: Some(follows),
+        }];
+        ops.extend(
+            changes
+                .into_iter()
+                .map(|(isn, before, after)| Op::Replicated {
+                    fnr: replicate,
+                    isn,
+                    before,
+                    after,
+                }),
+        );
         self.commit(Vec::new(), ops, None)
+    }
+
+    /// A record and a file's meta and damage, read under one lock (a
+    /// replicate's confirmation and its file's digest that belong together).
+    pub fn read_with_info(
+        &self,
+        rec_fnr: Fnr,
+        isn: Isn,
+        info_fnr: Fnr,
+    ) -> Result<(Option<Record>, FileInfo), DbError> {
+        let st = lock(&self.shared().state);
+        Self::usable_def(&st, rec_fnr)?;
+        let def = st
+            .catalog
+            .get(&info_fnr)
+            .ok_or(DbError::UnknownFile(info_fnr))?;
+        let info = FileInfo {
+            def: def.clone(),
+            meta: st
+                .metas
+                .get(&info_fnr)
+                .copied()
+                .unwrap_or(FileMeta::new(info_fnr)),
+            damaged: st.damaged.get(&info_fnr).cloned(),
+        };
+        let bytes = LatestView {
+            st: &st,
+            store: &self.shared().store,
+        }
+        .get(rec_fnr, isn)?;
+        let rec = match bytes {
+            None => None,
+            Some(b) => Some(decode_record(&b).map_err(|source| DbError::BadRecord {
+                fnr: rec_fnr,
+                source,
+            })?),
+        };
+        Ok((rec, info))
     }
 
     /// Stores or replaces an engine-written record (administration and
@@ -463,7 +510,16 @@ impl Database {
         isn: Isn,
         record: Record,
     ) -> Result<CommitInfo, DbError> {
-        self.commit(Vec::new(), vec![Op::Put { fnr, isn, record }], None)
+        self.commit(
+            Vec::new(),
+            vec![Op::Put {
+                fnr,
+                isn,
+                record,
+                follows: None,
+            }],
+            None,
+        )
     }
 
     /// The count and digest of a file's records as they stand in the page
@@ -996,6 +1052,13 @@ fn resolve<V: StateView>(
         Op::Replicated {
             isn, before, after, ..
         } => {
+            if isn.0 == 0 {
+                return Err(DbError::ZeroIsn(fnr));
+            }
+            if let Some(a) = &after {
+                // Validated as any stored record is: nothing undecodable lands.
+                decode_record(a).map_err(bad)?;
+            }
             let current = ap.current(fnr, isn)?;
             if current != before {
                 return Err(DbError::ReplicateDiverged {
@@ -1015,12 +1078,36 @@ fn resolve<V: StateView>(
                 after,
             }
         }
-        Op::Put { isn, record, .. } => crate::plog::Change {
-            fnr,
+        Op::Put {
             isn,
-            before: ap.current(fnr, isn)?,
-            after: Some(encode_record(&record).map_err(bad)?),
-        },
+            record,
+            follows,
+            ..
+        } => {
+            let before = ap.current(fnr, isn)?;
+            if let Some(expected) = follows {
+                let confirmed = match &before {
+                    None => Seq(0),
+                    Some(b) => match decode_record(b).map_err(bad)?.get("seq") {
+                        Some(crate::record::Value::Int(n)) => Seq(*n as u64),
+                        _ => Seq(0),
+                    },
+                };
+                if confirmed != expected {
+                    return Err(DbError::OutOfSequence {
+                        fnr,
+                        expected,
+                        confirmed,
+                    });
+                }
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before,
+                after: Some(encode_record(&record).map_err(bad)?),
+            }
+        }
     })
 }
 

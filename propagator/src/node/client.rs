@@ -26,6 +26,8 @@ pub enum ClientError {
     Connect { addr: String, reason: String },
     #[error("connection to node {addr} failed: {reason}")]
     Io { addr: String, reason: String },
+    #[error("message for node {addr} is too large to send: {reason}")]
+    TooLarge { addr: String, reason: String },
     #[error("node {addr} closed the connection")]
     Closed { addr: String },
     #[error("node {addr}: {message}")]
@@ -75,7 +77,10 @@ impl Conn {
 
     /// Sends a request without waiting for its response (pipelining).
     pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
-        let b = req.encode().map_err(|e| self.io(e))?;
+        let b = req.encode().map_err(|e| ClientError::TooLarge {
+            addr: self.addr.to_string(),
+            reason: e.to_string(),
+        })?;
         self.framed.send(b).await.map_err(|e| self.io(e))
     }
 

@@ -34,6 +34,9 @@ use tokio_util::codec::Framed;
 /// The record of the administration file that holds the topology text.
 const TOPOLOGY_ISN: Isn = Isn(1);
 
+/// The most record bytes one dump page carries.
+const MAX_DUMP_PAGE_BYTES: usize = 16 << 20;
+
 /// Commit-to-apply samples kept per node (oldest dropped first).
 const LAG_SAMPLES: usize = 100_000;
 
@@ -49,6 +52,8 @@ pub struct Node {
     topology: Mutex<Option<Valid>>,
     /// Serialises topology changes on this node.
     admin: tokio::sync::Mutex<()>,
+    /// Per replicate file: held while a link opens or applies a batch.
+    owners: Mutex<BTreeMap<Fnr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -76,6 +81,7 @@ impl Node {
             tasks: Mutex::new(BTreeMap::new()),
             topology: Mutex::new(None),
             admin: tokio::sync::Mutex::new(()),
+            owners: Mutex::new(BTreeMap::new()),
         });
         if let Some(v) = node.stored_topology()? {
             node.start_tasks(&v);
@@ -86,6 +92,10 @@ impl Node {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    fn link_owner(&self, file: Fnr) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.owners).entry(file).or_default().clone()
     }
 
     fn stored_topology(&self) -> Result<Option<Valid>, String> {
@@ -212,11 +222,14 @@ impl Node {
                     let is_log = matches!(db.file(file)?.role, Role::Log { .. });
                     let mut items = Vec::new();
                     let mut done = true;
+                    let mut bytes = 0usize;
                     db.for_each_raw(file, from, |isn, b| {
-                        if items.len() == limit {
+                        // A page stays well inside one frame.
+                        if items.len() == limit || bytes + b.len() > MAX_DUMP_PAGE_BYTES {
                             done = false;
                             return Ok(false);
                         }
+                        bytes += b.len() + 16;
                         items.push((isn, ByteBuf::from(b.to_vec())));
                         Ok(true)
                     })?;
@@ -254,7 +267,10 @@ impl Node {
             },
             Request::AdminInstall { topology } => match Valid::parse(&topology) {
                 Err(e) => Response::error(e.to_string()),
-                Ok(v) => self.install(v).await,
+                Ok(v) => {
+                    let _guard = self.admin.lock().await;
+                    self.install(v).await
+                }
             },
             Request::TaskStatus => {
                 Response::Tasks(lock(&self.tasks).values().map(|t| t.report()).collect())
@@ -297,10 +313,14 @@ impl Node {
                     .await
             }
             Request::LinkApply {
+                follows,
                 changes,
                 confirmation,
                 txn_ends,
-            } => self.link_apply(conv, changes, confirmation, txn_ends).await,
+            } => {
+                self.link_apply(conv, follows, changes, confirmation, txn_ends)
+                    .await
+            }
         }
     }
 
@@ -540,15 +560,10 @@ impl Node {
         master_db: DbId,
         master: Fnr,
     ) -> Response {
+        let owner = self.link_owner(file);
+        let _owner = owner.lock().await;
         let db = self.db.clone();
         let r = blocking(move || {
-            let info = db.file_info(file)?;
-            if info.def.role != Role::Replicate {
-                return Err(DbError::BadDefinition(format!(
-                    "file {file} is a {} file, not a replicate",
-                    info.def.role.name()
-                )));
-            }
             let conf_def = db.file(confirmation)?;
             if conf_def.role != Role::Confirmation {
                 return Err(DbError::BadDefinition(format!(
@@ -556,7 +571,15 @@ impl Node {
                     conf_def.role.name()
                 )));
             }
-            let conf = match db.read(confirmation, Isn(u64::from(file.0)))? {
+            // The confirmation and the file's digest, read together.
+            let (conf, info) = db.read_with_info(confirmation, Isn(u64::from(file.0)), file)?;
+            if info.def.role != Role::Replicate {
+                return Err(DbError::BadDefinition(format!(
+                    "file {file} is a {} file, not a replicate",
+                    info.def.role.name()
+                )));
+            }
+            let conf = match conf {
                 None => None,
                 Some(r) => Some(confirmation_from_record(&r).map_err(DbError::BadDefinition)?),
             };
@@ -583,6 +606,9 @@ impl Node {
                     }
                 }
                 conv.link = Some(Link {
+                    name: replicate,
+                    master_db,
+                    master,
                     file,
                     confirmation,
                     damaged: state.damaged.is_some(),
@@ -596,6 +622,7 @@ impl Node {
     async fn link_apply(
         &self,
         conv: &mut Conversation,
+        follows: Seq,
         changes: Vec<crate::wire::ReplChange>,
         mut conf: Confirmation,
         txn_ends: Vec<(Seq, i64)>,
@@ -606,6 +633,20 @@ impl Node {
         if link.damaged {
             return Response::error(format!("replicate file {} is damaged", link.file));
         }
+        // The confirmation names what the link was opened for, whatever the peer says.
+        conf.replicate = link.name.clone();
+        conf.master_db = link.master_db;
+        conf.master = link.master;
+        if conf.seq <= follows {
+            return Response::error(format!(
+                "batch ends at seq {} but follows seq {follows}",
+                conf.seq
+            ));
+        }
+        // One apply at a time per replicate: a link being replaced may still
+        // be applying what it had buffered.
+        let owner = self.link_owner(link.file);
+        let _owner = owner.lock().await;
         let db = self.db.clone();
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
@@ -624,11 +665,13 @@ impl Node {
             let rec = confirmation_to_record(&conf);
             let info = db.apply_replicated(
                 link.file,
+                follows,
                 changes,
                 (link.confirmation, Isn(u64::from(link.file.0)), rec),
             )?;
             // A batch that changed no replicate record leaves its meta as it
-            // was; only this link writes the file, so it is still current.
+            // was; applies to this replicate are serialised (`link_owner`),
+            // so it is still current.
             let meta = match meta_of(&info, link.file) {
                 Some(m) => m,
                 None => db.file_info(link.file)?.meta,
@@ -671,6 +714,9 @@ struct Conversation {
 
 #[derive(Clone)]
 struct Link {
+    name: String,
+    master_db: DbId,
+    master: Fnr,
     file: Fnr,
     confirmation: Fnr,
     damaged: bool,

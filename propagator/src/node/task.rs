@@ -95,7 +95,26 @@ enum Stop {
 }
 
 fn link_err(e: ClientError) -> Stop {
-    Stop::Link(e.to_string())
+    match e {
+        // The same batch would be too large again on every retry.
+        ClientError::TooLarge { .. } => Stop::Fatal(e.to_string()),
+        e => Stop::Link(e.to_string()),
+    }
+}
+
+/// Runs a link step with a deadline: a peer that accepts and then stalls
+/// must not hang the feeder.
+async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, Stop> {
+    match tokio::time::timeout(ACK_TIMEOUT, f).await {
+        Ok(r) => r.map_err(link_err),
+        Err(_) => Err(Stop::Link(format!(
+            "{what} took more than {} s",
+            ACK_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 impl Task {
@@ -249,14 +268,18 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
         master_db: ctx.db.dbid(),
         master: Fnr(ctx.master.file),
     };
-    let state = match conn.call(&open).await {
+    let state = match timed("opening the link", conn.call(&open)).await {
         Ok(Response::Link(s)) => s,
         Ok(other) => return Stop::Link(conn.unexpected(&other, "Link").to_string()),
-        Err(e) => return link_err(e),
+        Err(stop) => return stop,
     };
-    *attempt = 0;
     lock(&f.st).connects += 1;
     let conf_seq = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
+    if conf_seq.0 == 0 {
+        if let Err(e) = master_starts_empty(ctx).await {
+            return Stop::Fatal(format!("replicate {}: {e}", rep.def.name));
+        }
+    }
     let mut expected = match expected_at(ctx, f, conf_seq).await {
         Ok(m) => m,
         Err(e) => return Stop::Fatal(e),
@@ -309,7 +332,14 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         }
                         lock(&f.st).confirmed = seq;
                         f.confirmed.send_replace(seq);
+                        // The link works: the next loss backs off from the start.
+                        *attempt = 0;
                         *lock(&f.expected) = Some((seq, want));
+                    }
+                    Response::Error { message } if message.contains("out of sequence") => {
+                        // Another link applied first (a replaced connection
+                        // draining): reconnect and resume from the confirmation.
+                        return Stop::Link(message);
                     }
                     Response::Error { message } if message.contains("diverged") => {
                         return Stop::Fatal(format!("replicate {} at seq {want_seq}: {message}", rep.def.name));
@@ -361,6 +391,7 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                     }
                 }
                 let req = Request::LinkApply {
+                    follows: cursor,
                     changes,
                     confirmation: Confirmation {
                         replicate: rep.def.name.clone(),
@@ -375,8 +406,8 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                     },
                     txn_ends,
                 };
-                if let Err(e) = conn.send(&req).await {
-                    return link_err(e);
+                if let Err(stop) = timed("sending a batch", conn.send(&req)).await {
+                    return stop;
                 }
                 inflight.push_back((last_seq, expected));
                 cursor = last_seq;
@@ -474,6 +505,52 @@ fn view(
         None => r,
     };
     encode_record(&r).map(Some).map_err(|e| e.to_string())
+}
+
+/// Refuses to feed an empty replicate from a master that held records
+/// before its first log record: those would never reach it (a partial
+/// replicate's digest check could not see it). It needs an initial load.
+async fn master_starts_empty(ctx: &Arc<Ctx>) -> Result<(), String> {
+    let mut durable = ctx.db.subscribe_durable();
+    loop {
+        durable.borrow_and_update();
+        let c = ctx.clone();
+        let before = tokio::task::block_in_place(move || -> Result<Option<u64>, crate::DbError> {
+            if let Some(r) = c.db.read_log_record(c.log, Seq(1))? {
+                return Ok(Some(match r.op {
+                    crate::log_record::LogOp::Store => r.master_count.saturating_sub(1),
+                    crate::log_record::LogOp::Update => r.master_count,
+                    crate::log_record::LogOp::Delete => r.master_count + 1,
+                }));
+            }
+            // No durable log record yet. Every master change writes one, in
+            // the same commit, and `files` reads all metas under one lock: if
+            // the log has never been written, the master's count is what it
+            // held before it became a master.
+            let files = c.db.files();
+            let meta = |f: Fnr| files.iter().find(|i| i.def.fnr == f).map(|i| i.meta);
+            match (meta(c.log), meta(Fnr(c.master.file))) {
+                (Some(l), Some(m)) if l.next_isn <= 1 => Ok(Some(m.count)),
+                // The first log record is committed but not yet durable.
+                _ => Ok(None),
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        match before {
+            Some(0) => return Ok(()),
+            Some(n) => {
+                return Err(format!(
+                    "master {} held {n} records before its first log record; the replicate needs an initial load",
+                    ctx.master.name
+                ))
+            }
+            None => {
+                if durable.changed().await.is_err() {
+                    return Err("the master database closed".into());
+                }
+            }
+        }
+    }
 }
 
 /// What the replicate should hold (count and digest) after the master's seq `at`.
