@@ -110,10 +110,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<Outcome> {
     let mut killed_at = None;
     for t in 0..total {
         if t == total / 2 {
-            say(&bar, format!(
-                "   killing the partial replicate's node (SIGKILL, pid {:?}) after {t} transactions",
-                cluster.nodes[2].pid()
-            ));
+            say(
+                &bar,
+                format!(
+                "   killing the partial replicate's node (SIGKILL, pid {}) after {t} transactions",
+                cluster.nodes[2].pid().map_or("?".into(), |p| p.to_string())
+            ),
+            );
             cluster.nodes[2].kill();
             killed_at = Some(Instant::now());
         }
