@@ -22,22 +22,26 @@ use crate::ids::{Fnr, Isn};
 use crate::record::{record_from_json, record_to_json, Record};
 use crate::session::Session;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 
 /// The longest input line accepted.
 pub const MAX_LINE: usize = 4 << 20;
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum ExecCommand {
+/// One command of a transaction. `R` is how a record travels: a [`Record`]
+/// when parsed from a JSON line ([`ExecCommand`]), its canonical encoded
+/// bytes on the wire ([`crate::wire::Command`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command<R> {
     Store {
         file: Fnr,
         isn: Option<Isn>,
-        fields: Record,
+        fields: R,
     },
     Update {
         file: Fnr,
         isn: Isn,
-        fields: Record,
+        fields: R,
     },
     Delete {
         file: Fnr,
@@ -52,6 +56,9 @@ pub enum ExecCommand {
     },
     Bt,
 }
+
+/// A command parsed from a JSON line.
+pub type ExecCommand = Command<Record>;
 
 fn field_u64(
     obj: &serde_json::Map<String, serde_json::Value>,

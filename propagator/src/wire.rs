@@ -82,32 +82,9 @@ fn decode<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<T, WireError> {
     Ok(env.msg)
 }
 
-/// One command of a client transaction (the wire form of `exec`'s lines).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Command {
-    Store {
-        file: Fnr,
-        isn: Option<Isn>,
-        record: ByteBuf,
-    },
-    Update {
-        file: Fnr,
-        isn: Isn,
-        patch: ByteBuf,
-    },
-    Delete {
-        file: Fnr,
-        isn: Isn,
-    },
-    Read {
-        file: Fnr,
-        isn: Isn,
-    },
-    Et {
-        id: Option<String>,
-    },
-    Bt,
-}
+/// One command of a client transaction (the wire form of `exec`'s lines):
+/// records travel as their canonical encoded bytes.
+pub type Command = crate::exec::Command<ByteBuf>;
 
 /// What a replication task asks of a task control request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,13 +317,13 @@ mod tests {
         let r = Request::Exec(Command::Store {
             file: Fnr(10),
             isn: Some(Isn(3)),
-            record: ByteBuf::from(vec![1, 2, 3]),
+            fields: ByteBuf::from(vec![1, 2, 3]),
         });
         let b = r.encode().expect("encode");
         match Request::decode(&b).expect("decode") {
-            Request::Exec(Command::Store { file, isn, record }) => {
+            Request::Exec(Command::Store { file, isn, fields }) => {
                 assert_eq!(
-                    (file, isn, record.into_vec()),
+                    (file, isn, fields.into_vec()),
                     (Fnr(10), Some(Isn(3)), vec![1, 2, 3])
                 );
             }

@@ -116,7 +116,7 @@ fn store(g: u64) -> anyhow::Result<Command> {
     Ok(Command::Store {
         file: MASTER,
         isn: Some(Isn(g)),
-        record: item(g)?,
+        fields: item(g)?,
     })
 }
 
@@ -316,7 +316,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         Ok(Command::Store {
             file: MASTER,
             isn: Some(Isn(g)),
-            record: ByteBuf::from(encode_record(&r)?),
+            fields: ByteBuf::from(encode_record(&r)?),
         })
     };
     let t0 = Instant::now();
@@ -379,7 +379,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
                         Command::Update {
                             file: MASTER,
                             isn: Isn(i),
-                            patch: ByteBuf::from(encode_record(&p)?),
+                            fields: ByteBuf::from(encode_record(&p)?),
                         }
                     } else {
                         Command::Delete {

@@ -155,6 +155,18 @@ pub(crate) struct Latest {
     pub damaged: BTreeMap<Fnr, String>,
 }
 
+impl Latest {
+    /// A file's definition, meta (count, digest, next isn) and damage.
+    fn info(&self, fnr: Fnr) -> Result<FileInfo, DbError> {
+        let def = self.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+        Ok(FileInfo {
+            def: def.clone(),
+            meta: self.metas.get(&fnr).copied().unwrap_or(FileMeta::new(fnr)),
+            damaged: self.damaged.get(&fnr).cloned(),
+        })
+    }
+}
+
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub dbid: DbId,
@@ -421,13 +433,7 @@ impl Database {
 
     /// A file's meta (count, digest, next isn) and damage, if any.
     pub fn file_info(&self, fnr: Fnr) -> Result<FileInfo, DbError> {
-        let st = lock(&self.shared().state);
-        let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
-        Ok(FileInfo {
-            def: def.clone(),
-            meta: st.metas.get(&fnr).copied().unwrap_or(FileMeta::new(fnr)),
-            damaged: st.damaged.get(&fnr).cloned(),
-        })
+        lock(&self.shared().state).info(fnr)
     }
 
     /// Commits changes replicated from a master, and the confirmation record,
@@ -474,19 +480,7 @@ impl Database {
     ) -> Result<(Option<Record>, FileInfo), DbError> {
         let st = lock(&self.shared().state);
         Self::usable_def(&st, rec_fnr)?;
-        let def = st
-            .catalog
-            .get(&info_fnr)
-            .ok_or(DbError::UnknownFile(info_fnr))?;
-        let info = FileInfo {
-            def: def.clone(),
-            meta: st
-                .metas
-                .get(&info_fnr)
-                .copied()
-                .unwrap_or(FileMeta::new(info_fnr)),
-            damaged: st.damaged.get(&info_fnr).cloned(),
-        };
+        let info = st.info(info_fnr)?;
         let bytes = LatestView {
             st: &st,
             store: &self.shared().store,
@@ -526,11 +520,7 @@ impl Database {
     /// store, computed from the records themselves (also for a damaged file).
     pub fn content_digest(&self, fnr: Fnr) -> Result<(u64, crate::Digest), DbError> {
         self.wait_applied()?;
-        let mut meta = FileMeta::new(fnr);
-        for kv in self.shared().store.scan(fnr, Isn(1)) {
-            let (isn, v) = kv?;
-            meta.change(isn, None, Some(&v));
-        }
+        let meta = recovery::scan_meta(&self.shared().store, fnr)?;
         Ok((meta.count, meta.digest))
     }
 
@@ -555,18 +545,7 @@ impl Database {
     /// Every file with its meta.
     pub fn files(&self) -> Vec<FileInfo> {
         let st = lock(&self.shared().state);
-        st.catalog
-            .values()
-            .map(|def| FileInfo {
-                def: def.clone(),
-                meta: st
-                    .metas
-                    .get(&def.fnr)
-                    .copied()
-                    .unwrap_or(FileMeta::new(def.fnr)),
-                damaged: st.damaged.get(&def.fnr).cloned(),
-            })
-            .collect()
+        st.catalog.keys().filter_map(|f| st.info(*f).ok()).collect()
     }
 
     /// A file's definition, refusing unknown and damaged files.

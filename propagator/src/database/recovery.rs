@@ -235,15 +235,21 @@ fn replay_commit(
 }
 
 /// Compares a file's content in the store with its expected meta.
+/// The count and digest of a file computed from its records in the page store.
+pub(crate) fn scan_meta(store: &PageStore, fnr: Fnr) -> Result<FileMeta, DbError> {
+    let mut actual = FileMeta::new(fnr);
+    for kv in store.scan(fnr, Isn(0)) {
+        let (isn, v) = kv?;
+        actual.change(isn, None, Some(&v));
+    }
+    Ok(actual)
+}
+
 pub(crate) fn content_problem(
     store: &PageStore,
     expected: &FileMeta,
 ) -> Result<Option<String>, DbError> {
-    let mut actual = FileMeta::new(expected.fnr);
-    for kv in store.scan(expected.fnr, Isn(0)) {
-        let (isn, v) = kv?;
-        actual.change(isn, None, Some(&v));
-    }
+    let actual = scan_meta(store, expected.fnr)?;
     if actual.count == expected.count && actual.digest == expected.digest {
         return Ok(None);
     }

@@ -225,7 +225,11 @@ impl ExecTarget for Client {
     fn store(&mut self, file: Fnr, isn: Option<Isn>, fields: Record) -> Result<Isn, ClientError> {
         self.in_txn = true;
         let record = encode_for_wire(&fields)?;
-        match self.exec(Command::Store { file, isn, record })? {
+        match self.exec(Command::Store {
+            file,
+            isn,
+            fields: record,
+        })? {
             Response::Stored { isn } => Ok(isn),
             other => Err(self.conn.unexpected(&other, "Stored")),
         }
@@ -234,7 +238,11 @@ impl ExecTarget for Client {
     fn update(&mut self, file: Fnr, isn: Isn, fields: Record) -> Result<(), ClientError> {
         self.in_txn = true;
         let patch = encode_for_wire(&fields)?;
-        let r = self.exec(Command::Update { file, isn, patch })?;
+        let r = self.exec(Command::Update {
+            file,
+            isn,
+            fields: patch,
+        })?;
         self.ok(r)
     }
 

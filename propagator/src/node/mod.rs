@@ -386,11 +386,12 @@ impl Node {
             name: "administration".into(),
             role: Role::Administration,
         });
+        let files = self.db.files();
+        let exists = |fnr: Fnr| files.iter().find(|f| f.def.fnr == fnr);
         for w in &wants {
-            let existing = self.db.files().into_iter().find(|f| f.def.fnr == w.fnr);
-            let Some(f) = existing else {
+            let Some(f) = exists(w.fnr) else {
                 if let Role::Master { log, .. } = w.role {
-                    if self.db.files().iter().any(|f| f.def.fnr == log) {
+                    if exists(log).is_some() {
                         return Err(format!(
                             "database {me}: log file {log} of master {} already exists",
                             w.name
@@ -399,7 +400,7 @@ impl Node {
                 }
                 continue;
             };
-            if let Some(reason) = f.damaged {
+            if let Some(reason) = &f.damaged {
                 return Err(format!(
                     "database {me}: file {} is damaged: {reason}",
                     w.fnr
@@ -407,12 +408,8 @@ impl Node {
             }
             let compatible = match (&w.role, &f.def.role) {
                 (Role::Master { log: want, .. }, Role::Master { log, .. }) => want == log,
-                (Role::Master { .. }, Role::Plain) => {
-                    let Role::Master { log, .. } = w.role else {
-                        unreachable!()
-                    };
-                    !self.db.files().iter().any(|g| g.def.fnr == log)
-                }
+                // A plain file becomes the master, if its log file is free.
+                (Role::Master { log, .. }, Role::Plain) => exists(*log).is_none(),
                 (a, b) => a == b,
             };
             if !compatible {
@@ -743,7 +740,7 @@ fn bad_record(e: impl std::fmt::Display) -> Response {
 fn run_command(s: &mut Session, cmd: Command) -> Response {
     let err = |e: DbError| Response::error(e.to_string());
     match cmd {
-        Command::Store { file, isn, record } => match decode_record(&record) {
+        Command::Store { file, isn, fields } => match decode_record(&fields) {
             Err(e) => {
                 s.bt();
                 bad_record(e)
@@ -753,7 +750,7 @@ fn run_command(s: &mut Session, cmd: Command) -> Response {
                 Err(e) => err(e),
             },
         },
-        Command::Update { file, isn, patch } => match decode_record(&patch) {
+        Command::Update { file, isn, fields } => match decode_record(&fields) {
             Err(e) => {
                 s.bt();
                 bad_record(e)
