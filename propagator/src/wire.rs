@@ -274,8 +274,12 @@ pub enum Response {
     },
     Tasks(Vec<TaskReport>),
     Link(LinkState),
+    /// A replicate's acknowledgement of a batch. It answers only once its
+    /// transaction is durable, so `durable_seq` equals `applied_seq` today;
+    /// both are sent so the feeder never has to assume it.
     Applied {
-        seq: Seq,
+        applied_seq: Seq,
+        durable_seq: Seq,
         digest: Digest,
         count: u64,
         lsn: Lsn,

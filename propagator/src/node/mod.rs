@@ -331,7 +331,8 @@ impl Node {
             for cmd in cmds {
                 r = run_command(&mut s, cmd);
                 if matches!(r, Response::Error { .. }) {
-                    s.bt();
+                    // The session has aborted the transaction, as a local
+                    // session does: a later ET reports it.
                     break;
                 }
             }
@@ -688,7 +689,8 @@ impl Node {
                     q.push_back((s, t, info.visible_us, now));
                 }
                 Response::Applied {
-                    seq,
+                    applied_seq: seq,
+                    durable_seq: seq,
                     digest: meta.digest,
                     count: meta.count,
                     lsn: info.lsn,

@@ -320,9 +320,12 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                     return Stop::Link("acknowledgement with nothing in flight".into());
                 };
                 match resp {
-                    Response::Applied { seq, digest, count, .. } => {
-                        if seq != want_seq {
-                            return Stop::Link(format!("acknowledged seq {seq}, expected {want_seq}"));
+                    Response::Applied { applied_seq, durable_seq: seq, digest, count, .. } => {
+                        // Confirmed means durable on the replicate.
+                        if applied_seq != want_seq || seq != want_seq {
+                            return Stop::Link(format!(
+                                "acknowledged applied seq {applied_seq}, durable seq {seq}; expected {want_seq}"
+                            ));
                         }
                         if digest != want.digest || count != want.count {
                             return Stop::Fatal(format!(
