@@ -78,10 +78,6 @@ fn id_key(id: &str) -> Vec<u8> {
     k
 }
 
-/// How often the applier makes the page store durable (a shorter replay at
-/// the next open; nothing else depends on it).
-pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// How long opening waits for sled's lock to be released by a handle of
 /// this process that is still shutting down.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -93,12 +89,7 @@ impl PageStore {
         let cfg = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // sled's own timer flushed every second, and that flush's
-            // writeback delayed the log's fdatasync on the same disk by up
-            // to ~20 ms (the p99 of replication lag). The applier flushes
-            // instead, rarely ([`FLUSH_EVERY`]); the log is the truth, and
-            // recovery replays whatever sled had not flushed.
-            .flush_every_ms(None);
+            .flush_every_ms(Some(1000));
         // sled releases its file lock from its own background threads, after
         // its handle is dropped: a store this process has just closed can
         // still be locked for a moment. (Another process cannot hold it: the

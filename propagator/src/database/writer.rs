@@ -263,7 +263,6 @@ fn write_group(
 /// ET has already returned, and readers see the commits through the overlay.
 fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
     let mut next = None;
-    let mut flushed = Instant::now();
     loop {
         let msg = match next.take() {
             Some(m) => m,
@@ -295,12 +294,6 @@ fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
                 }
                 if poisoned(shared).is_none() {
                     apply_group(shared, jobs);
-                    if flushed.elapsed() >= crate::store::FLUSH_EVERY {
-                        flushed = Instant::now();
-                        if let Err(e) = shared.store.flush() {
-                            poison(shared, format!("page store flush failed: {e}"));
-                        }
-                    }
                 }
             }
         }
