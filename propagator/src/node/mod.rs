@@ -60,15 +60,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs a blocking database call on this task's own thread, handing the
-/// worker's other tasks to another thread meanwhile (`block_in_place`).
-/// Unlike `spawn_blocking` there is no thread hand-off on the request's own
-/// path: on a loaded 2-core machine every wake-up on the path of a commit
-/// or a replicated batch showed up in the commit-to-apply lag.
+/// Runs a blocking database call off the reactor.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, DbError> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::block_in_place(f).map_err(|e| e.to_string())
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("internal error: {e}")),
+    }
 }
 
 impl Node {
@@ -326,7 +325,7 @@ impl Node {
 
     async fn exec(&self, conv: &mut Conversation, cmds: Vec<Command>) -> Response {
         let mut s = conv.session.take().unwrap_or_else(|| self.db.session());
-        let r = tokio::task::block_in_place(|| {
+        let (s, r) = match tokio::task::spawn_blocking(move || {
             let mut r = Response::Ok;
             for cmd in cmds {
                 r = run_command(&mut s, cmd);
@@ -336,8 +335,13 @@ impl Node {
                     break;
                 }
             }
-            r
-        });
+            (s, r)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => return Response::error(format!("internal error: {e}")),
+        };
         conv.session = Some(s);
         r
     }

@@ -430,9 +430,7 @@ async fn next_batch(
     loop {
         durable.borrow_and_update();
         let c = ctx.clone();
-        // On this thread (see `node::blocking`): reading durable log records
-        // takes the state lock briefly and, past the overlay, the page store.
-        let read = tokio::task::block_in_place(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let mut out: Vec<LogRecord> = Vec::new();
             let mut bytes = 0usize;
             let mut seq = cursor.0 + 1;
@@ -451,11 +449,13 @@ async fn next_batch(
                 out.pop();
             }
             Ok::<_, crate::DbError>(out)
-        });
+        })
+        .await;
         match read {
-            Ok(b) if !b.is_empty() => return Ok(b),
-            Ok(_) => {}
-            Err(e) => return Err(Stop::Fatal(format!("reading the log file: {e}"))),
+            Ok(Ok(b)) if !b.is_empty() => return Ok(b),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Stop::Fatal(format!("reading the log file: {e}"))),
+            Err(e) => return Err(Stop::Link(format!("internal error: {e}"))),
         }
         if durable.changed().await.is_err() {
             return Err(Stop::Link("the master database closed".into()));
