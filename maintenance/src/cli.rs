@@ -44,6 +44,142 @@ pub enum Command {
     /// Show and control replication tasks.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Set or show the policy mode (automatic, manual, maintenance) of every node.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Replicate states, error logs, initial load, reinit, verify, shun.
+    #[command(subcommand)]
+    Replicate(ReplicateCommand),
+    /// Edit a replicate's confirmation (always leaves a gap record).
+    #[command(subcommand)]
+    Confirm(ConfirmCommand),
+    /// Which replicates have a master transaction (by client id or seq).
+    Xref(XrefArgs),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Set the policy on every node of the topology the given node holds.
+    Set {
+        /// automatic, manual or maintenance.
+        mode: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every node's policy.
+    Show {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct ReplicateArgs {
+    /// The replicate's name (as the topology gives it).
+    pub name: String,
+    /// Any node of the topology: the command finds the node that feeds the replicate.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub replicate: ReplicateArgs,
+    /// Load from this full replicate of the same master instead of the master.
+    #[arg(long, value_name = "REPLICATE")]
+    pub from: Option<String>,
+    /// Records per chunk (default: the task's load_chunk, else 8192).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub chunk: Option<u32>,
+    /// Order the load and return; do not wait for it (`etp replicate status` shows it).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ReplicateCommand {
+    /// Every replicate's state, confirmed seq, lag (records, bytes, seconds),
+    /// stalled time and gaps; exit 1 when one is in error, stalled, shunned or has gaps.
+    Status {
+        /// Only this replicate.
+        name: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A replicate's error log.
+    Errors(ReplicateArgs),
+    /// Clear a replicate's error state (recorded in its error log) and restart its feeder.
+    ResetError(ReplicateArgs),
+    /// Stop feeding a replicate, with a recorded reason.
+    Shun {
+        #[command(flatten)]
+        replicate: ReplicateArgs,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Feed a shunned replicate again.
+    Unshun(ReplicateArgs),
+    /// Load a new replicate online (the master keeps committing), in
+    /// checksummed chunks, resumable after a crash of either side.
+    Init(LoadArgs),
+    /// Reload a replicate online; with --scoped only the records that differ move
+    /// (after a predicate or field-list change).
+    Reinit {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long)]
+        scoped: bool,
+    },
+    /// Compare a replicate with the master as of its confirmed seq; list the
+    /// differing isns; exit 1 on any difference.
+    Verify {
+        #[command(flatten)]
+        replicate: ReplicateArgs,
+        /// List at most this many differing isns.
+        #[arg(long, default_value_t = 100)]
+        max_isns: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfirmCommand {
+    /// Move a replicate's confirmation forward to SEQ, skipping the changes
+    /// in between; writes a permanent gap record.
+    Set {
+        #[command(flatten)]
+        replicate: ReplicateArgs,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long, default_value = "confirmation set by the operator")]
+        reason: String,
+    },
+}
+
+#[derive(Args)]
+#[group(id = "txn", required = true, multiple = false, args = ["id", "seq"])]
+pub struct XrefArgs {
+    /// The client transaction id given with ET.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A log seq of the transaction.
+    #[arg(long)]
+    pub seq: Option<u64>,
+    /// The master file (default: every master).
+    #[arg(long)]
+    pub master: Option<u32>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -98,6 +234,13 @@ pub enum AdminCommand {
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
+    /// List the replication tasks of every node of the topology.
+    List {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the replication tasks of a node and the state of every replicate.
     Status {
         #[command(flatten)]
@@ -226,6 +369,25 @@ pub enum LogCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What log cleanup may delete: per master, what every replicate has
+    /// durably confirmed, the copy horizon, and for --until which replicates
+    /// would need a reinit and which copies would lose their roll-forward path.
+    PlanCleanup(CleanupArgs),
+    /// Delete what the plan allows (never past a durable confirmation or the
+    /// master's most recent catalogued copy).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[arg(long)]
+    pub master: Option<u32>,
+    #[arg(long)]
+    pub until: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

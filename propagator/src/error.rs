@@ -67,6 +67,15 @@ pub enum DbError {
         expected: Seq,
         confirmed: Seq,
     },
+    #[error("confirmation file {fnr}: a load ({id}) is in progress; replicated batches wait until it ends")]
+    LoadInProgress { fnr: Fnr, id: String },
+    #[error("loaded chunk out of sequence in confirmation file {fnr}: it continues load {id} at isn {next}, but the replicate holds {found}")]
+    LoadOutOfSequence {
+        fnr: Fnr,
+        id: String,
+        next: u64,
+        found: String,
+    },
 }
 
 impl DbError {

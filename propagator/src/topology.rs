@@ -108,6 +108,11 @@ pub struct TaskDef {
     pub window: Option<u32>,
     /// Log records per batch, at most (default 2000; whole transactions).
     pub batch: Option<u32>,
+    /// Records per chunk of an initial load or reinit (default 8192).
+    pub load_chunk: Option<u32>,
+    /// `etp replicate status` and `etp log plan-cleanup` warn when the
+    /// master's log file holds more than this many MiB (default 1024).
+    pub log_warn_mb: Option<u64>,
 }
 
 /// A replicate with its predicate compiled.
@@ -353,6 +358,8 @@ impl Valid {
                         restart_interval_s: None,
                         window: None,
                         batch: None,
+                        load_chunk: None,
+                        log_warn_mb: None,
                     });
                 let reps = self
                     .replicates

@@ -120,6 +120,9 @@ pub struct Confirmation {
     pub count: u64,
     /// When the replicate applied it (µs since the epoch).
     pub applied_us: i64,
+    /// The load this confirmation ended, if it did (set by a load's last chunk).
+    #[serde(default)]
+    pub loaded_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -193,6 +196,89 @@ pub enum Request {
         /// the batch that changed this replicate (for lag samples).
         txn_ends: Vec<(Seq, i64)>,
     },
+    /// Link: start a load of the replicate as of master seq `snapshot`
+    /// (its confirmation becomes a load-progress record; replicated batches
+    /// wait until the load ends).
+    LoadBegin {
+        id: String,
+        snapshot: Seq,
+        source: String,
+        rewrite: bool,
+    },
+    /// Link: replace the replicate's records in `[from, to)` (`to` None: to
+    /// the end, the last chunk) with `records`, whose count and digest the
+    /// sender computed (checked before anything is written). The last chunk
+    /// carries the confirmation the replicate ends the load with.
+    LoadChunk {
+        id: String,
+        from: Isn,
+        to: Option<Isn>,
+        records: Vec<(Isn, ByteBuf)>,
+        count: u64,
+        digest: Digest,
+        last: Option<Confirmation>,
+    },
+    /// A file's record count and digest over the isns in `[from, to)`.
+    RangeDigest {
+        file: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+    },
+    /// Operator requests about one replicate, on its master's node.
+    Replicate {
+        name: String,
+        action: ReplicateAction,
+    },
+    /// Every replicate fed from this node, with its state.
+    ReplicateStatus,
+    /// The node's policy mode: set it (Some) or read it (None).
+    Policy {
+        set: Option<crate::node::control::Policy>,
+    },
+    /// Which replicates have a master transaction (by client id or seq).
+    Xref {
+        master: Option<Fnr>,
+        id: Option<String>,
+        seq: Option<Seq>,
+    },
+    /// What log cleanup could delete (and, with `execute`, delete it).
+    LogCleanup {
+        master: Option<Fnr>,
+        until: Option<Seq>,
+        execute: bool,
+    },
+}
+
+/// What an operator asks of one replicate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReplicateAction {
+    /// Load it online from a consistent read of the master (`from` None) or
+    /// of a full replicate of the same master. `reinit` replaces what it
+    /// holds; `rewrite` writes every record even where it is already equal
+    /// (false: a scoped reinit moves only what differs).
+    Init {
+        from: Option<String>,
+        reinit: bool,
+        rewrite: bool,
+        chunk: Option<u32>,
+    },
+    Shun {
+        reason: String,
+    },
+    Unshun,
+    ResetError,
+    /// Move its confirmation forward to `seq`, skipping what lies between;
+    /// a permanent gap record says so.
+    ConfirmSet {
+        seq: Seq,
+        reason: String,
+    },
+    /// Compare it with the master as of its confirmed seq.
+    Verify {
+        max_isns: u32,
+    },
+    /// Its error log.
+    Errors,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -221,6 +307,25 @@ pub struct LinkState {
     pub count: u64,
     /// Why the replicate file is unusable, if it is.
     pub damaged: Option<String>,
+    /// A load in progress, if one is.
+    #[serde(default)]
+    pub load: Option<LoadProgress>,
+}
+
+/// How far a load has come, as the replicate's confirmation file records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadProgress {
+    pub id: String,
+    /// The master seq the load is consistent at.
+    pub snapshot: Seq,
+    pub source: String,
+    pub rewrite: bool,
+    /// The records below this isn are loaded.
+    pub next: Isn,
+    /// Count and digest of the records loaded so far.
+    pub count: u64,
+    pub digest: Digest,
+    pub chunks: u64,
 }
 
 /// One replication task's state, as `etp task status` shows it.
@@ -230,6 +335,7 @@ pub struct TaskReport {
     pub master_name: String,
     pub state: String,
     pub restart_interval_s: Option<u64>,
+    pub policy: crate::node::control::Policy,
     pub master_seq: Seq,
     pub replicates: Vec<ReplicateReport>,
 }
@@ -239,13 +345,119 @@ pub struct ReplicateReport {
     pub name: String,
     pub database: DbId,
     pub address: String,
-    /// connecting, online, error, stopped
+    /// full or partial
+    pub kind: String,
+    /// online, offline, initializing, restoring, error, shunned
     pub state: String,
+    /// Why it is in that state (error, shunned, offline), if anything says.
+    pub reason: Option<String>,
+    /// What its feeder is doing: streaming, connecting, retrying in …, loading, stopped.
+    pub phase: String,
     pub sent_seq: Seq,
     pub confirmed_seq: Seq,
     pub lag_records: u64,
+    /// Bytes of log records not yet confirmed (an estimate beyond a bound: see `lag_bytes_exact`).
+    pub lag_bytes: u64,
+    pub lag_bytes_exact: bool,
+    /// Age of the oldest master change it has not confirmed, s.
+    pub lag_s: f64,
+    /// How long it has been behind without confirming anything, s (from
+    /// apply progress, never from heartbeats).
+    pub stalled_s: f64,
+    /// current (nothing unconfirmed), behind (confirming), stalled (behind and
+    /// not confirming for a while).
+    pub health: String,
+    /// consistent, consistent-except-gaps
+    pub consistency: String,
+    pub gaps: Vec<crate::node::control::Gap>,
+    pub load: Option<LoadReport>,
+    pub last_load: Option<crate::node::control::LoadSummary>,
     pub last_error: Option<String>,
+    pub errors_logged: u64,
     pub connects: u64,
+}
+
+/// A load as its feeder sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub id: String,
+    pub snapshot: Seq,
+    pub source: String,
+    /// Master (or source) records read so far, and how many there are.
+    pub scanned: u64,
+    pub total: u64,
+    /// Records loaded into the replicate so far (all runs).
+    pub loaded: u64,
+    /// Chunks committed by this run, and the isn it resumed from (1: from the start).
+    pub chunks_this_run: u64,
+    pub resumed_from: Isn,
+    pub rows_per_s: f64,
+    pub eta_s: Option<f64>,
+}
+
+/// What `etp replicate verify` found.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub replicate: String,
+    /// The master seq both sides were compared at.
+    pub seq: Seq,
+    pub equal: bool,
+    pub expected_count: u64,
+    pub expected_digest: Digest,
+    pub count: u64,
+    pub digest: Digest,
+    pub ranges_checked: u64,
+    pub ranges_differing: u64,
+    /// (isn, changed | missing | extra)
+    pub differences: Vec<(Isn, String)>,
+    /// More differences exist than listed.
+    pub truncated: bool,
+}
+
+/// One replicate's answer to `etp xref`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XrefEntry {
+    pub replicate: String,
+    /// applied, pending, skipped (gap), not affected (partial: no change there)
+    pub status: String,
+    pub confirmed_seq: Seq,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XrefReport {
+    pub master: Fnr,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub lsn: Lsn,
+    pub time_us: i64,
+    pub client_id: Option<String>,
+    pub replicates: Vec<XrefEntry>,
+}
+
+/// What log cleanup could delete, and why not more.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CleanupPlan {
+    pub master: Fnr,
+    pub master_name: String,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub records: u64,
+    pub bytes: u64,
+    /// Warn when the log holds more than this.
+    pub warn_bytes: u64,
+    /// (replicate, durably confirmed seq, where the figure comes from)
+    pub replicates: Vec<(String, Seq, String)>,
+    /// Seq of the master's most recent catalogued copy, if any.
+    pub copy_horizon: Option<Seq>,
+    /// The highest seq that may be deleted (None: nothing may be).
+    pub safe_until: Option<Seq>,
+    pub requested: Option<Seq>,
+    /// Replicates that would need a full reinit if cleaned to `requested`.
+    pub would_strand: Vec<String>,
+    /// Copies that would lose their roll-forward path.
+    pub would_orphan_copies: Vec<String>,
+    pub deleted: u64,
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -287,6 +499,26 @@ pub enum Response {
     /// Per master transaction: (its last seq, its master commit time, when it
     /// was visible on the replicate, when it was durable there), µs.
     Lag(Vec<(Seq, i64, i64, i64)>),
+    /// A load's progress on the replicate.
+    Loading(LoadProgress),
+    /// A chunk committed on the replicate: the progress after it, and what
+    /// it changed.
+    LoadAck {
+        progress: LoadProgress,
+        stats: crate::database::LoadStats,
+        /// The replicate file's count and digest after the chunk.
+        count: u64,
+        digest: Digest,
+    },
+    Range {
+        count: u64,
+        digest: Digest,
+    },
+    Verify(VerifyReport),
+    Errors(Vec<crate::node::control::ErrorEntry>),
+    Policy(crate::node::control::Policy),
+    Xref(XrefReport),
+    Cleanup(Vec<CleanupPlan>),
 }
 
 impl Request {

@@ -372,14 +372,14 @@ fn without_a_restart_interval_a_lost_link_stops_and_task_restart_heals_it() {
         let st = cl.task_status().ok()?;
         let part = st.replicates.iter().find(|r| r.name == "items_part")?;
         let full = st.replicates.iter().find(|r| r.name == "items_full")?;
-        (part.state.starts_with("stopped") && full.confirmed_seq == st.master_seq).then_some(st)
+        (part.state == "offline" && full.confirmed_seq == st.master_seq).then_some(st)
     });
     let part = status
         .replicates
         .iter()
         .find(|r| r.name == "items_part")
         .expect("part");
-    assert!(part.state.contains("link lost"), "{}", part.state);
+    assert!(part.phase.contains("link lost"), "{}", part.phase);
     assert!(
         part.confirmed_seq < status.master_seq,
         "the stopped replicate lags"
@@ -392,7 +392,7 @@ fn without_a_restart_interval_a_lost_link_stops_and_task_restart_heals_it() {
         .iter()
         .find(|r| r.name == "items_part")
         .expect("part");
-    assert!(part.state.starts_with("stopped"), "{}", part.state);
+    assert_eq!(part.state, "offline", "{}", part.phase);
     // `etp task status` shows it to an operator, exit 0 (stopped is not an error).
     let out = etp(&[
         "task",
@@ -553,19 +553,17 @@ fn a_replicate_record_changed_offline_is_caught_by_the_digest_check() {
     let st = wait_for("the full replicate in error", CONVERGE, || {
         let st = cl.task_status().ok()?;
         let full = st.replicates.iter().find(|r| r.name == "items_full")?;
-        full.state.starts_with("error").then_some(st)
+        (full.state == "error").then_some(st)
     });
     let full = st
         .replicates
         .iter()
         .find(|r| r.name == "items_full")
         .expect("full");
+    let reason = full.reason.clone().unwrap_or_default();
     assert!(
-        full.state.contains("items_full")
-            && full.state.contains("digest")
-            && full.state.contains("seq"),
-        "{}",
-        full.state
+        reason.contains("items_full") && reason.contains("digest") && reason.contains("seq"),
+        "{reason}"
     );
     // The partial replicate is not held back.
     wait_for("the partial to converge", CONVERGE, || {
@@ -579,7 +577,7 @@ fn a_replicate_record_changed_offline_is_caught_by_the_digest_check() {
 }
 
 #[test]
-fn a_master_holding_records_before_its_topology_is_refused_until_initial_load() {
+fn a_master_holding_records_before_its_topology_is_loaded_then_fed() {
     let t = tempfile::tempdir().expect("tempdir");
     // Database 1 exists with records in file 10 before it becomes a master.
     let d1 = t.path().join("db1");
@@ -592,24 +590,56 @@ fn a_master_holding_records_before_its_topology_is_refused_until_initial_load() 
             .status
             .success()
     );
-    let input = "{\"op\":\"store\",\"file\":10,\"isn\":1,\"fields\":{\"id\":1,\"grp\":4,\"qty\":50}}\n{\"op\":\"et\"}\n";
-    assert!(etp_system_tests::etp_stdin(&["exec", "--data", d1s], input)
-        .status
-        .success());
+    let mut input = String::new();
+    for i in 1..=300 {
+        input.push_str(&format!(
+            "{{\"op\":\"store\",\"file\":10,\"isn\":{i},\"fields\":{{\"id\":{i},\"grp\":{},\"qty\":{}}}}}\n",
+            i % 8,
+            i % 50
+        ));
+    }
+    input.push_str("{\"op\":\"et\"}\n");
+    assert!(
+        etp_system_tests::etp_stdin(&["exec", "--data", d1s], &input)
+            .status
+            .success()
+    );
     let cl = Cluster::start(etp_bin(), t.path(), None).expect("cluster");
-    // Both replicates, full and partial, are refused with the reason.
-    let st = wait_for("both replicates in error", CONVERGE, || {
+    // The automatic policy loads both replicates (feeding them from seq 1
+    // would miss the 300 records); the reason is on record.
+    let st = wait_for("both replicates loaded", CONVERGE, || {
         let st = cl.task_status().ok()?;
         st.replicates
             .iter()
-            .all(|r| r.state.starts_with("error"))
+            .all(|r| r.state == "online" && r.last_load.is_some())
             .then_some(st)
     });
     for r in &st.replicates {
-        assert!(r.state.contains("initial load"), "{}", r.state);
+        let l = r.last_load.as_ref().expect("load summary");
+        assert_eq!(l.source, "master");
+        assert_eq!(l.resumed_from, Isn(1));
     }
+    let mut c = cl.master().client().expect("client");
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut model = Model::new();
+    let mut next = 1000u64;
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 20, "after");
+    cl.wait_converged(CONVERGE).expect("converged");
+    cl.check_equal().expect("equal");
+    assert_eq!(
+        cl.dump(2, FULL).expect("full").len() as u64,
+        300 + model.len() as u64
+    );
+    let errors = etp(&[
+        "replicate",
+        "errors",
+        "items_part",
+        "--node",
+        &cl.master().addr.to_string(),
+    ]);
     assert!(
-        cl.dump(2, PART).expect("partial").is_empty(),
-        "nothing half-fed"
+        String::from_utf8_lossy(&errors.stdout).contains("initial load"),
+        "{}",
+        String::from_utf8_lossy(&errors.stdout)
     );
 }

@@ -10,6 +10,8 @@ use std::io::Write;
 
 pub fn run(c: LogCommand) -> anyhow::Result<Outcome> {
     match c {
+        LogCommand::PlanCleanup(a) => super::replicate::cleanup(a, false),
+        LogCommand::Cleanup(a) => super::replicate::cleanup(a, true),
         LogCommand::Show {
             data,
             master,

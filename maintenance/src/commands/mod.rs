@@ -7,6 +7,7 @@ mod demo;
 mod file;
 mod log;
 mod node;
+mod replicate;
 
 use crate::cli::{Cli, Command};
 use crate::Outcome;
@@ -26,6 +27,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Node(c) => node::run(c),
         Command::Admin(c) => node::admin(c),
         Command::Task(c) => node::task(c),
+        Command::Policy(c) => replicate::policy(c),
+        Command::Replicate(c) => replicate::run(c),
+        Command::Confirm(c) => replicate::confirm(c),
+        Command::Xref(a) => replicate::xref(a),
     }
 }
 

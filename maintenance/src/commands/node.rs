@@ -102,6 +102,7 @@ pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
 
 pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
     let (node, req, json) = match c {
+        TaskCommand::List { node, json } => return list(node, json),
         TaskCommand::Status { node, json } => (node, Request::TaskStatus, json),
         TaskCommand::Start(a) => control(a, TaskAction::Start),
         TaskCommand::Stop(a) => control(a, TaskAction::Stop),
@@ -124,6 +125,72 @@ pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Every task of every node of the topology, one line each.
+fn list(node: crate::cli::NodeArgs, json: bool) -> anyhow::Result<Outcome> {
+    let mut client = Client::connect(node.node)?;
+    let text = match client.call(&Request::AdminExport)? {
+        Response::Text(t) => t,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let v = propagator::topology::Valid::parse(&text).map_err(anyhow::Error::msg)?;
+    let mut rows = Vec::new();
+    for (db, addr) in &v.addresses {
+        if v.tasks_on(*db).iter().all(|(_, _, r)| r.is_empty()) {
+            continue;
+        }
+        let tasks = match Client::connect(*addr).and_then(|mut c| c.call(&Request::TaskStatus)) {
+            Ok(Response::Tasks(t)) => t,
+            Ok(other) => bail!("unexpected answer {other:?}"),
+            Err(e) => {
+                rows.push(vec![
+                    db.to_string(),
+                    addr.to_string(),
+                    "-".into(),
+                    format!("unreachable: {e}"),
+                    String::new(),
+                    String::new(),
+                ]);
+                continue;
+            }
+        };
+        for t in tasks {
+            if json {
+                output::json(&serde_json::json!({
+                    "database": db.0, "address": addr.to_string(), "master": t.master.0,
+                    "master_name": t.master_name, "state": t.state, "policy": t.policy,
+                    "replicates": t.replicates.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+                }));
+            }
+            rows.push(vec![
+                db.to_string(),
+                addr.to_string(),
+                format!("{} ({})", t.master, t.master_name),
+                t.state.clone(),
+                t.policy.to_string(),
+                t.replicates
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+    }
+    if !json {
+        output::table(
+            &[
+                "database",
+                "address",
+                "master",
+                "task",
+                "policy",
+                "replicates",
+            ],
+            &rows,
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
 fn control(a: TaskControlArgs, action: TaskAction) -> (crate::cli::NodeArgs, Request, bool) {
     (
         a.node,
@@ -142,12 +209,15 @@ fn print_tasks(tasks: &[TaskReport], json: bool) {
                 "master": t.master.0,
                 "master_name": t.master_name,
                 "state": t.state,
+                "policy": t.policy,
                 "restart_interval_s": t.restart_interval_s,
                 "master_seq": t.master_seq.0,
                 "replicates": t.replicates.iter().map(|r| serde_json::json!({
                     "name": r.name, "database": r.database.0, "address": r.address,
-                    "state": r.state, "sent_seq": r.sent_seq.0, "confirmed_seq": r.confirmed_seq.0,
-                    "lag_records": r.lag_records, "last_error": r.last_error, "connects": r.connects,
+                    "state": r.state, "reason": r.reason, "phase": r.phase,
+                    "sent_seq": r.sent_seq.0, "confirmed_seq": r.confirmed_seq.0,
+                    "lag_records": r.lag_records, "stalled_s": r.stalled_s, "health": r.health,
+                    "last_error": r.last_error, "connects": r.connects,
                 })).collect::<Vec<_>>(),
             }));
         }
@@ -158,10 +228,11 @@ fn print_tasks(tasks: &[TaskReport], json: bool) {
     }
     for t in tasks {
         println!(
-            "task of master {} ({}): {}, master seq {}, restart interval {}",
+            "task of master {} ({}): {}, policy {}, master seq {}, restart interval {}",
             t.master,
             t.master_name,
             t.state,
+            t.policy,
             t.master_seq,
             t.restart_interval_s
                 .map_or("none".into(), |s| format!("{s} s"))
@@ -174,6 +245,7 @@ fn print_tasks(tasks: &[TaskReport], json: bool) {
                     r.name.clone(),
                     format!("{} ({})", r.database, r.address),
                     r.state.clone(),
+                    r.phase.clone(),
                     r.confirmed_seq.to_string(),
                     r.lag_records.to_string(),
                     r.last_error.clone().unwrap_or_default(),
@@ -185,6 +257,7 @@ fn print_tasks(tasks: &[TaskReport], json: bool) {
                 "replicate",
                 "database",
                 "state",
+                "phase",
                 "confirmed",
                 "lag",
                 "last error",

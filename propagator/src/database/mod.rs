@@ -103,14 +103,36 @@ pub(crate) enum Op {
         after: Option<Vec<u8>>,
     },
     /// Store or replace an engine-written record (confirmations, the
-    /// topology). With `follows`, the record's current `seq` field (0 when
-    /// absent) must equal it: a confirmation only ever moves forward.
+    /// topology). With a guard, the record's current state must match it
+    /// (see [`PutGuard`]).
     Put {
         fnr: Fnr,
         isn: Isn,
         record: Record,
-        follows: Option<Seq>,
+        follows: Option<PutGuard>,
     },
+}
+
+/// What a confirmation record must hold before an engine write replaces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutGuard {
+    /// Its `seq` field (0 when absent) equals this and no load is in
+    /// progress: a confirmation only ever moves forward, one batch at a time.
+    Seq(Seq),
+    /// A load with this id is in progress and has loaded up to (not
+    /// including) isn `next`: chunks apply in order, each exactly once.
+    Load { id: String, next: u64 },
+}
+
+/// What one loaded chunk changed on a replicate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadStats {
+    /// Records stored or replaced.
+    pub written: u64,
+    /// Records deleted (held by the replicate, not wanted in the range).
+    pub removed: u64,
+    /// Records already equal, left alone (scoped loads).
+    pub kept: u64,
 }
 
 /// A replicated change: isn, expected current bytes, new bytes (None: absent).
@@ -455,7 +477,7 @@ impl Database {
             fnr: cfnr,
             isn: cisn,
             record: rec,
-            follows: Some(follows),
+            follows: Some(PutGuard::Seq(follows)),
         }];
         ops.extend(
             changes
@@ -514,6 +536,151 @@ impl Database {
             }],
             None,
         )
+    }
+
+    /// Replaces a replicate's records in the isn range `[from, to)` (`to`
+    /// None: to the end) with `wanted` (ascending isns inside the range), and
+    /// writes the load's progress record, as one transaction. Records
+    /// already equal are left alone unless `rewrite`. The progress record is
+    /// guarded ([`PutGuard::Load`]), so a chunk applies exactly once and in
+    /// order. With `expect`, the file's count and digest after the chunk must
+    /// equal it (the last chunk of a load), or nothing is written.
+    ///
+    /// The caller serialises writes to `replicate` (as replication links do).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_range(
+        &self,
+        replicate: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+        wanted: Vec<(Isn, Vec<u8>)>,
+        rewrite: bool,
+        progress: (Fnr, Isn, Record, PutGuard),
+        expect: Option<(u64, crate::Digest)>,
+    ) -> Result<(CommitInfo, LoadStats), DbError> {
+        let in_range = |i: Isn| i >= from && to.is_none_or(|t| i < t);
+        if let Some(bad) = wanted.iter().find(|(i, _)| !in_range(*i) || i.0 == 0) {
+            return Err(DbError::BadDefinition(format!(
+                "loaded record isn {} lies outside its chunk [{from}, {})",
+                bad.0,
+                to.map_or("end".into(), |t| t.to_string())
+            )));
+        }
+        if wanted.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(DbError::BadDefinition(
+                "loaded records are not in ascending isn order".into(),
+            ));
+        }
+        let def = self.file(replicate)?;
+        if def.role != Role::Replicate {
+            return Err(DbError::BadDefinition(format!(
+                "file {replicate} is a {} file, not a replicate",
+                def.role.name()
+            )));
+        }
+        // Every earlier write to this replicate is in the page store.
+        self.wait_applied()?;
+        let mut existing = Vec::new();
+        for kv in self.shared().store.scan(replicate, from) {
+            let (isn, v) = kv?;
+            if !in_range(isn) {
+                break;
+            }
+            existing.push((isn, v));
+        }
+        let mut meta = self.file_info(replicate)?.meta;
+        let mut stats = LoadStats::default();
+        let mut ops = Vec::new();
+        let mut change = |isn: Isn, before: Option<Vec<u8>>, after: Option<Vec<u8>>| {
+            meta.change(isn, before.as_deref(), after.as_deref());
+            ops.push(Op::Replicated {
+                fnr: replicate,
+                isn,
+                before,
+                after,
+            });
+        };
+        let (mut have, mut want) = (
+            existing.into_iter().peekable(),
+            wanted.into_iter().peekable(),
+        );
+        loop {
+            match (have.peek(), want.peek()) {
+                (None, None) => break,
+                (Some(_), None) => {
+                    if let Some((i, b)) = have.next() {
+                        stats.removed += 1;
+                        change(i, Some(b), None);
+                    }
+                }
+                (None, Some(_)) => {
+                    if let Some((i, a)) = want.next() {
+                        stats.written += 1;
+                        change(i, None, Some(a));
+                    }
+                }
+                (Some((hi, _)), Some((wi, _))) => {
+                    let (hi, wi) = (*hi, *wi);
+                    if hi < wi {
+                        if let Some((i, b)) = have.next() {
+                            stats.removed += 1;
+                            change(i, Some(b), None);
+                        }
+                    } else if wi < hi {
+                        if let Some((i, a)) = want.next() {
+                            stats.written += 1;
+                            change(i, None, Some(a));
+                        }
+                    } else if let (Some((i, b)), Some((_, a))) = (have.next(), want.next()) {
+                        if a == b && !rewrite {
+                            stats.kept += 1;
+                        } else {
+                            stats.written += 1;
+                            change(i, Some(b), Some(a));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((count, digest)) = expect {
+            if (meta.count, meta.digest) != (count, digest) {
+                return Err(DbError::BadDefinition(format!(
+                    "replicate file {replicate} would hold {} records with digest {} after its last loaded chunk, but the load expects {count} records with digest {digest}; nothing written",
+                    meta.count, meta.digest
+                )));
+            }
+        }
+        let (cfnr, cisn, rec, guard) = progress;
+        ops.insert(
+            0,
+            Op::Put {
+                fnr: cfnr,
+                isn: cisn,
+                record: rec,
+                follows: Some(guard),
+            },
+        );
+        let info = self.commit(Vec::new(), ops, None)?;
+        Ok((info, stats))
+    }
+
+    /// The count and digest of a file's committed records with isns in
+    /// `[from, to)` (`to` None: to the end), computed from the records.
+    pub fn range_digest(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+    ) -> Result<(u64, crate::Digest), DbError> {
+        let mut meta = FileMeta::new(fnr);
+        self.for_each_raw(fnr, from, |isn, b| {
+            if to.is_some_and(|t| isn >= t) {
+                return Ok(false);
+            }
+            meta.change(isn, None, Some(b));
+            Ok(true)
+        })?;
+        Ok((meta.count, meta.digest))
     }
 
     /// The count and digest of a file's records as they stand in the page
@@ -1064,20 +1231,50 @@ fn resolve<V: StateView>(
             ..
         } => {
             let before = ap.current(fnr, isn)?;
-            if let Some(expected) = follows {
-                let confirmed = match &before {
-                    None => Seq(0),
-                    Some(b) => match decode_record(b).map_err(bad)?.get("seq") {
-                        Some(crate::record::Value::Int(n)) => Seq(*n as u64),
-                        _ => Seq(0),
-                    },
+            if let Some(guard) = follows {
+                let current = match &before {
+                    None => Record::new(),
+                    Some(b) => decode_record(b).map_err(bad)?,
                 };
-                if confirmed != expected {
-                    return Err(DbError::OutOfSequence {
-                        fnr,
-                        expected,
-                        confirmed,
-                    });
+                let int = |k: &str| match current.get(k) {
+                    Some(crate::record::Value::Int(n)) => Some(*n as u64),
+                    _ => None,
+                };
+                let load_id = match current.get("load_id") {
+                    Some(crate::record::Value::Text(t)) => Some(t.as_str()),
+                    _ => None,
+                };
+                match guard {
+                    PutGuard::Seq(expected) => {
+                        if let Some(id) = load_id {
+                            return Err(DbError::LoadInProgress {
+                                fnr,
+                                id: id.to_string(),
+                            });
+                        }
+                        let confirmed = Seq(int("seq").unwrap_or(0));
+                        if confirmed != expected {
+                            return Err(DbError::OutOfSequence {
+                                fnr,
+                                expected,
+                                confirmed,
+                            });
+                        }
+                    }
+                    PutGuard::Load { id, next } => {
+                        let at = int("load_next");
+                        if load_id != Some(id.as_str()) || at != Some(next) {
+                            return Err(DbError::LoadOutOfSequence {
+                                fnr,
+                                id,
+                                next,
+                                found: match (load_id, at) {
+                                    (Some(l), Some(n)) => format!("load {l} at isn {n}"),
+                                    _ => "no load in progress".into(),
+                                },
+                            });
+                        }
+                    }
                 }
             }
             crate::plog::Change {

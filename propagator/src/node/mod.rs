@@ -10,6 +10,8 @@
 //! blocking pool; the reactor threads only move frames.
 
 pub mod client;
+pub mod control;
+mod load;
 pub mod task;
 
 use crate::catalog::Role;
@@ -20,9 +22,11 @@ use crate::record::{decode_record, Record, Value};
 use crate::session::Session;
 use crate::topology::{FileWant, Valid};
 use crate::wire::{
-    codec, Command, CommitReply, Confirmation, LinkState, NodeInfo, Request, Response, TaskAction,
+    codec, Command, CommitReply, Confirmation, LinkState, LoadProgress, NodeInfo, ReplicateAction,
+    Request, Response, TaskAction,
 };
 use client::Conn;
+use control::{Control, Policy};
 use futures_util::{SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -48,8 +52,9 @@ pub struct Node {
     db: Database,
     /// Per replicate: commit-to-apply samples.
     lag: Mutex<BTreeMap<String, LagHistory>>,
-    tasks: Mutex<BTreeMap<Fnr, task::Task>>,
+    tasks: Mutex<BTreeMap<Fnr, Arc<task::Task>>>,
     topology: Mutex<Option<Valid>>,
+    control: Arc<Control>,
     /// Serialises topology changes on this node.
     admin: tokio::sync::Mutex<()>,
     /// Per replicate file: held while a link opens or applies a batch.
@@ -74,15 +79,18 @@ impl Node {
     /// Loads the topology kept in the administration file, if any, and
     /// starts the tasks of this database's masters. Call inside a runtime.
     pub fn new(db: Database) -> Result<Arc<Node>, String> {
+        let stored = stored_topology(&db)?;
+        let control = Control::open(db.clone(), stored.as_ref().map(|v| v.admin_file()))?;
         let node = Arc::new(Node {
             db,
             lag: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(BTreeMap::new()),
             topology: Mutex::new(None),
+            control: Arc::new(control),
             admin: tokio::sync::Mutex::new(()),
             owners: Mutex::new(BTreeMap::new()),
         });
-        if let Some(v) = node.stored_topology()? {
+        if let Some(v) = stored {
             node.start_tasks(&v);
             *lock(&node.topology) = Some(v);
         }
@@ -97,45 +105,49 @@ impl Node {
         lock(&self.owners).entry(file).or_default().clone()
     }
 
-    fn stored_topology(&self) -> Result<Option<Valid>, String> {
-        let admin = self
-            .db
-            .files()
-            .into_iter()
-            .find(|f| f.def.role == Role::Administration);
-        let Some(admin) = admin else {
-            return Ok(None);
-        };
-        let rec = self
-            .db
-            .read(admin.def.fnr, TOPOLOGY_ISN)
-            .map_err(|e| format!("reading the administration file: {e}"))?;
-        let Some(Value::Text(text)) = rec.as_ref().and_then(|r| r.get("topology")) else {
-            return Ok(None);
-        };
-        Valid::parse(text)
-            .map(Some)
-            .map_err(|e| format!("the administration file holds a bad topology: {e}"))
-    }
-
     fn start_tasks(self: &Arc<Self>, v: &Valid) {
         let mut tasks = lock(&self.tasks);
         for (_, t) in std::mem::take(&mut *tasks) {
-            t.stop();
+            t.abort();
         }
         for (m, def, reps) in v.tasks_on(self.db.dbid()) {
             if reps.is_empty() {
                 continue;
             }
-            let t = task::Task::start(self.db.clone(), m.clone(), def, reps);
-            tasks.insert(Fnr(m.file), t);
+            let t = task::Task::start(self.db.clone(), m.clone(), def, reps, self.control.clone());
+            tasks.insert(Fnr(m.file), Arc::new(t));
         }
     }
 
     /// Stops every task (shutdown).
     pub fn stop_tasks(&self) {
         for (_, t) in std::mem::take(&mut *lock(&self.tasks)) {
-            t.stop();
+            t.abort();
+        }
+    }
+
+    fn all_tasks(&self) -> Vec<Arc<task::Task>> {
+        lock(&self.tasks).values().cloned().collect()
+    }
+
+    /// The task that feeds a replicate.
+    fn task_of(&self, replicate: &str) -> Result<Arc<task::Task>, String> {
+        self.all_tasks()
+            .into_iter()
+            .find(|t| t.feeds(replicate))
+            .ok_or_else(|| format!("no task on this node feeds replicate {replicate:?}"))
+    }
+
+    /// Every task's report (reads log records: off the reactor).
+    async fn reports(&self) -> Response {
+        let tasks = self.all_tasks();
+        match tokio::task::spawn_blocking(move || {
+            tasks.iter().map(|t| t.report()).collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(r) => Response::Tasks(r),
+            Err(e) => Response::error(format!("internal error: {e}")),
         }
     }
 
@@ -271,17 +283,96 @@ impl Node {
                     self.install(v).await
                 }
             },
-            Request::TaskStatus => {
-                Response::Tasks(lock(&self.tasks).values().map(|t| t.report()).collect())
+            Request::TaskStatus | Request::ReplicateStatus => self.reports().await,
+            Request::TaskControl { master, action } => self.task_control(master, action).await,
+            Request::Replicate { name, action } => self.replicate_action(name, action).await,
+            Request::Policy { set } => self.policy(set).await,
+            Request::Xref { master, id, seq } => {
+                let tasks: Vec<_> = self
+                    .all_tasks()
+                    .into_iter()
+                    .filter(|t| master.is_none_or(|m| m == t.master()))
+                    .collect();
+                if tasks.is_empty() {
+                    return Response::error("no replication task on this node matches");
+                }
+                let r = tokio::task::spawn_blocking(move || {
+                    for t in tasks {
+                        if let Some(x) = t.xref(id.as_deref(), seq)? {
+                            return Ok(Some(x));
+                        }
+                    }
+                    Ok::<_, String>(None)
+                })
+                .await;
+                match r {
+                    Ok(Ok(Some(x))) => Response::Xref(x),
+                    Ok(Ok(None)) => {
+                        Response::error("no such transaction in the log of any master on this node")
+                    }
+                    Ok(Err(e)) => Response::error(e),
+                    Err(e) => Response::error(format!("internal error: {e}")),
+                }
             }
-            Request::TaskControl { master, action } => self.task_control(master, action),
+            Request::LogCleanup {
+                master,
+                until,
+                execute: _,
+            } => {
+                let tasks: Vec<_> = self
+                    .all_tasks()
+                    .into_iter()
+                    .filter(|t| master.is_none_or(|m| m == t.master()))
+                    .collect();
+                if tasks.is_empty() {
+                    return Response::error("no replication task on this node matches");
+                }
+                let r = tokio::task::spawn_blocking(move || {
+                    tasks
+                        .iter()
+                        .map(|t| t.cleanup_plan(until))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await;
+                match r {
+                    Ok(Ok(plans)) => Response::Cleanup(plans),
+                    Ok(Err(e)) => Response::error(e),
+                    Err(e) => Response::error(format!("internal error: {e}")),
+                }
+            }
+            Request::RangeDigest { file, from, to } => {
+                let db = self.db.clone();
+                match blocking(move || db.range_digest(file, from, to)).await {
+                    Ok((count, digest)) => Response::Range { count, digest },
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::LoadBegin {
+                id,
+                snapshot,
+                source,
+                rewrite,
+            } => self.load_begin(conv, id, snapshot, source, rewrite).await,
+            Request::LoadChunk {
+                id,
+                from,
+                to,
+                records,
+                count,
+                digest,
+                last,
+            } => {
+                self.load_chunk(conv, id, from, to, records, (count, digest), last)
+                    .await
+            }
             Request::WaitConfirmed {
                 replicate,
                 seq,
                 timeout_ms,
             } => {
-                let rx = lock(&self.tasks)
-                    .values()
+                let rx = self
+                    .all_tasks()
+                    .iter()
                     .find_map(|t| t.watch_confirmed(&replicate));
                 let Some(mut rx) = rx else {
                     return Response::error(format!(
@@ -346,33 +437,202 @@ impl Node {
         r
     }
 
-    fn task_control(&self, master: Option<Fnr>, action: TaskAction) -> Response {
-        let tasks = lock(&self.tasks);
+    async fn task_control(&self, master: Option<Fnr>, action: TaskAction) -> Response {
+        let tasks: Vec<_> = self
+            .all_tasks()
+            .into_iter()
+            .filter(|t| master.is_none_or(|m| m == t.master()))
+            .collect();
         if tasks.is_empty() {
-            return Response::error("this node runs no replication task");
+            return Response::error(match master {
+                Some(m) => format!("no replication task for master file {m} on this node"),
+                None => "this node runs no replication task".into(),
+            });
         }
-        let mut found = false;
-        for (m, t) in tasks.iter() {
-            if master.is_some_and(|want| want != *m) {
-                continue;
-            }
-            found = true;
+        let policy = self.control.policy();
+        if policy == Policy::Maintenance && action != TaskAction::Stop {
+            return Response::error(
+                "policy is maintenance: no task starts (etp policy set automatic|manual first)",
+            );
+        }
+        for t in &tasks {
             match action {
                 TaskAction::Start => t.start_feeders(),
-                TaskAction::Stop => t.stop_feeders("stopped by the operator"),
+                TaskAction::Stop => t.stop_feeders("stopped by the operator").await,
                 TaskAction::Restart => {
-                    t.stop_feeders("restarting");
+                    t.stop_feeders("restarting").await;
                     t.start_feeders();
                 }
             }
         }
-        if !found {
-            return Response::error(format!(
-                "no replication task for master file {} on this node",
-                master.map(|m| m.0).unwrap_or_default()
-            ));
+        self.reports().await
+    }
+
+    async fn policy(&self, set: Option<Policy>) -> Response {
+        let Some(p) = set else {
+            return Response::Policy(self.control.policy());
+        };
+        let c = self.control.clone();
+        let r = tokio::task::spawn_blocking(move || c.update(|s| s.policy = p)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Response::error(e),
+            Err(e) => return Response::error(format!("internal error: {e}")),
         }
-        Response::Tasks(tasks.values().map(|t| t.report()).collect())
+        for t in self.all_tasks() {
+            if p == Policy::Maintenance {
+                t.stop_feeders("policy maintenance").await;
+            } else {
+                t.start_feeders();
+            }
+        }
+        Response::Policy(p)
+    }
+
+    async fn replicate_action(&self, name: String, action: ReplicateAction) -> Response {
+        let t = match self.task_of(&name) {
+            Ok(t) => t,
+            Err(e) => return Response::error(e),
+        };
+        let Some(f) = t.feeder(&name).cloned() else {
+            return Response::error(format!("no task on this node feeds replicate {name:?}"));
+        };
+        let c = self.control.clone();
+        let update = |g: Box<dyn FnOnce(&mut control::ReplicateControl) + Send>| {
+            let (c, n) = (c.clone(), name.clone());
+            async move {
+                match tokio::task::spawn_blocking(move || c.update_replicate(&n, g)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("internal error: {e}")),
+                }
+            }
+        };
+        let policy = self.control.policy();
+        match action {
+            ReplicateAction::Errors => {
+                return Response::Errors(self.control.replicate(&name).errors);
+            }
+            ReplicateAction::Init {
+                from,
+                reinit,
+                rewrite,
+                chunk,
+            } => {
+                let ctl = self.control.replicate(&name);
+                if ctl.load.is_none() {
+                    if ctl.shunned.is_some() {
+                        return Response::error(format!(
+                            "replicate {name} is shunned: unshun it first"
+                        ));
+                    }
+                    let has = lock(&f.st).has_confirmation;
+                    if has && !reinit {
+                        return Response::error(format!(
+                            "replicate {name} is already initialized (it confirms seq {}): use reinit",
+                            lock(&f.st).confirmed
+                        ));
+                    }
+                    if let Some(src) = &from {
+                        if src == &name {
+                            return Response::error("a replicate cannot be loaded from itself");
+                        }
+                    }
+                    t.stop_feeder(&f, "a load was ordered").await;
+                    let order = control::LoadOrder {
+                        id: task::new_load_id(),
+                        from,
+                        rewrite,
+                        chunk,
+                        requested_us: chrono::Utc::now().timestamp_micros(),
+                        why: if reinit {
+                            "reinit ordered by the operator"
+                        } else {
+                            "init ordered by the operator"
+                        }
+                        .into(),
+                    };
+                    if let Err(e) = update(Box::new(move |r| {
+                        r.log("info", &format!("{} ({})", order.why, order.id));
+                        r.error = None;
+                        r.load = Some(order);
+                    }))
+                    .await
+                    {
+                        return Response::error(e);
+                    }
+                }
+                if policy == Policy::Maintenance {
+                    return Response::error(
+                        "the load is ordered; it starts when the policy leaves maintenance",
+                    );
+                }
+                t.start_one(&f);
+            }
+            ReplicateAction::Shun { reason } => {
+                t.stop_feeder(&f, "shunned").await;
+                let r2 = reason.clone();
+                if let Err(e) = update(Box::new(move |r| {
+                    r.log("shun", &r2);
+                    r.shunned = Some((r2, chrono::Utc::now().timestamp_micros()));
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+            }
+            ReplicateAction::Unshun => {
+                if let Err(e) = update(Box::new(|r| {
+                    r.log("unshun", "unshunned by the operator");
+                    r.shunned = None;
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+                if policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+            }
+            ReplicateAction::ResetError => {
+                if let Err(e) = update(Box::new(|r| {
+                    let what = r
+                        .error
+                        .take()
+                        .map_or("no error was set".to_string(), |e| e.reason);
+                    r.log("reset", &format!("error reset by the operator: {what}"));
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+                if policy != Policy::Maintenance {
+                    t.stop_feeder(&f, "error reset").await;
+                    t.start_one(&f);
+                }
+            }
+            ReplicateAction::ConfirmSet { seq, reason } => {
+                t.stop_feeder(&f, "confirm set").await;
+                let r = load::confirm_set(&t.ctx, &f, seq, &reason).await;
+                if policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+                if let Err(e) = r {
+                    return Response::error(e);
+                }
+            }
+            ReplicateAction::Verify { max_isns } => {
+                t.stop_feeder(&f, "paused for verify").await;
+                let r = load::verify(&t.ctx, &f, max_isns.max(1) as usize).await;
+                if policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+                return match r {
+                    Ok(v) => Response::Verify(v),
+                    Err(e) => Response::error(e),
+                };
+            }
+        }
+        self.reports().await
     }
 
     // ---------------------------------------------------------- administration
@@ -469,6 +729,7 @@ impl Node {
         if let Err(e) = r {
             return Response::error(format!("installing the topology on database {me}: {e}"));
         }
+        self.control.set_admin(admin);
         self.start_tasks(&v);
         *lock(&self.topology) = Some(v);
         Response::Ok
@@ -581,9 +842,16 @@ impl Node {
                     info.def.role.name()
                 )));
             }
-            let conf = match conf {
-                None => None,
-                Some(r) => Some(confirmation_from_record(&r).map_err(DbError::BadDefinition)?),
+            let (conf, load) = match conf {
+                None => (None, None),
+                Some(r) if r.contains_key("load_id") => (
+                    None,
+                    Some(load_progress_from_record(&r).map_err(DbError::BadDefinition)?),
+                ),
+                Some(r) => (
+                    Some(confirmation_from_record(&r).map_err(DbError::BadDefinition)?),
+                    None,
+                ),
             };
             let (count, digest) = match &info.damaged {
                 Some(_) => db.content_digest(file)?,
@@ -594,6 +862,7 @@ impl Node {
                 digest,
                 count,
                 damaged: info.damaged,
+                load,
             })
         })
         .await;
@@ -617,6 +886,157 @@ impl Node {
                 });
                 Response::Link(state)
             }
+            Err(e) => Response::error(e),
+        }
+    }
+
+    async fn load_begin(
+        &self,
+        conv: &mut Conversation,
+        id: String,
+        snapshot: Seq,
+        source: String,
+        rewrite: bool,
+    ) -> Response {
+        let Some(link) = conv.link.clone() else {
+            return Response::error("LoadBegin before LinkOpen");
+        };
+        let owner = self.link_owner(link.file);
+        let _owner = owner.lock().await;
+        let p = LoadProgress {
+            id,
+            snapshot,
+            source,
+            rewrite,
+            next: Isn(1),
+            count: 0,
+            digest: crate::Digest::default(),
+            chunks: 0,
+        };
+        let rec = load_progress_to_record(&link, &p);
+        let db = self.db.clone();
+        let r = blocking(move || {
+            db.put_engine_record(link.confirmation, Isn(u64::from(link.file.0)), rec)
+        })
+        .await;
+        match r {
+            Ok(_) => {
+                tracing::info!(replicate = %link.name, id = %p.id, snapshot = %p.snapshot, "load begins");
+                Response::Loading(p)
+            }
+            Err(e) => Response::error(e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn load_chunk(
+        &self,
+        conv: &mut Conversation,
+        id: String,
+        from: Isn,
+        to: Option<Isn>,
+        records: Vec<(Isn, ByteBuf)>,
+        sum: (u64, crate::Digest),
+        last: Option<Confirmation>,
+    ) -> Response {
+        let Some(link) = conv.link.clone() else {
+            return Response::error("LoadChunk before LinkOpen");
+        };
+        let records: Vec<(Isn, Vec<u8>)> = records
+            .into_iter()
+            .map(|(i, b)| (i, b.into_vec()))
+            .collect();
+        // The chunk is what its sender computed, or nothing is written.
+        let mut m = crate::FileMeta::new(link.file);
+        for (i, b) in &records {
+            m.change(*i, None, Some(b));
+        }
+        if (m.count, m.digest) != sum {
+            return Response::error(format!(
+                "loaded chunk [{from}, …) arrived with {} records and digest {}, its sender computed {} and {}: refused",
+                m.count, m.digest, sum.0, sum.1
+            ));
+        }
+        if last.is_some() != to.is_none() {
+            return Response::error(
+                "only the last chunk of a load (open-ended) carries the confirmation",
+            );
+        }
+        let owner = self.link_owner(link.file);
+        let _owner = owner.lock().await;
+        let db = self.db.clone();
+        let cisn = Isn(u64::from(link.file.0));
+        let r = blocking(move || {
+            let (rec, _) = db.read_with_info(link.confirmation, cisn, link.file)?;
+            let current = match rec.as_ref().map(load_progress_from_record) {
+                Some(Ok(p)) if p.id == id => p,
+                _ => {
+                    return Err(DbError::LoadOutOfSequence {
+                        fnr: link.confirmation,
+                        id,
+                        next: from.0,
+                        found: "no load with that id in progress".into(),
+                    })
+                }
+            };
+            let mut total = crate::FileMeta::new(link.file);
+            total.count = current.count;
+            total.digest = current.digest;
+            for (i, b) in &records {
+                total.change(*i, None, Some(b));
+            }
+            let next = LoadProgress {
+                next: to.unwrap_or(Isn(u64::MAX)),
+                count: total.count,
+                digest: total.digest,
+                chunks: current.chunks + 1,
+                ..current.clone()
+            };
+            let (progress, expect) = match &last {
+                Some(c) => {
+                    if (c.count, c.digest) != (total.count, total.digest) {
+                        return Err(DbError::BadDefinition(format!(
+                            "the load's confirmation says {} records with digest {}, the chunks add up to {} with digest {}",
+                            c.count, c.digest, total.count, total.digest
+                        )));
+                    }
+                    let mut c = c.clone();
+                    c.replicate = link.name.clone();
+                    c.master_db = link.master_db;
+                    c.master = link.master;
+                    c.applied_us = chrono::Utc::now().timestamp_micros();
+                    c.loaded_by = Some(current.id.clone());
+                    (confirmation_to_record(&c), Some((total.count, total.digest)))
+                }
+                None => (load_progress_to_record(&link, &next), None),
+            };
+            let guard = crate::database::PutGuard::Load {
+                id: current.id.clone(),
+                next: from.0,
+            };
+            let (info, stats) = db.load_range(
+                link.file,
+                from,
+                to,
+                records,
+                current.rewrite,
+                (link.confirmation, cisn, progress, guard),
+                expect,
+            )?;
+            let meta = match meta_of(&info, link.file) {
+                Some(m) => m,
+                None => db.file_info(link.file)?.meta,
+            };
+            Ok((next, stats, meta))
+        })
+        .await;
+        match r {
+            Ok((progress, stats, meta)) => Response::LoadAck {
+                progress,
+                stats,
+                count: meta.count,
+                digest: meta.digest,
+            },
             Err(e) => Response::error(e),
         }
     }
@@ -703,6 +1123,25 @@ impl Node {
             Err(e) => Response::error(e),
         }
     }
+}
+
+fn stored_topology(db: &Database) -> Result<Option<Valid>, String> {
+    let admin = db
+        .files()
+        .into_iter()
+        .find(|f| f.def.role == Role::Administration);
+    let Some(admin) = admin else {
+        return Ok(None);
+    };
+    let rec = db
+        .read(admin.def.fnr, TOPOLOGY_ISN)
+        .map_err(|e| format!("reading the administration file: {e}"))?;
+    let Some(Value::Text(text)) = rec.as_ref().and_then(|r| r.get("topology")) else {
+        return Ok(None);
+    };
+    Valid::parse(text)
+        .map(Some)
+        .map_err(|e| format!("the administration file holds a bad topology: {e}"))
 }
 
 fn meta_of(info: &CommitInfo, fnr: Fnr) -> Option<crate::FileMeta> {
@@ -808,7 +1247,54 @@ pub fn confirmation_to_record(c: &Confirmation) -> Record {
     r.insert("digest".into(), Value::Text(c.digest.to_string()));
     r.insert("count".into(), Value::Int(c.count as i64));
     r.insert("applied_us".into(), Value::Int(c.applied_us));
+    if let Some(id) = &c.loaded_by {
+        r.insert("loaded_by".into(), Value::Text(id.clone()));
+    }
     r
+}
+
+/// The confirmation record of a replicate while a load is in progress.
+fn load_progress_to_record(link: &Link, p: &LoadProgress) -> Record {
+    let mut r = Record::new();
+    r.insert("replicate".into(), Value::Text(link.name.clone()));
+    r.insert("master_db".into(), Value::Int(i64::from(link.master_db.0)));
+    r.insert("master".into(), Value::Int(i64::from(link.master.0)));
+    r.insert("seq".into(), Value::Int(0));
+    r.insert("load_id".into(), Value::Text(p.id.clone()));
+    r.insert("load_snapshot".into(), Value::Int(p.snapshot.0 as i64));
+    r.insert("load_source".into(), Value::Text(p.source.clone()));
+    r.insert("load_rewrite".into(), Value::Bool(p.rewrite));
+    r.insert("load_next".into(), Value::Int(p.next.0 as i64));
+    r.insert("load_count".into(), Value::Int(p.count as i64));
+    r.insert("load_digest".into(), Value::Text(p.digest.to_string()));
+    r.insert("load_chunks".into(), Value::Int(p.chunks as i64));
+    r
+}
+
+fn load_progress_from_record(r: &Record) -> Result<LoadProgress, String> {
+    let int = |k: &str| match r.get(k) {
+        Some(Value::Int(i)) => Ok(*i),
+        other => Err(format!(
+            "load progress field {k:?} is {other:?}, not an integer"
+        )),
+    };
+    let text = |k: &str| match r.get(k) {
+        Some(Value::Text(t)) => Ok(t.clone()),
+        other => Err(format!("load progress field {k:?} is {other:?}, not text")),
+    };
+    let digest = text("load_digest")?;
+    Ok(LoadProgress {
+        id: text("load_id")?,
+        snapshot: Seq(int("load_snapshot")? as u64),
+        source: text("load_source")?,
+        rewrite: matches!(r.get("load_rewrite"), Some(Value::Bool(true))),
+        next: Isn(int("load_next")? as u64),
+        count: int("load_count")? as u64,
+        digest: digest
+            .parse()
+            .map_err(|_| format!("load progress digest {digest:?} is not a digest"))?,
+        chunks: int("load_chunks")? as u64,
+    })
 }
 
 pub fn confirmation_from_record(r: &Record) -> Result<Confirmation, String> {
@@ -835,5 +1321,9 @@ pub fn confirmation_from_record(r: &Record) -> Result<Confirmation, String> {
             .map_err(|_| format!("confirmation digest {digest:?} is not a digest"))?,
         count: int("count")? as u64,
         applied_us: int("applied_us")?,
+        loaded_by: match r.get("loaded_by") {
+            Some(Value::Text(t)) => Some(t.clone()),
+            _ => None,
+        },
     })
 }

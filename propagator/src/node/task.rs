@@ -15,23 +15,36 @@
 //! the predicate fails to evaluate (a missing field, a wrong type) counts as
 //! not selected ([`Predicate::selects`]).
 //!
-//! A lost link with a restart interval is retried with backoff capped at the
-//! interval; without one the feeder stops until `etp task start|restart`.
-//! A digest mismatch or a diverged replicate puts it in `error` and stops it.
+//! What happens on a failure depends on the node's [`Policy`]:
+//! - a lost link is retried with backoff capped at the task's restart
+//!   interval (automatic policy and a restart interval), else the feeder
+//!   stops until `etp task start|restart`;
+//! - a digest mismatch or a diverged replicate puts it in `error` (recorded
+//!   in its error log); the automatic policy retries it with backoff, the
+//!   manual one waits for `etp replicate reset-error`;
+//! - a replicate that needs a load (new on a master that held records, or
+//!   redefined) is loaded by the automatic policy ([`super::load`]) and
+//!   waits for `etp replicate init` under the manual one;
+//! - the maintenance policy stops every feeder at a safe point (between
+//!   acknowledged batches or chunks) and starts none.
 
 use super::client::{ClientError, Conn};
+use super::control::{Anchor, Control, LoadOrder, Policy};
 use crate::database::Database;
 use crate::digest::FileMeta;
-use crate::ids::{DbId, Fnr, Seq};
+use crate::ids::{DbId, Fnr, Isn, Seq};
 use crate::log_record::LogRecord;
 use crate::predicate::{project, Predicate};
 use crate::record::{decode_record, encode_record};
 use crate::topology::{MasterDef, Replicate, TaskDef};
-use crate::wire::{Confirmation, ReplChange, ReplicateReport, Request, Response, TaskReport};
+use crate::wire::{
+    CleanupPlan, Confirmation, LinkState, ReplChange, ReplicateReport, Request, Response,
+    TaskReport, XrefEntry, XrefReport,
+};
 use serde_bytes::ByteBuf;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// Default batches in flight per replicate.
@@ -41,60 +54,114 @@ const DEFAULT_BATCH: usize = 2000;
 /// Bytes of images per batch, at most (whole transactions).
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// A link with batches in flight and no acknowledgement for this long is dead.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff cap for retrying a replicate in error (automatic policy).
+const ERROR_RETRY_CAP: Duration = Duration::from_secs(60);
+/// Behind and not confirming anything for this long: stalled.
+pub const STALL_AFTER_S: f64 = 3.0;
+/// How often a streaming feeder records its digest anchor.
+const ANCHOR_EVERY: Duration = Duration::from_secs(30);
+/// Log records scanned, at most, to measure a replicate's lag in bytes.
+const LAG_BYTES_SCAN: u64 = 200_000;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Ctx {
-    db: Database,
-    master: MasterDef,
-    def: TaskDef,
-    log: Fnr,
-    window: usize,
-    batch: usize,
+pub(super) struct Ctx {
+    pub db: Database,
+    pub master: MasterDef,
+    pub def: TaskDef,
+    pub log: Fnr,
+    pub window: usize,
+    pub batch: usize,
+    pub control: Arc<Control>,
+    /// Every replicate of this master (a load may read from a full one).
+    pub reps: Vec<Replicate>,
+}
+
+/// A load as its feeder runs it.
+#[derive(Clone, Debug)]
+pub(super) struct LoadStatus {
+    pub id: String,
+    pub snapshot: Seq,
+    pub source: String,
+    pub scanned: u64,
+    pub total: u64,
+    pub loaded: u64,
+    pub chunks_this_run: u64,
+    pub resumed_from: Isn,
+    pub started: Instant,
 }
 
 #[derive(Default)]
-struct FeedState {
-    state: String,
-    sent: Seq,
-    confirmed: Seq,
-    last_error: Option<String>,
-    connects: u64,
+pub(super) struct FeedState {
+    pub phase: String,
+    pub streaming: bool,
+    pub has_confirmation: bool,
+    pub load: Option<LoadStatus>,
+    pub sent: Seq,
+    pub confirmed: Seq,
+    /// When the confirmed seq last moved (or streaming began), µs.
+    pub progress_us: i64,
+    pub last_error: Option<String>,
+    pub connects: u64,
 }
 
-struct Feeder {
-    rep: Replicate,
-    st: Mutex<FeedState>,
-    /// The confirmed seq, for waiters ([`Task::wait_confirmed`]).
-    confirmed: tokio::sync::watch::Sender<Seq>,
+pub(super) struct Feeder {
+    pub rep: Replicate,
+    /// A fingerprint of the replicate's definition (anchors are only valid under it).
+    pub def_hash: u128,
+    pub st: Mutex<FeedState>,
+    /// The confirmed seq, for waiters ([`Task::watch_confirmed`]).
+    pub confirmed: tokio::sync::watch::Sender<Seq>,
     handle: Mutex<Option<JoinHandle<()>>>,
     /// The replicate's expected meta at a seq it confirmed (a shortcut for
     /// the next connect; the resume point always comes from the replicate).
-    expected: Mutex<Option<(Seq, FileMeta)>>,
+    pub expected: Mutex<Option<(Seq, FileMeta)>>,
+    /// Some(why): stop at the next safe point.
+    pub stop: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Feeder {
-    fn set_state(&self, s: &str) {
-        lock(&self.st).state = s.to_string();
+    pub fn set_phase(&self, s: impl Into<String>) {
+        lock(&self.st).phase = s.into();
+    }
+    pub fn name(&self) -> &str {
+        &self.rep.def.name
     }
 }
 
+/// The fingerprint of what a replicate holds of its master.
+pub fn definition_hash(rep: &Replicate) -> u128 {
+    let d = &rep.def;
+    let text = format!(
+        "{}|{}|{}|{}|{}|{:?}|{:?}",
+        d.master_database, d.master, d.database, d.file, d.confirmation, d.fields, d.predicate
+    );
+    let h = blake3::hash(text.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(first)
+}
+
 pub struct Task {
-    ctx: Arc<Ctx>,
-    feeders: Vec<Arc<Feeder>>,
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) feeders: Vec<Arc<Feeder>>,
 }
 
-enum Stop {
-    /// The link failed: retry (with a restart interval) or stop.
+pub(super) enum Stop {
+    /// The link failed: retry (policy and restart interval permitting) or stop.
     Link(String),
-    /// The replicate is wrong: error state, not fed any more.
+    /// The replicate is wrong: error state.
     Fatal(String),
+    /// The replicate needs a load before it can be fed.
+    NeedsLoad(String),
+    /// Asked to stop; stopped at a safe point.
+    Stopped(String),
 }
 
-fn link_err(e: ClientError) -> Stop {
+pub(super) fn link_err(e: ClientError) -> Stop {
     match e {
         // The same batch would be too large again on every retry.
         ClientError::TooLarge { .. } => Stop::Fatal(e.to_string()),
@@ -104,7 +171,7 @@ fn link_err(e: ClientError) -> Stop {
 
 /// Runs a link step with a deadline: a peer that accepts and then stalls
 /// must not hang the feeder.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, ClientError>>,
 ) -> Result<T, Stop> {
@@ -117,9 +184,30 @@ async fn timed<T>(
     }
 }
 
+/// Runs a blocking call (database, control record) off the reactor.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(format!("internal error: {e}")),
+    }
+}
+
+pub(super) fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
 impl Task {
-    /// Starts the feeders; call inside a tokio runtime.
-    pub fn start(db: Database, master: MasterDef, def: TaskDef, reps: Vec<Replicate>) -> Task {
+    /// Starts the feeders (unless the policy or a replicate's state says
+    /// not to); call inside a tokio runtime.
+    pub fn start(
+        db: Database,
+        master: MasterDef,
+        def: TaskDef,
+        reps: Vec<Replicate>,
+        control: Arc<Control>,
+    ) -> Task {
         let ctx = Arc::new(Ctx {
             db,
             log: Fnr(master.log),
@@ -127,19 +215,24 @@ impl Task {
             batch: def.batch.map_or(DEFAULT_BATCH, |b| b as usize),
             master,
             def,
+            control,
+            reps: reps.clone(),
         });
         let feeders = reps
             .into_iter()
             .map(|rep| {
                 Arc::new(Feeder {
+                    def_hash: definition_hash(&rep),
                     rep,
                     st: Mutex::new(FeedState {
-                        state: "starting".into(),
+                        phase: "starting".into(),
+                        progress_us: now_us(),
                         ..FeedState::default()
                     }),
                     confirmed: tokio::sync::watch::channel(Seq(0)).0,
                     handle: Mutex::new(None),
                     expected: Mutex::new(None),
+                    stop: tokio::sync::watch::channel(None).0,
                 })
             })
             .collect();
@@ -148,118 +241,598 @@ impl Task {
         t
     }
 
-    /// Starts every feeder that is not running.
+    pub fn master(&self) -> Fnr {
+        Fnr(self.ctx.master.file)
+    }
+
+    pub fn feeds(&self, replicate: &str) -> bool {
+        self.feeders.iter().any(|f| f.name() == replicate)
+    }
+
+    pub(super) fn feeder(&self, replicate: &str) -> Option<&Arc<Feeder>> {
+        self.feeders.iter().find(|f| f.name() == replicate)
+    }
+
+    /// Starts every feeder that is not running (those the policy and their
+    /// state allow: see [`run`]).
     pub fn start_feeders(&self) {
         for f in &self.feeders {
-            let mut h = lock(&f.handle);
-            if h.as_ref().is_some_and(|h| !h.is_finished()) {
-                continue;
-            }
-            f.set_state("starting");
-            let (ctx, f2) = (self.ctx.clone(), f.clone());
-            *h = Some(tokio::spawn(async move { run(ctx, f2).await }));
+            self.start_one(f);
         }
     }
 
-    /// Stops every feeder (between batches as far as the replicate sees it:
-    /// each batch is one transaction there, applied whole or not at all).
-    pub fn stop_feeders(&self, why: &str) {
+    pub(super) fn start_one(&self, f: &Arc<Feeder>) {
+        let mut h = lock(&f.handle);
+        if h.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        f.stop.send_replace(None);
+        f.set_phase("starting");
+        let (ctx, f2) = (self.ctx.clone(), f.clone());
+        *h = Some(tokio::spawn(async move { run(ctx, f2).await }));
+    }
+
+    /// Stops every feeder at a safe point: between acknowledged batches (a
+    /// batch is one transaction on the replicate, applied whole or not at
+    /// all) or between load chunks.
+    pub async fn stop_feeders(&self, why: &str) {
+        for f in &self.feeders {
+            f.stop.send_replace(Some(why.to_string()));
+        }
+        for f in &self.feeders {
+            stop_one(f, why).await;
+        }
+    }
+
+    pub(super) async fn stop_feeder(&self, f: &Arc<Feeder>, why: &str) {
+        f.stop.send_replace(Some(why.to_string()));
+        stop_one(f, why).await;
+    }
+
+    /// Stops at once (shutdown): the replicate sees whole batches or none.
+    pub fn abort(&self) {
         for f in &self.feeders {
             if let Some(h) = lock(&f.handle).take() {
                 h.abort();
             }
-            f.set_state(&format!("stopped ({why})"));
+            let mut s = lock(&f.st);
+            s.streaming = false;
+            s.load = None;
+            s.phase = "stopped (node shutting down)".into();
         }
-    }
-
-    pub fn stop(&self) {
-        self.stop_feeders("task stopped");
     }
 
     /// A receiver of the named replicate's confirmed seq, if this task feeds it.
     pub fn watch_confirmed(&self, replicate: &str) -> Option<tokio::sync::watch::Receiver<Seq>> {
-        self.feeders
-            .iter()
-            .find(|f| f.rep.def.name == replicate)
-            .map(|f| f.confirmed.subscribe())
+        self.feeder(replicate).map(|f| f.confirmed.subscribe())
     }
 
+    /// The task's state (blocking: reads log records for lag figures).
     pub fn report(&self) -> TaskReport {
-        let master_seq = self
-            .ctx
+        let ctx = &self.ctx;
+        let master_seq = ctx
             .db
-            .file_info(self.ctx.log)
+            .file_info(ctx.log)
             .map(|i| Seq(i.meta.next_isn.saturating_sub(1)))
             .unwrap_or_default();
+        let control = ctx.control.snapshot();
+        let now = now_us();
         let replicates: Vec<ReplicateReport> = self
             .feeders
             .iter()
             .map(|f| {
+                let ctl = control
+                    .replicates
+                    .get(f.name())
+                    .cloned()
+                    .unwrap_or_default();
                 let s = lock(&f.st);
+                let lag_records = master_seq.0.saturating_sub(s.confirmed.0);
+                let oldest_us = if lag_records > 0 {
+                    ctx.db
+                        .read_log_record(ctx.log, Seq(s.confirmed.0 + 1))
+                        .ok()
+                        .flatten()
+                        .map(|r| r.time_us)
+                } else {
+                    None
+                };
+                let lag_s = oldest_us.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+                let stalled_s = match oldest_us {
+                    Some(t) => (now - t.max(s.progress_us)).max(0) as f64 / 1e6,
+                    None if lag_records > 0 => (now - s.progress_us).max(0) as f64 / 1e6,
+                    None => 0.0,
+                };
+                let health = if lag_records == 0 {
+                    "current"
+                } else if stalled_s >= STALL_AFTER_S {
+                    "stalled"
+                } else {
+                    "behind"
+                };
+                let (lag_bytes, exact) = lag_bytes(ctx, s.confirmed, lag_records);
+                let (state, reason) = if let Some((why, _)) = &ctl.shunned {
+                    ("shunned", Some(why.clone()))
+                } else if let Some(e) = &ctl.error {
+                    ("error", Some(e.reason.clone()))
+                } else if let Some(r) = &ctl.restoring {
+                    ("restoring", Some(r.clone()))
+                } else if s.load.is_some() || ctl.load.is_some() {
+                    ("initializing", ctl.load.as_ref().map(|l| l.why.clone()))
+                } else if s.streaming {
+                    ("online", None)
+                } else {
+                    ("offline", Some(s.phase.clone()))
+                };
+                let load = s.load.as_ref().map(|l| {
+                    let secs = l.started.elapsed().as_secs_f64().max(1e-3);
+                    let rate = l.scanned as f64 / secs;
+                    let left = l.total.saturating_sub(l.scanned) as f64;
+                    crate::wire::LoadReport {
+                        id: l.id.clone(),
+                        snapshot: l.snapshot,
+                        source: l.source.clone(),
+                        scanned: l.scanned,
+                        total: l.total,
+                        loaded: l.loaded,
+                        chunks_this_run: l.chunks_this_run,
+                        resumed_from: l.resumed_from,
+                        rows_per_s: rate,
+                        eta_s: (rate > 0.0).then(|| left / rate),
+                    }
+                });
                 ReplicateReport {
-                    name: f.rep.def.name.clone(),
+                    name: f.name().to_string(),
                     database: DbId(f.rep.def.database),
                     address: f.rep.address.to_string(),
-                    state: s.state.clone(),
+                    kind: if f.rep.is_partial() {
+                        "partial"
+                    } else {
+                        "full"
+                    }
+                    .into(),
+                    state: state.into(),
+                    reason,
+                    phase: s.phase.clone(),
                     sent_seq: s.sent,
                     confirmed_seq: s.confirmed,
-                    lag_records: master_seq.0.saturating_sub(s.confirmed.0),
+                    lag_records,
+                    lag_bytes,
+                    lag_bytes_exact: exact,
+                    lag_s,
+                    stalled_s,
+                    health: health.into(),
+                    consistency: if ctl.gaps.is_empty() {
+                        "consistent"
+                    } else {
+                        "consistent-except-gaps"
+                    }
+                    .into(),
+                    gaps: ctl.gaps.clone(),
+                    load,
+                    last_load: ctl.last_load.clone(),
                     last_error: s.last_error.clone(),
+                    errors_logged: ctl.errors.len() as u64,
                     connects: s.connects,
                 }
             })
             .collect();
-        let running = replicates.iter().any(|r| {
-            r.state == "online" || r.state == "connecting" || r.state.starts_with("retrying")
-        });
+        let running = self
+            .feeders
+            .iter()
+            .any(|f| lock(&f.handle).as_ref().is_some_and(|h| !h.is_finished()));
         TaskReport {
-            master: Fnr(self.ctx.master.file),
-            master_name: self.ctx.master.name.clone(),
+            master: Fnr(ctx.master.file),
+            master_name: ctx.master.name.clone(),
             state: if running { "running" } else { "stopped" }.into(),
-            restart_interval_s: self.ctx.def.restart_interval_s,
+            restart_interval_s: ctx.def.restart_interval_s,
+            policy: control.policy,
             master_seq,
             replicates,
         }
     }
+
+    /// Which replicates have a master transaction (blocking).
+    pub fn xref(&self, id: Option<&str>, seq: Option<Seq>) -> Result<Option<XrefReport>, String> {
+        let ctx = &self.ctx;
+        let mut found: Vec<LogRecord> = Vec::new();
+        match (id, seq) {
+            (Some(id), _) => {
+                ctx.db
+                    .for_each_raw(ctx.log, Isn(1), |_, b| {
+                        let r =
+                            LogRecord::decode(b).map_err(|source| crate::DbError::BadRecord {
+                                fnr: ctx.log,
+                                source,
+                            })?;
+                        if r.client_id.as_deref() == Some(id) {
+                            let last = r.part == r.parts;
+                            found.push(r);
+                            return Ok(!last);
+                        }
+                        Ok(true)
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            (None, Some(seq)) => {
+                let Some(r) = ctx
+                    .db
+                    .read_log_record(ctx.log, seq)
+                    .map_err(|e| e.to_string())?
+                else {
+                    return Ok(None);
+                };
+                // The whole transaction: back to part 1, on to the last part.
+                let first = Seq(seq.0 + 1 - u64::from(r.part.max(1)));
+                let last = Seq(first.0 + u64::from(r.parts.max(1)) - 1);
+                for s in first.0..=last.0 {
+                    if let Some(r) = ctx
+                        .db
+                        .read_log_record(ctx.log, Seq(s))
+                        .map_err(|e| e.to_string())?
+                    {
+                        found.push(r);
+                    }
+                }
+            }
+            (None, None) => return Err("name a transaction: --id or --seq".into()),
+        }
+        let (Some(first), Some(last)) = (found.first(), found.last()) else {
+            return Ok(None);
+        };
+        let control = ctx.control.snapshot();
+        let replicates = self
+            .feeders
+            .iter()
+            .map(|f| {
+                let ctl = control
+                    .replicates
+                    .get(f.name())
+                    .cloned()
+                    .unwrap_or_default();
+                let confirmed = lock(&f.st).confirmed;
+                let touches = found
+                    .iter()
+                    .any(|r| matches!(transform(&f.rep, r), Ok(Some(_)) | Err(_)));
+                let status = if ctl.in_gap(first.seq) || ctl.in_gap(last.seq) {
+                    "skipped (gap)"
+                } else if confirmed < last.seq {
+                    "pending"
+                } else if !touches {
+                    "applied (changed nothing there: outside its selection)"
+                } else {
+                    "applied"
+                };
+                XrefEntry {
+                    replicate: f.name().to_string(),
+                    status: status.into(),
+                    confirmed_seq: confirmed,
+                }
+            })
+            .collect();
+        Ok(Some(XrefReport {
+            master: Fnr(ctx.master.file),
+            first_seq: first.seq,
+            last_seq: last.seq,
+            lsn: first.lsn,
+            time_us: first.time_us,
+            client_id: first.client_id.clone(),
+            replicates,
+        }))
+    }
+
+    /// What log cleanup may delete, and why not more (blocking). Nothing is
+    /// deleted beyond what every replicate has durably confirmed, nor past
+    /// the master's most recent catalogued copy; with no copy, nothing.
+    pub fn cleanup_plan(&self, until: Option<Seq>) -> Result<CleanupPlan, String> {
+        let ctx = &self.ctx;
+        let mut first = None;
+        let mut last = Seq(0);
+        let (mut records, mut bytes) = (0u64, 0u64);
+        ctx.db
+            .for_each_raw(ctx.log, Isn(1), |isn, b| {
+                first.get_or_insert(Seq(isn.0));
+                last = Seq(isn.0);
+                records += 1;
+                bytes += b.len() as u64;
+                Ok(true)
+            })
+            .map_err(|e| e.to_string())?;
+        let control = ctx.control.snapshot();
+        let mut reps = Vec::new();
+        for f in &self.feeders {
+            let st = lock(&f.st);
+            let ctl = control
+                .replicates
+                .get(f.name())
+                .cloned()
+                .unwrap_or_default();
+            let (seq, from) = if st.has_confirmation {
+                (st.confirmed, "its last durable acknowledgement")
+            } else if let Some(a) = ctl.anchor {
+                (a.seq, "anchor recorded on this node")
+            } else {
+                (
+                    Seq(0),
+                    "unknown (never connected): nothing of the log is released",
+                )
+            };
+            // A load in progress needs everything after its snapshot.
+            let seq = match &st.load {
+                Some(l) => seq.min(l.snapshot),
+                None => seq,
+            };
+            reps.push((f.name().to_string(), seq, from.to_string()));
+        }
+        let min_confirmed = reps.iter().map(|r| r.1).min().unwrap_or(last);
+        // The backup layer (copy catalog) is not there yet: no copy exists.
+        let copy_horizon: Option<Seq> = None;
+        let safe_until = copy_horizon.map(|c| c.min(min_confirmed));
+        let mut notes = Vec::new();
+        if copy_horizon.is_none() {
+            notes.push(format!(
+                "no catalogued copy of master {} exists: nothing may be deleted (a log record is deleted only when every replicate has durably confirmed it and it is older than the master's most recent copy)",
+                ctx.master.name
+            ));
+        }
+        let warn_bytes = ctx.def.log_warn_mb.unwrap_or(1024) << 20;
+        if bytes > warn_bytes {
+            notes.push(format!(
+                "warning: the log file holds {bytes} bytes, above the threshold of {warn_bytes}"
+            ));
+        }
+        let would_strand = match until {
+            Some(u) => reps
+                .iter()
+                .filter(|r| r.1 < u)
+                .map(|r| format!("{} (confirmed {}): needs a full reinit", r.0, r.1))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(CleanupPlan {
+            master: Fnr(ctx.master.file),
+            master_name: ctx.master.name.clone(),
+            first_seq: first.unwrap_or_default(),
+            last_seq: last,
+            records,
+            bytes,
+            warn_bytes,
+            replicates: reps,
+            copy_horizon,
+            safe_until,
+            requested: until,
+            would_strand,
+            would_orphan_copies: Vec::new(),
+            deleted: 0,
+            notes,
+        })
+    }
+}
+
+async fn stop_one(f: &Arc<Feeder>, why: &str) {
+    let h = lock(&f.handle).take();
+    if let Some(mut h) = h {
+        // Enough for the batches in flight to be acknowledged.
+        let grace = ACK_TIMEOUT + Duration::from_secs(2);
+        if tokio::time::timeout(grace, &mut h).await.is_err() {
+            h.abort();
+        }
+    }
+    let mut s = lock(&f.st);
+    s.streaming = false;
+    s.load = None;
+    s.phase = format!("stopped ({why})");
+}
+
+/// Bytes of the log records a replicate has not confirmed (an estimate from
+/// the first `LAG_BYTES_SCAN` beyond that).
+fn lag_bytes(ctx: &Ctx, confirmed: Seq, lag_records: u64) -> (u64, bool) {
+    if lag_records == 0 {
+        return (0, true);
+    }
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let r = ctx.db.for_each_raw(ctx.log, Isn(confirmed.0 + 1), |_, b| {
+        n += 1;
+        bytes += b.len() as u64;
+        Ok(n < LAG_BYTES_SCAN)
+    });
+    if r.is_err() || n == 0 {
+        return (0, false);
+    }
+    if n >= lag_records {
+        (bytes, true)
+    } else {
+        (bytes / n * lag_records, false)
+    }
+}
+
+/// Waits out a backoff delay, unless asked to stop.
+async fn pause(f: &Feeder, delay: Duration) -> Option<String> {
+    let mut stop = f.stop.subscribe();
+    if let Some(why) = stop.borrow_and_update().clone() {
+        return Some(why);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => None,
+        _ = stop.changed() => stop.borrow().clone(),
+    }
+}
+
+fn backoff(attempt: u32, cap: Duration) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(10)).min(cap)
 }
 
 async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
     let mut attempt: u32 = 0;
+    let name = f.name().to_string();
     loop {
-        f.set_state("connecting");
+        if let Some(why) = f.stop.borrow().clone() {
+            f.set_phase(format!("stopped ({why})"));
+            return;
+        }
+        let ctl = ctx.control.replicate(&name);
+        let policy = ctx.control.policy();
+        if let Some((why, _)) = &ctl.shunned {
+            f.set_phase(format!("not fed (shunned: {why})"));
+            return;
+        }
+        if policy == Policy::Maintenance {
+            f.set_phase("stopped (policy maintenance)");
+            return;
+        }
+        if ctl.restoring.is_some() {
+            f.set_phase("not fed (a copy set is being restored into it)");
+            return;
+        }
+        if ctl.error.is_some() && policy != Policy::Automatic {
+            f.set_phase(format!(
+                "stopped (in error, policy {policy}: etp replicate reset-error {name})"
+            ));
+            return;
+        }
+        f.set_phase("connecting");
         let stop = feed(&ctx, &f, &mut attempt).await;
-        let name = &f.rep.def.name;
+        {
+            let mut s = lock(&f.st);
+            s.streaming = false;
+            s.load = None;
+        }
         match stop {
-            Stop::Fatal(msg) => {
-                tracing::error!(replicate = %name, error = %msg, "replicate in error; no longer fed");
-                let mut s = lock(&f.st);
-                s.state = format!("error: {msg}");
-                s.last_error = Some(msg);
+            Stop::Stopped(why) => {
+                save_anchor(&ctx, &f).await;
+                f.set_phase(format!("stopped ({why})"));
                 return;
+            }
+            Stop::Fatal(msg) => {
+                tracing::error!(replicate = %name, error = %msg, "replicate in error");
+                lock(&f.st).last_error = Some(msg.clone());
+                let c = ctx.control.clone();
+                let (n2, m2) = (name.clone(), msg.clone());
+                if let Err(e) = blocking(move || c.update_replicate(&n2, |r| r.fail(&m2))).await {
+                    tracing::error!(replicate = %name, error = %e, "cannot record the error state");
+                }
+                if ctx.control.policy() != Policy::Automatic {
+                    f.set_phase(format!("stopped (error: {msg})"));
+                    return;
+                }
+                let delay = backoff(attempt, ERROR_RETRY_CAP);
+                attempt += 1;
+                f.set_phase(format!("in error; retrying in {} ms", delay.as_millis()));
+                if let Some(why) = pause(&f, delay).await {
+                    f.set_phase(format!("stopped ({why})"));
+                    return;
+                }
             }
             Stop::Link(msg) => {
                 tracing::warn!(replicate = %name, error = %msg, "replication link lost");
                 lock(&f.st).last_error = Some(msg.clone());
-                let Some(cap) = ctx.def.restart_interval_s else {
-                    f.set_state(&format!("stopped (link lost: {msg}; no restart interval)"));
-                    return;
+                let cap = match (ctx.control.policy(), ctx.def.restart_interval_s) {
+                    (Policy::Automatic, Some(cap)) => cap,
+                    (Policy::Automatic, None) => {
+                        f.set_phase(format!("stopped (link lost: {msg}; no restart interval)"));
+                        return;
+                    }
+                    (p, _) => {
+                        f.set_phase(format!("stopped (link lost: {msg}; policy {p})"));
+                        return;
+                    }
                 };
-                let delay =
-                    Duration::from_millis(100u64 << attempt.min(10)).min(Duration::from_secs(cap));
+                let delay = backoff(attempt, Duration::from_secs(cap));
                 attempt += 1;
-                f.set_state(&format!("retrying in {} ms", delay.as_millis()));
-                tokio::time::sleep(delay).await;
+                f.set_phase(format!("retrying in {} ms", delay.as_millis()));
+                if let Some(why) = pause(&f, delay).await {
+                    f.set_phase(format!("stopped ({why})"));
+                    return;
+                }
+            }
+            Stop::NeedsLoad(why) => {
+                if ctx.control.policy() != Policy::Automatic {
+                    f.set_phase(format!(
+                        "stopped ({why}: etp replicate init {name}, or reinit --scoped)"
+                    ));
+                    return;
+                }
+                tracing::info!(replicate = %name, reason = %why, "loading the replicate (automatic policy)");
+                let c = ctx.control.clone();
+                let (n2, order) = (
+                    name.clone(),
+                    LoadOrder {
+                        id: new_load_id(),
+                        from: None,
+                        // A redefined replicate moves only what differs.
+                        rewrite: false,
+                        chunk: None,
+                        requested_us: now_us(),
+                        why: format!("{why} (automatic policy)"),
+                    },
+                );
+                if let Err(e) = blocking(move || {
+                    c.update_replicate(&n2, |r| {
+                        r.log("info", &format!("load ordered: {}", order.why));
+                        r.load = Some(order);
+                    })
+                })
+                .await
+                {
+                    f.set_phase(format!("stopped (cannot order a load: {e})"));
+                    return;
+                }
             }
         }
     }
 }
 
-/// One connection's worth of feeding; returns why it ended.
-async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
-    let rep = &f.rep;
-    let mut conn = match Conn::connect(rep.address).await {
-        Ok(c) => c,
-        Err(e) => return link_err(e),
+pub(super) fn new_load_id() -> String {
+    format!(
+        "load-{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        fastrand_u32()
+    )
+}
+
+fn fastrand_u32() -> u32 {
+    // No RNG dependency in the library: the clock's nanoseconds and a
+    // counter are unique enough for an id that only has to differ between
+    // loads of one replicate.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = chrono::Utc::now().timestamp_subsec_nanos();
+    t ^ n.rotate_left(16)
+}
+
+/// Records the replicate's current expected meta as its anchor.
+async fn save_anchor(ctx: &Arc<Ctx>, f: &Arc<Feeder>) {
+    let Some((seq, meta)) = *lock(&f.expected) else {
+        return;
+    };
+    let anchor = Anchor {
+        seq,
+        count: meta.count,
+        digest: meta.digest,
+        def: f.def_hash,
+    };
+    if ctx.control.replicate(f.name()).anchor == Some(anchor) {
+        return;
+    }
+    let c = ctx.control.clone();
+    let name = f.name().to_string();
+    if let Err(e) = blocking(move || c.update_replicate(&name, |r| r.anchor = Some(anchor))).await {
+        tracing::warn!(replicate = %f.name(), error = %e, "cannot record the digest anchor");
+    }
+}
+
+/// Opens the link to the replicate: its confirmation, digest and load progress.
+pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkState), Stop> {
+    let mut conn = match tokio::time::timeout(ACK_TIMEOUT, Conn::connect(rep.address)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(link_err(e)),
+        Err(_) => {
+            return Err(Stop::Link(format!(
+                "connecting to {} took more than {} s",
+                rep.address,
+                ACK_TIMEOUT.as_secs()
+            )))
+        }
     };
     let open = Request::LinkOpen {
         replicate: rep.def.name.clone(),
@@ -268,46 +841,139 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
         master_db: ctx.db.dbid(),
         master: Fnr(ctx.master.file),
     };
-    let state = match timed("opening the link", conn.call(&open)).await {
-        Ok(Response::Link(s)) => s,
-        Ok(other) => return Stop::Link(conn.unexpected(&other, "Link").to_string()),
-        Err(stop) => return stop,
-    };
-    lock(&f.st).connects += 1;
-    let conf_seq = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
-    if conf_seq.0 == 0 {
-        if let Err(e) = master_starts_empty(ctx).await {
-            return Stop::Fatal(format!("replicate {}: {e}", rep.def.name));
-        }
+    match timed("opening the link", conn.call(&open)).await? {
+        Response::Link(s) => Ok((conn, s)),
+        other => Err(Stop::Link(conn.unexpected(&other, "Link").to_string())),
     }
-    let mut expected = match expected_at(ctx, f, conf_seq).await {
-        Ok(m) => m,
-        Err(e) => return Stop::Fatal(e),
+}
+
+/// One connection's worth of feeding; returns why it ended.
+async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
+    let rep = &f.rep;
+    let name = f.name().to_string();
+    let mut stop_rx = f.stop.subscribe();
+    let (mut conn, state) = match open_link(ctx, rep).await {
+        Ok(x) => x,
+        Err(s) => return s,
     };
-    if state.digest != expected.digest || state.count != expected.count {
-        let damage = state
-            .damaged
-            .map(|d| format!(" (its node reports: {d})"))
-            .unwrap_or_default();
-        return Stop::Fatal(format!(
-            "replicate {} at seq {conf_seq}: digest {} over {} records, but the master expects digest {} over {} records{damage}",
-            rep.def.name, state.digest, state.count, expected.digest, expected.count
-        ));
-    }
     {
         let mut s = lock(&f.st);
-        s.state = "online".into();
+        s.connects += 1;
+        s.has_confirmation = state.confirmation.is_some();
+        if let Some(c) = &state.confirmation {
+            s.confirmed = c.seq;
+            s.sent = c.seq;
+        }
+    }
+    let ctl = ctx.control.replicate(&name);
+    // A load in progress (the replicate says where), one ordered, or one
+    // that ended just before a crash (its confirmation names it).
+    let order = ctl.load.clone();
+    let finished_order = match (&order, &state.confirmation) {
+        (Some(o), Some(c)) if c.loaded_by.as_deref() == Some(o.id.as_str()) => Some(o.clone()),
+        _ => None,
+    };
+    let (conf_seq, mut expected) = if let Some(p) = state.load.clone() {
+        let order = order.filter(|o| o.id == p.id);
+        match super::load::run_load(ctx, f, &mut conn, super::load::Start::Resume(p, order)).await {
+            Ok(x) => x,
+            Err(stop) => return stop,
+        }
+    } else if let (Some(o), None) = (order, finished_order.as_ref()) {
+        match super::load::run_load(ctx, f, &mut conn, super::load::Start::Begin(o)).await {
+            Ok(x) => x,
+            Err(stop) => return stop,
+        }
+    } else {
+        if let Some(o) = finished_order {
+            // The load ended, the order was not cleared: the confirmation is
+            // the load's result.
+            if let Some(c) = &state.confirmation {
+                let mut m = FileMeta::new(Fnr(rep.def.file));
+                m.count = c.count;
+                m.digest = c.digest;
+                if let Err(e) = super::load::finish_order(ctx, f, &o.id, c.seq, m, None).await {
+                    return Stop::Link(e);
+                }
+            }
+        }
+        let conf_seq = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
+        if state.confirmation.is_none() {
+            match needs_load(ctx).await {
+                Ok(None) => {}
+                Ok(Some(why)) => return Stop::NeedsLoad(why),
+                Err(e) => return Stop::Fatal(format!("replicate {name}: {e}")),
+            }
+        } else if ctl.anchor.is_some_and(|a| a.def != f.def_hash) {
+            return Stop::NeedsLoad(
+                "its definition (fields or predicate) changed since it was loaded".into(),
+            );
+        }
+        let expected = match expected_at(ctx, f, conf_seq).await {
+            Ok(m) => m,
+            Err(e) => return Stop::Fatal(e),
+        };
+        if state.digest != expected.digest || state.count != expected.count {
+            let damage = state
+                .damaged
+                .map(|d| format!(" (its node reports: {d})"))
+                .unwrap_or_default();
+            return Stop::Fatal(format!(
+                "replicate {name} at seq {conf_seq}: digest {} over {} records, but the master expects digest {} over {} records{damage}",
+                state.digest, state.count, expected.digest, expected.count
+            ));
+        }
+        (conf_seq, expected)
+    };
+    {
+        let mut s = lock(&f.st);
+        s.phase = "streaming".into();
+        s.streaming = true;
+        s.load = None;
+        s.has_confirmation = true;
         s.sent = conf_seq;
         s.confirmed = conf_seq;
+        s.progress_us = now_us();
     }
     f.confirmed.send_replace(conf_seq);
     *lock(&f.expected) = Some((conf_seq, expected));
+    if ctl.error.is_some() {
+        let c = ctx.control.clone();
+        let n2 = name.clone();
+        let _ = blocking(move || {
+            c.update_replicate(&n2, |r| {
+                r.error = None;
+                r.log(
+                    "info",
+                    "error cleared: the replicate checked out on reconnect",
+                );
+            })
+        })
+        .await;
+    }
+    let anchored = ctx.control.replicate(&name).anchor;
+    if anchored.is_none_or(|a| a.def != f.def_hash) {
+        save_anchor(ctx, f).await;
+    }
+    let mut last_anchor = Instant::now();
     let mut cursor = conf_seq;
     let mut inflight: VecDeque<(Seq, FileMeta)> = VecDeque::new();
     let mut durable = ctx.db.subscribe_durable();
+    let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
     loop {
-        let can_send = inflight.len() < ctx.window;
+        if let Some(why) = &stopping {
+            if inflight.is_empty() {
+                return Stop::Stopped(why.clone());
+            }
+        }
+        let can_send = inflight.len() < ctx.window && stopping.is_none();
         tokio::select! {
+            changed = stop_rx.changed(), if stopping.is_none() => {
+                stopping = match changed {
+                    Ok(()) => stop_rx.borrow().clone(),
+                    Err(_) => Some("task dropped".into()),
+                };
+            }
             resp = tokio::time::timeout(ACK_TIMEOUT, conn.recv()), if !inflight.is_empty() => {
                 let resp = match resp {
                     Err(_) => return Stop::Link(format!(
@@ -329,15 +995,23 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         }
                         if digest != want.digest || count != want.count {
                             return Stop::Fatal(format!(
-                                "replicate {} at seq {seq}: digest {digest} over {count} records, but the master expects digest {} over {} records",
-                                rep.def.name, want.digest, want.count
+                                "replicate {name} at seq {seq}: digest {digest} over {count} records, but the master expects digest {} over {} records",
+                                want.digest, want.count
                             ));
                         }
-                        lock(&f.st).confirmed = seq;
+                        {
+                            let mut s = lock(&f.st);
+                            s.confirmed = seq;
+                            s.progress_us = now_us();
+                        }
                         f.confirmed.send_replace(seq);
                         // The link works: the next loss backs off from the start.
                         *attempt = 0;
                         *lock(&f.expected) = Some((seq, want));
+                        if last_anchor.elapsed() >= ANCHOR_EVERY {
+                            last_anchor = Instant::now();
+                            save_anchor(ctx, f).await;
+                        }
                     }
                     Response::Error { message } if message.contains("out of sequence") => {
                         // Another link applied first (a replaced connection
@@ -345,7 +1019,13 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         return Stop::Link(message);
                     }
                     Response::Error { message } if message.contains("diverged") => {
-                        return Stop::Fatal(format!("replicate {} at seq {want_seq}: {message}", rep.def.name));
+                        let gaps = ctx.control.replicate(&name).gaps;
+                        let hint = if gaps.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (it has {} gap record(s) from confirm set: a reinit clears them)", gaps.len())
+                        };
+                        return Stop::Fatal(format!("replicate {name} at seq {want_seq}: {message}{hint}"));
                     }
                     Response::Error { message } => return Stop::Link(message),
                     other => return Stop::Link(conn.unexpected(&other, "Applied").to_string()),
@@ -384,12 +1064,13 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         touched = false;
                     }
                 }
-                if !rep.is_partial() {
+                let exact = !rep.is_partial() && ctx.control.replicate(&name).gaps.is_empty();
+                if exact {
                     let (mc, md) = (last.master_count, last.master_digest);
                     if (mc, md) != (expected.count, expected.digest) {
                         return Stop::Fatal(format!(
-                            "replicate {} at seq {last_seq}: the changes shipped give digest {} over {} records, but the master's log says {md} over {mc}; the replicate needs an initial load",
-                            rep.def.name, expected.digest, expected.count
+                            "replicate {name} at seq {last_seq}: the changes shipped give digest {} over {} records, but the master's log says {md} over {mc}; the replicate needs a reinit",
+                            expected.digest, expected.count
                         ));
                     }
                 }
@@ -397,7 +1078,7 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                     follows: cursor,
                     changes,
                     confirmation: Confirmation {
-                        replicate: rep.def.name.clone(),
+                        replicate: name.clone(),
                         master_db: ctx.db.dbid(),
                         master: Fnr(ctx.master.file),
                         seq: last_seq,
@@ -406,6 +1087,7 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         digest: expected.digest,
                         count: expected.count,
                         applied_us: 0,
+                        loaded_by: None,
                     },
                     txn_ends,
                 };
@@ -472,16 +1154,8 @@ pub fn transform(rep: &Replicate, rec: &LogRecord) -> Result<Option<ReplChange>,
             after: rec.after.clone().map(ByteBuf::from),
         }));
     }
-    let before = view(
-        rep.predicate.as_ref(),
-        rep.def.fields.as_deref(),
-        &rec.before,
-    )?;
-    let after = view(
-        rep.predicate.as_ref(),
-        rep.def.fields.as_deref(),
-        &rec.after,
-    )?;
+    let before = view(rep, rec.before.as_deref())?;
+    let after = view(rep, rec.after.as_deref())?;
     if before == after {
         return Ok(None);
     }
@@ -492,34 +1166,37 @@ pub fn transform(rep: &Replicate, rec: &LogRecord) -> Result<Option<ReplChange>,
     }))
 }
 
-/// What a partial replicate holds of one master image.
-fn view(
-    pred: Option<&Predicate>,
-    fields: Option<&[String]>,
-    image: &Option<Vec<u8>>,
-) -> Result<Option<Vec<u8>>, String> {
+/// What a replicate holds of one master image (None: not selected).
+pub fn view(rep: &Replicate, image: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
     let Some(bytes) = image else { return Ok(None) };
+    if !rep.is_partial() {
+        return Ok(Some(bytes.to_vec()));
+    }
     let r = decode_record(bytes).map_err(|e| e.to_string())?;
+    let pred: Option<&Predicate> = rep.predicate.as_ref();
     if pred.is_some_and(|p| !p.selects(&r)) {
         return Ok(None);
     }
-    let r = match fields {
+    let r = match rep.def.fields.as_deref() {
         Some(f) => project(&r, f),
         None => r,
     };
     encode_record(&r).map(Some).map_err(|e| e.to_string())
 }
 
-/// Refuses to feed an empty replicate from a master that held records
-/// before its first log record: those would never reach it (a partial
-/// replicate's digest check could not see it). It needs an initial load.
-async fn master_starts_empty(ctx: &Arc<Ctx>) -> Result<(), String> {
+/// Why a replicate without a confirmation cannot simply be fed from seq 1
+/// (None: it can): the master held records before its first log record, or
+/// its log no longer starts at seq 1. Waits until the answer is durable.
+async fn needs_load(ctx: &Arc<Ctx>) -> Result<Option<String>, String> {
     let mut durable = ctx.db.subscribe_durable();
     loop {
         durable.borrow_and_update();
         let c = ctx.clone();
-        let before = tokio::task::block_in_place(move || -> Result<Option<u64>, crate::DbError> {
-            if let Some(r) = c.db.read_log_record(c.log, Seq(1))? {
+        let before = blocking(move || -> Result<Option<u64>, String> {
+            let first =
+                c.db.read_log_record(c.log, Seq(1))
+                    .map_err(|e| e.to_string())?;
+            if let Some(r) = first {
                 return Ok(Some(match r.op {
                     crate::log_record::LogOp::Store => r.master_count.saturating_sub(1),
                     crate::log_record::LogOp::Update => r.master_count,
@@ -534,18 +1211,26 @@ async fn master_starts_empty(ctx: &Arc<Ctx>) -> Result<(), String> {
             let meta = |f: Fnr| files.iter().find(|i| i.def.fnr == f).map(|i| i.meta);
             match (meta(c.log), meta(Fnr(c.master.file))) {
                 (Some(l), Some(m)) if l.next_isn <= 1 => Ok(Some(m.count)),
+                // The log has records but not seq 1: cleaned up.
+                (Some(l), Some(_)) if l.count > 0 && l.count < l.next_isn - 1 => Ok(Some(u64::MAX)),
                 // The first log record is committed but not yet durable.
                 _ => Ok(None),
             }
         })
-        .map_err(|e| e.to_string())?;
+        .await?;
         match before {
-            Some(0) => return Ok(()),
+            Some(0) => return Ok(None),
+            Some(u64::MAX) => {
+                return Ok(Some(format!(
+                    "the log of master {} no longer starts at seq 1; the replicate needs an initial load",
+                    ctx.master.name
+                )))
+            }
             Some(n) => {
-                return Err(format!(
+                return Ok(Some(format!(
                     "master {} held {n} records before its first log record; the replicate needs an initial load",
                     ctx.master.name
-                ))
+                )))
             }
             None => {
                 if durable.changed().await.is_err() {
@@ -557,42 +1242,62 @@ async fn master_starts_empty(ctx: &Arc<Ctx>) -> Result<(), String> {
 }
 
 /// What the replicate should hold (count and digest) after the master's seq `at`.
-async fn expected_at(ctx: &Arc<Ctx>, f: &Arc<Feeder>, at: Seq) -> Result<FileMeta, String> {
+pub(super) async fn expected_at(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    at: Seq,
+) -> Result<FileMeta, String> {
     let fnr = Fnr(f.rep.def.file);
-    if at.0 == 0 {
+    let ctl = ctx.control.replicate(f.name());
+    let anchor = ctl.anchor.filter(|a| a.def == f.def_hash);
+    if at.0 == 0 && anchor.is_none() {
         return Ok(FileMeta::new(fnr));
     }
-    if !f.rep.is_partial() {
+    if !f.rep.is_partial() && ctl.gaps.is_empty() && at.0 > 0 {
         let c = ctx.clone();
-        let rec = tokio::task::spawn_blocking(move || c.db.read_log_record(c.log, at))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let Some(rec) = rec else {
+        let rec =
+            blocking(move || c.db.read_log_record(c.log, at).map_err(|e| e.to_string())).await?;
+        if let Some(rec) = rec {
+            let mut m = FileMeta::new(fnr);
+            m.count = rec.master_count;
+            m.digest = rec.master_digest;
+            return Ok(m);
+        }
+        let last = ctx
+            .db
+            .file_info(ctx.log)
+            .map(|i| i.meta.next_isn.saturating_sub(1))
+            .unwrap_or(0);
+        if at.0 > last {
             return Err(format!(
-                "the replicate confirms seq {at}, which the master's log does not hold: the replicate is ahead of its master"
+                "the replicate confirms seq {at}, which the master's log does not hold (it ends at {last}): the replicate is ahead of its master"
             ));
-        };
-        let mut m = FileMeta::new(fnr);
-        m.count = rec.master_count;
-        m.digest = rec.master_digest;
-        return Ok(m);
+        }
     }
-    // Partial: roll forward from the last known point, or from the start.
-    let (from, mut meta) = match *lock(&f.expected) {
-        Some((s, m)) if s <= at => (s, m),
+    // Roll forward from the last known point: the feeder's own, the anchor,
+    // or (a master that started empty) the beginning.
+    let cached = *lock(&f.expected);
+    let (from, mut meta) = match (cached, anchor) {
+        (Some((s, m)), a) if s <= at && a.is_none_or(|a| a.seq <= s) => (s, m),
+        (_, Some(a)) if a.seq <= at => (a.seq, a.meta(fnr)),
+        (_, Some(a)) => {
+            return Err(format!(
+                "the replicate confirms seq {at}, before its anchor at seq {} (it was restored to an earlier level?): the master cannot say what it should hold",
+                a.seq
+            ))
+        }
         _ => (Seq(0), FileMeta::new(fnr)),
     };
     let c = ctx.clone();
     let rep = f.rep.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         for s in from.0 + 1..=at.0 {
             let rec = c
                 .db
                 .read_log_record(c.log, Seq(s))
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| {
-                    format!("the replicate confirms seq {at}, but the master's log has no seq {s}: the replicate is ahead of its master")
+                    format!("the replicate confirms seq {at}, but the master's log has no seq {s}: the replicate is ahead of its master, or the log was cleaned past it")
                 })?;
             if let Some(ch) = transform(&rep, &rec)? {
                 meta.change(
@@ -605,5 +1310,4 @@ async fn expected_at(ctx: &Arc<Ctx>, f: &Arc<Feeder>, at: Seq) -> Result<FileMet
         Ok(meta)
     })
     .await
-    .map_err(|e| e.to_string())?
 }

@@ -1,0 +1,342 @@
+//! What a node remembers about the replication it runs, beside the
+//! topology: the policy mode and, per replicate it feeds, the operator's
+//! state (shunned), the error state and error log, gap records, the digest
+//! anchor and a pending load order. Kept as one JSON record in the
+//! administration file (written durably, through the PLOG, before anything
+//! acts on it), so it survives restarts and is readable with `etp file dump`.
+
+use crate::database::Database;
+use crate::digest::{Digest, FileMeta};
+use crate::ids::{Fnr, Isn, Seq};
+use crate::record::{Record, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// The record of the administration file that holds the control state.
+pub const CONTROL_ISN: Isn = Isn(2);
+
+/// Error-log entries kept per replicate (oldest dropped first).
+const MAX_ERRORS: usize = 200;
+
+/// How a node's tasks react to failures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Tasks restart themselves (a lost link is retried, capped at the
+    /// task's restart interval), replicates in error are retried, a new or
+    /// redefined replicate is loaded without being asked.
+    #[default]
+    Automatic,
+    /// Failures are detected and marked; nothing restarts by itself.
+    Manual,
+    /// Every task is stopped at a safe point and none starts.
+    Maintenance,
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::Automatic => "automatic",
+            Policy::Manual => "manual",
+            Policy::Maintenance => "maintenance",
+        })
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Policy, String> {
+        match s {
+            "automatic" => Ok(Policy::Automatic),
+            "manual" => Ok(Policy::Manual),
+            "maintenance" => Ok(Policy::Maintenance),
+            other => Err(format!(
+                "unknown policy {other:?}: expected automatic, manual or maintenance"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    /// When it was first and last seen (µs since the epoch).
+    pub first_us: i64,
+    pub last_us: i64,
+    pub reason: String,
+    /// How many times in a row it occurred.
+    pub repeats: u64,
+    /// error, reset, shun, unshun, info
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// Master changes a replicate skipped, recorded for good.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub from: Seq,
+    pub to: Seq,
+    pub reason: String,
+    pub time_us: i64,
+}
+
+/// A point where the replicate's expected content is known: its count and
+/// digest after master seq `seq`, under definition `def`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub seq: Seq,
+    pub count: u64,
+    pub digest: Digest,
+    pub def: u128,
+}
+
+impl Anchor {
+    pub fn meta(&self, fnr: Fnr) -> FileMeta {
+        let mut m = FileMeta::new(fnr);
+        m.count = self.count;
+        m.digest = self.digest;
+        m
+    }
+}
+
+/// An operator's (or the automatic policy's) request to load a replicate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadOrder {
+    pub id: String,
+    /// None: the master; Some: a full replicate of the same master.
+    pub from: Option<String>,
+    pub rewrite: bool,
+    pub chunk: Option<u32>,
+    pub requested_us: i64,
+    pub why: String,
+}
+
+/// The last finished load of a replicate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    pub id: String,
+    pub snapshot: Seq,
+    pub source: String,
+    pub records: u64,
+    pub written: u64,
+    pub removed: u64,
+    pub kept: u64,
+    /// Chunks in all, and committed by the run that finished it.
+    pub chunks: u64,
+    pub chunks_last_run: u64,
+    /// The isn the finishing run resumed from (1: it did the whole load).
+    pub resumed_from: Isn,
+    pub seconds_last_run: f64,
+    pub finished_us: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicateControl {
+    /// (reason, since µs)
+    pub shunned: Option<(String, i64)>,
+    /// The current error, if the replicate is in error.
+    pub error: Option<ErrorEntry>,
+    pub errors: Vec<ErrorEntry>,
+    pub gaps: Vec<Gap>,
+    pub anchor: Option<Anchor>,
+    pub load: Option<LoadOrder>,
+    pub last_load: Option<LoadSummary>,
+    /// Set while a copy set is being restored into it (backup).
+    pub restoring: Option<String>,
+}
+
+impl ReplicateControl {
+    /// Adds to the error log (a repeat of the last entry is counted, not added).
+    pub fn log(&mut self, kind: &str, reason: &str) {
+        let now = chrono::Utc::now().timestamp_micros();
+        if let Some(last) = self.errors.last_mut() {
+            if last.reason == reason && last.kind == kind {
+                last.repeats += 1;
+                last.last_us = now;
+                return;
+            }
+        }
+        if self.errors.len() == MAX_ERRORS {
+            self.errors.remove(0);
+        }
+        self.errors.push(ErrorEntry {
+            first_us: now,
+            last_us: now,
+            reason: reason.to_string(),
+            repeats: 1,
+            kind: kind.to_string(),
+        });
+    }
+
+    /// Puts the replicate in error and logs it.
+    pub fn fail(&mut self, reason: &str) {
+        self.log("error", reason);
+        if let Some(e) = self.errors.last() {
+            self.error = Some(e.clone());
+        }
+    }
+
+    /// Whether `seq` lies in a recorded gap.
+    pub fn in_gap(&self, seq: Seq) -> bool {
+        self.gaps.iter().any(|g| g.from <= seq && seq <= g.to)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeControl {
+    pub policy: Policy,
+    pub replicates: BTreeMap<String, ReplicateControl>,
+}
+
+/// The control state, cached in memory and written through to the
+/// administration file.
+pub struct Control {
+    db: Database,
+    admin: Mutex<Option<Fnr>>,
+    state: Mutex<NodeControl>,
+    /// Serialises writers (so the file always holds the latest state).
+    write: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Control {
+    /// Reads the control record of the administration file `admin`, if any.
+    pub fn open(db: Database, admin: Option<Fnr>) -> Result<Control, String> {
+        let mut state = NodeControl::default();
+        if let Some(fnr) = admin {
+            let rec = db.read(fnr, CONTROL_ISN).map_err(|e| {
+                format!("reading the control record of the administration file: {e}")
+            })?;
+            if let Some(rec) = rec {
+                let Some(Value::Text(json)) = rec.get("control") else {
+                    return Err(format!(
+                        "administration file {fnr} record {CONTROL_ISN}: no control text"
+                    ));
+                };
+                state = serde_json::from_str(json).map_err(|e| {
+                    format!(
+                        "administration file {fnr} record {CONTROL_ISN}: bad control state: {e}"
+                    )
+                })?;
+            }
+        }
+        Ok(Control {
+            db,
+            admin: Mutex::new(admin),
+            state: Mutex::new(state),
+            write: Mutex::new(()),
+        })
+    }
+
+    /// The administration file to write to (the topology names it).
+    pub fn set_admin(&self, fnr: Fnr) {
+        *lock(&self.admin) = Some(fnr);
+    }
+
+    pub fn policy(&self) -> Policy {
+        lock(&self.state).policy
+    }
+
+    pub fn snapshot(&self) -> NodeControl {
+        lock(&self.state).clone()
+    }
+
+    pub fn replicate(&self, name: &str) -> ReplicateControl {
+        lock(&self.state)
+            .replicates
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Changes the state durably (blocking: one commit), then in memory.
+    pub fn update<R>(&self, f: impl FnOnce(&mut NodeControl) -> R) -> Result<R, String> {
+        let _w = lock(&self.write);
+        let mut next = lock(&self.state).clone();
+        let r = f(&mut next);
+        if next == *lock(&self.state) {
+            return Ok(r);
+        }
+        let Some(fnr) = *lock(&self.admin) else {
+            return Err(
+                "no topology has been applied to this node (no administration file)".into(),
+            );
+        };
+        let json = serde_json::to_string(&next).map_err(|e| e.to_string())?;
+        let mut rec = Record::new();
+        rec.insert("control".into(), Value::Text(json));
+        self.db
+            .put_engine_record(fnr, CONTROL_ISN, rec)
+            .map_err(|e| format!("writing the control record: {e}"))?;
+        *lock(&self.state) = next;
+        Ok(r)
+    }
+
+    /// Changes one replicate's control state durably.
+    pub fn update_replicate<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut ReplicateControl) -> R,
+    ) -> Result<R, String> {
+        self.update(|c| f(c.replicates.entry(name.to_string()).or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_parses_and_names_a_bad_one() {
+        assert_eq!("manual".parse::<Policy>(), Ok(Policy::Manual));
+        let e = "sometimes".parse::<Policy>().expect_err("refused");
+        assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn error_log_counts_repeats_and_is_bounded() {
+        let mut c = ReplicateControl::default();
+        c.fail("a");
+        c.fail("a");
+        c.fail("b");
+        assert_eq!(c.errors.len(), 2);
+        assert_eq!(c.errors[0].repeats, 2);
+        assert_eq!(c.error.as_ref().map(|e| e.reason.as_str()), Some("b"));
+        for i in 0..(MAX_ERRORS + 10) {
+            c.log("info", &i.to_string());
+        }
+        assert_eq!(c.errors.len(), MAX_ERRORS);
+    }
+
+    #[test]
+    fn control_state_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Database::init(dir.path(), crate::DbId(1), None).expect("init");
+        let (db, _) = Database::open(dir.path()).expect("open");
+        db.create_file(Fnr(255), "administration", crate::Role::Administration)
+            .expect("admin file");
+        let c = Control::open(db.clone(), Some(Fnr(255))).expect("control");
+        c.update(|s| s.policy = Policy::Manual).expect("policy");
+        c.update_replicate("r", |r| {
+            r.gaps.push(Gap {
+                from: Seq(3),
+                to: Seq(9),
+                reason: "operator".into(),
+                time_us: 1,
+            })
+        })
+        .expect("gap");
+        drop(c);
+        db.close().expect("close");
+        let (db, _) = Database::open(dir.path()).expect("reopen");
+        let c = Control::open(db.clone(), Some(Fnr(255))).expect("control");
+        assert_eq!(c.policy(), Policy::Manual);
+        assert!(c.replicate("r").in_gap(Seq(5)));
+        assert!(!c.replicate("r").in_gap(Seq(10)));
+        drop(c);
+        db.close().expect("close");
+    }
+}

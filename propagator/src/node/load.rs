@@ -1,0 +1,866 @@
+//! Initial load, reinitialization and verification of a replicate, online.
+//!
+//! **A consistent read at a known seq, without stopping the master.** A load
+//! picks a snapshot seq `S` (the master's last durable seq, or the confirmed
+//! seq of a full replicate it reads from) and walks the source in isn order,
+//! chunk by chunk. The source keeps changing while it is read, so each chunk
+//! is corrected with the master's log: for every record changed after `S`,
+//! the before-image of its *first* change after `S` is its value at `S`
+//! ([`Snapshot`]). A chunk scanned while the master's log stood at seq `C`
+//! is exact once every log record up to `C` is folded in, because nothing
+//! the scan saw can be newer than `C`.
+//!
+//! **Chunks are transactions on the replicate.** Each chunk replaces the
+//! replicate's records in its isn range `[from, to)` and moves the load's
+//! progress record in the confirmation file, in one transaction, guarded so
+//! it applies exactly once and in order (`Database::load_range`). A crash
+//! of either side loses at most the chunks in flight: the next connect reads
+//! the progress and carries on from the last committed chunk. The last
+//! chunk turns the progress record into the replicate's confirmation at `S`
+//! (after checking the file's count and digest), so the task continues
+//! exactly from there. A scoped reload (`rewrite` false) writes only the
+//! records that differ, which is what a changed predicate or field list
+//! needs.
+//!
+//! **Verification** reads the master at the replicate's confirmed seq the
+//! same way (the replicate's feeder is paused so it stays there), compares
+//! the digests, then range digests, then the records of the ranges that
+//! differ, and names the isns.
+
+use super::client::Conn;
+use super::control::{Anchor, LoadOrder, LoadSummary};
+use super::task::{
+    blocking, lock, now_us, open_link, timed, view, Ctx, Feeder, LoadStatus, Stop, ACK_TIMEOUT,
+};
+use crate::digest::{Digest, FileMeta};
+use crate::ids::{Fnr, Isn, Seq};
+use crate::topology::Replicate;
+use crate::wire::{Confirmation, LoadProgress, Request, Response, VerifyReport};
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Records per chunk unless the task or the order says otherwise.
+const DEFAULT_CHUNK: usize = 8192;
+/// Bytes of records per chunk, at most.
+const MAX_CHUNK_BYTES: usize = 8 << 20;
+/// Chunks in flight.
+const LOAD_WINDOW: usize = 4;
+
+pub(super) enum Start {
+    Begin(LoadOrder),
+    Resume(LoadProgress, Option<LoadOrder>),
+}
+
+/// Where a load or a verification reads records from.
+enum Source {
+    Master,
+    /// A full replicate of the same master: its node and file.
+    Replicate {
+        rep: Box<Replicate>,
+        conn: Box<Conn>,
+    },
+}
+
+/// The master's content as of seq `at`, read while it keeps changing.
+struct Snapshot {
+    /// Log records up to here are folded into `undo`.
+    folded: Seq,
+    /// isn → its value at the snapshot seq, for every isn changed after it.
+    undo: BTreeMap<Isn, Option<Vec<u8>>>,
+}
+
+impl Snapshot {
+    fn new(at: Seq) -> Snapshot {
+        Snapshot {
+            folded: at,
+            undo: BTreeMap::new(),
+        }
+    }
+
+    /// Folds in every log record up to `upto`, waiting for them to be durable.
+    async fn fold(&mut self, ctx: &Arc<Ctx>, upto: Seq) -> Result<(), Stop> {
+        let mut durable = ctx.db.subscribe_durable();
+        while self.folded < upto {
+            durable.borrow_and_update();
+            let (c, from) = (ctx.clone(), self.folded);
+            let recs = blocking(move || {
+                let mut out = Vec::new();
+                let mut s = from.0 + 1;
+                while s <= upto.0 && out.len() < 10_000 {
+                    match c
+                        .db
+                        .read_log_record(c.log, Seq(s))
+                        .map_err(|e| e.to_string())?
+                    {
+                        Some(r) => out.push((r.isn, r.before)),
+                        None => break,
+                    }
+                    s += 1;
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| Stop::Fatal(format!("reading the master's log: {e}")))?;
+            if recs.is_empty() {
+                // Not durable yet.
+                if durable.changed().await.is_err() {
+                    return Err(Stop::Link("the master database closed".into()));
+                }
+                continue;
+            }
+            for (isn, before) in recs {
+                self.folded = Seq(self.folded.0 + 1);
+                self.undo.entry(isn).or_insert(before);
+            }
+        }
+        Ok(())
+    }
+
+    /// The records of `[from, to)` as of the snapshot seq, from what a scan saw.
+    fn correct(
+        &mut self,
+        scanned: Vec<(Isn, Vec<u8>)>,
+        from: Isn,
+        to: Option<Isn>,
+    ) -> Vec<(Isn, Vec<u8>)> {
+        let mut out: BTreeMap<Isn, Vec<u8>> = scanned
+            .into_iter()
+            .filter(|(i, _)| !self.undo.contains_key(i))
+            .collect();
+        let range = match to {
+            Some(t) => self.undo.range(from..t),
+            None => self.undo.range(from..),
+        };
+        for (i, v) in range {
+            if let Some(v) = v {
+                out.insert(*i, v.clone());
+            }
+        }
+        // Entries below the next chunk are never needed again.
+        if let Some(t) = to {
+            let keep = self.undo.split_off(&t);
+            let below: Vec<Isn> = self.undo.keys().copied().collect();
+            self.undo = keep;
+            // Keep the keys (not the images) so a later change of these isns
+            // does not look like a first change after `at`.
+            for i in below {
+                self.undo.insert(i, None);
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// The master's last committed seq (its log's last isn).
+fn master_seq(ctx: &Ctx) -> Seq {
+    ctx.db
+        .file_info(ctx.log)
+        .map(|i| Seq(i.meta.next_isn.saturating_sub(1)))
+        .unwrap_or_default()
+}
+
+impl Source {
+    async fn open(ctx: &Arc<Ctx>, from: Option<&str>) -> Result<Source, Stop> {
+        let Some(name) = from else {
+            return Ok(Source::Master);
+        };
+        let rep = ctx
+            .reps
+            .iter()
+            .find(|r| r.def.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Stop::Fatal(format!(
+                    "no replicate {name:?} of master {} to load from",
+                    ctx.master.name
+                ))
+            })?;
+        if rep.is_partial() {
+            return Err(Stop::Fatal(format!(
+                "replicate {name} is partial: a load reads from the master or a full replicate"
+            )));
+        }
+        let conn = Conn::connect(rep.address)
+            .await
+            .map_err(|e| Stop::Link(format!("connecting to {name}'s node: {e}")))?;
+        Ok(Source::Replicate {
+            rep: Box::new(rep),
+            conn: Box::new(conn),
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Source::Master => "master".into(),
+            Source::Replicate { rep, .. } => format!("replicate:{}", rep.def.name),
+        }
+    }
+
+    /// Up to `limit` records from isn `from` on; `true` when the file ends.
+    async fn scan(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        from: Isn,
+        limit: usize,
+    ) -> Result<(Vec<(Isn, Vec<u8>)>, bool), Stop> {
+        match self {
+            Source::Master => {
+                let c = ctx.clone();
+                blocking(move || {
+                    let mut out = Vec::new();
+                    let mut bytes = 0usize;
+                    let mut done = true;
+                    c.db.for_each_raw(Fnr(c.master.file), from, |isn, b| {
+                        if out.len() >= limit || bytes >= MAX_CHUNK_BYTES {
+                            done = false;
+                            return Ok(false);
+                        }
+                        bytes += b.len();
+                        out.push((isn, b.to_vec()));
+                        Ok(true)
+                    })
+                    .map_err(|e| e.to_string())?;
+                    Ok((out, done))
+                })
+                .await
+                .map_err(|e| Stop::Fatal(format!("reading the master: {e}")))
+            }
+            Source::Replicate { rep, conn } => {
+                let req = Request::Dump {
+                    file: Fnr(rep.def.file),
+                    from,
+                    limit: limit as u32,
+                };
+                match timed("reading the source replicate", conn.call(&req)).await? {
+                    Response::Records { items, done, .. } => Ok((
+                        items.into_iter().map(|(i, b)| (i, b.into_vec())).collect(),
+                        done,
+                    )),
+                    other => Err(Stop::Link(conn.unexpected(&other, "Records").to_string())),
+                }
+            }
+        }
+    }
+
+    /// The seq the source stands at for a new snapshot.
+    async fn snapshot_seq(&mut self, ctx: &Arc<Ctx>) -> Result<Seq, Stop> {
+        match self {
+            Source::Master => {
+                let s = master_seq(ctx);
+                // Durable before anything is built on it.
+                let mut snap = Snapshot::new(Seq(0));
+                snap.folded = Seq(s.0.saturating_sub(1));
+                snap.fold(ctx, s).await?;
+                Ok(s)
+            }
+            Source::Replicate { rep, .. } => {
+                let (_c, state) = open_link(ctx, rep).await?;
+                if state.load.is_some() {
+                    return Err(Stop::Fatal(format!(
+                        "replicate {} is itself being loaded",
+                        rep.def.name
+                    )));
+                }
+                state.confirmation.map(|c| c.seq).ok_or_else(|| {
+                    Stop::Fatal(format!("replicate {} has never been fed", rep.def.name))
+                })
+            }
+        }
+    }
+}
+
+/// One chunk ready to send.
+struct Chunk {
+    from: Isn,
+    to: Option<Isn>,
+    records: Vec<(Isn, Vec<u8>)>,
+    scanned: u64,
+}
+
+/// Reads the next chunk of the source as of the snapshot, in the replicate's view.
+async fn next_chunk(
+    ctx: &Arc<Ctx>,
+    rep: &Replicate,
+    src: &mut Source,
+    snap: &mut Snapshot,
+    from: Isn,
+    limit: usize,
+) -> Result<Chunk, Stop> {
+    let (scanned, done) = src.scan(ctx, from, limit).await?;
+    // Nothing the scan saw is newer than this.
+    let upto = master_seq(ctx);
+    snap.fold(ctx, upto).await?;
+    let n = scanned.len() as u64;
+    let to = match (done, scanned.last()) {
+        (false, Some((last, _))) => Some(Isn(last.0 + 1)),
+        _ => None,
+    };
+    let at_snapshot = snap.correct(scanned, from, to);
+    let mut records = Vec::with_capacity(at_snapshot.len());
+    for (isn, b) in at_snapshot {
+        match view(rep, Some(&b)) {
+            Ok(Some(v)) => records.push((isn, v)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Stop::Fatal(format!(
+                    "master {} isn {isn}: {e}",
+                    ctx.master.name
+                )))
+            }
+        }
+    }
+    Ok(Chunk {
+        from,
+        to,
+        records,
+        scanned: n,
+    })
+}
+
+fn chunk_meta(records: &[(Isn, Vec<u8>)]) -> (u64, Digest) {
+    let mut m = FileMeta::new(Fnr(0));
+    for (i, b) in records {
+        m.change(*i, None, Some(b));
+    }
+    (m.count, m.digest)
+}
+
+/// Runs (or resumes) a load over the feeder's open link. Returns the seq the
+/// replicate is now confirmed at and its expected meta there.
+pub(super) async fn run_load(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    conn: &mut Conn,
+    start: Start,
+) -> Result<(Seq, FileMeta), Stop> {
+    let rep = &f.rep;
+    let name = f.name().to_string();
+    let fnr = Fnr(rep.def.file);
+    let (order, progress, mut src) = match start {
+        Start::Begin(order) => {
+            let mut src = Source::open(ctx, order.from.as_deref()).await?;
+            let snapshot = src.snapshot_seq(ctx).await?;
+            let req = Request::LoadBegin {
+                id: order.id.clone(),
+                snapshot,
+                source: src.name(),
+                rewrite: order.rewrite,
+            };
+            let p = match timed("starting the load", conn.call(&req)).await? {
+                Response::Loading(p) => p,
+                other => return Err(Stop::Link(conn.unexpected(&other, "Loading").to_string())),
+            };
+            tracing::info!(replicate = %name, id = %p.id, snapshot = %snapshot, source = %p.source, "load started");
+            (order, p, src)
+        }
+        Start::Resume(p, order) => {
+            let from = p.source.strip_prefix("replicate:").map(str::to_string);
+            let order = order.unwrap_or_else(|| LoadOrder {
+                id: p.id.clone(),
+                from: from.clone(),
+                rewrite: p.rewrite,
+                chunk: None,
+                requested_us: now_us(),
+                why: "resuming the load the replicate records".into(),
+            });
+            let src = Source::open(ctx, from.as_deref()).await?;
+            tracing::info!(replicate = %name, id = %p.id, next = %p.next, "load resumed");
+            (order, p, src)
+        }
+    };
+    let limit = order
+        .chunk
+        .or(ctx.def.load_chunk)
+        .map_or(DEFAULT_CHUNK, |c| c.max(1) as usize);
+    let total = ctx
+        .db
+        .file_info(Fnr(ctx.master.file))
+        .map(|i| i.meta.count)
+        .unwrap_or(0);
+    let started = Instant::now();
+    {
+        let mut s = lock(&f.st);
+        s.phase = format!(
+            "loading from {} as of seq {}",
+            progress.source, progress.snapshot
+        );
+        s.has_confirmation = false;
+        s.load = Some(LoadStatus {
+            id: progress.id.clone(),
+            snapshot: progress.snapshot,
+            source: progress.source.clone(),
+            scanned: 0,
+            total,
+            loaded: progress.count,
+            chunks_this_run: 0,
+            resumed_from: progress.next,
+            started,
+        });
+    }
+    let mut snap = Snapshot::new(progress.snapshot);
+    // What the replicate will hold after each chunk, as this side computes it.
+    let mut running = {
+        let mut m = FileMeta::new(fnr);
+        m.count = progress.count;
+        m.digest = progress.digest;
+        m
+    };
+    let mut next = progress.next;
+    let mut reading_done = false;
+    let mut inflight: VecDeque<(Option<Isn>, FileMeta)> = VecDeque::new();
+    let mut stats = crate::database::LoadStats::default();
+    let mut stop_rx = f.stop.subscribe();
+    let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
+    loop {
+        if let Some(why) = &stopping {
+            if inflight.is_empty() {
+                return Err(Stop::Stopped(why.clone()));
+            }
+        }
+        let can_read = !reading_done && stopping.is_none() && inflight.len() < LOAD_WINDOW;
+        tokio::select! {
+            changed = stop_rx.changed(), if stopping.is_none() => {
+                stopping = match changed {
+                    Ok(()) => stop_rx.borrow().clone(),
+                    Err(_) => Some("task dropped".into()),
+                };
+            }
+            resp = tokio::time::timeout(ACK_TIMEOUT, conn.recv()), if !inflight.is_empty() => {
+                let resp = match resp {
+                    Err(_) => return Err(Stop::Link(format!(
+                        "no acknowledgement of a loaded chunk from {} for {} s",
+                        rep.address, ACK_TIMEOUT.as_secs()
+                    ))),
+                    Ok(r) => r.map_err(super::task::link_err)?,
+                };
+                let Some((to, want)) = inflight.pop_front() else {
+                    return Err(Stop::Link("acknowledgement with nothing in flight".into()));
+                };
+                match resp {
+                    Response::LoadAck { progress: p, stats: s, count, digest } => {
+                        stats.written += s.written;
+                        stats.removed += s.removed;
+                        stats.kept += s.kept;
+                        {
+                            let mut st = lock(&f.st);
+                            if let Some(l) = st.load.as_mut() {
+                                l.loaded = p.count;
+                                l.chunks_this_run += 1;
+                            }
+                        }
+                        if to.is_none() {
+                            // The last chunk: the replicate now confirms the snapshot.
+                            if (count, digest) != (want.count, want.digest) {
+                                return Err(Stop::Fatal(format!(
+                                    "replicate {name} after its load: digest {digest} over {count} records, expected {} over {}",
+                                    want.digest, want.count
+                                )));
+                            }
+                            let secs = started.elapsed().as_secs_f64();
+                            let chunks_last_run = lock(&f.st).load.as_ref().map_or(0, |l| l.chunks_this_run);
+                            let summary = LoadSummary {
+                                id: order.id.clone(),
+                                snapshot: progress.snapshot,
+                                source: progress.source.clone(),
+                                records: count,
+                                written: stats.written,
+                                removed: stats.removed,
+                                kept: stats.kept,
+                                chunks: p.chunks,
+                                chunks_last_run,
+                                resumed_from: progress.next,
+                                seconds_last_run: secs,
+                                finished_us: now_us(),
+                            };
+                            tracing::info!(replicate = %name, records = count, chunks = p.chunks, seconds = secs, "load finished");
+                            finish_order(ctx, f, &order.id, progress.snapshot, want, Some(summary))
+                                .await
+                                .map_err(Stop::Link)?;
+                            return Ok((progress.snapshot, want));
+                        }
+                        if (p.count, p.digest) != (want.count, want.digest) || Some(p.next) != to {
+                            return Err(Stop::Fatal(format!(
+                                "replicate {name} acknowledged load progress at isn {} with {} records (digest {}), expected isn {:?} with {} (digest {})",
+                                p.next, p.count, p.digest, to, want.count, want.digest
+                            )));
+                        }
+                    }
+                    Response::Error { message } => return Err(Stop::Link(message)),
+                    other => return Err(Stop::Link(conn.unexpected(&other, "LoadAck").to_string())),
+                }
+            }
+            chunk = next_chunk(ctx, rep, &mut src, &mut snap, next, limit), if can_read => {
+                let chunk = chunk?;
+                let (count, digest) = chunk_meta(&chunk.records);
+                for (i, b) in &chunk.records {
+                    running.change(*i, None, Some(b));
+                }
+                let last = match chunk.to {
+                    Some(_) => None,
+                    None => Some(final_confirmation(ctx, &name, &order.id, progress.snapshot, &running).await?),
+                };
+                if let (Some(c), false) = (&last, rep.is_partial()) {
+                    check_against_log(ctx, &name, c).await?;
+                }
+                {
+                    let mut st = lock(&f.st);
+                    if let Some(l) = st.load.as_mut() {
+                        l.scanned += chunk.scanned;
+                    }
+                }
+                let req = Request::LoadChunk {
+                    id: order.id.clone(),
+                    from: chunk.from,
+                    to: chunk.to,
+                    records: chunk
+                        .records
+                        .into_iter()
+                        .map(|(i, b)| (i, ByteBuf::from(b)))
+                        .collect(),
+                    count,
+                    digest,
+                    last,
+                };
+                timed("sending a loaded chunk", conn.send(&req)).await?;
+                inflight.push_back((chunk.to, running));
+                match chunk.to {
+                    Some(t) => next = t,
+                    None => reading_done = true,
+                }
+            }
+        }
+    }
+}
+
+/// The confirmation a load ends with: the snapshot seq, its master time.
+async fn final_confirmation(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    id: &str,
+    snapshot: Seq,
+    meta: &FileMeta,
+) -> Result<Confirmation, Stop> {
+    let c = ctx.clone();
+    let rec = if snapshot.0 == 0 {
+        None
+    } else {
+        blocking(move || {
+            c.db.read_log_record(c.log, snapshot)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(Stop::Fatal)?
+    };
+    Ok(Confirmation {
+        replicate: name.to_string(),
+        master_db: ctx.db.dbid(),
+        master: Fnr(ctx.master.file),
+        seq: snapshot,
+        incarnation: rec.as_ref().map_or(0, |r| r.incarnation),
+        master_time_us: rec.as_ref().map_or(0, |r| r.time_us),
+        digest: meta.digest,
+        count: meta.count,
+        applied_us: 0,
+        loaded_by: Some(id.to_string()),
+    })
+}
+
+/// A full replicate's load must reproduce the master's digest at the snapshot.
+async fn check_against_log(ctx: &Arc<Ctx>, name: &str, c: &Confirmation) -> Result<(), Stop> {
+    if c.seq.0 == 0 {
+        return Ok(());
+    }
+    let (cx, seq) = (ctx.clone(), c.seq);
+    let rec = blocking(move || {
+        cx.db
+            .read_log_record(cx.log, seq)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(Stop::Fatal)?;
+    if let Some(r) = rec {
+        if (r.master_count, r.master_digest) != (c.count, c.digest) {
+            return Err(Stop::Fatal(format!(
+                "load of {name}: the content read as of seq {seq} has digest {} over {} records, but the master's log says {} over {}",
+                c.digest, c.count, r.master_digest, r.master_count
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Records a finished load: the order is cleared, the anchor set.
+pub(super) async fn finish_order(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    id: &str,
+    seq: Seq,
+    meta: FileMeta,
+    summary: Option<LoadSummary>,
+) -> Result<(), String> {
+    let c = ctx.control.clone();
+    let (name, id, def) = (f.name().to_string(), id.to_string(), f.def_hash);
+    blocking(move || {
+        c.update_replicate(&name, |r| {
+            if r.load.as_ref().is_some_and(|o| o.id == id) {
+                r.load = None;
+            }
+            r.anchor = Some(Anchor {
+                seq,
+                count: meta.count,
+                digest: meta.digest,
+                def,
+            });
+            // A reload makes the replicate whole again.
+            r.gaps.clear();
+            r.error = None;
+            r.log("info", &format!("load {id} finished at seq {seq}"));
+            if summary.is_some() {
+                r.last_load = summary;
+            }
+        })
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- verification
+
+/// Compares a replicate with the master as of its confirmed seq (its feeder
+/// is paused by the caller, so the replicate stays there).
+pub(super) async fn verify(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    max_isns: usize,
+) -> Result<VerifyReport, String> {
+    let why = |s: Stop| match s {
+        Stop::Link(m) | Stop::Fatal(m) | Stop::NeedsLoad(m) | Stop::Stopped(m) => m,
+    };
+    let rep = &f.rep;
+    let (mut conn, state) = open_link(ctx, rep).await.map_err(why)?;
+    if let Some(p) = state.load {
+        return Err(format!(
+            "replicate {} is being loaded ({} at isn {}): verify it when the load has ended",
+            f.name(),
+            p.id,
+            p.next
+        ));
+    }
+    let at = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
+    let expected = super::task::expected_at(ctx, f, at).await?;
+    let mut report = VerifyReport {
+        replicate: f.name().to_string(),
+        seq: at,
+        equal: false,
+        expected_count: expected.count,
+        expected_digest: expected.digest,
+        count: state.count,
+        digest: state.digest,
+        ranges_checked: 0,
+        ranges_differing: 0,
+        differences: Vec::new(),
+        truncated: false,
+    };
+    // A gap (confirm set) makes the expected digest the replicate's own
+    // at that point, not the master's: then only the full comparison tells.
+    let gaps = !ctx.control.replicate(f.name()).gaps.is_empty();
+    if !gaps && (state.count, state.digest) == (expected.count, expected.digest) {
+        report.equal = true;
+        return Ok(report);
+    }
+    let mut master_view = FileMeta::new(Fnr(rep.def.file));
+    // Range by range, as of `at`.
+    let mut src = Source::Master;
+    let mut snap = Snapshot::new(at);
+    let mut from = Isn(1);
+    let file = Fnr(rep.def.file);
+    loop {
+        let chunk = next_chunk(ctx, rep, &mut src, &mut snap, from, 4096)
+            .await
+            .map_err(why)?;
+        report.ranges_checked += 1;
+        let (count, digest) = chunk_meta(&chunk.records);
+        master_view.count += count;
+        master_view.digest.0 = master_view.digest.0.wrapping_add(digest.0);
+        let theirs = match conn
+            .call(&Request::RangeDigest {
+                file,
+                from: chunk.from,
+                to: chunk.to,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Response::Range { count, digest } => (count, digest),
+            other => return Err(conn.unexpected(&other, "Range").to_string()),
+        };
+        if theirs != (count, digest) {
+            report.ranges_differing += 1;
+            let held = dump_range(&mut conn, file, chunk.from, chunk.to).await?;
+            diff(&chunk.records, &held, &mut report, max_isns);
+        }
+        match chunk.to {
+            Some(t) => from = t,
+            None => break,
+        }
+    }
+    report.expected_count = master_view.count;
+    report.expected_digest = master_view.digest;
+    report.equal = report.differences.is_empty() && !report.truncated;
+    Ok(report)
+}
+
+async fn dump_range(
+    conn: &mut Conn,
+    file: Fnr,
+    from: Isn,
+    to: Option<Isn>,
+) -> Result<Vec<(Isn, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    let mut at = from;
+    loop {
+        let resp = conn
+            .call(&Request::Dump {
+                file,
+                from: at,
+                limit: 10_000,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let Response::Records { items, done, .. } = resp else {
+            return Err(conn.unexpected(&resp, "Records").to_string());
+        };
+        let Some(last) = items.last().map(|(i, _)| *i) else {
+            return Ok(out);
+        };
+        for (i, b) in items {
+            if to.is_some_and(|t| i >= t) {
+                return Ok(out);
+            }
+            out.push((i, b.into_vec()));
+        }
+        if done {
+            return Ok(out);
+        }
+        at = Isn(last.0 + 1);
+    }
+}
+
+fn diff(want: &[(Isn, Vec<u8>)], held: &[(Isn, Vec<u8>)], report: &mut VerifyReport, max: usize) {
+    let w: BTreeMap<Isn, &Vec<u8>> = want.iter().map(|(i, b)| (*i, b)).collect();
+    let h: BTreeMap<Isn, &Vec<u8>> = held.iter().map(|(i, b)| (*i, b)).collect();
+    let mut push = |isn: Isn, what: &str| {
+        if report.differences.len() < max {
+            report.differences.push((isn, what.to_string()));
+        } else {
+            report.truncated = true;
+        }
+    };
+    let isns: std::collections::BTreeSet<Isn> = w.keys().chain(h.keys()).copied().collect();
+    for i in isns {
+        match (w.get(&i), h.get(&i)) {
+            (Some(a), Some(b)) if a != b => push(i, "changed"),
+            (Some(_), None) => push(i, "missing"),
+            (None, Some(_)) => push(i, "extra"),
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------- confirm set
+
+/// Moves a replicate's confirmation forward to `seq`, skipping what lies
+/// between, with a permanent gap record (written first). Its feeder is
+/// paused by the caller.
+pub(super) async fn confirm_set(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    seq: Seq,
+    reason: &str,
+) -> Result<crate::node::control::Gap, String> {
+    let why = |s: Stop| match s {
+        Stop::Link(m) | Stop::Fatal(m) | Stop::NeedsLoad(m) | Stop::Stopped(m) => m,
+    };
+    let (mut conn, state) = open_link(ctx, &f.rep).await.map_err(why)?;
+    if state.load.is_some() {
+        return Err(format!("replicate {} is being loaded", f.name()));
+    }
+    let Some(conf) = state.confirmation else {
+        return Err(format!(
+            "replicate {} has no confirmation yet: load it (etp replicate init)",
+            f.name()
+        ));
+    };
+    if seq <= conf.seq {
+        return Err(format!(
+            "replicate {} already confirms seq {}; confirm set only moves forward (moving back would apply changes twice)",
+            f.name(),
+            conf.seq
+        ));
+    }
+    let (c, s2) = (ctx.clone(), seq);
+    let rec = blocking(move || c.db.read_log_record(c.log, s2).map_err(|e| e.to_string()))
+        .await?
+        .ok_or_else(|| {
+            format!(
+                "the master's log holds no durable seq {seq} (it stands at {})",
+                master_seq(ctx)
+            )
+        })?;
+    let gap = crate::node::control::Gap {
+        from: Seq(conf.seq.0 + 1),
+        to: seq,
+        reason: reason.to_string(),
+        time_us: now_us(),
+    };
+    let anchor = Anchor {
+        seq,
+        count: state.count,
+        digest: state.digest,
+        def: f.def_hash,
+    };
+    {
+        let (c, name, g) = (ctx.control.clone(), f.name().to_string(), gap.clone());
+        blocking(move || {
+            c.update_replicate(&name, |r| {
+                r.log(
+                    "gap",
+                    &format!(
+                        "confirm set: seq {} to {} skipped: {}",
+                        g.from, g.to, g.reason
+                    ),
+                );
+                r.gaps.push(g);
+                r.anchor = Some(anchor);
+            })
+        })
+        .await?;
+    }
+    let req = Request::LinkApply {
+        follows: conf.seq,
+        changes: Vec::new(),
+        confirmation: Confirmation {
+            replicate: f.name().to_string(),
+            master_db: ctx.db.dbid(),
+            master: Fnr(ctx.master.file),
+            seq,
+            incarnation: rec.incarnation,
+            master_time_us: rec.time_us,
+            digest: state.digest,
+            count: state.count,
+            applied_us: 0,
+            loaded_by: None,
+        },
+        txn_ends: Vec::new(),
+    };
+    match conn.call(&req).await.map_err(|e| e.to_string())? {
+        Response::Applied { .. } => {}
+        other => return Err(conn.unexpected(&other, "Applied").to_string()),
+    }
+    let mut m = FileMeta::new(Fnr(f.rep.def.file));
+    m.count = state.count;
+    m.digest = state.digest;
+    *lock(&f.expected) = Some((seq, m));
+    Ok(gap)
+}
