@@ -348,8 +348,32 @@ pub enum MasterCommand {
 
 #[derive(Args)]
 pub struct ExecArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
+    /// The database's data directory (the database must not be open in a node).
+    #[arg(long, value_name = "DIR", conflicts_with = "node", required_unless_present_any = ["node", "status"])]
+    pub data: Option<PathBuf>,
+    /// A running node's address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub node: Option<std::net::SocketAddr>,
+    /// Keep a durable local journal of the transactions in DIR (with --node):
+    /// each is synced there before it is sent, and one the node did not
+    /// acknowledge (unreachable, connection lost) is rerun, exactly once by
+    /// its transaction id, first by this command and else by the next
+    /// `etp exec --journal DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// How long to keep retrying an unreachable node (capped backoff) before
+    /// exiting 1 with the rest pending [default: 30].
+    #[arg(long, value_name = "SECS", requires = "journal")]
+    pub retry_for: Option<f64>,
+    /// Only rerun the journal's pending transactions; read no input.
+    #[arg(long, requires = "journal", requires = "node")]
+    pub rerun: bool,
+    /// List the journal's pending transactions (exit 0 if none, 1 if some).
+    #[arg(long, requires = "journal", conflicts_with_all = ["data", "rerun"])]
+    pub status: bool,
+    /// With --status: one JSON document.
+    #[arg(long, requires = "status")]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

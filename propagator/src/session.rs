@@ -139,6 +139,16 @@ impl Session {
     /// ET: commits the open transaction, durably, before returning.
     pub fn et(&mut self, client_id: Option<String>) -> Result<CommitInfo, DbError> {
         if let Some(reason) = self.aborted.take() {
+            // A rerun of a transaction that did commit (its acknowledgement
+            // was lost) fails on its own effects; its id tells the truth.
+            if let Some(id) = &client_id {
+                if let Some(lsn) = self.db.committed_id(id)? {
+                    return Err(DbError::AlreadyCommitted {
+                        id: id.clone(),
+                        lsn,
+                    });
+                }
+            }
             return Err(DbError::Aborted(reason));
         }
         let ops = std::mem::take(&mut self.ops);

@@ -201,6 +201,30 @@ fn duplicate_transaction_id_is_refused_with_original_lsn_even_after_reopen() {
 }
 
 #[test]
+fn rerun_failing_on_its_own_committed_effects_is_answered_already_committed() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(5)), rec(&[("q", 1)]))
+        .expect("store");
+    let first = s.et(Some("rerun-1".into())).expect("et");
+    // The rerun (its acknowledgement was lost) fails on its own record...
+    assert!(s.store(MASTER, Some(Isn(5)), rec(&[("q", 1)])).is_err());
+    // ...and its ET says what happened, by id.
+    assert!(
+        matches!(s.et(Some("rerun-1".into())), Err(DbError::AlreadyCommitted { lsn, .. }) if lsn == first.lsn)
+    );
+    // An id never committed still reports the abort, and the session is clean after it.
+    assert!(s.store(MASTER, Some(Isn(5)), rec(&[("q", 1)])).is_err());
+    assert!(matches!(
+        s.et(Some("rerun-2".into())),
+        Err(DbError::Aborted(_))
+    ));
+    assert!(!s.in_transaction());
+    assert_eq!(dump(&db, MASTER).len(), 1);
+}
+
+#[test]
 fn command_errors_abort_the_transaction_and_leave_no_trace() {
     let t = tempfile::tempdir().expect("tempdir");
     let db = fresh(t.path());

@@ -3,4 +3,5 @@
 
 mod cli_input;
 mod crash;
+mod journal;
 mod propagation;

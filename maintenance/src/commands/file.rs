@@ -168,9 +168,12 @@ pub fn run_master(c: MasterCommand) -> anyhow::Result<Outcome> {
 }
 
 pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {
+    if let Some(dir) = &a.journal {
+        return exec_journal(&a, dir);
+    }
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
-    let outcome = match (a.target.data, a.target.node) {
+    let outcome = match (a.data, a.node) {
         (Some(dir), _) => {
             let db = open_or_context(&dir)?;
             let mut session = db.session();
@@ -189,5 +192,42 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {
     match outcome.error {
         Some((line, msg)) => bail!("line {line}: {msg} (the open transaction was backed out; {} earlier transactions stay committed)", outcome.committed),
         None => Ok(Outcome::Ok),
+    }
+}
+
+/// `etp exec --journal DIR` (see `maintenance::journal`).
+fn exec_journal(a: &ExecArgs, dir: &std::path::Path) -> anyhow::Result<Outcome> {
+    use maintenance::journal;
+    let mut stdout = std::io::stdout().lock();
+    if a.status {
+        return Ok(if journal::status(dir, a.json, &mut stdout)? {
+            Outcome::Ok
+        } else {
+            Outcome::Problem
+        });
+    }
+    if a.data.is_some() {
+        bail!("--journal works with --node only: offline exec (--data) commits to the database directly and durably before it answers, so there is no master to be unavailable and nothing to rerun");
+    }
+    let Some(node) = a.node else {
+        bail!("--journal needs --node ADDR (or --status)");
+    };
+    let retry_for = match a.retry_for {
+        None => journal::DEFAULT_RETRY_FOR,
+        Some(s) if s.is_finite() && s >= 0.0 => std::time::Duration::from_secs_f64(s),
+        Some(s) => bail!("--retry-for must be a number of seconds >= 0, got {s}"),
+    };
+    let opts = journal::ExecOptions {
+        node,
+        retry_for,
+        rerun_only: a.rerun,
+    };
+    let stdin = std::io::stdin();
+    match journal::exec(dir, &opts, stdin.lock(), &mut stdout)? {
+        journal::ExecEnd::Done => Ok(Outcome::Ok),
+        journal::ExecEnd::Pending(_) => Ok(Outcome::Problem),
+        journal::ExecEnd::Error { message, pending } => {
+            bail!("{message} ({pending} transaction(s) stay pending in the journal)")
+        }
     }
 }

@@ -828,6 +828,17 @@ impl Database {
         .get(fnr, isn)
     }
 
+    /// The LSN a client transaction id was committed at (or is being
+    /// committed at, by an ET in flight), if any.
+    pub fn committed_id(&self, id: &str) -> Result<Option<Lsn>, DbError> {
+        let shared = self.shared();
+        let st = lock(&shared.state);
+        match st.pending_ids.get(id) {
+            Some(l) => Ok(Some(*l)),
+            None => Ok(shared.store.client_id(id)?),
+        }
+    }
+
     /// Commits a transaction: resolve, log, sync, apply (see the module docs).
     pub(crate) fn commit(
         &self,
