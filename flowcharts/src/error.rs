@@ -20,9 +20,6 @@ pub enum FlowError {
         first: String,
         second: String,
     },
-    /// The set has no `triage` tree, so a diagnosis has nowhere to start.
-    #[error("no `triage` tree in the set")]
-    NoTriage,
     #[error("cannot read {}: {source}", path.display())]
     Io {
         path: PathBuf,

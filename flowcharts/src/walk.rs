@@ -168,6 +168,8 @@ pub enum WalkError<E> {
     Cycle { origin: String, node: String },
     #[error("triage goes to tree `{case}`, which is not in the set")]
     UnknownCase { case: String },
+    #[error("the set has no `triage` tree to start a diagnosis with")]
+    NoTriage,
 }
 
 /// Walks `tree` from its start node to a leaf (or to the first question that
@@ -251,9 +253,7 @@ pub fn diagnose<A: Answers>(
     set: &TreeSet,
     answers: &mut A,
 ) -> Result<Diagnosis, WalkError<A::Error>> {
-    let triage_tree = set.triage().ok_or_else(|| WalkError::UnknownCase {
-        case: crate::set::TRIAGE.to_string(),
-    })?;
+    let triage_tree = set.triage().ok_or(WalkError::NoTriage)?;
     let triage = walk(triage_tree, answers)?;
     let case = match &triage.plan {
         Plan::Goto { case, .. } => {
@@ -265,4 +265,78 @@ pub fn diagnose<A: Answers>(
         Plan::Actions { .. } | Plan::Stopped { .. } => None,
     };
     Ok(Diagnosis { triage, case })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Always(bool);
+
+    impl Answers for Always {
+        type Error = std::convert::Infallible;
+        fn answer(&mut self, _: &Node) -> Result<Answer, Self::Error> {
+            Ok(if self.0 {
+                Answer::yes("always")
+            } else {
+                Answer::no("never")
+            })
+        }
+    }
+
+    fn parse(body: &str) -> Tree {
+        let text = format!("id = \"t\"\ntitle = \"t\"\ndescription = \"d\"\nstart = \"q\"\n{body}");
+        Tree::parse(&text, "t.toml").expect("parses")
+    }
+
+    #[test]
+    fn walk_of_an_unvalidated_cycle_stops_instead_of_looping() {
+        let tree = parse(
+            "[[node]]\nid = \"q\"\nquestion = \"?\"\nyes = \"r\"\nno = \"q\"\n\
+             [[node]]\nid = \"r\"\nquestion = \"?\"\nyes = \"q\"\nno = \"r\"\n",
+        );
+        let err = walk(&tree, &mut Always(true)).expect_err("cycle");
+        assert_eq!(
+            err.to_string(),
+            "t.toml: the walk visited node `q` twice (validate the tree before walking it)"
+        );
+    }
+
+    #[test]
+    fn walk_of_a_dangling_target_names_it() {
+        let tree = parse("[[node]]\nid = \"q\"\nquestion = \"?\"\nyes = \"gone\"\nno = \"gone\"\n");
+        let err = walk(&tree, &mut Always(false)).expect_err("dangling");
+        assert!(
+            err.to_string().contains("node `gone` does not exist"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn path_records_answers_and_evidence_in_order() {
+        let tree = parse(
+            "[[node]]\nid = \"q\"\nstep = \"S1\"\nquestion = \"first?\"\nprobe = \"p\"\nyes = \"r\"\nno = \"a\"\n\
+             [[node]]\nid = \"r\"\nquestion = \"second?\"\nyes = \"a\"\nno = \"a\"\n\
+             [[node]]\nid = \"a\"\noutcome = \"done\"\nnote = \"n\"\nactions = [{ action = \"x\", target = \"$m\" }]\n",
+        );
+        let walk = walk(&tree, &mut Always(true)).expect("walks");
+        let visited: Vec<(&str, &str)> = walk
+            .path
+            .iter()
+            .map(|v| (v.node.as_str(), v.answer.word()))
+            .collect();
+        assert_eq!(visited, [("q", "yes"), ("r", "yes")]);
+        assert_eq!(walk.path[0].step.as_deref(), Some("S1"));
+        assert_eq!(walk.path[0].probe.as_deref(), Some("p"));
+        match walk.plan {
+            Plan::Actions {
+                leaf, steps, note, ..
+            } => {
+                assert_eq!(leaf, "a");
+                assert_eq!(steps[0].display(), "x target=$m");
+                assert_eq!(note.as_deref(), Some("n"));
+            }
+            other => panic!("unexpected plan {other:?}"),
+        }
+    }
 }

@@ -120,3 +120,21 @@ fn a_walk_serializes_to_json() {
     assert_eq!(json["plan"]["steps"][0]["action"], "stop_tasks");
     assert_eq!(json["plan"]["steps"][0]["target"], "$all");
 }
+
+#[test]
+fn readme_documents_every_standard_name() {
+    let readme = std::fs::read_to_string(crate_dir().join("README.md")).expect("README.md");
+    let registry = Registry::standard();
+    let names = registry
+        .probes()
+        .map(|(n, _)| n.to_string())
+        .chain(registry.actions().map(|(n, _)| n.to_string()))
+        .chain(registry.variables().map(|(n, _)| format!("${n}")));
+    let missing: Vec<String> = names
+        .filter(|n| !readme.contains(&format!("`{n}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md does not document {missing:?}"
+    );
+}
