@@ -101,6 +101,9 @@ impl<'v, V: StateView> Applier<'v, V> {
                 self.meta_mut(def.fnr);
                 self.out.catalog.insert(def.fnr, def.clone());
             }
+            CatalogOp::Rebase(meta) => {
+                self.out.metas.insert(meta.fnr, *meta);
+            }
         }
     }
 

@@ -90,4 +90,9 @@ pub struct FileDef {
 pub enum CatalogOp {
     /// Creates a file (or replaces the definition of an existing one).
     Define(FileDef),
+    /// A replicate file's count and digest become those of the records the
+    /// page store holds (given here, computed from them), and any damage
+    /// recorded against it is cleared: the start of a reload that replaces
+    /// every record and proves the result against the master's digest.
+    Rebase(crate::digest::FileMeta),
 }

@@ -218,11 +218,14 @@ pub enum Request {
         digest: Digest,
         last: Option<Confirmation>,
     },
-    /// A file's record count and digest over the isns in `[from, to)`.
+    /// A file's record count and digest over the isns in `[from, to)`,
+    /// with the records themselves if asked (also for a damaged file: this
+    /// is how verification looks at one).
     RangeDigest {
         file: Fnr,
         from: Isn,
         to: Option<Isn>,
+        records: bool,
     },
     /// Operator requests about one replicate, on its master's node.
     Replicate {
@@ -513,6 +516,7 @@ pub enum Response {
     Range {
         count: u64,
         digest: Digest,
+        records: Vec<(Isn, ByteBuf)>,
     },
     Verify(VerifyReport),
     Errors(Vec<crate::node::control::ErrorEntry>),

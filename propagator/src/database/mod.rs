@@ -48,6 +48,8 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 pub const MAX_TXN_COMMANDS: usize = 100_000;
 /// The most encoded bytes one transaction may write.
 pub const MAX_TXN_BYTES: usize = 64 << 20;
+/// Records one `range_digest` hands back, at most.
+pub const MAX_RANGE_RECORDS: usize = 200_000;
 const IDENTITY_FILE: &str = "DATABASE";
 const LOCK_FILE: &str = "LOCK";
 
@@ -665,22 +667,67 @@ impl Database {
     }
 
     /// The count and digest of a file's committed records with isns in
-    /// `[from, to)` (`to` None: to the end), computed from the records.
+    /// `[from, to)` (`to` None: to the end), computed from the records, and
+    /// the records if `keep` (at most `MAX_RANGE_RECORDS`). Works on a
+    /// damaged file too: verification reads what it holds.
     pub fn range_digest(
         &self,
         fnr: Fnr,
         from: Isn,
         to: Option<Isn>,
-    ) -> Result<(u64, crate::Digest), DbError> {
+        keep: bool,
+    ) -> Result<(u64, crate::Digest, Vec<(Isn, Vec<u8>)>), DbError> {
+        {
+            let st = lock(&self.shared().state);
+            st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+        }
+        self.wait_applied()?;
         let mut meta = FileMeta::new(fnr);
-        self.for_each_raw(fnr, from, |isn, b| {
+        let mut kept = Vec::new();
+        for kv in self.shared().store.scan(fnr, from) {
+            let (isn, v) = kv?;
             if to.is_some_and(|t| isn >= t) {
-                return Ok(false);
+                break;
             }
-            meta.change(isn, None, Some(b));
-            Ok(true)
-        })?;
-        Ok((meta.count, meta.digest))
+            meta.change(isn, None, Some(&v));
+            if keep {
+                if kept.len() == MAX_RANGE_RECORDS {
+                    return Err(DbError::TooLarge(format!(
+                        "file {fnr} holds more than {MAX_RANGE_RECORDS} records in [{from}, {})",
+                        to.map_or("end".into(), |t| t.to_string())
+                    )));
+                }
+                kept.push((isn, v));
+            }
+        }
+        Ok((meta.count, meta.digest, kept))
+    }
+
+    /// Takes a replicate file's records as they stand in the page store as
+    /// its new baseline ([`CatalogOp::Rebase`]): its count and digest are
+    /// recomputed from them and any damage recorded against it is cleared.
+    /// Only a load that then replaces every record (and proves the result
+    /// against its master) may do this. The caller serialises writes to it.
+    pub fn rebase_replicate(&self, fnr: Fnr) -> Result<FileMeta, DbError> {
+        let def = {
+            let st = lock(&self.shared().state);
+            st.catalog
+                .get(&fnr)
+                .cloned()
+                .ok_or(DbError::UnknownFile(fnr))?
+        };
+        if def.role != Role::Replicate {
+            return Err(DbError::BadDefinition(format!(
+                "file {fnr} is a {} file; only replicate files are rebased",
+                def.role.name()
+            )));
+        }
+        self.wait_applied()?;
+        let mut meta = recovery::scan_meta(&self.shared().store, fnr)?;
+        let next = self.file_info(fnr)?.meta.next_isn;
+        meta.next_isn = meta.next_isn.max(next);
+        self.commit(vec![CatalogOp::Rebase(meta)], Vec::new(), None)?;
+        Ok(meta)
     }
 
     /// The count and digest of a file's records as they stand in the page
@@ -899,6 +946,13 @@ impl Database {
                 ap.change(change, false)?;
             }
             let derived = ap.finish()?;
+            let rebased: Vec<Fnr> = catalog
+                .iter()
+                .filter_map(|op| match op {
+                    CatalogOp::Rebase(m) => Some(m.fnr),
+                    CatalogOp::Define(_) => None,
+                })
+                .collect();
             let entry = Commit {
                 lsn,
                 time_us,
@@ -922,6 +976,9 @@ impl Database {
             }
             for d in derived.catalog.values() {
                 st.catalog.insert(d.fnr, d.clone());
+            }
+            for fnr in &rebased {
+                st.damaged.remove(fnr);
             }
             let mut keys = Vec::with_capacity(derived.records.len());
             for (fnr, isn, v) in &derived.records {

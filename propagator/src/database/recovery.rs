@@ -91,9 +91,11 @@ impl Expected {
     }
 
     fn advance(&mut self, c: &Commit) {
-        for crate::catalog::CatalogOp::Define(d) in &c.catalog {
-            self.catalog.insert(d.fnr, d.clone());
-            self.metas.entry(d.fnr).or_insert(FileMeta::new(d.fnr));
+        for op in &c.catalog {
+            if let crate::catalog::CatalogOp::Define(d) = op {
+                self.catalog.insert(d.fnr, d.clone());
+                self.metas.entry(d.fnr).or_insert(FileMeta::new(d.fnr));
+            }
         }
         for m in &c.metas {
             self.metas.insert(m.fnr, *m);
@@ -176,6 +178,11 @@ fn replay_commit(
         };
         let mut ap = Applier::new(&view, c.lsn, c.time_us, c.client_id.clone());
         for op in &c.catalog {
+            // A rebase takes the file's content as it stood then as its new
+            // baseline: damage found before it no longer applies.
+            if let crate::catalog::CatalogOp::Rebase(m) = op {
+                damaged.remove(&m.fnr);
+            }
             ap.catalog_op(op);
         }
         let mut failed = None;

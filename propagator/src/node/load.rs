@@ -683,21 +683,10 @@ pub(super) async fn verify(
         let (count, digest) = chunk_meta(&chunk.records);
         master_view.count += count;
         master_view.digest.0 = master_view.digest.0.wrapping_add(digest.0);
-        let theirs = match conn
-            .call(&Request::RangeDigest {
-                file,
-                from: chunk.from,
-                to: chunk.to,
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Response::Range { count, digest } => (count, digest),
-            other => return Err(conn.unexpected(&other, "Range").to_string()),
-        };
-        if theirs != (count, digest) {
+        let theirs = range(&mut conn, file, chunk.from, chunk.to, false).await?;
+        if (theirs.0, theirs.1) != (count, digest) {
             report.ranges_differing += 1;
-            let held = dump_range(&mut conn, file, chunk.from, chunk.to).await?;
+            let held = range(&mut conn, file, chunk.from, chunk.to, true).await?.2;
             diff(&chunk.records, &held, &mut report, max_isns);
         }
         match chunk.to {
@@ -711,39 +700,34 @@ pub(super) async fn verify(
     Ok(report)
 }
 
-async fn dump_range(
+async fn range(
     conn: &mut Conn,
     file: Fnr,
     from: Isn,
     to: Option<Isn>,
-) -> Result<Vec<(Isn, Vec<u8>)>, String> {
-    let mut out = Vec::new();
-    let mut at = from;
-    loop {
-        let resp = conn
-            .call(&Request::Dump {
-                file,
-                from: at,
-                limit: 10_000,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let Response::Records { items, done, .. } = resp else {
-            return Err(conn.unexpected(&resp, "Records").to_string());
-        };
-        let Some(last) = items.last().map(|(i, _)| *i) else {
-            return Ok(out);
-        };
-        for (i, b) in items {
-            if to.is_some_and(|t| i >= t) {
-                return Ok(out);
-            }
-            out.push((i, b.into_vec()));
-        }
-        if done {
-            return Ok(out);
-        }
-        at = Isn(last.0 + 1);
+    records: bool,
+) -> Result<(u64, Digest, Vec<(Isn, Vec<u8>)>), String> {
+    let req = Request::RangeDigest {
+        file,
+        from,
+        to,
+        records,
+    };
+    match conn.call(&req).await.map_err(|e| e.to_string())? {
+        Response::Range {
+            count,
+            digest,
+            records,
+        } => Ok((
+            count,
+            digest,
+            records
+                .into_iter()
+                .map(|(i, b)| (i, b.into_vec()))
+                .collect(),
+        )),
+        Response::Error { message } => Err(message),
+        other => Err(conn.unexpected(&other, "Range").to_string()),
     }
 }
 

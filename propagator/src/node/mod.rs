@@ -340,10 +340,22 @@ impl Node {
                     Err(e) => Response::error(format!("internal error: {e}")),
                 }
             }
-            Request::RangeDigest { file, from, to } => {
+            Request::RangeDigest {
+                file,
+                from,
+                to,
+                records,
+            } => {
                 let db = self.db.clone();
-                match blocking(move || db.range_digest(file, from, to)).await {
-                    Ok((count, digest)) => Response::Range { count, digest },
+                match blocking(move || db.range_digest(file, from, to, records)).await {
+                    Ok((count, digest, recs)) => Response::Range {
+                        count,
+                        digest,
+                        records: recs
+                            .into_iter()
+                            .map(|(i, b)| (i, ByteBuf::from(b)))
+                            .collect(),
+                    },
                     Err(e) => Response::error(e),
                 }
             }
@@ -915,12 +927,26 @@ impl Node {
         };
         let rec = load_progress_to_record(&link, &p);
         let db = self.db.clone();
+        let link2 = link.clone();
         let r = blocking(move || {
+            let link = link2;
+            // A damaged replicate is reloaded whole: what it holds now is
+            // the baseline the chunks replace, and the last chunk proves the
+            // result against the master's digest.
+            if db.file_info(link.file)?.damaged.is_some() {
+                let m = db.rebase_replicate(link.file)?;
+                tracing::warn!(replicate = %link.name, file = %link.file, count = m.count,
+                    "damaged replicate rebased on what it holds; the load replaces it");
+            }
             db.put_engine_record(link.confirmation, Isn(u64::from(link.file.0)), rec)
         })
         .await;
         match r {
             Ok(_) => {
+                if let Some(l) = conv.link.as_mut() {
+                    // Rebased if it was damaged: writable again.
+                    l.damaged = false;
+                }
                 tracing::info!(replicate = %link.name, id = %p.id, snapshot = %p.snapshot, "load begins");
                 Response::Loading(p)
             }

@@ -1,0 +1,775 @@
+//! The maintenance utility against real node processes: policy modes,
+//! replicate states, online initial load and reinit (resumed after a kill),
+//! verification, confirmation edits with gap records, log cleanup, stalled
+//! detection.
+
+use etp_system_tests::{etp, etp_bin, ok, wait_for};
+use maintenance::cluster::{topology_text, Cluster, FULL, MASTER, PART};
+use propagator::node::client::Client;
+use propagator::record::encode_record;
+use propagator::wire::{Command, ReplicateReport, Request, Response};
+use propagator::{Fnr, Isn, Record, Seq, Value};
+use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+/// The replicate the init test adds (on database 3).
+const NEW: Fnr = Fnr(40);
+
+fn rec(id: u64, grp: i64, qty: i64) -> Record {
+    let mut r = Record::new();
+    r.insert("id".into(), Value::Int(id as i64));
+    r.insert("grp".into(), Value::Int(grp));
+    r.insert("qty".into(), Value::Int(qty));
+    r.insert("note".into(), Value::Text(format!("n{id}")));
+    r
+}
+
+fn store(isn: u64, r: &Record) -> Command {
+    Command::Store {
+        file: MASTER,
+        isn: Some(Isn(isn)),
+        fields: ByteBuf::from(encode_record(r).expect("encode")),
+    }
+}
+
+/// Stores isns `from..from+n` on the master, `per` records a transaction.
+fn bulk(c: &mut Client, from: u64, n: u64, per: u64) {
+    let mut i = from;
+    while i < from + n {
+        let end = (i + per).min(from + n);
+        let mut cmds: Vec<Command> = (i..end)
+            .map(|k| store(k, &rec(k, (k % 12) as i64, (k % 30) as i64)))
+            .collect();
+        cmds.push(Command::Et { id: None });
+        match c.batch(cmds).expect("batch") {
+            Response::Committed(_) => {}
+            other => panic!("bulk load failed: {other:?}"),
+        }
+        i = end;
+    }
+}
+
+/// Commits small transactions (updates, stores, deletes) until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(addr: SocketAddr, existing: u64, fresh_from: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (s, d) = (stop.clone(), done.clone());
+        let handle = std::thread::spawn(move || {
+            let mut c = Client::connect(addr).expect("writer connects");
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut next = fresh_from;
+            let mut deleted = std::collections::BTreeSet::new();
+            while !s.load(Ordering::Relaxed) {
+                let k = rng.u64(1..=existing);
+                let mut cmds = Vec::new();
+                if !deleted.contains(&k) {
+                    if rng.u32(0..10) == 0 {
+                        deleted.insert(k);
+                        cmds.push(Command::Delete {
+                            file: MASTER,
+                            isn: Isn(k),
+                        });
+                    } else {
+                        let mut p = Record::new();
+                        p.insert("qty".into(), Value::Int(rng.i64(0..30)));
+                        p.insert("grp".into(), Value::Int(rng.i64(0..12)));
+                        cmds.push(Command::Update {
+                            file: MASTER,
+                            isn: Isn(k),
+                            fields: ByteBuf::from(encode_record(&p).expect("encode")),
+                        });
+                    }
+                }
+                cmds.push(store(next, &rec(next, rng.i64(0..12), rng.i64(0..30))));
+                next += 1;
+                cmds.push(Command::Et { id: None });
+                match c.batch(cmds) {
+                    Ok(Response::Committed(_)) => {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("writer transaction failed: {other:?}"),
+                }
+            }
+        });
+        Writer {
+            stop,
+            done,
+            handle: Some(handle),
+        }
+    }
+
+    fn committed(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("writer thread");
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn reports(addr: SocketAddr) -> Vec<(Seq, ReplicateReport)> {
+    let mut c = Client::connect(addr).expect("connect");
+    match c.call(&Request::ReplicateStatus).expect("status") {
+        Response::Tasks(t) => t
+            .into_iter()
+            .flat_map(|t| {
+                let m = t.master_seq;
+                t.replicates.into_iter().map(move |r| (m, r))
+            })
+            .collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn report(addr: SocketAddr, name: &str) -> (Seq, ReplicateReport) {
+    reports(addr)
+        .into_iter()
+        .find(|(_, r)| r.name == name)
+        .unwrap_or_else(|| panic!("no replicate {name}"))
+}
+
+fn wait_current(addr: SocketAddr, name: &str) -> ReplicateReport {
+    wait_for(&format!("{name} online and current"), LIMIT, || {
+        let (m, r) = report(addr, name);
+        (r.state == "online" && r.confirmed_seq == m).then_some(r)
+    })
+}
+
+fn node_arg(cl: &Cluster) -> String {
+    cl.master().addr.to_string()
+}
+
+/// The example topology (restart interval 1 s) plus a full replicate
+/// `items_new` on database 3, loaded in chunks of `chunk` records.
+fn with_new_replicate(addrs: &[SocketAddr], chunk: u32) -> String {
+    let t = topology_text(addrs, Some(1));
+    let t = t.replace(
+        "restart_interval_s = 1",
+        &format!("restart_interval_s = 1\nload_chunk = {chunk}"),
+    );
+    format!(
+        "{t}\n[[replicate]]\nname = \"items_new\"\nmaster_database = 1\nmaster = 10\ndatabase = 3\nfile = 40\nconfirmation = 41\n"
+    )
+}
+
+#[test]
+fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal() {
+    const N: u64 = 200_000;
+    let t = tempfile::tempdir().expect("tempdir");
+    // The master holds N records before it becomes a master: a new
+    // replicate cannot be fed from its log, it needs a load.
+    let d1 = t.path().join("db1");
+    let d1s = d1.to_str().expect("utf8");
+    ok(&etp(&["db", "init", "--data", d1s, "--dbid", "1"]));
+    ok(&etp(&[
+        "file", "create", "--data", d1s, "--file", "10", "--name", "items",
+    ]));
+    let mut input = String::with_capacity(N as usize * 90);
+    for k in 1..=N {
+        input.push_str(&format!(
+            "{{\"op\":\"store\",\"file\":10,\"isn\":{k},\"fields\":{{\"id\":{k},\"grp\":{},\"qty\":{},\"note\":\"n{k}\"}}}}\n",
+            k % 12,
+            k % 30
+        ));
+        if k % 10_000 == 0 {
+            input.push_str("{\"op\":\"et\"}\n");
+        }
+    }
+    ok(&etp_system_tests::etp_stdin(
+        &["exec", "--data", d1s],
+        &input,
+    ));
+    let mut cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    // The automatic policy loads the example's two replicates.
+    cl.wait_converged(LIMIT).expect("converged");
+    wait_for("both replicates loaded", LIMIT, || {
+        reports(cl.master().addr)
+            .iter()
+            .all(|(_, r)| r.last_load.is_some() && r.state == "online")
+            .then_some(())
+    });
+    // Manual policy: nothing loads or restarts by itself.
+    ok(&etp(&["policy", "set", "manual", "--node", &node]));
+    let addrs: Vec<SocketAddr> = cl.nodes.iter().map(|n| n.addr).collect();
+    let topo = t.path().join("topology2.toml");
+    std::fs::write(&topo, with_new_replicate(&addrs, 4000)).expect("write topology");
+    ok(&etp(&[
+        "admin",
+        "apply",
+        "--node",
+        &node,
+        topo.to_str().expect("utf8"),
+    ]));
+    let master = cl.master().addr;
+    let r = wait_for("items_new waiting for its load", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        (r.state == "offline" && r.phase.contains("initial load")).then_some(r)
+    });
+    assert!(r.phase.contains("etp replicate init"), "{}", r.phase);
+
+    let writer = Writer::start(master, N, 1_000_000);
+    ok(&etp(&[
+        "replicate",
+        "init",
+        "items_new",
+        "--node",
+        &node,
+        "--no-wait",
+    ]));
+    // Kill the node being loaded part-way through.
+    let at = wait_for("a quarter of the load", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        let l = r.load?;
+        (l.chunks_this_run >= 12).then_some(l.chunks_this_run)
+    });
+    cl.nodes[2].kill();
+    cl.nodes[2].restart().expect("restart node 3");
+    // Under the manual policy the lost link stops the feeder; rerunning
+    // init picks the load up where the replicate's progress record says.
+    wait_for("items_new stopped by the lost link", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        (r.state != "initializing" || r.load.is_none()).then_some(())
+    });
+    let out = ok(&etp(&["replicate", "init", "items_new", "--node", &node]));
+    assert!(out.contains("resumed from isn"), "{out}");
+    let (_, r) = report(master, "items_new");
+    let l = r.last_load.expect("load summary");
+    assert!(
+        l.resumed_from > Isn(1),
+        "the second run resumed: {l:?} (first run had {at} chunks)"
+    );
+    assert!(
+        l.chunks_last_run < l.chunks,
+        "the second run loaded fewer chunks than the whole load: {l:?}"
+    );
+    assert!(l.snapshot > Seq(0));
+    assert!(writer.committed() > 0, "the master kept committing");
+    writer.finish();
+    // Everything else was stopped by the kill too (manual policy).
+    ok(&etp(&["task", "start", "--node", &node]));
+    wait_current(master, "items_new");
+    wait_current(master, "items_part");
+    wait_current(master, "items_full");
+    let m = cl.dump(0, MASTER).expect("master");
+    let n = cl.dump(2, NEW).expect("new replicate");
+    assert_eq!(n.len(), m.len());
+    assert!(n == m, "items_new equals the master");
+    ok(&etp(&["replicate", "verify", "items_new", "--node", &node]));
+    ok(&etp(&["policy", "set", "automatic", "--node", &node]));
+}
+
+#[test]
+fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    let master = cl.master().addr;
+    let mut c = cl.master().client().expect("client");
+    bulk(&mut c, 1, 20_000, 2000);
+    cl.wait_converged(LIMIT).expect("converged");
+    let before = cl.dump(2, PART).expect("partial");
+    let m = cl.dump(0, MASTER).expect("master");
+    let int = |r: &Record, k: &str| match r.get(k) {
+        Some(Value::Int(i)) => *i,
+        _ => -1,
+    };
+    // Stricter: qty > 20 instead of qty > 10.
+    let want: BTreeMap<Isn, Record> = cl
+        .expected_partial(&m)
+        .into_iter()
+        .filter(|(_, r)| int(r, "qty") > 20)
+        .collect();
+    let leaving = before.len() - want.len();
+    assert!(leaving > 1000, "the change moves records ({leaving})");
+
+    ok(&etp(&["policy", "set", "manual", "--node", &node]));
+    let text = std::fs::read_to_string(t.path().join("topology.toml")).expect("topology");
+    let stricter = text.replace("qty > 10", "qty > 20");
+    let topo = t.path().join("stricter.toml");
+    std::fs::write(&topo, &stricter).expect("write");
+    ok(&etp(&[
+        "admin",
+        "apply",
+        "--node",
+        &node,
+        topo.to_str().expect("utf8"),
+    ]));
+    wait_for("items_part asking for a reinit", LIMIT, || {
+        let (_, r) = report(master, "items_part");
+        (r.state == "offline" && r.phase.contains("definition")).then_some(())
+    });
+    let out = ok(&etp(&[
+        "replicate",
+        "reinit",
+        "items_part",
+        "--scoped",
+        "--node",
+        &node,
+        "--json",
+    ]));
+    let done: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "done")
+        .expect("a done event");
+    let load = &done["load"];
+    assert_eq!(load["removed"].as_u64(), Some(leaving as u64), "{load}");
+    assert_eq!(load["written"].as_u64(), Some(0), "{load}");
+    assert_eq!(load["kept"].as_u64(), Some(want.len() as u64), "{load}");
+    assert!(cl.dump(2, PART).expect("partial") == want, "new selection");
+
+    // Under the automatic policy a redefinition reloads by itself: looser
+    // again (qty > 5), only the entering records are written.
+    ok(&etp(&["policy", "set", "automatic", "--node", &node]));
+    let looser = text.replace("qty > 10", "qty > 5");
+    std::fs::write(&topo, &looser).expect("write");
+    ok(&etp(&[
+        "admin",
+        "apply",
+        "--node",
+        &node,
+        topo.to_str().expect("utf8"),
+    ]));
+    let want: BTreeMap<Isn, Record> = cl
+        .expected_partial(&m)
+        .into_iter()
+        .chain(
+            m.iter()
+                .filter(|(_, r)| int(r, "grp") % 4 == 0 && (6..=10).contains(&int(r, "qty")))
+                .map(|(i, r)| {
+                    let mut p = r.clone();
+                    p.remove("note");
+                    (*i, p)
+                }),
+        )
+        .collect();
+    let r = wait_for("the automatic scoped reload", LIMIT, || {
+        let (_, r) = report(master, "items_part");
+        let l = r.last_load.as_ref()?;
+        (r.state == "online" && l.written > 0).then_some(r)
+    });
+    let l = r.last_load.expect("summary");
+    assert_eq!(l.removed, 0, "{l:?}");
+    assert_eq!(l.written as usize + (l.kept as usize), want.len(), "{l:?}");
+    assert!(
+        cl.dump(2, PART).expect("partial") == want,
+        "looser selection"
+    );
+}
+
+/// Changes a replicate's page store behind the engine (node stopped).
+fn tamper(data: &std::path::Path, file: Fnr, edits: Vec<(Isn, Option<Record>)>) {
+    let store = propagator::store::PageStore::open(&data.join("store"), 1 << 20).expect("store");
+    let applied = store.applied_lsn().expect("lsn");
+    let records = edits
+        .into_iter()
+        .map(|(i, r)| (file, i, r.map(|r| encode_record(&r).expect("enc"))))
+        .collect();
+    store
+        .apply(&propagator::store::StoreBatch {
+            applied,
+            records,
+            ..Default::default()
+        })
+        .expect("tamper");
+    store.flush().expect("flush");
+}
+
+fn verify_json(node: &str, name: &str) -> (i32, serde_json::Value) {
+    let out = etp(&["replicate", "verify", name, "--node", node, "--json"]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "verify output: {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn verify_reports_equality_under_load_and_names_injected_differences() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mut cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    let master = cl.master().addr;
+    let mut c = cl.master().client().expect("client");
+    bulk(&mut c, 1, 10_000, 2000);
+    cl.wait_converged(LIMIT).expect("converged");
+    let writer = Writer::start(master, 10_000, 500_000);
+    for name in ["items_full", "items_part"] {
+        let (code, v) = verify_json(&node, name);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["equal"], true, "{v}");
+    }
+    writer.finish();
+    cl.wait_converged(LIMIT).expect("converged");
+    // Pick records the partial holds: one changed, one deleted; and add one.
+    let part = cl.dump(2, PART).expect("partial");
+    let mut held = part.keys().copied();
+    let (pa, pb) = (held.next().expect("a"), held.next().expect("b"));
+    let full = cl.dump(1, FULL).expect("full");
+    let mut fk = full.keys().copied();
+    let (fa, fb) = (fk.nth(10).expect("a"), fk.nth(10).expect("b"));
+    let extra = Isn(9_000_000);
+    cl.nodes[1].stop().expect("stop 2");
+    let mut changed = full[&fa].clone();
+    changed.insert("note".into(), Value::Text("tampered".into()));
+    tamper(
+        &cl.nodes[1].data,
+        FULL,
+        vec![(fa, Some(changed)), (fb, None), (extra, Some(rec(1, 0, 0)))],
+    );
+    cl.nodes[2].stop().expect("stop 3");
+    let mut changed = part[&pa].clone();
+    changed.insert("qty".into(), Value::Int(-5));
+    let mut extra_rec = Record::new();
+    extra_rec.insert("id".into(), Value::Int(1));
+    tamper(
+        &cl.nodes[2].data,
+        PART,
+        vec![(pa, Some(changed)), (pb, None), (extra, Some(extra_rec))],
+    );
+    cl.nodes[1].restart().expect("restart 2");
+    cl.nodes[2].restart().expect("restart 3");
+    for (name, a, b) in [("items_full", fa, fb), ("items_part", pa, pb)] {
+        let (code, v) = verify_json(&node, name);
+        assert_eq!(code, 1, "{v}");
+        assert_eq!(v["equal"], false, "{v}");
+        let diffs: BTreeMap<u64, String> = v["differences"]
+            .as_array()
+            .expect("differences")
+            .iter()
+            .map(|d| {
+                (
+                    d["isn"].as_u64().expect("isn"),
+                    d["kind"].as_str().expect("kind").to_string(),
+                )
+            })
+            .collect();
+        let want: BTreeMap<u64, String> = [
+            (a.0, "changed".to_string()),
+            (b.0, "missing".to_string()),
+            (extra.0, "extra".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(diffs, want, "{name}: {v}");
+    }
+    // The feeder caught the damage too: both replicates are in error.
+    wait_for("both replicates in error", LIMIT, || {
+        reports(master)
+            .iter()
+            .all(|(_, r)| r.state == "error")
+            .then_some(())
+    });
+    let out = etp(&["replicate", "status", "--node", &node]);
+    assert_eq!(out.status.code(), Some(1));
+    // A reinit repairs them (written: what differed).
+    for name in ["items_full", "items_part"] {
+        ok(&etp(&[
+            "replicate",
+            "reinit",
+            name,
+            "--scoped",
+            "--node",
+            &node,
+        ]));
+        let (code, v) = verify_json(&node, name);
+        assert_eq!(code, 0, "{v}");
+    }
+    cl.check_equal().expect("equal after reinit");
+}
+
+#[test]
+fn confirm_set_leaves_a_gap_record_and_cleanup_deletes_nothing_without_a_copy() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    let master = cl.master().addr;
+    let mut c = cl.master().client().expect("client");
+    bulk(&mut c, 1, 1000, 100);
+    let mut txn = |i: u64| {
+        let mut p = Record::new();
+        p.insert("qty".into(), Value::Int(25));
+        p.insert("grp".into(), Value::Int(4));
+        let cmds = vec![
+            Command::Update {
+                file: MASTER,
+                isn: Isn(i),
+                fields: ByteBuf::from(encode_record(&p).expect("enc")),
+            },
+            Command::Et {
+                id: Some(format!("tx{i}")),
+            },
+        ];
+        match c.batch(cmds).expect("txn") {
+            Response::Committed(r) => r.seqs[0].2,
+            other => panic!("{other:?}"),
+        }
+    };
+    for i in 1..=10 {
+        txn(i);
+    }
+    cl.wait_converged(LIMIT).expect("converged");
+    ok(&etp(&[
+        "replicate",
+        "shun",
+        "items_part",
+        "--reason",
+        "link maintenance",
+        "--node",
+        &node,
+    ]));
+    let mut last = Seq(0);
+    for i in 11..=30 {
+        last = txn(i);
+    }
+    let skip_to = Seq(last.0 - 5);
+    let (_, r) = report(master, "items_part");
+    assert_eq!(r.state, "shunned");
+    let from = r.confirmed_seq;
+    // Moving back is refused: it would apply changes twice.
+    let back = etp(&[
+        "confirm",
+        "set",
+        "items_part",
+        "--seq",
+        &(from.0 - 1).to_string(),
+        "--node",
+        &node,
+    ]);
+    assert_eq!(back.status.code(), Some(2));
+    ok(&etp(&[
+        "confirm",
+        "set",
+        "items_part",
+        "--seq",
+        &skip_to.to_string(),
+        "--reason",
+        "operator skipped",
+        "--node",
+        &node,
+    ]));
+    let (_, r) = report(master, "items_part");
+    assert_eq!(r.consistency, "consistent-except-gaps");
+    assert_eq!(r.gaps.len(), 1);
+    assert_eq!((r.gaps[0].from, r.gaps[0].to), (Seq(from.0 + 1), skip_to));
+    assert_eq!(r.gaps[0].reason, "operator skipped");
+    ok(&etp(&[
+        "replicate",
+        "unshun",
+        "items_part",
+        "--node",
+        &node,
+    ]));
+    wait_current(master, "items_part");
+    // Status keeps saying so (exit 1), xref names the skipped transaction.
+    let out = etp(&["replicate", "status", "--node", &node]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("consistent-except-gaps"));
+    let x = ok(&etp(&["xref", "--id", "tx15", "--node", &node, "--json"]));
+    let x: serde_json::Value = serde_json::from_str(x.trim()).expect("json");
+    let status = |name: &str| {
+        x["replicates"]
+            .as_array()
+            .expect("replicates")
+            .iter()
+            .find(|r| r["replicate"] == name)
+            .map(|r| r["status"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(status("items_part").as_deref(), Some("skipped (gap)"));
+    assert_eq!(status("items_full").as_deref(), Some("applied"));
+    let errors = ok(&etp(&[
+        "replicate",
+        "errors",
+        "items_part",
+        "--node",
+        &node,
+    ]));
+    assert!(
+        errors.contains("operator skipped") && errors.contains("link maintenance"),
+        "{errors}"
+    );
+    // The gap survives a restart of the master's node.
+    let mut cl = cl;
+    cl.nodes[0].restart().expect("restart master");
+    let (_, r) = report(master, "items_part");
+    assert_eq!(r.gaps.len(), 1);
+    // Log cleanup: every replicate confirmed everything, but no copy exists.
+    let plan = ok(&etp(&["log", "plan-cleanup", "--node", &node, "--json"]));
+    let plan: serde_json::Value = serde_json::from_str(plan.trim()).expect("json");
+    assert!(plan["safe_until"].is_null(), "{plan}");
+    assert!(plan["notes"][0]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no catalogued copy"));
+    let out = ok(&etp(&[
+        "log",
+        "cleanup",
+        "--node",
+        &node,
+        "--until",
+        &last.to_string(),
+    ]));
+    assert!(out.contains("deleted: 0 records"), "{out}");
+    let stat = cl
+        .master()
+        .client()
+        .expect("client")
+        .call(&Request::FileStat { file: Fnr(11) })
+        .expect("stat");
+    match stat {
+        Response::Stat { count, .. } => {
+            assert_eq!(count, last.0, "the log still holds every record")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A reload clears the gap.
+    ok(&etp(&[
+        "replicate",
+        "reinit",
+        "items_part",
+        "--scoped",
+        "--node",
+        &node,
+    ]));
+    let (_, r) = report(master, "items_part");
+    assert!(r.gaps.is_empty());
+    ok(&etp(&["replicate", "status", "--node", &node]));
+}
+
+#[test]
+fn a_frozen_replicate_node_shows_growing_stalled_time() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    let master = cl.master().addr;
+    let mut c = cl.master().client().expect("client");
+    bulk(&mut c, 1, 100, 10);
+    cl.wait_converged(LIMIT).expect("converged");
+    let pid = cl.nodes[1].pid().expect("pid").to_string();
+    let _cont = ContOnDrop(pid.clone());
+    ok(&std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .output()
+        .expect("kill -STOP"));
+    bulk(&mut c, 1000, 100, 10);
+    let first = wait_for("items_full stalled", LIMIT, || {
+        let (_, r) = report(master, "items_full");
+        (r.health == "stalled").then_some(r)
+    });
+    assert!(first.stalled_s >= 3.0, "{first:?}");
+    assert!(first.lag_records > 0);
+    let later = wait_for("stalled time growing", LIMIT, || {
+        let (_, r) = report(master, "items_full");
+        (r.stalled_s >= first.stalled_s + 1.0).then_some(r)
+    });
+    assert_ne!(
+        (later.state.as_str(), later.health.as_str()),
+        ("online", "current")
+    );
+    // The partial is not held back, and status exits 1 naming the stall.
+    wait_current(master, "items_part");
+    let out = etp(&["replicate", "status", "--node", &node]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stalled for"));
+    ok(&std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .output()
+        .expect("kill -CONT"));
+    let r = wait_current(master, "items_full");
+    assert_eq!(r.health, "current");
+}
+
+/// Resumes a stopped process if the test ends early.
+struct ContOnDrop(String);
+
+impl Drop for ContOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn maintenance_policy_stops_every_task_at_a_safe_point_and_starts_none() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    let master = cl.master().addr;
+    let mut c = cl.master().client().expect("client");
+    bulk(&mut c, 1, 2000, 200);
+    let writer = Writer::start(master, 2000, 100_000);
+    wait_for("some concurrent commits", LIMIT, || {
+        (writer.committed() > 20).then_some(())
+    });
+    let out = ok(&etp(&[
+        "policy",
+        "set",
+        "maintenance",
+        "--node",
+        &node,
+        "--json",
+    ]));
+    assert_eq!(out.lines().count(), 3, "every node answered: {out}");
+    for (_, r) in reports(master) {
+        assert_eq!(r.state, "offline", "{r:?}");
+        assert!(r.phase.contains("policy maintenance"), "{}", r.phase);
+    }
+    let frozen: Vec<Seq> = reports(master)
+        .iter()
+        .map(|(_, r)| r.confirmed_seq)
+        .collect();
+    // Stopped between whole batches: each replicate equals the master as of
+    // the seq it confirms.
+    for name in ["items_full", "items_part"] {
+        let (code, v) = verify_json(&node, name);
+        assert_eq!((code, &v["equal"]), (0, &serde_json::json!(true)), "{v}");
+    }
+    // No task starts while it holds; the master keeps committing.
+    let start = etp(&["task", "start", "--node", &node]);
+    assert_eq!(start.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&start.stderr).contains("maintenance"));
+    let n = writer.committed();
+    wait_for("more commits", LIMIT, || {
+        (writer.committed() > n + 20).then_some(())
+    });
+    let still: Vec<Seq> = reports(master)
+        .iter()
+        .map(|(_, r)| r.confirmed_seq)
+        .collect();
+    assert_eq!(frozen, still, "nothing was fed during maintenance");
+    writer.finish();
+    ok(&etp(&["policy", "set", "automatic", "--node", &node]));
+    cl.wait_converged(LIMIT).expect("converged");
+    cl.check_equal().expect("equal");
+    let list = ok(&etp(&["task", "list", "--node", &node]));
+    assert!(
+        list.contains("items_full, items_part") && list.contains("automatic"),
+        "{list}"
+    );
+}
