@@ -137,6 +137,9 @@ pub struct LoadStats {
     pub kept: u64,
 }
 
+/// A range of a file: count, digest and (if asked) its records.
+pub type RangeContent = (u64, crate::Digest, Vec<(Isn, Vec<u8>)>);
+
 /// A replicated change: isn, expected current bytes, new bytes (None: absent).
 pub type ReplicatedChange = (Isn, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -676,7 +679,7 @@ impl Database {
         from: Isn,
         to: Option<Isn>,
         keep: bool,
-    ) -> Result<(u64, crate::Digest, Vec<(Isn, Vec<u8>)>), DbError> {
+    ) -> Result<RangeContent, DbError> {
         {
             let st = lock(&self.shared().state);
             st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
