@@ -4,6 +4,11 @@
 //!
 //! - a:  N rows in transactions of B, first insert until both replicates
 //!   have durably confirmed the last seq;
+//! - c:  initial sync: a new replicate (full, then partial) added to the
+//!   topology and loaded online from the N-row master, until it is online
+//!   and confirms the master's last seq; then the same load again, with the
+//!   loading node killed (-9) half-way and restarted: the time the resumed
+//!   load took against a whole one;
 //! - a2: the task stopped while another N rows commit, then started: time to drain;
 //! - b:  M single-row commits at full speed, then M_PACED one every PACE_MS:
 //!   commit-to-apply lag per commit (master commit time to the replicate's
@@ -50,6 +55,60 @@ fn emit_secs(metric: &str, secs: f64) {
 
 fn emit_rate(metric: &str, count: u64, secs: f64, unit: &str) {
     emit(metric, format!("{:.0}", count as f64 / secs), unit);
+}
+
+/// A replicate added for phase c.
+fn sync_replicate(kind: &str) -> String {
+    let (db, file, extra) = match kind {
+        "full" => (2, 22, ""),
+        _ => (3, 32, "fields = [\"id\", \"grp\", \"qty\"]\npredicate = \"grp % 4 == 0\"\n"),
+    };
+    format!(
+        "\n[[replicate]]\nname = \"sync_{kind}\"\nmaster_database = 1\nmaster = 10\ndatabase = {db}\nfile = {file}\nconfirmation = {}\n{extra}",
+        file + 1
+    )
+}
+
+fn apply(c: &mut Client, text: String) -> anyhow::Result<()> {
+    match c.call(&Request::AdminApply { topology: text })? {
+        Response::Text(_) => Ok(()),
+        other => bail!("applying the topology: {other:?}"),
+    }
+}
+
+/// Waits until `name` confirms `seq` (the node answers when it happens).
+fn confirmed(master: SocketAddr, name: &str, seq: Seq) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        let mut c = Client::connect(master)?;
+        match c.call(&Request::WaitConfirmed {
+            replicate: name.into(),
+            seq,
+            timeout_ms: 2000,
+        }) {
+            Ok(Response::Ok) => return Ok(()),
+            // The node restarted its tasks (topology applied) or is
+            // reconnecting: ask again.
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => bail!("{name} did not confirm seq {seq}: {other:?}"),
+        }
+    }
+}
+
+fn replicate_report(
+    master: SocketAddr,
+    name: &str,
+) -> anyhow::Result<propagator::wire::ReplicateReport> {
+    match Client::connect(master)?.call(&Request::ReplicateStatus)? {
+        Response::Tasks(t) => t
+            .into_iter()
+            .flat_map(|t| t.replicates)
+            .find(|r| r.name == name)
+            .context("no such replicate"),
+        other => bail!("unexpected answer {other:?}"),
+    }
 }
 
 fn topology(addrs: &[SocketAddr]) -> String {
@@ -254,6 +313,11 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let dir = tempfile::Builder::new()
         .prefix("etp-bench-propagate-")
         .tempdir_in(&base)?;
+    // ETP_BENCH_KEEP=1 keeps the nodes' directories (and logs) for a look afterwards.
+    let dir = match std::env::var_os("ETP_BENCH_KEEP") {
+        Some(_) => tempfile::TempDir::with_prefix_in("kept-", dir.keep())?,
+        None => dir,
+    };
     let exe = std::env::current_exe()?;
     eprintln!("etp bench propagate: nodes under {}", dir.path().display());
     let mut cl = Cluster::start_with(&exe, dir.path(), topology)?;
@@ -279,6 +343,69 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     emit_rate("a_e2e_rows_per_s", n, wall, "rows/s");
     emit_secs("a_tail_after_master_s", wall - t1);
     emit("a_part_rows", file_count(&cl.nodes[2], PART)?, "rows");
+
+    // c. initial sync of a new replicate, full then partial
+    let base_topology = topology(&cl.nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
+    for (kind, node, file) in [("full", 1usize, 22u32), ("part", 2, 32)] {
+        eprintln!("c. initial sync of a new {kind} replicate ({n} rows on the master)");
+        let name = format!("sync_{kind}");
+        let t0 = Instant::now();
+        apply(&mut ctl, format!("{base_topology}{}", sync_replicate(kind)))?;
+        confirmed(maddr, &name, last)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let rows = file_count(&cl.nodes[node], propagator::Fnr(file))?;
+        let r = replicate_report(maddr, &name)?;
+        if r.state != "online" || r.last_load.is_none() {
+            bail!("{name} is {} after its load: {r:?}", r.state);
+        }
+        emit_secs(&format!("c_{kind}_initial_sync_s"), wall);
+        emit(&format!("c_{kind}_initial_sync_rows"), rows, "rows");
+        emit_rate(&format!("c_{kind}_initial_sync_rows_per_s"), rows, wall, "rows/s");
+        if kind == "full" {
+            // The same load again, its node killed half-way.
+            let t0 = Instant::now();
+            let req = Request::Replicate {
+                name: name.clone(),
+                action: propagator::wire::ReplicateAction::Init {
+                    from: None,
+                    reinit: true,
+                    rewrite: true,
+                    chunk: None,
+                },
+            };
+            match ctl.call(&req)? {
+                Response::Tasks(_) => {}
+                other => bail!("ordering a reinit: {other:?}"),
+            }
+            let deadline = Instant::now() + PHASE_TIMEOUT;
+            loop {
+                let r = replicate_report(maddr, &name)?;
+                if r.load.as_ref().is_some_and(|l| l.scanned * 2 >= l.total) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the reinit of {name} did not get half-way");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let before_kill = t0.elapsed().as_secs_f64();
+            cl.nodes[node].kill();
+            let t1 = Instant::now();
+            cl.nodes[node].restart()?;
+            confirmed(maddr, &name, last)?;
+            let resumed = t1.elapsed().as_secs_f64();
+            let r = replicate_report(maddr, &name)?;
+            let l = r.last_load.context("no load summary")?;
+            emit_secs("c_full_resume_before_kill_s", before_kill);
+            emit_secs("c_full_resume_after_restart_s", resumed);
+            emit_secs("c_full_resume_saved_s", wall - resumed);
+            emit("c_full_resume_chunks_after_restart", l.chunks_last_run, "chunks");
+            emit("c_full_resume_chunks_total", l.chunks, "chunks");
+            emit("c_full_resume_from_isn", l.resumed_from.0, "isn");
+        }
+        // Gone again, as pg_peer.sh drops the subscription.
+        apply(&mut ctl, base_topology.clone())?;
+    }
 
     // a2. backlog drain
     eprintln!("a2. backlog: task stopped while {n} rows commit, then started");

@@ -22,9 +22,9 @@
 //! - a digest mismatch or a diverged replicate puts it in `error` (recorded
 //!   in its error log); the automatic policy retries it with backoff, the
 //!   manual one waits for `etp replicate reset-error`;
-//! - a replicate that needs a load (new on a master that held records, or
-//!   redefined) is loaded by the automatic policy ([`super::load`]) and
-//!   waits for `etp replicate init` under the manual one;
+//! - a replicate that needs a load (new, or redefined) is loaded by the
+//!   automatic policy ([`super::load`]) and waits for `etp replicate init`
+//!   under the manual one (unless its master is still empty);
 //! - the maintenance policy stops every feeder at a safe point (between
 //!   acknowledged batches or chunks) and starts none.
 
@@ -746,7 +746,7 @@ async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
                 }
             }
             Stop::NeedsLoad(why) => {
-                if ctx.control.policy() != Policy::Automatic {
+                if ctx.control.policy() != Policy::Automatic && !master_is_empty(&ctx) {
                     f.set_phase(format!(
                         "stopped ({why}: etp replicate init {name}, or reinit --scoped)"
                     ));
@@ -780,6 +780,16 @@ async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             }
         }
     }
+}
+
+/// A master that holds nothing and never logged anything: loading a new
+/// replicate from it is trivial, whatever the policy.
+fn master_is_empty(ctx: &Ctx) -> bool {
+    let count = |f: Fnr| ctx.db.file_info(f).map(|i| (i.meta.count, i.meta.next_isn));
+    matches!(
+        (count(Fnr(ctx.master.file)), count(ctx.log)),
+        (Ok((0, _)), Ok((_, 1)))
+    )
 }
 
 pub(super) fn new_load_id() -> String {
@@ -899,11 +909,14 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
         }
         let conf_seq = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
         if state.confirmation.is_none() {
-            match needs_load(ctx).await {
-                Ok(None) => {}
-                Ok(Some(why)) => return Stop::NeedsLoad(why),
-                Err(e) => return Stop::Fatal(format!("replicate {name}: {e}")),
-            }
+            // A new replicate starts from a load (a consistent read of the
+            // master), never from a replay of the log: the log may not
+            // reach back to the master's first record, and a load is
+            // proportional to what the master holds, not to its history.
+            return Stop::NeedsLoad(format!(
+                "a new replicate needs an initial load from master {}",
+                ctx.master.name
+            ));
         } else if ctl.anchor.is_some_and(|a| a.def != f.def_hash) {
             return Stop::NeedsLoad(
                 "its definition (fields or predicate) changed since it was loaded".into(),
@@ -1182,63 +1195,6 @@ pub fn view(rep: &Replicate, image: Option<&[u8]>) -> Result<Option<Vec<u8>>, St
         None => r,
     };
     encode_record(&r).map(Some).map_err(|e| e.to_string())
-}
-
-/// Why a replicate without a confirmation cannot simply be fed from seq 1
-/// (None: it can): the master held records before its first log record, or
-/// its log no longer starts at seq 1. Waits until the answer is durable.
-async fn needs_load(ctx: &Arc<Ctx>) -> Result<Option<String>, String> {
-    let mut durable = ctx.db.subscribe_durable();
-    loop {
-        durable.borrow_and_update();
-        let c = ctx.clone();
-        let before = blocking(move || -> Result<Option<u64>, String> {
-            let first =
-                c.db.read_log_record(c.log, Seq(1))
-                    .map_err(|e| e.to_string())?;
-            if let Some(r) = first {
-                return Ok(Some(match r.op {
-                    crate::log_record::LogOp::Store => r.master_count.saturating_sub(1),
-                    crate::log_record::LogOp::Update => r.master_count,
-                    crate::log_record::LogOp::Delete => r.master_count + 1,
-                }));
-            }
-            // No durable log record yet. Every master change writes one, in
-            // the same commit, and `files` reads all metas under one lock: if
-            // the log has never been written, the master's count is what it
-            // held before it became a master.
-            let files = c.db.files();
-            let meta = |f: Fnr| files.iter().find(|i| i.def.fnr == f).map(|i| i.meta);
-            match (meta(c.log), meta(Fnr(c.master.file))) {
-                (Some(l), Some(m)) if l.next_isn <= 1 => Ok(Some(m.count)),
-                // The log has records but not seq 1: cleaned up.
-                (Some(l), Some(_)) if l.count > 0 && l.count < l.next_isn - 1 => Ok(Some(u64::MAX)),
-                // The first log record is committed but not yet durable.
-                _ => Ok(None),
-            }
-        })
-        .await?;
-        match before {
-            Some(0) => return Ok(None),
-            Some(u64::MAX) => {
-                return Ok(Some(format!(
-                    "the log of master {} no longer starts at seq 1; the replicate needs an initial load",
-                    ctx.master.name
-                )))
-            }
-            Some(n) => {
-                return Ok(Some(format!(
-                    "master {} held {n} records before its first log record; the replicate needs an initial load",
-                    ctx.master.name
-                )))
-            }
-            None => {
-                if durable.changed().await.is_err() {
-                    return Err("the master database closed".into());
-                }
-            }
-        }
-    }
 }
 
 /// What the replicate should hold (count and digest) after the master's seq `at`.
