@@ -4,4 +4,5 @@
 mod cli_input;
 mod crash;
 mod journal;
+mod metrics;
 mod propagation;

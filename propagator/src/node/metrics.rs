@@ -50,10 +50,13 @@ pub const STATES: [&str; 6] = [
     "shunned",
 ];
 
-/// Confirmed-seq samples per (master, replicate): the apply rate's source.
+/// A replicate's key: (master name, replicate name).
+pub type ReplicateKey = (String, String);
+
+/// Confirmed-seq samples per replicate: the apply rate's source.
 #[derive(Default)]
 pub struct Rates {
-    samples: Mutex<BTreeMap<(String, String), VecDeque<(Instant, u64)>>>,
+    samples: Mutex<BTreeMap<ReplicateKey, VecDeque<(Instant, u64)>>>,
 }
 
 impl Rates {
@@ -61,7 +64,7 @@ impl Rates {
     /// records per second over about the last [`RATE_WINDOW`] (0 until two
     /// samples lie apart). Keys not given are forgotten; a seq that went
     /// back (the replicate was reloaded) restarts its samples.
-    pub fn update(&self, now: Instant, seqs: &[((String, String), u64)]) -> Vec<f64> {
+    pub fn update(&self, now: Instant, seqs: &[(ReplicateKey, u64)]) -> Vec<f64> {
         let mut all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|k, _| seqs.iter().any(|(s, _)| s == k));
         seqs.iter()
