@@ -297,6 +297,31 @@ lat_seconds_count{db=\"1\"} 4
     }
 
     #[test]
+    fn a_database_counts_its_commits_and_log_syncs() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::{Database, DbId, Fnr, Record, Role, Value};
+        let t = tempfile::tempdir()?;
+        let dir = t.path().join("db");
+        Database::init(&dir, DbId(1), None)?;
+        let (db, _) = Database::open(&dir)?;
+        db.create_file(Fnr(10), "items", Role::Plain)?;
+        let before = db.metrics();
+        let mut s = db.session();
+        for i in 0..5 {
+            let mut r = Record::new();
+            r.insert("n".into(), Value::Int(i));
+            s.store(Fnr(10), None, r)?;
+            s.et(None)?;
+        }
+        let after = db.metrics();
+        assert_eq!(after.commits, before.commits + 5);
+        assert!(after.commit_bytes > before.commit_bytes);
+        assert!(after.fsync.count() > before.fsync.count());
+        assert!(after.fsync.count() <= after.commits, "one sync per group");
+        db.close()?;
+        Ok(())
+    }
+
+    #[test]
     fn db_metrics_count_groups() {
         let m = DbMetrics::default();
         m.committed(3, 300);
