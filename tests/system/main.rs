@@ -4,5 +4,6 @@
 mod cli_input;
 mod crash;
 mod journal;
-mod metrics;
 mod propagation;
+// Kept last (not alphabetical) so it merges beside concurrent suites.
+mod metrics;
