@@ -213,6 +213,10 @@ pub enum NodeCommand {
         /// The page store's cache budget in MiB (sled's own memory use runs above it).
         #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(4..=65536))]
         cache_mb: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (loopback only;
+        /// port 0: any free port). Prints `metrics ADDR` after `listening ADDR`.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
 }
 

@@ -32,6 +32,10 @@ pub struct NodeProc {
     pub dbid: u32,
     bin: PathBuf,
     stderr_log: PathBuf,
+    /// Where the node serves metrics, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// Extra `etp node run` arguments (before those of `ETP_NODE_ARGS`).
+    args: Vec<String>,
 }
 
 impl NodeProc {
@@ -41,6 +45,17 @@ impl NodeProc {
         data: &Path,
         dbid: u32,
         listen: SocketAddr,
+    ) -> anyhow::Result<NodeProc> {
+        Self::start_with_args(bin, data, dbid, listen, &[])
+    }
+
+    /// [`NodeProc::start`] with extra `etp node run` arguments.
+    pub fn start_with_args(
+        bin: &Path,
+        data: &Path,
+        dbid: u32,
+        listen: SocketAddr,
+        args: &[&str],
     ) -> anyhow::Result<NodeProc> {
         if !data.join("DATABASE").exists() {
             let st = Command::new(bin)
@@ -60,6 +75,8 @@ impl NodeProc {
             dbid,
             bin: bin.to_path_buf(),
             stderr_log: data.with_extension("node.log"),
+            metrics: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         n.spawn(listen)?;
         Ok(n)
@@ -71,14 +88,20 @@ impl NodeProc {
             .append(true)
             .open(&self.stderr_log)
             .with_context(|| format!("opening {}", self.stderr_log.display()))?;
+        let mut args = self.args.clone();
+        if let Ok(a) = std::env::var("ETP_NODE_ARGS") {
+            args.extend(a.split_whitespace().map(String::from));
+        }
+        // With --metrics the node prints `metrics ADDR` after `listening ADDR`.
+        let lines = if args.iter().any(|a| a.starts_with("--metrics")) {
+            2
+        } else {
+            1
+        };
         let mut child = Command::new(&self.bin)
             .args(["node", "run", "--listen", &listen.to_string(), "--data"])
             .arg(&self.data)
-            .args(
-                std::env::var("ETP_NODE_ARGS")
-                    .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            )
+            .args(&args)
             .env(
                 "ETP_LOG",
                 std::env::var("ETP_LOG").unwrap_or_else(|_| "info".into()),
@@ -90,9 +113,14 @@ impl NodeProc {
         let stdout = child.stdout.take().context("node stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut out = BufReader::new(stdout);
+            for _ in 0..lines {
+                let mut line = String::new();
+                let _ = out.read_line(&mut line);
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
         self.child = Some(child);
         let line = match rx.recv_timeout(START_TIMEOUT) {
@@ -108,6 +136,14 @@ impl NodeProc {
             bail!("node {} failed to start: {line:?}\n{tail}", self.dbid);
         };
         self.addr = addr.parse().context("node printed a bad address")?;
+        self.metrics = None;
+        if lines > 1 {
+            let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+            let Some(m) = line.trim().strip_prefix("metrics ") else {
+                bail!("node {} printed no metrics address: {line:?}", self.dbid);
+            };
+            self.metrics = Some(m.parse().context("node printed a bad metrics address")?);
+        }
         Ok(())
     }
 
@@ -222,14 +258,25 @@ impl Cluster {
         dir: &Path,
         make: impl FnOnce(&[SocketAddr]) -> String,
     ) -> anyhow::Result<Cluster> {
+        Self::start_with_args(bin, dir, &[], make)
+    }
+
+    /// [`Cluster::start_with`], every node run with the extra `node_args`.
+    pub fn start_with_args(
+        bin: &Path,
+        dir: &Path,
+        node_args: &[&str],
+        make: impl FnOnce(&[SocketAddr]) -> String,
+    ) -> anyhow::Result<Cluster> {
         let any: SocketAddr = "127.0.0.1:0".parse().context("loopback")?;
         let mut nodes = Vec::new();
         for dbid in 1..=3u32 {
-            nodes.push(NodeProc::start(
+            nodes.push(NodeProc::start_with_args(
                 bin,
                 &dir.join(format!("db{dbid}")),
                 dbid,
                 any,
+                node_args,
             )?);
         }
         let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();

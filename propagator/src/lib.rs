@@ -39,6 +39,7 @@ pub mod exec;
 pub mod ids;
 pub mod log_record;
 pub mod medium;
+pub mod metrics;
 pub mod node;
 pub mod plog;
 pub mod predicate;

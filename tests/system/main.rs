@@ -6,3 +6,5 @@ mod crash;
 mod journal;
 mod maintenance;
 mod propagation;
+// Kept last (not alphabetical) so it merges beside concurrent suites.
+mod metrics;

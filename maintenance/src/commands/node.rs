@@ -5,7 +5,7 @@ use crate::output;
 use crate::Outcome;
 use anyhow::{bail, Context};
 use propagator::node::client::Client;
-use propagator::node::Node;
+use propagator::node::{metrics, Node};
 use propagator::wire::{Request, Response, TaskAction, TaskReport};
 use propagator::Fnr;
 use std::io::Write;
@@ -15,7 +15,11 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
         data,
         listen,
         cache_mb,
+        metrics,
     } = c;
+    if let Some(a) = metrics.filter(|a| !a.ip().is_loopback()) {
+        bail!("--metrics {a}: not a loopback address; metrics are served on loopback only (for example 127.0.0.1:9400)");
+    }
     let opts = propagator::Options {
         cache_bytes: cache_mb << 20,
         ..propagator::Options::default()
@@ -33,14 +37,33 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        let metrics = match metrics {
+            Some(a) => Some(metrics::bind(a).await.map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         let node = Node::new(db.clone()).map_err(anyhow::Error::msg)?;
         {
+            // One write: a reader may stop after the lines it expects.
+            let mut lines = format!("listening {addr}\n");
+            if let Some(m) = &metrics {
+                lines += &format!("metrics {}\n", m.local_addr()?);
+            }
             let mut out = std::io::stdout().lock();
-            writeln!(out, "listening {addr}")?;
+            out.write_all(lines.as_bytes())?;
             out.flush()?;
         }
         tracing::info!(%addr, dbid = %db.dbid(), "node serving");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = metrics.map(|l| {
+            tokio::spawn(metrics::serve(node.clone(), l, async {
+                let _ = stopped.await;
+            }))
+        });
         node.clone().serve(listener, shutdown_signal()).await;
+        drop(stop);
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         anyhow::Ok(())
     })?;
     // Tasks are stopped; let in-flight blocking calls finish, then close cleanly.

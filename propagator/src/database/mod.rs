@@ -204,6 +204,7 @@ pub(crate) struct Shared {
     pub applied: watch::Sender<Lsn>,
     /// The LSN of the last commit made durable (synced), possibly not yet applied.
     pub durable: watch::Sender<Lsn>,
+    pub metrics: crate::metrics::DbMetrics,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -370,6 +371,7 @@ impl Database {
             poisoned: Mutex::new(None),
             applied: applied_tx,
             durable: durable_tx,
+            metrics: Default::default(),
         });
         let (tx, rx) = mpsc::channel();
         let wshared = shared.clone();
@@ -414,6 +416,11 @@ impl Database {
     /// Starts a client session.
     pub fn session(&self) -> crate::Session {
         crate::Session::new(self.clone())
+    }
+
+    /// Commits, log bytes and log sync latency since this open.
+    pub fn metrics(&self) -> crate::metrics::DbSnapshot {
+        self.shared().metrics.snapshot()
     }
 
     /// The LSN of the last commit handed to the writer.

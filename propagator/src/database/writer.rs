@@ -215,7 +215,12 @@ fn write_group(
     }
     let logged = writer
         .append(jobs.iter().map(|j| j.payload.as_slice()))
-        .and_then(|_| writer.sync());
+        .and_then(|_| {
+            let started = Instant::now();
+            let synced = writer.sync();
+            shared.metrics.fsync.observe(started.elapsed());
+            synced
+        });
     if let Err(e) = logged {
         let reason = e.to_string();
         poison(shared, reason.clone());
@@ -231,6 +236,8 @@ fn write_group(
     if let Some(last) = jobs.last() {
         shared.durable.send_replace(last.lsn);
     }
+    let bytes: usize = jobs.iter().map(|j| j.payload.len()).sum();
+    shared.metrics.committed(jobs.len() as u64, bytes as u64);
     for j in &mut jobs {
         for d in &j.catalog {
             cps.catalog.insert(d.fnr, d.clone());

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod control;
 mod load;
+pub mod metrics;
 pub mod task;
 
 use crate::catalog::Role;
@@ -59,6 +60,8 @@ pub struct Node {
     admin: tokio::sync::Mutex<()>,
     /// Per replicate file: held while a link opens or applies a batch.
     owners: Mutex<BTreeMap<Fnr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Confirmed-seq samples behind `etp_replicate_apply_rate`.
+    metrics: metrics::Rates,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +92,7 @@ impl Node {
             control: Arc::new(control),
             admin: tokio::sync::Mutex::new(()),
             owners: Mutex::new(BTreeMap::new()),
+            metrics: metrics::Rates::default(),
         });
         if let Some(v) = stored {
             node.start_tasks(&v);
