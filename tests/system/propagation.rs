@@ -627,7 +627,7 @@ fn a_master_holding_records_before_its_topology_is_loaded_then_fed() {
     cl.wait_converged(CONVERGE).expect("converged");
     cl.check_equal().expect("equal");
     assert_eq!(
-        cl.dump(2, FULL).expect("full").len() as u64,
+        cl.dump(1, FULL).expect("full").len() as u64,
         300 + model.len() as u64
     );
     let errors = etp(&[

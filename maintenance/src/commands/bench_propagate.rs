@@ -61,7 +61,11 @@ fn emit_rate(metric: &str, count: u64, secs: f64, unit: &str) {
 fn sync_replicate(kind: &str) -> String {
     let (db, file, extra) = match kind {
         "full" => (2, 22, ""),
-        _ => (3, 32, "fields = [\"id\", \"grp\", \"qty\"]\npredicate = \"grp % 4 == 0\"\n"),
+        _ => (
+            3,
+            32,
+            "fields = [\"id\", \"grp\", \"qty\"]\npredicate = \"grp % 4 == 0\"\n",
+        ),
     };
     format!(
         "\n[[replicate]]\nname = \"sync_{kind}\"\nmaster_database = 1\nmaster = 10\ndatabase = {db}\nfile = {file}\nconfirmation = {}\n{extra}",
@@ -314,13 +318,20 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         .prefix("etp-bench-propagate-")
         .tempdir_in(&base)?;
     // ETP_BENCH_KEEP=1 keeps the nodes' directories (and logs) for a look afterwards.
-    let dir = match std::env::var_os("ETP_BENCH_KEEP") {
-        Some(_) => tempfile::TempDir::with_prefix_in("kept-", dir.keep())?,
-        None => dir,
+    let _remove_on_drop;
+    let dir_path = if std::env::var_os("ETP_BENCH_KEEP").is_some() {
+        dir.keep()
+    } else {
+        let p = dir.path().to_path_buf();
+        _remove_on_drop = dir;
+        p
     };
     let exe = std::env::current_exe()?;
-    eprintln!("etp bench propagate: nodes under {}", dir.path().display());
-    let mut cl = Cluster::start_with(&exe, dir.path(), topology)?;
+    eprintln!(
+        "etp bench propagate: nodes under {}",
+        dir_path.as_path().display()
+    );
+    let mut cl = Cluster::start_with(&exe, dir_path.as_path(), topology)?;
     let mut c = cl.master().client()?;
     let mut ctl = cl.master().client()?;
     let maddr = cl.master().addr;
@@ -360,9 +371,15 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         }
         emit_secs(&format!("c_{kind}_initial_sync_s"), wall);
         emit(&format!("c_{kind}_initial_sync_rows"), rows, "rows");
-        emit_rate(&format!("c_{kind}_initial_sync_rows_per_s"), rows, wall, "rows/s");
+        emit_rate(
+            &format!("c_{kind}_initial_sync_rows_per_s"),
+            rows,
+            wall,
+            "rows/s",
+        );
         if kind == "full" {
             // The same load again, its node killed half-way.
+            let first = r.last_load.as_ref().map(|l| l.id.clone());
             let t0 = Instant::now();
             let req = Request::Replicate {
                 name: name.clone(),
@@ -392,14 +409,28 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             cl.nodes[node].kill();
             let t1 = Instant::now();
             cl.nodes[node].restart()?;
+            let l = loop {
+                let r = replicate_report(maddr, &name)?;
+                if let Some(l) = r.last_load.filter(|l| Some(&l.id) != first.as_ref()) {
+                    if r.state == "online" {
+                        break l;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("the resumed load of {name} did not finish");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
             confirmed(maddr, &name, last)?;
             let resumed = t1.elapsed().as_secs_f64();
-            let r = replicate_report(maddr, &name)?;
-            let l = r.last_load.context("no load summary")?;
             emit_secs("c_full_resume_before_kill_s", before_kill);
             emit_secs("c_full_resume_after_restart_s", resumed);
             emit_secs("c_full_resume_saved_s", wall - resumed);
-            emit("c_full_resume_chunks_after_restart", l.chunks_last_run, "chunks");
+            emit(
+                "c_full_resume_chunks_after_restart",
+                l.chunks_last_run,
+                "chunks",
+            );
             emit("c_full_resume_chunks_total", l.chunks, "chunks");
             emit("c_full_resume_from_isn", l.resumed_from.0, "isn");
         }

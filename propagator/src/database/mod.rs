@@ -104,6 +104,14 @@ pub(crate) enum Op {
         before: Option<Vec<u8>>,
         after: Option<Vec<u8>>,
     },
+    /// A loaded record: `before` was read from the page store by the caller,
+    /// who serialises writes to the file (no second read to check it).
+    Loaded {
+        fnr: Fnr,
+        isn: Isn,
+        before: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+    },
     /// Store or replace an engine-written record (confirmations, the
     /// topology). With a guard, the record's current state must match it
     /// (see [`PutGuard`]).
@@ -590,8 +598,10 @@ impl Database {
                 def.role.name()
             )));
         }
-        // Every earlier write to this replicate is in the page store.
-        self.wait_applied()?;
+        // What the page store holds in the range is what the replicate
+        // held when the load began (the load's first step waits until every
+        // earlier write is applied, see `settle`), or a previous chunk's
+        // — never this one's: chunks are guarded and cover disjoint ranges.
         let mut existing = Vec::new();
         for kv in self.shared().store.scan(replicate, from) {
             let (isn, v) = kv?;
@@ -603,9 +613,12 @@ impl Database {
         let mut meta = self.file_info(replicate)?.meta;
         let mut stats = LoadStats::default();
         let mut ops = Vec::new();
+        let last = expect.is_some();
         let mut change = |isn: Isn, before: Option<Vec<u8>>, after: Option<Vec<u8>>| {
-            meta.change(isn, before.as_deref(), after.as_deref());
-            ops.push(Op::Replicated {
+            if last {
+                meta.change(isn, before.as_deref(), after.as_deref());
+            }
+            ops.push(Op::Loaded {
                 fnr: replicate,
                 isn,
                 before,
@@ -674,6 +687,12 @@ impl Database {
         );
         let info = self.commit(Vec::new(), ops, None)?;
         Ok((info, stats))
+    }
+
+    /// Waits until every write so far is in the page store: the first step
+    /// of a load, so that `load_range` reads a settled file.
+    pub fn settle(&self) -> Result<(), DbError> {
+        self.wait_applied()
     }
 
     /// The count and digest of a file's committed records with isns in
@@ -1216,13 +1235,14 @@ fn resolve<V: StateView>(
         | Op::Update { fnr, .. }
         | Op::Delete { fnr, .. }
         | Op::Replicated { fnr, .. }
+        | Op::Loaded { fnr, .. }
         | Op::Put { fnr, .. } => *fnr,
     };
     match &op {
-        Op::Replicated { .. } | Op::Put { .. } => {
+        Op::Replicated { .. } | Op::Loaded { .. } | Op::Put { .. } => {
             let def = Database::usable_def(st, fnr)?;
             let ok = match op {
-                Op::Replicated { .. } => def.role == Role::Replicate,
+                Op::Replicated { .. } | Op::Loaded { .. } => def.role == Role::Replicate,
                 _ => matches!(def.role, Role::Confirmation | Role::Administration),
             };
             if !ok {
@@ -1271,6 +1291,22 @@ fn resolve<V: StateView>(
                 isn,
                 before: Some(before),
                 after: None,
+            }
+        }
+        Op::Loaded {
+            isn, before, after, ..
+        } => {
+            if isn.0 == 0 {
+                return Err(DbError::ZeroIsn(fnr));
+            }
+            if let Some(a) = &after {
+                decode_record(a).map_err(bad)?;
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before,
+                after,
             }
         }
         Op::Replicated {

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Records per chunk unless the task or the order says otherwise.
-const DEFAULT_CHUNK: usize = 8192;
+const DEFAULT_CHUNK: usize = 16384;
 /// Bytes of records per chunk, at most.
 const MAX_CHUNK_BYTES: usize = 8 << 20;
 /// Chunks in flight.
@@ -125,6 +125,14 @@ impl Snapshot {
         from: Isn,
         to: Option<Isn>,
     ) -> Vec<(Isn, Vec<u8>)> {
+        let range = match to {
+            Some(t) => self.undo.range(from..t),
+            None => self.undo.range(from..),
+        };
+        if range.clone().next().is_none() {
+            // Nothing in the range changed after the snapshot.
+            return scanned;
+        }
         let mut out: BTreeMap<Isn, Vec<u8>> = scanned
             .into_iter()
             .filter(|(i, _)| !self.undo.contains_key(i))

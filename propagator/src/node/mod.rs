@@ -937,6 +937,7 @@ impl Node {
             // A damaged replicate is reloaded whole: what it holds now is
             // the baseline the chunks replace, and the last chunk proves the
             // result against the master's digest.
+            db.settle()?;
             if db.file_info(link.file)?.damaged.is_some() {
                 let m = db.rebase_replicate(link.file)?;
                 tracing::warn!(replicate = %link.name, file = %link.file, count = m.count,
