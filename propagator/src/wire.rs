@@ -340,6 +340,12 @@ pub struct TaskReport {
     pub restart_interval_s: Option<u64>,
     pub policy: crate::node::control::Policy,
     pub master_seq: Seq,
+    /// Records in the master's log file, and their size (estimated from the
+    /// newest records).
+    pub log_records: u64,
+    pub log_bytes: u64,
+    /// What an operator should look at (e.g. a log above its size threshold).
+    pub warnings: Vec<String>,
     pub replicates: Vec<ReplicateReport>,
 }
 

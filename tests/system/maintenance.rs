@@ -99,6 +99,12 @@ impl Writer {
                     Ok(Response::Committed(_)) => {
                         d.fetch_add(1, Ordering::Relaxed);
                     }
+                    // A record an earlier writer deleted: that transaction
+                    // is backed out; go on.
+                    Err(e) if e.to_string().contains("does not exist") => {
+                        deleted.insert(k);
+                        let _ = c.batch(vec![Command::Bt]);
+                    }
                     other => panic!("writer transaction failed: {other:?}"),
                 }
             }
@@ -252,20 +258,40 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
         let (_, r) = report(master, "items_new");
         (r.state != "initializing" || r.load.is_none()).then_some(())
     });
+    ok(&etp(&[
+        "replicate",
+        "init",
+        "items_new",
+        "--node",
+        &node,
+        "--no-wait",
+    ]));
+    // Then the loading master's node, part-way through the second run.
+    let second = wait_for("the resumed load under way", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        let l = r.load?;
+        (l.chunks_this_run >= 5 && l.resumed_from > Isn(1)).then_some(l.resumed_from)
+    });
+    assert!(writer.committed() > 0, "the master kept committing");
+    writer.finish();
+    cl.nodes[0].kill();
+    cl.nodes[0].restart().expect("restart the master's node");
+    let writer = Writer::start(master, N, 2_000_000);
+    // Its feeder picks the load up by itself at start (the order and the
+    // replicate's progress are both durable); init follows it to the end.
     let out = ok(&etp(&["replicate", "init", "items_new", "--node", &node]));
     assert!(out.contains("resumed from isn"), "{out}");
     let (_, r) = report(master, "items_new");
     let l = r.last_load.expect("load summary");
     assert!(
-        l.resumed_from > Isn(1),
-        "the second run resumed: {l:?} (first run had {at} chunks)"
+        l.resumed_from > second,
+        "the third run resumed after the second: {l:?} (first run had {at} chunks, the second resumed from {second})"
     );
     assert!(
         l.chunks_last_run < l.chunks,
-        "the second run loaded fewer chunks than the whole load: {l:?}"
+        "the last run loaded fewer chunks than the whole load: {l:?}"
     );
     assert!(l.snapshot > Seq(0));
-    assert!(writer.committed() > 0, "the master kept committing");
     writer.finish();
     // Everything else was stopped by the kill too (manual policy).
     ok(&etp(&["task", "start", "--node", &node]));
@@ -377,6 +403,40 @@ fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
         cl.dump(2, PART).expect("partial") == want,
         "looser selection"
     );
+    // Reloaded from the full replicate instead of the master: same content.
+    let out = ok(&etp(&[
+        "replicate",
+        "reinit",
+        "items_part",
+        "--from",
+        "items_full",
+        "--node",
+        &node,
+        "--json",
+    ]));
+    assert!(out.contains("replicate:items_full"), "{out}");
+    assert!(
+        cl.dump(2, PART).expect("partial") == want,
+        "loaded from items_full"
+    );
+    ok(&etp(&[
+        "replicate",
+        "verify",
+        "items_part",
+        "--node",
+        &node,
+    ]));
+    // A partial replicate is not a load source.
+    let bad = etp(&[
+        "replicate",
+        "reinit",
+        "items_full",
+        "--from",
+        "items_part",
+        "--node",
+        &node,
+    ]);
+    assert_ne!(bad.status.code(), Some(0));
 }
 
 /// Changes a replicate's page store behind the engine (node stopped).
@@ -487,6 +547,24 @@ fn verify_reports_equality_under_load_and_names_injected_differences() {
     });
     let out = etp(&["replicate", "status", "--node", &node]);
     assert_eq!(out.status.code(), Some(1));
+    // An operator's reset is recorded (the automatic policy then retries,
+    // and the replicate goes back to error: it is still damaged).
+    ok(&etp(&[
+        "replicate",
+        "reset-error",
+        "items_full",
+        "--node",
+        &node,
+    ]));
+    let log = ok(&etp(&[
+        "replicate",
+        "errors",
+        "items_full",
+        "--node",
+        &node,
+        "--json",
+    ]));
+    assert!(log.contains("error reset by the operator"), "{log}");
     // A reinit repairs them (written: what differed).
     for name in ["items_full", "items_part"] {
         ok(&etp(&[
@@ -659,6 +737,28 @@ fn confirm_set_leaves_a_gap_record_and_cleanup_deletes_nothing_without_a_copy() 
     let (_, r) = report(master, "items_part");
     assert!(r.gaps.is_empty());
     ok(&etp(&["replicate", "status", "--node", &node]));
+    // A log above its size threshold is flagged in status (exit 1).
+    let text = std::fs::read_to_string(t.path().join("topology.toml")).expect("topology");
+    let tight = text.replace(
+        "restart_interval_s = 1",
+        "restart_interval_s = 1\nlog_warn_mb = 0",
+    );
+    let topo = t.path().join("tight.toml");
+    std::fs::write(&topo, tight).expect("write");
+    ok(&etp(&[
+        "admin",
+        "apply",
+        "--node",
+        &node,
+        topo.to_str().expect("utf8"),
+    ]));
+    let out = etp(&["replicate", "status", "--node", &node]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("above log_warn_mb"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

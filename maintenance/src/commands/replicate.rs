@@ -237,8 +237,10 @@ pub fn run(c: ReplicateCommand) -> anyhow::Result<Outcome> {
         ReplicateCommand::Status { name, node, json } => {
             let v = topology(node.node)?;
             let mut all = Vec::new();
+            let mut warnings = Vec::new();
             for (_, addr) in task_nodes(&v) {
                 for t in reports_at(addr).with_context(|| format!("asking the node at {addr}"))? {
+                    warnings.extend(t.warnings);
                     for r in t.replicates {
                         if name.as_ref().is_none_or(|n| *n == r.name) {
                             all.push((t.master_name.clone(), r));
@@ -252,11 +254,20 @@ pub fn run(c: ReplicateCommand) -> anyhow::Result<Outcome> {
                 }
             }
             print_reports(&all, json);
-            Ok(if all.iter().any(|(_, r)| is_problem(r)) {
-                Outcome::Problem
-            } else {
-                Outcome::Ok
-            })
+            for w in &warnings {
+                if json {
+                    output::json(&serde_json::json!({ "warning": w }));
+                } else {
+                    println!("warning: {w}");
+                }
+            }
+            Ok(
+                if !warnings.is_empty() || all.iter().any(|(_, r)| is_problem(r)) {
+                    Outcome::Problem
+                } else {
+                    Outcome::Ok
+                },
+            )
         }
         ReplicateCommand::Errors(a) => {
             let addr = feeder_node(a.node.node, &a.name)?;

@@ -417,6 +417,17 @@ impl Task {
                 }
             })
             .collect();
+        let (log_records, log_bytes) = log_size(ctx);
+        let warn_bytes = ctx.def.log_warn_mb.unwrap_or(1024) << 20;
+        let mut warnings = Vec::new();
+        if log_bytes > warn_bytes {
+            warnings.push(format!(
+                "the log file of master {} holds about {} MiB ({log_records} records), above log_warn_mb = {}: see etp log plan-cleanup",
+                ctx.master.name,
+                log_bytes >> 20,
+                warn_bytes >> 20
+            ));
+        }
         let running = self
             .feeders
             .iter()
@@ -428,6 +439,9 @@ impl Task {
             restart_interval_s: ctx.def.restart_interval_s,
             policy: control.policy,
             master_seq,
+            log_records,
+            log_bytes,
+            warnings,
             replicates,
         }
     }
@@ -644,6 +658,24 @@ fn lag_bytes(ctx: &Ctx, confirmed: Seq, lag_records: u64) -> (u64, bool) {
     } else {
         (bytes / n * lag_records, false)
     }
+}
+
+/// The log file's record count and its size, estimated from the newest
+/// records (cheap enough for every status call).
+fn log_size(ctx: &Ctx) -> (u64, u64) {
+    let Ok(info) = ctx.db.file_info(ctx.log) else {
+        return (0, 0);
+    };
+    let last = info.meta.next_isn.saturating_sub(1);
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for s in (last.saturating_sub(63).max(1)..=last).rev() {
+        if let Ok(Some(b)) = ctx.db.read_durable_raw(ctx.log, Isn(s)) {
+            n += 1;
+            bytes += b.len() as u64;
+        }
+    }
+    let avg = bytes.checked_div(n).unwrap_or(0);
+    (info.meta.count, info.meta.count * avg)
 }
 
 /// Waits out a backoff delay, unless asked to stop.
