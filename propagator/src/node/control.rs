@@ -188,6 +188,13 @@ pub struct NodeControl {
     pub replicates: BTreeMap<String, ReplicateControl>,
 }
 
+impl NodeControl {
+    /// One replicate's state (the default for one never recorded).
+    pub fn of(&self, name: &str) -> ReplicateControl {
+        self.replicates.get(name).cloned().unwrap_or_default()
+    }
+}
+
 /// The control state, cached in memory and written through to the
 /// administration file.
 pub struct Control {
@@ -245,11 +252,7 @@ impl Control {
     }
 
     pub fn replicate(&self, name: &str) -> ReplicateControl {
-        lock(&self.state)
-            .replicates
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
+        lock(&self.state).of(name)
     }
 
     /// Changes the state durably (blocking: one commit), then in memory.

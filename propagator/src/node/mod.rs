@@ -1302,56 +1302,67 @@ fn load_progress_to_record(link: &Link, p: &LoadProgress) -> Record {
     r
 }
 
+/// Typed reads of an engine-written record's fields, errors naming `what`.
+struct Fields<'a> {
+    rec: &'a Record,
+    what: &'static str,
+}
+
+impl Fields<'_> {
+    fn int(&self, k: &str) -> Result<i64, String> {
+        match self.rec.get(k) {
+            Some(Value::Int(i)) => Ok(*i),
+            other => Err(format!(
+                "{} field {k:?} is {other:?}, not an integer",
+                self.what
+            )),
+        }
+    }
+    fn text(&self, k: &str) -> Result<String, String> {
+        match self.rec.get(k) {
+            Some(Value::Text(t)) => Ok(t.clone()),
+            other => Err(format!("{} field {k:?} is {other:?}, not text", self.what)),
+        }
+    }
+    fn digest(&self, k: &str) -> Result<crate::Digest, String> {
+        let d = self.text(k)?;
+        d.parse()
+            .map_err(|_| format!("{} digest {d:?} is not a digest", self.what))
+    }
+}
+
 fn load_progress_from_record(r: &Record) -> Result<LoadProgress, String> {
-    let int = |k: &str| match r.get(k) {
-        Some(Value::Int(i)) => Ok(*i),
-        other => Err(format!(
-            "load progress field {k:?} is {other:?}, not an integer"
-        )),
+    let f = Fields {
+        rec: r,
+        what: "load progress",
     };
-    let text = |k: &str| match r.get(k) {
-        Some(Value::Text(t)) => Ok(t.clone()),
-        other => Err(format!("load progress field {k:?} is {other:?}, not text")),
-    };
-    let digest = text("load_digest")?;
     Ok(LoadProgress {
-        id: text("load_id")?,
-        snapshot: Seq(int("load_snapshot")? as u64),
-        source: text("load_source")?,
+        id: f.text("load_id")?,
+        snapshot: Seq(f.int("load_snapshot")? as u64),
+        source: f.text("load_source")?,
         rewrite: matches!(r.get("load_rewrite"), Some(Value::Bool(true))),
-        next: Isn(int("load_next")? as u64),
-        count: int("load_count")? as u64,
-        digest: digest
-            .parse()
-            .map_err(|_| format!("load progress digest {digest:?} is not a digest"))?,
-        chunks: int("load_chunks")? as u64,
+        next: Isn(f.int("load_next")? as u64),
+        count: f.int("load_count")? as u64,
+        digest: f.digest("load_digest")?,
+        chunks: f.int("load_chunks")? as u64,
     })
 }
 
 pub fn confirmation_from_record(r: &Record) -> Result<Confirmation, String> {
-    let int = |k: &str| match r.get(k) {
-        Some(Value::Int(i)) => Ok(*i),
-        other => Err(format!(
-            "confirmation field {k:?} is {other:?}, not an integer"
-        )),
+    let f = Fields {
+        rec: r,
+        what: "confirmation",
     };
-    let text = |k: &str| match r.get(k) {
-        Some(Value::Text(t)) => Ok(t.clone()),
-        other => Err(format!("confirmation field {k:?} is {other:?}, not text")),
-    };
-    let digest = text("digest")?;
     Ok(Confirmation {
-        replicate: text("replicate")?,
-        master_db: DbId(int("master_db")? as u32),
-        master: Fnr(int("master")? as u32),
-        seq: Seq(int("seq")? as u64),
-        incarnation: int("incarnation")? as u32,
-        master_time_us: int("master_time_us")?,
-        digest: digest
-            .parse()
-            .map_err(|_| format!("confirmation digest {digest:?} is not a digest"))?,
-        count: int("count")? as u64,
-        applied_us: int("applied_us")?,
+        replicate: f.text("replicate")?,
+        master_db: DbId(f.int("master_db")? as u32),
+        master: Fnr(f.int("master")? as u32),
+        seq: Seq(f.int("seq")? as u64),
+        incarnation: f.int("incarnation")? as u32,
+        master_time_us: f.int("master_time_us")?,
+        digest: f.digest("digest")?,
+        count: f.int("count")? as u64,
+        applied_us: f.int("applied_us")?,
         loaded_by: match r.get("loaded_by") {
             Some(Value::Text(t)) => Some(t.clone()),
             _ => None,

@@ -321,11 +321,7 @@ impl Task {
             .feeders
             .iter()
             .map(|f| {
-                let ctl = control
-                    .replicates
-                    .get(f.name())
-                    .cloned()
-                    .unwrap_or_default();
+                let ctl = control.of(f.name());
                 let s = lock(&f.st);
                 let lag_records = master_seq.0.saturating_sub(s.confirmed.0);
                 let oldest_us = if lag_records > 0 {
@@ -499,11 +495,7 @@ impl Task {
             .feeders
             .iter()
             .map(|f| {
-                let ctl = control
-                    .replicates
-                    .get(f.name())
-                    .cloned()
-                    .unwrap_or_default();
+                let ctl = control.of(f.name());
                 let confirmed = lock(&f.st).confirmed;
                 let touches = found
                     .iter()
@@ -556,11 +548,7 @@ impl Task {
         let mut reps = Vec::new();
         for f in &self.feeders {
             let st = lock(&f.st);
-            let ctl = control
-                .replicates
-                .get(f.name())
-                .cloned()
-                .unwrap_or_default();
+            let ctl = control.of(f.name());
             let (seq, from) = if st.has_confirmation {
                 (st.confirmed, "its last durable acknowledgement")
             } else if let Some(a) = ctl.anchor {
