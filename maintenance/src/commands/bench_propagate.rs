@@ -357,7 +357,13 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
 
     // c. initial sync of a new replicate, full then partial
     let base_topology = topology(&cl.nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
-    for (kind, node, file) in [("full", 1usize, 22u32), ("part", 2, 32)] {
+    // BENCH_SKIP_C=1 leaves phase c out (to see what it costs the other figures).
+    let phase_c: &[(&str, usize, u32)] = if std::env::var_os("BENCH_SKIP_C").is_some() {
+        &[]
+    } else {
+        &[("full", 1usize, 22u32), ("part", 2, 32)]
+    };
+    for &(kind, node, file) in phase_c {
         eprintln!("c. initial sync of a new {kind} replicate ({n} rows on the master)");
         let name = format!("sync_{kind}");
         let t0 = Instant::now();

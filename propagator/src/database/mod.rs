@@ -104,14 +104,6 @@ pub(crate) enum Op {
         before: Option<Vec<u8>>,
         after: Option<Vec<u8>>,
     },
-    /// A loaded record: `before` was read from the page store by the caller,
-    /// who serialises writes to the file (no second read to check it).
-    Loaded {
-        fnr: Fnr,
-        isn: Isn,
-        before: Option<Vec<u8>>,
-        after: Option<Vec<u8>>,
-    },
     /// Store or replace an engine-written record (confirmations, the
     /// topology). With a guard, the record's current state must match it
     /// (see [`PutGuard`]).
@@ -618,7 +610,10 @@ impl Database {
             if last {
                 meta.change(isn, before.as_deref(), after.as_deref());
             }
-            ops.push(Op::Loaded {
+            // Checked against the page store as any replicated change is:
+            // that read is also what makes sled evict its cache (it does so
+            // only on reads), which bounds a node's memory during a load.
+            ops.push(Op::Replicated {
                 fnr: replicate,
                 isn,
                 before,
@@ -1235,14 +1230,13 @@ fn resolve<V: StateView>(
         | Op::Update { fnr, .. }
         | Op::Delete { fnr, .. }
         | Op::Replicated { fnr, .. }
-        | Op::Loaded { fnr, .. }
         | Op::Put { fnr, .. } => *fnr,
     };
     match &op {
-        Op::Replicated { .. } | Op::Loaded { .. } | Op::Put { .. } => {
+        Op::Replicated { .. } | Op::Put { .. } => {
             let def = Database::usable_def(st, fnr)?;
             let ok = match op {
-                Op::Replicated { .. } | Op::Loaded { .. } => def.role == Role::Replicate,
+                Op::Replicated { .. } => def.role == Role::Replicate,
                 _ => matches!(def.role, Role::Confirmation | Role::Administration),
             };
             if !ok {
@@ -1291,22 +1285,6 @@ fn resolve<V: StateView>(
                 isn,
                 before: Some(before),
                 after: None,
-            }
-        }
-        Op::Loaded {
-            isn, before, after, ..
-        } => {
-            if isn.0 == 0 {
-                return Err(DbError::ZeroIsn(fnr));
-            }
-            if let Some(a) = &after {
-                decode_record(a).map_err(bad)?;
-            }
-            crate::plog::Change {
-                fnr,
-                isn,
-                before,
-                after,
             }
         }
         Op::Replicated {

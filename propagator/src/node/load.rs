@@ -42,11 +42,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Records per chunk unless the task or the order says otherwise.
-const DEFAULT_CHUNK: usize = 16384;
+const DEFAULT_CHUNK: usize = 8192;
 /// Bytes of records per chunk, at most.
 const MAX_CHUNK_BYTES: usize = 8 << 20;
 /// Chunks in flight.
-const LOAD_WINDOW: usize = 4;
+const LOAD_WINDOW: usize = 3;
 
 pub(super) enum Start {
     Begin(LoadOrder),
