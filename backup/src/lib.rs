@@ -1,1 +1,20 @@
-//! placeholder
+//! Copy sets: hot, consistent copies of a database's files taken together
+//! by the rules of the anchor product, a catalog of them, verification,
+//! restore, regenerate (roll forward with the protection log) and backout
+//! (roll back with before-images).
+//!
+//! - [`area`]: the copy area on disk and its catalog (one JSON file per
+//!   set, written only once every member is written, synced and verified).
+//! - [`rules`]: which files must be copied together, and in what order.
+//! - [`take`]: taking sets from a database opened here or through a node.
+//! - [`restore`]: verify, restore, regenerate, backout.
+//!
+//! The copy files themselves are written by the engine
+//! ([`propagator::copy`]), through the same medium seam as its log.
+
+pub mod area;
+pub mod restore;
+pub mod rules;
+pub mod take;
+
+pub use area::{Area, CopySet, Member};

@@ -55,6 +55,105 @@ pub enum Command {
     Confirm(ConfirmCommand),
     /// Which replicates have a master transaction (by client id or seq).
     Xref(XrefArgs),
+    /// Copy sets: take, list, show, verify, restore, regenerate, back out.
+    #[command(subcommand)]
+    Copy(CopyCommand),
+}
+
+#[derive(Args, Clone)]
+pub struct AreaArgs {
+    /// The copy area (its catalog and copy files).
+    #[arg(long, value_name = "DIR")]
+    pub area: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum CopyCommand {
+    /// Take a hot, consistent copy set (the rules add the log, the
+    /// administration file, the confirmation file and every replicate
+    /// sharing it; a log or a mix of kinds is refused).
+    Take {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        area: AreaArgs,
+        /// A file to copy (repeatable).
+        #[arg(long = "file", value_name = "F", required = true)]
+        files: Vec<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The catalog: every set, oldest first.
+    List {
+        #[command(flatten)]
+        area: AreaArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One set, whole.
+    Show {
+        set: String,
+        #[command(flatten)]
+        area: AreaArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read every member of one set (or of every set); exit 1 names what is damaged.
+    Verify {
+        set: Option<String>,
+        #[command(flatten)]
+        area: AreaArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a whole set, into its database (--data; its node stopped) or a new one (--to).
+    Restore {
+        set: String,
+        #[command(flatten)]
+        area: AreaArgs,
+        /// The set's own database (offline).
+        #[arg(long, value_name = "DIR", conflicts_with = "to")]
+        data: Option<PathBuf>,
+        /// A new database directory to restore into.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the newest usable set holding a file and roll it forward with the protection log.
+    Regenerate {
+        #[arg(long, value_name = "F")]
+        file: u32,
+        /// The database whose log rolls the copy forward (offline).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[command(flatten)]
+        area: AreaArgs,
+        #[arg(long, value_name = "LSN", group = "until")]
+        to_lsn: Option<u64>,
+        /// RFC 3339 time, e.g. 2026-11-30T21:00:00Z.
+        #[arg(long, value_name = "TIME", group = "until")]
+        to_time: Option<String>,
+        #[arg(long, group = "until")]
+        to_end: bool,
+        /// Write the result into this new database instead of --data.
+        #[arg(long, value_name = "DIR")]
+        into: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll a master (with its log) or a plain file back to a time, with before-images.
+    Backout {
+        #[arg(long, value_name = "F")]
+        file: u32,
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        to_time: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -410,6 +509,9 @@ pub enum LogCommand {
 pub struct CleanupArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// The copy area whose newest master copies bound what may be deleted.
+    #[arg(long, value_name = "DIR")]
+    pub area: Option<PathBuf>,
     #[arg(long)]
     pub master: Option<u32>,
     #[arg(long)]

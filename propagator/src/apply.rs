@@ -11,7 +11,7 @@ use crate::error::DbError;
 use crate::ids::{Fnr, Isn, Lsn, Seq};
 use crate::log_record::{LogOp, LogRecord};
 use crate::plog::Change;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The state a commit applies on top of.
 pub trait StateView {
@@ -53,6 +53,10 @@ pub struct Applier<'v, V: StateView> {
     /// Roles looked up so far (a definition is cloned once per file, not per change).
     roles: HashMap<Fnr, Role>,
     pending: Vec<PendingLog>,
+    /// Files whose changes are written as given ([`CatalogOp::Restore`]).
+    raw: HashSet<Fnr>,
+    /// Next isns set at the end of the commit ([`CatalogOp::Restore`]).
+    next_isn: Vec<(Fnr, u64)>,
     out: Derived,
 }
 
@@ -66,6 +70,8 @@ impl<'v, V: StateView> Applier<'v, V> {
             local: HashMap::new(),
             roles: HashMap::new(),
             pending: Vec::new(),
+            raw: HashSet::new(),
+            next_isn: Vec::new(),
             out: Derived::default(),
         }
     }
@@ -104,6 +110,13 @@ impl<'v, V: StateView> Applier<'v, V> {
             CatalogOp::Rebase(meta) => {
                 self.out.metas.insert(meta.fnr, *meta);
             }
+            CatalogOp::Restore { fnr, next_isn } => {
+                self.raw.insert(*fnr);
+                self.meta_mut(*fnr);
+                if let Some(n) = next_isn {
+                    self.next_isn.push((*fnr, *n));
+                }
+            }
         }
     }
 
@@ -133,7 +146,7 @@ impl<'v, V: StateView> Applier<'v, V> {
         let meta = self.meta_mut(c.fnr);
         meta.change(c.isn, c.before.as_deref(), c.after.as_deref());
         let (count, digest) = (meta.count, meta.digest);
-        if let Role::Master { .. } = role {
+        if matches!(role, Role::Master { .. }) && !self.raw.contains(&c.fnr) {
             let op = match (&c.before, &c.after) {
                 (None, _) => LogOp::Store,
                 (Some(_), Some(_)) => LogOp::Update,
@@ -195,6 +208,9 @@ impl<'v, V: StateView> Applier<'v, V> {
                 .entry(p.master)
                 .and_modify(|r| r.1 = seq)
                 .or_insert((seq, seq));
+        }
+        for (fnr, n) in std::mem::take(&mut self.next_isn) {
+            self.meta_mut(fnr).next_isn = n;
         }
         Ok(self.out)
     }

@@ -95,4 +95,9 @@ pub enum CatalogOp {
     /// recorded against it is cleared: the start of a reload that replaces
     /// every record and proves the result against the master's digest.
     Rebase(crate::digest::FileMeta),
+    /// The commit's changes to this file are written as given: a master's
+    /// changes derive no log records (a restore writes a master and its log
+    /// from one copy set). With `next_isn`, the file's next isn (a log
+    /// file's next seq) becomes exactly that after the commit.
+    Restore { fnr: Fnr, next_isn: Option<u64> },
 }

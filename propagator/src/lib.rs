@@ -32,6 +32,7 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod copy;
 pub mod database;
 pub mod digest;
 pub mod error;
@@ -45,12 +46,13 @@ pub mod plog;
 pub mod predicate;
 pub mod record;
 pub mod session;
+pub mod slice;
 pub mod store;
 pub mod topology;
 pub mod wire;
 
 pub use catalog::{FileDef, Role};
-pub use database::{CheckReport, CommitInfo, Database, FileInfo, OpenReport, Options};
+pub use database::{CheckReport, CommitInfo, CopyPoint, Database, FileInfo, OpenReport, Options};
 pub use digest::{Digest, FileMeta};
 pub use error::DbError;
 pub use ids::{DbId, Fnr, Isn, Lsn, Seq};

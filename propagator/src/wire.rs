@@ -249,6 +249,18 @@ pub enum Request {
         master: Option<Fnr>,
         until: Option<Seq>,
         execute: bool,
+        /// Per master: the log seq of its most recent catalogued copy (the
+        /// cleanup horizon; a master without one has nothing deleted).
+        horizons: Vec<(Fnr, Seq)>,
+    },
+    /// The node's file catalog and the topology it holds.
+    Files,
+    /// Takes a hot, consistent copy of `files` into the directory `dir` on
+    /// this node's machine (see [`crate::copy`]), for copy set `set`.
+    CopyTake {
+        files: Vec<Fnr>,
+        dir: String,
+        set: String,
     },
 }
 
@@ -529,6 +541,11 @@ pub enum Response {
     Policy(crate::node::control::Policy),
     Xref(XrefReport),
     Cleanup(Vec<CleanupPlan>),
+    Copied(crate::copy::Copied),
+    Files {
+        files: Vec<crate::FileDef>,
+        topology: Option<String>,
+    },
 }
 
 impl Request {

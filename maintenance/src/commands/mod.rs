@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_propagate;
+mod copy;
 mod db;
 mod demo;
 mod file;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Replicate(c) => replicate::run(c),
         Command::Confirm(c) => replicate::confirm(c),
         Command::Xref(a) => replicate::xref(a),
+        Command::Copy(c) => copy::run(c),
     }
 }
 

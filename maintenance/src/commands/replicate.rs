@@ -565,11 +565,19 @@ pub fn xref(a: XrefArgs) -> anyhow::Result<Outcome> {
 pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
     let v = topology(a.node.node)?;
     let mut warn = false;
-    for (_, addr) in task_nodes(&v) {
+    for (dbid, addr) in task_nodes(&v) {
+        let horizons = match &a.area {
+            Some(dir) => backup::Area::open(dir)?
+                .horizons(dbid)?
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        };
         let req = Request::LogCleanup {
             master: a.master.map(Fnr),
             until: a.until.map(Seq),
             execute,
+            horizons,
         };
         let plans = match call(addr, &req)? {
             Response::Cleanup(p) => p,

@@ -104,6 +104,14 @@ pub(crate) enum Op {
         before: Option<Vec<u8>>,
         after: Option<Vec<u8>>,
     },
+    /// A record written by a restore: any role, `before` must be the current
+    /// bytes (the caller read them from the page store).
+    Restored {
+        fnr: Fnr,
+        isn: Isn,
+        before: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+    },
     /// Store or replace an engine-written record (confirmations, the
     /// topology). With a guard, the record's current state must match it
     /// (see [`PutGuard`]).
@@ -135,6 +143,62 @@ pub struct LoadStats {
     pub removed: u64,
     /// Records already equal, left alone (scoped loads).
     pub kept: u64,
+}
+
+/// The changes that turn `have` into `want` (both ascending by isn):
+/// records only in `have` are deleted, records only in `want` stored,
+/// records in both replaced if they differ (or always, with `rewrite`).
+fn diff_range(
+    have: Vec<(Isn, Vec<u8>)>,
+    want: Vec<(Isn, Vec<u8>)>,
+    rewrite: bool,
+) -> (Vec<ReplicatedChange>, LoadStats) {
+    let mut stats = LoadStats::default();
+    let mut out = Vec::new();
+    let (mut have, mut want) = (have.into_iter().peekable(), want.into_iter().peekable());
+    loop {
+        let order = match (have.peek(), want.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((h, _)), Some((w, _))) => h.cmp(w),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some((i, b)) = have.next() {
+                    stats.removed += 1;
+                    out.push((i, Some(b), None));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((i, a)) = want.next() {
+                    stats.written += 1;
+                    out.push((i, None, Some(a)));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((i, b)), Some((_, a))) = (have.next(), want.next()) {
+                    if a == b && !rewrite {
+                        stats.kept += 1;
+                    } else {
+                        stats.written += 1;
+                        out.push((i, Some(b), Some(a)));
+                    }
+                }
+            }
+        }
+    }
+    (out, stats)
+}
+
+/// A database's state at one LSN, as a copy records it.
+#[derive(Clone, Debug)]
+pub struct CopyPoint {
+    pub lsn: Lsn,
+    pub time_us: i64,
+    pub catalog: BTreeMap<Fnr, FileDef>,
+    pub metas: BTreeMap<Fnr, FileMeta>,
+    pub damaged: BTreeMap<Fnr, String>,
 }
 
 /// A range of a file: count, digest and (if asked) its records.
@@ -603,10 +667,10 @@ impl Database {
             existing.push((isn, v));
         }
         let mut meta = self.file_info(replicate)?.meta;
-        let mut stats = LoadStats::default();
-        let mut ops = Vec::new();
+        let (diff, stats) = diff_range(existing, wanted, rewrite);
         let last = expect.is_some();
-        let mut change = |isn: Isn, before: Option<Vec<u8>>, after: Option<Vec<u8>>| {
+        let mut ops = Vec::with_capacity(diff.len() + 1);
+        for (isn, before, after) in diff {
             if last {
                 meta.change(isn, before.as_deref(), after.as_deref());
             }
@@ -619,48 +683,6 @@ impl Database {
                 before,
                 after,
             });
-        };
-        let (mut have, mut want) = (
-            existing.into_iter().peekable(),
-            wanted.into_iter().peekable(),
-        );
-        loop {
-            match (have.peek(), want.peek()) {
-                (None, None) => break,
-                (Some(_), None) => {
-                    if let Some((i, b)) = have.next() {
-                        stats.removed += 1;
-                        change(i, Some(b), None);
-                    }
-                }
-                (None, Some(_)) => {
-                    if let Some((i, a)) = want.next() {
-                        stats.written += 1;
-                        change(i, None, Some(a));
-                    }
-                }
-                (Some((hi, _)), Some((wi, _))) => {
-                    let (hi, wi) = (*hi, *wi);
-                    if hi < wi {
-                        if let Some((i, b)) = have.next() {
-                            stats.removed += 1;
-                            change(i, Some(b), None);
-                        }
-                    } else if wi < hi {
-                        if let Some((i, a)) = want.next() {
-                            stats.written += 1;
-                            change(i, None, Some(a));
-                        }
-                    } else if let (Some((i, b)), Some((_, a))) = (have.next(), want.next()) {
-                        if a == b && !rewrite {
-                            stats.kept += 1;
-                        } else {
-                            stats.written += 1;
-                            change(i, Some(b), Some(a));
-                        }
-                    }
-                }
-            }
         }
         if let Some((count, digest)) = expect {
             if (meta.count, meta.digest) != (count, digest) {
@@ -746,12 +768,141 @@ impl Database {
                 def.role.name()
             )));
         }
+        self.rebase_file(fnr)
+    }
+
+    /// Takes any file's records as they stand in the page store as its new
+    /// baseline (see [`Database::rebase_replicate`]): the first step of a
+    /// restore into a damaged file, whose every record the restore then
+    /// replaces and proves against the copy's digest.
+    pub fn rebase_file(&self, fnr: Fnr) -> Result<FileMeta, DbError> {
+        {
+            let st = lock(&self.shared().state);
+            st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+        }
         self.wait_applied()?;
         let mut meta = recovery::scan_meta(&self.shared().store, fnr)?;
         let next = self.file_info(fnr)?.meta.next_isn;
         meta.next_isn = meta.next_isn.max(next);
         self.commit(vec![CatalogOp::Rebase(meta)], Vec::new(), None)?;
         Ok(meta)
+    }
+
+    /// Replaces a file's records in `[from, to)` (`to` None: to the end)
+    /// with `wanted` (ascending isns inside the range), as one transaction
+    /// that derives nothing ([`CatalogOp::Restore`]): a restored master
+    /// writes no log records, its log is restored beside it. Any role. With
+    /// `last`, this is the file's last chunk: its count and digest after it
+    /// must equal `last`'s, and its next isn becomes `last.next_isn`.
+    ///
+    /// The caller serialises writes to `fnr` (nothing else may write it
+    /// during a restore); a damaged file is rebased first.
+    pub fn restore_range(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+        wanted: Vec<(Isn, Vec<u8>)>,
+        last: Option<FileMeta>,
+    ) -> Result<(CommitInfo, LoadStats), DbError> {
+        let in_range = |i: Isn| i >= from && to.is_none_or(|t| i < t);
+        if let Some(bad) = wanted.iter().find(|(i, _)| !in_range(*i) || i.0 == 0) {
+            return Err(DbError::BadDefinition(format!(
+                "restored record isn {} lies outside its chunk [{from}, {})",
+                bad.0,
+                to.map_or("end".into(), |t| t.to_string())
+            )));
+        }
+        if wanted.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(DbError::BadDefinition(
+                "restored records are not in ascending isn order".into(),
+            ));
+        }
+        self.file(fnr)?;
+        self.wait_applied()?;
+        let mut existing = Vec::new();
+        for kv in self.shared().store.scan(fnr, from) {
+            let (isn, v) = kv?;
+            if !in_range(isn) {
+                break;
+            }
+            existing.push((isn, v));
+        }
+        let mut meta = self.file_info(fnr)?.meta;
+        let (diff, stats) = diff_range(existing, wanted, false);
+        let mut ops = Vec::with_capacity(diff.len());
+        for (isn, before, after) in diff {
+            meta.change(isn, before.as_deref(), after.as_deref());
+            ops.push(Op::Restored {
+                fnr,
+                isn,
+                before,
+                after,
+            });
+        }
+        if let Some(want) = last {
+            if (meta.count, meta.digest) != (want.count, want.digest) {
+                return Err(DbError::BadDefinition(format!(
+                    "file {fnr} would hold {} records with digest {} after its last restored chunk, but the copy holds {} records with digest {}; nothing written",
+                    meta.count, meta.digest, want.count, want.digest
+                )));
+            }
+        }
+        let catalog = vec![CatalogOp::Restore {
+            fnr,
+            next_isn: last.map(|m| m.next_isn),
+        }];
+        let info = self.commit(catalog, ops, None)?;
+        Ok((info, stats))
+    }
+
+    /// The state a copy is taken at: the latest LSN, its commit time, the
+    /// catalog, every file's meta and damage, all read under one lock; then
+    /// waits until that LSN is durable and in the page store. Taken at the
+    /// start of a copy's page-store scan and again at its end (see
+    /// [`crate::copy`]).
+    pub fn copy_point(&self) -> Result<CopyPoint, DbError> {
+        let point = {
+            let st = lock(&self.shared().state);
+            CopyPoint {
+                lsn: st.last_lsn,
+                time_us: st.last_time_us,
+                catalog: st.catalog.clone(),
+                metas: st.metas.clone(),
+                damaged: st.damaged.clone(),
+            }
+        };
+        self.wait_applied()?;
+        Ok(point)
+    }
+
+    /// Up to `max_records` records (and about `max_bytes`) of a file from
+    /// isn `from` on, straight from the page store, without waiting for
+    /// queued commits: a fuzzy scan, made exact by the log slice a copy
+    /// carries with it.
+    pub fn scan_store(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Isn, Vec<u8>)>, DbError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in self.shared().store.scan(fnr, from) {
+            let (isn, v) = kv?;
+            bytes += v.len() + 8;
+            out.push((isn, v));
+            if out.len() >= max_records || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The protection log's directory.
+    pub fn plog_dir(&self) -> Arc<dyn MediumDir> {
+        self.shared().plog.clone()
     }
 
     /// The count and digest of a file's records as they stand in the page
@@ -974,7 +1125,7 @@ impl Database {
                 .iter()
                 .filter_map(|op| match op {
                     CatalogOp::Rebase(m) => Some(m.fnr),
-                    CatalogOp::Define(_) => None,
+                    CatalogOp::Define(_) | CatalogOp::Restore { .. } => None,
                 })
                 .collect();
             let entry = Commit {
@@ -1230,9 +1381,13 @@ fn resolve<V: StateView>(
         | Op::Update { fnr, .. }
         | Op::Delete { fnr, .. }
         | Op::Replicated { fnr, .. }
+        | Op::Restored { fnr, .. }
         | Op::Put { fnr, .. } => *fnr,
     };
     match &op {
+        Op::Restored { .. } => {
+            Database::usable_def(st, fnr)?;
+        }
         Op::Replicated { .. } | Op::Put { .. } => {
             let def = Database::usable_def(st, fnr)?;
             let ok = match op {
@@ -1285,6 +1440,29 @@ fn resolve<V: StateView>(
                 isn,
                 before: Some(before),
                 after: None,
+            }
+        }
+        Op::Restored {
+            isn, before, after, ..
+        } => {
+            if isn.0 == 0 {
+                return Err(DbError::ZeroIsn(fnr));
+            }
+            let is_log =
+                matches!(st.catalog.get(&fnr), Some(d) if matches!(d.role, Role::Log { .. }));
+            if let (Some(a), false) = (&after, is_log) {
+                decode_record(a).map_err(bad)?;
+            }
+            if ap.current(fnr, isn)? != before {
+                return Err(DbError::BadDefinition(format!(
+                    "record {isn} of file {fnr} changed while it was being restored"
+                )));
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before,
+                after,
             }
         }
         Op::Replicated {

@@ -260,6 +260,23 @@ impl Node {
                     Err(e) => Response::error(e),
                 }
             }
+            Request::Files => Response::Files {
+                files: self.db.files().into_iter().map(|f| f.def).collect(),
+                topology: lock(&self.topology).as_ref().map(|v| v.text.clone()),
+            },
+            Request::CopyTake { files, dir, set } => {
+                let db = self.db.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let area = crate::medium::FsDir::new(&dir);
+                    crate::copy::take(&db, &files, &area, &set, &mut |_| {})
+                })
+                .await;
+                match r {
+                    Ok(Ok(c)) => Response::Copied(c),
+                    Ok(Err(e)) => Response::error(e.to_string()),
+                    Err(e) => Response::error(format!("internal error: {e}")),
+                }
+            }
             Request::FileStat { file } => match self.db.file_info(file) {
                 Ok(i) => Response::Stat {
                     count: i.meta.count,
@@ -321,7 +338,8 @@ impl Node {
             Request::LogCleanup {
                 master,
                 until,
-                execute: _,
+                execute,
+                horizons,
             } => {
                 let tasks: Vec<_> = self
                     .all_tasks()
@@ -334,7 +352,10 @@ impl Node {
                 let r = tokio::task::spawn_blocking(move || {
                     tasks
                         .iter()
-                        .map(|t| t.cleanup_plan(until))
+                        .map(|t| {
+                            let h = horizons.iter().find(|(m, _)| *m == t.master()).map(|h| h.1);
+                            t.cleanup_plan(until, h, execute)
+                        })
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .await;
@@ -1156,7 +1177,7 @@ impl Node {
     }
 }
 
-fn stored_topology(db: &Database) -> Result<Option<Valid>, String> {
+pub fn stored_topology(db: &Database) -> Result<Option<Valid>, String> {
     let admin = db
         .files()
         .into_iter()

@@ -530,7 +530,17 @@ impl Task {
     /// What log cleanup may delete, and why not more (blocking). Nothing is
     /// deleted beyond what every replicate has durably confirmed, nor past
     /// the master's most recent catalogued copy; with no copy, nothing.
-    pub fn cleanup_plan(&self, until: Option<Seq>) -> Result<CleanupPlan, String> {
+    /// What may be deleted from the master's log file, and (with
+    /// `execute`) deletes it: log records every replicate has durably
+    /// confirmed and at or before `copy_horizon`, the log seq of the
+    /// master's most recent catalogued copy (None: no copy, nothing is
+    /// deleted), and at or before `until` if given.
+    pub fn cleanup_plan(
+        &self,
+        until: Option<Seq>,
+        copy_horizon: Option<Seq>,
+        execute: bool,
+    ) -> Result<CleanupPlan, String> {
         let ctx = &self.ctx;
         let mut first = None;
         let mut last = Seq(0);
@@ -567,8 +577,6 @@ impl Task {
             reps.push((f.name().to_string(), seq, from.to_string()));
         }
         let min_confirmed = reps.iter().map(|r| r.1).min().unwrap_or(last);
-        // The backup layer (copy catalog) is not there yet: no copy exists.
-        let copy_horizon: Option<Seq> = None;
         let safe_until = copy_horizon.map(|c| c.min(min_confirmed));
         let mut notes = Vec::new();
         if copy_horizon.is_none() {
@@ -582,6 +590,25 @@ impl Task {
             notes.push(format!(
                 "warning: the log file holds {bytes} bytes, above the threshold of {warn_bytes}"
             ));
+        }
+        let mut deleted = 0;
+        if let (true, Some(safe)) = (execute, safe_until) {
+            let upto = until.map_or(safe, |u| u.min(safe));
+            // In chunks of at most 50 000 records per transaction; log
+            // records are only ever deleted from the front.
+            let mut from = first.map_or(1, |f| f.0);
+            while from <= upto.0 {
+                let to = (from + 50_000).min(upto.0 + 1);
+                let (_, stats) = ctx
+                    .db
+                    .restore_range(ctx.log, Isn(from), Some(Isn(to)), Vec::new(), None)
+                    .map_err(|e| e.to_string())?;
+                deleted += stats.removed;
+                from = to;
+            }
+            if deleted > 0 {
+                notes.push(format!("deleted {deleted} log records up to seq {upto}"));
+            }
         }
         let would_strand = match until {
             Some(u) => reps
@@ -605,7 +632,7 @@ impl Task {
             requested: until,
             would_strand,
             would_orphan_copies: Vec::new(),
-            deleted: 0,
+            deleted,
             notes,
         })
     }

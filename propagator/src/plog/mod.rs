@@ -18,7 +18,7 @@ pub mod reader;
 pub mod writer;
 
 pub use entry::{Change, Checkpoint, Commit, PlogEntry};
-pub use reader::{open_segments, LogScan, ScanFault, Scanned, Segment};
+pub use reader::{open_segments, open_segments_readonly, LogScan, ScanFault, Scanned, Segment};
 pub use writer::PlogWriter;
 
 use crate::ids::{DbId, Lsn};

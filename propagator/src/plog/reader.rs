@@ -32,6 +32,21 @@ pub struct OpenedSegments {
 /// segment number is missing. A last segment with a torn header (a crash
 /// while creating it, before anything was committed into it) is removed.
 pub fn open_segments(dir: &dyn MediumDir, dbid: DbId) -> Result<OpenedSegments, LogError> {
+    open_segments_inner(dir, dbid, true)
+}
+
+/// Opens every segment in `dir` to read it, changing nothing: a last
+/// segment with an incomplete header (being created right now, or torn) is
+/// left out.
+pub fn open_segments_readonly(dir: &dyn MediumDir, dbid: DbId) -> Result<Vec<Segment>, LogError> {
+    Ok(open_segments_inner(dir, dbid, false)?.segments)
+}
+
+fn open_segments_inner(
+    dir: &dyn MediumDir,
+    dbid: DbId,
+    remove_torn: bool,
+) -> Result<OpenedSegments, LogError> {
     let names = dir.list().map_err(|e| LogError::io(dir.describe(""), e))?;
     let mut numbered: Vec<(u64, String)> = names
         .into_iter()
@@ -57,6 +72,9 @@ pub fn open_segments(dir: &dyn MediumDir, dbid: DbId) -> Result<OpenedSegments, 
         let header = match SegmentHeader::decode(&hb) {
             Ok(h) => h,
             Err(_) if i + 1 == count && i > 0 && len < HEADER_LEN + FRAME_HEADER_LEN => {
+                if !remove_torn {
+                    break;
+                }
                 dir.remove(&name)
                     .map_err(|e| LogError::io(path.clone(), e))?;
                 dir.sync_dir().map_err(|e| LogError::io(path.clone(), e))?;

@@ -1,0 +1,371 @@
+//! Copy sets on real files: a hot copy under write load is its files
+//! exactly as of one LSN; restore, regenerate and backout reproduce the
+//! states the log's after- and before-images say; damage is named.
+
+use backup::restore::{self, Target};
+use backup::take::{take_job, Ask, Source};
+use backup::Area;
+use propagator::record::encode_record;
+use propagator::{Database, DbId, Fnr, Isn, Lsn, Record, Role, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+const MASTER: Fnr = Fnr(10);
+const LOG: Fnr = Fnr(11);
+const PLAIN: Fnr = Fnr(20);
+
+type Bytes = Vec<u8>;
+/// Per commit: its LSN, time and what it left in each record it touched.
+type History = Vec<(Lsn, i64, Vec<(Fnr, Isn, Option<Bytes>)>)>;
+
+fn rec(k: u64, v: u64) -> Record {
+    let mut r = Record::new();
+    r.insert("k".into(), Value::Int(k as i64));
+    r.insert("v".into(), Value::Int(v as i64));
+    r.insert("pad".into(), Value::Text("x".repeat(40)));
+    r
+}
+
+fn open_new(dir: &Path) -> Database {
+    Database::init(dir, DbId(7), Some(1 << 20)).expect("init");
+    let (db, _) = Database::open(dir).expect("open");
+    db.create_file(MASTER, "orders", Role::Plain)
+        .expect("master");
+    db.define_master(MASTER, LOG).expect("define");
+    db.create_file(PLAIN, "notes", Role::Plain).expect("plain");
+    db
+}
+
+/// Fills the master with `n` records in big transactions.
+fn fill(db: &Database, n: u64, hist: &Mutex<History>) {
+    let mut s = db.session();
+    let mut touched = Vec::new();
+    for k in 1..=n {
+        let r = rec(k, 0);
+        s.store(MASTER, Some(Isn(k)), r.clone()).expect("store");
+        touched.push((MASTER, Isn(k), Some(encode_record(&r).expect("encodes"))));
+        if k.is_multiple_of(5000) || k == n {
+            let info = s.et(None).expect("et");
+            hist.lock()
+                .expect("lock")
+                .push((info.lsn, info.time_us, std::mem::take(&mut touched)));
+        }
+    }
+}
+
+/// Random updates, deletes and stores on the master and the plain file
+/// until `stop`; every commit goes into `hist`.
+fn writer(db: Database, seed: u64, n: u64, stop: Arc<AtomicBool>, hist: Arc<Mutex<History>>) {
+    let mut rng = fastrand_like(seed);
+    let mut s = db.session();
+    let mut v = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        v += 1;
+        let k = 1 + rng() % n;
+        let fnr = if rng().is_multiple_of(4) {
+            PLAIN
+        } else {
+            MASTER
+        };
+        let cur = s.read(fnr, Isn(k)).expect("read");
+        let after = match (cur.is_some(), rng() % 5) {
+            (true, 0) => {
+                s.delete(fnr, Isn(k)).expect("delete");
+                None
+            }
+            (true, _) => {
+                let mut p = Record::new();
+                p.insert("v".into(), Value::Int(v as i64));
+                s.update(fnr, Isn(k), p).expect("update");
+                s.read(fnr, Isn(k))
+                    .expect("read")
+                    .map(|r| encode_record(&r).expect("encodes"))
+            }
+            (false, _) => {
+                let r = rec(k, v);
+                s.store(fnr, Some(Isn(k)), r.clone()).expect("store");
+                Some(encode_record(&r).expect("encodes"))
+            }
+        };
+        match s.et(None) {
+            Ok(info) => hist.lock().expect("lock").push((
+                info.lsn,
+                info.time_us,
+                vec![(fnr, Isn(k), after)],
+            )),
+            Err(e) => panic!("commit failed: {e}"),
+        }
+    }
+}
+
+/// A small xorshift: deterministic per seed, no dependency.
+fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// The content of `fnr` after every commit with LSN at most `lsn`.
+fn state_at(hist: &History, fnr: Fnr, lsn: Lsn) -> BTreeMap<Isn, Bytes> {
+    let mut h: Vec<_> = hist.iter().filter(|c| c.0 <= lsn).collect();
+    h.sort_by_key(|c| c.0);
+    let mut out = BTreeMap::new();
+    for (_, _, t) in h {
+        for (f, i, v) in t {
+            if *f == fnr {
+                match v {
+                    Some(b) => out.insert(*i, b.clone()),
+                    None => out.remove(i),
+                };
+            }
+        }
+    }
+    out
+}
+
+fn content(db: &Database, fnr: Fnr) -> BTreeMap<Isn, Bytes> {
+    let mut out = BTreeMap::new();
+    db.for_each_raw(fnr, Isn(1), |i, b| {
+        out.insert(i, b.to_vec());
+        Ok(true)
+    })
+    .expect("scan");
+    out
+}
+
+fn log_upto(all: &BTreeMap<Isn, Bytes>, seq: u64) -> BTreeMap<Isn, Bytes> {
+    all.iter()
+        .filter(|(i, _)| i.0 <= seq)
+        .map(|(i, b)| (*i, b.clone()))
+        .collect()
+}
+
+#[test]
+fn hot_copy_restore_regenerate_and_damage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("db");
+    let db = open_new(&data);
+    let hist = Arc::new(Mutex::new(History::new()));
+    fill(&db, 40_000, &hist);
+    let area = Area::open(&tmp.path().join("area")).expect("area");
+
+    // Copies under write load, until one of them caught commits in its slice.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let (db, stop, hist) = (db.clone(), stop.clone(), hist.clone());
+            std::thread::spawn(move || writer(db, 11 + i, 45_000, stop, hist))
+        })
+        .collect();
+    let mut sets = Vec::new();
+    for _ in 0..10 {
+        let t = take_job(
+            &area,
+            None,
+            &[Ask {
+                source: Source::Local(db.clone()),
+                files: vec![MASTER, PLAIN],
+            }],
+            &mut |_| {},
+        )
+        .expect("take");
+        let set = t.into_iter().next().expect("one set").set;
+        let caught = set.members.iter().any(|m| m.copy.slice_commits > 0);
+        sets.push(set);
+        if caught && sets.len() >= 2 {
+            break;
+        }
+    }
+    // Let the log run on past the last copy.
+    let until = db.last_lsn().0 + 300;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while db.last_lsn().0 < until {
+        assert!(std::time::Instant::now() < deadline, "writers stalled");
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let hist = hist.lock().expect("lock").clone();
+    assert!(
+        sets.iter()
+            .any(|s| s.members.iter().any(|m| m.copy.slice_commits > 0)),
+        "no copy was taken while commits were in flight: the log slice went untested"
+    );
+    let log_now = content(&db, LOG);
+    let end = db.last_lsn();
+
+    // Each set restored into a new database is its files as of its LSN.
+    for (n, set) in sets.iter().enumerate() {
+        assert_eq!(
+            set.members.iter().map(|m| m.fnr).collect::<Vec<_>>(),
+            vec![MASTER, LOG, PLAIN],
+            "the log came with its master"
+        );
+        let dir = tmp.path().join(format!("restored{n}"));
+        restore::restore_to_dir(&dir, &area, set).expect("restore");
+        let (r, _) = Database::open(&dir).expect("open restored");
+        assert_eq!(
+            content(&r, MASTER),
+            state_at(&hist, MASTER, set.lsn),
+            "master at {}",
+            set.lsn
+        );
+        assert_eq!(
+            content(&r, PLAIN),
+            state_at(&hist, PLAIN, set.lsn),
+            "plain at {}",
+            set.lsn
+        );
+        let seq = set.seqs[&MASTER].0;
+        assert_eq!(
+            content(&r, LOG),
+            log_upto(&log_now, seq),
+            "log at seq {seq}"
+        );
+        assert_eq!(r.file_info(LOG).expect("log").meta.next_isn, seq + 1);
+        assert!(r.check().expect("check").is_ok());
+        r.close().expect("close");
+    }
+    db.close().expect("close");
+
+    // Regenerate to chosen LSNs and to the end, into new databases.
+    let (db, _) = Database::open(&data).expect("reopen");
+    let first = &sets[0];
+    let mut points = vec![
+        first.lsn.0 + 1,
+        first.lsn.0 + 97,
+        (first.lsn.0 + end.0) / 2,
+        end.0,
+    ];
+    points.dedup();
+    for (n, p) in points.iter().enumerate() {
+        let dir = tmp.path().join(format!("regen{n}"));
+        Database::init(&dir, DbId(7), None).expect("init");
+        let (into, _) = Database::open(&dir).expect("open");
+        let target = if *p == end.0 {
+            Target::End
+        } else {
+            Target::Lsn(Lsn(*p))
+        };
+        let r = restore::regenerate(&db, &area, MASTER, target, Some(&into)).expect("regenerate");
+        assert_eq!(r.restored.lsn, Lsn(*p));
+        assert_eq!(
+            content(&into, MASTER),
+            state_at(&hist, MASTER, Lsn(*p)),
+            "master at {p}"
+        );
+        assert_eq!(
+            content(&into, PLAIN),
+            state_at(&hist, PLAIN, Lsn(*p)),
+            "plain at {p}"
+        );
+        assert!(into.check().expect("check").is_ok());
+        into.close().expect("close");
+    }
+    // A time target: everything committed at or before a commit's time.
+    let mid = hist
+        .iter()
+        .find(|c| c.0 .0 == (first.lsn.0 + end.0) / 2)
+        .expect("mid commit");
+    let dir = tmp.path().join("regen-time");
+    Database::init(&dir, DbId(7), None).expect("init");
+    let (into, _) = Database::open(&dir).expect("open");
+    let r =
+        restore::regenerate(&db, &area, MASTER, Target::Time(mid.1), Some(&into)).expect("by time");
+    let reached = r.restored.lsn;
+    assert!(reached >= mid.0);
+    assert_eq!(content(&into, MASTER), state_at(&hist, MASTER, reached));
+    into.close().expect("close");
+
+    // Backout of the master to that time gives the same master, and the
+    // log at the seq it had then.
+    let b = restore::backout(&db, MASTER, mid.1).expect("backout");
+    assert!(b.commits > 0);
+    assert_eq!(content(&db, MASTER), state_at(&hist, MASTER, reached));
+    assert!(db.check().expect("check").is_ok());
+    db.close().expect("close");
+
+    // A flipped byte anywhere in a copy file is named by verify and
+    // refused by restore; the other sets still verify.
+    let victim = &sets[0];
+    let m = victim.member(MASTER).expect("member");
+    let path = area.data_dir(&victim.id).join(&m.copy.name);
+    for offset in [20u64, m.copy.bytes / 2, m.copy.bytes - 3] {
+        let orig = std::fs::read(&path).expect("read");
+        let mut bad = orig.clone();
+        bad[offset as usize] ^= 0x40;
+        std::fs::write(&path, &bad).expect("write");
+        let e = restore::verify_set(&area, victim).expect_err("damage found");
+        assert!(
+            format!("{e:#}").contains(&m.copy.name),
+            "names the file: {e:#}"
+        );
+        let e = restore::restore_to_dir(&tmp.path().join(format!("no{offset}")), &area, victim)
+            .expect_err("restore refused");
+        assert!(format!("{e:#}").contains(&m.copy.name), "{e:#}");
+        std::fs::write(&path, &orig).expect("repair");
+    }
+    restore::verify_set(&area, victim).expect("intact again");
+
+    // The horizon is the newest set's seq.
+    let h = area.horizons(DbId(7)).expect("horizons");
+    assert_eq!(h[&MASTER], sets.last().expect("a set").seqs[&MASTER]);
+}
+
+#[test]
+fn regenerate_and_backout_refuse_what_the_log_does_not_cover() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("db");
+    let db = open_new(&data);
+    let hist = Mutex::new(History::new());
+    let area = Area::open(&tmp.path().join("area")).expect("area");
+    let e = restore::regenerate(&db, &area, MASTER, Target::End, None).expect_err("no set");
+    assert!(e.to_string().contains("no copy set"), "{e}");
+    fill(&db, 3000, &hist);
+    take_job(
+        &area,
+        None,
+        &[Ask {
+            source: Source::Local(db.clone()),
+            files: vec![MASTER],
+        }],
+        &mut |_| {},
+    )
+    .expect("take");
+    // Past the end of the log.
+    let e = restore::regenerate(
+        &db,
+        &area,
+        MASTER,
+        Target::Lsn(Lsn(db.last_lsn().0 + 50)),
+        None,
+    )
+    .expect_err("past the end");
+    assert!(e.to_string().contains("past the end"), "{e:#}");
+    // A log refused alone; a log backout refused.
+    let e = take_job(
+        &area,
+        None,
+        &[Ask {
+            source: Source::Local(db.clone()),
+            files: vec![LOG],
+        }],
+        &mut |_| {},
+    )
+    .expect_err("log alone");
+    assert!(
+        format!("{e:#}").contains("copied only with its master"),
+        "{e:#}"
+    );
+    let e = restore::backout(&db, LOG, 0).expect_err("log backout");
+    assert!(e.to_string().contains("back out its master"), "{e}");
+    db.close().expect("close");
+}

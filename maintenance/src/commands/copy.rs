@@ -1,0 +1,244 @@
+//! `etp copy take|list|show|verify|restore|regenerate|backout`.
+
+use super::open_or_context;
+use crate::cli::CopyCommand;
+use crate::output;
+use crate::Outcome;
+use anyhow::{bail, Context};
+use backup::restore::{self, Target};
+use backup::take::{take_job, Ask, Source};
+use backup::{Area, CopySet};
+use propagator::{Fnr, Lsn};
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
+        format!("--to-time {s:?} is not an RFC 3339 time (e.g. 2026-11-30T21:00:00Z)")
+    })?;
+    Ok(t.timestamp_micros())
+}
+
+fn summary(s: &CopySet) -> String {
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {} ({}, {} records)",
+                m.fnr, m.name, m.role, m.copy.meta.count
+            )
+        })
+        .collect();
+    format!(
+        "{}  {:?}  db {}  LSN {}  {}  {} bytes  [{}]",
+        s.id,
+        s.kind,
+        s.dbid,
+        s.lsn,
+        s.taken_local,
+        s.bytes,
+        members.join(", ")
+    )
+}
+
+pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
+    match c {
+        CopyCommand::Take {
+            target,
+            area,
+            files,
+            json,
+        } => {
+            let area = Area::open(&area.area)?;
+            let source = match (target.data, target.node) {
+                (Some(d), _) => Source::Local(open_or_context(&d)?),
+                (None, Some(a)) => Source::Node(a),
+                (None, None) => bail!("give --data DIR or --node ADDR"),
+            };
+            let asks = [Ask {
+                source,
+                files: files.into_iter().map(Fnr).collect(),
+            }];
+            let taken = take_job(&area, None, &asks, &mut |msg| {
+                if json {
+                    output::json(&serde_json::json!({ "event": "progress", "message": msg }));
+                } else {
+                    eprintln!("{msg}");
+                }
+            })?;
+            for t in taken {
+                if json {
+                    output::json(&serde_json::json!({
+                        "event": "taken", "set": t.set, "added": t.added,
+                    }));
+                } else {
+                    for a in &t.added {
+                        println!("added {a}");
+                    }
+                    println!(
+                        "took {} in {:.2} s ({:.1} MB/s)",
+                        summary(&t.set),
+                        t.set.seconds,
+                        t.set.bytes as f64 / 1e6 / t.set.seconds.max(1e-9)
+                    );
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        CopyCommand::List { area, json } => {
+            let area = Area::open(&area.area)?;
+            for s in area.list()? {
+                if json {
+                    output::json(&serde_json::to_value(&s)?);
+                } else {
+                    println!("{}", summary(&s));
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        CopyCommand::Show { set, area, json } => {
+            let area = Area::open(&area.area)?;
+            let s = area.get(&set)?;
+            if json {
+                output::json(&serde_json::to_value(&s)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            }
+            Ok(Outcome::Ok)
+        }
+        CopyCommand::Verify { set, area, json } => {
+            let area = Area::open(&area.area)?;
+            let sets = match set {
+                Some(id) => vec![area.get(&id)?],
+                None => area.list()?,
+            };
+            let mut bad = false;
+            for s in &sets {
+                let r = restore::verify_set(&area, s);
+                bad |= r.is_err();
+                let err = r.err().map(|e| format!("{e:#}"));
+                if json {
+                    output::json(
+                        &serde_json::json!({ "set": s.id, "ok": err.is_none(), "error": err }),
+                    );
+                } else {
+                    match err {
+                        None => println!("{}: ok ({} members)", s.id, s.members.len()),
+                        Some(e) => println!("{}: DAMAGED: {e}", s.id),
+                    }
+                }
+            }
+            Ok(if bad { Outcome::Problem } else { Outcome::Ok })
+        }
+        CopyCommand::Restore {
+            set,
+            area,
+            data,
+            to,
+            json,
+        } => {
+            let area = Area::open(&area.area)?;
+            let s = area.get(&set)?;
+            let r = match (data, to) {
+                (Some(d), None) => {
+                    let db = open_or_context(&d)?;
+                    let r = restore::restore_into(&db, &area, &s)?;
+                    db.close()?;
+                    r
+                }
+                (None, Some(t)) => restore::restore_to_dir(&t, &area, &s)?,
+                _ => bail!("give --data DIR (the set's database, its node stopped) or --to DIR (a new database)"),
+            };
+            print_restored(&r, json)?;
+            Ok(Outcome::Ok)
+        }
+        CopyCommand::Regenerate {
+            file,
+            data,
+            area,
+            to_lsn,
+            to_time,
+            to_end,
+            into,
+            json,
+        } => {
+            let area = Area::open(&area.area)?;
+            let target = match (to_lsn, to_time, to_end) {
+                (Some(l), None, false) => Target::Lsn(Lsn(l)),
+                (None, Some(t), false) => Target::Time(parse_time(&t)?),
+                (None, None, true) => Target::End,
+                _ => bail!("give exactly one of --to-lsn, --to-time, --to-end"),
+            };
+            let db = open_or_context(&data)?;
+            let into_db = match &into {
+                Some(dir) => {
+                    propagator::Database::init(dir, db.dbid(), None)
+                        .with_context(|| format!("cannot create database {}", dir.display()))?;
+                    Some(open_or_context(dir)?)
+                }
+                None => None,
+            };
+            let r = restore::regenerate(&db, &area, Fnr(file), target, into_db.as_ref())?;
+            if json {
+                output::json(&serde_json::to_value(&r)?);
+            } else {
+                for s in &r.skipped {
+                    println!("passed over {s}");
+                }
+                println!(
+                    "regenerated from set {} (LSN {}) with {} commits of the protection log, to LSN {}",
+                    r.restored.set, r.from_lsn, r.commits, r.restored.lsn
+                );
+                print_restored(&r.restored, false)?;
+            }
+            if let Some(d) = into_db {
+                d.close()?;
+            }
+            db.close()?;
+            Ok(Outcome::Ok)
+        }
+        CopyCommand::Backout {
+            file,
+            data,
+            to_time,
+            json,
+        } => {
+            let t = parse_time(&to_time)?;
+            let db = open_or_context(&data)?;
+            let r = restore::backout(&db, Fnr(file), t)?;
+            if json {
+                output::json(&serde_json::to_value(&r)?);
+            } else {
+                println!(
+                    "backed out {} commits ({} records) of file {} to {to_time}",
+                    r.commits, r.records, r.fnr
+                );
+                for f in &r.files {
+                    println!(
+                        "  file {} {}: {} records, digest {} ({} written, {} removed)",
+                        f.fnr, f.name, f.count, f.digest, f.written, f.removed
+                    );
+                }
+                println!(
+                    "note: replicates of a backed-out master are ahead of it now: reinit them"
+                );
+            }
+            db.close()?;
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn print_restored(r: &restore::Restored, json: bool) -> anyhow::Result<()> {
+    if json {
+        output::json(&serde_json::to_value(r)?);
+    } else {
+        println!("restored set {} (files at LSN {})", r.set, r.lsn);
+        for f in &r.files {
+            println!(
+                "  file {} {}: {} records, digest {} ({} written, {} removed)",
+                f.fnr, f.name, f.count, f.digest, f.written, f.removed
+            );
+        }
+    }
+    Ok(())
+}

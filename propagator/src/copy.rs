@@ -1,0 +1,615 @@
+//! Copy files: hot, consistent copies of database files.
+//!
+//! A copy is taken while the database keeps committing:
+//! 1. the copy point at the start (LSN `start`, catalog and metas) is read
+//!    under the state lock, and the page store is let catch up to it;
+//! 2. each file's records are scanned from the page store (a fuzzy dump:
+//!    each record as of some LSN at or after `start`);
+//! 3. the copy point at the end (LSN `lsn`) is read, and waited for;
+//! 4. the protection-log slice `(start, lsn]` — every record those commits
+//!    wrote to the copied files, derived log records included — is read
+//!    from the log itself and appended.
+//!
+//! Replaying the slice's after-images over the dump, in LSN order, gives
+//! each file exactly as of `lsn`, whatever the scan saw of the commits in
+//! between; the copy's end frame carries the file's count and digest as of
+//! `lsn` and a reader proves the result against them.
+//!
+//! Layout: the magic `ETPCOPY1`, then frames `[len u32 LE][crc32c u32 LE]
+//! [payload]`, the CRC over the length bytes and the payload, the payload a
+//! MessagePack [`CopyFrame`]: one header, record frames in ascending isn,
+//! slice frames in LSN order, one end frame. The whole file's blake3 is
+//! returned to the caller, who catalogues it. Written through the medium
+//! seam ([`crate::medium`]), as the protection log is.
+
+use crate::catalog::{FileDef, Role};
+use crate::database::CopyPoint;
+use crate::digest::FileMeta;
+use crate::error::DbError;
+use crate::ids::{DbId, Fnr, Isn, Lsn, Seq};
+use crate::medium::{Medium, MediumDir};
+use crate::slice::{read_slice, SliceBase, SliceError};
+use crate::Database;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+pub const COPY_MAGIC: &[u8; 8] = b"ETPCOPY1";
+/// The copy format this engine writes and reads.
+pub const COPY_FORMAT: u32 = 1;
+const FRAME_HEADER: usize = 8;
+/// The largest frame payload accepted when reading.
+const MAX_FRAME: usize = 64 << 20;
+const SCAN_RECORDS: usize = 16_384;
+const SCAN_BYTES: usize = 4 << 20;
+const WRITE_BUFFER: usize = 8 << 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CopyHeader {
+    pub format: u32,
+    /// The copy set this file belongs to.
+    pub set: String,
+    pub dbid: DbId,
+    pub def: FileDef,
+    /// LSN the page-store scan started at.
+    pub start_lsn: Lsn,
+    pub start_meta: FileMeta,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CopyEnd {
+    /// The copy is the file as of this LSN.
+    pub lsn: Lsn,
+    pub time_us: i64,
+    /// Count, digest and next isn of the file as of `lsn`.
+    pub meta: FileMeta,
+    pub dump_records: u64,
+    pub slice_commits: u64,
+    pub slice_records: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum CopyFrame {
+    Header(CopyHeader),
+    /// Records of the fuzzy dump, ascending isn.
+    Records(Vec<(Isn, ByteBuf)>),
+    /// What one commit of the slice wrote to this file (None: deleted).
+    Slice {
+        lsn: Lsn,
+        time_us: i64,
+        records: Vec<(Isn, Option<ByteBuf>)>,
+    },
+    End(CopyEnd),
+}
+
+/// A copy file that failed a check, or could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("copy file {path}: I/O error: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("copy file {path} is damaged at offset {offset}: {reason}")]
+    Damaged {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("copy file {path} does not hold what it should: {reason}")]
+    Mismatch { path: String, reason: String },
+    #[error("cannot copy file {fnr}: {reason}")]
+    Refused { fnr: Fnr, reason: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Slice(#[from] SliceError),
+}
+
+/// One file of a copy, as written.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CopiedFile {
+    pub def: FileDef,
+    /// File name inside the copy directory.
+    pub name: String,
+    pub bytes: u64,
+    /// blake3 of the whole copy file, hex.
+    pub blake3: String,
+    pub start_lsn: Lsn,
+    pub lsn: Lsn,
+    pub time_us: i64,
+    pub meta: FileMeta,
+    pub dump_records: u64,
+    pub slice_commits: u64,
+    pub slice_records: u64,
+}
+
+/// The files of one copy, all as of one LSN.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Copied {
+    pub dbid: DbId,
+    pub start_lsn: Lsn,
+    pub lsn: Lsn,
+    pub time_us: i64,
+    /// Per master copied: the last seq of its log as of `lsn`.
+    pub seqs: BTreeMap<Fnr, Seq>,
+    pub files: Vec<CopiedFile>,
+}
+
+/// The copy file name for a file.
+pub fn copy_file_name(def: &FileDef) -> String {
+    format!("{:05}-{}.etpcopy", def.fnr.0, def.name)
+}
+
+struct FrameWriter {
+    medium: Arc<dyn Medium>,
+    path: String,
+    offset: u64,
+    buf: Vec<u8>,
+    hash: blake3::Hasher,
+}
+
+impl FrameWriter {
+    fn new(medium: Arc<dyn Medium>, path: String) -> FrameWriter {
+        let mut w = FrameWriter {
+            medium,
+            path,
+            offset: 0,
+            buf: Vec::with_capacity(WRITE_BUFFER + (1 << 20)),
+            hash: blake3::Hasher::new(),
+        };
+        w.buf.extend_from_slice(COPY_MAGIC);
+        w
+    }
+
+    fn io(&self, source: std::io::Error) -> CopyError {
+        CopyError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn frame(&mut self, f: &CopyFrame) -> Result<(), CopyError> {
+        let payload = rmp_serde::to_vec(f).map_err(|e| CopyError::Mismatch {
+            path: self.path.clone(),
+            reason: format!("a frame does not encode: {e}"),
+        })?;
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|l| (*l as usize) <= MAX_FRAME)
+            .ok_or_else(|| CopyError::Mismatch {
+                path: self.path.clone(),
+                reason: format!("a frame of {} bytes is too large", payload.len()),
+            })?;
+        let lb = len.to_le_bytes();
+        let mut crc = crc32c::crc32c(&lb);
+        crc = crc32c::crc32c_append(crc, &payload);
+        self.buf.extend_from_slice(&lb);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(&payload);
+        if self.buf.len() >= WRITE_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), CopyError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.medium
+            .write_at(&self.buf, self.offset)
+            .map_err(|e| self.io(e))?;
+        self.hash.update(&self.buf);
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Flushes and syncs; returns the length and blake3 of the file.
+    fn finish(mut self) -> Result<(u64, String), CopyError> {
+        self.flush()?;
+        self.medium.sync().map_err(|e| self.io(e))?;
+        Ok((self.offset, self.hash.finalize().to_hex().to_string()))
+    }
+}
+
+/// Takes a hot, consistent copy of `files` of `db` into `dir` (see the
+/// module docs), naming the copy set `set`. Every file must exist and be
+/// undamaged. `progress` is called with the bytes written so far.
+pub fn take(
+    db: &Database,
+    files: &[Fnr],
+    dir: &dyn MediumDir,
+    set: &str,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Copied, CopyError> {
+    let p0 = db.copy_point()?;
+    let mut defs = Vec::new();
+    for fnr in files {
+        let def = p0.catalog.get(fnr).cloned().ok_or(CopyError::Refused {
+            fnr: *fnr,
+            reason: "no such file".into(),
+        })?;
+        if let Some(reason) = p0.damaged.get(fnr) {
+            return Err(CopyError::Refused {
+                fnr: *fnr,
+                reason: format!("it is damaged ({reason}); a copy of it would be useless"),
+            });
+        }
+        defs.push(def);
+    }
+    let meta_at =
+        |p: &CopyPoint, fnr: Fnr| p.metas.get(&fnr).copied().unwrap_or(FileMeta::new(fnr));
+    let mut writers = BTreeMap::new();
+    let mut written = 0u64;
+    let mut dumped = BTreeMap::new();
+    for def in &defs {
+        let name = copy_file_name(def);
+        let path = dir.describe(&name);
+        let medium = dir.create(&name).map_err(|source| CopyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut w = FrameWriter::new(medium, path);
+        w.frame(&CopyFrame::Header(CopyHeader {
+            format: COPY_FORMAT,
+            set: set.to_string(),
+            dbid: db.dbid(),
+            def: def.clone(),
+            start_lsn: p0.lsn,
+            start_meta: meta_at(&p0, def.fnr),
+        }))?;
+        let mut from = Isn(1);
+        let mut n = 0u64;
+        loop {
+            let batch = db.scan_store(def.fnr, from, SCAN_RECORDS, SCAN_BYTES)?;
+            let Some((last, _)) = batch.last() else { break };
+            from = Isn(last.0 + 1);
+            n += batch.len() as u64;
+            let before = w.offset + w.buf.len() as u64;
+            w.frame(&CopyFrame::Records(
+                batch
+                    .into_iter()
+                    .map(|(i, v)| (i, ByteBuf::from(v)))
+                    .collect(),
+            ))?;
+            written += w.offset + w.buf.len() as u64 - before;
+            progress(written);
+        }
+        dumped.insert(def.fnr, n);
+        writers.insert(def.fnr, w);
+    }
+    let p1 = db.copy_point()?;
+    let wanted: BTreeSet<Fnr> = files.iter().copied().collect();
+    let mut base = SliceBase {
+        catalog: p0.catalog.clone(),
+        metas: p0.metas.clone(),
+    };
+    let mut commits: BTreeMap<Fnr, (u64, u64)> = BTreeMap::new();
+    let mut failed = None;
+    read_slice(
+        &*db.plog_dir(),
+        db.dbid(),
+        &mut base,
+        p0.lsn,
+        Some(p1.lsn),
+        &wanted,
+        |c| {
+            let mut per: BTreeMap<Fnr, Vec<(Isn, Option<ByteBuf>)>> = BTreeMap::new();
+            for r in c.records {
+                per.entry(r.fnr)
+                    .or_default()
+                    .push((r.isn, r.after.map(ByteBuf::from)));
+            }
+            for (fnr, records) in per {
+                if let Some(w) = writers.get_mut(&fnr) {
+                    let e = commits.entry(fnr).or_default();
+                    e.0 += 1;
+                    e.1 += records.len() as u64;
+                    if let Err(e) = w.frame(&CopyFrame::Slice {
+                        lsn: c.lsn,
+                        time_us: c.time_us,
+                        records,
+                    }) {
+                        failed = Some(e);
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut out = Vec::new();
+    for def in defs {
+        let Some(mut w) = writers.remove(&def.fnr) else {
+            continue;
+        };
+        let (slice_commits, slice_records) = commits.get(&def.fnr).copied().unwrap_or_default();
+        let meta = meta_at(&p1, def.fnr);
+        let dump_records = dumped.get(&def.fnr).copied().unwrap_or(0);
+        w.frame(&CopyFrame::End(CopyEnd {
+            lsn: p1.lsn,
+            time_us: p1.time_us,
+            meta,
+            dump_records,
+            slice_commits,
+            slice_records,
+        }))?;
+        let (bytes, blake3) = w.finish()?;
+        out.push(CopiedFile {
+            name: copy_file_name(&def),
+            def,
+            bytes,
+            blake3,
+            start_lsn: p0.lsn,
+            lsn: p1.lsn,
+            time_us: p1.time_us,
+            meta,
+            dump_records,
+            slice_commits,
+            slice_records,
+        });
+    }
+    dir.sync_dir().map_err(|source| CopyError::Io {
+        path: dir.describe(""),
+        source,
+    })?;
+    let mut seqs = BTreeMap::new();
+    for f in &out {
+        if let Role::Master { log, .. } = f.def.role {
+            let next = meta_at(&p1, log).next_isn;
+            seqs.insert(f.def.fnr, Seq(next.saturating_sub(1)));
+        }
+    }
+    Ok(Copied {
+        dbid: db.dbid(),
+        start_lsn: p0.lsn,
+        lsn: p1.lsn,
+        time_us: p1.time_us,
+        seqs,
+        files: out,
+    })
+}
+
+/// Reads a copy file frame by frame, checking every CRC.
+pub struct CopyReader {
+    medium: Arc<dyn Medium>,
+    path: String,
+    len: u64,
+    offset: u64,
+    hash: blake3::Hasher,
+}
+
+impl CopyReader {
+    pub fn open(dir: &dyn MediumDir, name: &str) -> Result<CopyReader, CopyError> {
+        let path = dir.describe(name);
+        let io = |source| CopyError::Io {
+            path: path.clone(),
+            source,
+        };
+        let medium = dir.open(name).map_err(io)?;
+        let len = medium.len().map_err(io)?;
+        let mut r = CopyReader {
+            medium,
+            path,
+            len,
+            offset: 0,
+            hash: blake3::Hasher::new(),
+        };
+        let mut magic = [0u8; 8];
+        if len < 8 {
+            return Err(r.damaged(0, "shorter than its magic".into()));
+        }
+        r.read(&mut magic)?;
+        if &magic != COPY_MAGIC {
+            return Err(r.damaged(0, "not a copy file (bad magic)".into()));
+        }
+        Ok(r)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn damaged(&self, offset: u64, reason: String) -> CopyError {
+        CopyError::Damaged {
+            path: self.path.clone(),
+            offset,
+            reason,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), CopyError> {
+        self.medium
+            .read_at(buf, self.offset)
+            .map_err(|source| CopyError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.hash.update(buf);
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    /// The next frame and its offset; None at the end of the file.
+    pub fn next_frame(&mut self) -> Result<Option<(u64, CopyFrame)>, CopyError> {
+        let at = self.offset;
+        if at == self.len {
+            return Ok(None);
+        }
+        if self.len - at < FRAME_HEADER as u64 {
+            return Err(self.damaged(at, "a frame header is cut short".into()));
+        }
+        let mut h = [0u8; FRAME_HEADER];
+        self.read(&mut h)?;
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        if len > MAX_FRAME || (len as u64) > self.len - self.offset {
+            return Err(self.damaged(at, format!("frame length {len} runs past the file")));
+        }
+        let mut payload = vec![0u8; len];
+        self.read(&mut payload)?;
+        let got = crc32c::crc32c_append(crc32c::crc32c(&h[..4]), &payload);
+        if got != crc {
+            return Err(self.damaged(at, "frame checksum mismatch".into()));
+        }
+        let frame: CopyFrame = rmp_serde::from_slice(&payload)
+            .map_err(|e| self.damaged(at, format!("frame does not decode: {e}")))?;
+        Ok(Some((at, frame)))
+    }
+
+    /// The blake3 of everything read so far, hex.
+    pub fn hash_hex(&self) -> String {
+        self.hash.finalize().to_hex().to_string()
+    }
+}
+
+/// Records in ascending isn.
+pub type Records = Vec<(Isn, Vec<u8>)>;
+
+/// A copy file read through: its header and end, and the file's final
+/// records (the dump with the slice replayed over it), checked against the
+/// end frame's count and digest.
+pub struct Resolved {
+    pub header: CopyHeader,
+    pub end: CopyEnd,
+    /// blake3 of the whole file, hex.
+    pub blake3: String,
+    pub bytes: u64,
+}
+
+/// Reads a copy file twice: first every frame (CRCs, structure, the whole
+/// file's hash, the slice's final after-images), then the dump merged with
+/// the slice, passed to `each` in ascending isn in chunks. The result's
+/// count and digest must equal the end frame's, or the copy is refused.
+pub fn resolve(
+    dir: &dyn MediumDir,
+    name: &str,
+    each: &mut dyn FnMut(Records) -> Result<(), CopyError>,
+) -> Result<Resolved, CopyError> {
+    let mut r = CopyReader::open(dir, name)?;
+    let mut header = None;
+    let mut end = None;
+    let mut overlay: BTreeMap<Isn, Option<Vec<u8>>> = BTreeMap::new();
+    let mut last_isn = Isn(0);
+    let mut last_lsn = Lsn(0);
+    while let Some((at, f)) = r.next_frame()? {
+        if end.is_some() {
+            return Err(r.damaged(at, "a frame after the end frame".into()));
+        }
+        match f {
+            CopyFrame::Header(h) => {
+                if header.is_some() {
+                    return Err(r.damaged(at, "a second header".into()));
+                }
+                if h.format != COPY_FORMAT {
+                    return Err(r.damaged(at, format!("copy format {} is not 1", h.format)));
+                }
+                last_lsn = h.start_lsn;
+                header = Some(h);
+            }
+            _ if header.is_none() => {
+                return Err(r.damaged(at, "the first frame is not the header".into()));
+            }
+            CopyFrame::Records(recs) => {
+                for (isn, _) in &recs {
+                    if *isn <= last_isn {
+                        return Err(r.damaged(at, "dump records out of isn order".into()));
+                    }
+                    last_isn = *isn;
+                }
+                if !overlay.is_empty() {
+                    return Err(r.damaged(at, "dump records after the log slice".into()));
+                }
+            }
+            CopyFrame::Slice { lsn, records, .. } => {
+                if lsn <= last_lsn {
+                    return Err(r.damaged(at, "log slice out of LSN order".into()));
+                }
+                last_lsn = lsn;
+                for (isn, v) in records {
+                    overlay.insert(isn, v.map(|b| b.into_vec()));
+                }
+            }
+            CopyFrame::End(e) => {
+                if e.lsn < last_lsn {
+                    return Err(r.damaged(at, "end LSN before the log slice".into()));
+                }
+                end = Some(e);
+            }
+        }
+    }
+    let (Some(header), Some(end)) = (header, end) else {
+        return Err(r.damaged(r.len, "the file ends without its end frame".into()));
+    };
+    let blake3 = r.hash_hex();
+    let bytes = r.len;
+    // Second pass: merge.
+    let mut r2 = CopyReader::open(dir, name)?;
+    let mut meta = FileMeta::new(header.def.fnr);
+    let mut pending = overlay.into_iter().peekable();
+    let push = |meta: &mut FileMeta, out: &mut Vec<(Isn, Vec<u8>)>, isn: Isn, v: Vec<u8>| {
+        meta.change(isn, None, Some(&v));
+        out.push((isn, v));
+    };
+    while let Some((_, f)) = r2.next_frame()? {
+        let CopyFrame::Records(recs) = f else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(recs.len());
+        for (isn, v) in recs {
+            while let Some((oi, _)) = pending.peek() {
+                if *oi >= isn {
+                    break;
+                }
+                if let Some((oi, Some(ov))) = pending.next() {
+                    push(&mut meta, &mut out, oi, ov);
+                }
+            }
+            match pending.peek() {
+                Some((oi, _)) if *oi == isn => {
+                    if let Some((oi, Some(ov))) = pending.next() {
+                        push(&mut meta, &mut out, oi, ov);
+                    }
+                }
+                _ => push(&mut meta, &mut out, isn, v.into_vec()),
+            }
+        }
+        if !out.is_empty() {
+            each(out)?;
+        }
+    }
+    let mut out = Vec::new();
+    for (oi, ov) in pending {
+        if let Some(ov) = ov {
+            push(&mut meta, &mut out, oi, ov);
+        }
+        if out.len() >= SCAN_RECORDS {
+            each(std::mem::take(&mut out))?;
+        }
+    }
+    if !out.is_empty() {
+        each(out)?;
+    }
+    if (meta.count, meta.digest) != (end.meta.count, end.meta.digest) {
+        return Err(CopyError::Mismatch {
+            path: r2.path.clone(),
+            reason: format!(
+                "its records resolve to {} records with digest {}, but it was taken with {} records, digest {}",
+                meta.count, meta.digest, end.meta.count, end.meta.digest
+            ),
+        });
+    }
+    Ok(Resolved {
+        header,
+        end,
+        blake3,
+        bytes,
+    })
+}
