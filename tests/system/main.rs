@@ -1,6 +1,7 @@
 //! System tests: the real `etp` binary, real processes and files.
 //! One test binary (one link step), suites by property.
 
+mod backup;
 mod cli_input;
 mod crash;
 mod journal;
