@@ -1034,7 +1034,25 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                     Err(_) => Some("task dropped".into()),
                 };
             }
-            resp = tokio::time::timeout(ACK_TIMEOUT, conn.recv()), if !inflight.is_empty() => {
+            // Acknowledgements; and while nothing is in flight, the
+            // connection is watched too: anything the replicate sends then,
+            // or the connection closing (its node stopped, restarted or
+            // restored), ends this link at once, so an idle master never
+            // keeps reporting a stale confirmation as current.
+            resp = async {
+                if inflight.is_empty() {
+                    Ok(conn.recv().await)
+                } else {
+                    tokio::time::timeout(ACK_TIMEOUT, conn.recv()).await
+                }
+            } => {
+                if inflight.is_empty() {
+                    return Stop::Link(match resp {
+                        Ok(Err(e)) => format!("the link went down while idle: {e}"),
+                        Ok(Ok(other)) => format!("unexpected message while idle: {other:?}"),
+                        Err(_) => "the link timed out while idle".into(),
+                    });
+                }
                 let resp = match resp {
                     Err(_) => return Stop::Link(format!(
                         "no acknowledgement from {} for {} s", rep.address, ACK_TIMEOUT.as_secs()
