@@ -10,7 +10,7 @@
 
 use crate::area::{Area, CopySet, Member};
 use anyhow::{bail, Context};
-use propagator::copy::{resolve, CopyError, Records};
+use propagator::copy::{resolve, CopyError, Overlay, Records};
 use propagator::medium::FsDir;
 use propagator::slice::{log_start, read_slice, SliceBase};
 use propagator::{Database, FileMeta, Fnr, Isn, Lsn, Role};
@@ -37,7 +37,7 @@ fn check_resolved(dir: &FsDir, m: &Member, r: &propagator::copy::Resolved) -> an
         }
         .into());
     }
-    if r.header.def.fnr != m.fnr || r.end.lsn != m.copy.lsn || r.end.meta != m.copy.meta {
+    if r.header.def.fnr != m.fnr || r.end != m.copy.end {
         return Err(CopyError::Mismatch {
             path,
             reason: "its header or end frame disagrees with the catalog".into(),
@@ -61,7 +61,7 @@ pub fn verify_set(area: &Area, set: &CopySet) -> anyhow::Result<()> {
 struct FileWriter<'a> {
     db: &'a Database,
     fnr: Fnr,
-    overlay: std::iter::Peekable<std::collections::btree_map::IntoIter<Isn, Option<Vec<u8>>>>,
+    overlay: Overlay,
     pending: Option<(Isn, Records)>,
     written: u64,
     removed: u64,
@@ -74,41 +74,11 @@ impl<'a> FileWriter<'a> {
         FileWriter {
             db,
             fnr,
-            overlay: overlay.into_iter().peekable(),
+            overlay: Overlay::new(overlay),
             pending: None,
             written: 0,
             removed: 0,
         }
-    }
-
-    fn merged(&mut self, chunk: Vec<(Isn, Vec<u8>)>, all: bool) -> Vec<(Isn, Vec<u8>)> {
-        let mut out = Vec::with_capacity(chunk.len());
-        for (isn, v) in chunk {
-            while let Some((oi, _)) = self.overlay.peek() {
-                if *oi >= isn {
-                    break;
-                }
-                if let Some((oi, Some(ov))) = self.overlay.next() {
-                    out.push((oi, ov));
-                }
-            }
-            match self.overlay.peek() {
-                Some((oi, _)) if *oi == isn => {
-                    if let Some((oi, Some(ov))) = self.overlay.next() {
-                        out.push((oi, ov));
-                    }
-                }
-                _ => out.push((isn, v)),
-            }
-        }
-        if all {
-            for (oi, ov) in self.overlay.by_ref() {
-                if let Some(ov) = ov {
-                    out.push((oi, ov));
-                }
-            }
-        }
-        out
     }
 
     fn flush(&mut self, to: Option<Isn>, last: Option<FileMeta>) -> anyhow::Result<()> {
@@ -122,35 +92,29 @@ impl<'a> FileWriter<'a> {
         Ok(())
     }
 
-    fn push(&mut self, chunk: Vec<(Isn, Vec<u8>)>) -> anyhow::Result<()> {
-        let merged = self.merged(chunk, false);
-        for part in merged.chunks(CHUNK) {
+    fn push(&mut self, chunk: Records) -> anyhow::Result<()> {
+        let merged = self.overlay.merge(chunk);
+        self.stage(merged)
+    }
+
+    /// Holds records back as the pending chunk, writing the one before:
+    /// each chunk covers the isns up to the next chunk's first.
+    fn stage(&mut self, records: Records) -> anyhow::Result<()> {
+        for part in records.chunks(CHUNK) {
             let first = part[0].0;
-            match self.pending.take() {
-                None => self.pending = Some((Isn(1), part.to_vec())),
-                Some(p) => {
-                    self.pending = Some(p);
-                    self.flush(Some(first), None)?;
-                    self.pending = Some((first, part.to_vec()));
-                }
+            if self.pending.is_some() {
+                self.flush(Some(first), None)?;
+                self.pending = Some((first, part.to_vec()));
+            } else {
+                self.pending = Some((Isn(1), part.to_vec()));
             }
         }
         Ok(())
     }
 
     fn finish(mut self, meta: FileMeta) -> anyhow::Result<(u64, u64)> {
-        let rest = self.merged(Vec::new(), true);
-        for part in rest.chunks(CHUNK) {
-            let first = part[0].0;
-            match self.pending.take() {
-                None => self.pending = Some((Isn(1), part.to_vec())),
-                Some(p) => {
-                    self.pending = Some(p);
-                    self.flush(Some(first), None)?;
-                    self.pending = Some((first, part.to_vec()));
-                }
-            }
-        }
+        let rest = self.overlay.rest();
+        self.stage(rest)?;
         self.flush(None, Some(meta))?;
         Ok((self.written, self.removed))
     }
@@ -218,8 +182,8 @@ fn prepare(db: &Database, set: &CopySet) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Restores a whole set into `db` (a database opened by this process; its
-/// node must not be running), rolled forward by `overlays` (per file: isn →
+/// Writes a whole, verified set into `db` (a database opened by this
+/// process; its node must not be running), rolled forward by `overlays` (per file: isn →
 /// final bytes) to the metas `metas` if given.
 fn write_set(
     db: &Database,
@@ -229,7 +193,6 @@ fn write_set(
     metas: &BTreeMap<Fnr, FileMeta>,
     lsn: Lsn,
 ) -> anyhow::Result<Restored> {
-    verify_set(area, set).context("refused to restore")?;
     prepare(db, set)?;
     let dir = FsDir::new(area.data_dir(&set.id));
     let mut overlays = overlays;
@@ -248,7 +211,7 @@ fn write_set(
         if let Some(e) = err {
             return Err(e);
         }
-        let meta = metas.get(&m.fnr).copied().unwrap_or(m.copy.meta);
+        let meta = metas.get(&m.fnr).copied().unwrap_or(m.copy.end.meta);
         let (written, removed) = w.finish(meta)?;
         files.push(RestoredFile {
             fnr: m.fnr,
@@ -278,6 +241,7 @@ pub fn restore_into(db: &Database, area: &Area, set: &CopySet) -> anyhow::Result
             db.dir().display()
         );
     }
+    verify_set(area, set).context("refused to restore")?;
     write_set(db, area, set, BTreeMap::new(), &BTreeMap::new(), set.lsn)
 }
 
@@ -372,7 +336,11 @@ pub fn regenerate(
     let files: BTreeSet<Fnr> = set.members.iter().map(|m| m.fnr).collect();
     let mut base = SliceBase {
         catalog: db.files().into_iter().map(|f| (f.def.fnr, f.def)).collect(),
-        metas: set.members.iter().map(|m| (m.fnr, m.copy.meta)).collect(),
+        metas: set
+            .members
+            .iter()
+            .map(|m| (m.fnr, m.copy.end.meta))
+            .collect(),
     };
     for m in &set.members {
         base.catalog.insert(m.fnr, m.copy.def.clone());
@@ -384,9 +352,6 @@ pub fn regenerate(
         Target::Lsn(l) => Some(l),
         _ => None,
     };
-    // Metas as they stand after the last commit applied (a commit past a
-    // time target is read but not applied: keep the metas before it).
-    let mut metas_now: BTreeMap<Fnr, FileMeta> = base.metas.clone();
     read_slice(
         &*db.plog_dir(),
         db.dbid(),
@@ -409,18 +374,11 @@ pub fn regenerate(
         },
     )
     .with_context(|| format!("cannot roll copy set {} forward", set.id))?;
-    // `base` was advanced through every commit passed to the closure; for a
-    // time target the last one may have been refused: recompute from the
-    // overlays in that case.
-    if let Target::Time(_) = target {
-        metas_now = metas_after(&set, &overlays, area)?;
-    } else {
-        for f in &files {
-            if let Some(m) = base.metas.get(f) {
-                metas_now.insert(*f, *m);
-            }
-        }
-    }
+    // `base` now holds the metas as of the last commit applied.
+    let metas_now: BTreeMap<Fnr, FileMeta> = files
+        .iter()
+        .filter_map(|f| base.metas.get(f).map(|m| (*f, *m)))
+        .collect();
     let target_db = into.unwrap_or(db);
     if target_db.dbid() != set.dbid {
         bail!(
@@ -437,37 +395,6 @@ pub fn regenerate(
         commits,
         skipped,
     })
-}
-
-/// The metas of a set's files after `overlays`, computed from the copy.
-fn metas_after(
-    set: &CopySet,
-    overlays: &BTreeMap<Fnr, BTreeMap<Isn, Option<Vec<u8>>>>,
-    area: &Area,
-) -> anyhow::Result<BTreeMap<Fnr, FileMeta>> {
-    let dir = FsDir::new(area.data_dir(&set.id));
-    let mut out = BTreeMap::new();
-    for m in &set.members {
-        let ov = overlays.get(&m.fnr);
-        let mut meta = m.copy.meta;
-        if let Some(ov) = ov {
-            let keys: BTreeSet<Isn> = ov.keys().copied().collect();
-            let mut old: BTreeMap<Isn, Vec<u8>> = BTreeMap::new();
-            resolve(&dir, &m.copy.name, &mut |chunk| {
-                for (i, v) in chunk {
-                    if keys.contains(&i) {
-                        old.insert(i, v);
-                    }
-                }
-                Ok(())
-            })?;
-            for (i, after) in ov {
-                meta.change(*i, old.get(i).map(|v| v.as_slice()), after.as_deref());
-            }
-        }
-        out.insert(m.fnr, meta);
-    }
-    Ok(out)
 }
 
 /// What backout did.

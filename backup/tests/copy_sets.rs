@@ -176,7 +176,7 @@ fn hot_copy_restore_regenerate_and_damage() {
         )
         .expect("take");
         let set = t.into_iter().next().expect("one set").set;
-        let caught = set.members.iter().any(|m| m.copy.slice_commits > 0);
+        let caught = set.members.iter().any(|m| m.copy.end.slice_commits > 0);
         sets.push(set);
         if caught && sets.len() >= 2 {
             break;
@@ -196,7 +196,7 @@ fn hot_copy_restore_regenerate_and_damage() {
     let hist = hist.lock().expect("lock").clone();
     assert!(
         sets.iter()
-            .any(|s| s.members.iter().any(|m| m.copy.slice_commits > 0)),
+            .any(|s| s.members.iter().any(|m| m.copy.end.slice_commits > 0)),
         "no copy was taken while commits were in flight: the log slice went untested"
     );
     let log_now = content(&db, LOG);

@@ -57,7 +57,7 @@ pub struct CopyHeader {
     pub start_meta: FileMeta,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CopyEnd {
     /// The copy is the file as of this LSN.
     pub lsn: Lsn,
@@ -118,12 +118,9 @@ pub struct CopiedFile {
     /// blake3 of the whole copy file, hex.
     pub blake3: String,
     pub start_lsn: Lsn,
-    pub lsn: Lsn,
-    pub time_us: i64,
-    pub meta: FileMeta,
-    pub dump_records: u64,
-    pub slice_commits: u64,
-    pub slice_records: u64,
+    /// What its end frame says.
+    #[serde(flatten)]
+    pub end: CopyEnd,
 }
 
 /// The files of one copy, all as of one LSN.
@@ -331,16 +328,15 @@ pub fn take(
             continue;
         };
         let (slice_commits, slice_records) = commits.get(&def.fnr).copied().unwrap_or_default();
-        let meta = meta_at(&p1, def.fnr);
-        let dump_records = dumped.get(&def.fnr).copied().unwrap_or(0);
-        w.frame(&CopyFrame::End(CopyEnd {
+        let end = CopyEnd {
             lsn: p1.lsn,
             time_us: p1.time_us,
-            meta,
-            dump_records,
+            meta: meta_at(&p1, def.fnr),
+            dump_records: dumped.get(&def.fnr).copied().unwrap_or(0),
             slice_commits,
             slice_records,
-        }))?;
+        };
+        w.frame(&CopyFrame::End(end.clone()))?;
         let (bytes, blake3) = w.finish()?;
         out.push(CopiedFile {
             name: copy_file_name(&def),
@@ -348,12 +344,7 @@ pub fn take(
             bytes,
             blake3,
             start_lsn: p0.lsn,
-            lsn: p1.lsn,
-            time_us: p1.time_us,
-            meta,
-            dump_records,
-            slice_commits,
-            slice_records,
+            end,
         });
     }
     dir.sync_dir().map_err(|source| CopyError::Io {
@@ -473,6 +464,54 @@ impl CopyReader {
 /// Records in ascending isn.
 pub type Records = Vec<(Isn, Vec<u8>)>;
 
+/// Final values (None: absent) laid over records that stream in ascending
+/// isn: a copy's log slice over its dump, a roll-forward over a copy, the
+/// before-images of a backout over a file.
+pub struct Overlay {
+    it: std::iter::Peekable<std::collections::btree_map::IntoIter<Isn, Option<Vec<u8>>>>,
+}
+
+impl Overlay {
+    pub fn new(values: BTreeMap<Isn, Option<Vec<u8>>>) -> Overlay {
+        Overlay {
+            it: values.into_iter().peekable(),
+        }
+    }
+
+    /// The next chunk of records (ascending, after every earlier chunk)
+    /// with the overlay's values up to its last isn laid over it.
+    pub fn merge(&mut self, chunk: Records) -> Records {
+        let mut out = Vec::with_capacity(chunk.len());
+        for (isn, v) in chunk {
+            let mut replaced = false;
+            while let Some((oi, _)) = self.it.peek() {
+                if *oi > isn {
+                    break;
+                }
+                replaced = *oi == isn;
+                if let Some((oi, Some(ov))) = self.it.next() {
+                    out.push((oi, ov));
+                }
+                if replaced {
+                    break;
+                }
+            }
+            if !replaced {
+                out.push((isn, v));
+            }
+        }
+        out
+    }
+
+    /// The overlay's values after the last chunk.
+    pub fn rest(&mut self) -> Records {
+        self.it
+            .by_ref()
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
+            .collect()
+    }
+}
+
 /// A copy file read through: its header and end, and the file's final
 /// records (the dump with the slice replayed over it), checked against the
 /// end frame's count and digest.
@@ -550,52 +589,28 @@ pub fn resolve(
     };
     let blake3 = r.hash_hex();
     let bytes = r.len;
-    // Second pass: merge.
+    // Second pass: the dump with the slice laid over it.
     let mut r2 = CopyReader::open(dir, name)?;
     let mut meta = FileMeta::new(header.def.fnr);
-    let mut pending = overlay.into_iter().peekable();
-    let push = |meta: &mut FileMeta, out: &mut Vec<(Isn, Vec<u8>)>, isn: Isn, v: Vec<u8>| {
-        meta.change(isn, None, Some(&v));
-        out.push((isn, v));
+    let mut overlay = Overlay::new(overlay);
+    let mut emit = |out: Records| -> Result<(), CopyError> {
+        for (isn, v) in &out {
+            meta.change(*isn, None, Some(v));
+        }
+        if out.is_empty() {
+            Ok(())
+        } else {
+            each(out)
+        }
     };
     while let Some((_, f)) = r2.next_frame()? {
-        let CopyFrame::Records(recs) = f else {
-            continue;
-        };
-        let mut out = Vec::with_capacity(recs.len());
-        for (isn, v) in recs {
-            while let Some((oi, _)) = pending.peek() {
-                if *oi >= isn {
-                    break;
-                }
-                if let Some((oi, Some(ov))) = pending.next() {
-                    push(&mut meta, &mut out, oi, ov);
-                }
-            }
-            match pending.peek() {
-                Some((oi, _)) if *oi == isn => {
-                    if let Some((oi, Some(ov))) = pending.next() {
-                        push(&mut meta, &mut out, oi, ov);
-                    }
-                }
-                _ => push(&mut meta, &mut out, isn, v.into_vec()),
-            }
-        }
-        if !out.is_empty() {
-            each(out)?;
+        if let CopyFrame::Records(recs) = f {
+            emit(overlay.merge(recs.into_iter().map(|(i, v)| (i, v.into_vec())).collect()))?;
         }
     }
-    let mut out = Vec::new();
-    for (oi, ov) in pending {
-        if let Some(ov) = ov {
-            push(&mut meta, &mut out, oi, ov);
-        }
-        if out.len() >= SCAN_RECORDS {
-            each(std::mem::take(&mut out))?;
-        }
-    }
-    if !out.is_empty() {
-        each(out)?;
+    let rest = overlay.rest();
+    for part in rest.chunks(SCAN_RECORDS) {
+        emit(part.to_vec())?;
     }
     if (meta.count, meta.digest) != (end.meta.count, end.meta.digest) {
         return Err(CopyError::Mismatch {
@@ -612,4 +627,25 @@ pub fn resolve(
         blake3,
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_replaces_inserts_and_deletes_across_chunks() {
+        let v = |b: u8| vec![b];
+        let mut o = Overlay::new(BTreeMap::from([
+            (Isn(1), None),        // deletes a dumped record
+            (Isn(2), Some(v(20))), // inserted before the first dumped isn above it
+            (Isn(3), Some(v(30))), // replaces
+            (Isn(9), Some(v(90))), // after every chunk
+        ]));
+        let a = o.merge(vec![(Isn(1), v(1)), (Isn(3), v(3))]);
+        assert_eq!(a, vec![(Isn(2), v(20)), (Isn(3), v(30))]);
+        let b = o.merge(vec![(Isn(5), v(5))]);
+        assert_eq!(b, vec![(Isn(5), v(5))]);
+        assert_eq!(o.rest(), vec![(Isn(9), v(90))]);
+    }
 }

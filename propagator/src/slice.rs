@@ -81,9 +81,10 @@ pub enum SliceError {
 
 /// Calls `f` with what each commit after `after` (up to and including
 /// `upto`; None: to the end of the log) wrote to `files` (empty: every
-/// file), in LSN order; `f` returns false to stop. `base` must hold the
-/// catalog and metas as of `after` and is advanced commit by commit.
-/// Returns the last LSN passed to `f` (or `after`).
+/// file), in LSN order; `f` returns false to stop before that commit.
+/// `base` must hold the catalog and metas as of `after` and is advanced
+/// through every commit `f` accepted. Returns the last LSN accepted (or
+/// `after`).
 ///
 /// Safe on a log that is being written: segments are only read, and an
 /// unreadable frame after `upto` (the unsynced tail) ends the scan.
@@ -171,6 +172,15 @@ pub fn read_slice(
                     after: v.clone(),
                 }),
         );
+        let go = f(SliceCommit {
+            lsn: c.lsn,
+            time_us: c.time_us,
+            records,
+        })?;
+        if !go {
+            // Refused: `base` stays as of the commit before it.
+            return Ok(last);
+        }
         for m in d.metas.values() {
             base.metas.insert(m.fnr, *m);
         }
@@ -178,14 +188,6 @@ pub fn read_slice(
             base.catalog.insert(def.fnr, def);
         }
         last = c.lsn;
-        let go = f(SliceCommit {
-            lsn: c.lsn,
-            time_us: c.time_us,
-            records,
-        })?;
-        if !go {
-            return Ok(last);
-        }
     }
     if let Some(u) = upto {
         if last < u {

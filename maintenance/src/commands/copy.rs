@@ -24,7 +24,7 @@ fn summary(s: &CopySet) -> String {
         .map(|m| {
             format!(
                 "{} {} ({}, {} records)",
-                m.fnr, m.name, m.role, m.copy.meta.count
+                m.fnr, m.name, m.role, m.copy.end.meta.count
             )
         })
         .collect();

@@ -145,6 +145,30 @@ pub struct LoadStats {
     pub kept: u64,
 }
 
+/// Checks that a chunk's records (`what`: loaded, restored) lie inside
+/// `[from, to)`, have isns above 0 and ascend.
+fn check_chunk(
+    what: &str,
+    from: Isn,
+    to: Option<Isn>,
+    wanted: &[(Isn, Vec<u8>)],
+) -> Result<(), DbError> {
+    let in_range = |i: Isn| i >= from && to.is_none_or(|t| i < t);
+    if let Some(bad) = wanted.iter().find(|(i, _)| !in_range(*i) || i.0 == 0) {
+        return Err(DbError::BadDefinition(format!(
+            "{what} record isn {} lies outside its chunk [{from}, {})",
+            bad.0,
+            to.map_or("end".into(), |t| t.to_string())
+        )));
+    }
+    if wanted.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(DbError::BadDefinition(format!(
+            "{what} records are not in ascending isn order"
+        )));
+    }
+    Ok(())
+}
+
 /// The changes that turn `have` into `want` (both ascending by isn):
 /// records only in `have` are deleted, records only in `want` stored,
 /// records in both replaced if they differ (or always, with `rewrite`).
@@ -634,19 +658,7 @@ impl Database {
         progress: (Fnr, Isn, Record, PutGuard),
         expect: Option<(u64, crate::Digest)>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
-        let in_range = |i: Isn| i >= from && to.is_none_or(|t| i < t);
-        if let Some(bad) = wanted.iter().find(|(i, _)| !in_range(*i) || i.0 == 0) {
-            return Err(DbError::BadDefinition(format!(
-                "loaded record isn {} lies outside its chunk [{from}, {})",
-                bad.0,
-                to.map_or("end".into(), |t| t.to_string())
-            )));
-        }
-        if wanted.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(DbError::BadDefinition(
-                "loaded records are not in ascending isn order".into(),
-            ));
-        }
+        check_chunk("loaded", from, to, &wanted)?;
         let def = self.file(replicate)?;
         if def.role != Role::Replicate {
             return Err(DbError::BadDefinition(format!(
@@ -658,14 +670,7 @@ impl Database {
         // held when the load began (the load's first step waits until every
         // earlier write is applied, see `settle`), or a previous chunk's
         // — never this one's: chunks are guarded and cover disjoint ranges.
-        let mut existing = Vec::new();
-        for kv in self.shared().store.scan(replicate, from) {
-            let (isn, v) = kv?;
-            if !in_range(isn) {
-                break;
-            }
-            existing.push((isn, v));
-        }
+        let existing = self.stored_range(replicate, from, to)?;
         let mut meta = self.file_info(replicate)?.meta;
         let (diff, stats) = diff_range(existing, wanted, rewrite);
         let last = expect.is_some();
@@ -704,6 +709,24 @@ impl Database {
         );
         let info = self.commit(Vec::new(), ops, None)?;
         Ok((info, stats))
+    }
+
+    /// The records the page store holds for `fnr` in `[from, to)`.
+    fn stored_range(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+    ) -> Result<Vec<(Isn, Vec<u8>)>, DbError> {
+        let mut out = Vec::new();
+        for kv in self.shared().store.scan(fnr, from) {
+            let (isn, v) = kv?;
+            if to.is_some_and(|t| isn >= t) {
+                break;
+            }
+            out.push((isn, v));
+        }
+        Ok(out)
     }
 
     /// Waits until every write so far is in the page store: the first step
@@ -805,29 +828,10 @@ impl Database {
         wanted: Vec<(Isn, Vec<u8>)>,
         last: Option<FileMeta>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
-        let in_range = |i: Isn| i >= from && to.is_none_or(|t| i < t);
-        if let Some(bad) = wanted.iter().find(|(i, _)| !in_range(*i) || i.0 == 0) {
-            return Err(DbError::BadDefinition(format!(
-                "restored record isn {} lies outside its chunk [{from}, {})",
-                bad.0,
-                to.map_or("end".into(), |t| t.to_string())
-            )));
-        }
-        if wanted.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(DbError::BadDefinition(
-                "restored records are not in ascending isn order".into(),
-            ));
-        }
+        check_chunk("restored", from, to, &wanted)?;
         self.file(fnr)?;
         self.wait_applied()?;
-        let mut existing = Vec::new();
-        for kv in self.shared().store.scan(fnr, from) {
-            let (isn, v) = kv?;
-            if !in_range(isn) {
-                break;
-            }
-            existing.push((isn, v));
-        }
+        let existing = self.stored_range(fnr, from, to)?;
         let mut meta = self.file_info(fnr)?.meta;
         let (diff, stats) = diff_range(existing, wanted, false);
         let mut ops = Vec::with_capacity(diff.len());
