@@ -38,6 +38,16 @@ pub struct Member {
     pub copy: CopiedFile,
 }
 
+/// A replicate's confirmation as a replicate copy set holds it: restoring
+/// the set needs the master's log from `seq + 1` on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Confirmed {
+    pub replicate: String,
+    pub master_db: u32,
+    pub master: u32,
+    pub seq: u64,
+}
+
 /// One catalogued copy set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CopySet {
@@ -46,6 +56,9 @@ pub struct CopySet {
     /// The job that took it, if a job did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The run of that job (its sets share it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     pub taken_utc: String,
     pub taken_local: String,
     /// Where it was taken from: a node address or a data directory.
@@ -59,6 +72,9 @@ pub struct CopySet {
     /// Per master in the set: the last seq of its log.
     pub seqs: BTreeMap<Fnr, Seq>,
     pub members: Vec<Member>,
+    /// For a replicate set: each replicate's confirmation in the copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub confirmed: Vec<Confirmed>,
     pub bytes: u64,
     /// How long taking it took.
     pub seconds: f64,

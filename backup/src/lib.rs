@@ -8,13 +8,17 @@
 //! - [`rules`]: which files must be copied together, and in what order.
 //! - [`take`]: taking sets from a database opened here or through a node.
 //! - [`restore`]: verify, restore, regenerate, backout.
+//! - [`archive`]: protection-log segments archived, then pruned.
+//! - [`schedule`]: copy jobs run by cron, with retention and a history.
 //!
 //! The copy files themselves are written by the engine
 //! ([`propagator::copy`]), through the same medium seam as its log.
 
+pub mod archive;
 pub mod area;
 pub mod restore;
 pub mod rules;
+pub mod schedule;
 pub mod take;
 
 pub use area::{Area, CopySet, Member};

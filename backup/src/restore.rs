@@ -518,3 +518,41 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> anyhow::Result<BackedOu
 pub fn describe(set: &CopySet) -> String {
     format!("set {} of database {} at LSN {}", set.id, set.dbid, set.lsn)
 }
+
+/// Marks (Some) or unmarks (None) every replicate of `set` as being
+/// restored, on its master's node, by the topology `db` holds: the master
+/// reports it `restoring` and does not feed it until the mark is cleared.
+/// Returns what could not be done (an unreachable master is reported, not
+/// fatal: the replicate's node is down during the restore anyway).
+pub fn mark_restoring(db: &Database, set: &CopySet, why: Option<String>) -> Vec<String> {
+    use propagator::node::client::Client;
+    use propagator::wire::{ReplicateAction, Request};
+    let mut problems = Vec::new();
+    let topo = match propagator::node::stored_topology(db) {
+        Ok(Some(t)) => t,
+        Ok(None) => return problems,
+        Err(e) => {
+            problems.push(e);
+            return problems;
+        }
+    };
+    for r in &topo.replicates {
+        if r.def.database != db.dbid().0 || set.member(Fnr(r.def.file)).is_none() {
+            continue;
+        }
+        let Some(addr) = topo.addresses.get(&propagator::DbId(r.def.master_database)) else {
+            continue;
+        };
+        let req = Request::Replicate {
+            name: r.def.name.clone(),
+            action: ReplicateAction::Restoring { why: why.clone() },
+        };
+        if let Err(e) = Client::connect(*addr).and_then(|mut c| c.call(&req)) {
+            problems.push(format!(
+                "replicate {}: the master's node {addr} was not told: {e}",
+                r.def.name
+            ));
+        }
+    }
+    problems
+}

@@ -1,6 +1,6 @@
 //! Taking copy sets, from a database opened here or through its node.
 
-use crate::area::{Area, CopySet, Member};
+use crate::area::{Area, Confirmed, CopySet, Member};
 use crate::restore::verify_member;
 use crate::rules::{check_job_order, groups_of, plan_set, JobSet, Planned};
 use anyhow::{bail, Context};
@@ -9,7 +9,7 @@ use propagator::medium::FsDir;
 use propagator::node::client::Client;
 use propagator::topology::Valid;
 use propagator::wire::{Request, Response};
-use propagator::{Database, DbId, FileDef, Fnr, Role};
+use propagator::{Database, DbId, FileDef, Fnr, Lsn, Role, SegmentInfo};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -62,6 +62,30 @@ impl Source {
         }
     }
 
+    /// The protection log's segments, oldest first.
+    pub fn segments(&self) -> anyhow::Result<Vec<SegmentInfo>> {
+        match self {
+            Source::Local(db) => Ok(db.plog_segments()?),
+            Source::Node(addr) => match Client::connect(*addr)?.call(&Request::PlogSegments)? {
+                Response::Segments(v) => Ok(v),
+                other => bail!("node {addr} answered {other:?} to PlogSegments"),
+            },
+        }
+    }
+
+    /// Removes log segments through `through` (see `Database::remove_segments`).
+    pub fn remove_segments(&self, through: Lsn) -> anyhow::Result<Vec<SegmentInfo>> {
+        match self {
+            Source::Local(db) => Ok(db.remove_segments(through)?),
+            Source::Node(addr) => {
+                match Client::connect(*addr)?.call(&Request::PlogRemove { through })? {
+                    Response::Segments(v) => Ok(v),
+                    other => bail!("node {addr} answered {other:?} to PlogRemove"),
+                }
+            }
+        }
+    }
+
     fn take(&self, files: &[Fnr], dir: &std::path::Path, set: &str) -> anyhow::Result<Copied> {
         match self {
             Source::Local(db) => Ok(propagator::copy::take(
@@ -102,10 +126,9 @@ pub struct Taken {
 }
 
 /// Plans every set of a job by the rules, checks their order, then takes
-/// and verifies them one after the other, recording each in the catalog
-/// only once all of its members are written and read back. A failure stops
-/// the job; the sets recorded before it stay (each is whole), the failing
-/// one leaves nothing in the catalog.
+/// and verifies them one after the other, and records them in the catalog
+/// once every set of the job is written and read back: a job is recorded
+/// whole or not at all.
 pub fn take_job(
     area: &Area,
     job: Option<&str>,
@@ -141,13 +164,48 @@ pub fn take_job(
     }
     let sets: Vec<JobSet> = plans.iter().map(|(s, _)| s.clone()).collect();
     check_job_order(&sets).context("refused")?;
-    let mut out = Vec::new();
+    // Every set is taken and read back before any is recorded: a job that
+    // fails part-way (a node unreachable or killed) leaves nothing in the
+    // catalog, not the sets it had taken so far.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = job.map(|_| {
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:06}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"))
+    });
+    let mut out: Vec<Taken> = Vec::new();
     for ((js, defs), a) in plans.into_iter().zip(asks) {
-        let set = take_one(area, job, &a.source, &js.planned, &defs, progress)?;
-        out.push(Taken {
-            set,
-            added: js.planned.added,
-        });
+        match take_one(
+            area,
+            job,
+            run.as_deref(),
+            &a.source,
+            &js.planned,
+            &defs,
+            progress,
+        ) {
+            Ok(set) => out.push(Taken {
+                set,
+                added: js.planned.added,
+            }),
+            Err(e) => {
+                for t in &out {
+                    area.discard(&t.set.id);
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (i, t) in out.iter().enumerate() {
+        if let Err(e) = area.record(&t.set) {
+            for u in &out[..i] {
+                let _ = area.remove(&u.set.id);
+            }
+            for u in &out[i..] {
+                area.discard(&u.set.id);
+            }
+            return Err(e);
+        }
+        progress(&format!("set {}: recorded in the catalog", t.set.id));
     }
     Ok(out)
 }
@@ -155,6 +213,7 @@ pub fn take_job(
 fn take_one(
     area: &Area,
     job: Option<&str>,
+    run: Option<&str>,
     source: &Source,
     planned: &Planned,
     defs: &[FileDef],
@@ -193,11 +252,13 @@ fn take_one(
             verify_member(area, &id, &m)?;
             members.push(m);
         }
+        let confirmed = confirmations(area, &id, &members)?;
         let local = now.with_timezone(&chrono::Local);
         Ok(CopySet {
             id: id.clone(),
             kind: planned.kind,
             job: job.map(str::to_string),
+            run: run.map(str::to_string),
             taken_utc: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             taken_local: local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
             source: source.describe(),
@@ -207,19 +268,52 @@ fn take_one(
             time_us: copied.time_us,
             seqs: copied.seqs,
             members,
+            confirmed,
             bytes,
             seconds: t0.elapsed().as_secs_f64(),
         })
     })();
-    match result {
-        Ok(set) => {
-            area.record(&set)?;
-            progress(&format!("set {id}: recorded in the catalog"));
-            Ok(set)
-        }
-        Err(e) => {
-            area.discard(&id);
-            Err(e)
-        }
+    if result.is_err() {
+        area.discard(&id);
     }
+    result
+}
+
+/// The confirmations a set's confirmation files hold (empty for other sets).
+fn confirmations(area: &Area, id: &str, members: &[Member]) -> anyhow::Result<Vec<Confirmed>> {
+    use propagator::record::decode_record;
+    use propagator::Value;
+    let dir = FsDir::new(area.data_dir(id));
+    let mut out = Vec::new();
+    for m in members
+        .iter()
+        .filter(|m| m.copy.def.role == Role::Confirmation)
+    {
+        propagator::copy::resolve(&dir, &m.copy.name, &mut |recs| {
+            for (_, bytes) in recs {
+                let Ok(r) = decode_record(&bytes) else {
+                    continue;
+                };
+                let int = |k: &str| match r.get(k) {
+                    Some(Value::Int(i)) => u64::try_from(*i).ok(),
+                    _ => None,
+                };
+                if let (Some(Value::Text(name)), Some(db), Some(master), Some(seq)) = (
+                    r.get("replicate"),
+                    int("master_db"),
+                    int("master"),
+                    int("seq"),
+                ) {
+                    out.push(Confirmed {
+                        replicate: name.clone(),
+                        master_db: db as u32,
+                        master: master as u32,
+                        seq,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
 }

@@ -369,3 +369,124 @@ fn regenerate_and_backout_refuse_what_the_log_does_not_cover() {
     assert!(e.to_string().contains("back out its master"), "{e}");
     db.close().expect("close");
 }
+
+#[test]
+fn log_segments_are_archived_first_and_never_removed_past_the_oldest_copy() {
+    use backup::archive;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("db");
+    let db = open_new(&data); // 1 MiB segments
+    let hist = Mutex::new(History::new());
+    fill(&db, 50_000, &hist);
+    let area = Area::open(&tmp.path().join("area")).expect("area");
+    let src = Source::Local(db.clone());
+    let closed = |db: &Database| {
+        db.plog_segments()
+            .expect("segments")
+            .iter()
+            .filter(|s| s.last_lsn.is_some())
+            .count()
+    };
+    assert!(
+        closed(&db) >= 2,
+        "the fill spans several segments: {:?}",
+        db.plog_segments()
+    );
+    // Without a copy set nothing is removed, archived or not.
+    let a = archive::archive(&area, &src).expect("archive");
+    assert_eq!(a.len(), closed(&db));
+    let p = archive::prune(&area, &src).expect("prune");
+    assert!(p.horizon.is_none() && p.removed.is_empty(), "{}", p.note);
+    // A copy set, then more commits: only archived segments wholly before
+    // the set's LSN may go.
+    let set = take_job(
+        &area,
+        None,
+        &[Ask {
+            source: Source::Local(db.clone()),
+            files: vec![MASTER],
+        }],
+        &mut |_| {},
+    )
+    .expect("take")
+    .remove(0)
+    .set;
+    let mut s = db.session();
+    for k in 1..=50_000u64 {
+        s.update(MASTER, Isn(k), rec(k, 1)).expect("update");
+        if k.is_multiple_of(5000) {
+            s.et(None).expect("et");
+        }
+    }
+    drop(s);
+    let p = archive::prune(&area, &src).expect("prune");
+    assert!(!p.removed.is_empty(), "{}", p.note);
+    for r in &p.removed {
+        assert!(
+            r.last_lsn.expect("closed") <= set.lsn,
+            "removed {r:?} past {}",
+            set.lsn
+        );
+    }
+    let first = db.plog_segments().expect("segments")[0].first_lsn;
+    assert!(
+        first.0 <= set.lsn.0 + 1,
+        "the log still covers the set's roll-forward"
+    );
+    // Segments not archived yet stay, even when old enough.
+    let archived: Vec<u64> = archive::list(&area, DbId(7))
+        .expect("list")
+        .iter()
+        .map(|a| a.segment.no)
+        .collect();
+    for r in &p.removed {
+        assert!(archived.contains(&r.no));
+    }
+    // The set still rolls forward to the end; the database still opens.
+    let into_dir = tmp.path().join("regen");
+    Database::init(&into_dir, DbId(7), None).expect("init");
+    let (into, _) = Database::open(&into_dir).expect("open");
+    restore::regenerate(&db, &area, MASTER, Target::End, Some(&into)).expect("regenerate");
+    assert_eq!(content(&into, MASTER), content(&db, MASTER));
+    into.close().expect("close");
+    drop(src);
+    db.close().expect("close");
+    let (db, _) = Database::open(&data).expect("reopens after removal");
+    assert!(db.check().expect("check").is_ok());
+    // A damaged archived segment is named and stops the prune.
+    let src = Source::Local(db.clone());
+    archive::archive(&area, &src).expect("archive the rest");
+    take_job(
+        &area,
+        None,
+        &[Ask {
+            source: Source::Local(db.clone()),
+            files: vec![MASTER],
+        }],
+        &mut |_| {},
+    )
+    .expect("take");
+    area.remove(&set.id).expect("drop the old set");
+    let victim = archive::list(&area, DbId(7))
+        .expect("list")
+        .into_iter()
+        .find(|a| {
+            db.plog_segments()
+                .expect("segments")
+                .iter()
+                .any(|s| s.no == a.segment.no)
+        })
+        .expect("an archived segment still in the log");
+    let path = area
+        .root()
+        .join("plog")
+        .join("db7")
+        .join(&victim.segment.name);
+    let mut b = std::fs::read(&path).expect("read");
+    b[100] ^= 1;
+    std::fs::write(&path, &b).expect("write");
+    let e = archive::prune(&area, &src).expect_err("damaged archive");
+    assert!(format!("{e:#}").contains(&victim.segment.name), "{e:#}");
+    drop(src);
+    db.close().expect("close");
+}

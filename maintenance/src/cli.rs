@@ -68,6 +68,38 @@ pub struct AreaArgs {
 }
 
 #[derive(Subcommand)]
+pub enum JobsCommand {
+    /// Check a TOML file of job definitions and store it on the node that runs them.
+    Set {
+        file: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Print the definitions a node holds, with each job's next time.
+    Show {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one job now (progress on a terminal, events with --json).
+    Run {
+        name: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runs recorded in a copy area, oldest first.
+    History {
+        #[command(flatten)]
+        area: AreaArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum CopyCommand {
     /// Take a hot, consistent copy set (the rules add the log, the
     /// administration file, the confirmation file and every replicate
@@ -139,6 +171,21 @@ pub enum CopyCommand {
         /// Write the result into this new database instead of --data.
         #[arg(long, value_name = "DIR")]
         into: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scheduled copy jobs: definitions (kept in the node's administration file), runs, history.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Archive the closed protection-log segments into the copy area; with
+    /// --prune, then remove from the log those the oldest copy set no longer needs.
+    Archive {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        area: AreaArgs,
+        #[arg(long)]
+        prune: bool,
         #[arg(long)]
         json: bool,
     },
@@ -538,6 +585,19 @@ pub enum BenchCommand {
         /// under BENCH_TMPDIR, TMPDIR or /tmp).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
+    },
+    /// Copy throughput of a master (no load, write load) next to the disk's
+    /// sequential write rate, and restore + regenerate time.
+    Copy {
+        /// Where to put the benchmark's files (a fresh directory is made inside).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Records in the master (about 1 KiB each).
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Changes committed after the copy, rolled forward by regenerate.
+        #[arg(long, default_value_t = 100_000)]
+        changes: u64,
     },
 }
 

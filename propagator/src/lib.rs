@@ -52,7 +52,9 @@ pub mod topology;
 pub mod wire;
 
 pub use catalog::{FileDef, Role};
-pub use database::{CheckReport, CommitInfo, CopyPoint, Database, FileInfo, OpenReport, Options};
+pub use database::{
+    CheckReport, CommitInfo, CopyPoint, Database, FileInfo, OpenReport, Options, SegmentInfo,
+};
 pub use digest::{Digest, FileMeta};
 pub use error::DbError;
 pub use ids::{DbId, Fnr, Isn, Lsn, Seq};

@@ -255,6 +255,18 @@ pub enum Request {
     },
     /// The node's file catalog and the topology it holds.
     Files,
+    /// The copy-job definitions kept in the administration file (record
+    /// 3); with `set`, replaces them first (the caller has validated them).
+    CopyJobs {
+        set: Option<String>,
+    },
+    /// The protection log's segments, oldest first.
+    PlogSegments,
+    /// Removes the oldest closed segments at or before `through` that
+    /// restart recovery no longer needs (see `Database::remove_segments`).
+    PlogRemove {
+        through: Lsn,
+    },
     /// Takes a hot, consistent copy of `files` into the directory `dir` on
     /// this node's machine (see [`crate::copy`]), for copy set `set`.
     CopyTake {
@@ -282,6 +294,12 @@ pub enum ReplicateAction {
     },
     Unshun,
     ResetError,
+    /// Marks it as being restored from a copy set (Some: why; it is not fed
+    /// meanwhile) or clears the mark (None: feeding resumes from the
+    /// restored confirmation).
+    Restoring {
+        why: Option<String>,
+    },
     /// Move its confirmation forward to `seq`, skipping what lies between;
     /// a permanent gap record says so.
     ConfirmSet {
@@ -546,6 +564,7 @@ pub enum Response {
         files: Vec<crate::FileDef>,
         topology: Option<String>,
     },
+    Segments(Vec<crate::SegmentInfo>),
 }
 
 impl Request {

@@ -122,6 +122,38 @@ fn copy_sets_through_nodes_follow_the_rules_and_bound_log_cleanup() {
     ])));
     let rid = rs["set"]["id"].as_str().expect("id").to_string();
     assert_eq!(member_fnrs(&rs), vec![20, 21], "{rs}");
+    // The plan names the replicate copy a cleanup past its confirmation
+    // would orphan, and only then.
+    let conf = rs["set"]["confirmed"][0]["seq"]
+        .as_u64()
+        .expect("confirmed seq");
+    let plan = |until: u64| -> serde_json::Value {
+        let out = etp(&[
+            "log",
+            "plan-cleanup",
+            "--node",
+            &m,
+            "--area",
+            &area_s,
+            "--until",
+            &until.to_string(),
+            "--json",
+        ]);
+        json_lines(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .next()
+            .expect("a plan")
+    };
+    let p = plan(conf + 1);
+    assert!(
+        p["would_orphan_copies"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&rid),
+        "{p}"
+    );
+    let p = plan(conf);
+    assert_eq!(p["would_orphan_copies"], serde_json::json!([]), "{p}");
     assert!(ok(&etp(&["copy", "verify", "--area", &area_s])).contains(": ok"));
     assert_eq!(
         ok(&etp(&["copy", "list", "--area", &area_s]))
@@ -203,5 +235,133 @@ fn a_replicate_set_restored_into_its_node_catches_up() {
         cl.check_equal().ok()
     });
     cl.wait_converged(LIMIT).expect("converged");
+    // The master was told: the replicate was marked restoring, then freed.
+    let log = ok(&etp(&[
+        "replicate",
+        "errors",
+        "items_full",
+        "--node",
+        &cl.nodes[0].addr.to_string(),
+    ]));
+    assert!(
+        log.contains("restore begins") && log.contains("restore ended"),
+        "{log}"
+    );
     let _ = FULL;
+}
+
+/// The runs of copy jobs recorded in the area's history.
+fn runs(area: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = ok(&etp(&[
+        "copy",
+        "jobs",
+        "history",
+        "--area",
+        &area.display().to_string(),
+        "--json",
+    ]));
+    json_lines(&out)
+}
+
+#[test]
+fn a_node_runs_copy_jobs_and_a_killed_node_leaves_no_half_job() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let mut c = cl.master().client().expect("client");
+    for k in 1..=200 {
+        put(&mut c, k, 0, true);
+    }
+    cl.wait_converged(LIMIT).expect("converged");
+    let area = tmp.path().join("area");
+    let m = cl.nodes[0].addr.to_string();
+    // A bad definition is refused, naming what is wrong; nothing is stored.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "area = \"{}\"\n[[job]]\nname = \"j\"\ncron = \"99 * * * *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n",
+            area.display()
+        ),
+    )
+    .expect("write");
+    let out = etp(&[
+        "copy",
+        "jobs",
+        "set",
+        &bad.display().to_string(),
+        "--node",
+        &m,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cron"),
+        "{out:?}"
+    );
+    assert!(ok(&etp(&["copy", "jobs", "show", "--node", &m])).contains("no copy jobs"));
+    // Every two seconds: the master set, then the full replicate's set.
+    let jobs = tmp.path().join("jobs.toml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "area = \"{}\"\n[[job]]\nname = \"j\"\ncron = \"*/2 * * * * *\"\nkeep = 3\n[[job.set]]\ndatabase = 1\nfiles = [10]\n[[job.set]]\ndatabase = 2\nfiles = [20]\n",
+            area.display()
+        ),
+    )
+    .expect("write");
+    ok(&etp(&[
+        "copy",
+        "jobs",
+        "set",
+        &jobs.display().to_string(),
+        "--node",
+        &m,
+    ]));
+    wait_for("a successful job run", LIMIT, || {
+        runs(&area).iter().any(|r| r["ok"] == true).then_some(())
+    });
+    // The replicate's node dies: runs fail, and record why.
+    cl.nodes[1].kill();
+    let failed_before = runs(&area).iter().filter(|r| r["ok"] == false).count();
+    wait_for("a failed job run", LIMIT, || {
+        (runs(&area).iter().filter(|r| r["ok"] == false).count() > failed_before).then_some(())
+    });
+    let failed = runs(&area)
+        .into_iter()
+        .rfind(|r| r["ok"] == false)
+        .expect("a failure");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("node"),
+        "{failed}"
+    );
+    // Back up: the next slot succeeds again.
+    cl.nodes[1].restart().expect("restart");
+    let ok_before = runs(&area).iter().filter(|r| r["ok"] == true).count();
+    wait_for("a successful run after the restart", LIMIT, || {
+        (runs(&area).iter().filter(|r| r["ok"] == true).count() > ok_before).then_some(())
+    });
+    // Every run in the catalog is whole (two sets), and retention keeps 3
+    // runs (a 4th may be recorded between its run and its retention).
+    let list = json_lines(&ok(&etp(&[
+        "copy",
+        "list",
+        "--area",
+        &area.display().to_string(),
+        "--json",
+    ])));
+    let mut by_run: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in &list {
+        *by_run
+            .entry(
+                s["run"]
+                    .as_str()
+                    .expect("a job's set has a run")
+                    .to_string(),
+            )
+            .or_default() += 1;
+    }
+    assert!(by_run.values().all(|n| *n == 2), "{by_run:?}");
+    assert!(by_run.len() <= 3 + 1, "{by_run:?}");
 }

@@ -20,6 +20,11 @@ pub fn run(c: BenchCommand) -> anyhow::Result<Outcome> {
     match c {
         BenchCommand::Commit { data, seconds } => commit(&data, Duration::from_secs_f64(seconds)),
         BenchCommand::Propagate { data } => super::bench_propagate::run(data.as_deref()),
+        BenchCommand::Copy {
+            data,
+            records,
+            changes,
+        } => super::bench_copy::run(&data, records, changes),
     }
 }
 

@@ -17,6 +17,14 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(t.timestamp_micros())
 }
 
+fn source_of(t: crate::cli::TargetArgs) -> anyhow::Result<Source> {
+    Ok(match (t.data, t.node) {
+        (Some(d), _) => Source::Local(open_or_context(&d)?),
+        (None, Some(a)) => Source::Node(a),
+        (None, None) => bail!("give --data DIR or --node ADDR"),
+    })
+}
+
 fn summary(s: &CopySet) -> String {
     let members: Vec<String> = s
         .members
@@ -49,11 +57,7 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
             json,
         } => {
             let area = Area::open(&area.area)?;
-            let source = match (target.data, target.node) {
-                (Some(d), _) => Source::Local(open_or_context(&d)?),
-                (None, Some(a)) => Source::Node(a),
-                (None, None) => bail!("give --data DIR or --node ADDR"),
-            };
+            let source = source_of(target)?;
             let asks = [Ask {
                 source,
                 files: files.into_iter().map(Fnr).collect(),
@@ -141,7 +145,14 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
             let r = match (data, to) {
                 (Some(d), None) => {
                     let db = open_or_context(&d)?;
+                    let why = format!("copy set {} is being restored into {}", s.id, d.display());
+                    for p in restore::mark_restoring(&db, &s, Some(why)) {
+                        eprintln!("etp: warning: {p}");
+                    }
                     let r = restore::restore_into(&db, &area, &s)?;
+                    for p in restore::mark_restoring(&db, &s, None) {
+                        eprintln!("etp: warning: {p} (once it is reachable, etp replicate reset-error NAME clears the mark)");
+                    }
                     db.close()?;
                     r
                 }
@@ -196,6 +207,44 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
             db.close()?;
             Ok(Outcome::Ok)
         }
+        CopyCommand::Jobs(j) => jobs(j),
+        CopyCommand::Archive {
+            target,
+            area,
+            prune,
+            json,
+        } => {
+            let area = Area::open(&area.area)?;
+            let source = source_of(target)?;
+            let archived = backup::archive::archive(&area, &source)?;
+            for a in &archived {
+                if json {
+                    output::json(&serde_json::json!({ "event": "archived", "segment": a }));
+                } else {
+                    println!(
+                        "archived segment {} (LSN {} to {})",
+                        a.segment.no,
+                        a.segment.first_lsn,
+                        a.segment.last_lsn.unwrap_or_default()
+                    );
+                }
+            }
+            if archived.is_empty() && !json {
+                println!("no closed segment left to archive");
+            }
+            if prune {
+                let p = backup::archive::prune(&area, &source)?;
+                if json {
+                    output::json(&serde_json::json!({ "event": "pruned", "pruned": p }));
+                } else {
+                    println!("{}", p.note);
+                }
+            }
+            if let Source::Local(db) = source {
+                db.close()?;
+            }
+            Ok(Outcome::Ok)
+        }
         CopyCommand::Backout {
             file,
             data,
@@ -241,4 +290,110 @@ fn print_restored(r: &restore::Restored, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn jobs(c: crate::cli::JobsCommand) -> anyhow::Result<Outcome> {
+    use crate::cli::JobsCommand;
+    use backup::schedule::{self, Scheduler};
+    use propagator::node::client::Client;
+    use propagator::wire::{Request, Response};
+    match c {
+        JobsCommand::Set { file, node } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let s = Scheduler::new(&text, chrono::Utc::now())
+                .with_context(|| format!("{} is refused", file.display()))?;
+            match Client::connect(node.node)?.call(&Request::CopyJobs { set: Some(text) })? {
+                Response::Text(_) => {}
+                other => bail!("unexpected answer {other:?}"),
+            }
+            println!(
+                "stored {} copy job(s) on node {}; next run at {}",
+                s.def.job.len(),
+                node.node,
+                s.next_due().map(|t| t.to_rfc3339()).unwrap_or_default()
+            );
+            Ok(Outcome::Ok)
+        }
+        JobsCommand::Show { node, json } => {
+            let text = schedule::fetch_jobs(node.node)?;
+            if json {
+                let (def, _) = schedule::parse_jobs(&text)?;
+                output::json(&serde_json::to_value(def)?);
+            } else if text.trim().is_empty() {
+                println!("no copy jobs defined on node {}", node.node);
+            } else {
+                print!("{text}");
+            }
+            Ok(Outcome::Ok)
+        }
+        JobsCommand::Run { name, node, json } => {
+            let text = schedule::fetch_jobs(node.node)?;
+            let (def, _) = schedule::parse_jobs(&text)?;
+            let job = def
+                .job
+                .iter()
+                .find(|j| j.name == name)
+                .with_context(|| format!("no copy job {name:?} on node {}", node.node))?;
+            let area = Area::open(&def.area)?;
+            let sources = schedule::node_sources(node.node)?;
+            let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .then(indicatif::ProgressBar::new_spinner);
+            if let Some(b) = &bar {
+                b.enable_steady_tick(std::time::Duration::from_millis(120));
+            }
+            let now = chrono::Utc::now();
+            let run = schedule::run_job(&area, job, now, now, &sources, &mut |m| {
+                if json {
+                    output::json(&serde_json::json!({ "event": "progress", "message": m }));
+                } else if let Some(b) = &bar {
+                    b.set_message(m.to_string());
+                } else {
+                    eprintln!("{m}");
+                }
+            });
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if json {
+                output::json(&serde_json::json!({ "event": "run", "run": run }));
+            } else {
+                print_run(&run);
+            }
+            Ok(if run.ok {
+                Outcome::Ok
+            } else {
+                Outcome::Problem
+            })
+        }
+        JobsCommand::History { area, json } => {
+            let area = Area::open(&area.area)?;
+            for r in schedule::history(&area)? {
+                if json {
+                    output::json(&serde_json::to_value(&r)?);
+                } else {
+                    print_run(&r);
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn print_run(r: &backup::schedule::JobRun) {
+    match &r.error {
+        None => println!(
+            "{}  job {}  ok in {:.1} s  sets {}{}",
+            r.started,
+            r.job,
+            r.seconds,
+            r.sets.join(", "),
+            if r.dropped.is_empty() {
+                String::new()
+            } else {
+                format!("  (retention dropped {})", r.dropped.join(", "))
+            }
+        ),
+        Some(e) => println!("{}  job {}  FAILED: {e}", r.started, r.job),
+    }
 }

@@ -1,6 +1,7 @@
 //! One module per command family; each returns an [`Outcome`] or an error.
 
 mod bench;
+mod bench_copy;
 mod bench_propagate;
 mod copy;
 mod db;

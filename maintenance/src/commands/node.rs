@@ -53,6 +53,15 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
             out.flush()?;
         }
         tracing::info!(%addr, dbid = %db.dbid(), "node serving");
+        // The copy-job scheduler: a thread beside the service, talking to
+        // this node over TCP like any client.
+        let sched_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sched = {
+            let stop = sched_stop.clone();
+            std::thread::spawn(move || {
+                backup::schedule::serve(addr, &backup::schedule::SystemClock, &stop)
+            })
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = metrics.map(|l| {
             tokio::spawn(metrics::serve(node.clone(), l, async {
@@ -60,6 +69,8 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
             }))
         });
         node.clone().serve(listener, shutdown_signal()).await;
+        sched_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || sched.join()).await;
         drop(stop);
         if let Some(m) = metrics {
             let _ = m.await;

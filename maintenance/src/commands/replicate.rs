@@ -565,12 +565,14 @@ pub fn xref(a: XrefArgs) -> anyhow::Result<Outcome> {
 pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
     let v = topology(a.node.node)?;
     let mut warn = false;
+    let area = a.area.as_deref().map(backup::Area::open).transpose()?;
+    let sets = match &area {
+        Some(ar) => ar.list()?,
+        None => Vec::new(),
+    };
     for (dbid, addr) in task_nodes(&v) {
-        let horizons = match &a.area {
-            Some(dir) => backup::Area::open(dir)?
-                .horizons(dbid)?
-                .into_iter()
-                .collect(),
+        let horizons = match &area {
+            Some(ar) => ar.horizons(dbid)?.into_iter().collect(),
             None => Vec::new(),
         };
         let req = Request::LogCleanup {
@@ -588,8 +590,25 @@ pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
             Response::Error { message } => bail!("{message}"),
             other => bail!("unexpected answer {other:?}"),
         };
-        for p in plans {
-            warn |= p.bytes > p.warn_bytes || !p.would_strand.is_empty();
+        for mut p in plans {
+            // Replicate copy sets whose confirmation lies before the
+            // requested point could no longer catch up after a restore.
+            if let Some(u) = p.requested {
+                for s in &sets {
+                    for c in &s.confirmed {
+                        if DbId(c.master_db) == dbid && Fnr(c.master) == p.master && Seq(c.seq) < u
+                        {
+                            p.would_orphan_copies.push(format!(
+                                "set {} (replicate {} confirmed {}): a restore of it could no longer catch up",
+                                s.id, c.replicate, c.seq
+                            ));
+                        }
+                    }
+                }
+            }
+            warn |= p.bytes > p.warn_bytes
+                || !p.would_strand.is_empty()
+                || !p.would_orphan_copies.is_empty();
             if a.json {
                 output::json(&serde_json::to_value(&p)?);
                 continue;

@@ -31,7 +31,7 @@ use crate::error::DbError;
 use crate::ids::{DbId, Fnr, Isn, Lsn, Seq};
 use crate::log_record::LogRecord;
 use crate::medium::{FsDir, MediumDir};
-use crate::plog::{open_segments, Checkpoint, Commit, LogScan, PlogEntry, PlogWriter};
+use crate::plog::{Checkpoint, Commit, LogScan, PlogEntry, PlogWriter};
 use crate::record::{apply_patch, decode_record, encode_record, Record};
 use crate::store::PageStore;
 use serde::{Deserialize, Serialize};
@@ -213,6 +213,20 @@ fn diff_range(
         }
     }
     (out, stats)
+}
+
+/// One protection-log segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub no: u64,
+    /// File name in the log directory.
+    pub name: String,
+    pub path: String,
+    pub first_lsn: Lsn,
+    /// The last LSN it holds; None for the open (last) segment.
+    pub last_lsn: Option<Lsn>,
+    pub bytes: u64,
+    pub created_us: i64,
 }
 
 /// A database's state at one LSN, as a copy records it.
@@ -909,6 +923,60 @@ impl Database {
         self.shared().plog.clone()
     }
 
+    /// The protection log's segments, oldest first; the last one is open.
+    pub fn plog_segments(&self) -> Result<Vec<SegmentInfo>, DbError> {
+        let shared = self.shared();
+        let segs = crate::plog::open_segments_readonly(&*shared.plog, shared.dbid)?;
+        let mut out: Vec<SegmentInfo> = Vec::with_capacity(segs.len());
+        for (i, seg) in segs.iter().enumerate() {
+            out.push(SegmentInfo {
+                no: seg.no,
+                name: crate::plog::format::segment_name(seg.no),
+                path: seg.path.clone(),
+                first_lsn: seg.header.first_lsn,
+                last_lsn: segs
+                    .get(i + 1)
+                    .map(|n| Lsn(n.header.first_lsn.0.saturating_sub(1))),
+                bytes: seg.len,
+                created_us: seg.header.created_us,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes the oldest closed segments whose every commit is at or
+    /// before `through` and that restart recovery can no longer need: the
+    /// page store is flushed first and only segments wholly at or before
+    /// its applied LSN go. The open segment always stays. Returns what was
+    /// removed. The caller archives segments before removing them.
+    pub fn remove_segments(&self, through: Lsn) -> Result<Vec<SegmentInfo>, DbError> {
+        let shared = self.shared();
+        self.wait_applied()?;
+        shared.store.flush()?;
+        let applied = shared.store.applied_lsn()?;
+        let limit = Lsn(through.0.min(applied.0));
+        let mut removed = Vec::new();
+        for seg in self.plog_segments()? {
+            match seg.last_lsn {
+                Some(last) if last <= limit => {
+                    shared
+                        .plog
+                        .remove(&seg.name)
+                        .map_err(|e| crate::plog::LogError::io(seg.path.clone(), e))?;
+                    removed.push(seg);
+                }
+                _ => break,
+            }
+        }
+        if !removed.is_empty() {
+            shared
+                .plog
+                .sync_dir()
+                .map_err(|e| crate::plog::LogError::io(shared.plog.describe(""), e))?;
+        }
+        Ok(removed)
+    }
+
     /// The count and digest of a file's records as they stand in the page
     /// store, computed from the records themselves (also for a damaged file).
     pub fn content_digest(&self, fnr: Fnr) -> Result<(u64, crate::Digest), DbError> {
@@ -1306,11 +1374,13 @@ impl Database {
         let shared = self.shared();
         self.wait_applied()?;
         let mut report = CheckReport::default();
-        match open_segments(&*shared.plog, shared.dbid) {
+        // Read-only: a segment being created right now must not be taken
+        // for a torn one and removed.
+        match crate::plog::open_segments_readonly(&*shared.plog, shared.dbid) {
             Err(e) => report.log_problem = Some(e.to_string()),
-            Ok(opened) => {
-                report.segments = opened.segments.len() as u64;
-                let mut scan = LogScan::new(&opened.segments, 0);
+            Ok(segments) => {
+                report.segments = segments.len() as u64;
+                let mut scan = LogScan::new(&segments, 0);
                 loop {
                     match scan.next_frame() {
                         Ok(Some(_)) => report.frames += 1,

@@ -264,6 +264,24 @@ impl Node {
                 files: self.db.files().into_iter().map(|f| f.def).collect(),
                 topology: lock(&self.topology).as_ref().map(|v| v.text.clone()),
             },
+            Request::CopyJobs { set } => {
+                let db = self.db.clone();
+                match blocking(move || copy_jobs(&db, set)).await {
+                    Ok(text) => Response::Text(text),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::PlogSegments => match self.db.plog_segments() {
+                Ok(v) => Response::Segments(v),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::PlogRemove { through } => {
+                let db = self.db.clone();
+                match blocking(move || db.remove_segments(through)).await {
+                    Ok(v) => Response::Segments(v),
+                    Err(e) => Response::error(e),
+                }
+            }
             Request::CopyTake { files, dir, set } => {
                 let db = self.db.clone();
                 let r = tokio::task::spawn_blocking(move || {
@@ -617,6 +635,29 @@ impl Node {
                     return Response::error(e);
                 }
             }
+            ReplicateAction::Restoring { why } => {
+                if why.is_some() {
+                    t.stop_feeder(&f, "being restored").await;
+                }
+                let set = why.is_some();
+                if let Err(e) = update(Box::new(move |r| {
+                    match &why {
+                        Some(w) => r.log("info", &format!("restore begins: {w}")),
+                        None => r.log(
+                            "info",
+                            "restore ended: feeding resumes from the restored confirmation",
+                        ),
+                    }
+                    r.restoring = why;
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+                if !set && policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+            }
             ReplicateAction::Unshun => {
                 if let Err(e) = update(Box::new(|r| {
                     r.log("unshun", "unshunned by the operator");
@@ -632,6 +673,12 @@ impl Node {
             }
             ReplicateAction::ResetError => {
                 if let Err(e) = update(Box::new(|r| {
+                    if let Some(why) = r.restoring.take() {
+                        r.log(
+                            "reset",
+                            &format!("restore mark cleared by the operator: {why}"),
+                        );
+                    }
                     let what = r
                         .error
                         .take()
@@ -1175,6 +1222,37 @@ impl Node {
             Err(e) => Response::error(e),
         }
     }
+}
+
+/// Record of the administration file holding the copy-job definitions.
+pub const COPY_JOBS_ISN: Isn = Isn(3);
+
+/// The copy-job definitions (TOML text, empty if none), replaced first by
+/// `set` if given.
+fn copy_jobs(db: &Database, set: Option<String>) -> Result<String, DbError> {
+    let admin = db
+        .files()
+        .into_iter()
+        .find(|f| f.def.role == Role::Administration)
+        .ok_or_else(|| {
+            DbError::BadDefinition(
+                "this database has no administration file (apply a topology first)".into(),
+            )
+        })?
+        .def
+        .fnr;
+    if let Some(text) = set {
+        let mut rec = Record::new();
+        rec.insert("copy_jobs".into(), Value::Text(text));
+        db.put_engine_record(admin, COPY_JOBS_ISN, rec)?;
+    }
+    Ok(match db.read(admin, COPY_JOBS_ISN)? {
+        Some(r) => match r.get("copy_jobs") {
+            Some(Value::Text(t)) => t.clone(),
+            _ => String::new(),
+        },
+        None => String::new(),
+    })
 }
 
 pub fn stored_topology(db: &Database) -> Result<Option<Valid>, String> {

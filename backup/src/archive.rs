@@ -1,0 +1,186 @@
+//! Archiving the protection log: closed segments are copied into the copy
+//! area (`plog/db<ID>/`, each with a JSON record of its LSN range, size and
+//! blake3, written after the copy is synced and read back), and only then
+//! may a segment leave the database's log — never one that the oldest
+//! catalogued copy set of the database still needs to roll forward, nor
+//! one restart recovery could need.
+
+use crate::area::Area;
+use crate::take::Source;
+use anyhow::{bail, Context};
+use propagator::medium::{FsDir, MediumDir};
+use propagator::{DbId, Lsn, SegmentInfo};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::PathBuf;
+
+/// One archived segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Archived {
+    pub segment: SegmentInfo,
+    pub blake3: String,
+}
+
+fn dir_of(area: &Area, dbid: DbId) -> PathBuf {
+    area.root().join("plog").join(format!("db{}", dbid.0))
+}
+
+fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, h.finalize().to_hex().to_string()))
+}
+
+/// Every archived segment of database `dbid`, oldest first.
+pub fn list(area: &Area, dbid: DbId) -> anyhow::Result<Vec<Archived>> {
+    let dir = dir_of(area, dbid);
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in entries {
+        let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".json") || name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read(e.path())
+            .with_context(|| format!("cannot read {}", e.path().display()))?;
+        let a: Archived = serde_json::from_slice(&text)
+            .with_context(|| format!("archive record {} is damaged", e.path().display()))?;
+        out.push(a);
+    }
+    out.sort_by_key(|a| a.segment.no);
+    Ok(out)
+}
+
+/// Re-hashes an archived segment; an error names the file.
+pub fn verify(area: &Area, dbid: DbId, a: &Archived) -> anyhow::Result<()> {
+    let path = dir_of(area, dbid).join(&a.segment.name);
+    let (n, h) = hash_file(&path)?;
+    if n != a.segment.bytes || h != a.blake3 {
+        bail!(
+            "archived log segment {} is {n} bytes with blake3 {h}, but was archived as {} bytes with blake3 {}",
+            path.display(),
+            a.segment.bytes,
+            a.blake3
+        );
+    }
+    Ok(())
+}
+
+/// Archives every closed segment of the source's log not archived yet.
+/// The segment files are read where the source's node keeps them (the
+/// copy area and the nodes share a machine or a file system).
+pub fn archive(area: &Area, source: &Source) -> anyhow::Result<Vec<Archived>> {
+    let (dbid, _, _) = source.catalog()?;
+    let dir = dir_of(area, dbid);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let have: Vec<u64> = list(area, dbid)?.iter().map(|a| a.segment.no).collect();
+    let medium = FsDir::new(&dir);
+    let mut out = Vec::new();
+    for seg in source.segments()? {
+        if seg.last_lsn.is_none() || have.contains(&seg.no) {
+            continue;
+        }
+        let bytes = std::fs::read(&seg.path)
+            .with_context(|| format!("cannot read log segment {}", seg.path))?;
+        if bytes.len() as u64 != seg.bytes {
+            bail!("log segment {} changed size while being archived", seg.path);
+        }
+        let _ = medium.remove(&seg.name); // a leftover of an archive cut short
+        medium
+            .create(&seg.name)
+            .and_then(|m| m.write_at(&bytes, 0).and_then(|_| m.sync()))
+            .and_then(|_| medium.sync_dir())
+            .with_context(|| format!("cannot write {}", medium.describe(&seg.name)))?;
+        let a = Archived {
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            segment: seg,
+        };
+        verify(area, dbid, &a)?;
+        let json = dir.join(format!("{}.json", a.segment.name));
+        let tmp = dir.join(format!(".{}.json.tmp", a.segment.name));
+        let write = || -> std::io::Result<()> {
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&a).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &json)?;
+            std::fs::File::open(&dir)?.sync_all()
+        };
+        write().with_context(|| format!("cannot write {}", json.display()))?;
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// What a prune did and why it stopped where it did.
+#[derive(Debug, Serialize)]
+pub struct Pruned {
+    /// The oldest catalogued set's LSN: nothing after it is removed.
+    pub horizon: Option<Lsn>,
+    pub removed: Vec<SegmentInfo>,
+    pub note: String,
+}
+
+/// Removes from the source's log the closed segments that are archived
+/// (and verify) and wholly at or before the oldest catalogued copy set of
+/// the database: every set can still be rolled forward from the live log.
+pub fn prune(area: &Area, source: &Source) -> anyhow::Result<Pruned> {
+    let (dbid, _, _) = source.catalog()?;
+    let Some(oldest) = area
+        .list()?
+        .into_iter()
+        .filter(|s| s.dbid == dbid)
+        .map(|s| s.lsn)
+        .min()
+    else {
+        return Ok(Pruned {
+            horizon: None,
+            removed: Vec::new(),
+            note: format!("no catalogued copy set of database {dbid}: no log segment is removed"),
+        });
+    };
+    let archived = list(area, dbid)?;
+    let mut through = Lsn(0);
+    for seg in source.segments()? {
+        let Some(last) = seg.last_lsn else { break };
+        if last > oldest {
+            break;
+        }
+        let Some(a) = archived.iter().find(|a| a.segment.no == seg.no) else {
+            break;
+        };
+        verify(area, dbid, a)?;
+        through = last;
+    }
+    let removed = if through.0 == 0 {
+        Vec::new()
+    } else {
+        source.remove_segments(through)?
+    };
+    let note = format!(
+        "removed {} segment(s) through LSN {through}; the oldest copy set is at LSN {oldest}",
+        removed.len()
+    );
+    Ok(Pruned {
+        horizon: Some(oldest),
+        removed,
+        note,
+    })
+}

@@ -1,0 +1,402 @@
+//! Scheduled copy jobs.
+//!
+//! The definitions are TOML kept in the administration file of the node
+//! that runs them (`etp copy jobs set`):
+//!
+//! ```toml
+//! area = "/srv/etp/copies"        # the copy area the jobs write to
+//!
+//! [[job]]
+//! name = "nightly"
+//! cron = "0 30 2 * * *"           # croner syntax, seconds optional
+//! keep = 7                        # keep the newest 7 runs (optional)
+//! max_age_days = 30               # drop runs older than this (optional)
+//! [[job.set]]                     # one copy set per entry, in this order
+//! database = 1
+//! files = [10]                    # the rules add the log and the rest
+//! [[job.set]]
+//! database = 2
+//! files = [20]
+//! ```
+//!
+//! A run takes every set of its job or records none of them
+//! ([`crate::take::take_job`]); a run that fails records why in the job
+//! history and the job is tried again at its next slot. Slots missed while
+//! the node was down or a run was long are not made up: one run, then the
+//! next slot after it. The [`Clock`] is a trait so tests drive time.
+
+use crate::area::Area;
+use crate::take::{take_job, Ask, Source};
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use propagator::{DbId, Fnr};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobsDef {
+    pub area: PathBuf,
+    #[serde(default)]
+    pub job: Vec<JobDef>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobDef {
+    pub name: String,
+    pub cron: String,
+    pub keep: Option<usize>,
+    pub max_age_days: Option<f64>,
+    pub set: Vec<SetDef>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetDef {
+    pub database: u32,
+    pub files: Vec<u32>,
+}
+
+/// Parses and checks job definitions: every cron expression parses, names
+/// are unique, every job has sets, retention values are sane.
+pub fn parse_jobs(text: &str) -> anyhow::Result<(JobsDef, BTreeMap<String, croner::Cron>)> {
+    let def: JobsDef = toml::from_str(text).context("copy jobs")?;
+    let mut crons = BTreeMap::new();
+    for j in &def.job {
+        if j.name.is_empty()
+            || !j
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            bail!(
+                "copy job name {:?}: use letters, digits, '-' and '_'",
+                j.name
+            );
+        }
+        let cron = croner::Cron::from_str(&j.cron)
+            .map_err(|e| anyhow::anyhow!("copy job {}: cron {:?}: {e}", j.name, j.cron))?;
+        if crons.insert(j.name.clone(), cron).is_some() {
+            bail!("copy job {} is defined twice", j.name);
+        }
+        if j.set.is_empty() {
+            bail!("copy job {} has no [[job.set]]", j.name);
+        }
+        if j.set.iter().any(|s| s.files.is_empty()) {
+            bail!("copy job {}: every set names at least one file", j.name);
+        }
+        if j.keep == Some(0) {
+            bail!("copy job {}: keep must be at least 1", j.name);
+        }
+        if j.max_age_days.is_some_and(|d| d.is_nan() || d <= 0.0) {
+            bail!("copy job {}: max_age_days must be above 0", j.name);
+        }
+    }
+    Ok((def, crons))
+}
+
+/// Time, as the scheduler sees it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// One run of a job, as the history records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobRun {
+    pub job: String,
+    /// The cron slot this run is for.
+    pub slot: String,
+    pub started: String,
+    pub seconds: f64,
+    pub ok: bool,
+    /// Sets recorded in the catalog (all of the job's, or none).
+    pub sets: Vec<String>,
+    /// Sets removed by retention after the run.
+    pub dropped: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn history_path(area: &Area) -> PathBuf {
+    area.root().join("jobs-history.jsonl")
+}
+
+/// Appends a run to the area's job history (synced).
+fn record_run(area: &Area, run: &JobRun) -> anyhow::Result<()> {
+    let path = history_path(area);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut line = serde_json::to_vec(run).context("encoding a job run")?;
+    line.push(b'\n');
+    f.write_all(&line)
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The job history, oldest first (a torn last line is skipped).
+pub fn history(area: &Area) -> anyhow::Result<Vec<JobRun>> {
+    let path = history_path(area);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Drops the sets of `job`'s runs beyond `keep` and older than
+/// `max_age_days` (never the newest run). Returns the dropped set ids.
+pub fn apply_retention(
+    area: &Area,
+    job: &JobDef,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<String>> {
+    let mut runs: BTreeMap<String, Vec<crate::CopySet>> = BTreeMap::new();
+    for s in area.list()? {
+        if s.job.as_deref() == Some(job.name.as_str()) {
+            runs.entry(s.run.clone().unwrap_or_else(|| s.id.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    // Newest first (run ids are UTC timestamps).
+    let ordered: Vec<(String, Vec<crate::CopySet>)> = runs.into_iter().rev().collect();
+    let mut dropped = Vec::new();
+    for (i, (_, sets)) in ordered.iter().enumerate() {
+        if i == 0 {
+            continue;
+        }
+        let too_many = job.keep.is_some_and(|k| i >= k);
+        let too_old = job.max_age_days.is_some_and(|d| {
+            sets.iter().all(|s| {
+                DateTime::parse_from_rfc3339(&s.taken_utc)
+                    .map(|t| (now - t.with_timezone(&Utc)).num_seconds() as f64 > d * 86_400.0)
+                    .unwrap_or(false)
+            })
+        });
+        if too_many || too_old {
+            for s in sets {
+                area.remove(&s.id)?;
+                dropped.push(s.id.clone());
+            }
+        }
+    }
+    Ok(dropped)
+}
+
+/// Runs one job now: takes its sets from `source_of` (database → where),
+/// records the run in the history and applies retention after a success.
+pub fn run_job(
+    area: &Area,
+    job: &JobDef,
+    slot: DateTime<Utc>,
+    now: DateTime<Utc>,
+    source_of: &dyn Fn(DbId) -> anyhow::Result<Source>,
+    progress: &mut dyn FnMut(&str),
+) -> JobRun {
+    let t0 = std::time::Instant::now();
+    let result = (|| -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let mut asks = Vec::new();
+        for s in &job.set {
+            asks.push(Ask {
+                source: source_of(DbId(s.database))?,
+                files: s.files.iter().map(|f| Fnr(*f)).collect(),
+            });
+        }
+        let taken = take_job(area, Some(&job.name), &asks, progress)?;
+        let ids = taken.into_iter().map(|t| t.set.id).collect();
+        let dropped = apply_retention(area, job, now)?;
+        Ok((ids, dropped))
+    })();
+    let (ok, sets, dropped, error) = match result {
+        Ok((s, d)) => (true, s, d, None),
+        Err(e) => (false, Vec::new(), Vec::new(), Some(format!("{e:#}"))),
+    };
+    let run = JobRun {
+        job: job.name.clone(),
+        slot: slot.to_rfc3339(),
+        started: now.to_rfc3339(),
+        seconds: t0.elapsed().as_secs_f64(),
+        ok,
+        sets,
+        dropped,
+        error,
+    };
+    if let Err(e) = record_run(area, &run) {
+        progress(&format!("job {}: cannot record its run: {e:#}", job.name));
+    }
+    run
+}
+
+/// The schedule of a set of jobs: when each fires next.
+pub struct Scheduler {
+    pub def: JobsDef,
+    crons: BTreeMap<String, croner::Cron>,
+    next: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Scheduler {
+    pub fn new(text: &str, now: DateTime<Utc>) -> anyhow::Result<Scheduler> {
+        let (def, crons) = parse_jobs(text)?;
+        let mut s = Scheduler {
+            def,
+            crons,
+            next: BTreeMap::new(),
+        };
+        for name in s.crons.keys().cloned().collect::<Vec<_>>() {
+            s.advance(&name, now)?;
+        }
+        Ok(s)
+    }
+
+    fn advance(&mut self, name: &str, after: DateTime<Utc>) -> anyhow::Result<()> {
+        let cron = &self.crons[name];
+        let t = cron.find_next_occurrence(&after, false).map_err(|e| {
+            anyhow::anyhow!("copy job {name}: no next time for {}: {e}", cron.pattern)
+        })?;
+        self.next.insert(name.to_string(), t);
+        Ok(())
+    }
+
+    /// When the next job is due.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.next.values().min().copied()
+    }
+
+    /// Runs every job due at `clock.now()`, each once, then schedules its
+    /// next slot after the time the run ended.
+    pub fn run_due(
+        &mut self,
+        clock: &dyn Clock,
+        source_of: &dyn Fn(DbId) -> anyhow::Result<Source>,
+        progress: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Vec<JobRun>> {
+        let now = clock.now();
+        let due: Vec<(String, DateTime<Utc>)> = self
+            .next
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
+        let area = Area::open(&self.def.area)?;
+        let mut runs = Vec::new();
+        for (name, slot) in due {
+            let Some(job) = self.def.job.iter().find(|j| j.name == name).cloned() else {
+                continue;
+            };
+            runs.push(run_job(&area, &job, slot, now, source_of, progress));
+            self.advance(&name, clock.now().max(slot))?;
+        }
+        Ok(runs)
+    }
+}
+
+/// The copy-job text a node holds.
+pub fn fetch_jobs(node: std::net::SocketAddr) -> anyhow::Result<String> {
+    use propagator::wire::{Request, Response};
+    match propagator::node::client::Client::connect(node)?.call(&Request::CopyJobs { set: None })? {
+        Response::Text(t) => Ok(t),
+        other => bail!("node {node} answered {other:?} to CopyJobs"),
+    }
+}
+
+/// Where each database of the node's topology is served.
+pub fn addresses(
+    node: std::net::SocketAddr,
+) -> anyhow::Result<BTreeMap<DbId, std::net::SocketAddr>> {
+    use propagator::wire::{Request, Response};
+    match propagator::node::client::Client::connect(node)?.call(&Request::AdminExport)? {
+        Response::Text(t) => Ok(propagator::topology::Valid::parse(&t)
+            .map_err(|e| anyhow::anyhow!("node {node} holds a bad topology: {e}"))?
+            .addresses),
+        other => bail!("node {node} answered {other:?} to AdminExport"),
+    }
+}
+
+/// A source for each database, by the topology `node` holds.
+pub fn node_sources(
+    node: std::net::SocketAddr,
+) -> anyhow::Result<impl Fn(DbId) -> anyhow::Result<Source>> {
+    let addrs = addresses(node)?;
+    Ok(move |db: DbId| {
+        addrs
+            .get(&db)
+            .map(|a| Source::Node(*a))
+            .ok_or_else(|| anyhow::anyhow!("database {db} is not in the topology"))
+    })
+}
+
+/// The scheduler a node runs beside its service: reads the job definitions
+/// from the node (every 2 s, so `etp copy jobs set` takes effect without a
+/// restart), runs the jobs that are due, until `stop`.
+pub fn serve(node: std::net::SocketAddr, clock: &dyn Clock, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let mut text = String::new();
+    let mut sched: Option<Scheduler> = None;
+    let mut checked: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if checked.is_none_or(|c| c.elapsed() >= Duration::from_secs(2)) {
+            checked = Some(Instant::now());
+            if let Ok(t) = fetch_jobs(node) {
+                if t != text {
+                    sched = if t.trim().is_empty() {
+                        None
+                    } else {
+                        match Scheduler::new(&t, clock.now()) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"), "copy jobs not scheduled");
+                                None
+                            }
+                        }
+                    };
+                    text = t;
+                }
+            }
+        }
+        if let Some(s) = sched.as_mut() {
+            if s.next_due().is_some_and(|t| t <= clock.now()) {
+                let result = node_sources(node).and_then(|src| {
+                    s.run_due(clock, &src, &mut |m| {
+                        tracing::info!(message = m, "copy job")
+                    })
+                });
+                match result {
+                    Ok(runs) => {
+                        for r in runs {
+                            match &r.error {
+                                None => {
+                                    tracing::info!(job = %r.job, sets = ?r.sets, "copy job done")
+                                }
+                                Some(e) => {
+                                    tracing::warn!(job = %r.job, error = %e, "copy job failed; next slot retries")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "copy jobs could not run"),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,201 @@
+//! Copy jobs driven by a controllable clock: they fire at their cron
+//! times (missed slots run once), keep their retention, and a job whose
+//! second set cannot be taken records why and leaves nothing in the
+//! catalog — not even its first set.
+
+use backup::schedule::{self, Clock, Scheduler};
+use backup::take::Source;
+use backup::Area;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use propagator::{Database, DbId, Fnr, Isn, Record, Role, Value};
+use std::sync::Mutex;
+
+struct FakeClock(Mutex<DateTime<Utc>>);
+
+impl FakeClock {
+    fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().expect("lock") = t;
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().expect("lock")
+    }
+}
+
+fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 30, h, m, s)
+        .single()
+        .expect("a time")
+}
+
+fn master_db(dir: &std::path::Path) -> Database {
+    Database::init(dir, DbId(7), None).expect("init");
+    let (db, _) = Database::open(dir).expect("open");
+    db.create_file(Fnr(10), "orders", Role::Plain)
+        .expect("master");
+    db.define_master(Fnr(10), Fnr(11)).expect("define");
+    let mut s = db.session();
+    for k in 1..=500u64 {
+        let mut r = Record::new();
+        r.insert("k".into(), Value::Int(k as i64));
+        s.store(Fnr(10), Some(Isn(k)), r).expect("store");
+    }
+    s.et(None).expect("et");
+    db
+}
+
+fn dead_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn sets_of(area: &Area, job: &str) -> Vec<backup::CopySet> {
+    area.list()
+        .expect("list")
+        .into_iter()
+        .filter(|s| s.job.as_deref() == Some(job))
+        .collect()
+}
+
+#[test]
+fn jobs_fire_at_cron_times_keep_retention_and_record_whole_runs_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = master_db(&tmp.path().join("db"));
+    let area_dir = tmp.path().join("area");
+    let text = format!(
+        r#"
+area = "{}"
+
+[[job]]
+name = "m"
+cron = "0 */10 * * * *"
+keep = 2
+[[job.set]]
+database = 7
+files = [10]
+
+[[job]]
+name = "both"
+cron = "0 0 * * * *"
+[[job.set]]
+database = 7
+files = [10]
+[[job.set]]
+database = 9
+files = [20]
+"#,
+        area_dir.display()
+    );
+    let clock = FakeClock(Mutex::new(at(10, 3, 0)));
+    let mut s = Scheduler::new(&text, clock.now()).expect("valid jobs");
+    assert_eq!(s.next_due(), Some(at(10, 10, 0)));
+    let dead = dead_addr();
+    let src = |d: DbId| -> anyhow::Result<Source> {
+        Ok(if d == DbId(7) {
+            Source::Local(db.clone())
+        } else {
+            Source::Node(dead)
+        })
+    };
+    let mut quiet = |_: &str| {};
+    clock.set(at(10, 9, 59));
+    assert!(s.run_due(&clock, &src, &mut quiet).expect("run").is_empty());
+    clock.set(at(10, 10, 0));
+    let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].ok && runs[0].job == "m", "{runs:?}");
+    let area = Area::open(&area_dir).expect("area");
+    assert_eq!(sets_of(&area, "m").len(), 1);
+    for t in [at(10, 20, 0), at(10, 30, 0), at(10, 40, 0)] {
+        clock.set(t);
+        let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+        assert_eq!(runs.len(), 1, "at {t}: {runs:?}");
+    }
+    assert_eq!(sets_of(&area, "m").len(), 2, "keep = 2");
+    // 11:00: both jobs are due; "both" cannot reach database 9.
+    clock.set(at(11, 0, 0));
+    let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let both = runs.iter().find(|r| r.job == "both").expect("both ran");
+    assert!(!both.ok && both.sets.is_empty());
+    assert!(
+        both.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&dead.to_string()),
+        "{both:?}"
+    );
+    assert!(
+        sets_of(&area, "both").is_empty(),
+        "no half job in the catalog"
+    );
+    // Nothing orphaned in the data directory either.
+    let dirs = std::fs::read_dir(area.root().join("data"))
+        .expect("data")
+        .count();
+    assert_eq!(dirs, area.list().expect("list").len());
+    // Missed slots run once: from 11:00 to 13:35 "m" missed 15 slots.
+    clock.set(at(13, 35, 0));
+    let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+    assert_eq!(runs.iter().filter(|r| r.job == "m").count(), 1);
+    assert_eq!(
+        runs.iter().filter(|r| r.job == "both").count(),
+        1,
+        "retried at its next slot"
+    );
+    assert_eq!(s.next_due(), Some(at(13, 40, 0)));
+    // The history holds every run, in order.
+    let h = schedule::history(&area).expect("history");
+    assert_eq!(h.len(), 8);
+    assert_eq!(h.iter().filter(|r| !r.ok).count(), 2);
+    assert!(
+        h.iter().any(|r| !r.dropped.is_empty()),
+        "retention is recorded"
+    );
+}
+
+#[test]
+fn max_age_drops_old_runs_but_never_the_newest() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = master_db(&tmp.path().join("db"));
+    let area = Area::open(&tmp.path().join("area")).expect("area");
+    let text = format!(
+        "area = \"{}\"\n[[job]]\nname = \"aged\"\ncron = \"0 0 * * * *\"\nmax_age_days = 1\n[[job.set]]\ndatabase = 7\nfiles = [10]\n",
+        area.root().display()
+    );
+    let (def, _) = schedule::parse_jobs(&text).expect("valid");
+    let job = &def.job[0];
+    let src = |_: DbId| -> anyhow::Result<Source> { Ok(Source::Local(db.clone())) };
+    let now = Utc::now();
+    let first = schedule::run_job(&area, job, now, now, &src, &mut |_| {});
+    assert!(first.ok);
+    let later = now + Duration::days(2);
+    let second = schedule::run_job(&area, job, later, later, &src, &mut |_| {});
+    assert_eq!(second.dropped, first.sets, "the two-day-old run is dropped");
+    assert_eq!(sets_of(&area, "aged").len(), 1);
+    let third = schedule::run_job(
+        &area,
+        job,
+        later,
+        later + Duration::days(5),
+        &src,
+        &mut |_| {},
+    );
+    assert_eq!(sets_of(&area, "aged").len(), 1, "{third:?}");
+}
+
+#[test]
+fn bad_job_definitions_are_refused_with_the_reason() {
+    for (text, want) in [
+        ("area = \"/x\"\n[[job]]\nname = \"a\"\ncron = \"61 * * * *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n", "copy job a: cron"),
+        ("area = \"/x\"\n[[job]]\nname = \"a\"\ncron = \"* * * * *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n[[job]]\nname = \"a\"\ncron = \"* * * * *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n", "defined twice"),
+        ("area = \"/x\"\n[[job]]\nname = \"a\"\ncron = \"* * * * *\"\nset = []\n", "has no [[job.set]]"),
+        ("area = \"/x\"\n[[job]]\nname = \"a\"\ncron = \"* * * * *\"\nkeep = 0\n[[job.set]]\ndatabase = 1\nfiles = [10]\n", "keep must be at least 1"),
+        ("area = \"/x\"\nbogus = 1\n", "unknown field"),
+    ] {
+        let e = Scheduler::new(text, Utc::now()).err().expect("refused");
+        assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
+    }
+}

@@ -1,0 +1,211 @@
+//! `etp bench copy`: copy throughput of a master of about 1 KiB records,
+//! without and with a concurrent writer, next to the disk's sequential
+//! write rate measured in the same run (as `shared/bench/limits.sh` does:
+//! 8 MiB writes, then one fsync); then restore and regenerate times for the
+//! master after `changes` more commits.
+
+use crate::Outcome;
+use anyhow::Context;
+use backup::restore::{self, Target};
+use backup::take::{take_job, Ask, Source};
+use backup::Area;
+use propagator::{Database, DbId, Fnr, Isn, Record, Role, Value};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+const MASTER: Fnr = Fnr(10);
+const LOG: Fnr = Fnr(11);
+
+fn record(k: u64, v: u64) -> Record {
+    let mut r = Record::new();
+    r.insert("k".into(), Value::Int(k as i64));
+    r.insert("v".into(), Value::Int(v as i64));
+    r.insert("payload".into(), Value::Text(format!("{k:016}").repeat(62)));
+    r
+}
+
+/// Sequential write MB/s of `mb` MiB in 8 MiB writes, including the final fsync.
+fn seq_write(dir: &Path, mb: u64) -> anyhow::Result<f64> {
+    let path = dir.join("seq.probe");
+    let mut f = std::fs::File::create(&path).context("creating the write probe")?;
+    let buf = vec![0x5au8; 8 << 20];
+    let t = Instant::now();
+    let mut left = mb << 20;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    let s = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(mb as f64 * 1.048576 / s)
+}
+
+/// Copies the master set into `area`; returns (MB/s of the engine copy,
+/// MB/s of the whole set with its read-back verification, bytes of the
+/// copy, bytes of its master file).
+fn copy_once(db: &Database, area: &Area) -> anyhow::Result<(f64, f64, u64, u64)> {
+    let dir = tempfile::Builder::new()
+        .prefix("raw-")
+        .tempdir_in(area.root())
+        .context("temp dir")?;
+    let t = Instant::now();
+    let c = propagator::copy::take(
+        db,
+        &[MASTER, LOG],
+        &propagator::medium::FsDir::new(dir.path()),
+        "bench",
+        &mut |_| {},
+    )?;
+    let raw_s = t.elapsed().as_secs_f64();
+    let bytes: u64 = c.files.iter().map(|f| f.bytes).sum();
+    let master: u64 = c
+        .files
+        .iter()
+        .filter(|f| f.def.fnr == MASTER)
+        .map(|f| f.bytes)
+        .sum();
+    let sets = take_job(
+        area,
+        Some("bench"),
+        &[Ask {
+            source: Source::Local(db.clone()),
+            files: vec![MASTER],
+        }],
+        &mut |_| {},
+    )?;
+    let set = &sets[0].set;
+    Ok((
+        bytes as f64 / 1e6 / raw_s,
+        set.bytes as f64 / 1e6 / set.seconds,
+        bytes,
+        master,
+    ))
+}
+
+pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("etp-bench-copy-")
+        .tempdir_in(data)
+        .context("creating the bench directory")?;
+    let mut out = std::io::stdout().lock();
+    let dbdir = dir.path().join("db");
+    Database::init(&dbdir, DbId(1), None)?;
+    let (db, _) = Database::open(&dbdir)?;
+    db.create_file(MASTER, "bench", Role::Plain)?;
+    db.define_master(MASTER, LOG)?;
+    eprintln!("filling the master with {records} records");
+    let t = Instant::now();
+    let mut s = db.session();
+    for k in 1..=records {
+        s.store(MASTER, Some(Isn(k)), record(k, 0))?;
+        if k.is_multiple_of(2000) || k == records {
+            s.et(None)?;
+        }
+    }
+    drop(s);
+    db.wait_applied()?;
+    eprintln!("filled in {:.1} s", t.elapsed().as_secs_f64());
+    // The log file holds as much again; the master alone is what the issue sizes.
+    let area = Area::open(&dir.path().join("area"))?;
+
+    let disk_before = seq_write(dir.path(), 1024)?;
+    let (raw_idle, set_idle, bytes, master_bytes) = copy_once(&db, &area)?;
+    // Under write load: one writer updating records as fast as it commits.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let w = {
+        let (db, stop, done) = (db.clone(), stop.clone(), done.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut s = db.session();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let k = 1 + (i * 7919) % records;
+                s.update(MASTER, Isn(k), record(k, i))?;
+                s.et(None)?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    let (raw_load, set_load, _, _) = copy_once(&db, &area)?;
+    stop.store(true, Ordering::Relaxed);
+    w.join()
+        .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    let during = done.load(Ordering::Relaxed);
+    let disk_after = seq_write(dir.path(), 1024)?;
+    let disk = (disk_before + disk_after) / 2.0;
+
+    // Changes after the newest copy, in transactions of 100.
+    eprintln!("committing {changes} changes after the copy");
+    let newest = area.list()?.last().map(|s| s.lsn).unwrap_or_default();
+    let mut s = db.session();
+    for i in 1..=changes {
+        let k = 1 + (i * 104_729) % records;
+        s.update(MASTER, Isn(k), record(k, 1_000_000 + i))?;
+        if i.is_multiple_of(100) || i == changes {
+            s.et(None)?;
+        }
+    }
+    drop(s);
+    let set = area
+        .list()?
+        .into_iter()
+        .rev()
+        .find(|s| s.lsn == newest)
+        .context("the newest set")?;
+    let into = dir.path().join("restored");
+    let t = Instant::now();
+    restore::restore_to_dir(&into, &area, &set)?;
+    let restore_s = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&into)?;
+    let into = dir.path().join("regenerated");
+    Database::init(&into, DbId(1), None)?;
+    let (target, _) = Database::open(&into)?;
+    let t = Instant::now();
+    let r = restore::regenerate(&db, &area, MASTER, Target::End, Some(&target))?;
+    let regen_s = t.elapsed().as_secs_f64();
+    let same = target.file_info(MASTER)?.meta == db.file_info(MASTER)?.meta;
+    target.close()?;
+    db.close()?;
+    anyhow::ensure!(same, "the regenerated master differs from the live one");
+
+    writeln!(
+        out,
+        "# master {records} records, its copy file {:.0} MB; master + log copied = {:.0} MB",
+        master_bytes as f64 / 1e6,
+        bytes as f64 / 1e6
+    )?;
+    writeln!(out, "# disk sequential write before {disk_before:.0} MB/s, after {disk_after:.0} MB/s (8 MiB writes + fsync)")?;
+    writeln!(out, "disk_seq_write_mb_per_s {disk:.0} MB/s")?;
+    writeln!(out, "copy_idle_mb_per_s {raw_idle:.0} MB/s")?;
+    writeln!(out, "copy_under_load_mb_per_s {raw_load:.0} MB/s")?;
+    writeln!(out, "copy_set_idle_mb_per_s {set_idle:.0} MB/s")?;
+    writeln!(out, "copy_set_under_load_mb_per_s {set_load:.0} MB/s")?;
+    writeln!(out, "# writer commits during the loaded copy: {during}")?;
+    writeln!(out, "restore_{records}_s {restore_s:.1} s")?;
+    writeln!(
+        out,
+        "regenerate_{records}_plus_{}_commits_s {regen_s:.1} s",
+        r.commits
+    )?;
+    writeln!(
+        out,
+        "# copy idle / disk = {:.2}, under load / disk = {:.2} (goal >= 0.5)",
+        raw_idle / disk,
+        raw_load / disk
+    )?;
+    writeln!(
+        out,
+        "# set (copy + read-back verify) idle / disk = {:.2}",
+        set_idle / disk
+    )?;
+    Ok(Outcome::Ok)
+}
