@@ -69,11 +69,13 @@ pub struct CopyEnd {
     pub slice_records: u64,
 }
 
+/// One frame. `R` is how record bytes are held: read back as `ByteBuf`,
+/// written straight from the page store (same encoding).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum CopyFrame {
+pub enum CopyFrame<R = ByteBuf> {
     Header(CopyHeader),
     /// Records of the fuzzy dump, ascending isn.
-    Records(Vec<(Isn, ByteBuf)>),
+    Records(Vec<(Isn, R)>),
     /// What one commit of the slice wrote to this file (None: deleted).
     Slice {
         lsn: Lsn,
@@ -168,24 +170,29 @@ impl FrameWriter {
         }
     }
 
-    fn frame(&mut self, f: &CopyFrame) -> Result<(), CopyError> {
-        let payload = rmp_serde::to_vec(f).map_err(|e| CopyError::Mismatch {
-            path: self.path.clone(),
-            reason: format!("a frame does not encode: {e}"),
-        })?;
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|l| (*l as usize) <= MAX_FRAME)
-            .ok_or_else(|| CopyError::Mismatch {
+    fn frame<R: Serialize>(&mut self, f: &CopyFrame<R>) -> Result<(), CopyError> {
+        // Encoded in place after a header patched once the length is known.
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
+        if let Err(e) = rmp_serde::encode::write(&mut self.buf, f) {
+            self.buf.truncate(start);
+            return Err(CopyError::Mismatch {
                 path: self.path.clone(),
-                reason: format!("a frame of {} bytes is too large", payload.len()),
-            })?;
-        let lb = len.to_le_bytes();
-        let mut crc = crc32c::crc32c(&lb);
-        crc = crc32c::crc32c_append(crc, &payload);
-        self.buf.extend_from_slice(&lb);
-        self.buf.extend_from_slice(&crc.to_le_bytes());
-        self.buf.extend_from_slice(&payload);
+                reason: format!("a frame does not encode: {e}"),
+            });
+        }
+        let len = self.buf.len() - start - FRAME_HEADER;
+        if len > MAX_FRAME {
+            self.buf.truncate(start);
+            return Err(CopyError::Mismatch {
+                path: self.path.clone(),
+                reason: format!("a frame of {len} bytes is too large"),
+            });
+        }
+        let lb = (len as u32).to_le_bytes();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&lb), &self.buf[start + FRAME_HEADER..]);
+        self.buf[start..start + 4].copy_from_slice(&lb);
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         if self.buf.len() >= WRITE_BUFFER {
             self.flush()?;
         }
@@ -211,6 +218,34 @@ impl FrameWriter {
         self.medium.sync().map_err(|e| self.io(e))?;
         Ok((self.offset, self.hash.finalize().to_hex().to_string()))
     }
+}
+
+/// Writes a copy file's header and the fuzzy dump of its file; returns the
+/// writer (for the slice and end frames) and the records dumped.
+fn dump_file(
+    db: &Database,
+    dir: &dyn MediumDir,
+    header: CopyHeader,
+) -> Result<(FrameWriter, u64), CopyError> {
+    let fnr = header.def.fnr;
+    let name = copy_file_name(&header.def);
+    let path = dir.describe(&name);
+    let medium = dir.create(&name).map_err(|source| CopyError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut w = FrameWriter::new(medium, path);
+    w.frame(&CopyFrame::<ByteBuf>::Header(header))?;
+    let mut from = Isn(1);
+    let mut n = 0u64;
+    loop {
+        let batch = db.scan_store(fnr, from, SCAN_RECORDS, SCAN_BYTES)?;
+        let Some((last, _)) = batch.last() else { break };
+        from = Isn(last.0 + 1);
+        n += batch.len() as u64;
+        w.frame(&CopyFrame::Records(batch))?;
+    }
+    Ok((w, n))
 }
 
 /// Takes a hot, consistent copy of `files` of `db` into `dir` (see the
@@ -240,42 +275,42 @@ pub fn take(
     }
     let meta_at =
         |p: &CopyPoint, fnr: Fnr| p.metas.get(&fnr).copied().unwrap_or(FileMeta::new(fnr));
+    // Each file's dump on a thread of its own (the scan, encoding and
+    // hashing are CPU work; the files are independent).
+    let dumps: Vec<Result<(FrameWriter, u64), CopyError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = defs
+            .iter()
+            .map(|def| {
+                let header = CopyHeader {
+                    format: COPY_FORMAT,
+                    set: set.to_string(),
+                    dbid: db.dbid(),
+                    def: def.clone(),
+                    start_lsn: p0.lsn,
+                    start_meta: meta_at(&p0, def.fnr),
+                };
+                scope.spawn(move || dump_file(db, dir, header))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(CopyError::Mismatch {
+                        path: dir.describe(""),
+                        reason: "a dump thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
     let mut writers = BTreeMap::new();
-    let mut written = 0u64;
     let mut dumped = BTreeMap::new();
-    for def in &defs {
-        let name = copy_file_name(def);
-        let path = dir.describe(&name);
-        let medium = dir.create(&name).map_err(|source| CopyError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let mut w = FrameWriter::new(medium, path);
-        w.frame(&CopyFrame::Header(CopyHeader {
-            format: COPY_FORMAT,
-            set: set.to_string(),
-            dbid: db.dbid(),
-            def: def.clone(),
-            start_lsn: p0.lsn,
-            start_meta: meta_at(&p0, def.fnr),
-        }))?;
-        let mut from = Isn(1);
-        let mut n = 0u64;
-        loop {
-            let batch = db.scan_store(def.fnr, from, SCAN_RECORDS, SCAN_BYTES)?;
-            let Some((last, _)) = batch.last() else { break };
-            from = Isn(last.0 + 1);
-            n += batch.len() as u64;
-            let before = w.offset + w.buf.len() as u64;
-            w.frame(&CopyFrame::Records(
-                batch
-                    .into_iter()
-                    .map(|(i, v)| (i, ByteBuf::from(v)))
-                    .collect(),
-            ))?;
-            written += w.offset + w.buf.len() as u64 - before;
-            progress(written);
-        }
+    let mut written = 0u64;
+    for (def, d) in defs.iter().zip(dumps) {
+        let (w, n) = d?;
+        written += w.offset + w.buf.len() as u64;
+        progress(written);
         dumped.insert(def.fnr, n);
         writers.insert(def.fnr, w);
     }
@@ -306,7 +341,7 @@ pub fn take(
                     let e = commits.entry(fnr).or_default();
                     e.0 += 1;
                     e.1 += records.len() as u64;
-                    if let Err(e) = w.frame(&CopyFrame::Slice {
+                    if let Err(e) = w.frame(&CopyFrame::<ByteBuf>::Slice {
                         lsn: c.lsn,
                         time_us: c.time_us,
                         records,
@@ -336,7 +371,7 @@ pub fn take(
             slice_commits,
             slice_records,
         };
-        w.frame(&CopyFrame::End(end.clone()))?;
+        w.frame(&CopyFrame::<ByteBuf>::End(end.clone()))?;
         let (bytes, blake3) = w.finish()?;
         out.push(CopiedFile {
             name: copy_file_name(&def),

@@ -22,6 +22,22 @@ use crate::ids::{Fnr, Isn, Lsn};
 use std::path::{Path, PathBuf};
 
 const APPLIED: &[u8] = b"\x00applied";
+
+/// A record's bytes as the page store holds them, shared, not copied.
+/// Serialises as bytes.
+pub struct StoredBytes(sled::IVec);
+
+impl AsRef<[u8]> for StoredBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl serde::Serialize for StoredBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0.as_ref())
+    }
+}
 const CATALOG: u8 = 0x01;
 const META: u8 = 0x02;
 const CLIENT_ID: u8 = 0x03;
@@ -197,6 +213,16 @@ impl PageStore {
         fnr: Fnr,
         from: Isn,
     ) -> impl Iterator<Item = Result<(Isn, Vec<u8>), StoreError>> + '_ {
+        self.scan_shared(fnr, from)
+            .map(|kv| kv.map(|(i, v)| (i, v.as_ref().to_vec())))
+    }
+
+    /// [`PageStore::scan`] without copying the bytes out of the store.
+    pub fn scan_shared(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+    ) -> impl Iterator<Item = Result<(Isn, StoredBytes), StoreError>> + '_ {
         let start = data_key(fnr, from);
         let end = fnr_key(DATA, Fnr(fnr.0)).to_vec();
         self.db
@@ -212,7 +238,7 @@ impl PageStore {
                         .try_into()
                         .map_err(|_| self.decode_err("record key", "short key"))?,
                 );
-                Ok((Isn(isn), v.to_vec()))
+                Ok((Isn(isn), StoredBytes(v)))
             })
     }
 

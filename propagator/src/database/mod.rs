@@ -895,21 +895,21 @@ impl Database {
     }
 
     /// Up to `max_records` records (and about `max_bytes`) of a file from
-    /// isn `from` on, straight from the page store, without waiting for
-    /// queued commits: a fuzzy scan, made exact by the log slice a copy
-    /// carries with it.
+    /// isn `from` on, straight from the page store (shared, not copied),
+    /// without waiting for queued commits: a fuzzy scan, made exact by the
+    /// log slice a copy carries with it.
     pub fn scan_store(
         &self,
         fnr: Fnr,
         from: Isn,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(Isn, Vec<u8>)>, DbError> {
+    ) -> Result<Vec<(Isn, crate::store::StoredBytes)>, DbError> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for kv in self.shared().store.scan(fnr, from) {
+        for kv in self.shared().store.scan_shared(fnr, from) {
             let (isn, v) = kv?;
-            bytes += v.len() + 8;
+            bytes += v.as_ref().len() + 8;
             out.push((isn, v));
             if out.len() >= max_records || bytes >= max_bytes {
                 break;
