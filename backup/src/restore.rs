@@ -494,7 +494,12 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> anyhow::Result<BackedOu
             let chunk = db.scan_store(f, from, CHUNK, 8 << 20)?;
             let Some((last, _)) = chunk.last() else { break };
             from = Isn(last.0 + 1);
-            w.push(chunk.into_iter().map(|(i, v)| (i, v.as_ref().to_vec())).collect())?;
+            w.push(
+                chunk
+                    .into_iter()
+                    .map(|(i, v)| (i, v.as_ref().to_vec()))
+                    .collect(),
+            )?;
         }
         let (written, removed) = w.finish(meta)?;
         out.push(RestoredFile {

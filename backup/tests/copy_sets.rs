@@ -453,6 +453,13 @@ fn log_segments_are_archived_first_and_never_removed_past_the_oldest_copy() {
     db.close().expect("close");
     let (db, _) = Database::open(&data).expect("reopens after removal");
     assert!(db.check().expect("check").is_ok());
+    // Backout to a time before the remaining log is refused, saying where
+    // the log starts now.
+    let e = restore::backout(&db, MASTER, 0).expect_err("not covered");
+    assert!(
+        e.to_string().contains("no longer holds the before-images"),
+        "{e}"
+    );
     // A damaged archived segment is named and stops the prune.
     let src = Source::Local(db.clone());
     archive::archive(&area, &src).expect("archive the rest");

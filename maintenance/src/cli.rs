@@ -58,6 +58,37 @@ pub enum Command {
     /// Copy sets: take, list, show, verify, restore, regenerate, back out.
     #[command(subcommand)]
     Copy(CopyCommand),
+    /// The recovery flows (decision trees): list, render, validate.
+    #[command(subcommand)]
+    Recover(RecoverCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RecoverCommand {
+    /// The flows: triage and the five cases.
+    Flows {
+        /// Trees from this directory instead of the built-in ones.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One flow as a Mermaid or Graphviz DOT diagram.
+    Show {
+        case: String,
+        #[arg(long, default_value = "mermaid")]
+        format: String,
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Check flows: every node reachable, no cycle, every probe and action
+    /// known, every branch ends in a leaf (exit 1 names each problem).
+    Validate {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -140,7 +171,12 @@ pub enum CopyCommand {
     },
     /// Restore a whole set, into its database (--data; its node stopped) or a new one (--to).
     Restore {
-        set: String,
+        /// The set to restore.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        set: Option<String>,
+        /// Or: the newest set holding this file (the whole set is restored).
+        #[arg(long, value_name = "F")]
+        file: Option<u32>,
         #[command(flatten)]
         area: AreaArgs,
         /// The set's own database (offline).

@@ -64,6 +64,9 @@ pub struct CopyEnd {
     pub time_us: i64,
     /// Count, digest and next isn of the file as of `lsn`.
     pub meta: FileMeta,
+    /// For a master or its log: the last seq of the log as of `lsn`.
+    #[serde(default)]
+    pub seq: Option<Seq>,
     pub dump_records: u64,
     pub slice_commits: u64,
     pub slice_records: u64,
@@ -363,10 +366,16 @@ pub fn take(
             continue;
         };
         let (slice_commits, slice_records) = commits.get(&def.fnr).copied().unwrap_or_default();
+        let log = match &def.role {
+            Role::Master { log, .. } => Some(*log),
+            Role::Log { .. } => Some(def.fnr),
+            _ => None,
+        };
         let end = CopyEnd {
             lsn: p1.lsn,
             time_us: p1.time_us,
             meta: meta_at(&p1, def.fnr),
+            seq: log.map(|l| Seq(meta_at(&p1, l).next_isn.saturating_sub(1))),
             dump_records: dumped.get(&def.fnr).copied().unwrap_or(0),
             slice_commits,
             slice_records,
@@ -386,13 +395,11 @@ pub fn take(
         path: dir.describe(""),
         source,
     })?;
-    let mut seqs = BTreeMap::new();
-    for f in &out {
-        if let Role::Master { log, .. } = f.def.role {
-            let next = meta_at(&p1, log).next_isn;
-            seqs.insert(f.def.fnr, Seq(next.saturating_sub(1)));
-        }
-    }
+    let seqs = out
+        .iter()
+        .filter(|f| matches!(f.def.role, Role::Master { .. }))
+        .filter_map(|f| f.end.seq.map(|q| (f.def.fnr, q)))
+        .collect();
     Ok(Copied {
         dbid: db.dbid(),
         start_lsn: p0.lsn,

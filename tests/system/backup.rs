@@ -7,7 +7,7 @@ use maintenance::cluster::{Cluster, FULL, MASTER};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
 use propagator::wire::{Command, Request, Response};
-use propagator::{Fnr, Isn, Record, Value};
+use propagator::{Fnr, Isn, LogRecord, Record, Value};
 use serde_bytes::ByteBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -154,6 +154,53 @@ fn copy_sets_through_nodes_follow_the_rules_and_bound_log_cleanup() {
     );
     let p = plan(conf);
     assert_eq!(p["would_orphan_copies"], serde_json::json!([]), "{p}");
+    // Asked for one member, restore brings the whole set: the replicate
+    // and its confirmation, as of one LSN — the replicate equal to the
+    // master as of the confirmed seq (its log record's count and digest).
+    let rdir = tmp.path().join("restored-replicate");
+    let out = ok(&etp(&[
+        "copy",
+        "restore",
+        "--file",
+        "20",
+        "--area",
+        &area_s,
+        "--to",
+        &rdir.display().to_string(),
+        "--json",
+    ]));
+    assert!(
+        out.contains("\"fnr\":20") && out.contains("\"fnr\":21"),
+        "{out}"
+    );
+    let rdata = rdir.display().to_string();
+    let confirm = json_lines(&ok(&etp(&[
+        "file", "dump", "--data", &rdata, "--file", "21",
+    ])));
+    let seq = confirm[0]["fields"]["seq"].as_u64().expect("confirmed seq");
+    assert_eq!(seq, conf, "the set's confirmation");
+    let files = json_lines(&ok(&etp(&["db", "status", "--data", &rdata, "--json"])));
+    let rep = files
+        .iter()
+        .find(|f| f["file"] == 20)
+        .expect("replicate file");
+    let mut logrec = None;
+    cl.master()
+        .client()
+        .expect("client")
+        .dump_raw(Fnr(11), |isn, b, _| {
+            if isn.0 == seq {
+                logrec = Some(LogRecord::decode(b).expect("a log record"));
+            }
+            Ok(())
+        })
+        .expect("dump log");
+    let logrec = logrec.expect("the log still holds the confirmed seq");
+    assert_eq!(rep["records"].as_u64(), Some(logrec.master_count));
+    assert_eq!(
+        rep["digest"].as_str(),
+        Some(logrec.master_digest.to_string().as_str())
+    );
     assert!(ok(&etp(&["copy", "verify", "--area", &area_s])).contains(": ok"));
     assert_eq!(
         ok(&etp(&["copy", "list", "--area", &area_s]))

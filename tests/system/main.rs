@@ -7,5 +7,6 @@ mod crash;
 mod journal;
 mod maintenance;
 mod propagation;
+mod recover;
 // Kept last (not alphabetical) so it merges beside concurrent suites.
 mod metrics;

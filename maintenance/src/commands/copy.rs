@@ -135,13 +135,41 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
         }
         CopyCommand::Restore {
             set,
+            file,
             area,
             data,
             to,
             json,
         } => {
             let area = Area::open(&area.area)?;
-            let s = area.get(&set)?;
+            let s = match (set, file) {
+                (Some(id), _) => area.get(&id)?,
+                (None, Some(f)) => {
+                    let s = area
+                        .list()?
+                        .into_iter()
+                        .rev()
+                        .find(|s| s.member(Fnr(f)).is_some())
+                        .with_context(|| format!("no copy set holds file {f}"))?;
+                    if !json {
+                        let others: Vec<String> = s
+                            .members
+                            .iter()
+                            .filter(|m| m.fnr != Fnr(f))
+                            .map(|m| format!("{} {}", m.fnr, m.name))
+                            .collect();
+                        if !others.is_empty() {
+                            println!(
+                                "file {f} is restored with its whole set {}: also {}",
+                                s.id,
+                                others.join(", ")
+                            );
+                        }
+                    }
+                    s
+                }
+                (None, None) => bail!("name a set, or --file F"),
+            };
             let r = match (data, to) {
                 (Some(d), None) => {
                     let db = open_or_context(&d)?;

@@ -9,6 +9,7 @@ mod demo;
 mod file;
 mod log;
 mod node;
+mod recover;
 mod replicate;
 
 use crate::cli::{Cli, Command};
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Confirm(c) => replicate::confirm(c),
         Command::Xref(a) => replicate::xref(a),
         Command::Copy(c) => copy::run(c),
+        Command::Recover(c) => recover::run(c),
     }
 }
 
