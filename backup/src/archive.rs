@@ -5,7 +5,7 @@
 //! catalogued copy set of the database still needs to roll forward, nor
 //! one restart recovery could need.
 
-use crate::area::Area;
+use crate::area::{read_json_dir, write_json_durably, Area};
 use crate::take::Source;
 use anyhow::{bail, Context};
 use propagator::medium::{FsDir, MediumDir};
@@ -46,23 +46,7 @@ fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
 
 /// Every archived segment of database `dbid`, oldest first.
 pub fn list(area: &Area, dbid: DbId) -> anyhow::Result<Vec<Archived>> {
-    let dir = dir_of(area, dbid);
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in entries {
-        let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.ends_with(".json") || name.starts_with('.') {
-            continue;
-        }
-        let text = std::fs::read(e.path())
-            .with_context(|| format!("cannot read {}", e.path().display()))?;
-        let a: Archived = serde_json::from_slice(&text)
-            .with_context(|| format!("archive record {} is damaged", e.path().display()))?;
-        out.push(a);
-    }
+    let mut out: Vec<Archived> = read_json_dir(&dir_of(area, dbid), "archive record")?;
     out.sort_by_key(|a| a.segment.no);
     Ok(out)
 }
@@ -112,18 +96,7 @@ pub fn archive(area: &Area, source: &Source) -> anyhow::Result<Vec<Archived>> {
             segment: seg,
         };
         verify(area, dbid, &a)?;
-        let json = dir.join(format!("{}.json", a.segment.name));
-        let tmp = dir.join(format!(".{}.json.tmp", a.segment.name));
-        let write = || -> std::io::Result<()> {
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec_pretty(&a).map_err(std::io::Error::other)?,
-            )?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &json)?;
-            std::fs::File::open(&dir)?.sync_all()
-        };
-        write().with_context(|| format!("cannot write {}", json.display()))?;
+        write_json_durably(&dir, &a.segment.name, &a)?;
         out.push(a);
     }
     Ok(out)

@@ -129,17 +129,7 @@ impl Area {
 
     /// Records a set in the catalog, durably.
     pub fn record(&self, set: &CopySet) -> anyhow::Result<()> {
-        let dir = self.root.join("sets");
-        let tmp = dir.join(format!(".{}.json.tmp", set.id));
-        let path = dir.join(format!("{}.json", set.id));
-        let text = serde_json::to_vec_pretty(set).context("encoding the catalog entry")?;
-        let write = || -> std::io::Result<()> {
-            std::fs::write(&tmp, &text)?;
-            File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(&dir)?.sync_all()
-        };
-        write().with_context(|| format!("cannot write catalog entry {}", path.display()))
+        write_json_durably(&self.root.join("sets"), &set.id, set)
     }
 
     /// Drops a set: its catalog entry first, then its files.
@@ -161,22 +151,7 @@ impl Area {
 
     /// Every catalogued set, oldest first.
     pub fn list(&self) -> anyhow::Result<Vec<CopySet>> {
-        let dir = self.root.join("sets");
-        let mut sets = Vec::new();
-        for e in
-            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
-        {
-            let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            let text = std::fs::read(e.path())
-                .with_context(|| format!("cannot read {}", e.path().display()))?;
-            let set: CopySet = serde_json::from_slice(&text)
-                .with_context(|| format!("catalog entry {} is damaged", e.path().display()))?;
-            sets.push(set);
-        }
+        let mut sets: Vec<CopySet> = read_json_dir(&self.root.join("sets"), "catalog entry")?;
         sets.sort_by(|a, b| (a.time_us, &a.id).cmp(&(b.time_us, &b.id)));
         Ok(sets)
     }
@@ -228,4 +203,52 @@ impl Area {
         }
         Ok(out)
     }
+}
+
+/// Writes `value` as `dir/name.json`, durably: to a temporary name, synced,
+/// renamed, the directory synced. A reader sees the whole file or none.
+pub(crate) fn write_json_durably<T: Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.json.tmp"));
+    let path = dir.join(format!("{name}.json"));
+    let text =
+        serde_json::to_vec_pretty(value).with_context(|| format!("encoding {}", path.display()))?;
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, &text)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Every `*.json` in `dir` (temporary files left out), decoded; `what`
+/// names them in an error. A missing directory holds none.
+pub(crate) fn read_json_dir<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let text = std::fs::read(e.path())
+            .with_context(|| format!("cannot read {}", e.path().display()))?;
+        out.push(
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{what} {} is damaged", e.path().display()))?,
+        );
+    }
+    Ok(out)
 }

@@ -111,6 +111,20 @@ fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
+/// Takes one copy set of `files` of the database opened here.
+fn take_set(area: &Area, db: &Database, files: &[Fnr]) -> anyhow::Result<backup::CopySet> {
+    let mut t = take_job(
+        area,
+        None,
+        &[Ask {
+            source: Source::Local(db.clone()),
+            files: files.to_vec(),
+        }],
+        &mut |_| {},
+    )?;
+    Ok(t.remove(0).set)
+}
+
 /// The content of `fnr` after every commit with LSN at most `lsn`.
 fn state_at(hist: &History, fnr: Fnr, lsn: Lsn) -> BTreeMap<Isn, Bytes> {
     let mut h: Vec<_> = hist.iter().filter(|c| c.0 <= lsn).collect();
@@ -165,17 +179,8 @@ fn hot_copy_restore_regenerate_and_damage() {
         .collect();
     let mut sets = Vec::new();
     for _ in 0..10 {
-        let t = take_job(
-            &area,
-            None,
-            &[Ask {
-                source: Source::Local(db.clone()),
-                files: vec![MASTER, PLAIN],
-            }],
-            &mut |_| {},
-        )
-        .expect("take");
-        let set = t.into_iter().next().expect("one set").set;
+        let t = take_set(&area, &db, &[MASTER, PLAIN]).expect("take");
+        let set = t;
         let caught = set.members.iter().any(|m| m.copy.end.slice_commits > 0);
         sets.push(set);
         if caught && sets.len() >= 2 {
@@ -330,16 +335,7 @@ fn regenerate_and_backout_refuse_what_the_log_does_not_cover() {
     let e = restore::regenerate(&db, &area, MASTER, Target::End, None).expect_err("no set");
     assert!(e.to_string().contains("no copy set"), "{e}");
     fill(&db, 3000, &hist);
-    take_job(
-        &area,
-        None,
-        &[Ask {
-            source: Source::Local(db.clone()),
-            files: vec![MASTER],
-        }],
-        &mut |_| {},
-    )
-    .expect("take");
+    take_set(&area, &db, &[MASTER]).expect("take");
     // Past the end of the log.
     let e = restore::regenerate(
         &db,
@@ -351,16 +347,7 @@ fn regenerate_and_backout_refuse_what_the_log_does_not_cover() {
     .expect_err("past the end");
     assert!(e.to_string().contains("past the end"), "{e:#}");
     // A log refused alone; a log backout refused.
-    let e = take_job(
-        &area,
-        None,
-        &[Ask {
-            source: Source::Local(db.clone()),
-            files: vec![LOG],
-        }],
-        &mut |_| {},
-    )
-    .expect_err("log alone");
+    let e = take_set(&area, &db, &[LOG]).expect_err("log alone");
     assert!(
         format!("{e:#}").contains("copied only with its master"),
         "{e:#}"
@@ -399,18 +386,7 @@ fn log_segments_are_archived_first_and_never_removed_past_the_oldest_copy() {
     assert!(p.horizon.is_none() && p.removed.is_empty(), "{}", p.note);
     // A copy set, then more commits: only archived segments wholly before
     // the set's LSN may go.
-    let set = take_job(
-        &area,
-        None,
-        &[Ask {
-            source: Source::Local(db.clone()),
-            files: vec![MASTER],
-        }],
-        &mut |_| {},
-    )
-    .expect("take")
-    .remove(0)
-    .set;
+    let set = take_set(&area, &db, &[MASTER]).expect("take");
     let mut s = db.session();
     for k in 1..=50_000u64 {
         s.update(MASTER, Isn(k), rec(k, 1)).expect("update");
@@ -463,16 +439,7 @@ fn log_segments_are_archived_first_and_never_removed_past_the_oldest_copy() {
     // A damaged archived segment is named and stops the prune.
     let src = Source::Local(db.clone());
     archive::archive(&area, &src).expect("archive the rest");
-    take_job(
-        &area,
-        None,
-        &[Ask {
-            source: Source::Local(db.clone()),
-            files: vec![MASTER],
-        }],
-        &mut |_| {},
-    )
-    .expect("take");
+    take_set(&area, &db, &[MASTER]).expect("take");
     area.remove(&set.id).expect("drop the old set");
     let victim = archive::list(&area, DbId(7))
         .expect("list")

@@ -23,21 +23,41 @@ fn record(k: u64, v: u64) -> Record {
     let mut r = Record::new();
     r.insert("k".into(), Value::Int(k as i64));
     r.insert("v".into(), Value::Int(v as i64));
-    r.insert("payload".into(), Value::Text(format!("{k:016}").repeat(62)));
+    // About 1 KiB of pseudo-random text (64 symbols: 6 bits in 8), so
+    // neither the copy nor the disk probe gains much from compression.
+    const SYMBOLS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = (k ^ v.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let text: String = (0..992)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            SYMBOLS[(x & 63) as usize] as char
+        })
+        .collect();
+    r.insert("payload".into(), Value::Text(text));
     r
 }
 
-/// Sequential write MB/s of `mb` MiB in 8 MiB writes, including the final fsync.
+/// Sequential write MB/s of `mb` MiB including the final fsync, measured
+/// as `shared/bench/limits.sh` does: one incompressible 1 MiB chunk
+/// written `mb` times, then one fsync (a constant pattern would let a
+/// compressing virtual disk flatter the figure).
 fn seq_write(dir: &Path, mb: u64) -> anyhow::Result<f64> {
     let path = dir.join("seq.probe");
     let mut f = std::fs::File::create(&path).context("creating the write probe")?;
-    let buf = vec![0x5au8; 8 << 20];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let chunk: Vec<u8> = (0..(1usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
     let t = Instant::now();
-    let mut left = mb << 20;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
+    for _ in 0..mb {
+        f.write_all(&chunk)?;
     }
     f.sync_all()?;
     let s = t.elapsed().as_secs_f64();
@@ -202,7 +222,7 @@ pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
     )?;
     writeln!(
         out,
-        "# disk sequential write probes (sync, then 1 GiB in 8 MiB writes + fsync): {idle_before:.0} before, {idle_after:.0} between, {load_after:.0} after the copies (MB/s)"
+        "# disk sequential write probes (sync, then 1 GiB of incompressible 1 MiB writes + fsync, as limits.sh): {idle_before:.0} before, {idle_after:.0} between, {load_after:.0} after the copies (MB/s)"
     )?;
     writeln!(out, "disk_seq_write_mb_per_s {disk:.0} MB/s")?;
     writeln!(out, "copy_idle_mb_per_s {raw_idle:.0} MB/s")?;
