@@ -81,6 +81,15 @@ pub enum RecoverCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Walk triage and the case it picks with answers probed from the live
+    /// nodes; print the path, the evidence at each question and the plan
+    /// (exit 1 when something needs recovery).
+    Diagnose {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check flows: every node reachable, no cycle, every probe and action
     /// known, every branch ends in a leaf (exit 1 names each problem).
     Validate {

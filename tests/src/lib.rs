@@ -125,3 +125,28 @@ pub fn seed(test: &str) -> u64 {
     eprintln!("{test}: seed {s} (rerun with ETP_SEED={s})");
     s
 }
+
+/// Damages a file of a stopped node's database behind the engine's back:
+/// writes `edits` (None: delete) straight into its page store, as a bad
+/// disk or an offline edit would. The next open finds the file damaged.
+pub fn tamper(
+    data: &Path,
+    file: propagator::Fnr,
+    edits: Vec<(propagator::Isn, Option<propagator::Record>)>,
+) {
+    use propagator::record::encode_record;
+    let store = propagator::store::PageStore::open(&data.join("store"), 1 << 20).expect("store");
+    let applied = store.applied_lsn().expect("lsn");
+    let records = edits
+        .into_iter()
+        .map(|(i, r)| (file, i, r.map(|r| encode_record(&r).expect("enc"))))
+        .collect();
+    store
+        .apply(&propagator::store::StoreBatch {
+            applied,
+            records,
+            ..Default::default()
+        })
+        .expect("tamper");
+    store.flush().expect("flush");
+}

@@ -3,7 +3,7 @@
 //! verification, confirmation edits with gap records, log cleanup, stalled
 //! detection.
 
-use etp_system_tests::{etp, etp_bin, ok, wait_for};
+use etp_system_tests::{etp, etp_bin, ok, tamper, wait_for};
 use maintenance::cluster::{topology_text, Cluster, FULL, MASTER, PART};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
@@ -440,23 +440,6 @@ fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
 }
 
 /// Changes a replicate's page store behind the engine (node stopped).
-fn tamper(data: &std::path::Path, file: Fnr, edits: Vec<(Isn, Option<Record>)>) {
-    let store = propagator::store::PageStore::open(&data.join("store"), 1 << 20).expect("store");
-    let applied = store.applied_lsn().expect("lsn");
-    let records = edits
-        .into_iter()
-        .map(|(i, r)| (file, i, r.map(|r| encode_record(&r).expect("enc"))))
-        .collect();
-    store
-        .apply(&propagator::store::StoreBatch {
-            applied,
-            records,
-            ..Default::default()
-        })
-        .expect("tamper");
-    store.flush().expect("flush");
-}
-
 fn verify_json(node: &str, name: &str) -> (i32, serde_json::Value) {
     let out = etp(&["replicate", "verify", name, "--node", node, "--json"]);
     let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {

@@ -67,3 +67,76 @@ fn a_cycle_an_unreachable_node_and_an_unknown_action_are_refused_by_name() {
     assert!(text.contains("node `lost` cannot be reached"), "{text}");
     assert!(text.contains("unknown action `make_coffee`"), "{text}");
 }
+
+#[test]
+fn diagnose_answers_triage_from_the_live_nodes() {
+    use etp_system_tests::{etp_bin, tamper};
+    use maintenance::cluster::{Cluster, FULL};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let m = cl.nodes[0].addr.to_string();
+    let mut c = cl.master().client().expect("client");
+    for k in 1..=50u64 {
+        let mut r = propagator::Record::new();
+        r.insert("id".into(), propagator::Value::Int(k as i64));
+        r.insert("grp".into(), propagator::Value::Int(4));
+        r.insert("qty".into(), propagator::Value::Int(20));
+        let fields =
+            serde_bytes::ByteBuf::from(propagator::record::encode_record(&r).expect("enc"));
+        let cmds = vec![
+            propagator::wire::Command::Store {
+                file: propagator::Fnr(10),
+                isn: Some(propagator::Isn(k)),
+                fields,
+            },
+            propagator::wire::Command::Et { id: None },
+        ];
+        c.batch(cmds).expect("commit");
+    }
+    cl.wait_converged(std::time::Duration::from_secs(120))
+        .expect("converged");
+    let diagnose = || {
+        let out = etp(&["recover", "diagnose", "--node", &m, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        (out.status.code(), v)
+    };
+    // Everything intact: triage ends at its last leaf, exit 0.
+    let (code, v) = diagnose();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["triage"]["plan"]["leaf"], "all_intact", "{v}");
+    // The full replicate's file damaged behind the engine's back.
+    cl.nodes[1].stop().expect("stop");
+    tamper(&cl.nodes[1].data, FULL, vec![(propagator::Isn(3), None)]);
+    cl.nodes[1].restart().expect("restart");
+    let (code, v) = diagnose();
+    assert_eq!(code, Some(1), "{v}");
+    let path = v["triage"]["path"].as_array().expect("path");
+    let q = path
+        .iter()
+        .find(|p| p["probe"] == "replicate_damaged")
+        .expect("asked whether a replicate is damaged");
+    assert_eq!(q["answer"], "yes", "{q}");
+    assert!(
+        q["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("items_full"),
+        "{q}"
+    );
+    assert_eq!(v["triage"]["plan"]["case"], "case2_replicate", "{v}");
+    assert_eq!(v["case"]["tree"], "case2_replicate", "{v}");
+    // A database down: triage stops at its first question.
+    cl.nodes[2].kill();
+    let (code, v) = diagnose();
+    assert_eq!(code, Some(1));
+    let first = &v["triage"]["path"][0];
+    assert_eq!(first["probe"], "databases_restarted");
+    assert_eq!(first["answer"], "no");
+    assert!(
+        first["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("database 3"),
+        "{first}"
+    );
+}

@@ -9,6 +9,7 @@ mod demo;
 mod file;
 mod log;
 mod node;
+mod probes;
 mod recover;
 mod replicate;
 

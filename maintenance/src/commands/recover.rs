@@ -1,6 +1,7 @@
-//! `etp recover flows|show|validate`: the recovery flows as data
-//! (`flowcharts/`), listed, rendered and checked. Diagnosing and executing
-//! them against a live topology is the next step (issue 6).
+//! `etp recover flows|show|validate|diagnose`: the recovery flows as data
+//! (`flowcharts/`), listed, rendered, checked, and walked with answers
+//! probed from the live nodes ([`super::probes`]). Executing the plans is
+//! the next step (issue 6).
 
 use crate::cli::RecoverCommand;
 use crate::output;
@@ -49,6 +50,29 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
+        RecoverCommand::Diagnose { node, json } => {
+            let mut probes = super::probes::LiveProbes::gather(node.node)?;
+            let set = TreeSet::builtin().context("the built-in trees")?;
+            let d = match flowcharts::diagnose(&set, &mut probes) {
+                Ok(d) => d,
+                Err(e) => bail!("diagnosis failed: {e}"),
+            };
+            let intact = d.triage.plan.leaf() == Some("all_intact");
+            if json {
+                let mut v = serde_json::to_value(&d)?;
+                v["needs_recovery"] = serde_json::Value::Bool(!intact);
+                output::json(&v);
+            } else {
+                for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
+                    print_walk(w);
+                }
+            }
+            Ok(if intact {
+                Outcome::Ok
+            } else {
+                Outcome::Problem
+            })
+        }
         RecoverCommand::Validate { dir, json } => {
             let set = trees(dir.as_deref())?;
             match set.validate(&Registry::standard()) {
@@ -71,6 +95,43 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
                     Ok(Outcome::Problem)
                 }
             }
+        }
+    }
+}
+
+fn print_walk(w: &flowcharts::Walk) {
+    println!("{}:", w.tree);
+    for v in &w.path {
+        println!(
+            "  {} {}\n      {}: {}",
+            v.step.as_deref().unwrap_or(&v.node),
+            v.question,
+            v.answer.word(),
+            v.answer.text()
+        );
+    }
+    match &w.plan {
+        flowcharts::Plan::Actions {
+            leaf,
+            outcome,
+            steps,
+            ..
+        } => {
+            println!("  plan ({leaf}): {outcome}");
+            for s in steps {
+                let params: Vec<String> =
+                    s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("    - {} {}", s.action, params.join(" "));
+            }
+        }
+        flowcharts::Plan::Goto {
+            leaf,
+            outcome,
+            case,
+            ..
+        } => println!("  → {case} ({leaf}): {outcome}"),
+        flowcharts::Plan::Stopped { node, reason } => {
+            println!("  stopped at {node}: {reason}")
         }
     }
 }
