@@ -87,6 +87,9 @@ pub enum RecoverCommand {
     Diagnose {
         #[command(flatten)]
         node: NodeArgs,
+        /// The copy area, so the probes can look for copy sets.
+        #[arg(long, value_name = "DIR")]
+        area: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -70,7 +70,8 @@ fn a_cycle_an_unreachable_node_and_an_unknown_action_are_refused_by_name() {
 
 #[test]
 fn diagnose_answers_triage_from_the_live_nodes() {
-    use etp_system_tests::{etp_bin, tamper};
+    use etp_system_tests::etp_bin;
+    use etp_system_tests::tamper;
     use maintenance::cluster::{Cluster, FULL};
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
@@ -95,6 +96,36 @@ fn diagnose_answers_triage_from_the_live_nodes() {
     }
     cl.wait_converged(std::time::Duration::from_secs(120))
         .expect("converged");
+    // A copy set of the full replicate, then more master changes.
+    let area = tmp.path().join("area").display().to_string();
+    let full = cl.nodes[1].addr.to_string();
+    ok(&etp(&[
+        "copy", "take", "--node", &full, "--area", &area, "--file", "20",
+    ]));
+    for k in 1..=10u64 {
+        let mut r = propagator::Record::new();
+        r.insert("qty".into(), propagator::Value::Int(25));
+        let fields =
+            serde_bytes::ByteBuf::from(propagator::record::encode_record(&r).expect("enc"));
+        c.batch(vec![
+            propagator::wire::Command::Update {
+                file: propagator::Fnr(10),
+                isn: propagator::Isn(k),
+                fields,
+            },
+            propagator::wire::Command::Et { id: None },
+        ])
+        .expect("commit");
+    }
+    cl.wait_converged(std::time::Duration::from_secs(120))
+        .expect("converged");
+    let diagnose_with = |extra: &[&str]| {
+        let mut args = vec!["recover", "diagnose", "--node", &m, "--json"];
+        args.extend_from_slice(extra);
+        let out = etp(&args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        (out.status.code(), v)
+    };
     let diagnose = || {
         let out = etp(&["recover", "diagnose", "--node", &m, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -125,6 +156,28 @@ fn diagnose_answers_triage_from_the_live_nodes() {
     );
     assert_eq!(v["triage"]["plan"]["case"], "case2_replicate", "{v}");
     assert_eq!(v["case"]["tree"], "case2_replicate", "{v}");
+    // Without a copy area the case walk stops at its first question…
+    assert_eq!(v["case"]["plan"]["plan"], "stopped", "{v}");
+    // …with one, the probes find the copy set, see it behind the master
+    // and the log still covering it: reload the unit and let it catch up.
+    let (code, v) = diagnose_with(&["--area", &area]);
+    assert_eq!(code, Some(1));
+    let case = &v["case"];
+    assert_eq!(case["plan"]["leaf"], "reload_unit_catch_up", "{case}");
+    let first = &case["path"][0];
+    assert_eq!(first["probe"], "unit_copy_with_intact_plog");
+    assert!(
+        first["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("copy set"),
+        "{first}"
+    );
+    assert!(case["path"]
+        .as_array()
+        .expect("path")
+        .iter()
+        .any(|p| p["probe"] == "restored_replicate_behind_master" && p["answer"] == "yes"));
     // A database down: triage stops at its first question.
     cl.nodes[2].kill();
     let (code, v) = diagnose();

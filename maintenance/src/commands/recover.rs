@@ -50,8 +50,8 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
-        RecoverCommand::Diagnose { node, json } => {
-            let mut probes = super::probes::LiveProbes::gather(node.node)?;
+        RecoverCommand::Diagnose { node, area, json } => {
+            let mut probes = super::probes::LiveProbes::gather(node.node, area.as_deref())?;
             let set = TreeSet::builtin().context("the built-in trees")?;
             let d = match flowcharts::diagnose(&set, &mut probes) {
                 Ok(d) => d,
