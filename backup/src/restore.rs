@@ -324,6 +324,18 @@ pub fn regenerate(
             Err(e) => skipped.push(format!("{}: {e:#}", s.id)),
         }
     };
+    regenerate_set(db, area, set, target, into, skipped)
+}
+
+/// Rolls one verified set forward (see [`regenerate`]).
+fn regenerate_set(
+    db: &Database,
+    area: &Area,
+    set: CopySet,
+    target: Target,
+    into: Option<&Database>,
+    skipped: Vec<String>,
+) -> anyhow::Result<Regenerated> {
     if let Target::Lsn(l) = target {
         if l > db.last_lsn() {
             bail!(
@@ -560,4 +572,50 @@ pub fn mark_restoring(db: &Database, set: &CopySet, why: Option<String>) -> Vec<
         }
     }
     problems
+}
+
+/// Restores, inside the node that serves `db`, the newest usable copy set
+/// of `db` in the copy area `area` that holds `fnr`; with `regenerate`,
+/// rolled forward with the protection log to its end. What a recovery plan
+/// runs through a live node (`RecoveryOp::Restore`): the node has stopped
+/// its tasks and the plan has quiesced its clients.
+pub fn restore_in_node(
+    db: &Database,
+    area: &std::path::Path,
+    fnr: Fnr,
+    regenerate_to_end: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let area = Area::open(area)?;
+    let mut skipped = Vec::new();
+    for mut set in area.newest_with(db.dbid(), fnr, None)? {
+        // An administration file is restored alone: the masters and logs
+        // copied with it keep their level (their positions live in the
+        // replicates' confirmation files).
+        if set
+            .member(fnr)
+            .is_some_and(|m| m.copy.def.role == Role::Administration)
+        {
+            set.members.retain(|m| m.fnr == fnr);
+        }
+        match verify_set(&area, &set) {
+            Ok(()) if regenerate_to_end => {
+                let r = regenerate_set(db, &area, set, Target::End, None, skipped)?;
+                return Ok(serde_json::to_value(&r)?);
+            }
+            Ok(()) => {
+                let r = write_set(db, &area, &set, BTreeMap::new(), &BTreeMap::new(), set.lsn)?;
+                return Ok(serde_json::json!({ "restored": r, "skipped": skipped }));
+            }
+            Err(e) => skipped.push(format!("{}: {e:#}", set.id)),
+        }
+    }
+    bail!(
+        "no usable copy set of database {} holds file {fnr}{}",
+        db.dbid(),
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!("; passed over: {}", skipped.join("; "))
+        }
+    )
 }

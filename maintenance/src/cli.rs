@@ -87,9 +87,45 @@ pub enum RecoverCommand {
     Diagnose {
         #[command(flatten)]
         node: NodeArgs,
-        /// The copy area, so the probes can look for copy sets.
-        #[arg(long, value_name = "DIR")]
-        area: Option<PathBuf>,
+        #[command(flatten)]
+        sources: SourceArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a flow's questions in the terminal, each with the probe's answer
+    /// and evidence offered as the default; print the path and the plan.
+    Walk {
+        /// The flow (triage, case1_isolated, …).
+        case: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+    /// Diagnose (or walk CASE) and carry out the plan step by step with a
+    /// journal (--execute), or print it (--dry-run); an interrupted run
+    /// resumes where it stopped. Triage runs again after each plan, until
+    /// everything is intact and verified.
+    Run {
+        /// Walk this case instead of triage (first round only).
+        case: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        sources: SourceArgs,
+        #[arg(long, conflicts_with = "execute", required_unless_present = "execute")]
+        dry_run: bool,
+        #[arg(long)]
+        execute: bool,
+        /// The operator step the run stopped at is done.
+        #[arg(long, requires = "execute")]
+        confirm: bool,
+        /// The recovery journal's directory.
+        #[arg(long, value_name = "DIR", default_value = "etp-recovery")]
+        state: PathBuf,
+        /// How long a step may wait (links, loads, replicates catching up), in seconds.
+        #[arg(long, value_name = "S", default_value_t = 600)]
+        wait_s: u64,
         #[arg(long)]
         json: bool,
     },
@@ -101,6 +137,22 @@ pub enum RecoverCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where the recovery probes look besides the nodes.
+#[derive(Args, Clone)]
+pub struct SourceArgs {
+    /// The copy area, so the probes can look for copy sets.
+    #[arg(long, value_name = "DIR")]
+    pub area: Option<PathBuf>,
+    /// The client journal (etp exec --journal DIR) of the master's clients:
+    /// its pending transactions are the ones a failure interrupted.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// A topology export (etp admin export): a source for a damaged
+    /// administration file, and the way to the nodes when --node serves none.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

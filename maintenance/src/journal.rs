@@ -813,6 +813,9 @@ pub struct ExecOptions {
     pub retry_for: Duration,
     /// Only rerun pending transactions; read no input.
     pub rerun_only: bool,
+    /// Pass a recovery's quiesce (`etp recover run` reruns while the
+    /// master refuses other clients' updates).
+    pub exempt: bool,
 }
 
 /// How a journaled exec ended.
@@ -858,7 +861,14 @@ impl Runner<'_> {
         loop {
             let result = match &mut self.client {
                 Some(c) => attempt(c, &entry, self.out),
-                None => match Client::connect(self.opts.node) {
+                None => match Client::connect(self.opts.node).and_then(|mut c| {
+                    if self.opts.exempt {
+                        c.call(&propagator::wire::Request::Recovery(
+                            propagator::wire::RecoveryOp::Exempt,
+                        ))?;
+                    }
+                    Ok(c)
+                }) {
                     Ok(mut c) => {
                         let r = attempt(&mut c, &entry, self.out);
                         self.client = Some(c);

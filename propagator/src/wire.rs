@@ -274,6 +274,8 @@ pub enum Request {
         dir: String,
         set: String,
     },
+    /// A step of a recovery plan; answered with `Text` (JSON of what was done).
+    Recovery(RecoveryOp),
 }
 
 /// What an operator asks of one replicate.
@@ -312,6 +314,34 @@ pub enum ReplicateAction {
     },
     /// Its error log.
     Errors,
+}
+
+/// What a recovery plan (`etp recover run`) asks of a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RecoveryOp {
+    /// Refuse (true) or accept again (false) client update transactions on
+    /// this node; connections that sent `Exempt` still update (the
+    /// recovery's own re-apply).
+    Quiesce { on: bool },
+    /// This connection's updates pass a quiesce.
+    Exempt,
+    /// Empty a master's log and start it at the master's current level.
+    RefreshLog { master: Fnr },
+    /// Raise a master's incarnation.
+    RaiseIncarnation { master: Fnr },
+    /// Take a damaged file's records as its new baseline (the first step of
+    /// replacing it whole).
+    Rebase { file: Fnr },
+    /// Restore the newest usable copy set in the copy area `area` that holds
+    /// `file`, rolled forward with the protection log to its end when
+    /// `regenerate`. The node's tasks are rebuilt afterwards, stopped.
+    Restore {
+        area: String,
+        file: Fnr,
+        regenerate: bool,
+    },
+    /// Whether this node is quiesced.
+    Status,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -522,6 +552,9 @@ pub enum Response {
         count: u64,
         digest: Digest,
         damaged: Option<String>,
+        /// The next isn (a log file's next seq).
+        #[serde(default)]
+        next_isn: u64,
     },
     Tasks(Vec<TaskReport>),
     Link(LinkState),

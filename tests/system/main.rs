@@ -8,5 +8,6 @@ mod journal;
 mod maintenance;
 mod propagation;
 mod recover;
+mod recover_run;
 // Kept last (not alphabetical) so it merges beside concurrent suites.
 mod metrics;

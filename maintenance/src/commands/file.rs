@@ -221,6 +221,7 @@ fn exec_journal(a: &ExecArgs, dir: &std::path::Path) -> anyhow::Result<Outcome> 
         node,
         retry_for,
         rerun_only: a.rerun,
+        exempt: false,
     };
     let stdin = std::io::stdin();
     match journal::exec(dir, &opts, stdin.lock(), &mut stdout)? {

@@ -11,6 +11,8 @@ mod log;
 mod node;
 mod probes;
 mod recover;
+mod recover_run;
+mod recover_walk;
 mod replicate;
 
 use crate::cli::{Cli, Command};

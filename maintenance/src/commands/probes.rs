@@ -1,87 +1,252 @@
 //! Probes that answer the recovery flows' questions from the live nodes.
 //!
-//! The facts are gathered once per diagnosis (every node's reachability,
-//! the damage each reports for the topology's files, the master nodes'
-//! task reports) and each probe answers from them with the evidence it
-//! used. Probes not built yet answer "unanswerable", naming themselves, so
-//! a walk stops there instead of guessing.
+//! The facts are gathered once per diagnosis — every node's reachability,
+//! the state each reports for the topology's files (content checked against
+//! the recorded digest where a file is marked damaged), every replicate's
+//! confirmation read from its own confirmation file, the master nodes' task
+//! reports, the copy catalog, the client journal and the topology export —
+//! and each probe answers from them with the evidence it used. A probe that
+//! cannot decide answers "unanswerable" and says why, so a walk stops there
+//! instead of guessing.
 
 use flowcharts::{Answer, Answers, Node, NodeKind};
 use propagator::node::client::Client;
 use propagator::topology::Valid;
-use propagator::wire::{ReplicateReport, Request, Response};
-use propagator::{DbId, Fnr};
-use std::collections::BTreeMap;
+use propagator::wire::{Request, Response, TaskReport};
+use propagator::{DbId, Fnr, Isn};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
-/// A file of the topology and what its node says of it.
-struct FileFact {
-    what: String,
-    damaged: Option<String>,
+/// What a node says of one of its files.
+#[derive(Clone, Debug)]
+pub struct Stat {
+    pub count: u64,
+    pub digest: String,
+    pub damaged: Option<String>,
+    pub next_isn: u64,
+    /// For a file marked damaged: its content's (count, digest) as read
+    /// now, when it differs from the recorded level (damaged in its own
+    /// right, not only as a partner).
+    pub content_differs: Option<(u64, String)>,
 }
 
-/// A replicate of the topology, as the probes need it.
-struct RepFact {
-    name: String,
-    db: DbId,
-    file: Fnr,
-    master_db: DbId,
-    master: Fnr,
-    partial: bool,
-    damaged: bool,
+impl Stat {
+    /// Damaged in its own right: marked, and its content disagrees with its
+    /// recorded level (or could not be read).
+    fn own_damage(&self) -> Option<String> {
+        let d = self.damaged.as_ref()?;
+        match &self.content_differs {
+            Some((c, dg)) => Some(format!(
+                "{d} (it holds {c} records, digest {dg}; its recorded level is {} records, digest {})",
+                self.count, self.digest
+            )),
+            None if d.starts_with("its partner file") => None,
+            None => Some(d.clone()),
+        }
+    }
+}
+
+/// A master of the topology.
+#[derive(Clone, Debug)]
+pub struct MasterFact {
+    pub db: DbId,
+    pub addr: SocketAddr,
+    pub fnr: Fnr,
+    pub log: Fnr,
+    pub name: String,
+    pub stat: Option<Stat>,
+    pub log_stat: Option<Stat>,
+    pub task: Option<TaskReport>,
+}
+
+impl MasterFact {
+    /// The master's current level: its log's last seq.
+    pub fn level(&self) -> Option<u64> {
+        self.log_stat.as_ref().map(|s| s.next_isn.saturating_sub(1))
+    }
+}
+
+/// A replicate of the topology.
+#[derive(Clone, Debug)]
+pub struct RepFact {
+    pub name: String,
+    pub db: DbId,
+    pub addr: SocketAddr,
+    pub file: Fnr,
+    pub confirmation: Fnr,
+    pub master_db: DbId,
+    pub master: Fnr,
+    pub partial: bool,
+    pub stat: Option<Stat>,
+    pub conf_stat: Option<Stat>,
+    /// (seq, incarnation) its confirmation file holds.
+    pub confirmed: Option<(u64, u32)>,
+    /// What the master's task reports of it.
+    pub state: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl RepFact {
+    pub fn damaged(&self) -> bool {
+        let d = |s: &Option<Stat>| s.as_ref().is_some_and(|s| s.damaged.is_some());
+        d(&self.stat) || d(&self.conf_stat)
+    }
+}
+
+/// The administration file of one database.
+#[derive(Clone, Debug)]
+pub struct AdminFact {
+    pub db: DbId,
+    pub addr: SocketAddr,
+    pub fnr: Fnr,
+    pub damaged: Option<String>,
+    /// The topology the node serves (None: it serves none).
+    pub topology: Option<String>,
+}
+
+/// Where the probes look besides the nodes.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// The copy area.
+    pub area: Option<PathBuf>,
+    /// The client journal (`etp exec --journal DIR`) of the master's clients.
+    pub journal: Option<PathBuf>,
+    /// A topology export (`etp admin export`), also used to find the nodes
+    /// when the given node holds no topology.
+    pub export: Option<PathBuf>,
 }
 
 pub struct LiveProbes {
-    unreachable: Vec<String>,
-    reachable: Vec<DbId>,
-    reps: Vec<RepFact>,
-    /// Per master (database, file): its last seq and the records its log holds.
-    logs_held: BTreeMap<(DbId, Fnr), (u64, u64)>,
+    pub topology: Valid,
+    pub sources: Sources,
+    pub unreachable: Vec<String>,
+    pub reachable: BTreeSet<DbId>,
+    pub masters: Vec<MasterFact>,
+    pub reps: Vec<RepFact>,
+    pub admins: Vec<AdminFact>,
     /// Per database: the first LSN its protection log still holds, and its last.
-    plog: BTreeMap<DbId, (u64, u64)>,
+    pub plog: BTreeMap<DbId, (u64, u64)>,
     /// The catalogued copy sets, when a copy area was given.
-    sets: Option<Vec<backup::CopySet>>,
-    admin: Vec<FileFact>,
-    masters: Vec<FileFact>,
-    logs: Vec<FileFact>,
-    replicates: Vec<FileFact>,
-    confirmations: Vec<FileFact>,
-    reports: Vec<ReplicateReport>,
+    pub sets: Option<Vec<backup::CopySet>>,
+    /// Pending client transactions, when a journal was given.
+    pub pending: Option<Vec<maintenance::journal::Entry>>,
+    pub export: Option<String>,
 }
 
-fn stat(c: &mut Client, fnr: Fnr, what: String) -> FileFact {
-    let damaged = match c.call(&Request::FileStat { file: fnr }) {
-        Ok(Response::Stat { damaged, .. }) => damaged,
-        Ok(other) => Some(format!("unexpected answer {other:?}")),
-        Err(e) => Some(e.to_string()),
+fn stat(c: &mut Client, fnr: Fnr) -> Option<Stat> {
+    match c.call(&Request::FileStat { file: fnr }) {
+        Ok(Response::Stat {
+            count,
+            digest,
+            damaged,
+            next_isn,
+        }) => {
+            let content_differs = match &damaged {
+                None => None,
+                Some(_) => match c.call(&Request::RangeDigest {
+                    file: fnr,
+                    from: Isn(1),
+                    to: None,
+                    records: false,
+                }) {
+                    Ok(Response::Range {
+                        count: n,
+                        digest: d,
+                        ..
+                    }) if (n, d) != (count, digest) => Some((n, d.to_string())),
+                    Ok(Response::Range { .. }) => None,
+                    Ok(other) => Some((0, format!("unreadable: {other:?}"))),
+                    Err(e) => Some((0, format!("unreadable: {e}"))),
+                },
+            };
+            Some(Stat {
+                count,
+                digest: digest.to_string(),
+                damaged,
+                next_isn,
+                content_differs,
+            })
+        }
+        Ok(Response::Error { message }) => Some(Stat {
+            count: 0,
+            digest: String::new(),
+            damaged: Some(message),
+            next_isn: 0,
+            content_differs: Some((0, "unreadable".into())),
+        }),
+        _ => None,
+    }
+}
+
+/// The confirmation a replicate's confirmation file holds for it.
+fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<(u64, u32)> {
+    let Ok(Response::Records { items, .. }) = c.call(&Request::Dump {
+        file: conf,
+        from: Isn(u64::from(file.0)),
+        limit: 1,
+    }) else {
+        return None;
     };
-    FileFact { what, damaged }
+    let (isn, bytes) = items.first()?;
+    if *isn != Isn(u64::from(file.0)) {
+        return None;
+    }
+    let rec = propagator::record::decode_record(bytes).ok()?;
+    let c = propagator::node::confirmation_from_record(&rec).ok()?;
+    Some((c.seq.0, c.incarnation))
+}
+
+fn topology_of(node: SocketAddr, export: Option<&Path>) -> anyhow::Result<(Valid, Option<String>)> {
+    let export_text = match export {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            anyhow::anyhow!("cannot read the topology export {}: {e}", p.display())
+        })?),
+        None => None,
+    };
+    let held = Client::connect(node).and_then(|mut c| c.call(&Request::AdminExport));
+    let text = match (held, &export_text) {
+        (Ok(Response::Text(t)), _) => t,
+        (_, Some(t)) => t.clone(),
+        (Ok(Response::Error { message }), None) => anyhow::bail!(
+            "node {node} holds no usable topology ({message}): give a topology export (--export FILE) so the other nodes can be found"
+        ),
+        (Ok(other), None) => anyhow::bail!("node {node} answered {other:?} to AdminExport"),
+        (Err(e), None) => anyhow::bail!("node {node} does not answer: {e}"),
+    };
+    let v = Valid::parse(&text).map_err(|e| anyhow::anyhow!("the topology: {e}"))?;
+    Ok((v, export_text))
 }
 
 impl LiveProbes {
-    /// Gathers the facts from every node of the topology `node` holds.
-    pub fn gather(node: SocketAddr, area: Option<&std::path::Path>) -> anyhow::Result<LiveProbes> {
-        let text = match Client::connect(node)?.call(&Request::AdminExport)? {
-            Response::Text(t) => t,
-            other => anyhow::bail!("node {node} answered {other:?} to AdminExport"),
+    /// Gathers the facts from every node of the topology `node` holds (or
+    /// the export names).
+    pub fn gather(node: SocketAddr, sources: &Sources) -> anyhow::Result<LiveProbes> {
+        let (v, export) = topology_of(node, sources.export.as_deref())?;
+        let sets = match &sources.area {
+            Some(a) => Some(backup::Area::open(a)?.list()?),
+            None => None,
         };
-        let v = Valid::parse(&text).map_err(|e| anyhow::anyhow!("node {node}'s topology: {e}"))?;
+        let pending = match &sources.journal {
+            Some(j) => Some(
+                maintenance::journal::read(j)
+                    .map_err(|e| anyhow::anyhow!("the client journal {}: {e}", j.display()))?
+                    .pending,
+            ),
+            None => None,
+        };
         let mut p = LiveProbes {
+            topology: v.clone(),
+            sources: sources.clone(),
             unreachable: Vec::new(),
-            reachable: Vec::new(),
-            reps: Vec::new(),
-            logs_held: BTreeMap::new(),
-            plog: BTreeMap::new(),
-            sets: match area {
-                Some(a) => Some(backup::Area::open(a)?.list()?),
-                None => None,
-            },
-            admin: Vec::new(),
+            reachable: BTreeSet::new(),
             masters: Vec::new(),
-            logs: Vec::new(),
-            replicates: Vec::new(),
-            confirmations: Vec::new(),
-            reports: Vec::new(),
+            reps: Vec::new(),
+            admins: Vec::new(),
+            plog: BTreeMap::new(),
+            sets,
+            pending,
+            export,
         };
         let mut clients: BTreeMap<DbId, Client> = BTreeMap::new();
         for (db, addr) in &v.addresses {
@@ -96,7 +261,7 @@ impl LiveProbes {
                             p.plog.insert(*db, (first.first_lsn.0, last));
                         }
                     }
-                    p.reachable.push(*db);
+                    p.reachable.insert(*db);
                     clients.insert(*db, c);
                 }
                 Err(e) => p.unreachable.push(format!("database {db} at {addr}: {e}")),
@@ -104,225 +269,708 @@ impl LiveProbes {
         }
         let admin = v.admin_file();
         for (db, c) in clients.iter_mut() {
-            p.admin.push(stat(
-                c,
-                admin,
-                format!("administration file {admin} on database {db}"),
-            ));
+            let damaged = stat(c, admin).and_then(|s| s.damaged);
+            let topology = match c.call(&Request::AdminExport) {
+                Ok(Response::Text(t)) => Some(t),
+                _ => None,
+            };
+            p.admins.push(AdminFact {
+                db: *db,
+                addr: v.addresses[db],
+                fnr: admin,
+                damaged,
+                topology,
+            });
         }
         for m in &v.topology.masters {
-            if let Some(c) = clients.get_mut(&DbId(m.database)) {
-                let db = DbId(m.database);
-                p.masters.push(stat(
-                    c,
-                    Fnr(m.file),
-                    format!("master {} (file {}) on database {db}", m.name, m.file),
-                ));
-                p.logs.push(stat(
-                    c,
-                    Fnr(m.log),
-                    format!("log file {} of master {} on database {db}", m.log, m.name),
-                ));
+            let db = DbId(m.database);
+            let mut f = MasterFact {
+                db,
+                addr: v.addresses[&db],
+                fnr: Fnr(m.file),
+                log: Fnr(m.log),
+                name: m.name.clone(),
+                stat: None,
+                log_stat: None,
+                task: None,
+            };
+            if let Some(c) = clients.get_mut(&db) {
+                f.stat = stat(c, f.fnr);
+                f.log_stat = stat(c, f.log);
                 if let Ok(Response::Tasks(ts)) = c.call(&Request::TaskStatus) {
-                    for t in ts {
-                        p.logs_held
-                            .insert((db, t.master), (t.master_seq.0, t.log_records));
-                        p.reports.extend(t.replicates);
-                    }
+                    f.task = ts.into_iter().find(|t| t.master == f.fnr);
                 }
             }
+            p.masters.push(f);
         }
         for r in &v.replicates {
             let db = DbId(r.def.database);
-            p.reps.push(RepFact {
+            let mut f = RepFact {
                 name: r.def.name.clone(),
                 db,
+                addr: v.addresses[&db],
                 file: Fnr(r.def.file),
+                confirmation: Fnr(r.def.confirmation),
                 master_db: DbId(r.def.master_database),
                 master: Fnr(r.def.master),
                 partial: r.is_partial(),
-                damaged: false,
-            });
+                stat: None,
+                conf_stat: None,
+                confirmed: None,
+                state: None,
+                reason: None,
+            };
             if let Some(c) = clients.get_mut(&db) {
-                p.replicates.push(stat(
-                    c,
-                    Fnr(r.def.file),
-                    format!(
-                        "replicate {} (file {}) on database {db}",
-                        r.def.name, r.def.file
-                    ),
-                ));
-                p.confirmations.push(stat(
-                    c,
-                    Fnr(r.def.confirmation),
-                    format!(
-                        "confirmation file {} of replicate {} on database {db}",
-                        r.def.confirmation, r.def.name
-                    ),
-                ));
+                f.stat = stat(c, f.file);
+                f.conf_stat = stat(c, f.confirmation);
+                f.confirmed = read_confirmation(c, f.confirmation, f.file);
             }
-        }
-        for (rep, (f, c)) in p
-            .reps
-            .iter_mut()
-            .zip(p.replicates.iter().zip(&p.confirmations))
-        {
-            rep.damaged = f.damaged.is_some() || c.damaged.is_some();
+            if let Some(rep) = p
+                .masters
+                .iter()
+                .filter(|m| m.db == f.master_db && m.fnr == f.master)
+                .filter_map(|m| m.task.as_ref())
+                .flat_map(|t| &t.replicates)
+                .find(|x| x.name == f.name)
+            {
+                f.state = Some(rep.state.clone());
+                f.reason = rep.reason.clone();
+            }
+            p.reps.push(f);
         }
         Ok(p)
     }
 
-    /// The replicate a case is about: the first one found damaged.
-    fn unit(&self) -> Option<&RepFact> {
-        self.reps.iter().find(|r| r.damaged)
+    /// The master a case is about: one whose master or log file is
+    /// damaged, else the master of a damaged replicate, else of a replicate
+    /// cut off, else the first.
+    pub fn master(&self) -> Option<&MasterFact> {
+        let damaged = |m: &&MasterFact| {
+            m.stat.as_ref().is_some_and(|s| s.damaged.is_some())
+                || m.log_stat.as_ref().is_some_and(|s| s.damaged.is_some())
+        };
+        let of = |r: &RepFact| {
+            self.masters
+                .iter()
+                .find(|m| m.db == r.master_db && m.fnr == r.master)
+        };
+        self.masters
+            .iter()
+            .find(damaged)
+            .or_else(|| self.reps.iter().find(|r| r.damaged()).and_then(of))
+            .or_else(|| self.reps.iter().find(|r| self.cut_off(r)).and_then(of))
+            .or_else(|| self.masters.first())
+    }
+
+    fn cut_off(&self, r: &RepFact) -> bool {
+        matches!(r.state.as_deref(), Some("offline") | Some("error"))
+            || !self.reachable.contains(&r.db)
+    }
+
+    /// The replicates of a master.
+    pub fn replicates_of<'a>(&'a self, m: &MasterFact) -> impl Iterator<Item = &'a RepFact> {
+        let (db, fnr) = (m.db, m.fnr);
+        self.reps
+            .iter()
+            .filter(move |r| r.master_db == db && r.master == fnr)
+    }
+
+    /// The unit a case 2 is about: the first damaged replicate (or
+    /// confirmation) and every replicate sharing its confirmation file.
+    pub fn unit(&self) -> Vec<&RepFact> {
+        let Some(first) = self.reps.iter().find(|r| r.damaged()) else {
+            return Vec::new();
+        };
+        self.reps
+            .iter()
+            .filter(|r| r.db == first.db && r.confirmation == first.confirmation)
+            .collect()
+    }
+
+    /// The newest intact, reachable full replicate of a master, other than `not`.
+    pub fn full_replicate(&self, m: &MasterFact, not: &[&str]) -> Option<&RepFact> {
+        self.replicates_of(m)
+            .filter(|r| {
+                !r.partial
+                    && !r.damaged()
+                    && !not.contains(&r.name.as_str())
+                    && self.reachable.contains(&r.db)
+            })
+            .max_by_key(|r| r.confirmed.map_or(0, |c| c.0))
+    }
+
+    /// The administration files found damaged.
+    pub fn damaged_admins(&self) -> Vec<&AdminFact> {
+        self.admins.iter().filter(|a| a.damaged.is_some()).collect()
+    }
+
+    fn sets(&self) -> Result<&[backup::CopySet], Answer> {
+        match &self.sets {
+            Some(s) => Ok(s),
+            None => Err(Answer::unanswerable(
+                "no copy area given (--area DIR): copies cannot be looked for",
+            )),
+        }
+    }
+
+    /// The newest catalogued copy set of database `db` holding `fnr`.
+    fn newest_set(&self, db: DbId, fnr: Fnr) -> Result<Option<&backup::CopySet>, Answer> {
+        Ok(self
+            .sets()?
+            .iter()
+            .rev()
+            .find(|s| s.dbid == db && s.member(fnr).is_some()))
+    }
+
+    /// Whether database `db`'s protection log still reaches back to the
+    /// set's LSN; the answer with its evidence.
+    fn plog_covers(&self, db: DbId, set: &backup::CopySet) -> Answer {
+        match self.plog.get(&db) {
+            Some((first, last)) if *first <= set.lsn.0 + 1 => Answer::yes(format!(
+                "copy set {} at LSN {}; the protection log of database {db} holds LSN {first} to {last}",
+                set.id, set.lsn
+            )),
+            Some((first, _)) => Answer::no(format!(
+                "copy set {} at LSN {}, but the protection log of database {db} starts at LSN {first}",
+                set.id, set.lsn
+            )),
+            None => Answer::unanswerable(format!("database {db} does not answer")),
+        }
     }
 
     /// The newest copy set holding the unit's replicate file, and the seq
     /// its confirmation holds.
     fn unit_copy(&self) -> Result<Option<(&backup::CopySet, u64)>, Answer> {
-        let Some(unit) = self.unit() else {
+        let unit = self.unit();
+        let Some(first) = unit.first() else {
             return Err(Answer::unanswerable(
                 "no replicate is damaged: there is no unit to recover",
             ));
         };
-        let Some(sets) = &self.sets else {
-            return Err(Answer::unanswerable(
-                "no copy area given (--area DIR): copies cannot be looked for",
-            ));
-        };
-        Ok(sets
+        Ok(self
+            .sets()?
             .iter()
             .rev()
-            .filter(|s| s.dbid == unit.db && s.member(unit.file).is_some())
+            .filter(|s| s.dbid == first.db && s.member(first.file).is_some())
             .find_map(|s| {
                 s.confirmed
                     .iter()
-                    .find(|c| c.replicate == unit.name)
+                    .find(|c| c.replicate == first.name)
                     .map(|c| (s, c.seq))
             }))
     }
 
-    /// The first seq the unit's master still holds in its log, and its last.
-    fn master_log(&self, unit: &RepFact) -> Option<(u64, u64)> {
-        self.logs_held
-            .get(&(unit.master_db, unit.master))
-            .map(|(last, held)| (last.saturating_sub(*held) + 1, *last))
+    fn case1(&self, name: &str) -> Answer {
+        let Some(m) = self.master() else {
+            return Answer::unanswerable("the topology defines no master");
+        };
+        match name {
+            "master_transaction_interrupted" => match &self.pending {
+                None => Answer::no(
+                    "no client journal given (--journal DIR): no failed update is known; a transaction left open by a lost connection was backed out by the node",
+                ),
+                Some(p) if p.is_empty() => Answer::no(format!(
+                    "the client journal {} holds no pending transaction",
+                    self.sources.journal.as_deref().unwrap_or(Path::new("")).display()
+                )),
+                Some(p) => Answer::yes(format!(
+                    "{} pending transaction(s) in the client journal: {}",
+                    p.len(),
+                    p.iter()
+                        .take(5)
+                        .map(|e| format!(
+                            "{} ({}; {})",
+                            e.id,
+                            e.summary(),
+                            e.last_error.as_deref().unwrap_or("not sent")
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+            },
+            "interrupted_transaction_used_et" => match &self.pending {
+                Some(p) if !p.is_empty() => Answer::yes(format!(
+                    "each of the {} journaled transaction(s) ends with ET under a client id, so the node backed out its incomplete part and a rerun of an id already committed is refused as done",
+                    p.len()
+                )),
+                _ => Answer::unanswerable("no interrupted transaction is journaled"),
+            },
+            "master_reachable" => {
+                let mut down: Vec<String> = Vec::new();
+                if !self.reachable.contains(&m.db) {
+                    down.push(format!("database {} of master {}", m.db, m.name));
+                }
+                for r in self.replicates_of(m) {
+                    if !self.reachable.contains(&r.db) {
+                        down.push(format!("database {} of replicate {}", r.db, r.name));
+                    }
+                }
+                if down.is_empty() {
+                    Answer::yes(format!(
+                        "the databases of master {} and of its replicates answer",
+                        m.name
+                    ))
+                } else {
+                    Answer::no(format!("not answering: {}", down.join("; ")))
+                }
+            }
+            "tasks_restart_by_themselves" => match &m.task {
+                None => Answer::no(format!(
+                    "master {}'s node reports no task for it",
+                    m.name
+                )),
+                Some(t) => {
+                    let mut why = Vec::new();
+                    if t.restart_interval_s.is_none() {
+                        why.push("it has no restart interval".to_string());
+                    }
+                    if t.policy != propagator::node::control::Policy::Automatic {
+                        why.push(format!("the policy is {:?}", t.policy));
+                    }
+                    let stopped: Vec<&str> = t
+                        .replicates
+                        .iter()
+                        .filter(|r| {
+                            r.reason
+                                .as_deref()
+                                .is_some_and(|x| x.starts_with("stopped"))
+                        })
+                        .map(|r| r.name.as_str())
+                        .collect();
+                    if !stopped.is_empty() {
+                        why.push(format!("feeding of {} is stopped", stopped.join(", ")));
+                    }
+                    if why.is_empty() {
+                        Answer::yes(format!(
+                            "task of {}: restart interval {} s, policy automatic, no feeder stopped",
+                            m.name,
+                            t.restart_interval_s.unwrap_or_default()
+                        ))
+                    } else {
+                        Answer::no(format!("task of {}: {}", m.name, why.join("; ")))
+                    }
+                }
+            },
+            "replicate_in_error" => {
+                let bad: Vec<String> = self
+                    .replicates_of(m)
+                    .filter(|r| r.state.as_deref() == Some("error"))
+                    .map(|r| {
+                        format!(
+                            "{} is in error ({})",
+                            r.name,
+                            r.reason.as_deref().unwrap_or("no reason given")
+                        )
+                    })
+                    .collect();
+                if bad.is_empty() {
+                    Answer::no(format!("no replicate of {} is in error", m.name))
+                } else {
+                    Answer::yes(bad.join("; "))
+                }
+            }
+            other => self.case2(other),
+        }
     }
 
     fn case2(&self, name: &str) -> Answer {
-        let Some(unit) = self.unit() else {
+        let unit = self.unit();
+        let Some(first) = unit.first().copied() else {
             return Answer::unanswerable("no replicate is damaged: there is no unit to recover");
         };
+        let Some(m) = self
+            .masters
+            .iter()
+            .find(|m| m.db == first.master_db && m.fnr == first.master)
+        else {
+            return Answer::unanswerable(format!(
+                "replicate {}'s master is not defined",
+                first.name
+            ));
+        };
+        let names: Vec<&str> = unit.iter().map(|r| r.name.as_str()).collect();
         match name {
-            "master_reachable" => {
-                if self.reachable.contains(&unit.master_db) {
-                    Answer::yes(format!(
-                        "database {} of master {} answers",
-                        unit.master_db, unit.master
-                    ))
-                } else {
-                    Answer::no(format!(
-                        "database {} of master {} does not answer",
-                        unit.master_db, unit.master
-                    ))
-                }
-            }
             "replicate_partial" => {
-                if unit.partial {
-                    Answer::yes(format!(
-                        "replicate {} has a field list or a selection",
-                        unit.name
-                    ))
+                let partial: Vec<&str> = unit
+                    .iter()
+                    .filter(|r| r.partial)
+                    .map(|r| r.name.as_str())
+                    .collect();
+                if partial.is_empty() {
+                    Answer::no(format!("{} full", names.join(", ")))
                 } else {
-                    Answer::no(format!("replicate {} is full", unit.name))
+                    Answer::yes(format!(
+                        "{} has a field list or a selection",
+                        partial.join(", ")
+                    ))
                 }
             }
-            "full_replicate_available" => {
-                match self.reps.iter().find(|r| {
-                    r.name != unit.name
-                        && r.master_db == unit.master_db
-                        && r.master == unit.master
-                        && !r.partial
-                        && !r.damaged
-                        && self.reachable.contains(&r.db)
-                }) {
-                    Some(r) => Answer::yes(format!(
-                        "full replicate {} on database {} is intact",
-                        r.name, r.db
-                    )),
-                    None => Answer::no(format!(
-                        "no other intact full replicate of master {}",
-                        unit.master
-                    )),
-                }
-            }
+            "full_replicate_available" => match self.full_replicate(m, &names) {
+                Some(r) => Answer::yes(format!(
+                    "full replicate {} on database {} is intact (confirmed seq {})",
+                    r.name,
+                    r.db,
+                    r.confirmed.map_or(0, |c| c.0)
+                )),
+                None => Answer::no(format!(
+                    "no other intact, reachable full replicate of master {}",
+                    m.name
+                )),
+            },
             _ => {
                 let (set, seq) = match self.unit_copy() {
                     Err(a) => return a,
                     Ok(None) => {
                         return Answer::no(format!(
                             "no copy set holds replicate {} with its confirmation",
-                            unit.name
+                            first.name
                         ))
                     }
                     Ok(Some(x)) => x,
                 };
+                let level = m.level();
                 match name {
-                    "unit_copy_with_intact_plog" => match self.plog.get(&unit.db) {
-                        Some((first, last)) if *first <= set.lsn.0 + 1 => Answer::yes(format!(
-                            "copy set {} at LSN {}; the protection log of database {} holds LSN {first} to {last}",
-                            set.id, set.lsn, unit.db
-                        )),
-                        Some((first, _)) => Answer::no(format!(
-                            "copy set {} at LSN {}, but the protection log of database {} starts at LSN {first}",
-                            set.id, set.lsn, unit.db
-                        )),
-                        None => Answer::unanswerable(format!("database {} does not answer", unit.db)),
-                    },
+                    "unit_copy_with_intact_plog" => self.plog_covers(first.db, set),
                     "reload_quicker_than_roll_forward" | "replicate_copy_above_cleanup_horizon" => {
-                        match self.master_log(unit) {
-                            None => Answer::unanswerable(format!("the task of master {} does not report its log", unit.master)),
-                            Some((first, last)) if seq + 1 >= first => Answer::yes(format!(
-                                "copy set {} confirms seq {seq}; master {}'s log holds seq {first} to {last}, so replication can bring it up from there",
-                                set.id, unit.master
-                            )),
-                            Some((first, last)) => Answer::no(format!(
-                                "copy set {} confirms seq {seq}, but master {}'s log holds only seq {first} to {last}",
-                                set.id, unit.master
+                        match (level, m.task.as_ref()) {
+                            (Some(last), Some(t)) => {
+                                let first_held = last.saturating_sub(t.log_records) + 1;
+                                if seq + 1 >= first_held {
+                                    Answer::yes(format!(
+                                        "copy set {} confirms seq {seq}; master {}'s log holds seq {first_held} to {last}, so replication can bring it up from there",
+                                        set.id, m.name
+                                    ))
+                                } else {
+                                    Answer::no(format!(
+                                        "copy set {} confirms seq {seq}, but master {}'s log holds only seq {first_held} to {last}",
+                                        set.id, m.name
+                                    ))
+                                }
+                            }
+                            _ => Answer::unanswerable(format!(
+                                "the task of master {} does not report its log",
+                                m.name
                             )),
                         }
                     }
-                    "restored_replicate_behind_master" => match self.master_log(unit) {
-                        None => Answer::unanswerable(format!("the task of master {} does not report its log", unit.master)),
-                        Some((_, last)) if seq < last => Answer::yes(format!(
+                    "restored_replicate_behind_master" => match level {
+                        None => Answer::unanswerable(format!(
+                            "master {}'s database does not answer",
+                            m.name
+                        )),
+                        Some(last) if seq < last => Answer::yes(format!(
                             "copy set {} confirms seq {seq}; the master is at seq {last}",
                             set.id
                         )),
-                        Some((_, last)) => Answer::no(format!(
+                        Some(last) => Answer::no(format!(
                             "copy set {} confirms seq {seq}; the master is at seq {last}",
                             set.id
                         )),
                     },
-                    other => Answer::unanswerable(format!(
-                        "probe `{other}` is not built yet: answer it by hand (etp recover walk, to come)"
-                    )),
+                    other => Answer::unanswerable(format!("no probe is named `{other}`")),
                 }
             }
         }
     }
 
-    fn damage(facts: &[FileFact], none: &str) -> Answer {
-        let bad: Vec<String> = facts
+    /// Cases 3 and 4: the master and its log.
+    fn case34(&self, name: &str) -> Answer {
+        let Some(m) = self.master() else {
+            return Answer::unanswerable("the topology defines no master");
+        };
+        let level = match m.level() {
+            Some(l) => l,
+            None => {
+                return Answer::unanswerable(format!(
+                    "master {}'s database {} does not answer",
+                    m.name, m.db
+                ))
+            }
+        };
+        if name == "master_consistent" {
+            return match &m.stat {
+                None => Answer::unanswerable(format!("master {} cannot be read", m.name)),
+                Some(s) => match s.own_damage() {
+                    None => Answer::yes(format!(
+                        "master {} holds {} records with digest {}, its recorded level at seq {level}{}",
+                        m.name,
+                        s.count,
+                        s.digest,
+                        s.damaged
+                            .as_ref()
+                            .map(|d| format!(" (marked only as its log's partner: {d})"))
+                            .unwrap_or_default()
+                    )),
+                    Some(d) => Answer::no(format!("master {}: {d}", m.name)),
+                },
+            };
+        }
+        let set = match self.newest_set(m.db, m.fnr) {
+            Err(a) => return a,
+            Ok(s) => s,
+        };
+        let set_seq = |s: &backup::CopySet| s.seqs.get(&m.fnr).map_or(0, |q| q.0);
+        match name {
+            "master_log_copy_with_intact_plog" => match set {
+                None => Answer::no(format!("no copy set holds master {}", m.name)),
+                Some(s) if s.member(m.log).is_none() => Answer::no(format!(
+                    "copy set {} holds master {} without its log",
+                    s.id, m.name
+                )),
+                Some(s) => self.plog_covers(m.db, s),
+            },
+            "restored_log_behind_master" => match set {
+                None => Answer::unanswerable(format!("no copy set holds master {}", m.name)),
+                Some(s) if set_seq(s) < level => Answer::yes(format!(
+                    "copy set {} holds the log at seq {}; the master is at seq {level}",
+                    s.id,
+                    set_seq(s)
+                )),
+                Some(s) => Answer::no(format!(
+                    "copy set {} holds the log at seq {}, the master's level",
+                    s.id,
+                    set_seq(s)
+                )),
+            },
+            "master_copy_exists" => match set {
+                Some(s) => Answer::yes(format!(
+                    "copy set {} holds master {} at seq {} (LSN {})",
+                    s.id,
+                    m.name,
+                    set_seq(s),
+                    s.lsn
+                )),
+                None => Answer::no(format!("no copy set holds master {}", m.name)),
+            },
+            "log_copy_matches_master_copy" => match set {
+                Some(s) if s.member(m.log).is_some() => Answer::yes(format!(
+                    "copy set {} holds master {} and log file {} taken at one LSN {}",
+                    s.id, m.name, m.log, s.lsn
+                )),
+                Some(s) => Answer::no(format!("copy set {} lacks log file {}", s.id, m.log)),
+                None => Answer::unanswerable(format!("no copy set holds master {}", m.name)),
+            },
+            "master_copy_newer_than_full_replicate" => {
+                let Some(s) = set else {
+                    return Answer::no(format!("no copy set holds master {}", m.name));
+                };
+                match self
+                    .replicates_of(m)
+                    .filter(|r| !r.partial && !r.damaged())
+                    .filter_map(|r| r.confirmed.map(|c| (r, c.0)))
+                    .max_by_key(|(_, q)| *q)
+                {
+                    None => Answer::yes(format!(
+                        "no intact full replicate; copy set {} is at seq {}",
+                        s.id,
+                        set_seq(s)
+                    )),
+                    Some((r, q)) if set_seq(s) >= q => Answer::yes(format!(
+                        "copy set {} is at seq {}; the newest full replicate {} confirms seq {q}",
+                        s.id,
+                        set_seq(s),
+                        r.name
+                    )),
+                    Some((r, q)) => Answer::no(format!(
+                        "copy set {} is at seq {}, below full replicate {} at seq {q}",
+                        s.id,
+                        set_seq(s),
+                        r.name
+                    )),
+                }
+            }
+            "replicate_ahead_of_master" => {
+                let Some(s) = set else {
+                    return Answer::unanswerable(format!("no copy set holds master {}", m.name));
+                };
+                let ahead: Vec<String> = self
+                    .replicates_of(m)
+                    .filter_map(|r| r.confirmed.map(|c| (r, c.0)))
+                    .filter(|(_, q)| *q > set_seq(s))
+                    .map(|(r, q)| format!("{} at seq {q}", r.name))
+                    .collect();
+                if ahead.is_empty() {
+                    Answer::no(format!(
+                        "no replicate confirms beyond copy set {}'s seq {}",
+                        s.id,
+                        set_seq(s)
+                    ))
+                } else {
+                    Answer::yes(format!(
+                        "beyond copy set {}'s seq {}: {}",
+                        s.id,
+                        set_seq(s),
+                        ahead.join(", ")
+                    ))
+                }
+            }
+            other => self.case5(other),
+        }
+    }
+
+    /// The topology the nodes with an intact administration file serve.
+    fn served_topology(&self) -> Option<&str> {
+        self.admins
             .iter()
-            .filter_map(|f| {
-                f.damaged
-                    .as_ref()
-                    .map(|d| format!("{} is damaged: {d}", f.what))
-            })
-            .collect();
+            .filter(|a| a.damaged.is_none())
+            .find_map(|a| a.topology.as_deref())
+    }
+
+    fn case5(&self, name: &str) -> Answer {
+        let damaged = self.damaged_admins();
+        let Some(a) = damaged.first() else {
+            return Answer::unanswerable("no administration file is damaged");
+        };
+        match name {
+            "admin_export_current" => {
+                let Some(export) = &self.export else {
+                    return Answer::no("no topology export given (--export FILE)");
+                };
+                let path = self
+                    .sources
+                    .export
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display();
+                match Valid::parse(export) {
+                    Err(e) => Answer::no(format!("the export {path} is not a valid topology: {e}")),
+                    Ok(_) => match self.served_topology() {
+                        Some(t) if t == export => Answer::yes(format!(
+                            "the export {path} equals the topology the intact nodes serve"
+                        )),
+                        Some(_) => Answer::no(format!(
+                            "the export {path} differs from the topology the intact nodes serve"
+                        )),
+                        None => Answer::yes(format!(
+                            "the export {path} is a valid topology and no node serves another"
+                        )),
+                    },
+                }
+            }
+            _ => {
+                let set = match self.newest_set(a.db, a.fnr) {
+                    Err(x) => return x,
+                    Ok(s) => s,
+                };
+                let Some(set) = set else {
+                    return Answer::no(format!(
+                        "no copy set of database {} holds the administration file {}",
+                        a.db, a.fnr
+                    ));
+                };
+                match name {
+                    "admin_copy_with_intact_plog" => self.plog_covers(a.db, set),
+                    "admin_copy_exists" => Answer::yes(format!(
+                        "copy set {} holds the administration file of database {} (LSN {})",
+                        set.id, a.db, set.lsn
+                    )),
+                    "definitions_changed_after_copy" => {
+                        let Some(area) = &self.sources.area else {
+                            return Answer::unanswerable("no copy area given");
+                        };
+                        match copied_topology(area, set, a.fnr) {
+                            Err(e) => Answer::unanswerable(format!(
+                                "the administration file in copy set {} cannot be read: {e:#}",
+                                set.id
+                            )),
+                            Ok(copied) => match self.served_topology() {
+                                None => Answer::unanswerable(
+                                    "no node with an intact administration file serves a topology to compare with",
+                                ),
+                                Some(now) if Some(now) == copied.as_deref() => Answer::no(format!(
+                                    "the topology in copy set {} equals the one the intact nodes serve",
+                                    set.id
+                                )),
+                                Some(_) => Answer::yes(format!(
+                                    "the topology in copy set {} differs from the one the intact nodes serve",
+                                    set.id
+                                )),
+                            },
+                        }
+                    }
+                    other => Answer::unanswerable(format!("no probe is named `{other}`")),
+                }
+            }
+        }
+    }
+
+    fn damage(&self, what: &str) -> Answer {
+        let mut bad = Vec::new();
+        let mut seen = Vec::new();
+        let mut note = |desc: String, s: &Option<Stat>, own: bool| {
+            seen.push(desc.clone());
+            if let Some(s) = s {
+                let d = if own {
+                    s.own_damage()
+                } else {
+                    s.damaged.clone()
+                };
+                if let Some(d) = d {
+                    bad.push(format!("{desc} is damaged: {d}"));
+                }
+            }
+        };
+        match what {
+            "master" | "log" => {
+                for m in &self.masters {
+                    if what == "master" {
+                        note(
+                            format!("master {} (file {}) on database {}", m.name, m.fnr, m.db),
+                            &m.stat,
+                            true,
+                        );
+                    } else {
+                        note(
+                            format!(
+                                "log file {} of master {} on database {}",
+                                m.log, m.name, m.db
+                            ),
+                            &m.log_stat,
+                            true,
+                        );
+                    }
+                }
+            }
+            "replicate" | "confirmation" => {
+                for r in &self.reps {
+                    if what == "replicate" {
+                        note(
+                            format!(
+                                "replicate {} (file {}) on database {}",
+                                r.name, r.file, r.db
+                            ),
+                            &r.stat,
+                            false,
+                        );
+                    } else {
+                        note(
+                            format!(
+                                "confirmation file {} of replicate {} on database {}",
+                                r.confirmation, r.name, r.db
+                            ),
+                            &r.conf_stat,
+                            false,
+                        );
+                    }
+                }
+            }
+            _ => {
+                for a in &self.admins {
+                    seen.push(format!(
+                        "administration file {} on database {}",
+                        a.fnr, a.db
+                    ));
+                    if let Some(d) = &a.damaged {
+                        bad.push(format!(
+                            "administration file {} on database {} is damaged: {d}",
+                            a.fnr, a.db
+                        ));
+                    }
+                }
+            }
+        }
         if bad.is_empty() {
-            let names: Vec<&str> = facts.iter().map(|f| f.what.as_str()).collect();
-            Answer::no(format!("{none}: {}", names.join("; ")))
+            Answer::no(format!("intact: {}", seen.join("; ")))
         } else {
             Answer::yes(bad.join("; "))
         }
@@ -340,37 +988,93 @@ impl LiveProbes {
                     Answer::no(format!("not answering: {}", self.unreachable.join("; ")))
                 }
             }
-            "admin_damaged" => Self::damage(&self.admin, "intact"),
-            "master_damaged" => Self::damage(&self.masters, "intact"),
-            "log_damaged" => Self::damage(&self.logs, "intact"),
-            "replicate_damaged" => Self::damage(&self.replicates, "intact"),
-            "confirmation_damaged" => Self::damage(&self.confirmations, "intact"),
+            "admin_damaged" => self.damage("admin"),
+            "master_damaged" => self.damage("master"),
+            "log_damaged" => self.damage("log"),
+            "replicate_damaged" => self.damage("replicate"),
+            "confirmation_damaged" => self.damage("confirmation"),
             "master_isolated" => {
                 let cut: Vec<String> = self
-                    .reports
+                    .reps
                     .iter()
-                    .filter(|r| r.state == "offline" || r.state == "error")
+                    .filter(|r| self.cut_off(r))
                     .map(|r| {
                         format!(
                             "replicate {} is {} ({})",
                             r.name,
-                            r.state,
-                            r.reason.clone().unwrap_or_else(|| r.phase.clone())
+                            r.state.as_deref().unwrap_or("unreachable"),
+                            r.reason.as_deref().unwrap_or("no reason given")
                         )
                     })
                     .collect();
                 if cut.is_empty() {
-                    Answer::no(format!(
-                        "{} replicate(s), every one fed",
-                        self.reports.len()
-                    ))
+                    Answer::no(format!("{} replicate(s), every one fed", self.reps.len()))
                 } else {
                     Answer::yes(cut.join("; "))
                 }
             }
-            other => self.case2(other),
+            "master_transaction_interrupted"
+            | "interrupted_transaction_used_et"
+            | "master_reachable"
+            | "tasks_restart_by_themselves"
+            | "replicate_in_error" => self.case1(name),
+            "unit_copy_with_intact_plog"
+            | "reload_quicker_than_roll_forward"
+            | "restored_replicate_behind_master"
+            | "replicate_copy_above_cleanup_horizon"
+            | "replicate_partial" => self.case2(name),
+            "full_replicate_available" => {
+                if self.unit().is_empty() {
+                    // Case 4: a full replicate of the damaged master.
+                    match self.master() {
+                        None => Answer::unanswerable("the topology defines no master"),
+                        Some(m) => match self.full_replicate(m, &[]) {
+                            Some(r) => Answer::yes(format!(
+                                "full replicate {} on database {} is intact (confirmed seq {})",
+                                r.name,
+                                r.db,
+                                r.confirmed.map_or(0, |c| c.0)
+                            )),
+                            None => Answer::no(format!(
+                                "no intact, reachable full replicate of master {}",
+                                m.name
+                            )),
+                        },
+                    }
+                } else {
+                    self.case2(name)
+                }
+            }
+            other => self.case34(other),
         }
     }
+}
+
+/// The topology text the administration file in a copy set holds.
+fn copied_topology(
+    area: &Path,
+    set: &backup::CopySet,
+    admin: Fnr,
+) -> anyhow::Result<Option<String>> {
+    let a = backup::Area::open(area)?;
+    let m = set
+        .member(admin)
+        .ok_or_else(|| anyhow::anyhow!("copy set {} lacks file {admin}", set.id))?;
+    let dir = propagator::medium::FsDir::new(a.data_dir(&set.id));
+    let mut text = None;
+    propagator::copy::resolve(&dir, &m.copy.name, &mut |chunk| {
+        for (isn, bytes) in chunk {
+            if isn == Isn(1) {
+                if let Ok(r) = propagator::record::decode_record(&bytes) {
+                    if let Some(propagator::Value::Text(t)) = r.get("topology") {
+                        text = Some(t.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(text)
 }
 
 impl Answers for LiveProbes {

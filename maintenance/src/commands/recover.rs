@@ -50,8 +50,38 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
-        RecoverCommand::Diagnose { node, area, json } => {
-            let mut probes = super::probes::LiveProbes::gather(node.node, area.as_deref())?;
+        RecoverCommand::Walk {
+            case,
+            node,
+            sources,
+        } => super::recover_walk::walk(&case, node.node, &sources.into()),
+        RecoverCommand::Run {
+            case,
+            node,
+            sources,
+            dry_run: _,
+            execute,
+            confirm,
+            state,
+            wait_s,
+            json,
+        } => super::recover_run::run(super::recover_run::RunOptions {
+            node: node.node,
+            case,
+            execute,
+            confirm,
+            sources: sources.into(),
+            state,
+            wait: std::time::Duration::from_secs(wait_s),
+            json,
+        }),
+        RecoverCommand::Diagnose {
+            node,
+            sources,
+            json,
+        } => {
+            let sources: super::probes::Sources = sources.into();
+            let mut probes = super::probes::LiveProbes::gather(node.node, &sources)?;
             let set = TreeSet::builtin().context("the built-in trees")?;
             let d = match flowcharts::diagnose(&set, &mut probes) {
                 Ok(d) => d,
@@ -99,7 +129,7 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-fn print_walk(w: &flowcharts::Walk) {
+pub(crate) fn print_walk(w: &flowcharts::Walk) {
     println!("{}:", w.tree);
     for v in &w.path {
         println!(
@@ -132,6 +162,16 @@ fn print_walk(w: &flowcharts::Walk) {
         } => println!("  → {case} ({leaf}): {outcome}"),
         flowcharts::Plan::Stopped { node, reason } => {
             println!("  stopped at {node}: {reason}")
+        }
+    }
+}
+
+impl From<crate::cli::SourceArgs> for super::probes::Sources {
+    fn from(a: crate::cli::SourceArgs) -> Self {
+        super::probes::Sources {
+            area: a.area,
+            journal: a.journal,
+            export: a.export,
         }
     }
 }

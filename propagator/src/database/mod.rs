@@ -19,6 +19,7 @@
 //! On open, [`recovery`] replays the log after the store's applied LSN
 //! (autorestart) and checks digests.
 
+mod recover_ops;
 mod recovery;
 mod writer;
 

@@ -23,8 +23,8 @@ use crate::record::{decode_record, Record, Value};
 use crate::session::Session;
 use crate::topology::{FileWant, Valid};
 use crate::wire::{
-    codec, Command, CommitReply, Confirmation, LinkState, LoadProgress, NodeInfo, ReplicateAction,
-    Request, Response, TaskAction,
+    codec, Command, CommitReply, Confirmation, LinkState, LoadProgress, NodeInfo, RecoveryOp,
+    ReplicateAction, Request, Response, TaskAction,
 };
 use client::Conn;
 use control::{Control, Policy};
@@ -62,7 +62,16 @@ pub struct Node {
     owners: Mutex<BTreeMap<Fnr, Arc<tokio::sync::Mutex<()>>>>,
     /// Confirmed-seq samples behind `etp_replicate_apply_rate`.
     metrics: metrics::Rates,
+    /// Client updates refused (recovery in progress) unless exempt.
+    quiesced: std::sync::atomic::AtomicBool,
+    /// Restores a copy set into this node's database (set by the binary,
+    /// which knows the copy area's format).
+    restore_hook: std::sync::OnceLock<RestoreHook>,
 }
+
+/// `(database, copy area, file, regenerate)` → what was restored (JSON).
+pub type RestoreHook =
+    Arc<dyn Fn(&Database, &str, Fnr, bool) -> Result<String, String> + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -82,8 +91,23 @@ impl Node {
     /// Loads the topology kept in the administration file, if any, and
     /// starts the tasks of this database's masters. Call inside a runtime.
     pub fn new(db: Database) -> Result<Arc<Node>, String> {
-        let stored = stored_topology(&db)?;
-        let control = Control::open(db.clone(), stored.as_ref().map(|v| v.admin_file()))?;
+        // A damaged administration file does not keep the node down: it
+        // serves without a topology (no tasks), so the recovery flows can
+        // diagnose it and restore it through this node (case 5).
+        let stored = match stored_topology(&db) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(reason = %e, "administration file unusable: serving without a topology");
+                None
+            }
+        };
+        let control = match Control::open(db.clone(), stored.as_ref().map(|v| v.admin_file())) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(reason = %e, "control state unreadable: default policy");
+                Control::open(db.clone(), None)?
+            }
+        };
         let node = Arc::new(Node {
             db,
             lag: Mutex::new(BTreeMap::new()),
@@ -93,6 +117,8 @@ impl Node {
             admin: tokio::sync::Mutex::new(()),
             owners: Mutex::new(BTreeMap::new()),
             metrics: metrics::Rates::default(),
+            quiesced: std::sync::atomic::AtomicBool::new(false),
+            restore_hook: std::sync::OnceLock::new(),
         });
         if let Some(v) = stored {
             node.start_tasks(&v);
@@ -103,6 +129,11 @@ impl Node {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// Lets the node restore copy sets ([`RecoveryOp::Restore`]).
+    pub fn set_restore_hook(&self, hook: RestoreHook) {
+        let _ = self.restore_hook.set(hook);
     }
 
     fn link_owner(&self, file: Fnr) -> Arc<tokio::sync::Mutex<()>> {
@@ -224,6 +255,7 @@ impl Node {
             Request::Exec(cmd) => self.exec(conv, vec![cmd]).await,
             Request::Batch(cmds) if cmds.is_empty() => Response::Ok,
             Request::Batch(cmds) => self.exec(conv, cmds).await,
+            Request::Recovery(op) => self.recovery(conv, op).await,
             Request::LagSamples { replicate, after } => Response::Lag(
                 lock(&self.lag)
                     .get(&replicate)
@@ -300,6 +332,7 @@ impl Node {
                     count: i.meta.count,
                     digest: i.meta.digest,
                     damaged: i.damaged,
+                    next_isn: i.meta.next_isn,
                 },
                 Err(e) => Response::error(e.to_string()),
             },
@@ -470,6 +503,19 @@ impl Node {
     }
 
     async fn exec(&self, conv: &mut Conversation, cmds: Vec<Command>) -> Response {
+        if !conv.exempt
+            && self.quiesced.load(std::sync::atomic::Ordering::SeqCst)
+            && cmds.iter().any(|c| {
+                matches!(
+                    c,
+                    Command::Store { .. } | Command::Update { .. } | Command::Delete { .. }
+                )
+            })
+        {
+            return Response::error(
+                "updates are refused while a recovery runs on this database (quiesced by etp recover run): retry later",
+            );
+        }
         let mut s = conv.session.take().unwrap_or_else(|| self.db.session());
         let (s, r) = match tokio::task::spawn_blocking(move || {
             let mut r = Response::Ok;
@@ -490,6 +536,104 @@ impl Node {
         };
         conv.session = Some(s);
         r
+    }
+
+    /// A step of a recovery plan.
+    async fn recovery(self: &Arc<Self>, conv: &mut Conversation, op: RecoveryOp) -> Response {
+        use std::sync::atomic::Ordering;
+        let db = self.db.clone();
+        let json = |v: serde_json::Value| Response::Text(v.to_string());
+        match op {
+            RecoveryOp::Quiesce { on } => {
+                self.quiesced.store(on, Ordering::SeqCst);
+                tracing::warn!(
+                    quiesced = on,
+                    "client updates {}",
+                    if on { "refused" } else { "accepted again" }
+                );
+                json(serde_json::json!({ "quiesced": on }))
+            }
+            RecoveryOp::Status => json(serde_json::json!({
+                "quiesced": self.quiesced.load(Ordering::SeqCst)
+            })),
+            RecoveryOp::Exempt => {
+                conv.exempt = true;
+                json(serde_json::json!({ "exempt": true }))
+            }
+            RecoveryOp::RefreshLog { master } => {
+                self.stop_feeders_of(Some(master)).await;
+                match blocking(move || db.refresh_log(master)).await {
+                    Ok(r) => match serde_json::to_value(&r) {
+                        Ok(v) => {
+                            self.rebuild_tasks_stopped().await;
+                            json(v)
+                        }
+                        Err(e) => Response::error(e.to_string()),
+                    },
+                    Err(e) => Response::error(e),
+                }
+            }
+            RecoveryOp::RaiseIncarnation { master } => {
+                match blocking(move || db.raise_incarnation(master)).await {
+                    Ok((inc, lsn)) => {
+                        self.rebuild_tasks_stopped().await;
+                        json(
+                            serde_json::json!({ "master": master, "incarnation": inc, "lsn": lsn }),
+                        )
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+            RecoveryOp::Rebase { file } => match blocking(move || db.rebase_file(file)).await {
+                Ok(m) => json(
+                    serde_json::json!({ "file": file, "count": m.count, "digest": m.digest.to_string() }),
+                ),
+                Err(e) => Response::error(e),
+            },
+            RecoveryOp::Restore {
+                area,
+                file,
+                regenerate,
+            } => {
+                let Some(hook) = self.restore_hook.get().cloned() else {
+                    return Response::error("this node cannot restore copy sets (no restore hook)");
+                };
+                self.stop_feeders_of(None).await;
+                let r =
+                    tokio::task::spawn_blocking(move || hook(&db, &area, file, regenerate)).await;
+                self.rebuild_tasks_stopped().await;
+                match r {
+                    Ok(Ok(text)) => Response::Text(text),
+                    Ok(Err(e)) => Response::error(e),
+                    Err(e) => Response::error(format!("internal error: {e}")),
+                }
+            }
+        }
+    }
+
+    async fn stop_feeders_of(&self, master: Option<Fnr>) {
+        for t in self.all_tasks() {
+            if master.is_none_or(|m| m == t.master()) {
+                t.stop_feeders("stopped for recovery").await;
+            }
+        }
+    }
+
+    /// Rebuilds this node's tasks from its topology (their state is read
+    /// afresh from the restored files) and leaves their feeders stopped
+    /// until the plan restarts them.
+    async fn rebuild_tasks_stopped(self: &Arc<Self>) {
+        // A restored administration file may bring the topology back.
+        let db = self.db.clone();
+        if let Ok(Ok(Some(v))) = tokio::task::spawn_blocking(move || stored_topology(&db)).await {
+            self.control.set_admin(v.admin_file());
+            *lock(&self.topology) = Some(v);
+        }
+        let v = lock(&self.topology).clone();
+        if let Some(v) = v {
+            self.start_tasks(&v);
+            self.stop_feeders_of(None).await;
+        }
     }
 
     async fn task_control(&self, master: Option<Fnr>, action: TaskAction) -> Response {
@@ -1282,6 +1426,8 @@ fn meta_of(info: &CommitInfo, fnr: Fnr) -> Option<crate::FileMeta> {
 struct Conversation {
     session: Option<Session>,
     link: Option<Link>,
+    /// Updates pass a quiesce (a recovery's own connection).
+    exempt: bool,
 }
 
 #[derive(Clone)]

@@ -1,0 +1,134 @@
+//! Operations the recovery flows perform on a running database (issue 6):
+//! refreshing a master's log at the master's level and raising a master's
+//! incarnation. Each is one protection-logged transaction.
+
+use super::{lock, Database};
+use crate::catalog::{CatalogOp, FileDef, Role};
+use crate::digest::FileMeta;
+use crate::error::DbError;
+use crate::ids::{Fnr, Isn, Lsn, Seq};
+use crate::log_record::{LogOp, LogRecord};
+use serde::{Deserialize, Serialize};
+
+/// What a log refresh did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RefreshedLog {
+    pub master: Fnr,
+    pub log: Fnr,
+    /// The log's only record after the refresh: the master's level.
+    pub base_seq: Seq,
+    pub master_count: u64,
+    pub master_digest: String,
+    /// Log records dropped.
+    pub dropped: u64,
+    /// The master was marked damaged only as its log's partner, and its
+    /// content proved intact: the mark is cleared.
+    pub master_cleared: bool,
+}
+
+impl Database {
+    fn master_def(&self, master: Fnr) -> Result<(FileDef, Fnr, u32), DbError> {
+        let st = lock(&self.shared().state);
+        let def = st
+            .catalog
+            .get(&master)
+            .cloned()
+            .ok_or(DbError::UnknownFile(master))?;
+        match def.role {
+            Role::Master { log, incarnation } => Ok((def, log, incarnation)),
+            ref r => Err(DbError::BadDefinition(format!(
+                "file {master} is a {} file, not a master",
+                r.name()
+            ))),
+        }
+    }
+
+    /// Empties a master's log and starts it again at the master's current
+    /// level: the log then holds one base record at the last seq, carrying
+    /// the master's count and digest, so a load can take its confirmation
+    /// from it and nothing older can be sent to a replicate. A damaged log
+    /// is rebased first. A master marked damaged is cleared only if its
+    /// content still matches its recorded count and digest (it was marked as
+    /// its log's partner); a master whose content disagrees is refused.
+    pub fn refresh_log(&self, master: Fnr) -> Result<RefreshedLog, DbError> {
+        let (_, log, incarnation) = self.master_def(master)?;
+        self.wait_applied()?;
+        let minfo = self.file_info(master)?;
+        let mut master_cleared = false;
+        if let Some(reason) = &minfo.damaged {
+            let (count, digest, _) = self.range_digest(master, Isn(1), None, false)?;
+            if (count, digest) != (minfo.meta.count, minfo.meta.digest) {
+                return Err(DbError::FileDamaged {
+                    fnr: master,
+                    reason: format!(
+                        "{reason}; its content ({count} records, digest {digest}) disagrees with its recorded level ({} records, digest {}): restore the master first",
+                        minfo.meta.count, minfo.meta.digest
+                    ),
+                });
+            }
+            self.rebase_file(master)?;
+            master_cleared = true;
+        }
+        let linfo = self.file_info(log)?;
+        if linfo.damaged.is_some() {
+            self.rebase_file(log)?;
+        }
+        let linfo = self.file_info(log)?;
+        let next = linfo.meta.next_isn;
+        let base_seq = Seq(next.saturating_sub(1));
+        let mut wanted = Vec::new();
+        let mut meta = FileMeta::new(log);
+        meta.next_isn = next;
+        if base_seq.0 > 0 {
+            let rec = LogRecord {
+                seq: base_seq,
+                incarnation,
+                lsn: self.last_lsn(),
+                time_us: chrono::Utc::now().timestamp_micros(),
+                client_id: None,
+                master,
+                isn: Isn(0),
+                op: LogOp::Update,
+                before: None,
+                after: None,
+                master_count: minfo.meta.count,
+                master_digest: minfo.meta.digest,
+                part: 1,
+                parts: 1,
+            };
+            let bytes = rec.encode();
+            meta.change(Isn(base_seq.0), None, Some(&bytes));
+            wanted.push((Isn(base_seq.0), bytes));
+        }
+        let (_, stats) = self.restore_range(log, Isn(1), None, wanted, Some(meta))?;
+        Ok(RefreshedLog {
+            master,
+            log,
+            base_seq,
+            master_count: minfo.meta.count,
+            master_digest: minfo.meta.digest.to_string(),
+            dropped: stats.removed,
+            master_cleared,
+        })
+    }
+
+    /// Raises a master's incarnation by one, so confirmations and log
+    /// records from before a restore are told apart from those after it.
+    /// Returns the new incarnation.
+    pub fn raise_incarnation(&self, master: Fnr) -> Result<(u32, Lsn), DbError> {
+        let (def, log, incarnation) = self.master_def(master)?;
+        let next = incarnation + 1;
+        let info = self.commit(
+            vec![CatalogOp::Define(FileDef {
+                role: Role::Master {
+                    log,
+                    incarnation: next,
+                },
+                ..def
+            })],
+            Vec::new(),
+            None,
+        )?;
+        Ok((next, info.lsn))
+    }
+}
