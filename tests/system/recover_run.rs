@@ -252,3 +252,38 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     figure("case2", dt, et, &events);
     let _ = FULL;
 }
+
+#[test]
+fn case3_a_damaged_log_is_refreshed_and_every_replicate_reinstalled() {
+    let mut s = Scene::new();
+    s.store(1..=10, 30);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    // Damage the master's log file; the master itself stays intact.
+    s.cl.nodes[0].stop().expect("stop");
+    tamper(&s.cl.nodes[0].data, Fnr(11), vec![(Isn(5), Some(rec(5, 1)))]);
+    s.cl.nodes[0].restart().expect("restart");
+    // An empty copy area: no copy set of master and log exists.
+    let area = s.dir("area");
+    std::fs::create_dir_all(&area).expect("area");
+    let (code, v, dt) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    let path = v["triage"]["path"].as_array().expect("path");
+    let master_q = path
+        .iter()
+        .find(|p| p["probe"] == "master_damaged")
+        .expect("asked about the master");
+    assert_eq!(master_q["answer"], "no", "{master_q}");
+    assert_eq!(v["triage"]["plan"]["case"], "case3_log", "{v}");
+    assert_eq!(leaf(&v), "refresh_log_reinstall_replicates", "{v}");
+    let (code, events, et) = s.run(&["--area", &area]);
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(recovered(&events), "{events:?}");
+    // The fresh copy set the plan took is catalogued.
+    let sets = ok(&etp(&["copy", "list", "--area", &area]));
+    assert!(sets.contains("master"), "{sets}");
+    // Updates are accepted again and propagate.
+    s.store(11..=20, 32);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.prove();
+    figure("case3", dt, et, &events);
+}

@@ -35,14 +35,18 @@ impl Stat {
     /// Damaged in its own right: marked, and its content disagrees with its
     /// recorded level (or could not be read).
     fn own_damage(&self) -> Option<String> {
-        let d = self.damaged.as_ref()?;
-        match &self.content_differs {
-            Some((c, dg)) => Some(format!(
-                "{d} (it holds {c} records, digest {dg}; its recorded level is {} records, digest {})",
-                self.count, self.digest
+        match (&self.damaged, &self.content_differs) {
+            (d, Some((c, dg))) => Some(format!(
+                "{}it holds {c} records, digest {dg}; its recorded level is {} records, digest {}",
+                d.as_ref()
+                    .map(|d| format!("{d}; "))
+                    .unwrap_or_else(|| "not yet noticed by its node: ".into()),
+                self.count,
+                self.digest
             )),
-            None if d.starts_with("its partner file") => None,
-            None => Some(d.clone()),
+            (Some(d), None) if d.starts_with("its partner file") => None,
+            (Some(d), None) => Some(d.clone()),
+            (None, None) => None,
         }
     }
 }
@@ -89,7 +93,10 @@ pub struct RepFact {
 
 impl RepFact {
     pub fn damaged(&self) -> bool {
-        let d = |s: &Option<Stat>| s.as_ref().is_some_and(|s| s.damaged.is_some());
+        let d = |s: &Option<Stat>| {
+            s.as_ref()
+                .is_some_and(|s| s.damaged.is_some() || s.content_differs.is_some())
+        };
         d(&self.stat) || d(&self.conf_stat)
     }
 }
@@ -142,23 +149,21 @@ fn stat(c: &mut Client, fnr: Fnr) -> Option<Stat> {
             damaged,
             next_isn,
         }) => {
-            let content_differs = match &damaged {
-                None => None,
-                Some(_) => match c.call(&Request::RangeDigest {
-                    file: fnr,
-                    from: Isn(1),
-                    to: None,
-                    records: false,
-                }) {
-                    Ok(Response::Range {
-                        count: n,
-                        digest: d,
-                        ..
-                    }) if (n, d) != (count, digest) => Some((n, d.to_string())),
-                    Ok(Response::Range { .. }) => None,
-                    Ok(other) => Some((0, format!("unreadable: {other:?}"))),
-                    Err(e) => Some((0, format!("unreadable: {e}"))),
-                },
+            // The content is read and summed whether or not the node has
+            // noticed damage: bytes changed behind its back after a clean
+            // stop are found only here (or when a task trips on them).
+            let content_differs = match c.call(&Request::RangeDigest {
+                file: fnr,
+                from: Isn(1),
+                to: None,
+                records: false,
+            }) {
+                Ok(Response::Range {
+                    count: n, digest: d, ..
+                }) if (n, d) != (count, digest) => Some((n, d.to_string())),
+                Ok(Response::Range { .. }) => None,
+                Ok(other) => Some((0, format!("unreadable: {other:?}"))),
+                Err(e) => Some((0, format!("unreadable: {e}"))),
             };
             Some(Stat {
                 count,
@@ -346,8 +351,8 @@ impl LiveProbes {
     /// cut off, else the first.
     pub fn master(&self) -> Option<&MasterFact> {
         let damaged = |m: &&MasterFact| {
-            m.stat.as_ref().is_some_and(|s| s.damaged.is_some())
-                || m.log_stat.as_ref().is_some_and(|s| s.damaged.is_some())
+            m.stat.as_ref().is_some_and(|s| s.own_damage().is_some())
+                || m.log_stat.as_ref().is_some_and(|s| s.own_damage().is_some())
         };
         let of = |r: &RepFact| {
             self.masters
@@ -940,7 +945,7 @@ impl LiveProbes {
                                 r.name, r.file, r.db
                             ),
                             &r.stat,
-                            false,
+                            true,
                         );
                     } else {
                         note(
@@ -949,7 +954,7 @@ impl LiveProbes {
                                 r.confirmation, r.name, r.db
                             ),
                             &r.conf_stat,
-                            false,
+                            true,
                         );
                     }
                 }

@@ -46,33 +46,31 @@ impl Database {
     /// Empties a master's log and starts it again at the master's current
     /// level: the log then holds one base record at the last seq, carrying
     /// the master's count and digest, so a load can take its confirmation
-    /// from it and nothing older can be sent to a replicate. A damaged log
-    /// is rebased first. A master marked damaged is cleared only if its
-    /// content still matches its recorded count and digest (it was marked as
-    /// its log's partner); a master whose content disagrees is refused.
+    /// from it and nothing older can be sent to a replicate. The master's
+    /// content must match its recorded count and digest, else the refresh
+    /// is refused (restore the master first); a damage mark it carries as
+    /// its log's partner is then cleared.
     pub fn refresh_log(&self, master: Fnr) -> Result<RefreshedLog, DbError> {
         let (_, log, incarnation) = self.master_def(master)?;
         self.wait_applied()?;
         let minfo = self.file_info(master)?;
-        let mut master_cleared = false;
-        if let Some(reason) = &minfo.damaged {
-            let (count, digest, _) = self.range_digest(master, Isn(1), None, false)?;
-            if (count, digest) != (minfo.meta.count, minfo.meta.digest) {
-                return Err(DbError::FileDamaged {
-                    fnr: master,
-                    reason: format!(
-                        "{reason}; its content ({count} records, digest {digest}) disagrees with its recorded level ({} records, digest {}): restore the master first",
-                        minfo.meta.count, minfo.meta.digest
-                    ),
-                });
-            }
+        let (count, digest, _) = self.range_digest(master, Isn(1), None, false)?;
+        if (count, digest) != (minfo.meta.count, minfo.meta.digest) {
+            return Err(DbError::FileDamaged {
+                fnr: master,
+                reason: format!(
+                    "its content ({count} records, digest {digest}) disagrees with its recorded level ({} records, digest {}): restore the master first",
+                    minfo.meta.count, minfo.meta.digest
+                ),
+            });
+        }
+        let master_cleared = minfo.damaged.is_some();
+        if master_cleared {
             self.rebase_file(master)?;
-            master_cleared = true;
         }
-        let linfo = self.file_info(log)?;
-        if linfo.damaged.is_some() {
-            self.rebase_file(log)?;
-        }
+        // Every log record is replaced: take what the log holds, damaged
+        // or not, as the baseline the replacement is counted from.
+        self.rebase_file(log)?;
         let linfo = self.file_info(log)?;
         let next = linfo.meta.next_isn;
         let base_seq = Seq(next.saturating_sub(1));
