@@ -170,13 +170,17 @@ fn prepare(db: &Database, set: &CopySet) -> anyhow::Result<()> {
             },
         }
     }
-    let damaged: Vec<Fnr> = db
+    // Every member is rebased on what its page store holds, damaged or
+    // not: the restore replaces each record and proves the result against
+    // the copy's digest, so the count starts from the bytes really there
+    // (damage the node has not noticed included).
+    let members: Vec<Fnr> = db
         .files()
         .into_iter()
-        .filter(|f| f.damaged.is_some() && set.member(f.def.fnr).is_some())
+        .filter(|f| set.member(f.def.fnr).is_some())
         .map(|f| f.def.fnr)
         .collect();
-    for fnr in damaged {
+    for fnr in members {
         db.rebase_file(fnr)?;
     }
     Ok(())
@@ -575,15 +579,16 @@ pub fn mark_restoring(db: &Database, set: &CopySet, why: Option<String>) -> Vec<
 }
 
 /// Restores, inside the node that serves `db`, the newest usable copy set
-/// of `db` in the copy area `area` that holds `fnr`; with `regenerate`,
-/// rolled forward with the protection log to its end. What a recovery plan
-/// runs through a live node (`RecoveryOp::Restore`): the node has stopped
-/// its tasks and the plan has quiesced its clients.
+/// of `db` in the copy area `area` that holds `fnr`; with `roll`, rolled
+/// forward with the protection log (`Some(None)`: to its end,
+/// `Some(Some(lsn))`: to that LSN). What a recovery plan runs through a
+/// live node (`RecoveryOp::Restore`): the node has stopped its tasks and
+/// the plan has quiesced its clients.
 pub fn restore_in_node(
     db: &Database,
     area: &std::path::Path,
     fnr: Fnr,
-    regenerate_to_end: bool,
+    roll: Option<Option<Lsn>>,
 ) -> anyhow::Result<serde_json::Value> {
     let area = Area::open(area)?;
     let mut skipped = Vec::new();
@@ -591,15 +596,25 @@ pub fn restore_in_node(
         // An administration file is restored alone: the masters and logs
         // copied with it keep their level (their positions live in the
         // replicates' confirmation files).
+        // A master and its log are restored together, without the
+        // administration file copied beside them (it is not damaged, and
+        // it holds the live control state).
         if set
             .member(fnr)
             .is_some_and(|m| m.copy.def.role == Role::Administration)
         {
             set.members.retain(|m| m.fnr == fnr);
+        } else {
+            set.members
+                .retain(|m| m.copy.def.role != Role::Administration);
         }
         match verify_set(&area, &set) {
-            Ok(()) if regenerate_to_end => {
-                let r = regenerate_set(db, &area, set, Target::End, None, skipped)?;
+            Ok(()) if roll.is_some() => {
+                let target = match roll.flatten() {
+                    Some(l) => Target::Lsn(l),
+                    None => Target::End,
+                };
+                let r = regenerate_set(db, &area, set, target, None, skipped)?;
                 return Ok(serde_json::to_value(&r)?);
             }
             Ok(()) => {

@@ -138,17 +138,20 @@ pub fn read_slice(
         if c.lsn <= after {
             continue;
         }
+        let wanted = |fnr: &Fnr| files.is_empty() || files.contains(fnr);
         let d = {
             let mut ap = Applier::new(&*base, c.lsn, c.time_us, c.client_id.clone());
             for op in &c.catalog {
                 ap.catalog_op(op);
             }
-            for ch in &c.changes {
+            // Only the wanted files' changes are re-derived: `base` holds
+            // no meta for the others (a master's log records derive from
+            // the master's changes, and a slice wants both or neither).
+            for ch in c.changes.iter().filter(|ch| wanted(&ch.fnr)) {
                 ap.change(ch.clone(), false)?;
             }
             ap.finish()?
         };
-        let wanted = |fnr: &Fnr| files.is_empty() || files.contains(fnr);
         let mut records: Vec<SliceRecord> = d
             .changes
             .iter()

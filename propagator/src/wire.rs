@@ -333,12 +333,16 @@ pub enum RecoveryOp {
     /// replacing it whole).
     Rebase { file: Fnr },
     /// Restore the newest usable copy set in the copy area `area` that holds
-    /// `file`, rolled forward with the protection log to its end when
-    /// `regenerate`. The node's tasks are rebuilt afterwards, stopped.
+    /// `file`; with `regenerate`, rolled forward with the protection log up
+    /// to LSN `upto` (None: its end). The node's tasks are rebuilt
+    /// afterwards, stopped. The answer names the last LSN before the
+    /// restore wrote anything (`lsn_before`): the end a later roll-forward
+    /// must stop at, so the restore's own commits are not replayed.
     Restore {
         area: String,
         file: Fnr,
         regenerate: bool,
+        upto: Option<Lsn>,
     },
     /// Whether this node is quiesced.
     Status,

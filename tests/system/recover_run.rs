@@ -164,6 +164,17 @@ impl Scene {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if !out.status.success() {
+            for i in 1..=3 {
+                let log = self.tmp.path().join(format!("db{i}.node.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(150).collect();
+                eprintln!("--- {} (last lines)", log.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
         (out.status.code(), events, secs)
     }
 
@@ -260,7 +271,11 @@ fn case3_a_damaged_log_is_refreshed_and_every_replicate_reinstalled() {
     s.cl.wait_converged(CONVERGE).expect("converged");
     // Damage the master's log file; the master itself stays intact.
     s.cl.nodes[0].stop().expect("stop");
-    tamper(&s.cl.nodes[0].data, Fnr(11), vec![(Isn(5), Some(rec(5, 1)))]);
+    tamper(
+        &s.cl.nodes[0].data,
+        Fnr(11),
+        vec![(Isn(5), Some(rec(5, 1)))],
+    );
     s.cl.nodes[0].restart().expect("restart");
     // An empty copy area: no copy set of master and log exists.
     let area = s.dir("area");
@@ -286,4 +301,40 @@ fn case3_a_damaged_log_is_refreshed_and_every_replicate_reinstalled() {
     s.cl.wait_converged(CONVERGE).expect("converged");
     s.prove();
     figure("case3", dt, et, &events);
+}
+
+#[test]
+fn case4_a_damaged_master_and_log_are_restored_from_their_copy_set_and_rolled_forward() {
+    let mut s = Scene::new();
+    s.take_master_copy();
+    // Acknowledged after the copy: the roll-forward must bring them back.
+    s.store(1..=50, 40);
+    s.store(100..=120, 41);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.cl.nodes[0].stop().expect("stop");
+    tamper(
+        &s.cl.nodes[0].data,
+        MASTER,
+        vec![(Isn(7), None), (Isn(8), Some(rec(8, 5)))],
+    );
+    tamper(&s.cl.nodes[0].data, Fnr(11), vec![(Isn(3), None)]);
+    s.cl.nodes[0].restart().expect("restart");
+    let area = s.dir("area");
+    let (code, v, dt) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["triage"]["plan"]["leaf"], "case4", "{v}");
+    assert_eq!(leaf(&v), "restore_set_and_regenerate", "{v}");
+    let (code, events, et) = s.run(&["--area", &area]);
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(recovered(&events), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "regenerate_to_end" && e["event"] == "done"),
+        "{events:?}"
+    );
+    s.store(200..=210, 42);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.prove();
+    figure("case4", dt, et, &events);
 }

@@ -42,9 +42,8 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
             None => None,
         };
         let node = Node::new(db.clone()).map_err(anyhow::Error::msg)?;
-        node.set_restore_hook(std::sync::Arc::new(|db, area, fnr, regenerate| {
-            backup::restore::restore_in_node(db, std::path::Path::new(area), fnr, regenerate)
-                .map(|v| v.to_string())
+        node.set_restore_hook(std::sync::Arc::new(|db, area, fnr, roll| {
+            backup::restore::restore_in_node(db, std::path::Path::new(area), fnr, roll)
                 .map_err(|e| format!("{e:#}"))
         }));
         {

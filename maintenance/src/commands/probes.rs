@@ -159,7 +159,9 @@ fn stat(c: &mut Client, fnr: Fnr) -> Option<Stat> {
                 records: false,
             }) {
                 Ok(Response::Range {
-                    count: n, digest: d, ..
+                    count: n,
+                    digest: d,
+                    ..
                 }) if (n, d) != (count, digest) => Some((n, d.to_string())),
                 Ok(Response::Range { .. }) => None,
                 Ok(other) => Some((0, format!("unreadable: {other:?}"))),
@@ -352,7 +354,9 @@ impl LiveProbes {
     pub fn master(&self) -> Option<&MasterFact> {
         let damaged = |m: &&MasterFact| {
             m.stat.as_ref().is_some_and(|s| s.own_damage().is_some())
-                || m.log_stat.as_ref().is_some_and(|s| s.own_damage().is_some())
+                || m.log_stat
+                    .as_ref()
+                    .is_some_and(|s| s.own_damage().is_some())
         };
         let of = |r: &RepFact| {
             self.masters

@@ -135,6 +135,10 @@ enum Line {
         step: usize,
         detail: String,
         seconds: f64,
+        /// A restore's node address → its last LSN before the restore
+        /// wrote: where a later roll-forward of the plan stops.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lsn_before: Vec<(String, u64)>,
     },
     Failed {
         step: usize,
@@ -240,6 +244,20 @@ impl RunJournal {
             }
         }
         Some((plan.clone(), done, waiting))
+    }
+
+    /// The LSN the current plan's first restore on node `addr` found.
+    fn lsn_before(&self, addr: &str) -> Option<u64> {
+        let start = self
+            .lines
+            .iter()
+            .rposition(|l| matches!(l, Line::Plan { .. }))?;
+        self.lines[start..].iter().find_map(|l| match l {
+            Line::Done { lsn_before, .. } => {
+                lsn_before.iter().find(|(a, _)| a == addr).map(|(_, l)| *l)
+            }
+            _ => None,
+        })
     }
 
     fn rounds(&self) -> u32 {
@@ -550,7 +568,13 @@ impl Exec<'_> {
         }
     }
 
-    fn restore(&self, b: &Bound, regenerate: bool) -> anyhow::Result<String> {
+    fn restore(
+        &self,
+        b: &Bound,
+        regenerate: bool,
+        journal: &RunJournal,
+        lsns: &mut Vec<(String, u64)>,
+    ) -> anyhow::Result<String> {
         let area = self.area()?;
         let mut out = Vec::new();
         for t in &b.targets {
@@ -560,24 +584,32 @@ impl Exec<'_> {
                 Target::Admin { addr, file, .. } => (*addr, Fnr(*file)),
                 other => bail!("cannot restore {}", other.describe()),
             };
+            // Roll forward to where this plan's restore found the log, so
+            // the restore's own commits are not replayed over the copy.
+            let upto = if regenerate {
+                journal.lsn_before(&addr.to_string()).map(propagator::Lsn)
+            } else {
+                None
+            };
             let r = call(
                 addr,
                 &Request::Recovery(RecoveryOp::Restore {
                     area: area.clone(),
                     file,
                     regenerate,
+                    upto,
                 }),
             )?;
             let v: serde_json::Value = serde_json::from_str(&text(r)).unwrap_or_default();
-            let set = v["restored"]["set"]
-                .as_str()
-                .or(v["restored"]["restored"]["set"].as_str())
-                .unwrap_or("?")
-                .to_string();
+            if let Some(l) = v["lsn_before"].as_u64() {
+                lsns.push((addr.to_string(), l));
+            }
+            let set = v["restored"]["set"].as_str().unwrap_or("?").to_string();
             out.push(match v["commits"].as_u64() {
                 Some(n) => format!(
-                    "{}: copy set {set} restored and rolled forward by {n} commit(s)",
-                    t.describe()
+                    "{}: copy set {set} restored and rolled forward by {n} commit(s) to LSN {}",
+                    t.describe(),
+                    v["restored"]["lsn"]
                 ),
                 None => format!("{}: copy set {set} restored", t.describe()),
             });
@@ -585,7 +617,12 @@ impl Exec<'_> {
         Ok(out.join("; "))
     }
 
-    fn step(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
+    fn step(
+        &self,
+        b: &Bound,
+        journal: &mut RunJournal,
+        lsns: &mut Vec<(String, u64)>,
+    ) -> anyhow::Result<String> {
         let limit = self.opts.wait;
         match b.action.as_str() {
             "stop_tasks" => {
@@ -661,8 +698,10 @@ impl Exec<'_> {
                     started.elapsed().as_secs_f64()
                 ))
             }
-            "restore_copy_set" => self.restore(b, false),
-            "regenerate_to_end" | "rebuild_log_to_master_level" => self.restore(b, true),
+            "restore_copy_set" => self.restore(b, false, journal, lsns),
+            "regenerate_to_end" | "rebuild_log_to_master_level" => {
+                self.restore(b, true, journal, lsns)
+            }
             "restore_admin_from_copy" => {
                 let admins: Vec<Target> = self
                     .probes
@@ -680,6 +719,8 @@ impl Exec<'_> {
                         ..b.clone()
                     },
                     false,
+                    journal,
+                    lsns,
                 )
             }
             "verify_master_log" => {
@@ -1260,13 +1301,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::Problem);
             }
             let t0 = Instant::now();
-            match exec.step(b, &mut journal) {
+            let mut lsns = Vec::new();
+            match exec.step(b, &mut journal, &mut lsns) {
                 Ok(detail) => {
                     let seconds = t0.elapsed().as_secs_f64();
                     journal.append(Line::Done {
                         step: i,
                         detail: detail.clone(),
                         seconds,
+                        lsn_before: lsns,
                     })?;
                     done[i] = true;
                     say(

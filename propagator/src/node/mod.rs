@@ -64,14 +64,21 @@ pub struct Node {
     metrics: metrics::Rates,
     /// Client updates refused (recovery in progress) unless exempt.
     quiesced: std::sync::atomic::AtomicBool,
+    /// Client command batches hold it shared; a quiesce takes it alone.
+    update_gate: tokio::sync::RwLock<()>,
     /// Restores a copy set into this node's database (set by the binary,
     /// which knows the copy area's format).
     restore_hook: std::sync::OnceLock<RestoreHook>,
 }
 
-/// `(database, copy area, file, regenerate)` → what was restored (JSON).
-pub type RestoreHook =
-    Arc<dyn Fn(&Database, &str, Fnr, bool) -> Result<String, String> + Send + Sync>;
+/// `(database, copy area, file, roll forward: None no, Some(None) to the
+/// end of the protection log, Some(Some(lsn)) to that LSN)` → what was
+/// restored (JSON).
+pub type RestoreHook = Arc<
+    dyn Fn(&Database, &str, Fnr, Option<Option<crate::Lsn>>) -> Result<serde_json::Value, String>
+        + Send
+        + Sync,
+>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -118,6 +125,7 @@ impl Node {
             owners: Mutex::new(BTreeMap::new()),
             metrics: metrics::Rates::default(),
             quiesced: std::sync::atomic::AtomicBool::new(false),
+            update_gate: tokio::sync::RwLock::new(()),
             restore_hook: std::sync::OnceLock::new(),
         });
         if let Some(v) = stored {
@@ -503,14 +511,18 @@ impl Node {
     }
 
     async fn exec(&self, conv: &mut Conversation, cmds: Vec<Command>) -> Response {
+        // Held while the commands run, so a quiesce waits for updates in
+        // flight and the LSN it reports is the last one before it.
+        let _gate = self.update_gate.read().await;
         if !conv.exempt
             && self.quiesced.load(std::sync::atomic::Ordering::SeqCst)
-            && cmds.iter().any(|c| {
-                matches!(
-                    c,
-                    Command::Store { .. } | Command::Update { .. } | Command::Delete { .. }
-                )
-            })
+            && (conv.session.as_ref().is_some_and(|s| s.in_transaction())
+                || cmds.iter().any(|c| {
+                    matches!(
+                        c,
+                        Command::Store { .. } | Command::Update { .. } | Command::Delete { .. }
+                    )
+                }))
         {
             return Response::error(
                 "updates are refused while a recovery runs on this database (quiesced by etp recover run): retry later",
@@ -545,13 +557,18 @@ impl Node {
         let json = |v: serde_json::Value| Response::Text(v.to_string());
         match op {
             RecoveryOp::Quiesce { on } => {
-                self.quiesced.store(on, Ordering::SeqCst);
+                let lsn = {
+                    let _gate = self.update_gate.write().await;
+                    self.quiesced.store(on, Ordering::SeqCst);
+                    self.db.last_lsn()
+                };
                 tracing::warn!(
                     quiesced = on,
+                    %lsn,
                     "client updates {}",
                     if on { "refused" } else { "accepted again" }
                 );
-                json(serde_json::json!({ "quiesced": on }))
+                json(serde_json::json!({ "quiesced": on, "lsn": lsn.0 }))
             }
             RecoveryOp::Status => json(serde_json::json!({
                 "quiesced": self.quiesced.load(Ordering::SeqCst)
@@ -594,16 +611,23 @@ impl Node {
                 area,
                 file,
                 regenerate,
+                upto,
             } => {
                 let Some(hook) = self.restore_hook.get().cloned() else {
                     return Response::error("this node cannot restore copy sets (no restore hook)");
                 };
                 self.stop_feeders_of(None).await;
-                let r =
-                    tokio::task::spawn_blocking(move || hook(&db, &area, file, regenerate)).await;
+                let r = tokio::task::spawn_blocking(move || {
+                    let before = db.last_lsn();
+                    hook(&db, &area, file, regenerate.then_some(upto)).map(|mut v| {
+                        v["lsn_before"] = serde_json::json!(before.0);
+                        v
+                    })
+                })
+                .await;
                 self.rebuild_tasks_stopped().await;
                 match r {
-                    Ok(Ok(text)) => Response::Text(text),
+                    Ok(Ok(v)) => Response::Text(v.to_string()),
                     Ok(Err(e)) => Response::error(e),
                     Err(e) => Response::error(format!("internal error: {e}")),
                 }
