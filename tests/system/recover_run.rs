@@ -338,3 +338,36 @@ fn case4_a_damaged_master_and_log_are_restored_from_their_copy_set_and_rolled_fo
     s.prove();
     figure("case4", dt, et, &events);
 }
+
+#[test]
+fn case5_a_damaged_administration_file_is_restored_from_its_copy_and_rolled_forward() {
+    let mut s = Scene::new();
+    let export = s.dir("topology-export.toml");
+    std::fs::write(
+        &export,
+        ok(&etp(&["admin", "export", "--node", &s.m()])),
+    )
+    .expect("export");
+    s.take_master_copy();
+    s.store(1..=30, 50);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    // The master node's administration file damaged: it comes back up
+    // serving no topology, so no task feeds the replicates.
+    s.cl.nodes[0].stop().expect("stop");
+    tamper(&s.cl.nodes[0].data, Fnr(255), vec![(Isn(1), Some(rec(1, 1)))]);
+    s.cl.nodes[0].restart().expect("restart");
+    s.store(31..=40, 51);
+    let area = s.dir("area");
+    // The master node serves no topology: the export leads to the others.
+    let (code, v, dt) = s.diagnose(&["--area", &area, "--export", &export]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["triage"]["plan"]["case"], "case5_admin", "{v}");
+    assert_eq!(leaf(&v), "restore_admin_regenerate", "{v}");
+    let (code, events, et) = s.run(&["--area", &area, "--export", &export]);
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(recovered(&events), "{events:?}");
+    s.store(41..=45, 52);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.prove();
+    figure("case5", dt, et, &events);
+}

@@ -276,7 +276,7 @@ impl LiveProbes {
         }
         let admin = v.admin_file();
         for (db, c) in clients.iter_mut() {
-            let damaged = stat(c, admin).and_then(|s| s.damaged);
+            let damaged = stat(c, admin).and_then(|s| s.own_damage());
             let topology = match c.call(&Request::AdminExport) {
                 Ok(Response::Text(t)) => Some(t),
                 _ => None,
