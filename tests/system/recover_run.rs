@@ -10,8 +10,9 @@
 //! are measured at; each prints a `FIGURE` line (diagnose and execute
 //! seconds, operator decisions).
 
-use etp_system_tests::{etp, etp_bin, ok, tamper};
-use maintenance::cluster::{Cluster, FULL, MASTER, PART};
+use etp_system_tests::proxy::{Direction, FaultProxy};
+use etp_system_tests::{etp, etp_bin, etp_stdin, ok, tamper};
+use maintenance::cluster::{topology_text, Cluster, MASTER, PART};
 use propagator::wire::{Command, Response};
 use propagator::{Fnr, Isn, Record, Value};
 use std::collections::BTreeMap;
@@ -49,6 +50,28 @@ impl Scene {
     fn new() -> Scene {
         let tmp = tempfile::tempdir().expect("tempdir");
         let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+        Scene::fill(tmp, cl)
+    }
+
+    /// A scene whose replicate links run through fault proxies; tasks
+    /// without a restart interval (a lost link stops the feeding).
+    fn proxied() -> (Scene, Vec<FaultProxy>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut proxies = Vec::new();
+        let cl = Cluster::start_with(etp_bin(), tmp.path(), |addrs| {
+            let mut routed = vec![addrs[0]];
+            for a in &addrs[1..] {
+                let p = FaultProxy::start(*a).expect("proxy");
+                routed.push(p.addr());
+                proxies.push(p);
+            }
+            topology_text(&routed, None)
+        })
+        .expect("cluster");
+        (Scene::fill(tmp, cl), proxies)
+    }
+
+    fn fill(tmp: tempfile::TempDir, cl: Cluster) -> Scene {
         let mut s = Scene {
             tmp,
             cl,
@@ -261,7 +284,6 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     assert!(recovered(&events), "{events:?}");
     s.prove();
     figure("case2", dt, et, &events);
-    let _ = FULL;
 }
 
 #[test]
@@ -343,18 +365,18 @@ fn case4_a_damaged_master_and_log_are_restored_from_their_copy_set_and_rolled_fo
 fn case5_a_damaged_administration_file_is_restored_from_its_copy_and_rolled_forward() {
     let mut s = Scene::new();
     let export = s.dir("topology-export.toml");
-    std::fs::write(
-        &export,
-        ok(&etp(&["admin", "export", "--node", &s.m()])),
-    )
-    .expect("export");
+    std::fs::write(&export, ok(&etp(&["admin", "export", "--node", &s.m()]))).expect("export");
     s.take_master_copy();
     s.store(1..=30, 50);
     s.cl.wait_converged(CONVERGE).expect("converged");
     // The master node's administration file damaged: it comes back up
     // serving no topology, so no task feeds the replicates.
     s.cl.nodes[0].stop().expect("stop");
-    tamper(&s.cl.nodes[0].data, Fnr(255), vec![(Isn(1), Some(rec(1, 1)))]);
+    tamper(
+        &s.cl.nodes[0].data,
+        Fnr(255),
+        vec![(Isn(1), Some(rec(1, 1)))],
+    );
     s.cl.nodes[0].restart().expect("restart");
     s.store(31..=40, 51);
     let area = s.dir("area");
@@ -370,4 +392,111 @@ fn case5_a_damaged_administration_file_is_restored_from_its_copy_and_rolled_forw
     s.cl.wait_converged(CONVERGE).expect("converged");
     s.prove();
     figure("case5", dt, et, &events);
+}
+
+/// One client transaction storing `key` (qty 60), under client id `id`.
+fn client_txn(key: u64, id: &str) -> String {
+    format!(
+        "{{\"op\":\"store\",\"file\":10,\"isn\":{key},\"fields\":{{\"id\":{key},\"grp\":{},\"qty\":60}}}}\n\
+         {{\"op\":\"et\",\"id\":\"{id}\"}}\n",
+        key % 8
+    )
+}
+
+#[test]
+fn case1_a_link_cut_mid_transaction_is_rerun_and_the_isolated_replicates_resynchronized() {
+    let (mut s, proxies) = Scene::proxied();
+    let n = records();
+    // The bytes a clean journaled transaction sends, to cut the next one
+    // three bytes short of its ET.
+    let journal = s.dir("client-journal");
+    let clean = FaultProxy::start(s.cl.nodes[0].addr).expect("proxy");
+    let out = etp_stdin(
+        &[
+            "exec",
+            "--node",
+            &clean.addr().to_string(),
+            "--journal",
+            &journal,
+        ],
+        &client_txn(n + 1, "calibrate"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.model.insert(n + 1, 60);
+    let sent = clean.bytes(Direction::ClientToServer);
+    // The replicates' links go down, then the client's link to the master
+    // breaks in the middle of a transaction: the node backs it out, the
+    // client gives up and keeps it in its journal.
+    for p in &proxies {
+        p.refuse();
+        p.cut();
+    }
+    s.store(1..=20, 61);
+    etp_system_tests::wait_for("the feeders to stop on the lost links", CONVERGE, || {
+        let t = s.cl.task_status().ok()?;
+        t.replicates
+            .iter()
+            .all(|r| {
+                r.reason
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with("stopped (link lost"))
+            })
+            .then_some(())
+    });
+    let cut = FaultProxy::start(s.cl.nodes[0].addr).expect("proxy");
+    cut.reset_after(Direction::ClientToServer, sent - 3);
+    let out = etp_stdin(
+        &[
+            "exec",
+            "--node",
+            &cut.addr().to_string(),
+            "--journal",
+            &journal,
+            "--retry-for",
+            "0",
+        ],
+        &client_txn(n + 2, "interrupted"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(cut.resets(), 1, "the cut fired");
+    // The links come back; nothing restarts the feeding by itself.
+    for p in &proxies {
+        p.accept_again();
+    }
+    let (code, v, dt) = s.diagnose(&["--journal", &journal]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["triage"]["plan"]["case"], "case1_isolated", "{v}");
+    assert_eq!(leaf(&v), "rerun_start_tasks", "{v}");
+    let first = &v["case"]["path"][0];
+    assert!(
+        first["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{first}"
+    );
+    let (code, events, et) = s.run(&["--journal", &journal]);
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(recovered(&events), "{events:?}");
+    s.model.insert(n + 2, 60);
+    s.prove();
+    // Rerun exactly once: nothing is pending, and the record holds once.
+    let status = etp(&["exec", "--journal", &journal, "--status"]);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    figure("case1", dt, et, &events);
 }
