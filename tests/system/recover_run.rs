@@ -277,6 +277,79 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["triage"]["plan"]["case"], "case2_replicate", "{v}");
     assert_eq!(leaf(&v), "reinstall_partial_from_master", "{v}");
+    // Without the copy area the first question cannot be answered: the
+    // run refuses, naming it, and changes nothing.
+    let (code, events, _) = s.run(&[]);
+    assert_eq!(code, Some(1), "{events:?}");
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "refused")
+        .expect("refused");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unit_copy_with_intact_plog"),
+        "{refused}"
+    );
+    assert!(!events.iter().any(|e| e["event"] == "done"), "{events:?}");
+    // A dry run prints the bound plan and executes nothing.
+    let out = etp(&[
+        "recover",
+        "run",
+        "--dry-run",
+        "--node",
+        &s.m(),
+        "--area",
+        &area,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("reload_replicate_from_master replicate items_part (database 3)")
+            && text.contains("(dry run: nothing executed)"),
+        "{text}"
+    );
+    // Walked by hand, taking every probe's answer, the case ends at the
+    // same leaf.
+    let out = etp_stdin(
+        &[
+            "recover",
+            "walk",
+            "case2_replicate",
+            "--node",
+            &s.m(),
+            "--area",
+            &area,
+        ],
+        "\n\n\n\n\n\n\n\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("plan (reinstall_partial_from_master)")
+            && text.contains("(0 answer(s) differ from the probes)"),
+        "{text}"
+    );
+    // Answering against a probe takes the other branch, and says so.
+    let out = etp_stdin(
+        &[
+            "recover",
+            "walk",
+            "case2_replicate",
+            "--node",
+            &s.m(),
+            "--area",
+            &area,
+        ],
+        "\n\n\nn\n\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("plan (reinstall_from_master)")
+            && text.contains("(1 answer(s) differ from the probes)"),
+        "{text}"
+    );
     // Writes go on meanwhile; none may be lost.
     s.store(11..=20, 31);
     let (code, events, et) = s.run(&["--area", &area]);
@@ -499,4 +572,98 @@ fn case1_a_link_cut_mid_transaction_is_rerun_and_the_isolated_replicates_resynch
         String::from_utf8_lossy(&status.stdout)
     );
     figure("case1", dt, et, &events);
+}
+
+#[test]
+fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
+    let mut s = Scene::new();
+    s.take_master_copy();
+    s.store(1..=40, 70);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.cl.nodes[0].stop().expect("stop");
+    tamper(&s.cl.nodes[0].data, MASTER, vec![(Isn(9), None)]);
+    tamper(&s.cl.nodes[0].data, Fnr(11), vec![(Isn(4), None)]);
+    s.cl.nodes[0].restart().expect("restart");
+    let area = s.dir("area");
+    // Stopped right after the restore (step 3 of restore_set_and_regenerate):
+    // the master is back at the copy's level, the roll-forward not done.
+    let m = s.m();
+    let state = s.dir("recovery");
+    let out = std::process::Command::new(etp_bin())
+        .args([
+            "recover",
+            "run",
+            "--execute",
+            "--json",
+            "--node",
+            &m,
+            "--state",
+            &state,
+            "--area",
+            &area,
+        ])
+        .env("ETP_RECOVER_STOP_AFTER_STEPS", "3")
+        .output()
+        .expect("etp");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let journal =
+        std::fs::read_to_string(s.tmp.path().join("recovery/recovery.jsonl")).expect("journal");
+    assert_eq!(
+        journal
+            .lines()
+            .filter(|l| l.contains("\"line\":\"done\""))
+            .count(),
+        3
+    );
+    // Run again: it resumes at step 4 and rolls forward from the LSN the
+    // restore found, so every acknowledged write is back.
+    let (code, events, _) = s.run(&["--area", &area]);
+    assert_eq!(code, Some(0), "{events:?}");
+    let resume = events
+        .iter()
+        .find(|e| e["event"] == "resume")
+        .expect("resumed");
+    assert_eq!(resume["done"], 3, "{resume}");
+    let first = events
+        .iter()
+        .find(|e| e["event"] == "done")
+        .expect("a step");
+    assert_eq!(first["step"], 4, "{first}");
+    assert_eq!(first["action"], "regenerate_to_end", "{first}");
+    assert!(recovered(&events), "{events:?}");
+    s.prove();
+}
+
+#[test]
+fn a_database_down_stops_the_run_at_an_operator_step_until_it_answers() {
+    let mut s = Scene::new();
+    s.cl.nodes[2].stop().expect("stop");
+    let (code, events, _) = s.run(&[]);
+    assert_eq!(code, Some(1), "{events:?}");
+    let op = events
+        .iter()
+        .find(|e| e["event"] == "operator")
+        .expect("an operator step");
+    assert_eq!(op["action"], "restart_databases", "{op}");
+    assert!(
+        op["what"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("database 3"),
+        "{op}"
+    );
+    // The operator starts the node; the run takes the step as done and
+    // goes on until everything is verified.
+    s.cl.nodes[2].restart().expect("restart");
+    s.store(1..=5, 80);
+    let (code, events, _) = s.run(&[]);
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(events.iter().any(|e| e["event"] == "resume"), "{events:?}");
+    assert!(recovered(&events), "{events:?}");
+    s.prove();
 }

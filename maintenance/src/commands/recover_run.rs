@@ -1274,11 +1274,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             probes: &probes,
             plan: &plan,
         };
-        for i in 0..plan.steps.len() {
+        for (i, b) in plan.steps.iter().enumerate() {
             if done[i] {
                 continue;
             }
-            let b = &plan.steps[i];
             if b.operator() {
                 let all_up = b.action == "restart_databases" && probes.unreachable.is_empty();
                 if all_up || (opts.confirm && waiting == Some(i)) {
