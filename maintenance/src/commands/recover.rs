@@ -1,7 +1,7 @@
-//! `etp recover flows|show|validate|diagnose`: the recovery flows as data
-//! (`flowcharts/`), listed, rendered, checked, and walked with answers
-//! probed from the live nodes ([`super::probes`]). Executing the plans is
-//! the next step (issue 6).
+//! `etp recover flows|show|validate|diagnose|walk|run`: the recovery flows
+//! as data (`flowcharts/`), listed, rendered, checked, walked with answers
+//! probed from the live nodes ([`super::probes`]) or given by an operator
+//! ([`super::recover_walk`]), and executed ([`super::recover_run`]).
 
 use crate::cli::RecoverCommand;
 use crate::output;

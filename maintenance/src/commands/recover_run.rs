@@ -106,7 +106,7 @@ impl Bound {
     fn operator(&self) -> bool {
         matches!(
             self.action.as_str(),
-            "manual_intervention" | "restart_databases"
+            "manual_intervention" | "restart_databases" | "restore_master_from_full_replicate"
         )
     }
 }
@@ -1293,6 +1293,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                         "start the node of every database that does not answer ({}), then run again",
                         probes.unreachable.join("; ")
                     ),
+                    // Not carried out by this engine (yet): the operator's.
+                    "restore_master_from_full_replicate" => format!(
+                        "rebuild {} from {} by hand — this engine does not build a master from a replicate (for example: etp file dump the replicate, and store its records into the emptied master with etp exec); then confirm",
+                        b.targets.first().map(Target::describe).unwrap_or_default(),
+                        b.sources.first().map(Target::describe).unwrap_or_default()
+                    ),
                     _ => b.reason.clone().unwrap_or_default(),
                 };
                 say(&opts, serde_json::json!({"event": "operator", "step": i + 1, "action": b.action, "what": what}),
@@ -1352,5 +1358,92 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             );
             return Ok(Outcome::Ok);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(steps: usize) -> BoundPlan {
+        BoundPlan {
+            round: 1,
+            tree: "case2_replicate".into(),
+            leaf: "reload_unit_catch_up".into(),
+            outcome: "o".into(),
+            steps: (0..steps)
+                .map(|i| Bound {
+                    action: if i == 1 {
+                        "manual_intervention".into()
+                    } else {
+                        "restart_tasks".into()
+                    },
+                    targets: Vec::new(),
+                    sources: Vec::new(),
+                    reason: None,
+                })
+                .collect(),
+            levels: vec![(1, 10, 7)],
+        }
+    }
+
+    #[test]
+    fn the_journal_resumes_at_the_first_step_not_done_and_ends_a_plan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = RunJournal::open(dir.path()).expect("open");
+        assert!(j.open_plan().is_none());
+        j.append(Line::Plan {
+            plan: plan(3),
+            at: now(),
+        })
+        .expect("plan");
+        j.append(Line::Done {
+            step: 0,
+            detail: "d".into(),
+            seconds: 0.1,
+            lsn_before: vec![("127.0.0.1:1".into(), 42)],
+        })
+        .expect("done");
+        j.append(Line::Waiting { step: 1 }).expect("waiting");
+        let j = RunJournal::open(dir.path()).expect("reopen");
+        let (p, done, waiting) = j.open_plan().expect("open plan");
+        assert_eq!(p.steps.len(), 3);
+        assert_eq!(done, vec![true, false, false]);
+        assert_eq!(waiting, Some(1));
+        assert_eq!(j.lsn_before("127.0.0.1:1"), Some(42));
+        assert_eq!(j.lsn_before("127.0.0.1:2"), None);
+        let mut j = j;
+        j.append(Line::Confirmed { step: 1 }).expect("confirmed");
+        let (_, done, waiting) = j.open_plan().expect("open plan");
+        assert_eq!(done, vec![true, true, false]);
+        assert_eq!(waiting, None);
+        j.append(Line::End {
+            leaf: "reload_unit_catch_up".into(),
+            at: now(),
+        })
+        .expect("end");
+        assert!(j.open_plan().is_none());
+        assert_eq!(j.rounds(), 1);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_damaged_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = RunJournal::open(dir.path()).expect("open");
+        j.append(Line::Plan {
+            plan: plan(2),
+            at: now(),
+        })
+        .expect("plan");
+        let path = dir.path().join(JOURNAL);
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        text.push_str("{\"line\":\"done\",\"step\":0,\"deta");
+        std::fs::write(&path, &text).expect("write");
+        let j = RunJournal::open(dir.path()).expect("a torn tail is dropped");
+        let (_, done, _) = j.open_plan().expect("plan");
+        assert_eq!(done, vec![false, false], "the torn step is not done");
+        std::fs::write(&path, format!("garbage\n{text}\n")).expect("write");
+        let err = RunJournal::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("line 1"), "{err}");
     }
 }
