@@ -201,6 +201,21 @@ impl Scene {
         (out.status.code(), events, secs)
     }
 
+    /// More writes after the recovery: they propagate, and the proof holds.
+    fn store_and_prove(&mut self, keys: std::ops::RangeInclusive<u64>, qty: i64) {
+        self.store(keys, qty);
+        self.cl.wait_converged(CONVERGE).expect("converged");
+        self.prove();
+    }
+
+    /// `run --execute` that must end recovered: its events and seconds.
+    fn recover(&self, extra: &[&str]) -> (Vec<serde_json::Value>, f64) {
+        let (code, events, secs) = self.run(extra);
+        assert_eq!(code, Some(0), "{events:?}");
+        assert!(recovered(&events), "{events:?}");
+        (events, secs)
+    }
+
     /// Every replicate equals the master (or its selection), every
     /// confirmation is the master's last seq, and the master holds every
     /// acknowledged write.
@@ -254,13 +269,16 @@ fn recovered(events: &[serde_json::Value]) -> bool {
     events.iter().any(|e| e["event"] == "recovered")
 }
 
-fn stop_tamper_start(s: &mut Scene, node: usize, file: Fnr, isn: u64) {
+/// Records written into one file's page store (None: deleted).
+type Edits = Vec<(Isn, Option<Record>)>;
+
+/// Stops node `node`, writes `edits` straight into its files' page store
+/// (the injected fault), and starts it again.
+fn damage(s: &mut Scene, node: usize, edits: Vec<(Fnr, Edits)>) {
     s.cl.nodes[node].stop().expect("stop");
-    tamper(
-        &s.cl.nodes[node].data,
-        file,
-        vec![(Isn(isn), Some(rec(isn, 999)))],
-    );
+    for (file, e) in edits {
+        tamper(&s.cl.nodes[node].data, file, e);
+    }
     s.cl.nodes[node].restart().expect("restart");
 }
 
@@ -271,7 +289,11 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     s.store(1..=10, 30);
     // Damage the partial replicate behind the engine's back.
     let victim = (1..).find(|k| k % 4 == 0).unwrap_or(4);
-    stop_tamper_start(&mut s, 2, PART, victim);
+    damage(
+        &mut s,
+        2,
+        vec![(PART, vec![(Isn(victim), Some(rec(victim, 999)))])],
+    );
     let area = s.dir("area");
     let (code, v, dt) = s.diagnose(&["--area", &area]);
     assert_eq!(code, Some(1), "{v}");
@@ -311,40 +333,32 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
         "{text}"
     );
     // Walked by hand, taking every probe's answer, the case ends at the
-    // same leaf.
-    let out = etp_stdin(
-        &[
-            "recover",
-            "walk",
-            "case2_replicate",
-            "--node",
-            &s.m(),
-            "--area",
-            &area,
-        ],
-        "\n\n\n\n\n\n\n\n",
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    // same leaf; answering against a probe takes the other branch, and
+    // says so.
+    let walk = |answers: &str| {
+        let m = s.m();
+        let out = etp_stdin(
+            &[
+                "recover",
+                "walk",
+                "case2_replicate",
+                "--node",
+                &m,
+                "--area",
+                &area,
+            ],
+            answers,
+        );
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = walk("\n\n\n\n\n\n\n\n");
     assert!(
         text.contains("plan (reinstall_partial_from_master)")
             && text.contains("(0 answer(s) differ from the probes)"),
         "{text}"
     );
-    // Answering against a probe takes the other branch, and says so.
-    let out = etp_stdin(
-        &[
-            "recover",
-            "walk",
-            "case2_replicate",
-            "--node",
-            &s.m(),
-            "--area",
-            &area,
-        ],
-        "\n\n\nn\n\n",
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = walk("\n\n\nn\n\n");
     assert!(
         text.contains("plan (reinstall_from_master)")
             && text.contains("(1 answer(s) differ from the probes)"),
@@ -352,9 +366,7 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     );
     // Writes go on meanwhile; none may be lost.
     s.store(11..=20, 31);
-    let (code, events, et) = s.run(&["--area", &area]);
-    assert_eq!(code, Some(0), "{events:?}");
-    assert!(recovered(&events), "{events:?}");
+    let (events, et) = s.recover(&["--area", &area]);
     s.prove();
     figure("case2", dt, et, &events);
 }
@@ -365,13 +377,7 @@ fn case3_a_damaged_log_is_refreshed_and_every_replicate_reinstalled() {
     s.store(1..=10, 30);
     s.cl.wait_converged(CONVERGE).expect("converged");
     // Damage the master's log file; the master itself stays intact.
-    s.cl.nodes[0].stop().expect("stop");
-    tamper(
-        &s.cl.nodes[0].data,
-        Fnr(11),
-        vec![(Isn(5), Some(rec(5, 1)))],
-    );
-    s.cl.nodes[0].restart().expect("restart");
+    damage(&mut s, 0, vec![(Fnr(11), vec![(Isn(5), Some(rec(5, 1)))])]);
     // An empty copy area: no copy set of master and log exists.
     let area = s.dir("area");
     std::fs::create_dir_all(&area).expect("area");
@@ -385,16 +391,12 @@ fn case3_a_damaged_log_is_refreshed_and_every_replicate_reinstalled() {
     assert_eq!(master_q["answer"], "no", "{master_q}");
     assert_eq!(v["triage"]["plan"]["case"], "case3_log", "{v}");
     assert_eq!(leaf(&v), "refresh_log_reinstall_replicates", "{v}");
-    let (code, events, et) = s.run(&["--area", &area]);
-    assert_eq!(code, Some(0), "{events:?}");
-    assert!(recovered(&events), "{events:?}");
+    let (events, et) = s.recover(&["--area", &area]);
     // The fresh copy set the plan took is catalogued.
     let sets = ok(&etp(&["copy", "list", "--area", &area]));
     assert!(sets.contains("master"), "{sets}");
     // Updates are accepted again and propagate.
-    s.store(11..=20, 32);
-    s.cl.wait_converged(CONVERGE).expect("converged");
-    s.prove();
+    s.store_and_prove(11..=20, 32);
     figure("case3", dt, et, &events);
 }
 
@@ -406,31 +408,27 @@ fn case4_a_damaged_master_and_log_are_restored_from_their_copy_set_and_rolled_fo
     s.store(1..=50, 40);
     s.store(100..=120, 41);
     s.cl.wait_converged(CONVERGE).expect("converged");
-    s.cl.nodes[0].stop().expect("stop");
-    tamper(
-        &s.cl.nodes[0].data,
-        MASTER,
-        vec![(Isn(7), None), (Isn(8), Some(rec(8, 5)))],
+    damage(
+        &mut s,
+        0,
+        vec![
+            (MASTER, vec![(Isn(7), None), (Isn(8), Some(rec(8, 5)))]),
+            (Fnr(11), vec![(Isn(3), None)]),
+        ],
     );
-    tamper(&s.cl.nodes[0].data, Fnr(11), vec![(Isn(3), None)]);
-    s.cl.nodes[0].restart().expect("restart");
     let area = s.dir("area");
     let (code, v, dt) = s.diagnose(&["--area", &area]);
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["triage"]["plan"]["leaf"], "case4", "{v}");
     assert_eq!(leaf(&v), "restore_set_and_regenerate", "{v}");
-    let (code, events, et) = s.run(&["--area", &area]);
-    assert_eq!(code, Some(0), "{events:?}");
-    assert!(recovered(&events), "{events:?}");
+    let (events, et) = s.recover(&["--area", &area]);
     assert!(
         events
             .iter()
             .any(|e| e["action"] == "regenerate_to_end" && e["event"] == "done"),
         "{events:?}"
     );
-    s.store(200..=210, 42);
-    s.cl.wait_converged(CONVERGE).expect("converged");
-    s.prove();
+    s.store_and_prove(200..=210, 42);
     figure("case4", dt, et, &events);
 }
 
@@ -444,13 +442,7 @@ fn case5_a_damaged_administration_file_is_restored_from_its_copy_and_rolled_forw
     s.cl.wait_converged(CONVERGE).expect("converged");
     // The master node's administration file damaged: it comes back up
     // serving no topology, so no task feeds the replicates.
-    s.cl.nodes[0].stop().expect("stop");
-    tamper(
-        &s.cl.nodes[0].data,
-        Fnr(255),
-        vec![(Isn(1), Some(rec(1, 1)))],
-    );
-    s.cl.nodes[0].restart().expect("restart");
+    damage(&mut s, 0, vec![(Fnr(255), vec![(Isn(1), Some(rec(1, 1)))])]);
     s.store(31..=40, 51);
     let area = s.dir("area");
     // The master node serves no topology: the export leads to the others.
@@ -458,12 +450,8 @@ fn case5_a_damaged_administration_file_is_restored_from_its_copy_and_rolled_forw
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["triage"]["plan"]["case"], "case5_admin", "{v}");
     assert_eq!(leaf(&v), "restore_admin_regenerate", "{v}");
-    let (code, events, et) = s.run(&["--area", &area, "--export", &export]);
-    assert_eq!(code, Some(0), "{events:?}");
-    assert!(recovered(&events), "{events:?}");
-    s.store(41..=45, 52);
-    s.cl.wait_converged(CONVERGE).expect("converged");
-    s.prove();
+    let (events, et) = s.recover(&["--area", &area, "--export", &export]);
+    s.store_and_prove(41..=45, 52);
     figure("case5", dt, et, &events);
 }
 
@@ -558,9 +546,7 @@ fn case1_a_link_cut_mid_transaction_is_rerun_and_the_isolated_replicates_resynch
             .contains("interrupted"),
         "{first}"
     );
-    let (code, events, et) = s.run(&["--journal", &journal]);
-    assert_eq!(code, Some(0), "{events:?}");
-    assert!(recovered(&events), "{events:?}");
+    let (events, et) = s.recover(&["--journal", &journal]);
     s.model.insert(n + 2, 60);
     s.prove();
     // Rerun exactly once: nothing is pending, and the record holds once.
@@ -580,10 +566,14 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
     s.take_master_copy();
     s.store(1..=40, 70);
     s.cl.wait_converged(CONVERGE).expect("converged");
-    s.cl.nodes[0].stop().expect("stop");
-    tamper(&s.cl.nodes[0].data, MASTER, vec![(Isn(9), None)]);
-    tamper(&s.cl.nodes[0].data, Fnr(11), vec![(Isn(4), None)]);
-    s.cl.nodes[0].restart().expect("restart");
+    damage(
+        &mut s,
+        0,
+        vec![
+            (MASTER, vec![(Isn(9), None)]),
+            (Fnr(11), vec![(Isn(4), None)]),
+        ],
+    );
     let area = s.dir("area");
     // Stopped right after the restore (step 3 of restore_set_and_regenerate):
     // the master is back at the copy's level, the roll-forward not done.

@@ -408,6 +408,22 @@ impl LiveProbes {
             .max_by_key(|r| r.confirmed.map_or(0, |c| c.0))
     }
 
+    fn full_replicate_answer(&self, m: &MasterFact, not: &[&str]) -> Answer {
+        match self.full_replicate(m, not) {
+            Some(r) => Answer::yes(format!(
+                "full replicate {} on database {} is intact (confirmed seq {})",
+                r.name,
+                r.db,
+                r.confirmed.map_or(0, |c| c.0)
+            )),
+            None => Answer::no(format!(
+                "no {}intact, reachable full replicate of master {}",
+                if not.is_empty() { "" } else { "other " },
+                m.name
+            )),
+        }
+    }
+
     /// The administration files found damaged.
     pub fn damaged_admins(&self) -> Vec<&AdminFact> {
         self.admins.iter().filter(|a| a.damaged.is_some()).collect()
@@ -614,18 +630,7 @@ impl LiveProbes {
                     ))
                 }
             }
-            "full_replicate_available" => match self.full_replicate(m, &names) {
-                Some(r) => Answer::yes(format!(
-                    "full replicate {} on database {} is intact (confirmed seq {})",
-                    r.name,
-                    r.db,
-                    r.confirmed.map_or(0, |c| c.0)
-                )),
-                None => Answer::no(format!(
-                    "no other intact, reachable full replicate of master {}",
-                    m.name
-                )),
-            },
+            "full_replicate_available" => self.full_replicate_answer(m, &names),
             _ => {
                 let (set, seq) = match self.unit_copy() {
                     Err(a) => return a,
@@ -667,14 +672,13 @@ impl LiveProbes {
                             "master {}'s database does not answer",
                             m.name
                         )),
-                        Some(last) if seq < last => Answer::yes(format!(
-                            "copy set {} confirms seq {seq}; the master is at seq {last}",
-                            set.id
-                        )),
-                        Some(last) => Answer::no(format!(
-                            "copy set {} confirms seq {seq}; the master is at seq {last}",
-                            set.id
-                        )),
+                        Some(last) => yes_no(
+                            seq < last,
+                            format!(
+                                "copy set {} confirms seq {seq}; the master is at seq {last}",
+                                set.id
+                            ),
+                        ),
                     },
                     other => Answer::unanswerable(format!("no probe is named `{other}`")),
                 }
@@ -886,14 +890,17 @@ impl LiveProbes {
                                 None => Answer::unanswerable(
                                     "no node with an intact administration file serves a topology to compare with",
                                 ),
-                                Some(now) if Some(now) == copied.as_deref() => Answer::no(format!(
-                                    "the topology in copy set {} equals the one the intact nodes serve",
-                                    set.id
-                                )),
-                                Some(_) => Answer::yes(format!(
-                                    "the topology in copy set {} differs from the one the intact nodes serve",
-                                    set.id
-                                )),
+                                Some(now) => {
+                                    let changed = Some(now) != copied.as_deref();
+                                    yes_no(
+                                        changed,
+                                        format!(
+                                            "the topology in copy set {} {} the one the intact nodes serve",
+                                            set.id,
+                                            if changed { "differs from" } else { "equals" }
+                                        ),
+                                    )
+                                }
                             },
                         }
                     }
@@ -1037,18 +1044,7 @@ impl LiveProbes {
                     // Case 4: a full replicate of the damaged master.
                     match self.master() {
                         None => Answer::unanswerable("the topology defines no master"),
-                        Some(m) => match self.full_replicate(m, &[]) {
-                            Some(r) => Answer::yes(format!(
-                                "full replicate {} on database {} is intact (confirmed seq {})",
-                                r.name,
-                                r.db,
-                                r.confirmed.map_or(0, |c| c.0)
-                            )),
-                            None => Answer::no(format!(
-                                "no intact, reachable full replicate of master {}",
-                                m.name
-                            )),
-                        },
+                        Some(m) => self.full_replicate_answer(m, &[]),
                     }
                 } else {
                     self.case2(name)
@@ -1056,6 +1052,14 @@ impl LiveProbes {
             }
             other => self.case34(other),
         }
+    }
+}
+
+fn yes_no(yes: bool, evidence: String) -> Answer {
+    if yes {
+        Answer::yes(evidence)
+    } else {
+        Answer::no(evidence)
     }
 }
 

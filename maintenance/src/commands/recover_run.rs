@@ -339,6 +339,18 @@ fn rep_target(r: &RepFact, p: &LiveProbes) -> Target {
     }
 }
 
+/// The damaged administration files.
+fn admin_targets(p: &LiveProbes) -> Vec<Target> {
+    p.damaged_admins()
+        .into_iter()
+        .map(|a| Target::Admin {
+            db: a.db.0,
+            addr: a.addr,
+            file: a.fnr.0,
+        })
+        .collect()
+}
+
 fn resolve(var: &str, p: &LiveProbes) -> anyhow::Result<Vec<Target>> {
     let Some(name) = var.strip_prefix('$') else {
         bail!("parameter {var:?} is not a $variable");
@@ -384,15 +396,7 @@ fn resolve(var: &str, p: &LiveProbes) -> anyhow::Result<Vec<Target>> {
             .filter(|r| r.state.as_deref() == Some("error"))
             .map(|r| rep_target(r, p))
             .collect(),
-        "admin" => p
-            .damaged_admins()
-            .into_iter()
-            .map(|a| Target::Admin {
-                db: a.db.0,
-                addr: a.addr,
-                file: a.fnr.0,
-            })
-            .collect(),
+        "admin" => admin_targets(p),
         "topology_export" => match &p.sources.export {
             Some(e) => vec![Target::Export {
                 path: e.display().to_string(),
@@ -703,16 +707,7 @@ impl Exec<'_> {
                 self.restore(b, true, journal, lsns)
             }
             "restore_admin_from_copy" => {
-                let admins: Vec<Target> = self
-                    .probes
-                    .damaged_admins()
-                    .into_iter()
-                    .map(|a| Target::Admin {
-                        db: a.db.0,
-                        addr: a.addr,
-                        file: a.fnr.0,
-                    })
-                    .collect();
+                let admins = admin_targets(self.probes);
                 self.restore(
                     &Bound {
                         targets: admins,
