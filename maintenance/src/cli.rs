@@ -675,8 +675,13 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// Seconds per phase.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Rounds of (raw fdatasync, 1 client, 16 clients), interleaved so
+        /// each ratio compares phases a few seconds apart; the medians are
+        /// reported (the disk's rate drifts several-fold from minute to minute).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
     },
     /// End-to-end propagation on three node processes, with pg_peer.sh's
     /// phases and metric names (N, B, M, M_PACED, PACE_MS from the environment).
