@@ -657,3 +657,39 @@ fn a_database_down_stops_the_run_at_an_operator_step_until_it_answers() {
     assert!(recovered(&events), "{events:?}");
     s.prove();
 }
+
+#[test]
+fn case2_a_damaged_full_replicate_is_reloaded_from_its_copy_and_caught_up() {
+    let mut s = Scene::new();
+    // A copy of the full replicate with its confirmation, then more master
+    // changes it lacks.
+    let area = s.dir("area");
+    let full = s.cl.nodes[1].addr.to_string();
+    ok(&etp(&[
+        "copy", "take", "--node", &full, "--area", &area, "--file", "20",
+    ]));
+    s.store(1..=25, 90);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    damage(
+        &mut s,
+        1,
+        vec![(maintenance::cluster::FULL, vec![(Isn(3), None)])],
+    );
+    let (code, v, dt) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(leaf(&v), "reload_unit_catch_up", "{v}");
+    let (events, et) = s.recover(&["--area", &area]);
+    let restored = events
+        .iter()
+        .find(|e| e["action"] == "restore_copy_set")
+        .expect("restored");
+    assert!(
+        restored["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replicate items_full"),
+        "{restored}"
+    );
+    s.store_and_prove(26..=30, 91);
+    figure("case2-copy", dt, et, &events);
+}
