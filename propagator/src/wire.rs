@@ -325,8 +325,24 @@ pub enum RecoveryOp {
     Quiesce { on: bool },
     /// This connection's updates pass a quiesce.
     Exempt,
-    /// Empty a master's log and start it at the master's current level.
-    RefreshLog { master: Fnr },
+    /// Empty a master's log and start it at the master's current level
+    /// (`at`: at that seq, for a master rebuilt to an earlier level).
+    RefreshLog {
+        master: Fnr,
+        #[serde(default)]
+        at: Option<Seq>,
+    },
+    /// Replace a file's records in `[from, to)` with `records` (ascending),
+    /// deriving nothing; `last` makes it the file's last chunk, proved
+    /// against that count and digest. A chunk from isn 1 first takes what
+    /// the file holds as its baseline (it may be damaged).
+    RestoreRange {
+        file: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+        records: Vec<(Isn, ByteBuf)>,
+        last: Option<crate::FileMeta>,
+    },
     /// Raise a master's incarnation.
     RaiseIncarnation { master: Fnr },
     /// Take a damaged file's records as its new baseline (the first step of

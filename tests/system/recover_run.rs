@@ -693,3 +693,50 @@ fn case2_a_damaged_full_replicate_is_reloaded_from_its_copy_and_caught_up() {
     s.store_and_prove(26..=30, 91);
     figure("case2-copy", dt, et, &events);
 }
+
+#[test]
+fn case4_without_a_copy_the_master_is_rebuilt_from_its_full_replicate() {
+    let mut s = Scene::new();
+    s.store(1..=30, 95);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    damage(
+        &mut s,
+        0,
+        vec![
+            (MASTER, vec![(Isn(11), Some(rec(11, 7)))]),
+            (Fnr(11), vec![(Isn(2), None)]),
+        ],
+    );
+    // A copy area without any copy of the master.
+    let area = s.dir("area");
+    std::fs::create_dir_all(&area).expect("area");
+    let (code, v, dt) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(leaf(&v), "rebuild_master_from_full_replicate", "{v}");
+    let (events, et) = s.recover(&["--area", &area]);
+    let rebuilt = events
+        .iter()
+        .find(|e| e["action"] == "restore_master_from_full_replicate")
+        .expect("rebuilt");
+    assert!(
+        rebuilt["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rebuilt from items_full"),
+        "{rebuilt}"
+    );
+    // The full replicate was current: no level is lost.
+    let gap = events
+        .iter()
+        .find(|e| e["action"] == "record_gap")
+        .expect("gap step");
+    assert!(
+        gap["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no level lost"),
+        "{gap}"
+    );
+    s.store_and_prove(31..=35, 96);
+    figure("case4-replicate", dt, et, &events);
+}

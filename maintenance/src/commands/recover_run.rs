@@ -106,7 +106,7 @@ impl Bound {
     fn operator(&self) -> bool {
         matches!(
             self.action.as_str(),
-            "manual_intervention" | "restart_databases" | "restore_master_from_full_replicate"
+            "manual_intervention" | "restart_databases"
         )
     }
 }
@@ -735,7 +735,10 @@ impl Exec<'_> {
                         continue;
                     };
                     let op = if b.action == "refresh_log" {
-                        RecoveryOp::RefreshLog { master: Fnr(*file) }
+                        RecoveryOp::RefreshLog {
+                            master: Fnr(*file),
+                            at: None,
+                        }
                     } else {
                         RecoveryOp::RaiseIncarnation { master: Fnr(*file) }
                     };
@@ -776,6 +779,10 @@ impl Exec<'_> {
                 let mut out = Vec::new();
                 for t in &b.targets {
                     if let Target::Replicate { name, feeder, .. } = t {
+                        if from.as_ref() == Some(name) {
+                            out.push(format!("{name} is the source: left as it is"));
+                            continue;
+                        }
                         out.push(load(*feeder, name, from.clone(), limit)?);
                     }
                 }
@@ -952,6 +959,14 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
+            "restore_master_from_full_replicate" => {
+                let (Some(Target::Master { addr, file, name, .. }), Some(src)) =
+                    (b.targets.first(), b.sources.first())
+                else {
+                    bail!("no master or no full replicate to rebuild it from");
+                };
+                master_from_replicate(*addr, Fnr(*file), name, src)
+            }
             "restart_databases" | "manual_intervention" => {
                 bail!("an operator step cannot be executed")
             }
@@ -960,6 +975,146 @@ impl Exec<'_> {
             ),
         }
     }
+}
+
+/// Rebuilds a master from a full replicate of it: the replicate's records
+/// are written into the master in chunks (deriving nothing), the last chunk
+/// proved against the count and digest the replicate's confirmation
+/// records, and the log restarted at that confirmation's seq. The master's
+/// tasks are stopped and its clients quiesced (the plan's earlier steps), so
+/// the replicate is not fed meanwhile.
+fn master_from_replicate(
+    addr: SocketAddr,
+    master: Fnr,
+    name: &str,
+    src: &Target,
+) -> anyhow::Result<String> {
+    let Target::Replicate {
+        name: rname,
+        addr: raddr,
+        file: rfile,
+        partial: false,
+        ..
+    } = src
+    else {
+        bail!("the source {} is not a full replicate", src.describe());
+    };
+    let rfile = Fnr(*rfile);
+    let conf_file = match call(*raddr, &Request::Files)? {
+        Response::Files {
+            topology: Some(t), ..
+        } => propagator::topology::Valid::parse(&t)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .replicates
+            .iter()
+            .find(|r| &r.def.name == rname)
+            .map(|r| Fnr(r.def.confirmation))
+            .with_context(|| format!("replicate {rname} is not in its node's topology"))?,
+        _ => bail!("the node of {rname} serves no topology"),
+    };
+    let confirmed = match call(
+        *raddr,
+        &Request::Dump {
+            file: conf_file,
+            from: Isn(u64::from(rfile.0)),
+            limit: 1,
+        },
+    )? {
+        Response::Records { items, .. } => {
+            let (_, bytes) = items
+                .into_iter()
+                .find(|(i, _)| *i == Isn(u64::from(rfile.0)))
+                .with_context(|| format!("replicate {rname} has no confirmation"))?;
+            let rec = propagator::record::decode_record(&bytes)
+                .map_err(|e| anyhow::anyhow!("confirmation of {rname}: {e}"))?;
+            propagator::node::confirmation_from_record(&rec)
+                .map_err(|e| anyhow::anyhow!("confirmation of {rname}: {e}"))?
+        }
+        other => bail!("node {raddr} answered {other:?}"),
+    };
+    let next_isn = match call(addr, &Request::FileStat { file: master })? {
+        Response::Stat { next_isn, .. } => next_isn,
+        _ => 1,
+    };
+    // Pages of the replicate, each written as the chunk up to the next
+    // page's first isn; the last one to the end, proved.
+    let mut pending: Option<(Isn, Vec<(Isn, serde_bytes::ByteBuf)>)> = None;
+    let mut from = Isn(1);
+    let mut last_isn = 0u64;
+    let mut written = 0u64;
+    let send = |from: Isn,
+                to: Option<Isn>,
+                records: Vec<(Isn, serde_bytes::ByteBuf)>,
+                last: Option<propagator::FileMeta>|
+     -> anyhow::Result<()> {
+        call(
+            addr,
+            &Request::Recovery(RecoveryOp::RestoreRange {
+                file: master,
+                from,
+                to,
+                records,
+                last,
+            }),
+        )?;
+        Ok(())
+    };
+    loop {
+        let (items, done) = match call(
+            *raddr,
+            &Request::Dump {
+                file: rfile,
+                from,
+                limit: 10_000,
+            },
+        )? {
+            Response::Records { items, done, .. } => (items, done),
+            other => bail!("node {raddr} answered {other:?}"),
+        };
+        if let (Some((first, _)), Some((last, _))) = (items.first(), items.last()) {
+            let (first, last) = (*first, *last);
+            if let Some((pfrom, precs)) = pending.take() {
+                send(pfrom, Some(first), precs, None)?;
+            }
+            last_isn = last.0;
+            written += items.len() as u64;
+            pending = Some((
+                if written == items.len() as u64 {
+                    Isn(1)
+                } else {
+                    first
+                },
+                items,
+            ));
+            from = Isn(last.0 + 1);
+        }
+        if done {
+            break;
+        }
+    }
+    let (pfrom, precs) = pending.unwrap_or((Isn(1), Vec::new()));
+    send(
+        pfrom,
+        None,
+        precs,
+        Some(propagator::FileMeta {
+            fnr: master,
+            count: confirmed.count,
+            digest: confirmed.digest,
+            next_isn: next_isn.max(last_isn + 1),
+        }),
+    )?;
+    call(
+        addr,
+        &Request::Recovery(RecoveryOp::RefreshLog {
+            master,
+            at: Some(confirmed.seq),
+        }),
+    )?;
+    Ok(format!(
+        "master {name} rebuilt from {rname}: {written} records, digest {}; its log restarts at seq {}",
+        confirmed.digest, confirmed.seq
+    ))
 }
 
 /// Checks the log's last record names the master's count and digest.
@@ -1287,12 +1442,6 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                     "restart_databases" => format!(
                         "start the node of every database that does not answer ({}), then run again",
                         probes.unreachable.join("; ")
-                    ),
-                    // Not carried out by this engine (yet): the operator's.
-                    "restore_master_from_full_replicate" => format!(
-                        "rebuild {} from {} by hand — this engine does not build a master from a replicate (for example: etp file dump the replicate, and store its records into the emptied master with etp exec); then confirm",
-                        b.targets.first().map(Target::describe).unwrap_or_default(),
-                        b.sources.first().map(Target::describe).unwrap_or_default()
                     ),
                     _ => b.reason.clone().unwrap_or_default(),
                 };

@@ -50,7 +50,12 @@ impl Database {
     /// content must match its recorded count and digest, else the refresh
     /// is refused (restore the master first); a damage mark it carries as
     /// its log's partner is then cleared.
-    pub fn refresh_log(&self, master: Fnr) -> Result<RefreshedLog, DbError> {
+    ///
+    /// With `at`, the log restarts at that seq instead of its last one: a
+    /// master just rebuilt from a full replicate is at that replicate's
+    /// confirmed seq (at most the log's last; the seqs after it are lost and
+    /// the caller records the gap).
+    pub fn refresh_log(&self, master: Fnr, at: Option<Seq>) -> Result<RefreshedLog, DbError> {
         let (_, log, incarnation) = self.master_def(master)?;
         self.wait_applied()?;
         let minfo = self.file_info(master)?;
@@ -72,8 +77,17 @@ impl Database {
         // or not, as the baseline the replacement is counted from.
         self.rebase_file(log)?;
         let linfo = self.file_info(log)?;
-        let next = linfo.meta.next_isn;
-        let base_seq = Seq(next.saturating_sub(1));
+        let last = Seq(linfo.meta.next_isn.saturating_sub(1));
+        let base_seq = match at {
+            Some(a) if a > last => {
+                return Err(DbError::BadDefinition(format!(
+                    "the log of master {master} ends at seq {last}: it cannot restart at seq {a}"
+                )))
+            }
+            Some(a) => a,
+            None => last,
+        };
+        let next = base_seq.0 + 1;
         let mut wanted = Vec::new();
         let mut meta = FileMeta::new(log);
         meta.next_isn = next;

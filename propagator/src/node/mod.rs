@@ -577,9 +577,34 @@ impl Node {
                 conv.exempt = true;
                 json(serde_json::json!({ "exempt": true }))
             }
-            RecoveryOp::RefreshLog { master } => {
+            RecoveryOp::RestoreRange {
+                file,
+                from,
+                to,
+                records,
+                last,
+            } => {
+                let r = blocking(move || {
+                    if from == Isn(1) {
+                        db.rebase_file(file)?;
+                    }
+                    let wanted = records
+                        .into_iter()
+                        .map(|(i, b)| (i, b.into_vec()))
+                        .collect();
+                    db.restore_range(file, from, to, wanted, last)
+                })
+                .await;
+                match r {
+                    Ok((info, stats)) => json(serde_json::json!({
+                        "lsn": info.lsn, "written": stats.written, "removed": stats.removed,
+                    })),
+                    Err(e) => Response::error(e),
+                }
+            }
+            RecoveryOp::RefreshLog { master, at } => {
                 self.stop_feeders_of(Some(master)).await;
-                match blocking(move || db.refresh_log(master)).await {
+                match blocking(move || db.refresh_log(master, at)).await {
                     Ok(r) => match serde_json::to_value(&r) {
                         Ok(v) => {
                             self.rebuild_tasks_stopped().await;
