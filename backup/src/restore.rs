@@ -592,21 +592,21 @@ pub fn restore_in_node(
 ) -> anyhow::Result<serde_json::Value> {
     let area = Area::open(area)?;
     let mut skipped = Vec::new();
-    for mut set in area.newest_with(db.dbid(), fnr, None)? {
-        // An administration file is restored alone: the masters and logs
-        // copied with it keep their level (their positions live in the
-        // replicates' confirmation files).
-        // A master and its log are restored together, without the
-        // administration file copied beside them (it is not damaged, and
-        // it holds the live control state).
-        if set
-            .member(fnr)
-            .is_some_and(|m| m.copy.def.role == Role::Administration)
-        {
-            set.members.retain(|m| m.fnr == fnr);
-        } else {
-            set.members
-                .retain(|m| m.copy.def.role != Role::Administration);
+    // A roll-forward to an LSN takes a set at or before it: a copy job that
+    // ran after the plan's restore must not be picked up.
+    let max_lsn = roll.flatten();
+    for mut set in area.newest_with(db.dbid(), fnr, max_lsn)? {
+        // Only what the target needs: a master with its log (not the other
+        // masters or the administration file copied beside them), an
+        // administration file alone, a replicate unit whole.
+        let role = set.member(fnr).map(|m| m.copy.def.role.clone());
+        match role {
+            Some(Role::Master { log, .. }) => set.members.retain(|m| m.fnr == fnr || m.fnr == log),
+            Some(Role::Log { master }) => set.members.retain(|m| m.fnr == fnr || m.fnr == master),
+            Some(Role::Administration) => set.members.retain(|m| m.fnr == fnr),
+            _ => set
+                .members
+                .retain(|m| m.copy.def.role != Role::Administration),
         }
         match verify_set(&area, &set) {
             Ok(()) if roll.is_some() => {

@@ -135,10 +135,21 @@ enum Line {
         step: usize,
         detail: String,
         seconds: f64,
-        /// A restore's node address → its last LSN before the restore
-        /// wrote: where a later roll-forward of the plan stops.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        lsn_before: Vec<(String, u64)>,
+    },
+    /// Journaled before the plan's first restore on node `addr` writes:
+    /// that node's last LSN then, where a later roll-forward of the plan
+    /// stops (so the restore's own commits are never replayed, whatever
+    /// attempt of it was interrupted).
+    Started {
+        step: usize,
+        addr: String,
+        lsn: u64,
+    },
+    /// A master's level (last seq) right after a step set it back.
+    Level {
+        db: u32,
+        file: u32,
+        seq: u64,
     },
     Failed {
         step: usize,
@@ -182,6 +193,21 @@ impl RunJournal {
         let mut lines = Vec::new();
         match std::fs::read_to_string(&path) {
             Ok(text) => {
+                // A torn last line (no newline): its step was never taken as
+                // done. Cut it off so the next line starts on its own.
+                if !text.is_empty() && !text.ends_with('\n') {
+                    let keep = text.rfind('\n').map_or(0, |i| i + 1);
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| {
+                            f.set_len(keep as u64)?;
+                            f.sync_all()
+                        })
+                        .with_context(|| {
+                            format!("cannot cut the torn tail of {}", path.display())
+                        })?;
+                }
                 let n = text.lines().count();
                 for (i, l) in text.lines().enumerate() {
                     match serde_json::from_str::<Line>(l) {
@@ -205,6 +231,7 @@ impl RunJournal {
     fn append(&mut self, line: Line) -> anyhow::Result<()> {
         let mut text = serde_json::to_string(&line)?;
         text.push('\n');
+        let created = !self.path.exists();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,6 +240,13 @@ impl RunJournal {
         f.write_all(text.as_bytes())?;
         f.sync_data()
             .with_context(|| format!("cannot sync {}", self.path.display()))?;
+        if created {
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .with_context(|| format!("cannot sync {}", dir.display()))?;
+            }
+        }
         self.lines.push(line);
         Ok(())
     }
@@ -246,16 +280,46 @@ impl RunJournal {
         Some((plan.clone(), done, waiting))
     }
 
-    /// The LSN the current plan's first restore on node `addr` found.
-    fn lsn_before(&self, addr: &str) -> Option<u64> {
-        let start = self
+    /// The lines of the current plan.
+    fn current(&self) -> &[Line] {
+        match self
             .lines
             .iter()
-            .rposition(|l| matches!(l, Line::Plan { .. }))?;
-        self.lines[start..].iter().find_map(|l| match l {
-            Line::Done { lsn_before, .. } => {
-                lsn_before.iter().find(|(a, _)| a == addr).map(|(_, l)| *l)
-            }
+            .rposition(|l| matches!(l, Line::Plan { .. }))
+        {
+            Some(start) => &self.lines[start..],
+            None => &[],
+        }
+    }
+
+    /// The LSN node `addr` was at before the current plan's first restore
+    /// on it wrote anything.
+    fn lsn_before(&self, addr: &str) -> Option<u64> {
+        self.current().iter().find_map(|l| match l {
+            Line::Started { addr: a, lsn, .. } if a == addr => Some(*lsn),
+            _ => None,
+        })
+    }
+
+    /// The lowest level a step of the current plan set master (db, file) back to.
+    fn level_after(&self, db: u32, file: u32) -> Option<u64> {
+        self.current()
+            .iter()
+            .filter_map(|l| match l {
+                Line::Level {
+                    db: d,
+                    file: f,
+                    seq,
+                } if *d == db && *f == file => Some(*seq),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// The most recent plan journaled.
+    fn last_plan(&self) -> Option<&BoundPlan> {
+        self.lines.iter().rev().find_map(|l| match l {
+            Line::Plan { plan, .. } => Some(plan),
             _ => None,
         })
     }
@@ -304,6 +368,10 @@ pub fn bind(steps: &[Step], p: &LiveProbes) -> anyhow::Result<Vec<Bound>> {
             }
             if let Some(t) = s.params.get("source") {
                 b.sources = resolve(t, p)?;
+            }
+            if b.action == "restore_admin_from_copy" && b.targets.is_empty() {
+                // Bound now: once restored, the files are no longer damaged.
+                b.targets = admin_targets(p);
             }
             Ok(b)
         })
@@ -574,10 +642,10 @@ impl Exec<'_> {
 
     fn restore(
         &self,
+        step: usize,
         b: &Bound,
         regenerate: bool,
-        journal: &RunJournal,
-        lsns: &mut Vec<(String, u64)>,
+        journal: &mut RunJournal,
     ) -> anyhow::Result<String> {
         let area = self.area()?;
         let mut out = Vec::new();
@@ -588,10 +656,26 @@ impl Exec<'_> {
                 Target::Admin { addr, file, .. } => (*addr, Fnr(*file)),
                 other => bail!("cannot restore {}", other.describe()),
             };
-            // Roll forward to where this plan's restore found the log, so
-            // the restore's own commits are not replayed over the copy.
+            let key = addr.to_string();
+            if journal.lsn_before(&key).is_none() {
+                let lsn = match call(addr, &Request::Info)? {
+                    Response::Info(i) => i.last_lsn.0,
+                    other => bail!("node {addr} answered {other:?}"),
+                };
+                journal.append(Line::Started {
+                    step,
+                    addr: key.clone(),
+                    lsn,
+                })?;
+            }
+            // Roll forward to where the node was before this plan's first
+            // restore on it, so no restore's own commits are replayed.
             let upto = if regenerate {
-                journal.lsn_before(&addr.to_string()).map(propagator::Lsn)
+                Some(propagator::Lsn(
+                    journal
+                        .lsn_before(&key)
+                        .context("no starting LSN journaled")?,
+                ))
             } else {
                 None
             };
@@ -604,11 +688,16 @@ impl Exec<'_> {
                     upto,
                 }),
             )?;
-            let v: serde_json::Value = serde_json::from_str(&text(r)).unwrap_or_default();
-            if let Some(l) = v["lsn_before"].as_u64() {
-                lsns.push((addr.to_string(), l));
-            }
+            let v: serde_json::Value = serde_json::from_str(&text(r))
+                .context("the node's answer to a restore is not JSON")?;
             let set = v["restored"]["set"].as_str().unwrap_or("?").to_string();
+            if let Target::Master { db, file, log, .. } = t {
+                journal.append(Line::Level {
+                    db: *db,
+                    file: *file,
+                    seq: log_level(addr, Fnr(*log))?,
+                })?;
+            }
             out.push(match v["commits"].as_u64() {
                 Some(n) => format!(
                     "{}: copy set {set} restored and rolled forward by {n} commit(s) to LSN {}",
@@ -621,12 +710,7 @@ impl Exec<'_> {
         Ok(out.join("; "))
     }
 
-    fn step(
-        &self,
-        b: &Bound,
-        journal: &mut RunJournal,
-        lsns: &mut Vec<(String, u64)>,
-    ) -> anyhow::Result<String> {
+    fn step(&self, i: usize, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
         let limit = self.opts.wait;
         match b.action.as_str() {
             "stop_tasks" => {
@@ -652,7 +736,15 @@ impl Exec<'_> {
                                 },
                             ) {
                                 Ok(_) => out.push(format!("task of {name} stopped")),
-                                Err(e) => out.push(format!("task of {name}: none running ({e:#})")),
+                                // A node without a topology (its
+                                // administration file damaged) runs none.
+                                Err(e)
+                                    if format!("{e:#}").contains("no replication task")
+                                        || format!("{e:#}").contains("runs no replication task") =>
+                                {
+                                    out.push(format!("task of {name}: none running"))
+                                }
+                                Err(e) => return Err(e),
                             }
                         }
                         other => bail!("cannot stop the tasks of {}", other.describe()),
@@ -702,21 +794,9 @@ impl Exec<'_> {
                     started.elapsed().as_secs_f64()
                 ))
             }
-            "restore_copy_set" => self.restore(b, false, journal, lsns),
+            "restore_copy_set" | "restore_admin_from_copy" => self.restore(i, b, false, journal),
             "regenerate_to_end" | "rebuild_log_to_master_level" => {
-                self.restore(b, true, journal, lsns)
-            }
-            "restore_admin_from_copy" => {
-                let admins = admin_targets(self.probes);
-                self.restore(
-                    &Bound {
-                        targets: admins,
-                        ..b.clone()
-                    },
-                    false,
-                    journal,
-                    lsns,
-                )
+                self.restore(i, b, true, journal)
             }
             "verify_master_log" => {
                 let mut out = Vec::new();
@@ -731,7 +811,7 @@ impl Exec<'_> {
             "refresh_log" | "raise_incarnation" => {
                 let mut out = Vec::new();
                 for t in &b.targets {
-                    let Target::Master { addr, file, .. } = t else {
+                    let Target::Master { addr, db, file, log, .. } = t else {
                         continue;
                     };
                     let op = if b.action == "refresh_log" {
@@ -743,6 +823,13 @@ impl Exec<'_> {
                         RecoveryOp::RaiseIncarnation { master: Fnr(*file) }
                     };
                     out.push(text(call(*addr, &Request::Recovery(op))?));
+                    if b.action == "refresh_log" {
+                        journal.append(Line::Level {
+                            db: *db,
+                            file: *file,
+                            seq: log_level(*addr, Fnr(*log))?,
+                        })?;
+                    }
                 }
                 Ok(out.join("; "))
             }
@@ -853,9 +940,11 @@ impl Exec<'_> {
                         .iter()
                         .find(|l| l.0 == *db && l.1 == *file)
                         .map_or(0, |l| l.2);
-                    let now = match call(*addr, &Request::FileStat { file: Fnr(*log) })? {
-                        Response::Stat { next_isn, .. } => next_isn.saturating_sub(1),
-                        _ => 0,
+                    // The level the plan set the master back to (before
+                    // any re-apply gave out new seqs), else its level now.
+                    let now = match journal.level_after(*db, *file) {
+                        Some(l) => l,
+                        None => log_level(*addr, Fnr(*log))?,
                     };
                     if now >= before {
                         out.push(format!("{name}: no level lost (at seq {now}, was {before})"));
@@ -960,12 +1049,18 @@ impl Exec<'_> {
                 Ok(out.join("; "))
             }
             "restore_master_from_full_replicate" => {
-                let (Some(Target::Master { addr, file, name, .. }), Some(src)) =
+                let (Some(Target::Master { addr, db, file, name, .. }), Some(src)) =
                     (b.targets.first(), b.sources.first())
                 else {
                     bail!("no master or no full replicate to rebuild it from");
                 };
-                master_from_replicate(*addr, Fnr(*file), name, src)
+                let (detail, seq) = master_from_replicate(*addr, Fnr(*file), name, src)?;
+                journal.append(Line::Level {
+                    db: *db,
+                    file: *file,
+                    seq,
+                })?;
+                Ok(detail)
             }
             "restart_databases" | "manual_intervention" => {
                 bail!("an operator step cannot be executed")
@@ -988,7 +1083,7 @@ fn master_from_replicate(
     master: Fnr,
     name: &str,
     src: &Target,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, u64)> {
     let Target::Replicate {
         name: rname,
         addr: raddr,
@@ -1071,6 +1166,9 @@ fn master_from_replicate(
             Response::Records { items, done, .. } => (items, done),
             other => bail!("node {raddr} answered {other:?}"),
         };
+        if items.is_empty() && !done {
+            bail!("node {raddr} sent an empty page of {rname} before its end");
+        }
         if let (Some((first, _)), Some((last, _))) = (items.first(), items.last()) {
             let (first, last) = (*first, *last);
             if let Some((pfrom, precs)) = pending.take() {
@@ -1111,10 +1209,21 @@ fn master_from_replicate(
             at: Some(confirmed.seq),
         }),
     )?;
-    Ok(format!(
-        "master {name} rebuilt from {rname}: {written} records, digest {}; its log restarts at seq {}",
-        confirmed.digest, confirmed.seq
+    Ok((
+        format!(
+            "master {name} rebuilt from {rname}: {written} records, digest {}; its log restarts at seq {}",
+            confirmed.digest, confirmed.seq
+        ),
+        confirmed.seq.0,
     ))
+}
+
+/// A master's level: its log's last seq.
+fn log_level(addr: SocketAddr, log: Fnr) -> anyhow::Result<u64> {
+    match call(addr, &Request::FileStat { file: log })? {
+        Response::Stat { next_isn, .. } => Ok(next_isn.saturating_sub(1)),
+        other => bail!("node {addr} answered {other:?}"),
+    }
 }
 
 /// Checks the log's last record names the master's count and digest.
@@ -1235,6 +1344,7 @@ fn verify_definitions(p: &LiveProbes) -> anyhow::Result<String> {
         }
         texts.push(t);
     }
+    texts.sort();
     texts.dedup();
     if texts.len() > 1 {
         bail!("the nodes serve {} different topologies", texts.len());
@@ -1380,6 +1490,22 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                         done.iter().filter(|d| **d).count() + 1
                     ),
                 );
+                // A node restarted meanwhile has forgotten its quiesce:
+                // assert it again while the plan still needs it.
+                for (i, b) in plan.steps.iter().enumerate() {
+                    let resumed = plan
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .any(|(k, r)| k > i && r.action == "resume_master" && done[k]);
+                    if b.action == "quiesce_master" && done[i] && !resumed {
+                        for t in &b.targets {
+                            if let Target::Master { addr, .. } = t {
+                                call(*addr, &Request::Recovery(RecoveryOp::Quiesce { on: true }))?;
+                            }
+                        }
+                    }
+                }
                 let probes = LiveProbes::gather(opts.node, &opts.sources)?;
                 (probes, plan, done, waiting)
             }
@@ -1403,6 +1529,27 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                         return Ok(Outcome::Problem);
                     }
                 };
+                // The same plan again right after it ran: what it does did
+                // not help, and doing it again may undo more. A person decides.
+                if let Some(prev) = journal.last_plan() {
+                    if plan.leaf != "all_intact"
+                        && prev.leaf == plan.leaf
+                        && prev.steps == plan.steps
+                    {
+                        let why = format!(
+                            "the previous round ran plan {} / {} and the diagnosis asks for it again: stopping for an operator (see {})",
+                            plan.tree,
+                            plan.leaf,
+                            journal.path.display()
+                        );
+                        say(
+                            &opts,
+                            serde_json::json!({"event": "refused", "reason": why}),
+                            format!("refusing to execute: {why}"),
+                        );
+                        return Ok(Outcome::Problem);
+                    }
+                }
                 say(
                     &opts,
                     serde_json::json!({"event": "plan", "plan": plan}),
@@ -1450,15 +1597,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::Problem);
             }
             let t0 = Instant::now();
-            let mut lsns = Vec::new();
-            match exec.step(b, &mut journal, &mut lsns) {
+            match exec.step(i, b, &mut journal) {
                 Ok(detail) => {
                     let seconds = t0.elapsed().as_secs_f64();
                     journal.append(Line::Done {
                         step: i,
                         detail: detail.clone(),
                         seconds,
-                        lsn_before: lsns,
                     })?;
                     done[i] = true;
                     say(
@@ -1541,13 +1686,24 @@ mod tests {
             at: now(),
         })
         .expect("plan");
+        j.append(Line::Started {
+            step: 0,
+            addr: "127.0.0.1:1".into(),
+            lsn: 42,
+        })
+        .expect("started");
         j.append(Line::Done {
             step: 0,
             detail: "d".into(),
             seconds: 0.1,
-            lsn_before: vec![("127.0.0.1:1".into(), 42)],
         })
         .expect("done");
+        j.append(Line::Level {
+            db: 1,
+            file: 10,
+            seq: 9,
+        })
+        .expect("level");
         j.append(Line::Waiting { step: 1 }).expect("waiting");
         let j = RunJournal::open(dir.path()).expect("reopen");
         let (p, done, waiting) = j.open_plan().expect("open plan");
@@ -1556,6 +1712,8 @@ mod tests {
         assert_eq!(waiting, Some(1));
         assert_eq!(j.lsn_before("127.0.0.1:1"), Some(42));
         assert_eq!(j.lsn_before("127.0.0.1:2"), None);
+        assert_eq!(j.level_after(1, 10), Some(9));
+        assert_eq!(j.level_after(1, 11), None);
         let mut j = j;
         j.append(Line::Confirmed { step: 1 }).expect("confirmed");
         let (_, done, waiting) = j.open_plan().expect("open plan");
@@ -1583,9 +1741,14 @@ mod tests {
         let mut text = std::fs::read_to_string(&path).expect("read");
         text.push_str("{\"line\":\"done\",\"step\":0,\"deta");
         std::fs::write(&path, &text).expect("write");
-        let j = RunJournal::open(dir.path()).expect("a torn tail is dropped");
+        let mut j = RunJournal::open(dir.path()).expect("a torn tail is dropped");
         let (_, done, _) = j.open_plan().expect("plan");
         assert_eq!(done, vec![false, false], "the torn step is not done");
+        // The torn bytes are cut off: the next line stands on its own.
+        j.append(Line::Waiting { step: 1 }).expect("append");
+        let j = RunJournal::open(dir.path()).expect("reopen");
+        assert_eq!(j.open_plan().expect("plan").2, Some(1));
+        let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, format!("garbage\n{text}\n")).expect("write");
         let err = RunJournal::open(dir.path()).err().expect("refused");
         assert!(err.to_string().contains("line 1"), "{err}");

@@ -125,7 +125,9 @@ pub fn walk(case: &str, node: SocketAddr, sources: &Sources) -> anyhow::Result<O
     println!();
     super::recover::print_walk(&w);
     println!("  ({overridden} answer(s) differ from the probes)");
-    println!("  to carry the plan out: etp recover run {case} --execute --node {node}");
+    println!(
+        "  to carry a plan out: etp recover run {case} --execute --node {node} (it walks the case again from the probes alone: the answers given here are not reused)"
+    );
     Ok(match w.plan.leaf() {
         Some("all_intact") => Outcome::Ok,
         _ => Outcome::Problem,

@@ -186,6 +186,10 @@ impl ReplicateControl {
 pub struct NodeControl {
     pub policy: Policy,
     pub replicates: BTreeMap<String, ReplicateControl>,
+    /// Client updates refused while a recovery plan rewrites a master
+    /// (`etp recover run`); kept here so a restart does not forget it.
+    #[serde(default)]
+    pub quiesced: bool,
 }
 
 impl NodeControl {
@@ -238,9 +242,24 @@ impl Control {
         })
     }
 
+    /// Reads the control record of administration file `fnr` again (after
+    /// the file was restored) and writes to that file from now on.
+    pub fn reload(&self, fnr: Fnr) -> Result<(), String> {
+        let fresh = Control::open(self.db.clone(), Some(fnr))?;
+        let state = std::mem::take(&mut *lock(&fresh.state));
+        let _w = lock(&self.write);
+        *lock(&self.state) = state;
+        *lock(&self.admin) = Some(fnr);
+        Ok(())
+    }
+
     /// The administration file to write to (the topology names it).
     pub fn set_admin(&self, fnr: Fnr) {
         *lock(&self.admin) = Some(fnr);
+    }
+
+    pub fn quiesced(&self) -> bool {
+        lock(&self.state).quiesced
     }
 
     pub fn policy(&self) -> Policy {

@@ -115,6 +115,10 @@ impl Node {
                 Control::open(db.clone(), None)?
             }
         };
+        let quiesced = control.quiesced();
+        if quiesced {
+            tracing::warn!("client updates refused: a recovery plan quiesced this node (etp recover run resumes it)");
+        }
         let node = Arc::new(Node {
             db,
             lag: Mutex::new(BTreeMap::new()),
@@ -124,12 +128,12 @@ impl Node {
             admin: tokio::sync::Mutex::new(()),
             owners: Mutex::new(BTreeMap::new()),
             metrics: metrics::Rates::default(),
-            quiesced: std::sync::atomic::AtomicBool::new(false),
+            quiesced: std::sync::atomic::AtomicBool::new(quiesced),
             update_gate: tokio::sync::RwLock::new(()),
             restore_hook: std::sync::OnceLock::new(),
         });
         if let Some(v) = stored {
-            node.start_tasks(&v);
+            node.start_tasks(&v, true);
             *lock(&node.topology) = Some(v);
         }
         Ok(node)
@@ -148,7 +152,9 @@ impl Node {
         lock(&self.owners).entry(file).or_default().clone()
     }
 
-    fn start_tasks(self: &Arc<Self>, v: &Valid) {
+    /// (Re)creates this node's tasks from `v`; their feeders run only if
+    /// `run` (a recovery rebuilds them stopped).
+    fn start_tasks(self: &Arc<Self>, v: &Valid, run: bool) {
         let mut tasks = lock(&self.tasks);
         for (_, t) in std::mem::take(&mut *tasks) {
             t.abort();
@@ -157,7 +163,14 @@ impl Node {
             if reps.is_empty() {
                 continue;
             }
-            let t = task::Task::start(self.db.clone(), m.clone(), def, reps, self.control.clone());
+            let t = task::Task::start(
+                self.db.clone(),
+                m.clone(),
+                def,
+                reps,
+                self.control.clone(),
+                run,
+            );
             tasks.insert(Fnr(m.file), Arc::new(t));
         }
     }
@@ -516,13 +529,12 @@ impl Node {
         let _gate = self.update_gate.read().await;
         if !conv.exempt
             && self.quiesced.load(std::sync::atomic::Ordering::SeqCst)
-            && (conv.session.as_ref().is_some_and(|s| s.in_transaction())
-                || cmds.iter().any(|c| {
-                    matches!(
-                        c,
-                        Command::Store { .. } | Command::Update { .. } | Command::Delete { .. }
-                    )
-                }))
+            && cmds.iter().any(|c| match c {
+                Command::Store { .. } | Command::Update { .. } | Command::Delete { .. } => true,
+                // An open transaction may back out (BT), not commit.
+                Command::Et { .. } => conv.session.as_ref().is_some_and(|s| s.in_transaction()),
+                Command::Read { .. } | Command::Bt => false,
+            })
         {
             return Response::error(
                 "updates are refused while a recovery runs on this database (quiesced by etp recover run): retry later",
@@ -554,11 +566,37 @@ impl Node {
     async fn recovery(self: &Arc<Self>, conv: &mut Conversation, op: RecoveryOp) -> Response {
         use std::sync::atomic::Ordering;
         let db = self.db.clone();
+        // What rewrites a master or its log runs only while client updates
+        // are refused, so no acknowledged commit can fall between a
+        // restore and its roll-forward (a restarted node forgets a quiesce:
+        // the plan asserts it again when it resumes).
+        let touches_master = match &op {
+            RecoveryOp::RefreshLog { .. } | RecoveryOp::RaiseIncarnation { .. } => true,
+            RecoveryOp::Restore { file, .. } | RecoveryOp::RestoreRange { file, .. } => {
+                db.files().iter().any(|f| {
+                    f.def.fnr == *file
+                        && matches!(f.def.role, Role::Master { .. } | Role::Log { .. })
+                })
+            }
+            _ => false,
+        };
+        if touches_master && !self.quiesced.load(Ordering::SeqCst) {
+            return Response::error(
+                "a master or its log is rewritten only while client updates are refused: quiesce this node first (RecoveryOp::Quiesce)",
+            );
+        }
         let json = |v: serde_json::Value| Response::Text(v.to_string());
         match op {
             RecoveryOp::Quiesce { on } => {
                 let lsn = {
                     let _gate = self.update_gate.write().await;
+                    // Durable first: a restarted node still refuses.
+                    let c = self.control.clone();
+                    match tokio::task::spawn_blocking(move || c.update(|s| s.quiesced = on)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Response::error(e),
+                        Err(e) => return Response::error(format!("internal error: {e}")),
+                    }
                     self.quiesced.store(on, Ordering::SeqCst);
                     self.db.last_lsn()
                 };
@@ -616,6 +654,7 @@ impl Node {
                 }
             }
             RecoveryOp::RaiseIncarnation { master } => {
+                self.stop_feeders_of(Some(master)).await;
                 match blocking(move || db.raise_incarnation(master)).await {
                     Ok((inc, lsn)) => {
                         self.rebuild_tasks_stopped().await;
@@ -672,16 +711,27 @@ impl Node {
     /// afresh from the restored files) and leaves their feeders stopped
     /// until the plan restarts them.
     async fn rebuild_tasks_stopped(self: &Arc<Self>) {
-        // A restored administration file may bring the topology back.
+        // A restored administration file may bring the topology back, and
+        // its control record (policy, marks, gaps, load orders) with it.
         let db = self.db.clone();
-        if let Ok(Ok(Some(v))) = tokio::task::spawn_blocking(move || stored_topology(&db)).await {
-            self.control.set_admin(v.admin_file());
-            *lock(&self.topology) = Some(v);
+        let control = self.control.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            let v = stored_topology(&db)?;
+            if let Some(v) = &v {
+                control.reload(v.admin_file())?;
+            }
+            Ok::<_, String>(v)
+        })
+        .await;
+        match restored {
+            Ok(Ok(Some(v))) => *lock(&self.topology) = Some(v),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(reason = %e, "administration file still unusable"),
+            Err(e) => tracing::error!(reason = %e, "internal error"),
         }
         let v = lock(&self.topology).clone();
         if let Some(v) = v {
-            self.start_tasks(&v);
-            self.stop_feeders_of(None).await;
+            self.start_tasks(&v, false);
         }
     }
 
@@ -1007,7 +1057,7 @@ impl Node {
             return Response::error(format!("installing the topology on database {me}: {e}"));
         }
         self.control.set_admin(admin);
-        self.start_tasks(&v);
+        self.start_tasks(&v, true);
         *lock(&self.topology) = Some(v);
         Response::Ok
     }

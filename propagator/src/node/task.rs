@@ -207,6 +207,7 @@ impl Task {
         def: TaskDef,
         reps: Vec<Replicate>,
         control: Arc<Control>,
+        run: bool,
     ) -> Task {
         let ctx = Arc::new(Ctx {
             db,
@@ -237,7 +238,9 @@ impl Task {
             })
             .collect();
         let t = Task { ctx, feeders };
-        t.start_feeders();
+        if run {
+            t.start_feeders();
+        }
         t
     }
 
