@@ -610,6 +610,23 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
             .count(),
         3
     );
+    // The master's node restarts meanwhile: it still refuses client
+    // updates (the quiesce is kept in its control state), so nothing can
+    // commit between the restore and the roll-forward.
+    s.cl.nodes[0].restart().expect("restart");
+    let mut c = s.cl.master().client().expect("client");
+    let refused = c
+        .batch(vec![
+            Command::Store {
+                file: MASTER,
+                isn: Some(Isn(999_999)),
+                fields: encoded(&rec(999_999, 1)),
+            },
+            Command::Et { id: None },
+        ])
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("quiesced"), "{refused}");
     // Run again: it resumes at step 4 and rolls forward from the LSN the
     // restore found, so every acknowledged write is back.
     let (code, events, _) = s.run(&["--area", &area]);
@@ -626,7 +643,7 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
     assert_eq!(first["step"], 4, "{first}");
     assert_eq!(first["action"], "regenerate_to_end", "{first}");
     assert!(recovered(&events), "{events:?}");
-    s.prove();
+    s.store_and_prove(41..=45, 71);
 }
 
 #[test]
