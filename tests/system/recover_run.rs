@@ -624,8 +624,7 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
             },
             Command::Et { id: None },
         ])
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(refused.to_string().contains("quiesced"), "{refused}");
     // Run again: it resumes at step 4 and rolls forward from the LSN the
     // restore found, so every acknowledged write is back.
