@@ -89,6 +89,10 @@ pub enum RecoverCommand {
         node: NodeArgs,
         #[command(flatten)]
         sources: SourceArgs,
+        /// The recovery journal's directory: a plan left unfinished there
+        /// is reported (resume it before anything else).
+        #[arg(long, value_name = "DIR", default_value = "etp-recovery")]
+        state: PathBuf,
         #[arg(long)]
         json: bool,
     },

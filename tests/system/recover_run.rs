@@ -610,6 +610,19 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
             .count(),
         3
     );
+    // Diagnose names the unfinished plan and says to finish it first.
+    let out = etp(&[
+        "recover", "diagnose", "--node", &m, "--area", &area, "--state", &state, "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        v["unfinished_plan"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("3 of 9 steps done"),
+        "{v}"
+    );
     // The master's node restarts meanwhile: it still refuses client
     // updates (the quiesce is kept in its control state), so nothing can
     // commit between the restore and the roll-forward.

@@ -78,8 +78,15 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
         RecoverCommand::Diagnose {
             node,
             sources,
+            state,
             json,
         } => {
+            // A plan interrupted half-way may have left a file mid-restore
+            // that reads as intact: finishing it comes first.
+            let unfinished = super::recover_run::unfinished(&state)?;
+            if let Some(u) = &unfinished {
+                eprintln!("etp: {u}");
+            }
             let sources: super::probes::Sources = sources.into();
             let mut probes = super::probes::LiveProbes::gather(node.node, &sources)?;
             let set = TreeSet::builtin().context("the built-in trees")?;
@@ -87,10 +94,13 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
                 Ok(d) => d,
                 Err(e) => bail!("diagnosis failed: {e}"),
             };
-            let intact = d.triage.plan.leaf() == Some("all_intact");
+            let intact = d.triage.plan.leaf() == Some("all_intact") && unfinished.is_none();
             if json {
                 let mut v = serde_json::to_value(&d)?;
                 v["needs_recovery"] = serde_json::Value::Bool(!intact);
+                if let Some(u) = unfinished {
+                    v["unfinished_plan"] = serde_json::Value::String(u);
+                }
                 output::json(&v);
             } else {
                 for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {

@@ -336,6 +336,26 @@ impl RunJournal {
     }
 }
 
+/// Says so when the recovery journal in `state` holds a plan that has not
+/// ended (None when there is no journal).
+pub fn unfinished(state: &Path) -> anyhow::Result<Option<String>> {
+    if !state.join(JOURNAL).exists() {
+        return Ok(None);
+    }
+    let j = RunJournal::open(state)?;
+    Ok(j.open_plan().map(|(p, done, _)| {
+        format!(
+            "an unfinished recovery plan is in {}: {} / {}, {} of {} steps done; finish it first: etp recover run --execute --state {}",
+            j.path.display(),
+            p.tree,
+            p.leaf,
+            done.iter().filter(|d| **d).count(),
+            p.steps.len(),
+            state.display()
+        )
+    }))
+}
+
 /// How a run is to go.
 pub struct RunOptions {
     pub node: SocketAddr,
