@@ -106,8 +106,9 @@ pub enum RecoverCommand {
         #[command(flatten)]
         sources: SourceArgs,
     },
-    /// Diagnose (or walk CASE) and carry out the plan step by step with a
-    /// journal (--execute), or print it (--dry-run); an interrupted run
+    /// Diagnose (or walk CASE) and print the plan bound to the live nodes
+    /// (--dry-run, the default), or carry it out step by step with a
+    /// journal (--execute); an interrupted run
     /// resumes where it stopped. Triage runs again after each plan, until
     /// everything is intact and verified.
     Run {
@@ -117,8 +118,10 @@ pub enum RecoverCommand {
         node: NodeArgs,
         #[command(flatten)]
         sources: SourceArgs,
-        #[arg(long, conflicts_with = "execute", required_unless_present = "execute")]
+        /// Print the bound plan and execute nothing (the default).
+        #[arg(long, conflicts_with = "execute")]
         dry_run: bool,
+        /// Carry the plan out, journaling every step.
         #[arg(long)]
         execute: bool,
         /// The operator step the run stopped at is done.
