@@ -173,7 +173,8 @@ fn prepare(db: &Database, set: &CopySet) -> anyhow::Result<()> {
     // Every member is rebased on what its page store holds, damaged or
     // not: the restore replaces each record and proves the result against
     // the copy's digest, so the count starts from the bytes really there
-    // (damage the node has not noticed included).
+    // (damage the node has not noticed included). Each is marked as being
+    // restored (damaged, across restarts) until its last chunk is proved.
     let members: Vec<Fnr> = db
         .files()
         .into_iter()
@@ -181,7 +182,7 @@ fn prepare(db: &Database, set: &CopySet) -> anyhow::Result<()> {
         .map(|f| f.def.fnr)
         .collect();
     for fnr in members {
-        db.rebase_file(fnr)?;
+        db.begin_restore(fnr, &format!("copy set {}", set.id))?;
     }
     Ok(())
 }

@@ -204,6 +204,7 @@ mod tests {
             fnr: Fnr(fnr),
             name: format!("f{fnr}"),
             role,
+            restoring: None,
         }
     }
 

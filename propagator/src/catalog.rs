@@ -83,6 +83,16 @@ pub struct FileDef {
     pub fnr: Fnr,
     pub name: String,
     pub role: Role,
+    /// A restore into the file has begun and its last chunk has not been
+    /// proved yet (why it began): the file is damaged until then, across
+    /// restarts, since what it holds may be part copy, part old content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restoring: Option<String>,
+}
+
+/// The damage reason of a file whose restore has not finished.
+pub fn unfinished_restore(why: &str) -> String {
+    format!("a restore into it began ({why}) and has not finished: it holds part of a copy; run the restore again")
 }
 
 /// A change to the catalog, carried in a protection-log commit entry.

@@ -826,6 +826,37 @@ impl Database {
         Ok(meta)
     }
 
+    /// Begins a restore into a file: its records as they stand in the page
+    /// store become its baseline (as [`Database::rebase_file`]), and it is
+    /// marked as being restored — damaged, across restarts, until the
+    /// restore's last chunk ([`Database::restore_range`] with `last`) proves
+    /// it. `why` says what the restore is for.
+    pub fn begin_restore(&self, fnr: Fnr, why: &str) -> Result<FileMeta, DbError> {
+        let def = {
+            let st = lock(&self.shared().state);
+            st.catalog
+                .get(&fnr)
+                .cloned()
+                .ok_or(DbError::UnknownFile(fnr))?
+        };
+        self.wait_applied()?;
+        let mut meta = recovery::scan_meta(&self.shared().store, fnr)?;
+        let next = self.file_info(fnr)?.meta.next_isn;
+        meta.next_isn = meta.next_isn.max(next);
+        self.commit(
+            vec![
+                CatalogOp::Define(FileDef {
+                    restoring: Some(why.to_string()),
+                    ..def
+                }),
+                CatalogOp::Rebase(meta),
+            ],
+            Vec::new(),
+            None,
+        )?;
+        Ok(meta)
+    }
+
     /// Replaces a file's records in `[from, to)` (`to` None: to the end)
     /// with `wanted` (ascending isns inside the range), as one transaction
     /// that derives nothing ([`CatalogOp::Restore`]): a restored master
@@ -844,7 +875,16 @@ impl Database {
         last: Option<FileMeta>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
         check_chunk("restored", from, to, &wanted)?;
-        self.file(fnr)?;
+        let def = {
+            let st = lock(&self.shared().state);
+            let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+            // A file being restored is damaged until its last chunk: only
+            // the restore itself writes it.
+            if def.restoring.is_none() {
+                Self::usable_def(&st, fnr)?;
+            }
+            def.clone()
+        };
         self.wait_applied()?;
         let existing = self.stored_range(fnr, from, to)?;
         let mut meta = self.file_info(fnr)?.meta;
@@ -867,10 +907,17 @@ impl Database {
                 )));
             }
         }
-        let catalog = vec![CatalogOp::Restore {
+        let mut catalog = vec![CatalogOp::Restore {
             fnr,
             next_isn: last.map(|m| m.next_isn),
         }];
+        if last.is_some() && def.restoring.is_some() {
+            // Proved: the restore is over, in this same commit.
+            catalog.push(CatalogOp::Define(FileDef {
+                restoring: None,
+                ..def
+            }));
+        }
         let info = self.commit(catalog, ops, None)?;
         Ok((info, stats))
     }
@@ -1228,6 +1275,23 @@ impl Database {
             for fnr in &rebased {
                 st.damaged.remove(fnr);
             }
+            for d in derived.catalog.values() {
+                match &d.restoring {
+                    Some(why) => {
+                        st.damaged
+                            .insert(d.fnr, crate::catalog::unfinished_restore(why));
+                    }
+                    None => {
+                        if st
+                            .damaged
+                            .get(&d.fnr)
+                            .is_some_and(|r| r.starts_with("a restore into it began"))
+                        {
+                            st.damaged.remove(&d.fnr);
+                        }
+                    }
+                }
+            }
             let mut keys = Vec::with_capacity(derived.records.len());
             for (fnr, isn, v) in &derived.records {
                 st.overlay.insert((*fnr, *isn), (lsn, v.clone()));
@@ -1304,6 +1368,7 @@ impl Database {
             fnr,
             name: name.to_string(),
             role,
+            restoring: None,
         };
         self.commit(vec![CatalogOp::Define(def)], vec![], None)
     }
@@ -1353,6 +1418,7 @@ impl Database {
                         fnr: log,
                         name,
                         role: Role::Log { master: fnr },
+                        restoring: None,
                     }
                 }
             };
@@ -1461,7 +1527,11 @@ fn resolve<V: StateView>(
     };
     match &op {
         Op::Restored { .. } => {
-            Database::usable_def(st, fnr)?;
+            // A restore writes the file it marked as being restored.
+            let restoring = st.catalog.get(&fnr).is_some_and(|d| d.restoring.is_some());
+            if !restoring {
+                Database::usable_def(st, fnr)?;
+            }
         }
         Op::Replicated { .. } | Op::Put { .. } => {
             let def = Database::usable_def(st, fnr)?;

@@ -75,7 +75,7 @@ impl Database {
         }
         // Every log record is replaced: take what the log holds, damaged
         // or not, as the baseline the replacement is counted from.
-        self.rebase_file(log)?;
+        self.begin_restore(log, "refresh of the log at the master's level")?;
         let linfo = self.file_info(log)?;
         let last = Seq(linfo.meta.next_isn.saturating_sub(1));
         let base_seq = match at {

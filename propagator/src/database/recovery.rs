@@ -458,6 +458,12 @@ pub(crate) fn recover(
             }
         }
     }
+    // A restore that began and never proved its last chunk.
+    for (fnr, def) in &exp.catalog {
+        if let Some(why) = &def.restoring {
+            damaged.insert(*fnr, crate::catalog::unfinished_restore(why));
+        }
+    }
     report.damaged = damaged.iter().map(|(f, r)| (*f, r.clone())).collect();
     let (seg_idx, offset) = last_end;
     let seg = &segs[seg_idx.min(segs.len() - 1)];

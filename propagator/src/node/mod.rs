@@ -624,7 +624,7 @@ impl Node {
             } => {
                 let r = blocking(move || {
                     if from == Isn(1) {
-                        db.rebase_file(file)?;
+                        db.begin_restore(file, "rebuilt by etp recover run")?;
                     }
                     let wanted = records
                         .into_iter()
