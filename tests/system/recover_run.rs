@@ -265,6 +265,15 @@ fn figure(case: &str, diagnose_s: f64, execute_s: f64, events: &[serde_json::Val
     );
 }
 
+/// The detail of the done event of `action`.
+fn detail<'a>(events: &'a [serde_json::Value], action: &str) -> &'a str {
+    events
+        .iter()
+        .find(|e| e["action"] == action && e["event"] == "done")
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_else(|| panic!("no {action} done: {events:?}"))
+}
+
 fn recovered(events: &[serde_json::Value]) -> bool {
     events.iter().any(|e| e["event"] == "recovered")
 }
@@ -708,17 +717,8 @@ fn case2_a_damaged_full_replicate_is_reloaded_from_its_copy_and_caught_up() {
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(leaf(&v), "reload_unit_catch_up", "{v}");
     let (events, et) = s.recover(&["--area", &area]);
-    let restored = events
-        .iter()
-        .find(|e| e["action"] == "restore_copy_set")
-        .expect("restored");
-    assert!(
-        restored["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("replicate items_full"),
-        "{restored}"
-    );
+    let restored = detail(&events, "restore_copy_set");
+    assert!(restored.contains("replicate items_full"), "{restored}");
     s.store_and_prove(26..=30, 91);
     figure("case2-copy", dt, et, &events);
 }
@@ -743,29 +743,11 @@ fn case4_without_a_copy_the_master_is_rebuilt_from_its_full_replicate() {
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(leaf(&v), "rebuild_master_from_full_replicate", "{v}");
     let (events, et) = s.recover(&["--area", &area]);
-    let rebuilt = events
-        .iter()
-        .find(|e| e["action"] == "restore_master_from_full_replicate")
-        .expect("rebuilt");
-    assert!(
-        rebuilt["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("rebuilt from items_full"),
-        "{rebuilt}"
-    );
+    let rebuilt = detail(&events, "restore_master_from_full_replicate");
+    assert!(rebuilt.contains("rebuilt from items_full"), "{rebuilt}");
     // The full replicate was current: no level is lost.
-    let gap = events
-        .iter()
-        .find(|e| e["action"] == "record_gap")
-        .expect("gap step");
-    assert!(
-        gap["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("no level lost"),
-        "{gap}"
-    );
+    let gap = detail(&events, "record_gap");
+    assert!(gap.contains("no level lost"), "{gap}");
     s.store_and_prove(31..=35, 96);
     figure("case4-replicate", dt, et, &events);
 }

@@ -814,24 +814,13 @@ impl Database {
     /// restore into a damaged file, whose every record the restore then
     /// replaces and proves against the copy's digest.
     pub fn rebase_file(&self, fnr: Fnr) -> Result<FileMeta, DbError> {
-        {
-            let st = lock(&self.shared().state);
-            st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
-        }
-        self.wait_applied()?;
-        let mut meta = recovery::scan_meta(&self.shared().store, fnr)?;
-        let next = self.file_info(fnr)?.meta.next_isn;
-        meta.next_isn = meta.next_isn.max(next);
+        let (_, meta) = self.baseline(fnr)?;
         self.commit(vec![CatalogOp::Rebase(meta)], Vec::new(), None)?;
         Ok(meta)
     }
 
-    /// Begins a restore into a file: its records as they stand in the page
-    /// store become its baseline (as [`Database::rebase_file`]), and it is
-    /// marked as being restored — damaged, across restarts, until the
-    /// restore's last chunk ([`Database::restore_range`] with `last`) proves
-    /// it. `why` says what the restore is for.
-    pub fn begin_restore(&self, fnr: Fnr, why: &str) -> Result<FileMeta, DbError> {
+    /// A file's definition and the meta of what its page store holds now.
+    fn baseline(&self, fnr: Fnr) -> Result<(FileDef, FileMeta), DbError> {
         let def = {
             let st = lock(&self.shared().state);
             st.catalog
@@ -843,6 +832,16 @@ impl Database {
         let mut meta = recovery::scan_meta(&self.shared().store, fnr)?;
         let next = self.file_info(fnr)?.meta.next_isn;
         meta.next_isn = meta.next_isn.max(next);
+        Ok((def, meta))
+    }
+
+    /// Begins a restore into a file: its records as they stand in the page
+    /// store become its baseline (as [`Database::rebase_file`]), and it is
+    /// marked as being restored — damaged, across restarts, until the
+    /// restore's last chunk ([`Database::restore_range`] with `last`) proves
+    /// it. `why` says what the restore is for.
+    pub fn begin_restore(&self, fnr: Fnr, why: &str) -> Result<FileMeta, DbError> {
+        let (def, meta) = self.baseline(fnr)?;
         self.commit(
             vec![
                 CatalogOp::Define(FileDef {
