@@ -124,6 +124,21 @@ impl Database {
         })
     }
 
+    /// Marks a file damaged for the rest of this run (it reads as damaged,
+    /// and writes to it are refused) when a reader finds a record it cannot
+    /// decode: the store was changed behind the engine's back. The next
+    /// open finds it again the same way, or by its digest after an unclean
+    /// stop. Returns false when it was marked already.
+    pub fn mark_damaged(&self, fnr: Fnr, reason: String) -> bool {
+        let mut st = lock(&self.shared().state);
+        if st.damaged.contains_key(&fnr) {
+            return false;
+        }
+        tracing::error!(file = %fnr, reason = %reason, "file damaged");
+        st.damaged.insert(fnr, reason);
+        true
+    }
+
     /// Raises a master's incarnation by one, so confirmations and log
     /// records from before a restore are told apart from those after it.
     /// Returns the new incarnation.

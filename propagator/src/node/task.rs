@@ -1217,6 +1217,14 @@ async fn next_batch(
         match read {
             Ok(Ok(b)) if !b.is_empty() => return Ok(b),
             Ok(Ok(_)) => {}
+            // A log record that does not decode: the log file is damaged,
+            // not the replicate. Mark the log and stop feeding (its
+            // recovery flow, case 3, rebuilds or refreshes it).
+            Ok(Err(e @ crate::DbError::BadRecord { .. })) => {
+                let why = format!("the master's log file {} is damaged: {e}", ctx.log);
+                ctx.db.mark_damaged(ctx.log, why.clone());
+                return Err(Stop::Stopped(why));
+            }
             Ok(Err(e)) => return Err(Stop::Fatal(format!("reading the log file: {e}"))),
             Err(e) => return Err(Stop::Link(format!("internal error: {e}"))),
         }
