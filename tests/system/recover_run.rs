@@ -751,3 +751,33 @@ fn case4_without_a_copy_the_master_is_rebuilt_from_its_full_replicate() {
     s.store_and_prove(31..=35, 96);
     figure("case4-replicate", dt, et, &events);
 }
+
+#[test]
+fn two_damaged_replicates_are_recovered_in_two_rounds_then_verified() {
+    let mut s = Scene::new();
+    damage(
+        &mut s,
+        1,
+        vec![(maintenance::cluster::FULL, vec![(Isn(2), None)])],
+    );
+    damage(&mut s, 2, vec![(PART, vec![(Isn(8), Some(rec(8, 3)))])]);
+    let area = s.dir("area");
+    std::fs::create_dir_all(&area).expect("area");
+    let (events, _) = s.recover(&["--area", &area]);
+    // One round per damaged unit, then triage finds everything intact.
+    let plans: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "plan")
+        .filter_map(|e| e["plan"]["leaf"].as_str())
+        .collect();
+    assert_eq!(
+        plans,
+        vec![
+            "reinstall_from_master",
+            "reinstall_partial_from_master",
+            "all_intact"
+        ],
+        "{events:?}"
+    );
+    s.store_and_prove(1..=5, 97);
+}
