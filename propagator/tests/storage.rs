@@ -871,6 +871,11 @@ fn a_restore_that_has_not_proved_its_last_chunk_leaves_the_file_damaged_across_r
         "{:?}",
         report.damaged
     );
+    // Nothing but a restore (or an explicit rebase) may write it now, and
+    // a log refresh refuses a master in that state (checked in recover_ops).
+    let mut s = db.session();
+    assert!(s.store(PLAIN, Some(Isn(60)), rec(&[("v", 60)])).is_err());
+    drop(s);
     // The restore runs again and proves its last chunk: intact, and stays so.
     db.begin_restore(PLAIN, "a test restore")
         .expect("begin again");
@@ -882,4 +887,32 @@ fn a_restore_that_has_not_proved_its_last_chunk_leaves_the_file_damaged_across_r
     let (db, report) = Database::open(&dir).expect("reopen");
     assert!(report.damaged.is_empty(), "{:?}", report.damaged);
     assert_eq!(db.file_info(PLAIN).expect("info").meta.digest, want.digest);
+}
+
+#[test]
+fn a_log_refresh_refuses_a_half_restored_master_and_a_seq_past_the_log_without_marking_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = fresh(&tmp.path().join("db"));
+    let mut s = db.session();
+    for i in 1..=4 {
+        s.store(MASTER, Some(Isn(i)), rec(&[("v", i as i64)]))
+            .expect("store");
+    }
+    s.et(None).expect("et");
+    drop(s);
+    // Restarting the log past its end is refused before anything is written.
+    let e = db
+        .refresh_log(MASTER, Some(Seq(99)))
+        .expect_err("past the end");
+    assert!(e.to_string().contains("ends at seq 4"), "{e}");
+    assert_eq!(db.file_info(LOG).expect("info").damaged, None);
+    // A refresh at the end keeps one base record at the master's level.
+    let r = db.refresh_log(MASTER, None).expect("refresh");
+    assert_eq!(r.base_seq, Seq(4));
+    assert_eq!(db.file_info(LOG).expect("info").meta.count, 1);
+    assert_eq!(db.file_info(LOG).expect("info").damaged, None);
+    // A master whose restore has not finished is not taken as the level.
+    db.begin_restore(MASTER, "a test restore").expect("begin");
+    let e = db.refresh_log(MASTER, None).expect_err("half restored");
+    assert!(e.to_string().contains("has not finished"), "{e}");
 }

@@ -813,9 +813,23 @@ impl Database {
     /// baseline (see [`Database::rebase_replicate`]): the first step of a
     /// restore into a damaged file, whose every record the restore then
     /// replaces and proves against the copy's digest.
+    ///
+    /// A rebase is an explicit new baseline: it also clears an unfinished
+    /// restore's mark (a load that then replaces every record and proves
+    /// it against its master, or an administration file rebuilt from an
+    /// export). Callers that cannot prove the content must check the mark
+    /// first (see [`Database::refresh_log`]).
     pub fn rebase_file(&self, fnr: Fnr) -> Result<FileMeta, DbError> {
-        let (_, meta) = self.baseline(fnr)?;
-        self.commit(vec![CatalogOp::Rebase(meta)], Vec::new(), None)?;
+        let (def, meta) = self.baseline(fnr)?;
+        let mut ops = Vec::new();
+        if def.restoring.is_some() {
+            ops.push(CatalogOp::Define(FileDef {
+                restoring: None,
+                ..def
+            }));
+        }
+        ops.push(CatalogOp::Rebase(meta));
+        self.commit(ops, Vec::new(), None)?;
         Ok(meta)
     }
 
@@ -911,10 +925,12 @@ impl Database {
             next_isn: last.map(|m| m.next_isn),
         }];
         if last.is_some() && def.restoring.is_some() {
-            // Proved: the restore is over, in this same commit.
+            // Proved: the restore is over, in this same commit (from the
+            // latest definition, so nothing committed meanwhile is undone).
+            let latest = lock(&self.shared().state).catalog.get(&fnr).cloned();
             catalog.push(CatalogOp::Define(FileDef {
                 restoring: None,
-                ..def
+                ..latest.unwrap_or(def)
             }));
         }
         let info = self.commit(catalog, ops, None)?;

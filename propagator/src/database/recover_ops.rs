@@ -56,7 +56,19 @@ impl Database {
     /// confirmed seq (at most the log's last; the seqs after it are lost and
     /// the caller records the gap).
     pub fn refresh_log(&self, master: Fnr, at: Option<Seq>) -> Result<RefreshedLog, DbError> {
-        let (_, log, incarnation) = self.master_def(master)?;
+        let (def, log, incarnation) = self.master_def(master)?;
+        if let Some(why) = &def.restoring {
+            return Err(DbError::FileDamaged {
+                fnr: master,
+                reason: crate::catalog::unfinished_restore(why),
+            });
+        }
+        let last = Seq(self.file_info(log)?.meta.next_isn.saturating_sub(1));
+        if let Some(a) = at.filter(|a| *a > last) {
+            return Err(DbError::BadDefinition(format!(
+                "the log of master {master} ends at seq {last}: it cannot restart at seq {a}"
+            )));
+        }
         self.wait_applied()?;
         let minfo = self.file_info(master)?;
         let (count, digest, _) = self.range_digest(master, Isn(1), None, false)?;
@@ -76,17 +88,8 @@ impl Database {
         // Every log record is replaced: take what the log holds, damaged
         // or not, as the baseline the replacement is counted from.
         self.begin_restore(log, "refresh of the log at the master's level")?;
-        let linfo = self.file_info(log)?;
-        let last = Seq(linfo.meta.next_isn.saturating_sub(1));
-        let base_seq = match at {
-            Some(a) if a > last => {
-                return Err(DbError::BadDefinition(format!(
-                    "the log of master {master} ends at seq {last}: it cannot restart at seq {a}"
-                )))
-            }
-            Some(a) => a,
-            None => last,
-        };
+        // `at` was checked against this end before anything was written.
+        let base_seq = at.unwrap_or(last);
         let next = base_seq.0 + 1;
         let mut wanted = Vec::new();
         let mut meta = FileMeta::new(log);

@@ -734,6 +734,15 @@ async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             f.set_phase("not fed (a copy set is being restored into it)");
             return;
         }
+        // A damaged log cannot feed anyone: stop without blaming the
+        // replicate (the master's recovery flow, case 3 or 4, mends it).
+        if let Some(why) = ctx.db.file_info(ctx.log).ok().and_then(|i| i.damaged) {
+            f.set_phase(format!(
+                "stopped (the master's log file {} is damaged: {why})",
+                ctx.log
+            ));
+            return;
+        }
         if ctl.error.is_some() && policy != Policy::Automatic {
             f.set_phase(format!(
                 "stopped (in error, policy {policy}: etp replicate reset-error {name})"
@@ -1220,7 +1229,8 @@ async fn next_batch(
             // A log record that does not decode: the log file is damaged,
             // not the replicate. Mark the log and stop feeding (its
             // recovery flow, case 3, rebuilds or refreshes it).
-            Ok(Err(e @ crate::DbError::BadRecord { .. })) => {
+            Ok(Err(e @ crate::DbError::BadRecord { .. }))
+            | Ok(Err(e @ crate::DbError::FileDamaged { .. })) => {
                 let why = format!("the master's log file {} is damaged: {e}", ctx.log);
                 ctx.db.mark_damaged(ctx.log, why.clone());
                 return Err(Stop::Stopped(why));
