@@ -48,8 +48,13 @@ struct Scene {
 
 impl Scene {
     fn new() -> Scene {
+        Scene::with_restart_interval(Some(1))
+    }
+
+    /// `None`: a lost link stops a task's feeding until it is restarted.
+    fn with_restart_interval(restart_s: Option<u64>) -> Scene {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+        let cl = Cluster::start(etp_bin(), tmp.path(), restart_s).expect("cluster");
         Scene::fill(tmp, cl)
     }
 
@@ -780,4 +785,81 @@ fn two_damaged_replicates_are_recovered_in_two_rounds_then_verified() {
         "{events:?}"
     );
     s.store_and_prove(1..=5, 97);
+}
+
+#[test]
+fn case4_a_master_rebuilt_from_a_lagging_full_replicate_records_the_lost_seqs_as_a_gap() {
+    let mut s = Scene::with_restart_interval(None);
+    // The full replicate's node goes down; without a restart interval its
+    // feeding stays stopped, so it lags at seq S from here on.
+    s.cl.nodes[1].stop().expect("stop");
+    let feeder_stopped = |s: &Scene| {
+        s.cl.task_status().ok().and_then(|t| {
+            t.replicates
+                .iter()
+                .find(|r| r.name == "items_full")
+                .filter(|r| {
+                    r.reason
+                        .as_deref()
+                        .is_some_and(|x| x.starts_with("stopped"))
+                })
+                .map(|r| r.confirmed_seq.0)
+        })
+    };
+    let lag_at =
+        etp_system_tests::wait_for("the full replicate's feeding to stop", CONVERGE, || {
+            feeder_stopped(&s)
+        });
+    s.cl.nodes[1].restart().expect("restart");
+    let kept = s.model.clone();
+    // Acknowledged, but only the master and the partial replicate get them.
+    s.store(1..=10, 56);
+    s.store(11..=20, 57);
+    let t = s.cl.task_status().expect("status");
+    let lost_to = t.master_seq.0;
+    assert!(lost_to > lag_at, "{t:?}");
+    etp_system_tests::wait_for("the partial replicate to catch up", CONVERGE, || {
+        let t = s.cl.task_status().ok()?;
+        t.replicates
+            .iter()
+            .any(|r| r.name == "items_part" && r.confirmed_seq == t.master_seq)
+            .then_some(())
+    });
+    // Master and log damaged; the log record the full replicate needs next
+    // is one of the damaged ones, so it cannot catch up any more.
+    damage(
+        &mut s,
+        0,
+        vec![
+            (MASTER, vec![(Isn(5), Some(rec(5, 1)))]),
+            (Fnr(11), vec![(Isn(lag_at + 1), Some(rec(1, 1)))]),
+        ],
+    );
+    let area = s.dir("area");
+    std::fs::create_dir_all(&area).expect("area");
+    let (code, v, _) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(leaf(&v), "rebuild_master_from_full_replicate", "{v}");
+    let (events, _) = s.recover(&["--area", &area]);
+    let gap = detail(&events, "record_gap");
+    assert!(
+        gap.contains(&format!(
+            "seqs {} to {lost_to} are lost for good",
+            lag_at + 1
+        )),
+        "{gap}"
+    );
+    let journal =
+        std::fs::read_to_string(s.tmp.path().join("recovery/recovery.jsonl")).expect("journal");
+    assert!(
+        journal.contains(&format!(
+            "\"line\":\"gap\",\"master\":\"items\",\"from_seq\":{},\"to_seq\":{lost_to}",
+            lag_at + 1
+        )),
+        "{journal}"
+    );
+    // The master is back at the full replicate's level: what came after is
+    // the recorded gap, and nothing else is missing.
+    s.model = kept;
+    s.store_and_prove(21..=25, 58);
 }
