@@ -351,17 +351,15 @@ pub enum RecoveryOp {
     /// Restore the newest usable copy set in the copy area `area` that holds
     /// `file`; with `regenerate`, rolled forward with the protection log up
     /// to LSN `upto` (None: its end). The node's tasks are rebuilt
-    /// afterwards, stopped. The answer names the last LSN before the
-    /// restore wrote anything (`lsn_before`): the end a later roll-forward
-    /// must stop at, so the restore's own commits are not replayed.
+    /// afterwards, stopped. (A plan takes `upto` from the node's last LSN
+    /// before its first restore there, so the restore's own commits are not
+    /// replayed.)
     Restore {
         area: String,
         file: Fnr,
         regenerate: bool,
         upto: Option<Lsn>,
     },
-    /// Whether this node is quiesced.
-    Status,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -21,6 +21,17 @@ use anyhow::Context;
 use propagator::{Database, DbError};
 use std::path::Path;
 
+/// One request to the node at `addr`. An error answer comes back as an
+/// error naming the node (the client turns it into one).
+pub(crate) fn ask(
+    addr: std::net::SocketAddr,
+    req: &propagator::wire::Request,
+) -> anyhow::Result<propagator::wire::Response> {
+    let mut c =
+        propagator::node::client::Client::connect(addr).with_context(|| format!("node {addr}"))?;
+    Ok(c.call(req)?)
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Db(c) => db::run(c),

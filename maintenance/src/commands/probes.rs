@@ -203,7 +203,9 @@ fn stat_once(c: &mut Client, fnr: Fnr) -> Option<Stat> {
                 content_differs,
             })
         }
-        Ok(Response::Error { message }) => Some(Stat {
+        // The node answered but cannot stat the file (a file of the
+        // topology it does not hold): as good as damaged.
+        Err(propagator::node::client::ClientError::Remote { message, .. }) => Some(Stat {
             count: 0,
             digest: String::new(),
             damaged: Some(message),

@@ -13,12 +13,13 @@
 //! done. Nothing is executed while a probe is unanswerable: the run refuses
 //! and names the question.
 
+use super::ask as call;
 use super::probes::{LiveProbes, MasterFact, RepFact, Sources};
+use super::replicate::action as replicate;
 use crate::output;
 use crate::Outcome;
 use anyhow::{bail, Context};
 use flowcharts::{Plan, Step, TreeSet};
-use propagator::node::client::Client;
 use propagator::wire::{RecoveryOp, ReplicateAction, Request, Response, TaskAction};
 use propagator::{DbId, Fnr, Isn};
 use serde::{Deserialize, Serialize};
@@ -495,14 +496,6 @@ fn resolve(var: &str, p: &LiveProbes) -> anyhow::Result<Vec<Target>> {
     })
 }
 
-fn call(addr: SocketAddr, req: &Request) -> anyhow::Result<Response> {
-    let mut c = Client::connect(addr).with_context(|| format!("node {addr}"))?;
-    match c.call(req).with_context(|| format!("node {addr}"))? {
-        Response::Error { message } => bail!("node {addr}: {message}"),
-        r => Ok(r),
-    }
-}
-
 fn text(r: Response) -> String {
     match r {
         Response::Text(t) => t,
@@ -560,16 +553,6 @@ fn task_of(addr: SocketAddr, master: Fnr) -> anyhow::Result<propagator::wire::Ta
             .with_context(|| format!("node {addr} runs no task for master file {master}")),
         other => bail!("node {addr} answered {other:?}"),
     }
-}
-
-fn replicate(addr: SocketAddr, name: &str, action: ReplicateAction) -> anyhow::Result<Response> {
-    call(
-        addr,
-        &Request::Replicate {
-            name: name.to_string(),
-            action,
-        },
-    )
 }
 
 /// The replicates a step about masters or replicates covers.
@@ -748,23 +731,23 @@ impl Exec<'_> {
                             out.push(format!("{name} not fed"));
                         }
                         Target::Master { addr, file, name, .. } => {
-                            match call(
-                                *addr,
-                                &Request::TaskControl {
-                                    master: Some(Fnr(*file)),
-                                    action: TaskAction::Stop,
-                                },
-                            ) {
-                                Ok(_) => out.push(format!("task of {name} stopped")),
-                                // A node without a topology (its
-                                // administration file damaged) runs none.
-                                Err(e)
-                                    if format!("{e:#}").contains("no replication task")
-                                        || format!("{e:#}").contains("runs no replication task") =>
-                                {
-                                    out.push(format!("task of {name}: none running"))
-                                }
-                                Err(e) => return Err(e),
+                            // A node without a topology (its administration
+                            // file damaged) runs no task to stop.
+                            let runs = match call(*addr, &Request::TaskStatus)? {
+                                Response::Tasks(ts) => ts.iter().any(|t| t.master == Fnr(*file)),
+                                other => bail!("node {addr} answered {other:?}"),
+                            };
+                            if runs {
+                                call(
+                                    *addr,
+                                    &Request::TaskControl {
+                                        master: Some(Fnr(*file)),
+                                        action: TaskAction::Stop,
+                                    },
+                                )?;
+                                out.push(format!("task of {name} stopped"));
+                            } else {
+                                out.push(format!("task of {name}: none running"));
                             }
                         }
                         other => bail!("cannot stop the tasks of {}", other.describe()),

@@ -5,6 +5,7 @@
 //! it holds says which node feeds which replicate, and the command talks to
 //! that one (or to all of them).
 
+use super::ask as call;
 use crate::cli::{
     CleanupArgs, ConfirmCommand, LoadArgs, PolicyCommand, ReplicateArgs, ReplicateCommand, XrefArgs,
 };
@@ -63,11 +64,6 @@ fn feeder_node(node: SocketAddr, name: &str) -> anyhow::Result<SocketAddr> {
                 rep.def.master_database
             )
         })
-}
-
-fn call(addr: SocketAddr, req: &Request) -> anyhow::Result<Response> {
-    let mut c = Client::connect(addr)?;
-    Ok(c.call(req)?)
 }
 
 fn reports_at(addr: SocketAddr) -> anyhow::Result<Vec<TaskReport>> {
@@ -357,17 +353,18 @@ pub fn run(c: ReplicateCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-fn action(addr: SocketAddr, name: &str, action: ReplicateAction) -> anyhow::Result<Response> {
-    match call(
+pub(super) fn action(
+    addr: SocketAddr,
+    name: &str,
+    action: ReplicateAction,
+) -> anyhow::Result<Response> {
+    call(
         addr,
         &Request::Replicate {
             name: name.to_string(),
             action,
         },
-    )? {
-        Response::Error { message } => bail!("{message}"),
-        r => Ok(r),
-    }
+    )
 }
 
 fn simple(a: ReplicateArgs, act: ReplicateAction) -> anyhow::Result<Outcome> {

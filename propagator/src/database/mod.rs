@@ -793,13 +793,7 @@ impl Database {
     /// Only a load that then replaces every record (and proves the result
     /// against its master) may do this. The caller serialises writes to it.
     pub fn rebase_replicate(&self, fnr: Fnr) -> Result<FileMeta, DbError> {
-        let def = {
-            let st = lock(&self.shared().state);
-            st.catalog
-                .get(&fnr)
-                .cloned()
-                .ok_or(DbError::UnknownFile(fnr))?
-        };
+        let def = self.file_info(fnr)?.def;
         if def.role != Role::Replicate {
             return Err(DbError::BadDefinition(format!(
                 "file {fnr} is a {} file; only replicate files are rebased",
@@ -835,18 +829,11 @@ impl Database {
 
     /// A file's definition and the meta of what its page store holds now.
     fn baseline(&self, fnr: Fnr) -> Result<(FileDef, FileMeta), DbError> {
-        let def = {
-            let st = lock(&self.shared().state);
-            st.catalog
-                .get(&fnr)
-                .cloned()
-                .ok_or(DbError::UnknownFile(fnr))?
-        };
+        let info = self.file_info(fnr)?;
         self.wait_applied()?;
         let mut meta = recovery::scan_meta(&self.shared().store, fnr)?;
-        let next = self.file_info(fnr)?.meta.next_isn;
-        meta.next_isn = meta.next_isn.max(next);
-        Ok((def, meta))
+        meta.next_isn = meta.next_isn.max(info.meta.next_isn);
+        Ok((info.def, meta))
     }
 
     /// Begins a restore into a file: its records as they stand in the page

@@ -28,12 +28,7 @@ pub struct RefreshedLog {
 
 impl Database {
     fn master_def(&self, master: Fnr) -> Result<(FileDef, Fnr, u32), DbError> {
-        let st = lock(&self.shared().state);
-        let def = st
-            .catalog
-            .get(&master)
-            .cloned()
-            .ok_or(DbError::UnknownFile(master))?;
+        let def = self.file_info(master)?.def;
         match def.role {
             Role::Master { log, incarnation } => Ok((def, log, incarnation)),
             ref r => Err(DbError::BadDefinition(format!(

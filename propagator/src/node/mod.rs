@@ -608,9 +608,6 @@ impl Node {
                 );
                 json(serde_json::json!({ "quiesced": on, "lsn": lsn.0 }))
             }
-            RecoveryOp::Status => json(serde_json::json!({
-                "quiesced": self.quiesced.load(Ordering::SeqCst)
-            })),
             RecoveryOp::Exempt => {
                 conv.exempt = true;
                 json(serde_json::json!({ "exempt": true }))
@@ -682,11 +679,7 @@ impl Node {
                 };
                 self.stop_feeders_of(None).await;
                 let r = tokio::task::spawn_blocking(move || {
-                    let before = db.last_lsn();
-                    hook(&db, &area, file, regenerate.then_some(upto)).map(|mut v| {
-                        v["lsn_before"] = serde_json::json!(before.0);
-                        v
-                    })
+                    hook(&db, &area, file, regenerate.then_some(upto))
                 })
                 .await;
                 self.rebuild_tasks_stopped().await;
