@@ -1,7 +1,7 @@
 //! Metrics: lock-free counters the engine updates on its hot paths, and the
 //! Prometheus text exposition format (0.0.4) they are served in.
 //!
-//! The writer thread updates [`DbMetrics`] with relaxed atomics (one add per
+//! The group-commit leader updates [`DbMetrics`] with relaxed atomics (one add per
 //! group commit, never a lock); [`crate::Database::metrics`] takes a
 //! [`DbSnapshot`]. [`Text`] renders families with escaped label values,
 //! cumulative histogram buckets, `+Inf`, `_sum` and `_count`. The node's
@@ -80,7 +80,7 @@ impl HistogramSnapshot {
     }
 }
 
-/// What one database counts: updated by its log writer thread.
+/// What one database counts: updated by whoever leads each group commit.
 pub struct DbMetrics {
     pub commits: AtomicU64,
     pub commit_bytes: AtomicU64,

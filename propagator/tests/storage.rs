@@ -916,3 +916,169 @@ fn a_log_refresh_refuses_a_half_restored_master_and_a_seq_past_the_log_without_m
     let e = db.refresh_log(MASTER, None).expect_err("half restored");
     assert!(e.to_string().contains("has not finished"), "{e}");
 }
+
+/// Waits for `cond` up to a deadline; fails naming `what`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// One master change per ET from its own thread: the commit's LSN.
+fn commit_one(
+    db: &Database,
+    isn: u64,
+) -> std::thread::JoinHandle<Result<propagator::Lsn, DbError>> {
+    let db = db.clone();
+    std::thread::spawn(move || {
+        let mut s = db.session();
+        s.store(MASTER, Some(Isn(isn)), rec(&[("q", isn as i64)]))?;
+        s.et(Some(format!("c{isn}"))).map(|i| i.lsn)
+    })
+}
+
+#[test]
+fn commits_queued_behind_a_sync_share_the_next_one() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mem = mem_db(t.path(), 1 << 20);
+    let (db, _) = open_mem(t.path(), &mem).expect("open");
+    setup(&db);
+    let before = db.metrics();
+    // The disk stalls: the first committer leads and waits in its sync.
+    mem.hold_syncs(true);
+    let first = commit_one(&db, 1);
+    wait_until("the leader's sync", || mem.syncs_held() == 1);
+    let base = db.last_lsn();
+    let rest: Vec<_> = (2..=16).map(|i| commit_one(&db, i)).collect();
+    wait_until("fifteen commits queued", || db.last_lsn().0 == base.0 + 15);
+    assert_eq!(mem.syncs_held(), 1, "a queued commit synced on its own");
+    mem.hold_syncs(false);
+    let mut lsns = vec![first.join().expect("thread").expect("first commit")];
+    for h in rest {
+        lsns.push(h.join().expect("thread").expect("queued commit"));
+    }
+    let after = db.metrics();
+    assert_eq!(after.commits - before.commits, 16);
+    assert_eq!(
+        after.fsync.count() - before.fsync.count(),
+        2,
+        "the leader's group, then the fifteen queued behind it in one"
+    );
+    lsns.sort();
+    lsns.dedup();
+    assert_eq!(lsns.len(), 16, "every commit has its own LSN");
+    let master = dump(&db, MASTER);
+    assert_eq!(master.len(), 16);
+    assert_eq!(replay_log(&db), master);
+    db.close().expect("close");
+    let (db, report) = open_mem(t.path(), &mem).expect("reopen");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump(&db, MASTER).len(), 16);
+}
+
+#[test]
+fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mem = mem_db(t.path(), 1 << 20);
+    let (db, _) = open_mem(t.path(), &mem).expect("open");
+    setup(&db);
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(100)), rec(&[("q", 100)]))
+        .expect("store");
+    s.et(None).expect("acknowledged before the fault");
+    drop(s);
+    // A group queued behind a sync is written once the sync is done.
+    mem.hold_syncs(true);
+    let first = commit_one(&db, 1);
+    wait_until("the leader's sync", || mem.syncs_held() == 1);
+    let base = db.last_lsn();
+    let rest: Vec<_> = (2..=8).map(|i| commit_one(&db, i)).collect();
+    wait_until("seven commits queued", || db.last_lsn().0 == base.0 + 7);
+    mem.hold_syncs(false);
+    first.join().expect("thread").expect("the leader's commit");
+    for h in rest {
+        let r = h.join().expect("thread");
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // Now the leader's sync fails: its group and the one queued behind it
+    // fail, and nothing of either survives.
+    mem.hold_syncs(true);
+    let leader = commit_one(&db, 20);
+    wait_until("the next leader's sync", || mem.syncs_held() == 1);
+    let base = db.last_lsn();
+    let queued: Vec<_> = (21..=28).map(|i| commit_one(&db, i)).collect();
+    wait_until("eight commits queued", || db.last_lsn().0 == base.0 + 8);
+    mem.fail_next_sync();
+    mem.hold_syncs(false);
+    assert!(matches!(
+        leader.join().expect("thread"),
+        Err(DbError::Poisoned(_))
+    ));
+    for h in queued {
+        let r = h.join().expect("thread");
+        assert!(
+            matches!(r, Err(DbError::Poisoned(_))),
+            "a commit queued behind a failed sync must fail: {r:?}"
+        );
+    }
+    let image = mem.synced_image();
+    db.simulate_crash();
+    let (db, report) = open_mem(t.path(), &image).expect("reopen");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    let master = dump(&db, MASTER);
+    let expected: Vec<Isn> = [1, 2, 3, 4, 5, 6, 7, 8, 100].into_iter().map(Isn).collect();
+    assert_eq!(master.keys().copied().collect::<Vec<_>>(), expected);
+    assert_eq!(replay_log(&db), master);
+}
+
+#[test]
+fn closing_while_commits_run_answers_each_one_and_a_crash_then_drop_returns() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mem = mem_db(t.path(), 1 << 20);
+    let (db, _) = open_mem(t.path(), &mem).expect("open");
+    setup(&db);
+    mem.hold_syncs(true);
+    let running: Vec<_> = (1..=6).map(|i| commit_one(&db, i)).collect();
+    wait_until("a sync in progress", || mem.syncs_held() == 1);
+    let closer = {
+        let db = db.clone();
+        std::thread::spawn(move || db.close())
+    };
+    mem.hold_syncs(false);
+    closer.join().expect("thread").expect("clean close");
+    let mut acked = Vec::new();
+    for (i, h) in (1..=6).zip(running) {
+        match h.join().expect("thread") {
+            Ok(_) => acked.push(Isn(i)),
+            Err(DbError::Closed) => {}
+            Err(e) => panic!("commit {i}: {e}"),
+        }
+    }
+    assert!(!acked.is_empty(), "the commit in its sync was acknowledged");
+    // A handle still held after the close sees it closed.
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(50)), rec(&[("q", 50)]))
+        .expect("store");
+    assert!(matches!(s.et(None), Err(DbError::Closed)));
+    drop(s);
+    drop(db);
+    let (db, report) = open_mem(t.path(), &mem).expect("reopen");
+    assert!(report.clean, "{report:?}");
+    assert_eq!(dump(&db, MASTER).keys().copied().collect::<Vec<_>>(), acked);
+    // A crash, then the last clone dropped: the drop's close finds the
+    // database stopped already and returns.
+    let other = db.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        db.simulate_crash();
+        drop(other);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("a drop after a simulated crash returned");
+}

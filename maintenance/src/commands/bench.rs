@@ -89,6 +89,14 @@ fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<f64> {
             .map_err(|_| anyhow::anyhow!("a bench client panicked"))??;
     }
     let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let m = db.metrics();
+    let groups = m.fsync.count().max(1);
+    eprintln!(
+        "# {clients} client(s): {} commits in {groups} groups ({:.1} per group), mean log sync {:.0} µs",
+        m.commits,
+        m.commits as f64 / groups as f64,
+        m.fsync.sum * 1e6 / groups as f64
+    );
     drop(db);
     std::fs::remove_dir_all(&path)?;
     Ok(rate)

@@ -7,14 +7,16 @@
 //! 2. At ET the transaction is resolved against the latest state under the
 //!    state lock: before-images read, after-images built, derived log records
 //!    and file metas computed ([`crate::apply`]), an LSN assigned, and the
-//!    entry queued to the writer *while the lock is held* so queue order is
+//!    entry queued for the log *while the lock is held* so queue order is
 //!    LSN order.
-//! 3. The writer thread appends every queued entry and makes the group
-//!    durable with one `fdatasync` (group commit); ET returns then.
+//! 3. Group commit, led by the committers ([`writer`]): the committer that
+//!    finds nobody writing the log appends every queued entry and makes the
+//!    group durable with one `fdatasync`; the others wait to be answered.
+//!    ET returns once its entry is durable.
 //! 4. The applier thread writes the group to the page store in one atomic
-//!    batch that also records the applied LSN, while the writer syncs the next
-//!    group. Until then the group's records are read from the overlay, so a
-//!    reader always sees every acknowledged commit.
+//!    batch that also records the applied LSN, while the next group syncs.
+//!    Until then the group's records are read from the overlay, so a reader
+//!    always sees every acknowledged commit.
 //!
 //! On open, [`recovery`] replays the log after the store's applied LSN
 //! (autorestart) and checks digests.
@@ -39,9 +41,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use tokio::sync::{oneshot, watch};
-use writer::{Job, WriterMsg};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+use writer::{Committer, Job};
 
 /// Default protection-log segment size.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -308,6 +310,7 @@ pub(crate) struct Shared {
     /// The LSN of the last commit made durable (synced), possibly not yet applied.
     pub durable: watch::Sender<Lsn>,
     pub metrics: crate::metrics::DbMetrics,
+    pub committer: Committer,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -318,20 +321,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct Handle {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<WriterMsg>,
-    join: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let (done, rx) = oneshot::channel();
-        if self.tx.send(WriterMsg::Close(done)).is_ok() {
-            let _ = rx.blocking_recv();
-        }
-        if let Some(j) = lock(&self.join).take() {
-            let _ = j.join();
-        }
+        let _ = self.shared.committer.close(&self.shared, false);
     }
 }
 
@@ -475,29 +470,15 @@ impl Database {
             applied: applied_tx,
             durable: durable_tx,
             metrics: Default::default(),
+            committer: Committer::new(opts.max_group_bytes),
         });
-        let (tx, rx) = mpsc::channel();
-        let wshared = shared.clone();
-        let join = std::thread::Builder::new()
-            .name(format!("plog-writer-{}", dbid))
-            .spawn(move || {
-                writer::run(
-                    wshared,
-                    rec.writer,
-                    rec.checkpoint,
-                    rx,
-                    opts.max_group_bytes,
-                )
-            })
-            .map_err(|e| DbError::Directory {
-                dir: dir.display().to_string(),
-                reason: format!("cannot start the log writer: {e}"),
-            })?;
+        Committer::start(&shared, rec.writer, rec.checkpoint).map_err(|e| DbError::Directory {
+            dir: dir.display().to_string(),
+            reason: format!("cannot start the page-store applier: {e}"),
+        })?;
         let db = Database {
             h: Arc::new(Handle {
                 shared,
-                tx,
-                join: Mutex::new(Some(join)),
                 _lock: lock_file,
             }),
         };
@@ -526,7 +507,7 @@ impl Database {
         self.shared().metrics.snapshot()
     }
 
-    /// The LSN of the last commit handed to the writer.
+    /// The LSN of the last commit accepted (queued for the log).
     pub fn last_lsn(&self) -> Lsn {
         lock(&self.shared().state).last_lsn
     }
@@ -1044,11 +1025,8 @@ impl Database {
 
     /// Waits until every commit queued so far is in the page store.
     pub fn wait_applied(&self) -> Result<(), DbError> {
-        let (tx, rx) = oneshot::channel();
-        self.h
-            .tx
-            .send(WriterMsg::Barrier(tx))
-            .map_err(|_| DbError::Closed)?;
+        let target = lock(&self.shared().state).last_lsn;
+        let rx = self.shared().committer.barrier(target);
         rx.blocking_recv().map_err(|_| DbError::Closed)?;
         self.check_poisoned()
     }
@@ -1304,7 +1282,6 @@ impl Database {
             }
             st.last_lsn = lsn;
             st.last_time_us = time_us;
-            let (done, rx) = oneshot::channel();
             let job = Job {
                 lsn,
                 payload,
@@ -1312,13 +1289,9 @@ impl Database {
                 metas: derived.metas.into_values().collect(),
                 catalog: derived.catalog.into_values().collect(),
                 client_id: client_id.clone(),
-                done: Some(done),
             };
-            if self.h.tx.send(WriterMsg::Commit(job)).is_err() {
-                return Err(DbError::Closed);
-            }
             (
-                rx,
+                shared.committer.enqueue(job)?,
                 CommitInfo {
                     lsn,
                     time_us,
@@ -1329,11 +1302,8 @@ impl Database {
                 },
             )
         };
-        match rx.blocking_recv() {
-            Ok(Ok(())) => Ok(info),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DbError::Closed),
-        }
+        shared.committer.finish(shared, rx)?;
+        Ok(info)
     }
 
     /// Creates a file.
@@ -1496,20 +1466,13 @@ impl Database {
     /// written, so the next open runs full recovery. For tests.
     #[doc(hidden)]
     pub fn simulate_crash(self) {
-        let (tx, rx) = oneshot::channel();
-        if self.h.tx.send(WriterMsg::Abandon(tx)).is_ok() {
-            let _ = rx.blocking_recv();
-        }
+        let _ = self.shared().committer.close(self.shared(), true);
     }
 
     /// Closes the database cleanly: waits for queued commits, writes a clean
     /// checkpoint. Other clones of this handle then see `Closed`.
     pub fn close(self) -> Result<(), DbError> {
-        let (done, rx) = oneshot::channel();
-        if self.h.tx.send(WriterMsg::Close(done)).is_err() {
-            return Ok(());
-        }
-        rx.blocking_recv().unwrap_or(Err(DbError::Closed))
+        self.shared().committer.close(self.shared(), false)
     }
 }
 

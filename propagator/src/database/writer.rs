@@ -1,15 +1,28 @@
-//! The log writer and page-store applier threads: group commit, pipelined.
+//! Group commit led by the committers, and the page-store applier thread.
 //!
-//! The writer takes every commit queued since its last sync, appends them
-//! with one write, makes them durable with one `fdatasync`, and answers each
-//! committer: ET returns once its entry is durable. It then hands the group to
-//! the applier, which writes it to the page store in one atomic batch with the
-//! applied LSN, while the writer already syncs the next group. Until a group
-//! is applied its records are served from the in-memory overlay, so every
-//! reader sees every acknowledged commit. A failed write, sync or store apply
-//! is never retried (PostgreSQL's `data_sync_retry=off`): the database is
-//! poisoned, every waiting and later commit fails, and the next open recovers
-//! from what the log durably holds.
+//! There is no log-writer thread. A committing thread queues its entry; if no
+//! other thread is writing the log, it becomes the *leader*: it takes every
+//! entry queued so far, appends them with one write, makes them durable with
+//! one `fdatasync`, hands the group to the applier and answers the others in
+//! the group. Entries queued while a leader syncs wait and form the next
+//! group, which the same leader writes (up to [`LEAD_ROUNDS`] groups in a
+//! row) before it passes the leadership to the first committer still
+//! waiting and returns.
+//!
+//! This is the leader/follower group commit of PostgreSQL's WAL flush and
+//! MySQL's binlog group commit. Measured on a two-core VM against the
+//! dedicated writer thread it replaces: one client no longer pays two thread
+//! hand-offs per commit (each the wake of a possibly idle vCPU), which took
+//! the one-client rate from 0.76 to 0.96-1.06 of the disk's raw fdatasync
+//! rate.
+//!
+//! The applier writes durable groups to the page store in one atomic batch
+//! with the applied LSN, behind the committers. Until a group is applied its
+//! records are served from the in-memory overlay, so every reader sees every
+//! acknowledged commit. A failed write, sync or store apply is never retried
+//! (PostgreSQL's `data_sync_retry=off`): the database is poisoned, every
+//! waiting and later commit fails, and the next open recovers from what the
+//! log durably holds.
 
 use super::{lock, Shared};
 use crate::catalog::FileDef;
@@ -18,9 +31,10 @@ use crate::error::DbError;
 use crate::ids::{Fnr, Isn, Lsn};
 use crate::plog::{Checkpoint, PlogEntry, PlogWriter};
 use crate::store::StoreBatch;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -31,29 +45,17 @@ pub(crate) struct Job {
     pub metas: Vec<FileMeta>,
     pub catalog: Vec<FileDef>,
     pub client_id: Option<String>,
-    /// Answered once the entry is durable; taken when answered.
-    pub done: Option<oneshot::Sender<Result<(), DbError>>>,
 }
 
-pub(crate) enum WriterMsg {
-    Commit(Job),
-    Close(oneshot::Sender<Result<(), DbError>>),
-    /// Answered once every commit queued before it is applied (or failed).
-    Barrier(oneshot::Sender<()>),
-    /// Stop without a clean checkpoint, as a crash would (tests).
-    Abandon(oneshot::Sender<()>),
-}
-
-/// What the writer hands the applier.
+/// What the leader hands the applier.
 enum ApplyMsg {
     Group(Vec<Job>),
     Barrier(oneshot::Sender<()>),
 }
 
-/// Groups the applier may lag behind the writer before the writer waits.
+/// Groups the applier may lag behind the committers before a leader waits.
 /// With single-commit groups this covers several apply windows; with large
-/// groups it bounds the memory held for the applier (at most this many
-/// groups of `max_group_bytes`, in practice far less).
+/// groups it bounds the memory held for the applier.
 const APPLY_QUEUE: usize = 128;
 
 /// The most log bytes one page-store batch gathers.
@@ -85,104 +87,447 @@ impl CheckpointState {
     }
 }
 
-pub(crate) fn run(
-    shared: Arc<Shared>,
-    mut writer: PlogWriter,
-    mut cps: CheckpointState,
-    rx: mpsc::Receiver<WriterMsg>,
+/// What a committer waiting for its entry is told.
+enum Answer {
+    Waiting,
+    /// Lead the next group: this committer's entry is first in the queue.
+    Lead,
+    /// The group is written (or failed); this committer is `.1` in it.
+    Done(Arc<Answered>, usize),
+}
+
+/// A written group's outcome, shared by its committers.
+///
+/// Waking is a tree: whoever is woken at index `i` wakes `2i + 2` and
+/// `2i + 3` before it returns; the leader wakes `0` and `1`. Measured on a
+/// two-core VM, a wake costs the waker 4 to 25 µs (more when the woken
+/// thread preempts it): a leader that woke every committer of its group
+/// itself spent 119 µs a group waking against 226 µs syncing. The tree
+/// spreads the wakes over the committers, and the leader's share is two.
+struct Answered {
+    result: Result<(), GroupError>,
+    waiters: Vec<Arc<Waiter>>,
+}
+
+impl Answered {
+    fn result(&self) -> Result<(), DbError> {
+        self.result.as_ref().map_err(|e| e.to_db()).copied()
+    }
+
+    fn wake(self: &Arc<Self>, i: usize) {
+        if let Some(w) = self.waiters.get(i) {
+            w.tell(Answer::Done(self.clone(), i));
+        }
+    }
+
+    /// Wakes the children of `i` in the tree.
+    fn wake_children(self: &Arc<Self>, i: usize) {
+        self.wake(2 * i + 2);
+        self.wake(2 * i + 3);
+    }
+}
+
+/// One committer waiting: told by whoever leads its group.
+pub(crate) struct Waiter {
+    thread: Thread,
+    answer: Mutex<Answer>,
+}
+
+impl Waiter {
+    fn tell(&self, a: Answer) {
+        *lock(&self.answer) = a;
+        // A token: if the thread is not parked yet, its next park returns.
+        self.thread.unpark();
+    }
+
+    fn wait(&self) -> Answer {
+        loop {
+            // Taken with the lock released before parking: `tell` needs it.
+            let a = std::mem::replace(&mut *lock(&self.answer), Answer::Waiting);
+            match a {
+                Answer::Waiting => std::thread::park(),
+                a => return a,
+            }
+        }
+    }
+}
+
+/// Who leads after a group.
+enum Next {
+    /// This thread again: it is running already, while waking another
+    /// costs a context switch on the critical path (measured under sixteen
+    /// clients: a group every 424 µs instead of every 466 µs).
+    Continue,
+    HandOff(Arc<Waiter>),
+    Nobody,
+}
+
+/// The most groups one committer leads in a row before it hands the
+/// leadership on and returns: the bound on its own commit latency.
+const LEAD_ROUNDS: usize = 4;
+
+/// A queued commit: lead its group, or wait to be answered.
+pub(crate) struct Ticket {
+    waiter: Arc<Waiter>,
+    lead: bool,
+}
+
+/// Why a group was not made durable.
+enum GroupError {
+    Closed,
+    Poisoned(String),
+}
+
+impl GroupError {
+    fn to_db(&self) -> DbError {
+        match self {
+            GroupError::Closed => DbError::Closed,
+            GroupError::Poisoned(r) => DbError::Poisoned(r.clone()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Accepted, not yet written, in LSN order.
+    pending: VecDeque<(Job, Arc<Waiter>)>,
+    /// A thread leads (or has been told to lead). Pending entries imply one.
+    leader: bool,
+    /// The last LSN made durable and handed to the applier.
+    durable: Lsn,
+    /// Page-store barriers waiting for their LSN to become durable.
+    barriers: Vec<(Lsn, oneshot::Sender<()>)>,
+    /// A group failed: no LSN will become durable any more.
+    failed: bool,
+    /// Closed (or closing): new commits are refused.
+    closed: bool,
+    /// A close holds the leadership for good.
+    shut: bool,
+    /// Threads waiting for the leadership to be free (closing).
+    idle_waiters: usize,
+}
+
+/// The log side, touched by the leader only.
+struct LogSide {
+    writer: PlogWriter,
+    cps: CheckpointState,
+    apply: mpsc::SyncSender<ApplyMsg>,
+    applier: JoinHandle<()>,
+}
+
+/// The group committer of one database.
+pub(crate) struct Committer {
+    q: Mutex<Queue>,
+    idle: Condvar,
+    log: Mutex<Option<LogSide>>,
     max_group_bytes: usize,
-) {
-    let (atx, arx) = mpsc::sync_channel::<ApplyMsg>(APPLY_QUEUE);
-    let ashared = shared.clone();
-    let applier = std::thread::Builder::new()
-        .name("page-store-applier".into())
-        .spawn(move || apply_loop(&ashared, arx));
-    let applier = match applier {
-        Ok(h) => h,
-        Err(e) => {
-            poison(&shared, format!("cannot start the page-store applier: {e}"));
-            return;
+}
+
+impl Committer {
+    /// Starts the page-store applier; the log is written from `writer` on.
+    pub fn start(
+        shared: &Arc<Shared>,
+        writer: PlogWriter,
+        cps: CheckpointState,
+    ) -> std::io::Result<()> {
+        let (apply, arx) = mpsc::sync_channel::<ApplyMsg>(APPLY_QUEUE);
+        let ashared = shared.clone();
+        let applier = std::thread::Builder::new()
+            .name("page-store-applier".into())
+            .spawn(move || apply_loop(&ashared, arx))?;
+        let durable = cps.last_lsn;
+        *lock(&shared.committer.q) = Queue {
+            durable,
+            ..Queue::default()
+        };
+        *lock(&shared.committer.log) = Some(LogSide {
+            writer,
+            cps,
+            apply,
+            applier,
+        });
+        Ok(())
+    }
+
+    pub fn new(max_group_bytes: usize) -> Committer {
+        Committer {
+            q: Mutex::new(Queue {
+                closed: true,
+                ..Queue::default()
+            }),
+            idle: Condvar::new(),
+            log: Mutex::new(None),
+            max_group_bytes: max_group_bytes.max(1),
         }
-    };
-    let mut closer: Option<oneshot::Sender<Result<(), DbError>>> = None;
-    let mut abandoned = false;
-    while closer.is_none() && !abandoned {
+    }
+
+    /// Queues an accepted entry. Called under the state lock, so queue order
+    /// is LSN order.
+    pub fn enqueue(&self, job: Job) -> Result<Ticket, DbError> {
+        let waiter = Arc::new(Waiter {
+            thread: std::thread::current(),
+            answer: Mutex::new(Answer::Waiting),
+        });
+        let mut q = lock(&self.q);
+        if q.closed {
+            return Err(DbError::Closed);
+        }
+        q.pending.push_back((job, waiter.clone()));
+        let lead = !q.leader;
+        q.leader = true;
+        Ok(Ticket { waiter, lead })
+    }
+
+    /// Waits until the ticket's entry is durable, leading its group if told
+    /// to. Called without the state lock.
+    pub fn finish(&self, shared: &Shared, t: Ticket) -> Result<(), DbError> {
+        if t.lead {
+            return self.lead(shared);
+        }
+        loop {
+            match t.waiter.wait() {
+                Answer::Lead => return self.lead(shared),
+                Answer::Done(group, i) => {
+                    group.wake_children(i);
+                    return group.result();
+                }
+                Answer::Waiting => {}
+            }
+        }
+    }
+
+    /// Writes and syncs the queued entries as one group. The caller's own
+    /// entry is the first of them: the queue was empty when it led, or it was
+    /// told to lead because its entry came first.
+    fn lead(&self, shared: &Shared) -> Result<(), DbError> {
+        let mut own = None;
+        for round in 1.. {
+            let (result, waiters, next) = self.lead_group(shared, round < LEAD_ROUNDS);
+            let group = Arc::new(Answered {
+                result: result.map(|_| ()),
+                waiters,
+            });
+            if own.is_none() {
+                // The first of the first group is this thread's own entry.
+                own = Some(group.result());
+                group.wake_children(0);
+            } else {
+                group.wake(0);
+            }
+            group.wake(1);
+            match next {
+                Next::Continue => {}
+                Next::HandOff(_) | Next::Nobody => break,
+            }
+        }
+        own.unwrap_or(Err(DbError::Closed))
+    }
+
+    /// Writes one group; says who leads next. It may be this thread again
+    /// (`stay`): it is running already, while waking another takes a
+    /// context switch on the critical path.
+    fn lead_group(
+        &self,
+        shared: &Shared,
+        stay: bool,
+    ) -> (Result<Lsn, GroupError>, Vec<Arc<Waiter>>, Next) {
         let mut jobs = Vec::new();
-        let mut barrier = None;
-        match rx.recv() {
-            Err(_) => break,
-            Ok(WriterMsg::Close(c)) => closer = Some(c),
-            Ok(WriterMsg::Barrier(b)) => barrier = Some(b),
-            Ok(WriterMsg::Abandon(a)) => {
-                let _ = a.send(());
-                abandoned = true;
-            }
-            Ok(WriterMsg::Commit(j)) => {
-                let mut bytes = j.payload.len();
+        let mut waiters = Vec::new();
+        {
+            let mut q = lock(&self.q);
+            let mut bytes = 0usize;
+            while let Some((j, _)) = q.pending.front() {
+                if !jobs.is_empty() && bytes + j.payload.len() > self.max_group_bytes {
+                    break;
+                }
+                bytes += j.payload.len();
+                let Some((j, w)) = q.pending.pop_front() else {
+                    break;
+                };
                 jobs.push(j);
-                while bytes < max_group_bytes {
-                    match rx.try_recv() {
-                        Ok(WriterMsg::Commit(j)) => {
-                            bytes += j.payload.len();
-                            jobs.push(j);
-                        }
-                        Ok(WriterMsg::Close(c)) => {
-                            closer = Some(c);
-                            break;
-                        }
-                        Ok(WriterMsg::Barrier(b)) => {
-                            barrier = Some(b);
-                            break;
-                        }
-                        Ok(WriterMsg::Abandon(a)) => {
-                            // Whatever came before the crash is still written.
-                            let _ = a.send(());
-                            abandoned = true;
-                            break;
-                        }
-                        Err(_) => break,
+                waiters.push(w);
+            }
+        }
+        let mut log = lock(&self.log);
+        let result = match log.as_mut() {
+            // A panic here must not strand the group's committers and every
+            // later one behind a leader that is gone: it poisons instead.
+            Some(side) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                side.write_group(shared, jobs)
+            }))
+            .unwrap_or_else(|_| {
+                let reason = "the log writer panicked".to_string();
+                poison(shared, reason.clone());
+                Err(GroupError::Poisoned(reason))
+            }),
+            None => Err(GroupError::Closed),
+        };
+        // Publish, then pass the leadership on before anyone is woken.
+        let (next, barriers) = {
+            let mut q = lock(&self.q);
+            match &result {
+                Ok(last) => q.durable = *last,
+                Err(_) => q.failed = true,
+            }
+            let barriers = if q.failed {
+                std::mem::take(&mut q.barriers)
+            } else {
+                let durable = q.durable;
+                let (ready, waiting) = std::mem::take(&mut q.barriers)
+                    .into_iter()
+                    .partition(|(l, _)| *l <= durable);
+                q.barriers = waiting;
+                ready
+            };
+            let next = match q.pending.front() {
+                Some(_) if stay => Next::Continue,
+                Some((_, w)) => Next::HandOff(w.clone()),
+                None => {
+                    q.leader = false;
+                    if q.idle_waiters > 0 {
+                        self.idle.notify_all();
                     }
+                    Next::Nobody
                 }
-            }
+            };
+            (next, barriers)
+        };
+        if let Next::HandOff(n) = &next {
+            n.tell(Answer::Lead);
         }
-        if !jobs.is_empty() {
-            write_group(&shared, &mut writer, &mut cps, jobs, &atx);
+        for (_, b) in barriers {
+            send_barrier(log.as_ref(), b);
         }
-        if let Some(b) = barrier {
-            let _ = atx.send(ApplyMsg::Barrier(b));
-        }
+        drop(log);
+        (result, waiters, next)
     }
-    // Let the applier finish everything handed to it.
-    drop(atx);
-    let _ = applier.join();
-    if abandoned {
-        return;
+
+    /// Answers once every entry up to `target` is in the page store (or the
+    /// database failed or closed).
+    pub fn barrier(&self, target: Lsn) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = lock(&self.q);
+            if q.durable < target && !q.failed && !q.closed {
+                q.barriers.push((target, tx));
+                return rx;
+            }
+        }
+        // Durable already: its group went to the applier before `durable`
+        // moved, under the log lock this send takes too.
+        send_barrier(lock(&self.log).as_ref(), tx);
+        rx
     }
-    // Refuse anything still queued, then close cleanly if nothing failed.
-    while let Ok(m) = rx.try_recv() {
-        match m {
-            WriterMsg::Commit(j) => {
-                if let Some(done) = j.done {
-                    let _ = done.send(Err(DbError::Closed));
-                }
+
+    /// Stops accepting commits, waits for the group in flight, stops the
+    /// applier once it has applied everything, and, unless `crash`, writes a
+    /// clean checkpoint. A second close does nothing.
+    pub fn close(&self, shared: &Shared, crash: bool) -> Result<(), DbError> {
+        {
+            let mut q = lock(&self.q);
+            q.closed = true;
+            while q.leader && !q.shut {
+                q.idle_waiters += 1;
+                q = self.idle.wait(q).unwrap_or_else(|p| p.into_inner());
+                q.idle_waiters -= 1;
             }
-            WriterMsg::Close(c) => {
-                let _ = c.send(Ok(()));
+            if q.shut {
+                // Another close got here first.
+                return Ok(());
             }
-            WriterMsg::Barrier(b) => {
+            // Nobody leads again: commits are refused from here on.
+            q.leader = true;
+            q.shut = true;
+            if q.idle_waiters > 0 {
+                self.idle.notify_all();
+            }
+            for (_, b) in q.barriers.drain(..) {
                 let _ = b.send(());
             }
-            WriterMsg::Abandon(a) => {
-                let _ = a.send(());
+        }
+        let Some(side) = lock(&self.log).take() else {
+            return Ok(());
+        };
+        let LogSide {
+            mut writer,
+            cps,
+            apply,
+            applier,
+        } = side;
+        // Let the applier finish everything handed to it.
+        drop(apply);
+        let _ = applier.join();
+        if crash {
+            return Ok(());
+        }
+        let result = close_cleanly(shared, &mut writer, &cps);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "database did not close cleanly; the next open will recover");
+        }
+        result
+    }
+}
+
+fn send_barrier(side: Option<&LogSide>, b: oneshot::Sender<()>) {
+    match side {
+        Some(s) => {
+            if let Err(mpsc::SendError(ApplyMsg::Barrier(b))) = s.apply.send(ApplyMsg::Barrier(b)) {
+                let _ = b.send(());
             }
         }
+        None => {
+            let _ = b.send(());
+        }
     }
-    let result = close_cleanly(&shared, &mut writer, &cps);
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "database did not close cleanly; the next open will recover");
-    }
-    if let Some(c) = closer {
-        let _ = c.send(result);
+}
+
+impl LogSide {
+    /// Appends, syncs and hands one group to the applier; the last LSN made
+    /// durable.
+    fn write_group(&mut self, shared: &Shared, jobs: Vec<Job>) -> Result<Lsn, GroupError> {
+        if let Some(reason) = poisoned(shared) {
+            return Err(GroupError::Poisoned(reason));
+        }
+        let Some(last) = jobs.last().map(|j| j.lsn) else {
+            return Err(GroupError::Closed);
+        };
+        let logged = self
+            .writer
+            .append(jobs.iter().map(|j| j.payload.as_slice()))
+            .and_then(|_| {
+                let started = Instant::now();
+                let synced = self.writer.sync();
+                shared.metrics.fsync.observe(started.elapsed());
+                synced
+            });
+        if let Err(e) = logged {
+            let reason = e.to_string();
+            poison(shared, reason.clone());
+            return Err(GroupError::Poisoned(reason));
+        }
+        // Durable from here on.
+        shared.durable.send_replace(last);
+        let bytes: usize = jobs.iter().map(|j| j.payload.len()).sum();
+        shared.metrics.committed(jobs.len() as u64, bytes as u64);
+        for j in &jobs {
+            for d in &j.catalog {
+                self.cps.catalog.insert(d.fnr, d.clone());
+            }
+            for m in &j.metas {
+                self.cps.metas.insert(m.fnr, *m);
+            }
+        }
+        self.cps.last_lsn = last;
+        if self.apply.send(ApplyMsg::Group(jobs)).is_err() {
+            poison(shared, "the page-store applier stopped".into());
+        }
+        if self.writer.needs_rotation() {
+            if let Err(e) = self.writer.rotate(&self.cps.checkpoint(false)) {
+                // This group is durable; the next one fails.
+                poison(shared, format!("cannot start a new log segment: {e}"));
+            }
+        }
+        Ok(last)
     }
 }
 
@@ -196,68 +541,6 @@ fn poison(shared: &Shared, reason: String) {
 
 fn poisoned(shared: &Shared) -> Option<String> {
     lock(&shared.poisoned).clone()
-}
-
-fn write_group(
-    shared: &Shared,
-    writer: &mut PlogWriter,
-    cps: &mut CheckpointState,
-    mut jobs: Vec<Job>,
-    applier: &mpsc::SyncSender<ApplyMsg>,
-) {
-    if let Some(reason) = poisoned(shared) {
-        for j in jobs {
-            if let Some(done) = j.done {
-                let _ = done.send(Err(DbError::Poisoned(reason.clone())));
-            }
-        }
-        return;
-    }
-    let logged = writer
-        .append(jobs.iter().map(|j| j.payload.as_slice()))
-        .and_then(|_| {
-            let started = Instant::now();
-            let synced = writer.sync();
-            shared.metrics.fsync.observe(started.elapsed());
-            synced
-        });
-    if let Err(e) = logged {
-        let reason = e.to_string();
-        poison(shared, reason.clone());
-        for j in jobs {
-            if let Some(done) = j.done {
-                let _ = done.send(Err(DbError::Poisoned(reason.clone())));
-            }
-        }
-        return;
-    }
-    // Durable from here on: publish it, answer the committers, then apply
-    // behind them.
-    if let Some(last) = jobs.last() {
-        shared.durable.send_replace(last.lsn);
-    }
-    let bytes: usize = jobs.iter().map(|j| j.payload.len()).sum();
-    shared.metrics.committed(jobs.len() as u64, bytes as u64);
-    for j in &mut jobs {
-        for d in &j.catalog {
-            cps.catalog.insert(d.fnr, d.clone());
-        }
-        for m in &j.metas {
-            cps.metas.insert(m.fnr, *m);
-        }
-        cps.last_lsn = j.lsn;
-        if let Some(done) = j.done.take() {
-            let _ = done.send(Ok(()));
-        }
-    }
-    if applier.send(ApplyMsg::Group(jobs)).is_err() {
-        poison(shared, "the page-store applier stopped".into());
-    }
-    if writer.needs_rotation() {
-        if let Err(e) = writer.rotate(&cps.checkpoint(false)) {
-            poison(shared, format!("cannot start a new log segment: {e}"));
-        }
-    }
 }
 
 /// The applier thread: writes durable groups to the page store.
@@ -283,11 +566,10 @@ fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
                 let _ = b.send(());
             }
             ApplyMsg::Group(mut jobs) => {
-                let deadline = Instant::now() + APPLY_WINDOW;
                 let mut bytes: usize = jobs.iter().map(|j| j.payload.len()).sum();
+                let mut waited = false;
                 while jobs.len() < MAX_APPLY_COMMITS && bytes < MAX_APPLY_BYTES {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(wait) {
+                    match rx.try_recv() {
                         Ok(ApplyMsg::Group(more)) => {
                             bytes += more.iter().map(|j| j.payload.len()).sum::<usize>();
                             jobs.extend(more);
@@ -295,6 +577,14 @@ fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
                         Ok(other) => {
                             next = Some(other);
                             break;
+                        }
+                        // Caught up: sleep through the window once rather
+                        // than wait on the channel. A receiver blocked in
+                        // `recv` is woken by every send, which costs each
+                        // leader a wake; a sleeping one costs nothing.
+                        Err(mpsc::TryRecvError::Empty) if !waited => {
+                            waited = true;
+                            std::thread::sleep(APPLY_WINDOW);
                         }
                         Err(_) => break,
                     }

@@ -4,14 +4,15 @@
 //! its last successful sync. [`MemDir::crash_image`] builds what a power
 //! loss could leave: every synced byte, plus for each file a random prefix of
 //! what was written (appended or overwritten in place) after its last sync,
-//! sometimes with its last sector replaced by garbage. Faults can be armed: fail the next sync, or fail every
-//! write from now on.
+//! sometimes with its last sector replaced by garbage. Faults can be armed:
+//! fail the next sync, fail every write from now on, or hold every sync
+//! until released (a stalled disk).
 
 use super::{Medium, MediumDir};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 #[derive(Default)]
 pub struct MemFile {
@@ -29,6 +30,15 @@ struct FileState {
 struct Faults {
     fail_next_sync: AtomicBool,
     fail_writes: AtomicBool,
+    /// While set, every sync waits for it to be cleared.
+    hold: Mutex<SyncHold>,
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct SyncHold {
+    on: bool,
+    waiting: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,6 +75,18 @@ impl Medium for MemFile {
         Ok(())
     }
     fn sync(&self) -> io::Result<()> {
+        {
+            let mut h = lock(&self.faults.hold);
+            h.waiting += 1;
+            while h.on {
+                h = self
+                    .faults
+                    .released
+                    .wait(h)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            h.waiting -= 1;
+        }
         if self.faults.fail_next_sync.swap(false, Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
@@ -175,6 +197,20 @@ impl MemDir {
 
     pub fn fail_writes(&self, on: bool) {
         self.faults.fail_writes.store(on, Ordering::SeqCst);
+    }
+
+    /// Holds every sync (`true`) until released (`false`): a disk that
+    /// stalls, so a test can queue commits behind a sync in progress.
+    pub fn hold_syncs(&self, on: bool) {
+        lock(&self.faults.hold).on = on;
+        if !on {
+            self.faults.released.notify_all();
+        }
+    }
+
+    /// Syncs waiting on [`MemDir::hold_syncs`] now.
+    pub fn syncs_held(&self) -> usize {
+        lock(&self.faults.hold).waiting
     }
 }
 
