@@ -606,6 +606,11 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
         ..StoreBatch::default()
     };
     let mut keys = Vec::with_capacity(jobs.len());
+    // One meta and one definition per file per batch: the latest. A master
+    // changed by every commit would otherwise be encoded and handed to the
+    // page store once per commit, only for all but the last to be replaced.
+    let mut metas = BTreeMap::new();
+    let mut catalog = BTreeMap::new();
     for j in &mut jobs {
         keys.push((
             j.lsn,
@@ -615,12 +620,14 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
                 .collect::<Vec<_>>(),
         ));
         batch.records.append(&mut j.records);
-        batch.metas.extend(j.metas.iter().copied());
-        batch.catalog.extend(j.catalog.iter().cloned());
+        metas.extend(j.metas.iter().map(|m| (m.fnr, *m)));
+        catalog.extend(j.catalog.drain(..).map(|d| (d.fnr, d)));
         if let Some(id) = &j.client_id {
             batch.client_ids.push((id.clone(), j.lsn));
         }
     }
+    batch.metas = metas.into_values().collect();
+    batch.catalog = catalog.into_values().collect();
     if let Err(e) = shared.store.apply(&batch) {
         // The group is durable in the log; the next open redoes it.
         poison(
