@@ -917,6 +917,12 @@ fn a_log_refresh_refuses_a_half_restored_master_and_a_seq_past_the_log_without_m
     assert!(e.to_string().contains("has not finished"), "{e}");
 }
 
+/// Joins a thread, failing (instead of hanging the run) past a deadline.
+fn join_within<T>(what: &str, h: std::thread::JoinHandle<T>) -> T {
+    wait_until(what, || h.is_finished());
+    h.join().expect("thread")
+}
+
 /// Waits for `cond` up to a deadline; fails naming `what`.
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -958,9 +964,9 @@ fn commits_queued_behind_a_sync_share_the_next_one() {
     wait_until("fifteen commits queued", || db.last_lsn().0 == base.0 + 15);
     assert_eq!(mem.syncs_held(), 1, "a queued commit synced on its own");
     mem.hold_syncs(false);
-    let mut lsns = vec![first.join().expect("thread").expect("first commit")];
+    let mut lsns = vec![join_within("the first commit", first).expect("first commit")];
     for h in rest {
-        lsns.push(h.join().expect("thread").expect("queued commit"));
+        lsns.push(join_within("a queued commit", h).expect("queued commit"));
     }
     let after = db.metrics();
     assert_eq!(after.commits - before.commits, 16);
@@ -1000,9 +1006,9 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
     let rest: Vec<_> = (2..=8).map(|i| commit_one(&db, i)).collect();
     wait_until("seven commits queued", || db.last_lsn().0 == base.0 + 7);
     mem.hold_syncs(false);
-    first.join().expect("thread").expect("the leader's commit");
+    join_within("the leader's commit", first).expect("the leader's commit");
     for h in rest {
-        let r = h.join().expect("thread");
+        let r = join_within("a queued commit", h);
         assert!(r.is_ok(), "{r:?}");
     }
     // Now the leader's sync fails: its group and the one queued behind it
@@ -1016,11 +1022,11 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
     mem.fail_next_sync();
     mem.hold_syncs(false);
     assert!(matches!(
-        leader.join().expect("thread"),
+        join_within("the leader's commit", leader),
         Err(DbError::Poisoned(_))
     ));
     for h in queued {
-        let r = h.join().expect("thread");
+        let r = join_within("a queued commit", h);
         assert!(
             matches!(r, Err(DbError::Poisoned(_))),
             "a commit queued behind a failed sync must fail: {r:?}"
@@ -1037,29 +1043,40 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
 }
 
 #[test]
-fn closing_while_commits_run_answers_each_one_and_a_crash_then_drop_returns() {
+fn a_close_waits_for_every_queued_commit_and_a_crash_then_drop_returns() {
     let t = tempfile::tempdir().expect("tempdir");
     let mem = mem_db(t.path(), 1 << 20);
     let (db, _) = open_mem(t.path(), &mem).expect("open");
     setup(&db);
     mem.hold_syncs(true);
-    let running: Vec<_> = (1..=6).map(|i| commit_one(&db, i)).collect();
-    wait_until("a sync in progress", || mem.syncs_held() == 1);
+    let first = commit_one(&db, 1);
+    wait_until("the leader's sync", || mem.syncs_held() == 1);
+    let base = db.last_lsn();
+    let mut running: Vec<_> = (2..=6).map(|i| commit_one(&db, i)).collect();
+    running.insert(0, first);
+    wait_until("five commits queued", || db.last_lsn().0 == base.0 + 5);
     let closer = {
         let db = db.clone();
         std::thread::spawn(move || db.close())
     };
+    wait_until("the close to begin", || db.closing());
+    // A page-store barrier asked while the close waits: answered behind
+    // every queued commit's group, or refused as closed; never hangs.
+    let barrier = {
+        let db = db.clone();
+        std::thread::spawn(move || db.wait_applied())
+    };
+    assert!(!closer.is_finished(), "the close did not wait for the sync");
     mem.hold_syncs(false);
-    closer.join().expect("thread").expect("clean close");
-    let mut acked = Vec::new();
+    join_within("the close", closer).expect("clean close");
     for (i, h) in (1..=6).zip(running) {
-        match h.join().expect("thread") {
-            Ok(_) => acked.push(Isn(i)),
-            Err(DbError::Closed) => {}
-            Err(e) => panic!("commit {i}: {e}"),
-        }
+        join_within("a queued commit", h)
+            .unwrap_or_else(|e| panic!("commit {i} queued before the close failed: {e}"));
     }
-    assert!(!acked.is_empty(), "the commit in its sync was acknowledged");
+    match join_within("the barrier", barrier) {
+        Ok(()) | Err(DbError::Closed) => {}
+        Err(e) => panic!("barrier: {e}"),
+    }
     // A handle still held after the close sees it closed.
     let mut s = db.session();
     s.store(MASTER, Some(Isn(50)), rec(&[("q", 50)]))
@@ -1069,16 +1086,48 @@ fn closing_while_commits_run_answers_each_one_and_a_crash_then_drop_returns() {
     drop(db);
     let (db, report) = open_mem(t.path(), &mem).expect("reopen");
     assert!(report.clean, "{report:?}");
-    assert_eq!(dump(&db, MASTER).keys().copied().collect::<Vec<_>>(), acked);
+    assert_eq!(dump(&db, MASTER).len(), 6);
     // A crash, then the last clone dropped: the drop's close finds the
     // database stopped already and returns.
     let other = db.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let crash = std::thread::spawn(move || {
         db.simulate_crash();
         drop(other);
-        let _ = tx.send(());
     });
-    rx.recv_timeout(std::time::Duration::from_secs(30))
-        .expect("a drop after a simulated crash returned");
+    join_within("a drop after a simulated crash", crash);
+}
+
+#[test]
+fn a_leader_hands_over_after_its_rounds_and_groups_split_at_the_byte_limit() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let mem = mem_db(t.path(), 1 << 20);
+    let opts = Options {
+        max_group_bytes: 1,
+        ..Options::default()
+    };
+    let (db, _) = Database::open_with(t.path(), Arc::new(mem.clone()) as Arc<dyn MediumDir>, opts)
+        .expect("open");
+    setup(&db);
+    let before = db.metrics();
+    mem.hold_syncs(true);
+    let first = commit_one(&db, 1);
+    wait_until("the leader's sync", || mem.syncs_held() == 1);
+    let base = db.last_lsn();
+    let rest: Vec<_> = (2..=11).map(|i| commit_one(&db, i)).collect();
+    wait_until("ten commits queued", || db.last_lsn().0 == base.0 + 10);
+    mem.hold_syncs(false);
+    // One entry per group: the first leader writes a few, then hands over to
+    // the first committer still waiting, and so on until all are written.
+    let mut lsns = vec![join_within("the first commit", first).expect("first")];
+    for h in rest {
+        lsns.push(join_within("a queued commit", h).expect("queued commit"));
+    }
+    let after = db.metrics();
+    assert_eq!(after.fsync.count() - before.fsync.count(), 11);
+    lsns.sort();
+    lsns.dedup();
+    assert_eq!(lsns.len(), 11);
+    let master = dump(&db, MASTER);
+    assert_eq!(master.len(), 11);
+    assert_eq!(replay_log(&db), master);
 }

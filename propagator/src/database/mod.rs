@@ -1469,6 +1469,12 @@ impl Database {
         let _ = self.shared().committer.close(self.shared(), true);
     }
 
+    /// Whether a close has begun: commits are refused from then on. For tests.
+    #[doc(hidden)]
+    pub fn closing(&self) -> bool {
+        self.shared().committer.closing()
+    }
+
     /// Closes the database cleanly: waits for queued commits, writes a clean
     /// checkpoint. Other clones of this handle then see `Closed`.
     pub fn close(self) -> Result<(), DbError> {

@@ -172,16 +172,14 @@ pub(crate) struct Ticket {
     lead: bool,
 }
 
-/// Why a group was not made durable.
+/// Why a group was not made durable: the reason the database is poisoned.
 enum GroupError {
-    Closed,
     Poisoned(String),
 }
 
 impl GroupError {
     fn to_db(&self) -> DbError {
         match self {
-            GroupError::Closed => DbError::Closed,
             GroupError::Poisoned(r) => DbError::Poisoned(r.clone()),
         }
     }
@@ -360,7 +358,13 @@ impl Committer {
                 poison(shared, reason.clone());
                 Err(GroupError::Poisoned(reason))
             }),
-            None => Err(GroupError::Closed),
+            // Unreachable (a close takes the log only when nobody leads), but
+            // a failed group must poison: later barriers then say so.
+            None => {
+                let reason = "a leader found the log closed".to_string();
+                poison(shared, reason.clone());
+                Err(GroupError::Poisoned(reason))
+            }
         };
         // Publish, then pass the leadership on before anyone is woken.
         let (next, barriers) = {
@@ -408,22 +412,29 @@ impl Committer {
         let (tx, rx) = oneshot::channel();
         {
             let mut q = lock(&self.q);
-            if q.durable < target && !q.failed && !q.closed {
+            // Queued even while a close waits for the last group: the close
+            // hands what is left to the applier behind that group.
+            if q.durable < target && !q.failed && !q.shut {
                 q.barriers.push((target, tx));
                 return rx;
             }
         }
         // Durable already: its group went to the applier before `durable`
-        // moved, under the log lock this send takes too.
+        // moved, under the log lock this send takes too. Closed: the sender
+        // is dropped and the caller sees `Closed`.
         send_barrier(lock(&self.log).as_ref(), tx);
         rx
+    }
+
+    pub fn closing(&self) -> bool {
+        lock(&self.q).closed
     }
 
     /// Stops accepting commits, waits for the group in flight, stops the
     /// applier once it has applied everything, and, unless `crash`, writes a
     /// clean checkpoint. A second close does nothing.
     pub fn close(&self, shared: &Shared, crash: bool) -> Result<(), DbError> {
-        {
+        let barriers = {
             let mut q = lock(&self.q);
             q.closed = true;
             while q.leader && !q.shut {
@@ -441,13 +452,15 @@ impl Committer {
             if q.idle_waiters > 0 {
                 self.idle.notify_all();
             }
-            for (_, b) in q.barriers.drain(..) {
-                let _ = b.send(());
-            }
-        }
+            std::mem::take(&mut q.barriers)
+        };
         let Some(side) = lock(&self.log).take() else {
             return Ok(());
         };
+        // Behind every group written: answered once those are applied.
+        for (_, b) in barriers {
+            send_barrier(Some(&side), b);
+        }
         let LogSide {
             mut writer,
             cps,
@@ -468,16 +481,11 @@ impl Committer {
     }
 }
 
+/// Hands a barrier to the applier, behind every group sent before it. With
+/// no applier the barrier is dropped: its waiter sees the database closed.
 fn send_barrier(side: Option<&LogSide>, b: oneshot::Sender<()>) {
-    match side {
-        Some(s) => {
-            if let Err(mpsc::SendError(ApplyMsg::Barrier(b))) = s.apply.send(ApplyMsg::Barrier(b)) {
-                let _ = b.send(());
-            }
-        }
-        None => {
-            let _ = b.send(());
-        }
+    if let Some(s) = side {
+        let _ = s.apply.send(ApplyMsg::Barrier(b));
     }
 }
 
@@ -489,7 +497,10 @@ impl LogSide {
             return Err(GroupError::Poisoned(reason));
         }
         let Some(last) = jobs.last().map(|j| j.lsn) else {
-            return Err(GroupError::Closed);
+            // Unreachable: a leader's own entry is always in its group.
+            let reason = "a leader found no entry to write".to_string();
+            poison(shared, reason.clone());
+            return Err(GroupError::Poisoned(reason));
         };
         let logged = self
             .writer
