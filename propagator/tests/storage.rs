@@ -936,16 +936,34 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// One master change per ET from its own thread: the commit's LSN.
-fn commit_one(
-    db: &Database,
-    isn: u64,
-) -> std::thread::JoinHandle<Result<propagator::Lsn, DbError>> {
+fn commit_one(db: &Database, isn: u64) -> Commit {
     let db = db.clone();
     std::thread::spawn(move || {
         let mut s = db.session();
         s.store(MASTER, Some(Isn(isn)), rec(&[("q", isn as i64)]))?;
         s.et(Some(format!("c{isn}"))).map(|i| i.lsn)
     })
+}
+
+type Commit = std::thread::JoinHandle<Result<propagator::Lsn, DbError>>;
+
+/// Holds syncs, starts a commit of `leader` that leads and waits in its
+/// sync, then queues one commit per isn of `queued` behind it. Syncs stay
+/// held: the caller releases them.
+fn queue_behind_held_sync(
+    db: &Database,
+    mem: &MemDir,
+    leader: u64,
+    queued: std::ops::RangeInclusive<u64>,
+) -> (Commit, Vec<Commit>) {
+    mem.hold_syncs(true);
+    let first = commit_one(db, leader);
+    wait_until("the leader's sync", || mem.syncs_held() == 1);
+    let base = db.last_lsn();
+    let rest: Vec<_> = queued.map(|i| commit_one(db, i)).collect();
+    let n = rest.len() as u64;
+    wait_until("the commits queued", || db.last_lsn().0 == base.0 + n);
+    (first, rest)
 }
 
 #[test]
@@ -956,12 +974,7 @@ fn commits_queued_behind_a_sync_share_the_next_one() {
     setup(&db);
     let before = db.metrics();
     // The disk stalls: the first committer leads and waits in its sync.
-    mem.hold_syncs(true);
-    let first = commit_one(&db, 1);
-    wait_until("the leader's sync", || mem.syncs_held() == 1);
-    let base = db.last_lsn();
-    let rest: Vec<_> = (2..=16).map(|i| commit_one(&db, i)).collect();
-    wait_until("fifteen commits queued", || db.last_lsn().0 == base.0 + 15);
+    let (first, rest) = queue_behind_held_sync(&db, &mem, 1, 2..=16);
     assert_eq!(mem.syncs_held(), 1, "a queued commit synced on its own");
     mem.hold_syncs(false);
     let mut lsns = vec![join_within("the first commit", first).expect("first commit")];
@@ -999,12 +1012,7 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
     s.et(None).expect("acknowledged before the fault");
     drop(s);
     // A group queued behind a sync is written once the sync is done.
-    mem.hold_syncs(true);
-    let first = commit_one(&db, 1);
-    wait_until("the leader's sync", || mem.syncs_held() == 1);
-    let base = db.last_lsn();
-    let rest: Vec<_> = (2..=8).map(|i| commit_one(&db, i)).collect();
-    wait_until("seven commits queued", || db.last_lsn().0 == base.0 + 7);
+    let (first, rest) = queue_behind_held_sync(&db, &mem, 1, 2..=8);
     mem.hold_syncs(false);
     join_within("the leader's commit", first).expect("the leader's commit");
     for h in rest {
@@ -1013,12 +1021,7 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
     }
     // Now the leader's sync fails: its group and the one queued behind it
     // fail, and nothing of either survives.
-    mem.hold_syncs(true);
-    let leader = commit_one(&db, 20);
-    wait_until("the next leader's sync", || mem.syncs_held() == 1);
-    let base = db.last_lsn();
-    let queued: Vec<_> = (21..=28).map(|i| commit_one(&db, i)).collect();
-    wait_until("eight commits queued", || db.last_lsn().0 == base.0 + 8);
+    let (leader, queued) = queue_behind_held_sync(&db, &mem, 20, 21..=28);
     mem.fail_next_sync();
     mem.hold_syncs(false);
     assert!(matches!(
@@ -1048,13 +1051,8 @@ fn a_close_waits_for_every_queued_commit_and_a_crash_then_drop_returns() {
     let mem = mem_db(t.path(), 1 << 20);
     let (db, _) = open_mem(t.path(), &mem).expect("open");
     setup(&db);
-    mem.hold_syncs(true);
-    let first = commit_one(&db, 1);
-    wait_until("the leader's sync", || mem.syncs_held() == 1);
-    let base = db.last_lsn();
-    let mut running: Vec<_> = (2..=6).map(|i| commit_one(&db, i)).collect();
+    let (first, mut running) = queue_behind_held_sync(&db, &mem, 1, 2..=6);
     running.insert(0, first);
-    wait_until("five commits queued", || db.last_lsn().0 == base.0 + 5);
     let closer = {
         let db = db.clone();
         std::thread::spawn(move || db.close())
@@ -1109,12 +1107,7 @@ fn a_leader_hands_over_after_its_rounds_and_groups_split_at_the_byte_limit() {
         .expect("open");
     setup(&db);
     let before = db.metrics();
-    mem.hold_syncs(true);
-    let first = commit_one(&db, 1);
-    wait_until("the leader's sync", || mem.syncs_held() == 1);
-    let base = db.last_lsn();
-    let rest: Vec<_> = (2..=11).map(|i| commit_one(&db, i)).collect();
-    wait_until("ten commits queued", || db.last_lsn().0 == base.0 + 10);
+    let (first, rest) = queue_behind_held_sync(&db, &mem, 1, 2..=11);
     mem.hold_syncs(false);
     // One entry per group: the first leader writes a few, then hands over to
     // the first committer still waiting, and so on until all are written.

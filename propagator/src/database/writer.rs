@@ -173,15 +173,11 @@ pub(crate) struct Ticket {
 }
 
 /// Why a group was not made durable: the reason the database is poisoned.
-enum GroupError {
-    Poisoned(String),
-}
+struct GroupError(String);
 
 impl GroupError {
     fn to_db(&self) -> DbError {
-        match self {
-            GroupError::Poisoned(r) => DbError::Poisoned(r.clone()),
-        }
+        DbError::Poisoned(self.0.clone())
     }
 }
 
@@ -353,18 +349,10 @@ impl Committer {
             Some(side) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 side.write_group(shared, jobs)
             }))
-            .unwrap_or_else(|_| {
-                let reason = "the log writer panicked".to_string();
-                poison(shared, reason.clone());
-                Err(GroupError::Poisoned(reason))
-            }),
+            .unwrap_or_else(|_| Err(fail(shared, "the log writer panicked"))),
             // Unreachable (a close takes the log only when nobody leads), but
             // a failed group must poison: later barriers then say so.
-            None => {
-                let reason = "a leader found the log closed".to_string();
-                poison(shared, reason.clone());
-                Err(GroupError::Poisoned(reason))
-            }
+            None => Err(fail(shared, "a leader found the log closed")),
         };
         // Publish, then pass the leadership on before anyone is woken.
         let (next, barriers) = {
@@ -494,13 +482,11 @@ impl LogSide {
     /// durable.
     fn write_group(&mut self, shared: &Shared, jobs: Vec<Job>) -> Result<Lsn, GroupError> {
         if let Some(reason) = poisoned(shared) {
-            return Err(GroupError::Poisoned(reason));
+            return Err(GroupError(reason));
         }
         let Some(last) = jobs.last().map(|j| j.lsn) else {
             // Unreachable: a leader's own entry is always in its group.
-            let reason = "a leader found no entry to write".to_string();
-            poison(shared, reason.clone());
-            return Err(GroupError::Poisoned(reason));
+            return Err(fail(shared, "a leader found no entry to write"));
         };
         let logged = self
             .writer
@@ -512,9 +498,7 @@ impl LogSide {
                 synced
             });
         if let Err(e) = logged {
-            let reason = e.to_string();
-            poison(shared, reason.clone());
-            return Err(GroupError::Poisoned(reason));
+            return Err(fail(shared, e.to_string()));
         }
         // Durable from here on.
         shared.durable.send_replace(last);
@@ -548,6 +532,13 @@ fn poison(shared: &Shared, reason: String) {
     if p.is_none() {
         *p = Some(reason);
     }
+}
+
+/// Poisons the database; the group's error says why.
+fn fail(shared: &Shared, reason: impl Into<String>) -> GroupError {
+    let reason = reason.into();
+    poison(shared, reason.clone());
+    GroupError(reason)
 }
 
 fn poisoned(shared: &Shared) -> Option<String> {
