@@ -92,6 +92,18 @@ impl<'v, V: StateView> Applier<'v, V> {
             .or_insert_with(|| view.meta(fnr).unwrap_or_else(|| FileMeta::new(fnr)))
     }
 
+    /// Whether `isn` has never held a record of `fnr`, in the state or in
+    /// this commit so far: every change moves the file's next isn above its
+    /// own isn (derived log records rely on the same: their seq is the log's
+    /// next isn), so an isn at or above it is unused, with no lookup.
+    pub fn unused(&self, fnr: Fnr, isn: Isn) -> bool {
+        let next = match self.out.metas.get(&fnr) {
+            Some(m) => Some(m.next_isn),
+            None => self.view.meta(fnr).map(|m| m.next_isn),
+        };
+        next.is_some_and(|n| isn.0 >= n)
+    }
+
     /// The record as this commit has left it so far.
     pub fn current(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
         match self.local.get(&(fnr, isn)) {

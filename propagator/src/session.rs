@@ -89,12 +89,12 @@ impl Session {
             }
             Self::check_record(fnr, &record)?;
             // Checks the file (exists, writable, undamaged) before taking an isn.
-            s.db.writable_def(fnr)?;
-            let isn = match isn {
-                Some(i) => i,
-                None => s.db.allocate_isn(fnr),
+            let (isn, stored) = s.db.prepare_store(fnr, isn)?;
+            let exists = match s.local.get(&(fnr, isn)) {
+                Some(mine) => mine.is_some(),
+                None => stored,
             };
-            if s.view(fnr, isn)?.is_some() {
+            if exists {
                 return Err(DbError::RecordExists { fnr, isn });
             }
             s.local.insert((fnr, isn), Some(record.clone()));

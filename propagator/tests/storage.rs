@@ -293,6 +293,70 @@ fn command_errors_abort_the_transaction_and_leave_no_trace() {
     assert_eq!(replay_log(&db), dump(&db, MASTER));
 }
 
+/// A store of an isn above every isn the file has held is not looked up at
+/// ET (it cannot exist); one that another commit has taken meanwhile must
+/// still be refused there, whichever way each side got its isn.
+#[test]
+fn stores_racing_for_one_isn_are_refused_at_et_and_leave_no_trace() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let refused = |r: Result<propagator::CommitInfo, DbError>, isn: u64| match r {
+        Err(DbError::RecordExists { fnr, isn: i }) => {
+            assert_eq!((fnr, i), (MASTER, Isn(isn)));
+        }
+        other => panic!("ET of a store on taken isn {isn}: {other:?}"),
+    };
+    // Both name an isn far above the file's: both pass the session's check.
+    let (mut a, mut b) = (db.session(), db.session());
+    a.store(MASTER, Some(Isn(1000)), rec(&[("q", 1)]))
+        .expect("a stores");
+    b.store(MASTER, Some(Isn(1000)), rec(&[("q", 2)]))
+        .expect("b stores");
+    a.et(None).expect("a commits");
+    let lsn = db.last_lsn();
+    refused(b.et(None), 1000);
+    assert_eq!(db.last_lsn(), lsn, "the refused ET committed something");
+    // An isn handed out by the engine, then taken by an explicit store.
+    let mut c = db.session();
+    let given = c.store(MASTER, None, rec(&[("q", 3)])).expect("c stores");
+    assert_eq!(given, Isn(1001), "the next isn follows the highest");
+    let mut d = db.session();
+    d.store(MASTER, Some(given), rec(&[("q", 4)]))
+        .expect("d stores");
+    d.et(None).expect("d commits");
+    refused(c.et(None), 1001);
+    // The other way round: an explicit store first, the engine's isn after.
+    let mut e = db.session();
+    e.store(MASTER, Some(Isn(1002)), rec(&[("q", 5)]))
+        .expect("e stores");
+    let mut f = db.session();
+    assert_eq!(
+        f.store(MASTER, None, rec(&[("q", 6)])).expect("f stores"),
+        Isn(1002)
+    );
+    e.et(None).expect("e commits");
+    refused(f.et(None), 1002);
+    // One transaction storing the same new isn twice is refused at once.
+    let mut g = db.session();
+    g.store(MASTER, Some(Isn(2000)), rec(&[("q", 7)]))
+        .expect("g stores");
+    assert!(matches!(
+        g.store(MASTER, Some(Isn(2000)), rec(&[("q", 8)])),
+        Err(DbError::RecordExists { .. })
+    ));
+    let got = dump(&db, MASTER);
+    assert_eq!(
+        got.into_iter().collect::<Vec<_>>(),
+        vec![
+            (Isn(1000), rec(&[("q", 1)])),
+            (Isn(1001), rec(&[("q", 4)])),
+            (Isn(1002), rec(&[("q", 5)])),
+        ]
+    );
+    assert_eq!(replay_log(&db), dump(&db, MASTER));
+    assert!(db.check().expect("check").is_ok());
+}
+
 #[test]
 fn every_master_change_writes_a_gap_free_log_record_with_the_master_digest() {
     let t = tempfile::tempdir().expect("tempdir");

@@ -1112,19 +1112,31 @@ impl Database {
         })
     }
 
-    /// Hands out an isn for a store without one.
-    pub(crate) fn allocate_isn(&self, fnr: Fnr) -> Isn {
+    /// Checks a store a session is about to buffer, under one lock: the
+    /// file is one a client may write and undamaged, and the isn is free in
+    /// the latest state (committed or committing). With no isn given the
+    /// next one is handed out; it lies above every isn the file has held, so
+    /// it is not looked up. Advisory: ET checks again. Also says whether the
+    /// isn is taken.
+    pub(crate) fn prepare_store(&self, fnr: Fnr, isn: Option<Isn>) -> Result<(Isn, bool), DbError> {
         let mut st = lock(&self.shared().state);
-        let from_meta = st.metas.get(&fnr).map(|m| m.next_isn).unwrap_or(1);
-        let next = st.next_isn.entry(fnr).or_insert(1);
-        let isn = (*next).max(from_meta);
-        *next = isn + 1;
-        Isn(isn)
-    }
-
-    /// The definition of a file a client may write (exists, undamaged, writable role).
-    pub(crate) fn writable_def(&self, fnr: Fnr) -> Result<FileDef, DbError> {
-        Self::writable(&lock(&self.shared().state), fnr)
+        Self::writable(&st, fnr)?;
+        match isn {
+            Some(isn) => {
+                let view = LatestView {
+                    st: &st,
+                    store: &self.shared().store,
+                };
+                Ok((isn, view.get(fnr, isn)?.is_some()))
+            }
+            None => {
+                let from_meta = st.metas.get(&fnr).map(|m| m.next_isn).unwrap_or(1);
+                let next = st.next_isn.entry(fnr).or_insert(1);
+                let isn = (*next).max(from_meta);
+                *next = isn + 1;
+                Ok((Isn(isn), false))
+            }
+        }
     }
 
     fn writable(st: &Latest, fnr: Fnr) -> Result<FileDef, DbError> {
@@ -1524,7 +1536,10 @@ fn resolve<V: StateView>(
     let bad = |source| DbError::BadRecord { fnr, source };
     Ok(match op {
         Op::Store { isn, record, .. } => {
-            if ap.current(fnr, isn)?.is_some() {
+            // A new isn needs no lookup: a lookup in the page store waits
+            // for any batch the applier is writing (sled holds one global
+            // lock across a batch), with the state lock held.
+            if !ap.unused(fnr, isn) && ap.current(fnr, isn)?.is_some() {
                 return Err(DbError::RecordExists { fnr, isn });
             }
             crate::plog::Change {
