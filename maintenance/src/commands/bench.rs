@@ -57,8 +57,148 @@ fn fdatasync_rate(dir: &Path, d: Duration, prealloc: bool) -> anyhow::Result<f64
     Ok(rate)
 }
 
+/// One client of the bare group commit: its entry is durable once `done`.
+struct FloorWaiter {
+    thread: std::thread::Thread,
+    done: AtomicBool,
+}
+
+#[derive(Default)]
+struct FloorQueue {
+    pending: Vec<Arc<FloorWaiter>>,
+    leader: bool,
+    offset: u64,
+    failed: Option<String>,
+}
+
+/// The file the bare group commit writes in place: zero-filled once, then
+/// overwritten round and round, as the log writes its preallocated segments.
+const FLOOR_FILE_BYTES: u64 = 16 << 20;
+
+/// This machine's own ceiling for group commit: `clients` threads each
+/// queue an `entry`-byte entry and wait until an `fdatasync` covers it. The
+/// first to find nobody writing writes everything queued with one write,
+/// syncs, wakes the group, and goes on while entries are queued: the shape
+/// of the engine's committer with none of its work (no transaction, no
+/// encoding, no page store, no applier). Its 16-to-1 ratio is what the
+/// engine's ratio can be held against on the same disk and CPUs.
+fn group_commit_floor(
+    dir: &Path,
+    clients: usize,
+    entry: usize,
+    d: Duration,
+) -> anyhow::Result<f64> {
+    let path = dir.join("group-commit-floor.probe");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .context("creating the group commit probe")?;
+    file.write_all_at(&vec![0u8; FLOOR_FILE_BYTES as usize], 0)?;
+    file.sync_all()?;
+    let entry = entry.clamp(1, 1 << 20);
+    let shared = Arc::new((file, std::sync::Mutex::new(FloorQueue::default())));
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
+            std::thread::Builder::new()
+                .name(format!("floor-client-{c}"))
+                .spawn(move || -> anyhow::Result<()> {
+                    let (file, queue) = &*shared;
+                    let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
+                    while !stop.load(Ordering::Relaxed) {
+                        let me = Arc::new(FloorWaiter {
+                            thread: std::thread::current(),
+                            done: AtomicBool::new(false),
+                        });
+                        let lead = {
+                            let mut q = lock();
+                            if let Some(e) = &q.failed {
+                                anyhow::bail!("the group commit probe failed: {e}");
+                            }
+                            q.pending.push(me.clone());
+                            !std::mem::replace(&mut q.leader, true)
+                        };
+                        if lead {
+                            loop {
+                                let (mut group, offset) = {
+                                    let mut q = lock();
+                                    if q.pending.is_empty() {
+                                        q.leader = false;
+                                        break;
+                                    }
+                                    let group = std::mem::take(&mut q.pending);
+                                    let bytes = (group.len() * entry) as u64;
+                                    if q.offset + bytes > FLOOR_FILE_BYTES {
+                                        q.offset = 0;
+                                    }
+                                    let offset = q.offset;
+                                    q.offset += bytes;
+                                    (group, offset)
+                                };
+                                let written = file
+                                    .write_all_at(&vec![0x5a; group.len() * entry], offset)
+                                    .and_then(|_| file.sync_data());
+                                if let Err(e) = &written {
+                                    // Nobody leads again: everyone queued is
+                                    // woken to see the failure.
+                                    let mut q = lock();
+                                    q.failed = Some(e.to_string());
+                                    group.append(&mut q.pending);
+                                }
+                                for w in group {
+                                    w.done.store(true, Ordering::Release);
+                                    w.thread.unpark();
+                                }
+                                written.context("writing the group commit probe")?;
+                            }
+                        }
+                        while !me.done.load(Ordering::Acquire) {
+                            std::thread::park();
+                        }
+                        if let Some(e) = &lock().failed {
+                            anyhow::bail!("the group commit probe failed: {e}");
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("starting the group commit probe's clients")?;
+    std::thread::sleep(d);
+    stop.store(true, Ordering::Relaxed);
+    let mut result = Ok(());
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a group commit probe client panicked"))
+            .and_then(|r| r);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result?;
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+/// What one engine phase measured.
+struct Phase {
+    rate: f64,
+    /// Mean log entry bytes per commit.
+    entry: usize,
+    grouping: String,
+}
+
 /// Commits per second, and a line on how they were grouped.
-fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<(f64, String)> {
+fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<Phase> {
     let path = dir.join(format!("commit-{clients}"));
     Database::init(&path, DbId(1), None)?;
     let (db, _) = Database::open(&path)?;
@@ -104,9 +244,14 @@ fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<(f64, 
         m.commits as f64 / groups as f64,
         m.fsync.sum * 1e6 / groups as f64
     );
+    let entry = (m.commit_bytes / m.commits.max(1)) as usize;
     drop(db);
     std::fs::remove_dir_all(&path)?;
-    Ok((rate, grouping))
+    Ok(Phase {
+        rate,
+        entry,
+        grouping,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -134,33 +279,52 @@ fn commit(data: &Path, d: Duration, rounds: u32) -> anyhow::Result<Outcome> {
     let (mut syncs, mut ones, mut sixteens, mut r1, mut r16) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut inplaces, mut r1_inplace) = (Vec::new(), Vec::new());
+    let (mut floor1s, mut floor16s, mut r16_floor, mut of_floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         // Each commit phase sits between two raw probes: its ratio is to
         // their mean, so a drift of the disk during the round cancels out.
         let before = fdatasync_rate(dir.path(), d, false)?;
         let inplace = fdatasync_rate(dir.path(), d, true)?;
-        let (one, g1) = commit_rate(dir.path(), 1, d)?;
-        let (sixteen, g16) = commit_rate(dir.path(), 16, d)?;
+        let one = commit_rate(dir.path(), 1, d)?;
+        let floor1 = group_commit_floor(dir.path(), 1, one.entry, d)?;
+        let floor16 = group_commit_floor(dir.path(), 16, one.entry, d)?;
+        let sixteen = commit_rate(dir.path(), 16, d)?;
         let after = fdatasync_rate(dir.path(), d, false)?;
         let sync = (before + after) / 2.0;
         writeln!(
             out,
-            "# round {round}: fdatasync {before:.0} → {after:.0}/s (in place {inplace:.0}/s), 1 client {one:.0}/s, 16 clients {sixteen:.0}/s"
+            "# round {round}: fdatasync {before:.0} → {after:.0}/s (in place {inplace:.0}/s), 1 client {:.0}/s, 16 clients {:.0}/s; bare group commit ({} B entries) 1 client {floor1:.0}/s, 16 clients {floor16:.0}/s",
+            one.rate, sixteen.rate, one.entry
         )?;
-        writeln!(out, "#   {g1}; {g16}")?;
+        writeln!(out, "#   {}; {}", one.grouping, sixteen.grouping)?;
         out.flush()?;
         inplaces.push(inplace);
-        r1_inplace.push(one / inplace);
+        r1_inplace.push(one.rate / inplace);
         syncs.push(sync);
-        ones.push(one);
-        sixteens.push(sixteen);
-        r1.push(one / sync);
-        r16.push(sixteen / one);
+        ones.push(one.rate);
+        sixteens.push(sixteen.rate);
+        r1.push(one.rate / sync);
+        r16.push(sixteen.rate / one.rate);
+        floor1s.push(floor1);
+        floor16s.push(floor16);
+        r16_floor.push(floor16 / floor1);
+        of_floor.push(sixteen.rate / floor16);
     }
     writeln!(out, "fdatasync_per_s {:.0} /s", median(syncs))?;
     writeln!(out, "fdatasync_in_place_per_s {:.0} /s", median(inplaces))?;
     writeln!(out, "commit_1_client_per_s {:.0} /s", median(ones))?;
     writeln!(out, "commit_16_clients_per_s {:.0} /s", median(sixteens))?;
+    writeln!(
+        out,
+        "group_commit_floor_1_client_per_s {:.0} /s",
+        median(floor1s)
+    )?;
+    writeln!(
+        out,
+        "group_commit_floor_16_clients_per_s {:.0} /s",
+        median(floor16s)
+    )?;
     writeln!(
         out,
         "# median per-round ratio: 1 client / fdatasync = {:.2} (goal >= 0.8)",
@@ -175,6 +339,16 @@ fn commit(data: &Path, d: Duration, rounds: u32) -> anyhow::Result<Outcome> {
         out,
         "# median per-round ratio: 16 clients / 1 client = {:.2} (goal >= 8)",
         median(r16)
+    )?;
+    writeln!(
+        out,
+        "# median per-round ratio: bare group commit 16 clients / 1 client = {:.2} (this machine's ceiling for the line above: the same queue, write and sync with no engine work)",
+        median(r16_floor)
+    )?;
+    writeln!(
+        out,
+        "# median per-round ratio: 16 clients / bare group commit 16 clients = {:.2}",
+        median(of_floor)
     )?;
     Ok(Outcome::Ok)
 }
