@@ -57,6 +57,41 @@ fn fdatasync_rate(dir: &Path, d: Duration, prealloc: bool) -> anyhow::Result<f64
     Ok(rate)
 }
 
+/// CPU time used so far by this process, all threads, from `/proc/self/stat`
+/// (utime + stime, in the 100 Hz ticks Linux reports there); None elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces and parentheses: count fields from
+    // the last ')'. After it come state (field 3), ..., utime (14), stime (15).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU per commit and cores busy over a phase, as a phrase for its line.
+struct CpuUse(Option<Duration>, Instant);
+
+impl CpuUse {
+    fn start() -> CpuUse {
+        CpuUse(process_cpu(), Instant::now())
+    }
+
+    fn describe(&self, commits: u64) -> String {
+        match (self.0, process_cpu()) {
+            (Some(a), Some(b)) => {
+                let cpu = b.saturating_sub(a).as_secs_f64();
+                format!(
+                    "{:.0} µs CPU a commit, {:.2} cores busy",
+                    cpu * 1e6 / commits.max(1) as f64,
+                    cpu / self.1.elapsed().as_secs_f64()
+                )
+            }
+            _ => "CPU use unknown".into(),
+        }
+    }
+}
+
 /// One client of the bare group commit: its entry is durable once `done`.
 struct FloorWaiter {
     thread: std::thread::Thread,
@@ -87,7 +122,7 @@ fn group_commit_floor(
     clients: usize,
     entry: usize,
     d: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, String)> {
     let path = dir.join("group-commit-floor.probe");
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -103,6 +138,7 @@ fn group_commit_floor(
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu = CpuUse::start();
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
@@ -184,9 +220,14 @@ fn group_commit_floor(
         }
     }
     result?;
-    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let commits = count.load(Ordering::Relaxed);
+    let rate = commits as f64 / start.elapsed().as_secs_f64();
+    let usage = format!(
+        "bare group commit {clients} client(s): {}",
+        cpu.describe(commits)
+    );
     std::fs::remove_file(&path)?;
-    Ok(rate)
+    Ok((rate, usage))
 }
 
 /// What one engine phase measured.
@@ -207,6 +248,7 @@ fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<Phase>
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu = CpuUse::start();
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             let (db, stop, count) = (db.clone(), stop.clone(), count.clone());
@@ -236,11 +278,13 @@ fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<Phase>
         h.join()
             .map_err(|_| anyhow::anyhow!("a bench client panicked"))??;
     }
-    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let commits = count.load(Ordering::Relaxed);
+    let rate = commits as f64 / start.elapsed().as_secs_f64();
+    let usage = cpu.describe(commits);
     let m = db.metrics();
     let groups = m.fsync.count().max(1);
     let grouping = format!(
-        "{clients} client(s): {:.1} commits per group, mean log sync {:.0} µs",
+        "{clients} client(s): {:.1} commits per group, mean log sync {:.0} µs, {usage}",
         m.commits as f64 / groups as f64,
         m.fsync.sum * 1e6 / groups as f64
     );
@@ -287,8 +331,8 @@ fn commit(data: &Path, d: Duration, rounds: u32) -> anyhow::Result<Outcome> {
         let before = fdatasync_rate(dir.path(), d, false)?;
         let inplace = fdatasync_rate(dir.path(), d, true)?;
         let one = commit_rate(dir.path(), 1, d)?;
-        let floor1 = group_commit_floor(dir.path(), 1, one.entry, d)?;
-        let floor16 = group_commit_floor(dir.path(), 16, one.entry, d)?;
+        let (floor1, f1) = group_commit_floor(dir.path(), 1, one.entry, d)?;
+        let (floor16, f16) = group_commit_floor(dir.path(), 16, one.entry, d)?;
         let sixteen = commit_rate(dir.path(), 16, d)?;
         let after = fdatasync_rate(dir.path(), d, false)?;
         let sync = (before + after) / 2.0;
@@ -298,6 +342,7 @@ fn commit(data: &Path, d: Duration, rounds: u32) -> anyhow::Result<Outcome> {
             one.rate, sixteen.rate, one.entry
         )?;
         writeln!(out, "#   {}; {}", one.grouping, sixteen.grouping)?;
+        writeln!(out, "#   {f1}; {f16}")?;
         out.flush()?;
         inplaces.push(inplace);
         r1_inplace.push(one.rate / inplace);
