@@ -2,6 +2,7 @@
 //! One test binary (one link step), suites by property.
 
 mod backup;
+mod bench;
 mod cli_input;
 mod crash;
 mod journal;

@@ -92,6 +92,55 @@ impl CpuUse {
     }
 }
 
+/// Runs `clients` threads for `d`, each calling the commit function
+/// `client(c)` made for it in a loop; the commits per second, and the CPU
+/// they took. Every thread is joined; the first error is returned.
+fn run_clients<C>(
+    clients: usize,
+    d: Duration,
+    name: &str,
+    client: impl Fn(usize) -> C,
+) -> anyhow::Result<(f64, String)>
+where
+    C: FnMut() -> anyhow::Result<()> + Send + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let cpu = CpuUse::start();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (stop, count, mut commit) = (stop.clone(), count.clone(), client(c));
+            std::thread::Builder::new()
+                .name(format!("{name}-{c}"))
+                .spawn(move || -> anyhow::Result<()> {
+                    while !stop.load(Ordering::Relaxed) {
+                        commit()?;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("starting the {name} threads"))?;
+    std::thread::sleep(d);
+    stop.store(true, Ordering::Relaxed);
+    let mut result = Ok(());
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a {name} thread panicked"))
+            .and_then(|r| r);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result?;
+    let commits = count.load(Ordering::Relaxed);
+    let rate = commits as f64 / start.elapsed().as_secs_f64();
+    Ok((rate, cpu.describe(commits)))
+}
+
 /// One client of the bare group commit: its entry is durable once `done`.
 struct FloorWaiter {
     thread: std::thread::Thread,
@@ -135,97 +184,67 @@ fn group_commit_floor(
     file.sync_all()?;
     let entry = entry.clamp(1, 1 << 20);
     let shared = Arc::new((file, std::sync::Mutex::new(FloorQueue::default())));
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let cpu = CpuUse::start();
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let (shared, stop, count) = (shared.clone(), stop.clone(), count.clone());
-            std::thread::Builder::new()
-                .name(format!("floor-client-{c}"))
-                .spawn(move || -> anyhow::Result<()> {
-                    let (file, queue) = &*shared;
-                    let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
-                    while !stop.load(Ordering::Relaxed) {
-                        let me = Arc::new(FloorWaiter {
-                            thread: std::thread::current(),
-                            done: AtomicBool::new(false),
-                        });
-                        let lead = {
-                            let mut q = lock();
-                            if let Some(e) = &q.failed {
-                                anyhow::bail!("the group commit probe failed: {e}");
-                            }
-                            q.pending.push(me.clone());
-                            !std::mem::replace(&mut q.leader, true)
-                        };
-                        if lead {
-                            loop {
-                                let (mut group, offset) = {
-                                    let mut q = lock();
-                                    if q.pending.is_empty() {
-                                        q.leader = false;
-                                        break;
-                                    }
-                                    let group = std::mem::take(&mut q.pending);
-                                    let bytes = (group.len() * entry) as u64;
-                                    if q.offset + bytes > FLOOR_FILE_BYTES {
-                                        q.offset = 0;
-                                    }
-                                    let offset = q.offset;
-                                    q.offset += bytes;
-                                    (group, offset)
-                                };
-                                let written = file
-                                    .write_all_at(&vec![0x5a; group.len() * entry], offset)
-                                    .and_then(|_| file.sync_data());
-                                if let Err(e) = &written {
-                                    // Nobody leads again: everyone queued is
-                                    // woken to see the failure.
-                                    let mut q = lock();
-                                    q.failed = Some(e.to_string());
-                                    group.append(&mut q.pending);
-                                }
-                                for w in group {
-                                    w.done.store(true, Ordering::Release);
-                                    w.thread.unpark();
-                                }
-                                written.context("writing the group commit probe")?;
-                            }
+    let (rate, usage) = run_clients(clients, d, "floor-client", |_| {
+        let shared = shared.clone();
+        move || -> anyhow::Result<()> {
+            let (file, queue) = &*shared;
+            let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
+            let me = Arc::new(FloorWaiter {
+                thread: std::thread::current(),
+                done: AtomicBool::new(false),
+            });
+            let lead = {
+                let mut q = lock();
+                if let Some(e) = &q.failed {
+                    anyhow::bail!("the group commit probe failed: {e}");
+                }
+                q.pending.push(me.clone());
+                !std::mem::replace(&mut q.leader, true)
+            };
+            if lead {
+                loop {
+                    let (mut group, offset) = {
+                        let mut q = lock();
+                        if q.pending.is_empty() {
+                            q.leader = false;
+                            break;
                         }
-                        while !me.done.load(Ordering::Acquire) {
-                            std::thread::park();
+                        let group = std::mem::take(&mut q.pending);
+                        let bytes = (group.len() * entry) as u64;
+                        if q.offset + bytes > FLOOR_FILE_BYTES {
+                            q.offset = 0;
                         }
-                        if let Some(e) = &lock().failed {
-                            anyhow::bail!("the group commit probe failed: {e}");
-                        }
-                        count.fetch_add(1, Ordering::Relaxed);
+                        let offset = q.offset;
+                        q.offset += bytes;
+                        (group, offset)
+                    };
+                    let written = file
+                        .write_all_at(&vec![0x5a; group.len() * entry], offset)
+                        .and_then(|_| file.sync_data());
+                    if let Err(e) = &written {
+                        // Nobody leads again: everyone queued is woken to
+                        // see the failure.
+                        let mut q = lock();
+                        q.failed = Some(e.to_string());
+                        group.append(&mut q.pending);
                     }
-                    Ok(())
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .context("starting the group commit probe's clients")?;
-    std::thread::sleep(d);
-    stop.store(true, Ordering::Relaxed);
-    let mut result = Ok(());
-    for h in handles {
-        let r = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a group commit probe client panicked"))
-            .and_then(|r| r);
-        if result.is_ok() {
-            result = r;
+                    for w in group {
+                        w.done.store(true, Ordering::Release);
+                        w.thread.unpark();
+                    }
+                    written.context("writing the group commit probe")?;
+                }
+            }
+            while !me.done.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            if let Some(e) = &lock().failed {
+                anyhow::bail!("the group commit probe failed: {e}");
+            }
+            Ok(())
         }
-    }
-    result?;
-    let commits = count.load(Ordering::Relaxed);
-    let rate = commits as f64 / start.elapsed().as_secs_f64();
-    let usage = format!(
-        "bare group commit {clients} client(s): {}",
-        cpu.describe(commits)
-    );
+    })?;
+    let usage = format!("bare group commit {clients} client(s): {usage}");
     std::fs::remove_file(&path)?;
     Ok((rate, usage))
 }
@@ -245,42 +264,20 @@ fn commit_rate(dir: &Path, clients: usize, d: Duration) -> anyhow::Result<Phase>
     let (db, _) = Database::open(&path)?;
     db.create_file(MASTER, "bench", Role::Plain)?;
     db.define_master(MASTER, LOG)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let cpu = CpuUse::start();
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let (db, stop, count) = (db.clone(), stop.clone(), count.clone());
-            std::thread::Builder::new()
-                .name(format!("bench-client-{c}"))
-                .spawn(move || -> anyhow::Result<()> {
-                    let mut s = db.session();
-                    let mut i = 0i64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let mut r = Record::new();
-                        r.insert("client".into(), Value::Int(c as i64));
-                        r.insert("n".into(), Value::Int(i));
-                        r.insert("payload".into(), Value::Text("x".repeat(64)));
-                        s.store(MASTER, None, r)?;
-                        s.et(None)?;
-                        count.fetch_add(1, Ordering::Relaxed);
-                        i += 1;
-                    }
-                    Ok(())
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .context("starting the bench clients")?;
-    std::thread::sleep(d);
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("a bench client panicked"))??;
-    }
-    let commits = count.load(Ordering::Relaxed);
-    let rate = commits as f64 / start.elapsed().as_secs_f64();
-    let usage = cpu.describe(commits);
+    let (rate, usage) = run_clients(clients, d, "bench-client", |c| {
+        let mut s = db.session();
+        let mut i = 0i64;
+        move || -> anyhow::Result<()> {
+            let mut r = Record::new();
+            r.insert("client".into(), Value::Int(c as i64));
+            r.insert("n".into(), Value::Int(i));
+            r.insert("payload".into(), Value::Text("x".repeat(64)));
+            s.store(MASTER, None, r)?;
+            s.et(None)?;
+            i += 1;
+            Ok(())
+        }
+    })?;
     let m = db.metrics();
     let groups = m.fsync.count().max(1);
     let grouping = format!(
