@@ -95,13 +95,16 @@ impl<'v, V: StateView> Applier<'v, V> {
     /// Whether `isn` has never held a record of `fnr`, in the state or in
     /// this commit so far: every change moves the file's next isn above its
     /// own isn (derived log records rely on the same: their seq is the log's
-    /// next isn), so an isn at or above it is unused, with no lookup.
+    /// next isn), and a rebase never lowers a client file's (see
+    /// [`Self::catalog_op`]), so an isn at or above it is unused, with no
+    /// lookup. Not at `u64::MAX`: there the next isn saturates, and a record
+    /// may hold it.
     pub fn unused(&self, fnr: Fnr, isn: Isn) -> bool {
         let next = match self.out.metas.get(&fnr) {
             Some(m) => Some(m.next_isn),
             None => self.view.meta(fnr).map(|m| m.next_isn),
         };
-        next.is_some_and(|n| isn.0 >= n)
+        next.is_some_and(|n| n < u64::MAX && isn.0 >= n)
     }
 
     /// The record as this commit has left it so far.
@@ -120,7 +123,17 @@ impl<'v, V: StateView> Applier<'v, V> {
                 self.out.catalog.insert(def.fnr, def.clone());
             }
             CatalogOp::Rebase(meta) => {
-                self.out.metas.insert(meta.fnr, *meta);
+                let mut meta = *meta;
+                // A rebase counts what a scan found; a client commit that
+                // landed after the scan is not in it. A client file's next
+                // isn never goes down, so a new isn stays unused (a log's
+                // does: a refresh may rewind it).
+                if self.def(meta.fnr).is_some_and(|d| d.role.client_writable()) {
+                    if let Some(now) = self.view.meta(meta.fnr) {
+                        meta.next_isn = meta.next_isn.max(now.next_isn);
+                    }
+                }
+                self.out.metas.insert(meta.fnr, meta);
             }
             CatalogOp::Restore { fnr, next_isn } => {
                 self.raw.insert(*fnr);
@@ -225,5 +238,87 @@ impl<'v, V: StateView> Applier<'v, V> {
             self.meta_mut(fnr).next_isn = n;
         }
         Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::FileDef;
+
+    /// A state of two files: a plain one and a log, both with next isn 100.
+    struct Two;
+
+    impl StateView for Two {
+        fn def(&self, fnr: Fnr) -> Option<FileDef> {
+            let role = match fnr.0 {
+                1 => Role::Plain,
+                2 => Role::Log { master: Fnr(3) },
+                _ => return None,
+            };
+            Some(FileDef {
+                fnr,
+                name: format!("f{}", fnr.0),
+                role,
+                restoring: None,
+            })
+        }
+        fn meta(&self, fnr: Fnr) -> Option<FileMeta> {
+            self.def(fnr).map(|_| FileMeta {
+                next_isn: 100,
+                ..FileMeta::new(fnr)
+            })
+        }
+        fn get(&self, _: Fnr, _: Isn) -> Result<Option<Vec<u8>>, DbError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn a_rebase_never_lowers_a_client_files_next_isn_but_may_a_logs() {
+        let mut ap = Applier::new(&Two, Lsn(7), 0, None);
+        for fnr in [Fnr(1), Fnr(2)] {
+            ap.catalog_op(&CatalogOp::Rebase(FileMeta {
+                next_isn: 5,
+                ..FileMeta::new(fnr)
+            }));
+        }
+        assert!(
+            !ap.unused(Fnr(1), Isn(50)),
+            "a plain file's isn 50 may be taken"
+        );
+        assert!(ap.unused(Fnr(1), Isn(100)));
+        assert!(
+            ap.unused(Fnr(2), Isn(50)),
+            "a refreshed log starts again at 5"
+        );
+        assert!(
+            !ap.unused(Fnr(3), Isn(50)),
+            "an unknown file proves nothing"
+        );
+        let d = ap.finish().expect("finish");
+        assert_eq!(d.metas[&Fnr(1)].next_isn, 100);
+        assert_eq!(d.metas[&Fnr(2)].next_isn, 5);
+    }
+
+    #[test]
+    fn the_last_isn_is_never_unused() {
+        struct Full;
+        impl StateView for Full {
+            fn def(&self, fnr: Fnr) -> Option<FileDef> {
+                Two.def(fnr)
+            }
+            fn meta(&self, fnr: Fnr) -> Option<FileMeta> {
+                Some(FileMeta {
+                    next_isn: u64::MAX,
+                    ..FileMeta::new(fnr)
+                })
+            }
+            fn get(&self, _: Fnr, _: Isn) -> Result<Option<Vec<u8>>, DbError> {
+                Ok(None)
+            }
+        }
+        let ap = Applier::new(&Full, Lsn(7), 0, None);
+        assert!(!ap.unused(Fnr(1), Isn(u64::MAX)));
     }
 }

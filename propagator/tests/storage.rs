@@ -336,6 +336,22 @@ fn stores_racing_for_one_isn_are_refused_at_et_and_leave_no_trace() {
     );
     e.et(None).expect("e commits");
     refused(f.et(None), 1002);
+    // The last isn: the next isn saturates there, so it is looked up, and
+    // the engine hands out no isn after it.
+    let (mut h, mut i) = (db.session(), db.session());
+    h.store(MASTER, Some(Isn(u64::MAX)), rec(&[("q", 9)]))
+        .expect("h stores");
+    i.store(MASTER, Some(Isn(u64::MAX)), rec(&[("q", 10)]))
+        .expect("i stores");
+    h.et(None).expect("h commits");
+    refused(i.et(None), u64::MAX);
+    assert!(
+        matches!(
+            db.session().store(MASTER, None, rec(&[("q", 11)])),
+            Err(DbError::TooLarge(_))
+        ),
+        "an isn after the last was handed out"
+    );
     // One transaction storing the same new isn twice is refused at once.
     let mut g = db.session();
     g.store(MASTER, Some(Isn(2000)), rec(&[("q", 7)]))
@@ -351,6 +367,7 @@ fn stores_racing_for_one_isn_are_refused_at_et_and_leave_no_trace() {
             (Isn(1000), rec(&[("q", 1)])),
             (Isn(1001), rec(&[("q", 4)])),
             (Isn(1002), rec(&[("q", 5)])),
+            (Isn(u64::MAX), rec(&[("q", 9)])),
         ]
     );
     assert_eq!(replay_log(&db), dump(&db, MASTER));
@@ -944,6 +961,28 @@ fn a_restore_that_has_not_proved_its_last_chunk_leaves_the_file_damaged_across_r
     db.begin_restore(PLAIN, "a test restore")
         .expect("begin again");
     let all: Vec<(Isn, Vec<u8>)> = bytes.into_iter().collect();
+    // A last chunk must leave every record below the copy's next isn (new
+    // isns are handed out from there without a lookup): one that stops
+    // short of the end, or holds a record at or above it, writes nothing.
+    let low = propagator::FileMeta {
+        next_isn: 6,
+        ..want
+    };
+    let lsn = db.last_lsn();
+    for (to, meta, what) in [
+        (
+            Some(Isn(7)),
+            want,
+            "a last chunk that stops short of the end",
+        ),
+        (None, low, "a last chunk holding isn 6 with a next isn of 6"),
+    ] {
+        let err = db
+            .restore_range(PLAIN, Isn(1), to, all.clone(), Some(meta))
+            .expect_err(what);
+        assert!(err.to_string().contains("next isn"), "{what}: {err}");
+        assert_eq!(db.last_lsn(), lsn, "{what}: something was written");
+    }
     db.restore_range(PLAIN, Isn(1), None, all, Some(want))
         .expect("last chunk");
     assert_eq!(db.file_info(PLAIN).expect("info").damaged, None);

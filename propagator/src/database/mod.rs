@@ -856,6 +856,20 @@ impl Database {
         last: Option<FileMeta>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
         check_chunk("restored", from, to, &wanted)?;
+        if let Some(want) = last {
+            // The file ends as the copy: every record below its next isn
+            // (new isns are handed out from there, unlooked-up). The last
+            // chunk runs to the end, from at most that isn, with none above.
+            let top = wanted.last().map(|(i, _)| i.0);
+            if to.is_some() || from.0 > want.next_isn || top.is_some_and(|t| t >= want.next_isn) {
+                return Err(DbError::BadDefinition(format!(
+                    "the last chunk restored into file {fnr} must run from at most the copy's next isn {} to the end and hold no record at or above it (it runs from {from}{}{}); nothing written",
+                    want.next_isn,
+                    to.map(|t| format!(" to {t}")).unwrap_or_default(),
+                    top.map(|t| format!(" and holds isn {t}")).unwrap_or_default(),
+                )));
+            }
+        }
         let def = {
             let st = lock(&self.shared().state);
             let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
@@ -1133,6 +1147,13 @@ impl Database {
                 let from_meta = st.metas.get(&fnr).map(|m| m.next_isn).unwrap_or(1);
                 let next = st.next_isn.entry(fnr).or_insert(1);
                 let isn = (*next).max(from_meta);
+                // The last isn is never handed out: the next isn saturates
+                // there, so it could be handed out again.
+                if isn == u64::MAX {
+                    return Err(DbError::TooLarge(format!(
+                        "file {fnr} has no isn left to hand out"
+                    )));
+                }
                 *next = isn + 1;
                 Ok((Isn(isn), false))
             }
