@@ -38,8 +38,8 @@ fn bench_commit_prints_every_figure_and_leaves_nothing_behind() {
         assert!(value > 0.0, "{metric} is {value}:\n{out}");
     }
     for ratio in [
-        "16 clients / 1 client =",
-        "bare group commit 16 clients / 1 client =",
+        "ratio: 16 clients / 1 client =",
+        "ratio: bare group commit 16 clients / 1 client =",
     ] {
         assert!(out.contains(ratio), "no ratio {ratio:?} in:\n{out}");
     }

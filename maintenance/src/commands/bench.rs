@@ -108,24 +108,32 @@ where
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let cpu = CpuUse::start();
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let (stop, count, mut commit) = (stop.clone(), count.clone(), client(c));
-            std::thread::Builder::new()
-                .name(format!("{name}-{c}"))
-                .spawn(move || -> anyhow::Result<()> {
-                    while !stop.load(Ordering::Relaxed) {
-                        commit()?;
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("starting the {name} threads"))?;
-    std::thread::sleep(d);
-    stop.store(true, Ordering::Relaxed);
+    let mut handles = Vec::with_capacity(clients);
     let mut result = Ok(());
+    for c in 0..clients {
+        let (stop, count, mut commit) = (stop.clone(), count.clone(), client(c));
+        let spawned = std::thread::Builder::new()
+            .name(format!("{name}-{c}"))
+            .spawn(move || -> anyhow::Result<()> {
+                while !stop.load(Ordering::Relaxed) {
+                    commit()?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // The threads started so far are stopped and joined below.
+                result = Err(anyhow::Error::new(e).context(format!("starting the {name} threads")));
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        std::thread::sleep(d);
+    }
+    stop.store(true, Ordering::Relaxed);
     for h in handles {
         let r = h
             .join()
