@@ -581,6 +581,14 @@ fn power_loss_images_keep_every_synced_commit_and_truncate_the_torn_tail() {
 }
 
 /// Where the frames of a segment end: segments are preallocated with zeros.
+/// A fresh database on an in-memory medium (1 MiB segments), set up.
+fn fresh_mem(dir: &Path) -> (MemDir, Database) {
+    let mem = mem_db(dir, 1 << 20);
+    let (db, _) = open_mem(dir, &mem).expect("open");
+    setup(&db);
+    (mem, db)
+}
+
 fn data_end(mem: &MemDir, name: &str) -> usize {
     let b = mem.bytes(name).expect("segment");
     b.iter().rposition(|x| *x != 0).map_or(0, |i| i + 1)
@@ -1072,9 +1080,7 @@ fn queue_behind_held_sync(
 #[test]
 fn commits_queued_behind_a_sync_share_the_next_one() {
     let t = tempfile::tempdir().expect("tempdir");
-    let mem = mem_db(t.path(), 1 << 20);
-    let (db, _) = open_mem(t.path(), &mem).expect("open");
-    setup(&db);
+    let (mem, db) = fresh_mem(t.path());
     let before = db.metrics();
     // The disk stalls: the first committer leads and waits in its sync.
     let (first, rest) = queue_behind_held_sync(&db, &mem, 1, 2..=16);
@@ -1106,9 +1112,7 @@ fn commits_queued_behind_a_sync_share_the_next_one() {
 #[test]
 fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
     let t = tempfile::tempdir().expect("tempdir");
-    let mem = mem_db(t.path(), 1 << 20);
-    let (db, _) = open_mem(t.path(), &mem).expect("open");
-    setup(&db);
+    let (mem, db) = fresh_mem(t.path());
     let mut s = db.session();
     s.store(MASTER, Some(Isn(100)), rec(&[("q", 100)]))
         .expect("store");
@@ -1151,9 +1155,7 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
 #[test]
 fn a_close_waits_for_every_queued_commit_and_a_crash_then_drop_returns() {
     let t = tempfile::tempdir().expect("tempdir");
-    let mem = mem_db(t.path(), 1 << 20);
-    let (db, _) = open_mem(t.path(), &mem).expect("open");
-    setup(&db);
+    let (mem, db) = fresh_mem(t.path());
     let (first, mut running) = queue_behind_held_sync(&db, &mem, 1, 2..=6);
     running.insert(0, first);
     let closer = {

@@ -32,16 +32,23 @@ pub fn run(c: BenchCommand) -> anyhow::Result<Outcome> {
     }
 }
 
+/// A new probe file, zero-filled to `zeros` bytes and synced if given.
+fn probe_file(path: &Path, zeros: Option<u64>) -> anyhow::Result<std::fs::File> {
+    let f = std::fs::File::create(path)
+        .with_context(|| format!("creating the probe file {}", path.display()))?;
+    if let Some(n) = zeros {
+        f.write_all_at(&vec![0u8; n as usize], 0)?;
+        f.sync_all()?;
+    }
+    Ok(f)
+}
+
 /// Small appends, each made durable with `fdatasync`. With `prealloc` the
 /// file is zero-filled first, so each sync writes data only (no size change
 /// to record): what the protection log does in its preallocated segments.
 fn fdatasync_rate(dir: &Path, d: Duration, prealloc: bool) -> anyhow::Result<f64> {
     let path = dir.join("fdatasync.probe");
-    let f = std::fs::File::create(&path).context("creating the fdatasync probe")?;
-    if prealloc {
-        f.write_all_at(&vec![0u8; 32 << 20], 0)?;
-        f.sync_all()?;
-    }
+    let f = probe_file(&path, prealloc.then_some(32 << 20))?;
     let buf = [0x5au8; 128];
     let start = Instant::now();
     let mut n = 0u64;
@@ -167,6 +174,86 @@ struct FloorQueue {
 /// overwritten round and round, as the log writes its preallocated segments.
 const FLOOR_FILE_BYTES: u64 = 16 << 20;
 
+/// The bare group commit: a file written in place and its queue.
+struct Floor {
+    file: std::fs::File,
+    q: std::sync::Mutex<FloorQueue>,
+    /// Bytes per entry.
+    entry: usize,
+}
+
+impl Floor {
+    fn queue(&self) -> std::sync::MutexGuard<'_, FloorQueue> {
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self) -> anyhow::Result<()> {
+        match &self.queue().failed {
+            Some(e) => anyhow::bail!("the group commit probe failed: {e}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues one entry and returns once a sync covers it, leading the
+    /// writes if nobody else is.
+    fn commit(&self) -> anyhow::Result<()> {
+        self.failed()?;
+        let me = Arc::new(FloorWaiter {
+            thread: std::thread::current(),
+            done: AtomicBool::new(false),
+        });
+        let lead = {
+            let mut q = self.queue();
+            q.pending.push(me.clone());
+            !std::mem::replace(&mut q.leader, true)
+        };
+        if lead {
+            self.lead()?;
+        }
+        while !me.done.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+        self.failed()
+    }
+
+    /// Writes and syncs everything queued, group after group, until the
+    /// queue is empty; wakes each group.
+    fn lead(&self) -> anyhow::Result<()> {
+        loop {
+            let (mut group, offset) = {
+                let mut q = self.queue();
+                if q.pending.is_empty() {
+                    q.leader = false;
+                    return Ok(());
+                }
+                let group = std::mem::take(&mut q.pending);
+                let bytes = (group.len() * self.entry) as u64;
+                if q.offset + bytes > FLOOR_FILE_BYTES {
+                    q.offset = 0;
+                }
+                let offset = q.offset;
+                q.offset += bytes;
+                (group, offset)
+            };
+            let written = self
+                .file
+                .write_all_at(&vec![0x5a; group.len() * self.entry], offset)
+                .and_then(|_| self.file.sync_data());
+            if let Err(e) = &written {
+                // Nobody leads again: everyone queued is woken to see it.
+                let mut q = self.queue();
+                q.failed = Some(e.to_string());
+                group.append(&mut q.pending);
+            }
+            for w in group {
+                w.done.store(true, Ordering::Release);
+                w.thread.unpark();
+            }
+            written.context("writing the group commit probe")?;
+        }
+    }
+}
+
 /// This machine's own ceiling for group commit: `clients` threads each
 /// queue an `entry`-byte entry and wait until an `fdatasync` covers it. The
 /// first to find nobody writing writes everything queued with one write,
@@ -181,76 +268,14 @@ fn group_commit_floor(
     d: Duration,
 ) -> anyhow::Result<(f64, String)> {
     let path = dir.join("group-commit-floor.probe");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .context("creating the group commit probe")?;
-    file.write_all_at(&vec![0u8; FLOOR_FILE_BYTES as usize], 0)?;
-    file.sync_all()?;
-    let entry = entry.clamp(1, 1 << 20);
-    let shared = Arc::new((file, std::sync::Mutex::new(FloorQueue::default())));
+    let floor = Arc::new(Floor {
+        file: probe_file(&path, Some(FLOOR_FILE_BYTES))?,
+        q: Default::default(),
+        entry: entry.clamp(1, 1 << 20),
+    });
     let (rate, usage) = run_clients(clients, d, "floor-client", |_| {
-        let shared = shared.clone();
-        move || -> anyhow::Result<()> {
-            let (file, queue) = &*shared;
-            let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
-            let me = Arc::new(FloorWaiter {
-                thread: std::thread::current(),
-                done: AtomicBool::new(false),
-            });
-            let lead = {
-                let mut q = lock();
-                if let Some(e) = &q.failed {
-                    anyhow::bail!("the group commit probe failed: {e}");
-                }
-                q.pending.push(me.clone());
-                !std::mem::replace(&mut q.leader, true)
-            };
-            if lead {
-                loop {
-                    let (mut group, offset) = {
-                        let mut q = lock();
-                        if q.pending.is_empty() {
-                            q.leader = false;
-                            break;
-                        }
-                        let group = std::mem::take(&mut q.pending);
-                        let bytes = (group.len() * entry) as u64;
-                        if q.offset + bytes > FLOOR_FILE_BYTES {
-                            q.offset = 0;
-                        }
-                        let offset = q.offset;
-                        q.offset += bytes;
-                        (group, offset)
-                    };
-                    let written = file
-                        .write_all_at(&vec![0x5a; group.len() * entry], offset)
-                        .and_then(|_| file.sync_data());
-                    if let Err(e) = &written {
-                        // Nobody leads again: everyone queued is woken to
-                        // see the failure.
-                        let mut q = lock();
-                        q.failed = Some(e.to_string());
-                        group.append(&mut q.pending);
-                    }
-                    for w in group {
-                        w.done.store(true, Ordering::Release);
-                        w.thread.unpark();
-                    }
-                    written.context("writing the group commit probe")?;
-                }
-            }
-            while !me.done.load(Ordering::Acquire) {
-                std::thread::park();
-            }
-            if let Some(e) = &lock().failed {
-                anyhow::bail!("the group commit probe failed: {e}");
-            }
-            Ok(())
-        }
+        let floor = floor.clone();
+        move || floor.commit()
     })?;
     let usage = format!("bare group commit {clients} client(s): {usage}");
     std::fs::remove_file(&path)?;

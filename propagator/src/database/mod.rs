@@ -1054,10 +1054,10 @@ impl Database {
     /// A file's definition, refusing unknown and damaged files.
     pub fn file(&self, fnr: Fnr) -> Result<FileDef, DbError> {
         let st = lock(&self.shared().state);
-        Self::usable_def(&st, fnr)
+        Self::usable_def(&st, fnr).cloned()
     }
 
-    fn usable_def(st: &Latest, fnr: Fnr) -> Result<FileDef, DbError> {
+    fn usable_def(st: &Latest, fnr: Fnr) -> Result<&FileDef, DbError> {
         let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
         if let Some(reason) = st.damaged.get(&fnr) {
             return Err(DbError::FileDamaged {
@@ -1065,7 +1065,7 @@ impl Database {
                 reason: reason.clone(),
             });
         }
-        Ok(def.clone())
+        Ok(def)
     }
 
     /// Reads a committed record (every acknowledged commit included).
@@ -1160,15 +1160,17 @@ impl Database {
         }
     }
 
-    fn writable(st: &Latest, fnr: Fnr) -> Result<FileDef, DbError> {
+    /// Refuses a file a client may not write (unknown, damaged, or of a
+    /// role only the engine writes).
+    fn writable(st: &Latest, fnr: Fnr) -> Result<(), DbError> {
         let def = Self::usable_def(st, fnr)?;
         if !def.role.client_writable() {
             return Err(DbError::ReadOnlyFile {
                 fnr,
-                role: def.role,
+                role: def.role.clone(),
             });
         }
-        Ok(def)
+        Ok(())
     }
 
     /// The latest (committed or committing) bytes of a record, for a
@@ -1434,7 +1436,7 @@ impl Database {
                         log,
                         incarnation: 1,
                     },
-                    ..def
+                    ..def.clone()
                 }),
             ]
         };
