@@ -44,7 +44,7 @@ use chrono::{SecondsFormat, Utc};
 use propagator::exec::{commit_json, Command as ExecCmd, ExecCommand, ExecTarget, MAX_LINE};
 use propagator::node::client::{Client, ClientError};
 use propagator::record::{encode_record, record_to_json};
-use propagator::wire::{Command, Request, Response};
+use propagator::wire::{Command, ErrorCode, Request, Response};
 use propagator::CommitInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -642,25 +642,6 @@ pub fn new_id() -> String {
     )
 }
 
-/// Parses the LSN out of a node's "already committed" refusal.
-pub fn already_committed_lsn(message: &str) -> Option<u64> {
-    let (_, tail) = message.split_once("was already committed at LSN ")?;
-    let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// Node refusals that say nothing about the transaction itself: the node
-/// cannot commit right now (it is stopping, or must be reopened).
-fn transient_remote(message: &str) -> bool {
-    [
-        "stopped accepting commits",
-        "the database is closed",
-        "internal error",
-    ]
-    .iter()
-    .any(|m| message.contains(m))
-}
-
 /// How one attempt at a transaction ended.
 enum Attempt {
     Committed(CommitInfo),
@@ -676,16 +657,19 @@ enum Attempt {
 
 fn classify(e: ClientError) -> Attempt {
     match e {
-        ClientError::Remote { message, .. } => match already_committed_lsn(&message) {
-            Some(lsn) => Attempt::Already(lsn),
-            None if transient_remote(&message) => Attempt::Transient(message),
-            None => Attempt::Refused(message),
+        ClientError::Remote { code, message, .. } => match code {
+            ErrorCode::AlreadyCommitted { lsn } => Attempt::Already(lsn.0),
+            // The node cannot commit now (stopping, must be reopened, or
+            // quiesced), or does not know how it ended: the id makes a retry safe.
+            ErrorCode::Unavailable | ErrorCode::OutcomeUnknown => Attempt::Transient(message),
+            _ => Attempt::Refused(message),
         },
         ClientError::TooLarge { .. } => Attempt::Refused(e.to_string()),
         // Unexpected: the outcome is unknown, and the id makes a retry safe.
         ClientError::Connect { .. }
         | ClientError::Io { .. }
         | ClientError::Closed { .. }
+        | ClientError::Abandoned { .. }
         | ClientError::Unexpected { .. } => Attempt::Transient(e.to_string()),
     }
 }
@@ -1280,10 +1264,34 @@ mod tests {
     }
 
     #[test]
-    fn already_committed_message_parses() {
-        let m = "node 127.0.0.1:1: transaction id \"x\" was already committed at LSN 42";
-        assert_eq!(already_committed_lsn(m), Some(42));
-        assert_eq!(already_committed_lsn("record 1 already exists"), None);
+    fn attempts_are_classified_by_the_error_code_not_its_text() {
+        let remote = |code, message: &str| ClientError::Remote {
+            addr: "127.0.0.1:1".into(),
+            code,
+            message: message.into(),
+        };
+        let lsn = propagator::Lsn(42);
+        assert!(matches!(
+            classify(remote(ErrorCode::AlreadyCommitted { lsn }, "anything")),
+            Attempt::Already(42)
+        ));
+        // The words do not matter: a refusal that mentions "already
+        // committed" or "closed" is still a refusal.
+        assert!(matches!(
+            classify(remote(
+                ErrorCode::BadRequest,
+                "was already committed at LSN 7; the database is closed"
+            )),
+            Attempt::Refused(_)
+        ));
+        assert!(matches!(
+            classify(remote(ErrorCode::Unavailable, "x")),
+            Attempt::Transient(_)
+        ));
+        assert!(matches!(
+            classify(remote(ErrorCode::OutcomeUnknown, "x")),
+            Attempt::Transient(_)
+        ));
         assert_ne!(new_id(), new_id());
     }
 }

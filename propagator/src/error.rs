@@ -79,6 +79,22 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// The wire code a peer decides on.
+    pub fn code(&self) -> crate::wire::ErrorCode {
+        use crate::wire::ErrorCode as C;
+        match self {
+            DbError::AlreadyCommitted { lsn, .. } => C::AlreadyCommitted { lsn: *lsn },
+            DbError::OutOfSequence { .. } => C::OutOfSequence,
+            DbError::LoadOutOfSequence { .. } => C::LoadOutOfSequence,
+            DbError::LoadInProgress { .. } => C::LoadInProgress,
+            DbError::ReplicateDiverged { .. } => C::Diverged,
+            DbError::FileDamaged { .. } | DbError::BeforeImageMismatch { .. } => C::Damaged,
+            DbError::Poisoned(_) | DbError::Closed => C::Unavailable,
+            e if e.is_request_error() => C::BadRequest,
+            _ => C::Other,
+        }
+    }
+
     /// True for errors that say nothing was committed and nothing is damaged:
     /// the caller's own request was wrong.
     pub fn is_request_error(&self) -> bool {

@@ -22,7 +22,8 @@ use serde_bytes::ByteBuf;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: error answers carry an [`ErrorCode`].
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
@@ -547,10 +548,81 @@ pub struct CleanupPlan {
     pub notes: Vec<String>,
 }
 
+/// What an error answer means to the side that receives it: the only thing
+/// a peer decides on (the message is for people and logs, never parsed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Nothing more specific: report it.
+    Other,
+    /// The request itself was wrong (unknown file, bad record, a missing
+    /// record, a transaction too large, …): nothing was applied, and the
+    /// same request would fail again.
+    BadRequest,
+    /// The transaction id was committed already, at this LSN.
+    AlreadyCommitted { lsn: Lsn },
+    /// A replicated batch does not follow the replicate's confirmation
+    /// (another link applied first): reconnect and resume.
+    OutOfSequence,
+    /// A loaded chunk does not continue the load the replicate records.
+    LoadOutOfSequence,
+    /// A load is in progress on the replicate; batches wait for it.
+    LoadInProgress,
+    /// The replicate no longer matches what the master expects.
+    Diverged,
+    /// A file is damaged.
+    Damaged,
+    /// The node cannot take it now (closed, quiesced, stopped after a failed
+    /// write): retry later, elsewhere, or after recovery.
+    Unavailable,
+    /// The request was understood and refused (a rule of the receiver).
+    Refused,
+    /// The node failed while handling it (an internal error): whether a
+    /// commit it carried took effect is not known. A retry under the same
+    /// transaction id is safe.
+    OutcomeUnknown,
+}
+
+/// An error answer's content: its code and its message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::new(ErrorCode::Other, message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::new(ErrorCode::Other, message)
+    }
+}
+
+impl From<crate::error::DbError> for Failure {
+    fn from(e: crate::error::DbError) -> Failure {
+        Failure::new(e.code(), e.to_string())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
     Ok,
     Error {
+        code: ErrorCode,
         message: String,
     },
     Info(NodeInfo),
@@ -634,10 +706,11 @@ impl Response {
     pub fn decode(frame: &[u8]) -> Result<Response, WireError> {
         decode(frame)
     }
-    pub fn error(message: impl Into<String>) -> Response {
-        Response::Error {
-            message: message.into(),
-        }
+    /// An error answer: a [`Failure`], a `DbError` (its code kept), or a
+    /// message (code [`ErrorCode::Other`]).
+    pub fn error(e: impl Into<Failure>) -> Response {
+        let Failure { code, message } = e.into();
+        Response::Error { code, message }
     }
 }
 

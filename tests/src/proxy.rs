@@ -110,6 +110,8 @@ struct Shared {
     resets: AtomicU64,
     open: AtomicUsize,
     bytes: [AtomicU64; 2],
+    /// Latency added before forwarding each read, in µs, by `Direction::index`.
+    delays: [AtomicU64; 2],
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     arm: Mutex<Option<ResetArm>>,
     /// Connection threads (each joins its second pump thread itself).
@@ -201,6 +203,7 @@ impl FaultProxy {
             resets: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+            delays: [AtomicU64::new(0), AtomicU64::new(0)],
             conns: Mutex::new(HashMap::new()),
             arm: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
@@ -260,6 +263,14 @@ impl FaultProxy {
     /// Undoes [`refuse`](Self::refuse).
     pub fn accept_again(&self) {
         self.shared.refusing.store(false, Ordering::SeqCst);
+    }
+
+    /// Adds `latency` before each forwarded read in `direction` (on current
+    /// and new connections; `Duration::ZERO` removes it): a slow link, so a
+    /// request's answer arrives well after the other side moved on.
+    pub fn delay(&self, direction: Direction, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.shared.delays[direction.index()].store(us, Ordering::SeqCst);
     }
 
     /// Arms a mid-frame reset: once a connection has forwarded `after_bytes`
@@ -481,6 +492,10 @@ fn pump(shared: &Shared, conn: &Conn, mut src: TcpStream, mut dst: TcpStream, di
                 return;
             }
         };
+        let delay = shared.delays[dir.index()].load(Ordering::SeqCst);
+        if delay > 0 {
+            thread::sleep(Duration::from_micros(delay));
+        }
         // Data read just as a stall began is held here until resume.
         if !shared.wait_unstalled(conn) {
             return;

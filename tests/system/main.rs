@@ -10,5 +10,6 @@ mod maintenance;
 mod propagation;
 mod recover;
 mod recover_run;
+mod refusal;
 // Kept last (not alphabetical) so it merges beside concurrent suites.
 mod metrics;

@@ -76,6 +76,26 @@ impl Scene {
         (Scene::fill(tmp, cl), proxies)
     }
 
+    /// A scene whose task loads in chunks of `chunk` records, without a
+    /// restart interval, and whose full replicate's node sits behind a fault
+    /// proxy (to slow its answers down).
+    fn chunked(chunk: u32) -> (Scene, FaultProxy) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut proxy = None;
+        let cl = Cluster::start_with(etp_bin(), tmp.path(), |addrs| {
+            let p = FaultProxy::start(addrs[1]).expect("proxy");
+            let routed = [addrs[0], p.addr(), addrs[2]];
+            proxy = Some(p);
+            topology_text(&routed, None).replace(
+                "[[task]]\nmaster_database = 1\nmaster = 10\n",
+                &format!("[[task]]\nmaster_database = 1\nmaster = 10\nload_chunk = {chunk}\n"),
+            )
+        })
+        .expect("cluster");
+        let proxy = proxy.expect("the topology was written");
+        (Scene::fill(tmp, cl), proxy)
+    }
+
     fn fill(tmp: tempfile::TempDir, cl: Cluster) -> Scene {
         let mut s = Scene {
             tmp,
@@ -789,7 +809,24 @@ fn two_damaged_replicates_are_recovered_in_two_rounds_then_verified() {
 
 #[test]
 fn case4_a_master_rebuilt_from_a_lagging_full_replicate_records_the_lost_seqs_as_a_gap() {
-    let mut s = Scene::with_restart_interval(None);
+    rebuild_from_a_lagging_full_replicate(Scene::with_restart_interval(None), None);
+}
+
+/// The same recovery with loads of 64-record chunks (so the partial's
+/// reload from the full replicate crosses dozens of chunk boundaries), the
+/// full replicate's answers slowed by 20 ms: its `Dump` answers arrive after
+/// the partial's acknowledgements, the race that once left a stale answer on
+/// the source connection and a chunk refused forever.
+#[test]
+fn case4_a_reload_from_a_slow_full_replicate_crosses_many_chunks() {
+    let (s, proxy) = Scene::chunked(64);
+    rebuild_from_a_lagging_full_replicate(s, Some(&proxy));
+}
+
+/// A lagging full replicate; master and log damaged; the master rebuilt
+/// from the full replicate, the partial reloaded from it, the lost seqs a
+/// recorded gap. `slow`: the full replicate's proxy, slowed for the recovery.
+fn rebuild_from_a_lagging_full_replicate(mut s: Scene, slow: Option<&FaultProxy>) {
     // The full replicate's node goes down; without a restart interval its
     // feeding stays stopped, so it lags at seq S from here on.
     s.cl.nodes[1].stop().expect("stop");
@@ -840,7 +877,21 @@ fn case4_a_master_rebuilt_from_a_lagging_full_replicate_records_the_lost_seqs_as
     let (code, v, _) = s.diagnose(&["--area", &area]);
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(leaf(&v), "rebuild_master_from_full_replicate", "{v}");
+    if let Some(p) = slow {
+        p.delay(Direction::ServerToClient, Duration::from_millis(20));
+    }
     let (events, _) = s.recover(&["--area", &area]);
+    if let Some(p) = slow {
+        p.delay(Direction::ServerToClient, Duration::ZERO);
+        // The partial was reloaded from the full replicate, chunk by chunk.
+        let t = s.cl.task_status().expect("status");
+        let part = t.replicates.iter().find(|r| r.name == "items_part");
+        let load = part
+            .and_then(|r| r.last_load.as_ref())
+            .expect("a finished load");
+        assert_eq!(load.source, "replicate:items_full", "{load:?}");
+        assert!(load.chunks >= records() / 64, "{load:?}");
+    }
     let gap = detail(&events, "record_gap");
     assert!(
         gap.contains(&format!(

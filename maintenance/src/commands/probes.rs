@@ -245,7 +245,7 @@ fn topology_of(node: SocketAddr, export: Option<&Path>) -> anyhow::Result<(Valid
     let text = match (held, &export_text) {
         (Ok(Response::Text(t)), _) => t,
         (_, Some(t)) => t.clone(),
-        (Ok(Response::Error { message }), None) => anyhow::bail!(
+        (Ok(Response::Error { message, .. }), None) => anyhow::bail!(
             "node {node} holds no usable topology ({message}): give a topology export (--export FILE) so the other nodes can be found"
         ),
         (Ok(other), None) => anyhow::bail!("node {node} answered {other:?} to AdminExport"),

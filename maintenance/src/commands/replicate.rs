@@ -188,7 +188,7 @@ pub fn policy(c: PolicyCommand) -> anyhow::Result<Outcome> {
     for (db, addr) in &v.addresses {
         let got = match call(*addr, &Request::Policy { set }) {
             Ok(Response::Policy(p)) => Ok(p),
-            Ok(Response::Error { message }) => Err(message),
+            Ok(Response::Error { message, .. }) => Err(message),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(e) => Err(format!("{e:#}")),
         };
@@ -549,7 +549,7 @@ pub fn xref(a: XrefArgs) -> anyhow::Result<Outcome> {
                 }
                 return Ok(Outcome::Ok);
             }
-            Response::Error { message } => last_err = Some(message),
+            Response::Error { message, .. } => last_err = Some(message),
             other => bail!("unexpected answer {other:?}"),
         }
     }
@@ -580,11 +580,11 @@ pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
         };
         let plans = match call(addr, &req)? {
             Response::Cleanup(p) => p,
-            Response::Error { message } if a.master.is_some() => {
+            Response::Error { message, .. } if a.master.is_some() => {
                 let _ = message;
                 continue;
             }
-            Response::Error { message } => bail!("{message}"),
+            Response::Error { message, .. } => bail!("{message}"),
             other => bail!("unexpected answer {other:?}"),
         };
         for mut p in plans {

@@ -9,7 +9,7 @@ use crate::database::CommitInfo;
 use crate::exec::ExecTarget;
 use crate::ids::{Fnr, Isn};
 use crate::record::{decode_record, encode_record, Record};
-use crate::wire::{codec, Command, Request, Response};
+use crate::wire::{codec, Command, ErrorCode, Request, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use std::net::SocketAddr;
@@ -31,7 +31,13 @@ pub enum ClientError {
     #[error("node {addr} closed the connection")]
     Closed { addr: String },
     #[error("node {addr}: {message}")]
-    Remote { addr: String, message: String },
+    Remote {
+        addr: String,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("an earlier request to node {addr} was abandoned before its answer arrived; the connection must be reopened")]
+    Abandoned { addr: String },
     #[error("node {addr} answered {got} where {want} was expected")]
     Unexpected {
         addr: String,
@@ -40,9 +46,17 @@ pub enum ClientError {
     },
 }
 
+/// One connection to a node. Answers come back in request order, so an
+/// answer is matched to its request only by counting: [`Conn::call`] refuses
+/// to run while an earlier request's answer is still owed (a `call` whose
+/// future was dropped between its send and its receive, e.g. a losing
+/// `tokio::select!` branch), since the next answer read would be that
+/// earlier one. Pipelining callers use [`Conn::send`] and [`Conn::recv`].
 pub struct Conn {
     addr: SocketAddr,
     framed: Framed<TcpStream, LengthDelimitedCodec>,
+    /// Requests sent (or begun) whose answers have not been read.
+    owed: usize,
 }
 
 impl Conn {
@@ -61,6 +75,7 @@ impl Conn {
         Ok(Conn {
             addr,
             framed: Framed::new(stream, codec()),
+            owed: 0,
         })
     }
 
@@ -81,6 +96,9 @@ impl Conn {
             addr: self.addr.to_string(),
             reason: e.to_string(),
         })?;
+        // Counted before the send: a send dropped half-way may still reach
+        // the node (the frame sits in the write buffer), so its answer is owed.
+        self.owed += 1;
         self.framed.send(b).await.map_err(|e| self.io(e))
     }
 
@@ -91,16 +109,27 @@ impl Conn {
                 addr: self.addr.to_string(),
             }),
             Some(Err(e)) => Err(self.io(e)),
-            Some(Ok(frame)) => Response::decode(&frame).map_err(|e| self.io(e)),
+            Some(Ok(frame)) => {
+                self.owed = self.owed.saturating_sub(1);
+                Response::decode(&frame).map_err(|e| self.io(e))
+            }
         }
     }
 
-    /// One request and its response; a remote error becomes `Err`.
+    /// One request and its response; a remote error becomes `Err`. Refused
+    /// while an earlier request's answer is owed ([`ClientError::Abandoned`]):
+    /// never returns another request's answer.
     pub async fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        if self.owed > 0 {
+            return Err(ClientError::Abandoned {
+                addr: self.addr.to_string(),
+            });
+        }
         self.send(req).await?;
         match self.recv().await? {
-            Response::Error { message } => Err(ClientError::Remote {
+            Response::Error { code, message } => Err(ClientError::Remote {
                 addr: self.addr.to_string(),
+                code,
                 message,
             }),
             other => Ok(other),
@@ -203,6 +232,7 @@ impl Client {
         self.dump_raw(file, |isn, bytes, _| {
             let rec = decode_record(bytes).map_err(|e| ClientError::Remote {
                 addr: addr.clone(),
+                code: ErrorCode::BadRequest,
                 message: format!("record {isn} of file {file} does not decode: {e}"),
             })?;
             f(isn, rec)
@@ -215,6 +245,7 @@ fn encode_for_wire(r: &Record) -> Result<ByteBuf, ClientError> {
         .map(ByteBuf::from)
         .map_err(|e| ClientError::Remote {
             addr: "local".into(),
+            code: ErrorCode::BadRequest,
             message: e.to_string(),
         })
 }
@@ -260,6 +291,7 @@ impl ExecTarget for Client {
                     .map(Some)
                     .map_err(|e| ClientError::Remote {
                         addr: self.conn.addr.to_string(),
+                        code: ErrorCode::Other,
                         message: e.to_string(),
                     })
             }
@@ -290,5 +322,89 @@ impl ExecTarget for Client {
 
     fn in_transaction(&self) -> bool {
         self.in_txn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A node that answers every `Dump` after `delay` with one record whose
+    /// isn is the `from` it was asked for, so an answer names its request.
+    async fn slow_node(delay: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut framed = Framed::new(stream, codec());
+            while let Some(Ok(frame)) = framed.next().await {
+                let Ok(Request::Dump { from, .. }) = Request::decode(&frame) else {
+                    return;
+                };
+                tokio::time::sleep(delay).await;
+                let resp = Response::Records {
+                    items: vec![(from, ByteBuf::from(vec![1u8]))],
+                    done: false,
+                    is_log: false,
+                };
+                let Ok(b) = resp.encode() else { return };
+                if framed.send(b).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    fn dump(from: u64) -> Request {
+        Request::Dump {
+            file: Fnr(20),
+            from: Isn(from),
+            limit: 8192,
+        }
+    }
+
+    /// The defect behind a load from a full replicate refused forever: a
+    /// `Dump` call dropped by a losing `select!` branch left its answer on
+    /// the connection, and the next call (for the next chunk) took it as its
+    /// own: records of `[16385, …)` for a chunk starting at 24577.
+    #[tokio::test]
+    async fn an_abandoned_call_never_hands_its_answer_to_the_next_call() {
+        let addr = slow_node(Duration::from_millis(200)).await;
+        let mut conn = Conn::connect(addr).await.expect("connect");
+        let first = dump(16385);
+        let abandoned = tokio::time::timeout(Duration::from_millis(20), conn.call(&first)).await;
+        assert!(abandoned.is_err(), "the first call should still be waiting");
+        match conn.call(&dump(24577)).await {
+            Err(ClientError::Abandoned { .. }) => {}
+            Ok(Response::Records { items, .. }) => panic!(
+                "the call for isn 24577 was answered with the abandoned call's records: {:?}",
+                items.iter().map(|(i, _)| *i).collect::<Vec<_>>()
+            ),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    /// Pipelining (send, send, recv, recv) is unaffected: answers are owed
+    /// and paid in order, and `call` works again once they are read.
+    #[tokio::test]
+    async fn pipelined_sends_are_answered_in_order_then_calls_work_again() {
+        let addr = slow_node(Duration::from_millis(1)).await;
+        let mut conn = Conn::connect(addr).await.expect("connect");
+        conn.send(&dump(1)).await.expect("send");
+        conn.send(&dump(2)).await.expect("send");
+        for want in [1, 2] {
+            match conn.recv().await.expect("recv") {
+                Response::Records { items, .. } => assert_eq!(items[0].0, Isn(want)),
+                other => panic!("unexpected: {other:?}"),
+            }
+        }
+        match conn.call(&dump(3)).await.expect("call") {
+            Response::Records { items, .. } => assert_eq!(items[0].0, Isn(3)),
+            other => panic!("unexpected: {other:?}"),
+        }
     }
 }

@@ -27,17 +27,21 @@
 //! the digests, then range digests, then the records of the ranges that
 //! differ, and names the isns.
 
-use super::client::Conn;
+use super::client::{ClientError, Conn};
 use super::control::{Anchor, LoadOrder, LoadSummary};
 use super::task::{
-    blocking, lock, now_us, open_link, timed, view, Ctx, Feeder, LoadStatus, Stop, ACK_TIMEOUT,
+    blocking, lock, now_us, open_link, timed, view, Ctx, Feeder, LoadRefusal, LoadStatus, Stop,
+    ACK_TIMEOUT,
 };
 use crate::digest::{Digest, FileMeta};
 use crate::ids::{Fnr, Isn, Seq};
 use crate::topology::Replicate;
-use crate::wire::{Confirmation, LoadProgress, Request, Response, VerifyReport};
+use crate::wire::{Confirmation, ErrorCode, LoadProgress, Request, Response, VerifyReport};
+use futures_util::future::OptionFuture;
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -279,6 +283,33 @@ impl Source {
     }
 }
 
+/// A chunk being read, with the source and snapshot it reads through (handed
+/// back with the chunk).
+///
+/// The load loop `select!`s between reading the next chunk and the
+/// replicate's acknowledgements. A read must never be dropped half-way when
+/// an acknowledgement wins that race: the source's connection would be left
+/// owing the answer to a `Dump` already sent, and the next read would take
+/// that stale answer for its own range (a chunk `[24577, 24577)` carrying
+/// isn 16388, which the replicate rightly refused, forever). So the read is
+/// an owned future, polled until it completes whatever else happens.
+type ChunkRead =
+    Pin<Box<dyn Future<Output = (Result<Chunk, Stop>, Source, Snapshot)> + Send + 'static>>;
+
+fn read_chunk(
+    ctx: Arc<Ctx>,
+    f: Arc<Feeder>,
+    mut src: Source,
+    mut snap: Snapshot,
+    from: Isn,
+    limit: usize,
+) -> ChunkRead {
+    Box::pin(async move {
+        let chunk = next_chunk(&ctx, &f.rep, &mut src, &mut snap, from, limit).await;
+        (chunk, src, snap)
+    })
+}
+
 /// One chunk ready to send.
 struct Chunk {
     from: Isn,
@@ -346,7 +377,7 @@ pub(super) async fn run_load(
     let rep = &f.rep;
     let name = f.name().to_string();
     let fnr = Fnr(rep.def.file);
-    let (order, progress, mut src) = match start {
+    let (order, progress, src) = match start {
         Start::Begin(order) => {
             let mut src = Source::open(ctx, order.from.as_deref()).await?;
             let snapshot = src.snapshot_seq(ctx).await?;
@@ -356,9 +387,21 @@ pub(super) async fn run_load(
                 source: src.name(),
                 rewrite: order.rewrite,
             };
-            let p = match timed("starting the load", conn.call(&req)).await? {
-                Response::Loading(p) => p,
-                other => return Err(Stop::Link(conn.unexpected(&other, "Loading").to_string())),
+            let p = match tokio::time::timeout(ACK_TIMEOUT, conn.call(&req)).await {
+                Ok(Ok(Response::Loading(p))) => p,
+                Ok(Ok(other)) => {
+                    return Err(Stop::Link(conn.unexpected(&other, "Loading").to_string()))
+                }
+                Ok(Err(ClientError::Remote { code, message, .. })) => {
+                    return Err(refused(f, &order.id, None, code, message))
+                }
+                Ok(Err(e)) => return Err(super::task::link_err(e)),
+                Err(_) => {
+                    return Err(Stop::Link(format!(
+                        "starting the load took more than {} s",
+                        ACK_TIMEOUT.as_secs()
+                    )))
+                }
             };
             tracing::info!(replicate = %name, id = %p.id, snapshot = %snapshot, source = %p.source, "load started");
             (order, p, src)
@@ -407,7 +450,10 @@ pub(super) async fn run_load(
             started,
         });
     }
-    let mut snap = Snapshot::new(progress.snapshot);
+    // The chunk reader owns the source and the snapshot; a read in progress
+    // is kept across the loop's turns (see [`ChunkRead`]).
+    let mut reader = Some((src, Snapshot::new(progress.snapshot)));
+    let mut reading: Option<ChunkRead> = None;
     // What the replicate will hold after each chunk, as this side computes it.
     let mut running = {
         let mut m = FileMeta::new(fnr);
@@ -417,7 +463,8 @@ pub(super) async fn run_load(
     };
     let mut next = progress.next;
     let mut reading_done = false;
-    let mut inflight: VecDeque<(Option<Isn>, FileMeta)> = VecDeque::new();
+    // Chunks sent, not acknowledged: (from, to, expected meta after it).
+    let mut inflight: VecDeque<(Isn, Option<Isn>, FileMeta)> = VecDeque::new();
     let mut stats = crate::database::LoadStats::default();
     let mut stop_rx = f.stop.subscribe();
     let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
@@ -428,6 +475,11 @@ pub(super) async fn run_load(
             }
         }
         let can_read = !reading_done && stopping.is_none() && inflight.len() < LOAD_WINDOW;
+        if can_read && reading.is_none() {
+            if let Some((src, snap)) = reader.take() {
+                reading = Some(read_chunk(ctx.clone(), f.clone(), src, snap, next, limit));
+            }
+        }
         tokio::select! {
             changed = stop_rx.changed(), if stopping.is_none() => {
                 stopping = match changed {
@@ -443,7 +495,7 @@ pub(super) async fn run_load(
                     ))),
                     Ok(r) => r.map_err(super::task::link_err)?,
                 };
-                let Some((to, want)) = inflight.pop_front() else {
+                let Some((from, to, want)) = inflight.pop_front() else {
                     return Err(Stop::Link("acknowledgement with nothing in flight".into()));
                 };
                 match resp {
@@ -483,6 +535,7 @@ pub(super) async fn run_load(
                                 finished_us: now_us(),
                             };
                             tracing::info!(replicate = %name, records = count, chunks = p.chunks, seconds = secs, "load finished");
+                            f.forget_refusal();
                             finish_order(ctx, f, &order.id, progress.snapshot, want, Some(summary))
                                 .await
                                 .map_err(Stop::Link)?;
@@ -495,11 +548,15 @@ pub(super) async fn run_load(
                             )));
                         }
                     }
-                    Response::Error { message } => return Err(Stop::Link(message)),
+                    Response::Error { code, message } => {
+                        return Err(refused(f, &order.id, Some(from), code, message))
+                    }
                     other => return Err(Stop::Link(conn.unexpected(&other, "LoadAck").to_string())),
                 }
             }
-            chunk = next_chunk(ctx, rep, &mut src, &mut snap, next, limit), if can_read => {
+            Some((chunk, src, snap)) = OptionFuture::from(reading.as_mut()), if reading.is_some() => {
+                reading = None;
+                reader = Some((src, snap));
                 let chunk = chunk?;
                 let (count, digest) = chunk_meta(&chunk.records);
                 for (i, b) in &chunk.records {
@@ -532,13 +589,35 @@ pub(super) async fn run_load(
                     last,
                 };
                 timed("sending a loaded chunk", conn.send(&req)).await?;
-                inflight.push_back((chunk.to, running));
+                inflight.push_back((chunk.from, chunk.to, running));
                 match chunk.to {
                     Some(t) => next = t,
                     None => reading_done = true,
                 }
             }
         }
+    }
+}
+
+/// What the replicate's error answer to a load request means for the load.
+/// A chunk out of sequence (another link went first), a load in progress, or
+/// a node that cannot take it now: the link is retried, and the load resumes
+/// from what the replicate recorded. Anything else refuses the request itself:
+/// retried once, and an error if the same request is refused again.
+fn refused(f: &Feeder, load: &str, at: Option<Isn>, code: ErrorCode, message: String) -> Stop {
+    match code {
+        ErrorCode::OutOfSequence
+        | ErrorCode::LoadOutOfSequence
+        | ErrorCode::LoadInProgress
+        | ErrorCode::Unavailable => Stop::Link(message),
+        code => f.load_refused(
+            LoadRefusal {
+                load: load.to_string(),
+                at,
+                code,
+            },
+            message,
+        ),
     }
 }
 
@@ -643,7 +722,11 @@ pub(super) async fn verify(
     max_isns: usize,
 ) -> Result<VerifyReport, String> {
     let why = |s: Stop| match s {
-        Stop::Link(m) | Stop::Fatal(m) | Stop::NeedsLoad(m) | Stop::Stopped(m) => m,
+        Stop::Link(m)
+        | Stop::Fatal(m)
+        | Stop::NeedsLoad(m)
+        | Stop::Stopped(m)
+        | Stop::Refused(m) => m,
     };
     let rep = &f.rep;
     let (mut conn, state) = open_link(ctx, rep).await.map_err(why)?;
@@ -734,7 +817,7 @@ async fn range(
                 .map(|(i, b)| (i, b.into_vec()))
                 .collect(),
         )),
-        Response::Error { message } => Err(message),
+        Response::Error { message, .. } => Err(message),
         other => Err(conn.unexpected(&other, "Range").to_string()),
     }
 }
@@ -772,7 +855,11 @@ pub(super) async fn confirm_set(
     reason: &str,
 ) -> Result<crate::node::control::Gap, String> {
     let why = |s: Stop| match s {
-        Stop::Link(m) | Stop::Fatal(m) | Stop::NeedsLoad(m) | Stop::Stopped(m) => m,
+        Stop::Link(m)
+        | Stop::Fatal(m)
+        | Stop::NeedsLoad(m)
+        | Stop::Stopped(m)
+        | Stop::Refused(m) => m,
     };
     let (mut conn, state) = open_link(ctx, &f.rep).await.map_err(why)?;
     if state.load.is_some() {

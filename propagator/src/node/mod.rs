@@ -23,8 +23,8 @@ use crate::record::{decode_record, Record, Value};
 use crate::session::Session;
 use crate::topology::{FileWant, Valid};
 use crate::wire::{
-    codec, Command, CommitReply, Confirmation, LinkState, LoadProgress, NodeInfo, RecoveryOp,
-    ReplicateAction, Request, Response, TaskAction,
+    codec, Command, CommitReply, Confirmation, ErrorCode, Failure, LinkState, LoadProgress,
+    NodeInfo, RecoveryOp, ReplicateAction, Request, Response, TaskAction,
 };
 use client::Conn;
 use control::{Control, Policy};
@@ -87,10 +87,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs a blocking database call off the reactor.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, DbError> + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, Failure> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("internal error: {e}")),
+        Ok(r) => r.map_err(Failure::from),
+        Err(e) => Err(Failure::new(
+            ErrorCode::OutcomeUnknown,
+            format!("internal error: {e}"),
+        )),
     }
 }
 
@@ -203,7 +206,7 @@ impl Node {
         .await
         {
             Ok(r) => Response::Tasks(r),
-            Err(e) => Response::error(format!("internal error: {e}")),
+            Err(e) => Response::error(internal(e)),
         }
     }
 
@@ -345,7 +348,7 @@ impl Node {
                 match r {
                     Ok(Ok(c)) => Response::Copied(c),
                     Ok(Err(e)) => Response::error(e.to_string()),
-                    Err(e) => Response::error(format!("internal error: {e}")),
+                    Err(e) => Response::error(internal(e)),
                 }
             }
             Request::FileStat { file } => match self.db.file_info(file) {
@@ -404,7 +407,7 @@ impl Node {
                         Response::error("no such transaction in the log of any master on this node")
                     }
                     Ok(Err(e)) => Response::error(e),
-                    Err(e) => Response::error(format!("internal error: {e}")),
+                    Err(e) => Response::error(internal(e)),
                 }
             }
             Request::LogCleanup {
@@ -434,7 +437,7 @@ impl Node {
                 match r {
                     Ok(Ok(plans)) => Response::Cleanup(plans),
                     Ok(Err(e)) => Response::error(e),
-                    Err(e) => Response::error(format!("internal error: {e}")),
+                    Err(e) => Response::error(internal(e)),
                 }
             }
             Request::RangeDigest {
@@ -536,9 +539,10 @@ impl Node {
                 Command::Read { .. } | Command::Bt => false,
             })
         {
-            return Response::error(
+            return Response::error(Failure::new(
+                ErrorCode::Refused,
                 "updates are refused while a recovery runs on this database (quiesced by etp recover run): retry later",
-            );
+            ));
         }
         let mut s = conv.session.take().unwrap_or_else(|| self.db.session());
         let (s, r) = match tokio::task::spawn_blocking(move || {
@@ -556,7 +560,7 @@ impl Node {
         .await
         {
             Ok(x) => x,
-            Err(e) => return Response::error(format!("internal error: {e}")),
+            Err(e) => return Response::error(internal(e)),
         };
         conv.session = Some(s);
         r
@@ -595,7 +599,7 @@ impl Node {
                     match tokio::task::spawn_blocking(move || c.update(|s| s.quiesced = on)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Response::error(e),
-                        Err(e) => return Response::error(format!("internal error: {e}")),
+                        Err(e) => return Response::error(internal(e)),
                     }
                     self.quiesced.store(on, Ordering::SeqCst);
                     self.db.last_lsn()
@@ -686,7 +690,7 @@ impl Node {
                 match r {
                     Ok(Ok(v)) => Response::Text(v.to_string()),
                     Ok(Err(e)) => Response::error(e),
-                    Err(e) => Response::error(format!("internal error: {e}")),
+                    Err(e) => Response::error(internal(e)),
                 }
             }
         }
@@ -768,7 +772,7 @@ impl Node {
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Response::error(e),
-            Err(e) => return Response::error(format!("internal error: {e}")),
+            Err(e) => return Response::error(internal(e)),
         }
         for t in self.all_tasks() {
             if p == Policy::Maintenance {
@@ -925,6 +929,8 @@ impl Node {
                 {
                     return Response::error(e);
                 }
+                // The operator retries: a load refused before gets its retry again.
+                f.forget_refusal();
                 if policy != Policy::Maintenance {
                     t.stop_feeder(&f, "error reset").await;
                     t.start_one(&f);
@@ -1102,9 +1108,12 @@ impl Node {
                 drop(c);
                 match self.install(v.clone()).await {
                     Response::Ok => done.push(dbid),
-                    Response::Error { message } => {
-                        return Response::error(format!(
+                    Response::Error { code, message } => {
+                        return Response::error(Failure::new(
+                            code,
+                            format!(
                             "topology installed on {done:?} but not on database {dbid}: {message}"
+                        ),
                         ))
                     }
                     _ => {}
@@ -1388,7 +1397,10 @@ impl Node {
             return Response::error("LinkApply before LinkOpen");
         };
         if link.damaged {
-            return Response::error(format!("replicate file {} is damaged", link.file));
+            return Response::error(Failure::new(
+                ErrorCode::Damaged,
+                format!("replicate file {} is damaged", link.file),
+            ));
         }
         // The confirmation names what the link was opened for, whatever the peer says.
         conf.replicate = link.name.clone();
@@ -1546,12 +1558,20 @@ async fn send(
     framed.send(b).await.map_err(|_| ())
 }
 
+/// A handler that failed inside (a panicked blocking task).
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure::new(ErrorCode::OutcomeUnknown, format!("internal error: {e}"))
+}
+
 fn bad_record(e: impl std::fmt::Display) -> Response {
-    Response::error(format!("bad record: {e}"))
+    Response::error(Failure::new(
+        ErrorCode::BadRequest,
+        format!("bad record: {e}"),
+    ))
 }
 
 fn run_command(s: &mut Session, cmd: Command) -> Response {
-    let err = |e: DbError| Response::error(e.to_string());
+    let err = |e: DbError| Response::error(e);
     match cmd {
         Command::Store { file, isn, fields } => match decode_record(&fields) {
             Err(e) => {

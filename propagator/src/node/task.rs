@@ -38,8 +38,8 @@ use crate::predicate::{project, Predicate};
 use crate::record::{decode_record, encode_record};
 use crate::topology::{MasterDef, Replicate, TaskDef};
 use crate::wire::{
-    CleanupPlan, Confirmation, LinkState, ReplChange, ReplicateReport, Request, Response,
-    TaskReport, XrefEntry, XrefReport,
+    CleanupPlan, Confirmation, ErrorCode, LinkState, ReplChange, ReplicateReport, Request,
+    Response, TaskReport, XrefEntry, XrefReport,
 };
 use serde_bytes::ByteBuf;
 use std::collections::VecDeque;
@@ -121,9 +121,47 @@ pub(super) struct Feeder {
     pub expected: Mutex<Option<(Seq, FileMeta)>>,
     /// Some(why): stop at the next safe point.
     pub stop: tokio::sync::watch::Sender<Option<String>>,
+    /// The last refusal of a load request by the replicate (see
+    /// [`LoadRefusal`]): met again after a retry, the load is an error.
+    pub refusal: Mutex<Option<LoadRefusal>>,
+}
+
+/// A load request the replicate refused: which load, where, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LoadRefusal {
+    pub load: String,
+    /// The chunk's first isn; `None` for the load's beginning.
+    pub at: Option<Isn>,
+    pub code: ErrorCode,
 }
 
 impl Feeder {
+    /// Records a refusal of a load request. A refusal the same load met at
+    /// the same point before (after a reconnect and a retry) is not retried
+    /// again: the same request would be refused again, forever
+    /// ([`Stop::Refused`]); any other is a lost link, retried.
+    pub(super) fn load_refused(&self, r: LoadRefusal, message: String) -> Stop {
+        let mut last = lock(&self.refusal);
+        if last.as_ref() == Some(&r) {
+            *last = None;
+            let at = r.at.map_or("its beginning".to_string(), |i| {
+                format!("the chunk from isn {i}")
+            });
+            return Stop::Refused(format!(
+                "load {} of replicate {} refused again at {at} after a retry: {message}",
+                r.load,
+                self.name()
+            ));
+        }
+        *last = Some(r);
+        Stop::Link(message)
+    }
+
+    /// Forgets a recorded refusal (a load finished, or an operator retries).
+    pub(super) fn forget_refusal(&self) {
+        *lock(&self.refusal) = None;
+    }
+
     pub fn set_phase(&self, s: impl Into<String>) {
         lock(&self.st).phase = s.into();
     }
@@ -159,6 +197,9 @@ pub(super) enum Stop {
     NeedsLoad(String),
     /// Asked to stop; stopped at a safe point.
     Stopped(String),
+    /// The replicate refused the same load request twice: error state, and
+    /// no more retries until an operator acts (reset-error, reinit).
+    Refused(String),
 }
 
 pub(super) fn link_err(e: ClientError) -> Stop {
@@ -234,6 +275,7 @@ impl Task {
                     handle: Mutex::new(None),
                     expected: Mutex::new(None),
                     stop: tokio::sync::watch::channel(None).0,
+                    refusal: Mutex::new(None),
                 })
             })
             .collect();
@@ -782,6 +824,19 @@ async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
                     return;
                 }
             }
+            Stop::Refused(msg) => {
+                tracing::error!(replicate = %name, error = %msg, "replicate in error: load refused");
+                lock(&f.st).last_error = Some(msg.clone());
+                let c = ctx.control.clone();
+                let (n2, m2) = (name.clone(), msg.clone());
+                if let Err(e) = blocking(move || c.update_replicate(&n2, |r| r.fail(&m2))).await {
+                    tracing::error!(replicate = %name, error = %e, "cannot record the error state");
+                }
+                f.set_phase(format!(
+                    "stopped (error: {msg}; etp replicate reinit {name} orders a new load, reset-error retries this one)"
+                ));
+                return;
+            }
             Stop::Link(msg) => {
                 tracing::warn!(replicate = %name, error = %msg, "replication link lost");
                 lock(&f.st).last_error = Some(msg.clone());
@@ -1103,12 +1158,12 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                             save_anchor(ctx, f).await;
                         }
                     }
-                    Response::Error { message } if message.contains("out of sequence") => {
+                    Response::Error { code: ErrorCode::OutOfSequence, message } => {
                         // Another link applied first (a replaced connection
                         // draining): reconnect and resume from the confirmation.
                         return Stop::Link(message);
                     }
-                    Response::Error { message } if message.contains("diverged") => {
+                    Response::Error { code: ErrorCode::Diverged, message } => {
                         let gaps = ctx.control.replicate(&name).gaps;
                         let hint = if gaps.is_empty() {
                             String::new()
@@ -1117,7 +1172,7 @@ async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
                         };
                         return Stop::Fatal(format!("replicate {name} at seq {want_seq}: {message}{hint}"));
                     }
-                    Response::Error { message } => return Stop::Link(message),
+                    Response::Error { message, .. } => return Stop::Link(message),
                     other => return Stop::Link(conn.unexpected(&other, "Applied").to_string()),
                 }
             }
