@@ -32,6 +32,7 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod confirmation;
 pub mod copy;
 pub mod database;
 pub mod digest;

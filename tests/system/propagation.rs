@@ -5,9 +5,9 @@
 use etp_system_tests::proxy::{Direction, FaultProxy};
 use etp_system_tests::{etp, etp_bin, seed, wait_for};
 use maintenance::cluster::{topology_text, Cluster, FULL, MASTER, PART};
+use propagator::confirmation::confirmation_from_record;
 use propagator::exec::ExecTarget;
 use propagator::node::client::Client;
-use propagator::node::confirmation_from_record;
 use propagator::wire::{Request, Response};
 use propagator::{Fnr, Isn, Record, Value};
 use std::collections::BTreeMap;

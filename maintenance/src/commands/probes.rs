@@ -230,7 +230,7 @@ fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<(u64, u32)>
         return None;
     }
     let rec = propagator::record::decode_record(bytes).ok()?;
-    let c = propagator::node::confirmation_from_record(&rec).ok()?;
+    let c = propagator::confirmation::confirmation_from_record(&rec).ok()?;
     Some((c.seq.0, c.incarnation))
 }
 

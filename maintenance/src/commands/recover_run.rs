@@ -1125,7 +1125,7 @@ fn master_from_replicate(
                 .with_context(|| format!("replicate {rname} has no confirmation"))?;
             let rec = propagator::record::decode_record(&bytes)
                 .map_err(|e| anyhow::anyhow!("confirmation of {rname}: {e}"))?;
-            propagator::node::confirmation_from_record(&rec)
+            propagator::confirmation::confirmation_from_record(&rec)
                 .map_err(|e| anyhow::anyhow!("confirmation of {rname}: {e}"))?
         }
         other => bail!("node {raddr} answered {other:?}"),

@@ -1660,14 +1660,8 @@ fn resolve<V: StateView>(
                     None => Record::new(),
                     Some(b) => decode_record(b).map_err(bad)?,
                 };
-                let int = |k: &str| match current.get(k) {
-                    Some(crate::record::Value::Int(n)) => Some(*n as u64),
-                    _ => None,
-                };
-                let load_id = match current.get("load_id") {
-                    Some(crate::record::Value::Text(t)) => Some(t.as_str()),
-                    _ => None,
-                };
+                let view = crate::confirmation::GuardView::of(&current);
+                let load_id = view.load_id;
                 match guard {
                     PutGuard::Seq(expected) => {
                         if let Some(id) = load_id {
@@ -1676,7 +1670,7 @@ fn resolve<V: StateView>(
                                 id: id.to_string(),
                             });
                         }
-                        let confirmed = Seq(int("seq").unwrap_or(0));
+                        let confirmed = view.seq;
                         if confirmed != expected {
                             return Err(DbError::OutOfSequence {
                                 fnr,
@@ -1686,7 +1680,7 @@ fn resolve<V: StateView>(
                         }
                     }
                     PutGuard::Load { id, next } => {
-                        let at = int("load_next");
+                        let at = view.load_next;
                         if load_id != Some(id.as_str()) || at != Some(next) {
                             return Err(DbError::LoadOutOfSequence {
                                 fnr,

@@ -1,0 +1,264 @@
+//! The two-phase topology apply: every node named checks that it can take
+//! its part (`prepare`) before any installs it; and the administration
+//! file's records (topology, copy-job definitions).
+
+use super::*;
+
+/// Record of the administration file holding the copy-job definitions.
+pub const COPY_JOBS_ISN: Isn = Isn(3);
+
+impl Node {
+    pub(super) fn admin_export(&self) -> Response {
+        match &*lock(&self.topology) {
+            Some(v) => Response::Text(v.text.clone()),
+            None => Response::error("no topology has been applied to this node"),
+        }
+    }
+
+    /// Phase one of an apply: can this node take its part?
+    pub(super) fn admin_prepare(&self, topology: &str) -> Response {
+        match Valid::parse(topology) {
+            Err(e) => Response::error(e.to_string()),
+            Ok(v) => match self.prepare(&v) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::error(e),
+            },
+        }
+    }
+
+    /// Phase two: install it.
+    pub(super) async fn admin_install(self: &Arc<Self>, topology: &str) -> Response {
+        match Valid::parse(topology) {
+            Err(e) => Response::error(e.to_string()),
+            Ok(v) => {
+                let _guard = self.admin.lock().await;
+                self.install(v).await
+            }
+        }
+    }
+
+    /// Checks that this node can take its part of `v` without changing anything.
+    pub(super) fn prepare(&self, v: &Valid) -> Result<(), String> {
+        let me = self.db.dbid();
+        if !v.addresses.contains_key(&me) {
+            return Err(format!(
+                "this node holds database {me}, which the topology does not name"
+            ));
+        }
+        let mut wants = v.files_on(me);
+        wants.push(FileWant {
+            fnr: v.admin_file(),
+            name: "administration".into(),
+            role: Role::Administration,
+        });
+        let files = self.db.files();
+        let exists = |fnr: Fnr| files.iter().find(|f| f.def.fnr == fnr);
+        for w in &wants {
+            let Some(f) = exists(w.fnr) else {
+                if let Role::Master { log, .. } = w.role {
+                    if exists(log).is_some() {
+                        return Err(format!(
+                            "database {me}: log file {log} of master {} already exists",
+                            w.name
+                        ));
+                    }
+                }
+                continue;
+            };
+            if let Some(reason) = &f.damaged {
+                return Err(format!(
+                    "database {me}: file {} is damaged: {reason}",
+                    w.fnr
+                ));
+            }
+            let compatible = match (&w.role, &f.def.role) {
+                (Role::Master { log: want, .. }, Role::Master { log, .. }) => want == log,
+                // A plain file becomes the master, if its log file is free.
+                (Role::Master { log, .. }, Role::Plain) => exists(*log).is_none(),
+                (a, b) => a == b,
+            };
+            if !compatible {
+                return Err(format!(
+                    "database {me}: file {} exists as a {} file, the topology wants a {} file",
+                    w.fnr, f.def.role, w.role
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes this node's part of `v`: creates missing files, stores the
+    /// topology, (re)starts the tasks of its masters.
+    pub(super) async fn install(self: &Arc<Self>, v: Valid) -> Response {
+        if let Err(e) = self.prepare(&v) {
+            return Response::error(e);
+        }
+        let db = self.db.clone();
+        let me = db.dbid();
+        let wants = v.files_on(me);
+        let admin = v.admin_file();
+        let text = v.text.clone();
+        let r = blocking(move || {
+            let exists = |fnr: Fnr| db.files().iter().any(|f| f.def.fnr == fnr);
+            if !exists(admin) {
+                db.create_file(admin, "administration", Role::Administration)?;
+            }
+            for w in wants {
+                match w.role {
+                    Role::Master { log, .. } => {
+                        if !exists(w.fnr) {
+                            db.create_file(w.fnr, &w.name, Role::Plain)?;
+                        }
+                        if !matches!(db.file(w.fnr)?.role, Role::Master { .. }) {
+                            db.define_master(w.fnr, log)?;
+                        }
+                    }
+                    role => {
+                        if !exists(w.fnr) {
+                            db.create_file(w.fnr, &w.name, role)?;
+                        }
+                    }
+                }
+            }
+            let mut rec = Record::new();
+            rec.insert("topology".into(), Value::Text(text));
+            db.put_engine_record(admin, TOPOLOGY_ISN, rec)?;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = r {
+            return Response::error(format!("installing the topology on database {me}: {e}"));
+        }
+        self.control.set_admin(admin);
+        self.start_tasks(&v, true);
+        *lock(&self.topology) = Some(v);
+        Response::Ok
+    }
+
+    /// Checks a topology, asks every node it names whether it can take its
+    /// part, and only then installs it everywhere.
+    pub(super) async fn admin_apply(self: &Arc<Self>, text: String) -> Response {
+        let _guard = self.admin.lock().await;
+        let v = match Valid::parse(&text) {
+            Ok(v) => v,
+            Err(e) => return Response::error(e.to_string()),
+        };
+        let mut conns = Vec::new();
+        for (dbid, addr) in &v.addresses {
+            let r: Result<Conn, String> = async {
+                let mut c = Conn::connect(*addr).await.map_err(|e| e.to_string())?;
+                match c.call(&Request::Info).await.map_err(|e| e.to_string())? {
+                    Response::Info(i) if i.dbid == *dbid => {}
+                    Response::Info(i) => {
+                        return Err(format!(
+                            "the node at {addr} holds database {}, the topology says {dbid}",
+                            i.dbid
+                        ))
+                    }
+                    other => return Err(c.unexpected(&other, "Info").to_string()),
+                }
+                c.call(&Request::AdminPrepare {
+                    topology: text.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(c)
+            }
+            .await;
+            match r {
+                Ok(c) => conns.push((*dbid, c)),
+                Err(e) => {
+                    return Response::error(format!(
+                        "topology not applied (nothing changed): database {dbid}: {e}"
+                    ))
+                }
+            }
+        }
+        // Replicate nodes first, so a master's task finds its replicates' files.
+        conns.sort_by_key(|(dbid, _)| v.tasks_on(*dbid).iter().any(|(_, _, r)| !r.is_empty()));
+        let mut done = Vec::new();
+        for (dbid, mut c) in conns {
+            if dbid == self.db.dbid() {
+                drop(c);
+                match self.install(v.clone()).await {
+                    Response::Ok => done.push(dbid),
+                    Response::Error { code, message } => {
+                        return Response::error(Failure::new(
+                            code,
+                            format!(
+                            "topology installed on {done:?} but not on database {dbid}: {message}"
+                        ),
+                        ))
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if let Err(e) = c
+                .call(&Request::AdminInstall {
+                    topology: text.clone(),
+                })
+                .await
+            {
+                return Response::error(format!(
+                    "topology installed on {done:?} but not on database {dbid}: {e}"
+                ));
+            }
+            done.push(dbid);
+        }
+        Response::Text(format!(
+            "topology applied to databases {}",
+            done.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+/// The copy-job definitions (TOML text, empty if none), replaced first by
+/// `set` if given.
+pub(super) fn copy_jobs(db: &Database, set: Option<String>) -> Result<String, DbError> {
+    let admin = db
+        .files()
+        .into_iter()
+        .find(|f| f.def.role == Role::Administration)
+        .ok_or_else(|| {
+            DbError::BadDefinition(
+                "this database has no administration file (apply a topology first)".into(),
+            )
+        })?
+        .def
+        .fnr;
+    if let Some(text) = set {
+        let mut rec = Record::new();
+        rec.insert("copy_jobs".into(), Value::Text(text));
+        db.put_engine_record(admin, COPY_JOBS_ISN, rec)?;
+    }
+    Ok(match db.read(admin, COPY_JOBS_ISN)? {
+        Some(r) => match r.get("copy_jobs") {
+            Some(Value::Text(t)) => t.clone(),
+            _ => String::new(),
+        },
+        None => String::new(),
+    })
+}
+
+pub fn stored_topology(db: &Database) -> Result<Option<Valid>, String> {
+    let admin = db
+        .files()
+        .into_iter()
+        .find(|f| f.def.role == Role::Administration);
+    let Some(admin) = admin else {
+        return Ok(None);
+    };
+    let rec = db
+        .read(admin.def.fnr, TOPOLOGY_ISN)
+        .map_err(|e| format!("reading the administration file: {e}"))?;
+    let Some(Value::Text(text)) = rec.as_ref().and_then(|r| r.get("topology")) else {
+        return Ok(None);
+    };
+    Valid::parse(text)
+        .map(Some)
+        .map_err(|e| format!("the administration file holds a bad topology: {e}"))
+}

@@ -1,0 +1,345 @@
+//! The replicate side of a replication link: open (confirmation, digest,
+//! load progress), loaded chunks, and replicated batches, each applied with
+//! its confirmation record in one transaction.
+
+use super::*;
+use crate::confirmation::{
+    confirmation_to_record, decode as decode_confirmation, load_progress_from_record,
+    load_progress_to_record, Decoded,
+};
+
+impl Link {
+    /// The record of this link's replicate while a load is in progress.
+    pub(super) fn progress_record(&self, p: &LoadProgress) -> Record {
+        load_progress_to_record(&self.name, self.master_db, self.master, p)
+    }
+}
+
+impl Node {
+    pub(super) async fn link_open(
+        &self,
+        conv: &mut Conversation,
+        replicate: String,
+        file: Fnr,
+        confirmation: Fnr,
+        master_db: DbId,
+        master: Fnr,
+    ) -> Response {
+        let owner = self.link_owner(file);
+        let _owner = owner.lock().await;
+        let db = self.db.clone();
+        let r = blocking(move || {
+            let conf_def = db.file(confirmation)?;
+            if conf_def.role != Role::Confirmation {
+                return Err(DbError::BadDefinition(format!(
+                    "file {confirmation} is a {} file, not a confirmation file",
+                    conf_def.role.name()
+                )));
+            }
+            // The confirmation and the file's digest, read together.
+            let (conf, info) = db.read_with_info(confirmation, Isn(u64::from(file.0)), file)?;
+            if info.def.role != Role::Replicate {
+                return Err(DbError::BadDefinition(format!(
+                    "file {file} is a {} file, not a replicate",
+                    info.def.role.name()
+                )));
+            }
+            let (conf, load) = match conf.as_ref().map(decode_confirmation).transpose() {
+                Ok(None) => (None, None),
+                Ok(Some(Decoded::Loading(p))) => (None, Some(p)),
+                Ok(Some(Decoded::Confirmed(c))) => (Some(c), None),
+                Err(e) => return Err(DbError::BadDefinition(e)),
+            };
+            let (count, digest) = match &info.damaged {
+                Some(_) => db.content_digest(file)?,
+                None => (info.meta.count, info.meta.digest),
+            };
+            Ok(LinkState {
+                confirmation: conf,
+                digest,
+                count,
+                damaged: info.damaged,
+                load,
+            })
+        })
+        .await;
+        match r {
+            Ok(state) => {
+                if let Some(c) = &state.confirmation {
+                    if c.replicate != replicate || c.master_db != master_db || c.master != master {
+                        return Response::error(format!(
+                            "replicate file {file} confirms {:?} of master {} on database {}, not {replicate:?} of master {master} on database {master_db}",
+                            c.replicate, c.master, c.master_db
+                        ));
+                    }
+                }
+                conv.link = Some(Link {
+                    name: replicate,
+                    master_db,
+                    master,
+                    file,
+                    confirmation,
+                    damaged: state.damaged.is_some(),
+                });
+                Response::Link(state)
+            }
+            Err(e) => Response::error(e),
+        }
+    }
+
+    pub(super) async fn load_begin(
+        &self,
+        conv: &mut Conversation,
+        id: String,
+        snapshot: Seq,
+        source: String,
+        rewrite: bool,
+    ) -> Response {
+        let Some(link) = conv.link.clone() else {
+            return Response::error("LoadBegin before LinkOpen");
+        };
+        let owner = self.link_owner(link.file);
+        let _owner = owner.lock().await;
+        let p = LoadProgress {
+            id,
+            snapshot,
+            source,
+            rewrite,
+            next: Isn(1),
+            count: 0,
+            digest: crate::Digest::default(),
+            chunks: 0,
+        };
+        let rec = link.progress_record(&p);
+        let db = self.db.clone();
+        let link2 = link.clone();
+        let r = blocking(move || {
+            let link = link2;
+            // A damaged replicate is reloaded whole: what it holds now is
+            // the baseline the chunks replace, and the last chunk proves the
+            // result against the master's digest.
+            db.settle()?;
+            if db.file_info(link.file)?.damaged.is_some() {
+                let m = db.rebase_replicate(link.file)?;
+                tracing::warn!(replicate = %link.name, file = %link.file, count = m.count,
+                    "damaged replicate rebased on what it holds; the load replaces it");
+            }
+            db.put_engine_record(link.confirmation, Isn(u64::from(link.file.0)), rec)
+        })
+        .await;
+        match r {
+            Ok(_) => {
+                if let Some(l) = conv.link.as_mut() {
+                    // Rebased if it was damaged: writable again.
+                    l.damaged = false;
+                }
+                tracing::info!(replicate = %link.name, id = %p.id, snapshot = %p.snapshot, "load begins");
+                Response::Loading(p)
+            }
+            Err(e) => Response::error(e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn load_chunk(
+        &self,
+        conv: &mut Conversation,
+        id: String,
+        from: Isn,
+        to: Option<Isn>,
+        records: Vec<(Isn, ByteBuf)>,
+        sum: (u64, crate::Digest),
+        last: Option<Confirmation>,
+    ) -> Response {
+        let Some(link) = conv.link.clone() else {
+            return Response::error("LoadChunk before LinkOpen");
+        };
+        let records: Vec<(Isn, Vec<u8>)> = records
+            .into_iter()
+            .map(|(i, b)| (i, b.into_vec()))
+            .collect();
+        // The chunk is what its sender computed, or nothing is written.
+        let mut m = crate::FileMeta::new(link.file);
+        for (i, b) in &records {
+            m.change(*i, None, Some(b));
+        }
+        if (m.count, m.digest) != sum {
+            return Response::error(format!(
+                "loaded chunk [{from}, …) arrived with {} records and digest {}, its sender computed {} and {}: refused",
+                m.count, m.digest, sum.0, sum.1
+            ));
+        }
+        if last.is_some() != to.is_none() {
+            return Response::error(
+                "only the last chunk of a load (open-ended) carries the confirmation",
+            );
+        }
+        let owner = self.link_owner(link.file);
+        let _owner = owner.lock().await;
+        let db = self.db.clone();
+        let cisn = Isn(u64::from(link.file.0));
+        let r = blocking(move || {
+            let (rec, _) = db.read_with_info(link.confirmation, cisn, link.file)?;
+            let current = match rec.as_ref().map(load_progress_from_record) {
+                Some(Ok(p)) if p.id == id => p,
+                _ => {
+                    return Err(DbError::LoadOutOfSequence {
+                        fnr: link.confirmation,
+                        id,
+                        next: from.0,
+                        found: "no load with that id in progress".into(),
+                    })
+                }
+            };
+            let mut total = crate::FileMeta::new(link.file);
+            total.count = current.count;
+            total.digest = current.digest;
+            for (i, b) in &records {
+                total.change(*i, None, Some(b));
+            }
+            let next = LoadProgress {
+                next: to.unwrap_or(Isn(u64::MAX)),
+                count: total.count,
+                digest: total.digest,
+                chunks: current.chunks + 1,
+                ..current.clone()
+            };
+            let (progress, expect) = match &last {
+                Some(c) => {
+                    if (c.count, c.digest) != (total.count, total.digest) {
+                        return Err(DbError::BadDefinition(format!(
+                            "the load's confirmation says {} records with digest {}, the chunks add up to {} with digest {}",
+                            c.count, c.digest, total.count, total.digest
+                        )));
+                    }
+                    let mut c = c.clone();
+                    c.replicate = link.name.clone();
+                    c.master_db = link.master_db;
+                    c.master = link.master;
+                    c.applied_us = chrono::Utc::now().timestamp_micros();
+                    c.loaded_by = Some(current.id.clone());
+                    (confirmation_to_record(&c), Some((total.count, total.digest)))
+                }
+                None => (link.progress_record(&next), None),
+            };
+            let guard = crate::database::PutGuard::Load {
+                id: current.id.clone(),
+                next: from.0,
+            };
+            let (info, stats) = db.load_range(
+                link.file,
+                from,
+                to,
+                records,
+                current.rewrite,
+                (link.confirmation, cisn, progress, guard),
+                expect,
+            )?;
+            let meta = match meta_of(&info, link.file) {
+                Some(m) => m,
+                None => db.file_info(link.file)?.meta,
+            };
+            Ok((next, stats, meta))
+        })
+        .await;
+        match r {
+            Ok((progress, stats, meta)) => Response::LoadAck {
+                progress,
+                stats,
+                count: meta.count,
+                digest: meta.digest,
+            },
+            Err(e) => Response::error(e),
+        }
+    }
+
+    pub(super) async fn link_apply(
+        &self,
+        conv: &mut Conversation,
+        follows: Seq,
+        changes: Vec<crate::wire::ReplChange>,
+        mut conf: Confirmation,
+        txn_ends: Vec<(Seq, i64)>,
+    ) -> Response {
+        let Some(link) = conv.link.clone() else {
+            return Response::error("LinkApply before LinkOpen");
+        };
+        if link.damaged {
+            return Response::error(Failure::new(
+                ErrorCode::Damaged,
+                format!("replicate file {} is damaged", link.file),
+            ));
+        }
+        // The confirmation names what the link was opened for, whatever the peer says.
+        conf.replicate = link.name.clone();
+        conf.master_db = link.master_db;
+        conf.master = link.master;
+        if conf.seq <= follows {
+            return Response::error(format!(
+                "batch ends at seq {} but follows seq {follows}",
+                conf.seq
+            ));
+        }
+        // One apply at a time per replicate: a link being replaced may still
+        // be applying what it had buffered.
+        let owner = self.link_owner(link.file);
+        let _owner = owner.lock().await;
+        let db = self.db.clone();
+        conf.applied_us = chrono::Utc::now().timestamp_micros();
+        let seq = conf.seq;
+        let name = conf.replicate.clone();
+        let r = blocking(move || {
+            let changes = changes
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.isn,
+                        c.before.map(ByteBuf::into_vec),
+                        c.after.map(ByteBuf::into_vec),
+                    )
+                })
+                .collect();
+            let rec = confirmation_to_record(&conf);
+            let info = db.apply_replicated(
+                link.file,
+                follows,
+                changes,
+                (link.confirmation, Isn(u64::from(link.file.0)), rec),
+            )?;
+            // A batch that changed no replicate record leaves its meta as it
+            // was; applies to this replicate are serialised (`link_owner`),
+            // so it is still current.
+            let meta = match meta_of(&info, link.file) {
+                Some(m) => m,
+                None => db.file_info(link.file)?.meta,
+            };
+            Ok((info, meta))
+        })
+        .await;
+        match r {
+            Ok((info, meta)) => {
+                let now = chrono::Utc::now().timestamp_micros();
+                let mut lag = lock(&self.lag);
+                let q = lag.entry(name).or_default();
+                for (s, t) in txn_ends {
+                    if q.len() == LAG_SAMPLES {
+                        q.pop_front();
+                    }
+                    q.push_back((s, t, info.visible_us, now));
+                }
+                Response::Applied {
+                    applied_seq: seq,
+                    durable_seq: seq,
+                    digest: meta.digest,
+                    count: meta.count,
+                    lsn: info.lsn,
+                }
+            }
+            Err(e) => Response::error(e),
+        }
+    }
+}
+
+pub(super) fn meta_of(info: &CommitInfo, fnr: Fnr) -> Option<crate::FileMeta> {
+    info.metas.iter().find(|m| m.fnr == fnr).copied()
+}

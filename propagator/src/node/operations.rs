@@ -1,0 +1,333 @@
+//! Operator actions: task control, the policy mode, and a replicate's
+//! lifecycle (shun, reset an error, reinit, confirmation edits, verify).
+
+use super::*;
+
+impl Node {
+    /// The tasks of this node for `master` (all of them without one).
+    fn tasks_for(&self, master: Option<Fnr>) -> Vec<Arc<task::Task>> {
+        self.all_tasks()
+            .into_iter()
+            .filter(|t| master.is_none_or(|m| m == t.master()))
+            .collect()
+    }
+
+    /// The transaction with client id `id`, or the one holding `seq`, in
+    /// the log of a master of this node.
+    pub(super) async fn xref(
+        &self,
+        master: Option<Fnr>,
+        id: Option<String>,
+        seq: Option<Seq>,
+    ) -> Response {
+        let tasks = self.tasks_for(master);
+        if tasks.is_empty() {
+            return Response::error("no replication task on this node matches");
+        }
+        let r = tokio::task::spawn_blocking(move || {
+            for t in tasks {
+                if let Some(x) = t.xref(id.as_deref(), seq)? {
+                    return Ok(Some(x));
+                }
+            }
+            Ok::<_, String>(None)
+        })
+        .await;
+        match r {
+            Ok(Ok(Some(x))) => Response::Xref(x),
+            Ok(Ok(None)) => {
+                Response::error("no such transaction in the log of any master on this node")
+            }
+            Ok(Err(e)) => Response::error(e),
+            Err(e) => Response::error(internal(e)),
+        }
+    }
+
+    /// The log cleanup plan of each master (carried out with `execute`).
+    pub(super) async fn log_cleanup(
+        &self,
+        master: Option<Fnr>,
+        until: Option<Seq>,
+        execute: bool,
+        horizons: Vec<(Fnr, Seq)>,
+    ) -> Response {
+        let tasks = self.tasks_for(master);
+        if tasks.is_empty() {
+            return Response::error("no replication task on this node matches");
+        }
+        let r = tokio::task::spawn_blocking(move || {
+            tasks
+                .iter()
+                .map(|t| {
+                    let h = horizons.iter().find(|(m, _)| *m == t.master()).map(|h| h.1);
+                    t.cleanup_plan(until, h, execute)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        match r {
+            Ok(Ok(plans)) => Response::Cleanup(plans),
+            Ok(Err(e)) => Response::error(e),
+            Err(e) => Response::error(internal(e)),
+        }
+    }
+
+    /// Waits until `replicate` confirmed `seq`, at most `timeout_ms`.
+    pub(super) async fn wait_confirmed(
+        &self,
+        replicate: String,
+        seq: Seq,
+        timeout_ms: u64,
+    ) -> Response {
+        let rx = self
+            .all_tasks()
+            .iter()
+            .find_map(|t| t.watch_confirmed(&replicate));
+        let Some(mut rx) = rx else {
+            return Response::error(format!(
+                "no task on this node feeds replicate {replicate:?}"
+            ));
+        };
+        let limit = std::time::Duration::from_millis(timeout_ms);
+        let reached = tokio::time::timeout(limit, async {
+            rx.wait_for(|s| *s >= seq).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Response::Ok,
+            Ok(Err(_)) => Response::error("the task stopped"),
+            Err(_) => Response::error(format!(
+                "replicate {replicate:?} did not confirm seq {seq} within {timeout_ms} ms"
+            )),
+        }
+    }
+
+    pub(super) async fn task_control(&self, master: Option<Fnr>, action: TaskAction) -> Response {
+        let tasks: Vec<_> = self
+            .all_tasks()
+            .into_iter()
+            .filter(|t| master.is_none_or(|m| m == t.master()))
+            .collect();
+        if tasks.is_empty() {
+            return Response::error(match master {
+                Some(m) => format!("no replication task for master file {m} on this node"),
+                None => "this node runs no replication task".into(),
+            });
+        }
+        let policy = self.control.policy();
+        if policy == Policy::Maintenance && action != TaskAction::Stop {
+            return Response::error(
+                "policy is maintenance: no task starts (etp policy set automatic|manual first)",
+            );
+        }
+        for t in &tasks {
+            match action {
+                TaskAction::Start => t.start_feeders(),
+                TaskAction::Stop => t.stop_feeders("stopped by the operator").await,
+                TaskAction::Restart => {
+                    t.stop_feeders("restarting").await;
+                    t.start_feeders();
+                }
+            }
+        }
+        self.reports().await
+    }
+
+    pub(super) async fn policy(&self, set: Option<Policy>) -> Response {
+        let Some(p) = set else {
+            return Response::Policy(self.control.policy());
+        };
+        let c = self.control.clone();
+        let r = tokio::task::spawn_blocking(move || c.update(|s| s.policy = p)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Response::error(e),
+            Err(e) => return Response::error(internal(e)),
+        }
+        for t in self.all_tasks() {
+            if p == Policy::Maintenance {
+                t.stop_feeders("policy maintenance").await;
+            } else {
+                t.start_feeders();
+            }
+        }
+        Response::Policy(p)
+    }
+
+    pub(super) async fn replicate_action(&self, name: String, action: ReplicateAction) -> Response {
+        let t = match self.task_of(&name) {
+            Ok(t) => t,
+            Err(e) => return Response::error(e),
+        };
+        let Some(f) = t.feeder(&name).cloned() else {
+            return Response::error(format!("no task on this node feeds replicate {name:?}"));
+        };
+        let c = self.control.clone();
+        let update = |g: Box<dyn FnOnce(&mut control::ReplicateControl) + Send>| {
+            let (c, n) = (c.clone(), name.clone());
+            async move {
+                match tokio::task::spawn_blocking(move || c.update_replicate(&n, g)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("internal error: {e}")),
+                }
+            }
+        };
+        let policy = self.control.policy();
+        match action {
+            ReplicateAction::Errors => {
+                return Response::Errors(self.control.replicate(&name).errors);
+            }
+            ReplicateAction::Init {
+                from,
+                reinit,
+                rewrite,
+                chunk,
+            } => {
+                let ctl = self.control.replicate(&name);
+                if ctl.load.is_none() {
+                    if ctl.shunned.is_some() {
+                        return Response::error(format!(
+                            "replicate {name} is shunned: unshun it first"
+                        ));
+                    }
+                    let has = lock(&f.st).has_confirmation;
+                    if has && !reinit {
+                        return Response::error(format!(
+                            "replicate {name} is already initialized (it confirms seq {}): use reinit",
+                            lock(&f.st).confirmed
+                        ));
+                    }
+                    if let Some(src) = &from {
+                        if src == &name {
+                            return Response::error("a replicate cannot be loaded from itself");
+                        }
+                    }
+                    t.stop_feeder(&f, "a load was ordered").await;
+                    let order = control::LoadOrder {
+                        id: task::new_load_id(),
+                        from,
+                        rewrite,
+                        chunk,
+                        requested_us: chrono::Utc::now().timestamp_micros(),
+                        why: if reinit {
+                            "reinit ordered by the operator"
+                        } else {
+                            "init ordered by the operator"
+                        }
+                        .into(),
+                    };
+                    if let Err(e) = update(Box::new(move |r| {
+                        r.log("info", &format!("{} ({})", order.why, order.id));
+                        r.error = None;
+                        r.load = Some(order);
+                    }))
+                    .await
+                    {
+                        return Response::error(e);
+                    }
+                }
+                if policy == Policy::Maintenance {
+                    return Response::error(
+                        "the load is ordered; it starts when the policy leaves maintenance",
+                    );
+                }
+                t.start_one(&f);
+            }
+            ReplicateAction::Shun { reason } => {
+                t.stop_feeder(&f, "shunned").await;
+                let r2 = reason.clone();
+                if let Err(e) = update(Box::new(move |r| {
+                    r.log("shun", &r2);
+                    r.shunned = Some((r2, chrono::Utc::now().timestamp_micros()));
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+            }
+            ReplicateAction::Restoring { why } => {
+                if why.is_some() {
+                    t.stop_feeder(&f, "being restored").await;
+                }
+                let set = why.is_some();
+                if let Err(e) = update(Box::new(move |r| {
+                    match &why {
+                        Some(w) => r.log("info", &format!("restore begins: {w}")),
+                        None => r.log(
+                            "info",
+                            "restore ended: feeding resumes from the restored confirmation",
+                        ),
+                    }
+                    r.restoring = why;
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+                if !set && policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+            }
+            ReplicateAction::Unshun => {
+                if let Err(e) = update(Box::new(|r| {
+                    r.log("unshun", "unshunned by the operator");
+                    r.shunned = None;
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+                if policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+            }
+            ReplicateAction::ResetError => {
+                if let Err(e) = update(Box::new(|r| {
+                    if let Some(why) = r.restoring.take() {
+                        r.log(
+                            "reset",
+                            &format!("restore mark cleared by the operator: {why}"),
+                        );
+                    }
+                    let what = r
+                        .error
+                        .take()
+                        .map_or("no error was set".to_string(), |e| e.reason);
+                    r.log("reset", &format!("error reset by the operator: {what}"));
+                }))
+                .await
+                {
+                    return Response::error(e);
+                }
+                // The operator retries: a load refused before gets its retry again.
+                f.forget_refusal();
+                if policy != Policy::Maintenance {
+                    t.stop_feeder(&f, "error reset").await;
+                    t.start_one(&f);
+                }
+            }
+            ReplicateAction::ConfirmSet { seq, reason } => {
+                t.stop_feeder(&f, "confirm set").await;
+                let r = load::confirm_set(&t.ctx, &f, seq, &reason).await;
+                if policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+                if let Err(e) = r {
+                    return Response::error(e);
+                }
+            }
+            ReplicateAction::Verify { max_isns } => {
+                t.stop_feeder(&f, "paused for verify").await;
+                let r = load::verify(&t.ctx, &f, max_isns.max(1) as usize).await;
+                if policy != Policy::Maintenance {
+                    t.start_one(&f);
+                }
+                return match r {
+                    Ok(v) => Response::Verify(v),
+                    Err(e) => Response::error(e),
+                };
+            }
+        }
+        self.reports().await
+    }
+}

@@ -1,0 +1,97 @@
+//! Reads: the node's identity, a file's records in pages, its count and
+//! digest, range digests (verification), the files it holds, and the
+//! commit-to-apply samples of its replicates.
+
+use super::*;
+
+impl Node {
+    pub(super) fn info(&self) -> Response {
+        Response::Info(NodeInfo {
+            dbid: self.db.dbid(),
+            last_lsn: self.db.last_lsn(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+    }
+
+    pub(super) fn lag_samples(&self, replicate: &str, after: Seq) -> Response {
+        Response::Lag(
+            lock(&self.lag)
+                .get(replicate)
+                .map(|q| q.iter().filter(|s| s.0 > after).copied().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Up to `limit` records of `file` from isn `from` on, as raw bytes.
+    pub(super) async fn dump(&self, file: Fnr, from: Isn, limit: u32) -> Response {
+        let db = self.db.clone();
+        let limit = limit.clamp(1, 100_000) as usize;
+        let r = blocking(move || {
+            let is_log = matches!(db.file(file)?.role, Role::Log { .. });
+            let mut items = Vec::new();
+            let mut done = true;
+            let mut bytes = 0usize;
+            db.for_each_raw(file, from, |isn, b| {
+                // A page stays well inside one frame.
+                if items.len() == limit || bytes + b.len() > MAX_DUMP_PAGE_BYTES {
+                    done = false;
+                    return Ok(false);
+                }
+                bytes += b.len() + 16;
+                items.push((isn, ByteBuf::from(b.to_vec())));
+                Ok(true)
+            })?;
+            Ok((items, done, is_log))
+        })
+        .await;
+        match r {
+            Ok((items, done, is_log)) => Response::Records {
+                items,
+                done,
+                is_log,
+            },
+            Err(e) => Response::error(e),
+        }
+    }
+
+    pub(super) fn files(&self) -> Response {
+        Response::Files {
+            files: self.db.files().into_iter().map(|f| f.def).collect(),
+            topology: lock(&self.topology).as_ref().map(|v| v.text.clone()),
+        }
+    }
+
+    pub(super) fn file_stat(&self, file: Fnr) -> Response {
+        match self.db.file_info(file) {
+            Ok(i) => Response::Stat {
+                count: i.meta.count,
+                digest: i.meta.digest,
+                damaged: i.damaged,
+                next_isn: i.meta.next_isn,
+            },
+            Err(e) => Response::error(e),
+        }
+    }
+
+    /// Count and digest of `[from, to)` of `file`, with its records if asked.
+    pub(super) async fn range_digest(
+        &self,
+        file: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+        records: bool,
+    ) -> Response {
+        let db = self.db.clone();
+        match blocking(move || db.range_digest(file, from, to, records)).await {
+            Ok((count, digest, recs)) => Response::Range {
+                count,
+                digest,
+                records: recs
+                    .into_iter()
+                    .map(|(i, b)| (i, ByteBuf::from(b)))
+                    .collect(),
+            },
+            Err(e) => Response::error(e),
+        }
+    }
+}

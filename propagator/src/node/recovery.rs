@@ -1,0 +1,177 @@
+//! Recovery operations: the steps of a recovery plan carried out on this
+//! node (quiesce, restore a copy set, rewrite a range, refresh a log, raise
+//! an incarnation), with its tasks stopped and rebuilt around them.
+
+use super::*;
+
+impl Node {
+    /// A step of a recovery plan.
+    pub(super) async fn recovery(
+        self: &Arc<Self>,
+        conv: &mut Conversation,
+        op: RecoveryOp,
+    ) -> Response {
+        use std::sync::atomic::Ordering;
+        let db = self.db.clone();
+        // What rewrites a master or its log runs only while client updates
+        // are refused, so no acknowledged commit can fall between a
+        // restore and its roll-forward (a restarted node forgets a quiesce:
+        // the plan asserts it again when it resumes).
+        let touches_master = match &op {
+            RecoveryOp::RefreshLog { .. } | RecoveryOp::RaiseIncarnation { .. } => true,
+            RecoveryOp::Restore { file, .. } | RecoveryOp::RestoreRange { file, .. } => {
+                db.files().iter().any(|f| {
+                    f.def.fnr == *file
+                        && matches!(f.def.role, Role::Master { .. } | Role::Log { .. })
+                })
+            }
+            _ => false,
+        };
+        if touches_master && !self.quiesced.load(Ordering::SeqCst) {
+            return Response::error(
+                "a master or its log is rewritten only while client updates are refused: quiesce this node first (RecoveryOp::Quiesce)",
+            );
+        }
+        let json = |v: serde_json::Value| Response::Text(v.to_string());
+        match op {
+            RecoveryOp::Quiesce { on } => {
+                let lsn = {
+                    let _gate = self.update_gate.write().await;
+                    // Durable first: a restarted node still refuses.
+                    let c = self.control.clone();
+                    match tokio::task::spawn_blocking(move || c.update(|s| s.quiesced = on)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Response::error(e),
+                        Err(e) => return Response::error(internal(e)),
+                    }
+                    self.quiesced.store(on, Ordering::SeqCst);
+                    self.db.last_lsn()
+                };
+                tracing::warn!(
+                    quiesced = on,
+                    %lsn,
+                    "client updates {}",
+                    if on { "refused" } else { "accepted again" }
+                );
+                json(serde_json::json!({ "quiesced": on, "lsn": lsn.0 }))
+            }
+            RecoveryOp::Exempt => {
+                conv.exempt = true;
+                json(serde_json::json!({ "exempt": true }))
+            }
+            RecoveryOp::RestoreRange {
+                file,
+                from,
+                to,
+                records,
+                last,
+            } => {
+                let r = blocking(move || {
+                    if from == Isn(1) {
+                        db.begin_restore(file, "rebuilt by etp recover run")?;
+                    }
+                    let wanted = records
+                        .into_iter()
+                        .map(|(i, b)| (i, b.into_vec()))
+                        .collect();
+                    db.restore_range(file, from, to, wanted, last)
+                })
+                .await;
+                match r {
+                    Ok((info, stats)) => json(serde_json::json!({
+                        "lsn": info.lsn, "written": stats.written, "removed": stats.removed,
+                    })),
+                    Err(e) => Response::error(e),
+                }
+            }
+            RecoveryOp::RefreshLog { master, at } => {
+                self.stop_feeders_of(Some(master)).await;
+                match blocking(move || db.refresh_log(master, at)).await {
+                    Ok(r) => match serde_json::to_value(&r) {
+                        Ok(v) => {
+                            self.rebuild_tasks_stopped().await;
+                            json(v)
+                        }
+                        Err(e) => Response::error(e.to_string()),
+                    },
+                    Err(e) => Response::error(e),
+                }
+            }
+            RecoveryOp::RaiseIncarnation { master } => {
+                self.stop_feeders_of(Some(master)).await;
+                match blocking(move || db.raise_incarnation(master)).await {
+                    Ok((inc, lsn)) => {
+                        self.rebuild_tasks_stopped().await;
+                        json(
+                            serde_json::json!({ "master": master, "incarnation": inc, "lsn": lsn }),
+                        )
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+            RecoveryOp::Rebase { file } => match blocking(move || db.rebase_file(file)).await {
+                Ok(m) => json(
+                    serde_json::json!({ "file": file, "count": m.count, "digest": m.digest.to_string() }),
+                ),
+                Err(e) => Response::error(e),
+            },
+            RecoveryOp::Restore {
+                area,
+                file,
+                regenerate,
+                upto,
+            } => {
+                let Some(hook) = self.restore_hook.get().cloned() else {
+                    return Response::error("this node cannot restore copy sets (no restore hook)");
+                };
+                self.stop_feeders_of(None).await;
+                let r = tokio::task::spawn_blocking(move || {
+                    hook(&db, &area, file, regenerate.then_some(upto))
+                })
+                .await;
+                self.rebuild_tasks_stopped().await;
+                match r {
+                    Ok(Ok(v)) => Response::Text(v.to_string()),
+                    Ok(Err(e)) => Response::error(e),
+                    Err(e) => Response::error(internal(e)),
+                }
+            }
+        }
+    }
+
+    pub(super) async fn stop_feeders_of(&self, master: Option<Fnr>) {
+        for t in self.all_tasks() {
+            if master.is_none_or(|m| m == t.master()) {
+                t.stop_feeders("stopped for recovery").await;
+            }
+        }
+    }
+
+    /// Rebuilds this node's tasks from its topology (their state is read
+    /// afresh from the restored files) and leaves their feeders stopped
+    /// until the plan restarts them.
+    pub(super) async fn rebuild_tasks_stopped(self: &Arc<Self>) {
+        // A restored administration file may bring the topology back, and
+        // its control record (policy, marks, gaps, load orders) with it.
+        let db = self.db.clone();
+        let control = self.control.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            let v = stored_topology(&db)?;
+            if let Some(v) = &v {
+                control.reload(v.admin_file())?;
+            }
+            Ok::<_, String>(v)
+        })
+        .await;
+        match restored {
+            Ok(Ok(Some(v))) => *lock(&self.topology) = Some(v),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(reason = %e, "administration file still unusable"),
+            Err(e) => tracing::error!(reason = %e, "internal error"),
+        }
+        let v = lock(&self.topology).clone();
+        if let Some(v) = v {
+            self.start_tasks(&v, false);
+        }
+    }
+}
