@@ -7,7 +7,7 @@ use propagator::node::client::Client;
 use propagator::predicate::project;
 use propagator::record::Record;
 use propagator::topology::Valid;
-use propagator::wire::{Request, Response, TaskReport};
+use propagator::wire::{ReplicaState, Request, Response, TaskReport};
 use propagator::{Fnr, Isn, Seq};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -308,7 +308,7 @@ impl Cluster {
         while start.elapsed() < limit {
             match self.task_status() {
                 Ok(t) => {
-                    if let Some(r) = t.replicates.iter().find(|r| r.state.starts_with("error")) {
+                    if let Some(r) = t.replicates.iter().find(|r| r.state == ReplicaState::Error) {
                         bail!("replicate {} is in {}", r.name, r.state);
                     }
                     if t.replicates.iter().all(|r| r.confirmed_seq == t.master_seq) {

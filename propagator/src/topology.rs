@@ -183,7 +183,9 @@ impl Valid {
         if topology.admin_file == 0 {
             return err("admin_file must be a file number from 1");
         }
-        let mut files: BTreeMap<(u32, u32), String> = BTreeMap::new();
+        // Per file: what claimed it, and whether it may be shared (a
+        // confirmation file serves several replicates).
+        let mut files: BTreeMap<(u32, u32), (String, bool)> = BTreeMap::new();
         let mut claim = |db: u32, fnr: u32, what: String, shareable: bool| {
             if fnr == 0 {
                 return err(format!("{what}: file numbers start at 1"));
@@ -192,11 +194,11 @@ impl Valid {
                 return err(format!("{what}: file {fnr} is the administration file"));
             }
             match files.get(&(db, fnr)) {
-                Some(prev) if !(shareable && prev.starts_with("confirmation")) => err(format!(
+                Some((prev, prev_shareable)) if !(shareable && *prev_shareable) => err(format!(
                     "{what}: file {fnr} on database {db} is already {prev}"
                 )),
                 _ => {
-                    files.insert((db, fnr), what);
+                    files.insert((db, fnr), (what, shareable));
                     Ok(())
                 }
             }

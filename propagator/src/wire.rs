@@ -415,7 +415,7 @@ pub struct LoadProgress {
 pub struct TaskReport {
     pub master: Fnr,
     pub master_name: String,
-    pub state: String,
+    pub state: TaskState,
     pub restart_interval_s: Option<u64>,
     pub policy: crate::node::control::Policy,
     pub master_seq: Seq,
@@ -428,15 +428,92 @@ pub struct TaskReport {
     pub replicates: Vec<ReplicateReport>,
 }
 
+/// Declares a state enum whose wire and JSON names are the given strings
+/// (today's output, unchanged), with `as_str`, `Display` and `ALL`.
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v),+
+        }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s),+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// A replicate's state, as its master's task reports it.
+    ReplicaState {
+        /// Streaming: fed as the master commits.
+        Online = "online",
+        /// Not fed now (link down, feeder stopped); `reason` says why.
+        Offline = "offline",
+        /// Being loaded (initial load or reinit).
+        Initializing = "initializing",
+        /// A copy set is being restored into it.
+        Restoring = "restoring",
+        /// Wrong or refused: fed no more until an operator (or the automatic
+        /// policy's retry) clears it.
+        Error = "error",
+        /// Not fed, by an operator's decision.
+        Shunned = "shunned",
+    }
+}
+
+named_enum! {
+    /// How far behind a replicate is.
+    Health {
+        /// Nothing unconfirmed.
+        Current = "current",
+        /// Behind, and confirming.
+        Behind = "behind",
+        /// Behind and not confirming for a while.
+        Stalled = "stalled",
+    }
+}
+
+named_enum! {
+    /// What a replicate holds of its master.
+    ReplicaKind {
+        Full = "full",
+        Partial = "partial",
+    }
+}
+
+named_enum! {
+    /// Whether a replicate equals its master's selection, gaps aside.
+    Consistency {
+        Consistent = "consistent",
+        /// Equal except for the seqs its gap records name (confirm set).
+        ConsistentExceptGaps = "consistent-except-gaps",
+    }
+}
+
+named_enum! {
+    /// Whether a task's feeders run.
+    TaskState {
+        Running = "running",
+        Stopped = "stopped",
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicateReport {
     pub name: String,
     pub database: DbId,
     pub address: String,
-    /// full or partial
-    pub kind: String,
-    /// online, offline, initializing, restoring, error, shunned
-    pub state: String,
+    pub kind: ReplicaKind,
+    pub state: ReplicaState,
     /// Why it is in that state (error, shunned, offline), if anything says.
     pub reason: Option<String>,
     /// What its feeder is doing: streaming, connecting, retrying in …, loading, stopped.
@@ -452,11 +529,8 @@ pub struct ReplicateReport {
     /// How long it has been behind without confirming anything, s (from
     /// apply progress, never from heartbeats).
     pub stalled_s: f64,
-    /// current (nothing unconfirmed), behind (confirming), stalled (behind and
-    /// not confirming for a while).
-    pub health: String,
-    /// consistent, consistent-except-gaps
-    pub consistency: String,
+    pub health: Health,
+    pub consistency: Consistency,
     pub gaps: Vec<crate::node::control::Gap>,
     pub load: Option<LoadReport>,
     pub last_load: Option<crate::node::control::LoadSummary>,

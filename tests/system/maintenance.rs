@@ -8,6 +8,7 @@ use maintenance::cluster::{topology_text, Cluster, FULL, MASTER, PART};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
 use propagator::wire::{Command, ReplicateReport, Request, Response};
+use propagator::wire::{Consistency, Health, ReplicaState};
 use propagator::{Fnr, Isn, Record, Seq, Value};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -158,7 +159,7 @@ fn report(addr: SocketAddr, name: &str) -> (Seq, ReplicateReport) {
 fn wait_current(addr: SocketAddr, name: &str) -> ReplicateReport {
     wait_for(&format!("{name} online and current"), LIMIT, || {
         let (m, r) = report(addr, name);
-        (r.state == "online" && r.confirmed_seq == m).then_some(r)
+        (r.state == ReplicaState::Online && r.confirmed_seq == m).then_some(r)
     })
 }
 
@@ -213,7 +214,7 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     wait_for("both replicates loaded", LIMIT, || {
         reports(cl.master().addr)
             .iter()
-            .all(|(_, r)| r.last_load.is_some() && r.state == "online")
+            .all(|(_, r)| r.last_load.is_some() && r.state == ReplicaState::Online)
             .then_some(())
     });
     // Manual policy: nothing loads or restarts by itself.
@@ -231,7 +232,7 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     let master = cl.master().addr;
     let r = wait_for("items_new waiting for its load", LIMIT, || {
         let (_, r) = report(master, "items_new");
-        (r.state == "offline" && r.phase.contains("initial load")).then_some(r)
+        (r.state == ReplicaState::Offline && r.phase.contains("initial load")).then_some(r)
     });
     assert!(r.phase.contains("etp replicate init"), "{}", r.phase);
 
@@ -256,7 +257,7 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     // init picks the load up where the replicate's progress record says.
     wait_for("items_new stopped by the lost link", LIMIT, || {
         let (_, r) = report(master, "items_new");
-        (r.state != "initializing" || r.load.is_none()).then_some(())
+        (r.state != ReplicaState::Initializing || r.load.is_none()).then_some(())
     });
     ok(&etp(&[
         "replicate",
@@ -344,7 +345,7 @@ fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
     ]));
     wait_for("items_part asking for a reinit", LIMIT, || {
         let (_, r) = report(master, "items_part");
-        (r.state == "offline" && r.phase.contains("definition")).then_some(())
+        (r.state == ReplicaState::Offline && r.phase.contains("definition")).then_some(())
     });
     let out = ok(&etp(&[
         "replicate",
@@ -394,7 +395,7 @@ fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
     let r = wait_for("the automatic scoped reload", LIMIT, || {
         let (_, r) = report(master, "items_part");
         let l = r.last_load.as_ref()?;
-        (r.state == "online" && l.written > 0).then_some(r)
+        (r.state == ReplicaState::Online && l.written > 0).then_some(r)
     });
     let l = r.last_load.expect("summary");
     assert_eq!(l.removed, 0, "{l:?}");
@@ -525,7 +526,7 @@ fn verify_reports_equality_under_load_and_names_injected_differences() {
     wait_for("both replicates in error", LIMIT, || {
         reports(master)
             .iter()
-            .all(|(_, r)| r.state == "error")
+            .all(|(_, r)| r.state == ReplicaState::Error)
             .then_some(())
     });
     let out = etp(&["replicate", "status", "--node", &node]);
@@ -610,7 +611,7 @@ fn confirm_set_leaves_a_gap_record_and_cleanup_deletes_nothing_without_a_copy() 
     }
     let skip_to = Seq(last.0 - 5);
     let (_, r) = report(master, "items_part");
-    assert_eq!(r.state, "shunned");
+    assert_eq!(r.state, ReplicaState::Shunned);
     let from = r.confirmed_seq;
     // Moving back is refused: it would apply changes twice.
     let back = etp(&[
@@ -635,7 +636,7 @@ fn confirm_set_leaves_a_gap_record_and_cleanup_deletes_nothing_without_a_copy() 
         &node,
     ]));
     let (_, r) = report(master, "items_part");
-    assert_eq!(r.consistency, "consistent-except-gaps");
+    assert_eq!(r.consistency, Consistency::ConsistentExceptGaps);
     assert_eq!(r.gaps.len(), 1);
     assert_eq!((r.gaps[0].from, r.gaps[0].to), (Seq(from.0 + 1), skip_to));
     assert_eq!(r.gaps[0].reason, "operator skipped");
@@ -762,7 +763,7 @@ fn a_frozen_replicate_node_shows_growing_stalled_time() {
     bulk(&mut c, 1000, 100, 10);
     let first = wait_for("items_full stalled", LIMIT, || {
         let (_, r) = report(master, "items_full");
-        (r.health == "stalled").then_some(r)
+        (r.health == Health::Stalled).then_some(r)
     });
     assert!(first.stalled_s >= 3.0, "{first:?}");
     assert!(first.lag_records > 0);
@@ -784,7 +785,7 @@ fn a_frozen_replicate_node_shows_growing_stalled_time() {
         .output()
         .expect("kill -CONT"));
     let r = wait_current(master, "items_full");
-    assert_eq!(r.health, "current");
+    assert_eq!(r.health, Health::Current);
 }
 
 /// Resumes a stopped process if the test ends early.
@@ -820,7 +821,7 @@ fn maintenance_policy_stops_every_task_at_a_safe_point_and_starts_none() {
     ]));
     assert_eq!(out.lines().count(), 3, "every node answered: {out}");
     for (_, r) in reports(master) {
-        assert_eq!(r.state, "offline", "{r:?}");
+        assert_eq!(r.state, ReplicaState::Offline, "{r:?}");
         assert!(r.phase.contains("policy maintenance"), "{}", r.phase);
     }
     let frozen: Vec<Seq> = reports(master)

@@ -8,6 +8,7 @@ use maintenance::cluster::{topology_text, Cluster, FULL, MASTER, PART};
 use propagator::confirmation::confirmation_from_record;
 use propagator::exec::ExecTarget;
 use propagator::node::client::Client;
+use propagator::wire::ReplicaState;
 use propagator::wire::{Request, Response};
 use propagator::{Fnr, Isn, Record, Value};
 use std::collections::BTreeMap;
@@ -372,7 +373,7 @@ fn without_a_restart_interval_a_lost_link_stops_and_task_restart_heals_it() {
         let st = cl.task_status().ok()?;
         let part = st.replicates.iter().find(|r| r.name == "items_part")?;
         let full = st.replicates.iter().find(|r| r.name == "items_full")?;
-        (part.state == "offline" && full.confirmed_seq == st.master_seq).then_some(st)
+        (part.state == ReplicaState::Offline && full.confirmed_seq == st.master_seq).then_some(st)
     });
     let part = status
         .replicates
@@ -392,7 +393,7 @@ fn without_a_restart_interval_a_lost_link_stops_and_task_restart_heals_it() {
         .iter()
         .find(|r| r.name == "items_part")
         .expect("part");
-    assert_eq!(part.state, "offline", "{}", part.phase);
+    assert_eq!(part.state, ReplicaState::Offline, "{}", part.phase);
     // `etp task status` shows it to an operator, exit 0 (stopped is not an error).
     let out = etp(&[
         "task",
@@ -553,7 +554,7 @@ fn a_replicate_record_changed_offline_is_caught_by_the_digest_check() {
     let st = wait_for("the full replicate in error", CONVERGE, || {
         let st = cl.task_status().ok()?;
         let full = st.replicates.iter().find(|r| r.name == "items_full")?;
-        (full.state == "error").then_some(st)
+        (full.state == ReplicaState::Error).then_some(st)
     });
     let full = st
         .replicates
@@ -611,7 +612,7 @@ fn a_master_holding_records_before_its_topology_is_loaded_then_fed() {
         let st = cl.task_status().ok()?;
         st.replicates
             .iter()
-            .all(|r| r.state == "online" && r.last_load.is_some())
+            .all(|r| r.state == ReplicaState::Online && r.last_load.is_some())
             .then_some(st)
     });
     for r in &st.replicates {

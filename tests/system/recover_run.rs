@@ -13,6 +13,7 @@
 use etp_system_tests::proxy::{Direction, FaultProxy};
 use etp_system_tests::{etp, etp_bin, etp_stdin, ok, tamper};
 use maintenance::cluster::{topology_text, Cluster, MASTER, PART};
+use propagator::wire::ReplicaState;
 use propagator::wire::{Command, Response};
 use propagator::{Fnr, Isn, Record, Value};
 use std::collections::BTreeMap;
@@ -256,7 +257,7 @@ impl Scene {
         }
         let t = self.cl.task_status().expect("status");
         for r in &t.replicates {
-            assert_eq!(r.state, "online", "{r:?}");
+            assert_eq!(r.state, ReplicaState::Online, "{r:?}");
             assert_eq!(r.confirmed_seq, t.master_seq, "{r:?}");
         }
         for name in ["items_full", "items_part"] {

@@ -9,6 +9,7 @@
 
 use etp_system_tests::{etp, etp_bin, wait_for};
 use maintenance::cluster::{topology_text, Cluster};
+use propagator::wire::ReplicaState;
 use propagator::wire::{ErrorCode, LinkState, LoadProgress, NodeInfo, Request, Response};
 use propagator::{Digest, Isn, Lsn};
 use std::io::{Read, Write};
@@ -125,7 +126,7 @@ fn a_load_refused_again_after_a_retry_puts_the_replicate_in_error_and_stops() {
         || {
             let t = cl.task_status().ok()?;
             let r = t.replicates.into_iter().find(|r| r.name == "items_part")?;
-            (r.state == "error").then_some(r)
+            (r.state == ReplicaState::Error).then_some(r)
         },
     );
     let reason = report.reason.clone().unwrap_or_default();

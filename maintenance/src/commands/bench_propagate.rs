@@ -24,6 +24,7 @@ use anyhow::{bail, Context};
 use maintenance::cluster::{Cluster, NodeProc, FULL, MASTER, PART};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
+use propagator::wire::ReplicaState;
 use propagator::wire::{Command, Request, Response, TaskAction};
 use propagator::{Isn, Record, Seq, Value};
 use serde_bytes::ByteBuf;
@@ -372,7 +373,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         let wall = t0.elapsed().as_secs_f64();
         let rows = file_count(&cl.nodes[node], propagator::Fnr(file))?;
         let r = replicate_report(maddr, &name)?;
-        if r.state != "online" || r.last_load.is_none() {
+        if r.state != ReplicaState::Online || r.last_load.is_none() {
             bail!("{name} is {} after its load: {r:?}", r.state);
         }
         emit_secs(&format!("c_{kind}_initial_sync_s"), wall);
@@ -418,7 +419,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             let l = loop {
                 let r = replicate_report(maddr, &name)?;
                 if let Some(l) = r.last_load.filter(|l| Some(&l.id) != first.as_ref()) {
-                    if r.state == "online" {
+                    if r.state == ReplicaState::Online {
                         break l;
                     }
                 }

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use maintenance::cluster::{Cluster, MASTER};
 use propagator::exec::ExecTarget;
 use propagator::node::client::Client;
+use propagator::wire::ReplicaState;
 use propagator::{Isn, Record, Value};
 use std::time::{Duration, Instant};
 
@@ -163,7 +164,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<Outcome> {
     for n in &mut cluster.nodes {
         n.stop()?;
     }
-    if status.replicates.iter().any(|r| r.state != "online") {
+    if status
+        .replicates
+        .iter()
+        .any(|r| r.state != ReplicaState::Online)
+    {
         bail!("a replicate is not online");
     }
     println!("== nodes stopped cleanly");

@@ -6,6 +6,7 @@ use crate::Outcome;
 use anyhow::{bail, Context};
 use propagator::node::client::Client;
 use propagator::node::{metrics, Node};
+use propagator::wire::ReplicaState;
 use propagator::wire::{Request, Response, TaskAction, TaskReport};
 use propagator::Fnr;
 use std::io::Write;
@@ -155,7 +156,7 @@ pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
     let problem = tasks
         .iter()
         .flat_map(|t| &t.replicates)
-        .any(|r| r.state.starts_with("error"));
+        .any(|r| r.state == ReplicaState::Error);
     Ok(if problem {
         Outcome::Problem
     } else {
@@ -203,7 +204,7 @@ fn list(node: crate::cli::NodeArgs, json: bool) -> anyhow::Result<Outcome> {
                 db.to_string(),
                 addr.to_string(),
                 format!("{} ({})", t.master, t.master_name),
-                t.state.clone(),
+                t.state.to_string(),
                 t.policy.to_string(),
                 t.replicates
                     .iter()
@@ -282,7 +283,7 @@ fn print_tasks(tasks: &[TaskReport], json: bool) {
                 vec![
                     r.name.clone(),
                     format!("{} ({})", r.database, r.address),
-                    r.state.clone(),
+                    r.state.to_string(),
                     r.phase.clone(),
                     r.confirmed_seq.to_string(),
                     r.lag_records.to_string(),

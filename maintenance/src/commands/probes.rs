@@ -370,7 +370,7 @@ impl LiveProbes {
                 .flat_map(|t| &t.replicates)
                 .find(|x| x.name == f.name)
             {
-                f.state = Some(rep.state.clone());
+                f.state = Some(rep.state.to_string());
                 f.reason = rep.reason.clone();
             }
             p.reps.push(f);

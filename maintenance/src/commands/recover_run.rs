@@ -20,6 +20,7 @@ use crate::output;
 use crate::Outcome;
 use anyhow::{bail, Context};
 use flowcharts::{Plan, Step, TreeSet};
+use propagator::wire::ReplicaState;
 use propagator::wire::{RecoveryOp, ReplicateAction, Request, Response, TaskAction};
 use propagator::{DbId, Fnr, Isn};
 use serde::{Deserialize, Serialize};
@@ -609,14 +610,14 @@ fn load(
             bail!("no task reports replicate {name}");
         };
         if let Some(l) = r.last_load.as_ref().filter(|l| l.finished_us >= ordered) {
-            if r.state == "online" {
+            if r.state == ReplicaState::Online {
                 return Ok(Some(format!(
                     "{name} loaded from {} as of seq {}: {} records",
                     l.source, l.snapshot, l.records
                 )));
             }
         }
-        if r.state == "error" && r.load.is_none() {
+        if r.state == ReplicaState::Error && r.load.is_none() {
             bail!(
                 "replicate {name} is in error: {}",
                 r.reason.clone().unwrap_or_default()
@@ -1041,10 +1042,10 @@ impl Exec<'_> {
                         let Some(r) = task.replicates.iter().find(|r| &r.name == name) else {
                             bail!("no task reports replicate {name}");
                         };
-                        if r.state == "error" {
+                        if r.state == ReplicaState::Error {
                             bail!("replicate {name} is in error: {}", r.reason.clone().unwrap_or_default());
                         }
-                        Ok((r.state == "online" && r.confirmed_seq == task.master_seq)
+                        Ok((r.state == ReplicaState::Online && r.confirmed_seq == task.master_seq)
                             .then_some(task.master_seq))
                     })?;
                     out.push(format!("{} (seq {seq})", verify_one(*feeder, name)?));

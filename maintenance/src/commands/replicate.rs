@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use propagator::node::client::Client;
 use propagator::node::control::Policy;
 use propagator::topology::Valid;
+use propagator::wire::{Health, ReplicaState};
 use propagator::wire::{ReplicateAction, ReplicateReport, Request, Response, TaskReport};
 use propagator::{DbId, Fnr, Seq};
 use std::net::SocketAddr;
@@ -83,7 +84,9 @@ fn report_of(addr: SocketAddr, name: &str) -> anyhow::Result<ReplicateReport> {
 
 /// A replicate that needs the operator's attention.
 fn is_problem(r: &ReplicateReport) -> bool {
-    matches!(r.state.as_str(), "error" | "shunned") || r.health == "stalled" || !r.gaps.is_empty()
+    matches!(r.state.as_str(), "error" | "shunned")
+        || r.health == Health::Stalled
+        || !r.gaps.is_empty()
 }
 
 fn secs(s: f64) -> String {
@@ -109,8 +112,8 @@ fn print_reports(reps: &[(String, ReplicateReport)], json: bool) {
         .iter()
         .map(|(master, r)| {
             let state = match &r.reason {
-                Some(why) if r.state != "online" => format!("{} ({why})", r.state),
-                _ => r.state.clone(),
+                Some(why) if r.state != ReplicaState::Online => format!("{} ({why})", r.state),
+                _ => r.state.to_string(),
             };
             let lag = format!(
                 "{} rec, {}{} B, {}",
@@ -119,10 +122,10 @@ fn print_reports(reps: &[(String, ReplicateReport)], json: bool) {
                 r.lag_bytes,
                 secs(r.lag_s)
             );
-            let health = if r.health == "stalled" {
+            let health = if r.health == Health::Stalled {
                 format!("stalled for {}", secs(r.stalled_s))
             } else {
-                r.health.clone()
+                r.health.to_string()
             };
             let load = r.load.as_ref().map_or(String::new(), |l| {
                 format!(
@@ -137,13 +140,13 @@ fn print_reports(reps: &[(String, ReplicateReport)], json: bool) {
             vec![
                 r.name.clone(),
                 master.clone(),
-                r.kind.clone(),
+                r.kind.to_string(),
                 state,
                 r.confirmed_seq.to_string(),
                 lag,
                 health,
                 if r.gaps.is_empty() {
-                    r.consistency.clone()
+                    r.consistency.to_string()
                 } else {
                     format!(
                         "{} ({})",
@@ -444,7 +447,7 @@ fn load(a: LoadArgs, reinit: bool, rewrite: bool) -> anyhow::Result<Outcome> {
             .last_load
             .as_ref()
             .is_some_and(|l| l.finished_us >= ordered_us);
-        if r.state == "error" {
+        if r.state == ReplicaState::Error {
             bar.abandon();
             if json {
                 output::json(
@@ -458,7 +461,7 @@ fn load(a: LoadArgs, reinit: bool, rewrite: bool) -> anyhow::Result<Outcome> {
             }
             return Ok(Outcome::Problem);
         }
-        if finished && r.state == "online" {
+        if finished && r.state == ReplicaState::Online {
             bar.finish_and_clear();
             let l = r.last_load.clone();
             let secs = started.elapsed().as_secs_f64();

@@ -29,10 +29,11 @@
 
 use super::client::{ClientError, Conn};
 use super::control::{Anchor, LoadOrder, LoadSummary};
-use super::task::{
-    blocking, lock, now_us, open_link, timed, view, Ctx, Feeder, LoadRefusal, LoadStatus, Stop,
+use super::feeder::{
+    blocking, lock, now_us, open_link, timed, Ctx, Feeder, LoadRefusal, LoadStatus, Stop,
     ACK_TIMEOUT,
 };
+use super::view::view;
 use crate::digest::{Digest, FileMeta};
 use crate::ids::{Fnr, Isn, Seq};
 use crate::topology::Replicate;
@@ -395,7 +396,7 @@ pub(super) async fn run_load(
                 Ok(Err(ClientError::Remote { code, message, .. })) => {
                     return Err(refused(f, &order.id, None, code, message))
                 }
-                Ok(Err(e)) => return Err(super::task::link_err(e)),
+                Ok(Err(e)) => return Err(super::feeder::link_err(e)),
                 Err(_) => {
                     return Err(Stop::Link(format!(
                         "starting the load took more than {} s",
@@ -493,7 +494,7 @@ pub(super) async fn run_load(
                         "no acknowledgement of a loaded chunk from {} for {} s",
                         rep.address, ACK_TIMEOUT.as_secs()
                     ))),
-                    Ok(r) => r.map_err(super::task::link_err)?,
+                    Ok(r) => r.map_err(super::feeder::link_err)?,
                 };
                 let Some((from, to, want)) = inflight.pop_front() else {
                     return Err(Stop::Link("acknowledgement with nothing in flight".into()));
@@ -739,7 +740,7 @@ pub(super) async fn verify(
         ));
     }
     let at = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
-    let expected = super::task::expected_at(ctx, f, at).await?;
+    let expected = super::feeder::expected_at(ctx, f, at).await?;
     let mut report = VerifyReport {
         replicate: f.name().to_string(),
         seq: at,

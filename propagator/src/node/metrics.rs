@@ -16,7 +16,7 @@
 use super::Node;
 use crate::ids::Lsn;
 use crate::metrics::{DbSnapshot, Text, CONTENT_TYPE};
-use crate::wire::TaskReport;
+use crate::wire::{ReplicaState, TaskReport};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,16 +39,6 @@ pub const MAX_CONNECTIONS: usize = 16;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// A sample is kept at most this often (bounds the samples per replicate).
 const RATE_SAMPLE_EVERY: Duration = Duration::from_millis(250);
-
-/// The replicate states `etp_replicate_state` has a series for.
-pub const STATES: [&str; 6] = [
-    "online",
-    "offline",
-    "initializing",
-    "restoring",
-    "error",
-    "shunned",
-];
 
 /// A replicate's key: (master name, replicate name).
 pub type ReplicateKey = (String, String);
@@ -107,7 +97,7 @@ impl Rates {
 pub struct ReplicateSample {
     pub master: String,
     pub replicate: String,
-    pub state: String,
+    pub state: ReplicaState,
     pub confirmed_seq: u64,
     pub lag_records: u64,
     pub lag_s: f64,
@@ -121,15 +111,6 @@ pub struct ReplicateSample {
 pub struct MasterSample {
     pub master: String,
     pub seq: u64,
-}
-
-/// The states label a report's state falls under (its leading word).
-fn state_of(s: &str) -> &str {
-    STATES
-        .iter()
-        .find(|k| s.starts_with(**k))
-        .copied()
-        .unwrap_or(s)
 }
 
 /// The samples of the task reports, apply rates measured by `rates`.
@@ -160,7 +141,7 @@ pub fn samples(
         .map(|((t, r), apply_rate)| ReplicateSample {
             master: t.master_name.clone(),
             replicate: r.name.clone(),
-            state: state_of(&r.state).to_string(),
+            state: r.state,
             confirmed_seq: r.confirmed_seq.0,
             lag_records: r.lag_records,
             lag_s: r.lag_s,
@@ -266,14 +247,15 @@ pub fn render(
         "1 for the replicate's current state, 0 for the others.",
     );
     for r in reps {
-        for s in STATES {
+        // One series per state, the replicate's own at 1.
+        for &s in ReplicaState::ALL {
             let v = if r.state == s { 1.0 } else { 0.0 };
             t.sample(
                 "etp_replicate_state",
                 &[
                     ("master", &r.master),
                     ("replicate", &r.replicate),
-                    ("state", s),
+                    ("state", s.as_str()),
                 ],
                 v,
             );
@@ -611,7 +593,7 @@ mod tests {
         let reps = vec![ReplicateSample {
             master: "orders".into(),
             replicate: "orders \"full\"".into(),
-            state: "online".into(),
+            state: ReplicaState::Online,
             confirmed_seq: 41,
             lag_records: 1,
             lag_s: 0.5,
@@ -668,9 +650,10 @@ mod tests {
     }
 
     #[test]
-    fn states_are_matched_by_their_leading_word() {
-        assert_eq!(state_of("error (apply failed)"), "error");
-        assert_eq!(state_of("online"), "online");
-        assert_eq!(state_of("weird"), "weird");
+    fn state_label_values_are_the_json_names() {
+        for &s in ReplicaState::ALL {
+            let json = serde_json::to_string(&s).expect("json");
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
     }
 }

@@ -10,17 +10,22 @@
 //! blocking pool; the reactor threads only move frames.
 
 mod admin;
+mod batch;
 pub mod client;
 pub mod control;
 mod copies;
+mod feeder;
 mod link;
 mod load;
 pub mod metrics;
 mod operations;
 mod reads;
 mod recovery;
+mod report;
 mod session;
+mod stream;
 pub mod task;
+mod view;
 
 pub use admin::{stored_topology, COPY_JOBS_ISN};
 

@@ -204,7 +204,7 @@ impl Node {
                     }
                     t.stop_feeder(&f, "a load was ordered").await;
                     let order = control::LoadOrder {
-                        id: task::new_load_id(),
+                        id: stream::new_load_id(),
                         from,
                         rewrite,
                         chunk,

@@ -1,0 +1,59 @@
+//! The batch reader: the next durable log records after a feeder's cursor,
+//! whole transactions up to the batch size, waiting on the durable-LSN watch.
+
+use super::feeder::*;
+use crate::ids::Seq;
+use crate::log_record::LogRecord;
+use std::sync::Arc;
+
+/// The next durable log records after `cursor`: whole transactions, up to
+/// the batch size; waits (without polling) until there is at least one.
+pub(super) async fn next_batch(
+    ctx: &Arc<Ctx>,
+    cursor: Seq,
+    durable: &mut tokio::sync::watch::Receiver<crate::ids::Lsn>,
+) -> Result<Vec<LogRecord>, Stop> {
+    loop {
+        durable.borrow_and_update();
+        let c = ctx.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out: Vec<LogRecord> = Vec::new();
+            let mut bytes = 0usize;
+            let mut seq = cursor.0 + 1;
+            while let Some(rec) = c.db.read_log_record(c.log, Seq(seq))? {
+                bytes += rec.before.as_ref().map_or(0, Vec::len)
+                    + rec.after.as_ref().map_or(0, Vec::len);
+                let boundary = rec.part == rec.parts;
+                out.push(rec);
+                seq += 1;
+                if boundary && (out.len() >= c.batch || bytes >= MAX_BATCH_BYTES) {
+                    break;
+                }
+            }
+            // Never ship part of a transaction.
+            while out.last().is_some_and(|r| r.part != r.parts) {
+                out.pop();
+            }
+            Ok::<_, crate::DbError>(out)
+        })
+        .await;
+        match read {
+            Ok(Ok(b)) if !b.is_empty() => return Ok(b),
+            Ok(Ok(_)) => {}
+            // A log record that does not decode: the log file is damaged,
+            // not the replicate. Mark the log and stop feeding (its
+            // recovery flow, case 3, rebuilds or refreshes it).
+            Ok(Err(e @ crate::DbError::BadRecord { .. }))
+            | Ok(Err(e @ crate::DbError::FileDamaged { .. })) => {
+                let why = format!("the master's log file {} is damaged: {e}", ctx.log);
+                ctx.db.mark_damaged(ctx.log, why.clone());
+                return Err(Stop::Stopped(why));
+            }
+            Ok(Err(e)) => return Err(Stop::Fatal(format!("reading the log file: {e}"))),
+            Err(e) => return Err(Stop::Link(format!("internal error: {e}"))),
+        }
+        if durable.changed().await.is_err() {
+            return Err(Stop::Link("the master database closed".into()));
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The feeder core: what every part of a replication task shares. A
+//! feeder's context and state, why a feeding run ended ([`Stop`]), the link
+//! open, the expected content of a replicate at a seq, and the helpers that
+//! keep blocking work and slow peers off the reactor. The streaming loop
+//! (`stream`), the load (`load`), the batch reader (`batch`), reporting
+//! (`report`) and selection and projection (`view`) build on it; it
+//! imports none of them but `view`.
+
+use super::client::{ClientError, Conn};
+use super::control::Control;
+use super::view::transform;
+use crate::database::Database;
+use crate::digest::FileMeta;
+use crate::ids::{Fnr, Isn, Seq};
+use crate::topology::{MasterDef, Replicate, TaskDef};
+use crate::wire::{ErrorCode, LinkState, Request, Response};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// Default batches in flight per replicate.
+pub(super) const DEFAULT_WINDOW: usize = 8;
+/// Default log records per batch (extended to the end of a transaction).
+pub(super) const DEFAULT_BATCH: usize = 2000;
+/// Bytes of images per batch, at most (whole transactions).
+pub(super) const MAX_BATCH_BYTES: usize = 8 << 20;
+/// A link with batches in flight and no acknowledgement for this long is dead.
+pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff cap for retrying a replicate in error (automatic policy).
+pub(super) const ERROR_RETRY_CAP: Duration = Duration::from_secs(60);
+/// Behind and not confirming anything for this long: stalled.
+pub const STALL_AFTER_S: f64 = 3.0;
+/// How often a streaming feeder records its digest anchor.
+pub(super) const ANCHOR_EVERY: Duration = Duration::from_secs(30);
+/// Log records scanned, at most, to measure a replicate's lag in bytes.
+pub(super) const LAG_BYTES_SCAN: u64 = 200_000;
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) struct Ctx {
+    pub db: Database,
+    pub master: MasterDef,
+    pub def: TaskDef,
+    pub log: Fnr,
+    pub window: usize,
+    pub batch: usize,
+    pub control: Arc<Control>,
+    /// Every replicate of this master (a load may read from a full one).
+    pub reps: Vec<Replicate>,
+}
+
+/// A load as its feeder runs it.
+#[derive(Clone, Debug)]
+pub(super) struct LoadStatus {
+    pub id: String,
+    pub snapshot: Seq,
+    pub source: String,
+    pub scanned: u64,
+    pub total: u64,
+    pub loaded: u64,
+    pub chunks_this_run: u64,
+    pub resumed_from: Isn,
+    pub started: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct FeedState {
+    pub phase: String,
+    pub streaming: bool,
+    pub has_confirmation: bool,
+    pub load: Option<LoadStatus>,
+    pub sent: Seq,
+    pub confirmed: Seq,
+    /// When the confirmed seq last moved (or streaming began), µs.
+    pub progress_us: i64,
+    pub last_error: Option<String>,
+    pub connects: u64,
+}
+
+pub(super) struct Feeder {
+    pub rep: Replicate,
+    /// A fingerprint of the replicate's definition (anchors are only valid under it).
+    pub def_hash: u128,
+    pub st: Mutex<FeedState>,
+    /// The confirmed seq, for waiters ([`Task::watch_confirmed`]).
+    pub confirmed: tokio::sync::watch::Sender<Seq>,
+    pub handle: Mutex<Option<JoinHandle<()>>>,
+    /// The replicate's expected meta at a seq it confirmed (a shortcut for
+    /// the next connect; the resume point always comes from the replicate).
+    pub expected: Mutex<Option<(Seq, FileMeta)>>,
+    /// Some(why): stop at the next safe point.
+    pub stop: tokio::sync::watch::Sender<Option<String>>,
+    /// The last refusal of a load request by the replicate (see
+    /// [`LoadRefusal`]): met again after a retry, the load is an error.
+    pub refusal: Mutex<Option<LoadRefusal>>,
+}
+
+/// A load request the replicate refused: which load, where, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LoadRefusal {
+    pub load: String,
+    /// The chunk's first isn; `None` for the load's beginning.
+    pub at: Option<Isn>,
+    pub code: ErrorCode,
+}
+
+impl Feeder {
+    /// Records a refusal of a load request. A refusal the same load met at
+    /// the same point before (after a reconnect and a retry) is not retried
+    /// again: the same request would be refused again, forever
+    /// ([`Stop::Refused`]); any other is a lost link, retried.
+    pub(super) fn load_refused(&self, r: LoadRefusal, message: String) -> Stop {
+        let mut last = lock(&self.refusal);
+        if last.as_ref() == Some(&r) {
+            *last = None;
+            let at = r.at.map_or("its beginning".to_string(), |i| {
+                format!("the chunk from isn {i}")
+            });
+            return Stop::Refused(format!(
+                "load {} of replicate {} refused again at {at} after a retry: {message}",
+                r.load,
+                self.name()
+            ));
+        }
+        *last = Some(r);
+        Stop::Link(message)
+    }
+
+    /// Forgets a recorded refusal (a load finished, or an operator retries).
+    pub(super) fn forget_refusal(&self) {
+        *lock(&self.refusal) = None;
+    }
+
+    pub fn set_phase(&self, s: impl Into<String>) {
+        lock(&self.st).phase = s.into();
+    }
+    pub fn name(&self) -> &str {
+        &self.rep.def.name
+    }
+}
+
+/// The fingerprint of what a replicate holds of its master.
+pub fn definition_hash(rep: &Replicate) -> u128 {
+    let d = &rep.def;
+    let text = format!(
+        "{}|{}|{}|{}|{}|{:?}|{:?}",
+        d.master_database, d.master, d.database, d.file, d.confirmation, d.fields, d.predicate
+    );
+    let h = blake3::hash(text.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(first)
+}
+
+pub(super) enum Stop {
+    /// The link failed: retry (policy and restart interval permitting) or stop.
+    Link(String),
+    /// The replicate is wrong: error state.
+    Fatal(String),
+    /// The replicate needs a load before it can be fed.
+    NeedsLoad(String),
+    /// Asked to stop; stopped at a safe point.
+    Stopped(String),
+    /// The replicate refused the same load request twice: error state, and
+    /// no more retries until an operator acts (reset-error, reinit).
+    Refused(String),
+}
+
+pub(super) fn link_err(e: ClientError) -> Stop {
+    match e {
+        // The same batch would be too large again on every retry.
+        ClientError::TooLarge { .. } => Stop::Fatal(e.to_string()),
+        e => Stop::Link(e.to_string()),
+    }
+}
+
+/// Runs a link step with a deadline: a peer that accepts and then stalls
+/// must not hang the feeder.
+pub(super) async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, Stop> {
+    match tokio::time::timeout(ACK_TIMEOUT, f).await {
+        Ok(r) => r.map_err(link_err),
+        Err(_) => Err(Stop::Link(format!(
+            "{what} took more than {} s",
+            ACK_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Runs a blocking call (database, control record) off the reactor.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(format!("internal error: {e}")),
+    }
+}
+
+pub(super) fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Opens the link to the replicate: its confirmation, digest and load progress.
+pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkState), Stop> {
+    let mut conn = match tokio::time::timeout(ACK_TIMEOUT, Conn::connect(rep.address)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(link_err(e)),
+        Err(_) => {
+            return Err(Stop::Link(format!(
+                "connecting to {} took more than {} s",
+                rep.address,
+                ACK_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let open = Request::LinkOpen {
+        replicate: rep.def.name.clone(),
+        file: Fnr(rep.def.file),
+        confirmation: Fnr(rep.def.confirmation),
+        master_db: ctx.db.dbid(),
+        master: Fnr(ctx.master.file),
+    };
+    match timed("opening the link", conn.call(&open)).await? {
+        Response::Link(s) => Ok((conn, s)),
+        other => Err(Stop::Link(conn.unexpected(&other, "Link").to_string())),
+    }
+}
+
+/// What the replicate should hold (count and digest) after the master's seq `at`.
+pub(super) async fn expected_at(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    at: Seq,
+) -> Result<FileMeta, String> {
+    let fnr = Fnr(f.rep.def.file);
+    let ctl = ctx.control.replicate(f.name());
+    let anchor = ctl.anchor.filter(|a| a.def == f.def_hash);
+    if at.0 == 0 && anchor.is_none() {
+        return Ok(FileMeta::new(fnr));
+    }
+    if !f.rep.is_partial() && ctl.gaps.is_empty() && at.0 > 0 {
+        let c = ctx.clone();
+        let rec =
+            blocking(move || c.db.read_log_record(c.log, at).map_err(|e| e.to_string())).await?;
+        if let Some(rec) = rec {
+            let mut m = FileMeta::new(fnr);
+            m.count = rec.master_count;
+            m.digest = rec.master_digest;
+            return Ok(m);
+        }
+        let last = ctx
+            .db
+            .file_info(ctx.log)
+            .map(|i| i.meta.next_isn.saturating_sub(1))
+            .unwrap_or(0);
+        if at.0 > last {
+            return Err(format!(
+                "the replicate confirms seq {at}, which the master's log does not hold (it ends at {last}): the replicate is ahead of its master"
+            ));
+        }
+    }
+    // Roll forward from the last known point: the feeder's own, the anchor,
+    // or (a master that started empty) the beginning.
+    let cached = *lock(&f.expected);
+    let (from, mut meta) = match (cached, anchor) {
+        (Some((s, m)), a) if s <= at && a.is_none_or(|a| a.seq <= s) => (s, m),
+        (_, Some(a)) if a.seq <= at => (a.seq, a.meta(fnr)),
+        (_, Some(a)) => {
+            return Err(format!(
+                "the replicate confirms seq {at}, before its anchor at seq {} (it was restored to an earlier level?): the master cannot say what it should hold",
+                a.seq
+            ))
+        }
+        _ => (Seq(0), FileMeta::new(fnr)),
+    };
+    let c = ctx.clone();
+    let rep = f.rep.clone();
+    blocking(move || {
+        for s in from.0 + 1..=at.0 {
+            let rec = c
+                .db
+                .read_log_record(c.log, Seq(s))
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!("the replicate confirms seq {at}, but the master's log has no seq {s}: the replicate is ahead of its master, or the log was cleaned past it")
+                })?;
+            if let Some(ch) = transform(&rep, &rec)? {
+                meta.change(
+                    ch.isn,
+                    ch.before.as_deref().map(|b| b.as_slice()),
+                    ch.after.as_deref().map(|b| b.as_slice()),
+                );
+            }
+        }
+        Ok(meta)
+    })
+    .await
+}

@@ -1,0 +1,498 @@
+//! The feeder's life: connect, check the replicate's confirmation and
+//! digest, load it if it needs one, then stream whole master transactions
+//! in a window of batches and check every acknowledgement; on a failure,
+//! what the policy says (retry with backoff, error state, or stop).
+
+use super::batch::next_batch;
+use super::control::{Anchor, LoadOrder, Policy};
+use super::feeder::*;
+use super::view::transform;
+use crate::digest::FileMeta;
+use crate::ids::{Fnr, Seq};
+use crate::wire::{Confirmation, ErrorCode, Request, Response};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Waits out a backoff delay, unless asked to stop.
+pub(super) async fn pause(f: &Feeder, delay: Duration) -> Option<String> {
+    let mut stop = f.stop.subscribe();
+    if let Some(why) = stop.borrow_and_update().clone() {
+        return Some(why);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => None,
+        _ = stop.changed() => stop.borrow().clone(),
+    }
+}
+
+pub(super) fn backoff(attempt: u32, cap: Duration) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(10)).min(cap)
+}
+
+pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
+    let mut attempt: u32 = 0;
+    let name = f.name().to_string();
+    loop {
+        if let Some(why) = f.stop.borrow().clone() {
+            f.set_phase(format!("stopped ({why})"));
+            return;
+        }
+        let ctl = ctx.control.replicate(&name);
+        let policy = ctx.control.policy();
+        if let Some((why, _)) = &ctl.shunned {
+            f.set_phase(format!("not fed (shunned: {why})"));
+            return;
+        }
+        if policy == Policy::Maintenance {
+            f.set_phase("stopped (policy maintenance)");
+            return;
+        }
+        if ctl.restoring.is_some() {
+            f.set_phase("not fed (a copy set is being restored into it)");
+            return;
+        }
+        // A damaged log cannot feed anyone: stop without blaming the
+        // replicate (the master's recovery flow, case 3 or 4, mends it).
+        if let Some(why) = ctx.db.file_info(ctx.log).ok().and_then(|i| i.damaged) {
+            f.set_phase(format!(
+                "stopped (the master's log file {} is damaged: {why})",
+                ctx.log
+            ));
+            return;
+        }
+        if ctl.error.is_some() && policy != Policy::Automatic {
+            f.set_phase(format!(
+                "stopped (in error, policy {policy}: etp replicate reset-error {name})"
+            ));
+            return;
+        }
+        f.set_phase("connecting");
+        let stop = feed(&ctx, &f, &mut attempt).await;
+        {
+            let mut s = lock(&f.st);
+            s.streaming = false;
+            s.load = None;
+        }
+        match stop {
+            Stop::Stopped(why) => {
+                save_anchor(&ctx, &f).await;
+                f.set_phase(format!("stopped ({why})"));
+                return;
+            }
+            Stop::Fatal(msg) => {
+                tracing::error!(replicate = %name, error = %msg, "replicate in error");
+                lock(&f.st).last_error = Some(msg.clone());
+                let c = ctx.control.clone();
+                let (n2, m2) = (name.clone(), msg.clone());
+                if let Err(e) = blocking(move || c.update_replicate(&n2, |r| r.fail(&m2))).await {
+                    tracing::error!(replicate = %name, error = %e, "cannot record the error state");
+                }
+                if ctx.control.policy() != Policy::Automatic {
+                    f.set_phase(format!("stopped (error: {msg})"));
+                    return;
+                }
+                let delay = backoff(attempt, ERROR_RETRY_CAP);
+                attempt += 1;
+                f.set_phase(format!("in error; retrying in {} ms", delay.as_millis()));
+                if let Some(why) = pause(&f, delay).await {
+                    f.set_phase(format!("stopped ({why})"));
+                    return;
+                }
+            }
+            Stop::Refused(msg) => {
+                tracing::error!(replicate = %name, error = %msg, "replicate in error: load refused");
+                lock(&f.st).last_error = Some(msg.clone());
+                let c = ctx.control.clone();
+                let (n2, m2) = (name.clone(), msg.clone());
+                if let Err(e) = blocking(move || c.update_replicate(&n2, |r| r.fail(&m2))).await {
+                    tracing::error!(replicate = %name, error = %e, "cannot record the error state");
+                }
+                f.set_phase(format!(
+                    "stopped (error: {msg}; etp replicate reinit {name} orders a new load, reset-error retries this one)"
+                ));
+                return;
+            }
+            Stop::Link(msg) => {
+                tracing::warn!(replicate = %name, error = %msg, "replication link lost");
+                lock(&f.st).last_error = Some(msg.clone());
+                let cap = match (ctx.control.policy(), ctx.def.restart_interval_s) {
+                    (Policy::Automatic, Some(cap)) => cap,
+                    (Policy::Automatic, None) => {
+                        f.set_phase(format!("stopped (link lost: {msg}; no restart interval)"));
+                        return;
+                    }
+                    (p, _) => {
+                        f.set_phase(format!("stopped (link lost: {msg}; policy {p})"));
+                        return;
+                    }
+                };
+                let delay = backoff(attempt, Duration::from_secs(cap));
+                attempt += 1;
+                f.set_phase(format!("retrying in {} ms", delay.as_millis()));
+                if let Some(why) = pause(&f, delay).await {
+                    f.set_phase(format!("stopped ({why})"));
+                    return;
+                }
+            }
+            Stop::NeedsLoad(why) => {
+                if ctx.control.policy() != Policy::Automatic && !master_is_empty(&ctx) {
+                    f.set_phase(format!(
+                        "stopped ({why}: etp replicate init {name}, or reinit --scoped)"
+                    ));
+                    return;
+                }
+                tracing::info!(replicate = %name, reason = %why, "loading the replicate (automatic policy)");
+                let c = ctx.control.clone();
+                let (n2, order) = (
+                    name.clone(),
+                    LoadOrder {
+                        id: new_load_id(),
+                        from: None,
+                        // A redefined replicate moves only what differs.
+                        rewrite: false,
+                        chunk: None,
+                        requested_us: now_us(),
+                        why: format!("{why} (automatic policy)"),
+                    },
+                );
+                if let Err(e) = blocking(move || {
+                    c.update_replicate(&n2, |r| {
+                        r.log("info", &format!("load ordered: {}", order.why));
+                        r.load = Some(order);
+                    })
+                })
+                .await
+                {
+                    f.set_phase(format!("stopped (cannot order a load: {e})"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A master that holds nothing and never logged anything: loading a new
+/// replicate from it is trivial, whatever the policy.
+pub(super) fn master_is_empty(ctx: &Ctx) -> bool {
+    let count = |f: Fnr| ctx.db.file_info(f).map(|i| (i.meta.count, i.meta.next_isn));
+    matches!(
+        (count(Fnr(ctx.master.file)), count(ctx.log)),
+        (Ok((0, _)), Ok((_, 1)))
+    )
+}
+
+pub(super) fn new_load_id() -> String {
+    format!(
+        "load-{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        fastrand_u32()
+    )
+}
+
+pub(super) fn fastrand_u32() -> u32 {
+    // No RNG dependency in the library: the clock's nanoseconds and a
+    // counter are unique enough for an id that only has to differ between
+    // loads of one replicate.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = chrono::Utc::now().timestamp_subsec_nanos();
+    t ^ n.rotate_left(16)
+}
+
+/// Records the replicate's current expected meta as its anchor.
+pub(super) async fn save_anchor(ctx: &Arc<Ctx>, f: &Arc<Feeder>) {
+    let Some((seq, meta)) = *lock(&f.expected) else {
+        return;
+    };
+    let anchor = Anchor {
+        seq,
+        count: meta.count,
+        digest: meta.digest,
+        def: f.def_hash,
+    };
+    if ctx.control.replicate(f.name()).anchor == Some(anchor) {
+        return;
+    }
+    let c = ctx.control.clone();
+    let name = f.name().to_string();
+    if let Err(e) = blocking(move || c.update_replicate(&name, |r| r.anchor = Some(anchor))).await {
+        tracing::warn!(replicate = %f.name(), error = %e, "cannot record the digest anchor");
+    }
+}
+
+/// One connection's worth of feeding; returns why it ended.
+pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
+    let rep = &f.rep;
+    let name = f.name().to_string();
+    let mut stop_rx = f.stop.subscribe();
+    let (mut conn, state) = match open_link(ctx, rep).await {
+        Ok(x) => x,
+        Err(s) => return s,
+    };
+    {
+        let mut s = lock(&f.st);
+        s.connects += 1;
+        s.has_confirmation = state.confirmation.is_some();
+        if let Some(c) = &state.confirmation {
+            s.confirmed = c.seq;
+            s.sent = c.seq;
+        }
+    }
+    let ctl = ctx.control.replicate(&name);
+    // A load in progress (the replicate says where), one ordered, or one
+    // that ended just before a crash (its confirmation names it).
+    let order = ctl.load.clone();
+    let finished_order = match (&order, &state.confirmation) {
+        (Some(o), Some(c)) if c.loaded_by.as_deref() == Some(o.id.as_str()) => Some(o.clone()),
+        _ => None,
+    };
+    let (conf_seq, mut expected) = if let Some(p) = state.load.clone() {
+        let order = order.filter(|o| o.id == p.id);
+        match super::load::run_load(ctx, f, &mut conn, super::load::Start::Resume(p, order)).await {
+            Ok(x) => x,
+            Err(stop) => return stop,
+        }
+    } else if let (Some(o), None) = (order, finished_order.as_ref()) {
+        match super::load::run_load(ctx, f, &mut conn, super::load::Start::Begin(o)).await {
+            Ok(x) => x,
+            Err(stop) => return stop,
+        }
+    } else {
+        if let Some(o) = finished_order {
+            // The load ended, the order was not cleared: the confirmation is
+            // the load's result.
+            if let Some(c) = &state.confirmation {
+                let mut m = FileMeta::new(Fnr(rep.def.file));
+                m.count = c.count;
+                m.digest = c.digest;
+                if let Err(e) = super::load::finish_order(ctx, f, &o.id, c.seq, m, None).await {
+                    return Stop::Link(e);
+                }
+            }
+        }
+        let conf_seq = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
+        if state.confirmation.is_none() {
+            // A new replicate starts from a load (a consistent read of the
+            // master), never from a replay of the log: the log may not
+            // reach back to the master's first record, and a load is
+            // proportional to what the master holds, not to its history.
+            return Stop::NeedsLoad(format!(
+                "a new replicate needs an initial load from master {}",
+                ctx.master.name
+            ));
+        } else if ctl.anchor.is_some_and(|a| a.def != f.def_hash) {
+            return Stop::NeedsLoad(
+                "its definition (fields or predicate) changed since it was loaded".into(),
+            );
+        }
+        let expected = match expected_at(ctx, f, conf_seq).await {
+            Ok(m) => m,
+            Err(e) => return Stop::Fatal(e),
+        };
+        if state.digest != expected.digest || state.count != expected.count {
+            let damage = state
+                .damaged
+                .map(|d| format!(" (its node reports: {d})"))
+                .unwrap_or_default();
+            return Stop::Fatal(format!(
+                "replicate {name} at seq {conf_seq}: digest {} over {} records, but the master expects digest {} over {} records{damage}",
+                state.digest, state.count, expected.digest, expected.count
+            ));
+        }
+        (conf_seq, expected)
+    };
+    {
+        let mut s = lock(&f.st);
+        s.phase = "streaming".into();
+        s.streaming = true;
+        s.load = None;
+        s.has_confirmation = true;
+        s.sent = conf_seq;
+        s.confirmed = conf_seq;
+        s.progress_us = now_us();
+    }
+    f.confirmed.send_replace(conf_seq);
+    *lock(&f.expected) = Some((conf_seq, expected));
+    if ctl.error.is_some() {
+        let c = ctx.control.clone();
+        let n2 = name.clone();
+        let _ = blocking(move || {
+            c.update_replicate(&n2, |r| {
+                r.error = None;
+                r.log(
+                    "info",
+                    "error cleared: the replicate checked out on reconnect",
+                );
+            })
+        })
+        .await;
+    }
+    let anchored = ctx.control.replicate(&name).anchor;
+    if anchored.is_none_or(|a| a.def != f.def_hash) {
+        save_anchor(ctx, f).await;
+    }
+    let mut last_anchor = Instant::now();
+    let mut cursor = conf_seq;
+    let mut inflight: VecDeque<(Seq, FileMeta)> = VecDeque::new();
+    let mut durable = ctx.db.subscribe_durable();
+    let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
+    loop {
+        if let Some(why) = &stopping {
+            if inflight.is_empty() {
+                return Stop::Stopped(why.clone());
+            }
+        }
+        let can_send = inflight.len() < ctx.window && stopping.is_none();
+        tokio::select! {
+            changed = stop_rx.changed(), if stopping.is_none() => {
+                stopping = match changed {
+                    Ok(()) => stop_rx.borrow().clone(),
+                    Err(_) => Some("task dropped".into()),
+                };
+            }
+            // Acknowledgements; and while nothing is in flight, the
+            // connection is watched too: anything the replicate sends then,
+            // or the connection closing (its node stopped, restarted or
+            // restored), ends this link at once, so an idle master never
+            // keeps reporting a stale confirmation as current.
+            resp = async {
+                if inflight.is_empty() {
+                    Ok(conn.recv().await)
+                } else {
+                    tokio::time::timeout(ACK_TIMEOUT, conn.recv()).await
+                }
+            } => {
+                if inflight.is_empty() {
+                    return Stop::Link(match resp {
+                        Ok(Err(e)) => format!("the link went down while idle: {e}"),
+                        Ok(Ok(other)) => format!("unexpected message while idle: {other:?}"),
+                        Err(_) => "the link timed out while idle".into(),
+                    });
+                }
+                let resp = match resp {
+                    Err(_) => return Stop::Link(format!(
+                        "no acknowledgement from {} for {} s", rep.address, ACK_TIMEOUT.as_secs()
+                    )),
+                    Ok(Err(e)) => return link_err(e),
+                    Ok(Ok(r)) => r,
+                };
+                let Some((want_seq, want)) = inflight.pop_front() else {
+                    return Stop::Link("acknowledgement with nothing in flight".into());
+                };
+                match resp {
+                    Response::Applied { applied_seq, durable_seq: seq, digest, count, .. } => {
+                        // Confirmed means durable on the replicate.
+                        if applied_seq != want_seq || seq != want_seq {
+                            return Stop::Link(format!(
+                                "acknowledged applied seq {applied_seq}, durable seq {seq}; expected {want_seq}"
+                            ));
+                        }
+                        if digest != want.digest || count != want.count {
+                            return Stop::Fatal(format!(
+                                "replicate {name} at seq {seq}: digest {digest} over {count} records, but the master expects digest {} over {} records",
+                                want.digest, want.count
+                            ));
+                        }
+                        {
+                            let mut s = lock(&f.st);
+                            s.confirmed = seq;
+                            s.progress_us = now_us();
+                        }
+                        f.confirmed.send_replace(seq);
+                        // The link works: the next loss backs off from the start.
+                        *attempt = 0;
+                        *lock(&f.expected) = Some((seq, want));
+                        if last_anchor.elapsed() >= ANCHOR_EVERY {
+                            last_anchor = Instant::now();
+                            save_anchor(ctx, f).await;
+                        }
+                    }
+                    Response::Error { code: ErrorCode::OutOfSequence, message } => {
+                        // Another link applied first (a replaced connection
+                        // draining): reconnect and resume from the confirmation.
+                        return Stop::Link(message);
+                    }
+                    Response::Error { code: ErrorCode::Diverged, message } => {
+                        let gaps = ctx.control.replicate(&name).gaps;
+                        let hint = if gaps.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (it has {} gap record(s) from confirm set: a reinit clears them)", gaps.len())
+                        };
+                        return Stop::Fatal(format!("replicate {name} at seq {want_seq}: {message}{hint}"));
+                    }
+                    Response::Error { message, .. } => return Stop::Link(message),
+                    other => return Stop::Link(conn.unexpected(&other, "Applied").to_string()),
+                }
+            }
+            batch = next_batch(ctx, cursor, &mut durable), if can_send => {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => return e,
+                };
+                let Some(last) = batch.last() else { continue };
+                let (last_seq, incarnation, time_us) = (last.seq, last.incarnation, last.time_us);
+                let mut changes = Vec::new();
+                let mut txn_ends = Vec::new();
+                let mut touched = false;
+                for rec in &batch {
+                    match transform(rep, rec) {
+                        Ok(Some(c)) => {
+                            touched = true;
+                            expected.change(
+                                c.isn,
+                                c.before.as_deref().map(|b| b.as_slice()),
+                                c.after.as_deref().map(|b| b.as_slice()),
+                            );
+                            changes.push(c);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Stop::Fatal(format!(
+                            "master {} seq {}: {e}", ctx.master.name, rec.seq
+                        )),
+                    }
+                    if rec.part == rec.parts {
+                        if touched {
+                            txn_ends.push((rec.seq, rec.time_us));
+                        }
+                        touched = false;
+                    }
+                }
+                let exact = !rep.is_partial() && ctx.control.replicate(&name).gaps.is_empty();
+                if exact {
+                    let (mc, md) = (last.master_count, last.master_digest);
+                    if (mc, md) != (expected.count, expected.digest) {
+                        return Stop::Fatal(format!(
+                            "replicate {name} at seq {last_seq}: the changes shipped give digest {} over {} records, but the master's log says {md} over {mc}; the replicate needs a reinit",
+                            expected.digest, expected.count
+                        ));
+                    }
+                }
+                let req = Request::LinkApply {
+                    follows: cursor,
+                    changes,
+                    confirmation: Confirmation {
+                        replicate: name.clone(),
+                        master_db: ctx.db.dbid(),
+                        master: Fnr(ctx.master.file),
+                        seq: last_seq,
+                        incarnation,
+                        master_time_us: time_us,
+                        digest: expected.digest,
+                        count: expected.count,
+                        applied_us: 0,
+                        loaded_by: None,
+                    },
+                    txn_ends,
+                };
+                if let Err(stop) = timed("sending a batch", conn.send(&req)).await {
+                    return stop;
+                }
+                inflight.push_back((last_seq, expected));
+                cursor = last_seq;
+                lock(&f.st).sent = cursor;
+            }
+        }
+    }
+}
