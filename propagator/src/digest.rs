@@ -83,6 +83,12 @@ impl FileMeta {
     /// Accounts for one record changing from `before` to `after`.
     pub fn change(&mut self, isn: Isn, before: Option<&[u8]>, after: Option<&[u8]>) {
         if let Some(b) = before {
+            // A before-image is a record the file holds: never below empty.
+            debug_assert!(
+                self.count > 0,
+                "file {} removes isn {isn} from an empty count",
+                self.fnr
+            );
             self.digest.remove(isn, b);
             self.count -= 1;
         }

@@ -271,6 +271,15 @@ impl Committer {
         if q.closed {
             return Err(DbError::Closed);
         }
+        // LSNs are handed out under the state lock, one after another.
+        debug_assert!(
+            q.pending
+                .back()
+                .is_none_or(|(prev, _)| prev.lsn.0 + 1 == job.lsn.0),
+            "LSN {} queued after LSN {:?}",
+            job.lsn,
+            q.pending.back().map(|(p, _)| p.lsn)
+        );
         q.pending.push_back((job, waiter.clone()));
         let lead = !q.leader;
         q.leader = true;
@@ -608,6 +617,12 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
     let Some(last) = jobs.last().map(|j| j.lsn) else {
         return;
     };
+    // The page store records one applied LSN for the batch: it must cover
+    // a contiguous run, or a reopen would skip the hole.
+    debug_assert!(
+        jobs.windows(2).all(|w| w[0].lsn.0 + 1 == w[1].lsn.0),
+        "a page-store batch of non-contiguous LSNs"
+    );
     let mut batch = StoreBatch {
         applied: last,
         ..StoreBatch::default()

@@ -592,7 +592,11 @@ pub(super) async fn run_load(
                 timed("sending a loaded chunk", conn.send(&req)).await?;
                 inflight.push_back((chunk.from, chunk.to, running));
                 match chunk.to {
-                    Some(t) => next = t,
+                    Some(t) => {
+                        // Chunks tile the isn space in order.
+                        debug_assert!(t > next, "chunk [{next}, {t}) is empty or goes back");
+                        next = t;
+                    }
                     None => reading_done = true,
                 }
             }

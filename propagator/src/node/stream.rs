@@ -82,12 +82,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             }
             Stop::Fatal(msg) => {
                 tracing::error!(replicate = %name, error = %msg, "replicate in error");
-                lock(&f.st).last_error = Some(msg.clone());
-                let c = ctx.control.clone();
-                let (n2, m2) = (name.clone(), msg.clone());
-                if let Err(e) = blocking(move || c.update_replicate(&n2, |r| r.fail(&m2))).await {
-                    tracing::error!(replicate = %name, error = %e, "cannot record the error state");
-                }
+                record_error(&ctx, &f, &msg).await;
                 if ctx.control.policy() != Policy::Automatic {
                     f.set_phase(format!("stopped (error: {msg})"));
                     return;
@@ -102,12 +97,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             }
             Stop::Refused(msg) => {
                 tracing::error!(replicate = %name, error = %msg, "replicate in error: load refused");
-                lock(&f.st).last_error = Some(msg.clone());
-                let c = ctx.control.clone();
-                let (n2, m2) = (name.clone(), msg.clone());
-                if let Err(e) = blocking(move || c.update_replicate(&n2, |r| r.fail(&m2))).await {
-                    tracing::error!(replicate = %name, error = %e, "cannot record the error state");
-                }
+                record_error(&ctx, &f, &msg).await;
                 f.set_phase(format!(
                     "stopped (error: {msg}; etp replicate reinit {name} orders a new load, reset-error retries this one)"
                 ));
@@ -169,6 +159,16 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
                 }
             }
         }
+    }
+}
+
+/// Puts the replicate in error with `msg` (its error log and state).
+async fn record_error(ctx: &Arc<Ctx>, f: &Feeder, msg: &str) {
+    lock(&f.st).last_error = Some(msg.to_string());
+    let c = ctx.control.clone();
+    let (name, m) = (f.name().to_string(), msg.to_string());
+    if let Err(e) = blocking(move || c.update_replicate(&name, |r| r.fail(&m))).await {
+        tracing::error!(replicate = %f.name(), error = %e, "cannot record the error state");
     }
 }
 
@@ -490,6 +490,8 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                     return stop;
                 }
                 inflight.push_back((last_seq, expected));
+                // The cursor only moves forward: a batch never repeats a seq.
+                debug_assert!(last_seq > cursor, "batch ends at {last_seq}, cursor at {cursor}");
                 cursor = last_seq;
                 lock(&f.st).sent = cursor;
             }
