@@ -37,11 +37,6 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         r#"x.starts_with("stopped")"#,
         "still to remove: a feeder's phase is text; a typed 'feeding' flag in the report replaces it",
     ),
-    (
-        "propagator/src/database/mod.rs",
-        r#"r.starts_with("a restore into it began")"#,
-        "still to remove: the damaged-file map holds text; a typed damage kind replaces it",
-    ),
 ];
 
 fn workspace() -> PathBuf {

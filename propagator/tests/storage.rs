@@ -3,6 +3,7 @@
 //! store fell behind), power-loss images of the protection log, and damage
 //! that is detected and named, never used.
 
+use propagator::database::ReplicatedChange;
 use propagator::medium::{MediumDir, MemDir};
 use propagator::plog::format::segment_name;
 use propagator::{Database, DbError, DbId, Fnr, Isn, LogOp, Options, Record, Role, Seq, Value};
@@ -850,7 +851,7 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
     db.apply_replicated(
         rep,
         Seq(0),
-        vec![(Isn(1), None, Some(bytes(1)))],
+        vec![ReplicatedChange::new(Isn(1), None, Some(bytes(1)))],
         confirm(5),
     )
     .expect("first batch follows seq 0");
@@ -859,7 +860,7 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
         .apply_replicated(
             rep,
             Seq(0),
-            vec![(Isn(2), None, Some(bytes(2)))],
+            vec![ReplicatedChange::new(Isn(2), None, Some(bytes(2)))],
             confirm(3),
         )
         .expect_err("out of sequence");
@@ -879,7 +880,7 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
         .apply_replicated(
             rep,
             Seq(5),
-            vec![(Isn(2), None, Some(vec![0xc1, 0xff]))],
+            vec![ReplicatedChange::new(Isn(2), None, Some(vec![0xc1, 0xff]))],
             confirm(6),
         )
         .expect_err("bad record");
@@ -888,7 +889,7 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
         .apply_replicated(
             rep,
             Seq(5),
-            vec![(Isn(0), None, Some(bytes(0)))],
+            vec![ReplicatedChange::new(Isn(0), None, Some(bytes(0)))],
             confirm(6),
         )
         .expect_err("isn 0");
@@ -899,7 +900,7 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
     db.apply_replicated(
         rep,
         Seq(5),
-        vec![(Isn(2), None, Some(bytes(2)))],
+        vec![ReplicatedChange::new(Isn(2), None, Some(bytes(2)))],
         confirm(6),
     )
     .expect("the next batch in sequence");

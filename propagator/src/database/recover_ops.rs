@@ -1,8 +1,8 @@
-//! Operations the recovery flows perform on a running database (issue 6):
+//! Operations the recovery flows perform on a running database:
 //! refreshing a master's log at the master's level and raising a master's
 //! incarnation. Each is one protection-logged transaction.
 
-use super::{lock, Database};
+use super::{lock, Database, RangeContent};
 use crate::catalog::{CatalogOp, FileDef, Role};
 use crate::digest::FileMeta;
 use crate::error::DbError;
@@ -66,7 +66,7 @@ impl Database {
         }
         self.wait_applied()?;
         let minfo = self.file_info(master)?;
-        let (count, digest, _) = self.range_digest(master, Isn(1), None, false)?;
+        let RangeContent { count, digest, .. } = self.range_digest(master, Isn(1), None, false)?;
         if (count, digest) != (minfo.meta.count, minfo.meta.digest) {
             return Err(DbError::FileDamaged {
                 fnr: master,

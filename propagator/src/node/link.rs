@@ -7,6 +7,7 @@ use crate::confirmation::{
     confirmation_to_record, decode as decode_confirmation, load_progress_from_record,
     load_progress_to_record, Decoded,
 };
+use crate::database::ReplicatedChange;
 
 impl Link {
     /// The record of this link's replicate while a load is in progress.
@@ -292,7 +293,7 @@ impl Node {
             let changes = changes
                 .into_iter()
                 .map(|c| {
-                    (
+                    ReplicatedChange::new(
                         c.isn,
                         c.before.map(ByteBuf::into_vec),
                         c.after.map(ByteBuf::into_vec),

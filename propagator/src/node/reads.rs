@@ -3,6 +3,7 @@
 //! commit-to-apply samples of its replicates.
 
 use super::*;
+use crate::database::RangeContent;
 
 impl Node {
     pub(super) fn info(&self) -> Response {
@@ -83,7 +84,11 @@ impl Node {
     ) -> Response {
         let db = self.db.clone();
         match blocking(move || db.range_digest(file, from, to, records)).await {
-            Ok((count, digest, recs)) => Response::Range {
+            Ok(RangeContent {
+                count,
+                digest,
+                records: recs,
+            }) => Response::Range {
                 count,
                 digest,
                 records: recs

@@ -1,0 +1,548 @@
+//! The commit path: a session's buffered commands resolved against the
+//! latest state under the state lock (before-images, after-images, derived
+//! log records, metas), given an LSN and queued for the group commit; and
+//! the catalog changes (create a file, define a master) that go the same way.
+
+use super::*;
+
+impl Database {
+    /// Stores or replaces an engine-written record (administration and
+    /// confirmation files), as one transaction.
+    pub fn put_engine_record(
+        &self,
+        fnr: Fnr,
+        isn: Isn,
+        record: Record,
+    ) -> Result<CommitInfo, DbError> {
+        self.commit(
+            Vec::new(),
+            vec![Op::Put {
+                fnr,
+                isn,
+                record,
+                follows: None,
+            }],
+            None,
+        )
+    }
+
+    /// Checks a store a session is about to buffer, under one lock: the
+    /// file is one a client may write and undamaged, and the isn is free in
+    /// the latest state (committed or committing). With no isn given the
+    /// next one is handed out; it lies above every isn the file has held, so
+    /// it is not looked up. Advisory: ET checks again. Also says whether the
+    /// isn is taken.
+    pub(crate) fn prepare_store(&self, fnr: Fnr, isn: Option<Isn>) -> Result<(Isn, bool), DbError> {
+        let mut st = lock(&self.shared().state);
+        Self::writable(&st, fnr)?;
+        match isn {
+            Some(isn) => {
+                let view = LatestView {
+                    st: &st,
+                    store: &self.shared().store,
+                };
+                Ok((isn, view.get(fnr, isn)?.is_some()))
+            }
+            None => {
+                let from_meta = st.metas.get(&fnr).map(|m| m.next_isn).unwrap_or(1);
+                let next = st.next_isn.entry(fnr).or_insert(1);
+                let isn = (*next).max(from_meta);
+                // The last isn is never handed out: the next isn saturates
+                // there, so it could be handed out again.
+                if isn == u64::MAX {
+                    return Err(DbError::TooLarge(format!(
+                        "file {fnr} has no isn left to hand out"
+                    )));
+                }
+                *next = isn + 1;
+                Ok((Isn(isn), false))
+            }
+        }
+    }
+
+    /// Refuses a file a client may not write (unknown, damaged, or of a
+    /// role only the engine writes).
+    pub(super) fn writable(st: &Latest, fnr: Fnr) -> Result<(), DbError> {
+        let def = Self::usable_def(st, fnr)?;
+        if !def.role.client_writable() {
+            return Err(DbError::ReadOnlyFile {
+                fnr,
+                role: def.role.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The latest (committed or committing) bytes of a record, for a
+    /// session's own checks; refuses files a client may not write.
+    pub(crate) fn writable_get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        let st = lock(&self.shared().state);
+        Self::writable(&st, fnr)?;
+        LatestView {
+            st: &st,
+            store: &self.shared().store,
+        }
+        .get(fnr, isn)
+    }
+
+    /// Commits a transaction: resolve, log, sync, apply (see the module docs).
+    pub(crate) fn commit(
+        &self,
+        catalog: Vec<CatalogOp>,
+        ops: Vec<Op>,
+        client_id: Option<String>,
+    ) -> Result<CommitInfo, DbError> {
+        self.check_poisoned()?;
+        if let Some(id) = &client_id {
+            if id.is_empty() || id.len() > 128 {
+                return Err(DbError::BadClientId(id.len()));
+            }
+        }
+        let shared = self.shared();
+        let (rx, info) = {
+            let mut st = lock(&shared.state);
+            if let Some(id) = &client_id {
+                let prior = match st.pending_ids.get(id) {
+                    Some(l) => Some(*l),
+                    None => shared.store.client_id(id)?,
+                };
+                if let Some(lsn) = prior {
+                    return Err(DbError::AlreadyCommitted {
+                        id: id.clone(),
+                        lsn,
+                    });
+                }
+            }
+            if catalog.is_empty() && ops.is_empty() && client_id.is_none() {
+                return Ok(CommitInfo {
+                    lsn: st.last_lsn,
+                    time_us: st.last_time_us,
+                    client_id,
+                    seqs: BTreeMap::new(),
+                    metas: Vec::new(),
+                    visible_us: st.last_time_us,
+                });
+            }
+            let lsn = st.last_lsn.next();
+            let time_us = chrono::Utc::now().timestamp_micros().max(st.last_time_us);
+            let view = LatestView {
+                st: &st,
+                store: &shared.store,
+            };
+            let mut ap = Applier::new(&view, lsn, time_us, client_id.clone());
+            for op in &catalog {
+                ap.catalog_op(op);
+            }
+            let mut bytes = 0usize;
+            for op in ops {
+                let change = resolve(&ap, &st, op)?;
+                bytes += change.after.as_ref().map_or(0, |a| a.len());
+                if bytes > MAX_TXN_BYTES {
+                    return Err(DbError::TooLarge(format!(
+                        "more than {MAX_TXN_BYTES} bytes of records"
+                    )));
+                }
+                ap.change(change, false)?;
+            }
+            let derived = ap.finish()?;
+            let rebased: Vec<Fnr> = catalog
+                .iter()
+                .filter_map(|op| match op {
+                    CatalogOp::Rebase(m) => Some(m.fnr),
+                    CatalogOp::Define(_) | CatalogOp::Restore { .. } => None,
+                })
+                .collect();
+            let entry = Commit {
+                lsn,
+                time_us,
+                client_id: client_id.clone(),
+                catalog,
+                changes: derived.changes,
+                metas: derived.metas.values().copied().collect(),
+            };
+            let metas_after: Vec<FileMeta> = derived.metas.values().copied().collect();
+            let payload = PlogEntry::Commit(entry).encode();
+            if payload.len() > crate::plog::format::MAX_PAYLOAD as usize {
+                return Err(DbError::TooLarge(format!(
+                    "the log entry would be {} bytes",
+                    payload.len()
+                )));
+            }
+            // From here the commit is accepted: publish it to the latest state
+            // and queue it while still holding the lock (queue order = LSN order).
+            for m in derived.metas.values() {
+                st.metas.insert(m.fnr, *m);
+            }
+            // The restore marks these definitions replace: a cleared mark
+            // clears the damage it recorded (and only that damage).
+            let cleared: Vec<(Fnr, String)> = derived
+                .catalog
+                .values()
+                .filter(|d| d.restoring.is_none())
+                .filter_map(|d| {
+                    let prev = st.catalog.get(&d.fnr)?.restoring.as_deref()?;
+                    Some((d.fnr, crate::catalog::unfinished_restore(prev)))
+                })
+                .collect();
+            for d in derived.catalog.values() {
+                st.catalog.insert(d.fnr, d.clone());
+            }
+            for fnr in &rebased {
+                st.damaged.remove(fnr);
+            }
+            for d in derived.catalog.values() {
+                if let Some(why) = &d.restoring {
+                    st.damaged
+                        .insert(d.fnr, crate::catalog::unfinished_restore(why));
+                }
+            }
+            for (fnr, mark) in cleared {
+                if st.damaged.get(&fnr) == Some(&mark) {
+                    st.damaged.remove(&fnr);
+                }
+            }
+            let mut keys = Vec::with_capacity(derived.records.len());
+            for (fnr, isn, v) in &derived.records {
+                st.overlay.insert((*fnr, *isn), (lsn, v.clone()));
+                keys.push((*fnr, *isn));
+            }
+            if let Some(id) = &client_id {
+                st.pending_ids.insert(id.clone(), lsn);
+            }
+            st.last_lsn = lsn;
+            st.last_time_us = time_us;
+            let job = Job {
+                lsn,
+                payload,
+                records: derived.records,
+                metas: derived.metas.into_values().collect(),
+                catalog: derived.catalog.into_values().collect(),
+                client_id: client_id.clone(),
+            };
+            (
+                shared.committer.enqueue(job)?,
+                CommitInfo {
+                    lsn,
+                    time_us,
+                    client_id,
+                    seqs: derived.seqs,
+                    metas: metas_after,
+                    visible_us: chrono::Utc::now().timestamp_micros(),
+                },
+            )
+        };
+        shared.committer.finish(shared, rx)?;
+        Ok(info)
+    }
+
+    /// Creates a file.
+    pub fn create_file(&self, fnr: Fnr, name: &str, role: Role) -> Result<CommitInfo, DbError> {
+        if fnr.0 == 0 {
+            return Err(DbError::BadDefinition("file numbers start at 1".into()));
+        }
+        if !valid_name(name) {
+            return Err(DbError::BadDefinition(format!(
+                "file name {name:?} must be 1 to {MAX_FILE_NAME} letters, digits, '_', '-' or '.'"
+            )));
+        }
+        if matches!(role, Role::Master { .. } | Role::Log { .. }) {
+            return Err(DbError::BadDefinition(
+                "master and log files are made with `master define`".into(),
+            ));
+        }
+        {
+            let st = lock(&self.shared().state);
+            if let Some(d) = st.catalog.get(&fnr) {
+                return Err(DbError::FileExists {
+                    fnr,
+                    name: d.name.clone(),
+                });
+            }
+            if let Some(d) = st.catalog.values().find(|d| d.name == name) {
+                return Err(DbError::BadDefinition(format!(
+                    "the name {name:?} is already used by file {}",
+                    d.fnr
+                )));
+            }
+        }
+        let def = FileDef {
+            fnr,
+            name: name.to_string(),
+            role,
+            restoring: None,
+        };
+        self.commit(vec![CatalogOp::Define(def)], vec![], None)
+    }
+
+    /// Makes plain file `fnr` a master with `log` as its ETP log file
+    /// (created if missing; an existing one must be an empty plain file).
+    pub fn define_master(&self, fnr: Fnr, log: Fnr) -> Result<CommitInfo, DbError> {
+        if log == fnr {
+            return Err(DbError::BadDefinition(
+                "a master cannot be its own log file".into(),
+            ));
+        }
+        if log.0 == 0 {
+            return Err(DbError::BadDefinition("file numbers start at 1".into()));
+        }
+        let ops = {
+            let st = lock(&self.shared().state);
+            let def = Self::usable_def(&st, fnr)?;
+            if def.role != Role::Plain {
+                return Err(DbError::BadDefinition(format!(
+                    "file {fnr} is a {} file; only a plain file can become a master",
+                    def.role.name()
+                )));
+            }
+            let log_def = match st.catalog.get(&log) {
+                Some(l) => {
+                    let count = st.metas.get(&log).map_or(0, |m| m.count);
+                    if l.role != Role::Plain || count != 0 {
+                        return Err(DbError::BadDefinition(format!(
+                            "file {log} exists ({} file with {count} records); a log file must be new or an empty plain file",
+                            l.role.name()
+                        )));
+                    }
+                    FileDef {
+                        role: Role::Log { master: fnr },
+                        ..l.clone()
+                    }
+                }
+                None => {
+                    let name = format!("{}.log", def.name);
+                    if st.catalog.values().any(|d| d.name == name) {
+                        return Err(DbError::BadDefinition(format!(
+                            "the name {name:?} for the new log file is already used"
+                        )));
+                    }
+                    FileDef {
+                        fnr: log,
+                        name,
+                        role: Role::Log { master: fnr },
+                        restoring: None,
+                    }
+                }
+            };
+            vec![
+                CatalogOp::Define(log_def),
+                CatalogOp::Define(FileDef {
+                    role: Role::Master {
+                        log,
+                        incarnation: 1,
+                    },
+                    ..def.clone()
+                }),
+            ]
+        };
+        self.commit(ops, vec![], None)
+    }
+}
+
+/// The latest state plus the page store: what a new commit applies on.
+pub(super) struct LatestView<'a> {
+    pub(super) st: &'a Latest,
+    pub(super) store: &'a PageStore,
+}
+
+impl StateView for LatestView<'_> {
+    fn def(&self, fnr: Fnr) -> Option<FileDef> {
+        self.st.catalog.get(&fnr).cloned()
+    }
+    fn meta(&self, fnr: Fnr) -> Option<FileMeta> {
+        self.st.metas.get(&fnr).copied()
+    }
+    fn get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+        if let Some((_, v)) = self.st.overlay.get(&(fnr, isn)) {
+            return Ok(v.clone());
+        }
+        Ok(self.store.get(fnr, isn)?)
+    }
+}
+
+/// Turns one buffered command into a change against the latest state.
+pub(super) fn resolve<V: StateView>(
+    ap: &Applier<'_, V>,
+    st: &Latest,
+    op: Op,
+) -> Result<crate::plog::Change, DbError> {
+    let fnr = match &op {
+        Op::Store { fnr, .. }
+        | Op::Update { fnr, .. }
+        | Op::Delete { fnr, .. }
+        | Op::Replicated { fnr, .. }
+        | Op::Restored { fnr, .. }
+        | Op::Put { fnr, .. } => *fnr,
+    };
+    match &op {
+        Op::Restored { .. } => {
+            // A restore writes the file it marked as being restored.
+            let restoring = st.catalog.get(&fnr).is_some_and(|d| d.restoring.is_some());
+            if !restoring {
+                Database::usable_def(st, fnr)?;
+            }
+        }
+        Op::Replicated { .. } | Op::Put { .. } => {
+            let def = Database::usable_def(st, fnr)?;
+            let ok = match op {
+                Op::Replicated { .. } => def.role == Role::Replicate,
+                _ => matches!(def.role, Role::Confirmation | Role::Administration),
+            };
+            if !ok {
+                return Err(DbError::BadDefinition(format!(
+                    "file {fnr} is a {} file; the engine writes only replicate, confirmation and administration files this way",
+                    def.role.name()
+                )));
+            }
+        }
+        _ => {
+            Database::writable(st, fnr)?;
+        }
+    }
+    let bad = |source| DbError::BadRecord { fnr, source };
+    Ok(match op {
+        Op::Store { isn, record, .. } => {
+            // A new isn needs no lookup: a lookup in the page store waits
+            // for any batch the applier is writing (sled holds one global
+            // lock across a batch), with the state lock held.
+            if !ap.unused(fnr, isn) && ap.current(fnr, isn)?.is_some() {
+                return Err(DbError::RecordExists { fnr, isn });
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before: None,
+                after: Some(encode_record(&record).map_err(bad)?),
+            }
+        }
+        Op::Update { isn, patch, .. } => {
+            let before = ap
+                .current(fnr, isn)?
+                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            let mut rec = decode_record(&before).map_err(bad)?;
+            apply_patch(&mut rec, &patch);
+            crate::plog::Change {
+                fnr,
+                isn,
+                before: Some(before),
+                after: Some(encode_record(&rec).map_err(bad)?),
+            }
+        }
+        Op::Delete { isn, .. } => {
+            let before = ap
+                .current(fnr, isn)?
+                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            crate::plog::Change {
+                fnr,
+                isn,
+                before: Some(before),
+                after: None,
+            }
+        }
+        Op::Restored {
+            isn, before, after, ..
+        } => {
+            if isn.0 == 0 {
+                return Err(DbError::ZeroIsn(fnr));
+            }
+            let is_log =
+                matches!(st.catalog.get(&fnr), Some(d) if matches!(d.role, Role::Log { .. }));
+            if let (Some(a), false) = (&after, is_log) {
+                decode_record(a).map_err(bad)?;
+            }
+            if ap.current(fnr, isn)? != before {
+                return Err(DbError::BadDefinition(format!(
+                    "record {isn} of file {fnr} changed while it was being restored"
+                )));
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before,
+                after,
+            }
+        }
+        Op::Replicated {
+            isn, before, after, ..
+        } => {
+            if isn.0 == 0 {
+                return Err(DbError::ZeroIsn(fnr));
+            }
+            if let Some(a) = &after {
+                // Validated as any stored record is: nothing undecodable lands.
+                decode_record(a).map_err(bad)?;
+            }
+            let current = ap.current(fnr, isn)?;
+            if current != before {
+                return Err(DbError::ReplicateDiverged {
+                    fnr,
+                    isn,
+                    reason: match (&current, &before) {
+                        (None, Some(_)) => "the record is missing".into(),
+                        (Some(_), None) => "the record already exists".into(),
+                        _ => "the record differs from the master's before-image".into(),
+                    },
+                });
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before,
+                after,
+            }
+        }
+        Op::Put {
+            isn,
+            record,
+            follows,
+            ..
+        } => {
+            let before = ap.current(fnr, isn)?;
+            if let Some(guard) = follows {
+                let current = match &before {
+                    None => Record::new(),
+                    Some(b) => decode_record(b).map_err(bad)?,
+                };
+                let view = crate::confirmation::GuardView::of(&current);
+                let load_id = view.load_id;
+                match guard {
+                    PutGuard::Seq(expected) => {
+                        if let Some(id) = load_id {
+                            return Err(DbError::LoadInProgress {
+                                fnr,
+                                id: id.to_string(),
+                            });
+                        }
+                        let confirmed = view.seq;
+                        if confirmed != expected {
+                            return Err(DbError::OutOfSequence {
+                                fnr,
+                                expected,
+                                confirmed,
+                            });
+                        }
+                    }
+                    PutGuard::Load { id, next } => {
+                        let at = view.load_next;
+                        if load_id != Some(id.as_str()) || at != Some(next) {
+                            return Err(DbError::LoadOutOfSequence {
+                                fnr,
+                                id,
+                                next,
+                                found: match (load_id, at) {
+                                    (Some(l), Some(n)) => format!("load {l} at isn {n}"),
+                                    _ => "no load in progress".into(),
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+            crate::plog::Change {
+                fnr,
+                isn,
+                before,
+                after: Some(encode_record(&record).map_err(bad)?),
+            }
+        }
+    })
+}

@@ -1,0 +1,228 @@
+//! Replicated apply and loads: a master's batch applied to a replicate with
+//! its confirmation in one transaction (guarded so batches and chunks apply
+//! in order, exactly once), and a loaded chunk replacing an isn range.
+
+use super::*;
+
+impl Database {
+    /// Commits changes replicated from a master, and the confirmation record,
+    /// as one transaction. The batch must follow the confirmed seq `follows`
+    /// (checked first, in the same transaction: a stale batch from an old
+    /// link is refused as out of sequence and changes nothing). Each change
+    /// names the record's expected current bytes (`before`): a replicate
+    /// that does not hold exactly them has diverged, and the transaction is
+    /// refused with nothing applied.
+    pub fn apply_replicated(
+        &self,
+        replicate: Fnr,
+        follows: Seq,
+        changes: Vec<ReplicatedChange>,
+        confirmation: (Fnr, Isn, Record),
+    ) -> Result<CommitInfo, DbError> {
+        let (cfnr, cisn, rec) = confirmation;
+        let mut ops = vec![Op::Put {
+            fnr: cfnr,
+            isn: cisn,
+            record: rec,
+            follows: Some(PutGuard::Seq(follows)),
+        }];
+        ops.extend(
+            changes
+                .into_iter()
+                .map(|ReplicatedChange { isn, before, after }| Op::Replicated {
+                    fnr: replicate,
+                    isn,
+                    before,
+                    after,
+                }),
+        );
+        self.commit(Vec::new(), ops, None)
+    }
+
+    /// Replaces a replicate's records in the isn range `[from, to)` (`to`
+    /// None: to the end) with `wanted` (ascending isns inside the range), and
+    /// writes the load's progress record, as one transaction. Records
+    /// already equal are left alone unless `rewrite`. The progress record is
+    /// guarded ([`PutGuard::Load`]), so a chunk applies exactly once and in
+    /// order. With `expect`, the file's count and digest after the chunk must
+    /// equal it (the last chunk of a load), or nothing is written.
+    ///
+    /// The caller serialises writes to `replicate` (as replication links do).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_range(
+        &self,
+        replicate: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+        wanted: Vec<(Isn, Vec<u8>)>,
+        rewrite: bool,
+        progress: (Fnr, Isn, Record, PutGuard),
+        expect: Option<(u64, crate::Digest)>,
+    ) -> Result<(CommitInfo, LoadStats), DbError> {
+        check_chunk("loaded", from, to, &wanted)?;
+        let def = self.file(replicate)?;
+        if def.role != Role::Replicate {
+            return Err(DbError::BadDefinition(format!(
+                "file {replicate} is a {} file, not a replicate",
+                def.role.name()
+            )));
+        }
+        // What the page store holds in the range is what the replicate
+        // held when the load began (the load's first step waits until every
+        // earlier write is applied, see `settle`), or a previous chunk's
+        // — never this one's: chunks are guarded and cover disjoint ranges.
+        let existing = self.stored_range(replicate, from, to)?;
+        let mut meta = self.file_info(replicate)?.meta;
+        let (diff, stats) = diff_range(existing, wanted, rewrite);
+        let last = expect.is_some();
+        let mut ops = Vec::with_capacity(diff.len() + 1);
+        for ReplicatedChange { isn, before, after } in diff {
+            if last {
+                meta.change(isn, before.as_deref(), after.as_deref());
+            }
+            // Checked against the page store as any replicated change is:
+            // that read is also what makes sled evict its cache (it does so
+            // only on reads), which bounds a node's memory during a load.
+            ops.push(Op::Replicated {
+                fnr: replicate,
+                isn,
+                before,
+                after,
+            });
+        }
+        if let Some((count, digest)) = expect {
+            if (meta.count, meta.digest) != (count, digest) {
+                return Err(DbError::BadDefinition(format!(
+                    "replicate file {replicate} would hold {} records with digest {} after its last loaded chunk, but the load expects {count} records with digest {digest}; nothing written",
+                    meta.count, meta.digest
+                )));
+            }
+        }
+        let (cfnr, cisn, rec, guard) = progress;
+        ops.insert(
+            0,
+            Op::Put {
+                fnr: cfnr,
+                isn: cisn,
+                record: rec,
+                follows: Some(guard),
+            },
+        );
+        let info = self.commit(Vec::new(), ops, None)?;
+        Ok((info, stats))
+    }
+
+    /// Waits until every write so far is in the page store: the first step
+    /// of a load, so that `load_range` reads a settled file.
+    pub fn settle(&self) -> Result<(), DbError> {
+        self.wait_applied()
+    }
+}
+
+/// What a confirmation record must hold before an engine write replaces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutGuard {
+    /// Its `seq` field (0 when absent) equals this and no load is in
+    /// progress: a confirmation only ever moves forward, one batch at a time.
+    Seq(Seq),
+    /// A load with this id is in progress and has loaded up to (not
+    /// including) isn `next`: chunks apply in order, each exactly once.
+    Load { id: String, next: u64 },
+}
+
+/// What one loaded chunk changed on a replicate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadStats {
+    /// Records stored or replaced.
+    pub written: u64,
+    /// Records deleted (held by the replicate, not wanted in the range).
+    pub removed: u64,
+    /// Records already equal, left alone (scoped loads).
+    pub kept: u64,
+}
+
+/// Checks that a chunk's records (`what`: loaded, restored) lie inside
+/// `[from, to)`, have isns above 0 and ascend.
+pub(super) fn check_chunk(
+    what: &str,
+    from: Isn,
+    to: Option<Isn>,
+    wanted: &[(Isn, Vec<u8>)],
+) -> Result<(), DbError> {
+    let in_range = |i: Isn| i >= from && to.is_none_or(|t| i < t);
+    if let Some(bad) = wanted.iter().find(|(i, _)| !in_range(*i) || i.0 == 0) {
+        return Err(DbError::BadDefinition(format!(
+            "{what} record isn {} lies outside its chunk [{from}, {})",
+            bad.0,
+            to.map_or("end".into(), |t| t.to_string())
+        )));
+    }
+    if wanted.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(DbError::BadDefinition(format!(
+            "{what} records are not in ascending isn order"
+        )));
+    }
+    Ok(())
+}
+
+/// The changes that turn `have` into `want` (both ascending by isn):
+/// records only in `have` are deleted, records only in `want` stored,
+/// records in both replaced if they differ (or always, with `rewrite`).
+pub(super) fn diff_range(
+    have: Vec<(Isn, Vec<u8>)>,
+    want: Vec<(Isn, Vec<u8>)>,
+    rewrite: bool,
+) -> (Vec<ReplicatedChange>, LoadStats) {
+    let mut stats = LoadStats::default();
+    let mut out = Vec::new();
+    let (mut have, mut want) = (have.into_iter().peekable(), want.into_iter().peekable());
+    loop {
+        let order = match (have.peek(), want.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((h, _)), Some((w, _))) => h.cmp(w),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some((i, b)) = have.next() {
+                    stats.removed += 1;
+                    out.push(ReplicatedChange::new(i, Some(b), None));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((i, a)) = want.next() {
+                    stats.written += 1;
+                    out.push(ReplicatedChange::new(i, None, Some(a)));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((i, b)), Some((_, a))) = (have.next(), want.next()) {
+                    if a == b && !rewrite {
+                        stats.kept += 1;
+                    } else {
+                        stats.written += 1;
+                        out.push(ReplicatedChange::new(i, Some(b), Some(a)));
+                    }
+                }
+            }
+        }
+    }
+    (out, stats)
+}
+
+/// A replicated change: isn, expected current bytes, new bytes (None: absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicatedChange {
+    pub isn: Isn,
+    /// The bytes the replicate must hold now (None: absent).
+    pub before: Option<Vec<u8>>,
+    /// The bytes it holds after (None: deleted).
+    pub after: Option<Vec<u8>>,
+}
+
+impl ReplicatedChange {
+    pub fn new(isn: Isn, before: Option<Vec<u8>>, after: Option<Vec<u8>>) -> ReplicatedChange {
+        ReplicatedChange { isn, before, after }
+    }
+}

@@ -1,0 +1,188 @@
+//! Restore: rebasing a file on what it holds, marking a file being restored
+//! so part-copied content never reads as intact, writing a copy's records
+//! back range by range, and the copy point a copy set is taken at.
+
+use super::*;
+
+impl Database {
+    /// Takes a replicate file's records as they stand in the page store as
+    /// its new baseline ([`CatalogOp::Rebase`]): its count and digest are
+    /// recomputed from them and any damage recorded against it is cleared.
+    /// Only a load that then replaces every record (and proves the result
+    /// against its master) may do this. The caller serialises writes to it.
+    pub fn rebase_replicate(&self, fnr: Fnr) -> Result<FileMeta, DbError> {
+        let def = self.file_info(fnr)?.def;
+        if def.role != Role::Replicate {
+            return Err(DbError::BadDefinition(format!(
+                "file {fnr} is a {} file; only replicate files are rebased",
+                def.role.name()
+            )));
+        }
+        self.rebase_file(fnr)
+    }
+
+    /// Takes any file's records as they stand in the page store as its new
+    /// baseline (see [`Database::rebase_replicate`]): the first step of a
+    /// restore into a damaged file, whose every record the restore then
+    /// replaces and proves against the copy's digest.
+    ///
+    /// A rebase is an explicit new baseline: it also clears an unfinished
+    /// restore's mark (a load that then replaces every record and proves
+    /// it against its master, or an administration file rebuilt from an
+    /// export). Callers that cannot prove the content must check the mark
+    /// first (see [`Database::refresh_log`]).
+    pub fn rebase_file(&self, fnr: Fnr) -> Result<FileMeta, DbError> {
+        let (def, meta) = self.baseline(fnr)?;
+        let mut ops = Vec::new();
+        if def.restoring.is_some() {
+            ops.push(CatalogOp::Define(FileDef {
+                restoring: None,
+                ..def
+            }));
+        }
+        ops.push(CatalogOp::Rebase(meta));
+        self.commit(ops, Vec::new(), None)?;
+        Ok(meta)
+    }
+
+    /// A file's definition and the meta of what its page store holds now.
+    pub(super) fn baseline(&self, fnr: Fnr) -> Result<(FileDef, FileMeta), DbError> {
+        let info = self.file_info(fnr)?;
+        self.wait_applied()?;
+        let mut meta = recovery::scan_meta(&self.shared().store, fnr)?;
+        meta.next_isn = meta.next_isn.max(info.meta.next_isn);
+        Ok((info.def, meta))
+    }
+
+    /// Begins a restore into a file: its records as they stand in the page
+    /// store become its baseline (as [`Database::rebase_file`]), and it is
+    /// marked as being restored — damaged, across restarts, until the
+    /// restore's last chunk ([`Database::restore_range`] with `last`) proves
+    /// it. `why` says what the restore is for.
+    pub fn begin_restore(&self, fnr: Fnr, why: &str) -> Result<FileMeta, DbError> {
+        let (def, meta) = self.baseline(fnr)?;
+        self.commit(
+            vec![
+                CatalogOp::Define(FileDef {
+                    restoring: Some(why.to_string()),
+                    ..def
+                }),
+                CatalogOp::Rebase(meta),
+            ],
+            Vec::new(),
+            None,
+        )?;
+        Ok(meta)
+    }
+
+    /// Replaces a file's records in `[from, to)` (`to` None: to the end)
+    /// with `wanted` (ascending isns inside the range), as one transaction
+    /// that derives nothing ([`CatalogOp::Restore`]): a restored master
+    /// writes no log records, its log is restored beside it. Any role. With
+    /// `last`, this is the file's last chunk: its count and digest after it
+    /// must equal `last`'s, and its next isn becomes `last.next_isn`.
+    ///
+    /// The caller serialises writes to `fnr` (nothing else may write it
+    /// during a restore); a damaged file is rebased first.
+    pub fn restore_range(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+        wanted: Vec<(Isn, Vec<u8>)>,
+        last: Option<FileMeta>,
+    ) -> Result<(CommitInfo, LoadStats), DbError> {
+        check_chunk("restored", from, to, &wanted)?;
+        if let Some(want) = last {
+            // The file ends as the copy: every record below its next isn
+            // (new isns are handed out from there, unlooked-up). The last
+            // chunk runs to the end, from at most that isn, with none above.
+            let top = wanted.last().map(|(i, _)| i.0);
+            if to.is_some() || from.0 > want.next_isn || top.is_some_and(|t| t >= want.next_isn) {
+                return Err(DbError::BadDefinition(format!(
+                    "the last chunk restored into file {fnr} must run from at most the copy's next isn {} to the end and hold no record at or above it (it runs from {from}{}{}); nothing written",
+                    want.next_isn,
+                    to.map(|t| format!(" to {t}")).unwrap_or_default(),
+                    top.map(|t| format!(" and holds isn {t}")).unwrap_or_default(),
+                )));
+            }
+        }
+        let def = {
+            let st = lock(&self.shared().state);
+            let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+            // A file being restored is damaged until its last chunk: only
+            // the restore itself writes it.
+            if def.restoring.is_none() {
+                Self::usable_def(&st, fnr)?;
+            }
+            def.clone()
+        };
+        self.wait_applied()?;
+        let existing = self.stored_range(fnr, from, to)?;
+        let mut meta = self.file_info(fnr)?.meta;
+        let (diff, stats) = diff_range(existing, wanted, false);
+        let mut ops = Vec::with_capacity(diff.len());
+        for ReplicatedChange { isn, before, after } in diff {
+            meta.change(isn, before.as_deref(), after.as_deref());
+            ops.push(Op::Restored {
+                fnr,
+                isn,
+                before,
+                after,
+            });
+        }
+        if let Some(want) = last {
+            if (meta.count, meta.digest) != (want.count, want.digest) {
+                return Err(DbError::BadDefinition(format!(
+                    "file {fnr} would hold {} records with digest {} after its last restored chunk, but the copy holds {} records with digest {}; nothing written",
+                    meta.count, meta.digest, want.count, want.digest
+                )));
+            }
+        }
+        let mut catalog = vec![CatalogOp::Restore {
+            fnr,
+            next_isn: last.map(|m| m.next_isn),
+        }];
+        if last.is_some() && def.restoring.is_some() {
+            // Proved: the restore is over, in this same commit (from the
+            // latest definition, so nothing committed meanwhile is undone).
+            let latest = lock(&self.shared().state).catalog.get(&fnr).cloned();
+            catalog.push(CatalogOp::Define(FileDef {
+                restoring: None,
+                ..latest.unwrap_or(def)
+            }));
+        }
+        let info = self.commit(catalog, ops, None)?;
+        Ok((info, stats))
+    }
+
+    /// The state a copy is taken at: the latest LSN, its commit time, the
+    /// catalog, every file's meta and damage, all read under one lock; then
+    /// waits until that LSN is durable and in the page store. Taken at the
+    /// start of a copy's page-store scan and again at its end (see
+    /// [`crate::copy`]).
+    pub fn copy_point(&self) -> Result<CopyPoint, DbError> {
+        let point = {
+            let st = lock(&self.shared().state);
+            CopyPoint {
+                lsn: st.last_lsn,
+                time_us: st.last_time_us,
+                catalog: st.catalog.clone(),
+                metas: st.metas.clone(),
+                damaged: st.damaged.clone(),
+            }
+        };
+        self.wait_applied()?;
+        Ok(point)
+    }
+}
+
+/// A database's state at one LSN, as a copy records it.
+#[derive(Clone, Debug)]
+pub struct CopyPoint {
+    pub lsn: Lsn,
+    pub time_us: i64,
+    pub catalog: BTreeMap<Fnr, FileDef>,
+    pub metas: BTreeMap<Fnr, FileMeta>,
+    pub damaged: BTreeMap<Fnr, String>,
+}
