@@ -107,9 +107,95 @@ impl Bound {
     /// Steps that wait for a person.
     fn operator(&self) -> bool {
         matches!(
-            self.action.as_str(),
-            "manual_intervention" | "restart_databases"
+            Action::parse(&self.action),
+            Some(Action::ManualIntervention | Action::RestartDatabases)
         )
+    }
+}
+
+/// Every action a recovery tree may name: the executor ([`Exec::step`])
+/// matches on it exhaustively, so an action without an executor does not
+/// compile, and a test checks the trees name exactly these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    AwaitLink,
+    ManualIntervention,
+    QuiesceMaster,
+    RaiseIncarnation,
+    ReapplyRecoverableTransactions,
+    RebuildLogToMasterLevel,
+    RecordGap,
+    RefreshLog,
+    RegenerateToEnd,
+    ReinitReplicate,
+    ReloadReplicateFromFullReplicate,
+    ReloadReplicateFromMaster,
+    RerunFailedTransactions,
+    ResetError,
+    RestartDatabases,
+    RestartTasks,
+    RestoreAdminFromCopy,
+    RestoreAdminFromExport,
+    RestoreCopySet,
+    RestoreMasterFromFullReplicate,
+    ResumeMaster,
+    StopTasks,
+    TakeCopySet,
+    VerifyDefinitions,
+    VerifyMasterLog,
+    VerifyReplicates,
+}
+
+impl Action {
+    const ALL: &'static [(Action, &'static str)] = &[
+        (Action::AwaitLink, "await_link"),
+        (Action::ManualIntervention, "manual_intervention"),
+        (Action::QuiesceMaster, "quiesce_master"),
+        (Action::RaiseIncarnation, "raise_incarnation"),
+        (
+            Action::ReapplyRecoverableTransactions,
+            "reapply_recoverable_transactions",
+        ),
+        (
+            Action::RebuildLogToMasterLevel,
+            "rebuild_log_to_master_level",
+        ),
+        (Action::RecordGap, "record_gap"),
+        (Action::RefreshLog, "refresh_log"),
+        (Action::RegenerateToEnd, "regenerate_to_end"),
+        (Action::ReinitReplicate, "reinit_replicate"),
+        (
+            Action::ReloadReplicateFromFullReplicate,
+            "reload_replicate_from_full_replicate",
+        ),
+        (
+            Action::ReloadReplicateFromMaster,
+            "reload_replicate_from_master",
+        ),
+        (Action::RerunFailedTransactions, "rerun_failed_transactions"),
+        (Action::ResetError, "reset_error"),
+        (Action::RestartDatabases, "restart_databases"),
+        (Action::RestartTasks, "restart_tasks"),
+        (Action::RestoreAdminFromCopy, "restore_admin_from_copy"),
+        (Action::RestoreAdminFromExport, "restore_admin_from_export"),
+        (Action::RestoreCopySet, "restore_copy_set"),
+        (
+            Action::RestoreMasterFromFullReplicate,
+            "restore_master_from_full_replicate",
+        ),
+        (Action::ResumeMaster, "resume_master"),
+        (Action::StopTasks, "stop_tasks"),
+        (Action::TakeCopySet, "take_copy_set"),
+        (Action::VerifyDefinitions, "verify_definitions"),
+        (Action::VerifyMasterLog, "verify_master_log"),
+        (Action::VerifyReplicates, "verify_replicates"),
+    ];
+
+    fn parse(name: &str) -> Option<Action> {
+        Action::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(a, _)| *a)
     }
 }
 
@@ -716,8 +802,14 @@ impl Exec<'_> {
 
     fn step(&self, i: usize, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
         let limit = self.opts.wait;
-        match b.action.as_str() {
-            "stop_tasks" => {
+        let Some(action) = Action::parse(&b.action) else {
+            bail!(
+                "action `{}` is not carried out by this engine: do it by hand, then run with --confirm",
+                b.action
+            );
+        };
+        match action {
+            Action::StopTasks => {
                 let mut out = Vec::new();
                 for t in &b.targets {
                     match t {
@@ -731,7 +823,9 @@ impl Exec<'_> {
                             )?;
                             out.push(format!("{name} not fed"));
                         }
-                        Target::Master { addr, file, name, .. } => {
+                        Target::Master {
+                            addr, file, name, ..
+                        } => {
                             // A node without a topology (its administration
                             // file damaged) runs no task to stop.
                             let runs = match call(*addr, &Request::TaskStatus)? {
@@ -756,7 +850,7 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
-            "quiesce_master" | "resume_master" => {
+            Action::QuiesceMaster | Action::ResumeMaster => {
                 let on = b.action == "quiesce_master";
                 for t in &b.targets {
                     if let Target::Master { addr, .. } = t {
@@ -768,7 +862,7 @@ impl Exec<'_> {
                     if on { "refused" } else { "accepted again" }
                 ))
             }
-            "await_link" => {
+            Action::AwaitLink => {
                 let mut dbs: Vec<(u32, SocketAddr)> = Vec::new();
                 for t in &b.targets {
                     if let Target::Master { db, addr, file, .. } = t {
@@ -794,28 +888,47 @@ impl Exec<'_> {
                 })?;
                 Ok(format!(
                     "databases {} answer (waited {:.1} s)",
-                    dbs.iter().map(|d| d.0.to_string()).collect::<Vec<_>>().join(", "),
+                    dbs.iter()
+                        .map(|d| d.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     started.elapsed().as_secs_f64()
                 ))
             }
-            "restore_copy_set" | "restore_admin_from_copy" => self.restore(i, b, false, journal),
-            "regenerate_to_end" | "rebuild_log_to_master_level" => {
+            Action::RestoreCopySet | Action::RestoreAdminFromCopy => {
+                self.restore(i, b, false, journal)
+            }
+            Action::RegenerateToEnd | Action::RebuildLogToMasterLevel => {
                 self.restore(i, b, true, journal)
             }
-            "verify_master_log" => {
+            Action::VerifyMasterLog => {
                 let mut out = Vec::new();
                 for t in &b.targets {
-                    let Target::Master { addr, file, log, name, .. } = t else {
+                    let Target::Master {
+                        addr,
+                        file,
+                        log,
+                        name,
+                        ..
+                    } = t
+                    else {
                         continue;
                     };
                     out.push(verify_master_log(*addr, Fnr(*file), Fnr(*log), name)?);
                 }
                 Ok(out.join("; "))
             }
-            "refresh_log" | "raise_incarnation" => {
+            Action::RefreshLog | Action::RaiseIncarnation => {
                 let mut out = Vec::new();
                 for t in &b.targets {
-                    let Target::Master { addr, db, file, log, .. } = t else {
+                    let Target::Master {
+                        addr,
+                        db,
+                        file,
+                        log,
+                        ..
+                    } = t
+                    else {
                         continue;
                     };
                     let op = if b.action == "refresh_log" {
@@ -837,11 +950,14 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
-            "take_copy_set" => {
+            Action::TakeCopySet => {
                 let area = backup::Area::open(Path::new(&self.area()?))?;
                 let mut out = Vec::new();
                 for t in &b.targets {
-                    let Target::Master { addr, file, name, .. } = t else {
+                    let Target::Master {
+                        addr, file, name, ..
+                    } = t
+                    else {
                         continue;
                     };
                     let taken = backup::take::take_job(
@@ -854,12 +970,15 @@ impl Exec<'_> {
                         &mut |_| {},
                     )?;
                     for x in taken {
-                        out.push(format!("copy set {} of {name} at LSN {}", x.set.id, x.set.lsn));
+                        out.push(format!(
+                            "copy set {} of {name} at LSN {}",
+                            x.set.id, x.set.lsn
+                        ));
                     }
                 }
                 Ok(out.join("; "))
             }
-            "reload_replicate_from_master" | "reload_replicate_from_full_replicate" => {
+            Action::ReloadReplicateFromMaster | Action::ReloadReplicateFromFullReplicate => {
                 let from = match b.action.as_str() {
                     "reload_replicate_from_master" => None,
                     _ => match b.sources.first() {
@@ -879,7 +998,7 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
-            "reinit_replicate" => {
+            Action::ReinitReplicate => {
                 let mut out = Vec::new();
                 for t in &b.targets {
                     if let Target::Replicate {
@@ -899,7 +1018,7 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
-            "rerun_failed_transactions" | "reapply_recoverable_transactions" => {
+            Action::RerunFailedTransactions | Action::ReapplyRecoverableTransactions => {
                 let Some(dir) = &self.opts.sources.journal else {
                     return Ok("no client journal given (--journal DIR): nothing to rerun".into());
                 };
@@ -932,10 +1051,17 @@ impl Exec<'_> {
                     }
                 }
             }
-            "record_gap" => {
+            Action::RecordGap => {
                 let mut out = Vec::new();
                 for t in &b.targets {
-                    let Target::Master { addr, db, file, log, name } = t else {
+                    let Target::Master {
+                        addr,
+                        db,
+                        file,
+                        log,
+                        name,
+                    } = t
+                    else {
                         continue;
                     };
                     let before = self
@@ -951,7 +1077,9 @@ impl Exec<'_> {
                         None => log_level(*addr, Fnr(*log))?,
                     };
                     if now >= before {
-                        out.push(format!("{name}: no level lost (at seq {now}, was {before})"));
+                        out.push(format!(
+                            "{name}: no level lost (at seq {now}, was {before})"
+                        ));
                     } else {
                         journal.append(Line::Gap {
                             master: name.clone(),
@@ -966,7 +1094,7 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
-            "restore_admin_from_export" => {
+            Action::RestoreAdminFromExport => {
                 let Some(Target::Export { path }) = b.sources.first() else {
                     bail!("no topology export to restore from (--export FILE)");
                 };
@@ -974,7 +1102,10 @@ impl Exec<'_> {
                     .with_context(|| format!("cannot read the topology export {path}"))?;
                 let damaged = self.probes.damaged_admins();
                 for a in &damaged {
-                    call(a.addr, &Request::Recovery(RecoveryOp::Rebase { file: a.fnr }))?;
+                    call(
+                        a.addr,
+                        &Request::Recovery(RecoveryOp::Rebase { file: a.fnr }),
+                    )?;
                 }
                 let any = self
                     .probes
@@ -985,11 +1116,15 @@ impl Exec<'_> {
                 call(any, &Request::AdminApply { topology })?;
                 Ok(format!(
                     "topology from {path} applied; administration file rebuilt on database(s) {}",
-                    damaged.iter().map(|a| a.db.to_string()).collect::<Vec<_>>().join(", ")
+                    damaged
+                        .iter()
+                        .map(|a| a.db.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             }
-            "verify_definitions" => verify_definitions(self.probes),
-            "reset_error" => {
+            Action::VerifyDefinitions => verify_definitions(self.probes),
+            Action::ResetError => {
                 let mut out = Vec::new();
                 for t in &b.targets {
                     if let Target::Replicate { name, feeder, .. } = t {
@@ -1002,7 +1137,7 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
-            "restart_tasks" => {
+            Action::RestartTasks => {
                 let mut out = Vec::new();
                 for t in &b.targets {
                     if let Target::Replicate { name, feeder, .. } = t {
@@ -1011,11 +1146,10 @@ impl Exec<'_> {
                     }
                 }
                 for (addr, master) in masters_of(&b.targets) {
-                    let has_reps = self
-                        .probes
-                        .reps
-                        .iter()
-                        .any(|r| r.master == master && self.probes.topology.addresses.get(&r.master_db) == Some(&addr));
+                    let has_reps = self.probes.reps.iter().any(|r| {
+                        r.master == master
+                            && self.probes.topology.addresses.get(&r.master_db) == Some(&addr)
+                    });
                     if !has_reps {
                         continue;
                     }
@@ -1030,11 +1164,17 @@ impl Exec<'_> {
                 }
                 Ok(out.join("; "))
             }
-            "verify_replicates" => {
+            Action::VerifyReplicates => {
                 let reps = replicates_in(&b.targets, self.probes);
                 let mut out = Vec::new();
                 for t in &reps {
-                    let Target::Replicate { name, feeder, master, .. } = t else {
+                    let Target::Replicate {
+                        name,
+                        feeder,
+                        master,
+                        ..
+                    } = t
+                    else {
                         continue;
                     };
                     let seq = wait_until(&format!("replicate {name} current"), limit, || {
@@ -1043,18 +1183,31 @@ impl Exec<'_> {
                             bail!("no task reports replicate {name}");
                         };
                         if r.state == ReplicaState::Error {
-                            bail!("replicate {name} is in error: {}", r.reason.clone().unwrap_or_default());
+                            bail!(
+                                "replicate {name} is in error: {}",
+                                r.reason.clone().unwrap_or_default()
+                            );
                         }
-                        Ok((r.state == ReplicaState::Online && r.confirmed_seq == task.master_seq)
-                            .then_some(task.master_seq))
+                        Ok(
+                            (r.state == ReplicaState::Online && r.confirmed_seq == task.master_seq)
+                                .then_some(task.master_seq),
+                        )
                     })?;
                     out.push(format!("{} (seq {seq})", verify_one(*feeder, name)?));
                 }
                 Ok(out.join("; "))
             }
-            "restore_master_from_full_replicate" => {
-                let (Some(Target::Master { addr, db, file, name, .. }), Some(src)) =
-                    (b.targets.first(), b.sources.first())
+            Action::RestoreMasterFromFullReplicate => {
+                let (
+                    Some(Target::Master {
+                        addr,
+                        db,
+                        file,
+                        name,
+                        ..
+                    }),
+                    Some(src),
+                ) = (b.targets.first(), b.sources.first())
                 else {
                     bail!("no master or no full replicate to rebuild it from");
                 };
@@ -1066,12 +1219,9 @@ impl Exec<'_> {
                 })?;
                 Ok(detail)
             }
-            "restart_databases" | "manual_intervention" => {
+            Action::RestartDatabases | Action::ManualIntervention => {
                 bail!("an operator step cannot be executed")
             }
-            other => bail!(
-                "action `{other}` is not carried out by this engine: do it by hand, then run with --confirm"
-            ),
         }
     }
 }
@@ -1657,6 +1807,44 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every action the shipped trees name has an executor (an `Action`,
+    /// matched exhaustively by `Exec::step`), every executor is named by a
+    /// tree, and the standard vocabulary lists exactly these.
+    #[test]
+    fn every_tree_action_has_an_executor_and_every_executor_a_tree() {
+        let set = flowcharts::TreeSet::builtin().expect("the shipped trees");
+        let mut named = std::collections::BTreeSet::new();
+        for tree in set.trees() {
+            for node in tree.leaves() {
+                if let Some(flowcharts::Leaf {
+                    end: flowcharts::LeafEnd::Actions(steps),
+                    ..
+                }) = node.leaf()
+                {
+                    named.extend(steps.iter().map(|s| s.action.clone()));
+                }
+            }
+        }
+        let executors: std::collections::BTreeSet<String> =
+            Action::ALL.iter().map(|(_, n)| n.to_string()).collect();
+        let missing: Vec<_> = named.difference(&executors).collect();
+        assert!(
+            missing.is_empty(),
+            "tree actions without an executor: {missing:?}"
+        );
+        let unused: Vec<_> = executors.difference(&named).collect();
+        assert!(unused.is_empty(), "executors no tree names: {unused:?}");
+        let vocabulary: std::collections::BTreeSet<String> = flowcharts::Registry::standard()
+            .actions()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(vocabulary, executors);
+        for (a, n) in Action::ALL {
+            assert_eq!(Action::parse(n), Some(*a));
+        }
+        assert_eq!(Action::parse("no_such_action"), None);
+    }
 
     fn plan(steps: usize) -> BoundPlan {
         BoundPlan {
