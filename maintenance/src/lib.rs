@@ -3,6 +3,16 @@
 //!
 //! - [`cluster`]: a topology of real node processes on loopback.
 //! - [`journal`]: the durable transaction journal of `etp exec --journal`.
+//! - [`recovery`]: the recovery flows, diagnosed and carried out.
 
 pub mod cluster;
 pub mod journal;
+pub mod recovery;
+
+/// How a command ended, beyond plain success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// A check ran and found a problem (exit 1).
+    Problem,
+}

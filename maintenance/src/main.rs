@@ -12,12 +12,7 @@ use clap::Parser;
 
 use std::process::ExitCode;
 
-/// How a command ended, beyond plain success.
-pub enum Outcome {
-    Ok,
-    /// A check ran and found a problem (exit 1).
-    Problem,
-}
+pub use maintenance::Outcome;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

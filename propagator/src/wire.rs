@@ -518,6 +518,10 @@ pub struct ReplicateReport {
     pub reason: Option<String>,
     /// What its feeder is doing: streaming, connecting, retrying in …, loading, stopped.
     pub phase: String,
+    /// Whether its feeder runs (streaming, loading, connecting or waiting
+    /// to retry); false once it stopped and waits for an operator.
+    #[serde(default)]
+    pub feeding: bool,
     pub sent_seq: Seq,
     pub confirmed_seq: Seq,
     pub lag_records: u64,

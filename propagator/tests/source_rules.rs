@@ -28,14 +28,9 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "sled 0.34 reports a held lock only as an I/O error's text; the seam keeps the match in one place",
     ),
     (
-        "maintenance/src/commands/probes.rs",
+        "maintenance/src/recovery/probes/mod.rs",
         r#"d.starts_with("its partner file")"#,
         "still to remove: file damage travels as text (Stat.damaged); a typed damage kind replaces it",
-    ),
-    (
-        "maintenance/src/commands/probes.rs",
-        r#"x.starts_with("stopped")"#,
-        "still to remove: a feeder's phase is text; a typed 'feeding' flag in the report replaces it",
     ),
 ];
 

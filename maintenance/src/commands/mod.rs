@@ -9,9 +9,7 @@ mod demo;
 mod file;
 mod log;
 mod node;
-mod probes;
 mod recover;
-mod recover_run;
 mod recover_walk;
 mod replicate;
 
@@ -23,14 +21,7 @@ use std::path::Path;
 
 /// One request to the node at `addr`. An error answer comes back as an
 /// error naming the node (the client turns it into one).
-pub(crate) fn ask(
-    addr: std::net::SocketAddr,
-    req: &propagator::wire::Request,
-) -> anyhow::Result<propagator::wire::Response> {
-    let mut c =
-        propagator::node::client::Client::connect(addr).with_context(|| format!("node {addr}"))?;
-    Ok(c.call(req)?)
-}
+pub(crate) use maintenance::recovery::ask;
 
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {

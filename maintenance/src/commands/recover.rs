@@ -8,6 +8,7 @@ use crate::output;
 use crate::Outcome;
 use anyhow::{bail, Context};
 use flowcharts::{Registry, TreeSet};
+use maintenance::recovery::{self as recovery, probes, Report};
 
 fn trees(dir: Option<&std::path::Path>) -> anyhow::Result<TreeSet> {
     match dir {
@@ -65,16 +66,18 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
             state,
             wait_s,
             json,
-        } => super::recover_run::run(super::recover_run::RunOptions {
-            node: node.node,
-            case,
-            execute,
-            confirm,
-            sources: sources.into(),
-            state,
-            wait: std::time::Duration::from_secs(wait_s),
-            json,
-        }),
+        } => recovery::run(
+            recovery::RunOptions {
+                node: node.node,
+                case,
+                execute,
+                confirm,
+                sources: sources.into(),
+                state,
+                wait: std::time::Duration::from_secs(wait_s),
+            },
+            &mut Printer { json },
+        ),
         RecoverCommand::Diagnose {
             node,
             sources,
@@ -83,12 +86,12 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
         } => {
             // A plan interrupted half-way may have left a file mid-restore
             // that reads as intact: finishing it comes first.
-            let unfinished = super::recover_run::unfinished(&state)?;
+            let unfinished = recovery::journal::unfinished(&state)?;
             if let Some(u) = &unfinished {
                 eprintln!("etp: {u}");
             }
-            let sources: super::probes::Sources = sources.into();
-            let mut probes = super::probes::LiveProbes::gather(node.node, &sources)?;
+            let sources: probes::Sources = sources.into();
+            let mut probes = probes::LiveProbes::gather(node.node, &sources)?;
             let set = TreeSet::builtin().context("the built-in trees")?;
             let d = match flowcharts::diagnose(&set, &mut probes) {
                 Ok(d) => d,
@@ -139,6 +142,27 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Prints a recovery run's events: JSON lines with `--json`, else text.
+struct Printer {
+    json: bool,
+}
+
+impl Report for Printer {
+    fn event(&mut self, json: serde_json::Value, human: String) {
+        if self.json {
+            output::json(&json);
+        } else {
+            println!("{human}");
+        }
+    }
+
+    fn walk(&mut self, walk: &flowcharts::Walk) {
+        if !self.json {
+            print_walk(walk);
+        }
+    }
+}
+
 pub(crate) fn print_walk(w: &flowcharts::Walk) {
     println!("{}:", w.tree);
     for v in &w.path {
@@ -176,9 +200,9 @@ pub(crate) fn print_walk(w: &flowcharts::Walk) {
     }
 }
 
-impl From<crate::cli::SourceArgs> for super::probes::Sources {
+impl From<crate::cli::SourceArgs> for probes::Sources {
     fn from(a: crate::cli::SourceArgs) -> Self {
-        super::probes::Sources {
+        probes::Sources {
             area: a.area,
             journal: a.journal,
             export: a.export,

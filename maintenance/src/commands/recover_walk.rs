@@ -3,10 +3,10 @@
 //! Plain line prompts on standard input and output, so a walk can also be
 //! scripted (one answer a line) and logged.
 
-use super::probes::{LiveProbes, Sources};
 use crate::Outcome;
 use anyhow::{bail, Context};
 use flowcharts::{Answer, Answers, Node, NodeKind, TreeSet};
+use maintenance::recovery::probes::{LiveProbes, Sources};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 

@@ -356,19 +356,7 @@ pub fn run(c: ReplicateCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-pub(super) fn action(
-    addr: SocketAddr,
-    name: &str,
-    action: ReplicateAction,
-) -> anyhow::Result<Response> {
-    call(
-        addr,
-        &Request::Replicate {
-            name: name.to_string(),
-            action,
-        },
-    )
-}
+pub(super) use maintenance::recovery::replicate_action as action;
 
 fn simple(a: ReplicateArgs, act: ReplicateAction) -> anyhow::Result<Outcome> {
     let addr = feeder_node(a.node.node, &a.name)?;

@@ -96,6 +96,7 @@ impl Task {
                     state,
                     reason,
                     phase: s.phase.clone(),
+                    feeding: lock(&f.handle).as_ref().is_some_and(|h| !h.is_finished()),
                     sent_seq: s.sent,
                     confirmed_seq: s.confirmed,
                     lag_records,

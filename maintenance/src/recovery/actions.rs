@@ -1,0 +1,950 @@
+//! One executor per action: each step of a bound plan carried out through
+//! the nodes ([`Exec::step`] matches [`Action`] exhaustively), and the
+//! verifications that end a plan.
+
+use super::journal::*;
+use super::plan::*;
+use super::probes::LiveProbes;
+use super::RunOptions;
+use super::{ask as call, replicate_action as replicate};
+use anyhow::{bail, Context};
+use propagator::wire::ReplicaState;
+use propagator::wire::{RecoveryOp, ReplicateAction, Request, Response, TaskAction};
+use propagator::{DbId, Fnr, Isn};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub(crate) fn text(r: Response) -> String {
+    match r {
+        Response::Text(t) => t,
+        other => format!("{other:?}"),
+    }
+}
+
+/// What `await_link` and the verifications poll with.
+pub(crate) fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match f() {
+            Ok(Some(t)) => return Ok(t),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "{what}: not reached within {} s{}",
+                limit.as_secs(),
+                last_err
+                    .map(|e| format!(" (last: {e:#})"))
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub(crate) fn masters_of(targets: &[Target]) -> Vec<(SocketAddr, Fnr)> {
+    let mut out: Vec<(SocketAddr, Fnr)> = Vec::new();
+    for t in targets {
+        let x = match t {
+            Target::Master { addr, file, .. } => (*addr, Fnr(*file)),
+            Target::Replicate { feeder, master, .. } => (*feeder, Fnr(*master)),
+            _ => continue,
+        };
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+pub(crate) fn task_of(
+    addr: SocketAddr,
+    master: Fnr,
+) -> anyhow::Result<propagator::wire::TaskReport> {
+    match call(addr, &Request::TaskStatus)? {
+        Response::Tasks(ts) => ts
+            .into_iter()
+            .find(|t| t.master == master)
+            .with_context(|| format!("node {addr} runs no task for master file {master}")),
+        other => bail!("node {addr} answered {other:?}"),
+    }
+}
+
+/// The replicates a step about masters or replicates covers.
+pub(crate) fn replicates_in(targets: &[Target], topo: &LiveProbes) -> Vec<Target> {
+    let mut out = Vec::new();
+    for t in targets {
+        match t {
+            Target::Replicate { .. } => out.push(t.clone()),
+            Target::Master { db, file, .. } => {
+                for r in topo
+                    .reps
+                    .iter()
+                    .filter(|r| r.master_db == DbId(*db) && r.master == Fnr(*file))
+                {
+                    out.push(rep_target(r, topo));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Orders a load of replicate `name` and follows it until it is online.
+pub(crate) fn load(
+    feeder: SocketAddr,
+    name: &str,
+    from: Option<String>,
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let ordered = chrono::Utc::now().timestamp_micros();
+    // A restore mark would keep the feeder from starting the load.
+    replicate(feeder, name, ReplicateAction::Restoring { why: None })?;
+    replicate(
+        feeder,
+        name,
+        ReplicateAction::Init {
+            from,
+            reinit: true,
+            rewrite: true,
+            chunk: None,
+        },
+    )?;
+    wait_until(&format!("load of {name}"), limit, || {
+        let t = match call(feeder, &Request::ReplicateStatus)? {
+            Response::Tasks(ts) => ts,
+            _ => return Ok(None),
+        };
+        let Some(r) = t
+            .iter()
+            .flat_map(|t| &t.replicates)
+            .find(|r| r.name == name)
+        else {
+            bail!("no task reports replicate {name}");
+        };
+        if let Some(l) = r.last_load.as_ref().filter(|l| l.finished_us >= ordered) {
+            if r.state == ReplicaState::Online {
+                return Ok(Some(format!(
+                    "{name} loaded from {} as of seq {}: {} records",
+                    l.source, l.snapshot, l.records
+                )));
+            }
+        }
+        if r.state == ReplicaState::Error && r.load.is_none() {
+            bail!(
+                "replicate {name} is in error: {}",
+                r.reason.clone().unwrap_or_default()
+            );
+        }
+        Ok(None)
+    })
+}
+
+pub(crate) struct Exec<'a> {
+    pub(crate) opts: &'a RunOptions,
+    pub(crate) probes: &'a LiveProbes,
+    pub(crate) plan: &'a BoundPlan,
+}
+
+impl Exec<'_> {
+    pub(crate) fn area(&self) -> anyhow::Result<String> {
+        match &self.opts.sources.area {
+            Some(a) => Ok(std::fs::canonicalize(a)
+                .unwrap_or_else(|_| a.clone())
+                .display()
+                .to_string()),
+            None => bail!("this step needs the copy area: give --area DIR"),
+        }
+    }
+
+    pub(crate) fn restore(
+        &self,
+        step: usize,
+        b: &Bound,
+        regenerate: bool,
+        journal: &mut RunJournal,
+    ) -> anyhow::Result<String> {
+        let area = self.area()?;
+        let mut out = Vec::new();
+        for t in &b.targets {
+            let (addr, file) = match t {
+                Target::Master { addr, file, .. } => (*addr, Fnr(*file)),
+                Target::Replicate { addr, file, .. } => (*addr, Fnr(*file)),
+                Target::Admin { addr, file, .. } => (*addr, Fnr(*file)),
+                other => bail!("cannot restore {}", other.describe()),
+            };
+            let key = addr.to_string();
+            if journal.lsn_before(&key).is_none() {
+                let lsn = match call(addr, &Request::Info)? {
+                    Response::Info(i) => i.last_lsn.0,
+                    other => bail!("node {addr} answered {other:?}"),
+                };
+                journal.append(Line::Started {
+                    step,
+                    addr: key.clone(),
+                    lsn,
+                })?;
+            }
+            // Roll forward to where the node was before this plan's first
+            // restore on it, so no restore's own commits are replayed.
+            let upto = if regenerate {
+                Some(propagator::Lsn(
+                    journal
+                        .lsn_before(&key)
+                        .context("no starting LSN journaled")?,
+                ))
+            } else {
+                None
+            };
+            let r = call(
+                addr,
+                &Request::Recovery(RecoveryOp::Restore {
+                    area: area.clone(),
+                    file,
+                    regenerate,
+                    upto,
+                }),
+            )?;
+            let v: serde_json::Value = serde_json::from_str(&text(r))
+                .context("the node's answer to a restore is not JSON")?;
+            let set = v["restored"]["set"].as_str().unwrap_or("?").to_string();
+            if let Target::Master { db, file, log, .. } = t {
+                journal.append(Line::Level {
+                    db: *db,
+                    file: *file,
+                    seq: log_level(addr, Fnr(*log))?,
+                })?;
+            }
+            out.push(match v["commits"].as_u64() {
+                Some(n) => format!(
+                    "{}: copy set {set} restored and rolled forward by {n} commit(s) to LSN {}",
+                    t.describe(),
+                    v["restored"]["lsn"]
+                ),
+                None => format!("{}: copy set {set} restored", t.describe()),
+            });
+        }
+        Ok(out.join("; "))
+    }
+
+    pub(crate) fn step(
+        &self,
+        i: usize,
+        b: &Bound,
+        journal: &mut RunJournal,
+    ) -> anyhow::Result<String> {
+        let limit = self.opts.wait;
+        let Some(action) = Action::parse(&b.action) else {
+            bail!(
+                "action `{}` is not carried out by this engine: do it by hand, then run with --confirm",
+                b.action
+            );
+        };
+        match action {
+            Action::StopTasks => {
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    match t {
+                        Target::Replicate { name, feeder, .. } => {
+                            replicate(
+                                *feeder,
+                                name,
+                                ReplicateAction::Restoring {
+                                    why: Some("etp recover run".into()),
+                                },
+                            )?;
+                            out.push(format!("{name} not fed"));
+                        }
+                        Target::Master {
+                            addr, file, name, ..
+                        } => {
+                            // A node without a topology (its administration
+                            // file damaged) runs no task to stop.
+                            let runs = match call(*addr, &Request::TaskStatus)? {
+                                Response::Tasks(ts) => ts.iter().any(|t| t.master == Fnr(*file)),
+                                other => bail!("node {addr} answered {other:?}"),
+                            };
+                            if runs {
+                                call(
+                                    *addr,
+                                    &Request::TaskControl {
+                                        master: Some(Fnr(*file)),
+                                        action: TaskAction::Stop,
+                                    },
+                                )?;
+                                out.push(format!("task of {name} stopped"));
+                            } else {
+                                out.push(format!("task of {name}: none running"));
+                            }
+                        }
+                        other => bail!("cannot stop the tasks of {}", other.describe()),
+                    }
+                }
+                Ok(out.join("; "))
+            }
+            Action::QuiesceMaster | Action::ResumeMaster => {
+                let on = b.action == "quiesce_master";
+                for t in &b.targets {
+                    if let Target::Master { addr, .. } = t {
+                        call(*addr, &Request::Recovery(RecoveryOp::Quiesce { on }))?;
+                    }
+                }
+                Ok(format!(
+                    "client updates {}",
+                    if on { "refused" } else { "accepted again" }
+                ))
+            }
+            Action::AwaitLink => {
+                let mut dbs: Vec<(u32, SocketAddr)> = Vec::new();
+                for t in &b.targets {
+                    if let Target::Master { db, addr, file, .. } = t {
+                        dbs.push((*db, *addr));
+                        for r in self
+                            .probes
+                            .reps
+                            .iter()
+                            .filter(|r| r.master_db == DbId(*db) && r.master == Fnr(*file))
+                        {
+                            dbs.push((r.db.0, r.addr));
+                        }
+                    }
+                }
+                let started = Instant::now();
+                wait_until("the links", limit, || {
+                    for (_, a) in &dbs {
+                        if call(*a, &Request::Info).is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Some(()))
+                })?;
+                Ok(format!(
+                    "databases {} answer (waited {:.1} s)",
+                    dbs.iter()
+                        .map(|d| d.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    started.elapsed().as_secs_f64()
+                ))
+            }
+            Action::RestoreCopySet | Action::RestoreAdminFromCopy => {
+                self.restore(i, b, false, journal)
+            }
+            Action::RegenerateToEnd | Action::RebuildLogToMasterLevel => {
+                self.restore(i, b, true, journal)
+            }
+            Action::VerifyMasterLog => {
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    let Target::Master {
+                        addr,
+                        file,
+                        log,
+                        name,
+                        ..
+                    } = t
+                    else {
+                        continue;
+                    };
+                    out.push(verify_master_log(*addr, Fnr(*file), Fnr(*log), name)?);
+                }
+                Ok(out.join("; "))
+            }
+            Action::RefreshLog | Action::RaiseIncarnation => {
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    let Target::Master {
+                        addr,
+                        db,
+                        file,
+                        log,
+                        ..
+                    } = t
+                    else {
+                        continue;
+                    };
+                    let op = if b.action == "refresh_log" {
+                        RecoveryOp::RefreshLog {
+                            master: Fnr(*file),
+                            at: None,
+                        }
+                    } else {
+                        RecoveryOp::RaiseIncarnation { master: Fnr(*file) }
+                    };
+                    out.push(text(call(*addr, &Request::Recovery(op))?));
+                    if b.action == "refresh_log" {
+                        journal.append(Line::Level {
+                            db: *db,
+                            file: *file,
+                            seq: log_level(*addr, Fnr(*log))?,
+                        })?;
+                    }
+                }
+                Ok(out.join("; "))
+            }
+            Action::TakeCopySet => {
+                let area = backup::Area::open(Path::new(&self.area()?))?;
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    let Target::Master {
+                        addr, file, name, ..
+                    } = t
+                    else {
+                        continue;
+                    };
+                    let taken = backup::take::take_job(
+                        &area,
+                        None,
+                        &[backup::take::Ask {
+                            source: backup::take::Source::Node(*addr),
+                            files: vec![Fnr(*file)],
+                        }],
+                        &mut |_| {},
+                    )?;
+                    for x in taken {
+                        out.push(format!(
+                            "copy set {} of {name} at LSN {}",
+                            x.set.id, x.set.lsn
+                        ));
+                    }
+                }
+                Ok(out.join("; "))
+            }
+            Action::ReloadReplicateFromMaster | Action::ReloadReplicateFromFullReplicate => {
+                let from = match b.action.as_str() {
+                    "reload_replicate_from_master" => None,
+                    _ => match b.sources.first() {
+                        Some(Target::Replicate { name, .. }) => Some(name.clone()),
+                        _ => bail!("no full replicate to load from"),
+                    },
+                };
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    if let Target::Replicate { name, feeder, .. } = t {
+                        if from.as_ref() == Some(name) {
+                            out.push(format!("{name} is the source: left as it is"));
+                            continue;
+                        }
+                        out.push(load(*feeder, name, from.clone(), limit)?);
+                    }
+                }
+                Ok(out.join("; "))
+            }
+            Action::ReinitReplicate => {
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    if let Target::Replicate {
+                        name,
+                        feeder,
+                        partial,
+                        ..
+                    } = t
+                    {
+                        if !partial {
+                            out.push(format!("{name} is full: nothing to reinitialize"));
+                            continue;
+                        }
+                        // The load projected and selected every record; prove it.
+                        out.push(verify_one(*feeder, name)?);
+                    }
+                }
+                Ok(out.join("; "))
+            }
+            Action::RerunFailedTransactions | Action::ReapplyRecoverableTransactions => {
+                let Some(dir) = &self.opts.sources.journal else {
+                    return Ok("no client journal given (--journal DIR): nothing to rerun".into());
+                };
+                let Some(Target::Master { addr, .. }) = b.targets.first() else {
+                    bail!("no master to rerun on");
+                };
+                let mut sink = Vec::new();
+                let end = crate::journal::exec(
+                    dir,
+                    &crate::journal::ExecOptions {
+                        node: *addr,
+                        retry_for: limit,
+                        rerun_only: true,
+                        exempt: true,
+                    },
+                    std::io::empty(),
+                    &mut sink,
+                )?;
+                let lines = String::from_utf8_lossy(&sink).lines().count();
+                match end {
+                    crate::journal::ExecEnd::Done => Ok(format!(
+                        "client journal {}: every pending transaction rerun ({lines} result line(s))",
+                        dir.display()
+                    )),
+                    crate::journal::ExecEnd::Pending(n) => {
+                        bail!("{n} transaction(s) still pending: the master stayed unreachable")
+                    }
+                    crate::journal::ExecEnd::Error { message, pending } => {
+                        bail!("rerun refused: {message} ({pending} pending)")
+                    }
+                }
+            }
+            Action::RecordGap => {
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    let Target::Master {
+                        addr,
+                        db,
+                        file,
+                        log,
+                        name,
+                    } = t
+                    else {
+                        continue;
+                    };
+                    let before = self
+                        .plan
+                        .levels
+                        .iter()
+                        .find(|l| l.0 == *db && l.1 == *file)
+                        .map_or(0, |l| l.2);
+                    // The level the plan set the master back to (before
+                    // any re-apply gave out new seqs), else its level now.
+                    let now = match journal.level_after(*db, *file) {
+                        Some(l) => l,
+                        None => log_level(*addr, Fnr(*log))?,
+                    };
+                    if now >= before {
+                        out.push(format!(
+                            "{name}: no level lost (at seq {now}, was {before})"
+                        ));
+                    } else {
+                        journal.append(Line::Gap {
+                            master: name.clone(),
+                            from_seq: now + 1,
+                            to_seq: before,
+                        })?;
+                        out.push(format!(
+                            "{name}: seqs {} to {before} are lost for good (recorded)",
+                            now + 1
+                        ));
+                    }
+                }
+                Ok(out.join("; "))
+            }
+            Action::RestoreAdminFromExport => {
+                let Some(Target::Export { path }) = b.sources.first() else {
+                    bail!("no topology export to restore from (--export FILE)");
+                };
+                let topology = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the topology export {path}"))?;
+                let damaged = self.probes.damaged_admins();
+                for a in &damaged {
+                    call(
+                        a.addr,
+                        &Request::Recovery(RecoveryOp::Rebase { file: a.fnr }),
+                    )?;
+                }
+                let any = self
+                    .probes
+                    .admins
+                    .first()
+                    .map(|a| a.addr)
+                    .context("no node answers")?;
+                call(any, &Request::AdminApply { topology })?;
+                Ok(format!(
+                    "topology from {path} applied; administration file rebuilt on database(s) {}",
+                    damaged
+                        .iter()
+                        .map(|a| a.db.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            Action::VerifyDefinitions => verify_definitions(self.probes),
+            Action::ResetError => {
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    if let Target::Replicate { name, feeder, .. } = t {
+                        replicate(*feeder, name, ReplicateAction::ResetError)?;
+                        out.push(format!("{name} reset"));
+                    }
+                }
+                if out.is_empty() {
+                    return Ok("no replicate in error".into());
+                }
+                Ok(out.join("; "))
+            }
+            Action::RestartTasks => {
+                let mut out = Vec::new();
+                for t in &b.targets {
+                    if let Target::Replicate { name, feeder, .. } = t {
+                        replicate(*feeder, name, ReplicateAction::Restoring { why: None })?;
+                        out.push(format!("{name} fed again"));
+                    }
+                }
+                for (addr, master) in masters_of(&b.targets) {
+                    let has_reps = self.probes.reps.iter().any(|r| {
+                        r.master == master
+                            && self.probes.topology.addresses.get(&r.master_db) == Some(&addr)
+                    });
+                    if !has_reps {
+                        continue;
+                    }
+                    call(
+                        addr,
+                        &Request::TaskControl {
+                            master: Some(master),
+                            action: TaskAction::Start,
+                        },
+                    )?;
+                    out.push(format!("task of master file {master} on {addr} started"));
+                }
+                Ok(out.join("; "))
+            }
+            Action::VerifyReplicates => {
+                let reps = replicates_in(&b.targets, self.probes);
+                let mut out = Vec::new();
+                for t in &reps {
+                    let Target::Replicate {
+                        name,
+                        feeder,
+                        master,
+                        ..
+                    } = t
+                    else {
+                        continue;
+                    };
+                    let seq = wait_until(&format!("replicate {name} current"), limit, || {
+                        let task = task_of(*feeder, Fnr(*master))?;
+                        let Some(r) = task.replicates.iter().find(|r| &r.name == name) else {
+                            bail!("no task reports replicate {name}");
+                        };
+                        if r.state == ReplicaState::Error {
+                            bail!(
+                                "replicate {name} is in error: {}",
+                                r.reason.clone().unwrap_or_default()
+                            );
+                        }
+                        Ok(
+                            (r.state == ReplicaState::Online && r.confirmed_seq == task.master_seq)
+                                .then_some(task.master_seq),
+                        )
+                    })?;
+                    out.push(format!("{} (seq {seq})", verify_one(*feeder, name)?));
+                }
+                Ok(out.join("; "))
+            }
+            Action::RestoreMasterFromFullReplicate => {
+                let (
+                    Some(Target::Master {
+                        addr,
+                        db,
+                        file,
+                        name,
+                        ..
+                    }),
+                    Some(src),
+                ) = (b.targets.first(), b.sources.first())
+                else {
+                    bail!("no master or no full replicate to rebuild it from");
+                };
+                let (detail, seq) = master_from_replicate(*addr, Fnr(*file), name, src)?;
+                journal.append(Line::Level {
+                    db: *db,
+                    file: *file,
+                    seq,
+                })?;
+                Ok(detail)
+            }
+            Action::RestartDatabases | Action::ManualIntervention => {
+                bail!("an operator step cannot be executed")
+            }
+        }
+    }
+}
+
+/// Rebuilds a master from a full replicate of it: the replicate's records
+/// are written into the master in chunks (deriving nothing), the last chunk
+/// proved against the count and digest the replicate's confirmation
+/// records, and the log restarted at that confirmation's seq. The master's
+/// tasks are stopped and its clients quiesced (the plan's earlier steps), so
+/// the replicate is not fed meanwhile.
+pub(crate) fn master_from_replicate(
+    addr: SocketAddr,
+    master: Fnr,
+    name: &str,
+    src: &Target,
+) -> anyhow::Result<(String, u64)> {
+    let Target::Replicate {
+        name: rname,
+        addr: raddr,
+        file: rfile,
+        partial: false,
+        ..
+    } = src
+    else {
+        bail!("the source {} is not a full replicate", src.describe());
+    };
+    let rfile = Fnr(*rfile);
+    let conf_file = match call(*raddr, &Request::Files)? {
+        Response::Files {
+            topology: Some(t), ..
+        } => propagator::topology::Valid::parse(&t)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .replicates
+            .iter()
+            .find(|r| &r.def.name == rname)
+            .map(|r| Fnr(r.def.confirmation))
+            .with_context(|| format!("replicate {rname} is not in its node's topology"))?,
+        _ => bail!("the node of {rname} serves no topology"),
+    };
+    let confirmed = match call(
+        *raddr,
+        &Request::Dump {
+            file: conf_file,
+            from: Isn(u64::from(rfile.0)),
+            limit: 1,
+        },
+    )? {
+        Response::Records { items, .. } => {
+            let (_, bytes) = items
+                .into_iter()
+                .find(|(i, _)| *i == Isn(u64::from(rfile.0)))
+                .with_context(|| format!("replicate {rname} has no confirmation"))?;
+            let rec = propagator::record::decode_record(&bytes)
+                .map_err(|e| anyhow::anyhow!("confirmation of {rname}: {e}"))?;
+            propagator::confirmation::confirmation_from_record(&rec)
+                .map_err(|e| anyhow::anyhow!("confirmation of {rname}: {e}"))?
+        }
+        other => bail!("node {raddr} answered {other:?}"),
+    };
+    let next_isn = match call(addr, &Request::FileStat { file: master })? {
+        Response::Stat { next_isn, .. } => next_isn,
+        _ => 1,
+    };
+    // Pages of the replicate, each written as the chunk up to the next
+    // page's first isn; the last one to the end, proved.
+    let mut pending: Option<(Isn, Vec<(Isn, serde_bytes::ByteBuf)>)> = None;
+    let mut from = Isn(1);
+    let mut last_isn = 0u64;
+    let mut written = 0u64;
+    let send = |from: Isn,
+                to: Option<Isn>,
+                records: Vec<(Isn, serde_bytes::ByteBuf)>,
+                last: Option<propagator::FileMeta>|
+     -> anyhow::Result<()> {
+        call(
+            addr,
+            &Request::Recovery(RecoveryOp::RestoreRange {
+                file: master,
+                from,
+                to,
+                records,
+                last,
+            }),
+        )?;
+        Ok(())
+    };
+    loop {
+        let (items, done) = match call(
+            *raddr,
+            &Request::Dump {
+                file: rfile,
+                from,
+                limit: 10_000,
+            },
+        )? {
+            Response::Records { items, done, .. } => (items, done),
+            other => bail!("node {raddr} answered {other:?}"),
+        };
+        if items.is_empty() && !done {
+            bail!("node {raddr} sent an empty page of {rname} before its end");
+        }
+        if let (Some((first, _)), Some((last, _))) = (items.first(), items.last()) {
+            let (first, last) = (*first, *last);
+            if let Some((pfrom, precs)) = pending.take() {
+                send(pfrom, Some(first), precs, None)?;
+            }
+            last_isn = last.0;
+            written += items.len() as u64;
+            pending = Some((
+                if written == items.len() as u64 {
+                    Isn(1)
+                } else {
+                    first
+                },
+                items,
+            ));
+            from = Isn(last.0 + 1);
+        }
+        if done {
+            break;
+        }
+    }
+    let (pfrom, precs) = pending.unwrap_or((Isn(1), Vec::new()));
+    send(
+        pfrom,
+        None,
+        precs,
+        Some(propagator::FileMeta {
+            fnr: master,
+            count: confirmed.count,
+            digest: confirmed.digest,
+            next_isn: next_isn.max(last_isn + 1),
+        }),
+    )?;
+    call(
+        addr,
+        &Request::Recovery(RecoveryOp::RefreshLog {
+            master,
+            at: Some(confirmed.seq),
+        }),
+    )?;
+    Ok((
+        format!(
+            "master {name} rebuilt from {rname}: {written} records, digest {}; its log restarts at seq {}",
+            confirmed.digest, confirmed.seq
+        ),
+        confirmed.seq.0,
+    ))
+}
+
+/// A master's level: its log's last seq.
+pub(crate) fn log_level(addr: SocketAddr, log: Fnr) -> anyhow::Result<u64> {
+    match call(addr, &Request::FileStat { file: log })? {
+        Response::Stat { next_isn, .. } => Ok(next_isn.saturating_sub(1)),
+        other => bail!("node {addr} answered {other:?}"),
+    }
+}
+
+/// Checks the log's last record names the master's count and digest.
+pub(crate) fn verify_master_log(
+    addr: SocketAddr,
+    master: Fnr,
+    log: Fnr,
+    name: &str,
+) -> anyhow::Result<String> {
+    let stat = |f: Fnr| -> anyhow::Result<(u64, propagator::Digest, u64)> {
+        match call(addr, &Request::FileStat { file: f })? {
+            Response::Stat {
+                count,
+                digest,
+                damaged: None,
+                next_isn,
+            } => Ok((count, digest, next_isn)),
+            Response::Stat {
+                damaged: Some(d), ..
+            } => bail!("file {f} of {name} is still damaged: {d}"),
+            other => bail!("node {addr} answered {other:?}"),
+        }
+    };
+    let (count, digest, _) = stat(master)?;
+    let (_, _, next) = stat(log)?;
+    let last = next.saturating_sub(1);
+    if last == 0 {
+        return Ok(format!("{name}: no seq yet, {count} records"));
+    }
+    let rec = match call(
+        addr,
+        &Request::Dump {
+            file: log,
+            from: Isn(last),
+            limit: 1,
+        },
+    )? {
+        Response::Records { items, .. } => items
+            .into_iter()
+            .find(|(i, _)| *i == Isn(last))
+            .with_context(|| format!("log of {name} lacks its last seq {last}"))?,
+        other => bail!("node {addr} answered {other:?}"),
+    };
+    let lr = propagator::log_record::LogRecord::decode(&rec.1)
+        .map_err(|e| anyhow::anyhow!("log record seq {last} of {name}: {e}"))?;
+    if (lr.master_count, lr.master_digest) != (count, digest) {
+        bail!(
+            "{name}: the log's last seq {last} says {} records, digest {}; the master holds {count}, digest {digest}",
+            lr.master_count,
+            lr.master_digest
+        );
+    }
+    Ok(format!(
+        "{name}: log ends at seq {last} with the master's {count} records, digest {digest}"
+    ))
+}
+
+pub(crate) fn verify_one(feeder: SocketAddr, name: &str) -> anyhow::Result<String> {
+    match replicate(feeder, name, ReplicateAction::Verify { max_isns: 10 })? {
+        Response::Verify(v) if v.equal => Ok(format!(
+            "{name} equals its master's content at seq {} ({} records, digest {})",
+            v.seq, v.count, v.digest
+        )),
+        Response::Verify(v) => bail!(
+            "{name} differs from its master at seq {}: {} records / digest {} expected {} / {}; first differences {:?}",
+            v.seq, v.count, v.digest, v.expected_count, v.expected_digest, v.differences
+        ),
+        other => bail!("node {feeder} answered {other:?}"),
+    }
+}
+
+/// Every node serves one topology, its administration file intact, and
+/// holds every file that topology gives it, in its role.
+pub(crate) fn verify_definitions(p: &LiveProbes) -> anyhow::Result<String> {
+    let mut texts = Vec::new();
+    for (db, addr) in &p.topology.addresses {
+        let (files, topology) = match call(*addr, &Request::Files)? {
+            Response::Files { files, topology } => (files, topology),
+            other => bail!("node {addr} answered {other:?}"),
+        };
+        let Some(t) = topology else {
+            bail!("database {db} serves no topology");
+        };
+        let v = propagator::topology::Valid::parse(&t)
+            .map_err(|e| anyhow::anyhow!("database {db}'s topology: {e}"))?;
+        if let Response::Stat {
+            damaged: Some(d), ..
+        } = call(
+            *addr,
+            &Request::FileStat {
+                file: v.admin_file(),
+            },
+        )? {
+            bail!("database {db}: administration file still damaged: {d}");
+        }
+        let has = |fnr: u32, role: &str| {
+            files
+                .iter()
+                .any(|f| f.fnr == Fnr(fnr) && f.role.name() == role)
+        };
+        for m in v.topology.masters.iter().filter(|m| m.database == db.0) {
+            if !has(m.file, "master") || !has(m.log, "log") {
+                bail!(
+                    "database {db} lacks master {} or its log file {}",
+                    m.name,
+                    m.log
+                );
+            }
+        }
+        for r in v.replicates.iter().filter(|r| r.def.database == db.0) {
+            if !has(r.def.file, "replicate") || !has(r.def.confirmation, "confirmation") {
+                bail!(
+                    "database {db} lacks replicate {} or its confirmation file {}",
+                    r.def.name,
+                    r.def.confirmation
+                );
+            }
+        }
+        texts.push(t);
+    }
+    texts.sort();
+    texts.dedup();
+    if texts.len() > 1 {
+        bail!("the nodes serve {} different topologies", texts.len());
+    }
+    Ok(format!(
+        "{} database(s) serve one topology; every master, log, replicate and confirmation file is present in its role",
+        p.topology.addresses.len()
+    ))
+}

@@ -1,0 +1,451 @@
+//! `etp recover run [CASE] --dry-run | --execute`: a recovery plan bound to
+//! the live topology and carried out step by step, with a durable journal so
+//! an interrupted run resumes at the step it stopped at.
+//!
+//! A round diagnoses (triage and its case, or the case named), binds the
+//! leaf's `$variables` to the files, replicates and nodes they stand for,
+//! journals the bound plan, then performs each step through the nodes and
+//! journals it done. Triage then runs again, as the seed says, until it ends
+//! at `all_intact` (whose plan — tasks running, replicates verified — ends
+//! the run). Two kinds of step wait for a person: `manual_intervention` and
+//! `restart_databases` (this tool does not start node processes); the run
+//! stops there with exit 1 and the instruction, and `--confirm` says it is
+//! done. Nothing is executed while a probe is unanswerable: the run refuses
+//! and names the question.
+
+use super::actions::*;
+use super::journal::*;
+use super::plan::*;
+use super::probes::LiveProbes;
+use super::RunOptions;
+use super::{ask as call, Report};
+use crate::Outcome;
+use anyhow::{bail, Context};
+use flowcharts::{Plan, TreeSet};
+use propagator::wire::{RecoveryOp, Request};
+use std::time::Instant;
+
+/// Diagnoses and binds the plan of one round.
+fn make_plan(
+    opts: &RunOptions,
+    report: &mut dyn Report,
+    set: &TreeSet,
+    round: u32,
+    case: Option<&str>,
+) -> anyhow::Result<(LiveProbes, Result<BoundPlan, String>)> {
+    let mut probes = LiveProbes::gather(opts.node, &opts.sources)?;
+    let walk = match case {
+        Some(c) => {
+            let tree = set.get(c).with_context(|| {
+                let known: Vec<&str> = set.trees().map(|t| t.id.as_str()).collect();
+                format!(
+                    "no recovery flow {c:?}; the flows are: {}",
+                    known.join(", ")
+                )
+            })?;
+            flowcharts::walk(tree, &mut probes).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => {
+            let d = flowcharts::diagnose(set, &mut probes).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
+                report.walk(w);
+            }
+            d.case.unwrap_or(d.triage)
+        }
+    };
+    if case.is_some() {
+        report.walk(&walk);
+    }
+    let plan = match &walk.plan {
+        Plan::Actions {
+            leaf,
+            outcome,
+            steps,
+            ..
+        } => Ok(BoundPlan {
+            round,
+            tree: walk.tree.clone(),
+            leaf: leaf.clone(),
+            outcome: outcome.clone(),
+            steps: bind(steps, &probes)?,
+            levels: probes
+                .masters
+                .iter()
+                .map(|m| (m.db.0, m.fnr.0, m.level().unwrap_or(0)))
+                .collect(),
+        }),
+        Plan::Goto { case, .. } => Err(format!("the walk ended handing over to {case}")),
+        Plan::Stopped { node, reason } => {
+            let probe = walk
+                .path
+                .iter()
+                .find(|v| &v.node == node)
+                .and_then(|v| v.probe.clone())
+                .unwrap_or_default();
+            Err(format!(
+                "question `{node}` (probe `{probe}`) cannot be answered: {reason}"
+            ))
+        }
+    };
+    Ok((probes, plan))
+}
+
+/// Test hook: stop the process after this many steps (an interruption).
+fn stop_after() -> Option<usize> {
+    std::env::var("ETP_RECOVER_STOP_AFTER_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}
+
+/// Runs the recovery: a dry run prints the bound plan; `execute` carries
+/// it out, round after round, until triage finds everything intact.
+/// Events and walks go to `report`.
+pub fn run(opts: RunOptions, report: &mut dyn Report) -> anyhow::Result<Outcome> {
+    let set = TreeSet::builtin().context("the built-in trees")?;
+    if !opts.execute {
+        let (_, plan) = make_plan(&opts, report, &set, 1, opts.case.as_deref())?;
+        return match plan {
+            Err(why) => {
+                report.event(
+                    serde_json::json!({"event": "refused", "reason": why}),
+                    format!("nothing can be executed: {why}"),
+                );
+                Ok(Outcome::Problem)
+            }
+            Ok(p) => {
+                let intact = p.leaf == "all_intact";
+                let mut human = format!("plan ({}, {}): {}", p.tree, p.leaf, p.outcome);
+                for (i, s) in p.steps.iter().enumerate() {
+                    human += &format!(
+                        "\n  {}. {}{}",
+                        i + 1,
+                        s.describe(),
+                        if s.operator() { "  [operator]" } else { "" }
+                    );
+                }
+                human += "\n(dry run: nothing executed)";
+                report.event(
+                    serde_json::json!({"event": "plan", "plan": p, "dry_run": true}),
+                    human,
+                );
+                Ok(if intact {
+                    Outcome::Ok
+                } else {
+                    Outcome::Problem
+                })
+            }
+        };
+    }
+    let mut journal = RunJournal::open(&opts.state)?;
+    let mut steps_run = 0usize;
+    let started = Instant::now();
+    let mut case = opts.case.clone();
+    loop {
+        let (probes, plan, mut done, waiting) = match journal.open_plan() {
+            Some((plan, done, waiting)) => {
+                report.event(
+serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "done": done.iter().filter(|d| **d).count()}),
+                    format!(
+                        "resuming plan {} / {} at step {}",
+                        plan.tree,
+                        plan.leaf,
+                        done.iter().filter(|d| **d).count() + 1
+                    ),
+                );
+                // A node restarted meanwhile has forgotten its quiesce:
+                // assert it again while the plan still needs it.
+                for (i, b) in plan.steps.iter().enumerate() {
+                    let resumed = plan
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .any(|(k, r)| k > i && r.action == "resume_master" && done[k]);
+                    if b.action == "quiesce_master" && done[i] && !resumed {
+                        for t in &b.targets {
+                            if let Target::Master { addr, .. } = t {
+                                call(*addr, &Request::Recovery(RecoveryOp::Quiesce { on: true }))?;
+                            }
+                        }
+                    }
+                }
+                let probes = LiveProbes::gather(opts.node, &opts.sources)?;
+                (probes, plan, done, waiting)
+            }
+            None => {
+                let round = journal.rounds() + 1;
+                if round > 12 {
+                    bail!(
+                        "12 rounds of recovery have run without reaching all_intact; see {}",
+                        journal.path.display()
+                    );
+                }
+                let (probes, plan) = make_plan(&opts, report, &set, round, case.take().as_deref())?;
+                let plan = match plan {
+                    Ok(p) => p,
+                    Err(why) => {
+                        report.event(
+                            serde_json::json!({"event": "refused", "reason": why}),
+                            format!("refusing to execute: {why}"),
+                        );
+                        return Ok(Outcome::Problem);
+                    }
+                };
+                // The same plan again right after it ran: what it does did
+                // not help, and doing it again may undo more. A person decides.
+                if let Some(prev) = journal.last_plan() {
+                    if plan.leaf != "all_intact"
+                        && prev.leaf == plan.leaf
+                        && prev.steps == plan.steps
+                    {
+                        let why = format!(
+                            "the previous round ran plan {} / {} and the diagnosis asks for it again: stopping for an operator (see {})",
+                            plan.tree,
+                            plan.leaf,
+                            journal.path.display()
+                        );
+                        report.event(
+                            serde_json::json!({"event": "refused", "reason": why}),
+                            format!("refusing to execute: {why}"),
+                        );
+                        return Ok(Outcome::Problem);
+                    }
+                }
+                report.event(
+                    serde_json::json!({"event": "plan", "plan": plan}),
+                    format!(
+                        "executing plan {} / {}: {}",
+                        plan.tree, plan.leaf, plan.outcome
+                    ),
+                );
+                journal.append(Line::Plan {
+                    plan: plan.clone(),
+                    at: now(),
+                })?;
+                let n = plan.steps.len();
+                (probes, plan, vec![false; n], None)
+            }
+        };
+        let exec = Exec {
+            opts: &opts,
+            probes: &probes,
+            plan: &plan,
+        };
+        for (i, b) in plan.steps.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            if b.operator() {
+                let all_up = b.action == "restart_databases" && probes.unreachable.is_empty();
+                if all_up || (opts.confirm && waiting == Some(i)) {
+                    journal.append(Line::Confirmed { step: i })?;
+                    done[i] = true;
+                    continue;
+                }
+                if waiting != Some(i) {
+                    journal.append(Line::Waiting { step: i })?;
+                }
+                let what = match b.action.as_str() {
+                    "restart_databases" => format!(
+                        "start the node of every database that does not answer ({}), then run again",
+                        probes.unreachable.join("; ")
+                    ),
+                    _ => b.reason.clone().unwrap_or_default(),
+                };
+                report.event(serde_json::json!({"event": "operator", "step": i + 1, "action": b.action, "what": what}),
+                    format!("  {}. OPERATOR: {what}\n     when done: etp recover run --execute --confirm (same --state)", i + 1));
+                return Ok(Outcome::Problem);
+            }
+            let t0 = Instant::now();
+            match exec.step(i, b, &mut journal) {
+                Ok(detail) => {
+                    let seconds = t0.elapsed().as_secs_f64();
+                    journal.append(Line::Done {
+                        step: i,
+                        detail: detail.clone(),
+                        seconds,
+                    })?;
+                    done[i] = true;
+                    report.event(
+serde_json::json!({"event": "done", "step": i + 1, "action": b.action, "detail": detail, "seconds": seconds}),
+                        format!(
+                            "  {}. {} — done in {seconds:.1} s: {detail}",
+                            i + 1,
+                            b.describe()
+                        ),
+                    );
+                }
+                Err(e) => {
+                    journal.append(Line::Failed {
+                        step: i,
+                        error: format!("{e:#}"),
+                    })?;
+                    report.event(serde_json::json!({"event": "failed", "step": i + 1, "action": b.action, "error": format!("{e:#}")}),
+                        format!("  {}. {} — FAILED: {e:#}\n     fix the cause and run again: the plan resumes at this step", i + 1, b.describe()));
+                    return Ok(Outcome::Problem);
+                }
+            }
+            steps_run += 1;
+            if stop_after() == Some(steps_run) {
+                eprintln!("etp: stopping after {steps_run} step(s) (ETP_RECOVER_STOP_AFTER_STEPS)");
+                std::process::exit(3);
+            }
+        }
+        journal.append(Line::End {
+            leaf: plan.leaf.clone(),
+            at: now(),
+        })?;
+        if plan.leaf == "all_intact" {
+            report.event(
+serde_json::json!({"event": "recovered", "seconds": started.elapsed().as_secs_f64(), "rounds": plan.round}),
+                format!(
+                    "recovered: every replicate current and verified ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+            return Ok(Outcome::Ok);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every action the shipped trees name has an executor (an `Action`,
+    /// matched exhaustively by `Exec::step`), every executor is named by a
+    /// tree, and the standard vocabulary lists exactly these.
+    #[test]
+    fn every_tree_action_has_an_executor_and_every_executor_a_tree() {
+        let set = flowcharts::TreeSet::builtin().expect("the shipped trees");
+        let mut named = std::collections::BTreeSet::new();
+        for tree in set.trees() {
+            for node in tree.leaves() {
+                if let Some(flowcharts::Leaf {
+                    end: flowcharts::LeafEnd::Actions(steps),
+                    ..
+                }) = node.leaf()
+                {
+                    named.extend(steps.iter().map(|s| s.action.clone()));
+                }
+            }
+        }
+        let executors: std::collections::BTreeSet<String> =
+            Action::ALL.iter().map(|(_, n)| n.to_string()).collect();
+        let missing: Vec<_> = named.difference(&executors).collect();
+        assert!(
+            missing.is_empty(),
+            "tree actions without an executor: {missing:?}"
+        );
+        let unused: Vec<_> = executors.difference(&named).collect();
+        assert!(unused.is_empty(), "executors no tree names: {unused:?}");
+        let vocabulary: std::collections::BTreeSet<String> = flowcharts::Registry::standard()
+            .actions()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(vocabulary, executors);
+        for (a, n) in Action::ALL {
+            assert_eq!(Action::parse(n), Some(*a));
+        }
+        assert_eq!(Action::parse("no_such_action"), None);
+    }
+
+    fn plan(steps: usize) -> BoundPlan {
+        BoundPlan {
+            round: 1,
+            tree: "case2_replicate".into(),
+            leaf: "reload_unit_catch_up".into(),
+            outcome: "o".into(),
+            steps: (0..steps)
+                .map(|i| Bound {
+                    action: if i == 1 {
+                        "manual_intervention".into()
+                    } else {
+                        "restart_tasks".into()
+                    },
+                    targets: Vec::new(),
+                    sources: Vec::new(),
+                    reason: None,
+                })
+                .collect(),
+            levels: vec![(1, 10, 7)],
+        }
+    }
+
+    #[test]
+    fn the_journal_resumes_at_the_first_step_not_done_and_ends_a_plan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = RunJournal::open(dir.path()).expect("open");
+        assert!(j.open_plan().is_none());
+        j.append(Line::Plan {
+            plan: plan(3),
+            at: now(),
+        })
+        .expect("plan");
+        j.append(Line::Started {
+            step: 0,
+            addr: "127.0.0.1:1".into(),
+            lsn: 42,
+        })
+        .expect("started");
+        j.append(Line::Done {
+            step: 0,
+            detail: "d".into(),
+            seconds: 0.1,
+        })
+        .expect("done");
+        j.append(Line::Level {
+            db: 1,
+            file: 10,
+            seq: 9,
+        })
+        .expect("level");
+        j.append(Line::Waiting { step: 1 }).expect("waiting");
+        let j = RunJournal::open(dir.path()).expect("reopen");
+        let (p, done, waiting) = j.open_plan().expect("open plan");
+        assert_eq!(p.steps.len(), 3);
+        assert_eq!(done, vec![true, false, false]);
+        assert_eq!(waiting, Some(1));
+        assert_eq!(j.lsn_before("127.0.0.1:1"), Some(42));
+        assert_eq!(j.lsn_before("127.0.0.1:2"), None);
+        assert_eq!(j.level_after(1, 10), Some(9));
+        assert_eq!(j.level_after(1, 11), None);
+        let mut j = j;
+        j.append(Line::Confirmed { step: 1 }).expect("confirmed");
+        let (_, done, waiting) = j.open_plan().expect("open plan");
+        assert_eq!(done, vec![true, true, false]);
+        assert_eq!(waiting, None);
+        j.append(Line::End {
+            leaf: "reload_unit_catch_up".into(),
+            at: now(),
+        })
+        .expect("end");
+        assert!(j.open_plan().is_none());
+        assert_eq!(j.rounds(), 1);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_damaged_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = RunJournal::open(dir.path()).expect("open");
+        j.append(Line::Plan {
+            plan: plan(2),
+            at: now(),
+        })
+        .expect("plan");
+        let path = dir.path().join(JOURNAL);
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        text.push_str("{\"line\":\"done\",\"step\":0,\"deta");
+        std::fs::write(&path, &text).expect("write");
+        let mut j = RunJournal::open(dir.path()).expect("a torn tail is dropped");
+        let (_, done, _) = j.open_plan().expect("plan");
+        assert_eq!(done, vec![false, false], "the torn step is not done");
+        // The torn bytes are cut off: the next line stands on its own.
+        j.append(Line::Waiting { step: 1 }).expect("append");
+        let j = RunJournal::open(dir.path()).expect("reopen");
+        assert_eq!(j.open_plan().expect("plan").2, Some(1));
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, format!("garbage\n{text}\n")).expect("write");
+        let err = RunJournal::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+}
