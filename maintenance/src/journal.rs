@@ -45,25 +45,25 @@ use propagator::exec::{commit_json, Command as ExecCmd, ExecCommand, ExecTarget,
 use propagator::node::client::{Client, ClientError};
 use propagator::record::{encode_record, record_to_json};
 use propagator::wire::{Command, ErrorCode, Request, Response};
+use propagator::framed::{self, FramedError, FramedFile};
+use propagator::medium::FsDir;
 use propagator::CommitInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The journal file inside the journal directory.
 pub const FILE_NAME: &str = "journal.etpj";
-const TMP_NAME: &str = "journal.etpj.tmp";
+/// Where compaction wrote before the framed-file primitive (removed at open).
+const OLD_TMP_NAME: &str = "journal.etpj.tmp";
 const LOCK_NAME: &str = "lock";
 const MAGIC: &[u8; 8] = b"ETPJNL01";
-const HEADER: usize = 16;
-/// The largest frame accepted (a transaction's command lines are bounded by
-/// the node's own transaction limits; this only guards the length field).
-const MAX_FRAME: u32 = 256 << 20;
 /// Compact once this many entries were resolved since the last compaction
 /// (and at the end of every run that resolved any).
 const COMPACT_AFTER: u64 = 256;
@@ -199,36 +199,35 @@ fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn checksum(payload: &[u8]) -> u64 {
-    let h = blake3::hash(payload);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(b)
+impl From<FramedError> for JournalError {
+    fn from(e: FramedError) -> JournalError {
+        match e {
+            FramedError::Damaged {
+                file,
+                offset,
+                reason,
+            } => JournalError::Damaged {
+                file: PathBuf::from(file),
+                offset,
+                reason,
+            },
+            FramedError::Io { what, file, source } => JournalError::Io {
+                what: what.to_string(),
+                path: PathBuf::from(file),
+                error: source,
+            },
+        }
+    }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
-/// One frame, ready to append.
-pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+fn payload(frame: &Frame) -> Vec<u8> {
     // Serializing this enum of strings and integers cannot fail.
-    let payload = serde_json::to_vec(frame).unwrap_or_default();
-    let len = payload.len() as u32;
-    let mut b = Vec::with_capacity(HEADER + payload.len());
-    b.extend_from_slice(&len.to_le_bytes());
-    b.extend_from_slice(&(!len).to_le_bytes());
-    b.extend_from_slice(&checksum(&payload).to_le_bytes());
-    b.extend_from_slice(&payload);
-    b
+    serde_json::to_vec(frame).unwrap_or_default()
+}
+
+/// One frame, ready to append (the format of [`propagator::framed`]).
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    framed::encode_frame(&payload(frame))
 }
 
 /// What a scan of the journal bytes found.
@@ -242,65 +241,28 @@ pub struct Scan {
     pub torn: Option<(u64, u64)>,
 }
 
-/// Reads frames, telling a torn tail from damage (see the module docs).
-pub fn scan(file: &Path, bytes: &[u8]) -> Result<Scan, JournalError> {
-    let damaged = |offset: usize, reason: String| JournalError::Damaged {
-        file: file.to_path_buf(),
-        offset: offset as u64,
-        reason,
-    };
-    if bytes.len() < MAGIC.len() {
-        if MAGIC.starts_with(bytes) || bytes.iter().all(|b| *b == 0) {
-            return Ok(Scan {
-                frames: Vec::new(),
-                valid_len: 0,
-                torn: (!bytes.is_empty()).then_some((0, bytes.len() as u64)),
-            });
-        }
-        return Err(damaged(0, "not an etp journal (bad magic)".into()));
+/// Decodes the frames a framed scan found, telling a torn tail from damage
+/// (see the module docs).
+fn decode(file: &Path, s: framed::Scan) -> Result<Scan, JournalError> {
+    let mut frames = Vec::with_capacity(s.frames.len());
+    for (off, p) in s.frames {
+        let f: Frame = serde_json::from_slice(&p).map_err(|e| JournalError::Damaged {
+            file: file.to_path_buf(),
+            offset: off,
+            reason: format!("entry does not decode: {e}"),
+        })?;
+        frames.push((off, f));
     }
-    if &bytes[..MAGIC.len()] != MAGIC {
-        return Err(damaged(0, "not an etp journal (bad magic)".into()));
-    }
-    let mut off = MAGIC.len();
-    let mut frames = Vec::new();
-    let mut torn = None;
-    while off < bytes.len() {
-        let rest = &bytes[off..];
-        if rest.iter().all(|b| *b == 0) || rest.len() < HEADER {
-            torn = Some((off as u64, rest.len() as u64));
-            break;
-        }
-        let len = u32_at(rest, 0);
-        if u32_at(rest, 4) != !len || len > MAX_FRAME {
-            return Err(damaged(
-                off,
-                "entry header is corrupt (length check fails)".into(),
-            ));
-        }
-        let end = HEADER + len as usize;
-        if rest.len() < end {
-            torn = Some((off as u64, rest.len() as u64));
-            break;
-        }
-        let payload = &rest[HEADER..end];
-        if checksum(payload) != u64_at(rest, 8) {
-            return Err(damaged(
-                off,
-                format!("checksum mismatch in a {len}-byte entry"),
-            ));
-        }
-        let frame: Frame = serde_json::from_slice(payload)
-            .map_err(|e| damaged(off, format!("entry does not decode: {e}")))?;
-        frames.push((off as u64, frame));
-        off += end;
-    }
-    let valid_len = torn.map_or(bytes.len() as u64, |(o, _)| o);
     Ok(Scan {
         frames,
-        valid_len,
-        torn,
+        valid_len: s.valid_len,
+        torn: s.torn,
     })
+}
+
+/// Reads frames from the journal's bytes.
+pub fn scan(file: &Path, bytes: &[u8]) -> Result<Scan, JournalError> {
+    decode(file, framed::scan(&file.display().to_string(), MAGIC, bytes)?)
 }
 
 /// The pending entries a list of frames leaves, and how many were resolved.
@@ -378,28 +340,19 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
 }
 
-fn torn_warning(file: &Path, offset: u64, len: u64) -> String {
-    format!(
-        "journal file {}: dropped an incomplete entry at byte offset {offset} ({len} bytes): \
-         its write never completed (a crash while writing), so nothing was sent on its strength",
-        file.display()
-    )
-}
-
 /// Reads a journal without taking it over. A missing journal is empty.
 pub fn read(dir: &Path) -> Result<Snapshot, JournalError> {
     let file = dir.join(FILE_NAME);
-    let bytes = match std::fs::read(&file) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io_err("read", &file)(e)),
+    let s = match dir.exists() {
+        true => framed::read(&FsDir::new(dir), FILE_NAME, MAGIC)?.unwrap_or_default(),
+        false => framed::Scan::default(),
     };
-    let s = scan(&file, &bytes)?;
-    let (pending, _, _) = replay(&file, &s.frames)?;
     let warnings = s
-        .torn
-        .map(|(o, l)| vec![torn_warning(&file, o, l)])
-        .unwrap_or_default();
+        .torn_warning(&format!("journal file {}", file.display()))
+        .into_iter()
+        .collect();
+    let s = decode(&file, s)?;
+    let (pending, _, _) = replay(&file, &s.frames)?;
     Ok(Snapshot {
         file,
         pending: pending.into_values().collect(),
@@ -409,9 +362,8 @@ pub fn read(dir: &Path) -> Result<Snapshot, JournalError> {
 
 /// An open journal, held exclusively by this process.
 pub struct Journal {
-    dir: PathBuf,
     path: PathBuf,
-    file: File,
+    file: FramedFile,
     _lock: File,
     pending: BTreeMap<u64, Entry>,
     next_n: u64,
@@ -444,50 +396,21 @@ impl Journal {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
         }
-        let tmp = dir.join(TMP_NAME);
-        if tmp.exists() {
-            // A compaction that did not finish: the journal itself is intact.
-            std::fs::remove_file(&tmp).map_err(io_err("remove", &tmp))?;
+        let old_tmp = dir.join(OLD_TMP_NAME);
+        if old_tmp.exists() {
+            // A compaction of an earlier version that did not finish: the
+            // journal itself is intact.
+            std::fs::remove_file(&old_tmp).map_err(io_err("remove", &old_tmp))?;
         }
         let path = dir.join(FILE_NAME);
-        let mut created = false;
-        let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                created = true;
-                OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(io_err("create", &path))?
-            }
-            Err(e) => return Err(io_err("open", &path)(e)),
-        };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(io_err("read", &path))?;
-        let s = scan(&path, &bytes)?;
+        let (file, s) = FramedFile::open(Arc::new(FsDir::new(dir)), FILE_NAME, MAGIC)?;
+        let warnings = s
+            .torn_warning(&format!("journal file {}", path.display()))
+            .into_iter()
+            .collect();
+        let s = decode(&path, s)?;
         let (pending, next_n, resolved) = replay(&path, &s.frames)?;
-        let mut warnings = Vec::new();
-        if let Some((o, l)) = s.torn {
-            warnings.push(torn_warning(&path, o, l));
-            file.set_len(s.valid_len)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err("truncate the torn tail of", &path))?;
-        }
-        if s.valid_len < MAGIC.len() as u64 {
-            file.set_len(0)
-                .and_then(|()| file.write_all(MAGIC))
-                .and_then(|()| file.sync_all())
-                .map_err(io_err("write", &path))?;
-            created = true;
-        }
-        if created {
-            sync_dir(dir)?;
-        }
         Ok(Journal {
-            dir: dir.to_path_buf(),
             path,
             file,
             _lock: lock,
@@ -516,11 +439,7 @@ impl Journal {
     }
 
     fn append(&mut self, frame: &Frame) -> Result<(), JournalError> {
-        let b = encode_frame(frame);
-        self.file
-            .write_all(&b)
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_err("append to", &self.path))
+        Ok(self.file.append(&payload(frame))?)
     }
 
     /// Journals a transaction, durably; returns its entry number.
@@ -602,31 +521,22 @@ impl Journal {
     /// Rewrites the journal with only the pending entries (tmp, sync,
     /// rename, sync the directory).
     pub fn compact(&mut self) -> Result<(), JournalError> {
-        let tmp = self.dir.join(TMP_NAME);
-        let mut b = MAGIC.to_vec();
-        for e in self.pending.values() {
-            b.extend_from_slice(&encode_frame(&Frame::Txn {
-                n: e.n,
-                id: e.id.clone(),
-                at: e.since.clone(),
-                cmds: e.cmds.clone(),
-                attempts: e.attempts,
-                last_error: e.last_error.clone(),
-                last_at: e.last_at.clone(),
-            }));
-        }
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&b)
-            .and_then(|()| f.sync_all())
-            .map_err(io_err("write", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io_err("replace", &self.path))?;
-        sync_dir(&self.dir)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io_err("open", &self.path))?;
+        let frames: Vec<Vec<u8>> = self
+            .pending
+            .values()
+            .map(|e| {
+                payload(&Frame::Txn {
+                    n: e.n,
+                    id: e.id.clone(),
+                    at: e.since.clone(),
+                    cmds: e.cmds.clone(),
+                    attempts: e.attempts,
+                    last_error: e.last_error.clone(),
+                    last_at: e.last_at.clone(),
+                })
+            })
+            .collect();
+        self.file.rewrite(frames.iter().map(Vec::as_slice))?;
         self.resolved = 0;
         Ok(())
     }
@@ -1173,7 +1083,7 @@ mod tests {
             .map(|e| (e.n, e.id.as_str(), e.attempts))
             .collect();
         assert_eq!(ids, vec![(6, "id5", 1), (301, "next", 0)]);
-        assert!(!d.path().join(TMP_NAME).exists());
+        assert!(!d.path().join(format!(".{FILE_NAME}.tmp")).exists());
         Ok(())
     }
 
@@ -1195,7 +1105,7 @@ mod tests {
             last_error: None,
             last_at: None,
         });
-        for cut in [3, HEADER, frame.len() - 1] {
+        for cut in [3, framed::FRAME_HEADER, frame.len() - 1] {
             let mut b = whole.clone();
             b.extend_from_slice(&frame[..cut]);
             std::fs::write(&path, &b)?;
@@ -1230,7 +1140,7 @@ mod tests {
         let good = std::fs::read(&path)?;
         // A flipped payload byte in the first entry: checksum.
         let mut b = good.clone();
-        b[MAGIC.len() + HEADER + 5] ^= 0x20;
+        b[MAGIC.len() + framed::FRAME_HEADER + 5] ^= 0x20;
         std::fs::write(&path, &b)?;
         let e = Journal::open(d.path())
             .err()

@@ -38,6 +38,7 @@ pub mod database;
 pub mod digest;
 pub mod error;
 pub mod exec;
+pub mod framed;
 pub mod ids;
 pub mod log_record;
 pub mod medium;

@@ -257,6 +257,14 @@ impl MediumDir for MemDir {
             .map(|_| ())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
     }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut files = lock(&self.files);
+        let f = files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
+        files.insert(to.to_string(), f);
+        Ok(())
+    }
     fn sync_dir(&self) -> io::Result<()> {
         Ok(())
     }

@@ -36,7 +36,10 @@ pub trait MediumDir: Send + Sync {
     /// Creates a new, empty file; fails if it exists.
     fn create(&self, name: &str) -> io::Result<Arc<dyn Medium>>;
     fn remove(&self, name: &str) -> io::Result<()>;
-    /// Makes creations and removals durable.
+    /// Renames `from` to `to`, replacing `to` if it exists (atomically, as
+    /// rename(2) does); durable after [`MediumDir::sync_dir`].
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Makes creations, removals and renames durable.
     fn sync_dir(&self) -> io::Result<()>;
     /// How to name `name` to an operator (a path).
     fn describe(&self, name: &str) -> String;
@@ -106,6 +109,9 @@ impl MediumDir for FsDir {
     }
     fn remove(&self, name: &str) -> io::Result<()> {
         std::fs::remove_file(self.path.join(name))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.path.join(from), self.path.join(to))
     }
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.path)?.sync_all()
