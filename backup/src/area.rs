@@ -206,23 +206,18 @@ impl Area {
 }
 
 /// Writes `value` as `dir/name.json`, durably: to a temporary name, synced,
-/// renamed, the directory synced. A reader sees the whole file or none.
+/// renamed, the directory synced ([`propagator::framed::replace`], through
+/// the medium seam). A reader sees the whole file or none.
 pub(crate) fn write_json_durably<T: Serialize>(
     dir: &Path,
     name: &str,
     value: &T,
 ) -> anyhow::Result<()> {
-    let tmp = dir.join(format!(".{name}.json.tmp"));
-    let path = dir.join(format!("{name}.json"));
-    let text =
-        serde_json::to_vec_pretty(value).with_context(|| format!("encoding {}", path.display()))?;
-    let write = || -> std::io::Result<()> {
-        std::fs::write(&tmp, &text)?;
-        File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    let file = format!("{name}.json");
+    let text = serde_json::to_vec_pretty(value)
+        .with_context(|| format!("encoding {}", dir.join(&file).display()))?;
+    propagator::framed::replace(&propagator::medium::FsDir::new(dir), &file, &text)
+        .with_context(|| format!("cannot write {}", dir.join(&file).display()))
 }
 
 /// Every `*.json` in `dir` (temporary files left out), decoded; `what`

@@ -42,11 +42,11 @@
 use anyhow::{bail, Context};
 use chrono::{SecondsFormat, Utc};
 use propagator::exec::{commit_json, Command as ExecCmd, ExecCommand, ExecTarget, MAX_LINE};
+use propagator::framed::{self, FramedError, FramedFile};
+use propagator::medium::FsDir;
 use propagator::node::client::{Client, ClientError};
 use propagator::record::{encode_record, record_to_json};
 use propagator::wire::{Command, ErrorCode, Request, Response};
-use propagator::framed::{self, FramedError, FramedFile};
-use propagator::medium::FsDir;
 use propagator::CommitInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -262,7 +262,10 @@ fn decode(file: &Path, s: framed::Scan) -> Result<Scan, JournalError> {
 
 /// Reads frames from the journal's bytes.
 pub fn scan(file: &Path, bytes: &[u8]) -> Result<Scan, JournalError> {
-    decode(file, framed::scan(&file.display().to_string(), MAGIC, bytes)?)
+    decode(
+        file,
+        framed::scan(&file.display().to_string(), MAGIC, bytes)?,
+    )
 }
 
 /// The pending entries a list of frames leaves, and how many were resolved.

@@ -274,6 +274,13 @@ impl Scene {
     }
 }
 
+/// The recovery journal's entries, one JSON text a line.
+fn journal_text(s: &Scene) -> String {
+    maintenance::recovery::journal::entries(&s.tmp.path().join("recovery"))
+        .expect("the recovery journal")
+        .join("\n")
+}
+
 fn leaf(v: &serde_json::Value) -> String {
     v["case"]["plan"]["leaf"]
         .as_str()
@@ -636,8 +643,7 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let journal =
-        std::fs::read_to_string(s.tmp.path().join("recovery/recovery.jsonl")).expect("journal");
+    let journal = journal_text(&s);
     assert_eq!(
         journal
             .lines()
@@ -901,8 +907,7 @@ fn rebuild_from_a_lagging_full_replicate(mut s: Scene, slow: Option<&FaultProxy>
         )),
         "{gap}"
     );
-    let journal =
-        std::fs::read_to_string(s.tmp.path().join("recovery/recovery.jsonl")).expect("journal");
+    let journal = journal_text(&s);
     assert!(
         journal.contains(&format!(
             "\"line\":\"gap\",\"master\":\"items\",\"from_seq\":{},\"to_seq\":{lost_to}",

@@ -1,12 +1,17 @@
-//! The recovery journal: the bound plan and each step's completion as JSON
-//! lines, each fsync'd before the step counts as done, so an interrupted
-//! run resumes at the first step not journaled done.
+//! The recovery journal: the bound plan and each step's completion, each
+//! entry a checksummed frame (JSON payload) of a framed file
+//! ([`propagator::framed`]) synced before the step counts as done, so an
+//! interrupted run resumes at the first step not journaled done. A torn last
+//! entry (a crash while it was written) is cut off: its step was never taken
+//! as done. Any other damage is named by byte offset and nothing runs.
 
 use super::plan::*;
 use anyhow::{bail, Context};
+use propagator::framed::{self, FramedFile};
+use propagator::medium::FsDir;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One line of the recovery journal.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,13 +62,67 @@ pub(crate) enum Line {
     },
 }
 
-pub(crate) const JOURNAL: &str = "recovery.jsonl";
+/// The journal file in the state directory.
+pub const JOURNAL: &str = "recovery.etpj";
+/// The JSON-lines journal of earlier versions, taken over at open.
+const LEGACY_JOURNAL: &str = "recovery.jsonl";
+const MAGIC: &[u8; 8] = b"ETPRCV01";
 
-/// The recovery journal: JSON lines, each written and fsync'd before the
-/// step it records is taken as done.
+/// The recovery journal, held open for appends.
 pub(crate) struct RunJournal {
     pub(crate) path: PathBuf,
+    file: FramedFile,
     lines: Vec<Line>,
+}
+
+fn decode(path: &Path, scan: &framed::Scan) -> anyhow::Result<Vec<Line>> {
+    scan.frames
+        .iter()
+        .map(|(off, p)| {
+            serde_json::from_slice::<Line>(p).with_context(|| {
+                format!(
+                    "recovery journal {} is damaged at byte offset {off}: an entry does not decode; move it aside to start afresh",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+/// The entries of the JSON-lines journal of an earlier version (a torn last
+/// line dropped), to be carried over.
+fn legacy_lines(path: &Path) -> anyhow::Result<Vec<Line>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = text.lines().count();
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        match serde_json::from_str::<Line>(l) {
+            Ok(x) => out.push(x),
+            Err(_) if i + 1 == n && !text.ends_with('\n') => {}
+            Err(e) => bail!(
+                "recovery journal {} line {}: {e}; move it aside to start afresh",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Every entry of the recovery journal in `state`, as the JSON text it was
+/// written as (for tests and tools that inspect a run); empty when there is
+/// none.
+pub fn entries(state: &Path) -> anyhow::Result<Vec<String>> {
+    let scan = match state.exists() {
+        true => framed::read(&FsDir::new(state), JOURNAL, MAGIC)?.unwrap_or_default(),
+        false => framed::Scan::default(),
+    };
+    Ok(scan
+        .frames
+        .iter()
+        .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+        .collect())
 }
 
 impl RunJournal {
@@ -75,63 +134,29 @@ impl RunJournal {
             )
         })?;
         let path = dir.join(JOURNAL);
-        let mut lines = Vec::new();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                // A torn last line (no newline): its step was never taken as
-                // done. Cut it off so the next line starts on its own.
-                if !text.is_empty() && !text.ends_with('\n') {
-                    let keep = text.rfind('\n').map_or(0, |i| i + 1);
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| {
-                            f.set_len(keep as u64)?;
-                            f.sync_all()
-                        })
-                        .with_context(|| {
-                            format!("cannot cut the torn tail of {}", path.display())
-                        })?;
-                }
-                let n = text.lines().count();
-                for (i, l) in text.lines().enumerate() {
-                    match serde_json::from_str::<Line>(l) {
-                        Ok(x) => lines.push(x),
-                        // A torn last line: its step was never taken as done.
-                        Err(_) if i + 1 == n && !text.ends_with('\n') => {}
-                        Err(e) => bail!(
-                            "recovery journal {} line {}: {e}; move it aside to start afresh",
-                            path.display(),
-                            i + 1
-                        ),
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        let legacy = dir.join(LEGACY_JOURNAL);
+        let carried = match (path.exists(), legacy.exists()) {
+            (false, true) => legacy_lines(&legacy)?,
+            _ => Vec::new(),
+        };
+        let (mut file, scan) = FramedFile::open(Arc::new(FsDir::new(dir)), JOURNAL, MAGIC)?;
+        if let Some(w) = scan.torn_warning(&format!("recovery journal {}", path.display())) {
+            tracing::warn!("{w}");
         }
-        Ok(RunJournal { path, lines })
+        let mut lines = decode(&path, &scan)?;
+        if !carried.is_empty() {
+            for l in &carried {
+                file.append(&serde_json::to_vec(l)?)?;
+            }
+            std::fs::remove_file(&legacy)
+                .with_context(|| format!("cannot remove {}", legacy.display()))?;
+            lines.extend(carried);
+        }
+        Ok(RunJournal { path, file, lines })
     }
 
     pub(crate) fn append(&mut self, line: Line) -> anyhow::Result<()> {
-        let mut text = serde_json::to_string(&line)?;
-        text.push('\n');
-        let created = !self.path.exists();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("cannot open {}", self.path.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_data()
-            .with_context(|| format!("cannot sync {}", self.path.display()))?;
-        if created {
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .with_context(|| format!("cannot sync {}", dir.display()))?;
-            }
-        }
+        self.file.append(&serde_json::to_vec(&line)?)?;
         self.lines.push(line);
         Ok(())
     }
@@ -224,7 +249,7 @@ impl RunJournal {
 /// Says so when the recovery journal in `state` holds a plan that has not
 /// ended (None when there is no journal).
 pub fn unfinished(state: &Path) -> anyhow::Result<Option<String>> {
-    if !state.join(JOURNAL).exists() {
+    if !state.join(JOURNAL).exists() && !state.join(LEGACY_JOURNAL).exists() {
         return Ok(None);
     }
     let j = RunJournal::open(state)?;

@@ -424,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_dropped_and_a_damaged_one_refused() {
+    fn a_torn_last_entry_is_dropped_and_a_damaged_one_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = RunJournal::open(dir.path()).expect("open");
         j.append(Line::Plan {
@@ -433,19 +433,53 @@ mod tests {
         })
         .expect("plan");
         let path = dir.path().join(JOURNAL);
-        let mut text = std::fs::read_to_string(&path).expect("read");
-        text.push_str("{\"line\":\"done\",\"step\":0,\"deta");
-        std::fs::write(&path, &text).expect("write");
+        let good = std::fs::read(&path).expect("read");
+        // A crash while the next entry was written: part of its frame.
+        let next = propagator::framed::encode_frame(b"{\"line\":\"done\",\"step\":0}");
+        let mut b = good.clone();
+        b.extend_from_slice(&next[..next.len() - 4]);
+        std::fs::write(&path, &b).expect("write");
         let mut j = RunJournal::open(dir.path()).expect("a torn tail is dropped");
         let (_, done, _) = j.open_plan().expect("plan");
         assert_eq!(done, vec![false, false], "the torn step is not done");
-        // The torn bytes are cut off: the next line stands on its own.
+        // The torn bytes are cut off: the next entry stands on its own.
         j.append(Line::Waiting { step: 1 }).expect("append");
         let j = RunJournal::open(dir.path()).expect("reopen");
         assert_eq!(j.open_plan().expect("plan").2, Some(1));
-        let text = std::fs::read_to_string(&path).expect("read");
-        std::fs::write(&path, format!("garbage\n{text}\n")).expect("write");
+        // A flipped byte inside the plan's entry: damage, named.
+        let mut b = std::fs::read(&path).expect("read");
+        b[30] ^= 0x20;
+        std::fs::write(&path, &b).expect("write");
         let err = RunJournal::open(dir.path()).err().expect("refused");
-        assert!(err.to_string().contains("line 1"), "{err}");
+        assert!(err.to_string().contains("offset 8"), "{err}");
+    }
+
+    #[test]
+    fn a_journal_of_json_lines_is_carried_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lines = [
+            serde_json::to_string(&Line::Plan {
+                plan: plan(2),
+                at: now(),
+            })
+            .expect("json"),
+            serde_json::to_string(&Line::Done {
+                step: 0,
+                detail: "d".into(),
+                seconds: 0.1,
+            })
+            .expect("json"),
+        ];
+        std::fs::write(
+            dir.path().join("recovery.jsonl"),
+            format!("{}\n{}\n", lines[0], lines[1]),
+        )
+        .expect("write");
+        let j = RunJournal::open(dir.path()).expect("open");
+        assert_eq!(j.open_plan().expect("plan").1, vec![true, false]);
+        assert!(!dir.path().join("recovery.jsonl").exists());
+        drop(j);
+        let j = RunJournal::open(dir.path()).expect("reopen");
+        assert_eq!(j.open_plan().expect("plan").1, vec![true, false]);
     }
 }
