@@ -203,7 +203,7 @@ pub fn take_job(
             for u in &out[i..] {
                 area.discard(&u.set.id);
             }
-            return Err(e);
+            return Err(e.into());
         }
         progress(&format!("set {}: recorded in the catalog", t.set.id));
     }

@@ -43,10 +43,6 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
             None => None,
         };
         let node = Node::new(db.clone()).map_err(anyhow::Error::msg)?;
-        node.set_restore_hook(std::sync::Arc::new(|db, area, fnr, roll| {
-            backup::restore::restore_in_node(db, std::path::Path::new(area), fnr, roll)
-                .map_err(|e| format!("{e:#}"))
-        }));
         {
             // One write: a reader may stop after the lines it expects.
             let mut lines = format!("listening {addr}\n");

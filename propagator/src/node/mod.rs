@@ -80,19 +80,7 @@ pub struct Node {
     quiesced: std::sync::atomic::AtomicBool,
     /// Client command batches hold it shared; a quiesce takes it alone.
     update_gate: tokio::sync::RwLock<()>,
-    /// Restores a copy set into this node's database (set by the binary,
-    /// which knows the copy area's format).
-    restore_hook: std::sync::OnceLock<RestoreHook>,
 }
-
-/// `(database, copy area, file, roll forward: None no, Some(None) to the
-/// end of the protection log, Some(Some(lsn)) to that LSN)` → what was
-/// restored (JSON).
-pub type RestoreHook = Arc<
-    dyn Fn(&Database, &str, Fnr, Option<Option<crate::Lsn>>) -> Result<serde_json::Value, String>
-        + Send
-        + Sync,
->;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -147,7 +135,6 @@ impl Node {
             metrics: metrics::Rates::default(),
             quiesced: std::sync::atomic::AtomicBool::new(quiesced),
             update_gate: tokio::sync::RwLock::new(()),
-            restore_hook: std::sync::OnceLock::new(),
         });
         if let Some(v) = stored {
             node.start_tasks(&v, true);
@@ -158,11 +145,6 @@ impl Node {
 
     pub fn database(&self) -> &Database {
         &self.db
-    }
-
-    /// Lets the node restore copy sets ([`RecoveryOp::Restore`]).
-    pub fn set_restore_hook(&self, hook: RestoreHook) {
-        let _ = self.restore_hook.set(hook);
     }
 
     fn link_owner(&self, file: Fnr) -> Arc<tokio::sync::Mutex<()>> {

@@ -121,12 +121,15 @@ impl Node {
                 regenerate,
                 upto,
             } => {
-                let Some(hook) = self.restore_hook.get().cloned() else {
-                    return Response::error("this node cannot restore copy sets (no restore hook)");
-                };
                 self.stop_feeders_of(None).await;
                 let r = tokio::task::spawn_blocking(move || {
-                    hook(&db, &area, file, regenerate.then_some(upto))
+                    crate::copy::restore::restore_in_node(
+                        &db,
+                        std::path::Path::new(&area),
+                        file,
+                        regenerate.then_some(upto),
+                    )
+                    .map_err(|e| e.to_string())
                 })
                 .await;
                 self.rebuild_tasks_stopped().await;

@@ -21,6 +21,24 @@
 //! slice frames in LSN order, one end frame. The whole file's blake3 is
 //! returned to the caller, who catalogues it. Written through the medium
 //! seam ([`crate::medium`]), as the protection log is.
+//!
+//! Above one copy file: [`area`], the copy area with its catalog of copy
+//! sets, and [`restore`]: verify, restore, regenerate and back out. They
+//! live here, beside the engine, so a node restores a set into its own
+//! database (a recovery step) without the binary lending it a closure.
+
+/// Returns a [`SetError::Refused`] with a formatted message (as anyhow's `bail!`).
+macro_rules! refused {
+    ($($t:tt)*) => {
+        return Err($crate::copy::SetError::Refused(format!($($t)*)))
+    };
+}
+
+pub mod area;
+mod error;
+pub mod restore;
+
+pub use error::{SetError, Within};
 
 use crate::catalog::{FileDef, Role};
 use crate::database::CopyPoint;

@@ -6,9 +6,9 @@
 //! after every member file was written, synced and read back: a job cut
 //! short leaves at most an orphan data directory, never a half set.
 
-use anyhow::{bail, Context};
-use propagator::copy::CopiedFile;
-use propagator::{DbId, Fnr, Lsn, Seq};
+use super::error::{SetError, Within};
+use crate::copy::CopiedFile;
+use crate::{DbId, Fnr, Lsn, Seq};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -92,10 +92,10 @@ pub struct Area {
 
 impl Area {
     /// Opens (creating if needed) a copy area.
-    pub fn open(root: &Path) -> anyhow::Result<Area> {
+    pub fn open(root: &Path) -> Result<Area, SetError> {
         for d in ["sets", "data"] {
             std::fs::create_dir_all(root.join(d))
-                .with_context(|| format!("cannot create copy area {}", root.display()))?;
+                .within(|| format!("cannot create copy area {}", root.display()))?;
         }
         Ok(Area {
             root: root.to_path_buf(),
@@ -111,7 +111,7 @@ impl Area {
     }
 
     /// Claims a new set id (and its data directory): the time, then a number.
-    pub fn new_set(&self, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<String> {
+    pub fn new_set(&self, now: chrono::DateTime<chrono::Utc>) -> Result<String, SetError> {
         let stamp = now.format("%Y%m%dT%H%M%SZ");
         for n in 1..10_000 {
             let id = format!("{stamp}-{n:03}");
@@ -120,26 +120,26 @@ impl Area {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
                     return Err(e)
-                        .with_context(|| format!("cannot create {}", self.data_dir(&id).display()))
+                        .within(|| format!("cannot create {}", self.data_dir(&id).display()))
                 }
             }
         }
-        bail!("no free set id for {stamp} in {}", self.root.display())
+        refused!("no free set id for {stamp} in {}", self.root.display())
     }
 
     /// Records a set in the catalog, durably.
-    pub fn record(&self, set: &CopySet) -> anyhow::Result<()> {
+    pub fn record(&self, set: &CopySet) -> Result<(), SetError> {
         write_json_durably(&self.root.join("sets"), &set.id, set)
     }
 
     /// Drops a set: its catalog entry first, then its files.
-    pub fn remove(&self, id: &str) -> anyhow::Result<()> {
+    pub fn remove(&self, id: &str) -> Result<(), SetError> {
         let path = self.root.join("sets").join(format!("{id}.json"));
         std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove catalog entry {}", path.display()))?;
+            .within(|| format!("cannot remove catalog entry {}", path.display()))?;
         File::open(self.root.join("sets"))
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync {}", self.root.display()))?;
+            .within(|| format!("cannot sync {}", self.root.display()))?;
         self.discard(id);
         Ok(())
     }
@@ -150,24 +150,23 @@ impl Area {
     }
 
     /// Every catalogued set, oldest first.
-    pub fn list(&self) -> anyhow::Result<Vec<CopySet>> {
+    pub fn list(&self) -> Result<Vec<CopySet>, SetError> {
         let mut sets: Vec<CopySet> = read_json_dir(&self.root.join("sets"), "catalog entry")?;
         sets.sort_by(|a, b| (a.time_us, &a.id).cmp(&(b.time_us, &b.id)));
         Ok(sets)
     }
 
-    pub fn get(&self, id: &str) -> anyhow::Result<CopySet> {
+    pub fn get(&self, id: &str) -> Result<CopySet, SetError> {
         let path = self.root.join("sets").join(format!("{id}.json"));
         if !path.exists() {
-            bail!(
+            refused!(
                 "no copy set {id:?} in the catalog of {}",
                 self.root.display()
             );
         }
-        let text =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read(&path).within(|| format!("cannot read {}", path.display()))?;
         serde_json::from_slice(&text)
-            .with_context(|| format!("catalog entry {} is damaged", path.display()))
+            .within(|| format!("catalog entry {} is damaged", path.display()))
     }
 
     /// The newest set of database `dbid` holding file `fnr` (with an LSN at
@@ -177,7 +176,7 @@ impl Area {
         dbid: DbId,
         fnr: Fnr,
         max_lsn: Option<Lsn>,
-    ) -> anyhow::Result<Vec<CopySet>> {
+    ) -> Result<Vec<CopySet>, SetError> {
         let mut v: Vec<CopySet> = self
             .list()?
             .into_iter()
@@ -191,7 +190,7 @@ impl Area {
     /// Per master of database `dbid`: the log seq of its newest catalogued
     /// copy set — the log-cleanup horizon (nothing after it may be removed:
     /// restoring that set and rolling forward needs it).
-    pub fn horizons(&self, dbid: DbId) -> anyhow::Result<BTreeMap<Fnr, Seq>> {
+    pub fn horizons(&self, dbid: DbId) -> Result<BTreeMap<Fnr, Seq>, SetError> {
         let mut out = BTreeMap::new();
         for s in self.list()? {
             if s.dbid != dbid {
@@ -206,43 +205,39 @@ impl Area {
 }
 
 /// Writes `value` as `dir/name.json`, durably: to a temporary name, synced,
-/// renamed, the directory synced ([`propagator::framed::replace`], through
+/// renamed, the directory synced ([`crate::framed::replace`], through
 /// the medium seam). A reader sees the whole file or none.
-pub(crate) fn write_json_durably<T: Serialize>(
-    dir: &Path,
-    name: &str,
-    value: &T,
-) -> anyhow::Result<()> {
+pub fn write_json_durably<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), SetError> {
     let file = format!("{name}.json");
     let text = serde_json::to_vec_pretty(value)
-        .with_context(|| format!("encoding {}", dir.join(&file).display()))?;
-    propagator::framed::replace(&propagator::medium::FsDir::new(dir), &file, &text)
-        .with_context(|| format!("cannot write {}", dir.join(&file).display()))
+        .within(|| format!("encoding {}", dir.join(&file).display()))?;
+    crate::framed::replace(&crate::medium::FsDir::new(dir), &file, &text)
+        .within(|| format!("cannot write {}", dir.join(&file).display()))
 }
 
 /// Every `*.json` in `dir` (temporary files left out), decoded; `what`
 /// names them in an error. A missing directory holds none.
-pub(crate) fn read_json_dir<T: serde::de::DeserializeOwned>(
+pub fn read_json_dir<T: serde::de::DeserializeOwned>(
     dir: &Path,
     what: &str,
-) -> anyhow::Result<Vec<T>> {
+) -> Result<Vec<T>, SetError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        Err(e) => return Err(e).within(|| format!("cannot read {}", dir.display())),
     };
     let mut out = Vec::new();
     for e in entries {
-        let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+        let e = e.within(|| format!("cannot read {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with('.') || !name.ends_with(".json") {
             continue;
         }
-        let text = std::fs::read(e.path())
-            .with_context(|| format!("cannot read {}", e.path().display()))?;
+        let text =
+            std::fs::read(e.path()).within(|| format!("cannot read {}", e.path().display()))?;
         out.push(
             serde_json::from_slice(&text)
-                .with_context(|| format!("{what} {} is damaged", e.path().display()))?,
+                .within(|| format!("{what} {} is damaged", e.path().display()))?,
         );
     }
     Ok(out)

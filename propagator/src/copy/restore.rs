@@ -8,24 +8,24 @@
 //! finishes it. The last chunk of each file proves the file's count and
 //! digest against the copy's.
 
-use crate::area::{Area, CopySet, Member};
-use anyhow::{bail, Context};
-use propagator::copy::{resolve, CopyError, Overlay, Records};
-use propagator::medium::FsDir;
-use propagator::slice::{log_start, read_slice, SliceBase};
-use propagator::{Database, FileMeta, Fnr, Isn, Lsn, Role};
+use super::area::{Area, CopySet, Member};
+use super::error::{SetError, Within};
+use crate::copy::{resolve, CopyError, Overlay, Records};
+use crate::medium::FsDir;
+use crate::slice::{log_start, read_slice, SliceBase};
+use crate::{Database, FileMeta, Fnr, Isn, Lsn, Role};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Re-reads one member: every frame's CRC, the whole file's blake3 and
 /// length against the catalog, and its resolved count and digest.
-pub fn verify_member(area: &Area, set: &str, m: &Member) -> anyhow::Result<()> {
+pub fn verify_member(area: &Area, set: &str, m: &Member) -> Result<(), SetError> {
     let dir = FsDir::new(area.data_dir(set));
     let r = resolve(&dir, &m.copy.name, &mut |_| Ok(()))?;
     check_resolved(&dir, m, &r)
 }
 
-fn check_resolved(dir: &FsDir, m: &Member, r: &propagator::copy::Resolved) -> anyhow::Result<()> {
-    use propagator::medium::MediumDir;
+fn check_resolved(dir: &FsDir, m: &Member, r: &crate::copy::Resolved) -> Result<(), SetError> {
+    use crate::medium::MediumDir;
     let path = dir.describe(&m.copy.name);
     if r.bytes != m.copy.bytes || r.blake3 != m.copy.blake3 {
         return Err(CopyError::Mismatch {
@@ -48,10 +48,10 @@ fn check_resolved(dir: &FsDir, m: &Member, r: &propagator::copy::Resolved) -> an
 }
 
 /// Verifies every member of a set; the first failure names its file.
-pub fn verify_set(area: &Area, set: &CopySet) -> anyhow::Result<()> {
+pub fn verify_set(area: &Area, set: &CopySet) -> Result<(), SetError> {
     for m in &set.members {
         verify_member(area, &set.id, m)
-            .with_context(|| format!("copy set {} fails verification", set.id))?;
+            .within(|| format!("copy set {} fails verification", set.id))?;
     }
     Ok(())
 }
@@ -81,25 +81,25 @@ impl<'a> FileWriter<'a> {
         }
     }
 
-    fn flush(&mut self, to: Option<Isn>, last: Option<FileMeta>) -> anyhow::Result<()> {
+    fn flush(&mut self, to: Option<Isn>, last: Option<FileMeta>) -> Result<(), SetError> {
         let (from, recs) = self.pending.take().unwrap_or((Isn(1), Vec::new()));
         let (_, stats) = self
             .db
             .restore_range(self.fnr, from, to, recs, last)
-            .with_context(|| format!("restoring file {}", self.fnr))?;
+            .within(|| format!("restoring file {}", self.fnr))?;
         self.written += stats.written;
         self.removed += stats.removed;
         Ok(())
     }
 
-    fn push(&mut self, chunk: Records) -> anyhow::Result<()> {
+    fn push(&mut self, chunk: Records) -> Result<(), SetError> {
         let merged = self.overlay.merge(chunk);
         self.stage(merged)
     }
 
     /// Holds records back as the pending chunk, writing the one before:
     /// each chunk covers the isns up to the next chunk's first.
-    fn stage(&mut self, records: Records) -> anyhow::Result<()> {
+    fn stage(&mut self, records: Records) -> Result<(), SetError> {
         for part in records.chunks(CHUNK) {
             let first = part[0].0;
             if self.pending.is_some() {
@@ -112,7 +112,7 @@ impl<'a> FileWriter<'a> {
         Ok(())
     }
 
-    fn finish(mut self, meta: FileMeta) -> anyhow::Result<(u64, u64)> {
+    fn finish(mut self, meta: FileMeta) -> Result<(u64, u64), SetError> {
         let rest = self.overlay.rest();
         self.stage(rest)?;
         self.flush(None, Some(meta))?;
@@ -141,15 +141,15 @@ pub struct RestoredFile {
 
 /// Makes sure each member file exists in `db` with the copy's role (creating
 /// it if not) and is usable (rebasing a damaged one).
-fn prepare(db: &Database, set: &CopySet) -> anyhow::Result<()> {
-    let existing: BTreeMap<Fnr, propagator::FileInfo> =
+fn prepare(db: &Database, set: &CopySet) -> Result<(), SetError> {
+    let existing: BTreeMap<Fnr, crate::FileInfo> =
         db.files().into_iter().map(|f| (f.def.fnr, f)).collect();
     for m in &set.members {
         let def = &m.copy.def;
         match existing.get(&m.fnr) {
             Some(f) => {
                 if f.def.role.name() != def.role.name() {
-                    bail!(
+                    refused!(
                         "file {} of database {} is a {} file, but the copy holds a {} file: not restored",
                         m.fnr,
                         db.dir().display(),
@@ -197,7 +197,7 @@ fn write_set(
     overlays: BTreeMap<Fnr, BTreeMap<Isn, Option<Vec<u8>>>>,
     metas: &BTreeMap<Fnr, FileMeta>,
     lsn: Lsn,
-) -> anyhow::Result<Restored> {
+) -> Result<Restored, SetError> {
     prepare(db, set)?;
     let dir = FsDir::new(area.data_dir(&set.id));
     let mut overlays = overlays;
@@ -236,9 +236,9 @@ fn write_set(
 }
 
 /// Restores a whole set into `db`, as of the set's LSN.
-pub fn restore_into(db: &Database, area: &Area, set: &CopySet) -> anyhow::Result<Restored> {
+pub fn restore_into(db: &Database, area: &Area, set: &CopySet) -> Result<Restored, SetError> {
     if db.dbid() != set.dbid {
-        bail!(
+        refused!(
             "copy set {} is of database {}, not of database {} ({})",
             set.id,
             set.dbid,
@@ -246,7 +246,7 @@ pub fn restore_into(db: &Database, area: &Area, set: &CopySet) -> anyhow::Result
             db.dir().display()
         );
     }
-    verify_set(area, set).context("refused to restore")?;
+    verify_set(area, set).within(|| "refused to restore".to_string())?;
     write_set(db, area, set, BTreeMap::new(), &BTreeMap::new(), set.lsn)
 }
 
@@ -255,12 +255,12 @@ pub fn restore_to_dir(
     dir: &std::path::Path,
     area: &Area,
     set: &CopySet,
-) -> anyhow::Result<Restored> {
-    verify_set(area, set).context("refused to restore")?;
+) -> Result<Restored, SetError> {
+    verify_set(area, set).within(|| "refused to restore".to_string())?;
     Database::init(dir, set.dbid, None)
-        .with_context(|| format!("cannot create database {}", dir.display()))?;
+        .within(|| format!("cannot create database {}", dir.display()))?;
     let (db, _) =
-        Database::open(dir).with_context(|| format!("cannot open database {}", dir.display()))?;
+        Database::open(dir).within(|| format!("cannot open database {}", dir.display()))?;
     let r = write_set(&db, area, set, BTreeMap::new(), &BTreeMap::new(), set.lsn)?;
     db.close()?;
     Ok(r)
@@ -295,7 +295,7 @@ pub fn regenerate(
     fnr: Fnr,
     target: Target,
     into: Option<&Database>,
-) -> anyhow::Result<Regenerated> {
+) -> Result<Regenerated, SetError> {
     let max_lsn = match target {
         Target::Lsn(l) => Some(l),
         _ => None,
@@ -305,7 +305,7 @@ pub fn regenerate(
         candidates.retain(|s| s.time_us <= t);
     }
     if candidates.is_empty() {
-        bail!(
+        refused!(
             "no copy set of database {} holds file {fnr}{}: nothing to regenerate from",
             db.dbid(),
             match target {
@@ -318,7 +318,7 @@ pub fn regenerate(
     let mut skipped = Vec::new();
     let set = loop {
         let Some(s) = candidates.first().cloned() else {
-            bail!(
+            refused!(
                 "no usable copy set holds file {fnr}; passed over: {}",
                 skipped.join("; ")
             );
@@ -340,10 +340,10 @@ fn regenerate_set(
     target: Target,
     into: Option<&Database>,
     skipped: Vec<String>,
-) -> anyhow::Result<Regenerated> {
+) -> Result<Regenerated, SetError> {
     if let Target::Lsn(l) = target {
         if l > db.last_lsn() {
-            bail!(
+            refused!(
                 "LSN {l} is past the end of the protection log of {} (LSN {})",
                 db.dir().display(),
                 db.last_lsn()
@@ -390,7 +390,7 @@ fn regenerate_set(
             Ok(true)
         },
     )
-    .with_context(|| format!("cannot roll copy set {} forward", set.id))?;
+    .within(|| format!("cannot roll copy set {} forward", set.id))?;
     // `base` now holds the metas as of the last commit applied.
     let metas_now: BTreeMap<Fnr, FileMeta> = files
         .iter()
@@ -398,7 +398,7 @@ fn regenerate_set(
         .collect();
     let target_db = into.unwrap_or(db);
     if target_db.dbid() != set.dbid {
-        bail!(
+        refused!(
             "database {} is database {}, the copy set's is {}",
             target_db.dir().display(),
             target_db.dbid(),
@@ -426,7 +426,7 @@ pub struct BackedOut {
 
 /// Rolls a master (with its log) or a plain file of `db` back to its state
 /// at `time_us`, with the before-images of the commits after it.
-pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> anyhow::Result<BackedOut> {
+pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetError> {
     let def = db.file(fnr)?;
     let mut files = BTreeSet::from([fnr]);
     match def.role {
@@ -434,7 +434,7 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> anyhow::Result<BackedOu
             files.insert(log);
         }
         Role::Plain => {}
-        other => bail!(
+        other => refused!(
             "file {fnr} is a {} file: only a master (with its log) or a plain file is backed out{}",
             other.name(),
             match other {
@@ -479,7 +479,7 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> anyhow::Result<BackedOu
         },
     )?;
     if !covered {
-        bail!(
+        refused!(
             "the protection log of {} starts at LSN {} ({}), after the time asked for: it no longer holds the before-images back to then",
             db.dir().display(),
             start.lsn,
@@ -547,10 +547,10 @@ pub fn describe(set: &CopySet) -> String {
 /// Returns what could not be done (an unreachable master is reported, not
 /// fatal: the replicate's node is down during the restore anyway).
 pub fn mark_restoring(db: &Database, set: &CopySet, why: Option<String>) -> Vec<String> {
-    use propagator::node::client::Client;
-    use propagator::wire::{ReplicateAction, Request};
+    use crate::node::client::Client;
+    use crate::wire::{ReplicateAction, Request};
     let mut problems = Vec::new();
-    let topo = match propagator::node::stored_topology(db) {
+    let topo = match crate::node::stored_topology(db) {
         Ok(Some(t)) => t,
         Ok(None) => return problems,
         Err(e) => {
@@ -562,7 +562,7 @@ pub fn mark_restoring(db: &Database, set: &CopySet, why: Option<String>) -> Vec<
         if r.def.database != db.dbid().0 || set.member(Fnr(r.def.file)).is_none() {
             continue;
         }
-        let Some(addr) = topo.addresses.get(&propagator::DbId(r.def.master_database)) else {
+        let Some(addr) = topo.addresses.get(&crate::DbId(r.def.master_database)) else {
             continue;
         };
         let req = Request::Replicate {
@@ -590,7 +590,7 @@ pub fn restore_in_node(
     area: &std::path::Path,
     fnr: Fnr,
     roll: Option<Option<Lsn>>,
-) -> anyhow::Result<serde_json::Value> {
+) -> Result<serde_json::Value, SetError> {
     let area = Area::open(area)?;
     let mut skipped = Vec::new();
     // A roll-forward to an LSN takes a set at or before it: a copy job that
@@ -625,7 +625,7 @@ pub fn restore_in_node(
             Err(e) => skipped.push(format!("{}: {e:#}", set.id)),
         }
     }
-    bail!(
+    refused!(
         "no usable copy set of database {} holds file {fnr}{}",
         db.dbid(),
         if skipped.is_empty() {
