@@ -29,6 +29,7 @@ use crate::area::Area;
 use crate::take::{take_job, Ask, Source};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
+use propagator::wire::{AdminRequest, CopyRequest};
 use propagator::{DbId, Fnr};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -312,7 +313,9 @@ impl Scheduler {
 /// The copy-job text a node holds.
 pub fn fetch_jobs(node: std::net::SocketAddr) -> anyhow::Result<String> {
     use propagator::wire::{Request, Response};
-    match propagator::node::client::Client::connect(node)?.call(&Request::CopyJobs { set: None })? {
+    match propagator::node::client::Client::connect(node)?
+        .call(&Request::Copy(CopyRequest::CopyJobs { set: None }))?
+    {
         Response::Text(t) => Ok(t),
         other => bail!("node {node} answered {other:?} to CopyJobs"),
     }
@@ -323,7 +326,9 @@ pub fn addresses(
     node: std::net::SocketAddr,
 ) -> anyhow::Result<BTreeMap<DbId, std::net::SocketAddr>> {
     use propagator::wire::{Request, Response};
-    match propagator::node::client::Client::connect(node)?.call(&Request::AdminExport)? {
+    match propagator::node::client::Client::connect(node)?
+        .call(&Request::Admin(AdminRequest::AdminExport))?
+    {
         Response::Text(t) => Ok(propagator::topology::Valid::parse(&t)
             .map_err(|e| anyhow::anyhow!("node {node} holds a bad topology: {e}"))?
             .addresses),

@@ -8,6 +8,7 @@ use propagator::copy::Copied;
 use propagator::medium::FsDir;
 use propagator::node::client::Client;
 use propagator::topology::Valid;
+use propagator::wire::{CopyRequest, ReadRequest};
 use propagator::wire::{Request, Response};
 use propagator::{Database, DbId, FileDef, Fnr, Lsn, Role, SegmentInfo};
 use std::net::SocketAddr;
@@ -42,11 +43,11 @@ impl Source {
             }
             Source::Node(addr) => {
                 let mut c = Client::connect(*addr)?;
-                let dbid = match c.call(&Request::Info)? {
+                let dbid = match c.call(&Request::Read(ReadRequest::Info))? {
                     Response::Info(i) => i.dbid,
                     other => bail!("node {addr} answered {other:?} to Info"),
                 };
-                match c.call(&Request::Files)? {
+                match c.call(&Request::Read(ReadRequest::Files))? {
                     Response::Files { files, topology } => {
                         let topo = match topology {
                             Some(t) => Some(Valid::parse(&t).map_err(|e| {
@@ -66,10 +67,12 @@ impl Source {
     pub fn segments(&self) -> anyhow::Result<Vec<SegmentInfo>> {
         match self {
             Source::Local(db) => Ok(db.plog_segments()?),
-            Source::Node(addr) => match Client::connect(*addr)?.call(&Request::PlogSegments)? {
-                Response::Segments(v) => Ok(v),
-                other => bail!("node {addr} answered {other:?} to PlogSegments"),
-            },
+            Source::Node(addr) => {
+                match Client::connect(*addr)?.call(&Request::Copy(CopyRequest::PlogSegments))? {
+                    Response::Segments(v) => Ok(v),
+                    other => bail!("node {addr} answered {other:?} to PlogSegments"),
+                }
+            }
         }
     }
 
@@ -78,7 +81,9 @@ impl Source {
         match self {
             Source::Local(db) => Ok(db.remove_segments(through)?),
             Source::Node(addr) => {
-                match Client::connect(*addr)?.call(&Request::PlogRemove { through })? {
+                match Client::connect(*addr)?
+                    .call(&Request::Copy(CopyRequest::PlogRemove { through }))?
+                {
                     Response::Segments(v) => Ok(v),
                     other => bail!("node {addr} answered {other:?} to PlogRemove"),
                 }
@@ -99,11 +104,11 @@ impl Source {
                 let dir = std::path::absolute(dir)
                     .with_context(|| format!("cannot resolve {}", dir.display()))?;
                 let mut c = Client::connect(*addr)?;
-                match c.call(&Request::CopyTake {
+                match c.call(&Request::Copy(CopyRequest::CopyTake {
                     files: files.to_vec(),
                     dir: dir.display().to_string(),
                     set: set.to_string(),
-                })? {
+                }))? {
                     Response::Copied(c) => Ok(c),
                     other => bail!("node {addr} answered {other:?} to CopyTake"),
                 }

@@ -7,6 +7,7 @@ use propagator::node::client::Client;
 use propagator::predicate::project;
 use propagator::record::Record;
 use propagator::topology::Valid;
+use propagator::wire::{AdminRequest, OperationRequest};
 use propagator::wire::{ReplicaState, Request, Response, TaskReport};
 use propagator::{Fnr, Isn, Seq};
 use std::collections::BTreeMap;
@@ -284,7 +285,7 @@ impl Cluster {
         std::fs::write(dir.join("topology.toml"), &text).context("writing topology.toml")?;
         let topology = Valid::parse(&text)?;
         let mut c = nodes[0].client()?;
-        c.call(&Request::AdminApply { topology: text })?;
+        c.call(&Request::Admin(AdminRequest::AdminApply { topology: text }))?;
         Ok(Cluster { nodes, topology })
     }
 
@@ -295,7 +296,7 @@ impl Cluster {
     /// The master node's task report.
     pub fn task_status(&self) -> anyhow::Result<TaskReport> {
         let mut c = self.master().client()?;
-        match c.call(&Request::TaskStatus)? {
+        match c.call(&Request::Operation(OperationRequest::TaskStatus))? {
             Response::Tasks(mut t) if !t.is_empty() => Ok(t.remove(0)),
             other => bail!("unexpected task status {other:?}"),
         }

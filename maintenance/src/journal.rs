@@ -46,6 +46,7 @@ use propagator::framed::{self, FramedError, FramedFile};
 use propagator::medium::FsDir;
 use propagator::node::client::{Client, ClientError};
 use propagator::record::{encode_record, record_to_json};
+use propagator::wire::SessionRequest;
 use propagator::wire::{Command, ErrorCode, Request, Response};
 use propagator::CommitInfo;
 use serde::{Deserialize, Serialize};
@@ -674,9 +675,9 @@ fn attempt(client: &mut Client, e: &Entry, out: &mut dyn Write) -> Attempt {
             Err(other) => return classify(other),
         }
     }
-    match client.call(&Request::Exec(ExecCmd::Et {
+    match client.call(&Request::Session(SessionRequest::Exec(ExecCmd::Et {
         id: Some(e.id.clone()),
-    })) {
+    }))) {
         Ok(Response::Committed(c)) => match command_error {
             // Cannot happen with a node whose failed commands abort the
             // session; never count it as this transaction.

@@ -126,46 +126,82 @@ pub struct Confirmation {
     pub loaded_by: Option<String>,
 }
 
+/// A request, by the conversation it belongs to; every request gets exactly
+/// one response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// A node's identity and progress.
-    Info,
+    /// A client session's commands (the connection is the session: closing it
+    /// backs out an open transaction).
+    Session(SessionRequest),
+    /// Reads: the node's identity, records, stats, range digests, lag samples.
+    Read(ReadRequest),
+    /// The topology: apply (two-phase, through every node it names), export.
+    Admin(AdminRequest),
+    /// Operator requests: task and replicate status and control, policy,
+    /// cross-references, log cleanup.
+    Operation(OperationRequest),
+    /// Copies and the protection log: copy jobs, taking a copy set, segments.
+    Copy(CopyRequest),
+    /// A replication link from a master's task to a replicate on this node.
+    Link(LinkRequest),
+    /// A step of a recovery plan; answered with `Text` (JSON of what was done).
+    Recovery(RecoveryOp),
+}
+
+/// A client session's commands (the connection is the session: closing it
+/// backs out an open transaction).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SessionRequest {
     /// One command of this connection's session.
     Exec(Command),
     /// Several commands of this connection's session in one round trip
     /// (typically a whole transaction ending in ET); stops at the first
     /// error, which backs the transaction out. Answered like the last one.
     Batch(Vec<Command>),
+}
+
+/// Reads: the node's identity, records, stats, range digests, lag samples.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReadRequest {
+    /// A node's identity and progress.
+    Info,
     /// Commit-to-apply samples a replicate on this node recorded for the
     /// master transactions after `after` (bounded history).
-    LagSamples {
-        replicate: String,
-        after: Seq,
-    },
+    LagSamples { replicate: String, after: Seq },
     /// Up to `limit` records of a file from isn `from` on, ascending.
-    Dump {
+    Dump { file: Fnr, from: Isn, limit: u32 },
+    /// A file's record count and digest.
+    FileStat { file: Fnr },
+    /// A file's record count and digest over the isns in `[from, to)`,
+    /// with the records themselves if asked (also for a damaged file: this
+    /// is how verification looks at one).
+    RangeDigest {
         file: Fnr,
         from: Isn,
-        limit: u32,
+        to: Option<Isn>,
+        records: bool,
     },
-    /// A file's record count and digest.
-    FileStat {
-        file: Fnr,
-    },
+    /// The node's file catalog and the topology it holds.
+    Files,
+}
+
+/// The topology: apply (two-phase, through every node it names), export.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminRequest {
     /// Validates a topology and installs it on every node it names.
-    AdminApply {
-        topology: String,
-    },
+    AdminApply { topology: String },
     /// The topology this node holds.
     AdminExport,
     /// Node to node: can this node take its part of the topology?
-    AdminPrepare {
-        topology: String,
-    },
+    AdminPrepare { topology: String },
     /// Node to node: take its part of the topology.
-    AdminInstall {
-        topology: String,
-    },
+    AdminInstall { topology: String },
+}
+
+/// Operator requests: task and replicate status and control, policy,
+/// cross-references, log cleanup.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum OperationRequest {
     TaskStatus,
     /// Answers (Ok) once the named replicate has confirmed `seq`, or with an
     /// error after `timeout_ms`: waiting without polling.
@@ -178,6 +214,57 @@ pub enum Request {
         master: Option<Fnr>,
         action: TaskAction,
     },
+    /// Operator requests about one replicate, on its master's node.
+    Replicate {
+        name: String,
+        action: ReplicateAction,
+    },
+    /// Every replicate fed from this node, with its state.
+    ReplicateStatus,
+    /// The node's policy mode: set it (Some) or read it (None).
+    Policy {
+        set: Option<Policy>,
+    },
+    /// Which replicates have a master transaction (by client id or seq).
+    Xref {
+        master: Option<Fnr>,
+        id: Option<String>,
+        seq: Option<Seq>,
+    },
+    /// What log cleanup could delete (and, with `execute`, delete it).
+    LogCleanup {
+        master: Option<Fnr>,
+        until: Option<Seq>,
+        execute: bool,
+        /// Per master: the log seq of its most recent catalogued copy (the
+        /// cleanup horizon; a master without one has nothing deleted).
+        horizons: Vec<(Fnr, Seq)>,
+    },
+}
+
+/// Copies and the protection log: copy jobs, taking a copy set, segments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum CopyRequest {
+    /// The copy-job definitions kept in the administration file (record
+    /// 3); with `set`, replaces them first (the caller has validated them).
+    CopyJobs { set: Option<String> },
+    /// The protection log's segments, oldest first.
+    PlogSegments,
+    /// Removes the oldest closed segments at or before `through` that
+    /// restart recovery no longer needs (see `Database::remove_segments`).
+    PlogRemove { through: Lsn },
+    /// Takes a hot, consistent copy of `files` into the directory `dir` on
+    /// this node's machine (see [`crate::copy`]), for copy set `set`.
+    CopyTake {
+        files: Vec<Fnr>,
+        dir: String,
+        set: String,
+    },
+}
+
+/// A replication link from a master's task to a replicate on this node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LinkRequest {
     /// Opens a replication link to a replicate on this node.
     LinkOpen {
         replicate: String,
@@ -219,64 +306,6 @@ pub enum Request {
         digest: Digest,
         last: Option<Confirmation>,
     },
-    /// A file's record count and digest over the isns in `[from, to)`,
-    /// with the records themselves if asked (also for a damaged file: this
-    /// is how verification looks at one).
-    RangeDigest {
-        file: Fnr,
-        from: Isn,
-        to: Option<Isn>,
-        records: bool,
-    },
-    /// Operator requests about one replicate, on its master's node.
-    Replicate {
-        name: String,
-        action: ReplicateAction,
-    },
-    /// Every replicate fed from this node, with its state.
-    ReplicateStatus,
-    /// The node's policy mode: set it (Some) or read it (None).
-    Policy {
-        set: Option<crate::node::control::Policy>,
-    },
-    /// Which replicates have a master transaction (by client id or seq).
-    Xref {
-        master: Option<Fnr>,
-        id: Option<String>,
-        seq: Option<Seq>,
-    },
-    /// What log cleanup could delete (and, with `execute`, delete it).
-    LogCleanup {
-        master: Option<Fnr>,
-        until: Option<Seq>,
-        execute: bool,
-        /// Per master: the log seq of its most recent catalogued copy (the
-        /// cleanup horizon; a master without one has nothing deleted).
-        horizons: Vec<(Fnr, Seq)>,
-    },
-    /// The node's file catalog and the topology it holds.
-    Files,
-    /// The copy-job definitions kept in the administration file (record
-    /// 3); with `set`, replaces them first (the caller has validated them).
-    CopyJobs {
-        set: Option<String>,
-    },
-    /// The protection log's segments, oldest first.
-    PlogSegments,
-    /// Removes the oldest closed segments at or before `through` that
-    /// restart recovery no longer needs (see `Database::remove_segments`).
-    PlogRemove {
-        through: Lsn,
-    },
-    /// Takes a hot, consistent copy of `files` into the directory `dir` on
-    /// this node's machine (see [`crate::copy`]), for copy set `set`.
-    CopyTake {
-        files: Vec<Fnr>,
-        dir: String,
-        set: String,
-    },
-    /// A step of a recovery plan; answered with `Text` (JSON of what was done).
-    Recovery(RecoveryOp),
 }
 
 /// What an operator asks of one replicate.
@@ -417,7 +446,7 @@ pub struct TaskReport {
     pub master_name: String,
     pub state: TaskState,
     pub restart_interval_s: Option<u64>,
-    pub policy: crate::node::control::Policy,
+    pub policy: Policy,
     pub master_seq: Seq,
     /// Records in the master's log file, and their size (estimated from the
     /// newest records).
@@ -535,9 +564,9 @@ pub struct ReplicateReport {
     pub stalled_s: f64,
     pub health: Health,
     pub consistency: Consistency,
-    pub gaps: Vec<crate::node::control::Gap>,
+    pub gaps: Vec<Gap>,
     pub load: Option<LoadReport>,
-    pub last_load: Option<crate::node::control::LoadSummary>,
+    pub last_load: Option<LoadSummary>,
     pub last_error: Option<String>,
     pub errors_logged: u64,
     pub connects: u64,
@@ -625,6 +654,90 @@ pub struct CleanupPlan {
     pub deleted: u64,
     pub notes: Vec<String>,
 }
+
+// ------------------------------------------------- node state on the wire
+
+/// How a node's tasks react to failures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Tasks restart themselves (a lost link is retried, capped at the
+    /// task's restart interval), replicates in error are retried, a new or
+    /// redefined replicate is loaded without being asked.
+    #[default]
+    Automatic,
+    /// Failures are detected and marked; nothing restarts by itself.
+    Manual,
+    /// Every task is stopped at a safe point and none starts.
+    Maintenance,
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::Automatic => "automatic",
+            Policy::Manual => "manual",
+            Policy::Maintenance => "maintenance",
+        })
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Policy, String> {
+        match s {
+            "automatic" => Ok(Policy::Automatic),
+            "manual" => Ok(Policy::Manual),
+            "maintenance" => Ok(Policy::Maintenance),
+            other => Err(format!(
+                "unknown policy {other:?}: expected automatic, manual or maintenance"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    /// When it was first and last seen (µs since the epoch).
+    pub first_us: i64,
+    pub last_us: i64,
+    pub reason: String,
+    /// How many times in a row it occurred.
+    pub repeats: u64,
+    /// error, reset, shun, unshun, info
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// Master changes a replicate skipped, recorded for good.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub from: Seq,
+    pub to: Seq,
+    pub reason: String,
+    pub time_us: i64,
+}
+
+/// The last finished load of a replicate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    pub id: String,
+    pub snapshot: Seq,
+    pub source: String,
+    pub records: u64,
+    pub written: u64,
+    pub removed: u64,
+    pub kept: u64,
+    /// Chunks in all, and committed by the run that finished it.
+    pub chunks: u64,
+    pub chunks_last_run: u64,
+    /// The isn the finishing run resumed from (1: it did the whole load).
+    pub resumed_from: Isn,
+    pub seconds_last_run: f64,
+    pub finished_us: i64,
+}
+
+// ------------------------------------------------- errors
 
 /// What an error answer means to the side that receives it: the only thing
 /// a peer decides on (the message is for people and logs, never parsed).
@@ -756,8 +869,8 @@ pub enum Response {
         records: Vec<(Isn, ByteBuf)>,
     },
     Verify(VerifyReport),
-    Errors(Vec<crate::node::control::ErrorEntry>),
-    Policy(crate::node::control::Policy),
+    Errors(Vec<ErrorEntry>),
+    Policy(Policy),
     Xref(XrefReport),
     Cleanup(Vec<CleanupPlan>),
     Copied(crate::copy::Copied),
@@ -798,14 +911,14 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let r = Request::Exec(Command::Store {
+        let r = Request::Session(SessionRequest::Exec(Command::Store {
             file: Fnr(10),
             isn: Some(Isn(3)),
             fields: ByteBuf::from(vec![1, 2, 3]),
-        });
+        }));
         let b = r.encode().expect("encode");
         match Request::decode(&b).expect("decode") {
-            Request::Exec(Command::Store { file, isn, fields }) => {
+            Request::Session(SessionRequest::Exec(Command::Store { file, isn, fields })) => {
                 assert_eq!(
                     (file, isn, fields.into_vec()),
                     (Fnr(10), Some(Isn(3)), vec![1, 2, 3])
@@ -819,7 +932,7 @@ mod tests {
     fn another_version_is_named_and_garbage_is_refused() {
         let b = rmp_serde::to_vec_named(&Envelope {
             v: 99,
-            msg: Request::Info,
+            msg: Request::Read(ReadRequest::Info),
         })
         .expect("encode");
         assert!(matches!(
@@ -830,7 +943,7 @@ mod tests {
             Request::decode(b"\xff\x00garbage"),
             Err(WireError::Decode(_))
         ));
-        let ok = Request::Info.encode().expect("encode");
+        let ok = Request::Read(ReadRequest::Info).encode().expect("encode");
         assert!(Request::decode(&ok[..ok.len() - 1]).is_err());
     }
 }

@@ -9,6 +9,7 @@ use propagator::digest::FileMeta;
 use propagator::predicate::{project, Predicate};
 use propagator::record::{decode_record, encode_record, Record, Value};
 use propagator::wire::{Command, ErrorCode, ReplChange, Request, Response};
+use propagator::wire::{LinkRequest, SessionRequest};
 use propagator::{Fnr, Isn, Lsn, Seq};
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
@@ -93,13 +94,13 @@ proptest! {
         lsn in any::<u64>(),
     ) {
         let enc = |r: &Record| ByteBuf::from(encode_record(r).expect("encode"));
-        let batch = Request::Batch(
+        let batch = Request::Session(SessionRequest::Batch(
             cmds.iter()
                 .map(|(f, i, r)| Command::Store { file: Fnr(*f), isn: i.map(Isn), fields: enc(r) })
                 .chain([Command::Et { id: Some(message.clone()) }])
                 .collect(),
-        );
-        let apply = Request::LinkApply {
+        ));
+        let apply = Request::Link(LinkRequest::LinkApply {
             follows: Seq(follows),
             changes: changes
                 .iter()
@@ -118,7 +119,7 @@ proptest! {
                 loaded_by: None,
             },
             txn_ends: vec![(Seq(follows + 1), 7)],
-        };
+        });
         // Encoding is deterministic, so a message that survives decoding
         // re-encodes to the same bytes.
         for req in [batch, apply] {

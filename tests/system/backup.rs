@@ -6,6 +6,7 @@ use etp_system_tests::{etp, etp_bin, ok, wait_for};
 use maintenance::cluster::{Cluster, FULL, MASTER};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
+use propagator::wire::ReadRequest;
 use propagator::wire::{Command, Request, Response};
 use propagator::{Fnr, Isn, LogRecord, Record, Value};
 use serde_bytes::ByteBuf;
@@ -73,7 +74,7 @@ fn log_count(cl: &Cluster) -> u64 {
         .master()
         .client()
         .expect("client")
-        .call(&Request::FileStat { file: Fnr(11) })
+        .call(&Request::Read(ReadRequest::FileStat { file: Fnr(11) }))
     {
         Ok(Response::Stat { count, .. }) => count,
         other => panic!("{other:?}"),

@@ -9,6 +9,7 @@ use propagator::node::client::Client;
 use propagator::record::encode_record;
 use propagator::wire::{Command, ReplicateReport, Request, Response};
 use propagator::wire::{Consistency, Health, ReplicaState};
+use propagator::wire::{OperationRequest, ReadRequest};
 use propagator::{Fnr, Isn, Record, Seq, Value};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -137,7 +138,10 @@ impl Drop for Writer {
 
 fn reports(addr: SocketAddr) -> Vec<(Seq, ReplicateReport)> {
     let mut c = Client::connect(addr).expect("connect");
-    match c.call(&Request::ReplicateStatus).expect("status") {
+    match c
+        .call(&Request::Operation(OperationRequest::ReplicateStatus))
+        .expect("status")
+    {
         Response::Tasks(t) => t
             .into_iter()
             .flat_map(|t| {
@@ -701,7 +705,7 @@ fn confirm_set_leaves_a_gap_record_and_cleanup_deletes_nothing_without_a_copy() 
         .master()
         .client()
         .expect("client")
-        .call(&Request::FileStat { file: Fnr(11) })
+        .call(&Request::Read(ReadRequest::FileStat { file: Fnr(11) }))
         .expect("stat");
     match stat {
         Response::Stat { count, .. } => {

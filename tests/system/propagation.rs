@@ -9,6 +9,7 @@ use propagator::confirmation::confirmation_from_record;
 use propagator::exec::ExecTarget;
 use propagator::node::client::Client;
 use propagator::wire::ReplicaState;
+use propagator::wire::{OperationRequest, ReadRequest};
 use propagator::wire::{Request, Response};
 use propagator::{Fnr, Isn, Record, Value};
 use std::collections::BTreeMap;
@@ -191,18 +192,18 @@ fn end_to_end_full_and_partial_replicates_converge() {
     let last = cl.task_status().expect("status").master_seq;
     let mut w = cl.master().client().expect("client");
     for name in ["items_full", "items_part"] {
-        let ok = w.call(&Request::WaitConfirmed {
+        let ok = w.call(&Request::Operation(OperationRequest::WaitConfirmed {
             replicate: name.into(),
             seq: last,
             timeout_ms: 10_000,
-        });
+        }));
         assert!(matches!(ok, Ok(Response::Ok)), "{ok:?}");
     }
-    let late = w.call(&Request::WaitConfirmed {
+    let late = w.call(&Request::Operation(OperationRequest::WaitConfirmed {
         replicate: "items_full".into(),
         seq: propagator::Seq(last.0 + 1000),
         timeout_ms: 50,
-    });
+    }));
     assert!(late.is_err_and(|e| e.to_string().contains(&format!("seq {}", last.0 + 1000))));
     // The CLI reads the same over --node as offline (exec and dump are one interface).
     let out = etp(&[
@@ -416,7 +417,7 @@ fn without_a_restart_interval_a_lost_link_stops_and_task_restart_heals_it() {
 
 fn node_info(addr: SocketAddr) -> propagator::wire::NodeInfo {
     let mut c = Client::connect(addr).expect("connect");
-    match c.call(&Request::Info).expect("info") {
+    match c.call(&Request::Read(ReadRequest::Info)).expect("info") {
         Response::Info(i) => i,
         other => panic!("{other:?}"),
     }
@@ -466,7 +467,7 @@ fn bad_frames_close_only_their_connection_and_lose_nothing() {
         }
         rmp_serde::to_vec_named(&Env {
             v: 999,
-            msg: Request::Info,
+            msg: Request::Read(ReadRequest::Info),
         })
         .expect("enc")
     };

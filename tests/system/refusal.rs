@@ -10,6 +10,7 @@
 use etp_system_tests::{etp, etp_bin, wait_for};
 use maintenance::cluster::{topology_text, Cluster};
 use propagator::wire::ReplicaState;
+use propagator::wire::{AdminRequest, LinkRequest, ReadRequest};
 use propagator::wire::{ErrorCode, LinkState, LoadProgress, NodeInfo, Request, Response};
 use propagator::{Digest, Isn, Lsn};
 use std::io::{Read, Write};
@@ -48,25 +49,26 @@ fn serve(mut s: TcpStream, dbid: u32, seen: &Seen) {
             return;
         };
         let resp = match req {
-            Request::Info => Response::Info(NodeInfo {
+            Request::Read(ReadRequest::Info) => Response::Info(NodeInfo {
                 dbid: propagator::DbId(dbid),
                 last_lsn: Lsn(0),
                 version: "fake".into(),
             }),
-            Request::AdminPrepare { .. } | Request::AdminInstall { .. } => Response::Ok,
-            Request::LinkOpen { .. } => Response::Link(LinkState {
+            Request::Admin(AdminRequest::AdminPrepare { .. })
+            | Request::Admin(AdminRequest::AdminInstall { .. }) => Response::Ok,
+            Request::Link(LinkRequest::LinkOpen { .. }) => Response::Link(LinkState {
                 confirmation: None,
                 digest: Digest::default(),
                 count: 0,
                 damaged: None,
                 load: None,
             }),
-            Request::LoadBegin {
+            Request::Link(LinkRequest::LoadBegin {
                 id,
                 snapshot,
                 source,
                 rewrite,
-            } => {
+            }) => {
                 seen.load_begins.fetch_add(1, Ordering::SeqCst);
                 Response::Loading(LoadProgress {
                     id,
@@ -79,7 +81,7 @@ fn serve(mut s: TcpStream, dbid: u32, seen: &Seen) {
                     chunks: 0,
                 })
             }
-            Request::LoadChunk { from, .. } => {
+            Request::Link(LinkRequest::LoadChunk { from, .. }) => {
                 seen.chunks.fetch_add(1, Ordering::SeqCst);
                 Response::Error {
                     code: ErrorCode::BadRequest,

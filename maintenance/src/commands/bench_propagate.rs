@@ -25,6 +25,7 @@ use maintenance::cluster::{Cluster, NodeProc, FULL, MASTER, PART};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
 use propagator::wire::ReplicaState;
+use propagator::wire::{AdminRequest, OperationRequest, ReadRequest};
 use propagator::wire::{Command, Request, Response, TaskAction};
 use propagator::{Isn, Record, Seq, Value};
 use serde_bytes::ByteBuf;
@@ -75,7 +76,7 @@ fn sync_replicate(kind: &str) -> String {
 }
 
 fn apply(c: &mut Client, text: String) -> anyhow::Result<()> {
-    match c.call(&Request::AdminApply { topology: text })? {
+    match c.call(&Request::Admin(AdminRequest::AdminApply { topology: text }))? {
         Response::Text(_) => Ok(()),
         other => bail!("applying the topology: {other:?}"),
     }
@@ -86,11 +87,11 @@ fn confirmed(master: SocketAddr, name: &str, seq: Seq) -> anyhow::Result<()> {
     let deadline = Instant::now() + PHASE_TIMEOUT;
     loop {
         let mut c = Client::connect(master)?;
-        match c.call(&Request::WaitConfirmed {
+        match c.call(&Request::Operation(OperationRequest::WaitConfirmed {
             replicate: name.into(),
             seq,
             timeout_ms: 2000,
-        }) {
+        })) {
             Ok(Response::Ok) => return Ok(()),
             // The node restarted its tasks (topology applied) or is
             // reconnecting: ask again.
@@ -106,7 +107,7 @@ fn replicate_report(
     master: SocketAddr,
     name: &str,
 ) -> anyhow::Result<propagator::wire::ReplicateReport> {
-    match Client::connect(master)?.call(&Request::ReplicateStatus)? {
+    match Client::connect(master)?.call(&Request::Operation(OperationRequest::ReplicateStatus))? {
         Response::Tasks(t) => t
             .into_iter()
             .flat_map(|t| t.replicates)
@@ -217,11 +218,11 @@ fn caught_up(master: SocketAddr, target: Seq, t0: Instant) -> anyhow::Result<(f6
     let wait = |name: &'static str| {
         std::thread::spawn(move || -> anyhow::Result<f64> {
             let mut c = Client::connect(master)?;
-            match c.call(&Request::WaitConfirmed {
+            match c.call(&Request::Operation(OperationRequest::WaitConfirmed {
                 replicate: name.into(),
                 seq: target,
                 timeout_ms: PHASE_TIMEOUT.as_millis() as u64,
-            })? {
+            }))? {
                 Response::Ok => Ok(t0.elapsed().as_secs_f64()),
                 other => bail!("unexpected answer {other:?}"),
             }
@@ -235,7 +236,10 @@ fn caught_up(master: SocketAddr, target: Seq, t0: Instant) -> anyhow::Result<(f6
 }
 
 fn file_count(node: &NodeProc, file: propagator::Fnr) -> anyhow::Result<u64> {
-    match node.client()?.call(&Request::FileStat { file })? {
+    match node
+        .client()?
+        .call(&Request::Read(ReadRequest::FileStat { file }))?
+    {
         Response::Stat { count, .. } => Ok(count),
         other => bail!("unexpected answer {other:?}"),
     }
@@ -268,10 +272,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn lag_stats(node: &NodeProc, replicate: &str, seqs: &[Seq]) -> anyhow::Result<[[f64; 4]; 2]> {
     let mut c = node.client()?;
     let after = Seq(seqs.iter().map(|s| s.0).min().unwrap_or(1) - 1);
-    let Response::Lag(samples) = c.call(&Request::LagSamples {
+    let Response::Lag(samples) = c.call(&Request::Read(ReadRequest::LagSamples {
         replicate: replicate.into(),
         after,
-    })?
+    }))?
     else {
         bail!("unexpected lag answer");
     };
@@ -388,7 +392,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             // The same load again, its node killed half-way.
             let first = r.last_load.as_ref().map(|l| l.id.clone());
             let t0 = Instant::now();
-            let req = Request::Replicate {
+            let req = Request::Operation(OperationRequest::Replicate {
                 name: name.clone(),
                 action: propagator::wire::ReplicateAction::Init {
                     from: None,
@@ -396,7 +400,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
                     rewrite: true,
                     chunk: None,
                 },
-            };
+            });
             match ctl.call(&req)? {
                 Response::Tasks(_) => {}
                 other => bail!("ordering a reinit: {other:?}"),
@@ -447,19 +451,19 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
 
     // a2. backlog drain
     eprintln!("a2. backlog: task stopped while {n} rows commit, then started");
-    let stop = ctl.call(&Request::TaskControl {
+    let stop = ctl.call(&Request::Operation(OperationRequest::TaskControl {
         master: Some(MASTER),
         action: TaskAction::Stop,
-    })?;
+    }))?;
     if !matches!(stop, Response::Tasks(_)) {
         bail!("cannot stop the task: {stop:?}");
     }
     let last = bulk(&mut c, BULK2 + 1, n, b)?;
     let t0 = Instant::now();
-    ctl.call(&Request::TaskControl {
+    ctl.call(&Request::Operation(OperationRequest::TaskControl {
         master: Some(MASTER),
         action: TaskAction::Start,
-    })?;
+    }))?;
     let (tf, tp) = caught_up(maddr, last, t0)?;
     let wall = tf.max(tp);
     emit_secs("a2_full_drained_s", tf);

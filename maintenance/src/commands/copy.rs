@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use backup::restore::{self, Target};
 use backup::take::{take_job, Ask, Source};
 use backup::{Area, CopySet};
+use propagator::wire::CopyRequest;
 use propagator::{Fnr, Lsn};
 
 fn parse_time(s: &str) -> anyhow::Result<i64> {
@@ -331,7 +332,9 @@ fn jobs(c: crate::cli::JobsCommand) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let s = Scheduler::new(&text, chrono::Utc::now())
                 .with_context(|| format!("{} is refused", file.display()))?;
-            match Client::connect(node.node)?.call(&Request::CopyJobs { set: Some(text) })? {
+            match Client::connect(node.node)?
+                .call(&Request::Copy(CopyRequest::CopyJobs { set: Some(text) }))?
+            {
                 Response::Text(_) => {}
                 other => bail!("unexpected answer {other:?}"),
             }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use propagator::node::client::Client;
 use propagator::node::{metrics, Node};
 use propagator::wire::ReplicaState;
+use propagator::wire::{AdminRequest, OperationRequest};
 use propagator::wire::{Request, Response, TaskAction, TaskReport};
 use propagator::Fnr;
 use std::io::Write;
@@ -118,7 +119,7 @@ pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
             propagator::topology::Valid::parse(&text)
                 .with_context(|| format!("{}", topology.display()))?;
             let mut client = Client::connect(node.node)?;
-            match client.call(&Request::AdminApply { topology: text })? {
+            match client.call(&Request::Admin(AdminRequest::AdminApply { topology: text }))? {
                 Response::Text(t) => println!("{t}"),
                 other => bail!("unexpected answer {other:?}"),
             }
@@ -126,7 +127,7 @@ pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
         }
         AdminCommand::Export { node } => {
             let mut client = Client::connect(node.node)?;
-            match client.call(&Request::AdminExport)? {
+            match client.call(&Request::Admin(AdminRequest::AdminExport))? {
                 Response::Text(t) => print!("{t}"),
                 other => bail!("unexpected answer {other:?}"),
             }
@@ -138,7 +139,9 @@ pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
 pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
     let (node, req, json) = match c {
         TaskCommand::List { node, json } => return list(node, json),
-        TaskCommand::Status { node, json } => (node, Request::TaskStatus, json),
+        TaskCommand::Status { node, json } => {
+            (node, Request::Operation(OperationRequest::TaskStatus), json)
+        }
         TaskCommand::Start(a) => control(a, TaskAction::Start),
         TaskCommand::Stop(a) => control(a, TaskAction::Stop),
         TaskCommand::Restart(a) => control(a, TaskAction::Restart),
@@ -163,7 +166,7 @@ pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
 /// Every task of every node of the topology, one line each.
 fn list(node: crate::cli::NodeArgs, json: bool) -> anyhow::Result<Outcome> {
     let mut client = Client::connect(node.node)?;
-    let text = match client.call(&Request::AdminExport)? {
+    let text = match client.call(&Request::Admin(AdminRequest::AdminExport))? {
         Response::Text(t) => t,
         other => bail!("unexpected answer {other:?}"),
     };
@@ -173,7 +176,9 @@ fn list(node: crate::cli::NodeArgs, json: bool) -> anyhow::Result<Outcome> {
         if v.tasks_on(*db).iter().all(|(_, _, r)| r.is_empty()) {
             continue;
         }
-        let tasks = match Client::connect(*addr).and_then(|mut c| c.call(&Request::TaskStatus)) {
+        let tasks = match Client::connect(*addr)
+            .and_then(|mut c| c.call(&Request::Operation(OperationRequest::TaskStatus)))
+        {
             Ok(Response::Tasks(t)) => t,
             Ok(other) => bail!("unexpected answer {other:?}"),
             Err(e) => {
@@ -229,10 +234,10 @@ fn list(node: crate::cli::NodeArgs, json: bool) -> anyhow::Result<Outcome> {
 fn control(a: TaskControlArgs, action: TaskAction) -> (crate::cli::NodeArgs, Request, bool) {
     (
         a.node,
-        Request::TaskControl {
+        Request::Operation(OperationRequest::TaskControl {
             master: a.master.map(Fnr),
             action,
-        },
+        }),
         a.json,
     )
 }

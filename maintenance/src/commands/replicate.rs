@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use propagator::node::client::Client;
 use propagator::node::control::Policy;
 use propagator::topology::Valid;
+use propagator::wire::{AdminRequest, OperationRequest};
 use propagator::wire::{Health, ReplicaState};
 use propagator::wire::{ReplicateAction, ReplicateReport, Request, Response, TaskReport};
 use propagator::{DbId, Fnr, Seq};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 /// The topology the node holds.
 fn topology(node: SocketAddr) -> anyhow::Result<Valid> {
     let mut c = Client::connect(node)?;
-    match c.call(&Request::AdminExport)? {
+    match c.call(&Request::Admin(AdminRequest::AdminExport))? {
         Response::Text(t) => Valid::parse(&t).map_err(|e| anyhow!("the node's topology: {e}")),
         other => bail!("unexpected answer {other:?}"),
     }
@@ -68,7 +69,7 @@ fn feeder_node(node: SocketAddr, name: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn reports_at(addr: SocketAddr) -> anyhow::Result<Vec<TaskReport>> {
-    match call(addr, &Request::ReplicateStatus)? {
+    match call(addr, &Request::Operation(OperationRequest::ReplicateStatus))? {
         Response::Tasks(t) => Ok(t),
         other => bail!("unexpected answer {other:?}"),
     }
@@ -189,7 +190,7 @@ pub fn policy(c: PolicyCommand) -> anyhow::Result<Outcome> {
     let v = topology(node.node)?;
     let mut rows = Vec::new();
     for (db, addr) in &v.addresses {
-        let got = match call(*addr, &Request::Policy { set }) {
+        let got = match call(*addr, &Request::Operation(OperationRequest::Policy { set })) {
             Ok(Response::Policy(p)) => Ok(p),
             Ok(Response::Error { message, .. }) => Err(message),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
@@ -503,11 +504,11 @@ pub fn xref(a: XrefArgs) -> anyhow::Result<Outcome> {
     let v = topology(a.node.node)?;
     let mut last_err = None;
     for (_, addr) in task_nodes(&v) {
-        let req = Request::Xref {
+        let req = Request::Operation(OperationRequest::Xref {
             master: a.master.map(Fnr),
             id: a.id.clone(),
             seq: a.seq.map(Seq),
-        };
+        });
         match call(addr, &req)? {
             Response::Xref(x) => {
                 if a.json {
@@ -563,12 +564,12 @@ pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
             Some(ar) => ar.horizons(dbid)?.into_iter().collect(),
             None => Vec::new(),
         };
-        let req = Request::LogCleanup {
+        let req = Request::Operation(OperationRequest::LogCleanup {
             master: a.master.map(Fnr),
             until: a.until.map(Seq),
             execute,
             horizons,
-        };
+        });
         let plans = match call(addr, &req)? {
             Response::Cleanup(p) => p,
             Response::Error { message, .. } if a.master.is_some() => {

@@ -9,6 +9,7 @@ use super::RunOptions;
 use super::{ask as call, replicate_action as replicate};
 use anyhow::{bail, Context};
 use propagator::wire::ReplicaState;
+use propagator::wire::{AdminRequest, OperationRequest, ReadRequest};
 use propagator::wire::{RecoveryOp, ReplicateAction, Request, Response, TaskAction};
 use propagator::{DbId, Fnr, Isn};
 use std::net::SocketAddr;
@@ -68,7 +69,7 @@ pub(crate) fn task_of(
     addr: SocketAddr,
     master: Fnr,
 ) -> anyhow::Result<propagator::wire::TaskReport> {
-    match call(addr, &Request::TaskStatus)? {
+    match call(addr, &Request::Operation(OperationRequest::TaskStatus))? {
         Response::Tasks(ts) => ts
             .into_iter()
             .find(|t| t.master == master)
@@ -119,7 +120,10 @@ pub(crate) fn load(
         },
     )?;
     wait_until(&format!("load of {name}"), limit, || {
-        let t = match call(feeder, &Request::ReplicateStatus)? {
+        let t = match call(
+            feeder,
+            &Request::Operation(OperationRequest::ReplicateStatus),
+        )? {
             Response::Tasks(ts) => ts,
             _ => return Ok(None),
         };
@@ -183,7 +187,7 @@ impl Exec<'_> {
             };
             let key = addr.to_string();
             if journal.lsn_before(&key).is_none() {
-                let lsn = match call(addr, &Request::Info)? {
+                let lsn = match call(addr, &Request::Read(ReadRequest::Info))? {
                     Response::Info(i) => i.last_lsn.0,
                     other => bail!("node {addr} answered {other:?}"),
                 };
@@ -268,17 +272,20 @@ impl Exec<'_> {
                         } => {
                             // A node without a topology (its administration
                             // file damaged) runs no task to stop.
-                            let runs = match call(*addr, &Request::TaskStatus)? {
+                            let runs = match call(
+                                *addr,
+                                &Request::Operation(OperationRequest::TaskStatus),
+                            )? {
                                 Response::Tasks(ts) => ts.iter().any(|t| t.master == Fnr(*file)),
                                 other => bail!("node {addr} answered {other:?}"),
                             };
                             if runs {
                                 call(
                                     *addr,
-                                    &Request::TaskControl {
+                                    &Request::Operation(OperationRequest::TaskControl {
                                         master: Some(Fnr(*file)),
                                         action: TaskAction::Stop,
-                                    },
+                                    }),
                                 )?;
                                 out.push(format!("task of {name} stopped"));
                             } else {
@@ -320,7 +327,7 @@ impl Exec<'_> {
                 let started = Instant::now();
                 wait_until("the links", limit, || {
                     for (_, a) in &dbs {
-                        if call(*a, &Request::Info).is_err() {
+                        if call(*a, &Request::Read(ReadRequest::Info)).is_err() {
                             return Ok(None);
                         }
                     }
@@ -553,7 +560,7 @@ impl Exec<'_> {
                     .first()
                     .map(|a| a.addr)
                     .context("no node answers")?;
-                call(any, &Request::AdminApply { topology })?;
+                call(any, &Request::Admin(AdminRequest::AdminApply { topology }))?;
                 Ok(format!(
                     "topology from {path} applied; administration file rebuilt on database(s) {}",
                     damaged
@@ -595,10 +602,10 @@ impl Exec<'_> {
                     }
                     call(
                         addr,
-                        &Request::TaskControl {
+                        &Request::Operation(OperationRequest::TaskControl {
                             master: Some(master),
                             action: TaskAction::Start,
-                        },
+                        }),
                     )?;
                     out.push(format!("task of master file {master} on {addr} started"));
                 }
@@ -689,7 +696,7 @@ pub(crate) fn master_from_replicate(
         bail!("the source {} is not a full replicate", src.describe());
     };
     let rfile = Fnr(*rfile);
-    let conf_file = match call(*raddr, &Request::Files)? {
+    let conf_file = match call(*raddr, &Request::Read(ReadRequest::Files))? {
         Response::Files {
             topology: Some(t), ..
         } => propagator::topology::Valid::parse(&t)
@@ -703,11 +710,11 @@ pub(crate) fn master_from_replicate(
     };
     let confirmed = match call(
         *raddr,
-        &Request::Dump {
+        &Request::Read(ReadRequest::Dump {
             file: conf_file,
             from: Isn(u64::from(rfile.0)),
             limit: 1,
-        },
+        }),
     )? {
         Response::Records { items, .. } => {
             let (_, bytes) = items
@@ -721,7 +728,7 @@ pub(crate) fn master_from_replicate(
         }
         other => bail!("node {raddr} answered {other:?}"),
     };
-    let next_isn = match call(addr, &Request::FileStat { file: master })? {
+    let next_isn = match call(addr, &Request::Read(ReadRequest::FileStat { file: master }))? {
         Response::Stat { next_isn, .. } => next_isn,
         _ => 1,
     };
@@ -751,11 +758,11 @@ pub(crate) fn master_from_replicate(
     loop {
         let (items, done) = match call(
             *raddr,
-            &Request::Dump {
+            &Request::Read(ReadRequest::Dump {
                 file: rfile,
                 from,
                 limit: 10_000,
-            },
+            }),
         )? {
             Response::Records { items, done, .. } => (items, done),
             other => bail!("node {raddr} answered {other:?}"),
@@ -814,7 +821,7 @@ pub(crate) fn master_from_replicate(
 
 /// A master's level: its log's last seq.
 pub(crate) fn log_level(addr: SocketAddr, log: Fnr) -> anyhow::Result<u64> {
-    match call(addr, &Request::FileStat { file: log })? {
+    match call(addr, &Request::Read(ReadRequest::FileStat { file: log }))? {
         Response::Stat { next_isn, .. } => Ok(next_isn.saturating_sub(1)),
         other => bail!("node {addr} answered {other:?}"),
     }
@@ -828,7 +835,7 @@ pub(crate) fn verify_master_log(
     name: &str,
 ) -> anyhow::Result<String> {
     let stat = |f: Fnr| -> anyhow::Result<(u64, propagator::Digest, u64)> {
-        match call(addr, &Request::FileStat { file: f })? {
+        match call(addr, &Request::Read(ReadRequest::FileStat { file: f }))? {
             Response::Stat {
                 count,
                 digest,
@@ -849,11 +856,11 @@ pub(crate) fn verify_master_log(
     }
     let rec = match call(
         addr,
-        &Request::Dump {
+        &Request::Read(ReadRequest::Dump {
             file: log,
             from: Isn(last),
             limit: 1,
-        },
+        }),
     )? {
         Response::Records { items, .. } => items
             .into_iter()
@@ -894,7 +901,7 @@ pub(crate) fn verify_one(feeder: SocketAddr, name: &str) -> anyhow::Result<Strin
 pub(crate) fn verify_definitions(p: &LiveProbes) -> anyhow::Result<String> {
     let mut texts = Vec::new();
     for (db, addr) in &p.topology.addresses {
-        let (files, topology) = match call(*addr, &Request::Files)? {
+        let (files, topology) = match call(*addr, &Request::Read(ReadRequest::Files))? {
             Response::Files { files, topology } => (files, topology),
             other => bail!("node {addr} answered {other:?}"),
         };
@@ -907,9 +914,9 @@ pub(crate) fn verify_definitions(p: &LiveProbes) -> anyhow::Result<String> {
             damaged: Some(d), ..
         } = call(
             *addr,
-            &Request::FileStat {
+            &Request::Read(ReadRequest::FileStat {
                 file: v.admin_file(),
-            },
+            }),
         )? {
             bail!("database {db}: administration file still damaged: {d}");
         }

@@ -24,6 +24,7 @@ pub use run::run;
 
 use anyhow::Context;
 use probes::Sources;
+use propagator::wire::OperationRequest;
 use propagator::wire::{ReplicateAction, Request, Response};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,9 +65,9 @@ pub fn replicate_action(
 ) -> anyhow::Result<Response> {
     ask(
         addr,
-        &Request::Replicate {
+        &Request::Operation(OperationRequest::Replicate {
             name: name.to_string(),
             action,
-        },
+        }),
     )
 }

@@ -13,6 +13,7 @@ use super::error::{SetError, Within};
 use crate::copy::{resolve, CopyError, Overlay, Records};
 use crate::medium::FsDir;
 use crate::slice::{log_start, read_slice, SliceBase};
+use crate::wire::OperationRequest;
 use crate::{Database, FileMeta, Fnr, Isn, Lsn, Role};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -565,10 +566,10 @@ pub fn mark_restoring(db: &Database, set: &CopySet, why: Option<String>) -> Vec<
         let Some(addr) = topo.addresses.get(&crate::DbId(r.def.master_database)) else {
             continue;
         };
-        let req = Request::Replicate {
+        let req = Request::Operation(OperationRequest::Replicate {
             name: r.def.name.clone(),
             action: ReplicateAction::Restoring { why: why.clone() },
-        };
+        });
         if let Err(e) = Client::connect(*addr).and_then(|mut c| c.call(&req)) {
             problems.push(format!(
                 "replicate {}: the master's node {addr} was not told: {e}",

@@ -3,11 +3,21 @@
 //! file's records (topology, copy-job definitions).
 
 use super::*;
+use crate::wire::{AdminRequest, ReadRequest};
 
 /// Record of the administration file holding the copy-job definitions.
 pub const COPY_JOBS_ISN: Isn = Isn(3);
 
 impl Node {
+    pub(super) async fn admin(self: &Arc<Self>, r: AdminRequest) -> Response {
+        match r {
+            AdminRequest::AdminApply { topology } => self.admin_apply(topology).await,
+            AdminRequest::AdminExport => self.admin_export(),
+            AdminRequest::AdminPrepare { topology } => self.admin_prepare(&topology),
+            AdminRequest::AdminInstall { topology } => self.admin_install(&topology).await,
+        }
+    }
+
     pub(super) fn admin_export(&self) -> Response {
         match &*lock(&self.topology) {
             Some(v) => Response::Text(v.text.clone()),
@@ -147,7 +157,11 @@ impl Node {
         for (dbid, addr) in &v.addresses {
             let r: Result<Conn, String> = async {
                 let mut c = Conn::connect(*addr).await.map_err(|e| e.to_string())?;
-                match c.call(&Request::Info).await.map_err(|e| e.to_string())? {
+                match c
+                    .call(&Request::Read(ReadRequest::Info))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
                     Response::Info(i) if i.dbid == *dbid => {}
                     Response::Info(i) => {
                         return Err(format!(
@@ -157,9 +171,9 @@ impl Node {
                     }
                     other => return Err(c.unexpected(&other, "Info").to_string()),
                 }
-                c.call(&Request::AdminPrepare {
+                c.call(&Request::Admin(AdminRequest::AdminPrepare {
                     topology: text.clone(),
-                })
+                }))
                 .await
                 .map_err(|e| e.to_string())?;
                 Ok(c)
@@ -195,9 +209,9 @@ impl Node {
                 continue;
             }
             if let Err(e) = c
-                .call(&Request::AdminInstall {
+                .call(&Request::Admin(AdminRequest::AdminInstall {
                     topology: text.clone(),
-                })
+                }))
                 .await
             {
                 return Response::error(format!(

@@ -10,6 +10,7 @@ use crate::exec::ExecTarget;
 use crate::ids::{Fnr, Isn};
 use crate::record::{decode_record, encode_record, Record};
 use crate::wire::{codec, Command, ErrorCode, Request, Response};
+use crate::wire::{ReadRequest, SessionRequest};
 use futures_util::{SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use std::net::SocketAddr;
@@ -174,13 +175,13 @@ impl Client {
         rt.block_on(conn.call(req))
     }
 
-    /// Several commands of this session in one round trip (see [`Request::Batch`]).
+    /// Several commands of this session in one round trip (see [`Request::Session(SessionRequest::Batch)`]).
     pub fn batch(&mut self, cmds: Vec<Command>) -> Result<Response, ClientError> {
-        self.call(&Request::Batch(cmds))
+        self.call(&Request::Session(SessionRequest::Batch(cmds)))
     }
 
     fn exec(&mut self, cmd: Command) -> Result<Response, ClientError> {
-        self.call(&Request::Exec(cmd))
+        self.call(&Request::Session(SessionRequest::Exec(cmd)))
     }
 
     fn ok(&self, r: Response) -> Result<(), ClientError> {
@@ -199,11 +200,11 @@ impl Client {
     ) -> Result<(), ClientError> {
         let mut from = Isn(1);
         loop {
-            let r = self.call(&Request::Dump {
+            let r = self.call(&Request::Read(ReadRequest::Dump {
                 file,
                 from,
                 limit: 10_000,
-            })?;
+            }))?;
             let Response::Records {
                 items,
                 done,
@@ -341,7 +342,8 @@ mod tests {
             };
             let mut framed = Framed::new(stream, codec());
             while let Some(Ok(frame)) = framed.next().await {
-                let Ok(Request::Dump { from, .. }) = Request::decode(&frame) else {
+                let Ok(Request::Read(ReadRequest::Dump { from, .. })) = Request::decode(&frame)
+                else {
                     return;
                 };
                 tokio::time::sleep(delay).await;
@@ -360,11 +362,11 @@ mod tests {
     }
 
     fn dump(from: u64) -> Request {
-        Request::Dump {
+        Request::Read(ReadRequest::Dump {
             file: Fnr(20),
             from: Isn(from),
             limit: 8192,
-        }
+        })
     }
 
     /// The defect behind a load from a full replicate refused forever: a

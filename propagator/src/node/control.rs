@@ -9,6 +9,8 @@ use crate::database::Database;
 use crate::digest::{Digest, FileMeta};
 use crate::ids::{Fnr, Isn, Seq};
 use crate::record::{Record, Value};
+/// The types of this state that travel on the wire live in [`crate::wire`].
+pub use crate::wire::{ErrorEntry, Gap, LoadSummary, Policy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -18,67 +20,6 @@ pub const CONTROL_ISN: Isn = Isn(2);
 
 /// Error-log entries kept per replicate (oldest dropped first).
 const MAX_ERRORS: usize = 200;
-
-/// How a node's tasks react to failures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// Tasks restart themselves (a lost link is retried, capped at the
-    /// task's restart interval), replicates in error are retried, a new or
-    /// redefined replicate is loaded without being asked.
-    #[default]
-    Automatic,
-    /// Failures are detected and marked; nothing restarts by itself.
-    Manual,
-    /// Every task is stopped at a safe point and none starts.
-    Maintenance,
-}
-
-impl std::fmt::Display for Policy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Policy::Automatic => "automatic",
-            Policy::Manual => "manual",
-            Policy::Maintenance => "maintenance",
-        })
-    }
-}
-
-impl std::str::FromStr for Policy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Policy, String> {
-        match s {
-            "automatic" => Ok(Policy::Automatic),
-            "manual" => Ok(Policy::Manual),
-            "maintenance" => Ok(Policy::Maintenance),
-            other => Err(format!(
-                "unknown policy {other:?}: expected automatic, manual or maintenance"
-            )),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ErrorEntry {
-    /// When it was first and last seen (µs since the epoch).
-    pub first_us: i64,
-    pub last_us: i64,
-    pub reason: String,
-    /// How many times in a row it occurred.
-    pub repeats: u64,
-    /// error, reset, shun, unshun, info
-    #[serde(default)]
-    pub kind: String,
-}
-
-/// Master changes a replicate skipped, recorded for good.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Gap {
-    pub from: Seq,
-    pub to: Seq,
-    pub reason: String,
-    pub time_us: i64,
-}
 
 /// A point where the replicate's expected content is known: its count and
 /// digest after master seq `seq`, under definition `def`.
@@ -109,25 +50,6 @@ pub struct LoadOrder {
     pub chunk: Option<u32>,
     pub requested_us: i64,
     pub why: String,
-}
-
-/// The last finished load of a replicate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LoadSummary {
-    pub id: String,
-    pub snapshot: Seq,
-    pub source: String,
-    pub records: u64,
-    pub written: u64,
-    pub removed: u64,
-    pub kept: u64,
-    /// Chunks in all, and committed by the run that finished it.
-    pub chunks: u64,
-    pub chunks_last_run: u64,
-    /// The isn the finishing run resumed from (1: it did the whole load).
-    pub resumed_from: Isn,
-    pub seconds_last_run: f64,
-    pub finished_us: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

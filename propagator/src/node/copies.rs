@@ -4,8 +4,18 @@
 
 use super::*;
 use crate::ids::Lsn;
+use crate::wire::CopyRequest;
 
 impl Node {
+    pub(super) async fn copy(&self, r: CopyRequest) -> Response {
+        match r {
+            CopyRequest::CopyJobs { set } => self.copy_jobs(set).await,
+            CopyRequest::PlogSegments => self.plog_segments(),
+            CopyRequest::PlogRemove { through } => self.plog_remove(through).await,
+            CopyRequest::CopyTake { files, dir, set } => self.copy_take(files, dir, set).await,
+        }
+    }
+
     /// The copy-job definitions, replaced first by `set` if given.
     pub(super) async fn copy_jobs(&self, set: Option<String>) -> Response {
         let db = self.db.clone();

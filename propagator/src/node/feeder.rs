@@ -13,6 +13,7 @@ use crate::database::Database;
 use crate::digest::FileMeta;
 use crate::ids::{Fnr, Isn, Seq};
 use crate::topology::{MasterDef, Replicate, TaskDef};
+use crate::wire::LinkRequest;
 use crate::wire::{ErrorCode, LinkState, Request, Response};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -218,13 +219,13 @@ pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkS
             )))
         }
     };
-    let open = Request::LinkOpen {
+    let open = Request::Link(LinkRequest::LinkOpen {
         replicate: rep.def.name.clone(),
         file: Fnr(rep.def.file),
         confirmation: Fnr(rep.def.confirmation),
         master_db: ctx.db.dbid(),
         master: Fnr(ctx.master.file),
-    };
+    });
     match timed("opening the link", conn.call(&open)).await? {
         Response::Link(s) => Ok((conn, s)),
         other => Err(Stop::Link(conn.unexpected(&other, "Link").to_string())),

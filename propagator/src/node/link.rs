@@ -17,6 +17,48 @@ impl Link {
 }
 
 impl Node {
+    pub(super) async fn link(&self, conv: &mut Conversation, r: LinkRequest) -> Response {
+        match r {
+            LinkRequest::LinkOpen {
+                replicate,
+                file,
+                confirmation,
+                master_db,
+                master,
+            } => {
+                self.link_open(conv, replicate, file, confirmation, master_db, master)
+                    .await
+            }
+            LinkRequest::LoadBegin {
+                id,
+                snapshot,
+                source,
+                rewrite,
+            } => self.load_begin(conv, id, snapshot, source, rewrite).await,
+            LinkRequest::LoadChunk {
+                id,
+                from,
+                to,
+                records,
+                count,
+                digest,
+                last,
+            } => {
+                self.load_chunk(conv, id, from, to, records, (count, digest), last)
+                    .await
+            }
+            LinkRequest::LinkApply {
+                follows,
+                changes,
+                confirmation,
+                txn_ends,
+            } => {
+                self.link_apply(conv, follows, changes, confirmation, txn_ends)
+                    .await
+            }
+        }
+    }
+
     pub(super) async fn link_open(
         &self,
         conv: &mut Conversation,

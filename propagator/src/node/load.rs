@@ -38,6 +38,7 @@ use crate::digest::{Digest, FileMeta};
 use crate::ids::{Fnr, Isn, Seq};
 use crate::topology::Replicate;
 use crate::wire::{Confirmation, ErrorCode, LoadProgress, Request, Response, VerifyReport};
+use crate::wire::{LinkRequest, ReadRequest};
 use futures_util::future::OptionFuture;
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, VecDeque};
@@ -241,11 +242,11 @@ impl Source {
                 .map_err(|e| Stop::Fatal(format!("reading the master: {e}")))
             }
             Source::Replicate { rep, conn } => {
-                let req = Request::Dump {
+                let req = Request::Read(ReadRequest::Dump {
                     file: Fnr(rep.def.file),
                     from,
                     limit: limit as u32,
-                };
+                });
                 match timed("reading the source replicate", conn.call(&req)).await? {
                     Response::Records { items, done, .. } => Ok((
                         items.into_iter().map(|(i, b)| (i, b.into_vec())).collect(),
@@ -382,12 +383,12 @@ pub(super) async fn run_load(
         Start::Begin(order) => {
             let mut src = Source::open(ctx, order.from.as_deref()).await?;
             let snapshot = src.snapshot_seq(ctx).await?;
-            let req = Request::LoadBegin {
+            let req = Request::Link(LinkRequest::LoadBegin {
                 id: order.id.clone(),
                 snapshot,
                 source: src.name(),
                 rewrite: order.rewrite,
-            };
+            });
             let p = match tokio::time::timeout(ACK_TIMEOUT, conn.call(&req)).await {
                 Ok(Ok(Response::Loading(p))) => p,
                 Ok(Ok(other)) => {
@@ -576,7 +577,7 @@ pub(super) async fn run_load(
                         l.scanned += chunk.scanned;
                     }
                 }
-                let req = Request::LoadChunk {
+                let req = Request::Link(LinkRequest::LoadChunk {
                     id: order.id.clone(),
                     from: chunk.from,
                     to: chunk.to,
@@ -588,7 +589,7 @@ pub(super) async fn run_load(
                     count,
                     digest,
                     last,
-                };
+                });
                 timed("sending a loaded chunk", conn.send(&req)).await?;
                 inflight.push_back((chunk.from, chunk.to, running));
                 match chunk.to {
@@ -803,12 +804,12 @@ async fn range(
     to: Option<Isn>,
     records: bool,
 ) -> Result<(u64, Digest, Vec<(Isn, Vec<u8>)>), String> {
-    let req = Request::RangeDigest {
+    let req = Request::Read(ReadRequest::RangeDigest {
         file,
         from,
         to,
         records,
-    };
+    });
     match conn.call(&req).await.map_err(|e| e.to_string())? {
         Response::Range {
             count,
@@ -921,7 +922,7 @@ pub(super) async fn confirm_set(
         })
         .await?;
     }
-    let req = Request::LinkApply {
+    let req = Request::Link(LinkRequest::LinkApply {
         follows: conf.seq,
         changes: Vec::new(),
         confirmation: Confirmation {
@@ -937,7 +938,7 @@ pub(super) async fn confirm_set(
             loaded_by: None,
         },
         txn_ends: Vec::new(),
-    };
+    });
     match conn.call(&req).await.map_err(|e| e.to_string())? {
         Response::Applied { .. } => {}
         other => return Err(conn.unexpected(&other, "Applied").to_string()),

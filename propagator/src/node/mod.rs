@@ -36,6 +36,7 @@ use crate::ids::{DbId, Fnr, Isn, Seq};
 use crate::record::{decode_record, Record, Value};
 use crate::session::Session;
 use crate::topology::{FileWant, Valid};
+use crate::wire::LinkRequest;
 use crate::wire::{
     codec, Command, CommitReply, Confirmation, ErrorCode, Failure, LinkState, LoadProgress,
     NodeInfo, RecoveryOp, ReplicateAction, Request, Response, TaskAction,
@@ -265,94 +266,22 @@ impl Node {
         }
     }
 
-    /// One request of a conversation, dispatched to its handler: client
-    /// sessions (`session`), reads (`reads`), copies and the protection log
-    /// (`copies`), the topology (`admin`), operator actions (`operations`),
-    /// recovery steps (`recovery`), and the replicate side of a link (`link`).
+    /// One request, dispatched to the handler of its conversation, each in
+    /// a file of its own: client sessions (`session`), reads (`reads`),
+    /// copies and the protection log (`copies`), the topology (`admin`),
+    /// operator actions (`operations`), recovery steps (`recovery`), and the
+    /// replicate side of a link (`link`).
     async fn handle(self: &Arc<Self>, conv: &mut Conversation, req: Request) -> Response {
         match req {
-            Request::Info => self.info(),
-            Request::Exec(cmd) => self.exec(conv, vec![cmd]).await,
-            Request::Batch(cmds) if cmds.is_empty() => Response::Ok,
-            Request::Batch(cmds) => self.exec(conv, cmds).await,
+            Request::Session(r) => self.session(conv, r).await,
+            Request::Read(r) => self.read(r).await,
+            Request::Copy(r) => self.copy(r).await,
+            Request::Admin(r) => self.admin(r).await,
+            Request::Operation(r) => self.operation(r).await,
             Request::Recovery(op) => self.recovery(conv, op).await,
-            Request::LagSamples { replicate, after } => self.lag_samples(&replicate, after),
-            Request::Dump { file, from, limit } => self.dump(file, from, limit).await,
-            Request::Files => self.files(),
-            Request::FileStat { file } => self.file_stat(file),
-            Request::RangeDigest {
-                file,
-                from,
-                to,
-                records,
-            } => self.range_digest(file, from, to, records).await,
-            Request::CopyJobs { set } => self.copy_jobs(set).await,
-            Request::PlogSegments => self.plog_segments(),
-            Request::PlogRemove { through } => self.plog_remove(through).await,
-            Request::CopyTake { files, dir, set } => self.copy_take(files, dir, set).await,
-            Request::AdminApply { topology } => self.admin_apply(topology).await,
-            Request::AdminExport => self.admin_export(),
-            Request::AdminPrepare { topology } => self.admin_prepare(&topology),
-            Request::AdminInstall { topology } => self.admin_install(&topology).await,
-            Request::TaskStatus | Request::ReplicateStatus => self.reports().await,
-            Request::TaskControl { master, action } => self.task_control(master, action).await,
-            Request::Replicate { name, action } => self.replicate_action(name, action).await,
-            Request::Policy { set } => self.policy(set).await,
-            Request::Xref { master, id, seq } => self.xref(master, id, seq).await,
-            Request::LogCleanup {
-                master,
-                until,
-                execute,
-                horizons,
-            } => self.log_cleanup(master, until, execute, horizons).await,
-            Request::WaitConfirmed {
-                replicate,
-                seq,
-                timeout_ms,
-            } => self.wait_confirmed(replicate, seq, timeout_ms).await,
-            Request::LinkOpen {
-                replicate,
-                file,
-                confirmation,
-                master_db,
-                master,
-            } => {
-                self.link_open(conv, replicate, file, confirmation, master_db, master)
-                    .await
-            }
-            Request::LoadBegin {
-                id,
-                snapshot,
-                source,
-                rewrite,
-            } => self.load_begin(conv, id, snapshot, source, rewrite).await,
-            Request::LoadChunk {
-                id,
-                from,
-                to,
-                records,
-                count,
-                digest,
-                last,
-            } => {
-                self.load_chunk(conv, id, from, to, records, (count, digest), last)
-                    .await
-            }
-            Request::LinkApply {
-                follows,
-                changes,
-                confirmation,
-                txn_ends,
-            } => {
-                self.link_apply(conv, follows, changes, confirmation, txn_ends)
-                    .await
-            }
+            Request::Link(r) => self.link(conv, r).await,
         }
     }
-
-    // ---------------------------------------------------------- administration
-
-    // ---------------------------------------------------------- replication links
 }
 
 #[derive(Default)]

@@ -2,8 +2,36 @@
 //! lifecycle (shun, reset an error, reinit, confirmation edits, verify).
 
 use super::*;
+use crate::wire::OperationRequest;
 
 impl Node {
+    pub(super) async fn operation(&self, r: OperationRequest) -> Response {
+        match r {
+            OperationRequest::TaskStatus | OperationRequest::ReplicateStatus => {
+                self.reports().await
+            }
+            OperationRequest::TaskControl { master, action } => {
+                self.task_control(master, action).await
+            }
+            OperationRequest::Replicate { name, action } => {
+                self.replicate_action(name, action).await
+            }
+            OperationRequest::Policy { set } => self.policy(set).await,
+            OperationRequest::Xref { master, id, seq } => self.xref(master, id, seq).await,
+            OperationRequest::LogCleanup {
+                master,
+                until,
+                execute,
+                horizons,
+            } => self.log_cleanup(master, until, execute, horizons).await,
+            OperationRequest::WaitConfirmed {
+                replicate,
+                seq,
+                timeout_ms,
+            } => self.wait_confirmed(replicate, seq, timeout_ms).await,
+        }
+    }
+
     /// The tasks of this node for `master` (all of them without one).
     fn tasks_for(&self, master: Option<Fnr>) -> Vec<Arc<task::Task>> {
         self.all_tasks()

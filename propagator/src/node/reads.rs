@@ -4,8 +4,25 @@
 
 use super::*;
 use crate::database::RangeContent;
+use crate::wire::ReadRequest;
 
 impl Node {
+    pub(super) async fn read(&self, r: ReadRequest) -> Response {
+        match r {
+            ReadRequest::Info => self.info(),
+            ReadRequest::LagSamples { replicate, after } => self.lag_samples(&replicate, after),
+            ReadRequest::Dump { file, from, limit } => self.dump(file, from, limit).await,
+            ReadRequest::Files => self.files(),
+            ReadRequest::FileStat { file } => self.file_stat(file),
+            ReadRequest::RangeDigest {
+                file,
+                from,
+                to,
+                records,
+            } => self.range_digest(file, from, to, records).await,
+        }
+    }
+
     pub(super) fn info(&self) -> Response {
         Response::Info(NodeInfo {
             dbid: self.db.dbid(),

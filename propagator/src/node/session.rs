@@ -3,8 +3,17 @@
 //! recovery has quiesced the database.
 
 use super::*;
+use crate::wire::SessionRequest;
 
 impl Node {
+    pub(super) async fn session(&self, conv: &mut Conversation, r: SessionRequest) -> Response {
+        match r {
+            SessionRequest::Exec(cmd) => self.exec(conv, vec![cmd]).await,
+            SessionRequest::Batch(cmds) if cmds.is_empty() => Response::Ok,
+            SessionRequest::Batch(cmds) => self.exec(conv, cmds).await,
+        }
+    }
+
     pub(super) async fn exec(&self, conv: &mut Conversation, cmds: Vec<Command>) -> Response {
         // Held while the commands run, so a quiesce waits for updates in
         // flight and the LSN it reports is the last one before it.

@@ -9,6 +9,7 @@ use super::feeder::*;
 use super::view::transform;
 use crate::digest::FileMeta;
 use crate::ids::{Fnr, Seq};
+use crate::wire::LinkRequest;
 use crate::wire::{Confirmation, ErrorCode, Request, Response};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -469,7 +470,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                         ));
                     }
                 }
-                let req = Request::LinkApply {
+                let req = Request::Link(LinkRequest::LinkApply {
                     follows: cursor,
                     changes,
                     confirmation: Confirmation {
@@ -485,7 +486,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                         loaded_by: None,
                     },
                     txn_ends,
-                };
+                });
                 if let Err(stop) = timed("sending a batch", conn.send(&req)).await {
                     return stop;
                 }

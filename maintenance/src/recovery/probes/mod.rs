@@ -18,6 +18,7 @@ mod damage;
 use flowcharts::{Answer, Answers, Node, NodeKind};
 use propagator::node::client::Client;
 use propagator::topology::Valid;
+use propagator::wire::{AdminRequest, CopyRequest, OperationRequest, ReadRequest};
 use propagator::wire::{Request, Response, TaskReport};
 use propagator::{DbId, Fnr, Isn};
 use std::collections::{BTreeMap, BTreeSet};
@@ -151,7 +152,7 @@ pub struct LiveProbes {
 }
 
 fn last_lsn(c: &mut Client) -> Option<u64> {
-    match c.call(&Request::Info) {
+    match c.call(&Request::Read(ReadRequest::Info)) {
         Ok(Response::Info(i)) => Some(i.last_lsn.0),
         _ => None,
     }
@@ -176,7 +177,7 @@ fn stat(c: &mut Client, fnr: Fnr) -> Option<Stat> {
 }
 
 fn stat_once(c: &mut Client, fnr: Fnr) -> Option<Stat> {
-    match c.call(&Request::FileStat { file: fnr }) {
+    match c.call(&Request::Read(ReadRequest::FileStat { file: fnr })) {
         Ok(Response::Stat {
             count,
             digest,
@@ -186,12 +187,12 @@ fn stat_once(c: &mut Client, fnr: Fnr) -> Option<Stat> {
             // The content is read and summed whether or not the node has
             // noticed damage: bytes changed behind its back after a clean
             // stop are found only here (or when a task trips on them).
-            let content_differs = match c.call(&Request::RangeDigest {
+            let content_differs = match c.call(&Request::Read(ReadRequest::RangeDigest {
                 file: fnr,
                 from: Isn(1),
                 to: None,
                 records: false,
-            }) {
+            })) {
                 Ok(Response::Range {
                     count: n,
                     digest: d,
@@ -224,11 +225,11 @@ fn stat_once(c: &mut Client, fnr: Fnr) -> Option<Stat> {
 
 /// The confirmation a replicate's confirmation file holds for it.
 fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<(u64, u32)> {
-    let Ok(Response::Records { items, .. }) = c.call(&Request::Dump {
+    let Ok(Response::Records { items, .. }) = c.call(&Request::Read(ReadRequest::Dump {
         file: conf,
         from: Isn(u64::from(file.0)),
         limit: 1,
-    }) else {
+    })) else {
         return None;
     };
     let (isn, bytes) = items.first()?;
@@ -247,7 +248,8 @@ fn topology_of(node: SocketAddr, export: Option<&Path>) -> anyhow::Result<(Valid
         })?),
         None => None,
     };
-    let held = Client::connect(node).and_then(|mut c| c.call(&Request::AdminExport));
+    let held =
+        Client::connect(node).and_then(|mut c| c.call(&Request::Admin(AdminRequest::AdminExport)));
     let text = match (held, &export_text) {
         (Ok(Response::Text(t)), _) => t,
         (_, Some(t)) => t.clone(),
@@ -293,13 +295,17 @@ impl LiveProbes {
         };
         let mut clients: BTreeMap<DbId, Client> = BTreeMap::new();
         for (db, addr) in &v.addresses {
-            match Client::connect(*addr).and_then(|mut c| c.call(&Request::Info).map(|i| (c, i))) {
+            match Client::connect(*addr)
+                .and_then(|mut c| c.call(&Request::Read(ReadRequest::Info)).map(|i| (c, i)))
+            {
                 Ok((mut c, info)) => {
                     let last = match info {
                         Response::Info(i) => i.last_lsn.0,
                         _ => 0,
                     };
-                    if let Ok(Response::Segments(segs)) = c.call(&Request::PlogSegments) {
+                    if let Ok(Response::Segments(segs)) =
+                        c.call(&Request::Copy(CopyRequest::PlogSegments))
+                    {
                         if let Some(first) = segs.first() {
                             p.plog.insert(*db, (first.first_lsn.0, last));
                         }
@@ -313,7 +319,7 @@ impl LiveProbes {
         let admin = v.admin_file();
         for (db, c) in clients.iter_mut() {
             let damaged = stat(c, admin).and_then(|s| s.own_damage());
-            let topology = match c.call(&Request::AdminExport) {
+            let topology = match c.call(&Request::Admin(AdminRequest::AdminExport)) {
                 Ok(Response::Text(t)) => Some(t),
                 _ => None,
             };
@@ -340,7 +346,9 @@ impl LiveProbes {
             if let Some(c) = clients.get_mut(&db) {
                 f.stat = stat(c, f.fnr);
                 f.log_stat = stat(c, f.log);
-                if let Ok(Response::Tasks(ts)) = c.call(&Request::TaskStatus) {
+                if let Ok(Response::Tasks(ts)) =
+                    c.call(&Request::Operation(OperationRequest::TaskStatus))
+                {
                     f.task = ts.into_iter().find(|t| t.master == f.fnr);
                 }
             }
