@@ -111,3 +111,38 @@ pub enum CatalogOp {
     /// file's next seq) becomes exactly that after the commit.
     Restore { fnr: Fnr, next_isn: Option<u64> },
 }
+
+/// Why a file is unusable: the reason, for people, and whether the damage
+/// is only inherited from its partner (a master's log, or a log's master):
+/// a file marked because its partner is damaged holds what it should.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    pub reason: String,
+    /// The damaged partner this file was marked for, if that is all.
+    #[serde(default)]
+    pub partner: Option<Fnr>,
+}
+
+impl Damage {
+    /// Damage of the file itself.
+    pub fn own(reason: impl Into<String>) -> Damage {
+        Damage {
+            reason: reason.into(),
+            partner: None,
+        }
+    }
+
+    /// A file marked because its partner `partner` is damaged.
+    pub fn of_partner(partner: Fnr, reason: &str) -> Damage {
+        Damage {
+            reason: format!("its partner file {partner} is damaged: {reason}"),
+            partner: Some(partner),
+        }
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}

@@ -417,7 +417,7 @@ pub struct LinkState {
     pub digest: Digest,
     pub count: u64,
     /// Why the replicate file is unusable, if it is.
-    pub damaged: Option<String>,
+    pub damaged: Option<crate::catalog::Damage>,
     /// A load in progress, if one is.
     #[serde(default)]
     pub load: Option<LoadProgress>,
@@ -832,7 +832,7 @@ pub enum Response {
     Stat {
         count: u64,
         digest: Digest,
-        damaged: Option<String>,
+        damaged: Option<crate::catalog::Damage>,
         /// The next isn (a log file's next seq).
         #[serde(default)]
         next_isn: u64,

@@ -52,7 +52,7 @@ pub fn print_files(db: &Database, json: bool) {
                 "file": f.def.fnr.0, "name": f.def.name, "role": f.def.role.name(),
                 "detail": f.def.role.to_string(), "records": f.meta.count,
                 "digest": f.meta.digest.to_string(), "next_isn": f.meta.next_isn,
-                "damaged": f.damaged,
+                "damaged": f.damaged.as_ref().map(|d| d.reason.as_str()),
             }));
         }
         return;

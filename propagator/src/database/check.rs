@@ -42,7 +42,7 @@ impl Database {
                 .copied()
                 .unwrap_or(FileMeta::new(def.fnr));
             let problem = if let Some(d) = damaged.get(&def.fnr) {
-                Some(d.clone())
+                Some(d.reason.clone())
             } else {
                 recovery::content_problem(&shared.store, &expected)?
             };

@@ -4,6 +4,7 @@
 //! the catalog changes (create a file, define a master) that go the same way.
 
 use super::*;
+use crate::catalog::Damage;
 
 impl Database {
     /// Stores or replaces an engine-written record (administration and
@@ -193,11 +194,11 @@ impl Database {
             for d in derived.catalog.values() {
                 if let Some(why) = &d.restoring {
                     st.damaged
-                        .insert(d.fnr, crate::catalog::unfinished_restore(why));
+                        .insert(d.fnr, Damage::own(crate::catalog::unfinished_restore(why)));
                 }
             }
             for (fnr, mark) in cleared {
-                if st.damaged.get(&fnr) == Some(&mark) {
+                if st.damaged.get(&fnr).is_some_and(|d| d.reason == mark) {
                     st.damaged.remove(&fnr);
                 }
             }

@@ -159,7 +159,7 @@ pub struct CommitInfo {
 pub struct FileInfo {
     pub def: FileDef,
     pub meta: FileMeta,
-    pub damaged: Option<String>,
+    pub damaged: Option<crate::catalog::Damage>,
 }
 
 /// A record written by a queued commit: the commit's LSN and the bytes (None = deleted).
@@ -175,7 +175,7 @@ pub(crate) struct Latest {
     pub last_lsn: Lsn,
     pub last_time_us: i64,
     pub next_isn: HashMap<Fnr, u64>,
-    pub damaged: BTreeMap<Fnr, String>,
+    pub damaged: BTreeMap<Fnr, crate::catalog::Damage>,
 }
 
 impl Latest {

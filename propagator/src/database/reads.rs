@@ -169,7 +169,7 @@ impl Database {
         if let Some(reason) = st.damaged.get(&fnr) {
             return Err(DbError::FileDamaged {
                 fnr,
-                reason: reason.clone(),
+                reason: reason.to_string(),
             });
         }
         Ok(def)

@@ -133,7 +133,7 @@ impl Database {
             return false;
         }
         tracing::error!(file = %fnr, reason = %reason, "file damaged");
-        st.damaged.insert(fnr, reason);
+        st.damaged.insert(fnr, crate::catalog::Damage::own(reason));
         true
     }
 

@@ -19,7 +19,7 @@
 use super::writer::CheckpointState;
 use super::Latest;
 use crate::apply::{Applier, StateView};
-use crate::catalog::{FileDef, Role};
+use crate::catalog::{Damage, FileDef, Role};
 use crate::digest::FileMeta;
 use crate::error::DbError;
 use crate::ids::{DbId, Fnr, Isn, Lsn};
@@ -153,20 +153,20 @@ impl Replay {
     }
 }
 
-fn mark_damaged(exp: &Expected, damaged: &mut BTreeMap<Fnr, String>, fnr: Fnr, reason: String) {
+fn mark_damaged(exp: &Expected, damaged: &mut BTreeMap<Fnr, Damage>, fnr: Fnr, reason: String) {
     if let Some(p) = exp.partner(fnr) {
         damaged
             .entry(p)
-            .or_insert_with(|| format!("its partner file {fnr} is damaged: {reason}"));
+            .or_insert_with(|| Damage::of_partner(fnr, &reason));
     }
     tracing::error!(file = %fnr, reason = %reason, "file damaged");
-    damaged.entry(fnr).or_insert(reason);
+    damaged.entry(fnr).or_insert(Damage::own(reason));
 }
 
 fn replay_commit(
     store: &PageStore,
     exp: &Expected,
-    damaged: &mut BTreeMap<Fnr, String>,
+    damaged: &mut BTreeMap<Fnr, Damage>,
     rp: &mut Replay,
     c: &Commit,
 ) -> Result<(), DbError> {
@@ -270,7 +270,7 @@ fn compare_store(
     store: &PageStore,
     exp: &Expected,
     at: Lsn,
-    damaged: &mut BTreeMap<Fnr, String>,
+    damaged: &mut BTreeMap<Fnr, Damage>,
 ) -> Result<(), DbError> {
     let metas: BTreeMap<Fnr, FileMeta> = store.metas()?.into_iter().map(|m| (m.fnr, m)).collect();
     let catalog: BTreeMap<Fnr, FileDef> =
@@ -461,10 +461,13 @@ pub(crate) fn recover(
     // A restore that began and never proved its last chunk.
     for (fnr, def) in &exp.catalog {
         if let Some(why) = &def.restoring {
-            damaged.insert(*fnr, crate::catalog::unfinished_restore(why));
+            damaged.insert(*fnr, Damage::own(crate::catalog::unfinished_restore(why)));
         }
     }
-    report.damaged = damaged.iter().map(|(f, r)| (*f, r.clone())).collect();
+    report.damaged = damaged
+        .iter()
+        .map(|(f, r)| (*f, r.reason.clone()))
+        .collect();
     let (seg_idx, offset) = last_end;
     let seg = &segs[seg_idx.min(segs.len() - 1)];
     let offset = if seg_idx < segs.len() {

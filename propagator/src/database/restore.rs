@@ -169,7 +169,11 @@ impl Database {
                 time_us: st.last_time_us,
                 catalog: st.catalog.clone(),
                 metas: st.metas.clone(),
-                damaged: st.damaged.clone(),
+                damaged: st
+                    .damaged
+                    .iter()
+                    .map(|(f, d)| (*f, d.reason.clone()))
+                    .collect(),
             }
         };
         self.wait_applied()?;

@@ -13,7 +13,7 @@ impl LiveProbes {
                 let d = if own {
                     s.own_damage()
                 } else {
-                    s.damaged.clone()
+                    s.damaged.as_ref().map(|d| d.reason.clone())
                 };
                 if let Some(d) = d {
                     bad.push(format!("{desc} is damaged: {d}"));

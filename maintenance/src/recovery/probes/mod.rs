@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 pub struct Stat {
     pub count: u64,
     pub digest: String,
-    pub damaged: Option<String>,
+    pub damaged: Option<propagator::catalog::Damage>,
     pub next_isn: u64,
     /// For a file marked damaged: its content's (count, digest) as read
     /// now, when it differs from the recorded level (damaged in its own
@@ -51,8 +51,10 @@ impl Stat {
                 self.count,
                 self.digest
             )),
-            (Some(d), None) if d.starts_with("its partner file") => None,
-            (Some(d), None) => Some(d.clone()),
+            // Marked only because its partner is damaged, and holding
+            // what it should: not damaged in its own right.
+            (Some(d), None) if d.partner.is_some() => None,
+            (Some(d), None) => Some(d.reason.clone()),
             (None, None) => None,
         }
     }
@@ -215,7 +217,7 @@ fn stat_once(c: &mut Client, fnr: Fnr) -> Option<Stat> {
         Err(propagator::node::client::ClientError::Remote { message, .. }) => Some(Stat {
             count: 0,
             digest: String::new(),
-            damaged: Some(message),
+            damaged: Some(propagator::catalog::Damage::own(message)),
             next_isn: 0,
             content_differs: Some((0, "unreadable".into())),
         }),
