@@ -15,6 +15,30 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+/// Why the control state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("reading the control record of the administration file: {0}")]
+    Read(#[source] crate::error::DbError),
+    #[error("administration file {fnr} record {CONTROL_ISN}: {reason}")]
+    Bad { fnr: Fnr, reason: String },
+    #[error("no topology has been applied to this node (no administration file)")]
+    NoAdministrationFile,
+    #[error("writing the control record: {0}")]
+    Write(#[source] crate::error::DbError),
+}
+
+impl From<ControlError> for crate::wire::Failure {
+    fn from(e: ControlError) -> crate::wire::Failure {
+        let code = match &e {
+            ControlError::Read(d) | ControlError::Write(d) => d.code(),
+            ControlError::Bad { .. } => crate::wire::ErrorCode::Damaged,
+            ControlError::NoAdministrationFile => crate::wire::ErrorCode::Refused,
+        };
+        crate::wire::Failure::new(code, e.to_string())
+    }
+}
+
 /// The record of the administration file that holds the control state.
 pub const CONTROL_ISN: Isn = Isn(2);
 
@@ -137,22 +161,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Control {
     /// Reads the control record of the administration file `admin`, if any.
-    pub fn open(db: Database, admin: Option<Fnr>) -> Result<Control, String> {
+    pub fn open(db: Database, admin: Option<Fnr>) -> Result<Control, ControlError> {
         let mut state = NodeControl::default();
         if let Some(fnr) = admin {
-            let rec = db.read(fnr, CONTROL_ISN).map_err(|e| {
-                format!("reading the control record of the administration file: {e}")
-            })?;
+            let rec = db.read(fnr, CONTROL_ISN).map_err(ControlError::Read)?;
             if let Some(rec) = rec {
                 let Some(Value::Text(json)) = rec.get("control") else {
-                    return Err(format!(
-                        "administration file {fnr} record {CONTROL_ISN}: no control text"
-                    ));
+                    return Err(ControlError::Bad {
+                        fnr,
+                        reason: "no control text".into(),
+                    });
                 };
-                state = serde_json::from_str(json).map_err(|e| {
-                    format!(
-                        "administration file {fnr} record {CONTROL_ISN}: bad control state: {e}"
-                    )
+                state = serde_json::from_str(json).map_err(|e| ControlError::Bad {
+                    fnr,
+                    reason: format!("bad control state: {e}"),
                 })?;
             }
         }
@@ -166,7 +188,7 @@ impl Control {
 
     /// Reads the control record of administration file `fnr` again (after
     /// the file was restored) and writes to that file from now on.
-    pub fn reload(&self, fnr: Fnr) -> Result<(), String> {
+    pub fn reload(&self, fnr: Fnr) -> Result<(), ControlError> {
         let fresh = Control::open(self.db.clone(), Some(fnr))?;
         let state = std::mem::take(&mut *lock(&fresh.state));
         let _w = lock(&self.write);
@@ -197,7 +219,7 @@ impl Control {
     }
 
     /// Changes the state durably (blocking: one commit), then in memory.
-    pub fn update<R>(&self, f: impl FnOnce(&mut NodeControl) -> R) -> Result<R, String> {
+    pub fn update<R>(&self, f: impl FnOnce(&mut NodeControl) -> R) -> Result<R, ControlError> {
         let _w = lock(&self.write);
         let mut next = lock(&self.state).clone();
         let r = f(&mut next);
@@ -205,16 +227,17 @@ impl Control {
             return Ok(r);
         }
         let Some(fnr) = *lock(&self.admin) else {
-            return Err(
-                "no topology has been applied to this node (no administration file)".into(),
-            );
+            return Err(ControlError::NoAdministrationFile);
         };
-        let json = serde_json::to_string(&next).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&next).map_err(|e| ControlError::Bad {
+            fnr,
+            reason: format!("the control state does not encode: {e}"),
+        })?;
         let mut rec = Record::new();
         rec.insert("control".into(), Value::Text(json));
         self.db
             .put_engine_record(fnr, CONTROL_ISN, rec)
-            .map_err(|e| format!("writing the control record: {e}"))?;
+            .map_err(ControlError::Write)?;
         *lock(&self.state) = next;
         Ok(r)
     }
@@ -224,7 +247,7 @@ impl Control {
         &self,
         name: &str,
         f: impl FnOnce(&mut ReplicateControl) -> R,
-    ) -> Result<R, String> {
+    ) -> Result<R, ControlError> {
         self.update(|c| f(c.replicates.entry(name.to_string()).or_default()))
     }
 }

@@ -193,11 +193,13 @@ pub(super) async fn timed<T>(
 }
 
 /// Runs a blocking call (database, control record) off the reactor.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+/// Errors become the reason a feeder's run ended (`Stop`), which is text
+/// for people (a replicate's error state and log), never decided on.
+pub(super) async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, String> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
+        Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(format!("internal error: {e}")),
     }
 }
@@ -298,7 +300,7 @@ pub(super) async fn expected_at(
                 );
             }
         }
-        Ok(meta)
+        Ok::<_, String>(meta)
     })
     .await
 }

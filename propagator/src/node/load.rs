@@ -105,7 +105,7 @@ impl Snapshot {
                     }
                     s += 1;
                 }
-                Ok(out)
+                Ok::<_, String>(out)
             })
             .await
             .map_err(|e| Stop::Fatal(format!("reading the master's log: {e}")))?;
@@ -236,7 +236,7 @@ impl Source {
                         Ok(true)
                     })
                     .map_err(|e| e.to_string())?;
-                    Ok((out, done))
+                    Ok::<_, String>((out, done))
                 })
                 .await
                 .map_err(|e| Stop::Fatal(format!("reading the master: {e}")))

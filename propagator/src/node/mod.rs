@@ -118,7 +118,7 @@ impl Node {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(reason = %e, "control state unreadable: default policy");
-                Control::open(db.clone(), None)?
+                Control::open(db.clone(), None).map_err(|e| e.to_string())?
             }
         };
         let quiesced = control.quiesced();

@@ -195,8 +195,8 @@ impl Node {
             let (c, n) = (c.clone(), name.clone());
             async move {
                 match tokio::task::spawn_blocking(move || c.update_replicate(&n, g)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(format!("internal error: {e}")),
+                    Ok(r) => r.map_err(Failure::from),
+                    Err(e) => Err(internal(e)),
                 }
             }
         };

@@ -161,7 +161,7 @@ impl Node {
         let restored = tokio::task::spawn_blocking(move || {
             let v = stored_topology(&db)?;
             if let Some(v) = &v {
-                control.reload(v.admin_file())?;
+                control.reload(v.admin_file()).map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(v)
         })
