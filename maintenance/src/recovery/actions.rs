@@ -245,7 +245,6 @@ impl Exec<'_> {
         b: &Bound,
         journal: &mut RunJournal,
     ) -> anyhow::Result<String> {
-        let limit = self.opts.wait;
         let Some(action) = Action::parse(&b.action) else {
             bail!(
                 "action `{}` is not carried out by this engine: do it by hand, then run with --confirm",
@@ -253,423 +252,484 @@ impl Exec<'_> {
             );
         };
         match action {
-            Action::StopTasks => {
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    match t {
-                        Target::Replicate { name, feeder, .. } => {
-                            replicate(
-                                *feeder,
-                                name,
-                                ReplicateAction::Restoring {
-                                    why: Some("etp recover run".into()),
-                                },
-                            )?;
-                            out.push(format!("{name} not fed"));
-                        }
-                        Target::Master {
-                            addr, file, name, ..
-                        } => {
-                            // A node without a topology (its administration
-                            // file damaged) runs no task to stop.
-                            let runs = match call(
-                                *addr,
-                                &Request::Operation(OperationRequest::TaskStatus),
-                            )? {
-                                Response::Tasks(ts) => ts.iter().any(|t| t.master == Fnr(*file)),
-                                other => bail!("node {addr} answered {other:?}"),
-                            };
-                            if runs {
-                                call(
-                                    *addr,
-                                    &Request::Operation(OperationRequest::TaskControl {
-                                        master: Some(Fnr(*file)),
-                                        action: TaskAction::Stop,
-                                    }),
-                                )?;
-                                out.push(format!("task of {name} stopped"));
-                            } else {
-                                out.push(format!("task of {name}: none running"));
-                            }
-                        }
-                        other => bail!("cannot stop the tasks of {}", other.describe()),
-                    }
-                }
-                Ok(out.join("; "))
-            }
-            Action::QuiesceMaster | Action::ResumeMaster => {
-                let on = b.action == "quiesce_master";
-                for t in &b.targets {
-                    if let Target::Master { addr, .. } = t {
-                        call(*addr, &Request::Recovery(RecoveryOp::Quiesce { on }))?;
-                    }
-                }
-                Ok(format!(
-                    "client updates {}",
-                    if on { "refused" } else { "accepted again" }
-                ))
-            }
-            Action::AwaitLink => {
-                let mut dbs: Vec<(u32, SocketAddr)> = Vec::new();
-                for t in &b.targets {
-                    if let Target::Master { db, addr, file, .. } = t {
-                        dbs.push((*db, *addr));
-                        for r in self
-                            .probes
-                            .reps
-                            .iter()
-                            .filter(|r| r.master_db == DbId(*db) && r.master == Fnr(*file))
-                        {
-                            dbs.push((r.db.0, r.addr));
-                        }
-                    }
-                }
-                let started = Instant::now();
-                wait_until("the links", limit, || {
-                    for (_, a) in &dbs {
-                        if call(*a, &Request::Read(ReadRequest::Info)).is_err() {
-                            return Ok(None);
-                        }
-                    }
-                    Ok(Some(()))
-                })?;
-                Ok(format!(
-                    "databases {} answer (waited {:.1} s)",
-                    dbs.iter()
-                        .map(|d| d.0.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    started.elapsed().as_secs_f64()
-                ))
-            }
+            Action::StopTasks => self.stop_tasks(b),
+            Action::QuiesceMaster => self.quiesce(b, true),
+            Action::ResumeMaster => self.quiesce(b, false),
+            Action::AwaitLink => self.await_link(b),
             Action::RestoreCopySet | Action::RestoreAdminFromCopy => {
                 self.restore(i, b, false, journal)
             }
             Action::RegenerateToEnd | Action::RebuildLogToMasterLevel => {
                 self.restore(i, b, true, journal)
             }
-            Action::VerifyMasterLog => {
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    let Target::Master {
-                        addr,
-                        file,
-                        log,
-                        name,
-                        ..
-                    } = t
-                    else {
-                        continue;
-                    };
-                    out.push(verify_master_log(*addr, Fnr(*file), Fnr(*log), name)?);
-                }
-                Ok(out.join("; "))
-            }
-            Action::RefreshLog | Action::RaiseIncarnation => {
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    let Target::Master {
-                        addr,
-                        db,
-                        file,
-                        log,
-                        ..
-                    } = t
-                    else {
-                        continue;
-                    };
-                    let op = if b.action == "refresh_log" {
-                        RecoveryOp::RefreshLog {
-                            master: Fnr(*file),
-                            at: None,
-                        }
-                    } else {
-                        RecoveryOp::RaiseIncarnation { master: Fnr(*file) }
-                    };
-                    out.push(text(call(*addr, &Request::Recovery(op))?));
-                    if b.action == "refresh_log" {
-                        journal.append(Line::Level {
-                            db: *db,
-                            file: *file,
-                            seq: log_level(*addr, Fnr(*log))?,
-                        })?;
-                    }
-                }
-                Ok(out.join("; "))
-            }
-            Action::TakeCopySet => {
-                let area = backup::Area::open(Path::new(&self.area()?))?;
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    let Target::Master {
-                        addr, file, name, ..
-                    } = t
-                    else {
-                        continue;
-                    };
-                    let taken = backup::take::take_job(
-                        &area,
-                        None,
-                        &[backup::take::Ask {
-                            source: backup::take::Source::Node(*addr),
-                            files: vec![Fnr(*file)],
-                        }],
-                        &mut |_| {},
-                    )?;
-                    for x in taken {
-                        out.push(format!(
-                            "copy set {} of {name} at LSN {}",
-                            x.set.id, x.set.lsn
-                        ));
-                    }
-                }
-                Ok(out.join("; "))
-            }
-            Action::ReloadReplicateFromMaster | Action::ReloadReplicateFromFullReplicate => {
-                let from = match b.action.as_str() {
-                    "reload_replicate_from_master" => None,
-                    _ => match b.sources.first() {
-                        Some(Target::Replicate { name, .. }) => Some(name.clone()),
-                        _ => bail!("no full replicate to load from"),
-                    },
-                };
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    if let Target::Replicate { name, feeder, .. } = t {
-                        if from.as_ref() == Some(name) {
-                            out.push(format!("{name} is the source: left as it is"));
-                            continue;
-                        }
-                        out.push(load(*feeder, name, from.clone(), limit)?);
-                    }
-                }
-                Ok(out.join("; "))
-            }
-            Action::ReinitReplicate => {
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    if let Target::Replicate {
-                        name,
-                        feeder,
-                        partial,
-                        ..
-                    } = t
-                    {
-                        if !partial {
-                            out.push(format!("{name} is full: nothing to reinitialize"));
-                            continue;
-                        }
-                        // The load projected and selected every record; prove it.
-                        out.push(verify_one(*feeder, name)?);
-                    }
-                }
-                Ok(out.join("; "))
-            }
+            Action::VerifyMasterLog => self.verify_master_logs(b),
+            Action::RefreshLog => self.rewrite_master_level(b, true, journal),
+            Action::RaiseIncarnation => self.rewrite_master_level(b, false, journal),
+            Action::TakeCopySet => self.take_copy_set(b),
+            Action::ReloadReplicateFromMaster => self.reload_replicates(b, false),
+            Action::ReloadReplicateFromFullReplicate => self.reload_replicates(b, true),
+            Action::ReinitReplicate => self.reinit_replicates(b),
             Action::RerunFailedTransactions | Action::ReapplyRecoverableTransactions => {
-                let Some(dir) = &self.opts.sources.journal else {
-                    return Ok("no client journal given (--journal DIR): nothing to rerun".into());
-                };
-                let Some(Target::Master { addr, .. }) = b.targets.first() else {
-                    bail!("no master to rerun on");
-                };
-                let mut sink = Vec::new();
-                let end = crate::journal::exec(
-                    dir,
-                    &crate::journal::ExecOptions {
-                        node: *addr,
-                        retry_for: limit,
-                        rerun_only: true,
-                        exempt: true,
-                    },
-                    std::io::empty(),
-                    &mut sink,
-                )?;
-                let lines = String::from_utf8_lossy(&sink).lines().count();
-                match end {
-                    crate::journal::ExecEnd::Done => Ok(format!(
-                        "client journal {}: every pending transaction rerun ({lines} result line(s))",
-                        dir.display()
-                    )),
-                    crate::journal::ExecEnd::Pending(n) => {
-                        bail!("{n} transaction(s) still pending: the master stayed unreachable")
-                    }
-                    crate::journal::ExecEnd::Error { message, pending } => {
-                        bail!("rerun refused: {message} ({pending} pending)")
-                    }
-                }
+                self.rerun_journaled(b)
             }
-            Action::RecordGap => {
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    let Target::Master {
-                        addr,
-                        db,
-                        file,
-                        log,
-                        name,
-                    } = t
-                    else {
-                        continue;
-                    };
-                    let before = self
-                        .plan
-                        .levels
-                        .iter()
-                        .find(|l| l.0 == *db && l.1 == *file)
-                        .map_or(0, |l| l.2);
-                    // The level the plan set the master back to (before
-                    // any re-apply gave out new seqs), else its level now.
-                    let now = match journal.level_after(*db, *file) {
-                        Some(l) => l,
-                        None => log_level(*addr, Fnr(*log))?,
-                    };
-                    if now >= before {
-                        out.push(format!(
-                            "{name}: no level lost (at seq {now}, was {before})"
-                        ));
-                    } else {
-                        journal.append(Line::Gap {
-                            master: name.clone(),
-                            from_seq: now + 1,
-                            to_seq: before,
-                        })?;
-                        out.push(format!(
-                            "{name}: seqs {} to {before} are lost for good (recorded)",
-                            now + 1
-                        ));
-                    }
-                }
-                Ok(out.join("; "))
-            }
-            Action::RestoreAdminFromExport => {
-                let Some(Target::Export { path }) = b.sources.first() else {
-                    bail!("no topology export to restore from (--export FILE)");
-                };
-                let topology = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the topology export {path}"))?;
-                let damaged = self.probes.damaged_admins();
-                for a in &damaged {
-                    call(
-                        a.addr,
-                        &Request::Recovery(RecoveryOp::Rebase { file: a.fnr }),
-                    )?;
-                }
-                let any = self
-                    .probes
-                    .admins
-                    .first()
-                    .map(|a| a.addr)
-                    .context("no node answers")?;
-                call(any, &Request::Admin(AdminRequest::AdminApply { topology }))?;
-                Ok(format!(
-                    "topology from {path} applied; administration file rebuilt on database(s) {}",
-                    damaged
-                        .iter()
-                        .map(|a| a.db.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }
+            Action::RecordGap => self.record_gap(b, journal),
+            Action::RestoreAdminFromExport => self.restore_admin_from_export(b),
             Action::VerifyDefinitions => verify_definitions(self.probes),
-            Action::ResetError => {
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    if let Target::Replicate { name, feeder, .. } = t {
-                        replicate(*feeder, name, ReplicateAction::ResetError)?;
-                        out.push(format!("{name} reset"));
-                    }
-                }
-                if out.is_empty() {
-                    return Ok("no replicate in error".into());
-                }
-                Ok(out.join("; "))
-            }
-            Action::RestartTasks => {
-                let mut out = Vec::new();
-                for t in &b.targets {
-                    if let Target::Replicate { name, feeder, .. } = t {
-                        replicate(*feeder, name, ReplicateAction::Restoring { why: None })?;
-                        out.push(format!("{name} fed again"));
-                    }
-                }
-                for (addr, master) in masters_of(&b.targets) {
-                    let has_reps = self.probes.reps.iter().any(|r| {
-                        r.master == master
-                            && self.probes.topology.addresses.get(&r.master_db) == Some(&addr)
-                    });
-                    if !has_reps {
-                        continue;
-                    }
-                    call(
-                        addr,
-                        &Request::Operation(OperationRequest::TaskControl {
-                            master: Some(master),
-                            action: TaskAction::Start,
-                        }),
-                    )?;
-                    out.push(format!("task of master file {master} on {addr} started"));
-                }
-                Ok(out.join("; "))
-            }
-            Action::VerifyReplicates => {
-                let reps = replicates_in(&b.targets, self.probes);
-                let mut out = Vec::new();
-                for t in &reps {
-                    let Target::Replicate {
-                        name,
-                        feeder,
-                        master,
-                        ..
-                    } = t
-                    else {
-                        continue;
-                    };
-                    let seq = wait_until(&format!("replicate {name} current"), limit, || {
-                        let task = task_of(*feeder, Fnr(*master))?;
-                        let Some(r) = task.replicates.iter().find(|r| &r.name == name) else {
-                            bail!("no task reports replicate {name}");
-                        };
-                        if r.state == ReplicaState::Error {
-                            bail!(
-                                "replicate {name} is in error: {}",
-                                r.reason.clone().unwrap_or_default()
-                            );
-                        }
-                        Ok(
-                            (r.state == ReplicaState::Online && r.confirmed_seq == task.master_seq)
-                                .then_some(task.master_seq),
-                        )
-                    })?;
-                    out.push(format!("{} (seq {seq})", verify_one(*feeder, name)?));
-                }
-                Ok(out.join("; "))
-            }
+            Action::ResetError => self.reset_errors(b),
+            Action::RestartTasks => self.restart_tasks(b),
+            Action::VerifyReplicates => self.verify_replicates(b),
             Action::RestoreMasterFromFullReplicate => {
-                let (
-                    Some(Target::Master {
-                        addr,
-                        db,
-                        file,
-                        name,
-                        ..
-                    }),
-                    Some(src),
-                ) = (b.targets.first(), b.sources.first())
-                else {
-                    bail!("no master or no full replicate to rebuild it from");
-                };
-                let (detail, seq) = master_from_replicate(*addr, Fnr(*file), name, src)?;
-                journal.append(Line::Level {
-                    db: *db,
-                    file: *file,
-                    seq,
-                })?;
-                Ok(detail)
+                self.restore_master_from_full_replicate(b, journal)
             }
             Action::RestartDatabases | Action::ManualIntervention => {
                 bail!("an operator step cannot be executed")
             }
         }
+    }
+
+    /// Stops the feeding of the targets: a master's task feeders, or a replicate unit marked restoring (not fed).
+    fn stop_tasks(&self, b: &Bound) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            match t {
+                Target::Replicate { name, feeder, .. } => {
+                    replicate(
+                        *feeder,
+                        name,
+                        ReplicateAction::Restoring {
+                            why: Some("etp recover run".into()),
+                        },
+                    )?;
+                    out.push(format!("{name} not fed"));
+                }
+                Target::Master {
+                    addr, file, name, ..
+                } => {
+                    // A node without a topology (its administration
+                    // file damaged) runs no task to stop.
+                    let runs = match call(*addr, &Request::Operation(OperationRequest::TaskStatus))?
+                    {
+                        Response::Tasks(ts) => ts.iter().any(|t| t.master == Fnr(*file)),
+                        other => bail!("node {addr} answered {other:?}"),
+                    };
+                    if runs {
+                        call(
+                            *addr,
+                            &Request::Operation(OperationRequest::TaskControl {
+                                master: Some(Fnr(*file)),
+                                action: TaskAction::Stop,
+                            }),
+                        )?;
+                        out.push(format!("task of {name} stopped"));
+                    } else {
+                        out.push(format!("task of {name}: none running"));
+                    }
+                }
+                other => bail!("cannot stop the tasks of {}", other.describe()),
+            }
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Makes the masters' nodes refuse client updates (`on`) or accept them again.
+    fn quiesce(&self, b: &Bound, on: bool) -> anyhow::Result<String> {
+        for t in &b.targets {
+            if let Target::Master { addr, .. } = t {
+                call(*addr, &Request::Recovery(RecoveryOp::Quiesce { on }))?;
+            }
+        }
+        Ok(format!(
+            "client updates {}",
+            if on { "refused" } else { "accepted again" }
+        ))
+    }
+
+    /// Waits until every replicate of the target masters confirms their level again (the links came back).
+    fn await_link(&self, b: &Bound) -> anyhow::Result<String> {
+        let limit = self.opts.wait;
+        let mut dbs: Vec<(u32, SocketAddr)> = Vec::new();
+        for t in &b.targets {
+            if let Target::Master { db, addr, file, .. } = t {
+                dbs.push((*db, *addr));
+                for r in self
+                    .probes
+                    .reps
+                    .iter()
+                    .filter(|r| r.master_db == DbId(*db) && r.master == Fnr(*file))
+                {
+                    dbs.push((r.db.0, r.addr));
+                }
+            }
+        }
+        let started = Instant::now();
+        wait_until("the links", limit, || {
+            for (_, a) in &dbs {
+                if call(*a, &Request::Read(ReadRequest::Info)).is_err() {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })?;
+        Ok(format!(
+            "databases {} answer (waited {:.1} s)",
+            dbs.iter()
+                .map(|d| d.0.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            started.elapsed().as_secs_f64()
+        ))
+    }
+
+    /// Checks each target log's last record against its master's count and digest.
+    fn verify_master_logs(&self, b: &Bound) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            let Target::Master {
+                addr,
+                file,
+                log,
+                name,
+                ..
+            } = t
+            else {
+                continue;
+            };
+            out.push(verify_master_log(*addr, Fnr(*file), Fnr(*log), name)?);
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Refreshes a master's log at the master's level (`refresh`), or raises
+    /// the master's incarnation.
+    fn rewrite_master_level(
+        &self,
+        b: &Bound,
+        refresh: bool,
+        journal: &mut RunJournal,
+    ) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            let Target::Master {
+                addr,
+                db,
+                file,
+                log,
+                ..
+            } = t
+            else {
+                continue;
+            };
+            let op = if refresh {
+                RecoveryOp::RefreshLog {
+                    master: Fnr(*file),
+                    at: None,
+                }
+            } else {
+                RecoveryOp::RaiseIncarnation { master: Fnr(*file) }
+            };
+            out.push(text(call(*addr, &Request::Recovery(op))?));
+            if refresh {
+                journal.append(Line::Level {
+                    db: *db,
+                    file: *file,
+                    seq: log_level(*addr, Fnr(*log))?,
+                })?;
+            }
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Takes a copy set of each target master and its log, through its node.
+    fn take_copy_set(&self, b: &Bound) -> anyhow::Result<String> {
+        let area = backup::Area::open(Path::new(&self.area()?))?;
+        let mut out = Vec::new();
+        for t in &b.targets {
+            let Target::Master {
+                addr, file, name, ..
+            } = t
+            else {
+                continue;
+            };
+            let taken = backup::take::take_job(
+                &area,
+                None,
+                &[backup::take::Ask {
+                    source: backup::take::Source::Node(*addr),
+                    files: vec![Fnr(*file)],
+                }],
+                &mut |_| {},
+            )?;
+            for x in taken {
+                out.push(format!(
+                    "copy set {} of {name} at LSN {}",
+                    x.set.id, x.set.lsn
+                ));
+            }
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Reloads each target replicate online (from the master or a full replicate) and follows it until online.
+    fn reload_replicates(&self, b: &Bound, from_full: bool) -> anyhow::Result<String> {
+        let limit = self.opts.wait;
+        let from = match (from_full, b.sources.first()) {
+            (false, _) => None,
+            (true, Some(Target::Replicate { name, .. })) => Some(name.clone()),
+            (true, _) => bail!("no full replicate to load from"),
+        };
+        let mut out = Vec::new();
+        for t in &b.targets {
+            if let Target::Replicate { name, feeder, .. } = t {
+                if from.as_ref() == Some(name) {
+                    out.push(format!("{name} is the source: left as it is"));
+                    continue;
+                }
+                out.push(load(*feeder, name, from.clone(), limit)?);
+            }
+        }
+        Ok(out.join("; "))
+    }
+
+    /// A partial replicate is already selected and projected by its load: verifies it against its master.
+    fn reinit_replicates(&self, b: &Bound) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            if let Target::Replicate {
+                name,
+                feeder,
+                partial,
+                ..
+            } = t
+            {
+                if !partial {
+                    out.push(format!("{name} is full: nothing to reinitialize"));
+                    continue;
+                }
+                // The load projected and selected every record; prove it.
+                out.push(verify_one(*feeder, name)?);
+            }
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Reruns the client journal's pending transactions, exactly once.
+    fn rerun_journaled(&self, b: &Bound) -> anyhow::Result<String> {
+        let limit = self.opts.wait;
+        let Some(dir) = &self.opts.sources.journal else {
+            return Ok("no client journal given (--journal DIR): nothing to rerun".into());
+        };
+        let Some(Target::Master { addr, .. }) = b.targets.first() else {
+            bail!("no master to rerun on");
+        };
+        let mut sink = Vec::new();
+        let end = crate::journal::exec(
+            dir,
+            &crate::journal::ExecOptions {
+                node: *addr,
+                retry_for: limit,
+                rerun_only: true,
+                exempt: true,
+            },
+            std::io::empty(),
+            &mut sink,
+        )?;
+        let lines = String::from_utf8_lossy(&sink).lines().count();
+        match end {
+            crate::journal::ExecEnd::Done => Ok(format!(
+                "client journal {}: every pending transaction rerun ({lines} result line(s))",
+                dir.display()
+            )),
+            crate::journal::ExecEnd::Pending(n) => {
+                bail!("{n} transaction(s) still pending: the master stayed unreachable")
+            }
+            crate::journal::ExecEnd::Error { message, pending } => {
+                bail!("rerun refused: {message} ({pending} pending)")
+            }
+        }
+    }
+
+    /// Journals the seqs lost for good: the plan-time level above the level now.
+    fn record_gap(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            let Target::Master {
+                addr,
+                db,
+                file,
+                log,
+                name,
+            } = t
+            else {
+                continue;
+            };
+            let before = self
+                .plan
+                .levels
+                .iter()
+                .find(|l| l.0 == *db && l.1 == *file)
+                .map_or(0, |l| l.2);
+            // The level the plan set the master back to (before
+            // any re-apply gave out new seqs), else its level now.
+            let now = match journal.level_after(*db, *file) {
+                Some(l) => l,
+                None => log_level(*addr, Fnr(*log))?,
+            };
+            if now >= before {
+                out.push(format!(
+                    "{name}: no level lost (at seq {now}, was {before})"
+                ));
+            } else {
+                journal.append(Line::Gap {
+                    master: name.clone(),
+                    from_seq: now + 1,
+                    to_seq: before,
+                })?;
+                out.push(format!(
+                    "{name}: seqs {} to {before} are lost for good (recorded)",
+                    now + 1
+                ));
+            }
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Rebases the damaged administration files and applies the export to every node.
+    fn restore_admin_from_export(&self, b: &Bound) -> anyhow::Result<String> {
+        let Some(Target::Export { path }) = b.sources.first() else {
+            bail!("no topology export to restore from (--export FILE)");
+        };
+        let topology = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the topology export {path}"))?;
+        let damaged = self.probes.damaged_admins();
+        for a in &damaged {
+            call(
+                a.addr,
+                &Request::Recovery(RecoveryOp::Rebase { file: a.fnr }),
+            )?;
+        }
+        let any = self
+            .probes
+            .admins
+            .first()
+            .map(|a| a.addr)
+            .context("no node answers")?;
+        call(any, &Request::Admin(AdminRequest::AdminApply { topology }))?;
+        Ok(format!(
+            "topology from {path} applied; administration file rebuilt on database(s) {}",
+            damaged
+                .iter()
+                .map(|a| a.db.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    /// Clears the error state of each target replicate.
+    fn reset_errors(&self, b: &Bound) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            if let Target::Replicate { name, feeder, .. } = t {
+                replicate(*feeder, name, ReplicateAction::ResetError)?;
+                out.push(format!("{name} reset"));
+            }
+        }
+        if out.is_empty() {
+            return Ok("no replicate in error".into());
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Clears restore marks and starts the target masters' tasks.
+    fn restart_tasks(&self, b: &Bound) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            if let Target::Replicate { name, feeder, .. } = t {
+                replicate(*feeder, name, ReplicateAction::Restoring { why: None })?;
+                out.push(format!("{name} fed again"));
+            }
+        }
+        for (addr, master) in masters_of(&b.targets) {
+            let has_reps = self.probes.reps.iter().any(|r| {
+                r.master == master
+                    && self.probes.topology.addresses.get(&r.master_db) == Some(&addr)
+            });
+            if !has_reps {
+                continue;
+            }
+            call(
+                addr,
+                &Request::Operation(OperationRequest::TaskControl {
+                    master: Some(master),
+                    action: TaskAction::Start,
+                }),
+            )?;
+            out.push(format!("task of master file {master} on {addr} started"));
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Waits until each replicate is current, then compares it with its master.
+    fn verify_replicates(&self, b: &Bound) -> anyhow::Result<String> {
+        let limit = self.opts.wait;
+        let reps = replicates_in(&b.targets, self.probes);
+        let mut out = Vec::new();
+        for t in &reps {
+            let Target::Replicate {
+                name,
+                feeder,
+                master,
+                ..
+            } = t
+            else {
+                continue;
+            };
+            let seq = wait_until(&format!("replicate {name} current"), limit, || {
+                let task = task_of(*feeder, Fnr(*master))?;
+                let Some(r) = task.replicates.iter().find(|r| &r.name == name) else {
+                    bail!("no task reports replicate {name}");
+                };
+                if r.state == ReplicaState::Error {
+                    bail!(
+                        "replicate {name} is in error: {}",
+                        r.reason.clone().unwrap_or_default()
+                    );
+                }
+                Ok(
+                    (r.state == ReplicaState::Online && r.confirmed_seq == task.master_seq)
+                        .then_some(task.master_seq),
+                )
+            })?;
+            out.push(format!("{} (seq {seq})", verify_one(*feeder, name)?));
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Rebuilds each target master from its freshest full replicate.
+    fn restore_master_from_full_replicate(
+        &self,
+        b: &Bound,
+        journal: &mut RunJournal,
+    ) -> anyhow::Result<String> {
+        let (
+            Some(Target::Master {
+                addr,
+                db,
+                file,
+                name,
+                ..
+            }),
+            Some(src),
+        ) = (b.targets.first(), b.sources.first())
+        else {
+            bail!("no master or no full replicate to rebuild it from");
+        };
+        let (detail, seq) = master_from_replicate(*addr, Fnr(*file), name, src)?;
+        journal.append(Line::Level {
+            db: *db,
+            file: *file,
+            seq,
+        })?;
+        Ok(detail)
     }
 }
 

@@ -83,6 +83,11 @@ impl Bound {
         s
     }
 
+    /// Whether this step is `action`.
+    pub(crate) fn is(&self, action: Action) -> bool {
+        Action::parse(&self.action) == Some(action)
+    }
+
     /// Steps that wait for a person.
     pub(crate) fn operator(&self) -> bool {
         matches!(
@@ -207,7 +212,7 @@ pub fn bind(steps: &[Step], p: &LiveProbes) -> anyhow::Result<Vec<Bound>> {
             if let Some(t) = s.params.get("source") {
                 b.sources = resolve(t, p)?;
             }
-            if b.action == "restore_admin_from_copy" && b.targets.is_empty() {
+            if b.is(Action::RestoreAdminFromCopy) && b.targets.is_empty() {
                 // Bound now: once restored, the files are no longer damaged.
                 b.targets = admin_targets(p);
             }

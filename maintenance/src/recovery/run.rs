@@ -160,7 +160,7 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                         .iter()
                         .enumerate()
                         .any(|(k, r)| k > i && r.action == "resume_master" && done[k]);
-                    if b.action == "quiesce_master" && done[i] && !resumed {
+                    if b.is(Action::QuiesceMaster) && done[i] && !resumed {
                         for t in &b.targets {
                             if let Target::Master { addr, .. } = t {
                                 call(*addr, &Request::Recovery(RecoveryOp::Quiesce { on: true }))?;
@@ -235,7 +235,7 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 continue;
             }
             if b.operator() {
-                let all_up = b.action == "restart_databases" && probes.unreachable.is_empty();
+                let all_up = b.is(Action::RestartDatabases) && probes.unreachable.is_empty();
                 if all_up || (opts.confirm && waiting == Some(i)) {
                     journal.append(Line::Confirmed { step: i })?;
                     done[i] = true;
@@ -244,8 +244,8 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 if waiting != Some(i) {
                     journal.append(Line::Waiting { step: i })?;
                 }
-                let what = match b.action.as_str() {
-                    "restart_databases" => format!(
+                let what = match Action::parse(&b.action) {
+                    Some(Action::RestartDatabases) => format!(
                         "start the node of every database that does not answer ({}), then run again",
                         probes.unreachable.join("; ")
                     ),
