@@ -34,7 +34,7 @@ impl Source {
     pub fn catalog(&self) -> anyhow::Result<(DbId, Vec<FileDef>, Option<Valid>)> {
         match self {
             Source::Local(db) => {
-                let topo = propagator::node::stored_topology(db).map_err(anyhow::Error::msg)?;
+                let topo = propagator::node::stored_topology(db)?;
                 Ok((
                     db.dbid(),
                     db.files().into_iter().map(|f| f.def).collect(),

@@ -40,10 +40,10 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let metrics = match metrics {
-            Some(a) => Some(metrics::bind(a).await.map_err(anyhow::Error::msg)?),
+            Some(a) => Some(metrics::bind(a).await?),
             None => None,
         };
-        let node = Node::new(db.clone()).map_err(anyhow::Error::msg)?;
+        let node = Node::new(db.clone())?;
         {
             // One write: a reader may stop after the lines it expects.
             let mut lines = format!("listening {addr}\n");

@@ -555,7 +555,7 @@ pub fn mark_restoring(db: &Database, set: &CopySet, why: Option<String>) -> Vec<
         Ok(Some(t)) => t,
         Ok(None) => return problems,
         Err(e) => {
-            problems.push(e);
+            problems.push(e.to_string());
             return problems;
         }
     };

@@ -258,7 +258,8 @@ pub(super) fn copy_jobs(db: &Database, set: Option<String>) -> Result<String, Db
     })
 }
 
-pub fn stored_topology(db: &Database) -> Result<Option<Valid>, String> {
+/// The topology kept in this database's administration file, if any.
+pub fn stored_topology(db: &Database) -> Result<Option<Valid>, NodeError> {
     let admin = db
         .files()
         .into_iter()
@@ -268,11 +269,11 @@ pub fn stored_topology(db: &Database) -> Result<Option<Valid>, String> {
     };
     let rec = db
         .read(admin.def.fnr, TOPOLOGY_ISN)
-        .map_err(|e| format!("reading the administration file: {e}"))?;
+        .map_err(NodeError::Administration)?;
     let Some(Value::Text(text)) = rec.as_ref().and_then(|r| r.get("topology")) else {
         return Ok(None);
     };
     Valid::parse(text)
         .map(Some)
-        .map_err(|e| format!("the administration file holds a bad topology: {e}"))
+        .map_err(NodeError::StoredTopology)
 }

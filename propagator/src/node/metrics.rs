@@ -287,16 +287,13 @@ impl Node {
 }
 
 /// Binds the metrics listener: loopback addresses only (port 0: any free port).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, super::NodeError> {
     if !addr.ip().is_loopback() {
-        return Err(format!(
-            "--metrics {addr}: not a loopback address; metrics are served on loopback only \
-             (for example 127.0.0.1:9400 or [::1]:9400)"
-        ));
+        return Err(super::NodeError::MetricsNotLoopback { addr });
     }
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))
+        .map_err(|source| super::NodeError::MetricsListen { addr, source })
 }
 
 /// Serves metrics on `listener` until `shutdown` resolves.

@@ -100,10 +100,29 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Why a node could not start, or could not read what it keeps.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("reading the administration file: {0}")]
+    Administration(#[source] DbError),
+    #[error("the administration file holds a bad topology: {0}")]
+    StoredTopology(#[source] crate::topology::TopologyError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("--metrics {addr}: not a loopback address; metrics are served on loopback only (for example 127.0.0.1:9400 or [::1]:9400)")]
+    MetricsNotLoopback { addr: SocketAddr },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl Node {
     /// Loads the topology kept in the administration file, if any, and
     /// starts the tasks of this database's masters. Call inside a runtime.
-    pub fn new(db: Database) -> Result<Arc<Node>, String> {
+    pub fn new(db: Database) -> Result<Arc<Node>, NodeError> {
         // A damaged administration file does not keep the node down: it
         // serves without a topology (no tasks), so the recovery flows can
         // diagnose it and restore it through this node (case 5).
@@ -118,7 +137,7 @@ impl Node {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(reason = %e, "control state unreadable: default policy");
-                Control::open(db.clone(), None).map_err(|e| e.to_string())?
+                Control::open(db.clone(), None)?
             }
         };
         let quiesced = control.quiesced();

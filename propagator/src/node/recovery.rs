@@ -161,9 +161,9 @@ impl Node {
         let restored = tokio::task::spawn_blocking(move || {
             let v = stored_topology(&db)?;
             if let Some(v) = &v {
-                control.reload(v.admin_file()).map_err(|e| e.to_string())?;
+                control.reload(v.admin_file())?;
             }
-            Ok::<_, String>(v)
+            Ok::<_, NodeError>(v)
         })
         .await;
         match restored {
