@@ -58,7 +58,7 @@ pub enum Decoded {
 }
 
 /// Decodes a confirmation record of either shape.
-pub fn decode(r: &Record) -> Result<Decoded, String> {
+pub fn decode(r: &Record) -> Result<Decoded, ConfirmationError> {
     if r.contains_key(LOAD_ID) {
         load_progress_from_record(r).map(Decoded::Loading)
     } else {
@@ -108,6 +108,16 @@ pub fn load_progress_to_record(
     r
 }
 
+/// A confirmation record that does not hold what its schema says.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what} field {field:?} {problem}")]
+pub struct ConfirmationError {
+    /// "confirmation" or "load progress".
+    pub what: &'static str,
+    pub field: String,
+    pub problem: String,
+}
+
 /// Typed reads of an engine-written record's fields, errors naming `what`.
 struct Fields<'a> {
     rec: &'a Record,
@@ -115,29 +125,33 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn int(&self, k: &str) -> Result<i64, String> {
+    fn bad(&self, k: &str, problem: String) -> ConfirmationError {
+        ConfirmationError {
+            what: self.what,
+            field: k.to_string(),
+            problem,
+        }
+    }
+    fn int(&self, k: &str) -> Result<i64, ConfirmationError> {
         match self.rec.get(k) {
             Some(Value::Int(i)) => Ok(*i),
-            other => Err(format!(
-                "{} field {k:?} is {other:?}, not an integer",
-                self.what
-            )),
+            other => Err(self.bad(k, format!("is {other:?}, not an integer"))),
         }
     }
-    fn text(&self, k: &str) -> Result<String, String> {
+    fn text(&self, k: &str) -> Result<String, ConfirmationError> {
         match self.rec.get(k) {
             Some(Value::Text(t)) => Ok(t.clone()),
-            other => Err(format!("{} field {k:?} is {other:?}, not text", self.what)),
+            other => Err(self.bad(k, format!("is {other:?}, not text"))),
         }
     }
-    fn digest(&self, k: &str) -> Result<crate::Digest, String> {
+    fn digest(&self, k: &str) -> Result<crate::Digest, ConfirmationError> {
         let d = self.text(k)?;
         d.parse()
-            .map_err(|_| format!("{} digest {d:?} is not a digest", self.what))
+            .map_err(|_| self.bad(k, format!("holds {d:?}, not a digest")))
     }
 }
 
-pub fn load_progress_from_record(r: &Record) -> Result<LoadProgress, String> {
+pub fn load_progress_from_record(r: &Record) -> Result<LoadProgress, ConfirmationError> {
     let f = Fields {
         rec: r,
         what: "load progress",
@@ -154,7 +168,7 @@ pub fn load_progress_from_record(r: &Record) -> Result<LoadProgress, String> {
     })
 }
 
-pub fn confirmation_from_record(r: &Record) -> Result<Confirmation, String> {
+pub fn confirmation_from_record(r: &Record) -> Result<Confirmation, ConfirmationError> {
     let f = Fields {
         rec: r,
         what: "confirmation",

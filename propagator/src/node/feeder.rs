@@ -234,12 +234,38 @@ pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkS
     }
 }
 
+/// Why the master cannot say what a replicate should hold at a seq.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpectError {
+    #[error("the replicate confirms seq {at}, which the master's log does not hold (it ends at {last}): the replicate is ahead of its master")]
+    AheadOfLog { at: Seq, last: u64 },
+    #[error("the replicate confirms seq {at}, before its anchor at seq {anchor} (it was restored to an earlier level?): the master cannot say what it should hold")]
+    BeforeAnchor { at: Seq, anchor: Seq },
+    #[error("the replicate confirms seq {at}, but the master's log has no seq {missing}: the replicate is ahead of its master, or the log was cleaned past it")]
+    MissingSeq { at: Seq, missing: Seq },
+    #[error(transparent)]
+    Db(#[from] crate::error::DbError),
+    #[error("master record: {0}")]
+    Record(#[from] crate::record::RecordError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Runs `f` on the blocking pool; a panic there is an internal error.
+async fn off_reactor<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ExpectError> + Send + 'static,
+) -> Result<T, ExpectError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ExpectError::Internal(e.to_string()))?
+}
+
 /// What the replicate should hold (count and digest) after the master's seq `at`.
 pub(super) async fn expected_at(
     ctx: &Arc<Ctx>,
     f: &Arc<Feeder>,
     at: Seq,
-) -> Result<FileMeta, String> {
+) -> Result<FileMeta, ExpectError> {
     let fnr = Fnr(f.rep.def.file);
     let ctl = ctx.control.replicate(f.name());
     let anchor = ctl.anchor.filter(|a| a.def == f.def_hash);
@@ -248,8 +274,7 @@ pub(super) async fn expected_at(
     }
     if !f.rep.is_partial() && ctl.gaps.is_empty() && at.0 > 0 {
         let c = ctx.clone();
-        let rec =
-            blocking(move || c.db.read_log_record(c.log, at).map_err(|e| e.to_string())).await?;
+        let rec = off_reactor(move || Ok(c.db.read_log_record(c.log, at)?)).await?;
         if let Some(rec) = rec {
             let mut m = FileMeta::new(fnr);
             m.count = rec.master_count;
@@ -262,9 +287,7 @@ pub(super) async fn expected_at(
             .map(|i| i.meta.next_isn.saturating_sub(1))
             .unwrap_or(0);
         if at.0 > last {
-            return Err(format!(
-                "the replicate confirms seq {at}, which the master's log does not hold (it ends at {last}): the replicate is ahead of its master"
-            ));
+            return Err(ExpectError::AheadOfLog { at, last });
         }
     }
     // Roll forward from the last known point: the feeder's own, the anchor,
@@ -273,25 +296,19 @@ pub(super) async fn expected_at(
     let (from, mut meta) = match (cached, anchor) {
         (Some((s, m)), a) if s <= at && a.is_none_or(|a| a.seq <= s) => (s, m),
         (_, Some(a)) if a.seq <= at => (a.seq, a.meta(fnr)),
-        (_, Some(a)) => {
-            return Err(format!(
-                "the replicate confirms seq {at}, before its anchor at seq {} (it was restored to an earlier level?): the master cannot say what it should hold",
-                a.seq
-            ))
-        }
+        (_, Some(a)) => return Err(ExpectError::BeforeAnchor { at, anchor: a.seq }),
         _ => (Seq(0), FileMeta::new(fnr)),
     };
     let c = ctx.clone();
     let rep = f.rep.clone();
-    blocking(move || {
+    off_reactor(move || {
         for s in from.0 + 1..=at.0 {
-            let rec = c
-                .db
-                .read_log_record(c.log, Seq(s))
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!("the replicate confirms seq {at}, but the master's log has no seq {s}: the replicate is ahead of its master, or the log was cleaned past it")
-                })?;
+            let rec =
+                c.db.read_log_record(c.log, Seq(s))?
+                    .ok_or(ExpectError::MissingSeq {
+                        at,
+                        missing: Seq(s),
+                    })?;
             if let Some(ch) = transform(&rep, &rec)? {
                 meta.change(
                     ch.isn,
@@ -300,7 +317,7 @@ pub(super) async fn expected_at(
                 );
             }
         }
-        Ok::<_, String>(meta)
+        Ok(meta)
     })
     .await
 }

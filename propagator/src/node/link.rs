@@ -91,7 +91,7 @@ impl Node {
                 Ok(None) => (None, None),
                 Ok(Some(Decoded::Loading(p))) => (None, Some(p)),
                 Ok(Some(Decoded::Confirmed(c))) => (Some(c), None),
-                Err(e) => return Err(DbError::BadDefinition(e)),
+                Err(e) => return Err(DbError::BadDefinition(e.to_string())),
             };
             let (count, digest) = match &info.damaged {
                 Some(_) => db.content_digest(file)?,

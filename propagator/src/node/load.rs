@@ -745,7 +745,9 @@ pub(super) async fn verify(
         ));
     }
     let at = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
-    let expected = super::feeder::expected_at(ctx, f, at).await?;
+    let expected = super::feeder::expected_at(ctx, f, at)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut report = VerifyReport {
         replicate: f.name().to_string(),
         seq: at,

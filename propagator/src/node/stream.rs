@@ -289,7 +289,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
         }
         let expected = match expected_at(ctx, f, conf_seq).await {
             Ok(m) => m,
-            Err(e) => return Stop::Fatal(e),
+            Err(e) => return Stop::Fatal(e.to_string()),
         };
         if state.digest != expected.digest || state.count != expected.count {
             let damage = state

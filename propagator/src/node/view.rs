@@ -3,13 +3,13 @@
 
 use crate::log_record::LogRecord;
 use crate::predicate::{project, Predicate};
-use crate::record::{decode_record, encode_record};
+use crate::record::{decode_record, encode_record, RecordError};
 use crate::topology::Replicate;
 use crate::wire::ReplChange;
 use serde_bytes::ByteBuf;
 
 /// The replicate's change for one log record (None: nothing changes there).
-pub fn transform(rep: &Replicate, rec: &LogRecord) -> Result<Option<ReplChange>, String> {
+pub fn transform(rep: &Replicate, rec: &LogRecord) -> Result<Option<ReplChange>, RecordError> {
     if !rep.is_partial() {
         return Ok(Some(ReplChange {
             isn: rec.isn,
@@ -30,12 +30,12 @@ pub fn transform(rep: &Replicate, rec: &LogRecord) -> Result<Option<ReplChange>,
 }
 
 /// What a replicate holds of one master image (None: not selected).
-pub fn view(rep: &Replicate, image: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
+pub fn view(rep: &Replicate, image: Option<&[u8]>) -> Result<Option<Vec<u8>>, RecordError> {
     let Some(bytes) = image else { return Ok(None) };
     if !rep.is_partial() {
         return Ok(Some(bytes.to_vec()));
     }
-    let r = decode_record(bytes).map_err(|e| e.to_string())?;
+    let r = decode_record(bytes)?;
     let pred: Option<&Predicate> = rep.predicate.as_ref();
     if pred.is_some_and(|p| !p.selects(&r)) {
         return Ok(None);
@@ -44,5 +44,5 @@ pub fn view(rep: &Replicate, image: Option<&[u8]>) -> Result<Option<Vec<u8>>, St
         Some(f) => project(&r, f),
         None => r,
     };
-    encode_record(&r).map(Some).map_err(|e| e.to_string())
+    encode_record(&r).map(Some)
 }
