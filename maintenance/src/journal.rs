@@ -347,9 +347,11 @@ pub struct Snapshot {
 /// Reads a journal without taking it over. A missing journal is empty.
 pub fn read(dir: &Path) -> Result<Snapshot, JournalError> {
     let file = dir.join(FILE_NAME);
-    let s = match dir.exists() {
-        true => framed::read(&FsDir::new(dir), FILE_NAME, MAGIC)?.unwrap_or_default(),
-        false => framed::Scan::default(),
+    // Read only: another etp exec may hold the journal and append to it.
+    let s = match std::fs::read(&file) {
+        Ok(b) => framed::scan(&file.display().to_string(), MAGIC, &b)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => framed::Scan::default(),
+        Err(e) => return Err(io_err("read", &file)(e)),
     };
     let warnings = s
         .torn_warning(&format!("journal file {}", file.display()))
@@ -569,13 +571,17 @@ enum Attempt {
     Refused(String),
 }
 
+/// The node cannot commit now (stopping, must be reopened, or quiesced by a
+/// recovery), or does not know how a commit ended: the id makes a retry safe.
+fn transient(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Unavailable | ErrorCode::OutcomeUnknown)
+}
+
 fn classify(e: ClientError) -> Attempt {
     match e {
         ClientError::Remote { code, message, .. } => match code {
             ErrorCode::AlreadyCommitted { lsn } => Attempt::Already(lsn.0),
-            // The node cannot commit now (stopping, must be reopened, or
-            // quiesced), or does not know how it ended: the id makes a retry safe.
-            ErrorCode::Unavailable | ErrorCode::OutcomeUnknown => Attempt::Transient(message),
+            code if transient(code) => Attempt::Transient(message),
             _ => Attempt::Refused(message),
         },
         ClientError::TooLarge { .. } => Attempt::Refused(e.to_string()),
@@ -654,6 +660,12 @@ fn attempt(client: &mut Client, e: &Entry, out: &mut dyn Write) -> Attempt {
             };
             match r {
                 Ok(()) => {}
+                // The node cannot take it now (quiesced, stopping): nothing
+                // ran; retry later rather than send ET, which would commit
+                // an empty transaction under this id.
+                Err(ClientError::Remote { code, message, .. }) if transient(code) => {
+                    return Attempt::Transient(message)
+                }
                 Err(ClientError::Remote { message, .. }) => {
                     command_error = Some(message);
                     break;
@@ -671,6 +683,9 @@ fn attempt(client: &mut Client, e: &Entry, out: &mut dyn Write) -> Attempt {
         }
         match client.batch(wire) {
             Ok(_) => {}
+            Err(ClientError::Remote { code, message, .. }) if transient(code) => {
+                return Attempt::Transient(message)
+            }
             Err(ClientError::Remote { message, .. }) => command_error = Some(message),
             Err(other) => return classify(other),
         }

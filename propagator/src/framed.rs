@@ -11,11 +11,14 @@
 //!
 //! Every append is synced before it returns; creating the file syncs it and
 //! its directory. Reading tells a **torn tail** from damage: the last frame
-//! cut short or zero-filled by a crash while it was written never completed,
-//! so nothing was done on its strength, and it is cut off (with a warning);
-//! a frame whose length fields disagree, whose checksum does not match, or
-//! that the caller cannot decode anywhere else is damage, named by file and
-//! byte offset, and nothing runs on it.
+//! cut short by a crash while it was written, or with its unwritten part
+//! left as zeros (its header complete, its payload ending in zero bytes,
+//! nothing after it), never completed, so nothing was done on its strength,
+//! and it is cut off (with a warning). A frame whose length fields disagree,
+//! or whose checksum does not match anywhere else, is damage, named by file
+//! and byte offset, and nothing runs on it. (Payloads here are JSON, which
+//! never ends in a zero byte, so a flipped byte in a complete last entry is
+//! still damage.)
 //!
 //! **A replacement** ([`replace`]) writes a whole file under a temporary
 //! name, syncs it, renames it over the old one and syncs the directory: a
@@ -144,6 +147,11 @@ pub fn scan(file: &str, magic: &[u8; 8], bytes: &[u8]) -> Result<Scan, FramedErr
         }
         let payload = &rest[FRAME_HEADER..end];
         if checksum(payload) != le_u64(&rest[8..]) {
+            if end == rest.len() && payload.last() == Some(&0) {
+                // The last append, its unwritten tail still zeros.
+                torn = Some((off as u64, rest.len() as u64));
+                break;
+            }
             return Err(damaged(
                 off,
                 format!("checksum mismatch in a {len}-byte entry"),
@@ -217,6 +225,9 @@ pub struct FramedFile {
     magic: [u8; 8],
     medium: Arc<dyn Medium>,
     len: u64,
+    /// A rewrite failed part-way: which file the name holds is unknown, so
+    /// nothing more is appended through this handle.
+    broken: bool,
 }
 
 impl FramedFile {
@@ -270,6 +281,7 @@ impl FramedFile {
                 magic: *magic,
                 medium,
                 len,
+                broken: false,
             },
             scan,
         ))
@@ -282,6 +294,13 @@ impl FramedFile {
 
     /// Appends one frame and syncs it before returning.
     pub fn append(&mut self, payload: &[u8]) -> Result<(), FramedError> {
+        if self.broken {
+            return Err(FramedError::Io {
+                what: "append to",
+                file: self.describe(),
+                source: io::Error::other("an earlier rewrite of it failed; open it again"),
+            });
+        }
         let b = encode_frame(payload);
         self.medium
             .write_at(&b, self.len)
@@ -300,12 +319,14 @@ impl FramedFile {
         for p in payloads {
             b.extend_from_slice(&encode_frame(p));
         }
+        self.broken = true;
         replace(self.dir.as_ref(), &self.name, &b)?;
         self.medium = self
             .dir
             .open(&self.name)
             .map_err(io_err("open", self.describe()))?;
         self.len = b.len() as u64;
+        self.broken = false;
         Ok(())
     }
 }
@@ -377,6 +398,45 @@ mod tests {
                 .expect("exists");
             assert_eq!(again.torn, None, "seed {seed}: the torn tail was cut");
         }
+    }
+
+    /// The last append's header reached the disk, its payload did not (the
+    /// extended file reads as zeros there): torn, not damage.
+    #[test]
+    fn a_last_frame_with_a_zeroed_payload_is_a_torn_tail() {
+        let mem = MemDir::new();
+        let dir: Arc<dyn MediumDir> = Arc::new(mem.clone());
+        let (mut f, _) = FramedFile::open(dir.clone(), "j", MAGIC).expect("open");
+        f.append(br#"{"a":1}"#).expect("append");
+        let full = mem.bytes("j").expect("file");
+        let next = encode_frame(br#"{"entry":"being written when the power went"}"#);
+        let mut torn = full.clone();
+        torn.extend_from_slice(&next[..FRAME_HEADER]);
+        torn.resize(full.len() + next.len(), 0);
+        let image = MemDir::new();
+        image.insert("j", torn);
+        let image: Arc<dyn MediumDir> = Arc::new(image);
+        let (_, s) = FramedFile::open(image.clone(), "j", MAGIC).expect("torn, not damaged");
+        assert_eq!(s.frames.len(), 1);
+        assert_eq!(s.torn, Some((full.len() as u64, next.len() as u64)));
+        // Cut: the file holds the first entry only.
+        let again = read(image.as_ref(), "j", MAGIC)
+            .expect("read")
+            .expect("exists");
+        assert_eq!((again.frames.len(), again.torn), (1, None));
+    }
+
+    /// A rewrite that failed part-way leaves the handle refusing appends:
+    /// which file its name now holds is not known.
+    #[test]
+    fn appends_are_refused_after_a_failed_rewrite() {
+        let mem = MemDir::new();
+        let dir: Arc<dyn MediumDir> = Arc::new(mem.clone());
+        let (mut f, _) = FramedFile::open(dir, "j", MAGIC).expect("open");
+        f.append(b"one").expect("append");
+        mem.fail_next_sync();
+        assert!(f.rewrite([b"two".as_slice()]).is_err());
+        assert!(f.append(b"three").is_err());
     }
 
     #[test]

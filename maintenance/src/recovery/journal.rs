@@ -114,15 +114,33 @@ fn legacy_lines(path: &Path) -> anyhow::Result<Vec<Line>> {
 /// written as (for tests and tools that inspect a run); empty when there is
 /// none.
 pub fn entries(state: &Path) -> anyhow::Result<Vec<String>> {
-    let scan = match state.exists() {
-        true => framed::read(&FsDir::new(state), JOURNAL, MAGIC)?.unwrap_or_default(),
-        false => framed::Scan::default(),
-    };
-    Ok(scan
+    Ok(read_scan(state)?
         .frames
         .iter()
         .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
         .collect())
+}
+
+/// The journal's frames, read without opening anything for writing (a run
+/// may be appending to it meanwhile); empty when there is none.
+fn read_scan(state: &Path) -> anyhow::Result<framed::Scan> {
+    let path = state.join(JOURNAL);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(framed::scan(&path.display().to_string(), MAGIC, &b)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(framed::Scan::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Every entry of the journal in `state`, read only: the framed journal, or
+/// the JSON-lines one of an earlier version that was not carried over yet.
+fn read_lines(state: &Path) -> anyhow::Result<Vec<Line>> {
+    let path = state.join(JOURNAL);
+    let legacy = state.join(LEGACY_JOURNAL);
+    if !path.exists() && legacy.exists() {
+        return legacy_lines(&legacy);
+    }
+    decode(&path, &read_scan(state)?)
 }
 
 impl RunJournal {
@@ -135,23 +153,25 @@ impl RunJournal {
         })?;
         let path = dir.join(JOURNAL);
         let legacy = dir.join(LEGACY_JOURNAL);
-        let carried = match (path.exists(), legacy.exists()) {
-            (false, true) => legacy_lines(&legacy)?,
-            _ => Vec::new(),
-        };
-        let (mut file, scan) = FramedFile::open(Arc::new(FsDir::new(dir)), JOURNAL, MAGIC)?;
-        if let Some(w) = scan.torn_warning(&format!("recovery journal {}", path.display())) {
-            tracing::warn!("{w}");
-        }
-        let mut lines = decode(&path, &scan)?;
-        if !carried.is_empty() {
-            for l in &carried {
-                file.append(&serde_json::to_vec(l)?)?;
+        let medium = FsDir::new(dir);
+        if legacy.exists() {
+            if !path.exists() {
+                // Carried over in one atomic replacement: a crash leaves the
+                // old journal alone, or the new one whole.
+                let mut b = MAGIC.to_vec();
+                for l in legacy_lines(&legacy)? {
+                    b.extend_from_slice(&framed::encode_frame(&serde_json::to_vec(&l)?));
+                }
+                framed::replace(&medium, JOURNAL, &b)?;
             }
             std::fs::remove_file(&legacy)
                 .with_context(|| format!("cannot remove {}", legacy.display()))?;
-            lines.extend(carried);
         }
+        let (file, scan) = FramedFile::open(Arc::new(medium), JOURNAL, MAGIC)?;
+        if let Some(w) = scan.torn_warning(&format!("recovery journal {}", path.display())) {
+            tracing::warn!("{w}");
+        }
+        let lines = decode(&path, &scan)?;
         Ok(RunJournal { path, file, lines })
     }
 
@@ -163,31 +183,7 @@ impl RunJournal {
 
     /// The last plan, if it has not ended, with the steps done.
     pub(crate) fn open_plan(&self) -> Option<(BoundPlan, Vec<bool>, Option<usize>)> {
-        let start = self
-            .lines
-            .iter()
-            .rposition(|l| matches!(l, Line::Plan { .. }))?;
-        let Line::Plan { plan, .. } = &self.lines[start] else {
-            return None;
-        };
-        let mut done = vec![false; plan.steps.len()];
-        let mut waiting = None;
-        for l in &self.lines[start + 1..] {
-            match l {
-                Line::End { .. } => return None,
-                Line::Done { step, .. } | Line::Confirmed { step } => {
-                    if let Some(d) = done.get_mut(*step) {
-                        *d = true;
-                    }
-                    if waiting == Some(*step) {
-                        waiting = None;
-                    }
-                }
-                Line::Waiting { step } => waiting = Some(*step),
-                _ => {}
-            }
-        }
-        Some((plan.clone(), done, waiting))
+        open_plan_of(&self.lines)
     }
 
     /// The lines of the current plan.
@@ -246,17 +242,41 @@ impl RunJournal {
     }
 }
 
-/// Says so when the recovery journal in `state` holds a plan that has not
-/// ended (None when there is no journal).
-pub fn unfinished(state: &Path) -> anyhow::Result<Option<String>> {
-    if !state.join(JOURNAL).exists() && !state.join(LEGACY_JOURNAL).exists() {
-        return Ok(None);
+/// The last plan of `lines`, if it has not ended, with the steps done and
+/// the step waiting for an operator.
+fn open_plan_of(lines: &[Line]) -> Option<(BoundPlan, Vec<bool>, Option<usize>)> {
+    let start = lines.iter().rposition(|l| matches!(l, Line::Plan { .. }))?;
+    let Line::Plan { plan, .. } = &lines[start] else {
+        return None;
+    };
+    let mut done = vec![false; plan.steps.len()];
+    let mut waiting = None;
+    for l in &lines[start + 1..] {
+        match l {
+            Line::End { .. } => return None,
+            Line::Done { step, .. } | Line::Confirmed { step } => {
+                if let Some(d) = done.get_mut(*step) {
+                    *d = true;
+                }
+                if waiting == Some(*step) {
+                    waiting = None;
+                }
+            }
+            Line::Waiting { step } => waiting = Some(*step),
+            _ => {}
+        }
     }
-    let j = RunJournal::open(state)?;
-    Ok(j.open_plan().map(|(p, done, _)| {
+    Some((plan.clone(), done, waiting))
+}
+
+/// Says so when the recovery journal in `state` holds a plan that has not
+/// ended (None when there is no journal). Reads only: a run may be appending.
+pub fn unfinished(state: &Path) -> anyhow::Result<Option<String>> {
+    let lines = read_lines(state)?;
+    Ok(open_plan_of(&lines).map(|(p, done, _)| {
         format!(
             "an unfinished recovery plan is in {}: {} / {}, {} of {} steps done; finish it first: etp recover run --execute --state {}",
-            j.path.display(),
+            state.join(JOURNAL).display(),
             p.tree,
             p.leaf,
             done.iter().filter(|d| **d).count(),

@@ -482,4 +482,37 @@ mod tests {
         let j = RunJournal::open(dir.path()).expect("reopen");
         assert_eq!(j.open_plan().expect("plan").1, vec![true, false]);
     }
+
+    /// A crash between the carry-over's replacement and the old file's
+    /// removal leaves both: the new journal is whole and wins.
+    #[test]
+    fn a_carry_over_cut_short_keeps_the_new_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = RunJournal::open(dir.path()).expect("open");
+        j.append(Line::Plan {
+            plan: plan(2),
+            at: now(),
+        })
+        .expect("plan");
+        j.append(Line::Done {
+            step: 0,
+            detail: "d".into(),
+            seconds: 0.1,
+        })
+        .expect("done");
+        drop(j);
+        let stale = serde_json::to_string(&Line::Plan {
+            plan: plan(3),
+            at: now(),
+        })
+        .expect("json");
+        std::fs::write(dir.path().join("recovery.jsonl"), format!("{stale}\n")).expect("write");
+        // Read only: the unfinished plan is the new journal's, nothing changes.
+        let u = unfinished(dir.path()).expect("read").expect("unfinished");
+        assert!(u.contains("1 of 2 steps done"), "{u}");
+        assert!(dir.path().join("recovery.jsonl").exists());
+        let j = RunJournal::open(dir.path()).expect("open");
+        assert_eq!(j.open_plan().expect("plan").1, vec![true, false]);
+        assert!(!dir.path().join("recovery.jsonl").exists());
+    }
 }

@@ -606,16 +606,17 @@ pub(super) async fn run_load(
 }
 
 /// What the replicate's error answer to a load request means for the load.
-/// A chunk out of sequence (another link went first), a load in progress, or
-/// a node that cannot take it now: the link is retried, and the load resumes
-/// from what the replicate recorded. Anything else refuses the request itself:
+/// A chunk out of sequence (another link went first), a load in progress, a
+/// node that cannot take it now, or one that failed inside (outcome unknown):
+/// the link is retried, and the load resumes from what the replicate recorded. Anything else refuses the request itself:
 /// retried once, and an error if the same request is refused again.
 fn refused(f: &Feeder, load: &str, at: Option<Isn>, code: ErrorCode, message: String) -> Stop {
     match code {
         ErrorCode::OutOfSequence
         | ErrorCode::LoadOutOfSequence
         | ErrorCode::LoadInProgress
-        | ErrorCode::Unavailable => Stop::Link(message),
+        | ErrorCode::Unavailable
+        | ErrorCode::OutcomeUnknown => Stop::Link(message),
         code => f.load_refused(
             LoadRefusal {
                 load: load.to_string(),

@@ -28,7 +28,7 @@ impl Node {
             })
         {
             return Response::error(Failure::new(
-                ErrorCode::Refused,
+                ErrorCode::Unavailable,
                 "updates are refused while a recovery runs on this database (quiesced by etp recover run): retry later",
             ));
         }
