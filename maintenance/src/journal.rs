@@ -348,11 +348,7 @@ pub struct Snapshot {
 pub fn read(dir: &Path) -> Result<Snapshot, JournalError> {
     let file = dir.join(FILE_NAME);
     // Read only: another etp exec may hold the journal and append to it.
-    let s = match std::fs::read(&file) {
-        Ok(b) => framed::scan(&file.display().to_string(), MAGIC, &b)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => framed::Scan::default(),
-        Err(e) => return Err(io_err("read", &file)(e)),
-    };
+    let s = framed::read_path(&file, MAGIC)?;
     let warnings = s
         .torn_warning(&format!("journal file {}", file.display()))
         .into_iter()

@@ -195,6 +195,17 @@ pub fn read(dir: &dyn MediumDir, name: &str, magic: &[u8; 8]) -> Result<Option<S
     scan(&file, magic, &bytes).map(Some)
 }
 
+/// Reads the framed file at `path` without opening it for writing (another
+/// process may hold it and append); a missing file reads as empty.
+pub fn read_path(path: &std::path::Path, magic: &[u8; 8]) -> Result<Scan, FramedError> {
+    let file = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(b) => scan(&file, magic, &b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Scan::default()),
+        Err(e) => Err(io_err("read", file)(e)),
+    }
+}
+
 /// Replaces file `name` of `dir` with `bytes`, atomically and durably (see
 /// the module docs).
 pub fn replace(dir: &dyn MediumDir, name: &str, bytes: &[u8]) -> Result<(), FramedError> {

@@ -124,12 +124,7 @@ pub fn entries(state: &Path) -> anyhow::Result<Vec<String>> {
 /// The journal's frames, read without opening anything for writing (a run
 /// may be appending to it meanwhile); empty when there is none.
 fn read_scan(state: &Path) -> anyhow::Result<framed::Scan> {
-    let path = state.join(JOURNAL);
-    match std::fs::read(&path) {
-        Ok(b) => Ok(framed::scan(&path.display().to_string(), MAGIC, &b)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(framed::Scan::default()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    Ok(framed::read_path(&state.join(JOURNAL), MAGIC)?)
 }
 
 /// Every entry of the journal in `state`, read only: the framed journal, or

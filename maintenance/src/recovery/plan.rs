@@ -97,84 +97,54 @@ impl Bound {
     }
 }
 
-/// Every action a recovery tree may name: the executor ([`Exec::step`])
-/// matches on it exhaustively, so an action without an executor does not
-/// compile, and a test checks the trees name exactly these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Action {
-    AwaitLink,
-    ManualIntervention,
-    QuiesceMaster,
-    RaiseIncarnation,
-    ReapplyRecoverableTransactions,
-    RebuildLogToMasterLevel,
-    RecordGap,
-    RefreshLog,
-    RegenerateToEnd,
-    ReinitReplicate,
-    ReloadReplicateFromFullReplicate,
-    ReloadReplicateFromMaster,
-    RerunFailedTransactions,
-    ResetError,
-    RestartDatabases,
-    RestartTasks,
-    RestoreAdminFromCopy,
-    RestoreAdminFromExport,
-    RestoreCopySet,
-    RestoreMasterFromFullReplicate,
-    ResumeMaster,
-    StopTasks,
-    TakeCopySet,
-    VerifyDefinitions,
-    VerifyMasterLog,
-    VerifyReplicates,
+/// Declares [`Action`] and its table of tree names from one list.
+macro_rules! actions {
+    ($($variant:ident = $name:literal),+ $(,)?) => {
+        /// Every action a recovery tree may name: the executor ([`Exec::step`])
+        /// matches on it exhaustively, so an action without an executor does
+        /// not compile, and a test checks the trees name exactly these.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum Action {
+            $($variant),+
+        }
+
+        impl Action {
+            pub(crate) const ALL: &'static [(Action, &'static str)] =
+                &[$((Action::$variant, $name)),+];
+        }
+    };
+}
+
+actions! {
+    AwaitLink = "await_link",
+    ManualIntervention = "manual_intervention",
+    QuiesceMaster = "quiesce_master",
+    RaiseIncarnation = "raise_incarnation",
+    ReapplyRecoverableTransactions = "reapply_recoverable_transactions",
+    RebuildLogToMasterLevel = "rebuild_log_to_master_level",
+    RecordGap = "record_gap",
+    RefreshLog = "refresh_log",
+    RegenerateToEnd = "regenerate_to_end",
+    ReinitReplicate = "reinit_replicate",
+    ReloadReplicateFromFullReplicate = "reload_replicate_from_full_replicate",
+    ReloadReplicateFromMaster = "reload_replicate_from_master",
+    RerunFailedTransactions = "rerun_failed_transactions",
+    ResetError = "reset_error",
+    RestartDatabases = "restart_databases",
+    RestartTasks = "restart_tasks",
+    RestoreAdminFromCopy = "restore_admin_from_copy",
+    RestoreAdminFromExport = "restore_admin_from_export",
+    RestoreCopySet = "restore_copy_set",
+    RestoreMasterFromFullReplicate = "restore_master_from_full_replicate",
+    ResumeMaster = "resume_master",
+    StopTasks = "stop_tasks",
+    TakeCopySet = "take_copy_set",
+    VerifyDefinitions = "verify_definitions",
+    VerifyMasterLog = "verify_master_log",
+    VerifyReplicates = "verify_replicates",
 }
 
 impl Action {
-    pub(crate) const ALL: &'static [(Action, &'static str)] = &[
-        (Action::AwaitLink, "await_link"),
-        (Action::ManualIntervention, "manual_intervention"),
-        (Action::QuiesceMaster, "quiesce_master"),
-        (Action::RaiseIncarnation, "raise_incarnation"),
-        (
-            Action::ReapplyRecoverableTransactions,
-            "reapply_recoverable_transactions",
-        ),
-        (
-            Action::RebuildLogToMasterLevel,
-            "rebuild_log_to_master_level",
-        ),
-        (Action::RecordGap, "record_gap"),
-        (Action::RefreshLog, "refresh_log"),
-        (Action::RegenerateToEnd, "regenerate_to_end"),
-        (Action::ReinitReplicate, "reinit_replicate"),
-        (
-            Action::ReloadReplicateFromFullReplicate,
-            "reload_replicate_from_full_replicate",
-        ),
-        (
-            Action::ReloadReplicateFromMaster,
-            "reload_replicate_from_master",
-        ),
-        (Action::RerunFailedTransactions, "rerun_failed_transactions"),
-        (Action::ResetError, "reset_error"),
-        (Action::RestartDatabases, "restart_databases"),
-        (Action::RestartTasks, "restart_tasks"),
-        (Action::RestoreAdminFromCopy, "restore_admin_from_copy"),
-        (Action::RestoreAdminFromExport, "restore_admin_from_export"),
-        (Action::RestoreCopySet, "restore_copy_set"),
-        (
-            Action::RestoreMasterFromFullReplicate,
-            "restore_master_from_full_replicate",
-        ),
-        (Action::ResumeMaster, "resume_master"),
-        (Action::StopTasks, "stop_tasks"),
-        (Action::TakeCopySet, "take_copy_set"),
-        (Action::VerifyDefinitions, "verify_definitions"),
-        (Action::VerifyMasterLog, "verify_master_log"),
-        (Action::VerifyReplicates, "verify_replicates"),
-    ];
-
     pub(crate) fn parse(name: &str) -> Option<Action> {
         Action::ALL
             .iter()

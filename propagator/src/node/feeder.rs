@@ -129,6 +129,13 @@ impl Feeder {
         Stop::Link(message)
     }
 
+    /// Whether its feeding task is running.
+    pub(super) fn running(&self) -> bool {
+        lock(&self.handle)
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
     /// Forgets a recorded refusal (a load finished, or an operator retries).
     pub(super) fn forget_refusal(&self) {
         *lock(&self.refusal) = None;
@@ -167,6 +174,19 @@ pub(super) enum Stop {
     /// The replicate refused the same load request twice: error state, and
     /// no more retries until an operator acts (reset-error, reinit).
     Refused(String),
+}
+
+impl Stop {
+    /// Why the run ended, for people.
+    pub(super) fn reason(self) -> String {
+        match self {
+            Stop::Link(m)
+            | Stop::Fatal(m)
+            | Stop::NeedsLoad(m)
+            | Stop::Stopped(m)
+            | Stop::Refused(m) => m,
+        }
+    }
 }
 
 pub(super) fn link_err(e: ClientError) -> Stop {

@@ -728,15 +728,8 @@ pub(super) async fn verify(
     f: &Arc<Feeder>,
     max_isns: usize,
 ) -> Result<VerifyReport, String> {
-    let why = |s: Stop| match s {
-        Stop::Link(m)
-        | Stop::Fatal(m)
-        | Stop::NeedsLoad(m)
-        | Stop::Stopped(m)
-        | Stop::Refused(m) => m,
-    };
     let rep = &f.rep;
-    let (mut conn, state) = open_link(ctx, rep).await.map_err(why)?;
+    let (mut conn, state) = open_link(ctx, rep).await.map_err(Stop::reason)?;
     if let Some(p) = state.load {
         return Err(format!(
             "replicate {} is being loaded ({} at isn {}): verify it when the load has ended",
@@ -778,7 +771,7 @@ pub(super) async fn verify(
     loop {
         let chunk = next_chunk(ctx, rep, &mut src, &mut snap, from, 4096)
             .await
-            .map_err(why)?;
+            .map_err(Stop::reason)?;
         report.ranges_checked += 1;
         let (count, digest) = chunk_meta(&chunk.records);
         master_view.count += count;
@@ -863,14 +856,7 @@ pub(super) async fn confirm_set(
     seq: Seq,
     reason: &str,
 ) -> Result<crate::node::control::Gap, String> {
-    let why = |s: Stop| match s {
-        Stop::Link(m)
-        | Stop::Fatal(m)
-        | Stop::NeedsLoad(m)
-        | Stop::Stopped(m)
-        | Stop::Refused(m) => m,
-    };
-    let (mut conn, state) = open_link(ctx, &f.rep).await.map_err(why)?;
+    let (mut conn, state) = open_link(ctx, &f.rep).await.map_err(Stop::reason)?;
     if state.load.is_some() {
         return Err(format!("replicate {} is being loaded", f.name()));
     }

@@ -96,7 +96,7 @@ impl Task {
                     state,
                     reason,
                     phase: s.phase.clone(),
-                    feeding: lock(&f.handle).as_ref().is_some_and(|h| !h.is_finished()),
+                    feeding: f.running(),
                     sent_seq: s.sent,
                     confirmed_seq: s.confirmed,
                     lag_records,
@@ -130,10 +130,7 @@ impl Task {
                 warn_bytes >> 20
             ));
         }
-        let running = self
-            .feeders
-            .iter()
-            .any(|f| lock(&f.handle).as_ref().is_some_and(|h| !h.is_finished()));
+        let running = self.feeders.iter().any(|f| f.running());
         TaskReport {
             master: Fnr(ctx.master.file),
             master_name: ctx.master.name.clone(),
