@@ -6,8 +6,8 @@
 //! one restart recovery could need.
 
 use crate::area::{read_json_dir, write_json_durably, Area};
+use crate::error::{Error, Within};
 use crate::take::Source;
-use anyhow::{bail, Context};
 use propagator::medium::{FsDir, MediumDir};
 use propagator::{DbId, Lsn, SegmentInfo};
 use serde::{Deserialize, Serialize};
@@ -25,16 +25,15 @@ fn dir_of(area: &Area, dbid: DbId) -> PathBuf {
     area.root().join("plog").join(format!("db{}", dbid.0))
 }
 
-fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+fn hash_file(path: &std::path::Path) -> Result<(u64, String), Error> {
+    let mut f = std::fs::File::open(path).within(|| format!("cannot read {}", path.display()))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
         let k = f
             .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+            .within(|| format!("cannot read {}", path.display()))?;
         if k == 0 {
             break;
         }
@@ -45,23 +44,23 @@ fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
 }
 
 /// Every archived segment of database `dbid`, oldest first.
-pub fn list(area: &Area, dbid: DbId) -> anyhow::Result<Vec<Archived>> {
+pub fn list(area: &Area, dbid: DbId) -> Result<Vec<Archived>, Error> {
     let mut out: Vec<Archived> = read_json_dir(&dir_of(area, dbid), "archive record")?;
     out.sort_by_key(|a| a.segment.no);
     Ok(out)
 }
 
 /// Re-hashes an archived segment; an error names the file.
-pub fn verify(area: &Area, dbid: DbId, a: &Archived) -> anyhow::Result<()> {
+pub fn verify(area: &Area, dbid: DbId, a: &Archived) -> Result<(), Error> {
     let path = dir_of(area, dbid).join(&a.segment.name);
     let (n, h) = hash_file(&path)?;
     if n != a.segment.bytes || h != a.blake3 {
-        bail!(
+        return Err(Error::Refused(format!(
             "archived log segment {} is {n} bytes with blake3 {h}, but was archived as {} bytes with blake3 {}",
             path.display(),
             a.segment.bytes,
             a.blake3
-        );
+        )));
     }
     Ok(())
 }
@@ -69,10 +68,10 @@ pub fn verify(area: &Area, dbid: DbId, a: &Archived) -> anyhow::Result<()> {
 /// Archives every closed segment of the source's log not archived yet.
 /// The segment files are read where the source's node keeps them (the
 /// copy area and the nodes share a machine or a file system).
-pub fn archive(area: &Area, source: &Source) -> anyhow::Result<Vec<Archived>> {
+pub fn archive(area: &Area, source: &Source) -> Result<Vec<Archived>, Error> {
     let (dbid, _, _) = source.catalog()?;
     let dir = dir_of(area, dbid);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).within(|| format!("cannot create {}", dir.display()))?;
     let have: Vec<u64> = list(area, dbid)?.iter().map(|a| a.segment.no).collect();
     let medium = FsDir::new(&dir);
     let mut out = Vec::new();
@@ -80,17 +79,20 @@ pub fn archive(area: &Area, source: &Source) -> anyhow::Result<Vec<Archived>> {
         if seg.last_lsn.is_none() || have.contains(&seg.no) {
             continue;
         }
-        let bytes = std::fs::read(&seg.path)
-            .with_context(|| format!("cannot read log segment {}", seg.path))?;
+        let bytes =
+            std::fs::read(&seg.path).within(|| format!("cannot read log segment {}", seg.path))?;
         if bytes.len() as u64 != seg.bytes {
-            bail!("log segment {} changed size while being archived", seg.path);
+            return Err(Error::Refused(format!(
+                "log segment {} changed size while being archived",
+                seg.path
+            )));
         }
         let _ = medium.remove(&seg.name); // a leftover of an archive cut short
         medium
             .create(&seg.name)
             .and_then(|m| m.write_at(&bytes, 0).and_then(|_| m.sync()))
             .and_then(|_| medium.sync_dir())
-            .with_context(|| format!("cannot write {}", medium.describe(&seg.name)))?;
+            .within(|| format!("cannot write {}", medium.describe(&seg.name)))?;
         let a = Archived {
             blake3: blake3::hash(&bytes).to_hex().to_string(),
             segment: seg,
@@ -114,7 +116,7 @@ pub struct Pruned {
 /// Removes from the source's log the closed segments that are archived
 /// (and verify) and wholly at or before the oldest catalogued copy set of
 /// the database: every set can still be rolled forward from the live log.
-pub fn prune(area: &Area, source: &Source) -> anyhow::Result<Pruned> {
+pub fn prune(area: &Area, source: &Source) -> Result<Pruned, Error> {
     let (dbid, _, _) = source.catalog()?;
     let Some(oldest) = area
         .list()?

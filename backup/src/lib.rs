@@ -18,9 +18,11 @@
 //! ([`propagator::copy`]), through the same medium seam as its log.
 
 pub mod archive;
+pub mod error;
 pub mod rules;
 pub mod schedule;
 pub mod take;
 
 pub use area::{Area, CopySet, Member};
+pub use error::{Error, Within};
 pub use propagator::copy::{area, restore};

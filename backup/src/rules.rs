@@ -13,7 +13,7 @@
 //!
 //! Rules 1 and 2 *add* what is missing (and say so); 3 to 5 refuse.
 
-use anyhow::bail;
+use crate::error::Error;
 use propagator::{DbId, FileDef, Fnr, Role};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,10 +34,10 @@ pub struct Planned {
 }
 
 /// Plans one set of database files from what was asked for.
-pub fn plan_set(defs: &[FileDef], groups: &Groups, asked: &[Fnr]) -> anyhow::Result<Planned> {
+pub fn plan_set(defs: &[FileDef], groups: &Groups, asked: &[Fnr]) -> Result<Planned, Error> {
     let by: BTreeMap<Fnr, &FileDef> = defs.iter().map(|d| (d.fnr, d)).collect();
     if asked.is_empty() {
-        bail!("name at least one file to copy");
+        return Err(Error::Refused("name at least one file to copy".into()));
     }
     let mut want: BTreeSet<Fnr> = BTreeSet::new();
     let mut added = Vec::new();
@@ -48,13 +48,15 @@ pub fn plan_set(defs: &[FileDef], groups: &Groups, asked: &[Fnr]) -> anyhow::Res
         .map(|d| d.fnr);
     for f in asked {
         let Some(def) = by.get(f) else {
-            bail!("file {f} does not exist in this database");
+            return Err(Error::Refused(format!(
+                "file {f} does not exist in this database"
+            )));
         };
         match &def.role {
-            Role::Log { master } => bail!(
+            Role::Log { master } => return Err(Error::Refused(format!(
                 "file {f} ({}) is the log of master {master}: a log file is copied only with its master; copy file {master}",
                 def.name
-            ),
+            ))),
             Role::Master { log, .. } => {
                 kinds.insert(SetKind::Master);
                 want.insert(*f);
@@ -73,10 +75,10 @@ pub fn plan_set(defs: &[FileDef], groups: &Groups, asked: &[Fnr]) -> anyhow::Res
             Role::Replicate => {
                 kinds.insert(SetKind::Replicate);
                 let Some((conf, _)) = groups.get(f) else {
-                    bail!(
+                    return Err(Error::Refused(format!(
                         "replicate file {f} ({}) has no confirmation file in the topology: a replicate is copied only with its confirmation",
                         def.name
-                    );
+                    )));
                 };
                 want.insert(*f);
                 for (r, (c, _)) in groups {
@@ -98,10 +100,10 @@ pub fn plan_set(defs: &[FileDef], groups: &Groups, asked: &[Fnr]) -> anyhow::Res
                     .map(|(r, _)| *r)
                     .collect();
                 if members.is_empty() {
-                    bail!(
+                    return Err(Error::Refused(format!(
                         "confirmation file {f} ({}) confirms no replicate in the topology: a confirmation file is copied only with its replicates",
                         def.name
-                    );
+                    )));
                 }
                 want.insert(*f);
                 for r in members {
@@ -128,9 +130,7 @@ pub fn plan_set(defs: &[FileDef], groups: &Groups, asked: &[Fnr]) -> anyhow::Res
         .filter(|k| *k != SetKind::Plain)
         .collect();
     if real.len() > 1 {
-        bail!(
-            "a copy set is either a master with its log or replicates with their confirmation file, not both: take them as separate sets of one job (masters first)"
-        );
+        return Err(Error::Refused("a copy set is either a master with its log or replicates with their confirmation file, not both: take them as separate sets of one job (masters first)".into()));
     }
     let kind = real.into_iter().next().unwrap_or(SetKind::Plain);
     // Copy order: by role (masters, logs, replicates, confirmations, the rest), then fnr.
@@ -157,19 +157,19 @@ pub struct JobSet {
 
 /// Rule 5: in a job, every replicate set comes after the set of each of its
 /// masters that the job copies.
-pub fn check_job_order(sets: &[JobSet]) -> anyhow::Result<()> {
+pub fn check_job_order(sets: &[JobSet]) -> Result<(), Error> {
     for (i, s) in sets.iter().enumerate() {
         for (mdb, m) in &s.masters {
             let later = sets.iter().enumerate().skip(i + 1).find(|(_, t)| {
                 t.dbid == *mdb && t.planned.kind == SetKind::Master && t.planned.files.contains(m)
             });
             if let Some((j, _)) = later {
-                bail!(
+                return Err(Error::Refused(format!(
                     "set {} (replicates on database {}) comes before set {} with their master {m} (database {mdb}): within one job a replicate is copied after its master",
                     i + 1,
                     s.dbid,
                     j + 1
-                );
+                )));
             }
         }
     }

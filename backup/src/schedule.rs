@@ -26,8 +26,8 @@
 //! next slot after it. The [`Clock`] is a trait so tests drive time.
 
 use crate::area::Area;
+use crate::error::{Error, Within};
 use crate::take::{take_job, Ask, Source};
-use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use propagator::wire::{AdminRequest, CopyRequest};
 use propagator::{DbId, Fnr};
@@ -64,8 +64,8 @@ pub struct SetDef {
 
 /// Parses and checks job definitions: every cron expression parses, names
 /// are unique, every job has sets, retention values are sane.
-pub fn parse_jobs(text: &str) -> anyhow::Result<(JobsDef, BTreeMap<String, croner::Cron>)> {
-    let def: JobsDef = toml::from_str(text).context("copy jobs")?;
+pub fn parse_jobs(text: &str) -> Result<(JobsDef, BTreeMap<String, croner::Cron>), Error> {
+    let def: JobsDef = toml::from_str(text).within(|| "copy jobs".to_string())?;
     let mut crons = BTreeMap::new();
     for j in &def.job {
         if j.name.is_empty()
@@ -74,27 +74,42 @@ pub fn parse_jobs(text: &str) -> anyhow::Result<(JobsDef, BTreeMap<String, crone
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
         {
-            bail!(
+            return Err(Error::Refused(format!(
                 "copy job name {:?}: use letters, digits, '-' and '_'",
                 j.name
-            );
+            )));
         }
         let cron = croner::Cron::from_str(&j.cron)
-            .map_err(|e| anyhow::anyhow!("copy job {}: cron {:?}: {e}", j.name, j.cron))?;
+            .map_err(|e| Error::Refused(format!("copy job {}: cron {:?}: {e}", j.name, j.cron)))?;
         if crons.insert(j.name.clone(), cron).is_some() {
-            bail!("copy job {} is defined twice", j.name);
+            return Err(Error::Refused(format!(
+                "copy job {} is defined twice",
+                j.name
+            )));
         }
         if j.set.is_empty() {
-            bail!("copy job {} has no [[job.set]]", j.name);
+            return Err(Error::Refused(format!(
+                "copy job {} has no [[job.set]]",
+                j.name
+            )));
         }
         if j.set.iter().any(|s| s.files.is_empty()) {
-            bail!("copy job {}: every set names at least one file", j.name);
+            return Err(Error::Refused(format!(
+                "copy job {}: every set names at least one file",
+                j.name
+            )));
         }
         if j.keep == Some(0) {
-            bail!("copy job {}: keep must be at least 1", j.name);
+            return Err(Error::Refused(format!(
+                "copy job {}: keep must be at least 1",
+                j.name
+            )));
         }
         if j.max_age_days.is_some_and(|d| d.is_nan() || d <= 0.0) {
-            bail!("copy job {}: max_age_days must be above 0", j.name);
+            return Err(Error::Refused(format!(
+                "copy job {}: max_age_days must be above 0",
+                j.name
+            )));
         }
     }
     Ok((def, crons))
@@ -135,27 +150,27 @@ fn history_path(area: &Area) -> PathBuf {
 }
 
 /// Appends a run to the area's job history (synced).
-fn record_run(area: &Area, run: &JobRun) -> anyhow::Result<()> {
+fn record_run(area: &Area, run: &JobRun) -> Result<(), Error> {
     let path = history_path(area);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let mut line = serde_json::to_vec(run).context("encoding a job run")?;
+        .within(|| format!("cannot open {}", path.display()))?;
+    let mut line = serde_json::to_vec(run).within(|| "encoding a job run".to_string())?;
     line.push(b'\n');
     f.write_all(&line)
         .and_then(|_| f.sync_data())
-        .with_context(|| format!("cannot write {}", path.display()))
+        .within(|| format!("cannot write {}", path.display()))
 }
 
 /// The job history, oldest first (a torn last line is skipped).
-pub fn history(area: &Area) -> anyhow::Result<Vec<JobRun>> {
+pub fn history(area: &Area) -> Result<Vec<JobRun>, Error> {
     let path = history_path(area);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => return Err(e).within(|| format!("cannot read {}", path.display())),
     };
     Ok(text
         .lines()
@@ -169,7 +184,7 @@ pub fn apply_retention(
     area: &Area,
     job: &JobDef,
     now: DateTime<Utc>,
-) -> anyhow::Result<Vec<String>> {
+) -> Result<Vec<String>, Error> {
     let mut runs: BTreeMap<String, Vec<crate::CopySet>> = BTreeMap::new();
     for s in area.list()? {
         if s.job.as_deref() == Some(job.name.as_str()) {
@@ -210,11 +225,11 @@ pub fn run_job(
     job: &JobDef,
     slot: DateTime<Utc>,
     now: DateTime<Utc>,
-    source_of: &dyn Fn(DbId) -> anyhow::Result<Source>,
+    source_of: &dyn Fn(DbId) -> Result<Source, Error>,
     progress: &mut dyn FnMut(&str),
 ) -> JobRun {
     let t0 = std::time::Instant::now();
-    let result = (|| -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let result = (|| -> Result<(Vec<String>, Vec<String>), Error> {
         let mut asks = Vec::new();
         for s in &job.set {
             asks.push(Ask {
@@ -255,7 +270,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(text: &str, now: DateTime<Utc>) -> anyhow::Result<Scheduler> {
+    pub fn new(text: &str, now: DateTime<Utc>) -> Result<Scheduler, Error> {
         let (def, crons) = parse_jobs(text)?;
         let mut s = Scheduler {
             def,
@@ -268,10 +283,13 @@ impl Scheduler {
         Ok(s)
     }
 
-    fn advance(&mut self, name: &str, after: DateTime<Utc>) -> anyhow::Result<()> {
+    fn advance(&mut self, name: &str, after: DateTime<Utc>) -> Result<(), Error> {
         let cron = &self.crons[name];
         let t = cron.find_next_occurrence(&after, false).map_err(|e| {
-            anyhow::anyhow!("copy job {name}: no next time for {}: {e}", cron.pattern)
+            Error::Refused(format!(
+                "copy job {name}: no next time for {}: {e}",
+                cron.pattern
+            ))
         })?;
         self.next.insert(name.to_string(), t);
         Ok(())
@@ -287,9 +305,9 @@ impl Scheduler {
     pub fn run_due(
         &mut self,
         clock: &dyn Clock,
-        source_of: &dyn Fn(DbId) -> anyhow::Result<Source>,
+        source_of: &dyn Fn(DbId) -> Result<Source, Error>,
         progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Vec<JobRun>> {
+    ) -> Result<Vec<JobRun>, Error> {
         let now = clock.now();
         let due: Vec<(String, DateTime<Utc>)> = self
             .next
@@ -311,41 +329,45 @@ impl Scheduler {
 }
 
 /// The copy-job text a node holds.
-pub fn fetch_jobs(node: std::net::SocketAddr) -> anyhow::Result<String> {
+pub fn fetch_jobs(node: std::net::SocketAddr) -> Result<String, Error> {
     use propagator::wire::{Request, Response};
     match propagator::node::client::Client::connect(node)?
         .call(&Request::Copy(CopyRequest::CopyJobs { set: None }))?
     {
         Response::Text(t) => Ok(t),
-        other => bail!("node {node} answered {other:?} to CopyJobs"),
+        other => Err(Error::Unexpected(format!(
+            "node {node} answered {other:?} to CopyJobs"
+        ))),
     }
 }
 
 /// Where each database of the node's topology is served.
 pub fn addresses(
     node: std::net::SocketAddr,
-) -> anyhow::Result<BTreeMap<DbId, std::net::SocketAddr>> {
+) -> Result<BTreeMap<DbId, std::net::SocketAddr>, Error> {
     use propagator::wire::{Request, Response};
     match propagator::node::client::Client::connect(node)?
         .call(&Request::Admin(AdminRequest::AdminExport))?
     {
         Response::Text(t) => Ok(propagator::topology::Valid::parse(&t)
-            .map_err(|e| anyhow::anyhow!("node {node} holds a bad topology: {e}"))?
+            .map_err(|e| Error::Refused(format!("node {node} holds a bad topology: {e}")))?
             .addresses),
-        other => bail!("node {node} answered {other:?} to AdminExport"),
+        other => Err(Error::Unexpected(format!(
+            "node {node} answered {other:?} to AdminExport"
+        ))),
     }
 }
 
 /// A source for each database, by the topology `node` holds.
 pub fn node_sources(
     node: std::net::SocketAddr,
-) -> anyhow::Result<impl Fn(DbId) -> anyhow::Result<Source>> {
+) -> Result<impl Fn(DbId) -> Result<Source, Error>, Error> {
     let addrs = addresses(node)?;
     Ok(move |db: DbId| {
         addrs
             .get(&db)
             .map(|a| Source::Node(*a))
-            .ok_or_else(|| anyhow::anyhow!("database {db} is not in the topology"))
+            .ok_or_else(|| Error::Refused(format!("database {db} is not in the topology")))
     })
 }
 

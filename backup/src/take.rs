@@ -1,9 +1,9 @@
 //! Taking copy sets, from a database opened here or through its node.
 
 use crate::area::{Area, Confirmed, CopySet, Member};
+use crate::error::{Error, Within};
 use crate::restore::verify_member;
 use crate::rules::{check_job_order, groups_of, plan_set, JobSet, Planned};
-use anyhow::{bail, Context};
 use propagator::copy::Copied;
 use propagator::medium::FsDir;
 use propagator::node::client::Client;
@@ -31,7 +31,7 @@ impl Source {
     }
 
     /// The database's id, file catalog and topology.
-    pub fn catalog(&self) -> anyhow::Result<(DbId, Vec<FileDef>, Option<Valid>)> {
+    pub fn catalog(&self) -> Result<(DbId, Vec<FileDef>, Option<Valid>), Error> {
         match self {
             Source::Local(db) => {
                 let topo = propagator::node::stored_topology(db)?;
@@ -45,39 +45,47 @@ impl Source {
                 let mut c = Client::connect(*addr)?;
                 let dbid = match c.call(&Request::Read(ReadRequest::Info))? {
                     Response::Info(i) => i.dbid,
-                    other => bail!("node {addr} answered {other:?} to Info"),
+                    other => {
+                        return Err(Error::Unexpected(format!(
+                            "node {addr} answered {other:?} to Info"
+                        )))
+                    }
                 };
                 match c.call(&Request::Read(ReadRequest::Files))? {
                     Response::Files { files, topology } => {
                         let topo = match topology {
                             Some(t) => Some(Valid::parse(&t).map_err(|e| {
-                                anyhow::anyhow!("node {addr} holds a bad topology: {e}")
+                                Error::Refused(format!("node {addr} holds a bad topology: {e}"))
                             })?),
                             None => None,
                         };
                         Ok((dbid, files, topo))
                     }
-                    other => bail!("node {addr} answered {other:?} to Files"),
+                    other => Err(Error::Unexpected(format!(
+                        "node {addr} answered {other:?} to Files"
+                    ))),
                 }
             }
         }
     }
 
     /// The protection log's segments, oldest first.
-    pub fn segments(&self) -> anyhow::Result<Vec<SegmentInfo>> {
+    pub fn segments(&self) -> Result<Vec<SegmentInfo>, Error> {
         match self {
             Source::Local(db) => Ok(db.plog_segments()?),
             Source::Node(addr) => {
                 match Client::connect(*addr)?.call(&Request::Copy(CopyRequest::PlogSegments))? {
                     Response::Segments(v) => Ok(v),
-                    other => bail!("node {addr} answered {other:?} to PlogSegments"),
+                    other => Err(Error::Unexpected(format!(
+                        "node {addr} answered {other:?} to PlogSegments"
+                    ))),
                 }
             }
         }
     }
 
     /// Removes log segments through `through` (see `Database::remove_segments`).
-    pub fn remove_segments(&self, through: Lsn) -> anyhow::Result<Vec<SegmentInfo>> {
+    pub fn remove_segments(&self, through: Lsn) -> Result<Vec<SegmentInfo>, Error> {
         match self {
             Source::Local(db) => Ok(db.remove_segments(through)?),
             Source::Node(addr) => {
@@ -85,13 +93,15 @@ impl Source {
                     .call(&Request::Copy(CopyRequest::PlogRemove { through }))?
                 {
                     Response::Segments(v) => Ok(v),
-                    other => bail!("node {addr} answered {other:?} to PlogRemove"),
+                    other => Err(Error::Unexpected(format!(
+                        "node {addr} answered {other:?} to PlogRemove"
+                    ))),
                 }
             }
         }
     }
 
-    fn take(&self, files: &[Fnr], dir: &std::path::Path, set: &str) -> anyhow::Result<Copied> {
+    fn take(&self, files: &[Fnr], dir: &std::path::Path, set: &str) -> Result<Copied, Error> {
         match self {
             Source::Local(db) => Ok(propagator::copy::take(
                 db,
@@ -102,7 +112,7 @@ impl Source {
             )?),
             Source::Node(addr) => {
                 let dir = std::path::absolute(dir)
-                    .with_context(|| format!("cannot resolve {}", dir.display()))?;
+                    .within(|| format!("cannot resolve {}", dir.display()))?;
                 let mut c = Client::connect(*addr)?;
                 match c.call(&Request::Copy(CopyRequest::CopyTake {
                     files: files.to_vec(),
@@ -110,7 +120,9 @@ impl Source {
                     set: set.to_string(),
                 }))? {
                     Response::Copied(c) => Ok(c),
-                    other => bail!("node {addr} answered {other:?} to CopyTake"),
+                    other => Err(Error::Unexpected(format!(
+                        "node {addr} answered {other:?} to CopyTake"
+                    ))),
                 }
             }
         }
@@ -139,15 +151,15 @@ pub fn take_job(
     job: Option<&str>,
     asks: &[Ask],
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<Vec<Taken>> {
+) -> Result<Vec<Taken>, Error> {
     let mut plans = Vec::new();
     for a in asks {
         let (dbid, defs, topo) = a
             .source
             .catalog()
-            .with_context(|| format!("cannot read the catalog of {}", a.source.describe()))?;
+            .within(|| format!("cannot read the catalog of {}", a.source.describe()))?;
         let groups = groups_of(topo.as_ref(), dbid);
-        let planned = plan_set(&defs, &groups, &a.files).with_context(|| {
+        let planned = plan_set(&defs, &groups, &a.files).within(|| {
             format!(
                 "refused: a copy set of {} (database {dbid})",
                 a.source.describe()
@@ -168,7 +180,7 @@ pub fn take_job(
         ));
     }
     let sets: Vec<JobSet> = plans.iter().map(|(s, _)| s.clone()).collect();
-    check_job_order(&sets).context("refused")?;
+    check_job_order(&sets).within(|| "refused".to_string())?;
     // Every set is taken and read back before any is recorded: a job that
     // fails part-way (a node unreachable or killed) leaves nothing in the
     // catalog, not the sets it had taken so far.
@@ -223,7 +235,7 @@ fn take_one(
     planned: &Planned,
     defs: &[FileDef],
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<CopySet> {
+) -> Result<CopySet, Error> {
     let now = chrono::Utc::now();
     let id = area.new_set(now)?;
     let dir = area.data_dir(&id);
@@ -233,10 +245,10 @@ fn take_one(
         planned.files.iter().map(|f| f.0).collect::<Vec<_>>(),
         source.describe()
     ));
-    let result = (|| -> anyhow::Result<CopySet> {
+    let result = (|| -> Result<CopySet, Error> {
         let copied = source
             .take(&planned.files, &dir, &id)
-            .with_context(|| format!("copy set {id} from {}", source.describe()))?;
+            .within(|| format!("copy set {id} from {}", source.describe()))?;
         let mut members = Vec::new();
         let mut bytes = 0;
         for f in &copied.files {
@@ -285,7 +297,7 @@ fn take_one(
 }
 
 /// The confirmations a set's confirmation files hold (empty for other sets).
-fn confirmations(area: &Area, id: &str, members: &[Member]) -> anyhow::Result<Vec<Confirmed>> {
+fn confirmations(area: &Area, id: &str, members: &[Member]) -> Result<Vec<Confirmed>, Error> {
     use propagator::record::decode_record;
     use propagator::Value;
     let dir = FsDir::new(area.data_dir(id));

@@ -112,7 +112,7 @@ fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
 }
 
 /// Takes one copy set of `files` of the database opened here.
-fn take_set(area: &Area, db: &Database, files: &[Fnr]) -> anyhow::Result<backup::CopySet> {
+fn take_set(area: &Area, db: &Database, files: &[Fnr]) -> Result<backup::CopySet, backup::Error> {
     let mut t = take_job(
         area,
         None,

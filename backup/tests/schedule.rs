@@ -92,7 +92,7 @@ files = [20]
     let mut s = Scheduler::new(&text, clock.now()).expect("valid jobs");
     assert_eq!(s.next_due(), Some(at(10, 10, 0)));
     let dead = dead_addr();
-    let src = |d: DbId| -> anyhow::Result<Source> {
+    let src = |d: DbId| -> Result<Source, backup::Error> {
         Ok(if d == DbId(7) {
             Source::Local(db.clone())
         } else {
@@ -167,7 +167,7 @@ fn max_age_drops_old_runs_but_never_the_newest() {
     );
     let (def, _) = schedule::parse_jobs(&text).expect("valid");
     let job = &def.job[0];
-    let src = |_: DbId| -> anyhow::Result<Source> { Ok(Source::Local(db.clone())) };
+    let src = |_: DbId| -> Result<Source, backup::Error> { Ok(Source::Local(db.clone())) };
     let now = Utc::now();
     let first = schedule::run_job(&area, job, now, now, &src, &mut |_| {});
     assert!(first.ok);

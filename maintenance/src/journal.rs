@@ -41,7 +41,9 @@
 
 use anyhow::{bail, Context};
 use chrono::{SecondsFormat, Utc};
-use propagator::exec::{commit_json, Command as ExecCmd, ExecCommand, ExecTarget, MAX_LINE};
+use propagator::exec::{
+    commit_json, Command as ExecCmd, ExecCommand, ExecTarget, LineError, MAX_LINE,
+};
 use propagator::framed::{self, FramedError, FramedFile};
 use propagator::medium::FsDir;
 use propagator::node::client::{Client, ClientError};
@@ -590,12 +592,8 @@ fn classify(e: ClientError) -> Attempt {
     }
 }
 
-fn to_wire(cmd: ExecCommand) -> Result<Command, String> {
-    let enc = |r: &propagator::Record| {
-        encode_record(r)
-            .map(serde_bytes::ByteBuf::from)
-            .map_err(|e| e.to_string())
-    };
+fn to_wire(cmd: ExecCommand) -> Result<Command, propagator::record::RecordError> {
+    let enc = |r: &propagator::Record| encode_record(r).map(serde_bytes::ByteBuf::from);
     Ok(match cmd {
         ExecCmd::Store { file, isn, fields } => ExecCmd::Store {
             file,
@@ -674,7 +672,7 @@ fn attempt(client: &mut Client, e: &Entry, out: &mut dyn Write) -> Attempt {
         for c in cmds {
             match to_wire(c) {
                 Ok(w) => wire.push(w),
-                Err(m) => return Attempt::Refused(m),
+                Err(m) => return Attempt::Refused(m.to_string()),
             }
         }
         match client.batch(wire) {
@@ -895,14 +893,12 @@ pub fn exec(
                 Ok(format!("line {ln}: {msg}"))
             };
             if line.len() > MAX_LINE {
-                error = Some(bad(
-                    r.out,
-                    format!("line is {} bytes; the limit is {MAX_LINE}", line.len()),
-                )?);
+                let e = LineError::TooLong { len: line.len() };
+                error = Some(bad(r.out, e.to_string())?);
                 break;
             }
             let Ok(text) = std::str::from_utf8(&line) else {
-                error = Some(bad(r.out, "line is not valid UTF-8".into())?);
+                error = Some(bad(r.out, LineError::NotUtf8.to_string())?);
                 break;
             };
             let text = text.trim();
@@ -911,7 +907,7 @@ pub fn exec(
             }
             match ExecCommand::parse(text) {
                 Err(m) => {
-                    error = Some(bad(r.out, m)?);
+                    error = Some(bad(r.out, m.to_string())?);
                     break;
                 }
                 Ok(ExecCmd::Bt) => open.clear(),

@@ -27,8 +27,58 @@ fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Problem) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("etp: error: {e:#}");
+            eprintln!("etp: error: {}", chain_text(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// An error and its causes on one line, `a: b: c`. Many of the engine's
+/// errors already print their cause ("reading the control record: …");
+/// a cause whose text the line already ends with is not repeated.
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_text;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "reading the control record: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_carries_is_printed_once() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Outer(io)).context("starting the node");
+        assert_eq!(
+            chain_text(&e),
+            "starting the node: reading the control record: disk on fire"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(chain_text(&plain), "outer: inner");
     }
 }

@@ -60,17 +60,47 @@ pub enum Command<R> {
 /// A command parsed from a JSON line.
 pub type ExecCommand = Command<Record>;
 
+/// What is wrong with an input line.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// Not JSON. The column is the line's own (the runner names the line).
+    #[error("not valid JSON at column {column}: {reason}")]
+    Json { column: usize, reason: String },
+    #[error("line is {len} bytes; the limit is {MAX_LINE}")]
+    TooLong { len: usize },
+    #[error("line is not valid UTF-8")]
+    NotUtf8,
+    /// A record that does not convert (a field's value).
+    #[error(transparent)]
+    Record(crate::record::RecordError),
+    /// A command that is not well-formed; the message names the key.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl LineError {
+    fn json(e: serde_json::Error) -> LineError {
+        // serde_json appends " at line L column C"; the line is always 1
+        // here (one command per line), and the runner names the input line.
+        let full = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        let reason = full.strip_suffix(&position).unwrap_or(&full).to_string();
+        LineError::Json {
+            column: e.column(),
+            reason,
+        }
+    }
+}
+
 fn field_u64(
     obj: &serde_json::Map<String, serde_json::Value>,
     key: &str,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, LineError> {
     match obj.get(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .filter(|n| *n > 0)
-            .map(Some)
-            .ok_or_else(|| format!("\"{key}\" must be a positive integer, got {v}")),
+        Some(v) => v.as_u64().filter(|n| *n > 0).map(Some).ok_or_else(|| {
+            LineError::Invalid(format!("\"{key}\" must be a positive integer, got {v}"))
+        }),
     }
 }
 
@@ -78,28 +108,32 @@ fn required_u64(
     obj: &serde_json::Map<String, serde_json::Value>,
     key: &str,
     op: &str,
-) -> Result<u64, String> {
-    field_u64(obj, key)?.ok_or_else(|| format!("op \"{op}\" needs \"{key}\""))
+) -> Result<u64, LineError> {
+    field_u64(obj, key)?.ok_or_else(|| LineError::Invalid(format!("op \"{op}\" needs \"{key}\"")))
 }
 
-fn file_of(obj: &serde_json::Map<String, serde_json::Value>, op: &str) -> Result<Fnr, String> {
+fn file_of(obj: &serde_json::Map<String, serde_json::Value>, op: &str) -> Result<Fnr, LineError> {
     let n = required_u64(obj, "file", op)?;
-    u32::try_from(n)
-        .map(Fnr)
-        .map_err(|_| format!("\"file\" {n} is larger than the largest file number"))
+    u32::try_from(n).map(Fnr).map_err(|_| {
+        LineError::Invalid(format!(
+            "\"file\" {n} is larger than the largest file number"
+        ))
+    })
 }
 
 impl ExecCommand {
     /// Parses one line, saying exactly what is wrong with a bad one.
-    pub fn parse(line: &str) -> Result<ExecCommand, String> {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-        let obj = v.as_object().ok_or("a command must be a JSON object")?;
+    pub fn parse(line: &str) -> Result<ExecCommand, LineError> {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(LineError::json)?;
+        let bad = |m: &str| LineError::Invalid(m.to_string());
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("a command must be a JSON object"))?;
         let op = obj
             .get("op")
-            .ok_or("missing \"op\"")?
+            .ok_or_else(|| bad("missing \"op\""))?
             .as_str()
-            .ok_or("\"op\" must be a string")?;
+            .ok_or_else(|| bad("\"op\" must be a string"))?;
         let allowed: &[&str] = match op {
             "store" => &["op", "file", "isn", "fields"],
             "update" => &["op", "file", "isn", "fields"],
@@ -107,19 +141,21 @@ impl ExecCommand {
             "et" => &["op", "id"],
             "bt" => &["op"],
             other => {
-                return Err(format!(
+                return Err(LineError::Invalid(format!(
                     "unknown op \"{other}\" (expected store, update, delete, read, et or bt)"
-                ))
+                )))
             }
         };
         if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(format!("unknown key \"{k}\" for op \"{op}\""));
+            return Err(LineError::Invalid(format!(
+                "unknown key \"{k}\" for op \"{op}\""
+            )));
         }
         let fields = |obj: &serde_json::Map<String, serde_json::Value>| {
             let f = obj
                 .get("fields")
-                .ok_or_else(|| format!("op \"{op}\" needs \"fields\""))?;
-            record_from_json(f).map_err(|e| e.to_string())
+                .ok_or_else(|| LineError::Invalid(format!("op \"{op}\" needs \"fields\"")))?;
+            record_from_json(f).map_err(LineError::Record)
         };
         Ok(match op {
             "store" => ExecCommand::Store {
@@ -144,7 +180,11 @@ impl ExecCommand {
                 id: match obj.get("id") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(other) => return Err(format!("\"id\" must be a string, got {other}")),
+                    Some(other) => {
+                        return Err(LineError::Invalid(format!(
+                            "\"id\" must be a string, got {other}"
+                        )))
+                    }
                 },
             },
             _ => ExecCommand::Bt,
@@ -230,16 +270,12 @@ pub fn run_exec<T: ExecTarget>(
             outcome.error = Some((n, msg));
         };
         if line.len() > MAX_LINE {
-            fail(
-                target,
-                out,
-                &mut outcome,
-                format!("line is {} bytes; the limit is {MAX_LINE}", line.len()),
-            );
+            let e = LineError::TooLong { len: line.len() };
+            fail(target, out, &mut outcome, e.to_string());
             return Ok(outcome);
         }
         let Ok(text) = std::str::from_utf8(&line) else {
-            fail(target, out, &mut outcome, "line is not valid UTF-8".into());
+            fail(target, out, &mut outcome, LineError::NotUtf8.to_string());
             return Ok(outcome);
         };
         if text.trim().is_empty() {
@@ -248,21 +284,14 @@ pub fn run_exec<T: ExecTarget>(
         let cmd = match ExecCommand::parse(text) {
             Ok(c) => c,
             Err(e) => {
-                fail(target, out, &mut outcome, e);
+                fail(target, out, &mut outcome, e.to_string());
                 return Ok(outcome);
             }
         };
-        let result: Result<(), String> = match cmd {
-            ExecCommand::Store { file, isn, fields } => target
-                .store(file, isn, fields)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            ExecCommand::Update { file, isn, fields } => {
-                target.update(file, isn, fields).map_err(|e| e.to_string())
-            }
-            ExecCommand::Delete { file, isn } => {
-                target.delete(file, isn).map_err(|e| e.to_string())
-            }
+        let result: Result<(), T::Error> = match cmd {
+            ExecCommand::Store { file, isn, fields } => target.store(file, isn, fields).map(|_| ()),
+            ExecCommand::Update { file, isn, fields } => target.update(file, isn, fields),
+            ExecCommand::Delete { file, isn } => target.delete(file, isn),
             ExecCommand::Read { file, isn } => match target.read(file, isn) {
                 Ok(r) => {
                     let fields = r
@@ -276,7 +305,7 @@ pub fn run_exec<T: ExecTarget>(
                     )?;
                     Ok(())
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             },
             ExecCommand::Et { id } => match target.et(id) {
                 Ok(info) => {
@@ -285,12 +314,12 @@ pub fn run_exec<T: ExecTarget>(
                     out.flush()?;
                     Ok(())
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             },
-            ExecCommand::Bt => target.bt().map_err(|e| e.to_string()),
+            ExecCommand::Bt => target.bt(),
         };
         if let Err(e) = result {
-            fail(target, out, &mut outcome, e);
+            fail(target, out, &mut outcome, e.to_string());
             return Ok(outcome);
         }
     }

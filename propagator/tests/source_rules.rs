@@ -126,3 +126,48 @@ fn the_rule_catches_a_decision_on_text() {
         r#"    Response::Error { code: ErrorCode::OutOfSequence, .. } => {"#
     ));
 }
+
+/// An error typed as a bare `String` in a signature (`Result<T, String>`).
+fn string_error(line: &str) -> bool {
+    let code = line.split("//").next().unwrap_or_default();
+    code.contains(", String>") && code.contains("Result<")
+}
+
+/// **Libraries return typed errors.** The node, the command runner and the
+/// copy library return errors that carry what went wrong as a type (and a
+/// wire code where they answer a request); `anyhow` stays in the binary.
+#[test]
+fn libraries_return_typed_errors() {
+    let root = workspace();
+    let mut files = Vec::new();
+    sources(&root.join("propagator/src/node"), &mut files);
+    files.push(root.join("propagator/src/exec.rs"));
+    let mut found = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for (n, line) in non_test_lines(&text) {
+            if string_error(line) {
+                found.push(format!("{}:{n}: {}", f.display(), line.trim()));
+            }
+        }
+    }
+    let mut lib = Vec::new();
+    sources(&root.join("backup/src"), &mut lib);
+    sources(&root.join("propagator/src"), &mut lib);
+    for f in &lib {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for (n, line) in non_test_lines(&text) {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains("anyhow::") || code.contains("use anyhow") {
+                found.push(format!("{}:{n}: {}", f.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "untyped errors in a library (use a thiserror type):\n{}",
+        found.join("\n")
+    );
+    assert!(string_error("fn f() -> Result<u64, String> {"));
+    assert!(!string_error("fn f() -> Result<Vec<String>, OpError> {"));
+}

@@ -48,12 +48,12 @@ impl Node {
     }
 
     /// Checks that this node can take its part of `v` without changing anything.
-    pub(super) fn prepare(&self, v: &Valid) -> Result<(), String> {
+    pub(super) fn prepare(&self, v: &Valid) -> Result<(), OpError> {
         let me = self.db.dbid();
         if !v.addresses.contains_key(&me) {
-            return Err(format!(
+            return Err(OpError::Refused(format!(
                 "this node holds database {me}, which the topology does not name"
-            ));
+            )));
         }
         let mut wants = v.files_on(me);
         wants.push(FileWant {
@@ -67,19 +67,19 @@ impl Node {
             let Some(f) = exists(w.fnr) else {
                 if let Role::Master { log, .. } = w.role {
                     if exists(log).is_some() {
-                        return Err(format!(
+                        return Err(OpError::Refused(format!(
                             "database {me}: log file {log} of master {} already exists",
                             w.name
-                        ));
+                        )));
                     }
                 }
                 continue;
             };
             if let Some(reason) = &f.damaged {
-                return Err(format!(
+                return Err(OpError::Refused(format!(
                     "database {me}: file {} is damaged: {reason}",
                     w.fnr
-                ));
+                )));
             }
             let compatible = match (&w.role, &f.def.role) {
                 (Role::Master { log: want, .. }, Role::Master { log, .. }) => want == log,
@@ -88,10 +88,10 @@ impl Node {
                 (a, b) => a == b,
             };
             if !compatible {
-                return Err(format!(
+                return Err(OpError::Refused(format!(
                     "database {me}: file {} exists as a {} file, the topology wants a {} file",
                     w.fnr, f.def.role, w.role
-                ));
+                )));
             }
         }
         Ok(())
@@ -155,35 +155,31 @@ impl Node {
         };
         let mut conns = Vec::new();
         for (dbid, addr) in &v.addresses {
-            let r: Result<Conn, String> = async {
-                let mut c = Conn::connect(*addr).await.map_err(|e| e.to_string())?;
-                match c
-                    .call(&Request::Read(ReadRequest::Info))
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
+            let r: Result<Conn, OpError> = async {
+                let mut c = Conn::connect(*addr).await?;
+                match c.call(&Request::Read(ReadRequest::Info)).await? {
                     Response::Info(i) if i.dbid == *dbid => {}
                     Response::Info(i) => {
-                        return Err(format!(
+                        return Err(OpError::Refused(format!(
                             "the node at {addr} holds database {}, the topology says {dbid}",
                             i.dbid
-                        ))
+                        )))
                     }
-                    other => return Err(c.unexpected(&other, "Info").to_string()),
+                    other => return Err(c.unexpected(&other, "Info").into()),
                 }
                 c.call(&Request::Admin(AdminRequest::AdminPrepare {
                     topology: text.clone(),
                 }))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 Ok(c)
             }
             .await;
             match r {
                 Ok(c) => conns.push((*dbid, c)),
                 Err(e) => {
-                    return Response::error(format!(
-                        "topology not applied (nothing changed): database {dbid}: {e}"
+                    return Response::error(Failure::new(
+                        e.code(),
+                        format!("topology not applied (nothing changed): database {dbid}: {e}"),
                     ))
                 }
             }

@@ -47,6 +47,22 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// The code an answer that passes this error on carries: a peer's own
+    /// code, or `Unavailable` for a link that failed.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Remote { code, .. } => *code,
+            ClientError::Connect { .. }
+            | ClientError::Io { .. }
+            | ClientError::Closed { .. }
+            | ClientError::Abandoned { .. } => ErrorCode::Unavailable,
+            ClientError::TooLarge { .. } => ErrorCode::BadRequest,
+            ClientError::Unexpected { .. } => ErrorCode::Other,
+        }
+    }
+}
+
 /// One connection to a node. Answers come back in request order, so an
 /// answer is matched to its request only by counting: [`Conn::call`] refuses
 /// to run while an earlier request's answer is still owed (a `call` whose

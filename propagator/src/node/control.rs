@@ -28,14 +28,19 @@ pub enum ControlError {
     Write(#[source] crate::error::DbError),
 }
 
-impl From<ControlError> for crate::wire::Failure {
-    fn from(e: ControlError) -> crate::wire::Failure {
-        let code = match &e {
+impl ControlError {
+    pub fn code(&self) -> crate::wire::ErrorCode {
+        match self {
             ControlError::Read(d) | ControlError::Write(d) => d.code(),
             ControlError::Bad { .. } => crate::wire::ErrorCode::Damaged,
             ControlError::NoAdministrationFile => crate::wire::ErrorCode::Refused,
-        };
-        crate::wire::Failure::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<ControlError> for crate::wire::Failure {
+    fn from(e: ControlError) -> crate::wire::Failure {
+        crate::wire::Failure::new(e.code(), e.to_string())
     }
 }
 

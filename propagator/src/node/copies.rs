@@ -43,15 +43,15 @@ impl Node {
     /// A copy set of `files` taken into `dir` as set `set`.
     pub(super) async fn copy_take(&self, files: Vec<Fnr>, dir: String, set: String) -> Response {
         let db = self.db.clone();
-        let r = tokio::task::spawn_blocking(move || {
+        let r = errors::off_reactor(move || {
             let area = crate::medium::FsDir::new(&dir);
             crate::copy::take(&db, &files, &area, &set, &mut |_| {})
+                .map_err(|e| Failure::from(e.to_string()))
         })
         .await;
         match r {
-            Ok(Ok(c)) => Response::Copied(c),
-            Ok(Err(e)) => Response::error(e.to_string()),
-            Err(e) => Response::error(internal(e)),
+            Ok(c) => Response::Copied(c),
+            Err(e) => Response::error(e),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use super::client::{ClientError, Conn};
 use super::control::Control;
+use super::errors::{off_reactor, Internal, OpError};
 use super::view::transform;
 use crate::database::Database;
 use crate::digest::FileMeta;
@@ -177,6 +178,15 @@ pub(super) enum Stop {
 }
 
 impl Stop {
+    /// An operator request that met a link failure or a refusal: a link
+    /// that failed is `Unavailable`, anything else a refusal.
+    pub(super) fn into_op(self) -> OpError {
+        match self {
+            Stop::Link(m) => OpError::Link(m),
+            other => OpError::Refused(other.reason()),
+        }
+    }
+
     /// Why the run ended, for people.
     pub(super) fn reason(self) -> String {
         match self {
@@ -213,15 +223,16 @@ pub(super) async fn timed<T>(
 }
 
 /// Runs a blocking call (database, control record) off the reactor.
-/// Errors become the reason a feeder's run ended (`Stop`), which is text
-/// for people (a replicate's error state and log), never decided on.
-pub(super) async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+/// A feeder turns its errors into the reason its run ended (`Stop`), which
+/// is text for people (a replicate's error state and log), never decided on.
+pub(super) async fn blocking<T, E>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("internal error: {e}")),
-    }
+) -> Result<T, OpError>
+where
+    T: Send + 'static,
+    E: Into<OpError> + Send + 'static,
+{
+    off_reactor(move || f().map_err(Into::into)).await
 }
 
 pub(super) fn now_us() -> i64 {
@@ -267,17 +278,8 @@ pub enum ExpectError {
     Db(#[from] crate::error::DbError),
     #[error("master record: {0}")]
     Record(#[from] crate::record::RecordError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// Runs `f` on the blocking pool; a panic there is an internal error.
-async fn off_reactor<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ExpectError> + Send + 'static,
-) -> Result<T, ExpectError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ExpectError::Internal(e.to_string()))?
+    #[error(transparent)]
+    Internal(#[from] Internal),
 }
 
 /// What the replicate should hold (count and digest) after the master's seq `at`.
@@ -294,7 +296,8 @@ pub(super) async fn expected_at(
     }
     if !f.rep.is_partial() && ctl.gaps.is_empty() && at.0 > 0 {
         let c = ctx.clone();
-        let rec = off_reactor(move || Ok(c.db.read_log_record(c.log, at)?)).await?;
+        let rec =
+            off_reactor(move || Ok::<_, ExpectError>(c.db.read_log_record(c.log, at)?)).await?;
         if let Some(rec) = rec {
             let mut m = FileMeta::new(fnr);
             m.count = rec.master_count;

@@ -29,12 +29,14 @@
 
 use super::client::{ClientError, Conn};
 use super::control::{Anchor, LoadOrder, LoadSummary};
+use super::errors::OpError;
 use super::feeder::{
     blocking, lock, now_us, open_link, timed, Ctx, Feeder, LoadRefusal, LoadStatus, Stop,
     ACK_TIMEOUT,
 };
 use super::view::view;
 use crate::digest::{Digest, FileMeta};
+use crate::error::DbError;
 use crate::ids::{Fnr, Isn, Seq};
 use crate::topology::Replicate;
 use crate::wire::{Confirmation, ErrorCode, LoadProgress, Request, Response, VerifyReport};
@@ -95,17 +97,13 @@ impl Snapshot {
                 let mut out = Vec::new();
                 let mut s = from.0 + 1;
                 while s <= upto.0 && out.len() < 10_000 {
-                    match c
-                        .db
-                        .read_log_record(c.log, Seq(s))
-                        .map_err(|e| e.to_string())?
-                    {
+                    match c.db.read_log_record(c.log, Seq(s))? {
                         Some(r) => out.push((r.isn, r.before)),
                         None => break,
                     }
                     s += 1;
                 }
-                Ok::<_, String>(out)
+                Ok::<_, DbError>(out)
             })
             .await
             .map_err(|e| Stop::Fatal(format!("reading the master's log: {e}")))?;
@@ -234,9 +232,8 @@ impl Source {
                         bytes += b.len();
                         out.push((isn, b.to_vec()));
                         Ok(true)
-                    })
-                    .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((out, done))
+                    })?;
+                    Ok::<_, DbError>((out, done))
                 })
                 .await
                 .map_err(|e| Stop::Fatal(format!("reading the master: {e}")))
@@ -540,7 +537,7 @@ pub(super) async fn run_load(
                             f.forget_refusal();
                             finish_order(ctx, f, &order.id, progress.snapshot, want, Some(summary))
                                 .await
-                                .map_err(Stop::Link)?;
+                                .map_err(|e| Stop::Link(e.to_string()))?;
                             return Ok((progress.snapshot, want));
                         }
                         if (p.count, p.digest) != (want.count, want.digest) || Some(p.next) != to {
@@ -640,12 +637,9 @@ async fn final_confirmation(
     let rec = if snapshot.0 == 0 {
         None
     } else {
-        blocking(move || {
-            c.db.read_log_record(c.log, snapshot)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(Stop::Fatal)?
+        blocking(move || c.db.read_log_record(c.log, snapshot))
+            .await
+            .map_err(|e| Stop::Fatal(e.to_string()))?
     };
     Ok(Confirmation {
         replicate: name.to_string(),
@@ -667,13 +661,9 @@ async fn check_against_log(ctx: &Arc<Ctx>, name: &str, c: &Confirmation) -> Resu
         return Ok(());
     }
     let (cx, seq) = (ctx.clone(), c.seq);
-    let rec = blocking(move || {
-        cx.db
-            .read_log_record(cx.log, seq)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(Stop::Fatal)?;
+    let rec = blocking(move || cx.db.read_log_record(cx.log, seq))
+        .await
+        .map_err(|e| Stop::Fatal(e.to_string()))?;
     if let Some(r) = rec {
         if (r.master_count, r.master_digest) != (c.count, c.digest) {
             return Err(Stop::Fatal(format!(
@@ -693,7 +683,7 @@ pub(super) async fn finish_order(
     seq: Seq,
     meta: FileMeta,
     summary: Option<LoadSummary>,
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     let c = ctx.control.clone();
     let (name, id, def) = (f.name().to_string(), id.to_string(), f.def_hash);
     blocking(move || {
@@ -727,21 +717,21 @@ pub(super) async fn verify(
     ctx: &Arc<Ctx>,
     f: &Arc<Feeder>,
     max_isns: usize,
-) -> Result<VerifyReport, String> {
+) -> Result<VerifyReport, OpError> {
     let rep = &f.rep;
-    let (mut conn, state) = open_link(ctx, rep).await.map_err(Stop::reason)?;
+    let (mut conn, state) = open_link(ctx, rep).await.map_err(Stop::into_op)?;
     if let Some(p) = state.load {
-        return Err(format!(
+        return Err(OpError::Refused(format!(
             "replicate {} is being loaded ({} at isn {}): verify it when the load has ended",
             f.name(),
             p.id,
             p.next
-        ));
+        )));
     }
     let at = state.confirmation.as_ref().map_or(Seq(0), |c| c.seq);
     let expected = super::feeder::expected_at(ctx, f, at)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OpError::Refused(e.to_string()))?;
     let mut report = VerifyReport {
         replicate: f.name().to_string(),
         seq: at,
@@ -771,7 +761,7 @@ pub(super) async fn verify(
     loop {
         let chunk = next_chunk(ctx, rep, &mut src, &mut snap, from, 4096)
             .await
-            .map_err(Stop::reason)?;
+            .map_err(Stop::into_op)?;
         report.ranges_checked += 1;
         let (count, digest) = chunk_meta(&chunk.records);
         master_view.count += count;
@@ -799,14 +789,14 @@ async fn range(
     from: Isn,
     to: Option<Isn>,
     records: bool,
-) -> Result<(u64, Digest, Vec<(Isn, Vec<u8>)>), String> {
+) -> Result<(u64, Digest, Vec<(Isn, Vec<u8>)>), OpError> {
     let req = Request::Read(ReadRequest::RangeDigest {
         file,
         from,
         to,
         records,
     });
-    match conn.call(&req).await.map_err(|e| e.to_string())? {
+    match conn.call(&req).await? {
         Response::Range {
             count,
             digest,
@@ -819,8 +809,7 @@ async fn range(
                 .map(|(i, b)| (i, b.into_vec()))
                 .collect(),
         )),
-        Response::Error { message, .. } => Err(message),
-        other => Err(conn.unexpected(&other, "Range").to_string()),
+        other => Err(conn.unexpected(&other, "Range").into()),
     }
 }
 
@@ -855,32 +844,35 @@ pub(super) async fn confirm_set(
     f: &Arc<Feeder>,
     seq: Seq,
     reason: &str,
-) -> Result<crate::node::control::Gap, String> {
-    let (mut conn, state) = open_link(ctx, &f.rep).await.map_err(Stop::reason)?;
+) -> Result<crate::node::control::Gap, OpError> {
+    let (mut conn, state) = open_link(ctx, &f.rep).await.map_err(Stop::into_op)?;
     if state.load.is_some() {
-        return Err(format!("replicate {} is being loaded", f.name()));
+        return Err(OpError::Refused(format!(
+            "replicate {} is being loaded",
+            f.name()
+        )));
     }
     let Some(conf) = state.confirmation else {
-        return Err(format!(
+        return Err(OpError::Refused(format!(
             "replicate {} has no confirmation yet: load it (etp replicate init)",
             f.name()
-        ));
+        )));
     };
     if seq <= conf.seq {
-        return Err(format!(
+        return Err(OpError::Refused(format!(
             "replicate {} already confirms seq {}; confirm set only moves forward (moving back would apply changes twice)",
             f.name(),
             conf.seq
-        ));
+        )));
     }
     let (c, s2) = (ctx.clone(), seq);
-    let rec = blocking(move || c.db.read_log_record(c.log, s2).map_err(|e| e.to_string()))
+    let rec = blocking(move || c.db.read_log_record(c.log, s2))
         .await?
         .ok_or_else(|| {
-            format!(
+            OpError::Refused(format!(
                 "the master's log holds no durable seq {seq} (it stands at {})",
                 master_seq(ctx)
-            )
+            ))
         })?;
     let gap = crate::node::control::Gap {
         from: Seq(conf.seq.0 + 1),
@@ -928,9 +920,9 @@ pub(super) async fn confirm_set(
         },
         txn_ends: Vec::new(),
     });
-    match conn.call(&req).await.map_err(|e| e.to_string())? {
+    match conn.call(&req).await? {
         Response::Applied { .. } => {}
-        other => return Err(conn.unexpected(&other, "Applied").to_string()),
+        other => return Err(conn.unexpected(&other, "Applied").into()),
     }
     let mut m = FileMeta::new(Fnr(f.rep.def.file));
     m.count = state.count;

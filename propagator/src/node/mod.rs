@@ -14,6 +14,7 @@ mod batch;
 pub mod client;
 pub mod control;
 mod copies;
+mod errors;
 mod feeder;
 mod link;
 mod load;
@@ -28,6 +29,7 @@ pub mod task;
 mod view;
 
 pub use admin::{stored_topology, COPY_JOBS_ISN};
+pub use errors::{Internal, OpError};
 
 use crate::catalog::Role;
 use crate::database::{CommitInfo, Database};
@@ -91,18 +93,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, DbError> + Send + 'static,
 ) -> Result<T, Failure> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Failure::from),
-        Err(e) => Err(Failure::new(
-            ErrorCode::OutcomeUnknown,
-            format!("internal error: {e}"),
-        )),
-    }
+    errors::off_reactor(move || f().map_err(Failure::from)).await
 }
 
 /// Why a node could not start, or could not read what it keeps.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error(transparent)]
+    Internal(#[from] Internal),
     #[error("reading the administration file: {0}")]
     Administration(#[source] DbError),
     #[error("the administration file holds a bad topology: {0}")]
@@ -206,23 +204,27 @@ impl Node {
     }
 
     /// The task that feeds a replicate.
-    fn task_of(&self, replicate: &str) -> Result<Arc<task::Task>, String> {
+    fn task_of(&self, replicate: &str) -> Result<Arc<task::Task>, OpError> {
         self.all_tasks()
             .into_iter()
             .find(|t| t.feeds(replicate))
-            .ok_or_else(|| format!("no task on this node feeds replicate {replicate:?}"))
+            .ok_or_else(|| {
+                OpError::NotHere(format!(
+                    "no task on this node feeds replicate {replicate:?}"
+                ))
+            })
     }
 
     /// Every task's report (reads log records: off the reactor).
     async fn reports(&self) -> Response {
         let tasks = self.all_tasks();
-        match tokio::task::spawn_blocking(move || {
-            tasks.iter().map(|t| t.report()).collect::<Vec<_>>()
+        match errors::off_reactor(move || {
+            Ok::<_, Internal>(tasks.iter().map(|t| t.report()).collect::<Vec<_>>())
         })
         .await
         {
             Ok(r) => Response::Tasks(r),
-            Err(e) => Response::error(internal(e)),
+            Err(e) => Response::error(e),
         }
     }
 
@@ -333,9 +335,4 @@ async fn send(
         },
     };
     framed.send(b).await.map_err(|_| ())
-}
-
-/// A handler that failed inside (a panicked blocking task).
-fn internal(e: impl std::fmt::Display) -> Failure {
-    Failure::new(ErrorCode::OutcomeUnknown, format!("internal error: {e}"))
 }

@@ -52,22 +52,21 @@ impl Node {
         if tasks.is_empty() {
             return Response::error("no replication task on this node matches");
         }
-        let r = tokio::task::spawn_blocking(move || {
+        let r = errors::off_reactor(move || {
             for t in tasks {
                 if let Some(x) = t.xref(id.as_deref(), seq)? {
                     return Ok(Some(x));
                 }
             }
-            Ok::<_, String>(None)
+            Ok::<_, OpError>(None)
         })
         .await;
         match r {
-            Ok(Ok(Some(x))) => Response::Xref(x),
-            Ok(Ok(None)) => {
-                Response::error("no such transaction in the log of any master on this node")
-            }
-            Ok(Err(e)) => Response::error(e),
-            Err(e) => Response::error(internal(e)),
+            Ok(Some(x)) => Response::Xref(x),
+            Ok(None) => Response::error(OpError::NotHere(
+                "no such transaction in the log of any master on this node".into(),
+            )),
+            Err(e) => Response::error(e),
         }
     }
 
@@ -83,20 +82,19 @@ impl Node {
         if tasks.is_empty() {
             return Response::error("no replication task on this node matches");
         }
-        let r = tokio::task::spawn_blocking(move || {
+        let r = errors::off_reactor(move || {
             tasks
                 .iter()
                 .map(|t| {
                     let h = horizons.iter().find(|(m, _)| *m == t.master()).map(|h| h.1);
                     t.cleanup_plan(until, h, execute)
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, OpError>>()
         })
         .await;
         match r {
-            Ok(Ok(plans)) => Response::Cleanup(plans),
-            Ok(Err(e)) => Response::error(e),
-            Err(e) => Response::error(internal(e)),
+            Ok(plans) => Response::Cleanup(plans),
+            Err(e) => Response::error(e),
         }
     }
 
@@ -166,11 +164,9 @@ impl Node {
             return Response::Policy(self.control.policy());
         };
         let c = self.control.clone();
-        let r = tokio::task::spawn_blocking(move || c.update(|s| s.policy = p)).await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Response::error(e),
-            Err(e) => return Response::error(internal(e)),
+        let r = errors::off_reactor(move || Ok::<_, OpError>(c.update(|s| s.policy = p)?));
+        if let Err(e) = r.await {
+            return Response::error(e);
         }
         for t in self.all_tasks() {
             if p == Policy::Maintenance {
@@ -194,10 +190,7 @@ impl Node {
         let update = |g: Box<dyn FnOnce(&mut control::ReplicateControl) + Send>| {
             let (c, n) = (c.clone(), name.clone());
             async move {
-                match tokio::task::spawn_blocking(move || c.update_replicate(&n, g)).await {
-                    Ok(r) => r.map_err(Failure::from),
-                    Err(e) => Err(internal(e)),
-                }
+                errors::off_reactor(move || Ok::<_, OpError>(c.update_replicate(&n, g)?)).await
             }
         };
         let policy = self.control.policy();

@@ -39,10 +39,11 @@ impl Node {
                     let _gate = self.update_gate.write().await;
                     // Durable first: a restarted node still refuses.
                     let c = self.control.clone();
-                    match tokio::task::spawn_blocking(move || c.update(|s| s.quiesced = on)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Response::error(e),
-                        Err(e) => return Response::error(internal(e)),
+                    let r = errors::off_reactor(move || {
+                        Ok::<_, OpError>(c.update(|s| s.quiesced = on)?)
+                    });
+                    if let Err(e) = r.await {
+                        return Response::error(e);
                     }
                     self.quiesced.store(on, Ordering::SeqCst);
                     self.db.last_lsn()
@@ -122,21 +123,20 @@ impl Node {
                 upto,
             } => {
                 self.stop_feeders_of(None).await;
-                let r = tokio::task::spawn_blocking(move || {
+                let r = errors::off_reactor(move || {
                     crate::copy::restore::restore_in_node(
                         &db,
                         std::path::Path::new(&area),
                         file,
                         regenerate.then_some(upto),
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Failure::from(e.to_string()))
                 })
                 .await;
                 self.rebuild_tasks_stopped().await;
                 match r {
-                    Ok(Ok(v)) => Response::Text(v.to_string()),
-                    Ok(Err(e)) => Response::error(e),
-                    Err(e) => Response::error(internal(e)),
+                    Ok(v) => Response::Text(v.to_string()),
+                    Err(e) => Response::error(e),
                 }
             }
         }
@@ -158,7 +158,7 @@ impl Node {
         // its control record (policy, marks, gaps, load orders) with it.
         let db = self.db.clone();
         let control = self.control.clone();
-        let restored = tokio::task::spawn_blocking(move || {
+        let restored = errors::off_reactor(move || {
             let v = stored_topology(&db)?;
             if let Some(v) = &v {
                 control.reload(v.admin_file())?;
@@ -167,10 +167,9 @@ impl Node {
         })
         .await;
         match restored {
-            Ok(Ok(Some(v))) => *lock(&self.topology) = Some(v),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(reason = %e, "administration file still unusable"),
-            Err(e) => tracing::error!(reason = %e, "internal error"),
+            Ok(Some(v)) => *lock(&self.topology) = Some(v),
+            Ok(None) => {}
+            Err(e) => tracing::error!(reason = %e, "administration file still unusable"),
         }
         let v = lock(&self.topology).clone();
         if let Some(v) = v {

@@ -2,6 +2,7 @@
 //! state, confirmed seq, lag in records, bytes and seconds), transaction
 //! cross-references, and the log cleanup plan under the retention rule.
 
+use super::errors::OpError;
 use super::feeder::*;
 use super::task::Task;
 use super::view::transform;
@@ -150,49 +151,40 @@ impl Task {
     }
 
     /// Which replicates have a master transaction (blocking).
-    pub fn xref(&self, id: Option<&str>, seq: Option<Seq>) -> Result<Option<XrefReport>, String> {
+    pub fn xref(&self, id: Option<&str>, seq: Option<Seq>) -> Result<Option<XrefReport>, OpError> {
         let ctx = &self.ctx;
         let mut found: Vec<LogRecord> = Vec::new();
         match (id, seq) {
             (Some(id), _) => {
-                ctx.db
-                    .for_each_raw(ctx.log, Isn(1), |_, b| {
-                        let r =
-                            LogRecord::decode(b).map_err(|source| crate::DbError::BadRecord {
-                                fnr: ctx.log,
-                                source,
-                            })?;
-                        if r.client_id.as_deref() == Some(id) {
-                            let last = r.part == r.parts;
-                            found.push(r);
-                            return Ok(!last);
-                        }
-                        Ok(true)
-                    })
-                    .map_err(|e| e.to_string())?;
+                ctx.db.for_each_raw(ctx.log, Isn(1), |_, b| {
+                    let r = LogRecord::decode(b).map_err(|source| crate::DbError::BadRecord {
+                        fnr: ctx.log,
+                        source,
+                    })?;
+                    if r.client_id.as_deref() == Some(id) {
+                        let last = r.part == r.parts;
+                        found.push(r);
+                        return Ok(!last);
+                    }
+                    Ok(true)
+                })?;
             }
             (None, Some(seq)) => {
-                let Some(r) = ctx
-                    .db
-                    .read_log_record(ctx.log, seq)
-                    .map_err(|e| e.to_string())?
-                else {
+                let Some(r) = ctx.db.read_log_record(ctx.log, seq)? else {
                     return Ok(None);
                 };
                 // The whole transaction: back to part 1, on to the last part.
                 let first = Seq(seq.0 + 1 - u64::from(r.part.max(1)));
                 let last = Seq(first.0 + u64::from(r.parts.max(1)) - 1);
                 for s in first.0..=last.0 {
-                    if let Some(r) = ctx
-                        .db
-                        .read_log_record(ctx.log, Seq(s))
-                        .map_err(|e| e.to_string())?
-                    {
+                    if let Some(r) = ctx.db.read_log_record(ctx.log, Seq(s))? {
                         found.push(r);
                     }
                 }
             }
-            (None, None) => return Err("name a transaction: --id or --seq".into()),
+            (None, None) => {
+                return Err(OpError::Refused("name a transaction: --id or --seq".into()))
+            }
         }
         let (Some(first), Some(last)) = (found.first(), found.last()) else {
             return Ok(None);
@@ -247,20 +239,18 @@ impl Task {
         until: Option<Seq>,
         copy_horizon: Option<Seq>,
         execute: bool,
-    ) -> Result<CleanupPlan, String> {
+    ) -> Result<CleanupPlan, OpError> {
         let ctx = &self.ctx;
         let mut first = None;
         let mut last = Seq(0);
         let (mut records, mut bytes) = (0u64, 0u64);
-        ctx.db
-            .for_each_raw(ctx.log, Isn(1), |isn, b| {
-                first.get_or_insert(Seq(isn.0));
-                last = Seq(isn.0);
-                records += 1;
-                bytes += b.len() as u64;
-                Ok(true)
-            })
-            .map_err(|e| e.to_string())?;
+        ctx.db.for_each_raw(ctx.log, Isn(1), |isn, b| {
+            first.get_or_insert(Seq(isn.0));
+            last = Seq(isn.0);
+            records += 1;
+            bytes += b.len() as u64;
+            Ok(true)
+        })?;
         let control = ctx.control.snapshot();
         let mut reps = Vec::new();
         for f in &self.feeders {
@@ -306,10 +296,9 @@ impl Task {
             let mut from = first.map_or(1, |f| f.0);
             while from <= upto.0 {
                 let to = (from + 50_000).min(upto.0 + 1);
-                let (_, stats) = ctx
-                    .db
-                    .restore_range(ctx.log, Isn(from), Some(Isn(to)), Vec::new(), None)
-                    .map_err(|e| e.to_string())?;
+                let (_, stats) =
+                    ctx.db
+                        .restore_range(ctx.log, Isn(from), Some(Isn(to)), Vec::new(), None)?;
                 deleted += stats.removed;
                 from = to;
             }

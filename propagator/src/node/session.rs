@@ -33,7 +33,7 @@ impl Node {
             ));
         }
         let mut s = conv.session.take().unwrap_or_else(|| self.db.session());
-        let (s, r) = match tokio::task::spawn_blocking(move || {
+        let (s, r) = match errors::off_reactor(move || {
             let mut r = Response::Ok;
             for cmd in cmds {
                 r = run_command(&mut s, cmd);
@@ -43,12 +43,12 @@ impl Node {
                     break;
                 }
             }
-            (s, r)
+            Ok::<_, Internal>((s, r))
         })
         .await
         {
             Ok(x) => x,
-            Err(e) => return Response::error(internal(e)),
+            Err(e) => return Response::error(e),
         };
         conv.session = Some(s);
         r

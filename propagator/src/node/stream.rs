@@ -268,7 +268,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                 m.count = c.count;
                 m.digest = c.digest;
                 if let Err(e) = super::load::finish_order(ctx, f, &o.id, c.seq, m, None).await {
-                    return Stop::Link(e);
+                    return Stop::Link(e.to_string());
                 }
             }
         }
