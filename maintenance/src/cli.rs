@@ -3,6 +3,12 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// A `host:port` argument; a host name is resolved now (see
+/// `propagator::addr`).
+fn address(text: &str) -> Result<std::net::SocketAddr, propagator::addr::AddrError> {
+    propagator::addr::resolve(text)
+}
+
 #[derive(Parser)]
 #[command(
     name = "etp",
@@ -58,7 +64,9 @@ pub enum Command {
     /// Copy sets: take, list, show, verify, restore, regenerate, back out.
     #[command(subcommand)]
     Copy(CopyCommand),
-    /// The recovery flows (decision trees): list, render, validate.
+    /// The recovery flows (decision trees): list them (flows), draw one
+    /// (show), diagnose the live cluster, walk one by hand, run a plan,
+    /// validate them.
     #[command(subcommand)]
     Recover(RecoverCommand),
 }
@@ -70,14 +78,18 @@ pub enum RecoverCommand {
         /// Trees from this directory instead of the built-in ones.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// One flow as a Mermaid or Graphviz DOT diagram.
     Show {
+        /// The flow (triage, case1_isolated, …; see `etp recover flows`).
         case: String,
+        /// mermaid or dot.
         #[arg(long, default_value = "mermaid")]
         format: String,
+        /// Trees from this directory instead of the built-in ones.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -93,6 +105,7 @@ pub enum RecoverCommand {
         /// is reported (resume it before anything else).
         #[arg(long, value_name = "DIR", default_value = "etp-recovery")]
         state: PathBuf,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -133,14 +146,17 @@ pub enum RecoverCommand {
         /// How long a step may wait (links, loads, replicates catching up), in seconds.
         #[arg(long, value_name = "S", default_value_t = 600)]
         wait_s: u64,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Check flows: every node reachable, no cycle, every probe and action
     /// known, every branch ends in a leaf (exit 1 names each problem).
     Validate {
+        /// Trees from this directory instead of the built-in ones.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +189,7 @@ pub struct AreaArgs {
 pub enum JobsCommand {
     /// Check a TOML file of job definitions and store it on the node that runs them.
     Set {
+        /// The TOML file of job definitions.
         file: PathBuf,
         #[command(flatten)]
         node: NodeArgs,
@@ -181,14 +198,17 @@ pub enum JobsCommand {
     Show {
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Run one job now (progress on a terminal, events with --json).
     Run {
+        /// The job's name (as in its definition).
         name: String,
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -196,6 +216,7 @@ pub enum JobsCommand {
     History {
         #[command(flatten)]
         area: AreaArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -214,6 +235,7 @@ pub enum CopyCommand {
         /// A file to copy (repeatable).
         #[arg(long = "file", value_name = "F", required = true)]
         files: Vec<u32>,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -221,22 +243,27 @@ pub enum CopyCommand {
     List {
         #[command(flatten)]
         area: AreaArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// One set, whole.
     Show {
+        /// The set's id (see `etp copy list`).
         set: String,
         #[command(flatten)]
         area: AreaArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Re-read every member of one set (or of every set); exit 1 names what is damaged.
     Verify {
+        /// The set's id (every set without it).
         set: Option<String>,
         #[command(flatten)]
         area: AreaArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -256,11 +283,13 @@ pub enum CopyCommand {
         /// A new database directory to restore into.
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Restore the newest usable set holding a file and roll it forward with the protection log.
     Regenerate {
+        /// The file to regenerate (its copy set is restored whole).
         #[arg(long, value_name = "F")]
         file: u32,
         /// The database whose log rolls the copy forward (offline).
@@ -268,16 +297,19 @@ pub enum CopyCommand {
         data: PathBuf,
         #[command(flatten)]
         area: AreaArgs,
+        /// Roll forward through this LSN.
         #[arg(long, value_name = "LSN", group = "until")]
         to_lsn: Option<u64>,
         /// RFC 3339 time, e.g. 2026-11-30T21:00:00Z.
         #[arg(long, value_name = "TIME", group = "until")]
         to_time: Option<String>,
+        /// Roll forward through the end of the protection log.
         #[arg(long, group = "until")]
         to_end: bool,
         /// Write the result into this new database instead of --data.
         #[arg(long, value_name = "DIR")]
         into: Option<PathBuf>,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -291,20 +323,26 @@ pub enum CopyCommand {
         target: TargetArgs,
         #[command(flatten)]
         area: AreaArgs,
+        /// Then delete the archived segments the database no longer needs
+        /// (never one not yet archived and verified).
         #[arg(long)]
         prune: bool,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Roll a master (with its log) or a plain file back to a time, with before-images.
     Backout {
+        /// The file to roll back (a master takes its log with it).
         #[arg(long, value_name = "F")]
         file: u32,
+        /// The database (offline: its node stopped).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// RFC 3339 time.
         #[arg(long, value_name = "TIME")]
         to_time: String,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -318,6 +356,7 @@ pub enum PolicyCommand {
         mode: String,
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -325,6 +364,7 @@ pub enum PolicyCommand {
     Show {
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -337,6 +377,7 @@ pub struct ReplicateArgs {
     /// Any node of the topology: the command finds the node that feeds the replicate.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Print JSON (one document per line) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -365,6 +406,7 @@ pub enum ReplicateCommand {
         name: Option<String>,
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -376,6 +418,7 @@ pub enum ReplicateCommand {
     Shun {
         #[command(flatten)]
         replicate: ReplicateArgs,
+        /// Why (kept in the replicate's error log).
         #[arg(long)]
         reason: String,
     },
@@ -389,6 +432,7 @@ pub enum ReplicateCommand {
     Reinit {
         #[command(flatten)]
         load: LoadArgs,
+        /// Move only the records that differ (after a predicate or field-list change).
         #[arg(long)]
         scoped: bool,
     },
@@ -410,8 +454,10 @@ pub enum ConfirmCommand {
     Set {
         #[command(flatten)]
         replicate: ReplicateArgs,
+        /// The master seq the replicate will confirm.
         #[arg(long)]
         seq: u64,
+        /// Why (kept in the gap record).
         #[arg(long, default_value = "confirmation set by the operator")]
         reason: String,
     },
@@ -431,14 +477,16 @@ pub struct XrefArgs {
     pub master: Option<u32>,
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Print JSON (one document per line) instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Clone)]
 pub struct NodeArgs {
-    /// The node's address (host:port).
-    #[arg(long, value_name = "ADDR")]
+    /// The node's address (host:port; a host name is resolved). Any node
+    /// of the topology will do for commands about the whole cluster.
+    #[arg(long, value_name = "ADDR", value_parser = address)]
     pub node: std::net::SocketAddr,
 }
 
@@ -449,8 +497,8 @@ pub struct TargetArgs {
     /// The database's data directory (the database must not be open in a node).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// A running node's address (host:port).
-    #[arg(long, value_name = "ADDR")]
+    /// A running node's address (host:port; a host name is resolved).
+    #[arg(long, value_name = "ADDR", value_parser = address)]
     pub node: Option<std::net::SocketAddr>,
 }
 
@@ -460,15 +508,17 @@ pub enum NodeCommand {
     Run {
         #[command(flatten)]
         data: DataArgs,
-        /// Address to listen on (port 0: any free port).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
+        /// Address to listen on (host:port; port 0: any free port). Without
+        /// it the node listens where the applied topology puts its database,
+        /// else where it listened last, so a restart keeps its address.
+        #[arg(long, value_name = "ADDR", value_parser = address)]
+        listen: Option<std::net::SocketAddr>,
         /// The page store's cache budget in MiB (sled's own memory use runs above it).
         #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(4..=65536))]
         cache_mb: u64,
         /// Serve Prometheus metrics at http://ADDR/metrics (loopback only;
         /// port 0: any free port). Prints `metrics ADDR` after `listening ADDR`.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = address)]
         metrics: Option<std::net::SocketAddr>,
     },
 }
@@ -495,6 +545,7 @@ pub enum TaskCommand {
     List {
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -502,6 +553,7 @@ pub enum TaskCommand {
     Status {
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -520,6 +572,7 @@ pub struct TaskControlArgs {
     /// The master file whose task to control.
     #[arg(long)]
     pub master: Option<u32>,
+    /// Print JSON (one document per line) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -548,6 +601,7 @@ pub enum DbCommand {
     Check {
         #[command(flatten)]
         data: DataArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -555,6 +609,7 @@ pub enum DbCommand {
     Status {
         #[command(flatten)]
         data: DataArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -566,8 +621,10 @@ pub enum FileCommand {
     Create {
         #[command(flatten)]
         data: DataArgs,
+        /// The file number (1 to 2^32-1).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         file: u32,
+        /// The file's name.
         #[arg(long)]
         name: String,
         /// plain, replicate, confirmation or administration.
@@ -578,6 +635,7 @@ pub enum FileCommand {
     List {
         #[command(flatten)]
         data: DataArgs,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -585,6 +643,7 @@ pub enum FileCommand {
     Dump {
         #[command(flatten)]
         target: TargetArgs,
+        /// The file number.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         file: u32,
     },
@@ -596,8 +655,10 @@ pub enum MasterCommand {
     Define {
         #[command(flatten)]
         data: DataArgs,
+        /// The file number of the plain file that becomes the master.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         file: u32,
+        /// The file number of its ETP log file.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         log: u32,
     },
@@ -606,10 +667,10 @@ pub enum MasterCommand {
 #[derive(Args)]
 pub struct ExecArgs {
     /// The database's data directory (the database must not be open in a node).
-    #[arg(long, value_name = "DIR", conflicts_with = "node", required_unless_present_any = ["node", "status"])]
+    #[arg(long, value_name = "DIR", conflicts_with = "node")]
     pub data: Option<PathBuf>,
-    /// A running node's address (host:port).
-    #[arg(long, value_name = "ADDR")]
+    /// A running node's address (host:port; a host name is resolved).
+    #[arg(long, value_name = "ADDR", value_parser = address)]
     pub node: Option<std::net::SocketAddr>,
     /// Keep a durable local journal of the transactions in DIR (with --node):
     /// each is synced there before it is sent, and one the node did not
@@ -639,6 +700,7 @@ pub enum LogCommand {
     Show {
         #[command(flatten)]
         data: DataArgs,
+        /// The master's file number.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         master: u32,
         /// First seq to show.
@@ -647,6 +709,7 @@ pub enum LogCommand {
         /// Show at most this many records.
         #[arg(long)]
         limit: Option<u64>,
+        /// Print JSON (one document per line) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -666,10 +729,13 @@ pub struct CleanupArgs {
     /// The copy area whose newest master copies bound what may be deleted.
     #[arg(long, value_name = "DIR")]
     pub area: Option<PathBuf>,
+    /// Only this master (its file number; default every master).
     #[arg(long)]
     pub master: Option<u32>,
+    /// Delete only through this seq (default: as far as the rules allow).
     #[arg(long)]
     pub until: Option<u64>,
+    /// Print JSON (one document per line) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -833,5 +899,41 @@ mod tests {
         for p in all {
             assert!(have.contains(&format!("## `{p}`")), "{p} is missing");
         }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and every option says what it is for: a user reads
+    /// `--help`, not the source.
+    #[test]
+    fn every_command_and_option_has_help_text() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_long().unwrap_or(id)));
+                }
+            }
+            for s in c.get_subcommands().filter(|s| s.get_name() != "help") {
+                let p = format!("{path} {}", s.get_name());
+                if s.get_about().is_none() && s.get_long_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "etp", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
     }
 }

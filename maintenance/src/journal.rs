@@ -733,8 +733,16 @@ pub enum ExecEnd {
     /// The node stayed unreachable: this many transactions are pending.
     Pending(usize),
     /// Bad input or a refused transaction (already printed as a JSON error
-    /// line); this many stay pending.
+    /// line); this many stay pending. After a refusal the rest of the input
+    /// is still read and journaled (pending, not sent): nothing given is lost.
     Error { message: String, pending: usize },
+    /// The input ended inside a transaction: its commands were backed out
+    /// (not journaled); this many stay pending.
+    OpenAtEnd {
+        first_line: usize,
+        commands: usize,
+        pending: usize,
+    },
 }
 
 enum Sent {
@@ -866,24 +874,28 @@ pub fn exec(
         failing_since: None,
         out,
     };
-    // Once the node is given up on, later transactions are journaled only.
-    let mut gave_up = false;
+    // Once the node is given up on, or has refused a transaction, later
+    // transactions are journaled only (pending): they are neither lost nor
+    // run out of order.
+    let mut hold = false;
     let mut error: Option<String> = None;
     for n in earlier {
         match r.send(n, true, None)? {
             Sent::Done => {}
             Sent::GaveUp => {
-                gave_up = true;
+                hold = true;
                 break;
             }
             Sent::Refused(m) => {
                 error = Some(format!("journaled transaction {n} was refused by the node: {m}; it is marked failed (nothing of it was applied)"));
+                hold = true;
                 break;
             }
         }
     }
     let mut open: Vec<String> = Vec::new();
-    if error.is_none() && !opts.rerun_only {
+    let mut open_from = 0usize;
+    if !opts.rerun_only {
         for (i, line) in input.split(b'\n').enumerate() {
             let ln = i + 1;
             let line = line.context("reading commands")?;
@@ -894,11 +906,11 @@ pub fn exec(
             };
             if line.len() > MAX_LINE {
                 let e = LineError::TooLong { len: line.len() };
-                error = Some(bad(r.out, e.to_string())?);
+                error.get_or_insert(bad(r.out, e.to_string())?);
                 break;
             }
             let Ok(text) = std::str::from_utf8(&line) else {
-                error = Some(bad(r.out, LineError::NotUtf8.to_string())?);
+                error.get_or_insert(bad(r.out, LineError::NotUtf8.to_string())?);
                 break;
             };
             let text = text.trim();
@@ -907,7 +919,7 @@ pub fn exec(
             }
             match ExecCommand::parse(text) {
                 Err(m) => {
-                    error = Some(bad(r.out, m.to_string())?);
+                    error.get_or_insert(bad(r.out, m.to_string())?);
                     break;
                 }
                 Ok(ExecCmd::Bt) => open.clear(),
@@ -916,29 +928,34 @@ pub fn exec(
                         .as_ref()
                         .is_some_and(|id| id.is_empty() || id.len() > 128)
                     {
-                        error = Some(bad(r.out, "transaction id must be 1 to 128 bytes".into())?);
+                        error.get_or_insert(bad(
+                            r.out,
+                            "transaction id must be 1 to 128 bytes".into(),
+                        )?);
                         break;
                     }
                     let id = id.unwrap_or_else(new_id);
                     let n = r.journal.add(id, std::mem::take(&mut open))?;
-                    if gave_up {
+                    if hold {
                         continue;
                     }
                     match r.send(n, false, Some(ln))? {
                         Sent::Done => {}
-                        Sent::GaveUp => gave_up = true,
+                        Sent::GaveUp => hold = true,
                         Sent::Refused(m) => {
                             error = Some(format!("line {ln}: {m}"));
-                            break;
+                            hold = true;
                         }
                     }
                 }
-                Ok(_) => open.push(text.to_string()),
+                Ok(_) => {
+                    if open.is_empty() {
+                        open_from = ln;
+                    }
+                    open.push(text.to_string());
+                }
             }
         }
-    }
-    if !open.is_empty() && error.is_none() {
-        eprintln!("etp: note: input ended inside a transaction; it was backed out (not journaled)");
     }
     if r.journal.resolved() > 0 {
         r.journal.compact()?;
@@ -947,6 +964,23 @@ pub fn exec(
     let path = r.journal.path().to_path_buf();
     Ok(match error {
         Some(message) => ExecEnd::Error { message, pending },
+        None if !open.is_empty() => {
+            let msg = format!(
+                "input ended inside a transaction: its {} command(s) from line {open_from} on were backed out (not journaled)",
+                open.len()
+            );
+            writeln!(
+                r.out,
+                "{}",
+                serde_json::json!({ "error": msg, "line": open_from })
+            )?;
+            r.out.flush()?;
+            ExecEnd::OpenAtEnd {
+                first_line: open_from,
+                commands: open.len(),
+                pending,
+            }
+        }
         None if pending > 0 => {
             eprintln!(
                 "etp: {pending} transaction(s) pending in journal {}; run `etp exec --node ADDR --journal {} --rerun` when the node is back",

@@ -16,13 +16,10 @@ pub use maintenance::Outcome;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ETP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = init_logging() {
+        eprintln!("etp: error: {e}");
+        return ExitCode::from(2);
+    }
     match commands::run(args) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Problem) => ExitCode::from(1),
@@ -31,6 +28,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Logs go to standard error: `ETP_LOG` filters them (default `warn`),
+/// `ETP_LOG_FORMAT=json` writes one JSON object per line for log shippers;
+/// colours only when standard error is a terminal.
+fn init_logging() -> Result<(), String> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ETP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let format = std::env::var("ETP_LOG_FORMAT").unwrap_or_default();
+    let base = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format.as_str() {
+        "json" => base.json().init(),
+        "" | "text" => base.with_ansi(std::io::stderr().is_terminal()).init(),
+        other => return Err(format!("ETP_LOG_FORMAT={other:?}: expected text or json")),
+    }
+    Ok(())
 }
 
 /// An error and its causes on one line, `a: b: c`. Many of the engine's

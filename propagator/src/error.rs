@@ -39,6 +39,12 @@ pub enum DbError {
         #[source]
         source: RecordError,
     },
+    #[error("file {fnr} has no field {field:?}: its declared fields are {} (declare the field in the topology's fields of this master, or set extra_fields = \"allow\" there)", declared.join(", "))]
+    UndeclaredField {
+        fnr: Fnr,
+        field: String,
+        declared: Vec<String>,
+    },
     #[error("transaction id {id:?} was already committed at LSN {lsn}")]
     AlreadyCommitted { id: String, lsn: Lsn },
     #[error("transaction id must be 1 to 128 bytes, got {0} bytes")]
@@ -108,6 +114,7 @@ impl DbError {
                 | DbError::RecordMissing { .. }
                 | DbError::ZeroIsn(_)
                 | DbError::BadRecord { .. }
+                | DbError::UndeclaredField { .. }
                 | DbError::AlreadyCommitted { .. }
                 | DbError::BadClientId(_)
                 | DbError::Aborted(_)

@@ -249,8 +249,16 @@ pub struct ExecOutcome {
     pub committed: u64,
     /// The failing line (1-based) and why.
     pub error: Option<(usize, String)>,
-    /// An open transaction was backed out at the end of input.
-    pub backed_out_at_end: bool,
+    /// The input ended inside a transaction, which was backed out.
+    pub backed_out_at_end: Option<OpenAtEnd>,
+}
+
+/// The transaction input left open, backed out at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenAtEnd {
+    /// Its first command's line (1-based).
+    pub first_line: usize,
+    pub commands: usize,
 }
 
 /// Runs every command of `input` against `target`, printing results to `out`.
@@ -260,6 +268,7 @@ pub fn run_exec<T: ExecTarget>(
     out: &mut dyn Write,
 ) -> std::io::Result<ExecOutcome> {
     let mut outcome = ExecOutcome::default();
+    let mut open: Option<OpenAtEnd> = None;
     for (i, line) in input.split(b'\n').enumerate() {
         let n = i + 1;
         let line = line?;
@@ -288,6 +297,16 @@ pub fn run_exec<T: ExecTarget>(
                 return Ok(outcome);
             }
         };
+        match cmd {
+            ExecCommand::Et { .. } | ExecCommand::Bt => open = None,
+            _ => {
+                let o = open.get_or_insert(OpenAtEnd {
+                    first_line: n,
+                    commands: 0,
+                });
+                o.commands += 1;
+            }
+        }
         let result: Result<(), T::Error> = match cmd {
             ExecCommand::Store { file, isn, fields } => target.store(file, isn, fields).map(|_| ()),
             ExecCommand::Update { file, isn, fields } => target.update(file, isn, fields),
@@ -325,7 +344,20 @@ pub fn run_exec<T: ExecTarget>(
     }
     if target.in_transaction() {
         let _ = target.bt();
-        outcome.backed_out_at_end = true;
+        let o = open.unwrap_or(OpenAtEnd {
+            first_line: 1,
+            commands: 0,
+        });
+        let msg = format!(
+            "input ended inside a transaction: its {} command(s) from line {} on were backed out",
+            o.commands, o.first_line
+        );
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "error": msg, "line": o.first_line })
+        )?;
+        outcome.backed_out_at_end = Some(o);
     }
     out.flush()?;
     Ok(outcome)

@@ -30,6 +30,7 @@
 //! its log record are one entry and one store batch; LSNs and per-master seqs
 //! are gap-free. Start reading at [`database`].
 
+pub mod addr;
 pub mod apply;
 pub mod catalog;
 pub mod confirmation;

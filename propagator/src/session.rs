@@ -9,7 +9,7 @@
 use crate::database::{CommitInfo, Database, Op, MAX_TXN_COMMANDS};
 use crate::error::DbError;
 use crate::ids::{Fnr, Isn};
-use crate::record::{apply_patch, check_field_name, decode_record, encode_record, Record};
+use crate::record::{apply_patch, check_field_name, decode_record, encode_record, Record, Value};
 use std::collections::HashMap;
 
 pub struct Session {
@@ -88,6 +88,7 @@ impl Session {
                 return Err(DbError::ZeroIsn(fnr));
             }
             Self::check_record(fnr, &record)?;
+            s.db.check_schema(fnr, record.keys())?;
             // Checks the file (exists, writable, undamaged) before taking an isn.
             let (isn, stored) = s.db.prepare_store(fnr, isn)?;
             let exists = match s.local.get(&(fnr, isn)) {
@@ -109,6 +110,9 @@ impl Session {
             let mut rec = s
                 .view(fnr, isn)?
                 .ok_or(DbError::RecordMissing { fnr, isn })?;
+            // A null removes a field, declared or not.
+            let written = patch.iter().filter(|(_, v)| **v != Value::Null);
+            s.db.check_schema(fnr, written.map(|(k, _)| k))?;
             apply_patch(&mut rec, &patch);
             Self::check_record(fnr, &rec)?;
             s.local.insert((fnr, isn), Some(rec));

@@ -78,8 +78,30 @@ pub struct MasterDef {
     pub file: u32,
     pub name: String,
     pub log: u32,
-    /// The fields the master's records carry (what predicates and field lists may name).
+    /// The fields the master's records carry: its schema. A client store or
+    /// update naming another field is refused (unless `extra_fields` is
+    /// "allow"); predicates and replicates' field lists name only these.
     pub fields: Vec<String>,
+    /// "refuse" (the default): a store or update naming an undeclared
+    /// field is refused. "allow": any field is taken.
+    #[serde(default, skip_serializing_if = "ExtraFields::is_refuse")]
+    pub extra_fields: ExtraFields,
+}
+
+/// What a client store or update may do with a field its master does not
+/// declare.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraFields {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+impl ExtraFields {
+    fn is_refuse(&self) -> bool {
+        *self == ExtraFields::Refuse
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -161,12 +183,8 @@ impl Valid {
             .map_err(|e| TopologyError(format!("not a valid topology: {e}")))?;
         let mut addresses = BTreeMap::new();
         for d in &topology.databases {
-            let addr: SocketAddr = d.address.parse().map_err(|e| {
-                TopologyError(format!(
-                    "database {}: address {:?} is not host:port ({e})",
-                    d.dbid, d.address
-                ))
-            })?;
+            let addr: SocketAddr = crate::addr::resolve(&d.address)
+                .map_err(|e| TopologyError(format!("database {}: address {e}", d.dbid)))?;
             if addresses.insert(DbId(d.dbid), addr).is_some() {
                 return err(format!("database {} is defined twice", d.dbid));
             }
@@ -306,6 +324,17 @@ impl Valid {
         Fnr(self.topology.admin_file)
     }
 
+    /// The declared fields of each master on database `db` that refuses
+    /// undeclared ones (see [`crate::Database::set_schemas`]).
+    pub fn schemas_on(&self, db: DbId) -> BTreeMap<Fnr, BTreeSet<String>> {
+        self.topology
+            .masters
+            .iter()
+            .filter(|m| m.database == db.0 && m.extra_fields == ExtraFields::Refuse)
+            .map(|m| (Fnr(m.file), m.fields.iter().cloned().collect()))
+            .collect()
+    }
+
     /// The files this topology puts on database `db`.
     pub fn files_on(&self, db: DbId) -> Vec<FileWant> {
         let mut out = Vec::new();
@@ -388,6 +417,26 @@ mod tests {
         assert!(v.replicates.iter().any(|r| r.is_partial()));
         assert_eq!(v.files_on(DbId(1)).len(), 1);
         assert_eq!(v.files_on(DbId(3)).len(), 2);
+    }
+
+    #[test]
+    fn declared_fields_are_the_schema_unless_extra_fields_are_allowed() {
+        let v = Valid::parse(EXAMPLE).expect("valid");
+        let s = v.schemas_on(DbId(1));
+        let want: BTreeSet<String> = ["id", "grp", "qty", "note"].map(String::from).into();
+        assert_eq!(s.get(&Fnr(10)), Some(&want));
+        assert!(
+            v.schemas_on(DbId(2)).is_empty(),
+            "replicates take no schema"
+        );
+        let allow = EXAMPLE.replace(
+            "fields = [\"id\", \"grp\", \"qty\", \"note\"]",
+            "fields = [\"id\", \"grp\", \"qty\", \"note\"]\nextra_fields = \"allow\"",
+        );
+        assert_ne!(allow, EXAMPLE);
+        let v = Valid::parse(&allow).expect("valid");
+        assert!(v.schemas_on(DbId(1)).is_empty(), "allow: any field");
+        refused(&allow.replace("\"allow\"", "\"sometimes\""), "sometimes");
     }
 
     fn refused(text: &str, needle: &str) {

@@ -23,7 +23,7 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks.
 /// 2: error answers carry an [`ErrorCode`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
@@ -397,6 +397,22 @@ pub struct NodeInfo {
     pub dbid: DbId,
     pub last_lsn: Lsn,
     pub version: String,
+    /// Where the node listens.
+    #[serde(default)]
+    pub listening: Option<std::net::SocketAddr>,
+    /// Where its topology says this database is (None: no topology).
+    #[serde(default)]
+    pub topology_address: Option<std::net::SocketAddr>,
+}
+
+impl NodeInfo {
+    /// The topology names this database at an address the node does not
+    /// listen on: its peers cannot reach it there.
+    pub fn address_mismatch(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        let (l, t) = (self.listening?, self.topology_address?);
+        let same = l.port() == t.port() && (l.ip() == t.ip() || l.ip().is_unspecified());
+        (!same).then_some((l, t))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -871,7 +887,9 @@ pub enum Response {
     Verify(VerifyReport),
     Errors(Vec<ErrorEntry>),
     Policy(Policy),
-    Xref(XrefReport),
+    /// One report per master whose log holds the transaction (a
+    /// transaction that wrote two masters is in both logs).
+    Xref(Vec<XrefReport>),
     Cleanup(Vec<CleanupPlan>),
     Copied(crate::copy::Copied),
     Files {

@@ -150,3 +150,64 @@ pub fn tamper(
         .expect("tamper");
     store.flush().expect("flush");
 }
+
+/// A node process started as `etp node run --data DATA [--listen ADDR]`
+/// (no `--listen`: where it listened before), its standard error appended
+/// to `log` with the default log settings. Returns once it printed its
+/// address.
+pub fn start_node(
+    data: &Path,
+    listen: Option<&str>,
+    log: &Path,
+) -> (KillGuard, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("opening the node's log");
+    let mut cmd = Command::new(etp_bin());
+    cmd.args(["node", "run", "--data"]).arg(data);
+    if let Some(l) = listen {
+        cmd.args(["--listen", l]);
+    }
+    let mut child = cmd
+        .env_remove("ETP_LOG")
+        .env_remove("ETP_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("starting etp node run");
+    let stdout = child.stdout.take().expect("node stdout");
+    let guard = KillGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the node prints `listening ADDR` within 30 s");
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| {
+            panic!(
+                "node did not start: {line:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .parse()
+        .expect("a socket address");
+    (guard, addr)
+}
+
+/// A free loopback port (bound, then released: taken again at once by the
+/// caller, so another process is unlikely to get it in between).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free port")
+        .port()
+}

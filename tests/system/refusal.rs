@@ -53,6 +53,8 @@ fn serve(mut s: TcpStream, dbid: u32, seen: &Seen) {
                 dbid: propagator::DbId(dbid),
                 last_lsn: Lsn(0),
                 version: "fake".into(),
+                listening: None,
+                topology_address: None,
             }),
             Request::Admin(AdminRequest::AdminPrepare { .. })
             | Request::Admin(AdminRequest::AdminInstall { .. }) => Response::Ok,

@@ -60,6 +60,35 @@ pub fn random_txn(
     }
 }
 
+/// The applied topology: masters, replicates, their predicates and fields.
+fn print_topology(v: &propagator::topology::Valid) {
+    for m in &v.topology.masters {
+        println!(
+            "   master {} (file {}, log file {}) on database {}, fields {}",
+            m.name,
+            m.file,
+            m.log,
+            m.database,
+            m.fields.join(", ")
+        );
+    }
+    for r in &v.replicates {
+        let d = &r.def;
+        let kind = match (&d.predicate, &d.fields) {
+            (None, None) => "full replicate (every record, every field)".to_string(),
+            (p, f) => format!(
+                "partial replicate: records where {}, fields {}",
+                p.as_deref().unwrap_or("true"),
+                f.as_ref().map_or("all".to_string(), |f| f.join(", "))
+            ),
+        };
+        println!(
+            "   {} (file {}, confirmation file {}) on database {}: {kind}",
+            d.name, d.file, d.confirmation, d.database
+        );
+    }
+}
+
 /// A line above the progress bar (or plainly, when there is no terminal).
 fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
@@ -92,10 +121,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<Outcome> {
             n.data.display()
         );
     }
-    println!(
-        "== applied {}: master items (file 10) on db 1, full replicate items_full on db 2, partial items_part on db 3",
-        dir.join("topology.toml").display()
-    );
+    println!("== applied {}:", dir.join("topology.toml").display());
+    print_topology(&cluster.topology);
+    println!("== workload: {} transactions of 1 to 4 commands each against master items: half stores of new records, 3 in 10 updates of grp and qty (which move records in and out of the partial's selection), 2 in 10 deletes; 1 transaction in 20 ends with BT, backed out on purpose", a.transactions);
 
     let total = a.transactions;
     let bar = ProgressBar::new(total);
@@ -144,7 +172,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<Outcome> {
     let rows = cluster.check_equal()?;
     let status = cluster.task_status()?;
     println!(
-        "== {committed} transactions committed, {backed_out} backed out in {:.2} s ({:.0} commits/s, {:.0} log records/s)",
+        "== {committed} transactions committed, {backed_out} backed out on purpose (the workload's BTs) in {:.2} s ({:.0} commits/s, {:.0} log records/s)",
         workload.as_secs_f64(),
         committed as f64 / workload.as_secs_f64(),
         seq.0 as f64 / workload.as_secs_f64()
@@ -159,8 +187,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<Outcome> {
             r.name, r.state, r.confirmed_seq, r.connects
         );
     }
+    println!("   (connects: the links the master's task opened to the replicate. A new replicate takes two without any failure: the first finds it has no confirmation yet and orders its initial load, the second loads it and then streams. Each restart of the replicate's node adds one.)");
     let part = cluster.dump(2, maintenance::cluster::PART)?.len();
-    println!("== checked from the dumps: full replicate == master ({rows} rows); partial == select(project(master)) ({part} rows)");
+    println!("== checked from the dumps: full replicate == master ({rows} rows); partial == the master's records its predicate selects, cut to its fields ({part} rows)");
     for n in &mut cluster.nodes {
         n.stop()?;
     }

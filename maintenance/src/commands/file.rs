@@ -176,6 +176,8 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {
     let outcome = match (a.data, a.node) {
         (Some(dir), _) => {
             let db = open_or_context(&dir)?;
+            // The masters' declared fields hold offline as through a node.
+            propagator::node::load_schemas(&db)?;
             let mut session = db.session();
             propagator::exec::run_exec(&mut session, stdin.lock(), &mut stdout)
         }
@@ -186,12 +188,16 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {
         (None, None) => bail!("give --data DIR or --node ADDR"),
     }
     .context("reading commands or writing results")?;
-    if outcome.backed_out_at_end {
-        eprintln!("etp: note: input ended inside a transaction; it was backed out");
-    }
-    match outcome.error {
-        Some((line, msg)) => bail!("line {line}: {msg} (the open transaction was backed out; {} earlier transactions stay committed)", outcome.committed),
-        None => Ok(Outcome::Ok),
+    match (outcome.error, outcome.backed_out_at_end) {
+        (Some((line, msg)), _) => bail!("line {line}: {msg} (the open transaction was backed out; {} earlier transactions stay committed)", outcome.committed),
+        (None, Some(open)) => {
+            eprintln!(
+                "etp: error: input ended inside a transaction: its {} command(s) since line {} were backed out (end it with {{\"op\":\"et\"}}); {} earlier transaction(s) stay committed",
+                open.commands, open.first_line, outcome.committed
+            );
+            Ok(Outcome::Problem)
+        }
+        (None, None) => Ok(Outcome::Ok),
     }
 }
 
@@ -228,7 +234,17 @@ fn exec_journal(a: &ExecArgs, dir: &std::path::Path) -> anyhow::Result<Outcome> 
         journal::ExecEnd::Done => Ok(Outcome::Ok),
         journal::ExecEnd::Pending(_) => Ok(Outcome::Problem),
         journal::ExecEnd::Error { message, pending } => {
-            bail!("{message} ({pending} transaction(s) stay pending in the journal)")
+            bail!("{message} ({pending} transaction(s) stay pending in the journal: fix the cause, then `etp exec --node ADDR --journal DIR --rerun`)")
+        }
+        journal::ExecEnd::OpenAtEnd {
+            first_line,
+            commands,
+            pending,
+        } => {
+            eprintln!(
+                "etp: error: input ended inside a transaction: its {commands} command(s) from line {first_line} on were backed out, not journaled (end it with {{\"op\":\"et\"}}); {pending} transaction(s) pending in the journal"
+            );
+            Ok(Outcome::Problem)
         }
     }
 }

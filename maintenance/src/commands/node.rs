@@ -27,6 +27,10 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
         ..propagator::Options::default()
     };
     let db = super::open_with_options(&data.data, opts)?;
+    let listen = match listen {
+        Some(a) => a,
+        None => known_address(&db)?,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -39,6 +43,7 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        remember_address(&db, addr);
         let metrics = match metrics {
             Some(a) => Some(metrics::bind(a).await?),
             None => None,
@@ -84,6 +89,43 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
     db.close().context("closing the database")?;
     eprintln!("etp: node stopped cleanly");
     Ok(Outcome::Ok)
+}
+
+/// The file in a data directory that holds where its node listened last.
+const ADDRESS_FILE: &str = "node-address";
+
+/// Where a node started without `--listen` listens: where the applied
+/// topology puts its database, else where it listened last, else any free
+/// loopback port (the first start).
+fn known_address(db: &propagator::Database) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(Some(v)) = propagator::node::stored_topology(db) {
+        if let Some(a) = v.addresses.get(&db.dbid()) {
+            return Ok(*a);
+        }
+    }
+    let path = db.dir().join(ADDRESS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => propagator::addr::resolve(text.trim())
+            .with_context(|| format!("{} (remove it, or give --listen)", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Notes where the node listens, for the next start without `--listen`.
+/// Only a hint: failing to write it is a warning.
+fn remember_address(db: &propagator::Database, addr: std::net::SocketAddr) {
+    let path = db.dir().join(ADDRESS_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == addr.to_string()) {
+        return;
+    }
+    let tmp = db.dir().join(format!("{ADDRESS_FILE}.tmp"));
+    let r = std::fs::write(&tmp, format!("{addr}\n")).and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "cannot note the listen address");
+    }
 }
 
 async fn shutdown_signal() {
@@ -146,11 +188,20 @@ pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
         TaskCommand::Stop(a) => control(a, TaskAction::Stop),
         TaskCommand::Restart(a) => control(a, TaskAction::Restart),
     };
+    let status = matches!(req, Request::Operation(OperationRequest::TaskStatus));
     let mut client = Client::connect(node.node)?;
-    let tasks = match client.call(&req)? {
+    let mut tasks = match client.call(&req)? {
         Response::Tasks(t) => t,
         other => bail!("unexpected answer {other:?}"),
     };
+    if status {
+        warn_if_moved(&mut client);
+        if tasks.is_empty() {
+            // A replicate's node runs no task: show the tasks that feed the
+            // cluster, from every node of its topology that runs one.
+            tasks = cluster_tasks(&mut client)?;
+        }
+    }
     print_tasks(&tasks, json);
     let problem = tasks
         .iter()
@@ -161,6 +212,42 @@ pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Ok
     })
+}
+
+/// Says so when the node listens elsewhere than its topology names it.
+fn warn_if_moved(client: &mut Client) {
+    if let Ok(Response::Info(i)) = client.call(&Request::Read(propagator::wire::ReadRequest::Info))
+    {
+        if let Some((listening, named)) = i.address_mismatch() {
+            eprintln!(
+                "etp: warning: this node listens at {listening}, but the topology names database {} at {named}: its peers cannot reach it (restart it without --listen, or apply a topology that names {listening})",
+                i.dbid
+            );
+        }
+    }
+}
+
+/// The tasks of every node of the topology the node at `client` holds.
+fn cluster_tasks(client: &mut Client) -> anyhow::Result<Vec<TaskReport>> {
+    let text = match client.call(&Request::Admin(AdminRequest::AdminExport))? {
+        Response::Text(t) if !t.trim().is_empty() => t,
+        _ => return Ok(Vec::new()),
+    };
+    let v = propagator::topology::Valid::parse(&text).map_err(anyhow::Error::msg)?;
+    let mut all = Vec::new();
+    for (db, addr) in &v.addresses {
+        if v.tasks_on(*db).iter().all(|(_, _, r)| r.is_empty()) {
+            continue;
+        }
+        match Client::connect(*addr)
+            .and_then(|mut c| c.call(&Request::Operation(OperationRequest::TaskStatus)))
+        {
+            Ok(Response::Tasks(t)) => all.extend(t),
+            Ok(other) => bail!("unexpected answer {other:?}"),
+            Err(e) => eprintln!("etp: warning: database {db} at {addr}: {e}"),
+        }
+    }
+    Ok(all)
 }
 
 /// Every task of every node of the topology, one line each.

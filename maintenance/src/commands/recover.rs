@@ -105,6 +105,8 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
                     v["unfinished_plan"] = serde_json::Value::String(u);
                 }
                 output::json(&v);
+            } else if intact {
+                println!("all intact: every database answers, no file is damaged, every replicate is current and consistent; nothing to recover");
             } else {
                 for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
                     print_walk(w);

@@ -16,6 +16,8 @@ struct Operator<'a, R: BufRead, W: Write> {
     input: R,
     out: W,
     decisions: u32,
+    /// The question standard input ended at.
+    ended: Option<String>,
 }
 
 impl<R: BufRead, W: Write> Answers for Operator<'_, R, W> {
@@ -62,10 +64,9 @@ impl<R: BufRead, W: Write> Answers for Operator<'_, R, W> {
             self.out.flush()?;
             let mut line = String::new();
             if self.input.read_line(&mut line)? == 0 {
-                bail!(
-                    "standard input ended before question `{}` was answered",
-                    node.id
-                );
+                writeln!(self.out)?;
+                self.ended = Some(node.id.clone());
+                bail!("input ended");
             }
             let given = match line.trim().to_ascii_lowercase().as_str() {
                 "" => default,
@@ -118,9 +119,23 @@ pub fn walk(case: &str, node: SocketAddr, sources: &Sources) -> anyhow::Result<O
         input: stdin.lock(),
         out: std::io::stdout(),
         decisions: 0,
+        ended: None,
     };
     println!("{}: {}", tree.id, tree.title);
-    let w = flowcharts::walk(tree, &mut op).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let w = match flowcharts::walk(tree, &mut op) {
+        Ok(w) => w,
+        Err(e) => match &op.ended {
+            Some(q) => bail!(
+                "input ended before question `{q}` was answered: the walk stopped there (nothing was changed)"
+            ),
+            None => match e {
+                flowcharts::WalkError::Answers { source, .. } => {
+                    return Err(source.context(format!("walking {}", tree.id)))
+                }
+                other => bail!("{other}"),
+            },
+        },
+    };
     let overridden = op.decisions;
     println!();
     super::recover::print_walk(&w);
@@ -128,8 +143,16 @@ pub fn walk(case: &str, node: SocketAddr, sources: &Sources) -> anyhow::Result<O
     println!(
         "  to carry a plan out: etp recover run {case} --execute --node {node} (it walks the case again from the probes alone: the answers given here are not reused)"
     );
-    Ok(match w.plan.leaf() {
-        Some("all_intact") => Outcome::Ok,
-        _ => Outcome::Problem,
+    let intact = w.plan.leaf() == Some("all_intact");
+    if !intact {
+        println!(
+            "  exit status 1: the walk ended at {}, which needs recovery (0 only when everything is intact)",
+            w.plan.leaf().unwrap_or("an operator step")
+        );
+    }
+    Ok(if intact {
+        Outcome::Ok
+    } else {
+        Outcome::Problem
     })
 }

@@ -503,6 +503,7 @@ pub fn confirm(c: ConfirmCommand) -> anyhow::Result<Outcome> {
 pub fn xref(a: XrefArgs) -> anyhow::Result<Outcome> {
     let v = topology(a.node.node)?;
     let mut last_err = None;
+    let mut found = Vec::new();
     for (_, addr) in task_nodes(&v) {
         let req = Request::Operation(OperationRequest::Xref {
             master: a.master.map(Fnr),
@@ -510,45 +511,60 @@ pub fn xref(a: XrefArgs) -> anyhow::Result<Outcome> {
             seq: a.seq.map(Seq),
         });
         match call(addr, &req)? {
-            Response::Xref(x) => {
-                if a.json {
-                    output::json(&serde_json::to_value(&x)?);
-                } else {
-                    println!(
-                        "transaction {} on master {}: seq {}..{}, lsn {}, {}",
-                        x.client_id.as_deref().unwrap_or("(no client id)"),
-                        x.master,
-                        x.first_seq,
-                        x.last_seq,
-                        x.lsn,
-                        chrono::DateTime::from_timestamp_micros(x.time_us)
-                            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                            .unwrap_or_default()
-                    );
-                    output::table(
-                        &["replicate", "status", "confirmed"],
-                        &x.replicates
-                            .iter()
-                            .map(|r| {
-                                vec![
-                                    r.replicate.clone(),
-                                    r.status.clone(),
-                                    r.confirmed_seq.to_string(),
-                                ]
-                            })
-                            .collect::<Vec<_>>(),
-                    );
-                }
-                return Ok(Outcome::Ok);
-            }
+            Response::Xref(x) => found.extend(x),
             Response::Error { message, .. } => last_err = Some(message),
             other => bail!("unexpected answer {other:?}"),
         }
     }
-    bail!(
-        "{}",
-        last_err.unwrap_or_else(|| "no node runs a replication task".into())
-    )
+    if found.is_empty() {
+        bail!(
+            "{}",
+            last_err.unwrap_or_else(|| "no node runs a replication task".into())
+        );
+    }
+    // A seq is a position in one master's log: seq 7 of two masters is two
+    // different transactions.
+    let lsns: std::collections::BTreeSet<_> = found.iter().map(|x| x.lsn).collect();
+    if a.seq.is_some() && lsns.len() > 1 {
+        bail!(
+            "seq {} is in the logs of {} masters (files {}), as different transactions: name one with --master",
+            a.seq.unwrap_or_default(),
+            found.len(),
+            found.iter().map(|x| x.master.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    // Every master the transaction wrote: one report (one JSON line) each.
+    for x in &found {
+        if a.json {
+            output::json(&serde_json::to_value(x)?);
+            continue;
+        }
+        println!(
+            "transaction {} on master {}: seq {}..{}, lsn {}, {}",
+            x.client_id.as_deref().unwrap_or("(no client id)"),
+            x.master,
+            x.first_seq,
+            x.last_seq,
+            x.lsn,
+            chrono::DateTime::from_timestamp_micros(x.time_us)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default()
+        );
+        output::table(
+            &["replicate", "status", "confirmed"],
+            &x.replicates
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.replicate.clone(),
+                        r.status.clone(),
+                        r.confirmed_seq.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    Ok(Outcome::Ok)
 }
 
 pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {

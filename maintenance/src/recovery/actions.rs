@@ -545,6 +545,10 @@ impl Exec<'_> {
             crate::journal::ExecEnd::Error { message, pending } => {
                 bail!("rerun refused: {message} ({pending} pending)")
             }
+            // A rerun reads no input, so it never ends inside one.
+            crate::journal::ExecEnd::OpenAtEnd { pending, .. } => {
+                bail!("rerun left {pending} transaction(s) pending")
+            }
         }
     }
 

@@ -51,7 +51,7 @@ use crate::plog::{Checkpoint, Commit, LogScan, PlogEntry, PlogWriter};
 use crate::record::{apply_patch, decode_record, encode_record, Record};
 use crate::store::PageStore;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -202,6 +202,9 @@ pub(crate) struct Shared {
     pub durable: watch::Sender<Lsn>,
     pub metrics: crate::metrics::DbMetrics,
     pub committer: Committer,
+    /// Per master: the fields its records may carry (set from the topology;
+    /// a master without an entry takes any field).
+    pub schemas: Mutex<BTreeMap<Fnr, Arc<BTreeSet<String>>>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -341,6 +344,7 @@ impl Database {
             durable: durable_tx,
             metrics: Default::default(),
             committer: Committer::new(opts.max_group_bytes),
+            schemas: Mutex::new(BTreeMap::new()),
         });
         Committer::start(&shared, rec.writer, rec.checkpoint).map_err(|e| DbError::Directory {
             dir: dir.display().to_string(),
@@ -357,6 +361,34 @@ impl Database {
 
     fn shared(&self) -> &Shared {
         &self.h.shared
+    }
+
+    /// The fields client stores and updates may write in each master (the
+    /// topology's declared `fields`); a master left out takes any field.
+    /// Replaces what was set before. Held in memory: whoever opens the
+    /// database for client writes sets it from the stored topology.
+    pub fn set_schemas(&self, schemas: BTreeMap<Fnr, BTreeSet<String>>) {
+        *lock(&self.shared().schemas) =
+            schemas.into_iter().map(|(f, s)| (f, Arc::new(s))).collect();
+    }
+
+    /// Refuses a field that master `fnr` does not declare.
+    pub(crate) fn check_schema<'a>(
+        &self,
+        fnr: Fnr,
+        fields: impl Iterator<Item = &'a String>,
+    ) -> Result<(), DbError> {
+        let Some(declared) = lock(&self.shared().schemas).get(&fnr).cloned() else {
+            return Ok(());
+        };
+        match fields.into_iter().find(|f| !declared.contains(*f)) {
+            None => Ok(()),
+            Some(field) => Err(DbError::UndeclaredField {
+                fnr,
+                field: field.clone(),
+                declared: declared.iter().cloned().collect(),
+            }),
+        }
     }
 
     pub fn dbid(&self) -> DbId {

@@ -141,7 +141,7 @@ impl Node {
         }
         self.control.set_admin(admin);
         self.start_tasks(&v, true);
-        *lock(&self.topology) = Some(v);
+        self.set_topology(v);
         Response::Ok
     }
 
@@ -255,6 +255,16 @@ pub(super) fn copy_jobs(db: &Database, set: Option<String>) -> Result<String, Db
 }
 
 /// The topology kept in this database's administration file, if any.
+/// Sets the database's schemas from its stored topology (see
+/// [`Database::set_schemas`]): an offline writer calls it after opening the
+/// database, as a node does at start and at each apply.
+pub fn load_schemas(db: &Database) -> Result<(), NodeError> {
+    if let Some(v) = stored_topology(db)? {
+        db.set_schemas(v.schemas_on(db.dbid()));
+    }
+    Ok(())
+}
+
 pub fn stored_topology(db: &Database) -> Result<Option<Valid>, NodeError> {
     let admin = db
         .files()

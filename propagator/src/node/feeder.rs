@@ -79,6 +79,9 @@ pub(super) struct FeedState {
     pub progress_us: i64,
     pub last_error: Option<String>,
     pub connects: u64,
+    /// Since when the link has been down, and how many reconnects failed
+    /// (the first loss is logged as a warning, its end too).
+    pub down: Option<(Instant, u32)>,
 }
 
 pub(super) struct Feeder {

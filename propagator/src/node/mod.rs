@@ -28,7 +28,7 @@ mod stream;
 pub mod task;
 mod view;
 
-pub use admin::{stored_topology, COPY_JOBS_ISN};
+pub use admin::{load_schemas, stored_topology, COPY_JOBS_ISN};
 pub use errors::{Internal, OpError};
 
 use crate::catalog::Role;
@@ -83,6 +83,8 @@ pub struct Node {
     quiesced: std::sync::atomic::AtomicBool,
     /// Client command batches hold it shared; a quiesce takes it alone.
     update_gate: tokio::sync::RwLock<()>,
+    /// Where [`Node::serve`] listens.
+    listening: Mutex<Option<SocketAddr>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,12 +155,37 @@ impl Node {
             metrics: metrics::Rates::default(),
             quiesced: std::sync::atomic::AtomicBool::new(quiesced),
             update_gate: tokio::sync::RwLock::new(()),
+            listening: Mutex::new(None),
         });
         if let Some(v) = stored {
             node.start_tasks(&v, true);
-            *lock(&node.topology) = Some(v);
+            node.set_topology(v);
         }
         Ok(node)
+    }
+
+    /// The topology this node serves: its masters' declared fields become
+    /// the database's schemas.
+    fn set_topology(&self, v: Valid) {
+        self.db.set_schemas(v.schemas_on(self.db.dbid()));
+        *lock(&self.topology) = Some(v);
+        self.warn_if_moved();
+    }
+
+    /// Warns when the topology names this database at an address the node
+    /// does not listen on (started with another `--listen`).
+    fn warn_if_moved(&self) {
+        let info = match self.info() {
+            Response::Info(i) => i,
+            _ => return,
+        };
+        if let Some((listening, named)) = info.address_mismatch() {
+            tracing::warn!(
+                %listening, topology = %named, dbid = %info.dbid,
+                "this node listens at {listening}, but the topology names database {} at {named}: its peers will not reach it. Restart it without --listen (it then listens at {named}), or apply a topology that names {listening}",
+                info.dbid
+            );
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -234,6 +261,8 @@ impl Node {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        *lock(&self.listening) = listener.local_addr().ok();
+        self.warn_if_moved();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

@@ -53,19 +53,18 @@ impl Node {
             return Response::error("no replication task on this node matches");
         }
         let r = errors::off_reactor(move || {
+            let mut found = Vec::new();
             for t in tasks {
-                if let Some(x) = t.xref(id.as_deref(), seq)? {
-                    return Ok(Some(x));
-                }
+                found.extend(t.xref(id.as_deref(), seq)?);
             }
-            Ok::<_, OpError>(None)
+            Ok::<_, OpError>(found)
         })
         .await;
         match r {
-            Ok(Some(x)) => Response::Xref(x),
-            Ok(None) => Response::error(OpError::NotHere(
+            Ok(found) if found.is_empty() => Response::error(OpError::NotHere(
                 "no such transaction in the log of any master on this node".into(),
             )),
+            Ok(found) => Response::Xref(found),
             Err(e) => Response::error(e),
         }
     }

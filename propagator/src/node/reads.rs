@@ -28,6 +28,10 @@ impl Node {
             dbid: self.db.dbid(),
             last_lsn: self.db.last_lsn(),
             version: env!("CARGO_PKG_VERSION").into(),
+            listening: *lock(&self.listening),
+            topology_address: lock(&self.topology)
+                .as_ref()
+                .and_then(|v| v.addresses.get(&self.db.dbid()).copied()),
         })
     }
 

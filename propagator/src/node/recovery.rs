@@ -167,7 +167,7 @@ impl Node {
         })
         .await;
         match restored {
-            Ok(Some(v)) => *lock(&self.topology) = Some(v),
+            Ok(Some(v)) => self.set_topology(v),
             Ok(None) => {}
             Err(e) => tracing::error!(reason = %e, "administration file still unusable"),
         }

@@ -105,8 +105,18 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
                 return;
             }
             Stop::Link(msg) => {
-                tracing::warn!(replicate = %name, error = %msg, "replication link lost");
-                lock(&f.st).last_error = Some(msg.clone());
+                let first = {
+                    let mut s = lock(&f.st);
+                    s.last_error = Some(msg.clone());
+                    let d = s.down.get_or_insert((std::time::Instant::now(), 0));
+                    d.1 += 1;
+                    d.1 == 1
+                };
+                if first {
+                    tracing::warn!(replicate = %name, error = %msg, "replication link lost");
+                } else {
+                    tracing::debug!(replicate = %name, error = %msg, "reconnect failed");
+                }
                 let cap = match (ctx.control.policy(), ctx.def.restart_interval_s) {
                     (Policy::Automatic, Some(cap)) => cap,
                     (Policy::Automatic, None) => {
@@ -233,6 +243,15 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     };
     {
         let mut s = lock(&f.st);
+        if let Some((since, failed)) = s.down.take() {
+            tracing::warn!(
+                replicate = %name,
+                down_s = since.elapsed().as_secs_f64(),
+                failed_reconnects = failed.saturating_sub(1),
+                "replication link restored after {:.1} s down",
+                since.elapsed().as_secs_f64()
+            );
+        }
         s.connects += 1;
         s.has_confirmation = state.confirmation.is_some();
         if let Some(c) = &state.confirmation {
