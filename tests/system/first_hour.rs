@@ -239,6 +239,24 @@ fn a_newcomers_cluster_keeps_its_addresses_and_refuses_silent_mistakes() {
     });
     let l2 = std::fs::read_to_string(&log2).unwrap_or_default();
     assert!(!l1.contains('\u{1b}') && !l2.contains('\u{1b}'), "{l1}");
+
+    // Started elsewhere than its topology says: the node warns in its log,
+    // and task status says so.
+    drop(_n2b);
+    let (_n2c, a2c) = start_node(&d2, Some("127.0.0.1:0"), &log2);
+    assert_ne!(a2c.port(), a2.port());
+    let st = etp(&["task", "status", "--node", &a2c.to_string()]);
+    assert!(
+        stderr(&st).contains(&format!("listens at {a2c}, but the topology names database 2")),
+        "{}",
+        stderr(&st)
+    );
+    wait_for("the moved node's warning", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log2)
+            .unwrap_or_default()
+            .contains("its peers will not reach it")
+            .then_some(())
+    });
 }
 
 /// A journaled run that meets a refused transaction keeps the input after
