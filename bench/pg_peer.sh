@@ -325,11 +325,18 @@ snap_begin() {
   SNAP[sys]=$(sys_cpu); SNAP[disk]=$(disk_stat)
   SNAP[lsn]=$(psql_m -c "SELECT pg_current_wal_lsn()")
 }
-snap_end() { # prefix wall_seconds [with_workers]
-  local p=$1 wall=$2
+snap_end() { # prefix wall_seconds with_workers rows
+  local p=$1 wall=$2 rows=${4:-0}
   local m r; m=$(cluster_ticks "$PM_M"); r=$(cluster_ticks "$PM_R")
   emit "${p}_cpu_master_cluster_s" "$(calc "($m - ${SNAP[m]}) / $CLK_TCK" 2)" s
   emit "${p}_cpu_replica_cluster_s" "$(calc "($r - ${SNAP[r]}) / $CLK_TCK" 2)" s
+  if [ "$rows" -gt 0 ]; then
+    # CPU per row, as `etp bench propagate` reports it per node: the master
+    # cluster's, the replica cluster's (both replicates), and their sum.
+    emit "${p}_cpu_master_us_per_row" "$(calc "($m - ${SNAP[m]}) * 1000000 / $CLK_TCK / $rows" 1)" us/row
+    emit "${p}_cpu_replicas_us_per_row" "$(calc "($r - ${SNAP[r]}) * 1000000 / $CLK_TCK / $rows" 1)" us/row
+    emit "${p}_cpu_total_us_per_row" "$(calc "($m - ${SNAP[m]} + $r - ${SNAP[r]}) * 1000000 / $CLK_TCK / $rows" 1)" us/row
+  fi
   if [ "${3:-1}" = 1 ]; then
     emit "${p}_cpu_walsender_full_s" "$(calc "($(pid_ticks "$WS_FULL") - ${SNAP[wsf]}) / $CLK_TCK" 2)" s
     emit "${p}_cpu_walsender_part_s" "$(calc "($(pid_ticks "$WS_PART") - ${SNAP[wsp]}) / $CLK_TCK" 2)" s
@@ -402,7 +409,7 @@ emit a_part_caught_up_s "$(calc "$T_PART - $T0")" s
 emit a_e2e_s "$WALL" s
 emit a_e2e_rows_per_s "$(calc "$N / $WALL" 0)" rows/s
 emit a_tail_after_master_s "$(calc "$TE - $T1")" s
-snap_end a "$WALL"
+snap_end a "$WALL" 1 "$N"
 CNT_M=$(psql_m -c "SELECT count(*) FROM items")
 CNT_MP=$(psql_m -c "SELECT count(*) FROM items WHERE grp % 4 = 0")
 CNT_F=$(psql_r full_rep -c "SELECT count(*) FROM items")
@@ -441,7 +448,7 @@ for kind in full part; do
   emit "c_${kind}_initial_sync_s" "$WALL" s
   emit "c_${kind}_initial_sync_rows" "$got" rows
   emit "c_${kind}_initial_sync_rows_per_s" "$(calc "$got / $WALL" 0)" rows/s
-  snap_end "c_${kind}" "$WALL" 0
+  snap_end "c_${kind}" "$WALL" 0 "$got"
   psql_r "sync_$kind" -c "DROP SUBSCRIPTION sub_sync_$kind"
   "$PSQL" -X -q -v ON_ERROR_STOP=1 -h $HOST -p "$PORT_R" -U postgres -d postgres -c "DROP DATABASE sync_$kind"
 done
@@ -500,7 +507,7 @@ emit a2_part_drained_s "$(calc "$T_PART - $T0")" s
 emit a2_drain_s "$WALL" s
 emit a2_drain_rows_per_s "$(calc "$N / $WALL" 0)" rows/s
 emit a2_full_drain_rows_per_s "$(calc "$N / ($T_FULL - $T0)" 0)" rows/s
-snap_end a2 "$WALL"
+snap_end a2 "$WALL" 1 "$N"
 
 # ---------------------------------------------------------------- b. commit-to-apply lag
 for db in full_rep part_rep; do
@@ -531,7 +538,7 @@ TE=$(max "$T_FULL" "$T_PART")
 WALL=$(calc "$TE - $T0")
 emit b_master_commits_per_s "$(calc "$M / ($T1 - $T0)" 0)" commits/s
 emit b_e2e_s "$WALL" s
-snap_end b "$WALL"
+snap_end b "$WALL" 1 "$M"
 
 if [ "$M_PACED" -gt 0 ]; then
   log "b. lag: $M_PACED single-row commits, one every $PACE_MS ms"
@@ -601,7 +608,7 @@ emit d_update_full_caught_up_s "$(calc "$T_FULL - $T0")" s
 emit d_update_part_caught_up_s "$(calc "$T_PART - $T0")" s
 emit d_update_e2e_s "$WALL" s
 emit d_update_e2e_rows_per_s "$(calc "$U / $WALL" 0)" rows/s
-snap_end d_update "$WALL"
+snap_end d_update "$WALL" 1 "$U"
 
 snap_begin
 T0=$(now)
@@ -627,7 +634,7 @@ emit d_delete_full_caught_up_s "$(calc "$T_FULL - $T0")" s
 emit d_delete_part_caught_up_s "$(calc "$T_PART - $T0")" s
 emit d_delete_e2e_s "$WALL" s
 emit d_delete_e2e_rows_per_s "$(calc "$U / $WALL" 0)" rows/s
-snap_end d_delete "$WALL"
+snap_end d_delete "$WALL" 1 "$U"
 
 # ---------------------------------------------------------------- final verification
 V_M=$(psql_m -c "SELECT count(*) || ':' || sum(qty) || ':' || sum(id) FROM items")

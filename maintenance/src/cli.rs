@@ -596,6 +596,11 @@ pub enum DbCommand {
         /// Protection-log segment size in bytes.
         #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(4096..))]
         segment_size: Option<u64>,
+        /// The page store's engine: fjall (the default: measured fastest
+        /// here) or sled. Kept for the database's life. Default: the
+        /// ETP_STORE environment variable, else fjall.
+        #[arg(long, value_name = "ENGINE")]
+        store: Option<propagator::Engine>,
     },
     /// Verify every protection-log frame and every file's digest (exit 1 on damage).
     Check {
@@ -755,6 +760,10 @@ pub enum BenchCommand {
         /// reported (the disk's rate drifts several-fold from minute to minute).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         rounds: u32,
+        /// The page store's engine for the benchmark's databases (default:
+        /// ETP_STORE, else fjall).
+        #[arg(long, value_name = "ENGINE")]
+        store: Option<propagator::Engine>,
     },
     /// End-to-end propagation on three node processes, with pg_peer.sh's
     /// phases and metric names (N, B, M, M_PACED, PACE_MS from the environment).
@@ -763,6 +772,10 @@ pub enum BenchCommand {
         /// under BENCH_TMPDIR, TMPDIR or /tmp).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
+        /// The page store's engine for the benchmark's databases (default:
+        /// ETP_STORE, else fjall).
+        #[arg(long, value_name = "ENGINE")]
+        store: Option<propagator::Engine>,
     },
     /// Copy throughput of a master (no load, write load) next to the disk's
     /// sequential write rate, and restore + regenerate time.
@@ -776,6 +789,10 @@ pub enum BenchCommand {
         /// Changes committed after the copy, rolled forward by regenerate.
         #[arg(long, default_value_t = 100_000)]
         changes: u64,
+        /// The page store's engine for the benchmark's databases (default:
+        /// ETP_STORE, else fjall).
+        #[arg(long, value_name = "ENGINE")]
+        store: Option<propagator::Engine>,
     },
 }
 

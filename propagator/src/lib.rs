@@ -56,7 +56,8 @@ pub mod wire;
 
 pub use catalog::{FileDef, Role};
 pub use database::{
-    CheckReport, CommitInfo, CopyPoint, Database, FileInfo, OpenReport, Options, SegmentInfo,
+    default_engine, CheckReport, CommitInfo, CopyPoint, Database, FileInfo, OpenReport, Options,
+    SegmentInfo,
 };
 pub use digest::{Digest, FileMeta};
 pub use error::DbError;
@@ -65,3 +66,4 @@ pub use log_record::{LogOp, LogRecord};
 pub use predicate::{project, Predicate, PredicateError};
 pub use record::{Record, Value};
 pub use session::Session;
+pub use store::Engine;

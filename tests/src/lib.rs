@@ -135,7 +135,9 @@ pub fn tamper(
     edits: Vec<(propagator::Isn, Option<propagator::Record>)>,
 ) {
     use propagator::record::encode_record;
-    let store = propagator::store::PageStore::open(&data.join("store"), 1 << 20).expect("store");
+    let engine = propagator::Database::engine_of(data).expect("a database");
+    let store =
+        propagator::store::PageStore::open(&data.join("store"), engine, 1 << 20).expect("store");
     let applied = store.applied_lsn().expect("lsn");
     let records = edits
         .into_iter()

@@ -82,7 +82,18 @@ fn dump(dir: &str, file: u32) -> BTreeMap<u64, serde_json::Value> {
 
 #[test]
 fn kill_9_at_random_points_loses_no_acknowledged_et_and_leaves_no_partial_one() {
-    let seed = seed("kill_9");
+    kill_9_cycles("fjall");
+}
+
+#[test]
+fn kill_9_at_random_points_on_a_sled_page_store() {
+    kill_9_cycles("sled");
+}
+
+/// Kills a node at random points while it commits, on a database whose
+/// page store runs on `engine`.
+fn kill_9_cycles(engine: &str) {
+    let seed = seed(&format!("kill_9_{engine}"));
     let mut rng = fastrand::Rng::with_seed(seed);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("db");
@@ -97,6 +108,8 @@ fn kill_9_at_random_points_loses_no_acknowledged_et_and_leaves_no_partial_one() 
         "1",
         "--segment-size",
         "16384",
+        "--store",
+        engine,
     ]));
     ok(&etp(&[
         "file",

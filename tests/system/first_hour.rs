@@ -247,7 +247,9 @@ fn a_newcomers_cluster_keeps_its_addresses_and_refuses_silent_mistakes() {
     assert_ne!(a2c.port(), a2.port());
     let st = etp(&["task", "status", "--node", &a2c.to_string()]);
     assert!(
-        stderr(&st).contains(&format!("listens at {a2c}, but the topology names database 2")),
+        stderr(&st).contains(&format!(
+            "listens at {a2c}, but the topology names database 2"
+        )),
         "{}",
         stderr(&st)
     );

@@ -22,14 +22,34 @@ pub fn run(c: BenchCommand) -> anyhow::Result<Outcome> {
             data,
             seconds,
             rounds,
-        } => commit(&data, Duration::from_secs_f64(seconds), rounds),
-        BenchCommand::Propagate { data } => super::bench_propagate::run(data.as_deref()),
+            store,
+        } => {
+            use_engine(store);
+            commit(&data, Duration::from_secs_f64(seconds), rounds)
+        }
+        BenchCommand::Propagate { data, store } => {
+            use_engine(store);
+            super::bench_propagate::run(data.as_deref())
+        }
         BenchCommand::Copy {
             data,
             records,
             changes,
-        } => super::bench_copy::run(&data, records, changes),
+            store,
+        } => {
+            use_engine(store);
+            super::bench_copy::run(&data, records, changes)
+        }
     }
+}
+
+/// Every database the benchmark creates, here or in the node processes it
+/// starts, gets this engine (through `ETP_STORE`, which they inherit).
+fn use_engine(store: Option<propagator::Engine>) {
+    let engine = store.unwrap_or_else(propagator::default_engine);
+    // Set before any thread of this process starts.
+    std::env::set_var("ETP_STORE", engine.name());
+    eprintln!("etp bench: page store {engine}");
 }
 
 /// A new probe file, zero-filled to `zeros` bytes and synced if given.
@@ -67,7 +87,12 @@ fn fdatasync_rate(dir: &Path, d: Duration, prealloc: bool) -> anyhow::Result<f64
 /// CPU time used so far by this process, all threads, from `/proc/self/stat`
 /// (utime + stime, in the 100 Hz ticks Linux reports there); None elsewhere.
 fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    process_cpu_of("self")
+}
+
+/// [`process_cpu`] of process `pid` ("self" for this one).
+pub(super) fn process_cpu_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: count fields from
     // the last ')'. After it come state (field 3), ..., utime (14), stime (15).
     let rest = &stat[stat.rfind(')')? + 1..];

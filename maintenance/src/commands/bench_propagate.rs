@@ -245,6 +245,65 @@ fn file_count(node: &NodeProc, file: propagator::Fnr) -> anyhow::Result<u64> {
     }
 }
 
+/// CPU time per row of a phase on each process: the three nodes and this
+/// one (the client), from `/proc/PID/stat` (user + system, all threads).
+/// `pg_peer.sh` measures PostgreSQL's server processes the same way.
+struct CpuMeter {
+    pids: [Option<u32>; 3],
+    at: [Duration; 4],
+}
+
+const CPU_WHO: [&str; 4] = ["master", "full", "part", "client"];
+
+impl CpuMeter {
+    fn now(pids: &[Option<u32>; 3]) -> [Duration; 4] {
+        let cpu = |p: Option<u32>| {
+            p.and_then(|p| super::bench::process_cpu_of(&p.to_string()))
+                .unwrap_or_default()
+        };
+        [
+            cpu(pids[0]),
+            cpu(pids[1]),
+            cpu(pids[2]),
+            super::bench::process_cpu_of("self").unwrap_or_default(),
+        ]
+    }
+
+    fn start(cl: &Cluster) -> CpuMeter {
+        let pids = [cl.nodes[0].pid(), cl.nodes[1].pid(), cl.nodes[2].pid()];
+        CpuMeter {
+            at: Self::now(&pids),
+            pids,
+        }
+    }
+
+    /// `{phase}_cpu_{who}_us_per_row` for each process, the replicates'
+    /// nodes together (as pg_peer.sh's replica cluster holds both), and
+    /// the total.
+    fn emit(&self, phase: &str, rows: u64) {
+        let end = Self::now(&self.pids);
+        let us: Vec<f64> = (0..4)
+            .map(|i| end[i].saturating_sub(self.at[i]).as_secs_f64() * 1e6 / rows.max(1) as f64)
+            .collect();
+        for (who, v) in CPU_WHO.iter().zip(&us) {
+            emit(
+                &format!("{phase}_cpu_{who}_us_per_row"),
+                format!("{v:.1}"),
+                "us/row",
+            );
+        }
+        let line = |name: &str, v: f64| {
+            emit(
+                &format!("{phase}_cpu_{name}_us_per_row"),
+                format!("{v:.1}"),
+                "us/row",
+            )
+        };
+        line("replicas", us[1] + us[2]);
+        line("total", us.iter().sum());
+    }
+}
+
 fn peak_rss_mb(n: &NodeProc) -> f64 {
     let Some(pid) = n.pid() else { return 0.0 };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -345,6 +404,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
 
     // a. bulk
     eprintln!("a. bulk insert: {n} rows, {b} rows per transaction");
+    let cpu = CpuMeter::start(&cl);
     let t0 = Instant::now();
     let last = bulk(&mut c, 1, n, b)?;
     let t1 = t0.elapsed().as_secs_f64();
@@ -358,6 +418,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     emit_secs("a_e2e_s", wall);
     emit_rate("a_e2e_rows_per_s", n, wall, "rows/s");
     emit_secs("a_tail_after_master_s", wall - t1);
+    cpu.emit("a", n);
     emit("a_part_rows", file_count(&cl.nodes[2], PART)?, "rows");
 
     // c. initial sync of a new replicate, full then partial
@@ -371,6 +432,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     for &(kind, node, file) in phase_c {
         eprintln!("c. initial sync of a new {kind} replicate ({n} rows on the master)");
         let name = format!("sync_{kind}");
+        let cpu = CpuMeter::start(&cl);
         let t0 = Instant::now();
         apply(&mut ctl, format!("{base_topology}{}", sync_replicate(kind)))?;
         confirmed(maddr, &name, last)?;
@@ -388,6 +450,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             wall,
             "rows/s",
         );
+        cpu.emit(&format!("c_{kind}"), rows);
         if kind == "full" {
             // The same load again, its node killed half-way.
             let first = r.last_load.as_ref().map(|l| l.id.clone());
@@ -459,6 +522,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         bail!("cannot stop the task: {stop:?}");
     }
     let last = bulk(&mut c, BULK2 + 1, n, b)?;
+    let cpu = CpuMeter::start(&cl);
     let t0 = Instant::now();
     ctl.call(&Request::Operation(OperationRequest::TaskControl {
         master: Some(MASTER),
@@ -471,6 +535,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     emit_secs("a2_drain_s", wall);
     emit_rate("a2_drain_rows_per_s", n, wall, "rows/s");
     emit_rate("a2_full_drain_rows_per_s", n, tf, "rows/s");
+    cpu.emit("a2", n);
 
     // b. commit-to-apply lag
     eprintln!("b. lag: {m} single-row commits at full speed, then {m_paced} paced");
@@ -488,6 +553,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             fields: ByteBuf::from(encode_record(&r)?),
         })
     };
+    let cpu = CpuMeter::start(&cl);
     let t0 = Instant::now();
     let mut fast = Vec::new();
     for i in 1..=m {
@@ -498,6 +564,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let (tf, tp) = caught_up(maddr, last, t0)?;
     emit_rate("b_master_commits_per_s", m, t1, "commits/s");
     emit("b_e2e_s", format!("{:.3}", tf.max(tp)), "s");
+    cpu.emit("b", m);
     let mut paced = Vec::new();
     for i in 1..=m_paced {
         paced.push(txn(&mut c, vec![lag_row(LAG2 + i, i)?])?.0);
@@ -534,6 +601,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let u = n / 10;
     for (what, make) in [("update", true), ("delete", false)] {
         eprintln!("d. {u} {what}s, {b} rows per transaction");
+        let cpu = CpuMeter::start(&cl);
         let t0 = Instant::now();
         let mut last = Seq(0);
         let mut g = 1;
@@ -570,6 +638,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         emit_secs(&format!("d_{what}_part_caught_up_s"), tp);
         emit_secs(&format!("d_{what}_e2e_s"), wall);
         emit_rate(&format!("d_{what}_e2e_rows_per_s"), u, wall, "rows/s");
+        cpu.emit(&format!("d_{what}"), u);
     }
 
     for (name, node) in [("master", 0usize), ("full", 1), ("part", 2)] {

@@ -13,10 +13,15 @@ pub fn run(c: DbCommand) -> anyhow::Result<Outcome> {
             data,
             dbid,
             segment_size,
+            store,
         } => {
-            Database::init(&data.data, DbId(dbid), segment_size)
+            let engine = store.unwrap_or_else(propagator::default_engine);
+            Database::init_with_engine(&data.data, DbId(dbid), segment_size, engine)
                 .with_context(|| format!("cannot create database {}", data.data.display()))?;
-            println!("created database {dbid} in {}", data.data.display());
+            println!(
+                "created database {dbid} in {} (page store: {engine})",
+                data.data.display()
+            );
             Ok(Outcome::Ok)
         }
         DbCommand::Check { data, json } => check(&data.data, json),
@@ -24,7 +29,12 @@ pub fn run(c: DbCommand) -> anyhow::Result<Outcome> {
             let db = open_or_context(&data.data)?;
             super::file::print_files(&db, json);
             if !json {
-                println!("dbid {}, last LSN {}", db.dbid(), db.last_lsn());
+                println!(
+                    "dbid {}, last LSN {}, page store {}",
+                    db.dbid(),
+                    db.last_lsn(),
+                    db.engine()
+                );
             }
             Ok(Outcome::Ok)
         }

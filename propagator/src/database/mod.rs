@@ -49,7 +49,7 @@ use crate::log_record::LogRecord;
 use crate::medium::{FsDir, MediumDir};
 use crate::plog::{Checkpoint, Commit, LogScan, PlogEntry, PlogWriter};
 use crate::record::{apply_patch, decode_record, encode_record, Record};
-use crate::store::PageStore;
+use crate::store::{Engine, PageStore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -76,12 +76,30 @@ struct Identity {
     dbid: u32,
     segment_size: u64,
     created: String,
+    /// The page store's engine (databases made before the choice existed
+    /// run on sled).
+    #[serde(default = "sled_engine")]
+    store: Engine,
+}
+
+fn sled_engine() -> Engine {
+    Engine::Sled
+}
+
+/// The engine a new database gets when none is named: `ETP_STORE` (sled or
+/// fjall) if set, else [`Engine::default`]. The variable lets a whole test
+/// run, or an operator's scripts, pick the engine without new flags.
+pub fn default_engine() -> Engine {
+    std::env::var("ETP_STORE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default()
 }
 
 /// Tuning for an open database.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// sled's cache budget.
+    /// The page store's cache budget.
     pub cache_bytes: u64,
     /// The most bytes of log entries written by one group commit.
     pub max_group_bytes: usize,
@@ -236,6 +254,16 @@ use crate::catalog::valid_file_name as valid_name;
 impl Database {
     /// Creates a new, empty database in `dir` (which must not exist or be empty).
     pub fn init(dir: &Path, dbid: DbId, segment_size: Option<u64>) -> Result<(), DbError> {
+        Self::init_with_engine(dir, dbid, segment_size, default_engine())
+    }
+
+    /// [`Database::init`] with the page store on `engine`.
+    pub fn init_with_engine(
+        dir: &Path,
+        dbid: DbId,
+        segment_size: Option<u64>,
+        engine: Engine,
+    ) -> Result<(), DbError> {
         let derr = |reason: String| DbError::Directory {
             dir: dir.display().to_string(),
             reason,
@@ -261,6 +289,7 @@ impl Database {
             dbid: dbid.0,
             segment_size,
             created: chrono::Utc::now().to_rfc3339(),
+            store: engine,
         };
         let text = toml::to_string(&id).expect("the identity always encodes");
         std::fs::write(dir.join(IDENTITY_FILE), text).map_err(|e| derr(e.to_string()))?;
@@ -298,6 +327,12 @@ impl Database {
         Ok(id)
     }
 
+    /// The page-store engine of the database in `dir`, from its identity
+    /// (without opening it).
+    pub fn engine_of(dir: &Path) -> Result<Engine, DbError> {
+        Ok(Self::identity(dir)?.store)
+    }
+
     /// Opens a database, running restart recovery.
     pub fn open(dir: &Path) -> Result<(Database, OpenReport), DbError> {
         let plog: Arc<dyn MediumDir> = Arc::new(FsDir::new(dir.join("plog")));
@@ -322,7 +357,7 @@ impl Database {
             });
         }
         let dbid = DbId(id.dbid);
-        let store = PageStore::open(&dir.join("store"), opts.cache_bytes)?;
+        let store = PageStore::open(&dir.join("store"), id.store, opts.cache_bytes)?;
         let mut rec = recovery::recover(&store, plog.clone(), dbid, id.segment_size)?;
         if rec.report.clean {
             // From now on the database is open: a crash before the next clean
@@ -361,6 +396,11 @@ impl Database {
 
     fn shared(&self) -> &Shared {
         &self.h.shared
+    }
+
+    /// The page store's engine.
+    pub fn engine(&self) -> Engine {
+        self.shared().store.engine()
     }
 
     /// The fields client stores and updates may write in each master (the
