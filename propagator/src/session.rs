@@ -73,12 +73,13 @@ impl Session {
         }
     }
 
-    fn check_record(fnr: Fnr, rec: &Record) -> Result<(), DbError> {
+    /// Checks a record (field names, size) and returns its canonical
+    /// encoding.
+    fn check_record(fnr: Fnr, rec: &Record) -> Result<Vec<u8>, DbError> {
         for k in rec.keys() {
             check_field_name(k).map_err(|source| DbError::BadRecord { fnr, source })?;
         }
-        encode_record(rec).map_err(|source| DbError::BadRecord { fnr, source })?;
-        Ok(())
+        encode_record(rec).map_err(|source| DbError::BadRecord { fnr, source })
     }
 
     /// Stores a new record; `isn` None lets the engine assign the next one.
@@ -87,7 +88,7 @@ impl Session {
             if isn == Some(Isn(0)) {
                 return Err(DbError::ZeroIsn(fnr));
             }
-            Self::check_record(fnr, &record)?;
+            let bytes = Self::check_record(fnr, &record)?;
             s.db.check_schema(fnr, record.keys())?;
             // Checks the file (exists, writable, undamaged) before taking an isn.
             let (isn, stored) = s.db.prepare_store(fnr, isn)?;
@@ -98,8 +99,8 @@ impl Session {
             if exists {
                 return Err(DbError::RecordExists { fnr, isn });
             }
-            s.local.insert((fnr, isn), Some(record.clone()));
-            s.ops.push(Op::Store { fnr, isn, record });
+            s.local.insert((fnr, isn), Some(record));
+            s.ops.push(Op::Store { fnr, isn, bytes });
             Ok(isn)
         })
     }

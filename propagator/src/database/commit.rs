@@ -401,7 +401,7 @@ pub(super) fn resolve<V: StateView>(
     }
     let bad = |source| DbError::BadRecord { fnr, source };
     Ok(match op {
-        Op::Store { isn, record, .. } => {
+        Op::Store { isn, bytes, .. } => {
             // A new isn needs no lookup: a lookup in the page store waits
             // for any batch the applier is writing (sled holds one global
             // lock across a batch), with the state lock held.
@@ -412,7 +412,7 @@ pub(super) fn resolve<V: StateView>(
                 fnr,
                 isn,
                 before: None,
-                after: Some(encode_record(&record).map_err(bad)?),
+                after: Some(bytes),
             }
         }
         Op::Update { isn, patch, .. } => {

@@ -120,7 +120,9 @@ pub(crate) enum Op {
     Store {
         fnr: Fnr,
         isn: Isn,
-        record: Record,
+        /// The record's canonical encoding, made once when the session
+        /// took the command: the commit writes these bytes as they are.
+        bytes: Vec<u8>,
     },
     Update {
         fnr: Fnr,
