@@ -80,6 +80,26 @@ fn dump_count(node: &str, file: u32) -> usize {
     parse_dump(&String::from_utf8_lossy(&out.stdout)).len()
 }
 
+/// Two nodes on free ports with [`topology`] applied; returns their guards
+/// and the master's address.
+fn two_nodes(dir: &Path) -> (Vec<etp_system_tests::KillGuard>, std::net::SocketAddr) {
+    let (d1, d2) = (dir.join("n1"), dir.join("n2"));
+    init(&d1, 1);
+    init(&d2, 2);
+    let (n1, a1) = start_node(&d1, Some("127.0.0.1:0"), &dir.join("n1.log"));
+    let (n2, a2) = start_node(&d2, Some("127.0.0.1:0"), &dir.join("n2.log"));
+    let topo = dir.join("topology.toml");
+    std::fs::write(&topo, topology(a1, a2.port())).expect("write topology");
+    ok(&etp(&[
+        "admin",
+        "apply",
+        "--node",
+        &a1.to_string(),
+        topo.to_str().expect("utf-8"),
+    ]));
+    (vec![n1, n2], a1)
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -266,21 +286,8 @@ fn a_newcomers_cluster_keeps_its_addresses_and_refuses_silent_mistakes() {
 #[test]
 fn a_journaled_run_keeps_the_input_after_a_refusal_pending() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (d1, d2) = (tmp.path().join("n1"), tmp.path().join("n2"));
-    init(&d1, 1);
-    init(&d2, 2);
-    let (_n1, a1) = start_node(&d1, Some("127.0.0.1:0"), &tmp.path().join("n1.log"));
-    let (_n2, a2) = start_node(&d2, Some("127.0.0.1:0"), &tmp.path().join("n2.log"));
-    let topo = tmp.path().join("topology.toml");
-    std::fs::write(&topo, topology(a1, a2.port())).expect("write topology");
+    let (_nodes, a1) = two_nodes(tmp.path());
     let m = a1.to_string();
-    ok(&etp(&[
-        "admin",
-        "apply",
-        "--node",
-        &m,
-        topo.to_str().expect("utf-8"),
-    ]));
     let journal = tmp.path().join("journal");
     let j = journal.to_str().expect("utf-8");
     let input = [
@@ -319,22 +326,8 @@ fn a_journaled_run_keeps_the_input_after_a_refusal_pending() {
 #[test]
 fn offline_exec_checks_the_schema_and_never_loses_input_silently() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (d1, d2) = (tmp.path().join("n1"), tmp.path().join("n2"));
-    init(&d1, 1);
-    init(&d2, 2);
-    {
-        let (_n1, a1) = start_node(&d1, Some("127.0.0.1:0"), &tmp.path().join("n1.log"));
-        let (_n2, a2) = start_node(&d2, Some("127.0.0.1:0"), &tmp.path().join("n2.log"));
-        let topo = tmp.path().join("topology.toml");
-        std::fs::write(&topo, topology(a1, a2.port())).expect("write topology");
-        ok(&etp(&[
-            "admin",
-            "apply",
-            "--node",
-            &a1.to_string(),
-            topo.to_str().expect("utf-8"),
-        ]));
-    }
+    drop(two_nodes(tmp.path()));
+    let d1 = tmp.path().join("n1");
     let data = d1.to_str().expect("utf-8");
     let bad = etp_stdin(
         &["exec", "--data", data],
