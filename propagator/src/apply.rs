@@ -42,6 +42,9 @@ pub struct Derived {
     pub catalog: BTreeMap<Fnr, FileDef>,
     /// Per master touched: (first seq, last seq) written to its log.
     pub seqs: BTreeMap<Fnr, (Seq, Seq)>,
+    /// The log records derived, decoded, with their log file (for the
+    /// log's tail kept in memory for the feeders).
+    pub logs: Vec<(Fnr, std::sync::Arc<LogRecord>)>,
 }
 
 pub struct Applier<'v, V: StateView> {
@@ -228,6 +231,7 @@ impl<'v, V: StateView> Applier<'v, V> {
             let lmeta = self.meta_mut(log);
             lmeta.change(Isn(seq.0), None, Some(&bytes));
             self.out.records.push((log, Isn(seq.0), Some(bytes)));
+            self.out.logs.push((log, std::sync::Arc::new(rec)));
             self.out
                 .seqs
                 .entry(p.master)

@@ -86,6 +86,39 @@ impl Database {
         .get(fnr, isn)
     }
 
+    /// Appends the log records a commit derived to their logs' tails; any
+    /// other write to a log file, or a change of its definition, empties
+    /// that log's tail. Called under the state lock, before the commit is
+    /// visible, so a tail never disagrees with the page store.
+    fn keep_tails(
+        shared: &super::Shared,
+        st: &Latest,
+        lsn: Lsn,
+        records: &[(Fnr, Isn, Option<Vec<u8>>)],
+        logs: &[(Fnr, std::sync::Arc<crate::LogRecord>)],
+        catalog: &BTreeMap<Fnr, crate::FileDef>,
+    ) {
+        let mut tails = lock(&shared.tails);
+        let derived_seqs: std::collections::HashSet<(Fnr, u64)> =
+            logs.iter().map(|(log, r)| (*log, r.seq.0)).collect();
+        let is_log = |fnr: &Fnr| {
+            st.catalog
+                .get(fnr)
+                .is_some_and(|d| matches!(d.role, Role::Log { .. }))
+        };
+        for (fnr, isn, _) in records {
+            if is_log(fnr) && !derived_seqs.contains(&(*fnr, isn.0)) {
+                tails.remove(fnr);
+            }
+        }
+        for fnr in catalog.keys() {
+            tails.remove(fnr);
+        }
+        for (log, rec) in logs {
+            tails.entry(*log).or_default().push(lsn, rec.clone());
+        }
+    }
+
     /// Commits a transaction: resolve, log, sync, apply (see the module docs).
     pub(crate) fn commit(
         &self,
@@ -202,6 +235,14 @@ impl Database {
                     st.damaged.remove(&fnr);
                 }
             }
+            Self::keep_tails(
+                shared,
+                &st,
+                lsn,
+                &derived.records,
+                &derived.logs,
+                &derived.catalog,
+            );
             let mut keys = Vec::with_capacity(derived.records.len());
             for (fnr, isn, v) in &derived.records {
                 st.overlay.insert((*fnr, *isn), (lsn, v.clone()));

@@ -225,6 +225,47 @@ pub(crate) struct Shared {
     /// Per master: the fields its records may carry (set from the topology;
     /// a master without an entry takes any field).
     pub schemas: Mutex<BTreeMap<Fnr, Arc<BTreeSet<String>>>>,
+    /// Per log file: its newest records, decoded (see [`LogTail`]).
+    pub tails: Mutex<BTreeMap<Fnr, LogTail>>,
+}
+
+/// The newest records of a log file, as the commits that derived them made
+/// them: the feeders streaming at the tail read them here instead of
+/// reading the page store and decoding each record, once per replicate.
+///
+/// Kept under the state lock's discipline: a commit appends the log
+/// records it derived; any other write to a log file (a cleanup, a restore,
+/// a refresh) or a change of its definition empties that log's tail, so
+/// what is here is always what the page store holds for those seqs.
+#[derive(Default)]
+pub(crate) struct LogTail {
+    /// The seq after the newest record held.
+    next: u64,
+    /// Contiguous seqs up to `next - 1`, each with the LSN of its commit
+    /// (a record is read only once that LSN is durable).
+    recs: std::collections::VecDeque<(Lsn, Arc<LogRecord>)>,
+}
+
+/// Records kept per log tail (older ones are read from the page store).
+const TAIL_RECORDS: usize = 16_384;
+
+impl LogTail {
+    fn push(&mut self, lsn: Lsn, rec: Arc<LogRecord>) {
+        if rec.seq.0 != self.next {
+            self.recs.clear();
+        }
+        self.next = rec.seq.0 + 1;
+        self.recs.push_back((lsn, rec));
+        if self.recs.len() > TAIL_RECORDS {
+            self.recs.pop_front();
+        }
+    }
+
+    fn get(&self, seq: Seq) -> Option<&(Lsn, Arc<LogRecord>)> {
+        let first = self.next.checked_sub(self.recs.len() as u64)?;
+        let i = seq.0.checked_sub(first)?;
+        self.recs.get(usize::try_from(i).ok()?)
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -382,6 +423,7 @@ impl Database {
             metrics: Default::default(),
             committer: Committer::new(opts.max_group_bytes),
             schemas: Mutex::new(BTreeMap::new()),
+            tails: Mutex::new(BTreeMap::new()),
         });
         Committer::start(&shared, rec.writer, rec.checkpoint).map_err(|e| DbError::Directory {
             dir: dir.display().to_string(),

@@ -20,6 +20,25 @@ impl Database {
         }
     }
 
+    /// [`Database::read_log_record`], shared: from the log's tail in memory
+    /// when it holds the seq (no page-store read, no decoding), else read
+    /// and decoded.
+    pub fn read_log_shared(
+        &self,
+        log: Fnr,
+        seq: Seq,
+    ) -> Result<Option<std::sync::Arc<LogRecord>>, DbError> {
+        let durable = *self.shared().durable.borrow();
+        Self::usable_def(&lock(&self.shared().state), log)?;
+        if let Some((lsn, rec)) = lock(&self.shared().tails)
+            .get(&log)
+            .and_then(|t| t.get(seq))
+        {
+            return Ok((*lsn <= durable).then(|| rec.clone()));
+        }
+        Ok(self.read_log_record(log, seq)?.map(std::sync::Arc::new))
+    }
+
     /// A durable log record of a master, by seq (see [`Database::read_durable_raw`]).
     pub fn read_log_record(&self, log: Fnr, seq: Seq) -> Result<Option<LogRecord>, DbError> {
         match self.read_durable_raw(log, Isn(seq.0))? {

@@ -12,15 +12,15 @@ pub(super) async fn next_batch(
     ctx: &Arc<Ctx>,
     cursor: Seq,
     durable: &mut tokio::sync::watch::Receiver<crate::ids::Lsn>,
-) -> Result<Vec<LogRecord>, Stop> {
+) -> Result<Vec<std::sync::Arc<LogRecord>>, Stop> {
     loop {
         durable.borrow_and_update();
         let c = ctx.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let mut out: Vec<LogRecord> = Vec::new();
+            let mut out: Vec<std::sync::Arc<LogRecord>> = Vec::new();
             let mut bytes = 0usize;
             let mut seq = cursor.0 + 1;
-            while let Some(rec) = c.db.read_log_record(c.log, Seq(seq))? {
+            while let Some(rec) = c.db.read_log_shared(c.log, Seq(seq))? {
                 bytes += rec.before.as_ref().map_or(0, Vec::len)
                     + rec.after.as_ref().map_or(0, Vec::len);
                 let boundary = rec.part == rec.parts;

@@ -1228,3 +1228,45 @@ fn a_leader_hands_over_after_its_rounds_and_groups_split_at_the_byte_limit() {
     assert_eq!(master.len(), 11);
     assert_eq!(replay_log(&db), master);
 }
+
+/// The log's tail kept in memory for the feeders reads exactly as the page
+/// store does, through commits and after a refresh rewrote the log.
+#[test]
+fn the_log_tail_in_memory_reads_as_the_page_store() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let same = |db: &Database, seqs: std::ops::RangeInclusive<u64>| {
+        for s in seqs {
+            let shared = db
+                .read_log_shared(LOG, Seq(s))
+                .expect("shared read")
+                .map(|r| (*r).clone());
+            let stored = db.read_log_record(LOG, Seq(s)).expect("stored read");
+            assert_eq!(shared, stored, "seq {s}");
+        }
+    };
+    let mut s = db.session();
+    for i in 1..=40u64 {
+        s.store(MASTER, Some(Isn(i)), rec(&[("q", i as i64)]))
+            .expect("store");
+        if i % 3 == 0 {
+            s.update(MASTER, Isn(i - 1), rec(&[("q", -1)]))
+                .expect("update");
+        }
+        s.et(None).expect("et");
+    }
+    let last = db.file_info(LOG).expect("info").meta.next_isn - 1;
+    assert!(last >= 40);
+    same(&db, 1..=last + 1);
+    // A refresh rewrites the log: the tail must not serve what it held.
+    let r = db.refresh_log(MASTER, None).expect("refresh");
+    drop(r);
+    let last = db.file_info(LOG).expect("info").meta.next_isn - 1;
+    same(&db, 1..=last + 1);
+    // And it follows the commits after it.
+    s.store(MASTER, Some(Isn(100)), rec(&[("q", 100)]))
+        .expect("store");
+    s.et(None).expect("et");
+    let next = db.file_info(LOG).expect("info").meta.next_isn;
+    same(&db, 1..=next);
+}
