@@ -878,7 +878,9 @@ pub fn exec(
     // transactions are journaled only (pending): they are neither lost nor
     // run out of order.
     let mut hold = false;
-    let mut error: Option<String> = None;
+    // Every problem met, in order (a refusal does not stop the input).
+    let mut errors: Vec<String> = Vec::new();
+    let mut bad_input = false;
     for n in earlier {
         match r.send(n, true, None)? {
             Sent::Done => {}
@@ -887,7 +889,7 @@ pub fn exec(
                 break;
             }
             Sent::Refused(m) => {
-                error = Some(format!("journaled transaction {n} was refused by the node: {m}; it is marked failed (nothing of it was applied)"));
+                errors.push(format!("journaled transaction {n} was refused by the node: {m}; it is marked failed (nothing of it was applied)"));
                 hold = true;
                 break;
             }
@@ -902,15 +904,19 @@ pub fn exec(
             let bad = |out: &mut dyn Write, msg: String| -> anyhow::Result<String> {
                 writeln!(out, "{}", serde_json::json!({ "error": msg, "line": ln }))?;
                 out.flush()?;
-                Ok(format!("line {ln}: {msg}"))
+                Ok(format!(
+                    "line {ln}: {msg} (the input after it was not read)"
+                ))
             };
             if line.len() > MAX_LINE {
                 let e = LineError::TooLong { len: line.len() };
-                error.get_or_insert(bad(r.out, e.to_string())?);
+                errors.push(bad(r.out, e.to_string())?);
+                bad_input = true;
                 break;
             }
             let Ok(text) = std::str::from_utf8(&line) else {
-                error.get_or_insert(bad(r.out, LineError::NotUtf8.to_string())?);
+                errors.push(bad(r.out, LineError::NotUtf8.to_string())?);
+                bad_input = true;
                 break;
             };
             let text = text.trim();
@@ -919,7 +925,8 @@ pub fn exec(
             }
             match ExecCommand::parse(text) {
                 Err(m) => {
-                    error.get_or_insert(bad(r.out, m.to_string())?);
+                    errors.push(bad(r.out, m.to_string())?);
+                    bad_input = true;
                     break;
                 }
                 Ok(ExecCmd::Bt) => open.clear(),
@@ -928,10 +935,8 @@ pub fn exec(
                         .as_ref()
                         .is_some_and(|id| id.is_empty() || id.len() > 128)
                     {
-                        error.get_or_insert(bad(
-                            r.out,
-                            "transaction id must be 1 to 128 bytes".into(),
-                        )?);
+                        errors.push(bad(r.out, "transaction id must be 1 to 128 bytes".into())?);
+                        bad_input = true;
                         break;
                     }
                     let id = id.unwrap_or_else(new_id);
@@ -943,7 +948,7 @@ pub fn exec(
                         Sent::Done => {}
                         Sent::GaveUp => hold = true,
                         Sent::Refused(m) => {
-                            error = Some(format!("line {ln}: {m}"));
+                            errors.push(format!("line {ln}: {m}"));
                             hold = true;
                         }
                     }
@@ -962,26 +967,34 @@ pub fn exec(
     }
     let pending = r.journal.pending_count();
     let path = r.journal.path().to_path_buf();
-    Ok(match error {
-        Some(message) => ExecEnd::Error { message, pending },
-        None if !open.is_empty() => {
-            let msg = format!(
-                "input ended inside a transaction: its {} command(s) from line {open_from} on were backed out (not journaled)",
-                open.len()
-            );
-            writeln!(
-                r.out,
-                "{}",
-                serde_json::json!({ "error": msg, "line": open_from })
-            )?;
-            r.out.flush()?;
-            ExecEnd::OpenAtEnd {
-                first_line: open_from,
-                commands: open.len(),
-                pending,
-            }
+    // Input that ended inside a transaction is said so, whatever came before.
+    let open_at_end = !open.is_empty() && !bad_input;
+    if open_at_end {
+        let msg = format!(
+            "input ended inside a transaction: its {} command(s) from line {open_from} on were backed out (not journaled)",
+            open.len()
+        );
+        writeln!(
+            r.out,
+            "{}",
+            serde_json::json!({ "error": msg, "line": open_from })
+        )?;
+        r.out.flush()?;
+        if !errors.is_empty() {
+            errors.push(msg);
         }
-        None if pending > 0 => {
+    }
+    Ok(match errors.is_empty() {
+        false => ExecEnd::Error {
+            message: errors.join("; "),
+            pending,
+        },
+        true if open_at_end => ExecEnd::OpenAtEnd {
+            first_line: open_from,
+            commands: open.len(),
+            pending,
+        },
+        true if pending > 0 => {
             eprintln!(
                 "etp: {pending} transaction(s) pending in journal {}; run `etp exec --node ADDR --journal {} --rerun` when the node is back",
                 path.display(),
@@ -989,7 +1002,7 @@ pub fn exec(
             );
             ExecEnd::Pending(pending)
         }
-        None => ExecEnd::Done,
+        true => ExecEnd::Done,
     })
 }
 

@@ -184,14 +184,11 @@ impl PageStore {
             Engine::Fjall => {
                 let r = std::panic::catch_unwind(|| {
                     // Two cores: one background worker each for memtable
-                    // flushes and compaction. The journal is handed to the
-                    // OS only when the store is flushed (the PLOG, not this
-                    // journal, is what makes a commit durable).
+                    // flushes and compaction.
                     let keyspace = fjall::Config::new(dir)
                         .cache_size(cache_bytes)
                         .flush_workers(1)
                         .compaction_workers(1)
-                        .manual_journal_persist(true)
                         .open()?;
                     let pages =
                         keyspace.open_partition(PAGES, fjall::PartitionCreateOptions::default())?;
@@ -429,7 +426,13 @@ impl PageStore {
             }
             Kv::Fjall { keyspace, pages } => {
                 let n = catalog.len() + metas.len() + b.records.len() + b.client_ids.len() + 1;
-                let mut batch = fjall::Batch::with_capacity(keyspace.clone(), n);
+                // Each batch is handed to the OS as it is committed (not
+                // synced: the PLOG makes a commit durable). fjall 2.11
+                // ignores a failed journal write unless the batch asks for
+                // a persist, so this is also how a write error reaches us
+                // (and poisons the database) instead of being lost.
+                let mut batch = fjall::Batch::with_capacity(keyspace.clone(), n)
+                    .durability(Some(fjall::PersistMode::Buffer));
                 for (k, v) in &catalog {
                     batch.insert(pages, k, v);
                 }

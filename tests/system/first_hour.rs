@@ -298,13 +298,16 @@ fn a_journaled_run_keeps_the_input_after_a_refusal_pending() {
         r#"{"op":"et","id":"t2"}"#,
         r#"{"op":"store","file":10,"isn":3,"fields":{"name":"c","qty":3}}"#,
         r#"{"op":"et","id":"t3"}"#,
+        // Unfinished: said so even after the refusal.
+        r#"{"op":"store","file":10,"isn":4,"fields":{"name":"d","qty":4}}"#,
     ]
     .join("\n")
         + "\n";
     let out = etp_stdin(&["exec", "--node", &m, "--journal", j], &input);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("1 transaction(s) stay pending"),
+        stderr(&out).contains("1 transaction(s) stay pending")
+            && stderr(&out).contains("input ended inside a transaction"),
         "{}",
         stderr(&out)
     );

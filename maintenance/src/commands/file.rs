@@ -234,7 +234,7 @@ fn exec_journal(a: &ExecArgs, dir: &std::path::Path) -> anyhow::Result<Outcome> 
         journal::ExecEnd::Done => Ok(Outcome::Ok),
         journal::ExecEnd::Pending(_) => Ok(Outcome::Problem),
         journal::ExecEnd::Error { message, pending } => {
-            bail!("{message} ({pending} transaction(s) stay pending in the journal: fix the cause, then `etp exec --node ADDR --journal DIR --rerun`)")
+            bail!("{message} ({pending} transaction(s) stay pending in the journal, in order; a refused one is marked failed and is not among them: `etp exec --node ADDR --journal DIR --rerun` runs them)")
         }
         journal::ExecEnd::OpenAtEnd {
             first_line,

@@ -244,20 +244,33 @@ pub(crate) struct LogTail {
     /// Contiguous seqs up to `next - 1`, each with the LSN of its commit
     /// (a record is read only once that LSN is durable).
     recs: std::collections::VecDeque<(Lsn, Arc<LogRecord>)>,
+    /// The before- and after-image bytes held.
+    bytes: usize,
 }
 
-/// Records kept per log tail (older ones are read from the page store).
+/// Records kept per log tail at most (older ones are read from the page
+/// store), and image bytes at most: records may be up to 1 MiB each.
 const TAIL_RECORDS: usize = 16_384;
+const TAIL_BYTES: usize = 16 << 20;
+
+fn images(rec: &LogRecord) -> usize {
+    rec.before.as_ref().map_or(0, Vec::len) + rec.after.as_ref().map_or(0, Vec::len)
+}
 
 impl LogTail {
     fn push(&mut self, lsn: Lsn, rec: Arc<LogRecord>) {
         if rec.seq.0 != self.next {
             self.recs.clear();
+            self.bytes = 0;
         }
         self.next = rec.seq.0 + 1;
+        self.bytes += images(&rec);
         self.recs.push_back((lsn, rec));
-        if self.recs.len() > TAIL_RECORDS {
-            self.recs.pop_front();
+        while self.recs.len() > TAIL_RECORDS || (self.bytes > TAIL_BYTES && self.recs.len() > 1) {
+            match self.recs.pop_front() {
+                Some((_, old)) => self.bytes -= images(&old),
+                None => break,
+            }
         }
     }
 
@@ -541,5 +554,51 @@ impl Database {
     /// checkpoint. Other clones of this handle then see `Closed`.
     pub fn close(self) -> Result<(), DbError> {
         self.shared().committer.close(self.shared(), false)
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    fn rec(seq: u64, image: usize) -> Arc<LogRecord> {
+        Arc::new(LogRecord {
+            seq: Seq(seq),
+            incarnation: 1,
+            lsn: Lsn(seq),
+            time_us: 0,
+            client_id: None,
+            master: Fnr(10),
+            isn: Isn(seq),
+            op: crate::LogOp::Store,
+            before: None,
+            after: Some(vec![0; image]),
+            master_count: seq,
+            master_digest: crate::Digest::default(),
+            part: 1,
+            parts: 1,
+        })
+    }
+
+    #[test]
+    fn a_tail_holds_contiguous_seqs_within_its_count_and_byte_bounds() {
+        let mut t = LogTail::default();
+        for s in 1..=10 {
+            t.push(Lsn(s), rec(s, 100));
+        }
+        assert_eq!(t.get(Seq(1)).map(|r| r.1.seq), Some(Seq(1)));
+        assert_eq!(t.get(Seq(10)).map(|r| r.1.seq), Some(Seq(10)));
+        assert!(t.get(Seq(11)).is_none() && t.get(Seq(0)).is_none());
+        // A gap starts it again.
+        t.push(Lsn(20), rec(20, 100));
+        assert!(t.get(Seq(10)).is_none());
+        assert_eq!(t.get(Seq(20)).map(|r| r.0), Some(Lsn(20)));
+        // Large images: the oldest go once the bytes exceed the bound.
+        for s in 21..=60 {
+            t.push(Lsn(s), rec(s, 1 << 20));
+        }
+        assert!(t.bytes <= TAIL_BYTES, "{}", t.bytes);
+        assert!(t.get(Seq(21)).is_none());
+        assert_eq!(t.get(Seq(60)).map(|r| r.1.seq), Some(Seq(60)));
     }
 }
