@@ -27,9 +27,10 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
         ..propagator::Options::default()
     };
     let db = super::open_with_options(&data.data, opts)?;
-    let listen = match listen {
-        Some(a) => a,
-        None => known_address(&db)?,
+    // Without --listen: where the topology, or the node's own note, says.
+    let (listen, chosen) = match listen {
+        Some(a) => (a, true),
+        None => (known_address(&db)?, false),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -41,7 +42,13 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
         let db = served;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+            .with_context(|| {
+                if chosen {
+                    format!("cannot listen on {listen}")
+                } else {
+                    format!("cannot listen on {listen}, the address this node keeps (its topology's entry, else {}): free it, or give --listen", ADDRESS_FILE)
+                }
+            })?;
         let addr = listener.local_addr()?;
         remember_address(&db, addr);
         let metrics = match metrics {
