@@ -108,16 +108,32 @@ impl Session {
     /// Replaces the named fields; a `Null` value removes the field.
     pub fn update(&mut self, fnr: Fnr, isn: Isn, patch: Record) -> Result<(), DbError> {
         self.guard(|s| {
-            let mut rec = s
-                .view(fnr, isn)?
-                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            let missing = DbError::RecordMissing { fnr, isn };
+            // The record as this transaction sees it, and, when that is the
+            // committed one, its bytes (the commit reuses the result if
+            // they are still what it finds).
+            let (mut rec, committed) = match s.local.get(&(fnr, isn)) {
+                Some(mine) => (mine.clone().ok_or(missing)?, None),
+                None => {
+                    let b = s.db.writable_get(fnr, isn)?.ok_or(missing)?;
+                    let r =
+                        decode_record(&b).map_err(|source| DbError::BadRecord { fnr, source })?;
+                    (r, Some(b))
+                }
+            };
             // A null removes a field, declared or not.
             let written = patch.iter().filter(|(_, v)| **v != Value::Null);
             s.db.check_schema(fnr, written.map(|(k, _)| k))?;
             apply_patch(&mut rec, &patch);
-            Self::check_record(fnr, &rec)?;
+            let merged = Self::check_record(fnr, &rec)?;
             s.local.insert((fnr, isn), Some(rec));
-            s.ops.push(Op::Update { fnr, isn, patch });
+            let seen = committed.map(|before| (before, merged));
+            s.ops.push(Op::Update {
+                fnr,
+                isn,
+                patch,
+                seen,
+            });
             Ok(())
         })
     }

@@ -456,17 +456,26 @@ pub(super) fn resolve<V: StateView>(
                 after: Some(bytes),
             }
         }
-        Op::Update { isn, patch, .. } => {
+        Op::Update {
+            isn, patch, seen, ..
+        } => {
             let before = ap
                 .current(fnr, isn)?
                 .ok_or(DbError::RecordMissing { fnr, isn })?;
-            let mut rec = decode_record(&before).map_err(bad)?;
-            apply_patch(&mut rec, &patch);
+            let after = match seen {
+                // Nothing changed the record since the session patched it.
+                Some((seen_before, merged)) if seen_before == before => merged,
+                _ => {
+                    let mut rec = decode_record(&before).map_err(bad)?;
+                    apply_patch(&mut rec, &patch);
+                    encode_record(&rec).map_err(bad)?
+                }
+            };
             crate::plog::Change {
                 fnr,
                 isn,
                 before: Some(before),
-                after: Some(encode_record(&rec).map_err(bad)?),
+                after: Some(after),
             }
         }
         Op::Delete { isn, .. } => {

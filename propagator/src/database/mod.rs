@@ -128,6 +128,10 @@ pub(crate) enum Op {
         fnr: Fnr,
         isn: Isn,
         patch: Record,
+        /// The committed bytes the session patched, and its result: the
+        /// commit takes the result as it is when the record still holds
+        /// those bytes (else it patches what it finds).
+        seen: Option<(Vec<u8>, Vec<u8>)>,
     },
     Delete {
         fnr: Fnr,

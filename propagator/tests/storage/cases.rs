@@ -1270,3 +1270,46 @@ fn the_log_tail_in_memory_reads_as_the_page_store() {
     let next = db.file_info(LOG).expect("info").meta.next_isn;
     same(&db, 1..=next);
 }
+
+/// An update patches what the commit finds: another transaction's commit
+/// between the command and its ET is kept, not overwritten by the record
+/// the session saw.
+#[test]
+fn an_update_patches_the_record_as_committed_at_et() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    let mut r = rec(&[("a", 1), ("b", 1)]);
+    s.store(MASTER, Some(Isn(1)), r.clone()).expect("store");
+    s.et(None).expect("et");
+    let mut first = db.session();
+    first
+        .update(MASTER, Isn(1), rec(&[("a", 2)]))
+        .expect("update a");
+    let mut second = db.session();
+    second
+        .update(MASTER, Isn(1), rec(&[("b", 3)]))
+        .expect("update b");
+    second.et(None).expect("et b");
+    first.et(None).expect("et a");
+    r.insert("a".into(), Value::Int(2));
+    r.insert("b".into(), Value::Int(3));
+    assert_eq!(db.read(MASTER, Isn(1)).expect("read"), Some(r.clone()));
+    // The log's after-images say the same, in commit order.
+    let last = db.file_info(LOG).expect("info").meta.next_isn - 1;
+    let after = db
+        .read_log_record(LOG, Seq(last))
+        .expect("log")
+        .and_then(|l| l.after)
+        .expect("after-image");
+    assert_eq!(propagator::record::decode_record(&after).expect("decode"), r);
+    // An update of a record this transaction already changed patches its own view.
+    let mut s = db.session();
+    s.update(MASTER, Isn(1), rec(&[("a", 5)])).expect("u1");
+    s.update(MASTER, Isn(1), rec(&[("b", 6)])).expect("u2");
+    s.et(None).expect("et");
+    assert_eq!(
+        db.read(MASTER, Isn(1)).expect("read"),
+        Some(rec(&[("a", 5), ("b", 6)]))
+    );
+}
