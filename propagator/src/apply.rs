@@ -45,6 +45,9 @@ pub struct Derived {
     /// The log records derived, decoded, with their log file (for the
     /// log's tail kept in memory for the feeders).
     pub logs: Vec<(Fnr, std::sync::Arc<LogRecord>)>,
+    /// Log files written other than by derivation (a cleanup, a restore, a
+    /// refresh): their tails in memory no longer hold.
+    pub rewritten_logs: HashSet<Fnr>,
 }
 
 pub struct Applier<'v, V: StateView> {
@@ -161,6 +164,9 @@ impl<'v, V: StateView> Applier<'v, V> {
 
     pub fn change(&mut self, c: Change, verify: bool) -> Result<(), DbError> {
         let role = self.role(c.fnr).ok_or(DbError::UnknownFile(c.fnr))?;
+        if matches!(role, Role::Log { .. }) {
+            self.out.rewritten_logs.insert(c.fnr);
+        }
         if verify {
             let cur = self.current(c.fnr, c.isn)?;
             if cur != c.before {

@@ -333,10 +333,8 @@ impl Exec<'_> {
 
     /// Makes the masters' nodes refuse client updates (`on`) or accept them again.
     fn quiesce(&self, b: &Bound, on: bool) -> anyhow::Result<String> {
-        for t in &b.targets {
-            if let Target::Master { addr, .. } = t {
-                call(*addr, &Request::Recovery(RecoveryOp::Quiesce { on }))?;
-            }
+        for m in b.masters() {
+            call(m.addr, &Request::Recovery(RecoveryOp::Quiesce { on }))?;
         }
         Ok(format!(
             "client updates {}",
@@ -348,17 +346,15 @@ impl Exec<'_> {
     fn await_link(&self, b: &Bound) -> anyhow::Result<String> {
         let limit = self.opts.wait;
         let mut dbs: Vec<(u32, SocketAddr)> = Vec::new();
-        for t in &b.targets {
-            if let Target::Master { db, addr, file, .. } = t {
-                dbs.push((*db, *addr));
-                for r in self
-                    .probes
-                    .reps
-                    .iter()
-                    .filter(|r| r.master_db == DbId(*db) && r.master == Fnr(*file))
-                {
-                    dbs.push((r.db.0, r.addr));
-                }
+        for m in b.masters() {
+            dbs.push((m.db, m.addr));
+            for r in self
+                .probes
+                .reps
+                .iter()
+                .filter(|r| r.master_db == DbId(m.db) && r.master == Fnr(m.file))
+            {
+                dbs.push((r.db.0, r.addr));
             }
         }
         let started = Instant::now();
@@ -383,18 +379,8 @@ impl Exec<'_> {
     /// Checks each target log's last record against its master's count and digest.
     fn verify_master_logs(&self, b: &Bound) -> anyhow::Result<String> {
         let mut out = Vec::new();
-        for t in &b.targets {
-            let Target::Master {
-                addr,
-                file,
-                log,
-                name,
-                ..
-            } = t
-            else {
-                continue;
-            };
-            out.push(verify_master_log(*addr, Fnr(*file), Fnr(*log), name)?);
+        for m in b.masters() {
+            out.push(verify_master_log(m.addr, Fnr(m.file), Fnr(m.log), m.name)?);
         }
         Ok(out.join("; "))
     }
@@ -408,31 +394,23 @@ impl Exec<'_> {
         journal: &mut RunJournal,
     ) -> anyhow::Result<String> {
         let mut out = Vec::new();
-        for t in &b.targets {
-            let Target::Master {
-                addr,
-                db,
-                file,
-                log,
-                ..
-            } = t
-            else {
-                continue;
-            };
+        for m in b.masters() {
             let op = if refresh {
                 RecoveryOp::RefreshLog {
-                    master: Fnr(*file),
+                    master: Fnr(m.file),
                     at: None,
                 }
             } else {
-                RecoveryOp::RaiseIncarnation { master: Fnr(*file) }
+                RecoveryOp::RaiseIncarnation {
+                    master: Fnr(m.file),
+                }
             };
-            out.push(text(call(*addr, &Request::Recovery(op))?));
+            out.push(text(call(m.addr, &Request::Recovery(op))?));
             if refresh {
                 journal.append(Line::Level {
-                    db: *db,
-                    file: *file,
-                    seq: log_level(*addr, Fnr(*log))?,
+                    db: m.db,
+                    file: m.file,
+                    seq: log_level(m.addr, Fnr(m.log))?,
                 })?;
             }
         }
@@ -443,26 +421,20 @@ impl Exec<'_> {
     fn take_copy_set(&self, b: &Bound) -> anyhow::Result<String> {
         let area = backup::Area::open(Path::new(&self.area()?))?;
         let mut out = Vec::new();
-        for t in &b.targets {
-            let Target::Master {
-                addr, file, name, ..
-            } = t
-            else {
-                continue;
-            };
+        for m in b.masters() {
             let taken = backup::take::take_job(
                 &area,
                 None,
                 &[backup::take::Ask {
-                    source: backup::take::Source::Node(*addr),
-                    files: vec![Fnr(*file)],
+                    source: backup::take::Source::Node(m.addr),
+                    files: vec![Fnr(m.file)],
                 }],
                 &mut |_| {},
             )?;
             for x in taken {
                 out.push(format!(
-                    "copy set {} of {name} at LSN {}",
-                    x.set.id, x.set.lsn
+                    "copy set {} of {} at LSN {}",
+                    x.set.id, m.name, x.set.lsn
                 ));
             }
         }
@@ -555,28 +527,19 @@ impl Exec<'_> {
     /// Journals the seqs lost for good: the plan-time level above the level now.
     fn record_gap(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
         let mut out = Vec::new();
-        for t in &b.targets {
-            let Target::Master {
-                addr,
-                db,
-                file,
-                log,
-                name,
-            } = t
-            else {
-                continue;
-            };
+        for m in b.masters() {
+            let (db, file, name) = (m.db, m.file, m.name);
             let before = self
                 .plan
                 .levels
                 .iter()
-                .find(|l| l.0 == *db && l.1 == *file)
+                .find(|l| l.0 == db && l.1 == file)
                 .map_or(0, |l| l.2);
             // The level the plan set the master back to (before
             // any re-apply gave out new seqs), else its level now.
-            let now = match journal.level_after(*db, *file) {
+            let now = match journal.level_after(db, file) {
                 Some(l) => l,
-                None => log_level(*addr, Fnr(*log))?,
+                None => log_level(m.addr, Fnr(m.log))?,
             };
             if now >= before {
                 out.push(format!(
@@ -584,7 +547,7 @@ impl Exec<'_> {
                 ));
             } else {
                 journal.append(Line::Gap {
-                    master: name.clone(),
+                    master: name.to_string(),
                     from_seq: now + 1,
                     to_seq: before,
                 })?;

@@ -69,7 +69,36 @@ pub struct Bound {
     pub reason: Option<String>,
 }
 
+/// A master among a step's targets.
+pub(crate) struct MasterRef<'a> {
+    pub db: u32,
+    pub addr: SocketAddr,
+    pub file: u32,
+    pub log: u32,
+    pub name: &'a str,
+}
+
 impl Bound {
+    /// The step's target masters, in order.
+    pub(crate) fn masters(&self) -> impl Iterator<Item = MasterRef<'_>> {
+        self.targets.iter().filter_map(|t| match t {
+            Target::Master {
+                db,
+                addr,
+                file,
+                log,
+                name,
+            } => Some(MasterRef {
+                db: *db,
+                addr: *addr,
+                file: *file,
+                log: *log,
+                name,
+            }),
+            _ => None,
+        })
+    }
+
     pub(crate) fn describe(&self) -> String {
         let t: Vec<String> = self.targets.iter().map(Target::describe).collect();
         let mut s = format!("{} {}", self.action, t.join(", "));

@@ -92,27 +92,13 @@ impl Database {
     /// visible, so a tail never disagrees with the page store.
     fn keep_tails(
         shared: &super::Shared,
-        st: &Latest,
         lsn: Lsn,
-        records: &[(Fnr, Isn, Option<Vec<u8>>)],
+        rewritten: impl Iterator<Item = Fnr>,
         logs: &[(Fnr, std::sync::Arc<crate::LogRecord>)],
-        catalog: &BTreeMap<Fnr, crate::FileDef>,
     ) {
         let mut tails = lock(&shared.tails);
-        let derived_seqs: std::collections::HashSet<(Fnr, u64)> =
-            logs.iter().map(|(log, r)| (*log, r.seq.0)).collect();
-        let is_log = |fnr: &Fnr| {
-            st.catalog
-                .get(fnr)
-                .is_some_and(|d| matches!(d.role, Role::Log { .. }))
-        };
-        for (fnr, isn, _) in records {
-            if is_log(fnr) && !derived_seqs.contains(&(*fnr, isn.0)) {
-                tails.remove(fnr);
-            }
-        }
-        for fnr in catalog.keys() {
-            tails.remove(fnr);
+        for fnr in rewritten {
+            tails.remove(&fnr);
         }
         for (log, rec) in logs {
             tails.entry(*log).or_default().push(lsn, rec.clone());
@@ -235,14 +221,8 @@ impl Database {
                     st.damaged.remove(&fnr);
                 }
             }
-            Self::keep_tails(
-                shared,
-                &st,
-                lsn,
-                &derived.records,
-                &derived.logs,
-                &derived.catalog,
-            );
+            let rewritten = derived.rewritten_logs.iter().chain(derived.catalog.keys());
+            Self::keep_tails(shared, lsn, rewritten.copied(), &derived.logs);
             let mut keys = Vec::with_capacity(derived.records.len());
             for (fnr, isn, v) in &derived.records {
                 st.overlay.insert((*fnr, *isn), (lsn, v.clone()));
