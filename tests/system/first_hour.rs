@@ -370,6 +370,20 @@ fn offline_exec_checks_the_schema_and_never_loses_input_silently() {
     );
     let dump = ok(&etp(&["file", "dump", "--data", data, "--file", "50"]));
     assert_eq!(dump.lines().count(), 1, "{dump}");
+    // A malformed line is named by one line number: the input's.
+    let bad_json = etp_stdin(
+        &["exec", "--data", data],
+        "\n{\"op\":\"store\",\"file\":50,\"fields\":{\"x\":1}\n",
+    );
+    assert_eq!(bad_json.status.code(), Some(2));
+    let line: serde_json::Value =
+        serde_json::from_str(stdout(&bad_json).trim()).expect("one JSON error line");
+    assert_eq!(line["line"], 2, "{line}");
+    let msg = line["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("not valid JSON at column") && !msg.contains("line"),
+        "{msg}"
+    );
     // Neither target: the error names both.
     let none = etp_stdin(&["exec"], "");
     assert_eq!(none.status.code(), Some(2));
