@@ -691,6 +691,13 @@ pub struct ExecArgs {
     /// Only rerun the journal's pending transactions; read no input.
     #[arg(long, requires = "journal", requires = "node")]
     pub rerun: bool,
+    /// Transactions in flight at once with --node: each whole transaction
+    /// of writes is sent without waiting for the answers to the ones before
+    /// it (results still print in input order, and the run still stops at
+    /// the first failure with nothing after it committed). 1 sends one
+    /// command at a time.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub pipeline: u16,
     /// List the journal's pending transactions (exit 0 if none, 1 if some).
     #[arg(long, requires = "journal", conflicts_with_all = ["data", "rerun"])]
     pub status: bool,

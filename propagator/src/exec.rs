@@ -202,6 +202,23 @@ pub trait ExecTarget {
     fn et(&mut self, id: Option<String>) -> Result<CommitInfo, Self::Error>;
     fn bt(&mut self) -> Result<(), Self::Error>;
     fn in_transaction(&self) -> bool;
+
+    /// Sends a whole transaction (writes, then ET) without waiting for its
+    /// answer, if this target pipelines; `Ok(false)`: it does not, and the
+    /// runner runs the commands one by one. Answers come back in order
+    /// through [`ExecTarget::recv_txn`].
+    fn send_txn(&mut self, _txn: &[ExecCommand]) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    /// The answer to the oldest transaction sent: its commit, or the index
+    /// of the command that failed and why. `None` if nothing was sent.
+    #[allow(clippy::type_complexity)]
+    fn recv_txn(
+        &mut self,
+    ) -> Option<Result<Result<CommitInfo, (usize, Self::Error)>, Self::Error>> {
+        None
+    }
 }
 
 impl ExecTarget for Session {
@@ -267,8 +284,74 @@ pub fn run_exec<T: ExecTarget>(
     input: impl BufRead,
     out: &mut dyn Write,
 ) -> std::io::Result<ExecOutcome> {
+    run_exec_pipelined(target, input, out, 1)
+}
+
+/// Transactions sent and not yet answered, each with the input lines of
+/// its commands (the ET's last).
+type InFlight = std::collections::VecDeque<Vec<usize>>;
+
+/// Reports the oldest transaction in flight. `Ok(false)`: it failed (the
+/// error is reported, the rest in flight read and dropped: the node ran
+/// none of them), and the run stops.
+fn answer_one<T: ExecTarget>(
+    target: &mut T,
+    inflight: &mut InFlight,
+    out: &mut dyn Write,
+    outcome: &mut ExecOutcome,
+) -> std::io::Result<bool> {
+    let Some(lines) = inflight.pop_front() else {
+        return Ok(true);
+    };
+    let last = lines.last().copied().unwrap_or(0);
+    let failed = match target.recv_txn() {
+        None => return Ok(true),
+        Some(Ok(Ok(info))) => {
+            outcome.committed += 1;
+            writeln!(out, "{}", commit_json(&info))?;
+            out.flush()?;
+            return Ok(true);
+        }
+        Some(Ok(Err((i, e)))) => (lines.get(i).copied().unwrap_or(last), e.to_string()),
+        Some(Err(e)) => (last, e.to_string()),
+    };
+    // Those sent after it were refused (or cannot be told): read them so
+    // the connection is in step before the back-out below.
+    while inflight.pop_front().is_some() {
+        if let Some(Err(_)) = target.recv_txn() {
+            break;
+        }
+    }
+    let (n, msg) = failed;
+    let _ = target.bt();
+    writeln!(out, "{}", serde_json::json!({ "error": msg, "line": n }))?;
+    out.flush()?;
+    outcome.error = Some((n, msg));
+    Ok(false)
+}
+
+/// [`run_exec`] with up to `depth` transactions in flight when the target
+/// pipelines: a transaction of writes ending in ET is sent whole, without
+/// waiting for the ones before it. Results print in input order, and the
+/// run stops at the first failure as [`run_exec`] does, with nothing after
+/// it committed (the node refuses the transactions chained after a failed
+/// one). A transaction that reads, or backs out, runs command by command
+/// once every earlier one is answered.
+pub fn run_exec_pipelined<T: ExecTarget>(
+    target: &mut T,
+    input: impl BufRead,
+    out: &mut dyn Write,
+    depth: usize,
+) -> std::io::Result<ExecOutcome> {
     let mut outcome = ExecOutcome::default();
     let mut open: Option<OpenAtEnd> = None;
+    let mut inflight = InFlight::new();
+    // The open transaction's writes, held to be sent whole at its ET.
+    let mut held: Vec<(usize, ExecCommand)> = Vec::new();
+    // The open transaction runs command by command (it read, or the
+    // target does not pipeline).
+    let mut serial = depth <= 1;
+    let mut pipelines = depth > 1;
     for (i, line) in input.split(b'\n').enumerate() {
         let n = i + 1;
         let line = line?;
@@ -278,6 +361,14 @@ pub fn run_exec<T: ExecTarget>(
             let _ = out.flush();
             outcome.error = Some((n, msg));
         };
+        // Whatever stops the run reports the transactions before it first.
+        if line.len() > MAX_LINE || std::str::from_utf8(&line).is_err() {
+            while !inflight.is_empty() {
+                if !answer_one(target, &mut inflight, out, &mut outcome)? {
+                    return Ok(outcome);
+                }
+            }
+        }
         if line.len() > MAX_LINE {
             let e = LineError::TooLong { len: line.len() };
             fail(target, out, &mut outcome, e.to_string());
@@ -293,6 +384,11 @@ pub fn run_exec<T: ExecTarget>(
         let cmd = match ExecCommand::parse(text) {
             Ok(c) => c,
             Err(e) => {
+                while !inflight.is_empty() {
+                    if !answer_one(target, &mut inflight, out, &mut outcome)? {
+                        return Ok(outcome);
+                    }
+                }
                 fail(target, out, &mut outcome, e.to_string());
                 return Ok(outcome);
             }
@@ -307,41 +403,163 @@ pub fn run_exec<T: ExecTarget>(
                 o.commands += 1;
             }
         }
-        let result: Result<(), T::Error> = match cmd {
-            ExecCommand::Store { file, isn, fields } => target.store(file, isn, fields).map(|_| ()),
-            ExecCommand::Update { file, isn, fields } => target.update(file, isn, fields),
-            ExecCommand::Delete { file, isn } => target.delete(file, isn),
-            ExecCommand::Read { file, isn } => match target.read(file, isn) {
-                Ok(r) => {
-                    let fields = r
-                        .as_ref()
-                        .map(record_to_json)
-                        .unwrap_or(serde_json::Value::Null);
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({ "file": file.0, "isn": isn.0, "fields": fields })
-                    )?;
-                    Ok(())
+        if !serial {
+            match cmd {
+                ExecCommand::Store { .. }
+                | ExecCommand::Update { .. }
+                | ExecCommand::Delete { .. } => {
+                    held.push((n, cmd));
+                    continue;
                 }
-                Err(e) => Err(e),
-            },
-            ExecCommand::Et { id } => match target.et(id) {
-                Ok(info) => {
-                    outcome.committed += 1;
-                    writeln!(out, "{}", commit_json(&info))?;
-                    out.flush()?;
-                    Ok(())
+                ExecCommand::Et { .. } if !held.is_empty() => {
+                    held.push((n, cmd));
+                    let txn: Vec<ExecCommand> = held.iter().map(|(_, c)| c.clone()).collect();
+                    let sent = match target.send_txn(&txn) {
+                        Ok(sent) => sent,
+                        Err(e) => {
+                            while !inflight.is_empty() {
+                                if !answer_one(target, &mut inflight, out, &mut outcome)? {
+                                    return Ok(outcome);
+                                }
+                            }
+                            fail(target, out, &mut outcome, e.to_string());
+                            return Ok(outcome);
+                        }
+                    };
+                    if sent {
+                        inflight.push_back(held.drain(..).map(|(l, _)| l).collect());
+                        if inflight.len() >= depth
+                            && !answer_one(target, &mut inflight, out, &mut outcome)?
+                        {
+                            return Ok(outcome);
+                        }
+                        continue;
+                    }
+                    // The target does not pipeline: run it as it came,
+                    // and every later one too.
+                    serial = true;
+                    pipelines = false;
+                    let last = held.pop();
+                    let earlier = std::mem::take(&mut held);
+                    if let Some(stop) = run_held(target, earlier, out, &mut outcome)? {
+                        return Ok(stop);
+                    }
+                    let Some((_, cmd)) = last else { continue };
+                    let r = run_one(target, cmd, out, &mut outcome)?;
+                    if let Err(e) = r {
+                        fail(target, out, &mut outcome, e.to_string());
+                        return Ok(outcome);
+                    }
+                    continue;
                 }
-                Err(e) => Err(e),
-            },
-            ExecCommand::Bt => target.bt(),
-        };
+                _ => {
+                    // A read or a back-out: every earlier transaction is
+                    // answered first, then this one runs as it came.
+                    while !inflight.is_empty() {
+                        if !answer_one(target, &mut inflight, out, &mut outcome)? {
+                            return Ok(outcome);
+                        }
+                    }
+                    if let Some(stop) =
+                        run_held(target, std::mem::take(&mut held), out, &mut outcome)?
+                    {
+                        return Ok(stop);
+                    }
+                    if !matches!(cmd, ExecCommand::Et { .. } | ExecCommand::Bt) {
+                        serial = true;
+                    }
+                }
+            }
+        } else if pipelines && matches!(cmd, ExecCommand::Et { .. } | ExecCommand::Bt) {
+            // The transaction run command by command ends here; the next
+            // may pipeline again.
+            serial = false;
+        }
+        let result = run_one(target, cmd, out, &mut outcome)?;
         if let Err(e) = result {
             fail(target, out, &mut outcome, e.to_string());
             return Ok(outcome);
         }
     }
+    while !inflight.is_empty() {
+        if !answer_one(target, &mut inflight, out, &mut outcome)? {
+            return Ok(outcome);
+        }
+    }
+    // The input ended inside a transaction whose writes were held: run them
+    // as they came (they may fail on their own), then back them out below.
+    if let Some(stop) = run_held(target, std::mem::take(&mut held), out, &mut outcome)? {
+        return Ok(stop);
+    }
+    end_of_input(target, open, out, outcome)
+}
+
+/// Runs held writes one by one; the outcome to return if one failed.
+fn run_held<T: ExecTarget>(
+    target: &mut T,
+    held: Vec<(usize, ExecCommand)>,
+    out: &mut dyn Write,
+    outcome: &mut ExecOutcome,
+) -> std::io::Result<Option<ExecOutcome>> {
+    for (n, cmd) in held {
+        if let Err(e) = run_one(target, cmd, out, outcome)? {
+            let msg = e.to_string();
+            let _ = target.bt();
+            writeln!(out, "{}", serde_json::json!({ "error": msg, "line": n }))?;
+            out.flush()?;
+            outcome.error = Some((n, msg));
+            return Ok(Some(std::mem::take(outcome)));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs one command; the target's error, if it failed.
+fn run_one<T: ExecTarget>(
+    target: &mut T,
+    cmd: ExecCommand,
+    out: &mut dyn Write,
+    outcome: &mut ExecOutcome,
+) -> std::io::Result<Result<(), T::Error>> {
+    Ok(match cmd {
+        ExecCommand::Store { file, isn, fields } => target.store(file, isn, fields).map(|_| ()),
+        ExecCommand::Update { file, isn, fields } => target.update(file, isn, fields),
+        ExecCommand::Delete { file, isn } => target.delete(file, isn),
+        ExecCommand::Read { file, isn } => match target.read(file, isn) {
+            Ok(r) => {
+                let fields = r
+                    .as_ref()
+                    .map(record_to_json)
+                    .unwrap_or(serde_json::Value::Null);
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "file": file.0, "isn": isn.0, "fields": fields })
+                )?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        ExecCommand::Et { id } => match target.et(id) {
+            Ok(info) => {
+                outcome.committed += 1;
+                writeln!(out, "{}", commit_json(&info))?;
+                out.flush()?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        ExecCommand::Bt => target.bt(),
+    })
+}
+
+/// The end of the input: a transaction left open is backed out and said so.
+fn end_of_input<T: ExecTarget>(
+    target: &mut T,
+    open: Option<OpenAtEnd>,
+    out: &mut dyn Write,
+    mut outcome: ExecOutcome,
+) -> std::io::Result<ExecOutcome> {
     if target.in_transaction() {
         let _ = target.bt();
         let o = open.unwrap_or(OpenAtEnd {

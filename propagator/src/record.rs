@@ -147,6 +147,168 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, RecordError> {
     rmp_serde::from_slice(bytes).map_err(|e| RecordError::Decode(e.to_string()))
 }
 
+/// The field names of `bytes` if they are already exactly the canonical
+/// encoding of a valid record (what [`encode_record`] makes of what
+/// [`decode_record`] reads: a map in strictly ascending field-name order,
+/// every value in the smallest MessagePack form, names within
+/// [`MAX_FIELD_NAME`], at most [`MAX_RECORD_BYTES`]); `None` for anything
+/// else, which the caller decodes and re-encodes the slow way (and gets its
+/// error from). A client that encodes with this crate sends canonical
+/// bytes, and the engine keeps them as they came: no decode, no encode.
+pub fn canonical_fields(bytes: &[u8]) -> Option<Vec<&str>> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return None;
+    }
+    let mut r = Reader { b: bytes, at: 0 };
+    let n = match r.u8()? {
+        m @ 0x80..=0x8f => usize::from(m & 0x0f),
+        0xde => usize::from(r.be::<2>().map(u16::from_be_bytes)?).filter_min(16)?,
+        0xdf => (u32::from_be_bytes(r.be::<4>()?) as usize).filter_min(1 << 16)?,
+        _ => return None,
+    };
+    let mut names: Vec<&str> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = std::str::from_utf8(r.str()?).ok()?;
+        if name.is_empty() || name.len() > MAX_FIELD_NAME {
+            return None;
+        }
+        if names.last().is_some_and(|prev| *prev >= name) {
+            return None;
+        }
+        names.push(name);
+        r.value()?;
+    }
+    (r.at == bytes.len()).then_some(names)
+}
+
+trait FilterMin: Sized {
+    fn filter_min(self, min: usize) -> Option<Self>;
+}
+
+impl FilterMin for usize {
+    /// The length, if a smaller marker could not have held it.
+    fn filter_min(self, min: usize) -> Option<usize> {
+        (self >= min).then_some(self)
+    }
+}
+
+/// A cursor over MessagePack bytes that accepts only the canonical forms.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.b.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+
+    fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N).and_then(|s| <[u8; N]>::try_from(s).ok())
+    }
+
+    /// A payload of `len` bytes, if a smaller length marker (one for
+    /// lengths below `min`) could not have held it.
+    fn sized(&mut self, len: usize, min: usize) -> Option<&'a [u8]> {
+        self.take(len.filter_min(min)?)
+    }
+
+    fn str(&mut self) -> Option<&'a [u8]> {
+        match self.u8()? {
+            m @ 0xa0..=0xbf => self.take(usize::from(m & 0x1f)),
+            0xd9 => {
+                let l = usize::from(self.u8()?);
+                self.sized(l, 32)
+            }
+            0xda => {
+                let l = usize::from(u16::from_be_bytes(self.be::<2>()?));
+                self.sized(l, 1 << 8)
+            }
+            0xdb => {
+                let l = u32::from_be_bytes(self.be::<4>()?) as usize;
+                self.sized(l, 1 << 16)
+            }
+            _ => None,
+        }
+    }
+
+    /// One field value in its canonical form.
+    fn value(&mut self) -> Option<()> {
+        let at = self.at;
+        match self.b.get(at)? {
+            0xc0 | 0xc2 | 0xc3 | 0x00..=0x7f | 0xe0..=0xff => {
+                self.at += 1;
+                Some(())
+            }
+            // Unsigned forms: only for values the smaller forms cannot hold.
+            0xcc => {
+                self.at += 1;
+                (self.u8()? >= 0x80).then_some(())
+            }
+            0xcd => {
+                self.at += 1;
+                (u16::from_be_bytes(self.be::<2>()?) > u16::from(u8::MAX)).then_some(())
+            }
+            0xce => {
+                self.at += 1;
+                (u32::from_be_bytes(self.be::<4>()?) > u32::from(u16::MAX)).then_some(())
+            }
+            0xcf => {
+                self.at += 1;
+                let v = u64::from_be_bytes(self.be::<8>()?);
+                // Above i64::MAX does not decode; at or below u32::MAX has
+                // a smaller form.
+                (v > u64::from(u32::MAX) && v <= i64::MAX as u64).then_some(())
+            }
+            // Signed forms: negative only, and only below the smaller form.
+            0xd0 => {
+                self.at += 1;
+                ((self.u8()? as i8) < -32).then_some(())
+            }
+            0xd1 => {
+                self.at += 1;
+                (i16::from_be_bytes(self.be::<2>()?) < i16::from(i8::MIN)).then_some(())
+            }
+            0xd2 => {
+                self.at += 1;
+                (i32::from_be_bytes(self.be::<4>()?) < i32::from(i16::MIN)).then_some(())
+            }
+            0xd3 => {
+                self.at += 1;
+                (i64::from_be_bytes(self.be::<8>()?) < i64::from(i32::MIN)).then_some(())
+            }
+            0xcb => {
+                self.at += 1;
+                self.be::<8>().map(|_| ())
+            }
+            0xa0..=0xbf | 0xd9 | 0xda | 0xdb => std::str::from_utf8(self.str()?).ok().map(|_| ()),
+            0xc4 => {
+                self.at += 1;
+                let l = usize::from(self.u8()?);
+                self.take(l).map(|_| ())
+            }
+            0xc5 => {
+                self.at += 1;
+                let l = usize::from(u16::from_be_bytes(self.be::<2>()?));
+                self.sized(l, 1 << 8).map(|_| ())
+            }
+            0xc6 => {
+                self.at += 1;
+                let l = u32::from_be_bytes(self.be::<4>()?) as usize;
+                self.sized(l, 1 << 16).map(|_| ())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Applies an update: named fields replaced, `Null` removes the field.
 pub fn apply_patch(rec: &mut Record, patch: &Record) {
     for (k, v) in patch {
@@ -270,6 +432,105 @@ mod tests {
             record_from_json(&v),
             Err(RecordError::BadFieldName(_))
         ));
+    }
+
+    /// The canonical check accepts exactly what the encoder writes: every
+    /// value type at every size boundary, and nothing a re-encode would
+    /// change (so bytes it accepts are kept as they came).
+    #[test]
+    fn canonical_fields_accepts_exactly_the_encoders_bytes() {
+        let ints = [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as i64,
+            u32::MAX as i64 + 1,
+            i64::MAX,
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32768,
+            -32769,
+            i32::MIN as i64,
+            i32::MIN as i64 - 1,
+            i64::MIN,
+        ];
+        let lens = [0usize, 1, 31, 32, 255, 256, 65535, 65536];
+        let mut cases: Vec<Record> = Vec::new();
+        for i in ints {
+            cases.push([("i".to_string(), Value::Int(i))].into_iter().collect());
+        }
+        for l in lens {
+            cases.push(
+                [("t".to_string(), Value::Text("x".repeat(l)))]
+                    .into_iter()
+                    .collect(),
+            );
+            cases.push(
+                [("b".to_string(), Value::Bytes(vec![7; l]))]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        let mut wide = Record::new();
+        for k in 0..20 {
+            wide.insert(format!("f{k:02}"), Value::Float(k as f64 / 3.0));
+        }
+        wide.insert("n".into(), Value::Null);
+        wide.insert("y".into(), Value::Bool(false));
+        wide.insert("z".repeat(MAX_FIELD_NAME), Value::Bool(true));
+        cases.push(wide);
+        cases.push(Record::new());
+        for r in &cases {
+            let bytes = encode_record(r).expect("encodes");
+            let names = canonical_fields(&bytes).unwrap_or_else(|| panic!("rejected {r:?}"));
+            assert_eq!(names, r.keys().map(String::as_str).collect::<Vec<_>>());
+        }
+        // Every single-byte change and every truncation of a record: the
+        // check accepts it only if a decode and re-encode gives it back.
+        let mut r = Record::new();
+        r.insert("a".into(), Value::Int(300));
+        r.insert("b".into(), Value::Text("hé".into()));
+        r.insert("c".into(), Value::Bytes(vec![1, 2]));
+        r.insert("d".into(), Value::Float(-0.5));
+        r.insert("e".into(), Value::Int(-40));
+        let good = encode_record(&r).expect("encodes");
+        let mut variants = Vec::new();
+        for i in 0..good.len() {
+            for x in [0u8, 1, 0x7f, 0x80, 0xa1, 0xc0, 0xcc, 0xd0, 0xd9, 0xff] {
+                let mut b = good.clone();
+                b[i] = x;
+                variants.push(b);
+            }
+            variants.push(good[..i].to_vec());
+        }
+        let mut accepted = 0;
+        for b in variants {
+            if canonical_fields(&b).is_some() {
+                accepted += 1;
+                let back = decode_record(&b).expect("accepted bytes decode");
+                assert_eq!(encode_record(&back).expect("encodes"), b);
+            }
+        }
+        assert!(accepted > 0, "some single-byte changes are still canonical");
+        // Out of order, duplicated, or in a wider form than needed: refused.
+        let out_of_order = [0x82, 0xa1, b'b', 0x01, 0xa1, b'a', 0x02];
+        assert!(canonical_fields(&out_of_order).is_none());
+        let dup = [0x82, 0xa1, b'a', 0x01, 0xa1, b'a', 0x02];
+        assert!(canonical_fields(&dup).is_none());
+        let wide_int = [0x81, 0xa1, b'a', 0xcc, 0x05];
+        assert!(canonical_fields(&wide_int).is_none());
+        assert_eq!(
+            encode_record(&decode_record(&wide_int).expect("decodes")).expect("encodes"),
+            vec![0x81, 0xa1, b'a', 0x05]
+        );
     }
 
     #[test]

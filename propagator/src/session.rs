@@ -6,17 +6,25 @@
 //! checked when given, against the latest state and the session's own
 //! writes, and checked again at ET; any error aborts the whole transaction.
 
-use crate::database::{CommitInfo, Database, Op, MAX_TXN_COMMANDS};
+use crate::database::{CommitInfo, Database, Op, PendingCommit, MAX_TXN_COMMANDS};
 use crate::error::DbError;
 use crate::ids::{Fnr, Isn};
 use crate::record::{apply_patch, check_field_name, decode_record, encode_record, Record, Value};
 use std::collections::HashMap;
 
+/// A record as this transaction left it.
+enum Local {
+    Record(Record),
+    /// Stored by the op at this index, from bytes kept as they came:
+    /// decoded only if the transaction reads or updates it again.
+    Stored(usize),
+}
+
 pub struct Session {
     db: Database,
     ops: Vec<Op>,
     /// The session's own view of records it has written: `None` = deleted.
-    local: HashMap<(Fnr, Isn), Option<Record>>,
+    local: HashMap<(Fnr, Isn), Option<Local>>,
     aborted: Option<String>,
 }
 
@@ -61,9 +69,26 @@ impl Session {
         self.aborted = Some(e.to_string());
     }
 
+    /// A record this transaction wrote (`Some(None)`: deleted), decoded.
+    fn mine(&self, fnr: Fnr, isn: Isn) -> Result<Option<Option<Record>>, DbError> {
+        match self.local.get(&(fnr, isn)) {
+            None => Ok(None),
+            Some(None) => Ok(Some(None)),
+            Some(Some(Local::Record(r))) => Ok(Some(Some(r.clone()))),
+            Some(Some(Local::Stored(i))) => match self.ops.get(*i) {
+                Some(Op::Store { bytes, .. }) => decode_record(bytes)
+                    .map(|r| Some(Some(r)))
+                    .map_err(|source| DbError::BadRecord { fnr, source }),
+                _ => Err(DbError::Aborted(format!(
+                    "record {isn} of file {fnr} lost its store in this transaction"
+                ))),
+            },
+        }
+    }
+
     fn view(&self, fnr: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
-        if let Some(r) = self.local.get(&(fnr, isn)) {
-            return Ok(r.clone());
+        if let Some(r) = self.mine(fnr, isn)? {
+            return Ok(r);
         }
         match self.db.writable_get(fnr, isn)? {
             None => Ok(None),
@@ -85,11 +110,49 @@ impl Session {
     /// Stores a new record; `isn` None lets the engine assign the next one.
     pub fn store(&mut self, fnr: Fnr, isn: Option<Isn>, record: Record) -> Result<Isn, DbError> {
         self.guard(|s| {
+            let bytes = Self::check_record(fnr, &record)?;
+            s.db.check_schema(fnr, record.keys().map(String::as_str))?;
+            s.store_checked(fnr, isn, bytes, Some(record))
+        })
+    }
+
+    /// Stores a new record given as MessagePack bytes (as a client sends
+    /// it), if they are already in the canonical encoding: kept as they
+    /// came, checked without being decoded. Other bytes are handed back
+    /// (`Err`) for the caller to decode and [`Session::store`].
+    pub fn store_canonical(
+        &mut self,
+        fnr: Fnr,
+        isn: Option<Isn>,
+        bytes: Vec<u8>,
+    ) -> Result<Result<Isn, DbError>, Vec<u8>> {
+        let checked = match crate::record::canonical_fields(&bytes) {
+            None => None,
+            Some(names) => Some(self.db.check_schema(fnr, names.into_iter())),
+        };
+        match checked {
+            None => Err(bytes),
+            Some(schema) => Ok(self.guard(|s| {
+                schema?;
+                s.store_checked(fnr, isn, bytes, None)
+            })),
+        }
+    }
+
+    /// Stores checked canonical bytes (`record`: their decoded form, if at
+    /// hand).
+    fn store_checked(
+        &mut self,
+        fnr: Fnr,
+        isn: Option<Isn>,
+        bytes: Vec<u8>,
+        record: Option<Record>,
+    ) -> Result<Isn, DbError> {
+        {
+            let s = self;
             if isn == Some(Isn(0)) {
                 return Err(DbError::ZeroIsn(fnr));
             }
-            let bytes = Self::check_record(fnr, &record)?;
-            s.db.check_schema(fnr, record.keys())?;
             // Checks the file (exists, writable, undamaged) before taking an isn.
             let (isn, stored) = s.db.prepare_store(fnr, isn)?;
             let exists = match s.local.get(&(fnr, isn)) {
@@ -99,10 +162,14 @@ impl Session {
             if exists {
                 return Err(DbError::RecordExists { fnr, isn });
             }
-            s.local.insert((fnr, isn), Some(record));
+            let mine = match record {
+                Some(r) => Local::Record(r),
+                None => Local::Stored(s.ops.len()),
+            };
+            s.local.insert((fnr, isn), Some(mine));
             s.ops.push(Op::Store { fnr, isn, bytes });
             Ok(isn)
-        })
+        }
     }
 
     /// Replaces the named fields; a `Null` value removes the field.
@@ -112,8 +179,8 @@ impl Session {
             // The record as this transaction sees it, and, when that is the
             // committed one, its bytes (the commit reuses the result if
             // they are still what it finds).
-            let (mut rec, committed) = match s.local.get(&(fnr, isn)) {
-                Some(mine) => (mine.clone().ok_or(missing)?, None),
+            let (mut rec, committed) = match s.mine(fnr, isn)? {
+                Some(mine) => (mine.ok_or(missing)?, None),
                 None => {
                     let b = s.db.writable_get(fnr, isn)?.ok_or(missing)?;
                     let r =
@@ -123,10 +190,10 @@ impl Session {
             };
             // A null removes a field, declared or not.
             let written = patch.iter().filter(|(_, v)| **v != Value::Null);
-            s.db.check_schema(fnr, written.map(|(k, _)| k))?;
+            s.db.check_schema(fnr, written.map(|(k, _)| k.as_str()))?;
             apply_patch(&mut rec, &patch);
             let merged = Self::check_record(fnr, &rec)?;
-            s.local.insert((fnr, isn), Some(rec));
+            s.local.insert((fnr, isn), Some(Local::Record(rec)));
             let seen = committed.map(|before| (before, merged));
             s.ops.push(Op::Update {
                 fnr,
@@ -151,14 +218,21 @@ impl Session {
     /// Reads a record as this transaction sees it (its own writes included).
     /// Reading a file clients may not write reads the committed state.
     pub fn read(&mut self, fnr: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
-        if let Some(r) = self.local.get(&(fnr, isn)) {
-            return Ok(r.clone());
+        if let Some(r) = self.mine(fnr, isn)? {
+            return Ok(r);
         }
         self.db.read(fnr, isn)
     }
 
     /// ET: commits the open transaction, durably, before returning.
     pub fn et(&mut self, client_id: Option<String>) -> Result<CommitInfo, DbError> {
+        self.et_queued(client_id)?.wait()
+    }
+
+    /// ET without waiting for the sync: the transaction is resolved, visible
+    /// to the session's next one, and queued; the answer says when it is
+    /// durable. A pipelining connection runs its next transaction meanwhile.
+    pub fn et_queued(&mut self, client_id: Option<String>) -> Result<PendingCommit, DbError> {
         if let Some(reason) = self.aborted.take() {
             // A rerun of a transaction that did commit (its acknowledgement
             // was lost) fails on its own effects; its id tells the truth.
@@ -174,7 +248,7 @@ impl Session {
         }
         let ops = std::mem::take(&mut self.ops);
         self.local.clear();
-        self.db.commit(vec![], ops, client_id)
+        self.db.commit_queued(vec![], ops, client_id)
     }
 
     /// BT: backs out the open transaction.

@@ -190,8 +190,13 @@ impl PageStore {
                         .flush_workers(1)
                         .compaction_workers(1)
                         .open()?;
-                    let pages =
-                        keyspace.open_partition(PAGES, fjall::PartitionCreateOptions::default())?;
+                    // Uncompressed blocks: the records are small, already
+                    // compact MessagePack, and read back on every feeder
+                    // scan and update; lz4 cost CPU on both sides for
+                    // little space. (Fixed when the partition is created.)
+                    let opts = fjall::PartitionCreateOptions::default()
+                        .compression(fjall::CompressionType::None);
+                    let pages = keyspace.open_partition(PAGES, opts)?;
                     Ok::<_, fjall::Error>(Kv::Fjall { keyspace, pages })
                 });
                 match r {

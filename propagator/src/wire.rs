@@ -23,7 +23,7 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks.
 /// 2: error answers carry an [`ErrorCode`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
@@ -158,6 +158,15 @@ pub enum SessionRequest {
     /// (typically a whole transaction ending in ET); stops at the first
     /// error, which backs the transaction out. Answered like the last one.
     Batch(Vec<Command>),
+    /// A whole transaction ending in ET, sent without waiting for the
+    /// answers to the ones before it (a pipelining client, e.g. `etp exec
+    /// --node`). It runs only if every `Chain` before it on this connection
+    /// (since its last other session request) ran without error: a client
+    /// that stops at the first failure commits nothing after it. Answered
+    /// like `Batch`, except that a command that fails answers
+    /// [`Response::ChainFailed`] with its index, and a transaction not run
+    /// because an earlier one failed answers `Refused`.
+    Chain(Vec<Command>),
 }
 
 /// Reads: the node's identity, records, stats, range digests, lag samples.
@@ -897,6 +906,13 @@ pub enum Response {
         topology: Option<String>,
     },
     Segments(Vec<crate::SegmentInfo>),
+    /// A `Chain` transaction's command `index` (0-based) failed; the
+    /// transaction is backed out.
+    ChainFailed {
+        index: u32,
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Request {

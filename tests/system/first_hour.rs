@@ -281,6 +281,96 @@ fn a_newcomers_cluster_keeps_its_addresses_and_refuses_silent_mistakes() {
     });
 }
 
+/// Input of `txns` transactions of two stores each into file 10 from isn
+/// `base`; transaction `bad`'s second store repeats an isn already stored.
+fn two_store_txns(base: u64, txns: u64, bad: u64) -> String {
+    let mut input = String::new();
+    for k in 1..=txns {
+        let first = base + 2 * k - 1;
+        let second = if k == bad { base + 1 } else { first + 1 };
+        for isn in [first, second] {
+            input += &format!(
+                r#"{{"op":"store","file":10,"isn":{isn},"fields":{{"name":"p{isn}","qty":{k}}}}}"#
+            );
+            input += "\n";
+        }
+        input += "{\"op\":\"et\"}\n";
+    }
+    input
+}
+
+/// `etp exec --node` keeps whole transactions in flight (the default) and
+/// still behaves as one command at a time does: results in input order,
+/// the run stops at the first failure naming its line, and nothing after
+/// it commits although it was already sent. A transaction that reads runs
+/// in its turn.
+#[test]
+fn a_pipelined_exec_stops_at_the_first_failure_with_nothing_after_it_committed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_nodes, a1) = two_nodes(tmp.path());
+    let m = a1.to_string();
+    // Transaction 15 of 40 fails on its second store (line 44).
+    for (base, pipeline) in [(0u64, "8"), (1000, "1")] {
+        let out = etp_stdin(
+            &["exec", "--node", &m, "--pipeline", pipeline],
+            &two_store_txns(base, 40, 15),
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let lines: Vec<serde_json::Value> = stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 15, "{}", stdout(&out));
+        let lsns: Vec<u64> = lines[..14]
+            .iter()
+            .map(|v| v["lsn"].as_u64().expect("a commit line"))
+            .collect();
+        assert!(lsns.windows(2).all(|w| w[0] < w[1]), "{lsns:?}");
+        assert_eq!(lines[14]["line"], 44, "{}", stdout(&out));
+        assert!(
+            lines[14]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("exists")),
+            "{}",
+            stdout(&out)
+        );
+        assert!(
+            stderr(&out).contains("14 earlier transactions stay committed"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // 14 transactions of two records from each run; none after the failure.
+    let stored = parse_dump(&ok(&etp(&["file", "dump", "--node", &m, "--file", "10"])));
+    assert_eq!(stored.len(), 56);
+    assert!(stored
+        .keys()
+        .all(|isn| *isn <= 28 || (1001..=1028).contains(isn)));
+
+    // A read between pipelined transactions prints in its place.
+    let mut input = two_store_txns(2000, 3, 0);
+    input += r#"{"op":"read","file":10,"isn":2001}"#;
+    input += "\n";
+    input += &two_store_txns(2006, 3, 0);
+    let out = etp_stdin(&["exec", "--node", &m], &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kinds: Vec<&str> = stdout(&out)
+        .lines()
+        .map(|l| {
+            if l.contains("\"fields\"") {
+                "read"
+            } else {
+                "commit"
+            }
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["commit", "commit", "commit", "read", "commit", "commit", "commit"]
+    );
+    assert!(stdout(&out).contains("p2001"), "{}", stdout(&out));
+}
+
 /// A journaled run that meets a refused transaction keeps the input after
 /// it: journaled, pending, and rerun later.
 #[test]

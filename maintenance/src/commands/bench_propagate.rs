@@ -17,7 +17,11 @@
 //!
 //! Transactions go to the master as one `Batch` request each (the whole
 //! transaction in one round trip, as pg_peer.sh runs its loop server-side),
-//! one after another from one session, as pg_peer.sh does.
+//! from one session. In phases a, a2 and d the client keeps `PIPELINE`
+//! (default 4) transactions in flight, as a client of the engine can: each
+//! is still acknowledged only once it and all before it are durable.
+//! `PIPELINE=1` sends each only after the one before is acknowledged, as
+//! pg_peer.sh's loop commits. Phase b sends one at a time.
 
 use crate::Outcome;
 use anyhow::{bail, Context};
@@ -33,6 +37,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Transactions the benchmark's client keeps in flight by default.
+const DEFAULT_PIPELINE: u64 = 4;
 const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
 const BULK2: u64 = 100_000_000;
 const LAG1: u64 = 1_000_000_000;
@@ -201,15 +207,41 @@ fn txn(c: &mut Client, mut cmds: Vec<Command>) -> anyhow::Result<(Seq, i64)> {
     }
 }
 
-fn bulk(c: &mut Client, lo: u64, n: u64, b: u64) -> anyhow::Result<Seq> {
-    let mut last = Seq(0);
+/// Transactions of `b` commands from `cmd(g)` for g in lo..lo+n, with
+/// `depth` in flight (1: each waits for the one before); the last seq.
+fn run_txns(
+    c: &mut Client,
+    lo: u64,
+    n: u64,
+    b: u64,
+    depth: usize,
+    cmd: impl Fn(u64) -> anyhow::Result<Command>,
+) -> anyhow::Result<Seq> {
+    let mut txns = Vec::new();
     let mut g = lo;
     while g < lo + n {
         let hi = (g + b).min(lo + n);
-        last = txn(c, (g..hi).map(store).collect::<anyhow::Result<_>>()?)?.0;
+        let mut cmds = (g..hi).map(&cmd).collect::<anyhow::Result<Vec<_>>>()?;
+        cmds.push(Command::Et { id: None });
+        txns.push(cmds);
         g = hi;
     }
+    let mut last = Seq(0);
+    c.pipeline(txns, depth, |r| -> anyhow::Result<()> {
+        match r {
+            Response::Committed(r) => {
+                let l = r.seqs.iter().map(|(_, _, l)| *l).max().unwrap_or_default();
+                last = last.max(l);
+                Ok(())
+            }
+            other => bail!("transaction failed: {other:?}"),
+        }
+    })?;
     Ok(last)
+}
+
+fn bulk(c: &mut Client, lo: u64, n: u64, b: u64, depth: usize) -> anyhow::Result<Seq> {
+    run_txns(c, lo, n, b, depth, store)
 }
 
 /// Waits (the master node answers when it happens: no polling) until both
@@ -368,6 +400,9 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let m = env_u64("M", 2000)?;
     let m_paced = env_u64("M_PACED", 500)?;
     let pace = Duration::from_millis(env_u64("PACE_MS", 5)?);
+    // Transactions in flight in the bulk, backlog and update/delete phases
+    // (1: each waits for the one before). The lag phase sends one at a time.
+    let depth = env_u64("PIPELINE", DEFAULT_PIPELINE)?.max(1) as usize;
     if n < 1000 || b < 1 || m < 1 {
         bail!("need N >= 1000, B >= 1, M >= 1 (got N={n} B={b} M={m})");
     }
@@ -401,12 +436,13 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let maddr = cl.master().addr;
     emit("config_n", n, "rows");
     emit("config_b", b, "rows/txn");
+    emit("config_pipeline", depth, "txns");
 
     // a. bulk
     eprintln!("a. bulk insert: {n} rows, {b} rows per transaction");
     let cpu = CpuMeter::start(&cl);
     let t0 = Instant::now();
-    let last = bulk(&mut c, 1, n, b)?;
+    let last = bulk(&mut c, 1, n, b, depth)?;
     let t1 = t0.elapsed().as_secs_f64();
     let (tf, tp) = caught_up(maddr, last, t0)?;
     let wall = tf.max(tp);
@@ -521,7 +557,8 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     if !matches!(stop, Response::Tasks(_)) {
         bail!("cannot stop the task: {stop:?}");
     }
-    let last = bulk(&mut c, BULK2 + 1, n, b)?;
+    let last = bulk(&mut c, BULK2 + 1, n, b, depth)?;
+    eprintln!("a2. task started: draining {n} rows");
     let cpu = CpuMeter::start(&cl);
     let t0 = Instant::now();
     ctl.call(&Request::Operation(OperationRequest::TaskControl {
@@ -603,32 +640,23 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         eprintln!("d. {u} {what}s, {b} rows per transaction");
         let cpu = CpuMeter::start(&cl);
         let t0 = Instant::now();
-        let mut last = Seq(0);
-        let mut g = 1;
-        while g <= u {
-            let hi = (g + b).min(u + 1);
-            let cmds = (g..hi)
-                .map(|i| -> anyhow::Result<Command> {
-                    Ok(if make {
-                        let mut p = Record::new();
-                        p.insert("qty".into(), Value::Int((i % 1000) as i64 + 1));
-                        p.insert("note".into(), Value::Text("updated".into()));
-                        Command::Update {
-                            file: MASTER,
-                            isn: Isn(i),
-                            fields: ByteBuf::from(encode_record(&p)?),
-                        }
-                    } else {
-                        Command::Delete {
-                            file: MASTER,
-                            isn: Isn(i),
-                        }
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            last = txn(&mut c, cmds)?.0;
-            g = hi;
-        }
+        let last = run_txns(&mut c, 1, u, b, depth, |i| {
+            Ok(if make {
+                let mut p = Record::new();
+                p.insert("qty".into(), Value::Int((i % 1000) as i64 + 1));
+                p.insert("note".into(), Value::Text("updated".into()));
+                Command::Update {
+                    file: MASTER,
+                    isn: Isn(i),
+                    fields: ByteBuf::from(encode_record(&p)?),
+                }
+            } else {
+                Command::Delete {
+                    file: MASTER,
+                    isn: Isn(i),
+                }
+            })
+        })?;
         let t1 = t0.elapsed().as_secs_f64();
         let (tf, tp) = caught_up(maddr, last, t0)?;
         let wall = tf.max(tp);

@@ -183,7 +183,8 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {
         }
         (None, Some(addr)) => {
             let mut client = Client::connect(addr)?;
-            propagator::exec::run_exec(&mut client, stdin.lock(), &mut stdout)
+            let depth = usize::from(a.pipeline);
+            propagator::exec::run_exec_pipelined(&mut client, stdin.lock(), &mut stdout, depth)
         }
         (None, None) => bail!("give --data DIR or --node ADDR"),
     }

@@ -3,8 +3,46 @@
 //! log records, metas), given an LSN and queued for the group commit; and
 //! the catalog changes (create a file, define a master) that go the same way.
 
+use super::writer::Ticket;
 use super::*;
 use crate::catalog::Damage;
+
+/// A transaction queued for the group commit, not yet known durable.
+///
+/// [`PendingCommit::wait`] answers once its group is synced (or failed).
+/// Dropped without a wait, it waits on drop: a queued entry may be the one
+/// that must lead its group, and the queue stalls until somebody does.
+#[must_use = "a queued commit is acknowledged only by waiting for it"]
+pub struct PendingCommit {
+    db: Database,
+    ticket: Option<Ticket>,
+    info: Option<CommitInfo>,
+}
+
+impl PendingCommit {
+    /// The commit's LSN (assigned when it was queued).
+    pub fn lsn(&self) -> Lsn {
+        self.info.as_ref().map_or(Lsn(0), |i| i.lsn)
+    }
+
+    /// Blocks until the commit is durable; its outcome.
+    pub fn wait(mut self) -> Result<CommitInfo, DbError> {
+        if let Some(t) = self.ticket.take() {
+            let shared = self.db.shared();
+            shared.committer.finish(shared, t)?;
+        }
+        self.info.take().ok_or(DbError::Closed)
+    }
+}
+
+impl Drop for PendingCommit {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            let shared = self.db.shared();
+            let _ = shared.committer.finish(shared, t);
+        }
+    }
+}
 
 impl Database {
     /// Stores or replaces an engine-written record (administration and
@@ -112,6 +150,20 @@ impl Database {
         ops: Vec<Op>,
         client_id: Option<String>,
     ) -> Result<CommitInfo, DbError> {
+        self.commit_queued(catalog, ops, client_id)?.wait()
+    }
+
+    /// Resolves a transaction, publishes it and queues it for the group
+    /// commit; the answer waits for its sync. Later transactions (of this
+    /// session or any other) see it at once and commit after it: were its
+    /// sync to fail, the database is poisoned and every later commit fails
+    /// too, so none is acknowledged without the ones before it.
+    pub(crate) fn commit_queued(
+        &self,
+        catalog: Vec<CatalogOp>,
+        ops: Vec<Op>,
+        client_id: Option<String>,
+    ) -> Result<PendingCommit, DbError> {
         self.check_poisoned()?;
         if let Some(id) = &client_id {
             if id.is_empty() || id.len() > 128 {
@@ -134,13 +186,17 @@ impl Database {
                 }
             }
             if catalog.is_empty() && ops.is_empty() && client_id.is_none() {
-                return Ok(CommitInfo {
-                    lsn: st.last_lsn,
-                    time_us: st.last_time_us,
-                    client_id,
-                    seqs: BTreeMap::new(),
-                    metas: Vec::new(),
-                    visible_us: st.last_time_us,
+                return Ok(PendingCommit {
+                    db: self.clone(),
+                    ticket: None,
+                    info: Some(CommitInfo {
+                        lsn: st.last_lsn,
+                        time_us: st.last_time_us,
+                        client_id,
+                        seqs: BTreeMap::new(),
+                        metas: Vec::new(),
+                        visible_us: st.last_time_us,
+                    }),
                 });
             }
             let lsn = st.last_lsn.next();
@@ -253,8 +309,11 @@ impl Database {
                 },
             )
         };
-        shared.committer.finish(shared, rx)?;
-        Ok(info)
+        Ok(PendingCommit {
+            db: self.clone(),
+            ticket: Some(rx),
+            info: Some(info),
+        })
     }
 
     /// Creates a file.

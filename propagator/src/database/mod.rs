@@ -33,6 +33,7 @@ mod writer;
 
 pub use check::{CheckReport, FileCheck};
 use commit::LatestView;
+pub use commit::PendingCommit;
 pub use reads::RangeContent;
 pub use recovery::{OpenReport, TornTail};
 use replicated::{check_chunk, diff_range};
@@ -278,6 +279,11 @@ impl LogTail {
         }
     }
 
+    /// The oldest seq held.
+    fn first(&self) -> Option<Seq> {
+        (!self.recs.is_empty()).then(|| Seq(self.next - self.recs.len() as u64))
+    }
+
     fn get(&self, seq: Seq) -> Option<&(Lsn, Arc<LogRecord>)> {
         let first = self.next.checked_sub(self.recs.len() as u64)?;
         let i = seq.0.checked_sub(first)?;
@@ -477,7 +483,7 @@ impl Database {
     pub(crate) fn check_schema<'a>(
         &self,
         fnr: Fnr,
-        fields: impl Iterator<Item = &'a String>,
+        fields: impl Iterator<Item = &'a str>,
     ) -> Result<(), DbError> {
         let Some(declared) = lock(&self.shared().schemas).get(&fnr).cloned() else {
             return Ok(());
@@ -486,7 +492,7 @@ impl Database {
             None => Ok(()),
             Some(field) => Err(DbError::UndeclaredField {
                 fnr,
-                field: field.clone(),
+                field: field.to_string(),
                 declared: declared.iter().cloned().collect(),
             }),
         }

@@ -20,23 +20,139 @@ impl Database {
         }
     }
 
-    /// [`Database::read_log_record`], shared: from the log's tail in memory
-    /// when it holds the seq (no page-store read, no decoding), else read
-    /// and decoded.
-    pub fn read_log_shared(
+    /// The durable log records of a master from `from` on, contiguous, at
+    /// most `max` of them and about `max_bytes` of images (at least one):
+    /// what a feeder ships next. Records the log's tail
+    /// holds in memory are shared from it; older ones are read with one
+    /// range scan of the page store (a feeder draining a backlog reads the
+    /// log in order, and a scan costs a fraction of a lookup per record),
+    /// the overlay taking precedence for records not yet applied.
+    pub fn read_log_run(
         &self,
         log: Fnr,
-        seq: Seq,
-    ) -> Result<Option<std::sync::Arc<LogRecord>>, DbError> {
+        from: Seq,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<std::sync::Arc<LogRecord>>, DbError> {
         let durable = *self.shared().durable.borrow();
-        Self::usable_def(&lock(&self.shared().state), log)?;
-        if let Some((lsn, rec)) = lock(&self.shared().tails)
-            .get(&log)
-            .and_then(|t| t.get(seq))
-        {
-            return Ok((*lsn <= durable).then(|| rec.clone()));
+        let (mut out, tail_first) = self.tail_run(log, from, max, max_bytes, durable)?;
+        let seq = from.0;
+        if !out.is_empty() || max == 0 {
+            return Ok(out);
         }
-        Ok(self.read_log_record(log, seq)?.map(std::sync::Arc::new))
+        // Before the tail (or no tail): scan the page store.
+        let upto = tail_first.map_or(u64::MAX, |f| f.0);
+        let want = (max as u64).min(upto.saturating_sub(seq)) as usize;
+        if want == 0 {
+            return Ok(out);
+        }
+        let mut scanned = Vec::with_capacity(want.min(4096));
+        let mut bytes = 0usize;
+        for kv in self.shared().store.scan_shared(log, Isn(seq)) {
+            let (isn, v) = kv?;
+            if isn.0 >= seq + want as u64 || bytes >= max_bytes {
+                break;
+            }
+            bytes += v.as_ref().len();
+            scanned.push((isn, v));
+        }
+        // Which bytes each seq has, under the state lock; decoded after it.
+        let mut found: Vec<(u64, Option<Vec<u8>>, Option<crate::store::StoredBytes>)> =
+            Vec::with_capacity(scanned.len());
+        {
+            let st = lock(&self.shared().state);
+            let mut it = scanned.into_iter().peekable();
+            for s in seq..seq + want as u64 {
+                match st.overlay.get(&(log, Isn(s))) {
+                    Some((lsn, _)) if *lsn > durable => break,
+                    Some((_, None)) => break,
+                    Some((_, Some(v))) => {
+                        while it.peek().is_some_and(|(i, _)| i.0 <= s) {
+                            it.next();
+                        }
+                        found.push((s, Some(v.clone()), None));
+                    }
+                    None => match it.next() {
+                        Some((i, v)) if i.0 == s => found.push((s, None, Some(v))),
+                        // Not in the page store (nor pending): the log ends here.
+                        _ => break,
+                    },
+                }
+            }
+        }
+        for (_, owned, stored) in &found {
+            let bytes: &[u8] = match (owned, stored) {
+                (Some(v), _) => v,
+                (None, Some(v)) => v.as_ref(),
+                (None, None) => break,
+            };
+            let rec = LogRecord::decode(bytes)
+                .map_err(|source| DbError::BadRecord { fnr: log, source })?;
+            out.push(std::sync::Arc::new(rec));
+        }
+        // Read up to the tail: go on into it.
+        let next = Seq(seq + out.len() as u64);
+        if out.len() < max && tail_first == Some(next) {
+            let used: usize = out
+                .iter()
+                .map(|r| {
+                    r.before.as_ref().map_or(0, Vec::len) + r.after.as_ref().map_or(0, Vec::len)
+                })
+                .sum();
+            if used < max_bytes {
+                let (more, _) =
+                    self.tail_run(log, next, max - out.len(), max_bytes - used, durable)?;
+                out.extend(more);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Database::read_log_run`] from the log's tail in memory only: `None`
+    /// when the run begins before the tail (or there is no tail), so the
+    /// page store would have to be read. It never blocks on I/O.
+    pub fn read_log_tail(
+        &self,
+        log: Fnr,
+        from: Seq,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<std::sync::Arc<LogRecord>>>, DbError> {
+        let durable = *self.shared().durable.borrow();
+        let (out, first) = self.tail_run(log, from, max, max_bytes, durable)?;
+        Ok((!out.is_empty() || first.is_some_and(|f| f <= from)).then_some(out))
+    }
+
+    /// The durable records the tail holds from `from` on, and the tail's
+    /// first seq.
+    fn tail_run(
+        &self,
+        log: Fnr,
+        from: Seq,
+        max: usize,
+        max_bytes: usize,
+        durable: Lsn,
+    ) -> Result<(Vec<std::sync::Arc<LogRecord>>, Option<Seq>), DbError> {
+        Self::usable_def(&lock(&self.shared().state), log)?;
+        let mut out: Vec<std::sync::Arc<LogRecord>> = Vec::new();
+        let mut seq = from.0;
+        let tails = lock(&self.shared().tails);
+        let tail = tails.get(&log);
+        if let Some(t) = tail {
+            let mut bytes = 0usize;
+            while out.len() < max && bytes < max_bytes {
+                match t.get(Seq(seq)) {
+                    Some((lsn, rec)) if *lsn <= durable => {
+                        bytes += rec.before.as_ref().map_or(0, Vec::len)
+                            + rec.after.as_ref().map_or(0, Vec::len);
+                        out.push(rec.clone());
+                        seq += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok((out, tail.and_then(|t| t.first())))
     }
 
     /// A durable log record of a master, by seq (see [`Database::read_durable_raw`]).

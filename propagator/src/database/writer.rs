@@ -133,22 +133,41 @@ impl Answered {
 }
 
 /// One committer waiting: told by whoever leads its group.
+///
+/// The thread to wake is the one that waits, which need not be the one that
+/// queued the entry: a pipelined session queues its next transaction while
+/// another thread waits for the previous one.
 pub(crate) struct Waiter {
-    thread: Thread,
-    answer: Mutex<Answer>,
+    slot: Mutex<(Answer, Thread)>,
 }
 
 impl Waiter {
+    fn new() -> Waiter {
+        Waiter {
+            slot: Mutex::new((Answer::Waiting, std::thread::current())),
+        }
+    }
+
     fn tell(&self, a: Answer) {
-        *lock(&self.answer) = a;
+        let thread = {
+            let mut s = lock(&self.slot);
+            s.0 = a;
+            s.1.clone()
+        };
         // A token: if the thread is not parked yet, its next park returns.
-        self.thread.unpark();
+        thread.unpark();
     }
 
     fn wait(&self) -> Answer {
         loop {
             // Taken with the lock released before parking: `tell` needs it.
-            let a = std::mem::replace(&mut *lock(&self.answer), Answer::Waiting);
+            // The waiting thread is recorded under the same lock, so a
+            // `tell` that finds no answer taken yet wakes this thread.
+            let a = {
+                let mut s = lock(&self.slot);
+                s.1 = std::thread::current();
+                std::mem::replace(&mut s.0, Answer::Waiting)
+            };
             match a {
                 Answer::Waiting => std::thread::park(),
                 a => return a,
@@ -263,10 +282,7 @@ impl Committer {
     /// Queues an accepted entry. Called under the state lock, so queue order
     /// is LSN order.
     pub fn enqueue(&self, job: Job) -> Result<Ticket, DbError> {
-        let waiter = Arc::new(Waiter {
-            thread: std::thread::current(),
-            answer: Mutex::new(Answer::Waiting),
-        });
+        let waiter = Arc::new(Waiter::new());
         let mut q = lock(&self.q);
         if q.closed {
             return Err(DbError::Closed);

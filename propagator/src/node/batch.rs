@@ -6,8 +6,56 @@ use crate::ids::Seq;
 use crate::log_record::LogRecord;
 use std::sync::Arc;
 
+/// The durable log records after `cursor`: whole transactions, up to the
+/// batch size. With `store` false only the log's tail in memory is read
+/// (`None`: the page store must be read, which may block on I/O).
+fn collect(
+    c: &Ctx,
+    cursor: Seq,
+    store: bool,
+) -> Result<Option<Vec<Arc<LogRecord>>>, crate::DbError> {
+    let mut out: Vec<Arc<LogRecord>> = Vec::new();
+    let mut bytes = 0usize;
+    let mut seq = cursor.0 + 1;
+    'read: loop {
+        // Whole transactions: read on past the batch size to the end of
+        // the last one.
+        let (max, left) = (c.batch.max(64), MAX_BATCH_BYTES.saturating_sub(bytes));
+        let run = if store {
+            c.db.read_log_run(c.log, Seq(seq), max, left)?
+        } else {
+            match c.db.read_log_tail(c.log, Seq(seq), max, left)? {
+                Some(run) => run,
+                None if out.is_empty() => return Ok(None),
+                None => break,
+            }
+        };
+        if run.is_empty() {
+            break;
+        }
+        for rec in run {
+            bytes +=
+                rec.before.as_ref().map_or(0, Vec::len) + rec.after.as_ref().map_or(0, Vec::len);
+            let boundary = rec.part == rec.parts;
+            out.push(rec);
+            seq += 1;
+            if boundary && (out.len() >= c.batch || bytes >= MAX_BATCH_BYTES) {
+                break 'read;
+            }
+        }
+    }
+    // Never ship part of a transaction.
+    while out.last().is_some_and(|r| r.part != r.parts) {
+        out.pop();
+    }
+    Ok(Some(out))
+}
+
 /// The next durable log records after `cursor`: whole transactions, up to
 /// the batch size; waits (without polling) until there is at least one.
+/// Records the log's tail holds are read on the reactor (no hand-off to a
+/// blocking thread: a streaming feeder finds the newest commits there);
+/// older ones on the blocking pool.
 pub(super) async fn next_batch(
     ctx: &Arc<Ctx>,
     cursor: Seq,
@@ -15,28 +63,17 @@ pub(super) async fn next_batch(
 ) -> Result<Vec<std::sync::Arc<LogRecord>>, Stop> {
     loop {
         durable.borrow_and_update();
-        let c = ctx.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let mut out: Vec<std::sync::Arc<LogRecord>> = Vec::new();
-            let mut bytes = 0usize;
-            let mut seq = cursor.0 + 1;
-            while let Some(rec) = c.db.read_log_shared(c.log, Seq(seq))? {
-                bytes += rec.before.as_ref().map_or(0, Vec::len)
-                    + rec.after.as_ref().map_or(0, Vec::len);
-                let boundary = rec.part == rec.parts;
-                out.push(rec);
-                seq += 1;
-                if boundary && (out.len() >= c.batch || bytes >= MAX_BATCH_BYTES) {
-                    break;
-                }
+        let read = match collect(ctx, cursor, false) {
+            Ok(Some(b)) => Ok(Ok(b)),
+            Err(e) => Ok(Err(e)),
+            Ok(None) => {
+                let c = ctx.clone();
+                tokio::task::spawn_blocking(move || {
+                    collect(&c, cursor, true).map(Option::unwrap_or_default)
+                })
+                .await
             }
-            // Never ship part of a transaction.
-            while out.last().is_some_and(|r| r.part != r.parts) {
-                out.pop();
-            }
-            Ok::<_, crate::DbError>(out)
-        })
-        .await;
+        };
         match read {
             Ok(Ok(b)) if !b.is_empty() => return Ok(b),
             Ok(Ok(_)) => {}

@@ -196,6 +196,57 @@ impl Client {
         self.call(&Request::Session(SessionRequest::Batch(cmds)))
     }
 
+    /// Sends a request without waiting for its answer (pipelining): the
+    /// answers come back in request order through [`Client::recv`].
+    pub fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let Client { rt, conn, .. } = self;
+        rt.block_on(conn.send(req))
+    }
+
+    /// The next answer owed (remote errors are answers here).
+    pub fn recv(&mut self) -> Result<Response, ClientError> {
+        let Client { rt, conn, .. } = self;
+        rt.block_on(conn.recv())
+    }
+
+    /// Runs whole transactions (each a batch of commands ending with ET)
+    /// with up to `depth` in flight on this connection, and hands each
+    /// answer to `answer` in order. The node resolves a transaction while
+    /// the ones before it sync, and a group sync makes several durable at
+    /// once; each is still acknowledged only once it and every one before
+    /// it are durable. An error from `answer` stops sending; the answers
+    /// already owed are still read (and passed on) before it returns.
+    pub fn pipeline<E: From<ClientError>>(
+        &mut self,
+        txns: impl IntoIterator<Item = Vec<Command>>,
+        depth: usize,
+        mut answer: impl FnMut(Response) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let depth = depth.max(1);
+        let mut owed = 0usize;
+        let mut first_err = None;
+        for cmds in txns {
+            if owed >= depth {
+                let r = self.recv()?;
+                owed -= 1;
+                if let Err(e) = answer(r) {
+                    first_err = Some(e);
+                    break;
+                }
+            }
+            self.send(&Request::Session(SessionRequest::Batch(cmds)))?;
+            owed += 1;
+        }
+        while owed > 0 {
+            let r = self.recv()?;
+            owed -= 1;
+            if let Err(e) = answer(r) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     fn exec(&mut self, cmd: Command) -> Result<Response, ClientError> {
         self.call(&Request::Session(SessionRequest::Exec(cmd)))
     }
@@ -339,6 +390,75 @@ impl ExecTarget for Client {
 
     fn in_transaction(&self) -> bool {
         self.in_txn
+    }
+
+    fn send_txn(&mut self, txn: &[crate::exec::ExecCommand]) -> Result<bool, ClientError> {
+        let mut cmds = Vec::with_capacity(txn.len());
+        for c in txn {
+            cmds.push(match c {
+                crate::exec::Command::Store { file, isn, fields } => Command::Store {
+                    file: *file,
+                    isn: *isn,
+                    fields: encode_for_wire(fields)?,
+                },
+                crate::exec::Command::Update { file, isn, fields } => Command::Update {
+                    file: *file,
+                    isn: *isn,
+                    fields: encode_for_wire(fields)?,
+                },
+                crate::exec::Command::Delete { file, isn } => Command::Delete {
+                    file: *file,
+                    isn: *isn,
+                },
+                crate::exec::Command::Read { file, isn } => Command::Read {
+                    file: *file,
+                    isn: *isn,
+                },
+                crate::exec::Command::Et { id } => Command::Et { id: id.clone() },
+                crate::exec::Command::Bt => Command::Bt,
+            });
+        }
+        self.send(&Request::Session(SessionRequest::Chain(cmds)))?;
+        Ok(true)
+    }
+
+    fn recv_txn(
+        &mut self,
+    ) -> Option<Result<Result<CommitInfo, (usize, ClientError)>, ClientError>> {
+        let addr = self.conn.addr.to_string();
+        Some(match self.recv() {
+            Err(e) => Err(e),
+            Ok(Response::Committed(c)) => Ok(Ok(CommitInfo {
+                lsn: c.lsn,
+                time_us: c.time_us,
+                client_id: c.client_id,
+                seqs: c.seqs.into_iter().map(|(f, a, b)| (f, (a, b))).collect(),
+                metas: Vec::new(),
+                visible_us: c.time_us,
+            })),
+            Ok(Response::ChainFailed {
+                index,
+                code,
+                message,
+            }) => Ok(Err((
+                index as usize,
+                ClientError::Remote {
+                    addr,
+                    code,
+                    message,
+                },
+            ))),
+            // Not run (an earlier one failed): no command of it is to blame.
+            Ok(Response::Error { code, message }) => Ok(Err((
+                usize::MAX,
+                ClientError::Remote {
+                    addr,
+                    code,
+                    message,
+                },
+            ))),
+            Ok(other) => Err(self.conn.unexpected(&other, "Committed")),
+        })
     }
 }
 

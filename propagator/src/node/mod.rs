@@ -45,6 +45,8 @@ use crate::wire::{
 };
 use client::Conn;
 use control::{Control, Policy};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -55,6 +57,10 @@ use tokio_util::codec::Framed;
 
 /// The record of the administration file that holds the topology text.
 const TOPOLOGY_ISN: Isn = Isn(1);
+
+/// Answers one connection may owe before the node stops reading its
+/// requests: the transactions a pipelining client has in flight.
+const PIPELINE_DEPTH: usize = 16;
 
 /// The most record bytes one dump page carries.
 const MAX_DUMP_PAGE_BYTES: usize = 16 << 20;
@@ -82,7 +88,7 @@ pub struct Node {
     /// Client updates refused (recovery in progress) unless exempt.
     quiesced: std::sync::atomic::AtomicBool,
     /// Client command batches hold it shared; a quiesce takes it alone.
-    update_gate: tokio::sync::RwLock<()>,
+    update_gate: Arc<tokio::sync::RwLock<()>>,
     /// Where [`Node::serve`] listens.
     listening: Mutex<Option<SocketAddr>>,
 }
@@ -154,7 +160,7 @@ impl Node {
             owners: Mutex::new(BTreeMap::new()),
             metrics: metrics::Rates::default(),
             quiesced: std::sync::atomic::AtomicBool::new(quiesced),
-            update_gate: tokio::sync::RwLock::new(()),
+            update_gate: Arc::new(tokio::sync::RwLock::new(())),
             listening: Mutex::new(None),
         });
         if let Some(v) = stored {
@@ -282,31 +288,74 @@ impl Node {
         self.stop_tasks();
     }
 
+    /// One client's connection. Answers go out in request order. Session
+    /// requests are pipelined: while a transaction waits for its sync, the
+    /// next requests are read and run (up to [`PIPELINE_DEPTH`] answers
+    /// owed), so transactions a client keeps in flight share syncs. Any
+    /// other request waits until the answers before it are sent.
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, codec());
         let mut conv = Conversation::default();
-        while let Some(frame) = framed.next().await {
-            let frame = match frame {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(%peer, reason = %e, "closing connection: bad frame");
-                    break;
+        let mut owed: FuturesOrdered<BoxFuture<'static, Response>> = FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                biased;
+                Some(resp) = owed.next(), if !owed.is_empty() => {
+                    if send(&mut framed, &resp).await.is_err() {
+                        break;
+                    }
+                    continue;
                 }
-            };
-            let req = match Request::decode(&frame) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(%peer, reason = %e, "closing connection: undecodable request");
-                    let _ = send(&mut framed, &Response::error(e.to_string())).await;
-                    break;
+                frame = framed.next(), if owed.len() < PIPELINE_DEPTH => {
+                    let frame = match frame {
+                        None => break,
+                        Some(Ok(f)) => f,
+                        Some(Err(e)) => {
+                            tracing::warn!(%peer, reason = %e, "closing connection: bad frame");
+                            break;
+                        }
+                    };
+                    let req = match Request::decode(&frame) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(%peer, reason = %e, "closing connection: undecodable request");
+                            while let Some(resp) = owed.next().await {
+                                let _ = send(&mut framed, &resp).await;
+                            }
+                            let _ = send(&mut framed, &Response::error(e.to_string())).await;
+                            break;
+                        }
+                    };
+                    let step = match req {
+                        Request::Session(r) => self.session(&mut conv, r).await,
+                        other => {
+                            // In order: the answers owed go first.
+                            let mut failed = false;
+                            while let Some(resp) = owed.next().await {
+                                failed |= send(&mut framed, &resp).await.is_err();
+                            }
+                            if failed {
+                                break;
+                            }
+                            session::Step::Now(self.handle(&mut conv, other).await)
+                        }
+                    };
+                    match step {
+                        session::Step::Now(resp) if owed.is_empty() => {
+                            if send(&mut framed, &resp).await.is_err() {
+                                break;
+                            }
+                        }
+                        session::Step::Now(resp) => owed.push_back(Box::pin(std::future::ready(resp))),
+                        session::Step::Later(f) => owed.push_back(f),
+                    }
                 }
-            };
-            let resp = self.handle(&mut conv, req).await;
-            if send(&mut framed, &resp).await.is_err() {
-                break;
             }
         }
+        // Transactions queued before the connection ended still commit (or
+        // fail) in order; nobody is left to tell.
+        while owed.next().await.is_some() {}
         // Dropping the conversation backs out an open session transaction.
         if let Some(s) = conv.session.take() {
             if s.in_transaction() {
@@ -323,7 +372,10 @@ impl Node {
     /// replicate side of a link (`link`).
     async fn handle(self: &Arc<Self>, conv: &mut Conversation, req: Request) -> Response {
         match req {
-            Request::Session(r) => self.session(conv, r).await,
+            Request::Session(r) => match self.session(conv, r).await {
+                session::Step::Now(resp) => resp,
+                session::Step::Later(f) => f.await,
+            },
             Request::Read(r) => self.read(r).await,
             Request::Copy(r) => self.copy(r).await,
             Request::Admin(r) => self.admin(r).await,
@@ -340,6 +392,9 @@ struct Conversation {
     link: Option<Link>,
     /// Updates pass a quiesce (a recovery's own connection).
     exempt: bool,
+    /// A `Chain` transaction failed: the chained ones after it are refused
+    /// until another session request.
+    chain_failed: bool,
 }
 
 #[derive(Clone)]

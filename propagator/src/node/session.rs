@@ -5,19 +5,46 @@
 use super::*;
 use crate::wire::SessionRequest;
 
-impl Node {
-    pub(super) async fn session(&self, conv: &mut Conversation, r: SessionRequest) -> Response {
-        match r {
-            SessionRequest::Exec(cmd) => self.exec(conv, vec![cmd]).await,
-            SessionRequest::Batch(cmds) if cmds.is_empty() => Response::Ok,
-            SessionRequest::Batch(cmds) => self.exec(conv, cmds).await,
-        }
-    }
+/// A session request's answer: ready now, or once its commit is durable.
+// Moved once per request: boxing the common answer would cost an
+// allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Step {
+    Now(Response),
+    /// The transaction is queued for the group commit; the connection may
+    /// run its next request meanwhile and sends this answer in its turn.
+    Later(futures_util::future::BoxFuture<'static, Response>),
+}
 
-    pub(super) async fn exec(&self, conv: &mut Conversation, cmds: Vec<Command>) -> Response {
-        // Held while the commands run, so a quiesce waits for updates in
-        // flight and the LSN it reports is the last one before it.
-        let _gate = self.update_gate.read().await;
+impl Node {
+    /// Runs a session request. A request that ends with ET answers
+    /// [`Step::Later`]: its commands run and its transaction is queued on a
+    /// blocking thread, the session comes back to the connection as soon as
+    /// the transaction is queued, and the same thread then waits for the
+    /// sync (leading the group if its turn comes). So a client that keeps
+    /// several transactions in flight has the next one resolved while the
+    /// previous one syncs, and they share a sync; one that waits for each
+    /// answer pays no extra thread hand-off for it.
+    pub(super) async fn session(&self, conv: &mut Conversation, r: SessionRequest) -> Step {
+        let (cmds, chain) = match r {
+            SessionRequest::Exec(cmd) => (vec![cmd], false),
+            SessionRequest::Batch(cmds) => (cmds, false),
+            SessionRequest::Chain(cmds) => (cmds, true),
+        };
+        if !chain {
+            conv.chain_failed = false;
+        } else if conv.chain_failed {
+            return Step::Now(Response::error(Failure::new(
+                ErrorCode::Refused,
+                "not run: an earlier pipelined transaction on this connection failed",
+            )));
+        }
+        if cmds.is_empty() {
+            return Step::Now(Response::Ok);
+        }
+        // Held until the commit is durable, so a quiesce waits for updates
+        // in flight and the LSN it reports is the last one before it.
+        let gate = self.update_gate.clone().read_owned().await;
         if !conv.exempt
             && self.quiesced.load(std::sync::atomic::Ordering::SeqCst)
             && cmds.iter().any(|c| match c {
@@ -27,31 +54,92 @@ impl Node {
                 Command::Read { .. } | Command::Bt => false,
             })
         {
-            return Response::error(Failure::new(
+            return Step::Now(Response::error(Failure::new(
                 ErrorCode::Unavailable,
                 "updates are refused while a recovery runs on this database (quiesced by etp recover run): retry later",
-            ));
+            )));
         }
         let mut s = conv.session.take().unwrap_or_else(|| self.db.session());
-        let (s, r) = match errors::off_reactor(move || {
+        let (back, session) = tokio::sync::oneshot::channel::<(Session, bool)>();
+        let run = tokio::task::spawn_blocking(move || {
+            let n = cmds.len();
             let mut r = Response::Ok;
-            for cmd in cmds {
-                r = run_command(&mut s, cmd);
+            let mut queued = None;
+            let mut failed_at = None;
+            for (i, cmd) in cmds.into_iter().enumerate() {
+                r = match cmd {
+                    Command::Et { id } if i + 1 == n => match s.et_queued(id) {
+                        Ok(p) => {
+                            queued = Some(p);
+                            Response::Ok
+                        }
+                        Err(e) => Response::error(e),
+                    },
+                    cmd => run_command(&mut s, cmd),
+                };
                 if matches!(r, Response::Error { .. }) {
                     // The session has aborted the transaction, as a local
                     // session does: a later ET reports it.
+                    failed_at = Some(i);
                     break;
                 }
             }
-            Ok::<_, Internal>((s, r))
-        })
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => return Response::error(e),
+            if chain && failed_at.is_some() {
+                // A chained transaction is whole or nothing: backed out.
+                s.bt();
+            }
+            // The connection gets its session back before the sync.
+            let _ = back.send((s, failed_at.is_some()));
+            let mut r = match queued {
+                None => r,
+                Some(p) => committed(p.wait()),
+            };
+            if chain {
+                if let Response::Error { code, message } = r {
+                    r = Response::ChainFailed {
+                        index: failed_at.unwrap_or(n.saturating_sub(1)) as u32,
+                        code,
+                        message,
+                    };
+                }
+            }
+            // Released here, not where the answer is sent: a quiesce
+            // waiting for it must not wait for the connection to read on.
+            drop(gate);
+            r
+        });
+        let Ok((s, failed)) = session.await else {
+            // The blocking task ended without handing the session back: it
+            // panicked. A new session (the transaction is gone) and its error.
+            let e = match run.await {
+                Err(e) => e.to_string(),
+                Ok(_) => "the session was lost".into(),
+            };
+            return Step::Now(Response::error(errors::Internal(e)));
         };
         conv.session = Some(s);
-        r
+        if chain && failed {
+            conv.chain_failed = true;
+        }
+        let answer = async move {
+            match run.await {
+                Ok(r) => r,
+                Err(e) => Response::error(errors::Internal(e.to_string())),
+            }
+        };
+        Step::Later(Box::pin(answer))
+    }
+}
+
+fn committed(r: Result<crate::database::CommitInfo, DbError>) -> Response {
+    match r {
+        Ok(info) => Response::Committed(CommitReply {
+            lsn: info.lsn,
+            time_us: info.time_us,
+            client_id: info.client_id,
+            seqs: info.seqs.into_iter().map(|(f, (a, b))| (f, a, b)).collect(),
+        }),
+        Err(e) => Response::error(e),
     }
 }
 
@@ -65,16 +153,22 @@ pub(super) fn bad_record(e: impl std::fmt::Display) -> Response {
 pub(super) fn run_command(s: &mut Session, cmd: Command) -> Response {
     let err = |e: DbError| Response::error(e);
     match cmd {
-        Command::Store { file, isn, fields } => match decode_record(&fields) {
-            Err(e) => {
-                s.bt();
-                bad_record(e)
-            }
-            Ok(r) => match s.store(file, isn, r) {
+        Command::Store { file, isn, fields } => {
+            let stored = match s.store_canonical(file, isn, fields.into_vec()) {
+                Ok(r) => r,
+                Err(other) => match decode_record(&other) {
+                    Err(e) => {
+                        s.bt();
+                        return bad_record(e);
+                    }
+                    Ok(r) => s.store(file, isn, r),
+                },
+            };
+            match stored {
                 Ok(isn) => Response::Stored { isn },
                 Err(e) => err(e),
-            },
-        },
+            }
+        }
         Command::Update { file, isn, fields } => match decode_record(&fields) {
             Err(e) => {
                 s.bt();
@@ -96,15 +190,7 @@ pub(super) fn run_command(s: &mut Session, cmd: Command) -> Response {
             },
             Err(e) => err(e),
         },
-        Command::Et { id } => match s.et(id) {
-            Ok(info) => Response::Committed(CommitReply {
-                lsn: info.lsn,
-                time_us: info.time_us,
-                client_id: info.client_id,
-                seqs: info.seqs.into_iter().map(|(f, (a, b))| (f, a, b)).collect(),
-            }),
-            Err(e) => err(e),
-        },
+        Command::Et { id } => committed(s.et(id)),
         Command::Bt => {
             s.bt();
             Response::Ok

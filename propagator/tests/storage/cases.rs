@@ -1229,20 +1229,63 @@ fn a_leader_hands_over_after_its_rounds_and_groups_split_at_the_byte_limit() {
     assert_eq!(replay_log(&db), master);
 }
 
+/// A pipelined session: a transaction queued (not yet durable) is seen by
+/// the session's next one, and each is acknowledged from another thread
+/// than the one that queued it, in LSN order.
+#[test]
+fn a_queued_commit_is_seen_by_the_next_and_acknowledged_from_another_thread() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(1)), rec(&[("q", 1)])).expect("store");
+    let first = s.et_queued(None).expect("first queued");
+    s.update(MASTER, Isn(1), rec(&[("q", 2)]))
+        .expect("the next transaction sees the queued store");
+    let second = s.et_queued(None).expect("second queued");
+    assert!(second.lsn() > first.lsn());
+    // The later one waits first: it is answered once the earlier one leads
+    // their group.
+    let h2 = std::thread::spawn(move || second.wait());
+    let h1 = std::thread::spawn(move || first.wait());
+    let i1 = h1.join().expect("join").expect("first commit");
+    let i2 = h2.join().expect("join").expect("second commit");
+    assert!(i2.lsn > i1.lsn);
+    assert_eq!(
+        db.read(MASTER, Isn(1)).expect("read"),
+        Some(rec(&[("q", 2)]))
+    );
+    // One dropped without a wait still commits (its drop waits).
+    s.store(MASTER, Some(Isn(2)), rec(&[("q", 3)])).expect("store");
+    drop(s.et_queued(None).expect("queued"));
+    s.store(MASTER, Some(Isn(3)), rec(&[("q", 4)])).expect("store");
+    s.et(None).expect("a commit after a dropped one");
+    assert_eq!(dump(&db, MASTER).len(), 3);
+}
+
 /// The log's tail kept in memory for the feeders reads exactly as the page
 /// store does, through commits and after a refresh rewrote the log.
 #[test]
 fn the_log_tail_in_memory_reads_as_the_page_store() {
     let t = tempfile::tempdir().expect("tempdir");
     let db = fresh(t.path());
+    // Runs read from every seq (from the tail, the page store, or both)
+    // equal the records read one by one.
     let same = |db: &Database, seqs: std::ops::RangeInclusive<u64>| {
         for s in seqs {
-            let shared = db
-                .read_log_shared(LOG, Seq(s))
-                .expect("shared read")
-                .map(|r| (*r).clone());
-            let stored = db.read_log_record(LOG, Seq(s)).expect("stored read");
-            assert_eq!(shared, stored, "seq {s}");
+            let run: Vec<_> = db
+                .read_log_run(LOG, Seq(s), 7, usize::MAX)
+                .expect("run read")
+                .into_iter()
+                .map(|r| (*r).clone())
+                .collect();
+            let mut stored = Vec::new();
+            for k in s..s + 7 {
+                match db.read_log_record(LOG, Seq(k)).expect("stored read") {
+                    Some(r) => stored.push(r),
+                    None => break,
+                }
+            }
+            assert_eq!(run, stored, "run from seq {s}");
         }
     };
     let mut s = db.session();
