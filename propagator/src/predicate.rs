@@ -195,6 +195,11 @@ impl Predicate {
         self.variables.clone()
     }
 
+    /// [`Predicate::variables`], borrowed.
+    pub fn reads(&self) -> &[String] {
+        &self.variables
+    }
+
     /// Evaluates the predicate over `record`. `Err` gives the reason when it
     /// cannot be evaluated: a field it reads is absent from the record, an
     /// operator does not apply to a field's type, or the result is not a

@@ -181,6 +181,78 @@ pub fn canonical_fields(bytes: &[u8]) -> Option<Vec<&str>> {
     (r.at == bytes.len()).then_some(names)
 }
 
+/// A canonical record's fields as byte ranges: each field's name, its
+/// whole encoded entry (name and value) and its encoded value, in field
+/// order. `None` for bytes that are not canonical (see
+/// [`canonical_fields`]).
+pub fn canonical_entries(bytes: &[u8]) -> Option<Vec<Entry<'_>>> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return None;
+    }
+    let mut r = Reader { b: bytes, at: 0 };
+    let n = match r.u8()? {
+        m @ 0x80..=0x8f => usize::from(m & 0x0f),
+        0xde => usize::from(r.be::<2>().map(u16::from_be_bytes)?).filter_min(16)?,
+        0xdf => (u32::from_be_bytes(r.be::<4>()?) as usize).filter_min(1 << 16)?,
+        _ => return None,
+    };
+    let mut out: Vec<Entry<'_>> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = r.at;
+        let name = std::str::from_utf8(r.str()?).ok()?;
+        if name.is_empty() || name.len() > MAX_FIELD_NAME {
+            return None;
+        }
+        if out.last().is_some_and(|prev| prev.name >= name) {
+            return None;
+        }
+        let value_at = r.at;
+        r.value()?;
+        out.push(Entry {
+            name,
+            entry: bytes.get(start..r.at)?,
+            value: bytes.get(value_at..r.at)?,
+        });
+    }
+    (r.at == bytes.len()).then_some(out)
+}
+
+/// One field of a canonical record, as byte ranges of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    pub name: &'a str,
+    /// The encoded name and value.
+    pub entry: &'a [u8],
+    /// The encoded value.
+    pub value: &'a [u8],
+}
+
+/// Decodes one encoded field value.
+pub fn decode_value(bytes: &[u8]) -> Result<Value, RecordError> {
+    rmp_serde::from_slice(bytes).map_err(|e| RecordError::Decode(e.to_string()))
+}
+
+/// The canonical record of `entries` (in field order, as
+/// [`canonical_entries`] gives them): their bytes under a map header.
+pub fn encode_entries(entries: &[Entry<'_>]) -> Vec<u8> {
+    let n = entries.len();
+    let body: usize = entries.iter().map(|e| e.entry.len()).sum();
+    let mut out = Vec::with_capacity(body + 5);
+    if n < 16 {
+        out.push(0x80 | n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(0xde);
+        out.extend_from_slice(&n.to_be_bytes());
+    } else {
+        out.push(0xdf);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    for e in entries {
+        out.extend_from_slice(e.entry);
+    }
+    out
+}
+
 trait FilterMin: Sized {
     fn filter_min(self, min: usize) -> Option<Self>;
 }
@@ -531,6 +603,46 @@ mod tests {
             encode_record(&decode_record(&wide_int).expect("decodes")).expect("encodes"),
             vec![0x81, 0xa1, b'a', 0x05]
         );
+    }
+
+    /// Entries cut from a canonical record and put together again give the
+    /// canonical encoding of the record with just those fields.
+    #[test]
+    fn canonical_entries_reassemble_any_subset_canonically() {
+        let mut r = Record::new();
+        for k in 0..40 {
+            let v = match k % 5 {
+                0 => Value::Int(k * 1000 - 7000),
+                1 => Value::Text("t".repeat(k as usize)),
+                2 => Value::Float(k as f64 / 7.0),
+                3 => Value::Bytes(vec![k as u8; 300]),
+                _ => Value::Bool(k % 2 == 0),
+            };
+            r.insert(format!("f{k:02}"), v);
+        }
+        let bytes = encode_record(&r).expect("encodes");
+        let entries = canonical_entries(&bytes).expect("canonical");
+        assert_eq!(entries.len(), 40);
+        for keep in [0usize, 1, 3, 15, 16, 17, 40] {
+            let subset: Vec<Entry<'_>> = entries
+                .iter()
+                .step_by(40 / keep.max(1))
+                .take(keep)
+                .copied()
+                .collect();
+            let want: Record = subset
+                .iter()
+                .map(|e| (e.name.to_string(), r[e.name].clone()))
+                .collect();
+            assert_eq!(
+                encode_entries(&subset),
+                encode_record(&want).expect("encodes"),
+                "{keep}"
+            );
+            for e in &subset {
+                assert_eq!(decode_value(e.value).expect("value"), r[e.name]);
+            }
+        }
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl Database {
         let bytes = LatestView {
             st: &st,
             store: &self.shared().store,
+            prefetched: None,
         }
         .get(rec_fnr, isn)?;
         let rec = match bytes {

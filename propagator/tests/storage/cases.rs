@@ -905,6 +905,73 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
     assert_eq!(dump(&db, rep).len(), 2);
 }
 
+/// Large dense replicate batches check their before-images against one
+/// scan of the page store: a diverged record in the batch is still found,
+/// whether the record sits in the page store or only in the overlay (a
+/// batch right behind another), and right ones apply.
+#[test]
+fn dense_replicate_batches_still_find_a_diverged_record() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let (rep, conf) = (Fnr(40), Fnr(41));
+    db.create_file(rep, "rep", Role::Replicate)
+        .expect("replicate");
+    db.create_file(conf, "conf", Role::Confirmation)
+        .expect("confirmation");
+    let confirm = |seq: i64| {
+        let mut r = Record::new();
+        r.insert("seq".into(), Value::Int(seq));
+        (conf, Isn(40), r)
+    };
+    let bytes = |q: i64| propagator::record::encode_record(&rec(&[("q", q)])).expect("enc");
+    let inserts = |from: u64, n: u64| -> Vec<ReplicatedChange> {
+        (from..from + n)
+            .map(|i| ReplicatedChange::new(Isn(i), None, Some(bytes(i as i64))))
+            .collect()
+    };
+    db.apply_replicated(rep, Seq(0), inserts(1, 100), confirm(1))
+        .expect("a first dense batch");
+    db.wait_applied().expect("applied");
+    // In the page store: an insert over an existing record is refused.
+    let mut batch = inserts(101, 50);
+    batch.push(ReplicatedChange::new(Isn(60), None, Some(bytes(0))));
+    let err = db
+        .apply_replicated(rep, Seq(1), batch, confirm(2))
+        .expect_err("record 60 exists");
+    assert!(
+        matches!(err, DbError::ReplicateDiverged { isn: Isn(60), .. }),
+        "{err:?}"
+    );
+    // Updates with the right before-images apply; one with a wrong one is
+    // refused, also while the records are only in the overlay.
+    let updates = |from: u64, n: u64, was: i64, now: i64| -> Vec<ReplicatedChange> {
+        (from..from + n)
+            .map(|i| {
+                ReplicatedChange::new(Isn(i), Some(bytes(i as i64 + was)), Some(bytes(i as i64 + now)))
+            })
+            .collect()
+    };
+    db.apply_replicated(rep, Seq(1), updates(1, 100, 0, 1000), confirm(2))
+        .expect("right before-images");
+    let mut wrong = updates(1, 100, 1000, 2000);
+    wrong[70] = ReplicatedChange::new(Isn(71), Some(bytes(71)), Some(bytes(0)));
+    let err = db
+        .apply_replicated(rep, Seq(2), wrong, confirm(3))
+        .expect_err("record 71 was updated");
+    assert!(
+        matches!(err, DbError::ReplicateDiverged { isn: Isn(71), .. }),
+        "{err:?}"
+    );
+    db.apply_replicated(rep, Seq(2), updates(1, 100, 1000, 2000), confirm(3))
+        .expect("the overlay's images");
+    db.wait_applied().expect("applied");
+    assert_eq!(dump(&db, rep).len(), 100);
+    assert_eq!(
+        db.read(rep, Isn(71)).expect("read"),
+        Some(rec(&[("q", 2071)]))
+    );
+}
+
 #[test]
 fn a_restore_that_has_not_proved_its_last_chunk_leaves_the_file_damaged_across_reopen() {
     let tmp = tempfile::tempdir().expect("tempdir");
