@@ -15,9 +15,9 @@ use std::collections::HashMap;
 /// A record as this transaction left it.
 enum Local {
     Record(Record),
-    /// Stored by the op at this index, from bytes kept as they came:
-    /// decoded only if the transaction reads or updates it again.
-    Stored(usize),
+    /// Stored or updated by the op at this index, whose bytes hold the
+    /// record: decoded only if the transaction reads or updates it again.
+    Op(usize),
 }
 
 pub struct Session {
@@ -75,26 +75,18 @@ impl Session {
             None => Ok(None),
             Some(None) => Ok(Some(None)),
             Some(Some(Local::Record(r))) => Ok(Some(Some(r.clone()))),
-            Some(Some(Local::Stored(i))) => match self.ops.get(*i) {
-                Some(Op::Store { bytes, .. }) => decode_record(bytes)
+            Some(Some(Local::Op(i))) => match self.ops.get(*i) {
+                Some(Op::Store { bytes, .. })
+                | Some(Op::Update {
+                    seen: Some((_, bytes)),
+                    ..
+                }) => decode_record(bytes)
                     .map(|r| Some(Some(r)))
                     .map_err(|source| DbError::BadRecord { fnr, source }),
                 _ => Err(DbError::Aborted(format!(
-                    "record {isn} of file {fnr} lost its store in this transaction"
+                    "record {isn} of file {fnr} lost its write in this transaction"
                 ))),
             },
-        }
-    }
-
-    fn view(&self, fnr: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
-        if let Some(r) = self.mine(fnr, isn)? {
-            return Ok(r);
-        }
-        match self.db.writable_get(fnr, isn)? {
-            None => Ok(None),
-            Some(b) => Ok(Some(
-                decode_record(&b).map_err(|source| DbError::BadRecord { fnr, source })?,
-            )),
         }
     }
 
@@ -164,7 +156,7 @@ impl Session {
             }
             let mine = match record {
                 Some(r) => Local::Record(r),
-                None => Local::Stored(s.ops.len()),
+                None => Local::Op(s.ops.len()),
             };
             s.local.insert((fnr, isn), Some(mine));
             s.ops.push(Op::Store { fnr, isn, bytes });
@@ -205,10 +197,70 @@ impl Session {
         })
     }
 
+    /// Replaces the named fields, given as MessagePack bytes (as a client
+    /// sends them), if they are canonical: the committed record is patched
+    /// at the byte level (no decode, no encode). Other bytes are handed back
+    /// (`Err`) for the caller to decode and [`Session::update`].
+    pub fn update_canonical(
+        &mut self,
+        fnr: Fnr,
+        isn: Isn,
+        patch: Vec<u8>,
+    ) -> Result<Result<(), DbError>, Vec<u8>> {
+        let decoded: Option<Record> = crate::record::canonical_entries(&patch).and_then(|es| {
+            es.iter()
+                .map(|e| {
+                    Some((
+                        e.name.to_string(),
+                        crate::record::decode_value(e.value).ok()?,
+                    ))
+                })
+                .collect()
+        });
+        let Some(decoded) = decoded else {
+            return Err(patch);
+        };
+        if self.local.contains_key(&(fnr, isn)) {
+            // Written by this transaction already: patched as a record.
+            return Ok(self.update(fnr, isn, decoded));
+        }
+        Ok(self.guard(|s| {
+            let entries = crate::record::canonical_entries(&patch).unwrap_or_default();
+            // A null removes a field, declared or not.
+            let written = entries.iter().filter(|e| e.value != [0xc0]).map(|e| e.name);
+            s.db.check_schema(fnr, written)?;
+            let before =
+                s.db.writable_get(fnr, isn)?
+                    .ok_or(DbError::RecordMissing { fnr, isn })?;
+            let bad = |source| DbError::BadRecord { fnr, source };
+            let merged = match crate::record::canonical_entries(&before) {
+                Some(current) => crate::record::patch_entries(&current, &entries).map_err(bad)?,
+                None => {
+                    let mut rec = decode_record(&before).map_err(bad)?;
+                    apply_patch(&mut rec, &decoded);
+                    Self::check_record(fnr, &rec)?
+                }
+            };
+            s.local.insert((fnr, isn), Some(Local::Op(s.ops.len())));
+            s.ops.push(Op::Update {
+                fnr,
+                isn,
+                patch: decoded,
+                seen: Some((before, merged)),
+            });
+            Ok(())
+        }))
+    }
+
     pub fn delete(&mut self, fnr: Fnr, isn: Isn) -> Result<(), DbError> {
         self.guard(|s| {
-            s.view(fnr, isn)?
-                .ok_or(DbError::RecordMissing { fnr, isn })?;
+            let exists = match s.local.get(&(fnr, isn)) {
+                Some(mine) => mine.is_some(),
+                None => s.db.writable_get(fnr, isn)?.is_some(),
+            };
+            if !exists {
+                return Err(DbError::RecordMissing { fnr, isn });
+            }
             s.local.insert((fnr, isn), None);
             s.ops.push(Op::Delete { fnr, isn });
             Ok(())

@@ -169,16 +169,22 @@ pub(super) fn run_command(s: &mut Session, cmd: Command) -> Response {
                 Err(e) => err(e),
             }
         }
-        Command::Update { file, isn, fields } => match decode_record(&fields) {
-            Err(e) => {
-                s.bt();
-                bad_record(e)
-            }
-            Ok(p) => match s.update(file, isn, p) {
+        Command::Update { file, isn, fields } => {
+            let updated = match s.update_canonical(file, isn, fields.into_vec()) {
+                Ok(r) => r,
+                Err(other) => match decode_record(&other) {
+                    Err(e) => {
+                        s.bt();
+                        return bad_record(e);
+                    }
+                    Ok(p) => s.update(file, isn, p),
+                },
+            };
+            match updated {
                 Ok(()) => Response::Ok,
                 Err(e) => err(e),
-            },
-        },
+            }
+        }
         Command::Delete { file, isn } => match s.delete(file, isn) {
             Ok(()) => Response::Ok,
             Err(e) => err(e),

@@ -1296,6 +1296,64 @@ fn a_leader_hands_over_after_its_rounds_and_groups_split_at_the_byte_limit() {
     assert_eq!(replay_log(&db), master);
 }
 
+/// Updates and stores given as client bytes (patched at the byte level):
+/// the same records as through decoded records, a nil removing a field, a
+/// second update in the same transaction, and a commit in between (the
+/// patch is applied to what the record holds at ET).
+#[test]
+fn updates_given_as_bytes_patch_as_decoded_ones_do() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let enc = |pairs: &[(&str, Value)]| {
+        let r: Record = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        propagator::record::encode_record(&r).expect("encodes")
+    };
+    let mut s = db.session();
+    let stored = s
+        .store_canonical(MASTER, Some(Isn(1)), enc(&[("a", Value::Int(1)), ("b", Value::Int(2))]))
+        .expect("canonical");
+    stored.expect("store");
+    s.et(None).expect("et");
+    s.update_canonical(MASTER, Isn(1), enc(&[("a", Value::Null), ("c", Value::Int(3))]))
+        .expect("canonical")
+        .expect("update");
+    s.update_canonical(MASTER, Isn(1), enc(&[("d", Value::Int(4))]))
+        .expect("canonical")
+        .expect("a second update in the transaction");
+    // Another session commits an update of the same record first.
+    let mut other = db.session();
+    other
+        .update(MASTER, Isn(1), rec(&[("b", 20)]))
+        .expect("other update");
+    other.et(None).expect("other et");
+    s.et(None).expect("et");
+    let got = db.read(MASTER, Isn(1)).expect("read").expect("record");
+    let want: Record = [
+        ("b".to_string(), Value::Int(20)),
+        ("c".to_string(), Value::Int(3)),
+        ("d".to_string(), Value::Int(4)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    // Not canonical (a wider integer form than needed): handed back.
+    let wide = vec![0x81, 0xa1, b'a', 0xcc, 0x05];
+    assert_eq!(s.update_canonical(MASTER, Isn(1), wide.clone()).err(), Some(wide));
+    // A missing record, and one over the size limit, are refused.
+    assert!(matches!(
+        s.update_canonical(MASTER, Isn(9), enc(&[("a", Value::Int(1))])),
+        Ok(Err(DbError::RecordMissing { .. }))
+    ));
+    let mut t2 = db.session();
+    // The patch fits; the record patched does not.
+    let big = enc(&[("x", Value::Bytes(vec![0; propagator::record::MAX_RECORD_BYTES - 8]))]);
+    assert_eq!(big.len(), propagator::record::MAX_RECORD_BYTES);
+    assert!(matches!(
+        t2.update_canonical(MASTER, Isn(1), big),
+        Ok(Err(DbError::BadRecord { .. }))
+    ));
+}
+
 /// A pipelined session: a transaction queued (not yet durable) is seen by
 /// the session's next one, and each is acknowledged from another thread
 /// than the one that queued it, in LSN order.
