@@ -25,6 +25,12 @@ impl PendingCommit {
         self.info.as_ref().map_or(Lsn(0), |i| i.lsn)
     }
 
+    /// What the commit will answer once durable (its metas, seqs, and when
+    /// it became visible), known from the moment it was queued.
+    pub fn info(&self) -> Option<&CommitInfo> {
+        self.info.as_ref()
+    }
+
     /// Blocks until the commit is durable; its outcome.
     pub fn wait(mut self) -> Result<CommitInfo, DbError> {
         if let Some(t) = self.ticket.take() {

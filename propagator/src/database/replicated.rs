@@ -19,6 +19,20 @@ impl Database {
         changes: Vec<ReplicatedChange>,
         confirmation: (Fnr, Isn, Record),
     ) -> Result<CommitInfo, DbError> {
+        self.apply_replicated_queued(replicate, follows, changes, confirmation)?
+            .wait()
+    }
+
+    /// [`Database::apply_replicated`] without waiting for the sync: the
+    /// batch is visible and queued, and the next batch (which must follow
+    /// its confirmation) may be applied behind it at once.
+    pub fn apply_replicated_queued(
+        &self,
+        replicate: Fnr,
+        follows: Seq,
+        changes: Vec<ReplicatedChange>,
+        confirmation: (Fnr, Isn, Record),
+    ) -> Result<super::PendingCommit, DbError> {
         let (cfnr, cisn, rec) = confirmation;
         let mut ops = vec![Op::Put {
             fnr: cfnr,
@@ -36,7 +50,7 @@ impl Database {
                     after,
                 }),
         );
-        self.commit(Vec::new(), ops, None)
+        self.commit_queued(Vec::new(), ops, None)
     }
 
     /// Replaces a replicate's records in the isn range `[from, to)` (`to`

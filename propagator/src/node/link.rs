@@ -2,6 +2,7 @@
 //! load progress), loaded chunks, and replicated batches, each applied with
 //! its confirmation record in one transaction.
 
+use super::session::Step;
 use super::*;
 use crate::confirmation::{
     confirmation_to_record, decode as decode_confirmation, load_progress_from_record,
@@ -17,7 +18,11 @@ impl Link {
 }
 
 impl Node {
-    pub(super) async fn link(&self, conv: &mut Conversation, r: LinkRequest) -> Response {
+    pub(super) async fn link(
+        self: &Arc<Self>,
+        conv: &mut Conversation,
+        r: LinkRequest,
+    ) -> Response {
         match r {
             LinkRequest::LinkOpen {
                 replicate,
@@ -52,10 +57,13 @@ impl Node {
                 changes,
                 confirmation,
                 txn_ends,
-            } => {
-                self.link_apply(conv, follows, changes, confirmation, txn_ends)
-                    .await
-            }
+            } => match self
+                .link_apply(conv, follows, changes, confirmation, txn_ends)
+                .await
+            {
+                Step::Now(r) => r,
+                Step::Later(f) => f.await,
+            },
         }
     }
 
@@ -296,90 +304,110 @@ impl Node {
         }
     }
 
+    /// Applies a batch of a replication link. The batch is visible once it
+    /// is queued for the group commit; the answer (its confirmation
+    /// durable) follows its sync. The link's next batch is read and applied
+    /// meanwhile ([`Step::Later`]), so batches that arrive together share a
+    /// sync and none waits for the one before it to be synced to be seen.
     pub(super) async fn link_apply(
-        &self,
+        self: &Arc<Self>,
         conv: &mut Conversation,
         follows: Seq,
         changes: Vec<crate::wire::ReplChange>,
         mut conf: Confirmation,
         txn_ends: Vec<(Seq, i64)>,
-    ) -> Response {
+    ) -> Step {
         let Some(link) = conv.link.clone() else {
-            return Response::error("LinkApply before LinkOpen");
+            return Step::Now(Response::error("LinkApply before LinkOpen"));
         };
         if link.damaged {
-            return Response::error(Failure::new(
+            return Step::Now(Response::error(Failure::new(
                 ErrorCode::Damaged,
                 format!("replicate file {} is damaged", link.file),
-            ));
+            )));
         }
         // The confirmation names what the link was opened for, whatever the peer says.
         conf.replicate = link.name.clone();
         conf.master_db = link.master_db;
         conf.master = link.master;
         if conf.seq <= follows {
-            return Response::error(format!(
+            return Step::Now(Response::error(format!(
                 "batch ends at seq {} but follows seq {follows}",
                 conf.seq
-            ));
+            )));
         }
-        // One apply at a time per replicate: a link being replaced may still
-        // be applying what it had buffered.
-        let owner = self.link_owner(link.file);
-        let _owner = owner.lock().await;
+        // One apply at a time per replicate until it is queued: a link
+        // being replaced may still be applying what it had buffered.
+        let owner = self.link_owner(link.file).lock_owned().await;
         let db = self.db.clone();
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
         let name = conf.replicate.clone();
-        let r = blocking(move || {
-            let changes = changes
-                .into_iter()
-                .map(|c| {
-                    ReplicatedChange::new(
-                        c.isn,
-                        c.before.map(ByteBuf::into_vec),
-                        c.after.map(ByteBuf::into_vec),
-                    )
-                })
-                .collect();
-            let rec = confirmation_to_record(&conf);
-            let info = db.apply_replicated(
-                link.file,
-                follows,
-                changes,
-                (link.confirmation, Isn(u64::from(link.file.0)), rec),
-            )?;
-            // A batch that changed no replicate record leaves its meta as it
-            // was; applies to this replicate are serialised (`link_owner`),
-            // so it is still current.
-            let meta = match meta_of(&info, link.file) {
-                Some(m) => m,
-                None => db.file_info(link.file)?.meta,
-            };
-            Ok((info, meta))
-        })
-        .await;
-        match r {
-            Ok((info, meta)) => {
-                let now = chrono::Utc::now().timestamp_micros();
-                let mut lag = lock(&self.lag);
-                let q = lag.entry(name).or_default();
-                for (s, t) in txn_ends {
-                    if q.len() == LAG_SAMPLES {
-                        q.pop_front();
+        let (queued_tx, queued) = tokio::sync::oneshot::channel::<()>();
+        let run =
+            tokio::task::spawn_blocking(move || -> Result<_, DbError> {
+                let changes = changes
+                    .into_iter()
+                    .map(|c| {
+                        ReplicatedChange::new(
+                            c.isn,
+                            c.before.map(ByteBuf::into_vec),
+                            c.after.map(ByteBuf::into_vec),
+                        )
+                    })
+                    .collect();
+                let rec = confirmation_to_record(&conf);
+                let pending = db.apply_replicated_queued(
+                    link.file,
+                    follows,
+                    changes,
+                    (link.confirmation, Isn(u64::from(link.file.0)), rec),
+                );
+                // The file's meta after this batch, while no other batch of
+                // this replicate can be queued behind it: a batch that changed
+                // no replicate record leaves the meta as it was.
+                let meta = pending.as_ref().ok().map(|p| {
+                    match p.info().and_then(|i| meta_of(i, link.file)) {
+                        Some(m) => Ok(m),
+                        None => db.file_info(link.file).map(|i| i.meta),
                     }
-                    q.push_back((s, t, info.visible_us, now));
+                });
+                drop(owner);
+                let _ = queued_tx.send(());
+                let info = pending?.wait()?;
+                let meta = meta.unwrap_or(Err(DbError::Closed))?;
+                Ok((info, meta))
+            });
+        // The next request is read once this batch is queued (or failed).
+        let _ = queued.await;
+        let node = self.clone();
+        Step::Later(Box::pin(async move {
+            let r = match run.await {
+                Ok(r) => r.map_err(OpError::from),
+                Err(e) => Err(OpError::from(errors::Internal(e.to_string()))),
+            };
+            match r {
+                Ok((info, meta)) => {
+                    let now = chrono::Utc::now().timestamp_micros();
+                    let mut lag = lock(&node.lag);
+                    let q = lag.entry(name).or_default();
+                    for (s, t) in txn_ends {
+                        if q.len() == LAG_SAMPLES {
+                            q.pop_front();
+                        }
+                        q.push_back((s, t, info.visible_us, now));
+                    }
+                    Response::Applied {
+                        applied_seq: seq,
+                        durable_seq: seq,
+                        digest: meta.digest,
+                        count: meta.count,
+                        lsn: info.lsn,
+                    }
                 }
-                Response::Applied {
-                    applied_seq: seq,
-                    durable_seq: seq,
-                    digest: meta.digest,
-                    count: meta.count,
-                    lsn: info.lsn,
-                }
+                Err(e) => Response::error(e),
             }
-            Err(e) => Response::error(e),
-        }
+        }))
     }
 }
 

@@ -289,10 +289,11 @@ impl Node {
     }
 
     /// One client's connection. Answers go out in request order. Session
-    /// requests are pipelined: while a transaction waits for its sync, the
-    /// next requests are read and run (up to [`PIPELINE_DEPTH`] answers
-    /// owed), so transactions a client keeps in flight share syncs. Any
-    /// other request waits until the answers before it are sent.
+    /// requests and a replication link's batches are pipelined: while a
+    /// transaction (or batch) waits for its sync, the next requests are read
+    /// and run (up to [`PIPELINE_DEPTH`] answers owed), so those a peer
+    /// keeps in flight share syncs. Any other request waits until the
+    /// answers before it are sent.
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, codec());
@@ -329,6 +330,15 @@ impl Node {
                     };
                     let step = match req {
                         Request::Session(r) => self.session(&mut conv, r).await,
+                        Request::Link(LinkRequest::LinkApply {
+                            follows,
+                            changes,
+                            confirmation,
+                            txn_ends,
+                        }) => {
+                            self.link_apply(&mut conv, follows, changes, confirmation, txn_ends)
+                                .await
+                        }
                         other => {
                             // In order: the answers owed go first.
                             let mut failed = false;
