@@ -113,6 +113,11 @@ impl<'v, V: StateView> Applier<'v, V> {
         next.is_some_and(|n| n < u64::MAX && isn.0 >= n)
     }
 
+    /// Whether this commit has changed the record already.
+    pub fn touched(&self, fnr: Fnr, isn: Isn) -> bool {
+        self.local.contains_key(&(fnr, isn))
+    }
+
     /// The record as this commit has left it so far.
     pub fn current(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
         match self.local.get(&(fnr, isn)) {

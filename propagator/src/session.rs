@@ -175,8 +175,8 @@ impl Session {
                 Some(mine) => (mine.ok_or(missing)?, None),
                 None => {
                     let b = s.db.writable_get(fnr, isn)?.ok_or(missing)?;
-                    let r =
-                        decode_record(&b).map_err(|source| DbError::BadRecord { fnr, source })?;
+                    let r = decode_record(&b.bytes)
+                        .map_err(|source| DbError::BadRecord { fnr, source })?;
                     (r, Some(b))
                 }
             };
@@ -233,10 +233,10 @@ impl Session {
                 s.db.writable_get(fnr, isn)?
                     .ok_or(DbError::RecordMissing { fnr, isn })?;
             let bad = |source| DbError::BadRecord { fnr, source };
-            let merged = match crate::record::canonical_entries(&before) {
+            let merged = match crate::record::canonical_entries(&before.bytes) {
                 Some(current) => crate::record::patch_entries(&current, &entries).map_err(bad)?,
                 None => {
-                    let mut rec = decode_record(&before).map_err(bad)?;
+                    let mut rec = decode_record(&before.bytes).map_err(bad)?;
                     apply_patch(&mut rec, &decoded);
                     Self::check_record(fnr, &rec)?
                 }
@@ -254,15 +254,18 @@ impl Session {
 
     pub fn delete(&mut self, fnr: Fnr, isn: Isn) -> Result<(), DbError> {
         self.guard(|s| {
-            let exists = match s.local.get(&(fnr, isn)) {
-                Some(mine) => mine.is_some(),
-                None => s.db.writable_get(fnr, isn)?.is_some(),
+            let (exists, seen) = match s.local.get(&(fnr, isn)) {
+                Some(mine) => (mine.is_some(), None),
+                None => {
+                    let seen = s.db.writable_get(fnr, isn)?;
+                    (seen.is_some(), seen)
+                }
             };
             if !exists {
                 return Err(DbError::RecordMissing { fnr, isn });
             }
             s.local.insert((fnr, isn), None);
-            s.ops.push(Op::Delete { fnr, isn });
+            s.ops.push(Op::Delete { fnr, isn, seen });
             Ok(())
         })
     }

@@ -126,16 +126,21 @@ impl Database {
     }
 
     /// The latest (committed or committing) bytes of a record, for a
-    /// session's own checks; refuses files a client may not write.
-    pub(crate) fn writable_get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
+    /// session's own checks, with the last LSN as it read them (see
+    /// [`Seen`]); refuses files a client may not write.
+    pub(crate) fn writable_get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Seen>, DbError> {
         let st = lock(&self.shared().state);
         Self::writable(&st, fnr)?;
-        LatestView {
+        let bytes = LatestView {
             st: &st,
             store: &self.shared().store,
             prefetched: None,
         }
-        .get(fnr, isn)
+        .get(fnr, isn)?;
+        Ok(bytes.map(|bytes| Seen {
+            at: st.last_lsn,
+            bytes,
+        }))
     }
 
     /// Appends the log records a commit derived to their logs' tails; any
@@ -576,13 +581,23 @@ pub(super) fn resolve<V: StateView>(
         Op::Update {
             isn, patch, seen, ..
         } => {
-            let before = ap
-                .current(fnr, isn)?
-                .ok_or(DbError::RecordMissing { fnr, isn })?;
-            let after = match seen {
-                // Nothing changed the record since the session patched it.
-                Some((seen_before, merged)) if seen_before == before => merged,
-                _ => {
+            let missing = DbError::RecordMissing { fnr, isn };
+            let (before, merged) = match seen {
+                // No commit wrote the record since the session read it:
+                // its bytes and result stand, with no second read.
+                Some((s, merged)) if !ap.touched(fnr, isn) && s.unchanged(st, fnr, isn) => {
+                    (s.bytes, Some(merged))
+                }
+                Some((s, merged)) => {
+                    let now = ap.current(fnr, isn)?.ok_or(missing)?;
+                    let same = now == s.bytes;
+                    (now, same.then_some(merged))
+                }
+                None => (ap.current(fnr, isn)?.ok_or(missing)?, None),
+            };
+            let after = match merged {
+                Some(m) => m,
+                None => {
                     let mut rec = decode_record(&before).map_err(bad)?;
                     apply_patch(&mut rec, &patch);
                     encode_record(&rec).map_err(bad)?
@@ -595,10 +610,13 @@ pub(super) fn resolve<V: StateView>(
                 after: Some(after),
             }
         }
-        Op::Delete { isn, .. } => {
-            let before = ap
-                .current(fnr, isn)?
-                .ok_or(DbError::RecordMissing { fnr, isn })?;
+        Op::Delete { isn, seen, .. } => {
+            let before = match seen {
+                Some(s) if !ap.touched(fnr, isn) && s.unchanged(st, fnr, isn) => s.bytes,
+                _ => ap
+                    .current(fnr, isn)?
+                    .ok_or(DbError::RecordMissing { fnr, isn })?,
+            };
             crate::plog::Change {
                 fnr,
                 isn,

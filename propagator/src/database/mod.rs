@@ -132,11 +132,13 @@ pub(crate) enum Op {
         /// The committed bytes the session patched, and its result: the
         /// commit takes the result as it is when the record still holds
         /// those bytes (else it patches what it finds).
-        seen: Option<(Vec<u8>, Vec<u8>)>,
+        seen: Option<(Seen, Vec<u8>)>,
     },
     Delete {
         fnr: Fnr,
         isn: Isn,
+        /// The committed bytes the session found.
+        seen: Option<Seen>,
     },
     /// A change replicated from a master: `before` must be the current bytes.
     Replicated {
@@ -187,6 +189,26 @@ pub struct FileInfo {
     pub damaged: Option<crate::catalog::Damage>,
 }
 
+/// A committed record as a session read it, and the last LSN when it did.
+/// At ET the record is known unchanged, without reading it again, when no
+/// later commit wrote it: none is in the overlay, and the applier has taken
+/// none out of it ([`Latest::overlay_applied`] at most `at`).
+#[derive(Clone, Debug)]
+pub(crate) struct Seen {
+    pub at: Lsn,
+    pub bytes: Vec<u8>,
+}
+
+impl Seen {
+    pub fn unchanged(&self, st: &Latest, fnr: Fnr, isn: Isn) -> bool {
+        st.overlay_applied <= self.at
+            && st
+                .overlay
+                .get(&(fnr, isn))
+                .is_none_or(|(lsn, _)| *lsn <= self.at)
+    }
+}
+
 /// A record written by a queued commit: the commit's LSN and the bytes (None = deleted).
 pub(crate) type Pending = (Lsn, Option<Vec<u8>>);
 
@@ -196,6 +218,11 @@ pub(crate) struct Latest {
     pub metas: BTreeMap<Fnr, FileMeta>,
     /// Records written by commits queued but not yet in the page store.
     pub overlay: HashMap<(Fnr, Isn), Pending>,
+    /// The last LSN whose records the applier may have taken out of the
+    /// overlay. A record read when the last LSN was `at` is unchanged if
+    /// this is at most `at` and the overlay holds no later write of it
+    /// (see [`Seen`]).
+    pub overlay_applied: Lsn,
     pub pending_ids: HashMap<String, Lsn>,
     pub last_lsn: Lsn,
     pub last_time_us: i64,

@@ -504,6 +504,7 @@ pub(crate) fn recover(
         catalog: exp.catalog,
         metas: exp.metas,
         overlay: HashMap::new(),
+        overlay_applied: Lsn(0),
         pending_ids: HashMap::new(),
         last_lsn: log_end,
         last_time_us: last_time,

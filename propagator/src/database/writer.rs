@@ -676,6 +676,7 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
     }
     {
         let mut st = lock(&shared.state);
+        st.overlay_applied = last;
         for (lsn, ks) in &keys {
             for k in ks {
                 // A later commit may have rewritten the key: keep its entry.

@@ -1354,6 +1354,41 @@ fn updates_given_as_bytes_patch_as_decoded_ones_do() {
     ));
 }
 
+/// An update or delete whose record another commit changed after the
+/// session read it logs the record as that commit left it, whether the
+/// change is still in the overlay or already in the page store.
+#[test]
+fn a_record_changed_after_the_session_read_it_is_logged_as_it_is() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    for i in 1..=2 {
+        s.store(MASTER, Some(Isn(i)), rec(&[("q", 1)])).expect("store");
+    }
+    s.et(None).expect("et");
+    db.wait_applied().expect("applied");
+    for applied_between in [false, true] {
+        let isn = Isn(if applied_between { 2 } else { 1 });
+        let mut a = db.session();
+        a.delete(MASTER, isn).expect("delete read");
+        let mut b = db.session();
+        b.update(MASTER, isn, rec(&[("q", 7)])).expect("update");
+        b.et(None).expect("b et");
+        if applied_between {
+            db.wait_applied().expect("applied");
+        }
+        let info = a.et(None).expect("a et");
+        let (_, last) = info.seqs[&MASTER];
+        let logged = db.read_log_record(LOG, last).expect("read").expect("record");
+        assert_eq!(
+            logged.before.as_deref().map(|b| propagator::record::decode_record(b).expect("decodes")),
+            Some(rec(&[("q", 7)])),
+            "applied between: {applied_between}"
+        );
+    }
+    assert!(dump(&db, MASTER).is_empty());
+}
+
 /// A pipelined session: a transaction queued (not yet durable) is seen by
 /// the session's next one, and each is acknowledged from another thread
 /// than the one that queued it, in LSN order.
