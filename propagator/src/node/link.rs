@@ -343,43 +343,29 @@ impl Node {
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
         let name = conf.replicate.clone();
-        let (queued_tx, queued) = tokio::sync::oneshot::channel::<()>();
-        let run =
-            tokio::task::spawn_blocking(move || -> Result<_, DbError> {
-                let changes = changes
-                    .into_iter()
-                    .map(|c| {
-                        ReplicatedChange::new(
-                            c.isn,
-                            c.before.map(ByteBuf::into_vec),
-                            c.after.map(ByteBuf::into_vec),
-                        )
-                    })
-                    .collect();
-                let rec = confirmation_to_record(&conf);
-                let pending = db.apply_replicated_queued(
-                    link.file,
-                    follows,
-                    changes,
-                    (link.confirmation, Isn(u64::from(link.file.0)), rec),
-                );
-                // The file's meta after this batch, while no other batch of
-                // this replicate can be queued behind it: a batch that changed
-                // no replicate record leaves the meta as it was.
-                let meta = pending.as_ref().ok().map(|p| {
-                    match p.info().and_then(|i| meta_of(i, link.file)) {
-                        Some(m) => Ok(m),
-                        None => db.file_info(link.file).map(|i| i.meta),
-                    }
-                });
+        let run = if changes.len() <= INLINE_APPLY {
+            // A small batch (the newest commits, one by one) is resolved and
+            // queued here on the reactor: visible with no hand-off to a
+            // blocking thread, which only waits for the sync.
+            let queued = queue_batch(&db, &link, follows, changes, &conf);
+            drop(owner);
+            tokio::task::spawn_blocking(move || {
+                let (pending, meta) = queued?;
+                Ok::<_, DbError>((pending.wait()?, meta?))
+            })
+        } else {
+            let (queued_tx, queued) = tokio::sync::oneshot::channel::<()>();
+            let run = tokio::task::spawn_blocking(move || {
+                let queued = queue_batch(&db, &link, follows, changes, &conf);
                 drop(owner);
                 let _ = queued_tx.send(());
-                let info = pending?.wait()?;
-                let meta = meta.unwrap_or(Err(DbError::Closed))?;
-                Ok((info, meta))
+                let (pending, meta) = queued?;
+                Ok::<_, DbError>((pending.wait()?, meta?))
             });
-        // The next request is read once this batch is queued (or failed).
-        let _ = queued.await;
+            // The next request is read once this batch is queued (or failed).
+            let _ = queued.await;
+            run
+        };
         let node = self.clone();
         Step::Later(Box::pin(async move {
             let r = match run.await {
@@ -409,6 +395,51 @@ impl Node {
             }
         }))
     }
+}
+
+/// Link batches of at most this many changes are resolved on the reactor.
+const INLINE_APPLY: usize = 16;
+
+/// Resolves and queues a link batch with its confirmation. The file's meta
+/// after it is taken while no other batch of this replicate can be queued
+/// behind it (the caller holds the apply lock): a batch that changed no
+/// replicate record leaves the meta as it was.
+#[allow(clippy::type_complexity)]
+fn queue_batch(
+    db: &Database,
+    link: &Link,
+    follows: Seq,
+    changes: Vec<crate::wire::ReplChange>,
+    conf: &Confirmation,
+) -> Result<
+    (
+        crate::database::PendingCommit,
+        Result<crate::FileMeta, DbError>,
+    ),
+    DbError,
+> {
+    let changes = changes
+        .into_iter()
+        .map(|c| {
+            ReplicatedChange::new(
+                c.isn,
+                c.before.map(ByteBuf::into_vec),
+                c.after.map(ByteBuf::into_vec),
+            )
+        })
+        .collect();
+    let rec = confirmation_to_record(conf);
+    let pending = db.apply_replicated_queued(
+        link.file,
+        follows,
+        changes,
+        (link.confirmation, Isn(u64::from(link.file.0)), rec),
+    )?;
+    let meta = match pending.info().and_then(|i| meta_of(i, link.file)) {
+        Some(m) => Ok(m),
+        None => db.file_info(link.file).map(|i| i.meta),
+    };
+    Ok((pending, meta))
 }
 
 pub(super) fn meta_of(info: &CommitInfo, fnr: Fnr) -> Option<crate::FileMeta> {
