@@ -694,14 +694,7 @@ fn attempt(client: &mut Client, e: &Entry, out: &mut dyn Write) -> Attempt {
                 "{m} (and the node then committed an empty transaction at LSN {} under id {:?})",
                 c.lsn, e.id
             )),
-            None => Attempt::Committed(CommitInfo {
-                lsn: c.lsn,
-                time_us: c.time_us,
-                client_id: c.client_id,
-                seqs: c.seqs.into_iter().map(|(f, a, b)| (f, (a, b))).collect(),
-                metas: Vec::new(),
-                visible_us: c.time_us,
-            }),
+            None => Attempt::Committed(c.into_info()),
         },
         Ok(other) => Attempt::Transient(format!(
             "node answered {:?} to ET",

@@ -291,6 +291,22 @@ pub fn run_exec<T: ExecTarget>(
 /// its commands (the ET's last).
 type InFlight = std::collections::VecDeque<Vec<usize>>;
 
+/// Reports every transaction in flight, in order; `Ok(false)` if one
+/// failed (see [`answer_one`]).
+fn answer_all<T: ExecTarget>(
+    target: &mut T,
+    inflight: &mut InFlight,
+    out: &mut dyn Write,
+    outcome: &mut ExecOutcome,
+) -> std::io::Result<bool> {
+    while !inflight.is_empty() {
+        if !answer_one(target, inflight, out, outcome)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Reports the oldest transaction in flight. `Ok(false)`: it failed (the
 /// error is reported, the rest in flight read and dropped: the node ran
 /// none of them), and the run stops.
@@ -362,12 +378,10 @@ pub fn run_exec_pipelined<T: ExecTarget>(
             outcome.error = Some((n, msg));
         };
         // Whatever stops the run reports the transactions before it first.
-        if line.len() > MAX_LINE || std::str::from_utf8(&line).is_err() {
-            while !inflight.is_empty() {
-                if !answer_one(target, &mut inflight, out, &mut outcome)? {
-                    return Ok(outcome);
-                }
-            }
+        if (line.len() > MAX_LINE || std::str::from_utf8(&line).is_err())
+            && !answer_all(target, &mut inflight, out, &mut outcome)?
+        {
+            return Ok(outcome);
         }
         if line.len() > MAX_LINE {
             let e = LineError::TooLong { len: line.len() };
@@ -384,10 +398,8 @@ pub fn run_exec_pipelined<T: ExecTarget>(
         let cmd = match ExecCommand::parse(text) {
             Ok(c) => c,
             Err(e) => {
-                while !inflight.is_empty() {
-                    if !answer_one(target, &mut inflight, out, &mut outcome)? {
-                        return Ok(outcome);
-                    }
+                if !answer_all(target, &mut inflight, out, &mut outcome)? {
+                    return Ok(outcome);
                 }
                 fail(target, out, &mut outcome, e.to_string());
                 return Ok(outcome);
@@ -417,10 +429,8 @@ pub fn run_exec_pipelined<T: ExecTarget>(
                     let sent = match target.send_txn(&txn) {
                         Ok(sent) => sent,
                         Err(e) => {
-                            while !inflight.is_empty() {
-                                if !answer_one(target, &mut inflight, out, &mut outcome)? {
-                                    return Ok(outcome);
-                                }
+                            if !answer_all(target, &mut inflight, out, &mut outcome)? {
+                                return Ok(outcome);
                             }
                             fail(target, out, &mut outcome, e.to_string());
                             return Ok(outcome);
@@ -455,10 +465,8 @@ pub fn run_exec_pipelined<T: ExecTarget>(
                 _ => {
                     // A read or a back-out: every earlier transaction is
                     // answered first, then this one runs as it came.
-                    while !inflight.is_empty() {
-                        if !answer_one(target, &mut inflight, out, &mut outcome)? {
-                            return Ok(outcome);
-                        }
+                    if !answer_all(target, &mut inflight, out, &mut outcome)? {
+                        return Ok(outcome);
                     }
                     if let Some(stop) =
                         run_held(target, std::mem::take(&mut held), out, &mut outcome)?
@@ -481,10 +489,8 @@ pub fn run_exec_pipelined<T: ExecTarget>(
             return Ok(outcome);
         }
     }
-    while !inflight.is_empty() {
-        if !answer_one(target, &mut inflight, out, &mut outcome)? {
-            return Ok(outcome);
-        }
+    if !answer_all(target, &mut inflight, out, &mut outcome)? {
+        return Ok(outcome);
     }
     // The input ended inside a transaction whose writes were held: run them
     // as they came (they may fail on their own), then back them out below.

@@ -156,29 +156,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, RecordError> {
 /// error from). A client that encodes with this crate sends canonical
 /// bytes, and the engine keeps them as they came: no decode, no encode.
 pub fn canonical_fields(bytes: &[u8]) -> Option<Vec<&str>> {
-    if bytes.len() > MAX_RECORD_BYTES {
-        return None;
-    }
-    let mut r = Reader { b: bytes, at: 0 };
-    let n = match r.u8()? {
-        m @ 0x80..=0x8f => usize::from(m & 0x0f),
-        0xde => usize::from(r.be::<2>().map(u16::from_be_bytes)?).filter_min(16)?,
-        0xdf => (u32::from_be_bytes(r.be::<4>()?) as usize).filter_min(1 << 16)?,
-        _ => return None,
-    };
-    let mut names: Vec<&str> = Vec::with_capacity(n);
-    for _ in 0..n {
-        let name = std::str::from_utf8(r.str()?).ok()?;
-        if name.is_empty() || name.len() > MAX_FIELD_NAME {
-            return None;
-        }
-        if names.last().is_some_and(|prev| *prev >= name) {
-            return None;
-        }
-        names.push(name);
-        r.value()?;
-    }
-    (r.at == bytes.len()).then_some(names)
+    canonical_entries(bytes).map(|es| es.into_iter().map(|e| e.name).collect())
 }
 
 /// A canonical record's fields as byte ranges: each field's name, its

@@ -432,6 +432,20 @@ pub struct CommitReply {
     pub seqs: Vec<(Fnr, Seq, Seq)>,
 }
 
+impl CommitReply {
+    /// The commit as a client knows it (no metas; visible at its time).
+    pub fn into_info(self) -> crate::database::CommitInfo {
+        crate::database::CommitInfo {
+            lsn: self.lsn,
+            time_us: self.time_us,
+            client_id: self.client_id,
+            seqs: self.seqs.into_iter().map(|(f, a, b)| (f, (a, b))).collect(),
+            metas: Vec::new(),
+            visible_us: self.time_us,
+        }
+    }
+}
+
 /// A replicate's answer to `LinkOpen`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinkState {

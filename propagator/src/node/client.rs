@@ -370,14 +370,7 @@ impl ExecTarget for Client {
     fn et(&mut self, id: Option<String>) -> Result<CommitInfo, ClientError> {
         self.in_txn = false;
         match self.exec(Command::Et { id })? {
-            Response::Committed(c) => Ok(CommitInfo {
-                lsn: c.lsn,
-                time_us: c.time_us,
-                client_id: c.client_id,
-                seqs: c.seqs.into_iter().map(|(f, a, b)| (f, (a, b))).collect(),
-                metas: Vec::new(),
-                visible_us: c.time_us,
-            }),
+            Response::Committed(c) => Ok(c.into_info()),
             other => Err(self.conn.unexpected(&other, "Committed")),
         }
     }
@@ -428,14 +421,7 @@ impl ExecTarget for Client {
         let addr = self.conn.addr.to_string();
         Some(match self.recv() {
             Err(e) => Err(e),
-            Ok(Response::Committed(c)) => Ok(Ok(CommitInfo {
-                lsn: c.lsn,
-                time_us: c.time_us,
-                client_id: c.client_id,
-                seqs: c.seqs.into_iter().map(|(f, a, b)| (f, (a, b))).collect(),
-                metas: Vec::new(),
-                visible_us: c.time_us,
-            })),
+            Ok(Response::Committed(c)) => Ok(Ok(c.into_info())),
             Ok(Response::ChainFailed {
                 index,
                 code,
