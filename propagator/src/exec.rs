@@ -426,29 +426,32 @@ pub fn run_exec_pipelined<T: ExecTarget>(
                 ExecCommand::Et { .. } if !held.is_empty() => {
                     held.push((n, cmd));
                     let txn: Vec<ExecCommand> = held.iter().map(|(_, c)| c.clone()).collect();
-                    let sent = match target.send_txn(&txn) {
-                        Ok(sent) => sent,
-                        Err(e) => {
+                    match target.send_txn(&txn) {
+                        Ok(true) => {
+                            inflight.push_back(held.drain(..).map(|(l, _)| l).collect());
+                            if inflight.len() >= depth
+                                && !answer_one(target, &mut inflight, out, &mut outcome)?
+                            {
+                                return Ok(outcome);
+                            }
+                            continue;
+                        }
+                        // The target does not pipeline: this transaction
+                        // and every later one run as they came.
+                        Ok(false) => {
+                            serial = true;
+                            pipelines = false;
+                        }
+                        // It could not be sent (a record too large to
+                        // encode, a lost connection): once the earlier ones
+                        // are answered it runs command by command, so its
+                        // error names the command's own line.
+                        Err(_) => {
                             if !answer_all(target, &mut inflight, out, &mut outcome)? {
                                 return Ok(outcome);
                             }
-                            fail(target, out, &mut outcome, e.to_string());
-                            return Ok(outcome);
                         }
-                    };
-                    if sent {
-                        inflight.push_back(held.drain(..).map(|(l, _)| l).collect());
-                        if inflight.len() >= depth
-                            && !answer_one(target, &mut inflight, out, &mut outcome)?
-                        {
-                            return Ok(outcome);
-                        }
-                        continue;
                     }
-                    // The target does not pipeline: run it as it came,
-                    // and every later one too.
-                    serial = true;
-                    pipelines = false;
                     let last = held.pop();
                     let earlier = std::mem::take(&mut held);
                     if let Some(stop) = run_held(target, earlier, out, &mut outcome)? {

@@ -221,6 +221,29 @@ fn end_to_end_full_and_partial_replicates_converge() {
     );
 }
 
+/// A transaction whose images exceed a link batch's byte limit (8 MiB)
+/// is shipped whole: stores of 11 records of 0.9 MB, then an update of all
+/// of them (before- and after-images: 20 MB), converge on both replicates.
+#[test]
+fn transactions_larger_than_a_batch_replicate_whole() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let mut c = cl.master().client().expect("client");
+    let mut model = Model::new();
+    let big = |id: u64, fill: char| {
+        let mut r = record(id, (id % 4) as i64, 1);
+        r.insert("note".into(), Value::Text(fill.to_string().repeat(900_000)));
+        r
+    };
+    let stores: Vec<Op> = (1..=11).map(|i| Op::Store(Isn(i), big(i, 'a'))).collect();
+    assert!(run_txn(&mut c, &stores, "big-store", false).expect("store txn"));
+    apply(&mut model, &stores);
+    let updates: Vec<Op> = (1..=11).map(|i| Op::Update(Isn(i), big(i, 'b'))).collect();
+    assert!(run_txn(&mut c, &updates, "big-update", false).expect("update txn"));
+    apply(&mut model, &updates);
+    verify_converged(&cl, &model, "large transactions");
+}
+
 #[test]
 fn every_node_killed_at_random_points_loses_and_duplicates_nothing() {
     let s = seed("kill9_nodes");

@@ -154,8 +154,15 @@ impl Database {
         logs: &[(Fnr, std::sync::Arc<crate::LogRecord>)],
     ) {
         let mut tails = lock(&shared.tails);
+        let mut any = false;
         for fnr in rewritten {
             tails.remove(&fnr);
+            any = true;
+        }
+        if any {
+            shared
+                .log_rewrites
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         for (log, rec) in logs {
             tails.entry(*log).or_default().push(lsn, rec.clone());

@@ -259,6 +259,10 @@ pub(crate) struct Shared {
     pub schemas: Mutex<BTreeMap<Fnr, Arc<BTreeSet<String>>>>,
     /// Per log file: its newest records, decoded (see [`LogTail`]).
     pub tails: Mutex<BTreeMap<Fnr, LogTail>>,
+    /// Counts commits that rewrote a log file (or changed a definition),
+    /// under the state lock: a read of the page store made without that
+    /// lock checks it did not change meanwhile.
+    pub log_rewrites: std::sync::atomic::AtomicU64,
 }
 
 /// The newest records of a log file, as the commits that derived them made
@@ -474,6 +478,7 @@ impl Database {
             committer: Committer::new(opts.max_group_bytes),
             schemas: Mutex::new(BTreeMap::new()),
             tails: Mutex::new(BTreeMap::new()),
+            log_rewrites: std::sync::atomic::AtomicU64::new(0),
         });
         Committer::start(&shared, rec.writer, rec.checkpoint).map_err(|e| DbError::Directory {
             dir: dir.display().to_string(),

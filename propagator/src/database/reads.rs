@@ -46,6 +46,12 @@ impl Database {
         if want == 0 {
             return Ok(out);
         }
+        // The scan runs without the state lock: a rewrite of the log
+        // meanwhile (a refresh, a cleanup) makes what it read stale.
+        let rewrites = self
+            .shared()
+            .log_rewrites
+            .load(std::sync::atomic::Ordering::Acquire);
         let mut scanned = Vec::with_capacity(want.min(4096));
         let mut bytes = 0usize;
         for kv in self.shared().store.scan_shared(log, Isn(seq)) {
@@ -61,6 +67,11 @@ impl Database {
             Vec::with_capacity(scanned.len());
         {
             let st = lock(&self.shared().state);
+            let stale = self
+                .shared()
+                .log_rewrites
+                .load(std::sync::atomic::Ordering::Acquire)
+                != rewrites;
             let mut it = scanned.into_iter().peekable();
             for s in seq..seq + want as u64 {
                 match st.overlay.get(&(log, Isn(s))) {
@@ -72,11 +83,24 @@ impl Database {
                         }
                         found.push((s, Some(v.clone()), None));
                     }
-                    None => match it.next() {
-                        Some((i, v)) if i.0 == s => found.push((s, None, Some(v))),
-                        // Not in the page store (nor pending): the log ends here.
-                        _ => break,
-                    },
+                    None => {
+                        while it.peek().is_some_and(|(i, _)| i.0 < s) {
+                            it.next();
+                        }
+                        let scanned_here = !stale && it.peek().is_some_and(|(i, _)| i.0 == s);
+                        match it.next().filter(|_| scanned_here) {
+                            Some((_, v)) => found.push((s, None, Some(v))),
+                            // Not scanned (applied out of the overlay while
+                            // the scan ran), or the log was rewritten since:
+                            // read under the lock, as a lookup does.
+                            None => match self.shared().store.get(log, Isn(s))? {
+                                Some(v) => found.push((s, Some(v), None)),
+                                // Not in the page store (nor pending): the
+                                // log ends here.
+                                None => break,
+                            },
+                        }
+                    }
                 }
             }
         }

@@ -20,7 +20,10 @@ fn collect(
     'read: loop {
         // Whole transactions: read on past the batch size to the end of
         // the last one.
-        let (max, left) = (c.batch.max(64), MAX_BATCH_BYTES.saturating_sub(bytes));
+        // Past the byte limit inside a transaction the read goes on to its
+        // end, a MiB at a time (a transaction may hold 64 MiB of images).
+        let left = MAX_BATCH_BYTES.saturating_sub(bytes).max(1 << 20);
+        let max = c.batch.max(64);
         let run = if store {
             c.db.read_log_run(c.log, Seq(seq), max, left)?
         } else {

@@ -343,29 +343,20 @@ impl Node {
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
         let name = conf.replicate.clone();
-        let run = if changes.len() <= INLINE_APPLY {
-            // A small batch (the newest commits, one by one) is resolved and
-            // queued here on the reactor: visible with no hand-off to a
-            // blocking thread, which only waits for the sync.
+        // Resolved and queued on a blocking thread, which then waits for
+        // the sync: the thread that queues an entry is the one that waits
+        // for it (and leads its group when its turn comes), so a queued
+        // entry never waits for a free thread of the pool to be led.
+        let (queued_tx, queued) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::task::spawn_blocking(move || {
             let queued = queue_batch(&db, &link, follows, changes, &conf);
             drop(owner);
-            tokio::task::spawn_blocking(move || {
-                let (pending, meta) = queued?;
-                Ok::<_, DbError>((pending.wait()?, meta?))
-            })
-        } else {
-            let (queued_tx, queued) = tokio::sync::oneshot::channel::<()>();
-            let run = tokio::task::spawn_blocking(move || {
-                let queued = queue_batch(&db, &link, follows, changes, &conf);
-                drop(owner);
-                let _ = queued_tx.send(());
-                let (pending, meta) = queued?;
-                Ok::<_, DbError>((pending.wait()?, meta?))
-            });
-            // The next request is read once this batch is queued (or failed).
-            let _ = queued.await;
-            run
-        };
+            let _ = queued_tx.send(());
+            let (pending, meta) = queued?;
+            Ok::<_, DbError>((pending.wait()?, meta?))
+        });
+        // The next request is read once this batch is queued (or failed).
+        let _ = queued.await;
         let node = self.clone();
         Step::Later(Box::pin(async move {
             let r = match run.await {
@@ -381,7 +372,10 @@ impl Node {
                         if q.len() == LAG_SAMPLES {
                             q.pop_front();
                         }
-                        q.push_back((s, t, info.visible_us, now));
+                        // In seq order: pipelined batches may be answered
+                        // (and get here) in another order than they synced.
+                        let at = q.iter().rposition(|x| x.0 <= s).map_or(0, |p| p + 1);
+                        q.insert(at, (s, t, info.visible_us, now));
                     }
                     Response::Applied {
                         applied_seq: seq,
@@ -396,9 +390,6 @@ impl Node {
         }))
     }
 }
-
-/// Link batches of at most this many changes are resolved on the reactor.
-const INLINE_APPLY: usize = 16;
 
 /// Resolves and queues a link batch with its confirmation. The file's meta
 /// after it is taken while no other batch of this replicate can be queued

@@ -54,6 +54,8 @@ impl Node {
                 Command::Read { .. } | Command::Bt => false,
             })
         {
+            // A refused chained transaction fails the ones chained after it.
+            conv.chain_failed |= chain;
             return Step::Now(Response::error(Failure::new(
                 ErrorCode::Unavailable,
                 "updates are refused while a recovery runs on this database (quiesced by etp recover run): retry later",
@@ -115,6 +117,7 @@ impl Node {
                 Err(e) => e.to_string(),
                 Ok(_) => "the session was lost".into(),
             };
+            conv.chain_failed |= chain;
             return Step::Now(Response::error(errors::Internal(e)));
         };
         conv.session = Some(s);
