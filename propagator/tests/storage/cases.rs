@@ -831,20 +831,28 @@ fn a_second_open_of_a_database_in_use_is_refused() {
     ));
 }
 
-#[test]
-fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
-    let t = tempfile::tempdir().expect("tempdir");
-    let db = fresh(t.path());
+/// A replicate file (40) and its confirmation file (41), and the
+/// confirmation record of a seq.
+#[allow(clippy::type_complexity)]
+fn replicate_files(db: &Database) -> (Fnr, impl Fn(i64) -> (Fnr, Isn, Record)) {
     let (rep, conf) = (Fnr(40), Fnr(41));
     db.create_file(rep, "rep", Role::Replicate)
         .expect("replicate");
     db.create_file(conf, "conf", Role::Confirmation)
         .expect("confirmation");
-    let confirm = |seq: i64| {
+    let confirm = move |seq: i64| {
         let mut r = Record::new();
         r.insert("seq".into(), Value::Int(seq));
         (conf, Isn(40), r)
     };
+    (rep, confirm)
+}
+
+#[test]
+fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let (rep, confirm) = replicate_files(&db);
     let bytes = |q: i64| propagator::record::encode_record(&rec(&[("q", q)])).expect("enc");
     db.apply_replicated(
         rep,
@@ -893,7 +901,7 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
         .expect_err("isn 0");
     assert!(matches!(err, DbError::ZeroIsn(_)), "{err:?}");
     assert_eq!(dump(&db, rep).len(), 1);
-    let c = db.read(conf, Isn(40)).expect("read").expect("confirmation");
+    let c = db.read(Fnr(41), Isn(40)).expect("read").expect("confirmation");
     assert_eq!(c.get("seq"), Some(&Value::Int(5)));
     db.apply_replicated(
         rep,
@@ -913,16 +921,7 @@ fn replicated_batches_must_follow_the_confirmation_and_hold_valid_records() {
 fn dense_replicate_batches_still_find_a_diverged_record() {
     let t = tempfile::tempdir().expect("tempdir");
     let db = fresh(t.path());
-    let (rep, conf) = (Fnr(40), Fnr(41));
-    db.create_file(rep, "rep", Role::Replicate)
-        .expect("replicate");
-    db.create_file(conf, "conf", Role::Confirmation)
-        .expect("confirmation");
-    let confirm = |seq: i64| {
-        let mut r = Record::new();
-        r.insert("seq".into(), Value::Int(seq));
-        (conf, Isn(40), r)
-    };
+    let (rep, confirm) = replicate_files(&db);
     let bytes = |q: i64| propagator::record::encode_record(&rec(&[("q", q)])).expect("enc");
     let inserts = |from: u64, n: u64| -> Vec<ReplicatedChange> {
         (from..from + n)
