@@ -47,9 +47,9 @@ use propagator::exec::{
 use propagator::framed::{self, FramedError, FramedFile};
 use propagator::medium::FsDir;
 use propagator::node::client::{Client, ClientError};
-use propagator::record::{encode_record, record_to_json};
+use propagator::record::record_to_json;
 use propagator::wire::SessionRequest;
-use propagator::wire::{Command, ErrorCode, Request, Response};
+use propagator::wire::{ErrorCode, Request, Response};
 use propagator::CommitInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -592,26 +592,6 @@ fn classify(e: ClientError) -> Attempt {
     }
 }
 
-fn to_wire(cmd: ExecCommand) -> Result<Command, propagator::record::RecordError> {
-    let enc = |r: &propagator::Record| encode_record(r).map(serde_bytes::ByteBuf::from);
-    Ok(match cmd {
-        ExecCmd::Store { file, isn, fields } => ExecCmd::Store {
-            file,
-            isn,
-            fields: enc(&fields)?,
-        },
-        ExecCmd::Update { file, isn, fields } => ExecCmd::Update {
-            file,
-            isn,
-            fields: enc(&fields)?,
-        },
-        ExecCmd::Delete { file, isn } => ExecCmd::Delete { file, isn },
-        ExecCmd::Read { file, isn } => ExecCmd::Read { file, isn },
-        ExecCmd::Et { id } => ExecCmd::Et { id },
-        ExecCmd::Bt => ExecCmd::Bt,
-    })
-}
-
 /// Runs one journaled transaction on a fresh (or clean) session: its
 /// commands (one batch, or one by one when it reads), then ET with its id.
 /// If a command fails, the ET with the id still goes out: on the aborted
@@ -670,7 +650,7 @@ fn attempt(client: &mut Client, e: &Entry, out: &mut dyn Write) -> Attempt {
     } else if !cmds.is_empty() {
         let mut wire = Vec::with_capacity(cmds.len());
         for c in cmds {
-            match to_wire(c) {
+            match c.to_wire() {
                 Ok(w) => wire.push(w),
                 Err(m) => return Attempt::Refused(m.to_string()),
             }

@@ -122,6 +122,33 @@ fn file_of(obj: &serde_json::Map<String, serde_json::Value>, op: &str) -> Result
 }
 
 impl ExecCommand {
+    /// The command as it goes on the wire: its record in canonical bytes.
+    pub fn to_wire(&self) -> Result<crate::wire::Command, crate::record::RecordError> {
+        let enc = |r: &Record| crate::record::encode_record(r).map(serde_bytes::ByteBuf::from);
+        Ok(match self {
+            Command::Store { file, isn, fields } => Command::Store {
+                file: *file,
+                isn: *isn,
+                fields: enc(fields)?,
+            },
+            Command::Update { file, isn, fields } => Command::Update {
+                file: *file,
+                isn: *isn,
+                fields: enc(fields)?,
+            },
+            Command::Delete { file, isn } => Command::Delete {
+                file: *file,
+                isn: *isn,
+            },
+            Command::Read { file, isn } => Command::Read {
+                file: *file,
+                isn: *isn,
+            },
+            Command::Et { id } => Command::Et { id: id.clone() },
+            Command::Bt => Command::Bt,
+        })
+    }
+
     /// Parses one line, saying exactly what is wrong with a bad one.
     pub fn parse(line: &str) -> Result<ExecCommand, LineError> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(LineError::json)?;
@@ -207,7 +234,7 @@ pub trait ExecTarget {
     /// answer, if this target pipelines; `Ok(false)`: it does not, and the
     /// runner runs the commands one by one. Answers come back in order
     /// through [`ExecTarget::recv_txn`].
-    fn send_txn(&mut self, _txn: &[ExecCommand]) -> Result<bool, Self::Error> {
+    fn send_txn(&mut self, _txn: &[&ExecCommand]) -> Result<bool, Self::Error> {
         Ok(false)
     }
 
@@ -339,11 +366,24 @@ fn answer_one<T: ExecTarget>(
         }
     }
     let (n, msg) = failed;
-    let _ = target.bt();
-    writeln!(out, "{}", serde_json::json!({ "error": msg, "line": n }))?;
-    out.flush()?;
-    outcome.error = Some((n, msg));
+    stop_at(target, out, outcome, n, msg)?;
     Ok(false)
+}
+
+/// The run stops at line `n`: the open transaction is backed out and the
+/// error printed and kept in the outcome.
+fn stop_at<T: ExecTarget>(
+    target: &mut T,
+    out: &mut dyn Write,
+    outcome: &mut ExecOutcome,
+    n: usize,
+    msg: String,
+) -> std::io::Result<()> {
+    let _ = target.bt();
+    let written = writeln!(out, "{}", serde_json::json!({ "error": msg, "line": n }))
+        .and_then(|_| out.flush());
+    outcome.error = Some((n, msg));
+    written
 }
 
 /// [`run_exec`] with up to `depth` transactions in flight when the target
@@ -372,10 +412,8 @@ pub fn run_exec_pipelined<T: ExecTarget>(
         let n = i + 1;
         let line = line?;
         let fail = |target: &mut T, out: &mut dyn Write, outcome: &mut ExecOutcome, msg: String| {
-            let _ = target.bt();
-            let _ = writeln!(out, "{}", serde_json::json!({ "error": msg, "line": n }));
-            let _ = out.flush();
-            outcome.error = Some((n, msg));
+            // Reported even if the output fails: the outcome says it.
+            let _ = stop_at(target, out, outcome, n, msg);
         };
         // Whatever stops the run reports the transactions before it first.
         if (line.len() > MAX_LINE || std::str::from_utf8(&line).is_err())
@@ -425,7 +463,7 @@ pub fn run_exec_pipelined<T: ExecTarget>(
                 }
                 ExecCommand::Et { .. } if !held.is_empty() => {
                     held.push((n, cmd));
-                    let txn: Vec<ExecCommand> = held.iter().map(|(_, c)| c.clone()).collect();
+                    let txn: Vec<&ExecCommand> = held.iter().map(|(_, c)| c).collect();
                     match target.send_txn(&txn) {
                         Ok(true) => {
                             inflight.push_back(held.drain(..).map(|(l, _)| l).collect());
@@ -512,11 +550,7 @@ fn run_held<T: ExecTarget>(
 ) -> std::io::Result<Option<ExecOutcome>> {
     for (n, cmd) in held {
         if let Err(e) = run_one(target, cmd, out, outcome)? {
-            let msg = e.to_string();
-            let _ = target.bt();
-            writeln!(out, "{}", serde_json::json!({ "error": msg, "line": n }))?;
-            out.flush()?;
-            outcome.error = Some((n, msg));
+            stop_at(target, out, outcome, n, e.to_string())?;
             return Ok(Some(std::mem::take(outcome)));
         }
     }

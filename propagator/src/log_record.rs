@@ -60,6 +60,12 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
+    /// The bytes of its before- and after-images (what batch and tail
+    /// limits count).
+    pub fn image_bytes(&self) -> usize {
+        self.before.as_ref().map_or(0, Vec::len) + self.after.as_ref().map_or(0, Vec::len)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         rmp_serde::to_vec(self).expect("a log record always encodes")
     }

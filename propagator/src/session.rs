@@ -207,7 +207,8 @@ impl Session {
         isn: Isn,
         patch: Vec<u8>,
     ) -> Result<Result<(), DbError>, Vec<u8>> {
-        let decoded: Option<Record> = crate::record::canonical_entries(&patch).and_then(|es| {
+        let entries = crate::record::canonical_entries(&patch);
+        let decoded: Option<Record> = entries.as_ref().and_then(|es| {
             es.iter()
                 .map(|e| {
                     Some((
@@ -217,7 +218,7 @@ impl Session {
                 })
                 .collect()
         });
-        let Some(decoded) = decoded else {
+        let (Some(entries), Some(decoded)) = (entries, decoded) else {
             return Err(patch);
         };
         if self.local.contains_key(&(fnr, isn)) {
@@ -225,7 +226,6 @@ impl Session {
             return Ok(self.update(fnr, isn, decoded));
         }
         Ok(self.guard(|s| {
-            let entries = crate::record::canonical_entries(&patch).unwrap_or_default();
             // A null removes a field, declared or not.
             let written = entries.iter().filter(|e| e.value != [0xc0]).map(|e| e.name);
             s.db.check_schema(fnr, written)?;

@@ -138,6 +138,28 @@ pub struct StoreBatch {
     pub client_ids: Vec<(String, Lsn)>,
 }
 
+impl StoreBatch {
+    /// Every key the batch writes (`None`: removes), in one order for
+    /// either engine: catalog, metas, records, client ids, the applied LSN.
+    fn each_write(&self, mut write: impl FnMut(&[u8], Option<&[u8]>)) {
+        for def in &self.catalog {
+            let v = rmp_serde::to_vec(def).expect("a file definition always encodes");
+            write(&fnr_key(CATALOG, def.fnr), Some(&v));
+        }
+        for m in &self.metas {
+            let v = rmp_serde::to_vec(m).expect("a file meta always encodes");
+            write(&fnr_key(META, m.fnr), Some(&v));
+        }
+        for (fnr, isn, v) in &self.records {
+            write(&data_key(*fnr, *isn), v.as_deref());
+        }
+        for (id, lsn) in &self.client_ids {
+            write(&id_key(id), Some(&lsn.0.to_be_bytes()));
+        }
+        write(APPLIED, Some(&self.applied.0.to_be_bytes()));
+    }
+}
+
 fn data_key(fnr: Fnr, isn: Isn) -> [u8; 13] {
     let mut k = [0u8; 13];
     k[0] = DATA;
@@ -404,49 +426,17 @@ impl PageStore {
 
     /// Writes one batch atomically.
     pub fn apply(&self, b: &StoreBatch) -> Result<(), StoreError> {
-        let catalog: Vec<([u8; 5], Vec<u8>)> = b
-            .catalog
-            .iter()
-            .map(|def| {
-                (
-                    fnr_key(CATALOG, def.fnr),
-                    rmp_serde::to_vec(def).expect("a file definition always encodes"),
-                )
-            })
-            .collect();
-        let metas: Vec<([u8; 5], Vec<u8>)> = b
-            .metas
-            .iter()
-            .map(|m| {
-                (
-                    fnr_key(META, m.fnr),
-                    rmp_serde::to_vec(m).expect("a file meta always encodes"),
-                )
-            })
-            .collect();
         match &self.kv {
             Kv::Sled(db) => {
                 let mut batch = sled::Batch::default();
-                for (k, v) in &catalog {
-                    batch.insert(&k[..], v.as_slice());
-                }
-                for (k, v) in &metas {
-                    batch.insert(&k[..], v.as_slice());
-                }
-                for (fnr, isn, v) in &b.records {
-                    match v {
-                        Some(v) => batch.insert(&data_key(*fnr, *isn)[..], v.as_slice()),
-                        None => batch.remove(&data_key(*fnr, *isn)[..]),
-                    }
-                }
-                for (id, lsn) in &b.client_ids {
-                    batch.insert(id_key(id), &lsn.0.to_be_bytes()[..]);
-                }
-                batch.insert(APPLIED, &b.applied.0.to_be_bytes()[..]);
+                b.each_write(|k, v| match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                });
                 db.apply_batch(batch).map_err(|e| self.io(e))
             }
             Kv::Fjall { keyspace, pages } => {
-                let n = catalog.len() + metas.len() + b.records.len() + b.client_ids.len() + 1;
+                let n = b.catalog.len() + b.metas.len() + b.records.len() + b.client_ids.len() + 1;
                 // Each batch is handed to the OS as it is committed (not
                 // synced: the PLOG makes a commit durable). fjall 2.11
                 // ignores a failed journal write unless the batch asks for
@@ -454,22 +444,10 @@ impl PageStore {
                 // (and poisons the database) instead of being lost.
                 let mut batch = fjall::Batch::with_capacity(keyspace.clone(), n)
                     .durability(Some(fjall::PersistMode::Buffer));
-                for (k, v) in &catalog {
-                    batch.insert(pages, k, v);
-                }
-                for (k, v) in &metas {
-                    batch.insert(pages, k, v);
-                }
-                for (fnr, isn, v) in &b.records {
-                    match v {
-                        Some(v) => batch.insert(pages, data_key(*fnr, *isn), v),
-                        None => batch.remove(pages, data_key(*fnr, *isn)),
-                    }
-                }
-                for (id, lsn) in &b.client_ids {
-                    batch.insert(pages, id_key(id), lsn.0.to_be_bytes());
-                }
-                batch.insert(pages, APPLIED, b.applied.0.to_be_bytes());
+                b.each_write(|k, v| match v {
+                    Some(v) => batch.insert(pages, k, v),
+                    None => batch.remove(pages, k),
+                });
                 batch.commit().map_err(|e| self.io(e))
             }
         }

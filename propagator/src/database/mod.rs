@@ -289,10 +289,6 @@ pub(crate) struct LogTail {
 const TAIL_RECORDS: usize = 16_384;
 const TAIL_BYTES: usize = 16 << 20;
 
-fn images(rec: &LogRecord) -> usize {
-    rec.before.as_ref().map_or(0, Vec::len) + rec.after.as_ref().map_or(0, Vec::len)
-}
-
 impl LogTail {
     fn push(&mut self, lsn: Lsn, rec: Arc<LogRecord>) {
         if rec.seq.0 != self.next {
@@ -300,11 +296,11 @@ impl LogTail {
             self.bytes = 0;
         }
         self.next = rec.seq.0 + 1;
-        self.bytes += images(&rec);
+        self.bytes += rec.image_bytes();
         self.recs.push_back((lsn, rec));
         while self.recs.len() > TAIL_RECORDS || (self.bytes > TAIL_BYTES && self.recs.len() > 1) {
             match self.recs.pop_front() {
-                Some((_, old)) => self.bytes -= images(&old),
+                Some((_, old)) => self.bytes -= old.image_bytes(),
                 None => break,
             }
         }

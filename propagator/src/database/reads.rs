@@ -117,12 +117,7 @@ impl Database {
         // Read up to the tail: go on into it.
         let next = Seq(seq + out.len() as u64);
         if out.len() < max && tail_first == Some(next) {
-            let used: usize = out
-                .iter()
-                .map(|r| {
-                    r.before.as_ref().map_or(0, Vec::len) + r.after.as_ref().map_or(0, Vec::len)
-                })
-                .sum();
+            let used: usize = out.iter().map(|r| r.image_bytes()).sum();
             if used < max_bytes {
                 let (more, _) =
                     self.tail_run(log, next, max - out.len(), max_bytes - used, durable)?;
@@ -167,8 +162,7 @@ impl Database {
             while out.len() < max && bytes < max_bytes {
                 match t.get(Seq(seq)) {
                     Some((lsn, rec)) if *lsn <= durable => {
-                        bytes += rec.before.as_ref().map_or(0, Vec::len)
-                            + rec.after.as_ref().map_or(0, Vec::len);
+                        bytes += rec.image_bytes();
                         out.push(rec.clone());
                         seq += 1;
                     }

@@ -37,8 +37,7 @@ fn collect(
             break;
         }
         for rec in run {
-            bytes +=
-                rec.before.as_ref().map_or(0, Vec::len) + rec.after.as_ref().map_or(0, Vec::len);
+            bytes += rec.image_bytes();
             let boundary = rec.part == rec.parts;
             out.push(rec);
             seq += 1;

@@ -309,13 +309,16 @@ impl Client {
 }
 
 fn encode_for_wire(r: &Record) -> Result<ByteBuf, ClientError> {
-    encode_record(r)
-        .map(ByteBuf::from)
-        .map_err(|e| ClientError::Remote {
-            addr: "local".into(),
-            code: ErrorCode::BadRequest,
-            message: e.to_string(),
-        })
+    encode_record(r).map(ByteBuf::from).map_err(local_error)
+}
+
+/// A record that cannot be sent, as the client's error.
+fn local_error(e: crate::record::RecordError) -> ClientError {
+    ClientError::Remote {
+        addr: "local".into(),
+        code: ErrorCode::BadRequest,
+        message: e.to_string(),
+    }
 }
 
 impl ExecTarget for Client {
@@ -385,32 +388,11 @@ impl ExecTarget for Client {
         self.in_txn
     }
 
-    fn send_txn(&mut self, txn: &[crate::exec::ExecCommand]) -> Result<bool, ClientError> {
-        let mut cmds = Vec::with_capacity(txn.len());
-        for c in txn {
-            cmds.push(match c {
-                crate::exec::Command::Store { file, isn, fields } => Command::Store {
-                    file: *file,
-                    isn: *isn,
-                    fields: encode_for_wire(fields)?,
-                },
-                crate::exec::Command::Update { file, isn, fields } => Command::Update {
-                    file: *file,
-                    isn: *isn,
-                    fields: encode_for_wire(fields)?,
-                },
-                crate::exec::Command::Delete { file, isn } => Command::Delete {
-                    file: *file,
-                    isn: *isn,
-                },
-                crate::exec::Command::Read { file, isn } => Command::Read {
-                    file: *file,
-                    isn: *isn,
-                },
-                crate::exec::Command::Et { id } => Command::Et { id: id.clone() },
-                crate::exec::Command::Bt => Command::Bt,
-            });
-        }
+    fn send_txn(&mut self, txn: &[&crate::exec::ExecCommand]) -> Result<bool, ClientError> {
+        let cmds = txn
+            .iter()
+            .map(|c| c.to_wire().map_err(local_error))
+            .collect::<Result<Vec<_>, _>>()?;
         self.send(&Request::Session(SessionRequest::Chain(cmds)))?;
         Ok(true)
     }

@@ -153,39 +153,55 @@ pub(super) fn bad_record(e: impl std::fmt::Display) -> Response {
     ))
 }
 
+/// Runs a write given a client's record bytes: `canonical` takes them as
+/// they came, or hands back bytes that are not canonical, which `decoded`
+/// then takes decoded. Undecodable bytes back the transaction out and
+/// come back as `Err`.
+fn with_record<T>(
+    s: &mut Session,
+    bytes: Vec<u8>,
+    canonical: impl FnOnce(&mut Session, Vec<u8>) -> Result<Result<T, DbError>, Vec<u8>>,
+    decoded: impl FnOnce(&mut Session, crate::record::Record) -> Result<T, DbError>,
+) -> Result<Result<T, DbError>, crate::record::RecordError> {
+    match canonical(s, bytes) {
+        Ok(r) => Ok(r),
+        Err(other) => match decode_record(&other) {
+            Err(e) => {
+                s.bt();
+                Err(e)
+            }
+            Ok(r) => Ok(decoded(s, r)),
+        },
+    }
+}
+
 pub(super) fn run_command(s: &mut Session, cmd: Command) -> Response {
     let err = |e: DbError| Response::error(e);
     match cmd {
         Command::Store { file, isn, fields } => {
-            let stored = match s.store_canonical(file, isn, fields.into_vec()) {
-                Ok(r) => r,
-                Err(other) => match decode_record(&other) {
-                    Err(e) => {
-                        s.bt();
-                        return bad_record(e);
-                    }
-                    Ok(r) => s.store(file, isn, r),
-                },
-            };
+            let stored = with_record(
+                s,
+                fields.into_vec(),
+                |s, b| s.store_canonical(file, isn, b),
+                |s, r| s.store(file, isn, r),
+            );
             match stored {
-                Ok(isn) => Response::Stored { isn },
-                Err(e) => err(e),
+                Ok(Ok(isn)) => Response::Stored { isn },
+                Ok(Err(e)) => err(e),
+                Err(e) => bad_record(e),
             }
         }
         Command::Update { file, isn, fields } => {
-            let updated = match s.update_canonical(file, isn, fields.into_vec()) {
-                Ok(r) => r,
-                Err(other) => match decode_record(&other) {
-                    Err(e) => {
-                        s.bt();
-                        return bad_record(e);
-                    }
-                    Ok(p) => s.update(file, isn, p),
-                },
-            };
+            let updated = with_record(
+                s,
+                fields.into_vec(),
+                |s, b| s.update_canonical(file, isn, b),
+                |s, p| s.update(file, isn, p),
+            );
             match updated {
-                Ok(()) => Response::Ok,
-                Err(e) => err(e),
+                Ok(Ok(())) => Response::Ok,
+                Ok(Err(e)) => err(e),
+                Err(e) => bad_record(e),
             }
         }
         Command::Delete { file, isn } => match s.delete(file, isn) {
