@@ -61,6 +61,14 @@ pub enum DbError {
     StoreAheadOfLog { applied: Lsn, log_end: Lsn },
     #[error("page store has applied LSN {applied} but the protection log starts after LSN {oldest}: the store is older than the log can bring forward")]
     StoreBehindLog { applied: Lsn, oldest: Lsn },
+    #[error("log file {fnr}'s store ({dir}) holds it as of LSN {applied}{}, but the protection log starts after LSN {oldest}: it cannot be rebuilt (restore the log file from a copy set)", fault.as_ref().map(|f| format!(" ({f})")).unwrap_or_default())]
+    LogStoreBehindLog {
+        fnr: Fnr,
+        dir: String,
+        applied: Lsn,
+        oldest: Lsn,
+        fault: Option<String>,
+    },
     #[error("the database stopped accepting commits after a failed write or sync ({0}); reopen it to recover")]
     Poisoned(String),
     #[error("the database is closed")]

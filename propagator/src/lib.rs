@@ -42,6 +42,7 @@ pub mod exec;
 pub mod framed;
 pub mod ids;
 pub mod log_record;
+pub mod logstore;
 pub mod medium;
 pub mod metrics;
 pub mod node;

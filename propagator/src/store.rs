@@ -20,13 +20,24 @@
 //! 0x03 client id (UTF-8)       → commit LSN (u64 BE)
 //! 0x10 fnr(u32 BE) isn(u64 BE) → record bytes
 //! ```
+//!
+//! The records of ETP log files are not in the engine: each log file has a
+//! [`LogStore`] of its own (`logs/log-<fnr>/` beside the store), written in
+//! the same [`PageStore::apply`] (first), with its own applied LSN (its last
+//! mark); restart recovery replays each from its own LSN.
 
-use crate::catalog::FileDef;
+use crate::catalog::{FileDef, Role};
 use crate::digest::FileMeta;
 use crate::ids::{Fnr, Isn, Lsn};
+use crate::logstore::{LogStore, LogStoreError};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 const APPLIED: &[u8] = b"\x00applied";
+/// Present once the log files' records live in log stores (databases made
+/// before had them in the engine: moved at their first open).
+const LOG_STORES: &[u8] = b"\x00log-stores";
 
 /// The key-value engine under the page store.
 ///
@@ -75,6 +86,8 @@ impl std::str::FromStr for Engine {
 pub enum StoredBytes {
     Sled(sled::IVec),
     Fjall(fjall::Slice),
+    /// Read from a log store.
+    Owned(Vec<u8>),
 }
 
 impl AsRef<[u8]> for StoredBytes {
@@ -82,6 +95,7 @@ impl AsRef<[u8]> for StoredBytes {
         match self {
             StoredBytes::Sled(v) => v.as_ref(),
             StoredBytes::Fjall(v) => v.as_ref(),
+            StoredBytes::Owned(v) => v,
         }
     }
 }
@@ -102,6 +116,8 @@ pub enum StoreError {
     Open { dir: String, reason: String },
     #[error("page store {dir}: {reason}")]
     Io { dir: String, reason: String },
+    #[error(transparent)]
+    Log(#[from] LogStoreError),
     #[error("page store {dir}: undecodable {what}: {reason}")]
     Decode {
         dir: String,
@@ -113,6 +129,13 @@ pub enum StoreError {
 pub struct PageStore {
     kv: Kv,
     dir: PathBuf,
+    /// The log files' stores, under `logs_dir`.
+    logs: RwLock<BTreeMap<Fnr, Arc<LogStore>>>,
+    logs_dir: PathBuf,
+    log_segment_size: u64,
+    /// Held by each batch and by a flush: a flush marks the log stores a
+    /// batch did not touch as of the batch's LSN only once it is whole.
+    writing: Mutex<()>,
 }
 
 enum Kv {
@@ -127,6 +150,7 @@ enum Kv {
 trait EngineError: std::fmt::Display {}
 impl EngineError for sled::Error {}
 impl EngineError for fjall::Error {}
+impl EngineError for std::io::Error {}
 
 /// One atomic write to the page store.
 #[derive(Default)]
@@ -136,12 +160,16 @@ pub struct StoreBatch {
     pub metas: Vec<FileMeta>,
     pub catalog: Vec<FileDef>,
     pub client_ids: Vec<(String, Lsn)>,
+    /// Only the log files' records (restart recovery bringing a log store
+    /// that is behind up to the engine's applied LSN).
+    pub logs_only: bool,
 }
 
 impl StoreBatch {
-    /// Every key the batch writes (`None`: removes), in one order for
-    /// either engine: catalog, metas, records, client ids, the applied LSN.
-    fn each_write(&self, mut write: impl FnMut(&[u8], Option<&[u8]>)) {
+    /// Every key the batch writes to the engine (`None`: removes), in one
+    /// order for either engine: catalog, metas, records (of files `in_kv`
+    /// holds), client ids, the applied LSN.
+    fn each_write(&self, in_kv: impl Fn(Fnr) -> bool, mut write: impl FnMut(&[u8], Option<&[u8]>)) {
         for def in &self.catalog {
             let v = rmp_serde::to_vec(def).expect("a file definition always encodes");
             write(&fnr_key(CATALOG, def.fnr), Some(&v));
@@ -151,7 +179,9 @@ impl StoreBatch {
             write(&fnr_key(META, m.fnr), Some(&v));
         }
         for (fnr, isn, v) in &self.records {
-            write(&data_key(*fnr, *isn), v.as_deref());
+            if in_kv(*fnr) {
+                write(&data_key(*fnr, *isn), v.as_deref());
+            }
         }
         for (id, lsn) in &self.client_ids {
             write(&id_key(id), Some(&lsn.0.to_be_bytes()));
@@ -186,6 +216,9 @@ fn id_key(id: &str) -> Vec<u8> {
 /// this process that is still shutting down.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// One write to a log store: a seq and its record (`None`: removed).
+type LogWrite<'a> = (Isn, Option<&'a [u8]>);
+
 /// One record of a scan.
 type ScanEntry = Result<(Isn, StoredBytes), StoreError>;
 
@@ -210,7 +243,12 @@ impl PageStore {
     /// Opens (or creates) the store in `dir` with `engine`. A store the
     /// engine cannot open — or one that makes it panic — is an error naming
     /// the directory.
-    pub fn open(dir: &Path, engine: Engine, cache_bytes: u64) -> Result<PageStore, StoreError> {
+    pub fn open(
+        dir: &Path,
+        engine: Engine,
+        cache_bytes: u64,
+        log_segment_size: u64,
+    ) -> Result<PageStore, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             dir: dir.display().to_string(),
             reason,
@@ -248,10 +286,126 @@ impl PageStore {
                 }
             }
         };
-        Ok(PageStore {
+        let store = PageStore {
             kv,
             dir: dir.to_path_buf(),
-        })
+            logs: RwLock::new(BTreeMap::new()),
+            logs_dir: dir.with_file_name("logs"),
+            log_segment_size,
+            writing: Mutex::new(()),
+        };
+        store.open_logs()?;
+        Ok(store)
+    }
+
+    fn log_dir(&self, fnr: Fnr) -> PathBuf {
+        self.logs_dir.join(format!("log-{}", fnr.0))
+    }
+
+    /// Opens the store of every log file in the catalog. A database made
+    /// before log stores has its log records moved out of the engine; a
+    /// store that is gone is made anew as empty at LSN 0, for restart
+    /// recovery to rebuild from the protection log (if it reaches back).
+    fn open_logs(&self) -> Result<(), StoreError> {
+        let moved = self.get_raw(LOG_STORES)?.is_some();
+        for def in self.catalog()? {
+            if !matches!(def.role, Role::Log { .. }) {
+                continue;
+            }
+            let dir = self.log_dir(def.fnr);
+            let ls = if dir.exists() {
+                LogStore::open(&dir, def.fnr, self.log_segment_size)?
+            } else if moved {
+                tracing::warn!(file = %def.fnr, dir = %dir.display(), "log store missing: to be rebuilt from the protection log");
+                LogStore::create(&dir, def.fnr, self.log_segment_size, Lsn(0))?
+            } else {
+                self.move_log_out(def.fnr, &dir)?
+            };
+            self.logs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(def.fnr, Arc::new(ls));
+        }
+        if !moved {
+            self.kv_writes(vec![(LOG_STORES.to_vec(), Some(vec![1]))])?;
+        }
+        Ok(())
+    }
+
+    /// Moves a log file's records from the engine into a new log store.
+    fn move_log_out(&self, fnr: Fnr, dir: &Path) -> Result<LogStore, StoreError> {
+        let applied = self.applied_lsn()?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| self.io(e))?;
+        }
+        let ls = LogStore::create(dir, fnr, self.log_segment_size, applied)?;
+        let mut keys = Vec::new();
+        let mut chunk: Vec<(Isn, StoredBytes)> = Vec::new();
+        for kv in self.scan_shared(fnr, Isn(0)) {
+            let (isn, v) = kv?;
+            keys.push((data_key(fnr, isn).to_vec(), None));
+            chunk.push((isn, v));
+            if chunk.len() == 4096 {
+                ls.apply(chunk.iter().map(|(i, v)| (*i, Some(v.as_ref()))), applied)?;
+                chunk.clear();
+            }
+        }
+        ls.apply(chunk.iter().map(|(i, v)| (*i, Some(v.as_ref()))), applied)?;
+        ls.sync(applied)?;
+        tracing::info!(file = %fnr, records = keys.len(), "log records moved into the log store");
+        self.kv_writes(keys)?;
+        Ok(ls)
+    }
+
+    /// Writes keys straight to the engine (not a batch of the database).
+    fn kv_writes(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        match &self.kv {
+            Kv::Sled(db) => {
+                let mut batch = sled::Batch::default();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => batch.insert(k, v),
+                        None => batch.remove(k),
+                    }
+                }
+                db.apply_batch(batch).map_err(|e| self.io(e))?;
+                db.flush().map(|_| ()).map_err(|e| self.io(e))
+            }
+            Kv::Fjall { keyspace, pages } => {
+                let mut batch = fjall::Batch::with_capacity(keyspace.clone(), writes.len())
+                    .durability(Some(fjall::PersistMode::SyncAll));
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => batch.insert(pages, k, v),
+                        None => batch.remove(pages, k),
+                    }
+                }
+                batch.commit().map_err(|e| self.io(e))
+            }
+        }
+    }
+
+    fn log(&self, fnr: Fnr) -> Option<Arc<LogStore>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fnr)
+            .cloned()
+    }
+
+    /// The log files' stores.
+    pub fn log_stores(&self) -> Vec<Arc<LogStore>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The store of log file `fnr`, if it is one.
+    pub fn log_store(&self, fnr: Fnr) -> Option<Arc<LogStore>> {
+        self.log(fnr)
     }
 
     fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, String> {
@@ -367,6 +521,9 @@ impl PageStore {
     }
 
     pub fn get(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(ls) = self.log(fnr) {
+            return Ok(ls.get(isn)?);
+        }
         Ok(self
             .get_raw(&data_key(fnr, isn))?
             .map(|v| v.as_ref().to_vec()))
@@ -395,6 +552,14 @@ impl PageStore {
         fnr: Fnr,
         from: Isn,
     ) -> impl Iterator<Item = Result<(Isn, StoredBytes), StoreError>> + '_ {
+        if let Some(ls) = self.log(fnr) {
+            let entries: Box<dyn Iterator<Item = ScanEntry> + '_> =
+                Box::new(ls.scan(from).map(|r| {
+                    r.map(|(i, v)| (i, StoredBytes::Owned(v)))
+                        .map_err(StoreError::from)
+                }));
+            return entries;
+        }
         let start = data_key(fnr, from).to_vec();
         let end = fnr_key(DATA, Fnr(fnr.0));
         // The key's isn while it is a record of `fnr`; None past them.
@@ -424,12 +589,49 @@ impl PageStore {
         entries
     }
 
-    /// Writes one batch atomically.
+    /// Writes one batch: the records of log files to their log stores
+    /// (each marked as of `b.applied`), then everything else to the engine
+    /// in one atomic batch.
     pub fn apply(&self, b: &StoreBatch) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        for def in &b.catalog {
+            if matches!(def.role, Role::Log { .. }) && self.log(def.fnr).is_none() {
+                // A new log file: empty as of the batch before this one.
+                let dir = self.log_dir(def.fnr);
+                if dir.exists() {
+                    // Left by a store whose definition the engine lost
+                    // (rebuilt from the protection log now).
+                    std::fs::remove_dir_all(&dir).map_err(|e| self.io(e))?;
+                }
+                std::fs::create_dir_all(&self.logs_dir).map_err(|e| self.io(e))?;
+                let ls =
+                    LogStore::create(&dir, def.fnr, self.log_segment_size, self.applied_lsn()?)?;
+                self.logs
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(def.fnr, Arc::new(ls));
+            }
+        }
+        let logs = self.logs.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if !logs.is_empty() {
+            let mut per: BTreeMap<Fnr, Vec<LogWrite>> = BTreeMap::new();
+            for (fnr, isn, v) in &b.records {
+                if logs.contains_key(fnr) {
+                    per.entry(*fnr).or_default().push((*isn, v.as_deref()));
+                }
+            }
+            for (fnr, recs) in per {
+                logs[&fnr].apply(recs, b.applied)?;
+            }
+        }
+        if b.logs_only {
+            return Ok(());
+        }
+        let in_kv = |f: Fnr| !logs.contains_key(&f);
         match &self.kv {
             Kv::Sled(db) => {
                 let mut batch = sled::Batch::default();
-                b.each_write(|k, v| match v {
+                b.each_write(in_kv, |k, v| match v {
                     Some(v) => batch.insert(k, v),
                     None => batch.remove(k),
                 });
@@ -444,7 +646,7 @@ impl PageStore {
                 // (and poisons the database) instead of being lost.
                 let mut batch = fjall::Batch::with_capacity(keyspace.clone(), n)
                     .durability(Some(fjall::PersistMode::Buffer));
-                b.each_write(|k, v| match v {
+                b.each_write(in_kv, |k, v| match v {
                     Some(v) => batch.insert(pages, k, v),
                     None => batch.remove(pages, k),
                 });
@@ -456,13 +658,23 @@ impl PageStore {
     /// Asks the engine to write its buffers out. The database relies on it
     /// only before it removes protection-log segments (the store must not
     /// need what they hold); a commit's durability is the PLOG's.
+    ///
+    /// Every log store is synced too, marked as of the engine's applied LSN
+    /// when no batch since its last mark touched it (so none needs the
+    /// protection log from before that LSN).
     pub fn flush(&self) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         match &self.kv {
-            Kv::Sled(db) => db.flush().map(|_| ()).map_err(|e| self.io(e)),
+            Kv::Sled(db) => db.flush().map(|_| ()).map_err(|e| self.io(e))?,
             Kv::Fjall { keyspace, .. } => keyspace
                 .persist(fjall::PersistMode::SyncAll)
-                .map_err(|e| self.io(e)),
+                .map_err(|e| self.io(e))?,
         }
+        let applied = self.applied_lsn()?;
+        for ls in self.log_stores() {
+            ls.sync(applied)?;
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {

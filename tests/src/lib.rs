@@ -136,8 +136,8 @@ pub fn tamper(
 ) {
     use propagator::record::encode_record;
     let engine = propagator::Database::engine_of(data).expect("a database");
-    let store =
-        propagator::store::PageStore::open(&data.join("store"), engine, 1 << 20).expect("store");
+    let store = propagator::store::PageStore::open(&data.join("store"), engine, 1 << 20, 1 << 20)
+        .expect("store");
     let applied = store.applied_lsn().expect("lsn");
     let records = edits
         .into_iter()

@@ -562,8 +562,9 @@ fn a_replicate_record_changed_offline_is_caught_by_the_digest_check() {
     {
         let data = &cl.nodes[1].data;
         let engine = propagator::Database::engine_of(data).expect("a database");
-        let store = propagator::store::PageStore::open(&data.join("store"), engine, 1 << 20)
-            .expect("store");
+        let store =
+            propagator::store::PageStore::open(&data.join("store"), engine, 1 << 20, 1 << 20)
+                .expect("store");
         let applied = store.applied_lsn().expect("lsn");
         let bytes = propagator::record::encode_record(&record(isn.0, 1, 1)).expect("enc");
         store

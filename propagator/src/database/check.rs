@@ -41,10 +41,26 @@ impl Database {
                 .get(&def.fnr)
                 .copied()
                 .unwrap_or(FileMeta::new(def.fnr));
+            // A log file's store: every frame read and checked, not only
+            // the live ones a scan reads.
+            let frames = match shared.store.log_store(def.fnr) {
+                Some(ls) => ls
+                    .verify()
+                    .map_err(crate::store::StoreError::from)?
+                    .map(|f| f.to_string()),
+                None => None,
+            };
             let problem = if let Some(d) = damaged.get(&def.fnr) {
                 Some(d.reason.clone())
+            } else if frames.is_some() {
+                frames
             } else {
-                recovery::content_problem(&shared.store, &expected)?
+                match recovery::content_problem(&shared.store, &expected) {
+                    Ok(p) => p,
+                    // Records that cannot be read are this file's problem.
+                    Err(DbError::Store(e)) => Some(e.to_string()),
+                    Err(e) => return Err(e),
+                }
             };
             report.files.push(FileCheck {
                 fnr: def.fnr,

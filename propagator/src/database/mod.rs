@@ -450,7 +450,14 @@ impl Database {
             });
         }
         let dbid = DbId(id.dbid);
-        let store = PageStore::open(&dir.join("store"), id.store, opts.cache_bytes)?;
+        // Log stores rotate segments at the protection log's segment size
+        // (each rotation syncs), not below 64 KiB.
+        let store = PageStore::open(
+            &dir.join("store"),
+            id.store,
+            opts.cache_bytes,
+            id.segment_size.max(64 << 10),
+        )?;
         let mut rec = recovery::recover(&store, plog.clone(), dbid, id.segment_size)?;
         if rec.report.clean {
             // From now on the database is open: a crash before the next clean

@@ -169,7 +169,10 @@ fn replay_commit(
     damaged: &mut BTreeMap<Fnr, Damage>,
     rp: &mut Replay,
     c: &Commit,
+    marks: &HashMap<Fnr, Lsn>,
 ) -> Result<(), DbError> {
+    // A log store that already holds this commit: neither checked nor written.
+    let held = |fnr: Fnr| marks.get(&fnr).is_some_and(|m| c.lsn <= *m);
     loop {
         let view = ReplayView {
             exp,
@@ -190,7 +193,7 @@ fn replay_commit(
             if damaged.contains_key(&ch.fnr) {
                 continue;
             }
-            match ap.change(ch.clone(), true) {
+            match ap.change(ch.clone(), !held(ch.fnr)) {
                 Ok(()) => {}
                 Err(e @ DbError::BeforeImageMismatch { .. }) => {
                     failed = Some((ch.fnr, e.to_string()));
@@ -221,7 +224,7 @@ fn replay_commit(
             }
         }
         for (fnr, isn, v) in d.records {
-            if !damaged.contains_key(&fnr) {
+            if !damaged.contains_key(&fnr) && !held(fnr) {
                 rp.overlay.insert((fnr, isn), v.clone());
                 rp.batch.records.push((fnr, isn, v));
             }
@@ -239,6 +242,69 @@ fn replay_commit(
         rp.commits += 1;
         return Ok(());
     }
+}
+
+/// A commit the page store holds but some log stores do not: only their
+/// records, derived again (the commit's changes carry every image the log
+/// records need; nothing is read).
+fn replay_logs_only(
+    store: &PageStore,
+    exp: &Expected,
+    logs: &mut StoreBatch,
+    c: &Commit,
+    marks: &HashMap<Fnr, Lsn>,
+) -> Result<(), DbError> {
+    let overlay = HashMap::new();
+    let view = ReplayView {
+        exp,
+        store,
+        overlay: &overlay,
+    };
+    let mut ap = Applier::new(&view, c.lsn, c.time_us, c.client_id.clone());
+    for op in &c.catalog {
+        ap.catalog_op(op);
+    }
+    for ch in &c.changes {
+        ap.change(ch.clone(), false)?;
+    }
+    let d = ap.finish()?;
+    for (fnr, isn, v) in d.records {
+        if marks.get(&fnr).is_some_and(|m| c.lsn > *m) {
+            logs.records.push((fnr, isn, v));
+        }
+    }
+    Ok(())
+}
+
+/// Each log store's LSN after open: one with frames past its last mark
+/// (a batch cut short, or a bad frame) is cut back to the mark when the
+/// protection log reaches back to rebuild what follows; otherwise open
+/// stops, naming the store and what is wrong with it.
+fn log_marks(store: &PageStore, oldest: Lsn) -> Result<HashMap<Fnr, Lsn>, DbError> {
+    let mut marks = HashMap::new();
+    for ls in store.log_stores() {
+        let applied = ls.applied();
+        if applied < oldest {
+            return Err(DbError::LogStoreBehindLog {
+                fnr: ls.fnr(),
+                dir: ls.dir().display().to_string(),
+                applied,
+                oldest,
+                fault: ls.tail().and_then(|t| t.fault).map(|f| f.to_string()),
+            });
+        }
+        if let Some(tail) = ls.tail() {
+            match &tail.fault {
+                Some(f) => tracing::warn!(file = %ls.fnr(), fault = %f, mark = %applied,
+                    "log store damaged after its last good mark: rebuilt from the protection log"),
+                None => tracing::info!(file = %ls.fnr(), bytes = tail.bytes, mark = %applied,
+                    "log store: a batch cut short after its last mark dropped"),
+            }
+            ls.repair().map_err(crate::store::StoreError::from)?;
+        }
+        marks.insert(ls.fnr(), applied);
+    }
+    Ok(marks)
 }
 
 /// Compares a file's content in the store with its expected meta.
@@ -347,13 +413,21 @@ pub(crate) fn recover(
         removed_segment: opened.removed_torn,
         ..OpenReport::default()
     };
+    let oldest = Lsn(segs[0].header.first_lsn.0.saturating_sub(1));
+    if applied < oldest {
+        return Err(DbError::StoreBehindLog { applied, oldest });
+    }
+    let marks = log_marks(store, oldest)?;
+    // Replay starts at the oldest of the page store's and the log stores' LSNs.
+    let from = marks.values().copied().fold(applied, Lsn::min);
     let start = segs
         .iter()
-        .rposition(|s| s.header.first_lsn.0 <= applied.0 + 1)
-        .ok_or(DbError::StoreBehindLog {
-            applied,
-            oldest: Lsn(segs[0].header.first_lsn.0.saturating_sub(1)),
-        })?;
+        .rposition(|s| s.header.first_lsn.0 <= from.0 + 1)
+        .ok_or(DbError::StoreBehindLog { applied, oldest })?;
+    let mut logs_batch = StoreBatch {
+        logs_only: true,
+        ..StoreBatch::default()
+    };
     let mut exp = Expected::default();
     let mut damaged = BTreeMap::new();
     let mut rp = Replay {
@@ -401,8 +475,20 @@ pub(crate) fn recover(
                 last_clean = false;
                 last_time = last_time.max(c.time_us);
                 if c.lsn > applied {
-                    replay_commit(store, &exp, &mut damaged, &mut rp, c)?;
+                    if !logs_batch.records.is_empty() {
+                        logs_batch.applied = applied;
+                        store.apply(&logs_batch)?;
+                        logs_batch.records.clear();
+                    }
+                    replay_commit(store, &exp, &mut damaged, &mut rp, c, &marks)?;
                     report.replayed += 1;
+                } else if c.lsn > from {
+                    replay_logs_only(store, &exp, &mut logs_batch, c, &marks)?;
+                    if logs_batch.records.len() >= 4096 {
+                        logs_batch.applied = c.lsn;
+                        store.apply(&logs_batch)?;
+                        logs_batch.records.clear();
+                    }
                 }
                 exp.advance(c);
             }
@@ -418,7 +504,9 @@ pub(crate) fn recover(
     let log_end = scan.last_lsn();
     drop(scan);
     if let Some(f) = fault {
-        torn_or_corrupt(&segs, &f, applied, log_end)?;
+        // A log store marked past the bad frame held it as committed too.
+        let held = marks.values().copied().fold(applied, Lsn::max);
+        torn_or_corrupt(&segs, &f, held, log_end)?;
         let seg = &segs[f.seg_idx];
         if f.offset <= HEADER_LEN && f.seg_idx > 0 {
             // Torn while being created: nothing was committed into it.
@@ -436,6 +524,18 @@ pub(crate) fn recover(
     if applied > log_end {
         return Err(DbError::StoreAheadOfLog { applied, log_end });
     }
+    if let Some((fnr, m)) = marks.iter().find(|(_, m)| **m > log_end) {
+        tracing::error!(file = %fnr, mark = %m, "log store ahead of the protection log");
+        return Err(DbError::StoreAheadOfLog {
+            applied: *m,
+            log_end,
+        });
+    }
+    if !logs_batch.records.is_empty() {
+        logs_batch.applied = applied.min(log_end);
+        store.apply(&logs_batch)?;
+    }
+
     rp.flush(store, log_end)?;
     report.log_end = log_end;
     report.clean = last_clean && report.replayed == 0 && torn.is_none();

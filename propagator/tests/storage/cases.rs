@@ -748,7 +748,7 @@ fn record_changed_behind_the_engine_is_reported_damaged_never_used() {
     {
         // Edit one record directly in the page store, as damage would.
         let store =
-            propagator::store::PageStore::open(&t.path().join("store"), ENGINE, 1 << 20).expect("store");
+            propagator::store::PageStore::open(&t.path().join("store"), ENGINE, 1 << 20, 1 << 20).expect("store");
         let applied = store.applied_lsn().expect("lsn");
         let bytes = propagator::record::encode_record(&rec(&[("q", 999)])).expect("enc");
         store
@@ -1514,4 +1514,222 @@ fn an_update_patches_the_record_as_committed_at_et() {
         db.read(MASTER, Isn(1)).expect("read"),
         Some(rec(&[("a", 5), ("b", 6)]))
     );
+}
+
+/// The files of log file `LOG`'s own store.
+fn log_segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("logs").join(format!("log-{}", LOG.0)))
+        .expect("log store directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Commits `n` transactions of three master records each (isns from
+/// `first`), with some padding so the log's segments fill.
+fn commit_padded(db: &Database, first: u64, n: u64) {
+    let mut s = db.session();
+    for t in 0..n {
+        for k in 0..3 {
+            let isn = first + 3 * t + k;
+            let mut r = rec(&[("q", isn as i64)]);
+            r.insert("pad".into(), Value::Text("x".repeat(40)));
+            s.store(MASTER, Some(Isn(isn)), r).expect("store");
+        }
+        s.et(None).expect("et");
+    }
+}
+
+#[test]
+fn a_log_store_lost_or_cut_after_its_last_sync_is_rebuilt_from_the_protection_log() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    commit_padded(&db, 1, 60);
+    let want = replay_log(&db);
+    assert_eq!(want.len(), 180);
+    let want_log = dump_raw(&db, LOG);
+    db.simulate_crash();
+    // The last segment cut in the middle of a frame: rebuilt.
+    let last = log_segments(t.path()).pop().expect("a segment");
+    let len = std::fs::metadata(&last).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open")
+        .set_len(len / 2 + 3)
+        .expect("cut");
+    let (db, report) = Database::open(t.path()).expect("open");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump_raw(&db, LOG), want_log);
+    assert_eq!(replay_log(&db), want);
+    db.simulate_crash();
+    // The whole store gone: rebuilt too, while the protection log reaches back.
+    std::fs::remove_dir_all(t.path().join("logs")).expect("rm");
+    let (db, report) = Database::open(t.path()).expect("open");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump_raw(&db, LOG), want_log);
+    assert!(db.check().expect("check").is_ok());
+    // And it goes on from there.
+    commit_padded(&db, 1000, 2);
+    assert_eq!(replay_log(&db).len(), 186);
+}
+
+#[test]
+fn a_flipped_byte_in_a_log_store_is_named_by_check_and_by_open_when_the_log_cannot_rebuild_it()
+{
+    let t = tempfile::tempdir().expect("tempdir");
+    Database::init_with_engine(t.path(), DbId(1), Some(4096), ENGINE).expect("init");
+    let (db, _) = Database::open(t.path()).expect("open");
+    setup(&db);
+    commit_padded(&db, 1, 400);
+    assert!(log_segments(t.path()).len() > 2);
+    // The protection log no longer reaches back to the log's first records.
+    assert!(!db.remove_segments(db.last_lsn()).expect("remove").is_empty());
+    let first = log_segments(t.path()).remove(0);
+    let mut bytes = std::fs::read(&first).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&first, &bytes).expect("write");
+    // A running database's check reads every frame of the store.
+    let report = db.check().expect("check");
+    let bad: Vec<_> = report
+        .files
+        .iter()
+        .filter_map(|f| f.problem.as_ref().map(|p| (f.fnr, p.clone())))
+        .collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0].0, LOG);
+    let name = first.file_name().expect("name").to_string_lossy().into_owned();
+    assert!(bad[0].1.contains(&name) && bad[0].1.contains("offset"), "{bad:?}");
+    db.close().expect("close");
+    // At open the store is cut back to its last good mark, which the
+    // protection log cannot bring forward: open stops, naming it.
+    let err = Database::open(t.path()).err().expect("open must fail");
+    assert!(matches!(err, DbError::LogStoreBehindLog { fnr: LOG, .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&name) && msg.contains("offset"), "{msg}");
+    // Nothing was cut: the damaged segment and those after it are all there.
+    assert_eq!(std::fs::read(&first).expect("read"), bytes);
+}
+
+#[test]
+fn log_cleanup_removes_whole_segments_of_the_log_store_and_keeps_the_rest() {
+    let t = tempfile::tempdir().expect("tempdir");
+    Database::init_with_engine(t.path(), DbId(1), Some(4096), ENGINE).expect("init");
+    let (db, _) = Database::open(t.path()).expect("open");
+    setup(&db);
+    commit_padded(&db, 1, 600);
+    let before = log_segments(t.path());
+    assert!(before.len() > 3, "{before:?}");
+    // Cleanup deletes log records from the front (as `log cleanup` does).
+    db.restore_range(LOG, Isn(1), Some(Isn(1201)), Vec::new(), None)
+        .expect("cleanup");
+    // The page store (and the log store with it) is written after the sync.
+    db.wait_applied().expect("applied");
+    let after = log_segments(t.path());
+    assert!(after.len() < before.len(), "{before:?} → {after:?}");
+    assert_eq!(after.last(), before.last());
+    let kept = dump_raw(&db, LOG);
+    assert_eq!(kept.keys().next(), Some(&Isn(1201)));
+    assert_eq!(kept.len(), 600);
+    db.simulate_crash();
+    let (db, report) = Database::open(t.path()).expect("open");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump_raw(&db, LOG), kept);
+    assert!(db.check().expect("check").is_ok());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+    /// Random transactions on a master, with crashes and clean stops
+    /// between them: the log read back through the feeders' reader (from
+    /// the tail in memory, and from the log store after a reopen) is the
+    /// sequence of committed changes, seq by seq.
+    #[test]
+    fn the_log_read_by_the_feeders_reader_is_the_sequence_of_committed_changes(
+        txns in proptest::collection::vec(
+            (proptest::collection::vec((0u8..3, 1u64..30, 0i64..1000), 1..6), 0u8..6),
+            1..25,
+        )
+    ) {
+        let t = tempfile::tempdir().expect("tempdir");
+        Database::init_with_engine(t.path(), DbId(1), Some(4096), ENGINE).expect("init");
+        let (mut db, _) = Database::open(t.path()).expect("open");
+        setup(&db);
+        let mut state: BTreeMap<Isn, Record> = BTreeMap::new();
+        let mut want: Vec<(LogOp, Isn, Option<Record>, Option<Record>)> = Vec::new();
+        let read_all = |db: &Database| -> Vec<(LogOp, Isn, Option<Record>, Option<Record>)> {
+            let mut out = Vec::new();
+            let mut from = 1;
+            loop {
+                let run = db.read_log_run(LOG, Seq(from), 7, 1 << 20).expect("read");
+                if run.is_empty() {
+                    break out;
+                }
+                for r in run {
+                    assert_eq!(r.seq, Seq(from));
+                    from += 1;
+                    let dec = |b: &Option<Vec<u8>>| b.as_ref().map(|b| propagator::record::decode_record(b).expect("dec"));
+                    out.push((r.op, r.isn, dec(&r.before), dec(&r.after)));
+                }
+            }
+        };
+        for (ops, after) in txns {
+            let mut s = db.session();
+            let mut touched = std::collections::BTreeSet::new();
+            let mut pending = Vec::new();
+            for (kind, isn, v) in ops {
+                let isn = Isn(isn);
+                if !touched.insert(isn) {
+                    continue;
+                }
+                let r = rec(&[("v", v)]);
+                match state.get(&isn).cloned() {
+                    None => {
+                        s.store(MASTER, Some(isn), r.clone()).expect("store");
+                        pending.push((LogOp::Store, isn, None, Some(r)));
+                    }
+                    Some(old) if kind < 2 => {
+                        s.update(MASTER, isn, r.clone()).expect("update");
+                        let mut new = old.clone();
+                        new.extend(r);
+                        pending.push((LogOp::Update, isn, Some(old), Some(new)));
+                    }
+                    Some(old) => {
+                        s.delete(MASTER, isn).expect("delete");
+                        pending.push((LogOp::Delete, isn, Some(old), None));
+                    }
+                }
+            }
+            if after == 0 {
+                // Backed out: leaves nothing in the log.
+                s.bt();
+                continue;
+            }
+            s.et(None).expect("et");
+            drop(s);
+            for (op, isn, b, a) in pending {
+                match &a {
+                    Some(r) => state.insert(isn, r.clone()),
+                    None => state.remove(&isn),
+                };
+                want.push((op, isn, b, a));
+            }
+            proptest::prop_assert_eq!(&read_all(&db), &want);
+            match after {
+                1 => {
+                    db.simulate_crash();
+                    db = Database::open(t.path()).expect("reopen").0;
+                }
+                2 => {
+                    db.close().expect("close");
+                    db = Database::open(t.path()).expect("reopen").0;
+                }
+                _ => {}
+            }
+        }
+        proptest::prop_assert_eq!(&read_all(&db), &want);
+        proptest::prop_assert_eq!(replay_log(&db), state);
+    }
 }
