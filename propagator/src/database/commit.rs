@@ -191,6 +191,15 @@ impl Database {
         client_id: Option<String>,
     ) -> Result<PendingCommit, DbError> {
         self.check_poisoned()?;
+        let linger_ok = client_id.is_none()
+            && catalog.is_empty()
+            && matches!(
+                ops.first(),
+                Some(Op::Put {
+                    follows: Some(super::PutGuard::Seq(_)),
+                    ..
+                })
+            );
         if let Some(id) = &client_id {
             if id.is_empty() || id.len() > 128 {
                 return Err(DbError::BadClientId(id.len()));
@@ -316,7 +325,11 @@ impl Database {
             }
             st.last_lsn = lsn;
             st.last_time_us = time_us;
+            // A replication link's batch (a confirmation guarded by the
+            // seq it follows): its answer may wait for a shared sync.
+            let linger = linger_ok;
             let job = Job {
+                linger,
                 lsn,
                 payload,
                 records: derived.records,

@@ -40,6 +40,8 @@ use tokio::sync::oneshot;
 
 pub(crate) struct Job {
     pub lsn: Lsn,
+    /// A replicated batch: its sync may wait up to [`LINGER`] for others.
+    pub linger: bool,
     pub payload: Vec<u8>,
     pub records: Vec<(Fnr, Isn, Option<Vec<u8>>)>,
     pub metas: Vec<FileMeta>,
@@ -57,6 +59,15 @@ enum ApplyMsg {
 /// With single-commit groups this covers several apply windows; with large
 /// groups it bounds the memory held for the applier.
 const APPLY_QUEUE: usize = 128;
+
+/// How long after the last sync a group of replicated batches only (no
+/// client waits on them: they are visible once queued) waits before its
+/// own, so batches that arrive meanwhile share it. PostgreSQL's apply
+/// workers do not sync each applied transaction at all (their
+/// subscriptions' `synchronous_commit` is off); a replicate here syncs
+/// every batch before it confirms it, and on one disk those syncs queued
+/// the master's commits behind them.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// The most log bytes one page-store batch gathers.
 const MAX_APPLY_BYTES: usize = 16 << 20;
@@ -231,6 +242,36 @@ struct LogSide {
     cps: CheckpointState,
     apply: mpsc::SyncSender<ApplyMsg>,
     applier: JoinHandle<()>,
+    backlog: Arc<Backlog>,
+}
+
+/// The log bytes handed to the applier and not yet in the page store.
+/// Each is held twice meanwhile (the group's records and the overlay), so
+/// a leader waits while they are over [`MAX_APPLY_BACKLOG`]. The queue's
+/// length alone ([`APPLY_QUEUE`] groups) let a slow page store hold 128
+/// groups of load chunks; this bounds the bytes whatever the group sizes.
+#[derive(Default)]
+struct Backlog {
+    bytes: Mutex<usize>,
+    drained: Condvar,
+}
+
+const MAX_APPLY_BACKLOG: usize = 24 << 20;
+
+impl Backlog {
+    fn add(&self, n: usize) {
+        let mut b = lock(&self.bytes);
+        while *b > 0 && *b + n > MAX_APPLY_BACKLOG {
+            b = self.drained.wait(b).unwrap_or_else(|p| p.into_inner());
+        }
+        *b += n;
+    }
+
+    fn done(&self, n: usize) {
+        let mut b = lock(&self.bytes);
+        *b = b.saturating_sub(n);
+        self.drained.notify_all();
+    }
 }
 
 /// The group committer of one database.
@@ -239,6 +280,8 @@ pub(crate) struct Committer {
     idle: Condvar,
     log: Mutex<Option<LogSide>>,
     max_group_bytes: usize,
+    /// When the log was last synced.
+    last_sync: Mutex<Instant>,
 }
 
 impl Committer {
@@ -250,9 +293,11 @@ impl Committer {
     ) -> std::io::Result<()> {
         let (apply, arx) = mpsc::sync_channel::<ApplyMsg>(APPLY_QUEUE);
         let ashared = shared.clone();
+        let backlog = Arc::new(Backlog::default());
+        let abacklog = backlog.clone();
         let applier = std::thread::Builder::new()
             .name("page-store-applier".into())
-            .spawn(move || apply_loop(&ashared, arx))?;
+            .spawn(move || apply_loop(&ashared, &abacklog, arx))?;
         let durable = cps.last_lsn;
         *lock(&shared.committer.q) = Queue {
             durable,
@@ -263,6 +308,7 @@ impl Committer {
             cps,
             apply,
             applier,
+            backlog,
         });
         Ok(())
     }
@@ -276,6 +322,7 @@ impl Committer {
             idle: Condvar::new(),
             log: Mutex::new(None),
             max_group_bytes: max_group_bytes.max(1),
+            last_sync: Mutex::new(Instant::now()),
         }
     }
 
@@ -357,6 +404,16 @@ impl Committer {
     ) -> (Result<Lsn, GroupError>, Vec<Arc<Waiter>>, Next) {
         let mut jobs = Vec::new();
         let mut waiters = Vec::new();
+        let lingering = {
+            let q = lock(&self.q);
+            !q.pending.is_empty() && q.pending.iter().all(|(j, _)| j.linger)
+        };
+        if lingering {
+            let since = lock(&self.last_sync).elapsed();
+            if since < LINGER {
+                std::thread::sleep(LINGER - since);
+            }
+        }
         {
             let mut q = lock(&self.q);
             let mut bytes = 0usize;
@@ -484,6 +541,7 @@ impl Committer {
             cps,
             apply,
             applier,
+            backlog: _,
         } = side;
         // Let the applier finish everything handed to it.
         drop(apply);
@@ -525,6 +583,7 @@ impl LogSide {
                 let started = Instant::now();
                 let synced = self.writer.sync();
                 shared.metrics.fsync.observe(started.elapsed());
+                *lock(&shared.committer.last_sync) = Instant::now();
                 synced
             });
         if let Err(e) = logged {
@@ -543,6 +602,7 @@ impl LogSide {
             }
         }
         self.cps.last_lsn = last;
+        self.backlog.add(bytes);
         if self.apply.send(ApplyMsg::Group(jobs)).is_err() {
             poison(shared, "the page-store applier stopped".into());
         }
@@ -583,7 +643,7 @@ fn poisoned(shared: &Shared) -> Option<String> {
 /// wakes for every single-commit group steals the CPU the committers need:
 /// measured, it halved the one-client commit rate. Nothing waits on this:
 /// ET has already returned, and readers see the commits through the overlay.
-fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
+fn apply_loop(shared: &Shared, backlog: &Backlog, rx: mpsc::Receiver<ApplyMsg>) {
     let mut next = None;
     loop {
         let msg = match next.take() {
@@ -624,6 +684,7 @@ fn apply_loop(shared: &Shared, rx: mpsc::Receiver<ApplyMsg>) {
                 if poisoned(shared).is_none() {
                     apply_group(shared, jobs);
                 }
+                backlog.done(bytes);
             }
         }
     }
