@@ -20,8 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
-/// Default batches in flight per replicate.
-pub(super) const DEFAULT_WINDOW: usize = 8;
+/// Default batches in flight per replicate: as many answers as a node
+/// owes on one connection (`PIPELINE_DEPTH`). At the tail each batch is a
+/// transaction or two, and a window of 8 filled while the replicate synced
+/// (lag waited for acknowledgements).
+pub(super) const DEFAULT_WINDOW: usize = 16;
+/// Bytes of images in flight per replicate, at most, once more than one
+/// batch is (a drain's batches are large).
+pub(super) const MAX_INFLIGHT_BYTES: usize = 16 << 20;
 /// Default log records per batch (extended to the end of a transaction).
 pub(super) const DEFAULT_BATCH: usize = 2000;
 /// Bytes of images per batch, at most (whole transactions).

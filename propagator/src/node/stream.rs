@@ -354,7 +354,8 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     }
     let mut last_anchor = Instant::now();
     let mut cursor = conf_seq;
-    let mut inflight: VecDeque<(Seq, FileMeta)> = VecDeque::new();
+    let mut inflight: VecDeque<(Seq, FileMeta, usize)> = VecDeque::new();
+    let mut inflight_bytes = 0usize;
     let mut durable = ctx.db.subscribe_durable();
     let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
     loop {
@@ -363,7 +364,12 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                 return Stop::Stopped(why.clone());
             }
         }
-        let can_send = inflight.len() < ctx.window && stopping.is_none();
+        // Batches in flight: up to the window, and while more than one,
+        // up to MAX_INFLIGHT_BYTES of images (at the tail batches are
+        // small and many; in a drain they are large).
+        let can_send = inflight.len() < ctx.window
+            && (inflight.is_empty() || inflight_bytes < MAX_INFLIGHT_BYTES)
+            && stopping.is_none();
         tokio::select! {
             changed = stop_rx.changed(), if stopping.is_none() => {
                 stopping = match changed {
@@ -397,9 +403,10 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                     Ok(Err(e)) => return link_err(e),
                     Ok(Ok(r)) => r,
                 };
-                let Some((want_seq, want)) = inflight.pop_front() else {
+                let Some((want_seq, want, sent_bytes)) = inflight.pop_front() else {
                     return Stop::Link("acknowledgement with nothing in flight".into());
                 };
+                inflight_bytes -= sent_bytes;
                 match resp {
                     Response::Applied { applied_seq, durable_seq: seq, digest, count, .. } => {
                         // Confirmed means durable on the replicate.
@@ -453,6 +460,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                 };
                 let Some(last) = batch.last() else { continue };
                 let (last_seq, incarnation, time_us) = (last.seq, last.incarnation, last.time_us);
+                let bytes: usize = batch.iter().map(|r| r.image_bytes()).sum();
                 let mut changes = Vec::new();
                 let mut txn_ends = Vec::new();
                 let mut touched = false;
@@ -509,7 +517,8 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                 if let Err(stop) = timed("sending a batch", conn.send(&req)).await {
                     return stop;
                 }
-                inflight.push_back((last_seq, expected));
+                inflight.push_back((last_seq, expected, bytes));
+                inflight_bytes += bytes;
                 // The cursor only moves forward: a batch never repeats a seq.
                 debug_assert!(last_seq > cursor, "batch ends at {last_seq}, cursor at {cursor}");
                 cursor = last_seq;
