@@ -212,12 +212,16 @@ pub enum AdminRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum OperationRequest {
     TaskStatus,
-    /// Answers (Ok) once the named replicate has confirmed `seq`, or with an
-    /// error after `timeout_ms`: waiting without polling.
+    /// Answers (Ok) once the named replicate has confirmed `seq` (durable
+    /// there), or with an error after `timeout_ms`: waiting without polling.
+    /// With `applied`, once it has applied `seq` (visible there, its sync
+    /// to follow: what PostgreSQL's replication reports as caught up).
     WaitConfirmed {
         replicate: String,
         seq: Seq,
         timeout_ms: u64,
+        #[serde(default)]
+        applied: bool,
     },
     TaskControl {
         master: Option<Fnr>,
@@ -315,6 +319,11 @@ pub enum LinkRequest {
         digest: Digest,
         last: Option<Confirmation>,
     },
+    /// Link: answer ([`Response::Synced`]) once every batch this connection
+    /// applied up to `seq` is durable on the replicate. A feeder sends it
+    /// when it has nothing else in flight and batches applied but not yet
+    /// reported durable; a confirm set sends it after its batch.
+    LinkSync { seq: Seq },
 }
 
 /// What an operator asks of one replicate.
@@ -878,9 +887,12 @@ pub enum Response {
     },
     Tasks(Vec<TaskReport>),
     Link(LinkState),
-    /// A replicate's acknowledgement of a batch. It answers only once its
-    /// transaction is durable, so `durable_seq` equals `applied_seq` today;
-    /// both are sent so the feeder never has to assume it.
+    /// A replicate's acknowledgement of a batch: it is applied (visible,
+    /// queued for the replicate's group commit) at `applied_seq`, and every
+    /// batch of the link up to `durable_seq` is durable. The replicate
+    /// answers as soon as the batch is queued and syncs behind it, so
+    /// `durable_seq` trails; the feeder counts a batch confirmed (and the
+    /// master's log may be cleaned up to it) only once it is durable.
     Applied {
         applied_seq: Seq,
         durable_seq: Seq,
@@ -926,6 +938,11 @@ pub enum Response {
         index: u32,
         code: ErrorCode,
         message: String,
+    },
+    /// The answer to [`LinkRequest::LinkSync`]: the link's batches up to
+    /// `durable_seq` (at least the seq asked for) are durable.
+    Synced {
+        durable_seq: Seq,
     },
 }
 

@@ -191,20 +191,32 @@ fn end_to_end_full_and_partial_replicates_converge() {
     // Waiting for a confirmation is answered by the node, and times out naming the seq.
     let last = cl.task_status().expect("status").master_seq;
     let mut w = cl.master().client().expect("client");
+    // Applied (visible) and confirmed (durable) alike.
     for name in ["items_full", "items_part"] {
-        let ok = w.call(&Request::Operation(OperationRequest::WaitConfirmed {
-            replicate: name.into(),
-            seq: last,
-            timeout_ms: 10_000,
-        }));
-        assert!(matches!(ok, Ok(Response::Ok)), "{ok:?}");
+        for applied in [true, false] {
+            let ok = w.call(&Request::Operation(OperationRequest::WaitConfirmed {
+                replicate: name.into(),
+                seq: last,
+                timeout_ms: 10_000,
+                applied,
+            }));
+            assert!(matches!(ok, Ok(Response::Ok)), "{ok:?}");
+        }
     }
-    let late = w.call(&Request::Operation(OperationRequest::WaitConfirmed {
-        replicate: "items_full".into(),
-        seq: propagator::Seq(last.0 + 1000),
-        timeout_ms: 50,
-    }));
-    assert!(late.is_err_and(|e| e.to_string().contains(&format!("seq {}", last.0 + 1000))));
+    for (applied, verb) in [(false, "confirm"), (true, "apply")] {
+        let late = w.call(&Request::Operation(OperationRequest::WaitConfirmed {
+            replicate: "items_full".into(),
+            seq: propagator::Seq(last.0 + 1000),
+            timeout_ms: 50,
+            applied,
+        }));
+        assert!(
+            late.as_ref().is_err_and(|e| e
+                .to_string()
+                .contains(&format!("did not {verb} seq {}", last.0 + 1000))),
+            "{late:?}"
+        );
+    }
     // The CLI reads the same over --node as offline (exec and dump are one interface).
     let out = etp(&[
         "file",

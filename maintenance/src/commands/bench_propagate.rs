@@ -3,7 +3,8 @@
 //! replicate, and a partial replicate with `grp % 4 == 0` over `id, grp, qty`.
 //!
 //! - a:  N rows in transactions of B, first insert until both replicates
-//!   have durably confirmed the last seq;
+//!   have applied the last seq (visible there, what pg_peer.sh's marker
+//!   measures); `{phase}_durable_s` until both have durably confirmed it;
 //! - c:  initial sync: a new replicate (full, then partial) added to the
 //!   topology and loaded online from the N-row master, until it is online
 //!   and confirms the master's last seq; then the same load again, with the
@@ -11,8 +12,9 @@
 //!   load took against a whole one;
 //! - a2: the task stopped while another N rows commit, then started: time to drain;
 //! - b:  M single-row commits at full speed, then M_PACED one every PACE_MS:
-//!   commit-to-apply lag per commit (master commit time to the replicate's
-//!   durable apply, both read from the same clock);
+//!   commit-to-apply lag per commit (master commit time to the moment it
+//!   was visible on the replicate, and to its sync there, both read from
+//!   the same clock);
 //! - d:  N/10 updates, then N/10 deletes, B rows per transaction.
 //!
 //! Transactions go to the master as one `Batch` request each (the whole
@@ -99,6 +101,7 @@ fn confirmed(master: SocketAddr, name: &str, seq: Seq) -> anyhow::Result<()> {
             replicate: name.into(),
             seq,
             timeout_ms: 2000,
+            applied: false,
         })) {
             Ok(Response::Ok) => return Ok(()),
             // The node restarted its tasks (topology applied) or is
@@ -248,25 +251,39 @@ fn bulk(c: &mut Client, lo: u64, n: u64, b: u64, depth: usize) -> anyhow::Result
 
 /// Waits (the master node answers when it happens: no polling) until both
 /// replicates confirm `target`; returns when each did, measured from `t0`.
-fn caught_up(master: SocketAddr, target: Seq, t0: Instant) -> anyhow::Result<(f64, f64)> {
-    let wait = |name: &'static str| {
+fn caught_up(
+    master: SocketAddr,
+    target: Seq,
+    t0: Instant,
+    durable_metric: Option<&str>,
+) -> anyhow::Result<(f64, f64)> {
+    let wait = |name: &'static str, applied: bool| {
         std::thread::spawn(move || -> anyhow::Result<f64> {
             let mut c = Client::connect(master)?;
             match c.call(&Request::Operation(OperationRequest::WaitConfirmed {
                 replicate: name.into(),
                 seq: target,
                 timeout_ms: PHASE_TIMEOUT.as_millis() as u64,
+                applied,
             }))? {
                 Response::Ok => Ok(t0.elapsed().as_secs_f64()),
                 other => bail!("unexpected answer {other:?}"),
             }
         })
     };
-    let (f, p) = (wait("bench_full"), wait("bench_part"));
     let join = |h: std::thread::JoinHandle<anyhow::Result<f64>>| {
         h.join().map_err(|_| anyhow::anyhow!("a waiter panicked"))?
     };
-    Ok((join(f)?, join(p)?))
+    // Caught up as pg_peer.sh measures it: applied (visible) on both.
+    let (f, p) = (wait("bench_full", true), wait("bench_part", true));
+    let (tf, tp) = (join(f)?, join(p)?);
+    // And durable there (confirmed: the master may clean its log up to it).
+    let (f, p) = (wait("bench_full", false), wait("bench_part", false));
+    let td = join(f)?.max(join(p)?);
+    if let Some(m) = durable_metric {
+        emit_secs(&format!("{m}_durable_s"), td);
+    }
+    Ok((tf, tp))
 }
 
 fn file_count(node: &NodeProc, file: propagator::Fnr) -> anyhow::Result<u64> {
@@ -446,7 +463,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
     let last = bulk(&mut c, 1, n, b, depth)?;
     let t1 = t0.elapsed().as_secs_f64();
-    let (tf, tp) = caught_up(maddr, last, t0)?;
+    let (tf, tp) = caught_up(maddr, last, t0, Some("a"))?;
     let wall = tf.max(tp);
     emit_secs("a_master_insert_s", t1);
     emit_rate("a_master_rows_per_s", n, t1, "rows/s");
@@ -567,7 +584,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         master: Some(MASTER),
         action: TaskAction::Start,
     }))?;
-    let (tf, tp) = caught_up(maddr, last, t0)?;
+    let (tf, tp) = caught_up(maddr, last, t0, Some("a2"))?;
     let wall = tf.max(tp);
     emit_secs("a2_full_drained_s", tf);
     emit_secs("a2_part_drained_s", tp);
@@ -600,7 +617,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     }
     let t1 = t0.elapsed().as_secs_f64();
     let last = *fast.last().context("no lag commits")?;
-    let (tf, tp) = caught_up(maddr, last, t0)?;
+    let (tf, tp) = caught_up(maddr, last, t0, Some("b"))?;
     emit_rate("b_master_commits_per_s", m, t1, "commits/s");
     emit("b_e2e_s", format!("{:.3}", tf.max(tp)), "s");
     cpu.emit("b", m);
@@ -610,7 +627,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         std::thread::sleep(pace);
     }
     if let Some(last) = paced.last() {
-        caught_up(maddr, *last, Instant::now())?;
+        caught_up(maddr, *last, Instant::now(), None)?;
     }
     for (kind, node, name) in [("full", 1usize, "bench_full"), ("part", 2, "bench_part")] {
         for (set, seqs) in [("full_speed", &fast), ("paced", &paced)] {
@@ -660,7 +677,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             })
         })?;
         let t1 = t0.elapsed().as_secs_f64();
-        let (tf, tp) = caught_up(maddr, last, t0)?;
+        let (tf, tp) = caught_up(maddr, last, t0, Some(&format!("d_{what}")))?;
         let wall = tf.max(tp);
         emit(&format!("d_{what}_rows"), u, "rows");
         emit_secs(&format!("d_{what}_master_s"), t1);

@@ -97,6 +97,8 @@ pub(super) struct Feeder {
     pub st: Mutex<FeedState>,
     /// The confirmed seq, for waiters ([`Task::watch_confirmed`]).
     pub confirmed: tokio::sync::watch::Sender<Seq>,
+    /// The seq the replicate has applied (visible there; at least `confirmed`).
+    pub applied: tokio::sync::watch::Sender<Seq>,
     pub handle: Mutex<Option<JoinHandle<()>>>,
     /// The replicate's expected meta at a seq it confirmed (a shortcut for
     /// the next connect; the resume point always comes from the replicate).

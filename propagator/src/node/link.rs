@@ -64,6 +64,10 @@ impl Node {
                 Step::Now(r) => r,
                 Step::Later(f) => f.await,
             },
+            LinkRequest::LinkSync { seq } => match self.link_sync(conv, seq) {
+                Step::Now(r) => r,
+                Step::Later(f) => f.await,
+            },
         }
     }
 
@@ -79,7 +83,12 @@ impl Node {
         let owner = self.link_owner(file);
         let _owner = owner.lock().await;
         let db = self.db.clone();
+        // A batch another connection applied may not be durable yet: the
+        // state reported is what a crash would leave (no batch of this
+        // replicate can be queued meanwhile: the apply lock is held).
+        conv.syncer = None;
         let r = blocking(move || {
+            db.wait_applied()?;
             let conf_def = db.file(confirmation)?;
             if conf_def.role != Role::Confirmation {
                 return Err(DbError::BadDefinition(format!(
@@ -304,11 +313,14 @@ impl Node {
         }
     }
 
-    /// Applies a batch of a replication link. The batch is visible once it
-    /// is queued for the group commit; the answer (its confirmation
-    /// durable) follows its sync. The link's next batch is read and applied
-    /// meanwhile ([`Step::Later`]), so batches that arrive together share a
-    /// sync and none waits for the one before it to be synced to be seen.
+    /// Applies a batch of a replication link and answers as soon as it is
+    /// queued for the group commit: it is visible from then on. The wait
+    /// for its sync goes to the connection's [`Syncer`], which reports the
+    /// link's durable seq in later answers (and to a [`LinkRequest::LinkSync`]).
+    /// So a replicate answers without a thread hand-off per batch, and the
+    /// batches that arrive while its log syncs share the next sync, as
+    /// PostgreSQL's apply workers report their flush position behind their
+    /// write position.
     pub(super) async fn link_apply(
         self: &Arc<Self>,
         conv: &mut Conversation,
@@ -336,17 +348,24 @@ impl Node {
                 conf.seq
             )));
         }
+        let syncer = match &conv.syncer {
+            Some(s) => s.clone(),
+            None => match Syncer::start(self.clone(), follows) {
+                Ok(s) => conv.syncer.insert(s).clone(),
+                Err(e) => {
+                    return Step::Now(Response::error(errors::Internal(format!(
+                        "cannot start the link's sync thread: {e}"
+                    ))))
+                }
+            },
+        };
         // One apply at a time per replicate until it is queued: a link
         // being replaced may still be applying what it had buffered.
         let owner = self.link_owner(link.file).lock_owned().await;
         let db = self.db.clone();
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
-        let name = conf.replicate.clone();
-        // Resolved and queued on a blocking thread, which then waits for
-        // the sync: the thread that queues an entry is the one that waits
-        // for it (and leads its group when its turn comes), so a queued
-        // entry never waits for a free thread of the pool to be led.
+        let replicate = conf.replicate.clone();
         let small = changes.len() <= INLINE_CHANGES
             && changes
                 .iter()
@@ -356,62 +375,199 @@ impl Node {
                 })
                 .sum::<usize>()
                 <= INLINE_BYTES;
-        let run = if small {
+        let queued = if small {
             // A small batch (what a link carries at the tail) is resolved
-            // and queued right here: it is visible one thread hand-off
-            // sooner. Queueing never waits for the log, and a few records'
-            // before-images are read in microseconds. Only the wait for
-            // the sync (and leading it) goes to a blocking thread.
-            let queued = queue_batch(&db, &link, follows, changes, &conf);
+            // and queued right here, without a thread hand-off: queueing
+            // never waits for the log, and a few records' before-images
+            // are read in microseconds.
+            let q = queue_batch(&db, &link, follows, changes, &conf);
             drop(owner);
-            tokio::task::spawn_blocking(move || {
-                let (pending, meta) = queued?;
-                Ok::<_, DbError>((pending.wait()?, meta?))
-            })
+            q
         } else {
-            let (queued_tx, queued) = tokio::sync::oneshot::channel::<()>();
-            let run = tokio::task::spawn_blocking(move || {
-                let queued = queue_batch(&db, &link, follows, changes, &conf);
+            let q = tokio::task::spawn_blocking(move || {
+                let q = queue_batch(&db, &link, follows, changes, &conf);
                 drop(owner);
-                let _ = queued_tx.send(());
-                let (pending, meta) = queued?;
-                Ok::<_, DbError>((pending.wait()?, meta?))
-            });
-            // The next request is read once this batch is queued (or failed).
-            let _ = queued.await;
-            run
+                q
+            })
+            .await;
+            match q {
+                Ok(q) => q,
+                Err(e) => return Step::Now(Response::error(errors::Internal(e.to_string()))),
+            }
         };
-        let node = self.clone();
+        let (pending, meta) = match queued {
+            Ok(q) => q,
+            Err(e) => return Step::Now(Response::error(e)),
+        };
+        let lsn = pending.lsn();
+        let visible_us = pending.info().map_or(0, |i| i.visible_us);
+        // Queued: it commits (or the database fails) whatever is answered.
+        let durable = syncer.hand(Synced {
+            seq,
+            pending,
+            txn_ends,
+            visible_us,
+            replicate,
+        });
+        Step::Now(match (durable, meta) {
+            (Err(e), _) => Response::error(e),
+            (Ok(_), Err(e)) => Response::error(e),
+            (Ok(durable_seq), Ok(meta)) => Response::Applied {
+                applied_seq: seq,
+                durable_seq,
+                digest: meta.digest,
+                count: meta.count,
+                lsn,
+            },
+        })
+    }
+
+    /// Answers once the link's batches up to `seq` are durable. The answer
+    /// comes [`Step::Later`]: batches sent behind it are applied meanwhile.
+    pub(super) fn link_sync(&self, conv: &mut Conversation, seq: Seq) -> Step {
+        if conv.link.is_none() {
+            return Step::Now(Response::error("LinkSync before LinkOpen"));
+        }
+        let Some(syncer) = conv.syncer.clone() else {
+            // Nothing applied on this connection: what it opened on was
+            // made durable before LinkOpen answered.
+            return Step::Now(Response::Synced { durable_seq: seq });
+        };
         Step::Later(Box::pin(async move {
-            let r = match run.await {
-                Ok(r) => r.map_err(OpError::from),
-                Err(e) => Err(OpError::from(errors::Internal(e.to_string()))),
-            };
-            match r {
-                Ok((info, meta)) => {
-                    let now = chrono::Utc::now().timestamp_micros();
-                    let mut lag = lock(&node.lag);
-                    let q = lag.entry(name).or_default();
-                    for (s, t) in txn_ends {
-                        if q.len() == LAG_SAMPLES {
-                            q.pop_front();
-                        }
-                        // In seq order: pipelined batches may be answered
-                        // (and get here) in another order than they synced.
-                        let at = q.iter().rposition(|x| x.0 <= s).map_or(0, |p| p + 1);
-                        q.insert(at, (s, t, info.visible_us, now));
-                    }
-                    Response::Applied {
-                        applied_seq: seq,
-                        durable_seq: seq,
-                        digest: meta.digest,
-                        count: meta.count,
-                        lsn: info.lsn,
-                    }
-                }
+            match syncer.wait(seq).await {
+                Ok(durable_seq) => Response::Synced { durable_seq },
                 Err(e) => Response::error(e),
             }
         }))
+    }
+}
+
+/// A batch queued and waiting for its sync.
+pub(super) struct Synced {
+    seq: Seq,
+    pending: crate::database::PendingCommit,
+    txn_ends: Vec<(Seq, i64)>,
+    visible_us: i64,
+    replicate: String,
+}
+
+/// What a link's sync thread reports: the last seq it saw durable, or why
+/// none will be.
+#[derive(Clone)]
+pub(super) enum SyncState {
+    Durable(Seq),
+    Failed(String),
+}
+
+/// The thread that waits for a link's queued batches to be durable, in
+/// order (leading their group commit when its turn comes), and reports the
+/// durable seq. One per connection that applies batches: it ends once the
+/// connection is gone and every batch handed to it is durable.
+#[derive(Clone)]
+pub(super) struct Syncer {
+    tx: std::sync::mpsc::Sender<Synced>,
+    state: tokio::sync::watch::Receiver<SyncState>,
+}
+
+impl Syncer {
+    fn start(node: Arc<Node>, from: Seq) -> std::io::Result<Syncer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Synced>();
+        let (state_tx, state) = tokio::sync::watch::channel(SyncState::Durable(from));
+        std::thread::Builder::new()
+            .name("link-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Every batch queued meanwhile: the first one's sync
+                    // (which this thread may lead) takes them all along.
+                    let mut run = vec![first];
+                    run.extend(rx.try_iter());
+                    let mut last = None;
+                    for b in run {
+                        match b.pending.wait() {
+                            Ok(_) => {
+                                record_lag(&node, &b.replicate, &b.txn_ends, b.visible_us);
+                                last = Some(b.seq);
+                            }
+                            Err(e) => {
+                                let why = match e {
+                                    DbError::Poisoned(why) => why,
+                                    other => other.to_string(),
+                                };
+                                state_tx.send_replace(SyncState::Failed(why));
+                                last = None;
+                            }
+                        }
+                    }
+                    if let Some(seq) = last {
+                        state_tx.send_if_modified(|s| match s {
+                            SyncState::Durable(d) if *d < seq => {
+                                *d = seq;
+                                true
+                            }
+                            _ => false,
+                        });
+                    }
+                }
+            })?;
+        Ok(Syncer { tx, state })
+    }
+
+    /// The link's syncs, as they happen: every one since the thread began
+    /// (this receiver, never read, has seen only the first state), so a
+    /// sync done before the connection asks for them is still reported.
+    pub(super) fn reports(&self) -> tokio::sync::watch::Receiver<SyncState> {
+        self.state.clone()
+    }
+
+    /// Hands a queued batch over; the durable seq so far.
+    fn hand(&self, b: Synced) -> Result<Seq, OpError> {
+        let state = self.state.borrow().clone();
+        match state {
+            SyncState::Failed(e) => Err(DbError::Poisoned(e).into()),
+            SyncState::Durable(d) => match self.tx.send(b) {
+                Ok(()) => Ok(d),
+                // The thread is gone (it panicked): the batch's commit is
+                // still finished, off the reactor (a drop waits for it).
+                Err(std::sync::mpsc::SendError(b)) => {
+                    drop(tokio::task::spawn_blocking(move || drop(b)));
+                    Err(errors::Internal("the link's sync thread stopped".into()).into())
+                }
+            },
+        }
+    }
+
+    /// Waits until `seq` is durable.
+    async fn wait(&self, seq: Seq) -> Result<Seq, OpError> {
+        let mut rx = self.state.clone();
+        let r = rx
+            .wait_for(|s| match s {
+                SyncState::Durable(d) => *d >= seq,
+                SyncState::Failed(_) => true,
+            })
+            .await
+            .map(|s| s.clone());
+        match r {
+            Ok(SyncState::Durable(d)) => Ok(d),
+            Ok(SyncState::Failed(e)) => Err(DbError::Poisoned(e).into()),
+            Err(_) => Err(errors::Internal("the link's sync thread stopped".into()).into()),
+        }
+    }
+}
+
+/// Records the lag of each master transaction a durable batch ended.
+fn record_lag(node: &Node, replicate: &str, txn_ends: &[(Seq, i64)], visible_us: i64) {
+    if txn_ends.is_empty() {
+        return;
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut lag = lock(&node.lag);
+    let q = lag.entry(replicate.to_string()).or_default();
+    for &(s, t) in txn_ends {
+        if q.len() == LAG_SAMPLES {
+            q.pop_front();
+        }
+        let at = q.iter().rposition(|x| x.0 <= s).map_or(0, |p| p + 1);
+        q.insert(at, (s, t, visible_us, now));
     }
 }
 

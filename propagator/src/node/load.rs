@@ -920,9 +920,24 @@ pub(super) async fn confirm_set(
         },
         txn_ends: Vec::new(),
     });
-    match conn.call(&req).await? {
-        Response::Applied { .. } => {}
-        other => return Err(conn.unexpected(&other, "Applied").into()),
+    // Applied is answered once queued, and the replicate reports its syncs
+    // unasked (`Synced`): the confirm set is done once its seq is durable.
+    conn.send(&req).await?;
+    loop {
+        match conn.recv().await? {
+            Response::Applied { .. } => break,
+            Response::Synced { .. } => {}
+            other => return Err(conn.unexpected(&other, "Applied").into()),
+        }
+    }
+    conn.send(&Request::Link(LinkRequest::LinkSync { seq }))
+        .await?;
+    loop {
+        match conn.recv().await? {
+            Response::Synced { durable_seq } if durable_seq >= seq => break,
+            Response::Synced { .. } => {}
+            other => return Err(conn.unexpected(&other, "Synced").into()),
+        }
     }
     let mut m = FileMeta::new(Fnr(f.rep.def.file));
     m.count = state.count;

@@ -299,10 +299,44 @@ impl Node {
         let mut framed = Framed::new(stream, codec());
         let mut conv = Conversation::default();
         let mut owed: FuturesOrdered<BoxFuture<'static, Response>> = FuturesOrdered::new();
+        // A replication link's syncs, reported to its feeder as they happen.
+        let mut reports: Option<tokio::sync::watch::Receiver<link::SyncState>> = None;
         loop {
+            match (&conv.syncer, &reports) {
+                (None, Some(_)) => reports = None,
+                (Some(s), None) => reports = Some(s.reports()),
+                _ => {}
+            }
             tokio::select! {
                 biased;
                 Some(resp) = owed.next(), if !owed.is_empty() => {
+                    if send(&mut framed, &resp).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // After the answers owed: a batch's Applied goes out before
+                // the report of its sync.
+                changed = async {
+                    match reports.as_mut() {
+                        Some(r) => r.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if reports.is_some() && owed.is_empty() => {
+                    let state = match (changed, reports.as_mut()) {
+                        (Ok(()), Some(r)) => r.borrow_and_update().clone(),
+                        _ => {
+                            reports = None;
+                            continue;
+                        }
+                    };
+                    let resp = match state {
+                        link::SyncState::Durable(d) => Response::Synced { durable_seq: d },
+                        link::SyncState::Failed(e) => {
+                            reports = None;
+                            Response::error(e)
+                        }
+                    };
                     if send(&mut framed, &resp).await.is_err() {
                         break;
                     }
@@ -339,6 +373,7 @@ impl Node {
                             self.link_apply(&mut conv, follows, changes, confirmation, txn_ends)
                                 .await
                         }
+                        Request::Link(LinkRequest::LinkSync { seq }) => self.link_sync(&mut conv, seq),
                         other => {
                             // In order: the answers owed go first.
                             let mut failed = false;
@@ -400,6 +435,8 @@ impl Node {
 struct Conversation {
     session: Option<Session>,
     link: Option<Link>,
+    /// The thread waiting for this link's applied batches to be durable.
+    syncer: Option<link::Syncer>,
     /// Updates pass a quiesce (a recovery's own connection).
     exempt: bool,
     /// A `Chain` transaction failed: the chained ones after it are refused

@@ -28,7 +28,11 @@ impl Node {
                 replicate,
                 seq,
                 timeout_ms,
-            } => self.wait_confirmed(replicate, seq, timeout_ms).await,
+                applied,
+            } => {
+                self.wait_confirmed(replicate, seq, timeout_ms, applied)
+                    .await
+            }
         }
     }
 
@@ -103,11 +107,12 @@ impl Node {
         replicate: String,
         seq: Seq,
         timeout_ms: u64,
+        applied: bool,
     ) -> Response {
         let rx = self
             .all_tasks()
             .iter()
-            .find_map(|t| t.watch_confirmed(&replicate));
+            .find_map(|t| t.watch_confirmed(&replicate, applied));
         let Some(mut rx) = rx else {
             return Response::error(format!(
                 "no task on this node feeds replicate {replicate:?}"
@@ -122,7 +127,8 @@ impl Node {
             Ok(Ok(())) => Response::Ok,
             Ok(Err(_)) => Response::error("the task stopped"),
             Err(_) => Response::error(format!(
-                "replicate {replicate:?} did not confirm seq {seq} within {timeout_ms} ms"
+                "replicate {replicate:?} did not {} seq {seq} within {timeout_ms} ms",
+                if applied { "apply" } else { "confirm" }
             )),
         }
     }

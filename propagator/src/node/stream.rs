@@ -333,6 +333,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
         s.progress_us = now_us();
     }
     f.confirmed.send_replace(conf_seq);
+    f.applied.send_replace(conf_seq);
     *lock(&f.expected) = Some((conf_seq, expected));
     if ctl.error.is_some() {
         let c = ctx.control.clone();
@@ -356,11 +357,19 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     let mut cursor = conf_seq;
     let mut inflight: VecDeque<(Seq, FileMeta, usize)> = VecDeque::new();
     let mut inflight_bytes = 0usize;
+    // Applied on the replicate, not yet reported durable there: the
+    // master's expected state after each (confirmed once durable).
+    let mut unconfirmed: VecDeque<(Seq, FileMeta)> = VecDeque::new();
+    // The highest seq the replicate reported durable: it reports each of
+    // its syncs unasked ([`Response::Synced`]), between its answers.
+    let mut reported = conf_seq;
     let mut durable = ctx.db.subscribe_durable();
     let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
     loop {
+        // Idle: nothing in flight and everything applied confirmed.
+        let idle = inflight.is_empty() && unconfirmed.is_empty();
         if let Some(why) = &stopping {
-            if inflight.is_empty() {
+            if idle {
                 return Stop::Stopped(why.clone());
             }
         }
@@ -383,13 +392,13 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
             // restored), ends this link at once, so an idle master never
             // keeps reporting a stale confirmation as current.
             resp = async {
-                if inflight.is_empty() {
+                if idle {
                     Ok(conn.recv().await)
                 } else {
                     tokio::time::timeout(ACK_TIMEOUT, conn.recv()).await
                 }
             } => {
-                if inflight.is_empty() {
+                if idle {
                     return Stop::Link(match resp {
                         Ok(Err(e)) => format!("the link went down while idle: {e}"),
                         Ok(Ok(other)) => format!("unexpected message while idle: {other:?}"),
@@ -403,37 +412,35 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                     Ok(Err(e)) => return link_err(e),
                     Ok(Ok(r)) => r,
                 };
-                let Some((want_seq, want, sent_bytes)) = inflight.pop_front() else {
-                    return Stop::Link("acknowledgement with nothing in flight".into());
-                };
-                inflight_bytes -= sent_bytes;
                 match resp {
-                    Response::Applied { applied_seq, durable_seq: seq, digest, count, .. } => {
-                        // Confirmed means durable on the replicate.
-                        if applied_seq != want_seq || seq != want_seq {
+                    Response::Synced { durable_seq } => {
+                        // A sync the replicate reports unasked, between its answers.
+                        if durable_seq > cursor {
                             return Stop::Link(format!(
-                                "acknowledged applied seq {applied_seq}, durable seq {seq}; expected {want_seq}"
+                                "reported seq {durable_seq} durable, beyond the last sent ({cursor})"
+                            ));
+                        }
+                        reported = reported.max(durable_seq);
+                    }
+                    Response::Applied { applied_seq, durable_seq, digest, count, .. } => {
+                        let Some((want_seq, want, sent_bytes)) = inflight.pop_front() else {
+                            return Stop::Link("acknowledgement with nothing in flight".into());
+                        };
+                        inflight_bytes -= sent_bytes;
+                        if applied_seq != want_seq || durable_seq > applied_seq {
+                            return Stop::Link(format!(
+                                "acknowledged applied seq {applied_seq}, durable seq {durable_seq}; expected {want_seq}"
                             ));
                         }
                         if digest != want.digest || count != want.count {
                             return Stop::Fatal(format!(
-                                "replicate {name} at seq {seq}: digest {digest} over {count} records, but the master expects digest {} over {} records",
+                                "replicate {name} at seq {applied_seq}: digest {digest} over {count} records, but the master expects digest {} over {} records",
                                 want.digest, want.count
                             ));
                         }
-                        {
-                            let mut s = lock(&f.st);
-                            s.confirmed = seq;
-                            s.progress_us = now_us();
-                        }
-                        f.confirmed.send_replace(seq);
-                        // The link works: the next loss backs off from the start.
-                        *attempt = 0;
-                        *lock(&f.expected) = Some((seq, want));
-                        if last_anchor.elapsed() >= ANCHOR_EVERY {
-                            last_anchor = Instant::now();
-                            save_anchor(ctx, f).await;
-                        }
+                        unconfirmed.push_back((applied_seq, want));
+                        f.applied.send_replace(applied_seq);
+                        reported = reported.max(durable_seq);
                     }
                     Response::Error { code: ErrorCode::OutOfSequence, message } => {
                         // Another link applied first (a replaced connection
@@ -447,10 +454,34 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                         } else {
                             format!(" (it has {} gap record(s) from confirm set: a reinit clears them)", gaps.len())
                         };
-                        return Stop::Fatal(format!("replicate {name} at seq {want_seq}: {message}{hint}"));
+                        let at = inflight.front().map_or(cursor, |b| b.0);
+                        return Stop::Fatal(format!("replicate {name} at seq {at}: {message}{hint}"));
                     }
                     Response::Error { message, .. } => return Stop::Link(message),
                     other => return Stop::Link(conn.unexpected(&other, "Applied").to_string()),
+                }
+                // Confirmed means durable on the replicate.
+                let mut confirmed = None;
+                while let Some((s, _)) = unconfirmed.front() {
+                    if *s > reported {
+                        break;
+                    }
+                    confirmed = unconfirmed.pop_front();
+                }
+                if let Some((seq, want)) = confirmed {
+                    {
+                        let mut s = lock(&f.st);
+                        s.confirmed = seq;
+                        s.progress_us = now_us();
+                    }
+                    f.confirmed.send_replace(seq);
+                    // The link works: the next loss backs off from the start.
+                    *attempt = 0;
+                    *lock(&f.expected) = Some((seq, want));
+                    if last_anchor.elapsed() >= ANCHOR_EVERY {
+                        last_anchor = Instant::now();
+                        save_anchor(ctx, f).await;
+                    }
                 }
             }
             batch = next_batch(ctx, cursor, &mut durable), if can_send => {

@@ -75,6 +75,7 @@ impl Task {
                         ..FeedState::default()
                     }),
                     confirmed: tokio::sync::watch::channel(Seq(0)).0,
+                    applied: tokio::sync::watch::channel(Seq(0)).0,
                     handle: Mutex::new(None),
                     expected: Mutex::new(None),
                     stop: tokio::sync::watch::channel(None).0,
@@ -151,8 +152,20 @@ impl Task {
     }
 
     /// A receiver of the named replicate's confirmed seq, if this task feeds it.
-    pub fn watch_confirmed(&self, replicate: &str) -> Option<tokio::sync::watch::Receiver<Seq>> {
-        self.feeder(replicate).map(|f| f.confirmed.subscribe())
+    /// The replicate's confirmed (durable) seq, or with `applied` the seq
+    /// it has applied (visible, its sync to follow).
+    pub fn watch_confirmed(
+        &self,
+        replicate: &str,
+        applied: bool,
+    ) -> Option<tokio::sync::watch::Receiver<Seq>> {
+        self.feeder(replicate).map(|f| {
+            if applied {
+                f.applied.subscribe()
+            } else {
+                f.confirmed.subscribe()
+            }
+        })
     }
 }
 
