@@ -14,6 +14,9 @@ use std::process::ExitCode;
 
 pub use maintenance::Outcome;
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     if let Err(e) = init_logging() {

@@ -260,7 +260,7 @@ struct Backlog {
     drained: Condvar,
 }
 
-const MAX_APPLY_BACKLOG: usize = 24 << 20;
+const MAX_APPLY_BACKLOG: usize = 8 << 20;
 
 impl Backlog {
     fn add(&self, n: usize) {

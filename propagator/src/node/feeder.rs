@@ -27,11 +27,11 @@ use tokio::task::JoinHandle;
 pub(super) const DEFAULT_WINDOW: usize = 16;
 /// Bytes of images in flight per replicate, at most, once more than one
 /// batch is (a drain's batches are large).
-pub(super) const MAX_INFLIGHT_BYTES: usize = 16 << 20;
+pub(super) const MAX_INFLIGHT_BYTES: usize = 8 << 20;
 /// Default log records per batch (extended to the end of a transaction).
 pub(super) const DEFAULT_BATCH: usize = 2000;
 /// Bytes of images per batch, at most (whole transactions).
-pub(super) const MAX_BATCH_BYTES: usize = 8 << 20;
+pub(super) const MAX_BATCH_BYTES: usize = 4 << 20;
 /// A link with batches in flight and no acknowledgement for this long is dead.
 pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff cap for retrying a replicate in error (automatic policy).

@@ -366,15 +366,13 @@ impl Node {
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
         let replicate = conf.replicate.clone();
-        let small = changes.len() <= INLINE_CHANGES
-            && changes
-                .iter()
-                .map(|c| {
-                    c.before.as_ref().map_or(0, |b| b.len())
-                        + c.after.as_ref().map_or(0, |a| a.len())
-                })
-                .sum::<usize>()
-                <= INLINE_BYTES;
+        let bytes: usize = changes
+            .iter()
+            .map(|c| {
+                c.before.as_ref().map_or(0, |b| b.len()) + c.after.as_ref().map_or(0, |a| a.len())
+            })
+            .sum();
+        let small = changes.len() <= INLINE_CHANGES && bytes <= INLINE_BYTES;
         let queued = if small {
             // A small batch (what a link carries at the tail) is resolved
             // and queued right here, without a thread hand-off: queueing
@@ -402,14 +400,15 @@ impl Node {
         let lsn = pending.lsn();
         let visible_us = pending.info().map_or(0, |i| i.visible_us);
         // Queued: it commits (or the database fails) whatever is answered.
-        let durable = syncer.hand(Synced {
+        let handed = syncer.hand(Synced {
             seq,
             pending,
             txn_ends,
             visible_us,
             replicate,
+            bytes,
         });
-        Step::Now(match (durable, meta) {
+        let answer = move |durable: Result<Seq, OpError>| match (durable, meta) {
             (Err(e), _) => Response::error(e),
             (Ok(_), Err(e)) => Response::error(e),
             (Ok(durable_seq), Ok(meta)) => Response::Applied {
@@ -419,7 +418,19 @@ impl Node {
                 count: meta.count,
                 lsn,
             },
-        })
+        };
+        match handed {
+            // Over MAX_UNSYNCED_BYTES of records queued and not yet
+            // durable (a backlog drains faster than the replicate's disk
+            // syncs): the answer waits for this batch's sync, so the
+            // feeder's window holds the link back and the queue and
+            // overlay stay bounded.
+            Ok(Handed { unsynced, .. }) if unsynced > MAX_UNSYNCED_BYTES => {
+                Step::Later(Box::pin(async move { answer(syncer.wait(seq).await) }))
+            }
+            Ok(Handed { durable, .. }) => Step::Now(answer(Ok(durable))),
+            Err(e) => Step::Now(answer(Err(e))),
+        }
     }
 
     /// Answers once the link's batches up to `seq` are durable. The answer
@@ -449,7 +460,21 @@ pub(super) struct Synced {
     txn_ends: Vec<(Seq, i64)>,
     visible_us: i64,
     replicate: String,
+    /// Its record bytes.
+    bytes: usize,
 }
+
+/// What handing a batch to the sync thread found.
+struct Handed {
+    /// The link's durable seq so far.
+    durable: Seq,
+    /// Record bytes handed over and not yet durable, this batch's included.
+    unsynced: usize,
+}
+
+/// Record bytes a link may have applied and not yet durable before its
+/// answers wait for the syncs (see [`Node::link_apply`]).
+const MAX_UNSYNCED_BYTES: usize = 4 << 20;
 
 /// What a link's sync thread reports: the last seq it saw durable, or why
 /// none will be.
@@ -467,12 +492,15 @@ pub(super) enum SyncState {
 pub(super) struct Syncer {
     tx: std::sync::mpsc::Sender<Synced>,
     state: tokio::sync::watch::Receiver<SyncState>,
+    unsynced: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Syncer {
     fn start(node: Arc<Node>, from: Seq) -> std::io::Result<Syncer> {
         let (tx, rx) = std::sync::mpsc::channel::<Synced>();
         let (state_tx, state) = tokio::sync::watch::channel(SyncState::Durable(from));
+        let unsynced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = unsynced.clone();
         std::thread::Builder::new()
             .name("link-sync".into())
             .spawn(move || {
@@ -483,7 +511,9 @@ impl Syncer {
                     run.extend(rx.try_iter());
                     let mut last = None;
                     for b in run {
-                        match b.pending.wait() {
+                        let waited = b.pending.wait();
+                        left.fetch_sub(b.bytes, std::sync::atomic::Ordering::Relaxed);
+                        match waited {
                             Ok(_) => {
                                 record_lag(&node, &b.replicate, &b.txn_ends, b.visible_us);
                                 last = Some(b.seq);
@@ -509,7 +539,11 @@ impl Syncer {
                     }
                 }
             })?;
-        Ok(Syncer { tx, state })
+        Ok(Syncer {
+            tx,
+            state,
+            unsynced,
+        })
     }
 
     /// The link's syncs, as they happen: every one since the thread began
@@ -520,19 +554,28 @@ impl Syncer {
     }
 
     /// Hands a queued batch over; the durable seq so far.
-    fn hand(&self, b: Synced) -> Result<Seq, OpError> {
+    fn hand(&self, b: Synced) -> Result<Handed, OpError> {
         let state = self.state.borrow().clone();
         match state {
             SyncState::Failed(e) => Err(DbError::Poisoned(e).into()),
-            SyncState::Durable(d) => match self.tx.send(b) {
-                Ok(()) => Ok(d),
-                // The thread is gone (it panicked): the batch's commit is
-                // still finished, off the reactor (a drop waits for it).
-                Err(std::sync::mpsc::SendError(b)) => {
-                    drop(tokio::task::spawn_blocking(move || drop(b)));
-                    Err(errors::Internal("the link's sync thread stopped".into()).into())
+            SyncState::Durable(durable) => {
+                let bytes = b.bytes;
+                let before = self
+                    .unsynced
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                match self.tx.send(b) {
+                    Ok(()) => Ok(Handed {
+                        durable,
+                        unsynced: before + bytes,
+                    }),
+                    // The thread is gone (it panicked): the batch's commit is
+                    // still finished, off the reactor (a drop waits for it).
+                    Err(std::sync::mpsc::SendError(b)) => {
+                        drop(tokio::task::spawn_blocking(move || drop(b)));
+                        Err(errors::Internal("the link's sync thread stopped".into()).into())
+                    }
                 }
-            },
+            }
         }
     }
 
