@@ -127,7 +127,7 @@ pub struct TaskDef {
     /// Reconnect by itself after a lost link, backing off up to this many seconds.
     pub restart_interval_s: Option<u64>,
     /// Batches in flight per replicate (default 16; whatever the window,
-    /// at most 16 MiB of images once more than one batch is in flight).
+    /// at most 8 MiB of images once more than one batch is in flight).
     pub window: Option<u32>,
     /// Log records per batch, at most (default 2000; whole transactions).
     pub batch: Option<u32>,

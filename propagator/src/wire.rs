@@ -320,9 +320,9 @@ pub enum LinkRequest {
         last: Option<Confirmation>,
     },
     /// Link: answer ([`Response::Synced`]) once every batch this connection
-    /// applied up to `seq` is durable on the replicate. A feeder sends it
-    /// when it has nothing else in flight and batches applied but not yet
-    /// reported durable; a confirm set sends it after its batch.
+    /// applied up to `seq` is durable on the replicate. A confirm set sends
+    /// it after its batch; a feeder streaming needs none: the replicate
+    /// reports each sync unasked.
     LinkSync { seq: Seq },
 }
 

@@ -256,7 +256,8 @@ struct LogSide {
 /// groups of load chunks; this bounds the bytes whatever the group sizes.
 #[derive(Default)]
 struct Backlog {
-    bytes: Mutex<usize>,
+    /// The bytes held, and whether the applier stopped (then nobody waits).
+    bytes: Mutex<(usize, bool)>,
     drained: Condvar,
 }
 
@@ -265,16 +266,28 @@ const MAX_APPLY_BACKLOG: usize = 8 << 20;
 impl Backlog {
     fn add(&self, n: usize) {
         let mut b = lock(&self.bytes);
-        while *b > 0 && *b + n > MAX_APPLY_BACKLOG {
+        while !b.1 && b.0 > 0 && b.0 + n > MAX_APPLY_BACKLOG {
             b = self.drained.wait(b).unwrap_or_else(|p| p.into_inner());
         }
-        *b += n;
+        b.0 += n;
     }
 
     fn done(&self, n: usize) {
         let mut b = lock(&self.bytes);
-        *b = b.saturating_sub(n);
+        b.0 = b.0.saturating_sub(n);
         self.drained.notify_all();
+    }
+}
+
+/// Marks the backlog's applier gone when its loop ends (or panics): a
+/// leader waiting for room goes on, and its send to the applier then fails
+/// and poisons the database.
+struct ApplierGone<'a>(&'a Backlog);
+
+impl Drop for ApplierGone<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.bytes).1 = true;
+        self.0.drained.notify_all();
     }
 }
 
@@ -385,7 +398,7 @@ impl Committer {
     fn lead(&self, shared: &Shared) -> Result<(), DbError> {
         let mut own = None;
         for round in 1.. {
-            let (result, waiters, next) = self.lead_group(shared, round < LEAD_ROUNDS);
+            let (result, waiters, next) = self.lead_group(shared, round < LEAD_ROUNDS, round == 1);
             // The first of the first group is this thread's own entry: the
             // wake tree then starts at the second.
             let root = usize::from(own.is_none());
@@ -408,20 +421,23 @@ impl Committer {
 
     /// Writes one group; says who leads next. It may be this thread again
     /// (`stay`): it is running already, while waking another takes a
-    /// context switch on the critical path.
+    /// context switch on the critical path. Only a leader's first group
+    /// (`first`: its own entry leads it) may linger.
     fn lead_group(
         &self,
         shared: &Shared,
         stay: bool,
+        first: bool,
     ) -> (Result<Lsn, GroupError>, Vec<Arc<Waiter>>, Next) {
         let mut jobs = Vec::new();
         let mut waiters = Vec::new();
-        {
+        if first {
             // Replicated batches only: wait for company, until LINGER after
-            // the last sync or until a commit somebody waits on is queued.
+            // the last sync, or until a commit somebody waits on (or a
+            // barrier) is queued.
             let until = *lock(&self.last_sync) + LINGER;
             let mut q = lock(&self.q);
-            while !q.pending.is_empty() && q.pending.iter().all(|(j, _)| j.linger) && !q.closed {
+            while only_lingering(&q) && q.barriers.is_empty() && !q.closed {
                 let now = Instant::now();
                 if now >= until {
                     break;
@@ -477,6 +493,9 @@ impl Committer {
                 ready
             };
             let next = match q.pending.front() {
+                // Replicated batches only behind: their own thread leads
+                // them (and may linger), while this one answers its group.
+                Some((_, w)) if only_lingering(&q) => Next::HandOff(w.clone()),
                 Some(_) if stay => Next::Continue,
                 Some((_, w)) => Next::HandOff(w.clone()),
                 None => {
@@ -509,6 +528,8 @@ impl Committer {
             // hands what is left to the applier behind that group.
             if q.durable < target && !q.failed && !q.shut {
                 q.barriers.push((target, tx));
+                // Somebody waits: a lingering leader syncs now.
+                self.urgent.notify_one();
                 return rx;
             }
         }
@@ -574,6 +595,11 @@ impl Committer {
         }
         result
     }
+}
+
+/// Whether everything queued is a replicated batch that may linger.
+fn only_lingering(q: &Queue) -> bool {
+    !q.pending.is_empty() && q.pending.iter().all(|(j, _)| j.linger)
 }
 
 /// Hands a barrier to the applier, behind every group sent before it. With
@@ -663,6 +689,7 @@ fn poisoned(shared: &Shared) -> Option<String> {
 /// measured, it halved the one-client commit rate. Nothing waits on this:
 /// ET has already returned, and readers see the commits through the overlay.
 fn apply_loop(shared: &Shared, backlog: &Backlog, rx: mpsc::Receiver<ApplyMsg>) {
+    let _gone = ApplierGone(backlog);
     let mut next = None;
     loop {
         let msg = match next.take() {

@@ -440,9 +440,9 @@ impl Node {
             return Step::Now(Response::error("LinkSync before LinkOpen"));
         }
         let Some(syncer) = conv.syncer.clone() else {
-            // Nothing applied on this connection: what it opened on was
-            // made durable before LinkOpen answered.
-            return Step::Now(Response::Synced { durable_seq: seq });
+            return Step::Now(Response::error(format!(
+                "LinkSync for seq {seq}: no batch was applied on this connection"
+            )));
         };
         Step::Later(Box::pin(async move {
             match syncer.wait(seq).await {
@@ -557,7 +557,11 @@ impl Syncer {
     fn hand(&self, b: Synced) -> Result<Handed, OpError> {
         let state = self.state.borrow().clone();
         match state {
-            SyncState::Failed(e) => Err(DbError::Poisoned(e).into()),
+            SyncState::Failed(e) => {
+                // Its commit is finished off the reactor (a drop waits).
+                drop(tokio::task::spawn_blocking(move || drop(b)));
+                Err(DbError::Poisoned(e).into())
+            }
             SyncState::Durable(durable) => {
                 let bytes = b.bytes;
                 let before = self
@@ -571,6 +575,8 @@ impl Syncer {
                     // The thread is gone (it panicked): the batch's commit is
                     // still finished, off the reactor (a drop waits for it).
                     Err(std::sync::mpsc::SendError(b)) => {
+                        self.unsynced
+                            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                         drop(tokio::task::spawn_blocking(move || drop(b)));
                         Err(errors::Internal("the link's sync thread stopped".into()).into())
                     }

@@ -326,14 +326,20 @@ impl Node {
                     let state = match (changed, reports.as_mut()) {
                         (Ok(()), Some(r)) => r.borrow_and_update().clone(),
                         _ => {
+                            // The sync thread is gone (it panicked): no more
+                            // reports; the next batch starts another.
                             reports = None;
+                            conv.syncer = None;
                             continue;
                         }
                     };
                     let resp = match state {
                         link::SyncState::Durable(d) => Response::Synced { durable_seq: d },
                         link::SyncState::Failed(e) => {
+                            // Reported once: the database is poisoned, and
+                            // every later batch fails when it is queued.
                             reports = None;
+                            conv.syncer = None;
                             Response::error(e)
                         }
                     };
