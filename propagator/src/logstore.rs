@@ -260,21 +260,26 @@ impl LogStore {
         self.dir.join(segment_name(no))
     }
 
-    /// Creates an empty store in `dir` (which must not exist), marked as the
-    /// file at `lsn`, synced.
-    pub fn create(dir: &Path, fnr: Fnr, seg_size: u64, lsn: Lsn) -> Result<Self, LogStoreError> {
-        let store = LogStore {
+    /// A store with no segment read or written yet.
+    fn empty(dir: &Path, fnr: Fnr, seg_size: u64, applied: Lsn) -> LogStore {
+        LogStore {
             fnr,
             dir: dir.to_path_buf(),
             seg_size: seg_size.clamp(4096, 1 << 30),
             inner: RwLock::new(Inner {
                 segs: Vec::new(),
                 index: Index::default(),
-                applied: lsn,
+                applied,
                 tail: None,
                 failed: false,
             }),
-        };
+        }
+    }
+
+    /// Creates an empty store in `dir` (which must not exist), marked as the
+    /// file at `lsn`, synced.
+    pub fn create(dir: &Path, fnr: Fnr, seg_size: u64, lsn: Lsn) -> Result<Self, LogStoreError> {
+        let store = LogStore::empty(dir, fnr, seg_size, lsn);
         std::fs::create_dir_all(dir).map_err(|e| store.io("create", e))?;
         {
             let mut inner = store.write();
@@ -298,18 +303,7 @@ impl LogStore {
     /// after it is reported in [`LogStore::tail`] and left on disk until
     /// [`LogStore::repair`].
     pub fn open(dir: &Path, fnr: Fnr, seg_size: u64) -> Result<Self, LogStoreError> {
-        let store = LogStore {
-            fnr,
-            dir: dir.to_path_buf(),
-            seg_size: seg_size.clamp(4096, 1 << 30),
-            inner: RwLock::new(Inner {
-                segs: Vec::new(),
-                index: Index::default(),
-                applied: Lsn(0),
-                tail: None,
-                failed: false,
-            }),
-        };
+        let store = LogStore::empty(dir, fnr, seg_size, Lsn(0));
         let mut nos = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| store.io("list", e))? {
             let entry = entry.map_err(|e| store.io("list", e))?;
