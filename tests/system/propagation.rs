@@ -683,3 +683,139 @@ fn a_master_holding_records_before_its_topology_is_loaded_then_fed() {
         String::from_utf8_lossy(&errors.stdout)
     );
 }
+
+/// The replicate's side of the link protocol, spoken by hand: a batch is
+/// answered once applied (its durable seq trailing), its sync is reported
+/// unasked, and what a report calls durable survives a kill -9 of the
+/// replicate's node.
+#[test]
+fn a_batch_is_answered_once_applied_and_its_reported_sync_survives_kill_9() {
+    use propagator::wire::{Confirmation, LinkRequest, ReplChange, TaskAction};
+    let t = tempfile::tempdir().expect("tempdir");
+    let mut cl = Cluster::start(etp_bin(), t.path(), None).expect("cluster");
+    cl.wait_converged(CONVERGE).expect("converged");
+    // The master's task stops: this test plays the master on the link.
+    let mut m = cl.master().client().expect("client");
+    let r = m.call(&Request::Operation(OperationRequest::TaskControl {
+        master: Some(MASTER),
+        action: TaskAction::Stop,
+    }));
+    assert!(r.is_ok(), "{r:?}");
+    let open = Request::Link(LinkRequest::LinkOpen {
+        replicate: "items_full".into(),
+        file: FULL,
+        confirmation: Fnr(21),
+        master_db: propagator::DbId(1),
+        master: MASTER,
+    });
+    let mut c = Client::connect(cl.nodes[1].addr).expect("connect");
+    let Ok(Response::Link(state)) = c.call(&open) else {
+        panic!("LinkOpen refused");
+    };
+    let at = state.confirmation.as_ref().map_or(0, |c| c.seq.0);
+    // Nothing applied on this connection: nothing to sync.
+    let r = c.call(&Request::Link(LinkRequest::LinkSync {
+        seq: propagator::Seq(at),
+    }));
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("no batch was applied")),
+        "{r:?}"
+    );
+    let enc = |id: u64| {
+        serde_bytes::ByteBuf::from(
+            propagator::record::encode_record(&record(id, 0, 1)).expect("encode"),
+        )
+    };
+    let (mut count, mut digest) = (state.count, state.digest);
+    let last = at + 3;
+    for s in at + 1..=last {
+        let isn = Isn(900_000 + s);
+        let mut meta = propagator::FileMeta::new(FULL);
+        meta.count = count;
+        meta.digest = digest;
+        meta.change(isn, None, Some(enc(s).as_slice()));
+        (count, digest) = (meta.count, meta.digest);
+        let req = Request::Link(LinkRequest::LinkApply {
+            follows: propagator::Seq(s - 1),
+            changes: vec![ReplChange {
+                isn,
+                before: None,
+                after: Some(enc(s)),
+            }],
+            confirmation: Confirmation {
+                replicate: "items_full".into(),
+                master_db: propagator::DbId(1),
+                master: MASTER,
+                seq: propagator::Seq(s),
+                incarnation: 1,
+                master_time_us: 1,
+                digest,
+                count,
+                applied_us: 0,
+                loaded_by: None,
+            },
+            txn_ends: Vec::new(),
+        });
+        c.send(&req).expect("send");
+    }
+    // Three answers, in order, each applied at its seq and durable at most
+    // there; and reports of the syncs, the last one at the last seq.
+    let mut applied = Vec::new();
+    let mut reported = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while applied.len() < 3 || reported < last {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report of seq {last}"
+        );
+        match c.recv().expect("answer") {
+            Response::Applied {
+                applied_seq,
+                durable_seq,
+                count: n,
+                ..
+            } => {
+                assert!(durable_seq <= applied_seq, "{durable_seq} > {applied_seq}");
+                assert!(durable_seq.0 >= reported, "durable seqs move forward");
+                applied.push((applied_seq.0, n));
+            }
+            Response::Synced { durable_seq } => {
+                assert!(durable_seq.0 >= reported, "reports move forward");
+                assert!(
+                    applied.iter().any(|(s, _)| *s == durable_seq.0),
+                    "reported {durable_seq} before it was answered"
+                );
+                reported = durable_seq.0;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        applied.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![at + 1, at + 2, at + 3]
+    );
+    assert_eq!(applied[2].1, count);
+    // Asked, the sync is answered at once (it happened).
+    c.send(&Request::Link(LinkRequest::LinkSync {
+        seq: propagator::Seq(last),
+    }))
+    .expect("send");
+    match c.recv().expect("answer") {
+        Response::Synced { durable_seq } => assert_eq!(durable_seq.0, last),
+        other => panic!("unexpected {other:?}"),
+    }
+    // What was reported durable is there after a kill -9.
+    drop(c);
+    cl.nodes[1].kill();
+    cl.nodes[1].restart().expect("restart");
+    let recs = cl.dump(1, Fnr(21)).expect("confirmation dump");
+    let conf = confirmation_from_record(recs.get(&Isn(u64::from(FULL.0))).expect("record"))
+        .expect("confirmation decodes");
+    assert_eq!(conf.seq.0, last);
+    assert_eq!(conf.count, count);
+    let full = cl.dump(1, FULL).expect("replicate dump");
+    for s in at + 1..=last {
+        assert!(full.contains_key(&Isn(900_000 + s)), "seq {s}'s record");
+    }
+}
