@@ -105,6 +105,13 @@ pub struct ReplChange {
     pub after: Option<ByteBuf>,
 }
 
+impl ReplChange {
+    /// Bytes of its images (as [`crate::LogRecord::image_bytes`]).
+    pub fn image_bytes(&self) -> usize {
+        self.before.as_ref().map_or(0, |b| b.len()) + self.after.as_ref().map_or(0, |a| a.len())
+    }
+}
+
 /// What a replicate records, in its confirmation file, with each batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Confirmation {

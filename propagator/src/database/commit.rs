@@ -191,6 +191,9 @@ impl Database {
         client_id: Option<String>,
     ) -> Result<PendingCommit, DbError> {
         self.check_poisoned()?;
+        // A replication link's batch (a confirmation guarded by the seq it
+        // follows, no client id): nobody waits on its sync, which may
+        // linger for company (see the writer's LINGER).
         let linger_ok = client_id.is_none()
             && catalog.is_empty()
             && matches!(
@@ -325,11 +328,8 @@ impl Database {
             }
             st.last_lsn = lsn;
             st.last_time_us = time_us;
-            // A replication link's batch (a confirmation guarded by the
-            // seq it follows): its answer may wait for a shared sync.
-            let linger = linger_ok;
             let job = Job {
-                linger,
+                linger: linger_ok,
                 lsn,
                 payload,
                 records: derived.records,

@@ -247,6 +247,8 @@ struct LogSide {
     apply: mpsc::SyncSender<ApplyMsg>,
     applier: JoinHandle<()>,
     backlog: Arc<Backlog>,
+    /// When the log was last synced.
+    last_sync: Instant,
 }
 
 /// The log bytes handed to the applier and not yet in the page store.
@@ -299,8 +301,6 @@ pub(crate) struct Committer {
     urgent: Condvar,
     log: Mutex<Option<LogSide>>,
     max_group_bytes: usize,
-    /// When the log was last synced.
-    last_sync: Mutex<Instant>,
 }
 
 impl Committer {
@@ -328,6 +328,7 @@ impl Committer {
             apply,
             applier,
             backlog,
+            last_sync: Instant::now(),
         });
         Ok(())
     }
@@ -342,7 +343,6 @@ impl Committer {
             urgent: Condvar::new(),
             log: Mutex::new(None),
             max_group_bytes: max_group_bytes.max(1),
-            last_sync: Mutex::new(Instant::now()),
         }
     }
 
@@ -435,7 +435,9 @@ impl Committer {
             // Replicated batches only: wait for company, until LINGER after
             // the last sync, or until a commit somebody waits on (or a
             // barrier) is queued.
-            let until = *lock(&self.last_sync) + LINGER;
+            let until = lock(&self.log)
+                .as_ref()
+                .map_or_else(Instant::now, |s| s.last_sync + LINGER);
             let mut q = lock(&self.q);
             while only_lingering(&q) && q.barriers.is_empty() && !q.closed {
                 let now = Instant::now();
@@ -582,6 +584,7 @@ impl Committer {
             apply,
             applier,
             backlog: _,
+            last_sync: _,
         } = side;
         // Let the applier finish everything handed to it.
         drop(apply);
@@ -628,7 +631,7 @@ impl LogSide {
                 let started = Instant::now();
                 let synced = self.writer.sync();
                 shared.metrics.fsync.observe(started.elapsed());
-                *lock(&shared.committer.last_sync) = Instant::now();
+                self.last_sync = Instant::now();
                 synced
             });
         if let Err(e) = logged {

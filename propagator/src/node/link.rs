@@ -350,7 +350,7 @@ impl Node {
         }
         let syncer = match &conv.syncer {
             Some(s) => s.clone(),
-            None => match Syncer::start(self.clone(), follows) {
+            None => match Syncer::start(self.clone(), follows, link.name.clone()) {
                 Ok(s) => conv.syncer.insert(s).clone(),
                 Err(e) => {
                     return Step::Now(Response::error(errors::Internal(format!(
@@ -365,12 +365,9 @@ impl Node {
         let db = self.db.clone();
         conf.applied_us = chrono::Utc::now().timestamp_micros();
         let seq = conf.seq;
-        let replicate = conf.replicate.clone();
         let bytes: usize = changes
             .iter()
-            .map(|c| {
-                c.before.as_ref().map_or(0, |b| b.len()) + c.after.as_ref().map_or(0, |a| a.len())
-            })
+            .map(crate::wire::ReplChange::image_bytes)
             .sum();
         let small = changes.len() <= INLINE_CHANGES && bytes <= INLINE_BYTES;
         let queued = if small {
@@ -400,12 +397,11 @@ impl Node {
         let lsn = pending.lsn();
         let visible_us = pending.info().map_or(0, |i| i.visible_us);
         // Queued: it commits (or the database fails) whatever is answered.
-        let handed = syncer.hand(Synced {
+        let handed = syncer.hand(Queued {
             seq,
             pending,
             txn_ends,
             visible_us,
-            replicate,
             bytes,
         });
         let answer = move |durable: Result<Seq, OpError>| match (durable, meta) {
@@ -454,12 +450,11 @@ impl Node {
 }
 
 /// A batch queued and waiting for its sync.
-pub(super) struct Synced {
+pub(super) struct Queued {
     seq: Seq,
     pending: crate::database::PendingCommit,
     txn_ends: Vec<(Seq, i64)>,
     visible_us: i64,
-    replicate: String,
     /// Its record bytes.
     bytes: usize,
 }
@@ -484,20 +479,26 @@ pub(super) enum SyncState {
     Failed(String),
 }
 
+/// Why a link's batch will never be durable: its database failed.
+fn sync_failed(why: String) -> OpError {
+    DbError::Poisoned(why).into()
+}
+
 /// The thread that waits for a link's queued batches to be durable, in
 /// order (leading their group commit when its turn comes), and reports the
 /// durable seq. One per connection that applies batches: it ends once the
 /// connection is gone and every batch handed to it is durable.
 #[derive(Clone)]
 pub(super) struct Syncer {
-    tx: std::sync::mpsc::Sender<Synced>,
+    tx: std::sync::mpsc::Sender<Queued>,
     state: tokio::sync::watch::Receiver<SyncState>,
     unsynced: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Syncer {
-    fn start(node: Arc<Node>, from: Seq) -> std::io::Result<Syncer> {
-        let (tx, rx) = std::sync::mpsc::channel::<Synced>();
+    /// Starts the thread of a link to `replicate` opened at seq `from`.
+    fn start(node: Arc<Node>, from: Seq, replicate: String) -> std::io::Result<Syncer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
         let (state_tx, state) = tokio::sync::watch::channel(SyncState::Durable(from));
         let unsynced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let left = unsynced.clone();
@@ -515,16 +516,16 @@ impl Syncer {
                         left.fetch_sub(b.bytes, std::sync::atomic::Ordering::Relaxed);
                         match waited {
                             Ok(_) => {
-                                record_lag(&node, &b.replicate, &b.txn_ends, b.visible_us);
+                                record_lag(&node, &replicate, &b.txn_ends, b.visible_us);
                                 last = Some(b.seq);
                             }
+                            // For good: a failed state is never replaced.
                             Err(e) => {
                                 let why = match e {
                                     DbError::Poisoned(why) => why,
                                     other => other.to_string(),
                                 };
                                 state_tx.send_replace(SyncState::Failed(why));
-                                last = None;
                             }
                         }
                     }
@@ -554,13 +555,13 @@ impl Syncer {
     }
 
     /// Hands a queued batch over; the durable seq so far.
-    fn hand(&self, b: Synced) -> Result<Handed, OpError> {
+    fn hand(&self, b: Queued) -> Result<Handed, OpError> {
         let state = self.state.borrow().clone();
         match state {
             SyncState::Failed(e) => {
                 // Its commit is finished off the reactor (a drop waits).
                 drop(tokio::task::spawn_blocking(move || drop(b)));
-                Err(DbError::Poisoned(e).into())
+                Err(sync_failed(e))
             }
             SyncState::Durable(durable) => {
                 let bytes = b.bytes;
@@ -597,7 +598,7 @@ impl Syncer {
             .map(|s| s.clone());
         match r {
             Ok(SyncState::Durable(d)) => Ok(d),
-            Ok(SyncState::Failed(e)) => Err(DbError::Poisoned(e).into()),
+            Ok(SyncState::Failed(e)) => Err(sync_failed(e)),
             Err(_) => Err(errors::Internal("the link's sync thread stopped".into()).into()),
         }
     }

@@ -151,9 +151,9 @@ impl Task {
         }
     }
 
-    /// A receiver of the named replicate's confirmed seq, if this task feeds it.
-    /// The replicate's confirmed (durable) seq, or with `applied` the seq
-    /// it has applied (visible, its sync to follow).
+    /// A receiver of the named replicate's confirmed (durable) seq, or with
+    /// `applied` of the seq it has applied (visible, its sync to follow), if
+    /// this task feeds it.
     pub fn watch_confirmed(
         &self,
         replicate: &str,
