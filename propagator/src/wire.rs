@@ -625,6 +625,14 @@ pub struct ReplicateReport {
     pub last_error: Option<String>,
     pub errors_logged: u64,
     pub connects: u64,
+    /// Batches sent while streaming (since the node started).
+    #[serde(default)]
+    pub batches_sent: u64,
+    /// Of those, the ones the master's committing thread sent as soon as
+    /// its sync returned (a short tail, with no other commit waiting),
+    /// instead of waking the feeder to send them.
+    #[serde(default)]
+    pub batches_sent_by_committer: u64,
 }
 
 /// A load as its feeder sees it.

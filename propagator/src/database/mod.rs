@@ -263,6 +263,16 @@ pub(crate) struct Shared {
     /// under the state lock: a read of the page store made without that
     /// lock checks it did not change meanwhile.
     pub log_rewrites: std::sync::atomic::AtomicU64,
+    /// Run by a leader that found no group behind its own (see
+    /// [`Database::on_idle_durable`]).
+    pub idle_hooks: Mutex<Vec<std::sync::Weak<dyn IdleDurable>>>,
+}
+
+/// Work a group commit's leader does itself once its group is durable and
+/// no other group waits: a streaming feeder sends the tail it was waiting
+/// for from the thread that synced it, without waking the reactor first.
+pub trait IdleDurable: Send + Sync {
+    fn durable(&self, lsn: Lsn);
 }
 
 /// The newest records of a log file, as the commits that derived them made
@@ -482,6 +492,7 @@ impl Database {
             schemas: Mutex::new(BTreeMap::new()),
             tails: Mutex::new(BTreeMap::new()),
             log_rewrites: std::sync::atomic::AtomicU64::new(0),
+            idle_hooks: Mutex::new(Vec::new()),
         });
         Committer::start(&shared, rec.writer, rec.checkpoint).map_err(|e| DbError::Directory {
             dir: dir.display().to_string(),
@@ -565,6 +576,18 @@ impl Database {
     /// group's `fdatasync` returns, before the page store has it.
     pub fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
         self.shared().durable.subscribe()
+    }
+
+    /// Registers `hook` to run on the thread that made a group durable when
+    /// no other group waits behind it (the leader would go idle): what a
+    /// reactor task would do after the durable watch woke it, done without
+    /// that wake-up. The hook must be quick and never block on the log (it
+    /// runs with no lock of the committer held, but its leader's own answer
+    /// waits for it). Dropped hooks are forgotten.
+    pub fn on_idle_durable(&self, hook: std::sync::Weak<dyn IdleDurable>) {
+        let mut hooks = lock(&self.shared().idle_hooks);
+        hooks.retain(|h| h.strong_count() > 0);
+        hooks.push(hook);
     }
 
     fn check_poisoned(&self) -> Result<(), DbError> {

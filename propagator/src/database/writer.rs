@@ -274,6 +274,12 @@ impl Backlog {
         b.0 += n;
     }
 
+    /// Whether adding `n` bytes would wait for the applier.
+    fn would_wait(&self, n: usize) -> bool {
+        let b = lock(&self.bytes);
+        !b.1 && b.0 > 0 && b.0 + n > MAX_APPLY_BACKLOG
+    }
+
     fn done(&self, n: usize) {
         let mut b = lock(&self.bytes);
         b.0 = b.0.saturating_sub(n);
@@ -402,6 +408,7 @@ impl Committer {
             // The first of the first group is this thread's own entry: the
             // wake tree then starts at the second.
             let root = usize::from(own.is_none());
+            let durable = result.as_ref().ok().copied();
             let group = Arc::new(Answered {
                 result: result.map(|_| ()),
                 waiters,
@@ -413,7 +420,14 @@ impl Committer {
             group.wake(root);
             match next {
                 Next::Continue => {}
-                Next::HandOff(_) | Next::Nobody => break,
+                Next::HandOff(_) => break,
+                Next::Nobody => {
+                    if let Some(lsn) = durable {
+                        run_idle_hooks(shared, lsn);
+                    }
+                    notify_durable(shared);
+                    break;
+                }
             }
         }
         own.unwrap_or(Err(DbError::Closed))
@@ -510,6 +524,9 @@ impl Committer {
             };
             (next, barriers)
         };
+        if !matches!(next, Next::Nobody) {
+            notify_durable(shared);
+        }
         if let Next::HandOff(n) = &next {
             n.tell(Answer::Lead);
         }
@@ -600,6 +617,31 @@ impl Committer {
     }
 }
 
+/// Wakes the durable watch's receivers: the LSN it holds was set (without
+/// waking them) when its group was synced.
+fn notify_durable(shared: &Shared) {
+    shared.durable.send_if_modified(|_| true);
+}
+
+/// Runs the idle hooks (see [`super::Database::on_idle_durable`]) of a
+/// leader whose group made `lsn` durable and that leads nothing more.
+fn run_idle_hooks(shared: &Shared, lsn: Lsn) {
+    let hooks: Vec<_> = {
+        let h = lock(&shared.idle_hooks);
+        if h.is_empty() {
+            return;
+        }
+        h.iter().filter_map(std::sync::Weak::upgrade).collect()
+    };
+    for h in hooks {
+        // A hook's panic is not this commit's failure: it is durable, and
+        // its committer is answered as such.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.durable(lsn))).is_err() {
+            tracing::error!("an idle-durable hook panicked");
+        }
+    }
+}
+
 /// Whether everything queued is a replicated batch that may linger.
 fn only_lingering(q: &Queue) -> bool {
     !q.pending.is_empty() && q.pending.iter().all(|(j, _)| j.linger)
@@ -637,8 +679,14 @@ impl LogSide {
         if let Err(e) = logged {
             return Err(fail(shared, e.to_string()));
         }
-        // Durable from here on.
-        shared.durable.send_replace(last);
+        // Durable from here on: readers see it at once; the durable
+        // watch's receivers are woken by the leader (`notify_durable`),
+        // after its idle hooks when it has nothing more to lead, and
+        // before anything below that may wait.
+        shared.durable.send_if_modified(|d| {
+            *d = last;
+            false
+        });
         let bytes: usize = jobs.iter().map(|j| j.payload.len()).sum();
         shared.metrics.committed(jobs.len() as u64, bytes as u64);
         for j in &jobs {
@@ -650,9 +698,24 @@ impl LogSide {
             }
         }
         self.cps.last_lsn = last;
+        // The durable watch's receivers are woken once the leader knows
+        // whether it leads on, unless a step below may wait (the applier
+        // behind, a new segment to start): then now.
+        if self.backlog.would_wait(bytes) || self.writer.needs_rotation() {
+            notify_durable(shared);
+        }
         self.backlog.add(bytes);
-        if self.apply.send(ApplyMsg::Group(jobs)).is_err() {
-            poison(shared, "the page-store applier stopped".into());
+        match self.apply.try_send(ApplyMsg::Group(jobs)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(group)) => {
+                notify_durable(shared);
+                if self.apply.send(group).is_err() {
+                    poison(shared, "the page-store applier stopped".into());
+                }
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                poison(shared, "the page-store applier stopped".into());
+            }
         }
         if self.writer.needs_rotation() {
             if let Err(e) = self.writer.rotate(&self.cps.checkpoint(false)) {

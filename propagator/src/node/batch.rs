@@ -53,18 +53,46 @@ fn collect(
     Ok(Some(out))
 }
 
+/// The durable records after `cursor` when they are a short tail, all in
+/// memory: at most `max` records and `max_bytes` of images, ending a
+/// transaction, with nothing durable after them. `None` otherwise (the
+/// feed loop's to read).
+pub(super) fn collect_tail(
+    c: &Ctx,
+    cursor: Seq,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<Arc<LogRecord>>>, crate::DbError> {
+    let Some(run) =
+        c.db.read_log_tail(c.log, Seq(cursor.0 + 1), max + 1, max_bytes)?
+    else {
+        return Ok(None);
+    };
+    let bytes: usize = run.iter().map(|r| r.image_bytes()).sum();
+    let whole = run.last().is_some_and(|r| r.part == r.parts);
+    Ok((run.len() <= max && bytes <= max_bytes && whole).then_some(run))
+}
+
 /// The next durable log records after `cursor`: whole transactions, up to
 /// the batch size; waits (without polling) until there is at least one.
 /// Records the log's tail holds are read on the reactor (no hand-off to a
 /// blocking thread: a streaming feeder finds the newest commits there);
 /// older ones on the blocking pool.
+///
+/// Returns nothing (an empty batch) once `moved` says the link's state
+/// changed under it (the leader sent the tail itself, or failed), so that
+/// the feed loop looks again.
 pub(super) async fn next_batch(
     ctx: &Arc<Ctx>,
     cursor: Seq,
     durable: &mut tokio::sync::watch::Receiver<crate::ids::Lsn>,
+    moved: impl Fn() -> bool,
 ) -> Result<Vec<std::sync::Arc<LogRecord>>, Stop> {
     loop {
         durable.borrow_and_update();
+        if moved() {
+            return Ok(Vec::new());
+        }
         let read = match collect(ctx, cursor, false) {
             Ok(Some(b)) => Ok(Ok(b)),
             Err(e) => Ok(Err(e)),

@@ -153,6 +153,71 @@ impl Conn {
         }
     }
 
+    /// The connection in two halves, for a replication link whose batches
+    /// may be written from the thread that made them durable (see
+    /// `node::tail`): the answers, read as before, and the socket's write
+    /// half. Only between requests: with an answer owed, or bytes read and
+    /// not yet decoded, the halves would lose track of the conversation.
+    pub fn split(self) -> Result<(ConnReader, tokio::net::tcp::OwnedWriteHalf), ClientError> {
+        if self.owed > 0 {
+            return Err(ClientError::Abandoned {
+                addr: self.addr.to_string(),
+            });
+        }
+        let parts = self.framed.into_parts();
+        if !parts.read_buf.is_empty() || !parts.write_buf.is_empty() {
+            return Err(ClientError::Io {
+                addr: self.addr.to_string(),
+                reason: "the node sent bytes nobody asked for".into(),
+            });
+        }
+        let (rd, wr) = parts.io.into_split();
+        Ok((
+            ConnReader {
+                addr: self.addr,
+                framed: tokio_util::codec::FramedRead::new(rd, codec()),
+            },
+            wr,
+        ))
+    }
+
+    pub fn unexpected(&self, got: &Response, want: &'static str) -> ClientError {
+        ClientError::Unexpected {
+            addr: self.addr.to_string(),
+            got: format!("{got:?}").chars().take(200).collect(),
+            want,
+        }
+    }
+}
+
+/// The reading half of a split [`Conn`].
+pub struct ConnReader {
+    addr: SocketAddr,
+    framed: tokio_util::codec::FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
+}
+
+impl ConnReader {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next response; remote errors are returned as responses.
+    pub async fn recv(&mut self) -> Result<Response, ClientError> {
+        match self.framed.next().await {
+            None => Err(ClientError::Closed {
+                addr: self.addr.to_string(),
+            }),
+            Some(Err(e)) => Err(ClientError::Io {
+                addr: self.addr.to_string(),
+                reason: e.to_string(),
+            }),
+            Some(Ok(frame)) => Response::decode(&frame).map_err(|e| ClientError::Io {
+                addr: self.addr.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     pub fn unexpected(&self, got: &Response, want: &'static str) -> ClientError {
         ClientError::Unexpected {
             addr: self.addr.to_string(),

@@ -73,7 +73,7 @@ pub(super) struct LoadStatus {
     pub started: Instant,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct FeedState {
     pub phase: String,
     pub streaming: bool,
@@ -85,6 +85,10 @@ pub(super) struct FeedState {
     pub progress_us: i64,
     pub last_error: Option<String>,
     pub connects: u64,
+    /// Batches sent while streaming, and how many of them the thread that
+    /// made the log's tail durable sent itself (see `tail`).
+    pub batches: u64,
+    pub batches_by_committer: u64,
     /// Since when the link has been down, and how many reconnects failed
     /// (the first loss is logged as a warning, its end too).
     pub down: Option<(Instant, u32)>,

@@ -25,6 +25,7 @@ mod recovery;
 mod report;
 mod session;
 mod stream;
+mod tail;
 pub mod task;
 mod view;
 

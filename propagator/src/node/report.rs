@@ -27,7 +27,9 @@ impl Task {
             .iter()
             .map(|f| {
                 let ctl = control.of(f.name());
-                let s = lock(&f.st);
+                // A copy: the reads below may take a while, and the feeder
+                // (or the committing thread sending its tail) must not wait.
+                let s = lock(&f.st).clone();
                 let lag_records = master_seq.0.saturating_sub(s.confirmed.0);
                 let oldest_us = if lag_records > 0 {
                     ctx.db
@@ -117,6 +119,8 @@ impl Task {
                     last_error: s.last_error.clone(),
                     errors_logged: ctl.errors.len() as u64,
                     connects: s.connects,
+                    batches_sent: s.batches,
+                    batches_sent_by_committer: s.batches_by_committer,
                 }
             })
             .collect();

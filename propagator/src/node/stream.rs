@@ -4,13 +4,13 @@
 //! what the policy says (retry with backoff, error state, or stop).
 
 use super::batch::next_batch;
+use super::client::ConnReader;
 use super::control::{Anchor, LoadOrder, Policy};
 use super::feeder::*;
-use super::view::transform;
+use super::tail::Tail;
 use crate::digest::FileMeta;
 use crate::ids::{Fnr, Seq};
-use crate::wire::LinkRequest;
-use crate::wire::{Confirmation, ErrorCode, Request, Response};
+use crate::wire::{ErrorCode, Response};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,7 +236,7 @@ pub(super) async fn save_anchor(ctx: &Arc<Ctx>, f: &Arc<Feeder>) {
 pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> Stop {
     let rep = &f.rep;
     let name = f.name().to_string();
-    let mut stop_rx = f.stop.subscribe();
+    let stop_rx = f.stop.subscribe();
     let (mut conn, state) = match open_link(ctx, rep).await {
         Ok(x) => x,
         Err(s) => return s,
@@ -267,7 +267,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
         (Some(o), Some(c)) if c.loaded_by.as_deref() == Some(o.id.as_str()) => Some(o.clone()),
         _ => None,
     };
-    let (conf_seq, mut expected) = if let Some(p) = state.load.clone() {
+    let (conf_seq, expected) = if let Some(p) = state.load.clone() {
         let order = order.filter(|o| o.id == p.id);
         match super::load::run_load(ctx, f, &mut conn, super::load::Start::Resume(p, order)).await {
             Ok(x) => x,
@@ -353,10 +353,41 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     if anchored.is_none_or(|a| a.def != f.def_hash) {
         save_anchor(ctx, f).await;
     }
+    // The link's send side, shared with the group commit's leader: it
+    // sends a short durable tail itself (see `tail`).
+    let (mut reader, writer) = match conn.split() {
+        Ok(x) => x,
+        Err(e) => return link_err(e),
+    };
+    let tail = Arc::new(Tail::new(
+        ctx.clone(),
+        f.clone(),
+        writer,
+        conf_seq,
+        expected,
+    ));
+    let hook: Arc<dyn crate::database::IdleDurable> = tail.clone();
+    ctx.db.on_idle_durable(Arc::downgrade(&hook));
+    let stop = stream(ctx, f, attempt, &mut reader, &tail, conf_seq, stop_rx).await;
+    // The leader sends nothing more on this link.
+    lock(&tail.side).open = false;
+    stop
+}
+
+/// Streams whole master transactions to a checked replicate from `conf_seq`
+/// on, and checks every answer; returns why it ended.
+async fn stream(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    attempt: &mut u32,
+    reader: &mut ConnReader,
+    tail: &Arc<Tail>,
+    conf_seq: Seq,
+    mut stop_rx: tokio::sync::watch::Receiver<Option<String>>,
+) -> Stop {
+    let rep = &f.rep;
+    let name = f.name().to_string();
     let mut last_anchor = Instant::now();
-    let mut cursor = conf_seq;
-    let mut inflight: VecDeque<(Seq, FileMeta, usize)> = VecDeque::new();
-    let mut inflight_bytes = 0usize;
     // Applied on the replicate, not yet reported durable there: the
     // master's expected state after each (confirmed once durable).
     let mut unconfirmed: VecDeque<(Seq, FileMeta)> = VecDeque::new();
@@ -365,26 +396,44 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     let mut reported = conf_seq;
     let mut durable = ctx.db.subscribe_durable();
     let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
+    // Asked to stop before streaming began: the leader sends nothing.
+    lock(&tail.side).open = stopping.is_none();
     loop {
-        // Idle: nothing in flight and everything applied confirmed.
-        let idle = inflight.is_empty() && unconfirmed.is_empty();
+        let (cursor, idle, can_send, blocked) = {
+            let mut side = lock(&tail.side);
+            if let Some(stop) = side.failed.take() {
+                return stop;
+            }
+            // Idle: nothing in flight and everything applied confirmed.
+            let idle = side.inflight.is_empty() && unconfirmed.is_empty();
+            (
+                side.cursor,
+                idle,
+                side.can_send(ctx.window) && stopping.is_none(),
+                side.blocked(),
+            )
+        };
         if let Some(why) = &stopping {
             if idle {
                 return Stop::Stopped(why.clone());
             }
         }
-        // Batches in flight: up to the window, and while more than one,
-        // up to MAX_INFLIGHT_BYTES of images (at the tail batches are
-        // small and many; in a drain they are large).
-        let can_send = inflight.len() < ctx.window
-            && (inflight.is_empty() || inflight_bytes < MAX_INFLIGHT_BYTES)
-            && stopping.is_none();
         tokio::select! {
             changed = stop_rx.changed(), if stopping.is_none() => {
                 stopping = match changed {
                     Ok(()) => stop_rx.borrow().clone(),
                     Err(_) => Some("task dropped".into()),
                 };
+                if stopping.is_some() {
+                    lock(&tail.side).open = false;
+                }
+            }
+            // A batch the socket did not take at once: the rest of it, as
+            // soon as it takes more.
+            w = tail.writable(), if blocked => {
+                if let Err(stop) = w.and_then(|()| tail.flush(&mut lock(&tail.side))) {
+                    return stop;
+                }
             }
             // Acknowledgements; and while nothing is in flight, the
             // connection is watched too: anything the replicate sends then,
@@ -393,40 +442,42 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
             // keeps reporting a stale confirmation as current.
             resp = async {
                 if idle {
-                    Ok(conn.recv().await)
+                    Ok(reader.recv().await)
                 } else {
-                    tokio::time::timeout(ACK_TIMEOUT, conn.recv()).await
+                    tokio::time::timeout(ACK_TIMEOUT, reader.recv()).await
                 }
             } => {
-                if idle {
-                    return Stop::Link(match resp {
-                        Ok(Err(e)) => format!("the link went down while idle: {e}"),
-                        Ok(Ok(other)) => format!("unexpected message while idle: {other:?}"),
-                        Err(_) => "the link timed out while idle".into(),
-                    });
-                }
                 let resp = match resp {
                     Err(_) => return Stop::Link(format!(
                         "no acknowledgement from {} for {} s", rep.address, ACK_TIMEOUT.as_secs()
                     )),
+                    Ok(Err(e)) if idle => return Stop::Link(format!("the link went down while idle: {e}")),
                     Ok(Err(e)) => return link_err(e),
                     Ok(Ok(r)) => r,
                 };
+                {
+                let mut side = lock(&tail.side);
+                // Idle when the wait began, but the leader may have sent
+                // since: only an answer to nothing ends the link.
+                if side.inflight.is_empty() && unconfirmed.is_empty() {
+                    return Stop::Link(format!("unexpected message while idle: {resp:?}"));
+                }
                 match resp {
                     Response::Synced { durable_seq } => {
                         // A sync the replicate reports unasked, between its answers.
-                        if durable_seq > cursor {
+                        if durable_seq > side.cursor {
                             return Stop::Link(format!(
-                                "reported seq {durable_seq} durable, beyond the last sent ({cursor})"
+                                "reported seq {durable_seq} durable, beyond the last sent ({})",
+                                side.cursor
                             ));
                         }
                         reported = reported.max(durable_seq);
                     }
                     Response::Applied { applied_seq, durable_seq, digest, count, .. } => {
-                        let Some((want_seq, want, sent_bytes)) = inflight.pop_front() else {
+                        let Some((want_seq, want, sent_bytes)) = side.inflight.pop_front() else {
                             return Stop::Link("acknowledgement with nothing in flight".into());
                         };
-                        inflight_bytes -= sent_bytes;
+                        side.inflight_bytes -= sent_bytes;
                         if applied_seq != want_seq || durable_seq > applied_seq {
                             return Stop::Link(format!(
                                 "acknowledged applied seq {applied_seq}, durable seq {durable_seq}; expected {want_seq}"
@@ -454,11 +505,12 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                         } else {
                             format!(" (it has {} gap record(s) from confirm set: a reinit clears them)", gaps.len())
                         };
-                        let at = inflight.front().map_or(cursor, |b| b.0);
+                        let at = side.inflight.front().map_or(side.cursor, |b| b.0);
                         return Stop::Fatal(format!("replicate {name} at seq {at}: {message}{hint}"));
                     }
                     Response::Error { message, .. } => return Stop::Link(message),
-                    other => return Stop::Link(conn.unexpected(&other, "Applied").to_string()),
+                    other => return Stop::Link(reader.unexpected(&other, "Applied").to_string()),
+                }
                 }
                 // Confirmed means durable on the replicate.
                 let mut confirmed = None;
@@ -484,76 +536,28 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                     }
                 }
             }
-            batch = next_batch(ctx, cursor, &mut durable), if can_send => {
+            batch = next_batch(ctx, cursor, &mut durable, || {
+                let side = lock(&tail.side);
+                side.cursor != cursor || side.failed.is_some()
+            }), if can_send => {
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => return e,
                 };
-                let Some(last) = batch.last() else { continue };
-                let (last_seq, incarnation, time_us) = (last.seq, last.incarnation, last.time_us);
-                let bytes: usize = batch.iter().map(|r| r.image_bytes()).sum();
-                let mut changes = Vec::new();
-                let mut txn_ends = Vec::new();
-                let mut touched = false;
-                for rec in &batch {
-                    match transform(rep, rec) {
-                        Ok(Some(c)) => {
-                            touched = true;
-                            expected.change(
-                                c.isn,
-                                c.before.as_deref().map(|b| b.as_slice()),
-                                c.after.as_deref().map(|b| b.as_slice()),
-                            );
-                            changes.push(c);
-                        }
-                        Ok(None) => {}
-                        Err(e) => return Stop::Fatal(format!(
-                            "master {} seq {}: {e}", ctx.master.name, rec.seq
-                        )),
-                    }
-                    if rec.part == rec.parts {
-                        if touched {
-                            txn_ends.push((rec.seq, rec.time_us));
-                        }
-                        touched = false;
-                    }
+                if batch.is_empty() {
+                    continue;
                 }
-                let exact = !rep.is_partial() && ctx.control.replicate(&name).gaps.is_empty();
-                if exact {
-                    let (mc, md) = (last.master_count, last.master_digest);
-                    if (mc, md) != (expected.count, expected.digest) {
-                        return Stop::Fatal(format!(
-                            "replicate {name} at seq {last_seq}: the changes shipped give digest {} over {} records, but the master's log says {md} over {mc}; the replicate needs a reinit",
-                            expected.digest, expected.count
-                        ));
-                    }
+                let mut side = lock(&tail.side);
+                // The leader may have sent meanwhile and filled the window:
+                // the batch is read again once there is room.
+                if !side.can_send(ctx.window) {
+                    continue;
                 }
-                let req = Request::Link(LinkRequest::LinkApply {
-                    follows: cursor,
-                    changes,
-                    confirmation: Confirmation {
-                        replicate: name.clone(),
-                        master_db: ctx.db.dbid(),
-                        master: Fnr(ctx.master.file),
-                        seq: last_seq,
-                        incarnation,
-                        master_time_us: time_us,
-                        digest: expected.digest,
-                        count: expected.count,
-                        applied_us: 0,
-                        loaded_by: None,
-                    },
-                    txn_ends,
-                });
-                if let Err(stop) = timed("sending a batch", conn.send(&req)).await {
+                let sent = tail.send(&mut side, batch, false);
+                drop(side);
+                if let Err(stop) = sent {
                     return stop;
                 }
-                inflight.push_back((last_seq, expected, bytes));
-                inflight_bytes += bytes;
-                // The cursor only moves forward: a batch never repeats a seq.
-                debug_assert!(last_seq > cursor, "batch ends at {last_seq}, cursor at {cursor}");
-                cursor = last_seq;
-                lock(&f.st).sent = cursor;
             }
         }
     }

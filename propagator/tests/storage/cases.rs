@@ -1733,3 +1733,67 @@ proptest::proptest! {
         proptest::prop_assert_eq!(replay_log(&db), state);
     }
 }
+
+/// What an idle-durable hook saw: the LSN it was run for, the durable LSN
+/// readers saw meanwhile, and the thread that ran it.
+type Runs = Arc<std::sync::Mutex<Vec<(propagator::Lsn, propagator::Lsn, std::thread::ThreadId, bool)>>>;
+/// What the hook saw, the database, and a durable watch receiver marked
+/// seen before each commit.
+struct Seen(
+    Runs,
+    Database,
+    Arc<std::sync::Mutex<tokio::sync::watch::Receiver<propagator::Lsn>>>,
+);
+
+impl propagator::database::IdleDurable for Seen {
+    fn durable(&self, lsn: propagator::Lsn) {
+        let readers = *self.1.subscribe_durable().borrow();
+        // Woken already? (Receivers are woken after the hooks.)
+        let woken = self.2.lock().expect("lock").has_changed().unwrap_or(true);
+        self.0
+            .lock()
+            .expect("lock")
+            .push((lsn, readers, std::thread::current().id(), woken));
+    }
+}
+
+#[test]
+fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let runs = Runs::default();
+    let rx = Arc::new(std::sync::Mutex::new(db.subscribe_durable()));
+    let hook: Arc<dyn propagator::database::IdleDurable> =
+        Arc::new(Seen(runs.clone(), db.clone(), rx.clone()));
+    db.on_idle_durable(Arc::downgrade(&hook));
+    let mut durable = db.subscribe_durable();
+    durable.borrow_and_update();
+    let mut lsns = Vec::new();
+    for q in 0..3 {
+        rx.lock().expect("lock").borrow_and_update();
+        let mut s = db.session();
+        s.store(MASTER, None, rec(&[("qty", q)])).expect("store");
+        lsns.push(s.et(None).expect("et").lsn);
+        // The durable watch's receivers are woken once the hooks ran.
+        assert!(durable.has_changed().expect("watch"), "commit {q} woke nobody");
+        durable.borrow_and_update();
+        if let Some(h) = runs.lock().expect("lock").last() {
+            assert!(!h.3, "commit {q}: receivers were woken before the hooks ran");
+        }
+    }
+    // A lone commit's leader is its own thread: it ran the hook for its
+    // LSN before returning, and readers saw that LSN durable already.
+    let me = std::thread::current().id();
+    let got = runs.lock().expect("lock").clone();
+    assert_eq!(
+        got,
+        lsns.iter().map(|l| (*l, *l, me, false)).collect::<Vec<_>>(),
+        "hooks run"
+    );
+    // A dropped hook is forgotten: it is not run again.
+    drop(hook);
+    let mut s = db.session();
+    s.store(MASTER, None, rec(&[("qty", 9)])).expect("store");
+    s.et(None).expect("et");
+    assert_eq!(runs.lock().expect("lock").len(), 3);
+}
