@@ -303,7 +303,7 @@ impl Session {
         }
         let ops = std::mem::take(&mut self.ops);
         self.local.clear();
-        self.db.commit_queued(vec![], ops, client_id)
+        self.db.commit_queued(vec![], ops, client_id, false)
     }
 
     /// BT: backs out the open transaction.

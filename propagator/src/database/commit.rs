@@ -176,33 +176,24 @@ impl Database {
         ops: Vec<Op>,
         client_id: Option<String>,
     ) -> Result<CommitInfo, DbError> {
-        self.commit_queued(catalog, ops, client_id)?.wait()
+        self.commit_queued(catalog, ops, client_id, false)?.wait()
     }
 
     /// Resolves a transaction, publishes it and queues it for the group
     /// commit; the answer waits for its sync. Later transactions (of this
     /// session or any other) see it at once and commit after it: were its
     /// sync to fail, the database is poisoned and every later commit fails
-    /// too, so none is acknowledged without the ones before it.
+    /// too, so none is acknowledged without the ones before it. `linger`:
+    /// nobody waits on its sync (a replication link's batch), which may then
+    /// wait for company (see the writer's LINGER).
     pub(crate) fn commit_queued(
         &self,
         catalog: Vec<CatalogOp>,
         ops: Vec<Op>,
         client_id: Option<String>,
+        linger: bool,
     ) -> Result<PendingCommit, DbError> {
         self.check_poisoned()?;
-        // A replication link's batch (a confirmation guarded by the seq it
-        // follows, no client id): nobody waits on its sync, which may
-        // linger for company (see the writer's LINGER).
-        let linger_ok = client_id.is_none()
-            && catalog.is_empty()
-            && matches!(
-                ops.first(),
-                Some(Op::Put {
-                    follows: Some(super::PutGuard::Seq(_)),
-                    ..
-                })
-            );
         if let Some(id) = &client_id {
             if id.is_empty() || id.len() > 128 {
                 return Err(DbError::BadClientId(id.len()));
@@ -329,7 +320,7 @@ impl Database {
             st.last_lsn = lsn;
             st.last_time_us = time_us;
             let job = Job {
-                linger: linger_ok,
+                linger,
                 lsn,
                 payload,
                 records: derived.records,

@@ -19,19 +19,32 @@ impl Database {
         changes: Vec<ReplicatedChange>,
         confirmation: (Fnr, Isn, Record),
     ) -> Result<CommitInfo, DbError> {
-        self.apply_replicated_queued(replicate, follows, changes, confirmation)?
+        // Its caller waits for the sync: it does not linger.
+        self.queue_replicated(replicate, follows, changes, confirmation, false)?
             .wait()
     }
 
     /// [`Database::apply_replicated`] without waiting for the sync: the
     /// batch is visible and queued, and the next batch (which must follow
-    /// its confirmation) may be applied behind it at once.
+    /// its confirmation) may be applied behind it at once. Nobody waits on
+    /// its sync, which may linger for the batches behind it.
     pub fn apply_replicated_queued(
         &self,
         replicate: Fnr,
         follows: Seq,
         changes: Vec<ReplicatedChange>,
         confirmation: (Fnr, Isn, Record),
+    ) -> Result<super::PendingCommit, DbError> {
+        self.queue_replicated(replicate, follows, changes, confirmation, true)
+    }
+
+    fn queue_replicated(
+        &self,
+        replicate: Fnr,
+        follows: Seq,
+        changes: Vec<ReplicatedChange>,
+        confirmation: (Fnr, Isn, Record),
+        linger: bool,
     ) -> Result<super::PendingCommit, DbError> {
         let (cfnr, cisn, rec) = confirmation;
         let mut ops = vec![Op::Put {
@@ -50,7 +63,7 @@ impl Database {
                     after,
                 }),
         );
-        self.commit_queued(Vec::new(), ops, None)
+        self.commit_queued(Vec::new(), ops, None, linger)
     }
 
     /// Replaces a replicate's records in the isn range `[from, to)` (`to`

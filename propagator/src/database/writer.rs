@@ -701,7 +701,8 @@ impl LogSide {
         // The durable watch's receivers are woken once the leader knows
         // whether it leads on, unless a step below may wait (the applier
         // behind, a new segment to start): then now.
-        if self.backlog.would_wait(bytes) || self.writer.needs_rotation() {
+        let rotate = self.writer.needs_rotation();
+        if rotate || self.backlog.would_wait(bytes) {
             notify_durable(shared);
         }
         self.backlog.add(bytes);
@@ -717,7 +718,7 @@ impl LogSide {
                 poison(shared, "the page-store applier stopped".into());
             }
         }
-        if self.writer.needs_rotation() {
+        if rotate {
             if let Err(e) = self.writer.rotate(&self.cps.checkpoint(false)) {
                 // This group is durable; the next one fails.
                 poison(shared, format!("cannot start a new log segment: {e}"));

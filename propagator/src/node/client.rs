@@ -101,10 +101,7 @@ impl Conn {
     }
 
     fn io(&self, reason: impl ToString) -> ClientError {
-        ClientError::Io {
-            addr: self.addr.to_string(),
-            reason: reason.to_string(),
-        }
+        io_err(self.addr, reason)
     }
 
     /// Sends a request without waiting for its response (pipelining).
@@ -121,16 +118,11 @@ impl Conn {
 
     /// The next response; remote errors are returned as responses.
     pub async fn recv(&mut self) -> Result<Response, ClientError> {
-        match self.framed.next().await {
-            None => Err(ClientError::Closed {
-                addr: self.addr.to_string(),
-            }),
-            Some(Err(e)) => Err(self.io(e)),
-            Some(Ok(frame)) => {
-                self.owed = self.owed.saturating_sub(1);
-                Response::decode(&frame).map_err(|e| self.io(e))
-            }
+        let frame = self.framed.next().await;
+        if matches!(frame, Some(Ok(_))) {
+            self.owed = self.owed.saturating_sub(1);
         }
+        answer(self.addr, frame)
     }
 
     /// One request and its response; a remote error becomes `Err`. Refused
@@ -182,11 +174,36 @@ impl Conn {
     }
 
     pub fn unexpected(&self, got: &Response, want: &'static str) -> ClientError {
-        ClientError::Unexpected {
-            addr: self.addr.to_string(),
-            got: format!("{got:?}").chars().take(200).collect(),
-            want,
-        }
+        unexpected(self.addr, got, want)
+    }
+}
+
+/// A frame read from node `addr` (or the end of the connection) as its answer.
+fn answer(
+    addr: SocketAddr,
+    frame: Option<Result<bytes::BytesMut, std::io::Error>>,
+) -> Result<Response, ClientError> {
+    match frame {
+        None => Err(ClientError::Closed {
+            addr: addr.to_string(),
+        }),
+        Some(Err(e)) => Err(io_err(addr, e)),
+        Some(Ok(frame)) => Response::decode(&frame).map_err(|e| io_err(addr, e)),
+    }
+}
+
+fn io_err(addr: SocketAddr, reason: impl ToString) -> ClientError {
+    ClientError::Io {
+        addr: addr.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn unexpected(addr: SocketAddr, got: &Response, want: &'static str) -> ClientError {
+    ClientError::Unexpected {
+        addr: addr.to_string(),
+        got: format!("{got:?}").chars().take(200).collect(),
+        want,
     }
 }
 
@@ -197,33 +214,13 @@ pub struct ConnReader {
 }
 
 impl ConnReader {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// The next response; remote errors are returned as responses.
     pub async fn recv(&mut self) -> Result<Response, ClientError> {
-        match self.framed.next().await {
-            None => Err(ClientError::Closed {
-                addr: self.addr.to_string(),
-            }),
-            Some(Err(e)) => Err(ClientError::Io {
-                addr: self.addr.to_string(),
-                reason: e.to_string(),
-            }),
-            Some(Ok(frame)) => Response::decode(&frame).map_err(|e| ClientError::Io {
-                addr: self.addr.to_string(),
-                reason: e.to_string(),
-            }),
-        }
+        answer(self.addr, self.framed.next().await)
     }
 
     pub fn unexpected(&self, got: &Response, want: &'static str) -> ClientError {
-        ClientError::Unexpected {
-            addr: self.addr.to_string(),
-            got: format!("{got:?}").chars().take(200).collect(),
-            want,
-        }
+        unexpected(self.addr, got, want)
     }
 }
 

@@ -223,6 +223,14 @@ impl Control {
         lock(&self.state).of(name)
     }
 
+    /// Whether a replicate has gap records (without copying its record).
+    pub fn has_gaps(&self, name: &str) -> bool {
+        lock(&self.state)
+            .replicates
+            .get(name)
+            .is_some_and(|r| !r.gaps.is_empty())
+    }
+
     /// Changes the state durably (blocking: one commit), then in memory.
     pub fn update<R>(&self, f: impl FnOnce(&mut NodeControl) -> R) -> Result<R, ControlError> {
         let _w = lock(&self.write);

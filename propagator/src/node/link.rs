@@ -370,22 +370,19 @@ impl Node {
             .map(crate::wire::ReplChange::image_bytes)
             .sum();
         let small = changes.len() <= INLINE_CHANGES && bytes <= INLINE_BYTES;
+        let queue = move || {
+            let q = queue_batch(&db, &link, follows, changes, &conf);
+            drop(owner);
+            q
+        };
         let queued = if small {
             // A small batch (what a link carries at the tail) is resolved
             // and queued right here, without a thread hand-off: queueing
             // never waits for the log, and a few records' before-images
             // are read in microseconds.
-            let q = queue_batch(&db, &link, follows, changes, &conf);
-            drop(owner);
-            q
+            queue()
         } else {
-            let q = tokio::task::spawn_blocking(move || {
-                let q = queue_batch(&db, &link, follows, changes, &conf);
-                drop(owner);
-                q
-            })
-            .await;
-            match q {
+            match tokio::task::spawn_blocking(queue).await {
                 Ok(q) => q,
                 Err(e) => return Step::Now(Response::error(errors::Internal(e.to_string()))),
             }

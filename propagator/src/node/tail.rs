@@ -185,7 +185,7 @@ impl Tail {
                 touched = false;
             }
         }
-        let exact = !rep.is_partial() && ctx.control.replicate(name).gaps.is_empty();
+        let exact = !rep.is_partial() && !ctx.control.has_gaps(name);
         if exact {
             let (mc, md) = (last.master_count, last.master_digest);
             if (mc, md) != (expected.count, expected.digest) {
