@@ -633,6 +633,11 @@ pub struct ReplicateReport {
     /// instead of waking the feeder to send them.
     #[serde(default)]
     pub batches_sent_by_committer: u64,
+    /// Log records its feeder read on (re)connects to work out what the
+    /// replicate should hold (a partial replicate's state rolled forward
+    /// from its last anchor): what makes a reconnect slow.
+    #[serde(default)]
+    pub expected_rolled_forward: u64,
 }
 
 /// A load as its feeder sees it.

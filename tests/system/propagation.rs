@@ -9,8 +9,8 @@ use propagator::confirmation::confirmation_from_record;
 use propagator::exec::ExecTarget;
 use propagator::node::client::Client;
 use propagator::wire::ReplicaState;
+use propagator::wire::{AdminRequest, Request, Response};
 use propagator::wire::{OperationRequest, ReadRequest};
-use propagator::wire::{Request, Response};
 use propagator::{Fnr, Isn, Record, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -831,4 +831,52 @@ fn a_batch_is_answered_once_applied_and_its_reported_sync_survives_kill_9() {
     for s in at + 1..=last {
         assert!(full.contains_key(&Isn(900_000 + s)), "seq {s}'s record");
     }
+}
+
+/// Installing a topology restarts the master's task. Each new feeder starts
+/// from what the old one knew of its replicate's expected state: a partial
+/// replicate's is not rolled forward again from its anchor (the whole log
+/// since the stream began, here), and the digests still check out.
+#[test]
+fn a_new_topology_keeps_what_the_feeders_knew_of_their_replicates() {
+    let s = seed("new_topology");
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let mut rng = fastrand::Rng::with_seed(s);
+    let mut c = cl.master().client().expect("client");
+    let (mut model, mut next) = (Model::new(), 1u64);
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 60, "a");
+    verify_converged(&cl, &model, &format!("seed {s}"));
+    let before = cl.task_status().expect("status");
+    let text = std::fs::read_to_string(t.path().join("topology.toml")).expect("topology");
+    let r = cl
+        .master()
+        .client()
+        .expect("client")
+        .call(&Request::Admin(AdminRequest::AdminApply { topology: text }));
+    assert!(matches!(r, Ok(Response::Text(_))), "{r:?}");
+    // New feeders (their counts start again) streaming once more.
+    let after = wait_for("the new feeders streaming", CONVERGE, || {
+        let st = cl.task_status().ok()?;
+        st.replicates
+            .iter()
+            .all(|r| r.state == ReplicaState::Online && r.connects >= 1 && r.batches_sent == 0)
+            .then_some(st)
+    });
+    for r in &after.replicates {
+        assert_eq!(
+            r.expected_rolled_forward,
+            0,
+            "{}: {} log records read again on connect (before the new topology: {:?})",
+            r.name,
+            r.expected_rolled_forward,
+            before
+                .replicates
+                .iter()
+                .map(|b| (&b.name, b.confirmed_seq))
+                .collect::<Vec<_>>()
+        );
+    }
+    commit_some(&mut c, &mut rng, &mut model, &mut next, 20, "b");
+    verify_converged(&cl, &model, &format!("seed {s}, after the new topology"));
 }

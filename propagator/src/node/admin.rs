@@ -140,7 +140,7 @@ impl Node {
             return Response::error(format!("installing the topology on database {me}: {e}"));
         }
         self.control.set_admin(admin);
-        self.start_tasks(&v, true);
+        self.start_tasks(&v, true, true);
         self.set_topology(v);
         Response::Ok
     }

@@ -165,7 +165,7 @@ impl Node {
             listening: Mutex::new(None),
         });
         if let Some(v) = stored {
-            node.start_tasks(&v, true);
+            node.start_tasks(&v, true, false);
             node.set_topology(v);
         }
         Ok(node)
@@ -204,11 +204,20 @@ impl Node {
     }
 
     /// (Re)creates this node's tasks from `v`; their feeders run only if
-    /// `run` (a recovery rebuilds them stopped).
-    fn start_tasks(self: &Arc<Self>, v: &Valid, run: bool) {
+    /// `run` (a recovery rebuilds them stopped). `keep`: the log is the one
+    /// the old tasks fed from (a new topology), so what each feeder knew of
+    /// its replicate's expected state carries over to the replicate's new
+    /// feeder, unless its definition changed; without it, a partial
+    /// replicate's feeder would roll its expected state forward from its
+    /// last anchor.
+    fn start_tasks(self: &Arc<Self>, v: &Valid, run: bool, keep: bool) {
         let mut tasks = lock(&self.tasks);
+        let mut known = BTreeMap::new();
         for (_, t) in std::mem::take(&mut *tasks) {
             t.abort();
+            if keep {
+                known.extend(t.expected_states());
+            }
         }
         for (m, def, reps) in v.tasks_on(self.db.dbid()) {
             if reps.is_empty() {
@@ -221,6 +230,7 @@ impl Node {
                 reps,
                 self.control.clone(),
                 run,
+                &known,
             );
             tasks.insert(Fnr(m.file), Arc::new(t));
         }

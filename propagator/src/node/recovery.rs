@@ -173,7 +173,7 @@ impl Node {
         }
         let v = lock(&self.topology).clone();
         if let Some(v) = v {
-            self.start_tasks(&v, false);
+            self.start_tasks(&v, false, false);
         }
     }
 }

@@ -121,6 +121,7 @@ impl Task {
                     connects: s.connects,
                     batches_sent: s.batches,
                     batches_sent_by_committer: s.batches_by_committer,
+                    expected_rolled_forward: s.rolled_forward,
                 }
             })
             .collect();

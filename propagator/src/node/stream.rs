@@ -387,7 +387,7 @@ async fn stream(
 ) -> Stop {
     let rep = &f.rep;
     let name = f.name().to_string();
-    let mut last_anchor = Instant::now();
+    let (mut last_anchor, mut anchored) = (Instant::now(), conf_seq);
     // Applied on the replicate, not yet reported durable there: the
     // master's expected state after each (confirmed once durable).
     let mut unconfirmed: VecDeque<(Seq, FileMeta)> = VecDeque::new();
@@ -530,8 +530,10 @@ async fn stream(
                     // The link works: the next loss backs off from the start.
                     *attempt = 0;
                     *lock(&f.expected) = Some((seq, want));
-                    if last_anchor.elapsed() >= ANCHOR_EVERY {
-                        last_anchor = Instant::now();
+                    if last_anchor.elapsed() >= ANCHOR_EVERY
+                        || seq.0.saturating_sub(anchored.0) >= ANCHOR_RECORDS
+                    {
+                        (last_anchor, anchored) = (Instant::now(), seq);
                         save_anchor(ctx, f).await;
                     }
                 }

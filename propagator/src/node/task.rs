@@ -32,8 +32,10 @@ use super::control::Control;
 use super::feeder::*;
 use super::stream::run;
 use crate::database::Database;
+use crate::digest::FileMeta;
 use crate::ids::{Fnr, Seq};
 use crate::topology::{MasterDef, Replicate, TaskDef};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +54,7 @@ impl Task {
         reps: Vec<Replicate>,
         control: Arc<Control>,
         run: bool,
+        known: &BTreeMap<(String, u128), (Seq, FileMeta)>,
     ) -> Task {
         let ctx = Arc::new(Ctx {
             db,
@@ -66,8 +69,10 @@ impl Task {
         let feeders = reps
             .into_iter()
             .map(|rep| {
+                let def_hash = definition_hash(&rep);
+                let expected = known.get(&(rep.def.name.clone(), def_hash)).copied();
                 Arc::new(Feeder {
-                    def_hash: definition_hash(&rep),
+                    def_hash,
                     rep,
                     st: Mutex::new(FeedState {
                         phase: "starting".into(),
@@ -77,7 +82,7 @@ impl Task {
                     confirmed: tokio::sync::watch::channel(Seq(0)).0,
                     applied: tokio::sync::watch::channel(Seq(0)).0,
                     handle: Mutex::new(None),
-                    expected: Mutex::new(None),
+                    expected: Mutex::new(expected),
                     stop: tokio::sync::watch::channel(None).0,
                     refusal: Mutex::new(None),
                 })
@@ -88,6 +93,15 @@ impl Task {
             t.start_feeders();
         }
         t
+    }
+
+    /// What each feeder knows of its replicate's expected state: by name
+    /// and definition.
+    pub(super) fn expected_states(&self) -> Vec<((String, u128), (Seq, FileMeta))> {
+        self.feeders
+            .iter()
+            .filter_map(|f| Some(((f.name().to_string(), f.def_hash), (*lock(&f.expected))?)))
+            .collect()
     }
 
     pub fn master(&self) -> Fnr {
