@@ -272,7 +272,11 @@ pub(crate) struct Shared {
 /// no other group waits: a streaming feeder sends the tail it was waiting
 /// for from the thread that synced it, without waking the reactor first.
 pub trait IdleDurable: Send + Sync {
-    fn durable(&self, lsn: Lsn);
+    /// Prepares what to send now that `lsn` is durable; whether there is
+    /// anything to [`IdleDurable::flush`].
+    fn durable(&self, lsn: Lsn) -> bool;
+    /// Sends what `durable` prepared.
+    fn flush(&self) {}
 }
 
 /// The newest records of a log file, as the commits that derived them made

@@ -139,6 +139,17 @@ impl Tail {
         batch: Vec<Arc<LogRecord>>,
         by_committer: bool,
     ) -> Result<(), Stop> {
+        self.queue(side, batch, by_committer)?;
+        self.flush(side)
+    }
+
+    /// [`Tail::send`] up to the socket: the frame waits in `pending`.
+    fn queue(
+        &self,
+        side: &mut SendSide,
+        batch: Vec<Arc<LogRecord>>,
+        by_committer: bool,
+    ) -> Result<(), Stop> {
         let ctx = &self.ctx;
         let rep = &self.f.rep;
         let name = self.f.name();
@@ -232,18 +243,18 @@ impl Tail {
             st.batches += 1;
             st.batches_by_committer += u64::from(by_committer);
         }
-        self.flush(side)
+        Ok(())
     }
 }
 
 impl IdleDurable for Tail {
     /// The leader's pass: a short durable tail the feed loop has not sent
     /// yet goes out from this thread.
-    fn durable(&self, _lsn: Lsn) {
+    fn durable(&self, _lsn: Lsn) -> bool {
         let mut side = match self.side.try_lock() {
             Ok(side) => side,
             // The feed loop holds it: it is sending already.
-            Err(std::sync::TryLockError::WouldBlock) => return,
+            Err(std::sync::TryLockError::WouldBlock) => return false,
             // A panic while sending: the link's state cannot be trusted.
             Err(std::sync::TryLockError::Poisoned(p)) => {
                 let mut side = p.into_inner();
@@ -253,20 +264,32 @@ impl IdleDurable for Tail {
                         "internal error: a send on this link panicked".into(),
                     ));
                 }
-                return;
+                return false;
             }
         };
         if !side.open || !side.can_send(self.ctx.window) {
-            return;
+            return false;
         }
         let max = LEADER_RECORDS.min(self.ctx.batch);
         let batch = match collect_tail(&self.ctx, side.cursor, max, LEADER_BYTES) {
             Ok(Some(b)) if !b.is_empty() => b,
             // Nothing new, not in memory, more than a short tail, or a
             // read error: the feed loop reads (and reports) it.
-            _ => return,
+            _ => return false,
         };
-        if let Err(stop) = self.send(&mut side, batch, true) {
+        match self.queue(&mut side, batch, true) {
+            Ok(()) => true,
+            Err(stop) => {
+                side.open = false;
+                side.failed = Some(stop);
+                false
+            }
+        }
+    }
+
+    fn flush(&self) {
+        let mut side = lock(&self.side);
+        if let Err(stop) = Tail::flush(self, &mut side) {
             side.open = false;
             side.failed = Some(stop);
         }

@@ -1743,10 +1743,11 @@ struct Seen(
     Runs,
     Database,
     Arc<std::sync::Mutex<tokio::sync::watch::Receiver<propagator::Lsn>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
 );
 
 impl propagator::database::IdleDurable for Seen {
-    fn durable(&self, lsn: propagator::Lsn) {
+    fn durable(&self, lsn: propagator::Lsn) -> bool {
         let readers = *self.1.subscribe_durable().borrow();
         // Woken already? (Receivers are woken after the hooks.)
         let woken = self.2.lock().expect("lock").has_changed().unwrap_or(true);
@@ -1754,6 +1755,12 @@ impl propagator::database::IdleDurable for Seen {
             .lock()
             .expect("lock")
             .push((lsn, readers, std::thread::current().id(), woken));
+        true
+    }
+
+    /// Sent after every hook prepared (here: counted).
+    fn flush(&self) {
+        self.3.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -1763,8 +1770,9 @@ fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
     let db = fresh(t.path());
     let runs = Runs::default();
     let rx = Arc::new(std::sync::Mutex::new(db.subscribe_durable()));
+    let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let hook: Arc<dyn propagator::database::IdleDurable> =
-        Arc::new(Seen(runs.clone(), db.clone(), rx.clone()));
+        Arc::new(Seen(runs.clone(), db.clone(), rx.clone(), flushed.clone()));
     db.on_idle_durable(Arc::downgrade(&hook));
     let mut durable = db.subscribe_durable();
     durable.borrow_and_update();
@@ -1790,6 +1798,8 @@ fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
         lsns.iter().map(|l| (*l, *l, me, false)).collect::<Vec<_>>(),
         "hooks run"
     );
+    // What each prepared was sent.
+    assert_eq!(flushed.load(std::sync::atomic::Ordering::SeqCst), 3);
     // A dropped hook is forgotten: it is not run again.
     drop(hook);
     let mut s = db.session();
