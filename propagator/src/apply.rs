@@ -82,6 +82,13 @@ impl<'v, V: StateView> Applier<'v, V> {
         }
     }
 
+    /// Sets the commit's time, stamped on the log records [`Self::finish`]
+    /// derives: a commit takes its time once its changes are resolved, as
+    /// PostgreSQL takes its commit timestamp at COMMIT, after the rows.
+    pub fn set_time(&mut self, time_us: i64) {
+        self.time_us = time_us;
+    }
+
     pub fn def(&self, fnr: Fnr) -> Option<FileDef> {
         self.out
             .catalog

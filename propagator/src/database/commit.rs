@@ -229,13 +229,13 @@ impl Database {
                 });
             }
             let lsn = st.last_lsn.next();
-            let time_us = chrono::Utc::now().timestamp_micros().max(st.last_time_us);
             let view = LatestView {
                 st: &st,
                 store: &shared.store,
                 prefetched: Prefetched::scan(&shared.store, &ops)?,
             };
-            let mut ap = Applier::new(&view, lsn, time_us, client_id.clone());
+            // Its time is stamped below, once its changes are resolved.
+            let mut ap = Applier::new(&view, lsn, st.last_time_us, client_id.clone());
             for op in &catalog {
                 ap.catalog_op(op);
             }
@@ -250,6 +250,11 @@ impl Database {
                 }
                 ap.change(change, false)?;
             }
+            // The commit's time: taken here, after its rows and before its
+            // log entry, as PostgreSQL takes its commit timestamp at COMMIT.
+            // Never before the previous commit's (clocks may step back).
+            let time_us = chrono::Utc::now().timestamp_micros().max(st.last_time_us);
+            ap.set_time(time_us);
             let derived = ap.finish()?;
             let rebased: Vec<Fnr> = catalog
                 .iter()

@@ -277,6 +277,12 @@ pub trait IdleDurable: Send + Sync {
     fn durable(&self, lsn: Lsn) -> bool;
     /// Sends what `durable` prepared.
     fn flush(&self) {}
+    /// Called by a leader between writing its group, which ends at `upto`,
+    /// and syncing it, when nobody waits behind it: what can be made ready
+    /// before `durable(upto)` may be made ready now, while the device
+    /// writes. Nothing may leave the node before `durable(upto)`; if the
+    /// sync fails, `durable` is never called for `upto`.
+    fn prepare(&self, _upto: Lsn) {}
 }
 
 /// The newest records of a log file, as the commits that derived them made
@@ -604,7 +610,8 @@ impl Database {
     /// Waits until every commit queued so far is in the page store.
     pub fn wait_applied(&self) -> Result<(), DbError> {
         let target = lock(&self.shared().state).last_lsn;
-        let rx = self.shared().committer.barrier(target);
+        let shared = self.shared();
+        let rx = shared.committer.barrier(shared, target);
         rx.blocking_recv().map_err(|_| DbError::Closed)?;
         self.check_poisoned()
     }

@@ -142,8 +142,24 @@ impl Database {
         Ok((!out.is_empty() || first.is_some_and(|f| f <= from)).then_some(out))
     }
 
-    /// The durable records the tail holds from `from` on, and the tail's
-    /// first seq.
+    /// [`Database::read_log_tail`] up to `upto` rather than the durable
+    /// LSN: for an idle hook's [`super::IdleDurable::prepare`], while its
+    /// leader syncs the group ending at `upto`. Nothing read this way may
+    /// leave the node before `upto` is durable.
+    pub fn read_log_tail_upto(
+        &self,
+        log: Fnr,
+        from: Seq,
+        max: usize,
+        max_bytes: usize,
+        upto: Lsn,
+    ) -> Result<Option<Vec<std::sync::Arc<LogRecord>>>, DbError> {
+        let (out, first) = self.tail_run(log, from, max, max_bytes, upto)?;
+        Ok((!out.is_empty() || first.is_some_and(|f| f <= from)).then_some(out))
+    }
+
+    /// The records the tail holds from `from` on, up to `durable`, and the
+    /// tail's first seq.
     fn tail_run(
         &self,
         log: Fnr,

@@ -26,6 +26,11 @@ pub trait Medium: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every write so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
+    /// Starts writing `len` bytes at `offset` to the device without waiting,
+    /// so that work done before [`Medium::sync`] overlaps the write. Only a
+    /// hint: nothing is durable until `sync` returns, and its failure is
+    /// `sync`'s to report.
+    fn start_sync(&self, _offset: u64, _len: u64) {}
     fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
@@ -72,6 +77,18 @@ impl Medium for FsFile {
     }
     fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    /// `posix_fadvise(DONTNEED)`, which on Linux starts the writeback of
+    /// the range's dirty pages and returns (PostgreSQL's `pg_flush_data`
+    /// falls back to it where `sync_file_range` is missing). The range was
+    /// just written, so every page of it is dirty and none is dropped.
+    fn start_sync(&self, offset: u64, len: u64) {
+        let _ = rustix::fs::fadvise(
+            &self.0,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)

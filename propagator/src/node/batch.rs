@@ -2,7 +2,7 @@
 //! whole transactions up to the batch size, waiting on the durable-LSN watch.
 
 use super::feeder::*;
-use crate::ids::Seq;
+use crate::ids::{Lsn, Seq};
 use crate::log_record::LogRecord;
 use std::sync::Arc;
 
@@ -56,16 +56,23 @@ fn collect(
 /// The durable records after `cursor` when they are a short tail, all in
 /// memory: at most `max` records and `max_bytes` of images, ending a
 /// transaction, with nothing durable after them. `None` otherwise (the
-/// feed loop's to read).
+/// feed loop's to read). `upto`: the records up to that LSN instead, which
+/// its leader is syncing (see [`crate::database::IdleDurable::prepare`]).
 pub(super) fn collect_tail(
     c: &Ctx,
     cursor: Seq,
     max: usize,
     max_bytes: usize,
+    upto: Option<Lsn>,
 ) -> Result<Option<Vec<Arc<LogRecord>>>, crate::DbError> {
-    let Some(run) =
-        c.db.read_log_tail(c.log, Seq(cursor.0 + 1), max + 1, max_bytes)?
-    else {
+    let from = Seq(cursor.0 + 1);
+    let run = match upto {
+        None => c.db.read_log_tail(c.log, from, max + 1, max_bytes)?,
+        Some(upto) => {
+            c.db.read_log_tail_upto(c.log, from, max + 1, max_bytes, upto)?
+        }
+    };
+    let Some(run) = run else {
         return Ok(None);
     };
     let bytes: usize = run.iter().map(|r| r.image_bytes()).sum();

@@ -12,6 +12,17 @@
 //! PostgreSQL's backend wakes its walsenders at this point; here the thread
 //! that synced is already running.
 //!
+//! **Built while the log syncs.** A leader nobody waits behind starts the
+//! device writing its group, has each link build its batch from the
+//! records being synced ([`IdleDurable::prepare`]), then waits for the
+//! sync. Once the group is durable, a batch built for exactly that group,
+//! on a link that has not moved since, is sent as built; anything else is
+//! built again. The build (transform, digest check, encoding: 15-30 µs a
+//! link on a core that has been idle) then overlaps the device's write
+//! rather than following it: measured, paced commit-to-visible lag p50
+//! 0.38 -> 0.35 ms (full) and 0.36 -> 0.37 ms (partial) on top of the
+//! applier's hand-off moving behind the hooks (0.43/0.42 before both).
+//!
 //! The leader only sends a short tail (what a link batch queued inline on
 //! the replicate holds); anything longer, a backlog, or a socket that would
 //! block is the feed loop's, which runs as before. Either may send a batch;
@@ -51,6 +62,27 @@ pub(super) struct SendSide {
     pub open: bool,
     /// Why the link must end, found by the leader while sending.
     pub failed: Option<Stop>,
+    /// A batch the leader made ready while syncing its records.
+    prepared: Option<Prepared>,
+}
+
+/// A batch made ready before its records were durable
+/// ([`IdleDurable::prepare`]): sent only if the leader that synced them
+/// finds the link where it was.
+struct Prepared {
+    /// The group's last LSN: the batch may leave once it is durable.
+    upto: Lsn,
+    /// The link's cursor it follows.
+    follows: Seq,
+    batch: Built,
+}
+
+/// A transformed, checked and encoded batch, not yet the link's.
+struct Built {
+    last_seq: Seq,
+    expected: FileMeta,
+    bytes: usize,
+    frame: Vec<u8>,
 }
 
 impl SendSide {
@@ -98,6 +130,7 @@ impl Tail {
                 pending: Vec::new(),
                 open: true,
                 failed: None,
+                prepared: None,
             }),
         }
     }
@@ -150,13 +183,26 @@ impl Tail {
         batch: Vec<Arc<LogRecord>>,
         by_committer: bool,
     ) -> Result<(), Stop> {
+        side.prepared = None;
+        match self.build(side, batch)? {
+            Some(b) => {
+                self.commit(side, b, by_committer);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Transforms, checks and encodes `batch` after the link's cursor,
+    /// without changing the link; `None` when nothing in it is new.
+    fn build(&self, side: &SendSide, batch: Vec<Arc<LogRecord>>) -> Result<Option<Built>, Stop> {
         let ctx = &self.ctx;
         let rep = &self.f.rep;
         let name = self.f.name();
         let first = batch.partition_point(|r| r.seq <= side.cursor);
         let batch = &batch[first..];
         let Some(last) = batch.last() else {
-            return Ok(());
+            return Ok(None);
         };
         if batch[0].seq.0 != side.cursor.0 + 1 {
             return Err(Stop::Link(format!(
@@ -229,32 +275,44 @@ impl Tail {
             .map_err(|e| Stop::Fatal(format!("sending a batch: {e}")))?;
         let len = u32::try_from(payload.len())
             .map_err(|_| Stop::Fatal(format!("a batch of {} bytes", payload.len())))?;
-        side.pending.extend_from_slice(&len.to_be_bytes());
-        side.pending.extend_from_slice(&payload);
-        // The cursor only moves forward: a batch never repeats a seq.
-        debug_assert!(last_seq > side.cursor);
-        side.cursor = last_seq;
-        side.expected = expected;
-        side.inflight.push_back((last_seq, expected, bytes));
-        side.inflight_bytes += bytes;
-        {
-            let mut st = lock(&self.f.st);
-            st.sent = last_seq;
-            st.batches += 1;
-            st.batches_by_committer += u64::from(by_committer);
+        let mut frame = Vec::with_capacity(4 + payload.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&payload);
+        Ok(Some(Built {
+            last_seq,
+            expected,
+            bytes,
+            frame,
+        }))
+    }
+
+    /// Makes a built batch the link's: its frame waits in `pending`.
+    fn commit(&self, side: &mut SendSide, b: Built, by_committer: bool) {
+        if side.pending.is_empty() {
+            side.pending = b.frame;
+        } else {
+            side.pending.extend_from_slice(&b.frame);
         }
-        Ok(())
+        // The cursor only moves forward: a batch never repeats a seq.
+        debug_assert!(b.last_seq > side.cursor);
+        side.cursor = b.last_seq;
+        side.expected = b.expected;
+        side.inflight.push_back((b.last_seq, b.expected, b.bytes));
+        side.inflight_bytes += b.bytes;
+        let mut st = lock(&self.f.st);
+        st.sent = b.last_seq;
+        st.batches += 1;
+        st.batches_by_committer += u64::from(by_committer);
     }
 }
 
-impl IdleDurable for Tail {
-    /// The leader's pass: a short durable tail the feed loop has not sent
-    /// yet goes out from this thread.
-    fn durable(&self, _lsn: Lsn) -> bool {
-        let mut side = match self.side.try_lock() {
-            Ok(side) => side,
-            // The feed loop holds it: it is sending already.
-            Err(std::sync::TryLockError::WouldBlock) => return false,
+impl Tail {
+    /// The send side, unless the feed loop holds it (it is sending already)
+    /// or a send panicked (the link is then failed).
+    fn try_side(&self) -> Option<std::sync::MutexGuard<'_, SendSide>> {
+        match self.side.try_lock() {
+            Ok(side) => Some(side),
+            Err(std::sync::TryLockError::WouldBlock) => None,
             // A panic while sending: the link's state cannot be trusted.
             Err(std::sync::TryLockError::Poisoned(p)) => {
                 let mut side = p.into_inner();
@@ -264,14 +322,60 @@ impl IdleDurable for Tail {
                         "internal error: a send on this link panicked".into(),
                     ));
                 }
-                return false;
+                None
             }
+        }
+    }
+}
+
+impl IdleDurable for Tail {
+    /// Builds the short tail the leader is syncing, as `durable` would
+    /// once it is durable; the link itself does not move.
+    fn prepare(&self, upto: Lsn) {
+        let Some(mut side) = self.try_side() else {
+            return;
         };
+        side.prepared = None;
+        if !side.open || !side.can_send(self.ctx.window) {
+            return;
+        }
+        let max = LEADER_RECORDS.min(self.ctx.batch);
+        let Ok(Some(batch)) = collect_tail(&self.ctx, side.cursor, max, LEADER_BYTES, Some(upto))
+        else {
+            return;
+        };
+        // A batch that fails its checks is built again by `durable` (or
+        // the feed loop), which reports it.
+        if let Ok(Some(batch)) = self.build(&side, batch) {
+            let follows = side.cursor;
+            side.prepared = Some(Prepared {
+                upto,
+                follows,
+                batch,
+            });
+        }
+    }
+
+    /// The leader's pass: a short durable tail the feed loop has not sent
+    /// yet goes out from this thread.
+    fn durable(&self, lsn: Lsn) -> bool {
+        let Some(mut side) = self.try_side() else {
+            return false;
+        };
+        let prepared = side.prepared.take();
         if !side.open || !side.can_send(self.ctx.window) {
             return false;
         }
+        // Made ready while this very group was synced, and the link has
+        // not moved since: everything up to `lsn` is in it.
+        if let Some(p) = prepared {
+            if p.upto == lsn && p.follows == side.cursor {
+                self.commit(&mut side, p.batch, true);
+                return true;
+            }
+        }
         let max = LEADER_RECORDS.min(self.ctx.batch);
-        let batch = match collect_tail(&self.ctx, side.cursor, max, LEADER_BYTES) {
+        let batch = match collect_tail(&self.ctx, side.cursor, max, LEADER_BYTES, None) {
             Ok(Some(b)) if !b.is_empty() => b,
             // Nothing new, not in memory, more than a short tail, or a
             // read error: the feed loop reads (and reports) it.

@@ -33,6 +33,8 @@ pub struct PlogWriter {
     allocated: u64,
     segment_size: u64,
     buf: Vec<u8>,
+    /// Where the last `append` wrote: offset and length.
+    appended: (u64, u64),
 }
 
 /// How much zeroed space is added at a time: a few MiB for real segments,
@@ -95,6 +97,7 @@ impl PlogWriter {
             allocated,
             segment_size,
             buf: Vec::new(),
+            appended: (0, 0),
         })
     }
 
@@ -134,6 +137,7 @@ impl PlogWriter {
             allocated: len.max(offset),
             segment_size,
             buf: Vec::new(),
+            appended: (0, 0),
         };
         Ok((w, zeroed))
     }
@@ -164,11 +168,18 @@ impl PlogWriter {
         self.seg
             .write_at(&self.buf, self.offset)
             .map_err(|e| LogError::io(self.path.clone(), e))?;
+        self.appended = (self.offset, self.buf.len() as u64);
         self.offset += self.buf.len() as u64;
         if self.buf.capacity() > 16 << 20 {
             self.buf = Vec::new();
         }
         Ok(())
+    }
+
+    /// Starts writing the last `append`'s frames to the device; [`Self::sync`]
+    /// still makes them durable.
+    pub fn start_sync(&self) {
+        self.seg.start_sync(self.appended.0, self.appended.1);
     }
 
     /// Makes everything appended durable (fdatasync).

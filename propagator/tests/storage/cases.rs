@@ -1737,16 +1737,25 @@ proptest::proptest! {
 /// What an idle-durable hook saw: the LSN it was run for, the durable LSN
 /// readers saw meanwhile, and the thread that ran it.
 type Runs = Arc<std::sync::Mutex<Vec<(propagator::Lsn, propagator::Lsn, std::thread::ThreadId, bool)>>>;
-/// What the hook saw, the database, and a durable watch receiver marked
-/// seen before each commit.
+/// What the hook saw, the database, a durable watch receiver marked
+/// seen before each commit, the flushes, and each `prepare`: its LSN and
+/// the durable LSN readers saw meanwhile.
 struct Seen(
     Runs,
     Database,
     Arc<std::sync::Mutex<tokio::sync::watch::Receiver<propagator::Lsn>>>,
     Arc<std::sync::atomic::AtomicUsize>,
+    Prepares,
 );
 
+type Prepares = Arc<std::sync::Mutex<Vec<(propagator::Lsn, propagator::Lsn)>>>;
+
 impl propagator::database::IdleDurable for Seen {
+    fn prepare(&self, upto: propagator::Lsn) {
+        let readers = *self.1.subscribe_durable().borrow();
+        self.4.lock().expect("lock").push((upto, readers));
+    }
+
     fn durable(&self, lsn: propagator::Lsn) -> bool {
         let readers = *self.1.subscribe_durable().borrow();
         // Woken already? (Receivers are woken after the hooks.)
@@ -1771,8 +1780,14 @@ fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
     let runs = Runs::default();
     let rx = Arc::new(std::sync::Mutex::new(db.subscribe_durable()));
     let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let hook: Arc<dyn propagator::database::IdleDurable> =
-        Arc::new(Seen(runs.clone(), db.clone(), rx.clone(), flushed.clone()));
+    let prepares = Prepares::default();
+    let hook: Arc<dyn propagator::database::IdleDurable> = Arc::new(Seen(
+        runs.clone(),
+        db.clone(),
+        rx.clone(),
+        flushed.clone(),
+        prepares.clone(),
+    ));
     db.on_idle_durable(Arc::downgrade(&hook));
     let mut durable = db.subscribe_durable();
     durable.borrow_and_update();
@@ -1800,10 +1815,46 @@ fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
     );
     // What each prepared was sent.
     assert_eq!(flushed.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // Nobody waited behind any of them: each leader had the hook prepare
+    // its group while syncing it, before readers saw it durable.
+    let before: Vec<_> = lsns.iter().map(|l| (*l, propagator::Lsn(l.0 - 1))).collect();
+    assert_eq!(*prepares.lock().expect("lock"), before, "prepares");
     // A dropped hook is forgotten: it is not run again.
     drop(hook);
     let mut s = db.session();
     s.store(MASTER, None, rec(&[("qty", 9)])).expect("store");
     s.et(None).expect("et");
     assert_eq!(runs.lock().expect("lock").len(), 3);
+}
+
+#[test]
+fn a_hook_prepared_for_a_group_whose_sync_fails_is_never_told_it_is_durable() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (mem, db) = fresh_mem(t.path());
+    let runs = Runs::default();
+    let rx = Arc::new(std::sync::Mutex::new(db.subscribe_durable()));
+    let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let prepares = Prepares::default();
+    let hook: Arc<dyn propagator::database::IdleDurable> = Arc::new(Seen(
+        runs.clone(),
+        db.clone(),
+        rx,
+        flushed.clone(),
+        prepares.clone(),
+    ));
+    db.on_idle_durable(Arc::downgrade(&hook));
+    let mut s = db.session();
+    s.store(MASTER, None, rec(&[("qty", 1)])).expect("store");
+    let good = s.et(None).expect("et").lsn;
+    mem.fail_next_sync();
+    s.store(MASTER, None, rec(&[("qty", 2)])).expect("store");
+    assert!(matches!(s.et(None), Err(DbError::Poisoned(_))));
+    // Both groups were prepared; only the synced one was said durable,
+    // and only its frame was sent.
+    let prepared: Vec<_> = prepares.lock().expect("lock").iter().map(|p| p.0).collect();
+    assert_eq!(prepared, vec![good, propagator::Lsn(good.0 + 1)]);
+    let told: Vec<_> = runs.lock().expect("lock").iter().map(|r| r.0).collect();
+    assert_eq!(told, vec![good]);
+    assert_eq!(flushed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(*db.subscribe_durable().borrow(), good);
 }
