@@ -215,7 +215,13 @@ fn hot_copy_restore_regenerate_and_damage() {
             "the log came with its master"
         );
         let dir = tmp.path().join(format!("restored{n}"));
-        restore::restore_to_dir(&dir, &area, set).expect("restore");
+        let mut seen = Vec::new();
+        restore::restore_to_dir(&dir, &area, set, &mut |p| seen.push(p.clone())).expect("restore");
+        // It says how far it has got: every record read back once to
+        // verify, then once to restore, counting up to the set's records.
+        let records: u64 = set.members.iter().map(|m| m.copy.end.meta.count).sum();
+        progressed(&seen, "verify", records, records);
+        progressed(&seen, "restore", records, records);
         let (r, _) = Database::open(&dir).expect("open restored");
         assert_eq!(
             content(&r, MASTER),
@@ -260,8 +266,15 @@ fn hot_copy_restore_regenerate_and_damage() {
         } else {
             Target::Lsn(Lsn(*p))
         };
-        let r = restore::regenerate(&db, &area, MASTER, target, Some(&into)).expect("regenerate");
+        let mut seen = Vec::new();
+        let r = restore::regenerate(&db, &area, MASTER, target, Some(&into), &mut |p| {
+            seen.push(p.clone())
+        })
+        .expect("regenerate");
         assert_eq!(r.restored.lsn, Lsn(*p));
+        // Rolled forward through every log entry from the set's LSN on.
+        let from = r.from_lsn.0;
+        progressed(&seen, "roll forward", *p - from, *p - from);
         assert_eq!(
             content(&into, MASTER),
             state_at(&hist, MASTER, Lsn(*p)),
@@ -283,8 +296,15 @@ fn hot_copy_restore_regenerate_and_damage() {
     let dir = tmp.path().join("regen-time");
     Database::init(&dir, DbId(7), None).expect("init");
     let (into, _) = Database::open(&dir).expect("open");
-    let r =
-        restore::regenerate(&db, &area, MASTER, Target::Time(mid.1), Some(&into)).expect("by time");
+    let r = restore::regenerate(
+        &db,
+        &area,
+        MASTER,
+        Target::Time(mid.1),
+        Some(&into),
+        &mut |_| {},
+    )
+    .expect("by time");
     let reached = r.restored.lsn;
     assert!(reached >= mid.0);
     assert_eq!(content(&into, MASTER), state_at(&hist, MASTER, reached));
@@ -292,7 +312,21 @@ fn hot_copy_restore_regenerate_and_damage() {
 
     // Backout of the master to that time gives the same master, and the
     // log at the seq it had then.
-    let b = restore::backout(&db, MASTER, mid.1).expect("backout");
+    let mut seen = Vec::new();
+    let b = restore::backout(&db, MASTER, mid.1, &mut |p| seen.push(p.clone())).expect("backout");
+    // It reports reading the log, then rewriting every record of the
+    // master and its log from the page store.
+    let read = seen.iter().filter(|p| p.phase == "read log").count();
+    assert!(
+        read >= 2,
+        "backout reported no reading of the log: {seen:?}"
+    );
+    let total = seen
+        .iter()
+        .find(|p| p.phase == "back out")
+        .map_or(0, |p| p.total);
+    assert!(total > 0, "{seen:?}");
+    progressed(&seen, "back out", total, total);
     assert!(b.commits > 0);
     assert_eq!(content(&db, MASTER), state_at(&hist, MASTER, reached));
     assert!(db.check().expect("check").is_ok());
@@ -308,17 +342,22 @@ fn hot_copy_restore_regenerate_and_damage() {
         let mut bad = orig.clone();
         bad[offset as usize] ^= 0x40;
         std::fs::write(&path, &bad).expect("write");
-        let e = restore::verify_set(&area, victim).expect_err("damage found");
+        let e = restore::verify_set(&area, victim, &mut |_| {}).expect_err("damage found");
         assert!(
             format!("{e:#}").contains(&m.copy.name),
             "names the file: {e:#}"
         );
-        let e = restore::restore_to_dir(&tmp.path().join(format!("no{offset}")), &area, victim)
-            .expect_err("restore refused");
+        let e = restore::restore_to_dir(
+            &tmp.path().join(format!("no{offset}")),
+            &area,
+            victim,
+            &mut |_| {},
+        )
+        .expect_err("restore refused");
         assert!(format!("{e:#}").contains(&m.copy.name), "{e:#}");
         std::fs::write(&path, &orig).expect("repair");
     }
-    restore::verify_set(&area, victim).expect("intact again");
+    restore::verify_set(&area, victim, &mut |_| {}).expect("intact again");
 
     // The horizon is the newest set's seq.
     let h = area.horizons(DbId(7)).expect("horizons");
@@ -332,7 +371,8 @@ fn regenerate_and_backout_refuse_what_the_log_does_not_cover() {
     let db = open_new(&data);
     let hist = Mutex::new(History::new());
     let area = Area::open(&tmp.path().join("area")).expect("area");
-    let e = restore::regenerate(&db, &area, MASTER, Target::End, None).expect_err("no set");
+    let e = restore::regenerate(&db, &area, MASTER, Target::End, None, &mut |_| {})
+        .expect_err("no set");
     assert!(e.to_string().contains("no copy set"), "{e}");
     fill(&db, 3000, &hist);
     take_set(&area, &db, &[MASTER]).expect("take");
@@ -343,6 +383,7 @@ fn regenerate_and_backout_refuse_what_the_log_does_not_cover() {
         MASTER,
         Target::Lsn(Lsn(db.last_lsn().0 + 50)),
         None,
+        &mut |_| {},
     )
     .expect_err("past the end");
     assert!(e.to_string().contains("past the end"), "{e:#}");
@@ -352,7 +393,7 @@ fn regenerate_and_backout_refuse_what_the_log_does_not_cover() {
         format!("{e:#}").contains("copied only with its master"),
         "{e:#}"
     );
-    let e = restore::backout(&db, LOG, 0).expect_err("log backout");
+    let e = restore::backout(&db, LOG, 0, &mut |_| {}).expect_err("log backout");
     assert!(e.to_string().contains("back out its master"), "{e}");
     db.close().expect("close");
 }
@@ -422,7 +463,8 @@ fn log_segments_are_archived_first_and_never_removed_past_the_oldest_copy() {
     let into_dir = tmp.path().join("regen");
     Database::init(&into_dir, DbId(7), None).expect("init");
     let (into, _) = Database::open(&into_dir).expect("open");
-    restore::regenerate(&db, &area, MASTER, Target::End, Some(&into)).expect("regenerate");
+    restore::regenerate(&db, &area, MASTER, Target::End, Some(&into), &mut |_| {})
+        .expect("regenerate");
     assert_eq!(content(&into, MASTER), content(&db, MASTER));
     into.close().expect("close");
     drop(src);
@@ -431,7 +473,7 @@ fn log_segments_are_archived_first_and_never_removed_past_the_oldest_copy() {
     assert!(db.check().expect("check").is_ok());
     // Backout to a time before the remaining log is refused, saying where
     // the log starts now.
-    let e = restore::backout(&db, MASTER, 0).expect_err("not covered");
+    let e = restore::backout(&db, MASTER, 0, &mut |_| {}).expect_err("not covered");
     assert!(
         e.to_string().contains("no longer holds the before-images"),
         "{e}"
@@ -463,4 +505,18 @@ fn log_segments_are_archived_first_and_never_removed_past_the_oldest_copy() {
     assert!(format!("{e:#}").contains(&victim.segment.name), "{e:#}");
     drop(src);
     db.close().expect("close");
+}
+
+/// `seen` holds a `phase` that counts up (never back) from 0 to `done`, of
+/// `total`, and reports more than its start and end.
+fn progressed(seen: &[restore::Progress], phase: &str, done: u64, total: u64) {
+    let p: Vec<_> = seen.iter().filter(|p| p.phase == phase).collect();
+    assert!(p.len() >= 2, "phase {phase}: {seen:?}");
+    assert_eq!(p[0].done, 0, "phase {phase} starts at 0: {seen:?}");
+    assert!(
+        p.windows(2)
+            .all(|w| w[0].done <= w[1].done && w[1].total == total),
+        "phase {phase} counts up to {total}: {p:?}"
+    );
+    assert_eq!(p.last().map(|l| l.done), Some(done), "phase {phase}: {p:?}");
 }

@@ -267,7 +267,7 @@ pub enum CopyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a whole set, into its database (--data; its node stopped) or a new one (--to).
+    /// Restore a whole set, into its database (--data; its node stopped) or a new one (--to); progress on a terminal, events with --json.
     Restore {
         /// The set to restore.
         #[arg(required_unless_present = "file", conflicts_with = "file")]
@@ -287,7 +287,7 @@ pub enum CopyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Restore the newest usable set holding a file and roll it forward with the protection log.
+    /// Restore the newest usable set holding a file and roll it forward with the protection log (progress on a terminal, events with --json).
     Regenerate {
         /// The file to regenerate (its copy set is restored whole).
         #[arg(long, value_name = "F")]
@@ -331,7 +331,7 @@ pub enum CopyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Roll a master (with its log) or a plain file back to a time, with before-images.
+    /// Roll a master (with its log) or a plain file back to a time, with before-images (progress on a terminal, events with --json).
     Backout {
         /// The file to roll back (a master takes its log with it).
         #[arg(long, value_name = "F")]

@@ -33,3 +33,62 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 pub fn json(v: &serde_json::Value) {
     println!("{v}");
 }
+
+/// Where a restore, regenerate or backout reports how far it has got: a
+/// bar with rate and ETA on a terminal, `{"event":"progress",...}` lines
+/// with `--json`, nothing otherwise (a pipe or a log file gets the result).
+pub struct ProgressSink {
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    phase: &'static str,
+}
+
+impl ProgressSink {
+    pub fn new(json: bool) -> ProgressSink {
+        let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>14} {bar:40} {human_pos}/{human_len} {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        ProgressSink {
+            json,
+            bar,
+            phase: "",
+        }
+    }
+
+    pub fn on(&mut self, p: &propagator::copy::restore::Progress) {
+        if self.json {
+            json(&serde_json::json!({
+                "event": "progress",
+                "phase": p.phase,
+                "done": p.done,
+                "total": p.total,
+                "unit": p.unit,
+            }));
+            return;
+        }
+        if let Some(b) = &self.bar {
+            if p.phase != self.phase {
+                self.phase = p.phase;
+                b.reset();
+                b.set_length(p.total);
+                b.set_message(p.phase);
+            }
+            b.set_position(p.done);
+        }
+    }
+}
+
+impl Drop for ProgressSink {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -278,6 +278,21 @@ fn a_replicate_set_restored_into_its_node_catches_up() {
         "copy", "restore", &rid, "--area", &area_s, "--data", &data, "--json",
     ]));
     assert!(out.contains("\"fnr\":20"), "{out}");
+    // One JSON document a line: progress events (verify, then restore,
+    // counting up), then the result.
+    let docs = json_lines(&out);
+    let restoring: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["event"] == "progress" && d["phase"] == "restore")
+        .collect();
+    assert!(restoring.len() >= 2, "{out}");
+    let last = restoring.last().expect("restore progress");
+    assert!(
+        last["done"] == last["total"] && last["total"].as_u64() > Some(0),
+        "{out}"
+    );
+    assert!(docs.iter().any(|d| d["phase"] == "verify"), "{out}");
+    assert!(docs.last().is_some_and(|d| d["event"].is_null()), "{out}");
     cl.nodes[1].restart().expect("restart full");
     wait_for("the restored replicate to catch up", LIMIT, || {
         cl.check_equal().ok()

@@ -200,14 +200,14 @@ pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
         .context("the newest set")?;
     let into = dir.path().join("restored");
     let t = Instant::now();
-    restore::restore_to_dir(&into, &area, &set)?;
+    restore::restore_to_dir(&into, &area, &set, &mut |_| {})?;
     let restore_s = t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&into)?;
     let into = dir.path().join("regenerated");
     Database::init(&into, DbId(1), None)?;
     let (target, _) = Database::open(&into)?;
     let t = Instant::now();
-    let r = restore::regenerate(&db, &area, MASTER, Target::End, Some(&target))?;
+    let r = restore::regenerate(&db, &area, MASTER, Target::End, Some(&target), &mut |_| {})?;
     let regen_s = t.elapsed().as_secs_f64();
     let same = target.file_info(MASTER)?.meta == db.file_info(MASTER)?.meta;
     target.close()?;

@@ -118,7 +118,7 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
             };
             let mut bad = false;
             for s in &sets {
-                let r = restore::verify_set(&area, s);
+                let r = restore::verify_set(&area, s, &mut |_| {});
                 bad |= r.is_err();
                 let err = r.err().map(|e| format!("{e:#}"));
                 if json {
@@ -171,6 +171,8 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                 }
                 (None, None) => bail!("name a set, or --file F"),
             };
+            let mut sink = output::ProgressSink::new(json);
+            let on = &mut |p: &restore::Progress| sink.on(p);
             let r = match (data, to) {
                 (Some(d), None) => {
                     let db = open_or_context(&d)?;
@@ -178,16 +180,17 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                     for p in restore::mark_restoring(&db, &s, Some(why)) {
                         eprintln!("etp: warning: {p}");
                     }
-                    let r = restore::restore_into(&db, &area, &s)?;
+                    let r = restore::restore_into(&db, &area, &s, on)?;
                     for p in restore::mark_restoring(&db, &s, None) {
                         eprintln!("etp: warning: {p} (once it is reachable, etp replicate reset-error NAME clears the mark)");
                     }
                     db.close()?;
                     r
                 }
-                (None, Some(t)) => restore::restore_to_dir(&t, &area, &s)?,
+                (None, Some(t)) => restore::restore_to_dir(&t, &area, &s, on)?,
                 _ => bail!("give --data DIR (the set's database, its node stopped) or --to DIR (a new database)"),
             };
+            drop(sink);
             print_restored(&r, json)?;
             Ok(Outcome::Ok)
         }
@@ -217,7 +220,12 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                 }
                 None => None,
             };
-            let r = restore::regenerate(&db, &area, Fnr(file), target, into_db.as_ref())?;
+            let mut sink = output::ProgressSink::new(json);
+            let r =
+                restore::regenerate(&db, &area, Fnr(file), target, into_db.as_ref(), &mut |p| {
+                    sink.on(p)
+                })?;
+            drop(sink);
             if json {
                 output::json(&serde_json::to_value(&r)?);
             } else {
@@ -282,7 +290,9 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
         } => {
             let t = parse_time(&to_time)?;
             let db = open_or_context(&data)?;
-            let r = restore::backout(&db, Fnr(file), t)?;
+            let mut sink = output::ProgressSink::new(json);
+            let r = restore::backout(&db, Fnr(file), t, &mut |p| sink.on(p))?;
+            drop(sink);
             if json {
                 output::json(&serde_json::to_value(&r)?);
             } else {

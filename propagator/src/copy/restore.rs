@@ -17,11 +17,82 @@ use crate::wire::OperationRequest;
 use crate::{Database, FileMeta, Fnr, Isn, Lsn, Role};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// How far a long restore, regenerate or backout has got, for a progress
+/// bar or a JSON progress event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    /// What it is doing: `verify`, `restore`, `roll forward`, `back out`.
+    pub phase: &'static str,
+    pub done: u64,
+    /// What `done` will reach; a phase may end short of it (a regenerate to
+    /// a time stops at the first later commit).
+    pub total: u64,
+    /// What `done` counts: `records` or `log entries`.
+    pub unit: &'static str,
+}
+
+/// Told of [`Progress`] as an operation goes.
+pub type OnProgress<'a> = &'a mut dyn FnMut(&Progress);
+
+/// Counts one phase's progress and reports it (not more often than every
+/// 1/64 of the total, and at the end).
+struct Counter<'a, 'b> {
+    p: Progress,
+    next: u64,
+    on: &'a mut OnProgress<'b>,
+}
+
+impl<'a, 'b> Counter<'a, 'b> {
+    fn new(
+        on: &'a mut OnProgress<'b>,
+        phase: &'static str,
+        total: u64,
+        unit: &'static str,
+    ) -> Self {
+        let p = Progress {
+            phase,
+            done: 0,
+            total,
+            unit,
+        };
+        (on)(&p);
+        Counter { p, next: 0, on }
+    }
+
+    fn set(&mut self, done: u64) {
+        self.p.done = done;
+        if done >= self.next {
+            (self.on)(&self.p);
+            self.next = done + (self.p.total / 64).max(1);
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.set(self.p.done + n);
+    }
+
+    fn finish(self) {
+        (self.on)(&self.p);
+    }
+}
+
 /// Re-reads one member: every frame's CRC, the whole file's blake3 and
 /// length against the catalog, and its resolved count and digest.
 pub fn verify_member(area: &Area, set: &str, m: &Member) -> Result<(), SetError> {
+    verify_member_counted(area, set, m, &mut |_| {})
+}
+
+fn verify_member_counted(
+    area: &Area,
+    set: &str,
+    m: &Member,
+    records: &mut dyn FnMut(u64),
+) -> Result<(), SetError> {
     let dir = FsDir::new(area.data_dir(set));
-    let r = resolve(&dir, &m.copy.name, &mut |_| Ok(()))?;
+    let r = resolve(&dir, &m.copy.name, &mut |chunk| {
+        records(chunk.len() as u64);
+        Ok(())
+    })?;
     check_resolved(&dir, m, &r)
 }
 
@@ -49,12 +120,19 @@ fn check_resolved(dir: &FsDir, m: &Member, r: &crate::copy::Resolved) -> Result<
 }
 
 /// Verifies every member of a set; the first failure names its file.
-pub fn verify_set(area: &Area, set: &CopySet) -> Result<(), SetError> {
+pub fn verify_set(area: &Area, set: &CopySet, mut on: OnProgress) -> Result<(), SetError> {
+    let mut c = Counter::new(&mut on, "verify", set_records(set), "records");
     for m in &set.members {
-        verify_member(area, &set.id, m)
+        verify_member_counted(area, &set.id, m, &mut |n| c.add(n))
             .within(|| format!("copy set {} fails verification", set.id))?;
     }
+    c.finish();
     Ok(())
+}
+
+/// The records a set's copy files hold (what resolving them streams).
+fn set_records(set: &CopySet) -> u64 {
+    set.members.iter().map(|m| m.copy.end.meta.count).sum()
 }
 
 /// Writes one file's new content, in chunks, as it streams in ascending isn,
@@ -198,22 +276,30 @@ fn write_set(
     overlays: BTreeMap<Fnr, BTreeMap<Isn, Option<Vec<u8>>>>,
     metas: &BTreeMap<Fnr, FileMeta>,
     lsn: Lsn,
+    mut on: OnProgress,
 ) -> Result<Restored, SetError> {
     prepare(db, set)?;
     let dir = FsDir::new(area.data_dir(&set.id));
     let mut overlays = overlays;
     let mut files = Vec::new();
+    // The records resolved from the copy, what the restore streams.
+    let mut c = Counter::new(&mut on, "restore", set_records(set), "records");
+    let mut base = 0;
     for m in &set.members {
         let mut w = FileWriter::new(db, m.fnr, overlays.remove(&m.fnr).unwrap_or_default());
         let mut err = None;
+        let mut read = 0;
         resolve(&dir, &m.copy.name, &mut |chunk| {
+            read += chunk.len() as u64;
             if err.is_none() {
                 if let Err(e) = w.push(chunk) {
                     err = Some(e);
                 }
             }
+            c.set(base + read);
             Ok(())
         })?;
+        base += m.copy.end.meta.count;
         if let Some(e) = err {
             return Err(e);
         }
@@ -229,6 +315,7 @@ fn write_set(
         });
     }
     db.wait_applied()?;
+    c.finish();
     Ok(Restored {
         set: set.id.clone(),
         lsn,
@@ -237,7 +324,12 @@ fn write_set(
 }
 
 /// Restores a whole set into `db`, as of the set's LSN.
-pub fn restore_into(db: &Database, area: &Area, set: &CopySet) -> Result<Restored, SetError> {
+pub fn restore_into(
+    db: &Database,
+    area: &Area,
+    set: &CopySet,
+    on: OnProgress,
+) -> Result<Restored, SetError> {
     if db.dbid() != set.dbid {
         refused!(
             "copy set {} is of database {}, not of database {} ({})",
@@ -247,8 +339,16 @@ pub fn restore_into(db: &Database, area: &Area, set: &CopySet) -> Result<Restore
             db.dir().display()
         );
     }
-    verify_set(area, set).within(|| "refused to restore".to_string())?;
-    write_set(db, area, set, BTreeMap::new(), &BTreeMap::new(), set.lsn)
+    verify_set(area, set, on).within(|| "refused to restore".to_string())?;
+    write_set(
+        db,
+        area,
+        set,
+        BTreeMap::new(),
+        &BTreeMap::new(),
+        set.lsn,
+        on,
+    )
 }
 
 /// Restores a whole set into a new database in `dir` (same database id).
@@ -256,13 +356,22 @@ pub fn restore_to_dir(
     dir: &std::path::Path,
     area: &Area,
     set: &CopySet,
+    on: OnProgress,
 ) -> Result<Restored, SetError> {
-    verify_set(area, set).within(|| "refused to restore".to_string())?;
+    verify_set(area, set, on).within(|| "refused to restore".to_string())?;
     Database::init(dir, set.dbid, None)
         .within(|| format!("cannot create database {}", dir.display()))?;
     let (db, _) =
         Database::open(dir).within(|| format!("cannot open database {}", dir.display()))?;
-    let r = write_set(&db, area, set, BTreeMap::new(), &BTreeMap::new(), set.lsn)?;
+    let r = write_set(
+        &db,
+        area,
+        set,
+        BTreeMap::new(),
+        &BTreeMap::new(),
+        set.lsn,
+        on,
+    )?;
     db.close()?;
     Ok(r)
 }
@@ -296,6 +405,7 @@ pub fn regenerate(
     fnr: Fnr,
     target: Target,
     into: Option<&Database>,
+    on: OnProgress,
 ) -> Result<Regenerated, SetError> {
     let max_lsn = match target {
         Target::Lsn(l) => Some(l),
@@ -325,12 +435,12 @@ pub fn regenerate(
             );
         };
         candidates.remove(0);
-        match verify_set(area, &s) {
+        match verify_set(area, &s, on) {
             Ok(()) => break s,
             Err(e) => skipped.push(format!("{}: {e:#}", s.id)),
         }
     };
-    regenerate_set(db, area, set, target, into, skipped)
+    regenerate_set(db, area, set, target, into, skipped, on)
 }
 
 /// Rolls one verified set forward (see [`regenerate`]).
@@ -341,6 +451,7 @@ fn regenerate_set(
     target: Target,
     into: Option<&Database>,
     skipped: Vec<String>,
+    mut on: OnProgress,
 ) -> Result<Regenerated, SetError> {
     if let Target::Lsn(l) = target {
         if l > db.last_lsn() {
@@ -370,6 +481,13 @@ fn regenerate_set(
         Target::Lsn(l) => Some(l),
         _ => None,
     };
+    let end = upto.unwrap_or_else(|| db.last_lsn());
+    let mut counted = Counter::new(
+        &mut on,
+        "roll forward",
+        end.0.saturating_sub(set.lsn.0),
+        "log entries",
+    );
     read_slice(
         &*db.plog_dir(),
         db.dbid(),
@@ -388,10 +506,12 @@ fn regenerate_set(
             }
             commits += 1;
             reached = c.lsn;
+            counted.set(c.lsn.0.saturating_sub(set.lsn.0));
             Ok(true)
         },
     )
     .within(|| format!("cannot roll copy set {} forward", set.id))?;
+    counted.finish();
     // `base` now holds the metas as of the last commit applied.
     let metas_now: BTreeMap<Fnr, FileMeta> = files
         .iter()
@@ -406,7 +526,7 @@ fn regenerate_set(
             set.dbid
         );
     }
-    let restored = write_set(target_db, area, &set, overlays, &metas_now, reached)?;
+    let restored = write_set(target_db, area, &set, overlays, &metas_now, reached, on)?;
     Ok(Regenerated {
         restored,
         from_lsn: set.lsn,
@@ -427,7 +547,12 @@ pub struct BackedOut {
 
 /// Rolls a master (with its log) or a plain file of `db` back to its state
 /// at `time_us`, with the before-images of the commits after it.
-pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetError> {
+pub fn backout(
+    db: &Database,
+    fnr: Fnr,
+    time_us: i64,
+    mut on: OnProgress,
+) -> Result<BackedOut, SetError> {
     let def = db.file(fnr)?;
     let mut files = BTreeSet::from([fnr]);
     match def.role {
@@ -454,6 +579,13 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetEr
     let mut commits = 0u64;
     let mut covered = start.lsn.0 <= 1 || start.time_us <= time_us;
     let mut log_seq_floor: Option<u64> = None;
+    let first = start.lsn.0.saturating_sub(1);
+    let mut counted = Counter::new(
+        &mut on,
+        "read log",
+        db.last_lsn().0.saturating_sub(first),
+        "log entries",
+    );
     read_slice(
         &*db.plog_dir(),
         db.dbid(),
@@ -462,6 +594,7 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetEr
         None,
         &files,
         |c| {
+            counted.set(c.lsn.0.saturating_sub(first));
             if c.time_us <= time_us {
                 covered = true;
                 return Ok(true);
@@ -479,6 +612,7 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetEr
             Ok(true)
         },
     )?;
+    counted.finish();
     if !covered {
         refused!(
             "the protection log of {} starts at LSN {} ({}), after the time asked for: it no longer holds the before-images back to then",
@@ -491,6 +625,12 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetEr
     }
     let mut out = Vec::new();
     let mut records = 0;
+    // Every record of the files is rewritten (or kept) from the page store.
+    let mut total = 0;
+    for f in &files {
+        total += db.file_info(*f)?.meta.count;
+    }
+    let mut counted = Counter::new(&mut on, "back out", total, "records");
     // The master first, then its log (as a restore does).
     for f in files.iter().copied() {
         let overlay = first_before.remove(&f).unwrap_or_default();
@@ -512,6 +652,7 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetEr
             let chunk = db.scan_store(f, from, CHUNK, 8 << 20)?;
             let Some((last, _)) = chunk.last() else { break };
             from = Isn(last.0 + 1);
+            counted.add(chunk.len() as u64);
             w.push(
                 chunk
                     .into_iter()
@@ -529,6 +670,7 @@ pub fn backout(db: &Database, fnr: Fnr, time_us: i64) -> Result<BackedOut, SetEr
             removed,
         });
     }
+    counted.finish();
     Ok(BackedOut {
         fnr,
         commits,
@@ -597,6 +739,20 @@ pub fn restore_in_node(
     // A roll-forward to an LSN takes a set at or before it: a copy job that
     // ran after the plan's restore must not be picked up.
     let max_lsn = roll.flatten();
+    // Progress goes to the node's log, every few seconds.
+    let mut last = std::time::Instant::now();
+    let mut on = |p: &Progress| {
+        if p.done >= p.total || last.elapsed() >= std::time::Duration::from_secs(5) {
+            last = std::time::Instant::now();
+            tracing::info!(
+                phase = p.phase,
+                done = p.done,
+                total = p.total,
+                unit = p.unit,
+                "restore progress"
+            );
+        }
+    };
     for mut set in area.newest_with(db.dbid(), fnr, max_lsn)? {
         // Only what the target needs: a master with its log (not the other
         // masters or the administration file copied beside them), an
@@ -610,17 +766,25 @@ pub fn restore_in_node(
                 .members
                 .retain(|m| m.copy.def.role != Role::Administration),
         }
-        match verify_set(&area, &set) {
+        match verify_set(&area, &set, &mut on) {
             Ok(()) if roll.is_some() => {
                 let target = match roll.flatten() {
                     Some(l) => Target::Lsn(l),
                     None => Target::End,
                 };
-                let r = regenerate_set(db, &area, set, target, None, skipped)?;
+                let r = regenerate_set(db, &area, set, target, None, skipped, &mut on)?;
                 return Ok(serde_json::to_value(&r)?);
             }
             Ok(()) => {
-                let r = write_set(db, &area, &set, BTreeMap::new(), &BTreeMap::new(), set.lsn)?;
+                let r = write_set(
+                    db,
+                    &area,
+                    &set,
+                    BTreeMap::new(),
+                    &BTreeMap::new(),
+                    set.lsn,
+                    &mut on,
+                )?;
                 return Ok(serde_json::json!({ "restored": r, "skipped": skipped }));
             }
             Err(e) => skipped.push(format!("{}: {e:#}", set.id)),
