@@ -2,7 +2,9 @@
 //! without and with a concurrent writer, next to the disk's sequential
 //! write rate measured in the same run (as `shared/bench/limits.sh` does:
 //! 8 MiB writes, then one fsync); then restore and regenerate times for the
-//! master after `changes` more commits.
+//! master after `changes` more commits: the restore's rate over the set's
+//! bytes against a disk probe taken right after it, and each phase's time
+//! (from the progress they report).
 
 use crate::Outcome;
 use anyhow::Context;
@@ -114,6 +116,32 @@ fn copy_once(db: &Database, area: &Area) -> anyhow::Result<(f64, f64, u64, u64)>
     ))
 }
 
+/// When each phase of a restore or regenerate began and last reported.
+#[derive(Default)]
+struct Phases(Vec<(&'static str, Instant, Instant)>);
+
+impl Phases {
+    fn on(&mut self, p: &restore::Progress) {
+        let now = Instant::now();
+        match self.0.last_mut() {
+            Some(last) if last.0 == p.phase => last.2 = now,
+            _ => self.0.push((p.phase, now, now)),
+        }
+    }
+
+    /// Each phase's seconds, in order (a phase's end is the next one's start).
+    fn seconds(&self) -> Vec<(&'static str, f64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, (p, start, end))| {
+                let end = self.0.get(i + 1).map_or(*end, |n| n.1);
+                (*p, end.duration_since(*start).as_secs_f64())
+            })
+            .collect()
+    }
+}
+
 pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let dir = tempfile::Builder::new()
@@ -198,16 +226,23 @@ pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
         .rev()
         .find(|s| s.lsn == newest)
         .context("the newest set")?;
+    let set_bytes: u64 = set.members.iter().map(|m| m.copy.bytes).sum();
     let into = dir.path().join("restored");
     let t = Instant::now();
-    restore::restore_to_dir(&into, &area, &set, &mut |_| {})?;
+    let mut phases = Phases::default();
+    restore::restore_to_dir(&into, &area, &set, &mut |p| phases.on(p))?;
     let restore_s = t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&into)?;
+    flush_all();
+    let disk_after = seq_write(dir.path(), 1024)?;
     let into = dir.path().join("regenerated");
     Database::init(&into, DbId(1), None)?;
     let (target, _) = Database::open(&into)?;
     let t = Instant::now();
-    let r = restore::regenerate(&db, &area, MASTER, Target::End, Some(&target), &mut |_| {})?;
+    let mut regen_phases = Phases::default();
+    let r = restore::regenerate(&db, &area, MASTER, Target::End, Some(&target), &mut |p| {
+        regen_phases.on(p)
+    })?;
     let regen_s = t.elapsed().as_secs_f64();
     let same = target.file_info(MASTER)?.meta == db.file_info(MASTER)?.meta;
     target.close()?;
@@ -231,11 +266,33 @@ pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
     writeln!(out, "copy_set_under_load_mb_per_s {set_load:.0} MB/s")?;
     writeln!(out, "# writer commits during the loaded copy: {during}")?;
     writeln!(out, "restore_{records}_s {restore_s:.1} s")?;
+    let restore_mb = set_bytes as f64 / 1e6 / restore_s;
+    writeln!(out, "restore_mb_per_s {restore_mb:.0} MB/s")?;
+    for (phase, secs) in phases.seconds() {
+        writeln!(out, "restore_{}_s {secs:.1} s", phase.replace(' ', "_"))?;
+    }
+    writeln!(
+        out,
+        "# restore: the set's {:.0} MB in {restore_s:.1} s; / disk (probe after it: {disk_after:.0} MB/s) = {:.2} (goal >= 0.3)",
+        set_bytes as f64 / 1e6,
+        restore_mb / disk_after
+    )?;
     writeln!(
         out,
         "regenerate_{records}_plus_{}_commits_s {regen_s:.1} s",
         r.commits
     )?;
+    let regen = regen_phases.seconds();
+    for (phase, secs) in &regen {
+        writeln!(out, "regenerate_{}_s {secs:.1} s", phase.replace(' ', "_"))?;
+    }
+    if let Some((_, secs)) = regen.iter().find(|(p, _)| *p == "roll forward") {
+        writeln!(
+            out,
+            "regenerate_changes_per_s {:.0} changes/s",
+            changes as f64 / secs.max(1e-6)
+        )?;
+    }
     writeln!(
         out,
         "# copy idle / disk (the probes around it) = {:.2}, under load / disk = {:.2} (goal >= 0.5)",
