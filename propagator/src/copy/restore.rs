@@ -340,6 +340,16 @@ pub fn restore_into(
         );
     }
     verify_set(area, set, on).within(|| "refused to restore".to_string())?;
+    write_whole(db, area, set, on)
+}
+
+/// Writes a whole, verified set as of its own LSN (see [`write_set`]).
+fn write_whole(
+    db: &Database,
+    area: &Area,
+    set: &CopySet,
+    on: OnProgress,
+) -> Result<Restored, SetError> {
     write_set(
         db,
         area,
@@ -363,15 +373,7 @@ pub fn restore_to_dir(
         .within(|| format!("cannot create database {}", dir.display()))?;
     let (db, _) =
         Database::open(dir).within(|| format!("cannot open database {}", dir.display()))?;
-    let r = write_set(
-        &db,
-        area,
-        set,
-        BTreeMap::new(),
-        &BTreeMap::new(),
-        set.lsn,
-        on,
-    )?;
+    let r = write_whole(&db, area, set, on)?;
     db.close()?;
     Ok(r)
 }
@@ -776,15 +778,7 @@ pub fn restore_in_node(
                 return Ok(serde_json::to_value(&r)?);
             }
             Ok(()) => {
-                let r = write_set(
-                    db,
-                    &area,
-                    &set,
-                    BTreeMap::new(),
-                    &BTreeMap::new(),
-                    set.lsn,
-                    &mut on,
-                )?;
+                let r = write_whole(db, &area, &set, &mut on)?;
                 return Ok(serde_json::json!({ "restored": r, "skipped": skipped }));
             }
             Err(e) => skipped.push(format!("{}: {e:#}", set.id)),

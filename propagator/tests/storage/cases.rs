@@ -1773,10 +1773,16 @@ impl propagator::database::IdleDurable for Seen {
     }
 }
 
-#[test]
-fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
-    let t = tempfile::tempdir().expect("tempdir");
-    let db = fresh(t.path());
+/// A [`Seen`] hook registered with `db`, and what it records.
+struct Hooked {
+    hook: Arc<dyn propagator::database::IdleDurable>,
+    runs: Runs,
+    rx: Arc<std::sync::Mutex<tokio::sync::watch::Receiver<propagator::Lsn>>>,
+    flushed: Arc<std::sync::atomic::AtomicUsize>,
+    prepares: Prepares,
+}
+
+fn hooked(db: &Database) -> Hooked {
     let runs = Runs::default();
     let rx = Arc::new(std::sync::Mutex::new(db.subscribe_durable()));
     let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1789,6 +1795,26 @@ fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
         prepares.clone(),
     ));
     db.on_idle_durable(Arc::downgrade(&hook));
+    Hooked {
+        hook,
+        runs,
+        rx,
+        flushed,
+        prepares,
+    }
+}
+
+#[test]
+fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let Hooked {
+        hook,
+        runs,
+        rx,
+        flushed,
+        prepares,
+    } = hooked(&db);
     let mut durable = db.subscribe_durable();
     durable.borrow_and_update();
     let mut lsns = Vec::new();
@@ -1831,18 +1857,13 @@ fn a_leader_with_nothing_more_to_lead_runs_the_idle_hooks_once_durable() {
 fn a_hook_prepared_for_a_group_whose_sync_fails_is_never_told_it_is_durable() {
     let t = tempfile::tempdir().expect("tempdir");
     let (mem, db) = fresh_mem(t.path());
-    let runs = Runs::default();
-    let rx = Arc::new(std::sync::Mutex::new(db.subscribe_durable()));
-    let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let prepares = Prepares::default();
-    let hook: Arc<dyn propagator::database::IdleDurable> = Arc::new(Seen(
-        runs.clone(),
-        db.clone(),
-        rx,
-        flushed.clone(),
-        prepares.clone(),
-    ));
-    db.on_idle_durable(Arc::downgrade(&hook));
+    let Hooked {
+        hook: _hook,
+        runs,
+        flushed,
+        prepares,
+        ..
+    } = hooked(&db);
     let mut s = db.session();
     s.store(MASTER, None, rec(&[("qty", 1)])).expect("store");
     let good = s.et(None).expect("et").lsn;
