@@ -74,7 +74,9 @@ impl ProgressSink {
             return;
         }
         if let Some(b) = &self.bar {
-            if p.phase != self.phase {
+            // A new phase, or the same one again (regenerate verifies each
+            // candidate set in turn).
+            if p.phase != self.phase || b.length() != Some(p.total) || p.done < b.position() {
                 self.phase = p.phase;
                 b.reset();
                 b.set_length(p.total);

@@ -173,7 +173,7 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
             };
             let mut sink = output::ProgressSink::new(json);
             let on = &mut |p: &restore::Progress| sink.on(p);
-            let r = match (data, to) {
+            let (r, problems) = match (data, to) {
                 (Some(d), None) => {
                     let db = open_or_context(&d)?;
                     let why = format!("copy set {} is being restored into {}", s.id, d.display());
@@ -181,16 +181,17 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                         eprintln!("etp: warning: {p}");
                     }
                     let r = restore::restore_into(&db, &area, &s, on)?;
-                    for p in restore::mark_restoring(&db, &s, None) {
-                        eprintln!("etp: warning: {p} (once it is reachable, etp replicate reset-error NAME clears the mark)");
-                    }
+                    let problems = restore::mark_restoring(&db, &s, None);
                     db.close()?;
-                    r
+                    (r, problems)
                 }
-                (None, Some(t)) => restore::restore_to_dir(&t, &area, &s, on)?,
+                (None, Some(t)) => (restore::restore_to_dir(&t, &area, &s, on)?, Vec::new()),
                 _ => bail!("give --data DIR (the set's database, its node stopped) or --to DIR (a new database)"),
             };
             drop(sink);
+            for p in problems {
+                eprintln!("etp: warning: {p} (once it is reachable, etp replicate reset-error NAME clears the mark)");
+            }
             print_restored(&r, json)?;
             Ok(Outcome::Ok)
         }

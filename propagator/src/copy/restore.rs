@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// bar or a JSON progress event.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Progress {
-    /// What it is doing: `verify`, `restore`, `roll forward`, `back out`.
+    /// What it is doing: `verify`, `restore`, `roll forward`, `read log`,
+    /// `back out`.
     pub phase: &'static str,
     pub done: u64,
     /// What `done` will reach; a phase may end short of it (a regenerate to

@@ -228,6 +228,11 @@ pub(crate) struct Latest {
     pub last_time_us: i64,
     pub next_isn: HashMap<Fnr, u64>,
     pub damaged: BTreeMap<Fnr, crate::catalog::Damage>,
+    /// Files whose restore was begun ([`Database::begin_restore`]) since
+    /// this open: their meta's next isn is above every record the page
+    /// store holds. Not kept across an open: replay skips a damaged file's
+    /// changes, and its meta may then lag its records.
+    pub rebased: std::collections::HashSet<Fnr>,
 }
 
 impl Latest {
@@ -281,7 +286,9 @@ pub trait IdleDurable: Send + Sync {
     /// and syncing it, when nobody waits behind it: what can be made ready
     /// before `durable(upto)` may be made ready now, while the device
     /// writes. Nothing may leave the node before `durable(upto)`; if the
-    /// sync fails, `durable` is never called for `upto`.
+    /// sync fails, `durable` is never called for `upto`. It runs under the
+    /// committer's log lock: it must not commit, wait for a commit or for
+    /// the page store, or block on anything that might.
     fn prepare(&self, _upto: Lsn) {}
 }
 

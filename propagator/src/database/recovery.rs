@@ -610,6 +610,7 @@ pub(crate) fn recover(
         last_time_us: last_time,
         next_isn: HashMap::new(),
         damaged,
+        rebased: Default::default(),
     };
     Ok(Recovered {
         latest,

@@ -72,6 +72,7 @@ impl Database {
             Vec::new(),
             None,
         )?;
+        lock(&self.shared().state).rebased.insert(fnr);
         Ok(meta)
     }
 
@@ -117,13 +118,18 @@ impl Database {
             }
             def.clone()
         };
-        let mut meta = self.file_info(fnr)?.meta;
-        // No isn at or above the file's next isn has ever held a record (the
-        // restore's rebase set it above every stored one): a chunk from
-        // there on, as each chunk of a file restored from empty is,
-        // replaces nothing, and neither waits for the page store to apply
-        // the chunk before it nor reads it.
-        let existing = if meta.next_isn < u64::MAX && from.0 >= meta.next_isn {
+        let (mut meta, rebased) = {
+            let st = lock(&self.shared().state);
+            (st.info(fnr)?.meta, st.rebased.contains(&fnr))
+        };
+        // Rebased by this restore since the database opened, no isn at or
+        // above the file's next isn holds a record: a chunk from there on,
+        // as each chunk of a file restored from empty is, replaces nothing,
+        // and neither waits for the page store to apply the chunk before it
+        // nor reads it. (After a reopen, replay may have skipped the
+        // damaged file's changes: its meta can lag its records, so a
+        // resumed restore reads them.)
+        let existing = if rebased && meta.next_isn < u64::MAX && from.0 >= meta.next_isn {
             Vec::new()
         } else {
             self.wait_applied()?;

@@ -83,12 +83,10 @@ impl Medium for FsFile {
     /// falls back to it where `sync_file_range` is missing). The range was
     /// just written, so every page of it is dirty and none is dropped.
     fn start_sync(&self, offset: u64, len: u64) {
-        let _ = rustix::fs::fadvise(
-            &self.0,
-            offset,
-            std::num::NonZeroU64::new(len),
-            rustix::fs::Advice::DontNeed,
-        );
+        // No length would mean "to the end of the file".
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            let _ = rustix::fs::fadvise(&self.0, offset, Some(len), rustix::fs::Advice::DontNeed);
+        }
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
