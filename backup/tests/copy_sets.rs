@@ -217,11 +217,12 @@ fn hot_copy_restore_regenerate_and_damage() {
         let dir = tmp.path().join(format!("restored{n}"));
         let mut seen = Vec::new();
         restore::restore_to_dir(&dir, &area, set, &mut |p| seen.push(p.clone())).expect("restore");
-        // It says how far it has got: every record read back once to
-        // verify, then once to restore, counting up to the set's records.
+        // It says how far it has got: every record of the set read once
+        // (a new database is checked as it is written), counting up to the
+        // set's records.
         let records: u64 = set.members.iter().map(|m| m.copy.end.meta.count).sum();
-        progressed(&seen, "verify", records, records);
         progressed(&seen, "restore", records, records);
+        assert!(seen.iter().all(|p| p.phase == "restore"), "{seen:?}");
         let (r, _) = Database::open(&dir).expect("open restored");
         assert_eq!(
             content(&r, MASTER),
@@ -347,14 +348,12 @@ fn hot_copy_restore_regenerate_and_damage() {
             format!("{e:#}").contains(&m.copy.name),
             "names the file: {e:#}"
         );
-        let e = restore::restore_to_dir(
-            &tmp.path().join(format!("no{offset}")),
-            &area,
-            victim,
-            &mut |_| {},
-        )
-        .expect_err("restore refused");
+        let into = tmp.path().join(format!("no{offset}"));
+        let e = restore::restore_to_dir(&into, &area, victim, &mut |_| {})
+            .expect_err("restore refused");
         assert!(format!("{e:#}").contains(&m.copy.name), "{e:#}");
+        // The new database it began is gone: nothing of it reads as restored.
+        assert!(!into.exists(), "{} was left behind", into.display());
         std::fs::write(&path, &orig).expect("repair");
     }
     restore::verify_set(&area, victim, &mut |_| {}).expect("intact again");

@@ -290,7 +290,7 @@ fn write_set(
         let mut w = FileWriter::new(db, m.fnr, overlays.remove(&m.fnr).unwrap_or_default());
         let mut err = None;
         let mut read = 0;
-        resolve(&dir, &m.copy.name, &mut |chunk| {
+        let resolved = resolve(&dir, &m.copy.name, &mut |chunk| {
             read += chunk.len() as u64;
             if err.is_none() {
                 if let Err(e) = w.push(chunk) {
@@ -304,6 +304,10 @@ fn write_set(
         if let Some(e) = err {
             return Err(e);
         }
+        // The whole file as the catalog recorded it, before its last chunk
+        // proves the file and ends its restore.
+        check_resolved(&dir, m, &resolved)
+            .within(|| format!("copy set {} fails verification", set.id))?;
         let meta = metas.get(&m.fnr).copied().unwrap_or(m.copy.end.meta);
         let (written, removed) = w.finish(meta)?;
         files.push(RestoredFile {
@@ -363,20 +367,53 @@ fn write_whole(
 }
 
 /// Restores a whole set into a new database in `dir` (same database id).
+///
+/// The copy is read once: each file is checked (every frame's CRC, the
+/// whole file's blake3 and length, its count and digest) as it is written,
+/// each stays marked as being restored until its last chunk proves it,
+/// and a new database that fails any check is removed. (A restore into an
+/// existing database verifies the whole set first: there, a damaged copy
+/// must not replace anything.)
 pub fn restore_to_dir(
     dir: &std::path::Path,
     area: &Area,
     set: &CopySet,
     on: OnProgress,
 ) -> Result<Restored, SetError> {
-    verify_set(area, set, on).within(|| "refused to restore".to_string())?;
+    let existed = dir.exists();
     Database::init(dir, set.dbid, None)
         .within(|| format!("cannot create database {}", dir.display()))?;
-    let (db, _) =
-        Database::open(dir).within(|| format!("cannot open database {}", dir.display()))?;
-    let r = write_whole(&db, area, set, on)?;
-    db.close()?;
-    Ok(r)
+    let written = Database::open(dir)
+        .within(|| format!("cannot open database {}", dir.display()))
+        .and_then(|(db, _)| {
+            let r = write_whole(&db, area, set, on);
+            let closed = db.close();
+            let r = r?;
+            closed?;
+            Ok(r)
+        });
+    if written.is_err() {
+        // Nothing of it may be taken for a restored database. A directory
+        // that was there (empty) is emptied; one made here goes.
+        let cleared = if existed {
+            std::fs::read_dir(dir).and_then(|entries| {
+                entries.into_iter().try_for_each(|e| {
+                    let p = e?.path();
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(p)
+                    } else {
+                        std::fs::remove_file(p)
+                    }
+                })
+            })
+        } else {
+            std::fs::remove_dir_all(dir)
+        };
+        if let Err(e) = cleared {
+            tracing::warn!(dir = %dir.display(), error = %e, "the failed restore's database was not removed");
+        }
+    }
+    written
 }
 
 /// How far regenerate rolls forward.

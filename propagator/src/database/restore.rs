@@ -138,7 +138,11 @@ impl Database {
         let (diff, stats) = diff_range(existing, wanted, false);
         let mut ops = Vec::with_capacity(diff.len());
         for ReplicatedChange { isn, before, after } in diff {
-            meta.change(isn, before.as_deref(), after.as_deref());
+            // Only the last chunk's result is checked before it is written
+            // (the commit derives every chunk's meta itself).
+            if last.is_some() {
+                meta.change(isn, before.as_deref(), after.as_deref());
+            }
             ops.push(Op::Restored {
                 fnr,
                 isn,
