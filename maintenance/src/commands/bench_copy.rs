@@ -2,9 +2,11 @@
 //! without and with a concurrent writer, next to the disk's sequential
 //! write rate measured in the same run (as `shared/bench/limits.sh` does:
 //! 8 MiB writes, then one fsync); then restore and regenerate times for the
-//! master after `changes` more commits: the restore's rate over the set's
-//! bytes against a disk probe taken right after it, and each phase's time
-//! (from the progress they report).
+//! master after `changes` more commits. The writer's commit rate alone (for
+//! 2 s before the loaded copies) and during them says how much a copy slows
+//! it; the restore's rate over the set's bytes is set against a disk probe
+//! taken right after it, with each phase's time (from the progress the
+//! operations report).
 
 use crate::Outcome;
 use anyhow::Context;
@@ -16,7 +18,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const MASTER: Fnr = Fnr(10);
 const LOG: Fnr = Fnr(11);
@@ -198,11 +200,18 @@ pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
             Ok(())
         })
     };
+    // The writer alone first, for its rate without a copy beside it.
+    let alone = Duration::from_secs(2);
+    std::thread::sleep(alone);
+    let before = done.load(Ordering::Relaxed);
+    let writer_alone = before as f64 / alone.as_secs_f64();
+    let t = Instant::now();
     let (raw_load, set_load, _, _) = copy_once(&db, &area)?;
+    let during = done.load(Ordering::Relaxed) - before;
+    let writer_during = during as f64 / t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     w.join()
         .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
-    let during = done.load(Ordering::Relaxed);
     let load_after = probe(dir.path())?;
     let disk_idle = (idle_before + idle_after) / 2.0;
     let disk_load = (idle_after + load_after) / 2.0;
@@ -265,6 +274,19 @@ pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
     writeln!(out, "copy_set_idle_mb_per_s {set_idle:.0} MB/s")?;
     writeln!(out, "copy_set_under_load_mb_per_s {set_load:.0} MB/s")?;
     writeln!(out, "# writer commits during the loaded copy: {during}")?;
+    writeln!(
+        out,
+        "copy_writer_alone_commits_per_s {writer_alone:.0} commits/s"
+    )?;
+    writeln!(
+        out,
+        "copy_writer_during_commits_per_s {writer_during:.0} commits/s"
+    )?;
+    writeln!(
+        out,
+        "# the writer during the copies / alone = {:.2} (goal >= 0.67: slowed by at most a third)",
+        writer_during / writer_alone.max(1e-9)
+    )?;
     writeln!(out, "restore_{records}_s {restore_s:.1} s")?;
     let restore_mb = set_bytes as f64 / 1e6 / restore_s;
     writeln!(out, "restore_mb_per_s {restore_mb:.0} MB/s")?;
