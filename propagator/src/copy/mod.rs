@@ -248,6 +248,24 @@ impl FrameWriter {
 /// each commit's cache flush also flushes the copy's writes.
 const DUMP_NICE: i32 = 10;
 
+/// Puts the calling dump thread [`DUMP_NICE`] behind where it was for the
+/// CPU (a lower priority is always allowed; not getting it is not the
+/// copy's failure). Not on sled: a sled read may start one of its I/O
+/// threads, which would inherit the priority and keep it for everyone.
+#[cfg(target_os = "linux")]
+fn lower_priority(db: &Database) {
+    if db.engine() == crate::store::Engine::Sled {
+        return;
+    }
+    let me = rustix::thread::gettid();
+    if let Ok(now) = rustix::process::getpriority_process(Some(me)) {
+        let _ = rustix::process::setpriority_process(Some(me), (now + DUMP_NICE).min(19));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_db: &Database) {}
+
 /// Writes a copy file's header and the fuzzy dump of its file; returns the
 /// writer (for the slice and end frames) and the records dumped.
 fn dump_file(
@@ -318,11 +336,7 @@ pub fn take(
                     start_meta: meta_at(&p0, def.fnr),
                 };
                 scope.spawn(move || {
-                    // Behind the database's own threads for the CPU (a
-                    // lower priority is always allowed; failing to get it
-                    // is not the copy's failure).
-                    let me = rustix::thread::gettid();
-                    let _ = rustix::process::setpriority_process(Some(me), DUMP_NICE);
+                    lower_priority(db);
                     dump_file(db, dir, header)
                 })
             })

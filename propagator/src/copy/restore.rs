@@ -299,7 +299,8 @@ fn write_set(
             }
             c.set(base + read);
             Ok(())
-        })?;
+        })
+        .within(|| format!("copy set {} fails verification", set.id))?;
         base += m.copy.end.meta.count;
         if let Some(e) = err {
             return Err(e);
@@ -368,8 +369,9 @@ fn write_whole(
 
 /// Restores a whole set into a new database in `dir` (same database id).
 ///
-/// The copy is read once: each file is checked (every frame's CRC, the
-/// whole file's blake3 and length, its count and digest) as it is written,
+/// There is no separate verify pass: each file is checked (every frame's
+/// CRC, the whole file's blake3 and length, its count and digest) as it is
+/// resolved and written,
 /// each stays marked as being restored until its last chunk proves it,
 /// and a new database that fails any check is removed. (A restore into an
 /// existing database verifies the whole set first: there, a damaged copy
@@ -383,15 +385,15 @@ pub fn restore_to_dir(
     let existed = dir.exists();
     Database::init(dir, set.dbid, None)
         .within(|| format!("cannot create database {}", dir.display()))?;
-    let written = Database::open(dir)
-        .within(|| format!("cannot open database {}", dir.display()))
-        .and_then(|(db, _)| {
-            let r = write_whole(&db, area, set, on);
-            let closed = db.close();
-            let r = r?;
-            closed?;
-            Ok(r)
-        });
+    // Not cleaned up if it cannot be opened: another process may hold it.
+    let (db, _) =
+        Database::open(dir).within(|| format!("cannot open database {}", dir.display()))?;
+    let written = write_whole(&db, area, set, on);
+    let closed = db.close();
+    let written = written.and_then(|r| {
+        closed?;
+        Ok(r)
+    });
     if written.is_err() {
         // Nothing of it may be taken for a restored database. A directory
         // that was there (empty) is emptied; one made here goes.
