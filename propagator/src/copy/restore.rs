@@ -124,11 +124,15 @@ fn check_resolved(dir: &FsDir, m: &Member, r: &crate::copy::Resolved) -> Result<
 pub fn verify_set(area: &Area, set: &CopySet, mut on: OnProgress) -> Result<(), SetError> {
     let mut c = Counter::new(&mut on, "verify", set_records(set), "records");
     for m in &set.members {
-        verify_member_counted(area, &set.id, m, &mut |n| c.add(n))
-            .within(|| format!("copy set {} fails verification", set.id))?;
+        verify_member_counted(area, &set.id, m, &mut |n| c.add(n)).within(|| unverified(set))?;
     }
     c.finish();
     Ok(())
+}
+
+/// What a check of a copy set's files that fails says first.
+fn unverified(set: &CopySet) -> String {
+    format!("copy set {} fails verification", set.id)
 }
 
 /// The records a set's copy files hold (what resolving them streams).
@@ -285,30 +289,25 @@ fn write_set(
     let mut files = Vec::new();
     // The records resolved from the copy, what the restore streams.
     let mut c = Counter::new(&mut on, "restore", set_records(set), "records");
-    let mut base = 0;
     for m in &set.members {
         let mut w = FileWriter::new(db, m.fnr, overlays.remove(&m.fnr).unwrap_or_default());
         let mut err = None;
-        let mut read = 0;
         let resolved = resolve(&dir, &m.copy.name, &mut |chunk| {
-            read += chunk.len() as u64;
+            c.add(chunk.len() as u64);
             if err.is_none() {
                 if let Err(e) = w.push(chunk) {
                     err = Some(e);
                 }
             }
-            c.set(base + read);
             Ok(())
         })
-        .within(|| format!("copy set {} fails verification", set.id))?;
-        base += m.copy.end.meta.count;
+        .within(|| unverified(set))?;
         if let Some(e) = err {
             return Err(e);
         }
         // The whole file as the catalog recorded it, before its last chunk
         // proves the file and ends its restore.
-        check_resolved(&dir, m, &resolved)
-            .within(|| format!("copy set {} fails verification", set.id))?;
+        check_resolved(&dir, m, &resolved).within(|| unverified(set))?;
         let meta = metas.get(&m.fnr).copied().unwrap_or(m.copy.end.meta);
         let (written, removed) = w.finish(meta)?;
         files.push(RestoredFile {

@@ -138,8 +138,7 @@ impl Database {
         max_bytes: usize,
     ) -> Result<Option<Vec<std::sync::Arc<LogRecord>>>, DbError> {
         let durable = *self.shared().durable.borrow();
-        let (out, first) = self.tail_run(log, from, max, max_bytes, durable)?;
-        Ok((!out.is_empty() || first.is_some_and(|f| f <= from)).then_some(out))
+        self.read_log_tail_upto(log, from, max, max_bytes, durable)
     }
 
     /// [`Database::read_log_tail`] up to `upto` rather than the durable

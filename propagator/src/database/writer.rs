@@ -671,10 +671,14 @@ fn run_idle_hooks(shared: &Shared, lsn: Lsn) {
     }
 }
 
-/// Whether a leader about to sync should have the idle hooks prepare: there
-/// are some, and nobody waits behind its group (so it will run them).
-fn prepare_wanted(shared: &Shared) -> bool {
-    !lock(&shared.idle_hooks).is_empty() && lock(&shared.committer.q).pending.is_empty()
+/// The idle hooks a leader about to sync has prepare: all of them when
+/// nobody waits behind its group (so it will run them), else none.
+fn hooks_to_prepare(shared: &Shared) -> Vec<Arc<dyn super::IdleDurable>> {
+    if lock(&shared.committer.q).pending.is_empty() {
+        idle_hooks(shared)
+    } else {
+        Vec::new()
+    }
 }
 
 /// The idle hooks still registered.
@@ -725,9 +729,10 @@ impl LogSide {
                 // Nobody waits behind this group, so its leader will run
                 // the idle hooks once it is durable: they make their frames
                 // ready while the device writes it.
-                if prepare_wanted(shared) {
+                let hooks = hooks_to_prepare(shared);
+                if !hooks.is_empty() {
                     self.writer.start_sync();
-                    for h in idle_hooks(shared) {
+                    for h in hooks {
                         guarded(&mut || h.prepare(last));
                     }
                 }

@@ -158,10 +158,7 @@ impl Conn {
         }
         let parts = self.framed.into_parts();
         if !parts.read_buf.is_empty() || !parts.write_buf.is_empty() {
-            return Err(ClientError::Io {
-                addr: self.addr.to_string(),
-                reason: "the node sent bytes nobody asked for".into(),
-            });
+            return Err(io_err(self.addr, "the node sent bytes nobody asked for"));
         }
         let (rd, wr) = parts.io.into_split();
         Ok((

@@ -100,6 +100,12 @@ impl SendSide {
     pub fn blocked(&self) -> bool {
         !self.pending.is_empty()
     }
+
+    /// Ends the link for the leader, saying why to the feed loop.
+    fn fail(&mut self, stop: Stop) {
+        self.open = false;
+        self.failed = Some(stop);
+    }
 }
 
 /// A streaming link's send side and its socket.
@@ -317,13 +323,28 @@ impl Tail {
             Err(std::sync::TryLockError::Poisoned(p)) => {
                 let mut side = p.into_inner();
                 if side.open {
-                    side.open = false;
-                    side.failed = Some(Stop::Link(
+                    side.fail(Stop::Link(
                         "internal error: a send on this link panicked".into(),
                     ));
                 }
                 None
             }
+        }
+    }
+
+    /// The short tail after the cursor the leader may send itself (up to
+    /// `upto`, or what is durable): none if the link is closed or its
+    /// window full, or if there is nothing new, it is not all in memory,
+    /// it is longer than a short tail, or it cannot be read (the feed loop
+    /// reads, and reports, the rest).
+    fn short_tail(&self, side: &SendSide, upto: Option<Lsn>) -> Option<Vec<Arc<LogRecord>>> {
+        if !side.open || !side.can_send(self.ctx.window) {
+            return None;
+        }
+        let max = LEADER_RECORDS.min(self.ctx.batch);
+        match collect_tail(&self.ctx, side.cursor, max, LEADER_BYTES, upto) {
+            Ok(Some(b)) if !b.is_empty() => Some(b),
+            _ => None,
         }
     }
 }
@@ -336,12 +357,7 @@ impl IdleDurable for Tail {
             return;
         };
         side.prepared = None;
-        if !side.open || !side.can_send(self.ctx.window) {
-            return;
-        }
-        let max = LEADER_RECORDS.min(self.ctx.batch);
-        let Ok(Some(batch)) = collect_tail(&self.ctx, side.cursor, max, LEADER_BYTES, Some(upto))
-        else {
+        let Some(batch) = self.short_tail(&side, Some(upto)) else {
             return;
         };
         // A batch that fails its checks is built again by `durable` (or
@@ -374,18 +390,13 @@ impl IdleDurable for Tail {
                 return true;
             }
         }
-        let max = LEADER_RECORDS.min(self.ctx.batch);
-        let batch = match collect_tail(&self.ctx, side.cursor, max, LEADER_BYTES, None) {
-            Ok(Some(b)) if !b.is_empty() => b,
-            // Nothing new, not in memory, more than a short tail, or a
-            // read error: the feed loop reads (and reports) it.
-            _ => return false,
+        let Some(batch) = self.short_tail(&side, None) else {
+            return false;
         };
         match self.queue(&mut side, batch, true) {
             Ok(()) => true,
             Err(stop) => {
-                side.open = false;
-                side.failed = Some(stop);
+                side.fail(stop);
                 false
             }
         }
@@ -394,8 +405,7 @@ impl IdleDurable for Tail {
     fn flush(&self) {
         let mut side = lock(&self.side);
         if let Err(stop) = Tail::flush(self, &mut side) {
-            side.open = false;
-            side.failed = Some(stop);
+            side.fail(stop);
         }
     }
 }
