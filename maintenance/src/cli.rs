@@ -800,6 +800,10 @@ pub enum BenchCommand {
         /// ETP_STORE, else fjall).
         #[arg(long, value_name = "ENGINE")]
         store: Option<propagator::Engine>,
+        /// Keep the benchmark's directory (its database and copy area) and
+        /// print where it is, to restore or profile the set again.
+        #[arg(long)]
+        keep: bool,
     },
 }
 

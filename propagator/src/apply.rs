@@ -160,6 +160,14 @@ impl<'v, V: StateView> Applier<'v, V> {
                     self.next_isn.push((*fnr, *n));
                 }
             }
+            CatalogOp::Bulk(b) => {
+                if matches!(self.role(b.fnr), Some(Role::Log { .. })) {
+                    self.out.rewritten_logs.insert(b.fnr);
+                }
+                let m = self.meta_mut(b.fnr);
+                m.add_sum(b.count, b.digest);
+                m.next_isn = m.next_isn.max(b.last.0.saturating_add(1));
+            }
         }
     }
 

@@ -110,6 +110,24 @@ pub enum CatalogOp {
     /// from one copy set). With `next_isn`, the file's next isn (a log
     /// file's next seq) becomes exactly that after the commit.
     Restore { fnr: Fnr, next_isn: Option<u64> },
+    /// A bulk chunk: records `first..=last` of the file, `count` of them
+    /// with these digest terms summed, were written straight to the page
+    /// store (and synced there) before this entry, which names them rather
+    /// than carrying them. Every isn of the chunk lay at or above the
+    /// file's next isn (it replaced nothing); the file's count and digest
+    /// grow by the chunk's and its next isn moves past `last`. Replay
+    /// checks that the page store holds the chunk whole.
+    Bulk(BulkChunk),
+}
+
+/// What a [`CatalogOp::Bulk`] entry says of its chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkChunk {
+    pub fnr: Fnr,
+    pub first: crate::ids::Isn,
+    pub last: crate::ids::Isn,
+    pub count: u64,
+    pub digest: crate::digest::Digest,
 }
 
 /// Why a file is unusable: the reason, for people, and whether the damage

@@ -98,6 +98,13 @@ impl FileMeta {
         }
         self.next_isn = self.next_isn.max(isn.0.saturating_add(1));
     }
+
+    /// Adds records whose count and summed digest terms are known (a chunk
+    /// of new records, summed once by whoever read them).
+    pub fn add_sum(&mut self, count: u64, digest: Digest) {
+        self.count += count;
+        self.digest.0 = self.digest.0.wrapping_add(digest.0);
+    }
 }
 
 #[cfg(test)]

@@ -546,6 +546,45 @@ impl LogStore {
         if inner.failed {
             return Err(self.io("write", "an earlier write failed"));
         }
+        self.append(inner, records, lsn)
+    }
+
+    /// Writes new records — a bulk chunk — and a mark of the LSN the store
+    /// is already at, then syncs: they are part of the store from here on,
+    /// before the protection-log entry that names them
+    /// ([`crate::catalog::CatalogOp::Bulk`]) is written. Should that entry
+    /// never be, restart recovery's rescan finds records the log does not
+    /// account for.
+    pub fn bulk<'a>(
+        &self,
+        records: impl IntoIterator<Item = (Isn, &'a [u8])>,
+    ) -> Result<(), LogStoreError> {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        if inner.failed {
+            return Err(self.io("write", "an earlier write failed"));
+        }
+        let lsn = inner.applied;
+        self.append(inner, records.into_iter().map(|(i, v)| (i, Some(v))), lsn)?;
+        let synced = inner
+            .segs
+            .last()
+            .expect("a store has a segment")
+            .file
+            .sync_data();
+        if let Err(e) = synced {
+            inner.failed = true;
+            return Err(self.io("sync", e));
+        }
+        sync_dir(&self.dir).map_err(|e| self.io("sync directory", e))
+    }
+
+    fn append<'a>(
+        &self,
+        inner: &mut Inner,
+        records: impl IntoIterator<Item = (Isn, Option<&'a [u8]>)>,
+        lsn: Lsn,
+    ) -> Result<(), LogStoreError> {
         let mut buf = Vec::new();
         for (isn, v) in records {
             let need = FRAME_HEADER as u64 + v.map_or(0, |v| v.len() as u64);

@@ -655,6 +655,43 @@ impl PageStore {
         }
     }
 
+    /// Writes a bulk chunk of new records of `fnr` (none of their isns
+    /// holds a record) straight to the engine, or to the file's log store,
+    /// and makes them durable there: the protection-log entry that names
+    /// them ([`crate::catalog::CatalogOp::Bulk`]) is written after, and
+    /// does not carry them. The engine's applied LSN does not move.
+    pub fn bulk_put(&self, fnr: Fnr, records: &[(Isn, Vec<u8>)]) -> Result<(), StoreError> {
+        if let Some(ls) = self.log(fnr) {
+            return Ok(ls.bulk(records.iter().map(|(i, v)| (*i, v.as_slice())))?);
+        }
+        {
+            let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            match &self.kv {
+                Kv::Sled(db) => {
+                    let mut batch = sled::Batch::default();
+                    for (isn, v) in records {
+                        batch.insert(&data_key(fnr, *isn)[..], v.as_slice());
+                    }
+                    db.apply_batch(batch).map_err(|e| self.io(e))?;
+                }
+                Kv::Fjall { keyspace, pages } => {
+                    let mut batch = fjall::Batch::with_capacity(keyspace.clone(), records.len())
+                        .durability(Some(fjall::PersistMode::Buffer));
+                    for (isn, v) in records {
+                        batch.insert(pages, data_key(fnr, *isn), v.as_slice());
+                    }
+                    batch.commit().map_err(|e| self.io(e))?;
+                }
+            }
+        }
+        match &self.kv {
+            Kv::Sled(db) => db.flush().map(|_| ()).map_err(|e| self.io(e)),
+            Kv::Fjall { keyspace, .. } => keyspace
+                .persist(fjall::PersistMode::SyncData)
+                .map_err(|e| self.io(e)),
+        }
+    }
+
     /// Asks the engine to write its buffers out. The database relies on it
     /// only before it removes protection-log segments (the store must not
     /// need what they hold); a commit's durability is the PLOG's.

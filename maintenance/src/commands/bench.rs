@@ -36,9 +36,10 @@ pub fn run(c: BenchCommand) -> anyhow::Result<Outcome> {
             records,
             changes,
             store,
+            keep,
         } => {
             use_engine(store);
-            super::bench_copy::run(&data, records, changes)
+            super::bench_copy::run(&data, records, changes, keep)
         }
     }
 }

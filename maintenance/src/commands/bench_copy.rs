@@ -144,7 +144,7 @@ impl Phases {
     }
 }
 
-pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
+pub fn run(data: &Path, records: u64, changes: u64, keep: bool) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let dir = tempfile::Builder::new()
         .prefix("etp-bench-copy-")
@@ -326,5 +326,15 @@ pub fn run(data: &Path, records: u64, changes: u64) -> anyhow::Result<Outcome> {
         "# set (copy + read-back verify) idle / disk = {:.2}",
         set_idle / disk_idle
     )?;
+    if keep {
+        let kept = dir.keep();
+        writeln!(
+            out,
+            "# kept: database {}, copy area {} (set {})",
+            kept.join("db").display(),
+            kept.join("area").display(),
+            set.id
+        )?;
+    }
     Ok(Outcome::Ok)
 }

@@ -106,6 +106,21 @@ pub enum CopyFrame<R = ByteBuf> {
     End(CopyEnd),
 }
 
+/// A [`CopyFrame`] as the first pass of [`resolve_with`] reads it: the
+/// dump's records skipped over, not decoded.
+#[derive(Deserialize)]
+enum Skimmed {
+    Header(CopyHeader),
+    Records(serde::de::IgnoredAny),
+    Slice {
+        lsn: Lsn,
+        #[serde(rename = "time_us")]
+        _time_us: serde::de::IgnoredAny,
+        records: Vec<(Isn, Option<ByteBuf>)>,
+    },
+    End(CopyEnd),
+}
+
 /// A copy file that failed a check, or could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -463,6 +478,8 @@ pub struct CopyReader {
     len: u64,
     offset: u64,
     hash: blake3::Hasher,
+    /// The last frame's payload (reused: a dump frame is megabytes).
+    buf: Vec<u8>,
 }
 
 impl CopyReader {
@@ -480,6 +497,7 @@ impl CopyReader {
             len,
             offset: 0,
             hash: blake3::Hasher::new(),
+            buf: Vec::new(),
         };
         let mut magic = [0u8; 8];
         if len < 8 {
@@ -518,6 +536,16 @@ impl CopyReader {
 
     /// The next frame and its offset; None at the end of the file.
     pub fn next_frame(&mut self) -> Result<Option<(u64, CopyFrame)>, CopyError> {
+        let Some(at) = self.next_payload()? else {
+            return Ok(None);
+        };
+        let frame: CopyFrame = rmp_serde::from_slice(&self.buf)
+            .map_err(|e| self.damaged(at, format!("frame does not decode: {e}")))?;
+        Ok(Some((at, frame)))
+    }
+
+    /// The next frame's header: its offset, payload length and CRC.
+    fn next_header(&mut self) -> Result<Option<(u64, usize, u32)>, CopyError> {
         let at = self.offset;
         if at == self.len {
             return Ok(None);
@@ -532,13 +560,60 @@ impl CopyReader {
         if len > MAX_FRAME || (len as u64) > self.len - self.offset {
             return Err(self.damaged(at, format!("frame length {len} runs past the file")));
         }
-        let mut payload = vec![0u8; len];
-        self.read(&mut payload)?;
-        let got = crc32c::crc32c_append(crc32c::crc32c(&h[..4]), &payload);
+        Ok(Some((at, len, crc)))
+    }
+
+    /// Reads the next frame's payload into `self.buf`, its CRC checked;
+    /// its offset.
+    fn next_payload(&mut self) -> Result<Option<u64>, CopyError> {
+        let Some((at, len, crc)) = self.next_header()? else {
+            return Ok(None);
+        };
+        self.read_payload(at, len, crc)?;
+        Ok(Some(at))
+    }
+
+    /// Reads a payload of `len` bytes into `self.buf` and checks it
+    /// against its frame's CRC (over the length bytes and the payload).
+    fn read_payload(&mut self, at: u64, len: usize, crc: u32) -> Result<(), CopyError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(len, 0);
+        let read = self.read(&mut buf);
+        self.buf = buf;
+        read?;
+        let got = crc32c::crc32c_append(crc32c::crc32c(&(len as u32).to_le_bytes()), &self.buf);
         if got != crc {
             return Err(self.damaged(at, "frame checksum mismatch".into()));
         }
-        let frame: CopyFrame = rmp_serde::from_slice(&payload)
+        Ok(())
+    }
+
+    /// The next frame and its offset, but a dump's record frame is stepped
+    /// over unread (its header only; what it holds, its CRC and the whole
+    /// file's hash are for a full read to check), and its offset is all
+    /// that is returned of it. For a first look at the structure and the
+    /// log slice, which follow the dump.
+    fn next_skimmed(&mut self) -> Result<Option<(u64, Skimmed)>, CopyError> {
+        /// How a record frame's payload begins: a one-entry map keyed "Records".
+        const RECORDS: &[u8] = b"\x81\xa7Records";
+        let Some((at, len, crc)) = self.next_header()? else {
+            return Ok(None);
+        };
+        if len >= RECORDS.len() {
+            let mut head = [0u8; RECORDS.len()];
+            self.medium
+                .read_at(&mut head, self.offset)
+                .map_err(|source| CopyError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if head == RECORDS {
+                self.offset += len as u64;
+                return Ok(Some((at, Skimmed::Records(serde::de::IgnoredAny))));
+            }
+        }
+        self.read_payload(at, len, crc)?;
+        let frame: Skimmed = rmp_serde::from_slice(&self.buf)
             .map_err(|e| self.damaged(at, format!("frame does not decode: {e}")))?;
         Ok(Some((at, frame)))
     }
@@ -611,27 +686,56 @@ pub struct Resolved {
     pub bytes: u64,
 }
 
-/// Reads a copy file twice: first every frame (CRCs, structure, the whole
-/// file's hash, the slice's final after-images), then the dump merged with
-/// the slice, passed to `each` in ascending isn in chunks. The result's
-/// count and digest must equal the end frame's, or the copy is refused.
+/// Reads a copy file in two passes: first its structure and the slice's
+/// final after-images (the dump's frames stepped over), then every frame
+/// whole (CRCs, the whole file's hash), the dump merged with the slice and
+/// passed to `each` in ascending isn in chunks. The result's count and
+/// digest must equal the end frame's, or the copy is refused; the caller
+/// compares the hash with the catalog's.
 pub fn resolve(
     dir: &dyn MediumDir,
     name: &str,
+    each: &mut dyn FnMut(Records) -> Result<(), CopyError>,
+) -> Result<Resolved, CopyError> {
+    resolve_with(dir, name, Prove::Here, each)
+}
+
+/// Who proves a resolved copy's count and digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prove {
+    /// [`resolve_with`] itself, against the end frame.
+    Here,
+    /// The caller, from the records it is given (a restore proves the file
+    /// it wrote against the copy's meta with its last chunk): each record's
+    /// digest term is computed once, not twice.
+    ByCaller,
+}
+
+/// [`resolve`], with the count and digest proved by `prove`.
+///
+/// The first pass reads no more of a dump's record frame than its header;
+/// the second, which reads and decodes every frame, checks the CRCs, the
+/// dump's isn order and (through the hash it returns) every byte. So a
+/// damaged copy may be found only after part of it was passed to `each`:
+/// a restore proves each file with its last chunk, and a restore into a
+/// database that holds anything verifies the whole set first.
+pub fn resolve_with(
+    dir: &dyn MediumDir,
+    name: &str,
+    prove: Prove,
     each: &mut dyn FnMut(Records) -> Result<(), CopyError>,
 ) -> Result<Resolved, CopyError> {
     let mut r = CopyReader::open(dir, name)?;
     let mut header = None;
     let mut end = None;
     let mut overlay: BTreeMap<Isn, Option<Vec<u8>>> = BTreeMap::new();
-    let mut last_isn = Isn(0);
     let mut last_lsn = Lsn(0);
-    while let Some((at, f)) = r.next_frame()? {
+    while let Some((at, f)) = r.next_skimmed()? {
         if end.is_some() {
             return Err(r.damaged(at, "a frame after the end frame".into()));
         }
         match f {
-            CopyFrame::Header(h) => {
+            Skimmed::Header(h) => {
                 if header.is_some() {
                     return Err(r.damaged(at, "a second header".into()));
                 }
@@ -644,18 +748,12 @@ pub fn resolve(
             _ if header.is_none() => {
                 return Err(r.damaged(at, "the first frame is not the header".into()));
             }
-            CopyFrame::Records(recs) => {
-                for (isn, _) in &recs {
-                    if *isn <= last_isn {
-                        return Err(r.damaged(at, "dump records out of isn order".into()));
-                    }
-                    last_isn = *isn;
-                }
+            Skimmed::Records(_) => {
                 if !overlay.is_empty() {
                     return Err(r.damaged(at, "dump records after the log slice".into()));
                 }
             }
-            CopyFrame::Slice { lsn, records, .. } => {
+            Skimmed::Slice { lsn, records, .. } => {
                 if lsn <= last_lsn {
                     return Err(r.damaged(at, "log slice out of LSN order".into()));
                 }
@@ -664,7 +762,7 @@ pub fn resolve(
                     overlay.insert(isn, v.map(|b| b.into_vec()));
                 }
             }
-            CopyFrame::End(e) => {
+            Skimmed::End(e) => {
                 if e.lsn < last_lsn {
                     return Err(r.damaged(at, "end LSN before the log slice".into()));
                 }
@@ -675,15 +773,16 @@ pub fn resolve(
     let (Some(header), Some(end)) = (header, end) else {
         return Err(r.damaged(r.len, "the file ends without its end frame".into()));
     };
-    let blake3 = r.hash_hex();
-    let bytes = r.len;
-    // Second pass: the dump with the slice laid over it.
+    // Second pass: every frame read whole (CRCs and the whole file's hash),
+    // the dump decoded, with the slice laid over it.
     let mut r2 = CopyReader::open(dir, name)?;
     let mut meta = FileMeta::new(header.def.fnr);
     let mut overlay = Overlay::new(overlay);
     let mut emit = |out: Records| -> Result<(), CopyError> {
-        for (isn, v) in &out {
-            meta.change(*isn, None, Some(v));
+        if prove == Prove::Here {
+            for (isn, v) in &out {
+                meta.change(*isn, None, Some(v));
+            }
         }
         if out.is_empty() {
             Ok(())
@@ -691,16 +790,26 @@ pub fn resolve(
             each(out)
         }
     };
-    while let Some((_, f)) = r2.next_frame()? {
+    let mut last_isn = Isn(0);
+    while let Some((at, f)) = r2.next_frame()? {
         if let CopyFrame::Records(recs) = f {
+            for (isn, _) in &recs {
+                if *isn <= last_isn {
+                    return Err(r2.damaged(at, "dump records out of isn order".into()));
+                }
+                last_isn = *isn;
+            }
             emit(overlay.merge(recs.into_iter().map(|(i, v)| (i, v.into_vec())).collect()))?;
         }
     }
     let rest = overlay.rest();
-    for part in rest.chunks(SCAN_RECORDS) {
-        emit(part.to_vec())?;
+    let mut rest = rest.into_iter().peekable();
+    while rest.peek().is_some() {
+        emit(rest.by_ref().take(SCAN_RECORDS).collect())?;
     }
-    if (meta.count, meta.digest) != (end.meta.count, end.meta.digest) {
+    let blake3 = r2.hash_hex();
+    let bytes = r2.len;
+    if prove == Prove::Here && (meta.count, meta.digest) != (end.meta.count, end.meta.digest) {
         return Err(CopyError::Mismatch {
             path: r2.path.clone(),
             reason: format!(

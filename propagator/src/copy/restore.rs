@@ -10,7 +10,8 @@
 
 use super::area::{Area, CopySet, Member};
 use super::error::{SetError, Within};
-use crate::copy::{resolve, CopyError, Overlay, Records};
+use crate::copy::{resolve, resolve_with, CopyError, Overlay, Prove, Records};
+use crate::database::LoadStats;
 use crate::medium::FsDir;
 use crate::slice::{log_start, read_slice, SliceBase};
 use crate::wire::OperationRequest;
@@ -140,67 +141,146 @@ fn set_records(set: &CopySet) -> u64 {
     set.members.iter().map(|m| m.copy.end.meta.count).sum()
 }
 
+/// One chunk for a [`ChunkWriter`]: [`Database::restore_range`]'s arguments.
+struct Chunk {
+    fnr: Fnr,
+    from: Isn,
+    to: Option<Isn>,
+    records: Records,
+    last: Option<FileMeta>,
+}
+
+/// Writes a restore's chunks, in order, on a thread of its own: each is
+/// summed, written and synced there while the restore reads and decodes
+/// the next (on two cores, the digest terms on one and the copy's reading
+/// on the other). At most two chunks wait to be written.
+struct ChunkWriter {
+    tx: Option<std::sync::mpsc::SyncSender<Chunk>>,
+    thread: Option<std::thread::JoinHandle<Result<BTreeMap<Fnr, LoadStats>, SetError>>>,
+}
+
+impl ChunkWriter {
+    fn start(db: &Database) -> Result<ChunkWriter, SetError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
+        let db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("restore-write".into())
+            .spawn(move || {
+                let mut stats: BTreeMap<Fnr, LoadStats> = BTreeMap::new();
+                for c in rx {
+                    let (_, s) = db
+                        .restore_range(c.fnr, c.from, c.to, c.records, c.last)
+                        .within(|| format!("restoring file {}", c.fnr))?;
+                    let t = stats.entry(c.fnr).or_default();
+                    t.written += s.written;
+                    t.removed += s.removed;
+                }
+                Ok(stats)
+            })?;
+        Ok(ChunkWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a chunk over; fails with the writer's first failure, if it
+    /// has stopped.
+    fn send(&mut self, c: Chunk) -> Result<(), SetError> {
+        let stopped = match &self.tx {
+            Some(tx) => tx.send(c).is_err(),
+            None => true,
+        };
+        if stopped {
+            self.finish()?;
+            refused!("the restore's writer stopped");
+        }
+        Ok(())
+    }
+
+    /// Waits until every chunk handed over is written and durable; what
+    /// each file's chunks wrote and removed.
+    fn finish(&mut self) -> Result<BTreeMap<Fnr, LoadStats>, SetError> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => match t.join() {
+                Ok(r) => r,
+                Err(_) => refused!("the restore's writer panicked"),
+            },
+            None => refused!("the restore's writer already finished"),
+        }
+    }
+}
+
+impl Drop for ChunkWriter {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.finish();
+        }
+    }
+}
+
 /// Writes one file's new content, in chunks, as it streams in ascending isn,
 /// with `overlay` (isn → final bytes, None: absent) laid over it.
-struct FileWriter<'a> {
-    db: &'a Database,
+struct FileWriter {
     fnr: Fnr,
     overlay: Overlay,
     pending: Option<(Isn, Records)>,
-    written: u64,
-    removed: u64,
 }
 
 const CHUNK: usize = 8192;
 
-impl<'a> FileWriter<'a> {
-    fn new(db: &'a Database, fnr: Fnr, overlay: BTreeMap<Isn, Option<Vec<u8>>>) -> Self {
+impl FileWriter {
+    fn new(fnr: Fnr, overlay: BTreeMap<Isn, Option<Vec<u8>>>) -> Self {
         FileWriter {
-            db,
             fnr,
             overlay: Overlay::new(overlay),
             pending: None,
-            written: 0,
-            removed: 0,
         }
     }
 
-    fn flush(&mut self, to: Option<Isn>, last: Option<FileMeta>) -> Result<(), SetError> {
-        let (from, recs) = self.pending.take().unwrap_or((Isn(1), Vec::new()));
-        let (_, stats) = self
-            .db
-            .restore_range(self.fnr, from, to, recs, last)
-            .within(|| format!("restoring file {}", self.fnr))?;
-        self.written += stats.written;
-        self.removed += stats.removed;
-        Ok(())
+    fn flush(
+        &mut self,
+        to: Option<Isn>,
+        last: Option<FileMeta>,
+        w: &mut ChunkWriter,
+    ) -> Result<(), SetError> {
+        let (from, records) = self.pending.take().unwrap_or((Isn(1), Vec::new()));
+        w.send(Chunk {
+            fnr: self.fnr,
+            from,
+            to,
+            records,
+            last,
+        })
     }
 
-    fn push(&mut self, chunk: Records) -> Result<(), SetError> {
+    fn push(&mut self, chunk: Records, w: &mut ChunkWriter) -> Result<(), SetError> {
         let merged = self.overlay.merge(chunk);
-        self.stage(merged)
+        self.stage(merged, w)
     }
 
     /// Holds records back as the pending chunk, writing the one before:
     /// each chunk covers the isns up to the next chunk's first.
-    fn stage(&mut self, records: Records) -> Result<(), SetError> {
-        for part in records.chunks(CHUNK) {
+    fn stage(&mut self, records: Records, w: &mut ChunkWriter) -> Result<(), SetError> {
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let part: Records = records.by_ref().take(CHUNK).collect();
             let first = part[0].0;
             if self.pending.is_some() {
-                self.flush(Some(first), None)?;
-                self.pending = Some((first, part.to_vec()));
+                self.flush(Some(first), None, w)?;
+                self.pending = Some((first, part));
             } else {
-                self.pending = Some((Isn(1), part.to_vec()));
+                self.pending = Some((Isn(1), part));
             }
         }
         Ok(())
     }
 
-    fn finish(mut self, meta: FileMeta) -> Result<(u64, u64), SetError> {
+    /// Hands over the file's last chunk, which proves it against `meta`.
+    fn finish(mut self, meta: FileMeta, w: &mut ChunkWriter) -> Result<(), SetError> {
         let rest = self.overlay.rest();
-        self.stage(rest)?;
-        self.flush(None, Some(meta))?;
-        Ok((self.written, self.removed))
+        self.stage(rest, w)?;
+        self.flush(None, Some(meta), w)
     }
 }
 
@@ -289,13 +369,16 @@ fn write_set(
     let mut files = Vec::new();
     // The records resolved from the copy, what the restore streams.
     let mut c = Counter::new(&mut on, "restore", set_records(set), "records");
+    let mut writer = ChunkWriter::start(db)?;
     for m in &set.members {
-        let mut w = FileWriter::new(db, m.fnr, overlays.remove(&m.fnr).unwrap_or_default());
+        let mut w = FileWriter::new(m.fnr, overlays.remove(&m.fnr).unwrap_or_default());
         let mut err = None;
-        let resolved = resolve(&dir, &m.copy.name, &mut |chunk| {
+        // The file's count and digest are proved by its last restored
+        // chunk, against the copy's (or the rolled-forward) meta.
+        let resolved = resolve_with(&dir, &m.copy.name, Prove::ByCaller, &mut |chunk| {
             c.add(chunk.len() as u64);
             if err.is_none() {
-                if let Err(e) = w.push(chunk) {
+                if let Err(e) = w.push(chunk, &mut writer) {
                     err = Some(e);
                 }
             }
@@ -309,15 +392,20 @@ fn write_set(
         // proves the file and ends its restore.
         check_resolved(&dir, m, &resolved).within(|| unverified(set))?;
         let meta = metas.get(&m.fnr).copied().unwrap_or(m.copy.end.meta);
-        let (written, removed) = w.finish(meta)?;
+        w.finish(meta, &mut writer)?;
         files.push(RestoredFile {
             fnr: m.fnr,
             name: m.name.clone(),
             count: meta.count,
             digest: meta.digest.to_string(),
-            written,
-            removed,
+            written: 0,
+            removed: 0,
         });
+    }
+    let stats = writer.finish()?;
+    for f in &mut files {
+        let s = stats.get(&f.fnr).copied().unwrap_or_default();
+        (f.written, f.removed) = (s.written, s.removed);
     }
     db.wait_applied()?;
     c.finish();
@@ -687,7 +775,8 @@ pub fn backout(
             }
         }
         db.wait_applied()?;
-        let mut w = FileWriter::new(db, f, overlay);
+        let mut w = FileWriter::new(f, overlay);
+        let mut writer = ChunkWriter::start(db)?;
         let mut from = Isn(1);
         loop {
             let chunk = db.scan_store(f, from, CHUNK, 8 << 20)?;
@@ -699,9 +788,14 @@ pub fn backout(
                     .into_iter()
                     .map(|(i, v)| (i, v.as_ref().to_vec()))
                     .collect(),
+                &mut writer,
             )?;
         }
-        let (written, removed) = w.finish(meta)?;
+        w.finish(meta, &mut writer)?;
+        let stats = writer.finish()?;
+        let LoadStats {
+            written, removed, ..
+        } = stats.get(&f).copied().unwrap_or_default();
         out.push(RestoredFile {
             fnr: f,
             name: db.file(f)?.name,

@@ -260,7 +260,7 @@ impl Database {
                 .iter()
                 .filter_map(|op| match op {
                     CatalogOp::Rebase(m) => Some(m.fnr),
-                    CatalogOp::Define(_) | CatalogOp::Restore { .. } => None,
+                    CatalogOp::Define(_) | CatalogOp::Restore { .. } | CatalogOp::Bulk(_) => None,
                 })
                 .collect();
             let entry = Commit {
@@ -653,7 +653,14 @@ pub(super) fn resolve<V: StateView>(
                     decode_record(a).map_err(bad)?;
                 }
             }
-            if ap.current(fnr, isn)? != before {
+            // An isn the file has never held needs no lookup (every chunk
+            // of a file restored from empty).
+            let current = if before.is_none() && ap.unused(fnr, isn) {
+                None
+            } else {
+                ap.current(fnr, isn)?
+            };
+            if current != before {
                 return Err(DbError::BadDefinition(format!(
                     "record {isn} of file {fnr} changed while it was being restored"
                 )));

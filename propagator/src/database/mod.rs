@@ -21,6 +21,7 @@
 //! On open, [`recovery`] replays the log after the store's applied LSN
 //! (autorestart) and checks digests.
 
+mod bulk;
 mod check;
 mod commit;
 mod reads;

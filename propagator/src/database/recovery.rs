@@ -173,6 +173,7 @@ fn replay_commit(
 ) -> Result<(), DbError> {
     // A log store that already holds this commit: neither checked nor written.
     let held = |fnr: Fnr| marks.get(&fnr).is_some_and(|m| c.lsn <= *m);
+    check_bulk(store, exp, damaged, c, |f| !held(f))?;
     loop {
         let view = ReplayView {
             exp,
@@ -242,6 +243,30 @@ fn replay_commit(
         rp.commits += 1;
         return Ok(());
     }
+}
+
+/// Checks that the page store holds whole each bulk chunk `c` commits to a
+/// file `check` selects (one not yet applied); a file whose chunk is not
+/// there is damaged: the protection log does not carry its records.
+fn check_bulk(
+    store: &PageStore,
+    exp: &Expected,
+    damaged: &mut BTreeMap<Fnr, Damage>,
+    c: &Commit,
+    check: impl Fn(Fnr) -> bool,
+) -> Result<(), DbError> {
+    for op in &c.catalog {
+        let crate::catalog::CatalogOp::Bulk(b) = op else {
+            continue;
+        };
+        if damaged.contains_key(&b.fnr) || !check(b.fnr) {
+            continue;
+        }
+        if let Some(reason) = super::bulk::bulk_chunk_problem(store, c.lsn, b)? {
+            mark_damaged(exp, damaged, b.fnr, reason);
+        }
+    }
+    Ok(())
 }
 
 /// A commit the page store holds but some log stores do not: only their
@@ -483,6 +508,9 @@ pub(crate) fn recover(
                     replay_commit(store, &exp, &mut damaged, &mut rp, c, &marks)?;
                     report.replayed += 1;
                 } else if c.lsn > from {
+                    check_bulk(store, &exp, &mut damaged, c, |f| {
+                        marks.get(&f).is_some_and(|m| c.lsn > *m)
+                    })?;
                     replay_logs_only(store, &exp, &mut logs_batch, c, &marks)?;
                     if logs_batch.records.len() >= 4096 {
                         logs_batch.applied = c.lsn;

@@ -93,6 +93,24 @@ impl Database {
         wanted: Vec<(Isn, Vec<u8>)>,
         last: Option<FileMeta>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
+        let (pending, stats) = self.restore_range_queued(fnr, from, to, wanted, last)?;
+        Ok((pending.wait()?, stats))
+    }
+
+    /// [`Database::restore_range`], answered once queued: the chunk's
+    /// commit is durable once the returned [`PendingCommit`] is waited for,
+    /// so a restore can read and build its next chunk meanwhile. Whoever
+    /// holds the pending commit must wait for it before calling this again
+    /// from the same thread (a chunk may wait for the ones before it to
+    /// reach the page store, which needs their waits).
+    pub fn restore_range_queued(
+        &self,
+        fnr: Fnr,
+        from: Isn,
+        to: Option<Isn>,
+        wanted: Vec<(Isn, Vec<u8>)>,
+        last: Option<FileMeta>,
+    ) -> Result<(PendingCommit, LoadStats), DbError> {
         check_chunk("restored", from, to, &wanted)?;
         if let Some(want) = last {
             // The file ends as the copy: every record below its next isn
@@ -129,7 +147,29 @@ impl Database {
         // nor reads it. (After a reopen, replay may have skipped the
         // damaged file's changes: its meta can lag its records, so a
         // resumed restore reads them.)
-        let existing = if rebased && meta.next_isn < u64::MAX && from.0 >= meta.next_isn {
+        let fresh = rebased && Self::bulk_fits(&meta, from);
+        if fresh && !wanted.is_empty() {
+            // Replaces nothing: the chunk goes to the page store in bulk,
+            // its log entry naming it (see `bulk`).
+            let sum = super::bulk::chunk_sum(&wanted);
+            meta.add_sum(sum.0, sum.1);
+            if let Some(want) = last {
+                if (meta.count, meta.digest) != (want.count, want.digest) {
+                    return Err(DbError::BadDefinition(format!(
+                        "file {fnr} would hold {} records with digest {} after its last restored chunk, but the copy holds {} records with digest {}; nothing written",
+                        meta.count, meta.digest, want.count, want.digest
+                    )));
+                }
+            }
+            let catalog = self.restore_catalog(fnr, def, last);
+            let stats = LoadStats {
+                written: sum.0,
+                ..LoadStats::default()
+            };
+            let pending = self.bulk_queued(fnr, &wanted, sum, catalog, Vec::new())?;
+            return Ok((pending, stats));
+        }
+        let existing = if fresh {
             Vec::new()
         } else {
             self.wait_applied()?;
@@ -158,6 +198,15 @@ impl Database {
                 )));
             }
         }
+        let catalog = self.restore_catalog(fnr, def, last);
+        let pending = self.commit_queued(catalog, ops, None, false)?;
+        Ok((pending, stats))
+    }
+
+    /// The catalog changes of a restored chunk: written as given, and with
+    /// the last chunk (`last`, proved), the file's next isn and the end of
+    /// its restore mark.
+    fn restore_catalog(&self, fnr: Fnr, def: FileDef, last: Option<FileMeta>) -> Vec<CatalogOp> {
         let mut catalog = vec![CatalogOp::Restore {
             fnr,
             next_isn: last.map(|m| m.next_isn),
@@ -171,8 +220,7 @@ impl Database {
                 ..latest.unwrap_or(def)
             }));
         }
-        let info = self.commit(catalog, ops, None)?;
-        Ok((info, stats))
+        catalog
     }
 
     /// The state a copy is taken at: the latest LSN, its commit time, the

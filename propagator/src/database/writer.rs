@@ -816,7 +816,7 @@ impl LogSide {
     }
 }
 
-fn poison(shared: &Shared, reason: String) {
+pub(super) fn poison(shared: &Shared, reason: String) {
     tracing::error!(reason = %reason, "database stops accepting commits");
     let mut p = lock(&shared.poisoned);
     if p.is_none() {
