@@ -174,9 +174,9 @@ impl IntTerm {
         }
     }
 
-    fn eval(&self, record: &Record) -> Option<i64> {
+    fn eval<'v>(&self, record: &dyn Fn(&str) -> Option<&'v Value>) -> Option<i64> {
         match self {
-            IntTerm::Field(f) => match record.get(f)? {
+            IntTerm::Field(f) => match record(f)? {
                 Value::Int(i) => Some(*i),
                 _ => None,
             },
@@ -240,7 +240,7 @@ impl Fast {
         }
     }
 
-    fn eval(&self, record: &Record) -> Option<bool> {
+    fn eval<'v>(&self, record: &dyn Fn(&str) -> Option<&'v Value>) -> Option<bool> {
         Some(match self {
             Fast::Bool(b) => *b,
             // Both sides: CEL's `&&` and `||` are commutative over errors,
@@ -257,7 +257,7 @@ impl Fast {
             Fast::Int(ord, holds, a, b) => {
                 (a.eval(record)?.cmp(&b.eval(record)?) == *ord) == *holds
             }
-            Fast::Text { field, lit, eq } => match record.get(field)? {
+            Fast::Text { field, lit, eq } => match record(field)? {
                 Value::Text(t) => (t == lit) == *eq,
                 _ => return None,
             },
@@ -380,10 +380,28 @@ impl Predicate {
                 missing.join(", ")
             ));
         }
-        if let Some(b) = self.fast.as_ref().and_then(|f| f.eval(record)) {
+        if let Some(b) = self.fast.as_ref().and_then(|f| f.eval(&|n| record.get(n))) {
             return Ok(b);
         }
         self.eval_cel(record)
+    }
+
+    /// [`Predicate::selects`] given only the fields it reads, as `(name,
+    /// value)` pairs (a record's other fields play no part): a selection
+    /// that needs no record built when the native evaluator answers.
+    pub fn selects_values(&self, values: &[(&str, Value)]) -> bool {
+        let get = |n: &str| values.iter().find(|(k, _)| *k == n).map(|(_, v)| v);
+        if self.variables.iter().any(|v| get(v).is_none()) {
+            return false;
+        }
+        if let Some(b) = self.fast.as_ref().and_then(|f| f.eval(&get)) {
+            return b;
+        }
+        let record: Record = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        self.selects(&record)
     }
 
     /// [`Predicate::eval`] by the CEL program (the fields are all there).
@@ -697,6 +715,13 @@ mod tests {
             let mut cel_only = fast.clone();
             cel_only.fast = None;
             proptest::prop_assert_eq!(fast.eval(&r), cel_only.eval(&r), "{} over {:?}", NATIVE[which], r);
+            // Given only the fields it reads, it selects as over the record.
+            let read: Vec<(&str, Value)> = fast
+                .reads()
+                .iter()
+                .filter_map(|n| r.get(n).map(|v| (n.as_str(), v.clone())))
+                .collect();
+            proptest::prop_assert_eq!(fast.selects_values(&read), cel_only.selects(&r), "{} over {:?}", NATIVE[which], r);
         }
     }
 

@@ -75,6 +75,15 @@ pub enum SliceError {
         lsn: Lsn,
         reason: String,
     },
+    /// A commit wrote a bulk chunk of a file the slice covers: the
+    /// protection log names the chunk but does not carry its records.
+    #[error("LSN {lsn} wrote isns {first}..={last} of file {fnr} in bulk (a restore or a load into it), and the protection log does not carry a bulk chunk's records: nothing can be rolled forward or sliced across it; use a copy taken after LSN {lsn}")]
+    Bulk {
+        lsn: Lsn,
+        fnr: Fnr,
+        first: crate::ids::Isn,
+        last: crate::ids::Isn,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -139,6 +148,18 @@ pub fn read_slice(
             continue;
         }
         let wanted = |fnr: &Fnr| files.is_empty() || files.contains(fnr);
+        let bulk = c.catalog.iter().find_map(|op| match op {
+            crate::catalog::CatalogOp::Bulk(b) if wanted(&b.fnr) => Some(*b),
+            _ => None,
+        });
+        if let Some(b) = bulk {
+            return Err(SliceError::Bulk {
+                lsn: c.lsn,
+                fnr: b.fnr,
+                first: b.first,
+                last: b.last,
+            });
+        }
         let d = {
             let mut ap = Applier::new(&*base, c.lsn, c.time_us, c.client_id.clone());
             for op in &c.catalog {

@@ -712,45 +712,8 @@ pub(super) fn resolve<V: StateView>(
             ..
         } => {
             let before = ap.current(fnr, isn)?;
-            if let Some(guard) = follows {
-                let current = match &before {
-                    None => Record::new(),
-                    Some(b) => decode_record(b).map_err(bad)?,
-                };
-                let view = crate::confirmation::GuardView::of(&current);
-                let load_id = view.load_id;
-                match guard {
-                    PutGuard::Seq(expected) => {
-                        if let Some(id) = load_id {
-                            return Err(DbError::LoadInProgress {
-                                fnr,
-                                id: id.to_string(),
-                            });
-                        }
-                        let confirmed = view.seq;
-                        if confirmed != expected {
-                            return Err(DbError::OutOfSequence {
-                                fnr,
-                                expected,
-                                confirmed,
-                            });
-                        }
-                    }
-                    PutGuard::Load { id, next } => {
-                        let at = view.load_next;
-                        if load_id != Some(id.as_str()) || at != Some(next) {
-                            return Err(DbError::LoadOutOfSequence {
-                                fnr,
-                                id,
-                                next,
-                                found: match (load_id, at) {
-                                    (Some(l), Some(n)) => format!("load {l} at isn {n}"),
-                                    _ => "no load in progress".into(),
-                                },
-                            });
-                        }
-                    }
-                }
+            if let Some(guard) = &follows {
+                check_guard(fnr, before.as_deref(), guard)?;
             }
             crate::plog::Change {
                 fnr,
@@ -760,4 +723,53 @@ pub(super) fn resolve<V: StateView>(
             }
         }
     })
+}
+
+/// Checks a confirmation record's guard ([`PutGuard`]) against the record
+/// as it stands (`before`; None: absent).
+pub(super) fn check_guard(
+    fnr: Fnr,
+    before: Option<&[u8]>,
+    guard: &PutGuard,
+) -> Result<(), DbError> {
+    let bad = |source| DbError::BadRecord { fnr, source };
+    let current = match before {
+        None => Record::new(),
+        Some(b) => decode_record(b).map_err(bad)?,
+    };
+    let view = crate::confirmation::GuardView::of(&current);
+    let load_id = view.load_id;
+    match guard {
+        PutGuard::Seq(expected) => {
+            if let Some(id) = load_id {
+                return Err(DbError::LoadInProgress {
+                    fnr,
+                    id: id.to_string(),
+                });
+            }
+            let confirmed = view.seq;
+            if confirmed != *expected {
+                return Err(DbError::OutOfSequence {
+                    fnr,
+                    expected: *expected,
+                    confirmed,
+                });
+            }
+        }
+        PutGuard::Load { id, next } => {
+            let at = view.load_next;
+            if load_id != Some(id.as_str()) || at != Some(*next) {
+                return Err(DbError::LoadOutOfSequence {
+                    fnr,
+                    id: id.clone(),
+                    next: *next,
+                    found: match (load_id, at) {
+                        (Some(l), Some(n)) => format!("load {l} at isn {n}"),
+                        _ => "no load in progress".into(),
+                    },
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -373,9 +373,9 @@ impl Database {
     ) -> Result<(), DbError> {
         self.file(fnr)?;
         self.wait_applied()?;
-        for kv in self.shared().store.scan(fnr, from) {
+        for kv in self.shared().store.scan_shared(fnr, from) {
             let (isn, v) = kv?;
-            if !f(isn, &v)? {
+            if !f(isn, v.as_ref())? {
                 break;
             }
         }

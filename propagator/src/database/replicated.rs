@@ -74,6 +74,11 @@ impl Database {
     /// order. With `expect`, the file's count and digest after the chunk must
     /// equal it (the last chunk of a load), or nothing is written.
     ///
+    /// A chunk that lands where the replicate holds nothing (at or above
+    /// its next isn: every chunk of a load into an empty replicate) goes to
+    /// the page store in bulk (see `bulk`); `sum`, if given, is its records'
+    /// count and digest, computed by the caller from these very bytes.
+    ///
     /// The caller serialises writes to `replicate` (as replication links do).
     #[allow(clippy::too_many_arguments)]
     pub fn load_range(
@@ -85,6 +90,7 @@ impl Database {
         rewrite: bool,
         progress: (Fnr, Isn, Record, PutGuard),
         expect: Option<(u64, crate::Digest)>,
+        sum: Option<(u64, crate::Digest)>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
         check_chunk("loaded", from, to, &wanted)?;
         let def = self.file(replicate)?;
@@ -93,6 +99,47 @@ impl Database {
                 "file {replicate} is a {} file, not a replicate",
                 def.role.name()
             )));
+        }
+        let info = self.file_info(replicate)?;
+        if info.damaged.is_none() && !wanted.is_empty() && Self::bulk_fits(&info.meta, from) {
+            let sum = sum.unwrap_or_else(|| super::bulk::chunk_sum(&wanted));
+            let mut meta = info.meta;
+            meta.add_sum(sum.0, sum.1);
+            if let Some((count, digest)) = expect {
+                if (meta.count, meta.digest) != (count, digest) {
+                    return Err(DbError::BadDefinition(format!(
+                        "replicate file {replicate} would hold {} records with digest {} after its last loaded chunk, but the load expects {count} records with digest {digest}; nothing written",
+                        meta.count, meta.digest
+                    )));
+                }
+            }
+            let (cfnr, cisn, rec, guard) = progress;
+            // Whatever would refuse the commit is checked before the chunk
+            // is written: here, that it is the load's next chunk.
+            {
+                let st = lock(&self.shared().state);
+                let current = LatestView {
+                    st: &st,
+                    store: &self.shared().store,
+                    prefetched: None,
+                }
+                .get(cfnr, cisn)?;
+                super::commit::check_guard(cfnr, current.as_deref(), &guard)?;
+            }
+            let put = Op::Put {
+                fnr: cfnr,
+                isn: cisn,
+                record: rec,
+                follows: Some(guard),
+            };
+            let info = self
+                .bulk_queued(replicate, &wanted, sum, Vec::new(), vec![put])?
+                .wait()?;
+            let stats = LoadStats {
+                written: sum.0,
+                ..LoadStats::default()
+            };
+            return Ok((info, stats));
         }
         // What the page store holds in the range is what the replicate
         // held when the load began (the load's first step waits until every

@@ -254,9 +254,7 @@ impl Node {
             let mut total = crate::FileMeta::new(link.file);
             total.count = current.count;
             total.digest = current.digest;
-            for (i, b) in &records {
-                total.change(*i, None, Some(b));
-            }
+            total.add_sum(m.count, m.digest);
             let next = LoadProgress {
                 next: to.unwrap_or(Isn(u64::MAX)),
                 count: total.count,
@@ -294,6 +292,7 @@ impl Node {
                 current.rewrite,
                 (link.confirmation, cisn, progress, guard),
                 expect,
+                Some((m.count, m.digest)),
             )?;
             let meta = match meta_of(&info, link.file) {
                 Some(m) => m,

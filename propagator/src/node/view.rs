@@ -47,13 +47,13 @@ pub fn view(rep: &Replicate, image: Option<&[u8]>) -> Result<Option<Vec<u8>>, Re
         return view_decoded(rep, bytes);
     };
     if let Some(p) = rep.predicate.as_ref() {
-        let mut read = crate::record::Record::new();
+        let mut read = Vec::with_capacity(p.reads().len());
         for name in p.reads() {
             if let Some(e) = entries.iter().find(|e| e.name == name.as_str()) {
-                read.insert(name.clone(), decode_value(e.value)?);
+                read.push((name.as_str(), decode_value(e.value)?));
             }
         }
-        if !p.selects(&read) {
+        if !p.selects_values(&read) {
             return Ok(None);
         }
     }

@@ -1879,3 +1879,202 @@ fn a_hook_prepared_for_a_group_whose_sync_fails_is_never_told_it_is_durable() {
     assert_eq!(flushed.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(*db.subscribe_durable().borrow(), good);
 }
+
+/// Swaps `dir`'s page store and log stores for `store` and `logs`.
+fn swap_stores(dir: &Path, store: &Path, logs: &Path) {
+    for (from, to) in [(store, dir.join("store")), (logs, dir.join("logs"))] {
+        std::fs::remove_dir_all(&to).expect("rm");
+        copy_dir(from, &to);
+    }
+}
+
+#[test]
+fn a_restore_from_empty_goes_in_bulk_and_replay_checks_the_page_store_holds_each_chunk() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("db");
+    let source: Vec<(Isn, Vec<u8>)> = (1..=40)
+        .map(|i| {
+            let mut r = rec(&[("v", i)]);
+            r.insert("pad".into(), Value::Text("p".repeat(2000)));
+            (Isn(i as u64), propagator::record::encode_record(&r).expect("encode"))
+        })
+        .collect();
+    let mut want = propagator::FileMeta::new(PLAIN);
+    for (i, b) in &source {
+        want.change(*i, None, Some(b));
+    }
+    let db = fresh(&dir);
+    db.begin_restore(PLAIN, "a bulk test").expect("begin");
+    db.close().expect("close");
+    // The stores as they were before any chunk: what a page store that had
+    // not applied the chunks' entries yet would hold (plus the chunks).
+    let (old_store, old_logs) = (t.path().join("old-store"), t.path().join("old-logs"));
+    copy_dir(&dir.join("store"), &old_store);
+    copy_dir(&dir.join("logs"), &old_logs);
+    let (db, _) = Database::open(&dir).expect("reopen");
+    db.begin_restore(PLAIN, "a bulk test").expect("begin again");
+    let before = db.last_lsn();
+    let plog_bytes = |d: &Path| -> u64 {
+        std::fs::read_dir(d.join("plog"))
+            .expect("plog")
+            .map(|e| e.expect("entry").metadata().expect("meta").len())
+            .sum()
+    };
+    let plog_before = plog_bytes(&dir);
+    db.restore_range(PLAIN, Isn(1), Some(Isn(21)), source[..20].to_vec(), None)
+        .expect("first chunk");
+    db.restore_range(PLAIN, Isn(21), None, source[20..].to_vec(), Some(want))
+        .expect("last chunk");
+    let info = db.file_info(PLAIN).expect("info");
+    assert_eq!((info.meta, info.damaged), (want, None));
+    assert_eq!(dump_raw(&db, PLAIN), source.iter().cloned().collect());
+    // Named, not carried: the log grew by far less than the 80 KB of
+    // records, and a slice across the chunks says why it cannot be read.
+    assert!(
+        plog_bytes(&dir) - plog_before < 8 << 10,
+        "the protection log carries the records"
+    );
+    let mut base = propagator::slice::SliceBase {
+        catalog: db.files().into_iter().map(|f| (f.def.fnr, f.def)).collect(),
+        metas: BTreeMap::new(),
+    };
+    let err = propagator::slice::read_slice(
+        &propagator::medium::FsDir::new(dir.join("plog")),
+        db.dbid(),
+        &mut base,
+        before,
+        None,
+        &[PLAIN].into_iter().collect(),
+        |_| Ok(true),
+    )
+    .expect_err("a slice across a bulk chunk");
+    assert!(
+        matches!(
+            err,
+            propagator::slice::SliceError::Bulk {
+                fnr: PLAIN,
+                first: Isn(1),
+                last: Isn(20),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    db.close().expect("close");
+    let put = |store: &Path, chunk: &[(Isn, Vec<u8>)]| {
+        let s = propagator::store::PageStore::open(store, ENGINE, 1 << 20, 1 << 20).expect("store");
+        s.bulk_put(PLAIN, chunk).expect("bulk put");
+    };
+
+    // The chunks durable in the page store, their entries not applied:
+    // replay checks each chunk is there, and the file is whole.
+    let (a_store, a_logs) = (t.path().join("a-store"), t.path().join("a-logs"));
+    copy_dir(&old_store, &a_store);
+    copy_dir(&old_logs, &a_logs);
+    put(&a_store, &source);
+    swap_stores(&dir, &a_store, &a_logs);
+    let (db, report) = Database::open(&dir).expect("open with the entries unapplied");
+    assert!(report.replayed >= 2, "{report:?}");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(db.file_info(PLAIN).expect("info").meta, want);
+    assert_eq!(dump_raw(&db, PLAIN), source.iter().cloned().collect());
+    assert!(db.check().expect("check").is_ok());
+    db.close().expect("close");
+
+    // The second chunk lost by the page store: the log cannot bring it
+    // back, and the file is damaged, naming the chunk and its LSN.
+    let (b_store, b_logs) = (t.path().join("b-store"), t.path().join("b-logs"));
+    copy_dir(&old_store, &b_store);
+    copy_dir(&old_logs, &b_logs);
+    put(&b_store, &source[..20]);
+    swap_stores(&dir, &b_store, &b_logs);
+    let (db, report) = Database::open(&dir).expect("open with a chunk lost");
+    let reason = report
+        .damaged
+        .iter()
+        .find(|(f, _)| *f == PLAIN)
+        .map(|(_, r)| r.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("bulk chunk of isns 21..=40") && reason.contains("not whole"),
+        "{report:?}"
+    );
+    assert!(matches!(
+        db.read(PLAIN, Isn(1)),
+        Err(DbError::FileDamaged { .. })
+    ));
+}
+
+#[test]
+fn a_load_into_an_empty_replicate_goes_in_bulk_and_a_chunk_out_of_sequence_writes_nothing() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("db");
+    let db = fresh(&dir);
+    let (rep, _) = replicate_files(&db);
+    let conf = Fnr(41);
+    let progress = |next: i64| {
+        let mut r = Record::new();
+        r.insert("load_id".into(), Value::Text("L1".into()));
+        r.insert("load_next".into(), Value::Int(next));
+        r
+    };
+    db.put_engine_record(conf, Isn(40), progress(1))
+        .expect("load begins");
+    let chunk = |from: u64, to: u64| -> Vec<(Isn, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                let b = propagator::record::encode_record(&rec(&[("v", i as i64)]));
+                (Isn(i), b.expect("encode"))
+            })
+            .collect()
+    };
+    let guard = |next: u64| propagator::database::PutGuard::Load {
+        id: "L1".into(),
+        next,
+    };
+    let load = |from: u64, to: Option<u64>, expect| {
+        let recs = chunk(from, to.unwrap_or(31));
+        db.load_range(
+            rep,
+            Isn(from),
+            to.map(Isn),
+            recs,
+            false,
+            (conf, Isn(40), progress(to.unwrap_or(0) as i64), guard(from)),
+            expect,
+            None,
+        )
+    };
+    load(1, Some(11), None).expect("first chunk");
+    // The third chunk before the second: refused, and nothing of it is in
+    // the page store (it would be records the file does not count).
+    let lsn = db.last_lsn();
+    let err = load(21, Some(31), None).expect_err("out of sequence");
+    assert!(
+        matches!(err, DbError::LoadOutOfSequence { .. }),
+        "{err:?}"
+    );
+    assert_eq!(db.last_lsn(), lsn);
+    db.wait_applied().expect("applied");
+    assert_eq!(dump_raw(&db, rep).len(), 10, "the refused chunk wrote records");
+    load(11, Some(21), None).expect("second chunk");
+    let mut want = propagator::FileMeta::new(rep);
+    for (i, b) in chunk(1, 31) {
+        want.change(i, None, Some(&b));
+    }
+    // A last chunk whose result is not what the load expects writes nothing.
+    let err = load(21, None, Some((want.count, propagator::Digest(want.digest.0 ^ 1))))
+        .expect_err("wrong digest");
+    assert!(err.to_string().contains("nothing written"), "{err}");
+    db.wait_applied().expect("applied");
+    assert_eq!(dump_raw(&db, rep).len(), 20);
+    load(21, None, Some((want.count, want.digest))).expect("last chunk");
+    assert_eq!(db.file_info(rep).expect("info").meta, want);
+    assert_eq!(dump_raw(&db, rep), chunk(1, 31).into_iter().collect());
+    // Each chunk's entry named it: after an unclean stop the rescan and the
+    // replay find the file whole.
+    db.simulate_crash();
+    let (db, report) = Database::open(&dir).expect("reopen");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump_raw(&db, rep), chunk(1, 31).into_iter().collect());
+}
