@@ -311,6 +311,126 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     ok(&etp(&["policy", "set", "automatic", "--node", &node]));
 }
 
+/// A master database of `n` records (isns 1..=n) in `dir`, made with
+/// `etp exec` before it becomes a master: a new replicate needs a load.
+fn master_of(dir: &std::path::Path, n: u64) {
+    let d = dir.to_str().expect("utf8");
+    ok(&etp(&["db", "init", "--data", d, "--dbid", "1"]));
+    ok(&etp(&[
+        "file", "create", "--data", d, "--file", "10", "--name", "items",
+    ]));
+    let mut input = String::with_capacity(n as usize * 90);
+    for k in 1..=n {
+        input.push_str(&format!(
+            "{{\"op\":\"store\",\"file\":10,\"isn\":{k},\"fields\":{{\"id\":{k},\"grp\":{},\"qty\":{},\"note\":\"n{k}\"}}}}\n",
+            k % 12,
+            k % 30
+        ));
+        if k % 10_000 == 0 {
+            input.push_str("{\"op\":\"et\"}\n");
+        }
+    }
+    input.push_str("{\"op\":\"et\"}\n");
+    ok(&etp_system_tests::etp_stdin(&["exec", "--data", d], &input));
+}
+
+/// kill -9 of either side at random points of a load into an empty
+/// replicate (every chunk a bulk chunk: written to the page store, then
+/// named by its log entry), ten times over: each run resumes at or after
+/// where the one before had got, the replicate never reads as loaded
+/// before the last chunk proves it, and it ends equal to the master.
+#[test]
+fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
+    const N: u64 = 30_000;
+    let t = tempfile::tempdir().expect("tempdir");
+    master_of(&t.path().join("db1"), N);
+    let mut cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    cl.wait_converged(LIMIT).expect("converged");
+    wait_for("both replicates loaded", LIMIT, || {
+        reports(cl.master().addr)
+            .iter()
+            .all(|(_, r)| r.last_load.is_some() && r.state == ReplicaState::Online)
+            .then_some(())
+    });
+    ok(&etp(&["policy", "set", "manual", "--node", &node]));
+    let addrs: Vec<SocketAddr> = cl.nodes.iter().map(|n| n.addr).collect();
+    let topo = t.path().join("topology2.toml");
+    std::fs::write(&topo, with_new_replicate(&addrs, 100)).expect("write topology");
+    ok(&etp(&[
+        "admin",
+        "apply",
+        "--node",
+        &node,
+        topo.to_str().expect("utf8"),
+    ]));
+    let master = cl.master().addr;
+    wait_for("items_new waiting for its load", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        (r.state == ReplicaState::Offline && r.phase.contains("initial load")).then_some(())
+    });
+    let want = cl.dump(0, MASTER).expect("master");
+    assert_eq!(want.len() as u64, N);
+    let mut rng = fastrand::Rng::with_seed(etp_system_tests::seed("bulk_load_kill9"));
+    let first_side = rng.usize(0..2);
+    let mut floor = Isn(1);
+    let mut resumed = 0;
+    for cycle in 0..10 {
+        // A resumed run (the master's feeder picks a durable load order up
+        // by itself after its node restarts) is followed; a stopped one is
+        // started again from the replicate's progress record.
+        ok(&etp(&[
+            "replicate",
+            "init",
+            "items_new",
+            "--node",
+            &node,
+            "--no-wait",
+        ]));
+        let after = rng.u64(1..8);
+        let l = wait_for("the load under way", LIMIT, || {
+            let (_, r) = report(master, "items_new");
+            let l = r.load?;
+            (l.chunks_this_run >= after).then_some(l)
+        });
+        assert!(
+            l.resumed_from >= floor,
+            "cycle {cycle}: resumed from {} after an earlier run had resumed from {floor}",
+            l.resumed_from
+        );
+        if l.resumed_from > Isn(1) {
+            resumed += 1;
+        }
+        floor = l.resumed_from;
+        let side = if (cycle + first_side) % 2 == 0 { 0 } else { 2 };
+        cl.nodes[side].kill();
+        cl.nodes[side].restart().expect("restart");
+        if side == 2 {
+            // The lost link stops the feeder (manual policy).
+            wait_for("items_new stopped by the lost link", LIMIT, || {
+                let (_, r) = report(master, "items_new");
+                (r.state != ReplicaState::Initializing || r.load.is_none()).then_some(())
+            });
+        }
+        // Nothing the last chunk has not proved reads as loaded.
+        let (_, r) = report(master, "items_new");
+        if r.state == ReplicaState::Online {
+            assert_eq!(
+                cl.dump(2, NEW).expect("new replicate"),
+                want,
+                "cycle {cycle}"
+            );
+        }
+    }
+    assert!(resumed >= 5, "only {resumed} of ten runs resumed a load");
+    ok(&etp(&["replicate", "init", "items_new", "--node", &node]));
+    ok(&etp(&["task", "start", "--node", &node]));
+    wait_current(master, "items_new");
+    assert!(cl.dump(2, NEW).expect("new replicate") == want);
+    ok(&etp(&["replicate", "verify", "items_new", "--node", &node]));
+    ok(&etp(&["policy", "set", "automatic", "--node", &node]));
+}
+
 #[test]
 fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
     let t = tempfile::tempdir().expect("tempdir");

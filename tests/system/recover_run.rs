@@ -59,6 +59,13 @@ impl Scene {
         Scene::fill(tmp, cl)
     }
 
+    /// [`Scene::new`] with `n` records on the master.
+    fn sized(n: u64) -> Scene {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+        Scene::fill_with(tmp, cl, n)
+    }
+
     /// A scene whose replicate links run through fault proxies; tasks
     /// without a restart interval (a lost link stops the feeding).
     fn proxied() -> (Scene, Vec<FaultProxy>) {
@@ -98,12 +105,15 @@ impl Scene {
     }
 
     fn fill(tmp: tempfile::TempDir, cl: Cluster) -> Scene {
+        Scene::fill_with(tmp, cl, records())
+    }
+
+    fn fill_with(tmp: tempfile::TempDir, cl: Cluster, n: u64) -> Scene {
         let mut s = Scene {
             tmp,
             cl,
             model: BTreeMap::new(),
         };
-        let n = records();
         let mut k = 1;
         while k <= n {
             let hi = (k + 999).min(n);
@@ -498,6 +508,173 @@ fn case5_a_damaged_administration_file_is_restored_from_its_copy_and_rolled_forw
 }
 
 /// One client transaction storing `key` (qty 60), under client id `id`.
+/// The master's records as key → qty.
+fn qtys(master: &BTreeMap<Isn, Record>) -> BTreeMap<u64, i64> {
+    master
+        .iter()
+        .map(|(i, r)| {
+            let q = match r.get("qty") {
+                Some(Value::Int(q)) => *q,
+                other => panic!("record {i} has qty {other:?}"),
+            };
+            (i.0, q)
+        })
+        .collect()
+}
+
+/// kill -9 of the master's node at random points of a case 4 run (its copy
+/// set restored through the node, then rolled forward), ten times while
+/// the restore is under way and ten while the roll-forward is: each
+/// interrupted run ends, naming why, within its bound; after each restart
+/// the master reads either as damaged or as one of the two points a
+/// restore proves (the copy's content, or every acknowledged write); and
+/// the next run resumes the plan, the last one recovering everything.
+#[test]
+fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_still_recovers() {
+    use std::io::BufRead;
+    let mut s = Scene::sized(80_000);
+    s.take_master_copy();
+    let at_copy = s.model.clone();
+    s.store(1..=2000, 40);
+    s.store(60_000..=61_000, 41);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    damage(
+        &mut s,
+        0,
+        vec![
+            (MASTER, vec![(Isn(7), None), (Isn(8), Some(rec(8, 5)))]),
+            (Fnr(11), vec![(Isn(3), None)]),
+        ],
+    );
+    let (area, state, m) = (s.dir("area"), s.dir("recovery"), s.m());
+    let mut rng = fastrand::Rng::with_seed(etp_system_tests::seed("case4_kill9"));
+    // Kills that landed while the node was restoring (step 3) and while it
+    // was rolling forward (step 4, which restores the set again with the
+    // log's changes laid over it): the node dropped the step's call.
+    let (mut in_restore, mut in_roll) = (0, 0);
+    let mut cycle = 0;
+    while in_restore < 10 || in_roll < 10 {
+        assert!(
+            cycle < 60,
+            "{cycle} cycles: {in_restore} kills in the restore, {in_roll} in the roll-forward"
+        );
+        // Until ten kills hit the restore, the run is killed a random few
+        // milliseconds after it starts the restore; then it is let finish
+        // it and killed in the roll-forward.
+        let target = if in_restore < 10 { 3 } else { 4 };
+        let mut child = std::process::Command::new(etp_bin())
+            .args([
+                "recover",
+                "run",
+                "--execute",
+                "--json",
+                "--node",
+                &m,
+                "--state",
+                &state,
+                "--area",
+                &area,
+                "--wait-s",
+                "20",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("etp recover run");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut events = Vec::new();
+        let mut reached = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(e) => {
+                    let started = (e["event"] == "start").then(|| e["step"].as_u64());
+                    events.push(e);
+                    if started == Some(Some(target)) {
+                        reached = Some(target);
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("cycle {cycle}: no event within two minutes: {events:?}")
+                }
+            }
+        }
+        assert!(
+            reached.is_some(),
+            "cycle {cycle}: the run ended before step {target}: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(rng.u64(0..150)));
+        s.cl.nodes[0].kill();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(child.wait_with_output());
+        });
+        let out = done_rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("cycle {cycle}: the interrupted run did not end"))
+            .expect("output");
+        reader.join().expect("reader");
+        events.extend(rx.try_iter());
+        let failed: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["event"] == "failed").collect();
+        assert!(
+            !out.status.success(),
+            "cycle {cycle}: the run recovered before the kill: {events:?}"
+        );
+        let said = format!(
+            "{}{}",
+            failed
+                .iter()
+                .map(|e| e["error"].as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("; "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !said.trim().is_empty(),
+            "cycle {cycle}: the run failed without saying why"
+        );
+        let dropped = failed.iter().any(|e| {
+            e["step"].as_u64() == Some(target)
+                && e["error"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("closed the connection") || t.contains("reset"))
+        });
+        if dropped && target == 3 {
+            in_restore += 1;
+        } else if dropped {
+            in_roll += 1;
+        }
+        eprintln!("cycle {cycle}: step {target}, dropped {dropped}: {said}");
+        s.cl.nodes[0].restart().expect("restart");
+        match s.cl.dump(0, MASTER) {
+            Ok(d) => {
+                let got = qtys(&d);
+                assert!(
+                    got == at_copy || got == s.model,
+                    "cycle {cycle}: the master reads as intact at no proved point"
+                );
+            }
+            Err(e) => assert!(e.to_string().contains("damaged"), "cycle {cycle}: {e:#}"),
+        }
+        cycle += 1;
+    }
+    s.recover(&["--area", &area]);
+    s.store_and_prove(200..=210, 42);
+}
+
 fn client_txn(key: u64, id: &str) -> String {
     format!(
         "{{\"op\":\"store\",\"file\":10,\"isn\":{key},\"fields\":{{\"id\":{key},\"grp\":{},\"qty\":60}}}}\n\

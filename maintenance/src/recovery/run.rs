@@ -255,6 +255,11 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                     format!("  {}. OPERATOR: {what}\n     when done: etp recover run --execute --confirm (same --state)", i + 1));
                 return Ok(Outcome::Problem);
             }
+            // Said as it starts: a restore or a load may take long.
+            report.event(
+                serde_json::json!({"event": "start", "step": i + 1, "action": b.action}),
+                format!("  {}. {} …", i + 1, b.describe()),
+            );
             let t0 = Instant::now();
             match exec.step(i, b, &mut journal) {
                 Ok(detail) => {

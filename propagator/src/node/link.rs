@@ -239,7 +239,7 @@ impl Node {
         let db = self.db.clone();
         let cisn = Isn(u64::from(link.file.0));
         let r = blocking(move || {
-            let (rec, _) = db.read_with_info(link.confirmation, cisn, link.file)?;
+            let (rec, info) = db.read_with_info(link.confirmation, cisn, link.file)?;
             let current = match rec.as_ref().map(load_progress_from_record) {
                 Some(Ok(p)) if p.id == id => p,
                 _ => {
@@ -251,6 +251,18 @@ impl Node {
                     })
                 }
             };
+            // Damaged since the load began (a bulk chunk written but never
+            // committed, found by the rescan after a crash): rebased on
+            // what it holds, as at the load's start. The chunks still to
+            // come replace everything from here, and the last one proves
+            // the whole file against the master's digest.
+            let rebased = info.damaged.is_some();
+            if rebased {
+                db.settle()?;
+                let m = db.rebase_replicate(link.file)?;
+                tracing::warn!(replicate = %link.name, file = %link.file, count = m.count, at = %from,
+                    "damaged replicate rebased on what it holds mid-load; the load's last chunk proves it");
+            }
             let mut total = crate::FileMeta::new(link.file);
             total.count = current.count;
             total.digest = current.digest;
@@ -298,16 +310,23 @@ impl Node {
                 Some(m) => m,
                 None => db.file_info(link.file)?.meta,
             };
-            Ok((next, stats, meta))
+            Ok((next, stats, meta, rebased))
         })
         .await;
         match r {
-            Ok((progress, stats, meta)) => Response::LoadAck {
-                progress,
-                stats,
-                count: meta.count,
-                digest: meta.digest,
-            },
+            Ok((progress, stats, meta, rebased)) => {
+                if rebased {
+                    if let Some(l) = conv.link.as_mut() {
+                        l.damaged = false;
+                    }
+                }
+                Response::LoadAck {
+                    progress,
+                    stats,
+                    count: meta.count,
+                    digest: meta.digest,
+                }
+            }
             Err(e) => Response::error(e),
         }
     }
