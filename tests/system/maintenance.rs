@@ -402,7 +402,11 @@ fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
             resumed += 1;
         }
         floor = l.resumed_from;
-        let side = if (cycle + first_side) % 2 == 0 { 0 } else { 2 };
+        let side = if (cycle + first_side).is_multiple_of(2) {
+            0
+        } else {
+            2
+        };
         cl.nodes[side].kill();
         cl.nodes[side].restart().expect("restart");
         if side == 2 {
