@@ -565,6 +565,7 @@ impl LogStore {
             return Err(self.io("write", "an earlier write failed"));
         }
         let lsn = inner.applied;
+        let segments = inner.segs.len();
         self.append(inner, records.into_iter().map(|(i, v)| (i, Some(v))), lsn)?;
         let synced = inner
             .segs
@@ -576,7 +577,11 @@ impl LogStore {
             inner.failed = true;
             return Err(self.io("sync", e));
         }
-        sync_dir(&self.dir).map_err(|e| self.io("sync directory", e))
+        // A segment made (or removed) meanwhile: its name too.
+        if inner.segs.len() != segments {
+            sync_dir(&self.dir).map_err(|e| self.io("sync directory", e))?;
+        }
+        Ok(())
     }
 
     fn append<'a>(

@@ -11,7 +11,7 @@
 use super::area::{Area, CopySet, Member};
 use super::error::{SetError, Within};
 use crate::copy::{resolve, resolve_with, CopyError, Overlay, Prove, Records};
-use crate::database::LoadStats;
+use crate::database::{LoadStats, PendingCommit};
 use crate::medium::FsDir;
 use crate::slice::{log_start, read_slice, SliceBase};
 use crate::wire::OperationRequest;
@@ -148,75 +148,101 @@ struct Chunk {
     to: Option<Isn>,
     records: Records,
     last: Option<FileMeta>,
+    /// The records' count and digest, summed by the reading thread.
+    sum: (u64, crate::Digest),
 }
 
-/// Writes a restore's chunks, in order, on a thread of its own: each is
-/// summed, written and synced there while the restore reads and decodes
-/// the next (on two cores, the digest terms on one and the copy's reading
-/// on the other). At most two chunks wait to be written.
-struct ChunkWriter {
-    tx: Option<std::sync::mpsc::SyncSender<Chunk>>,
-    thread: Option<std::thread::JoinHandle<Result<BTreeMap<Fnr, LoadStats>, SetError>>>,
+/// A thread that takes items in order from a bounded queue (`depth`
+/// waiting) and returns what its `body` made of them; its first failure
+/// stops it, and is what [`Stage::send`] or [`Stage::finish`] answers.
+struct Stage<T, R> {
+    tx: Option<std::sync::mpsc::SyncSender<T>>,
+    thread: Option<std::thread::JoinHandle<Result<R, SetError>>>,
+    name: &'static str,
 }
 
-impl ChunkWriter {
-    fn start(db: &Database) -> Result<ChunkWriter, SetError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
-        let db = db.clone();
+impl<T: Send + 'static, R: Send + 'static> Stage<T, R> {
+    fn start(
+        name: &'static str,
+        depth: usize,
+        body: impl FnOnce(std::sync::mpsc::Receiver<T>) -> Result<R, SetError> + Send + 'static,
+    ) -> Result<Self, SetError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<T>(depth);
         let thread = std::thread::Builder::new()
-            .name("restore-write".into())
-            .spawn(move || {
-                let mut stats: BTreeMap<Fnr, LoadStats> = BTreeMap::new();
-                for c in rx {
-                    let (_, s) = db
-                        .restore_range(c.fnr, c.from, c.to, c.records, c.last)
-                        .within(|| format!("restoring file {}", c.fnr))?;
-                    let t = stats.entry(c.fnr).or_default();
-                    t.written += s.written;
-                    t.removed += s.removed;
-                }
-                Ok(stats)
-            })?;
-        Ok(ChunkWriter {
+            .name(name.into())
+            .spawn(move || body(rx))?;
+        Ok(Stage {
             tx: Some(tx),
             thread: Some(thread),
+            name,
         })
     }
 
-    /// Hands a chunk over; fails with the writer's first failure, if it
-    /// has stopped.
-    fn send(&mut self, c: Chunk) -> Result<(), SetError> {
+    /// Hands an item over; if the thread has stopped, its failure.
+    fn send(&mut self, item: T) -> Result<(), SetError> {
         let stopped = match &self.tx {
-            Some(tx) => tx.send(c).is_err(),
+            Some(tx) => tx.send(item).is_err(),
             None => true,
         };
         if stopped {
             self.finish()?;
-            refused!("the restore's writer stopped");
+            refused!("the restore's {} thread stopped", self.name);
         }
         Ok(())
     }
 
-    /// Waits until every chunk handed over is written and durable; what
-    /// each file's chunks wrote and removed.
-    fn finish(&mut self) -> Result<BTreeMap<Fnr, LoadStats>, SetError> {
+    /// Waits until every item handed over is handled; what the body made.
+    fn finish(&mut self) -> Result<R, SetError> {
         self.tx = None;
         match self.thread.take() {
             Some(t) => match t.join() {
                 Ok(r) => r,
-                Err(_) => refused!("the restore's writer panicked"),
+                Err(_) => refused!("the restore's {} thread panicked", self.name),
             },
-            None => refused!("the restore's writer already finished"),
+            None => refused!("the restore's {} thread already finished", self.name),
         }
     }
 }
 
-impl Drop for ChunkWriter {
+impl<T, R> Drop for Stage<T, R> {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            let _ = self.finish();
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
+}
+
+/// Writes a restore's chunks in order: a writer thread writes each chunk
+/// (in bulk, straight to the page store, where it can) and queues its
+/// commit while the restore reads, decodes and sums the next, and a sync
+/// thread waits for each commit in turn (leading its group commit), so a
+/// chunk's log sync overlaps the next chunk's write. At most two chunks
+/// wait to be written and one commit to be synced.
+type ChunkWriter = Stage<Chunk, BTreeMap<Fnr, LoadStats>>;
+
+fn chunk_writer(db: &Database) -> Result<ChunkWriter, SetError> {
+    let db = db.clone();
+    Stage::start("write", 2, move |rx: std::sync::mpsc::Receiver<Chunk>| {
+        let mut sync = Stage::start("sync", 1, |rx: std::sync::mpsc::Receiver<PendingCommit>| {
+            for p in rx {
+                p.wait().within(|| "syncing a restored chunk".to_string())?;
+            }
+            Ok(())
+        })?;
+        let mut stats: BTreeMap<Fnr, LoadStats> = BTreeMap::new();
+        for c in rx {
+            let (pending, s) = db
+                .restore_range_queued(c.fnr, c.from, c.to, c.records, c.last, Some(c.sum))
+                .within(|| format!("restoring file {}", c.fnr))?;
+            sync.send(pending)?;
+            let t = stats.entry(c.fnr).or_default();
+            t.written += s.written;
+            t.removed += s.removed;
+        }
+        sync.finish()?;
+        Ok(stats)
+    })
 }
 
 /// Writes one file's new content, in chunks, as it streams in ascending isn,
@@ -245,12 +271,16 @@ impl FileWriter {
         w: &mut ChunkWriter,
     ) -> Result<(), SetError> {
         let (from, records) = self.pending.take().unwrap_or((Isn(1), Vec::new()));
+        // Summed here, beside the copy's reading, not on the writer's
+        // thread, which writes and syncs.
+        let sum = crate::database::chunk_sum(&records);
         w.send(Chunk {
             fnr: self.fnr,
             from,
             to,
             records,
             last,
+            sum,
         })
     }
 
@@ -369,7 +399,7 @@ fn write_set(
     let mut files = Vec::new();
     // The records resolved from the copy, what the restore streams.
     let mut c = Counter::new(&mut on, "restore", set_records(set), "records");
-    let mut writer = ChunkWriter::start(db)?;
+    let mut writer = chunk_writer(db)?;
     for m in &set.members {
         let mut w = FileWriter::new(m.fnr, overlays.remove(&m.fnr).unwrap_or_default());
         let mut err = None;
@@ -776,7 +806,7 @@ pub fn backout(
         }
         db.wait_applied()?;
         let mut w = FileWriter::new(f, overlay);
-        let mut writer = ChunkWriter::start(db)?;
+        let mut writer = chunk_writer(db)?;
         let mut from = Isn(1);
         loop {
             let chunk = db.scan_store(f, from, CHUNK, 8 << 20)?;

@@ -29,7 +29,7 @@ use crate::catalog::BulkChunk;
 use crate::digest::Digest;
 
 /// The count and summed digest terms of records (all new).
-pub(crate) fn chunk_sum(records: &[(Isn, Vec<u8>)]) -> (u64, Digest) {
+pub fn chunk_sum(records: &[(Isn, Vec<u8>)]) -> (u64, Digest) {
     let mut d = Digest::default();
     for (isn, v) in records {
         d.add(*isn, v);

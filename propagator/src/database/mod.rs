@@ -32,6 +32,7 @@ mod restore;
 mod segments;
 mod writer;
 
+pub use bulk::chunk_sum;
 pub use check::{CheckReport, FileCheck};
 use commit::LatestView;
 pub use commit::PendingCommit;

@@ -93,7 +93,7 @@ impl Database {
         wanted: Vec<(Isn, Vec<u8>)>,
         last: Option<FileMeta>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
-        let (pending, stats) = self.restore_range_queued(fnr, from, to, wanted, last)?;
+        let (pending, stats) = self.restore_range_queued(fnr, from, to, wanted, last, None)?;
         Ok((pending.wait()?, stats))
     }
 
@@ -102,7 +102,9 @@ impl Database {
     /// so a restore can read and build its next chunk meanwhile. Whoever
     /// holds the pending commit must wait for it before calling this again
     /// from the same thread (a chunk may wait for the ones before it to
-    /// reach the page store, which needs their waits).
+    /// reach the page store, which needs their waits). `sum`, if given, is
+    /// `wanted`'s count and digest, computed by the caller from these very
+    /// bytes (a restore sums a chunk on the thread that reads the copy).
     pub fn restore_range_queued(
         &self,
         fnr: Fnr,
@@ -110,6 +112,7 @@ impl Database {
         to: Option<Isn>,
         wanted: Vec<(Isn, Vec<u8>)>,
         last: Option<FileMeta>,
+        sum: Option<(u64, crate::Digest)>,
     ) -> Result<(PendingCommit, LoadStats), DbError> {
         check_chunk("restored", from, to, &wanted)?;
         if let Some(want) = last {
@@ -151,7 +154,7 @@ impl Database {
         if fresh && !wanted.is_empty() {
             // Replaces nothing: the chunk goes to the page store in bulk,
             // its log entry naming it (see `bulk`).
-            let sum = super::bulk::chunk_sum(&wanted);
+            let sum = sum.unwrap_or_else(|| super::bulk::chunk_sum(&wanted));
             meta.add_sum(sum.0, sum.1);
             if let Some(want) = last {
                 if (meta.count, meta.digest) != (want.count, want.digest) {
