@@ -4,9 +4,9 @@
 //! 8 MiB writes, then one fsync); then restore and regenerate times for the
 //! master after `changes` more commits. The writer's commit rate alone (for
 //! 2 s before the loaded copies) and during them says how much a copy slows
-//! it; the restore's rate over the set's bytes is set against a disk probe
-//! taken right after it, with each phase's time (from the progress the
-//! operations report).
+//! it; the restore's rate over the set's bytes is set against the mean of
+//! disk probes taken right before and right after it, with each phase's
+//! time (from the progress the operations report).
 
 use crate::Outcome;
 use anyhow::Context;
@@ -237,6 +237,10 @@ pub fn run(data: &Path, records: u64, changes: u64, keep: bool) -> anyhow::Resul
         .context("the newest set")?;
     let set_bytes: u64 = set.members.iter().map(|m| m.copy.bytes).sum();
     let into = dir.path().join("restored");
+    // Measured between two probes of the disk, as each copy is (and after
+    // a `sync`: the writeback of the phase before is not the restore's).
+    let disk_before = probe(dir.path())?;
+    flush_all();
     let t = Instant::now();
     let mut phases = Phases::default();
     restore::restore_to_dir(&into, &area, &set, &mut |p| phases.on(p))?;
@@ -246,6 +250,7 @@ pub fn run(data: &Path, records: u64, changes: u64, keep: bool) -> anyhow::Resul
     let disk_after = seq_write(dir.path(), 1024)?;
     let into = dir.path().join("regenerated");
     Database::init(&into, DbId(1), None)?;
+    flush_all();
     let (target, _) = Database::open(&into)?;
     let t = Instant::now();
     let mut regen_phases = Phases::default();
@@ -295,9 +300,9 @@ pub fn run(data: &Path, records: u64, changes: u64, keep: bool) -> anyhow::Resul
     }
     writeln!(
         out,
-        "# restore: the set's {:.0} MB in {restore_s:.1} s; / disk (probe after it: {disk_after:.0} MB/s) = {:.2} (goal >= 0.3)",
+        "# restore: the set's {:.0} MB in {restore_s:.1} s; / disk (the probes around it: {disk_before:.0} before, {disk_after:.0} after) = {:.2} (goal >= 0.3)",
         set_bytes as f64 / 1e6,
-        restore_mb / disk_after
+        restore_mb / ((disk_before + disk_after) / 2.0)
     )?;
     writeln!(
         out,
