@@ -565,7 +565,7 @@ impl LogStore {
             return Err(self.io("write", "an earlier write failed"));
         }
         let lsn = inner.applied;
-        let segments = inner.segs.len();
+        let active = inner.segs.last().map(|s| s.no);
         self.append(inner, records.into_iter().map(|(i, v)| (i, Some(v))), lsn)?;
         let synced = inner
             .segs
@@ -577,8 +577,8 @@ impl LogStore {
             inner.failed = true;
             return Err(self.io("sync", e));
         }
-        // A segment made (or removed) meanwhile: its name too.
-        if inner.segs.len() != segments {
+        // A segment made meanwhile: its name too.
+        if inner.segs.last().map(|s| s.no) != active {
             sync_dir(&self.dir).map_err(|e| self.io("sync directory", e))?;
         }
         Ok(())

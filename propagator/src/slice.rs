@@ -32,6 +32,26 @@ pub struct SliceCommit {
     pub lsn: Lsn,
     pub time_us: i64,
     pub records: Vec<SliceRecord>,
+    /// Bulk chunks the commit wrote to the slice's files: named by the
+    /// log, their records are not in `records` (see [`SliceCommit::whole`]).
+    pub bulk: Vec<crate::catalog::BulkChunk>,
+}
+
+impl SliceCommit {
+    /// The commit, if `records` is all it wrote to the slice's files; a
+    /// commit with a bulk chunk cannot be rolled forward, copied or backed
+    /// out from the log ([`SliceError::Bulk`]).
+    pub fn whole(self) -> Result<SliceCommit, SliceError> {
+        match self.bulk.first() {
+            Some(b) => Err(SliceError::Bulk {
+                lsn: self.lsn,
+                fnr: b.fnr,
+                first: b.first,
+                last: b.last,
+            }),
+            None => Ok(self),
+        }
+    }
 }
 
 /// The catalog and the file metas as of the LSN a slice starts after;
@@ -148,18 +168,14 @@ pub fn read_slice(
             continue;
         }
         let wanted = |fnr: &Fnr| files.is_empty() || files.contains(fnr);
-        let bulk = c.catalog.iter().find_map(|op| match op {
-            crate::catalog::CatalogOp::Bulk(b) if wanted(&b.fnr) => Some(*b),
-            _ => None,
-        });
-        if let Some(b) = bulk {
-            return Err(SliceError::Bulk {
-                lsn: c.lsn,
-                fnr: b.fnr,
-                first: b.first,
-                last: b.last,
-            });
-        }
+        let bulk: Vec<crate::catalog::BulkChunk> = c
+            .catalog
+            .iter()
+            .filter_map(|op| match op {
+                crate::catalog::CatalogOp::Bulk(b) if wanted(&b.fnr) => Some(*b),
+                _ => None,
+            })
+            .collect();
         let d = {
             let mut ap = Applier::new(&*base, c.lsn, c.time_us, c.client_id.clone());
             for op in &c.catalog {
@@ -200,6 +216,7 @@ pub fn read_slice(
             lsn: c.lsn,
             time_us: c.time_us,
             records,
+            bulk,
         })?;
         if !go {
             // Refused: `base` stays as of the commit before it.

@@ -193,23 +193,32 @@ impl Scene {
         (out.status.code(), v, secs)
     }
 
-    /// `etp recover run --execute --json`: exit code, events, seconds.
-    fn run(&self, extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>, f64) {
-        let m = self.m();
-        let state = self.dir("recovery");
-        let mut args = vec![
+    /// The arguments of `etp recover run --execute --json` against this
+    /// scene (its journal in `recovery/`), waiting at most `wait_s`.
+    fn run_args(&self, wait_s: u32, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
             "recover",
             "run",
             "--execute",
             "--json",
             "--node",
-            &m,
+            &self.m(),
             "--state",
-            &state,
+            &self.dir("recovery"),
             "--wait-s",
-            "300",
-        ];
-        args.extend_from_slice(extra);
+            &wait_s.to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// `etp recover run --execute --json`: exit code, events, seconds.
+    fn run(&self, extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>, f64) {
+        let args = self.run_args(300, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let t = Instant::now();
         let out = etp(&args);
         let secs = t.elapsed().as_secs_f64();
@@ -507,7 +516,6 @@ fn case5_a_damaged_administration_file_is_restored_from_its_copy_and_rolled_forw
     figure("case5", dt, et, &events);
 }
 
-/// One client transaction storing `key` (qty 60), under client id `id`.
 /// The master's records as key → qty.
 fn qtys(master: &BTreeMap<Isn, Record>) -> BTreeMap<u64, i64> {
     master
@@ -532,11 +540,11 @@ fn qtys(master: &BTreeMap<Isn, Record>) -> BTreeMap<u64, i64> {
 #[test]
 fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_still_recovers() {
     use std::io::BufRead;
-    let mut s = Scene::sized(80_000);
+    let mut s = Scene::sized(160_000);
     s.take_master_copy();
     let at_copy = s.model.clone();
     s.store(1..=2000, 40);
-    s.store(60_000..=61_000, 41);
+    s.store(120_000..=121_000, 41);
     s.cl.wait_converged(CONVERGE).expect("converged");
     damage(
         &mut s,
@@ -546,7 +554,7 @@ fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_st
             (Fnr(11), vec![(Isn(3), None)]),
         ],
     );
-    let (area, state, m) = (s.dir("area"), s.dir("recovery"), s.m());
+    let area = s.dir("area");
     let mut rng = fastrand::Rng::with_seed(etp_system_tests::seed("case4_kill9"));
     // Kills that landed while the node was restoring (step 3) and while it
     // was rolling forward (step 4, which restores the set again with the
@@ -563,20 +571,7 @@ fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_st
         // it and killed in the roll-forward.
         let target = if in_restore < 10 { 3 } else { 4 };
         let mut child = std::process::Command::new(etp_bin())
-            .args([
-                "recover",
-                "run",
-                "--execute",
-                "--json",
-                "--node",
-                &m,
-                "--state",
-                &state,
-                "--area",
-                &area,
-                "--wait-s",
-                "20",
-            ])
+            .args(s.run_args(20, &["--area", &area]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -615,7 +610,7 @@ fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_st
             reached.is_some(),
             "cycle {cycle}: the run ended before step {target}: {events:?}"
         );
-        std::thread::sleep(Duration::from_millis(rng.u64(0..150)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..100)));
         s.cl.nodes[0].kill();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -675,6 +670,7 @@ fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_st
     s.store_and_prove(200..=210, 42);
 }
 
+/// One client transaction storing `key` (qty 60), under client id `id`.
 fn client_txn(key: u64, id: &str) -> String {
     format!(
         "{{\"op\":\"store\",\"file\":10,\"isn\":{key},\"fields\":{{\"id\":{key},\"grp\":{},\"qty\":60}}}}\n\

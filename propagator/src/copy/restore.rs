@@ -660,6 +660,7 @@ fn regenerate_set(
                     return Ok(false);
                 }
             }
+            let c = c.whole()?;
             for r in c.records {
                 overlays.entry(r.fnr).or_default().insert(r.isn, r.after);
             }
@@ -758,6 +759,8 @@ pub fn backout(
                 covered = true;
                 return Ok(true);
             }
+            // A bulk chunk after the time: its before-images were never logged.
+            let c = c.whole()?;
             if !c.records.is_empty() {
                 commits += 1;
             }

@@ -69,23 +69,21 @@ impl Database {
             )));
         };
         self.check_poisoned()?;
-        {
-            let st = lock(&self.shared().state);
-            let info = st.info(fnr)?;
-            if !Self::bulk_fits(&info.meta, *first) {
-                return Err(DbError::BadDefinition(format!(
-                    "a bulk chunk of file {fnr} from isn {first} lies below its next isn {}; nothing written",
-                    info.meta.next_isn
-                )));
-            }
-            if !matches!(info.def.role, Role::Log { .. }) {
-                let bad = |source| DbError::BadRecord { fnr, source };
-                for (_, v) in records {
-                    if crate::record::canonical_fields(v).is_none() {
-                        decode_record(v).map_err(bad)?;
-                    }
+        let info = self.file_info(fnr)?;
+        if !matches!(info.def.role, Role::Log { .. }) {
+            // Validated as any stored record is, outside the state lock.
+            let bad = |source| DbError::BadRecord { fnr, source };
+            for (_, v) in records {
+                if crate::record::canonical_fields(v).is_none() {
+                    decode_record(v).map_err(bad)?;
                 }
             }
+        }
+        if !Self::bulk_fits(&info.meta, *first) {
+            return Err(DbError::BadDefinition(format!(
+                "a bulk chunk of file {fnr} from isn {first} lies below its next isn {}; nothing written",
+                info.meta.next_isn
+            )));
         }
         if let Err(e) = self.shared().store.bulk_put(fnr, records) {
             // Part of the chunk may be in the page store: as any failed
@@ -105,7 +103,21 @@ impl Database {
             digest: sum.1,
         })];
         all.extend(catalog);
-        self.commit_queued(all, ops, None, false)
+        match self.commit_queued(all, ops, None, false) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // The chunk is in the page store and no entry counts it:
+                // as a failed page-store write, the database stops, and
+                // the next open rescans (the callers check all they can
+                // before writing, so this is a poisoned or closing
+                // database, or a bug).
+                writer::poison(
+                    self.shared(),
+                    format!("a bulk chunk of file {fnr} was written but not committed: {e}"),
+                );
+                Err(e)
+            }
+        }
     }
 }
 

@@ -105,14 +105,7 @@ impl Database {
             let sum = sum.unwrap_or_else(|| super::bulk::chunk_sum(&wanted));
             let mut meta = info.meta;
             meta.add_sum(sum.0, sum.1);
-            if let Some((count, digest)) = expect {
-                if (meta.count, meta.digest) != (count, digest) {
-                    return Err(DbError::BadDefinition(format!(
-                        "replicate file {replicate} would hold {} records with digest {} after its last loaded chunk, but the load expects {count} records with digest {digest}; nothing written",
-                        meta.count, meta.digest
-                    )));
-                }
-            }
+            prove_loaded(&meta, expect)?;
             let (cfnr, cisn, rec, guard) = progress;
             // Whatever would refuse the commit is checked before the chunk
             // is written: here, that it is the load's next chunk.
@@ -164,14 +157,7 @@ impl Database {
                 after,
             });
         }
-        if let Some((count, digest)) = expect {
-            if (meta.count, meta.digest) != (count, digest) {
-                return Err(DbError::BadDefinition(format!(
-                    "replicate file {replicate} would hold {} records with digest {} after its last loaded chunk, but the load expects {count} records with digest {digest}; nothing written",
-                    meta.count, meta.digest
-                )));
-            }
-        }
+        prove_loaded(&meta, expect)?;
         let (cfnr, cisn, rec, guard) = progress;
         ops.insert(
             0,
@@ -190,6 +176,20 @@ impl Database {
     /// of a load, so that `load_range` reads a settled file.
     pub fn settle(&self) -> Result<(), DbError> {
         self.wait_applied()
+    }
+}
+
+/// With a load's last chunk (`expect`: the master's count and digest),
+/// that the replicate `meta` says it would hold after it is exactly that.
+fn prove_loaded(meta: &FileMeta, expect: Option<(u64, crate::Digest)>) -> Result<(), DbError> {
+    match expect {
+        Some((count, digest)) if (meta.count, meta.digest) != (count, digest) => {
+            Err(DbError::BadDefinition(format!(
+                "replicate file {} would hold {} records with digest {} after its last loaded chunk, but the load expects {count} records with digest {digest}; nothing written",
+                meta.fnr, meta.count, meta.digest
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -156,20 +156,16 @@ impl Database {
             // its log entry naming it (see `bulk`).
             let sum = sum.unwrap_or_else(|| super::bulk::chunk_sum(&wanted));
             meta.add_sum(sum.0, sum.1);
-            if let Some(want) = last {
-                if (meta.count, meta.digest) != (want.count, want.digest) {
-                    return Err(DbError::BadDefinition(format!(
-                        "file {fnr} would hold {} records with digest {} after its last restored chunk, but the copy holds {} records with digest {}; nothing written",
-                        meta.count, meta.digest, want.count, want.digest
-                    )));
-                }
-            }
+            prove_restored(&meta, last)?;
             let catalog = self.restore_catalog(fnr, def, last);
             let stats = LoadStats {
                 written: sum.0,
                 ..LoadStats::default()
             };
             let pending = self.bulk_queued(fnr, &wanted, sum, catalog, Vec::new())?;
+            if last.is_some() {
+                lock(&self.shared().state).rebased.remove(&fnr);
+            }
             return Ok((pending, stats));
         }
         let existing = if fresh {
@@ -193,16 +189,13 @@ impl Database {
                 after,
             });
         }
-        if let Some(want) = last {
-            if (meta.count, meta.digest) != (want.count, want.digest) {
-                return Err(DbError::BadDefinition(format!(
-                    "file {fnr} would hold {} records with digest {} after its last restored chunk, but the copy holds {} records with digest {}; nothing written",
-                    meta.count, meta.digest, want.count, want.digest
-                )));
-            }
-        }
+        prove_restored(&meta, last)?;
         let catalog = self.restore_catalog(fnr, def, last);
         let pending = self.commit_queued(catalog, ops, None, false)?;
+        if last.is_some() {
+            // Restored: its next chunks, if any, are another restore's.
+            lock(&self.shared().state).rebased.remove(&fnr);
+        }
         Ok((pending, stats))
     }
 
@@ -248,6 +241,20 @@ impl Database {
         };
         self.wait_applied()?;
         Ok(point)
+    }
+}
+
+/// With the last chunk (`last`: the copy's meta), that the file `meta`
+/// says it would hold after it is the copy's count and digest.
+fn prove_restored(meta: &FileMeta, last: Option<FileMeta>) -> Result<(), DbError> {
+    match last {
+        Some(want) if (meta.count, meta.digest) != (want.count, want.digest) => {
+            Err(DbError::BadDefinition(format!(
+                "file {} would hold {} records with digest {} after its last restored chunk, but the copy holds {} records with digest {}; nothing written",
+                meta.fnr, meta.count, meta.digest, want.count, want.digest
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -256,7 +256,11 @@ impl Node {
             // what it holds, as at the load's start. The chunks still to
             // come replace everything from here, and the last one proves
             // the whole file against the master's digest.
-            let rebased = info.damaged.is_some();
+            // Only for this load's next chunk, and never a file a restore
+            // is writing (a rebase would end its restore mark).
+            let rebased = info.damaged.is_some()
+                && info.def.restoring.is_none()
+                && current.next == from;
             if rebased {
                 db.settle()?;
                 let m = db.rebase_replicate(link.file)?;
