@@ -192,14 +192,7 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     let master = cl.master().addr;
 
     let writer = Writer::start(master, N, 1_000_000);
-    ok(&etp(&[
-        "replicate",
-        "init",
-        "items_new",
-        "--node",
-        &node,
-        "--no-wait",
-    ]));
+    init_no_wait(&node);
     // Kill the node being loaded part-way through.
     let at = wait_for("a quarter of the load", LIMIT, || {
         let (_, r) = report(master, "items_new");
@@ -214,14 +207,7 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
         let (_, r) = report(master, "items_new");
         (r.state != ReplicaState::Initializing || r.load.is_none()).then_some(())
     });
-    ok(&etp(&[
-        "replicate",
-        "init",
-        "items_new",
-        "--node",
-        &node,
-        "--no-wait",
-    ]));
+    init_no_wait(&node);
     // Then the loading master's node, part-way through the second run.
     let second = wait_for("the resumed load under way", LIMIT, || {
         let (_, r) = report(master, "items_new");
@@ -260,6 +246,18 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     assert!(n == m, "items_new equals the master");
     ok(&etp(&["replicate", "verify", "items_new", "--node", &node]));
     ok(&etp(&["policy", "set", "automatic", "--node", &node]));
+}
+
+/// `etp replicate init items_new --no-wait` through the master's node.
+fn init_no_wait(node: &str) {
+    ok(&etp(&[
+        "replicate",
+        "init",
+        "items_new",
+        "--node",
+        node,
+        "--no-wait",
+    ]));
 }
 
 /// A master database of `n` records (isns 1..=n) in `dir`, made with
@@ -347,14 +345,7 @@ fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
         // A resumed run (the master's feeder picks a durable load order up
         // by itself after its node restarts) is followed; a stopped one is
         // started again from the replicate's progress record.
-        ok(&etp(&[
-            "replicate",
-            "init",
-            "items_new",
-            "--node",
-            &node,
-            "--no-wait",
-        ]));
+        init_no_wait(&node);
         let after = rng.u64(1..8);
         let l = wait_for("the load under way", LIMIT, || {
             let (_, r) = report(master, "items_new");

@@ -343,6 +343,19 @@ fn damage(s: &mut Scene, node: usize, edits: Vec<(Fnr, Edits)>) {
     s.cl.nodes[node].restart().expect("restart");
 }
 
+/// Damages the master (a record deleted, one changed) and its log (a
+/// record deleted): case 4.
+fn damage_master_and_log(s: &mut Scene) {
+    damage(
+        s,
+        0,
+        vec![
+            (MASTER, vec![(Isn(7), None), (Isn(8), Some(rec(8, 5)))]),
+            (Fnr(11), vec![(Isn(3), None)]),
+        ],
+    );
+}
+
 #[test]
 fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     let mut s = Scene::new();
@@ -469,14 +482,7 @@ fn case4_a_damaged_master_and_log_are_restored_from_their_copy_set_and_rolled_fo
     s.store(1..=50, 40);
     s.store(100..=120, 41);
     s.cl.wait_converged(CONVERGE).expect("converged");
-    damage(
-        &mut s,
-        0,
-        vec![
-            (MASTER, vec![(Isn(7), None), (Isn(8), Some(rec(8, 5)))]),
-            (Fnr(11), vec![(Isn(3), None)]),
-        ],
-    );
+    damage_master_and_log(&mut s);
     let area = s.dir("area");
     let (code, v, dt) = s.diagnose(&["--area", &area]);
     assert_eq!(code, Some(1), "{v}");
@@ -546,14 +552,7 @@ fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_st
     s.store(1..=2000, 40);
     s.store(120_000..=121_000, 41);
     s.cl.wait_converged(CONVERGE).expect("converged");
-    damage(
-        &mut s,
-        0,
-        vec![
-            (MASTER, vec![(Isn(7), None), (Isn(8), Some(rec(8, 5)))]),
-            (Fnr(11), vec![(Isn(3), None)]),
-        ],
-    );
+    damage_master_and_log(&mut s);
     let area = s.dir("area");
     let mut rng = fastrand::Rng::with_seed(etp_system_tests::seed("case4_kill9"));
     // Kills that landed while the node was restoring (step 3) and while it

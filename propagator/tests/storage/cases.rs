@@ -1880,6 +1880,30 @@ fn a_hook_prepared_for_a_group_whose_sync_fails_is_never_told_it_is_durable() {
     assert_eq!(*db.subscribe_durable().borrow(), good);
 }
 
+/// What reading the protection log of the database in `dir` after LSN
+/// `after`, for file `fnr`, says when it meets a bulk chunk (it must).
+fn slice_err(
+    db: &Database,
+    dir: &Path,
+    after: propagator::Lsn,
+    fnr: Fnr,
+) -> propagator::slice::SliceError {
+    let mut base = propagator::slice::SliceBase {
+        catalog: db.files().into_iter().map(|f| (f.def.fnr, f.def)).collect(),
+        metas: BTreeMap::new(),
+    };
+    propagator::slice::read_slice(
+        &propagator::medium::FsDir::new(dir.join("plog")),
+        db.dbid(),
+        &mut base,
+        after,
+        None,
+        &[fnr].into_iter().collect(),
+        |c| c.whole().map(|_| true),
+    )
+    .expect_err("a slice across a bulk chunk")
+}
+
 /// Swaps `dir`'s page store and log stores for `store` and `logs`.
 fn swap_stores(dir: &Path, store: &Path, logs: &Path) {
     for (from, to) in [(store, dir.join("store")), (logs, dir.join("logs"))] {
@@ -1923,20 +1947,7 @@ fn a_restore_from_empty_goes_in_bulk_and_replay_checks_the_page_store_holds_each
     assert_eq!(dump_raw(&db, PLAIN), source.iter().cloned().collect());
     // Named, not carried: a slice across the chunks says why it cannot be
     // read.
-    let mut base = propagator::slice::SliceBase {
-        catalog: db.files().into_iter().map(|f| (f.def.fnr, f.def)).collect(),
-        metas: BTreeMap::new(),
-    };
-    let err = propagator::slice::read_slice(
-        &propagator::medium::FsDir::new(dir.join("plog")),
-        db.dbid(),
-        &mut base,
-        before,
-        None,
-        &[PLAIN].into_iter().collect(),
-        |c| c.whole().map(|_| true),
-    )
-    .expect_err("a slice across a bulk chunk");
+    let err = slice_err(&db, &dir, before, PLAIN);
     assert!(
         matches!(
             err,
@@ -2061,20 +2072,7 @@ fn a_load_into_an_empty_replicate_goes_in_bulk_and_a_chunk_out_of_sequence_write
     load(21, None, Some((want.count, want.digest))).expect("last chunk");
     assert_eq!(db.file_info(rep).expect("info").meta, want);
     // Each chunk went in bulk: its entry names it rather than carrying it.
-    let mut base = propagator::slice::SliceBase {
-        catalog: db.files().into_iter().map(|f| (f.def.fnr, f.def)).collect(),
-        metas: BTreeMap::new(),
-    };
-    let err = propagator::slice::read_slice(
-        &propagator::medium::FsDir::new(dir.join("plog")),
-        db.dbid(),
-        &mut base,
-        before_last,
-        None,
-        &[rep].into_iter().collect(),
-        |c| c.whole().map(|_| true),
-    )
-    .expect_err("the last chunk went in bulk");
+    let err = slice_err(&db, &dir, before_last, rep);
     assert!(
         matches!(err, propagator::slice::SliceError::Bulk { fnr, first: Isn(21), last: Isn(30), .. } if fnr == rep),
         "{err}"
