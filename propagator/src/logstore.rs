@@ -180,6 +180,8 @@ struct Inner {
     tail: Option<LogTail>,
     /// A write failed: nothing more is written (the database is poisoned).
     failed: bool,
+    /// A segment was made since the store's directory was last synced.
+    dir_dirty: bool,
 }
 
 pub struct LogStore {
@@ -272,6 +274,7 @@ impl LogStore {
                 applied,
                 tail: None,
                 failed: false,
+                dir_dirty: true,
             }),
         }
     }
@@ -565,7 +568,6 @@ impl LogStore {
             return Err(self.io("write", "an earlier write failed"));
         }
         let lsn = inner.applied;
-        let active = inner.segs.last().map(|s| s.no);
         self.append(inner, records.into_iter().map(|(i, v)| (i, Some(v))), lsn)?;
         let synced = inner
             .segs
@@ -577,9 +579,10 @@ impl LogStore {
             inner.failed = true;
             return Err(self.io("sync", e));
         }
-        // A segment made meanwhile: its name too.
-        if inner.segs.last().map(|s| s.no) != active {
+        // A segment made since the directory was last synced: its name too.
+        if inner.dir_dirty {
             sync_dir(&self.dir).map_err(|e| self.io("sync directory", e))?;
+            inner.dir_dirty = false;
         }
         Ok(())
     }
@@ -600,6 +603,7 @@ impl LogStore {
                 let active = inner.segs.last().expect("a store has a segment");
                 active.file.sync_data().map_err(|e| self.io("sync", e))?;
                 let next = self.new_segment(active.no + 1)?;
+                inner.dir_dirty = true;
                 inner.segs.push(next);
             }
             let active = inner.segs.last().expect("a store has a segment");
@@ -657,7 +661,9 @@ impl LogStore {
             .file
             .sync_data()
             .map_err(|e| self.io("sync", e))?;
-        sync_dir(&self.dir).map_err(|e| self.io("sync directory", e))
+        sync_dir(&self.dir).map_err(|e| self.io("sync directory", e))?;
+        inner.dir_dirty = false;
+        Ok(())
     }
 
     fn damaged(&self, seg: u32, offset: u64, reason: String) -> LogStoreError {

@@ -337,21 +337,29 @@ fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
     let first_side = rng.usize(0..2);
     let mut floor = Isn(1);
     let mut resumed = 0;
+    let mut cycles = 0;
     for cycle in 0..10 {
         if report(master, "items_new").1.state == ReplicaState::Online {
             // Finished by a run the master's feeder resumed by itself.
             break;
         }
+        cycles += 1;
         // A resumed run (the master's feeder picks a durable load order up
         // by itself after its node restarts) is followed; a stopped one is
         // started again from the replicate's progress record.
         init_no_wait(&node);
         let after = rng.u64(1..8);
-        let l = wait_for("the load under way", LIMIT, || {
+        let l = wait_for("the load under way (or done)", LIMIT, || {
             let (_, r) = report(master, "items_new");
+            if r.state == ReplicaState::Online {
+                return Some(None);
+            }
             let l = r.load?;
-            (l.chunks_this_run >= after).then_some(l)
+            (l.chunks_this_run >= after).then_some(Some(l))
         });
+        let Some(l) = l else {
+            break;
+        };
         assert!(
             l.resumed_from >= floor,
             "cycle {cycle}: resumed from {} after an earlier run had resumed from {floor}",
@@ -385,10 +393,18 @@ fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
             );
         }
     }
-    assert!(resumed >= 5, "only {resumed} runs resumed a load");
+    assert!(
+        cycles >= 5 && resumed + 1 >= cycles,
+        "{cycles} runs, of which {resumed} resumed a load"
+    );
     if report(master, "items_new").1.state != ReplicaState::Online {
-        ok(&etp(&["replicate", "init", "items_new", "--node", &node]));
+        init_no_wait(&node);
     }
+    wait_for("items_new loaded", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        assert!(r.state != ReplicaState::Error, "{r:?}");
+        (r.state == ReplicaState::Online).then_some(())
+    });
     ok(&etp(&["task", "start", "--node", &node]));
     wait_current(master, "items_new");
     assert!(cl.dump(2, NEW).expect("new replicate") == want);

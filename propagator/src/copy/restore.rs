@@ -11,7 +11,7 @@
 use super::area::{Area, CopySet, Member};
 use super::error::{SetError, Within};
 use crate::copy::{resolve, resolve_with, CopyError, Overlay, Prove, Records};
-use crate::database::{LoadStats, PendingCommit};
+use crate::database::{LoadStats, PendingCommit, Restore};
 use crate::medium::FsDir;
 use crate::slice::{log_start, read_slice, SliceBase};
 use crate::wire::OperationRequest;
@@ -148,8 +148,9 @@ struct Chunk {
     to: Option<Isn>,
     records: Records,
     last: Option<FileMeta>,
-    /// The records' count and digest, summed by the reading thread.
-    sum: (u64, crate::Digest),
+    /// The records' count and digest, summed by the reading thread, when
+    /// the chunk may go in bulk (a new database).
+    sum: Option<(u64, crate::Digest)>,
 }
 
 /// A thread that takes items in order from a bounded queue (`depth`
@@ -232,8 +233,12 @@ fn chunk_writer(db: &Database) -> Result<ChunkWriter, SetError> {
         })?;
         let mut stats: BTreeMap<Fnr, LoadStats> = BTreeMap::new();
         for c in rx {
+            let how = match c.sum {
+                Some(sum) => Restore::Bulk { sum },
+                None => Restore::Logged,
+            };
             let (pending, s) = db
-                .restore_range_queued(c.fnr, c.from, c.to, c.records, c.last, Some(c.sum))
+                .restore_range_queued(c.fnr, c.from, c.to, c.records, c.last, how)
                 .within(|| format!("restoring file {}", c.fnr))?;
             sync.send(pending)?;
             let t = stats.entry(c.fnr).or_default();
@@ -251,16 +256,19 @@ struct FileWriter {
     fnr: Fnr,
     overlay: Overlay,
     pending: Option<(Isn, Records)>,
+    /// Chunks that replace nothing may go in bulk (a new database).
+    bulk: bool,
 }
 
 const CHUNK: usize = 8192;
 
 impl FileWriter {
-    fn new(fnr: Fnr, overlay: BTreeMap<Isn, Option<Vec<u8>>>) -> Self {
+    fn new(fnr: Fnr, overlay: BTreeMap<Isn, Option<Vec<u8>>>, bulk: bool) -> Self {
         FileWriter {
             fnr,
             overlay: Overlay::new(overlay),
             pending: None,
+            bulk,
         }
     }
 
@@ -273,7 +281,7 @@ impl FileWriter {
         let (from, records) = self.pending.take().unwrap_or((Isn(1), Vec::new()));
         // Summed here, beside the copy's reading, not on the writer's
         // thread, which writes and syncs.
-        let sum = crate::database::chunk_sum(&records);
+        let sum = self.bulk.then(|| crate::database::chunk_sum(&records));
         w.send(Chunk {
             fnr: self.fnr,
             from,
@@ -383,7 +391,10 @@ fn prepare(db: &Database, set: &CopySet) -> Result<(), SetError> {
 
 /// Writes a whole, verified set into `db` (a database opened by this
 /// process; its node must not be running), rolled forward by `overlays` (per file: isn →
-/// final bytes) to the metas `metas` if given.
+/// final bytes) to the metas `metas` if given. With `bulk` (a new
+/// database, whose log has no past to roll across), chunks that replace
+/// nothing go in bulk.
+#[allow(clippy::too_many_arguments)]
 fn write_set(
     db: &Database,
     area: &Area,
@@ -391,6 +402,7 @@ fn write_set(
     overlays: BTreeMap<Fnr, BTreeMap<Isn, Option<Vec<u8>>>>,
     metas: &BTreeMap<Fnr, FileMeta>,
     lsn: Lsn,
+    bulk: bool,
     mut on: OnProgress,
 ) -> Result<Restored, SetError> {
     prepare(db, set)?;
@@ -401,7 +413,7 @@ fn write_set(
     let mut c = Counter::new(&mut on, "restore", set_records(set), "records");
     let mut writer = chunk_writer(db)?;
     for m in &set.members {
-        let mut w = FileWriter::new(m.fnr, overlays.remove(&m.fnr).unwrap_or_default());
+        let mut w = FileWriter::new(m.fnr, overlays.remove(&m.fnr).unwrap_or_default(), bulk);
         let mut err = None;
         // The file's count and digest are proved by its last restored
         // chunk, against the copy's (or the rolled-forward) meta.
@@ -463,7 +475,7 @@ pub fn restore_into(
         );
     }
     verify_set(area, set, on).within(|| "refused to restore".to_string())?;
-    write_whole(db, area, set, on)
+    write_whole(db, area, set, false, on)
 }
 
 /// Writes a whole, verified set as of its own LSN (see [`write_set`]).
@@ -471,6 +483,7 @@ fn write_whole(
     db: &Database,
     area: &Area,
     set: &CopySet,
+    bulk: bool,
     on: OnProgress,
 ) -> Result<Restored, SetError> {
     write_set(
@@ -480,6 +493,7 @@ fn write_whole(
         BTreeMap::new(),
         &BTreeMap::new(),
         set.lsn,
+        bulk,
         on,
     )
 }
@@ -505,7 +519,8 @@ pub fn restore_to_dir(
     // Not cleaned up if it cannot be opened: another process may hold it.
     let (db, _) =
         Database::open(dir).within(|| format!("cannot open database {}", dir.display()))?;
-    let written = write_whole(&db, area, set, on);
+    // A new database: its log has no past to roll forward across.
+    let written = write_whole(&db, area, set, true, on);
     let closed = db.close();
     let written = written.and_then(|r| {
         closed?;
@@ -557,7 +572,9 @@ pub struct Regenerated {
 /// Restores the newest usable copy set of `db` holding `fnr` and rolls it
 /// forward with `db`'s protection log to `target`, writing the result into
 /// `into` (None: `db` itself). The whole set is regenerated (a log only
-/// ever at the level of its master).
+/// ever at the level of its master). `into` is a new database: its files
+/// are written in bulk (see `database::bulk`); into `db` itself, every
+/// chunk is logged, so its log can still be rolled forward across them.
 pub fn regenerate(
     db: &Database,
     area: &Area,
@@ -686,7 +703,12 @@ fn regenerate_set(
             set.dbid
         );
     }
-    let restored = write_set(target_db, area, &set, overlays, &metas_now, reached, on)?;
+    // Into another database (a new one, as the CLI and the benchmark make
+    // it): in bulk; into `db` itself, whose log has a past: logged.
+    let bulk = into.is_some();
+    let restored = write_set(
+        target_db, area, &set, overlays, &metas_now, reached, bulk, on,
+    )?;
     Ok(Regenerated {
         restored,
         from_lsn: set.lsn,
@@ -808,7 +830,7 @@ pub fn backout(
             }
         }
         db.wait_applied()?;
-        let mut w = FileWriter::new(f, overlay);
+        let mut w = FileWriter::new(f, overlay, false);
         let mut writer = chunk_writer(db)?;
         let mut from = Isn(1);
         loop {
@@ -944,7 +966,7 @@ pub fn restore_in_node(
                 return Ok(serde_json::to_value(&r)?);
             }
             Ok(()) => {
-                let r = write_whole(db, &area, &set, &mut on)?;
+                let r = write_whole(db, &area, &set, false, &mut on)?;
                 return Ok(serde_json::json!({ "restored": r, "skipped": skipped }));
             }
             Err(e) => skipped.push(format!("{}: {e:#}", set.id)),

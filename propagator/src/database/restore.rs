@@ -93,7 +93,8 @@ impl Database {
         wanted: Vec<(Isn, Vec<u8>)>,
         last: Option<FileMeta>,
     ) -> Result<(CommitInfo, LoadStats), DbError> {
-        let (pending, stats) = self.restore_range_queued(fnr, from, to, wanted, last, None)?;
+        let (pending, stats) =
+            self.restore_range_queued(fnr, from, to, wanted, last, Restore::Logged)?;
         Ok((pending.wait()?, stats))
     }
 
@@ -102,9 +103,9 @@ impl Database {
     /// so a restore can read and build its next chunk meanwhile. Whoever
     /// holds the pending commit must wait for it before calling this again
     /// from the same thread (a chunk may wait for the ones before it to
-    /// reach the page store, which needs their waits). `sum`, if given, is
-    /// `wanted`'s count and digest, computed by the caller from these very
-    /// bytes (a restore sums a chunk on the thread that reads the copy).
+    /// reach the page store, which needs their waits). With
+    /// [`Restore::Bulk`], a chunk that replaces nothing goes to the page
+    /// store in bulk (see `bulk`).
     pub fn restore_range_queued(
         &self,
         fnr: Fnr,
@@ -112,7 +113,7 @@ impl Database {
         to: Option<Isn>,
         wanted: Vec<(Isn, Vec<u8>)>,
         last: Option<FileMeta>,
-        sum: Option<(u64, crate::Digest)>,
+        how: Restore,
     ) -> Result<(PendingCommit, LoadStats), DbError> {
         check_chunk("restored", from, to, &wanted)?;
         if let Some(want) = last {
@@ -151,10 +152,9 @@ impl Database {
         // damaged file's changes: its meta can lag its records, so a
         // resumed restore reads them.)
         let fresh = rebased && Self::bulk_fits(&meta, from);
-        if fresh && !wanted.is_empty() {
+        if let (true, false, Restore::Bulk { sum }) = (fresh, wanted.is_empty(), how) {
             // Replaces nothing: the chunk goes to the page store in bulk,
             // its log entry naming it (see `bulk`).
-            let sum = sum.unwrap_or_else(|| super::bulk::chunk_sum(&wanted));
             meta.add_sum(sum.0, sum.1);
             prove_restored(&meta, last)?;
             let catalog = self.restore_catalog(fnr, def, last);
@@ -242,6 +242,20 @@ impl Database {
         self.wait_applied()?;
         Ok(point)
     }
+}
+
+/// How [`Database::restore_range_queued`] writes a chunk.
+#[derive(Clone, Copy, Debug)]
+pub enum Restore {
+    /// Every record in the chunk's log entry: the log can roll forward,
+    /// copy and back out across it. A restore into a database with a past
+    /// (its own, in place, or through its node) writes this way.
+    Logged,
+    /// A chunk that replaces nothing goes to the page store in bulk, named
+    /// by its log entry (see `bulk`): for a new database, whose log has no
+    /// past to roll across. `sum` is the chunk's count and digest, computed
+    /// by the caller from these very bytes.
+    Bulk { sum: (u64, crate::Digest) },
 }
 
 /// With the last chunk (`last`: the copy's meta), that the file `meta`

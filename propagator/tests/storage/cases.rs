@@ -1938,10 +1938,21 @@ fn a_restore_from_empty_goes_in_bulk_and_replay_checks_the_page_store_holds_each
     let (db, _) = Database::open(&dir).expect("reopen");
     db.begin_restore(PLAIN, "a bulk test").expect("begin again");
     let before = db.last_lsn();
-    db.restore_range(PLAIN, Isn(1), Some(Isn(21)), source[..20].to_vec(), None)
-        .expect("first chunk");
-    db.restore_range(PLAIN, Isn(21), None, source[20..].to_vec(), Some(want))
-        .expect("last chunk");
+    let bulk = |chunk: &[(Isn, Vec<u8>)]| propagator::database::Restore::Bulk {
+        sum: propagator::database::chunk_sum(chunk),
+    };
+    let (first, rest) = (source[..20].to_vec(), source[20..].to_vec());
+    let (b1, b2) = (bulk(&first), bulk(&rest));
+    db.restore_range_queued(PLAIN, Isn(1), Some(Isn(21)), first, None, b1)
+        .expect("first chunk")
+        .0
+        .wait()
+        .expect("first chunk durable");
+    db.restore_range_queued(PLAIN, Isn(21), None, rest, Some(want), b2)
+        .expect("last chunk")
+        .0
+        .wait()
+        .expect("last chunk durable");
     let info = db.file_info(PLAIN).expect("info");
     assert_eq!((info.meta, info.damaged), (want, None));
     assert_eq!(dump_raw(&db, PLAIN), source.iter().cloned().collect());
