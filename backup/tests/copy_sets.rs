@@ -519,3 +519,110 @@ fn progressed(seen: &[restore::Progress], phase: &str, done: u64, total: u64) {
     );
     assert_eq!(p.last().map(|l| l.done), Some(done), "phase {phase}: {p:?}");
 }
+
+/// A restore into an empty file in bulk: the log names its chunk but does
+/// not carry it, so a roll-forward, a backout or a copy that would cross it
+/// is refused (naming it), and one that stops short of it, or starts after
+/// it, is not.
+#[test]
+fn a_roll_forward_or_backout_across_a_bulk_chunk_is_refused_and_one_short_of_it_is_not() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = open_new(&tmp.path().join("db"));
+    let area = Area::open(&tmp.path().join("area")).expect("area");
+    let commit = |k: u64, v: u64| {
+        let mut s = db.session();
+        if k > 0 && db.read(PLAIN, Isn(k)).expect("read").is_some() {
+            s.update(PLAIN, Isn(k), rec(k, v)).expect("update");
+        } else {
+            s.store(PLAIN, Some(Isn(k)), rec(k, v)).expect("store");
+        }
+        s.et(None).expect("et")
+    };
+    commit(1, 1);
+    let before_set = take_set(&area, &db, &[PLAIN]).expect("a set before");
+    // Emptied, then restored from empty in bulk.
+    let mut s = db.session();
+    s.delete(PLAIN, Isn(1)).expect("delete");
+    s.et(None).expect("et");
+    drop(s);
+    let short = commit(2, 2);
+    let mut s = db.session();
+    s.delete(PLAIN, Isn(2)).expect("delete");
+    s.et(None).expect("et");
+    drop(s);
+    db.begin_restore(PLAIN, "a bulk test").expect("begin");
+    let next = db.file_info(PLAIN).expect("info").meta.next_isn;
+    let records: Vec<(Isn, Vec<u8>)> = (next..next + 10)
+        .map(|k| (Isn(k), encode_record(&rec(k, 7)).expect("encode")))
+        .collect();
+    let mut want = db.file_info(PLAIN).expect("info").meta;
+    for (i, b) in &records {
+        want.change(*i, None, Some(b));
+    }
+    let sum = propagator::database::chunk_sum(&records);
+    let bulk = db
+        .restore_range_queued(
+            PLAIN,
+            Isn(next),
+            None,
+            records,
+            Some(want),
+            propagator::database::Restore::Bulk { sum },
+        )
+        .expect("bulk chunk")
+        .0
+        .wait()
+        .expect("durable");
+    let after = commit(next, 8);
+    let into = |name: &str| {
+        let d = tmp.path().join(name);
+        Database::init(&d, DbId(7), None).expect("init");
+        Database::open(&d).expect("open").0
+    };
+    let crosses = |e: &dyn std::fmt::Display| {
+        let t = e.to_string();
+        assert!(
+            t.contains(&format!("LSN {} wrote isns", bulk.lsn)) && t.contains("in bulk"),
+            "{t}"
+        );
+    };
+    // Roll-forward from the set before it: to the end, refused; to an LSN
+    // short of it, done.
+    let e = restore::regenerate(
+        &db,
+        &area,
+        PLAIN,
+        Target::End,
+        Some(&into("r1")),
+        &mut |_| {},
+    )
+    .expect_err("across the bulk chunk");
+    crosses(&format!("{e:#}"));
+    let r = restore::regenerate(
+        &db,
+        &area,
+        PLAIN,
+        Target::Lsn(short.lsn),
+        Some(&into("r2")),
+        &mut |_| {},
+    )
+    .expect("short of the bulk chunk");
+    assert_eq!(r.restored.set, before_set.id);
+    // Backout: to a time after it, done; to one before it, refused.
+    restore::backout(&db, PLAIN, after.time_us - 1, &mut |_| {}).expect("after the bulk chunk");
+    let e = restore::backout(&db, PLAIN, short.time_us, &mut |_| {}).expect_err("across it");
+    crosses(&format!("{e:#}"));
+    // A set taken after it rolls forward from there.
+    take_set(&area, &db, &[PLAIN]).expect("a set after");
+    commit(next, 9);
+    restore::regenerate(
+        &db,
+        &area,
+        PLAIN,
+        Target::End,
+        Some(&into("r3")),
+        &mut |_| {},
+    )
+    .expect("from the set after the bulk chunk");
+    db.close().expect("close");
+}
