@@ -110,12 +110,12 @@ impl Database {
                 // as a failed page-store write, the database stops, and
                 // the next open rescans (the callers check all they can
                 // before writing, so this is a poisoned or closing
-                // database, or a bug).
-                writer::poison(
-                    self.shared(),
-                    format!("a bulk chunk of file {fnr} was written but not committed: {e}"),
-                );
-                Err(e)
+                // database, or a bug). Said as such, not as the commit's
+                // own refusal, which a caller might take for retryable.
+                let reason =
+                    format!("a bulk chunk of file {fnr} was written but not committed: {e}");
+                writer::poison(self.shared(), reason.clone());
+                Err(DbError::Poisoned(reason))
             }
         }
     }
