@@ -579,6 +579,9 @@ fn a_roll_forward_or_backout_across_a_bulk_chunk_is_refused_and_one_short_of_it_
         Database::init(&d, DbId(7), None).expect("init");
         Database::open(&d).expect("open").0
     };
+    let regenerate = |target: Target, name: &str| {
+        restore::regenerate(&db, &area, PLAIN, target, Some(&into(name)), &mut |_| {})
+    };
     let crosses = |e: &dyn std::fmt::Display| {
         let t = e.to_string();
         assert!(
@@ -588,25 +591,9 @@ fn a_roll_forward_or_backout_across_a_bulk_chunk_is_refused_and_one_short_of_it_
     };
     // Roll-forward from the set before it: to the end, refused; to an LSN
     // short of it, done.
-    let e = restore::regenerate(
-        &db,
-        &area,
-        PLAIN,
-        Target::End,
-        Some(&into("r1")),
-        &mut |_| {},
-    )
-    .expect_err("across the bulk chunk");
+    let e = regenerate(Target::End, "r1").expect_err("across the bulk chunk");
     crosses(&format!("{e:#}"));
-    let r = restore::regenerate(
-        &db,
-        &area,
-        PLAIN,
-        Target::Lsn(short.lsn),
-        Some(&into("r2")),
-        &mut |_| {},
-    )
-    .expect("short of the bulk chunk");
+    let r = regenerate(Target::Lsn(short.lsn), "r2").expect("short of the bulk chunk");
     assert_eq!(r.restored.set, before_set.id);
     // Backout: to a time after it, done; to one before it, refused.
     restore::backout(&db, PLAIN, after.time_us - 1, &mut |_| {}).expect("after the bulk chunk");
@@ -615,14 +602,6 @@ fn a_roll_forward_or_backout_across_a_bulk_chunk_is_refused_and_one_short_of_it_
     // A set taken after it rolls forward from there.
     take_set(&area, &db, &[PLAIN]).expect("a set after");
     commit(next, 9);
-    restore::regenerate(
-        &db,
-        &area,
-        PLAIN,
-        Target::End,
-        Some(&into("r3")),
-        &mut |_| {},
-    )
-    .expect("from the set after the bulk chunk");
+    regenerate(Target::End, "r3").expect("from the set after the bulk chunk");
     db.close().expect("close");
 }

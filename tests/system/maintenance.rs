@@ -248,6 +248,17 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     ok(&etp(&["policy", "set", "automatic", "--node", &node]));
 }
 
+/// `etp admin apply` of the topology file `topo` through the master's node.
+fn admin_apply(node: &str, topo: &std::path::Path) {
+    ok(&etp(&[
+        "admin",
+        "apply",
+        "--node",
+        node,
+        topo.to_str().expect("utf8"),
+    ]));
+}
+
 /// `etp replicate init items_new --no-wait` through the master's node.
 fn init_no_wait(node: &str) {
     ok(&etp(&[
@@ -304,13 +315,7 @@ fn with_items_new_waiting(dir: &std::path::Path, n: u64, chunk: u32) -> (Cluster
     let addrs: Vec<SocketAddr> = cl.nodes.iter().map(|n| n.addr).collect();
     let topo = dir.join("topology2.toml");
     std::fs::write(&topo, with_new_replicate(&addrs, chunk)).expect("write topology");
-    ok(&etp(&[
-        "admin",
-        "apply",
-        "--node",
-        &node,
-        topo.to_str().expect("utf8"),
-    ]));
+    admin_apply(&node, &topo);
     let master = cl.master().addr;
     let r = wait_for("items_new waiting for its load", LIMIT, || {
         let (_, r) = report(master, "items_new");
@@ -441,13 +446,7 @@ fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
     let stricter = text.replace("qty > 10", "qty > 20");
     let topo = t.path().join("stricter.toml");
     std::fs::write(&topo, &stricter).expect("write");
-    ok(&etp(&[
-        "admin",
-        "apply",
-        "--node",
-        &node,
-        topo.to_str().expect("utf8"),
-    ]));
+    admin_apply(&node, &topo);
     wait_for("items_part asking for a reinit", LIMIT, || {
         let (_, r) = report(master, "items_part");
         (r.state == ReplicaState::Offline && r.phase.contains("definition")).then_some(())
@@ -477,13 +476,7 @@ fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
     ok(&etp(&["policy", "set", "automatic", "--node", &node]));
     let looser = text.replace("qty > 10", "qty > 5");
     std::fs::write(&topo, &looser).expect("write");
-    ok(&etp(&[
-        "admin",
-        "apply",
-        "--node",
-        &node,
-        topo.to_str().expect("utf8"),
-    ]));
+    admin_apply(&node, &topo);
     let want: BTreeMap<Isn, Record> = cl
         .expected_partial(&m)
         .into_iter()
@@ -834,13 +827,7 @@ fn confirm_set_leaves_a_gap_record_and_cleanup_deletes_nothing_without_a_copy() 
     );
     let topo = t.path().join("tight.toml");
     std::fs::write(&topo, tight).expect("write");
-    ok(&etp(&[
-        "admin",
-        "apply",
-        "--node",
-        &node,
-        topo.to_str().expect("utf8"),
-    ]));
+    admin_apply(&node, &topo);
     let out = etp(&["replicate", "status", "--node", &node]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
