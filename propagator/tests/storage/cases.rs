@@ -2096,3 +2096,50 @@ fn a_load_into_an_empty_replicate_goes_in_bulk_and_a_chunk_out_of_sequence_write
     assert!(report.damaged.is_empty(), "{report:?}");
     assert_eq!(dump_raw(&db, rep), chunk(1, 31).into_iter().collect());
 }
+
+#[test]
+fn a_flipped_byte_in_a_bulk_chunks_log_entry_stops_open_naming_segment_and_offset() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (mem, db) = fresh_mem(t.path());
+    db.begin_restore(PLAIN, "a bulk test").expect("begin");
+    let records: Vec<(Isn, Vec<u8>)> = (1..=20)
+        .map(|i| (Isn(i), propagator::record::encode_record(&rec(&[("v", i as i64)])).expect("encode")))
+        .collect();
+    let mut want = propagator::FileMeta::new(PLAIN);
+    for (i, b) in &records {
+        want.change(*i, None, Some(b));
+    }
+    let name = segment_name(1);
+    let from = data_end(&mem, &name);
+    let sum = propagator::database::chunk_sum(&records);
+    db.restore_range_queued(
+        PLAIN,
+        Isn(1),
+        None,
+        records,
+        Some(want),
+        propagator::database::Restore::Bulk { sum },
+    )
+    .expect("bulk chunk")
+    .0
+    .wait()
+    .expect("durable");
+    let to = data_end(&mem, &name);
+    // Commits after it: the bulk entry is in the middle of the log.
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(1)), rec(&[("q", 1)])).expect("store");
+    s.et(None).expect("et");
+    drop(s);
+    db.close().expect("close");
+    assert!(to > from, "the bulk chunk wrote no log entry");
+    flip(&mem, &name, (from + to) / 2);
+    let err = open_mem(t.path(), &mem).err().expect("open must fail");
+    assert!(
+        matches!(
+            err,
+            DbError::Log(propagator::plog::LogError::Corrupt { segment: 1, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("offset"), "{err}");
+}
