@@ -401,7 +401,7 @@ impl Predicate {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        self.selects(&record)
+        matches!(self.eval_cel(&record), Ok(true))
     }
 
     /// [`Predicate::eval`] by the CEL program (the fields are all there).

@@ -246,8 +246,7 @@ pub fn run(data: &Path, records: u64, changes: u64, keep: bool) -> anyhow::Resul
     restore::restore_to_dir(&into, &area, &set, &mut |p| phases.on(p))?;
     let restore_s = t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&into)?;
-    flush_all();
-    let disk_after = seq_write(dir.path(), 1024)?;
+    let disk_after = probe(dir.path())?;
     let into = dir.path().join("regenerated");
     Database::init(&into, DbId(1), None)?;
     flush_all();

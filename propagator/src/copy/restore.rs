@@ -148,9 +148,9 @@ struct Chunk {
     to: Option<Isn>,
     records: Records,
     last: Option<FileMeta>,
-    /// The records' count and digest, summed by the reading thread, when
-    /// the chunk may go in bulk (a new database).
-    sum: Option<(u64, crate::Digest)>,
+    /// In bulk (a new database), with the records' count and digest summed
+    /// by the reading thread; or logged.
+    how: Restore,
 }
 
 /// A thread that takes items in order from a bounded queue (`depth`
@@ -233,17 +233,11 @@ fn chunk_writer(db: &Database) -> Result<ChunkWriter, SetError> {
         })?;
         let mut stats: BTreeMap<Fnr, LoadStats> = BTreeMap::new();
         for c in rx {
-            let how = match c.sum {
-                Some(sum) => Restore::Bulk { sum },
-                None => Restore::Logged,
-            };
             let (pending, s) = db
-                .restore_range_queued(c.fnr, c.from, c.to, c.records, c.last, how)
+                .restore_range_queued(c.fnr, c.from, c.to, c.records, c.last, c.how)
                 .within(|| format!("restoring file {}", c.fnr))?;
             sync.send(pending)?;
-            let t = stats.entry(c.fnr).or_default();
-            t.written += s.written;
-            t.removed += s.removed;
+            *stats.entry(c.fnr).or_default() += s;
         }
         sync.finish()?;
         Ok(stats)
@@ -281,14 +275,19 @@ impl FileWriter {
         let (from, records) = self.pending.take().unwrap_or((Isn(1), Vec::new()));
         // Summed here, beside the copy's reading, not on the writer's
         // thread, which writes and syncs.
-        let sum = self.bulk.then(|| crate::database::chunk_sum(&records));
+        let how = match self.bulk {
+            true => Restore::Bulk {
+                sum: crate::database::chunk_sum(&records),
+            },
+            false => Restore::Logged,
+        };
         w.send(Chunk {
             fnr: self.fnr,
             from,
             to,
             records,
             last,
-            sum,
+            how,
         })
     }
 

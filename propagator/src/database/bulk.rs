@@ -72,11 +72,8 @@ impl Database {
         let info = self.file_info(fnr)?;
         if !matches!(info.def.role, Role::Log { .. }) {
             // Validated as any stored record is, outside the state lock.
-            let bad = |source| DbError::BadRecord { fnr, source };
             for (_, v) in records {
-                if crate::record::canonical_fields(v).is_none() {
-                    decode_record(v).map_err(bad)?;
-                }
+                super::commit::check_stored(fnr, v)?;
             }
         }
         if !Self::bulk_fits(&info.meta, *first) {

@@ -649,9 +649,7 @@ pub(super) fn resolve<V: StateView>(
             let is_log =
                 matches!(st.catalog.get(&fnr), Some(d) if matches!(d.role, Role::Log { .. }));
             if let (Some(a), false) = (&after, is_log) {
-                if crate::record::canonical_fields(a).is_none() {
-                    decode_record(a).map_err(bad)?;
-                }
+                check_stored(fnr, a)?;
             }
             // An isn the file has never held needs no lookup (every chunk
             // of a file restored from empty).
@@ -679,12 +677,7 @@ pub(super) fn resolve<V: StateView>(
                 return Err(DbError::ZeroIsn(fnr));
             }
             if let Some(a) = &after {
-                // Validated as any stored record is: nothing undecodable
-                // lands. A master's images are canonical: checked without
-                // a decode.
-                if crate::record::canonical_fields(a).is_none() {
-                    decode_record(a).map_err(bad)?;
-                }
+                check_stored(fnr, a)?;
             }
             let current = ap.current(fnr, isn)?;
             if current != before {
@@ -770,6 +763,16 @@ pub(super) fn check_guard(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Validates a record about to be stored as given (replicated, restored,
+/// loaded in bulk): nothing undecodable lands. A master's images are
+/// canonical: checked without a decode.
+pub(super) fn check_stored(fnr: Fnr, bytes: &[u8]) -> Result<(), DbError> {
+    if crate::record::canonical_fields(bytes).is_none() {
+        decode_record(bytes).map_err(|source| DbError::BadRecord { fnr, source })?;
     }
     Ok(())
 }

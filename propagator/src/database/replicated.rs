@@ -215,6 +215,14 @@ pub struct LoadStats {
     pub kept: u64,
 }
 
+impl std::ops::AddAssign for LoadStats {
+    fn add_assign(&mut self, o: LoadStats) {
+        self.written += o.written;
+        self.removed += o.removed;
+        self.kept += o.kept;
+    }
+}
+
 /// Checks that a chunk's records (`what`: loaded, restored) lie inside
 /// `[from, to)`, have isns above 0 and ascend.
 pub(super) fn check_chunk(

@@ -130,7 +130,7 @@ impl Database {
                 )));
             }
         }
-        let def = {
+        let (def, mut meta, rebased) = {
             let st = lock(&self.shared().state);
             let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
             // A file being restored is damaged until its last chunk: only
@@ -138,11 +138,7 @@ impl Database {
             if def.restoring.is_none() {
                 Self::usable_def(&st, fnr)?;
             }
-            def.clone()
-        };
-        let (mut meta, rebased) = {
-            let st = lock(&self.shared().state);
-            (st.info(fnr)?.meta, st.rebased.contains(&fnr))
+            (def.clone(), st.info(fnr)?.meta, st.rebased.contains(&fnr))
         };
         // Rebased by this restore since the database opened, no isn at or
         // above the file's next isn holds a record: a chunk from there on,
@@ -163,10 +159,7 @@ impl Database {
                 ..LoadStats::default()
             };
             let pending = self.bulk_queued(fnr, &wanted, sum, catalog, Vec::new())?;
-            if last.is_some() {
-                lock(&self.shared().state).rebased.remove(&fnr);
-            }
-            return Ok((pending, stats));
+            return Ok((self.restored(fnr, last, pending), stats));
         }
         let existing = if fresh {
             Vec::new()
@@ -192,11 +185,16 @@ impl Database {
         prove_restored(&meta, last)?;
         let catalog = self.restore_catalog(fnr, def, last);
         let pending = self.commit_queued(catalog, ops, None, false)?;
+        Ok((self.restored(fnr, last, pending), stats))
+    }
+
+    /// A chunk queued: after the last one (`last`), the file is restored,
+    /// and its next chunks, if any, are another restore's.
+    fn restored(&self, fnr: Fnr, last: Option<FileMeta>, p: PendingCommit) -> PendingCommit {
         if last.is_some() {
-            // Restored: its next chunks, if any, are another restore's.
             lock(&self.shared().state).rebased.remove(&fnr);
         }
-        Ok((pending, stats))
+        p
     }
 
     /// The catalog changes of a restored chunk: written as given, and with

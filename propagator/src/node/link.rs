@@ -219,14 +219,11 @@ impl Node {
             .map(|(i, b)| (i, b.into_vec()))
             .collect();
         // The chunk is what its sender computed, or nothing is written.
-        let mut m = crate::FileMeta::new(link.file);
-        for (i, b) in &records {
-            m.change(*i, None, Some(b));
-        }
-        if (m.count, m.digest) != sum {
+        let m = crate::database::chunk_sum(&records);
+        if m != sum {
             return Response::error(format!(
                 "loaded chunk [{from}, …) arrived with {} records and digest {}, its sender computed {} and {}: refused",
-                m.count, m.digest, sum.0, sum.1
+                m.0, m.1, sum.0, sum.1
             ));
         }
         if last.is_some() != to.is_none() {
@@ -270,7 +267,7 @@ impl Node {
             let mut total = crate::FileMeta::new(link.file);
             total.count = current.count;
             total.digest = current.digest;
-            total.add_sum(m.count, m.digest);
+            total.add_sum(m.0, m.1);
             let next = LoadProgress {
                 next: to.unwrap_or(Isn(u64::MAX)),
                 count: total.count,
@@ -308,7 +305,7 @@ impl Node {
                 current.rewrite,
                 (link.confirmation, cisn, progress, guard),
                 expect,
-                Some((m.count, m.digest)),
+                Some(m),
             )?;
             let meta = match meta_of(&info, link.file) {
                 Some(m) => m,

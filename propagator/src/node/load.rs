@@ -499,9 +499,7 @@ pub(super) async fn run_load(
                 };
                 match resp {
                     Response::LoadAck { progress: p, stats: s, count, digest } => {
-                        stats.written += s.written;
-                        stats.removed += s.removed;
-                        stats.kept += s.kept;
+                        stats += s;
                         {
                             let mut st = lock(&f.st);
                             if let Some(l) = st.load.as_mut() {
