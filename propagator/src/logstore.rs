@@ -549,7 +549,7 @@ impl LogStore {
         if inner.failed {
             return Err(self.io("write", "an earlier write failed"));
         }
-        self.append(inner, records, lsn)
+        self.append(inner, records, lsn, None)
     }
 
     /// Writes new records — a bulk chunk — and a mark of the LSN the store
@@ -568,7 +568,12 @@ impl LogStore {
             return Err(self.io("write", "an earlier write failed"));
         }
         let lsn = inner.applied;
-        self.append(inner, records.into_iter().map(|(i, v)| (i, Some(v))), lsn)?;
+        self.append(
+            inner,
+            records.into_iter().map(|(i, v)| (i, Some(v))),
+            lsn,
+            None,
+        )?;
         let synced = inner
             .segs
             .last()
@@ -587,21 +592,105 @@ impl LogStore {
         Ok(())
     }
 
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        let inner = self.read();
+        inner.index.entries.len() == inner.index.dead
+    }
+
+    /// Writes new records (ascending seqs above any the store held), in
+    /// batches, then syncs: a file restored whole into a new database,
+    /// whose protection-log entry naming the records comes after (see
+    /// [`crate::store::PageStore::ingest`]). Each segment that fills is
+    /// synced by a thread of its own while the next is written (the
+    /// writer does not wait on the disk for each), and all of them before
+    /// this returns.
+    pub fn ingest(
+        &self,
+        records: &mut dyn Iterator<Item = (Isn, Vec<u8>)>,
+    ) -> Result<(), LogStoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, File)>();
+        let dir = self.dir.clone();
+        let behind = std::thread::Builder::new()
+            .name("log-sync".into())
+            .spawn(move || {
+                for (no, f) in rx {
+                    f.sync_data()
+                        .map_err(|e| format!("syncing segment {no} of {}: {e}", dir.display()))?;
+                }
+                Ok::<(), String>(())
+            })
+            .map_err(|e| self.io("start a sync thread", e))?;
+        let written = self.ingest_batches(records, &tx);
+        drop(tx);
+        let synced = match behind.join() {
+            Ok(r) => r.map_err(|e| self.io("sync", e)),
+            Err(_) => Err(self.io("sync", "the sync thread panicked")),
+        };
+        if written.is_err() || synced.is_err() {
+            self.write().failed = true;
+        }
+        synced?;
+        written?;
+        let lsn = self.applied();
+        self.sync(lsn)
+    }
+
+    fn ingest_batches(
+        &self,
+        records: &mut dyn Iterator<Item = (Isn, Vec<u8>)>,
+        filled: &std::sync::mpsc::Sender<(u32, File)>,
+    ) -> Result<(), LogStoreError> {
+        let mut batch: Vec<(Isn, Vec<u8>)> = Vec::with_capacity(4096);
+        loop {
+            batch.clear();
+            batch.extend((&mut *records).take(4096));
+            if batch.is_empty() {
+                break;
+            }
+            let mut guard = self.write();
+            let inner = &mut *guard;
+            if inner.failed {
+                return Err(self.io("write", "an earlier write failed"));
+            }
+            let lsn = inner.applied;
+            self.append(
+                inner,
+                batch.iter().map(|(i, v)| (*i, Some(v.as_slice()))),
+                lsn,
+                Some(filled),
+            )?;
+        }
+        Ok(())
+    }
+
     fn append<'a>(
         &self,
         inner: &mut Inner,
         records: impl IntoIterator<Item = (Isn, Option<&'a [u8]>)>,
         lsn: Lsn,
+        filled: Option<&std::sync::mpsc::Sender<(u32, File)>>,
     ) -> Result<(), LogStoreError> {
         let mut buf = Vec::new();
         for (isn, v) in records {
             let need = FRAME_HEADER as u64 + v.map_or(0, |v| v.len() as u64);
             let active = inner.segs.last().expect("a store has a segment");
-            if active.len > SEG_HEADER && active.len + buf.len() as u64 + need > self.seg_size {
+            // (Never an empty segment: a record larger than a segment
+            // gets one of its own.)
+            let used = active.len + buf.len() as u64;
+            if used > SEG_HEADER && used + need > self.seg_size {
                 self.write_out(inner, &buf)?;
                 buf.clear();
                 let active = inner.segs.last().expect("a store has a segment");
-                active.file.sync_data().map_err(|e| self.io("sync", e))?;
+                match filled {
+                    // Synced behind the writer (see `ingest`).
+                    Some(tx) => {
+                        let f = active.file.try_clone().map_err(|e| self.io("sync", e))?;
+                        tx.send((active.no, f))
+                            .map_err(|_| self.io("sync", "the sync thread stopped"))?;
+                    }
+                    None => active.file.sync_data().map_err(|e| self.io("sync", e))?,
+                }
                 let next = self.new_segment(active.no + 1)?;
                 inner.dir_dirty = true;
                 inner.segs.push(next);
@@ -1062,5 +1151,25 @@ mod tests {
         drop(s);
         let s = Arc::new(LogStore::open(&dir, Fnr(3), 4096).expect("open"));
         assert_eq!(all(&s), got);
+    }
+
+    #[test]
+    fn an_ingest_fills_segments_synced_behind_it_and_reads_back_after_a_reopen() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("log");
+        let s = Arc::new(LogStore::create(&dir, Fnr(3), 4096, Lsn(7)).expect("create"));
+        assert!(s.is_empty());
+        let want: BTreeMap<u64, Vec<u8>> = (1..=300).map(|i| (i, vec![i as u8; 100])).collect();
+        let mut recs = want.iter().map(|(i, v)| (Isn(*i), v.clone()));
+        s.ingest(&mut recs).expect("ingest");
+        assert!(!s.is_empty());
+        assert!(s.segments().len() > 5, "{:?}", s.segments());
+        assert_eq!(all(&s), want);
+        // At the LSN it was at: the records are new, named by a later entry.
+        assert_eq!(s.applied(), Lsn(7));
+        drop(s);
+        let s = Arc::new(LogStore::open(&dir, Fnr(3), 4096).expect("open"));
+        assert_eq!(all(&s), want);
+        assert_eq!((s.applied(), s.tail().is_none()), (Lsn(7), true));
     }
 }

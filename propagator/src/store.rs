@@ -11,8 +11,11 @@
 //! a prefix of the batches it was given, each whole) and ordered scans.
 //!
 //! Everything lives in one keyspace under one-byte key prefixes (one sled
-//! tree, one fjall partition), so each [`StoreBatch`] — records, file metas,
-//! catalog, client ids and the applied LSN — is written by one atomic batch:
+//! tree; one fjall keyspace, whose `pages` partition holds every key but
+//! records, and each file's records a partition of its own, `file-<fnr>`,
+//! in stores made since per-file partitions), so each [`StoreBatch`] —
+//! records, file metas, catalog, client ids and the applied LSN — is
+//! written by one atomic batch:
 //! ```text
 //! 0x00 "applied"               → applied LSN (u64 BE)
 //! 0x01 fnr(u32 BE)             → FileDef (MessagePack)
@@ -20,6 +23,10 @@
 //! 0x03 client id (UTF-8)       → commit LSN (u64 BE)
 //! 0x10 fnr(u32 BE) isn(u64 BE) → record bytes
 //! ```
+//!
+//! A file of its own partition, empty, can be filled by
+//! [`PageStore::ingest`]: sorted runs written straight to disk and synced,
+//! each record written once (a restore into a new database).
 //!
 //! The records of ETP log files are not in the engine: each log file has a
 //! [`LogStore`] of its own (`logs/log-<fnr>/` beside the store), written in
@@ -38,6 +45,10 @@ const APPLIED: &[u8] = b"\x00applied";
 /// Present once the log files' records live in log stores (databases made
 /// before had them in the engine: moved at their first open).
 const LOG_STORES: &[u8] = b"\x00log-stores";
+/// The fjall layout: [`PER_FILE`] when each file's records have a
+/// partition of their own (absent: all in `pages`, as made before).
+const LAYOUT: &[u8] = b"\x00layout";
+const PER_FILE: &[u8] = b"per-file";
 
 /// The key-value engine under the page store.
 ///
@@ -140,10 +151,119 @@ pub struct PageStore {
 
 enum Kv {
     Sled(sled::Db),
-    Fjall {
-        keyspace: fjall::Keyspace,
-        pages: fjall::PartitionHandle,
-    },
+    Fjall(FjallKv),
+}
+
+/// A fjall keyspace: `pages` for every key but records; the records of
+/// each file in a partition of its own (`file-<fnr>`), which a scan reads
+/// alone and a restore into an empty file can fill with sorted runs
+/// written straight to disk ([`PageStore::ingest`]). Databases made before
+/// per-file partitions keep their records in `pages`.
+struct FjallKv {
+    keyspace: fjall::Keyspace,
+    pages: fjall::PartitionHandle,
+    /// Records in partitions of their own (see [`LAYOUT`]).
+    per_file: bool,
+    files: RwLock<BTreeMap<Fnr, fjall::PartitionHandle>>,
+}
+
+impl FjallKv {
+    /// The partition `fnr`'s records live in, made (and its directory
+    /// entry synced) the first time.
+    fn records(&self, fnr: Fnr) -> Result<fjall::PartitionHandle, fjall::Error> {
+        if !self.per_file {
+            return Ok(self.pages.clone());
+        }
+        if let Some(p) = self
+            .files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fnr)
+        {
+            return Ok(p.clone());
+        }
+        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = files.get(&fnr) {
+            return Ok(p.clone());
+        }
+        let name = format!("file-{}", fnr.0);
+        let new = !self.keyspace.partition_exists(&name);
+        let p = self.keyspace.open_partition(&name, partition_options())?;
+        if new {
+            // fjall syncs the partition's own files but has a window where
+            // a crash leaves one it cannot open (its version marker
+            // written, its level manifest not yet): marked as made here,
+            // with its entry in the partitions folder synced, before any
+            // batch's journal entry can name it. An unmarked one holds
+            // nothing and is removed at open (see `clear_unmade`).
+            let marker = p.path().join(MADE);
+            std::fs::File::create(&marker)?.sync_all()?;
+            sync_dir(p.path())?;
+            sync_dir(&p.path().parent().map(Path::to_path_buf).unwrap_or_default())?;
+        }
+        files.insert(fnr, p.clone());
+        Ok(p)
+    }
+
+    /// The partition a key of the store's layout lives in.
+    fn partition_of(&self, key: &[u8]) -> Result<fjall::PartitionHandle, fjall::Error> {
+        match key_fnr(key) {
+            Some(fnr) if self.per_file => self.records(fnr),
+            _ => Ok(self.pages.clone()),
+        }
+    }
+}
+
+/// A record key's file.
+fn key_fnr(key: &[u8]) -> Option<Fnr> {
+    match key {
+        [DATA, a, b, c, d, ..] => Some(Fnr(u32::from_be_bytes([*a, *b, *c, *d]))),
+        _ => None,
+    }
+}
+
+/// In a per-file partition's folder once it is whole (see
+/// [`FjallKv::records`]).
+const MADE: &str = ".etp-made";
+
+/// Removes the per-file partitions a crash left half-made (no [`MADE`]
+/// marker): nothing was ever written to them.
+fn clear_unmade(store: &Path) -> Result<(), std::io::Error> {
+    let folder = store.join("partitions");
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = false;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("file-") && !e.path().join(MADE).exists() {
+            tracing::warn!(partition = %e.path().display(), "removing a partition a crash left half-made");
+            std::fs::remove_dir_all(e.path())?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(&folder)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), std::io::Error> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The options every fjall partition is made with.
+fn partition_options() -> fjall::PartitionCreateOptions {
+    // Uncompressed blocks: the records are small, already compact
+    // MessagePack, and read back on every feeder scan and update; lz4 cost
+    // CPU on both sides for little space. (Both options are fixed when the
+    // partition is created.)
+    fjall::PartitionCreateOptions::default()
+        .compression(fjall::CompressionType::None)
+        .compaction_strategy(compaction())
 }
 
 /// An engine's error, as text for people (it is reported, never decided on).
@@ -256,6 +376,7 @@ impl PageStore {
         let kv = match engine {
             Engine::Sled => Kv::Sled(Self::open_sled(dir, cache_bytes).map_err(open_err)?),
             Engine::Fjall => {
+                clear_unmade(dir).map_err(|e| open_err(e.to_string()))?;
                 let r = std::panic::catch_unwind(|| {
                     // Two cores: one background worker each for memtable
                     // flushes and compaction.
@@ -264,16 +385,24 @@ impl PageStore {
                         .flush_workers(1)
                         .compaction_workers(1)
                         .open()?;
-                    // Uncompressed blocks: the records are small, already
-                    // compact MessagePack, and read back on every feeder
-                    // scan and update; lz4 cost CPU on both sides for
-                    // little space. (Both options are fixed when the
-                    // partition is created.)
-                    let opts = fjall::PartitionCreateOptions::default()
-                        .compression(fjall::CompressionType::None)
-                        .compaction_strategy(compaction());
-                    let pages = keyspace.open_partition(PAGES, opts)?;
-                    Ok::<_, fjall::Error>(Kv::Fjall { keyspace, pages })
+                    let pages = keyspace.open_partition(PAGES, partition_options())?;
+                    // A store with nothing in it yet takes the per-file
+                    // layout; one made before keeps its records in `pages`.
+                    let per_file = match pages.get(LAYOUT)? {
+                        Some(v) => v.as_ref() == PER_FILE,
+                        None if pages.is_empty()? => {
+                            pages.insert(LAYOUT, PER_FILE)?;
+                            keyspace.persist(fjall::PersistMode::SyncAll)?;
+                            true
+                        }
+                        None => false,
+                    };
+                    Ok::<_, fjall::Error>(Kv::Fjall(FjallKv {
+                        keyspace,
+                        pages,
+                        per_file,
+                        files: RwLock::new(BTreeMap::new()),
+                    }))
                 });
                 match r {
                     Ok(Ok(kv)) => kv,
@@ -371,13 +500,14 @@ impl PageStore {
                 db.apply_batch(batch).map_err(|e| self.io(e))?;
                 db.flush().map(|_| ()).map_err(|e| self.io(e))
             }
-            Kv::Fjall { keyspace, pages } => {
-                let mut batch = fjall::Batch::with_capacity(keyspace.clone(), writes.len())
+            Kv::Fjall(f) => {
+                let mut batch = fjall::Batch::with_capacity(f.keyspace.clone(), writes.len())
                     .durability(Some(fjall::PersistMode::SyncAll));
                 for (k, v) in writes {
+                    let p = f.partition_of(&k).map_err(|e| self.io(e))?;
                     match v {
-                        Some(v) => batch.insert(pages, k, v),
-                        None => batch.remove(pages, k),
+                        Some(v) => batch.insert(&p, k, v),
+                        None => batch.remove(&p, k),
                     }
                 }
                 batch.commit().map_err(|e| self.io(e))
@@ -442,7 +572,7 @@ impl PageStore {
     pub fn engine(&self) -> Engine {
         match self.kv {
             Kv::Sled(_) => Engine::Sled,
-            Kv::Fjall { .. } => Engine::Fjall,
+            Kv::Fjall(_) => Engine::Fjall,
         }
     }
 
@@ -472,8 +602,9 @@ impl PageStore {
     fn get_raw(&self, key: &[u8]) -> Result<Option<StoredBytes>, StoreError> {
         match &self.kv {
             Kv::Sled(db) => Ok(db.get(key).map_err(|e| self.io(e))?.map(StoredBytes::Sled)),
-            Kv::Fjall { pages, .. } => Ok(pages
-                .get(key)
+            Kv::Fjall(f) => Ok(f
+                .partition_of(key)
+                .and_then(|p| p.get(key))
                 .map_err(|e| self.io(e))?
                 .map(StoredBytes::Fjall)),
         }
@@ -488,8 +619,8 @@ impl PageStore {
                     out.push(StoredBytes::Sled(kv.map_err(|e| self.io(e))?.1));
                 }
             }
-            Kv::Fjall { pages, .. } => {
-                for kv in pages.prefix([prefix]) {
+            Kv::Fjall(f) => {
+                for kv in f.pages.prefix([prefix]) {
                     out.push(StoredBytes::Fjall(kv.map_err(|e| self.io(e))?.1));
                 }
             }
@@ -579,12 +710,13 @@ impl PageStore {
                 Err(e) => Some(Err(self.io(e))),
                 Ok((k, v)) => isn_of(&k).map(|i| Ok((i?, StoredBytes::Sled(v)))),
             })),
-            Kv::Fjall { pages, .. } => {
-                Box::new(pages.range(start..).map_while(move |kv| match kv {
+            Kv::Fjall(f) => match f.records(fnr) {
+                Err(e) => Box::new(std::iter::once(Err(self.io(e)))),
+                Ok(p) => Box::new(p.range(start..).map_while(move |kv| match kv {
                     Err(e) => Some(Err(self.io(e))),
                     Ok((k, v)) => isn_of(&k).map(|i| Ok((i?, StoredBytes::Fjall(v)))),
-                }))
-            }
+                })),
+            },
         };
         entries
     }
@@ -637,19 +769,44 @@ impl PageStore {
                 });
                 db.apply_batch(batch).map_err(|e| self.io(e))
             }
-            Kv::Fjall { keyspace, pages } => {
+            Kv::Fjall(f) => {
                 let n = b.catalog.len() + b.metas.len() + b.records.len() + b.client_ids.len() + 1;
                 // Each batch is handed to the OS as it is committed (not
                 // synced: the PLOG makes a commit durable). fjall 2.11
                 // ignores a failed journal write unless the batch asks for
                 // a persist, so this is also how a write error reaches us
                 // (and poisons the database) instead of being lost.
-                let mut batch = fjall::Batch::with_capacity(keyspace.clone(), n)
+                let mut batch = fjall::Batch::with_capacity(f.keyspace.clone(), n)
                     .durability(Some(fjall::PersistMode::Buffer));
-                b.each_write(in_kv, |k, v| match v {
-                    Some(v) => batch.insert(pages, k, v),
-                    None => batch.remove(pages, k),
+                // The partition of the last record's file, looked up once
+                // per run of its records.
+                let mut last: Option<(Fnr, fjall::PartitionHandle)> = None;
+                let mut failed = None;
+                b.each_write(in_kv, |k, v| {
+                    let p = match key_fnr(k) {
+                        Some(fnr) if f.per_file => match &last {
+                            Some((l, p)) if *l == fnr => p.clone(),
+                            _ => match f.records(fnr) {
+                                Ok(p) => {
+                                    last = Some((fnr, p.clone()));
+                                    p
+                                }
+                                Err(e) => {
+                                    failed.get_or_insert(e);
+                                    return;
+                                }
+                            },
+                        },
+                        _ => f.pages.clone(),
+                    };
+                    match v {
+                        Some(v) => batch.insert(&p, k, v),
+                        None => batch.remove(&p, k),
+                    }
                 });
+                if let Some(e) = failed {
+                    return Err(self.io(e));
+                }
                 batch.commit().map_err(|e| self.io(e))
             }
         }
@@ -674,11 +831,12 @@ impl PageStore {
                     }
                     db.apply_batch(batch).map_err(|e| self.io(e))?;
                 }
-                Kv::Fjall { keyspace, pages } => {
-                    let mut batch = fjall::Batch::with_capacity(keyspace.clone(), records.len())
+                Kv::Fjall(f) => {
+                    let p = f.records(fnr).map_err(|e| self.io(e))?;
+                    let mut batch = fjall::Batch::with_capacity(f.keyspace.clone(), records.len())
                         .durability(Some(fjall::PersistMode::Buffer));
                     for (isn, v) in records {
-                        batch.insert(pages, data_key(fnr, *isn), v.as_slice());
+                        batch.insert(&p, data_key(fnr, *isn), v.as_slice());
                     }
                     batch.commit().map_err(|e| self.io(e))?;
                 }
@@ -686,10 +844,111 @@ impl PageStore {
         }
         match &self.kv {
             Kv::Sled(db) => db.flush().map(|_| ()).map_err(|e| self.io(e)),
-            Kv::Fjall { keyspace, .. } => keyspace
+            Kv::Fjall(f) => f
+                .keyspace
                 .persist(fjall::PersistMode::SyncData)
                 .map_err(|e| self.io(e)),
         }
+    }
+
+    /// Whether [`PageStore::ingest`] can take `fnr`'s records: a log
+    /// file's empty store; or fjall, the file's records in a partition of
+    /// their own, and that partition empty (no sorted run, nothing in
+    /// memory).
+    pub fn can_ingest(&self, fnr: Fnr) -> Result<bool, StoreError> {
+        if let Some(ls) = self.log(fnr) {
+            return Ok(ls.is_empty());
+        }
+        match &self.kv {
+            Kv::Fjall(f) if f.per_file => {
+                let p = f.records(fnr).map_err(|e| self.io(e))?;
+                Ok(p.segment_count() == 0 && p.approximate_len() == 0)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Writes `records` (strictly ascending isns) of a file whose partition
+    /// is empty (see [`PageStore::can_ingest`]) as new sorted runs of the
+    /// engine, synced, with their directory, before it returns: not
+    /// through the engine's journal, memory, flushes and compactions, so
+    /// each record is written once. A log file's go to its log store,
+    /// synced once at the end. Nothing else may write the file
+    /// meanwhile. Like [`PageStore::bulk_put`], the engine's applied LSN
+    /// does not move: the protection-log entry naming the records comes
+    /// after. An input out of order is an error, with part of it ingested.
+    pub fn ingest(
+        &self,
+        fnr: Fnr,
+        records: &mut dyn Iterator<Item = (Isn, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        if let Some(ls) = self.log(fnr) {
+            if !ls.is_empty() {
+                return Err(self.io(std::io::Error::other(format!(
+                    "log file {fnr}'s store is not empty: its records cannot be ingested"
+                ))));
+            }
+            let mut prev: Option<Isn> = None;
+            let mut unordered = None;
+            let mut ordered = std::iter::from_fn(|| {
+                let (isn, v) = records.next()?;
+                if prev.is_some_and(|p| isn <= p) {
+                    unordered = Some((prev, isn));
+                    return None;
+                }
+                prev = Some(isn);
+                Some((isn, v))
+            });
+            ls.ingest(&mut ordered)?;
+            return match unordered {
+                Some((before, isn)) => Err(self.out_of_order(fnr, before, isn)),
+                None => Ok(()),
+            };
+        }
+        let Kv::Fjall(f) = &self.kv else {
+            return Err(self.io(std::io::Error::other(
+                "only a fjall page store ingests sorted runs",
+            )));
+        };
+        if !self.can_ingest(fnr)? {
+            return Err(self.io(std::io::Error::other(format!(
+                "file {fnr}'s partition is not empty: its records cannot be ingested"
+            ))));
+        }
+        let p = f.records(fnr).map_err(|e| self.io(e))?;
+        let mut prev: Option<Isn> = None;
+        let mut unordered = None;
+        let keyed = std::iter::from_fn(|| {
+            let (isn, v) = records.next()?;
+            if prev.is_some_and(|p| isn <= p) {
+                unordered = Some((prev, isn));
+                return None;
+            }
+            prev = Some(isn);
+            Some((data_key(fnr, isn), v))
+        });
+        // fjall asserts its preconditions (checked above) by panicking.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.ingest(keyed)));
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.io(e)),
+            Err(_) => {
+                return Err(self.io(std::io::Error::other(format!(
+                    "fjall panicked ingesting file {fnr}'s records"
+                ))))
+            }
+        }
+        match unordered {
+            Some((before, isn)) => Err(self.out_of_order(fnr, before, isn)),
+            None => Ok(()),
+        }
+    }
+
+    fn out_of_order(&self, fnr: Fnr, before: Option<Isn>, isn: Isn) -> StoreError {
+        self.io(std::io::Error::other(format!(
+            "file {fnr}'s records to ingest are out of order: isn {isn} after {}",
+            before.map(|b| b.to_string()).unwrap_or_default()
+        )))
     }
 
     /// Asks the engine to write its buffers out. The database relies on it
@@ -703,7 +962,8 @@ impl PageStore {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         match &self.kv {
             Kv::Sled(db) => db.flush().map(|_| ()).map_err(|e| self.io(e))?,
-            Kv::Fjall { keyspace, .. } => keyspace
+            Kv::Fjall(f) => f
+                .keyspace
                 .persist(fjall::PersistMode::SyncAll)
                 .map_err(|e| self.io(e))?,
         }
@@ -716,5 +976,91 @@ impl PageStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(fnr: Fnr, isn: u64, lsn: u64) -> StoreBatch {
+        StoreBatch {
+            applied: Lsn(lsn),
+            records: vec![(fnr, Isn(isn), Some(format!("r{isn}").into_bytes()))],
+            ..StoreBatch::default()
+        }
+    }
+
+    fn records(s: &PageStore, fnr: Fnr) -> Vec<(Isn, Vec<u8>)> {
+        s.scan(fnr, Isn(0)).map(|r| r.expect("scan")).collect()
+    }
+
+    #[test]
+    fn a_new_fjall_store_keeps_each_files_records_in_a_partition_of_its_own() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("store");
+        let s = PageStore::open(&dir, Engine::Fjall, 1 << 20, 1 << 20).expect("open");
+        s.apply(&batch(Fnr(5), 1, 1)).expect("apply");
+        s.apply(&batch(Fnr(6), 1, 2)).expect("apply");
+        assert_eq!(records(&s, Fnr(5)), vec![(Isn(1), b"r1".to_vec())]);
+        drop(s);
+        for f in ["file-5", "file-6"] {
+            assert!(dir.join("partitions").join(f).join(MADE).exists(), "{f}");
+        }
+        let s = PageStore::open(&dir, Engine::Fjall, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(records(&s, Fnr(6)), vec![(Isn(1), b"r1".to_vec())]);
+        assert_eq!(s.applied_lsn().expect("applied"), Lsn(2));
+    }
+
+    #[test]
+    fn a_partition_a_crash_left_half_made_is_removed_at_open_and_the_rest_is_kept() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("store");
+        let s = PageStore::open(&dir, Engine::Fjall, 1 << 20, 1 << 20).expect("open");
+        s.apply(&batch(Fnr(5), 1, 1)).expect("apply");
+        drop(s);
+        // What fjall leaves when killed between a new partition's version
+        // marker and its level manifest (and before our marker).
+        let parts = dir.join("partitions");
+        let half = parts.join("file-9");
+        std::fs::create_dir_all(half.join("segments")).expect("mkdir");
+        for f in ["config", "manifest"] {
+            std::fs::copy(parts.join("file-5").join(f), half.join(f)).expect("copy");
+        }
+        let s = PageStore::open(&dir, Engine::Fjall, 1 << 20, 1 << 20).expect("open after");
+        assert!(!half.exists());
+        assert_eq!(records(&s, Fnr(5)), vec![(Isn(1), b"r1".to_vec())]);
+        // Made again when a record of the file comes.
+        s.apply(&batch(Fnr(9), 3, 2)).expect("apply");
+        assert_eq!(records(&s, Fnr(9)), vec![(Isn(3), b"r3".to_vec())]);
+    }
+
+    #[test]
+    fn a_fjall_store_made_before_per_file_partitions_keeps_its_records_in_pages() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("store");
+        {
+            // The layout as it was: every key in `pages`, no layout key.
+            let ks = fjall::Config::new(&dir).open().expect("keyspace");
+            let pages = ks
+                .open_partition(PAGES, partition_options())
+                .expect("pages");
+            pages.insert(APPLIED, 1u64.to_be_bytes()).expect("applied");
+            pages
+                .insert(data_key(Fnr(5), Isn(1)), b"old")
+                .expect("record");
+            ks.persist(fjall::PersistMode::SyncAll).expect("persist");
+        }
+        let s = PageStore::open(&dir, Engine::Fjall, 1 << 20, 1 << 20).expect("open");
+        assert_eq!(records(&s, Fnr(5)), vec![(Isn(1), b"old".to_vec())]);
+        s.apply(&batch(Fnr(5), 2, 2)).expect("apply");
+        assert!(!s.can_ingest(Fnr(6)).expect("can"));
+        drop(s);
+        assert!(!dir.join("partitions").join("file-5").exists());
+        let s = PageStore::open(&dir, Engine::Fjall, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(
+            records(&s, Fnr(5)),
+            vec![(Isn(1), b"old".to_vec()), (Isn(2), b"r2".to_vec())]
+        );
     }
 }

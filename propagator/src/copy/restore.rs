@@ -11,7 +11,7 @@
 use super::area::{Area, CopySet, Member};
 use super::error::{SetError, Within};
 use crate::copy::{resolve, resolve_with, CopyError, Overlay, Prove, Records};
-use crate::database::{LoadStats, PendingCommit, Restore};
+use crate::database::{IngestChunk, LoadStats, PendingCommit, Restore};
 use crate::medium::FsDir;
 use crate::slice::{log_start, read_slice, SliceBase};
 use crate::wire::OperationRequest;
@@ -148,9 +148,8 @@ struct Chunk {
     to: Option<Isn>,
     records: Records,
     last: Option<FileMeta>,
-    /// In bulk (a new database), with the records' count and digest summed
-    /// by the reading thread; or logged.
-    how: Restore,
+    /// In bulk (a new database), or logged.
+    bulk: bool,
 }
 
 /// A thread that takes items in order from a bounded queue (`depth`
@@ -214,34 +213,90 @@ impl<T, R> Drop for Stage<T, R> {
     }
 }
 
-/// Writes a restore's chunks in order: a writer thread writes each chunk
-/// (in bulk, straight to the page store, where it can) and queues its
-/// commit while the restore reads, decodes and sums the next, and a sync
-/// thread waits for each commit in turn (leading its group commit), so a
-/// chunk's log sync overlaps the next chunk's write. At most two chunks
-/// wait to be written and one commit to be synced.
+/// Writes a restore's chunks in order, in three threads beside the one
+/// that reads and decodes the copy: a sum thread sums each bulk chunk's
+/// records (count and digest: a blake3 per record, the largest share of a
+/// restore's CPU after the kernel's copying), a writer thread writes each
+/// chunk (in bulk, straight to the page store, where it can) and queues
+/// its commit, and a sync thread waits for each commit in turn (leading
+/// its group commit), so a chunk's log sync overlaps the next chunk's
+/// write. At most [`DEPTH`] chunks wait at each stage and one commit to be
+/// synced.
 type ChunkWriter = Stage<Chunk, BTreeMap<Fnr, LoadStats>>;
 
+/// The writer stage: chunks with how each is written.
+type ChunkWrite = Stage<(Chunk, Restore), BTreeMap<Fnr, LoadStats>>;
+
+/// How many chunks (up to 8 MB each) wait at each stage of a restore: the
+/// writer stops for tens of milliseconds at each of the page store's syncs
+/// of a sorted run, and the stages before it keep reading and summing
+/// meanwhile.
+const DEPTH: usize = 4;
+
 fn chunk_writer(db: &Database) -> Result<ChunkWriter, SetError> {
-    let db = db.clone();
-    Stage::start("write", 2, move |rx: std::sync::mpsc::Receiver<Chunk>| {
-        let mut sync = Stage::start("sync", 1, |rx: std::sync::mpsc::Receiver<PendingCommit>| {
-            for p in rx {
-                p.wait().within(|| "syncing a restored chunk".to_string())?;
-            }
-            Ok(())
-        })?;
-        let mut stats: BTreeMap<Fnr, LoadStats> = BTreeMap::new();
+    let mut write = chunk_write(db)?;
+    Stage::start("sum", DEPTH, move |rx: std::sync::mpsc::Receiver<Chunk>| {
         for c in rx {
-            let (pending, s) = db
-                .restore_range_queued(c.fnr, c.from, c.to, c.records, c.last, c.how)
-                .within(|| format!("restoring file {}", c.fnr))?;
-            sync.send(pending)?;
-            *stats.entry(c.fnr).or_default() += s;
+            // Summed here, from the very bytes written, on a thread of its
+            // own: not on the reading thread nor the writer's.
+            let how = match c.bulk {
+                true => Restore::Bulk {
+                    sum: crate::database::chunk_sum(&c.records),
+                },
+                false => Restore::Logged,
+            };
+            write.send((c, how))?;
         }
-        sync.finish()?;
-        Ok(stats)
+        write.finish()
     })
+}
+
+fn chunk_write(db: &Database) -> Result<ChunkWrite, SetError> {
+    let db = db.clone();
+    Stage::start(
+        "write",
+        DEPTH,
+        move |rx: std::sync::mpsc::Receiver<(Chunk, Restore)>| {
+            let mut sync =
+                Stage::start("sync", 1, |rx: std::sync::mpsc::Receiver<PendingCommit>| {
+                    for p in rx {
+                        p.wait().within(|| "syncing a restored chunk".to_string())?;
+                    }
+                    Ok(())
+                })?;
+            let mut stats: BTreeMap<Fnr, LoadStats> = BTreeMap::new();
+            while let Ok((c, how)) = rx.recv() {
+                let fnr = c.fnr;
+                let whole = matches!(how, Restore::Bulk { .. }) && c.from == Isn(1);
+                let (pending, s) =
+                    if whole && !c.records.is_empty() && db.can_restore_ingest(fnr)? {
+                        // A file restored from empty: the whole of it, chunk by
+                        // chunk as they come, as sorted runs of the page store.
+                        let mut first = Some((c, how));
+                        let mut chunks = std::iter::from_fn(|| {
+                            let (c, how) = first.take().or_else(|| rx.recv().ok())?;
+                            let sum = match how {
+                                Restore::Bulk { sum } => sum,
+                                Restore::Logged => crate::database::chunk_sum(&c.records),
+                            };
+                            Some(IngestChunk {
+                                records: c.records,
+                                sum,
+                                last: c.last,
+                            })
+                        });
+                        db.restore_ingest(fnr, &mut chunks)
+                    } else {
+                        db.restore_range_queued(fnr, c.from, c.to, c.records, c.last, how)
+                    }
+                    .within(|| format!("restoring file {fnr}"))?;
+                sync.send(pending)?;
+                *stats.entry(fnr).or_default() += s;
+            }
+            sync.finish()?;
+            Ok(stats)
+        },
+    )
 }
 
 /// Writes one file's new content, in chunks, as it streams in ascending isn,
@@ -273,21 +328,13 @@ impl FileWriter {
         w: &mut ChunkWriter,
     ) -> Result<(), SetError> {
         let (from, records) = self.pending.take().unwrap_or((Isn(1), Vec::new()));
-        // Summed here, beside the copy's reading, not on the writer's
-        // thread, which writes and syncs.
-        let how = match self.bulk {
-            true => Restore::Bulk {
-                sum: crate::database::chunk_sum(&records),
-            },
-            false => Restore::Logged,
-        };
         w.send(Chunk {
             fnr: self.fnr,
             from,
             to,
             records,
             last,
-            how,
+            bulk: self.bulk,
         })
     }
 

@@ -41,7 +41,7 @@ pub use recovery::{OpenReport, TornTail};
 use replicated::{check_chunk, diff_range};
 pub use replicated::{LoadStats, PutGuard, ReplicatedChange};
 pub use restore::CopyPoint;
-pub use restore::Restore;
+pub use restore::{IngestChunk, Restore};
 pub use segments::SegmentInfo;
 
 use crate::apply::{Applier, StateView};

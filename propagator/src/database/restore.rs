@@ -188,6 +188,121 @@ impl Database {
         Ok((self.restored(fnr, last, pending), stats))
     }
 
+    /// Whether a restore of `fnr` from empty can go to the page store as
+    /// sorted runs ([`Database::restore_ingest`]): the file is being
+    /// restored, rebased by this restore since the database opened, counts
+    /// no record, and the engine holds none of its records.
+    pub fn can_restore_ingest(&self, fnr: Fnr) -> Result<bool, DbError> {
+        let fresh = {
+            let st = lock(&self.shared().state);
+            let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+            let meta = st.info(fnr)?.meta;
+            def.restoring.is_some() && st.rebased.contains(&fnr) && meta.count == 0
+        };
+        Ok(fresh && self.shared().store.can_ingest(fnr)?)
+    }
+
+    /// Restores a whole file from empty (see
+    /// [`Database::can_restore_ingest`]) by writing its records as sorted
+    /// runs straight into the page store, synced
+    /// ([`crate::store::PageStore::ingest`]), then queueing one commit of a
+    /// bulk entry naming them all ([`CatalogOp::Bulk`]: isn range, count,
+    /// digest) with the end of the restore. `chunks` stream the file in
+    /// ascending isn, each with its count and digest (summed by the caller
+    /// from these very bytes); the one with `last` ends it and proves the
+    /// file against the copy's meta, as [`Database::restore_range`]'s last
+    /// chunk does.
+    ///
+    /// Until the commit, the records lie in the file's own partition, which
+    /// its meta does not count, and the file stays marked as being
+    /// restored: a failure at any point (a record that is not valid, a
+    /// chunk out of order, a proof that fails, a crash) leaves it damaged,
+    /// and a restore run again rebases it on what it holds.
+    pub fn restore_ingest(
+        &self,
+        fnr: Fnr,
+        chunks: &mut dyn Iterator<Item = IngestChunk>,
+    ) -> Result<(PendingCommit, LoadStats), DbError> {
+        if !self.can_restore_ingest(fnr)? {
+            return Err(DbError::BadDefinition(format!(
+                "file {fnr} is not being restored from empty: its records cannot be ingested"
+            )));
+        }
+        let (def, mut meta) = {
+            let st = lock(&self.shared().state);
+            let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
+            (def.clone(), st.info(fnr)?.meta)
+        };
+        let is_log = matches!(def.role, Role::Log { .. });
+        let mut total = FileMeta::new(fnr);
+        let mut last: Option<FileMeta> = None;
+        let mut span: Option<(Isn, Isn)> = None;
+        let mut problem: Option<DbError> = None;
+        let mut cur: std::vec::IntoIter<(Isn, Vec<u8>)> = Vec::new().into_iter();
+        let mut records = std::iter::from_fn(|| loop {
+            if let Some((isn, v)) = cur.next() {
+                let wrong = match span {
+                    None if !Self::bulk_fits(&meta, isn) => Some(DbError::BadDefinition(format!(
+                        "a restore of file {fnr} from isn {isn} lies below its next isn {}",
+                        meta.next_isn
+                    ))),
+                    // Validated as any stored record is (a log's records
+                    // are the log's own).
+                    _ if is_log => None,
+                    _ => super::commit::check_stored(fnr, &v).err(),
+                };
+                if let Some(e) = wrong {
+                    problem = Some(e);
+                    return None;
+                }
+                span = Some((span.map_or(isn, |s| s.0), isn));
+                return Some((isn, v));
+            }
+            if last.is_some() {
+                return None;
+            }
+            let c = chunks.next()?;
+            total.add_sum(c.sum.0, c.sum.1);
+            last = c.last;
+            cur = c.records.into_iter();
+        });
+        self.shared().store.ingest(fnr, &mut records)?;
+        if let Some(e) = problem {
+            return Err(e);
+        }
+        let Some(want) = last else {
+            return Err(DbError::BadDefinition(format!(
+                "the restore of file {fnr} ended before its last chunk"
+            )));
+        };
+        let Some((first, top)) = span else {
+            // Nothing to ingest: the file is restored empty.
+            return self.restore_range_queued(fnr, Isn(1), None, Vec::new(), last, Restore::Logged);
+        };
+        if top.0 >= want.next_isn {
+            return Err(DbError::BadDefinition(format!(
+                "file {fnr}'s restored records run to isn {top}, at or above the copy's next isn {}",
+                want.next_isn
+            )));
+        }
+        meta.add_sum(total.count, total.digest);
+        prove_restored(&meta, last)?;
+        let mut all = vec![CatalogOp::Bulk(crate::catalog::BulkChunk {
+            fnr,
+            first,
+            last: top,
+            count: total.count,
+            digest: total.digest,
+        })];
+        all.extend(self.restore_catalog(fnr, def, last));
+        let pending = self.commit_queued(all, Vec::new(), None, false)?;
+        let stats = LoadStats {
+            written: total.count,
+            ..LoadStats::default()
+        };
+        Ok((self.restored(fnr, last, pending), stats))
+    }
+
     /// A chunk queued: after the last one (`last`), the file is restored,
     /// and its next chunks, if any, are another restore's.
     fn restored(&self, fnr: Fnr, last: Option<FileMeta>, p: PendingCommit) -> PendingCommit {
@@ -240,6 +355,17 @@ impl Database {
         self.wait_applied()?;
         Ok(point)
     }
+}
+
+/// One chunk of a file handed to [`Database::restore_ingest`].
+pub struct IngestChunk {
+    /// Ascending isns, above the chunk before's.
+    pub records: Vec<(Isn, Vec<u8>)>,
+    /// The records' count and digest, summed from these very bytes.
+    pub sum: (u64, crate::Digest),
+    /// With the file's last chunk: the copy's meta, which the file must
+    /// then hold.
+    pub last: Option<FileMeta>,
 }
 
 /// How [`Database::restore_range_queued`] writes a chunk.

@@ -2017,6 +2017,173 @@ fn a_restore_from_empty_goes_in_bulk_and_replay_checks_the_page_store_holds_each
 }
 
 #[test]
+fn a_restore_from_empty_is_ingested_as_sorted_runs_and_replay_checks_they_are_whole() {
+    use propagator::database::{chunk_sum, IngestChunk};
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("db");
+    let source: Vec<(Isn, Vec<u8>)> = (1..=40)
+        .map(|i| {
+            let mut r = rec(&[("v", i)]);
+            r.insert("pad".into(), Value::Text("p".repeat(500)));
+            (Isn(i as u64), propagator::record::encode_record(&r).expect("encode"))
+        })
+        .collect();
+    let mut want = propagator::FileMeta::new(PLAIN);
+    for (i, b) in &source {
+        want.change(*i, None, Some(b));
+    }
+    let chunks = |parts: &[&[(Isn, Vec<u8>)]], last: propagator::FileMeta| -> Vec<IngestChunk> {
+        let n = parts.len();
+        parts
+            .iter()
+            .enumerate()
+            .map(|(k, p)| IngestChunk {
+                records: p.to_vec(),
+                sum: chunk_sum(p),
+                last: (k + 1 == n).then_some(last),
+            })
+            .collect()
+    };
+    let db = fresh(&dir);
+    // Only a file being restored, and only a page store that keeps each
+    // file's records apart, ingests.
+    assert!(!db.can_restore_ingest(PLAIN).expect("can"));
+    db.begin_restore(PLAIN, "an ingest test").expect("begin");
+    db.close().expect("close");
+    let (old_store, old_logs) = (t.path().join("old-store"), t.path().join("old-logs"));
+    copy_dir(&dir.join("store"), &old_store);
+    copy_dir(&dir.join("logs"), &old_logs);
+    let (db, _) = Database::open(&dir).expect("reopen");
+    db.begin_restore(PLAIN, "an ingest test").expect("begin again");
+    if ENGINE == propagator::Engine::Sled {
+        assert!(!db.can_restore_ingest(PLAIN).expect("can"));
+        let err = db
+            .restore_ingest(PLAIN, &mut chunks(&[&source], want).into_iter())
+            .err()
+            .expect("sled does not ingest");
+        assert!(err.to_string().contains("cannot be ingested"), "{err}");
+        return;
+    }
+    assert!(db.can_restore_ingest(PLAIN).expect("can"));
+
+    // Chunks out of order: an error naming the isns; the file counts
+    // nothing of it and stays marked as being restored (damaged).
+    let (a, b) = (&source[..20], &source[20..]);
+    let err = db
+        .restore_ingest(PLAIN, &mut chunks(&[b, a], want).into_iter())
+        .err()
+        .expect("out of order");
+    assert!(err.to_string().contains("out of order: isn 1 after 40"), "{err}");
+    assert!(db.file_info(PLAIN).expect("info").damaged.is_some());
+    assert!(matches!(
+        db.read(PLAIN, Isn(1)),
+        Err(DbError::FileDamaged { .. })
+    ));
+    // Now not empty: a restore run again rebases and writes logged.
+    assert!(!db.can_restore_ingest(PLAIN).expect("can"));
+    db.close().expect("close");
+
+    // A restore into the file as it was: ingested whole, one entry naming
+    // every record, and the file proved against the copy's meta.
+    swap_stores(&dir, &old_store, &old_logs);
+    copy_dir(&dir.join("store"), &old_store);
+    copy_dir(&dir.join("logs"), &old_logs);
+    let (db, _) = Database::open(&dir).expect("reopen");
+    db.begin_restore(PLAIN, "an ingest test").expect("begin again");
+    let before = db.last_lsn();
+    let wrong = propagator::FileMeta {
+        count: want.count + 1,
+        ..want
+    };
+    let err = db
+        .restore_ingest(PLAIN, &mut chunks(&[a, b], wrong).into_iter())
+        .err()
+        .expect("a proof that fails");
+    assert!(err.to_string().contains("but the copy holds 41 records"), "{err}");
+    assert!(db.file_info(PLAIN).expect("info").damaged.is_some());
+    db.close().expect("close");
+    swap_stores(&dir, &old_store, &old_logs);
+    copy_dir(&dir.join("store"), &old_store);
+    copy_dir(&dir.join("logs"), &old_logs);
+    let (db, _) = Database::open(&dir).expect("reopen");
+    db.begin_restore(PLAIN, "an ingest test").expect("begin again");
+    let (pending, stats) = db
+        .restore_ingest(PLAIN, &mut chunks(&[a, b], want).into_iter())
+        .expect("ingest");
+    pending.wait().expect("durable");
+    assert_eq!(stats.written, 40);
+    let info = db.file_info(PLAIN).expect("info");
+    assert_eq!((info.meta, info.damaged), (want, None));
+    assert_eq!(dump_raw(&db, PLAIN), source.iter().cloned().collect());
+    assert!(db.check().expect("check").is_ok());
+    let err = slice_err(&db, &dir, before, PLAIN);
+    assert!(
+        matches!(
+            err,
+            propagator::slice::SliceError::Bulk {
+                fnr: PLAIN,
+                first: Isn(1),
+                last: Isn(40),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Written once, as sorted runs of the file's own partition.
+    let runs = dir.join(format!("store/partitions/file-{}/segments", PLAIN.0));
+    assert!(
+        std::fs::read_dir(&runs).expect("runs").count() > 0,
+        "{}",
+        runs.display()
+    );
+    db.close().expect("close");
+    let (db, report) = Database::open(&dir).expect("reopen after");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump_raw(&db, PLAIN), source.iter().cloned().collect());
+    db.close().expect("close");
+
+    // The runs durable, the entry not applied by the page store: replay
+    // checks the file's records are whole.
+    let ingest = |store: &Path, recs: &[(Isn, Vec<u8>)]| {
+        let s = propagator::store::PageStore::open(store, ENGINE, 1 << 20, 1 << 20).expect("store");
+        s.ingest(PLAIN, &mut recs.iter().cloned()).expect("ingest");
+    };
+    let (c_store, c_logs) = (t.path().join("c-store"), t.path().join("c-logs"));
+    copy_dir(&old_store, &c_store);
+    copy_dir(&old_logs, &c_logs);
+    ingest(&c_store, &source);
+    swap_stores(&dir, &c_store, &c_logs);
+    let (db, report) = Database::open(&dir).expect("open with the entry unapplied");
+    assert!(report.replayed >= 1, "{report:?}");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(db.file_info(PLAIN).expect("info").meta, want);
+    assert!(db.check().expect("check").is_ok());
+    db.close().expect("close");
+
+    // Half the runs lost: damaged, naming the entry.
+    let (d_store, d_logs) = (t.path().join("d-store"), t.path().join("d-logs"));
+    copy_dir(&old_store, &d_store);
+    copy_dir(&old_logs, &d_logs);
+    ingest(&d_store, &source[..20]);
+    swap_stores(&dir, &d_store, &d_logs);
+    let (db, report) = Database::open(&dir).expect("open with records lost");
+    let reason = report
+        .damaged
+        .iter()
+        .find(|(f, _)| *f == PLAIN)
+        .map(|(_, r)| r.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("bulk chunk of isns 1..=40") && reason.contains("not whole"),
+        "{report:?}"
+    );
+    assert!(matches!(
+        db.read(PLAIN, Isn(1)),
+        Err(DbError::FileDamaged { .. })
+    ));
+}
+
+#[test]
 fn a_load_into_an_empty_replicate_goes_in_bulk_and_a_chunk_out_of_sequence_writes_nothing() {
     let t = tempfile::tempdir().expect("tempdir");
     let dir = t.path().join("db");
