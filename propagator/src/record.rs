@@ -195,6 +195,45 @@ pub fn canonical_entries(bytes: &[u8]) -> Option<Vec<Entry<'_>>> {
     (r.at == bytes.len()).then_some(out)
 }
 
+/// The encoded values of the fields `names` in a record's map, in one pass
+/// over it that builds nothing (`out[k]`: `names[k]`'s value, `None` if the
+/// record has no such field): what a predicate reads, for every record a
+/// partial replicate's scan looks at. `None` for bytes it does not take —
+/// not a map, cut short, or one of `names` twice; the caller then reads
+/// the record the full way ([`canonical_entries`]).
+pub fn field_values<'a>(
+    bytes: &'a [u8],
+    names: &[String],
+    out: &mut Vec<Option<&'a [u8]>>,
+) -> Option<()> {
+    out.clear();
+    out.resize(names.len(), None);
+    let mut r = Reader { b: bytes, at: 0 };
+    let n = match r.u8()? {
+        m @ 0x80..=0x8f => usize::from(m & 0x0f),
+        0xde => usize::from(r.be::<2>().map(u16::from_be_bytes)?),
+        0xdf => u32::from_be_bytes(r.be::<4>()?) as usize,
+        _ => return None,
+    };
+    let mut found = 0;
+    for _ in 0..n {
+        let name = r.str()?;
+        let value_at = r.at;
+        r.value()?;
+        if let Some(k) = names.iter().position(|x| x.as_bytes() == name) {
+            if out[k].is_some() {
+                return None;
+            }
+            out[k] = Some(bytes.get(value_at..r.at)?);
+            found += 1;
+            if found == names.len() {
+                break;
+            }
+        }
+    }
+    Some(())
+}
+
 /// One field of a canonical record, as byte ranges of it.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry<'a> {
@@ -207,7 +246,26 @@ pub struct Entry<'a> {
 
 /// Decodes one encoded field value.
 pub fn decode_value(bytes: &[u8]) -> Result<Value, RecordError> {
-    rmp_serde::from_slice(bytes).map_err(|e| RecordError::Decode(e.to_string()))
+    // Integers, the usual predicate operand, read directly.
+    let int = match bytes {
+        [b @ 0x00..=0x7f] => Some(i64::from(*b)),
+        [b @ 0xe0..=0xff] => Some(i64::from(*b as i8)),
+        [0xcc, b] => Some(i64::from(*b)),
+        [0xcd, b @ ..] if b.len() == 2 => Some(i64::from(u16::from_be_bytes([b[0], b[1]]))),
+        [0xce, b @ ..] if b.len() == 4 => {
+            Some(i64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        }
+        [0xd0, b] => Some(i64::from(*b as i8)),
+        [0xd1, b @ ..] if b.len() == 2 => Some(i64::from(i16::from_be_bytes([b[0], b[1]]))),
+        [0xd2, b @ ..] if b.len() == 4 => {
+            Some(i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        }
+        _ => None,
+    };
+    match int {
+        Some(i) => Ok(Value::Int(i)),
+        None => rmp_serde::from_slice(bytes).map_err(|e| RecordError::Decode(e.to_string())),
+    }
 }
 
 /// The canonical record of `entries` (in field order, as

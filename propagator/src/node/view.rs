@@ -4,7 +4,8 @@
 use crate::log_record::LogRecord;
 use crate::predicate::{project, Predicate};
 use crate::record::{
-    canonical_entries, decode_record, decode_value, encode_entries, encode_record, RecordError,
+    canonical_entries, decode_record, decode_value, encode_entries, encode_record, field_values,
+    RecordError,
 };
 use crate::topology::Replicate;
 use crate::wire::ReplChange;
@@ -43,10 +44,29 @@ pub fn view(rep: &Replicate, image: Option<&[u8]>) -> Result<Option<Vec<u8>>, Re
     if !rep.is_partial() {
         return Ok(Some(bytes.to_vec()));
     }
+    let mut selected = false;
+    if let Some(p) = rep.predicate.as_ref() {
+        // Most records a partial replicate's scan looks at are not
+        // selected: the fields the predicate reads are found in one pass
+        // over the map, and the record is read whole only if selected.
+        let mut found = Vec::with_capacity(p.reads().len());
+        if field_values(bytes, p.reads(), &mut found).is_some() {
+            let mut read = Vec::with_capacity(found.len());
+            for (name, v) in p.reads().iter().zip(&found) {
+                if let Some(v) = v {
+                    read.push((name.as_str(), decode_value(v)?));
+                }
+            }
+            if !p.selects_values(&read) {
+                return Ok(None);
+            }
+            selected = true;
+        }
+    }
     let Some(entries) = canonical_entries(bytes) else {
         return view_decoded(rep, bytes);
     };
-    if let Some(p) = rep.predicate.as_ref() {
+    if let Some(p) = rep.predicate.as_ref().filter(|_| !selected) {
         let mut read = Vec::with_capacity(p.reads().len());
         for name in p.reads() {
             if let Some(e) = entries.iter().find(|e| e.name == name.as_str()) {
