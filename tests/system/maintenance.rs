@@ -417,6 +417,64 @@ fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
     ok(&etp(&["policy", "set", "automatic", "--node", &node]));
 }
 
+/// A partial replicate's load from the master reads each chunk in two
+/// halves on two threads, viewing records as it reads them, and widens
+/// its chunks to about the records it keeps; under a writer that moves
+/// records in and out of its selection, the load ends equal to the
+/// selection of the master as of its snapshot, and the replicate catches
+/// up to the master after it.
+#[test]
+fn a_partial_reinit_read_in_halves_under_a_writer_ends_equal_to_the_selection() {
+    const N: u64 = 40_000;
+    let t = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), t.path(), Some(1)).expect("cluster");
+    let node = node_arg(&cl);
+    let master = cl.master().addr;
+    let mut c = cl.master().client().expect("client");
+    bulk(&mut c, 1, N, 2000);
+    cl.wait_converged(LIMIT).expect("converged");
+    ok(&etp(&["policy", "set", "manual", "--node", &node]));
+    let writer = Writer::start(master, N, 1_000_000);
+    wait_for("the writer under way", LIMIT, || {
+        (writer.committed() > 50).then_some(())
+    });
+    let out = ok(&etp(&[
+        "replicate",
+        "reinit",
+        "items_part",
+        "--node",
+        &node,
+        "--json",
+    ]));
+    let done: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "done")
+        .expect("a done event");
+    let load = &done["load"];
+    // Read in chunks of the default 8192 records at first, then widened:
+    // fewer chunks than the master's records over 8192.
+    let chunks = load["chunks"].as_u64().expect("chunks");
+    assert!(chunks >= 1 && chunks < N / 8192, "{load}");
+    assert!(writer.committed() > 100, "the master kept committing");
+    writer.finish();
+    ok(&etp(&["task", "start", "--node", &node]));
+    wait_current(master, "items_part");
+    let m = cl.dump(0, MASTER).expect("master");
+    let want = cl.expected_partial(&m);
+    let got = cl.dump(2, PART).expect("partial");
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "items_part equals the master's selection");
+    ok(&etp(&[
+        "replicate",
+        "verify",
+        "items_part",
+        "--node",
+        &node,
+    ]));
+    ok(&etp(&["policy", "set", "automatic", "--node", &node]));
+}
+
 #[test]
 fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
     let t = tempfile::tempdir().expect("tempdir");

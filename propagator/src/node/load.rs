@@ -464,6 +464,14 @@ async fn scan_halves(
     Ok(a)
 }
 
+/// Whether a load's chunks read more of the source than they keep (see
+/// [`scan_span`]): a partial replicate loaded from the master, whose scan
+/// is local and bounded by the bytes it keeps. (A source replicate's
+/// `Dump` answers carry every record read, so they stay at `limit`.)
+fn widens(rep: &Replicate, src: &Source) -> bool {
+    rep.is_partial() && matches!(src, Source::Master)
+}
+
 /// How many source records the next chunk reads: for a partial replicate,
 /// enough that about `limit` are kept, by the share kept so far (up to 8×
 /// `limit`), so its chunks — each a commit and a sync on the replicate —
@@ -602,7 +610,7 @@ pub(super) async fn run_load(
         let can_read = !reading_done && stopping.is_none() && inflight.len() < LOAD_WINDOW;
         if can_read && reading.is_none() {
             if let Some((src, snap)) = reader.take() {
-                let span = scan_span(limit, seen, rep.is_partial());
+                let span = scan_span(limit, seen, widens(rep, &src));
                 reading = Some(read_chunk(ctx.clone(), f.clone(), src, snap, next, span));
             }
         }
@@ -697,7 +705,7 @@ pub(super) async fn run_load(
                 // The next read starts now, while this chunk is sent.
                 if !reading_done && stopping.is_none() && inflight.len() + 1 < LOAD_WINDOW {
                     if let Some((src, snap)) = reader.take() {
-                        let span = scan_span(limit, seen, rep.is_partial());
+                        let span = scan_span(limit, seen, widens(rep, &src));
                         reading = Some(read_chunk(ctx.clone(), f.clone(), src, snap, next, span));
                     }
                 }
