@@ -455,7 +455,7 @@ fn a_partial_reinit_read_in_halves_under_a_writer_ends_equal_to_the_selection() 
     // Read in chunks of the default 8192 records at first, then widened:
     // fewer chunks than the master's records over 8192.
     let chunks = load["chunks"].as_u64().expect("chunks");
-    assert!(chunks >= 1 && chunks < N / 8192, "{load}");
+    assert!((1..N / 8192).contains(&chunks), "{load}");
     assert!(writer.committed() > 100, "the master kept committing");
     writer.finish();
     ok(&etp(&["task", "start", "--node", &node]));
