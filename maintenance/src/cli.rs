@@ -389,7 +389,7 @@ pub struct LoadArgs {
     /// Load from this full replicate of the same master instead of the master.
     #[arg(long, value_name = "REPLICATE")]
     pub from: Option<String>,
-    /// Records per chunk (default: the task's load_chunk, else 8192).
+    /// Records per chunk (default: the task's load_chunk, else 16384).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub chunk: Option<u32>,
     /// Order the load and return; do not wait for it (`etp replicate status` shows it).

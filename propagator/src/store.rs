@@ -165,9 +165,54 @@ struct FjallKv {
     /// Records in partitions of their own (see [`LAYOUT`]).
     per_file: bool,
     files: RwLock<BTreeMap<Fnr, fjall::PartitionHandle>>,
+    /// When the journals were last relieved (see [`FjallKv::relieve`]).
+    relieved: Mutex<std::time::Instant>,
 }
 
+/// Journals (each ended by a memtable's rotation) past which every
+/// partition's memtable is rotated (see [`FjallKv::relieve`]).
+const JOURNALS_RELIEVED_AT: usize = 4;
+
 impl FjallKv {
+    /// fjall frees a journal only once every partition with data in it has
+    /// flushed that data; a partition written a little at a time (`pages`:
+    /// the metas and applied LSN of every batch; a confirmation file)
+    /// fills its memtable only after hundreds of MB of other writes, and
+    /// meanwhile pins every journal. fjall's own monitor rotates one such
+    /// partition at a time, and only past half of its 512 MB journal
+    /// limit; a bulk load outran it here and halted every write, for good
+    /// (seen in `etp bench propagate` with per-file partitions). So after
+    /// a write, past [`JOURNALS_RELIEVED_AT`] journals (and not more than
+    /// once a second), every partition's memtable is rotated: small ones
+    /// flush in a moment, and the journals before go.
+    fn relieve(&self) {
+        if !self.per_file || self.keyspace.journal_count() < JOURNALS_RELIEVED_AT {
+            return;
+        }
+        {
+            let mut last = self.relieved.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < std::time::Duration::from_secs(1) {
+                return;
+            }
+            *last = std::time::Instant::now();
+        }
+        let files: Vec<fjall::PartitionHandle> = self
+            .files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for p in std::iter::once(&self.pages).chain(&files) {
+            // Nothing to rotate (an empty memtable) is not an error; a
+            // failed rotation poisons the keyspace, which the next write
+            // reports.
+            if let Err(e) = p.rotate_memtable() {
+                tracing::warn!(partition = %p.name, error = %e, "rotating a memtable to free journals failed");
+            }
+        }
+    }
+
     /// The partition `fnr`'s records live in, made (and its directory
     /// entry synced) the first time.
     fn records(&self, fnr: Fnr) -> Result<fjall::PartitionHandle, fjall::Error> {
@@ -402,6 +447,7 @@ impl PageStore {
                         pages,
                         per_file,
                         files: RwLock::new(BTreeMap::new()),
+                        relieved: Mutex::new(std::time::Instant::now()),
                     }))
                 });
                 match r {
@@ -807,7 +853,9 @@ impl PageStore {
                 if let Some(e) = failed {
                     return Err(self.io(e));
                 }
-                batch.commit().map_err(|e| self.io(e))
+                batch.commit().map_err(|e| self.io(e))?;
+                f.relieve();
+                Ok(())
             }
         }
     }
@@ -839,6 +887,7 @@ impl PageStore {
                         batch.insert(&p, data_key(fnr, *isn), v.as_slice());
                     }
                     batch.commit().map_err(|e| self.io(e))?;
+                    f.relieve();
                 }
             }
         }

@@ -131,7 +131,8 @@ pub struct TaskDef {
     pub window: Option<u32>,
     /// Log records per batch, at most (default 2000; whole transactions).
     pub batch: Option<u32>,
-    /// Records per chunk of an initial load or reinit (default 8192).
+    /// Records per chunk of an initial load or reinit (default 16384; at most
+    /// 8 MB of records a chunk either way).
     pub load_chunk: Option<u32>,
     /// `etp replicate status` and `etp log plan-cleanup` warn when the
     /// master's log file holds more than this many MiB (default 1024).

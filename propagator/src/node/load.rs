@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Records per chunk unless the task or the order says otherwise.
-const DEFAULT_CHUNK: usize = 8192;
+const DEFAULT_CHUNK: usize = 16384;
 /// Bytes of records per chunk, at most.
 const MAX_CHUNK_BYTES: usize = 8 << 20;
 /// Chunks in flight.
