@@ -267,6 +267,9 @@ fn key_fnr(key: &[u8]) -> Option<Fnr> {
     }
 }
 
+/// The start of a per-file partition's name (a directory name, not text).
+const FILE_PARTITION: &[u8] = b"file-";
+
 /// In a per-file partition's folder once it is whole (see
 /// [`FjallKv::records`]).
 const MADE: &str = ".etp-made";
@@ -284,7 +287,7 @@ fn clear_unmade(store: &Path) -> Result<(), std::io::Error> {
     for e in entries {
         let e = e?;
         let name = e.file_name();
-        if name.to_string_lossy().starts_with("file-") && !e.path().join(MADE).exists() {
+        if name.as_encoded_bytes().starts_with(FILE_PARTITION) && !e.path().join(MADE).exists() {
             tracing::warn!(partition = %e.path().display(), "removing a partition a crash left half-made");
             std::fs::remove_dir_all(e.path())?;
             removed = true;
