@@ -167,6 +167,9 @@ struct FjallKv {
     files: RwLock<BTreeMap<Fnr, fjall::PartitionHandle>>,
     /// When the journals were last relieved (see [`FjallKv::relieve`]).
     relieved: Mutex<std::time::Instant>,
+    /// Files being ingested: fjall holds their memtable's lock throughout,
+    /// so `relieve` leaves them be.
+    ingesting: Mutex<std::collections::BTreeSet<Fnr>>,
 }
 
 /// Journals (each ended by a memtable's rotation) past which every
@@ -196,12 +199,18 @@ impl FjallKv {
             }
             *last = std::time::Instant::now();
         }
+        let busy = self
+            .ingesting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let files: Vec<fjall::PartitionHandle> = self
             .files
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
+            .iter()
+            .filter(|(f, _)| !busy.contains(f))
+            .map(|(_, p)| p.clone())
             .collect();
         for p in std::iter::once(&self.pages).chain(&files) {
             // Nothing to rotate (an empty memtable) is not an error; a
@@ -232,9 +241,11 @@ impl FjallKv {
             return Ok(p.clone());
         }
         let name = format!("file-{}", fnr.0);
-        let new = !self.keyspace.partition_exists(&name);
         let p = self.keyspace.open_partition(&name, partition_options())?;
-        if new {
+        // Decided on the marker itself, not on whether fjall knew the
+        // partition: a marker whose writing failed once is written (and
+        // synced) the next time, before the handle is ever used.
+        if !p.path().join(MADE).try_exists()? {
             // fjall syncs the partition's own files but has a window where
             // a crash leaves one it cannot open (its version marker
             // written, its level manifest not yet): marked as made here,
@@ -287,7 +298,10 @@ fn clear_unmade(store: &Path) -> Result<(), std::io::Error> {
     for e in entries {
         let e = e?;
         let name = e.file_name();
-        if name.as_encoded_bytes().starts_with(FILE_PARTITION) && !e.path().join(MADE).exists() {
+        // A marker that cannot be looked at is an error, not an absence.
+        if name.as_encoded_bytes().starts_with(FILE_PARTITION)
+            && !e.path().join(MADE).try_exists()?
+        {
             tracing::warn!(partition = %e.path().display(), "removing a partition a crash left half-made");
             std::fs::remove_dir_all(e.path())?;
             removed = true;
@@ -451,6 +465,7 @@ impl PageStore {
                         per_file,
                         files: RwLock::new(BTreeMap::new()),
                         relieved: Mutex::new(std::time::Instant::now()),
+                        ingesting: Mutex::new(std::collections::BTreeSet::new()),
                     }))
                 });
                 match r {
@@ -980,7 +995,15 @@ impl PageStore {
             Some((data_key(fnr, isn), v))
         });
         // fjall asserts its preconditions (checked above) by panicking.
+        f.ingesting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fnr);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.ingest(keyed)));
+        f.ingesting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fnr);
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(self.io(e)),

@@ -132,7 +132,8 @@ pub struct TaskDef {
     /// Log records per batch, at most (default 2000; whole transactions).
     pub batch: Option<u32>,
     /// Records per chunk of an initial load or reinit (default 16384; at most
-    /// 8 MB of records a chunk either way).
+    /// 8 MB of records per reading thread either way: a partial replicate's
+    /// chunk is read by two).
     pub load_chunk: Option<u32>,
     /// `etp replicate status` and `etp log plan-cleanup` warn when the
     /// master's log file holds more than this many MiB (default 1024).

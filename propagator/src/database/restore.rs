@@ -223,6 +223,22 @@ impl Database {
         fnr: Fnr,
         chunks: &mut dyn Iterator<Item = IngestChunk>,
     ) -> Result<(PendingCommit, LoadStats), DbError> {
+        let r = self.ingest_whole(fnr, chunks);
+        if r.is_err() {
+            // Records may lie in its partition, uncounted: no longer a file
+            // restored from empty, and a restore run again reads what it
+            // holds (after a rebase).
+            lock(&self.shared().state).rebased.remove(&fnr);
+        }
+        r
+    }
+
+    fn ingest_whole(
+        &self,
+        fnr: Fnr,
+        chunks: &mut dyn Iterator<Item = IngestChunk>,
+    ) -> Result<(PendingCommit, LoadStats), DbError> {
+        self.check_poisoned()?;
         if !self.can_restore_ingest(fnr)? {
             return Err(DbError::BadDefinition(format!(
                 "file {fnr} is not being restored from empty: its records cannot be ingested"

@@ -307,8 +307,26 @@ impl Source {
 /// that stale answer for its own range (a chunk `[24577, 24577)` carrying
 /// isn 16388, which the replicate rightly refused, forever). So the read is
 /// a task of its own, which runs until it completes whatever else happens —
-/// and while the loop sums, encodes and sends the chunk before it.
-type ChunkRead = tokio::task::JoinHandle<(Result<Chunk, Stop>, Source, Snapshot)>;
+/// and while the loop sums, encodes and sends the chunk before it. Only
+/// when the load itself ends is a read still under way aborted (its
+/// source is not used again).
+struct ChunkRead(tokio::task::JoinHandle<(Result<Chunk, Stop>, Source, Snapshot)>);
+
+impl Drop for ChunkRead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for ChunkRead {
+    type Output = Result<(Result<Chunk, Stop>, Source, Snapshot), tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
 
 fn read_chunk(
     ctx: Arc<Ctx>,
@@ -318,10 +336,10 @@ fn read_chunk(
     from: Isn,
     limit: usize,
 ) -> ChunkRead {
-    tokio::spawn(async move {
+    ChunkRead(tokio::spawn(async move {
         let chunk = next_chunk(&ctx, &f.rep, &mut src, &mut snap, from, limit).await;
         (chunk, src, snap)
-    })
+    }))
 }
 
 /// One chunk ready to send.
