@@ -564,16 +564,7 @@ impl LogStore {
     ) -> Result<(), LogStoreError> {
         let mut guard = self.write();
         let inner = &mut *guard;
-        if inner.failed {
-            return Err(self.io("write", "an earlier write failed"));
-        }
-        let lsn = inner.applied;
-        self.append(
-            inner,
-            records.into_iter().map(|(i, v)| (i, Some(v))),
-            lsn,
-            None,
-        )?;
+        self.append_new(inner, records, None)?;
         let synced = inner
             .segs
             .last()
@@ -649,19 +640,28 @@ impl LogStore {
                 break;
             }
             let mut guard = self.write();
-            let inner = &mut *guard;
-            if inner.failed {
-                return Err(self.io("write", "an earlier write failed"));
-            }
-            let lsn = inner.applied;
-            self.append(
-                inner,
-                batch.iter().map(|(i, v)| (*i, Some(v.as_slice()))),
-                lsn,
+            self.append_new(
+                &mut guard,
+                batch.iter().map(|(i, v)| (*i, v.as_slice())),
                 Some(filled),
             )?;
         }
         Ok(())
+    }
+
+    /// Appends new records, marked as of the LSN the store is already at.
+    fn append_new<'a>(
+        &self,
+        inner: &mut Inner,
+        records: impl IntoIterator<Item = (Isn, &'a [u8])>,
+        filled: Option<&std::sync::mpsc::Sender<(u32, File)>>,
+    ) -> Result<(), LogStoreError> {
+        if inner.failed {
+            return Err(self.io("write", "an earlier write failed"));
+        }
+        let lsn = inner.applied;
+        let records = records.into_iter().map(|(i, v)| (i, Some(v)));
+        self.append(inner, records, lsn, filled)
     }
 
     fn append<'a>(
