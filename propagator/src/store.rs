@@ -270,6 +270,48 @@ impl FjallKv {
     }
 }
 
+/// Records to ingest, passed on while their isns strictly ascend; the
+/// first that does not ends them, and [`Ordered::check`] names it.
+struct Ordered<'a> {
+    records: &'a mut dyn Iterator<Item = (Isn, Vec<u8>)>,
+    prev: Option<Isn>,
+    unordered: Option<(Option<Isn>, Isn)>,
+}
+
+impl<'a> Ordered<'a> {
+    fn new(records: &'a mut dyn Iterator<Item = (Isn, Vec<u8>)>) -> Self {
+        Ordered {
+            records,
+            prev: None,
+            unordered: None,
+        }
+    }
+
+    /// The error for an isn out of order (`err(before, isn)`), if one was.
+    fn check<E>(&self, err: impl FnOnce(Option<Isn>, Isn) -> E) -> Result<(), E> {
+        match self.unordered {
+            Some((before, isn)) => Err(err(before, isn)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Iterator for Ordered<'_> {
+    type Item = (Isn, Vec<u8>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.unordered.is_some() {
+            return None;
+        }
+        let (isn, v) = self.records.next()?;
+        if self.prev.is_some_and(|p| isn <= p) {
+            self.unordered = Some((self.prev, isn));
+            return None;
+        }
+        self.prev = Some(isn);
+        Some((isn, v))
+    }
+}
+
 /// A record key's file.
 fn key_fnr(key: &[u8]) -> Option<Fnr> {
     match key {
@@ -955,22 +997,9 @@ impl PageStore {
                     "log file {fnr}'s store is not empty: its records cannot be ingested"
                 ))));
             }
-            let mut prev: Option<Isn> = None;
-            let mut unordered = None;
-            let mut ordered = std::iter::from_fn(|| {
-                let (isn, v) = records.next()?;
-                if prev.is_some_and(|p| isn <= p) {
-                    unordered = Some((prev, isn));
-                    return None;
-                }
-                prev = Some(isn);
-                Some((isn, v))
-            });
+            let mut ordered = Ordered::new(records);
             ls.ingest(&mut ordered)?;
-            return match unordered {
-                Some((before, isn)) => Err(self.out_of_order(fnr, before, isn)),
-                None => Ok(()),
-            };
+            return ordered.check(|before, isn| self.out_of_order(fnr, before, isn));
         }
         let Kv::Fjall(f) = &self.kv else {
             return Err(self.io(std::io::Error::other(
@@ -983,17 +1012,8 @@ impl PageStore {
             ))));
         }
         let p = f.records(fnr).map_err(|e| self.io(e))?;
-        let mut prev: Option<Isn> = None;
-        let mut unordered = None;
-        let keyed = std::iter::from_fn(|| {
-            let (isn, v) = records.next()?;
-            if prev.is_some_and(|p| isn <= p) {
-                unordered = Some((prev, isn));
-                return None;
-            }
-            prev = Some(isn);
-            Some((data_key(fnr, isn), v))
-        });
+        let mut ordered = Ordered::new(records);
+        let keyed = (&mut ordered).map(|(isn, v)| (data_key(fnr, isn), v));
         // fjall asserts its preconditions (checked above) by panicking.
         f.ingesting
             .lock()
@@ -1013,10 +1033,7 @@ impl PageStore {
                 ))))
             }
         }
-        match unordered {
-            Some((before, isn)) => Err(self.out_of_order(fnr, before, isn)),
-            None => Ok(()),
-        }
+        ordered.check(|before, isn| self.out_of_order(fnr, before, isn))
     }
 
     fn out_of_order(&self, fnr: Fnr, before: Option<Isn>, isn: Isn) -> StoreError {

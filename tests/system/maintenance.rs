@@ -248,6 +248,14 @@ fn init_under_write_load_resumes_after_the_loading_node_is_killed_and_ends_equal
     ok(&etp(&["policy", "set", "automatic", "--node", &node]));
 }
 
+/// The `done` event of a `--json` command's output.
+fn done_event(out: &str) -> serde_json::Value {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "done")
+        .expect("a done event")
+}
+
 /// `etp admin apply` of the topology file `topo` through the master's node.
 fn admin_apply(node: &str, topo: &std::path::Path) {
     ok(&etp(&[
@@ -446,11 +454,7 @@ fn a_partial_reinit_read_in_halves_under_a_writer_ends_equal_to_the_selection() 
         &node,
         "--json",
     ]));
-    let done: serde_json::Value = out
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .find(|v: &serde_json::Value| v["event"] == "done")
-        .expect("a done event");
+    let done = done_event(&out);
     let load = &done["load"];
     // Read in chunks of the default 8192 records at first, then widened:
     // fewer chunks than the master's records over 8192.
@@ -518,11 +522,7 @@ fn scoped_reinit_after_a_predicate_change_moves_only_the_delta() {
         &node,
         "--json",
     ]));
-    let done: serde_json::Value = out
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .find(|v: &serde_json::Value| v["event"] == "done")
-        .expect("a done event");
+    let done = done_event(&out);
     let load = &done["load"];
     assert_eq!(load["removed"].as_u64(), Some(leaving as u64), "{load}");
     assert_eq!(load["written"].as_u64(), Some(0), "{load}");

@@ -193,13 +193,23 @@ impl Database {
     /// restored, rebased by this restore since the database opened, counts
     /// no record, and the engine holds none of its records.
     pub fn can_restore_ingest(&self, fnr: Fnr) -> Result<bool, DbError> {
+        Ok(self.ingestable(fnr)?.is_some())
+    }
+
+    /// The definition and meta of a file [`Database::can_restore_ingest`]
+    /// says yes to, read under one lock.
+    fn ingestable(&self, fnr: Fnr) -> Result<Option<(FileDef, FileMeta)>, DbError> {
         let fresh = {
             let st = lock(&self.shared().state);
             let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
             let meta = st.info(fnr)?.meta;
-            def.restoring.is_some() && st.rebased.contains(&fnr) && meta.count == 0
+            (def.restoring.is_some() && st.rebased.contains(&fnr) && meta.count == 0)
+                .then(|| (def.clone(), meta))
         };
-        Ok(fresh && self.shared().store.can_ingest(fnr)?)
+        match fresh {
+            Some(f) if self.shared().store.can_ingest(fnr)? => Ok(Some(f)),
+            _ => Ok(None),
+        }
     }
 
     /// Restores a whole file from empty (see
@@ -239,15 +249,10 @@ impl Database {
         chunks: &mut dyn Iterator<Item = IngestChunk>,
     ) -> Result<(PendingCommit, LoadStats), DbError> {
         self.check_poisoned()?;
-        if !self.can_restore_ingest(fnr)? {
+        let Some((def, mut meta)) = self.ingestable(fnr)? else {
             return Err(DbError::BadDefinition(format!(
                 "file {fnr} is not being restored from empty: its records cannot be ingested"
             )));
-        }
-        let (def, mut meta) = {
-            let st = lock(&self.shared().state);
-            let def = st.catalog.get(&fnr).ok_or(DbError::UnknownFile(fnr))?;
-            (def.clone(), st.info(fnr)?.meta)
         };
         let is_log = matches!(def.role, Role::Log { .. });
         let mut total = FileMeta::new(fnr);

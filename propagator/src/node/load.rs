@@ -482,6 +482,21 @@ async fn scan_halves(
     Ok(a)
 }
 
+/// Starts reading the chunk from `next` with the reader (source and
+/// snapshot), which the read owns until it hands them back.
+fn start_read(
+    ctx: &Arc<Ctx>,
+    f: &Arc<Feeder>,
+    reader: &mut Option<(Source, Snapshot)>,
+    next: Isn,
+    limit: usize,
+    seen: (u64, u64),
+) -> Option<ChunkRead> {
+    let (src, snap) = reader.take()?;
+    let span = scan_span(limit, seen, widens(&f.rep, &src));
+    Some(read_chunk(ctx.clone(), f.clone(), src, snap, next, span))
+}
+
 /// Whether a load's chunks read more of the source than they keep (see
 /// [`scan_span`]): a partial replicate loaded from the master, whose scan
 /// is local and bounded by the bytes it keeps. (A source replicate's
@@ -627,10 +642,7 @@ pub(super) async fn run_load(
         }
         let can_read = !reading_done && stopping.is_none() && inflight.len() < LOAD_WINDOW;
         if can_read && reading.is_none() {
-            if let Some((src, snap)) = reader.take() {
-                let span = scan_span(limit, seen, widens(rep, &src));
-                reading = Some(read_chunk(ctx.clone(), f.clone(), src, snap, next, span));
-            }
+            reading = start_read(ctx, f, &mut reader, next, limit, seen);
         }
         tokio::select! {
             changed = stop_rx.changed(), if stopping.is_none() => {
@@ -722,10 +734,7 @@ pub(super) async fn run_load(
                 seen.1 += chunk.records.len() as u64;
                 // The next read starts now, while this chunk is sent.
                 if !reading_done && stopping.is_none() && inflight.len() + 1 < LOAD_WINDOW {
-                    if let Some((src, snap)) = reader.take() {
-                        let span = scan_span(limit, seen, widens(rep, &src));
-                        reading = Some(read_chunk(ctx.clone(), f.clone(), src, snap, next, span));
-                    }
+                    reading = start_read(ctx, f, &mut reader, next, limit, seen);
                 }
                 // Summed once: the chunk's terms are what the replicate
                 // will add (every record in it is new to it).
