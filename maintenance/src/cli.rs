@@ -280,7 +280,7 @@ pub enum CopyCommand {
         /// The set's own database (offline).
         #[arg(long, value_name = "DIR", conflicts_with = "to")]
         data: Option<PathBuf>,
-        /// A new database directory to restore into.
+        /// A new database directory to restore into (one a killed restore left is started over).
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
         /// Print JSON (one document per line) instead of text.
@@ -306,7 +306,7 @@ pub enum CopyCommand {
         /// Roll forward through the end of the protection log.
         #[arg(long, group = "until")]
         to_end: bool,
-        /// Write the result into this new database instead of --data.
+        /// Write the result into this new database instead of --data (one a killed run left is started over).
         #[arg(long, value_name = "DIR")]
         into: Option<PathBuf>,
         /// Print JSON (one document per line) instead of text.

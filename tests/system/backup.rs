@@ -428,3 +428,178 @@ fn a_node_runs_copy_jobs_and_a_killed_node_leaves_no_half_job() {
     assert!(by_run.values().all(|n| *n == 2), "{by_run:?}");
     assert!(by_run.len() <= 3 + 1, "{by_run:?}");
 }
+
+/// A file's records and digest as `etp db status --data DIR --json` says.
+fn status_of(data: &std::path::Path) -> Vec<(u64, u64, String)> {
+    let out = ok(&etp(&[
+        "db",
+        "status",
+        "--data",
+        &data.display().to_string(),
+        "--json",
+    ]));
+    json_lines(&out)
+        .iter()
+        .filter_map(|f| {
+            Some((
+                f["file"].as_u64()?,
+                f["records"].as_u64()?,
+                f["digest"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Runs the command `run` makes (into the directory it is given) ten times
+/// killed (SIGKILL) at random points of a whole run, then once to its end;
+/// returns the directory it ended in. Each directory a kill leaves marked
+/// is not taken for a database: opening it is refused, naming the
+/// unfinished restore.
+fn killed_ten_times(
+    tmp: &std::path::Path,
+    name: &str,
+    rng: &mut fastrand::Rng,
+    run: &dyn Fn(&std::path::Path) -> std::process::Command,
+) -> std::path::PathBuf {
+    // One whole run first: how long it takes here.
+    let t = std::time::Instant::now();
+    let first = tmp.join(format!("{name}-first"));
+    let out = run(&first).output().expect("a whole run");
+    assert!(out.status.success(), "{name}: {out:?}");
+    let whole = t.elapsed();
+    let to = tmp.join(name);
+    let (mut kills, mut refused) = (0, 0);
+    for _ in 0..60 {
+        if kills >= 10 {
+            break;
+        }
+        let mut child = etp_system_tests::KillGuard(
+            run(&to)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("starting the run"),
+        );
+        // A random point of a whole run (a bare delay: where the kill lands).
+        std::thread::sleep(whole.mul_f64(rng.f64()));
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            // It ended first: a database now; the next run needs an empty place.
+            assert!(status.success(), "{name}: a run that was not killed failed");
+            std::fs::remove_dir_all(&to).expect("remove the finished run's database");
+            continue;
+        }
+        child.kill();
+        kills += 1;
+        if to.join(propagator::database::RESTORE_MARKER).exists() {
+            let out = etp(&["db", "status", "--data", &to.display().to_string()]);
+            assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("did not finish"),
+                "{name}: {out:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(
+        kills >= 10,
+        "{name}: only {kills} kills landed inside a run"
+    );
+    assert!(refused >= 1, "{name}: no kill left a half-made directory");
+    let out = run(&to).output().expect("the last run");
+    assert!(out.status.success(), "{name}: the last run: {out:?}");
+    assert!(!to.join(propagator::database::RESTORE_MARKER).exists());
+    ok(&etp(&["db", "check", "--data", &to.display().to_string()]));
+    to
+}
+
+/// `copy restore --to` and `copy regenerate --into`, each killed (SIGKILL)
+/// at random points ten times: the directory a kill leaves is not taken
+/// for a database, the next run into it starts over, and the run that
+/// ends leaves the files equal to their source (count and digest),
+/// checked whole by `db check`.
+#[test]
+fn a_restore_or_regenerate_into_a_new_directory_killed_ten_times_starts_over_and_ends_equal() {
+    use propagator::{Database, DbId, Role};
+    let mut rng = fastrand::Rng::with_seed(etp_system_tests::seed("restore_kill"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    let (src_s, area_s) = (
+        src.display().to_string(),
+        tmp.path().join("area").display().to_string(),
+    );
+    let (db, _) = {
+        Database::init(&src, DbId(3), None).expect("init");
+        Database::open(&src).expect("open")
+    };
+    db.create_file(Fnr(10), "orders", Role::Plain)
+        .expect("create");
+    db.define_master(Fnr(10), Fnr(11)).expect("master");
+    let mut s = db.session();
+    let pad = |k: u64| Value::Text(format!("{k:0>1000}"));
+    for k in 1..=40_000u64 {
+        let mut r = rec(k, k as i64);
+        r.insert("pad".into(), pad(k));
+        s.store(Fnr(10), Some(Isn(k)), r).expect("store");
+        if k % 2000 == 0 {
+            s.et(None).expect("et");
+        }
+    }
+    drop(s);
+    db.close().expect("close");
+    let set = taken(&ok(&etp(&[
+        "copy", "take", "--data", &src_s, "--area", &area_s, "--file", "10", "--json",
+    ])));
+    let id = set["set"]["id"].as_str().expect("set id").to_string();
+    let members = member_fnrs(&set);
+    let of = |data: &std::path::Path, files: &[u64]| -> Vec<(u64, u64, String)> {
+        status_of(data)
+            .into_iter()
+            .filter(|(f, _, _)| files.contains(f))
+            .collect()
+    };
+    let want = of(&src, &members);
+    assert_eq!(want.len(), 2, "master and log: {want:?}");
+    let restored = killed_ten_times(tmp.path(), "restore", &mut rng, &|to| {
+        let mut c = std::process::Command::new(etp_bin());
+        c.args(["copy", "restore", &id, "--area", &area_s, "--to"])
+            .arg(to)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c
+    });
+    assert_eq!(of(&restored, &members), want, "restored");
+    // Changes after the set, for the regenerate to roll forward.
+    let (db, _) = Database::open(&src).expect("reopen");
+    let mut s = db.session();
+    for k in (1..=40_000u64).step_by(7) {
+        let mut r = rec(k, -(k as i64));
+        r.insert("pad".into(), pad(k + 1));
+        s.update(Fnr(10), Isn(k), r).expect("update");
+        if k % 700 == 1 {
+            s.et(None).expect("et");
+        }
+    }
+    s.et(None).expect("et");
+    drop(s);
+    db.close().expect("close");
+    let want = of(&src, &[10]);
+    let regenerated = killed_ten_times(tmp.path(), "regenerate", &mut rng, &|to| {
+        let mut c = std::process::Command::new(etp_bin());
+        c.args([
+            "copy",
+            "regenerate",
+            "--data",
+            &src_s,
+            "--area",
+            &area_s,
+            "--file",
+            "10",
+            "--to-end",
+            "--into",
+        ])
+        .arg(to)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        c
+    });
+    assert_eq!(of(&regenerated, &[10]), want, "regenerated");
+}

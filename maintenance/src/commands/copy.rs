@@ -213,20 +213,26 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                 _ => bail!("give exactly one of --to-lsn, --to-time, --to-end"),
             };
             let db = open_or_context(&data)?;
+            // A new database is marked until the regenerate ends: killed,
+            // it does not open, and a regenerate into it again starts over.
             let into_db = match &into {
-                Some(dir) => {
-                    propagator::Database::init(dir, db.dbid(), None)
-                        .with_context(|| format!("cannot create database {}", dir.display()))?;
-                    Some(open_or_context(dir)?)
-                }
+                Some(dir) => Some(restore::NewDatabase::make(dir, db.dbid())?),
                 None => None,
             };
             let mut sink = output::ProgressSink::new(json);
-            let r =
-                restore::regenerate(&db, &area, Fnr(file), target, into_db.as_ref(), &mut |p| {
-                    sink.on(p)
-                })?;
+            let r = restore::regenerate(
+                &db,
+                &area,
+                Fnr(file),
+                target,
+                into_db.as_ref().map(|n| &n.db),
+                &mut |p| sink.on(p),
+            );
             drop(sink);
+            let r = match into_db {
+                Some(n) => n.finish(r)?,
+                None => r?,
+            };
             if json {
                 output::json(&serde_json::to_value(&r)?);
             } else {
@@ -238,9 +244,6 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                     r.restored.set, r.from_lsn, r.commits, r.restored.lsn
                 );
                 print_restored(&r.restored, false)?;
-            }
-            if let Some(d) = into_db {
-                d.close()?;
             }
             db.close()?;
             Ok(Outcome::Ok)

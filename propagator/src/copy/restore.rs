@@ -11,7 +11,7 @@
 use super::area::{Area, CopySet, Member};
 use super::error::{SetError, Within};
 use crate::copy::{resolve, resolve_with, CopyError, Overlay, Prove, Records};
-use crate::database::{IngestChunk, LoadStats, PendingCommit, Restore};
+use crate::database::{IngestChunk, LoadStats, PendingCommit, Restore, RESTORE_MARKER};
 use crate::medium::FsDir;
 use crate::slice::{log_start, read_slice, SliceBase};
 use crate::wire::OperationRequest;
@@ -553,47 +553,136 @@ fn write_whole(
 /// and a new database that fails any check is removed. (A restore into an
 /// existing database verifies the whole set first: there, a damaged copy
 /// must not replace anything.)
+///
+/// Until it ends, `dir` holds a mark (see [`NewDatabase`]): a restore
+/// killed half-way leaves a directory that is not a database, and the next
+/// restore into it starts over.
 pub fn restore_to_dir(
     dir: &std::path::Path,
     area: &Area,
     set: &CopySet,
     on: OnProgress,
 ) -> Result<Restored, SetError> {
-    let existed = dir.exists();
-    Database::init(dir, set.dbid, None)
-        .within(|| format!("cannot create database {}", dir.display()))?;
-    // Not cleaned up if it cannot be opened: another process may hold it.
-    let (db, _) =
-        Database::open(dir).within(|| format!("cannot open database {}", dir.display()))?;
+    let new = NewDatabase::make(dir, set.dbid)?;
     // A new database: its log has no past to roll forward across.
-    let written = write_whole(&db, area, set, true, on);
-    let closed = db.close();
-    let written = written.and_then(|r| {
-        closed?;
-        Ok(r)
-    });
-    if written.is_err() {
-        // Nothing of it may be taken for a restored database. A directory
-        // that was there (empty) is emptied; one made here goes.
-        let cleared = if existed {
-            std::fs::read_dir(dir).and_then(|entries| {
-                entries.into_iter().try_for_each(|e| {
-                    let p = e?.path();
-                    if p.is_dir() {
-                        std::fs::remove_dir_all(p)
-                    } else {
-                        std::fs::remove_file(p)
-                    }
-                })
-            })
+    let written = write_whole(&new.db, area, set, true, on);
+    new.finish(written)
+}
+
+/// A new database a restore or a regenerate is making in a directory.
+///
+/// Until [`NewDatabase::finish`] ends it, the directory holds a mark
+/// ([`RESTORE_MARKER`], synced before the database is made): the database
+/// there does not open (except to the restore), and a restore or
+/// regenerate into the directory again finds the mark, empties the
+/// directory and starts over. A directory with anything else in it is
+/// refused, as `Database::init` refuses it.
+pub struct NewDatabase {
+    pub db: Database,
+    dir: std::path::PathBuf,
+    /// The directory was there (empty) before.
+    existed: bool,
+}
+
+impl NewDatabase {
+    pub fn make(dir: &std::path::Path, dbid: crate::DbId) -> Result<NewDatabase, SetError> {
+        let marker = dir.join(RESTORE_MARKER);
+        let existed = dir.exists();
+        if marker.exists() {
+            if crate::database::held(dir) {
+                refused!(
+                    "{} is being restored into by another process (its database is open)",
+                    dir.display()
+                );
+            }
+            tracing::warn!(dir = %dir.display(), "a restore into this directory did not finish; starting over");
+            empty_dir(dir, Some(RESTORE_MARKER))
+                .within(|| format!("cannot empty {} to start over", dir.display()))?;
         } else {
-            std::fs::remove_dir_all(dir)
+            let empty = !existed
+                || std::fs::read_dir(dir)
+                    .within(|| format!("cannot read {}", dir.display()))?
+                    .next()
+                    .is_none();
+            if !empty {
+                // Refused as init refuses it, with its words.
+                Database::init(dir, dbid, None)
+                    .within(|| format!("cannot create database {}", dir.display()))?;
+            }
+            // The mark goes first; init leaves it alone.
+            std::fs::create_dir_all(dir)
+                .and_then(|()| mark(&marker))
+                .within(|| format!("cannot mark {} as being restored", dir.display()))?;
+        }
+        Database::init(dir, dbid, None)
+            .within(|| format!("cannot create database {}", dir.display()))?;
+        let plog: std::sync::Arc<dyn crate::medium::MediumDir> =
+            std::sync::Arc::new(FsDir::new(dir.join("plog")));
+        let opts = crate::Options {
+            restoring: true,
+            ..crate::Options::default()
         };
-        if let Err(e) = cleared {
-            tracing::warn!(dir = %dir.display(), error = %e, "the failed restore's database was not removed");
+        // Not cleaned up if it cannot be opened: another process may hold it.
+        let (db, _) = Database::open_with(dir, plog, opts)
+            .within(|| format!("cannot open database {}", dir.display()))?;
+        Ok(NewDatabase {
+            db,
+            dir: dir.to_path_buf(),
+            existed,
+        })
+    }
+
+    /// Ends the work `written` reports: closes the database and, if the
+    /// work and the close succeeded, removes the mark (a database now);
+    /// else removes what was made (the directory, or its content if it was
+    /// there before).
+    pub fn finish<T>(self, written: Result<T, SetError>) -> Result<T, SetError> {
+        let NewDatabase { db, dir, existed } = self;
+        let closed = db.close();
+        let written = written.and_then(|r| {
+            closed?;
+            std::fs::remove_file(dir.join(RESTORE_MARKER))
+                .and_then(|()| std::fs::File::open(&dir)?.sync_all())
+                .within(|| format!("cannot unmark {} as being restored", dir.display()))?;
+            Ok(r)
+        });
+        if written.is_err() {
+            // Nothing of it may be taken for a restored database.
+            let cleared = if existed {
+                empty_dir(&dir, None)
+            } else {
+                std::fs::remove_dir_all(&dir)
+            };
+            if let Err(e) = cleared {
+                tracing::warn!(dir = %dir.display(), error = %e, "the failed restore's database was not removed");
+            }
+        }
+        written
+    }
+}
+
+/// Removes everything in `dir` but the entry named `keep`.
+fn empty_dir(dir: &std::path::Path, keep: Option<&str>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if keep.is_some_and(|k| e.file_name() == k) {
+            continue;
+        }
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(p)?;
+        } else {
+            std::fs::remove_file(p)?;
         }
     }
-    written
+    Ok(())
+}
+
+/// Writes the restore mark, synced with its directory entry.
+fn mark(marker: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::create(marker)?.sync_all()?;
+    let dir = marker.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// How far regenerate rolls forward.

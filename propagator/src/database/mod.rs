@@ -71,6 +71,16 @@ pub const MAX_TXN_BYTES: usize = 64 << 20;
 /// Records one `range_digest` hands back, at most.
 pub const MAX_RANGE_RECORDS: usize = 200_000;
 const IDENTITY_FILE: &str = "DATABASE";
+/// Whether a process holds the database in `dir` open (its lock file is
+/// locked); false where there is no lock file.
+pub(crate) fn held(dir: &Path) -> bool {
+    File::open(dir.join(LOCK_FILE)).is_ok_and(|f| f.try_lock().is_err())
+}
+
+/// In a database directory, says that a restore into a new database is
+/// making it and has not finished: whatever else is there is not a
+/// database yet, and the next restore into the directory starts over.
+pub const RESTORE_MARKER: &str = ".etp-restore-incomplete";
 const LOCK_FILE: &str = "LOCK";
 
 /// The identity file `DATABASE` in a data directory (TOML).
@@ -107,6 +117,9 @@ pub struct Options {
     pub cache_bytes: u64,
     /// The most bytes of log entries written by one group commit.
     pub max_group_bytes: usize,
+    /// Opens a directory that holds [`RESTORE_MARKER`]: only the restore
+    /// making the database there does (anyone else is refused).
+    pub restoring: bool,
 }
 
 impl Default for Options {
@@ -114,6 +127,7 @@ impl Default for Options {
         Options {
             cache_bytes: 64 << 20,
             max_group_bytes: 8 << 20,
+            restoring: false,
         }
     }
 }
@@ -401,8 +415,10 @@ impl Database {
             )));
         }
         if dir.exists() {
+            // Only the mark of a restore making the database here may be
+            // there (see `copy::restore::restore_to_dir`).
             let mut entries = std::fs::read_dir(dir).map_err(|e| derr(e.to_string()))?;
-            if entries.next().is_some() {
+            if entries.any(|e| e.map_or(true, |e| e.file_name() != RESTORE_MARKER)) {
                 return Err(derr("already exists and is not empty".into()));
             }
         }
@@ -469,6 +485,14 @@ impl Database {
         plog: Arc<dyn MediumDir>,
         opts: Options,
     ) -> Result<(Database, OpenReport), DbError> {
+        if !opts.restoring && dir.join(RESTORE_MARKER).exists() {
+            return Err(DbError::Directory {
+                dir: dir.display().to_string(),
+                reason: "a restore into a new database here did not finish: it is not a database \
+                         yet (run the restore again, which starts over, or remove the directory)"
+                    .into(),
+            });
+        }
         let id = Self::identity(dir)?;
         let lock_file = File::create(dir.join(LOCK_FILE)).map_err(|e| DbError::Directory {
             dir: dir.display().to_string(),
