@@ -2141,6 +2141,9 @@ fn a_restore_from_empty_is_ingested_as_sorted_runs_and_replay_checks_they_are_wh
     assert!(report.damaged.is_empty(), "{report:?}");
     assert_eq!(dump_raw(&db, PLAIN), source.iter().cloned().collect());
     db.close().expect("close");
+    let (good_store, good_logs) = (t.path().join("good-store"), t.path().join("good-logs"));
+    copy_dir(&dir.join("store"), &good_store);
+    copy_dir(&dir.join("logs"), &good_logs);
 
     // The runs durable, the entry not applied by the page store: replay
     // checks the file's records are whole.
@@ -2181,6 +2184,67 @@ fn a_restore_from_empty_is_ingested_as_sorted_runs_and_replay_checks_they_are_wh
         db.read(PLAIN, Isn(1)),
         Err(DbError::FileDamaged { .. })
     ));
+    db.close().expect("close");
+
+    // A flipped byte inside an ingested run (the engine keeps no checksum
+    // it checks on read): with the entry not applied, replay finds the run
+    // does not hold what the entry names, and the restore is not taken as
+    // done; with it applied, `check` names the file.
+    let (e_store, e_logs) = (t.path().join("e-store"), t.path().join("e-logs"));
+    copy_dir(&old_store, &e_store);
+    copy_dir(&old_logs, &e_logs);
+    ingest(&e_store, &source);
+    flip_in_runs(&e_store, PLAIN);
+    swap_stores(&dir, &e_store, &e_logs);
+    let (db, report) = Database::open(&dir).expect("open with a flipped byte");
+    let reason = report
+        .damaged
+        .iter()
+        .find(|(f, _)| *f == PLAIN)
+        .map(|(_, r)| r.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("bulk chunk of isns 1..=40") && reason.contains("not whole"),
+        "{report:?}"
+    );
+    assert!(matches!(
+        db.read(PLAIN, Isn(1)),
+        Err(DbError::FileDamaged { .. })
+    ));
+    db.close().expect("close");
+    flip_in_runs(&good_store, PLAIN);
+    swap_stores(&dir, &good_store, &good_logs);
+    let (db, report) = Database::open(&dir).expect("open with a flipped byte, entry applied");
+    assert!(report.damaged.is_empty(), "not replayed: {report:?}");
+    let check = db.check().expect("check");
+    assert!(!check.is_ok(), "{check:?}");
+    let bad = check
+        .files
+        .iter()
+        .find(|f| f.fnr == PLAIN)
+        .and_then(|f| f.problem.clone())
+        .unwrap_or_default();
+    assert!(!bad.is_empty(), "{check:?}");
+    db.close().expect("close");
+}
+
+/// Flips one byte of a record's value inside the sorted runs of `fnr`'s
+/// partition: the first `p` of a run of them (the test records' padding)
+/// becomes `q`.
+fn flip_in_runs(store: &Path, fnr: Fnr) {
+    let runs = store.join(format!("partitions/file-{}/segments", fnr.0));
+    let mut flipped = false;
+    for e in std::fs::read_dir(&runs).expect("runs") {
+        let path = e.expect("entry").path();
+        let mut bytes = std::fs::read(&path).expect("read run");
+        if let Some(at) = bytes.windows(64).position(|w| w.iter().all(|b| *b == b'p')) {
+            bytes[at] = b'q';
+            std::fs::write(&path, &bytes).expect("write run");
+            flipped = true;
+            break;
+        }
+    }
+    assert!(flipped, "no padding found in {}", runs.display());
 }
 
 #[test]
