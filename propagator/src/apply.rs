@@ -48,6 +48,9 @@ pub struct Derived {
     /// Log files written other than by derivation (a cleanup, a restore, a
     /// refresh): their tails in memory no longer hold.
     pub rewritten_logs: HashSet<Fnr>,
+    /// Files the commit emptied ([`CatalogOp::Clear`]): every record of
+    /// them goes before `records` are written.
+    pub cleared: Vec<Fnr>,
 }
 
 pub struct Applier<'v, V: StateView> {
@@ -129,6 +132,7 @@ impl<'v, V: StateView> Applier<'v, V> {
     pub fn current(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
         match self.local.get(&(fnr, isn)) {
             Some(v) => Ok(v.clone()),
+            None if self.out.cleared.contains(&fnr) => Ok(None),
             None => self.view.get(fnr, isn),
         }
     }
@@ -158,6 +162,15 @@ impl<'v, V: StateView> Applier<'v, V> {
                 self.meta_mut(*fnr);
                 if let Some(n) = next_isn {
                     self.next_isn.push((*fnr, *n));
+                }
+            }
+            CatalogOp::Clear { fnr } => {
+                self.local.retain(|(f, _), _| f != fnr);
+                self.out.records.retain(|(f, _, _)| f != fnr);
+                self.out.changes.retain(|c| c.fnr != *fnr);
+                self.out.metas.insert(*fnr, FileMeta::new(*fnr));
+                if !self.out.cleared.contains(fnr) {
+                    self.out.cleared.push(*fnr);
                 }
             }
             CatalogOp::Bulk(b) => {

@@ -35,6 +35,10 @@ pub struct SliceCommit {
     /// Bulk chunks the commit wrote to the slice's files: named by the
     /// log, their records are not in `records` (see [`SliceCommit::whole`]).
     pub bulk: Vec<crate::catalog::BulkChunk>,
+    /// Files of the slice the commit emptied for a reload
+    /// ([`crate::catalog::CatalogOp::Clear`]): the log does not name what
+    /// it deleted (see [`SliceCommit::whole`]).
+    pub cleared: Vec<Fnr>,
 }
 
 impl SliceCommit {
@@ -42,6 +46,12 @@ impl SliceCommit {
     /// commit with a bulk chunk cannot be rolled forward, copied or backed
     /// out from the log ([`SliceError::Bulk`]).
     pub fn whole(self) -> Result<SliceCommit, SliceError> {
+        if let Some(fnr) = self.cleared.first() {
+            return Err(SliceError::Cleared {
+                lsn: self.lsn,
+                fnr: *fnr,
+            });
+        }
         match self.bulk.first() {
             Some(b) => Err(SliceError::Bulk {
                 lsn: self.lsn,
@@ -104,6 +114,10 @@ pub enum SliceError {
         first: crate::ids::Isn,
         last: crate::ids::Isn,
     },
+    /// A commit emptied a file the slice covers, for a reload: the log
+    /// does not name the records it deleted.
+    #[error("LSN {lsn} emptied file {fnr} for a reload (the protection log does not name the records it deleted): nothing can be rolled forward or sliced across it; use a copy taken after LSN {lsn}")]
+    Cleared { lsn: Lsn, fnr: Fnr },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -176,6 +190,14 @@ pub fn read_slice(
                 _ => None,
             })
             .collect();
+        let cleared: Vec<Fnr> = c
+            .catalog
+            .iter()
+            .filter_map(|op| match op {
+                crate::catalog::CatalogOp::Clear { fnr } if wanted(fnr) => Some(*fnr),
+                _ => None,
+            })
+            .collect();
         let d = {
             let mut ap = Applier::new(&*base, c.lsn, c.time_us, c.client_id.clone());
             for op in &c.catalog {
@@ -217,6 +239,7 @@ pub fn read_slice(
             time_us: c.time_us,
             records,
             bulk,
+            cleared,
         })?;
         if !go {
             // Refused: `base` stays as of the commit before it.

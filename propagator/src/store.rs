@@ -387,6 +387,9 @@ pub struct StoreBatch {
     /// Only the log files' records (restart recovery bringing a log store
     /// that is behind up to the engine's applied LSN).
     pub logs_only: bool,
+    /// Files every record of which is deleted before the batch is written
+    /// (see [`PageStore::clear`]).
+    pub cleared: Vec<Fnr>,
 }
 
 impl StoreBatch {
@@ -865,6 +868,9 @@ impl PageStore {
         if b.logs_only {
             return Ok(());
         }
+        for f in &b.cleared {
+            self.clear_locked(*f)?;
+        }
         let in_kv = |f: Fnr| !logs.contains_key(&f);
         match &self.kv {
             Kv::Sled(db) => {
@@ -916,6 +922,65 @@ impl PageStore {
                 batch.commit().map_err(|e| self.io(e))?;
                 f.relieve();
                 Ok(())
+            }
+        }
+    }
+
+    /// Deletes every record of `fnr` (not a log file's), in batches, not
+    /// synced and not moving the applied LSN: the protection-log entry
+    /// that empties the file ([`crate::catalog::CatalogOp::Clear`]) comes
+    /// first, and replay deletes them again if the page store had not
+    /// applied it. Deleting what is not there is nothing.
+    pub fn clear(&self, fnr: Fnr) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.clear_locked(fnr)
+    }
+
+    fn clear_locked(&self, fnr: Fnr) -> Result<(), StoreError> {
+        if self.log(fnr).is_some() {
+            return Err(self.io(std::io::Error::other(format!(
+                "file {fnr} is a log file: its records are not cleared"
+            ))));
+        }
+        const BATCH: usize = 65_536;
+        let mut from = Isn(0);
+        loop {
+            let mut keys = Vec::with_capacity(BATCH);
+            for kv in self.scan_shared(fnr, from) {
+                let (isn, _) = kv?;
+                keys.push(data_key(fnr, isn));
+                // On from past it: a scan from the start again would step
+                // over every deletion made so far.
+                from = Isn(isn.0.saturating_add(1));
+                if keys.len() == BATCH {
+                    break;
+                }
+            }
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let full = keys.len() == BATCH;
+            match &self.kv {
+                Kv::Sled(db) => {
+                    let mut batch = sled::Batch::default();
+                    for k in &keys {
+                        batch.remove(&k[..]);
+                    }
+                    db.apply_batch(batch).map_err(|e| self.io(e))?;
+                }
+                Kv::Fjall(f) => {
+                    let p = f.records(fnr).map_err(|e| self.io(e))?;
+                    let mut batch = fjall::Batch::with_capacity(f.keyspace.clone(), keys.len())
+                        .durability(Some(fjall::PersistMode::Buffer));
+                    for k in keys {
+                        batch.remove(&p, k);
+                    }
+                    batch.commit().map_err(|e| self.io(e))?;
+                    f.relieve();
+                }
+            }
+            if !full {
+                return Ok(());
             }
         }
     }

@@ -260,6 +260,7 @@ impl Database {
                 .iter()
                 .filter_map(|op| match op {
                     CatalogOp::Rebase(m) => Some(m.fnr),
+                    CatalogOp::Clear { fnr } => Some(*fnr),
                     CatalogOp::Define(_) | CatalogOp::Restore { .. } | CatalogOp::Bulk(_) => None,
                 })
                 .collect();
@@ -332,6 +333,7 @@ impl Database {
                 metas: derived.metas.into_values().collect(),
                 catalog: derived.catalog.into_values().collect(),
                 client_id: client_id.clone(),
+                cleared: derived.cleared,
             };
             (
                 shared.committer.enqueue(job)?,

@@ -177,6 +177,51 @@ impl Database {
     pub fn settle(&self) -> Result<(), DbError> {
         self.wait_applied()
     }
+
+    /// Empties replicate file `replicate` for a reload that writes every
+    /// record again (a full reinit), in one commit with the engine record
+    /// `progress` puts (the load's progress): its count and digest become
+    /// zero, its next isn 1, any damage recorded against it goes
+    /// ([`CatalogOp::Clear`]), and the page store deletes its records. Then
+    /// waits until the page store has applied it, so the load's chunks,
+    /// each at or above the file's next isn, go to the page store in bulk
+    /// after the deletion, never before it.
+    ///
+    /// Until the load's last chunk proves the file against its master, it
+    /// is a replicate being loaded, as during any reinit. The caller
+    /// serialises writes to it (as replication links do).
+    pub fn clear_for_load(
+        &self,
+        replicate: Fnr,
+        progress: (Fnr, Isn, Record),
+    ) -> Result<CommitInfo, DbError> {
+        // A damaged replicate too: emptying it ends its damage.
+        let def = self.file_info(replicate)?.def;
+        if def.role != Role::Replicate {
+            return Err(DbError::BadDefinition(format!(
+                "file {replicate} is a {} file; only a replicate file is emptied for a load",
+                def.role.name()
+            )));
+        }
+        if def.restoring.is_some() {
+            return Err(DbError::BadDefinition(format!(
+                "file {replicate} is being restored: a load does not empty it"
+            )));
+        }
+        let (fnr, isn, record) = progress;
+        let info = self.commit(
+            vec![CatalogOp::Clear { fnr: replicate }],
+            vec![Op::Put {
+                fnr,
+                isn,
+                record,
+                follows: None,
+            }],
+            None,
+        )?;
+        self.wait_applied()?;
+        Ok(info)
+    }
 }
 
 /// With a load's last chunk (`expect`: the master's count and digest),

@@ -47,6 +47,8 @@ pub(crate) struct Job {
     pub metas: Vec<FileMeta>,
     pub catalog: Vec<FileDef>,
     pub client_id: Option<String>,
+    /// Files the commit emptied ([`crate::catalog::CatalogOp::Clear`]).
+    pub cleared: Vec<Fnr>,
 }
 
 /// What the leader hands the applier.
@@ -919,6 +921,12 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
                 .map(|(f, i, _)| (*f, *i))
                 .collect::<Vec<_>>(),
         ));
+        for f in j.cleared.drain(..) {
+            // Emptied before anything the batch writes: what earlier
+            // commits of the batch wrote to it goes with it.
+            batch.records.retain(|(r, _, _)| *r != f);
+            batch.cleared.push(f);
+        }
         batch.records.append(&mut j.records);
         metas.extend(j.metas.iter().map(|m| (m.fnr, *m)));
         catalog.extend(j.catalog.drain(..).map(|d| (d.fnr, d)));

@@ -175,16 +175,33 @@ impl Node {
         let link2 = link.clone();
         let r = blocking(move || {
             let link = link2;
+            db.settle()?;
+            let info = db.file_info(link.file)?;
+            let cisn = Isn(u64::from(link.file.0));
+            if rewrite
+                && info.def.restoring.is_none()
+                && (info.meta.count > 0 || info.meta.next_isn > 1)
+            {
+                // Every record is written again: the file is emptied in the
+                // commit that begins the load, and each chunk then lies at
+                // or above its next isn and goes to the page store in bulk,
+                // instead of being compared with what it replaces and
+                // logged record by record. The last chunk proves the file
+                // against the master's digest, as any load's does.
+                let c = db.clear_for_load(link.file, (link.confirmation, cisn, rec))?;
+                tracing::info!(replicate = %link.name, file = %link.file, count = info.meta.count,
+                    "replicate emptied for a reload that writes every record");
+                return Ok(c);
+            }
             // A damaged replicate is reloaded whole: what it holds now is
             // the baseline the chunks replace, and the last chunk proves the
             // result against the master's digest.
-            db.settle()?;
-            if db.file_info(link.file)?.damaged.is_some() {
+            if info.damaged.is_some() {
                 let m = db.rebase_replicate(link.file)?;
                 tracing::warn!(replicate = %link.name, file = %link.file, count = m.count,
                     "damaged replicate rebased on what it holds; the load replaces it");
             }
-            db.put_engine_record(link.confirmation, Isn(u64::from(link.file.0)), rec)
+            db.put_engine_record(link.confirmation, cisn, rec)
         })
         .await;
         match r {

@@ -2247,6 +2247,122 @@ fn flip_in_runs(store: &Path, fnr: Fnr) {
     assert!(flipped, "no padding found in {}", runs.display());
 }
 
+/// A reload that writes every record (a full reinit) of a replicate that
+/// holds records empties it first, in one entry with the load's progress
+/// ([`propagator::catalog::CatalogOp::Clear`]): its chunks then go to the
+/// page store in bulk. Replay empties the file again when the page store
+/// had not applied the entry, and no slice crosses it.
+#[test]
+fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empties_it_again() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("db");
+    let db = fresh(&dir);
+    let (rep, _) = replicate_files(&db);
+    let conf = Fnr(41);
+    let progress = |id: &str, next: i64| {
+        let mut r = Record::new();
+        r.insert("load_id".into(), Value::Text(id.into()));
+        r.insert("load_next".into(), Value::Int(next));
+        r
+    };
+    let chunk = |from: u64, to: u64, k: i64| -> Vec<(Isn, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                let b = propagator::record::encode_record(&rec(&[("v", i as i64 * k)]));
+                (Isn(i), b.expect("encode"))
+            })
+            .collect()
+    };
+    let meta_of = |recs: &[(Isn, Vec<u8>)]| {
+        let mut m = propagator::FileMeta::new(rep);
+        for (i, b) in recs {
+            m.change(*i, None, Some(b));
+        }
+        m
+    };
+    let load = |db: &Database, id: &str, from: u64, to: Option<u64>, recs, expect| {
+        db.load_range(
+            rep,
+            Isn(from),
+            to.map(Isn),
+            recs,
+            true,
+            (
+                conf,
+                Isn(40),
+                progress(id, to.unwrap_or(0) as i64),
+                propagator::database::PutGuard::Load {
+                    id: id.into(),
+                    next: from,
+                },
+            ),
+            expect,
+            None,
+        )
+    };
+    // A first load: 30 records.
+    db.put_engine_record(conf, Isn(40), progress("L1", 1))
+        .expect("load begins");
+    let first = chunk(1, 31, 1);
+    let m1 = meta_of(&first);
+    load(&db, "L1", 1, None, first.clone(), Some((m1.count, m1.digest))).expect("first load");
+    assert_eq!(db.file_info(rep).expect("info").meta, m1);
+    db.close().expect("close");
+    let (old_store, old_logs) = (t.path().join("old-store"), t.path().join("old-logs"));
+    copy_dir(&dir.join("store"), &old_store);
+    copy_dir(&dir.join("logs"), &old_logs);
+
+    // The reload empties it, in the entry that begins the load.
+    let (db, _) = Database::open(&dir).expect("reopen");
+    let before = db.last_lsn();
+    db.clear_for_load(rep, (conf, Isn(40), progress("L2", 1)))
+        .expect("emptied");
+    assert_eq!(
+        db.file_info(rep).expect("info").meta,
+        propagator::FileMeta::new(rep)
+    );
+    assert!(dump_raw(&db, rep).is_empty());
+    let err = slice_err(&db, &dir, before, rep);
+    assert!(
+        matches!(err, propagator::slice::SliceError::Cleared { fnr, .. } if fnr == rep),
+        "{err}"
+    );
+    // Only a replicate that is not being restored is emptied.
+    let err = db
+        .clear_for_load(conf, (conf, Isn(40), progress("L2", 1)))
+        .expect_err("a confirmation file");
+    assert!(err.to_string().contains("only a replicate file"), "{err}");
+    db.close().expect("close");
+
+    // The page store as it was before the entry: replay empties the file.
+    swap_stores(&dir, &old_store, &old_logs);
+    let (db, report) = Database::open(&dir).expect("reopen, the entry unapplied");
+    assert!(report.replayed >= 1, "{report:?}");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert!(dump_raw(&db, rep).is_empty(), "replay did not empty the file");
+    assert!(db.check().expect("check").is_ok());
+
+    // The reload's chunks, each in bulk: 20 records, other values.
+    let second = chunk(1, 21, 10);
+    let m2 = meta_of(&second);
+    load(&db, "L2", 1, Some(11), second[..10].to_vec(), None).expect("chunk 1");
+    let before_last = db.last_lsn();
+    load(&db, "L2", 11, None, second[10..].to_vec(), Some((m2.count, m2.digest)))
+        .expect("last chunk");
+    let err = slice_err(&db, &dir, before_last, rep);
+    assert!(
+        matches!(err, propagator::slice::SliceError::Bulk { fnr, first: Isn(11), last: Isn(20), .. } if fnr == rep),
+        "{err}"
+    );
+    assert_eq!(db.file_info(rep).expect("info").meta, m2);
+    assert_eq!(dump_raw(&db, rep), second.iter().cloned().collect());
+    db.simulate_crash();
+    let (db, report) = Database::open(&dir).expect("reopen after a crash");
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!(dump_raw(&db, rep), second.iter().cloned().collect());
+    assert!(db.check().expect("check").is_ok());
+}
+
 #[test]
 fn a_load_into_an_empty_replicate_goes_in_bulk_and_a_chunk_out_of_sequence_writes_nothing() {
     let t = tempfile::tempdir().expect("tempdir");
