@@ -425,6 +425,112 @@ fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
     ok(&etp(&["policy", "set", "automatic", "--node", &node]));
 }
 
+/// kill -9 of either side at random points of a full reinit of a replicate
+/// that holds records — the entry that begins it empties the replicate, so
+/// every chunk after is a bulk chunk — ten times over: nothing the last
+/// chunk has not proved reads as loaded, and it ends equal to the master.
+#[test]
+fn a_full_reinit_killed_ten_times_on_either_side_empties_the_replicate_and_ends_equal() {
+    const N: u64 = 30_000;
+    let t = tempfile::tempdir().expect("tempdir");
+    let (mut cl, node) = with_items_new_waiting(t.path(), N, 100);
+    let master = cl.master().addr;
+    init_no_wait(&node);
+    wait_for("items_new loaded", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        (r.state == ReplicaState::Online).then_some(())
+    });
+    assert_eq!(
+        cl.dump(2, NEW).expect("loaded"),
+        cl.dump(0, MASTER).expect("master")
+    );
+    // The replicate's task stopped, the master moves on: 100 records gone,
+    // 50 new. Only a reinit that replaces what the replicate holds leaves
+    // the 100 out.
+    ok(&etp(&["task", "stop", "--node", &node]));
+    let mut c = cl.master().client().expect("client");
+    let mut cmds: Vec<Command> = (1..=N)
+        .step_by(300)
+        .map(|k| Command::Delete {
+            file: MASTER,
+            isn: Isn(k),
+        })
+        .collect();
+    cmds.extend((N + 1..=N + 50).map(|k| store(k, &rec(k, 1, 2))));
+    cmds.push(Command::Et { id: None });
+    match c.batch(cmds).expect("batch") {
+        Response::Committed(_) => {}
+        other => panic!("changing the master: {other:?}"),
+    }
+    let want = cl.dump(0, MASTER).expect("master");
+    assert_eq!(want.len() as u64, N - 100 + 50);
+    let reinit = || {
+        ok(&etp(&[
+            "replicate",
+            "reinit",
+            "items_new",
+            "--node",
+            &node,
+            "--no-wait",
+        ]))
+    };
+    let mut rng = fastrand::Rng::with_seed(etp_system_tests::seed("reinit_kill9"));
+    let first_side = rng.usize(0..2);
+    let mut kills = 0;
+    for cycle in 0..10 {
+        // A reinit, or the one a restarted master resumed by itself.
+        reinit();
+        // Killed as soon as the load is under way (the emptying entry just
+        // committed, or about to be) or a few chunks in.
+        let after = rng.u64(0..6);
+        let under_way = wait_for("the reinit under way (or done)", LIMIT, || {
+            let (_, r) = report(master, "items_new");
+            if r.state == ReplicaState::Online && r.load.is_none() {
+                return Some(false);
+            }
+            let l = r.load?;
+            (l.chunks_this_run >= after).then_some(true)
+        });
+        if !under_way {
+            continue;
+        }
+        let side = if (cycle + first_side).is_multiple_of(2) {
+            0
+        } else {
+            2
+        };
+        cl.nodes[side].kill();
+        kills += 1;
+        cl.nodes[side].restart().expect("restart");
+        // Nothing the last chunk has not proved reads as loaded.
+        let (_, r) = report(master, "items_new");
+        if r.state == ReplicaState::Online && r.load.is_none() {
+            assert_eq!(
+                cl.dump(2, NEW).expect("new replicate"),
+                want,
+                "cycle {cycle}"
+            );
+        }
+    }
+    assert!(kills >= 5, "only {kills} kills landed in a reinit");
+    reinit();
+    wait_for("items_new reloaded", LIMIT, || {
+        let (_, r) = report(master, "items_new");
+        assert!(r.state != ReplicaState::Error, "{r:?}");
+        (r.state == ReplicaState::Online && r.load.is_none()).then_some(())
+    });
+    assert!(cl.dump(2, NEW).expect("new replicate") == want);
+    let log = std::fs::read_to_string(cl.nodes[2].data.with_extension("node.log"))
+        .expect("the replicate node's log");
+    assert!(
+        log.contains("replicate emptied for a reload that writes every record"),
+        "the reinit did not empty the replicate"
+    );
+    ok(&etp(&["task", "start", "--node", &node]));
+    wait_current(master, "items_new");
+    ok(&etp(&["replicate", "verify", "items_new", "--node", &node]));
+}
+
 /// A partial replicate's load from the master reads each chunk in two
 /// halves on two threads, viewing records as it reads them, and widens
 /// its chunks to about the records it keeps; under a writer that moves
