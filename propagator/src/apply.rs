@@ -48,9 +48,9 @@ pub struct Derived {
     /// Log files written other than by derivation (a cleanup, a restore, a
     /// refresh): their tails in memory no longer hold.
     pub rewritten_logs: HashSet<Fnr>,
-    /// Files the commit emptied ([`CatalogOp::Clear`]): every record of
-    /// them goes before `records` are written.
-    pub cleared: Vec<Fnr>,
+    /// Files the commit emptied from an isn on ([`CatalogOp::Clear`]):
+    /// their records there go before `records` are written.
+    pub cleared: Vec<(Fnr, Isn)>,
 }
 
 pub struct Applier<'v, V: StateView> {
@@ -132,7 +132,14 @@ impl<'v, V: StateView> Applier<'v, V> {
     pub fn current(&self, fnr: Fnr, isn: Isn) -> Result<Option<Vec<u8>>, DbError> {
         match self.local.get(&(fnr, isn)) {
             Some(v) => Ok(v.clone()),
-            None if self.out.cleared.contains(&fnr) => Ok(None),
+            None if self
+                .out
+                .cleared
+                .iter()
+                .any(|(f, from)| *f == fnr && isn >= *from) =>
+            {
+                Ok(None)
+            }
             None => self.view.get(fnr, isn),
         }
     }
@@ -164,14 +171,13 @@ impl<'v, V: StateView> Applier<'v, V> {
                     self.next_isn.push((*fnr, *n));
                 }
             }
-            CatalogOp::Clear { fnr } => {
-                self.local.retain(|(f, _), _| f != fnr);
-                self.out.records.retain(|(f, _, _)| f != fnr);
-                self.out.changes.retain(|c| c.fnr != *fnr);
-                self.out.metas.insert(*fnr, FileMeta::new(*fnr));
-                if !self.out.cleared.contains(fnr) {
-                    self.out.cleared.push(*fnr);
-                }
+            CatalogOp::Clear { fnr, from, meta } => {
+                let gone = |f: &Fnr, i: &Isn| f == fnr && i >= from;
+                self.local.retain(|(f, i), _| !gone(f, i));
+                self.out.records.retain(|(f, i, _)| !gone(f, i));
+                self.out.changes.retain(|c| !gone(&c.fnr, &c.isn));
+                self.out.metas.insert(*fnr, FileMeta { fnr: *fnr, ..*meta });
+                self.out.cleared.push((*fnr, *from));
             }
             CatalogOp::Bulk(b) => {
                 if matches!(self.role(b.fnr), Some(Role::Log { .. })) {

@@ -118,14 +118,19 @@ pub enum CatalogOp {
     /// grow by the chunk's and its next isn moves past `last`. Replay
     /// checks that the page store holds the chunk whole.
     Bulk(BulkChunk),
-    /// A replicate file is emptied for a reload that writes every record
-    /// again ([`crate::Database::clear_for_load`]): its count and digest
-    /// become zero, its next isn 1, and any damage recorded against it is
-    /// cleared. The page store deletes every record of it before it writes
+    /// A replicate file is emptied from isn `from` on for a load that
+    /// writes every record there again ([`crate::Database::clear_for_load`]):
+    /// its meta becomes `meta` (that of the records below `from`: empty
+    /// from isn 1), and any damage recorded against it is cleared. The
+    /// page store deletes its records at or above `from` before it writes
     /// anything the commit (or a later one) writes to it; replay does the
     /// same. A slice cannot cross it (the log does not name what it
     /// deleted).
-    Clear { fnr: Fnr },
+    Clear {
+        fnr: Fnr,
+        from: crate::ids::Isn,
+        meta: crate::digest::FileMeta,
+    },
 }
 
 /// What a [`CatalogOp::Bulk`] entry says of its chunk.

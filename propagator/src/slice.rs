@@ -194,7 +194,7 @@ pub fn read_slice(
             .catalog
             .iter()
             .filter_map(|op| match op {
-                crate::catalog::CatalogOp::Clear { fnr } if wanted(fnr) => Some(*fnr),
+                crate::catalog::CatalogOp::Clear { fnr, .. } if wanted(fnr) => Some(*fnr),
                 _ => None,
             })
             .collect();

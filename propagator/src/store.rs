@@ -165,63 +165,107 @@ struct FjallKv {
     /// Records in partitions of their own (see [`LAYOUT`]).
     per_file: bool,
     files: RwLock<BTreeMap<Fnr, fjall::PartitionHandle>>,
-    /// When the journals were last relieved (see [`FjallKv::relieve`]).
-    relieved: Mutex<std::time::Instant>,
     /// Files being ingested: fjall holds their memtable's lock throughout,
-    /// so `relieve` leaves them be.
-    ingesting: Mutex<std::collections::BTreeSet<Fnr>>,
+    /// so the relief leaves them be.
+    ingesting: Arc<Mutex<std::collections::BTreeSet<Fnr>>>,
+    /// The thread that relieves the journals (see [`Relief`]).
+    relief: Option<Relief>,
+}
+
+impl Drop for FjallKv {
+    fn drop(&mut self) {
+        if let Some(r) = self.relief.take() {
+            r.stop();
+        }
+    }
+}
+
+/// A thread that relieves the journals of a keyspace twice a second (see
+/// [`relieve`]). It runs beside the writers, not after their writes: once
+/// fjall halts a write for its journals, the writer does not return until
+/// some of them are freed, and a relief that only followed writes never
+/// came (`etp bench propagate`, the drain after a replicate's node was
+/// killed mid-load: halted for good).
+struct Relief {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Relief {
+    fn start(
+        keyspace: fjall::Keyspace,
+        ingesting: Arc<Mutex<std::collections::BTreeSet<Fnr>>>,
+    ) -> std::io::Result<Relief> {
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("store-relief".into())
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped {
+                    let (g, _) = cv
+                        .wait_timeout(stopped, std::time::Duration::from_millis(500))
+                        .unwrap_or_else(|p| p.into_inner());
+                    stopped = g;
+                    if !*stopped {
+                        relieve(&keyspace, &ingesting);
+                    }
+                }
+            })?;
+        Ok(Relief { stop, handle })
+    }
+
+    fn stop(self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        let _ = self.handle.join();
+    }
 }
 
 /// Journals (each ended by a memtable's rotation) past which every
 /// partition's memtable is rotated (see [`FjallKv::relieve`]).
 const JOURNALS_RELIEVED_AT: usize = 4;
 
-impl FjallKv {
-    /// fjall frees a journal only once every partition with data in it has
-    /// flushed that data; a partition written a little at a time (`pages`:
-    /// the metas and applied LSN of every batch; a confirmation file)
-    /// fills its memtable only after hundreds of MB of other writes, and
-    /// meanwhile pins every journal. fjall's own monitor rotates one such
-    /// partition at a time, and only past half of its 512 MB journal
-    /// limit; a bulk load outran it here and halted every write, for good
-    /// (seen in `etp bench propagate` with per-file partitions). So after
-    /// a write, past [`JOURNALS_RELIEVED_AT`] journals (and not more than
-    /// once a second), every partition's memtable is rotated: small ones
-    /// flush in a moment, and the journals before go.
-    fn relieve(&self) {
-        if !self.per_file || self.keyspace.journal_count() < JOURNALS_RELIEVED_AT {
-            return;
+/// fjall frees a journal only once every partition with data in it has
+/// flushed that data; a partition written a little at a time (`pages`: the
+/// metas and applied LSN of every batch; a confirmation file) fills its
+/// memtable only after hundreds of MB of other writes, and meanwhile pins
+/// every journal. fjall's own monitor rotates one such partition at a
+/// time, and only past half of its 512 MB journal limit; a bulk load
+/// outran it here and halted every write, for good (seen in `etp bench
+/// propagate` with per-file partitions). So past [`JOURNALS_RELIEVED_AT`]
+/// journals, every partition's memtable is rotated: small ones flush in a
+/// moment, and the journals before go. Every partition of the keyspace,
+/// not only those written since the store opened: after a restart fjall
+/// recovers each partition's memtable from the journals.
+fn relieve(keyspace: &fjall::Keyspace, ingesting: &Mutex<std::collections::BTreeSet<Fnr>>) {
+    if keyspace.journal_count() < JOURNALS_RELIEVED_AT {
+        return;
+    }
+    let busy: Vec<String> = ingesting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|f| format!("file-{}", f.0))
+        .collect();
+    for name in keyspace.list_partitions() {
+        if busy.iter().any(|b| b.as_str() == &*name) {
+            continue;
         }
-        {
-            let mut last = self.relieved.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() < std::time::Duration::from_secs(1) {
-                return;
-            }
-            *last = std::time::Instant::now();
-        }
-        let busy = self
-            .ingesting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let files: Vec<fjall::PartitionHandle> = self
-            .files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(f, _)| !busy.contains(f))
-            .map(|(_, p)| p.clone())
-            .collect();
-        for p in std::iter::once(&self.pages).chain(&files) {
-            // Nothing to rotate (an empty memtable) is not an error; a
-            // failed rotation poisons the keyspace, which the next write
-            // reports.
-            if let Err(e) = p.rotate_memtable() {
-                tracing::warn!(partition = %p.name, error = %e, "rotating a memtable to free journals failed");
-            }
+        let Ok(p) = keyspace.open_partition(&name, partition_options()) else {
+            continue;
+        };
+        // Nothing to rotate (an empty memtable) is not an error; a failed
+        // rotation poisons the keyspace, which the next write reports.
+        if let Err(e) = p.rotate_memtable() {
+            tracing::warn!(partition = %p.name, error = %e, "rotating a memtable to free journals failed");
         }
     }
+}
 
+impl FjallKv {
     /// The partition `fnr`'s records live in, made (and its directory
     /// entry synced) the first time.
     fn records(&self, fnr: Fnr) -> Result<fjall::PartitionHandle, fjall::Error> {
@@ -387,9 +431,9 @@ pub struct StoreBatch {
     /// Only the log files' records (restart recovery bringing a log store
     /// that is behind up to the engine's applied LSN).
     pub logs_only: bool,
-    /// Files every record of which is deleted before the batch is written
-    /// (see [`PageStore::clear`]).
-    pub cleared: Vec<Fnr>,
+    /// Files whose records from an isn on are deleted before the batch is
+    /// written (see [`PageStore::clear`]).
+    pub cleared: Vec<(Fnr, Isn)>,
 }
 
 impl StoreBatch {
@@ -504,13 +548,21 @@ impl PageStore {
                         }
                         None => false,
                     };
+                    let ingesting = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+                    // Only the per-file layout writes partitions a little at
+                    // a time while others take bulk writes.
+                    let relief = if per_file {
+                        Some(Relief::start(keyspace.clone(), ingesting.clone())?)
+                    } else {
+                        None
+                    };
                     Ok::<_, fjall::Error>(Kv::Fjall(FjallKv {
                         keyspace,
                         pages,
                         per_file,
                         files: RwLock::new(BTreeMap::new()),
-                        relieved: Mutex::new(std::time::Instant::now()),
-                        ingesting: Mutex::new(std::collections::BTreeSet::new()),
+                        ingesting,
+                        relief,
                     }))
                 });
                 match r {
@@ -868,8 +920,8 @@ impl PageStore {
         if b.logs_only {
             return Ok(());
         }
-        for f in &b.cleared {
-            self.clear_locked(*f)?;
+        for (f, from) in &b.cleared {
+            self.clear_locked(*f, *from)?;
         }
         let in_kv = |f: Fnr| !logs.contains_key(&f);
         match &self.kv {
@@ -920,30 +972,30 @@ impl PageStore {
                     return Err(self.io(e));
                 }
                 batch.commit().map_err(|e| self.io(e))?;
-                f.relieve();
                 Ok(())
             }
         }
     }
 
-    /// Deletes every record of `fnr` (not a log file's), in batches, not
-    /// synced and not moving the applied LSN: the protection-log entry
-    /// that empties the file ([`crate::catalog::CatalogOp::Clear`]) comes
-    /// first, and replay deletes them again if the page store had not
-    /// applied it. Deleting what is not there is nothing.
-    pub fn clear(&self, fnr: Fnr) -> Result<(), StoreError> {
+    /// Deletes every record of `fnr` (not a log file's) at or above isn
+    /// `from`, in batches, not synced and not moving the applied LSN: the
+    /// protection-log entry that empties the file
+    /// ([`crate::catalog::CatalogOp::Clear`]) comes first, and replay
+    /// deletes them again if the page store had not applied it. Deleting
+    /// what is not there is nothing.
+    pub fn clear(&self, fnr: Fnr, from: Isn) -> Result<(), StoreError> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        self.clear_locked(fnr)
+        self.clear_locked(fnr, from)
     }
 
-    fn clear_locked(&self, fnr: Fnr) -> Result<(), StoreError> {
+    fn clear_locked(&self, fnr: Fnr, from: Isn) -> Result<(), StoreError> {
         if self.log(fnr).is_some() {
             return Err(self.io(std::io::Error::other(format!(
                 "file {fnr} is a log file: its records are not cleared"
             ))));
         }
         const BATCH: usize = 65_536;
-        let mut from = Isn(0);
+        let mut from = from;
         loop {
             let mut keys = Vec::with_capacity(BATCH);
             for kv in self.scan_shared(fnr, from) {
@@ -976,7 +1028,6 @@ impl PageStore {
                         batch.remove(&p, k);
                     }
                     batch.commit().map_err(|e| self.io(e))?;
-                    f.relieve();
                 }
             }
             if !full {
@@ -1012,7 +1063,6 @@ impl PageStore {
                         batch.insert(&p, data_key(fnr, *isn), v.as_slice());
                     }
                     batch.commit().map_err(|e| self.io(e))?;
-                    f.relieve();
                 }
             }
         }

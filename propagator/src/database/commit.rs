@@ -260,7 +260,7 @@ impl Database {
                 .iter()
                 .filter_map(|op| match op {
                     CatalogOp::Rebase(m) => Some(m.fnr),
-                    CatalogOp::Clear { fnr } => Some(*fnr),
+                    CatalogOp::Clear { fnr, .. } => Some(*fnr),
                     CatalogOp::Define(_) | CatalogOp::Restore { .. } | CatalogOp::Bulk(_) => None,
                 })
                 .collect();

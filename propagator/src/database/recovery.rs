@@ -174,13 +174,13 @@ fn replay_commit(
     // A log store that already holds this commit: neither checked nor written.
     let held = |fnr: Fnr| marks.get(&fnr).is_some_and(|m| c.lsn <= *m);
     for op in &c.catalog {
-        if let crate::catalog::CatalogOp::Clear { fnr } = op {
+        if let crate::catalog::CatalogOp::Clear { fnr, from, .. } = op {
             // Emptied before this commit's writes, as the applier does:
             // what the commits replayed so far wrote goes to the page store
             // first (it holds them as of the commit before), then every
             // record of the file goes, and reads see the emptied file.
             rp.flush(store, Lsn(c.lsn.0.saturating_sub(1)))?;
-            store.clear(*fnr)?;
+            store.clear(*fnr, *from)?;
             damaged.remove(fnr);
         }
     }

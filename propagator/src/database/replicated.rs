@@ -178,14 +178,21 @@ impl Database {
         self.wait_applied()
     }
 
-    /// Empties replicate file `replicate` for a reload that writes every
-    /// record again (a full reinit), in one commit with the engine record
-    /// `progress` puts (the load's progress): its count and digest become
-    /// zero, its next isn 1, any damage recorded against it goes
-    /// ([`CatalogOp::Clear`]), and the page store deletes its records. Then
+    /// Empties replicate file `replicate` from isn `from` on for a load
+    /// that writes every record there again ([`CatalogOp::Clear`]), then
     /// waits until the page store has applied it, so the load's chunks,
     /// each at or above the file's next isn, go to the page store in bulk
-    /// after the deletion, never before it.
+    /// after the deletion, never before it. Any damage recorded against
+    /// the file goes.
+    ///
+    /// - From isn 1 (a full reinit), in one commit with the engine record
+    ///   `progress` puts (the load's beginning): the file's count and
+    ///   digest become zero, its next isn 1.
+    /// - From a load's next isn, resumed after a crash left records of a
+    ///   chunk that was never committed (the file damaged): only if the
+    ///   records below `from` are exactly what the file's meta says (read
+    ///   here); they stay, and those at or above go. Otherwise nothing is
+    ///   done and None is returned (the caller rebases the file instead).
     ///
     /// Until the load's last chunk proves the file against its master, it
     /// is a replicate being loaded, as during any reinit. The caller
@@ -193,10 +200,12 @@ impl Database {
     pub fn clear_for_load(
         &self,
         replicate: Fnr,
-        progress: (Fnr, Isn, Record),
-    ) -> Result<CommitInfo, DbError> {
+        from: Isn,
+        progress: Option<(Fnr, Isn, Record)>,
+    ) -> Result<Option<CommitInfo>, DbError> {
         // A damaged replicate too: emptying it ends its damage.
-        let def = self.file_info(replicate)?.def;
+        let info = self.file_info(replicate)?;
+        let def = info.def;
         if def.role != Role::Replicate {
             return Err(DbError::BadDefinition(format!(
                 "file {replicate} is a {} file; only a replicate file is emptied for a load",
@@ -208,19 +217,45 @@ impl Database {
                 "file {replicate} is being restored: a load does not empty it"
             )));
         }
-        let (fnr, isn, record) = progress;
-        let info = self.commit(
-            vec![CatalogOp::Clear { fnr: replicate }],
-            vec![Op::Put {
+        let meta = if from.0 <= 1 {
+            FileMeta::new(replicate)
+        } else {
+            self.wait_applied()?;
+            let mut below = FileMeta::new(replicate);
+            for kv in self.shared().store.scan_shared(replicate, Isn(0)) {
+                let (isn, v) = kv?;
+                if isn >= from {
+                    break;
+                }
+                below.change(isn, None, Some(v.as_ref()));
+            }
+            if (below.count, below.digest) != (info.meta.count, info.meta.digest)
+                || info.meta.next_isn > from.0
+            {
+                return Ok(None);
+            }
+            info.meta
+        };
+        let ops = progress
+            .map(|(fnr, isn, record)| Op::Put {
                 fnr,
                 isn,
                 record,
                 follows: None,
+            })
+            .into_iter()
+            .collect();
+        let info = self.commit(
+            vec![CatalogOp::Clear {
+                fnr: replicate,
+                from,
+                meta,
             }],
+            ops,
             None,
         )?;
         self.wait_applied()?;
-        Ok(info)
+        Ok(Some(info))
     }
 }
 

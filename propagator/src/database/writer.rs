@@ -47,8 +47,9 @@ pub(crate) struct Job {
     pub metas: Vec<FileMeta>,
     pub catalog: Vec<FileDef>,
     pub client_id: Option<String>,
-    /// Files the commit emptied ([`crate::catalog::CatalogOp::Clear`]).
-    pub cleared: Vec<Fnr>,
+    /// Files the commit emptied from an isn on
+    /// ([`crate::catalog::CatalogOp::Clear`]).
+    pub cleared: Vec<(Fnr, Isn)>,
 }
 
 /// What the leader hands the applier.
@@ -921,11 +922,11 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
                 .map(|(f, i, _)| (*f, *i))
                 .collect::<Vec<_>>(),
         ));
-        for f in j.cleared.drain(..) {
+        for (f, from) in j.cleared.drain(..) {
             // Emptied before anything the batch writes: what earlier
-            // commits of the batch wrote to it goes with it.
-            batch.records.retain(|(r, _, _)| *r != f);
-            batch.cleared.push(f);
+            // commits of the batch wrote there goes with it.
+            batch.records.retain(|(r, i, _)| *r != f || *i < from);
+            batch.cleared.push((f, from));
         }
         batch.records.append(&mut j.records);
         metas.extend(j.metas.iter().map(|m| (m.fnr, *m)));

@@ -2315,8 +2315,9 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     // The reload empties it, in the entry that begins the load.
     let (db, _) = Database::open(&dir).expect("reopen");
     let before = db.last_lsn();
-    db.clear_for_load(rep, (conf, Isn(40), progress("L2", 1)))
-        .expect("emptied");
+    db.clear_for_load(rep, Isn(1), Some((conf, Isn(40), progress("L2", 1))))
+        .expect("emptied")
+        .expect("from isn 1");
     assert_eq!(
         db.file_info(rep).expect("info").meta,
         propagator::FileMeta::new(rep)
@@ -2329,7 +2330,7 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     );
     // Only a replicate that is not being restored is emptied.
     let err = db
-        .clear_for_load(conf, (conf, Isn(40), progress("L2", 1)))
+        .clear_for_load(conf, Isn(1), Some((conf, Isn(40), progress("L2", 1))))
         .expect_err("a confirmation file");
     assert!(err.to_string().contains("only a replicate file"), "{err}");
     db.close().expect("close");
@@ -2346,6 +2347,28 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     let second = chunk(1, 21, 10);
     let m2 = meta_of(&second);
     load(&db, "L2", 1, Some(11), second[..10].to_vec(), None).expect("chunk 1");
+    // A crash left records of the next chunk in the page store, never
+    // committed: the file is damaged. Emptied from the load's next isn
+    // (what lies below is what it counts), the load goes on in bulk.
+    db.close().expect("close");
+    {
+        let s = propagator::store::PageStore::open(&dir.join("store"), ENGINE, 1 << 20, 1 << 20)
+            .expect("store");
+        s.bulk_put(rep, &second[10..15]).expect("orphans");
+    }
+    let (db, report) = Database::open(&dir).expect("reopen with orphans");
+    assert!(
+        report.damaged.iter().any(|(f, _)| *f == rep),
+        "{report:?}"
+    );
+    let after_one = meta_of(&second[..10]);
+    assert!(db
+        .clear_for_load(rep, Isn(11), None)
+        .expect("emptied from 11")
+        .is_some());
+    let info = db.file_info(rep).expect("info");
+    assert_eq!((info.meta, info.damaged), (after_one, None));
+    assert_eq!(dump_raw(&db, rep), second[..10].iter().cloned().collect());
     let before_last = db.last_lsn();
     load(&db, "L2", 11, None, second[10..].to_vec(), Some((m2.count, m2.digest)))
         .expect("last chunk");
@@ -2361,6 +2384,25 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     assert!(report.damaged.is_empty(), "{report:?}");
     assert_eq!(dump_raw(&db, rep), second.iter().cloned().collect());
     assert!(db.check().expect("check").is_ok());
+    db.close().expect("close");
+
+    // Records past the end and one below changed behind the engine's
+    // back: emptying from isn 21 would keep the changed one, so nothing
+    // is done (the caller rebases instead).
+    {
+        let s = propagator::store::PageStore::open(&dir.join("store"), ENGINE, 1 << 20, 1 << 20)
+            .expect("store");
+        s.bulk_put(rep, &chunk(21, 24, 1)).expect("orphans");
+        s.bulk_put(rep, &chunk(3, 4, 7)).expect("a changed record");
+    }
+    let (db, report) = Database::open(&dir).expect("reopen, damaged");
+    assert!(report.damaged.iter().any(|(f, _)| *f == rep), "{report:?}");
+    let lsn = db.last_lsn();
+    assert!(db
+        .clear_for_load(rep, Isn(21), None)
+        .expect("looked at")
+        .is_none());
+    assert_eq!(db.last_lsn(), lsn, "something was committed");
 }
 
 #[test]
