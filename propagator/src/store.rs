@@ -180,7 +180,7 @@ impl Drop for FjallKv {
     }
 }
 
-/// A thread that relieves the journals of a keyspace twice a second (see
+/// A thread that relieves the journals of a keyspace once a second (see
 /// [`relieve`]). It runs beside the writers, not after their writes: once
 /// fjall halts a write for its journals, the writer does not return until
 /// some of them are freed, and a relief that only followed writes never
@@ -205,7 +205,7 @@ impl Relief {
                 let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
                 while !*stopped {
                     let (g, _) = cv
-                        .wait_timeout(stopped, std::time::Duration::from_millis(500))
+                        .wait_timeout(stopped, std::time::Duration::from_secs(1))
                         .unwrap_or_else(|p| p.into_inner());
                     stopped = g;
                     if !*stopped {
@@ -244,12 +244,11 @@ fn relieve(keyspace: &fjall::Keyspace, ingesting: &Mutex<std::collections::BTree
     if keyspace.journal_count() < JOURNALS_RELIEVED_AT {
         return;
     }
-    let busy: Vec<String> = ingesting
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|f| format!("file-{}", f.0))
-        .collect();
+    // Held throughout: an ingest registers under it before it takes its
+    // partition's memtable lock, which a rotation would wait for (with
+    // fjall's journal lock held, stalling every write).
+    let ingesting = ingesting.lock().unwrap_or_else(|p| p.into_inner());
+    let busy: Vec<String> = ingesting.iter().map(|f| format!("file-{}", f.0)).collect();
     for name in keyspace.list_partitions() {
         if busy.iter().any(|b| b.as_str() == &*name) {
             continue;
@@ -972,6 +971,15 @@ impl PageStore {
                     return Err(self.io(e));
                 }
                 batch.commit().map_err(|e| self.io(e))?;
+                if !b.cleared.is_empty() {
+                    // Deletions made durable with the applied LSN past
+                    // them: a write that does not go through the journal
+                    // (an ingest's synced runs) may follow, and a replay
+                    // of the clear after it would delete what it wrote.
+                    f.keyspace
+                        .persist(fjall::PersistMode::SyncData)
+                        .map_err(|e| self.io(e))?;
+                }
                 Ok(())
             }
         }

@@ -497,6 +497,13 @@ fn killed_ten_times(
                 "{name}: {out:?}"
             );
             refused += 1;
+        } else if std::fs::read_dir(&to).is_ok_and(|mut d| d.next().is_some()) {
+            // Killed after its mark went (closing, printing): a whole
+            // database, which the next run needs out of the way. (Killed
+            // before its mark was made, it left at most an empty
+            // directory, which the next run takes.)
+            ok(&etp(&["db", "check", "--data", &to.display().to_string()]));
+            std::fs::remove_dir_all(&to).expect("remove the finished run's database");
         }
     }
     assert!(

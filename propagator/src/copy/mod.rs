@@ -210,6 +210,8 @@ struct Pacer {
     db: Database,
     /// The fsync histogram's (sum in seconds, count) at the last write.
     last: (f64, u64),
+    /// When the window began (at `last`).
+    since: std::time::Instant,
     lowest: f64,
     pause: std::time::Duration,
 }
@@ -233,6 +235,7 @@ impl Pacer {
         Pacer {
             db: db.clone(),
             last: (f.sum, count),
+            since: std::time::Instant::now(),
             // The mean since the database opened, before this copy.
             lowest: if count >= Self::COMMITS {
                 f.sum / count as f64
@@ -244,15 +247,25 @@ impl Pacer {
     }
 
     /// Called after each buffer written: waits if the commits are slowed.
+    /// A window spans buffers until it holds [`Pacer::COMMITS`] commits (a
+    /// 1 MiB buffer is written in about a millisecond, with a commit or
+    /// none beside it); meanwhile the pause decided last goes on, and a
+    /// window with no commit for 100 ms (no writer) ends it.
     fn pace(&mut self) {
         let f = self.db.metrics().fsync;
         let (sum, count) = (f.sum, f.count());
         let (dsum, dcount) = (sum - self.last.0, count.saturating_sub(self.last.1));
-        self.last = (sum, count);
         if dcount < Self::COMMITS {
-            self.pause = std::time::Duration::ZERO;
+            if dcount == 0 && self.since.elapsed() >= std::time::Duration::from_millis(100) {
+                self.pause = std::time::Duration::ZERO;
+            }
+            if self.pause >= Self::MIN {
+                std::thread::sleep(self.pause);
+            }
             return;
         }
+        self.last = (sum, count);
+        self.since = std::time::Instant::now();
         let mean = dsum / dcount as f64;
         // The baseline drifts up a little each window, so one lucky window
         // (or a device that got slower for other reasons) does not hold

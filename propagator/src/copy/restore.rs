@@ -582,22 +582,34 @@ pub struct NewDatabase {
     dir: std::path::PathBuf,
     /// The directory was there (empty) before.
     existed: bool,
+    /// The mark, locked: another restore into the directory is refused.
+    _mark: std::fs::File,
 }
 
 impl NewDatabase {
     pub fn make(dir: &std::path::Path, dbid: crate::DbId) -> Result<NewDatabase, SetError> {
         let marker = dir.join(RESTORE_MARKER);
         let existed = dir.exists();
-        if marker.exists() {
-            if crate::database::held(dir) {
-                refused!(
-                    "{} is being restored into by another process (its database is open)",
-                    dir.display()
-                );
+        let busy = || -> Result<NewDatabase, SetError> {
+            refused!(
+                "{} is being restored into by another process (its mark is locked)",
+                dir.display()
+            )
+        };
+        let mark_file = if marker.exists() {
+            // Locked while a restore works in the directory, from before
+            // its database is made until after the mark goes.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&marker)
+                .within(|| format!("cannot open {}", marker.display()))?;
+            if f.try_lock().is_err() {
+                return busy();
             }
             tracing::warn!(dir = %dir.display(), "a restore into this directory did not finish; starting over");
             empty_dir(dir, Some(RESTORE_MARKER))
                 .within(|| format!("cannot empty {} to start over", dir.display()))?;
+            f
         } else {
             let empty = !existed
                 || std::fs::read_dir(dir)
@@ -610,10 +622,14 @@ impl NewDatabase {
                     .within(|| format!("cannot create database {}", dir.display()))?;
             }
             // The mark goes first; init leaves it alone.
-            std::fs::create_dir_all(dir)
+            let f = std::fs::create_dir_all(dir)
                 .and_then(|()| mark(&marker))
                 .within(|| format!("cannot mark {} as being restored", dir.display()))?;
-        }
+            if f.try_lock().is_err() {
+                return busy();
+            }
+            f
+        };
         Database::init(dir, dbid, None)
             .within(|| format!("cannot create database {}", dir.display()))?;
         let plog: std::sync::Arc<dyn crate::medium::MediumDir> =
@@ -629,6 +645,7 @@ impl NewDatabase {
             db,
             dir: dir.to_path_buf(),
             existed,
+            _mark: mark_file,
         })
     }
 
@@ -637,7 +654,13 @@ impl NewDatabase {
     /// else removes what was made (the directory, or its content if it was
     /// there before).
     pub fn finish<T>(self, written: Result<T, SetError>) -> Result<T, SetError> {
-        let NewDatabase { db, dir, existed } = self;
+        // The mark's lock is held until this returns (`_mark` drops last).
+        let NewDatabase {
+            db,
+            dir,
+            existed,
+            _mark,
+        } = self;
         let closed = db.close();
         let written = written.and_then(|r| {
             closed?;
@@ -678,11 +701,14 @@ fn empty_dir(dir: &std::path::Path, keep: Option<&str>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes the restore mark, synced with its directory entry.
-fn mark(marker: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::create(marker)?.sync_all()?;
+/// Writes the restore mark, synced with its directory entry; returns it
+/// open.
+fn mark(marker: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::File::create(marker)?;
+    f.sync_all()?;
     let dir = marker.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(f)
 }
 
 /// How far regenerate rolls forward.

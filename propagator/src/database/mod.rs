@@ -71,12 +71,6 @@ pub const MAX_TXN_BYTES: usize = 64 << 20;
 /// Records one `range_digest` hands back, at most.
 pub const MAX_RANGE_RECORDS: usize = 200_000;
 const IDENTITY_FILE: &str = "DATABASE";
-/// Whether a process holds the database in `dir` open (its lock file is
-/// locked); false where there is no lock file.
-pub(crate) fn held(dir: &Path) -> bool {
-    File::open(dir.join(LOCK_FILE)).is_ok_and(|f| f.try_lock().is_err())
-}
-
 /// In a database directory, says that a restore into a new database is
 /// making it and has not finished: whatever else is there is not a
 /// database yet, and the next restore into the directory starts over.
