@@ -180,7 +180,7 @@ impl Drop for FjallKv {
     }
 }
 
-/// A thread that relieves the journals of a keyspace once a second (see
+/// A thread that relieves the journals of a keyspace twice a second (see
 /// [`relieve`]). It runs beside the writers, not after their writes: once
 /// fjall halts a write for its journals, the writer does not return until
 /// some of them are freed, and a relief that only followed writes never
@@ -203,13 +203,14 @@ impl Relief {
             .spawn(move || {
                 let (lock, cv) = &*s;
                 let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let mut stuck = (0, 0);
                 while !*stopped {
                     let (g, _) = cv
-                        .wait_timeout(stopped, std::time::Duration::from_secs(1))
+                        .wait_timeout(stopped, std::time::Duration::from_millis(500))
                         .unwrap_or_else(|p| p.into_inner());
                     stopped = g;
                     if !*stopped {
-                        relieve(&keyspace, &ingesting);
+                        relieve(&keyspace, &ingesting, &mut stuck);
                     }
                 }
             })?;
@@ -225,8 +226,14 @@ impl Relief {
 }
 
 /// Journals (each ended by a memtable's rotation) past which every
-/// partition's memtable is rotated (see [`FjallKv::relieve`]).
+/// partition's memtable is rotated (see [`relieve`]).
 const JOURNALS_RELIEVED_AT: usize = 4;
+/// Passes of the relief with the journals not going down before each
+/// partition is written [`RELIEF_KEY`] (see [`relieve`]).
+const STUCK_PASSES: u32 = 3;
+/// A key no record, meta or definition has (they start with a one-byte
+/// prefix, or `\x00` and another name), written only by [`relieve`].
+const RELIEF_KEY: &[u8] = b"\x00relief";
 
 /// fjall frees a journal only once every partition with data in it has
 /// flushed that data; a partition written a little at a time (`pages`: the
@@ -236,13 +243,45 @@ const JOURNALS_RELIEVED_AT: usize = 4;
 /// time, and only past half of its 512 MB journal limit; a bulk load
 /// outran it here and halted every write, for good (seen in `etp bench
 /// propagate` with per-file partitions). So past [`JOURNALS_RELIEVED_AT`]
-/// journals, every partition's memtable is rotated: small ones flush in a
-/// moment, and the journals before go. Every partition of the keyspace,
+/// journals that have not gone down for [`STUCK_PASSES`] passes, every
+/// partition's memtable is rotated: small ones flush in a moment, and the
+/// journals before go. Every partition of the keyspace,
 /// not only those written since the store opened: after a restart fjall
 /// recovers each partition's memtable from the journals.
-fn relieve(keyspace: &fjall::Keyspace, ingesting: &Mutex<std::collections::BTreeSet<Fnr>>) {
-    if keyspace.journal_count() < JOURNALS_RELIEVED_AT {
+///
+/// Rotating is not always enough: fjall frees the oldest journal only once
+/// every partition's newest *persisted* seqno has reached what that
+/// partition held in memory when the journal was sealed, and a
+/// compaction that drops deletions can lower a partition's newest
+/// persisted seqno below it; a partition no longer written then pins
+/// every journal for good (seen twice in `etp bench propagate` after a
+/// replicate was emptied for a reload, with this thread rotating every
+/// partition each second and fjall's flusher idle). So when the journals
+/// have not gone down for [`STUCK_PASSES`] passes, each partition that
+/// holds sorted runs gets a small write ([`RELIEF_KEY`], outside every
+/// record's and every meta's key range) before its rotation: its flush
+/// then persists a seqno newer than any journal's mark.
+fn relieve(
+    keyspace: &fjall::Keyspace,
+    ingesting: &Mutex<std::collections::BTreeSet<Fnr>>,
+    stuck: &mut (usize, u32),
+) {
+    let count = keyspace.journal_count();
+    if count < JOURNALS_RELIEVED_AT {
+        *stuck = (count, 0);
         return;
+    }
+    // Not going down for a few passes: partitions with sorted runs get a
+    // relief key before their rotation (see above).
+    stuck.1 = if count >= stuck.0 { stuck.1 + 1 } else { 0 };
+    stuck.0 = count;
+    let touch = stuck.1 >= STUCK_PASSES;
+    if touch {
+        stuck.1 = 0;
+        tracing::info!(
+            journals = count,
+            "fjall's journals are not going down: each partition is written a relief key"
+        );
     }
     // Held throughout: an ingest registers under it before it takes its
     // partition's memtable lock, which a rotation would wait for (with
@@ -256,6 +295,16 @@ fn relieve(keyspace: &fjall::Keyspace, ingesting: &Mutex<std::collections::BTree
         let Ok(p) = keyspace.open_partition(&name, partition_options()) else {
             continue;
         };
+        // A partition with no sorted run pins nothing this way (and one
+        // that is empty may be ingested into: it stays empty).
+        if touch && p.segment_count() > 0 {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            if let Err(e) = p.insert(RELIEF_KEY, stamp.to_be_bytes()) {
+                tracing::warn!(partition = %p.name, error = %e, "writing the relief key failed");
+            }
+        }
         // Nothing to rotate (an empty memtable) is not an error; a failed
         // rotation poisons the keyspace, which the next write reports.
         if let Err(e) = p.rotate_memtable() {
