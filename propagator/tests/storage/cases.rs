@@ -2163,55 +2163,44 @@ fn a_restore_from_empty_is_ingested_as_sorted_runs_and_replay_checks_they_are_wh
     assert!(db.check().expect("check").is_ok());
     db.close().expect("close");
 
-    // Half the runs lost: damaged, naming the entry.
-    let (d_store, d_logs) = (t.path().join("d-store"), t.path().join("d-logs"));
-    copy_dir(&old_store, &d_store);
-    copy_dir(&old_logs, &d_logs);
-    ingest(&d_store, &source[..20]);
-    swap_stores(&dir, &d_store, &d_logs);
-    let (db, report) = Database::open(&dir).expect("open with records lost");
-    let reason = report
-        .damaged
-        .iter()
-        .find(|(f, _)| *f == PLAIN)
-        .map(|(_, r)| r.clone())
-        .unwrap_or_default();
-    assert!(
-        reason.contains("bulk chunk of isns 1..=40") && reason.contains("not whole"),
-        "{report:?}"
-    );
-    assert!(matches!(
-        db.read(PLAIN, Isn(1)),
-        Err(DbError::FileDamaged { .. })
-    ));
-    db.close().expect("close");
-
+    // The page store as before the restore, then `damage`: the file is
+    // damaged at open, naming the entry, and does not read.
+    let not_whole = |name: &str, damage: &dyn Fn(&Path)| {
+        let (store, logs) = (
+            t.path().join(format!("{name}-store")),
+            t.path().join(format!("{name}-logs")),
+        );
+        copy_dir(&old_store, &store);
+        copy_dir(&old_logs, &logs);
+        damage(&store);
+        swap_stores(&dir, &store, &logs);
+        let (db, report) = Database::open(&dir).expect(name);
+        let reason = report
+            .damaged
+            .iter()
+            .find(|(f, _)| *f == PLAIN)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        assert!(
+            reason.contains("bulk chunk of isns 1..=40") && reason.contains("not whole"),
+            "{name}: {report:?}"
+        );
+        assert!(matches!(
+            db.read(PLAIN, Isn(1)),
+            Err(DbError::FileDamaged { .. })
+        ));
+        db.close().expect("close");
+    };
+    // Half the runs lost.
+    not_whole("lost", &|store| ingest(store, &source[..20]));
     // A flipped byte inside an ingested run (the engine keeps no checksum
     // it checks on read): with the entry not applied, replay finds the run
     // does not hold what the entry names, and the restore is not taken as
     // done; with it applied, `check` names the file.
-    let (e_store, e_logs) = (t.path().join("e-store"), t.path().join("e-logs"));
-    copy_dir(&old_store, &e_store);
-    copy_dir(&old_logs, &e_logs);
-    ingest(&e_store, &source);
-    flip_in_runs(&e_store, PLAIN);
-    swap_stores(&dir, &e_store, &e_logs);
-    let (db, report) = Database::open(&dir).expect("open with a flipped byte");
-    let reason = report
-        .damaged
-        .iter()
-        .find(|(f, _)| *f == PLAIN)
-        .map(|(_, r)| r.clone())
-        .unwrap_or_default();
-    assert!(
-        reason.contains("bulk chunk of isns 1..=40") && reason.contains("not whole"),
-        "{report:?}"
-    );
-    assert!(matches!(
-        db.read(PLAIN, Isn(1)),
-        Err(DbError::FileDamaged { .. })
-    ));
-    db.close().expect("close");
+    not_whole("flipped", &|store| {
+        ingest(store, &source);
+        flip_in_runs(store, PLAIN);
+    });
     flip_in_runs(&good_store, PLAIN);
     swap_stores(&dir, &good_store, &good_logs);
     let (db, report) = Database::open(&dir).expect("open with a flipped byte, entry applied");
