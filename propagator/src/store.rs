@@ -243,20 +243,20 @@ const RELIEF_KEY: &[u8] = b"\x00relief";
 /// time, and only past half of its 512 MB journal limit; a bulk load
 /// outran it here and halted every write, for good (seen in `etp bench
 /// propagate` with per-file partitions). So past [`JOURNALS_RELIEVED_AT`]
-/// journals that have not gone down for [`STUCK_PASSES`] passes, every
-/// partition's memtable is rotated: small ones flush in a moment, and the
-/// journals before go. Every partition of the keyspace,
-/// not only those written since the store opened: after a restart fjall
-/// recovers each partition's memtable from the journals.
+/// journals, every partition's memtable is rotated at each pass: small
+/// ones flush in a moment, and the journals before go. Every partition of
+/// the keyspace, not only those written since the store opened: after a
+/// restart fjall recovers each partition's memtable from the journals.
 ///
 /// Rotating is not always enough: fjall frees the oldest journal only once
 /// every partition's newest *persisted* seqno has reached what that
 /// partition held in memory when the journal was sealed, and a
 /// compaction that drops deletions can lower a partition's newest
 /// persisted seqno below it; a partition no longer written then pins
-/// every journal for good (seen twice in `etp bench propagate` after a
-/// replicate was emptied for a reload, with this thread rotating every
-/// partition each second and fjall's flusher idle). So when the journals
+/// every journal for good (seen in `etp bench propagate` after a
+/// replicate was emptied for a reload with a million deletions, with
+/// rotations alone once a second and fjall's flusher idle; not understood
+/// further). So when the journals
 /// have not gone down for [`STUCK_PASSES`] passes, each partition that
 /// holds sorted runs gets a small write ([`RELIEF_KEY`], outside every
 /// record's and every meta's key range) before its rotation: its flush
