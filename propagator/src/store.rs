@@ -287,7 +287,7 @@ fn relieve(
     // partition's memtable lock, which a rotation would wait for (with
     // fjall's journal lock held, stalling every write).
     let ingesting = ingesting.lock().unwrap_or_else(|p| p.into_inner());
-    let busy: Vec<String> = ingesting.iter().map(|f| format!("file-{}", f.0)).collect();
+    let busy: Vec<String> = ingesting.iter().map(|f| file_partition(*f)).collect();
     for name in keyspace.list_partitions() {
         if busy.iter().any(|b| b.as_str() == &*name) {
             continue;
@@ -332,7 +332,7 @@ impl FjallKv {
         if let Some(p) = files.get(&fnr) {
             return Ok(p.clone());
         }
-        let name = format!("file-{}", fnr.0);
+        let name = file_partition(fnr);
         let p = self.keyspace.open_partition(&name, partition_options())?;
         // Decided on the marker itself, not on whether fjall knew the
         // partition: a marker whose writing failed once is written (and
@@ -414,6 +414,11 @@ fn key_fnr(key: &[u8]) -> Option<Fnr> {
 
 /// The start of a per-file partition's name (a directory name, not text).
 const FILE_PARTITION: &[u8] = b"file-";
+
+/// The name of the partition `fnr`'s records live in (per-file layout).
+fn file_partition(fnr: Fnr) -> String {
+    format!("file-{}", fnr.0)
+}
 
 /// In a per-file partition's folder once it is whole (see
 /// [`FjallKv::records`]).

@@ -126,14 +126,7 @@ pub(super) fn bulk_chunk_problem(
     lsn: Lsn,
     b: &BulkChunk,
 ) -> Result<Option<String>, DbError> {
-    let mut held = FileMeta::new(b.fnr);
-    for kv in store.scan_shared(b.fnr, b.first) {
-        let (isn, v) = kv?;
-        if isn > b.last {
-            break;
-        }
-        held.change(isn, None, Some(v.as_ref()));
-    }
+    let held = super::recovery::range_meta(store, b.fnr, b.first, Some(b.last))?;
     if (held.count, held.digest) == (b.count, b.digest) {
         return Ok(None);
     }

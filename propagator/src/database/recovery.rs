@@ -346,12 +346,26 @@ fn log_marks(store: &PageStore, oldest: Lsn) -> Result<HashMap<Fnr, Lsn>, DbErro
 /// Compares a file's content in the store with its expected meta.
 /// The count and digest of a file computed from its records in the page store.
 pub(crate) fn scan_meta(store: &PageStore, fnr: Fnr) -> Result<FileMeta, DbError> {
-    let mut actual = FileMeta::new(fnr);
-    for kv in store.scan(fnr, Isn(0)) {
+    range_meta(store, fnr, Isn(0), None)
+}
+
+/// The count and digest of `fnr`'s records the page store holds from isn
+/// `from` through `through` (None: to the end), read from it.
+pub(crate) fn range_meta(
+    store: &PageStore,
+    fnr: Fnr,
+    from: Isn,
+    through: Option<Isn>,
+) -> Result<FileMeta, DbError> {
+    let mut held = FileMeta::new(fnr);
+    for kv in store.scan_shared(fnr, from) {
         let (isn, v) = kv?;
-        actual.change(isn, None, Some(&v));
+        if through.is_some_and(|t| isn > t) {
+            break;
+        }
+        held.change(isn, None, Some(v.as_ref()));
     }
-    Ok(actual)
+    Ok(held)
 }
 
 pub(crate) fn content_problem(

@@ -221,14 +221,12 @@ impl Database {
             FileMeta::new(replicate)
         } else {
             self.wait_applied()?;
-            let mut below = FileMeta::new(replicate);
-            for kv in self.shared().store.scan_shared(replicate, Isn(0)) {
-                let (isn, v) = kv?;
-                if isn >= from {
-                    break;
-                }
-                below.change(isn, None, Some(v.as_ref()));
-            }
+            let below = super::recovery::range_meta(
+                &self.shared().store,
+                replicate,
+                Isn(0),
+                Some(Isn(from.0 - 1)),
+            )?;
             if (below.count, below.digest) != (info.meta.count, info.meta.digest)
                 || info.meta.next_isn > from.0
             {
