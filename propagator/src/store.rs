@@ -250,17 +250,18 @@ const RELIEF_KEY: &[u8] = b"\x00relief";
 ///
 /// Rotating is not always enough: fjall frees the oldest journal only once
 /// every partition's newest *persisted* seqno has reached what that
-/// partition held in memory when the journal was sealed, and a
-/// compaction that drops deletions can lower a partition's newest
-/// persisted seqno below it; a partition no longer written then pins
-/// every journal for good (seen in `etp bench propagate` after a
-/// replicate was emptied for a reload with a million deletions, with
-/// rotations alone once a second and fjall's flusher idle; not understood
-/// further). So when the journals
-/// have not gone down for [`STUCK_PASSES`] passes, each partition that
-/// holds sorted runs gets a small write ([`RELIEF_KEY`], outside every
-/// record's and every meta's key range) before its rotation: its flush
-/// then persists a seqno newer than any journal's mark.
+/// partition held in memory when the journal was sealed. A partition whose
+/// memtable is empty cannot move that seqno by a flush: one whose newest
+/// entries were deletions that a compaction into the last level dropped,
+/// or one cleared and not written since (fjall-rs/fjall#288, open
+/// upstream). So when the journals have not gone down for
+/// [`STUCK_PASSES`] passes, each partition that holds sorted runs gets a
+/// small write ([`RELIEF_KEY`], outside every record's and every meta's
+/// key range) before its rotation: its flush then persists a seqno newer
+/// than any journal's mark. (The permanent halts seen in `etp bench
+/// propagate` after a node was killed mid-load were another fjall bug,
+/// fixed in `vendor/fjall`: its flusher left memtables recovered from the
+/// journals queued, and they kept every journal.)
 fn relieve(
     keyspace: &fjall::Keyspace,
     ingesting: &Mutex<std::collections::BTreeSet<Fnr>>,

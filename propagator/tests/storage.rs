@@ -25,3 +25,120 @@ fn each_database_keeps_the_engine_it_was_made_with() {
         assert_eq!(db.engine(), engine);
     }
 }
+
+/// The environment variable that makes
+/// [`fjall_store_killed_while_writing_hard_keeps_taking_writes`] the child
+/// that writes and dies (its value: the store's directory).
+const KILLED_WRITER: &str = "ETP_TEST_KILLED_WRITER_STORE";
+
+/// One batch of `n` records of 150 bytes to two files from `first` on.
+fn hard_batch(applied: u64, first: u64, n: u64) -> propagator::store::StoreBatch {
+    let mut records = Vec::with_capacity(2 * n as usize);
+    for i in first..first + n {
+        for fnr in [propagator::Fnr(20), propagator::Fnr(21)] {
+            records.push((fnr, propagator::Isn(i), Some(vec![(i % 251) as u8; 150])));
+        }
+    }
+    propagator::store::StoreBatch {
+        applied: propagator::Lsn(applied),
+        records,
+        ..Default::default()
+    }
+}
+
+/// The fjall journals in a store directory.
+fn journals(store: &std::path::Path) -> usize {
+    std::fs::read_dir(store.join("journals")).map_or(0, |d| d.count())
+}
+
+/// A store killed while it writes hard is recovered with several sealed
+/// memtables per partition to flush. fjall 2.11.2's flusher flushed only
+/// one per partition and then waited, so those memtables stayed, kept
+/// their journals and filled the write buffer, and the first writes after
+/// the reopen halted for good (`vendor/fjall/PATCHES.md`). The child
+/// process writes until several journals are sealed and aborts (no
+/// destructor runs, as with kill -9); the reopened store must then take
+/// another 200,000 records within a deadline (about two seconds here), and
+/// free its journals (a memtable left queued keeps them all, until writes
+/// halt once they reach 512 MiB).
+#[test]
+fn fjall_store_killed_while_writing_hard_keeps_taking_writes() {
+    use propagator::store::PageStore;
+    const BATCH: u64 = 2_000;
+    if let Ok(dir) = std::env::var(KILLED_WRITER) {
+        let dir = std::path::PathBuf::from(dir);
+        let s = PageStore::open(&dir, propagator::Engine::Fjall, 64 << 20, 1 << 20).expect("store");
+        let mut i = 1;
+        loop {
+            s.apply(&hard_batch(i, i * BATCH, BATCH)).expect("write");
+            i += 1;
+            if journals(&dir) >= 6 || i > 2_000 {
+                std::process::abort();
+            }
+        }
+    }
+    let mut recovered = 0;
+    for _round in 0..3 {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("store");
+        let exe = std::env::current_exe().expect("the test binary");
+        let status = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "fjall_store_killed_while_writing_hard_keeps_taking_writes",
+                "--nocapture",
+            ])
+            .env(KILLED_WRITER, &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run the writer");
+        assert!(!status.success(), "the writer was to abort");
+        let sealed = journals(&dir);
+        recovered += sealed;
+        let s =
+            PageStore::open(&dir, propagator::Engine::Fjall, 64 << 20, 1 << 20).expect("reopen");
+        let s = std::sync::Arc::new(s);
+        let from = s.applied_lsn().expect("applied").0 + 1;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = s.clone();
+        std::thread::spawn(move || {
+            let s = w;
+            for k in 0..100 {
+                let lsn = from + k;
+                s.apply(&hard_batch(lsn, lsn * BATCH, BATCH))
+                    .expect("write after the reopen");
+                if tx.send(k + 1).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut done = 0;
+        while done < 100 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(k) => done = k,
+                Err(_) => panic!(
+                    "writes halted after the reopen of a store killed with {sealed} journals: \
+                     {done} of 100 batches in 60 s, {} journals now",
+                    journals(&dir)
+                ),
+            }
+        }
+        // Everything written is flushed in the end, and the journals go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while journals(&dir) > 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the journals of a store killed with {sealed} are never freed: {} after 30 s",
+                journals(&dir)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    assert!(
+        recovered >= 6,
+        "the writer was killed with too few journals to recover"
+    );
+}
