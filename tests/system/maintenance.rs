@@ -426,12 +426,11 @@ fn a_bulk_load_killed_ten_times_on_either_side_resumes_and_ends_equal() {
 }
 
 /// kill -9 of either side at random points of a full reinit of a replicate
-/// that holds records and differs from its master, ten times over: a run
-/// resumed after a kill that left a chunk written but not committed empties
-/// the replicate from its next isn and goes on; nothing the last chunk has
-/// not proved reads as loaded, and it ends equal to the master.
+/// that holds records — the entry that begins it empties the replicate, so
+/// every chunk after is a bulk chunk — ten times over: nothing the last
+/// chunk has not proved reads as loaded, and it ends equal to the master.
 #[test]
-fn a_full_reinit_killed_ten_times_on_either_side_resumes_and_ends_equal() {
+fn a_full_reinit_killed_ten_times_on_either_side_empties_the_replicate_and_ends_equal() {
     const N: u64 = 30_000;
     let t = tempfile::tempdir().expect("tempdir");
     let (mut cl, node) = with_items_new_waiting(t.path(), N, 100);
@@ -521,6 +520,12 @@ fn a_full_reinit_killed_ten_times_on_either_side_resumes_and_ends_equal() {
         (r.state == ReplicaState::Online && r.load.is_none()).then_some(())
     });
     assert!(cl.dump(2, NEW).expect("new replicate") == want);
+    let log = std::fs::read_to_string(cl.nodes[2].data.with_extension("node.log"))
+        .expect("the replicate node's log");
+    assert!(
+        log.contains("replicate emptied for a reload that writes every record"),
+        "the reinit did not empty the replicate"
+    );
     ok(&etp(&["task", "start", "--node", &node]));
     wait_current(master, "items_new");
     ok(&etp(&["replicate", "verify", "items_new", "--node", &node]));

@@ -178,6 +178,23 @@ impl Node {
             db.settle()?;
             let info = db.file_info(link.file)?;
             let cisn = Isn(u64::from(link.file.0));
+            if rewrite
+                && info.def.restoring.is_none()
+                && (info.meta.count > 0 || info.meta.next_isn > 1)
+            {
+                // Every record is written again: the file is emptied in the
+                // commit that begins the load, and each chunk then lies at
+                // or above its next isn and goes to the page store in bulk,
+                // instead of being compared with what it replaces and
+                // logged record by record. The last chunk proves the file
+                // against the master's digest, as any load's does.
+                let c =
+                    db.clear_for_load(link.file, Isn(1), Some((link.confirmation, cisn, rec)))?;
+                tracing::info!(replicate = %link.name, file = %link.file, count = info.meta.count,
+                    "replicate emptied for a reload that writes every record");
+                return c
+                    .ok_or_else(|| DbError::BadDefinition("the replicate was not emptied".into()));
+            }
             // A damaged replicate is reloaded whole: what it holds now is
             // the baseline the chunks replace, and the last chunk proves the
             // result against the master's digest.
