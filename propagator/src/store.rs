@@ -251,10 +251,11 @@ const RELIEF_KEY: &[u8] = b"\x00relief";
 /// Rotating is not always enough: fjall frees the oldest journal only once
 /// every partition's newest *persisted* seqno has reached what that
 /// partition held in memory when the journal was sealed. A partition whose
-/// memtable is empty cannot move that seqno by a flush: one whose newest
-/// entries were deletions that a compaction into the last level dropped,
-/// or one cleared and not written since (fjall-rs/fjall#288, open
-/// upstream). So when the journals have not gone down for
+/// memtable is empty cannot move that seqno by a flush: one left idle
+/// after its seqno moved on (fjall-rs/fjall#288, open upstream, after a
+/// `clear()`), or — our reading of fjall's compaction, not seen — one
+/// whose newest entries were deletions that a compaction into the last
+/// level dropped. So when the journals have not gone down for
 /// [`STUCK_PASSES`] passes, each partition that holds sorted runs gets a
 /// small write ([`RELIEF_KEY`], outside every record's and every meta's
 /// key range) before its rotation: its flush then persists a seqno newer

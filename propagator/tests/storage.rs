@@ -52,61 +52,77 @@ fn journals(store: &std::path::Path) -> usize {
 }
 
 /// A store killed while it writes hard is recovered with several sealed
-/// memtables per partition to flush. fjall 2.11.2's flusher flushed only
-/// one per partition and then waited, so those memtables stayed, kept
-/// their journals and filled the write buffer, and the first writes after
-/// the reopen halted for good (`vendor/fjall/PATCHES.md`). The child
-/// process writes until several journals are sealed and aborts (no
-/// destructor runs, as with kill -9); the reopened store must then take
-/// another 200,000 records within a deadline (about two seconds here), and
-/// free its journals (a memtable left queued keeps them all, until writes
-/// halt once they reach 512 MiB).
+/// memtables per partition to flush. fjall 2.11.2's flusher flushed one
+/// per wake-up and recovery woke it once per partition, so the rest stayed
+/// queued, kept their journals and filled the write buffer, and writes
+/// after the reopen halted for good (`vendor/fjall/PATCHES.md`). The child
+/// process writes on and is killed (-9) once six journals exist; the
+/// reopened store must then take another 400,000
+/// records (about a second here; 60 s allowed) and free its journals (a
+/// memtable left queued keeps them all, until writes halt once they reach
+/// 512 MiB; without the fix 54 were left after 30 s).
 #[test]
 fn fjall_store_killed_while_writing_hard_keeps_taking_writes() {
     use propagator::store::PageStore;
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::mpsc::RecvTimeoutError;
     const BATCH: u64 = 2_000;
+    /// The child's exit code when it wrote its most without six journals.
+    const TOO_FEW_JOURNALS: i32 = 3;
     if let Ok(dir) = std::env::var(KILLED_WRITER) {
         let dir = std::path::PathBuf::from(dir);
         let s = PageStore::open(&dir, propagator::Engine::Fjall, 64 << 20, 1 << 20).expect("store");
-        let mut i = 1;
-        loop {
+        let mut told = false;
+        for i in 1..=4_000 {
             s.apply(&hard_batch(i, i * BATCH, BATCH)).expect("write");
-            i += 1;
-            if journals(&dir) >= 6 || i > 2_000 {
-                std::process::abort();
+            if !told && journals(&dir) >= 6 {
+                // Still writing when the parent's kill lands.
+                println!("six journals");
+                told = true;
             }
         }
+        std::process::exit(TOO_FEW_JOURNALS);
     }
-    let mut recovered = 0;
     for _round in 0..3 {
         let t = tempfile::tempdir().expect("tempdir");
         let dir = t.path().join("store");
         let exe = std::env::current_exe().expect("the test binary");
-        let status = std::process::Command::new(exe)
+        let mut child = std::process::Command::new(exe)
             .args([
                 "--exact",
                 "fjall_store_killed_while_writing_hard_keeps_taking_writes",
                 "--nocapture",
+                "--quiet",
             ])
             .env(KILLED_WRITER, &dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .expect("run the writer");
-        assert!(!status.success(), "the writer was to abort");
+        let out = child.stdout.take().expect("the writer's stdout");
+        let told = std::io::BufRead::lines(std::io::BufReader::new(out))
+            .map_while(Result::ok)
+            .any(|l| l == "six journals");
+        let _ = child.kill();
+        let status = child.wait().expect("the writer's end");
+        assert!(
+            told && status.signal() == Some(9),
+            "the writer was to be killed while writing with six journals: {status}"
+        );
         let sealed = journals(&dir);
-        recovered += sealed;
+        assert!(
+            sealed >= 4,
+            "the writer was killed with only {sealed} journals"
+        );
         let s =
             PageStore::open(&dir, propagator::Engine::Fjall, 64 << 20, 1 << 20).expect("reopen");
         let s = std::sync::Arc::new(s);
         let from = s.applied_lsn().expect("applied").0 + 1;
         let (tx, rx) = std::sync::mpsc::channel();
         let w = s.clone();
-        std::thread::spawn(move || {
-            let s = w;
+        let writer = std::thread::spawn(move || {
             for k in 0..100 {
                 let lsn = from + k;
-                s.apply(&hard_batch(lsn, lsn * BATCH, BATCH))
+                w.apply(&hard_batch(lsn, lsn * BATCH, BATCH))
                     .expect("write after the reopen");
                 if tx.send(k + 1).is_err() {
                     return;
@@ -119,13 +135,18 @@ fn fjall_store_killed_while_writing_hard_keeps_taking_writes() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(k) => done = k,
-                Err(_) => panic!(
+                Err(RecvTimeoutError::Timeout) => panic!(
                     "writes halted after the reopen of a store killed with {sealed} journals: \
                      {done} of 100 batches in 60 s, {} journals now",
                     journals(&dir)
                 ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let e = writer.join().err();
+                    panic!("the writer after the reopen failed: {e:?}")
+                }
             }
         }
+        writer.join().expect("the writer after the reopen");
         // Everything written is flushed in the end, and the journals go.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while journals(&dir) > 3 {
@@ -136,9 +157,6 @@ fn fjall_store_killed_while_writing_hard_keeps_taking_writes() {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        drop(s);
     }
-    assert!(
-        recovered >= 6,
-        "the writer was killed with too few journals to recover"
-    );
 }

@@ -931,6 +931,11 @@ impl Keyspace {
 
                 self.flush_semaphore.acquire();
 
+                let flushed_before = self
+                    .stats
+                    .flushes_completed
+                    .load(std::sync::atomic::Ordering::Relaxed);
+
                 crate::flush::worker::run(
                     &self.flush_manager,
                     &self.journal_manager,
@@ -943,11 +948,18 @@ impl Keyspace {
 
                 // PATCH (etp): a run flushes at most `parallelism` tasks, and
                 // releases of the semaphore need not match the tasks queued
-                // (recovery queues every sealed memtable of every journal but
-                // releases once per partition). Tasks left behind pin their
-                // journals until writes halt for good, with this worker idle.
-                // Go on while any is queued.
-                if !self.flush_manager.read().expect("lock is poisoned").is_empty() {
+                // (recovery queues a sealed memtable per partition per sealed
+                // journal but releases once per partition queue). Tasks left
+                // behind pin their journals until writes halt for good, with
+                // this worker idle. Go on while any is queued, as long as the
+                // run flushed something (a task that flushes to no segment is
+                // never dequeued upstream: going on would spin on it).
+                let flushed = self
+                    .stats
+                    .flushes_completed
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > flushed_before;
+                if flushed && !self.flush_manager.read().expect("lock is poisoned").is_empty() {
                     self.flush_semaphore.release();
                 }
 
