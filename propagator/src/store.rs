@@ -203,7 +203,7 @@ impl Relief {
             .spawn(move || {
                 let (lock, cv) = &*s;
                 let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
-                let mut stuck = (0, 0);
+                let mut stuck = Stuck::default();
                 while !*stopped {
                     let (g, _) = cv
                         .wait_timeout(stopped, std::time::Duration::from_millis(500))
@@ -234,6 +234,15 @@ const STUCK_PASSES: u32 = 3;
 /// A key no record, meta or definition has (they start with a one-byte
 /// prefix, or `\x00` and another name), written only by [`relieve`].
 const RELIEF_KEY: &[u8] = b"\x00relief";
+
+/// What the relief saw of the journals at its last pass.
+#[derive(Default)]
+struct Stuck {
+    /// How many there were.
+    journals: usize,
+    /// Passes in a row they have not gone down.
+    passes: u32,
+}
 
 /// fjall frees a journal only once every partition with data in it has
 /// flushed that data; a partition written a little at a time (`pages`: the
@@ -266,20 +275,27 @@ const RELIEF_KEY: &[u8] = b"\x00relief";
 fn relieve(
     keyspace: &fjall::Keyspace,
     ingesting: &Mutex<std::collections::BTreeSet<Fnr>>,
-    stuck: &mut (usize, u32),
+    stuck: &mut Stuck,
 ) {
     let count = keyspace.journal_count();
     if count < JOURNALS_RELIEVED_AT {
-        *stuck = (count, 0);
+        *stuck = Stuck {
+            journals: count,
+            passes: 0,
+        };
         return;
     }
     // Not going down for a few passes: partitions with sorted runs get a
     // relief key before their rotation (see above).
-    stuck.1 = if count >= stuck.0 { stuck.1 + 1 } else { 0 };
-    stuck.0 = count;
-    let touch = stuck.1 >= STUCK_PASSES;
+    stuck.passes = if count >= stuck.journals {
+        stuck.passes + 1
+    } else {
+        0
+    };
+    stuck.journals = count;
+    let touch = stuck.passes >= STUCK_PASSES;
     if touch {
-        stuck.1 = 0;
+        stuck.passes = 0;
         tracing::info!(
             journals = count,
             "fjall's journals are not going down: each partition is written a relief key"
@@ -1052,14 +1068,13 @@ impl PageStore {
         self.clear_locked(fnr, from)
     }
 
-    fn clear_locked(&self, fnr: Fnr, from: Isn) -> Result<(), StoreError> {
+    fn clear_locked(&self, fnr: Fnr, mut from: Isn) -> Result<(), StoreError> {
         if self.log(fnr).is_some() {
             return Err(self.io(std::io::Error::other(format!(
                 "file {fnr} is a log file: its records are not cleared"
             ))));
         }
         const BATCH: usize = 65_536;
-        let mut from = from;
         loop {
             let mut keys = Vec::with_capacity(BATCH);
             for kv in self.scan_shared(fnr, from) {

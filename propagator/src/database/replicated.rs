@@ -178,21 +178,14 @@ impl Database {
         self.wait_applied()
     }
 
-    /// Empties replicate file `replicate` from isn `from` on for a load
-    /// that writes every record there again ([`CatalogOp::Clear`]), then
-    /// waits until the page store has applied it, so the load's chunks,
-    /// each at or above the file's next isn, go to the page store in bulk
-    /// after the deletion, never before it. Any damage recorded against
-    /// the file goes.
-    ///
-    /// - From isn 1 (a full reinit), in one commit with the engine record
-    ///   `progress` puts (the load's beginning): the file's count and
-    ///   digest become zero, its next isn 1.
-    /// - From a load's next isn, resumed after a crash left records of a
-    ///   chunk that was never committed (the file damaged): only if the
-    ///   records below `from` are exactly what the file's meta says (read
-    ///   here); they stay, and those at or above go. Otherwise nothing is
-    ///   done and None is returned (the caller rebases the file instead).
+    /// Empties replicate file `replicate` for a full reinit, which writes
+    /// every record again ([`CatalogOp::Clear`] from isn 1), in one commit
+    /// with the engine record `progress` puts (the load's beginning): its
+    /// count and digest become zero, its next isn 1, and any damage
+    /// recorded against it goes. Then waits until the page store has
+    /// applied it, so the load's chunks, each at or above the file's next
+    /// isn, go to the page store in bulk after the deletion, never before
+    /// it.
     ///
     /// Until the load's last chunk proves the file against its master, it
     /// is a replicate being loaded, as during any reinit. The caller
@@ -200,10 +193,57 @@ impl Database {
     pub fn clear_for_load(
         &self,
         replicate: Fnr,
+        progress: (Fnr, Isn, Record),
+    ) -> Result<CommitInfo, DbError> {
+        self.loaded_replicate(replicate)?;
+        let (fnr, isn, record) = progress;
+        let put = Op::Put {
+            fnr,
+            isn,
+            record,
+            follows: None,
+        };
+        self.commit_clear(replicate, Isn(1), FileMeta::new(replicate), vec![put])
+    }
+
+    /// Empties replicate file `replicate` from isn `from` on, for a load
+    /// resumed at `from` after a crash left records of a chunk that was
+    /// never committed (the file damaged), as [`Database::clear_for_load`]
+    /// does from isn 1: only if the records below `from` are exactly what
+    /// the file's meta says (read here). They stay, those at or above go,
+    /// and the damage goes. Otherwise nothing is done and None is returned
+    /// (the caller rebases the file instead). Resumed at isn 1, the whole
+    /// file goes.
+    pub fn clear_resumed_load(
+        &self,
+        replicate: Fnr,
         from: Isn,
-        progress: Option<(Fnr, Isn, Record)>,
     ) -> Result<Option<CommitInfo>, DbError> {
-        // A damaged replicate too: emptying it ends its damage.
+        let meta = self.loaded_replicate(replicate)?;
+        if from.0 <= 1 {
+            // Resumed at its start: nothing below to keep.
+            let empty = FileMeta::new(replicate);
+            return self
+                .commit_clear(replicate, from, empty, Vec::new())
+                .map(Some);
+        }
+        self.wait_applied()?;
+        let below = super::recovery::range_meta(
+            &self.shared().store,
+            replicate,
+            Isn(0),
+            Some(Isn(from.0 - 1)),
+        )?;
+        if (below.count, below.digest) != (meta.count, meta.digest) || meta.next_isn > from.0 {
+            return Ok(None);
+        }
+        self.commit_clear(replicate, from, meta, Vec::new())
+            .map(Some)
+    }
+
+    /// The meta of `replicate`, a replicate file a load may empty (damaged
+    /// too: emptying it ends its damage), or why it is not one.
+    fn loaded_replicate(&self, replicate: Fnr) -> Result<FileMeta, DbError> {
         let info = self.file_info(replicate)?;
         let def = info.def;
         if def.role != Role::Replicate {
@@ -217,32 +257,18 @@ impl Database {
                 "file {replicate} is being restored: a load does not empty it"
             )));
         }
-        let meta = if from.0 <= 1 {
-            FileMeta::new(replicate)
-        } else {
-            self.wait_applied()?;
-            let below = super::recovery::range_meta(
-                &self.shared().store,
-                replicate,
-                Isn(0),
-                Some(Isn(from.0 - 1)),
-            )?;
-            if (below.count, below.digest) != (info.meta.count, info.meta.digest)
-                || info.meta.next_isn > from.0
-            {
-                return Ok(None);
-            }
-            info.meta
-        };
-        let ops = progress
-            .map(|(fnr, isn, record)| Op::Put {
-                fnr,
-                isn,
-                record,
-                follows: None,
-            })
-            .into_iter()
-            .collect();
+        Ok(info.meta)
+    }
+
+    /// Commits the clear of `replicate` from `from` (its meta then `meta`)
+    /// with `ops`, and waits until the page store has applied it.
+    fn commit_clear(
+        &self,
+        replicate: Fnr,
+        from: Isn,
+        meta: FileMeta,
+        ops: Vec<Op>,
+    ) -> Result<CommitInfo, DbError> {
         let info = self.commit(
             vec![CatalogOp::Clear {
                 fnr: replicate,
@@ -253,7 +279,7 @@ impl Database {
             None,
         )?;
         self.wait_applied()?;
-        Ok(Some(info))
+        Ok(info)
     }
 }
 

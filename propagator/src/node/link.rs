@@ -188,12 +188,10 @@ impl Node {
                 // instead of being compared with what it replaces and
                 // logged record by record. The last chunk proves the file
                 // against the master's digest, as any load's does.
-                let c =
-                    db.clear_for_load(link.file, Isn(1), Some((link.confirmation, cisn, rec)))?;
+                let c = db.clear_for_load(link.file, (link.confirmation, cisn, rec))?;
                 tracing::info!(replicate = %link.name, file = %link.file, count = info.meta.count,
                     "replicate emptied for a reload that writes every record");
-                return c
-                    .ok_or_else(|| DbError::BadDefinition("the replicate was not emptied".into()));
+                return Ok(c);
             }
             // A damaged replicate is reloaded whole: what it holds now is
             // the baseline the chunks replace, and the last chunk proves the
@@ -283,7 +281,7 @@ impl Node {
                 // the chunks still to come stay bulk — if what lies below
                 // is exactly what the file counts. Else the file is
                 // rebased on what it holds.
-                if db.clear_for_load(link.file, from, None)?.is_some() {
+                if db.clear_resumed_load(link.file, from)?.is_some() {
                     tracing::warn!(replicate = %link.name, file = %link.file, at = %from,
                         "damaged replicate emptied from the load's next isn (records of a chunk never committed); the load goes on in bulk");
                 } else {

@@ -1999,7 +1999,13 @@ fn a_restore_from_empty_goes_in_bulk_and_replay_checks_the_page_store_holds_each
     copy_dir(&old_logs, &b_logs);
     put(&b_store, &source[..20]);
     swap_stores(&dir, &b_store, &b_logs);
-    let (db, report) = Database::open(&dir).expect("open with a chunk lost");
+    opens_with_bulk_chunk_damaged(&dir, "bulk chunk of isns 21..=40", "a chunk lost");
+}
+
+/// Opens the database in `dir` and checks that `PLAIN` is damaged, its
+/// reason naming `chunk` as not whole, and that it cannot be read.
+fn opens_with_bulk_chunk_damaged(dir: &Path, chunk: &str, case: &str) {
+    let (db, report) = Database::open(dir).expect(case);
     let reason = report
         .damaged
         .iter()
@@ -2007,13 +2013,14 @@ fn a_restore_from_empty_goes_in_bulk_and_replay_checks_the_page_store_holds_each
         .map(|(_, r)| r.clone())
         .unwrap_or_default();
     assert!(
-        reason.contains("bulk chunk of isns 21..=40") && reason.contains("not whole"),
-        "{report:?}"
+        reason.contains(chunk) && reason.contains("not whole"),
+        "{case}: {report:?}"
     );
     assert!(matches!(
         db.read(PLAIN, Isn(1)),
         Err(DbError::FileDamaged { .. })
     ));
+    db.close().expect("close");
 }
 
 #[test]
@@ -2174,22 +2181,7 @@ fn a_restore_from_empty_is_ingested_as_sorted_runs_and_replay_checks_they_are_wh
         copy_dir(&old_logs, &logs);
         damage(&store);
         swap_stores(&dir, &store, &logs);
-        let (db, report) = Database::open(&dir).expect(name);
-        let reason = report
-            .damaged
-            .iter()
-            .find(|(f, _)| *f == PLAIN)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default();
-        assert!(
-            reason.contains("bulk chunk of isns 1..=40") && reason.contains("not whole"),
-            "{name}: {report:?}"
-        );
-        assert!(matches!(
-            db.read(PLAIN, Isn(1)),
-            Err(DbError::FileDamaged { .. })
-        ));
-        db.close().expect("close");
+        opens_with_bulk_chunk_damaged(&dir, "bulk chunk of isns 1..=40", name);
     };
     // Half the runs lost.
     not_whole("lost", &|store| ingest(store, &source[..20]));
@@ -2304,9 +2296,8 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     // The reload empties it, in the entry that begins the load.
     let (db, _) = Database::open(&dir).expect("reopen");
     let before = db.last_lsn();
-    db.clear_for_load(rep, Isn(1), Some((conf, Isn(40), progress("L2", 1))))
-        .expect("emptied")
-        .expect("from isn 1");
+    db.clear_for_load(rep, (conf, Isn(40), progress("L2", 1)))
+        .expect("emptied");
     assert_eq!(
         db.file_info(rep).expect("info").meta,
         propagator::FileMeta::new(rep)
@@ -2319,7 +2310,7 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     );
     // Only a replicate that is not being restored is emptied.
     let err = db
-        .clear_for_load(conf, Isn(1), Some((conf, Isn(40), progress("L2", 1))))
+        .clear_for_load(conf, (conf, Isn(40), progress("L2", 1)))
         .expect_err("a confirmation file");
     assert!(err.to_string().contains("only a replicate file"), "{err}");
     db.close().expect("close");
@@ -2352,7 +2343,7 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     );
     let after_one = meta_of(&second[..10]);
     assert!(db
-        .clear_for_load(rep, Isn(11), None)
+        .clear_resumed_load(rep, Isn(11))
         .expect("emptied from 11")
         .is_some());
     let info = db.file_info(rep).expect("info");
@@ -2388,7 +2379,7 @@ fn a_reload_empties_the_replicate_first_so_its_chunks_go_in_bulk_and_replay_empt
     assert!(report.damaged.iter().any(|(f, _)| *f == rep), "{report:?}");
     let lsn = db.last_lsn();
     assert!(db
-        .clear_for_load(rep, Isn(21), None)
+        .clear_resumed_load(rep, Isn(21))
         .expect("looked at")
         .is_none());
     assert_eq!(db.last_lsn(), lsn, "something was committed");
