@@ -16,8 +16,45 @@ fn address(text: &str) -> Result<std::net::SocketAddr, propagator::addr::AddrErr
     about = "Master/replicate propagation engine with confirmation files"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The certificates a command talks to nodes with (`etp cert init` and
+/// `etp cert issue` make them). Without them, plain TCP to loopback
+/// addresses only, which only a node started with `--insecure-loopback`
+/// accepts.
+#[derive(Args, Clone, Default)]
+pub struct TlsArgs {
+    /// The cluster's certificate authority (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "ETP_CA",
+        help_heading = "Certificates"
+    )]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM), issued by the cluster's authority.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "ETP_CERT",
+        help_heading = "Certificates"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "ETP_KEY",
+        help_heading = "Certificates"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +78,10 @@ pub enum Command {
     Bench(BenchCommand),
     /// Run the main job: three nodes, a master with a full and a partial replicate, a workload.
     Demo(DemoArgs),
+    /// Make the cluster's certificate authority and the certificates of
+    /// its nodes and clients (mutual TLS; each names a role).
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Run a node: one database served over TCP, with its replication tasks.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -69,6 +110,46 @@ pub enum Command {
     /// validate them.
     #[command(subcommand)]
     Recover(RecoverCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Make a cluster's certificate authority: DIR/ca.crt and DIR/ca.key
+    /// (the key readable by its owner only). Refuses to replace one.
+    Init {
+        /// Where the certificates are kept (created 0700).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The cluster's name, in the authority's certificate.
+        #[arg(long, default_value = "etp")]
+        cluster: String,
+    },
+    /// Issue a certificate with the authority in DIR: DIR/NAME.crt and
+    /// DIR/NAME.key. A node's certificate has role replication and names
+    /// its database (--db N; its name defaults to dbN, which `etp node run
+    /// --certs DIR` looks for).
+    Issue {
+        /// The directory `etp cert init` made (the authority's files).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The holder's name (1-64 of A-Z a-z 0-9 - _ .).
+        #[arg(long)]
+        name: Option<String>,
+        /// read, write, replication (a node) or admin.
+        #[arg(long, value_parser = |s: &str| s.parse::<propagator::net::Role>())]
+        role: propagator::net::Role,
+        /// The database a node's certificate serves (role replication).
+        #[arg(long, value_name = "N")]
+        db: Option<u32>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// The identity a certificate names (name, role, database).
+    Show {
+        /// The certificate (PEM).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -520,15 +601,27 @@ pub enum NodeCommand {
         /// port 0: any free port). Prints `metrics ADDR` after `listening ADDR`.
         #[arg(long, value_name = "ADDR", value_parser = address)]
         metrics: Option<std::net::SocketAddr>,
+        /// The cluster's certificates: DIR/ca.crt and this database's
+        /// DIR/dbN.crt and DIR/dbN.key (`etp cert issue --role replication
+        /// --db N`). Without it: --ca, --cert and --key.
+        #[arg(long, value_name = "DIR", env = "ETP_CERTS")]
+        certs: Option<PathBuf>,
+        /// Serve plain TCP, without TLS or certificates: only on a loopback
+        /// address, and only to clients on this machine.
+        #[arg(long)]
+        insecure_loopback: bool,
     },
 }
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
-    /// Check a topology and install it on every node it names (all or nothing).
+    /// Check a topology and install it on every node it names (all or
+    /// nothing up to the install): this command asks each node itself.
     Apply {
-        #[command(flatten)]
-        node: NodeArgs,
+        /// A node the topology must name (a check that it is this
+        /// cluster's topology); the apply reaches every node it names.
+        #[arg(long, value_name = "ADDR", value_parser = address)]
+        node: Option<std::net::SocketAddr>,
         /// The topology file (TOML).
         topology: PathBuf,
     },
@@ -851,9 +944,12 @@ fn section(cmd: &clap::Command, path: &str, out: &mut String) {
     if !about.is_empty() {
         out.push_str(&format!("{about}\n\n"));
     }
+    // Global arguments (the certificates) are listed once, under `etp`.
+    let top = path == "etp";
     let args: Vec<&clap::Arg> = cmd
         .get_arguments()
         .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+        .filter(|a| top || !a.is_global_set())
         .collect();
     if !args.is_empty() {
         out.push_str("| argument | meaning |\n|---|---|\n");

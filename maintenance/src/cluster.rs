@@ -7,7 +7,7 @@ use propagator::node::client::Client;
 use propagator::predicate::project;
 use propagator::record::Record;
 use propagator::topology::Valid;
-use propagator::wire::{AdminRequest, OperationRequest};
+use propagator::wire::OperationRequest;
 use propagator::wire::{ReplicaState, Request, Response, TaskReport};
 use propagator::{Fnr, Isn, Seq};
 use std::collections::BTreeMap;
@@ -37,6 +37,59 @@ pub struct NodeProc {
     pub metrics: Option<SocketAddr>,
     /// Extra `etp node run` arguments (before those of `ETP_NODE_ARGS`).
     args: Vec<String>,
+}
+
+/// The certificate directory the nodes this process starts serve with
+/// (None: plain TCP on loopback).
+static NODE_CERTS: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+/// The name of the `admin` client certificate [`use_local_certs`] makes.
+pub const LOCAL_ADMIN: &str = "admin";
+
+/// Makes a local cluster's certificates in `dir` unless they are there (the
+/// authority, an `admin` client, nodes `db1` to `db{dbs}`), and uses them:
+/// nodes [`NodeProc`] starts serve with them (`--certs dir`), and this
+/// process talks to nodes as the admin.
+pub fn use_local_certs(dir: &Path, dbs: u32) -> anyhow::Result<()> {
+    use propagator::net::{cert, Identity, Role, Tls, Transport};
+    if !dir.join(cert::CA_CERT).exists() {
+        cert::init(dir, "local")?;
+    }
+    let admin = Identity {
+        name: LOCAL_ADMIN.into(),
+        role: Role::Admin,
+        db: None,
+    };
+    let mut ids = vec![admin];
+    ids.extend((1..=dbs).map(|d| cert::node_identity(propagator::DbId(d))));
+    for id in &ids {
+        if !dir.join(format!("{}.crt", id.name)).exists() {
+            cert::issue(dir, id, 30)?;
+        }
+    }
+    let tls = Tls::load(
+        &dir.join(cert::CA_CERT),
+        &dir.join(format!("{LOCAL_ADMIN}.crt")),
+        &dir.join(format!("{LOCAL_ADMIN}.key")),
+    )?;
+    propagator::net::set_client(Transport::Tls(std::sync::Arc::new(tls)));
+    *NODE_CERTS.write().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
+    Ok(())
+}
+
+/// Nodes [`NodeProc`] starts serve plain TCP on loopback
+/// (`--insecure-loopback`), and this process talks to them so.
+pub fn use_plain_loopback() {
+    propagator::net::set_client(propagator::net::Transport::PlainLoopback);
+    *NODE_CERTS.write().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// The arguments that give a node its credentials (see [`use_local_certs`]).
+fn credential_args() -> Vec<String> {
+    match &*NODE_CERTS.read().unwrap_or_else(|p| p.into_inner()) {
+        Some(d) => vec!["--certs".into(), d.display().to_string()],
+        None => vec!["--insecure-loopback".into()],
+    }
 }
 
 impl NodeProc {
@@ -89,7 +142,8 @@ impl NodeProc {
             .append(true)
             .open(&self.stderr_log)
             .with_context(|| format!("opening {}", self.stderr_log.display()))?;
-        let mut args = self.args.clone();
+        let mut args = credential_args();
+        args.extend(self.args.iter().cloned());
         if let Ok(a) = std::env::var("ETP_NODE_ARGS") {
             args.extend(a.split_whitespace().map(String::from));
         }
@@ -284,8 +338,7 @@ impl Cluster {
         let text = make(&addrs);
         std::fs::write(dir.join("topology.toml"), &text).context("writing topology.toml")?;
         let topology = Valid::parse(&text)?;
-        let mut c = nodes[0].client()?;
-        c.call(&Request::Admin(AdminRequest::AdminApply { topology: text }))?;
+        propagator::node::apply::apply_topology_blocking(&text)?;
         Ok(Cluster { nodes, topology })
     }
 

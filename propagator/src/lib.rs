@@ -45,6 +45,7 @@ pub mod log_record;
 pub mod logstore;
 pub mod medium;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod plog;
 pub mod predicate;

@@ -201,16 +201,16 @@ pub enum ReadRequest {
     Files,
 }
 
-/// The topology: apply (two-phase, through every node it names), export.
+/// The topology: prepare and install (an apply's two phases, which the
+/// client runs through every node: `node::apply`), export.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AdminRequest {
-    /// Validates a topology and installs it on every node it names.
-    AdminApply { topology: String },
     /// The topology this node holds.
     AdminExport,
-    /// Node to node: can this node take its part of the topology?
+    /// Can this node take its part of the topology? (Phase one of an
+    /// apply, which the client runs: `node::apply`.)
     AdminPrepare { topology: String },
-    /// Node to node: take its part of the topology.
+    /// Take this node's part of the topology (phase two).
     AdminInstall { topology: String },
 }
 
@@ -836,6 +836,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The request was understood and refused (a rule of the receiver).
     Refused,
+    /// The peer's certificate does not allow this request (its role, or a
+    /// link for a replicate its database does not master).
+    NotAllowed,
     /// The node failed while handling it (an internal error): whether a
     /// commit it carried took effect is not known. A retry under the same
     /// transaction id is safe.

@@ -9,9 +9,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `etp` binary of this build profile, built once per test run if needed.
+/// The `etp` binary of this build profile, built once per test run if
+/// needed. The run's certificates ([`certs`]) are made first, so every
+/// node and client a test starts talks mutual TLS.
 pub fn etp_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
+    certs();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> → target/<profile>/etp
@@ -34,18 +37,97 @@ pub fn etp_bin() -> &'static Path {
     })
 }
 
+/// The test run's certificate directory: the cluster's authority, the
+/// clients `admin`, `reader` and `writer` (roles admin, read, write) and
+/// the nodes `db1` to `db{NODE_CERTS}`,
+/// made once per test process. This process talks to nodes as `admin`, and
+/// nodes started through `maintenance::cluster` serve with them.
+pub fn certs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("etp-test-certs-")
+            .tempdir()
+            .expect("a temporary directory for the certificates")
+            .keep();
+        maintenance::cluster::use_local_certs(&dir, NODE_CERTS)
+            .expect("making the test run's certificates");
+        use propagator::net::{cert, Identity, Role};
+        for (name, role) in [("reader", Role::Read), ("writer", Role::Write)] {
+            let id = Identity {
+                name: name.into(),
+                role,
+                db: None,
+            };
+            cert::issue(&dir, &id, 30).expect("issuing a test certificate");
+        }
+        dir
+    })
+}
+
+/// Node certificates [`certs`] makes: databases 1 to this.
+pub const NODE_CERTS: u32 = 12;
+
+/// `etp` with the test run's certificates in its environment: as a client,
+/// the `admin` certificate; as a node, `--certs` ([`certs`]).
+pub fn etp_command() -> Command {
+    let dir = certs();
+    let mut c = Command::new(etp_bin());
+    c.env("ETP_CA", dir.join("ca.crt"))
+        .env("ETP_CERT", dir.join("admin.crt"))
+        .env("ETP_KEY", dir.join("admin.key"))
+        .env("ETP_CERTS", dir);
+    c
+}
+
+/// The test run's credentials of `name` (a file stem in [`certs`]).
+pub fn credentials(name: &str) -> std::sync::Arc<propagator::net::Tls> {
+    let dir = certs();
+    std::sync::Arc::new(
+        propagator::net::Tls::load(
+            &dir.join("ca.crt"),
+            &dir.join(format!("{name}.crt")),
+            &dir.join(format!("{name}.key")),
+        )
+        .expect("the test run's credentials"),
+    )
+}
+
+/// A blocking TLS connection to a node as `admin`, for tests that write
+/// raw bytes to it.
+pub fn tls_connect(
+    addr: std::net::SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
+        .expect("server name");
+    let conn = rustls::ClientConnection::new(credentials("admin").client_config(), name)
+        .expect("client connection");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// The server side of a TLS connection a fake node of database `db`
+/// accepted, with that database's certificate.
+pub fn tls_accept(
+    tcp: std::net::TcpStream,
+    db: u32,
+) -> rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream> {
+    let conn = rustls::ServerConnection::new(credentials(&format!("db{db}")).server_config())
+        .expect("server connection");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
 /// Runs `etp ARGS` to completion.
 pub fn etp(args: &[&str]) -> Output {
-    Command::new(etp_bin())
-        .args(args)
-        .output()
-        .expect("running etp")
+    etp_command().args(args).output().expect("running etp")
 }
 
 /// Runs `etp ARGS` with `input` on standard input.
 pub fn etp_stdin(args: &[&str], input: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(etp_bin())
+    let mut child = etp_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -168,7 +250,7 @@ pub fn start_node(
         .append(true)
         .open(log)
         .expect("opening the node's log");
-    let mut cmd = Command::new(etp_bin());
+    let mut cmd = etp_command();
     cmd.args(["node", "run", "--data"]).arg(data);
     if let Some(l) = listen {
         cmd.args(["--listen", l]);

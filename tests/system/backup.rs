@@ -2,7 +2,7 @@
 //! applied, the replicate set restored into its stopped node and caught up
 //! by its replication task, the log cleaned up to the newest master copy.
 
-use etp_system_tests::{etp, etp_bin, ok, wait_for};
+use etp_system_tests::{etp, etp_bin, etp_command, ok, wait_for};
 use maintenance::cluster::{Cluster, FULL, MASTER};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
@@ -566,7 +566,7 @@ fn a_restore_or_regenerate_into_a_new_directory_killed_ten_times_starts_over_and
     let want = of(&src, &members);
     assert_eq!(want.len(), 2, "master and log: {want:?}");
     let restored = killed_ten_times(tmp.path(), "restore", &mut rng, &|to| {
-        let mut c = std::process::Command::new(etp_bin());
+        let mut c = etp_command();
         c.args(["copy", "restore", &id, "--area", &area_s, "--to"])
             .arg(to)
             .stdout(std::process::Stdio::null())
@@ -590,7 +590,7 @@ fn a_restore_or_regenerate_into_a_new_directory_killed_ten_times_starts_over_and
     db.close().expect("close");
     let want = of(&src, &[10]);
     let regenerated = killed_ten_times(tmp.path(), "regenerate", &mut rng, &|to| {
-        let mut c = std::process::Command::new(etp_bin());
+        let mut c = etp_command();
         c.args([
             "copy",
             "regenerate",

@@ -4,10 +4,10 @@
 //! ET is present, no part of an unacknowledged one is, the master equals the
 //! replay of its log, log seqs are gap-free, and `etp db check` passes.
 
-use etp_system_tests::{etp, etp_bin, ok, parse_dump, seed, KillGuard};
+use etp_system_tests::{etp, etp_command, ok, parse_dump, seed, KillGuard};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -147,7 +147,7 @@ fn kill_9_cycles(engine: &str) {
     let cycles = 50;
     for cycle in 0..cycles {
         let mut child = KillGuard(
-            Command::new(etp_bin())
+            etp_command()
                 .args(["exec", "--data", d])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

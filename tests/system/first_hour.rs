@@ -494,7 +494,7 @@ fn logs_can_be_json_lines_for_shippers() {
     init(&d, 1);
     let log = tmp.path().join("n1.log");
     let err = std::fs::File::create(&log).expect("log file");
-    let mut child = std::process::Command::new(etp_system_tests::etp_bin())
+    let mut child = etp_system_tests::etp_command()
         .args(["node", "run", "--listen", "127.0.0.1:0", "--data"])
         .arg(&d)
         .env("ETP_LOG", "info")
@@ -518,7 +518,7 @@ fn logs_can_be_json_lines_for_shippers() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
     }
-    let bad = std::process::Command::new(etp_system_tests::etp_bin())
+    let bad = etp_system_tests::etp_command()
         .args(["db", "status", "--data"])
         .arg(&d)
         .env("ETP_LOG_FORMAT", "xml")

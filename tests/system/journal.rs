@@ -4,13 +4,13 @@
 //! invariant 3). Real node processes, real TCP, a fault proxy in between.
 
 use etp_system_tests::proxy::{Direction, FaultProxy};
-use etp_system_tests::{etp, etp_bin, etp_stdin, ok, parse_dump, wait_for, KillGuard};
+use etp_system_tests::{etp, etp_bin, etp_command, etp_stdin, ok, parse_dump, wait_for, KillGuard};
 use maintenance::cluster::NodeProc;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 const ANY_PORT: &str = "127.0.0.1:0";
@@ -174,7 +174,7 @@ fn journal_retries_while_master_unreachable_then_applies_once() {
     let proxy = FaultProxy::start(n.addr).expect("proxy");
     proxy.refuse();
     let mut child = KillGuard(
-        Command::new(etp_bin())
+        etp_command()
             .args(["exec", "--node", &proxy.addr().to_string(), "--journal"])
             .arg(&j)
             .args(["--retry-for", "25"])

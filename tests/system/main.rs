@@ -13,5 +13,6 @@ mod readme;
 mod recover;
 mod recover_run;
 mod refusal;
+mod security;
 // Kept last (not alphabetical) so it merges beside concurrent suites.
 mod metrics;

@@ -9,12 +9,12 @@ use propagator::confirmation::confirmation_from_record;
 use propagator::exec::ExecTarget;
 use propagator::node::client::Client;
 use propagator::wire::ReplicaState;
-use propagator::wire::{AdminRequest, Request, Response};
 use propagator::wire::{OperationRequest, ReadRequest};
+use propagator::wire::{Request, Response};
 use propagator::{Fnr, Isn, Record, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -472,12 +472,13 @@ fn node_info(addr: SocketAddr) -> propagator::wire::NodeInfo {
 }
 
 /// Sends raw bytes and returns whatever the node answers before it closes.
+/// Sends `bytes` on a TLS connection of their own, ends the session's
+/// sending side, and returns what the node answered before it closed.
 fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    let mut s = etp_system_tests::tls_connect(addr);
     let _ = s.write_all(bytes);
-    let _ = s.shutdown(std::net::Shutdown::Write);
+    s.conn.send_close_notify();
+    let _ = s.flush();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
@@ -732,7 +733,9 @@ fn a_batch_is_answered_once_applied_and_its_reported_sync_survives_kill_9() {
         master_db: propagator::DbId(1),
         master: MASTER,
     });
-    let mut c = Client::connect(cl.nodes[1].addr).expect("connect");
+    // As the master's node: a link needs database 1's certificate.
+    let as_master = propagator::net::Transport::Tls(etp_system_tests::credentials("db1"));
+    let mut c = Client::connect_with(cl.nodes[1].addr, &as_master).expect("connect");
     let Ok(Response::Link(state)) = c.call(&open) else {
         panic!("LinkOpen refused");
     };
@@ -860,12 +863,8 @@ fn a_new_topology_keeps_what_the_feeders_knew_of_their_replicates() {
     verify_converged(&cl, &model, &format!("seed {s}"));
     let before = cl.task_status().expect("status");
     let text = std::fs::read_to_string(t.path().join("topology.toml")).expect("topology");
-    let r = cl
-        .master()
-        .client()
-        .expect("client")
-        .call(&Request::Admin(AdminRequest::AdminApply { topology: text }));
-    assert!(matches!(r, Ok(Response::Text(_))), "{r:?}");
+    let r = propagator::node::apply::apply_topology_blocking(&text);
+    assert!(r.is_ok(), "{r:?}");
     // New feeders (their counts start again) streaming once more.
     let after = wait_for("the new feeders streaming", CONVERGE, || {
         let st = cl.task_status().ok()?;

@@ -19,6 +19,12 @@ fn blocks(readme: &str, heading: &str) -> Vec<String> {
     out
 }
 
+/// Runs `script` with bash, `etp` on the PATH, after the walk-through's
+/// `export` lines so far (`prelude`): a reader's one shell session.
+fn sh_with(prelude: &str, script: &str) -> std::process::Output {
+    sh(&format!("{prelude}{script}"))
+}
+
 /// Runs `script` with bash, `etp` on the PATH.
 fn sh(script: &str) -> std::process::Output {
     let dir = etp_bin().parent().expect("the binary's directory");
@@ -58,12 +64,18 @@ fn the_readme_walk_through_runs_as_written() {
 
     // Block 1: init both databases, start both nodes in the background.
     let mut nodes = Vec::new();
+    let mut prelude = String::new();
     for line in blocks[0].lines().filter(|l| !l.trim().is_empty()) {
+        if line.split_whitespace().next() == Some("export") {
+            prelude.push_str(line);
+            prelude.push('\n');
+            continue;
+        }
         match line.trim().strip_suffix('&') {
             Some(bg) => {
                 let dir = etp_bin().parent().expect("dir").display().to_string();
                 let child = Command::new("bash")
-                    .args(["-c", &format!("exec {bg}")])
+                    .args(["-c", &format!("{prelude}exec {bg}")])
                     .env(
                         "PATH",
                         format!("{dir}:{}", std::env::var("PATH").unwrap_or_default()),
@@ -74,7 +86,7 @@ fn the_readme_walk_through_runs_as_written() {
                 nodes.push(KillGuard(child));
             }
             None => {
-                let o = sh(line);
+                let o = sh_with(&prelude, line);
                 assert!(
                     o.status.success(),
                     "{line}: {}",
@@ -91,13 +103,13 @@ fn the_readme_walk_through_runs_as_written() {
     }
 
     // Block 2: the topology, applied.
-    let o = sh(&blocks[1]);
+    let o = sh_with(&prelude, &blocks[1]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("topology applied to databases"), "{out}");
 
     // Block 3: one transaction of two stores.
-    let o = sh(&blocks[2]);
+    let o = sh_with(&prelude, &blocks[2]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
@@ -113,7 +125,7 @@ fn the_readme_walk_through_runs_as_written() {
         "the replicate to hold both records",
         Duration::from_secs(30),
         || {
-            let o = sh(&blocks[3]);
+            let o = sh_with(&prelude, &blocks[3]);
             let out = String::from_utf8_lossy(&o.stdout).into_owned();
             (o.status.success() && out.contains("Ada") && out.contains("Grace")).then_some(out)
         },

@@ -11,7 +11,7 @@
 //! seconds, operator decisions).
 
 use etp_system_tests::proxy::{Direction, FaultProxy};
-use etp_system_tests::{etp, etp_bin, etp_stdin, ok, tamper};
+use etp_system_tests::{etp, etp_bin, etp_command, etp_stdin, ok, tamper};
 use maintenance::cluster::{topology_text, Cluster, MASTER, PART};
 use propagator::wire::ReplicaState;
 use propagator::wire::{Command, Response};
@@ -569,7 +569,7 @@ fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_st
         // milliseconds after it starts the restore; then it is let finish
         // it and killed in the roll-forward.
         let target = if in_restore < 10 { 3 } else { 4 };
-        let mut child = std::process::Command::new(etp_bin())
+        let mut child = etp_command()
             .args(s.run_args(20, &["--area", &area]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -814,7 +814,7 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
     // the master is back at the copy's level, the roll-forward not done.
     let m = s.m();
     let state = s.dir("recovery");
-    let out = std::process::Command::new(etp_bin())
+    let out = etp_command()
         .args([
             "recover",
             "run",

@@ -27,7 +27,7 @@ struct Seen {
 }
 
 /// The protocol's framing, by hand: a 4-byte big-endian length, then the message.
-fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+fn read_frame(s: &mut impl Read) -> Option<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).ok()?;
     let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -35,7 +35,7 @@ fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
     Some(b)
 }
 
-fn write_frame(s: &mut TcpStream, r: &Response) -> Option<()> {
+fn write_frame(s: &mut impl Write, r: &Response) -> Option<()> {
     let b = r.encode().ok()?;
     s.write_all(&u32::try_from(b.len()).ok()?.to_be_bytes())
         .ok()?;
@@ -43,7 +43,8 @@ fn write_frame(s: &mut TcpStream, r: &Response) -> Option<()> {
 }
 
 /// Serves one connection of the fake node `dbid`.
-fn serve(mut s: TcpStream, dbid: u32, seen: &Seen) {
+fn serve(s: TcpStream, dbid: u32, seen: &Seen) {
+    let mut s = etp_system_tests::tls_accept(s, dbid);
     while let Some(frame) = read_frame(&mut s) {
         let Ok(req) = Request::decode(&frame) else {
             return;

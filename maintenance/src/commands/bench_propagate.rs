@@ -31,8 +31,8 @@ use maintenance::cluster::{Cluster, NodeProc, FULL, MASTER, PART};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
 use propagator::wire::ReplicaState;
-use propagator::wire::{AdminRequest, OperationRequest, ReadRequest};
 use propagator::wire::{Command, Request, Response, TaskAction};
+use propagator::wire::{OperationRequest, ReadRequest};
 use propagator::{Isn, Record, Seq, Value};
 use serde_bytes::ByteBuf;
 use std::net::SocketAddr;
@@ -85,11 +85,10 @@ fn sync_replicate(kind: &str) -> String {
     )
 }
 
-fn apply(c: &mut Client, text: String) -> anyhow::Result<()> {
-    match c.call(&Request::Admin(AdminRequest::AdminApply { topology: text }))? {
-        Response::Text(_) => Ok(()),
-        other => bail!("applying the topology: {other:?}"),
-    }
+fn apply(text: String) -> anyhow::Result<()> {
+    propagator::node::apply::apply_topology_blocking(&text)
+        .map(|_| ())
+        .context("applying the topology")
 }
 
 /// Waits until `name` confirms `seq` (the node answers when it happens).
@@ -445,9 +444,22 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         p
     };
     let exe = std::env::current_exe()?;
+    // BENCH_TLS=0: plain TCP on loopback (to measure what TLS costs).
+    let tls = env_u64("BENCH_TLS", 1)? != 0;
+    if tls {
+        maintenance::cluster::use_local_certs(&dir_path.join("certs"), 3)?;
+    } else {
+        maintenance::cluster::use_plain_loopback();
+    }
+    emit("config_tls", u64::from(tls), "bool");
     eprintln!(
-        "etp bench propagate: nodes under {}",
-        dir_path.as_path().display()
+        "etp bench propagate: nodes under {} ({})",
+        dir_path.as_path().display(),
+        if tls {
+            "mutual TLS"
+        } else {
+            "plain TCP on loopback"
+        }
     );
     let mut cl = Cluster::start_with(&exe, dir_path.as_path(), topology)?;
     let mut c = cl.master().client()?;
@@ -489,7 +501,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         let name = format!("sync_{kind}");
         let cpu = CpuMeter::start(&cl);
         let t0 = Instant::now();
-        apply(&mut ctl, format!("{base_topology}{}", sync_replicate(kind)))?;
+        apply(format!("{base_topology}{}", sync_replicate(kind)))?;
         let applied = t0.elapsed().as_secs_f64();
         confirmed(maddr, &name, last)?;
         let wall = t0.elapsed().as_secs_f64();
@@ -574,7 +586,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             emit("c_full_resume_from_isn", l.resumed_from.0, "isn");
         }
         // Gone again, as pg_peer.sh drops the subscription.
-        apply(&mut ctl, base_topology.clone())?;
+        apply(base_topology.clone())?;
     }
 
     // a2. backlog drain

@@ -111,6 +111,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<Outcome> {
         }
     };
     let exe = std::env::current_exe().context("locating the etp binary")?;
+    let certs = dir.join("certs");
+    maintenance::cluster::use_local_certs(&certs, 3)?;
+    println!(
+        "== certificates (mutual TLS) in {}: the cluster's authority, nodes db1-db3, client admin",
+        certs.display()
+    );
     println!("== starting 3 nodes under {}", dir.display());
     let mut cluster = Cluster::start(&exe, &dir, Some(1))?;
     for n in &cluster.nodes {

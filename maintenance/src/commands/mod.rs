@@ -3,6 +3,7 @@
 mod bench;
 mod bench_copy;
 mod bench_propagate;
+mod cert;
 mod copy;
 mod db;
 mod demo;
@@ -24,7 +25,14 @@ use std::path::Path;
 pub(crate) use maintenance::recovery::ask;
 
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    // How this process reaches nodes (a node sets its own at start).
+    if !matches!(cli.command, Command::Node(_)) {
+        if let Some(t) = cert::client_transport(&cli.tls)? {
+            propagator::net::set_client(t);
+        }
+    }
     match cli.command {
+        Command::Cert(c) => cert::run(c),
         Command::Db(c) => db::run(c),
         Command::File(c) => file::run(c),
         Command::Master(c) => file::run_master(c),
@@ -32,7 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Log(c) => log::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Demo(a) => demo::run(a),
-        Command::Node(c) => node::run(c),
+        Command::Node(c) => node::run(c, &cli.tls),
         Command::Admin(c) => node::admin(c),
         Command::Task(c) => node::task(c),
         Command::Policy(c) => replicate::policy(c),

@@ -12,12 +12,14 @@ use propagator::wire::{Request, Response, TaskAction, TaskReport};
 use propagator::Fnr;
 use std::io::Write;
 
-pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
+pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome> {
     let NodeCommand::Run {
         data,
         listen,
         cache_mb,
         metrics,
+        certs,
+        insecure_loopback,
     } = c;
     if let Some(a) = metrics.filter(|a| !a.ip().is_loopback()) {
         bail!("--metrics {a}: not a loopback address; metrics are served on loopback only (for example 127.0.0.1:9400)");
@@ -32,6 +34,24 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
         Some(a) => (a, true),
         None => (known_address(&db)?, false),
     };
+    // TLS with the cluster's certificates, or plain TCP on loopback when
+    // asked for by name.
+    let transport = if insecure_loopback {
+        if !listen.ip().is_loopback() {
+            bail!("--insecure-loopback: {listen} is not a loopback address; a node serves plain TCP only on loopback (give it certificates: --certs DIR)");
+        }
+        propagator::net::Transport::PlainLoopback
+    } else {
+        match super::cert::node_tls(certs.as_deref(), tls, db.dbid())? {
+            Some(t) => propagator::net::Transport::Tls(t),
+            None => bail!(
+                "no certificates: give --certs DIR (the cluster's ca.crt and this database's db{}.crt and db{}.key; `etp cert init` and `etp cert issue` make them), or --ca, --cert and --key; or --insecure-loopback to serve plain TCP on a loopback address",
+                db.dbid(),
+                db.dbid()
+            ),
+        }
+    };
+    propagator::net::set_client(transport.clone());
     // One reactor thread: the work that blocks (commits, syncs, page-store
     // reads of any size) runs on the blocking pool and the link's sync
     // threads, so the reactor only moves bytes and small batches. On two
@@ -90,7 +110,7 @@ pub fn run(c: NodeCommand) -> anyhow::Result<Outcome> {
                 let _ = stopped.await;
             }))
         });
-        node.clone().serve(listener, shutdown_signal()).await;
+        node.clone().serve(listener, transport, shutdown_signal()).await;
         sched_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = tokio::task::spawn_blocking(move || sched.join()).await;
         drop(stop);
@@ -172,14 +192,21 @@ pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
         AdminCommand::Apply { node, topology } => {
             let text = std::fs::read_to_string(&topology)
                 .with_context(|| format!("cannot read {}", topology.display()))?;
-            // Check locally first: a bad file is named without touching a node.
-            propagator::topology::Valid::parse(&text)
+            // Checked here first: a bad file is named without touching a node.
+            let v = propagator::topology::Valid::parse(&text)
                 .with_context(|| format!("{}", topology.display()))?;
-            let mut client = Client::connect(node.node)?;
-            match client.call(&Request::Admin(AdminRequest::AdminApply { topology: text }))? {
-                Response::Text(t) => println!("{t}"),
-                other => bail!("unexpected answer {other:?}"),
+            // The node named is one the topology names: a topology for
+            // another cluster is not applied by mistake.
+            if let Some(n) = node {
+                if !v.addresses.values().any(|a| *a == n) {
+                    bail!(
+                        "--node {n} is not among the addresses {} names: is it this cluster's topology?",
+                        topology.display()
+                    );
+                }
             }
+            let done = propagator::node::apply::apply_topology_blocking(&text)?;
+            println!("{done}");
             Ok(Outcome::Ok)
         }
         AdminCommand::Export { node } => {

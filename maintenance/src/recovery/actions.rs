@@ -9,7 +9,7 @@ use super::RunOptions;
 use super::{ask as call, replicate_action as replicate};
 use anyhow::{bail, Context};
 use propagator::wire::ReplicaState;
-use propagator::wire::{AdminRequest, OperationRequest, ReadRequest};
+use propagator::wire::{OperationRequest, ReadRequest};
 use propagator::wire::{RecoveryOp, ReplicateAction, Request, Response, TaskAction};
 use propagator::{DbId, Fnr, Isn};
 use std::net::SocketAddr;
@@ -574,13 +574,7 @@ impl Exec<'_> {
                 &Request::Recovery(RecoveryOp::Rebase { file: a.fnr }),
             )?;
         }
-        let any = self
-            .probes
-            .admins
-            .first()
-            .map(|a| a.addr)
-            .context("no node answers")?;
-        call(any, &Request::Admin(AdminRequest::AdminApply { topology }))?;
+        propagator::node::apply::apply_topology_blocking(&topology)?;
         Ok(format!(
             "topology from {path} applied; administration file rebuilt on database(s) {}",
             damaged

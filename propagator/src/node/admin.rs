@@ -1,9 +1,10 @@
-//! The two-phase topology apply: every node named checks that it can take
-//! its part (`prepare`) before any installs it; and the administration
-//! file's records (topology, copy-job definitions).
+//! A node's part of the two-phase topology apply (which the client runs,
+//! `super::apply`): check that it can take its part (`prepare`), take it
+//! (`install`); and the administration file's records (topology, copy-job
+//! definitions).
 
 use super::*;
-use crate::wire::{AdminRequest, ReadRequest};
+use crate::wire::AdminRequest;
 
 /// Record of the administration file holding the copy-job definitions.
 pub const COPY_JOBS_ISN: Isn = Isn(3);
@@ -11,7 +12,6 @@ pub const COPY_JOBS_ISN: Isn = Isn(3);
 impl Node {
     pub(super) async fn admin(self: &Arc<Self>, r: AdminRequest) -> Response {
         match r {
-            AdminRequest::AdminApply { topology } => self.admin_apply(topology).await,
             AdminRequest::AdminExport => self.admin_export(),
             AdminRequest::AdminPrepare { topology } => self.admin_prepare(&topology),
             AdminRequest::AdminInstall { topology } => self.admin_install(&topology).await,
@@ -143,86 +143,6 @@ impl Node {
         self.start_tasks(&v, true, true);
         self.set_topology(v);
         Response::Ok
-    }
-
-    /// Checks a topology, asks every node it names whether it can take its
-    /// part, and only then installs it everywhere.
-    pub(super) async fn admin_apply(self: &Arc<Self>, text: String) -> Response {
-        let _guard = self.admin.lock().await;
-        let v = match Valid::parse(&text) {
-            Ok(v) => v,
-            Err(e) => return Response::error(e.to_string()),
-        };
-        let mut conns = Vec::new();
-        for (dbid, addr) in &v.addresses {
-            let r: Result<Conn, OpError> = async {
-                let mut c = Conn::connect(*addr).await?;
-                match c.call(&Request::Read(ReadRequest::Info)).await? {
-                    Response::Info(i) if i.dbid == *dbid => {}
-                    Response::Info(i) => {
-                        return Err(OpError::Refused(format!(
-                            "the node at {addr} holds database {}, the topology says {dbid}",
-                            i.dbid
-                        )))
-                    }
-                    other => return Err(c.unexpected(&other, "Info").into()),
-                }
-                c.call(&Request::Admin(AdminRequest::AdminPrepare {
-                    topology: text.clone(),
-                }))
-                .await?;
-                Ok(c)
-            }
-            .await;
-            match r {
-                Ok(c) => conns.push((*dbid, c)),
-                Err(e) => {
-                    return Response::error(Failure::new(
-                        e.code(),
-                        format!("topology not applied (nothing changed): database {dbid}: {e}"),
-                    ))
-                }
-            }
-        }
-        // Replicate nodes first, so a master's task finds its replicates' files.
-        conns.sort_by_key(|(dbid, _)| v.tasks_on(*dbid).iter().any(|(_, _, r)| !r.is_empty()));
-        let mut done = Vec::new();
-        for (dbid, mut c) in conns {
-            if dbid == self.db.dbid() {
-                drop(c);
-                match self.install(v.clone()).await {
-                    Response::Ok => done.push(dbid),
-                    Response::Error { code, message } => {
-                        return Response::error(Failure::new(
-                            code,
-                            format!(
-                            "topology installed on {done:?} but not on database {dbid}: {message}"
-                        ),
-                        ))
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            if let Err(e) = c
-                .call(&Request::Admin(AdminRequest::AdminInstall {
-                    topology: text.clone(),
-                }))
-                .await
-            {
-                return Response::error(format!(
-                    "topology installed on {done:?} but not on database {dbid}: {e}"
-                ));
-            }
-            done.push(dbid);
-        }
-        Response::Text(format!(
-            "topology applied to databases {}",
-            done.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
     }
 }
 

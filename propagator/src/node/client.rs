@@ -8,6 +8,8 @@
 use crate::database::CommitInfo;
 use crate::exec::ExecTarget;
 use crate::ids::{Fnr, Isn};
+use crate::net::split::{LinkReader, LinkWriter};
+use crate::net::{Identity, Stream};
 use crate::record::{decode_record, encode_record, Record};
 use crate::wire::{codec, Command, ErrorCode, Request, Response};
 use crate::wire::{ReadRequest, SessionRequest};
@@ -71,33 +73,77 @@ impl ClientError {
 /// earlier one. Pipelining callers use [`Conn::send`] and [`Conn::recv`].
 pub struct Conn {
     addr: SocketAddr,
-    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    framed: Framed<Stream, LengthDelimitedCodec>,
+    /// Who the node is (None: plain TCP on loopback).
+    peer: Option<Identity>,
     /// Requests sent (or begun) whose answers have not been read.
     owed: usize,
+    /// Whether any answer arrived on this connection.
+    answered: bool,
 }
 
 impl Conn {
+    /// Connects to the node at `addr` with this process's transport
+    /// ([`crate::net::client`]): TCP and the TLS handshake, both within
+    /// [`CONNECT_TIMEOUT`].
     pub async fn connect(addr: SocketAddr) -> Result<Conn, ClientError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Connect {
-                addr: addr.to_string(),
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| ClientError::Connect {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        let _ = stream.set_nodelay(true);
+        Conn::connect_with(addr, &crate::net::client()).await
+    }
+
+    /// [`Conn::connect`] with another transport (another certificate).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        transport: &crate::net::Transport,
+    ) -> Result<Conn, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let (stream, peer) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            transport
+                .connect(tcp, addr)
+                .await
+                .map_err(|e| connect_err(e.to_string()))
+        })
+        .await
+        .map_err(|_| {
+            connect_err(format!(
+                "no connection within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })??;
         Ok(Conn {
             addr,
             framed: Framed::new(stream, codec()),
+            peer,
             owed: 0,
+            answered: false,
         })
+    }
+
+    /// Connects to the node that serves database `db` at `addr`: on TLS
+    /// its certificate must be that database's.
+    pub async fn connect_to(addr: SocketAddr, db: crate::ids::DbId) -> Result<Conn, ClientError> {
+        let c = Conn::connect(addr).await?;
+        match &c.peer {
+            Some(id) if id.db != Some(db) => Err(ClientError::Connect {
+                addr: addr.to_string(),
+                reason: format!("the node presented {id}, where database {db} was expected"),
+            }),
+            _ => Ok(c),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Who the node is, by its certificate (None: plain TCP on loopback).
+    pub fn peer(&self) -> Option<&Identity> {
+        self.peer.as_ref()
     }
 
     fn io(&self, reason: impl ToString) -> ClientError {
@@ -121,8 +167,20 @@ impl Conn {
         let frame = self.framed.next().await;
         if matches!(frame, Some(Ok(_))) {
             self.owed = self.owed.saturating_sub(1);
+            self.answered = true;
         }
-        answer(self.addr, frame)
+        let r = answer(self.addr, frame);
+        match r {
+            // Plain TCP to a node that serves TLS: its alert reads as a
+            // frame of an impossible length, or the socket closes.
+            Err(ClientError::Io { addr, reason }) if self.peer.is_none() && !self.answered => {
+                Err(ClientError::Io {
+                    addr,
+                    reason: format!("{reason} (does the node serve TLS? give the cluster's certificates: --ca, --cert, --key or ETP_CA, ETP_CERT, ETP_KEY)"),
+                })
+            }
+            r => r,
+        }
     }
 
     /// One request and its response; a remote error becomes `Err`. Refused
@@ -150,7 +208,7 @@ impl Conn {
     /// `node::tail`): the answers, read as before, and the socket's write
     /// half. Only between requests: with an answer owed, or bytes read and
     /// not yet decoded, the halves would lose track of the conversation.
-    pub fn split(self) -> Result<(ConnReader, tokio::net::tcp::OwnedWriteHalf), ClientError> {
+    pub fn split(self) -> Result<(ConnReader, LinkWriter), ClientError> {
         if self.owed > 0 {
             return Err(ClientError::Abandoned {
                 addr: self.addr.to_string(),
@@ -160,7 +218,18 @@ impl Conn {
         if !parts.read_buf.is_empty() || !parts.write_buf.is_empty() {
             return Err(io_err(self.addr, "the node sent bytes nobody asked for"));
         }
-        let (rd, wr) = parts.io.into_split();
+        let (rd, wr) = match parts.io {
+            Stream::Plain(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                (LinkReader::plain(rd), LinkWriter::plain(wr))
+            }
+            Stream::Tls(tls) => match *tls {
+                tokio_rustls::TlsStream::Client(c) => crate::net::split::split_tls(c),
+                tokio_rustls::TlsStream::Server(_) => {
+                    return Err(io_err(self.addr, "a server's side cannot be split"))
+                }
+            },
+        };
         Ok((
             ConnReader {
                 addr: self.addr,
@@ -182,6 +251,10 @@ fn answer(
 ) -> Result<Response, ClientError> {
     match frame {
         None => Err(ClientError::Closed {
+            addr: addr.to_string(),
+        }),
+        // A TLS session cut without its close (a node killed): closed.
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ClientError::Closed {
             addr: addr.to_string(),
         }),
         Some(Err(e)) => Err(io_err(addr, e)),
@@ -207,7 +280,7 @@ fn unexpected(addr: SocketAddr, got: &Response, want: &'static str) -> ClientErr
 /// The reading half of a split [`Conn`].
 pub struct ConnReader {
     addr: SocketAddr,
-    framed: tokio_util::codec::FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
+    framed: tokio_util::codec::FramedRead<LinkReader, LengthDelimitedCodec>,
 }
 
 impl ConnReader {
@@ -230,6 +303,14 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
+        Client::connect_with(addr, &crate::net::client())
+    }
+
+    /// [`Client::connect`] with another transport (another certificate).
+    pub fn connect_with(
+        addr: SocketAddr,
+        transport: &crate::net::Transport,
+    ) -> Result<Client, ClientError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -237,7 +318,7 @@ impl Client {
                 addr: addr.to_string(),
                 reason: format!("cannot start a runtime: {e}"),
             })?;
-        let conn = rt.block_on(Conn::connect(addr))?;
+        let conn = rt.block_on(Conn::connect_with(addr, transport))?;
         Ok(Client {
             rt,
             conn,

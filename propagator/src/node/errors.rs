@@ -51,6 +51,9 @@ pub enum OpError {
     /// The replicate's node could not be reached, or the link failed.
     #[error("{0}")]
     Link(String),
+    /// The peer's certificate does not allow it.
+    #[error("{0}")]
+    NotAllowed(String),
     /// A call to another node failed (its code is kept).
     #[error(transparent)]
     Client(#[from] crate::node::client::ClientError),
@@ -68,6 +71,7 @@ impl OpError {
             OpError::NotHere(_) => ErrorCode::BadRequest,
             OpError::Refused(_) => ErrorCode::Refused,
             OpError::Link(_) => ErrorCode::Unavailable,
+            OpError::NotAllowed(_) => ErrorCode::NotAllowed,
             OpError::Client(e) => e.code(),
             OpError::Db(e) => e.code(),
             OpError::Control(e) => e.code(),

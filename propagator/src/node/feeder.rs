@@ -12,7 +12,7 @@ use super::errors::{off_reactor, Internal, OpError};
 use super::view::transform;
 use crate::database::Database;
 use crate::digest::FileMeta;
-use crate::ids::{Fnr, Isn, Seq};
+use crate::ids::{DbId, Fnr, Isn, Seq};
 use crate::topology::{MasterDef, Replicate, TaskDef};
 use crate::wire::LinkRequest;
 use crate::wire::{ErrorCode, LinkState, Request, Response};
@@ -266,7 +266,12 @@ pub(super) fn now_us() -> i64 {
 
 /// Opens the link to the replicate: its confirmation, digest and load progress.
 pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkState), Stop> {
-    let mut conn = match tokio::time::timeout(ACK_TIMEOUT, Conn::connect(rep.address)).await {
+    let mut conn = match tokio::time::timeout(
+        ACK_TIMEOUT,
+        Conn::connect_to(rep.address, DbId(rep.def.database)),
+    )
+    .await
+    {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(link_err(e)),
         Err(_) => {

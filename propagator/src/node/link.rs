@@ -71,6 +71,51 @@ impl Node {
         }
     }
 
+    /// Whether the node `who` may open this link: the topology this node
+    /// holds names this replicate here, fed from `who`'s database.
+    fn link_allowed(
+        &self,
+        who: &crate::net::Identity,
+        replicate: &str,
+        file: Fnr,
+        confirmation: Fnr,
+        master_db: DbId,
+        master: Fnr,
+    ) -> Result<(), OpError> {
+        let refused = |why: String| {
+            Err(OpError::NotAllowed(format!(
+                "replication link for {replicate:?} refused: {why}"
+            )))
+        };
+        if who.db != Some(master_db) {
+            return refused(format!("{who} cannot open a link as database {master_db}"));
+        }
+        let me = self.db.dbid();
+        let topo = lock(&self.topology);
+        let Some(v) = topo.as_ref() else {
+            return refused("this node holds no topology".into());
+        };
+        let Some(r) = v.replicates.iter().find(|r| r.def.name == replicate) else {
+            return refused("the topology this node holds has no such replicate".into());
+        };
+        let d = &r.def;
+        let want = (
+            d.master_database,
+            d.master,
+            d.database,
+            d.file,
+            d.confirmation,
+        );
+        let got = (master_db.0, master.0, me.0, file.0, confirmation.0);
+        if want != got {
+            return refused(format!(
+                "the topology has it as master file {} of database {} into file {} (confirmation {}) of database {}; the link asked for master file {master} of database {master_db} into file {file} (confirmation {confirmation}) of database {me}",
+                d.master, d.master_database, d.file, d.confirmation, d.database
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) async fn link_open(
         &self,
         conv: &mut Conversation,
@@ -80,6 +125,14 @@ impl Node {
         master_db: DbId,
         master: Fnr,
     ) -> Response {
+        if let Some(who) = &conv.who {
+            if let Err(why) =
+                self.link_allowed(who, &replicate, file, confirmation, master_db, master)
+            {
+                tracing::warn!(certificate = %who.name, replicate = %replicate, reason = %why, "replication link refused");
+                return Response::error(why);
+            }
+        }
         let owner = self.link_owner(file);
         let _owner = owner.lock().await;
         let db = self.db.clone();

@@ -204,7 +204,7 @@ impl Source {
                 "replicate {name} is partial: a load reads from the master or a full replicate"
             )));
         }
-        let conn = Conn::connect(rep.address)
+        let conn = Conn::connect_to(rep.address, crate::ids::DbId(rep.def.database))
             .await
             .map_err(|e| Stop::Link(format!("connecting to {name}'s node: {e}")))?;
         Ok(Source::Replicate {

@@ -10,6 +10,7 @@
 //! blocking pool; the reactor threads only move frames.
 
 mod admin;
+pub mod apply;
 mod batch;
 pub mod client;
 pub mod control;
@@ -44,7 +45,7 @@ use crate::wire::{
     codec, Command, CommitReply, Confirmation, ErrorCode, Failure, LinkState, LoadProgress,
     NodeInfo, RecoveryOp, ReplicateAction, Request, Response, TaskAction,
 };
-use client::Conn;
+
 use control::{Control, Policy};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
@@ -53,7 +54,7 @@ use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
 /// The record of the administration file that holds the topology text.
@@ -65,6 +66,9 @@ const PIPELINE_DEPTH: usize = 16;
 
 /// The most record bytes one dump page carries.
 const MAX_DUMP_PAGE_BYTES: usize = 16 << 20;
+
+/// How long a client may take over its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Commit-to-apply samples kept per node (oldest dropped first).
 const LAG_SAMPLES: usize = 100_000;
@@ -272,10 +276,13 @@ impl Node {
         }
     }
 
-    /// Serves connections until `shutdown` resolves.
+    /// Serves connections until `shutdown` resolves: each accepted socket
+    /// is taken through `transport` (its TLS handshake within
+    /// [`HANDSHAKE_TIMEOUT`]) on a task of its own.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        transport: crate::net::Transport,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         *lock(&self.listening) = listener.local_addr().ok();
@@ -285,9 +292,27 @@ impl Node {
             tokio::select! {
                 _ = &mut shutdown => break,
                 acc = listener.accept() => match acc {
-                    Ok((stream, peer)) => {
+                    Ok((tcp, peer)) => {
                         let node = self.clone();
-                        tokio::spawn(async move { node.connection(stream, peer).await });
+                        let transport = transport.clone();
+                        tokio::spawn(async move {
+                            let accepted = tokio::time::timeout(
+                                HANDSHAKE_TIMEOUT,
+                                transport.accept(tcp, peer),
+                            )
+                            .await;
+                            match accepted {
+                                Ok(Ok((stream, who))) => node.connection(stream, peer, who).await,
+                                Ok(Err(e)) => {
+                                    tracing::warn!(%peer, reason = %e, "connection refused")
+                                }
+                                Err(_) => tracing::warn!(
+                                    %peer,
+                                    "connection refused: no TLS handshake within {} s",
+                                    HANDSHAKE_TIMEOUT.as_secs()
+                                ),
+                            }
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -305,10 +330,17 @@ impl Node {
     /// and run (up to [`PIPELINE_DEPTH`] answers owed), so those a peer
     /// keeps in flight share syncs. Any other request waits until the
     /// answers before it are sent.
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+    async fn connection(
+        self: Arc<Self>,
+        stream: crate::net::Stream,
+        peer: SocketAddr,
+        who: Option<crate::net::Identity>,
+    ) {
         let mut framed = Framed::new(stream, codec());
-        let mut conv = Conversation::default();
+        let mut conv = Conversation {
+            who,
+            ..Conversation::default()
+        };
         let mut owed: FuturesOrdered<BoxFuture<'static, Response>> = FuturesOrdered::new();
         // A replication link's syncs, reported to its feeder as they happen.
         let mut reports: Option<tokio::sync::watch::Receiver<link::SyncState>> = None;
@@ -363,6 +395,10 @@ impl Node {
                     let frame = match frame {
                         None => break,
                         Some(Ok(f)) => f,
+                        // A TLS client that closed its socket without
+                        // ending its session (a tool that exits) is a
+                        // close, not a fault.
+                        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                         Some(Err(e)) => {
                             tracing::warn!(%peer, reason = %e, "closing connection: bad frame");
                             break;
@@ -379,6 +415,17 @@ impl Node {
                             break;
                         }
                     };
+                    if let Some(refusal) = refusal(conv.who.as_ref(), &req, peer) {
+                        // In order: the answers owed go first.
+                        let mut failed = false;
+                        while let Some(resp) = owed.next().await {
+                            failed |= send(&mut framed, &resp).await.is_err();
+                        }
+                        if failed || send(&mut framed, &refusal).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     let step = match req {
                         Request::Session(r) => self.session(&mut conv, r).await,
                         Request::Link(LinkRequest::LinkApply {
@@ -450,6 +497,9 @@ impl Node {
 
 #[derive(Default)]
 struct Conversation {
+    /// Who is at the other end, by its certificate (None: plain TCP on
+    /// loopback, where every request is allowed).
+    who: Option<crate::net::Identity>,
     session: Option<Session>,
     link: Option<Link>,
     /// The thread waiting for this link's applied batches to be durable.
@@ -471,8 +521,30 @@ struct Link {
     damaged: bool,
 }
 
+/// The refusal a request from `who` gets if its role may not ask it
+/// (logged with the certificate's name), else None.
+fn refusal(
+    who: Option<&crate::net::Identity>,
+    req: &Request,
+    peer: SocketAddr,
+) -> Option<Response> {
+    let who = who?;
+    let (need, kind) = crate::net::roles::needs(req);
+    if need.allows(who.role) {
+        return None;
+    }
+    tracing::warn!(%peer, certificate = %who.name, role = %who.role, request = kind, "request refused: not allowed to its role");
+    Some(Response::error(Failure::new(
+        ErrorCode::NotAllowed,
+        format!(
+            "{kind} refused: it needs {}; the peer is {who}",
+            need.roles()
+        ),
+    )))
+}
+
 async fn send(
-    framed: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    framed: &mut Framed<crate::net::Stream, tokio_util::codec::LengthDelimitedCodec>,
     resp: &Response,
 ) -> Result<(), ()> {
     let b = match resp.encode() {

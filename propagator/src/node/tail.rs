@@ -36,10 +36,10 @@ use crate::database::IdleDurable;
 use crate::digest::FileMeta;
 use crate::ids::{Fnr, Lsn, Seq};
 use crate::log_record::LogRecord;
+use crate::net::split::LinkWriter;
 use crate::wire::{Confirmation, LinkRequest, Request};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use tokio::net::tcp::OwnedWriteHalf;
 
 /// The most log records the leader sends itself; a longer tail is left to
 /// the feed loop (it runs in parallel with the next sync).
@@ -112,7 +112,7 @@ impl SendSide {
 pub(super) struct Tail {
     ctx: Arc<Ctx>,
     f: Arc<Feeder>,
-    writer: OwnedWriteHalf,
+    writer: LinkWriter,
     pub side: Mutex<SendSide>,
 }
 
@@ -120,7 +120,7 @@ impl Tail {
     pub fn new(
         ctx: Arc<Ctx>,
         f: Arc<Feeder>,
-        writer: OwnedWriteHalf,
+        writer: LinkWriter,
         cursor: Seq,
         expected: FileMeta,
     ) -> Tail {
@@ -191,10 +191,7 @@ impl Tail {
     ) -> Result<(), Stop> {
         side.prepared = None;
         match self.build(side, batch)? {
-            Some(b) => {
-                self.commit(side, b, by_committer);
-                Ok(())
-            }
+            Some(b) => self.commit(side, b, by_committer),
             None => Ok(()),
         }
     }
@@ -293,12 +290,10 @@ impl Tail {
     }
 
     /// Makes a built batch the link's: its frame waits in `pending`.
-    fn commit(&self, side: &mut SendSide, b: Built, by_committer: bool) {
-        if side.pending.is_empty() {
-            side.pending = b.frame;
-        } else {
-            side.pending.extend_from_slice(&b.frame);
-        }
+    fn commit(&self, side: &mut SendSide, b: Built, by_committer: bool) -> Result<(), Stop> {
+        self.writer
+            .append(&mut side.pending, b.frame)
+            .map_err(|e| Stop::Link(format!("sending a batch: {e}")))?;
         // The cursor only moves forward: a batch never repeats a seq.
         debug_assert!(b.last_seq > side.cursor);
         side.cursor = b.last_seq;
@@ -309,6 +304,7 @@ impl Tail {
         st.sent = b.last_seq;
         st.batches += 1;
         st.batches_by_committer += u64::from(by_committer);
+        Ok(())
     }
 }
 
@@ -386,8 +382,13 @@ impl IdleDurable for Tail {
         // not moved since: everything up to `lsn` is in it.
         if let Some(p) = prepared {
             if p.upto == lsn && p.follows == side.cursor {
-                self.commit(&mut side, p.batch, true);
-                return true;
+                return match self.commit(&mut side, p.batch, true) {
+                    Ok(()) => true,
+                    Err(stop) => {
+                        side.fail(stop);
+                        false
+                    }
+                };
             }
         }
         let Some(batch) = self.short_tail(&side, None) else {

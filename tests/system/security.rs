@@ -1,0 +1,367 @@
+//! Trust: mutual TLS and roles between real node processes. Each refusal
+//! is checked to change nothing and to leave the node serving.
+
+use etp_system_tests::{certs, credentials, etp_bin, etp_command, wait_for};
+use maintenance::cluster::{Cluster, MASTER};
+use propagator::net::Transport;
+use propagator::node::client::{Client, ClientError};
+use propagator::record::encode_record;
+use propagator::wire::{
+    AdminRequest, Command, ErrorCode, LinkRequest, OperationRequest, ReadRequest, RecoveryOp,
+    Request, Response, SessionRequest,
+};
+use propagator::{DbId, Fnr, Record, Value};
+use serde_bytes::ByteBuf;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn as_(name: &str) -> Transport {
+    Transport::Tls(credentials(name))
+}
+
+fn count(addr: SocketAddr, file: Fnr) -> u64 {
+    match Client::connect(addr)
+        .expect("connect")
+        .call(&Request::Read(ReadRequest::FileStat { file }))
+        .expect("FileStat")
+    {
+        Response::Stat { count, .. } => count,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn store_txn(id: i64) -> Request {
+    let mut r = Record::new();
+    r.insert("id".into(), Value::Int(id));
+    r.insert("grp".into(), Value::Int(0));
+    r.insert("qty".into(), Value::Int(1));
+    Request::Session(SessionRequest::Batch(vec![
+        Command::Store {
+            file: MASTER,
+            isn: None,
+            fields: ByteBuf::from(encode_record(&r).expect("encode")),
+        },
+        Command::Et { id: None },
+    ]))
+}
+
+/// The refusal `r` is, asserting it is one: code `NotAllowed`, a message
+/// naming the request kind and the certificate.
+fn refused(r: Result<Response, ClientError>, kind: &str, who: &str) -> String {
+    match r {
+        Err(ClientError::Remote { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::NotAllowed, "{message}");
+            assert!(
+                message.contains(kind) && message.contains(who),
+                "the refusal names the request and the certificate: {message}"
+            );
+            message
+        }
+        other => panic!("{kind} by {who} was not refused: {other:?}"),
+    }
+}
+
+/// Each certificate gets what its role allows and nothing else: a read
+/// certificate cannot write, a write one cannot change the topology or
+/// stop writes, an admin cannot open a replication link, and database 2's
+/// node cannot open a link as the master of database 3's replicate. Nothing
+/// a refused request asked for happens; every refusal is logged with the
+/// certificate's name, and the node keeps serving.
+#[test]
+fn each_role_gets_only_what_it_is_allowed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let m = cl.master().addr;
+    let before = count(m, MASTER);
+
+    // read: reads, and no session.
+    let mut reader = Client::connect_with(m, &as_("reader")).expect("reader connects");
+    assert!(matches!(
+        reader.call(&Request::Read(ReadRequest::Info)),
+        Ok(Response::Info(_))
+    ));
+    let msg = refused(reader.call(&store_txn(1)), "session", "reader");
+    assert!(msg.contains("write"), "{msg}");
+
+    // write: sessions, and no administration.
+    let mut writer = Client::connect_with(m, &as_("writer")).expect("writer connects");
+    assert!(matches!(
+        writer.call(&store_txn(2)),
+        Ok(Response::Committed(_))
+    ));
+    let topology = std::fs::read_to_string(tmp.path().join("topology.toml")).expect("topology");
+    let evil = topology.replace("name = \"items_full\"", "name = \"stolen\"");
+    refused(
+        writer.call(&Request::Admin(AdminRequest::AdminInstall {
+            topology: evil.clone(),
+        })),
+        "AdminInstall",
+        "writer",
+    );
+    refused(
+        writer.call(&Request::Recovery(RecoveryOp::Quiesce { on: true })),
+        "recovery step",
+        "writer",
+    );
+    refused(
+        writer.call(&Request::Operation(OperationRequest::LogCleanup {
+            master: None,
+            until: None,
+            execute: true,
+            horizons: vec![],
+        })),
+        "LogCleanup execute",
+        "writer",
+    );
+    // A node's certificate cannot install a topology either.
+    refused(
+        Client::connect_with(m, &as_("db2"))
+            .expect("db2 connects")
+            .call(&Request::Admin(AdminRequest::AdminInstall {
+                topology: evil,
+            })),
+        "AdminInstall",
+        "db2",
+    );
+
+    // Links: only a node's certificate, only as its own database, only
+    // for what the topology says.
+    let part_node = cl.nodes[2].addr;
+    let open = |master_db: u32| {
+        Request::Link(LinkRequest::LinkOpen {
+            replicate: "items_part".into(),
+            file: Fnr(30),
+            confirmation: Fnr(31),
+            master_db: DbId(master_db),
+            master: MASTER,
+        })
+    };
+    refused(
+        Client::connect_with(part_node, &as_("admin"))
+            .expect("admin connects")
+            .call(&open(1)),
+        "replication link",
+        "admin",
+    );
+    let mut db2 = Client::connect_with(part_node, &as_("db2")).expect("db2 connects");
+    let r = db2.call(&open(1));
+    match &r {
+        Err(ClientError::Remote { code, message, .. }) => {
+            assert_eq!(*code, ErrorCode::NotAllowed, "{message}");
+            assert!(
+                message.contains("cannot open a link as database 1"),
+                "{message}"
+            );
+        }
+        other => panic!("db2 opened a link as database 1: {other:?}"),
+    }
+    let r = db2.call(&open(2));
+    match &r {
+        Err(ClientError::Remote { code, message, .. }) => {
+            assert_eq!(*code, ErrorCode::NotAllowed, "{message}");
+            assert!(message.contains("the topology has it as"), "{message}");
+        }
+        other => panic!("db2 opened a link the topology does not give it: {other:?}"),
+    }
+
+    // Nothing changed: the writer's one commit, no quiesce, the topology
+    // as applied, and the nodes still serve (the master's task still
+    // feeds both replicates).
+    assert_eq!(count(m, MASTER), before + 1);
+    let mut admin = Client::connect(m).expect("admin connects");
+    match admin.call(&Request::Admin(AdminRequest::AdminExport)) {
+        Ok(Response::Text(t)) => assert_eq!(t, topology),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        admin.call(&store_txn(3)),
+        Ok(Response::Committed(_))
+    ));
+    wait_for(
+        "both replicates to hold the new records",
+        Duration::from_secs(30),
+        || (count(cl.nodes[1].addr, Fnr(20)) == before + 2).then_some(()),
+    );
+    // Logged with the certificate's name.
+    let log = std::fs::read_to_string(cl.master().data.with_extension("node.log")).expect("log");
+    for who in ["reader", "writer", "db2"] {
+        assert!(
+            log.lines().any(|l| l.contains("request refused")
+                && l.contains(&format!("certificate={who}"))),
+            "the master's log names {who}'s refusal:\n{log}"
+        );
+    }
+}
+
+/// A certificate from another authority, and a client without one, are
+/// refused at the handshake; the node keeps serving its own.
+#[test]
+fn a_stranger_is_refused_at_the_handshake() {
+    use propagator::net::{cert, Identity, Role, Tls};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let m = cl.master().addr;
+    let other = tmp.path().join("other-ca");
+    cert::init(&other, "other").expect("another authority");
+    let id = Identity {
+        name: "admin".into(),
+        role: Role::Admin,
+        db: None,
+    };
+    cert::issue(&other, &id, 1).expect("issue");
+    let stranger = Tls::load(
+        &other.join("ca.crt"),
+        &other.join("admin.crt"),
+        &other.join("admin.key"),
+    )
+    .expect("load");
+    let r = Client::connect_with(m, &Transport::Tls(std::sync::Arc::new(stranger)));
+    assert!(
+        matches!(r, Err(ClientError::Connect { .. })),
+        "a certificate of another authority connected: {:?}",
+        r.err()
+    );
+    // Plain TCP to a TLS node: refused, with a hint.
+    let plain = Client::connect_with(m, &Transport::PlainLoopback)
+        .and_then(|mut c| c.call(&Request::Read(ReadRequest::Info)));
+    match plain {
+        Err(e) => assert!(e.to_string().contains("does the node serve TLS"), "{e}"),
+        Ok(r) => panic!("plain TCP was answered: {r:?}"),
+    }
+    // The node serves its own.
+    let info = Client::connect(m).and_then(|mut c| c.call(&Request::Read(ReadRequest::Info)));
+    assert!(matches!(info, Ok(Response::Info(_))), "{info:?}");
+    let log = std::fs::read_to_string(cl.master().data.with_extension("node.log")).expect("log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection refused") && l.contains("handshake")),
+        "the refused handshakes are logged:\n{log}"
+    );
+}
+
+/// A node serves TLS with its own database's certificate, or plain TCP
+/// when told so by name, and on loopback only; anything else is refused
+/// at start, naming why.
+#[test]
+fn a_node_starts_only_with_its_own_certificate_or_explicit_plain_loopback() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("d1");
+    let out = etp_command()
+        .args(["db", "init", "--dbid", "1", "--data"])
+        .arg(&data)
+        .output()
+        .expect("db init");
+    assert!(out.status.success());
+    let start = |args: &[&str], env: bool| {
+        let mut c = if env {
+            etp_command()
+        } else {
+            std::process::Command::new(etp_bin())
+        };
+        c.args(["node", "run", "--data"])
+            .arg(&data)
+            .args(args)
+            .env_remove("ETP_CERTS")
+            .output()
+            .expect("node run")
+    };
+    let refused_with = |out: std::process::Output, want: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    };
+    // No certificates at all.
+    refused_with(
+        start(&["--listen", "127.0.0.1:0"], false),
+        "no certificates: give --certs DIR",
+    );
+    // Another database's certificate.
+    let d = certs();
+    let (ca, crt, key) = (d.join("ca.crt"), d.join("db2.crt"), d.join("db2.key"));
+    refused_with(
+        start(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--ca",
+                ca.to_str().expect("utf-8"),
+                "--cert",
+                crt.to_str().expect("utf-8"),
+                "--key",
+                key.to_str().expect("utf-8"),
+            ],
+            false,
+        ),
+        "this data directory holds database 1",
+    );
+    // A client's certificate.
+    let (crt, key) = (d.join("admin.crt"), d.join("admin.key"));
+    refused_with(
+        start(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--ca",
+                ca.to_str().expect("utf-8"),
+                "--cert",
+                crt.to_str().expect("utf-8"),
+                "--key",
+                key.to_str().expect("utf-8"),
+            ],
+            false,
+        ),
+        "a node serves with a replication certificate",
+    );
+    // A certificate directory without this database's certificate.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    refused_with(
+        start(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--certs",
+                empty.to_str().expect("utf-8"),
+            ],
+            false,
+        ),
+        "no certificate for database 1",
+    );
+    // Plain TCP off loopback.
+    refused_with(
+        start(&["--listen", "0.0.0.0:0", "--insecure-loopback"], true),
+        "is not a loopback address",
+    );
+    // Plain TCP on loopback, asked for by name: it serves, plainly.
+    use std::io::BufRead;
+    let mut child = etp_command()
+        .args(["node", "run", "--data"])
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--insecure-loopback"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node run");
+    let stdout = child.stdout.take().expect("stdout");
+    let _guard = etp_system_tests::KillGuard(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening")
+        .parse()
+        .expect("addr");
+    let info = Client::connect_with(addr, &Transport::PlainLoopback)
+        .and_then(|mut c| c.call(&Request::Read(ReadRequest::Info)));
+    assert!(matches!(info, Ok(Response::Info(_))), "{info:?}");
+    // And a TLS client finds no TLS there, and says so.
+    let r = Client::connect_with(addr, &as_("admin"));
+    assert!(
+        matches!(&r, Err(ClientError::Connect { reason, .. }) if reason.contains("TLS")),
+        "{:?}",
+        r.err()
+    );
+}
