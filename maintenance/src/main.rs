@@ -18,6 +18,9 @@ pub use maintenance::Outcome;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // What etp creates (databases, logs, copies, keys) is its owner's only:
+    // directories 0700, files 0600.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args = cli::Cli::parse();
     if let Err(e) = init_logging() {
         eprintln!("etp: error: {e}");

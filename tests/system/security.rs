@@ -365,3 +365,59 @@ fn a_node_starts_only_with_its_own_certificate_or_explicit_plain_loopback() {
         r.err()
     );
 }
+
+/// A database is its owner's: `etp db init` makes the data directory and
+/// its log 0700 and every file 0600, the node's page store too; a node
+/// refuses a data directory others can write, naming it.
+#[test]
+fn data_directories_are_private_and_a_shared_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("d1");
+    let out = etp_command()
+        .args(["db", "init", "--dbid", "1", "--data"])
+        .arg(&data)
+        .output()
+        .expect("db init");
+    assert!(out.status.success());
+    let (mut guard, addr) =
+        etp_system_tests::start_node(&data, Some("127.0.0.1:0"), &tmp.path().join("n.log"));
+    let mut c = Client::connect(addr).expect("connect");
+    assert!(matches!(
+        c.call(&Request::Read(ReadRequest::Info)),
+        Ok(Response::Info(_))
+    ));
+    guard.kill();
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let mut seen = 0;
+    let mut walk = vec![data.clone()];
+    while let Some(d) = walk.pop() {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk.push(p);
+            } else {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(
+        seen >= 3,
+        "the identity, a log segment and the store's files"
+    );
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = etp_command()
+        .args(["node", "run", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .expect("node run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("writable by others") && err.contains("mode 0777"),
+        "{err}"
+    );
+}

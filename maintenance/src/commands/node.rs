@@ -28,6 +28,12 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         cache_bytes: cache_mb << 20,
         ..propagator::Options::default()
     };
+    if let Some(shared) = propagator::database::shared_dirs(&data.data) {
+        bail!(
+            "{shared}: writable by others than its owner; a node serves only a private data directory (chmod 700 {})",
+            data.data.display()
+        );
+    }
     let db = super::open_with_options(&data.data, opts)?;
     // Without --listen: where the topology, or the node's own note, says.
     let (listen, chosen) = match listen {

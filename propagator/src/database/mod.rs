@@ -71,6 +71,33 @@ pub const MAX_TXN_BYTES: usize = 64 << 20;
 /// Records one `range_digest` hands back, at most.
 pub const MAX_RANGE_RECORDS: usize = 200_000;
 const IDENTITY_FILE: &str = "DATABASE";
+
+/// Creates `dir` (and its missing parents) readable by its owner only
+/// (0700), or makes an existing one so. A database's files are its owner's:
+/// the node and `etp` also run with umask 077, so what the page store
+/// engine creates inside is 0600 too.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Why a database's directories are not safe to serve: one of the data
+/// directory, its log and its page store is writable by others than its
+/// owner (None: they are not).
+pub fn shared_dirs(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    [dir.to_path_buf(), dir.join("plog"), dir.join("store")]
+        .into_iter()
+        .filter_map(|d| {
+            let mode = std::fs::metadata(&d).ok()?.permissions().mode() & 0o777;
+            (mode & 0o022 != 0).then(|| format!("{} (mode {mode:04o})", d.display()))
+        })
+        .reduce(|a, b| format!("{a}, {b}"))
+}
 /// In a database directory, says that a restore into a new database is
 /// making it and has not finished: whatever else is there is not a
 /// database yet, and the next restore into the directory starts over.
@@ -416,7 +443,8 @@ impl Database {
                 return Err(derr("already exists and is not empty".into()));
             }
         }
-        std::fs::create_dir_all(dir.join("plog")).map_err(|e| derr(e.to_string()))?;
+        private_dir(dir).map_err(|e| derr(e.to_string()))?;
+        private_dir(&dir.join("plog")).map_err(|e| derr(e.to_string()))?;
         let id = Identity {
             format: 1,
             dbid: dbid.0,
@@ -425,7 +453,17 @@ impl Database {
             store: engine,
         };
         let text = toml::to_string(&id).expect("the identity always encodes");
-        std::fs::write(dir.join(IDENTITY_FILE), text).map_err(|e| derr(e.to_string()))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join(IDENTITY_FILE))
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| derr(e.to_string()))?;
+        }
         let plog: Arc<dyn MediumDir> = Arc::new(FsDir::new(dir.join("plog")));
         let cp = Checkpoint {
             as_of: Lsn(0),

@@ -115,10 +115,13 @@ impl MediumDir for FsDir {
         Ok(Arc::new(FsFile(f)))
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn Medium>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable by the database's owner only (see `database::private`).
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(self.path.join(name))?;
         Ok(Arc::new(FsFile(f)))
     }
