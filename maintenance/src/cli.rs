@@ -610,6 +610,15 @@ pub enum NodeCommand {
         /// address, and only to clients on this machine.
         #[arg(long)]
         insecure_loopback: bool,
+        /// Connections served at once; more are closed as they arrive
+        /// (etp_connections_refused_total counts them).
+        #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        max_connections: u32,
+        /// Seconds a connection with nothing in flight stays open (an open
+        /// transaction on it is then backed out); replication links are
+        /// exempt.
+        #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        idle_timeout_s: u64,
     },
 }
 

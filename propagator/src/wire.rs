@@ -1,7 +1,7 @@
 //! The wire protocol between `etp` clients, nodes and replication links.
 //!
-//! Every message is one frame: a 4-byte big-endian length (tokio-util's
-//! `LengthDelimitedCodec`, at most [`MAX_FRAME`] bytes) followed by a
+//! Every message is one frame: a 4-byte big-endian length ([`Frames`], at
+//! most [`MAX_FRAME`] bytes, [`CLIENT_MAX_FRAME`] from a client) followed by a
 //! MessagePack [`Envelope`] holding the protocol version and the message.
 //! A frame that is oversized, cut short or undecodable, or that carries
 //! another protocol version, ends that connection with a logged reason; a
@@ -19,23 +19,107 @@ use crate::digest::Digest;
 use crate::ids::{DbId, Fnr, Isn, Lsn, Seq};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks.
 /// 2: error answers carry an [`ErrorCode`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: over mutual TLS; `NotAllowed`; the apply runs from the client.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
 /// and after-images in one replication batch.
 pub const MAX_FRAME: usize = 160 << 20;
 
-/// The length-delimited codec with this protocol's frame limit.
-pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME)
-        .length_field_length(4)
-        .new_codec()
+/// The largest request frame a client conversation may send (role
+/// `read` or `write`): its transactions go in several frames if larger.
+/// Replication links, administrators and plain loopback get [`MAX_FRAME`].
+pub const CLIENT_MAX_FRAME: usize = 16 << 20;
+
+/// The codec with this protocol's frame limit for both directions.
+pub fn codec() -> Frames {
+    Frames::new(MAX_FRAME)
+}
+
+/// Length-delimited frames (a 4-byte big-endian length, then the bytes),
+/// read into a buffer that grows only as the bytes arrive: a declared
+/// length reserves nothing (tokio-util's `LengthDelimitedCodec` reserves it
+/// at once, so header-only frames could claim gigabytes). A length over
+/// the limit ends the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Frames {
+    max: usize,
+}
+
+impl Frames {
+    pub fn new(max: usize) -> Frames {
+        Frames { max }
+    }
+
+    /// The largest frame this codec reads.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl tokio_util::codec::Decoder for Frames {
+    type Item = bytes::BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(
+        &mut self,
+        src: &mut bytes::BytesMut,
+    ) -> Result<Option<bytes::BytesMut>, std::io::Error> {
+        use bytes::Buf;
+        let Some(head) = src.get(..4) else {
+            return Ok(None);
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(head);
+        let n = u32::from_be_bytes(len) as usize;
+        if n > self.max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "frame of {n} bytes is over this connection's limit of {} bytes",
+                    self.max
+                ),
+            ));
+        }
+        if src.len() < 4 + n {
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(n)))
+    }
+}
+
+impl tokio_util::codec::Encoder<bytes::Bytes> for Frames {
+    type Error = std::io::Error;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<(), std::io::Error> {
+        use bytes::BufMut;
+        let n = u32::try_from(item.len())
+            .ok()
+            .filter(|n| *n as usize <= self.max)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "frame of {} bytes is over the limit of {} bytes",
+                        item.len(),
+                        self.max
+                    ),
+                )
+            })?;
+        dst.reserve(4 + item.len());
+        dst.put_u32(n);
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

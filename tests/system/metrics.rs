@@ -24,7 +24,7 @@ fn raw(addr: SocketAddr, request: &[u8]) -> anyhow::Result<String> {
 }
 
 /// GET /metrics: the body of a 200 answer.
-fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+pub(crate) fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     let answer = raw(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
     let (head, body) = answer
         .split_once("\r\n\r\n")
@@ -38,7 +38,7 @@ fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// The value of one series (`name` or `name{labels}`) in a scrape.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())

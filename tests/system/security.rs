@@ -421,3 +421,124 @@ fn data_directories_are_private_and_a_shared_one_is_refused() {
         "{err}"
     );
 }
+
+/// `VmSize` and `VmRSS` of a process, in kB.
+fn vm(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let get = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("a VM figure")
+    };
+    (get("VmSize:"), get("VmRSS:"))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Bounded resources. 2,000 sockets that never handshake against a node
+/// that serves 512: the node holds at most its handshake pool of them, an
+/// established session keeps committing throughout, and the database is
+/// never poisoned. Then 300 authenticated connections each sending only a
+/// frame header that declares 150 MiB: nothing is reserved for them (the
+/// node's address space and RSS stay bounded), and a `read` client's
+/// header over its 16 MiB limit closes its connection.
+#[test]
+fn floods_of_sockets_and_frame_headers_leave_the_node_bounded_and_committing() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start_with_args(
+        etp_bin(),
+        tmp.path(),
+        &["--max-connections", "512", "--metrics", "127.0.0.1:0"],
+        |a| maintenance::cluster::topology_text(a, Some(1)),
+    )
+    .expect("cluster");
+    let m = cl.master().addr;
+    let pid = cl.master().pid().expect("pid");
+    let metrics = cl.master().metrics.expect("metrics address");
+    let mut c = Client::connect(m).expect("connect");
+    let before = count(m, MASTER);
+    let fds_before = open_fds(pid);
+
+    let mut flood = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(s) = std::net::TcpStream::connect(m) {
+            flood.push(s);
+        }
+    }
+    assert!(flood.len() > 1000, "{} sockets opened", flood.len());
+    for i in 0..20 {
+        let r = c.call(&store_txn(100 + i));
+        assert!(
+            matches!(r, Ok(Response::Committed(_))),
+            "commit {i} during the flood: {r:?}"
+        );
+    }
+    let fds = open_fds(pid);
+    assert!(
+        fds <= fds_before + 128 + 8,
+        "the node holds {fds} descriptors ({fds_before} before the flood): more than its handshake pool"
+    );
+    let text = crate::metrics::scrape(metrics).expect("scrape");
+    let refused = crate::metrics::value(&text, "etp_connections_refused_total{reason=\"limit\"}")
+        .expect("refusals counted");
+    assert!(refused >= 1000.0, "{refused} refusals counted:\n{text}");
+    drop(flood);
+    // A new client gets in once the handshakes time out, and commits.
+    let mut late = wait_for(
+        "a new connection after the flood",
+        Duration::from_secs(30),
+        || Client::connect(m).ok(),
+    );
+    assert!(matches!(
+        late.call(&store_txn(999)),
+        Ok(Response::Committed(_))
+    ));
+    assert_eq!(count(m, MASTER), before + 21);
+
+    // Header-only frames from authenticated clients.
+    let (size0, rss0) = vm(pid);
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut s = etp_system_tests::tls_connect(m);
+        s.write_all(&(150u32 << 20).to_be_bytes()).expect("header");
+        s.flush().expect("flush");
+        held.push(s);
+    }
+    wait_for("300 connections served", Duration::from_secs(60), || {
+        let t = crate::metrics::scrape(metrics).ok()?;
+        (crate::metrics::value(&t, "etp_connections")? >= 300.0).then_some(())
+    });
+    let (size1, rss1) = vm(pid);
+    assert!(
+        size1.saturating_sub(size0) < 2 << 20 && rss1.saturating_sub(rss0) < 300 << 10,
+        "300 headers of 150 MiB: address space {size0} -> {size1} kB, RSS {rss0} -> {rss1} kB"
+    );
+    assert!(matches!(
+        c.call(&store_txn(1000)),
+        Ok(Response::Committed(_))
+    ));
+    drop(held);
+
+    // A read client's frame over its limit ends its connection.
+    let mut r = {
+        let tcp = std::net::TcpStream::connect(m).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let name = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
+            .expect("name");
+        let conn = rustls::ClientConnection::new(credentials("reader").client_config(), name)
+            .expect("client");
+        rustls::StreamOwned::new(conn, tcp)
+    };
+    r.write_all(&(20u32 << 20).to_be_bytes()).expect("header");
+    r.flush().expect("flush");
+    let mut buf = [0u8; 16];
+    let n = r.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed, nothing answered");
+}

@@ -20,7 +20,15 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         metrics,
         certs,
         insecure_loopback,
+        max_connections,
+        idle_timeout_s,
     } = c;
+    let limits = propagator::node::Limits {
+        max_connections: max_connections as usize,
+        idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
+        ..propagator::node::Limits::default()
+    };
+    raise_descriptor_limit(limits.max_connections);
     if let Some(a) = metrics.filter(|a| !a.ip().is_loopback()) {
         bail!("--metrics {a}: not a loopback address; metrics are served on loopback only (for example 127.0.0.1:9400)");
     }
@@ -116,7 +124,9 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
                 let _ = stopped.await;
             }))
         });
-        node.clone().serve(listener, transport, shutdown_signal()).await;
+        node.clone()
+            .serve(listener, transport, limits, shutdown_signal())
+            .await;
         sched_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = tokio::task::spawn_blocking(move || sched.join()).await;
         drop(stop);
@@ -130,6 +140,26 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
     db.close().context("closing the database")?;
     eprintln!("etp: node stopped cleanly");
     Ok(Outcome::Ok)
+}
+
+/// Raises the soft limit on open descriptors to the hard one: the node's
+/// connections, its page store's files and its log segments share it. A
+/// limit below what the connection limit needs (plus room for the
+/// database) is warned about.
+fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let cur = getrlimit(Resource::Nofile).current;
+    let need = max_connections as u64 + 256;
+    if cur.is_some_and(|c| c < need) {
+        tracing::warn!(limit = ?cur, need, "the open-file limit is below --max-connections plus room for the database: lower --max-connections or raise the limit");
+    }
 }
 
 /// The file in a data directory that holds where its node listened last.

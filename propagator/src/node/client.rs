@@ -11,6 +11,7 @@ use crate::ids::{Fnr, Isn};
 use crate::net::split::{LinkReader, LinkWriter};
 use crate::net::{Identity, Stream};
 use crate::record::{decode_record, encode_record, Record};
+use crate::wire::Frames;
 use crate::wire::{codec, Command, ErrorCode, Request, Response};
 use crate::wire::{ReadRequest, SessionRequest};
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +19,7 @@ use serde_bytes::ByteBuf;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
 /// How long connecting to a node may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,7 +74,7 @@ impl ClientError {
 /// earlier one. Pipelining callers use [`Conn::send`] and [`Conn::recv`].
 pub struct Conn {
     addr: SocketAddr,
-    framed: Framed<Stream, LengthDelimitedCodec>,
+    framed: Framed<Stream, Frames>,
     /// Who the node is (None: plain TCP on loopback).
     peer: Option<Identity>,
     /// Requests sent (or begun) whose answers have not been read.
@@ -280,7 +281,7 @@ fn unexpected(addr: SocketAddr, got: &Response, want: &'static str) -> ClientErr
 /// The reading half of a split [`Conn`].
 pub struct ConnReader {
     addr: SocketAddr,
-    framed: tokio_util::codec::FramedRead<LinkReader, LengthDelimitedCodec>,
+    framed: tokio_util::codec::FramedRead<LinkReader, Frames>,
 }
 
 impl ConnReader {

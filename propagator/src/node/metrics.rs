@@ -153,14 +153,66 @@ pub fn samples(
     (masters, reps)
 }
 
+/// A node's connection counters, as a scrape renders them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConnSample {
+    pub open: u64,
+    pub refused_limit: u64,
+    pub refused_handshake: u64,
+    pub idle_closed: u64,
+    pub not_allowed: u64,
+}
+
 /// The whole exposition text.
 pub fn render(
     db: &DbSnapshot,
     last_lsn: Lsn,
+    conns: &ConnSample,
     masters: &[MasterSample],
     reps: &[ReplicateSample],
 ) -> String {
     let mut t = Text::new();
+    t.family(
+        "etp_connections",
+        "gauge",
+        "Connections the node serves now (past their TLS handshake).",
+    )
+    .sample("etp_connections", &[], conns.open as f64);
+    t.family(
+        "etp_connections_refused_total",
+        "counter",
+        "Connections refused: at the connection limit, or in their TLS handshake (a bad or missing certificate, or none within the handshake timeout).",
+    )
+    .sample(
+        "etp_connections_refused_total",
+        &[("reason", "limit")],
+        conns.refused_limit as f64,
+    )
+    .sample(
+        "etp_connections_refused_total",
+        &[("reason", "handshake")],
+        conns.refused_handshake as f64,
+    );
+    t.family(
+        "etp_connections_idle_closed_total",
+        "counter",
+        "Connections closed after the idle timeout with nothing in flight.",
+    )
+    .sample(
+        "etp_connections_idle_closed_total",
+        &[],
+        conns.idle_closed as f64,
+    );
+    t.family(
+        "etp_requests_not_allowed_total",
+        "counter",
+        "Requests refused because the peer's certificate does not allow them.",
+    )
+    .sample(
+        "etp_requests_not_allowed_total",
+        &[],
+        conns.not_allowed as f64,
+    );
     t.family(
         "etp_commits_total",
         "counter",
@@ -282,7 +334,16 @@ impl Node {
             }
         };
         let (masters, reps) = samples(&reports, &self.metrics, Instant::now());
-        render(&snap, lsn, &masters, &reps)
+        let c = &self.conns;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let conns = ConnSample {
+            open: get(&c.open),
+            refused_limit: get(&c.refused_limit),
+            refused_handshake: get(&c.refused_handshake),
+            idle_closed: get(&c.idle_closed),
+            not_allowed: get(&c.not_allowed),
+        };
+        render(&snap, lsn, &conns, &masters, &reps)
     }
 }
 
@@ -602,7 +663,13 @@ mod tests {
             master: "orders".into(),
             seq: 42,
         }];
-        let text = render(&m.snapshot(), Lsn(99), &masters, &reps);
+        let text = render(
+            &m.snapshot(),
+            Lsn(99),
+            &ConnSample::default(),
+            &masters,
+            &reps,
+        );
         let labels = "master=\"orders\",replicate=\"orders \\\"full\\\"\"";
         for line in [
             "etp_commits_total 7".to_string(),

@@ -42,8 +42,8 @@ use crate::session::Session;
 use crate::topology::{FileWant, Valid};
 use crate::wire::LinkRequest;
 use crate::wire::{
-    codec, Command, CommitReply, Confirmation, ErrorCode, Failure, LinkState, LoadProgress,
-    NodeInfo, RecoveryOp, ReplicateAction, Request, Response, TaskAction,
+    Command, CommitReply, Confirmation, ErrorCode, Failure, LinkState, LoadProgress, NodeInfo,
+    RecoveryOp, ReplicateAction, Request, Response, TaskAction,
 };
 
 use control::{Control, Policy};
@@ -96,6 +96,42 @@ pub struct Node {
     update_gate: Arc<tokio::sync::RwLock<()>>,
     /// Where [`Node::serve`] listens.
     listening: Mutex<Option<SocketAddr>>,
+    /// Connections served and refused (metrics).
+    pub(crate) conns: ConnStats,
+}
+
+/// What a node's listener bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are closed as they arrive
+    /// (counted in `etp_connections_refused_total{reason="limit"}`).
+    pub max_connections: usize,
+    /// A connection with nothing in flight (no request being answered, no
+    /// replication link open) for this long is closed; an open
+    /// transaction on it is backed out.
+    pub idle_timeout: std::time::Duration,
+    /// The longest a client may take over its TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            idle_timeout: std::time::Duration::from_secs(600),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// Connection counters.
+#[derive(Default)]
+pub(crate) struct ConnStats {
+    pub open: std::sync::atomic::AtomicU64,
+    pub refused_limit: std::sync::atomic::AtomicU64,
+    pub refused_handshake: std::sync::atomic::AtomicU64,
+    pub idle_closed: std::sync::atomic::AtomicU64,
+    pub not_allowed: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,6 +200,7 @@ impl Node {
             admin: tokio::sync::Mutex::new(()),
             owners: Mutex::new(BTreeMap::new()),
             metrics: metrics::Rates::default(),
+            conns: ConnStats::default(),
             quiesced: std::sync::atomic::AtomicBool::new(quiesced),
             update_gate: Arc::new(tokio::sync::RwLock::new(())),
             listening: Mutex::new(None),
@@ -283,34 +320,71 @@ impl Node {
         self: Arc<Self>,
         listener: TcpListener,
         transport: crate::net::Transport,
+        limits: Limits,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        use std::sync::atomic::Ordering::Relaxed;
         *lock(&self.listening) = listener.local_addr().ok();
         self.warn_if_moved();
         tokio::pin!(shutdown);
+        // Two pools: connections past their handshake (the limit), and
+        // handshakes in progress (a quarter of it, at least 16): sockets
+        // that never complete a handshake cannot take an authenticated
+        // client's place, only another handshake's, for at most the
+        // handshake timeout.
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(
+            (limits.max_connections / 4).max(16),
+        ));
+        // Refusals at the limit are logged at most once a second.
+        let mut last_warned: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 acc = listener.accept() => match acc {
                     Ok((tcp, peer)) => {
+                        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                            self.conns.refused_limit.fetch_add(1, Relaxed);
+                            if last_warned.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+                                last_warned = Some(std::time::Instant::now());
+                                tracing::warn!(%peer, "connection refused: too many handshakes in progress");
+                            }
+                            drop(tcp);
+                            continue;
+                        };
                         let node = self.clone();
                         let transport = transport.clone();
+                        let permits = permits.clone();
                         tokio::spawn(async move {
                             let accepted = tokio::time::timeout(
-                                HANDSHAKE_TIMEOUT,
+                                limits.handshake_timeout,
                                 transport.accept(tcp, peer),
                             )
                             .await;
+                            drop(handshake);
                             match accepted {
-                                Ok(Ok((stream, who))) => node.connection(stream, peer, who).await,
+                                Ok(Ok((stream, who))) => {
+                                    let Ok(_permit) = permits.try_acquire_owned() else {
+                                        node.conns.refused_limit.fetch_add(1, Relaxed);
+                                        tracing::warn!(%peer, limit = limits.max_connections, "connection refused: the node serves its limit of connections");
+                                        return;
+                                    };
+                                    node.conns.open.fetch_add(1, Relaxed);
+                                    node.clone().connection(stream, peer, who, limits.idle_timeout).await;
+                                    node.conns.open.fetch_sub(1, Relaxed);
+                                }
                                 Ok(Err(e)) => {
+                                    node.conns.refused_handshake.fetch_add(1, Relaxed);
                                     tracing::warn!(%peer, reason = %e, "connection refused")
                                 }
-                                Err(_) => tracing::warn!(
-                                    %peer,
-                                    "connection refused: no TLS handshake within {} s",
-                                    HANDSHAKE_TIMEOUT.as_secs()
-                                ),
+                                Err(_) => {
+                                    node.conns.refused_handshake.fetch_add(1, Relaxed);
+                                    tracing::warn!(
+                                        %peer,
+                                        "connection refused: no TLS handshake within {} s",
+                                        limits.handshake_timeout.as_secs()
+                                    )
+                                }
                             }
                         });
                     }
@@ -335,13 +409,23 @@ impl Node {
         stream: crate::net::Stream,
         peer: SocketAddr,
         who: Option<crate::net::Identity>,
+        idle_timeout: std::time::Duration,
     ) {
-        let mut framed = Framed::new(stream, codec());
+        // A client conversation's requests are small; links, admins and
+        // plain loopback may send up to the protocol's limit.
+        let max = match &who {
+            Some(id) if matches!(id.role, crate::net::Role::Read | crate::net::Role::Write) => {
+                crate::wire::CLIENT_MAX_FRAME
+            }
+            _ => crate::wire::MAX_FRAME,
+        };
+        let mut framed = Framed::new(stream, crate::wire::Frames::new(max));
         let mut conv = Conversation {
             who,
             ..Conversation::default()
         };
         let mut owed: FuturesOrdered<BoxFuture<'static, Response>> = FuturesOrdered::new();
+        let mut idle_since = tokio::time::Instant::now();
         // A replication link's syncs, reported to its feeder as they happen.
         let mut reports: Option<tokio::sync::watch::Receiver<link::SyncState>> = None;
         loop {
@@ -353,6 +437,7 @@ impl Node {
             tokio::select! {
                 biased;
                 Some(resp) = owed.next(), if !owed.is_empty() => {
+                    idle_since = tokio::time::Instant::now();
                     if send(&mut framed, &resp).await.is_err() {
                         break;
                     }
@@ -391,7 +476,15 @@ impl Node {
                     }
                     continue;
                 }
+                // Nothing in flight for the idle timeout: closed.
+                _ = tokio::time::sleep_until(idle_since + idle_timeout),
+                    if owed.is_empty() && conv.link.is_none() && reports.is_none() => {
+                    self.conns.idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%peer, idle_s = idle_timeout.as_secs(), "closing an idle connection");
+                    break;
+                }
                 frame = framed.next(), if owed.len() < PIPELINE_DEPTH => {
+                    idle_since = tokio::time::Instant::now();
                     let frame = match frame {
                         None => break,
                         Some(Ok(f)) => f,
@@ -416,6 +509,7 @@ impl Node {
                         }
                     };
                     if let Some(refusal) = refusal(conv.who.as_ref(), &req, peer) {
+                        self.conns.not_allowed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         // In order: the answers owed go first.
                         let mut failed = false;
                         while let Some(resp) = owed.next().await {
@@ -544,7 +638,7 @@ fn refusal(
 }
 
 async fn send(
-    framed: &mut Framed<crate::net::Stream, tokio_util::codec::LengthDelimitedCodec>,
+    framed: &mut Framed<crate::net::Stream, crate::wire::Frames>,
     resp: &Response,
 ) -> Result<(), ()> {
     let b = match resp.encode() {
