@@ -633,6 +633,10 @@ pub enum AdminCommand {
         node: Option<std::net::SocketAddr>,
         /// The topology file (TOML).
         topology: PathBuf,
+        /// Seconds each node may take to answer each step (connecting,
+        /// prepare, install); a node that does not is named.
+        #[arg(long, value_name = "S", default_value_t = 30.0)]
+        timeout_s: f64,
     },
     /// Print the topology a node holds.
     Export {

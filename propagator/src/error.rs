@@ -33,6 +33,8 @@ pub enum DbError {
     RecordMissing { fnr: Fnr, isn: Isn },
     #[error("invalid isn 0 in file {0}: isns start at 1")]
     ZeroIsn(Fnr),
+    #[error("isn {isn} in file {fnr} is above {max} (2^62), the largest a store may name: the isns above are the engine's to hand out")]
+    IsnTooLarge { fnr: Fnr, isn: Isn, max: u64 },
     #[error("record for file {fnr}: {source}")]
     BadRecord {
         fnr: Fnr,
@@ -121,6 +123,7 @@ impl DbError {
                 | DbError::RecordExists { .. }
                 | DbError::RecordMissing { .. }
                 | DbError::ZeroIsn(_)
+                | DbError::IsnTooLarge { .. }
                 | DbError::BadRecord { .. }
                 | DbError::UndeclaredField { .. }
                 | DbError::AlreadyCommitted { .. }

@@ -31,7 +31,9 @@
 //!
 //! Bounds: a source longer than [`MAX_SOURCE_BYTES`] or an expression nested
 //! deeper than [`MAX_DEPTH`] is refused as a syntax error, so that neither
-//! parsing nor evaluation can exhaust a thread's stack.
+//! parsing nor evaluation can exhaust a thread's stack; comprehensions
+//! nested deeper than [`MAX_LOOP_DEPTH`] are refused as over the cost
+//! limit, so that no record's evaluation runs long.
 //!
 //! [`project`] keeps only the named fields of a record, for a task that
 //! replicates a subset of the fields.
@@ -54,6 +56,12 @@ pub const MAX_SOURCE_BYTES: usize = 8192;
 /// thread stack (Rust's default for spawned threads) even with the CEL
 /// crate unoptimized, and far within it optimized.
 pub const MAX_DEPTH: usize = 48;
+/// The cost limit: how deeply comprehensions may nest. One loop over a
+/// list costs its length per record, and a list in a predicate is a
+/// literal within [`MAX_SOURCE_BYTES`] (fields are scalars), so one level
+/// bounds a record's evaluation to a few thousand steps; two nested loops
+/// of 150 took 13 s a record before this limit.
+pub const MAX_LOOP_DEPTH: usize = 1;
 /// The stack of the thread that parses a predicate.
 const COMPILE_STACK_BYTES: usize = 64 << 20;
 
@@ -309,6 +317,12 @@ impl Predicate {
                             "it nests {depth} levels deep; a predicate may nest at most {MAX_DEPTH}"
                         ));
                     }
+                    let loops = loop_depth(program.expression());
+                    if loops > MAX_LOOP_DEPTH {
+                        return Err(format!(
+                            "its comprehensions (all, exists, exists_one, map, filter) nest {loops} deep; the cost limit allows {MAX_LOOP_DEPTH} (a loop inside a loop costs the product of their lengths for every record)"
+                        ));
+                    }
                     let mut read = BTreeSet::new();
                     collect_variables(program.expression(), &known, &mut Vec::new(), &mut read);
                     Ok((program, read))
@@ -510,6 +524,35 @@ fn depth(e: &IdedExpr) -> usize {
         Expr::Struct(st) => entry_children(&st.entries),
     };
     1 + children.into_iter().map(depth).max().unwrap_or(0)
+}
+
+/// How deeply comprehensions (`all`, `exists`, `exists_one`, `map`,
+/// `filter`) nest in `e`: 0 for none, 1 for loops side by side.
+fn loop_depth(e: &IdedExpr) -> usize {
+    let children: Vec<&IdedExpr> = match &e.expr {
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+        Expr::Select(sel) => vec![&*sel.operand],
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(&call.args)
+            .collect(),
+        Expr::Comprehension(c) => {
+            let inner = [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ];
+            return 1 + inner.into_iter().map(loop_depth).max().unwrap_or(0);
+        }
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => entry_children(&map.entries),
+        Expr::Struct(st) => entry_children(&st.entries),
+    };
+    children.into_iter().map(loop_depth).max().unwrap_or(0)
 }
 
 fn entry_children(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {
@@ -911,6 +954,39 @@ mod tests {
         let p = Predicate::compile(&wide, &known()).expect("compiles");
         assert!(p.selects(&rec(&[("qty", Value::Int(299))])));
         assert!(!p.selects(&rec(&[("qty", Value::Int(300))])));
+    }
+
+    /// The cost limit: a loop inside a loop is refused at compile (the
+    /// attack of three nested 150-element `all()` froze a master for 13 s
+    /// a record), naming the limit; one level of loops is fine, loops
+    /// side by side too, and a refused nesting anywhere (in a range, a
+    /// body, under `!`) is found.
+    #[test]
+    fn nested_comprehensions_are_over_the_cost_limit() {
+        let list = (0..150)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let attack =
+            format!("[{list}].all(a, [{list}].all(b, [{list}].all(c, a + b + c + qty > -1)))");
+        assert!(attack.len() < MAX_SOURCE_BYTES);
+        for src in [
+            attack.as_str(),
+            "[1, 2].exists(a, [3, 4].exists(b, a + b == qty))",
+            "[1, 2].map(a, [a].filter(b, b > 1)).size() > 0 && qty > 0",
+            "!([1].all(a, [a, 2].exists(b, b == qty)))",
+        ] {
+            let err = Predicate::compile(src, &known()).expect_err(src);
+            let msg = err.to_string();
+            assert!(
+                msg.contains("cost limit") && (msg.contains("nest 2") || msg.contains("nest 3")),
+                "{msg}"
+            );
+        }
+        let one = format!("[{list}].exists(a, a == qty) && [1, 2].all(b, b < 3)");
+        let p = Predicate::compile(&one, &known()).expect("one level compiles");
+        assert!(p.selects(&rec(&[("qty", Value::Int(149))])));
+        assert!(!p.selects(&rec(&[("qty", Value::Int(150))])));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! checked when given, against the latest state and the session's own
 //! writes, and checked again at ET; any error aborts the whole transaction.
 
-use crate::database::{CommitInfo, Database, Op, PendingCommit, MAX_TXN_COMMANDS};
+use crate::database::{CommitInfo, Database, Op, PendingCommit, MAX_TXN_BYTES, MAX_TXN_COMMANDS};
 use crate::error::DbError;
 use crate::ids::{Fnr, Isn};
 use crate::record::{apply_patch, check_field_name, decode_record, encode_record, Record, Value};
@@ -26,6 +26,8 @@ pub struct Session {
     /// The session's own view of records it has written: `None` = deleted.
     local: HashMap<(Fnr, Isn), Option<Local>>,
     aborted: Option<String>,
+    /// Record bytes the open transaction writes (stores, updated images).
+    bytes: usize,
 }
 
 impl Session {
@@ -35,6 +37,7 @@ impl Session {
             ops: Vec::new(),
             local: HashMap::new(),
             aborted: None,
+            bytes: 0,
         }
     }
 
@@ -63,7 +66,20 @@ impl Session {
         r
     }
 
+    /// Counts `n` more record bytes written by this transaction, refusing
+    /// to hold more than [`MAX_TXN_BYTES`].
+    fn hold(&mut self, n: usize) -> Result<(), DbError> {
+        self.bytes += n;
+        if self.bytes > MAX_TXN_BYTES {
+            return Err(DbError::TooLarge(format!(
+                "more than {MAX_TXN_BYTES} bytes of records"
+            )));
+        }
+        Ok(())
+    }
+
     fn abort(&mut self, e: &DbError) {
+        self.bytes = 0;
         self.ops.clear();
         self.local.clear();
         self.aborted = Some(e.to_string());
@@ -145,6 +161,7 @@ impl Session {
             if isn == Some(Isn(0)) {
                 return Err(DbError::ZeroIsn(fnr));
             }
+            s.hold(bytes.len())?;
             // Checks the file (exists, writable, undamaged) before taking an isn.
             let (isn, stored) = s.db.prepare_store(fnr, isn)?;
             let exists = match s.local.get(&(fnr, isn)) {
@@ -185,6 +202,7 @@ impl Session {
             s.db.check_schema(fnr, written.map(|(k, _)| k.as_str()))?;
             apply_patch(&mut rec, &patch);
             let merged = Self::check_record(fnr, &rec)?;
+            s.hold(merged.len())?;
             s.local.insert((fnr, isn), Some(Local::Record(rec)));
             let seen = committed.map(|before| (before, merged));
             s.ops.push(Op::Update {
@@ -241,6 +259,7 @@ impl Session {
                     Self::check_record(fnr, &rec)?
                 }
             };
+            s.hold(merged.len())?;
             s.local.insert((fnr, isn), Some(Local::Op(s.ops.len())));
             s.ops.push(Op::Update {
                 fnr,
@@ -303,11 +322,13 @@ impl Session {
         }
         let ops = std::mem::take(&mut self.ops);
         self.local.clear();
+        self.bytes = 0;
         self.db.commit_queued(vec![], ops, client_id, false)
     }
 
     /// BT: backs out the open transaction.
     pub fn bt(&mut self) {
+        self.bytes = 0;
         self.ops.clear();
         self.local.clear();
         self.aborted = None;

@@ -542,3 +542,108 @@ fn floods_of_sockets_and_frame_headers_leave_the_node_bounded_and_committing() {
     let n = r.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the connection is closed, nothing answered");
 }
+
+/// A predicate over the cost limit is refused when the topology is
+/// applied, naming the limit, by `etp admin apply` and by a node asked
+/// directly; nothing changes.
+#[test]
+fn a_predicate_over_the_cost_limit_is_refused_at_apply() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let m = cl.master().addr;
+    let topology = std::fs::read_to_string(tmp.path().join("topology.toml")).expect("topology");
+    let list = (0..150)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let costly = format!("[{list}].all(a, [{list}].all(b, a + b + qty > -1))");
+    let before = "predicate = \"grp % 4 == 0 && qty > 10\"";
+    assert!(topology.contains(before), "{topology}");
+    let bad = topology.replace(before, &format!("predicate = \"{costly}\""));
+    let file = tmp.path().join("costly.toml");
+    std::fs::write(&file, &bad).expect("write");
+    let out = etp_system_tests::etp(&[
+        "admin",
+        "apply",
+        "--node",
+        &m.to_string(),
+        file.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cost limit") && err.contains("nest 2"),
+        "{err}"
+    );
+    let r =
+        Client::connect(m)
+            .expect("connect")
+            .call(&Request::Admin(AdminRequest::AdminPrepare {
+                topology: bad,
+            }));
+    match r {
+        Err(ClientError::Remote { message, .. }) => {
+            assert!(message.contains("cost limit"), "{message}")
+        }
+        other => panic!("the node took a costly predicate: {other:?}"),
+    }
+    match Client::connect(m)
+        .expect("connect")
+        .call(&Request::Admin(AdminRequest::AdminExport))
+    {
+        Ok(Response::Text(t)) => assert_eq!(t, topology),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A node that accepts, completes its handshake and then says nothing:
+/// `etp admin apply` fails within its timeout, naming the database and
+/// the call, and changes nothing; an apply right after goes through.
+#[test]
+fn a_silent_peer_fails_an_apply_within_its_timeout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut s = etp_system_tests::tls_accept(s, 3);
+                let mut b = [0u8; 1024];
+                while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let topology = std::fs::read_to_string(tmp.path().join("topology.toml")).expect("topology");
+    let moved = topology.replace(&cl.nodes[2].addr.to_string(), &silent.to_string());
+    assert_ne!(moved, topology);
+    let file = tmp.path().join("moved.toml");
+    std::fs::write(&file, &moved).expect("write");
+    let t0 = std::time::Instant::now();
+    let out = etp_system_tests::etp(&[
+        "admin",
+        "apply",
+        "--timeout-s",
+        "2",
+        file.to_str().expect("utf-8"),
+    ]);
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("nothing changed")
+            && err.contains("database 3")
+            && err.contains("no answer to Info within 2.0 s"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let same = tmp.path().join("same.toml");
+    std::fs::write(&same, &topology).expect("write");
+    let out = etp_system_tests::etp(&["admin", "apply", same.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -225,7 +225,14 @@ async fn shutdown_signal() {
 
 pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
     match c {
-        AdminCommand::Apply { node, topology } => {
+        AdminCommand::Apply {
+            node,
+            topology,
+            timeout_s,
+        } => {
+            if !(timeout_s > 0.0 && timeout_s <= 86400.0) {
+                bail!("--timeout-s {timeout_s}: from above 0 to 86400");
+            }
             let text = std::fs::read_to_string(&topology)
                 .with_context(|| format!("cannot read {}", topology.display()))?;
             // Checked here first: a bad file is named without touching a node.
@@ -241,7 +248,10 @@ pub fn admin(c: AdminCommand) -> anyhow::Result<Outcome> {
                     );
                 }
             }
-            let done = propagator::node::apply::apply_topology_blocking(&text)?;
+            let done = propagator::node::apply::apply_topology_blocking_within(
+                &text,
+                std::time::Duration::from_secs_f64(timeout_s),
+            )?;
             println!("{done}");
             Ok(Outcome::Ok)
         }

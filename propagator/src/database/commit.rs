@@ -81,6 +81,11 @@ impl Database {
         let mut st = lock(&self.shared().state);
         Self::writable(&st, fnr)?;
         match isn {
+            Some(isn) if isn.0 > super::MAX_STORE_ISN => Err(DbError::IsnTooLarge {
+                fnr,
+                isn,
+                max: super::MAX_STORE_ISN,
+            }),
             Some(isn) => {
                 // At or above the file's next isn (committed or committing)
                 // no record holds it: no page-store lookup.

@@ -66,8 +66,12 @@ use writer::{Committer, Job};
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 /// The most commands one transaction may hold.
 pub const MAX_TXN_COMMANDS: usize = 100_000;
-/// The most encoded bytes one transaction may write.
+/// The most encoded bytes one transaction may write (checked at each store
+/// and update, so an open transaction never holds more).
 pub const MAX_TXN_BYTES: usize = 64 << 20;
+/// The largest isn a client's store may name: above it, isns are only
+/// handed out by the engine, so one store cannot use up a file's numbering.
+pub const MAX_STORE_ISN: u64 = 1 << 62;
 /// Records one `range_digest` hands back, at most.
 pub const MAX_RANGE_RECORDS: usize = 200_000;
 const IDENTITY_FILE: &str = "DATABASE";

@@ -13,8 +13,8 @@ impl Node {
     pub(super) async fn admin(self: &Arc<Self>, r: AdminRequest) -> Response {
         match r {
             AdminRequest::AdminExport => self.admin_export(),
-            AdminRequest::AdminPrepare { topology } => self.admin_prepare(&topology),
-            AdminRequest::AdminInstall { topology } => self.admin_install(&topology).await,
+            AdminRequest::AdminPrepare { topology } => self.admin_prepare(topology).await,
+            AdminRequest::AdminInstall { topology } => self.admin_install(topology).await,
         }
     }
 
@@ -26,9 +26,9 @@ impl Node {
     }
 
     /// Phase one of an apply: can this node take its part?
-    pub(super) fn admin_prepare(&self, topology: &str) -> Response {
-        match Valid::parse(topology) {
-            Err(e) => Response::error(e.to_string()),
+    pub(super) async fn admin_prepare(&self, topology: String) -> Response {
+        match parse_off_reactor(topology).await {
+            Err(e) => Response::error(e),
             Ok(v) => match self.prepare(&v) {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::error(e),
@@ -37,9 +37,9 @@ impl Node {
     }
 
     /// Phase two: install it.
-    pub(super) async fn admin_install(self: &Arc<Self>, topology: &str) -> Response {
-        match Valid::parse(topology) {
-            Err(e) => Response::error(e.to_string()),
+    pub(super) async fn admin_install(self: &Arc<Self>, topology: String) -> Response {
+        match parse_off_reactor(topology).await {
+            Err(e) => Response::error(e),
             Ok(v) => {
                 let _guard = self.admin.lock().await;
                 self.install(v).await
@@ -143,6 +143,19 @@ impl Node {
         self.start_tasks(&v, true, true);
         self.set_topology(v);
         Response::Ok
+    }
+}
+
+/// Parses a topology (its predicates compiled) on the blocking pool, not
+/// the reactor's thread.
+async fn parse_off_reactor(text: String) -> Result<Valid, Failure> {
+    match tokio::task::spawn_blocking(move || Valid::parse(&text)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::new(ErrorCode::BadRequest, e.to_string())),
+        Err(e) => Err(Failure::new(
+            ErrorCode::Other,
+            format!("parsing the topology failed: {e}"),
+        )),
     }
 }
 

@@ -16,22 +16,23 @@ use crate::topology::Valid;
 use crate::wire::{AdminRequest, ErrorCode, Failure, ReadRequest, Request, Response};
 use std::time::Duration;
 
-/// The longest one call of an apply may take.
+/// The longest one call of an apply may take, unless told otherwise.
 pub const APPLY_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn timed(
+    limit: Duration,
     dbid: DbId,
     what: &str,
     f: impl std::future::Future<Output = Result<Response, ClientError>>,
 ) -> Result<Response, Failure> {
-    match tokio::time::timeout(APPLY_CALL_TIMEOUT, f).await {
+    match tokio::time::timeout(limit, f).await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(Failure::new(e.code(), e.to_string())),
         Err(_) => Err(Failure::new(
             ErrorCode::Unavailable,
             format!(
-                "database {dbid}: no answer to {what} within {} s",
-                APPLY_CALL_TIMEOUT.as_secs()
+                "database {dbid}: no answer to {what} within {:.1} s",
+                limit.as_secs_f64()
             ),
         )),
     }
@@ -40,6 +41,11 @@ async fn timed(
 /// Applies `text` to every node it names (all or nothing up to the
 /// install: a refusal at prepare changes nothing). Returns what was done.
 pub async fn apply_topology(text: &str) -> Result<String, Failure> {
+    apply_topology_within(text, APPLY_CALL_TIMEOUT).await
+}
+
+/// [`apply_topology`], each call (connecting included) bounded by `limit`.
+pub async fn apply_topology_within(text: &str, limit: Duration) -> Result<String, Failure> {
     let v = Valid::parse(text).map_err(|e| Failure::new(ErrorCode::BadRequest, e.to_string()))?;
     let mut conns = Vec::new();
     for (dbid, addr) in &v.addresses {
@@ -60,7 +66,14 @@ pub async fn apply_topology(text: &str) -> Result<String, Failure> {
                             ))
                         }
                     };
-                match timed(*dbid, "Info", c.call(&Request::Read(ReadRequest::Info))).await? {
+                match timed(
+                    limit,
+                    *dbid,
+                    "Info",
+                    c.call(&Request::Read(ReadRequest::Info)),
+                )
+                .await?
+                {
                     Response::Info(i) if i.dbid == *dbid => {}
                     Response::Info(i) => {
                         return Err(Failure::new(
@@ -74,6 +87,7 @@ pub async fn apply_topology(text: &str) -> Result<String, Failure> {
                     other => return Err(Failure::from(c.unexpected(&other, "Info").to_string())),
                 }
                 timed(
+                    limit,
                     *dbid,
                     "AdminPrepare",
                     c.call(&Request::Admin(AdminRequest::AdminPrepare {
@@ -102,6 +116,7 @@ pub async fn apply_topology(text: &str) -> Result<String, Failure> {
     let mut done = Vec::new();
     for (dbid, mut c) in conns {
         let r = timed(
+            limit,
             dbid,
             "AdminInstall",
             c.call(&Request::Admin(AdminRequest::AdminInstall {
@@ -131,9 +146,14 @@ pub async fn apply_topology(text: &str) -> Result<String, Failure> {
 
 /// [`apply_topology`] for a caller without a runtime.
 pub fn apply_topology_blocking(text: &str) -> Result<String, Failure> {
+    apply_topology_blocking_within(text, APPLY_CALL_TIMEOUT)
+}
+
+/// [`apply_topology_within`] for a caller without a runtime.
+pub fn apply_topology_blocking_within(text: &str, limit: Duration) -> Result<String, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(ErrorCode::Other, format!("cannot start a runtime: {e}")))?;
-    rt.block_on(apply_topology(text))
+    rt.block_on(apply_topology_within(text, limit))
 }

@@ -295,6 +295,44 @@ impl ConnReader {
     }
 }
 
+/// How long a blocking client waits for most answers.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a blocking client waits for the answer to `req`: a wait the
+/// request names itself, plus a minute; a copy, a restore or a
+/// verification (as long as the data they move) six hours; anything else
+/// [`ANSWER_TIMEOUT`].
+pub fn answer_timeout(req: &Request) -> Duration {
+    use crate::wire::{CopyRequest, OperationRequest, RecoveryOp, ReplicateAction};
+    const LONG: Duration = Duration::from_secs(6 * 3600);
+    match req {
+        Request::Operation(OperationRequest::WaitConfirmed { timeout_ms, .. }) => {
+            Duration::from_millis(*timeout_ms).saturating_add(Duration::from_secs(60))
+        }
+        Request::Operation(OperationRequest::Replicate {
+            action: ReplicateAction::Verify { .. },
+            ..
+        })
+        | Request::Copy(CopyRequest::CopyTake { .. })
+        | Request::Recovery(
+            RecoveryOp::Restore { .. }
+            | RecoveryOp::RestoreRange { .. }
+            | RecoveryOp::Rebase { .. },
+        ) => LONG,
+        _ => ANSWER_TIMEOUT,
+    }
+}
+
+fn silent(addr: SocketAddr, limit: Duration) -> ClientError {
+    io_err(
+        addr,
+        format!(
+            "no answer within {} s (the node is stalled or not an etp node)",
+            limit.as_secs()
+        ),
+    )
+}
+
 /// A blocking client for command-line tools.
 pub struct Client {
     rt: tokio::runtime::Runtime,
@@ -327,9 +365,17 @@ impl Client {
         })
     }
 
+    /// One request and its answer, within [`answer_timeout`]: a node that
+    /// never answers is named, never waited for forever.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let Client { rt, conn, .. } = self;
-        rt.block_on(conn.call(req))
+        let limit = answer_timeout(req);
+        let addr = conn.addr();
+        rt.block_on(async {
+            tokio::time::timeout(limit, conn.call(req))
+                .await
+                .unwrap_or_else(|_| Err(silent(addr, limit)))
+        })
     }
 
     /// Several commands of this session in one round trip (see [`Request::Session(SessionRequest::Batch)`]).
@@ -344,10 +390,16 @@ impl Client {
         rt.block_on(conn.send(req))
     }
 
-    /// The next answer owed (remote errors are answers here).
+    /// The next answer owed (remote errors are answers here), within
+    /// [`ANSWER_TIMEOUT`].
     pub fn recv(&mut self) -> Result<Response, ClientError> {
         let Client { rt, conn, .. } = self;
-        rt.block_on(conn.recv())
+        let addr = conn.addr();
+        rt.block_on(async {
+            tokio::time::timeout(ANSWER_TIMEOUT, conn.recv())
+                .await
+                .unwrap_or_else(|_| Err(silent(addr, ANSWER_TIMEOUT)))
+        })
     }
 
     /// Runs whole transactions (each a batch of commands ending with ET)

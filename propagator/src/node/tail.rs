@@ -199,6 +199,24 @@ impl Tail {
     /// Transforms, checks and encodes `batch` after the link's cursor,
     /// without changing the link; `None` when nothing in it is new.
     fn build(&self, side: &SendSide, batch: Vec<Arc<LogRecord>>) -> Result<Option<Built>, Stop> {
+        // A predicate the CEL program evaluates (no native form) costs up
+        // to its cost limit a record: on the reactor's thread, its batch
+        // runs with the reactor's other tasks moved to another thread.
+        let slow = self.f.rep.predicate.as_ref().is_some_and(|p| !p.is_fast());
+        let on_reactor = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if slow && on_reactor {
+            tokio::task::block_in_place(|| self.build_now(side, batch))
+        } else {
+            self.build_now(side, batch)
+        }
+    }
+
+    fn build_now(
+        &self,
+        side: &SendSide,
+        batch: Vec<Arc<LogRecord>>,
+    ) -> Result<Option<Built>, Stop> {
         let ctx = &self.ctx;
         let rep = &self.f.rep;
         let name = self.f.name();

@@ -296,6 +296,41 @@ fn command_errors_abort_the_transaction_and_leave_no_trace() {
 /// ET (it cannot exist); one that another commit has taken meanwhile must
 /// still be refused there, whichever way each side got its isn.
 #[test]
+fn an_open_transaction_never_holds_more_than_its_byte_limit() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let big = |i: i64| {
+        let mut r = rec(&[("q", i)]);
+        r.insert("b".into(), Value::Bytes(vec![7u8; (1 << 20) - 64]));
+        r
+    };
+    let mut s = db.session();
+    let limit = propagator::database::MAX_TXN_BYTES >> 20;
+    let mut refused_at = None;
+    for i in 0..(limit as i64 + 8) {
+        match s.store(MASTER, None, big(i)) {
+            Ok(_) => {}
+            Err(DbError::TooLarge(m)) => {
+                assert!(m.contains("bytes of records"), "{m}");
+                refused_at = Some(i);
+                break;
+            }
+            Err(e) => panic!("store {i}: {e}"),
+        }
+    }
+    let at = refused_at.expect("a store over the limit is refused when it is made, not at ET");
+    assert!(at as usize <= limit + 1, "refused only at store {at}");
+    // The transaction is gone: nothing of it is held or committed.
+    assert!(matches!(s.et(None), Err(DbError::Aborted(_))));
+    s.bt();
+    assert!(dump(&db, MASTER).is_empty());
+    // The session works again, counting from nothing.
+    s.store(MASTER, None, big(1)).expect("a store after BT");
+    s.et(None).expect("commits");
+    assert_eq!(dump(&db, MASTER).len(), 1);
+}
+
+#[test]
 fn stores_racing_for_one_isn_are_refused_at_et_and_leave_no_trace() {
     let t = tempfile::tempdir().expect("tempdir");
     let db = fresh(t.path());
@@ -335,22 +370,32 @@ fn stores_racing_for_one_isn_are_refused_at_et_and_leave_no_trace() {
     );
     e.et(None).expect("e commits");
     refused(f.et(None), 1002);
-    // The last isn: the next isn saturates there, so it is looked up, and
-    // the engine hands out no isn after it.
+    // The largest isn a store may name: one store there cannot use up the
+    // engine's numbering, which goes on above it; above it, a store is
+    // refused, naming the limit.
+    let max = propagator::database::MAX_STORE_ISN;
     let (mut h, mut i) = (db.session(), db.session());
-    h.store(MASTER, Some(Isn(u64::MAX)), rec(&[("q", 9)]))
+    h.store(MASTER, Some(Isn(max)), rec(&[("q", 9)]))
         .expect("h stores");
-    i.store(MASTER, Some(Isn(u64::MAX)), rec(&[("q", 10)]))
+    i.store(MASTER, Some(Isn(max)), rec(&[("q", 10)]))
         .expect("i stores");
     h.et(None).expect("h commits");
-    refused(i.et(None), u64::MAX);
-    assert!(
-        matches!(
-            db.session().store(MASTER, None, rec(&[("q", 11)])),
-            Err(DbError::TooLarge(_))
-        ),
-        "an isn after the last was handed out"
+    refused(i.et(None), max);
+    let mut k = db.session();
+    assert_eq!(
+        k.store(MASTER, None, rec(&[("q", 11)])).expect("k stores"),
+        Isn(max + 1),
+        "the engine's numbering goes on above the largest named isn"
     );
+    k.et(None).expect("k commits");
+    for above in [max + 2, u64::MAX - 1, u64::MAX] {
+        match db.session().store(MASTER, Some(Isn(above)), rec(&[("q", 12)])) {
+            Err(DbError::IsnTooLarge { isn, max: m, .. }) => {
+                assert_eq!((isn, m), (Isn(above), max))
+            }
+            other => panic!("a store at isn {above} was not refused: {other:?}"),
+        }
+    }
     // One transaction storing the same new isn twice is refused at once.
     let mut g = db.session();
     g.store(MASTER, Some(Isn(2000)), rec(&[("q", 7)]))
@@ -366,7 +411,8 @@ fn stores_racing_for_one_isn_are_refused_at_et_and_leave_no_trace() {
             (Isn(1000), rec(&[("q", 1)])),
             (Isn(1001), rec(&[("q", 4)])),
             (Isn(1002), rec(&[("q", 5)])),
-            (Isn(u64::MAX), rec(&[("q", 9)])),
+            (Isn(max), rec(&[("q", 9)])),
+            (Isn(max + 1), rec(&[("q", 11)])),
         ]
     );
     assert_eq!(replay_log(&db), dump(&db, MASTER));
