@@ -273,12 +273,15 @@ impl Tls {
                 .build()
                 .map_err(|e| bad(format!("the authority's certificate: {e}")))?;
         let versions = [&rustls::version::TLS13];
-        let server = rustls::ServerConfig::builder_with_provider(provider())
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&versions)
             .map_err(|e| bad(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| bad(format!("the certificate and its key: {e}")))?;
+        // No session resumption: nodes and tools keep their connections,
+        // and no ticket arrives unasked after the handshake.
+        server.send_tls13_tickets = 0;
         let client = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&versions)
             .map_err(|e| bad(e.to_string()))?
@@ -340,10 +343,18 @@ pub fn client() -> Transport {
         .unwrap_or(Transport::PlainLoopback)
 }
 
+/// What TLS runs over: the socket behind a read buffer. rustls reads at
+/// most 4 KiB a call; through [`TLS_READ_BUFFER`] bytes of buffer a bulk
+/// load's megabytes take a sixteenth of the reads (system calls).
+pub type TlsIo = tokio::io::BufReader<TcpStream>;
+
+/// The read buffer under a TLS connection.
+pub const TLS_READ_BUFFER: usize = 64 << 10;
+
 /// A connection, plain or TLS.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<TlsIo>>),
 }
 
 impl AsyncRead for Stream {
@@ -432,7 +443,7 @@ impl Transport {
             }
             Transport::Tls(t) => {
                 let s = tokio_rustls::TlsAcceptor::from(t.server.clone())
-                    .accept(tcp)
+                    .accept(TlsIo::with_capacity(TLS_READ_BUFFER, tcp))
                     .await
                     .map_err(|e| NetError::Handshake {
                         addr,
@@ -466,7 +477,7 @@ impl Transport {
                         reason: e.to_string(),
                     })?;
                 let s = tokio_rustls::TlsConnector::from(t.client.clone())
-                    .connect(name, tcp)
+                    .connect(name, TlsIo::with_capacity(TLS_READ_BUFFER, tcp))
                     .await
                     .map_err(|e| NetError::Handshake {
                         addr,

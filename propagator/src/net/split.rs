@@ -42,18 +42,28 @@ impl Read for Sock<'_> {
 }
 
 /// Splits a TLS client stream (after its handshake) into its halves.
-pub(crate) fn split_tls(s: tokio_rustls::client::TlsStream<TcpStream>) -> (LinkReader, LinkWriter) {
-    let (sock, mut tls) = s.into_inner();
+pub(crate) fn split_tls(
+    s: tokio_rustls::client::TlsStream<super::TlsIo>,
+) -> io::Result<(LinkReader, LinkWriter)> {
+    let (buffered, mut tls) = s.into_inner();
+    // Bytes read ahead of rustls go to it first.
+    let mut ahead: &[u8] = buffered.buffer();
+    while !ahead.is_empty() {
+        tls.read_tls(&mut ahead)?;
+        tls.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+    let sock = buffered.into_inner();
     // The link's window bounds what is in flight; frames are never cut.
     tls.set_buffer_limit(None);
     let shared = Arc::new(Shared {
         sock,
         tls: Mutex::new(tls),
     });
-    (
+    Ok((
         LinkReader(Reader::Tls(shared.clone())),
         LinkWriter(Writer::Tls(shared)),
-    )
+    ))
 }
 
 /// The reading half.

@@ -225,7 +225,9 @@ impl Conn {
                 (LinkReader::plain(rd), LinkWriter::plain(wr))
             }
             Stream::Tls(tls) => match *tls {
-                tokio_rustls::TlsStream::Client(c) => crate::net::split::split_tls(c),
+                tokio_rustls::TlsStream::Client(c) => {
+                    crate::net::split::split_tls(c).map_err(|e| io_err(self.addr, e))?
+                }
                 tokio_rustls::TlsStream::Server(_) => {
                     return Err(io_err(self.addr, "a server's side cannot be split"))
                 }
