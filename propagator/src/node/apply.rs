@@ -38,6 +38,58 @@ async fn timed(
     }
 }
 
+/// Phase one at one node: connect (its certificate must be database
+/// `dbid`'s), check who it is, and ask whether it can take its part.
+async fn prepare(
+    dbid: DbId,
+    addr: std::net::SocketAddr,
+    text: &str,
+    limit: Duration,
+) -> Result<Conn, Failure> {
+    let mut c = match tokio::time::timeout(limit, Conn::connect_to(addr, dbid)).await {
+        Ok(r) => r.map_err(|e| Failure::new(e.code(), e.to_string()))?,
+        Err(_) => {
+            return Err(Failure::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "cannot connect to node {addr}: no connection within {:.1} s",
+                    limit.as_secs_f64()
+                ),
+            ))
+        }
+    };
+    match timed(
+        limit,
+        dbid,
+        "Info",
+        c.call(&Request::Read(ReadRequest::Info)),
+    )
+    .await?
+    {
+        Response::Info(i) if i.dbid == dbid => {}
+        Response::Info(i) => {
+            return Err(Failure::new(
+                ErrorCode::Refused,
+                format!(
+                    "the node at {addr} holds database {}, the topology says {dbid}",
+                    i.dbid
+                ),
+            ))
+        }
+        other => return Err(Failure::from(c.unexpected(&other, "Info").to_string())),
+    }
+    timed(
+        limit,
+        dbid,
+        "AdminPrepare",
+        c.call(&Request::Admin(AdminRequest::AdminPrepare {
+            topology: text.to_string(),
+        })),
+    )
+    .await?;
+    Ok(c)
+}
+
 /// Applies `text` to every node it names (all or nothing up to the
 /// install: a refusal at prepare changes nothing). Returns what was done.
 pub async fn apply_topology(text: &str) -> Result<String, Failure> {
@@ -47,57 +99,16 @@ pub async fn apply_topology(text: &str) -> Result<String, Failure> {
 /// [`apply_topology`], each call (connecting included) bounded by `limit`.
 pub async fn apply_topology_within(text: &str, limit: Duration) -> Result<String, Failure> {
     let v = Valid::parse(text).map_err(|e| Failure::new(ErrorCode::BadRequest, e.to_string()))?;
+    // Every node is asked at once: an apply waits for the slowest node's
+    // handshake and answer, not for their sum.
+    let prepared = futures_util::future::join_all(
+        v.addresses
+            .iter()
+            .map(|(dbid, addr)| prepare(*dbid, *addr, text, limit)),
+    )
+    .await;
     let mut conns = Vec::new();
-    for (dbid, addr) in &v.addresses {
-        let r: Result<Conn, Failure> =
-            async {
-                let mut c =
-                    match tokio::time::timeout(APPLY_CALL_TIMEOUT, Conn::connect_to(*addr, *dbid))
-                        .await
-                    {
-                        Ok(r) => r.map_err(|e| Failure::new(e.code(), e.to_string()))?,
-                        Err(_) => {
-                            return Err(Failure::new(
-                                ErrorCode::Unavailable,
-                                format!(
-                                    "cannot connect to node {addr}: no connection within {} s",
-                                    APPLY_CALL_TIMEOUT.as_secs()
-                                ),
-                            ))
-                        }
-                    };
-                match timed(
-                    limit,
-                    *dbid,
-                    "Info",
-                    c.call(&Request::Read(ReadRequest::Info)),
-                )
-                .await?
-                {
-                    Response::Info(i) if i.dbid == *dbid => {}
-                    Response::Info(i) => {
-                        return Err(Failure::new(
-                            ErrorCode::Refused,
-                            format!(
-                                "the node at {addr} holds database {}, the topology says {dbid}",
-                                i.dbid
-                            ),
-                        ))
-                    }
-                    other => return Err(Failure::from(c.unexpected(&other, "Info").to_string())),
-                }
-                timed(
-                    limit,
-                    *dbid,
-                    "AdminPrepare",
-                    c.call(&Request::Admin(AdminRequest::AdminPrepare {
-                        topology: text.to_string(),
-                    })),
-                )
-                .await?;
-                Ok(c)
-            }
-            .await;
+    for ((dbid, _), r) in v.addresses.iter().zip(prepared) {
         match r {
             Ok(c) => conns.push((*dbid, c)),
             Err(e) => {
