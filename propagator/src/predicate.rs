@@ -56,11 +56,13 @@ pub const MAX_SOURCE_BYTES: usize = 8192;
 /// thread stack (Rust's default for spawned threads) even with the CEL
 /// crate unoptimized, and far within it optimized.
 pub const MAX_DEPTH: usize = 48;
-/// The cost limit: how deeply comprehensions may nest. One loop over a
-/// list costs its length per record, and a list in a predicate is a
-/// literal within [`MAX_SOURCE_BYTES`] (fields are scalars), so one level
-/// bounds a record's evaluation to a few thousand steps; two nested loops
-/// of 150 took 13 s a record before this limit.
+/// The cost limit: how deeply comprehensions may nest. A list in a
+/// predicate is a literal within [`MAX_SOURCE_BYTES`] (fields are
+/// scalars, so at most about 4,000 elements), and one loop over it costs
+/// its length per record, or its square if its body searches a list
+/// (`L.all(a, a in L)`): bounded, where nested loops multiply (two nested
+/// loops of 150 inside a third took 13 s a record before this limit).
+/// Only an administrator installs predicates.
 pub const MAX_LOOP_DEPTH: usize = 1;
 /// The stack of the thread that parses a predicate.
 const COMPILE_STACK_BYTES: usize = 64 << 20;

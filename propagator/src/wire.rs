@@ -31,9 +31,11 @@ pub const PROTOCOL_VERSION: u16 = 5;
 pub const MAX_FRAME: usize = 160 << 20;
 
 /// The largest request frame a client conversation may send (role
-/// `read` or `write`): its transactions go in several frames if larger.
-/// Replication links, administrators and plain loopback get [`MAX_FRAME`].
-pub const CLIENT_MAX_FRAME: usize = 16 << 20;
+/// `read` or `write`): room for one whole transaction (64 MiB of records)
+/// and its commands. Replication links (whose batches carry before- and
+/// after-images), administrators and plain loopback get [`MAX_FRAME`].
+/// Either way a frame's buffer grows only as its bytes arrive.
+pub const CLIENT_MAX_FRAME: usize = 72 << 20;
 
 /// The codec with this protocol's frame limit for both directions.
 pub fn codec() -> Frames {
@@ -47,12 +49,19 @@ pub fn codec() -> Frames {
 /// the limit ends the connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Frames {
+    /// The largest frame read.
     max: usize,
+    /// The largest frame written.
+    max_out: usize,
 }
 
 impl Frames {
+    /// Frames of up to `max` bytes read, up to [`MAX_FRAME`] written.
     pub fn new(max: usize) -> Frames {
-        Frames { max }
+        Frames {
+            max,
+            max_out: MAX_FRAME,
+        }
     }
 
     /// The largest frame this codec reads.
@@ -104,14 +113,14 @@ impl tokio_util::codec::Encoder<bytes::Bytes> for Frames {
         use bytes::BufMut;
         let n = u32::try_from(item.len())
             .ok()
-            .filter(|n| *n as usize <= self.max)
+            .filter(|n| *n as usize <= self.max_out)
             .ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!(
                         "frame of {} bytes is over the limit of {} bytes",
                         item.len(),
-                        self.max
+                        self.max_out
                     ),
                 )
             })?;

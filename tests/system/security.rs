@@ -82,6 +82,15 @@ fn each_role_gets_only_what_it_is_allowed() {
     ));
     let msg = refused(reader.call(&store_txn(1)), "session", "reader");
     assert!(msg.contains("write"), "{msg}");
+    // Verifying stops a replicate's feeder while it compares: not a read.
+    refused(
+        reader.call(&Request::Operation(OperationRequest::Replicate {
+            name: "items_full".into(),
+            action: propagator::wire::ReplicateAction::Verify { max_isns: 10 },
+        })),
+        "Replicate Verify",
+        "reader",
+    );
 
     // write: sessions, and no administration.
     let mut writer = Client::connect_with(m, &as_("writer")).expect("writer connects");
@@ -209,18 +218,53 @@ fn a_stranger_is_refused_at_the_handshake() {
         db: None,
     };
     cert::issue(&other, &id, 1).expect("issue");
+    // It trusts the cluster's authority (so it accepts the node), and
+    // presents a certificate of another: the node must refuse it.
     let stranger = Tls::load(
-        &other.join("ca.crt"),
+        &certs().join("ca.crt"),
         &other.join("admin.crt"),
         &other.join("admin.key"),
     )
     .expect("load");
-    let r = Client::connect_with(m, &Transport::Tls(std::sync::Arc::new(stranger)));
+    let r = Client::connect_with(m, &Transport::Tls(std::sync::Arc::new(stranger)))
+        .and_then(|mut c| c.call(&Request::Read(ReadRequest::Info)));
     assert!(
-        matches!(r, Err(ClientError::Connect { .. })),
-        "a certificate of another authority connected: {:?}",
-        r.err()
+        r.is_err(),
+        "a certificate of another authority was served: {r:?}"
     );
+    // A TLS client with no certificate at all.
+    {
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(certs().join("ca.crt")).expect("ca");
+        use rustls::pki_types::pem::PemObject;
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(&ca).expect("pem"))
+            .expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            #[allow(deprecated)]
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = std::net::TcpStream::connect(m).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let name = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
+            .expect("name");
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("conn");
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let _ = s.write_all(&[0, 0, 0, 1, 0xc0]);
+        let _ = s.flush();
+        let mut b = [0u8; 64];
+        let r = s.read(&mut b);
+        assert!(
+            !matches!(r, Ok(n) if n > 0),
+            "a client without a certificate was answered: {r:?}"
+        );
+    }
     // Plain TCP to a TLS node: refused, with a hint.
     let plain = Client::connect_with(m, &Transport::PlainLoopback)
         .and_then(|mut c| c.call(&Request::Read(ReadRequest::Info)));
@@ -446,10 +490,17 @@ fn open_fds(pid: u32) -> usize {
 /// never poisoned. Then 300 authenticated connections each sending only a
 /// frame header that declares 150 MiB: nothing is reserved for them (the
 /// node's address space and RSS stay bounded), and a `read` client's
-/// header over its 16 MiB limit closes its connection.
+/// header over its 72 MiB limit closes its connection at once.
 #[test]
 fn floods_of_sockets_and_frame_headers_leave_the_node_bounded_and_committing() {
     use std::io::{Read, Write};
+    // This process opens 2,000 sockets: its own descriptor limit first.
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut l = getrlimit(Resource::Nofile);
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let cl = Cluster::start_with_args(
         etp_bin(),
@@ -536,11 +587,21 @@ fn floods_of_sockets_and_frame_headers_leave_the_node_bounded_and_committing() {
             .expect("client");
         rustls::StreamOwned::new(conn, tcp)
     };
-    r.write_all(&(20u32 << 20).to_be_bytes()).expect("header");
+    // Over a client's limit (72 MiB), under a link's (160 MiB).
+    r.write_all(&(100u32 << 20).to_be_bytes()).expect("header");
     r.flush().expect("flush");
     let mut buf = [0u8; 16];
-    let n = r.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "the connection is closed, nothing answered");
+    let t0 = std::time::Instant::now();
+    let got = r.read(&mut buf);
+    assert!(
+        matches!(got, Ok(0))
+            || matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+        "the connection is closed, nothing answered: {got:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "closed at once, not timed out"
+    );
 }
 
 /// A predicate over the cost limit is refused when the topology is
@@ -638,6 +699,15 @@ fn a_silent_peer_fails_an_apply_within_its_timeout() {
         "{err}"
     );
     assert!(took < Duration::from_secs(20), "took {took:?}");
+    for n in &cl.nodes[..2] {
+        match Client::connect(n.addr)
+            .expect("connect")
+            .call(&Request::Admin(AdminRequest::AdminExport))
+        {
+            Ok(Response::Text(t)) => assert_eq!(t, topology, "database {} changed", n.dbid),
+            other => panic!("{other:?}"),
+        }
+    }
     let same = tmp.path().join("same.toml");
     std::fs::write(&same, &topology).expect("write");
     let out = etp_system_tests::etp(&["admin", "apply", same.to_str().expect("utf-8")]);

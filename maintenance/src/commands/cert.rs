@@ -82,6 +82,12 @@ pub fn node_tls(
                     dir.display()
                 );
             }
+            if dir.join(cert::CA_KEY).exists() {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the authority's private key is in this node's certificate directory: anyone who reads this node's files can issue any certificate (give each node a directory with only ca.crt and its own dbN.crt and dbN.key)"
+                );
+            }
             Tls::load(&dir.join(cert::CA_CERT), &crt, &key)?
         }
         None => match client_transport(a)? {

@@ -70,7 +70,12 @@ fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), CertError> {
                 source: e,
             },
         })?;
-    f.write_all(text.as_bytes())
+    // The mode asked for, whatever the process's umask: a certificate is
+    // public, a key its owner's.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if secret { 0o600 } else { 0o644 };
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|_| f.write_all(text.as_bytes()))
         .and_then(|_| f.sync_all())
         .map_err(io("cannot write", path))
 }

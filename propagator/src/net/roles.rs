@@ -3,7 +3,7 @@
 //!
 //! | role | may ask |
 //! |---|---|
-//! | `read` | reads (`Info`, `Dump`, `FileStat`, `RangeDigest`, `Files`, lag samples), status (tasks, replicates, policy, cross-references, a replicate's errors and verification, waiting for a confirmation), the topology's and the copy jobs' text, the log segments, a cleanup plan |
+//! | `read` | reads (`Info`, `Dump`, `FileStat`, `RangeDigest`, `Files`, lag samples), status (tasks, replicates, policy, cross-references, a replicate's errors, waiting for a confirmation), the topology's and the copy jobs' text, the log segments, a cleanup plan |
 //! | `write` | what `read` may, and client sessions (transactions) |
 //! | `admin` | everything except replication links |
 //! | `replication` | what `read` may; replication links (only for a replicate whose master's database is the certificate's: checked when the link opens, against the topology); and what a node's copy-job scheduler asks of the nodes it copies (`CopyTake`, `PlogRemove`) |
@@ -82,7 +82,8 @@ pub fn needs(req: &Request) -> (Need, &'static str) {
             OperationRequest::TaskControl { .. } => (Admin, "TaskControl"),
             OperationRequest::Replicate { action, .. } => match action {
                 ReplicateAction::Errors => (Read, "Replicate Errors"),
-                ReplicateAction::Verify { .. } => (Read, "Replicate Verify"),
+                // Verify stops the replicate's feeder while it compares.
+                ReplicateAction::Verify { .. } => (Admin, "Replicate Verify"),
                 ReplicateAction::Init { .. } => (Admin, "Replicate Init"),
                 ReplicateAction::Shun { .. } => (Admin, "Replicate Shun"),
                 ReplicateAction::Unshun => (Admin, "Replicate Unshun"),

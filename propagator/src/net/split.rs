@@ -49,7 +49,13 @@ pub(crate) fn split_tls(
     // Bytes read ahead of rustls go to it first.
     let mut ahead: &[u8] = buffered.buffer();
     while !ahead.is_empty() {
-        tls.read_tls(&mut ahead)?;
+        // 0: rustls takes nothing more (the peer ended the session).
+        if tls.read_tls(&mut ahead)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the node ended the TLS session",
+            ));
+        }
         tls.process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }

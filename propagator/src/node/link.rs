@@ -129,6 +129,9 @@ impl Node {
             if let Err(why) =
                 self.link_allowed(who, &replicate, file, confirmation, master_db, master)
             {
+                self.conns
+                    .not_allowed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(certificate = %who.name, replicate = %replicate, reason = %why, "replication link refused");
                 return Response::error(why);
             }

@@ -132,6 +132,29 @@ pub(crate) struct ConnStats {
     pub refused_handshake: std::sync::atomic::AtomicU64,
     pub idle_closed: std::sync::atomic::AtomicU64,
     pub not_allowed: std::sync::atomic::AtomicU64,
+    /// The second (since the epoch) of the last refusal logged.
+    logged_at: std::sync::atomic::AtomicU64,
+}
+
+impl ConnStats {
+    /// Logs a refused connection with `log`, at most once a second:
+    /// refusals are counted in the metrics, and a flood of them must not
+    /// flood the log.
+    fn log_refusal(&self, log: impl FnOnce()) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.logged_at.load(Relaxed);
+        if now > last
+            && self
+                .logged_at
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            log();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -333,11 +356,16 @@ impl Node {
         // client's place, only another handshake's, for at most the
         // handshake timeout.
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        // Clients (read, write) may take all but an eighth (at least 4):
+        // waits and sessions cannot keep replication links and
+        // administrators out.
+        let reserved = (limits.max_connections / 8).clamp(4, limits.max_connections);
+        let clients = Arc::new(tokio::sync::Semaphore::new(
+            limits.max_connections.saturating_sub(reserved).max(1),
+        ));
         let handshakes = Arc::new(tokio::sync::Semaphore::new(
             (limits.max_connections / 4).max(16),
         ));
-        // Refusals at the limit are logged at most once a second.
-        let mut last_warned: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -345,16 +373,14 @@ impl Node {
                     Ok((tcp, peer)) => {
                         let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
                             self.conns.refused_limit.fetch_add(1, Relaxed);
-                            if last_warned.is_none_or(|t| t.elapsed().as_secs() >= 1) {
-                                last_warned = Some(std::time::Instant::now());
-                                tracing::warn!(%peer, "connection refused: too many handshakes in progress");
-                            }
+                            self.conns.log_refusal(|| tracing::warn!(%peer, "connection refused: too many handshakes in progress"));
                             drop(tcp);
                             continue;
                         };
                         let node = self.clone();
                         let transport = transport.clone();
                         let permits = permits.clone();
+                        let clients = clients.clone();
                         tokio::spawn(async move {
                             let accepted = tokio::time::timeout(
                                 limits.handshake_timeout,
@@ -364,26 +390,41 @@ impl Node {
                             drop(handshake);
                             match accepted {
                                 Ok(Ok((stream, who))) => {
+                                    let client = who.as_ref().is_some_and(|w| {
+                                        matches!(w.role, crate::net::Role::Read | crate::net::Role::Write)
+                                    });
+                                    let client_permit = match client {
+                                        true => match clients.try_acquire_owned() {
+                                            Ok(p) => Some(p),
+                                            Err(_) => {
+                                                node.conns.refused_limit.fetch_add(1, Relaxed);
+                                                node.conns.log_refusal(|| tracing::warn!(%peer, "connection refused: the node serves its limit of client connections (the rest is kept for nodes and administrators)"));
+                                                return;
+                                            }
+                                        },
+                                        false => None,
+                                    };
                                     let Ok(_permit) = permits.try_acquire_owned() else {
                                         node.conns.refused_limit.fetch_add(1, Relaxed);
-                                        tracing::warn!(%peer, limit = limits.max_connections, "connection refused: the node serves its limit of connections");
+                                        node.conns.log_refusal(|| tracing::warn!(%peer, limit = limits.max_connections, "connection refused: the node serves its limit of connections"));
                                         return;
                                     };
+                                    let _client_permit = client_permit;
                                     node.conns.open.fetch_add(1, Relaxed);
                                     node.clone().connection(stream, peer, who, limits.idle_timeout).await;
                                     node.conns.open.fetch_sub(1, Relaxed);
                                 }
                                 Ok(Err(e)) => {
                                     node.conns.refused_handshake.fetch_add(1, Relaxed);
-                                    tracing::warn!(%peer, reason = %e, "connection refused")
+                                    node.conns.log_refusal(|| tracing::warn!(%peer, reason = %e, "connection refused"))
                                 }
                                 Err(_) => {
                                     node.conns.refused_handshake.fetch_add(1, Relaxed);
-                                    tracing::warn!(
+                                    node.conns.log_refusal(|| tracing::warn!(
                                         %peer,
                                         "connection refused: no TLS handshake within {} s",
                                         limits.handshake_timeout.as_secs()
-                                    )
+                                    ))
                                 }
                             }
                         });
@@ -476,15 +517,7 @@ impl Node {
                     }
                     continue;
                 }
-                // Nothing in flight for the idle timeout: closed.
-                _ = tokio::time::sleep_until(idle_since + idle_timeout),
-                    if owed.is_empty() && conv.link.is_none() && reports.is_none() => {
-                    self.conns.idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(%peer, idle_s = idle_timeout.as_secs(), "closing an idle connection");
-                    break;
-                }
                 frame = framed.next(), if owed.len() < PIPELINE_DEPTH => {
-                    idle_since = tokio::time::Instant::now();
                     let frame = match frame {
                         None => break,
                         Some(Ok(f)) => f,
@@ -518,6 +551,7 @@ impl Node {
                         if failed || send(&mut framed, &refusal).await.is_err() {
                             break;
                         }
+                        idle_since = tokio::time::Instant::now();
                         continue;
                     }
                     let step = match req {
@@ -544,6 +578,9 @@ impl Node {
                             session::Step::Now(self.handle(&mut conv, other).await)
                         }
                     };
+                    // A request answered inline may have run long: the
+                    // idle time starts again once it is done.
+                    idle_since = tokio::time::Instant::now();
                     match step {
                         session::Step::Now(resp) if owed.is_empty() => {
                             if send(&mut framed, &resp).await.is_err() {
@@ -553,6 +590,14 @@ impl Node {
                         session::Step::Now(resp) => owed.push_back(Box::pin(std::future::ready(resp))),
                         session::Step::Later(f) => owed.push_back(f),
                     }
+                }
+                // Nothing in flight for the idle timeout: closed (last: a request
+                // that arrives at the deadline is served).
+                _ = tokio::time::sleep_until(idle_since + idle_timeout),
+                    if owed.is_empty() && conv.link.is_none() && reports.is_none() => {
+                    self.conns.idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%peer, idle_s = idle_timeout.as_secs(), "closing an idle connection");
+                    break;
                 }
             }
         }

@@ -109,6 +109,8 @@ impl Node {
         timeout_ms: u64,
         applied: bool,
     ) -> Response {
+        // A wait holds its connection: bounded whatever the client asks.
+        let timeout_ms = timeout_ms.min(MAX_WAIT_MS);
         let rx = self
             .all_tasks()
             .iter()
@@ -357,3 +359,6 @@ impl Node {
         self.reports().await
     }
 }
+
+/// The longest a `WaitConfirmed` waits, whatever its client asks (10 min).
+pub const MAX_WAIT_MS: u64 = 600_000;
