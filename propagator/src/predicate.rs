@@ -505,7 +505,12 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// The depth of an expression tree: 1 for a leaf.
 fn depth(e: &IdedExpr) -> usize {
-    let children: Vec<&IdedExpr> = match &e.expr {
+    1 + children(e).into_iter().map(depth).max().unwrap_or(0)
+}
+
+/// The expressions directly under `e`.
+fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
+    match &e.expr {
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
         Expr::Select(sel) => vec![&*sel.operand],
         Expr::Call(call) => call
@@ -524,37 +529,14 @@ fn depth(e: &IdedExpr) -> usize {
         Expr::List(list) => list.elements.iter().collect(),
         Expr::Map(map) => entry_children(&map.entries),
         Expr::Struct(st) => entry_children(&st.entries),
-    };
-    1 + children.into_iter().map(depth).max().unwrap_or(0)
+    }
 }
 
 /// How deeply comprehensions (`all`, `exists`, `exists_one`, `map`,
 /// `filter`) nest in `e`: 0 for none, 1 for loops side by side.
 fn loop_depth(e: &IdedExpr) -> usize {
-    let children: Vec<&IdedExpr> = match &e.expr {
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
-        Expr::Select(sel) => vec![&*sel.operand],
-        Expr::Call(call) => call
-            .target
-            .as_deref()
-            .into_iter()
-            .chain(&call.args)
-            .collect(),
-        Expr::Comprehension(c) => {
-            let inner = [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ];
-            return 1 + inner.into_iter().map(loop_depth).max().unwrap_or(0);
-        }
-        Expr::List(list) => list.elements.iter().collect(),
-        Expr::Map(map) => entry_children(&map.entries),
-        Expr::Struct(st) => entry_children(&st.entries),
-    };
-    children.into_iter().map(loop_depth).max().unwrap_or(0)
+    let here = usize::from(matches!(e.expr, Expr::Comprehension(_)));
+    here + children(e).into_iter().map(loop_depth).max().unwrap_or(0)
 }
 
 fn entry_children(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {

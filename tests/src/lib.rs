@@ -98,12 +98,20 @@ pub fn credentials(name: &str) -> std::sync::Arc<propagator::net::Tls> {
 pub fn tls_connect(
     addr: std::net::SocketAddr,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    tls_connect_as(addr, "admin")
+}
+
+/// [`tls_connect`] with the test run's certificate `name`.
+pub fn tls_connect_as(
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     let tcp = std::net::TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let name = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
+    let server = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
         .expect("server name");
-    let conn = rustls::ClientConnection::new(credentials("admin").client_config(), name)
+    let conn = rustls::ClientConnection::new(credentials(name).client_config(), server)
         .expect("client connection");
     rustls::StreamOwned::new(conn, tcp)
 }

@@ -319,43 +319,32 @@ fn a_node_starts_only_with_its_own_certificate_or_explicit_plain_loopback() {
         start(&["--listen", "127.0.0.1:0"], false),
         "no certificates: give --certs DIR",
     );
-    // Another database's certificate.
+    // Another database's certificate, and a client's.
     let d = certs();
-    let (ca, crt, key) = (d.join("ca.crt"), d.join("db2.crt"), d.join("db2.key"));
-    refused_with(
-        start(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--ca",
-                ca.to_str().expect("utf-8"),
-                "--cert",
-                crt.to_str().expect("utf-8"),
-                "--key",
-                key.to_str().expect("utf-8"),
-            ],
-            false,
-        ),
-        "this data directory holds database 1",
-    );
-    // A client's certificate.
-    let (crt, key) = (d.join("admin.crt"), d.join("admin.key"));
-    refused_with(
-        start(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--ca",
-                ca.to_str().expect("utf-8"),
-                "--cert",
-                crt.to_str().expect("utf-8"),
-                "--key",
-                key.to_str().expect("utf-8"),
-            ],
-            false,
-        ),
-        "a node serves with a replication certificate",
-    );
+    let ca = d.join("ca.crt");
+    for (name, why) in [
+        ("db2", "this data directory holds database 1"),
+        ("admin", "a node serves with a replication certificate"),
+    ] {
+        let (crt, key) = (d.join(format!("{name}.crt")), d.join(format!("{name}.key")));
+        let files = [&ca, &crt, &key].map(|p| p.to_str().expect("utf-8").to_string());
+        refused_with(
+            start(
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--ca",
+                    &files[0],
+                    "--cert",
+                    &files[1],
+                    "--key",
+                    &files[2],
+                ],
+                false,
+            ),
+            why,
+        );
+    }
     // A certificate directory without this database's certificate.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
@@ -577,16 +566,7 @@ fn floods_of_sockets_and_frame_headers_leave_the_node_bounded_and_committing() {
     drop(held);
 
     // A read client's frame over its limit ends its connection.
-    let mut r = {
-        let tcp = std::net::TcpStream::connect(m).expect("connect");
-        tcp.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let name = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
-            .expect("name");
-        let conn = rustls::ClientConnection::new(credentials("reader").client_config(), name)
-            .expect("client");
-        rustls::StreamOwned::new(conn, tcp)
-    };
+    let mut r = etp_system_tests::tls_connect_as(m, "reader");
     // Over a client's limit (72 MiB), under a link's (160 MiB).
     r.write_all(&(100u32 << 20).to_be_bytes()).expect("header");
     r.flush().expect("flush");

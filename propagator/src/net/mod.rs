@@ -435,6 +435,14 @@ fn peer_identity(
     Identity::of_certificate(leaf).map_err(|e| NetError::Peer { addr, reason: e.0 })
 }
 
+/// A plain TCP connection, to or from a loopback address only.
+fn plain(tcp: TcpStream, addr: SocketAddr) -> Result<(Stream, Option<Identity>), NetError> {
+    if !addr.ip().is_loopback() {
+        return Err(NetError::NotLoopback { addr });
+    }
+    Ok((Stream::Plain(tcp), None))
+}
+
 impl Transport {
     /// Takes a connection a node accepted: the TLS handshake (the caller
     /// bounds its time) and the client's identity; `None` on plain TCP
@@ -446,12 +454,7 @@ impl Transport {
     ) -> Result<(Stream, Option<Identity>), NetError> {
         let _ = tcp.set_nodelay(true);
         match self {
-            Transport::PlainLoopback => {
-                if !addr.ip().is_loopback() {
-                    return Err(NetError::NotLoopback { addr });
-                }
-                Ok((Stream::Plain(tcp), None))
-            }
+            Transport::PlainLoopback => plain(tcp, addr),
             Transport::Tls(t) => {
                 let s = tokio_rustls::TlsAcceptor::from(t.server.clone())
                     .accept(TlsIo::with_capacity(TLS_READ_BUFFER, tcp))
@@ -475,12 +478,7 @@ impl Transport {
     ) -> Result<(Stream, Option<Identity>), NetError> {
         let _ = tcp.set_nodelay(true);
         match self {
-            Transport::PlainLoopback => {
-                if !addr.ip().is_loopback() {
-                    return Err(NetError::NotLoopback { addr });
-                }
-                Ok((Stream::Plain(tcp), None))
-            }
+            Transport::PlainLoopback => plain(tcp, addr),
             Transport::Tls(t) => {
                 let name =
                     ServerName::try_from(NODE_SERVER_NAME).map_err(|e| NetError::Handshake {
