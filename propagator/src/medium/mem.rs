@@ -28,6 +28,9 @@ struct FileState {
 
 #[derive(Default)]
 struct Faults {
+    /// The next this many file creations fail as if the process had no
+    /// descriptor left (EMFILE).
+    no_descriptors: std::sync::atomic::AtomicUsize,
     fail_next_sync: AtomicBool,
     fail_writes: AtomicBool,
     /// While set, every sync waits for it to be cleared.
@@ -191,6 +194,12 @@ impl MemDir {
             .map(|f| lock(&f.state).written.clone())
     }
 
+    /// The next `n` file creations fail with EMFILE ("too many open
+    /// files"), as when connections hold every descriptor.
+    pub fn no_descriptors_for(&self, n: usize) {
+        self.faults.no_descriptors.store(n, Ordering::SeqCst);
+    }
+
     pub fn fail_next_sync(&self) {
         self.faults.fail_next_sync.store(true, Ordering::SeqCst);
     }
@@ -237,6 +246,13 @@ impl MediumDir for MemDir {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn Medium>> {
+        let out =
+            self.faults
+                .no_descriptors
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if out.is_ok() {
+            return Err(io::Error::from_raw_os_error(24));
+        }
         let mut files = lock(&self.files);
         if files.contains_key(name) {
             return Err(io::Error::new(

@@ -68,8 +68,7 @@ impl PlogWriter {
     ) -> Result<PlogWriter, LogError> {
         let name = segment_name(no);
         let path = dir.describe(&name);
-        let seg = dir
-            .create(&name)
+        let seg = out_of_descriptors_retried(&path, || dir.create(&name))
             .map_err(|e| LogError::io(path.clone(), e))?;
         let header = SegmentHeader {
             dbid,
@@ -86,7 +85,8 @@ impl PlogWriter {
         seg.write_at(&buf, 0)
             .map_err(|e| LogError::io(path.clone(), e))?;
         seg.sync().map_err(|e| LogError::io(path.clone(), e))?;
-        dir.sync_dir().map_err(|e| LogError::io(path.clone(), e))?;
+        out_of_descriptors_retried(&path, || dir.sync_dir())
+            .map_err(|e| LogError::io(path.clone(), e))?;
         Ok(PlogWriter {
             dir,
             dbid,
@@ -217,3 +217,34 @@ impl PlogWriter {
         (self.seg_no, self.offset)
     }
 }
+
+/// Runs `op` (opening a file: a new segment, its directory to sync), and
+/// while it fails for want of a descriptor (EMFILE, ENFILE) tries again,
+/// waiting 10 ms growing to 200 ms, for up to about 5 s. Connections and
+/// the page store share the process's descriptors with the log: a moment
+/// when they hold every one must not poison the database, whose commits
+/// wait meanwhile. Nothing is created by a failed attempt, so a retry is
+/// safe.
+fn out_of_descriptors_retried<T>(
+    path: &str,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mut wait = std::time::Duration::from_millis(10);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match op() {
+            Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) && waited < RETRY_DESCRIPTORS => {
+                if waited.is_zero() {
+                    tracing::warn!(file = path, error = %e, "out of file descriptors: the protection log retries (commits wait)");
+                }
+                std::thread::sleep(wait);
+                waited += wait;
+                wait = (wait * 2).min(std::time::Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How long the log waits for a descriptor before it fails.
+const RETRY_DESCRIPTORS: std::time::Duration = std::time::Duration::from_secs(5);
