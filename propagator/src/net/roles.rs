@@ -6,7 +6,7 @@
 //! | `read` | reads (`Info`, `Dump`, `FileStat`, `RangeDigest`, `Files`, lag samples), status (tasks, replicates, policy, cross-references, a replicate's errors, waiting for a confirmation), the topology's and the copy jobs' text, the log segments, a cleanup plan |
 //! | `write` | what `read` may, and client sessions (transactions) |
 //! | `admin` | everything except replication links |
-//! | `replication` | what `read` may; replication links (only for a replicate whose master's database is the certificate's: checked when the link opens, against the topology); and what a node's copy-job scheduler asks of the nodes it copies (`CopyTake`, `PlogRemove`) |
+//! | `replication` | what `read` may; replication links (only for a replicate whose master's database is the certificate's: checked when the link opens, against the topology); and what a node's copy-job scheduler asks of the nodes it copies (`CopyTake`) |
 //!
 //! `write` does not include `admin`, and `admin` no replication link: a
 //! link is a node's conversation, which only a node's certificate holds.
@@ -102,7 +102,8 @@ pub fn needs(req: &Request) -> (Need, &'static str) {
             CopyRequest::CopyJobs { set: None } => (Read, "CopyJobs"),
             CopyRequest::CopyJobs { set: Some(_) } => (Admin, "CopyJobs set"),
             CopyRequest::PlogSegments => (Read, "PlogSegments"),
-            CopyRequest::PlogRemove { .. } => (Copy, "PlogRemove"),
+            // Only `etp copy archive` (an administrator) removes segments.
+            CopyRequest::PlogRemove { .. } => (Admin, "PlogRemove"),
             CopyRequest::CopyTake { .. } => (Copy, "CopyTake"),
         },
         Request::Link(_) => (Link, "replication link"),
@@ -135,10 +136,19 @@ mod tests {
             execute: true,
             horizons: vec![],
         });
-        let take = Request::Copy(CopyRequest::PlogRemove {
+        let remove = Request::Copy(CopyRequest::PlogRemove {
             through: crate::Lsn(1),
         });
-        let table: [(&Request, [bool; 4]); 7] = [
+        let take = Request::Copy(CopyRequest::CopyTake {
+            files: vec![],
+            dir: String::new(),
+            set: String::new(),
+        });
+        let verify = Request::Operation(OperationRequest::Replicate {
+            name: String::new(),
+            action: ReplicateAction::Verify { max_isns: 1 },
+        });
+        let table: [(&Request, [bool; 4]); 9] = [
             //          read   write  repl   admin
             (&dump, [true, true, true, true]),
             (&session, [false, true, false, true]),
@@ -146,7 +156,9 @@ mod tests {
             (&link, [false, false, true, false]),
             (&quiesce, [false, false, false, true]),
             (&cleanup, [false, false, false, true]),
+            (&remove, [false, false, false, true]),
             (&take, [false, false, true, true]),
+            (&verify, [false, false, false, true]),
         ];
         for (req, want) in table {
             let (need, kind) = needs(req);
