@@ -46,6 +46,10 @@ static NODE_CERTS: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(N
 /// The name of the `admin` client certificate [`use_local_certs`] makes.
 pub const LOCAL_ADMIN: &str = "admin";
 
+/// Days the certificates of a local cluster (a demo's, a benchmark's) are
+/// issued for: a kept `--data` directory stays usable.
+pub const LOCAL_DAYS: u32 = 3650;
+
 /// Makes a local cluster's certificates in `dir` unless they are there (the
 /// authority, an `admin` client, nodes `db1` to `db{dbs}`), and uses them:
 /// nodes [`NodeProc`] starts serve with them (`--certs dir`), and this
@@ -64,7 +68,7 @@ pub fn use_local_certs(dir: &Path, dbs: u32) -> anyhow::Result<()> {
     ids.extend((1..=dbs).map(|d| cert::node_identity(propagator::DbId(d))));
     for id in &ids {
         if !dir.join(format!("{}.crt", id.name)).exists() {
-            cert::issue(dir, id, 30)?;
+            cert::issue(dir, id, LOCAL_DAYS)?;
         }
     }
     let tls = Tls::load(

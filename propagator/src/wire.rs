@@ -294,6 +294,15 @@ pub enum ReadRequest {
     Files,
 }
 
+/// The digest that names a topology's text in an apply's compare
+/// (`AdminInstall::expect`): blake3, 16 hex digits; `""` for no topology.
+pub fn topology_digest(text: Option<&str>) -> String {
+    match text {
+        None => String::new(),
+        Some(t) => blake3::hash(t.as_bytes()).to_hex()[..16].to_string(),
+    }
+}
+
 /// The topology: prepare and install (an apply's two phases, which the
 /// client runs through every node: `node::apply`), export.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -303,8 +312,16 @@ pub enum AdminRequest {
     /// Can this node take its part of the topology? (Phase one of an
     /// apply, which the client runs: `node::apply`.)
     AdminPrepare { topology: String },
-    /// Take this node's part of the topology (phase two).
-    AdminInstall { topology: String },
+    /// Take this node's part of the topology (phase two). With `expect`,
+    /// only if the topology this node holds is still the one the apply
+    /// saw at its prepare ([`topology_digest`] of its text; `""` for
+    /// none): of two applies run at once, the one that installs second
+    /// on a node is refused there.
+    AdminInstall {
+        topology: String,
+        #[serde(default)]
+        expect: Option<String>,
+    },
 }
 
 /// Operator requests: task and replicate status and control, policy,

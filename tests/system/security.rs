@@ -103,6 +103,7 @@ fn each_role_gets_only_what_it_is_allowed() {
     refused(
         writer.call(&Request::Admin(AdminRequest::AdminInstall {
             topology: evil.clone(),
+            expect: None,
         })),
         "AdminInstall",
         "writer",
@@ -128,6 +129,7 @@ fn each_role_gets_only_what_it_is_allowed() {
             .expect("db2 connects")
             .call(&Request::Admin(AdminRequest::AdminInstall {
                 topology: evil,
+                expect: None,
             })),
         "AdminInstall",
         "db2",
@@ -696,4 +698,41 @@ fn a_silent_peer_fails_an_apply_within_its_timeout() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Two applies at once cannot leave nodes with different topologies:
+/// an install names the topology its apply's prepare saw, and a node
+/// that holds another by then (the other apply installed first) refuses
+/// it, changing nothing.
+#[test]
+fn an_install_after_another_applys_is_refused() {
+    use propagator::wire::topology_digest;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let m = cl.master().addr;
+    let first = std::fs::read_to_string(tmp.path().join("topology.toml")).expect("topology");
+    let seen = topology_digest(Some(&first));
+    let second = first.replace("restart_interval_s = 1", "restart_interval_s = 2");
+    let third = first.replace("restart_interval_s = 1", "restart_interval_s = 3");
+    assert!(second != first && third != first);
+    let mut c = Client::connect(m).expect("connect");
+    let install = |c: &mut Client, text: &str| {
+        c.call(&Request::Admin(AdminRequest::AdminInstall {
+            topology: text.to_string(),
+            expect: Some(seen.clone()),
+        }))
+    };
+    // Both applies saw `first`; the second to install loses.
+    assert!(matches!(install(&mut c, &second), Ok(Response::Ok)));
+    match install(&mut c, &third) {
+        Err(ClientError::Remote { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::Refused, "{message}");
+            assert!(message.contains("another apply ran meanwhile"), "{message}");
+        }
+        other => panic!("an install over another apply's went through: {other:?}"),
+    }
+    match c.call(&Request::Admin(AdminRequest::AdminExport)) {
+        Ok(Response::Text(t)) => assert_eq!(t, second),
+        other => panic!("{other:?}"),
+    }
 }

@@ -127,6 +127,7 @@ mod tests {
         let session = Request::Session(SessionRequest::Batch(vec![]));
         let apply = Request::Admin(AdminRequest::AdminInstall {
             topology: String::new(),
+            expect: None,
         });
         let link = Request::Link(LinkRequest::LinkSync { seq: Seq(1) });
         let quiesce = Request::Recovery(RecoveryOp::Quiesce { on: true });

@@ -14,7 +14,9 @@ impl Node {
         match r {
             AdminRequest::AdminExport => self.admin_export(),
             AdminRequest::AdminPrepare { topology } => self.admin_prepare(topology).await,
-            AdminRequest::AdminInstall { topology } => self.admin_install(topology).await,
+            AdminRequest::AdminInstall { topology, expect } => {
+                self.admin_install(topology, expect).await
+            }
         }
     }
 
@@ -36,12 +38,27 @@ impl Node {
         }
     }
 
-    /// Phase two: install it.
-    pub(super) async fn admin_install(self: &Arc<Self>, topology: String) -> Response {
+    /// Phase two: install it (if the topology held is still `expect`'s).
+    pub(super) async fn admin_install(
+        self: &Arc<Self>,
+        topology: String,
+        expect: Option<String>,
+    ) -> Response {
         match parse_off_reactor(topology).await {
             Err(e) => Response::error(e),
             Ok(v) => {
                 let _guard = self.admin.lock().await;
+                if let Some(want) = expect {
+                    let held = crate::wire::topology_digest(
+                        lock(&self.topology).as_ref().map(|t| t.text.as_str()),
+                    );
+                    if held != want {
+                        return Response::error(Failure::new(
+                            ErrorCode::Refused,
+                            "the topology this node holds changed since this apply's prepare (another apply ran meanwhile): not installed here; check `etp admin export` and apply again",
+                        ));
+                    }
+                }
                 self.install(v).await
             }
         }

@@ -45,7 +45,7 @@ async fn prepare(
     addr: std::net::SocketAddr,
     text: &str,
     limit: Duration,
-) -> Result<Conn, Failure> {
+) -> Result<(Conn, String), Failure> {
     let mut c = match tokio::time::timeout(limit, Conn::connect_to(addr, dbid)).await {
         Ok(r) => r.map_err(|e| Failure::new(e.code(), e.to_string()))?,
         Err(_) => {
@@ -78,6 +78,22 @@ async fn prepare(
         }
         other => return Err(Failure::from(c.unexpected(&other, "Info").to_string())),
     }
+    // What it holds now: its install is refused if another apply
+    // changes it meanwhile.
+    let held = match timed(
+        limit,
+        dbid,
+        "AdminExport",
+        c.call(&Request::Admin(AdminRequest::AdminExport)),
+    )
+    .await
+    {
+        Ok(Response::Text(t)) => crate::wire::topology_digest(Some(&t)),
+        // No topology applied yet.
+        Err(e) if e.code == ErrorCode::Other => crate::wire::topology_digest(None),
+        Err(e) => return Err(e),
+        Ok(other) => return Err(Failure::from(c.unexpected(&other, "Text").to_string())),
+    };
     timed(
         limit,
         dbid,
@@ -87,7 +103,7 @@ async fn prepare(
         })),
     )
     .await?;
-    Ok(c)
+    Ok((c, held))
 }
 
 /// Applies `text` to every node it names (all or nothing up to the
@@ -110,7 +126,7 @@ pub async fn apply_topology_within(text: &str, limit: Duration) -> Result<String
     let mut conns = Vec::new();
     for ((dbid, _), r) in v.addresses.iter().zip(prepared) {
         match r {
-            Ok(c) => conns.push((*dbid, c)),
+            Ok((c, held)) => conns.push((*dbid, c, held)),
             Err(e) => {
                 return Err(Failure::new(
                     e.code,
@@ -123,15 +139,16 @@ pub async fn apply_topology_within(text: &str, limit: Duration) -> Result<String
         }
     }
     // Replicate nodes first, so a master's task finds its replicates' files.
-    conns.sort_by_key(|(dbid, _)| v.tasks_on(*dbid).iter().any(|(_, _, r)| !r.is_empty()));
+    conns.sort_by_key(|(dbid, _, _)| v.tasks_on(*dbid).iter().any(|(_, _, r)| !r.is_empty()));
     let mut done = Vec::new();
-    for (dbid, mut c) in conns {
+    for (dbid, mut c, held) in conns {
         let r = timed(
             limit,
             dbid,
             "AdminInstall",
             c.call(&Request::Admin(AdminRequest::AdminInstall {
                 topology: text.to_string(),
+                expect: Some(held),
             })),
         )
         .await;
