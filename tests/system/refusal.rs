@@ -57,6 +57,11 @@ fn serve(s: TcpStream, dbid: u32, seen: &Seen) {
                 listening: None,
                 topology_address: None,
             }),
+            // A fresh node: no topology yet.
+            Request::Admin(AdminRequest::AdminExport) => Response::Error {
+                code: ErrorCode::Other,
+                message: "no topology has been applied to this node".into(),
+            },
             Request::Admin(AdminRequest::AdminPrepare { .. })
             | Request::Admin(AdminRequest::AdminInstall { .. }) => Response::Ok,
             Request::Link(LinkRequest::LinkOpen { .. }) => Response::Link(LinkState {
