@@ -30,6 +30,17 @@ fn count(addr: SocketAddr, file: Fnr) -> u64 {
     }
 }
 
+/// The topology text the node at `addr` holds.
+fn exported(addr: SocketAddr) -> String {
+    match Client::connect(addr)
+        .expect("connect")
+        .call(&Request::Admin(AdminRequest::AdminExport))
+    {
+        Ok(Response::Text(t)) => t,
+        other => panic!("AdminExport: {other:?}"),
+    }
+}
+
 fn store_txn(id: i64) -> Request {
     let mut r = Record::new();
     r.insert("id".into(), Value::Int(id));
@@ -179,11 +190,8 @@ fn each_role_gets_only_what_it_is_allowed() {
     // as applied, and the nodes still serve (the master's task still
     // feeds both replicates).
     assert_eq!(count(m, MASTER), before + 1);
+    assert_eq!(exported(m), topology);
     let mut admin = Client::connect(m).expect("admin connects");
-    match admin.call(&Request::Admin(AdminRequest::AdminExport)) {
-        Ok(Response::Text(t)) => assert_eq!(t, topology),
-        other => panic!("{other:?}"),
-    }
     assert!(matches!(
         admin.call(&store_txn(3)),
         Ok(Response::Committed(_))
@@ -630,13 +638,7 @@ fn a_predicate_over_the_cost_limit_is_refused_at_apply() {
         }
         other => panic!("the node took a costly predicate: {other:?}"),
     }
-    match Client::connect(m)
-        .expect("connect")
-        .call(&Request::Admin(AdminRequest::AdminExport))
-    {
-        Ok(Response::Text(t)) => assert_eq!(t, topology),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(exported(m), topology);
 }
 
 /// A node that accepts, completes its handshake and then says nothing:
@@ -682,13 +684,7 @@ fn a_silent_peer_fails_an_apply_within_its_timeout() {
     );
     assert!(took < Duration::from_secs(20), "took {took:?}");
     for n in &cl.nodes[..2] {
-        match Client::connect(n.addr)
-            .expect("connect")
-            .call(&Request::Admin(AdminRequest::AdminExport))
-        {
-            Ok(Response::Text(t)) => assert_eq!(t, topology, "database {} changed", n.dbid),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(exported(n.addr), topology, "database {} changed", n.dbid);
     }
     let same = tmp.path().join("same.toml");
     std::fs::write(&same, &topology).expect("write");
@@ -731,8 +727,5 @@ fn an_install_after_another_applys_is_refused() {
         }
         other => panic!("an install over another apply's went through: {other:?}"),
     }
-    match c.call(&Request::Admin(AdminRequest::AdminExport)) {
-        Ok(Response::Text(t)) => assert_eq!(t, second),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(exported(m), second);
 }

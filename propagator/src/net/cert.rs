@@ -81,19 +81,7 @@ fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), CertError> {
 }
 
 fn make_dir(dir: &Path) -> Result<(), CertError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(CertError::Io {
-            what: "cannot create the directory",
-            path: dir.display().to_string(),
-            source: e,
-        }),
-    }
+    crate::database::private_dir(dir).map_err(io("cannot create the directory", dir))
 }
 
 /// The validity window: from yesterday (clocks differ) for `days` days.

@@ -256,10 +256,6 @@ fn answer(
         None => Err(ClientError::Closed {
             addr: addr.to_string(),
         }),
-        // A TLS session cut without its close (a node killed): closed.
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ClientError::Closed {
-            addr: addr.to_string(),
-        }),
         Some(Err(e)) => Err(io_err(addr, e)),
         Some(Ok(frame)) => Response::decode(&frame).map_err(|e| io_err(addr, e)),
     }

@@ -521,10 +521,6 @@ impl Node {
                     let frame = match frame {
                         None => break,
                         Some(Ok(f)) => f,
-                        // A TLS client that closed its socket without
-                        // ending its session (a tool that exits) is a
-                        // close, not a fault.
-                        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                         Some(Err(e)) => {
                             tracing::warn!(%peer, reason = %e, "closing connection: bad frame");
                             break;

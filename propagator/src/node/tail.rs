@@ -203,9 +203,11 @@ impl Tail {
         // to its cost limit a record: on the reactor's thread, its batch
         // runs with the reactor's other tasks moved to another thread.
         let slow = self.f.rep.predicate.as_ref().is_some_and(|p| !p.is_fast());
-        let on_reactor = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if slow && on_reactor {
+        let on_reactor = || {
+            tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        };
+        if slow && on_reactor() {
             tokio::task::block_in_place(|| self.build_now(side, batch))
         } else {
             self.build_now(side, batch)
