@@ -4,7 +4,7 @@
 //! that runs them (`etp copy jobs set`):
 //!
 //! ```toml
-//! area = "/srv/etp/copies"        # the copy area the jobs write to
+//! area = "/srv/etp/copies"        # optional: the node's own copy area
 //!
 //! [[job]]
 //! name = "nightly"
@@ -18,6 +18,10 @@
 //! database = 2
 //! files = [20]
 //! ```
+//!
+//! The jobs write to the copy area of the node that runs them
+//! (`node run --copy-area`); an `area` in the text must name that area, and
+//! the node checks the definitions ([`check_jobs`]) before it stores them.
 //!
 //! A run takes every set of its job or records none of them
 //! ([`crate::take::take_job`]); a run that fails records why in the job
@@ -40,7 +44,9 @@ use std::str::FromStr;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JobsDef {
-    pub area: PathBuf,
+    /// Must be the node's copy area, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area: Option<PathBuf>,
     #[serde(default)]
     pub job: Vec<JobDef>,
 }
@@ -113,6 +119,33 @@ pub fn parse_jobs(text: &str) -> Result<(JobsDef, BTreeMap<String, croner::Cron>
         }
     }
     Ok((def, crons))
+}
+
+/// The check a node makes before it stores copy-job definitions: they
+/// parse ([`parse_jobs`]), the node has a copy area, and an `area` in them
+/// is that area.
+pub fn check_jobs(text: &str, node_area: Option<&std::path::Path>) -> Result<JobsDef, Error> {
+    let (def, _) = parse_jobs(text)?;
+    let Some(node_area) = node_area else {
+        return Err(Error::Refused(
+            "this node has no copy area for its copy jobs to write to (start it with --copy-area DIR)"
+                .into(),
+        ));
+    };
+    if let Some(a) = &def.area {
+        let same = match (std::fs::canonicalize(a), std::fs::canonicalize(node_area)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => a == node_area,
+        };
+        if !same {
+            return Err(Error::Refused(format!(
+                "area = {:?}: copy jobs write to the copy area of the node that runs them, {} (drop the line or name that area)",
+                a.display().to_string(),
+                node_area.display()
+            )));
+        }
+    }
+    Ok(def)
 }
 
 /// Time, as the scheduler sees it.
@@ -229,7 +262,7 @@ pub fn run_job(
     progress: &mut dyn FnMut(&str),
 ) -> JobRun {
     let t0 = std::time::Instant::now();
-    let result = (|| -> Result<(Vec<String>, Vec<String>), Error> {
+    let result = (|| -> Result<Vec<String>, Error> {
         let mut asks = Vec::new();
         for s in &job.set {
             asks.push(Ask {
@@ -238,12 +271,20 @@ pub fn run_job(
             });
         }
         let taken = take_job(area, Some(&job.name), &asks, progress)?;
-        let ids = taken.into_iter().map(|t| t.set.id).collect();
-        let dropped = apply_retention(area, job, now)?;
-        Ok((ids, dropped))
+        Ok(taken.into_iter().map(|t| t.set.id).collect())
     })();
+    // The sets are recorded once taken: a retention that fails afterwards
+    // (a damaged catalog entry, say) is reported, not the run undone.
     let (ok, sets, dropped, error) = match result {
-        Ok((s, d)) => (true, s, d, None),
+        Ok(s) => match apply_retention(area, job, now) {
+            Ok(d) => (true, s, d, None),
+            Err(e) => (
+                true,
+                s,
+                Vec::new(),
+                Some(format!("retention not applied: {e:#}")),
+            ),
+        },
         Err(e) => (false, Vec::new(), Vec::new(), Some(format!("{e:#}"))),
     };
     let run = JobRun {
@@ -304,6 +345,7 @@ impl Scheduler {
     /// next slot after the time the run ended.
     pub fn run_due(
         &mut self,
+        area: &Area,
         clock: &dyn Clock,
         source_of: &dyn Fn(DbId) -> Result<Source, Error>,
         progress: &mut dyn FnMut(&str),
@@ -315,13 +357,12 @@ impl Scheduler {
             .filter(|(_, t)| **t <= now)
             .map(|(n, t)| (n.clone(), *t))
             .collect();
-        let area = Area::open(&self.def.area)?;
         let mut runs = Vec::new();
         for (name, slot) in due {
             let Some(job) = self.def.job.iter().find(|j| j.name == name).cloned() else {
                 continue;
             };
-            runs.push(run_job(&area, &job, slot, now, source_of, progress));
+            runs.push(run_job(area, &job, slot, now, source_of, progress));
             self.advance(&name, clock.now().max(slot))?;
         }
         Ok(runs)
@@ -373,8 +414,14 @@ pub fn node_sources(
 
 /// The scheduler a node runs beside its service: reads the job definitions
 /// from the node (every 2 s, so `etp copy jobs set` takes effect without a
-/// restart), runs the jobs that are due, until `stop`.
-pub fn serve(node: std::net::SocketAddr, clock: &dyn Clock, stop: &std::sync::atomic::AtomicBool) {
+/// restart), runs the jobs that are due into the node's copy `area`, until
+/// `stop`. Without an area it schedules nothing (the node refuses jobs).
+pub fn serve(
+    node: std::net::SocketAddr,
+    area: Option<&std::path::Path>,
+    clock: &dyn Clock,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
     let mut text = String::new();
@@ -388,7 +435,7 @@ pub fn serve(node: std::net::SocketAddr, clock: &dyn Clock, stop: &std::sync::at
                     sched = if t.trim().is_empty() {
                         None
                     } else {
-                        match Scheduler::new(&t, clock.now()) {
+                        match check_jobs(&t, area).and_then(|_| Scheduler::new(&t, clock.now())) {
                             Ok(s) => Some(s),
                             Err(e) => {
                                 tracing::error!(error = %format!("{e:#}"), "copy jobs not scheduled");
@@ -402,17 +449,24 @@ pub fn serve(node: std::net::SocketAddr, clock: &dyn Clock, stop: &std::sync::at
         }
         if let Some(s) = sched.as_mut() {
             if s.next_due().is_some_and(|t| t <= clock.now()) {
-                let result = node_sources(node).and_then(|src| {
-                    s.run_due(clock, &src, &mut |m| {
-                        tracing::info!(message = m, "copy job")
-                    })
-                });
+                let result = area
+                    .ok_or_else(|| Error::Refused("no copy area".into()))
+                    .and_then(|r| Ok(Area::open(r)?))
+                    .and_then(|a| {
+                        let src = node_sources(node)?;
+                        s.run_due(&a, clock, &src, &mut |m| {
+                            tracing::info!(message = m, "copy job")
+                        })
+                    });
                 match result {
                     Ok(runs) => {
                         for r in runs {
                             match &r.error {
                                 None => {
                                     tracing::info!(job = %r.job, sets = ?r.sets, "copy job done")
+                                }
+                                Some(e) if r.ok => {
+                                    tracing::warn!(job = %r.job, sets = ?r.sets, error = %e, "copy job done; its retention was not applied")
                                 }
                                 Some(e) => {
                                     tracing::warn!(job = %r.job, error = %e, "copy job failed; next slot retries")

@@ -110,13 +110,13 @@ impl Source {
                 set,
                 &mut |_| {},
             )?),
+            // The node writes into the directory the set claimed in its own
+            // copy area (`--copy-area`), which must be this area: it refuses
+            // a set it does not find claimed there.
             Source::Node(addr) => {
-                let dir = std::path::absolute(dir)
-                    .within(|| format!("cannot resolve {}", dir.display()))?;
                 let mut c = Client::connect(*addr)?;
                 match c.call(&Request::Copy(CopyRequest::CopyTake {
                     files: files.to_vec(),
-                    dir: dir.display().to_string(),
                     set: set.to_string(),
                 }))? {
                     Response::Copied(c) => Ok(c),
@@ -238,7 +238,7 @@ fn take_one(
 ) -> Result<CopySet, Error> {
     let now = chrono::Utc::now();
     let id = area.new_set(now)?;
-    let dir = area.data_dir(&id);
+    let dir = area.data_dir(&id)?;
     let t0 = Instant::now();
     progress(&format!(
         "set {id}: copying files {:?} of {}",
@@ -300,7 +300,7 @@ fn take_one(
 fn confirmations(area: &Area, id: &str, members: &[Member]) -> Result<Vec<Confirmed>, Error> {
     use propagator::record::decode_record;
     use propagator::Value;
-    let dir = FsDir::new(area.data_dir(id));
+    let dir = FsDir::new(area.data_dir(id)?);
     let mut out = Vec::new();
     for m in members
         .iter()

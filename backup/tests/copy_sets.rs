@@ -337,7 +337,10 @@ fn hot_copy_restore_regenerate_and_damage() {
     // refused by restore; the other sets still verify.
     let victim = &sets[0];
     let m = victim.member(MASTER).expect("member");
-    let path = area.data_dir(&victim.id).join(&m.copy.name);
+    let path = area
+        .data_dir(&victim.id)
+        .expect("set id")
+        .join(&m.copy.name);
     for offset in [20u64, m.copy.bytes / 2, m.copy.bytes - 3] {
         let orig = std::fs::read(&path).expect("read");
         let mut bad = orig.clone();

@@ -100,23 +100,26 @@ files = [20]
         })
     };
     let mut quiet = |_: &str| {};
+    let area = Area::open(&area_dir).expect("area");
     clock.set(at(10, 9, 59));
-    assert!(s.run_due(&clock, &src, &mut quiet).expect("run").is_empty());
+    assert!(s
+        .run_due(&area, &clock, &src, &mut quiet)
+        .expect("run")
+        .is_empty());
     clock.set(at(10, 10, 0));
-    let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+    let runs = s.run_due(&area, &clock, &src, &mut quiet).expect("run");
     assert_eq!(runs.len(), 1);
     assert!(runs[0].ok && runs[0].job == "m", "{runs:?}");
-    let area = Area::open(&area_dir).expect("area");
     assert_eq!(sets_of(&area, "m").len(), 1);
     for t in [at(10, 20, 0), at(10, 30, 0), at(10, 40, 0)] {
         clock.set(t);
-        let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+        let runs = s.run_due(&area, &clock, &src, &mut quiet).expect("run");
         assert_eq!(runs.len(), 1, "at {t}: {runs:?}");
     }
     assert_eq!(sets_of(&area, "m").len(), 2, "keep = 2");
     // 11:00: both jobs are due; "both" cannot reach database 9.
     clock.set(at(11, 0, 0));
-    let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+    let runs = s.run_due(&area, &clock, &src, &mut quiet).expect("run");
     assert_eq!(runs.len(), 2, "{runs:?}");
     let both = runs.iter().find(|r| r.job == "both").expect("both ran");
     assert!(!both.ok && both.sets.is_empty());
@@ -138,7 +141,7 @@ files = [20]
     assert_eq!(dirs, area.list().expect("list").len());
     // Missed slots run once: from 11:00 to 13:35 "m" missed 15 slots.
     clock.set(at(13, 35, 0));
-    let runs = s.run_due(&clock, &src, &mut quiet).expect("run");
+    let runs = s.run_due(&area, &clock, &src, &mut quiet).expect("run");
     assert_eq!(runs.iter().filter(|r| r.job == "m").count(), 1);
     assert_eq!(
         runs.iter().filter(|r| r.job == "both").count(),
@@ -184,6 +187,34 @@ fn max_age_drops_old_runs_but_never_the_newest() {
         &mut |_| {},
     );
     assert_eq!(sets_of(&area, "aged").len(), 1, "{third:?}");
+}
+
+#[test]
+fn a_node_takes_jobs_only_for_its_own_copy_area() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mine = tmp.path().join("mine");
+    let other = tmp.path().join("other");
+    for d in [&mine, &other] {
+        std::fs::create_dir(d).expect("dir");
+    }
+    let job =
+        "[[job]]\nname = \"a\"\ncron = \"0 * * * * *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n";
+    let with = |a: &std::path::Path| format!("area = {:?}\n{job}", a.display().to_string());
+    // No line: the node's area. Its own area named: taken.
+    schedule::check_jobs(job, Some(&mine)).expect("no area line");
+    schedule::check_jobs(&with(&mine), Some(&mine)).expect("its own area");
+    // Another area, or a way out of its own, is refused naming both.
+    for bad in [other.clone(), mine.join("..").join("other")] {
+        let e = schedule::check_jobs(&with(&bad), Some(&mine)).expect_err("another area");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&mine.display().to_string()) && e.contains("area ="),
+            "{e}"
+        );
+    }
+    // A node without an area takes no jobs.
+    let e = schedule::check_jobs(job, None).expect_err("no area");
+    assert!(format!("{e:#}").contains("--copy-area"), "{e:#}");
 }
 
 #[test]

@@ -619,6 +619,13 @@ pub enum NodeCommand {
         /// exempt.
         #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
         idle_timeout_s: u64,
+        /// The copy area this node writes copy sets into (for `copy take
+        /// --node` and its copy jobs), restores from (recovery plans), and
+        /// reads log cleanup's horizon from; created 0700 if missing.
+        /// Without it those requests are refused and cleanup deletes
+        /// nothing.
+        #[arg(long, value_name = "DIR", env = "ETP_COPY_AREA")]
+        copy_area: Option<PathBuf>,
     },
 }
 
@@ -844,7 +851,9 @@ pub enum LogCommand {
 pub struct CleanupArgs {
     #[command(flatten)]
     pub node: NodeArgs,
-    /// The copy area whose newest master copies bound what may be deleted.
+    /// A copy area whose replicate copies the plan names when a cleanup
+    /// would strand them (what may be deleted is bounded by the newest
+    /// master copy in each node's own --copy-area, never by this one).
     #[arg(long, value_name = "DIR")]
     pub area: Option<PathBuf>,
     /// Only this master (its file number; default every master).

@@ -46,6 +46,10 @@ static NODE_CERTS: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(N
 /// The name of the `admin` client certificate [`use_local_certs`] makes.
 pub const LOCAL_ADMIN: &str = "admin";
 
+/// The copy area of a local cluster's nodes, in the directory that holds
+/// their data directories.
+pub const LOCAL_AREA: &str = "area";
+
 /// Days the certificates of a local cluster (a demo's, a benchmark's) are
 /// issued for: a kept `--data` directory stays usable.
 pub const LOCAL_DAYS: u32 = 3650;
@@ -150,6 +154,17 @@ impl NodeProc {
         args.extend(self.args.iter().cloned());
         if let Ok(a) = std::env::var("ETP_NODE_ARGS") {
             args.extend(a.split_whitespace().map(String::from));
+        }
+        // A local cluster's nodes share one copy area beside their data
+        // directories, `<cluster dir>/area`, unless told otherwise.
+        if !args
+            .iter()
+            .any(|a| a.split('=').next() == Some("--copy-area"))
+        {
+            if let Some(dir) = self.data.parent() {
+                args.push("--copy-area".into());
+                args.push(dir.join(LOCAL_AREA).display().to_string());
+            }
         }
         // With --metrics the node prints `metrics ADDR` after `listening ADDR`.
         let lines = if args.iter().any(|a| a.starts_with("--metrics")) {

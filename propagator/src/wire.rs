@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 /// The protocol version this build speaks.
 /// 2: error answers carry an [`ErrorCode`].
 /// 5: over mutual TLS; `NotAllowed`; the apply runs from the client.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
@@ -362,13 +362,13 @@ pub enum OperationRequest {
         seq: Option<Seq>,
     },
     /// What log cleanup could delete (and, with `execute`, delete it).
+    /// The horizon is the node's own: per master, the log seq of its
+    /// newest set in the node's copy area (a master without one, or a node
+    /// without an area, has nothing deleted).
     LogCleanup {
         master: Option<Fnr>,
         until: Option<Seq>,
         execute: bool,
-        /// Per master: the log seq of its most recent catalogued copy (the
-        /// cleanup horizon; a master without one has nothing deleted).
-        horizons: Vec<(Fnr, Seq)>,
     },
 }
 
@@ -383,13 +383,10 @@ pub enum CopyRequest {
     /// Removes the oldest closed segments at or before `through` that
     /// restart recovery no longer needs (see `Database::remove_segments`).
     PlogRemove { through: Lsn },
-    /// Takes a hot, consistent copy of `files` into the directory `dir` on
-    /// this node's machine (see [`crate::copy`]), for copy set `set`.
-    CopyTake {
-        files: Vec<Fnr>,
-        dir: String,
-        set: String,
-    },
+    /// Takes a hot, consistent copy of `files` (see [`crate::copy`]) for
+    /// copy set `set`, into the directory that set claimed in the node's
+    /// own copy area (`--copy-area`); nowhere else.
+    CopyTake { files: Vec<Fnr>, set: String },
 }
 
 /// A replication link from a master's task to a replicate on this node.
@@ -513,14 +510,13 @@ pub enum RecoveryOp {
     /// Take a damaged file's records as its new baseline (the first step of
     /// replacing it whole).
     Rebase { file: Fnr },
-    /// Restore the newest usable copy set in the copy area `area` that holds
-    /// `file`; with `regenerate`, rolled forward with the protection log up
+    /// Restore the newest usable copy set in the node's copy area that
+    /// holds `file`; with `regenerate`, rolled forward with the protection log up
     /// to LSN `upto` (None: its end). The node's tasks are rebuilt
     /// afterwards, stopped. (A plan takes `upto` from the node's last LSN
     /// before its first restore there, so the restore's own commits are not
     /// replayed.)
     Restore {
-        area: String,
         file: Fnr,
         regenerate: bool,
         upto: Option<Lsn>,
@@ -538,6 +534,9 @@ pub struct NodeInfo {
     /// Where its topology says this database is (None: no topology).
     #[serde(default)]
     pub topology_address: Option<std::net::SocketAddr>,
+    /// Its copy area (`--copy-area`), if it has one.
+    #[serde(default)]
+    pub copy_area: Option<String>,
 }
 
 impl NodeInfo {
@@ -981,6 +980,18 @@ impl From<String> for Failure {
 impl From<&str> for Failure {
     fn from(message: &str) -> Failure {
         Failure::new(ErrorCode::Other, message)
+    }
+}
+
+impl From<crate::copy::SetError> for Failure {
+    fn from(e: crate::copy::SetError) -> Failure {
+        use crate::copy::SetError;
+        let code = match &e {
+            SetError::Refused(_) => ErrorCode::Refused,
+            SetError::Db(d) => d.code(),
+            _ => ErrorCode::Other,
+        };
+        Failure::new(code, e.to_string())
     }
 }
 

@@ -9,9 +9,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `etp` binary of this build profile, built once per test run if
-/// needed. The run's certificates ([`certs`]) are made first, so every
-/// node and client a test starts talks mutual TLS.
+/// The `etp` binary of this build profile. The system tests are the
+/// `maintenance` package's integration tests, so cargo has built it, in the
+/// same invocation and with the same features, before any of them runs
+/// (no second build of the workspace). The run's certificates ([`certs`])
+/// are made first, so every node and client a test starts talks mutual TLS.
 pub fn etp_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     certs();
@@ -22,17 +24,12 @@ pub fn etp_bin() -> &'static Path {
             .parent()
             .and_then(|p| p.parent())
             .expect("test executable lives in target/<profile>/deps");
-        let bin = profile_dir.join("etp");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "maintenance", "--bin", "etp"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build for etp");
-        assert!(status.success(), "building etp failed");
-        assert!(bin.exists(), "{} not found after build", bin.display());
+        let bin = profile_dir.join(format!("etp{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            bin.exists(),
+            "{} not found: run the system tests as `cargo test -p maintenance --test system`",
+            bin.display()
+        );
         bin
     })
 }

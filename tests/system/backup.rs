@@ -214,12 +214,31 @@ fn copy_sets_through_nodes_follow_the_rules_and_bound_log_cleanup() {
     stop.store(true, Ordering::Relaxed);
     w.join().expect("writer");
 
-    // Log cleanup: without the area nothing goes; with it, every record up
-    // to the master copy's seq (all replicates confirmed past it).
+    // Log cleanup: the horizon is the node's own, read from its copy area:
+    // every record up to the master copy's seq (all replicates confirmed
+    // past it), and not one more for a catalog the client points at that
+    // claims a newer copy of everything.
+    let forged = tmp.path().join("forged");
+    std::fs::create_dir_all(forged.join("sets")).expect("forged area");
+    for e in std::fs::read_dir(area.join("sets")).expect("sets") {
+        let e = e.expect("entry");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("json");
+        for seq in v["seqs"].as_object_mut().expect("seqs").values_mut() {
+            *seq = serde_json::json!(1_000_000_000u64);
+        }
+        std::fs::write(forged.join("sets").join(e.file_name()), v.to_string()).expect("forge");
+    }
     let before = log_count(&cl);
-    let out = ok(&etp(&["log", "cleanup", "--node", &m]));
-    assert!(out.contains("deleted: 0 records"), "{out}");
-    let out = ok(&etp(&["log", "cleanup", "--node", &m, "--area", &area_s]));
+    assert!(before > master_seq + 100, "{before} {master_seq}");
+    let out = ok(&etp(&[
+        "log",
+        "cleanup",
+        "--node",
+        &m,
+        "--area",
+        &forged.display().to_string(),
+    ]));
     assert!(
         out.contains(&format!("deleted: {master_seq} records")),
         "{out}"

@@ -56,6 +56,7 @@ fn serve(s: TcpStream, dbid: u32, seen: &Seen) {
                 version: "fake".into(),
                 listening: None,
                 topology_address: None,
+                copy_area: None,
             }),
             // A fresh node: no topology yet.
             Request::Admin(AdminRequest::AdminExport) => Response::Error {

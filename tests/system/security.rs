@@ -129,7 +129,6 @@ fn each_role_gets_only_what_it_is_allowed() {
             master: None,
             until: None,
             execute: true,
-            horizons: vec![],
         })),
         "LogCleanup execute",
         "writer",
@@ -728,4 +727,157 @@ fn an_install_after_another_applys_is_refused() {
         other => panic!("an install over another apply's went through: {other:?}"),
     }
     assert_eq!(exported(m), second);
+}
+
+/// The node decides where copies go: a copy is written only into a set
+/// directory claimed in the node's own copy area; set ids are checked
+/// wherever they come from outside (a request, a command line, a catalog
+/// entry); copy jobs cannot name another area; and a catalog entry whose id
+/// is a path makes its job's retention remove nothing, least of all
+/// outside the area. The node keeps serving throughout.
+#[test]
+fn copies_go_only_into_the_nodes_own_area_and_no_set_id_names_a_path() {
+    use etp_system_tests::{etp, ok};
+    use propagator::wire::CopyRequest;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let m = cl.nodes[0].addr;
+    let m_s = m.to_string();
+    let area = tmp.path().join("area");
+    let area_s = area.display().to_string();
+    let victim = tmp.path().join("victim");
+    std::fs::create_dir(&victim).expect("victim");
+    std::fs::write(victim.join("keep"), b"x").expect("victim file");
+    let mut c = Client::connect(m).expect("connect");
+    for i in 1..=20 {
+        c.call(&store_txn(i)).expect("store");
+    }
+    let untouched = |what: &str| {
+        let names: Vec<_> = std::fs::read_dir(&victim)
+            .expect("victim")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec!["keep"], "{what}");
+    };
+
+    // A set id that is a path, or a set not claimed in the node's area: the
+    // admin's CopyTake is refused by name and writes nothing anywhere.
+    for set in ["../../victim", "../victim", "20200101T000000Z-001"] {
+        match Client::connect(m)
+            .expect("connect")
+            .call(&Request::Copy(CopyRequest::CopyTake {
+                files: vec![MASTER],
+                set: set.into(),
+            })) {
+            Err(ClientError::Remote { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::Refused, "{message}");
+                assert!(
+                    message.contains("not a copy set id") || message.contains("was not claimed"),
+                    "{set}: {message}"
+                );
+            }
+            other => panic!("CopyTake {set}: {other:?}"),
+        }
+    }
+    untouched("CopyTake");
+    let data: Vec<_> = std::fs::read_dir(area.join("data"))
+        .expect("area data")
+        .collect();
+    assert!(data.is_empty(), "nothing written in the area: {data:?}");
+
+    // A real set, taken through the node into its area.
+    let out = ok(&etp(&[
+        "copy", "take", "--node", &m_s, "--area", &area_s, "--file", "10", "--json",
+    ]));
+    let id = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["set"]["id"].as_str().map(String::from))
+        .expect("the set's id");
+    // A restore named by a path is refused by name.
+    let out = etp(&[
+        "copy",
+        "restore",
+        &format!("../sets/{id}"),
+        "--area",
+        &area_s,
+        "--to",
+        &tmp.path().join("restored").display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a copy set id"),
+        "{out:?}"
+    );
+
+    // Copy jobs naming another area are refused by the node, naming its own.
+    let jobs = |area_line: &str| {
+        let f = tmp.path().join("jobs.toml");
+        std::fs::write(
+            &f,
+            format!("{area_line}[[job]]\nname = \"j\"\ncron = \"* * * * * *\"\nkeep = 1\n[[job.set]]\ndatabase = 1\nfiles = [10]\n"),
+        )
+        .expect("jobs");
+        etp(&[
+            "copy",
+            "jobs",
+            "set",
+            &f.display().to_string(),
+            "--node",
+            &m_s,
+        ])
+    };
+    let out = jobs(&format!("area = {:?}\n", victim.display().to_string()));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("copy jobs refused") && err.contains(&area_s),
+        "{err}"
+    );
+    assert!(ok(&etp(&["copy", "jobs", "show", "--node", &m_s])).contains("no copy jobs"));
+
+    // A catalog entry under a set id's name whose id is a path, then a job
+    // every second keeping one run: its runs report the damaged entry, and
+    // nothing outside the area is removed.
+    let real: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(area.join("sets").join(format!("{id}.json"))).expect("entry"),
+    )
+    .expect("json");
+    let mut forged = real.clone();
+    forged["id"] = serde_json::json!("../../victim");
+    forged["job"] = serde_json::json!("j");
+    std::fs::write(
+        area.join("sets").join("20200101T000000Z-001.json"),
+        forged.to_string(),
+    )
+    .expect("forge");
+    ok(&jobs(""));
+    let history = || {
+        ok(&etp(&[
+            "copy", "jobs", "history", "--area", &area_s, "--json",
+        ]))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect::<Vec<_>>()
+    };
+    let run = wait_for(
+        "a job run reporting the damaged entry",
+        Duration::from_secs(30),
+        || {
+            history().into_iter().find(|r| {
+                r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("is damaged"))
+            })
+        },
+    );
+    assert!(
+        run["error"].as_str().unwrap_or_default().contains("victim"),
+        "{run}"
+    );
+    untouched("retention");
+    ok(&etp(&["copy", "jobs", "set", "/dev/null", "--node", &m_s]));
+    // The node kept serving.
+    c.call(&store_txn(21)).expect("store after");
+    assert_eq!(count(m, MASTER), 21);
 }

@@ -380,7 +380,22 @@ fn jobs(c: crate::cli::JobsCommand) -> anyhow::Result<Outcome> {
                 .iter()
                 .find(|j| j.name == name)
                 .with_context(|| format!("no copy job {name:?} on node {}", node.node))?;
-            let area = Area::open(&def.area)?;
+            // The jobs write to the node's copy area (an `area` in them
+            // names it, the node checked that).
+            let root = match Client::connect(node.node)?
+                .call(&Request::Read(propagator::wire::ReadRequest::Info))?
+            {
+                Response::Info(i) => i.copy_area.map(std::path::PathBuf::from),
+                other => bail!("unexpected answer {other:?}"),
+            }
+            .or(def.area.clone())
+            .with_context(|| {
+                format!(
+                    "node {} has no copy area for its jobs (start it with --copy-area DIR)",
+                    node.node
+                )
+            })?;
+            let area = Area::open(&root)?;
             let sources = schedule::node_sources(node.node)?;
             let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .then(indicatif::ProgressBar::new_spinner);
@@ -427,8 +442,9 @@ fn jobs(c: crate::cli::JobsCommand) -> anyhow::Result<Outcome> {
 
 fn print_run(r: &backup::schedule::JobRun) {
     match &r.error {
-        None => println!(
-            "{}  job {}  ok in {:.1} s  sets {}{}",
+        Some(e) if !r.ok => println!("{}  job {}  FAILED: {e}", r.started, r.job),
+        _ => println!(
+            "{}  job {}  ok in {:.1} s  sets {}{}{}",
             r.started,
             r.job,
             r.seconds,
@@ -437,8 +453,11 @@ fn print_run(r: &backup::schedule::JobRun) {
                 String::new()
             } else {
                 format!("  (retention dropped {})", r.dropped.join(", "))
-            }
+            },
+            r.error
+                .as_ref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
         ),
-        Some(e) => println!("{}  job {}  FAILED: {e}", r.started, r.job),
     }
 }

@@ -22,6 +22,7 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         insecure_loopback,
         max_connections,
         idle_timeout_s,
+        copy_area,
     } = c;
     let limits = propagator::node::Limits {
         max_connections: max_connections as usize,
@@ -43,6 +44,25 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         );
     }
     let db = super::open_with_options(&data.data, opts)?;
+    let copy_area = match copy_area {
+        Some(a) => {
+            backup::Area::open(&a).with_context(|| format!("--copy-area {}", a.display()))?;
+            Some(
+                std::fs::canonicalize(&a)
+                    .with_context(|| format!("--copy-area {}", a.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(a) = &copy_area {
+        if let Some(shared) = propagator::database::shared_dirs(a) {
+            bail!(
+                "--copy-area {}: {shared} is writable by others than its owner; copies are kept in a private directory (chmod 700 {})",
+                a.display(),
+                a.display()
+            );
+        }
+    }
     // Without --listen: where the topology, or the node's own note, says.
     let (listen, chosen) = match listen {
         Some(a) => (a, true),
@@ -97,7 +117,15 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
             Some(a) => Some(metrics::bind(a).await?),
             None => None,
         };
-        let node = Node::new(db.clone())?;
+        let copies = propagator::node::Copies {
+            area: copy_area.clone(),
+            check_jobs: Some(std::sync::Arc::new(|text: &str, area: Option<&std::path::Path>| {
+                backup::schedule::check_jobs(text, area)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:#}").into())
+            })),
+        };
+        let node = Node::with_copies(db.clone(), copies)?;
         {
             // One write: a reader may stop after the lines it expects.
             let mut lines = format!("listening {addr}\n");
@@ -115,7 +143,12 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         let sched = {
             let stop = sched_stop.clone();
             std::thread::spawn(move || {
-                backup::schedule::serve(addr, &backup::schedule::SystemClock, &stop)
+                backup::schedule::serve(
+                    addr,
+                    copy_area.as_deref(),
+                    &backup::schedule::SystemClock,
+                    &stop,
+                )
             })
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -576,15 +576,11 @@ pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
         None => Vec::new(),
     };
     for (dbid, addr) in task_nodes(&v) {
-        let horizons = match &area {
-            Some(ar) => ar.horizons(dbid)?.into_iter().collect(),
-            None => Vec::new(),
-        };
+        // Each node reads its cleanup horizon from its own copy area.
         let req = Request::Operation(OperationRequest::LogCleanup {
             master: a.master.map(Fnr),
             until: a.until.map(Seq),
             execute,
-            horizons,
         });
         let plans = match call(addr, &req)? {
             Response::Cleanup(p) => p,

@@ -186,11 +186,26 @@ impl Exec<'_> {
                 other => bail!("cannot restore {}", other.describe()),
             };
             let key = addr.to_string();
+            let info = match call(addr, &Request::Read(ReadRequest::Info))? {
+                Response::Info(i) => i,
+                other => bail!("node {addr} answered {other:?}"),
+            };
+            // The node restores from its own copy area: it must be the one
+            // this plan chose its set from.
+            let same = info.copy_area.as_deref().is_some_and(|a| {
+                std::fs::canonicalize(a)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| a.to_string())
+                    == area
+            });
+            if !same {
+                bail!(
+                    "node {addr} restores from its own copy area ({}), not from --area {area}: start it with --copy-area {area}",
+                    info.copy_area.as_deref().unwrap_or("none")
+                );
+            }
             if journal.lsn_before(&key).is_none() {
-                let lsn = match call(addr, &Request::Read(ReadRequest::Info))? {
-                    Response::Info(i) => i.last_lsn.0,
-                    other => bail!("node {addr} answered {other:?}"),
-                };
+                let lsn = info.last_lsn.0;
                 journal.append(Line::Started {
                     step,
                     addr: key.clone(),
@@ -211,7 +226,6 @@ impl Exec<'_> {
             let r = call(
                 addr,
                 &Request::Recovery(RecoveryOp::Restore {
-                    area: area.clone(),
                     file,
                     regenerate,
                     upto,

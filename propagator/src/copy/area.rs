@@ -1,6 +1,11 @@
 //! The copy area: `sets/<id>.json` (the catalog: one file per set) and
 //! `data/<id>/` (the set's copy files).
 //!
+//! A set id is `YYYYMMDDTHHMMSSZ-NNN` (its UTC time, then a number), checked
+//! wherever an id comes from outside (a request, a command line, a catalog
+//! entry, whose id must also be its file's name): no id names a path
+//! outside the area.
+//!
 //! A set is in the catalog exactly when its JSON file exists. It is written
 //! to a temporary name, synced, renamed and the directory synced, only
 //! after every member file was written, synced and read back: a job cut
@@ -90,6 +95,27 @@ pub struct Area {
     root: PathBuf,
 }
 
+/// Checks a set id's format, `YYYYMMDDTHHMMSSZ-NNN` (3 or 4 digits after
+/// the dash), as [`Area::new_set`] makes them.
+pub fn check_set_id(id: &str) -> Result<(), SetError> {
+    let b = id.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let ok = (20..=21).contains(&b.len())
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && digits(17..b.len());
+    if !ok {
+        refused!(
+            "{:?} is not a copy set id (they look like 20261207T102054Z-001)",
+            id.chars().take(80).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
 impl Area {
     /// Opens (creating if needed) a copy area.
     pub fn open(root: &Path) -> Result<Area, SetError> {
@@ -106,8 +132,30 @@ impl Area {
         &self.root
     }
 
-    pub fn data_dir(&self, id: &str) -> PathBuf {
-        self.root.join("data").join(id)
+    /// The directory of set `id`'s copy files (the id checked first).
+    pub fn data_dir(&self, id: &str) -> Result<PathBuf, SetError> {
+        check_set_id(id)?;
+        Ok(self.root.join("data").join(id))
+    }
+
+    /// The directory set `id` claimed ([`Area::new_set`]) for its files:
+    /// it must be there, a directory of this area and not a link out of it.
+    /// A node writes a copy only into such a directory of its own area.
+    pub fn claimed_dir(&self, id: &str) -> Result<PathBuf, SetError> {
+        let dir = self.data_dir(id)?;
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => Ok(dir),
+            Ok(_) => refused!(
+                "{} is not a directory of copy area {}",
+                dir.display(),
+                self.root.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => refused!(
+                "copy set {id} was not claimed in copy area {} (is it the area the copy is taken into?)",
+                self.root.display()
+            ),
+            Err(e) => Err(e).within(|| format!("cannot read {}", dir.display())),
+        }
     }
 
     /// Claims a new set id (and its data directory): the time, then a number.
@@ -115,13 +163,11 @@ impl Area {
         let stamp = now.format("%Y%m%dT%H%M%SZ");
         for n in 1..10_000 {
             let id = format!("{stamp}-{n:03}");
-            match std::fs::create_dir(self.data_dir(&id)) {
+            let dir = self.data_dir(&id)?;
+            match std::fs::create_dir(&dir) {
                 Ok(()) => return Ok(id),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(e)
-                        .within(|| format!("cannot create {}", self.data_dir(&id).display()))
-                }
+                Err(e) => return Err(e).within(|| format!("cannot create {}", dir.display())),
             }
         }
         refused!("no free set id for {stamp} in {}", self.root.display())
@@ -134,6 +180,7 @@ impl Area {
 
     /// Drops a set: its catalog entry first, then its files.
     pub fn remove(&self, id: &str) -> Result<(), SetError> {
+        check_set_id(id)?;
         let path = self.root.join("sets").join(format!("{id}.json"));
         std::fs::remove_file(&path)
             .within(|| format!("cannot remove catalog entry {}", path.display()))?;
@@ -145,18 +192,29 @@ impl Area {
     }
 
     /// Removes the data directory of a set that never made the catalog.
+    /// (Nothing is removed for an id of another format.)
     pub fn discard(&self, id: &str) {
-        let _ = std::fs::remove_dir_all(self.data_dir(id));
+        if let Ok(dir) = self.data_dir(id) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
-    /// Every catalogued set, oldest first.
+    /// Every catalogued set, oldest first. An entry whose id is not a set
+    /// id or not its file's name is refused as damaged.
     pub fn list(&self) -> Result<Vec<CopySet>, SetError> {
-        let mut sets: Vec<CopySet> = read_json_dir(&self.root.join("sets"), "catalog entry")?;
+        let named: Vec<(String, CopySet)> =
+            read_json_dir_named(&self.root.join("sets"), "catalog entry")?;
+        let mut sets = Vec::with_capacity(named.len());
+        for (stem, set) in named {
+            check_entry(&self.root, &stem, &set)?;
+            sets.push(set);
+        }
         sets.sort_by(|a, b| (a.time_us, &a.id).cmp(&(b.time_us, &b.id)));
         Ok(sets)
     }
 
     pub fn get(&self, id: &str) -> Result<CopySet, SetError> {
+        check_set_id(id)?;
         let path = self.root.join("sets").join(format!("{id}.json"));
         if !path.exists() {
             refused!(
@@ -165,8 +223,10 @@ impl Area {
             );
         }
         let text = std::fs::read(&path).within(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_slice(&text)
-            .within(|| format!("catalog entry {} is damaged", path.display()))
+        let set: CopySet = serde_json::from_slice(&text)
+            .within(|| format!("catalog entry {} is damaged", path.display()))?;
+        check_entry(&self.root, id, &set)?;
+        Ok(set)
     }
 
     /// The newest set of database `dbid` holding file `fnr` (with an LSN at
@@ -204,6 +264,18 @@ impl Area {
     }
 }
 
+/// A catalog entry's id must be a set id and its file's name.
+fn check_entry(root: &Path, stem: &str, set: &CopySet) -> Result<(), SetError> {
+    if set.id != stem || check_set_id(&set.id).is_err() {
+        refused!(
+            "catalog entry {} is damaged: it names set {:?}",
+            root.join("sets").join(format!("{stem}.json")).display(),
+            set.id.chars().take(80).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
 /// Writes `value` as `dir/name.json`, durably: to a temporary name, synced,
 /// renamed, the directory synced ([`crate::framed::replace`], through
 /// the medium seam). A reader sees the whole file or none.
@@ -221,6 +293,17 @@ pub fn read_json_dir<T: serde::de::DeserializeOwned>(
     dir: &Path,
     what: &str,
 ) -> Result<Vec<T>, SetError> {
+    Ok(read_json_dir_named(dir, what)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// [`read_json_dir`], each value with its file's name (without `.json`).
+fn read_json_dir_named<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+) -> Result<Vec<(String, T)>, SetError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -235,10 +318,117 @@ pub fn read_json_dir<T: serde::de::DeserializeOwned>(
         }
         let text =
             std::fs::read(e.path()).within(|| format!("cannot read {}", e.path().display()))?;
-        out.push(
+        let stem = name.trim_end_matches(".json").to_string();
+        out.push((
+            stem,
             serde_json::from_slice(&text)
                 .within(|| format!("{what} {} is damaged", e.path().display()))?,
-        );
+        ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_set_ids_name_a_set() {
+        for ok in ["20261207T102054Z-001", "20261207T102054Z-9999"] {
+            check_set_id(ok).expect(ok);
+        }
+        for bad in [
+            "",
+            "../../victim",
+            "20261207T102054Z-001/..",
+            "20261207T102054Z-01",
+            "20261207T102054Z-00001",
+            "20261207T102054Z_001",
+            "2026120xT102054Z-001",
+            "../sets/20261207T102054Z-001",
+            "20261207T102054Z-0a1",
+        ] {
+            let e = check_set_id(bad).expect_err(bad).to_string();
+            assert!(e.contains("not a copy set id"), "{bad}: {e}");
+        }
+    }
+
+    fn set(id: &str) -> CopySet {
+        CopySet {
+            id: id.into(),
+            kind: SetKind::Plain,
+            job: None,
+            run: None,
+            taken_utc: String::new(),
+            taken_local: String::new(),
+            source: String::new(),
+            dbid: DbId(1),
+            lsn: Lsn(1),
+            start_lsn: Lsn(1),
+            time_us: 0,
+            seqs: BTreeMap::new(),
+            members: Vec::new(),
+            confirmed: Vec::new(),
+            bytes: 0,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_catalog_entry_naming_another_set_or_a_path_is_refused_and_nothing_outside_is_touched() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).expect("victim");
+        std::fs::write(victim.join("keep"), b"x").expect("victim file");
+        let area = Area::open(&tmp.path().join("area")).expect("area");
+        let id = area.new_set(chrono::Utc::now()).expect("id");
+        area.record(&set(&id)).expect("record");
+        assert_eq!(area.list().expect("list").len(), 1);
+        // An entry whose id is a path, under a set id's file name.
+        let forged = "20200101T000000Z-001";
+        let text = serde_json::to_vec(&set("../../victim")).expect("json");
+        std::fs::write(
+            area.root().join("sets").join(format!("{forged}.json")),
+            text,
+        )
+        .expect("forge");
+        for e in [
+            area.list().expect_err("list").to_string(),
+            area.get(forged).expect_err("get").to_string(),
+        ] {
+            assert!(e.contains("is damaged") && e.contains("victim"), "{e}");
+        }
+        // Removing or discarding by a path is refused, and leaves it be.
+        assert!(area.remove("../../victim").is_err());
+        area.discard("../../victim");
+        area.discard("..");
+        assert!(victim.join("keep").exists());
+        assert!(area.get("../sets/x").is_err());
+    }
+
+    #[test]
+    fn a_node_writes_only_into_a_claimed_directory_of_its_area() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let area = Area::open(&tmp.path().join("area")).expect("area");
+        let id = area.new_set(chrono::Utc::now()).expect("id");
+        assert_eq!(
+            area.claimed_dir(&id).expect("claimed"),
+            area.root().join("data").join(&id)
+        );
+        let e = area
+            .claimed_dir("20200101T000000Z-001")
+            .expect_err("unclaimed");
+        assert!(e.to_string().contains("was not claimed"), "{e}");
+        // A link in the area's data directory, pointing out of it.
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).expect("out");
+        let link = "20200101T000000Z-002";
+        std::os::unix::fs::symlink(&out, area.root().join("data").join(link)).expect("link");
+        let e = area.claimed_dir(link).expect_err("link");
+        assert!(
+            e.to_string().contains("is not a directory of copy area"),
+            "{e}"
+        );
+        assert!(area.claimed_dir("../../out").is_err());
+    }
 }

@@ -90,7 +90,7 @@ fn verify_member_counted(
     m: &Member,
     records: &mut dyn FnMut(u64),
 ) -> Result<(), SetError> {
-    let dir = FsDir::new(area.data_dir(set));
+    let dir = FsDir::new(area.data_dir(set)?);
     let r = resolve(&dir, &m.copy.name, &mut |chunk| {
         records(chunk.len() as u64);
         Ok(())
@@ -452,7 +452,7 @@ fn write_set(
     mut on: OnProgress,
 ) -> Result<Restored, SetError> {
     prepare(db, set)?;
-    let dir = FsDir::new(area.data_dir(&set.id));
+    let dir = FsDir::new(area.data_dir(&set.id)?);
     let mut overlays = overlays;
     let mut files = Vec::new();
     // The records resolved from the copy, what the restore streams.

@@ -6,7 +6,7 @@
 //! | `read` | reads (`Info`, `Dump`, `FileStat`, `RangeDigest`, `Files`, lag samples), status (tasks, replicates, policy, cross-references, a replicate's errors, waiting for a confirmation), the topology's and the copy jobs' text, the log segments, a cleanup plan |
 //! | `write` | what `read` may, and client sessions (transactions) |
 //! | `admin` | everything except replication links |
-//! | `replication` | what `read` may; replication links (only for a replicate whose master's database is the certificate's: checked when the link opens, against the topology); and what a node's copy-job scheduler asks of the nodes it copies (`CopyTake`) |
+//! | `replication` | what `read` may; replication links (only for a replicate whose master's database is the certificate's: checked when the link opens, against the topology); and what a node's copy-job scheduler asks of the nodes it copies (`CopyTake`, written only into a set claimed in that node's own copy area) |
 //!
 //! `write` does not include `admin`, and `admin` no replication link: a
 //! link is a node's conversation, which only a node's certificate holds.
@@ -135,14 +135,12 @@ mod tests {
             master: None,
             until: None,
             execute: true,
-            horizons: vec![],
         });
         let remove = Request::Copy(CopyRequest::PlogRemove {
             through: crate::Lsn(1),
         });
         let take = Request::Copy(CopyRequest::CopyTake {
             files: vec![],
-            dir: String::new(),
             set: String::new(),
         });
         let verify = Request::Operation(OperationRequest::Replicate {

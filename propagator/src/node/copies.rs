@@ -12,12 +12,32 @@ impl Node {
             CopyRequest::CopyJobs { set } => self.copy_jobs(set).await,
             CopyRequest::PlogSegments => self.plog_segments(),
             CopyRequest::PlogRemove { through } => self.plog_remove(through).await,
-            CopyRequest::CopyTake { files, dir, set } => self.copy_take(files, dir, set).await,
+            CopyRequest::CopyTake { files, set } => self.copy_take(files, set).await,
         }
     }
 
-    /// The copy-job definitions, replaced first by `set` if given.
+    /// The copy-job definitions, replaced first by `set` if given (once
+    /// the node's own check passed them, against its copy area).
     pub(super) async fn copy_jobs(&self, set: Option<String>) -> Response {
+        if let Some(text) = &set {
+            let Some(check) = self.copies.check_jobs.clone() else {
+                return Response::error(Failure::new(
+                    ErrorCode::Refused,
+                    "this node does not take copy jobs (it was started without their check)",
+                ));
+            };
+            let (text, area) = (text.clone(), self.copies.area.clone());
+            let checked = errors::off_reactor(move || {
+                check(&text, area.as_deref()).map_err(|e| Failure::from(e.to_string()))
+            })
+            .await;
+            if let Err(e) = checked {
+                return Response::error(Failure::new(
+                    ErrorCode::Refused,
+                    format!("copy jobs refused: {}", e.message),
+                ));
+            }
+        }
         let db = self.db.clone();
         match blocking(move || admin::copy_jobs(&db, set)).await {
             Ok(text) => Response::Text(text),
@@ -40,13 +60,21 @@ impl Node {
         }
     }
 
-    /// A copy set of `files` taken into `dir` as set `set`.
-    pub(super) async fn copy_take(&self, files: Vec<Fnr>, dir: String, set: String) -> Response {
+    /// A copy set of `files` taken as set `set`, into the directory that
+    /// set claimed in this node's copy area (nowhere else).
+    pub(super) async fn copy_take(&self, files: Vec<Fnr>, set: String) -> Response {
         let db = self.db.clone();
+        let copies = self.copies.clone();
         let r = errors::off_reactor(move || {
-            let area = crate::medium::FsDir::new(&dir);
-            crate::copy::take(&db, &files, &area, &set, &mut |_| {})
-                .map_err(|e| Failure::from(e.to_string()))
+            let dir = copies.area()?.claimed_dir(&set).map_err(Failure::from)?;
+            crate::copy::take(
+                &db,
+                &files,
+                &crate::medium::FsDir::new(&dir),
+                &set,
+                &mut |_| {},
+            )
+            .map_err(|e| Failure::from(e.to_string()))
         })
         .await;
         match r {

@@ -98,6 +98,48 @@ pub struct Node {
     listening: Mutex<Option<SocketAddr>>,
     /// Connections served and refused (metrics).
     pub(crate) conns: ConnStats,
+    /// What the node was configured with for copies.
+    copies: Copies,
+}
+
+/// Checks copy-job definitions before a node stores them: their text, and
+/// the node's copy area (the binary lends the parser: the engine does not
+/// know the jobs' format).
+pub type JobsCheck = Arc<
+    dyn Fn(&str, Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+        + Send
+        + Sync,
+>;
+
+/// What a node trusts for copies: its own configuration, never a request.
+#[derive(Clone, Default)]
+pub struct Copies {
+    /// The copy area: copy sets taken through this node are written into
+    /// sets claimed there, restores through it read sets from there, and
+    /// its log cleanup's horizon comes from that area's catalog. None:
+    /// copies and restores through the node are refused, and log cleanup
+    /// deletes nothing.
+    pub area: Option<std::path::PathBuf>,
+    /// Checks copy-job definitions before they are stored (None: they are
+    /// refused).
+    pub check_jobs: Option<JobsCheck>,
+}
+
+impl Copies {
+    /// Where the copy area is, or why there is none.
+    pub(crate) fn root(&self) -> Result<std::path::PathBuf, Failure> {
+        self.area.clone().ok_or_else(|| {
+            Failure::new(
+                ErrorCode::Refused,
+                "this node has no copy area (start it with --copy-area DIR)",
+            )
+        })
+    }
+
+    /// The copy area, opened.
+    pub(crate) fn area(&self) -> Result<crate::copy::area::Area, Failure> {
+        crate::copy::area::Area::open(&self.root()?).map_err(Failure::from)
+    }
 }
 
 /// What a node's listener bounds.
@@ -193,6 +235,11 @@ impl Node {
     /// Loads the topology kept in the administration file, if any, and
     /// starts the tasks of this database's masters. Call inside a runtime.
     pub fn new(db: Database) -> Result<Arc<Node>, NodeError> {
+        Node::with_copies(db, Copies::default())
+    }
+
+    /// [`Node::new`] with what the node trusts for copies.
+    pub fn with_copies(db: Database, copies: Copies) -> Result<Arc<Node>, NodeError> {
         // A damaged administration file does not keep the node down: it
         // serves without a topology (no tasks), so the recovery flows can
         // diagnose it and restore it through this node (case 5).
@@ -227,6 +274,7 @@ impl Node {
             quiesced: std::sync::atomic::AtomicBool::new(quiesced),
             update_gate: Arc::new(tokio::sync::RwLock::new(())),
             listening: Mutex::new(None),
+            copies,
         });
         if let Some(v) = stored {
             node.start_tasks(&v, true, false);

@@ -22,8 +22,7 @@ impl Node {
                 master,
                 until,
                 execute,
-                horizons,
-            } => self.log_cleanup(master, until, execute, horizons).await,
+            } => self.log_cleanup(master, until, execute).await,
             OperationRequest::WaitConfirmed {
                 replicate,
                 seq,
@@ -79,19 +78,25 @@ impl Node {
         master: Option<Fnr>,
         until: Option<Seq>,
         execute: bool,
-        horizons: Vec<(Fnr, Seq)>,
     ) -> Response {
         let tasks = self.tasks_for(master);
         if tasks.is_empty() {
             return Response::error("no replication task on this node matches");
         }
+        // The horizon is read here, from the node's own copy area: a
+        // request cannot widen what a cleanup deletes.
+        let area = self.copies.area.clone();
+        let dbid = self.db.dbid();
         let r = errors::off_reactor(move || {
+            let horizons = match area {
+                Some(root) => crate::copy::area::Area::open(&root)
+                    .and_then(|a| a.horizons(dbid))
+                    .map_err(|e| OpError::Refused(format!("the node's copy area: {e}")))?,
+                None => BTreeMap::new(),
+            };
             tasks
                 .iter()
-                .map(|t| {
-                    let h = horizons.iter().find(|(m, _)| *m == t.master()).map(|h| h.1);
-                    t.cleanup_plan(until, h, execute)
-                })
+                .map(|t| t.cleanup_plan(until, horizons.get(&t.master()).copied(), execute))
                 .collect::<Result<Vec<_>, OpError>>()
         })
         .await;

@@ -32,6 +32,7 @@ impl Node {
             topology_address: lock(&self.topology)
                 .as_ref()
                 .and_then(|v| v.addresses.get(&self.db.dbid()).copied()),
+            copy_area: self.copies.area.as_ref().map(|a| a.display().to_string()),
         })
     }
 

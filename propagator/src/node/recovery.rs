@@ -117,16 +117,19 @@ impl Node {
                 Err(e) => Response::error(e),
             },
             RecoveryOp::Restore {
-                area,
                 file,
                 regenerate,
                 upto,
             } => {
+                let area = match self.copies.root() {
+                    Ok(a) => a,
+                    Err(e) => return Response::error(e),
+                };
                 self.stop_feeders_of(None).await;
                 let r = errors::off_reactor(move || {
                     crate::copy::restore::restore_in_node(
                         &db,
-                        std::path::Path::new(&area),
+                        &area,
                         file,
                         regenerate.then_some(upto),
                     )

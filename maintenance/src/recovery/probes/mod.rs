@@ -612,7 +612,7 @@ fn copied_topology(
     let m = set
         .member(admin)
         .ok_or_else(|| anyhow::anyhow!("copy set {} lacks file {admin}", set.id))?;
-    let dir = propagator::medium::FsDir::new(a.data_dir(&set.id));
+    let dir = propagator::medium::FsDir::new(a.data_dir(&set.id)?);
     let mut text = None;
     propagator::copy::resolve(&dir, &m.copy.name, &mut |chunk| {
         for (isn, bytes) in chunk {
