@@ -37,6 +37,8 @@ pub struct NodeProc {
     pub metrics: Option<SocketAddr>,
     /// Extra `etp node run` arguments (before those of `ETP_NODE_ARGS`).
     args: Vec<String>,
+    /// Extra environment of the node's process.
+    env: Vec<(String, String)>,
 }
 
 /// The certificate directory the nodes this process starts serve with
@@ -119,6 +121,19 @@ impl NodeProc {
         listen: SocketAddr,
         args: &[&str],
     ) -> anyhow::Result<NodeProc> {
+        Self::start_with_env(bin, data, dbid, listen, args, &[])
+    }
+
+    /// [`NodeProc::start_with_args`] with extra environment variables for
+    /// the node's process (kept across restarts).
+    pub fn start_with_env(
+        bin: &Path,
+        data: &Path,
+        dbid: u32,
+        listen: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<NodeProc> {
         if !data.join("DATABASE").exists() {
             let st = Command::new(bin)
                 .args(["db", "init", "--dbid", &dbid.to_string(), "--data"])
@@ -139,6 +154,10 @@ impl NodeProc {
             stderr_log: data.with_extension("node.log"),
             metrics: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         n.spawn(listen)?;
         Ok(n)
@@ -180,6 +199,7 @@ impl NodeProc {
                 "ETP_LOG",
                 std::env::var("ETP_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -73,6 +73,11 @@ pub enum DbError {
     },
     #[error("the database stopped accepting commits after a failed write or sync ({0}); reopen it to recover")]
     Poisoned(String),
+    /// A queued commit whose log write or sync failed: it may or may not
+    /// be durable (its bytes may have reached the disk). Nothing serves it
+    /// meanwhile; the next open decides by what the log holds.
+    #[error("the log write or sync of this commit failed ({0}): whether it is durable is not known; the database stopped accepting commits (reopen it to recover, then retry under the same transaction id)")]
+    OutcomeUnknown(String),
     #[error("the database is closed")]
     Closed,
     #[error("replicate file {fnr} has diverged from its master at record {isn}: {reason}")]
@@ -106,6 +111,7 @@ impl DbError {
             DbError::ReplicateDiverged { .. } => C::Diverged,
             DbError::FileDamaged { .. } | DbError::BeforeImageMismatch { .. } => C::Damaged,
             DbError::Poisoned(_) | DbError::Closed => C::Unavailable,
+            DbError::OutcomeUnknown(_) => C::OutcomeUnknown,
             e if e.is_request_error() => C::BadRequest,
             _ => C::Other,
         }

@@ -5,6 +5,7 @@ mod backup;
 mod bench;
 mod cli_input;
 mod crash;
+mod durability;
 mod first_hour;
 mod journal;
 mod maintenance;

@@ -670,6 +670,43 @@ impl Database {
         hooks.push(hook);
     }
 
+    /// Waits until every commit up to `seen` is durable, or fails if the
+    /// database stopped (a failed write or sync) first. The rule readers
+    /// are served by: a commit is published to them after its sync. A
+    /// commit joins the latest state when it is queued (later transactions
+    /// build on it, and fail with it), but an answer that could carry it is
+    /// sent only once it is durable: a node reads, takes its last LSN, and
+    /// answers after `durable_through` it. So no reader is ever answered
+    /// with a commit a failed sync takes back.
+    pub async fn durable_through(&self, seen: Lsn) -> Result<(), DbError> {
+        let mut rx = self.subscribe_durable();
+        loop {
+            if *rx.borrow_and_update() >= seen {
+                return Ok(());
+            }
+            self.check_poisoned()?;
+            if rx.changed().await.is_err() {
+                return Err(DbError::Closed);
+            }
+        }
+    }
+
+    /// [`Database::durable_through`] for a thread outside an async runtime
+    /// (it blocks).
+    pub fn wait_durable(&self, seen: Lsn) -> Result<(), DbError> {
+        let shared = self.shared();
+        if *shared.durable.borrow() < seen {
+            // Answered once `seen` is applied, or dropped when the
+            // database failed or closed.
+            let _ = shared.committer.barrier(shared, seen).blocking_recv();
+        }
+        if *shared.durable.borrow() >= seen {
+            return Ok(());
+        }
+        self.check_poisoned()?;
+        Err(DbError::Closed)
+    }
+
     fn check_poisoned(&self) -> Result<(), DbError> {
         match lock(&self.shared().poisoned).as_ref() {
             Some(reason) => Err(DbError::Poisoned(reason.clone())),

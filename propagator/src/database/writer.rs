@@ -218,8 +218,9 @@ pub(crate) struct Ticket {
 struct GroupError(String);
 
 impl GroupError {
+    /// What each commit of the group is told: its fate is not known.
     fn to_db(&self) -> DbError {
-        DbError::Poisoned(self.0.clone())
+        DbError::OutcomeUnknown(self.0.clone())
     }
 }
 
@@ -821,10 +822,14 @@ impl LogSide {
 
 pub(super) fn poison(shared: &Shared, reason: String) {
     tracing::error!(reason = %reason, "database stops accepting commits");
-    let mut p = lock(&shared.poisoned);
-    if p.is_none() {
-        *p = Some(reason);
+    {
+        let mut p = lock(&shared.poisoned);
+        if p.is_none() {
+            *p = Some(reason);
+        }
     }
+    // Readers waiting for a durable LSN that will not come are told.
+    shared.durable.send_modify(|_| {});
 }
 
 /// Poisons the database; the group's error says why.

@@ -620,7 +620,7 @@ impl Syncer {
                             // For good: a failed state is never replaced.
                             Err(e) => {
                                 let why = match e {
-                                    DbError::Poisoned(why) => why,
+                                    DbError::Poisoned(why) | DbError::OutcomeUnknown(why) => why,
                                     other => other.to_string(),
                                 };
                                 state_tx.send_replace(SyncState::Failed(why));

@@ -599,7 +599,10 @@ impl Node {
                         continue;
                     }
                     let step = match req {
-                        Request::Session(r) => self.session(&mut conv, r).await,
+                        Request::Session(r) => {
+                            let step = self.session(&mut conv, r).await;
+                            self.published_step(step)
+                        }
                         Request::Link(LinkRequest::LinkApply {
                             follows,
                             changes,
@@ -664,11 +667,17 @@ impl Node {
     /// replicate side of a link (`link`).
     async fn handle(self: &Arc<Self>, conv: &mut Conversation, req: Request) -> Response {
         match req {
-            Request::Session(r) => match self.session(conv, r).await {
-                session::Step::Now(resp) => resp,
-                session::Step::Later(f) => f.await,
-            },
-            Request::Read(r) => self.read(r).await,
+            Request::Session(r) => {
+                let step = self.session(conv, r).await;
+                match self.published_step(step) {
+                    session::Step::Now(resp) => resp,
+                    session::Step::Later(f) => f.await,
+                }
+            }
+            Request::Read(r) => {
+                let resp = self.read(r).await;
+                self.published(resp).await
+            }
             Request::Copy(r) => self.copy(r).await,
             Request::Admin(r) => self.admin(r).await,
             Request::Operation(r) => self.operation(r).await,
@@ -676,6 +685,58 @@ impl Node {
             Request::Link(r) => self.link(conv, r).await,
         }
     }
+}
+
+impl Node {
+    /// `resp`, once every commit it could carry is durable; if the
+    /// database stops first (a failed write or sync), an `Unavailable`
+    /// error instead: no reader is answered with a commit a failed sync
+    /// takes back (see [`Database::durable_through`]). The wait is at most
+    /// the sync of the group in flight, and none when the log is idle.
+    async fn published(&self, resp: Response) -> Response {
+        if matches!(resp, Response::Error { .. }) {
+            return resp;
+        }
+        let seen = self.db.last_lsn();
+        match self.db.durable_through(seen).await {
+            Ok(()) => resp,
+            Err(e) => Response::error(Failure::new(
+                ErrorCode::Unavailable,
+                format!("not answered: a commit it could show is not durable ({e})"),
+            )),
+        }
+    }
+}
+
+impl Node {
+    /// A session's step, its answer held back by [`Node::published`] when
+    /// it carries a record read.
+    fn published_step(self: &Arc<Self>, step: session::Step) -> session::Step {
+        match step {
+            session::Step::Now(resp) if carries_records(&resp) => {
+                let node = self.clone();
+                session::Step::Later(Box::pin(async move { node.published(resp).await }))
+            }
+            session::Step::Now(resp) => session::Step::Now(resp),
+            session::Step::Later(f) => {
+                let node = self.clone();
+                session::Step::Later(Box::pin(async move {
+                    let resp = f.await;
+                    if carries_records(&resp) {
+                        node.published(resp).await
+                    } else {
+                        resp
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// Whether a session's answer carries a record read (a batch answers with
+/// its last command's answer).
+fn carries_records(resp: &Response) -> bool {
+    matches!(resp, Response::Record(Some(_)))
 }
 
 #[derive(Default)]

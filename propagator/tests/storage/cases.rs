@@ -568,7 +568,7 @@ fn power_loss_images_keep_every_synced_commit_and_truncate_the_torn_tail() {
             .expect("store");
         s.store(PLAIN, Some(Isn(41)), rec(&[("q", 41)]))
             .expect("store");
-        assert!(matches!(s.et(None), Err(DbError::Poisoned(_))));
+        assert!(matches!(s.et(None), Err(DbError::OutcomeUnknown(_))));
         assert!(
             matches!(s.et(None), Err(DbError::Poisoned(_))),
             "a poisoned database must refuse commits"
@@ -1238,21 +1238,43 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
         assert!(r.is_ok(), "{r:?}");
     }
     // Now the leader's sync fails: its group and the one queued behind it
-    // fail, and nothing of either survives.
+    // fail, their committers are told the outcome is unknown, and nothing
+    // of either survives.
     let (leader, queued) = queue_behind_held_sync(&db, &mem, 20, 21..=28);
+    // The queued commits are in the latest state (later transactions build
+    // on them), but a reader who saw them is answered only once they are
+    // durable: here, never.
+    assert!(db.read(MASTER, Isn(20)).expect("read").is_some());
+    let seen = db.last_lsn();
+    let reader = {
+        let db = db.clone();
+        std::thread::spawn(move || db.wait_durable(seen))
+    };
     mem.fail_next_sync();
     mem.hold_syncs(false);
     assert!(matches!(
         join_within("the leader's commit", leader),
-        Err(DbError::Poisoned(_))
+        Err(DbError::OutcomeUnknown(_))
     ));
     for h in queued {
         let r = join_within("a queued commit", h);
         assert!(
-            matches!(r, Err(DbError::Poisoned(_))),
-            "a commit queued behind a failed sync must fail: {r:?}"
+            matches!(r, Err(DbError::OutcomeUnknown(_))),
+            "a commit queued behind a failed sync must fail, its outcome unknown: {r:?}"
         );
     }
+    let r = join_within("the reader", reader);
+    assert!(
+        matches!(r, Err(DbError::Poisoned(_))),
+        "a reader must not be answered with a commit whose sync failed: {r:?}"
+    );
+    // A commit after the failure is refused before it is queued: it is
+    // known not to be committed.
+    let mut s = db.session();
+    s.store(MASTER, Some(Isn(99)), rec(&[("q", 99)]))
+        .expect("store");
+    assert!(matches!(s.et(None), Err(DbError::Poisoned(_))));
+    drop(s);
     let image = mem.synced_image();
     db.simulate_crash();
     let (db, report) = open_mem(t.path(), &image).expect("reopen");
@@ -1915,7 +1937,7 @@ fn a_hook_prepared_for_a_group_whose_sync_fails_is_never_told_it_is_durable() {
     let good = s.et(None).expect("et").lsn;
     mem.fail_next_sync();
     s.store(MASTER, None, rec(&[("qty", 2)])).expect("store");
-    assert!(matches!(s.et(None), Err(DbError::Poisoned(_))));
+    assert!(matches!(s.et(None), Err(DbError::OutcomeUnknown(_))));
     // Both groups were prepared; only the synced one was said durable,
     // and only its frame was sent.
     let prepared: Vec<_> = prepares.lock().expect("lock").iter().map(|p| p.0).collect();
