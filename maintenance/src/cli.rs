@@ -619,6 +619,11 @@ pub enum NodeCommand {
         /// exempt.
         #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
         idle_timeout_s: u64,
+        /// TLS handshakes in progress from one address at once; more are
+        /// closed as they arrive (default: an eighth of the handshake pool,
+        /// which is a quarter of --max-connections, at least 4).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+        handshakes_per_ip: Option<u32>,
         /// The copy area this node writes copy sets into (for `copy take
         /// --node` and its copy jobs), restores from (recovery plans), and
         /// reads log cleanup's horizon from; created 0700 if missing.

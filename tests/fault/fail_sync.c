@@ -21,26 +21,24 @@ static int failing(void) {
     return 1;
 }
 
-int fdatasync(int fd) {
-    static int (*real)(int);
+/* The real call `name`, or EIO while failing. */
+static int sync_or_fail(const char *name, int (**real)(int), int fd) {
     if (failing()) {
         errno = EIO;
         return -1;
     }
-    if (!real) {
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (!*real) {
+        *real = (int (*)(int))dlsym(RTLD_NEXT, name);
     }
-    return real(fd);
+    return (*real)(fd);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    return sync_or_fail("fdatasync", &real, fd);
 }
 
 int fsync(int fd) {
     static int (*real)(int);
-    if (failing()) {
-        errno = EIO;
-        return -1;
-    }
-    if (!real) {
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-    }
-    return real(fd);
+    return sync_or_fail("fsync", &real, fd);
 }

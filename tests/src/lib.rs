@@ -113,6 +113,44 @@ pub fn tls_connect_as(
     rustls::StreamOwned::new(conn, tcp)
 }
 
+/// [`tls_connect_as`] from the local address `from` (another loopback
+/// address, 127.0.0.2 …: another host, as the node counts them).
+pub fn tls_connect_from(
+    from: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    bind(&fd, &std::net::SocketAddr::new(from, 0)).expect("bind the source address");
+    connect(&fd, &addr).expect("connect");
+    let tcp = std::net::TcpStream::from(fd);
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let server = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
+        .expect("server name");
+    let conn = rustls::ClientConnection::new(credentials(name).client_config(), server)
+        .expect("client connection");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// One request over a raw stream (a frame out, a frame back).
+pub fn raw_call(
+    s: &mut (impl std::io::Read + std::io::Write),
+    req: &propagator::wire::Request,
+) -> propagator::wire::Response {
+    let body = req.encode().expect("encode");
+    s.write_all(&(body.len() as u32).to_be_bytes())
+        .expect("write");
+    s.write_all(&body).expect("write");
+    s.flush().expect("flush");
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("answer header");
+    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).expect("answer");
+    propagator::wire::Response::decode(&buf).expect("decode")
+}
+
 /// The server side of a TLS connection a fake node of database `db`
 /// accepted, with that database's certificate.
 pub fn tls_accept(

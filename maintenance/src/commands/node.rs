@@ -22,11 +22,13 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         insecure_loopback,
         max_connections,
         idle_timeout_s,
+        handshakes_per_ip,
         copy_area,
     } = c;
     let limits = propagator::node::Limits {
         max_connections: max_connections as usize,
         idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
+        handshakes_per_ip: handshakes_per_ip.map(|n| n as usize),
         ..propagator::node::Limits::default()
     };
     raise_descriptor_limit(limits.max_connections);

@@ -159,6 +159,7 @@ pub struct ConnSample {
     pub open: u64,
     pub refused_limit: u64,
     pub refused_handshake: u64,
+    pub refused_per_ip: u64,
     pub idle_closed: u64,
     pub not_allowed: u64,
 }
@@ -181,7 +182,7 @@ pub fn render(
     t.family(
         "etp_connections_refused_total",
         "counter",
-        "Connections refused: at the connection limit, or in their TLS handshake (a bad or missing certificate, or none within the handshake timeout).",
+        "Connections refused: at the connection limit, over their address's share of handshakes in progress (per_ip), or in their TLS handshake (a bad or missing certificate, or none within the handshake timeout).",
     )
     .sample(
         "etp_connections_refused_total",
@@ -192,6 +193,11 @@ pub fn render(
         "etp_connections_refused_total",
         &[("reason", "handshake")],
         conns.refused_handshake as f64,
+    )
+    .sample(
+        "etp_connections_refused_total",
+        &[("reason", "per_ip")],
+        conns.refused_per_ip as f64,
     );
     t.family(
         "etp_connections_idle_closed_total",
@@ -340,6 +346,7 @@ impl Node {
             open: get(&c.open),
             refused_limit: get(&c.refused_limit),
             refused_handshake: get(&c.refused_handshake),
+            refused_per_ip: get(&c.refused_per_ip),
             idle_closed: get(&c.idle_closed),
             not_allowed: get(&c.not_allowed),
         };

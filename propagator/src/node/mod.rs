@@ -154,6 +154,10 @@ pub struct Limits {
     pub idle_timeout: std::time::Duration,
     /// The longest a client may take over its TLS handshake.
     pub handshake_timeout: std::time::Duration,
+    /// Handshakes in progress from one address at once (None: an eighth
+    /// of the handshake pool, at least 4): one host's flood of sockets
+    /// cannot keep every other host out for the handshake timeout.
+    pub handshakes_per_ip: Option<usize>,
 }
 
 impl Default for Limits {
@@ -162,6 +166,55 @@ impl Default for Limits {
             max_connections: 256,
             idle_timeout: std::time::Duration::from_secs(600),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            handshakes_per_ip: None,
+        }
+    }
+}
+
+/// Handshakes in progress per peer address, each at most `max`.
+struct PerIp {
+    max: usize,
+    counts: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One handshake's place in its address's count, given back on drop.
+struct PerIpPlace {
+    of: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            max: max.max(1),
+            counts: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// A place for a handshake from `ip`, if it has fewer than `max`.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpPlace> {
+        let ip = ip.to_canonical();
+        let mut counts = lock(&self.counts);
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpPlace {
+            of: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpPlace {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.of.counts);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
         }
     }
 }
@@ -172,6 +225,7 @@ pub(crate) struct ConnStats {
     pub open: std::sync::atomic::AtomicU64,
     pub refused_limit: std::sync::atomic::AtomicU64,
     pub refused_handshake: std::sync::atomic::AtomicU64,
+    pub refused_per_ip: std::sync::atomic::AtomicU64,
     pub idle_closed: std::sync::atomic::AtomicU64,
     pub not_allowed: std::sync::atomic::AtomicU64,
     /// The second (since the epoch) of the last refusal logged.
@@ -411,14 +465,22 @@ impl Node {
         let clients = Arc::new(tokio::sync::Semaphore::new(
             limits.max_connections.saturating_sub(reserved).max(1),
         ));
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(
-            (limits.max_connections / 4).max(16),
+        let pool = (limits.max_connections / 4).max(16);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(pool));
+        let per_ip = Arc::new(PerIp::new(
+            limits.handshakes_per_ip.unwrap_or((pool / 8).max(4)),
         ));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 acc = listener.accept() => match acc {
                     Ok((tcp, peer)) => {
+                        let Some(from_ip) = per_ip.take(peer.ip()) else {
+                            self.conns.refused_per_ip.fetch_add(1, Relaxed);
+                            self.conns.log_refusal(|| tracing::warn!(%peer, "connection refused: too many handshakes in progress from its address"));
+                            drop(tcp);
+                            continue;
+                        };
                         let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
                             self.conns.refused_limit.fetch_add(1, Relaxed);
                             self.conns.log_refusal(|| tracing::warn!(%peer, "connection refused: too many handshakes in progress"));
@@ -436,6 +498,7 @@ impl Node {
                             )
                             .await;
                             drop(handshake);
+                            drop(from_ip);
                             match accepted {
                                 Ok(Ok((stream, who))) => {
                                     let client = who.as_ref().is_some_and(|w| {
