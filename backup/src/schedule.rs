@@ -126,6 +126,10 @@ pub fn parse_jobs(text: &str) -> Result<(JobsDef, BTreeMap<String, croner::Cron>
 /// is that area.
 pub fn check_jobs(text: &str, node_area: Option<&std::path::Path>) -> Result<JobsDef, Error> {
     let (def, _) = parse_jobs(text)?;
+    // No jobs (clearing them) needs no area.
+    if def.job.is_empty() && def.area.is_none() {
+        return Ok(def);
+    }
     let Some(node_area) = node_area else {
         return Err(Error::Refused(
             "this node has no copy area for its copy jobs to write to (start it with --copy-area DIR)"

@@ -212,9 +212,10 @@ fn a_node_takes_jobs_only_for_its_own_copy_area() {
             "{e}"
         );
     }
-    // A node without an area takes no jobs.
+    // A node without an area takes no jobs, but can have them cleared.
     let e = schedule::check_jobs(job, None).expect_err("no area");
     assert!(format!("{e:#}").contains("--copy-area"), "{e:#}");
+    schedule::check_jobs("", None).expect("clearing needs no area");
 }
 
 #[test]

@@ -619,9 +619,10 @@ pub enum NodeCommand {
         /// exempt.
         #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
         idle_timeout_s: u64,
-        /// TLS handshakes in progress from one address at once; more are
-        /// closed as they arrive (default: an eighth of the handshake pool,
-        /// which is a quarter of --max-connections, at least 4).
+        /// TLS handshakes in progress from one address (an IPv6 /64) at
+        /// once; more are closed as they arrive (default: a quarter of the
+        /// handshake pool, which is a quarter of --max-connections and at
+        /// least 16; at least 8).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
         handshakes_per_ip: Option<u32>,
         /// The copy area this node writes copy sets into (for `copy take

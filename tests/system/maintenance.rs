@@ -949,7 +949,7 @@ fn confirm_set_leaves_a_gap_record_and_cleanup_deletes_nothing_without_a_copy() 
     assert!(plan["notes"][0]
         .as_str()
         .unwrap_or_default()
-        .contains("no catalogued copy"));
+        .contains("is catalogued in this node's copy area"));
     let out = ok(&etp(&[
         "log",
         "cleanup",

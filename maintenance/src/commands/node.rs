@@ -57,12 +57,21 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         None => None,
     };
     if let Some(a) = &copy_area {
-        if let Some(shared) = propagator::database::shared_dirs(a) {
-            bail!(
-                "--copy-area {}: {shared} is writable by others than its owner; copies are kept in a private directory (chmod 700 {})",
-                a.display(),
-                a.display()
-            );
+        use std::os::unix::fs::PermissionsExt;
+        for d in [a.clone(), a.join("sets"), a.join("data")] {
+            let mode = std::fs::metadata(&d)
+                .with_context(|| format!("--copy-area {}", d.display()))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o022 != 0 {
+                bail!(
+                    "--copy-area {}: {} (mode {mode:04o}) is writable by others than its owner; copies are kept in a private directory (chmod -R go-w {})",
+                    a.display(),
+                    d.display(),
+                    a.display()
+                );
+            }
         }
     }
     // Without --listen: where the topology, or the node's own note, says.

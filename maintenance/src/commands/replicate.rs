@@ -576,7 +576,23 @@ pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
         None => Vec::new(),
     };
     for (dbid, addr) in task_nodes(&v) {
-        // Each node reads its cleanup horizon from its own copy area.
+        // Each node reads its cleanup horizon from its own copy area: say
+        // so when --area names another.
+        if let Some(given) = &a.area {
+            let node_area = match call(addr, &Request::Read(propagator::wire::ReadRequest::Info))? {
+                Response::Info(i) => i.copy_area,
+                _ => None,
+            };
+            let canon =
+                |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            if node_area.as_deref().map(std::path::Path::new).map(canon) != Some(canon(given)) {
+                eprintln!(
+                    "note: node {addr} bounds its cleanup by its own copy area ({}), not --area {} (which only names the replicate copies a cleanup would strand)",
+                    node_area.as_deref().unwrap_or("none: nothing is deleted"),
+                    given.display()
+                );
+            }
+        }
         let req = Request::Operation(OperationRequest::LogCleanup {
             master: a.master.map(Fnr),
             until: a.until.map(Seq),

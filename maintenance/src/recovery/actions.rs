@@ -177,7 +177,7 @@ impl Exec<'_> {
         journal: &mut RunJournal,
     ) -> anyhow::Result<String> {
         let area = self.area()?;
-        let mut out = Vec::new();
+        let mut targets = Vec::new();
         for t in &b.targets {
             let (addr, file) = match t {
                 Target::Master { addr, file, .. } => (*addr, Fnr(*file)),
@@ -185,13 +185,13 @@ impl Exec<'_> {
                 Target::Admin { addr, file, .. } => (*addr, Fnr(*file)),
                 other => bail!("cannot restore {}", other.describe()),
             };
-            let key = addr.to_string();
             let info = match call(addr, &Request::Read(ReadRequest::Info))? {
                 Response::Info(i) => i,
                 other => bail!("node {addr} answered {other:?}"),
             };
-            // The node restores from its own copy area: it must be the one
-            // this plan chose its set from.
+            // Each node restores from its own copy area: before anything
+            // is restored, every one must be the area this plan chose its
+            // sets from (the nodes of a plan share one machine's paths).
             let same = info.copy_area.as_deref().is_some_and(|a| {
                 std::fs::canonicalize(a)
                     .map(|p| p.display().to_string())
@@ -204,6 +204,11 @@ impl Exec<'_> {
                     info.copy_area.as_deref().unwrap_or("none")
                 );
             }
+            targets.push((t, addr, file, info));
+        }
+        let mut out = Vec::new();
+        for (t, addr, file, info) in targets {
+            let key = addr.to_string();
             if journal.lsn_before(&key).is_none() {
                 let lsn = info.last_lsn.0;
                 journal.append(Line::Started {

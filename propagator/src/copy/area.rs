@@ -143,6 +143,9 @@ impl Area {
     /// A node writes a copy only into such a directory of its own area.
     pub fn claimed_dir(&self, id: &str) -> Result<PathBuf, SetError> {
         let dir = self.data_dir(id)?;
+        if self.root.join("sets").join(format!("{id}.json")).exists() {
+            refused!("copy set {id} is catalogued already: its files are not written again");
+        }
         match std::fs::symlink_metadata(&dir) {
             Ok(m) if m.file_type().is_dir() => Ok(dir),
             Ok(_) => refused!(
@@ -200,14 +203,19 @@ impl Area {
     }
 
     /// Every catalogued set, oldest first. An entry whose id is not a set
-    /// id or not its file's name is refused as damaged.
+    /// id or not its file's name, or that names a member file outside its
+    /// set's directory, is left out with a warning: nothing (a restore, a
+    /// cleanup's horizon, a retention) acts on it, and one such entry does
+    /// not take the rest of the catalog with it. `get` refuses it by name.
     pub fn list(&self) -> Result<Vec<CopySet>, SetError> {
         let named: Vec<(String, CopySet)> =
             read_json_dir_named(&self.root.join("sets"), "catalog entry")?;
         let mut sets = Vec::with_capacity(named.len());
         for (stem, set) in named {
-            check_entry(&self.root, &stem, &set)?;
-            sets.push(set);
+            match check_entry(&self.root, &stem, &set) {
+                Ok(()) => sets.push(set),
+                Err(e) => tracing::warn!(reason = %e, "catalog entry left out"),
+            }
         }
         sets.sort_by(|a, b| (a.time_us, &a.id).cmp(&(b.time_us, &b.id)));
         Ok(sets)
@@ -264,16 +272,33 @@ impl Area {
     }
 }
 
-/// A catalog entry's id must be a set id and its file's name.
+/// A catalog entry's id must be a set id and its file's name, and its
+/// members' copy files plain names in its set's directory.
 fn check_entry(root: &Path, stem: &str, set: &CopySet) -> Result<(), SetError> {
+    let path = root.join("sets").join(format!("{stem}.json"));
     if set.id != stem || check_set_id(&set.id).is_err() {
         refused!(
             "catalog entry {} is damaged: it names set {:?}",
-            root.join("sets").join(format!("{stem}.json")).display(),
+            path.display(),
             set.id.chars().take(80).collect::<String>()
         );
     }
+    for m in &set.members {
+        let name = &m.copy.name;
+        if !plain_name(name) {
+            refused!(
+                "catalog entry {} is damaged: member file {:?} is not a file name",
+                path.display(),
+                name.chars().take(80).collect::<String>()
+            );
+        }
+    }
     Ok(())
+}
+
+/// A file name and nothing more: no separator, not `.` or `..`.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '\\', '\0']) && name != "." && name != ".."
 }
 
 /// Writes `value` as `dir/name.json`, durably: to a temporary name, synced,
@@ -392,12 +417,16 @@ mod tests {
             text,
         )
         .expect("forge");
-        for e in [
-            area.list().expect_err("list").to_string(),
-            area.get(forged).expect_err("get").to_string(),
-        ] {
-            assert!(e.contains("is damaged") && e.contains("victim"), "{e}");
-        }
+        // Left out of the list (the real set stays usable), refused by name.
+        let listed: Vec<String> = area
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(listed, vec![id.clone()]);
+        let e = area.get(forged).expect_err("get").to_string();
+        assert!(e.contains("is damaged") && e.contains("victim"), "{e}");
         // Removing or discarding by a path is refused, and leaves it be.
         assert!(area.remove("../../victim").is_err());
         area.discard("../../victim");
@@ -430,5 +459,19 @@ mod tests {
             "{e}"
         );
         assert!(area.claimed_dir("../../out").is_err());
+        // A catalogued set's directory is not written again.
+        area.record(&set(&id)).expect("record");
+        let e = area.claimed_dir(&id).expect_err("catalogued");
+        assert!(e.to_string().contains("catalogued already"), "{e}");
+    }
+
+    #[test]
+    fn member_files_are_plain_names() {
+        for ok in ["00010-orders.copy", "x", "a..b"] {
+            assert!(plain_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "/etc/passwd", "a\\b", "a\0b"] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
     }
 }

@@ -685,6 +685,11 @@ impl Database {
                 return Ok(());
             }
             self.check_poisoned()?;
+            // Closing: what is not durable now may never be (a commit
+            // refused by the close had already moved the last LSN).
+            if self.shared().committer.closing() {
+                return Err(DbError::Closed);
+            }
             if rx.changed().await.is_err() {
                 return Err(DbError::Closed);
             }

@@ -215,12 +215,21 @@ pub(crate) struct Ticket {
 }
 
 /// Why a group was not made durable: the reason the database is poisoned.
-struct GroupError(String);
+struct GroupError {
+    reason: String,
+    /// Its entries may have reached the log (a write or sync failed), or
+    /// were certainly not written (the database had stopped before).
+    written: bool,
+}
 
 impl GroupError {
-    /// What each commit of the group is told: its fate is not known.
+    /// What each commit of the group is told: its fate is not known, or
+    /// (never written) that it was not committed.
     fn to_db(&self) -> DbError {
-        DbError::OutcomeUnknown(self.0.clone())
+        match self.written {
+            true => DbError::OutcomeUnknown(self.reason.clone()),
+            false => DbError::Poisoned(self.reason.clone()),
+        }
     }
 }
 
@@ -618,6 +627,8 @@ impl Committer {
             }
             std::mem::take(&mut q.barriers)
         };
+        // Readers waiting for a durable LSN are told the database closes.
+        shared.durable.send_modify(|_| {});
         let Some(mut side) = lock(&self.log).take() else {
             return Ok(());
         };
@@ -717,7 +728,11 @@ impl LogSide {
     /// durable.
     fn write_group(&mut self, shared: &Shared, jobs: Vec<Job>) -> Result<Lsn, GroupError> {
         if let Some(reason) = poisoned(shared) {
-            return Err(GroupError(reason));
+            // A group before this one failed: nothing of this one is written.
+            return Err(GroupError {
+                reason,
+                written: false,
+            });
         }
         let Some(last) = jobs.last().map(|j| j.lsn) else {
             // Unreachable: a leader's own entry is always in its group.
@@ -832,11 +847,15 @@ pub(super) fn poison(shared: &Shared, reason: String) {
     shared.durable.send_modify(|_| {});
 }
 
-/// Poisons the database; the group's error says why.
+/// Poisons the database; the group's error says why (and that its
+/// entries may have been written).
 fn fail(shared: &Shared, reason: impl Into<String>) -> GroupError {
     let reason = reason.into();
     poison(shared, reason.clone());
-    GroupError(reason)
+    GroupError {
+        reason,
+        written: true,
+    }
 }
 
 fn poisoned(shared: &Shared) -> Option<String> {

@@ -154,9 +154,10 @@ pub struct Limits {
     pub idle_timeout: std::time::Duration,
     /// The longest a client may take over its TLS handshake.
     pub handshake_timeout: std::time::Duration,
-    /// Handshakes in progress from one address at once (None: an eighth
-    /// of the handshake pool, at least 4): one host's flood of sockets
-    /// cannot keep every other host out for the handshake timeout.
+    /// Handshakes in progress from one address at once (None: a quarter
+    /// of the handshake pool, at least 8; IPv6 counted per /64): one
+    /// host's flood of sockets cannot keep every other host out for the
+    /// handshake timeout.
     pub handshakes_per_ip: Option<usize>,
 }
 
@@ -193,7 +194,13 @@ impl PerIp {
 
     /// A place for a handshake from `ip`, if it has fewer than `max`.
     fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpPlace> {
-        let ip = ip.to_canonical();
+        // One IPv6 host usually holds a whole /64.
+        let ip = match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+            v4 => v4,
+        };
         let mut counts = lock(&self.counts);
         let n = counts.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -468,7 +475,7 @@ impl Node {
         let pool = (limits.max_connections / 4).max(16);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(pool));
         let per_ip = Arc::new(PerIp::new(
-            limits.handshakes_per_ip.unwrap_or((pool / 8).max(4)),
+            limits.handshakes_per_ip.unwrap_or((pool / 4).max(8)),
         ));
         loop {
             tokio::select! {
@@ -741,10 +748,30 @@ impl Node {
                 let resp = self.read(r).await;
                 self.published(resp).await
             }
-            Request::Copy(r) => self.copy(r).await,
-            Request::Admin(r) => self.admin(r).await,
-            Request::Operation(r) => self.operation(r).await,
-            Request::Recovery(op) => self.recovery(conv, op).await,
+            // What these answer (job texts, topologies, task reports,
+            // recovery steps) may rest on engine records' commits too.
+            Request::Copy(r) => {
+                let resp = self.copy(r).await;
+                self.published(resp).await
+            }
+            Request::Admin(r) => {
+                let resp = self.admin(r).await;
+                self.published(resp).await
+            }
+            Request::Operation(r) => {
+                // A replicate's confirmation is of master commits shipped
+                // once durable: a wait for it shows nothing else.
+                let shows = !matches!(r, crate::wire::OperationRequest::WaitConfirmed { .. });
+                let resp = self.operation(r).await;
+                match shows {
+                    true => self.published(resp).await,
+                    false => resp,
+                }
+            }
+            Request::Recovery(op) => {
+                let resp = self.recovery(conv, op).await;
+                self.published(resp).await
+            }
             Request::Link(r) => self.link(conv, r).await,
         }
     }
@@ -754,12 +781,11 @@ impl Node {
     /// `resp`, once every commit it could carry is durable; if the
     /// database stops first (a failed write or sync), an `Unavailable`
     /// error instead: no reader is answered with a commit a failed sync
-    /// takes back (see [`Database::durable_through`]). The wait is at most
-    /// the sync of the group in flight, and none when the log is idle.
+    /// takes back (see [`Database::durable_through`]). Errors too: "record
+    /// exists" or `AlreadyCommitted` can rest on a commit not yet durable.
+    /// The wait is the syncs of the groups queued when the answer was
+    /// ready (one or two), and none when the log is idle.
     async fn published(&self, resp: Response) -> Response {
-        if matches!(resp, Response::Error { .. }) {
-            return resp;
-        }
         let seen = self.db.last_lsn();
         match self.db.durable_through(seen).await {
             Ok(()) => resp,
@@ -773,10 +799,14 @@ impl Node {
 
 impl Node {
     /// A session's step, its answer held back by [`Node::published`] when
-    /// it carries a record read.
+    /// it could show another transaction's commit: a record read (or its
+    /// absence) and an error. A transaction's own commit (a later answer)
+    /// is answered once durable already. A store's, update's or delete's
+    /// `Ok` inside an open transaction may rest on a commit not yet durable;
+    /// that transaction commits only after it, and fails with it.
     fn published_step(self: &Arc<Self>, step: session::Step) -> session::Step {
         match step {
-            session::Step::Now(resp) if carries_records(&resp) => {
+            session::Step::Now(resp) if could_show_commits(&resp) => {
                 let node = self.clone();
                 session::Step::Later(Box::pin(async move { node.published(resp).await }))
             }
@@ -785,7 +815,7 @@ impl Node {
                 let node = self.clone();
                 session::Step::Later(Box::pin(async move {
                     let resp = f.await;
-                    if carries_records(&resp) {
+                    if could_show_commits(&resp) {
                         node.published(resp).await
                     } else {
                         resp
@@ -796,10 +826,15 @@ impl Node {
     }
 }
 
-/// Whether a session's answer carries a record read (a batch answers with
-/// its last command's answer).
-fn carries_records(resp: &Response) -> bool {
-    matches!(resp, Response::Record(Some(_)))
+/// Whether a session's answer could show another transaction's commit (a
+/// batch answers with its last command's answer): a record read, or an
+/// error, but for a commit's own `OutcomeUnknown` (it says what it must).
+fn could_show_commits(resp: &Response) -> bool {
+    match resp {
+        Response::Record(_) => true,
+        Response::Error { code, .. } => *code != ErrorCode::OutcomeUnknown,
+        _ => false,
+    }
 }
 
 #[derive(Default)]

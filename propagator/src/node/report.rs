@@ -283,7 +283,7 @@ impl Task {
         let mut notes = Vec::new();
         if copy_horizon.is_none() {
             notes.push(format!(
-                "no catalogued copy of master {} exists: nothing may be deleted (a log record is deleted only when every replicate has durably confirmed it and it is older than the master's most recent copy)",
+                "no copy of master {} is catalogued in this node's copy area (node run --copy-area): nothing may be deleted (a log record is deleted only when every replicate has durably confirmed it and it is older than the master's most recent copy)",
                 ctx.master.name
             ));
         }

@@ -1238,8 +1238,8 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
         assert!(r.is_ok(), "{r:?}");
     }
     // Now the leader's sync fails: its group and the one queued behind it
-    // fail, their committers are told the outcome is unknown, and nothing
-    // of either survives.
+    // fail (the leader's told its outcome is unknown, those queued behind
+    // it that they were never written), and nothing of either survives.
     let (leader, queued) = queue_behind_held_sync(&db, &mem, 20, 21..=28);
     // The queued commits are in the latest state (later transactions build
     // on them), but a reader who saw them is answered only once they are
@@ -1259,8 +1259,8 @@ fn a_failed_group_sync_fails_every_commit_queued_in_it_and_none_survives() {
     for h in queued {
         let r = join_within("a queued commit", h);
         assert!(
-            matches!(r, Err(DbError::OutcomeUnknown(_))),
-            "a commit queued behind a failed sync must fail, its outcome unknown: {r:?}"
+            matches!(r, Err(DbError::Poisoned(_))),
+            "a commit queued behind a failed sync must fail, known not written: {r:?}"
         );
     }
     let r = join_within("the reader", reader);
