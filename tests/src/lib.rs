@@ -103,7 +103,14 @@ pub fn tls_connect_as(
     addr: std::net::SocketAddr,
     name: &str,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tls_over(std::net::TcpStream::connect(addr).expect("connect"), name)
+}
+
+/// A TLS client over `tcp` with the test run's certificate `name`.
+fn tls_over(
+    tcp: std::net::TcpStream,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
     let server = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
@@ -124,14 +131,7 @@ pub fn tls_connect_from(
     let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
     bind(&fd, &std::net::SocketAddr::new(from, 0)).expect("bind the source address");
     connect(&fd, &addr).expect("connect");
-    let tcp = std::net::TcpStream::from(fd);
-    tcp.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let server = rustls::pki_types::ServerName::try_from(propagator::net::NODE_SERVER_NAME)
-        .expect("server name");
-    let conn = rustls::ClientConnection::new(credentials(name).client_config(), server)
-        .expect("client connection");
-    rustls::StreamOwned::new(conn, tcp)
+    tls_over(std::net::TcpStream::from(fd), name)
 }
 
 /// One request over a raw stream (a frame out, a frame back).
