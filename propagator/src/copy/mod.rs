@@ -57,6 +57,19 @@ pub const COPY_MAGIC: &[u8; 8] = b"ETPCOPY1";
 /// The copy format this engine writes and reads.
 pub const COPY_FORMAT: u32 = 1;
 const FRAME_HEADER: usize = 8;
+
+/// How deep a copy frame's MessagePack may nest: a frame nests a few
+/// levels, and skipping a crafted one nested hundreds deep (rmp-serde's
+/// own bound is 1024) overflowed a 2 MiB thread stack (found by fuzzing;
+/// a node restores on such threads).
+const MAX_FRAME_DEPTH: usize = 32;
+
+/// Decodes a frame's payload, nested at most [`MAX_FRAME_DEPTH`] deep.
+fn shallow<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_FRAME_DEPTH);
+    T::deserialize(&mut de)
+}
 /// The largest frame payload accepted when reading.
 const MAX_FRAME: usize = 64 << 20;
 const SCAN_RECORDS: usize = 16_384;
@@ -641,7 +654,7 @@ impl CopyReader {
         let Some(at) = self.next_payload()? else {
             return Ok(None);
         };
-        let frame: CopyFrame = rmp_serde::from_slice(&self.buf)
+        let frame: CopyFrame = shallow(&self.buf)
             .map_err(|e| self.damaged(at, format!("frame does not decode: {e}")))?;
         Ok(Some((at, frame)))
     }
@@ -715,7 +728,7 @@ impl CopyReader {
             }
         }
         self.read_payload(at, len, crc)?;
-        let frame: Skimmed = rmp_serde::from_slice(&self.buf)
+        let frame: Skimmed = shallow(&self.buf)
             .map_err(|e| self.damaged(at, format!("frame does not decode: {e}")))?;
         Ok(Some((at, frame)))
     }
