@@ -16,3 +16,11 @@ pub enum Outcome {
     /// A check ran and found a problem (exit 1).
     Problem,
 }
+
+/// Whether two paths name the same directory (compared resolved, as given
+/// when one cannot be resolved).
+pub fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let resolved =
+        |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    resolved(a) == resolved(b)
+}

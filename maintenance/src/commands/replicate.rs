@@ -583,9 +583,10 @@ pub fn cleanup(a: CleanupArgs, execute: bool) -> anyhow::Result<Outcome> {
                 Response::Info(i) => i.copy_area,
                 _ => None,
             };
-            let canon =
-                |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            if node_area.as_deref().map(std::path::Path::new).map(canon) != Some(canon(given)) {
+            let same = node_area
+                .as_deref()
+                .is_some_and(|n| maintenance::same_dir(std::path::Path::new(n), given));
+            if !same {
                 eprintln!(
                     "note: node {addr} bounds its cleanup by its own copy area ({}), not --area {} (which only names the replicate copies a cleanup would strand)",
                     node_area.as_deref().unwrap_or("none: nothing is deleted"),

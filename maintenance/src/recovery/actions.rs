@@ -192,12 +192,10 @@ impl Exec<'_> {
             // Each node restores from its own copy area: before anything
             // is restored, every one must be the area this plan chose its
             // sets from (the nodes of a plan share one machine's paths).
-            let same = info.copy_area.as_deref().is_some_and(|a| {
-                std::fs::canonicalize(a)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| a.to_string())
-                    == area
-            });
+            let same = info
+                .copy_area
+                .as_deref()
+                .is_some_and(|a| crate::same_dir(Path::new(a), Path::new(&area)));
             if !same {
                 bail!(
                     "node {addr} restores from its own copy area ({}), not from --area {area}: start it with --copy-area {area}",

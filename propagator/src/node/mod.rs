@@ -736,44 +736,30 @@ impl Node {
     /// operator actions (`operations`), recovery steps (`recovery`), and the
     /// replicate side of a link (`link`).
     async fn handle(self: &Arc<Self>, conv: &mut Conversation, req: Request) -> Response {
-        match req {
+        // Whatever an answer could show (records, job texts, topologies,
+        // task reports, recovery steps) may rest on a commit not yet
+        // durable: it is held back by `published`. Not a session's (its
+        // step says), a link's, or a wait for a replicate's confirmation
+        // (of master commits shipped once durable).
+        let resp = match req {
             Request::Session(r) => {
                 let step = self.session(conv, r).await;
-                match self.published_step(step) {
+                return match self.published_step(step) {
                     session::Step::Now(resp) => resp,
                     session::Step::Later(f) => f.await,
-                }
+                };
             }
-            Request::Read(r) => {
-                let resp = self.read(r).await;
-                self.published(resp).await
+            Request::Link(r) => return self.link(conv, r).await,
+            Request::Operation(r @ crate::wire::OperationRequest::WaitConfirmed { .. }) => {
+                return self.operation(r).await
             }
-            // What these answer (job texts, topologies, task reports,
-            // recovery steps) may rest on engine records' commits too.
-            Request::Copy(r) => {
-                let resp = self.copy(r).await;
-                self.published(resp).await
-            }
-            Request::Admin(r) => {
-                let resp = self.admin(r).await;
-                self.published(resp).await
-            }
-            Request::Operation(r) => {
-                // A replicate's confirmation is of master commits shipped
-                // once durable: a wait for it shows nothing else.
-                let shows = !matches!(r, crate::wire::OperationRequest::WaitConfirmed { .. });
-                let resp = self.operation(r).await;
-                match shows {
-                    true => self.published(resp).await,
-                    false => resp,
-                }
-            }
-            Request::Recovery(op) => {
-                let resp = self.recovery(conv, op).await;
-                self.published(resp).await
-            }
-            Request::Link(r) => self.link(conv, r).await,
-        }
+            Request::Read(r) => self.read(r).await,
+            Request::Copy(r) => self.copy(r).await,
+            Request::Admin(r) => self.admin(r).await,
+            Request::Operation(r) => self.operation(r).await,
+            Request::Recovery(op) => self.recovery(conv, op).await,
+        };
+        self.published(resp).await
     }
 }
 
