@@ -309,12 +309,22 @@ fn hot_copy_restore_regenerate_and_damage() {
     let reached = r.restored.lsn;
     assert!(reached >= mid.0);
     assert_eq!(content(&into, MASTER), state_at(&hist, MASTER, reached));
+    // A master set back (here into a new database) is in a later
+    // incarnation than the copy's, so the seqs it gives out next are
+    // told apart from those its replicates confirmed.
+    assert_eq!(incarnation(&into), incarnation(&db) + 1);
     into.close().expect("close");
 
     // Backout of the master to that time gives the same master, and the
     // log at the seq it had then.
     let mut seen = Vec::new();
+    let inc = incarnation(&db);
     let b = restore::backout(&db, MASTER, mid.1, &mut |p| seen.push(p.clone())).expect("backout");
+    assert_eq!(
+        incarnation(&db),
+        inc + 1,
+        "a backout raises the incarnation"
+    );
     // It reports reading the log, then rewriting every record of the
     // master and its log from the page store.
     let read = seen.iter().filter(|p| p.phase == "read log").count();
@@ -607,4 +617,12 @@ fn a_roll_forward_or_backout_across_a_bulk_chunk_is_refused_and_one_short_of_it_
     commit(next, 9);
     regenerate(Target::End, "r3").expect("from the set after the bulk chunk");
     db.close().expect("close");
+}
+
+/// A master's incarnation in `db`.
+fn incarnation(db: &Database) -> u32 {
+    match db.file(MASTER).expect("master").role {
+        propagator::Role::Master { incarnation, .. } => incarnation,
+        r => panic!("file {MASTER} is a {} file", r.name()),
+    }
 }

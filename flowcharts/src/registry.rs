@@ -127,6 +127,7 @@ pub const STANDARD_PROBES: &[(&str, &str)] = &[
     ("master_damaged", "a master file (or its database's page store) cannot be opened or its digest disagrees with the PLOG: damaged, not merely unreachable"),
     ("log_damaged", "the master's log file cannot be opened, fails its digest, has a seq gap, or its last entry's master digest disagrees with the master"),
     ("replicate_damaged", "a replicate file cannot be opened or its digest disagrees with the digest its confirmation recorded"),
+    ("replicate_diverged", "a replicate holds another history than its master's: its confirmation names a later incarnation than the master's, a seq past the master's level, or a seq the master's log holds from another incarnation (the master was set back behind it), or its digest disagrees with the master's at the seq it confirms"),
     ("confirmation_damaged", "a confirmation file cannot be opened, fails its digest check, or names an (incarnation, seq) the master's log never had"),
     ("master_isolated", "a master cannot reach one or more of its replicates' databases, or a replication task stopped on a link failure"),
     // case 1
@@ -184,6 +185,7 @@ pub const STANDARD_ACTIONS: &[ActionEntry] = &[
     ("restore_master_from_full_replicate", "load the master from the source full replicate; the master's level becomes that replicate's confirmation level", &[TARGET, SOURCE]),
     ("rerun_failed_transactions", "resubmit the journaled client transactions that failed while the master was unavailable; an id already committed is refused as done, so nothing applies twice", &[TARGET]),
     ("reapply_recoverable_transactions", "collect, in commit order, the transactions committed after the restored level that the readable PLOG and client journals still hold, and rerun them as new ET transactions so they are logged and propagate", &[TARGET]),
+    ("record_lost_seqs", "record in the recovery journal, per target replicate, the seqs it held that its master's history no longer has (lost with the master's rewind), for the operator and the audit", &[TARGET]),
     ("record_gap", "record in the recovery journal the master levels lost for good (after the restored level and not recoverable), for the operator and the audit", &[TARGET]),
     ("restore_admin_from_copy", "restore only the administration file from its newest catalogued copy (masters and logs keep their level: replication positions live in confirmation files)", &[]),
     ("restore_admin_from_export", "rebuild the administration file by applying the newest topology export (TOML)", &[SOURCE]),
@@ -205,6 +207,7 @@ pub const STANDARD_VARIABLES: &[(&str, &str)] = &[
     ("replicates", "every replicate of the master"),
     ("ahead_replicates", "the replicates whose confirmation is beyond the restored master's level"),
     ("full_replicate", "the newest undamaged full replicate of the master"),
+    ("diverged_replicates", "the replicates holding another history than their master's (ahead of it, or at a seq of another incarnation)"),
     ("stale_replicates", "the replicates whose in-use or error marks no longer match reality"),
     ("admin", "the administration file"),
     ("topology_export", "the newest topology export (TOML)"),

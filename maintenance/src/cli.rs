@@ -786,6 +786,28 @@ pub enum MasterCommand {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         log: u32,
     },
+    /// A master's incarnation: the history its seqs belong to.
+    #[command(subcommand)]
+    Incarnation(IncarnationCommand),
+}
+
+#[derive(Subcommand)]
+pub enum IncarnationCommand {
+    /// Raise a master's incarnation through its running node, so the seqs
+    /// it gives out from now on are never mistaken for ones its replicates
+    /// confirmed before (after setting the master back by hand). Its
+    /// task's feeders stop while it is raised and start again if they ran;
+    /// a replicate ahead of the master is then found at its link open.
+    Raise {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The master's file number.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        master: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]

@@ -66,6 +66,13 @@ impl LogRecord {
         self.before.as_ref().map_or(0, Vec::len) + self.after.as_ref().map_or(0, Vec::len)
     }
 
+    /// The base record a log refresh leaves (the master's level, no
+    /// change): it carries the incarnation of the refresh, not of the
+    /// history that led there.
+    pub fn is_base(&self) -> bool {
+        self.isn == Isn(0) && self.before.is_none() && self.after.is_none()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         rmp_serde::to_vec(self).expect("a log record always encodes")
     }

@@ -729,6 +729,10 @@ pub struct ReplicateReport {
     pub health: Health,
     pub consistency: Consistency,
     pub gaps: Vec<Gap>,
+    /// Found at its last link open to hold another history than its
+    /// master's (set until a load replaces it).
+    #[serde(default)]
+    pub diverged: Option<Divergence>,
     pub load: Option<LoadReport>,
     pub last_load: Option<LoadSummary>,
     pub last_error: Option<String>,
@@ -884,6 +888,38 @@ pub struct ErrorEntry {
     /// error, reset, shun, unshun, info
     #[serde(default)]
     pub kind: String,
+}
+
+/// A replicate holding another history than its master's: ahead of it
+/// (the master was set back behind it) or different at the seq it confirms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// What the replicate's confirmation file holds.
+    pub confirmed_seq: Seq,
+    pub confirmed_incarnation: u32,
+    /// The master's level (its log's last seq) and incarnation when found.
+    pub master_seq: Seq,
+    pub master_incarnation: u32,
+    /// The seqs the replicate holds that its master's history does not
+    /// (lost with the master's rewind): `master_seq + 1 ..= confirmed_seq`
+    /// when it is ahead, else from the first seq the two disagree on.
+    pub lost_from: Seq,
+    pub why: String,
+    pub time_us: i64,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "diverged: it confirms seq {} of incarnation {}, its master stands at seq {} of incarnation {}: {}",
+            self.confirmed_seq,
+            self.confirmed_incarnation,
+            self.master_seq,
+            self.master_incarnation,
+            self.why
+        )
+    }
 }
 
 /// Master changes a replicate skipped, recorded for good.

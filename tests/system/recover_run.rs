@@ -1113,3 +1113,120 @@ fn rebuild_from_a_lagging_full_replicate(mut s: Scene, slow: Option<&FaultProxy>
     s.model = kept;
     s.store_and_prove(21..=25, 58);
 }
+
+/// The master's incarnation, as its node's catalog defines it.
+fn incarnation(s: &Scene) -> u32 {
+    use propagator::wire::{ReadRequest, Request};
+    let mut c = s.cl.master().client().expect("client");
+    match c.call(&Request::Read(ReadRequest::Files)).expect("files") {
+        Response::Files { files, .. } => files
+            .iter()
+            .find(|d| d.fnr == MASTER)
+            .and_then(|d| match d.role {
+                propagator::Role::Master { incarnation, .. } => Some(incarnation),
+                _ => None,
+            })
+            .expect("the master's definition"),
+        other => panic!("Files: {other:?}"),
+    }
+}
+
+/// Issue 21 items 1 and 5: a master restored by hand (offline `copy
+/// restore` of an older copy set) behind its replicates. The restore
+/// raises the master's incarnation; each replicate is found diverged at
+/// its next link open, before anything is fed; triage sends it to a reload
+/// (not to case 1's resync), the lost seqs are journaled, and afterwards
+/// every replicate equals the master. An operator's `master incarnation
+/// raise` afterwards leaves the replicates streaming.
+#[test]
+fn a_master_restored_behind_its_replicates_is_found_diverged_and_the_replicates_reloaded() {
+    let mut s = Scene::new();
+    let area = s.dir("area");
+    s.take_master_copy();
+    let at_copy = s.model.clone();
+    let copy_seq = s.cl.task_status().expect("status").master_seq;
+    s.store(1..=40, 50);
+    let (ahead, _) = s.cl.wait_converged(CONVERGE).expect("converged");
+    let before = incarnation(&s);
+    let full_before = s.cl.dump(1, maintenance::cluster::FULL).expect("dump");
+    // The hand restore, on the stopped master's data directory.
+    s.cl.nodes[0].stop().expect("stop");
+    let data = s.cl.nodes[0].data.display().to_string();
+    ok(&etp(&[
+        "copy", "restore", "--file", "10", "--area", &area, "--data", &data,
+    ]));
+    s.cl.nodes[0].restart().expect("restart");
+    s.model = at_copy;
+    assert_eq!(
+        incarnation(&s),
+        before + 1,
+        "the restore raises the incarnation"
+    );
+    // Both replicates are stopped as diverged at their link open.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = s.cl.task_status().expect("status");
+        let diverged: Vec<_> = t
+            .replicates
+            .iter()
+            .filter(|r| r.diverged.is_some())
+            .collect();
+        if diverged.len() == 2 {
+            for r in diverged {
+                assert_eq!(r.state, ReplicaState::Error, "{r:?}");
+                let d = r.diverged.as_ref().expect("diverged");
+                assert_eq!(d.confirmed_seq, ahead, "{r:?}");
+                assert_eq!(d.master_seq, copy_seq, "{r:?}");
+                assert_eq!(d.lost_from.0, copy_seq.0 + 1, "{r:?}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicates not found diverged: {t:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The master takes writes again (seqs given out again, in the new
+    // incarnation); nothing reaches the diverged replicates.
+    s.store(1..=5, 70);
+    assert_eq!(
+        s.cl.dump(1, maintenance::cluster::FULL).expect("dump"),
+        full_before,
+        "nothing was fed to a diverged replicate"
+    );
+    let (code, v, dt) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(leaf(&v), "reload_diverged", "{v}");
+    let (events, et) = s.recover(&["--area", &area]);
+    let lost = detail(&events, "record_lost_seqs");
+    assert!(
+        lost.contains(&format!("items_full: seqs {} to {ahead}", copy_seq.0 + 1)),
+        "{lost}"
+    );
+    let journal = journal_text(&s);
+    assert!(
+        journal.contains("\"replicate\":\"items_full\""),
+        "{journal}"
+    );
+    s.store_and_prove(6..=10, 71);
+    figure("diverged", dt, et, &events);
+    // An operator's raise: the replicates keep streaming (the seqs they
+    // confirm keep their incarnation in the master's log).
+    let raised = ok(&etp(&[
+        "master",
+        "incarnation",
+        "raise",
+        "--node",
+        &s.m(),
+        "--master",
+        "10",
+        "--json",
+    ]));
+    assert!(
+        raised.contains(&format!("\"incarnation\":{}", before + 2)),
+        "{raised}"
+    );
+    assert_eq!(incarnation(&s), before + 2);
+    s.store_and_prove(11..=15, 72);
+}

@@ -1,7 +1,7 @@
 //! `etp file …`, `etp master define`, `etp exec`.
 
 use super::open_or_context;
-use crate::cli::{ExecArgs, FileCommand, MasterCommand};
+use crate::cli::{ExecArgs, FileCommand, IncarnationCommand, MasterCommand};
 use crate::output;
 use crate::Outcome;
 use anyhow::{bail, Context};
@@ -164,7 +164,61 @@ pub fn run_master(c: MasterCommand) -> anyhow::Result<Outcome> {
             );
             Ok(Outcome::Ok)
         }
+        MasterCommand::Incarnation(IncarnationCommand::Raise { node, master, json }) => {
+            raise_incarnation(node.node, Fnr(master), json)
+        }
     }
+}
+
+/// Raises a master's incarnation on its node, its task's feeders started
+/// again afterwards if they ran before.
+fn raise_incarnation(
+    addr: std::net::SocketAddr,
+    master: Fnr,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    use maintenance::recovery::ask;
+    use propagator::wire::{
+        OperationRequest, RecoveryOp, Request, Response, TaskAction, TaskState,
+    };
+    let ran = match ask(addr, &Request::Operation(OperationRequest::TaskStatus))? {
+        Response::Tasks(ts) => ts
+            .iter()
+            .any(|t| t.master == master && t.state == TaskState::Running),
+        other => bail!("node {addr} answered {other:?} to TaskStatus"),
+    };
+    let v = match ask(
+        addr,
+        &Request::Recovery(RecoveryOp::RaiseIncarnation { master }),
+    )? {
+        Response::Text(t) => serde_json::from_str::<serde_json::Value>(&t)
+            .with_context(|| format!("node {addr} answered {t:?}"))?,
+        other => bail!("node {addr} answered {other:?} to RaiseIncarnation"),
+    };
+    if ran {
+        ask(
+            addr,
+            &Request::Operation(OperationRequest::TaskControl {
+                master: Some(master),
+                action: TaskAction::Start,
+            }),
+        )?;
+    }
+    if json {
+        output::json(&v);
+    } else {
+        println!(
+            "master {master}: incarnation {} (LSN {}){}",
+            v["incarnation"],
+            v["lsn"],
+            if ran {
+                "; its task's feeders started again"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Outcome::Ok)
 }
 
 pub fn exec(a: ExecArgs) -> anyhow::Result<Outcome> {

@@ -290,6 +290,7 @@ impl Exec<'_> {
                 self.rerun_journaled(b)
             }
             Action::RecordGap => self.record_gap(b, journal),
+            Action::RecordLostSeqs => self.record_lost_seqs(b, journal),
             Action::RestoreAdminFromExport => self.restore_admin_from_export(b),
             Action::VerifyDefinitions => verify_definitions(self.probes),
             Action::ResetError => self.reset_errors(b),
@@ -541,6 +542,42 @@ impl Exec<'_> {
         }
     }
 
+    /// Journals, per diverged replicate, the seqs it held that its
+    /// master's history lost (as the diagnosis found them, before a reload
+    /// replaces them).
+    fn record_lost_seqs(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for t in &b.targets {
+            let Target::Replicate { name, .. } = t else {
+                continue;
+            };
+            let Some(r) = self.probes.reps.iter().find(|r| &r.name == name) else {
+                bail!("replicate {name} is not in the diagnosis");
+            };
+            let Some(d) = &r.diverged else {
+                out.push(format!("{name}: not diverged"));
+                continue;
+            };
+            let master = self
+                .probes
+                .masters
+                .iter()
+                .find(|m| m.db == r.master_db && m.fnr == r.master)
+                .map_or_else(|| r.master.to_string(), |m| m.name.clone());
+            journal.append(Line::Gap {
+                master: master.clone(),
+                from_seq: d.lost_from.0,
+                to_seq: d.confirmed_seq.0,
+                replicate: Some(name.clone()),
+            })?;
+            out.push(format!(
+                "{name}: seqs {} to {} of incarnation {} are not in master {master}'s history (recorded; {})",
+                d.lost_from, d.confirmed_seq, d.confirmed_incarnation, d.why
+            ));
+        }
+        Ok(out.join("; "))
+    }
+
     /// Journals the seqs lost for good: the plan-time level above the level now.
     fn record_gap(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
         let mut out = Vec::new();
@@ -567,6 +604,7 @@ impl Exec<'_> {
                     master: name.to_string(),
                     from_seq: now + 1,
                     to_seq: before,
+                    replicate: None,
                 })?;
                 out.push(format!(
                     "{name}: seqs {} to {before} are lost for good (recorded)",

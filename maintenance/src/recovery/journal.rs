@@ -55,6 +55,10 @@ pub(crate) enum Line {
         master: String,
         from_seq: u64,
         to_seq: u64,
+        /// The replicate that held the lost seqs (a diverged replicate
+        /// reloaded); None: seqs the master lost for good.
+        #[serde(default)]
+        replicate: Option<String>,
     },
     End {
         leaf: String,

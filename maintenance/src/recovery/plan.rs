@@ -152,6 +152,7 @@ actions! {
     ReapplyRecoverableTransactions = "reapply_recoverable_transactions",
     RebuildLogToMasterLevel = "rebuild_log_to_master_level",
     RecordGap = "record_gap",
+    RecordLostSeqs = "record_lost_seqs",
     RefreshLog = "refresh_log",
     RegenerateToEnd = "regenerate_to_end",
     ReinitReplicate = "reinit_replicate",
@@ -300,6 +301,12 @@ pub(crate) fn resolve(var: &str, p: &LiveProbes) -> anyhow::Result<Vec<Target>> 
                 .into_iter()
                 .collect()
         }
+        "diverged_replicates" => p
+            .reps
+            .iter()
+            .filter(|r| r.diverged.is_some())
+            .map(|r| rep_target(r, p))
+            .collect(),
         "stale_replicates" => p
             .reps
             .iter()

@@ -430,7 +430,13 @@ fn prepare(db: &Database, set: &CopySet) -> Result<(), SetError> {
         .map(|f| f.def.fnr)
         .collect();
     for fnr in members {
-        db.begin_restore(fnr, &format!("copy set {}", set.id))?;
+        // A master's incarnation goes above the copy's as well as its own
+        // (a new database's master starts at 0).
+        let floor = match set.member(fnr).map(|m| &m.copy.def.role) {
+            Some(Role::Master { incarnation, .. }) => *incarnation,
+            _ => 0,
+        };
+        db.begin_restore_above(fnr, &format!("copy set {}", set.id), floor)?;
     }
     Ok(())
 }
@@ -967,6 +973,12 @@ pub fn backout(
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default()
         );
+    }
+    if commits > 0 && matches!(def.role, Role::Master { .. }) {
+        // The master is set back: the seqs it gives out next must not pass
+        // for the ones its replicates confirmed before.
+        let (inc, _) = db.raise_incarnation(fnr)?;
+        tracing::warn!(file = %fnr, incarnation = inc, "master backed out: incarnation raised");
     }
     let mut out = Vec::new();
     let mut records = 0;

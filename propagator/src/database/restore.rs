@@ -59,12 +59,42 @@ impl Database {
     /// marked as being restored — damaged, across restarts, until the
     /// restore's last chunk ([`Database::restore_range`] with `last`) proves
     /// it. `why` says what the restore is for.
+    ///
+    /// A master's content is set back by any restore, so the same commit
+    /// raises its incarnation ([`Database::begin_restore_above`]): a crash
+    /// anywhere in the restore leaves the raised incarnation, and the seqs
+    /// it gives out next can never be mistaken for the ones a replicate
+    /// confirmed before.
     pub fn begin_restore(&self, fnr: Fnr, why: &str) -> Result<FileMeta, DbError> {
+        self.begin_restore_above(fnr, why, 0)
+    }
+
+    /// [`Database::begin_restore`], with a master's new incarnation above
+    /// `floor` as well as above its current one (a copy's incarnation, when
+    /// the master is restored into a new database).
+    pub fn begin_restore_above(
+        &self,
+        fnr: Fnr,
+        why: &str,
+        floor: u32,
+    ) -> Result<FileMeta, DbError> {
         let (def, meta) = self.baseline(fnr)?;
+        let role = match def.role {
+            Role::Master { log, incarnation } => {
+                let next = incarnation.max(floor).saturating_add(1);
+                tracing::warn!(file = %fnr, incarnation = next, why, "master set back: incarnation raised");
+                Role::Master {
+                    log,
+                    incarnation: next,
+                }
+            }
+            r => r,
+        };
         self.commit(
             vec![
                 CatalogOp::Define(FileDef {
                     restoring: Some(why.to_string()),
+                    role,
                     ..def
                 }),
                 CatalogOp::Rebase(meta),

@@ -94,6 +94,10 @@ pub struct ReplicateControl {
     pub last_load: Option<LoadSummary>,
     /// Set while a copy set is being restored into it (backup).
     pub restoring: Option<String>,
+    /// Found holding another history than its master's (cleared by the
+    /// load that replaces it).
+    #[serde(default)]
+    pub diverged: Option<crate::wire::Divergence>,
 }
 
 impl ReplicateControl {

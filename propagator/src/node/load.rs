@@ -874,6 +874,7 @@ pub(super) async fn finish_order(
             // A reload makes the replicate whole again.
             r.gaps.clear();
             r.error = None;
+            r.diverged = None;
             r.log("info", &format!("load {id} finished at seq {seq}"));
             if summary.is_some() {
                 r.last_load = summary;

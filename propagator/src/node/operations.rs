@@ -322,6 +322,8 @@ impl Node {
                             &format!("restore mark cleared by the operator: {why}"),
                         );
                     }
+                    // Still diverged, the next link open finds it again.
+                    r.diverged = None;
                     let what = r
                         .error
                         .take()

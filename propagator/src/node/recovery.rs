@@ -18,7 +18,9 @@ impl Node {
         // restore and its roll-forward (a restarted node forgets a quiesce:
         // the plan asserts it again when it resumes).
         let touches_master = match &op {
-            RecoveryOp::RefreshLog { .. } | RecoveryOp::RaiseIncarnation { .. } => true,
+            // (Raising an incarnation rewrites nothing: the commits
+            // after it simply carry the new one.)
+            RecoveryOp::RefreshLog { .. } => true,
             RecoveryOp::Restore { file, .. } | RecoveryOp::RestoreRange { file, .. } => {
                 db.files().iter().any(|f| {
                     f.def.fnr == *file

@@ -114,6 +114,7 @@ impl Task {
                         Consistency::ConsistentExceptGaps
                     },
                     gaps: ctl.gaps.clone(),
+                    diverged: ctl.diverged.clone(),
                     load,
                     last_load: ctl.last_load.clone(),
                     last_error: s.last_error.clone(),

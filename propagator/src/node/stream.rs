@@ -104,6 +104,23 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
                     return;
                 }
             }
+            Stop::Diverged(d) => {
+                let msg = d.to_string();
+                tracing::error!(replicate = %name, error = %msg, "replicate diverged from its master");
+                record_error(&ctx, &f, &msg).await;
+                let c = ctx.control.clone();
+                let n2 = name.clone();
+                if let Err(e) =
+                    blocking(move || c.update_replicate(&n2, |r| r.diverged = Some(d))).await
+                {
+                    tracing::error!(replicate = %name, error = %e, "cannot record the divergence");
+                }
+                // Retrying feeds nothing: the replicate must be reloaded.
+                f.set_phase(format!(
+                    "stopped ({msg}; etp replicate reinit {name} reloads it from the master)"
+                ));
+                return;
+            }
             Stop::Refused(msg) => {
                 tracing::error!(replicate = %name, error = %msg, "replicate in error: load refused");
                 record_error(&ctx, &f, &msg).await;
@@ -314,19 +331,49 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                 "its definition (fields or predicate) changed since it was loaded".into(),
             );
         }
+        if let Some(c) = &state.confirmation {
+            match super::feeder::divergence(ctx, c).await {
+                Ok(Some(d)) => return Stop::Diverged(d),
+                Ok(None) => {}
+                Err(e) => return Stop::Fatal(e.to_string()),
+            }
+        }
         let expected = match expected_at(ctx, f, conf_seq).await {
             Ok(m) => m,
             Err(e) => return Stop::Fatal(e.to_string()),
         };
         if state.digest != expected.digest || state.count != expected.count {
-            let damage = state
-                .damaged
-                .map(|d| format!(" (its node reports: {d})"))
-                .unwrap_or_default();
-            return Stop::Fatal(format!(
-                "replicate {name} at seq {conf_seq}: digest {} over {} records, but the master expects digest {} over {} records{damage}",
+            let what = format!(
+                "at seq {conf_seq} it holds digest {} over {} records, but the master expects digest {} over {} records",
                 state.digest, state.count, expected.digest, expected.count
-            ));
+            );
+            return match (state.damaged, &state.confirmation) {
+                // Undamaged, and at its recorded level: another history.
+                (None, Some(c)) => {
+                    let last = ctx
+                        .db
+                        .file_info(ctx.log)
+                        .map_or(conf_seq, |i| Seq(i.meta.next_isn.saturating_sub(1)));
+                    let inc = match ctx.db.file_info(Fnr(ctx.master.file)).map(|i| i.def.role) {
+                        Ok(crate::catalog::Role::Master { incarnation, .. }) => incarnation,
+                        _ => c.incarnation,
+                    };
+                    Stop::Diverged(crate::wire::Divergence {
+                        confirmed_seq: conf_seq,
+                        confirmed_incarnation: c.incarnation,
+                        master_seq: last,
+                        master_incarnation: inc,
+                        lost_from: Seq(1),
+                        why: format!("{what} (its history differs from the master's)"),
+                        time_us: now_us(),
+                    })
+                }
+                (d, _) => Stop::Fatal(format!(
+                    "replicate {name}: {what}{}",
+                    d.map(|d| format!(" (its node reports: {d})"))
+                        .unwrap_or_default()
+                )),
+            };
         }
         (conf_seq, expected)
     };

@@ -19,7 +19,7 @@ use flowcharts::{Answer, Answers, Node, NodeKind};
 use propagator::node::client::Client;
 use propagator::topology::Valid;
 use propagator::wire::{AdminRequest, CopyRequest, OperationRequest, ReadRequest};
-use propagator::wire::{Request, Response, TaskReport};
+use propagator::wire::{Divergence, Request, Response, TaskReport};
 use propagator::{DbId, Fnr, Isn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -71,6 +71,8 @@ pub struct MasterFact {
     pub stat: Option<Stat>,
     pub log_stat: Option<Stat>,
     pub task: Option<TaskReport>,
+    /// Its incarnation, as its node's catalog defines it.
+    pub incarnation: Option<u32>,
 }
 
 impl MasterFact {
@@ -101,6 +103,9 @@ pub struct RepFact {
     /// What the master's task reports of it.
     pub state: Option<String>,
     pub reason: Option<String>,
+    /// It holds another history than its master's (ahead of it, or a seq
+    /// of another incarnation): what shows it.
+    pub diverged: Option<Divergence>,
 }
 
 impl RepFact {
@@ -243,6 +248,84 @@ fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<(u64, u32)>
     Some((c.seq.0, c.incarnation))
 }
 
+/// Whether a replicate's confirmation shows another history than its
+/// master's, read from the master's catalog and log (the feeder's own
+/// check at link open, made here whether or not a task has tried): a later
+/// incarnation than the master's, a seq past its level, or a seq its log
+/// holds from another incarnation.
+fn divergence(c: &mut Client, m: &MasterFact, r: &RepFact) -> Option<Divergence> {
+    let (seq, inc) = r.confirmed?;
+    let master_inc = m.incarnation?;
+    let level = m.level().unwrap_or(0);
+    let found = |lost_from: u64, why: String| Divergence {
+        confirmed_seq: propagator::Seq(seq),
+        confirmed_incarnation: inc,
+        master_seq: propagator::Seq(level),
+        master_incarnation: master_inc,
+        lost_from: propagator::Seq(lost_from),
+        why,
+        time_us: chrono::Utc::now().timestamp_micros(),
+    };
+    // The master's log record at a seq (None: it holds none there).
+    let mut at = |s: u64| -> Option<propagator::LogRecord> {
+        let Ok(Response::Records { items, .. }) = c.call(&Request::Read(ReadRequest::Dump {
+            file: m.log,
+            from: Isn(s),
+            limit: 1,
+        })) else {
+            return None;
+        };
+        let (isn, bytes) = items.first()?;
+        (*isn == Isn(s))
+            .then(|| propagator::LogRecord::decode(bytes).ok())
+            .flatten()
+    };
+    // Where the histories part: the first seq the master's log holds from
+    // a later incarnation than the replicate's (incarnations only rise
+    // along the log), else past the master's level.
+    let (mut lo, mut hi) = (1u64, level.min(seq) + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid).is_some_and(|r| r.incarnation > inc) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let lost_from = lo;
+    if inc > master_inc {
+        return Some(found(
+            lost_from,
+            format!(
+                "it confirms incarnation {inc}, later than master {}'s {master_inc}",
+                m.name
+            ),
+        ));
+    }
+    if seq > level {
+        return Some(found(
+            lost_from,
+            format!(
+                "it confirms seq {seq}, past master {}'s level {level}",
+                m.name
+            ),
+        ));
+    }
+    if seq == 0 {
+        return None;
+    }
+    let rec = at(seq)?;
+    (!rec.is_base() && rec.incarnation != inc).then(|| {
+        found(
+            lost_from.min(seq),
+            format!(
+                "master {}'s seq {seq} was written in incarnation {}, the replicate applied incarnation {inc}'s",
+                m.name, rec.incarnation
+            ),
+        )
+    })
+}
+
 fn topology_of(node: SocketAddr, export: Option<&Path>) -> anyhow::Result<(Valid, Option<String>)> {
     let export_text = match export {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
@@ -344,10 +427,23 @@ impl LiveProbes {
                 stat: None,
                 log_stat: None,
                 task: None,
+                incarnation: None,
             };
             if let Some(c) = clients.get_mut(&db) {
                 f.stat = stat(c, f.fnr);
                 f.log_stat = stat(c, f.log);
+                if let Ok(Response::Files { files, .. }) =
+                    c.call(&Request::Read(ReadRequest::Files))
+                {
+                    f.incarnation =
+                        files
+                            .iter()
+                            .find(|d| d.fnr == f.fnr)
+                            .and_then(|d| match d.role {
+                                propagator::Role::Master { incarnation, .. } => Some(incarnation),
+                                _ => None,
+                            });
+                }
                 if let Ok(Response::Tasks(ts)) =
                     c.call(&Request::Operation(OperationRequest::TaskStatus))
                 {
@@ -372,6 +468,7 @@ impl LiveProbes {
                 confirmed: None,
                 state: None,
                 reason: None,
+                diverged: None,
             };
             if let Some(c) = clients.get_mut(&db) {
                 f.stat = stat(c, f.file);
@@ -388,6 +485,17 @@ impl LiveProbes {
             {
                 f.state = Some(rep.state.to_string());
                 f.reason = rep.reason.clone();
+                f.diverged = rep.diverged.clone();
+            }
+            if f.diverged.is_none() {
+                if let (Some(m), Some(c)) = (
+                    p.masters
+                        .iter()
+                        .find(|m| m.db == f.master_db && m.fnr == f.master),
+                    clients.get_mut(&f.master_db),
+                ) {
+                    f.diverged = divergence(c, m, &f);
+                }
             }
             p.reps.push(f);
         }
@@ -413,6 +521,7 @@ impl LiveProbes {
             .iter()
             .find(damaged)
             .or_else(|| self.reps.iter().find(|r| r.damaged()).and_then(of))
+            .or_else(|| self.reps.iter().find(|r| r.diverged.is_some()).and_then(of))
             .or_else(|| self.reps.iter().find(|r| self.cut_off(r)).and_then(of))
             .or_else(|| self.masters.first())
     }
@@ -541,6 +650,40 @@ impl LiveProbes {
                     )
                 } else {
                     Answer::no(format!("not answering: {}", self.unreachable.join("; ")))
+                }
+            }
+            "replicate_diverged" => {
+                let d: Vec<String> = self
+                    .reps
+                    .iter()
+                    .filter_map(|r| {
+                        r.diverged
+                            .as_ref()
+                            .map(|d| format!("replicate {} on database {} {d}", r.name, r.db))
+                    })
+                    .collect();
+                if !d.is_empty() {
+                    Answer::yes(d.join("; "))
+                } else if let Some(m) = self
+                    .reps
+                    .iter()
+                    .filter(|r| r.confirmed.is_some())
+                    .filter_map(|r| {
+                        self.masters
+                            .iter()
+                            .find(|m| m.db == r.master_db && m.fnr == r.master)
+                    })
+                    .find(|m| m.incarnation.is_none())
+                {
+                    Answer::unanswerable(format!(
+                        "master {}'s database {} does not answer: its history cannot be compared",
+                        m.name, m.db
+                    ))
+                } else {
+                    Answer::no(format!(
+                        "{} replicate(s), each confirming a level of its master's history",
+                        self.reps.len()
+                    ))
                 }
             }
             "admin_damaged" => self.damage("admin"),
