@@ -129,6 +129,7 @@ pub const STANDARD_PROBES: &[(&str, &str)] = &[
     ("replicate_damaged", "a replicate file cannot be opened or its digest disagrees with the digest its confirmation recorded"),
     ("replicate_diverged", "a replicate holds another history than its master's: its confirmation names a later incarnation than the master's, a seq past the master's level, or a seq the master's log holds from another incarnation (the master was set back behind it), or its digest disagrees with the master's at the seq it confirms"),
     ("confirmation_damaged", "a confirmation file cannot be opened, fails its digest check, or names an (incarnation, seq) the master's log never had"),
+    ("pending_reruns", "the client journal holds transactions that failed or were left unanswered while the master was unavailable, not yet rerun (no when no journal is given, saying so)"),
     ("master_isolated", "a master cannot reach one or more of its replicates' databases, or a replication task stopped on a link failure"),
     // case 1
     ("master_transaction_interrupted", "the client journal or the node's error log shows a master update transaction that failed or was left open when the link broke"),

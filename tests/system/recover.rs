@@ -158,12 +158,12 @@ fn diagnose_answers_triage_from_the_live_nodes() {
     assert_eq!(v["case"]["tree"], "case2_replicate", "{v}");
     // Without a copy area the case walk stops at its first question…
     assert_eq!(v["case"]["plan"]["plan"], "stopped", "{v}");
-    // …with one, the probes find the copy set, see it behind the master
-    // and the log still covering it: reload the unit and let it catch up.
+    // …with one, the probes find the copy set with its protection log
+    // intact, and little to replay since it: restore it and roll it forward.
     let (code, v) = diagnose_with(&["--area", &area]);
     assert_eq!(code, Some(1));
     let case = &v["case"];
-    assert_eq!(case["plan"]["leaf"], "reload_unit_catch_up", "{case}");
+    assert_eq!(case["plan"]["leaf"], "restore_and_regenerate", "{case}");
     let first = &case["path"][0];
     assert_eq!(first["probe"], "unit_copy_with_intact_plog");
     assert!(
@@ -177,7 +177,7 @@ fn diagnose_answers_triage_from_the_live_nodes() {
         .as_array()
         .expect("path")
         .iter()
-        .any(|p| p["probe"] == "restored_replicate_behind_master" && p["answer"] == "yes"));
+        .any(|p| p["probe"] == "reload_quicker_than_roll_forward" && p["answer"] == "no"));
     // A database down: triage stops at its first question.
     cl.nodes[2].kill();
     let (code, v) = diagnose();

@@ -769,6 +769,14 @@ fn case1_a_link_cut_mid_transaction_is_rerun_and_the_isolated_replicates_resynch
     for p in &proxies {
         p.accept_again();
     }
+    // Without the client journal, whether a client's update failed cannot
+    // be known: the case walk stops at C1.1 instead of guessing "no".
+    let (_, v, _) = s.diagnose(&[]);
+    assert_eq!(v["triage"]["plan"]["case"], "case1_isolated", "{v}");
+    let first = &v["case"]["path"][0];
+    assert_eq!(first["probe"], "master_transaction_interrupted", "{v}");
+    assert_eq!(first["answer"], "unanswerable", "{first}");
+    assert_eq!(v["case"]["plan"]["plan"], "stopped", "{v}");
     let (code, v, dt) = s.diagnose(&["--journal", &journal]);
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["triage"]["plan"]["case"], "case1_isolated", "{v}");
@@ -921,8 +929,22 @@ fn a_database_down_stops_the_run_at_an_operator_step_until_it_answers() {
     s.prove();
 }
 
+/// C2.2 with little written since the copy: rolling the copy forward with
+/// the protection log is quicker than reloading it.
+#[test]
+fn case2_a_damaged_full_replicate_is_restored_from_its_copy_and_rolled_forward() {
+    case2_full_from_copy(false);
+}
+
+/// C2.2 with the whole file rewritten twice since the copy: the protection
+/// log to replay is larger than the copy, so the copy is reloaded and the
+/// task catches it up.
 #[test]
 fn case2_a_damaged_full_replicate_is_reloaded_from_its_copy_and_caught_up() {
+    case2_full_from_copy(true);
+}
+
+fn case2_full_from_copy(churn: bool) {
     let mut s = Scene::new();
     // A copy of the full replicate with its confirmation, then more master
     // changes it lacks.
@@ -932,6 +954,17 @@ fn case2_a_damaged_full_replicate_is_reloaded_from_its_copy_and_caught_up() {
         "copy", "take", "--node", &full, "--area", &area, "--file", "20",
     ]));
     s.store(1..=25, 90);
+    if churn {
+        let n = records();
+        for qty in [91, 92] {
+            let mut k = 1;
+            while k <= n {
+                let hi = (k + 999).min(n);
+                s.store(k..=hi, qty);
+                k = hi + 1;
+            }
+        }
+    }
     s.cl.wait_converged(CONVERGE).expect("converged");
     damage(
         &mut s,
@@ -940,12 +973,45 @@ fn case2_a_damaged_full_replicate_is_reloaded_from_its_copy_and_caught_up() {
     );
     let (code, v, dt) = s.diagnose(&["--area", &area]);
     assert_eq!(code, Some(1), "{v}");
-    assert_eq!(leaf(&v), "reload_unit_catch_up", "{v}");
+    let c22 = v["case"]["path"]
+        .as_array()
+        .and_then(|p| {
+            p.iter()
+                .find(|q| q["probe"] == "reload_quicker_than_roll_forward")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(c22["answer"], if churn { "yes" } else { "no" }, "{c22}");
+    assert!(
+        c22["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("of protection log to replay"),
+        "{c22}"
+    );
+    let want = if churn {
+        "reload_unit_catch_up"
+    } else {
+        "restore_and_regenerate"
+    };
+    assert_eq!(leaf(&v), want, "{v}");
     let (events, et) = s.recover(&["--area", &area]);
     let restored = detail(&events, "restore_copy_set");
     assert!(restored.contains("replicate items_full"), "{restored}");
-    s.store_and_prove(26..=30, 91);
-    figure("case2-copy", dt, et, &events);
+    if !churn {
+        detail(&events, "regenerate_to_end");
+    }
+    s.store_and_prove(26..=30, 93);
+    figure(
+        if churn {
+            "case2-copy-reload"
+        } else {
+            "case2-copy-regenerate"
+        },
+        dt,
+        et,
+        &events,
+    );
 }
 
 #[test]
@@ -1229,4 +1295,66 @@ fn a_master_restored_behind_its_replicates_is_found_diverged_and_the_replicates_
     );
     assert_eq!(incarnation(&s), before + 2);
     s.store_and_prove(11..=15, 72);
+}
+
+/// Issue 21 item 9: a client transaction that failed while the master was
+/// down stays pending in the client's journal; once the master is back,
+/// triage (given the journal) routes to its rerun instead of `all_intact`,
+/// and the rerun applies it exactly once. Without the journal, triage says
+/// that it could not know.
+#[test]
+fn a_pending_journaled_transaction_is_found_by_triage_and_rerun_once() {
+    let mut s = Scene::new();
+    let n = records();
+    let journal = s.dir("client-journal");
+    s.cl.nodes[0].stop().expect("stop");
+    let out = etp_stdin(
+        &[
+            "exec",
+            "--node",
+            &s.m(),
+            "--journal",
+            &journal,
+            "--retry-for",
+            "0",
+        ],
+        &client_txn(n + 1, "while-down"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.cl.nodes[0].restart().expect("restart");
+    let (_, v, _) = s.diagnose(&[]);
+    assert_eq!(leaf(&v), "all_intact", "{v}");
+    let q = v["triage"]["path"]
+        .as_array()
+        .and_then(|p| p.iter().find(|q| q["probe"] == "pending_reruns"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        q["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no client journal given"),
+        "{q}"
+    );
+    let (code, v, dt) = s.diagnose(&["--journal", &journal]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(leaf(&v), "rerun_pending", "{v}");
+    let (events, et) = s.recover(&["--journal", &journal]);
+    let rerun = detail(&events, "rerun_failed_transactions");
+    assert!(rerun.contains("every pending transaction rerun"), "{rerun}");
+    s.model.insert(n + 1, 60);
+    s.prove();
+    let status = etp(&["exec", "--journal", &journal, "--status"]);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    figure("rerun-pending", dt, et, &events);
 }

@@ -11,8 +11,8 @@ impl LiveProbes {
         };
         match name {
             "master_transaction_interrupted" => match &self.pending {
-                None => Answer::no(
-                    "no client journal given (--journal DIR): no failed update is known; a transaction left open by a lost connection was backed out by the node",
+                None => Answer::unanswerable(
+                    "no client journal given (--journal DIR): whether a client's update failed or stayed unanswered when the link broke is known only to the clients (a transaction left open was backed out by the node); give the journal, or answer for the clients",
                 ),
                 Some(p) if p.is_empty() => Answer::no(format!(
                     "the client journal {} holds no pending transaction",

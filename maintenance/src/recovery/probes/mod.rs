@@ -711,6 +711,12 @@ impl LiveProbes {
                     Answer::yes(cut.join("; "))
                 }
             }
+            "pending_reruns" => match &self.pending {
+                None => Answer::no(
+                    "no client journal given (--journal DIR): only the node's side is known, and every transaction left open was backed out at its restart",
+                ),
+                Some(_) => self.case1("master_transaction_interrupted"),
+            },
             "master_transaction_interrupted"
             | "interrupted_transaction_used_et"
             | "master_reachable"
