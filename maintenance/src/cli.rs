@@ -199,6 +199,10 @@ pub enum RecoverCommand {
         node: NodeArgs,
         #[command(flatten)]
         sources: SourceArgs,
+        /// Keep the answers, with their evidence and the probes' own
+        /// answers, in FILE (JSON) for `etp recover run --answers FILE`.
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
     },
     /// Diagnose (or walk CASE) and print the plan bound to the live nodes
     /// (--dry-run, the default), or carry it out step by step with a
@@ -221,6 +225,12 @@ pub enum RecoverCommand {
         /// The operator step the run stopped at is done.
         #[arg(long, requires = "execute")]
         confirm: bool,
+        /// Execute the plan of a walk saved with `etp recover walk --save`
+        /// (its flow is the first round's): each answer is taken only if
+        /// its probe still answers as it did then, else the run refuses,
+        /// naming the question.
+        #[arg(long, value_name = "FILE")]
+        answers: Option<PathBuf>,
         /// The recovery journal's directory.
         #[arg(long, value_name = "DIR", default_value = "etp-recovery")]
         state: PathBuf,

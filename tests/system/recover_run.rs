@@ -409,6 +409,7 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     // Walked by hand, taking every probe's answer, the case ends at the
     // same leaf; answering against a probe takes the other branch, and
     // says so.
+    let saved = s.dir("walk.json");
     let walk = |answers: &str| {
         let m = s.m();
         let out = etp_stdin(
@@ -420,6 +421,8 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
                 &m,
                 "--area",
                 &area,
+                "--save",
+                &saved,
             ],
             answers,
         );
@@ -435,14 +438,49 @@ fn case2_a_damaged_partial_replicate_is_reinstalled_from_the_master() {
     let text = walk("\n\n\nn\n\n");
     assert!(
         text.contains("plan (reinstall_from_master)")
-            && text.contains("(1 answer(s) differ from the probes)"),
+            && text.contains("(1 answer(s) differ from the probes)")
+            && text.contains("answers saved in"),
         "{text}"
     );
     // Writes go on meanwhile; none may be lost.
     s.store(11..=20, 31);
-    let (events, et) = s.recover(&["--area", &area]);
+    // The saved walk is executed: its first plan is the operator's
+    // (the override taken), its answers' evidence says where they came from.
+    let (events, et) = s.recover(&["--area", &area, "--answers", &saved]);
+    let first = events
+        .iter()
+        .find(|e| e["event"] == "plan")
+        .expect("a plan event");
+    assert_eq!(first["plan"]["leaf"], "reinstall_from_master", "{first}");
     s.prove();
     figure("case2", dt, et, &events);
+    // The state has changed since the walk (nothing is damaged now): the
+    // saved answers are refused, naming the first question whose probe
+    // answers differently, and nothing is executed.
+    let m = s.m();
+    let state = s.dir("recovery-again");
+    let out = etp(&[
+        "recover",
+        "run",
+        "--execute",
+        "--json",
+        "--node",
+        &m,
+        "--state",
+        &state,
+        "--area",
+        &area,
+        "--answers",
+        &saved,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unit_copy_with_intact_plog") && err.contains("walk again"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("\"done\""), "{stdout}");
 }
 
 #[test]

@@ -55,7 +55,8 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
             case,
             node,
             sources,
-        } => super::recover_walk::walk(&case, node.node, &sources.into()),
+            save,
+        } => super::recover_walk::walk(&case, node.node, &sources.into(), save.as_deref()),
         RecoverCommand::Run {
             case,
             node,
@@ -63,21 +64,39 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
             dry_run: _,
             execute,
             confirm,
+            answers,
             state,
             wait_s,
             json,
-        } => recovery::run(
-            recovery::RunOptions {
-                node: node.node,
-                case,
-                execute,
-                confirm,
-                sources: sources.into(),
-                state,
-                wait: std::time::Duration::from_secs(wait_s),
-            },
-            &mut Printer { json },
-        ),
+        } => {
+            let answers = match answers {
+                Some(path) => {
+                    let w = recovery::saved::SavedWalk::load(&path)?;
+                    if let Some(c) = case.as_ref().filter(|c| **c != w.tree) {
+                        anyhow::bail!(
+                            "the saved walk {} is of {}, not of {c}",
+                            path.display(),
+                            w.tree
+                        );
+                    }
+                    Some(w)
+                }
+                None => None,
+            };
+            recovery::run(
+                recovery::RunOptions {
+                    node: node.node,
+                    case,
+                    execute,
+                    confirm,
+                    sources: sources.into(),
+                    state,
+                    wait: std::time::Duration::from_secs(wait_s),
+                    answers,
+                },
+                &mut Printer { json },
+            )
+        }
         RecoverCommand::Diagnose {
             node,
             sources,

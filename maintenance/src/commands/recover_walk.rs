@@ -7,6 +7,7 @@ use crate::Outcome;
 use anyhow::{bail, Context};
 use flowcharts::{Answer, Answers, Node, NodeKind, TreeSet};
 use maintenance::recovery::probes::{LiveProbes, Sources};
+use maintenance::recovery::saved::{SavedAnswer, SavedWalk};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 
@@ -18,6 +19,8 @@ struct Operator<'a, R: BufRead, W: Write> {
     decisions: u32,
     /// The question standard input ended at.
     ended: Option<String>,
+    /// The answers given, for `--save`.
+    saved: SavedWalk,
 }
 
 impl<R: BufRead, W: Write> Answers for Operator<'_, R, W> {
@@ -94,6 +97,15 @@ impl<R: BufRead, W: Write> Answers for Operator<'_, R, W> {
                     offered.text()
                 )
             };
+            self.saved.answers.push(SavedAnswer {
+                node: node.id.clone(),
+                step: node.step.clone(),
+                probe: q.probe.clone(),
+                answer: if yes { "yes" } else { "no" }.into(),
+                evidence: evidence.clone(),
+                probe_answer: offered.word().into(),
+                probe_evidence: offered.text().into(),
+            });
             return Ok(if yes {
                 Answer::yes(evidence)
             } else {
@@ -103,7 +115,12 @@ impl<R: BufRead, W: Write> Answers for Operator<'_, R, W> {
     }
 }
 
-pub fn walk(case: &str, node: SocketAddr, sources: &Sources) -> anyhow::Result<Outcome> {
+pub fn walk(
+    case: &str,
+    node: SocketAddr,
+    sources: &Sources,
+    save: Option<&std::path::Path>,
+) -> anyhow::Result<Outcome> {
     let set = TreeSet::builtin().context("the built-in trees")?;
     let Some(tree) = set.get(case) else {
         let known: Vec<&str> = set.trees().map(|t| t.id.as_str()).collect();
@@ -120,6 +137,7 @@ pub fn walk(case: &str, node: SocketAddr, sources: &Sources) -> anyhow::Result<O
         out: std::io::stdout(),
         decisions: 0,
         ended: None,
+        saved: SavedWalk::new(&tree.id, node),
     };
     println!("{}: {}", tree.id, tree.title);
     let w = match flowcharts::walk(tree, &mut op) {
@@ -140,9 +158,21 @@ pub fn walk(case: &str, node: SocketAddr, sources: &Sources) -> anyhow::Result<O
     println!();
     super::recover::print_walk(&w);
     println!("  ({overridden} answer(s) differ from the probes)");
-    println!(
-        "  to carry a plan out: etp recover run {case} --execute --node {node} (it walks the case again from the probes alone: the answers given here are not reused)"
-    );
+    match save {
+        Some(path) => {
+            let mut saved = op.saved;
+            saved.leaf = w.plan.leaf().map(str::to_string);
+            saved.save(path)?;
+            println!(
+                "  answers saved in {}; to carry this plan out: etp recover run --answers {} --execute --node {node} (refused if a probe has changed its answer since)",
+                path.display(),
+                path.display()
+            );
+        }
+        None => println!(
+            "  to carry a plan out: etp recover run {case} --execute --node {node} (it walks the case again from the probes alone; walk with --save FILE and run with --answers FILE to reuse these answers)"
+        ),
+    }
     let intact = w.plan.leaf() == Some("all_intact");
     if !intact {
         println!(

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod plan;
 pub mod probes;
 pub mod run;
+pub mod saved;
 
 pub use run::run;
 
@@ -39,6 +40,9 @@ pub struct RunOptions {
     pub sources: Sources,
     pub state: PathBuf,
     pub wait: Duration,
+    /// A saved walk whose answers the first round takes (each checked
+    /// against its probe now).
+    pub answers: Option<saved::SavedWalk>,
 }
 
 /// Where a recovery run's events and walks go.

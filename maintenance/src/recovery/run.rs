@@ -32,10 +32,28 @@ fn make_plan(
     set: &TreeSet,
     round: u32,
     case: Option<&str>,
+    saved: Option<&super::saved::SavedWalk>,
 ) -> anyhow::Result<(LiveProbes, Result<BoundPlan, String>)> {
     let mut probes = LiveProbes::gather(opts.node, &opts.sources)?;
-    let walk = match case {
-        Some(c) => {
+    let walk = match (case, saved) {
+        (_, Some(saved)) => {
+            let tree = set.get(&saved.tree).with_context(|| {
+                format!(
+                    "the saved walk is of {:?}, which is no recovery flow",
+                    saved.tree
+                )
+            })?;
+            let mut replayed = super::saved::Replayed {
+                probes: &probes,
+                saved,
+            };
+            match flowcharts::walk(tree, &mut replayed) {
+                Ok(w) => w,
+                Err(flowcharts::WalkError::Answers { source, .. }) => return Err(source),
+                Err(e) => bail!("{e}"),
+            }
+        }
+        (Some(c), None) => {
             let tree = set.get(c).with_context(|| {
                 let known: Vec<&str> = set.trees().map(|t| t.id.as_str()).collect();
                 format!(
@@ -45,7 +63,7 @@ fn make_plan(
             })?;
             flowcharts::walk(tree, &mut probes).map_err(|e| anyhow::anyhow!("{e}"))?
         }
-        None => {
+        (None, None) => {
             let d = flowcharts::diagnose(set, &mut probes).map_err(|e| anyhow::anyhow!("{e}"))?;
             for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
                 report.walk(w);
@@ -53,7 +71,7 @@ fn make_plan(
             d.case.unwrap_or(d.triage)
         }
     };
-    if case.is_some() {
+    if case.is_some() || saved.is_some() {
         report.walk(&walk);
     }
     let plan = match &walk.plan {
@@ -103,7 +121,14 @@ fn stop_after() -> Option<usize> {
 pub fn run(opts: RunOptions, report: &mut dyn Report) -> anyhow::Result<Outcome> {
     let set = TreeSet::builtin().context("the built-in trees")?;
     if !opts.execute {
-        let (_, plan) = make_plan(&opts, report, &set, 1, opts.case.as_deref())?;
+        let (_, plan) = make_plan(
+            &opts,
+            report,
+            &set,
+            1,
+            opts.case.as_deref(),
+            opts.answers.as_ref(),
+        )?;
         return match plan {
             Err(why) => {
                 report.event(
@@ -140,6 +165,7 @@ pub fn run(opts: RunOptions, report: &mut dyn Report) -> anyhow::Result<Outcome>
     let mut steps_run = 0usize;
     let started = Instant::now();
     let mut case = opts.case.clone();
+    let mut answers = opts.answers.as_ref();
     loop {
         let (probes, plan, mut done, waiting) = match journal.open_plan() {
             Some((plan, done, waiting)) => {
@@ -179,7 +205,15 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                         journal.path.display()
                     );
                 }
-                let (probes, plan) = make_plan(&opts, report, &set, round, case.take().as_deref())?;
+                // A saved walk answers the first plan this run makes.
+                let (probes, plan) = make_plan(
+                    &opts,
+                    report,
+                    &set,
+                    round,
+                    case.take().as_deref(),
+                    answers.take(),
+                )?;
                 let plan = match plan {
                     Ok(p) => p,
                     Err(why) => {
