@@ -176,6 +176,82 @@ pub fn check_job_order(sets: &[JobSet]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The copy rules checked on a job's sets from the topology alone (when the
+/// job is defined, before any run): each set's files are what the topology
+/// says they are (a file it does not name is taken as a plain file; the
+/// run checks it against its database's catalog), so a log or
+/// confirmation copied on its own, a mix of kinds, or a replicate set
+/// before its master's set is refused then, not at the first run.
+pub fn check_sets_with_topology(
+    v: &propagator::topology::Valid,
+    sets: &[(DbId, Vec<Fnr>)],
+) -> Result<(), Error> {
+    let mut planned = Vec::new();
+    for (i, (db, files)) in sets.iter().enumerate() {
+        if !v.addresses.contains_key(db) {
+            return Err(Error::Refused(format!(
+                "set {}: database {db} is not in the topology",
+                i + 1
+            )));
+        }
+        let mut defs: BTreeMap<Fnr, FileDef> = BTreeMap::new();
+        let mut put = |fnr: Fnr, role: Role| {
+            defs.insert(
+                fnr,
+                FileDef {
+                    fnr,
+                    name: format!("file {fnr}"),
+                    role,
+                    restoring: None,
+                },
+            );
+        };
+        put(v.admin_file(), Role::Administration);
+        for m in v.topology.masters.iter().filter(|m| m.database == db.0) {
+            put(
+                Fnr(m.file),
+                Role::Master {
+                    log: Fnr(m.log),
+                    incarnation: 0,
+                },
+            );
+            put(
+                Fnr(m.log),
+                Role::Log {
+                    master: Fnr(m.file),
+                },
+            );
+        }
+        for r in v.replicates.iter().filter(|r| r.def.database == db.0) {
+            put(Fnr(r.def.file), Role::Replicate);
+            put(Fnr(r.def.confirmation), Role::Confirmation);
+        }
+        for f in files {
+            defs.entry(*f).or_insert(FileDef {
+                fnr: *f,
+                name: format!("file {f}"),
+                role: Role::Plain,
+                restoring: None,
+            });
+        }
+        let defs: Vec<FileDef> = defs.into_values().collect();
+        let groups = groups_of(Some(v), *db);
+        let p = plan_set(&defs, &groups, files)
+            .map_err(|e| Error::Refused(format!("set {} (database {db}): {e}", i + 1)))?;
+        let masters = p
+            .files
+            .iter()
+            .filter_map(|f| groups.get(f).map(|(_, m)| *m))
+            .collect();
+        planned.push(JobSet {
+            dbid: *db,
+            planned: p,
+            masters,
+        });
+    }
+    check_job_order(&planned)
+}
+
 /// The confirmation groups of database `db`'s replicates, from a topology.
 pub fn groups_of(topology: Option<&propagator::topology::Valid>, db: DbId) -> Groups {
     let mut g = Groups::new();

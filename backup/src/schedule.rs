@@ -124,8 +124,23 @@ pub fn parse_jobs(text: &str) -> Result<(JobsDef, BTreeMap<String, croner::Cron>
 /// The check a node makes before it stores copy-job definitions: they
 /// parse ([`parse_jobs`]), the node has a copy area, and an `area` in them
 /// is that area.
-pub fn check_jobs(text: &str, node_area: Option<&std::path::Path>) -> Result<JobsDef, Error> {
+pub fn check_jobs(
+    text: &str,
+    node_area: Option<&std::path::Path>,
+    topology: Option<&propagator::topology::Valid>,
+) -> Result<JobsDef, Error> {
     let (def, _) = parse_jobs(text)?;
+    if let Some(v) = topology {
+        for j in &def.job {
+            let sets: Vec<(DbId, Vec<Fnr>)> = j
+                .set
+                .iter()
+                .map(|s| (DbId(s.database), s.files.iter().map(|f| Fnr(*f)).collect()))
+                .collect();
+            crate::rules::check_sets_with_topology(v, &sets)
+                .map_err(|e| Error::Refused(format!("job {:?}: {e}", j.name)))?;
+        }
+    }
     // No jobs (clearing them) needs no area.
     if def.job.is_empty() && def.area.is_none() {
         return Ok(def);
@@ -439,7 +454,9 @@ pub fn serve(
                     sched = if t.trim().is_empty() {
                         None
                     } else {
-                        match check_jobs(&t, area).and_then(|_| Scheduler::new(&t, clock.now())) {
+                        match check_jobs(&t, area, None)
+                            .and_then(|_| Scheduler::new(&t, clock.now()))
+                        {
                             Ok(s) => Some(s),
                             Err(e) => {
                                 tracing::error!(error = %format!("{e:#}"), "copy jobs not scheduled");

@@ -201,11 +201,11 @@ fn a_node_takes_jobs_only_for_its_own_copy_area() {
         "[[job]]\nname = \"a\"\ncron = \"0 * * * * *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n";
     let with = |a: &std::path::Path| format!("area = {:?}\n{job}", a.display().to_string());
     // No line: the node's area. Its own area named: taken.
-    schedule::check_jobs(job, Some(&mine)).expect("no area line");
-    schedule::check_jobs(&with(&mine), Some(&mine)).expect("its own area");
+    schedule::check_jobs(job, Some(&mine), None).expect("no area line");
+    schedule::check_jobs(&with(&mine), Some(&mine), None).expect("its own area");
     // Another area, or a way out of its own, is refused naming both.
     for bad in [other.clone(), mine.join("..").join("other")] {
-        let e = schedule::check_jobs(&with(&bad), Some(&mine)).expect_err("another area");
+        let e = schedule::check_jobs(&with(&bad), Some(&mine), None).expect_err("another area");
         let e = format!("{e:#}");
         assert!(
             e.contains(&mine.display().to_string()) && e.contains("area ="),
@@ -213,9 +213,9 @@ fn a_node_takes_jobs_only_for_its_own_copy_area() {
         );
     }
     // A node without an area takes no jobs, but can have them cleared.
-    let e = schedule::check_jobs(job, None).expect_err("no area");
+    let e = schedule::check_jobs(job, None, None).expect_err("no area");
     assert!(format!("{e:#}").contains("--copy-area"), "{e:#}");
-    schedule::check_jobs("", None).expect("clearing needs no area");
+    schedule::check_jobs("", None, None).expect("clearing needs no area");
 }
 
 #[test]

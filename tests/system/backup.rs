@@ -380,6 +380,42 @@ fn a_node_runs_copy_jobs_and_a_killed_node_leaves_no_half_job() {
         "{out:?}"
     );
     assert!(ok(&etp(&["copy", "jobs", "show", "--node", &m])).contains("no copy jobs"));
+    // A job that breaks the copy rules is refused when it is defined (not
+    // at its first run), naming the rule: a replicate copied before its
+    // master, a log copied on its own.
+    for (files, why) in [
+        (
+            "[[job.set]]\ndatabase = 2\nfiles = [20]\n[[job.set]]\ndatabase = 1\nfiles = [10]\n",
+            "within one job a replicate is copied after its master",
+        ),
+        (
+            "[[job.set]]\ndatabase = 1\nfiles = [11]\n",
+            "a log file is copied only with its master",
+        ),
+    ] {
+        std::fs::write(
+            &bad,
+            format!(
+                "area = \"{}\"\n[[job]]\nname = \"j\"\ncron = \"0 * * * * *\"\n{files}",
+                area.display()
+            ),
+        )
+        .expect("write");
+        let out = etp(&[
+            "copy",
+            "jobs",
+            "set",
+            &bad.display().to_string(),
+            "--node",
+            &m,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{out:?}"
+        );
+        assert!(ok(&etp(&["copy", "jobs", "show", "--node", &m])).contains("no copy jobs"));
+    }
     // Every two seconds: the master set, then the full replicate's set.
     let jobs = tmp.path().join("jobs.toml");
     std::fs::write(

@@ -130,8 +130,8 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         };
         let copies = propagator::node::Copies {
             area: copy_area.clone(),
-            check_jobs: Some(std::sync::Arc::new(|text: &str, area: Option<&std::path::Path>| {
-                backup::schedule::check_jobs(text, area)
+            check_jobs: Some(std::sync::Arc::new(|text: &str, area: Option<&std::path::Path>, topology: Option<&propagator::topology::Valid>| {
+                backup::schedule::check_jobs(text, area, topology)
                     .map(|_| ())
                     .map_err(|e| format!("{e:#}").into())
             })),

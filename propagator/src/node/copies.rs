@@ -27,8 +27,10 @@ impl Node {
                 ));
             };
             let (text, area) = (text.clone(), self.copies.area.clone());
+            let topology = lock(&self.topology).clone();
             let checked = errors::off_reactor(move || {
-                check(&text, area.as_deref()).map_err(|e| Failure::from(e.to_string()))
+                check(&text, area.as_deref(), topology.as_ref())
+                    .map_err(|e| Failure::from(e.to_string()))
             })
             .await;
             if let Err(e) = checked {

@@ -102,11 +102,15 @@ pub struct Node {
     copies: Copies,
 }
 
-/// Checks copy-job definitions before a node stores them: their text, and
-/// the node's copy area (the binary lends the parser: the engine does not
-/// know the jobs' format).
+/// Checks copy-job definitions before a node stores them: their text, the
+/// node's copy area, and the copy rules against the node's topology (the
+/// binary lends the parser: the engine does not know the jobs' format).
 pub type JobsCheck = Arc<
-    dyn Fn(&str, Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    dyn Fn(
+            &str,
+            Option<&std::path::Path>,
+            Option<&crate::topology::Valid>,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
         + Send
         + Sync,
 >;
