@@ -122,7 +122,7 @@ const REASON: (&str, &str) = (
 /// Probe names and what a `yes` means.
 pub const STANDARD_PROBES: &[(&str, &str)] = &[
     // triage
-    ("databases_restarted", "every database involved has finished its start-up PLOG replay (open transactions backed out, committed ones redone) and is open"),
+    ("databases_restarted", "every database involved has finished its start-up PLOG replay (open transactions backed out, committed ones redone) and is open: none is stopped (its address refusing the tool and every node that tried); one cut off by a link fault counts as running (case 1)"),
     ("admin_damaged", "the administration file cannot be opened, fails its digest check, or its definitions contradict the files present"),
     ("master_damaged", "a master file (or its database's page store) cannot be opened or its digest disagrees with the PLOG: damaged, not merely unreachable"),
     ("log_damaged", "the master's log file cannot be opened, fails its digest, has a seq gap, or its last entry's master digest disagrees with the master"),
@@ -208,6 +208,7 @@ pub const STANDARD_VARIABLES: &[(&str, &str)] = &[
     ("replicates", "every replicate of the master"),
     ("ahead_replicates", "the replicates whose confirmation is beyond the restored master's level"),
     ("full_replicate", "the newest undamaged full replicate of the master"),
+    ("down_databases", "the databases found stopped: their address refuses connections, to the tool and to every node that tried"),
     ("diverged_replicates", "the replicates holding another history than their master's (ahead of it, or at a seq of another incarnation)"),
     ("stale_replicates", "the replicates whose in-use or error marks no longer match reality"),
     ("admin", "the administration file"),

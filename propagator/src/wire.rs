@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 /// The protocol version this build speaks.
 /// 2: error answers carry an [`ErrorCode`].
 /// 5: over mutual TLS; `NotAllowed`; the apply runs from the client.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
@@ -292,6 +292,25 @@ pub enum ReadRequest {
     },
     /// The node's file catalog and the topology it holds.
     Files,
+    /// Whether this node reaches database `database` at the address its
+    /// topology gives (a fresh connection, its certificate checked): how a
+    /// tool that cannot reach a database tells a stopped node from a cut
+    /// path.
+    Reach { database: DbId },
+}
+
+/// What a node found when it tried to reach another database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReachReport {
+    pub database: DbId,
+    pub address: String,
+    /// It connected (and the peer proved to be that database's node).
+    pub reached: bool,
+    /// The address refused the connection: nothing listens there (the
+    /// node is stopped, its host up).
+    pub refused: bool,
+    /// Why it did not connect.
+    pub reason: Option<String>,
 }
 
 /// The digest that names a topology's text in an apply's compare
@@ -1112,6 +1131,7 @@ pub enum Response {
         topology: Option<String>,
     },
     Segments(Vec<crate::SegmentInfo>),
+    Reach(ReachReport),
     /// A `Chain` transaction's command `index` (0-based) failed; the
     /// transaction is backed out.
     ChainFailed {

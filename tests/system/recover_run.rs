@@ -69,6 +69,11 @@ impl Scene {
     /// A scene whose replicate links run through fault proxies; tasks
     /// without a restart interval (a lost link stops the feeding).
     fn proxied() -> (Scene, Vec<FaultProxy>) {
+        Scene::proxied_with(None)
+    }
+
+    /// [`Scene::proxied`] with a restart interval for the tasks.
+    fn proxied_with(restart_s: Option<u64>) -> (Scene, Vec<FaultProxy>) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut proxies = Vec::new();
         let cl = Cluster::start_with(etp_bin(), tmp.path(), |addrs| {
@@ -78,7 +83,7 @@ impl Scene {
                 routed.push(p.addr());
                 proxies.push(p);
             }
-            topology_text(&routed, None)
+            topology_text(&routed, restart_s)
         })
         .expect("cluster");
         (Scene::fill(tmp, cl), proxies)
@@ -949,12 +954,18 @@ fn a_database_down_stops_the_run_at_an_operator_step_until_it_answers() {
         .find(|e| e["event"] == "operator")
         .expect("an operator step");
     assert_eq!(op["action"], "restart_databases", "{op}");
+    // The step names the stopped database, and only it.
+    let what = op["what"].as_str().unwrap_or_default();
+    assert!(what.starts_with("start the node of database 3 ("), "{op}");
+    let (_, v, _) = s.diagnose(&[]);
+    let t0 = &v["triage"]["path"][0];
+    assert_eq!(t0["answer"], "no", "{t0}");
     assert!(
-        op["what"]
+        t0["evidence"]
             .as_str()
             .unwrap_or_default()
-            .contains("database 3"),
-        "{op}"
+            .contains("stopped"),
+        "{t0}"
     );
     // The operator starts the node; the run takes the step as done and
     // goes on until everything is verified.
@@ -1395,4 +1406,48 @@ fn a_pending_journaled_transaction_is_found_by_triage_and_rerun_once() {
         String::from_utf8_lossy(&status.stdout)
     );
     figure("rerun-pending", dt, et, &events);
+}
+
+/// Issue 21 item 4: a replicate's node that runs but is cut off by a link
+/// fault (its address accepts and drops connections, for the tool and for
+/// the master alike) is told apart from a stopped one: triage takes it as
+/// running (case 1, the task's own restart resynchronizes it once the link
+/// is back), not as a database to restart. (The stopped node, whose
+/// address refuses everyone, is `a_database_down_stops_the_run_…`.)
+#[test]
+fn a_replicate_node_cut_off_by_a_link_fault_is_case_1_not_a_restart() {
+    let (mut s, proxies) = Scene::proxied_with(Some(1));
+    let journal = s.dir("client-journal");
+    let out = etp_stdin(
+        &["exec", "--node", &s.m(), "--journal", &journal],
+        &client_txn(records() + 1, "before"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.model.insert(records() + 1, 60);
+    let part = &proxies[1];
+    part.refuse();
+    part.cut();
+    s.store(1..=10, 62);
+    let (code, v, dt) = s.diagnose(&["--journal", &journal]);
+    assert_eq!(code, Some(1), "{v}");
+    let t0 = &v["triage"]["path"][0];
+    assert_eq!(t0["probe"], "databases_restarted", "{v}");
+    assert_eq!(t0["answer"], "yes", "{t0}");
+    let evidence = t0["evidence"].as_str().unwrap_or_default();
+    assert!(
+        evidence.contains("database 3") && evidence.contains("link fault"),
+        "{t0}"
+    );
+    assert_eq!(v["triage"]["plan"]["case"], "case1_isolated", "{v}");
+    assert_eq!(leaf(&v), "self_restart_resyncs", "{v}");
+    // The link comes back; the plan waits for it and verifies.
+    part.accept_again();
+    let (events, et) = s.recover(&["--journal", &journal]);
+    s.prove();
+    figure("case1-link-fault", dt, et, &events);
 }

@@ -301,6 +301,15 @@ pub(crate) fn resolve(var: &str, p: &LiveProbes) -> anyhow::Result<Vec<Target>> 
                 .into_iter()
                 .collect()
         }
+        "down_databases" => p
+            .down
+            .iter()
+            .filter(|d| d.kind == super::probes::DownKind::Stopped)
+            .map(|d| Target::Database {
+                db: d.db.0,
+                addr: d.addr,
+            })
+            .collect(),
         "diverged_replicates" => p
             .reps
             .iter()

@@ -269,7 +269,19 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 continue;
             }
             if b.operator() {
-                let all_up = b.is(Action::RestartDatabases) && probes.unreachable.is_empty();
+                // The databases the step names, still stopped now.
+                let still_down: Vec<String> = probes
+                    .down
+                    .iter()
+                    .filter(|d| d.kind == super::probes::DownKind::Stopped)
+                    .filter(|d| {
+                        b.targets
+                            .iter()
+                            .any(|t| matches!(t, Target::Database { db, .. } if *db == d.db.0))
+                    })
+                    .map(|d| d.describe())
+                    .collect();
+                let all_up = b.is(Action::RestartDatabases) && still_down.is_empty();
                 if all_up || (opts.confirm && waiting == Some(i)) {
                     journal.append(Line::Confirmed { step: i })?;
                     done[i] = true;
@@ -280,8 +292,13 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 }
                 let what = match Action::parse(&b.action) {
                     Some(Action::RestartDatabases) => format!(
-                        "start the node of every database that does not answer ({}), then run again",
-                        probes.unreachable.join("; ")
+                        "start the node of {} (stopped: {}), then run again",
+                        b.targets
+                            .iter()
+                            .map(Target::describe)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        still_down.join("; ")
                     ),
                     _ => b.reason.clone().unwrap_or_default(),
                 };

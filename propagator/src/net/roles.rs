@@ -69,6 +69,7 @@ pub fn needs(req: &Request) -> (Need, &'static str) {
                 ReadRequest::FileStat { .. } => "FileStat",
                 ReadRequest::RangeDigest { .. } => "RangeDigest",
                 ReadRequest::Files => "Files",
+                ReadRequest::Reach { .. } => "Reach",
             },
         ),
         Request::Admin(a) => match a {

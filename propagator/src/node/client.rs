@@ -27,7 +27,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to node {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect {
+        addr: String,
+        reason: String,
+        /// The address refused the connection: nothing listens there.
+        refused: bool,
+    },
     #[error("connection to node {addr} failed: {reason}")]
     Io { addr: String, reason: String },
     #[error("message for node {addr} is too large to send: {reason}")]
@@ -51,6 +56,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The address refused the connection (nothing listens there: the
+    /// node is stopped and its host up), as opposed to a path that failed
+    /// or a peer that answered wrongly.
+    pub fn refused(&self) -> bool {
+        matches!(self, ClientError::Connect { refused: true, .. })
+    }
+
     /// The code an answer that passes this error on carries: a peer's own
     /// code, or `Unavailable` for a link that failed.
     pub fn code(&self) -> ErrorCode {
@@ -99,11 +111,16 @@ impl Conn {
         let connect_err = |reason: String| ClientError::Connect {
             addr: addr.to_string(),
             reason,
+            refused: false,
         };
         let (stream, peer) = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let tcp = TcpStream::connect(addr)
                 .await
-                .map_err(|e| connect_err(e.to_string()))?;
+                .map_err(|e| ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                    refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+                })?;
             transport
                 .connect(tcp, addr)
                 .await
@@ -131,6 +148,7 @@ impl Conn {
         let c = Conn::connect(addr).await?;
         match &c.peer {
             Some(id) if id.db != Some(db) => Err(ClientError::Connect {
+                refused: false,
                 addr: addr.to_string(),
                 reason: format!("the node presented {id}, where database {db} was expected"),
             }),
@@ -352,6 +370,7 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| ClientError::Connect {
+                refused: false,
                 addr: addr.to_string(),
                 reason: format!("cannot start a runtime: {e}"),
             })?;

@@ -20,7 +20,33 @@ impl Node {
                 to,
                 records,
             } => self.range_digest(file, from, to, records).await,
+            ReadRequest::Reach { database } => self.reach(database).await,
         }
+    }
+
+    /// Tries to reach database `database` at its topology address.
+    async fn reach(&self, database: DbId) -> Response {
+        let addr = lock(&self.topology)
+            .as_ref()
+            .and_then(|v| v.addresses.get(&database).copied());
+        let Some(addr) = addr else {
+            return Response::error(Failure::new(
+                ErrorCode::BadRequest,
+                format!("database {database} is not in this node's topology"),
+            ));
+        };
+        // (The connect is bounded: TCP and the handshake within CONNECT_TIMEOUT.)
+        let (reached, refused, reason) = match client::Conn::connect_to(addr, database).await {
+            Ok(_) => (true, false, None),
+            Err(e) => (false, e.refused(), Some(e.to_string())),
+        };
+        Response::Reach(crate::wire::ReachReport {
+            database,
+            address: addr.to_string(),
+            reached,
+            refused,
+            reason,
+        })
     }
 
     pub(super) fn info(&self) -> Response {

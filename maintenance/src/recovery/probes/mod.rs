@@ -141,10 +141,64 @@ pub struct Sources {
     pub export: Option<PathBuf>,
 }
 
+/// How a database the tool cannot reach is down.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DownKind {
+    /// Its address refuses connections, to the tool and to every node
+    /// that tried: nothing listens there — the node is stopped.
+    Stopped,
+    /// Another node reaches it: it runs, and only the tool's path to it is cut.
+    CutOffFromTool,
+    /// Nobody reaches it, and not because its address refuses: a cut path
+    /// (or a hung node) — a link fault, not a stopped node.
+    PathFault,
+}
+
+/// A database the tool could not reach, and what its peers say of it.
+#[derive(Clone, Debug)]
+pub struct Down {
+    pub db: DbId,
+    pub addr: SocketAddr,
+    pub reason: String,
+    pub kind: DownKind,
+    /// Each reachable node's attempt: (node's database, its report).
+    pub peers: Vec<(DbId, propagator::wire::ReachReport)>,
+}
+
+impl Down {
+    pub fn describe(&self) -> String {
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|(from, r)| match (r.reached, r.refused) {
+                (true, _) => format!("database {from}'s node reaches it"),
+                (false, true) => format!("refused to database {from}'s node too"),
+                (false, false) => format!(
+                    "database {from}'s node cannot reach it either: {}",
+                    r.reason.as_deref().unwrap_or("no reason given")
+                ),
+            })
+            .collect();
+        format!(
+            "database {} at {}: {}{}",
+            self.db,
+            self.addr,
+            self.reason,
+            if peers.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", peers.join("; "))
+            }
+        )
+    }
+}
+
 pub struct LiveProbes {
     pub topology: Valid,
     pub sources: Sources,
     pub unreachable: Vec<String>,
+    /// The databases the tool could not reach, told apart.
+    pub down: Vec<Down>,
     pub reachable: BTreeSet<DbId>,
     pub masters: Vec<MasterFact>,
     pub reps: Vec<RepFact>,
@@ -369,6 +423,7 @@ impl LiveProbes {
             topology: v.clone(),
             sources: sources.clone(),
             unreachable: Vec::new(),
+            down: Vec::new(),
             reachable: BTreeSet::new(),
             masters: Vec::new(),
             reps: Vec::new(),
@@ -398,7 +453,37 @@ impl LiveProbes {
                     p.reachable.insert(*db);
                     clients.insert(*db, c);
                 }
-                Err(e) => p.unreachable.push(format!("database {db} at {addr}: {e}")),
+                Err(e) => {
+                    p.unreachable.push(format!("database {db} at {addr}: {e}"));
+                    p.down.push(Down {
+                        db: *db,
+                        addr: *addr,
+                        reason: e.to_string(),
+                        kind: if e.refused() {
+                            DownKind::Stopped
+                        } else {
+                            DownKind::PathFault
+                        },
+                        peers: Vec::new(),
+                    });
+                }
+            }
+        }
+        // Ask every node that answers whether it reaches the ones that do
+        // not: one that is reached runs; one whose address refuses everyone
+        // is stopped; any other failure is a link fault.
+        for d in &mut p.down {
+            for (from, c) in clients.iter_mut() {
+                if let Ok(Response::Reach(r)) =
+                    c.call(&Request::Read(ReadRequest::Reach { database: d.db }))
+                {
+                    d.peers.push((*from, r));
+                }
+            }
+            if d.peers.iter().any(|(_, r)| r.reached) {
+                d.kind = DownKind::CutOffFromTool;
+            } else if d.kind == DownKind::Stopped && d.peers.iter().any(|(_, r)| !r.refused) {
+                d.kind = DownKind::PathFault;
             }
         }
         let admin = v.admin_file();
@@ -644,12 +729,37 @@ impl LiveProbes {
     pub fn probe(&self, name: &str) -> Answer {
         match name {
             "databases_restarted" => {
-                if self.unreachable.is_empty() {
+                let stopped: Vec<String> = self
+                    .down
+                    .iter()
+                    .filter(|d| d.kind == DownKind::Stopped)
+                    .map(|d| d.describe())
+                    .collect();
+                let cut: Vec<String> = self
+                    .down
+                    .iter()
+                    .filter(|d| d.kind != DownKind::Stopped)
+                    .map(|d| d.describe())
+                    .collect();
+                if !stopped.is_empty() {
+                    Answer::no(format!(
+                        "stopped (its address refuses connections): {}{}",
+                        stopped.join("; "),
+                        if cut.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; cut off, not stopped: {}", cut.join("; "))
+                        }
+                    ))
+                } else if !cut.is_empty() {
+                    Answer::yes(format!(
+                        "no database is stopped; cut off by a link fault (its address does not refuse, or another node reaches it): {}",
+                        cut.join("; ")
+                    ))
+                } else {
                     Answer::yes(
                         "every database of the topology answers (its restart recovery ran at open)",
                     )
-                } else {
-                    Answer::no(format!("not answering: {}", self.unreachable.join("; ")))
                 }
             }
             "replicate_diverged" => {
