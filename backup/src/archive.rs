@@ -73,7 +73,6 @@ pub fn archive(area: &Area, source: &Source) -> Result<Vec<Archived>, Error> {
     let dir = dir_of(area, dbid);
     std::fs::create_dir_all(&dir).within(|| format!("cannot create {}", dir.display()))?;
     let have: Vec<u64> = list(area, dbid)?.iter().map(|a| a.segment.no).collect();
-    let medium = FsDir::new(&dir);
     let mut out = Vec::new();
     for seg in source.segments()? {
         if seg.last_lsn.is_none() || have.contains(&seg.no) {
@@ -87,21 +86,53 @@ pub fn archive(area: &Area, source: &Source) -> Result<Vec<Archived>, Error> {
                 seg.path
             )));
         }
-        let _ = medium.remove(&seg.name); // a leftover of an archive cut short
-        medium
-            .create(&seg.name)
-            .and_then(|m| m.write_at(&bytes, 0).and_then(|_| m.sync()))
-            .and_then(|_| medium.sync_dir())
-            .within(|| format!("cannot write {}", medium.describe(&seg.name)))?;
-        let a = Archived {
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-            segment: seg,
-        };
-        verify(area, dbid, &a)?;
-        write_json_durably(&dir, &a.segment.name, &a)?;
-        out.push(a);
+        out.push(store(area, dbid, seg, &bytes)?);
     }
     Ok(out)
+}
+
+/// Writes one segment's bytes into the archive (replacing an archived copy
+/// of the same segment), synced and read back before its record is written.
+pub fn store(area: &Area, dbid: DbId, seg: SegmentInfo, bytes: &[u8]) -> Result<Archived, Error> {
+    let dir = dir_of(area, dbid);
+    std::fs::create_dir_all(&dir).within(|| format!("cannot create {}", dir.display()))?;
+    let medium = FsDir::new(&dir);
+    let _ = medium.remove(&seg.name); // a leftover of an archive cut short
+    medium
+        .create(&seg.name)
+        .and_then(|m| m.write_at(bytes, 0).and_then(|_| m.sync()))
+        .and_then(|_| medium.sync_dir())
+        .within(|| format!("cannot write {}", medium.describe(&seg.name)))?;
+    let a = Archived {
+        blake3: blake3::hash(bytes).to_hex().to_string(),
+        segment: SegmentInfo {
+            bytes: bytes.len() as u64,
+            ..seg
+        },
+    };
+    verify(area, dbid, &a)?;
+    write_json_durably(&dir, &a.segment.name, &a)?;
+    Ok(a)
+}
+
+/// Moves an archived segment (and its record) out of the archive into
+/// `superseded-STAMP/` beside it: a database recovered to an LSN before it
+/// left the history it belongs to.
+pub fn set_aside(area: &Area, dbid: DbId, a: &Archived, stamp: &str) -> Result<PathBuf, Error> {
+    let dir = dir_of(area, dbid);
+    let to = dir.join(format!("superseded-{stamp}"));
+    std::fs::create_dir_all(&to).within(|| format!("cannot create {}", to.display()))?;
+    for name in [a.segment.name.clone(), format!("{}.json", a.segment.name)] {
+        let from = dir.join(&name);
+        if from.exists() {
+            std::fs::rename(&from, to.join(&name))
+                .within(|| format!("cannot move {}", from.display()))?;
+        }
+    }
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .within(|| format!("cannot sync {}", dir.display()))?;
+    Ok(to)
 }
 
 /// What a prune did and why it stopped where it did.

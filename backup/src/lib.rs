@@ -19,6 +19,7 @@
 
 pub mod archive;
 pub mod error;
+pub mod recover_db;
 pub mod rules;
 pub mod schedule;
 pub mod take;

@@ -626,3 +626,203 @@ fn incarnation(db: &Database) -> u32 {
         r => panic!("file {MASTER} is a {} file", r.name()),
     }
 }
+
+/// Issue 21 items 2 and 3: a database whose page store is deleted (and,
+/// separately, damaged) is rebuilt without opening it, from its newest copy
+/// set rolled forward with its protection log, the segments pruned from the
+/// live log read back from the archive; a flipped byte in the middle of the
+/// log stops a recovery to the end, and one to the last good LSN names the
+/// commits lost after it with their files; with the log reaching back to
+/// LSN 1 and no copy, the log alone rebuilds it.
+#[test]
+fn a_database_that_will_not_open_is_recovered_from_copy_and_archived_log() {
+    use backup::archive;
+    use backup::recover_db::{recover, Until};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("db");
+    let db = open_new(&data); // 1 MiB segments
+    let hist = Mutex::new(History::new());
+    fill(&db, 30_000, &hist);
+    let area = Area::open(&tmp.path().join("area")).expect("area");
+    let src = Source::Local(db.clone());
+    take_set(&area, &db, &[MASTER, PLAIN]).expect("take");
+    let mut s = db.session();
+    for round in 1..=2u64 {
+        let mut touched = Vec::new();
+        for k in 1..=30_000u64 {
+            let r = rec(k, round);
+            s.update(MASTER, Isn(k), r.clone()).expect("update");
+            touched.push((MASTER, Isn(k), Some(encode_record(&r).expect("encodes"))));
+            if k.is_multiple_of(5000) {
+                let info = s.et(None).expect("et");
+                hist.lock().expect("lock").push((
+                    info.lsn,
+                    info.time_us,
+                    std::mem::take(&mut touched),
+                ));
+            }
+        }
+    }
+    drop(s);
+    // A second set, then everything archived and the live log pruned up
+    // to the oldest set: the newest set's roll-forward is in the live log.
+    let newest = take_set(&area, &db, &[MASTER]).expect("take");
+    archive::archive(&area, &src).expect("archive");
+    let pruned = archive::prune(&area, &src).expect("prune");
+    assert!(!pruned.removed.is_empty(), "{}", pruned.note);
+    let want = content(&db, MASTER);
+    let want_plain = content(&db, PLAIN);
+    let last = db.last_lsn();
+    db.close().expect("close");
+    drop(src);
+    // The page store is deleted: the database no longer opens.
+    let store = data.join("store");
+    std::fs::remove_dir_all(&store).expect("delete the page store");
+    let into = tmp.path().join("recovered");
+    let r = recover(&data, Some(&area), Some(&into), Until::End, &mut |_| {}).expect("recover");
+    assert_eq!(r.lsn, last);
+    assert_eq!(r.method, "copies and log");
+    assert!(r.lost.is_none() && r.not_recovered.is_empty(), "{r:?}");
+    assert!(r.sets.iter().any(|s| s.set == newest.id), "{r:?}");
+    // The old log is archived through the recovered LSN (the open segment
+    // included, cut after it), so copies roll forward across the recovery.
+    assert!(!r.archived.is_empty(), "{r:?}");
+    let (got, _) = Database::open(&into).expect("the recovered database opens");
+    assert_eq!(content(&got, MASTER), want);
+    assert_eq!(content(&got, PLAIN), want_plain);
+    assert!(got.check().expect("check").is_ok());
+    got.close().expect("close");
+    // The live log loses the segments a roll-forward from the oldest set
+    // needs (deleted as a lost disk would): read back from the archive.
+    let live: Vec<_> = std::fs::read_dir(data.join("plog"))
+        .expect("plog")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut segs = live.clone();
+    segs.sort();
+    std::fs::remove_file(&segs[0]).expect("lose a live segment");
+    // The page store is damaged now (bytes overwritten): never opened.
+    std::fs::create_dir_all(&store).expect("store dir");
+    std::fs::write(store.join("garbage"), vec![0xA5u8; 4096]).expect("damage");
+    // In place: the damaged directory is kept beside the recovered one.
+    let r = recover(&data, Some(&area), None, Until::End, &mut |_| {}).expect("recover in place");
+    assert!(r.segments.iter().any(|s| s.from == "archive"), "{r:?}");
+    let kept = r.damaged_kept.clone().expect("damaged kept");
+    assert!(kept.join("store").join("garbage").exists());
+    let (got, _) = Database::open(&data).expect("opens in place");
+    assert_eq!(content(&got, MASTER), want);
+    // Its log goes on after the recovered LSN (no LSN is given out twice
+    // beside its copies and archived segments)…
+    assert!(got.last_lsn() > last, "{} after {last}", got.last_lsn());
+    // (The recovery wrote its files in bulk, which no roll-forward crosses:
+    // a copy set of the recovered database is taken at once.)
+    take_set(&area, &got, &[MASTER, PLAIN]).expect("take after the recovery");
+    let mut s = got.session();
+    for k in 1..=100u64 {
+        s.update(MASTER, Isn(k), rec(k, 9)).expect("update");
+    }
+    s.et(None).expect("et");
+    drop(s);
+    let want_after = content(&got, MASTER);
+    got.close().expect("close");
+    // …so it can be recovered again, from that copy and its log with the
+    // old log's archived segments beside it.
+    std::fs::remove_dir_all(data.join("store")).expect("lose the store again");
+    let r = recover(
+        &data,
+        Some(&area),
+        Some(&tmp.path().join("again")),
+        Until::End,
+        &mut |_| {},
+    )
+    .expect("recover across the first recovery");
+    let (got, _) = Database::open(&tmp.path().join("again")).expect("opens");
+    assert_eq!(content(&got, MASTER), want_after, "{r:?}");
+    got.close().expect("close");
+
+    // A flipped byte in the middle of a closed segment of the old log (the
+    // damaged directory kept aside).
+    let data = kept;
+    let mut segs: Vec<_> = std::fs::read_dir(data.join("plog"))
+        .expect("plog")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    segs.sort();
+    let victim = &segs[segs.len() - 2];
+    let mut bytes = std::fs::read(victim).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(victim, &bytes).expect("flip");
+    std::fs::remove_dir_all(data.join("store")).expect("lose the store again");
+    let e = recover(
+        &data,
+        Some(&area),
+        Some(&tmp.path().join("r2")),
+        Until::End,
+        &mut |_| {},
+    )
+    .expect_err("damaged log");
+    assert!(format!("{e:#}").contains("--to-last-good"), "{e:#}");
+    let r = recover(
+        &data,
+        Some(&area),
+        Some(&tmp.path().join("r3")),
+        Until::LastGood,
+        &mut |_| {},
+    )
+    .expect("to the last good LSN");
+    let lost = r.lost.clone().expect("lost commits named");
+    assert_eq!(lost.from, r.lsn.next());
+    assert!(lost.through >= lost.from, "{lost:?}");
+    assert!(lost.files.contains(&MASTER), "{lost:?}");
+    let (got, _) = Database::open(&tmp.path().join("r3")).expect("opens");
+    assert_eq!(
+        content(&got, MASTER),
+        state_at(&hist.lock().expect("lock"), MASTER, r.lsn)
+    );
+    got.close().expect("close");
+}
+
+/// The log alone: it reaches back to LSN 1 and no copy area is given.
+#[test]
+fn a_database_whose_log_reaches_back_to_its_start_is_rebuilt_from_the_log_alone() {
+    use backup::recover_db::{recover, Until};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("db");
+    let db = open_new(&data);
+    let hist = Mutex::new(History::new());
+    fill(&db, 20_000, &hist);
+    let want = content(&db, MASTER);
+    let mid = hist.lock().expect("lock")[1].0;
+    db.close().expect("close");
+    std::fs::remove_dir_all(data.join("store")).expect("delete the page store");
+    let r = recover(
+        &data,
+        None,
+        Some(&tmp.path().join("r")),
+        Until::End,
+        &mut |_| {},
+    )
+    .expect("recover");
+    assert_eq!(r.method, "log alone");
+    let (got, _) = Database::open(&tmp.path().join("r")).expect("opens");
+    assert_eq!(content(&got, MASTER), want);
+    got.close().expect("close");
+    let r = recover(
+        &data,
+        None,
+        Some(&tmp.path().join("m")),
+        Until::Lsn(mid),
+        &mut |_| {},
+    )
+    .expect("recover to an LSN");
+    assert_eq!(r.lsn, mid);
+    let (got, _) = Database::open(&tmp.path().join("m")).expect("opens");
+    assert_eq!(
+        content(&got, MASTER),
+        state_at(&hist.lock().expect("lock"), MASTER, mid)
+    );
+    got.close().expect("close");
+}

@@ -747,6 +747,38 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a database whose page store will not open (damaged, deleted,
+    /// its disk lost), without opening it: from the newest copy set of each
+    /// of its files rolled forward with its protection log (live and
+    /// archived segments together, each verified), or from the log alone
+    /// when it reaches back to LSN 1. Exit 1 when commits after the
+    /// recovered LSN were lost (named with their files).
+    Recover {
+        /// The damaged database's directory (its node stopped).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The copy area (copy sets and archived log segments).
+        #[arg(long, value_name = "DIR")]
+        area: Option<PathBuf>,
+        /// Recover into this new directory; without it the database is
+        /// recovered beside DIR and swapped into its place, the damaged
+        /// directory kept as DIR.damaged-TIME.
+        #[arg(long, value_name = "NEWDIR")]
+        into: Option<PathBuf>,
+        /// Stop at this LSN.
+        #[arg(long, value_name = "LSN", group = "until")]
+        to_lsn: Option<u64>,
+        /// Stop after the last commit at or before this RFC 3339 time.
+        #[arg(long, value_name = "TIME", group = "until")]
+        to_time: Option<String>,
+        /// Stop at the last commit before the first damage in the log
+        /// (the commits after it are named as lost).
+        #[arg(long, group = "until")]
+        to_last_good: bool,
+        /// Print JSON (progress events, then the result) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

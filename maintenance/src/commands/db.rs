@@ -25,6 +25,15 @@ pub fn run(c: DbCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         DbCommand::Check { data, json } => check(&data.data, json),
+        DbCommand::Recover {
+            data,
+            area,
+            into,
+            to_lsn,
+            to_time,
+            to_last_good,
+            json,
+        } => recover(data, area, into, to_lsn, to_time, to_last_good, json),
         DbCommand::Status { data, json } => {
             let db = open_or_context(&data.data)?;
             super::file::print_files(&db, json);
@@ -103,5 +112,105 @@ fn check(dir: &std::path::Path, json: bool) -> anyhow::Result<Outcome> {
         Outcome::Ok
     } else {
         Outcome::Problem
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn recover(
+    data: std::path::PathBuf,
+    area: Option<std::path::PathBuf>,
+    into: Option<std::path::PathBuf>,
+    to_lsn: Option<u64>,
+    to_time: Option<String>,
+    to_last_good: bool,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    use backup::recover_db::{recover, Until};
+    let until = match (to_lsn, to_time, to_last_good) {
+        (Some(l), _, _) => Until::Lsn(propagator::Lsn(l)),
+        (_, Some(t), _) => Until::Time(
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .with_context(|| {
+                    format!("--to-time {t:?} is not an RFC 3339 time (e.g. 2026-11-30T21:00:00Z)")
+                })?
+                .timestamp_micros(),
+        ),
+        (_, _, true) => Until::LastGood,
+        _ => Until::End,
+    };
+    let area = match &area {
+        Some(a) => Some(backup::Area::open(a)?),
+        None => None,
+    };
+    let mut sink = output::ProgressSink::new(json);
+    let r = recover(&data, area.as_ref(), into.as_deref(), until, &mut |p| {
+        sink.on(p)
+    });
+    drop(sink);
+    let r = r?;
+    if json {
+        output::json(&serde_json::to_value(&r)?);
+    } else {
+        println!(
+            "database {} recovered into {} from the {} to LSN {}",
+            r.dbid,
+            r.into.display(),
+            r.method,
+            r.lsn
+        );
+        let live = r.segments.iter().filter(|s| s.from == "live").count();
+        println!(
+            "  protection log: {} segment(s), {live} live and {} archived; LSN {} to {}",
+            r.segments.len(),
+            r.segments.len() - live,
+            r.log.first,
+            r.log.last_good
+        );
+        for s in &r.sets {
+            println!(
+                "  copy set {} (LSN {}): files {}, {} commit(s) rolled forward",
+                s.set,
+                s.lsn,
+                s.files
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s.commits
+            );
+        }
+        if let (Some(d), Some(l)) = (&r.log.damage, &r.lost) {
+            println!(
+                "  LOST: LSNs {} to {} (files {}): the log is damaged at {} offset {} ({})",
+                l.from,
+                l.through,
+                l.files
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.path,
+                d.offset,
+                d.reason
+            );
+        }
+        if !r.not_recovered.is_empty() {
+            println!(
+                "  NOT RECOVERED (no copy set holds them and the log does not reach back to LSN 1): files {}",
+                r.not_recovered
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some(k) = &r.damaged_kept {
+            println!("  the damaged database is kept as {}", k.display());
+        }
+    }
+    Ok(if r.lost.is_some() || !r.not_recovered.is_empty() {
+        Outcome::Problem
+    } else {
+        Outcome::Ok
     })
 }

@@ -194,6 +194,26 @@ impl Area {
         Ok(())
     }
 
+    /// Takes a set out of the catalog without removing its files: its
+    /// entry moves to `sets-superseded/` (a database recovered to an
+    /// earlier LSN than the set's has left the history the set belongs to;
+    /// an operator can move it back).
+    pub fn set_aside(&self, id: &str) -> Result<PathBuf, SetError> {
+        check_set_id(id)?;
+        let from = self.root.join("sets").join(format!("{id}.json"));
+        let dir = self.root.join("sets-superseded");
+        std::fs::create_dir_all(&dir).within(|| format!("cannot create {}", dir.display()))?;
+        let to = dir.join(format!("{id}.json"));
+        std::fs::rename(&from, &to)
+            .within(|| format!("cannot move catalog entry {}", from.display()))?;
+        for d in [self.root.join("sets"), dir] {
+            File::open(&d)
+                .and_then(|f| f.sync_all())
+                .within(|| format!("cannot sync {}", d.display()))?;
+        }
+        Ok(to)
+    }
+
     /// Removes the data directory of a set that never made the catalog.
     /// (Nothing is removed for an id of another format.)
     pub fn discard(&self, id: &str) {

@@ -594,6 +594,28 @@ pub struct NewDatabase {
 
 impl NewDatabase {
     pub fn make(dir: &std::path::Path, dbid: crate::DbId) -> Result<NewDatabase, SetError> {
+        Self::make_with(dir, dbid, |d| Database::init(d, dbid, None))
+    }
+
+    /// A new database whose protection log continues another's (see
+    /// [`Database::init_like`]).
+    pub fn make_like(
+        dir: &std::path::Path,
+        like: &std::path::Path,
+        after: Lsn,
+        first_segment: u64,
+    ) -> Result<NewDatabase, SetError> {
+        let dbid = Database::dbid_of(like)?;
+        Self::make_with(dir, dbid, |d| {
+            Database::init_like(d, like, after, first_segment)
+        })
+    }
+
+    fn make_with(
+        dir: &std::path::Path,
+        dbid: crate::DbId,
+        init: impl FnOnce(&std::path::Path) -> Result<(), crate::DbError>,
+    ) -> Result<NewDatabase, SetError> {
         let marker = dir.join(RESTORE_MARKER);
         let existed = dir.exists();
         let busy = || -> Result<NewDatabase, SetError> {
@@ -636,8 +658,7 @@ impl NewDatabase {
             }
             f
         };
-        Database::init(dir, dbid, None)
-            .within(|| format!("cannot create database {}", dir.display()))?;
+        init(dir).within(|| format!("cannot create database {}", dir.display()))?;
         let plog: std::sync::Arc<dyn crate::medium::MediumDir> =
             std::sync::Arc::new(FsDir::new(dir.join("plog")));
         let opts = crate::Options {
@@ -783,31 +804,75 @@ pub fn regenerate(
             Err(e) => skipped.push(format!("{}: {e:#}", s.id)),
         }
     };
-    regenerate_set(db, area, set, target, into, skipped, on)
+    let src = LogSource::of(db);
+    // Into another database (a new one, as the CLI and the benchmark make
+    // it): in bulk; into `db` itself, whose log has a past: logged.
+    let bulk = into.is_some();
+    regenerate_set(
+        &src,
+        area,
+        set,
+        target,
+        into.unwrap_or(db),
+        bulk,
+        skipped,
+        on,
+    )
 }
 
-/// Rolls one verified set forward (see [`regenerate`]).
-fn regenerate_set(
-    db: &Database,
+/// The protection log a roll-forward reads, and what it needs to know of
+/// its database: an open database's own, or (a database that will not
+/// open) its live and archived segments gathered in a directory.
+pub struct LogSource<'a> {
+    pub plog: std::sync::Arc<dyn crate::medium::MediumDir + 'a>,
+    pub dbid: crate::DbId,
+    /// The definitions known before the roll-forward (a copy set's own
+    /// members' are added to them).
+    pub catalog: BTreeMap<Fnr, crate::FileDef>,
+    /// The last LSN the log can be read to.
+    pub last_lsn: Lsn,
+    /// How to name it in messages.
+    pub name: String,
+}
+
+impl LogSource<'static> {
+    pub fn of(db: &Database) -> LogSource<'static> {
+        LogSource {
+            plog: db.plog_dir(),
+            dbid: db.dbid(),
+            catalog: db.files().into_iter().map(|f| (f.def.fnr, f.def)).collect(),
+            last_lsn: db.last_lsn(),
+            name: db.dir().display().to_string(),
+        }
+    }
+}
+
+/// Rolls one verified set forward with `src` to `target`, writing the
+/// result into `target_db` (in bulk where a chunk replaces nothing, when
+/// `bulk`: a new database, whose log has no past to roll across).
+#[allow(clippy::too_many_arguments)]
+pub fn regenerate_set(
+    src: &LogSource<'_>,
     area: &Area,
     set: CopySet,
     target: Target,
-    into: Option<&Database>,
+    target_db: &Database,
+    bulk: bool,
     skipped: Vec<String>,
     mut on: OnProgress,
 ) -> Result<Regenerated, SetError> {
     if let Target::Lsn(l) = target {
-        if l > db.last_lsn() {
+        if l > src.last_lsn {
             refused!(
                 "LSN {l} is past the end of the protection log of {} (LSN {})",
-                db.dir().display(),
-                db.last_lsn()
+                src.name,
+                src.last_lsn
             );
         }
     }
     let files: BTreeSet<Fnr> = set.members.iter().map(|m| m.fnr).collect();
     let mut base = SliceBase {
-        catalog: db.files().into_iter().map(|f| (f.def.fnr, f.def)).collect(),
+        catalog: src.catalog.clone(),
         metas: set
             .members
             .iter()
@@ -824,7 +889,7 @@ fn regenerate_set(
         Target::Lsn(l) => Some(l),
         _ => None,
     };
-    let end = upto.unwrap_or_else(|| db.last_lsn());
+    let end = upto.unwrap_or(src.last_lsn);
     let mut counted = Counter::new(
         &mut on,
         "roll forward",
@@ -832,8 +897,8 @@ fn regenerate_set(
         "log entries",
     );
     read_slice(
-        &*db.plog_dir(),
-        db.dbid(),
+        &*src.plog,
+        src.dbid,
         &mut base,
         set.lsn,
         upto,
@@ -861,7 +926,6 @@ fn regenerate_set(
         .iter()
         .filter_map(|f| base.metas.get(f).map(|m| (*f, *m)))
         .collect();
-    let target_db = into.unwrap_or(db);
     if target_db.dbid() != set.dbid {
         refused!(
             "database {} is database {}, the copy set's is {}",
@@ -870,9 +934,6 @@ fn regenerate_set(
             set.dbid
         );
     }
-    // Into another database (a new one, as the CLI and the benchmark make
-    // it): in bulk; into `db` itself, whose log has a past: logged.
-    let bulk = into.is_some();
     let restored = write_set(
         target_db, area, &set, overlays, &metas_now, reached, bulk, on,
     )?;
@@ -1135,7 +1196,16 @@ pub fn restore_in_node(
                     Some(l) => Target::Lsn(l),
                     None => Target::End,
                 };
-                let r = regenerate_set(db, &area, set, target, None, skipped, &mut on)?;
+                let r = regenerate_set(
+                    &LogSource::of(db),
+                    &area,
+                    set,
+                    target,
+                    db,
+                    false,
+                    skipped,
+                    &mut on,
+                )?;
                 return Ok(serde_json::to_value(&r)?);
             }
             Ok(()) => {

@@ -483,6 +483,68 @@ impl Database {
         Ok(())
     }
 
+    /// Creates, in `dir`, a new empty database like the one in `like` (its
+    /// id, segment size and page-store engine) whose protection log
+    /// continues another's: its first segment is numbered `first_segment`
+    /// and its first commit will be LSN `after + 1` (the page store starts
+    /// applied to `after`). A whole-database recovery writes into one, so
+    /// the recovered database's LSNs go on from the recovered point instead
+    /// of starting again at 1 beside its own copies and archived segments.
+    pub fn init_like(
+        dir: &Path,
+        like: &Path,
+        after: Lsn,
+        first_segment: u64,
+    ) -> Result<(), DbError> {
+        let id = Self::identity(like)?;
+        Self::init_with_engine(dir, DbId(id.dbid), Some(id.segment_size), id.store)?;
+        let derr = |reason: String| DbError::Directory {
+            dir: dir.display().to_string(),
+            reason,
+        };
+        let plog_dir = dir.join("plog");
+        // init's own first segment makes way for the continuing one.
+        for e in std::fs::read_dir(&plog_dir).map_err(|e| derr(e.to_string()))? {
+            let e = e.map_err(|e| derr(e.to_string()))?;
+            std::fs::remove_file(e.path()).map_err(|e| derr(e.to_string()))?;
+        }
+        let plog: Arc<dyn MediumDir> = Arc::new(FsDir::new(&plog_dir));
+        let cp = Checkpoint {
+            as_of: after,
+            time_us: chrono::Utc::now().timestamp_micros(),
+            clean: true,
+            catalog: vec![],
+            metas: vec![],
+        };
+        PlogWriter::create_segment(plog, DbId(id.dbid), first_segment, &cp, id.segment_size)?;
+        let store = PageStore::open(
+            &dir.join("store"),
+            id.store,
+            Options::default().cache_bytes,
+            id.segment_size.max(64 << 10),
+        )?;
+        store.apply(&crate::store::StoreBatch {
+            applied: after,
+            ..Default::default()
+        })?;
+        store.flush()?;
+        drop(store);
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| derr(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The id of the database in `dir`, read from its identity file alone
+    /// (the page store is not opened: a database that will not open still
+    /// says who it is).
+    pub fn dbid_of(dir: &Path) -> Result<DbId, DbError> {
+        Ok(DbId(Self::identity(dir)?.dbid))
+    }
+
+    /// The name of the identity file in a database directory.
+    pub const IDENTITY_FILE: &'static str = IDENTITY_FILE;
+
     fn identity(dir: &Path) -> Result<Identity, DbError> {
         let path = dir.join(IDENTITY_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| DbError::Directory {

@@ -15,6 +15,7 @@
 pub mod entry;
 pub mod format;
 pub mod reader;
+pub mod survey;
 pub mod writer;
 
 pub use entry::{Change, Checkpoint, Commit, PlogEntry};

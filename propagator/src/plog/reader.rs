@@ -364,6 +364,29 @@ impl<'a> LogScan<'a> {
     }
 }
 
+/// The well-formed frames of `seg` from `offset` on, each checked alone
+/// (magic, length, CRC; not the LSN chain), damaged stretches skipped: what
+/// a survey lists after a fault in the middle of the log.
+pub fn frames_from(seg: &Segment, offset: u64) -> std::io::Result<Vec<(u64, PlogEntry)>> {
+    let mut reader = FrameReader::new(seg);
+    let mut out = Vec::new();
+    let mut at = offset;
+    loop {
+        match reader.frame(seg.no, at) {
+            Ok(Some((entry, end))) => {
+                out.push((at, entry));
+                at = end;
+            }
+            Ok(None) => break,
+            Err(_) => match valid_frame_after(seg, at)? {
+                Some(next) => at = next,
+                None => break,
+            },
+        }
+    }
+    Ok(out)
+}
+
 /// Whether any well-formed frame (magic, length and CRC all right) starts
 /// after `offset` in `seg`: if one does, damage at `offset` is in the middle
 /// of the log, not a torn tail.

@@ -1,0 +1,144 @@
+//! A whole protection log read end to end, told apart: where it starts,
+//! the last LSN before any damage, and — when a frame in the middle is
+//! damaged (well-formed frames follow it) — which commits after it are
+//! lost to a recovery that must stop before it, with the files they touched.
+//! A torn tail (nothing well-formed after the fault) is the log's end.
+
+use super::reader::{frames_from, open_segments_readonly, valid_frame_after, LogScan};
+use super::{LogError, PlogEntry};
+use crate::ids::{DbId, Fnr, Lsn};
+use crate::medium::MediumDir;
+use std::collections::BTreeSet;
+
+/// What a survey found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Survey {
+    /// The first LSN the log holds (its oldest segment's first).
+    pub first: Lsn,
+    /// The last commit read before the first damage (or the log's end).
+    pub last_good: Lsn,
+    pub damage: Option<Damage>,
+    /// Every file a commit up to `last_good` changed.
+    pub touched: BTreeSet<Fnr>,
+}
+
+/// Damage in the middle of the log.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Damage {
+    pub path: String,
+    pub offset: u64,
+    pub reason: String,
+    /// The commits read after the damage (frames that are whole on their
+    /// own): lost to a recovery that stops at `last_good`.
+    pub after: Vec<LostCommit>,
+}
+
+/// A commit past the damage.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LostCommit {
+    pub lsn: Lsn,
+    pub time_us: i64,
+    /// The files it changed (log files of masters included).
+    pub files: BTreeSet<Fnr>,
+}
+
+impl Damage {
+    /// The LSNs lost: from the one after the last good to the last commit
+    /// read after the damage.
+    pub fn lost_through(&self) -> Option<Lsn> {
+        self.after.iter().map(|c| c.lsn).max()
+    }
+
+    /// Every file a lost commit touched.
+    pub fn files(&self) -> BTreeSet<Fnr> {
+        self.after
+            .iter()
+            .flat_map(|c| c.files.iter().copied())
+            .collect()
+    }
+}
+
+/// Reads the whole log in `dir`.
+pub fn survey(dir: &dyn MediumDir, dbid: DbId) -> Result<Survey, LogError> {
+    let segs = open_segments_readonly(dir, dbid)?;
+    let first = segs.first().map(|s| s.header.first_lsn).unwrap_or(Lsn(1));
+    let mut scan = LogScan::new(&segs, 0);
+    let mut touched = BTreeSet::new();
+    let fault = loop {
+        match scan.next_frame() {
+            Ok(Some(f)) => {
+                if let PlogEntry::Commit(c) = f.entry {
+                    touched.extend(c.metas.iter().map(|m| m.fnr));
+                    touched.extend(c.changes.iter().map(|ch| ch.fnr));
+                }
+            }
+            Ok(None) => break None,
+            Err(f) => break Some(f),
+        }
+    };
+    let last_good = scan.last_lsn();
+    let Some(f) = fault else {
+        return Ok(Survey {
+            first,
+            last_good,
+            damage: None,
+            touched,
+        });
+    };
+    let io = |path: &str, e: std::io::Error| LogError::Io {
+        path: path.to_string(),
+        source: e,
+    };
+    let seg = &segs[f.seg_idx];
+    let resume = valid_frame_after(seg, f.offset).map_err(|e| io(&seg.path, e))?;
+    let later = f.seg_idx + 1 < segs.len();
+    if resume.is_none() && !later {
+        // A torn tail: the log ends at the last whole commit.
+        return Ok(Survey {
+            first,
+            last_good,
+            damage: None,
+            touched,
+        });
+    }
+    let mut after = Vec::new();
+    let mut note = |e: PlogEntry| {
+        if let PlogEntry::Commit(c) = e {
+            if c.lsn > last_good {
+                after.push(LostCommit {
+                    lsn: c.lsn,
+                    time_us: c.time_us,
+                    files: c
+                        .metas
+                        .iter()
+                        .map(|m| m.fnr)
+                        .chain(c.changes.iter().map(|ch| ch.fnr))
+                        .collect(),
+                });
+            }
+        }
+    };
+    if let Some(at) = resume {
+        for (_, e) in frames_from(seg, at).map_err(|e| io(&seg.path, e))? {
+            note(e);
+        }
+    }
+    for s in &segs[f.seg_idx + 1..] {
+        for (_, e) in frames_from(s, super::format::HEADER_LEN).map_err(|e| io(&s.path, e))? {
+            note(e);
+        }
+    }
+    after.sort_by_key(|c| c.lsn);
+    after.dedup_by_key(|c| c.lsn);
+    Ok(Survey {
+        first,
+        last_good,
+        touched,
+        damage: Some(Damage {
+            path: f.path,
+            offset: f.offset,
+            reason: f.reason,
+            after,
+        }),
+    })
+}
