@@ -97,10 +97,17 @@ pub struct Lost {
 }
 
 /// The gathered log: a directory holding, per segment number, the live
-/// segment or its archived copy.
-struct Gathered {
+/// segment or its archived copy (removed when dropped).
+pub struct Gathered {
     dir: PathBuf,
-    used: Vec<SegmentUsed>,
+    pub used: Vec<SegmentUsed>,
+}
+
+impl Gathered {
+    /// The gathered segments' directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for Gathered {
@@ -109,7 +116,16 @@ impl Drop for Gathered {
     }
 }
 
-fn gather(data: &Path, area: Option<&Area>, dbid: DbId, beside: &Path) -> Result<Gathered, Error> {
+/// Gathers database `dbid`'s protection log: its live segments in
+/// `data/plog` and its archived ones in `area`, per segment number the live
+/// one unless its archived copy (verified) is longer; staged beside
+/// `beside`.
+pub fn gather(
+    data: &Path,
+    area: Option<&Area>,
+    dbid: DbId,
+    beside: &Path,
+) -> Result<Gathered, Error> {
     let dir = beside.with_file_name(format!(
         ".{}.plog-{}",
         beside
@@ -295,14 +311,19 @@ pub fn recover(
         rebuild_from_log(data, &gathered, &target_dir, dbid, lsn, time)
     } else {
         // The recovered database's log goes on after the recovered LSN,
-        // in the segment after the last one the old log used.
-        let next_segment = gathered
-            .used
-            .iter()
-            .filter_map(|u| propagator::plog::format::parse_segment_name(&u.name))
-            .max()
-            .unwrap_or(0)
-            + 1;
+        // in the segment after the last one of the old log that holds
+        // anything up to it (later ones belong to the history after it and
+        // are set aside).
+        let next_segment =
+            propagator::plog::open_segments_readonly(&FsDir::new(&gathered.dir), dbid)
+                .map_err(propagator::DbError::from)
+                .within(|| "cannot read the gathered log".to_string())?
+                .iter()
+                .filter(|s| s.header.first_lsn <= lsn)
+                .map(|s| s.no)
+                .max()
+                .unwrap_or(0)
+                + 1;
         let new = restore::NewDatabase::make_like(&target_dir, data, lsn, next_segment)?;
         let src = LogSource {
             plog: std::sync::Arc::new(FsDir::new(&gathered.dir)),

@@ -59,6 +59,26 @@ impl Scene {
         Scene::fill(tmp, cl)
     }
 
+    /// [`Scene::new`] with databases whose protection-log segments are
+    /// `bytes` long (so a short test fills, archives and prunes several).
+    fn with_segments(bytes: u64) -> Scene {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for db in 1..=3u32 {
+            ok(&etp(&[
+                "db",
+                "init",
+                "--dbid",
+                &db.to_string(),
+                "--segment-size",
+                &bytes.to_string(),
+                "--data",
+                &tmp.path().join(format!("db{db}")).display().to_string(),
+            ]));
+        }
+        let cl = Cluster::start(etp_bin(), tmp.path(), Some(1)).expect("cluster");
+        Scene::fill(tmp, cl)
+    }
+
     /// [`Scene::new`] with `n` records on the master.
     fn sized(n: u64) -> Scene {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -1450,4 +1470,146 @@ fn a_replicate_node_cut_off_by_a_link_fault_is_case_1_not_a_restart() {
     let (events, et) = s.recover(&["--journal", &journal]);
     s.prove();
     figure("case1-link-fault", dt, et, &events);
+}
+
+/// Stores every record of the model again with `qty`, a thousand a transaction.
+fn rewrite_all(s: &mut Scene, qty: i64) {
+    let n = records();
+    let mut k = 1;
+    while k <= n {
+        let hi = (k + 999).min(n);
+        s.store(k..=hi, qty);
+        k = hi + 1;
+    }
+}
+
+/// `etp db recover` on the stopped master's directory: exit code, stdout.
+fn db_recover(s: &Scene, extra: &[&str]) -> (Option<i32>, String, String, f64) {
+    let data = s.cl.nodes[0].data.display().to_string();
+    let area = s.dir("area");
+    let mut args = vec!["db", "recover", "--data", &data, "--area", &area];
+    args.extend_from_slice(extra);
+    let t = Instant::now();
+    let out = etp(&args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed().as_secs_f64(),
+    )
+}
+
+/// Issue 21 items 2 and 3 on a real cluster: the master's page store is
+/// deleted, then (separately) damaged, with its protection log archived and
+/// pruned; `etp db recover` rebuilds it in place from its copy set and the
+/// live and archived log to its last LSN, the node starts on it, and the
+/// replicates go on streaming. Then a flipped byte in the middle of its log:
+/// a recovery to the end is refused naming the damage; one to the last good
+/// LSN names the LSNs lost and their files, the master starts behind its
+/// replicates, they are found diverged and reloaded.
+#[test]
+fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log() {
+    let mut s = Scene::with_segments(64 << 10);
+    s.take_master_copy();
+    rewrite_all(&mut s, 21);
+    rewrite_all(&mut s, 22);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    let area = s.dir("area");
+    let archived = ok(&etp(&[
+        "copy",
+        "archive",
+        "--node",
+        &s.m(),
+        "--area",
+        &area,
+        "--prune",
+    ]));
+    assert!(archived.contains("removed"), "{archived}");
+    // The page store deleted: the node does not start on it.
+    s.cl.nodes[0].stop().expect("stop");
+    let data = s.cl.nodes[0].data.clone();
+    std::fs::remove_dir_all(data.join("store")).expect("delete the page store");
+    let (code, out, err, secs) = db_recover(&s, &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("from the copies and log") && out.contains("archived"),
+        "{out}"
+    );
+    eprintln!(
+        "FIGURE db-recover-deleted: records={} recover_s={secs:.2}",
+        records()
+    );
+    s.cl.nodes[0].restart().expect("restart");
+    s.store_and_prove(1..=10, 23);
+    // A copy of the recovered database (written in bulk, which no
+    // roll-forward crosses), more writes; then its page store damaged.
+    s.take_master_copy();
+    rewrite_all(&mut s, 24);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.cl.nodes[0].stop().expect("stop");
+    for e in std::fs::read_dir(data.join("store"))
+        .expect("store")
+        .flatten()
+    {
+        if e.path().is_file() {
+            std::fs::write(e.path(), vec![0x5Au8; 512]).expect("damage");
+        }
+    }
+    let (code, out, err, secs) = db_recover(&s, &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    eprintln!(
+        "FIGURE db-recover-damaged: records={} recover_s={secs:.2}",
+        records()
+    );
+    s.cl.nodes[0].restart().expect("restart");
+    s.store_and_prove(11..=20, 25);
+
+    // A flipped byte in the middle of a closed segment of the master's log.
+    s.take_master_copy();
+    rewrite_all(&mut s, 26);
+    rewrite_all(&mut s, 27);
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.cl.nodes[0].stop().expect("stop");
+    let mut segs: Vec<_> = std::fs::read_dir(data.join("plog"))
+        .expect("plog")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let victim = &segs[segs.len() - 2];
+    let mut bytes = std::fs::read(victim).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(victim, &bytes).expect("flip");
+    std::fs::remove_dir_all(data.join("store")).expect("lose the store");
+    let (code, out, err, _) = db_recover(&s, &[]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("--to-last-good"), "{err}");
+    let (code, out, err, secs) = db_recover(&s, &["--to-last-good"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(out.contains("LOST: LSNs") && out.contains("10"), "{out}");
+    eprintln!(
+        "FIGURE db-recover-last-good: records={} recover_s={secs:.2}",
+        records()
+    );
+    // The master lost its last transactions: it starts behind its
+    // replicates, which are found diverged and reloaded.
+    s.cl.nodes[0].restart().expect("restart");
+    let (code, v, _) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(leaf(&v), "reload_diverged", "{v}");
+    s.recover(&["--area", &area]);
+    // What the master lost is lost for every copy: the model follows the
+    // master (its records are each at some acknowledged value).
+    let master = s.cl.dump(0, MASTER).expect("dump");
+    for (k, r) in &master {
+        let q = match r.get("qty") {
+            Some(Value::Int(q)) => *q,
+            other => panic!("record {k}: qty {other:?}"),
+        };
+        assert!((20..=27).contains(&q), "record {k}: qty {q}");
+        s.model.insert(k.0, q);
+    }
+    s.store_and_prove(21..=30, 28);
 }

@@ -212,27 +212,83 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                 (None, None, true) => Target::End,
                 _ => bail!("give exactly one of --to-lsn, --to-time, --to-end"),
             };
-            let db = open_or_context(&data)?;
-            // A new database is marked until the regenerate ends: killed,
-            // it does not open, and a regenerate into it again starts over.
-            let into_db = match &into {
-                Some(dir) => Some(restore::NewDatabase::make(dir, db.dbid())?),
-                None => None,
-            };
+            // The log is read from the database's live segments and the
+            // archived ones (`copy archive`) together, so a set older than
+            // the live log still rolls forward.
+            let dbid = propagator::Database::dbid_of(&data)
+                .with_context(|| format!("cannot regenerate from {}", data.display()))?;
+            let gathered = backup::recover_db::gather(
+                &data,
+                Some(&area),
+                dbid,
+                into.as_deref().unwrap_or(&data),
+            )?;
             let mut sink = output::ProgressSink::new(json);
-            let r = restore::regenerate(
-                &db,
-                &area,
-                Fnr(file),
-                target,
-                into_db.as_ref().map(|n| &n.db),
-                &mut |p| sink.on(p),
-            );
-            drop(sink);
-            let r = match into_db {
-                Some(n) => n.finish(r)?,
-                None => r?,
+            let (r, db) = match &into {
+                // Into a new database, the database itself is never opened
+                // (one that will not open still regenerates): the log's end
+                // is the last commit it holds, and damage outside the slice
+                // the set needs does not matter.
+                Some(dir) => {
+                    let log = propagator::plog::survey::survey(
+                        &propagator::medium::FsDir::new(gathered.dir()),
+                        dbid,
+                    )
+                    .map_err(propagator::DbError::from)?;
+                    let end = log
+                        .damage
+                        .as_ref()
+                        .and_then(|d| d.lost_through())
+                        .unwrap_or(log.last_good);
+                    let src = restore::LogSource {
+                        plog: std::sync::Arc::new(propagator::medium::FsDir::new(gathered.dir())),
+                        dbid,
+                        catalog: Default::default(),
+                        last_lsn: end,
+                        name: format!("database {dbid} ({} and its archived log)", data.display()),
+                    };
+                    let target = match target {
+                        Target::End => Target::Lsn(end),
+                        t => t,
+                    };
+                    // A new database is marked until the regenerate ends:
+                    // killed, it does not open, and a regenerate into it
+                    // again starts over.
+                    let n = restore::NewDatabase::make(dir, dbid)?;
+                    let r = restore::regenerate_from(
+                        &src,
+                        &area,
+                        Fnr(file),
+                        target,
+                        &n.db,
+                        true,
+                        &mut |p| sink.on(p),
+                    );
+                    (n.finish(r)?, None)
+                }
+                None => {
+                    let db = open_or_context(&data)?;
+                    let src = restore::LogSource {
+                        plog: std::sync::Arc::new(propagator::medium::FsDir::new(gathered.dir())),
+                        ..restore::LogSource::of(&db)
+                    };
+                    let target = match target {
+                        Target::End => Target::Lsn(db.last_lsn()),
+                        t => t,
+                    };
+                    let r = restore::regenerate_from(
+                        &src,
+                        &area,
+                        Fnr(file),
+                        target,
+                        &db,
+                        false,
+                        &mut |p| sink.on(p),
+                    )?;
+                    (r, Some(db))
+                }
             };
+            drop(sink);
             if json {
                 output::json(&serde_json::to_value(&r)?);
             } else {
@@ -245,7 +301,9 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                 );
                 print_restored(&r.restored, false)?;
             }
-            db.close()?;
+            if let Some(db) = db {
+                db.close()?;
+            }
             Ok(Outcome::Ok)
         }
         CopyCommand::Jobs(j) => jobs(j),

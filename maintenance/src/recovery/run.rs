@@ -292,7 +292,7 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 }
                 let what = match Action::parse(&b.action) {
                     Some(Action::RestartDatabases) => format!(
-                        "start the node of {} (stopped: {}), then run again",
+                        "start the node of {} (stopped: {}), then run again; a node that will not start because its database will not open is rebuilt first with `etp db recover --data DIR --area AREA` (in place, the damaged directory kept)",
                         b.targets
                             .iter()
                             .map(Target::describe)

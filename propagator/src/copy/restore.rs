@@ -771,18 +771,62 @@ pub fn regenerate(
     into: Option<&Database>,
     on: OnProgress,
 ) -> Result<Regenerated, SetError> {
+    let set = newest_usable(db.dbid(), area, fnr, target, on)?;
+    let (set, skipped) = set;
+    let src = LogSource::of(db);
+    // Into another database (a new one, as the CLI and the benchmark make
+    // it): in bulk; into `db` itself, whose log has a past: logged.
+    let bulk = into.is_some();
+    regenerate_set(
+        &src,
+        area,
+        set,
+        target,
+        into.unwrap_or(db),
+        bulk,
+        skipped,
+        on,
+    )
+}
+
+/// [`regenerate`] with another log source than the database's own (its
+/// live and archived segments gathered: with a new database `into`, the
+/// database need not even open), written into `into` (in bulk when
+/// `bulk`: a new database).
+pub fn regenerate_from(
+    src: &LogSource<'_>,
+    area: &Area,
+    fnr: Fnr,
+    target: Target,
+    into: &Database,
+    bulk: bool,
+    on: OnProgress,
+) -> Result<Regenerated, SetError> {
+    let (set, skipped) = newest_usable(src.dbid, area, fnr, target, on)?;
+    regenerate_set(src, area, set, target, into, bulk, skipped, on)
+}
+
+/// The newest copy set of database `dbid` holding `fnr` that verifies, at
+/// or before the target, and the newer ones passed over.
+fn newest_usable(
+    dbid: crate::DbId,
+    area: &Area,
+    fnr: Fnr,
+    target: Target,
+    on: OnProgress,
+) -> Result<(CopySet, Vec<String>), SetError> {
     let max_lsn = match target {
         Target::Lsn(l) => Some(l),
         _ => None,
     };
-    let mut candidates = area.newest_with(db.dbid(), fnr, max_lsn)?;
+    let mut candidates = area.newest_with(dbid, fnr, max_lsn)?;
     if let Target::Time(t) = target {
         candidates.retain(|s| s.time_us <= t);
     }
     if candidates.is_empty() {
         refused!(
             "no copy set of database {} holds file {fnr}{}: nothing to regenerate from",
-            db.dbid(),
+            dbid,
             match target {
                 Target::Lsn(l) => format!(" at or before LSN {l}"),
                 Target::Time(_) => " at or before that time".into(),
@@ -804,20 +848,7 @@ pub fn regenerate(
             Err(e) => skipped.push(format!("{}: {e:#}", s.id)),
         }
     };
-    let src = LogSource::of(db);
-    // Into another database (a new one, as the CLI and the benchmark make
-    // it): in bulk; into `db` itself, whose log has a past: logged.
-    let bulk = into.is_some();
-    regenerate_set(
-        &src,
-        area,
-        set,
-        target,
-        into.unwrap_or(db),
-        bulk,
-        skipped,
-        on,
-    )
+    Ok((set, skipped))
 }
 
 /// The protection log a roll-forward reads, and what it needs to know of
