@@ -966,8 +966,22 @@ fn an_interrupted_run_resumes_at_the_step_it_stopped_at() {
 #[test]
 fn a_database_down_stops_the_run_at_an_operator_step_until_it_answers() {
     let mut s = Scene::new();
+    // The clients' journal (a replicate cut off right after the restart is
+    // case 1, whose first question only the journal answers).
+    let journal = s.dir("client-journal");
+    let out = etp_stdin(
+        &["exec", "--node", &s.m(), "--journal", &journal],
+        &client_txn(records() + 1, "before"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.model.insert(records() + 1, 60);
     s.cl.nodes[2].stop().expect("stop");
-    let (code, events, _) = s.run(&[]);
+    let (code, events, _) = s.run(&["--journal", &journal]);
     assert_eq!(code, Some(1), "{events:?}");
     let op = events
         .iter()
@@ -991,7 +1005,7 @@ fn a_database_down_stops_the_run_at_an_operator_step_until_it_answers() {
     // goes on until everything is verified.
     s.cl.nodes[2].restart().expect("restart");
     s.store(1..=5, 80);
-    let (code, events, _) = s.run(&[]);
+    let (code, events, _) = s.run(&["--journal", &journal]);
     assert_eq!(code, Some(0), "{events:?}");
     assert!(events.iter().any(|e| e["event"] == "resume"), "{events:?}");
     assert!(recovered(&events), "{events:?}");

@@ -108,6 +108,43 @@ fn make_plan(
     Ok((probes, plan))
 }
 
+/// Before the diagnosis that follows a plan: gives feeders that are
+/// reconnecting by themselves (a node just restarted, a load or restore just
+/// ended) up to `limit` to get there, so a link on its way back is not
+/// diagnosed as an isolation (case 1). Returns at once when none is.
+fn settle_links(node: std::net::SocketAddr, limit: std::time::Duration) {
+    use propagator::wire::{AdminRequest, OperationRequest, ReplicaState, Response};
+    let Ok(Response::Text(text)) = call(node, &Request::Admin(AdminRequest::AdminExport)) else {
+        return;
+    };
+    let Ok(v) = propagator::topology::Valid::parse(&text) else {
+        return;
+    };
+    let masters: std::collections::BTreeSet<std::net::SocketAddr> = v
+        .topology
+        .masters
+        .iter()
+        .filter_map(|m| v.addresses.get(&propagator::DbId(m.database)).copied())
+        .collect();
+    let _ = wait_until("the replication links to settle", limit, || {
+        for a in &masters {
+            let Ok(Response::Tasks(ts)) =
+                call(*a, &Request::Operation(OperationRequest::TaskStatus))
+            else {
+                continue;
+            };
+            if ts
+                .iter()
+                .flat_map(|t| &t.replicates)
+                .any(|r| r.feeding && r.state == ReplicaState::Offline)
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    });
+}
+
 /// Test hook: stop the process after this many steps (an interruption).
 fn stop_after() -> Option<usize> {
     std::env::var("ETP_RECOVER_STOP_AFTER_STEPS")
@@ -198,6 +235,9 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 (probes, plan, done, waiting)
             }
             None => {
+                if steps_run > 0 {
+                    settle_links(opts.node, std::time::Duration::from_secs(5));
+                }
                 let round = journal.rounds() + 1;
                 if round > 12 {
                     bail!(
