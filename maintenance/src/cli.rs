@@ -831,6 +831,29 @@ pub enum MasterCommand {
     /// A master's incarnation: the history its seqs belong to.
     #[command(subcommand)]
     Incarnation(IncarnationCommand),
+    /// Failover: make the freshest full replicate of a master the master
+    /// (its own log from the seq it confirms, a raised incarnation), quiesce
+    /// the old master if it answers, rewrite and apply the topology, reload
+    /// the replicates that cannot go on from there, and name the seqs lost.
+    Promote {
+        /// The full replicate to promote.
+        replicate: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The new master's log file number (default: the first free number
+        /// on its database).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        log: Option<u32>,
+        /// Print the plan (and the new topology) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for each reload and check, in seconds.
+        #[arg(long, value_name = "S", default_value_t = 600)]
+        wait_s: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -526,6 +526,14 @@ pub enum RecoveryOp {
     },
     /// Raise a master's incarnation.
     RaiseIncarnation { master: Fnr },
+    /// Make replicate file `file` a master with the new log file `log`
+    /// starting at seq `at`, its incarnation above `floor` (failover).
+    Promote {
+        file: Fnr,
+        log: Fnr,
+        at: Seq,
+        floor: u32,
+    },
     /// Take a damaged file's records as its new baseline (the first step of
     /// replacing it whole).
     Rebase { file: Fnr },

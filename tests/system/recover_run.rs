@@ -1627,3 +1627,105 @@ fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log
     }
     s.store_and_prove(21..=30, 28);
 }
+
+/// `etp replicate verify NAME --node ADDR --json` says equal.
+fn verified(node: &str, name: &str) -> bool {
+    let out = etp(&["replicate", "verify", name, "--node", node, "--json"]);
+    String::from_utf8_lossy(&out.stdout).contains("\"equal\":true")
+}
+
+/// Issue 21 item 8: the master's database destroyed with no copy. The full
+/// replicate (behind the partial one: its node was down for the last
+/// writes) is promoted: it becomes the master on its own database, the
+/// partial replicate (ahead of it) is repointed and reloaded from it, the
+/// seqs only the old master and the partial had are named lost, and clients
+/// write to the new master, whose changes reach the partial replicate.
+#[test]
+fn a_master_database_destroyed_without_a_copy_fails_over_to_its_full_replicate() {
+    let mut s = Scene::new();
+    let full = s.cl.nodes[1].addr.to_string();
+    s.cl.nodes[1]
+        .stop()
+        .expect("stop the full replicate's node");
+    s.store(1..=16, 41);
+    // The partial replicate has the last writes (those of its selection).
+    let deadline = Instant::now() + CONVERGE;
+    let level = loop {
+        let t = s.cl.task_status().expect("status");
+        let part = t
+            .replicates
+            .iter()
+            .find(|r| r.name == "items_part")
+            .expect("items_part");
+        if part.confirmed_seq == t.master_seq {
+            break t.master_seq;
+        }
+        assert!(Instant::now() < deadline, "{t:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    s.cl.nodes[1].restart().expect("restart");
+    s.cl.nodes[0].kill();
+    std::fs::remove_dir_all(&s.cl.nodes[0].data).expect("destroy the master's database");
+    // The plan, changing nothing.
+    let out = etp(&[
+        "master",
+        "promote",
+        "items_full",
+        "--node",
+        &full,
+        "--dry-run",
+        "--json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
+    let p = &v["plan"];
+    assert_eq!(p["reload"], serde_json::json!(["items_part"]), "{text}");
+    assert_eq!(p["drop_database"], true, "{text}");
+    let seq = p["seq"].as_u64().unwrap_or_default();
+    assert_eq!(p["lost"], serde_json::json!([seq + 1, level.0]), "{text}");
+    // The promotion.
+    let t = Instant::now();
+    let out = etp(&["master", "promote", "items_full", "--node", &full]);
+    let secs = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("LOST: seqs {} to {}", seq + 1, level.0)),
+        "{text}"
+    );
+    eprintln!("FIGURE failover: records={} promote_s={secs:.2}", records());
+    assert!(verified(&full, "items_part"), "{text}");
+    // Clients write to the new master; the partial replicate follows it.
+    let mut c = propagator::node::client::Client::connect(s.cl.nodes[1].addr).expect("client");
+    let mut cmds = Vec::new();
+    for k in 1..=40u64 {
+        cmds.push(Command::Update {
+            file: maintenance::cluster::FULL,
+            isn: Isn(k),
+            fields: encoded(&rec(k, 42)),
+        });
+    }
+    cmds.push(Command::Et { id: None });
+    match c.batch(cmds).expect("commit on the new master") {
+        Response::Committed(_) => {}
+        other => panic!("commit refused: {other:?}"),
+    }
+    let deadline = Instant::now() + CONVERGE;
+    while !verified(&full, "items_part") {
+        assert!(
+            Instant::now() < deadline,
+            "the partial replicate never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let part = s.cl.dump(2, PART).expect("dump");
+    assert!(
+        part.values().any(|r| r.get("qty") == Some(&Value::Int(42))),
+        "the new master's changes reached the partial replicate"
+    );
+}

@@ -167,6 +167,80 @@ pub fn run_master(c: MasterCommand) -> anyhow::Result<Outcome> {
         MasterCommand::Incarnation(IncarnationCommand::Raise { node, master, json }) => {
             raise_incarnation(node.node, Fnr(master), json)
         }
+        MasterCommand::Promote {
+            replicate,
+            node,
+            log,
+            dry_run,
+            wait_s,
+            json,
+        } => {
+            use maintenance::recovery::promote;
+            let p = if dry_run {
+                promote::plan(node.node, &replicate, log)?
+            } else {
+                let t = std::time::Instant::now();
+                let p = promote::execute(
+                    node.node,
+                    &replicate,
+                    log,
+                    std::time::Duration::from_secs(wait_s),
+                    &mut |line| {
+                        if json {
+                            output::json(&serde_json::json!({"event": "step", "detail": line}));
+                        } else {
+                            println!("{line}");
+                        }
+                    },
+                )?;
+                if !json {
+                    println!("promoted in {:.1} s", t.elapsed().as_secs_f64());
+                }
+                p
+            };
+            if json {
+                output::json(
+                    &serde_json::json!({"event": "promote", "dry_run": dry_run, "plan": p}),
+                );
+            } else {
+                println!(
+                    "{}: {} (file {} of database {}) becomes master {} at seq {} (log file {}, incarnation above {}); old master on database {} {}",
+                    if dry_run { "plan" } else { "done" },
+                    p.replicate,
+                    p.file,
+                    p.database,
+                    p.master,
+                    p.seq,
+                    p.log,
+                    p.floor,
+                    p.old_database,
+                    if p.old_answered { "answers (quiesced)" } else { "does not answer" }
+                );
+                println!(
+                    "  reloaded from the new master: {}",
+                    if p.reload.is_empty() {
+                        "none".into()
+                    } else {
+                        p.reload.join(", ")
+                    }
+                );
+                match p.lost {
+                    Some((a, b)) => println!("  LOST: seqs {a} to {b} (given out by the old master after the promoted replicate's level)"),
+                    None => println!("  no seq is lost"),
+                }
+                if p.drop_database {
+                    println!("  database {} leaves the topology", p.old_database);
+                }
+                if dry_run {
+                    println!("--- the new topology ---\n{}", p.topology);
+                }
+            }
+            Ok(if p.lost.is_some() {
+                Outcome::Problem
+            } else {
+                Outcome::Ok
+            })
+        }
     }
 }
 

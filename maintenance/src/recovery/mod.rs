@@ -18,6 +18,7 @@ pub mod actions;
 pub mod journal;
 pub mod plan;
 pub mod probes;
+pub mod promote;
 pub mod run;
 pub mod saved;
 

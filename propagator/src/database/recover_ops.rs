@@ -26,6 +26,18 @@ pub struct RefreshedLog {
     pub master_cleared: bool,
 }
 
+/// What a promotion did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Promoted {
+    pub master: Fnr,
+    pub log: Fnr,
+    /// The seq its log starts at (its base record's).
+    pub seq: Seq,
+    pub incarnation: u32,
+    pub count: u64,
+    pub digest: String,
+}
+
 impl Database {
     fn master_def(&self, master: Fnr) -> Result<(FileDef, Fnr, u32), DbError> {
         let def = self.file_info(master)?.def;
@@ -80,11 +92,43 @@ impl Database {
         if master_cleared {
             self.rebase_file(master)?;
         }
-        // Every log record is replaced: take what the log holds, damaged
-        // or not, as the baseline the replacement is counted from.
-        self.begin_restore(log, "refresh of the log at the master's level")?;
         // `at` was checked against this end before anything was written.
         let base_seq = at.unwrap_or(last);
+        let dropped = self.restart_log(
+            master,
+            log,
+            base_seq,
+            incarnation,
+            minfo.meta,
+            "refresh of the log at the master's level",
+        )?;
+        Ok(RefreshedLog {
+            master,
+            log,
+            base_seq,
+            master_count: minfo.meta.count,
+            master_digest: minfo.meta.digest.to_string(),
+            dropped,
+            master_cleared,
+        })
+    }
+
+    /// Replaces every record of master `master`'s log `log` with one base
+    /// record at `base_seq` carrying the master's count and digest (`meta`);
+    /// the log's next seq is `base_seq + 1`. Returns the records dropped.
+    fn restart_log(
+        &self,
+        master: Fnr,
+        log: Fnr,
+        base_seq: Seq,
+        incarnation: u32,
+        meta_of_master: FileMeta,
+        why: &str,
+    ) -> Result<u64, DbError> {
+        // Every log record is replaced: take what the log holds, damaged
+        // or not, as the baseline the replacement is counted from.
+        self.begin_restore(log, why)?;
+        let minfo_meta = meta_of_master;
         let next = base_seq.0 + 1;
         let mut wanted = Vec::new();
         let mut meta = FileMeta::new(log);
@@ -101,8 +145,8 @@ impl Database {
                 op: LogOp::Update,
                 before: None,
                 after: None,
-                master_count: minfo.meta.count,
-                master_digest: minfo.meta.digest,
+                master_count: minfo_meta.count,
+                master_digest: minfo_meta.digest,
                 part: 1,
                 parts: 1,
             };
@@ -111,14 +155,89 @@ impl Database {
             wanted.push((Isn(base_seq.0), bytes));
         }
         let (_, stats) = self.restore_range(log, Isn(1), None, wanted, Some(meta))?;
-        Ok(RefreshedLog {
-            master,
+        Ok(stats.removed)
+    }
+
+    /// Makes replicate file `fnr` a master, with the new log file `log`
+    /// starting at seq `at` (the seq the replicate confirms: its content is
+    /// the old master's at that seq) and an incarnation above `floor` (the
+    /// old master's) and its own: failover to a full replicate. Its content
+    /// must match its recorded count and digest. A promotion cut short
+    /// (the file plain, or a master of `log` already) is finished.
+    pub fn promote_replicate(
+        &self,
+        fnr: Fnr,
+        log: Fnr,
+        at: Seq,
+        floor: u32,
+    ) -> Result<Promoted, DbError> {
+        let info = self.file_info(fnr)?;
+        match info.def.role {
+            Role::Replicate | Role::Plain => {}
+            Role::Master { log: l, .. } if l == log => {}
+            ref r => {
+                return Err(DbError::BadDefinition(format!(
+                    "file {fnr} is a {} file: only a replicate is promoted",
+                    r.name()
+                )))
+            }
+        }
+        if let Some(d) = &info.damaged {
+            return Err(DbError::FileDamaged {
+                fnr,
+                reason: d.reason.clone(),
+            });
+        }
+        self.wait_applied()?;
+        let RangeContent { count, digest, .. } = self.range_digest(fnr, Isn(1), None, false)?;
+        if (count, digest) != (info.meta.count, info.meta.digest) {
+            return Err(DbError::FileDamaged {
+                fnr,
+                reason: format!(
+                    "its content ({count} records, digest {digest}) disagrees with its recorded level ({} records, digest {}): it cannot become the master",
+                    info.meta.count, info.meta.digest
+                ),
+            });
+        }
+        if info.def.role == Role::Replicate {
+            self.commit(
+                vec![CatalogOp::Define(FileDef {
+                    role: Role::Plain,
+                    ..info.def.clone()
+                })],
+                Vec::new(),
+                None,
+            )?;
+        }
+        if !matches!(self.file_info(fnr)?.def.role, Role::Master { .. }) {
+            self.define_master(fnr, log)?;
+        }
+        let (def, log, inc) = self.master_def(fnr)?;
+        let incarnation = inc.max(floor).saturating_add(1);
+        self.commit(
+            vec![CatalogOp::Define(FileDef {
+                role: Role::Master { log, incarnation },
+                ..def
+            })],
+            Vec::new(),
+            None,
+        )?;
+        self.restart_log(
+            fnr,
             log,
-            base_seq,
-            master_count: minfo.meta.count,
-            master_digest: minfo.meta.digest.to_string(),
-            dropped: stats.removed,
-            master_cleared,
+            at,
+            incarnation,
+            info.meta,
+            "the log of a promoted replicate",
+        )?;
+        tracing::warn!(file = %fnr, %log, seq = %at, incarnation, "replicate promoted to master");
+        Ok(Promoted {
+            master: fnr,
+            log,
+            seq: at,
+            incarnation,
+            count: info.meta.count,
+            digest: info.meta.digest.to_string(),
         })
     }
 

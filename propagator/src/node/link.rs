@@ -180,7 +180,29 @@ impl Node {
         })
         .await;
         match r {
-            Ok(state) => {
+            Ok(mut state) => {
+                // Repointed: this node's topology names the link's master
+                // for this replicate, but the replicate confirms another
+                // (its master failed over to a full replicate): what it
+                // holds is no level of this master, and only a load makes
+                // it one.
+                let repointed = state.confirmation.as_ref().is_some_and(|c| {
+                    (c.master_db != master_db || c.master != master)
+                        && lock(&self.topology).as_ref().is_some_and(|v| {
+                            v.replicates.iter().any(|r| {
+                                r.def.name == replicate
+                                    && r.def.master_database == master_db.0
+                                    && r.def.master == master.0
+                                    && r.def.file == file.0
+                                    && r.def.database == self.db.dbid().0
+                            })
+                        })
+                });
+                if repointed {
+                    tracing::warn!(replicate = %replicate, %master_db, %master,
+                        "replicate repointed to another master: its confirmation names the old one; it needs a load");
+                    state.confirmation = None;
+                }
                 if let Some(c) = &state.confirmation {
                     if c.replicate != replicate || c.master_db != master_db || c.master != master {
                         return Response::error(format!(

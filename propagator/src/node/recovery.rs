@@ -112,6 +112,18 @@ impl Node {
                     Err(e) => Response::error(e),
                 }
             }
+            RecoveryOp::Promote {
+                file,
+                log,
+                at,
+                floor,
+            } => match blocking(move || db.promote_replicate(file, log, at, floor)).await {
+                Ok(p) => match serde_json::to_value(&p) {
+                    Ok(v) => json(v),
+                    Err(e) => Response::error(e.to_string()),
+                },
+                Err(e) => Response::error(e),
+            },
             RecoveryOp::Rebase { file } => match blocking(move || db.rebase_file(file)).await {
                 Ok(m) => json(
                     serde_json::json!({ "file": file, "count": m.count, "digest": m.digest.to_string() }),

@@ -285,7 +285,7 @@ fn stat_once(c: &mut Client, fnr: Fnr) -> Option<Stat> {
 }
 
 /// The confirmation a replicate's confirmation file holds for it.
-fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<(u64, u32)> {
+pub(crate) fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<(u64, u32)> {
     let Ok(Response::Records { items, .. }) = c.call(&Request::Read(ReadRequest::Dump {
         file: conf,
         from: Isn(u64::from(file.0)),
