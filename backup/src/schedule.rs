@@ -17,6 +17,20 @@
 //! [[job.set]]
 //! database = 2
 //! files = [20]
+//!
+//! [[job]]                         # the log's side of the copy discipline
+//! name = "archive"
+//! kind = "archive"                # archive + prune (`copy archive --prune`)
+//! cron = "0 0 * * * *"
+//! [[job.set]]
+//! database = 1
+//!
+//! [[job]]
+//! name = "cleanup"
+//! kind = "log_cleanup"            # `log cleanup --execute`, via the node
+//! cron = "0 15 * * * *"
+//! [[job.set]]
+//! database = 1
 //! ```
 //!
 //! The jobs write to the copy area of the node that runs them
@@ -51,10 +65,35 @@ pub struct JobsDef {
     pub job: Vec<JobDef>,
 }
 
+/// What a scheduled job does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Takes copy sets of the files its sets name (the default).
+    #[default]
+    Copy,
+    /// Archives the closed protection-log segments of each database its
+    /// sets name into the copy area, then prunes the archived ones no copy
+    /// set needs (`etp copy archive --prune`).
+    Archive,
+    /// Cleans each named database's masters' log files up to what their
+    /// replicates confirmed and the copy area's sets still need (`etp log
+    /// cleanup --execute`, through the database's node).
+    LogCleanup,
+}
+
+impl JobKind {
+    fn is_copy(&self) -> bool {
+        *self == JobKind::Copy
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JobDef {
     pub name: String,
+    #[serde(default, skip_serializing_if = "JobKind::is_copy")]
+    pub kind: JobKind,
     pub cron: String,
     pub keep: Option<usize>,
     pub max_age_days: Option<f64>,
@@ -65,6 +104,8 @@ pub struct JobDef {
 #[serde(deny_unknown_fields)]
 pub struct SetDef {
     pub database: u32,
+    /// The files to copy (a copy job); none for the other kinds.
+    #[serde(default)]
     pub files: Vec<u32>,
 }
 
@@ -99,11 +140,33 @@ pub fn parse_jobs(text: &str) -> Result<(JobsDef, BTreeMap<String, croner::Cron>
                 j.name
             )));
         }
-        if j.set.iter().any(|s| s.files.is_empty()) {
-            return Err(Error::Refused(format!(
-                "copy job {}: every set names at least one file",
-                j.name
-            )));
+        match j.kind {
+            JobKind::Copy if j.set.iter().any(|s| s.files.is_empty()) => {
+                return Err(Error::Refused(format!(
+                    "copy job {}: every set names at least one file",
+                    j.name
+                )))
+            }
+            JobKind::Archive | JobKind::LogCleanup if j.set.iter().any(|s| !s.files.is_empty()) => {
+                return Err(Error::Refused(format!(
+                    "job {}: a {} job names databases only (files = [] or no files line)",
+                    j.name,
+                    if j.kind == JobKind::Archive {
+                        "archive"
+                    } else {
+                        "log_cleanup"
+                    }
+                )))
+            }
+            JobKind::Archive | JobKind::LogCleanup
+                if j.keep.is_some() || j.max_age_days.is_some() =>
+            {
+                return Err(Error::Refused(format!(
+                    "job {}: keep and max_age_days are a copy job's retention",
+                    j.name
+                )))
+            }
+            _ => {}
         }
         if j.keep == Some(0) {
             return Err(Error::Refused(format!(
@@ -131,7 +194,19 @@ pub fn check_jobs(
 ) -> Result<JobsDef, Error> {
     let (def, _) = parse_jobs(text)?;
     if let Some(v) = topology {
-        for j in &def.job {
+        for j in def.job.iter().filter(|j| j.kind != JobKind::Copy) {
+            if let Some(s) = j
+                .set
+                .iter()
+                .find(|s| !v.addresses.contains_key(&DbId(s.database)))
+            {
+                return Err(Error::Refused(format!(
+                    "job {:?}: database {} is not in the topology",
+                    j.name, s.database
+                )));
+            }
+        }
+        for j in def.job.iter().filter(|j| j.kind == JobKind::Copy) {
             let sets: Vec<(DbId, Vec<Fnr>)> = j
                 .set
                 .iter()
@@ -195,6 +270,9 @@ pub struct JobRun {
     pub dropped: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What an archive or log-cleanup job did, per database.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
 }
 
 fn history_path(area: &Area) -> PathBuf {
@@ -281,20 +359,77 @@ pub fn run_job(
     progress: &mut dyn FnMut(&str),
 ) -> JobRun {
     let t0 = std::time::Instant::now();
+    let mut done = Vec::new();
     let result = (|| -> Result<Vec<String>, Error> {
-        let mut asks = Vec::new();
-        for s in &job.set {
-            asks.push(Ask {
-                source: source_of(DbId(s.database))?,
-                files: s.files.iter().map(|f| Fnr(*f)).collect(),
-            });
+        match job.kind {
+            JobKind::Copy => {
+                let mut asks = Vec::new();
+                for s in &job.set {
+                    asks.push(Ask {
+                        source: source_of(DbId(s.database))?,
+                        files: s.files.iter().map(|f| Fnr(*f)).collect(),
+                    });
+                }
+                let taken = take_job(area, Some(&job.name), &asks, progress)?;
+                Ok(taken.into_iter().map(|t| t.set.id).collect())
+            }
+            JobKind::Archive => {
+                for s in &job.set {
+                    let src = source_of(DbId(s.database))?;
+                    let a = crate::archive::archive(area, &src)?;
+                    let p = crate::archive::prune(area, &src)?;
+                    done.push(format!(
+                        "database {}: {} segment(s) archived, {} removed from the live log ({})",
+                        s.database,
+                        a.len(),
+                        p.removed.len(),
+                        p.note
+                    ));
+                }
+                Ok(Vec::new())
+            }
+            JobKind::LogCleanup => {
+                for s in &job.set {
+                    let addr = match source_of(DbId(s.database))? {
+                        Source::Node(a) => a,
+                        Source::Local(_) => {
+                            return Err(Error::Refused(format!(
+                                "database {}: a log cleanup runs through the database's node",
+                                s.database
+                            )))
+                        }
+                    };
+                    let req = propagator::wire::Request::Operation(
+                        propagator::wire::OperationRequest::LogCleanup {
+                            master: None,
+                            until: None,
+                            execute: true,
+                        },
+                    );
+                    match propagator::node::client::Client::connect(addr)?.call(&req)? {
+                        propagator::wire::Response::Cleanup(plans) => {
+                            for p in plans {
+                                done.push(format!(
+                                    "database {} master {}: log now seq {}..{} ({} records)",
+                                    s.database, p.master, p.first_seq, p.last_seq, p.records
+                                ));
+                            }
+                        }
+                        other => {
+                            return Err(Error::Unexpected(format!(
+                                "node {addr} answered {other:?} to LogCleanup"
+                            )))
+                        }
+                    }
+                }
+                Ok(Vec::new())
+            }
         }
-        let taken = take_job(area, Some(&job.name), &asks, progress)?;
-        Ok(taken.into_iter().map(|t| t.set.id).collect())
     })();
     // The sets are recorded once taken: a retention that fails afterwards
     // (a damaged catalog entry, say) is reported, not the run undone.
     let (ok, sets, dropped, error) = match result {
+        Ok(s) if job.kind != JobKind::Copy => (true, s, Vec::new(), None),
         Ok(s) => match apply_retention(area, job, now) {
             Ok(d) => (true, s, d, None),
             Err(e) => (
@@ -315,6 +450,7 @@ pub fn run_job(
         sets,
         dropped,
         error,
+        done,
     };
     if let Err(e) = record_run(area, &run) {
         progress(&format!("job {}: cannot record its run: {e:#}", job.name));

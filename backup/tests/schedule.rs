@@ -231,3 +231,98 @@ fn bad_job_definitions_are_refused_with_the_reason() {
         assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
     }
 }
+
+/// Issue 21 item 11: archiving (with its prune) and log cleanup are jobs
+/// like copies. An archive job archives the closed segments and prunes the
+/// ones no copy set needs; a log cleanup runs only through a node (a local
+/// source is refused, recorded as the run's error); their definitions name
+/// databases only and have no retention.
+#[test]
+fn archive_and_log_cleanup_are_scheduled_like_copies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("db");
+    Database::init(&dir, DbId(7), Some(64 << 10)).expect("init");
+    let (db, _) = Database::open(&dir).expect("open");
+    db.create_file(Fnr(10), "orders", Role::Plain)
+        .expect("master");
+    db.define_master(Fnr(10), Fnr(11)).expect("define");
+    let mut s = db.session();
+    for round in 0..3i64 {
+        for k in 1..=1000u64 {
+            let mut r = Record::new();
+            r.insert("k".into(), Value::Int(k as i64 + round));
+            r.insert("pad".into(), Value::Text("x".repeat(60)));
+            if round == 0 {
+                s.store(Fnr(10), Some(Isn(k)), r).expect("store");
+            } else {
+                s.update(Fnr(10), Isn(k), r).expect("update");
+            }
+            if k % 250 == 0 {
+                s.et(None).expect("et");
+            }
+        }
+    }
+    drop(s);
+    let closed = db
+        .plog_segments()
+        .expect("segments")
+        .iter()
+        .filter(|s| s.last_lsn.is_some())
+        .count();
+    assert!(closed >= 2, "{:?}", db.plog_segments());
+    let area = Area::open(&tmp.path().join("area")).expect("area");
+    let text = "[[job]]\nname = \"copies\"\ncron = \"0 0 * * * *\"\n[[job.set]]\ndatabase = 7\nfiles = [10]\n\
+                [[job]]\nname = \"archive\"\nkind = \"archive\"\ncron = \"0 5 * * * *\"\n[[job.set]]\ndatabase = 7\n\
+                [[job]]\nname = \"cleanup\"\nkind = \"log_cleanup\"\ncron = \"0 10 * * * *\"\n[[job.set]]\ndatabase = 7\n";
+    let (def, _) = schedule::parse_jobs(text).expect("parses");
+    let job = |n: &str| def.job.iter().find(|j| j.name == n).expect("job").clone();
+    let src = |_: DbId| Ok(Source::Local(db.clone()));
+    let t = at(1, 0, 0);
+    let copy = schedule::run_job(&area, &job("copies"), t, t, &src, &mut |_| {});
+    assert!(copy.ok, "{copy:?}");
+    // More commits after the copy, then the archive job.
+    let mut s = db.session();
+    for k in 1..=1000u64 {
+        let mut r = Record::new();
+        r.insert("k".into(), Value::Int(-(k as i64)));
+        r.insert("pad".into(), Value::Text("y".repeat(60)));
+        s.update(Fnr(10), Isn(k), r).expect("update");
+        if k % 250 == 0 {
+            s.et(None).expect("et");
+        }
+    }
+    drop(s);
+    let run = schedule::run_job(&area, &job("archive"), t, t, &src, &mut |_| {});
+    assert!(run.ok, "{run:?}");
+    assert!(run.done.iter().any(|d| d.contains("archived")), "{run:?}");
+    let archived = backup::archive::list(&area, DbId(7)).expect("list");
+    assert!(archived.len() >= closed, "{archived:?}");
+    let first = db.plog_segments().expect("segments")[0].first_lsn;
+    assert!(first.0 > 1, "the prune removed archived segments");
+    // The run is in the history with what it did.
+    let h = schedule::history(&area).expect("history");
+    assert!(
+        h.iter().any(|r| r.job == "archive" && !r.done.is_empty()),
+        "{h:?}"
+    );
+    // A log cleanup runs through a node only.
+    let run = schedule::run_job(&area, &job("cleanup"), t, t, &src, &mut |_| {});
+    assert!(!run.ok);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("through the database's node"),
+        "{run:?}"
+    );
+    // Their definitions name databases only, with no retention.
+    for (bad, want) in [
+        ("[[job]]\nname = \"a\"\nkind = \"archive\"\ncron = \"0 * * * * *\"\n[[job.set]]\ndatabase = 7\nfiles = [10]\n", "names databases only"),
+        ("[[job]]\nname = \"a\"\nkind = \"log_cleanup\"\ncron = \"0 * * * * *\"\nkeep = 2\n[[job.set]]\ndatabase = 7\n", "retention"),
+        ("[[job]]\nname = \"a\"\nkind = \"shred\"\ncron = \"0 * * * * *\"\n[[job.set]]\ndatabase = 7\n", "kind"),
+    ] {
+        let e = schedule::parse_jobs(bad).expect_err(want);
+        assert!(format!("{e:#}").contains(want), "{e:#}");
+    }
+    db.close().expect("close");
+}

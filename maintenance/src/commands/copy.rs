@@ -499,6 +499,16 @@ fn jobs(c: crate::cli::JobsCommand) -> anyhow::Result<Outcome> {
 }
 
 fn print_run(r: &backup::schedule::JobRun) {
+    if r.ok && !r.done.is_empty() {
+        println!(
+            "{}  job {}  ok in {:.1} s  {}",
+            r.started,
+            r.job,
+            r.seconds,
+            r.done.join("; ")
+        );
+        return;
+    }
     match &r.error {
         Some(e) if !r.ok => println!("{}  job {}  FAILED: {e}", r.started, r.job),
         _ => println!(
