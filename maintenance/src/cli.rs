@@ -315,6 +315,16 @@ pub enum JobsCommand {
 
 #[derive(Subcommand)]
 pub enum CopyCommand {
+    /// How old the newest copy of every master, log and administration file
+    /// is, in the node's copy area; exit 1 when one has none newer than the
+    /// node's --copy-alarm-hours.
+    Ages {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON (one document per line) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a hot, consistent copy set (the rules add the log, the
     /// administration file, the confirmation file and every replicate
     /// sharing it; a log or a mix of kinds is refused).
@@ -642,6 +652,16 @@ pub enum NodeCommand {
         /// nothing.
         #[arg(long, value_name = "DIR", env = "ETP_COPY_AREA")]
         copy_area: Option<PathBuf>,
+        /// Raise an alarm (copy ages, metric `etp_copy_alarm`, a triage
+        /// warning) for every master, log or administration file of the
+        /// topology with no copy set in the copy area newer than this.
+        #[arg(
+            long,
+            value_name = "HOURS",
+            env = "ETP_COPY_ALARM_HOURS",
+            requires = "copy_area"
+        )]
+        copy_alarm_hours: Option<f64>,
     },
 }
 

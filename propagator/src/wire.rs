@@ -297,6 +297,26 @@ pub enum ReadRequest {
     /// tool that cannot reach a database tells a stopped node from a cut
     /// path.
     Reach { database: DbId },
+    /// The age of the newest copy set, in this node's copy area, of every
+    /// master, log and administration file of its topology, and which are
+    /// alarms (none newer than the node's `--copy-alarm-hours`).
+    CopyAges,
+}
+
+/// How old the newest copy of one file is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CopyAge {
+    pub database: DbId,
+    pub file: Fnr,
+    /// "master", "log" or "administration".
+    pub role: String,
+    /// The master's name, for a master or its log.
+    pub name: Option<String>,
+    pub newest_set: Option<String>,
+    /// Seconds since that set was taken.
+    pub age_s: Option<f64>,
+    /// No copy newer than the node's alarm age (or none at all).
+    pub alarm: bool,
 }
 
 /// What a node found when it tried to reach another database.
@@ -1140,6 +1160,7 @@ pub enum Response {
     },
     Segments(Vec<crate::SegmentInfo>),
     Reach(ReachReport),
+    CopyAges(Vec<CopyAge>),
     /// A `Chain` transaction's command `index` (0-based) failed; the
     /// transaction is backed out.
     ChainFailed {

@@ -665,3 +665,64 @@ fn a_restore_or_regenerate_into_a_new_directory_killed_ten_times_starts_over_and
     });
     assert_eq!(of(&regenerated, &[10]), want, "regenerated");
 }
+
+/// Issue 21 item 11: a node with `--copy-alarm-hours` raises an alarm for
+/// every master, log and administration file with no copy newer than that
+/// (`etp copy ages` exits 1 naming them; `recover diagnose` lists them as
+/// warnings); a fresh copy of the master's set clears its alarms until it
+/// is older than the alarm age again.
+#[test]
+fn files_without_a_recent_copy_raise_an_alarm() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 0.002 h: 7.2 s.
+    let cl = Cluster::start_with_args(
+        etp_bin(),
+        tmp.path(),
+        &["--copy-alarm-hours", "0.002"],
+        |a| maintenance::cluster::topology_text(a, Some(1)),
+    )
+    .expect("cluster");
+    let m = cl.nodes[0].addr.to_string();
+    let ages = |want: i32| {
+        let out = etp(&["copy", "ages", "--node", &m]);
+        assert_eq!(out.status.code(), Some(want), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = ages(1);
+    assert!(
+        text.contains("ALARM master file 10 of database 1 (items): no copy")
+            && text.contains("ALARM log file 11 of database 1")
+            && text.contains("ALARM administration file 255 of database 2"),
+        "{text}"
+    );
+    let area = tmp.path().join("area").display().to_string();
+    ok(&etp(&[
+        "copy", "take", "--node", &m, "--area", &area, "--file", "10",
+    ]));
+    let text = ages(1);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("master file 10 of database 1 (items): newest copy")),
+        "{text}"
+    );
+    // The other databases' administration files are still without a copy:
+    // a warning beside the diagnosis.
+    let out = etp(&["recover", "diagnose", "--node", &m, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains("no recent copy: administration file 255 of database 2"),
+        "{v}"
+    );
+    // The master's copy ages past the alarm age.
+    wait_for(
+        "the master's copy to age past the alarm",
+        Duration::from_secs(60),
+        || {
+            let out = etp(&["copy", "ages", "--node", &m]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("ALARM master file 10 of database 1 (items): newest copy")
+                .then_some(())
+        },
+    );
+}

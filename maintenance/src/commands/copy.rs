@@ -51,6 +51,48 @@ fn summary(s: &CopySet) -> String {
 
 pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
     match c {
+        CopyCommand::Ages { node, json } => {
+            use propagator::wire::{ReadRequest, Request, Response};
+            let ages =
+                match maintenance::recovery::ask(node.node, &Request::Read(ReadRequest::CopyAges))?
+                {
+                    Response::CopyAges(a) => a,
+                    other => bail!("node {} answered {other:?} to CopyAges", node.node),
+                };
+            if ages.is_empty() && !json {
+                println!(
+                    "node {} has no copy area or no topology: nothing to report",
+                    node.node
+                );
+            }
+            for a in &ages {
+                if json {
+                    output::json(&serde_json::to_value(a)?);
+                } else {
+                    println!(
+                        "{}{} file {} of database {}{}: {}",
+                        if a.alarm { "ALARM " } else { "" },
+                        a.role,
+                        a.file,
+                        a.database,
+                        a.name
+                            .as_ref()
+                            .map(|n| format!(" ({n})"))
+                            .unwrap_or_default(),
+                        match (&a.newest_set, a.age_s) {
+                            (Some(s), Some(age)) =>
+                                format!("newest copy {s}, {:.1} h old", age / 3600.0),
+                            _ => "no copy".into(),
+                        }
+                    );
+                }
+            }
+            Ok(if ages.iter().any(|a| a.alarm) {
+                Outcome::Problem
+            } else {
+                Outcome::Ok
+            })
+        }
         CopyCommand::Take {
             target,
             area,

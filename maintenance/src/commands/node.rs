@@ -24,7 +24,11 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         idle_timeout_s,
         handshakes_per_ip,
         copy_area,
+        copy_alarm_hours,
     } = c;
+    if copy_alarm_hours.is_some_and(|h| !(h > 0.0 && h.is_finite())) {
+        anyhow::bail!("--copy-alarm-hours must be a number of hours above 0");
+    }
     let limits = propagator::node::Limits {
         max_connections: max_connections as usize,
         idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
@@ -130,6 +134,7 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         };
         let copies = propagator::node::Copies {
             area: copy_area.clone(),
+            alarm_after: copy_alarm_hours.map(|h| std::time::Duration::from_secs_f64(h * 3600.0)),
             check_jobs: Some(std::sync::Arc::new(|text: &str, area: Option<&std::path::Path>, topology: Option<&propagator::topology::Valid>| {
                 backup::schedule::check_jobs(text, area, topology)
                     .map(|_| ())

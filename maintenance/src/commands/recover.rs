@@ -120,15 +120,21 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
             if json {
                 let mut v = serde_json::to_value(&d)?;
                 v["needs_recovery"] = serde_json::Value::Bool(!intact);
+                v["warnings"] = serde_json::json!(probes.copy_alarms);
                 if let Some(u) = unfinished {
                     v["unfinished_plan"] = serde_json::Value::String(u);
                 }
                 output::json(&v);
-            } else if intact {
-                println!("all intact: every database answers, no file is damaged, every replicate is current and consistent; nothing to recover");
             } else {
-                for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
-                    print_walk(w);
+                if intact {
+                    println!("all intact: every database answers, no file is damaged, every replicate is current and consistent; nothing to recover");
+                } else {
+                    for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
+                        print_walk(w);
+                    }
+                }
+                for w in &probes.copy_alarms {
+                    println!("warning: {w}");
                 }
             }
             Ok(if intact {

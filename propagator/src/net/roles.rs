@@ -70,6 +70,7 @@ pub fn needs(req: &Request) -> (Need, &'static str) {
                 ReadRequest::RangeDigest { .. } => "RangeDigest",
                 ReadRequest::Files => "Files",
                 ReadRequest::Reach { .. } => "Reach",
+                ReadRequest::CopyAges => "CopyAges",
             },
         ),
         Request::Admin(a) => match a {

@@ -47,6 +47,53 @@ impl Node {
         }
     }
 
+    /// The age of the newest copy set of every master, log and
+    /// administration file of the topology, from this node's copy area.
+    pub(crate) async fn copy_ages(&self) -> Result<Vec<crate::wire::CopyAge>, Failure> {
+        let Some(v) = lock(&self.topology).clone() else {
+            return Ok(Vec::new());
+        };
+        if self.copies.area.is_none() {
+            return Ok(Vec::new());
+        }
+        let area = self.copies.area()?;
+        let alarm_after = self.copies.alarm_after;
+        errors::off_reactor(move || {
+            let sets = area.list().map_err(Failure::from)?;
+            let now = chrono::Utc::now().timestamp_micros();
+            let mut want: Vec<(DbId, Fnr, &str, Option<String>)> = Vec::new();
+            for m in &v.topology.masters {
+                let db = DbId(m.database);
+                want.push((db, Fnr(m.file), "master", Some(m.name.clone())));
+                want.push((db, Fnr(m.log), "log", Some(m.name.clone())));
+            }
+            for db in v.addresses.keys() {
+                want.push((*db, v.admin_file(), "administration", None));
+            }
+            Ok(want
+                .into_iter()
+                .map(|(db, fnr, role, name)| {
+                    let newest = sets
+                        .iter()
+                        .filter(|s| s.dbid == db && s.member(fnr).is_some())
+                        .max_by_key(|s| s.time_us);
+                    let age_s = newest.map(|s| (now - s.time_us).max(0) as f64 / 1e6);
+                    crate::wire::CopyAge {
+                        database: db,
+                        file: fnr,
+                        role: role.to_string(),
+                        name,
+                        newest_set: newest.map(|s| s.id.clone()),
+                        age_s,
+                        alarm: alarm_after
+                            .is_some_and(|a| age_s.is_none_or(|s| s > a.as_secs_f64())),
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
     pub(super) fn plog_segments(&self) -> Response {
         match self.db.plog_segments() {
             Ok(v) => Response::Segments(v),

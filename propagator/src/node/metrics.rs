@@ -171,8 +171,47 @@ pub fn render(
     conns: &ConnSample,
     masters: &[MasterSample],
     reps: &[ReplicateSample],
+    copies: &[crate::wire::CopyAge],
 ) -> String {
     let mut t = Text::new();
+    if !copies.is_empty() {
+        t.family(
+            "etp_copy_age_seconds",
+            "gauge",
+            "Age of the newest copy set, in this node's copy area, of each master, log and administration file of the topology (absent: none).",
+        );
+        for c in copies {
+            if let Some(a) = c.age_s {
+                let (db, f) = (c.database.to_string(), c.file.to_string());
+                t.sample(
+                    "etp_copy_age_seconds",
+                    &[
+                        ("database", db.as_str()),
+                        ("file", f.as_str()),
+                        ("role", c.role.as_str()),
+                    ],
+                    a,
+                );
+            }
+        }
+        t.family(
+            "etp_copy_alarm",
+            "gauge",
+            "1 when a master, log or administration file has no copy set newer than the node's --copy-alarm-hours.",
+        );
+        for c in copies {
+            let (db, f) = (c.database.to_string(), c.file.to_string());
+            t.sample(
+                "etp_copy_alarm",
+                &[
+                    ("database", db.as_str()),
+                    ("file", f.as_str()),
+                    ("role", c.role.as_str()),
+                ],
+                if c.alarm { 1.0 } else { 0.0 },
+            );
+        }
+    }
     t.family(
         "etp_connections",
         "gauge",
@@ -350,7 +389,14 @@ impl Node {
             idle_closed: get(&c.idle_closed),
             not_allowed: get(&c.not_allowed),
         };
-        render(&snap, lsn, &conns, &masters, &reps)
+        let copies = match self.copy_ages().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: reading the copy area failed");
+                Vec::new()
+            }
+        };
+        render(&snap, lsn, &conns, &masters, &reps, &copies)
     }
 }
 
@@ -676,6 +722,26 @@ mod tests {
             &ConnSample::default(),
             &masters,
             &reps,
+            &[
+                crate::wire::CopyAge {
+                    database: crate::DbId(1),
+                    file: crate::Fnr(10),
+                    role: "master".into(),
+                    name: Some("orders".into()),
+                    newest_set: Some("20261207T000000Z-001".into()),
+                    age_s: Some(7200.0),
+                    alarm: true,
+                },
+                crate::wire::CopyAge {
+                    database: crate::DbId(1),
+                    file: crate::Fnr(255),
+                    role: "administration".into(),
+                    name: None,
+                    newest_set: None,
+                    age_s: None,
+                    alarm: true,
+                },
+            ],
         );
         let labels = "master=\"orders\",replicate=\"orders \\\"full\\\"\"";
         for line in [
@@ -696,6 +762,9 @@ mod tests {
             format!("etp_replicate_state{{{labels},state=\"online\"}} 1"),
             format!("etp_replicate_state{{{labels},state=\"offline\"}} 0"),
             format!("etp_replicate_state{{{labels},state=\"shunned\"}} 0"),
+            "etp_copy_age_seconds{database=\"1\",file=\"10\",role=\"master\"} 7200".into(),
+            "etp_copy_alarm{database=\"1\",file=\"10\",role=\"master\"} 1".into(),
+            "etp_copy_alarm{database=\"1\",file=\"255\",role=\"administration\"} 1".into(),
         ] {
             assert!(
                 text.lines().any(|l| l == line),

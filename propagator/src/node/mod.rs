@@ -127,6 +127,9 @@ pub struct Copies {
     /// Checks copy-job definitions before they are stored (None: they are
     /// refused).
     pub check_jobs: Option<JobsCheck>,
+    /// A master, log or administration file whose newest copy set is older
+    /// than this (or that has none) is an alarm.
+    pub alarm_after: Option<std::time::Duration>,
 }
 
 impl Copies {

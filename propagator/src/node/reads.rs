@@ -21,6 +21,10 @@ impl Node {
                 records,
             } => self.range_digest(file, from, to, records).await,
             ReadRequest::Reach { database } => self.reach(database).await,
+            ReadRequest::CopyAges => match self.copy_ages().await {
+                Ok(v) => Response::CopyAges(v),
+                Err(e) => Response::error(e),
+            },
         }
     }
 

@@ -210,6 +210,9 @@ pub struct LiveProbes {
     /// Pending client transactions, when a journal was given.
     pub pending: Option<Vec<crate::journal::Entry>>,
     pub export: Option<String>,
+    /// Files with no copy newer than a node's alarm age, as the nodes with
+    /// a copy area report them: warnings beside the diagnosis.
+    pub copy_alarms: Vec<String>,
 }
 
 fn last_lsn(c: &mut Client) -> Option<u64> {
@@ -432,6 +435,7 @@ impl LiveProbes {
             sets,
             pending,
             export,
+            copy_alarms: Vec::new(),
         };
         let mut clients: BTreeMap<DbId, Client> = BTreeMap::new();
         for (db, addr) in &v.addresses {
@@ -484,6 +488,27 @@ impl LiveProbes {
                 d.kind = DownKind::CutOffFromTool;
             } else if d.kind == DownKind::Stopped && d.peers.iter().any(|(_, r)| !r.refused) {
                 d.kind = DownKind::PathFault;
+            }
+        }
+        for (db, c) in clients.iter_mut() {
+            if let Ok(Response::CopyAges(ages)) = c.call(&Request::Read(ReadRequest::CopyAges)) {
+                for a in ages.into_iter().filter(|a| a.alarm) {
+                    let alarm = format!(
+                        "no recent copy: {} file {} of database {}{} (newest copy {})",
+                        a.role,
+                        a.file,
+                        a.database,
+                        a.name.map(|n| format!(" ({n})")).unwrap_or_default(),
+                        match (a.newest_set, a.age_s) {
+                            (Some(s), Some(age)) => format!("{s}, {:.1} h old", age / 3600.0),
+                            _ => "none".into(),
+                        }
+                    );
+                    if !p.copy_alarms.contains(&alarm) {
+                        p.copy_alarms.push(alarm);
+                    }
+                }
+                let _ = db;
             }
         }
         let admin = v.admin_file();
