@@ -707,6 +707,10 @@ named_enum! {
         Error = "error",
         /// Not fed, by an operator's decision.
         Shunned = "shunned",
+        /// Its database answers but holds no topology (a wiped or new
+        /// site): its files must be re-created (`etp admin apply`) and
+        /// loaded.
+        Uninitialized = "uninitialized",
     }
 }
 
@@ -1023,6 +1027,9 @@ pub enum ErrorCode {
     Diverged,
     /// A file is damaged.
     Damaged,
+    /// The node holds no topology: its site is uninitialized (wiped, or a
+    /// new empty database in place of the one the topology names).
+    Uninitialized,
     /// The node cannot take it now (closed, quiesced, stopped after a failed
     /// write): retry later, elsewhere, or after recovery.
     Unavailable,

@@ -1729,3 +1729,45 @@ fn a_master_database_destroyed_without_a_copy_fails_over_to_its_full_replicate()
         "the new master's changes reached the partial replicate"
     );
 }
+
+/// Issue 21 item 6: a replicate's site wiped and started again empty (a
+/// new database with the same id, its node at the same address). Its
+/// master reports the replicate `uninitialized` (not a lost link), status
+/// exits 1, triage takes its own branch, and the run re-creates the site's
+/// files from the topology and loads it from its master.
+#[test]
+fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
+    let mut s = Scene::new();
+    s.cl.nodes[2].stop().expect("stop");
+    let data = s.cl.nodes[2].data.clone();
+    std::fs::remove_dir_all(&data).expect("wipe the site");
+    ok(&etp(&[
+        "db",
+        "init",
+        "--dbid",
+        "3",
+        "--data",
+        &data.display().to_string(),
+    ]));
+    s.cl.nodes[2].restart().expect("restart empty");
+    s.store(1..=10, 65);
+    etp_system_tests::wait_for("the site to be reported uninitialized", CONVERGE, || {
+        let t = s.cl.task_status().ok()?;
+        t.replicates
+            .iter()
+            .any(|r| r.name == "items_part" && r.state == ReplicaState::Uninitialized)
+            .then_some(())
+    });
+    let out = etp(&["replicate", "status", "--node", &s.m()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("uninitialized"),
+        "{out:?}"
+    );
+    let (code, v, dt) = s.diagnose(&[]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(leaf(&v), "sync_down_site", "{v}");
+    let (events, et) = s.recover(&[]);
+    s.prove();
+    figure("site-sync-down", dt, et, &events);
+}

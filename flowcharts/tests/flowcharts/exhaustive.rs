@@ -84,7 +84,7 @@ fn random_diagnoses_end_in_a_plan_or_a_stop() {
     let set = builtin();
     let mut answers = Random(0x9e37_79b9_7f4a_7c15);
     let mut cases = BTreeSet::new();
-    for _ in 0..2000 {
+    for _ in 0..20_000 {
         let diagnosis = flowcharts::diagnose(&set, &mut answers).expect("diagnose");
         match (&diagnosis.triage.plan, &diagnosis.case) {
             (Plan::Goto { case, .. }, Some(walk)) => {

@@ -343,7 +343,7 @@ pub fn task(c: TaskCommand) -> anyhow::Result<Outcome> {
     let problem = tasks
         .iter()
         .flat_map(|t| &t.replicates)
-        .any(|r| r.state == ReplicaState::Error);
+        .any(|r| matches!(r.state, ReplicaState::Error | ReplicaState::Uninitialized));
     Ok(if problem {
         Outcome::Problem
     } else {

@@ -85,8 +85,10 @@ fn report_of(addr: SocketAddr, name: &str) -> anyhow::Result<ReplicateReport> {
 
 /// A replicate that needs the operator's attention.
 fn is_problem(r: &ReplicateReport) -> bool {
-    matches!(r.state.as_str(), "error" | "shunned")
-        || r.health == Health::Stalled
+    matches!(
+        r.state,
+        ReplicaState::Error | ReplicaState::Shunned | ReplicaState::Uninitialized
+    ) || r.health == Health::Stalled
         || !r.gaps.is_empty()
 }
 

@@ -291,6 +291,11 @@ impl Exec<'_> {
             }
             Action::RecordGap => self.record_gap(b, journal),
             Action::RecordLostSeqs => self.record_lost_seqs(b, journal),
+            Action::ReinstallTopology => {
+                let text = &self.probes.topology.text;
+                propagator::node::apply::apply_topology_blocking(text)
+                    .map_err(|e| anyhow::anyhow!("applying the topology again: {}", e.message))
+            }
             Action::RestoreAdminFromExport => self.restore_admin_from_export(b),
             Action::VerifyDefinitions => verify_definitions(self.probes),
             Action::ResetError => self.reset_errors(b),

@@ -153,6 +153,7 @@ actions! {
     RebuildLogToMasterLevel = "rebuild_log_to_master_level",
     RecordGap = "record_gap",
     RecordLostSeqs = "record_lost_seqs",
+    ReinstallTopology = "reinstall_topology",
     RefreshLog = "refresh_log",
     RegenerateToEnd = "regenerate_to_end",
     ReinitReplicate = "reinit_replicate",
@@ -309,6 +310,12 @@ pub(crate) fn resolve(var: &str, p: &LiveProbes) -> anyhow::Result<Vec<Target>> 
                 db: d.db.0,
                 addr: d.addr,
             })
+            .collect(),
+        "uninitialized_replicates" => p
+            .reps
+            .iter()
+            .filter(|r| p.uninitialized(r))
+            .map(|r| rep_target(r, p))
             .collect(),
         "diverged_replicates" => p
             .reps

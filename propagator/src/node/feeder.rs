@@ -91,6 +91,9 @@ pub(super) struct FeedState {
     /// When the confirmed seq last moved (or streaming began), µs.
     pub progress_us: i64,
     pub last_error: Option<String>,
+    /// The replicate's database answered that it holds no topology (a
+    /// wiped site), at the last attempt.
+    pub uninitialized: Option<String>,
     pub connects: u64,
     /// Batches sent while streaming, and how many of them the thread that
     /// made the log's tail durable sent itself (see `tail`).
@@ -203,6 +206,9 @@ pub(super) enum Stop {
     /// The replicate holds another history than its master's: error
     /// state, nothing fed, until a load replaces it.
     Diverged(crate::wire::Divergence),
+    /// The replicate's database holds no topology (a wiped site): retried
+    /// as a lost link is, reported as uninitialized.
+    Uninitialized(String),
 }
 
 impl Stop {
@@ -224,12 +230,18 @@ impl Stop {
             | Stop::Stopped(m)
             | Stop::Refused(m) => m,
             Stop::Diverged(d) => d.to_string(),
+            Stop::Uninitialized(m) => m,
         }
     }
 }
 
 pub(super) fn link_err(e: ClientError) -> Stop {
     match e {
+        ClientError::Remote {
+            code: ErrorCode::Uninitialized,
+            ref message,
+            ..
+        } => Stop::Uninitialized(message.clone()),
         // The same batch would be too large again on every retry.
         ClientError::TooLarge { .. } => Stop::Fatal(e.to_string()),
         e => Stop::Link(e.to_string()),

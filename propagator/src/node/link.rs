@@ -125,6 +125,15 @@ impl Node {
         master_db: DbId,
         master: Fnr,
     ) -> Response {
+        if lock(&self.topology).is_none() {
+            return Response::error(Failure::new(
+                ErrorCode::Uninitialized,
+                format!(
+                    "database {} holds no topology: an uninitialized site (etp admin apply re-creates its files; its replicates are then loaded)",
+                    self.db.dbid()
+                ),
+            ));
+        }
         if let Some(who) = &conv.who {
             if let Err(why) =
                 self.link_allowed(who, &replicate, file, confirmation, master_db, master)

@@ -67,6 +67,8 @@ impl Task {
                     )
                 } else if s.streaming {
                     (ReplicaState::Online, None)
+                } else if let Some(why) = &s.uninitialized {
+                    (ReplicaState::Uninitialized, Some(why.clone()))
                 } else {
                     (ReplicaState::Offline, Some(s.phase.clone()))
                 };

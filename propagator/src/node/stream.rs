@@ -83,6 +83,16 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             s.streaming = false;
             s.load = None;
         }
+        // A wiped site is retried as a lost link is, and reported as such.
+        let stop = match stop {
+            Stop::Uninitialized(m) => {
+                if lock(&f.st).uninitialized.replace(m.clone()).is_none() {
+                    tracing::error!(replicate = %name, reason = %m, "replicate's site is uninitialized");
+                }
+                Stop::Link(m)
+            }
+            other => other,
+        };
         match stop {
             Stop::Stopped(why) => {
                 save_anchor(&ctx, &f).await;
@@ -129,7 +139,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
                 ));
                 return;
             }
-            Stop::Link(msg) => {
+            // (Turned into a lost link above.)
+            Stop::Link(msg) | Stop::Uninitialized(msg) => {
                 let first = {
                     let mut s = lock(&f.st);
                     s.last_error = Some(msg.clone());
@@ -278,6 +289,7 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
             );
         }
         s.connects += 1;
+        s.uninitialized = None;
         s.has_confirmation = state.confirmation.is_some();
         if let Some(c) = &state.confirmation {
             s.confirmed = c.seq;

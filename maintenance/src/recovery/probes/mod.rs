@@ -486,6 +486,10 @@ impl LiveProbes {
             }
             if d.peers.iter().any(|(_, r)| r.reached) {
                 d.kind = DownKind::CutOffFromTool;
+            } else if !d.peers.is_empty() && d.peers.iter().all(|(_, r)| r.refused) {
+                // Every node that tried was refused: stopped, whatever the
+                // tool's own path said.
+                d.kind = DownKind::Stopped;
             } else if d.kind == DownKind::Stopped && d.peers.iter().any(|(_, r)| !r.refused) {
                 d.kind = DownKind::PathFault;
             }
@@ -513,10 +517,21 @@ impl LiveProbes {
         }
         let admin = v.admin_file();
         for (db, c) in clients.iter_mut() {
-            let damaged = stat(c, admin).and_then(|s| s.own_damage());
             let topology = match c.call(&Request::Admin(AdminRequest::AdminExport)) {
                 Ok(Response::Text(t)) => Some(t),
                 _ => None,
+            };
+            // A node with no topology and no administration file at all is
+            // an uninitialized site (T4c), not a damaged one.
+            let no_admin_file = topology.is_none()
+                && matches!(
+                    c.call(&Request::Read(ReadRequest::Files)),
+                    Ok(Response::Files { files, .. }) if !files.iter().any(|f| f.fnr == admin)
+                );
+            let damaged = if no_admin_file {
+                None
+            } else {
+                stat(c, admin).and_then(|s| s.own_damage())
             };
             p.admins.push(AdminFact {
                 db: *db,
@@ -580,7 +595,10 @@ impl LiveProbes {
                 reason: None,
                 diverged: None,
             };
-            if let Some(c) = clients.get_mut(&db) {
+            // A wiped site (its node serves no topology) holds none of its
+            // files: uninitialized (T4c), not damaged.
+            let wiped = p.admins.iter().any(|a| a.db == db && a.topology.is_none());
+            if let Some(c) = clients.get_mut(&db).filter(|_| !wiped) {
                 f.stat = stat(c, f.file);
                 f.conf_stat = stat(c, f.confirmation);
                 f.confirmed = read_confirmation(c, f.confirmation, f.file);
@@ -634,6 +652,17 @@ impl LiveProbes {
             .or_else(|| self.reps.iter().find(|r| r.diverged.is_some()).and_then(of))
             .or_else(|| self.reps.iter().find(|r| self.cut_off(r)).and_then(of))
             .or_else(|| self.masters.first())
+    }
+
+    /// The replicate's database answers but holds no topology (a wiped
+    /// site): its master reports it so, or its node serves no topology.
+    pub fn uninitialized(&self, r: &RepFact) -> bool {
+        r.state.as_deref() == Some("uninitialized")
+            || (self.reachable.contains(&r.db)
+                && self
+                    .admins
+                    .iter()
+                    .any(|a| a.db == r.db && a.topology.is_none()))
     }
 
     fn cut_off(&self, r: &RepFact) -> bool {
@@ -785,6 +814,28 @@ impl LiveProbes {
                     Answer::yes(
                         "every database of the topology answers (its restart recovery ran at open)",
                     )
+                }
+            }
+            "site_uninitialized" => {
+                let wiped: Vec<String> = self
+                    .reps
+                    .iter()
+                    .filter(|r| self.uninitialized(r))
+                    .map(|r| {
+                        format!(
+                            "replicate {} on database {}: {}",
+                            r.name,
+                            r.db,
+                            r.reason
+                                .as_deref()
+                                .unwrap_or("its node answers but serves no topology")
+                        )
+                    })
+                    .collect();
+                if wiped.is_empty() {
+                    Answer::no("every replicate's database that answers serves the topology")
+                } else {
+                    Answer::yes(wiped.join("; "))
                 }
             }
             "replicate_diverged" => {
