@@ -204,11 +204,10 @@ fn target_lsn(s: &Survey, until: Until) -> Result<Lsn, Error> {
     let damaged = |what: &str| -> Error {
         let d = s.damage.as_ref();
         Error::Refused(format!(
-            "{what}: the protection log is damaged after LSN {} ({}{}){}; recover with --to-last-good to stop at LSN {}",
+            "{what}: the protection log is damaged after LSN {} ({}){}; recover with --to-last-good to stop at LSN {}",
             s.last_good,
             d.map(|d| format!("{} at offset {}: {}", d.path, d.offset, d.reason))
                 .unwrap_or_default(),
-            "",
             d.and_then(|d| d.lost_through())
                 .map(|t| format!(", and LSNs {} to {t} after it would be lost", s.last_good.next()))
                 .unwrap_or_default(),
@@ -233,6 +232,98 @@ fn target_lsn(s: &Survey, until: Until) -> Result<Lsn, Error> {
         ))),
         Until::Lsn(l) => Ok(l),
     }
+}
+
+/// Per master file, the highest incarnation any definition in the gathered
+/// log gives it (checkpoints and commits, before and after the target).
+fn max_incarnations(g: &Gathered, dbid: DbId) -> Result<BTreeMap<Fnr, u32>, Error> {
+    use propagator::catalog::CatalogOp;
+    use propagator::plog::PlogEntry;
+    let mut out: BTreeMap<Fnr, u32> = BTreeMap::new();
+    let mut note = |d: &propagator::FileDef| {
+        if let propagator::Role::Master { incarnation, .. } = d.role {
+            let e = out.entry(d.fnr).or_insert(0);
+            *e = (*e).max(incarnation);
+        }
+    };
+    let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
+        .map_err(propagator::DbError::from)
+        .within(|| "cannot read the gathered log".to_string())?;
+    for s in &segs {
+        let frames = propagator::plog::reader::frames_from(s, propagator::plog::format::HEADER_LEN)
+            .within(|| format!("cannot read {}", s.path))?;
+        for (_, e) in frames {
+            match e {
+                PlogEntry::Checkpoint(c) => c.catalog.iter().for_each(&mut note),
+                PlogEntry::Commit(c) => {
+                    for op in &c.catalog {
+                        if let CatalogOp::Define(d) = op {
+                            note(d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Raises every master of `db` above the highest incarnation the gathered
+/// log gives it: the recovered database set it back, and the seqs it gives
+/// out next must not pass for ones of the history it left.
+fn raise_masters(db: &Database, floors: &BTreeMap<Fnr, u32>) -> Result<(), Error> {
+    for f in db.files() {
+        if let propagator::Role::Master { .. } = f.def.role {
+            let floor = floors.get(&f.def.fnr).copied().unwrap_or(0);
+            db.raise_incarnation_above(f.def.fnr, floor)
+                .within(|| format!("cannot raise the incarnation of master {}", f.def.fnr))?;
+        }
+    }
+    Ok(())
+}
+
+/// The files the commits in `(after, upto]` changed.
+fn files_between(g: &Gathered, dbid: DbId, after: Lsn, upto: Lsn) -> Result<BTreeSet<Fnr>, Error> {
+    let mut out = BTreeSet::new();
+    if upto <= after {
+        return Ok(out);
+    }
+    let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
+        .map_err(propagator::DbError::from)
+        .within(|| "cannot read the gathered log".to_string())?;
+    let mut scan = propagator::plog::LogScan::new(&segs, 0);
+    while let Ok(Some(f)) = scan.next_frame() {
+        if let propagator::plog::PlogEntry::Commit(c) = &f.entry {
+            if c.lsn > upto {
+                break;
+            }
+            if c.lsn > after {
+                out.extend(c.metas.iter().map(|m| m.fnr));
+                out.extend(c.changes.iter().map(|ch| ch.fnr));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The LSN of the last commit at or before `time_us` (at most `upto`).
+fn lsn_at_time(g: &Gathered, dbid: DbId, time_us: i64, upto: Lsn) -> Result<Lsn, Error> {
+    let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
+        .map_err(propagator::DbError::from)
+        .within(|| "cannot read the gathered log".to_string())?;
+    let mut scan = propagator::plog::LogScan::new(&segs, 0);
+    let mut at = Lsn(segs
+        .first()
+        .map_or(0, |s| s.header.first_lsn.0.saturating_sub(1)));
+    while let Ok(Some(f)) = scan.next_frame() {
+        if let propagator::plog::PlogEntry::Commit(c) = &f.entry {
+            if c.lsn > upto || c.time_us > time_us {
+                break;
+            }
+            at = c.lsn;
+        }
+    }
+    Ok(at)
 }
 
 /// Recovers the database in `data` (its page store is not opened) into
@@ -261,6 +352,13 @@ pub fn recover(
         .map_err(propagator::DbError::from)
         .within(|| format!("cannot read the protection log of database {dbid}"))?;
     let lsn = target_lsn(&log, until)?;
+    // A time: the last commit at or before it (every later step — the
+    // roll-forward, the new log's start, what the area keeps — uses that
+    // LSN, never the log's end).
+    let lsn = match until {
+        Until::Time(t) => lsn_at_time(&gathered, dbid, t, lsn)?,
+        _ => lsn,
+    };
     let time = match until {
         Until::Time(t) => Some(t),
         _ => None,
@@ -307,23 +405,38 @@ pub fn recover(
         )));
     }
     let mut used = Vec::new();
+    // The last segment of the old log holding anything up to the target.
+    let last_held = propagator::plog::open_segments_readonly(&FsDir::new(&gathered.dir), dbid)
+        .map_err(propagator::DbError::from)
+        .within(|| "cannot read the gathered log".to_string())?
+        .iter()
+        .filter(|s| s.header.first_lsn <= lsn)
+        .map(|s| s.no)
+        .max()
+        .unwrap_or(0);
+    let continued_segment = Some(last_held);
     let built = if from_log_alone {
-        rebuild_from_log(data, &gathered, &target_dir, dbid, lsn, time)
+        rebuild_from_log(data, &gathered, &target_dir, dbid, lsn, time).and_then(|()| {
+            // Set back (the log goes on past the target): its masters'
+            // next seqs must not pass for the ones left behind.
+            if lsn < log.last_good || log.damage.is_some() {
+                let floors = max_incarnations(&gathered, dbid)?;
+                let (db, _) = Database::open(&target_dir)
+                    .within(|| format!("cannot open {}", target_dir.display()))?;
+                let raised = raise_masters(&db, &floors);
+                db.close()
+                    .within(|| format!("cannot close {}", target_dir.display()))?;
+                raised?;
+            }
+            Ok(())
+        })
     } else {
         // The recovered database's log goes on after the recovered LSN,
         // in the segment after the last one of the old log that holds
         // anything up to it (later ones belong to the history after it and
         // are set aside).
-        let next_segment =
-            propagator::plog::open_segments_readonly(&FsDir::new(&gathered.dir), dbid)
-                .map_err(propagator::DbError::from)
-                .within(|| "cannot read the gathered log".to_string())?
-                .iter()
-                .filter(|s| s.header.first_lsn <= lsn)
-                .map(|s| s.no)
-                .max()
-                .unwrap_or(0)
-                + 1;
+        let next_segment = last_held + 1;
+        let floors = max_incarnations(&gathered, dbid)?;
         let new = restore::NewDatabase::make_like(&target_dir, data, lsn, next_segment)?;
         let src = LogSource {
             plog: std::sync::Arc::new(FsDir::new(&gathered.dir)),
@@ -357,21 +470,38 @@ pub fn recover(
                     commits: r.commits,
                 });
             }
+            // The masters restored from copies carry the copies'
+            // incarnations: raise them above any the log gave them since.
+            for f in new.db.files() {
+                if let propagator::Role::Master { .. } = f.def.role {
+                    let floor = floors.get(&f.def.fnr).copied().unwrap_or(0);
+                    new.db.raise_incarnation_above(f.def.fnr, floor)?;
+                }
+            }
             Ok(())
         })();
         new.finish(written).map_err(Error::from)
     };
     built?;
     let reached = lsn;
-    let settled = match area {
-        Some(a) => settle_history(a, dbid, &gathered, reached)?,
-        None => Settled::default(),
+    // What the log holds after the recovered LSN: commits before the
+    // damage the recovery was told to stop short of, and those read after
+    // the damage.
+    let after_damage = log.damage.as_ref().and_then(|d| d.lost_through());
+    let through = after_damage.unwrap_or(log.last_good).max(log.last_good);
+    let lost = if through > reached || log.damage.is_some() {
+        let mut files = files_between(&gathered, dbid, reached, log.last_good)?;
+        if let Some(d) = &log.damage {
+            files.extend(d.files());
+        }
+        Some(Lost {
+            from: reached.next(),
+            through: through.max(reached.next()),
+            files,
+        })
+    } else {
+        None
     };
-    let lost = log.damage.as_ref().map(|d| Lost {
-        from: reached.next(),
-        through: d.lost_through().unwrap_or(reached.next()),
-        files: d.files(),
-    });
     let damaged_kept = if in_place {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
         let kept = data_abs.with_file_name(format!(
@@ -393,6 +523,20 @@ pub fn recover(
         Some(kept)
     } else {
         None
+    };
+    // The area follows once the recovered database is in place. The log
+    // alone: the rebuilt database goes on writing in the segment its log
+    // was cut in, so that segment is not archived now (`copy archive`
+    // takes it once it is closed).
+    let settled = match area {
+        Some(a) => settle_history(
+            a,
+            dbid,
+            &gathered,
+            reached,
+            from_log_alone.then_some(()).and(continued_segment),
+        )?,
+        None => Settled::default(),
     };
     Ok(Recovered {
         dbid,
@@ -432,7 +576,13 @@ struct Settled {
 /// database can still be rolled forward across the recovery later; archived
 /// segments and catalogued copy sets after the recovered LSN (a history the
 /// recovery left) are set aside, not deleted.
-fn settle_history(area: &Area, dbid: DbId, g: &Gathered, lsn: Lsn) -> Result<Settled, Error> {
+fn settle_history(
+    area: &Area,
+    dbid: DbId,
+    g: &Gathered,
+    lsn: Lsn,
+    continued: Option<u64>,
+) -> Result<Settled, Error> {
     let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
         .map_err(propagator::DbError::from)
         .within(|| "cannot read the gathered log".to_string())?;
@@ -468,6 +618,9 @@ fn settle_history(area: &Area, dbid: DbId, g: &Gathered, lsn: Lsn) -> Result<Set
             }
             continue;
         }
+        if continued == Some(s.no) {
+            continue;
+        }
         let mut bytes = std::fs::read(&s.path).within(|| format!("cannot read {}", s.path))?;
         if let Some((_, end)) = cut.filter(|(ci, _)| *ci == i) {
             bytes.truncate(end as usize);
@@ -478,6 +631,13 @@ fn settle_history(area: &Area, dbid: DbId, g: &Gathered, lsn: Lsn) -> Result<Set
         });
         if same {
             continue;
+        }
+        // An archived copy that holds more (the history after the
+        // recovered LSN) is set aside first, never overwritten.
+        if let Some(a) = archived.get(&s.no) {
+            crate::archive::set_aside(area, dbid, a, &stamp)?;
+            out.set_aside
+                .push(format!("archived log segment {}", a.segment.name));
         }
         let name = propagator::plog::format::segment_name(s.no);
         let info = propagator::SegmentInfo {
@@ -551,7 +711,11 @@ fn rebuild_from_log(
                 cut = Some((f.seg_idx, f.end));
             }
         }
-        let last_seg = cut.map_or(0, |(i, _)| i);
+        let Some((last_seg, _)) = cut else {
+            return Err(Error::Refused(format!(
+                "the protection log holds no commit up to LSN {lsn}: there is nothing to rebuild"
+            )));
+        };
         for (i, s) in segs.iter().enumerate().take(last_seg + 1) {
             let name = propagator::plog::format::segment_name(s.no);
             let to = plog.join(&name);

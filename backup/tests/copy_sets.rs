@@ -796,6 +796,7 @@ fn a_database_whose_log_reaches_back_to_its_start_is_rebuilt_from_the_log_alone(
     fill(&db, 20_000, &hist);
     let want = content(&db, MASTER);
     let mid = hist.lock().expect("lock")[1].0;
+    let inc0 = incarnation(&db);
     db.close().expect("close");
     std::fs::remove_dir_all(data.join("store")).expect("delete the page store");
     let r = recover(
@@ -809,6 +810,8 @@ fn a_database_whose_log_reaches_back_to_its_start_is_rebuilt_from_the_log_alone(
     assert_eq!(r.method, "log alone");
     let (got, _) = Database::open(&tmp.path().join("r")).expect("opens");
     assert_eq!(content(&got, MASTER), want);
+    // To the end: the same history, the same incarnation.
+    assert_eq!(incarnation(&got), inc0);
     got.close().expect("close");
     let r = recover(
         &data,
@@ -824,5 +827,11 @@ fn a_database_whose_log_reaches_back_to_its_start_is_rebuilt_from_the_log_alone(
         content(&got, MASTER),
         state_at(&hist.lock().expect("lock"), MASTER, mid)
     );
+    // Set back: its next seqs are of a new incarnation; the commits after
+    // the LSN are named as lost, with their files.
+    assert_eq!(incarnation(&got), inc0 + 1);
+    let lost = r.lost.clone().expect("lost named");
+    assert_eq!(lost.from, mid.next());
+    assert!(lost.files.contains(&MASTER), "{lost:?}");
     got.close().expect("close");
 }

@@ -1337,8 +1337,16 @@ fn a_master_restored_behind_its_replicates_is_found_diverged_and_the_replicates_
         std::thread::sleep(Duration::from_millis(50));
     }
     // The master takes writes again (seqs given out again, in the new
-    // incarnation); nothing reaches the diverged replicates.
+    // incarnation); nothing reaches the diverged replicates, however long.
     s.store(1..=5, 70);
+    // (Their feeders have ended: nothing retries a diverged replicate.)
+    let t = s.cl.task_status().expect("status");
+    assert_eq!(t.master_seq.0, copy_seq.0 + 5);
+    for r in &t.replicates {
+        assert_eq!(r.confirmed_seq, ahead, "{r:?}");
+        assert_eq!(r.state, ReplicaState::Error, "{r:?}");
+        assert!(!r.feeding, "{r:?}");
+    }
     assert_eq!(
         s.cl.dump(1, maintenance::cluster::FULL).expect("dump"),
         full_before,
@@ -1602,7 +1610,10 @@ fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log
     assert!(err.contains("--to-last-good"), "{err}");
     let (code, out, err, secs) = db_recover(&s, &["--to-last-good"]);
     assert_eq!(code, Some(1), "{out}\n{err}");
-    assert!(out.contains("LOST: LSNs") && out.contains("10"), "{out}");
+    assert!(
+        out.contains("LOST: LSNs") && out.contains("(files 10, 11"),
+        "{out}"
+    );
     eprintln!(
         "FIGURE db-recover-last-good: records={} recover_s={secs:.2}",
         records()
@@ -1663,9 +1674,11 @@ fn a_master_database_destroyed_without_a_copy_fails_over_to_its_full_replicate()
         assert!(Instant::now() < deadline, "{t:?}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    s.cl.nodes[1].restart().expect("restart");
+    // The master dies before the full replicate's node is back: it cannot
+    // catch up.
     s.cl.nodes[0].kill();
     std::fs::remove_dir_all(&s.cl.nodes[0].data).expect("destroy the master's database");
+    s.cl.nodes[1].restart().expect("restart");
     // The plan, changing nothing.
     let out = etp(&[
         "master",

@@ -563,6 +563,13 @@ impl Exec<'_> {
                 out.push(format!("{name}: not diverged"));
                 continue;
             };
+            if d.lost_from > d.confirmed_seq {
+                out.push(format!(
+                    "{name}: no seq is known lost (its history differs from its master's: {})",
+                    d.why
+                ));
+                continue;
+            }
             let master = self
                 .probes
                 .masters

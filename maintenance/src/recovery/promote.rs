@@ -164,14 +164,27 @@ pub fn plan(node: SocketAddr, name: &str, log: Option<u32>) -> anyhow::Result<Pr
     );
     // The new master's log: the given file, else the first number above
     // every file its database holds.
-    let log = match log {
-        Some(l) => Fnr(l),
-        None => match ask(addr, &Request::Read(ReadRequest::Files))? {
-            Response::Files { files, .. } => {
-                Fnr(files.iter().map(|d| d.fnr.0).max().unwrap_or(0) + 1)
-            }
-            other => bail!("node {addr} answered {other:?}"),
-        },
+    // (A promotion cut short left the file a master already: its log is
+    // taken again, so a rerun finishes it.)
+    let files = match ask(addr, &Request::Read(ReadRequest::Files))? {
+        Response::Files { files, .. } => files,
+        other => bail!("node {addr} answered {other:?}"),
+    };
+    let promoted_log = files
+        .iter()
+        .find(|d| d.fnr.0 == r.def.file)
+        .and_then(|d| match d.role {
+            Role::Master { log, .. } => Some(log),
+            _ => None,
+        });
+    let log = match (log, promoted_log) {
+        (Some(l), Some(p)) if Fnr(l) != p => bail!(
+            "file {} of database {db} is a master already, with log file {p}, not {l}: a promotion cut short; run it again without --log",
+            r.def.file
+        ),
+        (_, Some(p)) => p,
+        (Some(l), None) => Fnr(l),
+        (None, None) => Fnr(files.iter().map(|d| d.fnr.0).max().unwrap_or(0) + 1),
     };
     // The new topology.
     let mut t = v.topology.clone();

@@ -260,8 +260,14 @@ impl Database {
     /// records from before a restore are told apart from those after it.
     /// Returns the new incarnation.
     pub fn raise_incarnation(&self, master: Fnr) -> Result<(u32, Lsn), DbError> {
+        self.raise_incarnation_above(master, 0)
+    }
+
+    /// [`Database::raise_incarnation`] to above `floor` as well (the
+    /// highest incarnation a history this master left behind used).
+    pub fn raise_incarnation_above(&self, master: Fnr, floor: u32) -> Result<(u32, Lsn), DbError> {
         let (def, log, incarnation) = self.master_def(master)?;
-        let next = incarnation + 1;
+        let next = incarnation.max(floor).saturating_add(1);
         let info = self.commit(
             vec![CatalogOp::Define(FileDef {
                 role: Role::Master {

@@ -375,7 +375,8 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                         confirmed_incarnation: c.incarnation,
                         master_seq: last,
                         master_incarnation: inc,
-                        lost_from: Seq(1),
+                        // Which seqs differ is not known: none is named lost.
+                        lost_from: Seq(conf_seq.0 + 1),
                         why: format!("{what} (its history differs from the master's)"),
                         time_us: now_us(),
                     })
