@@ -358,37 +358,22 @@ fn a_node_runs_copy_jobs_and_a_killed_node_leaves_no_half_job() {
     let m = cl.nodes[0].addr.to_string();
     // A bad definition is refused, naming what is wrong; nothing is stored.
     let bad = tmp.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        format!(
-            "area = \"{}\"\n[[job]]\nname = \"j\"\ncron = \"99 * * * *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n",
-            area.display()
-        ),
-    )
-    .expect("write");
-    let out = etp(&[
-        "copy",
-        "jobs",
-        "set",
-        &bad.display().to_string(),
-        "--node",
-        &m,
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cron"),
-        "{out:?}"
-    );
-    assert!(ok(&etp(&["copy", "jobs", "show", "--node", &m])).contains("no copy jobs"));
-    // A job that breaks the copy rules is refused when it is defined (not
-    // at its first run), naming the rule: a replicate copied before its
+    // So is a job that breaks the copy rules, when it is defined (not at
+    // its first run), naming the rule: a replicate copied before its
     // master, a log copied on its own.
-    for (files, why) in [
+    for (cron, files, why) in [
         (
+            "99 * * * *",
+            "[[job.set]]\ndatabase = 1\nfiles = [10]\n",
+            "cron",
+        ),
+        (
+            "0 * * * * *",
             "[[job.set]]\ndatabase = 2\nfiles = [20]\n[[job.set]]\ndatabase = 1\nfiles = [10]\n",
             "within one job a replicate is copied after its master",
         ),
         (
+            "0 * * * * *",
             "[[job.set]]\ndatabase = 1\nfiles = [11]\n",
             "a log file is copied only with its master",
         ),
@@ -396,7 +381,7 @@ fn a_node_runs_copy_jobs_and_a_killed_node_leaves_no_half_job() {
         std::fs::write(
             &bad,
             format!(
-                "area = \"{}\"\n[[job]]\nname = \"j\"\ncron = \"0 * * * * *\"\n{files}",
+                "area = \"{}\"\n[[job]]\nname = \"j\"\ncron = \"{cron}\"\n{files}",
                 area.display()
             ),
         )

@@ -753,6 +753,33 @@ fn case4_with_its_node_killed_mid_restore_and_mid_roll_forward_ten_times_each_st
     s.store_and_prove(200..=210, 42);
 }
 
+/// One client transaction (`client_txn`) through the clients' journal,
+/// acknowledged, and in the model.
+fn journaled(s: &mut Scene, journal: &str, key: u64, id: &str) {
+    let out = etp_stdin(
+        &["exec", "--node", &s.m(), "--journal", journal],
+        &client_txn(key, id),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.model.insert(key, 60);
+}
+
+/// The clients' journal holds nothing pending (every transaction ran once).
+fn nothing_pending(journal: &str) {
+    let status = etp(&["exec", "--journal", journal, "--status"]);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
 /// One client transaction storing `key` (qty 60), under client id `id`.
 fn client_txn(key: u64, id: &str) -> String {
     format!(
@@ -856,13 +883,7 @@ fn case1_a_link_cut_mid_transaction_is_rerun_and_the_isolated_replicates_resynch
     s.model.insert(n + 2, 60);
     s.prove();
     // Rerun exactly once: nothing is pending, and the record holds once.
-    let status = etp(&["exec", "--journal", &journal, "--status"]);
-    assert_eq!(
-        status.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&status.stdout)
-    );
+    nothing_pending(&journal);
     figure("case1", dt, et, &events);
 }
 
@@ -969,17 +990,7 @@ fn a_database_down_stops_the_run_at_an_operator_step_until_it_answers() {
     // The clients' journal (a replicate cut off right after the restart is
     // case 1, whose first question only the journal answers).
     let journal = s.dir("client-journal");
-    let out = etp_stdin(
-        &["exec", "--node", &s.m(), "--journal", &journal],
-        &client_txn(records() + 1, "before"),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    s.model.insert(records() + 1, 60);
+    journaled(&mut s, &journal, records() + 1, "before");
     s.cl.nodes[2].stop().expect("stop");
     let (code, events, _) = s.run(&["--journal", &journal]);
     assert_eq!(code, Some(1), "{events:?}");
@@ -1440,13 +1451,7 @@ fn a_pending_journaled_transaction_is_found_by_triage_and_rerun_once() {
     assert!(rerun.contains("every pending transaction rerun"), "{rerun}");
     s.model.insert(n + 1, 60);
     s.prove();
-    let status = etp(&["exec", "--journal", &journal, "--status"]);
-    assert_eq!(
-        status.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&status.stdout)
-    );
+    nothing_pending(&journal);
     figure("rerun-pending", dt, et, &events);
 }
 
@@ -1460,17 +1465,7 @@ fn a_pending_journaled_transaction_is_found_by_triage_and_rerun_once() {
 fn a_replicate_node_cut_off_by_a_link_fault_is_case_1_not_a_restart() {
     let (mut s, proxies) = Scene::proxied_with(Some(1));
     let journal = s.dir("client-journal");
-    let out = etp_stdin(
-        &["exec", "--node", &s.m(), "--journal", &journal],
-        &client_txn(records() + 1, "before"),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    s.model.insert(records() + 1, 60);
+    journaled(&mut s, &journal, records() + 1, "before");
     let part = &proxies[1];
     part.refuse();
     part.cut();
