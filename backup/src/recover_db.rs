@@ -156,9 +156,18 @@ pub fn gather(
     }
     if let Some(area) = area {
         for a in crate::archive::list(area, dbid)? {
-            let better = chosen
-                .get(&a.segment.no)
-                .is_none_or(|(_, bytes, _)| *bytes < a.segment.bytes);
+            // The archived copy (of a closed segment, verified below) is
+            // taken when there is no live one, when the live one is
+            // shorter (it lost its tail), or when the live one is as long
+            // but its bytes differ (damaged since it was archived).
+            let better = match chosen.get(&a.segment.no) {
+                None => true,
+                Some((_, bytes, _)) if *bytes < a.segment.bytes => true,
+                Some((path, bytes, _)) if *bytes == a.segment.bytes => std::fs::read(path)
+                    .map(|b| blake3::hash(&b).to_hex().to_string() != a.blake3)
+                    .unwrap_or(true),
+                Some(_) => false,
+            };
             if !better {
                 continue;
             }

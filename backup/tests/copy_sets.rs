@@ -756,6 +756,30 @@ fn a_database_that_will_not_open_is_recovered_from_copy_and_archived_log() {
     bytes[at] ^= 0x40;
     std::fs::write(victim, &bytes).expect("flip");
     std::fs::remove_dir_all(data.join("store")).expect("lose the store again");
+    // Its archived copy is intact: the recovery reads that one instead.
+    let name = victim
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let r = recover(
+        &data,
+        Some(&area),
+        Some(&tmp.path().join("r1")),
+        Until::End,
+        &mut |_| {},
+    )
+    .expect("the archived copy of the damaged segment");
+    assert!(
+        r.segments
+            .iter()
+            .any(|s| s.name == name && s.from == "archive"),
+        "{r:?}"
+    );
+    // The archived copy damaged too: nothing whole holds those commits.
+    let archived = area.root().join("plog").join("db7").join(&name);
+    let mut abytes = std::fs::read(&archived).expect("read the archived copy");
+    abytes[at] ^= 0x40;
+    std::fs::write(&archived, &abytes).expect("flip the archived copy");
     let e = recover(
         &data,
         Some(&area),
