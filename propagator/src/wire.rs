@@ -550,6 +550,8 @@ pub enum RecoveryOp {
     /// starting at seq `at`, its incarnation above `floor` (failover).
     Promote {
         file: Fnr,
+        /// Its confirmation file: the seq it confirms must be `at`.
+        confirmation: Fnr,
         log: Fnr,
         at: Seq,
         floor: u32,

@@ -29,6 +29,7 @@ pub struct PromotePlan {
     pub database: DbId,
     pub address: SocketAddr,
     pub file: Fnr,
+    pub confirmation: Fnr,
     /// The new master's log file.
     pub log: Fnr,
     /// The seq the promoted replicate confirms: the new master's level.
@@ -232,6 +233,7 @@ pub fn plan(node: SocketAddr, name: &str, log: Option<u32>) -> anyhow::Result<Pr
         database: db,
         address: addr,
         file: Fnr(r.def.file),
+        confirmation: Fnr(r.def.confirmation),
         log,
         seq,
         master: m.name.clone(),
@@ -274,11 +276,34 @@ pub fn execute(
             first.master, first.old_database
         ));
     }
+    // The old master answers: its replicate is given the time to confirm
+    // its level before anything is named lost.
+    if first.old_answered && first.seq < first.old_level {
+        let caught = super::actions::wait_until(
+            &format!(
+                "{name} to confirm the old master's level {}",
+                first.old_level
+            ),
+            wait,
+            || {
+                let p = plan(node, name, log)?;
+                Ok((p.seq >= first.old_level).then_some(()))
+            },
+        );
+        match caught {
+            Ok(()) => say(format!(
+                "{name} confirms the old master's level {}",
+                first.old_level
+            )),
+            Err(e) => say(format!("{e:#}: the seqs after its level are named lost")),
+        }
+    }
     let p = plan(node, name, log)?;
     match ask(
         p.address,
         &Request::Recovery(RecoveryOp::Promote {
             file: p.file,
+            confirmation: p.confirmation,
             log: p.log,
             at: Seq(p.seq),
             floor: p.floor,

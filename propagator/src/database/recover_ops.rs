@@ -167,6 +167,7 @@ impl Database {
     pub fn promote_replicate(
         &self,
         fnr: Fnr,
+        confirmation: Fnr,
         log: Fnr,
         at: Seq,
         floor: u32,
@@ -200,6 +201,7 @@ impl Database {
             });
         }
         if info.def.role == Role::Replicate {
+            // No longer a replicate: no link applies to it from here on.
             self.commit(
                 vec![CatalogOp::Define(FileDef {
                     role: Role::Plain,
@@ -209,6 +211,29 @@ impl Database {
                 None,
             )?;
         }
+        // What it holds now is what it confirms: the level the new log
+        // starts at must be that one (a batch may have landed since the
+        // plan was made).
+        if !matches!(self.file_info(fnr)?.def.role, Role::Master { .. }) {
+            let confirmed = self
+                .read(confirmation, Isn(u64::from(fnr.0)))?
+                .map(|r| crate::confirmation::decode(&r));
+            match confirmed {
+                Some(Ok(crate::confirmation::Decoded::Confirmed(c))) if c.seq == at => {}
+                Some(Ok(crate::confirmation::Decoded::Confirmed(c))) => {
+                    return Err(DbError::BadDefinition(format!(
+                        "replicate file {fnr} confirms seq {}, not the seq {at} the promotion was planned at: plan it again",
+                        c.seq
+                    )))
+                }
+                _ => {
+                    return Err(DbError::BadDefinition(format!(
+                        "replicate file {fnr} has no finished confirmation in file {confirmation}: it cannot become the master"
+                    )))
+                }
+            }
+        }
+        let info = self.file_info(fnr)?;
         if !matches!(self.file_info(fnr)?.def.role, Role::Master { .. }) {
             self.define_master(fnr, log)?;
         }

@@ -114,10 +114,13 @@ impl Node {
             }
             RecoveryOp::Promote {
                 file,
+                confirmation,
                 log,
                 at,
                 floor,
-            } => match blocking(move || db.promote_replicate(file, log, at, floor)).await {
+            } => match blocking(move || db.promote_replicate(file, confirmation, log, at, floor))
+                .await
+            {
                 Ok(p) => match serde_json::to_value(&p) {
                     Ok(v) => json(v),
                     Err(e) => Response::error(e.to_string()),
