@@ -126,14 +126,27 @@ pub fn gather(
     dbid: DbId,
     beside: &Path,
 ) -> Result<Gathered, Error> {
-    let dir = beside.with_file_name(format!(
-        ".{}.plog-{}",
+    let stem = format!(
+        ".{}.plog-",
         beside
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+            .unwrap_or_default()
+    );
+    let dir = beside.with_file_name(format!("{stem}{}", std::process::id()));
+    // What a killed run left (its process gone) goes first: it holds only
+    // links to segments.
+    if let Some(parent) = beside.parent() {
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name.strip_prefix(&stem).and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).within(|| format!("cannot clear {}", dir.display()))?;
     }
@@ -695,8 +708,13 @@ fn rebuild_from_log(
             .is_some()
     {
         return Err(Error::Refused(format!(
-            "{} exists and is not empty",
-            into.display()
+            "{} exists and is not empty{}",
+            into.display(),
+            if into.join(Database::IDENTITY_FILE).exists() {
+                ""
+            } else {
+                " (a recovery into it was interrupted? remove it, or recover --into another directory)"
+            }
         )));
     }
     let plog = into.join("plog");
