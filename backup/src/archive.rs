@@ -21,11 +21,11 @@ pub struct Archived {
     pub blake3: String,
 }
 
-fn dir_of(area: &Area, dbid: DbId) -> PathBuf {
+pub(crate) fn dir_of(area: &Area, dbid: DbId) -> PathBuf {
     area.root().join("plog").join(format!("db{}", dbid.0))
 }
 
-fn hash_file(path: &std::path::Path) -> Result<(u64, String), Error> {
+pub(crate) fn hash_file(path: &std::path::Path) -> Result<(u64, String), Error> {
     let mut f = std::fs::File::open(path).within(|| format!("cannot read {}", path.display()))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

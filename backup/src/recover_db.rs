@@ -108,6 +108,29 @@ impl Gathered {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The gathered segments, opened.
+    fn segments(&self, dbid: DbId) -> Result<Vec<propagator::plog::Segment>, Error> {
+        propagator::plog::open_segments_readonly(&FsDir::new(&self.dir), dbid)
+            .map_err(propagator::DbError::from)
+            .within(|| "cannot read the gathered log".to_string())
+    }
+}
+
+/// Walks the commits of `segs` in LSN order, up to the first damage:
+/// `f(segment index, end of its frame, commit)` until it returns false.
+fn each_commit(
+    segs: &[propagator::plog::Segment],
+    mut f: impl FnMut(usize, u64, &propagator::plog::Commit) -> bool,
+) {
+    let mut scan = propagator::plog::LogScan::new(segs, 0);
+    while let Ok(Some(fr)) = scan.next_frame() {
+        if let propagator::plog::PlogEntry::Commit(c) = &fr.entry {
+            if !f(fr.seg_idx, fr.end, c) {
+                break;
+            }
+        }
+    }
 }
 
 impl Drop for Gathered {
@@ -176,9 +199,9 @@ pub fn gather(
             let better = match chosen.get(&a.segment.no) {
                 None => true,
                 Some((_, bytes, _)) if *bytes < a.segment.bytes => true,
-                Some((path, bytes, _)) if *bytes == a.segment.bytes => std::fs::read(path)
-                    .map(|b| blake3::hash(&b).to_hex().to_string() != a.blake3)
-                    .unwrap_or(true),
+                Some((path, bytes, _)) if *bytes == a.segment.bytes => {
+                    crate::archive::hash_file(path).map_or(true, |(_, h)| h != a.blake3)
+                }
                 Some(_) => false,
             };
             if !better {
@@ -186,11 +209,7 @@ pub fn gather(
             }
             match crate::archive::verify(area, dbid, &a) {
                 Ok(()) => {
-                    let path = area
-                        .root()
-                        .join("plog")
-                        .join(format!("db{}", dbid.0))
-                        .join(&a.segment.name);
+                    let path = crate::archive::dir_of(area, dbid).join(&a.segment.name);
                     chosen.insert(a.segment.no, (path, a.segment.bytes, "archive"));
                 }
                 Err(e) => {
@@ -268,10 +287,7 @@ fn max_incarnations(g: &Gathered, dbid: DbId) -> Result<BTreeMap<Fnr, u32>, Erro
             *e = (*e).max(incarnation);
         }
     };
-    let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
-        .map_err(propagator::DbError::from)
-        .within(|| "cannot read the gathered log".to_string())?;
-    for s in &segs {
+    for s in &g.segments(dbid)? {
         let frames = propagator::plog::reader::frames_from(s, propagator::plog::format::HEADER_LEN)
             .within(|| format!("cannot read {}", s.path))?;
         for (_, e) in frames {
@@ -293,12 +309,11 @@ fn max_incarnations(g: &Gathered, dbid: DbId) -> Result<BTreeMap<Fnr, u32>, Erro
 /// Raises every master of `db` above the highest incarnation the gathered
 /// log gives it: the recovered database set it back, and the seqs it gives
 /// out next must not pass for ones of the history it left.
-fn raise_masters(db: &Database, floors: &BTreeMap<Fnr, u32>) -> Result<(), Error> {
+fn raise_masters(db: &Database, floors: &BTreeMap<Fnr, u32>) -> Result<(), propagator::DbError> {
     for f in db.files() {
         if let propagator::Role::Master { .. } = f.def.role {
             let floor = floors.get(&f.def.fnr).copied().unwrap_or(0);
-            db.raise_incarnation_above(f.def.fnr, floor)
-                .within(|| format!("cannot raise the incarnation of master {}", f.def.fnr))?;
+            db.raise_incarnation_above(f.def.fnr, floor)?;
         }
     }
     Ok(())
@@ -310,41 +325,32 @@ fn files_between(g: &Gathered, dbid: DbId, after: Lsn, upto: Lsn) -> Result<BTre
     if upto <= after {
         return Ok(out);
     }
-    let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
-        .map_err(propagator::DbError::from)
-        .within(|| "cannot read the gathered log".to_string())?;
-    let mut scan = propagator::plog::LogScan::new(&segs, 0);
-    while let Ok(Some(f)) = scan.next_frame() {
-        if let propagator::plog::PlogEntry::Commit(c) = &f.entry {
-            if c.lsn > upto {
-                break;
-            }
-            if c.lsn > after {
-                out.extend(c.metas.iter().map(|m| m.fnr));
-                out.extend(c.changes.iter().map(|ch| ch.fnr));
-            }
+    each_commit(&g.segments(dbid)?, |_, _, c| {
+        if c.lsn > upto {
+            return false;
         }
-    }
+        if c.lsn > after {
+            out.extend(c.metas.iter().map(|m| m.fnr));
+            out.extend(c.changes.iter().map(|ch| ch.fnr));
+        }
+        true
+    });
     Ok(out)
 }
 
 /// The LSN of the last commit at or before `time_us` (at most `upto`).
 fn lsn_at_time(g: &Gathered, dbid: DbId, time_us: i64, upto: Lsn) -> Result<Lsn, Error> {
-    let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
-        .map_err(propagator::DbError::from)
-        .within(|| "cannot read the gathered log".to_string())?;
-    let mut scan = propagator::plog::LogScan::new(&segs, 0);
+    let segs = g.segments(dbid)?;
     let mut at = Lsn(segs
         .first()
         .map_or(0, |s| s.header.first_lsn.0.saturating_sub(1)));
-    while let Ok(Some(f)) = scan.next_frame() {
-        if let propagator::plog::PlogEntry::Commit(c) = &f.entry {
-            if c.lsn > upto || c.time_us > time_us {
-                break;
-            }
-            at = c.lsn;
+    each_commit(&segs, |_, _, c| {
+        if c.lsn > upto || c.time_us > time_us {
+            return false;
         }
-    }
+        at = c.lsn;
+        true
+    });
     Ok(at)
 }
 
@@ -428,17 +434,15 @@ pub fn recover(
     }
     let mut used = Vec::new();
     // The last segment of the old log holding anything up to the target.
-    let last_held = propagator::plog::open_segments_readonly(&FsDir::new(&gathered.dir), dbid)
-        .map_err(propagator::DbError::from)
-        .within(|| "cannot read the gathered log".to_string())?
+    let last_held = gathered
+        .segments(dbid)?
         .iter()
         .filter(|s| s.header.first_lsn <= lsn)
         .map(|s| s.no)
         .max()
         .unwrap_or(0);
-    let continued_segment = Some(last_held);
     let built = if from_log_alone {
-        rebuild_from_log(data, &gathered, &target_dir, dbid, lsn, time).and_then(|()| {
+        rebuild_from_log(data, &gathered, &target_dir, dbid, lsn).and_then(|()| {
             // Set back (the log goes on past the target): its masters'
             // next seqs must not pass for the ones left behind.
             if lsn < log.last_good || log.damage.is_some() {
@@ -448,7 +452,12 @@ pub fn recover(
                 let raised = raise_masters(&db, &floors);
                 db.close()
                     .within(|| format!("cannot close {}", target_dir.display()))?;
-                raised?;
+                raised.within(|| {
+                    format!(
+                        "cannot raise the incarnations of {}'s masters",
+                        target_dir.display()
+                    )
+                })?;
             }
             Ok(())
         })
@@ -467,10 +476,8 @@ pub fn recover(
             last_lsn: log.last_good,
             name: format!("database {dbid}'s gathered log"),
         };
-        let target = match time {
-            Some(t) => Target::Time(t),
-            None => Target::Lsn(lsn),
-        };
+        // (A time was resolved to its LSN above.)
+        let target = Target::Lsn(lsn);
         let written = (|| {
             // Oldest first: where sets overlap, each is rolled to the same
             // target, so the order does not change the result.
@@ -494,12 +501,7 @@ pub fn recover(
             }
             // The masters restored from copies carry the copies'
             // incarnations: raise them above any the log gave them since.
-            for f in new.db.files() {
-                if let propagator::Role::Master { .. } = f.def.role {
-                    let floor = floors.get(&f.def.fnr).copied().unwrap_or(0);
-                    new.db.raise_incarnation_above(f.def.fnr, floor)?;
-                }
-            }
+            raise_masters(&new.db, &floors)?;
             Ok(())
         })();
         new.finish(written).map_err(Error::from)
@@ -556,7 +558,7 @@ pub fn recover(
             dbid,
             &gathered,
             reached,
-            from_log_alone.then_some(()).and(continued_segment),
+            from_log_alone.then_some(last_held),
         )?,
         None => Settled::default(),
     };
@@ -605,25 +607,21 @@ fn settle_history(
     lsn: Lsn,
     continued: Option<u64>,
 ) -> Result<Settled, Error> {
-    let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
-        .map_err(propagator::DbError::from)
-        .within(|| "cannot read the gathered log".to_string())?;
+    let segs = g.segments(dbid)?;
     // Per segment: its last commit's LSN, and where the recovered LSN's
     // frame ends if it holds it.
     let mut last: BTreeMap<usize, Lsn> = BTreeMap::new();
     let mut cut: Option<(usize, u64)> = None;
-    let mut scan = propagator::plog::LogScan::new(&segs, 0);
-    while let Ok(Some(f)) = scan.next_frame() {
-        if let propagator::plog::PlogEntry::Commit(c) = &f.entry {
-            if c.lsn > lsn {
-                break;
-            }
-            last.insert(f.seg_idx, c.lsn);
-            if c.lsn == lsn {
-                cut = Some((f.seg_idx, f.end));
-            }
+    each_commit(&segs, |i, end, c| {
+        if c.lsn > lsn {
+            return false;
         }
-    }
+        last.insert(i, c.lsn);
+        if c.lsn == lsn {
+            cut = Some((i, end));
+        }
+        true
+    });
     let mut out = Settled::default();
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let archived: BTreeMap<u64, crate::archive::Archived> = crate::archive::list(area, dbid)?
@@ -699,7 +697,6 @@ fn rebuild_from_log(
     into: &Path,
     dbid: DbId,
     lsn: Lsn,
-    time: Option<i64>,
 ) -> Result<(), Error> {
     if into.exists()
         && std::fs::read_dir(into)
@@ -725,19 +722,15 @@ fn rebuild_from_log(
             .within(|| format!("cannot copy {}", id.display()))?;
         // The log through the target's commit: whole segments before it,
         // the one holding it cut just after its frame.
-        let segs = propagator::plog::open_segments_readonly(&FsDir::new(&g.dir), dbid)
-            .map_err(propagator::DbError::from)
-            .within(|| "cannot read the gathered log".to_string())?;
-        let mut scan = propagator::plog::LogScan::new(&segs, 0);
+        let segs = g.segments(dbid)?;
         let mut cut: Option<(usize, u64)> = None;
-        while let Ok(Some(f)) = scan.next_frame() {
-            if let propagator::plog::PlogEntry::Commit(c) = &f.entry {
-                if c.lsn > lsn || time.is_some_and(|t| c.time_us > t) {
-                    break;
-                }
-                cut = Some((f.seg_idx, f.end));
+        each_commit(&segs, |i, end, c| {
+            if c.lsn > lsn {
+                return false;
             }
-        }
+            cut = Some((i, end));
+            true
+        });
         let Some((last_seg, _)) = cut else {
             return Err(Error::Refused(format!(
                 "the protection log holds no commit up to LSN {lsn}: there is nothing to rebuild"

@@ -37,6 +37,7 @@ pub mod confirmation;
 pub mod copy;
 pub mod database;
 pub mod digest;
+mod divergence;
 pub mod error;
 pub mod exec;
 pub mod framed;

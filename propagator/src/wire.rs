@@ -943,6 +943,30 @@ pub struct ErrorEntry {
     pub kind: String,
 }
 
+impl CopyAge {
+    /// "role file F of database D (name)", for people.
+    pub fn what(&self) -> String {
+        format!(
+            "{} file {} of database {}{}",
+            self.role,
+            self.file,
+            self.database,
+            self.name
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// Its newest copy, for people: "newest copy SET, 1.5 h old" or "no copy".
+    pub fn newest(&self) -> String {
+        match (&self.newest_set, self.age_s) {
+            (Some(s), Some(age)) => format!("newest copy {s}, {:.1} h old", age / 3600.0),
+            _ => "no copy".into(),
+        }
+    }
+}
+
 /// A replicate holding another history than its master's: ahead of it
 /// (the master was set back behind it) or different at the seq it confirms.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

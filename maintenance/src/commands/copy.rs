@@ -70,20 +70,10 @@ pub fn run(c: CopyCommand) -> anyhow::Result<Outcome> {
                     output::json(&serde_json::to_value(a)?);
                 } else {
                     println!(
-                        "{}{} file {} of database {}{}: {}",
+                        "{}{}: {}",
                         if a.alarm { "ALARM " } else { "" },
-                        a.role,
-                        a.file,
-                        a.database,
-                        a.name
-                            .as_ref()
-                            .map(|n| format!(" ({n})"))
-                            .unwrap_or_default(),
-                        match (&a.newest_set, a.age_s) {
-                            (Some(s), Some(age)) =>
-                                format!("newest copy {s}, {:.1} h old", age / 3600.0),
-                            _ => "no copy".into(),
-                        }
+                        a.what(),
+                        a.newest()
                     );
                 }
             }

@@ -171,11 +171,7 @@ fn recover(
                 "  copy set {} (LSN {}): files {}, {} commit(s) rolled forward",
                 s.set,
                 s.lsn,
-                s.files
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                fnrs(&s.files),
                 s.commits
             );
         }
@@ -184,11 +180,7 @@ fn recover(
                 "  LOST: LSNs {} to {} (files {}): the log is damaged at {} offset {} ({})",
                 l.from,
                 l.through,
-                l.files
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                fnrs(&l.files),
                 d.path,
                 d.offset,
                 d.reason
@@ -197,11 +189,7 @@ fn recover(
         if !r.not_recovered.is_empty() {
             println!(
                 "  NOT RECOVERED (no copy set holds them and the log does not reach back to LSN 1): files {}",
-                r.not_recovered
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                fnrs(&r.not_recovered)
             );
         }
         if let Some(k) = &r.damaged_kept {
@@ -213,4 +201,13 @@ fn recover(
     } else {
         Outcome::Ok
     })
+}
+
+/// File numbers for people: "10, 11, 255".
+fn fnrs<'a>(files: impl IntoIterator<Item = &'a propagator::Fnr>) -> String {
+    files
+        .into_iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -37,6 +37,7 @@ pub struct PromotePlan {
     pub master: String,
     pub old_database: DbId,
     pub old_file: Fnr,
+    pub old_address: SocketAddr,
     /// The old master answered (and was quiesced, when executing).
     pub old_answered: bool,
     /// The old master's level: its log's last seq when it answers, else the
@@ -239,6 +240,7 @@ pub fn plan(node: SocketAddr, name: &str, log: Option<u32>) -> anyhow::Result<Pr
         master: m.name.clone(),
         old_database: mdb,
         old_file: mfile,
+        old_address: old_addr,
         old_answered,
         old_level,
         floor,
@@ -261,14 +263,7 @@ pub fn execute(
 ) -> anyhow::Result<PromotePlan> {
     let first = plan(node, name, log)?;
     if first.old_answered {
-        let old = Valid::parse(
-            &match ask(node, &Request::Admin(AdminRequest::AdminExport))? {
-                Response::Text(t) => t,
-                other => bail!("node {node} answered {other:?}"),
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .addresses[&first.old_database];
+        let old = first.old_address;
         ask(old, &Request::Recovery(RecoveryOp::Quiesce { on: true }))
             .with_context(|| format!("quiescing the old master's node {old}"))?;
         say(format!(
@@ -286,8 +281,9 @@ pub fn execute(
             ),
             wait,
             || {
-                let p = plan(node, name, log)?;
-                Ok((p.seq >= first.old_level).then_some(()))
+                let seq =
+                    confirmation(first.address, first.confirmation, first.file).map_or(0, |c| c.0);
+                Ok((seq >= first.old_level).then_some(()))
             },
         );
         match caught {

@@ -771,20 +771,15 @@ pub fn regenerate(
     into: Option<&Database>,
     on: OnProgress,
 ) -> Result<Regenerated, SetError> {
-    let set = newest_usable(db.dbid(), area, fnr, target, on)?;
-    let (set, skipped) = set;
-    let src = LogSource::of(db);
     // Into another database (a new one, as the CLI and the benchmark make
     // it): in bulk; into `db` itself, whose log has a past: logged.
-    let bulk = into.is_some();
-    regenerate_set(
-        &src,
+    regenerate_from(
+        &LogSource::of(db),
         area,
-        set,
+        fnr,
         target,
         into.unwrap_or(db),
-        bulk,
-        skipped,
+        into.is_some(),
         on,
     )
 }

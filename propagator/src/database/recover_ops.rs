@@ -128,7 +128,6 @@ impl Database {
         // Every log record is replaced: take what the log holds, damaged
         // or not, as the baseline the replacement is counted from.
         self.begin_restore(log, why)?;
-        let minfo_meta = meta_of_master;
         let next = base_seq.0 + 1;
         let mut wanted = Vec::new();
         let mut meta = FileMeta::new(log);
@@ -145,8 +144,8 @@ impl Database {
                 op: LogOp::Update,
                 before: None,
                 after: None,
-                master_count: minfo_meta.count,
-                master_digest: minfo_meta.digest,
+                master_count: meta_of_master.count,
+                master_digest: meta_of_master.digest,
                 part: 1,
                 parts: 1,
             };
@@ -234,19 +233,11 @@ impl Database {
             }
         }
         let info = self.file_info(fnr)?;
-        if !matches!(self.file_info(fnr)?.def.role, Role::Master { .. }) {
+        if !matches!(info.def.role, Role::Master { .. }) {
             self.define_master(fnr, log)?;
         }
-        let (def, log, inc) = self.master_def(fnr)?;
-        let incarnation = inc.max(floor).saturating_add(1);
-        self.commit(
-            vec![CatalogOp::Define(FileDef {
-                role: Role::Master { log, incarnation },
-                ..def
-            })],
-            Vec::new(),
-            None,
-        )?;
+        let (_, log, _) = self.master_def(fnr)?;
+        let (incarnation, _) = self.raise_incarnation_above(fnr, floor)?;
         self.restart_log(
             fnr,
             log,

@@ -328,81 +328,35 @@ pub enum ExpectError {
     Internal(#[from] Internal),
 }
 
-/// Whether a replicate's confirmation shows another history than its
-/// master's, told before anything is fed: it confirms a later incarnation
-/// than the master's, or a seq past the master's level, or a seq the
-/// master's log holds from another incarnation (written again after the
-/// master was set back).
-pub(super) async fn divergence(
-    ctx: &Arc<Ctx>,
-    conf: &crate::wire::Confirmation,
-) -> Result<Option<crate::wire::Divergence>, ExpectError> {
-    let master = Fnr(ctx.master.file);
-    let master_inc = match ctx.db.file_info(master)?.def.role {
+/// The master's level (its log's last seq) and incarnation (None: the
+/// file is no longer a master).
+pub(super) fn master_position(ctx: &Ctx) -> Result<Option<(Seq, u32)>, crate::error::DbError> {
+    let inc = match ctx.db.file_info(Fnr(ctx.master.file))?.def.role {
         crate::catalog::Role::Master { incarnation, .. } => incarnation,
         _ => return Ok(None),
     };
     let last = Seq(ctx.db.file_info(ctx.log)?.meta.next_isn.saturating_sub(1));
-    let at = conf.seq;
-    let found = |lost_from: Seq, why: String| crate::wire::Divergence {
-        confirmed_seq: at,
-        confirmed_incarnation: conf.incarnation,
-        master_seq: last,
-        master_incarnation: master_inc,
-        lost_from,
-        why,
-        time_us: now_us(),
-    };
-    if conf.incarnation > master_inc {
-        return Ok(Some(found(
-            parting(ctx, conf.incarnation, last.min(at)).await?,
-            format!("the replicate confirms incarnation {}, later than its master's {master_inc}: the master was set back to an older copy", conf.incarnation),
-        )));
-    }
-    if at > last {
-        return Ok(Some(found(
-            parting(ctx, conf.incarnation, last).await?,
-            format!("seqs {} to {at} are not in the master's history (its log ends at seq {last}): the master was set back behind the replicate", last.0 + 1),
-        )));
-    }
-    if at.0 == 0 {
-        return Ok(None);
-    }
-    let c = ctx.clone();
-    let rec = off_reactor(move || Ok::<_, ExpectError>(c.db.read_log_record(c.log, at)?)).await?;
-    match rec {
-        Some(r) if !r.is_base() && r.incarnation != conf.incarnation => Ok(Some(found(
-            parting(ctx, conf.incarnation, at).await?.min(at),
-            format!(
-                "the master's seq {at} was written in incarnation {}, the replicate applied the one of incarnation {}: the master was set back and gave seq {at} out again",
-                r.incarnation, conf.incarnation
-            ),
-        ))),
-        _ => Ok(None),
-    }
+    Ok(Some((last, inc)))
 }
 
-/// Where a replicate's history (incarnation `inc`) and its master's part:
-/// the first seq up to `hi` the master's log holds from a later
-/// incarnation (incarnations only rise along the log), else `hi + 1`.
-async fn parting(ctx: &Arc<Ctx>, inc: u32, hi: Seq) -> Result<Seq, ExpectError> {
-    let c = ctx.clone();
+/// Whether a replicate's confirmation shows another history than its
+/// master's, told before anything is fed (the rules:
+/// [`crate::wire::Divergence::judge`]).
+pub(super) async fn divergence(
+    ctx: &Arc<Ctx>,
+    conf: &crate::wire::Confirmation,
+) -> Result<Option<crate::wire::Divergence>, ExpectError> {
+    let Some((last, master_inc)) = master_position(ctx)? else {
+        return Ok(None);
+    };
+    let (c, confirmed) = (ctx.clone(), (conf.seq, conf.incarnation));
     off_reactor(move || {
-        let later = |s: u64| -> Result<bool, ExpectError> {
-            Ok(c.db
-                .read_log_record(c.log, Seq(s))?
-                .is_some_and(|r| r.incarnation > inc))
-        };
-        let (mut lo, mut hi) = (1u64, hi.0 + 1);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if later(mid)? {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        Ok::<_, ExpectError>(Seq(lo))
+        crate::wire::Divergence::judge(confirmed, (last, master_inc), |s| {
+            Ok::<_, ExpectError>(
+                c.db.read_log_record(c.log, s)?
+                    .map(|r| (r.incarnation, r.is_base())),
+            )
+        })
     })
     .await
 }

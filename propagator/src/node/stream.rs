@@ -362,14 +362,10 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
             return match (state.damaged, &state.confirmation) {
                 // Undamaged, and at its recorded level: another history.
                 (None, Some(c)) => {
-                    let last = ctx
-                        .db
-                        .file_info(ctx.log)
-                        .map_or(conf_seq, |i| Seq(i.meta.next_isn.saturating_sub(1)));
-                    let inc = match ctx.db.file_info(Fnr(ctx.master.file)).map(|i| i.def.role) {
-                        Ok(crate::catalog::Role::Master { incarnation, .. }) => incarnation,
-                        _ => c.incarnation,
-                    };
+                    let (last, inc) = super::feeder::master_position(ctx)
+                        .ok()
+                        .flatten()
+                        .unwrap_or((conf_seq, c.incarnation));
                     Stop::Diverged(crate::wire::Divergence {
                         confirmed_seq: conf_seq,
                         confirmed_incarnation: c.incarnation,

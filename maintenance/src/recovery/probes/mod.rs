@@ -196,7 +196,6 @@ impl Down {
 pub struct LiveProbes {
     pub topology: Valid,
     pub sources: Sources,
-    pub unreachable: Vec<String>,
     /// The databases the tool could not reach, told apart.
     pub down: Vec<Down>,
     pub reachable: BTreeSet<DbId>,
@@ -312,75 +311,28 @@ pub(crate) fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<
 /// holds from another incarnation.
 fn divergence(c: &mut Client, m: &MasterFact, r: &RepFact) -> Option<Divergence> {
     let (seq, inc) = r.confirmed?;
-    let master_inc = m.incarnation?;
-    let level = m.level().unwrap_or(0);
-    let found = |lost_from: u64, why: String| Divergence {
-        confirmed_seq: propagator::Seq(seq),
-        confirmed_incarnation: inc,
-        master_seq: propagator::Seq(level),
-        master_incarnation: master_inc,
-        lost_from: propagator::Seq(lost_from),
-        why,
-        time_us: chrono::Utc::now().timestamp_micros(),
-    };
-    // The master's log record at a seq (None: it holds none there).
-    let mut at = |s: u64| -> Option<propagator::LogRecord> {
+    let confirmed = (propagator::Seq(seq), inc);
+    let master = (propagator::Seq(m.level().unwrap_or(0)), m.incarnation?);
+    // The master's log record at a seq (None: it holds none there, or it
+    // could not be read).
+    let record_at = |s: propagator::Seq| {
         let Ok(Response::Records { items, .. }) = c.call(&Request::Read(ReadRequest::Dump {
             file: m.log,
-            from: Isn(s),
+            from: Isn(s.0),
             limit: 1,
         })) else {
-            return None;
+            return Ok::<_, std::convert::Infallible>(None);
         };
-        let (isn, bytes) = items.first()?;
-        (*isn == Isn(s))
-            .then(|| propagator::LogRecord::decode(bytes).ok())
-            .flatten()
+        Ok(items
+            .first()
+            .filter(|(isn, _)| *isn == Isn(s.0))
+            .and_then(|(_, bytes)| propagator::LogRecord::decode(bytes).ok())
+            .map(|r| (r.incarnation, r.is_base())))
     };
-    // Where the histories part: the first seq the master's log holds from
-    // a later incarnation than the replicate's (incarnations only rise
-    // along the log), else past the master's level.
-    let (mut lo, mut hi) = (1u64, level.min(seq) + 1);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if at(mid).is_some_and(|r| r.incarnation > inc) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
+    match Divergence::judge(confirmed, master, record_at) {
+        Ok(d) => d,
+        Err(never) => match never {},
     }
-    let lost_from = lo;
-    if inc > master_inc {
-        return Some(found(
-            lost_from,
-            format!(
-                "it confirms incarnation {inc}, later than master {}'s {master_inc}",
-                m.name
-            ),
-        ));
-    }
-    if seq > level {
-        return Some(found(
-            lost_from,
-            format!(
-                "it confirms seq {seq}, past master {}'s level {level}",
-                m.name
-            ),
-        ));
-    }
-    if seq == 0 {
-        return None;
-    }
-    let rec = at(seq)?;
-    (!rec.is_base() && rec.incarnation != inc).then(|| {
-        found(
-            lost_from.min(seq),
-            format!(
-                "master {}'s seq {seq} was written in incarnation {}, the replicate applied incarnation {inc}'s",
-                m.name, rec.incarnation
-            ),
-        )
-    })
 }
 
 fn topology_of(node: SocketAddr, export: Option<&Path>) -> anyhow::Result<(Valid, Option<String>)> {
@@ -425,7 +377,6 @@ impl LiveProbes {
         let mut p = LiveProbes {
             topology: v.clone(),
             sources: sources.clone(),
-            unreachable: Vec::new(),
             down: Vec::new(),
             reachable: BTreeSet::new(),
             masters: Vec::new(),
@@ -458,7 +409,6 @@ impl LiveProbes {
                     clients.insert(*db, c);
                 }
                 Err(e) => {
-                    p.unreachable.push(format!("database {db} at {addr}: {e}"));
                     p.down.push(Down {
                         db: *db,
                         addr: *addr,
@@ -494,25 +444,19 @@ impl LiveProbes {
                 d.kind = DownKind::PathFault;
             }
         }
+        // Each node's catalog, read once.
+        let mut catalogs: BTreeMap<DbId, Vec<propagator::FileDef>> = BTreeMap::new();
         for (db, c) in clients.iter_mut() {
             if let Ok(Response::CopyAges(ages)) = c.call(&Request::Read(ReadRequest::CopyAges)) {
                 for a in ages.into_iter().filter(|a| a.alarm) {
-                    let alarm = format!(
-                        "no recent copy: {} file {} of database {}{} (newest copy {})",
-                        a.role,
-                        a.file,
-                        a.database,
-                        a.name.map(|n| format!(" ({n})")).unwrap_or_default(),
-                        match (a.newest_set, a.age_s) {
-                            (Some(s), Some(age)) => format!("{s}, {:.1} h old", age / 3600.0),
-                            _ => "none".into(),
-                        }
-                    );
+                    let alarm = format!("no recent copy: {} ({})", a.what(), a.newest());
                     if !p.copy_alarms.contains(&alarm) {
                         p.copy_alarms.push(alarm);
                     }
                 }
-                let _ = db;
+            }
+            if let Ok(Response::Files { files, .. }) = c.call(&Request::Read(ReadRequest::Files)) {
+                catalogs.insert(*db, files);
             }
         }
         let admin = v.admin_file();
@@ -524,10 +468,9 @@ impl LiveProbes {
             // A node with no topology and no administration file at all is
             // an uninitialized site (T4c), not a damaged one.
             let no_admin_file = topology.is_none()
-                && matches!(
-                    c.call(&Request::Read(ReadRequest::Files)),
-                    Ok(Response::Files { files, .. }) if !files.iter().any(|f| f.fnr == admin)
-                );
+                && catalogs
+                    .get(db)
+                    .is_some_and(|files| !files.iter().any(|f| f.fnr == admin));
             let damaged = if no_admin_file {
                 None
             } else {
@@ -557,18 +500,13 @@ impl LiveProbes {
             if let Some(c) = clients.get_mut(&db) {
                 f.stat = stat(c, f.fnr);
                 f.log_stat = stat(c, f.log);
-                if let Ok(Response::Files { files, .. }) =
-                    c.call(&Request::Read(ReadRequest::Files))
-                {
-                    f.incarnation =
-                        files
-                            .iter()
-                            .find(|d| d.fnr == f.fnr)
-                            .and_then(|d| match d.role {
-                                propagator::Role::Master { incarnation, .. } => Some(incarnation),
-                                _ => None,
-                            });
-                }
+                f.incarnation = catalogs
+                    .get(&db)
+                    .and_then(|files| files.iter().find(|d| d.fnr == f.fnr))
+                    .and_then(|d| match d.role {
+                        propagator::Role::Master { incarnation, .. } => Some(incarnation),
+                        _ => None,
+                    });
                 if let Ok(Response::Tasks(ts)) =
                     c.call(&Request::Operation(OperationRequest::TaskStatus))
                 {
