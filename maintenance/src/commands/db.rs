@@ -175,15 +175,19 @@ fn recover(
                 s.commits
             );
         }
-        if let (Some(d), Some(l)) = (&r.log.damage, &r.lost) {
+        if let Some(l) = &r.lost {
             println!(
-                "  LOST: LSNs {} to {} (files {}): the log is damaged at {} offset {} ({})",
+                "  LOST: LSNs {} to {} (files {}): {}",
                 l.from,
                 l.through,
                 fnrs(&l.files),
-                d.path,
-                d.offset,
-                d.reason
+                match &r.log.damage {
+                    Some(d) => format!(
+                        "the log is damaged at {} offset {} ({})",
+                        d.path, d.offset, d.reason
+                    ),
+                    None => "after the LSN asked for".into(),
+                }
             );
         }
         if !r.not_recovered.is_empty() {
