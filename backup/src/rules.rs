@@ -203,6 +203,7 @@ pub fn check_sets_with_topology(
                     name: format!("file {fnr}"),
                     role,
                     restoring: None,
+                    hold: None,
                 },
             );
         };
@@ -232,6 +233,7 @@ pub fn check_sets_with_topology(
                 name: format!("file {f}"),
                 role: Role::Plain,
                 restoring: None,
+                hold: None,
             });
         }
         let defs: Vec<FileDef> = defs.into_values().collect();
@@ -281,6 +283,7 @@ mod tests {
             name: format!("f{fnr}"),
             role,
             restoring: None,
+            hold: None,
         }
     }
 

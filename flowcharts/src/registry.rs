@@ -123,6 +123,8 @@ const REASON: (&str, &str) = (
 pub const STANDARD_PROBES: &[(&str, &str)] = &[
     // triage
     ("databases_restarted", "every database involved has finished its start-up PLOG replay (open transactions backed out, committed ones redone) and is open: none is stopped (its address refusing the tool and every node that tried); one cut off by a link fault counts as running (case 1)"),
+    ("stopped_databases_open", "each stopped database opens when its node is started (presumed yes: only a start tells; an operator answers no for a node that exits with 'cannot open database')"),
+    ("master_database_lost", "a stopped database holds a master of which the copy catalog holds no copy set, so neither copies nor the protection log can rebuild it (unanswerable without a copy area)"),
     ("admin_damaged", "the administration file cannot be opened, fails its digest check, or its definitions contradict the files present"),
     ("master_damaged", "a master file (or its database's page store) cannot be opened or its digest disagrees with the PLOG: damaged, not merely unreachable"),
     ("log_damaged", "the master's log file cannot be opened, fails its digest, has a seq gap, or its last entry's master digest disagrees with the master"),
@@ -170,6 +172,8 @@ pub type ActionEntry = (
 /// Action names, what each does, and its parameters.
 pub const STANDARD_ACTIONS: &[ActionEntry] = &[
     ("restart_databases", "start (or restart) each database so its PLOG replay backs out open transactions and redoes committed ones (general step 1)", &[TARGET]),
+    ("recover_database", "on each target database's host, rebuild the database that will not open with etp db recover (its copy sets and live and archived PLOG, or the PLOG alone; in place, the damaged directory kept), then start its node (an operator step: the tool does not run on that host)", &[TARGET]),
+    ("promote_full_replicate", "make the target full replicate (the freshest) the master: quiesce the old master if it answers, give the replicate its own log at its confirmed seq and a raised incarnation, repoint and reload the other replicates, record the lost seqs, apply the topology everywhere (etp master promote)", &[TARGET]),
     ("stop_tasks", "stop the replication and cleanup tasks serving the target at a safe point and keep them stopped (maintenance mode when the administration file is readable, else per node)", &[TARGET]),
     ("quiesce_master", "refuse new client update transactions on the master (clients get a retryable error; transactions with an id are journaled for rerun); the recovery's own re-apply still runs", &[TARGET]),
     ("resume_master", "accept update transactions on the master again", &[TARGET]),

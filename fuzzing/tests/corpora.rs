@@ -141,6 +141,7 @@ mod seeds {
             file: Fnr(10),
             from: Isn(1),
             limit: 100,
+            stale: false,
         });
         let mut two = Vec::new();
         for (i, r) in [store, info, dump].iter().enumerate() {

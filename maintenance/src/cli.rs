@@ -832,6 +832,11 @@ pub enum FileCommand {
         /// The file number.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         file: u32,
+        /// With --node: read a replicate that serves no current reads (it
+        /// is restored and not caught up, shunned or in error at its
+        /// master, or being loaded) rather than being refused.
+        #[arg(long)]
+        stale: bool,
     },
 }
 

@@ -419,10 +419,14 @@ impl Cluster {
     /// Dumps `file` from node `i`.
     pub fn dump(&self, i: usize, file: Fnr) -> anyhow::Result<BTreeMap<Isn, Record>> {
         let mut out = BTreeMap::new();
-        self.nodes[i].client()?.dump(file, |isn, r| {
-            out.insert(isn, r);
-            Ok(())
-        })?;
+        // An inspection: what the node holds, whatever its state.
+        self.nodes[i]
+            .client()?
+            .stale_reads(true)
+            .dump(file, |isn, r| {
+                out.insert(isn, r);
+                Ok(())
+            })?;
         Ok(out)
     }
 

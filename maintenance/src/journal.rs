@@ -619,7 +619,7 @@ fn attempt(client: &mut Client, e: &Entry, out: &mut dyn Write) -> Attempt {
                 ExecCmd::Store { file, isn, fields } => client.store(file, isn, fields).map(|_| ()),
                 ExecCmd::Update { file, isn, fields } => client.update(file, isn, fields),
                 ExecCmd::Delete { file, isn } => client.delete(file, isn),
-                ExecCmd::Read { file, isn } => client.read(file, isn).map(|r| {
+                ExecCmd::Read { file, isn, stale } => client.read(file, isn, stale).map(|r| {
                     let fields = r
                         .as_ref()
                         .map(record_to_json)

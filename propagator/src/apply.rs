@@ -310,6 +310,7 @@ mod tests {
                 name: format!("f{}", fnr.0),
                 role,
                 restoring: None,
+                hold: None,
             })
         }
         fn meta(&self, fnr: Fnr) -> Option<FileMeta> {

@@ -86,8 +86,79 @@ pub struct FileDef {
     /// A restore into the file has begun and its last chunk has not been
     /// proved yet (why it began): the file is damaged until then, across
     /// restarts, since what it holds may be part copy, part old content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ///
+    /// Encoded as a sequence (rmp's compact form), so neither this field
+    /// nor the next is ever skipped: an entry written before they existed
+    /// decodes (missing trailing fields take their defaults), and one
+    /// with a hold but no restore keeps its fields in their places.
+    #[serde(default)]
     pub restoring: Option<String>,
+    /// A replicate file that serves no current reads (see [`Hold`]):
+    /// restored from a copy and not yet caught up, or shunned or in error
+    /// at its master. Only its replication task clears it.
+    #[serde(default)]
+    pub hold: Option<Hold>,
+}
+
+/// Why a replicate file serves no current reads: a client that reads it
+/// gets a refusal naming this, unless it asks for stale reads. Kept in the
+/// catalog (it survives restarts) and cleared only by the replicate's own
+/// task, once the replicate has confirmed its master's level (seed 001's
+/// restored replica, locked until it has caught up).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub kind: HoldKind,
+    /// What happened, for people.
+    pub why: String,
+    /// Since when (µs since the epoch).
+    pub since_us: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldKind {
+    /// Restored from a copy set: locked to every writer but its task until
+    /// it confirms the level its master had when it came back.
+    Restored,
+    /// Shunned by an operator at its master: not fed.
+    Shunned,
+    /// In error at its master (a digest mismatch, a divergence, a refused
+    /// load): what it holds is not known to be any level of its master.
+    Error,
+}
+
+impl HoldKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HoldKind::Restored => "restored",
+            HoldKind::Shunned => "shunned",
+            HoldKind::Error => "error",
+        }
+    }
+}
+
+impl Hold {
+    pub fn new(kind: HoldKind, why: impl Into<String>) -> Hold {
+        Hold {
+            kind,
+            why: why.into(),
+            since_us: chrono::Utc::now().timestamp_micros(),
+        }
+    }
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            HoldKind::Restored => write!(
+                f,
+                "restored from a copy ({}) and locked until it confirms its master's level",
+                self.why
+            ),
+            HoldKind::Shunned => write!(f, "shunned at its master ({})", self.why),
+            HoldKind::Error => write!(f, "in error at its master ({})", self.why),
+        }
+    }
 }
 
 /// The damage reason of a file whose restore has not finished.
@@ -175,5 +246,40 @@ impl Damage {
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catalog entries are rmp's compact (sequence) form: one written
+    /// before `restoring` and `hold` existed still decodes, and a hold
+    /// without a restore keeps its place.
+    #[test]
+    fn a_file_definition_decodes_across_its_versions() {
+        #[derive(Serialize)]
+        struct Before {
+            fnr: Fnr,
+            name: String,
+            role: Role,
+        }
+        let old = rmp_serde::to_vec(&Before {
+            fnr: Fnr(20),
+            name: "items_full".into(),
+            role: Role::Replicate,
+        })
+        .expect("encode");
+        let def: FileDef = rmp_serde::from_slice(&old).expect("an old entry decodes");
+        assert_eq!((def.restoring, def.hold), (None, None));
+        let held = FileDef {
+            fnr: Fnr(20),
+            name: "items_full".into(),
+            role: Role::Replicate,
+            restoring: None,
+            hold: Some(Hold::new(HoldKind::Shunned, "disk check")),
+        };
+        let b = rmp_serde::to_vec(&held).expect("encode");
+        assert_eq!(rmp_serde::from_slice::<FileDef>(&b).expect("decode"), held);
     }
 }

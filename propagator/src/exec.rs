@@ -50,6 +50,10 @@ pub enum Command<R> {
     Read {
         file: Fnr,
         isn: Isn,
+        /// Read a replicate even if it serves no current reads (held; see
+        /// [`crate::wire::ErrorCode::Held`]).
+        #[serde(default)]
+        stale: bool,
     },
     Et {
         id: Option<String>,
@@ -140,9 +144,10 @@ impl ExecCommand {
                 file: *file,
                 isn: *isn,
             },
-            Command::Read { file, isn } => Command::Read {
+            Command::Read { file, isn, stale } => Command::Read {
                 file: *file,
                 isn: *isn,
+                stale: *stale,
             },
             Command::Et { id } => Command::Et { id: id.clone() },
             Command::Bt => Command::Bt,
@@ -164,7 +169,8 @@ impl ExecCommand {
         let allowed: &[&str] = match op {
             "store" => &["op", "file", "isn", "fields"],
             "update" => &["op", "file", "isn", "fields"],
-            "delete" | "read" => &["op", "file", "isn"],
+            "delete" => &["op", "file", "isn"],
+            "read" => &["op", "file", "isn", "stale"],
             "et" => &["op", "id"],
             "bt" => &["op"],
             other => {
@@ -202,6 +208,15 @@ impl ExecCommand {
             "read" => ExecCommand::Read {
                 file: file_of(obj, op)?,
                 isn: Isn(required_u64(obj, "isn", op)?),
+                stale: match obj.get("stale") {
+                    None | Some(serde_json::Value::Null) => false,
+                    Some(serde_json::Value::Bool(b)) => *b,
+                    Some(other) => {
+                        return Err(LineError::Invalid(format!(
+                            "\"stale\" must be true or false, got {other}"
+                        )))
+                    }
+                },
             },
             "et" => ExecCommand::Et {
                 id: match obj.get("id") {
@@ -225,7 +240,7 @@ pub trait ExecTarget {
     fn store(&mut self, file: Fnr, isn: Option<Isn>, fields: Record) -> Result<Isn, Self::Error>;
     fn update(&mut self, file: Fnr, isn: Isn, fields: Record) -> Result<(), Self::Error>;
     fn delete(&mut self, file: Fnr, isn: Isn) -> Result<(), Self::Error>;
-    fn read(&mut self, file: Fnr, isn: Isn) -> Result<Option<Record>, Self::Error>;
+    fn read(&mut self, file: Fnr, isn: Isn, stale: bool) -> Result<Option<Record>, Self::Error>;
     fn et(&mut self, id: Option<String>) -> Result<CommitInfo, Self::Error>;
     fn bt(&mut self) -> Result<(), Self::Error>;
     fn in_transaction(&self) -> bool;
@@ -259,7 +274,9 @@ impl ExecTarget for Session {
     fn delete(&mut self, file: Fnr, isn: Isn) -> Result<(), DbError> {
         Session::delete(self, file, isn)
     }
-    fn read(&mut self, file: Fnr, isn: Isn) -> Result<Option<Record>, DbError> {
+    /// A local session reads the database directory itself: `stale` is
+    /// for a node, which refuses current reads of a held replicate.
+    fn read(&mut self, file: Fnr, isn: Isn, _stale: bool) -> Result<Option<Record>, DbError> {
         Session::read(self, file, isn)
     }
     fn et(&mut self, id: Option<String>) -> Result<CommitInfo, DbError> {
@@ -568,7 +585,7 @@ fn run_one<T: ExecTarget>(
         ExecCommand::Store { file, isn, fields } => target.store(file, isn, fields).map(|_| ()),
         ExecCommand::Update { file, isn, fields } => target.update(file, isn, fields),
         ExecCommand::Delete { file, isn } => target.delete(file, isn),
-        ExecCommand::Read { file, isn } => match target.read(file, isn) {
+        ExecCommand::Read { file, isn, stale } => match target.read(file, isn, stale) {
             Ok(r) => {
                 let fields = r
                     .as_ref()

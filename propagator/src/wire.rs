@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 /// The protocol version this build speaks.
 /// 2: error answers carry an [`ErrorCode`].
 /// 5: over mutual TLS; `NotAllowed`; the apply runs from the client.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
@@ -277,8 +277,18 @@ pub enum ReadRequest {
     /// Commit-to-apply samples a replicate on this node recorded for the
     /// master transactions after `after` (bounded history).
     LagSamples { replicate: String, after: Seq },
-    /// Up to `limit` records of a file from isn `from` on, ascending.
-    Dump { file: Fnr, from: Isn, limit: u32 },
+    /// Up to `limit` records of a file from isn `from` on, ascending. A
+    /// replicate that serves no current reads (held: restored and not yet
+    /// caught up, shunned or in error at its master, or being loaded) is
+    /// refused ([`ErrorCode::Held`]) unless `stale` asks for what it holds
+    /// anyway.
+    Dump {
+        file: Fnr,
+        from: Isn,
+        limit: u32,
+        #[serde(default)]
+        stale: bool,
+    },
     /// A file's record count and digest.
     FileStat { file: Fnr },
     /// A file's record count and digest over the isns in `[from, to)`,
@@ -477,6 +487,14 @@ pub enum LinkRequest {
     /// it after its batch; a feeder streaming needs none: the replicate
     /// reports each sync unasked.
     LinkSync { seq: Seq },
+    /// Link: holds the replicate (it serves no current reads: shunned or
+    /// in error at its master), or with `None` releases it, which the
+    /// replicate allows only once its confirmation is at `level` (the
+    /// master's level when the link opened) or beyond. Answered `Ok`.
+    Hold {
+        hold: Option<crate::catalog::Hold>,
+        level: Seq,
+    },
 }
 
 /// What an operator asks of one replicate.
@@ -634,6 +652,12 @@ pub struct LinkState {
     /// A load in progress, if one is.
     #[serde(default)]
     pub load: Option<LoadProgress>,
+    /// Why the replicate serves no current reads, if it does not (a
+    /// restored replicate announces itself so, with its confirmation's
+    /// level): its master releases it once it has confirmed the master's
+    /// level.
+    #[serde(default)]
+    pub hold: Option<crate::catalog::Hold>,
 }
 
 /// How far a load has come, as the replicate's confirmation file records it.
@@ -804,6 +828,22 @@ pub struct ReplicateReport {
     /// from its last anchor): what makes a reconnect slow.
     #[serde(default)]
     pub expected_rolled_forward: u64,
+    /// The replicate serves no current reads (it said so when its link
+    /// opened: restored from a copy, or shunned or in error before), and
+    /// the seq it is released at (the master's level then).
+    #[serde(default)]
+    pub held: Option<HeldReport>,
+    /// Holds released since the master's node started.
+    #[serde(default)]
+    pub releases: u64,
+}
+
+/// A held replicate as its master sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldReport {
+    pub hold: crate::catalog::Hold,
+    /// Released once it confirms this seq.
+    pub release_at: Seq,
 }
 
 /// A load as its feeder sees it.
@@ -1056,6 +1096,10 @@ pub enum ErrorCode {
     /// The node holds no topology: its site is uninitialized (wiped, or a
     /// new empty database in place of the one the topology names).
     Uninitialized,
+    /// A replicate that serves no current reads (restored and not caught
+    /// up, shunned or in error at its master, or being loaded): ask for
+    /// stale reads to read what it holds anyway.
+    Held,
     /// The node cannot take it now (closed, quiesced, stopped after a failed
     /// write): retry later, elsewhere, or after recovery.
     Unavailable,

@@ -711,3 +711,120 @@ fn files_without_a_recent_copy_raise_an_alarm() {
         },
     );
 }
+
+/// Whether a `file dump --node` of the full replicate was refused as held,
+/// with the words the refusal must carry.
+fn dump_refused(addr: &str, words: &[&str]) -> Option<String> {
+    let out = etp(&["file", "dump", "--node", addr, "--file", "20"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code() != Some(0) && words.iter().all(|w| err.contains(w))).then_some(err)
+}
+
+/// Seed 001's restored replica: a replicate set restored into its stopped
+/// node is locked (reads refused, naming why; stale reads allowed), it
+/// announces its restored level to its master, is caught up from there
+/// and released (an event in its error log, a metric) only once it has
+/// confirmed the master's level. A shunned replicate refuses reads too,
+/// until it is unshunned and has caught up again.
+#[test]
+fn a_restored_replicate_is_locked_until_it_confirms_its_masters_level() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cl =
+        Cluster::start_with_args(etp_bin(), tmp.path(), &["--metrics", "127.0.0.1:0"], |a| {
+            maintenance::cluster::topology_text(a, Some(1))
+        })
+        .expect("cluster");
+    let metrics = cl.master().metrics.expect("metrics address");
+    let area = tmp.path().join("area");
+    let area_s = area.display().to_string();
+    let (m, full) = (cl.nodes[0].addr.to_string(), cl.nodes[1].addr.to_string());
+    let mut c = cl.master().client().expect("client");
+    for k in 1..=2000 {
+        put(&mut c, k, 0, true);
+    }
+    cl.wait_converged(LIMIT).expect("converged");
+    let rs = taken(&ok(&etp(&[
+        "copy", "take", "--node", &full, "--area", &area_s, "--file", "20", "--json",
+    ])));
+    let rid = rs["set"]["id"].as_str().expect("id").to_string();
+    for k in 1..=300 {
+        put(&mut c, k, k as i64, false);
+    }
+    let (level, _) = cl.wait_converged(LIMIT).expect("converged");
+    // Nothing feeds it while it comes back: what it serves then is seen.
+    ok(&etp(&["policy", "set", "maintenance", "--node", &m]));
+    cl.nodes[1].stop().expect("stop full");
+    let data = cl.nodes[1].data.display().to_string();
+    ok(&etp(&[
+        "copy", "restore", &rid, "--area", &area_s, "--data", &data,
+    ]));
+    cl.nodes[1].restart().expect("restart full");
+    // Locked: a current read is refused, naming why and the way round.
+    let err = dump_refused(&full, &["restored from a copy", "--stale"])
+        .expect("a dump of the restored replicate is refused");
+    assert!(err.contains("locked until it confirms"), "{err}");
+    let mut rc = Client::connect(cl.nodes[1].addr).expect("client");
+    use propagator::exec::ExecTarget;
+    match rc.read(Fnr(20), Isn(1), false) {
+        Err(propagator::node::client::ClientError::Remote { code, .. }) => {
+            assert_eq!(code, propagator::wire::ErrorCode::Held)
+        }
+        other => panic!("a read of the locked replicate answered {other:?}"),
+    }
+    // A stale read gets the copy's content: record 1 as it was copied.
+    let old = rc.read(Fnr(20), Isn(1), true).expect("stale read");
+    assert_eq!(old, Some(rec(1, 0)));
+    let out = ok(&etp(&[
+        "file", "dump", "--node", &full, "--file", "20", "--stale",
+    ]));
+    assert_eq!(out.lines().count(), 2000);
+    // Fed again: it announces its level, catches up, and is released.
+    ok(&etp(&["policy", "set", "automatic", "--node", &m]));
+    let text = wait_for("the restored replicate released", LIMIT, || {
+        let text = crate::metrics::scrape(metrics).ok()?;
+        let labels = "{master=\"items\",replicate=\"items_full\"}";
+        let released =
+            crate::metrics::value(&text, &format!("etp_replicate_releases_total{labels}"))
+                == Some(1.0)
+                && crate::metrics::value(&text, &format!("etp_replicate_held{labels}"))
+                    == Some(0.0);
+        released.then_some(text)
+    });
+    assert!(text.contains("etp_replicate_held"), "{text}");
+    let log = ok(&etp(&["replicate", "errors", "items_full", "--node", &m]));
+    assert!(
+        log.contains("restored replicate announces incarnation")
+            && log.contains(&format!("locked until it confirms seq {}", level.0))
+            && log.contains(&format!("released at seq {}", level.0)),
+        "{log}"
+    );
+    cl.check_equal().expect("equal once released");
+    assert_eq!(
+        rc.read(Fnr(20), Isn(1), false).expect("read"),
+        Some(rec(1, 1))
+    );
+    // Shunned: reads refused (its node is told) until unshunned and caught up.
+    ok(&etp(&[
+        "replicate",
+        "shun",
+        "items_full",
+        "--reason",
+        "disk check",
+        "--node",
+        &m,
+    ]));
+    let err = wait_for("the shunned replicate to refuse reads", LIMIT, || {
+        dump_refused(&full, &["shunned", "disk check"])
+    });
+    assert!(err.contains("--stale"), "{err}");
+    put(&mut c, 1, 99, false);
+    ok(&etp(&["replicate", "unshun", "items_full", "--node", &m]));
+    wait_for("the unshunned replicate released", LIMIT, || {
+        let out = etp(&["file", "dump", "--node", &full, "--file", "20"]);
+        (out.status.code() == Some(0)).then_some(())
+    });
+    assert_eq!(
+        rc.read(Fnr(20), Isn(1), false).expect("read"),
+        Some(rec(1, 99))
+    );
+}

@@ -104,11 +104,13 @@ fn a_failed_fdatasync_is_never_served_and_its_committer_hears_outcome_unknown() 
                         0 => Request::Session(SessionRequest::Batch(vec![Command::Read {
                             file: FILE,
                             isn: Isn(11),
+                            stale: false,
                         }])),
                         1 => Request::Read(ReadRequest::Dump {
                             file: FILE,
                             from: Isn(11),
                             limit: 10,
+                            stale: false,
                         }),
                         _ => Request::Read(ReadRequest::FileStat { file: FILE }),
                     };

@@ -1546,6 +1546,70 @@ fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log
     s.cl.nodes[0].stop().expect("stop");
     let data = s.cl.nodes[0].data.clone();
     std::fs::remove_dir_all(data.join("store")).expect("delete the page store");
+    let node = etp(&[
+        "node",
+        "run",
+        "--data",
+        &data.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(node.status.code(), Some(2), "{node:?}");
+    assert!(
+        String::from_utf8_lossy(&node.stderr).contains("cannot open database"),
+        "{node:?}"
+    );
+    // The operator walks triage from a live node and answers that the
+    // stopped database does not open: a copy set holds its master, so the
+    // leaf rebuilds it; the run stops at that operator step, naming the
+    // database and the command.
+    let full = s.cl.nodes[1].addr.to_string();
+    let saved = s.dir("walk-db-recover.json");
+    let walk = etp_stdin(
+        &[
+            "recover", "walk", "triage", "--node", &full, "--area", &area, "--save", &saved,
+        ],
+        "\nn\n\n",
+    );
+    let text = String::from_utf8_lossy(&walk.stdout).into_owned();
+    assert!(
+        text.contains("plan (recover_databases)") && text.contains("(1 answer(s) differ"),
+        "{text}"
+    );
+    let state = s.dir("recovery-db");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "recover",
+            "run",
+            "--execute",
+            "--json",
+            "--node",
+            &full,
+            "--state",
+            &state,
+            "--area",
+            &area,
+        ];
+        args.extend_from_slice(extra);
+        let out = etp(&args);
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (out.status.code(), events)
+    };
+    let (code, events) = run(&["--answers", &saved]);
+    assert_eq!(code, Some(1), "{events:?}");
+    let op = events
+        .iter()
+        .find(|e| e["event"] == "operator")
+        .expect("an operator step");
+    assert_eq!(op["action"], "recover_database", "{op}");
+    let what = op["what"].as_str().unwrap_or_default();
+    assert!(
+        what.contains("database 1") && what.contains("etp db recover --data"),
+        "{op}"
+    );
     let (code, out, err, secs) = db_recover(&s, &[]);
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(
@@ -1557,6 +1621,10 @@ fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log
         records()
     );
     s.cl.nodes[0].restart().expect("restart");
+    // Its node back, the run takes the step as done and ends verified.
+    let (code, events) = run(&[]);
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(recovered(&events), "{events:?}");
     s.store_and_prove(1..=10, 23);
     // A copy of the recovered database (written in bulk, which no
     // roll-forward crosses), more writes; then its page store damaged.
@@ -1691,20 +1759,66 @@ fn a_master_database_destroyed_without_a_copy_fails_over_to_its_full_replicate()
     assert_eq!(p["drop_database"], true, "{text}");
     let seq = p["seq"].as_u64().unwrap_or_default();
     assert_eq!(p["lost"], serde_json::json!([seq + 1, level.0]), "{text}");
-    // The promotion.
+    // Triage, walked by the operator: the stopped master's database does
+    // not open (answered), and no copy set holds its master (the probe):
+    // the leaf promotes the freshest full replicate.
+    let area = s.dir("area");
+    std::fs::create_dir_all(&area).expect("area");
+    let saved = s.dir("walk-promote.json");
+    let walk = etp_stdin(
+        &[
+            "recover", "walk", "triage", "--node", &full, "--area", &area, "--save", &saved,
+        ],
+        "\nn\n\n",
+    );
+    let text = String::from_utf8_lossy(&walk.stdout).into_owned();
+    assert!(text.contains("plan (promote_freshest_replicate)"), "{text}");
+    let state = s.dir("recovery-promote");
     let t = Instant::now();
-    let out = etp(&["master", "promote", "items_full", "--node", &full]);
+    let out = etp(&[
+        "recover",
+        "run",
+        "--execute",
+        "--json",
+        "--node",
+        &full,
+        "--state",
+        &state,
+        "--area",
+        &area,
+        "--answers",
+        &saved,
+    ]);
     let secs = t.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(0),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(recovered(&events), "{text}");
+    let promoted = events
+        .iter()
+        .find(|e| e["event"] == "done" && e["action"] == "promote_full_replicate")
+        .expect("the promotion step done");
     assert!(
-        text.contains(&format!("LOST: seqs {} to {}", seq + 1, level.0)),
-        "{text}"
+        promoted["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("seqs {} to {} lost", seq + 1, level.0)),
+        "{promoted}"
+    );
+    let journal = maintenance::recovery::journal::entries(std::path::Path::new(&state))
+        .expect("journal")
+        .join("\n");
+    assert!(
+        journal.contains(&format!("\"from_seq\":{}", seq + 1)),
+        "{journal}"
     );
     eprintln!("FIGURE failover: records={} promote_s={secs:.2}", records());
     assert!(verified(&full, "items_part"), "{text}");

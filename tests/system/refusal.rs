@@ -71,6 +71,7 @@ fn serve(s: TcpStream, dbid: u32, seen: &Seen) {
                 count: 0,
                 damaged: None,
                 load: None,
+                hold: None,
             }),
             Request::Link(LinkRequest::LoadBegin {
                 id,

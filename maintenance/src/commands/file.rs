@@ -33,10 +33,14 @@ pub fn run(c: FileCommand) -> anyhow::Result<Outcome> {
             print_files(&db, json);
             Ok(Outcome::Ok)
         }
-        FileCommand::Dump { target, file } => {
+        FileCommand::Dump {
+            target,
+            file,
+            stale,
+        } => {
             match (target.data, target.node) {
                 (Some(dir), _) => dump(&open_or_context(&dir)?, Fnr(file))?,
-                (None, Some(addr)) => dump_node(addr, Fnr(file))?,
+                (None, Some(addr)) => dump_node(addr, Fnr(file), stale)?,
                 (None, None) => bail!("give --data DIR or --node ADDR"),
             }
             Ok(Outcome::Ok)
@@ -97,8 +101,9 @@ fn dump_fields(
 }
 
 /// `file dump --node`: the same lines, read from a running node.
-fn dump_node(addr: std::net::SocketAddr, fnr: Fnr) -> anyhow::Result<()> {
+fn dump_node(addr: std::net::SocketAddr, fnr: Fnr, stale: bool) -> anyhow::Result<()> {
     let mut client = Client::connect(addr)?;
+    client.stale_reads(stale);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut failure = None;
     client.dump_raw(fnr, |isn, bytes, is_log| {

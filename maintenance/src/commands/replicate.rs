@@ -114,10 +114,20 @@ fn print_reports(reps: &[(String, ReplicateReport)], json: bool) {
     let rows: Vec<Vec<String>> = reps
         .iter()
         .map(|(master, r)| {
-            let state = match &r.reason {
+            let mut state = match &r.reason {
                 Some(why) if r.state != ReplicaState::Online => format!("{} ({why})", r.state),
                 _ => r.state.to_string(),
             };
+            if let Some(h) = &r.held {
+                state.push_str(&format!(
+                    "; {} until it confirms seq {}",
+                    match h.hold.kind {
+                        propagator::catalog::HoldKind::Restored => "locked",
+                        _ => "no current reads",
+                    },
+                    h.release_at
+                ));
+            }
             let lag = format!(
                 "{} rec, {}{} B, {}",
                 r.lag_records,

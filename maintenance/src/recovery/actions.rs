@@ -304,7 +304,8 @@ impl Exec<'_> {
             Action::RestoreMasterFromFullReplicate => {
                 self.restore_master_from_full_replicate(b, journal)
             }
-            Action::RestartDatabases | Action::ManualIntervention => {
+            Action::PromoteFullReplicate => self.promote(b, journal),
+            Action::RestartDatabases | Action::RecoverDatabase | Action::ManualIntervention => {
                 bail!("an operator step cannot be executed")
             }
         }
@@ -550,6 +551,43 @@ impl Exec<'_> {
     /// Journals, per diverged replicate, the seqs it held that its
     /// master's history lost (as the diagnosis found them, before a reload
     /// replaces them).
+    /// Promotes the target full replicate (the freshest of its master) to
+    /// be the master ([`super::promote::execute`]); the seqs the old master
+    /// committed after its level are journaled as lost.
+    fn promote(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
+        let Some(Target::Replicate { name, addr, .. }) = b
+            .targets
+            .iter()
+            .find(|t| matches!(t, Target::Replicate { .. }))
+        else {
+            bail!("no full replicate of the master is intact and reachable: nothing can become the master");
+        };
+        let mut said = Vec::new();
+        let p = super::promote::execute(*addr, name, None, self.opts.wait, &mut |line| {
+            tracing::info!("{line}");
+            said.push(line);
+        })?;
+        if let Some((from, to)) = p.lost {
+            journal.append(Line::Gap {
+                master: p.master.clone(),
+                from_seq: from,
+                to_seq: to,
+                replicate: None,
+            })?;
+        }
+        Ok(format!(
+            "{name} (database {}) is master {} at seq {} (log file {}){}; {}",
+            p.database,
+            p.master,
+            p.seq,
+            p.log,
+            p.lost
+                .map(|(a, z)| format!(", seqs {a} to {z} lost (recorded)"))
+                .unwrap_or_default(),
+            said.join("; ")
+        ))
+    }
+
     fn record_lost_seqs(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
         let mut out = Vec::new();
         for t in &b.targets {
@@ -802,6 +840,8 @@ pub(crate) fn master_from_replicate(
             file: conf_file,
             from: Isn(u64::from(rfile.0)),
             limit: 1,
+            // A tool inspects what it holds, whatever its state.
+            stale: true,
         }),
     )? {
         Response::Records { items, .. } => {
@@ -850,6 +890,8 @@ pub(crate) fn master_from_replicate(
                 file: rfile,
                 from,
                 limit: 10_000,
+                // A tool inspects what it holds, whatever its state.
+                stale: true,
             }),
         )? {
             Response::Records { items, done, .. } => (items, done),
@@ -948,6 +990,8 @@ pub(crate) fn verify_master_log(
             file: log,
             from: Isn(last),
             limit: 1,
+            // A tool inspects what it holds, whatever its state.
+            stale: true,
         }),
     )? {
         Response::Records { items, .. } => items

@@ -121,7 +121,7 @@ impl Bound {
     pub(crate) fn operator(&self) -> bool {
         matches!(
             Action::parse(&self.action),
-            Some(Action::ManualIntervention | Action::RestartDatabases)
+            Some(Action::ManualIntervention | Action::RestartDatabases | Action::RecoverDatabase)
         )
     }
 }
@@ -151,7 +151,9 @@ actions! {
     RaiseIncarnation = "raise_incarnation",
     ReapplyRecoverableTransactions = "reapply_recoverable_transactions",
     RebuildLogToMasterLevel = "rebuild_log_to_master_level",
+    PromoteFullReplicate = "promote_full_replicate",
     RecordGap = "record_gap",
+    RecoverDatabase = "recover_database",
     RecordLostSeqs = "record_lost_seqs",
     ReinstallTopology = "reinstall_topology",
     RefreshLog = "refresh_log",

@@ -321,7 +321,8 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                     })
                     .map(|d| d.describe())
                     .collect();
-                let all_up = b.is(Action::RestartDatabases) && still_down.is_empty();
+                let all_up = (b.is(Action::RestartDatabases) || b.is(Action::RecoverDatabase))
+                    && still_down.is_empty();
                 if all_up || (opts.confirm && waiting == Some(i)) {
                     journal.append(Line::Confirmed { step: i })?;
                     done[i] = true;
@@ -333,6 +334,15 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 let what = match Action::parse(&b.action) {
                     Some(Action::RestartDatabases) => format!(
                         "start the node of {} (stopped: {}), then run again; a node that will not start because its database will not open is rebuilt first with `etp db recover --data DIR --area AREA` (in place, the damaged directory kept)",
+                        b.targets
+                            .iter()
+                            .map(Target::describe)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        still_down.join("; ")
+                    ),
+                    Some(Action::RecoverDatabase) => format!(
+                        "rebuild {} (stopped: {}) on its host: `etp db recover --data DIR --area AREA` (in place, the damaged directory kept; --to-last-good if its protection log is damaged too), start its node, then run again",
                         b.targets
                             .iter()
                             .map(Target::describe)

@@ -394,6 +394,7 @@ impl Database {
             name: name.to_string(),
             role,
             restoring: None,
+            hold: None,
         };
         self.commit(vec![CatalogOp::Define(def)], vec![], None)
     }
@@ -444,6 +445,7 @@ impl Database {
                         name,
                         role: Role::Log { master: fnr },
                         restoring: None,
+                        hold: None,
                     }
                 }
             };

@@ -45,7 +45,7 @@ pub use restore::{IngestChunk, Restore};
 pub use segments::SegmentInfo;
 
 use crate::apply::{Applier, StateView};
-use crate::catalog::{CatalogOp, FileDef, Role, MAX_FILE_NAME};
+use crate::catalog::{CatalogOp, FileDef, Hold, HoldKind, Role, MAX_FILE_NAME};
 use crate::digest::FileMeta;
 use crate::error::DbError;
 use crate::ids::{DbId, Fnr, Isn, Lsn, Seq};

@@ -45,6 +45,30 @@ impl Database {
         Ok(meta)
     }
 
+    /// Sets (or with `None` clears) the hold of replicate file `fnr` (see
+    /// [`Hold`]); the previous one is returned. Only its replication task
+    /// does this (a link request), and a restore's end.
+    pub fn set_hold(&self, fnr: Fnr, hold: Option<Hold>) -> Result<Option<Hold>, DbError> {
+        let def = self.file_info(fnr)?.def;
+        if def.role != Role::Replicate {
+            return Err(DbError::BadDefinition(format!(
+                "file {fnr} is a {} file; only a replicate file is held",
+                def.role.name()
+            )));
+        }
+        let same = |h: &Option<Hold>| h.as_ref().map(|h| (h.kind, h.why.clone()));
+        if same(&def.hold) == same(&hold) {
+            return Ok(def.hold);
+        }
+        let old = def.hold.clone();
+        self.commit(
+            vec![CatalogOp::Define(FileDef { hold, ..def })],
+            Vec::new(),
+            None,
+        )?;
+        Ok(old)
+    }
+
     /// A file's definition and the meta of what its page store holds now.
     pub(super) fn baseline(&self, fnr: Fnr) -> Result<(FileDef, FileMeta), DbError> {
         let info = self.file_info(fnr)?;
@@ -371,13 +395,22 @@ impl Database {
             fnr,
             next_isn: last.map(|m| m.next_isn),
         }];
-        if last.is_some() && def.restoring.is_some() {
+        if let (Some(_), Some(why)) = (last, &def.restoring) {
             // Proved: the restore is over, in this same commit (from the
             // latest definition, so nothing committed meanwhile is undone).
+            // A replicate restored from a copy holds an earlier level of
+            // its master: it serves no current reads until its task has
+            // caught it up (and clears the hold).
             let latest = lock(&self.shared().state).catalog.get(&fnr).cloned();
+            let latest = latest.unwrap_or(def.clone());
+            let hold = match latest.role {
+                Role::Replicate => Some(Hold::new(HoldKind::Restored, why.clone())),
+                _ => latest.hold.clone(),
+            };
             catalog.push(CatalogOp::Define(FileDef {
                 restoring: None,
-                ..latest.unwrap_or(def)
+                hold,
+                ..latest
             }));
         }
         catalog

@@ -125,6 +125,7 @@ mod tests {
             file: Fnr(1),
             from: Isn(1),
             limit: 1,
+            stale: false,
         });
         let session = Request::Session(SessionRequest::Batch(vec![]));
         let apply = Request::Admin(AdminRequest::AdminInstall {

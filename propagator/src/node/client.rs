@@ -354,6 +354,8 @@ pub struct Client {
     rt: tokio::runtime::Runtime,
     conn: Conn,
     in_txn: bool,
+    /// Dumps read held replicates too (see [`Client::stale_reads`]).
+    stale: bool,
 }
 
 impl Client {
@@ -379,6 +381,7 @@ impl Client {
             rt,
             conn,
             in_txn: false,
+            stale: false,
         })
     }
 
@@ -468,6 +471,15 @@ impl Client {
         }
     }
 
+    /// Whether [`Client::dump_raw`] and [`Client::dump`] read a replicate
+    /// that serves no current reads (held: restored and not caught up,
+    /// shunned, in error, being loaded) rather than being refused: for a
+    /// tool that inspects what a replicate holds, whatever its state.
+    pub fn stale_reads(&mut self, yes: bool) -> &mut Client {
+        self.stale = yes;
+        self
+    }
+
     /// Every record of a file in ascending isn, in pages, as raw bytes;
     /// `f` is told whether the file is a log file.
     pub fn dump_raw(
@@ -481,6 +493,7 @@ impl Client {
                 file,
                 from,
                 limit: 10_000,
+                stale: self.stale,
             }))?;
             let Response::Records {
                 items,
@@ -564,8 +577,8 @@ impl ExecTarget for Client {
         self.ok(r)
     }
 
-    fn read(&mut self, file: Fnr, isn: Isn) -> Result<Option<Record>, ClientError> {
-        match self.exec(Command::Read { file, isn })? {
+    fn read(&mut self, file: Fnr, isn: Isn, stale: bool) -> Result<Option<Record>, ClientError> {
+        match self.exec(Command::Read { file, isn, stale })? {
             Response::Record(None) => Ok(None),
             Response::Record(Some(b)) => {
                 decode_record(&b)
@@ -680,6 +693,7 @@ mod tests {
             file: Fnr(20),
             from: Isn(from),
             limit: 8192,
+            stale: false,
         })
     }
 

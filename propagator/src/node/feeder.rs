@@ -105,6 +105,11 @@ pub(super) struct FeedState {
     /// Since when the link has been down, and how many reconnects failed
     /// (the first loss is logged as a warning, its end too).
     pub down: Option<(Instant, u32)>,
+    /// The replicate serves no current reads (it said so at the last link
+    /// open), and the master's level it is released at.
+    pub hold: Option<(crate::catalog::Hold, Seq)>,
+    /// Releases delivered since the node started.
+    pub releases: u64,
 }
 
 pub(super) struct Feeder {
@@ -242,8 +247,14 @@ pub(super) fn link_err(e: ClientError) -> Stop {
             ref message,
             ..
         } => Stop::Uninitialized(message.clone()),
-        // The same batch would be too large again on every retry.
-        ClientError::TooLarge { .. } => Stop::Fatal(e.to_string()),
+        // The same batch would be too large again on every retry; a held
+        // load source would be refused again until its own master
+        // releases it.
+        ClientError::TooLarge { .. }
+        | ClientError::Remote {
+            code: ErrorCode::Held,
+            ..
+        } => Stop::Fatal(e.to_string()),
         e => Stop::Link(e.to_string()),
     }
 }
@@ -308,6 +319,27 @@ pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkS
     match timed("opening the link", conn.call(&open)).await? {
         Response::Link(s) => Ok((conn, s)),
         other => Err(Stop::Link(conn.unexpected(&other, "Link").to_string())),
+    }
+}
+
+/// Delivers a hold (`Some`) to the replicate, or its release (`None`) at
+/// the master's level `level`, over a link of its own (a streaming link's
+/// connection carries only batches). Nothing is sent if the replicate
+/// already stands so.
+pub(super) async fn deliver_hold(
+    ctx: &Ctx,
+    rep: &Replicate,
+    hold: Option<crate::catalog::Hold>,
+    level: Seq,
+) -> Result<(), Stop> {
+    let (mut conn, state) = open_link(ctx, rep).await?;
+    if state.hold.as_ref().map(|h| h.kind) == hold.as_ref().map(|h| h.kind) {
+        return Ok(());
+    }
+    let req = Request::Link(LinkRequest::Hold { hold, level });
+    match timed("holding or releasing the replicate", conn.call(&req)).await? {
+        Response::Ok => Ok(()),
+        other => Err(Stop::Link(conn.unexpected(&other, "Ok").to_string())),
     }
 }
 

@@ -68,6 +68,7 @@ impl Node {
                 Step::Now(r) => r,
                 Step::Later(f) => f.await,
             },
+            LinkRequest::Hold { hold, level } => self.link_hold(conv, hold, level).await,
         }
     }
 
@@ -185,6 +186,7 @@ impl Node {
                 count,
                 damaged: info.damaged,
                 load,
+                hold: info.def.hold,
             })
         })
         .await;

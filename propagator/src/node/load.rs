@@ -245,6 +245,9 @@ impl Source {
                     file: Fnr(src.def.file),
                     from,
                     limit: limit as u32,
+                    // A held source (restored and behind, shunned, in
+                    // error, being loaded) is no level to load from.
+                    stale: false,
                 });
                 match timed("reading the source replicate", conn.call(&req)).await? {
                     Response::Records { items, done, .. } => {

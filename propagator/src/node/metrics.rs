@@ -104,6 +104,10 @@ pub struct ReplicateSample {
     pub stalled_s: f64,
     pub apply_rate: f64,
     pub gaps: u64,
+    /// 1 while it serves no current reads (held), else 0.
+    pub held: u64,
+    /// Holds released since the node started.
+    pub releases: u64,
 }
 
 /// One task's master as a scrape renders it.
@@ -148,6 +152,8 @@ pub fn samples(
             stalled_s: r.stalled_s,
             apply_rate,
             gaps: r.gaps.len() as u64,
+            held: u64::from(r.held.is_some()),
+            releases: r.releases,
         })
         .collect();
     (masters, reps)
@@ -296,7 +302,7 @@ pub fn render(
         return t.finish();
     }
     type Get = fn(&ReplicateSample) -> f64;
-    let gauges: [(&str, &str, Get); 6] = [
+    let gauges: [(&str, &str, Get); 7] = [
         (
             "etp_replicate_confirmed_seq",
             "Last master seq the replicate confirmed.",
@@ -327,6 +333,11 @@ pub fn render(
             "Gap records in the replicate's confirm set (ranges it does not hold).",
             |r| r.gaps as f64,
         ),
+        (
+            "etp_replicate_held",
+            "1 while the replicate serves no current reads (restored and not caught up, shunned or in error).",
+            |r| r.held as f64,
+        ),
     ];
     for (name, help, get) in gauges {
         t.family(name, "gauge", help);
@@ -337,6 +348,18 @@ pub fn render(
                 get(r),
             );
         }
+    }
+    t.family(
+        "etp_replicate_releases_total",
+        "counter",
+        "Holds released since the node started: the replicate confirmed its master's level and serves current reads again.",
+    );
+    for r in reps {
+        t.sample(
+            "etp_replicate_releases_total",
+            &[("master", &r.master), ("replicate", &r.replicate)],
+            r.releases as f64,
+        );
     }
     t.family(
         "etp_replicate_state",
@@ -711,6 +734,8 @@ mod tests {
             stalled_s: 0.0,
             apply_rate: 12.5,
             gaps: 2,
+            held: 1,
+            releases: 3,
         }];
         let masters = vec![MasterSample {
             master: "orders".into(),
@@ -759,6 +784,8 @@ mod tests {
             format!("etp_replicate_stalled_seconds{{{labels}}} 0"),
             format!("etp_replicate_apply_rate{{{labels}}} 12.5"),
             format!("etp_replicate_gaps{{{labels}}} 2"),
+            format!("etp_replicate_held{{{labels}}} 1"),
+            format!("etp_replicate_releases_total{{{labels}}} 3"),
             format!("etp_replicate_state{{{labels},state=\"online\"}} 1"),
             format!("etp_replicate_state{{{labels},state=\"offline\"}} 0"),
             format!("etp_replicate_state{{{labels},state=\"shunned\"}} 0"),

@@ -17,6 +17,7 @@ pub mod control;
 mod copies;
 mod errors;
 mod feeder;
+mod holds;
 mod link;
 mod load;
 pub mod metrics;

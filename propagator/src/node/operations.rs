@@ -277,6 +277,9 @@ impl Node {
                 {
                     return Response::error(e);
                 }
+                // Feeds nothing: it tells the replicate's node that it is
+                // shunned (so it refuses current reads), then ends.
+                t.start_one(&f);
             }
             ReplicateAction::Restoring { why } => {
                 if why.is_some() {

@@ -11,7 +11,15 @@ impl Node {
         match r {
             ReadRequest::Info => self.info(),
             ReadRequest::LagSamples { replicate, after } => self.lag_samples(&replicate, after),
-            ReadRequest::Dump { file, from, limit } => self.dump(file, from, limit).await,
+            ReadRequest::Dump {
+                file,
+                from,
+                limit,
+                stale,
+            } => {
+                let conf = (!stale).then(|| self.confirmation_of(file));
+                self.dump(file, from, limit, conf).await
+            }
             ReadRequest::Files => self.files(),
             ReadRequest::FileStat { file } => self.file_stat(file),
             ReadRequest::RangeDigest {
@@ -76,10 +84,21 @@ impl Node {
     }
 
     /// Up to `limit` records of `file` from isn `from` on, as raw bytes.
-    pub(super) async fn dump(&self, file: Fnr, from: Isn, limit: u32) -> Response {
+    /// `current`: a current read, refused for a held replicate (with its
+    /// confirmation file, if the topology names one).
+    pub(super) async fn dump(
+        &self,
+        file: Fnr,
+        from: Isn,
+        limit: u32,
+        current: Option<Option<Fnr>>,
+    ) -> Response {
         let db = self.db.clone();
         let limit = limit.clamp(1, 100_000) as usize;
-        let r = blocking(move || {
+        let r = errors::off_reactor(move || {
+            if let Some(f) = current.and_then(|conf| super::holds::held(&db, file, conf)) {
+                return Err(f);
+            }
             let is_log = matches!(db.file(file)?.role, Role::Log { .. });
             let mut items = Vec::new();
             let mut done = true;
@@ -93,7 +112,8 @@ impl Node {
                 bytes += b.len() + 16;
                 items.push((isn, ByteBuf::from(b.to_vec())));
                 Ok(true)
-            })?;
+            })
+            .map_err(Failure::from)?;
             Ok((items, done, is_log))
         })
         .await;

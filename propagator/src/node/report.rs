@@ -125,6 +125,11 @@ impl Task {
                     batches_sent: s.batches,
                     batches_sent_by_committer: s.batches_by_committer,
                     expected_rolled_forward: s.rolled_forward,
+                    held: s.hold.as_ref().map(|(hold, at)| crate::wire::HeldReport {
+                        hold: hold.clone(),
+                        release_at: *at,
+                    }),
+                    releases: s.releases,
                 }
             })
             .collect();

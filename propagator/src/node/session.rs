@@ -62,8 +62,13 @@ impl Node {
             )));
         }
         let mut s = conv.session.take().unwrap_or_else(|| self.db.session());
+        // Reads that want a current view, each judged before it runs (a
+        // held replicate refuses them).
+        let current = self.current_reads(&cmds);
+        let db = self.db.clone();
         let (back, session) = tokio::sync::oneshot::channel::<(Session, bool)>();
         let run = tokio::task::spawn_blocking(move || {
+            let mut current = current.into_iter();
             let n = cmds.len();
             let mut r = Response::Ok;
             let mut queued = None;
@@ -77,6 +82,24 @@ impl Node {
                         }
                         Err(e) => Response::error(e),
                     },
+                    Command::Read {
+                        file,
+                        isn,
+                        stale: false,
+                    } => {
+                        let conf = current.next().and_then(|(f, c)| c.filter(|_| f == file));
+                        match super::holds::held(&db, file, conf) {
+                            Some(refused) => Response::error(refused),
+                            None => run_command(
+                                &mut s,
+                                Command::Read {
+                                    file,
+                                    isn,
+                                    stale: false,
+                                },
+                            ),
+                        }
+                    }
                     cmd => run_command(&mut s, cmd),
                 };
                 if matches!(r, Response::Error { .. }) {
@@ -208,7 +231,7 @@ pub(super) fn run_command(s: &mut Session, cmd: Command) -> Response {
             Ok(()) => Response::Ok,
             Err(e) => err(e),
         },
-        Command::Read { file, isn } => match s.read(file, isn) {
+        Command::Read { file, isn, .. } => match s.read(file, isn) {
             Ok(r) => match r.map(|r| crate::record::encode_record(&r)).transpose() {
                 Ok(b) => Response::Record(b.map(ByteBuf::from)),
                 Err(e) => bad_record(e),

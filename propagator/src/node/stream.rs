@@ -8,6 +8,7 @@ use super::client::ConnReader;
 use super::control::{Anchor, LoadOrder, Policy};
 use super::feeder::*;
 use super::tail::Tail;
+use crate::catalog::{Hold, HoldKind};
 use crate::digest::FileMeta;
 use crate::ids::{Fnr, Seq};
 use crate::wire::{ErrorCode, Response};
@@ -50,8 +51,33 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
         let ctl = ctx.control.replicate(&name);
         let policy = ctx.control.policy();
         if let Some((why, _)) = &ctl.shunned {
-            f.set_phase(format!("not fed (shunned: {why})"));
-            return;
+            // The replicate is told, so it refuses current reads; until its
+            // node answers, this is retried (its node may be why it was
+            // shunned).
+            let hold = Hold::new(HoldKind::Shunned, why.clone());
+            match deliver_hold(&ctx, &f.rep, Some(hold), Seq(0)).await {
+                Ok(()) => {
+                    f.set_phase(format!("not fed (shunned: {why})"));
+                    return;
+                }
+                Err(e) => {
+                    let delay = backoff(attempt, ERROR_RETRY_CAP);
+                    if attempt == 0 {
+                        tracing::warn!(replicate = %name, error = %e.reason(),
+                            "shunned replicate not told yet: it serves reads until its node answers");
+                    }
+                    attempt += 1;
+                    f.set_phase(format!(
+                        "not fed (shunned: {why}); telling its node in {} ms",
+                        delay.as_millis()
+                    ));
+                    if let Some(why) = pause(&f, delay).await {
+                        f.set_phase(format!("stopped ({why})"));
+                        return;
+                    }
+                    continue;
+                }
+            }
         }
         if policy == Policy::Maintenance {
             f.set_phase("stopped (policy maintenance)");
@@ -209,7 +235,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
     }
 }
 
-/// Puts the replicate in error with `msg` (its error log and state).
+/// Puts the replicate in error with `msg` (its error log and state), and
+/// tells it, if its node answers, so it refuses current reads.
 async fn record_error(ctx: &Arc<Ctx>, f: &Feeder, msg: &str) {
     lock(&f.st).last_error = Some(msg.to_string());
     let c = ctx.control.clone();
@@ -217,6 +244,45 @@ async fn record_error(ctx: &Arc<Ctx>, f: &Feeder, msg: &str) {
     if let Err(e) = blocking(move || c.update_replicate(&name, |r| r.fail(&m))).await {
         tracing::error!(replicate = %f.name(), error = %e, "cannot record the error state");
     }
+    let hold = Hold::new(HoldKind::Error, msg);
+    if let Err(e) = deliver_hold(ctx, &f.rep, Some(hold), Seq(0)).await {
+        tracing::warn!(replicate = %f.name(), error = %e.reason(),
+            "the replicate in error was not told: it serves reads until its master reaches it");
+    }
+}
+
+/// Releases a held replicate that has confirmed `level`, the master's
+/// level when its link opened, over a link of its own (the streaming one
+/// goes on meanwhile): logged in its error log, counted. Not delivered,
+/// the next link open tries again (the replicate still says it is held).
+fn release(ctx: &Arc<Ctx>, f: &Arc<Feeder>, level: Seq) {
+    let (ctx, f) = (ctx.clone(), f.clone());
+    tokio::spawn(async move {
+        let name = f.name().to_string();
+        if let Err(e) = deliver_hold(&ctx, &f.rep, None, level).await {
+            tracing::warn!(replicate = %name, level = %level, error = %e.reason(),
+                "the replicate could not be released yet: the next link open tries again");
+            return;
+        }
+        let was = {
+            let mut s = lock(&f.st);
+            s.releases += 1;
+            s.hold.take().map(|(h, _)| h)
+        };
+        let what = match &was {
+            Some(h) => format!(
+                "released at seq {level}, its master's level: it serves current reads again (it was {h})"
+            ),
+            None => format!("released at seq {level}, its master's level"),
+        };
+        tracing::info!(replicate = %name, level = %level, "replicate released: {what}");
+        let c = ctx.control.clone();
+        if let Err(e) =
+            blocking(move || c.update_replicate(&name, |r| r.log("unlock", &what))).await
+        {
+            tracing::warn!(replicate = %f.name(), error = %e, "cannot log the release");
+        }
+    });
 }
 
 /// A master that holds nothing and never logged anything: loading a new
@@ -399,6 +465,37 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     f.confirmed.send_replace(conf_seq);
     f.applied.send_replace(conf_seq);
     *lock(&f.expected) = Some((conf_seq, expected));
+    // A held replicate (restored from a copy, or shunned or in error
+    // before) is released once it confirms the master's level now.
+    let mut release_at = None;
+    lock(&f.st).hold = None;
+    if let Some(h) = state.hold.clone() {
+        let level = master_position(ctx)
+            .ok()
+            .flatten()
+            .map_or(conf_seq, |(last, _)| last)
+            .max(conf_seq);
+        if h.kind == HoldKind::Restored {
+            let c = state.confirmation.as_ref();
+            let what = format!(
+                "restored replicate announces incarnation {} seq {conf_seq}: locked until it confirms seq {level}, its master's level",
+                c.map_or(0, |c| c.incarnation)
+            );
+            tracing::warn!(replicate = %name, "{what}");
+            let (c, n2) = (ctx.control.clone(), name.clone());
+            if let Err(e) =
+                blocking(move || c.update_replicate(&n2, |r| r.log("info", &what))).await
+            {
+                tracing::warn!(replicate = %name, error = %e, "cannot log the restored replicate");
+            }
+        }
+        lock(&f.st).hold = Some((h, level));
+        if conf_seq >= level {
+            release(ctx, f, level);
+        } else {
+            release_at = Some(level);
+        }
+    }
     if ctl.error.is_some() {
         let c = ctx.control.clone();
         let n2 = name.clone();
@@ -432,23 +529,44 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     ));
     let hook: Arc<dyn crate::database::IdleDurable> = tail.clone();
     ctx.db.on_idle_durable(Arc::downgrade(&hook));
-    let stop = stream(ctx, f, attempt, &mut reader, &tail, conf_seq, stop_rx).await;
+    let stop = stream(
+        ctx,
+        f,
+        attempt,
+        &mut reader,
+        &tail,
+        Resume {
+            from: conf_seq,
+            release_at,
+        },
+        stop_rx,
+    )
+    .await;
     // The leader sends nothing more on this link.
     lock(&tail.side).open = false;
     stop
 }
 
-/// Streams whole master transactions to a checked replicate from `conf_seq`
-/// on, and checks every answer; returns why it ended.
+/// Where a checked replicate's streaming begins.
+struct Resume {
+    /// The seq it confirms.
+    from: Seq,
+    /// Held: the seq it is released at once confirmed.
+    release_at: Option<Seq>,
+}
+
+/// Streams whole master transactions to a checked replicate from the seq
+/// it confirms on, and checks every answer; returns why it ended.
 async fn stream(
     ctx: &Arc<Ctx>,
     f: &Arc<Feeder>,
     attempt: &mut u32,
     reader: &mut ConnReader,
     tail: &Arc<Tail>,
-    conf_seq: Seq,
+    resume: Resume,
     mut stop_rx: tokio::sync::watch::Receiver<Option<String>>,
 ) -> Stop {
+    let (conf_seq, mut release_at) = (resume.from, resume.release_at);
     let rep = &f.rep;
     let name = f.name().to_string();
     let (mut last_anchor, mut anchored) = (Instant::now(), conf_seq);
@@ -591,6 +709,10 @@ async fn stream(
                         s.progress_us = now_us();
                     }
                     f.confirmed.send_replace(seq);
+                    if let Some(level) = release_at.filter(|l| seq >= *l) {
+                        release(ctx, f, level);
+                        release_at = None;
+                    }
                     // The link works: the next loss backs off from the start.
                     *attempt = 0;
                     *lock(&f.expected) = Some((seq, want));

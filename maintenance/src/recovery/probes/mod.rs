@@ -292,6 +292,8 @@ pub(crate) fn read_confirmation(c: &mut Client, conf: Fnr, file: Fnr) -> Option<
         file: conf,
         from: Isn(u64::from(file.0)),
         limit: 1,
+        // A tool inspects what it holds, whatever its state.
+        stale: true,
     })) else {
         return None;
     };
@@ -320,6 +322,8 @@ fn divergence(c: &mut Client, m: &MasterFact, r: &RepFact) -> Option<Divergence>
             file: m.log,
             from: Isn(s.0),
             limit: 1,
+            // A tool inspects what it holds, whatever its state.
+            stale: true,
         })) else {
             return Ok::<_, std::convert::Infallible>(None);
         };
@@ -583,9 +587,15 @@ impl LiveProbes {
                 .iter()
                 .find(|m| m.db == r.master_db && m.fnr == r.master)
         };
+        let stopped = |m: &&MasterFact| {
+            self.down
+                .iter()
+                .any(|d| d.db == m.db && d.kind == DownKind::Stopped)
+        };
         self.masters
             .iter()
             .find(damaged)
+            .or_else(|| self.masters.iter().find(stopped))
             .or_else(|| self.reps.iter().find(|r| r.damaged()).and_then(of))
             .or_else(|| self.reps.iter().find(|r| r.diverged.is_some()).and_then(of))
             .or_else(|| self.reps.iter().find(|r| self.cut_off(r)).and_then(of))
@@ -752,6 +762,56 @@ impl LiveProbes {
                     Answer::yes(
                         "every database of the topology answers (its restart recovery ran at open)",
                     )
+                }
+            }
+            "stopped_databases_open" => {
+                let stopped: Vec<String> = self
+                    .down
+                    .iter()
+                    .filter(|d| d.kind == DownKind::Stopped)
+                    .map(|d| format!("database {} at {}", d.db, d.addr))
+                    .collect();
+                if stopped.is_empty() {
+                    Answer::yes("no database is stopped")
+                } else {
+                    Answer::yes(format!(
+                        "presumed: only starting its node tells whether {} opens; if a node exits with 'cannot open database', answer no (etp recover walk triage --save FILE, then etp recover run --answers FILE)",
+                        stopped.join(", ")
+                    ))
+                }
+            }
+            "master_database_lost" => {
+                let stopped: Vec<&MasterFact> = self
+                    .masters
+                    .iter()
+                    .filter(|m| {
+                        self.down
+                            .iter()
+                            .any(|d| d.db == m.db && d.kind == DownKind::Stopped)
+                    })
+                    .collect();
+                if stopped.is_empty() {
+                    return Answer::no("no stopped database holds a master");
+                }
+                let mut lost = Vec::new();
+                let mut kept = Vec::new();
+                for m in stopped {
+                    match self.newest_set(m.db, m.fnr) {
+                        Err(a) => return a,
+                        Ok(Some(set)) => kept.push(format!(
+                            "copy set {} (LSN {}) holds master {} of database {}: etp db recover rebuilds it",
+                            set.id, set.lsn, m.name, m.db
+                        )),
+                        Ok(None) => lost.push(format!(
+                            "no copy set holds master {} of database {}",
+                            m.name, m.db
+                        )),
+                    }
+                }
+                if lost.is_empty() {
+                    Answer::no(kept.join("; "))
+                } else {
+                    Answer::yes(lost.join("; "))
                 }
             }
             "site_uninitialized" => {
