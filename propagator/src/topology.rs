@@ -138,6 +138,12 @@ pub struct TaskDef {
     /// `etp replicate status` and `etp log plan-cleanup` warn when the
     /// master's log file holds more than this many MiB (default 1024).
     pub log_warn_mb: Option<u64>,
+    /// A wiped replicate site synced down (seed 000) is declared synced
+    /// once its backlog stays at or under this many log records
+    /// (default 1000) ...
+    pub sync_down_backlog: Option<u64>,
+    /// ... for this many seconds (default 10).
+    pub sync_down_settle_s: Option<u64>,
 }
 
 /// A replicate with its predicate compiled.
@@ -394,6 +400,8 @@ impl Valid {
                         batch: None,
                         load_chunk: None,
                         log_warn_mb: None,
+                        sync_down_backlog: None,
+                        sync_down_settle_s: None,
                     });
                 let reps = self
                     .replicates

@@ -371,6 +371,13 @@ pub enum AdminRequest {
         #[serde(default)]
         expect: Option<String>,
     },
+    /// Seed 000's sync-down: a node that holds no topology (a wiped site,
+    /// or a new empty database in place of the one the topology names)
+    /// takes this one, which must name its database, as an install does:
+    /// it creates its files and serves. Sent by the master's task of one
+    /// of its replicates (automatic policy). Refused by a node that holds a
+    /// topology: an apply (two-phase, through every node) changes that.
+    AdminAdopt { topology: String },
 }
 
 /// Operator requests: task and replicate status and control, policy,
@@ -836,6 +843,10 @@ pub struct ReplicateReport {
     /// Holds released since the master's node started.
     #[serde(default)]
     pub releases: u64,
+    /// A sync-down of its wiped site (seed 000), as it stands: in
+    /// progress, settling, or complete.
+    #[serde(default)]
+    pub sync_down: Option<String>,
 }
 
 /// A held replicate as its master sees it.

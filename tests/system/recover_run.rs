@@ -79,6 +79,20 @@ impl Scene {
         Scene::fill(tmp, cl)
     }
 
+    /// [`Scene::new`] whose task declares a sync-down complete after its
+    /// backlog has settled for `settle_s` seconds.
+    fn with_sync_down_settle(settle_s: u64) -> Scene {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cl = Cluster::start_with(etp_bin(), tmp.path(), |addrs| {
+            topology_text(addrs, Some(1)).replace(
+                "restart_interval_s = 1\n",
+                &format!("restart_interval_s = 1\nsync_down_settle_s = {settle_s}\n"),
+            )
+        })
+        .expect("cluster");
+        Scene::fill(tmp, cl)
+    }
+
     /// [`Scene::new`] with `n` records on the master.
     fn sized(n: u64) -> Scene {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -1860,6 +1874,9 @@ fn a_master_database_destroyed_without_a_copy_fails_over_to_its_full_replicate()
 #[test]
 fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
     let mut s = Scene::new();
+    // In manual policy nothing syncs it down by itself: the operator's one
+    // command is the recovery run.
+    ok(&etp(&["policy", "set", "manual", "--node", &s.m()]));
     s.cl.nodes[2].stop().expect("stop");
     let data = s.cl.nodes[2].data.clone();
     std::fs::remove_dir_all(&data).expect("wipe the site");
@@ -1873,6 +1890,9 @@ fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
     ]));
     s.cl.nodes[2].restart().expect("restart empty");
     s.store(1..=10, 65);
+    // (Manual policy: the lost link stopped the feeder; started, it finds
+    // the site empty.)
+    ok(&etp(&["task", "start", "--node", &s.m()]));
     etp_system_tests::wait_for("the site to be reported uninitialized", CONVERGE, || {
         let t = s.cl.task_status().ok()?;
         t.replicates
@@ -1892,4 +1912,80 @@ fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
     let (events, et) = s.recover(&[]);
     s.prove();
     figure("site-sync-down", dt, et, &events);
+}
+
+/// Issue 21 item 6 in automatic policy (seed 000): a wiped replicate site
+/// started again empty is synced down by its master's task without an
+/// operator: the site takes the topology the task sends and re-creates its
+/// files, the replicate is loaded, progress is logged on both sides, and
+/// the master declares the sync-down complete once the backlog has stayed
+/// under its threshold for the task's settle time.
+#[test]
+fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
+    let mut s = Scene::with_sync_down_settle(2);
+    s.cl.nodes[2].stop().expect("stop");
+    let data = s.cl.nodes[2].data.clone();
+    std::fs::remove_dir_all(&data).expect("wipe the site");
+    ok(&etp(&[
+        "db",
+        "init",
+        "--dbid",
+        "3",
+        "--data",
+        &data.display().to_string(),
+    ]));
+    let t = Instant::now();
+    s.cl.nodes[2].restart().expect("restart empty");
+    s.store(1..=10, 66);
+    let log = etp_system_tests::wait_for("the sync-down declared complete", CONVERGE, || {
+        let log = ok(&etp(&[
+            "replicate",
+            "errors",
+            "items_part",
+            "--node",
+            &s.m(),
+        ]));
+        log.contains("sync-down complete").then_some(log)
+    });
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        log.contains("took the topology") && log.contains("for 2 s"),
+        "{log}"
+    );
+    let status = s.cl.task_status().expect("status");
+    let part = status
+        .replicates
+        .iter()
+        .find(|r| r.name == "items_part")
+        .expect("items_part");
+    assert!(
+        part.sync_down
+            .as_deref()
+            .is_some_and(|d| d.starts_with("complete after")),
+        "{part:?}"
+    );
+    // Progress on both sides: what the master sent, what the site applied.
+    let node_log = |i: usize| {
+        std::fs::read_to_string(s.tmp.path().join(format!("db{i}.node.log"))).unwrap_or_default()
+    };
+    let (master, site) = (node_log(1), node_log(3));
+    assert!(
+        master.contains("sync-down of its wiped site")
+            && master.contains("load started")
+            && master.contains("load finished")
+            && master.contains("sync-down complete"),
+        "{master}"
+    );
+    assert!(
+        site.contains("took the topology its master sent")
+            && site.contains("load begins")
+            && site.contains("load applied"),
+        "{site}"
+    );
+    s.cl.wait_converged(CONVERGE).expect("converged");
+    s.prove();
+    eprintln!(
+        "FIGURE site-sync-down-automatic: records={} complete_s={secs:.2} (settle 2 s)",
+        records()
+    );
 }

@@ -118,6 +118,9 @@ fn print_reports(reps: &[(String, ReplicateReport)], json: bool) {
                 Some(why) if r.state != ReplicaState::Online => format!("{} ({why})", r.state),
                 _ => r.state.to_string(),
             };
+            if let Some(d) = &r.sync_down {
+                state.push_str(&format!("; sync-down {d}"));
+            }
             if let Some(h) = &r.held {
                 state.push_str(&format!(
                     "; {} until it confirms seq {}",

@@ -6,7 +6,7 @@
 //! | `read` | reads (`Info`, `Dump`, `FileStat`, `RangeDigest`, `Files`, lag samples), status (tasks, replicates, policy, cross-references, a replicate's errors, waiting for a confirmation), the topology's and the copy jobs' text, the log segments, a cleanup plan |
 //! | `write` | what `read` may, and client sessions (transactions) |
 //! | `admin` | everything except replication links |
-//! | `replication` | what `read` may; replication links (only for a replicate whose master's database is the certificate's: checked when the link opens, against the topology); and what a node's copy-job scheduler asks of the nodes it copies (`CopyTake`, written only into a set claimed in that node's own copy area) |
+//! | `replication` | what `read` may; replication links (only for a replicate whose master's database is the certificate's: checked when the link opens, against the topology); what a node's copy-job scheduler asks of the nodes it copies (`CopyTake`, written only into a set claimed in that node's own copy area); and a master's sync-down of a wiped replicate site (`AdminAdopt`, which only a node holding no topology takes) |
 //!
 //! `write` does not include `admin`, and `admin` no replication link: a
 //! link is a node's conversation, which only a node's certificate holds.
@@ -29,6 +29,9 @@ pub enum Need {
     Link,
     /// What a copy-job scheduler asks: `admin` or a node (`replication`).
     Copy,
+    /// A wiped site's topology, sent by its master's node: `admin` or a
+    /// node (`replication`). Only a node holding no topology takes it.
+    SyncDown,
 }
 
 impl Need {
@@ -39,7 +42,7 @@ impl Need {
             Need::Write => matches!(role, Role::Write | Role::Admin),
             Need::Admin => role == Role::Admin,
             Need::Link => role == Role::Replication,
-            Need::Copy => matches!(role, Role::Admin | Role::Replication),
+            Need::Copy | Need::SyncDown => matches!(role, Role::Admin | Role::Replication),
         }
     }
 
@@ -50,7 +53,7 @@ impl Need {
             Need::Write => "the write or admin role",
             Need::Admin => "the admin role",
             Need::Link => "a node's certificate (the replication role)",
-            Need::Copy => "the admin role or a node's certificate",
+            Need::Copy | Need::SyncDown => "the admin role or a node's certificate",
         }
     }
 }
@@ -77,6 +80,7 @@ pub fn needs(req: &Request) -> (Need, &'static str) {
             AdminRequest::AdminExport => (Read, "AdminExport"),
             AdminRequest::AdminPrepare { .. } => (Admin, "AdminPrepare"),
             AdminRequest::AdminInstall { .. } => (Admin, "AdminInstall"),
+            AdminRequest::AdminAdopt { .. } => (SyncDown, "AdminAdopt"),
         },
         Request::Operation(o) => match o {
             OperationRequest::TaskStatus => (Read, "TaskStatus"),

@@ -17,7 +17,33 @@ impl Node {
             AdminRequest::AdminInstall { topology, expect } => {
                 self.admin_install(topology, expect).await
             }
+            AdminRequest::AdminAdopt { topology } => self.admin_adopt(topology).await,
         }
+    }
+
+    /// A wiped site takes the topology its master's task sent, if it holds
+    /// none (see [`AdminRequest::AdminAdopt`]).
+    pub(super) async fn admin_adopt(self: &Arc<Self>, topology: String) -> Response {
+        let v = match parse_off_reactor(topology).await {
+            Ok(v) => v,
+            Err(e) => return Response::error(e),
+        };
+        let _guard = self.admin.lock().await;
+        if lock(&self.topology).is_some() {
+            return Response::error(Failure::new(
+                ErrorCode::Refused,
+                format!(
+                    "database {} holds a topology: only a site that holds none adopts one (etp admin apply changes a topology)",
+                    self.db.dbid()
+                ),
+            ));
+        }
+        let r = self.install(v).await;
+        if matches!(r, Response::Ok) {
+            tracing::warn!(database = %self.db.dbid(),
+                "sync-down: this uninitialized site took the topology its master sent; its files are created and its replicates are loaded from their masters");
+        }
+        r
     }
 
     pub(super) fn admin_export(&self) -> Response {

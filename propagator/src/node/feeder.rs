@@ -56,6 +56,8 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub(super) struct Ctx {
     pub db: Database,
+    /// The topology text this node serves.
+    pub topology: Arc<str>,
     pub master: MasterDef,
     pub def: TaskDef,
     pub log: Fnr,
@@ -110,6 +112,87 @@ pub(super) struct FeedState {
     pub hold: Option<(crate::catalog::Hold, Seq)>,
     /// Releases delivered since the node started.
     pub releases: u64,
+    /// A sync-down of the replicate's wiped site this feeder started.
+    pub sync_down: Option<SyncDown>,
+}
+
+/// A wiped replicate site being synced down (seed 000): from the topology
+/// sent to its settled backlog.
+#[derive(Clone, Debug)]
+pub(super) struct SyncDown {
+    pub since: Instant,
+    /// Since when its backlog has stayed at or under the task's threshold.
+    pub settled_since: Option<Instant>,
+    /// When completion was declared.
+    pub done: Option<Instant>,
+}
+
+impl SyncDown {
+    /// The sync-down's state, for people.
+    pub fn describe(&self, settle: Duration) -> String {
+        match (self.done, self.settled_since) {
+            (Some(d), _) => format!(
+                "complete after {:.1} s",
+                d.duration_since(self.since).as_secs_f64()
+            ),
+            (None, Some(t)) => format!(
+                "settling: backlog under the threshold for {:.1} s of {} s",
+                t.elapsed().as_secs_f64(),
+                settle.as_secs()
+            ),
+            (None, None) => format!(
+                "in progress for {:.1} s (files re-created, loading or catching up)",
+                self.since.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// A sync-down is declared complete once the replicate's backlog stays
+/// at or under this many log records ...
+pub(super) const SYNC_DOWN_BACKLOG: u64 = 1000;
+/// ... for this long (both overridden by the task's definition).
+pub(super) const SYNC_DOWN_SETTLE: Duration = Duration::from_secs(10);
+
+impl Ctx {
+    /// The task's sync-down completion rule: (backlog, settle time).
+    pub fn sync_down_rule(&self) -> (u64, Duration) {
+        (
+            self.def.sync_down_backlog.unwrap_or(SYNC_DOWN_BACKLOG),
+            self.def
+                .sync_down_settle_s
+                .map_or(SYNC_DOWN_SETTLE, Duration::from_secs),
+        )
+    }
+}
+
+/// Sends the topology to the replicate's wiped site, which takes it
+/// (`AdminAdopt`) and re-creates its files: the next link open finds a
+/// replicate that needs a load.
+pub(super) async fn sync_down(ctx: &Ctx, f: &Feeder) -> Result<(), Stop> {
+    let rep = &f.rep;
+    let mut conn = match tokio::time::timeout(
+        ACK_TIMEOUT,
+        Conn::connect_to(rep.address, DbId(rep.def.database)),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(link_err(e)),
+        Err(_) => {
+            return Err(Stop::Link(format!(
+                "connecting to {} timed out",
+                rep.address
+            )))
+        }
+    };
+    let req = Request::Admin(crate::wire::AdminRequest::AdminAdopt {
+        topology: ctx.topology.to_string(),
+    });
+    match timed("sending the topology to the wiped site", conn.call(&req)).await? {
+        Response::Ok => Ok(()),
+        other => Err(Stop::Link(conn.unexpected(&other, "Ok").to_string())),
+    }
 }
 
 pub(super) struct Feeder {

@@ -341,6 +341,7 @@ impl Node {
         let _owner = owner.lock().await;
         let db = self.db.clone();
         let cisn = Isn(u64::from(link.file.0));
+        let name = link.name.clone();
         let r = blocking(move || {
             let (rec, info) = db.read_with_info(link.confirmation, cisn, link.file)?;
             let current = match rec.as_ref().map(load_progress_from_record) {
@@ -435,6 +436,20 @@ impl Node {
                     if let Some(l) = conv.link.as_mut() {
                         l.damaged = false;
                     }
+                }
+                // What it applied, in this node's log every few seconds
+                // (its master's logs what it sent likewise), and its end.
+                let due = conv
+                    .load_said
+                    .is_none_or(|t| t.elapsed() >= super::load::PROGRESS_EVERY);
+                if to.is_none() {
+                    tracing::info!(replicate = %name, id = %progress.id, records = meta.count,
+                        chunks = progress.chunks, "load applied: the replicate confirms the load's snapshot");
+                    conv.load_said = None;
+                } else if due {
+                    tracing::info!(replicate = %name, id = %progress.id, records = progress.count,
+                        chunks = progress.chunks, next = %progress.next, "load progress applied");
+                    conv.load_said = Some(std::time::Instant::now());
                 }
                 Response::LoadAck {
                     progress,

@@ -53,6 +53,8 @@ const DEFAULT_CHUNK: usize = 16384;
 const MAX_CHUNK_BYTES: usize = 8 << 20;
 /// Chunks in flight.
 const LOAD_WINDOW: usize = 3;
+/// How often a load's progress is logged (on both sides), at most.
+pub(super) const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) enum Start {
     Begin(LoadOrder),
@@ -637,6 +639,7 @@ pub(super) async fn run_load(
     let mut stats = crate::database::LoadStats::default();
     let mut stop_rx = f.stop.subscribe();
     let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
+    let mut last_said = Instant::now();
     loop {
         if let Some(why) = &stopping {
             if inflight.is_empty() {
@@ -673,6 +676,17 @@ pub(super) async fn run_load(
                             if let Some(l) = st.load.as_mut() {
                                 l.loaded = p.count;
                                 l.chunks_this_run += 1;
+                                // Progress in the master's log, every few
+                                // seconds (the replicate's node logs what
+                                // it applied likewise).
+                                if last_said.elapsed() >= PROGRESS_EVERY {
+                                    last_said = Instant::now();
+                                    let secs = l.started.elapsed().as_secs_f64().max(1e-3);
+                                    tracing::info!(replicate = %name, id = %l.id,
+                                        scanned = l.scanned, total = l.total, loaded = l.loaded,
+                                        rows_per_s = (l.scanned as f64 / secs).round(),
+                                        "load progress");
+                                }
                             }
                         }
                         if to.is_none() {

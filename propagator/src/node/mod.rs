@@ -404,15 +404,12 @@ impl Node {
             if reps.is_empty() {
                 continue;
             }
-            let t = task::Task::start(
-                self.db.clone(),
-                m.clone(),
-                def,
-                reps,
-                self.control.clone(),
-                run,
-                &known,
-            );
+            let env = task::Env {
+                db: self.db.clone(),
+                control: self.control.clone(),
+                topology: Arc::from(v.text.as_str()),
+            };
+            let t = task::Task::start(env, m.clone(), def, reps, run, &known);
             tasks.insert(Fnr(m.file), Arc::new(t));
         }
     }
@@ -845,6 +842,8 @@ struct Conversation {
     /// A `Chain` transaction failed: the chained ones after it are refused
     /// until another session request.
     chain_failed: bool,
+    /// When this link's load progress was last logged.
+    load_said: Option<std::time::Instant>,
 }
 
 #[derive(Clone)]

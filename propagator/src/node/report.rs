@@ -130,6 +130,10 @@ impl Task {
                         release_at: *at,
                     }),
                     releases: s.releases,
+                    sync_down: s
+                        .sync_down
+                        .as_ref()
+                        .map(|d| d.describe(ctx.sync_down_rule().1)),
                 }
             })
             .collect();

@@ -109,11 +109,45 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             s.streaming = false;
             s.load = None;
         }
-        // A wiped site is retried as a lost link is, and reported as such.
+        // A wiped site is reported as such; in automatic policy it is
+        // synced down (its topology sent, then a load), else retried as a
+        // lost link is until an operator acts.
         let stop = match stop {
             Stop::Uninitialized(m) => {
                 if lock(&f.st).uninitialized.replace(m.clone()).is_none() {
                     tracing::error!(replicate = %name, reason = %m, "replicate's site is uninitialized");
+                }
+                if ctx.control.policy() == Policy::Automatic {
+                    match sync_down(&ctx, &f).await {
+                        Ok(()) => {
+                            let what = format!(
+                                "sync-down: the wiped site (database {}) took the topology and re-created its files; the replicate is loaded from the master next",
+                                f.rep.def.database
+                            );
+                            tracing::warn!(replicate = %name, "{what}");
+                            {
+                                let mut s = lock(&f.st);
+                                s.uninitialized = None;
+                                s.sync_down = Some(SyncDown {
+                                    since: Instant::now(),
+                                    settled_since: None,
+                                    done: None,
+                                });
+                            }
+                            let (c, n2) = (ctx.control.clone(), name.clone());
+                            if let Err(e) =
+                                blocking(move || c.update_replicate(&n2, |r| r.log("info", &what)))
+                                    .await
+                            {
+                                tracing::warn!(replicate = %name, error = %e, "cannot log the sync-down");
+                            }
+                            attempt = 0;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(replicate = %name, error = %e.reason(), "sync-down of the wiped site failed; retried");
+                        }
+                    }
                 }
                 Stop::Link(m)
             }
@@ -205,6 +239,15 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
                     ));
                     return;
                 }
+                let why = if lock(&f.st)
+                    .sync_down
+                    .as_ref()
+                    .is_some_and(|d| d.done.is_none())
+                {
+                    format!("sync-down of its wiped site: {why}")
+                } else {
+                    why
+                };
                 tracing::info!(replicate = %name, reason = %why, "loading the replicate (automatic policy)");
                 let c = ctx.control.clone();
                 let (n2, order) = (
@@ -233,6 +276,32 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             }
         }
     }
+}
+
+/// Whether a sync-down has settled: the replicate streaming, its backlog
+/// at or under the task's threshold for the task's settle time. Returns
+/// the completion, for the logs, once.
+fn sync_down_settled(ctx: &Ctx, f: &Feeder) -> Option<String> {
+    let (backlog, settle) = ctx.sync_down_rule();
+    let level = master_position(ctx).ok().flatten().map(|(last, _)| last);
+    let mut st = lock(&f.st);
+    let (confirmed, streaming) = (st.confirmed, st.streaming && st.load.is_none());
+    let d = st.sync_down.as_mut().filter(|d| d.done.is_none())?;
+    let lag = level.map_or(0, |l| l.0.saturating_sub(confirmed.0));
+    if !streaming || lag > backlog {
+        d.settled_since = None;
+        return None;
+    }
+    let since = *d.settled_since.get_or_insert_with(Instant::now);
+    if since.elapsed() < settle {
+        return None;
+    }
+    d.done = Some(Instant::now());
+    Some(format!(
+        "sync-down complete: its backlog stayed at or under {backlog} log records for {} s (confirmed seq {confirmed}, {lag} behind), {:.1} s after its site took the topology",
+        settle.as_secs(),
+        d.since.elapsed().as_secs_f64()
+    ))
 }
 
 /// Puts the replicate in error with `msg` (its error log and state), and
@@ -581,6 +650,11 @@ async fn stream(
     // Asked to stop before streaming began: the leader sends nothing.
     lock(&tail.side).open = stopping.is_none();
     loop {
+        // A sync-down not yet declared complete is checked twice a second.
+        let syncing = lock(&f.st)
+            .sync_down
+            .as_ref()
+            .is_some_and(|d| d.done.is_none());
         let (cursor, idle, can_send, blocked) = {
             let mut side = lock(&tail.side);
             if let Some(stop) = side.failed.take() {
@@ -608,6 +682,17 @@ async fn stream(
                 };
                 if stopping.is_some() {
                     lock(&tail.side).open = false;
+                }
+            }
+            _ = futures_util::future::OptionFuture::from(
+                syncing.then(|| tokio::time::sleep(Duration::from_millis(500)))
+            ), if syncing => {
+                if let Some(what) = sync_down_settled(ctx, f) {
+                    tracing::info!(replicate = %name, "{what}");
+                    let (c, n2) = (ctx.control.clone(), name.clone());
+                    if let Err(e) = blocking(move || c.update_replicate(&n2, |r| r.log("info", &what))).await {
+                        tracing::warn!(replicate = %name, error = %e, "cannot log the sync-down's end");
+                    }
                 }
             }
             // A batch the socket did not take at once: the rest of it, as

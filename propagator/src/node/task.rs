@@ -39,6 +39,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What every task of a node shares: its database, its control records,
+/// and the topology text it serves (sent to a wiped replicate site to sync
+/// it down).
+pub struct Env {
+    pub db: Database,
+    pub control: Arc<Control>,
+    pub topology: Arc<str>,
+}
+
 pub struct Task {
     pub(super) ctx: Arc<Ctx>,
     pub(super) feeders: Vec<Arc<Feeder>>,
@@ -48,16 +57,21 @@ impl Task {
     /// Starts the feeders (unless the policy or a replicate's state says
     /// not to); call inside a tokio runtime.
     pub fn start(
-        db: Database,
+        env: Env,
         master: MasterDef,
         def: TaskDef,
         reps: Vec<Replicate>,
-        control: Arc<Control>,
         run: bool,
         known: &BTreeMap<(String, u128), (Seq, FileMeta)>,
     ) -> Task {
+        let Env {
+            db,
+            control,
+            topology,
+        } = env;
         let ctx = Arc::new(Ctx {
             db,
+            topology,
             log: Fnr(master.log),
             window: def.window.map_or(DEFAULT_WINDOW, |w| w as usize),
             batch: def.batch.map_or(DEFAULT_BATCH, |b| b as usize),
