@@ -23,7 +23,7 @@ use crate::area::{Area, CopySet};
 use crate::error::{Error, Within};
 use crate::restore::{self, LogSource, OnProgress, Target};
 use propagator::medium::FsDir;
-use propagator::plog::survey::{survey, Survey};
+use propagator::plog::survey::{survey_keeping, Survey};
 use propagator::{Database, DbId, Fnr, Lsn};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,6 +87,8 @@ pub struct Recovered {
     /// Archived segments and copy sets after the recovered LSN, moved out
     /// of the way (another history).
     pub set_aside: Vec<String>,
+    /// With `--reapply`: the transactions after the damage re-applied.
+    pub reapplied: Option<Reapplied>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -363,6 +365,25 @@ pub fn recover(
     until: Until,
     on: OnProgress,
 ) -> Result<Recovered, Error> {
+    recover_with(data, area, into, until, false, on)
+}
+
+/// [`recover`]; with `reapply` and a log damaged in the middle, the client
+/// transactions read whole after the damage are then re-applied to the
+/// recovered database as new transactions ([`reapply_remnants`]).
+pub fn recover_with(
+    data: &Path,
+    area: Option<&Area>,
+    into: Option<&Path>,
+    until: Until,
+    reapply: bool,
+    on: OnProgress,
+) -> Result<Recovered, Error> {
+    if reapply && !matches!(until, Until::LastGood) {
+        return Err(Error::Refused(
+            "re-applying the transactions after a damage needs a recovery to the last good LSN (--to-last-good): a recovery stopped at an LSN or a time was told to leave out what follows".into(),
+        ));
+    }
     let dbid = Database::dbid_of(data).within(|| format!("cannot recover {}", data.display()))?;
     let data_abs = std::path::absolute(data).within(|| format!("{}", data.display()))?;
     let (target_dir, in_place) = match into {
@@ -376,7 +397,7 @@ pub fn recover(
         }
     };
     let gathered = gather(data, area, dbid, &target_dir)?;
-    let log = survey(&FsDir::new(&gathered.dir), dbid)
+    let log = survey_keeping(&FsDir::new(&gathered.dir), dbid, reapply)
         .map_err(propagator::DbError::from)
         .within(|| format!("cannot read the protection log of database {dbid}"))?;
     let lsn = target_lsn(&log, until)?;
@@ -507,6 +528,20 @@ pub fn recover(
         new.finish(written).map_err(Error::from)
     };
     built?;
+    // The client transactions read whole after the damage, re-applied
+    // where they still fit (their before-images are what the recovered
+    // database holds).
+    let reapplied = match (&log.damage, reapply) {
+        (Some(d), true) => {
+            let (db, _) = Database::open(&target_dir)
+                .within(|| format!("cannot open {}", target_dir.display()))?;
+            let r = reapply_remnants(&db, &d.commits);
+            db.close()
+                .within(|| format!("cannot close {}", target_dir.display()))?;
+            Some(r.within(|| "re-applying the transactions after the damage".to_string())?)
+        }
+        _ => None,
+    };
     let reached = lsn;
     // What the log holds after the recovered LSN: commits before the
     // damage the recovery was told to stop short of, and those read after
@@ -583,7 +618,101 @@ pub fn recover(
         },
         archived: settled.archived,
         set_aside: settled.set_aside,
+        reapplied,
     })
+}
+
+/// What re-applying the transactions after a damage did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Reapplied {
+    /// (old LSN, new LSN): re-applied as a new transaction.
+    pub done: Vec<(Lsn, Lsn)>,
+    /// Not re-applied: a record it changed is not what it found then (a
+    /// transaction lost in the damage, or one not re-applied, changed it).
+    pub conflicts: Vec<Conflict>,
+    /// Not client transactions (definitions, replicated or restored
+    /// changes, engine records): not re-applied; their files are
+    /// recovered by their own means (a replicate by its master).
+    pub skipped: Vec<Lsn>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Conflict {
+    pub lsn: Lsn,
+    pub file: Fnr,
+    pub isn: propagator::Isn,
+    pub why: String,
+}
+
+/// Re-applies `commits` (read whole after a damage, in LSN order) to
+/// `db` as new transactions, each whole or not at all: a transaction runs
+/// only if every record it changed still holds its before-image (absent
+/// for a store), and then sets each to its after-image (a master's change
+/// derives its log record as any client's does, so replicates get it).
+/// Its client id goes with it, so a client rerunning it from its journal
+/// is told it committed.
+pub fn reapply_remnants(
+    db: &Database,
+    commits: &[propagator::plog::Commit],
+) -> Result<Reapplied, propagator::DbError> {
+    use propagator::record::{decode_record, Value};
+    let mut out = Reapplied::default();
+    'commit: for c in commits {
+        let client = !c.changes.is_empty()
+            && c.catalog.is_empty()
+            && c.changes
+                .iter()
+                .all(|ch| db.file(ch.fnr).is_ok_and(|d| d.role.client_writable()));
+        if !client {
+            out.skipped.push(c.lsn);
+            continue;
+        }
+        let mut s = db.session();
+        for ch in &c.changes {
+            let now = db.read(ch.fnr, ch.isn)?;
+            // Compared as records (an encoding may differ in bytes).
+            let found = match (&now, &ch.before) {
+                (None, None) => true,
+                (Some(x), Some(b)) => decode_record(b).is_ok_and(|y| *x == y),
+                _ => false,
+            };
+            if !found {
+                s.bt();
+                out.conflicts.push(Conflict {
+                    lsn: c.lsn,
+                    file: ch.fnr,
+                    isn: ch.isn,
+                    why: match (&now, &ch.before) {
+                        (None, Some(_)) => "the record it changed is gone".into(),
+                        (Some(_), None) => "the record it stored exists".into(),
+                        _ => "the record it changed holds another value".into(),
+                    },
+                });
+                continue 'commit;
+            }
+            let bad = |source| propagator::DbError::BadRecord {
+                fnr: ch.fnr,
+                source,
+            };
+            match (&ch.before, &ch.after) {
+                (_, None) => s.delete(ch.fnr, ch.isn)?,
+                (None, Some(a)) => {
+                    s.store(ch.fnr, Some(ch.isn), decode_record(a).map_err(bad)?)?;
+                }
+                (Some(b), Some(a)) => {
+                    // The after-image, with a null for each field it dropped.
+                    let mut patch = decode_record(a).map_err(bad)?;
+                    for k in decode_record(b).map_err(bad)?.keys() {
+                        patch.entry(k.clone()).or_insert(Value::Null);
+                    }
+                    s.update(ch.fnr, ch.isn, patch)?;
+                }
+            }
+        }
+        let info = s.et(c.client_id.clone())?;
+        out.done.push((c.lsn, info.lsn));
+    }
+    Ok(out)
 }
 
 /// What the recovery did to the copy area so the recovered database's

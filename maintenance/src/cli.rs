@@ -795,6 +795,12 @@ pub enum DbCommand {
         /// (the commits after it are named as lost).
         #[arg(long, group = "until")]
         to_last_good: bool,
+        /// With --to-last-good: re-apply the client transactions read whole
+        /// after the damage as new transactions (with their client ids),
+        /// each only if every record it changed still holds what it found
+        /// then; the others are named.
+        #[arg(long, requires = "to_last_good")]
+        reapply: bool,
         /// Print JSON (progress events, then the result) instead of text.
         #[arg(long)]
         json: bool,

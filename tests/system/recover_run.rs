@@ -1635,6 +1635,7 @@ fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log
         records()
     );
     s.cl.nodes[0].restart().expect("restart");
+    s.cl.wait_converged(CONVERGE).expect("converged");
     // Its node back, the run takes the step as done and ends verified.
     let (code, events) = run(&[]);
     assert_eq!(code, Some(0), "{events:?}");
@@ -1685,12 +1686,16 @@ fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log
     let (code, out, err, _) = db_recover(&s, &[]);
     assert_eq!(code, Some(2), "{out}\n{err}");
     assert!(err.contains("--to-last-good"), "{err}");
-    let (code, out, err, secs) = db_recover(&s, &["--to-last-good"]);
+    let (code, out, err, secs) = db_recover(&s, &["--to-last-good", "--reapply"]);
     assert_eq!(code, Some(1), "{out}\n{err}");
     assert!(
         out.contains("LOST: LSNs") && out.contains("(files 10, 11"),
         "{out}"
     );
+    // The transactions read whole after the damage are re-applied where
+    // they still fit, or named (issue 21 item 9; the rules are
+    // backup's `the_transactions_read_whole_after_a_damage_…`).
+    assert!(out.contains("REAPPLIED"), "{out}");
     eprintln!(
         "FIGURE db-recover-last-good: records={} recover_s={secs:.2}",
         records()
@@ -1982,6 +1987,18 @@ fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
             && site.contains("load applied"),
         "{site}"
     );
+    // A site that holds a topology takes none this way.
+    let text = ok(&etp(&["admin", "export", "--node", &s.m()]));
+    let mut c = propagator::node::client::Client::connect(s.cl.nodes[2].addr).expect("client");
+    match c.call(&propagator::wire::Request::Admin(
+        propagator::wire::AdminRequest::AdminAdopt { topology: text },
+    )) {
+        Err(propagator::node::client::ClientError::Remote { code, message, .. }) => {
+            assert_eq!(code, propagator::wire::ErrorCode::Refused, "{message}");
+            assert!(message.contains("holds a topology"), "{message}");
+        }
+        other => panic!("AdminAdopt on an initialized site answered {other:?}"),
+    }
     s.cl.wait_converged(CONVERGE).expect("converged");
     s.prove();
     eprintln!(

@@ -32,8 +32,18 @@ pub fn run(c: DbCommand) -> anyhow::Result<Outcome> {
             to_lsn,
             to_time,
             to_last_good,
+            reapply,
             json,
-        } => recover(data, area, into, to_lsn, to_time, to_last_good, json),
+        } => recover(
+            data,
+            area,
+            into,
+            to_lsn,
+            to_time,
+            to_last_good,
+            reapply,
+            json,
+        ),
         DbCommand::Status { data, json } => {
             let db = open_or_context(&data.data)?;
             super::file::print_files(&db, json);
@@ -123,9 +133,10 @@ fn recover(
     to_lsn: Option<u64>,
     to_time: Option<String>,
     to_last_good: bool,
+    reapply: bool,
     json: bool,
 ) -> anyhow::Result<Outcome> {
-    use backup::recover_db::{recover, Until};
+    use backup::recover_db::{recover_with, Until};
     let until = match (to_lsn, to_time, to_last_good) {
         (Some(l), _, _) => Until::Lsn(propagator::Lsn(l)),
         (_, Some(t), _) => Until::Time(
@@ -143,9 +154,14 @@ fn recover(
         None => None,
     };
     let mut sink = output::ProgressSink::new(json);
-    let r = recover(&data, area.as_ref(), into.as_deref(), until, &mut |p| {
-        sink.on(p)
-    });
+    let r = recover_with(
+        &data,
+        area.as_ref(),
+        into.as_deref(),
+        until,
+        reapply,
+        &mut |p| sink.on(p),
+    );
     drop(sink);
     let r = r?;
     if json {
@@ -189,6 +205,27 @@ fn recover(
                     None => "after the LSN asked for".into(),
                 }
             );
+        }
+        if let Some(ra) = &r.reapplied {
+            for (old, new) in &ra.done {
+                println!("  REAPPLIED: LSN {old} as LSN {new}");
+            }
+            for c in &ra.conflicts {
+                println!(
+                    "  NOT REAPPLIED: LSN {} (file {} isn {}: {})",
+                    c.lsn, c.file, c.isn, c.why
+                );
+            }
+            if !ra.skipped.is_empty() {
+                println!(
+                    "  NOT REAPPLIED (not client transactions): LSNs {}",
+                    ra.skipped
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
         }
         if !r.not_recovered.is_empty() {
             println!(

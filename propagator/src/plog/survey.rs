@@ -31,6 +31,10 @@ pub struct Damage {
     /// The commits read after the damage (frames that are whole on their
     /// own): lost to a recovery that stops at `last_good`.
     pub after: Vec<LostCommit>,
+    /// Those commits themselves, in LSN order, when the survey was asked
+    /// to keep them ([`survey_keeping`]): what a recovery may re-apply.
+    #[serde(skip)]
+    pub commits: Vec<super::Commit>,
 }
 
 /// A commit past the damage.
@@ -60,6 +64,12 @@ impl Damage {
 
 /// Reads the whole log in `dir`.
 pub fn survey(dir: &dyn MediumDir, dbid: DbId) -> Result<Survey, LogError> {
+    survey_keeping(dir, dbid, false)
+}
+
+/// [`survey`], keeping the commits read after a damage in the middle
+/// (`keep`) in [`Damage::commits`].
+pub fn survey_keeping(dir: &dyn MediumDir, dbid: DbId, keep: bool) -> Result<Survey, LogError> {
     let segs = open_segments_readonly(dir, dbid)?;
     let first = segs.first().map(|s| s.header.first_lsn).unwrap_or(Lsn(1));
     let mut scan = LogScan::new(&segs, 0);
@@ -102,9 +112,13 @@ pub fn survey(dir: &dyn MediumDir, dbid: DbId) -> Result<Survey, LogError> {
         });
     }
     let mut after = Vec::new();
+    let mut commits = Vec::new();
     let mut note = |e: PlogEntry| {
         if let PlogEntry::Commit(c) = e {
             if c.lsn > last_good {
+                if keep {
+                    commits.push(c.clone());
+                }
                 after.push(LostCommit {
                     lsn: c.lsn,
                     time_us: c.time_us,
@@ -130,6 +144,8 @@ pub fn survey(dir: &dyn MediumDir, dbid: DbId) -> Result<Survey, LogError> {
     }
     after.sort_by_key(|c| c.lsn);
     after.dedup_by_key(|c| c.lsn);
+    commits.sort_by_key(|c| c.lsn);
+    commits.dedup_by_key(|c| c.lsn);
     Ok(Survey {
         first,
         last_good,
@@ -139,6 +155,7 @@ pub fn survey(dir: &dyn MediumDir, dbid: DbId) -> Result<Survey, LogError> {
             offset: f.offset,
             reason: f.reason,
             after,
+            commits,
         }),
     })
 }

@@ -154,6 +154,27 @@ pub enum DownKind {
     PathFault,
 }
 
+impl DownKind {
+    /// How a database the tool could not reach is down, from the tool's
+    /// own attempt (`refused`: its address refused the connection) and
+    /// what every node that answers found when it tried.
+    pub fn judge(refused: bool, peers: &[&propagator::wire::ReachReport]) -> DownKind {
+        if peers.iter().any(|r| r.reached) {
+            // Another node reaches it: it runs; only the tool's path is cut.
+            DownKind::CutOffFromTool
+        } else if !peers.is_empty() && peers.iter().all(|r| r.refused) {
+            // Every node that tried was refused: stopped, whatever the
+            // tool's own path said.
+            DownKind::Stopped
+        } else if refused && peers.iter().all(|r| r.refused) {
+            // Nobody else could say; its address refused the tool.
+            DownKind::Stopped
+        } else {
+            DownKind::PathFault
+        }
+    }
+}
+
 /// A database the tool could not reach, and what its peers say of it.
 #[derive(Clone, Debug)]
 pub struct Down {
@@ -438,15 +459,9 @@ impl LiveProbes {
                     d.peers.push((*from, r));
                 }
             }
-            if d.peers.iter().any(|(_, r)| r.reached) {
-                d.kind = DownKind::CutOffFromTool;
-            } else if !d.peers.is_empty() && d.peers.iter().all(|(_, r)| r.refused) {
-                // Every node that tried was refused: stopped, whatever the
-                // tool's own path said.
-                d.kind = DownKind::Stopped;
-            } else if d.kind == DownKind::Stopped && d.peers.iter().any(|(_, r)| !r.refused) {
-                d.kind = DownKind::PathFault;
-            }
+            let peers: Vec<&propagator::wire::ReachReport> =
+                d.peers.iter().map(|(_, r)| r).collect();
+            d.kind = DownKind::judge(d.kind == DownKind::Stopped, &peers);
         }
         // Each node's catalog, read once.
         let mut catalogs: BTreeMap<DbId, Vec<propagator::FileDef>> = BTreeMap::new();
@@ -974,5 +989,50 @@ impl Answers for LiveProbes {
             },
             NodeKind::Leaf(_) => Answer::unanswerable("not a question"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DownKind;
+    use propagator::wire::ReachReport;
+
+    fn peer(reached: bool, refused: bool) -> ReachReport {
+        ReachReport {
+            database: propagator::DbId(3),
+            address: "127.0.0.1:7403".into(),
+            reached,
+            refused,
+            reason: (!reached).then(|| "no".into()),
+        }
+    }
+
+    /// The three ways a database the tool cannot reach is down. (The
+    /// stopped node and the cut link run as system tests; a path cut from
+    /// the tool alone is this table's.)
+    #[test]
+    fn a_database_out_of_the_tools_reach_is_judged_by_its_peers() {
+        let (reached, refused, cut) = (peer(true, false), peer(false, true), peer(false, false));
+        let cases: &[(bool, Vec<&ReachReport>, DownKind)] = &[
+            // Another node reaches it: it runs, only the tool is cut off.
+            (false, vec![&reached], DownKind::CutOffFromTool),
+            (true, vec![&refused, &reached], DownKind::CutOffFromTool),
+            // Everyone refused: stopped.
+            (true, vec![&refused, &refused], DownKind::Stopped),
+            (false, vec![&refused], DownKind::Stopped),
+            (true, vec![], DownKind::Stopped),
+            // Refused to the tool, but a node's path fails otherwise: a
+            // link fault, not a stopped node.
+            (true, vec![&refused, &cut], DownKind::PathFault),
+            (false, vec![&cut], DownKind::PathFault),
+            (false, vec![], DownKind::PathFault),
+        ];
+        for (tool_refused, peers, want) in cases {
+            assert_eq!(
+                DownKind::judge(*tool_refused, peers),
+                *want,
+                "tool refused: {tool_refused}, peers: {peers:?}"
+            );
+        }
     }
 }
