@@ -779,6 +779,7 @@ fn a_restored_replicate_is_locked_until_it_confirms_its_masters_level() {
     ]));
     assert_eq!(out.lines().count(), 2000);
     // Fed again: it announces its level, catches up, and is released.
+    let t = std::time::Instant::now();
     ok(&etp(&["policy", "set", "automatic", "--node", &m]));
     let text = wait_for("the restored replicate released", LIMIT, || {
         let text = crate::metrics::scrape(metrics).ok()?;
@@ -791,6 +792,10 @@ fn a_restored_replicate_is_locked_until_it_confirms_its_masters_level() {
         released.then_some(text)
     });
     assert!(text.contains("etp_replicate_held"), "{text}");
+    eprintln!(
+        "FIGURE restored-replica-released: records=2000 behind=300 release_s={:.2}",
+        t.elapsed().as_secs_f64()
+    );
     let log = ok(&etp(&["replicate", "errors", "items_full", "--node", &m]));
     assert!(
         log.contains("restored replicate announces incarnation")

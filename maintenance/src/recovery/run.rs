@@ -342,7 +342,7 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                         still_down.join("; ")
                     ),
                     Some(Action::RecoverDatabase) => format!(
-                        "rebuild {} (stopped: {}) on its host: `etp db recover --data DIR --area AREA` (in place, the damaged directory kept; --to-last-good if its protection log is damaged too), start its node, then run again",
+                        "rebuild {} (stopped: {}) on its host: `etp db recover --data DIR --area AREA` (in place, the damaged directory kept; `--to-last-good --reapply` if its protection log is damaged too: the transactions read whole after the damage are re-applied where they still fit), start its node, then run again",
                         b.targets
                             .iter()
                             .map(Target::describe)
