@@ -669,7 +669,8 @@ pub fn reapply_remnants(
         }
         let mut s = db.session();
         for ch in &c.changes {
-            let now = db.read(ch.fnr, ch.isn)?;
+            // As this transaction sees it (a record it changes twice).
+            let now = s.read(ch.fnr, ch.isn)?;
             // Compared as records (an encoding may differ in bytes).
             let found = match (&now, &ch.before) {
                 (None, None) => true,
@@ -694,23 +695,45 @@ pub fn reapply_remnants(
                 fnr: ch.fnr,
                 source,
             };
-            match (&ch.before, &ch.after) {
-                (_, None) => s.delete(ch.fnr, ch.isn)?,
-                (None, Some(a)) => {
-                    s.store(ch.fnr, Some(ch.isn), decode_record(a).map_err(bad)?)?;
-                }
+            let done = match (&ch.before, &ch.after) {
+                (_, None) => s.delete(ch.fnr, ch.isn),
+                (None, Some(a)) => decode_record(a)
+                    .map_err(bad)
+                    .and_then(|r| s.store(ch.fnr, Some(ch.isn), r).map(|_| ())),
                 (Some(b), Some(a)) => {
                     // The after-image, with a null for each field it dropped.
-                    let mut patch = decode_record(a).map_err(bad)?;
-                    for k in decode_record(b).map_err(bad)?.keys() {
-                        patch.entry(k.clone()).or_insert(Value::Null);
-                    }
-                    s.update(ch.fnr, ch.isn, patch)?;
+                    decode_record(a)
+                        .and_then(|mut patch| {
+                            for k in decode_record(b)?.keys() {
+                                patch.entry(k.clone()).or_insert(Value::Null);
+                            }
+                            Ok(patch)
+                        })
+                        .map_err(bad)
+                        .and_then(|patch| s.update(ch.fnr, ch.isn, patch))
                 }
+            };
+            // Refused (a schema, a limit): named, and the others go on.
+            if let Err(e) = done {
+                s.bt();
+                out.conflicts.push(Conflict {
+                    lsn: c.lsn,
+                    file: ch.fnr,
+                    isn: ch.isn,
+                    why: format!("refused: {e}"),
+                });
+                continue 'commit;
             }
         }
-        let info = s.et(c.client_id.clone())?;
-        out.done.push((c.lsn, info.lsn));
+        match s.et(c.client_id.clone()) {
+            Ok(info) => out.done.push((c.lsn, info.lsn)),
+            Err(e) => out.conflicts.push(Conflict {
+                lsn: c.lsn,
+                file: c.changes[0].fnr,
+                isn: c.changes[0].isn,
+                why: format!("its commit was refused: {e}"),
+            }),
+        }
     }
     Ok(out)
 }

@@ -124,7 +124,7 @@ pub const STANDARD_PROBES: &[(&str, &str)] = &[
     // triage
     ("databases_restarted", "every database involved has finished its start-up PLOG replay (open transactions backed out, committed ones redone) and is open: none is stopped (its address refusing the tool and every node that tried); one cut off by a link fault counts as running (case 1)"),
     ("stopped_databases_open", "each stopped database opens when its node is started (presumed yes: only a start tells; an operator answers no for a node that exits with 'cannot open database')"),
-    ("master_database_lost", "a stopped database holds a master of which the copy catalog holds no copy set, so neither copies nor the protection log can rebuild it (unanswerable without a copy area)"),
+    ("master_database_lost", "a stopped database holds a master of which the copy catalog holds no copy set (unanswerable without a copy area); its protection log is on the stopped database's disk, out of the tool's reach: an operator whose log reaches back to LSN 1 (db recover rebuilds from the log alone) answers no"),
     ("admin_damaged", "the administration file cannot be opened, fails its digest check, or its definitions contradict the files present"),
     ("master_damaged", "a master file (or its database's page store) cannot be opened or its digest disagrees with the PLOG: damaged, not merely unreachable"),
     ("log_damaged", "the master's log file cannot be opened, fails its digest, has a seq gap, or its last entry's master digest disagrees with the master"),

@@ -78,7 +78,7 @@ impl fmt::Display for Role {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct FileDef {
     pub fnr: Fnr,
     pub name: String,
@@ -87,10 +87,11 @@ pub struct FileDef {
     /// proved yet (why it began): the file is damaged until then, across
     /// restarts, since what it holds may be part copy, part old content.
     ///
-    /// Encoded as a sequence (rmp's compact form), so neither this field
-    /// nor the next is ever skipped: an entry written before they existed
-    /// decodes (missing trailing fields take their defaults), and one
-    /// with a hold but no restore keeps its fields in their places.
+    /// Encoded as a sequence (rmp's compact form): trailing fields that
+    /// are `None` are left out (so an entry with neither is byte for byte
+    /// what it was before they existed, which an older binary reads), a
+    /// field before one that is set is written as nil; missing trailing
+    /// fields decode as their defaults.
     #[serde(default)]
     pub restoring: Option<String>,
     /// A replicate file that serves no current reads (see [`Hold`]):
@@ -98,6 +99,28 @@ pub struct FileDef {
     /// at its master. Only its replication task clears it.
     #[serde(default)]
     pub hold: Option<Hold>,
+}
+
+impl Serialize for FileDef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let n = match (&self.restoring, &self.hold) {
+            (_, Some(_)) => 5,
+            (Some(_), None) => 4,
+            (None, None) => 3,
+        };
+        let mut st = s.serialize_struct("FileDef", n)?;
+        st.serialize_field("fnr", &self.fnr)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("role", &self.role)?;
+        if n >= 4 {
+            st.serialize_field("restoring", &self.restoring)?;
+        }
+        if n == 5 {
+            st.serialize_field("hold", &self.hold)?;
+        }
+        st.end()
+    }
 }
 
 /// Why a replicate file serves no current reads: a client that reads it
@@ -271,7 +294,21 @@ mod tests {
         })
         .expect("encode");
         let def: FileDef = rmp_serde::from_slice(&old).expect("an old entry decodes");
-        assert_eq!((def.restoring, def.hold), (None, None));
+        assert_eq!((def.restoring.clone(), def.hold.clone()), (None, None));
+        // Written again, it is the same bytes (an older binary reads it).
+        assert_eq!(rmp_serde::to_vec(&def).expect("encode"), old);
+        let restoring = FileDef {
+            restoring: Some("copy set 1".into()),
+            ..def.clone()
+        };
+        let b = rmp_serde::to_vec(&restoring).expect("encode");
+        assert_eq!(
+            rmp_serde::from_slice::<FileDef>(&b).expect("decode"),
+            restoring
+        );
+        // JSON (reports) takes the same shape.
+        let j = serde_json::to_string(&def).expect("json");
+        assert_eq!(serde_json::from_str::<FileDef>(&j).expect("json"), def);
         let held = FileDef {
             fnr: Fnr(20),
             name: "items_full".into(),

@@ -497,10 +497,15 @@ pub enum LinkRequest {
     /// Link: holds the replicate (it serves no current reads: shunned or
     /// in error at its master), or with `None` releases it, which the
     /// replicate allows only once its confirmation is at `level` (the
-    /// master's level when the link opened) or beyond. Answered `Ok`.
+    /// master's level when the link opened) or beyond, and only if its
+    /// hold is still `releasing` (the one it announced then: a hold set
+    /// since, a shun or an error, is not cleared by a late release).
+    /// Answered `Ok`.
     Hold {
         hold: Option<crate::catalog::Hold>,
         level: Seq,
+        #[serde(default)]
+        releasing: Option<crate::catalog::Hold>,
     },
 }
 
@@ -853,8 +858,9 @@ pub struct ReplicateReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeldReport {
     pub hold: crate::catalog::Hold,
-    /// Released once it confirms this seq.
-    pub release_at: Seq,
+    /// Released once it confirms this seq (None: shunned or in error, not
+    /// fed, until an operator acts).
+    pub release_at: Option<Seq>,
 }
 
 /// A load as its feeder sees it.

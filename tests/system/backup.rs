@@ -7,8 +7,8 @@ use maintenance::cluster::{Cluster, FULL, MASTER};
 use propagator::node::client::Client;
 use propagator::record::encode_record;
 use propagator::wire::ReadRequest;
-use propagator::wire::{Command, Request, Response};
-use propagator::{Fnr, Isn, LogRecord, Record, Value};
+use propagator::wire::{Command, LinkRequest, Request, Response};
+use propagator::{Fnr, Isn, LogRecord, Record, Seq, Value};
 use serde_bytes::ByteBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -770,6 +770,45 @@ fn a_restored_replicate_is_locked_until_it_confirms_its_masters_level() {
             assert_eq!(code, propagator::wire::ErrorCode::Held)
         }
         other => panic!("a read of the locked replicate answered {other:?}"),
+    }
+    // Only a release at (or below) what it confirms, of the hold it has,
+    // clears it: one for a level it has not reached is refused, as is one
+    // naming another hold.
+    // (A link is a node's conversation: the master's certificate.)
+    let mut lc = Client::connect_with(
+        cl.nodes[1].addr,
+        &propagator::net::Transport::Tls(etp_system_tests::credentials("db1")),
+    )
+    .expect("the master's certificate");
+    let held = match lc.call(&Request::Link(LinkRequest::LinkOpen {
+        replicate: "items_full".into(),
+        file: Fnr(20),
+        confirmation: Fnr(21),
+        master_db: propagator::DbId(1),
+        master: Fnr(10),
+    })) {
+        Ok(Response::Link(state)) => state.hold.expect("it announces its hold"),
+        other => panic!("link open answered {other:?}"),
+    };
+    assert_eq!(held.kind, propagator::catalog::HoldKind::Restored);
+    for (level, releasing, words) in [
+        (
+            Seq(level.0 + 1_000_000),
+            Some(held.clone()),
+            "released only at its master's level",
+        ),
+        (Seq(1), None, "held differently now"),
+    ] {
+        match lc.call(&Request::Link(LinkRequest::Hold {
+            hold: None,
+            level,
+            releasing,
+        })) {
+            Err(propagator::node::client::ClientError::Remote { message, .. }) => {
+                assert!(message.contains(words), "{message}")
+            }
+            other => panic!("a premature release answered {other:?}"),
+        }
     }
     // A stale read gets the copy's content: record 1 as it was copied.
     let old = rc.read(Fnr(20), Isn(1), true).expect("stale read");

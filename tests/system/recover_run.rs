@@ -1942,6 +1942,33 @@ fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
     let t = Instant::now();
     s.cl.nodes[2].restart().expect("restart empty");
     s.store(1..=10, 66);
+    // Writes go on all along, a transaction every 50 ms: acknowledgements
+    // keep arriving while the backlog settles.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, addr) = (stop.clone(), s.cl.nodes[0].addr);
+        std::thread::spawn(move || {
+            let mut c = propagator::node::client::Client::connect(addr).expect("client");
+            let mut k = 5000u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let cmds = vec![
+                    Command::Store {
+                        file: MASTER,
+                        isn: Some(Isn(k)),
+                        fields: encoded(&rec(k, 67)),
+                    },
+                    Command::Et { id: None },
+                ];
+                match c.batch(cmds) {
+                    Ok(Response::Committed(_)) => {}
+                    other => panic!("commit refused: {other:?}"),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            k
+        })
+    };
     let log = etp_system_tests::wait_for("the sync-down declared complete", CONVERGE, || {
         let log = ok(&etp(&[
             "replicate",
@@ -1953,6 +1980,11 @@ fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
         log.contains("sync-down complete").then_some(log)
     });
     let secs = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = writer.join().expect("the writer");
+    for k in 5001..=last {
+        s.model.insert(k, 67);
+    }
     assert!(
         log.contains("took the topology") && log.contains("for 2 s"),
         "{log}"
@@ -1987,17 +2019,39 @@ fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
             && site.contains("load applied"),
         "{site}"
     );
-    // A site that holds a topology takes none this way.
+    // A site that holds a topology takes none this way; and a node's
+    // certificate sends one only to a database it masters a replicate on
+    // (database 2's masters none of database 3's).
     let text = ok(&etp(&["admin", "export", "--node", &s.m()]));
-    let mut c = propagator::node::client::Client::connect(s.cl.nodes[2].addr).expect("client");
-    match c.call(&propagator::wire::Request::Admin(
-        propagator::wire::AdminRequest::AdminAdopt { topology: text },
-    )) {
-        Err(propagator::node::client::ClientError::Remote { code, message, .. }) => {
-            assert_eq!(code, propagator::wire::ErrorCode::Refused, "{message}");
-            assert!(message.contains("holds a topology"), "{message}");
+    let adopt = propagator::wire::Request::Admin(propagator::wire::AdminRequest::AdminAdopt {
+        topology: text,
+    });
+    for (who, code, words) in [
+        (
+            "admin",
+            propagator::wire::ErrorCode::Refused,
+            "holds a topology",
+        ),
+        (
+            "db2",
+            propagator::wire::ErrorCode::NotAllowed,
+            "only for a replicate its database masters",
+        ),
+    ] {
+        let mut c = propagator::node::client::Client::connect_with(
+            s.cl.nodes[2].addr,
+            &propagator::net::Transport::Tls(etp_system_tests::credentials(who)),
+        )
+        .expect("client");
+        match c.call(&adopt) {
+            Err(propagator::node::client::ClientError::Remote {
+                code: got, message, ..
+            }) => {
+                assert_eq!(got, code, "{who}: {message}");
+                assert!(message.contains(words), "{who}: {message}");
+            }
+            other => panic!("AdminAdopt from {who} answered {other:?}"),
         }
-        other => panic!("AdminAdopt on an initialized site answered {other:?}"),
     }
     s.cl.wait_converged(CONVERGE).expect("converged");
     s.prove();

@@ -122,14 +122,14 @@ fn print_reports(reps: &[(String, ReplicateReport)], json: bool) {
                 state.push_str(&format!("; sync-down {d}"));
             }
             if let Some(h) = &r.held {
-                state.push_str(&format!(
-                    "; {} until it confirms seq {}",
-                    match h.hold.kind {
-                        propagator::catalog::HoldKind::Restored => "locked",
-                        _ => "no current reads",
-                    },
-                    h.release_at
-                ));
+                let what = match h.hold.kind {
+                    propagator::catalog::HoldKind::Restored => "locked",
+                    _ => "no current reads",
+                };
+                state.push_str(&match h.release_at {
+                    Some(at) => format!("; {what} until it confirms seq {at}"),
+                    None => format!("; {what}"),
+                });
             }
             let lag = format!(
                 "{} rec, {}{} B, {}",

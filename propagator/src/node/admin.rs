@@ -10,24 +10,56 @@ use crate::wire::AdminRequest;
 pub const COPY_JOBS_ISN: Isn = Isn(3);
 
 impl Node {
-    pub(super) async fn admin(self: &Arc<Self>, r: AdminRequest) -> Response {
+    pub(super) async fn admin(
+        self: &Arc<Self>,
+        r: AdminRequest,
+        who: Option<&crate::net::Identity>,
+    ) -> Response {
         match r {
             AdminRequest::AdminExport => self.admin_export(),
             AdminRequest::AdminPrepare { topology } => self.admin_prepare(topology).await,
             AdminRequest::AdminInstall { topology, expect } => {
                 self.admin_install(topology, expect).await
             }
-            AdminRequest::AdminAdopt { topology } => self.admin_adopt(topology).await,
+            AdminRequest::AdminAdopt { topology } => self.admin_adopt(topology, who).await,
         }
     }
 
     /// A wiped site takes the topology its master's task sent, if it holds
     /// none (see [`AdminRequest::AdminAdopt`]).
-    pub(super) async fn admin_adopt(self: &Arc<Self>, topology: String) -> Response {
+    pub(super) async fn admin_adopt(
+        self: &Arc<Self>,
+        topology: String,
+        who: Option<&crate::net::Identity>,
+    ) -> Response {
         let v = match parse_off_reactor(topology).await {
             Ok(v) => v,
             Err(e) => return Response::error(e),
         };
+        // A node's certificate sends it only for a replicate it masters on
+        // this database (by the topology it sends); an administrator's
+        // certificate (or plain loopback) may send any.
+        if let Some(who) = who.filter(|w| w.role == crate::net::Role::Replication) {
+            let me = self.db.dbid().0;
+            let masters_here = who.db.is_some_and(|d| {
+                v.replicates
+                    .iter()
+                    .any(|r| r.def.database == me && r.def.master_database == d.0)
+            });
+            if !masters_here {
+                self.conns
+                    .not_allowed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(certificate = %who.name, "topology for a sync-down refused: its sender masters no replicate of this database");
+                return Response::error(Failure::new(
+                    ErrorCode::NotAllowed,
+                    format!(
+                        "certificate {} may send a topology to database {me} only for a replicate its database masters there",
+                        who.name
+                    ),
+                ));
+            }
+        }
         let _guard = self.admin.lock().await;
         if lock(&self.topology).is_some() {
             return Response::error(Failure::new(

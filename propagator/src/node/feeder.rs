@@ -108,8 +108,9 @@ pub(super) struct FeedState {
     /// (the first loss is logged as a warning, its end too).
     pub down: Option<(Instant, u32)>,
     /// The replicate serves no current reads (it said so at the last link
-    /// open), and the master's level it is released at.
-    pub hold: Option<(crate::catalog::Hold, Seq)>,
+    /// open, or this feeder told it so), and the master's level it is
+    /// released at (None: shunned or in error, not released).
+    pub hold: Option<(crate::catalog::Hold, Option<Seq>)>,
     /// Releases delivered since the node started.
     pub releases: u64,
     /// A sync-down of the replicate's wiped site this feeder started.
@@ -170,22 +171,7 @@ impl Ctx {
 /// (`AdminAdopt`) and re-creates its files: the next link open finds a
 /// replicate that needs a load.
 pub(super) async fn sync_down(ctx: &Ctx, f: &Feeder) -> Result<(), Stop> {
-    let rep = &f.rep;
-    let mut conn = match tokio::time::timeout(
-        ACK_TIMEOUT,
-        Conn::connect_to(rep.address, DbId(rep.def.database)),
-    )
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(link_err(e)),
-        Err(_) => {
-            return Err(Stop::Link(format!(
-                "connecting to {} timed out",
-                rep.address
-            )))
-        }
-    };
+    let mut conn = connect(&f.rep).await?;
     let req = Request::Admin(crate::wire::AdminRequest::AdminAdopt {
         topology: ctx.topology.to_string(),
     });
@@ -376,22 +362,7 @@ pub(super) fn now_us() -> i64 {
 
 /// Opens the link to the replicate: its confirmation, digest and load progress.
 pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkState), Stop> {
-    let mut conn = match tokio::time::timeout(
-        ACK_TIMEOUT,
-        Conn::connect_to(rep.address, DbId(rep.def.database)),
-    )
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(link_err(e)),
-        Err(_) => {
-            return Err(Stop::Link(format!(
-                "connecting to {} took more than {} s",
-                rep.address,
-                ACK_TIMEOUT.as_secs()
-            )))
-        }
-    };
+    let mut conn = connect(rep).await?;
     let open = Request::Link(LinkRequest::LinkOpen {
         replicate: rep.def.name.clone(),
         file: Fnr(rep.def.file),
@@ -409,20 +380,65 @@ pub(super) async fn open_link(ctx: &Ctx, rep: &Replicate) -> Result<(Conn, LinkS
 /// the master's level `level`, over a link of its own (a streaming link's
 /// connection carries only batches). Nothing is sent if the replicate
 /// already stands so.
+/// A release names the hold it releases (`releasing`): one set since is
+/// not cleared ([`Stop::Refused`], not retried).
 pub(super) async fn deliver_hold(
     ctx: &Ctx,
     rep: &Replicate,
     hold: Option<crate::catalog::Hold>,
     level: Seq,
+    releasing: Option<&crate::catalog::Hold>,
 ) -> Result<(), Stop> {
     let (mut conn, state) = open_link(ctx, rep).await?;
-    if state.hold.as_ref().map(|h| h.kind) == hold.as_ref().map(|h| h.kind) {
-        return Ok(());
+    let same = |h: Option<&crate::catalog::Hold>| h.map(|h| (h.kind, h.since_us));
+    match &hold {
+        Some(h) if state.hold.as_ref().map(|s| s.kind) == Some(h.kind) => return Ok(()),
+        None if state.hold.is_none() => return Ok(()),
+        None if same(state.hold.as_ref()) != same(releasing) => {
+            return Err(Stop::Refused(format!(
+                "the replicate is held differently now ({}): not released",
+                state.hold.as_ref().map_or(String::new(), |h| h.to_string())
+            )))
+        }
+        _ => {}
     }
-    let req = Request::Link(LinkRequest::Hold { hold, level });
-    match timed("holding or releasing the replicate", conn.call(&req)).await? {
-        Response::Ok => Ok(()),
-        other => Err(Stop::Link(conn.unexpected(&other, "Ok").to_string())),
+    let req = Request::Link(LinkRequest::Hold {
+        hold,
+        level,
+        releasing: releasing.cloned(),
+    });
+    match tokio::time::timeout(ACK_TIMEOUT, conn.call(&req)).await {
+        Ok(Ok(Response::Ok)) => Ok(()),
+        Ok(Err(ClientError::Remote {
+            code: ErrorCode::Refused,
+            message,
+            ..
+        })) => Err(Stop::Refused(message)),
+        Ok(Err(e)) => Err(link_err(e)),
+        Ok(Ok(other)) => Err(Stop::Link(conn.unexpected(&other, "Ok").to_string())),
+        Err(_) => Err(Stop::Link(format!(
+            "holding or releasing the replicate took more than {} s",
+            ACK_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Connects to the replicate's node (proved to serve its database), with
+/// a deadline.
+async fn connect(rep: &Replicate) -> Result<Conn, Stop> {
+    match tokio::time::timeout(
+        ACK_TIMEOUT,
+        Conn::connect_to(rep.address, DbId(rep.def.database)),
+    )
+    .await
+    {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(link_err(e)),
+        Err(_) => Err(Stop::Link(format!(
+            "connecting to {} took more than {} s",
+            rep.address,
+            ACK_TIMEOUT.as_secs()
+        ))),
     }
 }
 

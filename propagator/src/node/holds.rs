@@ -23,12 +23,14 @@ impl Node {
 
     /// What [`held`] needs to judge the reads among `cmds` that want a
     /// current view: each file with its confirmation file.
-    pub(super) fn current_reads(&self, cmds: &[Command]) -> Vec<(Fnr, Option<Fnr>)> {
+    /// Only replicates of its topology are judged: every other read costs
+    /// nothing more.
+    pub(super) fn current_reads(&self, cmds: &[Command]) -> Vec<(Fnr, Fnr)> {
         cmds.iter()
             .filter_map(|c| match c {
                 Command::Read {
                     file, stale: false, ..
-                } => Some((*file, self.confirmation_of(*file))),
+                } => Some((*file, self.confirmation_of(*file)?)),
                 _ => None,
             })
             .collect()
@@ -41,6 +43,7 @@ impl Node {
         conv: &Conversation,
         hold: Option<Hold>,
         level: Seq,
+        releasing: Option<Hold>,
     ) -> Response {
         let Some(link) = &conv.link else {
             return Response::error("Hold before LinkOpen");
@@ -55,6 +58,18 @@ impl Node {
         );
         let r = errors::off_reactor(move || -> Result<(Option<Hold>, Option<Hold>), Failure> {
             if hold.is_none() {
+                // Only the hold the master saw: one set since stays.
+                let now = db.file_info(file)?.def.hold;
+                let same = |h: &Option<Hold>| h.as_ref().map(|h| (h.kind, h.since_us));
+                if same(&now) != same(&releasing) {
+                    return Err(Failure::new(
+                        ErrorCode::Refused,
+                        format!(
+                            "replicate {name} is held differently now ({}): a release of the hold its master saw does not clear it",
+                            now.as_ref().map_or("not held".into(), |h| h.to_string())
+                        ),
+                    ));
+                }
                 // Released only at the master's level: what it confirms is
                 // what it holds (the confirmation commits with the changes).
                 let at = db
@@ -105,10 +120,10 @@ impl Node {
 }
 
 /// Why a current read of `file` is refused, if it is: a replicate held
-/// (see [`Hold`]) or being loaded (its confirmation, `confirmation`, is a
-/// load's progress record). Anything else reads as usual (an unknown or
+/// (see [`Hold`]) or being loaded (its confirmation, in `confirmation`, is
+/// a load's progress record). Anything else reads as usual (an unknown or
 /// damaged file gets the read's own error).
-pub(super) fn held(db: &Database, file: Fnr, confirmation: Option<Fnr>) -> Option<Failure> {
+pub(super) fn held(db: &Database, file: Fnr, confirmation: Fnr) -> Option<Failure> {
     let info = db.file_info(file).ok()?;
     if info.def.role != Role::Replicate {
         return None;
@@ -119,7 +134,7 @@ pub(super) fn held(db: &Database, file: Fnr, confirmation: Option<Fnr>) -> Optio
             format!("replicate file {file} serves no current reads: it is {h}; ask for stale reads (--stale, or \"stale\": true) to read what it holds"),
         ));
     }
-    let rec = db.read(confirmation?, Isn(u64::from(file.0))).ok()??;
+    let rec = db.read(confirmation, Isn(u64::from(file.0))).ok()??;
     match decode_confirmation(&rec) {
         Ok(Decoded::Loading(p)) => Some(Failure::new(
             ErrorCode::Held,

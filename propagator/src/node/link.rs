@@ -68,7 +68,11 @@ impl Node {
                 Step::Now(r) => r,
                 Step::Later(f) => f.await,
             },
-            LinkRequest::Hold { hold, level } => self.link_hold(conv, hold, level).await,
+            LinkRequest::Hold {
+                hold,
+                level,
+                releasing,
+            } => self.link_hold(conv, hold, level, releasing).await,
         }
     }
 

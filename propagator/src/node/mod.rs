@@ -760,7 +760,7 @@ impl Node {
             }
             Request::Read(r) => self.read(r).await,
             Request::Copy(r) => self.copy(r).await,
-            Request::Admin(r) => self.admin(r).await,
+            Request::Admin(r) => self.admin(r, conv.who.as_ref()).await,
             Request::Operation(r) => self.operation(r).await,
             Request::Recovery(op) => self.recovery(conv, op).await,
         };

@@ -17,7 +17,7 @@ impl Node {
                 limit,
                 stale,
             } => {
-                let conf = (!stale).then(|| self.confirmation_of(file));
+                let conf = (!stale).then(|| self.confirmation_of(file)).flatten();
                 self.dump(file, from, limit, conf).await
             }
             ReadRequest::Files => self.files(),
@@ -84,14 +84,14 @@ impl Node {
     }
 
     /// Up to `limit` records of `file` from isn `from` on, as raw bytes.
-    /// `current`: a current read, refused for a held replicate (with its
-    /// confirmation file, if the topology names one).
+    /// `current`: a current read of a replicate of the topology (its
+    /// confirmation file), refused if it is held.
     pub(super) async fn dump(
         &self,
         file: Fnr,
         from: Isn,
         limit: u32,
-        current: Option<Option<Fnr>>,
+        current: Option<Fnr>,
     ) -> Response {
         let db = self.db.clone();
         let limit = limit.clamp(1, 100_000) as usize;

@@ -68,7 +68,6 @@ impl Node {
         let db = self.db.clone();
         let (back, session) = tokio::sync::oneshot::channel::<(Session, bool)>();
         let run = tokio::task::spawn_blocking(move || {
-            let mut current = current.into_iter();
             let n = cmds.len();
             let mut r = Response::Ok;
             let mut queued = None;
@@ -87,8 +86,8 @@ impl Node {
                         isn,
                         stale: false,
                     } => {
-                        let conf = current.next().and_then(|(f, c)| c.filter(|_| f == file));
-                        match super::holds::held(&db, file, conf) {
+                        let conf = current.iter().find(|(f, _)| *f == file);
+                        match conf.and_then(|(_, c)| super::holds::held(&db, file, *c)) {
                             Some(refused) => Response::error(refused),
                             None => run_command(
                                 &mut s,

@@ -55,8 +55,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, f: Arc<Feeder>) {
             // node answers, this is retried (its node may be why it was
             // shunned).
             let hold = Hold::new(HoldKind::Shunned, why.clone());
-            match deliver_hold(&ctx, &f.rep, Some(hold), Seq(0)).await {
+            match deliver_hold(&ctx, &f.rep, Some(hold.clone()), Seq(0), None).await {
+                // Unshunned meanwhile (its start found this run going):
+                // fed again.
+                Ok(()) if ctx.control.replicate(&name).shunned.is_none() => continue,
                 Ok(()) => {
+                    lock(&f.st).hold = Some((hold, None));
                     f.set_phase(format!("not fed (shunned: {why})"));
                     return;
                 }
@@ -314,9 +318,10 @@ async fn record_error(ctx: &Arc<Ctx>, f: &Feeder, msg: &str) {
         tracing::error!(replicate = %f.name(), error = %e, "cannot record the error state");
     }
     let hold = Hold::new(HoldKind::Error, msg);
-    if let Err(e) = deliver_hold(ctx, &f.rep, Some(hold), Seq(0)).await {
-        tracing::warn!(replicate = %f.name(), error = %e.reason(),
-            "the replicate in error was not told: it serves reads until its master reaches it");
+    match deliver_hold(ctx, &f.rep, Some(hold.clone()), Seq(0), None).await {
+        Ok(()) => lock(&f.st).hold = Some((hold, None)),
+        Err(e) => tracing::warn!(replicate = %f.name(), error = %e.reason(),
+            "the replicate in error was not told: it serves reads until its master reaches it"),
     }
 }
 
@@ -324,26 +329,46 @@ async fn record_error(ctx: &Arc<Ctx>, f: &Feeder, msg: &str) {
 /// level when its link opened, over a link of its own (the streaming one
 /// goes on meanwhile): logged in its error log, counted. Not delivered,
 /// the next link open tries again (the replicate still says it is held).
-fn release(ctx: &Arc<Ctx>, f: &Arc<Feeder>, level: Seq) {
+fn release(ctx: &Arc<Ctx>, f: &Arc<Feeder>, hold: Hold, level: Seq) {
     let (ctx, f) = (ctx.clone(), f.clone());
     tokio::spawn(async move {
         let name = f.name().to_string();
-        if let Err(e) = deliver_hold(&ctx, &f.rep, None, level).await {
-            tracing::warn!(replicate = %name, level = %level, error = %e.reason(),
-                "the replicate could not be released yet: the next link open tries again");
-            return;
+        // Retried while its feeder runs: a lost link is tried again, a
+        // hold set since (refused) is not this release's to clear.
+        let mut attempt = 0;
+        loop {
+            match deliver_hold(&ctx, &f.rep, None, level, Some(&hold)).await {
+                Ok(()) => break,
+                Err(Stop::Refused(why)) => {
+                    tracing::info!(replicate = %name, level = %level, reason = %why, "release not delivered");
+                    return;
+                }
+                Err(e) => {
+                    if attempt == 0 {
+                        tracing::warn!(replicate = %name, level = %level, error = %e.reason(),
+                            "the replicate could not be released yet: retried");
+                    }
+                    let delay = backoff(attempt, Duration::from_secs(5));
+                    attempt += 1;
+                    if pause(&f, delay).await.is_some() || !f.running() {
+                        return;
+                    }
+                }
+            }
         }
-        let was = {
+        {
             let mut s = lock(&f.st);
             s.releases += 1;
-            s.hold.take().map(|(h, _)| h)
-        };
-        let what = match &was {
-            Some(h) => format!(
-                "released at seq {level}, its master's level: it serves current reads again (it was {h})"
-            ),
-            None => format!("released at seq {level}, its master's level"),
-        };
+            if s.hold
+                .as_ref()
+                .is_some_and(|(h, _)| h.since_us == hold.since_us)
+            {
+                s.hold = None;
+            }
+        }
+        let what = format!(
+            "released at seq {level}, its master's level: it serves current reads again (it was {hold})"
+        );
         tracing::info!(replicate = %name, level = %level, "replicate released: {what}");
         let c = ctx.control.clone();
         if let Err(e) =
@@ -538,12 +563,10 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
     // before) is released once it confirms the master's level now.
     let mut release_at = None;
     lock(&f.st).hold = None;
-    if let Some(h) = state.hold.clone() {
-        let level = master_position(ctx)
-            .ok()
-            .flatten()
-            .map_or(conf_seq, |(last, _)| last)
-            .max(conf_seq);
+    // (The master's level unread, it stays held until the next link open.)
+    let level = master_position(ctx).ok().flatten().map(|(last, _)| last);
+    if let (Some(h), Some(level)) = (state.hold.clone(), level) {
+        let level = level.max(conf_seq);
         if h.kind == HoldKind::Restored {
             let c = state.confirmation.as_ref();
             let what = format!(
@@ -558,11 +581,11 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
                 tracing::warn!(replicate = %name, error = %e, "cannot log the restored replicate");
             }
         }
-        lock(&f.st).hold = Some((h, level));
+        lock(&f.st).hold = Some((h.clone(), Some(level)));
         if conf_seq >= level {
-            release(ctx, f, level);
+            release(ctx, f, h, level);
         } else {
-            release_at = Some(level);
+            release_at = Some((h, level));
         }
     }
     if ctl.error.is_some() {
@@ -620,8 +643,8 @@ pub(super) async fn feed(ctx: &Arc<Ctx>, f: &Arc<Feeder>, attempt: &mut u32) -> 
 struct Resume {
     /// The seq it confirms.
     from: Seq,
-    /// Held: the seq it is released at once confirmed.
-    release_at: Option<Seq>,
+    /// Held: the hold it announced, released once it confirms this seq.
+    release_at: Option<(Hold, Seq)>,
 }
 
 /// Streams whole master transactions to a checked replicate from the seq
@@ -649,8 +672,11 @@ async fn stream(
     let mut stopping: Option<String> = stop_rx.borrow_and_update().clone();
     // Asked to stop before streaming began: the leader sends nothing.
     lock(&tail.side).open = stopping.is_none();
+    // A sync-down not yet declared complete is checked twice a second (a
+    // deadline kept across the loop's turns: acknowledgements do not
+    // push it back).
+    let mut sync_check = tokio::time::Instant::now();
     loop {
-        // A sync-down not yet declared complete is checked twice a second.
         let syncing = lock(&f.st)
             .sync_down
             .as_ref()
@@ -685,8 +711,9 @@ async fn stream(
                 }
             }
             _ = futures_util::future::OptionFuture::from(
-                syncing.then(|| tokio::time::sleep(Duration::from_millis(500)))
+                syncing.then(|| tokio::time::sleep_until(sync_check))
             ), if syncing => {
+                sync_check = tokio::time::Instant::now() + Duration::from_millis(500);
                 if let Some(what) = sync_down_settled(ctx, f) {
                     tracing::info!(replicate = %name, "{what}");
                     let (c, n2) = (ctx.control.clone(), name.clone());
@@ -794,9 +821,8 @@ async fn stream(
                         s.progress_us = now_us();
                     }
                     f.confirmed.send_replace(seq);
-                    if let Some(level) = release_at.filter(|l| seq >= *l) {
-                        release(ctx, f, level);
-                        release_at = None;
+                    if let Some((h, level)) = release_at.take_if(|(_, l)| seq >= *l) {
+                        release(ctx, f, h, level);
                     }
                     // The link works: the next loss backs off from the start.
                     *attempt = 0;

@@ -818,7 +818,7 @@ impl LiveProbes {
                             set.id, set.lsn, m.name, m.db
                         )),
                         Ok(None) => lost.push(format!(
-                            "no copy set holds master {} of database {}",
+                            "no copy set holds master {} of database {} (if its protection log reaches back to LSN 1, etp db recover rebuilds it from the log alone: answer no)",
                             m.name, m.db
                         )),
                     }
