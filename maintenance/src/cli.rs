@@ -94,6 +94,10 @@ pub enum Command {
     /// Set or show the policy mode (automatic, manual, maintenance) of every node.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Serve the operator's pages (the cluster: databases, masters,
+    /// replicates with their state and lag) over HTTP until SIGTERM or
+    /// ctrl-c. Prints `console listening on http://ADDR/` first.
+    Console(ConsoleArgs),
     /// Replicate states, error logs, initial load, reinit, verify, shun.
     #[command(subcommand)]
     Replicate(ReplicateCommand),
@@ -447,6 +451,15 @@ pub enum CopyCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Where to serve the pages: a loopback address (port 0: any free port).
+    #[arg(long, value_name = "ADDR", value_parser = address, default_value = "127.0.0.1:7480")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]

@@ -2,10 +2,12 @@
 //! system tests share.
 //!
 //! - [`cluster`]: a topology of real node processes on loopback.
+//! - [`console`]: the operator's pages (`etp console`).
 //! - [`journal`]: the durable transaction journal of `etp exec --journal`.
 //! - [`recovery`]: the recovery flows, diagnosed and carried out.
 
 pub mod cluster;
+pub mod console;
 pub mod journal;
 pub mod recovery;
 

@@ -4,6 +4,7 @@
 mod backup;
 mod bench;
 mod cli_input;
+mod console;
 mod crash;
 mod durability;
 mod first_hour;

@@ -1945,11 +1945,13 @@ fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
     // Writes go on all along, a transaction every 50 ms: acknowledgements
     // keep arriving while the backlog settles.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // (Keys above every record the scene holds.)
+    let first_new = records() + 1001;
     let writer = {
         let (stop, addr) = (stop.clone(), s.cl.nodes[0].addr);
         std::thread::spawn(move || {
             let mut c = propagator::node::client::Client::connect(addr).expect("client");
-            let mut k = 5000u64;
+            let mut k = first_new - 1;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 k += 1;
                 let cmds = vec![
@@ -1982,7 +1984,7 @@ fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let last = writer.join().expect("the writer");
-    for k in 5001..=last {
+    for k in first_new..=last {
         s.model.insert(k, 67);
     }
     assert!(

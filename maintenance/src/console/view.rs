@@ -1,0 +1,306 @@
+//! The cluster's state as the pages show it: gathered from the nodes, and
+//! rendered.
+
+use super::Console;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use propagator::catalog::Role;
+use propagator::node::client::Client;
+use propagator::topology::Valid;
+use propagator::wire::{
+    AdminRequest, Health, OperationRequest, ReadRequest, ReplicaState, ReplicateReport, Request,
+    Response, TaskReport,
+};
+use propagator::DbId;
+use std::net::SocketAddr;
+
+/// One database of the topology, as the console found it.
+pub struct DbRow {
+    pub db: DbId,
+    pub addr: SocketAddr,
+    /// Its last LSN, when it answered.
+    pub last_lsn: Option<u64>,
+    /// Why it did not answer.
+    pub down: Option<String>,
+    /// Since when it has been found unreachable (µs since the epoch).
+    pub down_since: Option<i64>,
+}
+
+/// One master, with its task's state.
+pub struct MasterRow {
+    pub name: String,
+    pub db: DbId,
+    pub file: u32,
+    pub incarnation: Option<u32>,
+    pub task: Option<TaskReport>,
+}
+
+/// What the cluster page shows.
+pub struct ClusterView {
+    pub node: SocketAddr,
+    pub at_us: i64,
+    /// The topology could not be read (the page says why).
+    pub error: Option<String>,
+    pub databases: Vec<DbRow>,
+    pub masters: Vec<MasterRow>,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn topology(node: SocketAddr) -> anyhow::Result<Valid> {
+    let mut c = Client::connect(node)?;
+    match c.call(&Request::Admin(AdminRequest::AdminExport))? {
+        Response::Text(t) => Valid::parse(&t).map_err(|e| anyhow::anyhow!("its topology: {e}")),
+        other => anyhow::bail!("it answered {other:?} to AdminExport"),
+    }
+}
+
+/// Asks every node of the topology `c.node` holds for its state.
+pub fn gather(c: &Console) -> ClusterView {
+    let at_us = now_us();
+    let v = match topology(c.node) {
+        Ok(v) => v,
+        Err(e) => {
+            return ClusterView {
+                node: c.node,
+                at_us,
+                error: Some(format!("node {} gave no topology: {e:#}", c.node)),
+                databases: Vec::new(),
+                masters: Vec::new(),
+            }
+        }
+    };
+    let mut databases = Vec::new();
+    let mut masters: Vec<MasterRow> = v
+        .topology
+        .masters
+        .iter()
+        .map(|m| MasterRow {
+            name: m.name.clone(),
+            db: DbId(m.database),
+            file: m.file,
+            incarnation: None,
+            task: None,
+        })
+        .collect();
+    for (db, addr) in &v.addresses {
+        let asked = (|| -> anyhow::Result<(u64, Vec<propagator::FileDef>, Vec<TaskReport>)> {
+            let mut client = Client::connect(*addr)?;
+            let lsn = match client.call(&Request::Read(ReadRequest::Info))? {
+                Response::Info(i) => i.last_lsn.0,
+                other => anyhow::bail!("it answered {other:?} to Info"),
+            };
+            let files = match client.call(&Request::Read(ReadRequest::Files))? {
+                Response::Files { files, .. } => files,
+                _ => Vec::new(),
+            };
+            let tasks = match client.call(&Request::Operation(OperationRequest::ReplicateStatus))? {
+                Response::Tasks(t) => t,
+                _ => Vec::new(),
+            };
+            Ok((lsn, files, tasks))
+        })();
+        let mut since = super::lock(&c.down_since);
+        match asked {
+            Ok((lsn, files, tasks)) => {
+                since.remove(db);
+                for m in masters.iter_mut().filter(|m| m.db == *db) {
+                    m.incarnation = files
+                        .iter()
+                        .find(|f| f.fnr.0 == m.file)
+                        .and_then(|f| match f.role {
+                            Role::Master { incarnation, .. } => Some(incarnation),
+                            _ => None,
+                        });
+                    m.task = tasks.iter().find(|t| t.master.0 == m.file).cloned();
+                }
+                databases.push(DbRow {
+                    db: *db,
+                    addr: *addr,
+                    last_lsn: Some(lsn),
+                    down: None,
+                    down_since: None,
+                });
+            }
+            Err(e) => {
+                let first = *since.entry(*db).or_insert(at_us);
+                databases.push(DbRow {
+                    db: *db,
+                    addr: *addr,
+                    last_lsn: None,
+                    down: Some(format!("{e:#}")),
+                    down_since: Some(first),
+                });
+            }
+        }
+    }
+    ClusterView {
+        node: c.node,
+        at_us,
+        error: None,
+        databases,
+        masters,
+    }
+}
+
+/// The pages' style: in the binary, nothing fetched.
+const STYLE: &str = r#"
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1d2433; background: #fafbfc; }
+h1 { font-size: 1.4rem; margin: 0 0 .2rem 0; }
+h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem 0; }
+.meta { color: #5b6577; font-size: .85rem; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e7ee; font-size: .9rem; vertical-align: top; }
+th { background: #eef1f6; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.ok { color: #146c2e; font-weight: 600; }
+.warn { color: #8a5a00; font-weight: 600; }
+.bad { color: #b3261e; font-weight: 600; }
+.why { color: #5b6577; font-size: .8rem; }
+.banner { padding: .6rem .8rem; border-radius: 4px; background: #fdecea; color: #b3261e; }
+nav a { margin-right: 1rem; }
+"#;
+
+fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                @if let Some(s) = refresh_s {
+                    meta http-equiv="refresh" content=(s);
+                }
+                title { (title) " · etp console" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                nav { a href="/" { "Cluster" } }
+                (body)
+            }
+        }
+    }
+}
+
+fn time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| us.to_string())
+}
+
+fn secs(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
+fn state_class(r: &ReplicateReport) -> &'static str {
+    match r.state {
+        ReplicaState::Online if r.health == Health::Current => "ok",
+        ReplicaState::Online | ReplicaState::Initializing | ReplicaState::Restoring => "warn",
+        _ => "bad",
+    }
+}
+
+/// The cluster page: every database (reachable or not, since when), every
+/// master with its seq and incarnation and its task's policy, every
+/// replicate with its state, health, confirmed seq, lag, stalled time and
+/// gaps. Refreshed every 5 s (a meta refresh: no script needed).
+pub fn cluster(v: &ClusterView) -> Markup {
+    page(
+        "Cluster",
+        Some(5),
+        html! {
+            h1 { "Cluster" }
+            p.meta { "as of " (time(v.at_us)) ", through node " (v.node.to_string()) }
+            @if let Some(e) = &v.error {
+                p.banner id="error" { (e) }
+            }
+            h2 { "Databases" }
+            table id="databases" {
+                tr { th { "database" } th { "address" } th { "state" } th { "last LSN" } }
+                @for d in &v.databases {
+                    tr id={ "db-" (d.db.0) } {
+                        td { (d.db.0) }
+                        td { (d.addr.to_string()) }
+                        @match (&d.down, d.down_since) {
+                            (Some(why), since) => td {
+                                span.bad { "unreachable" }
+                                @if let Some(s) = since { " since " (time(s)) }
+                                div.why { (why) }
+                            },
+                            (None, _) => td { span.ok { "reachable" } },
+                        }
+                        td.num { (d.last_lsn.map_or("–".to_string(), |l| l.to_string())) }
+                    }
+                }
+            }
+            h2 { "Masters" }
+            table id="masters" {
+                tr { th { "master" } th { "database" } th { "file" } th { "seq" } th { "incarnation" } th { "task" } th { "policy" } th { "restart interval" } }
+                @for m in &v.masters {
+                    tr id={ "master-" (m.name) } {
+                        td { (m.name) }
+                        td { (m.db.0) }
+                        td { (m.file) }
+                        td.num { (m.task.as_ref().map_or("–".to_string(), |t| t.master_seq.to_string())) }
+                        td.num { (m.incarnation.map_or("–".to_string(), |i| i.to_string())) }
+                        @match &m.task {
+                            Some(t) => {
+                                td { (t.state.to_string())
+                                    @for w in &t.warnings { div.why { (w) } }
+                                }
+                                td { (t.policy.to_string()) }
+                                td { (t.restart_interval_s.map_or("none (a lost link stops it)".to_string(), |s| format!("{s} s"))) }
+                            },
+                            None => { td.bad { "its node does not answer" } td { "–" } td { "–" } },
+                        }
+                    }
+                }
+            }
+            h2 { "Replicates" }
+            table id="replicates" {
+                tr { th { "replicate" } th { "master" } th { "kind" } th { "state" } th { "health" } th { "confirmed" } th { "lag" } th { "stalled" } th { "gaps" } }
+                @for m in &v.masters {
+                    @if let Some(t) = &m.task {
+                        @for r in &t.replicates {
+                            tr id={ "rep-" (r.name) } {
+                                td { (r.name) }
+                                td { (m.name) }
+                                td { (r.kind.to_string()) }
+                                td {
+                                    span class=(state_class(r)) { (r.state.to_string()) }
+                                    @if let Some(why) = &r.reason { div.why { (why) } }
+                                    @if let Some(h) = &r.held { div.why { "no current reads: " (h.hold.to_string()) } }
+                                    @if let Some(d) = &r.sync_down { div.why { "sync-down " (d) } }
+                                }
+                                td { (r.health.to_string()) }
+                                td.num { (r.confirmed_seq.to_string()) }
+                                td.num { (r.lag_records) " rec, " @if !r.lag_bytes_exact { "~" } (r.lag_bytes) " B, " (secs(r.lag_s)) }
+                                td.num { @if r.stalled_s > 0.0 { (secs(r.stalled_s)) } @else { "–" } }
+                                td {
+                                    @if r.gaps.is_empty() { "none" }
+                                    @for g in &r.gaps { (g.from.to_string()) ".." (g.to.to_string()) " " }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn not_found() -> Markup {
+    page(
+        "Not found",
+        None,
+        html! { h1 { "Not found" } p { "No such page. " a href="/" { "The cluster page" } } },
+    )
+}
+
+pub fn failed(why: &str) -> Markup {
+    page("Error", None, html! { h1 { "Error" } p.banner { (why) } })
+}
