@@ -121,6 +121,17 @@ fn the_cluster_page_shows_every_database_master_and_replicate_and_a_stopped_node
         );
     }
     assert!(!page.contains("unreachable"), "{page}");
+    // Each replicate's lag over the last hour, drawn on the server.
+    for r in ["items_full", "items_part"] {
+        let from = page
+            .find(&format!("<svg class=\"lag\" data-replicate=\"{r}\""))
+            .unwrap_or_else(|| panic!("no lag chart for {r} in {page}"));
+        let svg = &page[from..from + page[from..].find("</svg>").expect("svg end")];
+        assert!(
+            svg.contains("<polyline points=\"") && svg.contains("<title>lag of"),
+            "{svg}"
+        );
+    }
     // A stopped node shows as unreachable on the next page, with since when.
     cl.nodes[2].stop().expect("stop");
     let page = wait_for("the stopped database shown unreachable", LIMIT, || {
@@ -155,5 +166,125 @@ fn the_console_refuses_a_non_loopback_address() {
     assert!(
         err.contains("loopback addresses only") && err.contains("0.0.0.0:0"),
         "{err}"
+    );
+}
+
+/// Headless Chromium (Debian's package; `.ci/run` installs it), as root in
+/// a sandbox: no sandbox of its own, nothing fetched in the background, a
+/// profile of its own. Runs `args` against `url` and returns its standard
+/// output, within a deadline.
+fn chromium(url: &str, args: &[&str], profile: &std::path::Path) -> String {
+    let bin = std::env::var("ETP_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "no Chromium at {bin}: install Debian's chromium package (.ci/run does) or set ETP_CHROMIUM"
+    );
+    let child = std::process::Command::new(&bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1400,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting chromium");
+    let mut guard = KillGuard(child);
+    let mut out = guard.0.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    wait_for("chromium to finish", LIMIT, || {
+        guard.0.try_wait().ok().flatten().map(|_| ())
+    });
+    reader.join().expect("chromium's output")
+}
+
+/// Where a test leaves what a person should look at.
+fn artifacts() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).expect("the artifacts directory");
+    dir
+}
+
+/// A real browser renders the cluster page of a live three-node cluster
+/// whose full replicate was damaged behind the engine's back: the DOM it
+/// built shows that replicate in error (its master found its digest
+/// wrong) and the partial one online; a screenshot is kept.
+#[test]
+fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cl = Cluster::start(etp_system_tests::etp_bin(), tmp.path(), Some(1)).expect("cluster");
+    let mut c = cl.master().client().expect("client");
+    for id in 1..=20i64 {
+        let mut r = propagator::Record::new();
+        r.insert("id".into(), propagator::Value::Int(id));
+        r.insert("grp".into(), propagator::Value::Int(id % 8));
+        r.insert("qty".into(), propagator::Value::Int(id));
+        c.store(maintenance::cluster::MASTER, None, r)
+            .expect("store");
+        c.et(None).expect("et");
+    }
+    cl.wait_converged(LIMIT).expect("converged");
+    // Record 3 of the full replicate changed behind the engine's back.
+    cl.nodes[1].stop().expect("stop");
+    let mut bad = propagator::Record::new();
+    bad.insert("id".into(), propagator::Value::Int(3));
+    bad.insert("qty".into(), propagator::Value::Int(999));
+    etp_system_tests::tamper(
+        &cl.nodes[1].data,
+        maintenance::cluster::FULL,
+        vec![(propagator::Isn(3), Some(bad))],
+    );
+    cl.nodes[1].restart().expect("restart");
+    let (_console, at) = start_console(cl.nodes[0].addr, &tmp.path().join("console.log"));
+    let url = format!("http://{at}/");
+    wait_for("the damaged replicate reported in error", LIMIT, || {
+        let (_, page) = http(at, "GET", "/");
+        page.contains("class=\"bad\">error").then_some(())
+    });
+    let profile = tmp.path().join("chromium");
+    let dom = chromium(&url, &["--dump-dom"], &profile);
+    let row = |id: &str| {
+        let from = dom
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no {id} in the rendered DOM: {dom}"));
+        let to = dom[from..].find("</tr>").map_or(dom.len(), |e| from + e);
+        dom[from..to].to_string()
+    };
+    let full = row("rep-items_full");
+    assert!(
+        full.contains("class=\"bad\">error") && full.contains("digest"),
+        "{full}"
+    );
+    assert!(
+        row("rep-items_part").contains("class=\"ok\">online"),
+        "{dom}"
+    );
+    assert!(dom.contains("<svg class=\"lag\""), "{dom}");
+    let shot = artifacts().join("console-cluster.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &url,
+        &[&format!("--screenshot={}", shot.display())],
+        &profile,
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
     );
 }

@@ -25,7 +25,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use propagator::DbId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -36,14 +36,57 @@ pub struct Console {
     /// Since when (µs since the epoch) each database has been found
     /// unreachable, kept across requests.
     down_since: Mutex<BTreeMap<DbId, i64>>,
+    /// Per replicate, its lag over the last hour: what every page and the
+    /// sampler found.
+    lag: Mutex<BTreeMap<String, VecDeque<LagSample>>>,
 }
+
+/// A replicate's lag when the console looked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LagSample {
+    pub at_us: i64,
+    pub records: u64,
+    pub seconds: f64,
+}
+
+/// How far back the lag charts reach.
+pub const LAG_WINDOW_US: i64 = 3_600_000_000;
+/// How often the console samples the cluster with nobody looking.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Console {
     pub fn new(node: SocketAddr) -> Console {
         Console {
             node,
             down_since: Mutex::new(BTreeMap::new()),
+            lag: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Keeps the lag of every replicate `v` shows (an hour of it).
+    pub fn record(&self, v: &view::ClusterView) {
+        let mut lag = lock(&self.lag);
+        for t in v.masters.iter().filter_map(|m| m.task.as_ref()) {
+            for r in &t.replicates {
+                let q = lag.entry(r.name.clone()).or_default();
+                q.push_back(LagSample {
+                    at_us: v.at_us,
+                    records: r.lag_records,
+                    seconds: r.lag_s,
+                });
+                while q.front().is_some_and(|s| s.at_us < v.at_us - LAG_WINDOW_US) {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// A replicate's lag samples, oldest first.
+    pub fn lag_of(&self, replicate: &str) -> Vec<LagSample> {
+        lock(&self.lag)
+            .get(replicate)
+            .map(|q| q.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -65,7 +108,10 @@ async fn cluster_page(State(c): State<Arc<Console>>) -> Response {
         tokio::task::spawn_blocking(move || view::gather(&c)).await
     };
     match gathered {
-        Ok(v) => Html(view::cluster(&v).into_string()).into_response(),
+        Ok(v) => {
+            c.record(&v);
+            Html(view::cluster(&v, &c).into_string()).into_response()
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Html(view::failed(&format!("gathering the cluster's state failed: {e}")).into_string()),
@@ -101,13 +147,28 @@ pub fn run(node: SocketAddr, listen: SocketAddr) -> anyhow::Result<Outcome> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, node = %node, "console serving");
-        let app = router(Arc::new(Console::new(node)));
+        let console = Arc::new(Console::new(node));
+        tokio::spawn(sample(console.clone()));
+        let app = router(console);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown())
             .await
             .context("serving the console")?;
         Ok(Outcome::Ok)
     })
+}
+
+/// Samples the cluster every [`SAMPLE_EVERY`], so the lag charts cover
+/// the time nobody looked.
+async fn sample(c: Arc<Console>) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        every.tick().await;
+        let c2 = c.clone();
+        if let Ok(v) = tokio::task::spawn_blocking(move || view::gather(&c2)).await {
+            c.record(&v);
+        }
+    }
 }
 
 /// Resolves on SIGTERM or ctrl-c.

@@ -153,7 +153,7 @@ h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem 0; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e7ee; font-size: .9rem; vertical-align: top; }
 th { background: #eef1f6; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .ok { color: #146c2e; font-weight: 600; }
 .warn { color: #8a5a00; font-weight: 600; }
 .bad { color: #b3261e; font-weight: 600; }
@@ -208,7 +208,7 @@ fn state_class(r: &ReplicateReport) -> &'static str {
 /// master with its seq and incarnation and its task's policy, every
 /// replicate with its state, health, confirmed seq, lag, stalled time and
 /// gaps. Refreshed every 5 s (a meta refresh: no script needed).
-pub fn cluster(v: &ClusterView) -> Markup {
+pub fn cluster(v: &ClusterView, c: &Console) -> Markup {
     page(
         "Cluster",
         Some(5),
@@ -262,7 +262,7 @@ pub fn cluster(v: &ClusterView) -> Markup {
             }
             h2 { "Replicates" }
             table id="replicates" {
-                tr { th { "replicate" } th { "master" } th { "kind" } th { "state" } th { "health" } th { "confirmed" } th { "lag" } th { "stalled" } th { "gaps" } }
+                tr { th { "replicate" } th { "master" } th { "kind" } th { "state" } th { "health" } th { "confirmed" } th { "lag" } th { "lag, last hour" } th { "stalled" } th { "gaps" } }
                 @for m in &v.masters {
                     @if let Some(t) = &m.task {
                         @for r in &t.replicates {
@@ -273,12 +273,17 @@ pub fn cluster(v: &ClusterView) -> Markup {
                                 td {
                                     span class=(state_class(r)) { (r.state.to_string()) }
                                     @if let Some(why) = &r.reason { div.why { (why) } }
-                                    @if let Some(h) = &r.held { div.why { "no current reads: " (h.hold.to_string()) } }
+                                    @if let Some(h) = &r.held {
+                                        div.why { "serves no current reads (" (h.hold.kind.name())
+                                            @if let Some(at) = h.release_at { "; released at seq " (at.to_string()) }
+                                            ")" }
+                                    }
                                     @if let Some(d) = &r.sync_down { div.why { "sync-down " (d) } }
                                 }
                                 td { (r.health.to_string()) }
                                 td.num { (r.confirmed_seq.to_string()) }
                                 td.num { (r.lag_records) " rec, " @if !r.lag_bytes_exact { "~" } (r.lag_bytes) " B, " (secs(r.lag_s)) }
+                                td { (lag_chart(&r.name, &c.lag_of(&r.name), v.at_us)) }
                                 td.num { @if r.stalled_s > 0.0 { (secs(r.stalled_s)) } @else { "–" } }
                                 td {
                                     @if r.gaps.is_empty() { "none" }
@@ -293,6 +298,40 @@ pub fn cluster(v: &ClusterView) -> Markup {
     )
 }
 
+/// A replicate's lag in seconds over the last hour, as an SVG line drawn
+/// here (the newest sample at the right edge; the scale is the hour's
+/// highest lag, at least one second).
+pub fn lag_chart(name: &str, samples: &[super::LagSample], now_us: i64) -> Markup {
+    const W: f64 = 240.0;
+    const H: f64 = 36.0;
+    let top = samples.iter().map(|s| s.seconds).fold(1.0f64, f64::max);
+    let from = now_us - super::LAG_WINDOW_US;
+    let points: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let x = (s.at_us - from) as f64 / super::LAG_WINDOW_US as f64 * W;
+            let y = H - (s.seconds / top) * (H - 2.0) - 1.0;
+            format!("{:.1},{:.1}", x.clamp(0.0, W), y)
+        })
+        .collect();
+    let newest = samples.last();
+    html! {
+        svg class="lag" data-replicate=(name) width=(W) height=(H) viewBox={ "0 0 " (W) " " (H) }
+            role="img" xmlns="http://www.w3.org/2000/svg" {
+            title {
+                "lag of " (name) " over the last hour: at most " (secs(top)) "; now "
+                (newest.map_or("no sample".to_string(), |s| format!("{} ({} records)", secs(s.seconds), s.records)))
+            }
+            rect x="0" y="0" width=(W) height=(H) fill="#f3f5f9" {}
+            polyline points=(points.join(" ")) fill="none" stroke="#2f6fdf" stroke-width="1.5" {}
+            @if let Some(s) = newest {
+                circle cx=(points.last().and_then(|p| p.split(',').next()).unwrap_or("0")) cy=(format!("{:.1}", H - (s.seconds / top) * (H - 2.0) - 1.0)) r="2" fill="#2f6fdf" {}
+            }
+        }
+        span.why { " max " (secs(top)) }
+    }
+}
+
 pub fn not_found() -> Markup {
     page(
         "Not found",
@@ -303,4 +342,34 @@ pub fn not_found() -> Markup {
 
 pub fn failed(why: &str) -> Markup {
     page("Error", None, html! { h1 { "Error" } p.banner { (why) } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::LagSample;
+    use super::lag_chart;
+
+    #[test]
+    fn a_lag_chart_puts_the_hour_across_and_the_highest_lag_at_the_top() {
+        let now = 10_000_000_000i64;
+        let at = |ago_s: i64, seconds: f64| LagSample {
+            at_us: now - ago_s * 1_000_000,
+            records: 7,
+            seconds,
+        };
+        let svg = lag_chart("r", &[at(1800, 2.0), at(0, 4.0)], now).into_string();
+        assert!(svg.contains(r#"points="120.0,18.0 240.0,1.0""#), "{svg}");
+        assert!(
+            svg.contains("at most 4.0 s; now 4.0 s (7 records)"),
+            "{svg}"
+        );
+        // Older than the hour: at the left edge; no sample, no line.
+        let svg = lag_chart("r", &[at(7200, 0.5)], now).into_string();
+        assert!(svg.contains(r#"points="0.0,"#), "{svg}");
+        let svg = lag_chart("r", &[], now).into_string();
+        assert!(
+            svg.contains(r#"points="""#) && svg.contains("no sample"),
+            "{svg}"
+        );
+    }
 }
