@@ -457,6 +457,9 @@ pub enum CopyCommand {
 pub struct ConsoleArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Where the recovery page's probes look besides the nodes.
+    #[command(flatten)]
+    pub sources: SourceArgs,
     /// Where to serve the pages: a loopback address (port 0: any free port).
     #[arg(long, value_name = "ADDR", value_parser = address, default_value = "127.0.0.1:7480")]
     pub listen: std::net::SocketAddr,

@@ -287,4 +287,31 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
         "{} bytes",
         png.len()
     );
+    // The recovery page: the live diagnosis, its path drawn on the trees.
+    let url = format!("http://{at}/recovery");
+    let dom = chromium(&url, &["--dump-dom"], &profile);
+    assert!(dom.contains("Recovery needed"), "{dom}");
+    assert!(
+        dom.contains("data-node=\"replicate_damaged\" data-answer=\"yes\""),
+        "the diagnosis path names the damaged replicate: {dom}"
+    );
+    assert!(
+        dom.contains("<g class=\"node asked yes\" data-node=\"replicate_damaged\""),
+        "the triage tree colours the question answered yes: {dom}"
+    );
+    assert!(dom.contains("data-tree=\"case2_replicate\""), "{dom}");
+    assert!(dom.contains("class=\"node leaf reached\""), "{dom}");
+    let shot = artifacts().join("console-recovery.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,2400",
+        ],
+        &profile,
+    );
+    assert!(std::fs::read(&shot)
+        .expect("the screenshot")
+        .starts_with(b"\x89PNG"));
 }

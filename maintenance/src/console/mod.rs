@@ -15,6 +15,7 @@
 //! addresses only: serving other addresses waits for TLS with client
 //! certificates on the console's own listener.
 
+mod tree;
 mod view;
 
 use crate::Outcome;
@@ -33,6 +34,8 @@ use std::sync::{Arc, Mutex};
 pub struct Console {
     /// The node whose topology names the cluster.
     pub node: SocketAddr,
+    /// Where the recovery probes look besides the nodes.
+    pub sources: crate::recovery::probes::Sources,
     /// Since when (µs since the epoch) each database has been found
     /// unreachable, kept across requests.
     down_since: Mutex<BTreeMap<DbId, i64>>,
@@ -55,9 +58,10 @@ pub const LAG_WINDOW_US: i64 = 3_600_000_000;
 const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Console {
-    pub fn new(node: SocketAddr) -> Console {
+    pub fn new(node: SocketAddr, sources: crate::recovery::probes::Sources) -> Console {
         Console {
             node,
+            sources,
             down_since: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
         }
@@ -94,6 +98,7 @@ impl Console {
 pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(cluster_page))
+        .route("/recovery", get(recovery_page))
         .fallback(not_found)
         .with_state(console)
 }
@@ -124,10 +129,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The recovery page: a live diagnosis, drawn on its trees.
+async fn recovery_page(State(c): State<Arc<Console>>) -> Response {
+    let c2 = c.clone();
+    match tokio::task::spawn_blocking(move || view::diagnose(&c2)).await {
+        Ok(v) => Html(view::recovery(&v).into_string()).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Html(view::failed(&format!("the diagnosis failed: {e}")).into_string()),
+        )
+            .into_response(),
+    }
+}
+
 /// Serves the console on `listen` (a loopback address; port 0: any free
 /// port) until SIGTERM or ctrl-c. Prints `console listening on
 /// http://ADDR/` first.
-pub fn run(node: SocketAddr, listen: SocketAddr) -> anyhow::Result<Outcome> {
+pub fn run(
+    node: SocketAddr,
+    listen: SocketAddr,
+    sources: crate::recovery::probes::Sources,
+) -> anyhow::Result<Outcome> {
     if !listen.ip().is_loopback() {
         bail!(
             "the console binds loopback addresses only ({listen} is not one): serving other addresses needs TLS with client certificates, which the console does not have yet; reach it through an SSH tunnel meanwhile"
@@ -147,7 +169,7 @@ pub fn run(node: SocketAddr, listen: SocketAddr) -> anyhow::Result<Outcome> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, node = %node, "console serving");
-        let console = Arc::new(Console::new(node));
+        let console = Arc::new(Console::new(node, sources));
         tokio::spawn(sample(console.clone()));
         let app = router(console);
         axum::serve(listener, app)

@@ -160,6 +160,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .why { color: #5b6577; font-size: .8rem; }
 .banner { padding: .6rem .8rem; border-radius: 4px; background: #fdecea; color: #b3261e; }
 nav a { margin-right: 1rem; }
+ol.path li { margin: .3rem 0; }
+.treebox { overflow-x: auto; background: #fff; border: 1px solid #e3e7ee; padding: .4rem; margin: .6rem 0 1.2rem 0; }
+code { background: #eef1f6; padding: 0 .25rem; border-radius: 3px; }
 "#;
 
 fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
@@ -175,7 +178,7 @@ fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                nav { a href="/" { "Cluster" } }
+                nav { a href="/" { "Cluster" } a href="/recovery" { "Recovery" } }
                 (body)
             }
         }
@@ -330,6 +333,106 @@ pub fn lag_chart(name: &str, samples: &[super::LagSample], now_us: i64) -> Marku
         }
         span.why { " max " (secs(top)) }
     }
+}
+
+/// A live diagnosis, or why there is none.
+pub struct RecoveryView {
+    pub node: SocketAddr,
+    pub at_us: i64,
+    pub diagnosis: Result<flowcharts::Diagnosis, String>,
+    pub set: Option<flowcharts::TreeSet>,
+    pub warnings: Vec<String>,
+}
+
+/// Diagnoses the cluster as `etp recover diagnose` does (the probes read
+/// the nodes, and the copy area and client journal the console was given).
+pub fn diagnose(c: &Console) -> RecoveryView {
+    let at_us = now_us();
+    let set = flowcharts::TreeSet::builtin().map_err(|e| format!("the built-in trees: {e}"));
+    let (diagnosis, warnings) = match (
+        crate::recovery::probes::LiveProbes::gather(c.node, &c.sources),
+        &set,
+    ) {
+        (Err(e), _) => (
+            Err(format!("probing the cluster through {}: {e:#}", c.node)),
+            Vec::new(),
+        ),
+        (_, Err(e)) => (Err(e.clone()), Vec::new()),
+        (Ok(mut probes), Ok(set)) => (
+            flowcharts::diagnose(set, &mut probes).map_err(|e| format!("the diagnosis: {e}")),
+            probes.copy_alarms.clone(),
+        ),
+    };
+    RecoveryView {
+        node: c.node,
+        at_us,
+        diagnosis,
+        set: set.ok(),
+        warnings,
+    }
+}
+
+fn walk_list(w: &flowcharts::Walk) -> Markup {
+    html! {
+        ol.path data-tree=(w.tree) {
+            @for v in &w.path {
+                li data-node=(v.node) data-answer=(v.answer.word()) {
+                    strong { (v.step.as_deref().unwrap_or(&v.node)) } " " (v.question) " "
+                    span class=(match v.answer.word() { "yes" => "ok", "no" => "warn", _ => "bad" }) { (v.answer.word()) }
+                    div.why { (v.answer.text()) }
+                }
+            }
+        }
+        @match &w.plan {
+            flowcharts::Plan::Actions { leaf, outcome, steps, .. } => {
+                p { "Leaf " strong { (leaf) } ": " (outcome) }
+                ol.plan {
+                    @for s in steps {
+                        li { code { (s.action) } @for (k, v) in &s.params { " " (k) "=" code { (v) } } }
+                    }
+                }
+            }
+            flowcharts::Plan::Goto { leaf, outcome, case, .. } => {
+                p { "Leaf " strong { (leaf) } ": " (outcome) " → " strong { (case) } }
+            }
+            flowcharts::Plan::Stopped { node, reason } => {
+                p.banner { "Stopped at " strong { (node) } ": " (reason) }
+            }
+        }
+    }
+}
+
+/// The recovery page: the live diagnosis's path through triage and the
+/// case it chose, each question with its answer and evidence, the leaf's
+/// plan, and each tree drawn with that path on it.
+pub fn recovery(v: &RecoveryView) -> Markup {
+    page(
+        "Recovery",
+        None,
+        html! {
+            h1 { "Recovery" }
+            p.meta { "diagnosed " (time(v.at_us)) " through node " (v.node.to_string())
+                " · run it yourself: " code { "etp recover run --node " (v.node.to_string()) " --dry-run" } }
+            @for w in &v.warnings { p.banner { "warning: " (w) } }
+            @match &v.diagnosis {
+                Err(e) => p.banner id="error" { (e) },
+                Ok(d) => {
+                    @let intact = d.triage.plan.leaf() == Some("all_intact");
+                    p id="verdict" class=(if intact { "ok" } else { "bad" }) {
+                        @if intact { "All intact: nothing to recover." }
+                        @else { "Recovery needed: " (d.plan().leaf().unwrap_or("a question has no answer")) }
+                    }
+                    @for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
+                        h2 { (w.tree) }
+                        (walk_list(w))
+                        @if let Some(t) = v.set.as_ref().and_then(|s| s.get(&w.tree)) {
+                            div.treebox { (super::tree::svg(t, Some(w))) }
+                        }
+                    }
+                }
+            }
+        },
+    )
 }
 
 pub fn not_found() -> Markup {
