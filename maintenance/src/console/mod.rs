@@ -40,8 +40,12 @@ pub struct Console {
     /// unreachable, kept across requests.
     down_since: Mutex<BTreeMap<DbId, i64>>,
     /// Per replicate, its lag over the last hour: what every page and the
-    /// sampler found.
+    /// sampler found, one sample per [`SAMPLE_EVERY`] bucket, in time order.
     lag: Mutex<BTreeMap<String, VecDeque<LagSample>>>,
+    /// One gather at a time: the latest, reused while it is fresh, so
+    /// however many pages are asked for, the nodes see one client's
+    /// requests.
+    latest: tokio::sync::Mutex<Option<(std::time::Instant, Arc<view::ClusterView>)>>,
 }
 
 /// A replicate's lag when the console looked.
@@ -54,8 +58,13 @@ pub struct LagSample {
 
 /// How far back the lag charts reach.
 pub const LAG_WINDOW_US: i64 = 3_600_000_000;
-/// How often the console samples the cluster with nobody looking.
+/// How often the console samples the cluster with nobody looking (and
+/// the width of a lag sample's bucket).
 const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A gather this recent is shown again rather than asked for anew.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+/// A page waits this long for the cluster's state, at most.
+const PAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Console {
     pub fn new(node: SocketAddr, sources: crate::recovery::probes::Sources) -> Console {
@@ -64,25 +73,66 @@ impl Console {
             sources,
             down_since: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
+            latest: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The cluster's state: the latest gather if it is fresh, else a new
+    /// one (one at a time; a caller that waited for another's takes it).
+    pub async fn cluster(self: &Arc<Self>) -> anyhow::Result<Arc<view::ClusterView>> {
+        let mut latest = self.latest.lock().await;
+        if let Some((at, v)) = latest.as_ref() {
+            if at.elapsed() < FRESH {
+                return Ok(v.clone());
+            }
+        }
+        let c = self.clone();
+        let v = Arc::new(tokio::task::spawn_blocking(move || view::gather(&c)).await?);
+        self.record(&v);
+        *latest = Some((std::time::Instant::now(), v.clone()));
+        Ok(v)
     }
 
     /// Keeps the lag of every replicate `v` shows (an hour of it).
     pub fn record(&self, v: &view::ClusterView) {
+        let seen = v
+            .masters
+            .iter()
+            .filter_map(|m| m.task.as_ref())
+            .flat_map(|t| t.replicates.iter())
+            .map(|r| (r.name.as_str(), r.lag_records, r.lag_s));
+        self.record_at(v.at_us, seen);
+    }
+
+    /// Keeps each `(replicate, lag in records, lag in seconds)` seen at
+    /// `at_us`.
+    fn record_at<'a>(&self, at_us: i64, seen: impl Iterator<Item = (&'a str, u64, f64)>) {
+        let bucket = SAMPLE_EVERY.as_micros() as i64;
         let mut lag = lock(&self.lag);
-        for t in v.masters.iter().filter_map(|m| m.task.as_ref()) {
-            for r in &t.replicates {
-                let q = lag.entry(r.name.clone()).or_default();
-                q.push_back(LagSample {
-                    at_us: v.at_us,
-                    records: r.lag_records,
-                    seconds: r.lag_s,
-                });
-                while q.front().is_some_and(|s| s.at_us < v.at_us - LAG_WINDOW_US) {
-                    q.pop_front();
+        for (name, records, seconds) in seen {
+            {
+                let q = lag.entry(name.to_string()).or_default();
+                let s = LagSample {
+                    at_us,
+                    records,
+                    seconds,
+                };
+                // In time order, one per bucket (the latest of it).
+                let i = q.partition_point(|o| o.at_us <= s.at_us);
+                if i > 0 && q[i - 1].at_us / bucket == s.at_us / bucket {
+                    q[i - 1] = s;
+                } else {
+                    q.insert(i, s);
                 }
             }
         }
+        // An hour of it, for every replicate (those gone age out).
+        for q in lag.values_mut() {
+            while q.front().is_some_and(|s| s.at_us < at_us - LAG_WINDOW_US) {
+                q.pop_front();
+            }
+        }
+        lag.retain(|_, q| !q.is_empty());
     }
 
     /// A replicate's lag samples, oldest first.
@@ -94,13 +144,44 @@ impl Console {
     }
 }
 
-/// The console's routes.
+/// The console's routes; a request whose `Host` is not a loopback name is
+/// refused (a page on another site cannot make a browser ask the console
+/// through a name it rebinds to loopback).
 pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(cluster_page))
         .route("/recovery", get(recovery_page))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(loopback_host))
         .with_state(console)
+}
+
+/// Whether a `Host` header names this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn loopback_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        return (
+            StatusCode::FORBIDDEN,
+            Html(view::failed(&format!("the console answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]); this one was for {host:?}")).into_string()),
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> Response {
@@ -108,18 +189,16 @@ async fn not_found() -> Response {
 }
 
 async fn cluster_page(State(c): State<Arc<Console>>) -> Response {
-    let gathered = {
-        let c = c.clone();
-        tokio::task::spawn_blocking(move || view::gather(&c)).await
-    };
-    match gathered {
-        Ok(v) => {
-            c.record(&v);
-            Html(view::cluster(&v, &c).into_string()).into_response()
-        }
-        Err(e) => (
+    match tokio::time::timeout(PAGE_DEADLINE, c.cluster()).await {
+        Ok(Ok(v)) => Html(view::cluster(&v, &c).into_string()).into_response(),
+        Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Html(view::failed(&format!("gathering the cluster's state failed: {e}")).into_string()),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Html(view::failed(&format!("the cluster's nodes did not all answer within {} s: a node that accepts connections and does not answer holds the gather up; reload to see it again", PAGE_DEADLINE.as_secs())).into_string()),
         )
             .into_response(),
     }
@@ -131,12 +210,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The recovery page: a live diagnosis, drawn on its trees.
 async fn recovery_page(State(c): State<Arc<Console>>) -> Response {
+    // One diagnosis at a time, as for the cluster's state.
+    let _one = c.latest.lock().await;
     let c2 = c.clone();
-    match tokio::task::spawn_blocking(move || view::diagnose(&c2)).await {
-        Ok(v) => Html(view::recovery(&v).into_string()).into_response(),
-        Err(e) => (
+    let diagnosed = tokio::time::timeout(
+        PAGE_DEADLINE,
+        tokio::task::spawn_blocking(move || view::diagnose(&c2)),
+    )
+    .await;
+    match diagnosed {
+        Ok(Ok(v)) => Html(view::recovery(&v).into_string()).into_response(),
+        Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Html(view::failed(&format!("the diagnosis failed: {e}")).into_string()),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Html(
+                view::failed(&format!(
+                    "the diagnosis took more than {} s",
+                    PAGE_DEADLINE.as_secs()
+                ))
+                .into_string(),
+            ),
         )
             .into_response(),
     }
@@ -160,7 +257,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the console's runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -177,19 +274,20 @@ pub fn run(
             .await
             .context("serving the console")?;
         Ok(Outcome::Ok)
-    })
+    });
+    // A gather still waiting on a node is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    served
 }
 
 /// Samples the cluster every [`SAMPLE_EVERY`], so the lag charts cover
 /// the time nobody looked.
 async fn sample(c: Arc<Console>) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let c2 = c.clone();
-        if let Ok(v) = tokio::task::spawn_blocking(move || view::gather(&c2)).await {
-            c.record(&v);
-        }
+        let _ = c.cluster().await;
     }
 }
 
@@ -206,5 +304,55 @@ async fn shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_served() {
+        for ok in [
+            "localhost",
+            "localhost:7480",
+            "127.0.0.1:7480",
+            "[::1]:7480",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example:7480",
+            "10.0.0.1",
+            "127.0.0.1.evil.example",
+            "[fe80::1]:80",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lag_samples_stay_in_time_order_one_per_bucket_for_an_hour() {
+        let c = Console::new("127.0.0.1:1".parse().expect("addr"), Default::default());
+        let s = 1_000_000i64;
+        // Out of order (a slow gather ends after a quick one), and twice in
+        // one bucket.
+        c.record_at(100 * s, [("r", 1, 0.1)].into_iter());
+        c.record_at(80 * s, [("r", 2, 0.2)].into_iter());
+        c.record_at(103 * s, [("r", 3, 0.3)].into_iter());
+        let got: Vec<(i64, u64)> = c.lag_of("r").iter().map(|x| (x.at_us, x.records)).collect();
+        assert_eq!(got, vec![(80 * s, 2), (103 * s, 3)]);
+        // An hour later the old ones are gone, and a replicate no longer
+        // seen goes with its last sample.
+        c.record_at(20 * s, [("gone", 9, 0.0)].into_iter());
+        c.record_at(
+            100 * s + LAG_WINDOW_US + 30 * s,
+            [("r", 4, 0.4)].into_iter(),
+        );
+        let got: Vec<u64> = c.lag_of("r").iter().map(|x| x.records).collect();
+        assert_eq!(got, vec![4]);
+        assert!(c.lag_of("gone").is_empty());
     }
 }

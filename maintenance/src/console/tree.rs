@@ -12,38 +12,59 @@ const GAP_X: f64 = 26.0;
 const GAP_Y: f64 = 40.0;
 const MARGIN: f64 = 12.0;
 
-/// Where each node of `tree` is drawn: (layer, place in its layer), by a
-/// breadth-first walk from the start (nodes it does not reach go last).
+/// Where each node of `tree` is drawn: (layer, place in its layer). A
+/// node's layer is its longest distance from the start (the trees have no
+/// cycles: the validator refuses one), so every edge points down; within a
+/// layer, nodes keep the order a breadth-first walk meets them. Nodes the
+/// start does not reach go last.
 pub fn layout(tree: &Tree) -> BTreeMap<String, (usize, usize)> {
-    let mut at: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut rows: Vec<usize> = Vec::new();
-    let mut queue = VecDeque::from([(tree.start.clone(), 0usize)]);
-    let mut place = |id: &str, depth: usize, at: &mut BTreeMap<String, (usize, usize)>| {
-        if rows.len() <= depth {
-            rows.resize(depth + 1, 0);
+    let next = |id: &str| -> Vec<String> {
+        match tree.node(id).map(|n| &n.kind) {
+            Some(NodeKind::Question(q)) => vec![q.yes.clone(), q.no.clone()],
+            _ => Vec::new(),
         }
-        at.insert(id.to_string(), (depth, rows[depth]));
-        rows[depth] += 1;
     };
-    while let Some((id, depth)) = queue.pop_front() {
-        if at.contains_key(&id) {
+    // Breadth-first order of the reachable nodes.
+    let mut order: Vec<String> = Vec::new();
+    let mut queue = VecDeque::from([tree.start.clone()]);
+    while let Some(id) = queue.pop_front() {
+        if order.contains(&id) || tree.node(&id).is_none() {
             continue;
         }
-        let Some(node) = tree.node(&id) else { continue };
-        place(&id, depth, &mut at);
-        if let NodeKind::Question(q) = &node.kind {
-            for next in [&q.yes, &q.no] {
-                if !at.contains_key(next.as_str()) {
-                    queue.push_back((next.clone(), depth + 1));
+        queue.extend(next(&id));
+        order.push(id);
+    }
+    // Longest distances: relaxed until nothing moves (at most one round
+    // per node, as there is no cycle; bounded anyway).
+    let mut depth: BTreeMap<String, usize> = BTreeMap::from([(tree.start.clone(), 0)]);
+    for _ in 0..=tree.nodes.len() {
+        let mut moved = false;
+        for id in &order {
+            let Some(&d) = depth.get(id) else { continue };
+            for n in next(id) {
+                if depth.get(&n).is_none_or(|&e| e < d + 1) {
+                    depth.insert(n, d + 1);
+                    moved = true;
                 }
             }
         }
-    }
-    let last = at.values().map(|p| p.0).max().map_or(0, |d| d + 1);
-    for n in &tree.nodes {
-        if !at.contains_key(&n.id) {
-            place(&n.id, last, &mut at);
+        if !moved {
+            break;
         }
+    }
+    let last = depth.values().max().map_or(0, |d| d + 1);
+    let mut rows: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut at = BTreeMap::new();
+    let unreached = tree
+        .nodes
+        .iter()
+        .map(|n| &n.id)
+        .filter(|id| !order.contains(id));
+    for id in order.iter().chain(unreached) {
+        let d = depth.get(id).copied().unwrap_or(last);
+        let row = rows.entry(d).or_default();
+        at.insert(id.clone(), (d, *row));
+        *row += 1;
     }
     at
 }
@@ -91,6 +112,11 @@ pub fn svg(tree: &Tree, walk: Option<&Walk>) -> Markup {
         svg class="tree" data-tree=(tree.id) width=(width) height=(height)
             viewBox={ "0 0 " (width) " " (height) } xmlns="http://www.w3.org/2000/svg" role="img" {
             title { (tree.title) }
+            defs {
+                marker id="arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" orient="auto-start-reverse" {
+                    path d="M0,0 L8,4 L0,8 z" fill="#8a93a3" {}
+                }
+            }
             // Edges first, under the boxes.
             @for n in &tree.nodes {
                 @if let NodeKind::Question(q) = &n.kind {
@@ -101,7 +127,7 @@ pub fn svg(tree: &Tree, walk: Option<&Walk>) -> Markup {
                             @let on = taken(&n.id, branch);
                             line class={ "edge" @if on { " taken" } } x1=(x1) y1=(y1) x2=(x2) y2=(y2)
                                 stroke=(if on { "#1d2433" } else { "#b7bfcc" })
-                                stroke-width=(if on { "2.5" } else { "1" }) {}
+                                stroke-width=(if on { "2.5" } else { "1" }) marker-end="url(#arrow)" {}
                             text x=((x1 + x2) / 2.0 + 4.0) y=((y1 + y2) / 2.0) font-size="10"
                                 fill=(if on { "#1d2433" } else { "#8a93a3" }) { (branch) }
                         }
@@ -164,6 +190,19 @@ mod tests {
                 t.id
             );
             assert_eq!(at[&t.start], (0, 0), "{}", t.id);
+            // Every edge points down a layer or more.
+            for n in &t.nodes {
+                if let NodeKind::Question(q) = &n.kind {
+                    for next in [&q.yes, &q.no] {
+                        assert!(
+                            at[next.as_str()].0 > at[&n.id].0,
+                            "{}: {} → {next}",
+                            t.id,
+                            n.id
+                        );
+                    }
+                }
+            }
             let svg = svg(t, None).into_string();
             assert_eq!(
                 svg.matches("<g class=\"node").count(),

@@ -32,6 +32,9 @@ pub struct MasterRow {
     pub file: u32,
     pub incarnation: Option<u32>,
     pub task: Option<TaskReport>,
+    /// Why its task's state is not shown (its node did not answer, or
+    /// answered without it).
+    pub no_task: Option<String>,
 }
 
 /// What the cluster page shows.
@@ -82,6 +85,7 @@ pub fn gather(c: &Console) -> ClusterView {
             file: m.file,
             incarnation: None,
             task: None,
+            no_task: Some("its node does not answer".into()),
         })
         .collect();
     for (db, addr) in &v.addresses {
@@ -93,11 +97,11 @@ pub fn gather(c: &Console) -> ClusterView {
             };
             let files = match client.call(&Request::Read(ReadRequest::Files))? {
                 Response::Files { files, .. } => files,
-                _ => Vec::new(),
+                other => anyhow::bail!("it answered {other:?} to Files"),
             };
             let tasks = match client.call(&Request::Operation(OperationRequest::ReplicateStatus))? {
                 Response::Tasks(t) => t,
-                _ => Vec::new(),
+                other => anyhow::bail!("it answered {other:?} to ReplicateStatus"),
             };
             Ok((lsn, files, tasks))
         })();
@@ -114,6 +118,9 @@ pub fn gather(c: &Console) -> ClusterView {
                             _ => None,
                         });
                     m.task = tasks.iter().find(|t| t.master.0 == m.file).cloned();
+                    m.no_task = m.task.is_none().then(|| {
+                        "its node runs no task for it (no replicate, or not started)".into()
+                    });
                 }
                 databases.push(DbRow {
                     db: *db,
@@ -258,7 +265,7 @@ pub fn cluster(v: &ClusterView, c: &Console) -> Markup {
                                 td { (t.policy.to_string()) }
                                 td { (t.restart_interval_s.map_or("none (a lost link stops it)".to_string(), |s| format!("{s} s"))) }
                             },
-                            None => { td.bad { "its node does not answer" } td { "–" } td { "–" } },
+                            None => { td.bad { (m.no_task.as_deref().unwrap_or("–")) } td { "–" } td { "–" } },
                         }
                     }
                 }
@@ -307,13 +314,21 @@ pub fn cluster(v: &ClusterView, c: &Console) -> Markup {
 pub fn lag_chart(name: &str, samples: &[super::LagSample], now_us: i64) -> Markup {
     const W: f64 = 240.0;
     const H: f64 = 36.0;
-    let top = samples.iter().map(|s| s.seconds).fold(1.0f64, f64::max);
+    // (A lag that is not a finite, non-negative number draws as none.)
+    let lag = |s: &super::LagSample| {
+        if s.seconds.is_finite() {
+            s.seconds.max(0.0)
+        } else {
+            0.0
+        }
+    };
+    let top = samples.iter().map(lag).fold(1.0f64, f64::max);
     let from = now_us - super::LAG_WINDOW_US;
     let points: Vec<String> = samples
         .iter()
         .map(|s| {
             let x = (s.at_us - from) as f64 / super::LAG_WINDOW_US as f64 * W;
-            let y = H - (s.seconds / top) * (H - 2.0) - 1.0;
+            let y = H - (lag(s) / top) * (H - 2.0) - 1.0;
             format!("{:.1},{:.1}", x.clamp(0.0, W), y)
         })
         .collect();
@@ -328,7 +343,7 @@ pub fn lag_chart(name: &str, samples: &[super::LagSample], now_us: i64) -> Marku
             rect x="0" y="0" width=(W) height=(H) fill="#f3f5f9" {}
             polyline points=(points.join(" ")) fill="none" stroke="#2f6fdf" stroke-width="1.5" {}
             @if let Some(s) = newest {
-                circle cx=(points.last().and_then(|p| p.split(',').next()).unwrap_or("0")) cy=(format!("{:.1}", H - (s.seconds / top) * (H - 2.0) - 1.0)) r="2" fill="#2f6fdf" {}
+                circle cx=(points.last().and_then(|p| p.split(',').next()).unwrap_or("0")) cy=(format!("{:.1}", H - (lag(s) / top) * (H - 2.0) - 1.0)) r="2" fill="#2f6fdf" {}
             }
         }
         span.why { " max " (secs(top)) }
