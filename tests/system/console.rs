@@ -80,10 +80,9 @@ fn http_to(addr: SocketAddr, host: &str, method: &str, path: &str) -> (u16, Stri
     (code, body.to_string())
 }
 
-#[test]
-fn the_cluster_page_shows_every_database_master_and_replicate_and_a_stopped_node_at_once() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cl = Cluster::start(etp_system_tests::etp_bin(), tmp.path(), Some(1)).expect("cluster");
+/// The example cluster (three nodes), with 20 records on its master.
+fn cluster_of_20(dir: &std::path::Path) -> Cluster {
+    let cl = Cluster::start(etp_system_tests::etp_bin(), dir, Some(1)).expect("cluster");
     let mut c = cl.master().client().expect("client");
     for id in 1..=20i64 {
         let mut r = propagator::Record::new();
@@ -94,6 +93,13 @@ fn the_cluster_page_shows_every_database_master_and_replicate_and_a_stopped_node
             .expect("store");
         c.et(None).expect("et");
     }
+    cl
+}
+
+#[test]
+fn the_cluster_page_shows_every_database_master_and_replicate_and_a_stopped_node_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cl = cluster_of_20(tmp.path());
     let (seq, _) = cl.wait_converged(LIMIT).expect("converged");
     let (_console, at) = start_console(cl.nodes[0].addr, &tmp.path().join("console.log"));
     let (code, page) = http(at, "GET", "/");
@@ -242,17 +248,7 @@ fn artifacts() -> std::path::PathBuf {
 #[test]
 fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cl = Cluster::start(etp_system_tests::etp_bin(), tmp.path(), Some(1)).expect("cluster");
-    let mut c = cl.master().client().expect("client");
-    for id in 1..=20i64 {
-        let mut r = propagator::Record::new();
-        r.insert("id".into(), propagator::Value::Int(id));
-        r.insert("grp".into(), propagator::Value::Int(id % 8));
-        r.insert("qty".into(), propagator::Value::Int(id));
-        c.store(maintenance::cluster::MASTER, None, r)
-            .expect("store");
-        c.et(None).expect("et");
-    }
+    let mut cl = cluster_of_20(tmp.path());
     cl.wait_converged(LIMIT).expect("converged");
     // Record 3 of the full replicate changed behind the engine's back.
     cl.nodes[1].stop().expect("stop");

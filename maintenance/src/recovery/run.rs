@@ -331,24 +331,20 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 if waiting != Some(i) {
                     journal.append(Line::Waiting { step: i })?;
                 }
+                let (targets, down) = (
+                    b.targets
+                        .iter()
+                        .map(Target::describe)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    still_down.join("; "),
+                );
                 let what = match Action::parse(&b.action) {
                     Some(Action::RestartDatabases) => format!(
-                        "start the node of {} (stopped: {}), then run again; a node that will not start because its database will not open is rebuilt first with `etp db recover --data DIR --area AREA` (in place, the damaged directory kept)",
-                        b.targets
-                            .iter()
-                            .map(Target::describe)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        still_down.join("; ")
+                        "start the node of {targets} (stopped: {down}), then run again; a node that will not start because its database will not open is rebuilt first with `etp db recover --data DIR --area AREA` (in place, the damaged directory kept)"
                     ),
                     Some(Action::RecoverDatabase) => format!(
-                        "rebuild {} (stopped: {}) on its host: `etp db recover --data DIR --area AREA` (in place, the damaged directory kept; `--to-last-good --reapply` if its protection log is damaged too: the transactions read whole after the damage are re-applied where they still fit), start its node, then run again",
-                        b.targets
-                            .iter()
-                            .map(Target::describe)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        still_down.join("; ")
+                        "rebuild {targets} (stopped: {down}) on its host: `etp db recover --data DIR --area AREA` (in place, the damaged directory kept; `--to-last-good --reapply` if its protection log is damaged too: the transactions read whole after the damage are re-applied where they still fit), start its node, then run again"
                     ),
                     _ => b.reason.clone().unwrap_or_default(),
                 };
