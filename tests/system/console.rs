@@ -179,6 +179,72 @@ fn the_cluster_page_shows_every_database_master_and_replicate_and_a_stopped_node
     assert!(body.contains("loopback name"), "{body}");
 }
 
+/// The copies page: the catalog's sets with their members, the files
+/// without a recent copy, and what log cleanup may delete and why not
+/// more.
+#[test]
+fn the_copies_page_shows_the_catalog_the_alarms_and_the_log_retention() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = cluster_of_20(tmp.path());
+    cl.wait_converged(LIMIT).expect("converged");
+    let area = tmp.path().join("area");
+    let m = cl.nodes[0].addr.to_string();
+    let taken = etp_system_tests::ok(&etp_system_tests::etp(&[
+        "copy",
+        "take",
+        "--node",
+        &m,
+        "--area",
+        &area.display().to_string(),
+        "--file",
+        "10",
+        "--json",
+    ]));
+    let id = taken
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["set"]["id"].as_str().map(String::from))
+        .expect("the set's id");
+    let err = std::fs::File::create(tmp.path().join("console.log")).expect("log");
+    let mut child = etp_command()
+        .args(["console", "--node", &m, "--listen", "127.0.0.1:0", "--area"])
+        .arg(&area)
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("console");
+    let stdout = child.stdout.take().expect("stdout");
+    let _guard = KillGuard(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("address");
+    let at: SocketAddr = line
+        .trim()
+        .trim_start_matches("console listening on http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("address");
+    let (code, page) = http(at, "GET", "/copies");
+    assert_eq!(code, 200, "{page}");
+    let set = {
+        let from = page
+            .find(&format!("id=\"set-{id}\""))
+            .unwrap_or_else(|| panic!("set {id} missing: {page}"));
+        &page[from..from + page[from..].find("</tr>").expect("row end")]
+    };
+    assert!(
+        set.contains(">master<") && set.contains("10 items (master)") && set.contains("blake3"),
+        "{set}"
+    );
+    assert!(page.contains("id=\"cleanup-items\""), "{page}");
+    assert!(page.contains("newest master copy: seq 20"), "{page}");
+    // The administration file was not copied: it is named without a
+    // recent copy only if the node raises alarms; either way the section
+    // is there.
+    assert!(page.contains("Files without a recent copy"), "{page}");
+}
+
 #[test]
 fn the_console_refuses_a_non_loopback_address() {
     let out = etp_command()

@@ -151,6 +151,7 @@ pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(cluster_page))
         .route("/recovery", get(recovery_page))
+        .route("/copies", get(copies_page))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(loopback_host))
         .with_state(console)
@@ -230,6 +231,35 @@ async fn recovery_page(State(c): State<Arc<Console>>) -> Response {
             Html(
                 view::failed(&format!(
                     "the diagnosis took more than {} s",
+                    PAGE_DEADLINE.as_secs()
+                ))
+                .into_string(),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// The copies page.
+async fn copies_page(State(c): State<Arc<Console>>) -> Response {
+    let c2 = c.clone();
+    let read = tokio::time::timeout(
+        PAGE_DEADLINE,
+        tokio::task::spawn_blocking(move || view::copies(&c2)),
+    )
+    .await;
+    match read {
+        Ok(Ok(v)) => Html(view::copies_page(&v).into_string()).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Html(view::failed(&format!("reading the copies failed: {e}")).into_string()),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Html(
+                view::failed(&format!(
+                    "the nodes did not answer within {} s",
                     PAGE_DEADLINE.as_secs()
                 ))
                 .into_string(),

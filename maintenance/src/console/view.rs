@@ -185,7 +185,7 @@ fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                nav { a href="/" { "Cluster" } a href="/recovery" { "Recovery" } }
+                nav { a href="/" { "Cluster" } a href="/recovery" { "Recovery" } a href="/copies" { "Copies" } }
                 (body)
             }
         }
@@ -442,6 +442,193 @@ pub fn recovery(v: &RecoveryView) -> Markup {
                         (walk_list(w))
                         @if let Some(t) = v.set.as_ref().and_then(|s| s.get(&w.tree)) {
                             div.treebox { (super::tree::svg(t, Some(w))) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The copies page's facts.
+pub struct CopiesView {
+    pub node: SocketAddr,
+    pub at_us: i64,
+    /// The copy area read, and why not when it could not be.
+    pub area: Result<std::path::PathBuf, String>,
+    pub sets: Vec<backup::CopySet>,
+    pub runs: Vec<backup::schedule::JobRun>,
+    /// Per node: its copy-job definitions (TOML), or why not.
+    pub jobs: Vec<(DbId, Result<String, String>)>,
+    pub ages: Vec<propagator::wire::CopyAge>,
+    pub cleanup: Vec<propagator::wire::CleanupPlan>,
+    /// What could not be asked.
+    pub problems: Vec<String>,
+}
+
+/// Reads the copy area (the console's `--area`, else the node's own, when
+/// it is on this machine) and asks every node of the topology for its copy
+/// jobs, the ages of its newest copies and its log's cleanup plan.
+pub fn copies(c: &Console) -> CopiesView {
+    let at_us = now_us();
+    let mut problems = Vec::new();
+    let mut out = CopiesView {
+        node: c.node,
+        at_us,
+        area: Err("no copy area known: start the console with --area DIR".into()),
+        sets: Vec::new(),
+        runs: Vec::new(),
+        jobs: Vec::new(),
+        ages: Vec::new(),
+        cleanup: Vec::new(),
+        problems: Vec::new(),
+    };
+    let v = match topology(c.node) {
+        Ok(v) => v,
+        Err(e) => {
+            out.problems
+                .push(format!("node {} gave no topology: {e:#}", c.node));
+            return out;
+        }
+    };
+    let mut node_area = None;
+    for (db, addr) in &v.addresses {
+        let mut client = match Client::connect(*addr) {
+            Ok(cl) => cl,
+            Err(e) => {
+                problems.push(format!("database {db} ({addr}): {e}"));
+                continue;
+            }
+        };
+        if *addr == c.node {
+            if let Ok(Response::Info(i)) = client.call(&Request::Read(ReadRequest::Info)) {
+                node_area = i.copy_area;
+            }
+        }
+        let jobs = match client.call(&Request::Copy(propagator::wire::CopyRequest::CopyJobs {
+            set: None,
+        })) {
+            Ok(Response::Text(t)) => Ok(t),
+            Ok(other) => Err(format!("it answered {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        out.jobs.push((*db, jobs));
+        match client.call(&Request::Read(ReadRequest::CopyAges)) {
+            Ok(Response::CopyAges(a)) => out.ages.extend(a),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("database {db}: copy ages: {e}")),
+        }
+        match client.call(&Request::Operation(OperationRequest::LogCleanup {
+            master: None,
+            until: None,
+            execute: false,
+        })) {
+            Ok(Response::Cleanup(p)) => out.cleanup.extend(p),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("database {db}: cleanup plan: {e}")),
+        }
+    }
+    let dir = c
+        .sources
+        .area
+        .clone()
+        .or(node_area.map(std::path::PathBuf::from));
+    // (A page creates nothing: an area that is not there is said so.)
+    if let Some(dir) = dir.filter(|d| {
+        let there = d.join("sets").is_dir();
+        if !there {
+            out.area = Err(format!("no copy area at {}", d.display()));
+        }
+        there
+    }) {
+        match backup::Area::open(&dir) {
+            Ok(area) => {
+                match area.list() {
+                    Ok(sets) => out.sets = sets,
+                    Err(e) => problems.push(format!("the catalog of {}: {e}", dir.display())),
+                }
+                match backup::schedule::history(&area) {
+                    Ok(runs) => out.runs = runs,
+                    Err(e) => problems.push(format!("the job history of {}: {e:#}", dir.display())),
+                }
+                out.area = Ok(dir);
+            }
+            Err(e) => out.area = Err(format!("{}: {e}", dir.display())),
+        }
+    }
+    out.problems = problems;
+    out
+}
+
+/// The copies page: the catalog (newest first), the copy jobs with their
+/// runs, the files without a recent copy, and what log cleanup may delete.
+pub fn copies_page(v: &CopiesView) -> Markup {
+    page(
+        "Copies",
+        None,
+        html! {
+            h1 { "Copies" }
+            p.meta { "as of " (time(v.at_us)) ", through node " (v.node.to_string()) " · area "
+                @match &v.area { Ok(a) => code { (a.display().to_string()) }, Err(e) => span.bad { (e) } } }
+            @for p in &v.problems { p.banner { (p) } }
+            h2 { "Files without a recent copy" }
+            @let alarms: Vec<_> = v.ages.iter().filter(|a| a.alarm).collect();
+            @if alarms.is_empty() { p.ok id="no-alarm" { "Every master, log and administration file has a recent copy." } }
+            @else {
+                ul id="alarms" { @for a in &alarms { li.bad { (a.what()) ": " (a.newest()) } } }
+            }
+            h2 { "Copy sets" }
+            table id="sets" {
+                tr { th { "set" } th { "kind" } th { "database" } th { "taken" } th { "LSN" } th { "seqs" } th { "members" } th { "bytes" } th { "job" } }
+                @for s in v.sets.iter().rev() {
+                    tr id={ "set-" (s.id) } {
+                        td { code { (s.id) } }
+                        td { (format!("{:?}", s.kind).to_lowercase()) }
+                        td.num { (s.dbid.0) }
+                        td { (s.taken_utc) }
+                        td.num { (s.lsn.to_string()) }
+                        td { @for (f, q) in &s.seqs { "file " (f.to_string()) ": " (q.to_string()) " " }
+                             @for c in &s.confirmed { div.why { (c.replicate) " confirms " (c.seq) } } }
+                        td { @for m in &s.members {
+                            div { (m.fnr.to_string()) " " (m.name) " (" (m.role) ") "
+                                span.why { (m.copy.bytes) " B, blake3 " (m.copy.blake3.get(..16).unwrap_or(&m.copy.blake3)) "…" } }
+                        } }
+                        td.num { (s.bytes) }
+                        td { (s.job.as_deref().unwrap_or("by hand")) }
+                    }
+                }
+            }
+            p.why { "Verify a set against its digests with " code { "etp copy verify SET --area AREA" } "." }
+            h2 { "Copy jobs" }
+            @for (db, jobs) in &v.jobs {
+                @match jobs {
+                    Ok(t) if !t.trim().is_empty() => { h3 { "database " (db.0) } pre { (t) } },
+                    Ok(_) => {},
+                    Err(e) => p.bad { "database " (db.0) ": " (e) },
+                }
+            }
+            table id="runs" {
+                tr { th { "job" } th { "slot" } th { "started" } th { "seconds" } th { "result" } th { "sets" } }
+                @for r in v.runs.iter().rev().take(50) {
+                    tr {
+                        td { (r.job) } td { (r.slot) } td { (r.started) } td.num { (format!("{:.1}", r.seconds)) }
+                        td { @if r.ok { span.ok { "ok" } } @else { span.bad { "failed" } @if let Some(e) = &r.error { div.why { (e) } } } }
+                        td { @for s in &r.sets { code { (s) } " " } }
+                    }
+                }
+            }
+            h2 { "Log retention" }
+            table id="cleanup" {
+                tr { th { "master" } th { "log" } th { "may delete" } th { "why not more" } }
+                @for p in &v.cleanup {
+                    tr id={ "cleanup-" (p.master_name) } {
+                        td { (p.master_name) }
+                        td { "seqs " (p.first_seq.to_string()) " to " (p.last_seq.to_string()) ", " (p.records) " records, " (p.bytes) " B" }
+                        td { @match p.safe_until { Some(s) => { "up to seq " (s.to_string()) }, None => { "nothing" } } }
+                        td {
+                            @for (r, seq, why) in &p.replicates { div { (r) " confirms " (seq.to_string()) span.why { " (" (why) ")" } } }
+                            div { "newest master copy: " (p.copy_horizon.map_or("none".to_string(), |s| format!("seq {s}"))) }
+                            @for n in &p.notes { div.why { (n) } }
                         }
                     }
                 }
