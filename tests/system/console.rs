@@ -245,6 +245,123 @@ fn the_copies_page_shows_the_catalog_the_alarms_and_the_log_retention() {
     assert!(page.contains("Files without a recent copy"), "{page}");
 }
 
+/// A form posted to the console: the status code and the body.
+fn post(addr: SocketAddr, body: &str, origin: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the console");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    write!(
+        s,
+        "POST /act HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{origin}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The state `etp replicate status` gives a replicate.
+fn state_of(node: &str, name: &str) -> String {
+    let out = etp_system_tests::etp(&["replicate", "status", "--node", node, "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["name"] == name)
+        .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// Actions: a form per replicate and master; a post without the console's
+/// token, or from another origin, is refused and changes nothing; a
+/// malformed one is a 400 naming what is wrong; a good one is confirmed
+/// first, then done as the CLI would (the replicate shunned, unshunned),
+/// and logged with who asked.
+#[test]
+fn an_action_is_confirmed_then_done_and_a_forged_or_malformed_one_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = cluster_of_20(tmp.path());
+    cl.wait_converged(LIMIT).expect("converged");
+    let m = cl.nodes[0].addr.to_string();
+    let log = tmp.path().join("console.log");
+    let (_console, at) = start_console(cl.nodes[0].addr, &log);
+    let (code, page) = http(at, "GET", "/actions");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("id=\"act-items_full\""), "{page}");
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the form's token")
+        .to_string();
+    let shun = "action=shun&replicate=items_full&reason=disk+check";
+    // Forged: no token, a wrong one, another site's origin.
+    for (body, origin, words) in [
+        (shun.to_string(), None, "token"),
+        (format!("{shun}&token=0123&confirm=yes"), None, "token"),
+        (
+            format!("{shun}&token={token}&confirm=yes"),
+            Some("http://evil.example"),
+            "not the console's own",
+        ),
+    ] {
+        let (code, body) = post(at, &body, origin);
+        assert_eq!(code, 403, "{body}");
+        assert!(body.contains(words), "{body}");
+    }
+    // Malformed: named, nothing done.
+    let (code, body) = post(
+        at,
+        &format!("action=shun&replicate=items_full&token={token}&confirm=yes"),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("needs a reason"), "{body}");
+    let (code, body) = post(at, "%zz=&&=", None);
+    assert!((400..500).contains(&code), "{code} {body}");
+    assert_eq!(state_of(&m, "items_full"), "online");
+    // Good: a confirmation page first (nothing done yet), then done.
+    let (code, body) = post(at, &format!("{shun}&token={token}"), None);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("Confirm") && body.contains("name=\"confirm\" value=\"yes\""),
+        "{body}"
+    );
+    assert_eq!(state_of(&m, "items_full"), "online");
+    let (code, body) = post(at, &format!("{shun}&token={token}&confirm=yes"), None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("done: shun replicate items_full"), "{body}");
+    wait_for("the replicate shunned", LIMIT, || {
+        (state_of(&m, "items_full") == "shunned").then_some(())
+    });
+    let (code, body) = post(
+        at,
+        &format!("action=unshun&replicate=items_full&token={token}&confirm=yes"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for("the replicate online again", LIMIT, || {
+        (state_of(&m, "items_full") == "online").then_some(())
+    });
+    // Each action is in the console's log, with who asked.
+    let text = wait_for("the audit lines", LIMIT, || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("unshun replicate items_full").then_some(t)
+    });
+    assert!(
+        text.contains("console action done") && text.contains("who=127.0.0.1:"),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_console_refuses_a_non_loopback_address() {
     let out = etp_command()

@@ -15,6 +15,7 @@
 //! addresses only: serving other addresses waits for TLS with client
 //! certificates on the console's own listener.
 
+mod actions;
 mod tree;
 mod view;
 
@@ -46,6 +47,9 @@ pub struct Console {
     /// however many pages are asked for, the nodes see one client's
     /// requests.
     latest: tokio::sync::Mutex<Option<(std::time::Instant, Arc<view::ClusterView>)>>,
+    /// Every form's CSRF token: random, made at start, shown only in the
+    /// console's own pages.
+    token: String,
 }
 
 /// A replicate's lag when the console looked.
@@ -74,6 +78,7 @@ impl Console {
             down_since: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
             latest: tokio::sync::Mutex::new(None),
+            token: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
         }
     }
 
@@ -152,6 +157,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/", get(cluster_page))
         .route("/recovery", get(recovery_page))
         .route("/copies", get(copies_page))
+        .route("/actions", get(actions_page))
+        .route("/act", axum::routing::post(act))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(loopback_host))
         .with_state(console)
@@ -269,6 +276,90 @@ async fn copies_page(State(c): State<Arc<Console>>) -> Response {
     }
 }
 
+/// The actions page: a form per replicate and master, and the policy.
+async fn actions_page(State(c): State<Arc<Console>>) -> Response {
+    match tokio::time::timeout(PAGE_DEADLINE, c.cluster()).await {
+        Ok(Ok(v)) => Html(actions::page(&v, &c.token).into_string()).into_response(),
+        _ => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Html(view::failed("the cluster's state could not be read").into_string()),
+        )
+            .into_response(),
+    }
+}
+
+/// A posted action: refused without the console's token or from another
+/// origin, refused naming what is wrong when malformed; confirmed on a
+/// page of its own; then carried out and logged with who asked.
+async fn act(
+    State(c): State<Arc<Console>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let refuse = |code: StatusCode, why: String| {
+        (code, Html(view::failed(&why).into_string())).into_response()
+    };
+    // A browser says where a form came from: only the console's own pages.
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let o = origin.to_str().unwrap_or("");
+        let host = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+            .unwrap_or("");
+        if !is_loopback_host(host) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("a form from {o:?} is not the console's own: refused"),
+            );
+        }
+    }
+    let axum::Form(form) = match form {
+        Ok(f) => f,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the form cannot be read: {e}"),
+            )
+        }
+    };
+    if form.get("token") != Some(&c.token) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the form's token is missing or not this console's (a page of an earlier console, or another site's form): reload the actions page".into(),
+        );
+    }
+    let a = match actions::Act::parse(&form) {
+        Ok(a) => a,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the form is wrong: {e}; nothing was done"),
+            )
+        }
+    };
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        return Html(actions::confirm(&a, &c.token).into_string()).into_response();
+    }
+    let who = format!("{peer} (loopback; the console has no client certificates yet)");
+    let what = a.describe();
+    let c2 = c.clone();
+    let done = tokio::task::spawn_blocking(move || a.run(&c2)).await;
+    // Whatever came of it, the next page gathers afresh.
+    *c.latest.lock().await = None;
+    match done {
+        Ok(Ok(said)) => {
+            tracing::warn!(target: "etp::audit", who = %who, action = %what, "console action done");
+            Html(view::page("Done", None, maud::html! { h1 { "Done" } p id="result" { (said) } p { a href="/" { "The cluster page" } } }).into_string()).into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: "etp::audit", who = %who, action = %what, error = %e, "console action refused");
+            refuse(StatusCode::BAD_GATEWAY, format!("{what}: {e}"))
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}")),
+    }
+}
+
 /// Serves the console on `listen` (a loopback address; port 0: any free
 /// port) until SIGTERM or ctrl-c. Prints `console listening on
 /// http://ADDR/` first.
@@ -299,10 +390,13 @@ pub fn run(
         let console = Arc::new(Console::new(node, sources));
         tokio::spawn(sample(console.clone()));
         let app = router(console);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
-            .await
-            .context("serving the console")?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving the console")?;
         Ok(Outcome::Ok)
     });
     // A gather still waiting on a node is not waited for.

@@ -51,7 +51,7 @@ fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-fn topology(node: SocketAddr) -> anyhow::Result<Valid> {
+pub(super) fn topology(node: SocketAddr) -> anyhow::Result<Valid> {
     let mut c = Client::connect(node)?;
     match c.call(&Request::Admin(AdminRequest::AdminExport))? {
         Response::Text(t) => Valid::parse(&t).map_err(|e| anyhow::anyhow!("its topology: {e}")),
@@ -172,7 +172,7 @@ ol.path li { margin: .3rem 0; }
 code { background: #eef1f6; padding: 0 .25rem; border-radius: 3px; }
 "#;
 
-fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
+pub(super) fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -185,7 +185,7 @@ fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                nav { a href="/" { "Cluster" } a href="/recovery" { "Recovery" } a href="/copies" { "Copies" } }
+                nav { a href="/" { "Cluster" } a href="/recovery" { "Recovery" } a href="/copies" { "Copies" } a href="/actions" { "Actions" } }
                 (body)
             }
         }

@@ -1,0 +1,354 @@
+//! The operator's daily actions from the console: each a form, confirmed
+//! on a second page before anything changes, carried out through the same
+//! requests as the CLI's, and logged with who asked.
+//!
+//! Safe by default: only POST changes anything (GET shows the forms),
+//! every form carries the console's CSRF token (a random value made at
+//! start and shown only in its own pages), a request whose `Origin` is not
+//! the console's loopback name is refused, and a malformed form is a 400
+//! naming what is wrong, with nothing done.
+
+use super::Console;
+use maud::{html, Markup};
+use propagator::node::client::Client;
+use propagator::node::control::Policy;
+use propagator::wire::{OperationRequest, ReplicateAction, Request, Response, TaskAction};
+use propagator::{DbId, Fnr};
+use std::collections::BTreeMap;
+
+/// An action an operator asked for, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Act {
+    Shun { replicate: String, reason: String },
+    Unshun { replicate: String },
+    ResetError { replicate: String },
+    Task { master: String, action: TaskAction },
+    Policy { mode: Policy },
+}
+
+impl Act {
+    /// Reads a posted form; `Err` names what is wrong.
+    pub fn parse(form: &BTreeMap<String, String>) -> Result<Act, String> {
+        let get = |k: &str| -> Result<String, String> {
+            match form.get(k).map(|v| v.trim()) {
+                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                _ => Err(format!("the form has no {k}")),
+            }
+        };
+        let action = get("action")?;
+        Ok(match action.as_str() {
+            "shun" => {
+                let reason = get("reason")
+                    .map_err(|_| "a shun needs a reason (it is kept in the replicate's error log)".to_string())?;
+                if reason.len() > 500 {
+                    return Err(format!(
+                        "the reason is {} bytes; at most 500",
+                        reason.len()
+                    ));
+                }
+                Act::Shun {
+                    replicate: get("replicate")?,
+                    reason,
+                }
+            }
+            "unshun" => Act::Unshun {
+                replicate: get("replicate")?,
+            },
+            "reset_error" => Act::ResetError {
+                replicate: get("replicate")?,
+            },
+            "task_start" | "task_stop" | "task_restart" => Act::Task {
+                master: get("master")?,
+                action: match action.as_str() {
+                    "task_start" => TaskAction::Start,
+                    "task_stop" => TaskAction::Stop,
+                    _ => TaskAction::Restart,
+                },
+            },
+            "policy" => Act::Policy {
+                mode: get("mode")?
+                    .parse()
+                    .map_err(|e: String| format!("mode: {e}"))?,
+            },
+            other => {
+                return Err(format!(
+                    "unknown action {other:?} (shun, unshun, reset_error, task_start, task_stop, task_restart, policy)"
+                ))
+            }
+        })
+    }
+
+    /// What it does, for people (the confirmation page and the log).
+    pub fn describe(&self) -> String {
+        match self {
+            Act::Shun { replicate, reason } => {
+                format!("shun replicate {replicate} (stop feeding it; it refuses current reads): {reason}")
+            }
+            Act::Unshun { replicate } => format!("unshun replicate {replicate} (feed it again)"),
+            Act::ResetError { replicate } => {
+                format!("reset the error of replicate {replicate} (its feeder restarts)")
+            }
+            Act::Task { master, action } => format!(
+                "{} the replication task of master {master}",
+                match action {
+                    TaskAction::Start => "start",
+                    TaskAction::Stop => "stop",
+                    TaskAction::Restart => "restart",
+                }
+            ),
+            Act::Policy { mode } => format!("set the policy of every node to {mode}"),
+        }
+    }
+
+    /// The form fields that ask for it again (the confirmation's form).
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Act::Shun { replicate, reason } => vec![
+                ("action", "shun".into()),
+                ("replicate", replicate.clone()),
+                ("reason", reason.clone()),
+            ],
+            Act::Unshun { replicate } => {
+                vec![
+                    ("action", "unshun".into()),
+                    ("replicate", replicate.clone()),
+                ]
+            }
+            Act::ResetError { replicate } => vec![
+                ("action", "reset_error".into()),
+                ("replicate", replicate.clone()),
+            ],
+            Act::Task { master, action } => vec![
+                (
+                    "action",
+                    match action {
+                        TaskAction::Start => "task_start",
+                        TaskAction::Stop => "task_stop",
+                        TaskAction::Restart => "task_restart",
+                    }
+                    .into(),
+                ),
+                ("master", master.clone()),
+            ],
+            Act::Policy { mode } => vec![("action", "policy".into()), ("mode", mode.to_string())],
+        }
+    }
+
+    /// Carries it out through the node the topology says (blocking).
+    pub fn run(&self, c: &Console) -> Result<String, String> {
+        let v = super::view::topology(c.node).map_err(|e| format!("{e:#}"))?;
+        let feeder_of = |name: &str| -> Result<std::net::SocketAddr, String> {
+            let r = v
+                .replicates
+                .iter()
+                .find(|r| r.def.name == name)
+                .ok_or_else(|| format!("the topology names no replicate {name:?}"))?;
+            v.addresses
+                .get(&DbId(r.def.master_database))
+                .copied()
+                .ok_or_else(|| format!("no address for database {}", r.def.master_database))
+        };
+        let call = |addr: std::net::SocketAddr, req: Request| -> Result<(), String> {
+            let mut client = Client::connect(addr).map_err(|e| e.to_string())?;
+            match client.call(&req).map_err(|e| e.to_string())? {
+                Response::Error { message, .. } => Err(message),
+                _ => Ok(()),
+            }
+        };
+        let replicate = |name: &str, action: ReplicateAction| {
+            call(
+                feeder_of(name)?,
+                Request::Operation(OperationRequest::Replicate {
+                    name: name.to_string(),
+                    action,
+                }),
+            )
+        };
+        match self {
+            Act::Shun {
+                replicate: r,
+                reason,
+            } => replicate(
+                r,
+                ReplicateAction::Shun {
+                    reason: reason.clone(),
+                },
+            )?,
+            Act::Unshun { replicate: r } => replicate(r, ReplicateAction::Unshun)?,
+            Act::ResetError { replicate: r } => replicate(r, ReplicateAction::ResetError)?,
+            Act::Task { master, action } => {
+                let m = v
+                    .topology
+                    .masters
+                    .iter()
+                    .find(|m| m.name == *master)
+                    .ok_or_else(|| format!("the topology names no master {master:?}"))?;
+                let addr = v
+                    .addresses
+                    .get(&DbId(m.database))
+                    .copied()
+                    .ok_or_else(|| format!("no address for database {}", m.database))?;
+                call(
+                    addr,
+                    Request::Operation(OperationRequest::TaskControl {
+                        master: Some(Fnr(m.file)),
+                        action: *action,
+                    }),
+                )?
+            }
+            Act::Policy { mode } => {
+                for addr in v.addresses.values() {
+                    call(
+                        *addr,
+                        Request::Operation(OperationRequest::Policy { set: Some(*mode) }),
+                    )?;
+                }
+            }
+        }
+        Ok(format!("done: {}", self.describe()))
+    }
+}
+
+/// The confirmation page: what will be done, and a form that does it.
+pub fn confirm(a: &Act, token: &str) -> Markup {
+    super::view::page(
+        "Confirm",
+        None,
+        html! {
+            h1 { "Confirm" }
+            p id="what" { (a.describe()) }
+            form method="post" action="/act" {
+                input type="hidden" name="token" value=(token);
+                input type="hidden" name="confirm" value="yes";
+                @for (k, v) in a.fields() { input type="hidden" name=(k) value=(v); }
+                button type="submit" { "Yes, " (a.describe()) }
+                " " a href="/actions" { "No, back" }
+            }
+        },
+    )
+}
+
+/// The actions page: a form per replicate and master, and the policy.
+pub fn page(v: &super::view::ClusterView, token: &str) -> Markup {
+    let hidden = html! { input type="hidden" name="token" value=(token); };
+    super::view::page(
+        "Actions",
+        None,
+        html! {
+            h1 { "Actions" }
+            p.meta { "Each asks for a confirmation first, and is logged with who asked." }
+            h2 { "Replicates" }
+            table id="replicate-actions" {
+                tr { th { "replicate" } th { "state" } th { "actions" } }
+                @for t in v.masters.iter().filter_map(|m| m.task.as_ref()) {
+                    @for r in &t.replicates {
+                        tr id={ "act-" (r.name) } {
+                            td { (r.name) }
+                            td { (r.state.to_string()) }
+                            td {
+                                form method="post" action="/act" {
+                                    (hidden) input type="hidden" name="action" value="shun";
+                                    input type="hidden" name="replicate" value=(r.name);
+                                    input type="text" name="reason" placeholder="why" required;
+                                    button type="submit" { "shun" }
+                                }
+                                @for (act, label) in [("unshun", "unshun"), ("reset_error", "reset error")] {
+                                    form method="post" action="/act" {
+                                        (hidden) input type="hidden" name="action" value=(act);
+                                        input type="hidden" name="replicate" value=(r.name);
+                                        button type="submit" { (label) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Tasks" }
+            table id="task-actions" {
+                tr { th { "master" } th { "state" } th { "actions" } }
+                @for m in &v.masters {
+                    tr {
+                        td { (m.name) }
+                        td { (m.task.as_ref().map_or("–".to_string(), |t| t.state.to_string())) }
+                        td {
+                            @for (act, label) in [("task_stop", "stop"), ("task_start", "start"), ("task_restart", "restart")] {
+                                form method="post" action="/act" {
+                                    (hidden) input type="hidden" name="action" value=(act);
+                                    input type="hidden" name="master" value=(m.name);
+                                    button type="submit" { (label) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Policy" }
+            form method="post" action="/act" {
+                (hidden) input type="hidden" name="action" value="policy";
+                select name="mode" {
+                    @for m in ["automatic", "manual", "maintenance"] { option value=(m) { (m) } }
+                }
+                button type="submit" { "set on every node" }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_form_is_read_or_refused_naming_what_is_wrong() {
+        assert_eq!(
+            Act::parse(&form(&[
+                ("action", "shun"),
+                ("replicate", "r"),
+                ("reason", " disk ")
+            ])),
+            Ok(Act::Shun {
+                replicate: "r".into(),
+                reason: "disk".into()
+            })
+        );
+        assert_eq!(
+            Act::parse(&form(&[("action", "policy"), ("mode", "manual")])),
+            Ok(Act::Policy {
+                mode: Policy::Manual
+            })
+        );
+        for (f, words) in [
+            (form(&[]), "no action"),
+            (form(&[("action", "drop")]), "unknown action"),
+            (
+                form(&[("action", "shun"), ("replicate", "r")]),
+                "needs a reason",
+            ),
+            (form(&[("action", "unshun")]), "no replicate"),
+            (form(&[("action", "policy"), ("mode", "sometimes")]), "mode"),
+            (form(&[("action", "task_stop")]), "no master"),
+        ] {
+            let e = Act::parse(&f).expect_err("refused");
+            assert!(e.contains(words), "{f:?}: {e}");
+        }
+        // What the confirmation posts again reads back the same.
+        let a = Act::Task {
+            master: "m".into(),
+            action: TaskAction::Restart,
+        };
+        let again: BTreeMap<String, String> = a
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(Act::parse(&again), Ok(a));
+    }
+}
