@@ -19,11 +19,27 @@ use std::collections::BTreeMap;
 /// An action an operator asked for, checked.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Act {
-    Shun { replicate: String, reason: String },
-    Unshun { replicate: String },
-    ResetError { replicate: String },
-    Task { master: String, action: TaskAction },
-    Policy { mode: Policy },
+    Shun {
+        replicate: String,
+        reason: String,
+    },
+    Unshun {
+        replicate: String,
+    },
+    ResetError {
+        replicate: String,
+    },
+    /// A master named by its database and file (names need not be unique
+    /// across databases), with its name for people.
+    Task {
+        master: String,
+        database: u32,
+        file: u32,
+        action: TaskAction,
+    },
+    Policy {
+        mode: Policy,
+    },
 }
 
 impl Act {
@@ -34,6 +50,9 @@ impl Act {
                 Some(v) if !v.is_empty() => Ok(v.to_string()),
                 _ => Err(format!("the form has no {k}")),
             }
+        };
+        let number = |k: &str| -> Result<u32, String> {
+            get(k)?.parse().map_err(|_| format!("{k} must be a number"))
         };
         let action = get("action")?;
         Ok(match action.as_str() {
@@ -59,6 +78,8 @@ impl Act {
             },
             "task_start" | "task_stop" | "task_restart" => Act::Task {
                 master: get("master")?,
+                database: number("database")?,
+                file: number("file")?,
                 action: match action.as_str() {
                     "task_start" => TaskAction::Start,
                     "task_stop" => TaskAction::Stop,
@@ -88,8 +109,13 @@ impl Act {
             Act::ResetError { replicate } => {
                 format!("reset the error of replicate {replicate} (its feeder restarts)")
             }
-            Act::Task { master, action } => format!(
-                "{} the replication task of master {master}",
+            Act::Task {
+                master,
+                database,
+                file,
+                action,
+            } => format!(
+                "{} the replication task of master {master} (file {file} of database {database})",
                 match action {
                     TaskAction::Start => "start",
                     TaskAction::Stop => "stop",
@@ -118,7 +144,12 @@ impl Act {
                 ("action", "reset_error".into()),
                 ("replicate", replicate.clone()),
             ],
-            Act::Task { master, action } => vec![
+            Act::Task {
+                master,
+                database,
+                file,
+                action,
+            } => vec![
                 (
                     "action",
                     match action {
@@ -129,6 +160,8 @@ impl Act {
                     .into(),
                 ),
                 ("master", master.clone()),
+                ("database", database.to_string()),
+                ("file", file.to_string()),
             ],
             Act::Policy { mode } => vec![("action", "policy".into()), ("mode", mode.to_string())],
         }
@@ -176,13 +209,20 @@ impl Act {
             )?,
             Act::Unshun { replicate: r } => replicate(r, ReplicateAction::Unshun)?,
             Act::ResetError { replicate: r } => replicate(r, ReplicateAction::ResetError)?,
-            Act::Task { master, action } => {
+            Act::Task {
+                master,
+                database,
+                file,
+                action,
+            } => {
                 let m = v
                     .topology
                     .masters
                     .iter()
-                    .find(|m| m.name == *master)
-                    .ok_or_else(|| format!("the topology names no master {master:?}"))?;
+                    .find(|m| m.database == *database && m.file == *file)
+                    .ok_or_else(|| {
+                        format!("the topology has no master {master:?} in file {file} of database {database}")
+                    })?;
                 let addr = v
                     .addresses
                     .get(&DbId(m.database))
@@ -197,11 +237,40 @@ impl Act {
                 )?
             }
             Act::Policy { mode } => {
-                for addr in v.addresses.values() {
-                    call(
-                        *addr,
-                        Request::Operation(OperationRequest::Policy { set: Some(*mode) }),
-                    )?;
+                // Every node is asked, and each one's result said: a
+                // policy half set is reported as such.
+                let results: Vec<(DbId, Result<(), String>)> = v
+                    .addresses
+                    .iter()
+                    .map(|(db, addr)| {
+                        (
+                            *db,
+                            call(
+                                *addr,
+                                Request::Operation(OperationRequest::Policy { set: Some(*mode) }),
+                            ),
+                        )
+                    })
+                    .collect();
+                let failed: Vec<String> = results
+                    .iter()
+                    .filter_map(|(db, r)| r.as_ref().err().map(|e| format!("database {db}: {e}")))
+                    .collect();
+                if !failed.is_empty() {
+                    let set: Vec<String> = results
+                        .iter()
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(db, _)| db.to_string())
+                        .collect();
+                    return Err(format!(
+                        "set on database(s) {} only; not on {}",
+                        if set.is_empty() {
+                            "none".into()
+                        } else {
+                            set.join(", ")
+                        },
+                        failed.join("; ")
+                    ));
                 }
             }
         }
@@ -276,6 +345,8 @@ pub fn page(v: &super::view::ClusterView, token: &str) -> Markup {
                                 form method="post" action="/act" {
                                     (hidden) input type="hidden" name="action" value=(act);
                                     input type="hidden" name="master" value=(m.name);
+                                    input type="hidden" name="database" value=(m.db.0);
+                                    input type="hidden" name="file" value=(m.file);
                                     button type="submit" { (label) }
                                 }
                             }
@@ -335,6 +406,15 @@ mod tests {
             (form(&[("action", "unshun")]), "no replicate"),
             (form(&[("action", "policy"), ("mode", "sometimes")]), "mode"),
             (form(&[("action", "task_stop")]), "no master"),
+            (
+                form(&[
+                    ("action", "task_stop"),
+                    ("master", "m"),
+                    ("database", "1"),
+                    ("file", "x"),
+                ]),
+                "file must be a number",
+            ),
         ] {
             let e = Act::parse(&f).expect_err("refused");
             assert!(e.contains(words), "{f:?}: {e}");
@@ -342,6 +422,8 @@ mod tests {
         // What the confirmation posts again reads back the same.
         let a = Act::Task {
             master: "m".into(),
+            database: 2,
+            file: 10,
             action: TaskAction::Restart,
         };
         let again: BTreeMap<String, String> = a

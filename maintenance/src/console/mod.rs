@@ -78,7 +78,7 @@ impl Console {
             down_since: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
             latest: tokio::sync::Mutex::new(None),
-            token: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            token: new_token(),
         }
     }
 
@@ -176,6 +176,17 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// What every page says about itself: never framed (no clickjacking of
+/// the actions), nothing loaded from elsewhere, forms only to the console.
+const SECURITY_HEADERS: [(&str, &str); 3] = [
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    ),
+    ("x-content-type-options", "nosniff"),
+];
+
 async fn loopback_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let host = req
         .headers()
@@ -189,7 +200,12 @@ async fn loopback_host(req: axum::extract::Request, next: axum::middleware::Next
         )
             .into_response();
     }
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    for (k, v) in SECURITY_HEADERS {
+        resp.headers_mut()
+            .insert(k, axum::http::HeaderValue::from_static(v));
+    }
+    resp
 }
 
 async fn not_found() -> Response {
@@ -210,6 +226,25 @@ async fn cluster_page(State(c): State<Arc<Console>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// A CSRF token: 16 bytes from the kernel's random source, in hex (the
+/// time and a counter if that cannot be read, still never shown outside
+/// the console's pages).
+fn new_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if read.is_err() {
+        let t = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128;
+        b = (t ^ (u128::from(fastrand::u64(..)) << 64)).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Compares two tokens in time that does not depend on where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,6 +284,8 @@ async fn recovery_page(State(c): State<Arc<Console>>) -> Response {
 
 /// The copies page.
 async fn copies_page(State(c): State<Arc<Console>>) -> Response {
+    // One reading at a time, as for the cluster's state.
+    let _one = c.latest.lock().await;
     let c2 = c.clone();
     let read = tokio::time::timeout(
         PAGE_DEADLINE,
@@ -301,6 +338,16 @@ async fn act(
         (code, Html(view::failed(&why).into_string())).into_response()
     };
     // A browser says where a form came from: only the console's own pages.
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site")
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "a form from another site is not the console's own: refused".into(),
+        );
+    }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         let o = origin.to_str().unwrap_or("");
         let host = o
@@ -323,7 +370,8 @@ async fn act(
             )
         }
     };
-    if form.get("token") != Some(&c.token) {
+    if !form.get("token").is_some_and(|t| same_token(t, &c.token)) {
+        tracing::warn!(target: "etp::audit", who = %peer, "console action refused: no valid token");
         return refuse(
             StatusCode::FORBIDDEN,
             "the form's token is missing or not this console's (a page of an earlier console, or another site's form): reload the actions page".into(),
@@ -356,7 +404,10 @@ async fn act(
             tracing::warn!(target: "etp::audit", who = %who, action = %what, error = %e, "console action refused");
             refuse(StatusCode::BAD_GATEWAY, format!("{what}: {e}"))
         }
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}")),
+        Err(e) => {
+            tracing::warn!(target: "etp::audit", who = %who, action = %what, error = %e, "console action failed");
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
+        }
     }
 }
 
@@ -478,5 +529,21 @@ mod tests {
         let got: Vec<u64> = c.lag_of("r").iter().map(|x| x.records).collect();
         assert_eq!(got, vec![4]);
         assert!(c.lag_of("gone").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_compared_whole() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(same_token(&a, &a.clone()));
+        assert!(!same_token(&a, &b));
+        assert!(!same_token(&a, &a[..31]));
+        assert!(!same_token(&a, ""));
     }
 }

@@ -461,6 +461,9 @@ pub struct CopiesView {
     /// Per node: its copy-job definitions (TOML), or why not.
     pub jobs: Vec<(DbId, Result<String, String>)>,
     pub ages: Vec<propagator::wire::CopyAge>,
+    /// How many nodes answered with their copies' ages (of `nodes`).
+    pub ages_from: usize,
+    pub nodes: usize,
     pub cleanup: Vec<propagator::wire::CleanupPlan>,
     /// What could not be asked.
     pub problems: Vec<String>,
@@ -480,6 +483,8 @@ pub fn copies(c: &Console) -> CopiesView {
         runs: Vec::new(),
         jobs: Vec::new(),
         ages: Vec::new(),
+        ages_from: 0,
+        nodes: 0,
         cleanup: Vec::new(),
         problems: Vec::new(),
     };
@@ -492,6 +497,7 @@ pub fn copies(c: &Console) -> CopiesView {
         }
     };
     let mut node_area = None;
+    out.nodes = v.addresses.len();
     for (db, addr) in &v.addresses {
         let mut client = match Client::connect(*addr) {
             Ok(cl) => cl,
@@ -500,7 +506,9 @@ pub fn copies(c: &Console) -> CopiesView {
                 continue;
             }
         };
-        if *addr == c.node {
+        // (The node's own area is read only when the node is on this
+        // machine's loopback: elsewhere the path means nothing here.)
+        if *addr == c.node && addr.ip().is_loopback() {
             if let Ok(Response::Info(i)) = client.call(&Request::Read(ReadRequest::Info)) {
                 node_area = i.copy_area;
             }
@@ -514,8 +522,11 @@ pub fn copies(c: &Console) -> CopiesView {
         };
         out.jobs.push((*db, jobs));
         match client.call(&Request::Read(ReadRequest::CopyAges)) {
-            Ok(Response::CopyAges(a)) => out.ages.extend(a),
-            Ok(_) => {}
+            Ok(Response::CopyAges(a)) => {
+                out.ages_from += 1;
+                out.ages.extend(a)
+            }
+            Ok(other) => problems.push(format!("database {db}: copy ages: it answered {other:?}")),
             Err(e) => problems.push(format!("database {db}: copy ages: {e}")),
         }
         match client.call(&Request::Operation(OperationRequest::LogCleanup {
@@ -524,7 +535,9 @@ pub fn copies(c: &Console) -> CopiesView {
             execute: false,
         })) {
             Ok(Response::Cleanup(p)) => out.cleanup.extend(p),
-            Ok(_) => {}
+            Ok(other) => problems.push(format!(
+                "database {db}: cleanup plan: it answered {other:?}"
+            )),
             Err(e) => problems.push(format!("database {db}: cleanup plan: {e}")),
         }
     }
@@ -535,7 +548,7 @@ pub fn copies(c: &Console) -> CopiesView {
         .or(node_area.map(std::path::PathBuf::from));
     // (A page creates nothing: an area that is not there is said so.)
     if let Some(dir) = dir.filter(|d| {
-        let there = d.join("sets").is_dir();
+        let there = d.join("sets").is_dir() && d.join("data").is_dir();
         if !there {
             out.area = Err(format!("no copy area at {}", d.display()));
         }
@@ -573,14 +586,17 @@ pub fn copies_page(v: &CopiesView) -> Markup {
             @for p in &v.problems { p.banner { (p) } }
             h2 { "Files without a recent copy" }
             @let alarms: Vec<_> = v.ages.iter().filter(|a| a.alarm).collect();
-            @if alarms.is_empty() { p.ok id="no-alarm" { "Every master, log and administration file has a recent copy." } }
-            @else {
+            @if alarms.is_empty() && v.ages_from == v.nodes && v.nodes > 0 {
+                p.ok id="no-alarm" { "Every master, log and administration file has a recent copy." }
+            } @else if alarms.is_empty() {
+                p.warn id="alarms-unknown" { "Not every node said how old its copies are (" (v.ages_from) " of " (v.nodes) "): see above." }
+            } @else {
                 ul id="alarms" { @for a in &alarms { li.bad { (a.what()) ": " (a.newest()) } } }
             }
             h2 { "Copy sets" }
             table id="sets" {
                 tr { th { "set" } th { "kind" } th { "database" } th { "taken" } th { "LSN" } th { "seqs" } th { "members" } th { "bytes" } th { "job" } }
-                @for s in v.sets.iter().rev() {
+                @for s in v.sets.iter().rev().take(200) {
                     tr id={ "set-" (s.id) } {
                         td { code { (s.id) } }
                         td { (format!("{:?}", s.kind).to_lowercase()) }
@@ -598,7 +614,9 @@ pub fn copies_page(v: &CopiesView) -> Markup {
                     }
                 }
             }
-            p.why { "Verify a set against its digests with " code { "etp copy verify SET --area AREA" } "." }
+            p.why { (v.sets.len()) " set(s) in the catalog"
+                @if v.sets.len() > 200 { ", the newest 200 shown" }
+                ". Verify a set against its digests with " code { "etp copy verify SET --area AREA" } "." }
             h2 { "Copy jobs" }
             @for (db, jobs) in &v.jobs {
                 @match jobs {
