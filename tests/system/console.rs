@@ -14,6 +14,15 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// `etp console --node NODE --listen 127.0.0.1:0`, and the address it
 /// printed.
 fn start_console(node: SocketAddr, log: &std::path::Path) -> (KillGuard, SocketAddr) {
+    start_console_with(node, log, &[])
+}
+
+/// [`start_console`] with more arguments.
+fn start_console_with(
+    node: SocketAddr,
+    log: &std::path::Path,
+    more: &[&str],
+) -> (KillGuard, SocketAddr) {
     let err = std::fs::File::create(log).expect("console log");
     let mut child = etp_command()
         .args([
@@ -23,6 +32,7 @@ fn start_console(node: SocketAddr, log: &std::path::Path) -> (KillGuard, SocketA
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(more)
         .stdout(Stdio::piped())
         .stderr(err)
         .spawn()
@@ -512,7 +522,17 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
         vec![(propagator::Isn(3), Some(bad))],
     );
     cl.nodes[1].restart().expect("restart");
-    let (_console, at) = start_console(cl.nodes[0].addr, &tmp.path().join("console.log"));
+    // (A copy area, empty: the recovery case's questions about copies
+    // are answered, and its plan bound.)
+    let area = tmp.path().join("area");
+    std::fs::create_dir_all(area.join("sets")).expect("area");
+    std::fs::create_dir_all(area.join("data")).expect("area");
+    let area_s = area.display().to_string();
+    let (_console, at) = start_console_with(
+        cl.nodes[0].addr,
+        &tmp.path().join("console.log"),
+        &["--area", &area_s],
+    );
     let url = format!("http://{at}/");
     wait_for("the damaged replicate reported in error", LIMIT, || {
         let (_, page) = http(at, "GET", "/");
@@ -575,6 +595,14 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
         "the triage tree colours the question answered yes: {dom}"
     );
     assert!(dom.contains("data-tree=\"case2_replicate\""), "{dom}");
+    // The leaf's plan, bound to the cluster: its steps name the damaged
+    // replicate.
+    let plan = dom
+        .split("id=\"bound-plan\"")
+        .nth(1)
+        .and_then(|p| p.split("</ol>").next())
+        .unwrap_or_else(|| panic!("no bound plan: {dom}"));
+    assert!(plan.contains("items_full"), "{plan}");
     assert!(dom.contains("class=\"node leaf reached\""), "{dom}");
     let shot = artifacts().join("console-recovery.png");
     let _ = std::fs::remove_file(&shot);

@@ -357,6 +357,9 @@ pub struct RecoveryView {
     pub diagnosis: Result<flowcharts::Diagnosis, String>,
     pub set: Option<flowcharts::TreeSet>,
     pub warnings: Vec<String>,
+    /// The plan's steps bound to the live cluster (which databases, files
+    /// and replicates each acts on), or why they could not be.
+    pub bound: Option<Result<Vec<String>, String>>,
 }
 
 /// Diagnoses the cluster as `etp recover diagnose` does (the probes read
@@ -364,19 +367,30 @@ pub struct RecoveryView {
 pub fn diagnose(c: &Console) -> RecoveryView {
     let at_us = now_us();
     let set = flowcharts::TreeSet::builtin().map_err(|e| format!("the built-in trees: {e}"));
-    let (diagnosis, warnings) = match (
+    let (diagnosis, warnings, bound) = match (
         crate::recovery::probes::LiveProbes::gather(c.node, &c.sources),
         &set,
     ) {
         (Err(e), _) => (
             Err(format!("probing the cluster through {}: {e:#}", c.node)),
             Vec::new(),
+            None,
         ),
-        (_, Err(e)) => (Err(e.clone()), Vec::new()),
-        (Ok(mut probes), Ok(set)) => (
-            flowcharts::diagnose(set, &mut probes).map_err(|e| format!("the diagnosis: {e}")),
-            probes.copy_alarms.clone(),
-        ),
+        (_, Err(e)) => (Err(e.clone()), Vec::new(), None),
+        (Ok(mut probes), Ok(set)) => {
+            let d =
+                flowcharts::diagnose(set, &mut probes).map_err(|e| format!("the diagnosis: {e}"));
+            // The steps as `recover run` would carry them out now.
+            let bound = match d.as_ref().map(|d| d.plan()) {
+                Ok(flowcharts::Plan::Actions { steps, .. }) => Some(
+                    crate::recovery::plan::bind(steps, &probes)
+                        .map(|b| b.iter().map(|s| s.describe()).collect())
+                        .map_err(|e| format!("{e:#}")),
+                ),
+                _ => None,
+            };
+            (d, probes.copy_alarms.clone(), bound)
+        }
     };
     RecoveryView {
         node: c.node,
@@ -384,6 +398,7 @@ pub fn diagnose(c: &Console) -> RecoveryView {
         diagnosis,
         set: set.ok(),
         warnings,
+        bound,
     }
 }
 
@@ -436,6 +451,15 @@ pub fn recovery(v: &RecoveryView) -> Markup {
                     p id="verdict" class=(if intact { "ok" } else { "bad" }) {
                         @if intact { "All intact: nothing to recover." }
                         @else { "Recovery needed: " (d.plan().leaf().unwrap_or("a question has no answer")) }
+                    }
+                    @match &v.bound {
+                        Some(Ok(steps)) => {
+                            h2 { "The plan, bound to the cluster" }
+                            ol id="bound-plan" { @for s in steps { li { code { (s) } } } }
+                            p.why { "Carried out by " code { "etp recover run --node " (v.node.to_string()) " --execute" } " (a journaled run, resumable)." }
+                        },
+                        Some(Err(e)) => p.banner { "The plan cannot be bound to the cluster: " (e) },
+                        None => {},
                     }
                     @for w in std::iter::once(&d.triage).chain(d.case.as_ref()) {
                         h2 { (w.tree) }
