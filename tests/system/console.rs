@@ -70,14 +70,20 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 
 /// [`http`] with another `Host`.
 fn http_to(addr: SocketAddr, host: &str, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the console");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    exchange(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ),
     )
-    .expect("send");
+}
+
+/// Sends one whole request; the status code and the body of the answer.
+fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the console");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("send");
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("read");
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -233,26 +239,12 @@ fn the_copies_page_shows_the_catalog_the_alarms_and_the_log_retention() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find_map(|v| v["set"]["id"].as_str().map(String::from))
         .expect("the set's id");
-    let err = std::fs::File::create(tmp.path().join("console.log")).expect("log");
-    let mut child = etp_command()
-        .args(["console", "--node", &m, "--listen", "127.0.0.1:0", "--area"])
-        .arg(&area)
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .expect("console");
-    let stdout = child.stdout.take().expect("stdout");
-    let _guard = KillGuard(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("address");
-    let at: SocketAddr = line
-        .trim()
-        .trim_start_matches("console listening on http://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("address");
+    let area_s = area.display().to_string();
+    let (_console, at) = start_console_with(
+        cl.nodes[0].addr,
+        &tmp.path().join("console.log"),
+        &["--area", &area_s],
+    );
     let (code, page) = http(at, "GET", "/copies");
     assert_eq!(code, 200, "{page}");
     let set = {
@@ -296,26 +288,14 @@ fn post_as(
     content_type: &str,
     origin: Option<String>,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the console");
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
     let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
-    write!(
-        s,
-        "POST /act HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{origin}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    exchange(
+        addr,
+        &format!(
+            "POST /act HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{origin}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
     )
-    .expect("send");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
 }
 
 /// The state `etp replicate status` gives a replicate.

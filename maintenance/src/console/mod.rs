@@ -251,66 +251,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The recovery page: a live diagnosis, drawn on its trees.
-async fn recovery_page(State(c): State<Arc<Console>>) -> Response {
-    // One diagnosis at a time, as for the cluster's state.
+/// A page read from the nodes on the blocking pool (`read`), one
+/// reading at a time as for the cluster's state, within the page deadline,
+/// rendered by `render`.
+async fn read_page<T: Send + 'static>(
+    c: &Arc<Console>,
+    what: &str,
+    read: impl FnOnce(&Console) -> T + Send + 'static,
+    render: impl FnOnce(&T) -> maud::Markup,
+) -> Response {
     let _one = c.latest.lock().await;
     let c2 = c.clone();
-    let diagnosed = tokio::time::timeout(
+    let got = tokio::time::timeout(
         PAGE_DEADLINE,
-        tokio::task::spawn_blocking(move || view::diagnose(&c2)),
+        tokio::task::spawn_blocking(move || read(&c2)),
     )
     .await;
-    match diagnosed {
-        Ok(Ok(v)) => Html(view::recovery(&v).into_string()).into_response(),
+    let (code, why) = match got {
+        Ok(Ok(v)) => return Html(render(&v).into_string()).into_response(),
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Html(view::failed(&format!("the diagnosis failed: {e}")).into_string()),
-        )
-            .into_response(),
+            format!("{what} failed: {e}"),
+        ),
         Err(_) => (
             StatusCode::GATEWAY_TIMEOUT,
-            Html(
-                view::failed(&format!(
-                    "the diagnosis took more than {} s",
-                    PAGE_DEADLINE.as_secs()
-                ))
-                .into_string(),
-            ),
-        )
-            .into_response(),
-    }
+            format!("{what} took more than {} s", PAGE_DEADLINE.as_secs()),
+        ),
+    };
+    (code, Html(view::failed(&why).into_string())).into_response()
+}
+
+/// The recovery page: a live diagnosis, drawn on its trees.
+async fn recovery_page(State(c): State<Arc<Console>>) -> Response {
+    read_page(&c, "the diagnosis", view::diagnose, view::recovery).await
 }
 
 /// The copies page.
 async fn copies_page(State(c): State<Arc<Console>>) -> Response {
-    // One reading at a time, as for the cluster's state.
-    let _one = c.latest.lock().await;
-    let c2 = c.clone();
-    let read = tokio::time::timeout(
-        PAGE_DEADLINE,
-        tokio::task::spawn_blocking(move || view::copies(&c2)),
-    )
-    .await;
-    match read {
-        Ok(Ok(v)) => Html(view::copies_page(&v).into_string()).into_response(),
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Html(view::failed(&format!("reading the copies failed: {e}")).into_string()),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            Html(
-                view::failed(&format!(
-                    "the nodes did not answer within {} s",
-                    PAGE_DEADLINE.as_secs()
-                ))
-                .into_string(),
-            ),
-        )
-            .into_response(),
-    }
+    read_page(&c, "reading the copies", view::copies, view::copies_page).await
 }
 
 /// The actions page: a form per replicate and master, and the policy.
