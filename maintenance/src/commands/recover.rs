@@ -110,6 +110,9 @@ pub fn run(c: RecoverCommand) -> anyhow::Result<Outcome> {
                 eprintln!("etp: {u}");
             }
             let sources: probes::Sources = sources.into();
+            // (Feeders reconnecting by themselves get a moment first: a
+            // node restarted just before is not an isolation.)
+            recovery::run::settle_links(node.node, std::time::Duration::from_secs(2));
             let mut probes = probes::LiveProbes::gather(node.node, &sources)?;
             let set = TreeSet::builtin().context("the built-in trees")?;
             let d = match flowcharts::diagnose(&set, &mut probes) {

@@ -108,11 +108,11 @@ fn make_plan(
     Ok((probes, plan))
 }
 
-/// Before the diagnosis that follows a plan: gives feeders that are
-/// reconnecting by themselves (a node just restarted, a load or restore just
-/// ended) up to `limit` to get there, so a link on its way back is not
-/// diagnosed as an isolation (case 1). Returns at once when none is.
-fn settle_links(node: std::net::SocketAddr, limit: std::time::Duration) {
+/// Before a diagnosis: gives feeders that are reconnecting by themselves
+/// (a node just restarted, a load or restore just ended) up to `limit` to
+/// get there, so a link on its way back is not diagnosed as an isolation
+/// (case 1). Returns at once when none is.
+pub fn settle_links(node: std::net::SocketAddr, limit: std::time::Duration) {
     use propagator::wire::{AdminRequest, OperationRequest, ReplicaState, Response};
     let Ok(Response::Text(text)) = call(node, &Request::Admin(AdminRequest::AdminExport)) else {
         return;
@@ -235,9 +235,13 @@ serde_json::json!({"event": "resume", "tree": plan.tree, "leaf": plan.leaf, "don
                 (probes, plan, done, waiting)
             }
             None => {
-                if steps_run > 0 {
-                    settle_links(opts.node, std::time::Duration::from_secs(5));
-                }
+                // After a plan, links may take their time to come back;
+                // before the first diagnosis, a node restarted just before
+                // the run has its feeders connecting.
+                settle_links(
+                    opts.node,
+                    std::time::Duration::from_secs(if steps_run > 0 { 5 } else { 2 }),
+                );
                 let round = journal.rounds() + 1;
                 if round > 12 {
                     bail!(
