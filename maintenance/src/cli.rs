@@ -460,6 +460,11 @@ pub struct ConsoleArgs {
     /// Where the recovery page's probes look besides the nodes.
     #[command(flatten)]
     pub sources: SourceArgs,
+    /// The recovery journal's directory, for plans run from the recovery
+    /// page (the same as `etp recover run --state`: a run left unfinished
+    /// there is resumed by the next).
+    #[arg(long, value_name = "DIR", default_value = "etp-recovery")]
+    pub state: std::path::PathBuf,
     /// Where to serve the pages: a loopback address (port 0: any free port).
     #[arg(long, value_name = "ADDR", value_parser = address, default_value = "127.0.0.1:7480")]
     pub listen: std::net::SocketAddr,

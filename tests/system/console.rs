@@ -420,6 +420,81 @@ fn an_action_is_confirmed_then_done_and_a_forged_or_malformed_one_is_refused() {
     );
 }
 
+/// The recovery plan run from the page: a dry run shows it, doing
+/// nothing; the run, once confirmed, is the journaled one the CLI makes,
+/// its events shown as they come, and ends with the damaged replicate
+/// reinstalled and every replicate verified.
+#[test]
+fn the_recovery_plan_is_run_from_the_page_once_confirmed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cl = cluster_of_20(tmp.path());
+    cl.wait_converged(LIMIT).expect("converged");
+    // Record 12 of the partial replicate changed behind the engine's back.
+    cl.nodes[2].stop().expect("stop");
+    let mut bad = propagator::Record::new();
+    bad.insert("id".into(), propagator::Value::Int(12));
+    bad.insert("qty".into(), propagator::Value::Int(999));
+    etp_system_tests::tamper(
+        &cl.nodes[2].data,
+        maintenance::cluster::PART,
+        vec![(propagator::Isn(12), Some(bad))],
+    );
+    cl.nodes[2].restart().expect("restart");
+    let area = tmp.path().join("area");
+    std::fs::create_dir_all(area.join("sets")).expect("area");
+    std::fs::create_dir_all(area.join("data")).expect("area");
+    let (area_s, state_s) = (
+        area.display().to_string(),
+        tmp.path().join("recovery").display().to_string(),
+    );
+    let (_console, at) = start_console_with(
+        cl.nodes[0].addr,
+        &tmp.path().join("console.log"),
+        &["--area", &area_s, "--state", &state_s],
+    );
+    let (code, page) = http(at, "GET", "/recovery");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("action=\"/recovery/run\""), "{page}");
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the form's token")
+        .to_string();
+    let run = |body: String| {
+        exchange(
+            at,
+            &format!(
+                "POST /recovery/run HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nOrigin: http://{at}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let ended = || {
+        wait_for("the run to end", Duration::from_secs(180), || {
+            let (_, page) = http(at, "GET", "/recovery/run");
+            page.contains("id=\"ended\"").then_some(page)
+        })
+    };
+    // A dry run: the plan, nothing done.
+    let (code, body) = run(format!("token={token}&mode=dry_run"));
+    assert_eq!(code, 303, "{body}");
+    let page = ended();
+    assert!(page.contains("dry run"), "{page}");
+    assert!(page.contains("items_part"), "{page}");
+    // Executing asks first; without the token nothing starts.
+    let (code, body) = run(format!("token={token}&mode=execute"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Yes, run the plan"), "{body}");
+    let (code, _) = run("token=nope&mode=execute&confirm=yes".into());
+    assert_eq!(code, 403);
+    let (code, body) = run(format!("token={token}&mode=execute&confirm=yes"));
+    assert_eq!(code, 303, "{body}");
+    let page = ended();
+    assert!(page.contains("everything intact and verified"), "{page}");
+    cl.check_equal().expect("every replicate equals its master");
+}
+
 #[test]
 fn the_console_refuses_a_non_loopback_address() {
     let out = etp_command()

@@ -44,7 +44,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Admin(c) => node::admin(c),
         Command::Task(c) => node::task(c),
         Command::Policy(c) => replicate::policy(c),
-        Command::Console(a) => maintenance::console::run(a.node.node, a.listen, a.sources.into()),
+        Command::Console(a) => {
+            maintenance::console::run(a.node.node, a.listen, a.sources.into(), a.state)
+        }
         Command::Replicate(c) => replicate::run(c),
         Command::Confirm(c) => replicate::confirm(c),
         Command::Xref(a) => replicate::xref(a),

@@ -16,6 +16,7 @@
 //! certificates on the console's own listener.
 
 mod actions;
+mod job;
 mod tree;
 mod view;
 
@@ -50,6 +51,10 @@ pub struct Console {
     /// Every form's CSRF token: random, made at start, shown only in the
     /// console's own pages.
     token: String,
+    /// The recovery journal's directory for plans run from the page.
+    pub state: std::path::PathBuf,
+    /// The recovery run started from the page, if one was.
+    job: Mutex<Option<Arc<job::Job>>>,
 }
 
 /// A replicate's lag when the console looked.
@@ -75,6 +80,8 @@ impl Console {
         Console {
             node,
             sources,
+            state: std::path::PathBuf::from("etp-recovery"),
+            job: Mutex::new(None),
             down_since: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
             latest: tokio::sync::Mutex::new(None),
@@ -159,6 +166,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/copies", get(copies_page))
         .route("/actions", get(actions_page))
         .route("/act", axum::routing::post(act))
+        .route("/recovery/run", get(job::page).post(job::start))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(loopback_host))
         .with_state(console)
@@ -187,7 +195,10 @@ const SECURITY_HEADERS: [(&str, &str); 3] = [
     ("x-content-type-options", "nosniff"),
 ];
 
-async fn loopback_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub(super) async fn loopback_host(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let host = req
         .headers()
         .get(axum::http::header::HOST)
@@ -283,7 +294,11 @@ async fn read_page<T: Send + 'static>(
 
 /// The recovery page: a live diagnosis, drawn on its trees.
 async fn recovery_page(State(c): State<Arc<Console>>) -> Response {
-    read_page(&c, "the diagnosis", view::diagnose, view::recovery).await
+    let token = c.token.clone();
+    read_page(&c, "the diagnosis", view::diagnose, move |v| {
+        view::recovery(v, &token)
+    })
+    .await
 }
 
 /// The copies page.
@@ -303,15 +318,15 @@ async fn actions_page(State(c): State<Arc<Console>>) -> Response {
     }
 }
 
-/// A posted action: refused without the console's token or from another
-/// origin, refused naming what is wrong when malformed; confirmed on a
-/// page of its own; then carried out and logged with who asked.
-async fn act(
-    State(c): State<Arc<Console>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
-    headers: axum::http::HeaderMap,
+/// A posted form, checked: from the console's own pages (its `Origin`,
+/// `Sec-Fetch-Site`), readable, and carrying the console's token; else the
+/// refusal to send.
+pub(super) fn guard(
+    c: &Console,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
     form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
-) -> Response {
+) -> Result<BTreeMap<String, String>, Response> {
     let refuse = |code: StatusCode, why: String| {
         (code, Html(view::failed(&why).into_string())).into_response()
     };
@@ -321,10 +336,10 @@ async fn act(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == "cross-site")
     {
-        return refuse(
+        return Err(refuse(
             StatusCode::FORBIDDEN,
             "a form from another site is not the console's own: refused".into(),
-        );
+        ));
     }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         let o = origin.to_str().unwrap_or("");
@@ -333,28 +348,44 @@ async fn act(
             .or_else(|| o.strip_prefix("https://"))
             .unwrap_or("");
         if !is_loopback_host(host) {
-            return refuse(
+            return Err(refuse(
                 StatusCode::FORBIDDEN,
                 format!("a form from {o:?} is not the console's own: refused"),
-            );
+            ));
         }
     }
-    let axum::Form(form) = match form {
-        Ok(f) => f,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("the form cannot be read: {e}"),
-            )
-        }
-    };
+    let axum::Form(form) = form.map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the form cannot be read: {e}"),
+        )
+    })?;
     if !form.get("token").is_some_and(|t| same_token(t, &c.token)) {
-        tracing::warn!(target: "etp::audit", who = %peer, "console action refused: no valid token");
-        return refuse(
+        tracing::warn!(target: "etp::audit", who = %peer, "console form refused: no valid token");
+        return Err(refuse(
             StatusCode::FORBIDDEN,
-            "the form's token is missing or not this console's (a page of an earlier console, or another site's form): reload the actions page".into(),
-        );
+            "the form's token is missing or not this console's (a page of an earlier console, or another site's form): reload the page".into(),
+        ));
     }
+    Ok(form)
+}
+
+/// A posted action: refused without the console's token or from another
+/// origin, refused naming what is wrong when malformed; confirmed on a
+/// page of its own; then carried out and logged with who asked.
+async fn act(
+    State(c): State<Arc<Console>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let form = match guard(&c, peer, &headers, form) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let refuse = |code: StatusCode, why: String| {
+        (code, Html(view::failed(&why).into_string())).into_response()
+    };
     let a = match actions::Act::parse(&form) {
         Ok(a) => a,
         Err(e) => {
@@ -396,6 +427,7 @@ pub fn run(
     node: SocketAddr,
     listen: SocketAddr,
     sources: crate::recovery::probes::Sources,
+    state: std::path::PathBuf,
 ) -> anyhow::Result<Outcome> {
     if !listen.ip().is_loopback() {
         bail!(
@@ -416,7 +448,10 @@ pub fn run(
         use std::io::Write;
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, node = %node, "console serving");
-        let console = Arc::new(Console::new(node, sources));
+        let console = Arc::new(Console {
+            state,
+            ..Console::new(node, sources)
+        });
         tokio::spawn(sample(console.clone()));
         let app = router(console);
         axum::serve(

@@ -170,6 +170,7 @@ nav a { margin-right: 1rem; }
 ol.path li { margin: .3rem 0; }
 .treebox { overflow-x: auto; background: #fff; border: 1px solid #e3e7ee; padding: .4rem; margin: .6rem 0 1.2rem 0; }
 code { background: #eef1f6; padding: 0 .25rem; border-radius: 3px; }
+form.inline { display: inline-block; margin-right: .6rem; }
 "#;
 
 pub(super) fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup {
@@ -436,7 +437,7 @@ fn walk_list(w: &flowcharts::Walk) -> Markup {
 /// The recovery page: the live diagnosis's path through triage and the
 /// case it chose, each question with its answer and evidence, the leaf's
 /// plan, and each tree drawn with that path on it.
-pub fn recovery(v: &RecoveryView) -> Markup {
+pub fn recovery(v: &RecoveryView, token: &str) -> Markup {
     page(
         "Recovery",
         None,
@@ -457,7 +458,14 @@ pub fn recovery(v: &RecoveryView) -> Markup {
                         Some(Ok(steps)) => {
                             h2 { "The plan, bound to the cluster" }
                             ol id="bound-plan" { @for s in steps { li { code { (s) } } } }
-                            p.why { "Carried out by " code { "etp recover run --node " (v.node.to_string()) " --execute" } " (a journaled run, resumable)." }
+                            p.why { "Carried out by " code { "etp recover run --node " (v.node.to_string()) " --execute" } " (a journaled run, resumable), or from here:" }
+                            @for (mode, label) in [("dry_run", "Dry run (nothing done)"), ("execute", "Run the plan…")] {
+                                form.inline method="post" action="/recovery/run" {
+                                    input type="hidden" name="token" value=(token);
+                                    input type="hidden" name="mode" value=(mode);
+                                    button type="submit" { (label) }
+                                }
+                            }
                         },
                         Some(Err(e)) => p.banner { "The plan cannot be bound to the cluster: " (e) },
                         None => {},

@@ -1,0 +1,179 @@
+//! Running the recovery plan from the console: a dry run (the bound plan,
+//! nothing done) or, once confirmed, the journaled run `etp recover run
+//! --execute` makes, on a thread of its own; its events are shown as they
+//! come. The journal lives in the console's `--state` directory, so a run
+//! interrupted (the console stopped, a step failed) is resumed by the next
+//! one, from the page or from the CLI.
+
+use super::{guard, view, Console};
+use crate::recovery::{self, Report, RunOptions};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::html;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// A run started from the page.
+pub struct Job {
+    pub started_us: i64,
+    pub execute: bool,
+    /// Its events, for people, in order.
+    events: Mutex<Vec<String>>,
+    /// How it ended (None: still running).
+    ended: Mutex<Option<String>>,
+}
+
+impl Job {
+    fn new(execute: bool) -> Job {
+        Job {
+            started_us: chrono::Utc::now().timestamp_micros(),
+            execute,
+            events: Mutex::new(Vec::new()),
+            ended: Mutex::new(None),
+        }
+    }
+
+    fn running(&self) -> bool {
+        super::lock(&self.ended).is_none()
+    }
+}
+
+/// Collects a run's events into its job.
+struct Collect(Arc<Job>);
+
+impl Report for Collect {
+    fn event(&mut self, _json: serde_json::Value, human: String) {
+        super::lock(&self.0.events).push(human);
+    }
+
+    fn walk(&mut self, walk: &flowcharts::Walk) {
+        let leaf = walk.plan.leaf().unwrap_or("(stopped)");
+        super::lock(&self.0.events).push(format!("walked {}: {leaf}", walk.tree));
+    }
+}
+
+/// Runs the recovery as the CLI does, reporting into `job`.
+fn run(c: &Console, job: &Arc<Job>) {
+    let opts = RunOptions {
+        node: c.node,
+        case: None,
+        execute: job.execute,
+        confirm: false,
+        sources: c.sources.clone(),
+        state: c.state.clone(),
+        wait: std::time::Duration::from_secs(300),
+        answers: None,
+    };
+    let ended = match recovery::run::run(opts, &mut Collect(job.clone())) {
+        Ok(crate::Outcome::Ok) => "ended: everything intact and verified".to_string(),
+        Ok(crate::Outcome::Problem) => {
+            "ended: recovery needed, or stopped at a step that waits for an operator (see above)"
+                .to_string()
+        }
+        Err(e) => format!("failed: {e:#}"),
+    };
+    *super::lock(&job.ended) = Some(ended);
+}
+
+/// POST /recovery/run: `mode=dry_run` shows the plan, bound, doing
+/// nothing; `mode=execute` asks for a confirmation, then starts the run.
+pub async fn start(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let form = match guard(&c, peer, &headers, form) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let refuse = |code: StatusCode, why: String| {
+        (code, Html(view::failed(&why).into_string())).into_response()
+    };
+    let execute = match form.get("mode").map(String::as_str) {
+        Some("dry_run") => false,
+        Some("execute") => true,
+        other => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("mode must be dry_run or execute, not {other:?}; nothing was done"),
+            )
+        }
+    };
+    if execute && form.get("confirm").map(String::as_str) != Some("yes") {
+        return Html(
+            view::page(
+                "Confirm",
+                None,
+                html! {
+                    h1 { "Confirm" }
+                    p id="what" { "Carry out the recovery plan (a journaled run in " code { (c.state.display().to_string()) } ", as " code { "etp recover run --execute" } " makes it)." }
+                    form method="post" action="/recovery/run" {
+                        input type="hidden" name="token" value=(c.token);
+                        input type="hidden" name="mode" value="execute";
+                        input type="hidden" name="confirm" value="yes";
+                        button type="submit" { "Yes, run the plan" }
+                        " " a href="/recovery" { "No, back" }
+                    }
+                },
+            )
+            .into_string(),
+        )
+        .into_response();
+    }
+    let job = {
+        let mut slot = super::lock(&c.job);
+        if slot.as_ref().is_some_and(|j| j.running()) {
+            return refuse(
+                StatusCode::CONFLICT,
+                "a recovery run started here is still going: see /recovery/run".into(),
+            );
+        }
+        let job = Arc::new(Job::new(execute));
+        *slot = Some(job.clone());
+        job
+    };
+    tracing::warn!(target: "etp::audit", who = %peer, execute, "console recovery run started");
+    let c2 = c.clone();
+    let j2 = job.clone();
+    let started = std::thread::Builder::new()
+        .name("console-recovery".into())
+        .spawn(move || run(&c2, &j2));
+    if let Err(e) = started {
+        *super::lock(&job.ended) = Some(format!("failed to start: {e}"));
+    }
+    Redirect::to("/recovery/run").into_response()
+}
+
+/// GET /recovery/run: the run started here (its events as they come,
+/// refreshed every 2 s while it runs) and the journal's unfinished plan.
+pub async fn page(State(c): State<Arc<Console>>) -> Response {
+    let job = super::lock(&c.job).clone();
+    let state = c.state.clone();
+    let unfinished = tokio::task::spawn_blocking(move || recovery::journal::unfinished(&state))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
+    let running = job.as_ref().is_some_and(|j| j.running());
+    let body = html! {
+        h1 { "Recovery run" }
+        @match &job {
+            None => p { "No run was started from this console. " a href="/recovery" { "The diagnosis" } },
+            Some(j) => {
+                p.meta { (if j.execute { "executed" } else { "dry run" }) ", started " (chrono::DateTime::from_timestamp_micros(j.started_us).map(|t| t.to_rfc3339()).unwrap_or_default()) }
+                ol id="events" { @for e in super::lock(&j.events).iter() { li { pre { (e) } } } }
+                @match super::lock(&j.ended).as_ref() {
+                    Some(end) => p id="ended" class=(if end.starts_with("ended: everything") { "ok" } else { "warn" }) { (end) },
+                    None => p id="running" { "running…" },
+                }
+            },
+        }
+        @if let Some(u) = &unfinished {
+            p.banner id="unfinished" { "The journal holds an unfinished plan: " (u) " — running again resumes it." }
+        }
+    };
+    Html(view::page("Recovery run", running.then_some(2), body).into_string()).into_response()
+}
