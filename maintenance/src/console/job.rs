@@ -21,8 +21,9 @@ pub struct Job {
     pub execute: bool,
     /// Its events, for people, in order.
     events: Mutex<Vec<String>>,
-    /// How it ended (None: still running).
-    ended: Mutex<Option<String>>,
+    /// How it ended (None: still running): everything intact, and what
+    /// it said.
+    ended: Mutex<Option<(bool, String)>>,
 }
 
 impl Job {
@@ -67,12 +68,13 @@ fn run(c: &Console, job: &Arc<Job>) {
         answers: None,
     };
     let ended = match recovery::run::run(opts, &mut Collect(job.clone())) {
-        Ok(crate::Outcome::Ok) => "ended: everything intact and verified".to_string(),
-        Ok(crate::Outcome::Problem) => {
+        Ok(crate::Outcome::Ok) => (true, "ended: everything intact and verified".to_string()),
+        Ok(crate::Outcome::Problem) => (
+            false,
             "ended: recovery needed, or stopped at a step that waits for an operator (see above)"
-                .to_string()
-        }
-        Err(e) => format!("failed: {e:#}"),
+                .to_string(),
+        ),
+        Err(e) => (false, format!("failed: {e:#}")),
     };
     *super::lock(&job.ended) = Some(ended);
 }
@@ -142,7 +144,7 @@ pub async fn start(
         .name("console-recovery".into())
         .spawn(move || run(&c2, &j2));
     if let Err(e) = started {
-        *super::lock(&job.ended) = Some(format!("failed to start: {e}"));
+        *super::lock(&job.ended) = Some((false, format!("failed to start: {e}")));
     }
     Redirect::to("/recovery/run").into_response()
 }
@@ -166,7 +168,7 @@ pub async fn page(State(c): State<Arc<Console>>) -> Response {
                 p.meta { (if j.execute { "executed" } else { "dry run" }) ", started " (chrono::DateTime::from_timestamp_micros(j.started_us).map(|t| t.to_rfc3339()).unwrap_or_default()) }
                 ol id="events" { @for e in super::lock(&j.events).iter() { li { pre { (e) } } } }
                 @match super::lock(&j.ended).as_ref() {
-                    Some(end) => p id="ended" class=(if end.starts_with("ended: everything") { "ok" } else { "warn" }) { (end) },
+                    Some((intact, end)) => p id="ended" class=(if *intact { "ok" } else { "warn" }) { (end) },
                     None => p id="running" { "running…" },
                 }
             },
