@@ -96,6 +96,29 @@ fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// Record `isn` of replicate file `file` on node `node` changed behind the
+/// engine's back (its node stopped, then started again).
+fn damage(cl: &mut Cluster, node: usize, file: propagator::Fnr, isn: u64) {
+    cl.nodes[node].stop().expect("stop");
+    let mut bad = propagator::Record::new();
+    bad.insert("id".into(), propagator::Value::Int(isn as i64));
+    bad.insert("qty".into(), propagator::Value::Int(999));
+    etp_system_tests::tamper(
+        &cl.nodes[node].data,
+        file,
+        vec![(propagator::Isn(isn), Some(bad))],
+    );
+    cl.nodes[node].restart().expect("restart");
+}
+
+/// An empty copy area under `dir`, as a path for `--area`.
+fn empty_area(dir: &std::path::Path) -> String {
+    let area = dir.join("area");
+    std::fs::create_dir_all(area.join("sets")).expect("area");
+    std::fs::create_dir_all(area.join("data")).expect("area");
+    area.display().to_string()
+}
+
 /// The example cluster (three nodes), with 20 records on its master.
 fn cluster_of_20(dir: &std::path::Path) -> Cluster {
     let cl = Cluster::start(etp_system_tests::etp_bin(), dir, Some(1)).expect("cluster");
@@ -429,24 +452,9 @@ fn the_recovery_plan_is_run_from_the_page_once_confirmed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cl = cluster_of_20(tmp.path());
     cl.wait_converged(LIMIT).expect("converged");
-    // Record 12 of the partial replicate changed behind the engine's back.
-    cl.nodes[2].stop().expect("stop");
-    let mut bad = propagator::Record::new();
-    bad.insert("id".into(), propagator::Value::Int(12));
-    bad.insert("qty".into(), propagator::Value::Int(999));
-    etp_system_tests::tamper(
-        &cl.nodes[2].data,
-        maintenance::cluster::PART,
-        vec![(propagator::Isn(12), Some(bad))],
-    );
-    cl.nodes[2].restart().expect("restart");
-    let area = tmp.path().join("area");
-    std::fs::create_dir_all(area.join("sets")).expect("area");
-    std::fs::create_dir_all(area.join("data")).expect("area");
-    let (area_s, state_s) = (
-        area.display().to_string(),
-        tmp.path().join("recovery").display().to_string(),
-    );
+    damage(&mut cl, 2, maintenance::cluster::PART, 12);
+    let area_s = empty_area(tmp.path());
+    let (area_s, state_s) = (area_s, tmp.path().join("recovery").display().to_string());
     let (_console, at) = start_console_with(
         cl.nodes[0].addr,
         &tmp.path().join("console.log"),
@@ -566,23 +574,10 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cl = cluster_of_20(tmp.path());
     cl.wait_converged(LIMIT).expect("converged");
-    // Record 3 of the full replicate changed behind the engine's back.
-    cl.nodes[1].stop().expect("stop");
-    let mut bad = propagator::Record::new();
-    bad.insert("id".into(), propagator::Value::Int(3));
-    bad.insert("qty".into(), propagator::Value::Int(999));
-    etp_system_tests::tamper(
-        &cl.nodes[1].data,
-        maintenance::cluster::FULL,
-        vec![(propagator::Isn(3), Some(bad))],
-    );
-    cl.nodes[1].restart().expect("restart");
+    damage(&mut cl, 1, maintenance::cluster::FULL, 3);
     // (A copy area, empty: the recovery case's questions about copies
     // are answered, and its plan bound.)
-    let area = tmp.path().join("area");
-    std::fs::create_dir_all(area.join("sets")).expect("area");
-    std::fs::create_dir_all(area.join("data")).expect("area");
-    let area_s = area.display().to_string();
+    let area_s = empty_area(tmp.path());
     let (_console, at) = start_console_with(
         cl.nodes[0].addr,
         &tmp.path().join("console.log"),
