@@ -170,6 +170,12 @@ impl Hold {
     }
 }
 
+/// Whether two holds (or their absence) are the same hold: its kind and
+/// since when, which a release names (a hold set again since is another).
+pub fn same_hold(a: Option<&Hold>, b: Option<&Hold>) -> bool {
+    a.map(|h| (h.kind, h.since_us)) == b.map(|h| (h.kind, h.since_us))
+}
+
 impl fmt::Display for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {

@@ -7,8 +7,8 @@ use propagator::catalog::Role;
 use propagator::node::client::Client;
 use propagator::topology::Valid;
 use propagator::wire::{
-    AdminRequest, Health, OperationRequest, ReadRequest, ReplicaState, ReplicateReport, Request,
-    Response, TaskReport,
+    Health, OperationRequest, ReadRequest, ReplicaState, ReplicateReport, Request, Response,
+    TaskReport,
 };
 use propagator::DbId;
 use std::net::SocketAddr;
@@ -52,11 +52,7 @@ fn now_us() -> i64 {
 }
 
 pub(super) fn topology(node: SocketAddr) -> anyhow::Result<Valid> {
-    let mut c = Client::connect(node)?;
-    match c.call(&Request::Admin(AdminRequest::AdminExport))? {
-        Response::Text(t) => Valid::parse(&t).map_err(|e| anyhow::anyhow!("its topology: {e}")),
-        other => anyhow::bail!("it answered {other:?} to AdminExport"),
-    }
+    crate::recovery::topology_of(node)
 }
 
 /// Asks every node of the topology `c.node` holds for its state.

@@ -54,6 +54,18 @@ pub trait Report {
     fn walk(&mut self, walk: &flowcharts::Walk);
 }
 
+/// The topology node `node` serves, parsed.
+pub fn topology_of(node: SocketAddr) -> anyhow::Result<propagator::topology::Valid> {
+    match ask(
+        node,
+        &Request::Admin(propagator::wire::AdminRequest::AdminExport),
+    )? {
+        Response::Text(t) => propagator::topology::Valid::parse(&t)
+            .map_err(|e| anyhow::anyhow!("the topology node {node} serves: {e}")),
+        other => anyhow::bail!("node {node} answered {other:?} to AdminExport"),
+    }
+}
+
 /// One request to a node on a fresh connection; an error answer is an error
 /// naming the node.
 pub fn ask(addr: SocketAddr, req: &Request) -> anyhow::Result<Response> {

@@ -16,7 +16,7 @@ use super::ask;
 use anyhow::{bail, Context};
 use propagator::node::client::Client;
 use propagator::topology::{MasterDef, Valid};
-use propagator::wire::{AdminRequest, ReadRequest, RecoveryOp, Request, Response};
+use propagator::wire::{ReadRequest, RecoveryOp, Request, Response};
 use propagator::{DbId, Fnr, Role, Seq};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -63,11 +63,7 @@ fn confirmation(addr: SocketAddr, conf: Fnr, file: Fnr) -> Option<(u64, u32)> {
 /// Works out the promotion of replicate `name` from the topology `node`
 /// serves (nothing is changed).
 pub fn plan(node: SocketAddr, name: &str, log: Option<u32>) -> anyhow::Result<PromotePlan> {
-    let text = match ask(node, &Request::Admin(AdminRequest::AdminExport))? {
-        Response::Text(t) => t,
-        other => bail!("node {node} answered {other:?} to AdminExport"),
-    };
-    let v = Valid::parse(&text).map_err(|e| anyhow::anyhow!("the topology: {e}"))?;
+    let v = super::topology_of(node)?;
     let Some(r) = v.replicates.iter().find(|r| r.def.name == name) else {
         bail!(
             "no replicate is named {name:?}; the replicates are: {}",

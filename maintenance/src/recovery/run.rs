@@ -113,11 +113,8 @@ fn make_plan(
 /// get there, so a link on its way back is not diagnosed as an isolation
 /// (case 1). Returns at once when none is.
 pub fn settle_links(node: std::net::SocketAddr, limit: std::time::Duration) {
-    use propagator::wire::{AdminRequest, OperationRequest, ReplicaState, Response};
-    let Ok(Response::Text(text)) = call(node, &Request::Admin(AdminRequest::AdminExport)) else {
-        return;
-    };
-    let Ok(v) = propagator::topology::Valid::parse(&text) else {
+    use propagator::wire::{OperationRequest, ReplicaState, Response};
+    let Ok(v) = super::topology_of(node) else {
         return;
     };
     let masters: std::collections::BTreeSet<std::net::SocketAddr> = v

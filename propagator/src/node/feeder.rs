@@ -390,11 +390,10 @@ pub(super) async fn deliver_hold(
     releasing: Option<&crate::catalog::Hold>,
 ) -> Result<(), Stop> {
     let (mut conn, state) = open_link(ctx, rep).await?;
-    let same = |h: Option<&crate::catalog::Hold>| h.map(|h| (h.kind, h.since_us));
     match &hold {
         Some(h) if state.hold.as_ref().map(|s| s.kind) == Some(h.kind) => return Ok(()),
         None if state.hold.is_none() => return Ok(()),
-        None if same(state.hold.as_ref()) != same(releasing) => {
+        None if !crate::catalog::same_hold(state.hold.as_ref(), releasing) => {
             return Err(Stop::Refused(format!(
                 "the replicate is held differently now ({}): not released",
                 state.hold.as_ref().map_or(String::new(), |h| h.to_string())

@@ -60,8 +60,7 @@ impl Node {
             if hold.is_none() {
                 // Only the hold the master saw: one set since stays.
                 let now = db.file_info(file)?.def.hold;
-                let same = |h: &Option<Hold>| h.as_ref().map(|h| (h.kind, h.since_us));
-                if same(&now) != same(&releasing) {
+                if !crate::catalog::same_hold(now.as_ref(), releasing.as_ref()) {
                     return Err(Failure::new(
                         ErrorCode::Refused,
                         format!(
