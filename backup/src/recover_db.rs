@@ -24,6 +24,7 @@ use crate::error::{Error, Within};
 use crate::restore::{self, LogSource, OnProgress, Target};
 use propagator::medium::FsDir;
 use propagator::plog::survey::{survey_keeping, Survey};
+pub use propagator::reapply::{Conflict, Reapplied};
 use propagator::{Database, DbId, Fnr, Lsn};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -370,7 +371,7 @@ pub fn recover(
 
 /// [`recover`]; with `reapply` and a log damaged in the middle, the client
 /// transactions read whole after the damage are then re-applied to the
-/// recovered database as new transactions ([`reapply_remnants`]).
+/// recovered database as new transactions ([`propagator::reapply::reapply`]).
 pub fn recover_with(
     data: &Path,
     area: Option<&Area>,
@@ -535,7 +536,7 @@ pub fn recover_with(
         (Some(d), true) => {
             let (db, _) = Database::open(&target_dir)
                 .within(|| format!("cannot open {}", target_dir.display()))?;
-            let r = reapply_remnants(&db, &d.commits);
+            let r = propagator::reapply::reapply(&db, &d.commits, None);
             db.close()
                 .within(|| format!("cannot close {}", target_dir.display()))?;
             Some(r.within(|| "re-applying the transactions after the damage".to_string())?)
@@ -620,122 +621,6 @@ pub fn recover_with(
         set_aside: settled.set_aside,
         reapplied,
     })
-}
-
-/// What re-applying the transactions after a damage did.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Reapplied {
-    /// (old LSN, new LSN): re-applied as a new transaction.
-    pub done: Vec<(Lsn, Lsn)>,
-    /// Not re-applied: a record it changed is not what it found then (a
-    /// transaction lost in the damage, or one not re-applied, changed it).
-    pub conflicts: Vec<Conflict>,
-    /// Not client transactions (definitions, replicated or restored
-    /// changes, engine records): not re-applied; their files are
-    /// recovered by their own means (a replicate by its master).
-    pub skipped: Vec<Lsn>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Conflict {
-    pub lsn: Lsn,
-    pub file: Fnr,
-    pub isn: propagator::Isn,
-    pub why: String,
-}
-
-/// Re-applies `commits` (read whole after a damage, in LSN order) to
-/// `db` as new transactions, each whole or not at all: a transaction runs
-/// only if every record it changed still holds its before-image (absent
-/// for a store), and then sets each to its after-image (a master's change
-/// derives its log record as any client's does, so replicates get it).
-/// Its client id goes with it, so a client rerunning it from its journal
-/// is told it committed.
-pub fn reapply_remnants(
-    db: &Database,
-    commits: &[propagator::plog::Commit],
-) -> Result<Reapplied, propagator::DbError> {
-    use propagator::record::{decode_record, Value};
-    let mut out = Reapplied::default();
-    'commit: for c in commits {
-        let client = !c.changes.is_empty()
-            && c.catalog.is_empty()
-            && c.changes
-                .iter()
-                .all(|ch| db.file(ch.fnr).is_ok_and(|d| d.role.client_writable()));
-        if !client {
-            out.skipped.push(c.lsn);
-            continue;
-        }
-        let mut s = db.session();
-        for ch in &c.changes {
-            // As this transaction sees it (a record it changes twice).
-            let now = s.read(ch.fnr, ch.isn)?;
-            // Compared as records (an encoding may differ in bytes).
-            let found = match (&now, &ch.before) {
-                (None, None) => true,
-                (Some(x), Some(b)) => decode_record(b).is_ok_and(|y| *x == y),
-                _ => false,
-            };
-            if !found {
-                s.bt();
-                out.conflicts.push(Conflict {
-                    lsn: c.lsn,
-                    file: ch.fnr,
-                    isn: ch.isn,
-                    why: match (&now, &ch.before) {
-                        (None, Some(_)) => "the record it changed is gone".into(),
-                        (Some(_), None) => "the record it stored exists".into(),
-                        _ => "the record it changed holds another value".into(),
-                    },
-                });
-                continue 'commit;
-            }
-            let bad = |source| propagator::DbError::BadRecord {
-                fnr: ch.fnr,
-                source,
-            };
-            let done = match (&ch.before, &ch.after) {
-                (_, None) => s.delete(ch.fnr, ch.isn),
-                (None, Some(a)) => decode_record(a)
-                    .map_err(bad)
-                    .and_then(|r| s.store(ch.fnr, Some(ch.isn), r).map(|_| ())),
-                (Some(b), Some(a)) => {
-                    // The after-image, with a null for each field it dropped.
-                    decode_record(a)
-                        .and_then(|mut patch| {
-                            for k in decode_record(b)?.keys() {
-                                patch.entry(k.clone()).or_insert(Value::Null);
-                            }
-                            Ok(patch)
-                        })
-                        .map_err(bad)
-                        .and_then(|patch| s.update(ch.fnr, ch.isn, patch))
-                }
-            };
-            // Refused (a schema, a limit): named, and the others go on.
-            if let Err(e) = done {
-                s.bt();
-                out.conflicts.push(Conflict {
-                    lsn: c.lsn,
-                    file: ch.fnr,
-                    isn: ch.isn,
-                    why: format!("refused: {e}"),
-                });
-                continue 'commit;
-            }
-        }
-        match s.et(c.client_id.clone()) {
-            Ok(info) => out.done.push((c.lsn, info.lsn)),
-            Err(e) => out.conflicts.push(Conflict {
-                lsn: c.lsn,
-                file: c.changes[0].fnr,
-                isn: c.changes[0].isn,
-                why: format!("its commit was refused: {e}"),
-            }),
-        }
-    }
-    Ok(out)
 }
 
 /// What the recovery did to the copy area so the recovered database's

@@ -233,6 +233,18 @@ pub enum CatalogOp {
     },
 }
 
+impl CatalogOp {
+    /// The file the operation is about.
+    pub fn fnr(&self) -> Fnr {
+        match self {
+            CatalogOp::Define(d) => d.fnr,
+            CatalogOp::Rebase(m) => m.fnr,
+            CatalogOp::Restore { fnr, .. } | CatalogOp::Clear { fnr, .. } => *fnr,
+            CatalogOp::Bulk(b) => b.fnr,
+        }
+    }
+}
+
 /// What a [`CatalogOp::Bulk`] entry says of its chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BulkChunk {

@@ -50,6 +50,7 @@ pub mod net;
 pub mod node;
 pub mod plog;
 pub mod predicate;
+pub mod reapply;
 pub mod record;
 pub mod session;
 pub mod slice;

@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 /// The protocol version this build speaks.
 /// 2: error answers carry an [`ErrorCode`].
 /// 5: over mutual TLS; `NotAllowed`; the apply runs from the client.
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// The largest frame accepted or sent.
 /// Room for the largest transaction (64 MiB of records) with its before-
@@ -443,6 +443,10 @@ pub enum CopyRequest {
     /// copy set `set`, into the directory that set claimed in the node's
     /// own copy area (`--copy-area`); nowhere else.
     CopyTake { files: Vec<Fnr>, set: String },
+    /// Whether the protection log reads whole from LSN `from` to its end
+    /// (a copy set taken at `from` rolls forward across it): answered as
+    /// [`crate::plog::survey::ReadBack`] in JSON text.
+    PlogCheck { from: Lsn },
 }
 
 /// A replication link from a master's task to a replicate on this node.
@@ -600,6 +604,12 @@ pub enum RecoveryOp {
         regenerate: bool,
         upto: Option<Lsn>,
     },
+    /// Re-apply to master `master`, set back to seq `level` by a restore
+    /// that began after LSN `upto`, the client transactions this node's
+    /// own protection log holds whole after that level
+    /// ([`crate::reapply::from_log`]); answered as
+    /// [`crate::reapply::FromLog`] in JSON text.
+    Reapply { master: Fnr, level: Seq, upto: Lsn },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

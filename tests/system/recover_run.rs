@@ -1182,7 +1182,7 @@ fn two_damaged_replicates_are_recovered_in_two_rounds_then_verified() {
 }
 
 #[test]
-fn case4_a_master_rebuilt_from_a_lagging_full_replicate_records_the_lost_seqs_as_a_gap() {
+fn case4_a_master_rebuilt_from_a_lagging_full_replicate_gets_the_rest_from_its_own_log() {
     rebuild_from_a_lagging_full_replicate(Scene::with_restart_interval(None), None);
 }
 
@@ -1197,9 +1197,10 @@ fn case4_a_reload_from_a_slow_full_replicate_crosses_many_chunks() {
     rebuild_from_a_lagging_full_replicate(s, Some(&proxy));
 }
 
-/// A lagging full replicate; master and log damaged; the master rebuilt
-/// from the full replicate, the partial reloaded from it, the lost seqs a
-/// recorded gap. `slow`: the full replicate's proxy, slowed for the recovery.
+/// A lagging full replicate; master and log damaged in the page store;
+/// the master rebuilt from the full replicate, the partial reloaded from
+/// it, and the transactions the full replicate lacked re-applied from the
+/// master's own log. `slow`: the full replicate's proxy, slowed for the recovery.
 fn rebuild_from_a_lagging_full_replicate(mut s: Scene, slow: Option<&FaultProxy>) {
     // The full replicate's node goes down; without a restart interval its
     // feeding stays stopped, so it lags at seq S from here on.
@@ -1266,25 +1267,28 @@ fn rebuild_from_a_lagging_full_replicate(mut s: Scene, slow: Option<&FaultProxy>
         assert_eq!(load.source, "replicate:items_full", "{load:?}");
         assert!(load.chunks >= records() / 64, "{load:?}");
     }
+    // What the full replicate lacked, the master's own log still holds
+    // whole (only its page store was damaged): both transactions are
+    // re-applied on the rebuilt master, and no level is lost.
+    let re = detail(&events, "reapply_recoverable_transactions");
+    assert!(
+        re.contains("2 of 2 transaction(s)")
+            && re.contains(&format!("after seq {lag_at} re-applied")),
+        "{re}"
+    );
     let gap = detail(&events, "record_gap");
     assert!(
         gap.contains(&format!(
-            "seqs {} to {lost_to} are lost for good",
+            "no level lost (seqs {} to {lost_to} re-applied from its log)",
             lag_at + 1
         )),
         "{gap}"
     );
     let journal = journal_text(&s);
-    assert!(
-        journal.contains(&format!(
-            "\"line\":\"gap\",\"master\":\"items\",\"from_seq\":{},\"to_seq\":{lost_to}",
-            lag_at + 1
-        )),
-        "{journal}"
-    );
-    // The master is back at the full replicate's level: what came after is
-    // the recorded gap, and nothing else is missing.
-    s.model = kept;
+    assert!(journal.contains("\"line\":\"reapplied\""), "{journal}");
+    assert!(!journal.contains("\"line\":\"gap\""), "{journal}");
+    // Every acknowledged write is on the master and every replicate.
+    assert_ne!(s.model, kept);
     s.store_and_prove(21..=25, 58);
 }
 
@@ -1719,6 +1723,118 @@ fn a_master_whose_database_will_not_open_is_recovered_from_copy_and_archived_log
         s.model.insert(k.0, q);
     }
     s.store_and_prove(21..=30, 28);
+}
+
+/// The master node's last LSN.
+fn master_lsn(s: &Scene) -> u64 {
+    use propagator::wire::{ReadRequest, Request};
+    let mut c = s.cl.master().client().expect("client");
+    match c.call(&Request::Read(ReadRequest::Info)).expect("info") {
+        Response::Info(i) => i.last_lsn.0,
+        other => panic!("Info: {other:?}"),
+    }
+}
+
+/// Flips one byte inside the payload of the commit at `lsn` in the
+/// protection log under `data` (the node stopped).
+fn flip_commit(data: &std::path::Path, dbid: u32, lsn: u64) {
+    use propagator::plog::format::FRAME_HEADER_LEN;
+    use propagator::plog::{open_segments_readonly, reader::frames_from, PlogEntry};
+    let dir = propagator::medium::FsDir::new(data.join("plog"));
+    let segs = open_segments_readonly(&dir, propagator::DbId(dbid)).expect("segments");
+    for seg in &segs {
+        let frames = frames_from(seg, propagator::plog::format::HEADER_LEN).expect("frames");
+        for (at, e) in frames {
+            if matches!(&e, PlogEntry::Commit(c) if c.lsn.0 == lsn) {
+                let mut bytes = std::fs::read(&seg.path).expect("read");
+                let i = (at + FRAME_HEADER_LEN + 40) as usize;
+                bytes[i] ^= 0x40;
+                std::fs::write(&seg.path, &bytes).expect("flip");
+                return;
+            }
+        }
+    }
+    panic!("no commit at LSN {lsn} in {}", data.display());
+}
+
+/// Issue 21 item 9 through a live node: master and log damaged, their
+/// copy set newer than the replicates (their task stopped before it), and
+/// one commit after the copy unreadable in a closed segment of the
+/// master's log. C4.1 answers no, naming the damage; the plan restores the
+/// set and re-applies, from the node's own log, the transactions read
+/// whole on either side of the damage where their before-images still
+/// hold. The one transaction after the damage that changed what the lost
+/// one had changed is named and not applied; the gap is exactly the seqs
+/// of those two; every replicate then equals the master.
+#[test]
+fn case4_reapplies_from_the_live_masters_log_what_a_damaged_segment_leaves_whole() {
+    let mut s = Scene::with_segments(64 << 10);
+    assert!(records() >= 3000);
+    // Maintenance: no task feeds, so the replicates stay at the copy's level.
+    ok(&etp(&["policy", "set", "maintenance", "--node", &s.m()]));
+    s.take_master_copy();
+    let at_copy = s.model.clone();
+    let thirds = [1..=1000u64, 1001..=2000, 2001..=3000];
+    let mut lsns = Vec::new();
+    for qty in [61, 62] {
+        for r in &thirds {
+            s.store(r.clone(), qty);
+            lsns.push(master_lsn(&s));
+        }
+    }
+    s.store(1..=10, 63);
+    s.store(11..=20, 64);
+    // The second transaction after the copy is unreadable in the log; the
+    // master and its log are damaged in the page store, the log at the
+    // first seq after the copy, so no replicate can go past the copy.
+    s.cl.nodes[0].stop().expect("stop");
+    flip_commit(&s.cl.nodes[0].data, 1, lsns[1]);
+    tamper(&s.cl.nodes[0].data, MASTER, vec![(Isn(7), None)]);
+    tamper(&s.cl.nodes[0].data, Fnr(11), vec![(Isn(3001), None)]);
+    s.cl.nodes[0].restart().expect("restart");
+    ok(&etp(&["policy", "set", "automatic", "--node", &s.m()]));
+    let area = s.dir("area");
+    let (code, v, dt) = s.diagnose(&["--area", &area]);
+    assert_eq!(code, Some(1), "{v}");
+    let path = v["case"]["path"].as_array().expect("case path");
+    let c41 = path
+        .iter()
+        .find(|p| p["probe"] == "master_log_copy_with_intact_plog")
+        .expect("C4.1 asked");
+    assert_eq!(c41["answer"], "no", "{c41}");
+    let why = c41["evidence"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("damaged in") && why.contains("replays whole only to LSN"),
+        "{c41}"
+    );
+    assert_eq!(leaf(&v), "restore_set_from_copy", "{v}");
+    let (events, et) = s.recover(&["--area", &area]);
+    let re = detail(&events, "reapply_recoverable_transactions");
+    assert!(re.contains("6 of 7 transaction(s)"), "{re}");
+    assert!(re.contains(&format!("LSN {}", lsns[4])), "{re}");
+    assert!(re.contains("its log is damaged in"), "{re}");
+    // What the master holds: every transaction but the lost one and the
+    // one after it that found the lost one's records changed.
+    let mut want = at_copy;
+    for k in 1..=3000u64 {
+        let q = match k {
+            1..=10 => 63,
+            11..=20 => 64,
+            1001..=2000 => continue,
+            _ => 62,
+        };
+        want.insert(k, q);
+    }
+    s.model = want;
+    s.prove();
+    // The gap is the two transactions' seqs, and nothing else.
+    let gap = detail(&events, "record_gap");
+    let lost: Vec<&str> = gap.matches("are lost for good").collect();
+    assert_eq!(lost.len(), 2, "{gap}");
+    let journal = journal_text(&s);
+    assert!(journal.contains("\"line\":\"reapplied\""), "{journal}");
+    figure("case4-reapply", dt, et, &events);
+    s.store_and_prove(21..=30, 65);
 }
 
 /// `etp replicate verify NAME --node ADDR --json` says equal.

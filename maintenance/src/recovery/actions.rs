@@ -286,9 +286,8 @@ impl Exec<'_> {
             Action::ReloadReplicateFromMaster => self.reload_replicates(b, false),
             Action::ReloadReplicateFromFullReplicate => self.reload_replicates(b, true),
             Action::ReinitReplicate => self.reinit_replicates(b),
-            Action::RerunFailedTransactions | Action::ReapplyRecoverableTransactions => {
-                self.rerun_journaled(b)
-            }
+            Action::RerunFailedTransactions => self.rerun_journaled(b),
+            Action::ReapplyRecoverableTransactions => self.reapply_recoverable(b, journal),
             Action::RecordGap => self.record_gap(b, journal),
             Action::RecordLostSeqs => self.record_lost_seqs(b, journal),
             Action::ReinstallTopology => {
@@ -302,7 +301,7 @@ impl Exec<'_> {
             Action::RestartTasks => self.restart_tasks(b),
             Action::VerifyReplicates => self.verify_replicates(b),
             Action::RestoreMasterFromFullReplicate => {
-                self.restore_master_from_full_replicate(b, journal)
+                self.restore_master_from_full_replicate(i, b, journal)
             }
             Action::PromoteFullReplicate => self.promote(b, journal),
             Action::RestartDatabases | Action::RecoverDatabase | Action::ManualIntervention => {
@@ -508,6 +507,48 @@ impl Exec<'_> {
         Ok(out.join("; "))
     }
 
+    /// C4.2 and C4.7: re-applies to each target master the transactions
+    /// its own log still holds whole after the level this plan set it back
+    /// to (before the plan's first restore on its node), then reruns the
+    /// client journal's pending ones. Resumable: a transaction re-applied
+    /// by an interrupted attempt is found committed, not applied twice.
+    fn reapply_recoverable(&self, b: &Bound, journal: &mut RunJournal) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        for m in b.masters() {
+            let key = m.addr.to_string();
+            let (Some(level), Some(upto)) =
+                (journal.level_after(m.db, m.file), journal.lsn_before(&key))
+            else {
+                out.push(format!(
+                    "{}: not set back by a restore in this plan: its log holds nothing to re-apply",
+                    m.name
+                ));
+                continue;
+            };
+            let r = call(
+                m.addr,
+                &Request::Recovery(RecoveryOp::Reapply {
+                    master: Fnr(m.file),
+                    level: propagator::Seq(level),
+                    upto: propagator::Lsn(upto),
+                }),
+            )?;
+            let f: propagator::reapply::FromLog = serde_json::from_str(&text(r))
+                .context("the node's answer to a re-apply is not a re-apply report")?;
+            let seqs = f.recovered_seqs();
+            if !seqs.is_empty() {
+                journal.append(Line::Reapplied {
+                    db: m.db,
+                    file: m.file,
+                    seqs: seqs.iter().map(|(a, z)| (a.0, z.0)).collect(),
+                })?;
+            }
+            out.push(describe_reapplied(m.name, &f));
+        }
+        out.push(self.rerun_journaled(b)?);
+        Ok(out.join("; "))
+    }
+
     /// Reruns the client journal's pending transactions, exactly once.
     fn rerun_journaled(&self, b: &Bound) -> anyhow::Result<String> {
         let limit = self.opts.wait;
@@ -645,20 +686,26 @@ impl Exec<'_> {
                 Some(l) => l,
                 None => log_level(m.addr, Fnr(m.log))?,
             };
-            if now >= before {
-                out.push(format!(
-                    "{name}: no level lost (at seq {now}, was {before})"
-                ));
-            } else {
+            let lost = lost_ranges(now, before, &journal.reapplied(db, file));
+            if lost.is_empty() {
+                out.push(if now >= before {
+                    format!("{name}: no level lost (at seq {now}, was {before})")
+                } else {
+                    format!(
+                        "{name}: no level lost (seqs {} to {before} re-applied from its log)",
+                        now + 1
+                    )
+                });
+            }
+            for (from, to) in lost {
                 journal.append(Line::Gap {
                     master: name.to_string(),
-                    from_seq: now + 1,
-                    to_seq: before,
+                    from_seq: from,
+                    to_seq: to,
                     replicate: None,
                 })?;
                 out.push(format!(
-                    "{name}: seqs {} to {before} are lost for good (recorded)",
-                    now + 1
+                    "{name}: seqs {from} to {to} are lost for good (recorded)"
                 ));
             }
         }
@@ -773,6 +820,7 @@ impl Exec<'_> {
     /// Rebuilds each target master from its freshest full replicate.
     fn restore_master_from_full_replicate(
         &self,
+        i: usize,
         b: &Bound,
         journal: &mut RunJournal,
     ) -> anyhow::Result<String> {
@@ -789,6 +837,20 @@ impl Exec<'_> {
         else {
             bail!("no master or no full replicate to rebuild it from");
         };
+        // Where its log stood before the rebuild wrote anything: what a
+        // re-apply reads its transactions up to.
+        let key = addr.to_string();
+        if journal.lsn_before(&key).is_none() {
+            let lsn = match call(*addr, &Request::Read(ReadRequest::Info))? {
+                Response::Info(i) => i.last_lsn.0,
+                other => bail!("node {addr} answered {other:?}"),
+            };
+            journal.append(Line::Started {
+                step: i,
+                addr: key,
+                lsn,
+            })?;
+        }
         let (detail, seq) = master_from_replicate(*addr, Fnr(*file), name, src)?;
         journal.append(Line::Level {
             db: *db,
@@ -1086,4 +1148,95 @@ pub(crate) fn verify_definitions(p: &LiveProbes) -> anyhow::Result<String> {
         "{} database(s) serve one topology; every master, log, replicate and confirmation file is present in its role",
         p.topology.addresses.len()
     ))
+}
+
+/// The seqs after `now` up to `before` that no re-applied range covers.
+fn lost_ranges(now: u64, before: u64, reapplied: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = now + 1;
+    for &(a, z) in reapplied {
+        if z < next {
+            continue;
+        }
+        if a > next {
+            out.push((next, (a - 1).min(before)));
+        }
+        next = next.max(z + 1);
+        if next > before {
+            break;
+        }
+    }
+    if next <= before {
+        out.push((next, before));
+    }
+    out.retain(|(a, z)| a <= z);
+    out
+}
+
+/// One line for a master's re-apply: what was read, re-applied, refused.
+fn describe_reapplied(name: &str, f: &propagator::reapply::FromLog) -> String {
+    let r = &f.reapplied;
+    let mut s = format!(
+        "{name}: {} of {} transaction(s) its log holds after seq {} re-applied",
+        r.done.len(),
+        f.chosen.len(),
+        f.level
+    );
+    let seqs = f.recovered_seqs();
+    if let (Some(a), Some(z)) = (seqs.first(), seqs.last()) {
+        s += &format!(" (first given seqs {} to {})", a.0, z.1);
+    }
+    if !r.conflicts.is_empty() {
+        let c: Vec<String> = r
+            .conflicts
+            .iter()
+            .map(|c| {
+                format!(
+                    "LSN {} (file {} record {}: {})",
+                    c.lsn, c.file, c.isn, c.why
+                )
+            })
+            .collect();
+        s += &format!("; not re-applied: {}", c.join(", "));
+    }
+    if let Some(fault) = &f.read.fault {
+        let (a, z) = (
+            fault.last_good.next().0,
+            fault.resumed.map_or(f.upto.0, |l| l.0.saturating_sub(1)),
+        );
+        s += &format!(
+            "; its log is damaged in {} at offset {} ({}): {} unread",
+            fault.path,
+            fault.offset,
+            fault.reason,
+            if a == z {
+                format!("LSN {a}")
+            } else {
+                format!("LSNs {a} to {z}")
+            }
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod lost_tests {
+    use super::lost_ranges;
+
+    #[test]
+    fn the_gap_is_what_no_reapplied_range_covers() {
+        assert_eq!(lost_ranges(10, 10, &[]), vec![]);
+        assert_eq!(lost_ranges(10, 20, &[]), vec![(11, 20)]);
+        assert_eq!(lost_ranges(10, 20, &[(11, 20)]), vec![]);
+        assert_eq!(
+            lost_ranges(10, 20, &[(11, 12), (15, 15)]),
+            vec![(13, 14), (16, 20)]
+        );
+        assert_eq!(
+            lost_ranges(10, 20, &[(13, 14), (19, 25)]),
+            vec![(11, 12), (15, 18)]
+        );
+        // Ranges at or below the level count for nothing.
+        assert_eq!(lost_ranges(10, 12, &[(5, 9)]), vec![(11, 12)]);
+    }
 }

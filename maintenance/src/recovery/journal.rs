@@ -41,6 +41,13 @@ pub(crate) enum Line {
         file: u32,
         seq: u64,
     },
+    /// The seqs (as first given) of master (db, file)'s transactions a
+    /// step re-applied from its log after a restore set it back.
+    Reapplied {
+        db: u32,
+        file: u32,
+        seqs: Vec<(u64, u64)>,
+    },
     Failed {
         step: usize,
         error: String,
@@ -219,6 +226,27 @@ impl RunJournal {
                 _ => None,
             })
             .min()
+    }
+
+    /// The seqs the current plan re-applied to master (db, file), as
+    /// first given, in order.
+    pub(crate) fn reapplied(&self, db: u32, file: u32) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = self
+            .current()
+            .iter()
+            .filter_map(|l| match l {
+                Line::Reapplied {
+                    db: d,
+                    file: f,
+                    seqs,
+                } if *d == db && *f == file => Some(seqs.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The most recent plan journaled.

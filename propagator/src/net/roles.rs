@@ -111,6 +111,7 @@ pub fn needs(req: &Request) -> (Need, &'static str) {
             // Only `etp copy archive` (an administrator) removes segments.
             CopyRequest::PlogRemove { .. } => (Admin, "PlogRemove"),
             CopyRequest::CopyTake { .. } => (Copy, "CopyTake"),
+            CopyRequest::PlogCheck { .. } => (Read, "PlogCheck"),
         },
         Request::Link(_) => (Link, "replication link"),
         Request::Recovery(_) => (Admin, "recovery step"),

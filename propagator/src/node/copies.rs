@@ -13,6 +13,28 @@ impl Node {
             CopyRequest::PlogSegments => self.plog_segments(),
             CopyRequest::PlogRemove { through } => self.plog_remove(through).await,
             CopyRequest::CopyTake { files, set } => self.copy_take(files, set).await,
+            CopyRequest::PlogCheck { from } => self.plog_check(from).await,
+        }
+    }
+
+    /// Reads the protection log from `from` to its end, every frame
+    /// checked: where it is damaged, if it is.
+    async fn plog_check(&self, from: Lsn) -> Response {
+        let db = self.db.clone();
+        let r = errors::off_reactor(move || {
+            crate::plog::survey::read_commits(
+                db.plog_dir().as_ref(),
+                db.dbid(),
+                from,
+                db.last_lsn(),
+                &mut |_| {},
+            )
+            .map_err(|e| Failure::from(e.to_string()))
+        })
+        .await;
+        match r.and_then(|r| serde_json::to_string(&r).map_err(|e| Failure::from(e.to_string()))) {
+            Ok(t) => Response::Text(t),
+            Err(e) => Response::error(e),
         }
     }
 

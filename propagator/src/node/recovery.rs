@@ -21,12 +21,11 @@ impl Node {
             // (Raising an incarnation rewrites nothing: the commits
             // after it simply carry the new one.)
             RecoveryOp::RefreshLog { .. } => true,
-            RecoveryOp::Restore { file, .. } | RecoveryOp::RestoreRange { file, .. } => {
-                db.files().iter().any(|f| {
-                    f.def.fnr == *file
-                        && matches!(f.def.role, Role::Master { .. } | Role::Log { .. })
-                })
-            }
+            RecoveryOp::Restore { file, .. }
+            | RecoveryOp::RestoreRange { file, .. }
+            | RecoveryOp::Reapply { master: file, .. } => db.files().iter().any(|f| {
+                f.def.fnr == *file && matches!(f.def.role, Role::Master { .. } | Role::Log { .. })
+            }),
             _ => false,
         };
         if touches_master && !self.quiesced.load(Ordering::SeqCst) {
@@ -133,6 +132,31 @@ impl Node {
                 ),
                 Err(e) => Response::error(e),
             },
+            RecoveryOp::Reapply {
+                master,
+                level,
+                upto,
+            } => {
+                let r = errors::off_reactor(move || {
+                    crate::reapply::from_log(&db, master, level, upto)
+                        .map_err(|e| Failure::from(e.to_string()))
+                })
+                .await;
+                match r.and_then(|r| {
+                    serde_json::to_string(&r).map_err(|e| Failure::from(e.to_string()))
+                }) {
+                    Ok(t) => {
+                        tracing::warn!(
+                            %master,
+                            %level,
+                            %upto,
+                            "re-applied the master's transactions its log holds after its restored level"
+                        );
+                        Response::Text(t)
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
             RecoveryOp::Restore {
                 file,
                 regenerate,

@@ -159,3 +159,129 @@ pub fn survey_keeping(dir: &dyn MediumDir, dbid: DbId, keep: bool) -> Result<Sur
         }),
     })
 }
+
+/// Where a read of the log met damage in the middle.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Fault {
+    pub path: String,
+    pub offset: u64,
+    pub reason: String,
+    /// The last commit read before it: the log replays whole only to here.
+    pub last_good: Lsn,
+    /// The first commit read whole after it, if any (what lies between
+    /// is lost).
+    pub resumed: Option<Lsn>,
+}
+
+/// What [`read_commits`] read of the log.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReadBack {
+    /// The first LSN the log holds (its oldest segment's first).
+    pub first: Lsn,
+    /// The last commit read, at or before the bound.
+    pub last: Lsn,
+    /// Damage in the middle of the read stretch, if any.
+    pub fault: Option<Fault>,
+}
+
+/// Reads every whole commit in the log in `dir` with LSN in `from..=upto`,
+/// in LSN order, passing each to `on`. The read starts at the segment
+/// holding `from`; past damage in the middle it goes on at the next
+/// well-formed frame (those commits are passed too: what lies after the
+/// damage is intact on its own), and the damage is reported. Damage past
+/// `upto`, and a torn tail, are not faults. The log may be a live node's
+/// (its last segment still growing): what was durable when the segments
+/// were opened is read.
+pub fn read_commits(
+    dir: &dyn MediumDir,
+    dbid: DbId,
+    from: Lsn,
+    upto: Lsn,
+    on: &mut dyn FnMut(super::Commit),
+) -> Result<ReadBack, LogError> {
+    let segs = open_segments_readonly(dir, dbid)?;
+    let first = segs.first().map(|s| s.header.first_lsn).unwrap_or(Lsn(1));
+    let start = segs
+        .iter()
+        .rposition(|s| s.header.first_lsn <= from)
+        .unwrap_or(0);
+    let mut scan = LogScan::new(&segs, start);
+    let mut last = Lsn(0);
+    let mut pass = |c: super::Commit, last: &mut Lsn| {
+        if c.lsn > *last && c.lsn >= from && c.lsn <= upto {
+            *last = c.lsn;
+            on(c);
+        }
+    };
+    let fault = loop {
+        match scan.next_frame() {
+            Ok(Some(f)) => {
+                if let PlogEntry::Commit(c) = f.entry {
+                    if c.lsn > upto {
+                        break None;
+                    }
+                    pass(c, &mut last);
+                }
+            }
+            Ok(None) => break None,
+            Err(f) => break Some(f),
+        }
+    };
+    let Some(f) = fault else {
+        return Ok(ReadBack {
+            first,
+            last,
+            fault: None,
+        });
+    };
+    let last_good = scan.last_lsn();
+    let io = |path: &str, e: std::io::Error| LogError::Io {
+        path: path.to_string(),
+        source: e,
+    };
+    let seg = &segs[f.seg_idx];
+    let resume = valid_frame_after(seg, f.offset).map_err(|e| io(&seg.path, e))?;
+    let later = f.seg_idx + 1 < segs.len();
+    if (resume.is_none() && !later) || last_good >= upto {
+        // A torn tail, or damage past the stretch asked for.
+        return Ok(ReadBack {
+            first,
+            last,
+            fault: None,
+        });
+    }
+    let mut resumed = None;
+    let mut rest = |entries: Vec<(u64, PlogEntry)>, last: &mut Lsn| {
+        for (_, e) in entries {
+            if let PlogEntry::Commit(c) = e {
+                if c.lsn > last_good && c.lsn <= upto && c.lsn > *last {
+                    resumed.get_or_insert(c.lsn);
+                    pass(c, last);
+                }
+            }
+        }
+    };
+    if let Some(at) = resume {
+        rest(
+            frames_from(seg, at).map_err(|e| io(&seg.path, e))?,
+            &mut last,
+        );
+    }
+    for s in &segs[f.seg_idx + 1..] {
+        rest(
+            frames_from(s, super::format::HEADER_LEN).map_err(|e| io(&s.path, e))?,
+            &mut last,
+        );
+    }
+    Ok(ReadBack {
+        first,
+        last,
+        fault: Some(Fault {
+            path: f.path,
+            offset: f.offset,
+            reason: f.reason,
+            last_good,
+            resumed,
+        }),
+    })
+}

@@ -225,6 +225,10 @@ pub struct LiveProbes {
     pub admins: Vec<AdminFact>,
     /// Per database: the first LSN its protection log still holds, and its last.
     pub plog: BTreeMap<DbId, (u64, u64)>,
+    /// Per database and copy-set LSN (the newest set of each of its
+    /// files): its protection log read from there to its end, every frame
+    /// checked (or why it could not be).
+    pub plog_read: BTreeMap<(DbId, u64), Result<propagator::plog::survey::ReadBack, String>>,
     /// The catalogued copy sets, when a copy area was given.
     pub sets: Option<Vec<backup::CopySet>>,
     /// Pending client transactions, when a journal was given.
@@ -408,6 +412,7 @@ impl LiveProbes {
             reps: Vec::new(),
             admins: Vec::new(),
             plog: BTreeMap::new(),
+            plog_read: BTreeMap::new(),
             sets,
             pending,
             export,
@@ -462,6 +467,31 @@ impl LiveProbes {
             let peers: Vec<&propagator::wire::ReachReport> =
                 d.peers.iter().map(|(_, r)| r).collect();
             d.kind = DownKind::judge(d.kind == DownKind::Stopped, &peers);
+        }
+        // Each database's log read back from its newest copy sets' LSNs:
+        // a roll-forward from a set needs every frame after it.
+        for (db, c) in clients.iter_mut() {
+            let Some(sets) = &p.sets else { break };
+            let mut newest: BTreeMap<Fnr, u64> = BTreeMap::new();
+            for s in sets.iter().filter(|s| s.dbid == *db) {
+                for m in &s.members {
+                    let l = newest.entry(m.fnr).or_insert(s.lsn.0);
+                    *l = (*l).max(s.lsn.0);
+                }
+            }
+            let lsns: BTreeSet<u64> = newest.into_values().collect();
+            for lsn in lsns {
+                let r = match c.call(&Request::Copy(CopyRequest::PlogCheck {
+                    from: propagator::Lsn(lsn + 1),
+                })) {
+                    Ok(Response::Text(t)) => serde_json::from_str(&t)
+                        .map_err(|e| format!("its answer is not a log read-back: {e}")),
+                    Ok(Response::Error { message, .. }) => Err(message),
+                    Ok(other) => Err(format!("it answered {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                p.plog_read.insert((*db, lsn), r);
+            }
         }
         // Each node's catalog, read once.
         let mut catalogs: BTreeMap<DbId, Vec<propagator::FileDef>> = BTreeMap::new();
@@ -708,10 +738,37 @@ impl LiveProbes {
     /// set's LSN; the answer with its evidence.
     fn plog_covers(&self, db: DbId, set: &backup::CopySet) -> Answer {
         match self.plog.get(&db) {
-            Some((first, last)) if *first <= set.lsn.0 + 1 => Answer::yes(format!(
-                "copy set {} at LSN {}; the protection log of database {db} holds LSN {first} to {last}",
-                set.id, set.lsn
-            )),
+            Some((first, last)) if *first <= set.lsn.0 + 1 => {
+                match self.plog_read.get(&(db, set.lsn.0)) {
+                    Some(Ok(r)) => match &r.fault {
+                        None => Answer::yes(format!(
+                            "copy set {} at LSN {}; the protection log of database {db} holds LSN {first} to {last}, every frame after the set read whole",
+                            set.id, set.lsn
+                        )),
+                        Some(f) => Answer::no(format!(
+                            "copy set {} at LSN {}, but the protection log of database {db} is damaged in {} at offset {} ({}): it replays whole only to LSN {}{}",
+                            set.id,
+                            set.lsn,
+                            f.path,
+                            f.offset,
+                            f.reason,
+                            f.last_good,
+                            f.resumed
+                                .map(|l| format!("; whole again from LSN {l} (re-applied where it fits, not replayed)"))
+                                .unwrap_or_default()
+                        )),
+                    },
+                    Some(Err(e)) => Answer::unanswerable(format!(
+                        "database {db} did not read its protection log back from copy set {}'s LSN {}: {e}",
+                        set.id, set.lsn
+                    )),
+                    // Gathered without the copy area's sets (none then).
+                    None => Answer::unanswerable(format!(
+                        "the protection log of database {db} was not read back from copy set {}'s LSN {}",
+                        set.id, set.lsn
+                    )),
+                }
+            }
             Some((first, _)) => Answer::no(format!(
                 "copy set {} at LSN {}, but the protection log of database {db} starts at LSN {first}",
                 set.id, set.lsn
