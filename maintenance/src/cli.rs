@@ -148,6 +148,10 @@ pub enum CertCommand {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// A host name or IP address the certificate also serves TLS under
+        /// (repeatable): `etp console` off loopback serves browsers with it.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
     },
     /// The identity a certificate names (name, role, database).
     Show {
@@ -465,9 +469,17 @@ pub struct ConsoleArgs {
     /// there is resumed by the next).
     #[arg(long, value_name = "DIR", default_value = "etp-recovery")]
     pub state: std::path::PathBuf,
-    /// Where to serve the pages: a loopback address (port 0: any free port).
+    /// Where to serve the pages (port 0: any free port). A loopback
+    /// address is served plain; any other only over TLS with client
+    /// certificates (as with --tls).
     #[arg(long, value_name = "ADDR", value_parser = address, default_value = "127.0.0.1:7480")]
     pub listen: std::net::SocketAddr,
+    /// Serve HTTPS with this command's certificate (--cert; issued with
+    /// `etp cert issue --host NAME` for the name browsers use) and ask
+    /// every browser for a certificate of the cluster's authority: any
+    /// role may look, only admin may act. Always so off loopback.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Subcommand)]

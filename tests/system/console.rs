@@ -504,16 +504,152 @@ fn the_recovery_plan_is_run_from_the_page_once_confirmed() {
 }
 
 #[test]
-fn the_console_refuses_a_non_loopback_address() {
+fn the_console_refuses_a_non_loopback_address_without_certificates() {
     let out = etp_command()
+        .env_remove("ETP_CA")
+        .env_remove("ETP_CERT")
+        .env_remove("ETP_KEY")
         .args(["console", "--node", "127.0.0.1:1", "--listen", "0.0.0.0:0"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("loopback addresses only") && err.contains("0.0.0.0:0"),
+        err.contains("0.0.0.0:0 is not a loopback address")
+            && err.contains("needs TLS with client certificates")
+            && err.contains("etp cert issue --host"),
         "{err}"
+    );
+}
+
+/// The console's own certificate: role admin, serving TLS as localhost
+/// and 127.0.0.1 (`etp cert issue --host`), once per test process.
+fn console_cert() -> (std::path::PathBuf, std::path::PathBuf) {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let dir = etp_system_tests::certs();
+    ONCE.get_or_init(|| {
+        etp_system_tests::ok(&etp_system_tests::etp(&[
+            "cert",
+            "issue",
+            "--dir",
+            &dir.display().to_string(),
+            "--name",
+            "console",
+            "--role",
+            "admin",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--days",
+            "30",
+        ]));
+    });
+    (dir.join("console.crt"), dir.join("console.key"))
+}
+
+/// Over TLS (`--tls`): the console serves with its own certificate and
+/// asks every browser for one of the cluster's authority. Without one
+/// there is no page; a reader sees every page and is refused every
+/// action, which changes nothing; an admin acts, and the audit line names
+/// the certificate.
+#[test]
+fn over_tls_any_role_may_look_and_only_admin_may_act() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = cluster_of_20(tmp.path());
+    cl.wait_converged(LIMIT).expect("converged");
+    let m = cl.nodes[0].addr.to_string();
+    let (crt, key) = console_cert();
+    let log = tmp.path().join("console.log");
+    let err = std::fs::File::create(&log).expect("console log");
+    let mut child = etp_command()
+        .env("ETP_CERT", &crt)
+        .env("ETP_KEY", &key)
+        .args(["console", "--node", &m, "--listen", "127.0.0.1:0", "--tls"])
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("starting etp console");
+    let stdout = child.stdout.take().expect("stdout");
+    let _guard = KillGuard(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("its address");
+    let at: SocketAddr = line
+        .trim()
+        .strip_prefix("console listening on https://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .expect("an address");
+    let get = |who: Option<&str>, path: &str| {
+        etp_system_tests::https_exchange(
+            at,
+            "localhost",
+            who,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+                at.port()
+            ),
+        )
+    };
+    let post = |who: &str, body: &str| {
+        etp_system_tests::https_exchange(
+            at,
+            "localhost",
+            Some(who),
+            &format!(
+                "POST /act HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: https://localhost:{port}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len(),
+                port = at.port()
+            ),
+        )
+        .expect("an answer")
+    };
+    // No certificate: no page.
+    assert_eq!(get(None, "/"), None);
+    // A reader looks at every page...
+    for path in ["/", "/copies", "/actions"] {
+        let (code, body) = get(Some("reader"), path).expect("a page");
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (_, page) = get(Some("reader"), "/actions").expect("a page");
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the form's token")
+        .to_string();
+    // ... and is refused every action, which changes nothing.
+    let shun = format!("action=shun&replicate=items_full&reason=disk+check&token={token}");
+    let (code, body) = post("reader", &format!("{shun}&confirm=yes"));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("acting needs the admin role") && body.contains("reader has role read"),
+        "{body}"
+    );
+    assert_eq!(state_of(&m, "items_full"), "online");
+    // An admin acts.
+    let (code, body) = post("admin", &format!("{shun}&confirm=yes"));
+    assert_eq!(code, 200, "{body}");
+    wait_for("the replicate shunned", LIMIT, || {
+        (state_of(&m, "items_full") == "shunned").then_some(())
+    });
+    let (code, body) = post(
+        "admin",
+        &format!("action=unshun&replicate=items_full&token={token}&confirm=yes"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let text = wait_for("the audit lines", LIMIT, || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("unshun replicate items_full").then_some(t)
+    });
+    assert!(
+        text.contains("who=admin (role admin) from 127.0.0.1:")
+            && text.contains("who=reader (role read) from 127.0.0.1:")
+            && text.contains("not the admin role"),
+        "{text}"
     );
 }
 

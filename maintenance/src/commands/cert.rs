@@ -24,6 +24,7 @@ pub fn run(c: CertCommand) -> anyhow::Result<Outcome> {
             role,
             db,
             days,
+            hosts,
         } => {
             let db = db.map(propagator::DbId);
             let name = match (name, db) {
@@ -31,7 +32,7 @@ pub fn run(c: CertCommand) -> anyhow::Result<Outcome> {
                 (None, Some(d)) => cert::node_identity(d).name,
                 (None, None) => bail!("give --name (or --db for a node's certificate)"),
             };
-            let issued = cert::issue(&dir, &Identity { name, role, db }, days)?;
+            let issued = cert::issue_serving(&dir, &Identity { name, role, db }, days, &hosts)?;
             println!("{}", issued.cert.display());
             println!("{}", issued.key.display());
             eprintln!("etp: issued {} for {days} days", issued.identity);

@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Task(c) => node::task(c),
         Command::Policy(c) => replicate::policy(c),
         Command::Console(a) => {
-            maintenance::console::run(a.node.node, a.listen, a.sources.into(), a.state)
+            maintenance::console::run(a.node.node, a.listen, a.sources.into(), a.state, a.tls)
         }
         Command::Replicate(c) => replicate::run(c),
         Command::Confirm(c) => replicate::confirm(c),

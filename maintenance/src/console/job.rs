@@ -7,12 +7,11 @@
 
 use super::{guard, view, Console};
 use crate::recovery::{self, Report, RunOptions};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::html;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// A run started from the page.
@@ -83,11 +82,11 @@ fn run(c: &Console, job: &Arc<Job>) {
 /// nothing; `mode=execute` asks for a confirmation, then starts the run.
 pub async fn start(
     State(c): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(peer): axum::Extension<propagator::net::http::Peer>,
     headers: axum::http::HeaderMap,
     form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = match guard(&c, peer, &headers, form) {
+    let form = match guard(&c, &peer, &headers, form) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -104,6 +103,11 @@ pub async fn start(
             )
         }
     };
+    if execute {
+        if let Err(r) = super::may_act(&peer, "running the recovery plan") {
+            return r;
+        }
+    }
     if execute && form.get("confirm").map(String::as_str) != Some("yes") {
         return Html(
             view::page(
@@ -137,7 +141,7 @@ pub async fn start(
         *slot = Some(job.clone());
         job
     };
-    tracing::warn!(target: "etp::audit", who = %peer, execute, "console recovery run started");
+    tracing::warn!(target: "etp::audit", who = %peer.who(), execute, "console recovery run started");
     let c2 = c.clone();
     let j2 = job.clone();
     let started = std::thread::Builder::new()

@@ -11,9 +11,12 @@
 //! shows as unreachable at once, and a slow one never blocks another
 //! request.
 //!
-//! This first part serves the cluster page (`/`). It binds loopback
-//! addresses only: serving other addresses waits for TLS with client
-//! certificates on the console's own listener.
+//! On a loopback address it serves plain HTTP, and acts for whoever can
+//! reach the port (as an SSH tunnel would). Off loopback, or with
+//! `--tls`, it serves HTTPS with its own certificate and asks every
+//! browser for a certificate of the cluster's authority: any role may
+//! look, only `admin` may act, and every action is logged with the
+//! certificate's name.
 
 mod actions;
 mod job;
@@ -27,6 +30,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use propagator::net::http::Peer;
 use propagator::DbId;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -204,7 +208,13 @@ pub(super) async fn loopback_host(
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !is_loopback_host(host) {
+    // Under TLS the browser checked the name against the console's
+    // certificate, and the console its certificate: no rebinding.
+    let tls = req
+        .extensions()
+        .get::<Peer>()
+        .is_some_and(|p| p.identity.is_some());
+    if !tls && !is_loopback_host(host) {
         return (
             StatusCode::FORBIDDEN,
             Html(view::failed(&format!("the console answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]); this one was for {host:?}")).into_string()),
@@ -323,7 +333,7 @@ async fn actions_page(State(c): State<Arc<Console>>) -> Response {
 /// refusal to send.
 pub(super) fn guard(
     c: &Console,
-    peer: SocketAddr,
+    peer: &Peer,
     headers: &axum::http::HeaderMap,
     form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<BTreeMap<String, String>, Response> {
@@ -347,7 +357,16 @@ pub(super) fn guard(
             .strip_prefix("http://")
             .or_else(|| o.strip_prefix("https://"))
             .unwrap_or("");
-        if !is_loopback_host(host) {
+        // Under TLS, the page's own origin (the name the browser asked
+        // for); on plain loopback, a loopback name.
+        let own = match &peer.identity {
+            Some(_) => headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|h| h.eq_ignore_ascii_case(host)),
+            None => is_loopback_host(host),
+        };
+        if !own {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 format!("a form from {o:?} is not the console's own: refused"),
@@ -361,7 +380,7 @@ pub(super) fn guard(
         )
     })?;
     if !form.get("token").is_some_and(|t| same_token(t, &c.token)) {
-        tracing::warn!(target: "etp::audit", who = %peer, "console form refused: no valid token");
+        tracing::warn!(target: "etp::audit", who = %peer.who(), "console form refused: no valid token");
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "the form's token is missing or not this console's (a page of an earlier console, or another site's form): reload the page".into(),
@@ -370,16 +389,39 @@ pub(super) fn guard(
     Ok(form)
 }
 
+/// Whether the peer may act (not only look): under TLS its certificate's
+/// role must be admin; on plain loopback the console acts with its own
+/// credentials for whoever can reach the port (as through an SSH tunnel).
+pub(super) fn may_act(peer: &Peer, what: &str) -> Result<(), Response> {
+    match &peer.identity {
+        Some(i) if i.role != propagator::net::Role::Admin => {
+            tracing::warn!(target: "etp::audit", who = %peer.who(), action = %what, "console action refused: not the admin role");
+            Err((
+                StatusCode::FORBIDDEN,
+                Html(
+                    view::failed(&format!(
+                        "{what}: refused: acting needs the admin role, and certificate {} has role {}; nothing was done",
+                        i.name, i.role
+                    ))
+                    .into_string(),
+                ),
+            )
+                .into_response())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A posted action: refused without the console's token or from another
 /// origin, refused naming what is wrong when malformed; confirmed on a
 /// page of its own; then carried out and logged with who asked.
 async fn act(
     State(c): State<Arc<Console>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    axum::Extension(peer): axum::Extension<Peer>,
     headers: axum::http::HeaderMap,
     form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = match guard(&c, peer, &headers, form) {
+    let form = match guard(&c, &peer, &headers, form) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -395,11 +437,14 @@ async fn act(
             )
         }
     };
+    let what = a.describe();
+    if let Err(r) = may_act(&peer, &what) {
+        return r;
+    }
     if form.get("confirm").map(String::as_str) != Some("yes") {
         return Html(actions::confirm(&a, &c.token).into_string()).into_response();
     }
-    let who = format!("{peer} (loopback; the console has no client certificates yet)");
-    let what = a.describe();
+    let who = peer.who();
     let c2 = c.clone();
     let done = tokio::task::spawn_blocking(move || a.run(&c2)).await;
     // Whatever came of it, the next page gathers afresh.
@@ -428,12 +473,21 @@ pub fn run(
     listen: SocketAddr,
     sources: crate::recovery::probes::Sources,
     state: std::path::PathBuf,
+    tls: bool,
 ) -> anyhow::Result<Outcome> {
-    if !listen.ip().is_loopback() {
-        bail!(
-            "the console binds loopback addresses only ({listen} is not one): serving other addresses needs TLS with client certificates, which the console does not have yet; reach it through an SSH tunnel meanwhile"
-        );
-    }
+    let serving = match propagator::net::client() {
+        _ if !tls && listen.ip().is_loopback() => None,
+        propagator::net::Transport::Tls(t) => Some(t.server_config()),
+        propagator::net::Transport::PlainLoopback => bail!(
+            "{}: give the cluster's certificates (--ca, --cert, --key or ETP_CA, ETP_CERT, ETP_KEY): the console then serves HTTPS with that certificate (issued with `etp cert issue --host NAME` for the name browsers use) and asks every browser for a certificate of the same authority (role read to look, admin to act)",
+            if tls {
+                "--tls serves HTTPS with client certificates".to_string()
+            } else {
+                format!("{listen} is not a loopback address, and serving one needs TLS with client certificates")
+            }
+        ),
+    };
+    let scheme = if serving.is_some() { "https" } else { "http" };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -444,7 +498,7 @@ pub fn run(
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        println!("console listening on http://{addr}/");
+        println!("console listening on {scheme}://{addr}/");
         use std::io::Write;
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, node = %node, "console serving");
@@ -454,19 +508,32 @@ pub fn run(
         });
         tokio::spawn(sample(console.clone()));
         let app = router(console);
-        axum::serve(
+        propagator::net::http::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            app,
+            serving,
+            LIMITS,
+            Arc::new(propagator::net::http::Counts::default()),
+            shutdown(),
         )
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving the console")?;
+        .await;
         Ok(Outcome::Ok)
     });
     // A gather still waiting on a node is not waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     served
 }
+
+/// The console's listener bounds: a browser keeps a few connections (a
+/// live page one more), a head arrives at once, nothing lasts a day.
+const LIMITS: propagator::net::http::Limits = propagator::net::http::Limits {
+    max_connections: 64,
+    handshake: std::time::Duration::from_secs(10),
+    head: std::time::Duration::from_secs(10),
+    head_bytes: 16 << 10,
+    lifetime: std::time::Duration::from_secs(3600),
+    keep_alive: true,
+};
 
 /// Samples the cluster every [`SAMPLE_EVERY`], so the lag charts cover
 /// the time nobody looked.

@@ -151,6 +151,18 @@ pub struct Issued {
 /// `replication`, with its database) also serves TLS; the others only
 /// authenticate clients.
 pub fn issue(dir: &Path, identity: &Identity, days: u32) -> Result<Issued, CertError> {
+    issue_serving(dir, identity, days, &[])
+}
+
+/// [`issue`], the certificate also serving TLS under each of `hosts` (DNS
+/// names or IP addresses): what `etp console` serves browsers with off
+/// loopback (`etp cert issue --host NAME`).
+pub fn issue_serving(
+    dir: &Path,
+    identity: &Identity,
+    days: u32,
+    hosts: &[String],
+) -> Result<Issued, CertError> {
     check_name(&identity.name).map_err(|e| CertError::Bad(e.0))?;
     match (identity.role, identity.db) {
         (Role::Replication, None) => {
@@ -208,6 +220,26 @@ pub fn issue(dir: &Path, identity: &Identity, days: u32) -> Result<Issued, CertE
             .try_into()
             .map_err(|e| CertError::Bad(format!("{NODE_SERVER_NAME}: {e}")))?;
         params.subject_alt_names.push(SanType::DnsName(dns));
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    for h in hosts {
+        let san = match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                h.as_str()
+                    .try_into()
+                    .map_err(|e| CertError::Bad(format!("host name {h:?}: {e}")))?,
+            ),
+        };
+        params.subject_alt_names.push(san);
+    }
+    if !hosts.is_empty()
+        && !params
+            .extended_key_usages
+            .contains(&ExtendedKeyUsagePurpose::ServerAuth)
+    {
         params
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ServerAuth);

@@ -26,6 +26,7 @@
 //! [`crate::node::client::Conn`] uses it.
 
 pub mod cert;
+pub mod http;
 pub mod roles;
 pub mod split;
 
