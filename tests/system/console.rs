@@ -753,6 +753,13 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
         "{dom}"
     );
     assert!(dom.contains("<svg class=\"lag\""), "{dom}");
+    // Live: the page's script takes the server's events and puts each in
+    // place (it counts them on the page's main element).
+    let live = wait_for("the browser to take a live update", LIMIT, || {
+        let dom = chromium(&url, &["--dump-dom", "--timeout=4000"], &profile);
+        dom.contains("data-updates=\"").then_some(dom)
+    });
+    assert!(live.contains("id=\"replicates\""), "{live}");
     let shot = artifacts().join("console-cluster.png");
     let _ = std::fs::remove_file(&shot);
     chromium(
@@ -806,4 +813,163 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
         "{} bytes",
         png.len()
     );
+}
+
+/// Reads a server-sent event stream from `path` until `want` has arrived
+/// (within the deadline): what was read.
+fn sse_until(addr: SocketAddr, path: &str, want: &[&str]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("request");
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if want.iter().all(|w| text.contains(w)) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{want:?} not in the stream: {text}"
+        );
+        match s.read(&mut buf) {
+            Ok(0) => panic!("the stream ended: {text}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading the stream: {e}: {text}"),
+        }
+    }
+}
+
+/// The daily actions beyond a replicate's state: verify (its answer on
+/// the page), reinit (ordered, then the replicate reloaded and online),
+/// a copy job run now (its progress and end on the copies page); and the
+/// live cluster page: its script from the binary, and its content sent
+/// again as server-sent events.
+#[test]
+fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_live() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = cluster_of_20(tmp.path());
+    cl.wait_converged(LIMIT).expect("converged");
+    let m = cl.nodes[0].addr.to_string();
+    let area = tmp.path().join(maintenance::cluster::LOCAL_AREA);
+    let jobs = tmp.path().join("jobs.toml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "area = \"{}\"\n[[job]]\nname = \"nightly\"\ncron = \"0 0 3 1 1 *\"\n[[job.set]]\ndatabase = 1\nfiles = [10]\n",
+            area.display()
+        ),
+    )
+    .expect("jobs");
+    etp_system_tests::ok(&etp_system_tests::etp(&[
+        "copy",
+        "jobs",
+        "set",
+        &jobs.display().to_string(),
+        "--node",
+        &m,
+    ]));
+    let (_console, at) = start_console(cl.nodes[0].addr, &tmp.path().join("console.log"));
+    let (code, page) = http(at, "GET", "/actions");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("id=\"job-1-nightly\""), "{page}");
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the form's token")
+        .to_string();
+    // Verify: the answer on the page.
+    let (code, body) = post(
+        at,
+        &format!("action=verify&replicate=items_full&token={token}&confirm=yes"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("replicate items_full equals its master as of seq 20"),
+        "{body}"
+    );
+    // Reinit: ordered, then done by the nodes.
+    let (code, body) = post(
+        at,
+        &format!("action=reinit&replicate=items_part&scoped=no&token={token}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("every record written again"), "{body}");
+    let (code, body) = post(
+        at,
+        &format!("action=reinit&replicate=items_part&scoped=no&token={token}&confirm=yes"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("ordered: reinitialize replicate items_part"),
+        "{body}"
+    );
+    wait_for("the reinit to finish", LIMIT, || {
+        let out = etp_system_tests::etp(&["replicate", "status", "--node", &m, "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["name"] == "items_part")
+            .filter(|v| v["state"] == "online" && v["last_load"]["source"] == "master")
+            .map(|_| ())
+    });
+    // A copy job run now: its end on the copies page.
+    let (code, body) = post(
+        at,
+        &format!("action=copy_job&database=1&job=nightly&token={token}&confirm=yes"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("started: copy job nightly of database 1"),
+        "{body}"
+    );
+    let page = wait_for("the job's end on the copies page", LIMIT, || {
+        let (_, page) = http(at, "GET", "/copies");
+        page.contains("ok: </span>done in").then_some(page)
+    });
+    assert!(page.contains("id=\"run-1-nightly\""), "{page}");
+    let (code, body) = post(
+        at,
+        &format!("action=copy_job&database=1&job=weekly&token={token}&confirm=yes"),
+        None,
+    );
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains("defines no copy job &quot;weekly&quot;"),
+        "{body}"
+    );
+    // The live page: the script, and the content again as events.
+    let (code, page) = http(at, "GET", "/");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("<script src=\"/live.js\" defer>")
+            && page.contains("data-events=\"/events/cluster\"")
+            && page.contains("<noscript><meta http-equiv=\"refresh\" content=\"5\">"),
+        "{page}"
+    );
+    let (code, js) = http(at, "GET", "/live.js");
+    assert_eq!(code, 200, "{js}");
+    assert!(js.contains("EventSource"), "{js}");
+    let stream = sse_until(
+        at,
+        "/events/cluster",
+        &["event: page", "id=\"replicates\"", "items_part"],
+    );
+    assert!(stream.contains("text/event-stream"), "{stream}");
 }

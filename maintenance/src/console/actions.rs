@@ -40,6 +40,21 @@ pub enum Act {
     Policy {
         mode: Policy,
     },
+    /// Reload a replicate online from its master (`scoped`: only what
+    /// differs moves); its progress shows on the cluster page.
+    Reinit {
+        replicate: String,
+        scoped: bool,
+    },
+    /// Compare a replicate with its master as of its confirmed seq.
+    Verify {
+        replicate: String,
+    },
+    /// Run a copy job of a node now (it keeps its schedule).
+    CopyJob {
+        database: u32,
+        job: String,
+    },
 }
 
 impl Act {
@@ -91,9 +106,24 @@ impl Act {
                     .parse()
                     .map_err(|e: String| format!("mode: {e}"))?,
             },
+            "reinit" => Act::Reinit {
+                replicate: get("replicate")?,
+                scoped: match form.get("scoped").map(String::as_str) {
+                    None | Some("no") => false,
+                    Some("yes") => true,
+                    Some(other) => return Err(format!("scoped must be yes or no, not {other:?}")),
+                },
+            },
+            "verify" => Act::Verify {
+                replicate: get("replicate")?,
+            },
+            "copy_job" => Act::CopyJob {
+                database: number("database")?,
+                job: get("job")?,
+            },
             other => {
                 return Err(format!(
-                    "unknown action {other:?} (shun, unshun, reset_error, task_start, task_stop, task_restart, policy)"
+                    "unknown action {other:?} (shun, unshun, reset_error, task_start, task_stop, task_restart, policy, reinit, verify, copy_job)"
                 ))
             }
         })
@@ -123,6 +153,20 @@ impl Act {
                 }
             ),
             Act::Policy { mode } => format!("set the policy of every node to {mode}"),
+            Act::Reinit { replicate, scoped } => format!(
+                "reinitialize replicate {replicate} online from its master ({}; the master keeps committing)",
+                if *scoped {
+                    "scoped: only the records that differ move"
+                } else {
+                    "every record written again"
+                }
+            ),
+            Act::Verify { replicate } => {
+                format!("verify replicate {replicate} against its master")
+            }
+            Act::CopyJob { database, job } => {
+                format!("run copy job {job} of database {database} now")
+            }
         }
     }
 
@@ -164,6 +208,20 @@ impl Act {
                 ("file", file.to_string()),
             ],
             Act::Policy { mode } => vec![("action", "policy".into()), ("mode", mode.to_string())],
+            Act::Reinit { replicate, scoped } => vec![
+                ("action", "reinit".into()),
+                ("replicate", replicate.clone()),
+                ("scoped", if *scoped { "yes" } else { "no" }.into()),
+            ],
+            Act::Verify { replicate } => vec![
+                ("action", "verify".into()),
+                ("replicate", replicate.clone()),
+            ],
+            Act::CopyJob { database, job } => vec![
+                ("action", "copy_job".into()),
+                ("database", database.to_string()),
+                ("job", job.clone()),
+            ],
         }
     }
 
@@ -236,6 +294,65 @@ impl Act {
                     }),
                 )?
             }
+            Act::Reinit {
+                replicate: r,
+                scoped,
+            } => {
+                replicate(
+                    r,
+                    ReplicateAction::Init {
+                        from: None,
+                        reinit: true,
+                        rewrite: !scoped,
+                        chunk: None,
+                    },
+                )?;
+                return Ok(format!(
+                    "ordered: {}; its progress shows on the cluster page",
+                    self.describe()
+                ));
+            }
+            Act::Verify { replicate: r } => {
+                let addr = feeder_of(r)?;
+                let mut client = Client::connect(addr).map_err(|e| e.to_string())?;
+                let said = client
+                    .call(&Request::Operation(OperationRequest::Replicate {
+                        name: r.clone(),
+                        action: ReplicateAction::Verify { max_isns: 20 },
+                    }))
+                    .map_err(|e| e.to_string())?;
+                return match said {
+                    Response::Verify(v) if v.equal => Ok(format!(
+                        "replicate {r} equals its master as of seq {} ({} records, digest {})",
+                        v.seq, v.count, v.digest
+                    )),
+                    Response::Verify(v) => Ok(format!(
+                        "replicate {r} DIFFERS from its master as of seq {}: it holds {} records (digest {}), the master's view {} (digest {}); {} of {} ranges differ; first differing isns: {}",
+                        v.seq,
+                        v.count,
+                        v.digest,
+                        v.expected_count,
+                        v.expected_digest,
+                        v.ranges_differing,
+                        v.ranges_checked,
+                        v.differences
+                            .iter()
+                            .map(|(i, k)| format!("{i} ({k})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    Response::Error { message, .. } => Err(message),
+                    other => Err(format!("the node answered {other:?}")),
+                };
+            }
+            Act::CopyJob { database, job } => {
+                let addr = v
+                    .addresses
+                    .get(&DbId(*database))
+                    .copied()
+                    .ok_or_else(|| format!("the topology has no database {database}"))?;
+                return super::job::start_copy_job(c, addr, *database, job.clone());
+            }
             Act::Policy { mode } => {
                 // Every node is asked, and each one's result said: a
                 // policy half set is reported as such.
@@ -278,6 +395,25 @@ impl Act {
     }
 }
 
+/// Per database of the topology `node` holds, the names of its copy jobs
+/// (a node that cannot be asked, or defines none, has none here).
+pub fn job_names(node: std::net::SocketAddr) -> Vec<(u32, Vec<String>)> {
+    let Ok(v) = super::view::topology(node) else {
+        return Vec::new();
+    };
+    v.addresses
+        .iter()
+        .map(|(db, addr)| {
+            let names = backup::schedule::fetch_jobs(*addr)
+                .ok()
+                .and_then(|t| backup::schedule::parse_jobs(&t).ok())
+                .map(|(def, _)| def.job.into_iter().map(|j| j.name).collect())
+                .unwrap_or_default();
+            (db.0, names)
+        })
+        .collect()
+}
+
 /// The confirmation page: what will be done, and a form that does it.
 pub fn confirm(a: &Act, token: &str) -> Markup {
     super::view::page(
@@ -297,8 +433,9 @@ pub fn confirm(a: &Act, token: &str) -> Markup {
     )
 }
 
-/// The actions page: a form per replicate and master, and the policy.
-pub fn page(v: &super::view::ClusterView, token: &str) -> Markup {
+/// The actions page: a form per replicate and master, the policy, and a
+/// form per copy job (`jobs`: per database, its job names).
+pub fn page(v: &super::view::ClusterView, token: &str, jobs: &[(u32, Vec<String>)]) -> Markup {
     let hidden = html! { input type="hidden" name="token" value=(token); };
     super::view::page(
         "Actions",
@@ -321,12 +458,18 @@ pub fn page(v: &super::view::ClusterView, token: &str) -> Markup {
                                     input type="text" name="reason" placeholder="why" required;
                                     button type="submit" { "shun" }
                                 }
-                                @for (act, label) in [("unshun", "unshun"), ("reset_error", "reset error")] {
+                                @for (act, label) in [("unshun", "unshun"), ("reset_error", "reset error"), ("verify", "verify")] {
                                     form method="post" action="/act" {
                                         (hidden) input type="hidden" name="action" value=(act);
                                         input type="hidden" name="replicate" value=(r.name);
                                         button type="submit" { (label) }
                                     }
+                                }
+                                form method="post" action="/act" {
+                                    (hidden) input type="hidden" name="action" value="reinit";
+                                    input type="hidden" name="replicate" value=(r.name);
+                                    label { input type="checkbox" name="scoped" value="yes"; " scoped" }
+                                    button type="submit" { "reinit" }
                                 }
                             }
                         }
@@ -361,6 +504,30 @@ pub fn page(v: &super::view::ClusterView, token: &str) -> Markup {
                     @for m in ["automatic", "manual", "maintenance"] { option value=(m) { (m) } }
                 }
                 button type="submit" { "set on every node" }
+            }
+            h2 { "Copy jobs" }
+            @if jobs.iter().all(|(_, j)| j.is_empty()) {
+                p.meta { "No node defines a copy job (etp copy jobs set)." }
+            } @else {
+                table id="copy-job-actions" {
+                    tr { th { "database" } th { "job" } th { "action" } }
+                    @for (db, names) in jobs {
+                        @for name in names {
+                            tr id={ "job-" (db) "-" (name) } {
+                                td { (db) }
+                                td { (name) }
+                                td {
+                                    form method="post" action="/act" {
+                                        (hidden) input type="hidden" name="action" value="copy_job";
+                                        input type="hidden" name="database" value=(db);
+                                        input type="hidden" name="job" value=(name);
+                                        button type="submit" { "run now" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         },
     )

@@ -156,6 +156,18 @@ pub async fn start(
 /// GET /recovery/run: the run started here (its events as they come,
 /// refreshed every 2 s while it runs) and the journal's unfinished plan.
 pub async fn page(State(c): State<Arc<Console>>) -> Response {
+    let (body, running) = body(&c).await;
+    let html = if running {
+        view::live_page("Recovery run", 2, "/events/recovery-run", body)
+    } else {
+        view::page("Recovery run", None, body)
+    };
+    Html(html.into_string()).into_response()
+}
+
+/// The run page's content (what a live update replaces), and whether the
+/// run is still going.
+pub async fn body(c: &Arc<Console>) -> (maud::Markup, bool) {
     let job = super::lock(&c.job).clone();
     let state = c.state.clone();
     let unfinished = tokio::task::spawn_blocking(move || recovery::journal::unfinished(&state))
@@ -181,5 +193,108 @@ pub async fn page(State(c): State<Arc<Console>>) -> Response {
             p.banner id="unfinished" { "The journal holds an unfinished plan: " (u) " — running again resumes it." }
         }
     };
-    Html(view::page("Recovery run", running.then_some(2), body).into_string()).into_response()
+    (body, running)
+}
+
+/// A copy job run from the actions page, on a thread of its own.
+pub struct CopyRun {
+    pub started_us: i64,
+    /// Its latest progress message.
+    pub message: Mutex<String>,
+    /// How it ended (None: still running): whether it succeeded, and what
+    /// it did.
+    pub ended: Mutex<Option<(bool, String)>>,
+}
+
+/// Starts copy job `name` of database `database` (its node at `addr`)
+/// now, into that node's copy area, as `etp copy jobs run` does; the
+/// copies page shows its progress and how it ended. One run of a job at a
+/// time from here; the node's own schedule is not changed.
+pub fn start_copy_job(
+    c: &Console,
+    addr: std::net::SocketAddr,
+    database: u32,
+    name: String,
+) -> Result<String, String> {
+    use propagator::wire::{ReadRequest, Request, Response};
+    let text = backup::schedule::fetch_jobs(addr).map_err(|e| e.to_string())?;
+    let (def, _) = backup::schedule::parse_jobs(&text).map_err(|e| e.to_string())?;
+    let job = def
+        .job
+        .iter()
+        .find(|j| j.name == name)
+        .cloned()
+        .ok_or_else(|| format!("database {database} defines no copy job {name:?}"))?;
+    // The job writes into the node's own copy area: a path that means
+    // something here only when the node is on this machine.
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "database {database}'s node ({addr}) is not on this machine: its copy area is not a path here; run the job there (etp copy jobs run {name} --node {addr})"
+        ));
+    }
+    let root = match propagator::node::client::Client::connect(addr)
+        .and_then(|mut cl| cl.call(&Request::Read(ReadRequest::Info)))
+        .map_err(|e| e.to_string())?
+    {
+        Response::Info(i) => i.copy_area.map(std::path::PathBuf::from),
+        other => return Err(format!("node {addr} answered {other:?}")),
+    }
+    .or(def.area.clone())
+    .ok_or_else(|| {
+        format!("node {addr} has no copy area for its jobs (start it with --copy-area DIR)")
+    })?;
+    let area = backup::Area::open(&root).map_err(|e| e.to_string())?;
+    let sources = backup::schedule::node_sources(addr).map_err(|e| e.to_string())?;
+    let key = format!("{database}/{name}");
+    let run = {
+        let mut runs = super::lock(&c.copy_runs);
+        if runs
+            .get(&key)
+            .is_some_and(|r| super::lock(&r.ended).is_none())
+        {
+            return Err(format!(
+                "copy job {name} of database {database} is still running from here: see the copies page"
+            ));
+        }
+        let run = Arc::new(CopyRun {
+            started_us: chrono::Utc::now().timestamp_micros(),
+            message: Mutex::new("starting".into()),
+            ended: Mutex::new(None),
+        });
+        runs.insert(key, run.clone());
+        run
+    };
+    std::thread::Builder::new()
+        .name("console-copy-job".into())
+        .spawn(move || {
+            let now = chrono::Utc::now();
+            let r = backup::schedule::run_job(&area, &job, now, now, &sources, &mut |m| {
+                *super::lock(&run.message) = m.to_string();
+            });
+            let said = if r.ok {
+                format!(
+                    "done in {:.1} s: set(s) {}{}",
+                    r.seconds,
+                    r.sets.join(", "),
+                    if r.done.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", r.done.join("; "))
+                    }
+                )
+            } else {
+                format!(
+                    "failed after {:.1} s: {}",
+                    r.seconds,
+                    r.error.as_deref().unwrap_or("no reason given")
+                )
+            };
+            tracing::warn!(target: "etp::audit", job = %job.name, ok = r.ok, %said, "console copy job ended");
+            *super::lock(&run.ended) = Some((r.ok, said));
+        })
+        .map_err(|e| format!("cannot start the job's thread: {e}"))?;
+    Ok(format!(
+        "started: copy job {name} of database {database}, into {}; the copies page shows its progress and how it ended",
+        root.display()
+    ))
 }

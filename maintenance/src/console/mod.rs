@@ -59,6 +59,8 @@ pub struct Console {
     pub state: std::path::PathBuf,
     /// The recovery run started from the page, if one was.
     job: Mutex<Option<Arc<job::Job>>>,
+    /// Copy jobs run from the actions page, by `DATABASE/JOB`.
+    copy_runs: Mutex<BTreeMap<String, Arc<job::CopyRun>>>,
 }
 
 /// A replicate's lag when the console looked.
@@ -86,6 +88,7 @@ impl Console {
             sources,
             state: std::path::PathBuf::from("etp-recovery"),
             job: Mutex::new(None),
+            copy_runs: Mutex::new(BTreeMap::new()),
             down_since: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
             latest: tokio::sync::Mutex::new(None),
@@ -151,6 +154,21 @@ impl Console {
         lag.retain(|_, q| !q.is_empty());
     }
 
+    /// The copy jobs run from this console, as the copies page shows them.
+    pub fn copy_runs_now(&self) -> Vec<(String, i64, String, Option<(bool, String)>)> {
+        lock(&self.copy_runs)
+            .iter()
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    r.started_us,
+                    lock(&r.message).clone(),
+                    lock(&r.ended).clone(),
+                )
+            })
+            .collect()
+    }
+
     /// A replicate's lag samples, oldest first.
     pub fn lag_of(&self, replicate: &str) -> Vec<LagSample> {
         lock(&self.lag)
@@ -171,6 +189,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/actions", get(actions_page))
         .route("/act", axum::routing::post(act))
         .route("/recovery/run", get(job::page).post(job::start))
+        .route("/live.js", get(live_js))
+        .route("/events/cluster", get(cluster_events))
+        .route("/events/recovery-run", get(run_events))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(loopback_host))
         .with_state(console)
@@ -194,7 +215,7 @@ const SECURITY_HEADERS: [(&str, &str); 3] = [
     ("x-frame-options", "DENY"),
     (
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
     ),
     ("x-content-type-options", "nosniff"),
 ];
@@ -247,6 +268,74 @@ async fn cluster_page(State(c): State<Arc<Console>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// How often a live page's content is sent again.
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often a live recovery run's events are sent again.
+const RUN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The live pages' script, from the binary.
+async fn live_js() -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        view::LIVE_JS,
+    )
+        .into_response()
+}
+
+/// GET /events/cluster: the cluster page's content at once and then every [`LIVE_EVERY`],
+/// as server-sent events (`page`), from the one shared gather: however
+/// many pages are open, the nodes see one client.
+async fn cluster_events(
+    State(c): State<Arc<Console>>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    // The first at once (a reconnecting page is brought up to date), then
+    // every LIVE_EVERY.
+    let s = futures_util::stream::unfold((c, true), |(c, first)| async move {
+        if !first {
+            tokio::time::sleep(LIVE_EVERY).await;
+        }
+        let html = match tokio::time::timeout(PAGE_DEADLINE, c.cluster()).await {
+            Ok(Ok(v)) => view::cluster_body(&v, &c).into_string(),
+            Ok(Err(e)) => maud::html! { p.banner id="error" { "gathering the cluster's state failed: " (format!("{e:#}")) } }.into_string(),
+            Err(_) => maud::html! { p.banner id="error" { "the cluster's nodes did not all answer within " (PAGE_DEADLINE.as_secs()) " s" } }.into_string(),
+        };
+        Some((Ok(Event::default().event("page").data(html)), (c, false)))
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
+}
+
+/// GET /events/recovery-run: the run page's content every [`RUN_EVERY`]
+/// while the run goes on; once it has ended, its last content and `end`.
+async fn run_events(
+    State(c): State<Arc<Console>>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let s = futures_util::stream::unfold((c, 0u8), |(c, stage)| async move {
+        match stage {
+            0 => {
+                tokio::time::sleep(RUN_EVERY).await;
+                let (body, running) = job::body(&c).await;
+                let ev = Event::default().event("page").data(body.into_string());
+                Some((Ok(ev), (c, if running { 0 } else { 1 })))
+            }
+            1 => Some((Ok(Event::default().event("end").data("ended")), (c, 2))),
+            _ => None,
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
 }
 
 /// A CSRF token: 16 bytes from the kernel's random source, in hex (the
@@ -316,10 +405,21 @@ async fn copies_page(State(c): State<Arc<Console>>) -> Response {
     read_page(&c, "reading the copies", view::copies, view::copies_page).await
 }
 
-/// The actions page: a form per replicate and master, and the policy.
+/// The actions page: a form per replicate and master, the policy, and
+/// the copy jobs of every node.
 async fn actions_page(State(c): State<Arc<Console>>) -> Response {
-    match tokio::time::timeout(PAGE_DEADLINE, c.cluster()).await {
-        Ok(Ok(v)) => Html(actions::page(&v, &c.token).into_string()).into_response(),
+    let node = c.node;
+    let jobs = tokio::time::timeout(
+        PAGE_DEADLINE,
+        tokio::task::spawn_blocking(move || actions::job_names(node)),
+    );
+    let (v, jobs) = tokio::join!(tokio::time::timeout(PAGE_DEADLINE, c.cluster()), jobs);
+    let jobs = match jobs {
+        Ok(Ok(j)) => j,
+        _ => Vec::new(),
+    };
+    match v {
+        Ok(Ok(v)) => Html(actions::page(&v, &c.token, &jobs).into_string()).into_response(),
         _ => (
             StatusCode::GATEWAY_TIMEOUT,
             Html(view::failed("the cluster's state could not be read").into_string()),

@@ -189,6 +189,42 @@ pub(super) fn page(title: &str, refresh_s: Option<u32>, body: Markup) -> Markup 
     }
 }
 
+/// A page kept current: with JavaScript, its `main` is replaced by each
+/// fragment the server sends on `events` (server-sent events, `/live.js`);
+/// without, it reloads every `refresh_s` seconds.
+pub(super) fn live_page(title: &str, refresh_s: u32, events: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                noscript { meta http-equiv="refresh" content=(refresh_s); }
+                title { (title) " · etp console" }
+                style { (PreEscaped(STYLE)) }
+                script src="/live.js" defer {}
+            }
+            body {
+                nav { a href="/" { "Cluster" } a href="/recovery" { "Recovery" } a href="/copies" { "Copies" } a href="/actions" { "Actions" } }
+                main id="live" data-events=(events) { (body) }
+            }
+        }
+    }
+}
+
+/// The little script of the live pages: one `EventSource`, each `page`
+/// event's HTML put in place of `main`, an `end` event closing it.
+pub const LIVE_JS: &str = r#"(function () {
+  var main = document.getElementById("live");
+  if (!main || !window.EventSource) { return; }
+  var es = new EventSource(main.getAttribute("data-events"));
+  es.addEventListener("page", function (e) {
+    main.innerHTML = e.data;
+    main.setAttribute("data-updates", String(Number(main.getAttribute("data-updates") || "0") + 1));
+  });
+  es.addEventListener("end", function () { es.close(); });
+})();
+"#;
+
 fn time(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -216,9 +252,12 @@ fn state_class(r: &ReplicateReport) -> &'static str {
 /// replicate with its state, health, confirmed seq, lag, stalled time and
 /// gaps. Refreshed every 5 s (a meta refresh: no script needed).
 pub fn cluster(v: &ClusterView, c: &Console) -> Markup {
-    page(
-        "Cluster",
-        Some(5),
+    live_page("Cluster", 5, "/events/cluster", cluster_body(v, c))
+}
+
+/// The cluster page's content (what a live update replaces).
+pub fn cluster_body(v: &ClusterView, c: &Console) -> Markup {
+    {
         html! {
             h1 { "Cluster" }
             p.meta { "as of " (time(v.at_us)) ", through node " (v.node.to_string()) }
@@ -286,6 +325,15 @@ pub fn cluster(v: &ClusterView, c: &Console) -> Markup {
                                             ")" }
                                     }
                                     @if let Some(d) = &r.sync_down { div.why { "sync-down " (d) } }
+                                    @if let Some(l) = &r.load {
+                                        div.load {
+                                            "loading from " (l.source) ": "
+                                            progress id={ "load-" (r.name) } max=(l.total.max(1)) value=(l.scanned.min(l.total)) {}
+                                            " " (l.scanned.min(l.total)) " / " (l.total) " records, "
+                                            (format!("{:.0}", l.rows_per_s)) " rec/s"
+                                            @if let Some(eta) = l.eta_s { ", about " (secs(eta)) " left" }
+                                        }
+                                    }
                                 }
                                 td { (r.health.to_string()) }
                                 td.num { (r.confirmed_seq.to_string()) }
@@ -301,8 +349,8 @@ pub fn cluster(v: &ClusterView, c: &Console) -> Markup {
                     }
                 }
             }
-        },
-    )
+        }
+    }
 }
 
 /// A replicate's lag in seconds over the last hour, as an SVG line drawn
@@ -496,6 +544,9 @@ pub struct CopiesView {
     pub cleanup: Vec<propagator::wire::CleanupPlan>,
     /// What could not be asked.
     pub problems: Vec<String>,
+    /// Copy jobs run from this console: `DATABASE/JOB`, when started, its
+    /// latest progress, and how it ended (None: running).
+    pub console_runs: Vec<(String, i64, String, Option<(bool, String)>)>,
 }
 
 /// Reads the copy area (the console's `--area`, else the node's own, when
@@ -516,6 +567,7 @@ pub fn copies(c: &Console) -> CopiesView {
         nodes: 0,
         cleanup: Vec::new(),
         problems: Vec::new(),
+        console_runs: c.copy_runs_now(),
     };
     let v = match topology(c.node) {
         Ok(v) => v,
@@ -621,6 +673,23 @@ pub fn copies_page(v: &CopiesView) -> Markup {
                 p.warn id="alarms-unknown" { "Not every node said how old its copies are (" (v.ages_from) " of " (v.nodes) "): see above." }
             } @else {
                 ul id="alarms" { @for a in &alarms { li.bad { (a.what()) ": " (a.newest()) } } }
+            }
+            @if !v.console_runs.is_empty() {
+                h2 { "Copy jobs run from this console" }
+                table id="console-runs" {
+                    tr { th { "job" } th { "started" } th { "state" } }
+                    @for (key, at, msg, ended) in &v.console_runs {
+                        tr id={ "run-" (key.replace('/', "-")) } {
+                            td { (key) }
+                            td { (time(*at)) }
+                            @match ended {
+                                None => td { span.warn { "running: " } (msg) },
+                                Some((true, said)) => td { span.ok { "ok: " } (said) },
+                                Some((false, said)) => td { span.bad { "failed: " } (said) },
+                            }
+                        }
+                    }
+                }
             }
             h2 { "Copy sets" }
             table id="sets" {
