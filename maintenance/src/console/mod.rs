@@ -63,6 +63,11 @@ pub struct Console {
     copy_runs: Mutex<BTreeMap<String, Arc<job::CopyRun>>>,
 }
 
+/// A copy job run from the console, as the copies page shows it:
+/// `DATABASE/JOB`, when it started (µs), its latest progress, and how it
+/// ended (None: running; else whether it succeeded and what it said).
+pub type CopyRunView = (String, i64, String, Option<(bool, String)>);
+
 /// A replicate's lag when the console looked.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LagSample {
@@ -155,7 +160,7 @@ impl Console {
     }
 
     /// The copy jobs run from this console, as the copies page shows them.
-    pub fn copy_runs_now(&self) -> Vec<(String, i64, String, Option<(bool, String)>)> {
+    pub fn copy_runs_now(&self) -> Vec<CopyRunView> {
         lock(&self.copy_runs)
             .iter()
             .map(|(k, r)| {

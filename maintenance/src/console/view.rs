@@ -546,7 +546,7 @@ pub struct CopiesView {
     pub problems: Vec<String>,
     /// Copy jobs run from this console: `DATABASE/JOB`, when started, its
     /// latest progress, and how it ended (None: running).
-    pub console_runs: Vec<(String, i64, String, Option<(bool, String)>)>,
+    pub console_runs: Vec<super::CopyRunView>,
 }
 
 /// Reads the copy area (the console's `--area`, else the node's own, when
