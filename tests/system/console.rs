@@ -973,3 +973,70 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
     );
     assert!(stream.contains("text/event-stream"), "{stream}");
 }
+
+/// The console never blocks on the nodes' bulk work: while a replicate is
+/// reloaded (thousands of records in small chunks), the cluster page
+/// renders and shows the load's progress bar (50,000 records in chunks of
+/// 10: seconds of loading), the other pages render, and
+/// when the load ends the replicate equals its master.
+#[test]
+fn pages_render_while_a_bulk_load_runs_and_show_its_progress() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cl = Cluster::start_with(etp_system_tests::etp_bin(), tmp.path(), |a| {
+        maintenance::cluster::topology_text(a, Some(1)).replace(
+            "restart_interval_s = 1\n",
+            "restart_interval_s = 1\nload_chunk = 10\n",
+        )
+    })
+    .expect("cluster");
+    let mut c = cl.master().client().expect("client");
+    for batch in 0..50i64 {
+        for k in 1..=1000i64 {
+            let id = batch * 1000 + k;
+            let mut r = propagator::Record::new();
+            r.insert("id".into(), propagator::Value::Int(id));
+            r.insert("grp".into(), propagator::Value::Int(id % 8));
+            r.insert("qty".into(), propagator::Value::Int(id));
+            c.store(maintenance::cluster::MASTER, None, r)
+                .expect("store");
+        }
+        c.et(None).expect("et");
+    }
+    cl.wait_converged(LIMIT).expect("converged");
+    let m = cl.nodes[0].addr.to_string();
+    let (_console, at) = start_console(cl.nodes[0].addr, &tmp.path().join("console.log"));
+    let (_, page) = http(at, "GET", "/actions");
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the form's token")
+        .to_string();
+    let (code, body) = post(
+        at,
+        &format!("action=reinit&replicate=items_full&scoped=no&token={token}&confirm=yes"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    // The cluster page renders during the load, with its progress bar.
+    let page = wait_for("the cluster page with the load's progress", LIMIT, || {
+        let (code, page) = http(at, "GET", "/");
+        (code == 200 && page.contains("<progress id=\"load-items_full\"")).then_some(page)
+    });
+    assert!(page.contains("records, "), "{page}");
+    for path in ["/copies", "/actions", "/recovery/run"] {
+        let (code, body) = http(at, "GET", path);
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    wait_for("the reload to end", LIMIT, || {
+        let out = etp_system_tests::etp(&["replicate", "status", "--node", &m, "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["name"] == "items_full")
+            .filter(|v| v["state"] == "online" && v["last_load"]["source"] == "master")
+            .map(|_| ())
+    });
+    cl.wait_converged(LIMIT).expect("converged");
+    cl.check_equal().expect("every replicate equals its master");
+}
