@@ -650,10 +650,17 @@ pub enum NodeCommand {
         /// The page store's cache budget in MiB (sled's own memory use runs above it).
         #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(4..=65536))]
         cache_mb: u64,
-        /// Serve Prometheus metrics at http://ADDR/metrics (loopback only;
-        /// port 0: any free port). Prints `metrics ADDR` after `listening ADDR`.
+        /// Serve Prometheus metrics (OpenMetrics text) at ADDR/metrics (port
+        /// 0: any free port): plain HTTP on a loopback address, HTTPS with
+        /// client certificates of the cluster's authority on any other
+        /// (which needs the node's certificates). Prints `metrics ADDR`
+        /// after `listening ADDR`.
         #[arg(long, value_name = "ADDR", value_parser = address)]
         metrics: Option<std::net::SocketAddr>,
+        /// Serve the metrics over HTTPS with client certificates on a
+        /// loopback address too (always so on any other).
+        #[arg(long, requires = "metrics")]
+        metrics_tls: bool,
         /// The cluster's certificates: DIR/ca.crt and this database's
         /// DIR/dbN.crt and DIR/dbN.key (`etp cert issue --role replication
         /// --db N`). Without it: --ca, --cert and --key.

@@ -1,14 +1,11 @@
-//! Metrics: lock-free counters the engine updates on its hot paths, and the
-//! Prometheus text exposition format (0.0.4) they are served in.
+//! Metrics: lock-free counters the engine updates on its hot paths.
 //!
 //! The group-commit leader updates [`DbMetrics`] with relaxed atomics (one add per
 //! group commit, never a lock); [`crate::Database::metrics`] takes a
-//! [`DbSnapshot`]. [`Text`] renders families with escaped label values,
-//! cumulative histogram buckets, `+Inf`, `_sum` and `_count`. The node's
-//! per-replicate metrics and the HTTP responder are in
+//! [`DbSnapshot`]. The node's per-replicate metrics, their OpenMetrics
+//! text (prometheus-client) and the HTTP endpoint are in
 //! [`crate::node::metrics`].
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -124,137 +121,12 @@ pub struct DbSnapshot {
     pub fsync: HistogramSnapshot,
 }
 
-/// Escapes a label value: backslash, double quote and line feed.
-pub fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// Escapes HELP text: backslash and line feed.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// A sample value as the format spells it (`+Inf`, `-Inf`, `NaN`).
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// Prometheus text (format 0.0.4) under construction. Each family is
-/// written once, with its HELP and TYPE lines, then its samples.
-#[derive(Default)]
-pub struct Text {
-    out: String,
-}
-
-/// The media type of the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-impl Text {
-    pub fn new() -> Text {
-        Text::default()
-    }
-
-    /// Starts a family: `kind` is counter, gauge or histogram.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
-        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        self
-    }
-
-    /// One sample line: `name{labels} value`.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) -> &mut Self {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, val)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(val));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {}", format_value(v));
-        self
-    }
-
-    /// A histogram's samples: cumulative `_bucket`s ending with `+Inf`,
-    /// `_sum` and `_count` (the family line is the caller's).
-    pub fn histogram(
-        &mut self,
-        name: &str,
-        labels: &[(&str, &str)],
-        h: &HistogramSnapshot,
-    ) -> &mut Self {
-        let bucket = format!("{name}_bucket");
-        let mut cum = 0u64;
-        for (i, c) in h.counts.iter().enumerate() {
-            cum += c;
-            let le = h
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |b| format_value(*b));
-            let mut ls = labels.to_vec();
-            ls.push(("le", &le));
-            self.sample(&bucket, &ls, cum as f64);
-        }
-        self.sample(&format!("{name}_sum"), labels, h.sum);
-        self.sample(&format!("{name}_count"), labels, h.count() as f64);
-        self
-    }
-
-    pub fn finish(self) -> String {
-        self.out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
-        assert_eq!(escape_label("x\ny"), "x\\ny");
-        let mut t = Text::new();
-        t.family("m", "gauge", "line\\one\nline two").sample(
-            "m",
-            &[("replicate", "q\"\\\n"), ("master", "p")],
-            1.0,
-        );
-        assert_eq!(
-            t.finish(),
-            "# HELP m line\\\\one\\nline two\n# TYPE m gauge\nm{replicate=\"q\\\"\\\\\\n\",master=\"p\"} 1\n"
-        );
-    }
-
-    #[test]
-    fn values_use_the_format_spelling() {
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(format_value(f64::NAN), "NaN");
-        assert_eq!(format_value(0.25), "0.25");
-        assert_eq!(format_value(42.0), "42");
-        assert_eq!(format_value(0.0001), "0.0001");
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative_and_end_at_inf() {
+    fn histogram_buckets_hold_their_own_counts_and_the_overflow() {
         static B: [f64; 3] = [0.001, 0.01, 0.1];
         let h = Histogram::new(&B);
         h.observe(Duration::from_micros(500)); // le 0.001
@@ -265,35 +137,6 @@ mod tests {
         assert_eq!(s.counts, vec![2, 1, 0, 1]);
         assert_eq!(s.count(), 4);
         assert!((s.sum - 2.0065).abs() < 1e-9, "{}", s.sum);
-        let mut t = Text::new();
-        t.family("lat_seconds", "histogram", "latency").histogram(
-            "lat_seconds",
-            &[("db", "1")],
-            &s,
-        );
-        let text = t.finish();
-        let want = "\
-# HELP lat_seconds latency
-# TYPE lat_seconds histogram
-lat_seconds_bucket{db=\"1\",le=\"0.001\"} 2
-lat_seconds_bucket{db=\"1\",le=\"0.01\"} 3
-lat_seconds_bucket{db=\"1\",le=\"0.1\"} 3
-lat_seconds_bucket{db=\"1\",le=\"+Inf\"} 4
-lat_seconds_sum{db=\"1\"} 2.0065
-lat_seconds_count{db=\"1\"} 4
-";
-        assert_eq!(text, want);
-    }
-
-    #[test]
-    fn empty_histogram_renders_zeros() {
-        let s = Histogram::new(&FSYNC_BUCKETS).snapshot();
-        let mut t = Text::new();
-        t.histogram("f", &[], &s);
-        let text = t.finish();
-        assert_eq!(text.lines().count(), FSYNC_BUCKETS.len() + 3);
-        assert!(text.contains("f_bucket{le=\"+Inf\"} 0\n"));
-        assert!(text.ends_with("f_sum 0\nf_count 0\n"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         listen,
         cache_mb,
         metrics,
+        metrics_tls,
         certs,
         insecure_loopback,
         max_connections,
@@ -36,9 +37,6 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         ..propagator::node::Limits::default()
     };
     raise_descriptor_limit(limits.max_connections);
-    if let Some(a) = metrics.filter(|a| !a.ip().is_loopback()) {
-        bail!("--metrics {a}: not a loopback address; metrics are served on loopback only (for example 127.0.0.1:9400)");
-    }
     let opts = propagator::Options {
         cache_bytes: cache_mb << 20,
         ..propagator::Options::default()
@@ -129,7 +127,13 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         let addr = listener.local_addr()?;
         remember_address(&db, addr);
         let metrics = match metrics {
-            Some(a) => Some(metrics::bind(a).await?),
+            Some(a) => {
+                let tls = matches!(transport, propagator::net::Transport::Tls(_));
+                if metrics_tls && !tls {
+                    anyhow::bail!("--metrics-tls serves the metrics over TLS with client certificates: give the node its certificates (--certs DIR)");
+                }
+                Some(metrics::bind(a, tls).await?)
+            }
             None => None,
         };
         let copies = propagator::node::Copies {
@@ -169,7 +173,16 @@ pub fn run(c: NodeCommand, tls: &crate::cli::TlsArgs) -> anyhow::Result<Outcome>
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = metrics.map(|l| {
-            tokio::spawn(metrics::serve(node.clone(), l, async {
+            // Plain on loopback (a local scraper), TLS with client
+            // certificates anywhere else.
+            let off_loopback = l.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+            let tls = match &transport {
+                propagator::net::Transport::Tls(t) if off_loopback || metrics_tls => {
+                    Some(t.server_config())
+                }
+                _ => None,
+            };
+            tokio::spawn(metrics::serve(node.clone(), l, tls, async {
                 let _ = stopped.await;
             }))
         });

@@ -1,28 +1,36 @@
-//! The node's metrics: Prometheus text (format 0.0.4) served over a small
-//! HTTP/1.1 responder on a loopback address (`etp node run --metrics ADDR`).
+//! The node's metrics (`etp node run --metrics ADDR`): OpenMetrics text
+//! written by prometheus-client, served by the project's one HTTP stack
+//! ([`crate::net::http`]: axum on hyper), plain on a loopback address, over
+//! TLS with client certificates anywhere else.
 //!
 //! A scrape renders the database's counters ([`crate::metrics`]) and, per
 //! replicate fed by this node, what its task reports (`task status`), plus
 //! an apply rate computed here from successive confirmed-seq samples.
 //!
-//! The responder answers one request per connection (`Connection: close`):
-//! `GET`/`HEAD /metrics` → 200, any other path → 404, another method on
-//! `/metrics` → 405, a malformed request → 400, a request head over
-//! [`MAX_REQUEST_BYTES`] → 431, a head not complete within [`READ_TIMEOUT`]
-//! → 408. At most [`MAX_CONNECTIONS`] are served at once (more are closed
-//! at once); every read and write has a deadline, so a slow client holds
-//! nothing for long and no request can stop the node.
+//! One request a connection: `GET`/`HEAD /metrics` → 200, any other path
+//! → 404, another method on `/metrics` → 405 (with `Allow`), a malformed
+//! request → 400, a request head over [`MAX_REQUEST_BYTES`] → 431, a head
+//! not complete within [`READ_TIMEOUT`] → the connection closed. At most
+//! [`MAX_CONNECTIONS`] are served at once (more are closed at once), and a
+//! connection lives at most its read, scrape and write deadlines together:
+//! a slow client holds nothing for long and no request can stop the node.
 
 use super::Node;
 use crate::ids::Lsn;
-use crate::metrics::{DbSnapshot, Text, CONTENT_TYPE};
+use crate::metrics::{DbSnapshot, HistogramSnapshot};
 use crate::wire::{ReplicaState, TaskReport};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+/// The media type of the exposition: OpenMetrics text (what
+/// prometheus-client writes; Prometheus asks for it first).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The largest request head (request line and headers) read.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -170,7 +178,136 @@ pub struct ConnSample {
     pub not_allowed: u64,
 }
 
-/// The whole exposition text.
+/// A label set: (name, value) pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// A sample's value: counts exactly, measures as decimals.
+#[derive(Clone, Copy, Debug)]
+enum Num {
+    U(u64),
+    F(f64),
+}
+
+/// One family's samples as read at a scrape (the engine keeps its own
+/// counters, so a scrape hands prometheus-client values, not live metrics).
+#[derive(Debug)]
+struct Rows {
+    kind: MetricType,
+    rows: Vec<(Labels, Num)>,
+}
+
+impl EncodeMetric for Rows {
+    fn encode(&self, mut e: MetricEncoder) -> std::fmt::Result {
+        fn one(e: &mut MetricEncoder, kind: MetricType, v: Num) -> std::fmt::Result {
+            match (kind, v) {
+                (MetricType::Counter, Num::U(n)) => {
+                    e.encode_counter::<NoLabelSet, u64, u64>(&n, None)
+                }
+                (MetricType::Counter, Num::F(x)) => {
+                    e.encode_counter::<NoLabelSet, f64, f64>(&x, None)
+                }
+                (_, Num::U(n)) => e.encode_gauge(&n),
+                (_, Num::F(x)) => e.encode_gauge(&x),
+            }
+        }
+        for (labels, v) in &self.rows {
+            if labels.is_empty() {
+                one(&mut e, self.kind, *v)?;
+            } else {
+                let mut f = e.encode_family(labels)?;
+                one(&mut f, self.kind, *v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.kind
+    }
+}
+
+/// A histogram as read at a scrape.
+#[derive(Debug)]
+struct Hist(HistogramSnapshot);
+
+impl EncodeMetric for Hist {
+    fn encode(&self, mut e: MetricEncoder) -> std::fmt::Result {
+        let h = &self.0;
+        let buckets: Vec<(f64, u64)> = h
+            .counts
+            .iter()
+            .enumerate()
+            // The last bucket is the overflow: prometheus-client spells
+            // f64::MAX as +Inf.
+            .map(|(i, c)| (h.bounds.get(i).copied().unwrap_or(f64::MAX), *c))
+            .collect();
+        e.encode_histogram::<NoLabelSet>(h.sum, h.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Escapes a label value as the text format wants it: backslash, double
+/// quote and line feed.
+pub fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// HELP text as registered: prometheus-client ends it with a full stop.
+fn help_text(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
+}
+
+/// The scrape's families, registered in order, then encoded once.
+struct Exposition(Registry);
+
+impl Exposition {
+    fn rows(&mut self, name: &str, kind: MetricType, help: &str, rows: Vec<(Labels, Num)>) {
+        // prometheus-client writes label values as given: escaped here
+        // (a replicate's name is the topology's, any text).
+        let rows = rows
+            .into_iter()
+            .map(|(l, v)| {
+                (
+                    l.into_iter().map(|(k, x)| (k, escape_label(&x))).collect(),
+                    v,
+                )
+            })
+            .collect();
+        self.0.register(name, help_text(help), Rows { kind, rows });
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, rows: Vec<(Labels, Num)>) {
+        self.rows(name, MetricType::Gauge, help, rows);
+    }
+
+    /// A counter family: `name` without its `_total`, which the encoding
+    /// adds to every sample.
+    fn counter(&mut self, name: &str, help: &str, rows: Vec<(Labels, Num)>) {
+        self.rows(name, MetricType::Counter, help, rows);
+    }
+
+    fn finish(self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.0) {
+            tracing::warn!(error = %e, "metrics: encoding failed");
+        }
+        out
+    }
+}
+
+/// The whole exposition (OpenMetrics text, [`CONTENT_TYPE`]).
 pub fn render(
     db: &DbSnapshot,
     last_lsn: Lsn,
@@ -179,213 +316,163 @@ pub fn render(
     reps: &[ReplicateSample],
     copies: &[crate::wire::CopyAge],
 ) -> String {
-    let mut t = Text::new();
+    let mut t = Exposition(Registry::default());
     if !copies.is_empty() {
-        t.family(
+        let key = |c: &crate::wire::CopyAge| -> Labels {
+            vec![
+                ("database", c.database.to_string()),
+                ("file", c.file.to_string()),
+                ("role", c.role.clone()),
+            ]
+        };
+        t.gauge(
             "etp_copy_age_seconds",
-            "gauge",
             "Age of the newest copy set, in this node's copy area, of each master, log and administration file of the topology (absent: none).",
+            copies
+                .iter()
+                .filter_map(|c| c.age_s.map(|a| (key(c), Num::F(a))))
+                .collect(),
         );
-        for c in copies {
-            if let Some(a) = c.age_s {
-                let (db, f) = (c.database.to_string(), c.file.to_string());
-                t.sample(
-                    "etp_copy_age_seconds",
-                    &[
-                        ("database", db.as_str()),
-                        ("file", f.as_str()),
-                        ("role", c.role.as_str()),
-                    ],
-                    a,
-                );
-            }
-        }
-        t.family(
+        t.gauge(
             "etp_copy_alarm",
-            "gauge",
             "1 when a master, log or administration file has no copy set newer than the node's --copy-alarm-hours.",
+            copies
+                .iter()
+                .map(|c| (key(c), Num::U(u64::from(c.alarm))))
+                .collect(),
         );
-        for c in copies {
-            let (db, f) = (c.database.to_string(), c.file.to_string());
-            t.sample(
-                "etp_copy_alarm",
-                &[
-                    ("database", db.as_str()),
-                    ("file", f.as_str()),
-                    ("role", c.role.as_str()),
-                ],
-                if c.alarm { 1.0 } else { 0.0 },
-            );
-        }
     }
-    t.family(
+    t.gauge(
         "etp_connections",
-        "gauge",
         "Connections the node serves now (past their TLS handshake).",
-    )
-    .sample("etp_connections", &[], conns.open as f64);
-    t.family(
-        "etp_connections_refused_total",
-        "counter",
+        vec![(vec![], Num::U(conns.open))],
+    );
+    t.counter(
+        "etp_connections_refused",
         "Connections refused: at the connection limit, over their address's share of handshakes in progress (per_ip), or in their TLS handshake (a bad or missing certificate, or none within the handshake timeout).",
-    )
-    .sample(
-        "etp_connections_refused_total",
-        &[("reason", "limit")],
-        conns.refused_limit as f64,
-    )
-    .sample(
-        "etp_connections_refused_total",
-        &[("reason", "handshake")],
-        conns.refused_handshake as f64,
-    )
-    .sample(
-        "etp_connections_refused_total",
-        &[("reason", "per_ip")],
-        conns.refused_per_ip as f64,
+        vec![
+            (vec![("reason", "limit".into())], Num::U(conns.refused_limit)),
+            (
+                vec![("reason", "handshake".into())],
+                Num::U(conns.refused_handshake),
+            ),
+            (vec![("reason", "per_ip".into())], Num::U(conns.refused_per_ip)),
+        ],
     );
-    t.family(
-        "etp_connections_idle_closed_total",
-        "counter",
+    t.counter(
+        "etp_connections_idle_closed",
         "Connections closed after the idle timeout with nothing in flight.",
-    )
-    .sample(
-        "etp_connections_idle_closed_total",
-        &[],
-        conns.idle_closed as f64,
+        vec![(vec![], Num::U(conns.idle_closed))],
     );
-    t.family(
-        "etp_requests_not_allowed_total",
-        "counter",
+    t.counter(
+        "etp_requests_not_allowed",
         "Requests refused because the peer's certificate does not allow them.",
-    )
-    .sample(
-        "etp_requests_not_allowed_total",
-        &[],
-        conns.not_allowed as f64,
+        vec![(vec![], Num::U(conns.not_allowed))],
     );
-    t.family(
-        "etp_commits_total",
-        "counter",
+    t.counter(
+        "etp_commits",
         "Transactions committed (durable) on this database since the node started.",
-    )
-    .sample("etp_commits_total", &[], db.commits as f64);
-    t.family(
-        "etp_commit_bytes_total",
-        "counter",
+        vec![(vec![], Num::U(db.commits))],
+    );
+    t.counter(
+        "etp_commit_bytes",
         "Protection log entry bytes of those transactions.",
-    )
-    .sample("etp_commit_bytes_total", &[], db.commit_bytes as f64);
-    t.family(
+        vec![(vec![], Num::U(db.commit_bytes))],
+    );
+    t.0.register(
         "etp_plog_fsync_seconds",
-        "histogram",
-        "Latency of the group commit's protection log sync (fdatasync).",
-    )
-    .histogram("etp_plog_fsync_seconds", &[], &db.fsync);
-    t.family(
+        "Latency of the group commit's protection log sync (fdatasync)",
+        Hist(db.fsync.clone()),
+    );
+    t.gauge(
         "etp_last_lsn",
-        "gauge",
         "LSN of the last transaction committed on this database.",
-    )
-    .sample("etp_last_lsn", &[], last_lsn.0 as f64);
+        vec![(vec![], Num::U(last_lsn.0))],
+    );
     if !masters.is_empty() {
-        t.family(
+        t.gauge(
             "etp_master_seq",
-            "gauge",
             "Last log seq of each master this node runs the task of.",
+            masters
+                .iter()
+                .map(|m| (vec![("master", m.master.clone())], Num::U(m.seq)))
+                .collect(),
         );
-        for m in masters {
-            t.sample("etp_master_seq", &[("master", &m.master)], m.seq as f64);
-        }
     }
     if reps.is_empty() {
         return t.finish();
     }
-    type Get = fn(&ReplicateSample) -> f64;
+    let key = |r: &ReplicateSample| -> Labels {
+        vec![
+            ("master", r.master.clone()),
+            ("replicate", r.replicate.clone()),
+        ]
+    };
+    type Get = fn(&ReplicateSample) -> Num;
     let gauges: [(&str, &str, Get); 7] = [
         (
             "etp_replicate_confirmed_seq",
             "Last master seq the replicate confirmed.",
-            |r| r.confirmed_seq as f64,
+            |r| Num::U(r.confirmed_seq),
         ),
         (
             "etp_replicate_lag_records",
             "Master log records the replicate has not confirmed.",
-            |r| r.lag_records as f64,
+            |r| Num::U(r.lag_records),
         ),
         (
             "etp_replicate_lag_seconds",
             "Age of the oldest master change the replicate has not confirmed.",
-            |r| r.lag_s,
+            |r| Num::F(r.lag_s),
         ),
         (
             "etp_replicate_stalled_seconds",
             "How long the replicate has been behind without confirming anything.",
-            |r| r.stalled_s,
+            |r| Num::F(r.stalled_s),
         ),
         (
             "etp_replicate_apply_rate",
             "Records per second the replicate confirmed over about the last 10 s of scrapes.",
-            |r| r.apply_rate,
+            |r| Num::F(r.apply_rate),
         ),
         (
             "etp_replicate_gaps",
             "Gap records in the replicate's confirm set (ranges it does not hold).",
-            |r| r.gaps as f64,
+            |r| Num::U(r.gaps),
         ),
         (
             "etp_replicate_held",
             "1 while the replicate serves no current reads (restored and not caught up, shunned or in error).",
-            |r| r.held as f64,
+            |r| Num::U(r.held),
         ),
     ];
     for (name, help, get) in gauges {
-        t.family(name, "gauge", help);
-        for r in reps {
-            t.sample(
-                name,
-                &[("master", &r.master), ("replicate", &r.replicate)],
-                get(r),
-            );
-        }
+        t.gauge(name, help, reps.iter().map(|r| (key(r), get(r))).collect());
     }
-    t.family(
-        "etp_replicate_releases_total",
-        "counter",
+    t.counter(
+        "etp_replicate_releases",
         "Holds released since the node started: the replicate confirmed its master's level and serves current reads again.",
+        reps.iter().map(|r| (key(r), Num::U(r.releases))).collect(),
     );
-    for r in reps {
-        t.sample(
-            "etp_replicate_releases_total",
-            &[("master", &r.master), ("replicate", &r.replicate)],
-            r.releases as f64,
-        );
-    }
-    t.family(
+    // One series per state, the replicate's own at 1.
+    t.gauge(
         "etp_replicate_state",
-        "gauge",
         "1 for the replicate's current state, 0 for the others.",
+        reps.iter()
+            .flat_map(|r| {
+                ReplicaState::ALL.iter().map(move |&s| {
+                    let mut l = key(r);
+                    l.push(("state", s.as_str().to_string()));
+                    (l, Num::U(u64::from(r.state == s)))
+                })
+            })
+            .collect(),
     );
-    for r in reps {
-        // One series per state, the replicate's own at 1.
-        for &s in ReplicaState::ALL {
-            let v = if r.state == s { 1.0 } else { 0.0 };
-            t.sample(
-                "etp_replicate_state",
-                &[
-                    ("master", &r.master),
-                    ("replicate", &r.replicate),
-                    ("state", s.as_str()),
-                ],
-                v,
-            );
-        }
-    }
     t.finish()
 }
 
 impl Node {
-    /// This node's metrics in the Prometheus text format (0.0.4).
+    /// This node's metrics in the OpenMetrics text format.
     pub async fn metrics_text(&self) -> String {
         let tasks = self.all_tasks();
         let db = self.db.clone();
@@ -423,9 +510,11 @@ impl Node {
     }
 }
 
-/// Binds the metrics listener: loopback addresses only (port 0: any free port).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, super::NodeError> {
-    if !addr.ip().is_loopback() {
+/// Binds the metrics listener (port 0: any free port): a loopback
+/// address, or any other when the node serves TLS (`tls`), where scrapers
+/// present a certificate of the cluster's authority.
+pub async fn bind(addr: SocketAddr, tls: bool) -> Result<TcpListener, super::NodeError> {
+    if !addr.ip().is_loopback() && !tls {
         return Err(super::NodeError::MetricsNotLoopback { addr });
     }
     TcpListener::bind(addr)
@@ -433,273 +522,68 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, super::NodeError> {
         .map_err(|source| super::NodeError::MetricsListen { addr, source })
 }
 
-/// Serves metrics on `listener` until `shutdown` resolves.
+/// The metrics listener's bounds: a scraper's one request a connection.
+const LIMITS: crate::net::http::Limits = crate::net::http::Limits {
+    max_connections: MAX_CONNECTIONS,
+    handshake: READ_TIMEOUT,
+    head: READ_TIMEOUT,
+    head_bytes: MAX_REQUEST_BYTES,
+    lifetime: Duration::from_secs(
+        READ_TIMEOUT.as_secs() + SCRAPE_TIMEOUT.as_secs() + WRITE_TIMEOUT.as_secs(),
+    ),
+    keep_alive: false,
+};
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves, over the
+/// project's one HTTP stack ([`crate::net::http`]): TLS with client
+/// certificates when `tls` is given, else plain (loopback only).
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            acc = listener.accept() => match acc {
-                Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        let node = node.clone();
-                        tokio::spawn(async move {
-                            connection(&node, stream).await;
-                            drop(slot);
-                        });
-                    }
-                    Err(_) => {
-                        tracing::warn!(%peer, "metrics: too many connections; closing one");
-                        drop(stream);
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                "404 Not Found: metrics are at /metrics\n",
+            )
+        })
+        .with_state(node);
+    crate::net::http::serve(
+        listener,
+        app,
+        tls,
+        LIMITS,
+        Arc::new(crate::net::http::Counts::default()),
+        shutdown,
+    )
+    .await;
 }
 
-/// What a request asks for.
-#[derive(Debug, PartialEq)]
-pub enum Route {
-    /// The metrics; `head`: headers only.
-    Metrics {
-        head: bool,
-    },
-    NotFound,
-    MethodNotAllowed,
-}
-
-/// Parses a request head (request line and headers, without the body):
-/// the route, or why the request is malformed.
-pub fn parse_request(head: &[u8]) -> Result<Route, &'static str> {
-    let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let line = lines.next().ok_or("empty request")?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("request line is not METHOD TARGET VERSION");
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err("bad method");
-    }
-    if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
-        return Err("bad request target");
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err("not HTTP/1.0 or HTTP/1.1");
-    }
-    for h in lines.take_while(|l| !l.is_empty()) {
-        let Some((name, _)) = h.split_once(':') else {
-            return Err("header line without a colon");
-        };
-        if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err("bad header name");
-        }
-    }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if path != "/metrics" {
-        return Ok(Route::NotFound);
-    }
-    match method {
-        "GET" => Ok(Route::Metrics { head: false }),
-        "HEAD" => Ok(Route::Metrics { head: true }),
-        _ => Ok(Route::MethodNotAllowed),
-    }
-}
-
-/// The end of the request head in `buf`, if it is complete.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-enum Head {
-    Complete(Vec<u8>),
-    /// The client closed before sending anything.
-    Closed,
-    /// The client closed mid-head.
-    Truncated,
-    TooLarge,
-}
-
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(if buf.is_empty() {
-                Head::Closed
-            } else {
-                Head::Truncated
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head_end(&buf) {
-            buf.truncate(end);
-            return Ok(Head::Complete(buf));
-        }
-        if buf.len() > MAX_REQUEST_BYTES {
-            return Ok(Head::TooLarge);
-        }
-    }
-}
-
-/// An answer: status, extra headers, body, and whether to send the body.
-struct Reply {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    extra: &'static str,
-    body: String,
-    head_only: bool,
-}
-
-impl Reply {
-    fn error(status: u16, reason: &'static str, detail: &str) -> Reply {
-        Reply {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            extra: "",
-            body: format!("{status} {reason}: {detail}\n"),
-            head_only: false,
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
-            self.status,
-            self.reason,
-            self.content_type,
-            self.body.len(),
-            self.extra
+/// GET (and HEAD) /metrics: the exposition, or 503 when it takes longer
+/// than [`SCRAPE_TIMEOUT`].
+async fn scrape(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(SCRAPE_TIMEOUT, node.metrics_text()).await {
+        Ok(body) => ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable: metrics took too long\n",
         )
-        .into_bytes();
-        if !self.head_only {
-            out.extend_from_slice(self.body.as_bytes());
-        }
-        out
+            .into_response(),
     }
-}
-
-async fn connection(node: &Node, mut stream: TcpStream) {
-    let reply = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Err(_) => Reply::error(408, "Request Timeout", "request head not received in time"),
-        Ok(Err(_) | Ok(Head::Closed)) => return,
-        Ok(Ok(Head::Truncated)) => Reply::error(400, "Bad Request", "incomplete request head"),
-        Ok(Ok(Head::TooLarge)) => Reply::error(
-            431,
-            "Request Header Fields Too Large",
-            "request head over 8 KiB",
-        ),
-        Ok(Ok(Head::Complete(head))) => match parse_request(&head) {
-            Err(why) => Reply::error(400, "Bad Request", why),
-            Ok(Route::NotFound) => Reply::error(404, "Not Found", "metrics are at /metrics"),
-            Ok(Route::MethodNotAllowed) => Reply {
-                extra: "Allow: GET, HEAD\r\n",
-                ..Reply::error(405, "Method Not Allowed", "use GET")
-            },
-            Ok(Route::Metrics { head }) => {
-                match tokio::time::timeout(SCRAPE_TIMEOUT, node.metrics_text()).await {
-                    Ok(body) => Reply {
-                        status: 200,
-                        reason: "OK",
-                        content_type: CONTENT_TYPE,
-                        extra: "",
-                        body,
-                        head_only: head,
-                    },
-                    Err(_) => Reply::error(503, "Service Unavailable", "metrics took too long"),
-                }
-            }
-        },
-    };
-    let bytes = reply.bytes();
-    let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    })
-    .await;
-    if !matches!(sent, Ok(Ok(()))) {
-        return;
-    }
-    // Read what the client still sends (briefly, boundedly) before closing,
-    // so unread input does not reset the connection under the answer.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut chunk = [0u8; 4096];
-        let mut left = 64 * 1024usize;
-        while left > 0 {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::{DbMetrics, FSYNC_BUCKETS};
-
-    #[test]
-    fn requests_route_or_are_refused() {
-        let ok = |s: &str| parse_request(s.as_bytes());
-        assert_eq!(
-            ok("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok(Route::Metrics { head: false })
-        );
-        assert_eq!(
-            ok("HEAD /metrics?x=1 HTTP/1.0\n\n"),
-            Ok(Route::Metrics { head: true })
-        );
-        assert_eq!(ok("GET / HTTP/1.1\r\n\r\n"), Ok(Route::NotFound));
-        assert_eq!(ok("POST /other HTTP/1.1\r\n\r\n"), Ok(Route::NotFound));
-        assert_eq!(
-            ok("POST /metrics HTTP/1.1\r\n\r\n"),
-            Ok(Route::MethodNotAllowed)
-        );
-        for bad in [
-            "",
-            "GET\r\n\r\n",
-            "GET /metrics\r\n\r\n",
-            "GET /metrics HTTP/1.1 extra\r\n\r\n",
-            "get /metrics HTTP/1.1\r\n\r\n",
-            "GET metrics HTTP/1.1\r\n\r\n",
-            "GET /metrics HTTP/2.0\r\n\r\n",
-            "GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n",
-            "GET /metrics HTTP/1.1\r\n: empty name\r\n\r\n",
-            "\u{1}\u{2}garbage\r\n\r\n",
-        ] {
-            assert!(ok(bad).is_err(), "{bad:?} was accepted");
-        }
-        assert!(parse_request(b"GET /metrics HTTP/1.1\r\nX: \xff\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn head_ends_at_the_first_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\nbody"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
-    }
 
     #[test]
     fn apply_rate_comes_from_successive_samples() {
@@ -781,7 +665,7 @@ mod tests {
             format!("etp_replicate_confirmed_seq{{{labels}}} 41"),
             format!("etp_replicate_lag_records{{{labels}}} 1"),
             format!("etp_replicate_lag_seconds{{{labels}}} 0.5"),
-            format!("etp_replicate_stalled_seconds{{{labels}}} 0"),
+            format!("etp_replicate_stalled_seconds{{{labels}}} 0.0"),
             format!("etp_replicate_apply_rate{{{labels}}} 12.5"),
             format!("etp_replicate_gaps{{{labels}}} 2"),
             format!("etp_replicate_held{{{labels}}} 1"),
@@ -789,7 +673,7 @@ mod tests {
             format!("etp_replicate_state{{{labels},state=\"online\"}} 1"),
             format!("etp_replicate_state{{{labels},state=\"offline\"}} 0"),
             format!("etp_replicate_state{{{labels},state=\"shunned\"}} 0"),
-            "etp_copy_age_seconds{database=\"1\",file=\"10\",role=\"master\"} 7200".into(),
+            "etp_copy_age_seconds{database=\"1\",file=\"10\",role=\"master\"} 7200.0".into(),
             "etp_copy_alarm{database=\"1\",file=\"10\",role=\"master\"} 1".into(),
             "etp_copy_alarm{database=\"1\",file=\"255\",role=\"administration\"} 1".into(),
         ] {
@@ -809,11 +693,24 @@ mod tests {
                 .count(),
             FSYNC_BUCKETS.len() + 1
         );
+        // OpenMetrics: it ends with EOF; HELP ends with one full stop.
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("..\n"), "{text}");
+        assert!(text.contains(
+            "# HELP etp_commits Transactions committed (durable) on this database since the node started.\n# TYPE etp_commits counter\n"
+        ), "{text}");
         // Every family is declared once, before its samples.
         let types: Vec<_> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let mut uniq = types.clone();
         uniq.dedup();
         assert_eq!(types, uniq);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+        assert_eq!(escape_label("plain-name_1"), "plain-name_1");
     }
 
     #[test]

@@ -290,7 +290,7 @@ pub enum NodeError {
     StoredTopology(#[source] crate::topology::TopologyError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
-    #[error("--metrics {addr}: not a loopback address; metrics are served on loopback only (for example 127.0.0.1:9400 or [::1]:9400)")]
+    #[error("--metrics {addr}: not a loopback address, and metrics off loopback are served only over TLS with client certificates: start the node with its certificates (--certs DIR), or serve them on loopback (for example 127.0.0.1:9400 or [::1]:9400)")]
     MetricsNotLoopback { addr: SocketAddr },
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen {
