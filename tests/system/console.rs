@@ -928,6 +928,26 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
             .filter(|v| v["state"] == "online" && v["last_load"]["source"] == "master")
             .map(|_| ())
     });
+    // A task stopped and started again, as `etp task stop|start` would.
+    let task_state = || {
+        let out = etp_system_tests::etp(&["task", "status", "--node", &m, "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["state"].as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    for (act, want) in [("task_stop", "stopped"), ("task_start", "running")] {
+        let (code, body) = post(
+            at,
+            &format!("action={act}&master=items&database=1&file=10&token={token}&confirm=yes"),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        wait_for(&format!("the task {want}"), LIMIT, || {
+            (task_state() == want).then_some(())
+        });
+    }
     // A copy job run now: its end on the copies page.
     let (code, body) = post(
         at,

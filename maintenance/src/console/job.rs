@@ -61,7 +61,7 @@ fn run(c: &Console, job: &Arc<Job>) {
         case: None,
         execute: job.execute,
         confirm: false,
-        sources: c.sources.clone(),
+        sources: c.probe_sources(),
         state: c.state.clone(),
         wait: std::time::Duration::from_secs(300),
         answers: None,

@@ -159,6 +159,23 @@ impl Console {
         lag.retain(|_, q| !q.is_empty());
     }
 
+    /// Where the recovery probes and runs look: the console's own
+    /// sources, with the node's copy area when none was given and the node
+    /// is on this machine (its path means something here), as the copies
+    /// page does. Blocking.
+    pub fn probe_sources(&self) -> crate::recovery::probes::Sources {
+        let mut s = self.sources.clone();
+        if s.area.is_none() && self.node.ip().is_loopback() {
+            use propagator::wire::{ReadRequest, Request, Response};
+            if let Ok(Response::Info(i)) = propagator::node::client::Client::connect(self.node)
+                .and_then(|mut c| c.call(&Request::Read(ReadRequest::Info)))
+            {
+                s.area = i.copy_area.map(std::path::PathBuf::from);
+            }
+        }
+        s
+    }
+
     /// The copy jobs run from this console, as the copies page shows them.
     pub fn copy_runs_now(&self) -> Vec<CopyRunView> {
         lock(&self.copy_runs)

@@ -414,7 +414,7 @@ pub fn diagnose(c: &Console) -> RecoveryView {
     let set = flowcharts::TreeSet::builtin().map_err(|e| format!("the built-in trees: {e}"));
     crate::recovery::run::settle_links(c.node, std::time::Duration::from_secs(2));
     let (diagnosis, warnings, bound) = match (
-        crate::recovery::probes::LiveProbes::gather(c.node, &c.sources),
+        crate::recovery::probes::LiveProbes::gather(c.node, &c.probe_sources()),
         &set,
     ) {
         (Err(e), _) => (
