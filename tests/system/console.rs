@@ -289,9 +289,21 @@ fn the_copies_page_shows_the_catalog_the_alarms_and_the_log_retention() {
     // Every node said how old its copies are.
     assert!(!page.contains("alarms-unknown"), "{page}");
     assert!(
-        page.contains("id=\"no-alarm\"") || page.contains("id=\"alarms\""),
+        page.contains("id=\"no-alarm\"")
+            || page.contains("id=\"alarms\"")
+            || page.contains("id=\"never-copied\""),
         "{page}"
     );
+    // The replicate nodes' administration files were never copied: named,
+    // and no claim that every file has a copy.
+    assert!(
+        page.contains("administration file 255 of database 2: no copy at all")
+            && !page.contains("id=\"no-alarm\""),
+        "{page}"
+    );
+    // Only the master's node has a cleanup plan; the others are not
+    // reported as failing to give one.
+    assert!(!page.contains("cleanup plan:"), "{page}");
 }
 
 /// A form posted to the console: the status code and the body.
@@ -773,6 +785,29 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
         "{} bytes",
         png.len()
     );
+    // The copies and actions pages render in the browser too (their
+    // screenshots are artifacts, to be looked at).
+    for (path, name, words) in [
+        (
+            "copies",
+            "console-copies.png",
+            "Files without a recent copy",
+        ),
+        ("actions", "console-actions.png", "id=\"act-items_full\""),
+    ] {
+        let page_url = format!("http://{at}/{path}");
+        let dom = chromium(&page_url, &["--dump-dom"], &profile);
+        assert!(dom.contains(words), "{path}: {dom}");
+        let shot = artifacts().join(name);
+        let _ = std::fs::remove_file(&shot);
+        chromium(
+            &page_url,
+            &[&format!("--screenshot={}", shot.display())],
+            &profile,
+        );
+        let png = std::fs::read(&shot).expect("the screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "{path}: {} bytes", png.len());
+    }
     // The recovery page: the live diagnosis, its path drawn on the trees.
     let url = format!("http://{at}/recovery");
     let dom = wait_for("the browser to render the diagnosis", LIMIT, || {

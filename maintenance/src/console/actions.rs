@@ -452,20 +452,20 @@ pub fn page(v: &super::view::ClusterView, token: &str, jobs: &[(u32, Vec<String>
                             td { (r.name) }
                             td { (r.state.to_string()) }
                             td {
-                                form method="post" action="/act" {
+                                form.inline method="post" action="/act" {
                                     (hidden) input type="hidden" name="action" value="shun";
                                     input type="hidden" name="replicate" value=(r.name);
                                     input type="text" name="reason" placeholder="why" required;
                                     button type="submit" { "shun" }
                                 }
                                 @for (act, label) in [("unshun", "unshun"), ("reset_error", "reset error"), ("verify", "verify")] {
-                                    form method="post" action="/act" {
+                                    form.inline method="post" action="/act" {
                                         (hidden) input type="hidden" name="action" value=(act);
                                         input type="hidden" name="replicate" value=(r.name);
                                         button type="submit" { (label) }
                                     }
                                 }
-                                form method="post" action="/act" {
+                                form.inline method="post" action="/act" {
                                     (hidden) input type="hidden" name="action" value="reinit";
                                     input type="hidden" name="replicate" value=(r.name);
                                     label { input type="checkbox" name="scoped" value="yes"; " scoped" }
@@ -485,7 +485,7 @@ pub fn page(v: &super::view::ClusterView, token: &str, jobs: &[(u32, Vec<String>
                         td { (m.task.as_ref().map_or("–".to_string(), |t| t.state.to_string())) }
                         td {
                             @for (act, label) in [("task_stop", "stop"), ("task_start", "start"), ("task_restart", "restart")] {
-                                form method="post" action="/act" {
+                                form.inline method="post" action="/act" {
                                     (hidden) input type="hidden" name="action" value=(act);
                                     input type="hidden" name="master" value=(m.name);
                                     input type="hidden" name="database" value=(m.db.0);

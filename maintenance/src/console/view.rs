@@ -610,6 +610,10 @@ pub fn copies(c: &Console) -> CopiesView {
             Ok(other) => problems.push(format!("database {db}: copy ages: it answered {other:?}")),
             Err(e) => problems.push(format!("database {db}: copy ages: {e}")),
         }
+        // Only a node that runs a master's task has a cleanup plan.
+        if !v.topology.masters.iter().any(|m| DbId(m.database) == *db) {
+            continue;
+        }
         match client.call(&Request::Operation(OperationRequest::LogCleanup {
             master: None,
             until: None,
@@ -654,6 +658,15 @@ pub fn copies(c: &Console) -> CopiesView {
     out
 }
 
+/// The files `ages` names, each once (every node with a copy area reports
+/// every file of the topology).
+fn distinct<'a>(
+    ages: impl Iterator<Item = &'a propagator::wire::CopyAge>,
+) -> Vec<&'a propagator::wire::CopyAge> {
+    let mut seen = std::collections::BTreeSet::new();
+    ages.filter(|a| seen.insert((a.database, a.file))).collect()
+}
+
 /// The copies page: the catalog (newest first), the copy jobs with their
 /// runs, the files without a recent copy, and what log cleanup may delete.
 pub fn copies_page(v: &CopiesView) -> Markup {
@@ -666,13 +679,22 @@ pub fn copies_page(v: &CopiesView) -> Markup {
                 @match &v.area { Ok(a) => code { (a.display().to_string()) }, Err(e) => span.bad { (e) } } }
             @for p in &v.problems { p.banner { (p) } }
             h2 { "Files without a recent copy" }
-            @let alarms: Vec<_> = v.ages.iter().filter(|a| a.alarm).collect();
-            @if alarms.is_empty() && v.ages_from == v.nodes && v.nodes > 0 {
-                p.ok id="no-alarm" { "Every master, log and administration file has a recent copy." }
-            } @else if alarms.is_empty() {
-                p.warn id="alarms-unknown" { "Not every node said how old its copies are (" (v.ages_from) " of " (v.nodes) "): see above." }
-            } @else {
+            @let alarms = distinct(v.ages.iter().filter(|a| a.alarm));
+            // (A node without --copy-alarm-hours raises no alarm: a file
+            // with no copy at all is named all the same.)
+            @let never = distinct(v.ages.iter().filter(|a| !a.alarm && a.newest_set.is_none()));
+            @let answered = v.ages_from == v.nodes && v.nodes > 0;
+            @if alarms.is_empty() && never.is_empty() && answered {
+                p.ok id="no-alarm" { "Every master, log and administration file has a copy, none older than its node's alarm age." }
+            }
+            @if !alarms.is_empty() {
                 ul id="alarms" { @for a in &alarms { li.bad { (a.what()) ": " (a.newest()) } } }
+            }
+            @if !never.is_empty() {
+                ul id="never-copied" { @for a in &never { li.warn { (a.what()) ": no copy at all" } } }
+            }
+            @if !answered {
+                p.warn id="alarms-unknown" { "Not every node said how old its copies are (" (v.ages_from) " of " (v.nodes) "): see above." }
             }
             @if !v.console_runs.is_empty() {
                 h2 { "Copy jobs run from this console" }
