@@ -243,7 +243,7 @@ pub fn from_log(
         db.dbid(),
         Lsn(0),
         upto,
-        &mut |c: Commit| {
+        &mut |c: Commit, _| {
             let n = c.changes.iter().filter(|ch| ch.fnr == master).count() as u64;
             let log_meta = c.metas.iter().find(|m| m.fnr == log);
             let touches = n > 0

@@ -333,14 +333,47 @@ fn post_as(
     )
 }
 
-/// The state `etp replicate status` gives a replicate.
-fn state_of(node: &str, name: &str) -> String {
+/// The CSRF token in a page of the console's.
+fn token_of(page: &str) -> String {
+    page.split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the form's token")
+        .to_string()
+}
+
+/// What `etp replicate status --json` says of replicate `name`.
+fn replicate_json(node: &str, name: &str) -> Option<serde_json::Value> {
     let out = etp_system_tests::etp(&["replicate", "status", "--node", node, "--json"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["name"] == name)
-        .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+}
+
+/// Waits until replicate `name` is online again after a reload from its
+/// master.
+fn wait_reloaded(node: &str, name: &str) {
+    wait_for(&format!("{name} reloaded"), LIMIT, || {
+        replicate_json(node, name)
+            .filter(|v| v["state"] == "online" && v["last_load"]["source"] == "master")
+            .map(|_| ())
+    });
+}
+
+/// Posts a form to the console and checks the answer: its status code
+/// and that it says `words`; the answer's body.
+fn said(at: SocketAddr, form: &str, code: u16, words: &str) -> String {
+    let (got, body) = post(at, form, None);
+    assert_eq!(got, code, "{body}");
+    assert!(body.contains(words), "{words:?} not in {body}");
+    body
+}
+
+/// The state `etp replicate status` gives a replicate.
+fn state_of(node: &str, name: &str) -> String {
+    replicate_json(node, name)
+        .and_then(|v| v["state"].as_str().map(String::from))
         .unwrap_or_default()
 }
 
@@ -360,12 +393,7 @@ fn an_action_is_confirmed_then_done_and_a_forged_or_malformed_one_is_refused() {
     let (code, page) = http(at, "GET", "/actions");
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("id=\"act-items_full\""), "{page}");
-    let token = page
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .expect("the form's token")
-        .to_string();
+    let token = token_of(&page);
     let shun = "action=shun&replicate=items_full&reason=disk+check";
     // Forged: no token, a wrong one, another site's origin.
     for (body, origin, words) in [
@@ -382,13 +410,12 @@ fn an_action_is_confirmed_then_done_and_a_forged_or_malformed_one_is_refused() {
         assert!(body.contains(words), "{body}");
     }
     // Malformed: named, nothing done.
-    let (code, body) = post(
+    said(
         at,
         &format!("action=shun&replicate=items_full&token={token}&confirm=yes"),
-        None,
+        400,
+        "needs a reason",
     );
-    assert_eq!(code, 400, "{body}");
-    assert!(body.contains("needs a reason"), "{body}");
     let (code, body) = post_as(at, "action=shun", "text/plain", None);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("the form cannot be read"), "{body}");
@@ -427,13 +454,12 @@ fn an_action_is_confirmed_then_done_and_a_forged_or_malformed_one_is_refused() {
         body.contains("restart the replication task of master items (file 10 of database 1)"),
         "{body}"
     );
-    let (code, body) = post(
+    said(
         at,
         &format!("action=task_restart&master=items&database=2&file=10&token={token}&confirm=yes"),
-        None,
+        502,
+        "no master",
     );
-    assert_eq!(code, 502, "{body}");
-    assert!(body.contains("no master"), "{body}");
     for mode in ["manual", "automatic"] {
         let (code, body) = post(
             at,
@@ -475,12 +501,7 @@ fn the_recovery_plan_is_run_from_the_page_once_confirmed() {
     let (code, page) = http(at, "GET", "/recovery");
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("action=\"/recovery/run\""), "{page}");
-    let token = page
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .expect("the form's token")
-        .to_string();
+    let token = token_of(&page);
     let run = |body: String| {
         exchange(
             at,
@@ -627,12 +648,7 @@ fn over_tls_any_role_may_look_and_only_admin_may_act() {
         assert_eq!(code, 200, "{path}: {body}");
     }
     let (_, page) = get(Some("reader"), "/actions").expect("a page");
-    let token = page
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .expect("the form's token")
-        .to_string();
+    let token = token_of(&page);
     // ... and is refused every action, which changes nothing.
     let shun = format!("action=shun&replicate=items_full&reason=disk+check&token={token}");
     let (code, body) = post("reader", &format!("{shun}&confirm=yes"));
@@ -919,12 +935,7 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
     let (code, page) = http(at, "GET", "/actions");
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("id=\"job-1-nightly\""), "{page}");
-    let token = page
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .expect("the form's token")
-        .to_string();
+    let token = token_of(&page);
     // Verify: the answer on the page.
     let (code, body) = post(
         at,
@@ -937,13 +948,12 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
         "{body}"
     );
     // Reinit: ordered, then done by the nodes.
-    let (code, body) = post(
+    said(
         at,
         &format!("action=reinit&replicate=items_part&scoped=no&token={token}"),
-        None,
+        200,
+        "every record written again",
     );
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("every record written again"), "{body}");
     let (code, body) = post(
         at,
         &format!("action=reinit&replicate=items_part&scoped=no&token={token}&confirm=yes"),
@@ -954,15 +964,7 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
         body.contains("ordered: reinitialize replicate items_part"),
         "{body}"
     );
-    wait_for("the reinit to finish", LIMIT, || {
-        let out = etp_system_tests::etp(&["replicate", "status", "--node", &m, "--json"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["name"] == "items_part")
-            .filter(|v| v["state"] == "online" && v["last_load"]["source"] == "master")
-            .map(|_| ())
-    });
+    wait_reloaded(&m, "items_part");
     // A task stopped and started again, as `etp task stop|start` would.
     let task_state = || {
         let out = etp_system_tests::etp(&["task", "status", "--node", &m, "--json"]);
@@ -1061,12 +1063,7 @@ fn pages_render_while_a_bulk_load_runs_and_show_its_progress() {
     let m = cl.nodes[0].addr.to_string();
     let (_console, at) = start_console(cl.nodes[0].addr, &tmp.path().join("console.log"));
     let (_, page) = http(at, "GET", "/actions");
-    let token = page
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .expect("the form's token")
-        .to_string();
+    let token = token_of(&page);
     let (code, body) = post(
         at,
         &format!("action=reinit&replicate=items_full&scoped=no&token={token}&confirm=yes"),
@@ -1083,15 +1080,7 @@ fn pages_render_while_a_bulk_load_runs_and_show_its_progress() {
         let (code, body) = http(at, "GET", path);
         assert_eq!(code, 200, "{path}: {body}");
     }
-    wait_for("the reload to end", LIMIT, || {
-        let out = etp_system_tests::etp(&["replicate", "status", "--node", &m, "--json"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["name"] == "items_full")
-            .filter(|v| v["state"] == "online" && v["last_load"]["source"] == "master")
-            .map(|_| ())
-    });
+    wait_reloaded(&m, "items_full");
     cl.wait_converged(LIMIT).expect("converged");
     cl.check_equal().expect("every replicate equals its master");
 }

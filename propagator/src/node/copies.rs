@@ -27,7 +27,7 @@ impl Node {
                 db.dbid(),
                 from,
                 db.last_lsn(),
-                &mut |_| {},
+                &mut |_, _| {},
             )
             .map_err(|e| Failure::from(e.to_string()))
         })

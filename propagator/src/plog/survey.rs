@@ -70,93 +70,47 @@ pub fn survey(dir: &dyn MediumDir, dbid: DbId) -> Result<Survey, LogError> {
 /// [`survey`], keeping the commits read after a damage in the middle
 /// (`keep`) in [`Damage::commits`].
 pub fn survey_keeping(dir: &dyn MediumDir, dbid: DbId, keep: bool) -> Result<Survey, LogError> {
-    let segs = open_segments_readonly(dir, dbid)?;
-    let first = segs.first().map(|s| s.header.first_lsn).unwrap_or(Lsn(1));
-    let mut scan = LogScan::new(&segs, 0);
     let mut touched = BTreeSet::new();
-    let fault = loop {
-        match scan.next_frame() {
-            Ok(Some(f)) => {
-                if let PlogEntry::Commit(c) = f.entry {
-                    touched.extend(c.metas.iter().map(|m| m.fnr));
-                    touched.extend(c.changes.iter().map(|ch| ch.fnr));
-                }
-            }
-            Ok(None) => break None,
-            Err(f) => break Some(f),
-        }
-    };
-    let last_good = scan.last_lsn();
-    let Some(f) = fault else {
-        return Ok(Survey {
-            first,
-            last_good,
-            damage: None,
-            touched,
-        });
-    };
-    let io = |path: &str, e: std::io::Error| LogError::Io {
-        path: path.to_string(),
-        source: e,
-    };
-    let seg = &segs[f.seg_idx];
-    let resume = valid_frame_after(seg, f.offset).map_err(|e| io(&seg.path, e))?;
-    let later = f.seg_idx + 1 < segs.len();
-    if resume.is_none() && !later {
-        // A torn tail: the log ends at the last whole commit.
-        return Ok(Survey {
-            first,
-            last_good,
-            damage: None,
-            touched,
-        });
-    }
     let mut after = Vec::new();
     let mut commits = Vec::new();
-    let mut note = |e: PlogEntry| {
-        if let PlogEntry::Commit(c) = e {
-            if c.lsn > last_good {
-                if keep {
-                    commits.push(c.clone());
-                }
-                after.push(LostCommit {
-                    lsn: c.lsn,
-                    time_us: c.time_us,
-                    files: c
-                        .metas
-                        .iter()
-                        .map(|m| m.fnr)
-                        .chain(c.changes.iter().map(|ch| ch.fnr))
-                        .collect(),
-                });
+    let read = read_commits(dir, dbid, Lsn(0), Lsn(u64::MAX), &mut |c, past_fault| {
+        let files = c
+            .metas
+            .iter()
+            .map(|m| m.fnr)
+            .chain(c.changes.iter().map(|ch| ch.fnr));
+        if past_fault {
+            after.push(LostCommit {
+                lsn: c.lsn,
+                time_us: c.time_us,
+                files: files.collect(),
+            });
+            if keep {
+                commits.push(c);
             }
+        } else {
+            touched.extend(files);
         }
-    };
-    if let Some(at) = resume {
-        for (_, e) in frames_from(seg, at).map_err(|e| io(&seg.path, e))? {
-            note(e);
-        }
-    }
-    for s in &segs[f.seg_idx + 1..] {
-        for (_, e) in frames_from(s, super::format::HEADER_LEN).map_err(|e| io(&s.path, e))? {
-            note(e);
-        }
-    }
-    after.sort_by_key(|c| c.lsn);
-    after.dedup_by_key(|c| c.lsn);
-    commits.sort_by_key(|c| c.lsn);
-    commits.dedup_by_key(|c| c.lsn);
-    Ok(Survey {
-        first,
-        last_good,
-        touched,
-        damage: Some(Damage {
-            path: f.path,
-            offset: f.offset,
-            reason: f.reason,
-            after,
-            commits,
-        }),
+    })?;
+    Ok(match read.fault {
+        None => Survey {
+            first: read.first,
+            last_good: read.last,
+            damage: None,
+            touched,
+        },
+        Some(f) => Survey {
+            first: read.first,
+            last_good: f.last_good,
+            touched,
+            damage: Some(Damage {
+                path: f.path,
+                offset: f.offset,
+                reason: f.reason,
+                after,
+                commits,
+            }),
+        },
     })
 }
 
@@ -178,14 +132,16 @@ pub struct Fault {
 pub struct ReadBack {
     /// The first LSN the log holds (its oldest segment's first).
     pub first: Lsn,
-    /// The last commit read, at or before the bound.
+    /// The last commit read, at or before the bound (none: the LSN before
+    /// the first segment read).
     pub last: Lsn,
     /// Damage in the middle of the read stretch, if any.
     pub fault: Option<Fault>,
 }
 
 /// Reads every whole commit in the log in `dir` with LSN in `from..=upto`,
-/// in LSN order, passing each to `on`. The read starts at the segment
+/// in LSN order, passing each to `on` (with whether it was read past a
+/// damage). The read starts at the segment
 /// holding `from`; past damage in the middle it goes on at the next
 /// well-formed frame (those commits are passed too: what lies after the
 /// damage is intact on its own), and the damage is reported. Damage past
@@ -197,7 +153,7 @@ pub fn read_commits(
     dbid: DbId,
     from: Lsn,
     upto: Lsn,
-    on: &mut dyn FnMut(super::Commit),
+    on: &mut dyn FnMut(super::Commit, bool),
 ) -> Result<ReadBack, LogError> {
     let segs = open_segments_readonly(dir, dbid)?;
     let first = segs.first().map(|s| s.header.first_lsn).unwrap_or(Lsn(1));
@@ -206,11 +162,12 @@ pub fn read_commits(
         .rposition(|s| s.header.first_lsn <= from)
         .unwrap_or(0);
     let mut scan = LogScan::new(&segs, start);
-    let mut last = Lsn(0);
-    let mut pass = |c: super::Commit, last: &mut Lsn| {
+    // (Before any commit: the LSN before the first segment read.)
+    let mut last = scan.last_lsn();
+    let mut pass = |c: super::Commit, last: &mut Lsn, past_fault: bool| {
         if c.lsn > *last && c.lsn >= from && c.lsn <= upto {
             *last = c.lsn;
-            on(c);
+            on(c, past_fault);
         }
     };
     let fault = loop {
@@ -220,7 +177,7 @@ pub fn read_commits(
                     if c.lsn > upto {
                         break None;
                     }
-                    pass(c, &mut last);
+                    pass(c, &mut last, false);
                 }
             }
             Ok(None) => break None,
@@ -256,7 +213,7 @@ pub fn read_commits(
             if let PlogEntry::Commit(c) = e {
                 if c.lsn > last_good && c.lsn <= upto && c.lsn > *last {
                     resumed.get_or_insert(c.lsn);
-                    pass(c, last);
+                    pass(c, last, true);
                 }
             }
         }
