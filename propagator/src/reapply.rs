@@ -223,10 +223,12 @@ impl FromLog {
 /// that began after LSN `upto`, the client transactions its database's own
 /// log holds whole from after that level up to `upto`: the last stretch
 /// of the log's transactions on the master whose seqs all lie above
-/// `level` (anything else that touched the master — a transaction at or
-/// below the level, a definition, a restore, a rewind of its log — ends an
-/// older history and starts the stretch again). Damage in the log's
-/// middle is read across: what follows it is re-applied where it fits.
+/// `level` and rise from one to the next. A transaction at or across the
+/// level, a rewrite of the master's records (restore, clear, bulk load,
+/// rebase), or seqs given again (its log set back) end an older
+/// history and start the stretch again; a cleanup of its log does not.
+/// Damage in the log's middle is read across: what follows it is
+/// re-applied where it fits (a gap in the seqs is what the damage hid).
 pub fn from_log(
     db: &Database,
     master: Fnr,
@@ -244,29 +246,37 @@ pub fn from_log(
         Lsn(0),
         upto,
         &mut |c: Commit, _| {
-            let n = c.changes.iter().filter(|ch| ch.fnr == master).count() as u64;
-            let log_meta = c.metas.iter().find(|m| m.fnr == log);
-            let touches = n > 0
-                || log_meta.is_some()
-                || c.metas.iter().any(|m| m.fnr == master)
-                || !c.catalog.is_empty();
-            if !touches {
+            // The master's records themselves rewritten (restored,
+            // cleared, loaded in bulk, rebased): what came before is
+            // another history. (A definition alone — a damage mark, a hold,
+            // an incarnation — rewrites no record.)
+            let rewritten = c.catalog.iter().any(|op| {
+                op.fnr() == master && !matches!(op, crate::catalog::CatalogOp::Define(_))
+            });
+            if rewritten {
+                chosen.clear();
                 return;
             }
-            match log_meta {
-                Some(m) if n > 0 && c.catalog.is_empty() && m.next_isn > level.0 + n => {
-                    let seqs = (Seq(m.next_isn - n), Seq(m.next_isn - 1));
-                    chosen.push((Chosen { lsn: c.lsn, seqs }, c));
-                }
-                // Another history before this point: start again.
-                _ if n > 0
-                    || log_meta.is_some()
-                    || c.catalog.iter().any(|op| op.fnr() == master) =>
-                {
-                    chosen.clear()
-                }
-                _ => {}
+            let n = c.changes.iter().filter(|ch| ch.fnr == master).count() as u64;
+            let Some(m) = c.metas.iter().find(|m| m.fnr == log).filter(|_| n > 0) else {
+                // Not a client transaction on the master (its log
+                // cleaned up, refreshed or rebased, another file): its
+                // seqs, if it moved them, show in the next one's.
+                return;
+            };
+            let seqs = (Seq(m.next_isn.saturating_sub(n)), Seq(m.next_isn - 1));
+            // At or across the level: the history up to it, which the
+            // restore brought back.
+            if seqs.0 <= level {
+                chosen.clear();
+                return;
             }
+            // Seqs given again (the log was set back, perhaps by a commit
+            // the damage hid): only the newest history counts.
+            if chosen.last().is_some_and(|(p, _)| seqs.0 <= p.seqs.1) {
+                chosen.clear();
+            }
+            chosen.push((Chosen { lsn: c.lsn, seqs }, c));
         },
     )?;
     let commits: Vec<Commit> = chosen.iter().map(|(_, c)| c.clone()).collect();
@@ -340,6 +350,10 @@ mod tests {
         db.define_master(MASTER, LOG).expect("define");
         let (_, level) = set(&db, 1..=6, 1, None);
         let (_, s2) = set(&db, 1..=2, 2, Some("client-2"));
+        // A cleanup of the master's log between them (as `log cleanup`
+        // deletes records) leaves the stretch whole.
+        db.restore_range(LOG, Isn(1), Some(Isn(4)), Vec::new(), None)
+            .expect("cleanup");
         let (l3, s3) = set(&db, 3..=4, 3, None);
         let (upto, s4) = set(&db, 1..=1, 4, Some("client-4"));
         assert_eq!(values(&db), vec![4, 2, 3, 3, 1, 1]);

@@ -103,10 +103,17 @@ pub async fn start(
             )
         }
     };
-    if execute {
-        if let Err(r) = super::may_act(&peer, "running the recovery plan") {
-            return r;
-        }
+    // Even a dry run takes the one run slot (and replaces the run the page
+    // shows): starting either is acting.
+    if let Err(r) = super::may_act(
+        &peer,
+        if execute {
+            "running the recovery plan"
+        } else {
+            "a dry run of the recovery plan"
+        },
+    ) {
+        return r;
     }
     if execute && form.get("confirm").map(String::as_str) != Some("yes") {
         return Html(

@@ -4,10 +4,11 @@
 //! certificates of the cluster's authority anywhere else.
 //!
 //! Every connection is bounded: at most [`Limits::max_connections`] at
-//! once (one more is closed at once and counted), the TLS handshake and
-//! the request head each within their deadline (a head not complete in
-//! time is answered 408 by hyper, one over the size limit 431), and the
-//! whole connection within [`Limits::lifetime`]. Each request carries
+//! once (one more is closed at once and counted), at most a quarter of
+//! them (at least 2) in a TLS handshake from one address, the handshake
+//! and the request head each within their deadline (a head not complete
+//! in time closes the connection; one over the size limit is answered
+//! 431), and the whole connection within [`Limits::lifetime`]. Each request carries
 //! who sent it ([`Peer`]: its address, and the identity its certificate
 //! names, under TLS) and axum's `ConnectInfo<SocketAddr>`.
 
@@ -57,9 +58,44 @@ pub struct Limits {
 /// What a listener counts.
 #[derive(Debug, Default)]
 pub struct Counts {
+    /// Connections served (past their handshake, under TLS).
     pub served: AtomicU64,
     pub refused_limit: AtomicU64,
     pub refused_handshake: AtomicU64,
+    /// Over their address's share of handshakes in progress.
+    pub refused_per_ip: AtomicU64,
+}
+
+/// Handshakes in progress per address: a slot held until dropped.
+struct Handshaking {
+    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    per_ip: usize,
+}
+
+struct HandshakeSlot(Arc<Handshaking>, std::net::IpAddr);
+
+impl Handshaking {
+    fn take(this: &Arc<Handshaking>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut m = this.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= this.per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot(this.clone(), ip))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves: over TLS with
@@ -74,6 +110,10 @@ pub async fn serve(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let handshaking = Arc::new(Handshaking {
+        by_ip: Default::default(),
+        per_ip: (limits.max_connections / 4).max(2),
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -93,6 +133,19 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        // A handshake holds a slot of its address's share until it ends.
+        let shake = match &acceptor {
+            Some(_) => match Handshaking::take(&handshaking, addr.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    counts.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %addr, "http: too many handshakes from one address; closing one");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let (app, acceptor, counts) = (app.clone(), acceptor.clone(), counts.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
@@ -104,6 +157,7 @@ pub async fn serve(
                             addr,
                             identity: None,
                         };
+                        counts.served.fetch_add(1, Ordering::Relaxed);
                         connection(stream, peer, app, limits).await;
                     }
                     Some(acc) => {
@@ -141,10 +195,12 @@ pub async fn serve(
                                 return;
                             }
                         };
+                        drop(shake);
                         let peer = Peer {
                             addr,
                             identity: Some(identity),
                         };
+                        counts.served.fetch_add(1, Ordering::Relaxed);
                         connection(tls, peer, app, limits).await;
                     }
                 }
@@ -152,7 +208,6 @@ pub async fn serve(
             if tokio::time::timeout(limits.lifetime, work).await.is_err() {
                 tracing::debug!(peer = %addr, "http: connection closed at the end of its lifetime");
             }
-            counts.served.fetch_add(1, Ordering::Relaxed);
         });
     }
 }
@@ -174,5 +229,37 @@ where
     let conn = b.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!(peer = %addr, error = %e, "http: connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_share_of_handshakes() {
+        let h = Arc::new(Handshaking {
+            by_ip: Default::default(),
+            per_ip: 2,
+        });
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = (
+            "127.0.0.1".parse().expect("ip"),
+            "127.0.0.2".parse().expect("ip"),
+        );
+        let one = Handshaking::take(&h, a).expect("first");
+        let _two = Handshaking::take(&h, a).expect("second");
+        assert!(
+            Handshaking::take(&h, a).is_none(),
+            "a third from one address"
+        );
+        let _other = Handshaking::take(&h, b).expect("another address has its own share");
+        drop(one);
+        let _again = Handshaking::take(&h, a).expect("a slot given back is free");
+        drop(_two);
+        drop(_again);
+        assert!(
+            !h.by_ip.lock().expect("lock").contains_key(&a),
+            "no entry left behind"
+        );
     }
 }

@@ -22,11 +22,14 @@ impl Node {
     async fn plog_check(&self, from: Lsn) -> Response {
         let db = self.db.clone();
         let r = errors::off_reactor(move || {
+            // Up to what is durable: a commit given its LSN may not be
+            // on disk yet.
+            let durable = *db.subscribe_durable().borrow();
             crate::plog::survey::read_commits(
                 db.plog_dir().as_ref(),
                 db.dbid(),
                 from,
-                db.last_lsn(),
+                durable,
                 &mut |_, _| {},
             )
             .map_err(|e| Failure::from(e.to_string()))

@@ -177,7 +177,13 @@ pub fn read_commits(
                     if c.lsn > upto {
                         break None;
                     }
+                    let at_end = c.lsn >= upto;
                     pass(c, &mut last, false);
+                    // Nothing past the bound is read (a live node may be
+                    // writing there).
+                    if at_end {
+                        break None;
+                    }
                 }
             }
             Ok(None) => break None,
@@ -192,6 +198,14 @@ pub fn read_commits(
         });
     };
     let last_good = scan.last_lsn();
+    if last_good >= upto {
+        // Damage past the stretch asked for.
+        return Ok(ReadBack {
+            first,
+            last,
+            fault: None,
+        });
+    }
     let io = |path: &str, e: std::io::Error| LogError::Io {
         path: path.to_string(),
         source: e,
@@ -199,8 +213,8 @@ pub fn read_commits(
     let seg = &segs[f.seg_idx];
     let resume = valid_frame_after(seg, f.offset).map_err(|e| io(&seg.path, e))?;
     let later = f.seg_idx + 1 < segs.len();
-    if (resume.is_none() && !later) || last_good >= upto {
-        // A torn tail, or damage past the stretch asked for.
+    if resume.is_none() && !later {
+        // A torn tail.
         return Ok(ReadBack {
             first,
             last,

@@ -472,14 +472,26 @@ impl LiveProbes {
         // a roll-forward from a set needs every frame after it.
         for (db, c) in clients.iter_mut() {
             let Some(sets) = &p.sets else { break };
-            let mut newest: BTreeMap<Fnr, u64> = BTreeMap::new();
-            for s in sets.iter().filter(|s| s.dbid == *db) {
-                for m in &s.members {
-                    let l = newest.entry(m.fnr).or_insert(s.lsn.0);
-                    *l = (*l).max(s.lsn.0);
-                }
+            // The sets the probes pick (in catalog order, newest last):
+            // per file its newest, and its newest with replicates'
+            // confirmations (a unit's copy).
+            let mine: Vec<&backup::CopySet> = sets.iter().filter(|s| s.dbid == *db).collect();
+            let files: BTreeSet<Fnr> = mine
+                .iter()
+                .flat_map(|s| s.members.iter().map(|m| m.fnr))
+                .collect();
+            let mut lsns: BTreeSet<u64> = BTreeSet::new();
+            for f in files {
+                let holds = |s: &&&backup::CopySet| s.member(f).is_some();
+                lsns.extend(mine.iter().rev().find(holds).map(|s| s.lsn.0));
+                lsns.extend(
+                    mine.iter()
+                        .rev()
+                        .filter(holds)
+                        .find(|s| !s.confirmed.is_empty())
+                        .map(|s| s.lsn.0),
+                );
             }
-            let lsns: BTreeSet<u64> = newest.into_values().collect();
             for lsn in lsns {
                 let r = match c.call(&Request::Copy(CopyRequest::PlogCheck {
                     from: propagator::Lsn(lsn + 1),
