@@ -239,11 +239,57 @@ pub fn from_log(
     let Role::Master { log, .. } = def.role else {
         return Err(ReapplyError::NotMaster(master));
     };
+    // Read back from the log's end, a window of segments doubling until
+    // it holds the stretch's start (a commit at or below the level, or a
+    // rewrite of the master), or the whole log: not the whole log when
+    // the level is recent.
+    let firsts: Vec<Lsn> = crate::plog::open_segments_readonly(db.plog_dir().as_ref(), db.dbid())?
+        .iter()
+        .map(|s| s.header.first_lsn)
+        .filter(|l| *l <= upto)
+        .collect();
+    let mut back = 1usize;
+    let (chosen, read) = loop {
+        let start = firsts.len().saturating_sub(back);
+        let from = if start == 0 { Lsn(0) } else { firsts[start] };
+        let (chosen, bounded, read) = select(db, master, log, level, from, upto)?;
+        if bounded || start == 0 {
+            break (chosen, read);
+        }
+        back *= 2;
+    };
+    let commits: Vec<Commit> = chosen.iter().map(|(_, c)| c.clone()).collect();
+    let reapplied = reapply(db, &commits, Some(&BTreeSet::from([master])))?;
+    Ok(FromLog {
+        master,
+        level,
+        upto,
+        read,
+        chosen: chosen.into_iter().map(|(c, _)| c).collect(),
+        reapplied,
+    })
+}
+
+/// What [`select`] found: the stretch, whether its start was read, and
+/// what the read saw.
+type Selected = (Vec<(Chosen, Commit)>, bool, ReadBack);
+
+/// The stretch [`from_log`] re-applies, read from LSN `from` to `upto`,
+/// and whether the read held its start (else an earlier one may).
+fn select(
+    db: &Database,
+    master: Fnr,
+    log: Fnr,
+    level: Seq,
+    from: Lsn,
+    upto: Lsn,
+) -> Result<Selected, ReapplyError> {
     let mut chosen: Vec<(Chosen, Commit)> = Vec::new();
+    let mut bounded = false;
     let read = read_commits(
         db.plog_dir().as_ref(),
         db.dbid(),
-        Lsn(0),
+        from,
         upto,
         &mut |c: Commit, _| {
             // The master's records themselves rewritten (restored,
@@ -255,6 +301,7 @@ pub fn from_log(
             });
             if rewritten {
                 chosen.clear();
+                bounded = true;
                 return;
             }
             let n = c.changes.iter().filter(|ch| ch.fnr == master).count() as u64;
@@ -269,26 +316,19 @@ pub fn from_log(
             // restore brought back.
             if seqs.0 <= level {
                 chosen.clear();
+                bounded = true;
                 return;
             }
             // Seqs given again (the log was set back, perhaps by a commit
             // the damage hid): only the newest history counts.
             if chosen.last().is_some_and(|(p, _)| seqs.0 <= p.seqs.1) {
                 chosen.clear();
+                bounded = true;
             }
             chosen.push((Chosen { lsn: c.lsn, seqs }, c));
         },
     )?;
-    let commits: Vec<Commit> = chosen.iter().map(|(_, c)| c.clone()).collect();
-    let reapplied = reapply(db, &commits, Some(&BTreeSet::from([master])))?;
-    Ok(FromLog {
-        master,
-        level,
-        upto,
-        read,
-        chosen: chosen.into_iter().map(|(c, _)| c).collect(),
-        reapplied,
-    })
+    Ok((chosen, bounded, read))
 }
 
 #[cfg(test)]
@@ -387,6 +427,38 @@ mod tests {
         assert_eq!(later.chosen[0].lsn, l3, "{later:?}");
         assert_eq!(later.reapplied.done.len(), 1, "{later:?}");
         assert_eq!(values(&db), vec![4, 2, 9, 3, 1, 1]);
+        db.close().expect("close");
+    }
+
+    /// Over a log of many segments, the window read back from its end
+    /// grows until it holds the level: the stretch is the same as a read
+    /// of the whole log would give, wherever the level lies.
+    #[test]
+    fn the_stretch_is_found_across_many_segments() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        Database::init(tmp.path(), DbId(3), Some(4096)).expect("init");
+        let (db, _) = Database::open(tmp.path()).expect("open");
+        db.create_file(MASTER, "m", Role::Plain).expect("create");
+        db.define_master(MASTER, LOG).expect("define");
+        let mut marks = Vec::new();
+        for v in 1..=60i64 {
+            marks.push(set(&db, 1..=100, v, None));
+        }
+        let segments = crate::plog::open_segments_readonly(db.plog_dir().as_ref(), db.dbid())
+            .expect("segments")
+            .len();
+        assert!(segments > 4, "{segments} segments");
+        let upto = marks[59].0;
+        for at in [0usize, 10, 40, 57, 59] {
+            let level = marks[at].1;
+            // (Nothing is re-applied: every record holds the last value.)
+            let f = from_log(&db, MASTER, level, upto).expect("from log");
+            assert_eq!(f.chosen.len(), 59 - at, "level after transaction {at}");
+            assert_eq!(
+                f.chosen.first().map(|c| c.seqs.0),
+                (at < 59).then_some(Seq(level.0 + 1))
+            );
+        }
         db.close().expect("close");
     }
 }

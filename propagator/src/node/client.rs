@@ -315,8 +315,9 @@ impl ConnReader {
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long a blocking client waits for the answer to `req`: a wait the
-/// request names itself, plus a minute; a copy, a restore or a
-/// verification (as long as the data they move) six hours; anything else
+/// request names itself, plus a minute; a copy, a restore, a
+/// verification or a read-back of the protection log (as long as the
+/// data they move) six hours; anything else
 /// [`ANSWER_TIMEOUT`].
 pub fn answer_timeout(req: &Request) -> Duration {
     use crate::wire::{CopyRequest, OperationRequest, RecoveryOp, ReplicateAction};
@@ -329,11 +330,12 @@ pub fn answer_timeout(req: &Request) -> Duration {
             action: ReplicateAction::Verify { .. },
             ..
         })
-        | Request::Copy(CopyRequest::CopyTake { .. })
+        | Request::Copy(CopyRequest::CopyTake { .. } | CopyRequest::PlogCheck { .. })
         | Request::Recovery(
             RecoveryOp::Restore { .. }
             | RecoveryOp::RestoreRange { .. }
-            | RecoveryOp::Rebase { .. },
+            | RecoveryOp::Rebase { .. }
+            | RecoveryOp::Reapply { .. },
         ) => LONG,
         _ => ANSWER_TIMEOUT,
     }
