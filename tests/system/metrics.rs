@@ -188,6 +188,19 @@ fn metrics_report_commits_fsyncs_and_replicates_and_survive_bad_clients() {
     }
     let again = scrape(m).expect("still serving metrics while a slow client waits");
     assert!(value(&again, "etp_commits_total").is_some_and(|c| c >= commits));
+    // The metrics listener counts its own connections (the bad ones too).
+    assert!(
+        value(&again, "etp_metrics_connections_total").is_some_and(|c| c >= 8.0),
+        "{again}"
+    );
+    assert_eq!(
+        value(
+            &again,
+            "etp_metrics_connections_refused_total{reason=\"limit\"}"
+        ),
+        Some(0.0),
+        "{again}"
+    );
     // The slow client is closed at the head deadline (5 s), not held
     // forever: its read ends (the server closed), well before our own
     // 20 s read timeout would have.

@@ -176,6 +176,10 @@ pub struct ConnSample {
     pub refused_per_ip: u64,
     pub idle_closed: u64,
     pub not_allowed: u64,
+    /// The metrics listener's own: served, and refused at its limit, in
+    /// its handshake, over an address's share of handshakes.
+    pub metrics_served: u64,
+    pub metrics_refused: [u64; 3],
 }
 
 /// A label set: (name, value) pairs.
@@ -360,6 +364,20 @@ pub fn render(
         ],
     );
     t.counter(
+        "etp_metrics_connections",
+        "Connections the metrics listener served (past their TLS handshake, when it serves TLS).",
+        vec![(vec![], Num::U(conns.metrics_served))],
+    );
+    t.counter(
+        "etp_metrics_connections_refused",
+        "Connections the metrics listener refused: at its connection limit, in their TLS handshake, or over their address's share of handshakes in progress (per_ip).",
+        ["limit", "handshake", "per_ip"]
+            .iter()
+            .zip(conns.metrics_refused)
+            .map(|(r, n)| (vec![("reason", r.to_string())], Num::U(n)))
+            .collect(),
+    );
+    t.counter(
         "etp_connections_idle_closed",
         "Connections closed after the idle timeout with nothing in flight.",
         vec![(vec![], Num::U(conns.idle_closed))],
@@ -498,6 +516,12 @@ impl Node {
             refused_per_ip: get(&c.refused_per_ip),
             idle_closed: get(&c.idle_closed),
             not_allowed: get(&c.not_allowed),
+            metrics_served: get(&self.metrics_http.served),
+            metrics_refused: [
+                get(&self.metrics_http.refused_limit),
+                get(&self.metrics_http.refused_handshake),
+                get(&self.metrics_http.refused_per_ip),
+            ],
         };
         let copies = match self.copy_ages().await {
             Ok(c) => c,
@@ -544,6 +568,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use axum::routing::get;
+    let counts = node.metrics_http.clone();
     let app = axum::Router::new()
         .route("/metrics", get(scrape))
         .fallback(|| async {
@@ -553,15 +578,7 @@ pub async fn serve(
             )
         })
         .with_state(node);
-    crate::net::http::serve(
-        listener,
-        app,
-        tls,
-        LIMITS,
-        Arc::new(crate::net::http::Counts::default()),
-        shutdown,
-    )
-    .await;
+    crate::net::http::serve(listener, app, tls, LIMITS, counts, shutdown).await;
 }
 
 /// GET (and HEAD) /metrics: the exposition, or 503 when it takes longer

@@ -99,6 +99,8 @@ pub struct Node {
     listening: Mutex<Option<SocketAddr>>,
     /// Connections served and refused (metrics).
     pub(crate) conns: ConnStats,
+    /// The metrics listener's own connections served and refused.
+    pub(crate) metrics_http: Arc<crate::net::http::Counts>,
     /// What the node was configured with for copies.
     copies: Copies,
 }
@@ -340,6 +342,7 @@ impl Node {
             owners: Mutex::new(BTreeMap::new()),
             metrics: metrics::Rates::default(),
             conns: ConnStats::default(),
+            metrics_http: Arc::default(),
             quiesced: std::sync::atomic::AtomicBool::new(quiesced),
             update_gate: Arc::new(tokio::sync::RwLock::new(())),
             listening: Mutex::new(None),
