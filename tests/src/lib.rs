@@ -42,8 +42,11 @@ pub fn etp_bin() -> &'static Path {
 pub fn certs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // A test process cannot remove its directory when it ends (statics
+        // are not dropped): each run removes those of runs that ended.
+        remove_ended_runs_certs();
         let dir = tempfile::Builder::new()
-            .prefix("etp-test-certs-")
+            .prefix(&format!("{CERTS_PREFIX}{}-", std::process::id()))
             .tempdir()
             .expect("a temporary directory for the certificates")
             .keep();
@@ -60,6 +63,31 @@ pub fn certs() -> &'static Path {
         }
         dir
     })
+}
+
+/// How the certificate directories of test runs are named (the process
+/// id follows).
+const CERTS_PREFIX: &str = "etp-test-certs-";
+
+/// Removes the certificate directories of test processes that no longer
+/// run (named with their process id; a process id reused since keeps its
+/// directory until a later run).
+fn remove_ended_runs_certs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(CERTS_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Node certificates [`certs`] makes: databases 1 to this.
