@@ -306,6 +306,29 @@ pub fn tamper(
     store.flush().expect("flush");
 }
 
+/// Starts `cmd` (its standard output piped) and waits at most `limit` for
+/// the first line it prints (`what`, for the failure): the process,
+/// killed on drop, and that line.
+pub fn first_line(mut cmd: Command, limit: Duration, what: &str) -> (KillGuard, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = KillGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} not printed within {} s", limit.as_secs()));
+    (guard, line)
+}
+
 /// A node process started as `etp node run --data DATA [--listen ADDR]`
 /// (no `--listen`: where it listened before), its standard error appended
 /// to `log` with the default log settings. Returns once it printed its
@@ -315,7 +338,6 @@ pub fn start_node(
     listen: Option<&str>,
     log: &Path,
 ) -> (KillGuard, std::net::SocketAddr) {
-    use std::io::BufRead;
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -326,24 +348,10 @@ pub fn start_node(
     if let Some(l) = listen {
         cmd.args(["--listen", l]);
     }
-    let mut child = cmd
-        .env_remove("ETP_LOG")
+    cmd.env_remove("ETP_LOG")
         .env_remove("ETP_LOG_FORMAT")
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .expect("starting etp node run");
-    let stdout = child.stdout.take().expect("node stdout");
-    let guard = KillGuard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the node prints `listening ADDR` within 30 s");
+        .stderr(err);
+    let (guard, line) = first_line(cmd, Duration::from_secs(30), "the node's `listening ADDR`");
     let addr = line
         .trim()
         .strip_prefix("listening ")

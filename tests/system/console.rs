@@ -4,7 +4,7 @@
 use etp_system_tests::{etp_command, wait_for, KillGuard};
 use maintenance::cluster::Cluster;
 use propagator::exec::ExecTarget;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,34 +23,33 @@ fn start_console_with(
     log: &std::path::Path,
     more: &[&str],
 ) -> (KillGuard, SocketAddr) {
+    launch_console(etp_command(), node, log, more, "http")
+}
+
+/// `cmd` (`etp` with its environment) run as `etp console --node NODE
+/// --listen 127.0.0.1:0 MORE…`, its standard error in `log`: the process
+/// and the address it printed after `scheme://`.
+fn launch_console(
+    mut cmd: std::process::Command,
+    node: SocketAddr,
+    log: &std::path::Path,
+    more: &[&str],
+    scheme: &str,
+) -> (KillGuard, SocketAddr) {
     let err = std::fs::File::create(log).expect("console log");
-    let mut child = etp_command()
-        .args([
-            "console",
-            "--node",
-            &node.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(more)
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .expect("starting etp console");
-    let stdout = child.stdout.take().expect("stdout");
-    let guard = KillGuard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(LIMIT)
-        .expect("the console prints its address");
+    cmd.args([
+        "console",
+        "--node",
+        &node.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(more)
+    .stderr(err);
+    let (guard, line) = etp_system_tests::first_line(cmd, LIMIT, "the console's address");
     let addr = line
         .trim()
-        .strip_prefix("console listening on http://")
+        .strip_prefix(&format!("console listening on {scheme}://"))
         .and_then(|a| a.strip_suffix('/'))
         .unwrap_or_else(|| {
             panic!(
@@ -594,28 +593,9 @@ fn over_tls_any_role_may_look_and_only_admin_may_act() {
     let m = cl.nodes[0].addr.to_string();
     let (crt, key) = console_cert();
     let log = tmp.path().join("console.log");
-    let err = std::fs::File::create(&log).expect("console log");
-    let mut child = etp_command()
-        .env("ETP_CERT", &crt)
-        .env("ETP_KEY", &key)
-        .args(["console", "--node", &m, "--listen", "127.0.0.1:0", "--tls"])
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .expect("starting etp console");
-    let stdout = child.stdout.take().expect("stdout");
-    let _guard = KillGuard(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("its address");
-    let at: SocketAddr = line
-        .trim()
-        .strip_prefix("console listening on https://")
-        .and_then(|a| a.strip_suffix('/'))
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .expect("an address");
+    let mut cmd = etp_command();
+    cmd.env("ETP_CERT", &crt).env("ETP_KEY", &key);
+    let (_guard, at) = launch_console(cmd, cl.nodes[0].addr, &log, &["--tls"], "https");
     let get = |who: Option<&str>, path: &str| {
         etp_system_tests::https_exchange(
             at,

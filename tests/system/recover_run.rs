@@ -1987,17 +1987,9 @@ fn a_master_database_destroyed_without_a_copy_fails_over_to_its_full_replicate()
     );
 }
 
-/// Issue 21 item 6: a replicate's site wiped and started again empty (a
-/// new database with the same id, its node at the same address). Its
-/// master reports the replicate `uninitialized` (not a lost link), status
-/// exits 1, triage takes its own branch, and the run re-creates the site's
-/// files from the topology and loads it from its master.
-#[test]
-fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
-    let mut s = Scene::new();
-    // In manual policy nothing syncs it down by itself: the operator's one
-    // command is the recovery run.
-    ok(&etp(&["policy", "set", "manual", "--node", &s.m()]));
+/// The partial replicate's site (database 3) wiped: its node stopped, its
+/// data directory deleted and initialised again, empty (not restarted).
+fn wipe_partial_site(s: &mut Scene) {
     s.cl.nodes[2].stop().expect("stop");
     let data = s.cl.nodes[2].data.clone();
     std::fs::remove_dir_all(&data).expect("wipe the site");
@@ -2009,6 +2001,20 @@ fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
         "--data",
         &data.display().to_string(),
     ]));
+}
+
+/// Issue 21 item 6: a replicate's site wiped and started again empty (a
+/// new database with the same id, its node at the same address). Its
+/// master reports the replicate `uninitialized` (not a lost link), status
+/// exits 1, triage takes its own branch, and the run re-creates the site's
+/// files from the topology and loads it from its master.
+#[test]
+fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
+    let mut s = Scene::new();
+    // In manual policy nothing syncs it down by itself: the operator's one
+    // command is the recovery run.
+    ok(&etp(&["policy", "set", "manual", "--node", &s.m()]));
+    wipe_partial_site(&mut s);
     s.cl.nodes[2].restart().expect("restart empty");
     s.store(1..=10, 65);
     // (Manual policy: the lost link stopped the feeder; started, it finds
@@ -2047,17 +2053,7 @@ fn a_wiped_replicate_site_is_found_uninitialized_and_synced_down() {
 #[test]
 fn a_wiped_replicate_site_is_synced_down_by_its_master_in_automatic_policy() {
     let mut s = Scene::with_sync_down_settle(2);
-    s.cl.nodes[2].stop().expect("stop");
-    let data = s.cl.nodes[2].data.clone();
-    std::fs::remove_dir_all(&data).expect("wipe the site");
-    ok(&etp(&[
-        "db",
-        "init",
-        "--dbid",
-        "3",
-        "--data",
-        &data.display().to_string(),
-    ]));
+    wipe_partial_site(&mut s);
     let t = Instant::now();
     s.cl.nodes[2].restart().expect("restart empty");
     s.store(1..=10, 66);

@@ -90,14 +90,11 @@ pub async fn start(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let refuse = |code: StatusCode, why: String| {
-        (code, Html(view::failed(&why).into_string())).into_response()
-    };
     let execute = match form.get("mode").map(String::as_str) {
         Some("dry_run") => false,
         Some("execute") => true,
         other => {
-            return refuse(
+            return super::failure(
                 StatusCode::BAD_REQUEST,
                 format!("mode must be dry_run or execute, not {other:?}; nothing was done"),
             )
@@ -139,9 +136,9 @@ pub async fn start(
     let job = {
         let mut slot = super::lock(&c.job);
         if slot.as_ref().is_some_and(|j| j.running()) {
-            return refuse(
+            return super::failure(
                 StatusCode::CONFLICT,
-                "a recovery run started here is still going: see /recovery/run".into(),
+                "a recovery run started here is still going: see /recovery/run",
             );
         }
         let job = Arc::new(Job::new(execute));

@@ -258,11 +258,10 @@ pub(super) async fn loopback_host(
         .get::<Peer>()
         .is_some_and(|p| p.identity.is_some());
     if !tls && !is_loopback_host(host) {
-        return (
+        return failure(
             StatusCode::FORBIDDEN,
-            Html(view::failed(&format!("the console answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]); this one was for {host:?}")).into_string()),
-        )
-            .into_response();
+            format!("the console answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]); this one was for {host:?}"),
+        );
     }
     let mut resp = next.run(req).await;
     for (k, v) in SECURITY_HEADERS {
@@ -279,16 +278,14 @@ async fn not_found() -> Response {
 async fn cluster_page(State(c): State<Arc<Console>>) -> Response {
     match tokio::time::timeout(PAGE_DEADLINE, c.cluster()).await {
         Ok(Ok(v)) => Html(view::cluster(&v, &c).into_string()).into_response(),
-        Ok(Err(e)) => (
+        Ok(Err(e)) => failure(
             StatusCode::INTERNAL_SERVER_ERROR,
-            Html(view::failed(&format!("gathering the cluster's state failed: {e}")).into_string()),
-        )
-            .into_response(),
-        Err(_) => (
+            format!("gathering the cluster's state failed: {e}"),
+        ),
+        Err(_) => failure(
             StatusCode::GATEWAY_TIMEOUT,
-            Html(view::failed(&format!("the cluster's nodes did not all answer within {} s: a node that accepts connections and does not answer holds the gather up; reload to see it again", PAGE_DEADLINE.as_secs())).into_string()),
-        )
-            .into_response(),
+            format!("the cluster's nodes did not all answer within {} s: a node that accepts connections and does not answer holds the gather up; reload to see it again", PAGE_DEADLINE.as_secs()),
+        ),
     }
 }
 
@@ -410,7 +407,7 @@ async fn read_page<T: Send + 'static>(
             format!("{what} took more than {} s", PAGE_DEADLINE.as_secs()),
         ),
     };
-    (code, Html(view::failed(&why).into_string())).into_response()
+    failure(code, why)
 }
 
 /// The recovery page: a live diagnosis, drawn on its trees.
@@ -442,11 +439,10 @@ async fn actions_page(State(c): State<Arc<Console>>) -> Response {
     };
     match v {
         Ok(Ok(v)) => Html(actions::page(&v, &c.token, &jobs).into_string()).into_response(),
-        _ => (
+        _ => failure(
             StatusCode::GATEWAY_TIMEOUT,
-            Html(view::failed("the cluster's state could not be read").into_string()),
-        )
-            .into_response(),
+            "the cluster's state could not be read",
+        ),
     }
 }
 
@@ -459,18 +455,15 @@ pub(super) fn guard(
     headers: &axum::http::HeaderMap,
     form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<BTreeMap<String, String>, Response> {
-    let refuse = |code: StatusCode, why: String| {
-        (code, Html(view::failed(&why).into_string())).into_response()
-    };
     // A browser says where a form came from: only the console's own pages.
     if headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == "cross-site")
     {
-        return Err(refuse(
+        return Err(failure(
             StatusCode::FORBIDDEN,
-            "a form from another site is not the console's own: refused".into(),
+            "a form from another site is not the console's own: refused",
         ));
     }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
@@ -489,26 +482,31 @@ pub(super) fn guard(
             None => is_loopback_host(host),
         };
         if !own {
-            return Err(refuse(
+            return Err(failure(
                 StatusCode::FORBIDDEN,
                 format!("a form from {o:?} is not the console's own: refused"),
             ));
         }
     }
     let axum::Form(form) = form.map_err(|e| {
-        refuse(
+        failure(
             StatusCode::BAD_REQUEST,
             format!("the form cannot be read: {e}"),
         )
     })?;
     if !form.get("token").is_some_and(|t| same_token(t, &c.token)) {
         tracing::warn!(target: "etp::audit", who = %peer.who(), "console form refused: no valid token");
-        return Err(refuse(
+        return Err(failure(
             StatusCode::FORBIDDEN,
-            "the form's token is missing or not this console's (a page of an earlier console, or another site's form): reload the page".into(),
+            "the form's token is missing or not this console's (a page of an earlier console, or another site's form): reload the page",
         ));
     }
     Ok(form)
+}
+
+/// An error page with its status code.
+pub(super) fn failure(code: StatusCode, why: impl AsRef<str>) -> Response {
+    (code, Html(view::failed(why.as_ref()).into_string())).into_response()
 }
 
 /// Whether the peer may act (not only look): under TLS its certificate's
@@ -518,17 +516,13 @@ pub(super) fn may_act(peer: &Peer, what: &str) -> Result<(), Response> {
     match &peer.identity {
         Some(i) if i.role != propagator::net::Role::Admin => {
             tracing::warn!(target: "etp::audit", who = %peer.who(), action = %what, "console action refused: not the admin role");
-            Err((
+            Err(failure(
                 StatusCode::FORBIDDEN,
-                Html(
-                    view::failed(&format!(
-                        "{what}: refused: acting needs the admin role, and certificate {} has role {}; nothing was done",
-                        i.name, i.role
-                    ))
-                    .into_string(),
+                format!(
+                    "{what}: refused: acting needs the admin role, and certificate {} has role {}; nothing was done",
+                    i.name, i.role
                 ),
-            )
-                .into_response())
+            ))
         }
         _ => Ok(()),
     }
@@ -547,13 +541,10 @@ async fn act(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let refuse = |code: StatusCode, why: String| {
-        (code, Html(view::failed(&why).into_string())).into_response()
-    };
     let a = match actions::Act::parse(&form) {
         Ok(a) => a,
         Err(e) => {
-            return refuse(
+            return failure(
                 StatusCode::BAD_REQUEST,
                 format!("the form is wrong: {e}; nothing was done"),
             )
@@ -578,11 +569,11 @@ async fn act(
         }
         Ok(Err(e)) => {
             tracing::warn!(target: "etp::audit", who = %who, action = %what, error = %e, "console action refused");
-            refuse(StatusCode::BAD_GATEWAY, format!("{what}: {e}"))
+            failure(StatusCode::BAD_GATEWAY, format!("{what}: {e}"))
         }
         Err(e) => {
             tracing::warn!(target: "etp::audit", who = %who, action = %what, error = %e, "console action failed");
-            refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
+            failure(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
         }
     }
 }

@@ -66,38 +66,6 @@ pub struct Counts {
     pub refused_per_ip: AtomicU64,
 }
 
-/// Handshakes in progress per address: a slot held until dropped.
-struct Handshaking {
-    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    per_ip: usize,
-}
-
-struct HandshakeSlot(Arc<Handshaking>, std::net::IpAddr);
-
-impl Handshaking {
-    fn take(this: &Arc<Handshaking>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
-        let mut m = this.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= this.per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(HandshakeSlot(this.clone(), ip))
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut m = self.0.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// Serves `app` on `listener` until `shutdown` resolves: over TLS with
 /// `tls` (whose configuration asks for client certificates), else plain.
 pub async fn serve(
@@ -110,10 +78,9 @@ pub async fn serve(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let handshaking = Arc::new(Handshaking {
-        by_ip: Default::default(),
-        per_ip: (limits.max_connections / 4).max(2),
-    });
+    // The node's own rule for handshakes per address (an IPv6 /64 counts
+    // as one).
+    let handshaking = Arc::new(super::PerIp::new((limits.max_connections / 4).max(2)));
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -135,7 +102,7 @@ pub async fn serve(
         };
         // A handshake holds a slot of its address's share until it ends.
         let shake = match &acceptor {
-            Some(_) => match Handshaking::take(&handshaking, addr.ip()) {
+            Some(_) => match handshaking.take(addr.ip()) {
                 Some(s) => Some(s),
                 None => {
                     counts.refused_per_ip.fetch_add(1, Ordering::Relaxed);
@@ -229,37 +196,5 @@ where
     let conn = b.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!(peer = %addr, error = %e, "http: connection ended");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_address_holds_at_most_its_share_of_handshakes() {
-        let h = Arc::new(Handshaking {
-            by_ip: Default::default(),
-            per_ip: 2,
-        });
-        let (a, b): (std::net::IpAddr, std::net::IpAddr) = (
-            "127.0.0.1".parse().expect("ip"),
-            "127.0.0.2".parse().expect("ip"),
-        );
-        let one = Handshaking::take(&h, a).expect("first");
-        let _two = Handshaking::take(&h, a).expect("second");
-        assert!(
-            Handshaking::take(&h, a).is_none(),
-            "a third from one address"
-        );
-        let _other = Handshaking::take(&h, b).expect("another address has its own share");
-        drop(one);
-        let _again = Handshaking::take(&h, a).expect("a slot given back is free");
-        drop(_two);
-        drop(_again);
-        assert!(
-            !h.by_ip.lock().expect("lock").contains_key(&a),
-            "no entry left behind"
-        );
     }
 }

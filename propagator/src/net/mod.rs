@@ -320,6 +320,60 @@ impl Tls {
     }
 }
 
+/// Handshakes in progress per peer address, each at most `max`.
+pub(crate) struct PerIp {
+    max: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One handshake's place in its address's count, given back on drop.
+pub(crate) struct PerIpPlace {
+    of: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    pub(crate) fn new(max: usize) -> PerIp {
+        PerIp {
+            max: max.max(1),
+            counts: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// A place for a handshake from `ip`, if it has fewer than `max`.
+    pub(crate) fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpPlace> {
+        // One IPv6 host usually holds a whole /64.
+        let ip = match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+            v4 => v4,
+        };
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpPlace {
+            of: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpPlace {
+    fn drop(&mut self) {
+        let mut counts = self.of.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// How a process talks to nodes, or how a node serves.
 #[derive(Clone)]
 pub enum Transport {
@@ -519,6 +573,27 @@ impl Transport {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_address_holds_at_most_its_share_of_handshakes() {
+        let h = std::sync::Arc::new(PerIp::new(2));
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = (
+            "127.0.0.1".parse().expect("ip"),
+            "127.0.0.2".parse().expect("ip"),
+        );
+        let one = h.take(a).expect("first");
+        let two = h.take(a).expect("second");
+        assert!(h.take(a).is_none(), "a third from one address");
+        let _other = h.take(b).expect("another address has its own share");
+        drop(one);
+        let again = h.take(a).expect("a slot given back is free");
+        drop(two);
+        drop(again);
+        assert!(
+            !h.counts.lock().expect("lock").contains_key(&a),
+            "no entry left behind"
+        );
+    }
+
     use super::*;
 
     #[test]

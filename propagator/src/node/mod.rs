@@ -182,60 +182,6 @@ impl Default for Limits {
     }
 }
 
-/// Handshakes in progress per peer address, each at most `max`.
-struct PerIp {
-    max: usize,
-    counts: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// One handshake's place in its address's count, given back on drop.
-struct PerIpPlace {
-    of: Arc<PerIp>,
-    ip: std::net::IpAddr,
-}
-
-impl PerIp {
-    fn new(max: usize) -> PerIp {
-        PerIp {
-            max: max.max(1),
-            counts: Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// A place for a handshake from `ip`, if it has fewer than `max`.
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpPlace> {
-        // One IPv6 host usually holds a whole /64.
-        let ip = match ip.to_canonical() {
-            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
-                v6.to_bits() & !((1u128 << 64) - 1),
-            )),
-            v4 => v4,
-        };
-        let mut counts = lock(&self.counts);
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(PerIpPlace {
-            of: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PerIpPlace {
-    fn drop(&mut self) {
-        let mut counts = lock(&self.of.counts);
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Connection counters.
 #[derive(Default)]
 pub(crate) struct ConnStats {
@@ -482,7 +428,7 @@ impl Node {
         ));
         let pool = (limits.max_connections / 4).max(16);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(pool));
-        let per_ip = Arc::new(PerIp::new(
+        let per_ip = Arc::new(crate::net::PerIp::new(
             limits.handshakes_per_ip.unwrap_or((pool / 4).max(8)),
         ));
         loop {
