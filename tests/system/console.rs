@@ -781,6 +781,28 @@ fn a_browser_shows_a_damaged_replicate_in_error_on_the_cluster_page() {
         "{} bytes",
         png.len()
     );
+    // Reset error, as `etp replicate reset-error` does: the error cleared
+    // by the operator, in the replicate's error log (its feeder starts
+    // again, and finds the damage again).
+    let m = cl.nodes[0].addr.to_string();
+    let resets = || {
+        let out = etp_system_tests::etp(&["replicate", "errors", "items_full", "--node", &m]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches("error reset by the operator")
+            .count()
+    };
+    let before = resets();
+    let (_, page) = http(at, "GET", "/actions");
+    let token = token_of(&page);
+    said(
+        at,
+        &format!("action=reset_error&replicate=items_full&token={token}&confirm=yes"),
+        200,
+        "done: reset the error of replicate items_full",
+    );
+    wait_for("the reset in the replicate's error log", LIMIT, || {
+        (resets() > before).then_some(())
+    });
     // The copies and actions pages render in the browser too (their
     // screenshots are artifacts, to be looked at).
     for (path, name, words) in [
