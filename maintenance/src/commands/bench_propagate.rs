@@ -393,12 +393,24 @@ fn lag_stats(node: &NodeProc, replicate: &str, seqs: &[Seq]) -> anyhow::Result<[
         .map(|(s, m, v, d)| (s, (m, v, d)))
         .collect();
     let (mut visible, mut durable) = (Vec::new(), Vec::new());
+    // ETP_BENCH_LAG_DUMP=DIR keeps each sample (seq, master time, visible,
+    // durable, in µs) for a look at where a tail comes from.
+    let dump_dir = std::env::var_os("ETP_BENCH_LAG_DUMP").filter(|d| !d.is_empty());
+    let mut dump = String::new();
     for s in seqs {
         let Some((m, v, d)) = by_seq.get(s) else {
             bail!("{replicate}: no lag sample for seq {s}");
         };
+        if dump_dir.is_some() {
+            dump.push_str(&format!("{s} {m} {v} {d}\n"));
+        }
         visible.push((v - m) as f64 / 1000.0);
         durable.push((d - m) as f64 / 1000.0);
+    }
+    if let Some(dir) = dump_dir {
+        let first = seqs.first().map_or(0, |s| s.0);
+        let path = Path::new(&dir).join(format!("lag-{replicate}-{first}.txt"));
+        std::fs::write(&path, dump).with_context(|| format!("writing {}", path.display()))?;
     }
     let q = |mut ms: Vec<f64>| {
         ms.sort_by(|a, b| a.total_cmp(b));
