@@ -85,6 +85,10 @@ const APPLY_WINDOW: Duration = Duration::from_millis(5);
 /// The most commits one page-store batch takes.
 const MAX_APPLY_COMMITS: usize = 4096;
 
+/// How many keys the applier takes out of the overlay per hold of the
+/// state lock (about 100 µs of work).
+const OVERLAY_SLICE: usize = 2048;
+
 /// Catalog and metas as of the last written LSN: what a checkpoint records.
 #[derive(Default)]
 pub(crate) struct CheckpointState {
@@ -969,17 +973,29 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
         );
         return;
     }
-    {
+    // The batch's records leave the overlay a slice at a time: the state
+    // lock is every commit's, and a batch after a backlog holds 100,000
+    // keys, whose removal at once kept a replicate's link applies waiting
+    // for 10 ms. What is still in the overlay meanwhile equals the page
+    // store or is newer, so readers see the same either way; and
+    // `overlay_applied` goes up first, which only makes [`Seen`] checks
+    // read again.
+    lock(&shared.state).overlay_applied = last;
+    let mut keys = keys
+        .iter()
+        .flat_map(|(lsn, ks)| ks.iter().map(move |k| (*lsn, *k)))
+        .peekable();
+    while keys.peek().is_some() {
         let mut st = lock(&shared.state);
-        st.overlay_applied = last;
-        for (lsn, ks) in &keys {
-            for k in ks {
-                // A later commit may have rewritten the key: keep its entry.
-                if st.overlay.get(k).is_some_and(|(l, _)| l == lsn) {
-                    st.overlay.remove(k);
-                }
+        for (lsn, k) in keys.by_ref().take(OVERLAY_SLICE) {
+            // A later commit may have rewritten the key: keep its entry.
+            if st.overlay.get(&k).is_some_and(|(l, _)| *l == lsn) {
+                st.overlay.remove(&k);
             }
         }
+    }
+    {
+        let mut st = lock(&shared.state);
         for j in &jobs {
             if let Some(id) = &j.client_id {
                 st.pending_ids.remove(id);

@@ -169,6 +169,7 @@ pub type Instant = lsm_tree::SeqNo;
 pub type LsmError = lsm_tree::Error;
 
 #[doc(hidden)]
+pub use background_worker::set_background_thread_hook;
 pub use lsm_tree::AbstractTree;
 
 pub use lsm_tree::{AnyTree, CompressionType, KvPair, Slice, TreeType, UserKey, UserValue};
