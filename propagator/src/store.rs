@@ -475,27 +475,6 @@ fn sync_dir(dir: &Path) -> Result<(), std::io::Error> {
 }
 
 /// The options every fjall partition is made with.
-/// How much lower than the node's own threads fjall's memtable flushes and
-/// compactions run (nice). They are work that may wait: on two cores, a
-/// flush or compaction at the same priority takes a core from a commit or
-/// a link's apply for milliseconds at a time, which shows as lag tails.
-/// A flush spawns its own threads; they inherit this.
-const BACKGROUND_NICE: i32 = 5;
-
-/// fjall's hook, on each of its background threads as it starts.
-fn background_thread_started(activity: &str) {
-    #[cfg(target_os = "linux")]
-    if matches!(activity, "flusher" | "compactor") {
-        let me = rustix::thread::gettid();
-        if let Ok(now) = rustix::process::getpriority_process(Some(me)) {
-            // A lower priority is always allowed; not getting it is harmless.
-            let _ = rustix::process::setpriority_process(Some(me), (now + BACKGROUND_NICE).min(19));
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = activity;
-}
-
 fn partition_options() -> fjall::PartitionCreateOptions {
     // Uncompressed blocks: the records are small, already compact
     // MessagePack, and read back on every feeder scan and update; lz4 cost
@@ -620,7 +599,6 @@ impl PageStore {
             Engine::Sled => Kv::Sled(Self::open_sled(dir, cache_bytes).map_err(open_err)?),
             Engine::Fjall => {
                 clear_unmade(dir).map_err(|e| open_err(e.to_string()))?;
-                fjall::set_background_thread_hook(background_thread_started);
                 let r = std::panic::catch_unwind(|| {
                     // Two cores: one background worker each for memtable
                     // flushes and compaction.
@@ -1290,59 +1268,6 @@ impl PageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// fjall's flush and compaction threads run below the node's own (the
-    /// hook fjall calls on each background thread as it starts); its
-    /// monitor and journal syncer keep the node's priority.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn fjalls_flush_and_compaction_threads_run_at_a_lower_priority() {
-        let on_a_thread = |activity: &'static str| {
-            std::thread::spawn(move || {
-                let me = rustix::thread::gettid();
-                let before = rustix::process::getpriority_process(Some(me)).expect("nice");
-                background_thread_started(activity);
-                let after = rustix::process::getpriority_process(Some(me)).expect("nice");
-                (before, after)
-            })
-            .join()
-            .expect("thread")
-        };
-        for activity in ["flusher", "compactor"] {
-            let (before, after) = on_a_thread(activity);
-            assert_eq!(after, (before + BACKGROUND_NICE).min(19), "{activity}");
-        }
-        for activity in ["monitor", "syncer"] {
-            let (before, after) = on_a_thread(activity);
-            assert_eq!(after, before, "{activity}");
-        }
-        // And the store really installs it: a fjall store's background
-        // threads exist once it is open, and the flusher's is lowered.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = PageStore::open(dir.path(), Engine::Fjall, 1 << 20, 1 << 20).expect("open");
-        let task = std::fs::read_dir("/proc/self/task").expect("tasks");
-        let mine = rustix::process::getpriority_process(None).expect("nice");
-        let lowered = task
-            .filter_map(Result::ok)
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "flusher")
-            })
-            .filter_map(|t| {
-                let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-                // Field 19 of stat is the nice value (after the comm's ')').
-                let rest = stat.rsplit_once(')')?.1;
-                rest.split_whitespace().nth(16)?.parse::<i32>().ok()
-            })
-            .collect::<Vec<_>>();
-        assert!(
-            !lowered.is_empty()
-                && lowered
-                    .iter()
-                    .all(|n| *n == (mine + BACKGROUND_NICE).min(19)),
-            "fjall's flusher threads' nice values: {lowered:?}, the test's: {mine}"
-        );
-        drop(store);
-    }
 
     fn batch(fnr: Fnr, isn: u64, lsn: u64) -> StoreBatch {
         StoreBatch {

@@ -38,11 +38,6 @@ impl<A: Activity> BackgroundWorker<A> {
     pub fn start(mut self) {
         log::debug!("Starting background worker {:?}", self.activity.name());
 
-        // PATCH (etp): the embedder's hook for its background threads.
-        if let Some(hook) = BACKGROUND_THREAD_HOOK.get() {
-            hook(self.activity.name());
-        }
-
         self.thread_counter
             .fetch_add(1, std::sync::atomic::Ordering::Release);
 
@@ -69,16 +64,4 @@ impl<A: Activity> Drop for BackgroundWorker<A> {
         self.thread_counter
             .fetch_sub(1, std::sync::atomic::Ordering::Release);
     }
-}
-
-/// PATCH (etp): called at the start of each background thread (monitor,
-/// journal syncer, compaction, flush) with the activity's name, on that
-/// thread: an embedder can lower the thread's CPU priority there. Threads a
-/// flush spawns inherit what the flush thread set. Set once, before the
-/// first keyspace is opened; a second setting is ignored.
-static BACKGROUND_THREAD_HOOK: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
-
-/// PATCH (etp): see [`BACKGROUND_THREAD_HOOK`].
-pub fn set_background_thread_hook(hook: fn(&str)) {
-    let _ = BACKGROUND_THREAD_HOOK.set(hook);
 }

@@ -169,7 +169,6 @@ pub type Instant = lsm_tree::SeqNo;
 pub type LsmError = lsm_tree::Error;
 
 #[doc(hidden)]
-pub use background_worker::set_background_thread_hook;
 pub use lsm_tree::AbstractTree;
 
 pub use lsm_tree::{AnyTree, CompressionType, KvPair, Slice, TreeType, UserKey, UserValue};
