@@ -855,3 +855,58 @@ mod tail_tests {
         assert_eq!(t.get(Seq(60)).map(|r| r.1.seq), Some(Seq(60)));
     }
 }
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+    use crate::catalog::Role;
+    use crate::ids::DbId;
+    use crate::Value;
+
+    fn record(v: i64) -> crate::Record {
+        let mut r = crate::Record::new();
+        r.insert("v".into(), Value::Int(v));
+        r
+    }
+
+    /// The applier takes a batch's records out of the overlay a slice at a
+    /// time (`OVERLAY_SLICE` keys per hold of the state lock): a batch of
+    /// several slices leaves it empty once applied, and every record reads
+    /// back as last written, from the page store.
+    #[test]
+    fn a_batch_of_many_slices_leaves_the_overlay_empty_and_reads_the_last_write() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        Database::init(tmp.path(), DbId(5), None).expect("init");
+        let (db, _) = Database::open(tmp.path()).expect("open");
+        let f = Fnr(20);
+        db.create_file(f, "m", Role::Plain).expect("create");
+        let n = 3 * super::writer::OVERLAY_SLICE as u64 + 17;
+        let mut s = db.session();
+        for i in 1..=n {
+            s.store(f, Some(Isn(i)), record(1)).expect("store");
+        }
+        s.et(None).expect("et");
+        // Rewritten and deleted by later commits, likely in the same batch.
+        for i in (1..=n).step_by(97) {
+            s.update(f, Isn(i), record(2)).expect("rewrite");
+            s.et(None).expect("et");
+        }
+        s.delete(f, Isn(n)).expect("delete");
+        s.et(None).expect("et");
+        db.wait_applied().expect("applied");
+        assert!(
+            lock(&db.shared().state).overlay.is_empty(),
+            "{} records left in the overlay",
+            lock(&db.shared().state).overlay.len()
+        );
+        for i in 1..n {
+            let want = if (i - 1) % 97 == 0 { 2 } else { 1 };
+            assert_eq!(
+                db.read(f, Isn(i)).expect("read"),
+                Some(record(want)),
+                "isn {i}"
+            );
+        }
+        assert_eq!(db.read(f, Isn(n)).expect("read"), None);
+    }
+}

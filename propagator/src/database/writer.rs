@@ -87,7 +87,7 @@ const MAX_APPLY_COMMITS: usize = 4096;
 
 /// How many keys the applier takes out of the overlay per hold of the
 /// state lock (about 100 µs of work).
-const OVERLAY_SLICE: usize = 2048;
+pub(super) const OVERLAY_SLICE: usize = 2048;
 
 /// Catalog and metas as of the last written LSN: what a checkpoint records.
 #[derive(Default)]
