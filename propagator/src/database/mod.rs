@@ -909,4 +909,24 @@ mod overlay_tests {
         }
         assert_eq!(db.read(f, Isn(n)).expect("read"), None);
     }
+
+    /// A key a later commit rewrote between two slices keeps its entry;
+    /// the batch's own entries go.
+    #[test]
+    fn a_key_rewritten_between_slices_keeps_the_later_entry() {
+        let f = Fnr(20);
+        let mut overlay: HashMap<(Fnr, Isn), Pending> = (1..=3)
+            .map(|i| ((f, Isn(i)), (Lsn(5), Some(vec![1]))))
+            .collect();
+        let keys: Vec<(Lsn, (Fnr, Isn))> = (1..=3).map(|i| (Lsn(5), (f, Isn(i)))).collect();
+        let mut keys = keys.into_iter();
+        super::writer::take_out(&mut overlay, keys.by_ref().take(1));
+        // A commit at LSN 7 rewrites isn 2 before the next slice.
+        overlay.insert((f, Isn(2)), (Lsn(7), Some(vec![2])));
+        super::writer::take_out(&mut overlay, keys);
+        assert_eq!(
+            overlay.into_iter().collect::<Vec<_>>(),
+            vec![((f, Isn(2)), (Lsn(7), Some(vec![2])))]
+        );
+    }
 }

@@ -973,36 +973,53 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
         );
         return;
     }
-    // The batch's records leave the overlay a slice at a time: the state
-    // lock is every commit's, and a batch after a backlog holds 100,000
-    // keys, whose removal at once kept a replicate's link applies waiting
-    // for 10 ms. What is still in the overlay meanwhile equals the page
-    // store or is newer, so readers see the same either way; and
-    // `overlay_applied` goes up first, which only makes [`Seen`] checks
-    // read again.
-    lock(&shared.state).overlay_applied = last;
+    // The batch's records leave the overlay a slice at a time, each slice
+    // under its own hold of the state lock, which every commit needs (a
+    // batch after a backlog holds 100,000 keys). Between slices the thread
+    // yields, so that a committer woken meanwhile can take the lock: std's
+    // mutex is not fair, and an unlock followed at once by a lock would
+    // win. Readers get the same answer either way: a key still in the
+    // overlay reads as it did a moment before, and one taken out reads from
+    // the page store, which now holds the batch. `overlay_applied` goes up
+    // in the first hold, which only makes [`Seen`] checks read again; the
+    // batch's client ids leave in the last.
     let mut keys = keys
         .iter()
         .flat_map(|(lsn, ks)| ks.iter().map(move |k| (*lsn, *k)))
         .peekable();
-    while keys.peek().is_some() {
+    let mut first = true;
+    loop {
         let mut st = lock(&shared.state);
-        for (lsn, k) in keys.by_ref().take(OVERLAY_SLICE) {
-            // A later commit may have rewritten the key: keep its entry.
-            if st.overlay.get(&k).is_some_and(|(l, _)| *l == lsn) {
-                st.overlay.remove(&k);
-            }
+        if first {
+            st.overlay_applied = last;
+            first = false;
         }
-    }
-    {
-        let mut st = lock(&shared.state);
-        for j in &jobs {
-            if let Some(id) = &j.client_id {
-                st.pending_ids.remove(id);
+        take_out(&mut st.overlay, keys.by_ref().take(OVERLAY_SLICE));
+        if keys.peek().is_none() {
+            for j in &jobs {
+                if let Some(id) = &j.client_id {
+                    st.pending_ids.remove(id);
+                }
             }
+            break;
         }
+        drop(st);
+        std::thread::yield_now();
     }
     shared.applied.send_replace(last);
+}
+
+/// Takes out of the overlay each key whose entry is still the one the
+/// commit at `lsn` wrote: a later commit's rewrite of it stays.
+pub(super) fn take_out(
+    overlay: &mut std::collections::HashMap<(Fnr, Isn), super::Pending>,
+    keys: impl Iterator<Item = (Lsn, (Fnr, Isn))>,
+) {
+    for (lsn, k) in keys {
+        if overlay.get(&k).is_some_and(|(l, _)| *l == lsn) {
+            overlay.remove(&k);
+        }
+    }
 }
 
 fn close_cleanly(
