@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Counts, for each run `ab.sh` kept, the lag samples over 1 and 2 ms in
-phase b's full-speed set (the files ending 400001) and its paced set.
+phase b's full-speed set and its paced set.
 
     python3 bench/tails/abtail.py /tmp/ab
 """
@@ -9,7 +9,7 @@ import glob, re, sys
 for d in sorted(glob.glob(sys.argv[1] + '/lag-r*-b*')):
     counts = {}
     for f in glob.glob(d + '/lag-*.txt'):
-        kind = 'fast' if f.endswith('400001.txt') else 'paced'
+        kind = 'fast' if f.endswith('full_speed.txt') else 'paced'
         for line in open(f):
             _, m, v, _ = map(int, line.split())
             lag = (v - m) / 1000

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""For each commit of phase b's full-speed set whose lag (to either
+"""For each commit of phase b's full-speed set (numbered from 1) whose lag (to either
 replicate) passed 1 ms: the master's syncs in its window, the run-queue
 waits over 0.3 ms, and a class: 'fsync' (the master's sync took most of it),
 'runq' (a thread waited over 0.5 ms for a core) or 'other'.
@@ -21,8 +21,9 @@ ts = [e[0] for e in ev]
 master = collections.Counter(p[2] for _, p in ev if p[0] == 'F').most_common(1)[0][0]
 def load(name):
     return {int(l.split()[0]): l.split() for l in open(d + '/' + name)}
-full, part = load('lag-bench_full-400001.txt'), load('lag-bench_part-400001.txt')
+full, part = load('lag-bench_full-full_speed.txt'), load('lag-bench_part-full_speed.txt')
 classes = collections.Counter()
+first_seq = min(full)
 for s in sorted(full):
     m = int(full[s][1]) / 1e6
     lf, lp = int(full[s][2]) / 1e6 - m, int(part[s][2]) / 1e6 - m
@@ -43,5 +44,5 @@ for s in sorted(full):
          else 'runq' if waits and max(w for _, w in waits) > 0.5 else 'other')
     classes[k] += 1
     print('%d: full %.2f part %.2f ms | master syncs %s | run-queue waits %s | writes >= 1 MiB %s'
-          % (s - 400000, lf * 1e3, lp * 1e3, ['%.2f' % x for x in syncs[:3]], waits[:4], big))
+          % (s - first_seq + 1, lf * 1e3, lp * 1e3, ['%.2f' % x for x in syncs[:3]], waits[:4], big))
 print(dict(classes))

@@ -19,7 +19,7 @@ for l in open(d+'/sched.txt'):
     if cpu in cur:
         s,ntid,ncomm=cur[cpu]; runs.append((s,t,ntid,ncomm,cpu))
     cur[cpu]=(t,int(npid),nc)
-rows=[list(map(int,l.split())) for l in open(d+'/lag-bench_full-400001.txt')]
+rows=[list(map(int,l.split())) for l in open(d+'/lag-bench_full-full_speed.txt')]
 b0=rows[0][1]/1e6
 pids={}
 for tid,(c,p) in tid2.items(): pids[tid]=p
@@ -33,4 +33,5 @@ def win(a,b):
 for (a,b) in [(-0.3,-0.2),(-0.2,-0.1),(-0.1,0),(0,0.05),(0.05,0.1),(0.1,0.15),(0.15,0.2),(0.5,0.6)]:
     acc=win(b0+a,b0+b); tot=sum(acc.values())
     print("[%+.2f,%+.2f] busy %.0f%% of 2 cpus:"%(a,b,tot/(2*(b-a))*100), ", ".join("%s %.1fms"%(k,v*1e3) for k,v in acc.most_common(8)))
-print("slow early:"," ".join("%d:%.1f"%(r[0]-400000,(r[2]-r[1])/1000) for r in rows if r[2]-r[1]>1000 and r[0]-400000<300))
+s0=rows[0][0]-1
+print("slow early:"," ".join("%d:%.1f"%(r[0]-s0,(r[2]-r[1])/1000) for r in rows if r[2]-r[1]>1000 and r[0]-s0<300))

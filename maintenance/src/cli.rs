@@ -1052,7 +1052,9 @@ pub enum BenchCommand {
         store: Option<propagator::Engine>,
     },
     /// End-to-end propagation on three node processes, with pg_peer.sh's
-    /// phases and metric names (N, B, M, M_PACED, PACE_MS from the environment).
+    /// phases and metric names (N, B, M, M_PACED, PACE_MS from the
+    /// environment; ETP_BENCH_LAG_DUMP=DIR keeps every lag sample in
+    /// DIR/lag-REPLICATE-SET.txt).
     Propagate {
         /// Where to put the nodes' databases (default: a temporary directory
         /// under BENCH_TMPDIR, TMPDIR or /tmp).

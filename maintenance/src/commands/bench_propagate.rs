@@ -378,7 +378,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// each transaction was visible on the replicate (what pg_peer.sh measures:
 /// its trigger fires at the apply worker's insert, before that commits) and
 /// to the moment it was durable there.
-fn lag_stats(node: &NodeProc, replicate: &str, seqs: &[Seq]) -> anyhow::Result<[[f64; 4]; 2]> {
+fn lag_stats(
+    node: &NodeProc,
+    replicate: &str,
+    set: &str,
+    seqs: &[Seq],
+) -> anyhow::Result<[[f64; 4]; 2]> {
     let mut c = node.client()?;
     let after = Seq(seqs.iter().map(|s| s.0).min().unwrap_or(1) - 1);
     let Response::Lag(samples) = c.call(&Request::Read(ReadRequest::LagSamples {
@@ -394,7 +399,8 @@ fn lag_stats(node: &NodeProc, replicate: &str, seqs: &[Seq]) -> anyhow::Result<[
         .collect();
     let (mut visible, mut durable) = (Vec::new(), Vec::new());
     // ETP_BENCH_LAG_DUMP=DIR keeps each sample (seq, master time, visible,
-    // durable, in µs) for a look at where a tail comes from.
+    // durable, in µs) for a look at where a tail comes from, in
+    // lag-REPLICATE-SET.txt (SET: full_speed or paced).
     let dump_dir = std::env::var_os("ETP_BENCH_LAG_DUMP").filter(|d| !d.is_empty());
     let mut dump = String::new();
     for s in seqs {
@@ -408,8 +414,7 @@ fn lag_stats(node: &NodeProc, replicate: &str, seqs: &[Seq]) -> anyhow::Result<[
         durable.push((d - m) as f64 / 1000.0);
     }
     if let Some(dir) = dump_dir {
-        let first = seqs.first().map_or(0, |s| s.0);
-        let path = Path::new(&dir).join(format!("lag-{replicate}-{first}.txt"));
+        let path = Path::new(&dir).join(format!("lag-{replicate}-{set}.txt"));
         std::fs::write(&path, dump).with_context(|| format!("writing {}", path.display()))?;
     }
     let q = |mut ms: Vec<f64>| {
@@ -435,6 +440,16 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     let depth = env_u64("PIPELINE", DEFAULT_PIPELINE)?.max(1) as usize;
     if n < 1000 || b < 1 || m < 1 {
         bail!("need N >= 1000, B >= 1, M >= 1 (got N={n} B={b} M={m})");
+    }
+    // Made now, so that a directory that cannot be is named before the
+    // phases run rather than after phase b.
+    if let Some(dir) = std::env::var_os("ETP_BENCH_LAG_DUMP").filter(|d| !d.is_empty()) {
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "ETP_BENCH_LAG_DUMP: cannot make {}",
+                Path::new(&dir).display()
+            )
+        })?;
     }
     let base = match data {
         Some(d) => d.to_path_buf(),
@@ -668,7 +683,7 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             if seqs.is_empty() {
                 continue;
             }
-            let [visible, durable] = lag_stats(&cl.nodes[node], name, seqs)?;
+            let [visible, durable] = lag_stats(&cl.nodes[node], name, set, seqs)?;
             for (i, q) in ["p50", "p90", "p99", "max"].iter().enumerate() {
                 emit(
                     &format!("b_{set}_{kind}_lag_{q}_ms"),
