@@ -427,9 +427,12 @@ fn an_action_is_confirmed_then_done_and_a_forged_or_malformed_one_is_refused() {
         "{body}"
     );
     assert_eq!(state_of(&m, "items_full"), "online");
-    let (code, body) = post(at, &format!("{shun}&token={token}&confirm=yes"), None);
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("done: shun replicate items_full"), "{body}");
+    said(
+        at,
+        &format!("{shun}&token={token}&confirm=yes"),
+        200,
+        "done: shun replicate items_full",
+    );
     wait_for("the replicate shunned", LIMIT, || {
         (state_of(&m, "items_full") == "shunned").then_some(())
     });
@@ -443,15 +446,11 @@ fn an_action_is_confirmed_then_done_and_a_forged_or_malformed_one_is_refused() {
         (state_of(&m, "items_full") == "online").then_some(())
     });
     // A task, named by its database and file; the policy on every node.
-    let (code, body) = post(
+    said(
         at,
         &format!("action=task_restart&master=items&database=1&file=10&token={token}&confirm=yes"),
-        None,
-    );
-    assert_eq!(code, 200, "{body}");
-    assert!(
-        body.contains("restart the replication task of master items (file 10 of database 1)"),
-        "{body}"
+        200,
+        "restart the replication task of master items (file 10 of database 1)",
     );
     said(
         at,
@@ -939,15 +938,11 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
     assert!(page.contains("id=\"job-1-nightly\""), "{page}");
     let token = token_of(&page);
     // Verify: the answer on the page.
-    let (code, body) = post(
+    said(
         at,
         &format!("action=verify&replicate=items_full&token={token}&confirm=yes"),
-        None,
-    );
-    assert_eq!(code, 200, "{body}");
-    assert!(
-        body.contains("replicate items_full equals its master as of seq 20"),
-        "{body}"
+        200,
+        "replicate items_full equals its master as of seq 20",
     );
     // Reinit: ordered, then done by the nodes.
     said(
@@ -956,15 +951,11 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
         200,
         "every record written again",
     );
-    let (code, body) = post(
+    said(
         at,
         &format!("action=reinit&replicate=items_part&scoped=no&token={token}&confirm=yes"),
-        None,
-    );
-    assert_eq!(code, 200, "{body}");
-    assert!(
-        body.contains("ordered: reinitialize replicate items_part"),
-        "{body}"
+        200,
+        "ordered: reinitialize replicate items_part",
     );
     wait_reloaded(&m, "items_part");
     // A task stopped and started again, as `etp task stop|start` would.
@@ -988,30 +979,22 @@ fn verify_reinit_and_a_copy_job_run_from_the_console_and_the_cluster_page_is_liv
         });
     }
     // A copy job run now: its end on the copies page.
-    let (code, body) = post(
+    said(
         at,
         &format!("action=copy_job&database=1&job=nightly&token={token}&confirm=yes"),
-        None,
-    );
-    assert_eq!(code, 200, "{body}");
-    assert!(
-        body.contains("started: copy job nightly of database 1"),
-        "{body}"
+        200,
+        "started: copy job nightly of database 1",
     );
     let page = wait_for("the job's end on the copies page", LIMIT, || {
         let (_, page) = http(at, "GET", "/copies");
         page.contains("ok: </span>done in").then_some(page)
     });
     assert!(page.contains("id=\"run-1-nightly\""), "{page}");
-    let (code, body) = post(
+    said(
         at,
         &format!("action=copy_job&database=1&job=weekly&token={token}&confirm=yes"),
-        None,
-    );
-    assert_eq!(code, 502, "{body}");
-    assert!(
-        body.contains("defines no copy job &quot;weekly&quot;"),
-        "{body}"
+        502,
+        "defines no copy job &quot;weekly&quot;",
     );
     // The live page: the script, and the content again as events.
     let (code, page) = http(at, "GET", "/");

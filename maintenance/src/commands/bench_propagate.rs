@@ -383,6 +383,7 @@ fn lag_stats(
     replicate: &str,
     set: &str,
     seqs: &[Seq],
+    dump_dir: Option<&Path>,
 ) -> anyhow::Result<[[f64; 4]; 2]> {
     let mut c = node.client()?;
     let after = Seq(seqs.iter().map(|s| s.0).min().unwrap_or(1) - 1);
@@ -398,10 +399,9 @@ fn lag_stats(
         .map(|(s, m, v, d)| (s, (m, v, d)))
         .collect();
     let (mut visible, mut durable) = (Vec::new(), Vec::new());
-    // ETP_BENCH_LAG_DUMP=DIR keeps each sample (seq, master time, visible,
-    // durable, in µs) for a look at where a tail comes from, in
+    // With `dump_dir`, each sample (seq, master time, visible, durable, in
+    // µs) is kept for a look at where a tail comes from, in
     // lag-REPLICATE-SET.txt (SET: full_speed or paced).
-    let dump_dir = std::env::var_os("ETP_BENCH_LAG_DUMP").filter(|d| !d.is_empty());
     let mut dump = String::new();
     for s in seqs {
         let Some((m, v, d)) = by_seq.get(s) else {
@@ -414,7 +414,7 @@ fn lag_stats(
         durable.push((d - m) as f64 / 1000.0);
     }
     if let Some(dir) = dump_dir {
-        let path = Path::new(&dir).join(format!("lag-{replicate}-{set}.txt"));
+        let path = dir.join(format!("lag-{replicate}-{set}.txt"));
         std::fs::write(&path, dump).with_context(|| format!("writing {}", path.display()))?;
     }
     let q = |mut ms: Vec<f64>| {
@@ -441,15 +441,15 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
     if n < 1000 || b < 1 || m < 1 {
         bail!("need N >= 1000, B >= 1, M >= 1 (got N={n} B={b} M={m})");
     }
-    // Made now, so that a directory that cannot be is named before the
-    // phases run rather than after phase b.
-    if let Some(dir) = std::env::var_os("ETP_BENCH_LAG_DUMP").filter(|d| !d.is_empty()) {
-        std::fs::create_dir_all(&dir).with_context(|| {
-            format!(
-                "ETP_BENCH_LAG_DUMP: cannot make {}",
-                Path::new(&dir).display()
-            )
-        })?;
+    // ETP_BENCH_LAG_DUMP=DIR keeps each lag sample (see `lag_stats`). Made
+    // now, so that a directory that cannot be is named before the phases
+    // run rather than after phase b.
+    let lag_dump = std::env::var_os("ETP_BENCH_LAG_DUMP")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from);
+    if let Some(dir) = &lag_dump {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("ETP_BENCH_LAG_DUMP: cannot make {}", dir.display()))?;
     }
     let base = match data {
         Some(d) => d.to_path_buf(),
@@ -683,7 +683,8 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
             if seqs.is_empty() {
                 continue;
             }
-            let [visible, durable] = lag_stats(&cl.nodes[node], name, set, seqs)?;
+            let [visible, durable] =
+                lag_stats(&cl.nodes[node], name, set, seqs, lag_dump.as_deref())?;
             for (i, q) in ["p50", "p90", "p99", "max"].iter().enumerate() {
                 emit(
                     &format!("b_{set}_{kind}_lag_{q}_ms"),

@@ -987,25 +987,23 @@ fn apply_group(shared: &Shared, mut jobs: Vec<Job>) {
         .iter()
         .flat_map(|(lsn, ks)| ks.iter().map(move |k| (*lsn, *k)))
         .peekable();
-    let mut first = true;
+    let mut st = lock(&shared.state);
+    st.overlay_applied = last;
     loop {
-        let mut st = lock(&shared.state);
-        if first {
-            st.overlay_applied = last;
-            first = false;
-        }
         take_out(&mut st.overlay, keys.by_ref().take(OVERLAY_SLICE));
         if keys.peek().is_none() {
-            for j in &jobs {
-                if let Some(id) = &j.client_id {
-                    st.pending_ids.remove(id);
-                }
-            }
             break;
         }
         drop(st);
         std::thread::yield_now();
+        st = lock(&shared.state);
     }
+    for j in &jobs {
+        if let Some(id) = &j.client_id {
+            st.pending_ids.remove(id);
+        }
+    }
+    drop(st);
     shared.applied.send_replace(last);
 }
 
