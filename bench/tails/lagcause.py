@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""For each commit of phase b's full-speed set (numbered from 1) whose lag (to either
+"""For each commit of phase b's full-speed set (with a second argument
+`paced`: of the paced set), numbered from 1, whose lag (to either
 replicate) passed 1 ms: the master's syncs in its window, the run-queue
 waits over 0.3 ms, and a class: 'fsync' (the master's sync took most of it),
 'runq' (a thread waited over 0.5 ms for a core) or 'other'.
 
-    python3 bench/tails/lagcause.py /tmp/lagb
+    python3 bench/tails/lagcause.py /tmp/lagb [paced]
 """
 import bisect, collections, sys
 
 d = sys.argv[1]
+set_ = sys.argv[2] if len(sys.argv) > 2 else 'full_speed'
 off = float(open(d + '/offset.txt').read())
 ev = []
 for line in open(d + '/bt.txt'):
@@ -21,7 +23,7 @@ ts = [e[0] for e in ev]
 master = collections.Counter(p[2] for _, p in ev if p[0] == 'F').most_common(1)[0][0]
 def load(name):
     return {int(l.split()[0]): l.split() for l in open(d + '/' + name)}
-full, part = load('lag-bench_full-full_speed.txt'), load('lag-bench_part-full_speed.txt')
+full, part = load('lag-bench_full-%s.txt' % set_), load('lag-bench_part-%s.txt' % set_)
 classes = collections.Counter()
 first_seq = min(full)
 for s in sorted(full):

@@ -15,7 +15,8 @@
 //!   commit-to-apply lag per commit (master commit time to the moment it
 //!   was visible on the replicate, and to its sync there, both read from
 //!   the same clock);
-//! - d:  N/10 updates, then N/10 deletes, B rows per transaction.
+//! - d:  N/10 updates (ids 1..=N/10), then N/10 deletes (ids N/10+1..=2N/10,
+//!   records no update touched, as pg_peer.sh), B rows per transaction.
 //!
 //! Transactions go to the master as one `Batch` request each (the whole
 //! transaction in one round trip, as pg_peer.sh runs its loop server-side),
@@ -616,6 +617,11 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         apply(base_topology.clone())?;
     }
 
+    // BENCH_STOP_AFTER_C=1 ends the run here (to profile phase c alone).
+    if std::env::var_os("BENCH_STOP_AFTER_C").is_some() {
+        return Ok(Outcome::Ok);
+    }
+
     // a2. backlog drain
     eprintln!("a2. backlog: task stopped while {n} rows commit, then started");
     let stop = ctl.call(&Request::Operation(OperationRequest::TaskControl {
@@ -709,7 +715,10 @@ pub fn run(data: Option<&Path>) -> anyhow::Result<Outcome> {
         eprintln!("d. {u} {what}s, {b} rows per transaction");
         let cpu = CpuMeter::start(&cl);
         let t0 = Instant::now();
-        let last = run_txns(&mut c, 1, u, b, depth, |i| {
+        // As pg_peer.sh: the updates change ids 1..=U, the deletes remove
+        // ids U+1..=2U (records no update touched).
+        let first = if make { 1 } else { u + 1 };
+        let last = run_txns(&mut c, first, u, b, depth, |i| {
             Ok(if make {
                 let mut p = Record::new();
                 p.insert("qty".into(), Value::Int((i % 1000) as i64 + 1));
