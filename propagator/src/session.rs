@@ -6,7 +6,9 @@
 //! checked when given, against the latest state and the session's own
 //! writes, and checked again at ET; any error aborts the whole transaction.
 
-use crate::database::{CommitInfo, Database, Op, PendingCommit, MAX_TXN_BYTES, MAX_TXN_COMMANDS};
+use crate::database::{
+    CommitInfo, Database, Op, PendingCommit, Seen, MAX_TXN_BYTES, MAX_TXN_COMMANDS,
+};
 use crate::error::DbError;
 use crate::ids::{Fnr, Isn};
 use crate::record::{apply_patch, check_field_name, decode_record, encode_record, Record, Value};
@@ -28,7 +30,23 @@ pub struct Session {
     aborted: Option<String>,
     /// Record bytes the open transaction writes (stores, updated images).
     bytes: usize,
+    /// Committed records read ahead for the commands about to run (see
+    /// [`Session::read_ahead`]); dropped when the transaction ends.
+    ahead: Option<Ahead>,
 }
+
+/// The committed records of `fnr` in `[lo, hi]`, read by one scan.
+struct Ahead {
+    fnr: Fnr,
+    lo: Isn,
+    hi: Isn,
+    found: HashMap<Isn, Seen>,
+}
+
+/// The fewest updates and deletes of one file worth one read ahead.
+const READ_AHEAD_MIN: usize = 32;
+/// The widest isn range read ahead (a scan reads every record in it).
+const READ_AHEAD_SPAN: u64 = 8192;
 
 impl Session {
     pub(crate) fn new(db: Database) -> Session {
@@ -38,7 +56,52 @@ impl Session {
             local: HashMap::new(),
             aborted: None,
             bytes: 0,
+            ahead: None,
         }
+    }
+
+    /// Reads ahead, by one scan, the committed records that the updates and
+    /// deletes at `isns` (of file `fnr`, about to be given in this
+    /// transaction) will read, when they are many and dense; each then
+    /// reads its record from there instead of by a lookup of its own.
+    /// What the commands see is unchanged: a record is read as of the
+    /// moment of the scan rather than of its command, and the commit checks
+    /// it as it checks any record read (no commit wrote it since). Nothing
+    /// is read ahead otherwise, nor when the scan fails (each command then
+    /// reads, and reports, on its own).
+    pub fn read_ahead(&mut self, fnr: Fnr, isns: &[Isn]) {
+        self.ahead = None;
+        if isns.len() < READ_AHEAD_MIN || self.aborted.is_some() {
+            return;
+        }
+        let (Some(lo), Some(hi)) = (isns.iter().min(), isns.iter().max()) else {
+            return;
+        };
+        let span = hi.0 - lo.0;
+        if span > READ_AHEAD_SPAN || span / 4 > isns.len() as u64 {
+            return;
+        }
+        if let Ok(found) = self.db.writable_get_range(fnr, *lo, *hi) {
+            self.ahead = Some(Ahead {
+                fnr,
+                lo: *lo,
+                hi: *hi,
+                found,
+            });
+        }
+    }
+
+    /// The committed record `isn` of `fnr`, for a command that writes it:
+    /// from what was read ahead when it covers the isn, else looked up.
+    fn committed(&mut self, fnr: Fnr, isn: Isn) -> Result<Option<Seen>, DbError> {
+        if let Some(a) = &mut self.ahead {
+            if a.fnr == fnr && a.lo <= isn && isn <= a.hi {
+                // Taken: a later command of the transaction on this isn
+                // finds the transaction's own write first.
+                return Ok(a.found.remove(&isn));
+            }
+        }
+        self.db.writable_get(fnr, isn)
     }
 
     pub fn database(&self) -> &Database {
@@ -79,6 +142,7 @@ impl Session {
     }
 
     fn abort(&mut self, e: &DbError) {
+        self.ahead = None;
         self.bytes = 0;
         self.ops.clear();
         self.local.clear();
@@ -191,7 +255,7 @@ impl Session {
             let (mut rec, committed) = match s.mine(fnr, isn)? {
                 Some(mine) => (mine.ok_or(missing)?, None),
                 None => {
-                    let b = s.db.writable_get(fnr, isn)?.ok_or(missing)?;
+                    let b = s.committed(fnr, isn)?.ok_or(missing)?;
                     let r = decode_record(&b.bytes)
                         .map_err(|source| DbError::BadRecord { fnr, source })?;
                     (r, Some(b))
@@ -247,9 +311,9 @@ impl Session {
             // A null removes a field, declared or not.
             let written = entries.iter().filter(|e| e.value != [0xc0]).map(|e| e.name);
             s.db.check_schema(fnr, written)?;
-            let before =
-                s.db.writable_get(fnr, isn)?
-                    .ok_or(DbError::RecordMissing { fnr, isn })?;
+            let before = s
+                .committed(fnr, isn)?
+                .ok_or(DbError::RecordMissing { fnr, isn })?;
             let bad = |source| DbError::BadRecord { fnr, source };
             let merged = match crate::record::canonical_entries(&before.bytes) {
                 Some(current) => crate::record::patch_entries(&current, &entries).map_err(bad)?,
@@ -276,7 +340,7 @@ impl Session {
             let (exists, seen) = match s.local.get(&(fnr, isn)) {
                 Some(mine) => (mine.is_some(), None),
                 None => {
-                    let seen = s.db.writable_get(fnr, isn)?;
+                    let seen = s.committed(fnr, isn)?;
                     (seen.is_some(), seen)
                 }
             };
@@ -321,6 +385,8 @@ impl Session {
             return Err(DbError::Aborted(reason));
         }
         let ops = std::mem::take(&mut self.ops);
+        // Read before this commit: the next transaction reads again.
+        self.ahead = None;
         self.local.clear();
         self.bytes = 0;
         self.db.commit_queued(vec![], ops, client_id, false)
@@ -328,6 +394,7 @@ impl Session {
 
     /// BT: backs out the open transaction.
     pub fn bt(&mut self) {
+        self.ahead = None;
         self.bytes = 0;
         self.ops.clear();
         self.local.clear();

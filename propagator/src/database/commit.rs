@@ -148,6 +148,44 @@ impl Database {
         }))
     }
 
+    /// What [`Database::writable_get`] reads for each isn of `fnr` in
+    /// `[lo, hi]`, by one scan of the page store under one hold of the
+    /// state lock (the overlay's writes over it): the records there, each
+    /// with the LSN it was read at. An isn with no record is not in the map.
+    pub(crate) fn writable_get_range(
+        &self,
+        fnr: Fnr,
+        lo: Isn,
+        hi: Isn,
+    ) -> Result<HashMap<Isn, Seen>, DbError> {
+        let st = lock(&self.shared().state);
+        Self::writable(&st, fnr)?;
+        let mut found = HashMap::new();
+        for kv in self.shared().store.scan_shared(fnr, lo) {
+            let (isn, v) = kv?;
+            if isn > hi {
+                break;
+            }
+            found.insert(isn, v.as_ref().to_vec());
+        }
+        // Written by commits the applier has not brought to the page store.
+        if !st.overlay.is_empty() {
+            for isn in lo.0..=hi.0 {
+                if let Some((_, v)) = st.overlay.get(&(fnr, Isn(isn))) {
+                    match v {
+                        Some(v) => found.insert(Isn(isn), v.clone()),
+                        None => found.remove(&Isn(isn)),
+                    };
+                }
+            }
+        }
+        let at = st.last_lsn;
+        Ok(found
+            .into_iter()
+            .map(|(isn, bytes)| (isn, Seen { at, bytes }))
+            .collect())
+    }
+
     /// Appends the log records a commit derived to their logs' tails; any
     /// other write to a log file, or a change of its definition, empties
     /// that log's tail. Called under the state lock, before the commit is

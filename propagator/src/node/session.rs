@@ -69,6 +69,9 @@ impl Node {
         let (back, session) = tokio::sync::oneshot::channel::<(Session, bool)>();
         let run = tokio::task::spawn_blocking(move || {
             let n = cmds.len();
+            if let Some((file, isns)) = writes_to_read(&cmds) {
+                s.read_ahead(file, &isns);
+            }
             let mut r = Response::Ok;
             let mut queued = None;
             let mut failed_at = None;
@@ -197,6 +200,27 @@ fn with_record<T>(
     }
 }
 
+/// The file and isns whose committed records a batch's updates and
+/// deletes read, when they all write one file and no transaction ends
+/// before the last command (a commit in between changes what the ones
+/// after it read).
+fn writes_to_read(cmds: &[Command]) -> Option<(Fnr, Vec<Isn>)> {
+    let mut file = None;
+    let mut isns = Vec::new();
+    for (i, c) in cmds.iter().enumerate() {
+        let (f, isn) = match c {
+            Command::Update { file, isn, .. } | Command::Delete { file, isn } => (*file, *isn),
+            Command::Et { .. } | Command::Bt if i + 1 < cmds.len() => return None,
+            _ => continue,
+        };
+        if *file.get_or_insert(f) != f {
+            return None;
+        }
+        isns.push(isn);
+    }
+    Some((file?, isns))
+}
+
 pub(super) fn run_command(s: &mut Session, cmd: Command) -> Response {
     let err = |e: DbError| Response::error(e);
     match cmd {
@@ -242,5 +266,33 @@ pub(super) fn run_command(s: &mut Session, cmd: Command) -> Response {
             s.bt();
             Response::Ok
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn del(f: u32, i: u64) -> Command {
+        Command::Delete {
+            file: Fnr(f),
+            isn: Isn(i),
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_ahead_only_for_one_file_and_one_transaction() {
+        let et = || Command::Et { id: None };
+        assert_eq!(
+            writes_to_read(&[del(10, 1), del(10, 3), et()]),
+            Some((Fnr(10), vec![Isn(1), Isn(3)]))
+        );
+        // Two files: each command looks its record up.
+        assert_eq!(writes_to_read(&[del(10, 1), del(11, 2), et()]), None);
+        // A commit before the last command: what follows reads after it.
+        assert_eq!(writes_to_read(&[del(10, 1), et(), del(10, 2), et()]), None);
+        assert_eq!(writes_to_read(&[del(10, 1), Command::Bt, del(10, 2)]), None);
+        // Nothing to read.
+        assert_eq!(writes_to_read(&[et()]), None);
     }
 }

@@ -2606,3 +2606,76 @@ fn a_rotation_short_of_descriptors_waits_and_does_not_poison() {
     assert_eq!(dump(&db, MASTER).len() as u64, isn);
     assert!(db.check().expect("check").is_ok());
 }
+
+/// Updates and deletes that read their records ahead (one scan for a
+/// batch, `Session::read_ahead`) see what lookups of their own would: a
+/// record another transaction changed after the scan is read again at the
+/// commit, an isn with no record is refused, and an ET ends the read-ahead.
+#[test]
+fn read_ahead_updates_and_deletes_see_what_their_own_lookups_would() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    for i in (1..=200u64).filter(|i| i % 7 != 0) {
+        s.store(MASTER, Some(Isn(i)), rec(&[("qty", i as i64)]))
+            .expect("store");
+    }
+    s.et(None).expect("et");
+    let before_all = dump_raw(&db, MASTER);
+
+    // Read ahead over 1..=100; another session then changes isn 50.
+    let mut a = db.session();
+    let wanted: Vec<Isn> = (1..=100u64).filter(|i| i % 7 != 0).map(Isn).collect();
+    a.read_ahead(MASTER, &wanted);
+    let mut b = db.session();
+    b.update(MASTER, Isn(50), rec(&[("qty", 999)]))
+        .expect("update 50");
+    b.et(None).expect("et b");
+    let changed = dump_raw(&db, MASTER)[&Isn(50)].clone();
+    for isn in &wanted {
+        a.delete(MASTER, *isn).expect("delete");
+    }
+    a.et(None).expect("et a");
+    let mut befores = BTreeMap::new();
+    db.for_each_log_record(MASTER, Seq(0), |r| {
+        if r.op == LogOp::Delete {
+            befores.insert(r.isn, r.before.clone().expect("a delete logs its before-image"));
+        }
+        Ok(true)
+    })
+    .expect("log");
+    assert_eq!(befores.len(), wanted.len());
+    assert_eq!(
+        befores[&Isn(50)], changed,
+        "the delete logged the record as it was before the other session changed it"
+    );
+    for isn in wanted.iter().filter(|i| i.0 != 50) {
+        assert_eq!(befores[isn], before_all[isn], "isn {isn}");
+    }
+
+    // An isn with no record (105 = 7 * 15) is refused, read ahead or not.
+    let more: Vec<Isn> = (101..=200u64).map(Isn).collect();
+    a.read_ahead(MASTER, &more);
+    for i in 101..=104u64 {
+        a.update(MASTER, Isn(i), rec(&[("qty", -(i as i64))]))
+            .expect("update");
+    }
+    assert!(matches!(
+        a.delete(MASTER, Isn(105)),
+        Err(DbError::RecordMissing { isn, .. }) if isn == Isn(105)
+    ));
+    a.bt();
+
+    // An ET ends the read-ahead: what the next transaction reads is read
+    // after it.
+    a.read_ahead(MASTER, &more);
+    a.delete(MASTER, Isn(106)).expect("delete 106");
+    a.et(None).expect("et");
+    a.store(MASTER, Some(Isn(106)), rec(&[("qty", 1)]))
+        .expect("store 106 again");
+    a.et(None).expect("et");
+    a.delete(MASTER, Isn(106))
+        .expect("the record stored after the read-ahead is found");
+    a.et(None).expect("et");
+    assert!(db.check().expect("check").is_ok());
+}
