@@ -4,7 +4,9 @@
 //! the protection log or the page store before ET, so backing out (BT, a
 //! dropped session, a dead connection, a crash) leaves no trace. Commands are
 //! checked when given, against the latest state and the session's own
-//! writes, and checked again at ET; any error aborts the whole transaction.
+//! writes (or, for a batch's updates and deletes read ahead, the state at
+//! the batch's start: [`Session::read_ahead`]), and checked again at ET;
+//! any error aborts the whole transaction.
 
 use crate::database::{
     CommitInfo, Database, Op, PendingCommit, Seen, MAX_TXN_BYTES, MAX_TXN_COMMANDS,
@@ -45,8 +47,13 @@ struct Ahead {
 
 /// The fewest updates and deletes of one file worth one read ahead.
 const READ_AHEAD_MIN: usize = 32;
-/// The widest isn range read ahead (a scan reads every record in it).
-const READ_AHEAD_SPAN: u64 = 8192;
+/// The widest isn range read ahead (a scan reads every record in it,
+/// under the state lock: about 0.3 ms with fjall at this width).
+const READ_AHEAD_SPAN: u64 = 1024;
+/// The most isns of the range per record the commands read: a scan's
+/// record costs about half a lookup (measured: 100 dense records, 32 µs
+/// by one scan against 56 µs by lookups, fjall).
+const READ_AHEAD_DENSITY: u64 = 2;
 
 impl Session {
     pub(crate) fn new(db: Database) -> Session {
@@ -63,32 +70,43 @@ impl Session {
     /// Reads ahead, by one scan, the committed records that the updates and
     /// deletes at `isns` (of file `fnr`, about to be given in this
     /// transaction) will read, when they are many and dense; each then
-    /// reads its record from there instead of by a lookup of its own.
-    /// What the commands see is unchanged: a record is read as of the
-    /// moment of the scan rather than of its command, and the commit checks
-    /// it as it checks any record read (no commit wrote it since). Nothing
-    /// is read ahead otherwise, nor when the scan fails (each command then
+    /// reads its record from there instead of by a lookup of its own. A
+    /// record is read as of the moment of the scan rather than of its
+    /// command; the commit checks a record found as it checks any record
+    /// read (no commit wrote it since), and a record not found is refused
+    /// as missing, as a lookup at the scan would have. Whatever was read
+    /// ahead before is dropped first; nothing is read ahead when the isns
+    /// are few or sparse, nor when the scan fails (each command then
     /// reads, and reports, on its own).
     pub fn read_ahead(&mut self, fnr: Fnr, isns: &[Isn]) {
         self.ahead = None;
         if isns.len() < READ_AHEAD_MIN || self.aborted.is_some() {
             return;
         }
-        let (Some(lo), Some(hi)) = (isns.iter().min(), isns.iter().max()) else {
+        let mut distinct = isns.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let (Some(lo), Some(hi)) = (distinct.first().copied(), distinct.last().copied()) else {
             return;
         };
-        let span = hi.0 - lo.0;
-        if span > READ_AHEAD_SPAN || span / 4 > isns.len() as u64 {
+        // The scan holds the state lock throughout and reads every record
+        // of the span: only where it costs no more than the lookups would.
+        let span = hi.0 - lo.0 + 1;
+        if distinct.len() < READ_AHEAD_MIN
+            || span > READ_AHEAD_SPAN
+            || span > READ_AHEAD_DENSITY * distinct.len() as u64
+        {
             return;
         }
-        if let Ok(found) = self.db.writable_get_range(fnr, *lo, *hi) {
-            self.ahead = Some(Ahead {
-                fnr,
-                lo: *lo,
-                hi: *hi,
-                found,
-            });
+        if let Ok(found) = self.db.writable_get_range(fnr, lo, hi) {
+            self.ahead = Some(Ahead { fnr, lo, hi, found });
         }
+    }
+
+    /// Drops what was read ahead: the commands that follow look their
+    /// records up.
+    pub fn end_read_ahead(&mut self) {
+        self.ahead = None;
     }
 
     /// The committed record `isn` of `fnr`, for a command that writes it:

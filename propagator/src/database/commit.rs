@@ -180,6 +180,7 @@ impl Database {
             }
         }
         let at = st.last_lsn;
+        drop(st);
         Ok(found
             .into_iter()
             .map(|(isn, bytes)| (isn, Seen { at, bytes }))

@@ -869,6 +869,49 @@ mod overlay_tests {
         r
     }
 
+    /// A read-ahead puts the overlay's writes (commits queued, not yet in
+    /// the page store) over what it scanned: a queued delete hides the
+    /// record, a queued store shows one the page store lacks. (Queued
+    /// writes are placed in the overlay by hand: a real commit may reach
+    /// the page store before the scan.)
+    #[test]
+    fn a_range_read_puts_the_overlay_over_the_page_store() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        Database::init(tmp.path(), DbId(5), None).expect("init");
+        let (db, _) = Database::open(tmp.path()).expect("open");
+        let f = Fnr(20);
+        db.create_file(f, "m", Role::Plain).expect("create");
+        let mut s = db.session();
+        for i in 1..=40u64 {
+            s.store(f, Some(Isn(i)), record(i as i64)).expect("store");
+        }
+        s.et(None).expect("et");
+        db.wait_applied().expect("applied");
+        let stored = crate::record::encode_record(&record(99)).expect("encode");
+        {
+            let mut st = lock(&db.shared().state);
+            let at = st.last_lsn;
+            st.overlay.insert((f, Isn(10)), (at, None));
+            st.overlay.insert((f, Isn(41)), (at, Some(stored.clone())));
+        }
+        let found = db.writable_get_range(f, Isn(1), Isn(50)).expect("range");
+        assert!(
+            !found.contains_key(&Isn(10)),
+            "a queued delete hides the record"
+        );
+        assert_eq!(found.get(&Isn(41)).map(|s| &s.bytes), Some(&stored));
+        assert_eq!(found.len(), 40);
+        for i in (1..=40u64).filter(|i| *i != 10) {
+            assert_eq!(
+                found.get(&Isn(i)).map(|s| s.bytes.clone()),
+                db.shared().store.get(f, Isn(i)).expect("get"),
+                "isn {i}"
+            );
+        }
+        let mut st = lock(&db.shared().state);
+        st.overlay.clear();
+    }
+
     /// The applier takes a batch's records out of the overlay a slice at a
     /// time (`OVERLAY_SLICE` keys per hold of the state lock): a batch of
     /// several slices leaves it empty once applied, and every record reads

@@ -69,8 +69,11 @@ impl Node {
         let (back, session) = tokio::sync::oneshot::channel::<(Session, bool)>();
         let run = tokio::task::spawn_blocking(move || {
             let n = cmds.len();
-            if let Some((file, isns)) = writes_to_read(&cmds) {
-                s.read_ahead(file, &isns);
+            // Read ahead for this batch only: a transaction that spans
+            // batches reads each batch's records at its start.
+            match writes_to_read(&cmds) {
+                Some((file, isns)) => s.read_ahead(file, &isns),
+                None => s.end_read_ahead(),
             }
             let mut r = Response::Ok;
             let mut queued = None;

@@ -2679,3 +2679,68 @@ fn read_ahead_updates_and_deletes_see_what_their_own_lookups_would() {
     a.et(None).expect("et");
     assert!(db.check().expect("check").is_ok());
 }
+
+/// A read-ahead sees the writes of commits queued but not yet in the page
+/// store (a delete among them), an update read ahead is merged with a
+/// change made after the scan, and a BT or an abort ends the read-ahead.
+#[test]
+fn read_ahead_sees_queued_deletes_merges_later_changes_and_ends_with_bt_and_abort() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let db = fresh(t.path());
+    let mut s = db.session();
+    for i in (1..=100u64).filter(|i| i % 7 != 0) {
+        s.store(MASTER, Some(Isn(i)), rec(&[("qty", i as i64)]))
+            .expect("store");
+    }
+    s.et(None).expect("et");
+    let all: Vec<Isn> = (1..=100u64).map(Isn).collect();
+    let (mut a, mut b) = (db.session(), db.session());
+
+    // Deleted by a commit that is queued (nobody waits for its sync yet):
+    // the read-ahead finds it gone, as a lookup would.
+    b.delete(MASTER, Isn(10)).expect("delete 10");
+    let queued = b.et_queued(None).expect("queue the delete");
+    a.read_ahead(MASTER, &all);
+    assert!(matches!(
+        a.delete(MASTER, Isn(10)),
+        Err(DbError::RecordMissing { isn, .. }) if isn == Isn(10)
+    ));
+    a.bt();
+    queued.wait().expect("the delete commits");
+
+    // An update read ahead, whose record another session changes after
+    // the scan, is applied to the changed record.
+    a.read_ahead(MASTER, &all);
+    b.update(MASTER, Isn(60), rec(&[("qty", 777)]))
+        .expect("update 60");
+    b.et(None).expect("et b");
+    let patch = propagator::record::encode_record(&rec(&[("extra", 1)])).expect("encode");
+    a.update_canonical(MASTER, Isn(60), patch)
+        .expect("canonical")
+        .expect("update 60 again");
+    a.et(None).expect("et a");
+    assert_eq!(
+        db.read(MASTER, Isn(60)).expect("read"),
+        Some(rec(&[("qty", 777), ("extra", 1)]))
+    );
+
+    // A BT ends the read-ahead: a record stored after the scan is found.
+    a.read_ahead(MASTER, &all);
+    b.store(MASTER, Some(Isn(14)), rec(&[("qty", 14)]))
+        .expect("store 14");
+    b.et(None).expect("et b");
+    a.bt();
+    a.delete(MASTER, Isn(14)).expect("14 is found after the BT");
+    a.et(None).expect("et a");
+
+    // So does an abort (a command refused).
+    a.read_ahead(MASTER, &all);
+    assert!(a.delete(MASTER, Isn(21)).is_err(), "21 was never stored");
+    b.store(MASTER, Some(Isn(28)), rec(&[("qty", 28)]))
+        .expect("store 28");
+    b.et(None).expect("et b");
+    assert!(matches!(a.et(None), Err(DbError::Aborted(_))));
+    a.delete(MASTER, Isn(28)).expect("28 is found after the abort");
+    a.et(None).expect("et a");
+    assert!(db.check().expect("check").is_ok());
+}
