@@ -6,7 +6,8 @@ out=${1:-/tmp/settle}; rm -rf "$out"; mkdir -p "$out"
 export N=${N:-200000} B=100 M=2000 M_PACED=500
 ETP_BENCH_LAG_DUMP=$out ${BIN:-target/release/etp} bench propagate > "$out/out.txt" 2>"$out/err.txt" &
 bp=$!
-until grep -q "^a2\. backlog" "$out/err.txt" 2>/dev/null; do sleep 0.01; done
+# TRIGGER: the bench's stderr line that starts the recording.
+until grep -q "${TRIGGER:-^a2\. backlog}" "$out/err.txt" 2>/dev/null; do sleep 0.01; done
 python3 -c "import time; print(time.time()-time.monotonic())" > "$out/offset.txt"
 perf record -k CLOCK_MONOTONIC -e sched:sched_switch -a -o /dev/shm/settle.data -- sleep ${SETTLE_SECONDS:-7} 2>"$out/perf.err"
 wait $bp

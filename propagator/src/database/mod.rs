@@ -869,6 +869,16 @@ mod overlay_tests {
         r
     }
 
+    /// A new database (in the returned directory) with one plain file.
+    fn plain_file() -> (tempfile::TempDir, Database, Fnr) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        Database::init(tmp.path(), DbId(5), None).expect("init");
+        let (db, _) = Database::open(tmp.path()).expect("open");
+        let f = Fnr(20);
+        db.create_file(f, "m", Role::Plain).expect("create");
+        (tmp, db, f)
+    }
+
     /// A read-ahead puts the overlay's writes (commits queued, not yet in
     /// the page store) over what it scanned: a queued delete hides the
     /// record, a queued store shows one the page store lacks. (Queued
@@ -876,11 +886,7 @@ mod overlay_tests {
     /// the page store before the scan.)
     #[test]
     fn a_range_read_puts_the_overlay_over_the_page_store() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        Database::init(tmp.path(), DbId(5), None).expect("init");
-        let (db, _) = Database::open(tmp.path()).expect("open");
-        let f = Fnr(20);
-        db.create_file(f, "m", Role::Plain).expect("create");
+        let (_tmp, db, f) = plain_file();
         let mut s = db.session();
         for i in 1..=40u64 {
             s.store(f, Some(Isn(i)), record(i as i64)).expect("store");
@@ -918,11 +924,7 @@ mod overlay_tests {
     /// back as last written, from the page store.
     #[test]
     fn a_batch_of_many_slices_leaves_the_overlay_empty_and_reads_the_last_write() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        Database::init(tmp.path(), DbId(5), None).expect("init");
-        let (db, _) = Database::open(tmp.path()).expect("open");
-        let f = Fnr(20);
-        db.create_file(f, "m", Role::Plain).expect("create");
+        let (_tmp, db, f) = plain_file();
         let n = 3 * super::writer::OVERLAY_SLICE as u64 + 17;
         let mut s = db.session();
         for i in 1..=n {
