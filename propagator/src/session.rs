@@ -78,23 +78,22 @@ impl Session {
     /// ahead before is dropped first; nothing is read ahead when the isns
     /// are few or sparse, nor when the scan fails (each command then
     /// reads, and reports, on its own).
-    pub fn read_ahead(&mut self, fnr: Fnr, isns: &[Isn]) {
+    pub fn read_ahead(&mut self, fnr: Fnr, mut isns: Vec<Isn>) {
         self.ahead = None;
         if isns.len() < READ_AHEAD_MIN || self.aborted.is_some() {
             return;
         }
-        let mut distinct = isns.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let (Some(lo), Some(hi)) = (distinct.first().copied(), distinct.last().copied()) else {
+        isns.sort_unstable();
+        isns.dedup();
+        let (Some(&lo), Some(&hi)) = (isns.first(), isns.last()) else {
             return;
         };
         // The scan holds the state lock throughout and reads every record
         // of the span: only where it costs no more than the lookups would.
         let span = hi.0 - lo.0 + 1;
-        if distinct.len() < READ_AHEAD_MIN
+        if isns.len() < READ_AHEAD_MIN
             || span > READ_AHEAD_SPAN
-            || span > READ_AHEAD_DENSITY * distinct.len() as u64
+            || span > READ_AHEAD_DENSITY * isns.len() as u64
         {
             return;
         }

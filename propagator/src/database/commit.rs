@@ -160,14 +160,7 @@ impl Database {
     ) -> Result<HashMap<Isn, Seen>, DbError> {
         let st = lock(&self.shared().state);
         Self::writable(&st, fnr)?;
-        let mut found = HashMap::new();
-        for kv in self.shared().store.scan_shared(fnr, lo) {
-            let (isn, v) = kv?;
-            if isn > hi {
-                break;
-            }
-            found.insert(isn, v.as_ref().to_vec());
-        }
+        let mut found = stored_range(&self.shared().store, fnr, lo, hi)?;
         // Written by commits the applier has not brought to the page store.
         if !st.overlay.is_empty() {
             for isn in lo.0..=hi.0 {
@@ -550,14 +543,7 @@ impl Prefetched {
         if n < Self::MIN || (hi - lo) / 4 > n as u64 {
             return Ok(None);
         }
-        let mut found = HashMap::with_capacity(n);
-        for kv in store.scan_shared(fnr, Isn(lo)) {
-            let (isn, v) = kv?;
-            if isn.0 > hi {
-                break;
-            }
-            found.insert(isn, v.as_ref().to_vec());
-        }
+        let found = stored_range(store, fnr, Isn(lo), Isn(hi))?;
         Ok(Some(Prefetched {
             fnr,
             from: Isn(lo),
@@ -565,6 +551,24 @@ impl Prefetched {
             found,
         }))
     }
+}
+
+/// The records of `fnr` the page store holds in `[lo, hi]`, by one scan.
+fn stored_range(
+    store: &PageStore,
+    fnr: Fnr,
+    lo: Isn,
+    hi: Isn,
+) -> Result<HashMap<Isn, Vec<u8>>, DbError> {
+    let mut found = HashMap::new();
+    for kv in store.scan_shared(fnr, lo) {
+        let (isn, v) = kv?;
+        if isn > hi {
+            break;
+        }
+        found.insert(isn, v.as_ref().to_vec());
+    }
+    Ok(found)
 }
 
 impl StateView for LatestView<'_> {

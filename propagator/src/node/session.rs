@@ -72,7 +72,7 @@ impl Node {
             // Read ahead for this batch only: a transaction that spans
             // batches reads each batch's records at its start.
             match writes_to_read(&cmds) {
-                Some((file, isns)) => s.read_ahead(file, &isns),
+                Some((file, isns)) => s.read_ahead(file, isns),
                 None => s.end_read_ahead(),
             }
             let mut r = Response::Ok;

@@ -2626,7 +2626,7 @@ fn read_ahead_updates_and_deletes_see_what_their_own_lookups_would() {
     // Read ahead over 1..=100; another session then changes isn 50.
     let mut a = db.session();
     let wanted: Vec<Isn> = (1..=100u64).filter(|i| i % 7 != 0).map(Isn).collect();
-    a.read_ahead(MASTER, &wanted);
+    a.read_ahead(MASTER, wanted.clone());
     let mut b = db.session();
     b.update(MASTER, Isn(50), rec(&[("qty", 999)]))
         .expect("update 50");
@@ -2655,7 +2655,7 @@ fn read_ahead_updates_and_deletes_see_what_their_own_lookups_would() {
 
     // An isn with no record (105 = 7 * 15) is refused, read ahead or not.
     let more: Vec<Isn> = (101..=200u64).map(Isn).collect();
-    a.read_ahead(MASTER, &more);
+    a.read_ahead(MASTER, more.clone());
     for i in 101..=104u64 {
         a.update(MASTER, Isn(i), rec(&[("qty", -(i as i64))]))
             .expect("update");
@@ -2668,7 +2668,7 @@ fn read_ahead_updates_and_deletes_see_what_their_own_lookups_would() {
 
     // An ET ends the read-ahead: what the next transaction reads is read
     // after it.
-    a.read_ahead(MASTER, &more);
+    a.read_ahead(MASTER, more.clone());
     a.delete(MASTER, Isn(106)).expect("delete 106");
     a.et(None).expect("et");
     a.store(MASTER, Some(Isn(106)), rec(&[("qty", 1)]))
@@ -2700,7 +2700,7 @@ fn read_ahead_sees_queued_deletes_merges_later_changes_and_ends_with_bt_and_abor
     // the read-ahead finds it gone, as a lookup would.
     b.delete(MASTER, Isn(10)).expect("delete 10");
     let queued = b.et_queued(None).expect("queue the delete");
-    a.read_ahead(MASTER, &all);
+    a.read_ahead(MASTER, all.clone());
     assert!(matches!(
         a.delete(MASTER, Isn(10)),
         Err(DbError::RecordMissing { isn, .. }) if isn == Isn(10)
@@ -2710,7 +2710,7 @@ fn read_ahead_sees_queued_deletes_merges_later_changes_and_ends_with_bt_and_abor
 
     // An update read ahead, whose record another session changes after
     // the scan, is applied to the changed record.
-    a.read_ahead(MASTER, &all);
+    a.read_ahead(MASTER, all.clone());
     b.update(MASTER, Isn(60), rec(&[("qty", 777)]))
         .expect("update 60");
     b.et(None).expect("et b");
@@ -2725,7 +2725,7 @@ fn read_ahead_sees_queued_deletes_merges_later_changes_and_ends_with_bt_and_abor
     );
 
     // A BT ends the read-ahead: a record stored after the scan is found.
-    a.read_ahead(MASTER, &all);
+    a.read_ahead(MASTER, all.clone());
     b.store(MASTER, Some(Isn(14)), rec(&[("qty", 14)]))
         .expect("store 14");
     b.et(None).expect("et b");
@@ -2734,7 +2734,7 @@ fn read_ahead_sees_queued_deletes_merges_later_changes_and_ends_with_bt_and_abor
     a.et(None).expect("et a");
 
     // So does an abort (a command refused).
-    a.read_ahead(MASTER, &all);
+    a.read_ahead(MASTER, all.clone());
     assert!(a.delete(MASTER, Isn(21)).is_err(), "21 was never stored");
     b.store(MASTER, Some(Isn(28)), rec(&[("qty", 28)]))
         .expect("store 28");
